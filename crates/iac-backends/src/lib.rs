@@ -1,0 +1,22 @@
+//! `iac-backends`: the default implementation of every `iac-core` stage trait, one module per
+//! stage and one file per backend (the `object_store` shape):
+//!
+//! | stage | module |
+//! |---|---|
+//! | `SourceFetcher` | [`fetch`]: `tarball.rs`, `git.rs`, `chain.rs`, `local.rs` (+ `cache.rs`, `extract.rs`) |
+//! | `EntryResolver` | [`entry`]: one provider per language (`python.rs`, `binary.rs`) |
+//! | `ImageBuilder` | [`build`]: `docker.rs` |
+//! | `Pki` | [`pki`]: `dev_ca.rs` |
+//! | `SidecarRenderer` | [`sidecar`]: `envoy.rs` |
+//! | `Provisioner` | [`provision`]: `docker.rs`, `terraform.rs` |
+//! | `HealthProber`, `LogStreamer` | [`health`]: `grpc.rs` |
+//! | `AuthVerifier` | [`auth`]: `supabase.rs` |
+
+pub mod auth;
+pub mod build;
+pub mod entry;
+pub mod fetch;
+pub mod health;
+pub mod pki;
+pub mod provision;
+pub mod sidecar;

@@ -1,0 +1,1 @@
+//! Admin API (filled in by the admin API work).

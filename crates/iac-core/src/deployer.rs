@@ -1,0 +1,419 @@
+//! The [`Deployer`]: runs the stages for every service with bounded parallelism, renders the mesh,
+//! plans the [`Stack`], provisions it and proves health. A failure in one service's pipeline marks
+//! that service failed and never stops its peers. It owns the per-project deploy lock.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::entry::Entry;
+use crate::error::Error;
+use crate::event::{Events, Stage};
+use crate::fsutil::{sha256_tagged, write_atomic};
+use crate::health::{HealthReport, HealthState, ProbeTarget};
+use crate::image::{BuildSpec, ImageRef};
+use crate::mesh::{CertPaths, IssuedCerts, Mesh, MeshPorts, MeshService};
+use crate::name::{ProjectName, ServiceName};
+use crate::plan::{PlanInput, PlannedService, plan};
+use crate::report::{DeployReport, ServiceReport, StageTiming};
+use crate::repos::ServiceSpec;
+use crate::source::Source;
+use crate::stack::{Action, Change, RunningService, Stack};
+use crate::stages::*;
+
+/// The concrete stage implementations a [`Deployer`] runs.
+#[derive(Clone)]
+pub struct Stages {
+    pub fetcher: Arc<dyn SourceFetcher>,
+    pub resolver: Arc<dyn EntryResolver>,
+    pub builder: Arc<dyn ImageBuilder>,
+    pub pki: Arc<dyn Pki>,
+    pub sidecar: Arc<dyn SidecarRenderer>,
+    pub provisioner: Arc<dyn Provisioner>,
+    pub prober: Arc<dyn HealthProber>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeployOptions {
+    pub project: ProjectName,
+    pub network: String,
+    pub envoy_image: String,
+    /// How many services are fetched/resolved/built at once.
+    pub parallelism: usize,
+    /// `.iac/projects/<project>`: rendered configs, the deploy lock.
+    pub state_dir: PathBuf,
+    /// How long the prober keeps trying one service.
+    pub health_deadline: Duration,
+    pub otel_endpoint: Option<String>,
+}
+
+/// What `plan` found: the stack it would apply, the changes, and services that failed to prepare.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanOutcome {
+    pub stack: Stack,
+    pub changes: Vec<Change>,
+    pub failures: Vec<ServiceReport>,
+}
+
+pub struct Deployer {
+    stages: Stages,
+    opts: DeployOptions,
+}
+
+/// A service that made it through fetch → resolve → build → certs.
+struct Prepared {
+    spec: ServiceSpec,
+    report: ServiceReport,
+    entry: Entry,
+    image: ImageRef,
+    certs: IssuedCerts,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Build,
+    PlanOnly,
+}
+
+impl Deployer {
+    pub fn new(stages: Stages, opts: DeployOptions) -> Self {
+        Deployer { stages, opts }
+    }
+
+    pub fn options(&self) -> &DeployOptions {
+        &self.opts
+    }
+
+    pub fn stages(&self) -> &Stages {
+        &self.stages
+    }
+
+    /// Host path of a service's rendered Envoy config.
+    pub fn envoy_config_path(&self, svc: &ServiceName) -> PathBuf {
+        self.opts.state_dir.join("services").join(svc.as_str()).join("envoy.yaml")
+    }
+
+    /// Deploys `specs`: every service ends up in the report, ok or with its error and stage.
+    pub async fn deploy(&self, specs: &[ServiceSpec], events: &Events) -> DeployReport {
+        let started = Instant::now();
+        events.info(Stage::Deploy, format!("deploying {} service(s) to project {}", specs.len(), self.opts.project));
+        let (prepared, mut failed) = self.prepare_all(specs, Mode::Build, events).await;
+        let _lock = match self.lock(events).await {
+            Ok(l) => l,
+            Err(e) => return self.abort(failed, prepared, started, format!("deploy lock: {e}")),
+        };
+        let (input, rendered, render_failed) = self.mesh_and_plan_input(prepared, &failed, events);
+        failed.extend(render_failed);
+        let mut ok_services = Vec::new();
+        for (p, config) in rendered {
+            let path = self.envoy_config_path(&p.spec.name);
+            let svc_events = events.for_service(&p.spec.name);
+            match write_atomic(&path, config.as_bytes(), Some(0o644)) {
+                Ok(()) => {
+                    svc_events.debug(Stage::Render, format!("wrote {}", path.display()));
+                    ok_services.push(p);
+                }
+                Err(e) => {
+                    let mut p = p;
+                    p.report.fail(Stage::Render, format!("{}: {e}", path.display()));
+                    svc_events.error(Stage::Render, p.report.error.clone().unwrap_or_default());
+                    failed.push(p.report);
+                }
+            }
+        }
+        let mut input = input;
+        input.services.retain(|s| ok_services.iter().any(|p| p.spec.name == s.name));
+        input.keep.extend(failed.iter().map(|r| r.service.clone()));
+        let stack = plan(&input);
+        events.info(Stage::Plan, format!("stack: {} service(s), network {}", stack.services.len(), stack.network.name));
+
+        let t = Instant::now();
+        let applied = self.stages.provisioner.apply(&stack, self.stages.prober.clone(), events).await;
+        let provision_ms = t.elapsed().as_millis() as u64;
+        let applied = match applied {
+            Ok(a) => a,
+            Err(e) => {
+                events.error(Stage::Provision, e.to_string());
+                let mut reports = failed;
+                for mut p in ok_services {
+                    p.report.stages.push(StageTiming { stage: Stage::Provision, millis: provision_ms, ok: false });
+                    p.report.fail(Stage::Provision, &e);
+                    reports.push(p.report);
+                }
+                return self.finish(reports, Vec::new(), started, Some(format!("provision: {e}")));
+            }
+        };
+
+        // Health: every provisioned service, through its Envoy, concurrently.
+        let mut reports = failed;
+        let probes = ok_services.into_iter().map(|mut p| {
+            let applied_svc = applied.services.iter().find(|a| a.service == p.spec.name).cloned();
+            let prober = self.stages.prober.clone();
+            let deadline = self.opts.health_deadline;
+            let svc_events = events.for_service(&p.spec.name);
+            async move {
+                p.report.stages.push(StageTiming { stage: Stage::Provision, millis: provision_ms, ok: true });
+                let Some(a) = applied_svc else {
+                    p.report.fail(Stage::Provision, "the provisioner did not report this service");
+                    return p.report;
+                };
+                p.report.action = Some(a.action);
+                p.report.endpoint = a.endpoint.map(|e| e.to_string());
+                if let Some(err) = &a.error {
+                    p.report.health = a.health.clone();
+                    p.report.fail(Stage::Provision, err);
+                    svc_events.error(Stage::Provision, err.clone());
+                    return p.report;
+                }
+                if a.action == Action::RolledBack {
+                    p.report.health = a.health.clone();
+                    let why = a.health.as_ref().map(|h| h.detail.clone()).unwrap_or_default();
+                    p.report.fail(Stage::Health, format!("new version was not healthy ({why}); rolled back, previous version kept"));
+                    return p.report;
+                }
+                let Some(addr) = a.endpoint else {
+                    p.report.fail(Stage::Provision, "no published endpoint for the mTLS listener");
+                    return p.report;
+                };
+                let t = Instant::now();
+                let target = ProbeTarget { service: p.spec.name.clone(), addr, deadline };
+                svc_events.info(Stage::Health, format!("probing {addr} over mTLS"));
+                let h = prober.check(&target).await;
+                let ok = h.state == HealthState::Serving;
+                p.report.stages.push(StageTiming { stage: Stage::Health, millis: t.elapsed().as_millis() as u64, ok });
+                if ok {
+                    svc_events.info(Stage::Health, format!("SERVING ({})", h.detail));
+                    p.report.ok = true;
+                } else {
+                    svc_events.error(Stage::Health, format!("{} ({})", h.state.as_str(), h.detail));
+                    p.report.fail(Stage::Health, format!("{}: {}", h.state.as_str(), h.detail));
+                }
+                p.report.health = Some(h);
+                p.report
+            }
+        });
+        reports.extend(futures::future::join_all(probes).await);
+        self.finish(reports, applied.removed, started, None)
+    }
+
+    /// What a deploy would change, without building images or touching containers.
+    pub async fn plan(&self, specs: &[ServiceSpec], events: &Events) -> Result<PlanOutcome, Error> {
+        let (prepared, mut failed) = self.prepare_all(specs, Mode::PlanOnly, events).await;
+        let (mut input, _rendered, render_failed) = self.mesh_and_plan_input(prepared, &failed, events);
+        failed.extend(render_failed);
+        input.keep.extend(failed.iter().map(|r| r.service.clone()));
+        let stack = plan(&input);
+        let changes = self.stages.provisioner.diff(&stack).await?;
+        Ok(PlanOutcome { stack, changes, failures: failed })
+    }
+
+    /// Removes everything the project runs.
+    pub async fn destroy(&self, events: &Events) -> Result<Vec<String>, Error> {
+        let _lock = self.lock(events).await?;
+        Ok(self.stages.provisioner.destroy(&self.opts.project, events).await?)
+    }
+
+    /// Re-checks every running service of the project.
+    pub async fn health(&self) -> Result<Vec<(RunningService, HealthReport)>, Error> {
+        let running = self.stages.provisioner.running(&self.opts.project).await?;
+        let checks = running.into_iter().map(|r| {
+            let prober = self.stages.prober.clone();
+            let deadline = self.opts.health_deadline;
+            async move {
+                let h = match r.endpoint {
+                    Some(addr) => prober.check(&ProbeTarget { service: r.service.clone(), addr, deadline }).await,
+                    None => HealthReport {
+                        service: r.service.clone(),
+                        state: HealthState::Unreachable,
+                        exit_code: None,
+                        detail: format!("no published mTLS endpoint (container {})", r.state),
+                        attempts: 0,
+                    },
+                };
+                (r, h)
+            }
+        });
+        Ok(futures::future::join_all(checks).await)
+    }
+
+    async fn prepare_all(&self, specs: &[ServiceSpec], mode: Mode, events: &Events) -> (Vec<Prepared>, Vec<ServiceReport>) {
+        let n = self.opts.parallelism.max(1);
+        let mut results: Vec<(usize, Result<Prepared, ServiceReport>)> = futures::stream::iter(specs.iter().cloned().enumerate())
+            .map(|(i, spec)| async move { (i, self.prepare(spec, mode, events).await) })
+            .buffer_unordered(n)
+            .collect()
+            .await;
+        results.sort_by_key(|(i, _)| *i);
+        let mut ok = Vec::new();
+        let mut failed = Vec::new();
+        for (_, r) in results {
+            match r {
+                Ok(p) => ok.push(p),
+                Err(report) => failed.push(report),
+            }
+        }
+        (ok, failed)
+    }
+
+    async fn prepare(&self, spec: ServiceSpec, mode: Mode, events: &Events) -> Result<Prepared, ServiceReport> {
+        let ev = events.for_service(&spec.name);
+        let mut report = ServiceReport::new(spec.name.clone(), spec.slug.to_string());
+        macro_rules! stage {
+            ($stage:expr, $fut:expr) => {{
+                let t = Instant::now();
+                ev.info($stage, format!("{} …", $stage.as_str()));
+                let r = $fut;
+                let ok = r.is_ok();
+                report.stages.push(StageTiming { stage: $stage, millis: t.elapsed().as_millis() as u64, ok });
+                match r {
+                    Ok(v) => v,
+                    Err(e) => {
+                        ev.error($stage, e.to_string());
+                        report.fail($stage, e);
+                        return Err(report);
+                    }
+                }
+            }};
+        }
+        let source: Source = stage!(Stage::Fetch, self.stages.fetcher.fetch(&spec.slug, &ev).await);
+        report.commit = source.commit.clone();
+        ev.info(Stage::Fetch, format!("{} ({})", source.digest, source.origin));
+        let entry = stage!(Stage::Resolve, self.stages.resolver.resolve(&source, spec.entrypoint.clone()));
+        ev.info(Stage::Resolve, format!("{} → {:?} ({})", entry.rule, entry.argv, entry.why));
+        report.entry = Some(entry.clone());
+        let build = BuildSpec {
+            project: self.opts.project.clone(),
+            service: spec.name.clone(),
+            source,
+            entry: entry.clone(),
+            env: spec.env.clone(),
+        };
+        let image = match mode {
+            Mode::Build => stage!(Stage::Build, self.stages.builder.build(&build, &ev).await),
+            Mode::PlanOnly => stage!(Stage::Build, self.stages.builder.planned(&build)),
+        };
+        report.image = Some(image.tag.clone());
+        report.image_reused = Some(image.reused);
+        let certs = stage!(Stage::Certs, self.stages.pki.issue(&self.opts.project, &spec.name).await);
+        Ok(Prepared { spec, report, entry, image, certs })
+    }
+
+    /// Renders every prepared service's sidecar against the mesh of all prepared services.
+    #[allow(clippy::type_complexity)]
+    fn mesh_and_plan_input(
+        &self,
+        prepared: Vec<Prepared>,
+        _failed: &[ServiceReport],
+        events: &Events,
+    ) -> (PlanInput, Vec<(Prepared, String)>, Vec<ServiceReport>) {
+        let ports = MeshPorts::default();
+        let mesh = Mesh {
+            project: self.opts.project.clone(),
+            services: prepared
+                .iter()
+                .map(|p| MeshService {
+                    name: p.spec.name.clone(),
+                    address: p.spec.name.to_string(),
+                    port: ports.inbound,
+                    app_port: app_port(&p.spec.env, &p.entry),
+                })
+                .collect(),
+            ports,
+            certs: CertPaths::in_container(),
+        };
+        let mut rendered = Vec::new();
+        let mut failed = Vec::new();
+        let mut services = Vec::new();
+        for mut p in prepared {
+            let t = Instant::now();
+            match self.stages.sidecar.render(&mesh, &p.spec.name) {
+                Ok(config) => {
+                    p.report.stages.push(StageTiming { stage: Stage::Render, millis: t.elapsed().as_millis() as u64, ok: true });
+                    services.push(PlannedService {
+                        name: p.spec.name.clone(),
+                        image: p.image.tag.clone(),
+                        envoy_config: self.envoy_config_path(&p.spec.name),
+                        envoy_config_digest: sha256_tagged(config.as_bytes()),
+                        certs: p.certs.clone(),
+                        app_port: app_port(&p.spec.env, &p.entry),
+                        env: p.spec.env.clone(),
+                    });
+                    rendered.push((p, config));
+                }
+                Err(e) => {
+                    p.report.stages.push(StageTiming { stage: Stage::Render, millis: t.elapsed().as_millis() as u64, ok: false });
+                    events.for_service(&p.spec.name).error(Stage::Render, e.to_string());
+                    p.report.fail(Stage::Render, e);
+                    failed.push(p.report);
+                }
+            }
+        }
+        let input = PlanInput {
+            project: self.opts.project.clone(),
+            network: self.opts.network.clone(),
+            envoy_image: self.opts.envoy_image.clone(),
+            otel_endpoint: self.opts.otel_endpoint.clone(),
+            services,
+            keep: Vec::new(),
+        };
+        (input, rendered, failed)
+    }
+
+    async fn lock(&self, events: &Events) -> Result<std::fs::File, Error> {
+        let path = self.opts.state_dir.join("deploy.lock");
+        let dir = self.opts.state_dir.clone();
+        let p = path.clone();
+        let file = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+            std::fs::create_dir_all(&dir)?;
+            std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&p)
+        })
+        .await
+        .expect("lock task never panics")
+        .map_err(|source| Error::Io { path: path.clone(), source })?;
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                events.info(Stage::Deploy, format!("waiting for another deploy of project {} ({})", self.opts.project, path.display()));
+            }
+            Err(std::fs::TryLockError::Error(source)) => return Err(Error::Io { path, source }),
+        }
+        tokio::task::spawn_blocking(move || file.lock().map(|()| file))
+            .await
+            .expect("lock task never panics")
+            .map_err(|source| Error::Io { path, source })
+    }
+
+    fn abort(&self, mut failed: Vec<ServiceReport>, prepared: Vec<Prepared>, started: Instant, why: String) -> DeployReport {
+        for mut p in prepared {
+            p.report.fail(Stage::Provision, &why);
+            failed.push(p.report);
+        }
+        self.finish(failed, Vec::new(), started, Some(why))
+    }
+
+    fn finish(&self, mut services: Vec<ServiceReport>, removed: Vec<ServiceName>, started: Instant, error: Option<String>) -> DeployReport {
+        services.sort_by(|a, b| a.service.cmp(&b.service));
+        let ok = error.is_none() && services.iter().all(|s| s.ok);
+        DeployReport {
+            project: self.opts.project.clone(),
+            ok,
+            services,
+            removed,
+            error,
+            millis: started.elapsed().as_millis() as u64,
+        }
+    }
+}
+
+/// The app's own port: `PORT` from the repos file's env, else the entry's (Django/gunicorn).
+fn app_port(env: &BTreeMap<String, String>, entry: &Entry) -> Option<u16> {
+    env.get("PORT").and_then(|p| p.parse().ok()).or(entry.port)
+}
+
+#[cfg(test)]
+#[path = "deployer_tests.rs"]
+mod tests;

@@ -1,0 +1,336 @@
+//! Deployer unit tests: every stage is a mockall fake.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use super::*;
+use crate::entry::Language;
+use crate::error::{FetchError, ProvisionError};
+use crate::event::DeployEvent;
+use crate::stack::{Applied, AppliedService};
+
+fn spec(name: &str) -> ServiceSpec {
+    ServiceSpec {
+        name: ServiceName::new(name).unwrap(),
+        slug: format!("gh:o/{name}").parse().unwrap(),
+        entrypoint: None,
+        env: Default::default(),
+    }
+}
+
+fn source(dir: &str) -> Source {
+    Source { dir: dir.into(), commit: Some("abc".into()), digest: format!("sha256:{dir}"), origin: "test".into() }
+}
+
+fn entry() -> Entry {
+    Entry { language: Language::Python, rule: "main.py".into(), argv: vec!["python".into(), "/app/main.py".into()], why: "root main.py".into(), port: None }
+}
+
+fn image(svc: &str) -> ImageRef {
+    ImageRef { id: format!("sha256:id-{svc}"), tag: format!("iac/p-{svc}:k"), key: "k".into(), reused: false }
+}
+
+fn serving(svc: &ServiceName, state: HealthState) -> HealthReport {
+    HealthReport { service: svc.clone(), state, exit_code: None, detail: "d".into(), attempts: 1 }
+}
+
+struct Fakes {
+    fetcher: MockSourceFetcher,
+    resolver: MockEntryResolver,
+    builder: MockImageBuilder,
+    pki: MockPki,
+    sidecar: MockSidecarRenderer,
+    provisioner: MockProvisioner,
+    prober: MockHealthProber,
+}
+
+impl Fakes {
+    /// Every stage succeeds; the provisioner creates everything it is given on port 40000+i.
+    fn happy() -> Self {
+        let mut f = Fakes {
+            fetcher: MockSourceFetcher::new(),
+            resolver: MockEntryResolver::new(),
+            builder: MockImageBuilder::new(),
+            pki: MockPki::new(),
+            sidecar: MockSidecarRenderer::new(),
+            provisioner: MockProvisioner::new(),
+            prober: MockHealthProber::new(),
+        };
+        f.fetcher.expect_fetch().returning(|slug, _| Ok(source(&slug.repo_name())));
+        f.resolver.expect_resolve().returning(|_, _| Ok(entry()));
+        f.builder.expect_build().returning(|s, _| Ok(image(s.service.as_str())));
+        f.builder.expect_planned().returning(|s| Ok(image(s.service.as_str())));
+        f.pki.expect_issue().returning(|_, svc| {
+            Ok(IssuedCerts {
+                paths: CertPaths { ca: "/ca".into(), cert: format!("/{svc}.pem").into(), key: format!("/{svc}.key").into() },
+                fingerprint: "fp".into(),
+            })
+        });
+        f.sidecar.expect_render().returning(|mesh, svc| Ok(format!("config for {svc} with {} members", mesh.services.len())));
+        f.provisioner.expect_apply().returning(|stack, _, _| {
+            Ok(Applied {
+                services: stack
+                    .services
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| AppliedService {
+                        service: s.service.clone(),
+                        action: Action::Create,
+                        endpoint: Some(format!("127.0.0.1:{}", 40000 + i).parse().unwrap()),
+                        health: None,
+                        error: None,
+                    })
+                    .collect(),
+                removed: vec![],
+            })
+        });
+        f.prober.expect_check().returning(|t| serving(&t.service, HealthState::Serving));
+        f
+    }
+
+    fn deployer(self, dir: &std::path::Path, parallelism: usize) -> Deployer {
+        Deployer::new(
+            Stages {
+                fetcher: Arc::new(self.fetcher),
+                resolver: Arc::new(self.resolver),
+                builder: Arc::new(self.builder),
+                pki: Arc::new(self.pki),
+                sidecar: Arc::new(self.sidecar),
+                provisioner: Arc::new(self.provisioner),
+                prober: Arc::new(self.prober),
+            },
+            DeployOptions {
+                project: ProjectName::new("p").unwrap(),
+                network: "iacnet".into(),
+                envoy_image: "envoy:test".into(),
+                parallelism,
+                state_dir: dir.to_path_buf(),
+                health_deadline: Duration::from_secs(1),
+                otel_endpoint: None,
+            },
+        )
+    }
+}
+
+fn drain(mut rx: tokio::sync::mpsc::UnboundedReceiver<DeployEvent>) -> Vec<DeployEvent> {
+    let mut v = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        v.push(e);
+    }
+    v
+}
+
+#[tokio::test]
+async fn happy_path_runs_stages_in_order_and_writes_configs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Fakes::happy().deployer(dir.path(), 4);
+    let (events, rx) = Events::channel();
+    let report = d.deploy(&[spec("web"), spec("api")], &events).await;
+    assert!(report.ok, "{report:#?}");
+    assert_eq!(report.services.iter().map(|s| s.service.as_str()).collect::<Vec<_>>(), ["api", "web"]);
+    for s in &report.services {
+        let stages: Vec<_> = s.stages.iter().map(|t| t.stage).collect();
+        assert_eq!(stages, [Stage::Fetch, Stage::Resolve, Stage::Build, Stage::Certs, Stage::Render, Stage::Provision, Stage::Health]);
+        assert_eq!(s.health.as_ref().unwrap().state, HealthState::Serving);
+        assert_eq!(s.action, Some(Action::Create));
+        let cfg = std::fs::read_to_string(dir.path().join("services").join(s.service.as_str()).join("envoy.yaml")).unwrap();
+        assert_eq!(cfg, format!("config for {} with 2 members", s.service));
+    }
+    let events = drain(rx);
+    let web: Vec<_> = events.iter().filter(|e| e.service.as_ref().is_some_and(|s| s.as_str() == "web")).map(|e| e.stage).collect();
+    let pos = |st: Stage| web.iter().position(|s| *s == st).unwrap_or_else(|| panic!("no {st:?} event"));
+    assert!(pos(Stage::Fetch) < pos(Stage::Resolve) && pos(Stage::Resolve) < pos(Stage::Build) && pos(Stage::Build) < pos(Stage::Health));
+    assert!(events.iter().any(|e| e.service.is_none() && e.stage == Stage::Plan));
+}
+
+#[tokio::test]
+async fn one_failing_service_does_not_stop_its_peers_and_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = Fakes::happy();
+    f.fetcher = MockSourceFetcher::new();
+    f.fetcher.expect_fetch().returning(|slug, _| {
+        if slug.repo_name() == "bad" {
+            Err(FetchError::Http { url: "http://x/bad.tgz".into(), status: Some(404), message: "404 Not Found".into() })
+        } else {
+            Ok(source(&slug.repo_name()))
+        }
+    });
+    f.provisioner = MockProvisioner::new();
+    f.provisioner
+        .expect_apply()
+        .withf(|stack, _, _| {
+            stack.services.iter().map(|s| s.service.as_str()).collect::<Vec<_>>() == ["good"]
+                && stack.keep.iter().map(|s| s.as_str()).collect::<Vec<_>>() == ["bad"]
+        })
+        .times(1)
+        .returning(|stack, _, _| {
+            Ok(Applied {
+                services: vec![AppliedService { service: stack.services[0].service.clone(), action: Action::Create, endpoint: Some("127.0.0.1:1".parse().unwrap()), health: None, error: None }],
+                removed: vec![],
+            })
+        });
+    let d = f.deployer(dir.path(), 2);
+    let (events, rx) = Events::channel();
+    let report = d.deploy(&[spec("bad"), spec("good")], &events).await;
+    assert!(!report.ok);
+    let bad = &report.services[0];
+    assert_eq!(bad.service.as_str(), "bad");
+    assert_eq!(bad.failed_stage, Some(Stage::Fetch));
+    assert!(bad.error.as_ref().unwrap().contains("404"), "{:?}", bad.error);
+    assert!(report.services[1].ok);
+    assert!(drain(rx).iter().any(|e| e.level == crate::EventLevel::Error && e.stage == Stage::Fetch));
+}
+
+/// A hand-written fetcher that really awaits, so overlapping fetches can be observed.
+struct SlowFetcher {
+    now: AtomicUsize,
+    max: AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl SourceFetcher for SlowFetcher {
+    async fn fetch(&self, slug: &crate::Slug, _: &Events) -> Result<Source, FetchError> {
+        let cur = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max.fetch_max(cur, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        self.now.fetch_sub(1, Ordering::SeqCst);
+        Ok(source(&slug.repo_name()))
+    }
+}
+
+#[tokio::test]
+async fn parallelism_is_bounded_and_used() {
+    for limit in [1usize, 2, 3] {
+        let dir = tempfile::tempdir().unwrap();
+        let slow = Arc::new(SlowFetcher { now: AtomicUsize::new(0), max: AtomicUsize::new(0) });
+        let f = Fakes::happy();
+        let mut d = f.deployer(dir.path(), limit);
+        d.stages.fetcher = slow.clone();
+        let specs: Vec<_> = (0..7).map(|i| spec(&format!("s{i}"))).collect();
+        let report = d.deploy(&specs, &Events::discard()).await;
+        assert!(report.ok);
+        assert_eq!(slow.max.load(Ordering::SeqCst), limit, "exactly {limit} fetches overlap at most");
+    }
+}
+
+#[tokio::test]
+async fn provision_failure_fails_every_prepared_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = Fakes::happy();
+    f.provisioner = MockProvisioner::new();
+    f.provisioner.expect_apply().returning(|_, _, _| Err(ProvisionError::Engine("connection refused".into())));
+    f.prober = MockHealthProber::new();
+    f.prober.expect_check().never();
+    let d = f.deployer(dir.path(), 2);
+    let report = d.deploy(&[spec("a"), spec("b")], &Events::discard()).await;
+    assert!(!report.ok);
+    assert!(report.error.as_ref().unwrap().contains("connection refused"));
+    assert!(report.services.iter().all(|s| s.failed_stage == Some(Stage::Provision)));
+}
+
+#[tokio::test]
+async fn not_serving_and_rolled_back_are_failures_peers_stay_ok() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = Fakes::happy();
+    f.provisioner = MockProvisioner::new();
+    f.provisioner.expect_apply().returning(|stack, _, _| {
+        Ok(Applied {
+            services: stack
+                .services
+                .iter()
+                .map(|s| {
+                    let rolled = s.service.as_str() == "rolled";
+                    AppliedService {
+                        service: s.service.clone(),
+                        action: if rolled { Action::RolledBack } else { Action::Create },
+                        endpoint: Some("127.0.0.1:2".parse().unwrap()),
+                        health: rolled.then(|| serving(&s.service, HealthState::NotServing)),
+                        error: None,
+                    }
+                })
+                .collect(),
+            removed: vec![ServiceName::new("gone").unwrap()],
+        })
+    });
+    f.prober = MockHealthProber::new();
+    f.prober.expect_check().returning(|t| {
+        let st = if t.service.as_str() == "sick" { HealthState::NotServing } else { HealthState::Serving };
+        serving(&t.service, st)
+    });
+    let d = f.deployer(dir.path(), 2);
+    let report = d.deploy(&[spec("ok"), spec("sick"), spec("rolled")], &Events::discard()).await;
+    let by = |n: &str| report.services.iter().find(|s| s.service.as_str() == n).unwrap();
+    assert!(by("ok").ok);
+    assert!(!by("sick").ok && by("sick").failed_stage == Some(Stage::Health));
+    assert!(!by("rolled").ok && by("rolled").error.as_ref().unwrap().contains("rolled back"));
+    assert_eq!(report.removed, [ServiceName::new("gone").unwrap()]);
+    assert!(!report.ok);
+}
+
+#[tokio::test]
+async fn plan_never_builds_or_applies() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = Fakes::happy();
+    f.builder = MockImageBuilder::new();
+    f.builder.expect_build().never();
+    f.builder.expect_planned().times(2).returning(|s| Ok(image(s.service.as_str())));
+    f.provisioner = MockProvisioner::new();
+    f.provisioner.expect_apply().never();
+    f.provisioner.expect_diff().times(1).returning(|stack| {
+        Ok(stack.services.iter().map(|s| Change { service: s.service.clone(), action: Action::Create, reason: "not running".into() }).collect())
+    });
+    let d = f.deployer(dir.path(), 2);
+    let out = d.plan(&[spec("a"), spec("b")], &Events::discard()).await.unwrap();
+    assert_eq!(out.changes.len(), 2);
+    assert!(out.failures.is_empty());
+    assert!(!dir.path().join("services/a/envoy.yaml").exists(), "plan writes no configs");
+}
+
+#[tokio::test]
+async fn sidecar_render_failure_is_per_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = Fakes::happy();
+    f.sidecar = MockSidecarRenderer::new();
+    f.sidecar.expect_render().returning(|_, svc| {
+        if svc.as_str() == "x" {
+            Err(crate::error::SidecarError::Invalid { service: "x".into(), why: "bad port".into() })
+        } else {
+            Ok("cfg".into())
+        }
+    });
+    let d = f.deployer(dir.path(), 2);
+    let report = d.deploy(&[spec("x"), spec("y")], &Events::discard()).await;
+    assert_eq!(report.services[0].failed_stage, Some(Stage::Render));
+    assert!(report.services[1].ok);
+}
+
+#[tokio::test]
+async fn concurrent_deploys_of_one_project_serialize_on_the_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let inside = Arc::new(AtomicUsize::new(0));
+    let overlap = Arc::new(AtomicUsize::new(0));
+    let mk = |inside: Arc<AtomicUsize>, overlap: Arc<AtomicUsize>| {
+        let mut f = Fakes::happy();
+        f.provisioner = MockProvisioner::new();
+        f.provisioner.expect_apply().returning(move |stack, _, _| {
+            if inside.fetch_add(1, Ordering::SeqCst) > 0 {
+                overlap.fetch_add(1, Ordering::SeqCst);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            inside.fetch_sub(1, Ordering::SeqCst);
+            Ok(Applied {
+                services: stack.services.iter().map(|s| AppliedService { service: s.service.clone(), action: Action::Unchanged, endpoint: Some("127.0.0.1:3".parse().unwrap()), health: None, error: None }).collect(),
+                removed: vec![],
+            })
+        });
+        f.deployer(dir.path(), 1)
+    };
+    let a = Arc::new(mk(inside.clone(), overlap.clone()));
+    let b = Arc::new(mk(inside.clone(), overlap.clone()));
+    let ta = tokio::spawn(async move { a.deploy(&[spec("a")], &Events::discard()).await });
+    let tb = tokio::spawn(async move { b.deploy(&[spec("a")], &Events::discard()).await });
+    assert!(ta.await.unwrap().ok);
+    assert!(tb.await.unwrap().ok);
+    assert_eq!(overlap.load(Ordering::SeqCst), 0, "the project lock serializes apply");
+}

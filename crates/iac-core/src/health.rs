@@ -1,0 +1,86 @@
+//! Health and logs as the control plane sees them: [`ProbeTarget`], [`HealthReport`], [`LogLine`].
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::name::ServiceName;
+
+/// Where to reach one service's agent: its Envoy's mTLS listener as published on the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeTarget {
+    pub service: ServiceName,
+    pub addr: SocketAddr,
+    /// Keep retrying (with backoff) until this much time has passed.
+    #[serde(with = "millis")]
+    pub deadline: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum HealthState {
+    Serving,
+    NotServing,
+    Unknown,
+    /// Nothing answered (connection, TLS or deadline failure); `detail` says why.
+    Unreachable,
+}
+
+impl HealthState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthState::Serving => "SERVING",
+            HealthState::NotServing => "NOT_SERVING",
+            HealthState::Unknown => "UNKNOWN",
+            HealthState::Unreachable => "UNREACHABLE",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthReport {
+    pub service: ServiceName,
+    pub state: HealthState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    pub detail: String,
+    /// How many attempts the prober made.
+    pub attempts: u32,
+}
+
+impl HealthReport {
+    pub fn is_serving(&self) -> bool {
+        self.state == HealthState::Serving
+    }
+}
+
+/// What `StreamLogs` should send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct LogQuery {
+    pub follow: bool,
+    /// 0 = everything buffered.
+    pub tail: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    pub service: ServiceName,
+    pub ts: String,
+    /// "stdout" or "stderr".
+    pub stream: String,
+    pub msg: String,
+}
+
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}

@@ -1,0 +1,38 @@
+//! `iac-core`: the domain of iac and the pipeline that runs it.
+//!
+//! Owns the domain types (slugs, service specs, sources, entries, stacks, events, reports), the
+//! stage traits every backend implements (see [`stages`]), the pure planner ([`plan::plan`]) and the
+//! [`Deployer`] that runs the stages per service with bounded parallelism. There is deliberately no
+//! Docker, HTTP or child-process code in this crate: that lives behind the traits in `iac-backends`.
+
+pub mod deployer;
+pub mod entry;
+pub mod error;
+pub mod event;
+pub mod fsutil;
+pub mod health;
+pub mod image;
+pub mod mesh;
+pub mod name;
+pub mod plan;
+pub mod repos;
+pub mod report;
+pub mod slug;
+pub mod source;
+pub mod stack;
+pub mod stages;
+
+pub use deployer::{DeployOptions, Deployer, Stages};
+pub use entry::{Entry, Language};
+pub use error::*;
+pub use event::{DeployEvent, EventLevel, Events, Stage};
+pub use health::{HealthReport, HealthState, LogLine, LogQuery, ProbeTarget};
+pub use image::{BuildSpec, ImageRef};
+pub use mesh::{CertPaths, IssuedCerts, Mesh, MeshPorts, MeshService};
+pub use name::{ProjectName, ServiceName};
+pub use repos::{ReposFile, ReposFormat, ServiceSpec, load_repos_file, parse_repos_file};
+pub use report::{DeployReport, ServiceReport, StageTiming};
+pub use slug::{Forge, Slug};
+pub use source::Source;
+pub use stack::{Action, Applied, AppliedService, Change, ContainerSpec, Mount, NetworkMode, NetworkSpec, PortPublish, RunningService, ServiceStack, Stack};
+pub use stages::*;

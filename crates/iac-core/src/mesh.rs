@@ -1,0 +1,97 @@
+//! The mesh as the sidecar renderer sees it: which services exist, how peers are addressed, which
+//! ports the sidecar uses and where its certificates are. Pure data; [`crate::SidecarRenderer`]
+//! turns it into one Envoy config per service.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::name::{ProjectName, ServiceName};
+
+/// Certificate files: a CA bundle, a certificate and its key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct CertPaths {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl CertPaths {
+    /// Where every sidecar finds its certificates inside its container.
+    pub fn in_container() -> CertPaths {
+        CertPaths {
+            ca: "/etc/iac/certs/ca.pem".into(),
+            cert: "/etc/iac/certs/cert.pem".into(),
+            key: "/etc/iac/certs/key.pem".into(),
+        }
+    }
+}
+
+/// Certificates issued for a service, plus a fingerprint that changes whenever any of them does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssuedCerts {
+    pub paths: CertPaths,
+    pub fingerprint: String,
+}
+
+/// Ports and addresses a sidecar uses. Defaults are the production layout; tests remap them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshPorts {
+    /// Address the inbound mTLS listener binds (`0.0.0.0` in a container).
+    pub inbound_bind: String,
+    pub inbound: u16,
+    pub outbound: u16,
+    /// The agent's gRPC port on loopback.
+    pub agent: u16,
+    /// Prometheus stats listener on loopback.
+    pub stats: u16,
+    /// Envoy admin socket (a pipe, never TCP).
+    pub admin_socket: String,
+}
+
+impl Default for MeshPorts {
+    fn default() -> Self {
+        MeshPorts {
+            inbound_bind: "0.0.0.0".into(),
+            inbound: 15000,
+            outbound: 15001,
+            agent: 50051,
+            stats: 9901,
+            admin_socket: "/tmp/envoy-admin.sock".into(),
+        }
+    }
+}
+
+/// One member of the mesh.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshService {
+    pub name: ServiceName,
+    /// How peers reach it: the DNS alias on the project network (its name), or an IP in tests.
+    pub address: String,
+    /// Its inbound mTLS port as peers dial it.
+    pub port: u16,
+    /// The app's own HTTP port, if it declares one (inbound non-gRPC traffic goes there).
+    pub app_port: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mesh {
+    pub project: ProjectName,
+    pub services: Vec<MeshService>,
+    pub ports: MeshPorts,
+    /// Certificate paths as the sidecar sees them.
+    pub certs: CertPaths,
+}
+
+impl Mesh {
+    pub fn service(&self, name: &ServiceName) -> Option<&MeshService> {
+        self.services.iter().find(|s| &s.name == name)
+    }
+
+    /// Every member except `name`, in name order.
+    pub fn peers_of(&self, name: &ServiceName) -> Vec<&MeshService> {
+        let mut v: Vec<_> = self.services.iter().filter(|s| &s.name != name).collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+}

@@ -1,0 +1,399 @@
+//! The repos file: a YAML or JSON list of slugs (strings) or `{slug, name?, entrypoint?, env?}`
+//! maps, optionally wrapped as `{project?, services: [...]}`. Produces [`ServiceSpec`]s with
+//! deterministic, de-duplicated DNS-safe service names. Errors name the item (and its line when it
+//! can be found) and say what was expected.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::ReposFileError;
+use crate::name::{ProjectName, ServiceName};
+use crate::slug::Slug;
+
+/// One service to deploy, as the repos file (or an API call) describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSpec {
+    pub name: ServiceName,
+    pub slug: Slug,
+    /// `module:function` (called) or a command line (run as argv); overrides entry detection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+}
+
+/// What a parsed repos file holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReposFile {
+    pub project: Option<ProjectName>,
+    pub services: Vec<ServiceSpec>,
+}
+
+/// The syntax to parse. `Auto` picks JSON when the text starts with `[` or `{` and parses as JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReposFormat {
+    Yaml,
+    Json,
+    Auto,
+}
+
+impl ReposFormat {
+    /// From a file name's extension (`.json` → JSON, `.yaml`/`.yml` → YAML, else auto).
+    pub fn from_path(path: &Path) -> Self {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("json") => ReposFormat::Json,
+            Some("yaml" | "yml") => ReposFormat::Yaml,
+            _ => ReposFormat::Auto,
+        }
+    }
+}
+
+/// Reads and parses a repos file; relative `path:` slugs are resolved against the file's directory.
+pub fn load_repos_file(path: &Path) -> Result<ReposFile, ReposFileError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ReposFileError::Read {
+        file: path.display().to_string(),
+        source: e,
+    })?;
+    let mut parsed = parse_repos_file(&text, ReposFormat::from_path(path)).map_err(|e| e.in_file(path))?;
+    let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let base = std::fs::canonicalize(base).unwrap_or_else(|_| base.to_path_buf());
+    for s in &mut parsed.services {
+        s.slug = s.slug.clone().resolve_relative(&base);
+    }
+    Ok(parsed)
+}
+
+/// Parses repos-file text.
+pub fn parse_repos_file(text: &str, format: ReposFormat) -> Result<ReposFile, ReposFileError> {
+    let root = parse_value(text, format)?;
+    let (project, items) = match root {
+        Value::Array(items) => (None, items),
+        Value::Object(mut map) => {
+            for key in map.keys() {
+                if key != "project" && key != "services" {
+                    return Err(ReposFileError::Shape {
+                        expected: format!(
+                            "a list of services, or a map with keys `project` and `services` (unknown key {key:?})"
+                        ),
+                    });
+                }
+            }
+            let project = match map.remove("project") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(p)) => Some(ProjectName::new(&p).map_err(|e| ReposFileError::Shape {
+                    expected: format!("`project` to be a DNS label: {e}"),
+                })?),
+                Some(other) => {
+                    return Err(ReposFileError::Shape {
+                        expected: format!("`project` to be a string, got {}", kind(&other)),
+                    });
+                }
+            };
+            match map.remove("services") {
+                Some(Value::Array(items)) => (project, items),
+                Some(other) => {
+                    return Err(ReposFileError::Shape {
+                        expected: format!("`services` to be a list, got {}", kind(&other)),
+                    });
+                }
+                None => {
+                    return Err(ReposFileError::Shape { expected: "a `services` list".into() });
+                }
+            }
+        }
+        Value::Null => (None, Vec::new()),
+        other => {
+            return Err(ReposFileError::Shape {
+                expected: format!("a list of services, got {}", kind(&other)),
+            });
+        }
+    };
+    if items.is_empty() {
+        return Err(ReposFileError::Shape { expected: "at least one service".into() });
+    }
+
+    struct Raw {
+        slug: Slug,
+        name: Option<ServiceName>,
+        entrypoint: Option<String>,
+        env: BTreeMap<String, String>,
+    }
+    let mut raws = Vec::with_capacity(items.len());
+    let mut search_from = 0usize;
+    for (i, item) in items.into_iter().enumerate() {
+        let index = i + 1;
+        let slug_text = match &item {
+            Value::String(s) => Some(s.clone()),
+            Value::Object(m) => m.get("slug").and_then(Value::as_str).map(str::to_string),
+            _ => None,
+        };
+        let line = slug_text.as_deref().and_then(|s| find_line(text, s, &mut search_from));
+        let fail = |expected: String| ReposFileError::Item { index, line, expected };
+        let raw = match item {
+            Value::String(s) => Raw {
+                slug: s.parse().map_err(|e: crate::error::SlugError| fail(e.to_string()))?,
+                name: None,
+                entrypoint: None,
+                env: BTreeMap::new(),
+            },
+            Value::Object(map) => {
+                let mut slug = None;
+                let mut name = None;
+                let mut entrypoint = None;
+                let mut env = BTreeMap::new();
+                for (k, v) in map {
+                    match (k.as_str(), v) {
+                        ("slug", Value::String(s)) => {
+                            slug = Some(s.parse::<Slug>().map_err(|e| fail(e.to_string()))?)
+                        }
+                        ("name", Value::String(n)) => {
+                            name = Some(ServiceName::new(&n).map_err(|e| fail(format!("`name` to be a DNS label: {e}")))?)
+                        }
+                        ("entrypoint", Value::String(e)) if !e.trim().is_empty() => {
+                            entrypoint = Some(e.trim().to_string())
+                        }
+                        ("env", Value::Object(m)) => {
+                            for (ek, ev) in m {
+                                if !valid_env_key(&ek) {
+                                    return Err(fail(format!(
+                                        "env key {ek:?} to be [A-Za-z_][A-Za-z0-9_]*"
+                                    )));
+                                }
+                                let ev = match ev {
+                                    Value::String(s) => s,
+                                    Value::Number(n) => n.to_string(),
+                                    Value::Bool(b) => b.to_string(),
+                                    other => {
+                                        return Err(fail(format!(
+                                            "env value of {ek} to be a string, number or bool, got {}",
+                                            kind(&other)
+                                        )));
+                                    }
+                                };
+                                env.insert(ek, ev);
+                            }
+                        }
+                        ("env", Value::Null) => {}
+                        (key @ ("slug" | "name" | "entrypoint" | "env"), other) => {
+                            let want = if key == "env" { "a map" } else { "a non-empty string" };
+                            return Err(fail(format!("`{key}` to be {want}, got {}", kind(&other))));
+                        }
+                        (other, _) => {
+                            return Err(fail(format!(
+                                "only the keys slug, name, entrypoint, env (unknown key {other:?})"
+                            )));
+                        }
+                    }
+                }
+                let slug = slug.ok_or_else(|| fail("a `slug` key".into()))?;
+                Raw { slug, name, entrypoint, env }
+            }
+            other => {
+                return Err(fail(format!(
+                    "a slug string or a map {{slug, name?, entrypoint?, env?}}, got {}",
+                    kind(&other)
+                )));
+            }
+        };
+        raws.push((index, line, raw));
+    }
+
+    // Names: explicit names first (must be unique), then derived names de-duplicated in file order
+    // with -2, -3, … so the result depends only on the file.
+    let mut taken = BTreeSet::new();
+    for (index, line, raw) in &raws {
+        if let Some(n) = &raw.name
+            && !taken.insert(n.clone())
+        {
+            return Err(ReposFileError::Item {
+                index: *index,
+                line: *line,
+                expected: format!("a unique service name; {n:?} is used by an earlier item"),
+            });
+        }
+    }
+    let mut services = Vec::with_capacity(raws.len());
+    for (index, line, raw) in raws {
+        let name = match raw.name {
+            Some(n) => n,
+            None => {
+                let base = raw.slug.default_service_name().ok_or_else(|| ReposFileError::Item {
+                    index,
+                    line,
+                    expected: format!(
+                        "a `name`: no DNS label can be derived from repository name {:?}",
+                        raw.slug.repo_name()
+                    ),
+                })?;
+                dedup(base, &mut taken)
+            }
+        };
+        services.push(ServiceSpec { name, slug: raw.slug, entrypoint: raw.entrypoint, env: raw.env });
+    }
+    Ok(ReposFile { project, services })
+}
+
+fn dedup(base: ServiceName, taken: &mut BTreeSet<ServiceName>) -> ServiceName {
+    if taken.insert(base.clone()) {
+        return base;
+    }
+    for n in 2.. {
+        let suffix = format!("-{n}");
+        let mut stem = base.as_str().to_string();
+        stem.truncate(crate::name::MAX_LABEL - suffix.len());
+        let stem = stem.trim_end_matches('-');
+        let candidate = ServiceName::new(&format!("{stem}{suffix}")).expect("derived label stays valid");
+        if taken.insert(candidate.clone()) {
+            return candidate;
+        }
+    }
+    unreachable!("an unbounded counter always finds a free name")
+}
+
+fn valid_env_key(k: &str) -> bool {
+    let mut chars = k.chars();
+    matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic())
+        && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
+}
+
+fn parse_value(text: &str, format: ReposFormat) -> Result<Value, ReposFileError> {
+    let json = |t: &str| {
+        serde_json::from_str::<Value>(t).map_err(|e| ReposFileError::Syntax {
+            format: "JSON",
+            line: Some(e.line()),
+            message: e.to_string(),
+        })
+    };
+    let yaml = |t: &str| {
+        yaml_serde::from_str::<Value>(t).map_err(|e| ReposFileError::Syntax {
+            format: "YAML",
+            line: e.location().map(|l| l.line()),
+            message: e.to_string(),
+        })
+    };
+    match format {
+        ReposFormat::Json => json(text),
+        ReposFormat::Yaml => yaml(text),
+        ReposFormat::Auto => {
+            let t = text.trim_start();
+            if t.starts_with('[') || t.starts_with('{') {
+                json(text).or_else(|_| yaml(text))
+            } else {
+                yaml(text)
+            }
+        }
+    }
+}
+
+/// 1-based line of the first occurrence of `needle` at or after byte `from`; advances `from`.
+fn find_line(text: &str, needle: &str, from: &mut usize) -> Option<usize> {
+    let needle = needle.trim();
+    if needle.is_empty() || *from > text.len() {
+        return None;
+    }
+    let pos = text[*from..].find(needle)? + *from;
+    *from = pos + needle.len();
+    Some(text[..pos].matches('\n').count() + 1)
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a bool",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a map",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(r: &ReposFile) -> Vec<&str> {
+        r.services.iter().map(|s| s.name.as_str()).collect()
+    }
+
+    #[test]
+    fn yaml_strings_and_maps() {
+        let text = "- gh:octo/api#v1\n- slug: gl:grp/sub/worker\n  name: jobs\n  entrypoint: worker.main:run\n  env:\n    LEVEL: debug\n    N: 3\n- path:examples/hello\n";
+        let r = parse_repos_file(text, ReposFormat::Yaml).unwrap();
+        assert_eq!(names(&r), ["api", "jobs", "hello"]);
+        assert_eq!(r.services[1].entrypoint.as_deref(), Some("worker.main:run"));
+        assert_eq!(r.services[1].env["N"], "3");
+        assert!(r.project.is_none());
+    }
+
+    #[test]
+    fn json_and_wrapped_form() {
+        let text = r#"{"project": "shop", "services": ["gh:a/cart", {"slug": "bb:b/cart#x"}]}"#;
+        let r = parse_repos_file(text, ReposFormat::Auto).unwrap();
+        assert_eq!(r.project.as_ref().unwrap().as_str(), "shop");
+        assert_eq!(names(&r), ["cart", "cart-2"]);
+    }
+
+    #[test]
+    fn dedup_respects_explicit_names_and_is_deterministic() {
+        let text = "- gh:a/svc\n- slug: gh:b/other\n  name: svc-2\n- gh:c/svc\n- gh:d/SVC\n";
+        let r = parse_repos_file(text, ReposFormat::Yaml).unwrap();
+        assert_eq!(names(&r), ["svc", "svc-2", "svc-3", "svc-4"]);
+        let again = parse_repos_file(text, ReposFormat::Yaml).unwrap();
+        assert_eq!(r, again);
+    }
+
+    #[test]
+    fn errors_name_item_and_line() {
+        let cases: &[(&str, &str)] = &[
+            ("- gh:a/b\n- nope:x/y\n", "item 2 (line 2)"),
+            ("- gh:a/b\n- slug: gh:a/c\n  bogus: 1\n", "unknown key \"bogus\""),
+            ("- 42\n", "a slug string or a map"),
+            ("- name: x\n", "a `slug` key"),
+            ("- slug: gh:a/b\n  name: Bad_Name\n", "DNS label"),
+            ("- slug: gh:a/b\n  name: x\n- slug: gh:a/c\n  name: x\n", "unique service name"),
+            ("- slug: gh:a/b\n  env: [1]\n", "`env` to be a map"),
+            ("- slug: gh:a/b\n  env:\n    1BAD: x\n", "env key"),
+            ("- slug: gh:a/b\n  env:\n    K: [x]\n", "env value of K"),
+            ("[]", "at least one service"),
+            ("{\"services\": 3}", "`services` to be a list"),
+            ("{\"servces\": []}", "unknown key \"servces\""),
+            ("\"gh:a/b\"", "a list of services"),
+            ("- gh:a/b\n  - : :\n", "YAML"),
+        ];
+        for (text, needle) in cases {
+            let e = parse_repos_file(text, ReposFormat::Auto).expect_err(text).to_string();
+            assert!(e.contains(needle), "{text:?}: {e:?} should contain {needle:?}");
+        }
+        let e = parse_repos_file("[\"gh:a/b\",]", ReposFormat::Json).unwrap_err().to_string();
+        assert!(e.contains("JSON") && e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn load_resolves_relative_paths_and_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("repos.yml");
+        std::fs::write(&f, "- path:apps/hello\n").unwrap();
+        let r = load_repos_file(&f).unwrap();
+        let Slug::Path { dir: d } = &r.services[0].slug else { panic!() };
+        assert!(d.is_absolute() && d.ends_with("apps/hello"), "{d:?}");
+        std::fs::write(&f, "- gh:a\n").unwrap();
+        let e = load_repos_file(&f).unwrap_err().to_string();
+        assert!(e.contains("repos.yml") && e.contains("item 1"), "{e}");
+        let e = load_repos_file(&dir.path().join("missing.yaml")).unwrap_err().to_string();
+        assert!(e.contains("missing.yaml"), "{e}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parser_never_panics(s in "\\PC{0,200}") {
+            let _ = parse_repos_file(&s, ReposFormat::Auto);
+        }
+        #[test]
+        fn parser_never_panics_yamlish(s in "(- (gh|path|gl):[a-z/#]{0,10}\n|  [a-z]{1,5}: [a-z:]{0,6}\n|- [{}\\[\\]]\n){0,8}") {
+            let _ = parse_repos_file(&s, ReposFormat::Yaml);
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! The stage traits. Each has one job; `iac-backends` has the default implementations (one file
+//! per backend) and tests use the mockall fakes (`Mock*`, behind the `mocks` feature).
+//!
+//! | trait | job | default backend |
+//! |---|---|---|
+//! | [`SourceFetcher`] | slug → source tree on disk | `iac_backends::fetch::{tarball,git,chain,local}` |
+//! | [`EntryResolver`] | source → how main() runs | `iac_backends::entry` (python, binary providers) |
+//! | [`ImageBuilder`] | source + entry → image | `iac_backends::build::docker` |
+//! | [`Pki`] | service → certificate files | `iac_backends::pki::dev_ca` |
+//! | [`SidecarRenderer`] | mesh + service → Envoy config (pure) | `iac_backends::sidecar::envoy` |
+//! | [`Provisioner`] | stack → running containers | `iac_backends::provision::{docker,terraform}` |
+//! | [`HealthProber`] | endpoint → SERVING? over mTLS | `iac_backends::health::grpc` |
+//! | [`LogStreamer`] | endpoint → log lines over mTLS | `iac_backends::health::grpc` |
+//! | [`AuthVerifier`] | bearer token → principal | `iac_backends::auth::supabase` |
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+
+use crate::entry::Entry;
+use crate::error::*;
+use crate::event::Events;
+use crate::health::{HealthReport, LogLine, LogQuery, ProbeTarget};
+use crate::image::{BuildSpec, ImageRef};
+use crate::mesh::{IssuedCerts, Mesh};
+use crate::name::{ProjectName, ServiceName};
+use crate::slug::Slug;
+use crate::source::Source;
+use crate::stack::{Applied, Change, RunningService, Stack};
+
+/// Brings a slug's source tree onto local disk.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait SourceFetcher: Send + Sync {
+    async fn fetch(&self, slug: &Slug, events: &Events) -> Result<Source, FetchError>;
+}
+
+/// Decides how a source tree's main() is run. Pure apart from reading the tree.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+pub trait EntryResolver: Send + Sync {
+    /// `entrypoint` is the repos file's override, if any (it wins over everything).
+    fn resolve(&self, source: &Source, entrypoint: Option<String>) -> Result<Entry, EntryError>;
+}
+
+/// Builds (or reuses) a container image for one service.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait ImageBuilder: Send + Sync {
+    /// The image this spec would produce, without building: tag and key are pure functions of
+    /// the inputs, so `plan` can compare against what runs.
+    fn planned(&self, spec: &BuildSpec) -> Result<ImageRef, BuildError>;
+    async fn build(&self, spec: &BuildSpec, events: &Events) -> Result<ImageRef, BuildError>;
+}
+
+/// Issues the certificates of the mesh.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait Pki: Send + Sync {
+    /// A leaf for `service` (SAN `<service>`, `<service>.<project>`), reissued when missing,
+    /// expiring or signed by another CA. Returns host paths.
+    async fn issue(&self, project: &ProjectName, service: &ServiceName) -> Result<IssuedCerts, PkiError>;
+    /// The control plane's client identity.
+    async fn client_identity(&self) -> Result<IssuedCerts, PkiError>;
+}
+
+/// Renders one service's sidecar config. Must be a pure function of its inputs.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+pub trait SidecarRenderer: Send + Sync {
+    fn render(&self, mesh: &Mesh, service: &ServiceName) -> Result<String, SidecarError>;
+}
+
+/// Makes the engine match a [`Stack`].
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait Provisioner: Send + Sync {
+    /// `docker`, `terraform`, …
+    fn name(&self) -> &'static str;
+    /// What `apply` would do, without doing it.
+    async fn diff(&self, stack: &Stack) -> Result<Vec<Change>, ProvisionError>;
+    /// Reconciles. Replacements are health-gated through `gate` where the backend can do it.
+    async fn apply(
+        &self,
+        stack: &Stack,
+        gate: std::sync::Arc<dyn HealthProber>,
+        events: &Events,
+    ) -> Result<Applied, ProvisionError>;
+    /// Removes everything labelled with the project. Idempotent. Returns what was removed.
+    async fn destroy(&self, project: &ProjectName, events: &Events) -> Result<Vec<String>, ProvisionError>;
+    /// Services running in the project now, with their mTLS endpoints.
+    async fn running(&self, project: &ProjectName) -> Result<Vec<RunningService>, ProvisionError>;
+}
+
+/// Asks a service's agent, through its Envoy over mTLS, whether it is serving.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait HealthProber: Send + Sync {
+    /// Never fails: unreachable is a [`crate::HealthState`] with the reason in `detail`.
+    async fn check(&self, target: &ProbeTarget) -> HealthReport;
+}
+
+/// Streams a service's agent logs, through its Envoy over mTLS.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait LogStreamer: Send + Sync {
+    async fn stream(
+        &self,
+        target: &ProbeTarget,
+        query: LogQuery,
+    ) -> Result<BoxStream<'static, Result<LogLine, ProbeError>>, ProbeError>;
+}
+
+/// Who a verified token belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Principal {
+    /// `sub` claim, or `service_role` for service keys.
+    pub subject: String,
+    pub role: String,
+    pub email: Option<String>,
+    /// How it was verified, e.g. "jwt ES256 (jwks) + supabase /auth/v1/user".
+    pub method: String,
+}
+
+/// Verifies a bearer credential and authorizes it.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait AuthVerifier: Send + Sync {
+    async fn verify(&self, bearer: &str) -> Result<Principal, AuthError>;
+}

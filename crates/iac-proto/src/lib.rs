@@ -1,0 +1,16 @@
+//! Generated code for `proto/controlplane.proto` (package `iac.controlplane.v1`).
+//!
+//! Shared by `iac-agent` (server), the health prober and log streamer in `iac-backends` (client)
+//! and the control plane in `iac-bin` (server). Nothing hand-written lives here.
+#![allow(clippy::all, clippy::pedantic)]
+
+pub mod v1 {
+    tonic::include_proto!("iac.controlplane.v1");
+}
+
+pub use v1::control_plane_client::ControlPlaneClient;
+pub use v1::control_plane_server::{ControlPlane, ControlPlaneServer};
+pub use v1::{
+    DeployRequest, DeployResult, HealthStatus, LogLine, LogRequest, ServiceResult,
+    health_status::Status as HealthStatusCode,
+};
