@@ -1,6 +1,4 @@
-//! The `iac` binary: parses the CLI, loads configuration, wires backends into a Deployer, and runs
-//! the command (or the admin API with `iac serve`).
-
-mod api;
-
-fn main() {}
+//! The `iac` binary: see the `iac_bin` library for everything it does.
+fn main() -> std::process::ExitCode {
+    iac_bin::run()
+}
