@@ -1,0 +1,69 @@
+# iac — developer entry points. `make bootstrap` installs everything the main job needs;
+# `make test` runs every test (what .ci/run calls).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+CARGO ?= cargo
+PREFIX ?= $(HOME)/.cargo/bin
+FILE ?= examples/repos.local.yaml
+export CARGO_TERM_COLOR ?= never
+
+.PHONY: help bootstrap deps images agent install test test-deps fmt lint plan apply destroy bench clean-test-objects
+
+help:
+	@echo "make bootstrap   install host deps, build the static agent + iac, ensure base images"
+	@echo "make test        run every test (unit, golden, real Envoy, real Docker)"
+	@echo "make fmt|lint    rustfmt / clippy -D warnings"
+	@echo "make plan|apply|destroy FILE=repos.yaml   drive iac on a repos file"
+	@echo "make bench       deploy benchmark vs docker compose (prints ratios)"
+
+deps:
+	@bash scripts/install-deps.sh
+
+agent:
+	@bash scripts/build-agent.sh
+
+images: agent
+	@bash scripts/bootstrap-images.sh
+
+install: agent
+	$(CARGO) build --release -p iac-bin
+	@mkdir -p $(PREFIX)
+	@install -m 0755 "$$($(CARGO) metadata --format-version 1 --no-deps | python3 -c 'import json,sys;print(json.load(sys.stdin)["target_directory"])')/release/iac" $(PREFIX)/iac
+	@install -m 0755 "$$(bash scripts/build-agent.sh --print-path)" $(PREFIX)/iac-agent
+	@echo "installed $(PREFIX)/iac and $(PREFIX)/iac-agent"
+
+bootstrap: deps install images
+	@test -f .env || cp .env.example .env
+	@echo "bootstrap done: try 'iac deploy --file examples/repos.local.yaml'"
+
+test-deps: deps agent
+	@bash scripts/install-envoy.sh
+	@bash scripts/bootstrap-images.sh
+
+test: test-deps
+	IAC_REQUIRE_ENVOY=1 IAC_REQUIRE_DOCKER=1 $(CARGO) test --workspace --no-fail-fast
+	@$(MAKE) --no-print-directory clean-test-objects
+
+# Belt and braces: tests remove what they create by label; this catches anything a killed test left.
+clean-test-objects:
+	@ids=$$(docker ps -aq --filter label=iac.test 2>/dev/null); [ -z "$$ids" ] || docker rm -f $$ids >/dev/null
+	@nets=$$(docker network ls -q --filter label=iac.test 2>/dev/null); [ -z "$$nets" ] || docker network rm $$nets >/dev/null
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+plan:
+	iac plan --file $(FILE)
+
+apply:
+	iac deploy --file $(FILE)
+
+destroy:
+	iac destroy
+
+bench:
+	@bash scripts/bench-deploy.sh

@@ -1,0 +1,117 @@
+//! The command line (clap derive): every subcommand and flag of `iac`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::ProvisionerKind;
+
+#[derive(Debug, Parser)]
+#[command(name = "iac", version, about = "Repo slugs in, mTLS-meshed containers out.", long_about = None)]
+pub struct Cli {
+    /// Configuration file (default: ./iac.toml when it exists).
+    #[arg(long, global = true, env = "IAC_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Project name (default: config, then the repos file's `project`, then the directory name).
+    #[arg(long, short = 'p', global = true)]
+    pub project: Option<String>,
+    /// Machine-readable output: NDJSON events and a JSON result.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Override the configured provisioner.
+    #[arg(long, global = true, value_enum)]
+    pub provisioner: Option<ProvisionerKind>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct FileArg {
+    /// Repos file (YAML or JSON): a list of slugs or {slug, name, entrypoint, env} maps.
+    #[arg(long, short = 'f', default_value = "repos.yaml")]
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Fetch, resolve, build, provision and health-check every service in the repos file.
+    Deploy {
+        #[command(flatten)]
+        file: FileArg,
+        /// Services prepared at once.
+        #[arg(long)]
+        parallel: Option<usize>,
+    },
+    /// Show what a deploy would create, replace, keep or remove (builds nothing).
+    Plan {
+        #[command(flatten)]
+        file: FileArg,
+    },
+    /// Remove every container and network of the project.
+    Destroy,
+    /// Health-check every running service through its Envoy over mTLS.
+    Health,
+    /// Stream service logs from the agents (all services, prefixed, when none is named).
+    Logs {
+        #[arg(long, short = 's')]
+        service: Option<String>,
+        #[arg(long, short = 'F')]
+        follow: bool,
+        /// Lines of history first (0 = all buffered).
+        #[arg(long, default_value_t = 100)]
+        tail: u32,
+    },
+    /// Fetch one slug (or read a local directory) and print how its main() would be run.
+    Inspect {
+        /// A slug (gh:owner/repo#ref, git+file:///…, path:DIR) or a directory.
+        target: String,
+    },
+    /// Write, per service, the resolved entry, the Envoy config and the certs it would use.
+    Render {
+        #[command(flatten)]
+        file: FileArg,
+        #[arg(long, short = 'o')]
+        out: PathBuf,
+    },
+    /// Manage the development CA.
+    Ca {
+        #[command(subcommand)]
+        action: CaAction,
+    },
+    /// Configuration.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Make sure every image the config needs exists (builds offline equivalents if needed).
+    Bootstrap,
+    /// Run the admin API (HTTP on TCP and a Unix socket, plus gRPC ControlPlane).
+    Serve {
+        /// TCP listen address.
+        #[arg(long)]
+        http: Option<String>,
+        /// Unix socket path.
+        #[arg(long)]
+        uds: Option<PathBuf>,
+    },
+    /// Print shell completions.
+    Completions {
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaAction {
+    /// Create the CA if there is none (never overwrites).
+    Init,
+    /// Print the CA's subject, fingerprint and expiry.
+    Show,
+    /// Replace the CA (the old one is kept as ca.pem.prev); leaves are reissued on next deploy.
+    Rotate,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigAction {
+    /// Print the effective configuration (secrets redacted).
+    Show,
+}

@@ -1,0 +1,1 @@
+"""greeter: an example service whose entry comes from [project.scripts]."""

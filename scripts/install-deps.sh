@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs the host packages iac's build, bootstrap and tests need (idempotent; Debian/Ubuntu).
+# mmdebstrap builds the offline base image; git serves local test repos; python3-pip fetches wheels.
+set -euo pipefail
+need=()
+for pair in mmdebstrap:mmdebstrap git:git unzip:unzip curl:curl; do
+  cmd=${pair%%:*}; pkg=${pair##*:}
+  command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
+done
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+if [ "${#need[@]}" -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  echo "installing: ${need[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+command -v docker >/dev/null 2>&1 || { echo "docker is required (a running Docker engine)" >&2; exit 1; }
+docker info >/dev/null 2>&1 || { echo "the Docker engine is not reachable (is dockerd running? permissions?)" >&2; exit 1; }
+echo "host dependencies ok"
