@@ -48,11 +48,22 @@ pub enum Command {
         file: FileArg,
     },
     /// Remove every container and network of the project.
-    Destroy,
+    Destroy {
+        /// Take the project name from this repos file.
+        #[arg(long, short = 'f')]
+        file: Option<PathBuf>,
+    },
     /// Health-check every running service through its Envoy over mTLS.
-    Health,
+    Health {
+        /// Take the project name from this repos file.
+        #[arg(long, short = 'f')]
+        file: Option<PathBuf>,
+    },
     /// Stream service logs from the agents (all services, prefixed, when none is named).
     Logs {
+        /// Take the project name from this repos file.
+        #[arg(long, short = 'f')]
+        file: Option<PathBuf>,
         #[arg(long, short = 's')]
         service: Option<String>,
         #[arg(long, short = 'F')]

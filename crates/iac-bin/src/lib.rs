@@ -1,9 +1,89 @@
 //! `iac-bin` as a library: everything the `iac` binary does, importable by its integration tests.
 //! `main.rs` only calls [`run`].
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`cli`] | the clap command line |
+//! | [`config`] | figment layers → [`config::IacConfig`] |
+//! | [`wiring`] | config → concrete backends → `Deployer` ([`wiring::App`]) |
+//! | [`commands`] | one function per command |
+//! | [`output`] | progress display and reports |
+//! | [`api`] | the admin API (`iac serve`) |
+//! | [`telemetry`] | tracing + OTLP |
 
 pub mod api;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod output;
+pub mod telemetry;
+pub mod wiring;
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser};
+
+use crate::cli::{Cli, Command, ConfigAction};
+use crate::config::{CliOverrides, IacConfig};
 
 /// Entry point of the `iac` binary.
-pub fn run() -> std::process::ExitCode {
-    std::process::ExitCode::SUCCESS
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    let overrides = CliOverrides {
+        project: cli.project.clone(),
+        provisioner: cli.provisioner,
+        parallelism: match &cli.command {
+            Command::Deploy { parallel, .. } => *parallel,
+            _ => None,
+        },
+    };
+    let cfg = match IacConfig::load(cli.config.as_deref(), &overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let _telemetry = telemetry::init(cfg.otel_endpoint.as_deref(), cli.json);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match rt.block_on(dispatch(cli, cfg)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
 }
+
+async fn dispatch(cli: Cli, cfg: IacConfig) -> anyhow::Result<ExitCode> {
+    let json = cli.json;
+    match cli.command {
+        Command::Deploy { file, .. } => commands::deploy(cfg, &file.file, json).await,
+        Command::Plan { file } => commands::plan(cfg, &file.file, json).await,
+        Command::Destroy { file } => commands::destroy(cfg, file.as_ref(), json).await,
+        Command::Health { file } => commands::health(cfg, file.as_ref(), json).await,
+        Command::Logs { file, service, follow, tail } => {
+            commands::logs(cfg, file.as_ref(), service.as_deref(), follow, tail, json).await
+        }
+        Command::Inspect { target } => commands::inspect(cfg, &target, json).await,
+        Command::Render { file, out } => commands::render(cfg, &file.file, &out, json).await,
+        Command::Ca { action } => wiring::ca_command(&cfg, action, json),
+        Command::Config { action: ConfigAction::Show } => {
+            print!("{}", cfg.to_redacted_toml()?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bootstrap => wiring::bootstrap(&cfg).await,
+        Command::Serve { http, uds } => wiring::serve(cfg, http, uds).await,
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "iac", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+

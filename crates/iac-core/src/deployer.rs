@@ -51,6 +51,16 @@ pub struct DeployOptions {
     pub otel_endpoint: Option<String>,
 }
 
+/// One service's sidecar inputs and output, as `iac render` writes them.
+#[derive(Debug, Clone, Serialize)]
+pub struct RenderedService {
+    pub service: ServiceName,
+    pub entry: Entry,
+    pub image: ImageRef,
+    pub certs: IssuedCerts,
+    pub envoy_yaml: String,
+}
+
 /// What `plan` found: the stack it would apply, the changes, and services that failed to prepare.
 #[derive(Debug, Clone, Serialize)]
 pub struct PlanOutcome {
@@ -209,6 +219,19 @@ impl Deployer {
         let stack = plan(&input);
         let changes = self.stages.provisioner.diff(&stack).await?;
         Ok(PlanOutcome { stack, changes, failures: failed })
+    }
+
+    /// Everything a deploy would hand the provisioner, per service, without building or running
+    /// anything: the resolved entry, the planned image, the certificates and the Envoy config.
+    pub async fn render(&self, specs: &[ServiceSpec], events: &Events) -> (Vec<RenderedService>, Vec<ServiceReport>) {
+        let (prepared, mut failed) = self.prepare_all(specs, Mode::PlanOnly, events).await;
+        let (_input, rendered, render_failed) = self.mesh_and_plan_input(prepared, &failed, events);
+        failed.extend(render_failed);
+        let ok = rendered
+            .into_iter()
+            .map(|(p, envoy_yaml)| RenderedService { service: p.spec.name, entry: p.entry, image: p.image, certs: p.certs, envoy_yaml })
+            .collect();
+        (ok, failed)
     }
 
     /// Removes everything the project runs.

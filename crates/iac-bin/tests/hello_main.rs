@@ -1,0 +1,247 @@
+//! hello-main end to end, with the real `iac` binary, the real Docker engine, real Envoy and real
+//! mTLS. Fixture repos are made on the fly (git init + commit) and deployed by `git+file://` slug
+//! under a random project name:
+//!
+//! 1. `hello` (root main.py prints a line and serves until stopped), `scripted` (entry from
+//!    `[project.scripts]`) and `crashy` (main exits 1) → deploy exits 1; hello and scripted are
+//!    SERVING through Envoy over mTLS, crashy is NOT_SERVING with exit code 1;
+//! 2. `iac logs` shows hello's printed line;
+//! 3. a redeploy with no change touches nothing (same container ids);
+//! 4. a change to `scripted` replaces only that service;
+//! 5. `iac destroy` leaves no container or network with the project label.
+//!
+//! Needs the base images from `make test-deps`; with IAC_REQUIRE_DOCKER unset and no Docker it is
+//! skipped loudly. Everything it creates is removed by label on drop, even on panic.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Instant;
+
+struct Project {
+    name: String,
+    workdir: tempfile::TempDir,
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        let label = format!("label=iac.project={}", self.name);
+        let ids = docker(&["ps", "-aq", "--filter", &label]);
+        let ids: Vec<&str> = ids.split_whitespace().collect();
+        if !ids.is_empty() {
+            let mut args = vec!["rm", "-f"];
+            args.extend(ids);
+            docker(&args);
+        }
+        for net in docker(&["network", "ls", "-q", "--filter", &label]).split_whitespace() {
+            docker(&["network", "rm", net]);
+        }
+        for img in docker(&["images", "-q", "--filter", &label]).split_whitespace() {
+            docker(&["rmi", "-f", img]);
+        }
+    }
+}
+
+fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker").args(args).output().expect("docker CLI");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn docker_ok() -> bool {
+    Command::new("docker").arg("info").output().map(|o| o.status.success()).unwrap_or(false)
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .args(["-c", "user.email=t@example.invalid", "-c", "user.name=test", "-c", "init.defaultBranch=main"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git");
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn fixture(root: &Path, name: &str, files: &[(&str, &str)]) -> PathBuf {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    for (path, body) in files {
+        let p = dir.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, body).unwrap();
+    }
+    git(&dir, &["init", "-q"]);
+    git(&dir, &["add", "-A"]);
+    git(&dir, &["commit", "-qm", "fixture"]);
+    dir
+}
+
+const HELLO: &str = r#"
+import http.server, os, signal, sys
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+print("hello-main says hi", flush=True)
+http.server.ThreadingHTTPServer(("0.0.0.0", int(os.environ["PORT"])), http.server.SimpleHTTPRequestHandler).serve_forever()
+"#;
+
+const SCRIPTED_CLI: &str = r#"
+import signal, sys, time
+def main():
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    print("scripted VERSION", flush=True)
+    while True:
+        time.sleep(1)
+def other():
+    print("never the default")
+"#;
+
+impl Project {
+    fn iac(&self, args: &[&str]) -> Output {
+        let out = Command::new(env!("CARGO_BIN_EXE_iac"))
+            .args(args)
+            .args(["--project", &self.name])
+            .current_dir(self.workdir.path())
+            .env("IAC_STATE_DIR", self.workdir.path().join(".iac"))
+            .env("IAC_SECRETS_DIR", self.workdir.path().join("secrets"))
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run iac");
+        eprintln!(
+            "$ iac {} → {}\n--- stdout\n{}\n--- stderr\n{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn container_ids(&self) -> Vec<(String, String)> {
+        let out = docker(&[
+            "ps", "-a", "--filter", &format!("label=iac.project={}", self.name),
+            "--format", "{{.Names}} {{.ID}}",
+        ]);
+        let mut v: Vec<(String, String)> = out
+            .lines()
+            .filter_map(|l| l.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())))
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+fn json_of(out: &Output) -> serde_json::Value {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last = text.lines().rev().find(|l| l.trim_start().starts_with('{')).expect("a JSON line on stdout");
+    serde_json::from_str(last).expect("valid JSON")
+}
+
+fn health_by_service(v: &serde_json::Value) -> std::collections::BTreeMap<String, (String, Option<i64>)> {
+    v["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["running"]["service"].as_str().unwrap().to_string(),
+                (s["health"]["state"].as_str().unwrap().to_string(), s["health"]["exit_code"].as_i64()),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn hello_main_end_to_end() {
+    if !docker_ok() {
+        assert!(std::env::var_os("IAC_REQUIRE_DOCKER").is_none(), "IAC_REQUIRE_DOCKER is set but Docker is unreachable");
+        eprintln!("SKIPPED hello_main_end_to_end: no Docker engine");
+        return;
+    }
+    let started = Instant::now();
+    let project = Project {
+        name: format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..10]),
+        workdir: tempfile::tempdir().unwrap(),
+    };
+    let repos = project.workdir.path().join("repos");
+    let hello = fixture(&repos, "hello", &[("main.py", HELLO)]);
+    let scripted = fixture(
+        &repos,
+        "scripted",
+        &[
+            ("pyproject.toml", "[project]\nname = \"scripted\"\nversion = \"0.1.0\"\n\n[project.scripts]\nzz-first = \"scripted.cli:main\"\naa-second = \"scripted.cli:other\"\n\n[build-system]\nrequires = [\"setuptools>=61\"]\nbuild-backend = \"setuptools.build_meta\"\n"),
+            ("scripted/__init__.py", ""),
+            ("scripted/cli.py", &SCRIPTED_CLI.replace("VERSION", "v1")),
+        ],
+    );
+    let crashy = fixture(&repos, "crashy", &[("main.py", "import sys\nprint('crashy starting', flush=True)\nsys.exit(1)\n")]);
+    let file = project.workdir.path().join("repos.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "- git+file://{}#main\n- git+file://{}#main\n- git+file://{}#main\n",
+            hello.display(),
+            scripted.display(),
+            crashy.display()
+        ),
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+
+    // 1. deploy: crashy fails, its peers are SERVING.
+    let out = project.iac(&["deploy", "--file", file, "--json"]);
+    assert_eq!(out.status.code(), Some(1), "crashy must make the deploy fail");
+    let report = json_of(&out)["report"].clone();
+    let svc = |name: &str| report["services"].as_array().unwrap().iter().find(|s| s["service"] == name).unwrap().clone();
+    assert_eq!(svc("hello")["health"]["state"], "SERVING", "{report:#}");
+    assert_eq!(svc("scripted")["health"]["state"], "SERVING", "{report:#}");
+    assert_eq!(svc("scripted")["entry"]["rule"], "project.scripts");
+    assert!(svc("scripted")["entry"]["argv"].to_string().contains("scripted.cli"), "first script in file order: {}", svc("scripted")["entry"]);
+    assert_eq!(svc("crashy")["health"]["state"], "NOT_SERVING", "{report:#}");
+    assert_eq!(svc("crashy")["health"]["exit_code"], 1);
+
+    let health = project.iac(&["health", "--json"]);
+    let h = health_by_service(&json_of(&health));
+    assert_eq!(h["hello"].0, "SERVING");
+    assert_eq!(h["scripted"].0, "SERVING");
+    assert_eq!(h["crashy"], ("NOT_SERVING".to_string(), Some(1)));
+
+    // 2. logs through the agent's StreamLogs, over mTLS.
+    let logs = project.iac(&["logs", "--service", "hello", "--tail", "50"]);
+    assert!(logs.status.success());
+    assert!(String::from_utf8_lossy(&logs.stdout).contains("hello-main says hi"));
+    let all = project.iac(&["logs", "--tail", "50"]);
+    let all = String::from_utf8_lossy(&all.stdout);
+    assert!(all.lines().any(|l| l.starts_with("scripted") && l.contains("scripted v1")), "prefixed lines: {all}");
+
+    // 3. redeploy without a change: nothing touched.
+    let before = project.container_ids();
+    assert_eq!(before.len(), 6, "two containers per service: {before:?}");
+    let out = project.iac(&["deploy", "--file", file, "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(project.container_ids(), before, "no change → same containers");
+
+    // 4. change scripted only: only its pair is replaced.
+    std::fs::write(scripted.join("scripted/cli.py"), SCRIPTED_CLI.replace("VERSION", "v2")).unwrap();
+    git(&scripted, &["commit", "-qam", "v2"]);
+    let plan = project.iac(&["plan", "--file", file, "--json"]);
+    let plan_text = String::from_utf8_lossy(&plan.stdout);
+    assert!(plan_text.contains("\"replace\""), "plan shows the replacement: {plan_text}");
+    let out = project.iac(&["deploy", "--file", file, "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let after = project.container_ids();
+    let ids = |v: &[(String, String)], prefix: &str| -> Vec<String> {
+        v.iter().filter(|(n, _)| n.starts_with(&format!("{}-{prefix}", project.name))).map(|(_, id)| id.clone()).collect()
+    };
+    assert_eq!(ids(&after, "hello"), ids(&before, "hello"), "hello untouched");
+    assert_eq!(ids(&after, "crashy"), ids(&before, "crashy"), "crashy untouched");
+    let (a, b) = (ids(&after, "scripted"), ids(&before, "scripted"));
+    assert_eq!(a.len(), 2);
+    assert!(a.iter().all(|id| !b.contains(id)), "scripted replaced: {b:?} → {a:?}");
+    let logs = project.iac(&["logs", "--service", "scripted", "--tail", "20"]);
+    assert!(String::from_utf8_lossy(&logs.stdout).contains("scripted v2"));
+
+    // 5. destroy leaves nothing with the project label; a second destroy is a no-op.
+    assert!(project.iac(&["destroy"]).status.success());
+    let label = format!("label=iac.project={}", project.name);
+    assert!(docker(&["ps", "-aq", "--filter", &label]).trim().is_empty(), "containers left");
+    assert!(docker(&["network", "ls", "-q", "--filter", &label]).trim().is_empty(), "networks left");
+    assert!(project.iac(&["destroy"]).status.success());
+    eprintln!("hello-main end to end took {:?}", started.elapsed());
+}
