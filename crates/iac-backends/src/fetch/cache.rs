@@ -1,0 +1,328 @@
+//! The content cache under `FetchConfig::cache_dir` (default `.iac/cache`):
+//!
+//! ```text
+//! trees/commit-<sha>/        a source tree, keyed by the commit it was made from
+//! trees/archive-<hex>/       a source tree from an archive whose commit was unknown
+//! trees/<key>.json           its digest, commit and first origin
+//! index/<hash>.json          (location, ref) → tree key, for refs that cannot move
+//! tmp/                       staging dirs (same filesystem, so moves are renames)
+//! ```
+//!
+//! Rules:
+//! - A full commit sha ref is looked up directly (`commit-<sha>`): no network at all.
+//! - A tag, once resolved, is recorded in the index and never looked up remotely again
+//!   (tags are treated as immutable; delete the index file to force a re-resolve).
+//! - A branch (or no ref: the remote HEAD) is re-resolved on every fetch with a git ref listing
+//!   (the `ls-remote` equivalent, a few hundred bytes) and then served from `commit-<sha>` when
+//!   present. When the listing is unavailable (`resolve_refs = false`, git protocol blocked), a
+//!   branch's tarball is downloaded again, and still lands on `commit-<sha>` when the archive
+//!   carries its commit id (the pax header `git archive` writes), else on `archive-<digest>`.
+//! - Trees are staged under `tmp/` and renamed into `trees/` in one step. Two concurrent fetches
+//!   of the same commit both stage; the first rename wins and the loser's copy is dropped, so a
+//!   reader never sees a half-written tree.
+
+use std::path::{Path, PathBuf};
+
+use iac_core::FetchError;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::digest::tree_digest;
+
+/// What a ref turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RefKind {
+    /// A full commit sha.
+    Commit,
+    Tag,
+    Branch,
+    /// No ref given: the remote's default branch.
+    Head,
+    /// Not resolved (archive downloaded by name without a ref listing).
+    Unknown,
+}
+
+impl RefKind {
+    /// Refs whose target cannot move, so their index entry may be trusted without asking.
+    pub fn immutable(self) -> bool {
+        matches!(self, RefKind::Commit | RefKind::Tag)
+    }
+}
+
+/// The name of a cached tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TreeKey {
+    Commit(String),
+    /// `sha256:<hex>` of the archive bytes.
+    Archive(String),
+}
+
+impl TreeKey {
+    pub fn dir_name(&self) -> String {
+        match self {
+            TreeKey::Commit(sha) => format!("commit-{}", sha.to_ascii_lowercase()),
+            TreeKey::Archive(d) => format!("archive-{}", d.trim_start_matches("sha256:")),
+        }
+    }
+}
+
+/// A tree in the cache.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cached {
+    pub dir: PathBuf,
+    pub digest: String,
+    pub commit: Option<String>,
+    /// How the tree was first obtained.
+    pub origin: String,
+}
+
+/// One index record: `reference` of `location` is the tree `key`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexEntry {
+    pub location: String,
+    pub reference: String,
+    pub kind: RefKind,
+    pub key: String,
+    pub commit: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Meta {
+    digest: String,
+    commit: Option<String>,
+    origin: String,
+}
+
+/// Handle on the cache directory. Cheap to clone; all state is on disk.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    root: PathBuf,
+}
+
+impl Cache {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Cache { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn mkdir(&self, sub: &str) -> Result<PathBuf, FetchError> {
+        let d = self.root.join(sub);
+        std::fs::create_dir_all(&d).map_err(FetchError::io(&d))?;
+        Ok(d)
+    }
+
+    /// A fresh staging directory under `tmp/`, removed when dropped.
+    pub fn staging(&self, what: &str) -> Result<tempfile::TempDir, FetchError> {
+        let tmp = self.mkdir("tmp")?;
+        tempfile::Builder::new()
+            .prefix(&format!("{what}-"))
+            .tempdir_in(&tmp)
+            .map_err(FetchError::io(&tmp))
+    }
+
+    /// The cached tree for `key`, if present. A tree whose metadata is missing (a crash
+    /// between rename and metadata write) is digested again and repaired.
+    pub fn lookup(&self, key: &TreeKey) -> Result<Option<Cached>, FetchError> {
+        let name = key.dir_name();
+        let dir = self.root.join("trees").join(&name);
+        if !dir.is_dir() {
+            return Ok(None);
+        }
+        let meta_path = self.root.join("trees").join(format!("{name}.json"));
+        let meta = std::fs::read(&meta_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Meta>(&b).ok());
+        let meta = match meta {
+            Some(m) => m,
+            None => {
+                let m = Meta {
+                    digest: tree_digest(&dir, &[])?,
+                    commit: match key {
+                        TreeKey::Commit(c) => Some(c.clone()),
+                        TreeKey::Archive(_) => None,
+                    },
+                    origin: "cache (metadata rebuilt)".into(),
+                };
+                self.write_meta(&meta_path, &m)?;
+                m
+            }
+        };
+        Ok(Some(Cached {
+            dir,
+            digest: meta.digest,
+            commit: meta.commit,
+            origin: meta.origin,
+        }))
+    }
+
+    /// Moves the staged `tree` into the cache under `key` (rename), recording its digest.
+    /// If another fetch put the same key in place first, that tree is used and ours dropped.
+    pub fn insert(
+        &self,
+        key: &TreeKey,
+        tree: &Path,
+        commit: Option<String>,
+        origin: &str,
+    ) -> Result<Cached, FetchError> {
+        let trees = self.mkdir("trees")?;
+        let name = key.dir_name();
+        let dir = trees.join(&name);
+        let meta_path = trees.join(format!("{name}.json"));
+        let digest = tree_digest(tree, &[])?;
+        if let Err(e) = std::fs::rename(tree, &dir) {
+            if dir.is_dir() {
+                tracing::debug!(key = %name, "cache: a concurrent fetch stored this tree first");
+                return self.lookup(key)?.ok_or_else(|| FetchError::Io {
+                    path: dir.clone(),
+                    source: e,
+                });
+            }
+            return Err(FetchError::Io {
+                path: dir,
+                source: e,
+            });
+        }
+        let meta = Meta {
+            digest: digest.clone(),
+            commit: commit.clone(),
+            origin: origin.to_string(),
+        };
+        self.write_meta(&meta_path, &meta)?;
+        Ok(Cached {
+            dir,
+            digest,
+            commit,
+            origin: origin.to_string(),
+        })
+    }
+
+    fn write_meta(&self, path: &Path, meta: &Meta) -> Result<(), FetchError> {
+        let bytes = serde_json::to_vec_pretty(meta).expect("metadata serializes");
+        iac_core::fsutil::write_atomic(path, &bytes, None).map_err(FetchError::io(path))
+    }
+
+    fn index_path(&self, location: &str, reference: &str) -> PathBuf {
+        let h = Sha256::digest(format!("{location}\n{reference}").as_bytes());
+        self.root
+            .join("index")
+            .join(format!("{}.json", &hex::encode(h)[..32]))
+    }
+
+    /// The index record of `reference` at `location`, if one was written.
+    pub fn index_get(&self, location: &str, reference: &str) -> Option<IndexEntry> {
+        let bytes = std::fs::read(self.index_path(location, reference)).ok()?;
+        let e: IndexEntry = serde_json::from_slice(&bytes).ok()?;
+        (e.location == location && e.reference == reference).then_some(e)
+    }
+
+    /// Records an index entry (atomically).
+    pub fn index_put(&self, entry: &IndexEntry) -> Result<(), FetchError> {
+        self.mkdir("index")?;
+        let path = self.index_path(&entry.location, &entry.reference);
+        let bytes = serde_json::to_vec_pretty(entry).expect("index entry serializes");
+        iac_core::fsutil::write_atomic(&path, &bytes, None).map_err(FetchError::io(&path))
+    }
+
+    /// The cached tree an immutable index entry points at, if both exist.
+    pub fn lookup_immutable(
+        &self,
+        location: &str,
+        reference: &str,
+    ) -> Result<Option<Cached>, FetchError> {
+        let Some(e) = self
+            .index_get(location, reference)
+            .filter(|e| e.kind.immutable())
+        else {
+            return Ok(None);
+        };
+        let key = match (&e.commit, e.key.strip_prefix("archive-")) {
+            (_, Some(hex)) => TreeKey::Archive(format!("sha256:{hex}")),
+            (Some(c), None) => TreeKey::Commit(c.clone()),
+            (None, None) => return Ok(None),
+        };
+        self.lookup(&key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn staged(cache: &Cache, content: &str) -> (tempfile::TempDir, PathBuf) {
+        let s = cache.staging("t").unwrap();
+        let tree = s.path().join("tree");
+        std::fs::create_dir_all(&tree).unwrap();
+        std::fs::write(tree.join("main.py"), content).unwrap();
+        (s, tree)
+    }
+
+    #[test]
+    fn insert_lookup_and_concurrent_loser() {
+        let d = tempfile::tempdir().unwrap();
+        let cache = Cache::new(d.path());
+        let key = TreeKey::Commit("AB".repeat(20));
+        assert!(cache.lookup(&key).unwrap().is_none());
+        let (_s1, t1) = staged(&cache, "one");
+        let (_s2, t2) = staged(&cache, "one");
+        let a = cache
+            .insert(&key, &t1, Some("ab".repeat(20)), "tarball x")
+            .unwrap();
+        assert!(a.dir.ends_with(format!("trees/commit-{}", "ab".repeat(20))));
+        let b = cache
+            .insert(&key, &t2, Some("ab".repeat(20)), "git y")
+            .unwrap();
+        assert_eq!(
+            a, b,
+            "the second insert of the same key reuses the first tree"
+        );
+        assert_eq!(cache.lookup(&key).unwrap().unwrap(), a);
+
+        std::fs::remove_file(
+            d.path()
+                .join(format!("trees/commit-{}.json", "ab".repeat(20))),
+        )
+        .unwrap();
+        let repaired = cache.lookup(&key).unwrap().unwrap();
+        assert_eq!(repaired.digest, a.digest);
+    }
+
+    #[test]
+    fn index_only_trusts_immutable_refs() {
+        let d = tempfile::tempdir().unwrap();
+        let cache = Cache::new(d.path());
+        let sha = "cd".repeat(20);
+        let (_s, t) = staged(&cache, "x");
+        cache
+            .insert(&TreeKey::Commit(sha.clone()), &t, Some(sha.clone()), "o")
+            .unwrap();
+        for (reference, kind, hit) in [("v1", RefKind::Tag, true), ("main", RefKind::Branch, false)]
+        {
+            cache
+                .index_put(&IndexEntry {
+                    location: "https://h/o/r.git".into(),
+                    reference: reference.into(),
+                    kind,
+                    key: TreeKey::Commit(sha.clone()).dir_name(),
+                    commit: Some(sha.clone()),
+                })
+                .unwrap();
+            assert_eq!(
+                cache
+                    .lookup_immutable("https://h/o/r.git", reference)
+                    .unwrap()
+                    .is_some(),
+                hit
+            );
+        }
+        assert!(
+            cache
+                .lookup_immutable("https://h/o/other.git", "v1")
+                .unwrap()
+                .is_none()
+        );
+    }
+}

@@ -1,0 +1,973 @@
+//! Safe extraction of untrusted trees: a streamed `.tar.gz` (or plain tar) unpacked into a staging
+//! directory, and the [`TreeWriter`] that the git backend uses too.
+//!
+//! Rules, enforced per entry with an error naming the entry ([`FetchError::Unsafe`] /
+//! [`FetchError::TooLarge`]):
+//! - no absolute paths and no `..` components (in entry paths and in hardlink targets);
+//! - no device files, fifos or unknown entry types;
+//! - symlinks are created only after every other entry is written (so nothing is ever written
+//!   through a link), then each is resolved component by component inside the final root,
+//!   following other links, and rejected if it would leave the tree (absolute targets, `..`
+//!   above the root, loops);
+//! - hardlinks must point at a regular file already extracted from the same archive;
+//! - the sum of regular file sizes stays under `max_bytes`, the number of entries under
+//!   `max_files`, and the decompressed stream under a bound derived from both (so tar metadata
+//!   such as long names cannot be used to exhaust memory);
+//! - permissions are normalised to 0644/0755 (no setuid, no world-writable files).
+//!
+//! Archives made by forges wrap everything in one top-level directory (`owner-repo-sha/`): when
+//! the staging dir ends up holding exactly one directory, that directory is the tree. The
+//! staging dir is the caller's (a `tempfile::TempDir` under the cache), so a failure leaves
+//! nothing behind once it is dropped.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::io::{self, Read};
+use std::path::{Component, Path, PathBuf};
+
+use iac_core::FetchError;
+use sha2::{Digest, Sha256};
+
+/// Caps applied to one extracted tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Sum of regular file sizes, in bytes.
+    pub max_bytes: u64,
+    /// Number of entries (files, directories, links).
+    pub max_files: u64,
+}
+
+impl Limits {
+    /// Bound on the decompressed tar stream: contents + generous per-entry header overhead.
+    fn max_stream(&self) -> u64 {
+        self.max_bytes
+            .saturating_add(self.max_files.saturating_mul(4096))
+            .saturating_add(1 << 20)
+    }
+}
+
+/// What an extraction produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Extracted {
+    /// The tree root: the staging dir, or its single top-level directory.
+    pub root: PathBuf,
+    /// Commit id from the archive's pax global header (`git archive` writes `comment=<sha>`).
+    pub commit: Option<String>,
+    /// `sha256:<hex>` over the archive bytes as received (compressed).
+    pub archive_digest: String,
+    /// Archive bytes read (compressed).
+    pub archive_bytes: u64,
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// Unpacks a gzip-compressed tar stream into `staging` (an existing, empty directory).
+/// `label` names the archive (its URL) in format errors.
+pub fn extract_tar_gz<R: Read>(
+    reader: R,
+    staging: &Path,
+    limits: Limits,
+    label: &str,
+) -> Result<Extracted, FetchError> {
+    let hashing = HashingReader::new(reader);
+    let gz = flate2::read::GzDecoder::new(hashing);
+    let capped = CappedReader {
+        inner: gz,
+        left: limits.max_stream(),
+        limit: limits.max_stream(),
+    };
+    let (extracted, capped) = extract_inner(capped, staging, limits, label)?;
+    let mut hashing = capped.inner.into_inner();
+    drain(&mut hashing, label)?;
+    Ok(hashing.finish(extracted))
+}
+
+/// Unpacks an uncompressed tar stream into `staging` (an existing, empty directory).
+pub fn extract_tar<R: Read>(
+    reader: R,
+    staging: &Path,
+    limits: Limits,
+    label: &str,
+) -> Result<Extracted, FetchError> {
+    let hashing = HashingReader::new(reader);
+    let capped = CappedReader {
+        inner: hashing,
+        left: limits.max_stream(),
+        limit: limits.max_stream(),
+    };
+    let (extracted, capped) = extract_inner(capped, staging, limits, label)?;
+    let mut hashing = capped.inner;
+    drain(&mut hashing, label)?;
+    Ok(hashing.finish(extracted))
+}
+
+fn drain<R: Read>(r: &mut HashingReader<R>, label: &str) -> Result<(), FetchError> {
+    io::copy(r, &mut io::sink())
+        .map(|_| ())
+        .map_err(|e| invalid_archive(label, e))
+}
+
+fn invalid_archive(label: &str, e: io::Error) -> FetchError {
+    if let Some(too) = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<StreamTooLarge>())
+    {
+        return FetchError::TooLarge {
+            what: "decompressed archive stream".into(),
+            limit: too.0,
+        };
+    }
+    FetchError::Http {
+        url: label.to_string(),
+        status: None,
+        message: format!("not a valid tar.gz archive (or the download broke off): {e}"),
+    }
+}
+
+struct Partial {
+    commit: Option<String>,
+    files: u64,
+    bytes: u64,
+    root: PathBuf,
+}
+
+fn extract_inner<R: Read>(
+    reader: R,
+    staging: &Path,
+    limits: Limits,
+    label: &str,
+) -> Result<(Partial, R), FetchError> {
+    let mut archive = tar::Archive::new(reader);
+    let mut writer = TreeWriter::new(staging, limits);
+    let mut commit = None;
+    let entries = archive.entries().map_err(|e| invalid_archive(label, e))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| invalid_archive(label, e))?;
+        let kind = entry.header().entry_type();
+        let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        use tar::EntryType as T;
+        match kind {
+            T::XGlobalHeader => {
+                if let Some(exts) = entry
+                    .pax_extensions()
+                    .map_err(|e| invalid_archive(label, e))?
+                {
+                    for ext in exts.flatten() {
+                        if ext.key() == Ok("comment")
+                            && let Ok(v) = ext.value()
+                            && is_full_sha(v.trim())
+                        {
+                            commit = Some(v.trim().to_ascii_lowercase());
+                        }
+                    }
+                }
+            }
+            T::Directory => writer.dir(&name)?,
+            T::Regular | T::Continuous | T::GNUSparse => {
+                let mode = entry.header().mode().unwrap_or(0o644);
+                let size = entry.size();
+                writer
+                    .file(&name, size, &mut entry, mode & 0o111 != 0)
+                    .map_err(|e| match e {
+                        WriteError::Fetch(f) => f,
+                        WriteError::Read(e) => invalid_archive(label, e),
+                    })?;
+            }
+            T::Symlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .unwrap_or_default();
+                writer.symlink(&name, &target)?;
+            }
+            T::Link => {
+                let target = entry
+                    .link_name_bytes()
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .unwrap_or_default();
+                writer.hardlink(&name, &target)?;
+            }
+            T::Char | T::Block => return Err(unsafe_entry(&name, "device files are not allowed")),
+            T::Fifo => return Err(unsafe_entry(&name, "fifos are not allowed")),
+            other => {
+                return Err(unsafe_entry(
+                    &name,
+                    &format!(
+                        "unsupported entry type {:?}; expected files, directories and links",
+                        other.as_byte() as char
+                    ),
+                ));
+            }
+        }
+    }
+    let (root, files, bytes) = writer.finish(true)?;
+    Ok((
+        Partial {
+            commit,
+            files,
+            bytes,
+            root,
+        },
+        archive.into_inner(),
+    ))
+}
+
+/// A 40- (sha1) or 64- (sha256) hex digit commit id.
+pub fn is_full_sha(s: &str) -> bool {
+    (s.len() == 40 || s.len() == 64) && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn unsafe_entry(entry: &str, why: &str) -> FetchError {
+    FetchError::Unsafe {
+        entry: entry.to_string(),
+        why: why.to_string(),
+    }
+}
+
+/// Error of one file write: the tree rules (a [`FetchError`]) or the source stream.
+pub(crate) enum WriteError {
+    Fetch(FetchError),
+    Read(io::Error),
+}
+
+impl From<FetchError> for WriteError {
+    fn from(e: FetchError) -> Self {
+        WriteError::Fetch(e)
+    }
+}
+
+/// Writes an untrusted tree under a root, enforcing the module's rules.
+pub(crate) struct TreeWriter {
+    root: PathBuf,
+    limits: Limits,
+    files: u64,
+    bytes: u64,
+    /// Deferred symlinks: (relative path, target, entry name).
+    symlinks: Vec<(PathBuf, String, String)>,
+}
+
+impl TreeWriter {
+    pub(crate) fn new(root: &Path, limits: Limits) -> Self {
+        TreeWriter {
+            root: root.to_path_buf(),
+            limits,
+            files: 0,
+            bytes: 0,
+            symlinks: Vec::new(),
+        }
+    }
+
+    /// Checks an entry path: relative, no `..`; `.` components dropped. `None` for the root itself.
+    fn rel(name: &str) -> Result<Option<PathBuf>, FetchError> {
+        let mut out = PathBuf::new();
+        for c in Path::new(name).components() {
+            match c {
+                Component::Prefix(_) | Component::RootDir => {
+                    return Err(unsafe_entry(name, "absolute paths are not allowed"));
+                }
+                Component::ParentDir => {
+                    return Err(unsafe_entry(name, "'..' path components are not allowed"));
+                }
+                Component::CurDir => {}
+                Component::Normal(n) => out.push(n),
+            }
+        }
+        Ok(if out.as_os_str().is_empty() {
+            None
+        } else {
+            Some(out)
+        })
+    }
+
+    fn count(&mut self, name: &str) -> Result<(), FetchError> {
+        self.files += 1;
+        if self.files > self.limits.max_files {
+            return Err(FetchError::TooLarge {
+                what: format!("entry count (exceeded at entry {name:?})"),
+                limit: self.limits.max_files,
+            });
+        }
+        Ok(())
+    }
+
+    fn io(path: &Path) -> impl FnOnce(io::Error) -> FetchError + '_ {
+        move |source| FetchError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// Makes room for a non-directory at `path`: creates parents, removes an earlier file entry
+    /// of the same name (tar semantics: the later entry wins).
+    fn prepare(&self, name: &str, path: &Path) -> Result<(), FetchError> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(Self::io(parent))?;
+        }
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.is_dir() => Err(unsafe_entry(
+                name,
+                "a file entry replaces a directory of the same name",
+            )),
+            Ok(_) => std::fs::remove_file(path).map_err(Self::io(path)),
+            Err(_) => Ok(()),
+        }
+    }
+
+    pub(crate) fn dir(&mut self, name: &str) -> Result<(), FetchError> {
+        let Some(rel) = Self::rel(name)? else {
+            return Ok(());
+        };
+        self.count(name)?;
+        let path = self.root.join(rel);
+        std::fs::create_dir_all(&path).map_err(Self::io(&path))
+    }
+
+    pub(crate) fn file(
+        &mut self,
+        name: &str,
+        size: u64,
+        data: &mut dyn Read,
+        executable: bool,
+    ) -> Result<(), WriteError> {
+        let rel =
+            Self::rel(name)?.ok_or_else(|| unsafe_entry(name, "a file entry needs a name"))?;
+        self.count(name)?;
+        if self.bytes.saturating_add(size) > self.limits.max_bytes {
+            return Err(FetchError::TooLarge {
+                what: format!("unpacked size (exceeded at entry {name:?}, {size} bytes)"),
+                limit: self.limits.max_bytes,
+            }
+            .into());
+        }
+        let path = self.root.join(rel);
+        self.prepare(name, &path)?;
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(if executable { 0o755 } else { 0o644 });
+        }
+        let mut f = opts.open(&path).map_err(Self::io(&path))?;
+        let mut limited = data.take(size);
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut written = 0u64;
+        loop {
+            let n = match limited.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(WriteError::Read(e)),
+            };
+            io::Write::write_all(&mut f, &buf[..n]).map_err(Self::io(&path))?;
+            written += n as u64;
+        }
+        if written != size {
+            return Err(WriteError::Read(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("entry {name:?} is truncated ({written} of {size} bytes)"),
+            )));
+        }
+        self.bytes += size;
+        Ok(())
+    }
+
+    pub(crate) fn symlink(&mut self, name: &str, target: &str) -> Result<(), FetchError> {
+        let rel =
+            Self::rel(name)?.ok_or_else(|| unsafe_entry(name, "a symlink entry needs a name"))?;
+        self.count(name)?;
+        if target.is_empty() {
+            return Err(unsafe_entry(name, "symlink with an empty target"));
+        }
+        if Path::new(target).has_root() {
+            return Err(unsafe_entry(
+                name,
+                &format!("symlink to absolute path {target:?} points outside the tree"),
+            ));
+        }
+        self.symlinks
+            .push((rel, target.to_string(), name.to_string()));
+        Ok(())
+    }
+
+    pub(crate) fn hardlink(&mut self, name: &str, target: &str) -> Result<(), FetchError> {
+        let rel =
+            Self::rel(name)?.ok_or_else(|| unsafe_entry(name, "a hardlink entry needs a name"))?;
+        let target_rel = match Self::rel(target) {
+            Ok(Some(t)) => t,
+            Ok(None) | Err(_) => {
+                return Err(unsafe_entry(
+                    name,
+                    &format!("hardlink to {target:?} points outside the tree"),
+                ));
+            }
+        };
+        self.count(name)?;
+        let src = self.root.join(&target_rel);
+        match std::fs::symlink_metadata(&src) {
+            Ok(m) if m.is_file() => {}
+            _ => {
+                return Err(unsafe_entry(
+                    name,
+                    &format!(
+                        "hardlink target {target:?} is not a regular file extracted earlier from this archive"
+                    ),
+                ));
+            }
+        }
+        let path = self.root.join(rel);
+        self.prepare(name, &path)?;
+        std::fs::hard_link(&src, &path).map_err(Self::io(&path))
+    }
+
+    /// Creates the deferred symlinks and checks each one resolves inside the tree. Returns the
+    /// tree root (the single top-level directory when `strip_single_top` and there is exactly
+    /// one), the entry count and the byte count.
+    pub(crate) fn finish(self, strip_single_top: bool) -> Result<(PathBuf, u64, u64), FetchError> {
+        let mut tops: Vec<OsString> = std::fs::read_dir(&self.root)
+            .map_err(Self::io(&self.root))?
+            .filter_map(|e| e.ok().map(|e| e.file_name()))
+            .collect();
+        for (rel, _, _) in &self.symlinks {
+            if let Some(Component::Normal(first)) = rel.components().next()
+                && !tops.iter().any(|t| t == first)
+            {
+                tops.push(first.to_os_string());
+            }
+        }
+        let mut root = self.root.clone();
+        let mut strip = None;
+        if strip_single_top && tops.len() == 1 {
+            let only = self.root.join(&tops[0]);
+            let is_dir = std::fs::symlink_metadata(&only)
+                .map(|m| m.is_dir())
+                .unwrap_or(false);
+            if is_dir
+                && !self
+                    .symlinks
+                    .iter()
+                    .any(|(rel, _, _)| rel.as_os_str() == tops[0])
+            {
+                root = only;
+                strip = Some(PathBuf::from(&tops[0]));
+            }
+        }
+        for (rel, target, name) in &self.symlinks {
+            let path = self.root.join(rel);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(Self::io(parent))?;
+            }
+            if std::fs::symlink_metadata(&path).is_ok() {
+                return Err(unsafe_entry(
+                    name,
+                    "symlink entry collides with another entry of the same name",
+                ));
+            }
+            std::os::unix::fs::symlink(target, &path).map_err(Self::io(&path))?;
+        }
+        for (rel, target, name) in &self.symlinks {
+            let in_root = match &strip {
+                Some(top) => rel.strip_prefix(top).unwrap_or(rel).to_path_buf(),
+                None => rel.clone(),
+            };
+            let start = in_root.parent().unwrap_or(Path::new(""));
+            let mut walk: VecDeque<OsString> = start
+                .components()
+                .map(|c| c.as_os_str().to_os_string())
+                .collect();
+            walk.extend(
+                Path::new(target)
+                    .components()
+                    .map(|c| c.as_os_str().to_os_string()),
+            );
+            resolve_inside(&root, walk)
+                .map_err(|why| unsafe_entry(name, &format!("symlink to {target:?} {why}")))?;
+        }
+        Ok((root, self.files, self.bytes))
+    }
+}
+
+/// Walks `components` from `root` like the kernel would, following symlinks, without ever
+/// leaving `root`. Errors say how the walk escaped.
+fn resolve_inside(root: &Path, mut queue: VecDeque<OsString>) -> Result<(), String> {
+    let mut at: Vec<OsString> = Vec::new();
+    let mut hops = 0;
+    while let Some(c) = queue.pop_front() {
+        if c == "." || c.is_empty() {
+            continue;
+        }
+        if c == ".." {
+            if at.pop().is_none() {
+                return Err("points outside the tree".into());
+            }
+            continue;
+        }
+        if c == "/" {
+            return Err("points outside the tree (absolute)".into());
+        }
+        let mut here = root.to_path_buf();
+        here.extend(&at);
+        here.push(&c);
+        match std::fs::symlink_metadata(&here) {
+            Ok(m) if m.file_type().is_symlink() => {
+                hops += 1;
+                if hops > 40 {
+                    return Err("loops (more than 40 links followed)".into());
+                }
+                let t = std::fs::read_link(&here).map_err(|e| e.to_string())?;
+                if t.has_root() {
+                    return Err(format!(
+                        "goes through link {c:?} to absolute path {t:?}, outside the tree"
+                    ));
+                }
+                for part in t.components().rev() {
+                    queue.push_front(part.as_os_str().to_os_string());
+                }
+            }
+            _ => at.push(c),
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug)]
+struct StreamTooLarge(u64);
+
+impl std::fmt::Display for StreamTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "decompressed archive stream exceeds {} bytes", self.0)
+    }
+}
+
+impl std::error::Error for StreamTooLarge {}
+
+/// Fails reads once more than `limit` bytes went through.
+struct CappedReader<R> {
+    inner: R,
+    left: u64,
+    limit: u64,
+}
+
+impl<R: Read> Read for CappedReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            // One probe byte tells a stream that ends exactly at the limit from one that goes on.
+            let mut probe = [0u8; 1];
+            return match self.inner.read(&mut probe)? {
+                0 => Ok(0),
+                _ => Err(io::Error::other(StreamTooLarge(self.limit))),
+            };
+        }
+        let max = buf.len().min(self.left.min(usize::MAX as u64) as usize);
+        let n = self.inner.read(&mut buf[..max])?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// Hashes and counts every byte read through it.
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    count: u64,
+}
+
+impl<R: Read> HashingReader<R> {
+    fn new(inner: R) -> Self {
+        HashingReader {
+            inner,
+            hasher: Sha256::new(),
+            count: 0,
+        }
+    }
+
+    fn finish(self, p: Partial) -> Extracted {
+        Extracted {
+            root: p.root,
+            commit: p.commit,
+            archive_digest: format!("sha256:{}", hex::encode(self.hasher.finalize())),
+            archive_bytes: self.count,
+            files: p.files,
+            bytes: p.bytes,
+        }
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Builds tar archives entry by entry, including hostile ones the `tar` builder refuses.
+    pub(crate) struct TarBuilder {
+        out: Vec<u8>,
+    }
+
+    impl TarBuilder {
+        pub(crate) fn new() -> Self {
+            TarBuilder { out: Vec::new() }
+        }
+
+        fn raw(&mut self, name: &str, kind: tar::EntryType, link: &str, data: &[u8], mode: u32) {
+            let mut h = tar::Header::new_gnu();
+            // Bypass the tar crate's path validation: hostile archives are the point here.
+            let bytes = name.as_bytes();
+            h.as_old_mut().name[..bytes.len()].copy_from_slice(bytes);
+            let lb = link.as_bytes();
+            h.as_old_mut().linkname[..lb.len()].copy_from_slice(lb);
+            h.set_entry_type(kind);
+            h.set_size(data.len() as u64);
+            h.set_mode(mode);
+            h.set_mtime(0);
+            h.set_cksum();
+            self.out.extend_from_slice(h.as_bytes());
+            self.out.extend_from_slice(data);
+            let pad = (512 - data.len() % 512) % 512;
+            self.out.extend(std::iter::repeat_n(0u8, pad));
+        }
+
+        pub(crate) fn file(mut self, name: &str, data: &[u8]) -> Self {
+            self.raw(name, tar::EntryType::Regular, "", data, 0o644);
+            self
+        }
+        pub(crate) fn exe(mut self, name: &str, data: &[u8]) -> Self {
+            self.raw(name, tar::EntryType::Regular, "", data, 0o4777);
+            self
+        }
+        pub(crate) fn dir(mut self, name: &str) -> Self {
+            self.raw(name, tar::EntryType::Directory, "", b"", 0o755);
+            self
+        }
+        pub(crate) fn symlink(mut self, name: &str, target: &str) -> Self {
+            self.raw(name, tar::EntryType::Symlink, target, b"", 0o777);
+            self
+        }
+        pub(crate) fn hardlink(mut self, name: &str, target: &str) -> Self {
+            self.raw(name, tar::EntryType::Link, target, b"", 0o644);
+            self
+        }
+        pub(crate) fn kind(mut self, name: &str, kind: tar::EntryType) -> Self {
+            self.raw(name, kind, "", b"", 0o644);
+            self
+        }
+        /// A pax global header as `git archive` writes it.
+        pub(crate) fn commit(mut self, sha: &str) -> Self {
+            let rec = format!("comment={sha}\n");
+            let len = rec.len() + 3;
+            let len = len + (format!("{len}").len() - 2);
+            let body = format!("{len} {rec}");
+            self.raw(
+                "pax_global_header",
+                tar::EntryType::XGlobalHeader,
+                "",
+                body.as_bytes(),
+                0o666,
+            );
+            self
+        }
+        pub(crate) fn tar(mut self) -> Vec<u8> {
+            self.out.extend(std::iter::repeat_n(0u8, 1024));
+            self.out
+        }
+        pub(crate) fn gz(self) -> Vec<u8> {
+            let tar = self.tar();
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            io::Write::write_all(&mut e, &tar).unwrap();
+            e.finish().unwrap()
+        }
+    }
+
+    const LIMITS: Limits = Limits {
+        max_bytes: 1 << 20,
+        max_files: 100,
+    };
+
+    /// Extracts `gz` into a staging dir inside a fresh parent and asserts, whatever the result,
+    /// that nothing appeared in the parent outside the staging dir.
+    fn run(gz: &[u8], limits: Limits) -> (tempfile::TempDir, Result<Extracted, FetchError>) {
+        let parent = tempfile::tempdir().unwrap();
+        let staging = parent.path().join("staging");
+        std::fs::create_dir(&staging).unwrap();
+        let r = extract_tar_gz(gz, &staging, limits, "test.tar.gz");
+        let outside: Vec<_> = std::fs::read_dir(parent.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n != "staging")
+            .collect();
+        assert!(
+            outside.is_empty(),
+            "written outside the staging dir: {outside:?}"
+        );
+        (parent, r)
+    }
+
+    fn rejected(gz: &[u8], limits: Limits) -> String {
+        let (_d, r) = run(gz, limits);
+        r.expect_err("archive must be rejected").to_string()
+    }
+
+    #[test]
+    fn extracts_strips_top_dir_and_reads_commit() {
+        let sha = "0123456789abcdef0123456789abcdef01234567";
+        let gz = TarBuilder::new()
+            .commit(sha)
+            .dir("octo-hello-0123456/")
+            .file("octo-hello-0123456/main.py", b"print('hi')\n")
+            .exe("octo-hello-0123456/bin/run", b"#!/bin/sh\n")
+            .symlink("octo-hello-0123456/link.py", "main.py")
+            .symlink("octo-hello-0123456/bin/up", "../main.py")
+            .hardlink("octo-hello-0123456/copy.py", "octo-hello-0123456/main.py")
+            .gz();
+        let (_d, r) = run(&gz, LIMITS);
+        let x = r.unwrap();
+        assert!(
+            x.root.ends_with("staging/octo-hello-0123456"),
+            "{:?}",
+            x.root
+        );
+        assert_eq!(x.commit.as_deref(), Some(sha));
+        assert_eq!(
+            std::fs::read_to_string(x.root.join("link.py")).unwrap(),
+            "print('hi')\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(x.root.join("bin/up")).unwrap(),
+            "print('hi')\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(x.root.join("copy.py")).unwrap(),
+            "print('hi')\n"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(x.root.join("bin/run"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o7777,
+            0o755,
+            "setuid and world-write dropped, exec kept"
+        );
+        assert_eq!(x.archive_digest, iac_core::fsutil::sha256_tagged(&gz));
+        assert_eq!(x.archive_bytes, gz.len() as u64);
+        assert_eq!(x.bytes, 12 + 10);
+    }
+
+    #[test]
+    fn no_strip_when_several_top_level_entries() {
+        let gz = TarBuilder::new().file("a/x", b"1").file("b", b"2").gz();
+        let (_d, r) = run(&gz, LIMITS);
+        let x = r.unwrap();
+        assert!(x.root.ends_with("staging"));
+        assert!(x.root.join("a/x").is_file() && x.root.join("b").is_file());
+    }
+
+    #[test]
+    fn hostile_archives_are_rejected_naming_the_entry() {
+        let cases: Vec<(&str, Vec<u8>, &str, &str)> = vec![
+            (
+                "absolute path",
+                TarBuilder::new().file("/tmp/iac-evil", b"x").gz(),
+                "/tmp/iac-evil",
+                "absolute",
+            ),
+            (
+                "dot-dot",
+                TarBuilder::new().file("top/../../evil", b"x").gz(),
+                "top/../../evil",
+                "'..'",
+            ),
+            (
+                "symlink escaping",
+                TarBuilder::new()
+                    .dir("top/")
+                    .symlink("top/esc", "../../outside")
+                    .gz(),
+                "top/esc",
+                "outside the tree",
+            ),
+            (
+                "symlink escaping the stripped top dir",
+                TarBuilder::new().dir("top/").symlink("top/up", "..").gz(),
+                "top/up",
+                "outside the tree",
+            ),
+            (
+                "absolute symlink",
+                TarBuilder::new()
+                    .dir("top/")
+                    .symlink("top/etc", "/etc")
+                    .gz(),
+                "top/etc",
+                "absolute",
+            ),
+            (
+                "symlink chain escaping",
+                TarBuilder::new()
+                    .dir("top/sub/")
+                    .symlink("top/sub/a", "..")
+                    .symlink("top/sub/b", "a/..")
+                    .gz(),
+                "top/sub/b",
+                "outside the tree",
+            ),
+            (
+                "write through a symlink",
+                TarBuilder::new()
+                    .dir("top/")
+                    .symlink("top/d", "/tmp")
+                    .file("top/d/evil", b"x")
+                    .gz(),
+                "top/d",
+                "absolute",
+            ),
+            (
+                "symlink loop",
+                TarBuilder::new()
+                    .dir("top/")
+                    .symlink("top/l1", "l2")
+                    .symlink("top/l2", "l1/x")
+                    .gz(),
+                "top/l1",
+                "loops",
+            ),
+            (
+                "hardlink escaping",
+                TarBuilder::new()
+                    .dir("top/")
+                    .hardlink("top/pw", "../../etc/passwd")
+                    .gz(),
+                "top/pw",
+                "outside the tree",
+            ),
+            (
+                "absolute hardlink",
+                TarBuilder::new()
+                    .dir("top/")
+                    .hardlink("top/pw", "/etc/passwd")
+                    .gz(),
+                "top/pw",
+                "outside the tree",
+            ),
+            (
+                "hardlink to nothing extracted",
+                TarBuilder::new()
+                    .dir("top/")
+                    .hardlink("top/pw", "top/missing")
+                    .gz(),
+                "top/pw",
+                "not a regular file",
+            ),
+            (
+                "char device",
+                TarBuilder::new()
+                    .kind("top/null", tar::EntryType::Char)
+                    .gz(),
+                "top/null",
+                "device",
+            ),
+            (
+                "block device",
+                TarBuilder::new()
+                    .kind("top/sda", tar::EntryType::Block)
+                    .gz(),
+                "top/sda",
+                "device",
+            ),
+            (
+                "fifo",
+                TarBuilder::new().kind("top/p", tar::EntryType::Fifo).gz(),
+                "top/p",
+                "fifo",
+            ),
+        ];
+        for (what, gz, entry, needle) in cases {
+            let e = rejected(&gz, LIMITS);
+            assert!(
+                e.contains(&format!("{entry:?}")),
+                "{what}: error should name {entry:?}: {e}"
+            );
+            assert!(
+                e.contains(needle),
+                "{what}: error should mention {needle:?}: {e}"
+            );
+        }
+        assert!(!Path::new("/tmp/iac-evil").exists());
+    }
+
+    #[test]
+    fn caps_on_entries_size_and_stream() {
+        let mut many = TarBuilder::new().dir("top/");
+        for i in 0..20 {
+            many = many.file(&format!("top/f{i}"), b"x");
+        }
+        let e = rejected(
+            &many.gz(),
+            Limits {
+                max_bytes: 1 << 20,
+                max_files: 10,
+            },
+        );
+        assert!(
+            e.contains("entry count") && e.contains("limit of 10") && e.contains("top/f9"),
+            "{e}"
+        );
+
+        let big = TarBuilder::new()
+            .file("top/small", b"ok")
+            .file("top/big", &vec![7u8; 4096])
+            .gz();
+        let e = rejected(
+            &big,
+            Limits {
+                max_bytes: 1000,
+                max_files: 10,
+            },
+        );
+        assert!(
+            e.contains("unpacked size") && e.contains("top/big") && e.contains("limit of 1000"),
+            "{e}"
+        );
+
+        // Tar metadata (a 2 MiB GNU long name) counts against the decompressed stream bound.
+        let mut b = TarBuilder::new();
+        b.raw(
+            "././@LongLink",
+            tar::EntryType::GNULongName,
+            "",
+            &vec![b'a'; 2 << 20],
+            0o644,
+        );
+        let e = rejected(
+            &b.file("top/x", b"x").gz(),
+            Limits {
+                max_bytes: 100,
+                max_files: 2,
+            },
+        );
+        assert!(
+            e.contains("decompressed archive stream") && e.contains("limit"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn garbage_is_an_invalid_archive_error() {
+        let e = rejected(b"definitely not gzip", LIMITS);
+        assert!(
+            e.contains("test.tar.gz") && e.contains("not a valid tar.gz"),
+            "{e}"
+        );
+        let mut gz = TarBuilder::new().file("top/a", &vec![1u8; 10_000]).gz();
+        gz.truncate(gz.len() / 2);
+        let e = rejected(&gz, LIMITS);
+        assert!(e.contains("not a valid tar.gz"), "{e}");
+    }
+}
