@@ -1,1 +1,5 @@
-//! (filled in by the provision backend work)
+//! Provisioners: make the engine match a planned `Stack`. `docker` (bollard, the default) with its
+//! pure decision logic in `reconcile`; `terraform` renders the same stack for Terraform.
+
+pub mod docker;
+pub mod reconcile;
