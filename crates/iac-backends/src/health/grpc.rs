@@ -1,0 +1,350 @@
+//! The gRPC health prober and log streamer: dials a service's Envoy inbound listener over mutual
+//! TLS (tonic + rustls/aws-lc) with the control-plane client certificate, trusting only the
+//! project CA and verifying the server certificate names `<svc>`, then calls the agent's
+//! `HealthCheck` / `StreamLogs` through it.
+//!
+//! [`GrpcProber::check`] retries with exponential backoff (plus jitter) until the target's
+//! deadline: SERVING returns at once, NOT_SERVING (a definitive answer from the agent: the entry
+//! exited non-zero or failed to start) returns at once with the exit code and detail, anything
+//! else (refused connection, TLS failure, Envoy 503 while the agent starts, UNKNOWN) is retried
+//! and reported as UNREACHABLE (or UNKNOWN) with the last reason when the deadline passes.
+
+use std::path::Path;
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use iac_core::{
+    CertPaths, HealthProber, HealthReport, HealthState, LogLine, LogQuery, LogStreamer, ProbeError,
+    ProbeTarget,
+};
+use iac_proto::{ControlPlaneClient, HealthStatusCode, LogRequest};
+use serde::{Deserialize, Serialize};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+/// `[probe]` configuration: timing of one attempt and of the backoff between attempts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProbeConfig {
+    /// First pause between attempts.
+    pub initial_backoff_ms: u64,
+    /// Longest pause between attempts (the pause doubles up to this).
+    pub max_backoff_ms: u64,
+    /// TCP connect + TLS handshake limit per attempt.
+    pub connect_timeout_ms: u64,
+    /// Whole-RPC limit per attempt (HealthCheck).
+    pub rpc_timeout_ms: u64,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        ProbeConfig {
+            initial_backoff_ms: 100,
+            max_backoff_ms: 2000,
+            connect_timeout_ms: 2000,
+            rpc_timeout_ms: 3000,
+        }
+    }
+}
+
+/// Probes agents through their Envoy. Holds the client identity in memory (never printed).
+#[derive(Clone)]
+pub struct GrpcProber {
+    ca: Certificate,
+    identity: Identity,
+    config: ProbeConfig,
+}
+
+impl std::fmt::Debug for GrpcProber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrpcProber")
+            .field("identity", &"<redacted>")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+/// Installs the aws-lc rustls crypto provider as the process default, once. Needed because some
+/// crate in the tree may enable rustls' `ring` feature, and then rustls cannot pick one itself.
+pub fn install_crypto_provider() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // Err means another provider was installed first; that one is used then.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    });
+}
+
+impl GrpcProber {
+    /// A prober using the control-plane identity at `client` (from [`iac_core::Pki::client_identity`]):
+    /// `client.ca` is the only trust root, `client.cert`/`client.key` the client certificate.
+    pub fn new(client: &CertPaths, config: ProbeConfig) -> Result<GrpcProber, ProbeError> {
+        let read = |p: &Path| {
+            std::fs::read(p)
+                .map_err(|e| ProbeError::Tls(format!("cannot read {}: {e}", p.display())))
+        };
+        GrpcProber::from_pem(
+            &read(&client.ca)?,
+            &read(&client.cert)?,
+            &read(&client.key)?,
+            config,
+        )
+    }
+
+    /// A prober from PEM bytes (CA bundle, client certificate chain, client key).
+    pub fn from_pem(
+        ca: &[u8],
+        cert: &[u8],
+        key: &[u8],
+        config: ProbeConfig,
+    ) -> Result<GrpcProber, ProbeError> {
+        install_crypto_provider();
+        for (what, bytes) in [("CA", ca), ("client certificate", cert)] {
+            if !String::from_utf8_lossy(bytes).contains("-----BEGIN CERTIFICATE-----") {
+                return Err(ProbeError::Tls(format!(
+                    "the {what} is not a PEM certificate"
+                )));
+            }
+        }
+        if !String::from_utf8_lossy(key).contains("PRIVATE KEY-----") {
+            return Err(ProbeError::Tls(
+                "the client key is not a PEM private key".into(),
+            ));
+        }
+        Ok(GrpcProber {
+            ca: Certificate::from_pem(ca),
+            identity: Identity::from_pem(cert, key),
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &ProbeConfig {
+        &self.config
+    }
+
+    /// One connection to `target` (TLS verified for the service's name).
+    pub async fn connect(
+        &self,
+        target: &ProbeTarget,
+        connect_timeout: Duration,
+    ) -> Result<ControlPlaneClient<Channel>, ProbeError> {
+        let addr = target.addr.to_string();
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(self.ca.clone())
+            .identity(self.identity.clone())
+            .domain_name(target.service.as_str())
+            .timeout(connect_timeout);
+        let endpoint = Endpoint::from_shared(format!("https://{addr}"))
+            .map_err(|e| ProbeError::Connect {
+                addr: addr.clone(),
+                message: format!("invalid endpoint: {e}"),
+            })?
+            .tls_config(tls)
+            .map_err(|e| ProbeError::Tls(chain(&e)))?
+            .connect_timeout(connect_timeout);
+        let channel = endpoint.connect().await.map_err(|e| classify(&addr, &e))?;
+        Ok(ControlPlaneClient::new(channel))
+    }
+
+    /// One attempt: connect, HealthCheck. Ok = the agent answered.
+    async fn attempt(
+        &self,
+        target: &ProbeTarget,
+        budget: Duration,
+    ) -> Result<iac_proto::HealthStatus, ProbeError> {
+        let connect_timeout = budget.min(Duration::from_millis(self.config.connect_timeout_ms));
+        let rpc_timeout = budget.min(Duration::from_millis(self.config.rpc_timeout_ms));
+        let mut client = self.connect(target, connect_timeout).await?;
+        let mut req = tonic::Request::new(());
+        req.set_timeout(rpc_timeout);
+        match tokio::time::timeout(rpc_timeout, client.health_check(req)).await {
+            Ok(Ok(resp)) => Ok(resp.into_inner()),
+            Ok(Err(status)) => Err(rpc_error(&status)),
+            Err(_) => Err(ProbeError::Rpc {
+                code: "DeadlineExceeded".into(),
+                message: format!("no answer within {rpc_timeout:?}"),
+            }),
+        }
+    }
+}
+
+#[async_trait]
+impl HealthProber for GrpcProber {
+    async fn check(&self, target: &ProbeTarget) -> HealthReport {
+        let start = Instant::now();
+        let deadline = start + target.deadline;
+        let mut backoff = Duration::from_millis(self.config.initial_backoff_ms.max(1));
+        let max_backoff = Duration::from_millis(
+            self.config
+                .max_backoff_ms
+                .max(self.config.initial_backoff_ms)
+                .max(1),
+        );
+        let mut attempts = 0u32;
+        let report = |state, exit_code, detail: String, attempts| HealthReport {
+            service: target.service.clone(),
+            state,
+            exit_code,
+            detail,
+            attempts,
+        };
+        loop {
+            attempts += 1;
+            // Every attempt gets at least a short budget so a zero deadline still tries once.
+            let budget = deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(200));
+            let last = match self.attempt(target, budget).await {
+                Ok(status) => match HealthStatusCode::try_from(status.status) {
+                    Ok(HealthStatusCode::Serving) => {
+                        return report(
+                            HealthState::Serving,
+                            status.exit_code,
+                            status.detail,
+                            attempts,
+                        );
+                    }
+                    Ok(HealthStatusCode::NotServing) => {
+                        return report(
+                            HealthState::NotServing,
+                            status.exit_code,
+                            status.detail,
+                            attempts,
+                        );
+                    }
+                    _ => (
+                        HealthState::Unknown,
+                        status.exit_code,
+                        format!("agent reports UNKNOWN: {}", status.detail),
+                    ),
+                },
+                Err(e) => (HealthState::Unreachable, None, e.to_string()),
+            };
+            let now = Instant::now();
+            if now >= deadline {
+                let (state, code, why) = last;
+                let detail = format!(
+                    "{why} (after {attempts} attempts in {:.1?})",
+                    start.elapsed()
+                );
+                return report(state, code, detail, attempts);
+            }
+            tracing::debug!(service = %target.service, attempt = attempts, reason = %last.2, "health probe retrying");
+            let pause = jitter(backoff).min(deadline - now);
+            tokio::time::sleep(pause).await;
+            backoff = (backoff * 2).min(max_backoff);
+        }
+    }
+}
+
+#[async_trait]
+impl LogStreamer for GrpcProber {
+    async fn stream(
+        &self,
+        target: &ProbeTarget,
+        query: LogQuery,
+    ) -> Result<BoxStream<'static, Result<LogLine, ProbeError>>, ProbeError> {
+        let connect_timeout = Duration::from_millis(self.config.connect_timeout_ms);
+        let mut client = self.connect(target, connect_timeout).await?;
+        let req = LogRequest {
+            service: target.service.to_string(),
+            follow: query.follow,
+            tail: query.tail,
+        };
+        let stream = client
+            .stream_logs(req)
+            .await
+            .map_err(|s| rpc_error(&s))?
+            .into_inner();
+        let service = target.service.clone();
+        Ok(stream
+            .map(move |item| {
+                item.map(|l| LogLine {
+                    service: service.clone(),
+                    ts: l.ts,
+                    stream: l.stream,
+                    msg: l.msg,
+                })
+                .map_err(|s| rpc_error(&s))
+            })
+            .boxed())
+    }
+}
+
+/// ±25 % so many probes started together do not retry in lockstep.
+fn jitter(d: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|t| t.subsec_nanos())
+        .unwrap_or(0);
+    let factor = 0.75 + f64::from(nanos % 1000) / 2000.0;
+    d.mul_f64(factor)
+}
+
+fn rpc_error(status: &tonic::Status) -> ProbeError {
+    let mut message = status.message().to_string();
+    if let Some(src) = std::error::Error::source(status) {
+        let detail = chain(src);
+        if !detail.is_empty() && !message.contains(&detail) {
+            message = if message.is_empty() {
+                detail
+            } else {
+                format!("{message}: {detail}")
+            };
+        }
+    }
+    if tls_in_chain(status) {
+        return ProbeError::Tls(message);
+    }
+    ProbeError::Rpc {
+        code: format!("{:?}", status.code()),
+        message,
+    }
+}
+
+/// A transport error as Connect or Tls, with its whole cause chain.
+fn classify(addr: &str, e: &(dyn std::error::Error + 'static)) -> ProbeError {
+    let message = chain(e);
+    if tls_in_chain(e) {
+        ProbeError::Tls(format!("{addr}: {message}"))
+    } else {
+        ProbeError::Connect {
+            addr: addr.to_string(),
+            message,
+        }
+    }
+}
+
+/// Whether a rustls error is somewhere in the cause chain (directly or inside an io::Error).
+fn tls_in_chain(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io
+                .get_ref()
+                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// "outer: inner: innermost", skipping repeats.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        let s = err.to_string();
+        if !s.is_empty() && !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+        cur = err.source();
+    }
+    parts.join(": ")
+}

@@ -1,0 +1,239 @@
+//! The Envoy sidecar renderer: `(Mesh, service) → envoy.yaml`, a pure function rendered by
+//! minijinja from `infra/templates/envoy.yaml.tmpl` (embedded; a template directory in
+//! [`EnvoyConfig`] overrides it).
+//!
+//! Layout of the rendered config (ports from [`iac_core::MeshPorts`], defaults shown):
+//!
+//! | listener | address | what |
+//! |---|---|---|
+//! | `inbound_mtls` | `{inbound_bind}:15000` | TLS, client certificate from the CA required, ALPN h2 (+http/1.1); `/iac.controlplane.v1.ControlPlane/*` → cluster `agent` (127.0.0.1:50051, h2c); everything else → cluster `app` (127.0.0.1:`app_port`, HTTP/1.1) when the service declares a port, else 404 |
+//! | `outbound` | `127.0.0.1:15001` | plaintext h2/HTTP/1.1 from the app; authority `<peer>`, `<peer>:15001`, `<peer>.<project>` (and with the port) → cluster `peer_<peer>` = `<address>:<port>` over mTLS (SNI `<peer>`, peer SAN `<peer>` verified, ALPN h2) |
+//! | `stats` | `127.0.0.1:9901` | only `GET /stats/prometheus` → cluster `admin` (the admin unix socket); anything else 404 |
+//!
+//! Admin itself listens only on the unix socket `admin_socket`.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use iac_core::{Mesh, ServiceName, SidecarError, SidecarRenderer};
+use minijinja::{Environment, UndefinedBehavior, Value};
+use serde::{Deserialize, Serialize};
+
+/// The template shipped with iac.
+pub const DEFAULT_TEMPLATE: &str = include_str!("../../../../infra/templates/envoy.yaml.tmpl");
+/// File name looked up in [`EnvoyConfig::template_dir`].
+pub const TEMPLATE_NAME: &str = "envoy.yaml.tmpl";
+
+/// `[sidecar]` configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EnvoyConfig {
+    /// A directory holding an `envoy.yaml.tmpl` that replaces the embedded template.
+    pub template_dir: Option<PathBuf>,
+}
+
+/// Renders Envoy configs. Holds the parsed template; rendering does no I/O.
+#[derive(Debug)]
+pub struct EnvoyRenderer {
+    env: Environment<'static>,
+    origin: String,
+}
+
+impl Default for EnvoyRenderer {
+    fn default() -> Self {
+        EnvoyRenderer::from_template(
+            DEFAULT_TEMPLATE.to_string(),
+            "embedded envoy.yaml.tmpl".into(),
+        )
+        .expect("the embedded Envoy template parses")
+    }
+}
+
+impl EnvoyRenderer {
+    /// The embedded template, or `<template_dir>/envoy.yaml.tmpl` when configured.
+    pub fn new(config: &EnvoyConfig) -> Result<EnvoyRenderer, SidecarError> {
+        match &config.template_dir {
+            None => Ok(EnvoyRenderer::default()),
+            Some(dir) => {
+                let path = dir.join(TEMPLATE_NAME);
+                let source = std::fs::read_to_string(&path).map_err(|e| {
+                    SidecarError::Template(format!(
+                        "cannot read {}: {e} (expected an Envoy minijinja template)",
+                        path.display()
+                    ))
+                })?;
+                EnvoyRenderer::from_template(source, path.display().to_string())
+            }
+        }
+    }
+
+    /// A renderer for an explicit template source; `origin` names it in errors.
+    pub fn from_template(source: String, origin: String) -> Result<EnvoyRenderer, SidecarError> {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.set_syntax(
+            minijinja::syntax::SyntaxConfig::builder()
+                .keep_trailing_newline(true)
+                .build()
+                .expect("default delimiters are valid"),
+        );
+        env.add_filter("q", quote);
+        env.add_template_owned(TEMPLATE_NAME, source)
+            .map_err(|e| SidecarError::Template(format!("{origin}: {e:#}")))?;
+        Ok(EnvoyRenderer { env, origin })
+    }
+
+    /// The template context for `service`, after checking the mesh makes sense for it.
+    pub fn context(mesh: &Mesh, service: &ServiceName) -> Result<Value, SidecarError> {
+        let invalid = |why: String| SidecarError::Invalid {
+            service: service.to_string(),
+            why,
+        };
+        let me = mesh.service(service).ok_or_else(|| {
+            invalid(format!(
+                "not a member of the mesh of project {}",
+                mesh.project
+            ))
+        })?;
+        let p = &mesh.ports;
+        let mut used: Vec<(&str, u16)> = vec![
+            ("inbound", p.inbound),
+            ("outbound", p.outbound),
+            ("agent", p.agent),
+            ("stats", p.stats),
+        ];
+        if let Some(app) = me.app_port {
+            used.push(("app_port", app));
+        }
+        for (i, (name, port)) in used.iter().enumerate() {
+            if *port == 0 {
+                return Err(invalid(format!(
+                    "port {name} is 0; expected a port number 1-65535"
+                )));
+            }
+            if let Some((other, _)) = used[..i].iter().find(|(_, q)| q == port) {
+                return Err(invalid(format!(
+                    "ports {other} and {name} are both {port}; they share one network namespace and must differ"
+                )));
+            }
+        }
+        if p.inbound_bind.parse::<IpAddr>().is_err() {
+            return Err(invalid(format!(
+                "inbound_bind {:?} is not an IP address",
+                p.inbound_bind
+            )));
+        }
+        if p.admin_socket.is_empty() {
+            return Err(invalid(
+                "admin_socket is empty; expected a unix socket path".into(),
+            ));
+        }
+        for (what, path) in [
+            ("ca", &mesh.certs.ca),
+            ("cert", &mesh.certs.cert),
+            ("key", &mesh.certs.key),
+        ] {
+            if path.as_os_str().is_empty() {
+                return Err(invalid(format!("certificate path {what} is empty")));
+            }
+        }
+        let mut names = BTreeMap::new();
+        for s in &mesh.services {
+            if names.insert(s.name.as_str(), ()).is_some() {
+                return Err(invalid(format!(
+                    "service {} appears twice in the mesh",
+                    s.name
+                )));
+            }
+        }
+        let peers: Vec<Value> = mesh
+            .peers_of(service)
+            .into_iter()
+            .map(|peer| {
+                if peer.address.trim().is_empty() || peer.address.contains(char::is_whitespace) {
+                    return Err(invalid(format!(
+                        "peer {} has an invalid address {:?}",
+                        peer.name, peer.address
+                    )));
+                }
+                if peer.port == 0 {
+                    return Err(invalid(format!("peer {} has port 0", peer.name)));
+                }
+                Ok(obj([
+                    ("name", Value::from(peer.name.as_str())),
+                    ("address", Value::from(peer.address.as_str())),
+                    ("port", Value::from(peer.port)),
+                    (
+                        "static",
+                        Value::from(peer.address.parse::<IpAddr>().is_ok()),
+                    ),
+                ]))
+            })
+            .collect::<Result<_, _>>()?;
+        let path = |p: &PathBuf| Value::from(p.to_string_lossy().into_owned());
+        Ok(obj([
+            ("project", Value::from(mesh.project.as_str())),
+            ("service", Value::from(service.as_str())),
+            ("inbound_bind", Value::from(p.inbound_bind.as_str())),
+            ("inbound_port", Value::from(p.inbound)),
+            ("outbound_port", Value::from(p.outbound)),
+            ("agent_port", Value::from(p.agent)),
+            ("stats_port", Value::from(p.stats)),
+            (
+                "app_port",
+                me.app_port.map(Value::from).unwrap_or(Value::from(())),
+            ),
+            ("admin_socket", Value::from(p.admin_socket.as_str())),
+            ("ca", path(&mesh.certs.ca)),
+            ("cert", path(&mesh.certs.cert)),
+            ("key", path(&mesh.certs.key)),
+            ("peers", Value::from(peers)),
+        ]))
+    }
+}
+
+impl SidecarRenderer for EnvoyRenderer {
+    fn render(&self, mesh: &Mesh, service: &ServiceName) -> Result<String, SidecarError> {
+        let ctx = EnvoyRenderer::context(mesh, service)?;
+        let tmpl = self
+            .env
+            .get_template(TEMPLATE_NAME)
+            .map_err(|e| SidecarError::Template(e.to_string()))?;
+        let yaml = tmpl.render(ctx).map_err(|e| {
+            SidecarError::Template(format!("{}: rendering for {service}: {e:#}", self.origin))
+        })?;
+        // A template (especially an override) must produce a YAML mapping; catch it here rather
+        // than in a crash-looping container.
+        match yaml_serde::from_str::<yaml_serde::Value>(&yaml) {
+            Ok(yaml_serde::Value::Mapping(_)) => Ok(yaml),
+            Ok(_) => Err(SidecarError::Template(format!(
+                "{}: rendered output is not a YAML mapping",
+                self.origin
+            ))),
+            Err(e) => Err(SidecarError::Template(format!(
+                "{}: rendered output is not valid YAML: {e}",
+                self.origin
+            ))),
+        }
+    }
+}
+
+/// A template map from fixed keys.
+fn obj<const N: usize>(pairs: [(&str, Value); N]) -> Value {
+    Value::from(
+        pairs
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect::<BTreeMap<String, Value>>(),
+    )
+}
+
+/// `q` filter: a value as a JSON string, which YAML reads verbatim.
+fn quote(v: Value) -> String {
+    let s = match v.as_str() {
+        Some(s) => s.to_string(),
+        None => v.to_string(),
+    };
+    serde_json::to_string(&s).expect("a string serializes")
+}

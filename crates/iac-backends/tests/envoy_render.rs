@@ -1,0 +1,663 @@
+//! Envoy renderer: golden files for a 3-service mesh (UPDATE_GOLDEN=1 rewrites them), structural
+//! checks on the parsed YAML, input validation, template overrides, and `envoy --mode validate`
+//! with the real Envoy on every rendered config (several meshes, with and without app ports,
+//! remapped ports, DNS and IP peers).
+//!
+//! Envoy is required when IAC_REQUIRE_ENVOY=1 (CI); otherwise a missing binary skips the
+//! validation test with a loud message.
+
+use std::path::{Path, PathBuf};
+
+use iac_backends::pki::{DevCa, PkiConfig};
+use iac_backends::sidecar::envoy_bin;
+use iac_backends::sidecar::{EnvoyConfig, EnvoyRenderer};
+use iac_core::{
+    CertPaths, Mesh, MeshPorts, MeshService, ProjectName, ServiceName, SidecarRenderer,
+};
+use yaml_serde::Value as Yaml;
+
+fn svc(name: &str) -> ServiceName {
+    ServiceName::new(name).unwrap()
+}
+
+fn member(name: &str, address: &str, port: u16, app_port: Option<u16>) -> MeshService {
+    MeshService {
+        name: svc(name),
+        address: address.into(),
+        port,
+        app_port,
+    }
+}
+
+/// The production layout: three services, DNS peers, in-container cert paths.
+fn shop_mesh() -> Mesh {
+    Mesh {
+        project: ProjectName::new("shop").unwrap(),
+        services: vec![
+            member("web", "web", 15000, Some(3000)),
+            member("api", "api", 15000, Some(8080)),
+            member("worker", "worker", 15000, None),
+        ],
+        ports: MeshPorts::default(),
+        certs: CertPaths::in_container(),
+    }
+}
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+}
+
+fn check_golden(name: &str, actual: &str) {
+    let path = golden_dir().join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v == "1") {
+        std::fs::create_dir_all(golden_dir()).unwrap();
+        std::fs::write(&path, actual).unwrap();
+        eprintln!("updated {}", path.display());
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; run with UPDATE_GOLDEN=1 to create it",
+            path.display()
+        )
+    });
+    if expected != actual {
+        let diff: Vec<String> = expected
+            .lines()
+            .zip(actual.lines())
+            .enumerate()
+            .filter(|(_, (e, a))| e != a)
+            .take(10)
+            .map(|(i, (e, a))| format!("line {}:\n  golden: {e}\n  actual: {a}", i + 1))
+            .collect();
+        panic!(
+            "{} differs from the render ({} vs {} lines); first differences:\n{}\nrun with UPDATE_GOLDEN=1 if the change is intended",
+            path.display(),
+            expected.lines().count(),
+            actual.lines().count(),
+            diff.join("\n")
+        );
+    }
+}
+
+#[test]
+fn golden_three_service_mesh() {
+    let r = EnvoyRenderer::default();
+    let mesh = shop_mesh();
+    for name in ["api", "web", "worker"] {
+        let yaml = r.render(&mesh, &svc(name)).unwrap();
+        check_golden(&format!("envoy_shop_{name}.yaml"), &yaml);
+    }
+}
+
+#[test]
+fn render_is_pure_and_order_independent() {
+    let r = EnvoyRenderer::default();
+    let mesh = shop_mesh();
+    let mut shuffled = mesh.clone();
+    shuffled.services.reverse();
+    for name in ["api", "web", "worker"] {
+        let a = r.render(&mesh, &svc(name)).unwrap();
+        let b = r.render(&mesh, &svc(name)).unwrap();
+        let c = r.render(&shuffled, &svc(name)).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a, c, "service order in the mesh must not change the render");
+    }
+}
+
+fn get<'a>(v: &'a Yaml, path: &str) -> &'a Yaml {
+    let mut cur = v;
+    for part in path.split('.') {
+        cur = match part.parse::<usize>() {
+            Ok(i) => cur
+                .get(i)
+                .unwrap_or_else(|| panic!("no index {i} in {path}")),
+            Err(_) => cur
+                .get(part)
+                .unwrap_or_else(|| panic!("no key {part} in {path}")),
+        };
+    }
+    cur
+}
+
+fn s(v: &Yaml) -> &str {
+    v.as_str()
+        .unwrap_or_else(|| panic!("expected a string, got {v:?}"))
+}
+
+fn listener<'a>(cfg: &'a Yaml, name: &str) -> &'a Yaml {
+    get(cfg, "static_resources.listeners")
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|l| s(get(l, "name")) == name)
+        .unwrap_or_else(|| panic!("no listener {name}"))
+}
+
+fn cluster<'a>(cfg: &'a Yaml, name: &str) -> Option<&'a Yaml> {
+    get(cfg, "static_resources.clusters")
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|c| s(get(c, "name")) == name)
+}
+
+fn hcm(l: &Yaml) -> &Yaml {
+    get(l, "filter_chains.0.filters.0.typed_config")
+}
+
+#[test]
+fn structure_of_the_render() {
+    let r = EnvoyRenderer::default();
+    let cfg: Yaml = yaml_serde::from_str(&r.render(&shop_mesh(), &svc("api")).unwrap()).unwrap();
+
+    // Admin only on a pipe.
+    assert_eq!(
+        s(get(&cfg, "admin.address.pipe.path")),
+        "/tmp/envoy-admin.sock"
+    );
+    assert!(get(&cfg, "admin.address").get("socket_address").is_none());
+
+    // Inbound: TLS with required client certs from the CA, h2 first.
+    let inbound = listener(&cfg, "inbound_mtls");
+    assert_eq!(s(get(inbound, "address.socket_address.address")), "0.0.0.0");
+    assert_eq!(
+        get(inbound, "address.socket_address.port_value").as_u64(),
+        Some(15000)
+    );
+    let tls = get(inbound, "filter_chains.0.transport_socket.typed_config");
+    assert_eq!(get(tls, "require_client_certificate").as_bool(), Some(true));
+    assert_eq!(s(get(tls, "common_tls_context.alpn_protocols.0")), "h2");
+    assert_eq!(
+        s(get(
+            tls,
+            "common_tls_context.validation_context.trusted_ca.filename"
+        )),
+        "/etc/iac/certs/ca.pem"
+    );
+    assert_eq!(
+        s(get(
+            tls,
+            "common_tls_context.tls_certificates.0.certificate_chain.filename"
+        )),
+        "/etc/iac/certs/cert.pem"
+    );
+    let routes = get(hcm(inbound), "route_config.virtual_hosts.0.routes")
+        .as_sequence()
+        .unwrap();
+    assert_eq!(routes.len(), 2);
+    assert_eq!(
+        s(get(&routes[0], "match.prefix")),
+        "/iac.controlplane.v1.ControlPlane/"
+    );
+    assert_eq!(s(get(&routes[0], "route.cluster")), "agent");
+    assert_eq!(s(get(&routes[1], "match.prefix")), "/");
+    assert_eq!(s(get(&routes[1], "route.cluster")), "app");
+    let app = cluster(&cfg, "app").expect("api declares a port");
+    assert_eq!(
+        get(
+            app,
+            "load_assignment.endpoints.0.lb_endpoints.0.endpoint.address.socket_address.port_value"
+        )
+        .as_u64(),
+        Some(8080)
+    );
+    let agent = cluster(&cfg, "agent").unwrap();
+    assert_eq!(
+        get(
+            agent,
+            "load_assignment.endpoints.0.lb_endpoints.0.endpoint.address.socket_address.port_value"
+        )
+        .as_u64(),
+        Some(50051)
+    );
+    assert!(
+        agent.get("typed_extension_protocol_options").is_some(),
+        "agent speaks h2c"
+    );
+
+    // Outbound: loopback, one virtual host per peer, routed to an mTLS cluster that checks the SAN.
+    let outbound = listener(&cfg, "outbound");
+    assert_eq!(
+        s(get(outbound, "address.socket_address.address")),
+        "127.0.0.1"
+    );
+    assert_eq!(
+        get(outbound, "address.socket_address.port_value").as_u64(),
+        Some(15001)
+    );
+    assert!(
+        outbound
+            .get("filter_chains")
+            .unwrap()
+            .get(0)
+            .unwrap()
+            .get("transport_socket")
+            .is_none(),
+        "plaintext from the app"
+    );
+    let vhosts = get(hcm(outbound), "route_config.virtual_hosts")
+        .as_sequence()
+        .unwrap();
+    let names: Vec<&str> = vhosts.iter().map(|v| s(get(v, "name"))).collect();
+    assert_eq!(
+        names,
+        ["peer_web", "peer_worker"],
+        "peers in name order, never itself"
+    );
+    let domains: Vec<&str> = get(&vhosts[0], "domains")
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(s)
+        .collect();
+    assert_eq!(domains, ["web", "web:15001", "web.shop", "web.shop:15001"]);
+    let web = cluster(&cfg, "peer_web").unwrap();
+    assert_eq!(s(get(web, "type")), "STRICT_DNS");
+    let sock = get(
+        web,
+        "load_assignment.endpoints.0.lb_endpoints.0.endpoint.address.socket_address",
+    );
+    assert_eq!(
+        (s(get(sock, "address")), get(sock, "port_value").as_u64()),
+        ("web", Some(15000))
+    );
+    let up = get(web, "transport_socket.typed_config");
+    assert_eq!(s(get(up, "sni")), "web");
+    assert_eq!(s(get(up, "common_tls_context.alpn_protocols.0")), "h2");
+    assert_eq!(
+        s(get(
+            up,
+            "common_tls_context.validation_context.match_typed_subject_alt_names.0.san_type"
+        )),
+        "DNS"
+    );
+    assert_eq!(
+        s(get(
+            up,
+            "common_tls_context.validation_context.match_typed_subject_alt_names.0.matcher.exact"
+        )),
+        "web"
+    );
+    assert_eq!(
+        s(get(
+            up,
+            "common_tls_context.tls_certificates.0.private_key.filename"
+        )),
+        "/etc/iac/certs/key.pem"
+    );
+    assert!(cluster(&cfg, "peer_api").is_none(), "no cluster to itself");
+
+    // Stats: loopback, exactly one route, to the admin pipe.
+    let stats = listener(&cfg, "stats");
+    assert_eq!(s(get(stats, "address.socket_address.address")), "127.0.0.1");
+    assert_eq!(
+        get(stats, "address.socket_address.port_value").as_u64(),
+        Some(9901)
+    );
+    let routes = get(hcm(stats), "route_config.virtual_hosts.0.routes")
+        .as_sequence()
+        .unwrap();
+    assert_eq!(routes.len(), 1);
+    assert_eq!(s(get(&routes[0], "match.path")), "/stats/prometheus");
+    let admin = cluster(&cfg, "admin").unwrap();
+    assert_eq!(
+        s(get(
+            admin,
+            "load_assignment.endpoints.0.lb_endpoints.0.endpoint.address.pipe.path"
+        )),
+        "/tmp/envoy-admin.sock"
+    );
+
+    // No listener anywhere binds the admin API to TCP, and only the inbound one binds beyond loopback.
+    for l in get(&cfg, "static_resources.listeners")
+        .as_sequence()
+        .unwrap()
+    {
+        let addr = s(get(l, "address.socket_address.address"));
+        if s(get(l, "name")) != "inbound_mtls" {
+            assert_eq!(addr, "127.0.0.1", "listener {:?}", get(l, "name"));
+        }
+    }
+}
+
+#[test]
+fn service_without_app_port_routes_only_the_agent() {
+    let r = EnvoyRenderer::default();
+    let cfg: Yaml = yaml_serde::from_str(&r.render(&shop_mesh(), &svc("worker")).unwrap()).unwrap();
+    let routes = get(
+        hcm(listener(&cfg, "inbound_mtls")),
+        "route_config.virtual_hosts.0.routes",
+    )
+    .as_sequence()
+    .unwrap();
+    assert_eq!(routes.len(), 1);
+    assert_eq!(s(get(&routes[0], "route.cluster")), "agent");
+    assert!(cluster(&cfg, "app").is_none());
+}
+
+#[test]
+fn ip_peers_are_static_and_remapped_ports_are_used() {
+    let mesh = Mesh {
+        project: ProjectName::new("t").unwrap(),
+        services: vec![
+            member("a", "127.0.0.1", 21000, None),
+            member("b", "127.0.0.1", 21010, Some(21013)),
+        ],
+        ports: MeshPorts {
+            inbound_bind: "127.0.0.1".into(),
+            inbound: 21000,
+            outbound: 21001,
+            agent: 21002,
+            stats: 21003,
+            admin_socket: "/tmp/x/admin.sock".into(),
+        },
+        certs: CertPaths {
+            ca: "/c/ca.pem".into(),
+            cert: "/c/a.pem".into(),
+            key: "/c/a.key".into(),
+        },
+    };
+    let cfg: Yaml =
+        yaml_serde::from_str(&EnvoyRenderer::default().render(&mesh, &svc("a")).unwrap()).unwrap();
+    let inbound = listener(&cfg, "inbound_mtls");
+    assert_eq!(
+        s(get(inbound, "address.socket_address.address")),
+        "127.0.0.1"
+    );
+    assert_eq!(
+        get(inbound, "address.socket_address.port_value").as_u64(),
+        Some(21000)
+    );
+    assert_eq!(
+        get(
+            listener(&cfg, "outbound"),
+            "address.socket_address.port_value"
+        )
+        .as_u64(),
+        Some(21001)
+    );
+    assert_eq!(
+        get(listener(&cfg, "stats"), "address.socket_address.port_value").as_u64(),
+        Some(21003)
+    );
+    let b = cluster(&cfg, "peer_b").unwrap();
+    assert_eq!(s(get(b, "type")), "STATIC");
+    assert!(b.get("dns_lookup_family").is_none());
+    assert_eq!(
+        get(
+            b,
+            "load_assignment.endpoints.0.lb_endpoints.0.endpoint.address.socket_address.port_value"
+        )
+        .as_u64(),
+        Some(21010)
+    );
+    let domains: Vec<&str> = get(
+        get(
+            hcm(listener(&cfg, "outbound")),
+            "route_config.virtual_hosts.0",
+        ),
+        "domains",
+    )
+    .as_sequence()
+    .unwrap()
+    .iter()
+    .map(s)
+    .collect();
+    assert_eq!(domains, ["b", "b:21001", "b.t", "b.t:21001"]);
+    assert_eq!(s(get(&cfg, "admin.address.pipe.path")), "/tmp/x/admin.sock");
+    assert_eq!(
+        s(get(
+            listener(&cfg, "inbound_mtls"),
+            "filter_chains.0.transport_socket.typed_config.common_tls_context.validation_context.trusted_ca.filename"
+        )),
+        "/c/ca.pem"
+    );
+}
+
+#[test]
+fn single_service_mesh_has_no_peers() {
+    let mut mesh = shop_mesh();
+    mesh.services.truncate(1);
+    let cfg: Yaml =
+        yaml_serde::from_str(&EnvoyRenderer::default().render(&mesh, &svc("web")).unwrap())
+            .unwrap();
+    assert!(
+        get(
+            hcm(listener(&cfg, "outbound")),
+            "route_config.virtual_hosts"
+        )
+        .as_sequence()
+        .unwrap()
+        .is_empty()
+    );
+    let clusters: Vec<&str> = get(&cfg, "static_resources.clusters")
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|c| s(get(c, "name")))
+        .collect();
+    assert_eq!(clusters, ["agent", "app", "admin"]);
+}
+
+#[test]
+fn invalid_inputs_are_named() {
+    let r = EnvoyRenderer::default();
+    let err = r
+        .render(&shop_mesh(), &svc("nope"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("nope") && err.contains("not a member"),
+        "{err}"
+    );
+
+    let mut m = shop_mesh();
+    m.services[1].app_port = Some(50051);
+    let err = r.render(&m, &svc("api")).unwrap_err().to_string();
+    assert!(
+        err.contains("agent") && err.contains("app_port") && err.contains("50051"),
+        "{err}"
+    );
+
+    let mut m = shop_mesh();
+    m.ports.stats = m.ports.outbound;
+    let err = r.render(&m, &svc("web")).unwrap_err().to_string();
+    assert!(err.contains("outbound") && err.contains("stats"), "{err}");
+
+    let mut m = shop_mesh();
+    m.ports.inbound_bind = "localhost".into();
+    assert!(
+        r.render(&m, &svc("web"))
+            .unwrap_err()
+            .to_string()
+            .contains("inbound_bind")
+    );
+
+    let mut m = shop_mesh();
+    m.services[0].address = "bad host".into();
+    let err = r.render(&m, &svc("api")).unwrap_err().to_string();
+    assert!(err.contains("web") && err.contains("bad host"), "{err}");
+
+    let mut m = shop_mesh();
+    m.services.push(member("web", "web2", 15000, None));
+    assert!(
+        r.render(&m, &svc("api"))
+            .unwrap_err()
+            .to_string()
+            .contains("twice")
+    );
+}
+
+#[test]
+fn quoting_keeps_odd_paths_intact() {
+    let mut m = shop_mesh();
+    m.certs.key = "/certs/a key: \"odd\" #1.pem".into();
+    let cfg: Yaml =
+        yaml_serde::from_str(&EnvoyRenderer::default().render(&m, &svc("api")).unwrap()).unwrap();
+    let tls = get(
+        listener(&cfg, "inbound_mtls"),
+        "filter_chains.0.transport_socket.typed_config",
+    );
+    assert_eq!(
+        s(get(
+            tls,
+            "common_tls_context.tls_certificates.0.private_key.filename"
+        )),
+        "/certs/a key: \"odd\" #1.pem"
+    );
+}
+
+#[test]
+fn template_override_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("envoy.yaml.tmpl"),
+        "custom: {{ service | q }}\npeers: {{ peers | length }}\n",
+    )
+    .unwrap();
+    let r = EnvoyRenderer::new(&EnvoyConfig {
+        template_dir: Some(dir.path().to_path_buf()),
+    })
+    .unwrap();
+    assert_eq!(
+        r.render(&shop_mesh(), &svc("api")).unwrap(),
+        "custom: \"api\"\npeers: 2\n"
+    );
+
+    // A typo in an override is caught at render time, naming the template.
+    std::fs::write(dir.path().join("envoy.yaml.tmpl"), "x: {{ servcie }}\n").unwrap();
+    let r = EnvoyRenderer::new(&EnvoyConfig {
+        template_dir: Some(dir.path().to_path_buf()),
+    })
+    .unwrap();
+    let err = r.render(&shop_mesh(), &svc("api")).unwrap_err().to_string();
+    assert!(err.contains("envoy.yaml.tmpl"), "{err}");
+
+    // Output that is not a YAML mapping is refused.
+    std::fs::write(dir.path().join("envoy.yaml.tmpl"), "- {{ service }}\n").unwrap();
+    let r = EnvoyRenderer::new(&EnvoyConfig {
+        template_dir: Some(dir.path().to_path_buf()),
+    })
+    .unwrap();
+    assert!(
+        r.render(&shop_mesh(), &svc("api"))
+            .unwrap_err()
+            .to_string()
+            .contains("mapping")
+    );
+
+    // Syntax errors fail at construction.
+    std::fs::write(dir.path().join("envoy.yaml.tmpl"), "{% if %}\n").unwrap();
+    assert!(
+        EnvoyRenderer::new(&EnvoyConfig {
+            template_dir: Some(dir.path().to_path_buf())
+        })
+        .is_err()
+    );
+    // A missing override is an error naming the path.
+    let missing = EnvoyRenderer::new(&EnvoyConfig {
+        template_dir: Some(dir.path().join("nope")),
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(missing.contains("nope"), "{missing}");
+}
+
+/// The real Envoy, or `None` (after a loud message) when it is absent and not required.
+fn envoy_or_skip(test: &str) -> Option<PathBuf> {
+    match envoy_bin::envoy_binary() {
+        Some(p) => Some(p),
+        None if std::env::var_os("IAC_REQUIRE_ENVOY")
+            .is_some_and(|v| !v.is_empty() && v != "0") =>
+        {
+            panic!(
+                "IAC_REQUIRE_ENVOY is set but no envoy binary was found (PATH or $IAC_ENVOY); run scripts/install-envoy.sh"
+            )
+        }
+        None => {
+            eprintln!(
+                "\n!!!!! SKIPPING {test}: no `envoy` on PATH (set IAC_REQUIRE_ENVOY=1 to make this a failure; scripts/install-envoy.sh installs it) !!!!!\n"
+            );
+            None
+        }
+    }
+}
+
+#[test]
+fn every_render_passes_envoy_validate() {
+    let Some(envoy) = envoy_or_skip("every_render_passes_envoy_validate") else {
+        return;
+    };
+    let version = envoy_bin::version(&envoy).unwrap();
+    assert!(
+        version.contains("/1.40."),
+        "expected Envoy 1.40, got {version}"
+    );
+
+    // Envoy loads the certificate files during validation: issue real ones.
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = DevCa::new(PkiConfig {
+        secrets_dir: tmp.path().join("secrets"),
+        ..PkiConfig::default()
+    });
+    let issued = ca
+        .issue_blocking(&ProjectName::new("shop").unwrap(), &svc("api"))
+        .unwrap();
+    let certs = issued.paths.clone();
+
+    let mut meshes: Vec<(&str, Mesh)> = Vec::new();
+    let mut shop = shop_mesh();
+    shop.certs = certs.clone();
+    shop.ports.admin_socket = tmp.path().join("admin.sock").display().to_string();
+    meshes.push(("shop", shop.clone()));
+
+    let mut remapped = shop.clone();
+    remapped.ports = MeshPorts {
+        inbound_bind: "127.0.0.1".into(),
+        inbound: 31000,
+        outbound: 31001,
+        agent: 31002,
+        stats: 31003,
+        admin_socket: tmp.path().join("admin2.sock").display().to_string(),
+    };
+    for (i, s) in remapped.services.iter_mut().enumerate() {
+        s.address = "127.0.0.1".into();
+        s.port = 31000 + 10 * i as u16;
+        s.app_port = s.app_port.map(|_| 31004 + i as u16);
+    }
+    meshes.push(("remapped-ip-peers", remapped));
+
+    let mut solo = shop.clone();
+    solo.services = vec![member("solo", "solo", 15000, None)];
+    meshes.push(("solo-no-app-port", solo));
+
+    let mut ipv6 = shop.clone();
+    ipv6.ports.inbound_bind = "::".into();
+    ipv6.services[0].address = "::1".into();
+    meshes.push(("ipv6", ipv6));
+
+    let r = EnvoyRenderer::default();
+    let mut checked = 0;
+    for (label, mesh) in &meshes {
+        for m in &mesh.services {
+            let yaml = r.render(mesh, &m.name).unwrap();
+            let path = tmp.path().join(format!("{label}-{}.yaml", m.name));
+            std::fs::write(&path, &yaml).unwrap();
+            envoy_bin::validate(&envoy, &path)
+                .unwrap_or_else(|e| panic!("{label}/{}: {e}\n--- config ---\n{yaml}", m.name));
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 3 + 3 + 1 + 3);
+
+    // And validation really checks: a broken config is rejected.
+    let bad = tmp.path().join("bad.yaml");
+    let yaml = r.render(&shop, &svc("api")).unwrap().replace(
+        "require_client_certificate: true",
+        "require_client_certificate: maybe",
+    );
+    std::fs::write(&bad, yaml).unwrap();
+    let err = envoy_bin::validate(&envoy, &bad).unwrap_err().to_string();
+    assert!(err.contains("validate failed"), "{err}");
+}
