@@ -1,0 +1,72 @@
+//! The binary provider: DESIGN.md §3 rule 6. A non-Python repo runs an executable regular file
+//! named `main` at its root as `/app/main` (the image copies the repo to `/app`). Also builds the
+//! Entry for an argv override in a repo that is not Python.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use iac_core::{Entry, EntryError, Language};
+
+use super::Provider;
+use super::overrides::Override;
+use super::python::override_entry;
+
+/// Resolves repos that ship an executable `main` (rule 6).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BinaryProvider;
+
+/// The mode of `./main` when it is a regular file (symlinks followed), else `None`.
+fn main_mode(dir: &Path) -> Result<Option<u32>, EntryError> {
+    let path = dir.join("main");
+    match std::fs::metadata(&path) {
+        Ok(m) if m.is_file() => Ok(Some(m.permissions().mode())),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(EntryError::Io { path, source }),
+    }
+}
+
+impl Provider for BinaryProvider {
+    fn name(&self) -> &'static str {
+        "binary"
+    }
+
+    fn detect(&self, dir: &Path) -> bool {
+        main_mode(dir)
+            .ok()
+            .flatten()
+            .is_some_and(|m| m & 0o111 != 0)
+    }
+
+    fn plan(&self, dir: &Path, over: Option<&Override>) -> Result<Entry, EntryError> {
+        if let Some(o) = over {
+            return Ok(override_entry(o, Language::Binary));
+        }
+        let miss = |found: String| EntryError::NotFound {
+            dir: dir.to_path_buf(),
+            tried: vec![format!(
+                "rule 6 (binary-main): looked for an executable file `main` at the repo root; {found}"
+            )],
+        };
+        match main_mode(dir)? {
+            Some(mode) if mode & 0o111 != 0 => Ok(Entry {
+                language: Language::Binary,
+                rule: "binary-main".to_string(),
+                argv: vec!["/app/main".to_string()],
+                why: format!(
+                    "`main` at the repo root is an executable file (mode {:o}), run as /app/main (rule 6).",
+                    mode & 0o7777
+                ),
+                port: None,
+            }),
+            Some(mode) => Err(miss(format!(
+                "`main` exists but is not executable (mode {:o}; run `chmod +x main`)",
+                mode & 0o7777
+            ))),
+            None if dir.join("main").exists() => {
+                Err(miss("`main` exists but is not a regular file".to_string()))
+            }
+            None => Err(miss("it does not exist".to_string())),
+        }
+    }
+}

@@ -1,0 +1,722 @@
+//! Static reading of a Python project's metadata: pyproject.toml (`[project.scripts]` in file
+//! order, `[tool.poetry.scripts]`, names, dependencies), setup.cfg (a small configparser-style INI
+//! reader), setup.py (`setup(...)` keyword arguments read as Python literals with
+//! [`super::pylex`], never executed) and requirements files. Used by the Python provider.
+
+use std::path::{Path, PathBuf};
+
+use iac_core::EntryError;
+
+use super::overrides::Callable;
+use super::pylex::{self, PyValue, TokKind, Token};
+use super::{read_optional, toml_key_line};
+
+/// A console script: its name, target and where it was declared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Script {
+    pub name: String,
+    pub target: Callable,
+    /// e.g. "pyproject.toml line 12".
+    pub location: String,
+}
+
+/// A configparser-style INI file: sections of `key = value` (or `key: value`) with indented
+/// continuation lines; `#`/`;` comment lines; keys lowercased like configparser does.
+#[derive(Debug, Clone, Default)]
+pub struct Ini {
+    /// (section, key, value, 1-based line of the key)
+    entries: Vec<(String, String, String, usize)>,
+}
+
+impl Ini {
+    pub fn parse(text: &str) -> Ini {
+        let mut entries: Vec<(String, String, String, usize)> = Vec::new();
+        let mut section = String::new();
+        let mut in_value = false;
+        for (idx, line) in text.lines().enumerate() {
+            let trimmed = line.trim();
+            let indented = line.starts_with([' ', '\t']);
+            if trimmed.starts_with('#') || trimmed.starts_with(';') {
+                continue;
+            }
+            if trimmed.is_empty() {
+                // An empty line inside a multi-line value is kept as an empty line.
+                if in_value && let Some(last) = entries.last_mut() {
+                    last.2.push('\n');
+                }
+                continue;
+            }
+            if indented && in_value {
+                let last = entries.last_mut().expect("in_value implies an entry");
+                last.2.push('\n');
+                last.2.push_str(trimmed);
+                continue;
+            }
+            if trimmed.starts_with('[') && trimmed.ends_with(']') {
+                section = trimmed[1..trimmed.len() - 1].trim().to_string();
+                in_value = false;
+                continue;
+            }
+            let pos = trimmed.find(['=', ':']);
+            match pos {
+                Some(p) => {
+                    let key = trimmed[..p].trim().to_ascii_lowercase();
+                    let value = trimmed[p + 1..].trim().to_string();
+                    entries.push((section.clone(), key, value, idx + 1));
+                    in_value = true;
+                }
+                None => in_value = false,
+            }
+        }
+        for e in &mut entries {
+            let trimmed = e.2.trim_end_matches('\n').len();
+            e.2.truncate(trimmed);
+        }
+        Ini { entries }
+    }
+
+    /// The value of `key` in `section` (last one wins) and the line it starts on.
+    pub fn get(&self, section: &str, key: &str) -> Option<(&str, usize)> {
+        self.entries
+            .iter()
+            .rev()
+            .find(|(s, k, _, _)| s == section && k == key)
+            .map(|(_, _, v, l)| (v.as_str(), *l))
+    }
+}
+
+/// What static reading of one setup.py keyword found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SetupArg {
+    /// No `setup(...)` call, or the call has no such keyword.
+    Absent,
+    /// The keyword's value is a literal (possibly via a top-level `NAME = literal`).
+    Literal {
+        value: PyValue,
+        line: usize,
+        via: Option<String>,
+    },
+    /// The keyword is there but its value is not a literal; the string says what it is.
+    NotLiteral { line: usize, why: String },
+}
+
+/// A setup.py read as tokens.
+#[derive(Debug, Clone)]
+pub struct SetupPy {
+    tokens: Vec<Token>,
+}
+
+impl SetupPy {
+    pub fn parse(text: &str) -> Result<SetupPy, pylex::LexError> {
+        Ok(SetupPy {
+            tokens: pylex::tokenize(text)?,
+        })
+    }
+
+    /// Start positions (just after the `(`) of every `setup(` / `setuptools.setup(` call.
+    fn calls(&self) -> Vec<usize> {
+        let t = &self.tokens;
+        (0..t.len())
+            .filter(|&i| {
+                t[i].is_name("setup")
+                    && t.get(i + 1).is_some_and(|n| n.is_op("("))
+                    && !(i > 0 && t[i - 1].is_name("def"))
+                    && (i == 0
+                        || !t[i - 1].is_op(".")
+                        || (i >= 2 && t[i - 2].is_name("setuptools")))
+            })
+            .map(|i| i + 2)
+            .collect()
+    }
+
+    /// The value of keyword `kw` in the first `setup(...)` call that has it.
+    pub fn arg(&self, kw: &str) -> SetupArg {
+        let t = &self.tokens;
+        for start in self.calls() {
+            let mut depth = 0usize;
+            let mut i = start;
+            while i < t.len() {
+                let tok = &t[i];
+                if tok.kind == TokKind::Op {
+                    match tok.text.as_str() {
+                        "(" | "[" | "{" => depth += 1,
+                        ")" | "]" | "}" if depth == 0 => break,
+                        ")" | "]" | "}" => depth -= 1,
+                        _ => {}
+                    }
+                }
+                let at_arg_start = i == start || t[i - 1].is_op(",");
+                if depth == 0
+                    && at_arg_start
+                    && tok.is_name(kw)
+                    && t.get(i + 1).is_some_and(|n| n.is_op("="))
+                {
+                    return self.literal_at(i + 2, tok.line);
+                }
+                i += 1;
+            }
+        }
+        SetupArg::Absent
+    }
+
+    fn literal_at(&self, pos: usize, line: usize) -> SetupArg {
+        let t = &self.tokens;
+        let ends_arg = |p: usize| t.get(p).is_some_and(|n| n.is_op(",") || n.is_op(")"));
+        match pylex::parse_literal(t, pos) {
+            Ok((value, next)) if ends_arg(next) => SetupArg::Literal {
+                value,
+                line,
+                via: None,
+            },
+            Ok((_, next)) => SetupArg::NotLiteral {
+                line,
+                why: format!(
+                    "the value is an expression (continues with {})",
+                    pylex::describe(t, next)
+                ),
+            },
+            Err(why) => {
+                // `entry_points=NAME` where NAME is assigned a literal at the top level.
+                if let Some(name) = t
+                    .get(pos)
+                    .filter(|n| n.kind == TokKind::Name && ends_arg(pos + 1))
+                {
+                    let assigned = (0..t.len()).rev().find(|&i| {
+                        t[i].line_start
+                            && t[i].col == 0
+                            && t[i].is_name(&name.text)
+                            && t.get(i + 1).is_some_and(|n| n.is_op("="))
+                    });
+                    if let Some(a) = assigned {
+                        return match pylex::parse_literal(t, a + 2) {
+                            Ok((value, next))
+                                if t.get(next).is_some_and(|n| n.kind == TokKind::Newline) =>
+                            {
+                                SetupArg::Literal {
+                                    value,
+                                    line,
+                                    via: Some(format!(
+                                        "`{}` assigned on line {}",
+                                        name.text, t[a].line
+                                    )),
+                                }
+                            }
+                            Ok(_) => SetupArg::NotLiteral {
+                                line,
+                                why: format!(
+                                    "`{}` (line {}) is assigned an expression, not a literal",
+                                    name.text, t[a].line
+                                ),
+                            },
+                            Err(e) => SetupArg::NotLiteral {
+                                line,
+                                why: format!(
+                                    "`{}` (line {}) is not assigned a literal: {e}",
+                                    name.text, t[a].line
+                                ),
+                            },
+                        };
+                    }
+                }
+                SetupArg::NotLiteral { line, why }
+            }
+        }
+    }
+}
+
+/// Normalises a project or package name for comparison: lowercase, `-` and `.` → `_`.
+pub fn normalize_name(name: &str) -> String {
+    name.trim().to_ascii_lowercase().replace(['-', '.'], "_")
+}
+
+/// Normalises a distribution name per PEP 503 (`[-_.]+` → `-`, lowercase).
+fn normalize_dist(name: &str) -> String {
+    let mut out = String::new();
+    for c in name.trim().chars() {
+        if matches!(c, '-' | '_' | '.') {
+            if !out.ends_with('-') {
+                out.push('-');
+            }
+        } else {
+            out.push(c.to_ascii_lowercase());
+        }
+    }
+    out
+}
+
+/// The distribution name at the start of a PEP 508 requirement (`gunicorn[gevent]>=21 ; …`).
+fn requirement_name(req: &str) -> Option<String> {
+    let r = req.trim();
+    let end = r
+        .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+        .unwrap_or(r.len());
+    (end > 0).then(|| normalize_dist(&r[..end]))
+}
+
+/// Everything the Python rules read from a repo, loaded once.
+pub struct PyRepo {
+    pub dir: PathBuf,
+    pub pyproject: Option<(String, toml::Table)>,
+    pub setup_cfg: Option<Ini>,
+    /// setup.py as tokens, or why it could not be tokenized.
+    pub setup_py: Option<Result<SetupPy, String>>,
+}
+
+impl PyRepo {
+    pub fn load(dir: &Path) -> Result<PyRepo, EntryError> {
+        let pyproject_path = dir.join("pyproject.toml");
+        let pyproject = match read_optional(&pyproject_path)? {
+            Some(text) => {
+                let table: toml::Table =
+                    text.parse()
+                        .map_err(|e: toml::de::Error| EntryError::Parse {
+                            file: pyproject_path.clone(),
+                            message: e.to_string(),
+                        })?;
+                Some((text, table))
+            }
+            None => None,
+        };
+        let setup_cfg = read_optional(&dir.join("setup.cfg"))?.map(|t| Ini::parse(&t));
+        let setup_py = read_optional(&dir.join("setup.py"))?
+            .map(|t| SetupPy::parse(&t).map_err(|e| e.to_string()));
+        Ok(PyRepo {
+            dir: dir.to_path_buf(),
+            pyproject,
+            setup_cfg,
+            setup_py,
+        })
+    }
+
+    fn toml_get(&self, path: &[&str]) -> Option<&toml::Value> {
+        let (_, table) = self.pyproject.as_ref()?;
+        let mut v = table.get(path[0])?;
+        for p in &path[1..] {
+            v = v.get(p)?;
+        }
+        Some(v)
+    }
+
+    fn pyproject_line(&self, section: &str, key: &str) -> String {
+        let text = self
+            .pyproject
+            .as_ref()
+            .map(|(t, _)| t.as_str())
+            .unwrap_or("");
+        match toml_key_line(text, section, key) {
+            Some(n) => format!("pyproject.toml line {n}"),
+            None => "pyproject.toml".to_string(),
+        }
+    }
+
+    /// Whether pip can install the repo (so console scripts and `src/` layouts import):
+    /// a pyproject.toml with `[project]`, `[build-system]` or `[tool.poetry]`, or a setup.py.
+    pub fn installable(&self) -> bool {
+        self.toml_get(&["project"]).is_some()
+            || self.toml_get(&["build-system"]).is_some()
+            || self.toml_get(&["tool", "poetry"]).is_some()
+            || self.setup_py.is_some()
+    }
+
+    /// `[project.scripts]`: the first entry in FILE order. `Ok(None)` when there is no such table.
+    pub fn project_script(&self) -> Result<Option<Script>, EntryError> {
+        let Some(v) = self.toml_get(&["project", "scripts"]) else {
+            return Ok(None);
+        };
+        let table = v
+            .as_table()
+            .ok_or_else(|| self.pyproject_err("[project.scripts] must be a table"))?;
+        let Some((name, value)) = table.iter().next() else {
+            return Ok(None);
+        };
+        let target = value.as_str().and_then(Callable::parse).ok_or_else(|| {
+            self.pyproject_err(&format!(
+                "[project.scripts] {name} = {value}: expected \"module:function\""
+            ))
+        })?;
+        Ok(Some(Script {
+            name: name.clone(),
+            target,
+            location: self.pyproject_line("project.scripts", name),
+        }))
+    }
+
+    /// `[tool.poetry.scripts]`: the first console script in file order (string, or a table with
+    /// `callable` / `reference` + `type = "console"`; `type = "file"` scripts are skipped).
+    pub fn poetry_script(&self) -> Result<Option<Script>, EntryError> {
+        let Some(v) = self.toml_get(&["tool", "poetry", "scripts"]) else {
+            return Ok(None);
+        };
+        let table = v
+            .as_table()
+            .ok_or_else(|| self.pyproject_err("[tool.poetry.scripts] must be a table"))?;
+        for (name, value) in table {
+            let spec = match value {
+                toml::Value::String(s) => Some(s.as_str()),
+                toml::Value::Table(t) => {
+                    let kind = t.get("type").and_then(|v| v.as_str()).unwrap_or("console");
+                    if kind != "console" {
+                        continue;
+                    }
+                    t.get("callable")
+                        .or_else(|| t.get("reference"))
+                        .and_then(|v| v.as_str())
+                }
+                _ => None,
+            };
+            let target = spec.and_then(Callable::parse).ok_or_else(|| {
+                self.pyproject_err(&format!(
+                    "[tool.poetry.scripts] {name} = {value}: expected \"module:function\""
+                ))
+            })?;
+            return Ok(Some(Script {
+                name: name.clone(),
+                target,
+                location: self.pyproject_line("tool.poetry.scripts", name),
+            }));
+        }
+        Ok(None)
+    }
+
+    fn pyproject_err(&self, message: &str) -> EntryError {
+        EntryError::Parse {
+            file: self.dir.join("pyproject.toml"),
+            message: message.to_string(),
+        }
+    }
+
+    /// setup.cfg `[options.entry_points] console_scripts`: the first line.
+    pub fn setup_cfg_script(&self) -> Result<Option<Script>, EntryError> {
+        let Some(ini) = &self.setup_cfg else {
+            return Ok(None);
+        };
+        let Some((value, line)) = ini.get("options.entry_points", "console_scripts") else {
+            return Ok(None);
+        };
+        let file = self.dir.join("setup.cfg");
+        first_script_line(value, line, "setup.cfg", &file)
+    }
+
+    /// setup.py `setup(entry_points=...)` read statically. `Ok(Err(why))` when setup.py exists
+    /// but no console script can be read from it without running it.
+    pub fn setup_py_script(&self) -> Result<Result<Script, String>, EntryError> {
+        let file = self.dir.join("setup.py");
+        let setup = match &self.setup_py {
+            None => return Ok(Err("no setup.py".to_string())),
+            Some(Err(e)) => return Ok(Err(format!("setup.py could not be tokenized ({e})"))),
+            Some(Ok(s)) => s,
+        };
+        let (value, line, via) = match setup.arg("entry_points") {
+            SetupArg::Absent => {
+                return Ok(Err("setup.py has no `setup(entry_points=...)`".to_string()));
+            }
+            SetupArg::NotLiteral { line, why } => {
+                return Ok(Err(format!(
+                    "setup.py line {line}: `entry_points` is not a literal ({why}); it is never executed"
+                )));
+            }
+            SetupArg::Literal { value, line, via } => (value, line, via),
+        };
+        let via = via.map(|v| format!(" via {v}")).unwrap_or_default();
+        let lines: Vec<String> = match &value {
+            PyValue::Dict(_) => match value.get("console_scripts") {
+                None => {
+                    return Ok(Err(format!(
+                        "setup.py line {line}: `entry_points`{via} has no \"console_scripts\" group"
+                    )));
+                }
+                Some(PyValue::Str(s)) => s.lines().map(str::to_string).collect(),
+                Some(PyValue::List(items) | PyValue::Tuple(items)) => {
+                    let mut out = Vec::new();
+                    for it in items {
+                        match it {
+                            PyValue::Str(s) => out.push(s.clone()),
+                            other => {
+                                return Err(EntryError::Parse {
+                                    file,
+                                    message: format!(
+                                        "line {line}: console_scripts item is {}, expected a \"name = module:function\" string",
+                                        other.kind()
+                                    ),
+                                });
+                            }
+                        }
+                    }
+                    out
+                }
+                Some(other) => {
+                    return Err(EntryError::Parse {
+                        file,
+                        message: format!(
+                            "line {line}: console_scripts is {}, expected a list of \"name = module:function\" strings",
+                            other.kind()
+                        ),
+                    });
+                }
+            },
+            PyValue::Str(s) => {
+                // INI text: `[console_scripts]` then `name = module:function` lines.
+                let mut out = Vec::new();
+                let mut in_group = false;
+                for l in s.lines().map(str::trim) {
+                    if l.starts_with('[') {
+                        in_group = l == "[console_scripts]";
+                    } else if in_group && !l.is_empty() && !l.starts_with(['#', ';']) {
+                        out.push(l.to_string());
+                    }
+                }
+                out
+            }
+            other => {
+                return Ok(Err(format!(
+                    "setup.py line {line}: `entry_points`{via} is {}, expected a dict or an INI string",
+                    other.kind()
+                )));
+            }
+        };
+        let text = lines.join("\n");
+        match first_script_line(&text, line, "setup.py", &file)? {
+            Some(mut s) => {
+                s.location = format!("setup.py line {line}{via}");
+                Ok(Ok(s))
+            }
+            None => Ok(Err(format!(
+                "setup.py line {line}: `entry_points`{via} has no console_scripts entries"
+            ))),
+        }
+    }
+
+    /// The project's name and where it came from: pyproject `[project].name`,
+    /// `[tool.poetry].name`, setup.cfg `[metadata] name`, setup.py `name=` literal, else the repo
+    /// directory name.
+    pub fn project_name(&self) -> (String, String) {
+        if let Some(n) = self.toml_get(&["project", "name"]).and_then(|v| v.as_str()) {
+            return (n.to_string(), "pyproject.toml [project].name".to_string());
+        }
+        if let Some(n) = self
+            .toml_get(&["tool", "poetry", "name"])
+            .and_then(|v| v.as_str())
+        {
+            return (
+                n.to_string(),
+                "pyproject.toml [tool.poetry].name".to_string(),
+            );
+        }
+        if let Some((n, _)) = self
+            .setup_cfg
+            .as_ref()
+            .and_then(|i| i.get("metadata", "name"))
+        {
+            return (n.to_string(), "setup.cfg [metadata] name".to_string());
+        }
+        if let Some(Ok(s)) = &self.setup_py
+            && let SetupArg::Literal {
+                value: PyValue::Str(n),
+                ..
+            } = s.arg("name")
+        {
+            return (n, "setup.py name=".to_string());
+        }
+        let dir_name = self
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        (dir_name, "the repo directory name".to_string())
+    }
+
+    /// Where `dist` is declared as a dependency: requirements*.txt (root and `requirements/`),
+    /// pyproject `[project].dependencies` / `[tool.poetry.dependencies]`, setup.cfg
+    /// `install_requires`, setup.py `install_requires` literal, Pipfile `[packages]`.
+    pub fn dependency(&self, dist: &str) -> Result<Option<String>, EntryError> {
+        let want = normalize_dist(dist);
+        let mut req_files: Vec<(PathBuf, String)> = Vec::new();
+        for (sub, label) in [
+            (self.dir.clone(), ""),
+            (self.dir.join("requirements"), "requirements/"),
+        ] {
+            let Ok(rd) = std::fs::read_dir(&sub) else {
+                continue;
+            };
+            let mut names: Vec<String> = rd
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| {
+                    n.ends_with(".txt") && (!label.is_empty() || n.starts_with("requirements"))
+                })
+                .collect();
+            names.sort();
+            req_files.extend(
+                names
+                    .into_iter()
+                    .map(|n| (sub.join(&n), format!("{label}{n}"))),
+            );
+        }
+        for (path, label) in req_files {
+            let Some(text) = read_optional(&path)? else {
+                continue;
+            };
+            for (i, line) in text.lines().enumerate() {
+                let l = line.split(" #").next().unwrap_or("").trim();
+                if l.starts_with(['#', '-']) || l.is_empty() {
+                    continue;
+                }
+                if requirement_name(l).as_deref() == Some(want.as_str()) {
+                    return Ok(Some(format!("{label} line {}", i + 1)));
+                }
+            }
+        }
+        if let Some(deps) = self
+            .toml_get(&["project", "dependencies"])
+            .and_then(|v| v.as_array())
+            && deps
+                .iter()
+                .filter_map(|d| d.as_str())
+                .any(|d| requirement_name(d).as_deref() == Some(want.as_str()))
+        {
+            return Ok(Some(format!(
+                "{} ([project].dependencies)",
+                self.pyproject_line("project", "dependencies")
+            )));
+        }
+        if let Some(deps) = self
+            .toml_get(&["tool", "poetry", "dependencies"])
+            .and_then(|v| v.as_table())
+            && let Some(k) = deps.keys().find(|k| normalize_dist(k) == want)
+        {
+            return Ok(Some(format!(
+                "{} ([tool.poetry.dependencies])",
+                self.pyproject_line("tool.poetry.dependencies", k)
+            )));
+        }
+        if let Some((v, line)) = self
+            .setup_cfg
+            .as_ref()
+            .and_then(|i| i.get("options", "install_requires"))
+            && v.lines()
+                .any(|d| requirement_name(d).as_deref() == Some(want.as_str()))
+        {
+            return Ok(Some(format!("setup.cfg line {line} (install_requires)")));
+        }
+        if let Some(Ok(s)) = &self.setup_py
+            && let SetupArg::Literal { value: PyValue::List(items) | PyValue::Tuple(items), line, .. } = s.arg("install_requires")
+            && items.iter().any(|i| matches!(i, PyValue::Str(d) if requirement_name(d).as_deref() == Some(want.as_str())))
+        {
+            return Ok(Some(format!("setup.py line {line} (install_requires)")));
+        }
+        let pipfile = self.dir.join("Pipfile");
+        if let Some(text) = read_optional(&pipfile)? {
+            let table: toml::Table =
+                text.parse()
+                    .map_err(|e: toml::de::Error| EntryError::Parse {
+                        file: pipfile.clone(),
+                        message: e.to_string(),
+                    })?;
+            if let Some(pk) = table.get("packages").and_then(|p| p.as_table())
+                && pk.keys().any(|k| normalize_dist(k) == want)
+            {
+                return Ok(Some("Pipfile [packages]".to_string()));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// The first `name = module:function` line of an entry-point group value.
+fn first_script_line(
+    value: &str,
+    line: usize,
+    label: &str,
+    file: &Path,
+) -> Result<Option<Script>, EntryError> {
+    let Some(first) = value
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with(['#', ';']))
+    else {
+        return Ok(None);
+    };
+    let parse_err = || EntryError::Parse {
+        file: file.to_path_buf(),
+        message: format!(
+            "console_scripts entry {first:?} (near line {line}): expected `name = module:function`"
+        ),
+    };
+    let (name, target) = first.split_once('=').ok_or_else(parse_err)?;
+    let target = Callable::parse(target).ok_or_else(parse_err)?;
+    Ok(Some(Script {
+        name: name.trim().to_string(),
+        target,
+        location: format!("{label} line {line}"),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ini_multiline_values() {
+        let ini = Ini::parse(
+            "[metadata]\nname = demo-app\n\n[options.entry_points]\n# comment\nconsole_scripts =\n    first = demo.cli:main\n    second = demo.other:run [x]\ngui_scripts = g = a:b\n",
+        );
+        assert_eq!(ini.get("metadata", "name"), Some(("demo-app", 2)));
+        let (v, line) = ini.get("options.entry_points", "console_scripts").unwrap();
+        assert_eq!(line, 6);
+        assert_eq!(v, "\nfirst = demo.cli:main\nsecond = demo.other:run [x]");
+        assert_eq!(
+            ini.get("options.entry_points", "gui_scripts"),
+            Some(("g = a:b", 9))
+        );
+    }
+
+    #[test]
+    fn setup_py_args() {
+        let s = SetupPy::parse("from setuptools import setup\nEP = {'console_scripts': ['x = a.b:c']}\nsetup(\n  name='demo',\n  entry_points=EP,\n  install_requires=['gunicorn>=20', 'flask'],\n)\n").unwrap();
+        assert!(
+            matches!(s.arg("name"), SetupArg::Literal { value: PyValue::Str(ref n), line: 4, .. } if n == "demo")
+        );
+        match s.arg("entry_points") {
+            SetupArg::Literal {
+                value,
+                line: 5,
+                via: Some(via),
+            } => {
+                assert!(via.contains("`EP` assigned on line 2"), "{via}");
+                assert!(value.get("console_scripts").is_some());
+            }
+            other => panic!("{other:?}"),
+        }
+        let s = SetupPy::parse("import setuptools\nsetuptools.setup(entry_points=get_eps())\n")
+            .unwrap();
+        assert!(matches!(
+            s.arg("entry_points"),
+            SetupArg::NotLiteral { line: 2, .. }
+        ));
+        let s =
+            SetupPy::parse("setup(entry_points={'console_scripts': ['a=b:c']} | more)\n").unwrap();
+        assert!(
+            matches!(s.arg("entry_points"), SetupArg::NotLiteral { ref why, .. } if why.contains("expression"))
+        );
+        let s = SetupPy::parse("def setup(**kw): pass\nprint('entry_points=1')\n").unwrap();
+        assert_eq!(s.arg("entry_points"), SetupArg::Absent);
+    }
+
+    #[test]
+    fn requirement_names() {
+        assert_eq!(
+            requirement_name("Gunicorn[gevent]>=21; python_version>'3'").as_deref(),
+            Some("gunicorn")
+        );
+        assert_eq!(
+            requirement_name("zope.interface==5").as_deref(),
+            Some("zope-interface")
+        );
+        assert_eq!(
+            requirement_name("gunicorn-extras").as_deref(),
+            Some("gunicorn-extras")
+        );
+        assert_eq!(normalize_name("My-Project.x"), "my_project_x");
+    }
+}
