@@ -1,1 +1,5 @@
-//! (filled in by the provision backend work)
+//! Provisioners: make the Docker engine match a planned `Stack`.
+//!
+//! * [`terraform`]: Terraform/OpenTofu with the kreuzwerker/docker provider, driving the module in `infra/`.
+
+pub mod terraform;
