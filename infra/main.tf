@@ -1,0 +1,118 @@
+# The iac deployment, as a plain Terraform module for the kreuzwerker/docker provider:
+#
+#   docker_network.this          the project network (e.g. `iacnet`)
+#   docker_image.this[image]     every image the services use, built locally beforehand by iac
+#   docker_container.app[svc]    the app (PID 1 iac-agent), DNS alias <svc>, 15000 published on 127.0.0.1
+#   docker_container.envoy[svc]  its Envoy sidecar, sharing the app's network namespace
+#
+# All data comes from terraform.tfvars.json, rendered by iac; edit this file to change *how* the
+# containers are created (restart policy, resource limits, logging, ...).
+
+locals {
+  # Every distinct image named by a service (apps and sidecars).
+  images = toset(flatten([
+    for svc in var.services : [svc.app.image, svc.envoy.image]
+  ]))
+}
+
+resource "docker_network" "this" {
+  name   = var.network.name
+  driver = "bridge"
+
+  dynamic "labels" {
+    for_each = var.network.labels
+    content {
+      label = labels.key
+      value = labels.value
+    }
+  }
+}
+
+# Images are built (or imported) by iac on this engine before Terraform runs. The provider uses a
+# local image as it is; keep_locally stops `terraform destroy` from deleting it.
+resource "docker_image" "this" {
+  for_each = local.images
+
+  name         = each.key
+  keep_locally = true
+}
+
+resource "docker_container" "app" {
+  for_each = var.services
+
+  name         = each.value.app.name
+  image        = docker_image.this[each.value.app.image].image_id
+  command      = length(each.value.app.command) > 0 ? each.value.app.command : null
+  env          = [for k, v in each.value.app.env : "${k}=${v}"]
+  stop_timeout = each.value.app.stop_timeout
+  restart      = "no"
+  must_run     = true
+
+  networks_advanced {
+    name    = docker_network.this.id
+    aliases = each.value.app.aliases
+  }
+
+  dynamic "ports" {
+    for_each = each.value.app.ports
+    content {
+      internal = ports.value.internal
+      ip       = ports.value.ip
+      external = ports.value.external
+      protocol = "tcp"
+    }
+  }
+
+  dynamic "mounts" {
+    for_each = each.value.app.mounts
+    content {
+      type      = "bind"
+      source    = mounts.value.source
+      target    = mounts.value.target
+      read_only = mounts.value.read_only
+    }
+  }
+
+  dynamic "labels" {
+    for_each = each.value.app.labels
+    content {
+      label = labels.key
+      value = labels.value
+    }
+  }
+}
+
+resource "docker_container" "envoy" {
+  for_each = var.services
+
+  name         = each.value.envoy.name
+  image        = docker_image.this[each.value.envoy.image].image_id
+  command      = length(each.value.envoy.command) > 0 ? each.value.envoy.command : null
+  env          = [for k, v in each.value.envoy.env : "${k}=${v}"]
+  stop_timeout = each.value.envoy.stop_timeout
+  restart      = "no"
+  must_run     = true
+
+  # Same network namespace as the app: Envoy reaches the agent on 127.0.0.1 and its inbound
+  # listener is what the app container publishes.
+  network_mode = "container:${docker_container.app[each.key].id}"
+
+  # Envoy config and the service's certificates, read-only.
+  dynamic "mounts" {
+    for_each = each.value.envoy.mounts
+    content {
+      type      = "bind"
+      source    = mounts.value.source
+      target    = mounts.value.target
+      read_only = mounts.value.read_only
+    }
+  }
+
+  dynamic "labels" {
+    for_each = each.value.envoy.labels
+    content {
+      label = labels.key
+      value = labels.value
+    }
+  }
+}

@@ -1,0 +1,73 @@
+# Inputs of the iac module. `iac` renders all of them into `terraform.tfvars.json` from its
+# planned Stack (crates/iac-core/src/stack.rs); every key it writes must be declared here, which
+# iac checks offline before running Terraform.
+
+variable "docker_host" {
+  description = "Docker engine the provider talks to, e.g. unix:///var/run/docker.sock or tcp://host:2376."
+  type        = string
+  default     = "unix:///var/run/docker.sock"
+}
+
+variable "project" {
+  description = "iac project name; every object carries it in the iac.project label."
+  type        = string
+}
+
+variable "network" {
+  description = "The user network every app container joins (with its service name as DNS alias)."
+  type = object({
+    name   = string
+    labels = map(string)
+  })
+}
+
+variable "mesh_port" {
+  description = "Container port of each sidecar's inbound mTLS listener; its host port is reported in the outputs."
+  type        = number
+  default     = 15000
+}
+
+variable "services" {
+  description = "One entry per service, keyed by service name: the app container and its Envoy sidecar."
+  type = map(object({
+    # Hash of everything that makes up the service's pair of containers (also in their labels).
+    spec_hash = string
+
+    app = object({
+      name    = string
+      image   = string
+      command = list(string)
+      env     = map(string)
+      labels  = map(string)
+      # DNS aliases on var.network.
+      aliases = list(string)
+      # Published ports; `external` omitted means an ephemeral host port picked by the engine.
+      ports = list(object({
+        internal = number
+        ip       = string
+        external = optional(number)
+      }))
+      mounts = list(object({
+        source    = string
+        target    = string
+        read_only = bool
+      }))
+      stop_timeout = number
+    })
+
+    # The sidecar shares the app container's network namespace (like a pod).
+    envoy = object({
+      name    = string
+      image   = string
+      command = list(string)
+      env     = map(string)
+      labels  = map(string)
+      mounts = list(object({
+        source    = string
+        target    = string
+        read_only = bool
+      }))
+      stop_timeout = number
+    })
+  }))
+}
