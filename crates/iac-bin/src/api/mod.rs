@@ -1,1 +1,281 @@
-//! Admin API (filled in by the admin API work).
+//! The admin API behind `iac serve`: axum HTTP on TCP (default `127.0.0.1:8080`) and on a Unix
+//! socket (default `/run/iac_wrapper.sock` as root, else `$XDG_RUNTIME_DIR/iac_wrapper.sock`),
+//! both at once, plus the gRPC `ControlPlane` service on the same listeners.
+//!
+//! Wiring (what the binary does):
+//! ```no_run
+//! # async fn f(backend: std::sync::Arc<dyn iac_bin::api::ControlPlaneBackend>) -> anyhow::Result<()> {
+//! use std::sync::Arc;
+//! let cfg = iac_bin::api::ServeConfig::default(); // `[serve]` in iac.toml; --http/--uds override
+//! let mut sb = iac_backends::auth::SupabaseConfig::default(); // `[auth.supabase]`
+//! sb.apply_env(|k| std::env::var(k).ok());
+//! let auth = Arc::new(iac_backends::auth::SupabaseVerifier::new(sb)?);
+//! iac_bin::api::serve(cfg, backend, auth, async { let _ = tokio::signal::ctrl_c().await; }).await
+//! # }
+//! ```
+//!
+//! Routes, auth and behaviour: see [`routes`] (auth rules, OpenAPI), [`deployments`] (streams,
+//! 409, the in-memory store), [`error`] (the one error shape), [`listen`] (socket safety, peer
+//! uid) and [`grpc`].
+//!
+//! Shutdown: when the `shutdown` future completes, both listeners stop accepting, idle
+//! connections close, `follow` log streams end, and in-flight requests — deploy streams
+//! included — run to completion; running deploys (even those whose client went away) are
+//! awaited; all bounded by `shutdown_timeout`. The socket file is removed if it is still ours.
+
+pub mod backend;
+pub mod deployments;
+pub mod error;
+pub mod grpc;
+pub mod listen;
+pub mod routes;
+pub mod schema;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use iac_core::AuthVerifier;
+use serde::{Deserialize, Serialize};
+use tokio::net::{TcpListener, UnixListener};
+use tokio_util::sync::CancellationToken;
+
+#[cfg(any(test, feature = "mocks"))]
+pub use backend::MockControlPlaneBackend;
+pub use backend::{ControlPlaneBackend, DeployInput, LogStream, ServiceStatus};
+pub use deployments::{DeploymentRecord, DeploymentStatus, StreamItem};
+pub use error::{ApiError, ErrorBody, ErrorResponse};
+pub use listen::{Peer, check_peer_uid, default_socket_path};
+pub use routes::openapi;
+
+/// `[serve]` settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServeConfig {
+    /// Serve HTTP (and gRPC) on TCP.
+    pub http_enabled: bool,
+    /// TCP address (`--http`).
+    pub http_addr: SocketAddr,
+    /// Serve on the Unix socket.
+    pub uds_enabled: bool,
+    /// Socket path (`--uds`); unset = `/run/iac_wrapper.sock` as root, else
+    /// `$XDG_RUNTIME_DIR/iac_wrapper.sock`.
+    pub uds_path: Option<PathBuf>,
+    /// Largest request body (HTTP and gRPC messages).
+    pub max_body_bytes: usize,
+    /// Most services in one deploy.
+    pub max_services: usize,
+    /// Deployments kept in memory for `GET /deployments/{id}`.
+    pub max_deployments: usize,
+    /// Events kept per deployment (the newest).
+    pub max_events_per_deployment: usize,
+    /// How long `GET /health` waits for the engine.
+    #[serde(with = "duration_str")]
+    pub engine_ping_timeout: Duration,
+    /// Longest wait for in-flight requests and deploys at shutdown.
+    #[serde(with = "duration_str")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            http_enabled: true,
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            uds_enabled: true,
+            uds_path: None,
+            max_body_bytes: 1024 * 1024,
+            max_services: 256,
+            max_deployments: 100,
+            max_events_per_deployment: 5000,
+            engine_ping_timeout: Duration::from_secs(3),
+            shutdown_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Listeners bound, not yet serving. [`Server::bind`] then [`Server::run`]; [`serve`] does both.
+pub struct Server {
+    cfg: Arc<ServeConfig>,
+    tcp: Option<TcpListener>,
+    http_addr: Option<SocketAddr>,
+    uds: Option<UnixListener>,
+    uds_path: Option<PathBuf>,
+    router: axum::Router,
+    deployments: deployments::Deployments,
+    shutdown: CancellationToken,
+}
+
+impl Server {
+    /// Binds the configured listeners (at least one must be enabled).
+    pub async fn bind(
+        cfg: ServeConfig,
+        backend: Arc<dyn ControlPlaneBackend>,
+        auth: Arc<dyn AuthVerifier>,
+    ) -> anyhow::Result<Server> {
+        if !cfg.http_enabled && !cfg.uds_enabled {
+            anyhow::bail!(
+                "serve: both listeners are disabled (http_enabled = false, uds_enabled = false); enable at least one"
+            );
+        }
+        let cfg = Arc::new(cfg);
+        let tcp = if cfg.http_enabled {
+            Some(
+                TcpListener::bind(cfg.http_addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {} (http_addr)", cfg.http_addr))?,
+            )
+        } else {
+            None
+        };
+        let http_addr = tcp.as_ref().map(|l| l.local_addr()).transpose()?;
+        let (uds, uds_path) = if cfg.uds_enabled {
+            let path = match &cfg.uds_path {
+                Some(p) => p.clone(),
+                None => default_socket_path().map_err(anyhow::Error::msg)?,
+            };
+            (Some(listen::bind_unix(&path).await?), Some(path))
+        } else {
+            (None, None)
+        };
+        let shutdown = CancellationToken::new();
+        let deployments =
+            deployments::Deployments::new(cfg.max_deployments, cfg.max_events_per_deployment);
+        let router = routes::router(
+            backend,
+            auth,
+            deployments.clone(),
+            cfg.clone(),
+            shutdown.clone(),
+        );
+        Ok(Server {
+            cfg,
+            tcp,
+            http_addr,
+            uds,
+            uds_path,
+            router,
+            deployments,
+            shutdown,
+        })
+    }
+
+    /// The bound TCP address (resolves port 0).
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    /// The Unix socket path.
+    pub fn uds_path(&self) -> Option<&std::path::Path> {
+        self.uds_path.as_deref()
+    }
+
+    /// Serves until `shutdown` completes, then drains (see the module docs).
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let Server {
+            cfg,
+            tcp,
+            http_addr,
+            uds,
+            uds_path,
+            router,
+            deployments,
+            shutdown: token,
+        } = self;
+        let socket_id = uds_path.as_deref().and_then(listen::socket_identity);
+        let tcp_task = tcp.map(|l| {
+            let svc = router
+                .clone()
+                .into_make_service_with_connect_info::<listen::Peer>();
+            let stop = token.clone();
+            tokio::spawn(async move {
+                axum::serve(l, svc)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await
+            })
+        });
+        let uds_task = uds.map(|l| {
+            let svc = router
+                .clone()
+                .into_make_service_with_connect_info::<listen::Peer>();
+            let stop = token.clone();
+            tokio::spawn(async move {
+                axum::serve(l, svc)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await
+            })
+        });
+        tracing::info!(
+            http = ?http_addr,
+            uds = ?uds_path,
+            "admin API listening"
+        );
+        let mut tasks: Vec<_> = tcp_task.into_iter().chain(uds_task).collect();
+        let stopped_early = tokio::select! {
+            _ = shutdown => None,
+            (res, _, _) = futures::future::select_all(tasks.iter_mut()) => Some(res),
+        };
+        token.cancel();
+        tracing::info!(
+            running_deploys = deployments.running(),
+            "shutting down: draining requests and deploys"
+        );
+        let drain = async {
+            for t in tasks {
+                if !t.is_finished() {
+                    let _ = t.await;
+                }
+            }
+            deployments.wait_idle().await;
+        };
+        let timed_out = tokio::time::timeout(cfg.shutdown_timeout, drain)
+            .await
+            .is_err();
+        if let (Some(path), Some(id)) = (&uds_path, socket_id)
+            && listen::socket_identity(path) == Some(id)
+        {
+            let _ = std::fs::remove_file(path);
+        }
+        if timed_out {
+            tracing::warn!("shutdown_timeout reached with requests or deploys still running");
+        }
+        match stopped_early {
+            Some(Ok(Ok(()))) | None => Ok(()),
+            Some(Ok(Err(e))) => Err(anyhow::Error::new(e).context("admin API listener failed")),
+            Some(Err(e)) => Err(anyhow::Error::new(e).context("admin API listener task panicked")),
+        }
+    }
+}
+
+/// Binds both listeners and serves until `shutdown` completes; see the module docs.
+pub async fn serve(
+    cfg: ServeConfig,
+    backend: Arc<dyn ControlPlaneBackend>,
+    auth: Arc<dyn AuthVerifier>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    Server::bind(cfg, backend, auth).await?.run(shutdown).await
+}
+
+/// `humantime` durations ("3s", "10m") in config.
+mod duration_str {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration {s:?} ({e}): expected e.g. \"3s\", \"10m\""
+            ))
+        })
+    }
+}

@@ -1,0 +1,63 @@
+//! [`ControlPlaneBackend`]: what the admin API needs from the rest of the program. The binary
+//! implements it over the real `Deployer` (one per project); tests use the mockall
+//! `MockControlPlaneBackend` (feature `mocks`). The API itself owns validation, auth, the
+//! deployment store and the per-project 409 rule, so implementations only do the work.
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use iac_core::{
+    DeployReport, Events, HealthReport, LogLine, LogQuery, ProjectName, RunningService,
+    ServiceName, ServiceSpec,
+};
+use serde::{Deserialize, Serialize};
+
+use super::error::ApiError;
+
+/// A validated deploy: the project and its services (names unique, slugs parsed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployInput {
+    pub project: ProjectName,
+    pub services: Vec<ServiceSpec>,
+}
+
+/// One running service and what its health check said just now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    #[serde(flatten)]
+    pub running: RunningService,
+    pub health: HealthReport,
+}
+
+/// A stream of log lines; an `Err` item ends the stream with that error.
+pub type LogStream = BoxStream<'static, Result<LogLine, ApiError>>;
+
+/// The operations behind the admin API (HTTP and gRPC).
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait ControlPlaneBackend: Send + Sync {
+    /// The project used when a request names none.
+    fn default_project(&self) -> ProjectName;
+
+    /// Runs one deploy to completion, emitting progress on `events`. A service failing is a
+    /// report with `ok: false`, not an `Err`; `Err` is for "could not even start" (the stream
+    /// then ends with an error line instead of a report). Never called twice concurrently for
+    /// the same project: the API answers 409 first.
+    async fn deploy(&self, input: DeployInput, events: Events) -> Result<DeployReport, ApiError>;
+
+    /// Removes everything the project runs; returns the removed objects' names.
+    async fn destroy(&self, project: ProjectName, events: Events) -> Result<Vec<String>, ApiError>;
+
+    /// The project's running services, each freshly health-checked.
+    async fn services(&self, project: ProjectName) -> Result<Vec<ServiceStatus>, ApiError>;
+
+    /// A service's logs (through its Envoy and agent). Unknown service → `ApiError::not_found`.
+    async fn logs(
+        &self,
+        project: ProjectName,
+        service: ServiceName,
+        query: LogQuery,
+    ) -> Result<LogStream, ApiError>;
+
+    /// Reachability of the container engine: `Ok(version)` or `Err(why)`.
+    async fn engine_ping(&self) -> Result<String, String>;
+}

@@ -1,0 +1,170 @@
+//! The gRPC `ControlPlane` service of the control plane (`iac.controlplane.v1`), served on the
+//! same listeners as the HTTP API (axum routes `/iac.controlplane.v1.ControlPlane/*` to tonic;
+//! HTTP/2 cleartext, prior knowledge). Authentication is the HTTP middleware's: metadata
+//! `authorization: Bearer <token>` on TCP, peer uid on the Unix socket; `HealthCheck` is open
+//! like `GET /health`, failures come back as `UNAUTHENTICATED`/`PERMISSION_DENIED`/`UNAVAILABLE`.
+//!
+//! * `HealthCheck`: liveness of the control plane itself (always SERVING while it answers; the
+//!   detail names the engine's reachability).
+//! * `Deploy`: the same path as `POST /deploy` (validation, 409 → `ABORTED`, the deployment
+//!   store) but answers once, with the result, when the deploy has finished.
+//! * `StreamLogs`: proxied to the service's agent through [`super::ControlPlaneBackend::logs`],
+//!   for the server's default project (the proto's `LogRequest` names no project).
+
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
+use iac_core::{HealthReport, HealthState, LogQuery, ServiceName};
+use iac_proto::v1::health_status::Status as ProtoStatus;
+use iac_proto::{
+    ControlPlane, DeployRequest, DeployResult, HealthStatus, LogLine, LogRequest, ServiceResult,
+};
+use tonic::{Request, Response, Status};
+
+use super::deployments::StreamItem;
+use super::routes::AppState;
+use super::schema;
+
+/// The tonic service; built by the router.
+pub struct GrpcControlPlane {
+    st: AppState,
+}
+
+impl GrpcControlPlane {
+    pub(crate) fn new(st: AppState) -> Self {
+        GrpcControlPlane { st }
+    }
+}
+
+fn health_to_proto(h: &HealthReport) -> HealthStatus {
+    HealthStatus {
+        status: match h.state {
+            HealthState::Serving => ProtoStatus::Serving,
+            HealthState::NotServing => ProtoStatus::NotServing,
+            HealthState::Unknown | HealthState::Unreachable => ProtoStatus::Unknown,
+        } as i32,
+        exit_code: h.exit_code,
+        detail: h.detail.clone(),
+    }
+}
+
+#[tonic::async_trait]
+impl ControlPlane for GrpcControlPlane {
+    async fn health_check(&self, _request: Request<()>) -> Result<Response<HealthStatus>, Status> {
+        let engine = match tokio::time::timeout(
+            self.st.cfg.engine_ping_timeout,
+            self.st.backend.engine_ping(),
+        )
+        .await
+        {
+            Ok(Ok(v)) => format!("engine reachable ({v})"),
+            Ok(Err(e)) => format!("engine unreachable: {e}"),
+            Err(_) => "engine unreachable: no answer in time".to_string(),
+        };
+        Ok(Response::new(HealthStatus {
+            status: ProtoStatus::Serving as i32,
+            exit_code: None,
+            detail: format!("iac control plane {}; {engine}", env!("CARGO_PKG_VERSION")),
+        }))
+    }
+
+    type StreamLogsStream = Pin<Box<dyn Stream<Item = Result<LogLine, Status>> + Send + 'static>>;
+
+    async fn stream_logs(
+        &self,
+        request: Request<LogRequest>,
+    ) -> Result<Response<Self::StreamLogsStream>, Status> {
+        let req = request.into_inner();
+        let service = ServiceName::new(&req.service)
+            .map_err(|e| Status::invalid_argument(format!("service: {e}")))?;
+        let project = self.st.backend.default_project();
+        let stream = self
+            .st
+            .backend
+            .logs(
+                project,
+                service,
+                LogQuery {
+                    follow: req.follow,
+                    tail: req.tail,
+                },
+            )
+            .await
+            .map_err(|e| e.to_grpc())?;
+        let out = stream
+            .take_until(self.st.shutdown.clone().cancelled_owned())
+            .map(|item| {
+                item.map(|l| LogLine {
+                    ts: l.ts,
+                    stream: l.stream,
+                    msg: l.msg,
+                    service: l.service.to_string(),
+                })
+                .map_err(|e| e.to_grpc())
+            });
+        Ok(Response::new(Box::pin(out)))
+    }
+
+    async fn deploy(
+        &self,
+        request: Request<DeployRequest>,
+    ) -> Result<Response<DeployResult>, Status> {
+        let req = request.into_inner();
+        let body = schema::DeployRequest {
+            slugs: Some(
+                req.slugs
+                    .into_iter()
+                    .map(serde_json::Value::String)
+                    .collect(),
+            ),
+            services: None,
+            project: Some(req.project).filter(|p| !p.is_empty()),
+        };
+        let input = super::routes::validate_deploy(&self.st, body).map_err(|e| e.to_grpc())?;
+        let (id, mut rx) = self
+            .st
+            .deployments
+            .start(self.st.backend.clone(), input, "grpc")
+            .map_err(|e| e.to_grpc())?;
+        while let Some(item) = rx.recv().await {
+            match item {
+                StreamItem::Event(_) => {}
+                StreamItem::Error(e) => {
+                    return Err(super::error::ApiError::new(
+                        500,
+                        e.code,
+                        format!("deployment {id}: {}", e.message),
+                    )
+                    .to_grpc());
+                }
+                StreamItem::Report(r) => {
+                    let services = r
+                        .services
+                        .iter()
+                        .map(|s| ServiceResult {
+                            service: s.service.to_string(),
+                            slug: s.slug.clone(),
+                            ok: s.ok,
+                            health: s.health.as_ref().map(health_to_proto),
+                            image: s.image.clone().unwrap_or_default(),
+                            argv: s.entry.as_ref().map(|e| e.argv.clone()).unwrap_or_default(),
+                            error: s
+                                .error
+                                .clone()
+                                .or_else(|| r.error.clone())
+                                .unwrap_or_default(),
+                        })
+                        .collect();
+                    return Ok(Response::new(DeployResult {
+                        deployment_id: id.to_string(),
+                        services,
+                        ok: r.ok,
+                    }));
+                }
+            }
+        }
+        Err(Status::internal(format!(
+            "deployment {id} ended without a report"
+        )))
+    }
+}

@@ -1,0 +1,528 @@
+//! The HTTP routes of the admin API, their OpenAPI annotations (collected by utoipa-axum, so the
+//! document is generated from the very routes the router serves), the authentication middleware
+//! and [`router`], which assembles routes + gRPC + layers.
+//!
+//! Authentication (middleware [`authenticate`]):
+//! * TCP: `Authorization: Bearer <token>` checked by the [`AuthVerifier`]; `GET /health`,
+//!   `GET /openapi.json` and gRPC `HealthCheck` are open (liveness and discovery).
+//! * Unix socket: the peer's uid (from `SO_PEERCRED`) must equal the server's uid; no token is
+//!   needed or looked at. Filesystem permissions (0600) already keep other users out; the uid
+//!   check also covers a socket whose mode was loosened, or root-owned clients of a non-root
+//!   server. Requests from any other uid get 403, on every route.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use iac_core::{
+    AuthError, AuthVerifier, LogQuery, Principal, ProjectName, ServiceName, ServiceSpec,
+};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_util::sync::CancellationToken;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::ServeConfig;
+use super::backend::{ControlPlaneBackend, DeployInput, ServiceStatus};
+use super::deployments::{DeploymentRecord, DeploymentSummary, Deployments};
+use super::error::{ApiError, ErrorBody, ErrorResponse, json_errors};
+use super::listen::{Peer, check_peer_uid};
+use super::schema::*;
+
+/// Path of the gRPC health method, open like `GET /health`.
+pub const GRPC_HEALTH_PATH: &str = "/iac.controlplane.v1.ControlPlane/HealthCheck";
+/// Prefix of every gRPC method of the control plane.
+pub const GRPC_PREFIX: &str = "/iac.controlplane.v1.ControlPlane/";
+
+/// Everything a handler needs.
+#[derive(Clone)]
+pub struct AppState {
+    pub(crate) backend: Arc<dyn ControlPlaneBackend>,
+    pub(crate) auth: Arc<dyn AuthVerifier>,
+    pub(crate) deployments: Deployments,
+    pub(crate) cfg: Arc<ServeConfig>,
+    pub(crate) openapi: Arc<utoipa::openapi::OpenApi>,
+    /// Cancelled at shutdown: ends `follow` log streams (deploy streams run to their end).
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) server_uid: u32,
+    pub(crate) started: Instant,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "iac admin API",
+        description = "Deploy git repositories as mTLS-meshed services. TCP requests need `Authorization: Bearer <Supabase JWT or sb_secret key>`; the Unix socket authorizes by peer uid. Every error is `{\"error\": {\"code\", \"message\"}}`."
+    ),
+    modifiers(&BearerScheme),
+    components(schemas(ErrorResponse, ErrorBody, StreamItemSchema, DeployEventSchema, DeployReportSchema))
+)]
+struct ApiDoc;
+
+struct BearerScheme;
+
+impl Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("Supabase JWT (ES256/RS256/HS256) or sb_secret_ key")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The documented routes (everything but gRPC and the fallbacks).
+fn openapi_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(health))
+        .routes(routes!(openapi_json))
+        .routes(routes!(deploy))
+        .routes(routes!(list_deployments))
+        .routes(routes!(get_deployment))
+        .routes(routes!(list_services))
+        .routes(routes!(service_logs))
+        .routes(routes!(destroy))
+}
+
+/// The OpenAPI document of the routes [`router`] serves.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    openapi_router().split_for_parts().1
+}
+
+/// Builds the complete router: documented routes, gRPC `ControlPlane`, JSON fallbacks, auth,
+/// body limit and the error-shape layer.
+pub(crate) fn router(
+    backend: Arc<dyn ControlPlaneBackend>,
+    auth: Arc<dyn AuthVerifier>,
+    deployments: Deployments,
+    cfg: Arc<ServeConfig>,
+    shutdown: CancellationToken,
+) -> axum::Router {
+    let (routes, doc) = openapi_router().split_for_parts();
+    let state = AppState {
+        backend,
+        auth,
+        deployments,
+        cfg: cfg.clone(),
+        openapi: Arc::new(doc),
+        shutdown,
+        server_uid: super::listen::current_uid(),
+        started: Instant::now(),
+    };
+    let grpc =
+        iac_proto::ControlPlaneServer::new(super::grpc::GrpcControlPlane::new(state.clone()))
+            .max_decoding_message_size(cfg.max_body_bytes);
+    routes
+        .route_service(&format!("{GRPC_PREFIX}{{*method}}"), grpc)
+        .fallback(fallback)
+        .layer(DefaultBodyLimit::max(cfg.max_body_bytes))
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .layer(middleware::from_fn(json_errors))
+        .with_state(state)
+}
+
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// Unknown route: JSON 404 (gRPC clients get UNIMPLEMENTED).
+async fn fallback(req: Request) -> Response {
+    if is_grpc(req.headers()) {
+        return tonic::Status::unimplemented(format!("no gRPC method {}", req.uri().path()))
+            .into_http();
+    }
+    ApiError::not_found(format!(
+        "no route for {} {}",
+        req.method(),
+        req.uri().path()
+    ))
+    .into_response()
+}
+
+fn reject(e: ApiError, grpc: bool) -> Response {
+    if grpc {
+        e.to_grpc().into_http()
+    } else {
+        e.into_response()
+    }
+}
+
+/// Authenticates every request except the open ones; see the module docs.
+pub(crate) async fn authenticate(
+    State(st): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let grpc = is_grpc(req.headers());
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<Peer>>()
+        .map(|c| c.0.clone());
+    let path = req.uri().path();
+    let open = path == "/health" || path == "/openapi.json" || path == GRPC_HEALTH_PATH;
+    let principal = match peer {
+        Some(Peer::Unix { uid, pid, .. }) => match check_peer_uid(uid, st.server_uid) {
+            Ok(()) => Principal {
+                subject: format!("uid:{}", st.server_uid),
+                role: "local".to_string(),
+                email: None,
+                method: format!(
+                    "unix socket peer uid (pid {})",
+                    pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into())
+                ),
+            },
+            Err(why) => {
+                tracing::warn!(peer_uid = ?uid, peer_pid = ?pid, "unix socket request refused: {why}");
+                return reject(ApiError::new(403, "forbidden", why), grpc);
+            }
+        },
+        Some(Peer::Tcp(addr)) => {
+            if open {
+                return next.run(req).await;
+            }
+            match bearer(req.headers()) {
+                Err(e) => {
+                    tracing::info!(peer = %addr, path, reason = %e, "request refused");
+                    return reject(e.into(), grpc);
+                }
+                Ok(token) => match st.auth.verify(&token).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::info!(peer = %addr, path, reason = %e, "request refused");
+                        return reject(e.into(), grpc);
+                    }
+                },
+            }
+        }
+        None => {
+            return reject(
+                ApiError::internal("connection info missing; serve the router through api::serve"),
+                grpc,
+            );
+        }
+    };
+    req.extensions_mut().insert(principal);
+    next.run(req).await
+}
+
+/// The bearer token of `Authorization`, or why there is none. The token is never logged.
+fn bearer(headers: &HeaderMap) -> Result<String, AuthError> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let Some(v) = values.next() else {
+        return Err(AuthError::Missing);
+    };
+    if values.next().is_some() {
+        return Err(AuthError::Malformed(
+            "more than one Authorization header".into(),
+        ));
+    }
+    let v = v
+        .to_str()
+        .map_err(|_| AuthError::Malformed("Authorization header is not ASCII".into()))?;
+    let (scheme, token) = v
+        .trim()
+        .split_once(' ')
+        .ok_or_else(|| AuthError::Malformed("expected `Authorization: Bearer <token>`".into()))?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AuthError::Malformed("expected the Bearer scheme".into()));
+    }
+    let token = token.trim();
+    if token.is_empty() || token.contains(char::is_whitespace) {
+        return Err(AuthError::Malformed(
+            "expected `Authorization: Bearer <token>` with one token".into(),
+        ));
+    }
+    Ok(token.to_string())
+}
+
+fn project_or_default(st: &AppState, project: Option<&str>) -> Result<ProjectName, ApiError> {
+    match project.map(str::trim).filter(|p| !p.is_empty()) {
+        None => Ok(st.backend.default_project()),
+        Some(p) => {
+            ProjectName::new(p).map_err(|e| ApiError::unprocessable(format!("project: {e}")))
+        }
+    }
+}
+
+/// Liveness of the control plane and reachability of the container engine.
+#[utoipa::path(get, path = "/health", tag = "system",
+    responses((status = 200, description = "The server is alive; `status` says whether the engine answers", body = HealthResponse)))]
+async fn health(State(st): State<AppState>) -> Json<HealthResponse> {
+    let engine =
+        match tokio::time::timeout(st.cfg.engine_ping_timeout, st.backend.engine_ping()).await {
+            Ok(Ok(v)) => EngineHealth {
+                reachable: true,
+                detail: v,
+            },
+            Ok(Err(e)) => EngineHealth {
+                reachable: false,
+                detail: e,
+            },
+            Err(_) => EngineHealth {
+                reachable: false,
+                detail: format!(
+                    "no answer within {}",
+                    humantime::format_duration(st.cfg.engine_ping_timeout)
+                ),
+            },
+        };
+    Json(HealthResponse {
+        status: if engine.reachable { "ok" } else { "degraded" }.to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        uptime_secs: st.started.elapsed().as_secs(),
+        engine,
+        running_deployments: st.deployments.running(),
+    })
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "system",
+    responses((status = 200, description = "OpenAPI 3.1 document of this API", content_type = "application/json")))]
+async fn openapi_json(State(st): State<AppState>) -> Json<utoipa::openapi::OpenApi> {
+    Json((*st.openapi).clone())
+}
+
+pub(crate) fn validate_deploy(st: &AppState, req: DeployRequest) -> Result<DeployInput, ApiError> {
+    let project = project_or_default(st, req.project.as_deref())?;
+    let services: Vec<ServiceSpec> = match (req.slugs, req.services) {
+        (Some(_), Some(_)) | (None, None) => {
+            return Err(ApiError::unprocessable(
+                "expected exactly one of `slugs` or `services`",
+            ));
+        }
+        (Some(slugs), None) => {
+            if slugs.is_empty() {
+                return Err(ApiError::unprocessable(
+                    "`slugs` is empty: expected at least one slug",
+                ));
+            }
+            let text =
+                serde_json::to_string(&slugs).map_err(|e| ApiError::internal(e.to_string()))?;
+            iac_core::parse_repos_file(&text, iac_core::ReposFormat::Json)
+                .map_err(|e| ApiError::unprocessable(format!("slugs: {e}")))?
+                .services
+        }
+        (None, Some(services)) => {
+            if services.is_empty() {
+                return Err(ApiError::unprocessable(
+                    "`services` is empty: expected at least one service",
+                ));
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            for s in &services {
+                if !seen.insert(s.name.clone()) {
+                    return Err(ApiError::unprocessable(format!(
+                        "services: name {:?} is used twice; expected unique names",
+                        s.name.as_str()
+                    )));
+                }
+            }
+            services
+        }
+    };
+    if services.len() > st.cfg.max_services {
+        return Err(ApiError::unprocessable(format!(
+            "{} services in one deploy; the limit is {} (max_services)",
+            services.len(),
+            st.cfg.max_services
+        )));
+    }
+    Ok(DeployInput { project, services })
+}
+
+/// Deploy services. Answers 202 at once and streams the deploy: NDJSON by default, SSE when
+/// `Accept: text/event-stream`. Every line but the last is a DeployEvent (`"type": "event"`); the
+/// last is the DeployReport (`"type": "report"`), or `"type": "error"` when the deploy could not
+/// run. Closing the connection does not stop the deploy; `GET /deployments/{id}` has the outcome.
+/// A deploy or destroy of the same project already running → 409 (not queued).
+#[utoipa::path(post, path = "/deploy", tag = "deploy", request_body = DeployRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Accepted; the body streams the deploy",
+            headers(("x-deployment-id" = String, description = "Deployment id"), ("location" = String, description = "/deployments/{id}")),
+            content((StreamItemSchema = "application/x-ndjson"), (StreamItemSchema = "text/event-stream"))),
+        (status = 400, description = "Body is not JSON", body = ErrorResponse),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorResponse),
+        (status = 403, description = "Authenticated but not allowed", body = ErrorResponse),
+        (status = 409, description = "A deploy/destroy of this project is running", body = ErrorResponse),
+        (status = 413, description = "Body larger than max_body_bytes", body = ErrorResponse),
+        (status = 415, description = "Content-Type is not application/json", body = ErrorResponse),
+        (status = 422, description = "Body does not validate", body = ErrorResponse),
+        (status = 503, description = "Auth provider unreachable", body = ErrorResponse),
+    ))]
+async fn deploy(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Json(req): Json<DeployRequest>,
+) -> Result<Response, ApiError> {
+    let input = validate_deploy(&st, req)?;
+    let (id, rx) = st.deployments.start(st.backend.clone(), input, "http")?;
+    let sse = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    let items = UnboundedReceiverStream::new(rx);
+    let mut resp = if sse {
+        let events = items.map(|item| SseEvent::default().event(item.kind()).json_data(&item));
+        (
+            StatusCode::ACCEPTED,
+            Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))),
+        )
+            .into_response()
+    } else {
+        let lines = items.map(|item| Ok::<Bytes, Infallible>(ndjson_line(&item)));
+        let mut r = Response::new(Body::from_stream(lines));
+        *r.status_mut() = StatusCode::ACCEPTED;
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-ndjson"),
+        );
+        r
+    };
+    let h = resp.headers_mut();
+    h.insert(
+        "x-deployment-id",
+        HeaderValue::from_str(&id.to_string()).expect("uuid is a header value"),
+    );
+    h.insert(
+        header::LOCATION,
+        HeaderValue::from_str(&format!("/deployments/{id}")).expect("path is a header value"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(resp)
+}
+
+fn ndjson_line<T: serde::Serialize>(v: &T) -> Bytes {
+    let mut b = serde_json::to_vec(v).expect("stream items serialize");
+    b.push(b'\n');
+    Bytes::from(b)
+}
+
+/// Recent deployments, newest first (kept in memory, bounded by max_deployments).
+#[utoipa::path(get, path = "/deployments", tag = "deploy", security(("bearer" = [])),
+    responses((status = 200, body = Vec<DeploymentSummarySchema>), (status = 401, body = ErrorResponse)))]
+async fn list_deployments(State(st): State<AppState>) -> Json<Vec<DeploymentSummary>> {
+    Json(st.deployments.list())
+}
+
+/// A deployment's status, events and report — while it runs and after its stream ended.
+#[utoipa::path(get, path = "/deployments/{id}", tag = "deploy", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Deployment id (UUID) from the x-deployment-id header")),
+    responses(
+        (status = 200, body = DeploymentSchema),
+        (status = 400, description = "id is not a UUID", body = ErrorResponse),
+        (status = 401, body = ErrorResponse),
+        (status = 404, description = "Unknown (or evicted) deployment", body = ErrorResponse)))]
+async fn get_deployment(
+    State(st): State<AppState>,
+    Path(id): Path<Uuid>,
+) -> Result<Json<DeploymentRecord>, ApiError> {
+    st.deployments.get(&id).map(Json).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "no deployment {id} (unknown, or evicted from the in-memory store)"
+        ))
+    })
+}
+
+/// Running services of the project, each freshly health-checked through its Envoy.
+#[utoipa::path(get, path = "/services", tag = "services", security(("bearer" = [])), params(ProjectQuery),
+    responses((status = 200, body = Vec<ServiceStatusSchema>), (status = 401, body = ErrorResponse), (status = 503, body = ErrorResponse)))]
+async fn list_services(
+    State(st): State<AppState>,
+    Query(q): Query<ProjectQuery>,
+) -> Result<Json<Vec<ServiceStatus>>, ApiError> {
+    let project = project_or_default(&st, q.project.as_deref())?;
+    Ok(Json(st.backend.services(project).await?))
+}
+
+/// A service's logs as NDJSON LogLines; with `follow=true` the stream stays open (until the
+/// server shuts down). A failure mid-stream ends it with an `{"error": {…}}` line.
+#[utoipa::path(get, path = "/services/{name}/logs", tag = "services", security(("bearer" = [])),
+    params(("name" = String, Path, description = "Service name"), LogsQuery),
+    responses(
+        (status = 200, description = "NDJSON log lines", content_type = "application/x-ndjson", body = LogLineSchema),
+        (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse), (status = 422, body = ErrorResponse)))]
+async fn service_logs(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> Result<Response, ApiError> {
+    let service =
+        ServiceName::new(&name).map_err(|e| ApiError::unprocessable(format!("service: {e}")))?;
+    let project = project_or_default(&st, q.project.as_deref())?;
+    let query = LogQuery {
+        follow: q.follow.unwrap_or(false),
+        tail: q.tail.unwrap_or(0),
+    };
+    let stream = st.backend.logs(project, service, query).await?;
+    let lines = stream
+        .take_until(st.shutdown.clone().cancelled_owned())
+        .scan(false, |failed, item| {
+            if *failed {
+                return futures::future::ready(None);
+            }
+            let line = match item {
+                Ok(l) => ndjson_line(&l),
+                Err(e) => {
+                    *failed = true;
+                    ndjson_line(&ErrorResponse { error: e.body() })
+                }
+            };
+            futures::future::ready(Some(Ok::<Bytes, Infallible>(line)))
+        });
+    let mut r = Response::new(Body::from_stream(lines));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(r)
+}
+
+/// Remove everything the project runs. 409 while a deploy of it runs.
+#[utoipa::path(post, path = "/destroy", tag = "deploy", security(("bearer" = [])), request_body(content = Option<DestroyRequest>),
+    responses((status = 200, body = DestroyResponse), (status = 401, body = ErrorResponse), (status = 409, body = ErrorResponse), (status = 422, body = ErrorResponse)))]
+async fn destroy(
+    State(st): State<AppState>,
+    body: Option<Json<DestroyRequest>>,
+) -> Result<Json<DestroyResponse>, ApiError> {
+    let req = body.map(|Json(b)| b).unwrap_or_default();
+    let project = project_or_default(&st, req.project.as_deref())?;
+    let guard = st.deployments.reserve(&project, "a destroy")?;
+    // Spawned (and tracked) so a client hanging up does not abort a half-done destroy.
+    let backend = st.backend.clone();
+    let p = project.clone();
+    let removed = st
+        .deployments
+        .spawn(async move {
+            let _guard = guard;
+            backend.destroy(p, iac_core::Events::discard()).await
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("destroy task failed: {e}")))??;
+    Ok(Json(DestroyResponse {
+        project: project.to_string(),
+        removed,
+    }))
+}

@@ -1,0 +1,249 @@
+//! OpenAPI schemas of the admin API's bodies. Request types are the real ones; the response
+//! schemas mirror `iac-core`'s domain types (which do not depend on utoipa) field for field. The
+//! mirrors derive `Deserialize` with `deny_unknown_fields` so a test can round-trip real values
+//! through them: when a core type gains or loses a field, that test fails and the document is
+//! updated instead of silently drifting.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+/// `POST /deploy` body: exactly one of `slugs` or `services`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeployRequest {
+    /// Repos-file items: slug strings (`gh:owner/repo#ref`, `git+https://…`, `path:DIR`) or
+    /// `{slug, name?, entrypoint?, env?}` maps. Service names are derived and de-duplicated.
+    #[schema(value_type = Option<Vec<Object>>, example = json!(["gh:acme/hello#main"]))]
+    pub slugs: Option<Vec<serde_json::Value>>,
+    /// Fully specified services (names given).
+    #[schema(value_type = Option<Vec<ServiceSpecSchema>>)]
+    pub services: Option<Vec<iac_core::ServiceSpec>>,
+    /// Project (DNS label); the server's default when absent.
+    pub project: Option<String>,
+}
+
+/// `POST /destroy` body (optional).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DestroyRequest {
+    /// Project (DNS label); the server's default when absent.
+    pub project: Option<String>,
+}
+
+/// `POST /destroy` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DestroyResponse {
+    pub project: String,
+    /// Names of the removed containers/networks.
+    pub removed: Vec<String>,
+}
+
+/// `?project=`.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ProjectQuery {
+    /// Project (DNS label); the server's default when absent.
+    pub project: Option<String>,
+}
+
+/// `?follow=&tail=&project=`.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct LogsQuery {
+    /// Keep the stream open and send new lines as they come.
+    pub follow: Option<bool>,
+    /// Send the last N buffered lines first (0 or absent: all buffered lines).
+    pub tail: Option<u32>,
+    /// Project (DNS label); the server's default when absent.
+    pub project: Option<String>,
+}
+
+/// `GET /health` answer. Always 200 while the process serves: `status` is `ok`, or `degraded`
+/// when the container engine does not answer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HealthResponse {
+    /// `ok` or `degraded`.
+    pub status: String,
+    pub version: String,
+    pub uptime_secs: u64,
+    pub engine: EngineHealth,
+    /// Deploys running now.
+    pub running_deployments: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct EngineHealth {
+    pub reachable: bool,
+    /// Engine version, or why it is unreachable.
+    pub detail: String,
+}
+
+// ---- mirrors of iac-core types (documentation only; see the module docs) ----
+
+/// A service to deploy (`iac_core::ServiceSpec`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = ServiceSpec)]
+pub struct ServiceSpecSchema {
+    /// DNS label.
+    pub name: String,
+    /// `gh:owner/repo[#ref]`, `gl:…`, `bb:…`, `git+https://…`, `git+file:///…`, `path:DIR`.
+    pub slug: String,
+    #[serde(default)]
+    pub entrypoint: Option<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+/// One progress event (`iac_core::DeployEvent`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = DeployEvent)]
+pub struct DeployEventSchema {
+    /// RFC 3339 UTC with milliseconds.
+    pub ts: String,
+    pub service: Option<String>,
+    /// fetch, resolve, build, certs, render, plan, provision, health, destroy, deploy.
+    pub stage: String,
+    /// debug, info, warn, error.
+    pub level: String,
+    pub message: String,
+}
+
+/// Health of one service (`iac_core::HealthReport`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = HealthReport)]
+pub struct HealthReportSchema {
+    pub service: String,
+    /// SERVING, NOT_SERVING, UNKNOWN, UNREACHABLE.
+    pub state: String,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    pub detail: String,
+    pub attempts: u32,
+}
+
+/// Time spent in one stage.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = StageTiming)]
+pub struct StageTimingSchema {
+    pub stage: String,
+    pub millis: u64,
+    pub ok: bool,
+}
+
+/// Outcome for one service (`iac_core::ServiceReport`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = ServiceReport)]
+pub struct ServiceReportSchema {
+    pub service: String,
+    pub slug: String,
+    pub ok: bool,
+    pub stages: Vec<StageTimingSchema>,
+    pub commit: Option<String>,
+    pub image: Option<String>,
+    pub image_reused: Option<bool>,
+    /// How main() is run: language, kind, argv, why (which rule matched).
+    #[schema(value_type = Option<Object>)]
+    pub entry: Option<serde_json::Value>,
+    /// create, replace, keep, remove.
+    #[schema(value_type = Option<Object>)]
+    pub action: Option<serde_json::Value>,
+    pub endpoint: Option<String>,
+    pub health: Option<HealthReportSchema>,
+    pub error: Option<String>,
+    pub failed_stage: Option<String>,
+}
+
+/// Outcome of a deploy (`iac_core::DeployReport`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = DeployReport)]
+pub struct DeployReportSchema {
+    pub project: String,
+    pub ok: bool,
+    pub services: Vec<ServiceReportSchema>,
+    pub removed: Vec<String>,
+    pub error: Option<String>,
+    pub millis: u64,
+}
+
+/// One line of the deploy stream: `{"type": "event", …DeployEvent}` for every event, then
+/// `{"type": "report", …DeployReport}` (or `{"type": "error", "code", "message"}` when the deploy
+/// could not run) as the last line. In SSE mode the same objects are the `data` of events named
+/// `event`, `report` and `error`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "lowercase")]
+#[schema(as = DeployStreamItem)]
+pub enum StreamItemSchema {
+    Event(DeployEventSchema),
+    Report(DeployReportSchema),
+    Error(crate::api::error::ErrorBody),
+}
+
+/// A running service with its fresh health (`ServiceStatus`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = ServiceStatus)]
+pub struct ServiceStatusSchema {
+    pub service: String,
+    /// Host address of the service's Envoy mTLS listener.
+    pub endpoint: Option<String>,
+    pub spec_hash: String,
+    pub image: String,
+    /// Engine state of the app container (running, exited, …).
+    pub state: String,
+    pub health: HealthReportSchema,
+}
+
+/// One log line (`iac_core::LogLine`); a stream that fails ends with `{"error": {…}}`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = LogLine)]
+pub struct LogLineSchema {
+    pub service: String,
+    pub ts: String,
+    /// stdout or stderr.
+    pub stream: String,
+    pub msg: String,
+}
+
+/// A deployment as kept in memory (`GET /deployments/{id}`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = Deployment)]
+pub struct DeploymentSchema {
+    pub id: String,
+    pub project: String,
+    /// running, succeeded, failed, error.
+    pub status: String,
+    /// http or grpc.
+    pub origin: String,
+    pub services: Vec<String>,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub events: Vec<DeployEventSchema>,
+    pub events_dropped: u64,
+    pub report: Option<DeployReportSchema>,
+    pub error: Option<crate::api::error::ErrorBody>,
+}
+
+/// A deployment in a listing.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = DeploymentSummary)]
+pub struct DeploymentSummarySchema {
+    pub id: String,
+    pub project: String,
+    pub status: String,
+    pub origin: String,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+}
