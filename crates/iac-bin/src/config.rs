@@ -8,7 +8,16 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use iac_backends::auth::supabase::SupabaseConfig;
+use iac_backends::build::ImageConfig;
+use iac_backends::fetch::FetchConfig;
+use iac_backends::health::grpc::ProbeConfig;
+use iac_backends::pki::PkiConfig;
+use iac_backends::provision::docker::DockerProvisionerConfig;
+use iac_backends::provision::terraform::TerraformConfig;
 use serde::{Deserialize, Serialize};
+
+use crate::api::ServeConfig;
 
 /// Which provisioner applies the stack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
@@ -19,102 +28,54 @@ pub enum ProvisionerKind {
     Terraform,
 }
 
-/// Images iac needs, with the offline equivalents `make bootstrap` builds on a no-pull engine.
+/// The sidecar: which Envoy image runs next to every app, and an optional template override.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
-pub struct ImagesConfig {
-    pub base_image: String,
-    pub offline_base_image: String,
-    pub envoy_image: String,
-    pub offline_envoy_image: String,
-    /// Static `iac-agent` binary copied into every image; default: next to the `iac` executable,
-    /// else the workspace's static build output.
-    pub agent_binary: Option<PathBuf>,
-    /// Wheels for offline installs (OTel SDK); default `$XDG_CACHE_HOME/iac/wheelhouse`.
-    pub wheelhouse: Option<PathBuf>,
+pub struct SidecarSection {
+    /// Used when the engine has it (or can pull it).
+    pub image: String,
+    /// Used instead when `image` is absent; `make bootstrap` builds it on engines that cannot pull.
+    pub offline_image: String,
+    /// A directory holding an `envoy.yaml.tmpl` that replaces the built-in template.
+    pub template_dir: Option<PathBuf>,
 }
 
-impl Default for ImagesConfig {
+impl Default for SidecarSection {
     fn default() -> Self {
-        ImagesConfig {
-            base_image: "python:3.11-slim".into(),
-            offline_base_image: "iac/python:3.11-bookworm".into(),
-            envoy_image: "envoyproxy/envoy:v1.40.0".into(),
-            offline_envoy_image: "iac/envoy:1.40.0".into(),
-            agent_binary: None,
-            wheelhouse: None,
+        SidecarSection {
+            image: "envoyproxy/envoy:v1.40.0".into(),
+            offline_image: "iac/envoy:1.40.0".into(),
+            template_dir: None,
         }
     }
 }
 
-/// `iac serve` listeners.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct ServeSection {
-    pub http: String,
-    /// Unix socket path; default `/run/iac_wrapper.sock` as root, else `$XDG_RUNTIME_DIR/iac_wrapper.sock`.
-    pub uds: Option<PathBuf>,
-}
-
-impl Default for ServeSection {
-    fn default() -> Self {
-        ServeSection { http: "127.0.0.1:8080".into(), uds: None }
-    }
-}
-
-/// Supabase settings (secrets are redacted when printed).
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(default)]
-pub struct SupabaseSection {
-    pub url: Option<String>,
-    pub service_role_key: Option<String>,
-    pub jwt_secret: Option<String>,
-    /// Confirm tokens with Supabase (`/auth/v1/user`); default on whenever `url` is set.
-    pub confirm: Option<bool>,
-    pub allowed_roles: Option<Vec<String>>,
-    pub allowed_user_ids: Option<Vec<String>>,
-}
-
-impl std::fmt::Debug for SupabaseSection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SupabaseSection")
-            .field("url", &self.url)
-            .field("service_role_key", &self.service_role_key.as_ref().map(|_| "<redacted>"))
-            .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| "<redacted>"))
-            .field("confirm", &self.confirm)
-            .field("allowed_roles", &self.allowed_roles)
-            .field("allowed_user_ids", &self.allowed_user_ids)
-            .finish()
-    }
-}
-
-/// The effective configuration.
+/// The effective configuration. Sections map one to one onto backend config structs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct IacConfig {
     /// Project name; default: the repos file's `project`, else the current directory's name.
     pub project: Option<String>,
-    /// Where iac keeps state (`<state_dir>/projects/<project>`, `<state_dir>/cache`).
+    /// Where iac keeps per-project state (`<state_dir>/projects/<project>`).
     pub state_dir: PathBuf,
-    /// Dev CA and leaf certificates.
-    pub secrets_dir: PathBuf,
     /// Network name prefix: each project gets its own network `<network>-<project>`.
     pub network: String,
     /// Services prepared (fetched, resolved, built) at once.
     pub parallelism: usize,
     pub provisioner: ProvisionerKind,
-    /// How long the prober keeps trying one service.
+    /// How long the prober keeps trying one service (also the Docker provisioner's gate deadline).
     pub health_deadline_secs: u64,
     /// OTLP endpoint for apps (and iac's own traces); unset → apps export to stdout.
     pub otel_endpoint: Option<String>,
-    pub images: ImagesConfig,
-    pub serve: ServeSection,
-    pub supabase: SupabaseSection,
-    /// Backend sections are passed through to the backends as they are.
-    pub fetch: serde_json::Value,
-    pub pki: serde_json::Value,
-    pub docker: serde_json::Value,
-    pub terraform: serde_json::Value,
+    pub images: ImageConfig,
+    pub sidecar: SidecarSection,
+    pub fetch: FetchConfig,
+    pub pki: PkiConfig,
+    pub probe: ProbeConfig,
+    pub docker: DockerProvisionerConfig,
+    pub terraform: TerraformConfig,
+    pub supabase: SupabaseConfig,
+    pub serve: ServeConfig,
 }
 
 impl Default for IacConfig {
@@ -122,19 +83,20 @@ impl Default for IacConfig {
         IacConfig {
             project: None,
             state_dir: ".iac".into(),
-            secrets_dir: "secrets".into(),
             network: "iacnet".into(),
             parallelism: 4,
             provisioner: ProvisionerKind::Docker,
             health_deadline_secs: 45,
             otel_endpoint: None,
-            images: ImagesConfig::default(),
-            serve: ServeSection::default(),
-            supabase: SupabaseSection::default(),
-            fetch: serde_json::Value::Object(Default::default()),
-            pki: serde_json::Value::Object(Default::default()),
-            docker: serde_json::Value::Object(Default::default()),
-            terraform: serde_json::Value::Object(Default::default()),
+            images: ImageConfig::default(),
+            sidecar: SidecarSection::default(),
+            fetch: FetchConfig::default(),
+            pki: PkiConfig::default(),
+            probe: ProbeConfig::default(),
+            docker: DockerProvisionerConfig::default(),
+            terraform: TerraformConfig::default(),
+            supabase: SupabaseConfig::default(),
+            serve: ServeConfig::default(),
         }
     }
 }
@@ -160,7 +122,10 @@ impl IacConfig {
             Err(e) if e.not_found() => {}
             Err(e) => return Err(anyhow::anyhow!(".env: {e}")),
         }
-        Self::figment(file, cli)?.extract().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))
+        let mut cfg: IacConfig =
+            Self::figment(file, cli)?.extract().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        cfg.supabase.apply_env(|k| std::env::var(k).ok());
+        Ok(cfg)
     }
 
     pub fn figment(file: Option<&Path>, cli: &CliOverrides) -> anyhow::Result<Figment> {
@@ -174,10 +139,6 @@ impl IacConfig {
         }
         let fig = fig
             .merge(Env::prefixed("IAC_").split("__"))
-            .merge(Env::raw().only(&["SUPABASE_URL", "SUPABASE_SERVICE_ROLE_KEY", "SUPABASE_JWT_SECRET"]).map(|k| {
-                let k = k.as_str().to_ascii_lowercase();
-                format!("supabase.{}", k.trim_start_matches("supabase_")).into()
-            }).split("."))
             .merge(Env::raw().only(&["OTEL_EXPORTER_OTLP_ENDPOINT"]).map(|_| "otel_endpoint".into()))
             .merge(Serialized::defaults(cli));
         Ok(fig)
@@ -241,15 +202,16 @@ mod tests {
         Jail::expect_with(|jail| {
             jail.create_file("iac.toml", "parallelism = 2\nnetwork = \"fromfile\"\n[images]\nbase_image = \"py:file\"\n")?;
             jail.set_env("IAC_NETWORK", "fromenv");
-            jail.set_env("IAC_IMAGES__ENVOY_IMAGE", "envoy:env");
+            jail.set_env("IAC_SIDECAR__IMAGE", "envoy:env");
             jail.set_env("SUPABASE_URL", "http://127.0.0.1:9");
             jail.set_env("SUPABASE_SERVICE_ROLE_KEY", "sekrit");
             let cli = CliOverrides { parallelism: Some(7), ..Default::default() };
-            let c: IacConfig = IacConfig::figment(None, &cli).unwrap().extract()?;
+            let mut c: IacConfig = IacConfig::figment(None, &cli).unwrap().extract()?;
+            c.supabase.apply_env(|k| std::env::var(k).ok());
             assert_eq!(c.parallelism, 7, "CLI beats file");
             assert_eq!(c.network, "fromenv", "env beats file");
             assert_eq!(c.images.base_image, "py:file", "file beats defaults");
-            assert_eq!(c.images.envoy_image, "envoy:env");
+            assert_eq!(c.sidecar.image, "envoy:env");
             assert_eq!(c.supabase.url.as_deref(), Some("http://127.0.0.1:9"));
             let shown = c.to_redacted_toml().unwrap();
             assert!(!shown.contains("sekrit"), "{shown}");
