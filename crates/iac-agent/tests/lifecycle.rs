@@ -248,11 +248,9 @@ async fn drops_privileges_to_the_given_user() {
         assert!(line.contains(&format!("groups={expected_gid} ")), "{line}");
         assert!(line.contains("user=nobody"), "{line}");
         // HOME follows the dropped user unless it was set to something specific.
-        let home = std::env::var("HOME").ok();
-        if home.is_none() || home.as_deref() == Some("/root") {
-            assert!(line.contains("home=/nonexistent "), "{line}");
-        } else {
-            assert!(line.contains(&format!("home={} ", home.unwrap())), "{line}");
+        match std::env::var("HOME").ok().filter(|h| h != "/root") {
+            None => assert!(line.contains("home=/nonexistent "), "{line}"),
+            Some(home) => assert!(line.contains(&format!("home={home} ")), "{line}"),
         }
         assert_eq!(agent.stop(), 0);
 
