@@ -474,12 +474,14 @@ async fn create_reapply_untouched_then_destroy_twice() {
 async fn changed_service_alone_is_replaced_health_gated() {
     let f = Fixture::new().await;
     let gate = FakeGate::new(true);
+    let t = Instant::now();
     let first = f
         .apply(
             &f.stack(vec![f.service("web", "1"), f.service("api", "1")], &[]),
             &gate,
         )
         .await;
+    eprintln!("create 2 services: {:?}", t.elapsed());
     let before = f.ids().await;
 
     let stack = f.stack(vec![f.service("web", "1"), f.service("api", "2")], &[]);
@@ -490,7 +492,9 @@ async fn changed_service_alone_is_replaced_health_gated() {
         .collect();
     assert_eq!(got, [("web", Action::Unchanged), ("api", Action::Replace)]);
 
+    let t = Instant::now();
     let applied = f.apply(&stack, &gate).await;
+    eprintln!("replace 1 of 2 services (health-gated): {:?}", t.elapsed());
     assert_eq!(
         action_of(&applied, "web"),
         (Action::Unchanged, action_of(&first, "web").1)
