@@ -662,3 +662,35 @@ async fn failed_create_leaves_no_half_created_pair() {
     assert_eq!(names, [f.name("fine"), format!("{}-envoy", f.name("fine"))]);
     assert!(Path::new(&f.envoy_config).exists());
 }
+
+#[tokio::test]
+async fn stopped_pair_is_replaced_with_the_same_spec() {
+    let f = Fixture::new().await;
+    let gate = FakeGate::new(true);
+    let stack = f.stack(vec![f.service("web", "1")], &[]);
+    f.apply(&stack, &gate).await;
+    let before = f.ids().await;
+    let app = f.name("web");
+    let out = std::process::Command::new("docker")
+        .args(["stop", "-t", "0", &app])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+
+    let diff = f.provisioner.diff(&stack).await.unwrap();
+    assert_eq!(diff[0].action, Action::Replace);
+    assert!(diff[0].reason.contains("exited"), "{diff:?}");
+    let applied = f.apply(&stack, &gate).await;
+    let (action, ep) = action_of(&applied, "web");
+    assert_eq!(action, Action::Replace);
+    http_get(assert_loopback(ep), Duration::from_secs(15))
+        .await
+        .unwrap();
+    let after = f.containers().await;
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert_ne!(after[&app].0, before[&app]);
+    assert!(
+        after.values().all(|(_, state, _)| state == "running"),
+        "{after:?}"
+    );
+}
