@@ -474,12 +474,14 @@ async fn create_reapply_untouched_then_destroy_twice() {
 async fn changed_service_alone_is_replaced_health_gated() {
     let f = Fixture::new().await;
     let gate = FakeGate::new(true);
+    let t = Instant::now();
     let first = f
         .apply(
             &f.stack(vec![f.service("web", "1"), f.service("api", "1")], &[]),
             &gate,
         )
         .await;
+    eprintln!("create 2 services: {:?}", t.elapsed());
     let before = f.ids().await;
 
     let stack = f.stack(vec![f.service("web", "1"), f.service("api", "2")], &[]);
@@ -490,7 +492,9 @@ async fn changed_service_alone_is_replaced_health_gated() {
         .collect();
     assert_eq!(got, [("web", Action::Unchanged), ("api", Action::Replace)]);
 
+    let t = Instant::now();
     let applied = f.apply(&stack, &gate).await;
+    eprintln!("replace 1 of 2 services (health-gated): {:?}", t.elapsed());
     assert_eq!(
         action_of(&applied, "web"),
         (Action::Unchanged, action_of(&first, "web").1)
@@ -657,4 +661,36 @@ async fn failed_create_leaves_no_half_created_pair() {
     let names: Vec<String> = f.ids().await.into_keys().collect();
     assert_eq!(names, [f.name("fine"), format!("{}-envoy", f.name("fine"))]);
     assert!(Path::new(&f.envoy_config).exists());
+}
+
+#[tokio::test]
+async fn stopped_pair_is_replaced_with_the_same_spec() {
+    let f = Fixture::new().await;
+    let gate = FakeGate::new(true);
+    let stack = f.stack(vec![f.service("web", "1")], &[]);
+    f.apply(&stack, &gate).await;
+    let before = f.ids().await;
+    let app = f.name("web");
+    let out = std::process::Command::new("docker")
+        .args(["stop", "-t", "0", &app])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+
+    let diff = f.provisioner.diff(&stack).await.unwrap();
+    assert_eq!(diff[0].action, Action::Replace);
+    assert!(diff[0].reason.contains("exited"), "{diff:?}");
+    let applied = f.apply(&stack, &gate).await;
+    let (action, ep) = action_of(&applied, "web");
+    assert_eq!(action, Action::Replace);
+    http_get(assert_loopback(ep), Duration::from_secs(15))
+        .await
+        .unwrap();
+    let after = f.containers().await;
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert_ne!(after[&app].0, before[&app]);
+    assert!(
+        after.values().all(|(_, state, _)| state == "running"),
+        "{after:?}"
+    );
 }

@@ -2053,6 +2053,38 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn an_unreachable_docker_host_is_named_in_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("no-engine.sock");
+        for host in [
+            sock.display().to_string(),
+            format!("unix://{}", sock.display()),
+        ] {
+            let config = DockerProvisionerConfig {
+                docker_host: Some(host.clone()),
+                ..Default::default()
+            };
+            let err = DockerProvisioner::connect(config)
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&host) && err.contains("expected a reachable Docker engine"),
+                "{err}"
+            );
+        }
+        let config = DockerProvisionerConfig {
+            docker_host: Some("ftp://nowhere".into()),
+            ..Default::default()
+        };
+        let err = DockerProvisioner::connect(config)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ftp://nowhere"), "{err}");
+    }
+
     #[test]
     fn config_defaults_and_partial_toml() {
         let c: DockerProvisionerConfig = toml::from_str("health_deadline_secs = 5").unwrap();
