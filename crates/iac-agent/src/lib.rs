@@ -12,6 +12,8 @@
 //!   still running, and exits with the entry's exit code (128+N after signal N, 127 when the
 //!   program was not found, 126 when it could not be executed);
 //! * SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 are only forwarded;
+//! * a following StreamLogs call ends when the client goes away or when the entry's stdout and
+//!   stderr have both closed (no line can arrive any more);
 //! * exit code 2 means the agent itself could not start (bad arguments, unknown `--user`, listen
 //!   address taken) and the entry was never run.
 //!

@@ -51,9 +51,13 @@ pub struct Options {
     pub argv: Vec<String>,
 }
 
-/// Logs one agent message on stderr (`docker logs` shows it next to the child's output).
+/// Logs one agent message on stderr (`docker logs` shows it next to the child's output). The line
+/// goes out in one `write` so it does not interleave with the child's stderr being teed (`eprintln!`
+/// writes piecewise).
 pub fn log(msg: impl std::fmt::Display) {
-    eprintln!("iac-agent: {msg}");
+    use std::io::Write;
+    let line = format!("iac-agent: {msg}\n");
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
 fn signal_name(sig: i32) -> &'static str {

@@ -84,7 +84,7 @@ async fn child_ignoring_sigterm_is_killed_after_the_grace_period() {
     assert_eq!(agent.stop(), 137);
     let took = t0.elapsed();
     assert!(took >= Duration::from_millis(700), "killed after {took:?}");
-    assert!(took < Duration::from_secs(5), "killed after {took:?}");
+    assert!(took < Duration::from_secs(10), "killed after {took:?}");
     agent.stderr.wait_for("sending SIGKILL");
 }
 
@@ -188,7 +188,7 @@ async fn orphaned_grandchildren_are_reaped() {
         &[
             "sh",
             "-c",
-            r#"sh -c 'sleep 1.5 >/dev/null 2>&1 & echo "orphan $!"'; exec sleep 60"#,
+            r#"sh -c 'sleep 3 >/dev/null 2>&1 & echo "orphan $!"'; exec sleep 60"#,
         ],
     );
     let line = agent.stdout.wait_for("orphan ");
@@ -199,7 +199,7 @@ async fn orphaned_grandchildren_are_reaped() {
         agent.pid().to_string(),
         "the orphan was not re-parented to the agent"
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         match proc_status(pid, "State") {
             None => break,
@@ -247,6 +247,11 @@ async fn drops_privileges_to_the_given_user() {
         assert_eq!(gid, expected_gid, "{line}");
         assert!(line.contains(&format!("groups={expected_gid} ")), "{line}");
         assert!(line.contains("user=nobody"), "{line}");
+        // HOME follows the dropped user unless it was set to something specific.
+        match std::env::var("HOME").ok().filter(|h| h != "/root") {
+            None => assert!(line.contains("home=/nonexistent "), "{line}"),
+            Some(home) => assert!(line.contains(&format!("home={home} ")), "{line}"),
+        }
         assert_eq!(agent.stop(), 0);
 
         let mut agent = Agent::start(&["--user", "4242:4343"], &["sh", "-c", script]);
