@@ -35,7 +35,8 @@ const NOT_APP_DIRS: &[&str] = &[
     "tests", "test", "testing", "examples", "example", "docs", "doc",
 ];
 
-/// Root modules that never count for the `__main__` guard rule.
+/// Root modules that never count for the `__main__` guard rule (nor do `test_*.py`, `*_test.py`
+/// and hidden files). Script-style names such as `run-server.py` do count: they run as scripts.
 const NOT_APP_MODULES: &[&str] = &["setup.py", "conftest.py", "noxfile.py", "fabfile.py"];
 
 /// Root Python files larger than this are not scanned for a guard.
@@ -652,7 +653,7 @@ fn rule_main_guard(repo: &PyRepo) -> RuleResult {
         if NOT_APP_MODULES.contains(&name.as_str())
             || stem.starts_with("test_")
             || stem.ends_with("_test")
-            || !is_identifier(stem)
+            || stem.starts_with('.')
         {
             continue;
         }
