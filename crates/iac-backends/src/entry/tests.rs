@@ -69,7 +69,7 @@ fn cases() -> Vec<Case> {
                 "override:repos-file",
                 &["python", "-c", CALL_SVC_CLI_MAIN],
                 &[
-                    "\"svc.cli:main [fast]\"",
+                    "`svc.cli:main [fast]`",
                     "repos file",
                     "calls `svc.cli:main`",
                 ],
