@@ -218,9 +218,13 @@ impl Override {
                 origin,
             });
         }
-        // One word with a colon and no path separator is an attempted `module:function`.
-        if !trimmed.contains(char::is_whitespace) && trimmed.contains(':') && !trimmed.contains('/')
-        {
+        // One word with a colon and no path separator (optionally followed by `[extras]`) is an
+        // attempted `module:function`.
+        let base = match trimmed.find('[') {
+            Some(i) if trimmed.ends_with(']') => trimmed[..i].trim_end(),
+            _ => trimmed,
+        };
+        if !base.contains(char::is_whitespace) && base.contains(':') && !base.contains('/') {
             return Err(invalid(
                 "`module:function` with a dotted Python module and a Python identifier (e.g. `pkg.cli:main`, optional `[extras]`), or a command line",
             ));
@@ -572,6 +576,7 @@ mod tests {
         for (bad, needle) in [
             ("  ", "non-empty"),
             ("my-pkg:main", "dotted Python module"),
+            ("my-pkg:main [web]", "dotted Python module"),
             ("python 'x", "single quote"),
         ] {
             let e = Override::parse(bad, RULE_DOCKERFILE, "Dockerfile line 3".into())
@@ -612,5 +617,16 @@ mod tests {
                 .unwrap_err()
                 .contains("line 2")
         );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parsers_never_panic(src in "(?s)[ -~\\n\\t`é]{0,160}") {
+            let _ = split_words(&src);
+            let _ = dockerfile_labels(&src);
+            let _ = dockerfile_labels(&format!("# escape=`\nLABEL {src}"));
+            let _ = Callable::parse(&src);
+            let _ = Override::parse(&src, RULE_REPOS_FILE, "fuzz".into());
+        }
     }
 }

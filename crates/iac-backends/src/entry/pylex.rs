@@ -975,4 +975,17 @@ mod tests {
         let toks = tokenize("x = {'a': f'{y}'}\n").unwrap();
         assert!(parse_literal(&toks, 2).unwrap_err().contains("f-string"));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics_on_arbitrary_input(src in "(?s)[ -~\\n\\t'\"{}()\\[\\]#\\\\éfrbuFRBU:=]{0,200}") {
+            if let Ok(toks) = tokenize(&src) {
+                let _ = main_guard_line(&toks);
+                for i in 0..toks.len() {
+                    let _ = parse_literal(&toks, i);
+                    let _ = toks[i].str_value();
+                }
+            }
+        }
+    }
 }

@@ -35,7 +35,8 @@ const NOT_APP_DIRS: &[&str] = &[
     "tests", "test", "testing", "examples", "example", "docs", "doc",
 ];
 
-/// Root modules that never count for the `__main__` guard rule.
+/// Root modules that never count for the `__main__` guard rule (nor do `test_*.py`, `*_test.py`
+/// and hidden files). Script-style names such as `run-server.py` do count: they run as scripts.
 const NOT_APP_MODULES: &[&str] = &["setup.py", "conftest.py", "noxfile.py", "fabfile.py"];
 
 /// Root Python files larger than this are not scanned for a guard.
@@ -98,7 +99,7 @@ pub fn override_entry(o: &Override, language: Language) -> Entry {
         rule: o.rule.to_string(),
         argv,
         why: format!(
-            "entrypoint override {:?} from {} (rule 0) {what}.",
+            "entrypoint override `{}` from {} (rule 0) {what}.",
             o.raw.trim(),
             o.origin
         ),
@@ -448,11 +449,14 @@ fn rule_procfile(repo: &PyRepo) -> RuleResult {
     };
     let procs = parse_procfile(&text);
     let (chosen, why) = if let Some(p) = procs.iter().find(|p| p.name == "web") {
-        (p, "its `web` process")
+        (p, "the `web` process is run")
     } else if let Some(p) = procs.iter().find(|p| p.name == "worker") {
-        (p, "its `worker` process (there is no `web`)")
+        (p, "the `worker` process is run, as there is no `web`")
     } else if let Some(p) = procs.first() {
-        (p, "its first process (there is no `web` or `worker`)")
+        (
+            p,
+            "the first process is run, as there is neither `web` nor `worker`",
+        )
     } else {
         return Ok(Err(miss("the Procfile has no `name: command` lines")));
     };
@@ -467,7 +471,7 @@ fn rule_procfile(repo: &PyRepo) -> RuleResult {
         Language::Binary
     };
     let shell = if argv.first().is_some_and(|a| a == "sh") {
-        ", through `sh -c` as a Procfile command needs a shell"
+        ", through `sh -c` because the command uses shell expansion or operators"
     } else {
         ""
     };
@@ -476,7 +480,7 @@ fn rule_procfile(repo: &PyRepo) -> RuleResult {
         rule: "procfile".to_string(),
         argv,
         why: format!(
-            "Procfile line {}: {why} `{}`{shell} (rule 4).",
+            "Procfile line {} declares process `{}`: {why}{shell} (rule 4).",
             chosen.line, chosen.name
         ),
         port: (chosen.name == "web").then_some(DEFAULT_APP_PORT),
@@ -652,7 +656,7 @@ fn rule_main_guard(repo: &PyRepo) -> RuleResult {
         if NOT_APP_MODULES.contains(&name.as_str())
             || stem.starts_with("test_")
             || stem.ends_with("_test")
-            || !is_identifier(stem)
+            || stem.starts_with('.')
         {
             continue;
         }

@@ -69,7 +69,7 @@ fn cases() -> Vec<Case> {
                 "override:repos-file",
                 &["python", "-c", CALL_SVC_CLI_MAIN],
                 &[
-                    "\"svc.cli:main [fast]\"",
+                    "`svc.cli:main [fast]`",
                     "repos file",
                     "calls `svc.cli:main`",
                 ],
@@ -651,12 +651,18 @@ fn cases() -> Vec<Case> {
             dir: "repo",
             files: &[
                 ("alpha.py", GUARD),
-                ("beta.py", "x = 1\nif '__main__' == __name__: print(x)\n"),
+                (
+                    "run-beta.py",
+                    "x = 1\nif '__main__' == __name__: print(x)\n",
+                ),
                 ("gamma.py", "x = 1\n"),
             ],
             exec: &[],
             entrypoint: None,
-            expect: Ambiguous(&["rule 5 (main-guard)", "alpha.py (line 4), beta.py (line 2)"]),
+            expect: Ambiguous(&[
+                "rule 5 (main-guard)",
+                "alpha.py (line 4), run-beta.py (line 2)",
+            ]),
         },
         Case {
             name: "a guard only inside strings and comments does not count",
