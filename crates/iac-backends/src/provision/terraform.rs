@@ -913,6 +913,15 @@ pub struct TerraformProvisioner {
     cfg: TerraformConfig,
 }
 
+/// Where and for whom a Terraform run happens.
+struct RunCtx<'a> {
+    dir: &'a Path,
+    stage: Stage,
+    events: &'a Events,
+    /// Service names output lines may be attributed to.
+    services: &'a [String],
+}
+
 /// What one Terraform run printed.
 struct RunOutput {
     stdout: String,
@@ -1017,14 +1026,17 @@ impl TerraformProvisioner {
     /// machine output (JSON) and is not streamed.
     async fn run(
         &self,
-        dir: &Path,
+        cx: &RunCtx<'_>,
         step: &str,
         args: &[String],
-        stage: Stage,
-        events: &Events,
-        services: &[String],
         capture_only: bool,
     ) -> Result<RunOutput, ProvisionError> {
+        let RunCtx {
+            dir,
+            stage,
+            events,
+            services,
+        } = *cx;
         let tool = self.cfg.binary.clone();
         events.debug(
             stage,
@@ -1143,16 +1155,12 @@ impl TerraformProvisioner {
     /// init → plan -out → show -json: the changes the saved plan makes.
     async fn plan_changes(
         &self,
-        dir: &Path,
+        cx: &RunCtx<'_>,
         stack: &Stack,
         plan_file: &str,
         var_file: Option<&str>,
-        stage: Stage,
-        events: &Events,
-        names: &[String],
     ) -> Result<Vec<Change>, ProvisionError> {
-        self.run(dir, "init", &self.init_args(), stage, events, names, false)
-            .await?;
+        self.run(cx, "init", &self.init_args(), false).await?;
         let mut plan = vec![
             "plan".to_string(),
             "-input=false".into(),
@@ -1162,12 +1170,9 @@ impl TerraformProvisioner {
             plan.push(format!("-var-file={f}"));
         }
         plan.push(format!("-out={plan_file}"));
-        self.run(dir, "plan", &plan, stage, events, names, false)
-            .await?;
+        self.run(cx, "plan", &plan, false).await?;
         let show = ["show", "-json", "-no-color", plan_file].map(String::from);
-        let out = self
-            .run(dir, "show", &show, stage, events, names, true)
-            .await?;
+        let out = self.run(cx, "show", &show, true).await?;
         let json: Value = serde_json::from_str(out.stdout.trim()).map_err(|e| {
             ProvisionError::Invalid(format!(
                 "`{} show -json {plan_file}` did not print JSON: {e}",
@@ -1178,17 +1183,9 @@ impl TerraformProvisioner {
         changes_from_plan(&json, &services)
     }
 
-    async fn outputs(
-        &self,
-        dir: &Path,
-        stage: Stage,
-        events: &Events,
-        names: &[String],
-    ) -> Result<Outputs, ProvisionError> {
+    async fn outputs(&self, cx: &RunCtx<'_>) -> Result<Outputs, ProvisionError> {
         let args = ["output", "-json", "-no-color"].map(String::from);
-        let out = self
-            .run(dir, "output", &args, stage, events, names, true)
-            .await?;
+        let out = self.run(cx, "output", &args, true).await?;
         parse_outputs(&out.stdout)
     }
 
@@ -1253,16 +1250,14 @@ impl Provisioner for TerraformProvisioner {
         let dir = self.prepare(stack, DIFF_TFVARS_FILE)?;
         let events = Events::discard();
         let names = service_names(stack);
+        let cx = RunCtx {
+            dir: &dir,
+            stage: Stage::Plan,
+            events: &events,
+            services: &names,
+        };
         let result = self
-            .plan_changes(
-                &dir,
-                stack,
-                DIFF_PLAN_FILE,
-                Some(DIFF_TFVARS_FILE),
-                Stage::Plan,
-                &events,
-                &names,
-            )
+            .plan_changes(&cx, stack, DIFF_PLAN_FILE, Some(DIFF_TFVARS_FILE))
             .await;
         let _ = std::fs::remove_file(dir.join(DIFF_PLAN_FILE));
         let _ = std::fs::remove_file(dir.join(DIFF_TFVARS_FILE));
@@ -1285,17 +1280,13 @@ impl Provisioner for TerraformProvisioner {
             ),
         );
         let names = service_names(stack);
-        let changes = self
-            .plan_changes(
-                &dir,
-                stack,
-                PLAN_FILE,
-                None,
-                Stage::Provision,
-                events,
-                &names,
-            )
-            .await?;
+        let cx = RunCtx {
+            dir: &dir,
+            stage: Stage::Provision,
+            events,
+            services: &names,
+        };
+        let changes = self.plan_changes(&cx, stack, PLAN_FILE, None).await?;
         let apply = [
             "apply",
             "-input=false",
@@ -1304,20 +1295,10 @@ impl Provisioner for TerraformProvisioner {
             PLAN_FILE,
         ]
         .map(String::from);
-        let applied = self
-            .run(
-                &dir,
-                "apply",
-                &apply,
-                Stage::Provision,
-                events,
-                &names,
-                false,
-            )
-            .await;
+        let applied = self.run(&cx, "apply", &apply, false).await;
         let _ = std::fs::remove_file(dir.join(PLAN_FILE));
         applied?;
-        let outputs = self.outputs(&dir, Stage::Provision, events, &names).await?;
+        let outputs = self.outputs(&cx).await?;
         let mut result = Applied::default();
         for s in &stack.services {
             let change = changes.iter().find(|c| c.service == s.service);
@@ -1382,30 +1363,18 @@ impl Provisioner for TerraformProvisioner {
         let names: Vec<String> = read_tfvars(&dir.join(TFVARS_FILE))?
             .map(|t| t.services.into_keys().collect())
             .unwrap_or_default();
-        if !dir.join(".terraform").is_dir() {
-            self.run(
-                &dir,
-                "init",
-                &self.init_args(),
-                Stage::Destroy,
-                events,
-                &names,
-                false,
-            )
-            .await?;
-        }
-        let before = self.outputs(&dir, Stage::Destroy, events, &names).await?;
-        let args = ["destroy", "-input=false", "-no-color", "-auto-approve"].map(String::from);
-        self.run(
-            &dir,
-            "destroy",
-            &args,
-            Stage::Destroy,
+        let cx = RunCtx {
+            dir: &dir,
+            stage: Stage::Destroy,
             events,
-            &names,
-            false,
-        )
-        .await?;
+            services: &names,
+        };
+        if !dir.join(".terraform").is_dir() {
+            self.run(&cx, "init", &self.init_args(), false).await?;
+        }
+        let before = self.outputs(&cx).await?;
+        let args = ["destroy", "-input=false", "-no-color", "-auto-approve"].map(String::from);
+        self.run(&cx, "destroy", &args, false).await?;
         let mut removed = Vec::new();
         for s in before.services.values() {
             removed.extend(s.envoy_container_name.clone());
@@ -1420,9 +1389,14 @@ impl Provisioner for TerraformProvisioner {
         if !Self::has_state(&dir) {
             return Ok(Vec::new());
         }
-        let outputs = self
-            .outputs(&dir, Stage::Health, &Events::discard(), &[])
-            .await?;
+        let events = Events::discard();
+        let cx = RunCtx {
+            dir: &dir,
+            stage: Stage::Health,
+            events: &events,
+            services: &[],
+        };
+        let outputs = self.outputs(&cx).await?;
         outputs
             .services
             .into_iter()
