@@ -486,8 +486,8 @@ pub fn tokenize(src: &str) -> Result<Vec<Token>, LexError> {
 }
 
 /// The value of a plain string literal (`'…'`, `"…"`, triple-quoted, `r`/`u` prefixes), with
-/// escapes decoded (`\N{…}` and lone-surrogate `\uD800` escapes, which a Rust `String` cannot
-/// hold, are kept verbatim). `None` for bytes, f-strings and t-strings, which are not plain `str` values.
+/// escapes decoded (`\N{…}` named escapes, and lone surrogates such as `\uD800` that a Rust
+/// `String` cannot hold, are kept verbatim). `None` for bytes, f-strings and t-strings, which are not plain `str` values.
 pub fn string_value(raw: &str) -> Option<String> {
     let qpos = raw.find(['\'', '"'])?;
     let prefix = raw[..qpos].to_ascii_lowercase();
