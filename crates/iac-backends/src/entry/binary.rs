@@ -8,9 +8,8 @@ use std::path::Path;
 
 use iac_core::{Entry, EntryError, Language};
 
-use super::Provider;
 use super::overrides::Override;
-use super::python::override_entry;
+use super::{Provider, override_entry};
 
 /// Resolves repos that ship an executable `main` (rule 6).
 #[derive(Debug, Clone, Copy, Default)]
