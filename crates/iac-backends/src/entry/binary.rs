@@ -1,5 +1,6 @@
 //! The binary provider: DESIGN.md §3 rule 6. A non-Python repo runs an executable regular file
-//! named `main` at its root as `/app/main` (the image copies the repo to `/app`). Also builds the
+//! named `main` at its root as `/app/main` (the image copies the repo to `/app`); a `main` with a
+//! `#!…python…` shebang gets `Language::Python` so its image has an interpreter. Also builds the
 //! Entry for an argv override in a repo that is not Python.
 
 use std::os::unix::fs::PermissionsExt;
@@ -7,9 +8,8 @@ use std::path::Path;
 
 use iac_core::{Entry, EntryError, Language};
 
-use super::Provider;
 use super::overrides::Override;
-use super::python::override_entry;
+use super::{Provider, override_entry};
 
 /// Resolves repos that ship an executable `main` (rule 6).
 #[derive(Debug, Clone, Copy, Default)]
@@ -24,6 +24,23 @@ fn main_mode(dir: &Path) -> Result<Option<u32>, EntryError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(EntryError::Io { path, source }),
     }
+}
+
+/// The `#!` line of a file, if it has one (first 256 bytes only).
+fn shebang(path: &Path) -> Result<Option<String>, EntryError> {
+    use std::io::Read;
+    let io = |source| EntryError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut head = [0u8; 256];
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| f.read(&mut head))
+        .map_err(io)?;
+    let text = String::from_utf8_lossy(&head[..n]);
+    Ok(text
+        .strip_prefix("#!")
+        .map(|rest| format!("#!{}", rest.lines().next().unwrap_or("").trim())))
 }
 
 impl Provider for BinaryProvider {
@@ -49,16 +66,30 @@ impl Provider for BinaryProvider {
             )],
         };
         match main_mode(dir)? {
-            Some(mode) if mode & 0o111 != 0 => Ok(Entry {
-                language: Language::Binary,
-                rule: "binary-main".to_string(),
-                argv: vec!["/app/main".to_string()],
-                why: format!(
-                    "`main` at the repo root is an executable file (mode {:o}), run as /app/main (rule 6).",
-                    mode & 0o7777
-                ),
-                port: None,
-            }),
+            Some(mode) if mode & 0o111 != 0 => {
+                // A `#!…python…` script needs a Python image even though it is run directly.
+                let shebang = shebang(&dir.join("main"))?;
+                let python = shebang.as_deref().is_some_and(|s| s.contains("python"));
+                let note = match &shebang {
+                    Some(s) if python => format!(" with a Python shebang `{s}`"),
+                    Some(s) => format!(" with shebang `{s}`"),
+                    None => String::new(),
+                };
+                Ok(Entry {
+                    language: if python {
+                        Language::Python
+                    } else {
+                        Language::Binary
+                    },
+                    rule: "binary-main".to_string(),
+                    argv: vec!["/app/main".to_string()],
+                    why: format!(
+                        "`main` at the repo root is an executable file (mode {:o}){note}, run as /app/main (rule 6).",
+                        mode & 0o7777
+                    ),
+                    port: None,
+                })
+            }
             Some(mode) => Err(miss(format!(
                 "`main` exists but is not executable (mode {:o}; run `chmod +x main`)",
                 mode & 0o7777

@@ -29,7 +29,7 @@ mod tests;
 
 use std::path::Path;
 
-use iac_core::{Entry, EntryError, EntryResolver, Source};
+use iac_core::{Entry, EntryError, EntryResolver, Language, Source};
 
 pub use binary::BinaryProvider;
 pub use overrides::{Callable, Override, OverrideValue};
@@ -160,6 +160,25 @@ impl DefaultResolver {
 impl EntryResolver for DefaultResolver {
     fn resolve(&self, source: &Source, entrypoint: Option<String>) -> Result<Entry, EntryError> {
         self.resolve_dir(&source.dir, entrypoint.as_deref())
+    }
+}
+
+/// The Entry for a rule-0 override.
+pub fn override_entry(o: &Override, language: Language) -> Entry {
+    let (argv, what) = match &o.value {
+        OverrideValue::Callable(c) => (c.argv(), format!("calls `{c}`")),
+        OverrideValue::Argv(argv) => (argv.clone(), "runs it as a command".to_string()),
+    };
+    Entry {
+        language,
+        rule: o.rule.to_string(),
+        argv,
+        why: format!(
+            "entrypoint override `{}` from {} (rule 0) {what}.",
+            o.raw.trim(),
+            o.origin
+        ),
+        port: None,
     }
 }
 

@@ -619,6 +619,28 @@ mod tests {
         );
     }
 
+    /// Values checked against Docker 20.10 (`docker build` of this Dockerfile, then
+    /// `docker image inspect`): the same, except that Docker substitutes `$PORT` at build time
+    /// (empty) while iac keeps it for the shell at run time.
+    #[test]
+    fn docker_labels_match_docker() {
+        let df = "FROM scratch\nLABEL q=\"gunicorn -b 0.0.0.0:$PORT app:app\" r=python\\ -m\\ x s=\"say \\\"hi\\\"\"\nLABEL t=\"multi \\\n   line\"\n";
+        let labels = dockerfile_labels(df).unwrap();
+        let got: Vec<(&str, &str)> = labels
+            .iter()
+            .map(|l| (l.key.as_str(), l.value.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("q", "gunicorn -b 0.0.0.0:$PORT app:app"),
+                ("r", "python -m x"),
+                ("s", "say \"hi\""),
+                ("t", "multi    line")
+            ]
+        );
+    }
+
     proptest::proptest! {
         #[test]
         fn parsers_never_panic(src in "(?s)[ -~\\n\\t`é]{0,160}") {

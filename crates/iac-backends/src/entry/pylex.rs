@@ -136,6 +136,7 @@ impl Lexer {
     fn string(&mut self, prefix: &str, start_line: usize) -> Result<(), LexError> {
         let lower = prefix.to_ascii_lowercase();
         let formatted = lower.contains('f') || lower.contains('t');
+        let raw = lower.contains('r');
         let q = self.bump().expect("caller checked the quote");
         let triple = self.peek(0) == Some(q) && self.peek(1) == Some(q);
         if triple {
@@ -167,8 +168,25 @@ impl Lexer {
             }
             if c == '\\' {
                 self.bump();
-                if self.peek(0).is_some() {
-                    self.bump();
+                match self.peek(0) {
+                    // In f-strings a backslash does not escape a brace: `rf"\{{"`, `f"\{x}"`.
+                    Some('{' | '}') if formatted => {}
+                    // `\N{NAME}` in a non-raw f-string is a named escape, not a field.
+                    Some('N') if formatted && !raw && self.peek(1) == Some('{') => {
+                        while self
+                            .peek(0)
+                            .is_some_and(|c| c != '}' && c != q && c != '\n')
+                        {
+                            self.bump();
+                        }
+                        if self.peek(0) == Some('}') {
+                            self.bump();
+                        }
+                    }
+                    Some(_) => {
+                        self.bump();
+                    }
+                    None => {}
                 }
                 continue;
             }
@@ -468,7 +486,8 @@ pub fn tokenize(src: &str) -> Result<Vec<Token>, LexError> {
 }
 
 /// The value of a plain string literal (`'…'`, `"…"`, triple-quoted, `r`/`u` prefixes), with
-/// escapes decoded. `None` for bytes, f-strings and t-strings, which are not plain `str` values.
+/// escapes decoded (`\N{…}` named escapes, and lone surrogates such as `\uD800` that a Rust
+/// `String` cannot hold, are kept verbatim). `None` for bytes, f-strings and t-strings, which are not plain `str` values.
 pub fn string_value(raw: &str) -> Option<String> {
     let qpos = raw.find(['\'', '"'])?;
     let prefix = raw[..qpos].to_ascii_lowercase();
@@ -848,6 +867,20 @@ mod tests {
             toks.iter()
                 .any(|t| t.is_name("z") && t.line_start && t.line == 2)
         );
+    }
+
+    #[test]
+    fn fstring_backslashes_do_not_escape_braces() {
+        // A raw f-string `\{{` is a backslash then a literal brace; `\N{...}` is a named escape.
+        let src = "a = rf'(\\{{)({x})'\nb = f'\\N{EM DASH} {y}'\nc = f'\\{z}'\nd = 1\n";
+        let toks = tokenize(src).unwrap();
+        assert_eq!(toks.iter().filter(|t| t.kind == TokKind::Str).count(), 3);
+        let starts: Vec<&str> = toks
+            .iter()
+            .filter(|t| t.line_start)
+            .map(|t| t.text.as_str())
+            .collect();
+        assert_eq!(starts, ["a", "b", "c", "d"]);
     }
 
     #[test]

@@ -25,10 +25,10 @@ use std::path::Path;
 
 use iac_core::{Entry, EntryError, Language};
 
-use super::overrides::{Callable, Override, OverrideValue, command_argv, split_words};
+use super::overrides::{Callable, Override, command_argv, split_words};
 use super::pylex;
 use super::pymeta::{PyRepo, normalize_name};
-use super::{DEFAULT_APP_PORT, Provider, read_optional};
+use super::{DEFAULT_APP_PORT, Provider, override_entry, read_optional};
 
 /// Directories whose packages never count for rule 3 (and are never scanned).
 const NOT_APP_DIRS: &[&str] = &[
@@ -86,25 +86,6 @@ fn entry(rule: &str, argv: Vec<String>, why: String) -> Entry {
 
 fn strs(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
-}
-
-/// The Entry for a rule-0 override.
-pub fn override_entry(o: &Override, language: Language) -> Entry {
-    let (argv, what) = match &o.value {
-        OverrideValue::Callable(c) => (c.argv(), format!("calls `{c}`")),
-        OverrideValue::Argv(argv) => (argv.clone(), "runs it as a command".to_string()),
-    };
-    Entry {
-        language,
-        rule: o.rule.to_string(),
-        argv,
-        why: format!(
-            "entrypoint override `{}` from {} (rule 0) {what}.",
-            o.raw.trim(),
-            o.origin
-        ),
-        port: None,
-    }
 }
 
 impl Provider for PythonProvider {

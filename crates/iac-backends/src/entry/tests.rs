@@ -691,6 +691,20 @@ fn cases() -> Vec<Case> {
             },
         },
         Case {
+            name: "executable main with a python shebang needs a Python image",
+            dir: "repo",
+            files: &[("main", "#!/usr/bin/env python3\nprint('hi')\n")],
+            exec: &["main"],
+            entrypoint: None,
+            expect: Entry {
+                rule: "binary-main",
+                language: Language::Python,
+                argv: &["/app/main"],
+                why: &["Python shebang `#!/usr/bin/env python3`"],
+                port: None,
+            },
+        },
+        Case {
             name: "non-executable main is not run, and the error says so",
             dir: "repo",
             files: &[("main", "\u{7f}ELF")],
