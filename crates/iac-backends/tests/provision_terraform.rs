@@ -609,11 +609,20 @@ async fn diff_maps_the_plan_without_changing_what_apply_wrote() {
         !fx.argvs().iter().any(|a| a.starts_with("apply")),
         "diff never applies"
     );
+    let project = ProjectName::new("demo").unwrap();
+    assert!(tf.running(&project).await.unwrap().is_empty());
+    let calls = fx.calls().len();
     assert!(
-        tf.running(&ProjectName::new("demo").unwrap())
+        tf.destroy(&project, &Events::discard())
             .await
             .unwrap()
-            .is_empty()
+            .is_empty(),
+        "plan only: nothing to destroy"
+    );
+    assert_eq!(
+        fx.calls().len(),
+        calls,
+        "destroy after a mere plan runs no terraform"
     );
 
     tf.apply(&fx.stack(), gate(), &Events::discard())

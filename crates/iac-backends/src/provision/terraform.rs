@@ -1348,6 +1348,14 @@ impl Provisioner for TerraformProvisioner {
             );
             return Ok(Vec::new());
         }
+        if !dir.join(TFVARS_FILE).exists() && !dir.join("terraform.tfstate").exists() {
+            // Only `iac plan` ran here (it never writes the applied tfvars): nothing was applied.
+            events.info(
+                Stage::Destroy,
+                format!("terraform: nothing to destroy for project {project} (never applied)"),
+            );
+            return Ok(Vec::new());
+        }
         if !dir.join(TFVARS_FILE).exists() {
             return Err(ProvisionError::Invalid(format!(
                 "{} is missing, but terraform needs the variables of the last apply to destroy project {project}; \
