@@ -923,3 +923,45 @@ fn provisioner_is_named_terraform() {
         "terraform"
     );
 }
+
+#[tokio::test]
+async fn concurrent_runs_in_one_project_serialize() {
+    let fx = Fixture::new();
+    let tf = fx.provisioner(&[]);
+    let stack = fx.stack();
+    let events = Events::discard();
+    let (a, b) = tokio::join!(
+        tf.apply(&stack, gate(), &events),
+        tf.apply(&stack, gate(), &events)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let mut actions: Vec<Action> = a
+        .services
+        .iter()
+        .chain(&b.services)
+        .map(|s| s.action)
+        .collect();
+    actions.sort_by_key(|a| a.as_str());
+    assert_eq!(
+        actions,
+        [
+            Action::Create,
+            Action::Create,
+            Action::Unchanged,
+            Action::Unchanged
+        ]
+    );
+    let one_run = [
+        "init -input=false -no-color",
+        "plan -input=false -no-color -out=iac.tfplan",
+        "show -json -no-color iac.tfplan",
+        "apply -input=false -no-color -auto-approve iac.tfplan",
+        "output -json -no-color",
+    ];
+    let want: Vec<&str> = one_run.iter().chain(one_run.iter()).copied().collect();
+    assert_eq!(
+        fx.argvs(),
+        want,
+        "the second run starts after the first ends"
+    );
+}
