@@ -609,11 +609,20 @@ async fn diff_maps_the_plan_without_changing_what_apply_wrote() {
         !fx.argvs().iter().any(|a| a.starts_with("apply")),
         "diff never applies"
     );
+    let project = ProjectName::new("demo").unwrap();
+    assert!(tf.running(&project).await.unwrap().is_empty());
+    let calls = fx.calls().len();
     assert!(
-        tf.running(&ProjectName::new("demo").unwrap())
+        tf.destroy(&project, &Events::discard())
             .await
             .unwrap()
-            .is_empty()
+            .is_empty(),
+        "plan only: nothing to destroy"
+    );
+    assert_eq!(
+        fx.calls().len(),
+        calls,
+        "destroy after a mere plan runs no terraform"
     );
 
     tf.apply(&fx.stack(), gate(), &Events::discard())
@@ -912,5 +921,47 @@ fn provisioner_is_named_terraform() {
     assert_eq!(
         TerraformProvisioner::new(TerraformConfig::default()).name(),
         "terraform"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_runs_in_one_project_serialize() {
+    let fx = Fixture::new();
+    let tf = fx.provisioner(&[]);
+    let stack = fx.stack();
+    let events = Events::discard();
+    let (a, b) = tokio::join!(
+        tf.apply(&stack, gate(), &events),
+        tf.apply(&stack, gate(), &events)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let mut actions: Vec<Action> = a
+        .services
+        .iter()
+        .chain(&b.services)
+        .map(|s| s.action)
+        .collect();
+    actions.sort_by_key(|a| a.as_str());
+    assert_eq!(
+        actions,
+        [
+            Action::Create,
+            Action::Create,
+            Action::Unchanged,
+            Action::Unchanged
+        ]
+    );
+    let one_run = [
+        "init -input=false -no-color",
+        "plan -input=false -no-color -out=iac.tfplan",
+        "show -json -no-color iac.tfplan",
+        "apply -input=false -no-color -auto-approve iac.tfplan",
+        "output -json -no-color",
+    ];
+    let want: Vec<&str> = one_run.iter().chain(one_run.iter()).copied().collect();
+    assert_eq!(
+        fx.argvs(),
+        want,
+        "the second run starts after the first ends"
     );
 }

@@ -1189,6 +1189,52 @@ impl TerraformProvisioner {
         parse_outputs(&out.stdout)
     }
 
+    /// Serializes iac's runs in one project's work dir (`<work_root>/<project>/terraform.lock`):
+    /// a concurrent `iac plan` must not re-init or rewrite the module under a running apply.
+    /// Held until the returned file is dropped.
+    async fn lock(
+        &self,
+        project: &ProjectName,
+        events: &Events,
+        stage: Stage,
+    ) -> Result<std::fs::File, ProvisionError> {
+        let path = self
+            .cfg
+            .work_root
+            .join(project.as_str())
+            .join("terraform.lock");
+        let io = |source| ProvisionError::Io {
+            path: path.clone(),
+            source,
+        };
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(io)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io)?;
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                events.info(
+                    stage,
+                    format!(
+                        "waiting for another terraform run of project {project} ({})",
+                        path.display()
+                    ),
+                );
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+        }
+        tokio::task::spawn_blocking(move || file.lock().map(|()| file))
+            .await
+            .map_err(|e| io(std::io::Error::other(e)))?
+            .map_err(io)
+    }
+
     /// Whether Terraform has ever run for this project (a state file or an initialized dir).
     fn has_state(dir: &Path) -> bool {
         dir.join("terraform.tfstate").exists() || dir.join(".terraform").is_dir()
@@ -1247,8 +1293,9 @@ impl Provisioner for TerraformProvisioner {
     }
 
     async fn diff(&self, stack: &Stack) -> Result<Vec<Change>, ProvisionError> {
-        let dir = self.prepare(stack, DIFF_TFVARS_FILE)?;
         let events = Events::discard();
+        let _lock = self.lock(&stack.project, &events, Stage::Plan).await?;
+        let dir = self.prepare(stack, DIFF_TFVARS_FILE)?;
         let names = service_names(stack);
         let cx = RunCtx {
             dir: &dir,
@@ -1270,6 +1317,7 @@ impl Provisioner for TerraformProvisioner {
         _gate: Arc<dyn HealthProber>,
         events: &Events,
     ) -> Result<Applied, ProvisionError> {
+        let _lock = self.lock(&stack.project, events, Stage::Provision).await?;
         let dir = self.prepare(stack, TFVARS_FILE)?;
         events.info(
             Stage::Provision,
@@ -1345,6 +1393,15 @@ impl Provisioner for TerraformProvisioner {
                     "terraform: nothing to destroy for project {project} (no state in {})",
                     dir.display()
                 ),
+            );
+            return Ok(Vec::new());
+        }
+        let _lock = self.lock(project, events, Stage::Destroy).await?;
+        if !dir.join(TFVARS_FILE).exists() && !dir.join("terraform.tfstate").exists() {
+            // Only `iac plan` ran here (it never writes the applied tfvars): nothing was applied.
+            events.info(
+                Stage::Destroy,
+                format!("terraform: nothing to destroy for project {project} (never applied)"),
             );
             return Ok(Vec::new());
         }
