@@ -198,10 +198,9 @@ fn parse_target(target: &str) -> anyhow::Result<Slug> {
 pub async fn inspect(cfg: IacConfig, target: &str, json: bool) -> anyhow::Result<ExitCode> {
     let slug = parse_target(target)?;
     let name = slug.default_service_name().with_context(|| format!("no service name can be derived from {slug}"))?;
-    let project = resolve_project(&cfg, None)?;
-    let app = App::build(cfg, project).await?;
-    let source = app.fetcher.fetch(&slug, &Events::discard()).await.with_context(|| format!("fetch {slug}"))?;
-    let entry = match app.resolver.resolve(&source, None) {
+    let (fetcher, resolver) = crate::wiring::source_stages(&cfg)?;
+    let source = fetcher.fetch(&slug, &Events::discard()).await.with_context(|| format!("fetch {slug}"))?;
+    let entry = match resolver.resolve(&source, None) {
         Ok(e) => e,
         Err(e) => {
             eprintln!("error: {slug}: {e}");
@@ -232,7 +231,7 @@ pub async fn inspect(cfg: IacConfig, target: &str, json: bool) -> anyhow::Result
 pub async fn render(cfg: IacConfig, file: &Path, out: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let (fp, specs) = load_specs(file)?;
     let project = resolve_project(&cfg, fp.as_ref())?;
-    let app = App::build(cfg, project.clone()).await?;
+    let app = App::build_with(cfg, project.clone(), crate::wiring::EngineUse::None).await?;
     let (rendered, failed) = with_progress(json, async |events| app.deployer.render(&specs, events).await).await;
     for r in &rendered {
         let dir = out.join(r.service.as_str());

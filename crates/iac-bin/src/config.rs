@@ -135,7 +135,8 @@ impl IacConfig {
                 anyhow::ensure!(f.exists(), "config file {} does not exist", f.display());
                 fig = fig.merge(Toml::file_exact(f));
             }
-            None => fig = fig.merge(Toml::file_exact("iac.toml")),
+            None if Path::new("iac.toml").exists() => fig = fig.merge(Toml::file_exact("iac.toml")),
+            None => {}
         }
         let fig = fig
             .merge(Env::prefixed("IAC_").split("__"))
