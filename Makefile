@@ -29,7 +29,7 @@ install: agent
 	$(CARGO) build --release -p iac-bin
 	@mkdir -p $(PREFIX)
 	@install -m 0755 "$$($(CARGO) metadata --format-version 1 --no-deps | python3 -c 'import json,sys;print(json.load(sys.stdin)["target_directory"])')/release/iac" $(PREFIX)/iac
-	@install -m 0755 "$$(bash scripts/build-agent.sh --print-path)" $(PREFIX)/iac-agent
+	@install -m 0755 "$$(bash scripts/build-agent.sh)" $(PREFIX)/iac-agent
 	@echo "installed $(PREFIX)/iac and $(PREFIX)/iac-agent"
 
 bootstrap: deps install images

@@ -92,14 +92,29 @@ def other():
     print("never the default")
 "#;
 
+/// The static agent every image gets: `$IAC_AGENT_BIN`, else what `scripts/build-agent.sh` builds
+/// (a cargo no-op when it is up to date).
+fn static_agent() -> String {
+    if let Ok(p) = std::env::var("IAC_AGENT_BIN") {
+        return p;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = Command::new("bash").arg(root.join("scripts/build-agent.sh")).output().expect("run scripts/build-agent.sh");
+    assert!(out.status.success(), "scripts/build-agent.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 impl Project {
     fn iac(&self, args: &[&str]) -> Output {
+        static AGENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let agent = AGENT.get_or_init(static_agent);
         let out = Command::new(env!("CARGO_BIN_EXE_iac"))
+            .env("IAC_IMAGES__AGENT_BINARY", agent)
             .args(args)
             .args(["--project", &self.name])
             .current_dir(self.workdir.path())
             .env("IAC_STATE_DIR", self.workdir.path().join(".iac"))
-            .env("IAC_SECRETS_DIR", self.workdir.path().join("secrets"))
+            .env("IAC_PKI__SECRETS_DIR", self.workdir.path().join("secrets"))
             .env("RUST_LOG", "warn")
             .output()
             .expect("run iac");
