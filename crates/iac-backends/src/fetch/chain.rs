@@ -100,9 +100,10 @@ impl ChainFetcher {
                 clone_url.clone(),
                 reference.map(str::to_string),
             );
+            let git_config = self.config.git_config.clone();
             let res = blocking(move || {
                 let scratch = cache.staging("resolve")?;
-                resolve_ref(&url, r.as_deref(), scratch.path())
+                resolve_ref(&url, r.as_deref(), scratch.path(), &git_config)
             })
             .await;
             match res {

@@ -162,6 +162,9 @@ pub struct FetchConfig {
     pub resolve_refs: bool,
     /// Fall back to a git clone when the archive is unavailable.
     pub git_fallback: bool,
+    /// Extra git configuration, `key=value`, applied in memory to every ref listing and clone
+    /// (e.g. `http.proxy=http://proxy:3128`, `protocol.version=2`).
+    pub git_config: Vec<String>,
 }
 
 impl Default for FetchConfig {
@@ -176,6 +179,7 @@ impl Default for FetchConfig {
             http_timeout_secs: 30,
             resolve_refs: true,
             git_fallback: true,
+            git_config: Vec::new(),
         }
     }
 }

@@ -970,4 +970,38 @@ pub(crate) mod tests {
         let e = rejected(&gz, LIMITS);
         assert!(e.contains("not a valid tar.gz"), "{e}");
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        /// Fuzz-style: corrupting bytes of a valid archive (headers, names, link targets, sizes)
+        /// never panics, never writes outside the staging dir and never exceeds the caps.
+        #[test]
+        fn corrupted_archives_never_escape(edits in proptest::collection::vec((0usize..4096, proptest::prelude::any::<u8>()), 1..24)) {
+            let mut tar = TarBuilder::new()
+                .dir("top/")
+                .file("top/a.py", b"print(1)")
+                .symlink("top/l", "a.py")
+                .hardlink("top/h", "top/a.py")
+                .dir("top/sub/")
+                .file("top/sub/b", &[9u8; 700])
+                .symlink("top/sub/up", "../a.py")
+                .tar();
+            for (i, b) in edits {
+                let at = i % tar.len();
+                tar[at] = b;
+            }
+            let parent = tempfile::tempdir().unwrap();
+            let staging = parent.path().join("staging");
+            std::fs::create_dir(&staging).unwrap();
+            let limits = Limits { max_bytes: 4096, max_files: 16 };
+            let r = extract_tar(&tar[..], &staging, limits, "mutated.tar");
+            let outside: Vec<_> = std::fs::read_dir(parent.path()).unwrap()
+                .map(|e| e.unwrap().file_name()).filter(|n| n != "staging").collect();
+            proptest::prop_assert!(outside.is_empty(), "wrote outside: {:?}", outside);
+            if let Ok(x) = r {
+                proptest::prop_assert!(x.root.starts_with(&staging));
+                proptest::prop_assert!(x.files <= 16 && x.bytes <= 4096);
+            }
+        }
+    }
 }

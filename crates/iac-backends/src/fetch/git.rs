@@ -37,11 +37,13 @@ fn git_err(url: &str, what: &str, e: impl std::fmt::Display) -> FetchError {
 
 /// Lists the remote's refs and picks `reference` (a branch wins over a tag of the same name,
 /// like `git clone --branch`); `None` is the remote HEAD. A full sha resolves to itself without
-/// asking. `scratch` is an empty directory for a throwaway repository.
+/// asking. `scratch` is an empty directory for a throwaway repository; `git_config` holds
+/// `key=value` overrides.
 pub fn resolve_ref(
     url: &str,
     reference: Option<&str>,
     scratch: &Path,
+    git_config: &[String],
 ) -> Result<ResolvedRef, FetchError> {
     if let Some(r) = reference.filter(|r| is_full_sha(r)) {
         return Ok(ResolvedRef {
@@ -50,8 +52,12 @@ pub fn resolve_ref(
             kind: RefKind::Commit,
         });
     }
-    let repo = gix::init_bare(scratch.join("ls-remote.git"))
-        .map_err(|e| git_err(url, "init scratch repository", e))?;
+    let dir = scratch.join("ls-remote.git");
+    gix::init_bare(&dir).map_err(|e| git_err(url, "init scratch repository", e))?;
+    let opts =
+        gix::open::Options::default().config_overrides(git_config.iter().map(String::as_str));
+    let repo =
+        gix::open_opts(&dir, opts).map_err(|e| git_err(url, "open scratch repository", e))?;
     let remote = repo
         .remote_at(url)
         .map_err(|e| git_err(url, "invalid remote URL", e))?
@@ -131,6 +137,7 @@ pub fn fetch_tree(
     commit: &str,
     staging: &Path,
     limits: Limits,
+    git_config: &[String],
 ) -> Result<(PathBuf, Option<String>, Vec<String>), FetchError> {
     let id =
         gix::ObjectId::from_hex(commit.as_bytes()).map_err(|e| git_err(url, "commit id", e))?;
@@ -139,6 +146,7 @@ pub fn fetch_tree(
     let shallow = (|| {
         let mut prep = gix::prepare_clone_bare(url, &shallow_dir)
             .map_err(|e| git_err(url, "prepare clone", e))?
+            .with_in_memory_config_overrides(git_config.iter().map(String::as_str))
             .with_shallow(gix::remote::fetch::Shallow::DepthAtRemote(NonZeroU32::MIN))
             .with_revision(Some(commit))
             .map_err(|e| git_err(url, "revision", e))?;
@@ -153,7 +161,8 @@ pub fn fetch_tree(
             let _ = std::fs::remove_dir_all(&shallow_dir);
             let full_dir = staging.join("full.git");
             let mut prep = gix::prepare_clone_bare(url, &full_dir)
-                .map_err(|e| git_err(url, "prepare clone", e))?;
+                .map_err(|e| git_err(url, "prepare clone", e))?
+                .with_in_memory_config_overrides(git_config.iter().map(String::as_str));
             let (repo, _) = prep
                 .fetch_only(gix::progress::Discard, &interrupt)
                 .map_err(|e| {
@@ -232,11 +241,17 @@ pub fn fetch_tree(
 pub struct GitFetcher {
     cache: Cache,
     limits: Limits,
+    git_config: Vec<String>,
 }
 
 impl GitFetcher {
-    pub fn new(cache: Cache, limits: Limits) -> Self {
-        GitFetcher { cache, limits }
+    /// `git_config`: `key=value` overrides applied to every ref listing and clone.
+    pub fn new(cache: Cache, limits: Limits, git_config: Vec<String>) -> Self {
+        GitFetcher {
+            cache,
+            limits,
+            git_config,
+        }
     }
 
     /// Resolves `reference` (skipped for full shas and tags recorded in the index), then serves
@@ -285,7 +300,7 @@ impl GitFetcher {
         let staging = self.cache.staging("git")?;
         let resolved = match known {
             Some(k) => k,
-            None => resolve_ref(url, reference, staging.path())?,
+            None => resolve_ref(url, reference, staging.path(), &self.git_config)?,
         };
         let key = TreeKey::Commit(resolved.commit.clone());
         let record = |key: &TreeKey| {
@@ -311,7 +326,13 @@ impl GitFetcher {
                 digest: hit.digest,
             });
         }
-        let (tree, note, skipped) = fetch_tree(url, &resolved.commit, staging.path(), self.limits)?;
+        let (tree, note, skipped) = fetch_tree(
+            url,
+            &resolved.commit,
+            staging.path(),
+            self.limits,
+            &self.git_config,
+        )?;
         let mut origin = format!("git clone {url} at {} ({})", resolved.name, resolved.commit);
         if let Some(n) = note {
             origin.push_str(&format!("; {n}"));

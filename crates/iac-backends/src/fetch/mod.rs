@@ -63,7 +63,7 @@ impl DefaultFetcher {
         let cache = Cache::new(&config.cache_dir);
         let limits = config.limits();
         let tarball = TarballFetcher::new(config.http_timeout(), limits)?;
-        let git = GitFetcher::new(cache.clone(), limits);
+        let git = GitFetcher::new(cache.clone(), limits, config.git_config.clone());
         let config = Arc::new(config);
         let chain = ChainFetcher::new(config.clone(), cache, tarball, git.clone());
         Ok(DefaultFetcher { config, chain, git })

@@ -535,6 +535,39 @@ async fn git_file_slugs_branch_tag_sha_and_errors() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sha_refused_shallowly_falls_back_to_a_full_clone() {
+    let fx = Fixture::new();
+    // c2 stops being a ref tip; over protocol v0 `git upload-pack` refuses wants of non-tip
+    // commits (uploadpack.allowReachableSHA1InWant is off by default), so depth 1 is impossible.
+    let c3 = fx.advance_main("print('three')\n");
+    let cfg = FetchConfig {
+        cache_dir: fx.dir.path().join("cache"),
+        git_config: vec!["protocol.version=0".into()],
+        ..FetchConfig::default()
+    };
+    let f = DefaultFetcher::new(cfg).unwrap();
+    let url = format!("git+file://{}", fx.bare().display());
+    let s = f
+        .fetch(&slug(&format!("{url}#{}", fx.c2)), &Events::discard())
+        .await
+        .unwrap();
+    assert_eq!(s.commit.as_deref(), Some(fx.c2.as_str()));
+    assert_tree(&s.dir, "print('two')\n");
+    assert!(
+        s.origin.contains("full clone: shallow fetch of") && s.origin.contains(&fx.c2),
+        "{}",
+        s.origin
+    );
+    // A tip is still fetched shallowly with the same settings.
+    let tip = f
+        .fetch(&slug(&format!("{url}#main")), &Events::discard())
+        .await
+        .unwrap();
+    assert_eq!(tip.commit.as_deref(), Some(c3.as_str()));
+    assert!(tip.origin.contains("depth 1"), "{}", tip.origin);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_fetches_of_one_slug_share_one_tree() {
     let fx = Fixture::new();
     let server = Server::start(Mode::Archive(fx.bare())).await;
