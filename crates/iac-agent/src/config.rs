@@ -1,0 +1,201 @@
+//! The agent's command line (`iac-agent [OPTIONS] -- ARGV...`) and [`AgentConfig`], the serde
+//! form the `iac` binary keeps in its config and turns back into that command line when it writes
+//! an image's ENTRYPOINT.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+
+use crate::logbuf::RingLimits;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+pub const DEFAULT_RING_LINES: usize = 10_000;
+pub const DEFAULT_RING_BYTES: usize = 4 * 1024 * 1024;
+pub const DEFAULT_MAX_LINE_BYTES: usize = 16 * 1024;
+pub const DEFAULT_GRACE_SECS: u64 = 10;
+
+/// `iac-agent`: PID 1 of an iac app container.
+///
+/// Starts ARGV, forwards signals to it, reaps every zombie, tees its stdout/stderr to its own and
+/// into a bounded ring buffer, and serves the gRPC ControlPlane API (HealthCheck, StreamLogs) as
+/// plaintext HTTP/2 on --listen. When ARGV exits by itself the agent keeps running and reports the
+/// exit in HealthCheck until it receives SIGTERM or SIGINT; it then exits with ARGV's exit code
+/// (128+N when ARGV was killed by signal N, 127/126 when it could not be started).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "iac-agent", version)]
+pub struct Cli {
+    /// Address of the gRPC listener (plaintext h2; TLS is Envoy's job). Port 0 picks a free port;
+    /// the bound address is logged on stderr as "iac-agent: listening on ADDR".
+    #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+
+    /// Run ARGV as this user: NAME, UID, NAME:GROUP or UID:GID, resolved against /etc/passwd and
+    /// /etc/group. Without it ARGV runs as the agent's own user.
+    #[arg(long, value_name = "UID[:GID]|NAME[:GROUP]")]
+    pub user: Option<String>,
+
+    /// Keep at most this many lines of output.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_RING_LINES)]
+    pub ring_lines: usize,
+
+    /// Keep at most this many bytes of output (at least 256).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_RING_BYTES)]
+    pub ring_bytes: usize,
+
+    /// Cut longer lines to this many bytes (plus a marker) in the buffer; the tee is unaffected.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_LINE_BYTES)]
+    pub max_line_bytes: usize,
+
+    /// How long to wait after forwarding SIGTERM/SIGINT before SIGKILL: seconds ("10", "0.5") or a
+    /// duration ("1500ms", "2s").
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_grace)]
+    pub grace: Duration,
+
+    /// The program to supervise and its arguments (after `--`).
+    #[arg(last = true, required = true, value_name = "ARGV")]
+    pub argv: Vec<String>,
+}
+
+fn parse_grace(s: &str) -> Result<Duration, String> {
+    if let Ok(secs) = s.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs).map_err(|e| {
+            format!("--grace {s:?}: {e} (expected non-negative seconds such as 10 or 0.5)")
+        });
+    }
+    humantime::parse_duration(s).map_err(|e| {
+        format!("--grace {s:?}: {e} (expected seconds such as 10 or a duration such as 1500ms)")
+    })
+}
+
+impl Cli {
+    /// The validated ring-buffer bounds.
+    pub fn ring_limits(&self) -> Result<RingLimits, String> {
+        RingLimits::new(self.ring_lines, self.ring_bytes, self.max_line_bytes)
+    }
+}
+
+/// How the `iac` binary runs the agent in every app container (an `[agent]` section of `iac.toml`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AgentConfig {
+    /// `--listen`; Envoy's inbound route points here.
+    pub listen: SocketAddr,
+    /// `--user`; `None` runs the entry as the image's USER.
+    pub user: Option<String>,
+    pub ring_lines: usize,
+    pub ring_bytes: usize,
+    pub max_line_bytes: usize,
+    /// `--grace` in whole seconds. Keep it below the engine's stop timeout (Docker: 10 s) or the
+    /// engine's SIGKILL of the agent wins and the exit code is lost.
+    pub grace_secs: u64,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN
+                .parse()
+                .expect("DEFAULT_LISTEN is a socket address"),
+            user: None,
+            ring_lines: DEFAULT_RING_LINES,
+            ring_bytes: DEFAULT_RING_BYTES,
+            max_line_bytes: DEFAULT_MAX_LINE_BYTES,
+            grace_secs: DEFAULT_GRACE_SECS,
+        }
+    }
+}
+
+impl AgentConfig {
+    /// The full command line (e.g. an image's exec-form ENTRYPOINT): `agent_path`, the options,
+    /// `--`, then `argv` untouched.
+    pub fn command_line(&self, agent_path: &str, argv: &[String]) -> Vec<String> {
+        let mut cmd = vec![
+            agent_path.to_owned(),
+            "--listen".into(),
+            self.listen.to_string(),
+        ];
+        if let Some(user) = &self.user {
+            cmd.extend(["--user".into(), user.clone()]);
+        }
+        cmd.extend([
+            "--ring-lines".into(),
+            self.ring_lines.to_string(),
+            "--ring-bytes".into(),
+            self.ring_bytes.to_string(),
+            "--max-line-bytes".into(),
+            self.max_line_bytes.to_string(),
+            "--grace".into(),
+            self.grace_secs.to_string(),
+            "--".into(),
+        ]);
+        cmd.extend(argv.iter().cloned());
+        cmd
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_trailing_argv() {
+        let cli =
+            Cli::try_parse_from(["iac-agent", "--", "python", "-u", "--x", "app.py"]).unwrap();
+        assert_eq!(cli.listen, DEFAULT_LISTEN.parse().unwrap());
+        assert_eq!(cli.argv, ["python", "-u", "--x", "app.py"]);
+        assert_eq!(cli.grace, Duration::from_secs(10));
+        assert_eq!(cli.ring_lines, 10_000);
+        assert!(cli.user.is_none());
+    }
+
+    #[test]
+    fn argv_is_required_after_double_dash() {
+        assert!(Cli::try_parse_from(["iac-agent"]).is_err());
+        assert!(Cli::try_parse_from(["iac-agent", "python"]).is_err());
+    }
+
+    #[test]
+    fn grace_accepts_seconds_and_durations() {
+        assert_eq!(parse_grace("0.5").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_grace("3").unwrap(), Duration::from_secs(3));
+        assert_eq!(parse_grace("1500ms").unwrap(), Duration::from_millis(1500));
+        let err = parse_grace("-1").unwrap_err();
+        assert!(err.contains("\"-1\""), "{err}");
+        assert!(parse_grace("soon").unwrap_err().contains("\"soon\""));
+    }
+
+    #[test]
+    fn config_command_line_round_trips_through_the_cli() {
+        let cfg = AgentConfig {
+            listen: "127.0.0.1:6000".parse().unwrap(),
+            user: Some("app:users".into()),
+            ring_lines: 5,
+            ring_bytes: 4096,
+            max_line_bytes: 100,
+            grace_secs: 3,
+        };
+        let argv = vec!["python".to_owned(), "--".to_owned(), "-m".to_owned()];
+        let cmd = cfg.command_line("/usr/local/bin/iac-agent", &argv);
+        assert_eq!(cmd[0], "/usr/local/bin/iac-agent");
+        let cli = Cli::try_parse_from(&cmd).unwrap();
+        assert_eq!(cli.listen, cfg.listen);
+        assert_eq!(cli.user, cfg.user);
+        assert_eq!(
+            (cli.ring_lines, cli.ring_bytes, cli.max_line_bytes),
+            (5, 4096, 100)
+        );
+        assert_eq!(cli.grace, Duration::from_secs(3));
+        assert_eq!(cli.argv, argv);
+    }
+
+    #[test]
+    fn config_deserializes_partially_with_defaults() {
+        let cfg: AgentConfig = serde_json::from_str(r#"{"user":"app","grace_secs":5}"#).unwrap();
+        assert_eq!(cfg.user.as_deref(), Some("app"));
+        assert_eq!(cfg.grace_secs, 5);
+        assert_eq!(cfg.listen, AgentConfig::default().listen);
+        assert_eq!(cfg.ring_lines, DEFAULT_RING_LINES);
+    }
+}

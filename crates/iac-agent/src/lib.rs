@@ -1,0 +1,52 @@
+//! `iac-agent`: the PID-1 supervisor inside every iac app container.
+//!
+//! It starts the entry argv (optionally as another user), forwards signals to it, reaps every
+//! zombie, tees the entry's stdout/stderr to its own (so `docker logs` works) and into a bounded
+//! ring buffer, and serves `iac.controlplane.v1.ControlPlane` (HealthCheck, StreamLogs; Deploy is
+//! UNIMPLEMENTED) as plaintext HTTP/2 on loopback, where the service's Envoy sidecar reaches it.
+//!
+//! Lifecycle and exit codes:
+//! * the agent keeps running after the entry exits by itself, reporting the exit in HealthCheck
+//!   (SERVING after exit 0, NOT_SERVING otherwise), until SIGTERM or SIGINT;
+//! * on SIGTERM/SIGINT it forwards the signal, waits up to `--grace`, SIGKILLs the entry if it is
+//!   still running, and exits with the entry's exit code (128+N after signal N, 127 when the
+//!   program was not found, 126 when it could not be executed);
+//! * SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 are only forwarded;
+//! * a following StreamLogs call ends when the client goes away or when the entry's stdout and
+//!   stderr have both closed (no line can arrive any more);
+//! * exit code 2 means the agent itself could not start (bad arguments, unknown `--user`, listen
+//!   address taken) and the entry was never run.
+//!
+//! The library exposes the pieces (and [`config::AgentConfig`] for the `iac` binary, which renders
+//! the agent's command line into images); `src/main.rs` is the thin executable.
+
+pub mod config;
+pub mod logbuf;
+pub mod service;
+pub mod state;
+pub mod supervisor;
+pub mod timefmt;
+pub mod user;
+
+pub use config::{AgentConfig, Cli};
+pub use supervisor::{Options, run};
+
+impl Options {
+    /// Validates the command line into run options (resolving `--user` against /etc/passwd).
+    pub fn from_cli(cli: Cli) -> Result<Self, String> {
+        let limits = cli.ring_limits()?;
+        let user = cli
+            .user
+            .as_deref()
+            .map(user::resolve_from_system)
+            .transpose()
+            .map_err(|e| e.to_string())?;
+        Ok(Self {
+            listen: cli.listen,
+            user,
+            limits,
+            grace: cli.grace,
+            argv: cli.argv,
+        })
+    }
+}

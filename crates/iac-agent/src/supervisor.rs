@@ -1,0 +1,527 @@
+//! The supervisor proper: spawns the child (dropping privileges), pumps its pipes into the tee and
+//! the ring buffer, reaps every child process on SIGCHLD, forwards signals, serves gRPC, and runs
+//! the SIGTERM/SIGINT shutdown (forward, grace period, SIGKILL, exit with the child's code).
+//!
+//! Lifecycle: after the child exits by itself the agent keeps running and serving HealthCheck
+//! (SERVING after exit 0, NOT_SERVING otherwise) and StreamLogs, until SIGTERM or SIGINT. That is
+//! what makes a crashed entry observable through the mesh instead of a vanished container.
+//!
+//! The agent reaps with `waitpid(-1, WNOHANG)`, so it must not use `tokio::process` (whose own
+//! reaper would race it): the child is spawned with `std::process` and never `wait`ed through it.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use iac_proto::ControlPlaneServer;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep_until, timeout};
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+
+use crate::logbuf::{LineSplitter, LogBuffer, LogEntry, RingLimits, StreamKind};
+use crate::service::AgentService;
+use crate::state::ChildState;
+use crate::user::ResolvedUser;
+
+/// How many live lines a follower may fall behind before it skips ahead.
+pub const FOLLOW_CAPACITY: usize = 1024;
+/// After the child is gone, how long to wait for its pipes to drain before exiting.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+const READ_CHUNK: usize = 32 * 1024;
+
+/// Exit code for a failure of the agent itself before the child runs (bad listen address...).
+pub const EXIT_SETUP_FAILED: i32 = 2;
+
+/// Everything `run` needs, already validated.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub listen: SocketAddr,
+    pub user: Option<ResolvedUser>,
+    pub limits: RingLimits,
+    pub grace: Duration,
+    pub argv: Vec<String>,
+}
+
+/// Logs one agent message on stderr (`docker logs` shows it next to the child's output). The line
+/// goes out in one `write` so it does not interleave with the child's stderr being teed (`eprintln!`
+/// writes piecewise).
+pub fn log(msg: impl std::fmt::Display) {
+    use std::io::Write;
+    let line = format!("iac-agent: {msg}\n");
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGINT => "SIGINT",
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGKILL => "SIGKILL",
+        _ => "signal",
+    }
+}
+
+/// Result of one pass of the reaping loop.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reaped {
+    /// The supervised child's final state, if it was among the reaped.
+    pub child: Option<ChildState>,
+    /// Other processes (orphans re-parented to the agent) reaped in this pass.
+    pub others: usize,
+}
+
+/// Collects every exited child: calls `wait` (a `waitpid(-1, WNOHANG)`) until it reports that no
+/// more are ready (`Ok(None)`) or that there are no children at all (`Err(ECHILD)`); `EINTR` is
+/// retried. The supervised child's status is recorded; everybody else is just reaped.
+pub fn reap_all(
+    child_pid: Option<i32>,
+    mut wait: impl FnMut() -> io::Result<Option<(i32, i32)>>,
+) -> Reaped {
+    let mut reaped = Reaped::default();
+    loop {
+        match wait() {
+            Ok(Some((pid, status))) => {
+                if Some(pid) == child_pid {
+                    // A stop/continue report is not an exit; keep looking.
+                    if let Some(state) = ChildState::from_wait_status(status) {
+                        reaped.child = Some(state);
+                    }
+                } else {
+                    reaped.others += 1;
+                }
+            }
+            Ok(None) => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                if e.raw_os_error() != Some(libc::ECHILD) {
+                    log(format!("waitpid failed: {e}"));
+                }
+                break;
+            }
+        }
+    }
+    reaped
+}
+
+/// `waitpid(-1, &status, WNOHANG)` as `Ok(None)` (nothing ready), `Ok(Some((pid, status)))`, or the
+/// OS error.
+fn waitpid_any() -> io::Result<Option<(i32, i32)>> {
+    let mut status = 0;
+    // SAFETY: plain syscall with a valid out-pointer.
+    let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+    match pid {
+        0 => Ok(None),
+        p if p > 0 => Ok(Some((p, status))),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
+fn send_signal(pid: i32, sig: i32) {
+    // SAFETY: kill(2) on a pid we spawned and have not reaped yet (callers check the state).
+    if unsafe { libc::kill(pid, sig) } != 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::ESRCH) {
+            log(format!(
+                "cannot send {} to pid {pid}: {err}",
+                signal_name(sig)
+            ));
+        }
+    }
+}
+
+/// When the agent is not PID 1 (tests, `docker run --init`, running it by hand), orphans of the
+/// child would re-parent to some other process; make them re-parent to the agent instead so it
+/// reaps them exactly as it would as PID 1.
+fn become_subreaper() {
+    if std::process::id() == 1 {
+        return;
+    }
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        log(format!(
+            "cannot become a child subreaper: {}",
+            io::Error::last_os_error()
+        ));
+    }
+}
+
+/// Starts `argv` with stdin inherited and stdout/stderr piped, as `user` when given.
+fn spawn_child(argv: &[String], user: Option<&ResolvedUser>) -> io::Result<std::process::Child> {
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .stdin(Stdio::inherit())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(u) = user {
+        if let Some(name) = &u.name {
+            cmd.env("USER", name).env("LOGNAME", name);
+        }
+        // Docker derives HOME from the container's user (root: /root); follow the dropped user's,
+        // unless HOME was set to something specific.
+        if let Some(home) = &u.home {
+            let inherited = std::env::var_os("HOME");
+            if inherited.is_none() || inherited.as_deref() == Some("/root".as_ref()) {
+                cmd.env("HOME", home);
+            }
+        }
+        let groups: Vec<libc::gid_t> = u.groups.clone();
+        let (uid, gid) = (u.uid, u.gid);
+        // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
+        // syscalls; `groups` was allocated before the fork. Order matters: groups and gid while
+        // still privileged, uid last.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                    || libc::setgid(gid) != 0
+                    || libc::setuid(uid) != 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    cmd.spawn()
+}
+
+/// Copies one of the child's pipes to the agent's own stdout/stderr and into the ring buffer.
+async fn pump(
+    mut pipe: impl AsyncRead + Unpin,
+    mut tee: impl AsyncWrite + Unpin,
+    kind: StreamKind,
+    logs: Arc<LogBuffer>,
+    max_line_bytes: usize,
+) {
+    let mut splitter = LineSplitter::new(max_line_bytes);
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut lines = Vec::new();
+    let mut tee_ok = true;
+    loop {
+        let n = match pipe.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                log(format!("reading the child's {}: {e}", kind.as_str()));
+                break;
+            }
+        };
+        if tee_ok {
+            let written = async {
+                tee.write_all(&buf[..n]).await?;
+                tee.flush().await
+            };
+            if let Err(e) = written.await {
+                log(format!(
+                    "cannot copy the child's {0} to the agent's {0} ({e}); still buffering it",
+                    kind.as_str()
+                ));
+                tee_ok = false;
+            }
+        }
+        splitter.feed(&buf[..n], &mut lines);
+        let now = SystemTime::now();
+        for msg in lines.drain(..) {
+            logs.push(LogEntry {
+                ts: now,
+                stream: kind,
+                msg,
+            });
+        }
+    }
+    if let Some(msg) = splitter.finish() {
+        logs.push(LogEntry {
+            ts: SystemTime::now(),
+            stream: kind,
+            msg,
+        });
+    }
+    logs.producer_finished();
+}
+
+fn start_pump(
+    fd: OwnedFd,
+    kind: StreamKind,
+    logs: &Arc<LogBuffer>,
+    max_line_bytes: usize,
+) -> Option<JoinHandle<()>> {
+    match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
+        Ok(rx) => {
+            let logs = Arc::clone(logs);
+            Some(match kind {
+                StreamKind::Stdout => {
+                    tokio::spawn(pump(rx, tokio::io::stdout(), kind, logs, max_line_bytes))
+                }
+                StreamKind::Stderr => {
+                    tokio::spawn(pump(rx, tokio::io::stderr(), kind, logs, max_line_bytes))
+                }
+            })
+        }
+        Err(e) => {
+            log(format!(
+                "cannot read the child's {}: {e}; its output is lost",
+                kind.as_str()
+            ));
+            logs.producer_finished();
+            None
+        }
+    }
+}
+
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+    quit: Signal,
+    usr1: Signal,
+    usr2: Signal,
+    chld: Signal,
+}
+
+impl Signals {
+    fn register() -> io::Result<Self> {
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+            quit: signal(SignalKind::quit())?,
+            usr1: signal(SignalKind::user_defined1())?,
+            usr2: signal(SignalKind::user_defined2())?,
+            chld: signal(SignalKind::child())?,
+        })
+    }
+}
+
+/// Runs the agent to completion and returns the process exit code. Must run inside a Tokio
+/// runtime with IO and time enabled.
+pub async fn run(opts: Options) -> i32 {
+    // Before spawning, so no SIGCHLD or early SIGTERM is missed.
+    let mut sig = match Signals::register() {
+        Ok(s) => s,
+        Err(e) => {
+            log(format!("cannot install signal handlers: {e}"));
+            return EXIT_SETUP_FAILED;
+        }
+    };
+    become_subreaper();
+
+    let listener = match TcpListener::bind(opts.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            log(format!(
+                "cannot listen on {} ({e}); expected a free local address such as {}",
+                opts.listen,
+                crate::config::DEFAULT_LISTEN
+            ));
+            return EXIT_SETUP_FAILED;
+        }
+    };
+    match listener.local_addr() {
+        Ok(addr) => log(format!("listening on {addr}")),
+        Err(e) => log(format!("listening (address unknown: {e})")),
+    }
+
+    let logs = Arc::new(LogBuffer::new(opts.limits, 2, FOLLOW_CAPACITY));
+    let (state_tx, state_rx) = watch::channel(ChildState::Starting);
+    let mut pumps = Vec::new();
+    match spawn_child(&opts.argv, opts.user.as_ref()) {
+        Ok(mut child) => {
+            let pid = i32::try_from(child.id()).expect("pids fit in i32");
+            state_tx.send_replace(ChildState::Running { pid });
+            let as_user = opts
+                .user
+                .as_ref()
+                .map(|u| format!(" as uid {} gid {}", u.uid, u.gid))
+                .unwrap_or_default();
+            log(format!("started pid {pid}{as_user}: {:?}", opts.argv));
+            let max = opts.limits.max_line_bytes;
+            let out = child.stdout.take().map(OwnedFd::from);
+            let err = child.stderr.take().map(OwnedFd::from);
+            for (fd, kind) in [(out, StreamKind::Stdout), (err, StreamKind::Stderr)] {
+                match fd {
+                    Some(fd) => pumps.extend(start_pump(fd, kind, &logs, max)),
+                    None => logs.producer_finished(),
+                }
+            }
+            // `child` is dropped without waiting: reap_all owns reaping.
+        }
+        Err(e) => {
+            let state = ChildState::spawn_failed(&opts.argv[0], &e);
+            log(state.detail());
+            state_tx.send_replace(state);
+            logs.producer_finished();
+            logs.producer_finished();
+        }
+    }
+
+    let service = ControlPlaneServer::new(AgentService::new(state_rx, Arc::clone(&logs)));
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    tokio::spawn(async move {
+        let served = Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_service(service)
+            .serve_with_incoming(incoming)
+            .await;
+        if let Err(e) = served {
+            log(format!("gRPC server stopped: {e}"));
+        }
+    });
+
+    supervise(&mut sig, &state_tx, opts.grace).await;
+
+    // Let the pipes drain so the last lines reach `docker logs`, unless an orphan keeps them open.
+    let drained = timeout(DRAIN_TIMEOUT, async {
+        for p in pumps {
+            let _ = p.await;
+        }
+    })
+    .await;
+    if drained.is_err() {
+        log("the child's output is still open (held by another process); exiting anyway");
+    }
+    let state = state_tx.borrow().clone();
+    let code = state.exit_code().unwrap_or(EXIT_SETUP_FAILED);
+    log(format!("exiting with code {code} ({})", state.detail()));
+    code
+}
+
+/// What woke the signal loop.
+enum Event {
+    ChildSignal,
+    Stop(i32),
+    Forward(i32),
+    GraceOver,
+}
+
+/// The signal loop: reaps on SIGCHLD, forwards signals, and returns once a stop was requested
+/// (SIGTERM/SIGINT) and the child is gone.
+async fn supervise(sig: &mut Signals, state_tx: &watch::Sender<ChildState>, grace: Duration) {
+    let child_pid = state_tx.borrow().pid();
+    let reap = || {
+        let reaped = reap_all(child_pid, waitpid_any);
+        if let Some(state) = reaped.child {
+            log(format!("child {}", state.detail()));
+            state_tx.send_replace(state);
+        }
+    };
+    // The child may have died before the SIGCHLD handler could notice anything.
+    reap();
+    let mut stop_requested = false;
+    let mut kill_at: Option<Instant> = None;
+    loop {
+        let running = state_tx.borrow().pid();
+        if stop_requested && running.is_none() {
+            return;
+        }
+        let event = tokio::select! {
+            _ = sig.chld.recv() => Event::ChildSignal,
+            _ = sig.term.recv() => Event::Stop(libc::SIGTERM),
+            _ = sig.int.recv() => Event::Stop(libc::SIGINT),
+            _ = sig.hup.recv() => Event::Forward(libc::SIGHUP),
+            _ = sig.quit.recv() => Event::Forward(libc::SIGQUIT),
+            _ = sig.usr1.recv() => Event::Forward(libc::SIGUSR1),
+            _ = sig.usr2.recv() => Event::Forward(libc::SIGUSR2),
+            () = sleep_until(kill_at.unwrap_or_else(Instant::now)), if kill_at.is_some() => {
+                Event::GraceOver
+            }
+        };
+        match (event, running) {
+            (Event::ChildSignal, _) => reap(),
+            (Event::Stop(signo), Some(pid)) => {
+                stop_requested = true;
+                log(format!(
+                    "received {}, forwarding it to pid {pid}",
+                    signal_name(signo)
+                ));
+                send_signal(pid, signo);
+                kill_at.get_or_insert_with(|| Instant::now() + grace);
+            }
+            (Event::Stop(signo), None) => {
+                stop_requested = true;
+                log(format!("received {}, stopping", signal_name(signo)));
+            }
+            (Event::Forward(signo), Some(pid)) => send_signal(pid, signo),
+            (Event::Forward(signo), None) => log(format!(
+                "received {}, but the child is not running",
+                signal_name(signo)
+            )),
+            (Event::GraceOver, pid) => {
+                kill_at = None;
+                if let Some(pid) = pid {
+                    log(format!(
+                        "pid {pid} still running {:.1}s after the stop signal, sending SIGKILL",
+                        grace.as_secs_f64()
+                    ));
+                    send_signal(pid, libc::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake_waits(
+        script: Vec<io::Result<Option<(i32, i32)>>>,
+    ) -> impl FnMut() -> io::Result<Option<(i32, i32)>> {
+        let mut it = script.into_iter();
+        move || {
+            it.next()
+                .expect("reap_all called wait after it should have stopped")
+        }
+    }
+
+    #[test]
+    fn reaps_orphans_and_records_the_child() {
+        let reaped = reap_all(
+            Some(7),
+            fake_waits(vec![
+                Ok(Some((50, 0))),
+                Ok(Some((7, 3 << 8))),
+                Ok(Some((51, libc::SIGKILL))),
+                Ok(None),
+            ]),
+        );
+        assert_eq!(
+            reaped,
+            Reaped {
+                child: Some(ChildState::Exited { code: 3 }),
+                others: 2
+            }
+        );
+    }
+
+    #[test]
+    fn stops_on_echild_and_retries_eintr() {
+        let reaped = reap_all(
+            Some(7),
+            fake_waits(vec![
+                Err(io::Error::from_raw_os_error(libc::EINTR)),
+                Ok(Some((7, libc::SIGTERM))),
+                Err(io::Error::from_raw_os_error(libc::ECHILD)),
+            ]),
+        );
+        assert_eq!(reaped.child, Some(ChildState::Signaled { signal: 15 }));
+        assert_eq!(reaped.others, 0);
+    }
+
+    #[test]
+    fn nothing_ready_reaps_nothing() {
+        let reaped = reap_all(None, fake_waits(vec![Ok(None)]));
+        assert_eq!(reaped, Reaped::default());
+    }
+}
