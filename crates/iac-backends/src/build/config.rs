@@ -1,0 +1,195 @@
+//! [`ImageConfig`]: everything the Docker image builder is configured with (the `[images]` /
+//! `[build]` section of `iac.toml`), with the defaults `make bootstrap` prepares for.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Configuration of [`super::DockerImageBuilder`].
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ImageConfig {
+    /// Base image of every app image when the engine has it (`python:3.11-slim`).
+    pub base_image: String,
+    /// Used instead when `base_image` is absent; `make bootstrap` builds it on engines that cannot
+    /// pull (`iac/python:3.11-bookworm`).
+    pub offline_base_image: String,
+    /// The static `iac-agent` copied to `/usr/local/bin` of every image. Default: `iac-agent` next
+    /// to the running executable.
+    pub agent_binary: Option<PathBuf>,
+    /// Wheels of the OpenTelemetry SDK for offline installs. Default:
+    /// `$XDG_CACHE_HOME/iac/wheelhouse` (else `~/.cache/iac/wheelhouse`).
+    pub wheelhouse: Option<PathBuf>,
+    /// A directory holding an `app.Dockerfile.tmpl` that replaces the built-in template.
+    pub template_dir: Option<PathBuf>,
+    /// Repository prefix of built images: `<prefix>/<project>-<service>:<key>`.
+    pub tag_prefix: String,
+    /// Bake the OpenTelemetry SDK into Python images.
+    pub otel: bool,
+    /// What is installed from the wheelhouse when `otel` is on.
+    pub otel_packages: Vec<String>,
+    /// Run Python entries under `opentelemetry-instrument` (SDK configured from `OTEL_*`).
+    pub otel_instrument: bool,
+    /// How to run pip on the host (which reaches PyPI when the build container may not).
+    pub pip: Vec<String>,
+    /// Extra arguments for every host pip call, e.g. `["--index-url", "https://mirror/simple"]` or
+    /// `["--no-index", "--find-links", "/srv/wheels"]`. URL credentials are redacted when printed.
+    #[serde(serialize_with = "redacted_args::serialize")]
+    pub pip_args: Vec<String>,
+    /// Cache of the apps' dependency wheels, keyed by their requirements. Default:
+    /// `$XDG_CACHE_HOME/iac/app-wheels`.
+    pub app_wheel_cache: Option<PathBuf>,
+    /// Extra labels on every image and on every build step after the shared layers (tests put
+    /// `iac.test=<id>` here so everything they create can be removed by label).
+    pub labels: BTreeMap<String, String>,
+    /// uid/gid of the non-root `app` user the agent runs the entry as.
+    pub app_uid: u32,
+}
+
+impl Default for ImageConfig {
+    fn default() -> Self {
+        ImageConfig {
+            base_image: "python:3.11-slim".into(),
+            offline_base_image: "iac/python:3.11-bookworm".into(),
+            agent_binary: None,
+            wheelhouse: None,
+            template_dir: None,
+            tag_prefix: "iac".into(),
+            otel: true,
+            otel_packages: vec![
+                "opentelemetry-distro".into(),
+                "opentelemetry-exporter-otlp".into(),
+            ],
+            otel_instrument: true,
+            pip: vec!["python3".into(), "-m".into(), "pip".into()],
+            pip_args: Vec::new(),
+            app_wheel_cache: None,
+            labels: BTreeMap::new(),
+            app_uid: 10001,
+        }
+    }
+}
+
+impl ImageConfig {
+    /// The agent binary to copy into images: configured, else `iac-agent` beside the running
+    /// executable.
+    pub fn agent_binary_path(&self) -> PathBuf {
+        if let Some(p) = &self.agent_binary {
+            return p.clone();
+        }
+        std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|d| d.join("iac-agent")))
+            .unwrap_or_else(|| PathBuf::from("iac-agent"))
+    }
+
+    /// The OpenTelemetry wheelhouse directory (configured or the bootstrap default).
+    pub fn wheelhouse_path(&self) -> PathBuf {
+        self.wheelhouse
+            .clone()
+            .unwrap_or_else(|| cache_dir().join("wheelhouse"))
+    }
+
+    /// Where host-downloaded app dependency wheels are cached.
+    pub fn app_wheel_cache_path(&self) -> PathBuf {
+        self.app_wheel_cache
+            .clone()
+            .unwrap_or_else(|| cache_dir().join("app-wheels"))
+    }
+
+    /// `pip_args` with any `user:password@` in URLs replaced by `***@`.
+    pub fn pip_args_redacted(&self) -> Vec<String> {
+        self.pip_args
+            .iter()
+            .map(|a| redact_url_credentials(a))
+            .collect()
+    }
+}
+
+fn cache_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from(".cache"));
+    base.join("iac")
+}
+
+/// Replaces the userinfo of a URL (`scheme://user:pass@host`) with `***`.
+pub(crate) fn redact_url_credentials(s: &str) -> String {
+    let Some(scheme_end) = s.find("://") else {
+        return s.to_string();
+    };
+    let rest = &s[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{}://***@{}", &s[..scheme_end], &rest[at + 1..]),
+        None => s.to_string(),
+    }
+}
+
+impl std::fmt::Debug for ImageConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImageConfig")
+            .field("base_image", &self.base_image)
+            .field("offline_base_image", &self.offline_base_image)
+            .field("agent_binary", &self.agent_binary)
+            .field("wheelhouse", &self.wheelhouse)
+            .field("template_dir", &self.template_dir)
+            .field("tag_prefix", &self.tag_prefix)
+            .field("otel", &self.otel)
+            .field("otel_packages", &self.otel_packages)
+            .field("otel_instrument", &self.otel_instrument)
+            .field("pip", &self.pip)
+            .field("pip_args", &self.pip_args_redacted())
+            .field("app_wheel_cache", &self.app_wheel_cache)
+            .field("labels", &self.labels)
+            .field("app_uid", &self.app_uid)
+            .finish()
+    }
+}
+
+/// Serializes `pip_args` redacted: configs are printed (`iac config`), index credentials must not be.
+pub(crate) mod redacted_args {
+    pub fn serialize<S: serde::Serializer>(args: &[String], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(args.iter().map(|a| super::redact_url_credentials(a)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_in_pip_args_are_redacted_when_printed() {
+        let cfg = ImageConfig {
+            pip_args: vec![
+                "--index-url".into(),
+                "https://bob:s3cret@pypi.example/simple".into(),
+            ],
+            ..ImageConfig::default()
+        };
+        let dbg = format!("{cfg:?}");
+        assert!(!dbg.contains("s3cret"), "{dbg}");
+        assert!(dbg.contains("https://***@pypi.example/simple"), "{dbg}");
+        let json = serde_json::to_string(&cfg).unwrap();
+        assert!(!json.contains("s3cret"), "{json}");
+        assert_eq!(
+            redact_url_credentials("https://pypi.org/simple"),
+            "https://pypi.org/simple"
+        );
+        assert_eq!(redact_url_credentials("--no-index"), "--no-index");
+    }
+
+    #[test]
+    fn defaults_match_bootstrap_and_partial_configs_fill_in() {
+        let cfg: ImageConfig =
+            serde_json::from_str(r#"{"base_image": "python:3.12-slim"}"#).unwrap();
+        assert_eq!(cfg.base_image, "python:3.12-slim");
+        assert_eq!(cfg.offline_base_image, "iac/python:3.11-bookworm");
+        assert_eq!(cfg.tag_prefix, "iac");
+        assert!(cfg.otel && cfg.otel_instrument);
+        assert!(cfg.wheelhouse_path().ends_with("iac/wheelhouse"));
+    }
+}

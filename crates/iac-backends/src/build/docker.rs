@@ -1,0 +1,413 @@
+//! [`DockerImageBuilder`]: the default [`ImageBuilder`], over the Docker engine API (bollard).
+//!
+//! `planned()` is pure (files only, no engine): it renders the Dockerfile and derives the build key
+//! and tag. `build()` reuses an image whose `iac.build-key` label matches; otherwise it resolves the
+//! base image (configured → offline equivalent → error naming `make bootstrap`), downloads the app's
+//! dependency wheels on the host, assembles the context tar and streams the engine's build output
+//! as [`Stage::Build`] events.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use bollard::Docker;
+use bollard::query_parameters::{
+    BuildImageOptionsBuilder, ListImagesOptionsBuilder, TagImageOptionsBuilder,
+};
+use futures::StreamExt;
+
+use iac_core::{BuildError, BuildSpec, Events, ImageBuilder, ImageRef, Language, Stage};
+
+use super::config::ImageConfig;
+use super::context::{ContextInputs, agent_error, build_context, elf_interpreter};
+use super::dockerfile::{
+    APP_DOCKERFILE_NAME, APP_DOCKERFILE_TEMPLATE, BASE_IMAGE_ARG, DockerfileInputs,
+    render_dockerfile,
+};
+use super::key::{FileDigests, build_key, image_tag, wheel_listing};
+use super::wheels::{AppDeps, HostPip, tail};
+
+/// Label holding the build key on every image this builder makes.
+pub const LABEL_BUILD_KEY: &str = "iac.build-key";
+/// Label naming the base image a build actually used.
+pub const LABEL_BASE_IMAGE: &str = "iac.base-image";
+
+/// Builds app images on a Docker engine. Cheap to share (`Arc`); builds run concurrently.
+pub struct DockerImageBuilder {
+    docker: Docker,
+    config: ImageConfig,
+    template: String,
+    digests: FileDigests,
+}
+
+/// Everything `planned()` derives, reused by `build()`.
+struct Plan {
+    image: ImageRef,
+    dockerfile: String,
+    deps: AppDeps,
+    otel_wheels: Option<PathBuf>,
+    agent: PathBuf,
+}
+
+impl DockerImageBuilder {
+    /// Connects to the engine from the environment (`DOCKER_HOST`, else the local socket) and
+    /// negotiates the API version.
+    pub async fn connect(config: ImageConfig) -> Result<Self, BuildError> {
+        let docker = Docker::connect_with_defaults()
+            .map_err(|e| BuildError::Engine(format!("cannot connect to the Docker engine: {e}")))?
+            .negotiate_version()
+            .await
+            .map_err(|e| {
+                BuildError::Engine(format!(
+                    "cannot reach the Docker engine (is dockerd running?): {e}"
+                ))
+            })?;
+        Self::with_docker(docker, config)
+    }
+
+    /// Uses an existing client. Reads the template override now, so a bad `template_dir` fails early.
+    pub fn with_docker(docker: Docker, config: ImageConfig) -> Result<Self, BuildError> {
+        let template = match &config.template_dir {
+            Some(dir) => {
+                let p = dir.join(APP_DOCKERFILE_NAME);
+                std::fs::read_to_string(&p).map_err(|e| BuildError::Template {
+                    name: p.display().to_string(),
+                    message: format!("cannot read the template override: {e}; expected {APP_DOCKERFILE_NAME} in images.template_dir"),
+                })?
+            }
+            None => APP_DOCKERFILE_TEMPLATE.to_string(),
+        };
+        Ok(DockerImageBuilder {
+            docker,
+            config,
+            template,
+            digests: FileDigests::default(),
+        })
+    }
+
+    pub fn config(&self) -> &ImageConfig {
+        &self.config
+    }
+
+    /// The Dockerfile a spec renders to (what `iac inspect` can show).
+    pub fn dockerfile(&self, spec: &BuildSpec) -> Result<String, BuildError> {
+        Ok(self.plan(spec)?.dockerfile)
+    }
+
+    fn plan(&self, spec: &BuildSpec) -> Result<Plan, BuildError> {
+        let python = spec.entry.language == Language::Python;
+        let deps = if python {
+            AppDeps::detect(&spec.source.dir)?
+        } else {
+            AppDeps {
+                requirements: None,
+                package: false,
+            }
+        };
+        let inputs = DockerfileInputs::new(spec, &self.config, deps.needed())?;
+        let dockerfile = render_dockerfile(&self.template, &inputs)?;
+        let agent = self.config.agent_binary_path();
+        let agent_digest = self
+            .digests
+            .digest(&agent)
+            .map_err(|e| agent_error(&agent, e))?;
+        let (otel_wheels, listing) = if inputs.otel {
+            let dir = self.config.wheelhouse_path();
+            let listing = wheel_listing(&dir)?;
+            (Some(dir), listing)
+        } else {
+            (None, Vec::new())
+        };
+        let key = build_key(&spec.source.digest, &dockerfile, &agent_digest, &listing);
+        let tag = image_tag(
+            &self.config.tag_prefix,
+            spec.project.as_str(),
+            spec.service.as_str(),
+            &key,
+        );
+        Ok(Plan {
+            image: ImageRef {
+                id: String::new(),
+                tag,
+                key,
+                reused: false,
+            },
+            dockerfile,
+            deps,
+            otel_wheels,
+            agent,
+        })
+    }
+
+    /// An image already built with this key: by tag first, else by label (then re-tagged).
+    async fn existing(&self, tag: &str, key: &str) -> Result<Option<String>, BuildError> {
+        match self.docker.inspect_image(tag).await {
+            Ok(img) => {
+                let labels = img.config.and_then(|c| c.labels).unwrap_or_default();
+                if labels.get(LABEL_BUILD_KEY).map(String::as_str) == Some(key) {
+                    return Ok(img.id);
+                }
+            }
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(BuildError::Engine(format!("inspecting image {tag}: {e}"))),
+        }
+        let filters = HashMap::from([("label", vec![format!("{LABEL_BUILD_KEY}={key}")])]);
+        let found = self
+            .docker
+            .list_images(Some(
+                ListImagesOptionsBuilder::new().filters(&filters).build(),
+            ))
+            .await
+            .map_err(|e| {
+                BuildError::Engine(format!("listing images with {LABEL_BUILD_KEY}={key}: {e}"))
+            })?;
+        let Some(img) = found.into_iter().next() else {
+            return Ok(None);
+        };
+        let (repo, t) = tag.rsplit_once(':').expect("image tags have a ':'");
+        self.docker
+            .tag_image(
+                &img.id,
+                Some(TagImageOptionsBuilder::new().repo(repo).tag(t).build()),
+            )
+            .await
+            .map_err(|e| BuildError::Engine(format!("tagging {} as {tag}: {e}", img.id)))?;
+        Ok(Some(img.id))
+    }
+
+    /// The configured base image if the engine has it, else the offline equivalent.
+    async fn resolve_base(&self, service: &str, events: &Events) -> Result<String, BuildError> {
+        let (configured, offline) = (&self.config.base_image, &self.config.offline_base_image);
+        if self.image_present(configured).await? {
+            return Ok(configured.clone());
+        }
+        if !offline.is_empty() && offline != configured && self.image_present(offline).await? {
+            events.info(
+                Stage::Build,
+                format!("base image {configured} is not on this engine; using its offline equivalent {offline}"),
+            );
+            return Ok(offline.clone());
+        }
+        Err(BuildError::Build {
+            service: service.to_string(),
+            message: format!(
+                "base image {configured} is not on this Docker engine{}; run `make bootstrap` (scripts/bootstrap-images.sh) to pull it or build the offline equivalent",
+                if offline.is_empty() {
+                    String::new()
+                } else {
+                    format!(", nor is its offline equivalent {offline}")
+                }
+            ),
+        })
+    }
+
+    async fn image_present(&self, name: &str) -> Result<bool, BuildError> {
+        match self.docker.inspect_image(name).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(BuildError::Engine(format!("inspecting image {name}: {e}"))),
+        }
+    }
+}
+
+#[async_trait]
+impl ImageBuilder for DockerImageBuilder {
+    fn planned(&self, spec: &BuildSpec) -> Result<ImageRef, BuildError> {
+        Ok(self.plan(spec)?.image)
+    }
+
+    async fn build(&self, spec: &BuildSpec, events: &Events) -> Result<ImageRef, BuildError> {
+        let events = events.for_service(&spec.service);
+        let service = spec.service.as_str();
+        let started = Instant::now();
+        let plan = self.plan(spec)?;
+        let mut image = plan.image;
+        if let Some(id) = self.existing(&image.tag, &image.key).await? {
+            events.info(
+                Stage::Build,
+                format!(
+                    "reusing {} (build key {} unchanged)",
+                    image.tag,
+                    &image.key[7..19]
+                ),
+            );
+            return Ok(ImageRef {
+                id,
+                reused: true,
+                ..image
+            });
+        }
+        let base = self.resolve_base(service, &events).await?;
+
+        if let Ok(bytes) = std::fs::read(&plan.agent)
+            && let Some(interp) = elf_interpreter(&bytes)
+        {
+            events.warn(
+                Stage::Build,
+                format!(
+                    "agent binary {} is dynamically linked ({interp}); it may not start on {base}. Build it static with scripts/build-agent.sh",
+                    plan.agent.display()
+                ),
+            );
+        }
+
+        let app_wheels = if plan.deps.needed() {
+            let pip = HostPip {
+                command: self.config.pip.clone(),
+                args: self.config.pip_args.clone(),
+                find_links: plan
+                    .otel_wheels
+                    .iter()
+                    .cloned()
+                    .chain([self.config.wheelhouse_path()])
+                    .collect(),
+                cache_dir: self.config.app_wheel_cache_path(),
+            };
+            Some(
+                pip.prepare(
+                    service,
+                    &spec.source.dir,
+                    &spec.source.digest,
+                    &plan.deps,
+                    &events,
+                )
+                .await?,
+            )
+        } else {
+            None
+        };
+
+        let t = Instant::now();
+        let ctx = {
+            let dockerfile = plan.dockerfile.clone();
+            let source_dir = spec.source.dir.clone();
+            let agent = plan.agent.clone();
+            let otel = plan.otel_wheels.clone();
+            let app = app_wheels.clone();
+            tokio::task::spawn_blocking(move || {
+                build_context(&ContextInputs {
+                    dockerfile: &dockerfile,
+                    source_dir: &source_dir,
+                    agent_binary: &agent,
+                    otel_wheels: otel.as_deref(),
+                    app_wheels: app.as_deref(),
+                })
+            })
+            .await
+            .map_err(|e| BuildError::Context(format!("context task failed: {e}")))??
+        };
+        for skipped in &ctx.skipped {
+            events.warn(
+                Stage::Build,
+                format!(
+                    "left out of the image (not a file, dir or link): {}",
+                    skipped.display()
+                ),
+            );
+        }
+        events.info(
+            Stage::Build,
+            format!(
+                "building {} from {base}: context {} files, {:.1} MB ({:.1?})",
+                image.tag,
+                ctx.files,
+                ctx.tar.len() as f64 / 1e6,
+                t.elapsed()
+            ),
+        );
+
+        let mut labels: HashMap<String, String> = self.config.labels.clone().into_iter().collect();
+        labels.insert(LABEL_BUILD_KEY.into(), image.key.clone());
+        labels.insert(LABEL_BASE_IMAGE.into(), base.clone());
+        let buildargs = HashMap::from([(BASE_IMAGE_ARG.to_string(), base.clone())]);
+        let opts = BuildImageOptionsBuilder::new()
+            .dockerfile("Dockerfile")
+            .t(&image.tag)
+            .labels(&labels)
+            .buildargs(&buildargs)
+            .rm(true)
+            .forcerm(true)
+            .build();
+        let mut stream =
+            self.docker
+                .build_image(opts, None, Some(bollard::body_full(ctx.tar.into())));
+        let mut output = String::new();
+        let mut built_id = None;
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(info) => {
+                    if let Some(text) = info.stream.as_deref().or(info.status.as_deref()) {
+                        for line in text
+                            .lines()
+                            .map(str::trim_end)
+                            .filter(|l| !l.trim().is_empty())
+                        {
+                            output.push_str(line);
+                            output.push('\n');
+                            if line.starts_with("Step ") {
+                                events.info(Stage::Build, line.to_string());
+                            } else {
+                                events.debug(Stage::Build, line.to_string());
+                            }
+                        }
+                    }
+                    if let Some(id) = info.aux.and_then(|a| a.id) {
+                        built_id = Some(id);
+                    }
+                }
+                Err(e) => {
+                    let message = match e {
+                        bollard::errors::Error::DockerStreamError { error } => error,
+                        other => other.to_string(),
+                    };
+                    let out = tail(&output, 20);
+                    events.error(
+                        Stage::Build,
+                        format!("build of {} failed: {message}", image.tag),
+                    );
+                    return Err(BuildError::Build {
+                        service: service.to_string(),
+                        message: if out.is_empty() {
+                            format!("docker build of {}: {message}", image.tag)
+                        } else {
+                            format!(
+                                "docker build of {}: {message}\nlast build output:\n{out}",
+                                image.tag
+                            )
+                        },
+                    });
+                }
+            }
+        }
+        let id = match built_id {
+            Some(id) => id,
+            None => self
+                .docker
+                .inspect_image(&image.tag)
+                .await
+                .map_err(|e| BuildError::Build {
+                    service: service.to_string(),
+                    message: format!("the build reported success but {} is not there: {e}\nlast build output:\n{}", image.tag, tail(&output, 20)),
+                })?
+                .id
+                .unwrap_or_default(),
+        };
+        events.info(
+            Stage::Build,
+            format!("built {} in {:.1?}", image.tag, started.elapsed()),
+        );
+        image.id = id;
+        Ok(image)
+    }
+}
+
+fn is_not_found(e: &bollard::errors::Error) -> bool {
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}

@@ -1,0 +1,284 @@
+//! The app Dockerfile: [`DockerfileInputs`] (everything the template sees, derived from a
+//! [`BuildSpec`] and the [`ImageConfig`]) and [`render_dockerfile`], a pure function over the
+//! template text `infra/templates/app.Dockerfile.tmpl` (embedded; a `template_dir` can replace it).
+
+use minijinja::syntax::SyntaxConfig;
+use minijinja::{Environment, UndefinedBehavior, Value};
+use serde::Serialize;
+
+use iac_core::{BuildError, BuildSpec, Language};
+
+use super::config::ImageConfig;
+
+/// The built-in template, embedded at compile time.
+pub const APP_DOCKERFILE_TEMPLATE: &str =
+    include_str!("../../../../infra/templates/app.Dockerfile.tmpl");
+/// File name of the template, in `infra/templates/` or a configured `template_dir`.
+pub const APP_DOCKERFILE_NAME: &str = "app.Dockerfile.tmpl";
+/// Where the agent listens inside the container (plaintext h2, loopback only: Envoy terminates TLS).
+pub const AGENT_LISTEN: &str = "127.0.0.1:50051";
+/// Build argument carrying the resolved base image.
+pub const BASE_IMAGE_ARG: &str = "IAC_BASE_IMAGE";
+
+/// A `KEY=value` pair for the template.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: String,
+}
+
+/// Everything the template is rendered from. Build it with [`DockerfileInputs::new`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DockerfileInputs {
+    pub project: String,
+    pub service: String,
+    /// `python` or `binary`.
+    pub language: &'static str,
+    pub entry_rule: String,
+    /// The entry argv as a JSON array (the `iac.entry` label).
+    pub entry_json: String,
+    /// The configured base image: the default of the `IAC_BASE_IMAGE` build argument.
+    pub base_image: String,
+    pub source_digest: String,
+    pub uid: u32,
+    /// Install the OpenTelemetry SDK from `wheels/otel/` (Python only).
+    pub otel: bool,
+    pub otel_packages: Vec<String>,
+    /// `wheels/app/` holds the app's dependency wheels (Python with requirements or a package).
+    pub app_wheels: bool,
+    pub port: Option<u16>,
+    /// Extra image labels (sorted).
+    pub labels: Vec<KeyValue>,
+    /// Environment from the repos file (sorted).
+    pub env: Vec<KeyValue>,
+    /// The exec-form `CMD` as a JSON array: `iac-agent … -- <argv>`.
+    pub cmd_json: String,
+}
+
+impl DockerfileInputs {
+    /// Derives the template inputs. `app_wheels` says whether the context will carry the app's
+    /// dependency wheels (see [`super::wheels::AppDeps`]). Validates what would otherwise produce a
+    /// broken Dockerfile (empty argv, bad env names, newlines in values).
+    pub fn new(
+        spec: &BuildSpec,
+        config: &ImageConfig,
+        app_wheels: bool,
+    ) -> Result<Self, BuildError> {
+        let service = spec.service.as_str();
+        let fail = |message: String| BuildError::Build {
+            service: service.to_string(),
+            message,
+        };
+        if spec.entry.argv.is_empty() || spec.entry.argv[0].is_empty() {
+            return Err(fail(format!(
+                "entry (rule {}) has an empty command; expected at least a program to run",
+                spec.entry.rule
+            )));
+        }
+        if let Some(a) = spec.entry.argv.iter().find(|a| a.contains('\0')) {
+            return Err(fail(format!("entry argument {a:?} contains a NUL byte")));
+        }
+        let python = spec.entry.language == Language::Python;
+        let otel = python && config.otel;
+        let mut env = Vec::with_capacity(spec.env.len());
+        for (k, v) in &spec.env {
+            if !is_env_name(k) {
+                return Err(fail(format!(
+                    "environment variable name {k:?} is invalid; expected letters, digits and _ (not starting with a digit)"
+                )));
+            }
+            check_value(v).map_err(|why| fail(format!("environment variable {k}: value {why}")))?;
+            env.push(KeyValue {
+                key: k.clone(),
+                value: v.clone(),
+            });
+        }
+        let mut labels = Vec::with_capacity(config.labels.len());
+        for (k, v) in &config.labels {
+            if !is_label_key(k) {
+                return Err(BuildError::Template {
+                    name: APP_DOCKERFILE_NAME.into(),
+                    message: format!(
+                        "image label key {k:?} is invalid; expected [a-z0-9._-], e.g. iac.test"
+                    ),
+                });
+            }
+            check_value(v).map_err(|why| BuildError::Template {
+                name: APP_DOCKERFILE_NAME.into(),
+                message: format!("image label {k}: value {why}"),
+            })?;
+            labels.push(KeyValue {
+                key: k.clone(),
+                value: v.clone(),
+            });
+        }
+        for p in &config.otel_packages {
+            if p.is_empty()
+                || !p
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.[],<>=!~".contains(c))
+            {
+                return Err(BuildError::Template {
+                    name: APP_DOCKERFILE_NAME.into(),
+                    message: format!(
+                        "otel package {p:?} is not a plain requirement (name[extras] and version specifiers)"
+                    ),
+                });
+            }
+        }
+        let mut cmd: Vec<String> = vec![
+            "iac-agent".into(),
+            "--listen".into(),
+            AGENT_LISTEN.into(),
+            "--user".into(),
+            "app".into(),
+            "--".into(),
+        ];
+        if otel && config.otel_instrument {
+            cmd.push("opentelemetry-instrument".into());
+        }
+        cmd.extend(spec.entry.argv.iter().cloned());
+        Ok(DockerfileInputs {
+            project: spec.project.as_str().to_string(),
+            service: service.to_string(),
+            language: spec.entry.language.as_str(),
+            entry_rule: spec.entry.rule.replace(['\n', '\r'], " "),
+            entry_json: serde_json::to_string(&spec.entry.argv).expect("a Vec<String> serializes"),
+            base_image: config.base_image.clone(),
+            source_digest: spec.source.digest.clone(),
+            uid: config.app_uid,
+            otel,
+            otel_packages: if otel {
+                config.otel_packages.clone()
+            } else {
+                Vec::new()
+            },
+            app_wheels: python && app_wheels,
+            port: spec.entry.port,
+            labels,
+            env,
+            cmd_json: serde_json::to_string(&cmd).expect("a Vec<String> serializes"),
+        })
+    }
+}
+
+impl DockerfileInputs {
+    /// The template context (minijinja is built without its serde feature here).
+    fn to_value(&self) -> Value {
+        let pairs = |kv: &[KeyValue]| -> Value {
+            kv.iter()
+                .map(|p| {
+                    Value::from_pairs([
+                        ("key", Value::from(p.key.as_str())),
+                        ("value", Value::from(p.value.as_str())),
+                    ])
+                })
+                .collect()
+        };
+        Value::from_pairs([
+            ("project", Value::from(self.project.as_str())),
+            ("service", Value::from(self.service.as_str())),
+            ("language", Value::from(self.language)),
+            ("entry_rule", Value::from(self.entry_rule.as_str())),
+            ("entry_json", Value::from(self.entry_json.as_str())),
+            ("base_image", Value::from(self.base_image.as_str())),
+            ("source_digest", Value::from(self.source_digest.as_str())),
+            ("uid", Value::from(self.uid)),
+            ("otel", Value::from(self.otel)),
+            (
+                "otel_packages",
+                self.otel_packages.iter().map(String::as_str).collect(),
+            ),
+            ("app_wheels", Value::from(self.app_wheels)),
+            ("port", Value::from(self.port)),
+            ("labels", pairs(&self.labels)),
+            ("env", pairs(&self.env)),
+            ("cmd_json", Value::from(self.cmd_json.as_str())),
+        ])
+    }
+}
+
+/// Renders the Dockerfile. Pure: same template and inputs, same bytes.
+pub fn render_dockerfile(template: &str, inputs: &DockerfileInputs) -> Result<String, BuildError> {
+    let err = |e: minijinja::Error| BuildError::Template {
+        name: APP_DOCKERFILE_NAME.into(),
+        message: format!("{e:#}"),
+    };
+    let mut env = Environment::new();
+    env.set_syntax(
+        SyntaxConfig::builder()
+            .trim_blocks(true)
+            .lstrip_blocks(true)
+            .keep_trailing_newline(true)
+            .build()
+            .map_err(err)?,
+    );
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+    env.add_filter("dq", dockerfile_quote);
+    let tmpl = env.template_from_str(template).map_err(err)?;
+    let out = tmpl.render(inputs.to_value()).map_err(err)?;
+    if !out
+        .lines()
+        .any(|l| l.trim_start().to_ascii_uppercase().starts_with("FROM "))
+    {
+        return Err(BuildError::Template {
+            name: APP_DOCKERFILE_NAME.into(),
+            message: "the rendered Dockerfile has no FROM instruction".into(),
+        });
+    }
+    Ok(out)
+}
+
+/// A Dockerfile double-quoted word: `\`, `"` and `$` escaped (no variable expansion).
+fn dockerfile_quote(value: String) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('"');
+    for c in value.chars() {
+        if matches!(c, '\\' | '"' | '$') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+fn is_env_name(k: &str) -> bool {
+    let mut chars = k.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn is_label_key(k: &str) -> bool {
+    !k.is_empty()
+        && k.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || ".-_".contains(c))
+}
+
+fn check_value(v: &str) -> Result<(), &'static str> {
+    if v.contains(['\n', '\r']) {
+        Err("contains a line break, which a Dockerfile cannot carry")
+    } else if v.contains('\0') {
+        Err("contains a NUL byte")
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_escapes_what_dockerfile_words_interpret() {
+        assert_eq!(
+            dockerfile_quote(r#"a "b" $HOME \x"#.into()),
+            r#""a \"b\" \$HOME \\x""#
+        );
+        assert!(
+            is_env_name("_A1") && !is_env_name("1A") && !is_env_name("A-B") && !is_env_name("")
+        );
+        assert!(is_label_key("iac.test") && !is_label_key("Iac") && !is_label_key("a b"));
+    }
+}

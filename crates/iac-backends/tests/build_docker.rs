@@ -1,0 +1,517 @@
+//! `DockerImageBuilder` against the real Docker engine: builds fixture apps, checks labels and
+//! layout, reuse by build key, new tags on change, offline base fallback and clear failures.
+//!
+//! Needs the engine and the bootstrap images (`make bootstrap` / scripts/bootstrap-images.sh):
+//! skipped with a note when they are absent, unless `IAC_REQUIRE_DOCKER=1` (then they fail).
+//! Nothing here touches the internet: host pip runs with `--no-index` against the wheelhouse or an
+//! empty directory. Every image carries `iac.test=<id>` and is removed by label, even on panic.
+//! Run: `cargo test -p iac-backends --test build_docker -- --nocapture`
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use bollard::query_parameters::{ListImagesOptionsBuilder, RemoveImageOptionsBuilder};
+use iac_backends::build::{DockerImageBuilder, ImageConfig, LABEL_BUILD_KEY};
+use iac_core::{
+    BuildError, BuildSpec, DeployEvent, Entry, Events, ImageBuilder, Language, ProjectName,
+    ServiceName, Source,
+};
+
+const OFFLINE_BASE: &str = "iac/python:3.11-bookworm";
+
+/// Removes every image labelled `iac.test=<id>` when dropped (also on panic).
+struct Cleanup {
+    id: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let id = self.id.clone();
+        // Drop may run inside the test's runtime: clean up from a thread with its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(remove_images_labelled(&id));
+        })
+        .join();
+    }
+}
+
+async fn remove_images_labelled(test_id: &str) {
+    let Ok(docker) = Docker::connect_with_defaults() else {
+        return;
+    };
+    let Ok(docker) = docker.negotiate_version().await else {
+        return;
+    };
+    let filters = HashMap::from([("label", vec![format!("iac.test={test_id}")])]);
+    let Ok(images) = docker
+        .list_images(Some(
+            ListImagesOptionsBuilder::new()
+                .all(true)
+                .filters(&filters)
+                .build(),
+        ))
+        .await
+    else {
+        return;
+    };
+    for img in images {
+        let opts = RemoveImageOptionsBuilder::new().force(true).build();
+        // Removing an image also removes its untagged parents: those answer 404 later.
+        match docker.remove_image(&img.id, Some(opts), None).await {
+            Ok(_)
+            | Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {}
+            Err(e) => eprintln!("cleanup: removing {}: {e}", img.id),
+        }
+    }
+}
+
+/// The engine and the offline base image, or a skip (a failure with IAC_REQUIRE_DOCKER=1).
+async fn engine() -> Option<Docker> {
+    let required = std::env::var("IAC_REQUIRE_DOCKER").is_ok_and(|v| v == "1");
+    let skip = |why: String| {
+        assert!(!required, "IAC_REQUIRE_DOCKER=1 but {why}");
+        eprintln!("SKIP: {why}");
+        None
+    };
+    let docker = match Docker::connect_with_defaults() {
+        Ok(d) => d,
+        Err(e) => return skip(format!("no Docker engine: {e}")),
+    };
+    let docker = match docker.negotiate_version().await {
+        Ok(d) => d,
+        Err(e) => return skip(format!("Docker engine unreachable: {e}")),
+    };
+    if docker.inspect_image(OFFLINE_BASE).await.is_err() {
+        return skip(format!(
+            "{OFFLINE_BASE} is missing: run scripts/bootstrap-images.sh"
+        ));
+    }
+    Some(docker)
+}
+
+fn wheelhouse() -> PathBuf {
+    ImageConfig::default().wheelhouse_path()
+}
+
+fn test_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("b{}x{nanos:x}", std::process::id())
+}
+
+/// A static executable standing in for the agent (the real static one when it was built).
+fn agent_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("IAC_TEST_AGENT_BINARY") {
+        return PathBuf::from(p);
+    }
+    let real = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/x86_64-unknown-linux-gnu/release/iac-agent");
+    if real.is_file() {
+        return real;
+    }
+    PathBuf::from("/sbin/ldconfig")
+}
+
+fn config(test: &str, dir: &Path) -> ImageConfig {
+    ImageConfig {
+        // Absent everywhere: the offline equivalent is what gets used (and said so).
+        base_image: format!("iac-test/absent-base:{test}"),
+        offline_base_image: OFFLINE_BASE.into(),
+        agent_binary: Some(agent_binary()),
+        wheelhouse: Some(wheelhouse()),
+        pip_args: vec!["--no-index".into()],
+        app_wheel_cache: Some(dir.join("app-wheels")),
+        labels: BTreeMap::from([("iac.test".into(), test.into())]),
+        ..ImageConfig::default()
+    }
+}
+
+fn spec(project: &str, service: &str, dir: &Path, digest: &str, argv: &[&str]) -> BuildSpec {
+    BuildSpec {
+        project: ProjectName::new(project).unwrap(),
+        service: ServiceName::new(service).unwrap(),
+        source: Source {
+            dir: dir.to_path_buf(),
+            commit: None,
+            digest: digest.into(),
+            origin: "test fixture".into(),
+        },
+        entry: Entry {
+            language: Language::Python,
+            rule: "main.py".into(),
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            why: "root main.py".into(),
+            port: None,
+        },
+        env: BTreeMap::from([("GREETING".to_string(), "hi $there".to_string())]),
+    }
+}
+
+fn drain(rx: &mut tokio::sync::mpsc::UnboundedReceiver<DeployEvent>) -> Vec<String> {
+    let mut out = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        out.push(e.message);
+    }
+    out
+}
+
+/// `docker run --rm --entrypoint <argv0> image argv[1..]` (labelled), returning stdout.
+fn run_in(image: &str, test: &str, argv: &[&str]) -> String {
+    let out = std::process::Command::new("docker")
+        .args([
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--label",
+            &format!("iac.test={test}"),
+            "--entrypoint",
+            argv[0],
+            image,
+        ])
+        .args(&argv[1..])
+        .output()
+        .expect("docker CLI");
+    assert!(
+        out.status.success(),
+        "{argv:?} in {image} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn builds_python_app_reuses_it_and_rebuilds_on_change() {
+    let Some(docker) = engine().await else { return };
+    let test = test_id();
+    let _cleanup = Cleanup { id: test.clone() };
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join(".git")).unwrap();
+    std::fs::write(src.join(".git/HEAD"), "ref: refs/heads/main\n").unwrap();
+    std::fs::write(
+        src.join("main.py"),
+        "import os\nprint('hello from the fixture', os.environ['GREETING'])\n",
+    )
+    .unwrap();
+    let project = format!("p{test}");
+    let builder = DockerImageBuilder::connect(config(&test, dir.path()))
+        .await
+        .unwrap();
+    let spec1 = spec(
+        &project,
+        "hello",
+        &src,
+        "sha256:fixture-v1",
+        &["python", "/app/main.py"],
+    );
+
+    let planned = builder.planned(&spec1).unwrap();
+    let (events, mut rx) = Events::channel();
+    let t = Instant::now();
+    let built = builder.build(&spec1, &events).await.unwrap();
+    let first_build = t.elapsed();
+    let messages = drain(&mut rx);
+    assert!(!built.reused);
+    assert_eq!(
+        built.tag, planned.tag,
+        "planned() predicts the tag build() makes"
+    );
+    assert_eq!(built.key, planned.key);
+    assert!(
+        built.tag.starts_with(&format!("iac/{project}-hello:")),
+        "{}",
+        built.tag
+    );
+    assert_eq!(built.tag.rsplit(':').next().unwrap(), &built.key[7..19]);
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("offline equivalent") && m.contains(OFFLINE_BASE)),
+        "an event says the offline base was used: {messages:#?}"
+    );
+    assert!(
+        messages.iter().any(|m| m.starts_with("Step ")),
+        "build output streamed as events: {messages:#?}"
+    );
+
+    let img = docker.inspect_image(&built.tag).await.unwrap();
+    assert_eq!(img.id.as_deref(), Some(built.id.as_str()));
+    let cfg = img.config.unwrap();
+    let labels = cfg.labels.unwrap();
+    assert_eq!(labels["iac.project"], project);
+    assert_eq!(labels["iac.service"], "hello");
+    assert_eq!(labels["iac.entry"], r#"["python","/app/main.py"]"#);
+    assert_eq!(labels["iac.source-digest"], "sha256:fixture-v1");
+    assert_eq!(labels[LABEL_BUILD_KEY], built.key);
+    assert_eq!(labels["iac.base-image"], OFFLINE_BASE);
+    assert_eq!(labels["iac.test"], test);
+    let cmd = cfg.cmd.unwrap();
+    assert_eq!(
+        cmd,
+        [
+            "iac-agent",
+            "--listen",
+            "127.0.0.1:50051",
+            "--user",
+            "app",
+            "--",
+            "opentelemetry-instrument",
+            "python",
+            "/app/main.py"
+        ]
+    );
+    assert!(cfg.exposed_ports.unwrap().iter().any(|p| p == "50051/tcp"));
+
+    // The layout: agent executable, app without .git, the non-root user, the OTel SDK, the env.
+    let listing = run_in(
+        &built.tag,
+        &test,
+        &["ls", "-la", "/usr/local/bin/iac-agent", "/app"],
+    );
+    assert!(
+        listing.contains("-rwxr-xr-x") && listing.contains("iac-agent"),
+        "{listing}"
+    );
+    assert!(
+        listing.contains("main.py") && !listing.contains(".git"),
+        "{listing}"
+    );
+    assert_eq!(
+        run_in(&built.tag, &test, &["id", "-u", "app"]).trim(),
+        "10001"
+    );
+    let ran = run_in(&built.tag, &test, &["python", "/app/main.py"]);
+    assert_eq!(
+        ran.trim(),
+        "hello from the fixture hi $there",
+        "env baked literally, $ not expanded"
+    );
+    let sdk = run_in(
+        &built.tag,
+        &test,
+        &[
+            "python",
+            "-c",
+            "import opentelemetry.sdk, sys; print(sys.version_info[:2])",
+        ],
+    );
+    assert_eq!(sdk.trim(), "(3, 11)");
+
+    // Unchanged inputs: reused, no build.
+    let t = Instant::now();
+    let again = builder.build(&spec1, &Events::discard()).await.unwrap();
+    let reuse = t.elapsed();
+    assert!(again.reused, "same build key → reused");
+    assert_eq!(
+        (again.id.as_str(), again.tag.as_str()),
+        (built.id.as_str(), built.tag.as_str())
+    );
+    assert!(
+        reuse < Duration::from_secs(3),
+        "reuse took {reuse:?} (first build {first_build:?})"
+    );
+    eprintln!("first build {first_build:?}, reuse {reuse:?}");
+
+    // A changed source: a new tag and a new image.
+    std::fs::write(src.join("main.py"), "print('changed')\n").unwrap();
+    let spec2 = spec(
+        &project,
+        "hello",
+        &src,
+        "sha256:fixture-v2",
+        &["python", "/app/main.py"],
+    );
+    let changed = builder.build(&spec2, &Events::discard()).await.unwrap();
+    assert!(!changed.reused);
+    assert_ne!(changed.tag, built.tag);
+    assert_ne!(changed.id, built.id);
+    assert_eq!(
+        run_in(&changed.tag, &test, &["python", "/app/main.py"]).trim(),
+        "changed"
+    );
+}
+
+#[tokio::test]
+async fn builds_a_package_with_requirements_offline() {
+    let Some(_docker) = engine().await else {
+        return;
+    };
+    let test = test_id();
+    let _cleanup = Cleanup { id: test.clone() };
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("src/greeter")).unwrap();
+    std::fs::write(
+        src.join("pyproject.toml"),
+        "[project]\nname = \"greeter\"\nversion = \"0.1.0\"\ndependencies = [\"packaging\"]\n\n[project.scripts]\ngreeter = \"greeter.cli:main\"\n\n[build-system]\nrequires = [\"setuptools>=61\"]\nbuild-backend = \"setuptools.build_meta\"\n",
+    )
+    .unwrap();
+    std::fs::write(src.join("src/greeter/__init__.py"), "").unwrap();
+    std::fs::write(
+        src.join("src/greeter/cli.py"),
+        "import idna, packaging\n\ndef main():\n    print('greeter', idna.encode('example.com').decode())\n",
+    )
+    .unwrap();
+    std::fs::write(src.join("requirements.txt"), "idna\n").unwrap();
+    let builder = DockerImageBuilder::connect(config(&test, dir.path()))
+        .await
+        .unwrap();
+    let spec = spec(
+        &format!("p{test}"),
+        "greeter",
+        &src,
+        "sha256:greeter-v1",
+        &["greeter"],
+    );
+    let built = builder.build(&spec, &Events::discard()).await.unwrap();
+    assert_eq!(
+        run_in(&built.tag, &test, &["greeter"]).trim(),
+        "greeter example.com"
+    );
+    assert!(
+        !src.join("build").exists(),
+        "the host build ran on a copy, not in the source tree"
+    );
+}
+
+#[tokio::test]
+async fn missing_requirement_is_a_build_error_naming_service_and_package() {
+    let Some(_docker) = engine().await else {
+        return;
+    };
+    let test = test_id();
+    let _cleanup = Cleanup { id: test.clone() };
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("main.py"), "print('x')\n").unwrap();
+    std::fs::write(
+        src.join("requirements.txt"),
+        "iac-no-such-package-zzz==1.0\n",
+    )
+    .unwrap();
+    let empty = dir.path().join("empty-index");
+    std::fs::create_dir(&empty).unwrap();
+    let mut cfg = config(&test, dir.path());
+    cfg.pip_args = vec![
+        "--no-index".into(),
+        "--find-links".into(),
+        empty.display().to_string(),
+    ];
+    let builder = DockerImageBuilder::connect(cfg).await.unwrap();
+    let err = builder
+        .build(
+            &spec(
+                &format!("p{test}"),
+                "needy",
+                &src,
+                "sha256:needy",
+                &["python", "/app/main.py"],
+            ),
+            &Events::discard(),
+        )
+        .await
+        .unwrap_err();
+    match &err {
+        BuildError::Build { service, message } => {
+            assert_eq!(service, "needy");
+            assert!(message.contains("iac-no-such-package-zzz"), "{message}");
+        }
+        other => panic!("expected BuildError::Build, got {other:?}"),
+    }
+    assert!(err.to_string().contains("needy"), "{err}");
+}
+
+#[tokio::test]
+async fn missing_base_images_tell_the_user_to_bootstrap() {
+    let Some(_docker) = engine().await else {
+        return;
+    };
+    let test = test_id();
+    let _cleanup = Cleanup { id: test.clone() };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("main.py"), "print('x')\n").unwrap();
+    let mut cfg = config(&test, dir.path());
+    cfg.offline_base_image = format!("iac-test/absent-offline:{test}");
+    let builder = DockerImageBuilder::connect(cfg).await.unwrap();
+    let err = builder
+        .build(
+            &spec(
+                &format!("p{test}"),
+                "nobase",
+                dir.path(),
+                "sha256:nobase",
+                &["python", "/app/main.py"],
+            ),
+            &Events::discard(),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("nobase") && err.contains("make bootstrap") && err.contains("absent-base"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn failing_dockerfile_step_is_a_build_error_with_the_output() {
+    let Some(docker) = engine().await else { return };
+    let test = test_id();
+    let _cleanup = Cleanup { id: test.clone() };
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("main.py"), "print('x')\n").unwrap();
+    let templates = dir.path().join("templates");
+    std::fs::create_dir(&templates).unwrap();
+    std::fs::write(
+        templates.join("app.Dockerfile.tmpl"),
+        "ARG IAC_BASE_IMAGE={{ base_image }}\nFROM ${IAC_BASE_IMAGE}\nLABEL iac.project={{ project | dq }}{% for l in labels %} {{ l.key }}={{ l.value | dq }}{% endfor %}\n\nRUN echo about to fail for {{ service }} && exit 3\n",
+    )
+    .unwrap();
+    let cfg = ImageConfig {
+        template_dir: Some(templates),
+        ..config(&test, dir.path())
+    };
+    let builder = DockerImageBuilder::connect(cfg).await.unwrap();
+    let spec = spec(
+        &format!("p{test}"),
+        "broken",
+        &src,
+        "sha256:broken",
+        &["python", "/app/main.py"],
+    );
+    let (events, mut rx) = Events::channel();
+    let err = builder.build(&spec, &events).await.unwrap_err();
+    let BuildError::Build { service, message } = &err else {
+        panic!("expected BuildError::Build, got {err:?}")
+    };
+    assert_eq!(service, "broken");
+    assert!(message.contains("returned a non-zero code: 3"), "{message}");
+    assert!(
+        message.contains("about to fail for broken"),
+        "the error carries the build output: {message}"
+    );
+    assert!(
+        drain(&mut rx).iter().any(|m| m.contains("failed")),
+        "an error event was emitted"
+    );
+    let planned = builder.planned(&spec).unwrap();
+    assert!(
+        docker.inspect_image(&planned.tag).await.is_err(),
+        "no image is tagged after a failed build"
+    );
+}

@@ -1,0 +1,163 @@
+//! Golden tests of the app Dockerfile render (`infra/templates/app.Dockerfile.tmpl` through
+//! `iac_backends::build::render_dockerfile`): a pure function, so the bytes are pinned here.
+//! Update the snapshots with `INSTA_UPDATE=always cargo test -p iac-backends --test build_dockerfile`
+//! and review the diff.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use iac_backends::build::dockerfile::APP_DOCKERFILE_TEMPLATE;
+use iac_backends::build::{DockerfileInputs, ImageConfig, render_dockerfile};
+use iac_core::{BuildError, BuildSpec, Entry, Language, ProjectName, ServiceName, Source};
+
+fn spec(language: Language, argv: &[&str], env: &[(&str, &str)], port: Option<u16>) -> BuildSpec {
+    BuildSpec {
+        project: ProjectName::new("shop").unwrap(),
+        service: ServiceName::new("api").unwrap(),
+        source: Source {
+            dir: PathBuf::from("/nonexistent/src"),
+            commit: Some("0123456789abcdef0123456789abcdef01234567".into()),
+            digest: "sha256:5eed000000000000000000000000000000000000000000000000000000000000"
+                .into(),
+            origin: "test".into(),
+        },
+        entry: Entry {
+            language,
+            rule: "main.py".into(),
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            why: "root main.py".into(),
+            port,
+        },
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<BTreeMap<_, _>>(),
+    }
+}
+
+fn config() -> ImageConfig {
+    ImageConfig {
+        labels: BTreeMap::from([("iac.test".into(), "golden".into())]),
+        ..ImageConfig::default()
+    }
+}
+
+#[test]
+fn python_app_with_dependencies_env_and_port() {
+    let spec = spec(
+        Language::Python,
+        &["python", "/app/main.py", "--greeting", "it's \"quoted\""],
+        &[("GREETING", "hello $USER \\ \"world\""), ("MODE", "prod")],
+        Some(8000),
+    );
+    let inputs = DockerfileInputs::new(&spec, &config(), true).unwrap();
+    let out = render_dockerfile(APP_DOCKERFILE_TEMPLATE, &inputs).unwrap();
+    insta::assert_snapshot!("python_app", out);
+    assert_eq!(
+        out,
+        render_dockerfile(APP_DOCKERFILE_TEMPLATE, &inputs).unwrap(),
+        "pure: same inputs, same bytes"
+    );
+}
+
+#[test]
+fn python_app_without_otel_or_dependencies() {
+    let cfg = ImageConfig {
+        otel: false,
+        ..config()
+    };
+    let inputs = DockerfileInputs::new(
+        &spec(Language::Python, &["python", "/app"], &[], None),
+        &cfg,
+        false,
+    )
+    .unwrap();
+    let out = render_dockerfile(APP_DOCKERFILE_TEMPLATE, &inputs).unwrap();
+    assert!(
+        !out.contains("wheels/"),
+        "no wheel steps without otel or deps:\n{out}"
+    );
+    assert!(!out.contains("opentelemetry"), "{out}");
+    assert!(
+        out.contains(
+            r#"CMD ["iac-agent","--listen","127.0.0.1:50051","--user","app","--","python","/app"]"#
+        ),
+        "{out}"
+    );
+}
+
+#[test]
+fn binary_app_skips_pip() {
+    let inputs = DockerfileInputs::new(
+        &spec(Language::Binary, &["/app/main"], &[], None),
+        &config(),
+        true,
+    )
+    .unwrap();
+    let out = render_dockerfile(APP_DOCKERFILE_TEMPLATE, &inputs).unwrap();
+    insta::assert_snapshot!("binary_app", out);
+    assert!(
+        !out.contains("pip "),
+        "binary entries install nothing with pip:\n{out}"
+    );
+}
+
+#[test]
+fn invalid_inputs_are_refused_with_the_reason() {
+    let cfg = config();
+    let err =
+        DockerfileInputs::new(&spec(Language::Python, &[], &[], None), &cfg, false).unwrap_err();
+    assert!(
+        matches!(&err, BuildError::Build { service, message } if service == "api" && message.contains("empty command")),
+        "{err}"
+    );
+    let err = DockerfileInputs::new(
+        &spec(Language::Python, &["python"], &[("BAD-NAME", "x")], None),
+        &cfg,
+        false,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("BAD-NAME") && err.contains("api"), "{err}");
+    let err = DockerfileInputs::new(
+        &spec(Language::Python, &["python"], &[("OK", "two\nlines")], None),
+        &cfg,
+        false,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("OK") && err.contains("line break"), "{err}");
+    let bad_label = ImageConfig {
+        labels: BTreeMap::from([("Bad Key".into(), "x".into())]),
+        ..ImageConfig::default()
+    };
+    let err = DockerfileInputs::new(
+        &spec(Language::Python, &["python"], &[], None),
+        &bad_label,
+        false,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("Bad Key"), "{err}");
+}
+
+#[test]
+fn template_errors_name_the_template() {
+    let inputs = DockerfileInputs::new(
+        &spec(Language::Python, &["python"], &[], None),
+        &config(),
+        false,
+    )
+    .unwrap();
+    let err = render_dockerfile("FROM {{ no_such_variable }}\n", &inputs)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("app.Dockerfile.tmpl") && err.contains("undefined"),
+        "{err}"
+    );
+    let err = render_dockerfile("RUN true\n", &inputs)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no FROM"), "{err}");
+}
