@@ -6,7 +6,9 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::Request;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -172,9 +174,56 @@ fn code_for(status: StatusCode) -> &'static str {
 /// Largest rejection body read to become a message.
 const MAX_REJECTION_TEXT: usize = 16 * 1024;
 
+/// Which methods each documented path template accepts, to fill `Allow` and the message of a
+/// 405 (axum's own 405 carries no usable `Allow` for routes registered through utoipa-axum).
+#[derive(Debug, Default)]
+pub struct AllowTable(Vec<(Vec<String>, Vec<String>)>);
+
+impl AllowTable {
+    /// From an OpenAPI document's `paths`.
+    pub fn from_openapi(doc: &utoipa::openapi::OpenApi) -> Self {
+        let v = serde_json::to_value(&doc.paths.paths).unwrap_or_default();
+        let mut out = Vec::new();
+        if let Some(paths) = v.as_object() {
+            for (template, item) in paths {
+                let segs = template.split('/').map(str::to_string).collect();
+                let mut methods: Vec<String> = item
+                    .as_object()
+                    .map(|o| {
+                        o.keys()
+                            .map(|m| m.to_uppercase())
+                            .filter(|m| m != "PARAMETERS")
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                methods.sort();
+                out.push((segs, methods));
+            }
+        }
+        AllowTable(out)
+    }
+
+    /// The methods `path` accepts, comma-separated, if it is a known path.
+    pub fn allowed(&self, path: &str) -> Option<String> {
+        let segs: Vec<&str> = path.split('/').collect();
+        self.0.iter().find_map(|(tpl, methods)| {
+            let matches = tpl.len() == segs.len()
+                && tpl
+                    .iter()
+                    .zip(&segs)
+                    .all(|(t, s)| (t.starts_with('{') && !s.is_empty()) || t == s);
+            matches.then(|| methods.join(", "))
+        })
+    }
+}
+
 /// Rewrites every 4xx/5xx response that is not JSON already into the error shape. gRPC answers
 /// (always HTTP 200 with a `grpc-status`) pass untouched.
-pub async fn json_errors(req: Request, next: Next) -> Response {
+pub async fn json_errors(
+    State(allow): State<Arc<AllowTable>>,
+    req: Request,
+    next: Next,
+) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let resp = next.run(req).await;
@@ -198,12 +247,11 @@ pub async fn json_errors(req: Request, next: Next) -> Response {
     let message = match status {
         StatusCode::NOT_FOUND if text.is_empty() => format!("no route for {method} {path}"),
         StatusCode::METHOD_NOT_ALLOWED => {
-            let allow = parts
-                .headers
-                .get(header::ALLOW)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            format!("method {method} is not allowed on {path}; allowed: {allow}")
+            let allowed = allow.allowed(&path).unwrap_or_default();
+            if let Ok(v) = HeaderValue::from_str(&allowed) {
+                parts.headers.insert(header::ALLOW, v);
+            }
+            format!("method {method} is not allowed on {path}; allowed: {allowed}")
         }
         StatusCode::PAYLOAD_TOO_LARGE => {
             format!(

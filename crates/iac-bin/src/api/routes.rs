@@ -36,7 +36,7 @@ use uuid::Uuid;
 use super::ServeConfig;
 use super::backend::{ControlPlaneBackend, DeployInput, ServiceStatus};
 use super::deployments::{DeploymentRecord, DeploymentSummary, Deployments};
-use super::error::{ApiError, ErrorBody, ErrorResponse, json_errors};
+use super::error::{AllowTable, ApiError, ErrorBody, ErrorResponse, json_errors};
 use super::listen::{Peer, check_peer_uid};
 use super::schema::*;
 
@@ -115,6 +115,7 @@ pub(crate) fn router(
     shutdown: CancellationToken,
 ) -> axum::Router {
     let (routes, doc) = openapi_router().split_for_parts();
+    let allow = Arc::new(AllowTable::from_openapi(&doc));
     let state = AppState {
         backend,
         auth,
@@ -133,7 +134,7 @@ pub(crate) fn router(
         .fallback(fallback)
         .layer(DefaultBodyLimit::max(cfg.max_body_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
-        .layer(middleware::from_fn(json_errors))
+        .layer(middleware::from_fn_with_state(allow, json_errors))
         .with_state(state)
 }
 
@@ -327,16 +328,12 @@ pub(crate) fn validate_deploy(st: &AppState, req: DeployRequest) -> Result<Deplo
                     "`services` is empty: expected at least one service",
                 ));
             }
-            let mut seen = std::collections::BTreeSet::new();
-            for s in &services {
-                if !seen.insert(s.name.clone()) {
-                    return Err(ApiError::unprocessable(format!(
-                        "services: name {:?} is used twice; expected unique names",
-                        s.name.as_str()
-                    )));
-                }
-            }
-            services
+            // Same validation as a repos file with explicit names (DNS labels, unique, slugs parse).
+            let text =
+                serde_json::to_string(&services).map_err(|e| ApiError::internal(e.to_string()))?;
+            iac_core::parse_repos_file(&text, iac_core::ReposFormat::Json)
+                .map_err(|e| ApiError::unprocessable(format!("services: {e}")))?
+                .services
         }
     };
     if services.len() > st.cfg.max_services {

@@ -17,9 +17,8 @@ pub struct DeployRequest {
     /// `{slug, name?, entrypoint?, env?}` maps. Service names are derived and de-duplicated.
     #[schema(value_type = Option<Vec<Object>>, example = json!(["gh:acme/hello#main"]))]
     pub slugs: Option<Vec<serde_json::Value>>,
-    /// Fully specified services (names given).
-    #[schema(value_type = Option<Vec<ServiceSpecSchema>>)]
-    pub services: Option<Vec<iac_core::ServiceSpec>>,
+    /// Services with explicit names (unique DNS labels).
+    pub services: Option<Vec<ServiceSpecSchema>>,
     /// Project (DNS label); the server's default when absent.
     pub project: Option<String>,
 }
@@ -84,7 +83,7 @@ pub struct EngineHealth {
 
 // ---- mirrors of iac-core types (documentation only; see the module docs) ----
 
-/// A service to deploy (`iac_core::ServiceSpec`).
+/// A service to deploy, named (`iac_core::ServiceSpec` with the slug as text).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(as = ServiceSpec)]
@@ -93,9 +92,11 @@ pub struct ServiceSpecSchema {
     pub name: String,
     /// `gh:owner/repo[#ref]`, `gl:…`, `bb:…`, `git+https://…`, `git+file:///…`, `path:DIR`.
     pub slug: String,
-    #[serde(default)]
+    /// `module:function` or a command line; overrides entry detection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entrypoint: Option<String>,
-    #[serde(default)]
+    /// Extra environment of the app.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
 }
 

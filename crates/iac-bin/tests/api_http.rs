@@ -1,0 +1,748 @@
+//! The admin API over real TCP HTTP (reqwest) with a fake backend and a static verifier: the
+//! deploy stream end to end (NDJSON and SSE), `GET /deployments/{id}` after the stream, 409 on a
+//! concurrent deploy, request validation and the one JSON error shape (including axum's own
+//! rejections, 404 and 405), logs, destroy, health, graceful shutdown, and the OpenAPI document
+//! against the routes actually served.
+
+mod api_support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use api_support::*;
+use iac_bin::api::{DeploymentRecord, DeploymentStatus, MockControlPlaneBackend, StreamItem};
+use iac_core::{DeployEvent, ProjectName};
+use tokio::sync::Semaphore;
+
+fn parse_ndjson(body: &str) -> Vec<StreamItem> {
+    body.lines()
+        .map(|l| {
+            serde_json::from_str::<StreamItem>(l).unwrap_or_else(|e| panic!("bad line ({e}): {l}"))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn deploy_streams_ndjson_events_then_report_and_is_queryable_afterwards() {
+    let backend = Arc::new(FakeBackend::new());
+    let srv = start(backend.clone(), Arc::new(StaticVerifier)).await;
+    let resp = client()
+        .post(format!("{}/deploy", srv.base))
+        .bearer_auth(GOOD)
+        .json(&serde_json::json!({"slugs": ["gh:acme/hello", {"slug": "gh:acme/world#v1", "name": "w"}], "project": "demo"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    assert_eq!(resp.headers()["content-type"], "application/x-ndjson");
+    let id = resp.headers()["x-deployment-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        resp.headers()["location"].to_str().unwrap(),
+        format!("/deployments/{id}")
+    );
+    let body = resp.text().await.unwrap();
+    let items = parse_ndjson(&body);
+    // 1 accepted + 3 per service + "all healthy", then the report.
+    assert_eq!(items.len(), 1 + 2 * 3 + 1 + 1, "{body}");
+    let (last, events) = items.split_last().unwrap();
+    for (i, it) in events.iter().enumerate() {
+        assert!(
+            matches!(it, StreamItem::Event(_)),
+            "line {i} is not an event: {it:?}"
+        );
+    }
+    // Every event line is a plain DeployEvent plus its `type` tag.
+    for line in body.lines().take(events.len()) {
+        let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["type"], "event");
+        v.as_object_mut().unwrap().remove("type");
+        let _: DeployEvent = serde_json::from_value(v).unwrap();
+    }
+    let StreamItem::Event(first) = &events[0] else {
+        unreachable!()
+    };
+    assert!(
+        first.message.contains(&id) && first.message.contains("hello, w"),
+        "{}",
+        first.message
+    );
+    let StreamItem::Report(report) = last else {
+        panic!("last line is not the report: {last:?}")
+    };
+    assert_eq!(report.project.as_str(), "demo");
+    assert_eq!(
+        report
+            .services
+            .iter()
+            .map(|s| s.service.as_str())
+            .collect::<Vec<_>>(),
+        vec!["hello", "w"]
+    );
+
+    let rec: DeploymentRecord = client()
+        .get(format!("{}/deployments/{id}", srv.base))
+        .bearer_auth(GOOD)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rec.status, DeploymentStatus::Succeeded);
+    assert_eq!(rec.report.as_ref(), Some(report));
+    assert_eq!(rec.events.len(), events.len());
+    assert_eq!(rec.origin, "http");
+    let list: serde_json::Value = client()
+        .get(format!("{}/deployments", srv.base))
+        .bearer_auth(GOOD)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list[0]["id"], id.as_str());
+    srv.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn deploy_streams_sse_when_asked() {
+    let srv = start(Arc::new(FakeBackend::new()), Arc::new(StaticVerifier)).await;
+    let resp = client()
+        .post(format!("{}/deploy", srv.base))
+        .bearer_auth(GOOD)
+        .header("accept", "text/event-stream")
+        .json(&serde_json::json!({"services": [{"name": "api", "slug": "gh:acme/api"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    assert!(resp.headers().contains_key("x-deployment-id"));
+    let body = resp.text().await.unwrap();
+    let frames: Vec<(String, serde_json::Value)> = body
+        .split("\n\n")
+        .filter(|f| f.contains("data:"))
+        .map(|f| {
+            let ev = f
+                .lines()
+                .find_map(|l| l.strip_prefix("event:"))
+                .unwrap()
+                .trim()
+                .to_string();
+            let data = f
+                .lines()
+                .find_map(|l| l.strip_prefix("data:"))
+                .unwrap()
+                .trim();
+            (ev, serde_json::from_str(data).unwrap())
+        })
+        .collect();
+    let (last, rest) = frames.split_last().unwrap();
+    assert!(
+        rest.len() >= 5
+            && rest
+                .iter()
+                .all(|(e, d)| e == "event" && d["type"] == "event"),
+        "{body}"
+    );
+    assert_eq!(last.0, "report");
+    assert_eq!(last.1["project"], "default");
+    assert_eq!(last.1["services"][0]["service"], "api");
+    srv.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn second_deploy_of_a_running_project_gets_409_not_queued() {
+    let gate = Arc::new(Semaphore::new(0));
+    let backend = Arc::new(FakeBackend::gated(gate.clone()));
+    let srv = start(backend.clone(), Arc::new(StaticVerifier)).await;
+    let body = serde_json::json!({"slugs": ["gh:acme/hello"], "project": "demo"});
+    let first = client()
+        .post(format!("{}/deploy", srv.base))
+        .bearer_auth(GOOD)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status().as_u16(), 202);
+    let second = client()
+        .post(format!("{}/deploy", srv.base))
+        .bearer_auth(GOOD)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(second.status().as_u16(), 409);
+    let (code, msg) = assert_error_shape(&second.text().await.unwrap());
+    assert_eq!(code, "conflict");
+    assert!(msg.contains("demo") && msg.contains("not queued"), "{msg}");
+    let destroy = client()
+        .post(format!("{}/destroy", srv.base))
+        .bearer_auth(GOOD)
+        .json(&serde_json::json!({"project": "demo"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(destroy.status().as_u16(), 409);
+    // Another project is independent.
+    let other = client()
+        .post(format!("{}/deploy", srv.base))
+        .bearer_auth(GOOD)
+        .json(&serde_json::json!({"slugs": ["gh:acme/hello"], "project": "other"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status().as_u16(), 202);
+    assert_eq!(backend.deploys.load(std::sync::atomic::Ordering::SeqCst), 2);
+    gate.add_permits(2);
+    let items = parse_ndjson(&first.text().await.unwrap());
+    assert!(matches!(items.last(), Some(StreamItem::Report(_))));
+    let _ = other.text().await.unwrap();
+    // Once finished, the project takes deploys again.
+    gate.add_permits(1);
+    let again = client()
+        .post(format!("{}/deploy", srv.base))
+        .bearer_auth(GOOD)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status().as_u16(), 202);
+    let _ = again.text().await.unwrap();
+    srv.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_requests_get_the_json_error_shape() {
+    let srv = start(Arc::new(FakeBackend::new()), Arc::new(StaticVerifier)).await;
+    let c = client();
+    let post = |body: String, ct: &'static str| {
+        c.post(format!("{}/deploy", srv.base))
+            .bearer_auth(GOOD)
+            .header("content-type", ct)
+            .body(body)
+            .send()
+    };
+    let cases: Vec<(String, &str, u16, &str, &str)> = vec![
+        // (body, content type, status, code, message fragment)
+        (
+            format!(r#"{{"slugs": ["gh:a/{}"]}}"#, "x".repeat(100 * 1024)),
+            "application/json",
+            413,
+            "payload_too_large",
+            "too large",
+        ),
+        (
+            "{not json".into(),
+            "application/json",
+            400,
+            "bad_request",
+            "JSON",
+        ),
+        (
+            r#"{"slugs": ["gh:a/b"]}"#.into(),
+            "text/plain",
+            415,
+            "unsupported_media_type",
+            "Content-Type",
+        ),
+        (
+            r#"{"slugs": ["gh:a/b"], "extra": 1}"#.into(),
+            "application/json",
+            422,
+            "invalid_request",
+            "extra",
+        ),
+        (
+            r#"{"slugs": ["gh:a/b"], "services": []}"#.into(),
+            "application/json",
+            422,
+            "invalid_request",
+            "exactly one",
+        ),
+        (
+            r#"{}"#.into(),
+            "application/json",
+            422,
+            "invalid_request",
+            "exactly one",
+        ),
+        (
+            r#"{"slugs": []}"#.into(),
+            "application/json",
+            422,
+            "invalid_request",
+            "at least one",
+        ),
+        (
+            r#"{"slugs": ["nope:x"]}"#.into(),
+            "application/json",
+            422,
+            "invalid_request",
+            "nope:x",
+        ),
+        (
+            r#"{"slugs": ["gh:a/b"], "project": "Bad_Name"}"#.into(),
+            "application/json",
+            422,
+            "invalid_request",
+            "Bad_Name",
+        ),
+        (
+            r#"{"services": [{"name": "a", "slug": "gh:x/a"}, {"name": "a", "slug": "gh:x/b"}]}"#
+                .into(),
+            "application/json",
+            422,
+            "invalid_request",
+            "unique",
+        ),
+    ];
+    for (body, ct, status, code, frag) in cases {
+        let r = post(body.clone(), ct).await.unwrap();
+        assert_eq!(r.status().as_u16(), status, "body {:.80}", body);
+        let text = r.text().await.unwrap();
+        let (c2, msg) = assert_error_shape(&text);
+        assert_eq!(c2, code, "{text}");
+        assert!(
+            msg.contains(frag),
+            "message {msg:?} should mention {frag:?}"
+        );
+    }
+    // Routing errors.
+    let r = c
+        .get(format!("{}/nope", srv.base))
+        .bearer_auth(GOOD)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    assert_eq!(assert_error_shape(&r.text().await.unwrap()).0, "not_found");
+    let r = c
+        .get(format!("{}/deploy", srv.base))
+        .bearer_auth(GOOD)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+    assert_eq!(r.headers()["allow"], "POST");
+    let (code, msg) = assert_error_shape(&r.text().await.unwrap());
+    assert_eq!(code, "method_not_allowed");
+    assert!(msg.contains("allowed: POST"), "{msg}");
+    let r = c
+        .get(format!("{}/deployments/not-a-uuid", srv.base))
+        .bearer_auth(GOOD)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert_error_shape(&r.text().await.unwrap());
+    let r = c
+        .get(format!("{}/deployments/{}", srv.base, uuid::Uuid::new_v4()))
+        .bearer_auth(GOOD)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    assert!(
+        assert_error_shape(&r.text().await.unwrap())
+            .1
+            .contains("no deployment")
+    );
+    let r = c
+        .get(format!("{}/services/hello/logs?bogus=1", srv.base))
+        .bearer_auth(GOOD)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert_error_shape(&r.text().await.unwrap());
+    srv.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn auth_failures_map_to_401_403_503_and_health_is_open() {
+    let srv = start(Arc::new(FakeBackend::new()), Arc::new(StaticVerifier)).await;
+    let c = client();
+    let url = format!("{}/services", srv.base);
+    let r = c.get(&url).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    assert!(
+        r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer")
+    );
+    assert_eq!(
+        assert_error_shape(&r.text().await.unwrap()).0,
+        "missing_credentials"
+    );
+    for bad in ["Basic Zm9vOmJhcg==", "Bearer", "Bearer a b", "bearer"] {
+        let r = c
+            .get(&url)
+            .header("authorization", bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 401, "{bad}");
+        assert_eq!(
+            assert_error_shape(&r.text().await.unwrap()).0,
+            "malformed_credentials",
+            "{bad}"
+        );
+    }
+    let r = c.get(&url).bearer_auth("wrong").send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let r = c.get(&url).bearer_auth("forbidden").send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    assert_eq!(assert_error_shape(&r.text().await.unwrap()).0, "forbidden");
+    let r = c.get(&url).bearer_auth("down").send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    assert_eq!(
+        assert_error_shape(&r.text().await.unwrap()).0,
+        "auth_unavailable"
+    );
+    let r = c.get(&url).bearer_auth(GOOD).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.text().await.unwrap(), "[]");
+    let h: serde_json::Value = c
+        .get(format!("{}/health", srv.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(h["status"], "ok");
+    assert_eq!(h["engine"]["reachable"], true);
+    assert_eq!(h["engine"]["detail"], "20.10.0");
+    srv.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn health_reports_an_unreachable_engine_as_degraded() {
+    let mut b = FakeBackend::new();
+    b.engine = Err("cannot connect to /var/run/docker.sock".into());
+    let srv = start(Arc::new(b), Arc::new(StaticVerifier)).await;
+    let r = client()
+        .get(format!("{}/health", srv.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let h: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(h["status"], "degraded");
+    assert_eq!(h["engine"]["reachable"], false);
+    assert!(
+        h["engine"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("docker.sock")
+    );
+    srv.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn logs_stream_ndjson_and_unknown_services_are_404() {
+    let srv = start(Arc::new(FakeBackend::new()), Arc::new(StaticVerifier)).await;
+    let c = client();
+    let r = c
+        .get(format!("{}/services/hello/logs?tail=3", srv.base))
+        .bearer_auth(GOOD)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["content-type"], "application/x-ndjson");
+    let body = r.text().await.unwrap();
+    let lines: Vec<iac_core::LogLine> = body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines.iter().map(|l| l.msg.as_str()).collect::<Vec<_>>(),
+        vec!["line 0", "line 1", "line 2"]
+    );
+    let r = c
+        .get(format!("{}/services/missing/logs", srv.base))
+        .bearer_auth(GOOD)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    assert_error_shape(&r.text().await.unwrap());
+    let r = c
+        .get(format!("{}/services/Bad_Name/logs", srv.base))
+        .bearer_auth(GOOD)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 422);
+    srv.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn destroy_calls_the_backend_with_the_requested_or_default_project() {
+    let mut mock = MockControlPlaneBackend::new();
+    mock.expect_default_project()
+        .returning(|| ProjectName::new("fallback").unwrap());
+    mock.expect_destroy()
+        .withf(|p, _| p.as_str() == "demo")
+        .times(1)
+        .returning(|_, _| Ok(vec!["demo-hello".into()]));
+    mock.expect_destroy()
+        .withf(|p, _| p.as_str() == "fallback")
+        .times(1)
+        .returning(|_, _| Ok(vec![]));
+    let srv = start(Arc::new(mock), Arc::new(StaticVerifier)).await;
+    let c = client();
+    let r = c
+        .post(format!("{}/destroy", srv.base))
+        .bearer_auth(GOOD)
+        .json(&serde_json::json!({"project": "demo"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"project": "demo", "removed": ["demo-hello"]})
+    );
+    // No body at all: the default project.
+    let r = c
+        .post(format!("{}/destroy", srv.base))
+        .bearer_auth(GOOD)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["project"],
+        "fallback"
+    );
+    srv.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_lets_an_in_flight_deploy_stream_finish_and_ends_follow_streams() {
+    let gate = Arc::new(Semaphore::new(0));
+    let srv = start(
+        Arc::new(FakeBackend::gated(gate.clone())),
+        Arc::new(StaticVerifier),
+    )
+    .await;
+    let c = client();
+    let deploy = c
+        .post(format!("{}/deploy", srv.base))
+        .bearer_auth(GOOD)
+        .json(&serde_json::json!({"slugs": ["gh:acme/hello"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deploy.status().as_u16(), 202);
+    let follow = c
+        .get(format!(
+            "{}/services/hello/logs?follow=true&tail=2",
+            srv.base
+        ))
+        .bearer_auth(GOOD)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(follow.status().as_u16(), 200);
+    let Running {
+        stop, done, _dir, ..
+    } = srv;
+    stop.unwrap().send(()).unwrap();
+    // The follow stream ends by itself at shutdown, with the lines it had.
+    let logs = tokio::time::timeout(Duration::from_secs(10), follow.text())
+        .await
+        .expect("follow ended")
+        .unwrap();
+    assert_eq!(logs.lines().count(), 2);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !done.is_finished(),
+        "server must wait for the running deploy"
+    );
+    gate.add_permits(1);
+    let body = tokio::time::timeout(Duration::from_secs(10), deploy.text())
+        .await
+        .expect("deploy stream ended")
+        .unwrap();
+    assert!(
+        matches!(parse_ndjson(&body).last(), Some(StreamItem::Report(_))),
+        "{body}"
+    );
+    tokio::time::timeout(Duration::from_secs(10), done)
+        .await
+        .expect("server stopped")
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn openapi_document_is_served_and_matches_the_routes() {
+    let srv = start(Arc::new(FakeBackend::new()), Arc::new(StaticVerifier)).await;
+    let c = client();
+    let doc: serde_json::Value = c
+        .get(format!("{}/openapi.json", srv.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc, serde_json::to_value(iac_bin::api::openapi()).unwrap());
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let mut ops = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            ops.push(format!("{} {path}", method.to_uppercase()));
+        }
+    }
+    ops.sort();
+    assert_eq!(
+        ops,
+        vec![
+            "GET /deployments",
+            "GET /deployments/{id}",
+            "GET /health",
+            "GET /openapi.json",
+            "GET /services",
+            "GET /services/{name}/logs",
+            "POST /deploy",
+            "POST /destroy",
+        ]
+    );
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    assert!(doc["components"]["schemas"]["DeployStreamItem"].is_object());
+    // Every documented operation is routed (not a 404 route miss, not a 405).
+    for op in &ops {
+        let (method, path) = op.split_once(' ').unwrap();
+        let path = path
+            .replace("{id}", &uuid::Uuid::new_v4().to_string())
+            .replace("{name}", "hello");
+        let url = format!("{}{path}", srv.base);
+        let req = match method {
+            "GET" => c.get(&url),
+            _ => c.post(&url).json(&serde_json::json!({})),
+        };
+        let r = req.bearer_auth(GOOD).send().await.unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        assert_ne!(status, 405, "{op}: {text}");
+        if status == 404 {
+            let (_, msg) = assert_error_shape(&text);
+            assert!(
+                !msg.starts_with("no route"),
+                "{op} is documented but not routed: {msg}"
+            );
+        }
+    }
+    srv.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn openapi_mirror_schemas_match_the_core_types() {
+    use iac_bin::api::schema::*;
+    use iac_core::*;
+    fn roundtrip<T: serde::Serialize, M: serde::de::DeserializeOwned + serde::Serialize>(v: &T) {
+        let json = serde_json::to_value(v).unwrap();
+        let m: M = serde_json::from_value(json.clone())
+            .unwrap_or_else(|e| panic!("mirror out of date ({e}): {json}"));
+        let back = serde_json::to_value(&m).unwrap();
+        // Every field of the real value is in the mirror (the mirror may print absent options as null).
+        for (k, val) in json.as_object().unwrap() {
+            assert_eq!(&back[k], val, "field {k}");
+        }
+    }
+    let svc = ServiceName::new("hello").unwrap();
+    let health = HealthReport {
+        service: svc.clone(),
+        state: HealthState::Serving,
+        exit_code: Some(0),
+        detail: "running".into(),
+        attempts: 2,
+    };
+    let mut sr = ServiceReport::new(svc.clone(), "gh:acme/hello".into());
+    sr.stages.push(StageTiming {
+        stage: Stage::Build,
+        millis: 5,
+        ok: true,
+    });
+    sr.commit = Some("abc".into());
+    sr.image = Some("img".into());
+    sr.image_reused = Some(false);
+    sr.entry = Some(Entry {
+        language: Language::Python,
+        rule: "main.py".into(),
+        argv: vec!["python".into()],
+        why: "w".into(),
+        port: Some(8000),
+    });
+    sr.action = Some(Action::Create);
+    sr.endpoint = Some("127.0.0.1:1".into());
+    sr.health = Some(health.clone());
+    sr.fail(Stage::Health, "x");
+    let report = DeployReport {
+        project: ProjectName::new("p").unwrap(),
+        ok: false,
+        services: vec![sr],
+        removed: vec![svc.clone()],
+        error: Some("e".into()),
+        millis: 9,
+    };
+    roundtrip::<_, DeployReportSchema>(&report);
+    let ev = DeployEvent {
+        ts: "t".into(),
+        service: Some(svc.clone()),
+        stage: Stage::Fetch,
+        level: EventLevel::Info,
+        message: "m".into(),
+    };
+    roundtrip::<_, DeployEventSchema>(&ev);
+    roundtrip::<_, LogLineSchema>(&LogLine {
+        service: svc.clone(),
+        ts: "t".into(),
+        stream: "stdout".into(),
+        msg: "m".into(),
+    });
+    let status = iac_bin::api::ServiceStatus {
+        running: RunningService {
+            service: svc.clone(),
+            endpoint: Some("127.0.0.1:9".parse().unwrap()),
+            spec_hash: "h".into(),
+            image: "i".into(),
+            state: "running".into(),
+        },
+        health,
+    };
+    roundtrip::<_, ServiceStatusSchema>(&status);
+    let rec = DeploymentRecord {
+        id: uuid::Uuid::new_v4(),
+        project: ProjectName::new("p").unwrap(),
+        status: DeploymentStatus::Failed,
+        origin: "http".into(),
+        services: vec!["hello".into()],
+        started_at: "t".into(),
+        finished_at: Some("t".into()),
+        events: vec![ev],
+        events_dropped: 0,
+        report: Some(report),
+        error: Some(iac_bin::api::ErrorBody {
+            code: "c".into(),
+            message: "m".into(),
+        }),
+    };
+    roundtrip::<_, DeploymentSchema>(&rec);
+}
