@@ -6,7 +6,10 @@
 use iac_backends::fetch::extract::{Limits, extract_tar};
 use libfuzzer_sys::fuzz_target;
 
-const LIMITS: Limits = Limits { max_bytes: 64 * 1024, max_files: 64 };
+const LIMITS: Limits = Limits {
+    max_bytes: 64 * 1024,
+    max_files: 64,
+};
 
 fuzz_target!(|data: &[u8]| {
     let parent = tempfile::tempdir().expect("temp dir");
@@ -18,9 +21,19 @@ fuzz_target!(|data: &[u8]| {
         .filter_map(|e| e.ok().map(|e| e.file_name()))
         .filter(|n| n != "staging")
         .collect();
-    assert!(outside.is_empty(), "extraction wrote outside the staging dir: {outside:?}");
+    assert!(
+        outside.is_empty(),
+        "extraction wrote outside the staging dir: {outside:?}"
+    );
     if let Ok(x) = result {
-        assert!(x.root.starts_with(&staging), "tree root {:?} outside staging", x.root);
-        assert!(x.files <= LIMITS.max_files && x.bytes <= LIMITS.max_bytes, "caps exceeded: {x:?}");
+        assert!(
+            x.root.starts_with(&staging),
+            "tree root {:?} outside staging",
+            x.root
+        );
+        assert!(
+            x.files <= LIMITS.max_files && x.bytes <= LIMITS.max_bytes,
+            "caps exceeded: {x:?}"
+        );
     }
 });

@@ -1,5 +1,5 @@
 //! Safe extraction of untrusted trees: a streamed `.tar.gz` (or plain tar) unpacked into a staging
-//! directory, and the [`TreeWriter`] that the git backend uses too.
+//! directory, and the `TreeWriter` that the git backend uses too.
 //!
 //! Rules, enforced per entry with an error naming the entry ([`FetchError::Unsafe`] /
 //! [`FetchError::TooLarge`]):

@@ -1,7 +1,7 @@
 //! Git backend (gix): ref resolution with a ref listing (the `git ls-remote` equivalent) and a
 //! depth-1 fetch of exactly the resolved commit, whose tree is then written into the cache
-//! through the same safe [`TreeWriter`] as archives (no `.git/` in the result; submodules are
-//! skipped and reported). Works for `https://` and `file://` URLs; gix runs `git upload-pack`
+//! through the same safe `TreeWriter` as archives (see `extract.rs`; no `.git/` in the result;
+//! submodules are skipped and reported). Works for `https://` and `file://` URLs; gix runs `git upload-pack`
 //! for `file://`, so the `git` binary must be on PATH for local repositories.
 //!
 //! A commit sha that the server refuses to send shallowly (servers speaking only protocol v0
