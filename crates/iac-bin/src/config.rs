@@ -125,6 +125,7 @@ impl IacConfig {
         let mut cfg: IacConfig =
             Self::figment(file, cli)?.extract().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         cfg.supabase.apply_env(|k| std::env::var(k).ok());
+        cfg.absolutize_paths()?;
         Ok(cfg)
     }
 
@@ -151,6 +152,18 @@ impl IacConfig {
         redact(&mut v);
         let v = strip_nulls(v);
         toml::to_string_pretty(&v).context("render config as TOML")
+    }
+
+    /// Relative paths are relative to the current directory; the engine (bind mounts) and child
+    /// processes (terraform) need absolute ones.
+    pub fn absolutize_paths(&mut self) -> anyhow::Result<()> {
+        let cwd = std::env::current_dir().context("current directory")?;
+        for p in [&mut self.state_dir, &mut self.pki.secrets_dir, &mut self.fetch.cache_dir, &mut self.terraform.work_root] {
+            if p.is_relative() {
+                *p = cwd.join(&*p);
+            }
+        }
+        Ok(())
     }
 
     /// `<state_dir>/projects/<project>`.
