@@ -65,6 +65,8 @@ pub struct IacConfig {
     pub provisioner: ProvisionerKind,
     /// How long the prober keeps trying one service (also the Docker provisioner's gate deadline).
     pub health_deadline_secs: u64,
+    /// A new or replaced service must still be SERVING this many seconds after its first SERVING.
+    pub health_settle_secs: u64,
     /// OTLP endpoint for apps (and iac's own traces); unset → apps export to stdout.
     pub otel_endpoint: Option<String>,
     pub images: ImageConfig,
@@ -87,6 +89,7 @@ impl Default for IacConfig {
             parallelism: 4,
             provisioner: ProvisionerKind::Docker,
             health_deadline_secs: 45,
+            health_settle_secs: 3,
             otel_endpoint: None,
             images: ImageConfig::default(),
             sidecar: SidecarSection::default(),

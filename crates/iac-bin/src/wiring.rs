@@ -103,6 +103,7 @@ impl App {
                 parallelism: cfg.parallelism.max(1),
                 state_dir: cfg.project_dir(&project),
                 health_deadline: Duration::from_secs(cfg.health_deadline_secs.max(1)),
+                health_settle: Duration::from_secs(cfg.health_settle_secs),
                 otel_endpoint: cfg.otel_endpoint.clone(),
             },
         );

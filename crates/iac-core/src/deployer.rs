@@ -48,6 +48,9 @@ pub struct DeployOptions {
     pub state_dir: PathBuf,
     /// How long the prober keeps trying one service.
     pub health_deadline: Duration,
+    /// A created or replaced service must still be SERVING this long after its first SERVING
+    /// answer (an entry that crashes right after starting is not healthy). Zero disables it.
+    pub health_settle: Duration,
     pub otel_endpoint: Option<String>,
 }
 
@@ -164,6 +167,7 @@ impl Deployer {
             let applied_svc = applied.services.iter().find(|a| a.service == p.spec.name).cloned();
             let prober = self.stages.prober.clone();
             let deadline = self.opts.health_deadline;
+            let settle = self.opts.health_settle;
             let svc_events = events.for_service(&p.spec.name);
             async move {
                 p.report.stages.push(StageTiming { stage: Stage::Provision, millis: provision_ms, ok: true });
@@ -192,7 +196,13 @@ impl Deployer {
                 let t = Instant::now();
                 let target = ProbeTarget { service: p.spec.name.clone(), addr, deadline };
                 svc_events.info(Stage::Health, format!("probing {addr} over mTLS"));
-                let h = prober.check(&target).await;
+                let mut h = prober.check(&target).await;
+                if h.is_serving() && !settle.is_zero() && matches!(a.action, Action::Create | Action::Replace) {
+                    svc_events.info(Stage::Health, format!("SERVING; checking again in {settle:?} that it stays up"));
+                    tokio::time::sleep(settle).await;
+                    let again = prober.check(&target).await;
+                    h = HealthReport { attempts: h.attempts + again.attempts, ..again };
+                }
                 let ok = h.state == HealthState::Serving;
                 p.report.stages.push(StageTiming { stage: Stage::Health, millis: t.elapsed().as_millis() as u64, ok });
                 if ok {

@@ -107,6 +107,7 @@ impl Fakes {
                 parallelism,
                 state_dir: dir.to_path_buf(),
                 health_deadline: Duration::from_secs(1),
+                health_settle: Duration::ZERO,
                 otel_endpoint: None,
             },
         )
@@ -333,4 +334,49 @@ async fn concurrent_deploys_of_one_project_serialize_on_the_lock() {
     assert!(ta.await.unwrap().ok);
     assert!(tb.await.unwrap().ok);
     assert_eq!(overlap.load(Ordering::SeqCst), 0, "the project lock serializes apply");
+}
+
+#[tokio::test]
+async fn a_new_service_must_stay_serving_through_the_settle_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = Fakes::happy();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c2 = calls.clone();
+    f.prober = MockHealthProber::new();
+    // First answer SERVING (the entry is starting), second NOT_SERVING (it crashed meanwhile).
+    f.prober.expect_check().returning(move |t| {
+        let n = c2.fetch_add(1, Ordering::SeqCst);
+        let mut h = serving(&t.service, if n == 0 { HealthState::Serving } else { HealthState::NotServing });
+        h.exit_code = (n > 0).then_some(1);
+        h
+    });
+    let mut d = f.deployer(dir.path(), 1);
+    d.opts.health_settle = Duration::from_millis(20);
+    let report = d.deploy(&[spec("crashy")], &Events::discard()).await;
+    assert!(!report.ok);
+    let h = report.services[0].health.as_ref().unwrap();
+    assert_eq!(h.state, HealthState::NotServing);
+    assert_eq!(h.exit_code, Some(1));
+    assert_eq!(h.attempts, 2);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn unchanged_services_are_not_held_for_the_settle_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = Fakes::happy();
+    f.provisioner = MockProvisioner::new();
+    f.provisioner.expect_apply().returning(|stack, _, _| {
+        Ok(Applied {
+            services: stack.services.iter().map(|s| AppliedService { service: s.service.clone(), action: Action::Unchanged, endpoint: Some("127.0.0.1:4".parse().unwrap()), health: None, error: None }).collect(),
+            removed: vec![],
+        })
+    });
+    f.prober = MockHealthProber::new();
+    f.prober.expect_check().times(1).returning(|t| serving(&t.service, HealthState::Serving));
+    let mut d = f.deployer(dir.path(), 1);
+    d.opts.health_settle = Duration::from_secs(30);
+    let t = std::time::Instant::now();
+    assert!(d.deploy(&[spec("steady")], &Events::discard()).await.ok);
+    assert!(t.elapsed() < Duration::from_secs(5));
 }
