@@ -130,14 +130,23 @@ run_mmdebstrap() {
   log "  mmdebstrap $name rootfs: $(elapsed "$t"), $(du -m "$out" | cut -f1) MB tar"
 }
 
-# import_rootfs TAR TAG CHANGES...: docker import with --change lines; the tag only appears on success.
+# import_rootfs TAR TAG CHANGES...: docker import with --change lines; the tag only appears on
+# success. An image the tag pointed to before (--rebuild) is removed when nothing else uses it.
 import_rootfs() {
-  local tar="$1" tag="$2" t args=()
+  local tar="$1" tag="$2" t args=() old
   shift 2
   for c in "$@"; do args+=(--change "$c"); done
+  old="$("$DOCKER" image inspect -f '{{.Id}}' "$tag" 2>/dev/null || true)"
   t=$(now)
   "$DOCKER" import "${args[@]}" --message "iac bootstrap $(date -u +%FT%TZ)" "$tar" "$tag" >/dev/null
   log "  docker import $tag: $(elapsed "$t")"
+  if [ -n "$old" ] && [ "$old" != "$("$DOCKER" image inspect -f '{{.Id}}' "$tag")" ]; then
+    if "$DOCKER" rmi "$old" >/dev/null 2>&1; then
+      log "  removed the previous $tag image ${old:7:12}"
+    else
+      log "  kept the previous $tag image ${old:7:12} (still in use)"
+    fi
+  fi
 }
 
 build_python() {
@@ -252,7 +261,7 @@ ensure_wheelhouse() {
 }
 
 ensure_agent() {
-  local t script="$ROOT/scripts/build-agent.sh"
+  local t bin script="$ROOT/scripts/build-agent.sh"
   if [ "$SKIP_AGENT" = 1 ]; then
     log "iac-agent: skipped (--skip-agent)"
     return
@@ -262,8 +271,8 @@ ensure_agent() {
     return
   fi
   t=$(now)
-  bash "$script" || die "$script failed"
-  log "iac-agent: $script done [$(elapsed "$t")]"
+  bin="$(bash "$script")" || die "$script failed"
+  log "iac-agent: $bin ($(du -m "$bin" | cut -f1) MB, static) [$(elapsed "$t")]"
 }
 
 main() {
