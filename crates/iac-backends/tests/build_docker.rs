@@ -12,7 +12,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
-use bollard::query_parameters::{ListImagesOptionsBuilder, RemoveImageOptionsBuilder};
+use bollard::query_parameters::{
+    ListContainersOptionsBuilder, ListImagesOptionsBuilder, RemoveContainerOptionsBuilder,
+    RemoveImageOptionsBuilder,
+};
 use iac_backends::build::{DockerImageBuilder, ImageConfig, LABEL_BUILD_KEY};
 use iac_core::{
     BuildError, BuildSpec, DeployEvent, Entry, Events, ImageBuilder, Language, ProjectName,
@@ -21,7 +24,7 @@ use iac_core::{
 
 const OFFLINE_BASE: &str = "iac/python:3.11-bookworm";
 
-/// Removes every image labelled `iac.test=<id>` when dropped (also on panic).
+/// Removes every container and image labelled `iac.test=<id>` when dropped (also on panic).
 struct Cleanup {
     id: String,
 }
@@ -49,6 +52,22 @@ async fn remove_images_labelled(test_id: &str) {
         return;
     };
     let filters = HashMap::from([("label", vec![format!("iac.test={test_id}")])]);
+    if let Ok(containers) = docker
+        .list_containers(Some(
+            ListContainersOptionsBuilder::new()
+                .all(true)
+                .filters(&filters)
+                .build(),
+        ))
+        .await
+    {
+        for c in containers.into_iter().filter_map(|c| c.id) {
+            let opts = RemoveContainerOptionsBuilder::new().force(true).build();
+            if let Err(e) = docker.remove_container(&c, Some(opts)).await {
+                eprintln!("cleanup: removing container {c}: {e}");
+            }
+        }
+    }
     let Ok(images) = docker
         .list_images(Some(
             ListImagesOptionsBuilder::new()
@@ -165,6 +184,53 @@ fn drain(rx: &mut tokio::sync::mpsc::UnboundedReceiver<DeployEvent>) -> Vec<Stri
     out
 }
 
+fn agent_is_real() -> bool {
+    agent_binary().file_name().is_some_and(|n| n == "iac-agent")
+}
+
+/// Runs the image's own CMD detached (labelled) until `needle` shows in its logs; returns the logs.
+fn run_cmd_until(image: &str, test: &str, needle: &str, within: Duration) -> String {
+    let out = std::process::Command::new("docker")
+        .args([
+            "run",
+            "-d",
+            "--network",
+            "none",
+            "--label",
+            &format!("iac.test={test}"),
+            image,
+        ])
+        .output()
+        .expect("docker CLI");
+    assert!(
+        out.status.success(),
+        "docker run {image}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let deadline = Instant::now() + within;
+    let mut logs = String::new();
+    while Instant::now() < deadline {
+        let out = std::process::Command::new("docker")
+            .args(["logs", &id])
+            .output()
+            .expect("docker CLI");
+        logs = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if logs.contains(needle) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let _ = std::process::Command::new("docker")
+        .args(["rm", "-f", &id])
+        .output();
+    logs
+}
+
 /// `docker run --rm --entrypoint <argv0> image argv[1..]` (labelled), returning stdout.
 fn run_in(image: &str, test: &str, argv: &[&str]) -> String {
     let out = std::process::Command::new("docker")
@@ -248,6 +314,11 @@ async fn builds_python_app_reuses_it_and_rebuilds_on_change() {
 
     let img = docker.inspect_image(&built.tag).await.unwrap();
     assert_eq!(img.id.as_deref(), Some(built.id.as_str()));
+    eprintln!(
+        "built {} ({} MB) in {first_build:?}",
+        built.tag,
+        img.size.unwrap_or(0) / 1_000_000
+    );
     let cfg = img.config.unwrap();
     let labels = cfg.labels.unwrap();
     assert_eq!(labels["iac.project"], project);
@@ -308,6 +379,31 @@ async fn builds_python_app_reuses_it_and_rebuilds_on_change() {
         ],
     );
     assert_eq!(sdk.trim(), "(3, 11)");
+    let instrumented = run_in(
+        &built.tag,
+        &test,
+        &["opentelemetry-instrument", "python", "/app/main.py"],
+    );
+    assert_eq!(
+        instrumented.trim(),
+        "hello from the fixture hi $there",
+        "the CMD's OTel wrapper runs the entry"
+    );
+    if agent_is_real() {
+        // The image's own CMD: the agent starts the entry as `app` and tees its output.
+        let logs = run_cmd_until(
+            &built.tag,
+            &test,
+            "hello from the fixture",
+            Duration::from_secs(30),
+        );
+        assert!(logs.contains("hello from the fixture hi $there"), "{logs}");
+    } else {
+        eprintln!(
+            "note: stand-in agent {}; the image's CMD is not run",
+            agent_binary().display()
+        );
+    }
 
     // Unchanged inputs: reused, no build.
     let t = Instant::now();

@@ -256,12 +256,8 @@ impl ImageBuilder for DockerImageBuilder {
             let pip = HostPip {
                 command: self.config.pip.clone(),
                 args: self.config.pip_args.clone(),
-                find_links: plan
-                    .otel_wheels
-                    .iter()
-                    .cloned()
-                    .chain([self.config.wheelhouse_path()])
-                    .collect(),
+                // The bootstrap wheelhouse (setuptools, wheel, the OTel SDK) serves builds offline.
+                find_links: vec![self.config.wheelhouse_path()],
                 cache_dir: self.config.app_wheel_cache_path(),
             };
             Some(

@@ -125,9 +125,12 @@ impl HostPip {
             })?),
             None => None,
         };
+        // Requirements that point into the tree (`-r other.txt`, `./lib`, `-e .`) depend on more
+        // than their own text: key those by the whole tree.
+        let tree_dependent = deps.package || requirements.as_deref().is_some_and(refers_to_tree);
         let key = self.cache_key(
             requirements.as_deref(),
-            deps.package.then_some(source_digest),
+            tree_dependent.then_some(source_digest),
         );
         let done = self.cache_dir.join(&key);
         if done.join(COMPLETE).is_file() {
@@ -354,6 +357,28 @@ impl HostPip {
 
 const COMPLETE: &str = ".iac-complete";
 
+/// Whether a requirements file includes other files or local paths.
+fn refers_to_tree(requirements: &[u8]) -> bool {
+    String::from_utf8_lossy(requirements)
+        .lines()
+        .map(str::trim)
+        .any(|l| {
+            [
+                "-r",
+                "-c",
+                "--requirement",
+                "--constraint",
+                "-e",
+                "--editable",
+                ".",
+                "/",
+                "file:",
+            ]
+            .iter()
+            .any(|p| l.starts_with(p))
+        })
+}
+
 fn path_arg(p: &Path) -> String {
     p.display().to_string()
 }
@@ -445,6 +470,22 @@ mod tests {
             err.contains("pyproject.toml") && err.contains("TOML"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn requirements_pointing_into_the_tree_are_recognised() {
+        assert!(!refers_to_tree(
+            b"six==1.16\n# comment\nrequests[socks]>=2\n"
+        ));
+        for r in [
+            "-r base.txt",
+            "-c constraints.txt",
+            "./libs/x",
+            "-e .",
+            "file:///abs/pkg",
+        ] {
+            assert!(refers_to_tree(format!("six\n  {r}\n").as_bytes()), "{r}");
+        }
     }
 
     #[test]
