@@ -315,7 +315,6 @@ impl ImageBuilder for DockerImageBuilder {
 
         let mut labels: HashMap<String, String> = self.config.labels.clone().into_iter().collect();
         labels.insert(LABEL_BUILD_KEY.into(), image.key.clone());
-        labels.insert(LABEL_BASE_IMAGE.into(), base.clone());
         let buildargs = HashMap::from([(BASE_IMAGE_ARG.to_string(), base.clone())]);
         let opts = BuildImageOptionsBuilder::new()
             .dockerfile("Dockerfile")
