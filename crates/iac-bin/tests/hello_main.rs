@@ -35,8 +35,10 @@ impl Drop for Project {
         for net in docker(&["network", "ls", "-q", "--filter", &label]).split_whitespace() {
             docker(&["network", "rm", net]);
         }
-        for img in docker(&["images", "-q", "--filter", &label]).split_whitespace() {
-            docker(&["rmi", "-f", img]);
+        // --no-prune keeps the unlabelled shared layers (base + OTel SDK + agent): build cache
+        // that every later build reuses. Everything labelled with this project goes.
+        for img in docker(&["images", "-aq", "--filter", &label]).split_whitespace() {
+            docker(&["rmi", "-f", "--no-prune", img]);
         }
     }
 }
