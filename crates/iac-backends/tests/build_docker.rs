@@ -82,7 +82,10 @@ async fn remove_images_labelled(test_id: &str) {
     for img in images {
         // noprune: the unlabelled shared layers (base + OTel SDK + agent) are build cache that
         // every later build reuses; only what this test labelled is removed.
-        let opts = RemoveImageOptionsBuilder::new().force(true).noprune(true).build();
+        let opts = RemoveImageOptionsBuilder::new()
+            .force(true)
+            .noprune(true)
+            .build();
         match docker.remove_image(&img.id, Some(opts), None).await {
             Ok(_)
             | Err(bollard::errors::Error::DockerResponseServerError {

@@ -19,7 +19,10 @@ const CURRENT_PROJECT: &str = "current-project";
 
 /// Resolves the project: configuration/flag, then the repos file, then the last deploy from this
 /// directory, then the directory's name.
-pub fn resolve_project(cfg: &IacConfig, file_project: Option<&ProjectName>) -> anyhow::Result<ProjectName> {
+pub fn resolve_project(
+    cfg: &IacConfig,
+    file_project: Option<&ProjectName>,
+) -> anyhow::Result<ProjectName> {
     if let Some(p) = &cfg.project {
         return ProjectName::new(p).with_context(|| format!("--project / IAC_PROJECT {p:?}"));
     }
@@ -32,7 +35,11 @@ pub fn resolve_project(cfg: &IacConfig, file_project: Option<&ProjectName>) -> a
         return Ok(p);
     }
     let cwd = std::env::current_dir().context("current directory")?;
-    Ok(ProjectName::from_dir_name(&cwd.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()))
+    Ok(ProjectName::from_dir_name(
+        &cwd.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    ))
 }
 
 fn load_specs(file: &Path) -> anyhow::Result<(Option<ProjectName>, Vec<ServiceSpec>)> {
@@ -40,7 +47,10 @@ fn load_specs(file: &Path) -> anyhow::Result<(Option<ProjectName>, Vec<ServiceSp
     Ok((parsed.project, parsed.services))
 }
 
-fn project_from_optional_file(cfg: &IacConfig, file: Option<&PathBuf>) -> anyhow::Result<ProjectName> {
+fn project_from_optional_file(
+    cfg: &IacConfig,
+    file: Option<&PathBuf>,
+) -> anyhow::Result<ProjectName> {
     let fp = match file {
         Some(f) => load_repos_file(f)?.project,
         None => None,
@@ -62,30 +72,49 @@ pub async fn deploy(cfg: IacConfig, file: &Path, json: bool) -> anyhow::Result<E
     let (fp, specs) = load_specs(file)?;
     let project = resolve_project(&cfg, fp.as_ref())?;
     let app = App::build(cfg, project.clone()).await?;
-    let report = with_progress(json, async |events| app.deployer.deploy(&specs, events).await).await;
+    let report = with_progress(json, async |events| {
+        app.deployer.deploy(&specs, events).await
+    })
+    .await;
     let dir = app.cfg.project_dir(&project);
     let _ = std::fs::create_dir_all(&app.cfg.state_dir);
-    iac_core::fsutil::write_atomic(&app.cfg.state_dir.join(CURRENT_PROJECT), project.as_str().as_bytes(), None)
-        .with_context(|| format!("write {}", app.cfg.state_dir.display()))?;
-    iac_core::fsutil::write_atomic(&dir.join("last-deploy.json"), &serde_json::to_vec_pretty(&report)?, None)
-        .with_context(|| format!("write {}", dir.display()))?;
+    iac_core::fsutil::write_atomic(
+        &app.cfg.state_dir.join(CURRENT_PROJECT),
+        project.as_str().as_bytes(),
+        None,
+    )
+    .with_context(|| format!("write {}", app.cfg.state_dir.display()))?;
+    iac_core::fsutil::write_atomic(
+        &dir.join("last-deploy.json"),
+        &serde_json::to_vec_pretty(&report)?,
+        None,
+    )
+    .with_context(|| format!("write {}", dir.display()))?;
     if json {
         println!("{}", serde_json::to_string(&json!({ "report": report }))?);
     } else {
         print!("{}", output::render_report(&report));
     }
-    Ok(if report.ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 pub async fn plan(cfg: IacConfig, file: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let (fp, specs) = load_specs(file)?;
     let project = resolve_project(&cfg, fp.as_ref())?;
     let app = App::build(cfg, project.clone()).await?;
-    let outcome = with_progress(json, async |events| app.deployer.plan(&specs, events).await).await?;
+    let outcome =
+        with_progress(json, async |events| app.deployer.plan(&specs, events).await).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&outcome)?);
     } else {
-        println!("project {project} ({} provisioner):", app.provisioner_name());
+        println!(
+            "project {project} ({} provisioner):",
+            app.provisioner_name()
+        );
         for c in &outcome.changes {
             let sign = match c.action {
                 iac_core::Action::Create => "+",
@@ -93,21 +122,42 @@ pub async fn plan(cfg: IacConfig, file: &Path, json: bool) -> anyhow::Result<Exi
                 iac_core::Action::Remove => "-",
                 _ => "=",
             };
-            println!("  {sign} {:<20} {:<10} {}", c.service.as_str(), c.action.as_str(), c.reason);
+            println!(
+                "  {sign} {:<20} {:<10} {}",
+                c.service.as_str(),
+                c.action.as_str(),
+                c.reason
+            );
         }
         for f in &outcome.failures {
-            println!("  ! {:<20} {:<10} {}", f.service.as_str(), "error", f.error.as_deref().unwrap_or(""));
+            println!(
+                "  ! {:<20} {:<10} {}",
+                f.service.as_str(),
+                "error",
+                f.error.as_deref().unwrap_or("")
+            );
         }
     }
-    Ok(if outcome.failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if outcome.failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
-pub async fn destroy(cfg: IacConfig, file: Option<&PathBuf>, json: bool) -> anyhow::Result<ExitCode> {
+pub async fn destroy(
+    cfg: IacConfig,
+    file: Option<&PathBuf>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let project = project_from_optional_file(&cfg, file)?;
     let app = App::build(cfg, project.clone()).await?;
     let removed = with_progress(json, async |events| app.deployer.destroy(events).await).await?;
     if json {
-        println!("{}", serde_json::to_string(&json!({ "project": project, "removed": removed }))?);
+        println!(
+            "{}",
+            serde_json::to_string(&json!({ "project": project, "removed": removed }))?
+        );
     } else if removed.is_empty() {
         println!("project {project}: nothing to remove");
     } else {
@@ -116,28 +166,61 @@ pub async fn destroy(cfg: IacConfig, file: Option<&PathBuf>, json: bool) -> anyh
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn health(cfg: IacConfig, file: Option<&PathBuf>, json: bool) -> anyhow::Result<ExitCode> {
+pub async fn health(
+    cfg: IacConfig,
+    file: Option<&PathBuf>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let project = project_from_optional_file(&cfg, file)?;
     let app = App::build(cfg, project.clone()).await?;
     let results = app.deployer.health().await?;
     let all_ok = !results.is_empty() && results.iter().all(|(_, h)| h.is_serving());
     if json {
-        let items: Vec<_> = results.iter().map(|(r, h)| json!({ "running": r, "health": h })).collect();
-        println!("{}", serde_json::to_string(&json!({ "project": project, "ok": all_ok, "services": items }))?);
+        let items: Vec<_> = results
+            .iter()
+            .map(|(r, h)| json!({ "running": r, "health": h }))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string(&json!({ "project": project, "ok": all_ok, "services": items }))?
+        );
     } else if results.is_empty() {
         println!("project {project}: no services running");
     } else {
         println!("project {project}:");
         for (r, h) in &results {
-            let ep = r.endpoint.map(|e| e.to_string()).unwrap_or_else(|| "-".into());
-            let code = h.exit_code.map(|c| format!(" exit={c}")).unwrap_or_default();
-            println!("  {:<20} {:<12} {:<22} {}{code}", r.service.as_str(), h.state.as_str(), ep, h.detail);
+            let ep = r
+                .endpoint
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "-".into());
+            let code = h
+                .exit_code
+                .map(|c| format!(" exit={c}"))
+                .unwrap_or_default();
+            println!(
+                "  {:<20} {:<12} {:<22} {}{code}",
+                r.service.as_str(),
+                h.state.as_str(),
+                ep,
+                h.detail
+            );
         }
     }
-    Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
-pub async fn logs(cfg: IacConfig, file: Option<&PathBuf>, service: Option<&str>, follow: bool, tail: u32, json: bool) -> anyhow::Result<ExitCode> {
+pub async fn logs(
+    cfg: IacConfig,
+    file: Option<&PathBuf>,
+    service: Option<&str>,
+    follow: bool,
+    tail: u32,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let project = project_from_optional_file(&cfg, file)?;
     let app = App::build(cfg, project.clone()).await?;
     let running = app.deployer.stages().provisioner.running(&project).await?;
@@ -156,10 +239,17 @@ pub async fn logs(cfg: IacConfig, file: Option<&PathBuf>, service: Option<&str>,
     let mut streams = Vec::new();
     for r in targets {
         let Some(addr) = r.endpoint else {
-            eprintln!("{}: no published endpoint (container {})", r.service, r.state);
+            eprintln!(
+                "{}: no published endpoint (container {})",
+                r.service, r.state
+            );
             continue;
         };
-        let target = ProbeTarget { service: r.service.clone(), addr, deadline: std::time::Duration::from_secs(10) };
+        let target = ProbeTarget {
+            service: r.service.clone(),
+            addr,
+            deadline: std::time::Duration::from_secs(10),
+        };
         match app.streamer.stream(&target, query).await {
             Ok(s) => streams.push(s),
             Err(e) => eprintln!("{}: {e}", r.service),
@@ -187,7 +277,9 @@ fn parse_target(target: &str) -> anyhow::Result<Slug> {
         Err(e) => {
             let p = Path::new(target);
             if p.is_dir() {
-                Ok(Slug::Path { dir: std::fs::canonicalize(p)? })
+                Ok(Slug::Path {
+                    dir: std::fs::canonicalize(p)?,
+                })
             } else {
                 Err(anyhow::anyhow!("{e} (and {target:?} is not a directory)"))
             }
@@ -197,9 +289,14 @@ fn parse_target(target: &str) -> anyhow::Result<Slug> {
 
 pub async fn inspect(cfg: IacConfig, target: &str, json: bool) -> anyhow::Result<ExitCode> {
     let slug = parse_target(target)?;
-    let name = slug.default_service_name().with_context(|| format!("no service name can be derived from {slug}"))?;
+    let name = slug
+        .default_service_name()
+        .with_context(|| format!("no service name can be derived from {slug}"))?;
     let (fetcher, resolver) = crate::wiring::source_stages(&cfg)?;
-    let source = fetcher.fetch(&slug, &Events::discard()).await.with_context(|| format!("fetch {slug}"))?;
+    let source = fetcher
+        .fetch(&slug, &Events::discard())
+        .await
+        .with_context(|| format!("fetch {slug}"))?;
     let entry = match resolver.resolve(&source, None) {
         Ok(e) => e,
         Err(e) => {
@@ -228,24 +325,46 @@ pub async fn inspect(cfg: IacConfig, target: &str, json: bool) -> anyhow::Result
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn render(cfg: IacConfig, file: &Path, out: &Path, json: bool) -> anyhow::Result<ExitCode> {
+pub async fn render(
+    cfg: IacConfig,
+    file: &Path,
+    out: &Path,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let (fp, specs) = load_specs(file)?;
     let project = resolve_project(&cfg, fp.as_ref())?;
     let app = App::build_with(cfg, project.clone(), crate::wiring::EngineUse::None).await?;
-    let (rendered, failed) = with_progress(json, async |events| app.deployer.render(&specs, events).await).await;
+    let (rendered, failed) = with_progress(json, async |events| {
+        app.deployer.render(&specs, events).await
+    })
+    .await;
     for r in &rendered {
         let dir = out.join(r.service.as_str());
         let w = |name: &str, bytes: &[u8], mode: Option<u32>| {
-            iac_core::fsutil::write_atomic(&dir.join(name), bytes, mode).with_context(|| format!("write {}", dir.join(name).display()))
+            iac_core::fsutil::write_atomic(&dir.join(name), bytes, mode)
+                .with_context(|| format!("write {}", dir.join(name).display()))
         };
-        w("entry.json", &serde_json::to_vec_pretty(&json!({ "entry": r.entry, "image": r.image }))?, None)?;
+        w(
+            "entry.json",
+            &serde_json::to_vec_pretty(&json!({ "entry": r.entry, "image": r.image }))?,
+            None,
+        )?;
         w("envoy.yaml", r.envoy_yaml.as_bytes(), None)?;
-        for (src, name, mode) in [(&r.certs.paths.ca, "certs/ca.pem", 0o644), (&r.certs.paths.cert, "certs/cert.pem", 0o644), (&r.certs.paths.key, "certs/key.pem", 0o600)] {
+        for (src, name, mode) in [
+            (&r.certs.paths.ca, "certs/ca.pem", 0o644),
+            (&r.certs.paths.cert, "certs/cert.pem", 0o644),
+            (&r.certs.paths.key, "certs/key.pem", 0o600),
+        ] {
             let bytes = std::fs::read(src).with_context(|| format!("read {}", src.display()))?;
             w(name, &bytes, Some(mode))?;
         }
         if !json {
-            println!("{}: {} → {}", r.service, r.entry.argv.join(" "), dir.display());
+            println!(
+                "{}: {} → {}",
+                r.service,
+                r.entry.argv.join(" "),
+                dir.display()
+            );
         }
     }
     for f in &failed {
@@ -253,7 +372,16 @@ pub async fn render(cfg: IacConfig, file: &Path, out: &Path, json: bool) -> anyh
     }
     if json {
         let ok: Vec<_> = rendered.iter().map(|r| r.service.as_str()).collect();
-        println!("{}", serde_json::to_string(&json!({ "project": project, "rendered": ok, "failed": failed }))?);
+        println!(
+            "{}",
+            serde_json::to_string(
+                &json!({ "project": project, "rendered": ok, "failed": failed })
+            )?
+        );
     }
-    Ok(if failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

@@ -125,8 +125,9 @@ impl IacConfig {
             Err(e) if e.not_found() => {}
             Err(e) => return Err(anyhow::anyhow!(".env: {e}")),
         }
-        let mut cfg: IacConfig =
-            Self::figment(file, cli)?.extract().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        let mut cfg: IacConfig = Self::figment(file, cli)?
+            .extract()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         cfg.supabase.apply_env(|k| std::env::var(k).ok());
         cfg.absolutize_paths()?;
         Ok(cfg)
@@ -144,7 +145,11 @@ impl IacConfig {
         }
         let fig = fig
             .merge(Env::prefixed("IAC_").split("__"))
-            .merge(Env::raw().only(&["OTEL_EXPORTER_OTLP_ENDPOINT"]).map(|_| "otel_endpoint".into()))
+            .merge(
+                Env::raw()
+                    .only(&["OTEL_EXPORTER_OTLP_ENDPOINT"])
+                    .map(|_| "otel_endpoint".into()),
+            )
             .merge(Serialized::defaults(cli));
         Ok(fig)
     }
@@ -161,7 +166,12 @@ impl IacConfig {
     /// processes (terraform) need absolute ones.
     pub fn absolutize_paths(&mut self) -> anyhow::Result<()> {
         let cwd = std::env::current_dir().context("current directory")?;
-        for p in [&mut self.state_dir, &mut self.pki.secrets_dir, &mut self.fetch.cache_dir, &mut self.terraform.work_root] {
+        for p in [
+            &mut self.state_dir,
+            &mut self.pki.secrets_dir,
+            &mut self.fetch.cache_dir,
+            &mut self.terraform.work_root,
+        ] {
             if p.is_relative() {
                 *p = cwd.join(&*p);
             }
@@ -180,7 +190,14 @@ impl IacConfig {
     }
 }
 
-const SECRET_KEYS: &[&str] = &["service_role_key", "jwt_secret", "token", "password", "secret", "api_key"];
+const SECRET_KEYS: &[&str] = &[
+    "service_role_key",
+    "jwt_secret",
+    "token",
+    "password",
+    "secret",
+    "api_key",
+];
 
 fn redact(v: &mut serde_json::Value) {
     match v {
@@ -202,14 +219,20 @@ fn redact(v: &mut serde_json::Value) {
 fn strip_nulls(v: serde_json::Value) -> serde_json::Value {
     match v {
         serde_json::Value::Object(map) => serde_json::Value::Object(
-            map.into_iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k, strip_nulls(v))).collect(),
+            map.into_iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k, strip_nulls(v)))
+                .collect(),
         ),
-        serde_json::Value::Array(items) => serde_json::Value::Array(items.into_iter().map(strip_nulls).collect()),
+        serde_json::Value::Array(items) => {
+            serde_json::Value::Array(items.into_iter().map(strip_nulls).collect())
+        }
         other => other,
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closures return figment::Error
 mod tests {
     use super::*;
     use figment::Jail;
@@ -217,12 +240,18 @@ mod tests {
     #[test]
     fn layers_in_order() {
         Jail::expect_with(|jail| {
-            jail.create_file("iac.toml", "parallelism = 2\nnetwork = \"fromfile\"\n[images]\nbase_image = \"py:file\"\n")?;
+            jail.create_file(
+                "iac.toml",
+                "parallelism = 2\nnetwork = \"fromfile\"\n[images]\nbase_image = \"py:file\"\n",
+            )?;
             jail.set_env("IAC_NETWORK", "fromenv");
             jail.set_env("IAC_SIDECAR__IMAGE", "envoy:env");
             jail.set_env("SUPABASE_URL", "http://127.0.0.1:9");
             jail.set_env("SUPABASE_SERVICE_ROLE_KEY", "sekrit");
-            let cli = CliOverrides { parallelism: Some(7), ..Default::default() };
+            let cli = CliOverrides {
+                parallelism: Some(7),
+                ..Default::default()
+            };
             let mut c: IacConfig = IacConfig::figment(None, &cli).unwrap().extract()?;
             c.supabase.apply_env(|k| std::env::var(k).ok());
             assert_eq!(c.parallelism, 7, "CLI beats file");
@@ -240,11 +269,18 @@ mod tests {
 
     #[test]
     fn missing_explicit_file_is_an_error_and_bad_values_are_named() {
-        let e = IacConfig::figment(Some(Path::new("/nonexistent/iac.toml")), &CliOverrides::default()).unwrap_err();
+        let e = IacConfig::figment(
+            Some(Path::new("/nonexistent/iac.toml")),
+            &CliOverrides::default(),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("/nonexistent/iac.toml"));
         Jail::expect_with(|jail| {
             jail.create_file("iac.toml", "parallelism = \"many\"\n")?;
-            let e = IacConfig::figment(None, &CliOverrides::default()).unwrap().extract::<IacConfig>().unwrap_err();
+            let e = IacConfig::figment(None, &CliOverrides::default())
+                .unwrap()
+                .extract::<IacConfig>()
+                .unwrap_err();
             assert!(e.to_string().contains("parallelism"), "{e}");
             Ok(())
         });

@@ -45,7 +45,10 @@ pub fn run() -> ExitCode {
         }
     };
     let _telemetry = telemetry::init(cfg.otel_endpoint.as_deref(), cli.json);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -68,13 +71,18 @@ async fn dispatch(cli: Cli, cfg: IacConfig) -> anyhow::Result<ExitCode> {
         Command::Plan { file } => commands::plan(cfg, &file.file, json).await,
         Command::Destroy { file } => commands::destroy(cfg, file.as_ref(), json).await,
         Command::Health { file } => commands::health(cfg, file.as_ref(), json).await,
-        Command::Logs { file, service, follow, tail } => {
-            commands::logs(cfg, file.as_ref(), service.as_deref(), follow, tail, json).await
-        }
+        Command::Logs {
+            file,
+            service,
+            follow,
+            tail,
+        } => commands::logs(cfg, file.as_ref(), service.as_deref(), follow, tail, json).await,
         Command::Inspect { target } => commands::inspect(cfg, &target, json).await,
         Command::Render { file, out } => commands::render(cfg, &file.file, &out, json).await,
         Command::Ca { action } => wiring::ca_command(&cfg, action, json),
-        Command::Config { action: ConfigAction::Show } => {
+        Command::Config {
+            action: ConfigAction::Show,
+        } => {
             print!("{}", cfg.to_redacted_toml()?);
             Ok(ExitCode::SUCCESS)
         }
@@ -86,4 +94,3 @@ async fn dispatch(cli: Cli, cfg: IacConfig) -> anyhow::Result<ExitCode> {
         }
     }
 }
-

@@ -63,7 +63,11 @@ pub async fn show_progress(mode: Mode, mut rx: UnboundedReceiver<DeployEvent>) {
                         let msg = first_line(&ev.message);
                         bar.set_message(format!("{:<9} {msg}", ev.stage.as_str()));
                         if matches!(ev.level, EventLevel::Warn | EventLevel::Error) {
-                            let _ = mp.println(format!("  {svc}: {} {}", ev.stage.as_str(), ev.message));
+                            let _ = mp.println(format!(
+                                "  {svc}: {} {}",
+                                ev.stage.as_str(),
+                                ev.message
+                            ));
                         }
                     }
                     None => {
@@ -90,28 +94,55 @@ pub fn plain_line(ev: &DeployEvent) -> String {
         EventLevel::Warn => " WARN",
         _ => "",
     };
-    format!("{time} {svc:<16} {:<9}{lvl} {}", ev.stage.as_str(), ev.message)
+    format!(
+        "{time} {svc:<16} {:<9}{lvl} {}",
+        ev.stage.as_str(),
+        ev.message
+    )
 }
 
 /// The human summary of a deploy.
 pub fn render_report(r: &DeployReport) -> String {
     let mut out = String::new();
-    out.push_str(&format!("project {}: {} ({} ms)\n", r.project, if r.ok { "all services healthy" } else { "FAILED" }, r.millis));
+    out.push_str(&format!(
+        "project {}: {} ({} ms)\n",
+        r.project,
+        if r.ok {
+            "all services healthy"
+        } else {
+            "FAILED"
+        },
+        r.millis
+    ));
     for s in &r.services {
         let status = if s.ok { "ok" } else { "FAILED" };
         let health = s.health.as_ref().map(|h| h.state.as_str()).unwrap_or("-");
         let action = s.action.map(|a| a.as_str()).unwrap_or("-");
-        out.push_str(&format!("  {:<20} {:<7} {:<12} {:<12} {}\n", s.service.as_str(), status, action, health, s.endpoint.as_deref().unwrap_or("")));
+        out.push_str(&format!(
+            "  {:<20} {:<7} {:<12} {:<12} {}\n",
+            s.service.as_str(),
+            status,
+            action,
+            health,
+            s.endpoint.as_deref().unwrap_or("")
+        ));
         if let Some(e) = &s.entry {
             out.push_str(&format!("      entry  {} ({})\n", e.argv.join(" "), e.rule));
         }
         if let Some(i) = &s.image {
-            let reused = if s.image_reused == Some(true) { " (reused)" } else { "" };
+            let reused = if s.image_reused == Some(true) {
+                " (reused)"
+            } else {
+                ""
+            };
             out.push_str(&format!("      image  {i}{reused}\n"));
         }
         if let Some(err) = &s.error {
             for (n, line) in err.lines().enumerate() {
-                out.push_str(&format!("      {} {line}\n", if n == 0 { "error" } else { "     " }));
+                out.push_str(&format!(
+                    "      {} {line}\n",
+                    if n == 0 { "error" } else { "     " }
+                ));
             }
         }
     }
@@ -127,7 +158,7 @@ pub fn render_report(r: &DeployReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use iac_core::{Stage, ProjectName, ServiceReport};
+    use iac_core::{ProjectName, ServiceReport, Stage};
 
     #[test]
     fn plain_lines_and_report() {
@@ -138,10 +169,20 @@ mod tests {
             level: EventLevel::Warn,
             message: "slow".into(),
         };
-        assert_eq!(plain_line(&ev), "17:00:01 web              build     WARN slow");
+        assert_eq!(
+            plain_line(&ev),
+            "17:00:01 web              build     WARN slow"
+        );
         let mut s = ServiceReport::new(ServiceName::new("web").unwrap(), "path:/x".into());
         s.fail(Stage::Fetch, "boom\nsecond line");
-        let r = DeployReport { project: ProjectName::new("p").unwrap(), ok: false, services: vec![s], removed: vec![ServiceName::new("old").unwrap()], error: None, millis: 5 };
+        let r = DeployReport {
+            project: ProjectName::new("p").unwrap(),
+            ok: false,
+            services: vec![s],
+            removed: vec![ServiceName::new("old").unwrap()],
+            error: None,
+            millis: 5,
+        };
         let text = render_report(&r);
         assert!(text.contains("FAILED"));
         assert!(text.contains("error fetch: boom"));

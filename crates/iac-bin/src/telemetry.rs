@@ -24,18 +24,31 @@ impl Drop for TelemetryGuard {
 pub fn init(otlp_endpoint: Option<&str>, json_logs: bool) -> TelemetryGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
     let fmt = if json_logs {
-        tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).boxed()
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .boxed()
     } else {
-        tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false).boxed()
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_target(false)
+            .boxed()
     };
     let mut provider = None;
     let otel_layer = otlp_endpoint.and_then(|ep| {
-        let exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic().with_endpoint(ep).build();
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(ep)
+            .build();
         match exporter {
             Ok(exporter) => {
                 let p = opentelemetry_sdk::trace::SdkTracerProvider::builder()
                     .with_batch_exporter(exporter)
-                    .with_resource(opentelemetry_sdk::Resource::builder().with_service_name("iac").build())
+                    .with_resource(
+                        opentelemetry_sdk::Resource::builder()
+                            .with_service_name("iac")
+                            .build(),
+                    )
                     .build();
                 let tracer = p.tracer("iac");
                 provider = Some(p);
@@ -47,6 +60,10 @@ pub fn init(otlp_endpoint: Option<&str>, json_logs: bool) -> TelemetryGuard {
             }
         }
     });
-    let _ = tracing_subscriber::registry().with(filter).with(fmt).with(otel_layer).try_init();
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(otel_layer)
+        .try_init();
     TelemetryGuard { provider }
 }

@@ -25,7 +25,9 @@ use iac_core::{
     RunningService, ServiceName, SourceFetcher, Stack, Stages,
 };
 
-use crate::api::{ApiError, ControlPlaneBackend, DeployInput, LogStream, ServeConfig, ServiceStatus};
+use crate::api::{
+    ApiError, ControlPlaneBackend, DeployInput, LogStream, ServeConfig, ServiceStatus,
+};
 use crate::cli::CaAction;
 use crate::config::{IacConfig, ProvisionerKind};
 
@@ -49,8 +51,11 @@ pub enum EngineUse {
 }
 
 /// The fetcher and resolver alone (no engine, no certificates).
-pub fn source_stages(cfg: &IacConfig) -> anyhow::Result<(Arc<dyn SourceFetcher>, Arc<dyn EntryResolver>)> {
-    let fetcher = DefaultFetcher::new(cfg.fetch.clone()).context("source fetcher configuration ([fetch])")?;
+pub fn source_stages(
+    cfg: &IacConfig,
+) -> anyhow::Result<(Arc<dyn SourceFetcher>, Arc<dyn EntryResolver>)> {
+    let fetcher =
+        DefaultFetcher::new(cfg.fetch.clone()).context("source fetcher configuration ([fetch])")?;
     Ok((Arc::new(fetcher), Arc::new(DefaultResolver::new())))
 }
 
@@ -59,31 +64,58 @@ impl App {
         Self::build_with(cfg, project, EngineUse::Required).await
     }
 
-    pub async fn build_with(mut cfg: IacConfig, project: ProjectName, engine: EngineUse) -> anyhow::Result<App> {
+    pub async fn build_with(
+        mut cfg: IacConfig,
+        project: ProjectName,
+        engine: EngineUse,
+    ) -> anyhow::Result<App> {
         cfg.docker.health_deadline_secs = cfg.health_deadline_secs;
         let (fetcher, resolver) = source_stages(&cfg)?;
         let pki = iac_backends::pki::from_config(&cfg.pki);
-        let client = pki.client_identity().await.context("control-plane client certificate ([pki])")?;
-        let prober = Arc::new(GrpcProber::new(&client.paths, cfg.probe.clone()).context("health prober")?);
+        let client = pki
+            .client_identity()
+            .await
+            .context("control-plane client certificate ([pki])")?;
+        let prober =
+            Arc::new(GrpcProber::new(&client.paths, cfg.probe.clone()).context("health prober")?);
         let sidecar = Arc::new(
-            EnvoyRenderer::new(&EnvoyConfig { template_dir: cfg.sidecar.template_dir.clone() })
-                .context("sidecar template ([sidecar].template_dir)")?,
+            EnvoyRenderer::new(&EnvoyConfig {
+                template_dir: cfg.sidecar.template_dir.clone(),
+            })
+            .context("sidecar template ([sidecar].template_dir)")?,
         );
-        let (builder, provisioner, envoy_image): (Arc<dyn iac_core::ImageBuilder>, Arc<dyn Provisioner>, String) = match engine {
+        let (builder, provisioner, envoy_image): (
+            Arc<dyn iac_core::ImageBuilder>,
+            Arc<dyn Provisioner>,
+            String,
+        ) = match engine {
             EngineUse::Required => {
                 let docker = connect_docker().await?;
-                let envoy_image = resolve_image(&docker, &cfg.sidecar.image, &cfg.sidecar.offline_image).await?;
-                let builder = DockerImageBuilder::with_docker(docker, cfg.images.clone()).context("image builder ([images])")?;
+                let envoy_image =
+                    resolve_image(&docker, &cfg.sidecar.image, &cfg.sidecar.offline_image).await?;
+                let builder = DockerImageBuilder::with_docker(docker, cfg.images.clone())
+                    .context("image builder ([images])")?;
                 let provisioner: Arc<dyn Provisioner> = match cfg.provisioner {
-                    ProvisionerKind::Docker => Arc::new(DockerProvisioner::connect(cfg.docker.clone()).await.context("docker provisioner ([docker])")?),
-                    ProvisionerKind::Terraform => Arc::new(TerraformProvisioner::new(cfg.terraform.clone())),
+                    ProvisionerKind::Docker => Arc::new(
+                        DockerProvisioner::connect(cfg.docker.clone())
+                            .await
+                            .context("docker provisioner ([docker])")?,
+                    ),
+                    ProvisionerKind::Terraform => {
+                        Arc::new(TerraformProvisioner::new(cfg.terraform.clone()))
+                    }
                 };
                 (Arc::new(builder), provisioner, envoy_image)
             }
             EngineUse::None => {
                 let docker = Docker::connect_with_defaults().context("docker client")?;
-                let builder = DockerImageBuilder::with_docker(docker, cfg.images.clone()).context("image builder ([images])")?;
-                (Arc::new(builder), Arc::new(NoProvisioner), cfg.sidecar.image.clone())
+                let builder = DockerImageBuilder::with_docker(docker, cfg.images.clone())
+                    .context("image builder ([images])")?;
+                (
+                    Arc::new(builder),
+                    Arc::new(NoProvisioner),
+                    cfg.sidecar.image.clone(),
+                )
             }
         };
         let deployer = Deployer::new(
@@ -107,7 +139,14 @@ impl App {
                 otel_endpoint: cfg.otel_endpoint.clone(),
             },
         );
-        Ok(App { cfg, project, deployer, fetcher, resolver, streamer: prober })
+        Ok(App {
+            cfg,
+            project,
+            deployer,
+            fetcher,
+            resolver,
+            streamer: prober,
+        })
     }
 
     pub fn provisioner_name(&self) -> &'static str {
@@ -129,10 +168,14 @@ async fn resolve_image(docker: &Docker, preferred: &str, offline: &str) -> anyho
         return Ok(preferred.to_string());
     }
     if docker.inspect_image(offline).await.is_ok() {
-        tracing::info!("image {preferred} is not on this engine; using its offline equivalent {offline}");
+        tracing::info!(
+            "image {preferred} is not on this engine; using its offline equivalent {offline}"
+        );
         return Ok(offline.to_string());
     }
-    anyhow::bail!("neither {preferred} nor its offline equivalent {offline} is on this Docker engine: run `make bootstrap` (or `iac bootstrap`)")
+    anyhow::bail!(
+        "neither {preferred} nor its offline equivalent {offline} is on this Docker engine: run `make bootstrap` (or `iac bootstrap`)"
+    )
 }
 
 /// The provisioner of commands that never provision (`iac render`, `iac inspect`): asking it
@@ -145,22 +188,38 @@ impl Provisioner for NoProvisioner {
         "none"
     }
     async fn diff(&self, _: &Stack) -> Result<Vec<Change>, ProvisionError> {
-        Err(ProvisionError::Invalid("this command does not talk to a provisioner".into()))
+        Err(ProvisionError::Invalid(
+            "this command does not talk to a provisioner".into(),
+        ))
     }
-    async fn apply(&self, _: &Stack, _: Arc<dyn HealthProber>, _: &Events) -> Result<Applied, ProvisionError> {
-        Err(ProvisionError::Invalid("this command does not talk to a provisioner".into()))
+    async fn apply(
+        &self,
+        _: &Stack,
+        _: Arc<dyn HealthProber>,
+        _: &Events,
+    ) -> Result<Applied, ProvisionError> {
+        Err(ProvisionError::Invalid(
+            "this command does not talk to a provisioner".into(),
+        ))
     }
     async fn destroy(&self, _: &ProjectName, _: &Events) -> Result<Vec<String>, ProvisionError> {
-        Err(ProvisionError::Invalid("this command does not talk to a provisioner".into()))
+        Err(ProvisionError::Invalid(
+            "this command does not talk to a provisioner".into(),
+        ))
     }
     async fn running(&self, _: &ProjectName) -> Result<Vec<RunningService>, ProvisionError> {
-        Err(ProvisionError::Invalid("this command does not talk to a provisioner".into()))
+        Err(ProvisionError::Invalid(
+            "this command does not talk to a provisioner".into(),
+        ))
     }
 }
 
 /// `iac ca init|show|rotate`.
 pub fn ca_command(cfg: &IacConfig, action: CaAction, json: bool) -> anyhow::Result<ExitCode> {
-    anyhow::ensure!(cfg.pki.external.is_none(), "[pki.external] is configured: certificates are issued outside iac, there is no CA to manage");
+    anyhow::ensure!(
+        cfg.pki.external.is_none(),
+        "[pki.external] is configured: certificates are issued outside iac, there is no CA to manage"
+    );
     let ca = DevCa::new(cfg.pki.clone());
     let info = match action {
         CaAction::Init => {
@@ -184,25 +243,50 @@ pub fn ca_command(cfg: &IacConfig, action: CaAction, json: bool) -> anyhow::Resu
 /// `iac bootstrap`: runs the repository's `scripts/bootstrap-images.sh` (the same as `make images`).
 pub async fn bootstrap(_cfg: &IacConfig) -> anyhow::Result<ExitCode> {
     let script = PathBuf::from("scripts/bootstrap-images.sh");
-    anyhow::ensure!(script.exists(), "{} not found: run `iac bootstrap` from the iac checkout (or `make bootstrap` there)", script.display());
-    let status = tokio::process::Command::new("bash").arg(&script).status().await.with_context(|| format!("run {}", script.display()))?;
-    Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    anyhow::ensure!(
+        script.exists(),
+        "{} not found: run `iac bootstrap` from the iac checkout (or `make bootstrap` there)",
+        script.display()
+    );
+    let status = tokio::process::Command::new("bash")
+        .arg(&script)
+        .status()
+        .await
+        .with_context(|| format!("run {}", script.display()))?;
+    Ok(if status.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// `iac serve`.
-pub async fn serve(cfg: IacConfig, http: Option<String>, uds: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+pub async fn serve(
+    cfg: IacConfig,
+    http: Option<String>,
+    uds: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
     let mut serve_cfg: ServeConfig = cfg.serve.clone();
     if let Some(h) = http {
-        serve_cfg.http_addr = h.parse().with_context(|| format!("--http {h:?}: expected HOST:PORT"))?;
+        serve_cfg.http_addr = h
+            .parse()
+            .with_context(|| format!("--http {h:?}: expected HOST:PORT"))?;
     }
     if let Some(u) = uds {
         serve_cfg.uds_path = Some(u);
     }
-    let auth: Arc<dyn AuthVerifier> = Arc::new(SupabaseVerifier::new(cfg.supabase.clone()).context("Supabase auth ([supabase] / SUPABASE_*)")?);
+    let auth: Arc<dyn AuthVerifier> = Arc::new(
+        SupabaseVerifier::new(cfg.supabase.clone())
+            .context("Supabase auth ([supabase] / SUPABASE_*)")?,
+    );
     let default_project = crate::commands::resolve_project(&cfg, None)?;
-    let backend = Arc::new(LiveBackend { cfg, default_project });
+    let backend = Arc::new(LiveBackend {
+        cfg,
+        default_project,
+    });
     let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = term.recv() => {},
             _ = tokio::signal::ctrl_c() => {},
@@ -221,7 +305,9 @@ struct LiveBackend {
 
 impl LiveBackend {
     async fn app(&self, project: ProjectName) -> Result<App, ApiError> {
-        App::build(self.cfg.clone(), project).await.map_err(|e| ApiError::unavailable(format!("{e:#}")))
+        App::build(self.cfg.clone(), project)
+            .await
+            .map_err(|e| ApiError::unavailable(format!("{e:#}")))
     }
 }
 
@@ -238,31 +324,75 @@ impl ControlPlaneBackend for LiveBackend {
 
     async fn destroy(&self, project: ProjectName, events: Events) -> Result<Vec<String>, ApiError> {
         let app = self.app(project).await?;
-        app.deployer.destroy(&events).await.map_err(|e| ApiError::bad_gateway(e.to_string()))
+        app.deployer
+            .destroy(&events)
+            .await
+            .map_err(|e| ApiError::bad_gateway(e.to_string()))
     }
 
     async fn services(&self, project: ProjectName) -> Result<Vec<ServiceStatus>, ApiError> {
         let app = self.app(project).await?;
-        let checked = app.deployer.health().await.map_err(|e| ApiError::bad_gateway(e.to_string()))?;
-        Ok(checked.into_iter().map(|(running, health)| ServiceStatus { running, health }).collect())
+        let checked = app
+            .deployer
+            .health()
+            .await
+            .map_err(|e| ApiError::bad_gateway(e.to_string()))?;
+        Ok(checked
+            .into_iter()
+            .map(|(running, health)| ServiceStatus { running, health })
+            .collect())
     }
 
-    async fn logs(&self, project: ProjectName, service: ServiceName, query: LogQuery) -> Result<LogStream, ApiError> {
+    async fn logs(
+        &self,
+        project: ProjectName,
+        service: ServiceName,
+        query: LogQuery,
+    ) -> Result<LogStream, ApiError> {
         let app = self.app(project.clone()).await?;
-        let running = app.deployer.stages().provisioner.running(&project).await.map_err(|e| ApiError::bad_gateway(e.to_string()))?;
+        let running = app
+            .deployer
+            .stages()
+            .provisioner
+            .running(&project)
+            .await
+            .map_err(|e| ApiError::bad_gateway(e.to_string()))?;
         let r = running
             .into_iter()
             .find(|r| r.service == service)
-            .ok_or_else(|| ApiError::not_found(format!("service {service} is not running in project {project}")))?;
-        let addr = r.endpoint.ok_or_else(|| ApiError::bad_gateway(format!("service {service} has no published endpoint (container {})", r.state)))?;
-        let target = ProbeTarget { service, addr, deadline: Duration::from_secs(10) };
-        let stream = app.streamer.stream(&target, query).await.map_err(|e| ApiError::bad_gateway(e.to_string()))?;
-        Ok(stream.map(|item| item.map_err(|e| ApiError::bad_gateway(e.to_string()))).boxed())
+            .ok_or_else(|| {
+                ApiError::not_found(format!(
+                    "service {service} is not running in project {project}"
+                ))
+            })?;
+        let addr = r.endpoint.ok_or_else(|| {
+            ApiError::bad_gateway(format!(
+                "service {service} has no published endpoint (container {})",
+                r.state
+            ))
+        })?;
+        let target = ProbeTarget {
+            service,
+            addr,
+            deadline: Duration::from_secs(10),
+        };
+        let stream = app
+            .streamer
+            .stream(&target, query)
+            .await
+            .map_err(|e| ApiError::bad_gateway(e.to_string()))?;
+        Ok(stream
+            .map(|item| item.map_err(|e| ApiError::bad_gateway(e.to_string())))
+            .boxed())
     }
 
     async fn engine_ping(&self) -> Result<String, String> {
         let docker = connect_docker().await.map_err(|e| format!("{e:#}"))?;
         let v = docker.version().await.map_err(|e| e.to_string())?;
-        Ok(format!("docker {} (API {})", v.version.unwrap_or_default(), v.api_version.unwrap_or_default()))
+        Ok(format!(
+            "docker {} (API {})",
+            v.version.unwrap_or_default(),
+            v.api_version.unwrap_or_default()
+        ))
     }
 }

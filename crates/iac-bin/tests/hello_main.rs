@@ -44,22 +44,40 @@ impl Drop for Project {
 }
 
 fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker").args(args).output().expect("docker CLI");
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker CLI");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn docker_ok() -> bool {
-    Command::new("docker").arg("info").output().map(|o| o.status.success()).unwrap_or(false)
+    Command::new("docker")
+        .arg("info")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
 }
 
 fn git(dir: &Path, args: &[&str]) {
     let out = Command::new("git")
-        .args(["-c", "user.email=t@example.invalid", "-c", "user.name=test", "-c", "init.defaultBranch=main"])
+        .args([
+            "-c",
+            "user.email=t@example.invalid",
+            "-c",
+            "user.name=test",
+            "-c",
+            "init.defaultBranch=main",
+        ])
         .args(args)
         .current_dir(dir)
         .output()
         .expect("git");
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn fixture(root: &Path, name: &str, files: &[(&str, &str)]) -> PathBuf {
@@ -101,8 +119,15 @@ fn static_agent() -> String {
         return p;
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let out = Command::new("bash").arg(root.join("scripts/build-agent.sh")).output().expect("run scripts/build-agent.sh");
-    assert!(out.status.success(), "scripts/build-agent.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("bash")
+        .arg(root.join("scripts/build-agent.sh"))
+        .output()
+        .expect("run scripts/build-agent.sh");
+    assert!(
+        out.status.success(),
+        "scripts/build-agent.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -132,12 +157,19 @@ impl Project {
 
     fn container_ids(&self) -> Vec<(String, String)> {
         let out = docker(&[
-            "ps", "-a", "--filter", &format!("label=iac.project={}", self.name),
-            "--format", "{{.Names}} {{.ID}}",
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label=iac.project={}", self.name),
+            "--format",
+            "{{.Names}} {{.ID}}",
         ]);
         let mut v: Vec<(String, String)> = out
             .lines()
-            .filter_map(|l| l.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())))
+            .filter_map(|l| {
+                l.split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+            })
             .collect();
         v.sort();
         v
@@ -146,11 +178,17 @@ impl Project {
 
 fn json_of(out: &Output) -> serde_json::Value {
     let text = String::from_utf8_lossy(&out.stdout);
-    let last = text.lines().rev().find(|l| l.trim_start().starts_with('{')).expect("a JSON line on stdout");
+    let last = text
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .expect("a JSON line on stdout");
     serde_json::from_str(last).expect("valid JSON")
 }
 
-fn health_by_service(v: &serde_json::Value) -> std::collections::BTreeMap<String, (String, Option<i64>)> {
+fn health_by_service(
+    v: &serde_json::Value,
+) -> std::collections::BTreeMap<String, (String, Option<i64>)> {
     v["services"]
         .as_array()
         .unwrap()
@@ -158,7 +196,10 @@ fn health_by_service(v: &serde_json::Value) -> std::collections::BTreeMap<String
         .map(|s| {
             (
                 s["running"]["service"].as_str().unwrap().to_string(),
-                (s["health"]["state"].as_str().unwrap().to_string(), s["health"]["exit_code"].as_i64()),
+                (
+                    s["health"]["state"].as_str().unwrap().to_string(),
+                    s["health"]["exit_code"].as_i64(),
+                ),
             )
         })
         .collect()
@@ -167,7 +208,10 @@ fn health_by_service(v: &serde_json::Value) -> std::collections::BTreeMap<String
 #[test]
 fn hello_main_end_to_end() {
     if !docker_ok() {
-        assert!(std::env::var_os("IAC_REQUIRE_DOCKER").is_none(), "IAC_REQUIRE_DOCKER is set but Docker is unreachable");
+        assert!(
+            std::env::var_os("IAC_REQUIRE_DOCKER").is_none(),
+            "IAC_REQUIRE_DOCKER is set but Docker is unreachable"
+        );
         eprintln!("SKIPPED hello_main_end_to_end: no Docker engine");
         return;
     }
@@ -182,12 +226,22 @@ fn hello_main_end_to_end() {
         &repos,
         "scripted",
         &[
-            ("pyproject.toml", "[project]\nname = \"scripted\"\nversion = \"0.1.0\"\n\n[project.scripts]\nzz-first = \"scripted.cli:main\"\naa-second = \"scripted.cli:other\"\n\n[build-system]\nrequires = [\"setuptools>=61\"]\nbuild-backend = \"setuptools.build_meta\"\n"),
+            (
+                "pyproject.toml",
+                "[project]\nname = \"scripted\"\nversion = \"0.1.0\"\n\n[project.scripts]\nzz-first = \"scripted.cli:main\"\naa-second = \"scripted.cli:other\"\n\n[build-system]\nrequires = [\"setuptools>=61\"]\nbuild-backend = \"setuptools.build_meta\"\n",
+            ),
             ("scripted/__init__.py", ""),
             ("scripted/cli.py", &SCRIPTED_CLI.replace("VERSION", "v1")),
         ],
     );
-    let crashy = fixture(&repos, "crashy", &[("main.py", "import sys\nprint('crashy starting', flush=True)\nsys.exit(1)\n")]);
+    let crashy = fixture(
+        &repos,
+        "crashy",
+        &[(
+            "main.py",
+            "import sys\nprint('crashy starting', flush=True)\nsys.exit(1)\n",
+        )],
+    );
     let file = project.workdir.path().join("repos.yaml");
     std::fs::write(
         &file,
@@ -203,14 +257,36 @@ fn hello_main_end_to_end() {
 
     // 1. deploy: crashy fails, its peers are SERVING.
     let out = project.iac(&["deploy", "--file", file, "--json"]);
-    assert_eq!(out.status.code(), Some(1), "crashy must make the deploy fail");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "crashy must make the deploy fail"
+    );
     let report = json_of(&out)["report"].clone();
-    let svc = |name: &str| report["services"].as_array().unwrap().iter().find(|s| s["service"] == name).unwrap().clone();
+    let svc = |name: &str| {
+        report["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["service"] == name)
+            .unwrap()
+            .clone()
+    };
     assert_eq!(svc("hello")["health"]["state"], "SERVING", "{report:#}");
     assert_eq!(svc("scripted")["health"]["state"], "SERVING", "{report:#}");
     assert_eq!(svc("scripted")["entry"]["rule"], "project.scripts");
-    assert!(svc("scripted")["entry"]["argv"].to_string().contains("scripted.cli"), "first script in file order: {}", svc("scripted")["entry"]);
-    assert_eq!(svc("crashy")["health"]["state"], "NOT_SERVING", "{report:#}");
+    assert!(
+        svc("scripted")["entry"]["argv"]
+            .to_string()
+            .contains("scripted.cli"),
+        "first script in file order: {}",
+        svc("scripted")["entry"]
+    );
+    assert_eq!(
+        svc("crashy")["health"]["state"],
+        "NOT_SERVING",
+        "{report:#}"
+    );
     assert_eq!(svc("crashy")["health"]["exit_code"], 1);
 
     let health = project.iac(&["health", "--json"]);
@@ -225,40 +301,77 @@ fn hello_main_end_to_end() {
     assert!(String::from_utf8_lossy(&logs.stdout).contains("hello-main says hi"));
     let all = project.iac(&["logs", "--tail", "50"]);
     let all = String::from_utf8_lossy(&all.stdout);
-    assert!(all.lines().any(|l| l.starts_with("scripted") && l.contains("scripted v1")), "prefixed lines: {all}");
+    assert!(
+        all.lines()
+            .any(|l| l.starts_with("scripted") && l.contains("scripted v1")),
+        "prefixed lines: {all}"
+    );
 
     // 3. redeploy without a change: nothing touched.
     let before = project.container_ids();
     assert_eq!(before.len(), 6, "two containers per service: {before:?}");
     let out = project.iac(&["deploy", "--file", file, "--json"]);
     assert_eq!(out.status.code(), Some(1));
-    assert_eq!(project.container_ids(), before, "no change → same containers");
+    assert_eq!(
+        project.container_ids(),
+        before,
+        "no change → same containers"
+    );
 
     // 4. change scripted only: only its pair is replaced.
-    std::fs::write(scripted.join("scripted/cli.py"), SCRIPTED_CLI.replace("VERSION", "v2")).unwrap();
+    std::fs::write(
+        scripted.join("scripted/cli.py"),
+        SCRIPTED_CLI.replace("VERSION", "v2"),
+    )
+    .unwrap();
     git(&scripted, &["commit", "-qam", "v2"]);
     let plan = project.iac(&["plan", "--file", file, "--json"]);
     let plan_text = String::from_utf8_lossy(&plan.stdout);
-    assert!(plan_text.contains("\"replace\""), "plan shows the replacement: {plan_text}");
+    assert!(
+        plan_text.contains("\"replace\""),
+        "plan shows the replacement: {plan_text}"
+    );
     let out = project.iac(&["deploy", "--file", file, "--json"]);
     assert_eq!(out.status.code(), Some(1));
     let after = project.container_ids();
     let ids = |v: &[(String, String)], prefix: &str| -> Vec<String> {
-        v.iter().filter(|(n, _)| n.starts_with(&format!("{}-{prefix}", project.name))).map(|(_, id)| id.clone()).collect()
+        v.iter()
+            .filter(|(n, _)| n.starts_with(&format!("{}-{prefix}", project.name)))
+            .map(|(_, id)| id.clone())
+            .collect()
     };
-    assert_eq!(ids(&after, "hello"), ids(&before, "hello"), "hello untouched");
-    assert_eq!(ids(&after, "crashy"), ids(&before, "crashy"), "crashy untouched");
+    assert_eq!(
+        ids(&after, "hello"),
+        ids(&before, "hello"),
+        "hello untouched"
+    );
+    assert_eq!(
+        ids(&after, "crashy"),
+        ids(&before, "crashy"),
+        "crashy untouched"
+    );
     let (a, b) = (ids(&after, "scripted"), ids(&before, "scripted"));
     assert_eq!(a.len(), 2);
-    assert!(a.iter().all(|id| !b.contains(id)), "scripted replaced: {b:?} → {a:?}");
+    assert!(
+        a.iter().all(|id| !b.contains(id)),
+        "scripted replaced: {b:?} → {a:?}"
+    );
     let logs = project.iac(&["logs", "--service", "scripted", "--tail", "20"]);
     assert!(String::from_utf8_lossy(&logs.stdout).contains("scripted v2"));
 
     // 5. destroy leaves nothing with the project label; a second destroy is a no-op.
     assert!(project.iac(&["destroy"]).status.success());
     let label = format!("label=iac.project={}", project.name);
-    assert!(docker(&["ps", "-aq", "--filter", &label]).trim().is_empty(), "containers left");
-    assert!(docker(&["network", "ls", "-q", "--filter", &label]).trim().is_empty(), "networks left");
+    assert!(
+        docker(&["ps", "-aq", "--filter", &label]).trim().is_empty(),
+        "containers left"
+    );
+    assert!(
+        docker(&["network", "ls", "-q", "--filter", &label])
+            .trim()
+            .is_empty(),
+        "networks left"
+    );
     assert!(project.iac(&["destroy"]).status.success());
     eprintln!("hello-main end to end took {:?}", started.elapsed());
 }

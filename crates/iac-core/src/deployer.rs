@@ -107,13 +107,24 @@ impl Deployer {
 
     /// Host path of a service's rendered Envoy config.
     pub fn envoy_config_path(&self, svc: &ServiceName) -> PathBuf {
-        self.opts.state_dir.join("services").join(svc.as_str()).join("envoy.yaml")
+        self.opts
+            .state_dir
+            .join("services")
+            .join(svc.as_str())
+            .join("envoy.yaml")
     }
 
     /// Deploys `specs`: every service ends up in the report, ok or with its error and stage.
     pub async fn deploy(&self, specs: &[ServiceSpec], events: &Events) -> DeployReport {
         let started = Instant::now();
-        events.info(Stage::Deploy, format!("deploying {} service(s) to project {}", specs.len(), self.opts.project));
+        events.info(
+            Stage::Deploy,
+            format!(
+                "deploying {} service(s) to project {}",
+                specs.len(),
+                self.opts.project
+            ),
+        );
         let (prepared, mut failed) = self.prepare_all(specs, Mode::Build, events).await;
         let _lock = match self.lock(events).await {
             Ok(l) => l,
@@ -132,20 +143,34 @@ impl Deployer {
                 }
                 Err(e) => {
                     let mut p = p;
-                    p.report.fail(Stage::Render, format!("{}: {e}", path.display()));
+                    p.report
+                        .fail(Stage::Render, format!("{}: {e}", path.display()));
                     svc_events.error(Stage::Render, p.report.error.clone().unwrap_or_default());
                     failed.push(p.report);
                 }
             }
         }
         let mut input = input;
-        input.services.retain(|s| ok_services.iter().any(|p| p.spec.name == s.name));
+        input
+            .services
+            .retain(|s| ok_services.iter().any(|p| p.spec.name == s.name));
         input.keep.extend(failed.iter().map(|r| r.service.clone()));
         let stack = plan(&input);
-        events.info(Stage::Plan, format!("stack: {} service(s), network {}", stack.services.len(), stack.network.name));
+        events.info(
+            Stage::Plan,
+            format!(
+                "stack: {} service(s), network {}",
+                stack.services.len(),
+                stack.network.name
+            ),
+        );
 
         let t = Instant::now();
-        let applied = self.stages.provisioner.apply(&stack, self.stages.prober.clone(), events).await;
+        let applied = self
+            .stages
+            .provisioner
+            .apply(&stack, self.stages.prober.clone(), events)
+            .await;
         let provision_ms = t.elapsed().as_millis() as u64;
         let applied = match applied {
             Ok(a) => a,
@@ -153,11 +178,20 @@ impl Deployer {
                 events.error(Stage::Provision, e.to_string());
                 let mut reports = failed;
                 for mut p in ok_services {
-                    p.report.stages.push(StageTiming { stage: Stage::Provision, millis: provision_ms, ok: false });
+                    p.report.stages.push(StageTiming {
+                        stage: Stage::Provision,
+                        millis: provision_ms,
+                        ok: false,
+                    });
                     p.report.fail(Stage::Provision, &e);
                     reports.push(p.report);
                 }
-                return self.finish(reports, Vec::new(), started, Some(format!("provision: {e}")));
+                return self.finish(
+                    reports,
+                    Vec::new(),
+                    started,
+                    Some(format!("provision: {e}")),
+                );
             }
         };
 
@@ -223,23 +257,38 @@ impl Deployer {
     /// What a deploy would change, without building images or touching containers.
     pub async fn plan(&self, specs: &[ServiceSpec], events: &Events) -> Result<PlanOutcome, Error> {
         let (prepared, mut failed) = self.prepare_all(specs, Mode::PlanOnly, events).await;
-        let (mut input, _rendered, render_failed) = self.mesh_and_plan_input(prepared, &failed, events);
+        let (mut input, _rendered, render_failed) =
+            self.mesh_and_plan_input(prepared, &failed, events);
         failed.extend(render_failed);
         input.keep.extend(failed.iter().map(|r| r.service.clone()));
         let stack = plan(&input);
         let changes = self.stages.provisioner.diff(&stack).await?;
-        Ok(PlanOutcome { stack, changes, failures: failed })
+        Ok(PlanOutcome {
+            stack,
+            changes,
+            failures: failed,
+        })
     }
 
     /// Everything a deploy would hand the provisioner, per service, without building or running
     /// anything: the resolved entry, the planned image, the certificates and the Envoy config.
-    pub async fn render(&self, specs: &[ServiceSpec], events: &Events) -> (Vec<RenderedService>, Vec<ServiceReport>) {
+    pub async fn render(
+        &self,
+        specs: &[ServiceSpec],
+        events: &Events,
+    ) -> (Vec<RenderedService>, Vec<ServiceReport>) {
         let (prepared, mut failed) = self.prepare_all(specs, Mode::PlanOnly, events).await;
         let (_input, rendered, render_failed) = self.mesh_and_plan_input(prepared, &failed, events);
         failed.extend(render_failed);
         let ok = rendered
             .into_iter()
-            .map(|(p, envoy_yaml)| RenderedService { service: p.spec.name, entry: p.entry, image: p.image, certs: p.certs, envoy_yaml })
+            .map(|(p, envoy_yaml)| RenderedService {
+                service: p.spec.name,
+                entry: p.entry,
+                image: p.image,
+                certs: p.certs,
+                envoy_yaml,
+            })
             .collect();
         (ok, failed)
     }
@@ -247,7 +296,11 @@ impl Deployer {
     /// Removes everything the project runs.
     pub async fn destroy(&self, events: &Events) -> Result<Vec<String>, Error> {
         let _lock = self.lock(events).await?;
-        Ok(self.stages.provisioner.destroy(&self.opts.project, events).await?)
+        Ok(self
+            .stages
+            .provisioner
+            .destroy(&self.opts.project, events)
+            .await?)
     }
 
     /// Re-checks every running service of the project.
@@ -258,7 +311,15 @@ impl Deployer {
             let deadline = self.opts.health_deadline;
             async move {
                 let h = match r.endpoint {
-                    Some(addr) => prober.check(&ProbeTarget { service: r.service.clone(), addr, deadline }).await,
+                    Some(addr) => {
+                        prober
+                            .check(&ProbeTarget {
+                                service: r.service.clone(),
+                                addr,
+                                deadline,
+                            })
+                            .await
+                    }
                     None => HealthReport {
                         service: r.service.clone(),
                         state: HealthState::Unreachable,
@@ -273,13 +334,19 @@ impl Deployer {
         Ok(futures::future::join_all(checks).await)
     }
 
-    async fn prepare_all(&self, specs: &[ServiceSpec], mode: Mode, events: &Events) -> (Vec<Prepared>, Vec<ServiceReport>) {
+    async fn prepare_all(
+        &self,
+        specs: &[ServiceSpec],
+        mode: Mode,
+        events: &Events,
+    ) -> (Vec<Prepared>, Vec<ServiceReport>) {
         let n = self.opts.parallelism.max(1);
-        let mut results: Vec<(usize, Result<Prepared, ServiceReport>)> = futures::stream::iter(specs.iter().cloned().enumerate())
-            .map(|(i, spec)| async move { (i, self.prepare(spec, mode, events).await) })
-            .buffer_unordered(n)
-            .collect()
-            .await;
+        let mut results: Vec<(usize, Result<Prepared, ServiceReport>)> =
+            futures::stream::iter(specs.iter().cloned().enumerate())
+                .map(|(i, spec)| async move { (i, self.prepare(spec, mode, events).await) })
+                .buffer_unordered(n)
+                .collect()
+                .await;
         results.sort_by_key(|(i, _)| *i);
         let mut ok = Vec::new();
         let mut failed = Vec::new();
@@ -292,7 +359,12 @@ impl Deployer {
         (ok, failed)
     }
 
-    async fn prepare(&self, spec: ServiceSpec, mode: Mode, events: &Events) -> Result<Prepared, ServiceReport> {
+    async fn prepare(
+        &self,
+        spec: ServiceSpec,
+        mode: Mode,
+        events: &Events,
+    ) -> Result<Prepared, ServiceReport> {
         let ev = events.for_service(&spec.name);
         let mut report = ServiceReport::new(spec.name.clone(), spec.slug.to_string());
         macro_rules! stage {
@@ -301,7 +373,11 @@ impl Deployer {
                 ev.info($stage, format!("{} …", $stage.as_str()));
                 let r = $fut;
                 let ok = r.is_ok();
-                report.stages.push(StageTiming { stage: $stage, millis: t.elapsed().as_millis() as u64, ok });
+                report.stages.push(StageTiming {
+                    stage: $stage,
+                    millis: t.elapsed().as_millis() as u64,
+                    ok,
+                });
                 match r {
                     Ok(v) => v,
                     Err(e) => {
@@ -312,11 +388,25 @@ impl Deployer {
                 }
             }};
         }
-        let source: Source = stage!(Stage::Fetch, self.stages.fetcher.fetch(&spec.slug, &ev).await);
+        let source: Source = stage!(
+            Stage::Fetch,
+            self.stages.fetcher.fetch(&spec.slug, &ev).await
+        );
         report.commit = source.commit.clone();
-        ev.info(Stage::Fetch, format!("{} ({})", source.digest, source.origin));
-        let entry = stage!(Stage::Resolve, self.stages.resolver.resolve(&source, spec.entrypoint.clone()));
-        ev.info(Stage::Resolve, format!("{} → {:?} ({})", entry.rule, entry.argv, entry.why));
+        ev.info(
+            Stage::Fetch,
+            format!("{} ({})", source.digest, source.origin),
+        );
+        let entry = stage!(
+            Stage::Resolve,
+            self.stages
+                .resolver
+                .resolve(&source, spec.entrypoint.clone())
+        );
+        ev.info(
+            Stage::Resolve,
+            format!("{} → {:?} ({})", entry.rule, entry.argv, entry.why),
+        );
         report.entry = Some(entry.clone());
         let build = BuildSpec {
             project: self.opts.project.clone(),
@@ -331,8 +421,17 @@ impl Deployer {
         };
         report.image = Some(image.tag.clone());
         report.image_reused = Some(image.reused);
-        let certs = stage!(Stage::Certs, self.stages.pki.issue(&self.opts.project, &spec.name).await);
-        Ok(Prepared { spec, report, entry, image, certs })
+        let certs = stage!(
+            Stage::Certs,
+            self.stages.pki.issue(&self.opts.project, &spec.name).await
+        );
+        Ok(Prepared {
+            spec,
+            report,
+            entry,
+            image,
+            certs,
+        })
     }
 
     /// Renders every prepared service's sidecar against the mesh of all prepared services.
@@ -365,7 +464,11 @@ impl Deployer {
             let t = Instant::now();
             match self.stages.sidecar.render(&mesh, &p.spec.name) {
                 Ok(config) => {
-                    p.report.stages.push(StageTiming { stage: Stage::Render, millis: t.elapsed().as_millis() as u64, ok: true });
+                    p.report.stages.push(StageTiming {
+                        stage: Stage::Render,
+                        millis: t.elapsed().as_millis() as u64,
+                        ok: true,
+                    });
                     services.push(PlannedService {
                         name: p.spec.name.clone(),
                         image: p.image.tag.clone(),
@@ -378,8 +481,14 @@ impl Deployer {
                     rendered.push((p, config));
                 }
                 Err(e) => {
-                    p.report.stages.push(StageTiming { stage: Stage::Render, millis: t.elapsed().as_millis() as u64, ok: false });
-                    events.for_service(&p.spec.name).error(Stage::Render, e.to_string());
+                    p.report.stages.push(StageTiming {
+                        stage: Stage::Render,
+                        millis: t.elapsed().as_millis() as u64,
+                        ok: false,
+                    });
+                    events
+                        .for_service(&p.spec.name)
+                        .error(Stage::Render, e.to_string());
                     p.report.fail(Stage::Render, e);
                     failed.push(p.report);
                 }
@@ -402,15 +511,29 @@ impl Deployer {
         let p = path.clone();
         let file = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
             std::fs::create_dir_all(&dir)?;
-            std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&p)
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&p)
         })
         .await
         .expect("lock task never panics")
-        .map_err(|source| Error::Io { path: path.clone(), source })?;
+        .map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
         match file.try_lock() {
             Ok(()) => return Ok(file),
             Err(std::fs::TryLockError::WouldBlock) => {
-                events.info(Stage::Deploy, format!("waiting for another deploy of project {} ({})", self.opts.project, path.display()));
+                events.info(
+                    Stage::Deploy,
+                    format!(
+                        "waiting for another deploy of project {} ({})",
+                        self.opts.project,
+                        path.display()
+                    ),
+                );
             }
             Err(std::fs::TryLockError::Error(source)) => return Err(Error::Io { path, source }),
         }
@@ -420,7 +543,13 @@ impl Deployer {
             .map_err(|source| Error::Io { path, source })
     }
 
-    fn abort(&self, mut failed: Vec<ServiceReport>, prepared: Vec<Prepared>, started: Instant, why: String) -> DeployReport {
+    fn abort(
+        &self,
+        mut failed: Vec<ServiceReport>,
+        prepared: Vec<Prepared>,
+        started: Instant,
+        why: String,
+    ) -> DeployReport {
         for mut p in prepared {
             p.report.fail(Stage::Provision, &why);
             failed.push(p.report);
@@ -428,7 +557,13 @@ impl Deployer {
         self.finish(failed, Vec::new(), started, Some(why))
     }
 
-    fn finish(&self, mut services: Vec<ServiceReport>, removed: Vec<ServiceName>, started: Instant, error: Option<String>) -> DeployReport {
+    fn finish(
+        &self,
+        mut services: Vec<ServiceReport>,
+        removed: Vec<ServiceName>,
+        started: Instant,
+        error: Option<String>,
+    ) -> DeployReport {
         services.sort_by(|a, b| a.service.cmp(&b.service));
         let ok = error.is_none() && services.iter().all(|s| s.ok);
         DeployReport {

@@ -20,19 +20,41 @@ fn spec(name: &str) -> ServiceSpec {
 }
 
 fn source(dir: &str) -> Source {
-    Source { dir: dir.into(), commit: Some("abc".into()), digest: format!("sha256:{dir}"), origin: "test".into() }
+    Source {
+        dir: dir.into(),
+        commit: Some("abc".into()),
+        digest: format!("sha256:{dir}"),
+        origin: "test".into(),
+    }
 }
 
 fn entry() -> Entry {
-    Entry { language: Language::Python, rule: "main.py".into(), argv: vec!["python".into(), "/app/main.py".into()], why: "root main.py".into(), port: None }
+    Entry {
+        language: Language::Python,
+        rule: "main.py".into(),
+        argv: vec!["python".into(), "/app/main.py".into()],
+        why: "root main.py".into(),
+        port: None,
+    }
 }
 
 fn image(svc: &str) -> ImageRef {
-    ImageRef { id: format!("sha256:id-{svc}"), tag: format!("iac/p-{svc}:k"), key: "k".into(), reused: false }
+    ImageRef {
+        id: format!("sha256:id-{svc}"),
+        tag: format!("iac/p-{svc}:k"),
+        key: "k".into(),
+        reused: false,
+    }
 }
 
 fn serving(svc: &ServiceName, state: HealthState) -> HealthReport {
-    HealthReport { service: svc.clone(), state, exit_code: None, detail: "d".into(), attempts: 1 }
+    HealthReport {
+        service: svc.clone(),
+        state,
+        exit_code: None,
+        detail: "d".into(),
+        attempts: 1,
+    }
 }
 
 struct Fakes {
@@ -57,17 +79,32 @@ impl Fakes {
             provisioner: MockProvisioner::new(),
             prober: MockHealthProber::new(),
         };
-        f.fetcher.expect_fetch().returning(|slug, _| Ok(source(&slug.repo_name())));
+        f.fetcher
+            .expect_fetch()
+            .returning(|slug, _| Ok(source(&slug.repo_name())));
         f.resolver.expect_resolve().returning(|_, _| Ok(entry()));
-        f.builder.expect_build().returning(|s, _| Ok(image(s.service.as_str())));
-        f.builder.expect_planned().returning(|s| Ok(image(s.service.as_str())));
+        f.builder
+            .expect_build()
+            .returning(|s, _| Ok(image(s.service.as_str())));
+        f.builder
+            .expect_planned()
+            .returning(|s| Ok(image(s.service.as_str())));
         f.pki.expect_issue().returning(|_, svc| {
             Ok(IssuedCerts {
-                paths: CertPaths { ca: "/ca".into(), cert: format!("/{svc}.pem").into(), key: format!("/{svc}.key").into() },
+                paths: CertPaths {
+                    ca: "/ca".into(),
+                    cert: format!("/{svc}.pem").into(),
+                    key: format!("/{svc}.key").into(),
+                },
                 fingerprint: "fp".into(),
             })
         });
-        f.sidecar.expect_render().returning(|mesh, svc| Ok(format!("config for {svc} with {} members", mesh.services.len())));
+        f.sidecar.expect_render().returning(|mesh, svc| {
+            Ok(format!(
+                "config for {svc} with {} members",
+                mesh.services.len()
+            ))
+        });
         f.provisioner.expect_apply().returning(|stack, _, _| {
             Ok(Applied {
                 services: stack
@@ -85,7 +122,9 @@ impl Fakes {
                 removed: vec![],
             })
         });
-        f.prober.expect_check().returning(|t| serving(&t.service, HealthState::Serving));
+        f.prober
+            .expect_check()
+            .returning(|t| serving(&t.service, HealthState::Serving));
         f
     }
 
@@ -129,20 +168,60 @@ async fn happy_path_runs_stages_in_order_and_writes_configs() {
     let (events, rx) = Events::channel();
     let report = d.deploy(&[spec("web"), spec("api")], &events).await;
     assert!(report.ok, "{report:#?}");
-    assert_eq!(report.services.iter().map(|s| s.service.as_str()).collect::<Vec<_>>(), ["api", "web"]);
+    assert_eq!(
+        report
+            .services
+            .iter()
+            .map(|s| s.service.as_str())
+            .collect::<Vec<_>>(),
+        ["api", "web"]
+    );
     for s in &report.services {
         let stages: Vec<_> = s.stages.iter().map(|t| t.stage).collect();
-        assert_eq!(stages, [Stage::Fetch, Stage::Resolve, Stage::Build, Stage::Certs, Stage::Render, Stage::Provision, Stage::Health]);
+        assert_eq!(
+            stages,
+            [
+                Stage::Fetch,
+                Stage::Resolve,
+                Stage::Build,
+                Stage::Certs,
+                Stage::Render,
+                Stage::Provision,
+                Stage::Health
+            ]
+        );
         assert_eq!(s.health.as_ref().unwrap().state, HealthState::Serving);
         assert_eq!(s.action, Some(Action::Create));
-        let cfg = std::fs::read_to_string(dir.path().join("services").join(s.service.as_str()).join("envoy.yaml")).unwrap();
+        let cfg = std::fs::read_to_string(
+            dir.path()
+                .join("services")
+                .join(s.service.as_str())
+                .join("envoy.yaml"),
+        )
+        .unwrap();
         assert_eq!(cfg, format!("config for {} with 2 members", s.service));
     }
     let events = drain(rx);
-    let web: Vec<_> = events.iter().filter(|e| e.service.as_ref().is_some_and(|s| s.as_str() == "web")).map(|e| e.stage).collect();
-    let pos = |st: Stage| web.iter().position(|s| *s == st).unwrap_or_else(|| panic!("no {st:?} event"));
-    assert!(pos(Stage::Fetch) < pos(Stage::Resolve) && pos(Stage::Resolve) < pos(Stage::Build) && pos(Stage::Build) < pos(Stage::Health));
-    assert!(events.iter().any(|e| e.service.is_none() && e.stage == Stage::Plan));
+    let web: Vec<_> = events
+        .iter()
+        .filter(|e| e.service.as_ref().is_some_and(|s| s.as_str() == "web"))
+        .map(|e| e.stage)
+        .collect();
+    let pos = |st: Stage| {
+        web.iter()
+            .position(|s| *s == st)
+            .unwrap_or_else(|| panic!("no {st:?} event"))
+    };
+    assert!(
+        pos(Stage::Fetch) < pos(Stage::Resolve)
+            && pos(Stage::Resolve) < pos(Stage::Build)
+            && pos(Stage::Build) < pos(Stage::Health)
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e.service.is_none() && e.stage == Stage::Plan)
+    );
 }
 
 #[tokio::test]
@@ -152,7 +231,11 @@ async fn one_failing_service_does_not_stop_its_peers_and_is_kept() {
     f.fetcher = MockSourceFetcher::new();
     f.fetcher.expect_fetch().returning(|slug, _| {
         if slug.repo_name() == "bad" {
-            Err(FetchError::Http { url: "http://x/bad.tgz".into(), status: Some(404), message: "404 Not Found".into() })
+            Err(FetchError::Http {
+                url: "http://x/bad.tgz".into(),
+                status: Some(404),
+                message: "404 Not Found".into(),
+            })
         } else {
             Ok(source(&slug.repo_name()))
         }
@@ -161,13 +244,24 @@ async fn one_failing_service_does_not_stop_its_peers_and_is_kept() {
     f.provisioner
         .expect_apply()
         .withf(|stack, _, _| {
-            stack.services.iter().map(|s| s.service.as_str()).collect::<Vec<_>>() == ["good"]
+            stack
+                .services
+                .iter()
+                .map(|s| s.service.as_str())
+                .collect::<Vec<_>>()
+                == ["good"]
                 && stack.keep.iter().map(|s| s.as_str()).collect::<Vec<_>>() == ["bad"]
         })
         .times(1)
         .returning(|stack, _, _| {
             Ok(Applied {
-                services: vec![AppliedService { service: stack.services[0].service.clone(), action: Action::Create, endpoint: Some("127.0.0.1:1".parse().unwrap()), health: None, error: None }],
+                services: vec![AppliedService {
+                    service: stack.services[0].service.clone(),
+                    action: Action::Create,
+                    endpoint: Some("127.0.0.1:1".parse().unwrap()),
+                    health: None,
+                    error: None,
+                }],
                 removed: vec![],
             })
         });
@@ -178,9 +272,17 @@ async fn one_failing_service_does_not_stop_its_peers_and_is_kept() {
     let bad = &report.services[0];
     assert_eq!(bad.service.as_str(), "bad");
     assert_eq!(bad.failed_stage, Some(Stage::Fetch));
-    assert!(bad.error.as_ref().unwrap().contains("404"), "{:?}", bad.error);
+    assert!(
+        bad.error.as_ref().unwrap().contains("404"),
+        "{:?}",
+        bad.error
+    );
     assert!(report.services[1].ok);
-    assert!(drain(rx).iter().any(|e| e.level == crate::EventLevel::Error && e.stage == Stage::Fetch));
+    assert!(
+        drain(rx)
+            .iter()
+            .any(|e| e.level == crate::EventLevel::Error && e.stage == Stage::Fetch)
+    );
 }
 
 /// A hand-written fetcher that really awaits, so overlapping fetches can be observed.
@@ -204,14 +306,21 @@ impl SourceFetcher for SlowFetcher {
 async fn parallelism_is_bounded_and_used() {
     for limit in [1usize, 2, 3] {
         let dir = tempfile::tempdir().unwrap();
-        let slow = Arc::new(SlowFetcher { now: AtomicUsize::new(0), max: AtomicUsize::new(0) });
+        let slow = Arc::new(SlowFetcher {
+            now: AtomicUsize::new(0),
+            max: AtomicUsize::new(0),
+        });
         let f = Fakes::happy();
         let mut d = f.deployer(dir.path(), limit);
         d.stages.fetcher = slow.clone();
         let specs: Vec<_> = (0..7).map(|i| spec(&format!("s{i}"))).collect();
         let report = d.deploy(&specs, &Events::discard()).await;
         assert!(report.ok);
-        assert_eq!(slow.max.load(Ordering::SeqCst), limit, "exactly {limit} fetches overlap at most");
+        assert_eq!(
+            slow.max.load(Ordering::SeqCst),
+            limit,
+            "exactly {limit} fetches overlap at most"
+        );
     }
 }
 
@@ -220,14 +329,27 @@ async fn provision_failure_fails_every_prepared_service() {
     let dir = tempfile::tempdir().unwrap();
     let mut f = Fakes::happy();
     f.provisioner = MockProvisioner::new();
-    f.provisioner.expect_apply().returning(|_, _, _| Err(ProvisionError::Engine("connection refused".into())));
+    f.provisioner
+        .expect_apply()
+        .returning(|_, _, _| Err(ProvisionError::Engine("connection refused".into())));
     f.prober = MockHealthProber::new();
     f.prober.expect_check().never();
     let d = f.deployer(dir.path(), 2);
     let report = d.deploy(&[spec("a"), spec("b")], &Events::discard()).await;
     assert!(!report.ok);
-    assert!(report.error.as_ref().unwrap().contains("connection refused"));
-    assert!(report.services.iter().all(|s| s.failed_stage == Some(Stage::Provision)));
+    assert!(
+        report
+            .error
+            .as_ref()
+            .unwrap()
+            .contains("connection refused")
+    );
+    assert!(
+        report
+            .services
+            .iter()
+            .all(|s| s.failed_stage == Some(Stage::Provision))
+    );
 }
 
 #[tokio::test]
@@ -244,7 +366,11 @@ async fn not_serving_and_rolled_back_are_failures_peers_stay_ok() {
                     let rolled = s.service.as_str() == "rolled";
                     AppliedService {
                         service: s.service.clone(),
-                        action: if rolled { Action::RolledBack } else { Action::Create },
+                        action: if rolled {
+                            Action::RolledBack
+                        } else {
+                            Action::Create
+                        },
                         endpoint: Some("127.0.0.1:2".parse().unwrap()),
                         health: rolled.then(|| serving(&s.service, HealthState::NotServing)),
                         error: None,
@@ -256,12 +382,27 @@ async fn not_serving_and_rolled_back_are_failures_peers_stay_ok() {
     });
     f.prober = MockHealthProber::new();
     f.prober.expect_check().returning(|t| {
-        let st = if t.service.as_str() == "sick" { HealthState::NotServing } else { HealthState::Serving };
+        let st = if t.service.as_str() == "sick" {
+            HealthState::NotServing
+        } else {
+            HealthState::Serving
+        };
         serving(&t.service, st)
     });
     let d = f.deployer(dir.path(), 2);
-    let report = d.deploy(&[spec("ok"), spec("sick"), spec("rolled")], &Events::discard()).await;
-    let by = |n: &str| report.services.iter().find(|s| s.service.as_str() == n).unwrap();
+    let report = d
+        .deploy(
+            &[spec("ok"), spec("sick"), spec("rolled")],
+            &Events::discard(),
+        )
+        .await;
+    let by = |n: &str| {
+        report
+            .services
+            .iter()
+            .find(|s| s.service.as_str() == n)
+            .unwrap()
+    };
     assert!(by("ok").ok);
     assert!(!by("sick").ok && by("sick").failed_stage == Some(Stage::Health));
     assert!(!by("rolled").ok && by("rolled").error.as_ref().unwrap().contains("rolled back"));
@@ -275,17 +416,34 @@ async fn plan_never_builds_or_applies() {
     let mut f = Fakes::happy();
     f.builder = MockImageBuilder::new();
     f.builder.expect_build().never();
-    f.builder.expect_planned().times(2).returning(|s| Ok(image(s.service.as_str())));
+    f.builder
+        .expect_planned()
+        .times(2)
+        .returning(|s| Ok(image(s.service.as_str())));
     f.provisioner = MockProvisioner::new();
     f.provisioner.expect_apply().never();
     f.provisioner.expect_diff().times(1).returning(|stack| {
-        Ok(stack.services.iter().map(|s| Change { service: s.service.clone(), action: Action::Create, reason: "not running".into() }).collect())
+        Ok(stack
+            .services
+            .iter()
+            .map(|s| Change {
+                service: s.service.clone(),
+                action: Action::Create,
+                reason: "not running".into(),
+            })
+            .collect())
     });
     let d = f.deployer(dir.path(), 2);
-    let out = d.plan(&[spec("a"), spec("b")], &Events::discard()).await.unwrap();
+    let out = d
+        .plan(&[spec("a"), spec("b")], &Events::discard())
+        .await
+        .unwrap();
     assert_eq!(out.changes.len(), 2);
     assert!(out.failures.is_empty());
-    assert!(!dir.path().join("services/a/envoy.yaml").exists(), "plan writes no configs");
+    assert!(
+        !dir.path().join("services/a/envoy.yaml").exists(),
+        "plan writes no configs"
+    );
 }
 
 #[tokio::test]
@@ -295,7 +453,10 @@ async fn sidecar_render_failure_is_per_service() {
     f.sidecar = MockSidecarRenderer::new();
     f.sidecar.expect_render().returning(|_, svc| {
         if svc.as_str() == "x" {
-            Err(crate::error::SidecarError::Invalid { service: "x".into(), why: "bad port".into() })
+            Err(crate::error::SidecarError::Invalid {
+                service: "x".into(),
+                why: "bad port".into(),
+            })
         } else {
             Ok("cfg".into())
         }
@@ -321,7 +482,17 @@ async fn concurrent_deploys_of_one_project_serialize_on_the_lock() {
             std::thread::sleep(Duration::from_millis(100));
             inside.fetch_sub(1, Ordering::SeqCst);
             Ok(Applied {
-                services: stack.services.iter().map(|s| AppliedService { service: s.service.clone(), action: Action::Unchanged, endpoint: Some("127.0.0.1:3".parse().unwrap()), health: None, error: None }).collect(),
+                services: stack
+                    .services
+                    .iter()
+                    .map(|s| AppliedService {
+                        service: s.service.clone(),
+                        action: Action::Unchanged,
+                        endpoint: Some("127.0.0.1:3".parse().unwrap()),
+                        health: None,
+                        error: None,
+                    })
+                    .collect(),
                 removed: vec![],
             })
         });
@@ -333,7 +504,11 @@ async fn concurrent_deploys_of_one_project_serialize_on_the_lock() {
     let tb = tokio::spawn(async move { b.deploy(&[spec("a")], &Events::discard()).await });
     assert!(ta.await.unwrap().ok);
     assert!(tb.await.unwrap().ok);
-    assert_eq!(overlap.load(Ordering::SeqCst), 0, "the project lock serializes apply");
+    assert_eq!(
+        overlap.load(Ordering::SeqCst),
+        0,
+        "the project lock serializes apply"
+    );
 }
 
 #[tokio::test]
@@ -346,7 +521,14 @@ async fn a_new_service_must_stay_serving_through_the_settle_window() {
     // First answer SERVING (the entry is starting), second NOT_SERVING (it crashed meanwhile).
     f.prober.expect_check().returning(move |t| {
         let n = c2.fetch_add(1, Ordering::SeqCst);
-        let mut h = serving(&t.service, if n == 0 { HealthState::Serving } else { HealthState::NotServing });
+        let mut h = serving(
+            &t.service,
+            if n == 0 {
+                HealthState::Serving
+            } else {
+                HealthState::NotServing
+            },
+        );
         h.exit_code = (n > 0).then_some(1);
         h
     });
@@ -368,12 +550,25 @@ async fn unchanged_services_are_not_held_for_the_settle_window() {
     f.provisioner = MockProvisioner::new();
     f.provisioner.expect_apply().returning(|stack, _, _| {
         Ok(Applied {
-            services: stack.services.iter().map(|s| AppliedService { service: s.service.clone(), action: Action::Unchanged, endpoint: Some("127.0.0.1:4".parse().unwrap()), health: None, error: None }).collect(),
+            services: stack
+                .services
+                .iter()
+                .map(|s| AppliedService {
+                    service: s.service.clone(),
+                    action: Action::Unchanged,
+                    endpoint: Some("127.0.0.1:4".parse().unwrap()),
+                    health: None,
+                    error: None,
+                })
+                .collect(),
             removed: vec![],
         })
     });
     f.prober = MockHealthProber::new();
-    f.prober.expect_check().times(1).returning(|t| serving(&t.service, HealthState::Serving));
+    f.prober
+        .expect_check()
+        .times(1)
+        .returning(|t| serving(&t.service, HealthState::Serving));
     let mut d = f.deployer(dir.path(), 1);
     d.opts.health_settle = Duration::from_secs(30);
     let t = std::time::Instant::now();

@@ -23,21 +23,38 @@ pub struct SlugError {
 #[derive(Debug, thiserror::Error)]
 pub enum ReposFileError {
     #[error("cannot read repos file {file}: {source}")]
-    Read { file: String, source: std::io::Error },
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
     #[error("repos file is not valid {format}{}: {message}", line.map(|l| format!(" (line {l})")).unwrap_or_default())]
-    Syntax { format: &'static str, line: Option<usize>, message: String },
+    Syntax {
+        format: &'static str,
+        line: Option<usize>,
+        message: String,
+    },
     #[error("repos file: expected {expected}")]
     Shape { expected: String },
     #[error("repos file item {index}{}: expected {expected}", line.map(|l| format!(" (line {l})")).unwrap_or_default())]
-    Item { index: usize, line: Option<usize>, expected: String },
+    Item {
+        index: usize,
+        line: Option<usize>,
+        expected: String,
+    },
     #[error("{file}: {inner}")]
-    InFile { file: String, inner: Box<ReposFileError> },
+    InFile {
+        file: String,
+        inner: Box<ReposFileError>,
+    },
 }
 
 impl ReposFileError {
     /// Prefixes the error with the file it came from.
     pub fn in_file(self, path: &std::path::Path) -> Self {
-        ReposFileError::InFile { file: path.display().to_string(), inner: Box::new(self) }
+        ReposFileError::InFile {
+            file: path.display().to_string(),
+            inner: Box::new(self),
+        }
     }
 }
 
@@ -47,7 +64,11 @@ pub enum FetchError {
     #[error("{slug}: {why}")]
     Unsupported { slug: String, why: String },
     #[error("GET {url}: {message}")]
-    Http { url: String, status: Option<u16>, message: String },
+    Http {
+        url: String,
+        status: Option<u16>,
+        message: String,
+    },
     #[error("refusing archive entry {entry:?}: {why}")]
     Unsafe { entry: String, why: String },
     #[error("archive exceeds the {what} limit of {limit}")]
@@ -55,9 +76,15 @@ pub enum FetchError {
     #[error("git {url}: {message}")]
     Git { url: String, message: String },
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("tarball fetch failed ({tarball}); git clone failed too ({git})")]
-    Fallback { tarball: Box<FetchError>, git: Box<FetchError> },
+    Fallback {
+        tarball: Box<FetchError>,
+        git: Box<FetchError>,
+    },
 }
 
 impl FetchError {
@@ -73,13 +100,24 @@ pub enum EntryError {
     #[error("no entry point found in {dir}; rules tried, in order:\n{}", tried.iter().map(|t| format!("  - {t}")).collect::<Vec<_>>().join("\n"))]
     NotFound { dir: PathBuf, tried: Vec<String> },
     #[error("{rule}: ambiguous, candidates are {}; {hint}", candidates.join(", "))]
-    Ambiguous { rule: String, candidates: Vec<String>, hint: String },
+    Ambiguous {
+        rule: String,
+        candidates: Vec<String>,
+        hint: String,
+    },
     #[error("invalid entrypoint override {value:?} (from {origin}): expected {expected}")]
-    InvalidOverride { value: String, origin: String, expected: String },
+    InvalidOverride {
+        value: String,
+        origin: String,
+        expected: String,
+    },
     #[error("cannot parse {file}: {message}")]
     Parse { file: PathBuf, message: String },
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Building an image failed.
@@ -94,14 +132,20 @@ pub enum BuildError {
     #[error("build context: {0}")]
     Context(String),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Issuing or reading certificates failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("certificate generation: {0}")]
     Generate(String),
     #[error("{path}: {why}")]
@@ -127,9 +171,17 @@ pub enum ProvisionError {
     #[error("{0}")]
     Conflict(String),
     #[error("{tool} {step} failed{}: {message}", code.map(|c| format!(" (exit {c})")).unwrap_or_default())]
-    Tool { tool: String, step: String, code: Option<i32>, message: String },
+    Tool {
+        tool: String,
+        step: String,
+        code: Option<i32>,
+        message: String,
+    },
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Invalid(String),
 }
@@ -204,5 +256,8 @@ pub enum Error {
     #[error(transparent)]
     Auth(#[from] AuthError),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }

@@ -74,7 +74,13 @@ impl Events {
     /// A sink and the receiving end.
     pub fn channel() -> (Events, mpsc::UnboundedReceiver<DeployEvent>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (Events { tx: Some(tx), service: None }, rx)
+        (
+            Events {
+                tx: Some(tx),
+                service: None,
+            },
+            rx,
+        )
     }
 
     /// A sink that only forwards to tracing.
@@ -84,7 +90,10 @@ impl Events {
 
     /// The same sink, with every event attributed to `service`.
     pub fn for_service(&self, service: &ServiceName) -> Events {
-        Events { tx: self.tx.clone(), service: Some(service.clone()) }
+        Events {
+            tx: self.tx.clone(),
+            service: Some(service.clone()),
+        }
     }
 
     pub fn service(&self) -> Option<&ServiceName> {
@@ -93,12 +102,20 @@ impl Events {
 
     pub fn emit(&self, stage: Stage, level: EventLevel, message: impl Into<String>) {
         let message = message.into();
-        let svc = self.service.as_ref().map(ServiceName::as_str).unwrap_or("-");
+        let svc = self
+            .service
+            .as_ref()
+            .map(ServiceName::as_str)
+            .unwrap_or("-");
         match level {
-            EventLevel::Debug => tracing::debug!(service = svc, stage = stage.as_str(), "{message}"),
+            EventLevel::Debug => {
+                tracing::debug!(service = svc, stage = stage.as_str(), "{message}")
+            }
             EventLevel::Info => tracing::info!(service = svc, stage = stage.as_str(), "{message}"),
             EventLevel::Warn => tracing::warn!(service = svc, stage = stage.as_str(), "{message}"),
-            EventLevel::Error => tracing::error!(service = svc, stage = stage.as_str(), "{message}"),
+            EventLevel::Error => {
+                tracing::error!(service = svc, stage = stage.as_str(), "{message}")
+            }
         }
         if let Some(tx) = &self.tx {
             let _ = tx.send(DeployEvent {

@@ -15,8 +15,8 @@ pub mod image;
 pub mod mesh;
 pub mod name;
 pub mod plan;
-pub mod repos;
 pub mod report;
+pub mod repos;
 pub mod slug;
 pub mod source;
 pub mod stack;
@@ -30,9 +30,12 @@ pub use health::{HealthReport, HealthState, LogLine, LogQuery, ProbeTarget};
 pub use image::{BuildSpec, ImageRef};
 pub use mesh::{CertPaths, IssuedCerts, Mesh, MeshPorts, MeshService};
 pub use name::{ProjectName, ServiceName};
-pub use repos::{ReposFile, ReposFormat, ServiceSpec, load_repos_file, parse_repos_file};
 pub use report::{DeployReport, ServiceReport, StageTiming};
+pub use repos::{ReposFile, ReposFormat, ServiceSpec, load_repos_file, parse_repos_file};
 pub use slug::{Forge, Slug};
 pub use source::Source;
-pub use stack::{Action, Applied, AppliedService, Change, ContainerSpec, Mount, NetworkMode, NetworkSpec, PortPublish, RunningService, ServiceStack, Stack};
+pub use stack::{
+    Action, Applied, AppliedService, Change, ContainerSpec, Mount, NetworkMode, NetworkSpec,
+    PortPublish, RunningService, ServiceStack, Stack,
+};
 pub use stages::*;

@@ -113,14 +113,20 @@ impl From<ProjectName> for String {
 }
 
 fn validate_label(s: &str) -> Result<(), NameError> {
-    let bad = |why: &str| NameError { name: s.to_string(), why: why.to_string() };
+    let bad = |why: &str| NameError {
+        name: s.to_string(),
+        why: why.to_string(),
+    };
     if s.is_empty() {
         return Err(bad("is empty"));
     }
     if s.len() > MAX_LABEL {
         return Err(bad("is longer than 63 characters"));
     }
-    if !s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
         return Err(bad("may only contain a-z, 0-9 and '-'"));
     }
     if s.starts_with('-') || s.ends_with('-') {
@@ -135,9 +141,15 @@ mod tests {
 
     #[test]
     fn derive_normalises() {
-        assert_eq!(ServiceName::derive("My_Repo.git").unwrap().as_str(), "my-repo");
+        assert_eq!(
+            ServiceName::derive("My_Repo.git").unwrap().as_str(),
+            "my-repo"
+        );
         assert_eq!(ServiceName::derive("--a..b--").unwrap().as_str(), "a-b");
-        assert_eq!(ServiceName::derive(&"x".repeat(80)).unwrap().as_str().len(), 63);
+        assert_eq!(
+            ServiceName::derive(&"x".repeat(80)).unwrap().as_str().len(),
+            63
+        );
         assert!(ServiceName::derive("___").is_none());
     }
 

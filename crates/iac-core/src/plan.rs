@@ -74,10 +74,16 @@ pub fn plan(input: &PlanInput) -> Stack {
         .map(|s| {
             let app_name = app_container_name(project, &s.name);
             let mut env = BTreeMap::new();
-            env.insert("PORT".into(), s.app_port.unwrap_or(DEFAULT_APP_PORT).to_string());
+            env.insert(
+                "PORT".into(),
+                s.app_port.unwrap_or(DEFAULT_APP_PORT).to_string(),
+            );
             env.insert("IAC_PROJECT".into(), project.to_string());
             env.insert("IAC_SERVICE".into(), s.name.to_string());
-            env.insert("IAC_MESH_OUTBOUND".into(), format!("http://127.0.0.1:{}", ports.outbound));
+            env.insert(
+                "IAC_MESH_OUTBOUND".into(),
+                format!("http://127.0.0.1:{}", ports.outbound),
+            );
             env.insert("OTEL_SERVICE_NAME".into(), s.name.to_string());
             env.insert(
                 "OTEL_RESOURCE_ATTRIBUTES".into(),
@@ -86,7 +92,11 @@ pub fn plan(input: &PlanInput) -> Stack {
             match &input.otel_endpoint {
                 Some(ep) => {
                     env.insert("OTEL_EXPORTER_OTLP_ENDPOINT".into(), ep.clone());
-                    for k in ["OTEL_TRACES_EXPORTER", "OTEL_METRICS_EXPORTER", "OTEL_LOGS_EXPORTER"] {
+                    for k in [
+                        "OTEL_TRACES_EXPORTER",
+                        "OTEL_METRICS_EXPORTER",
+                        "OTEL_LOGS_EXPORTER",
+                    ] {
                         env.insert(k.into(), "otlp".into());
                     }
                 }
@@ -103,7 +113,10 @@ pub fn plan(input: &PlanInput) -> Stack {
                 cmd: Vec::new(),
                 env,
                 labels: base_labels("app", Some(&s.name)),
-                network: NetworkMode::Network { name: input.network.clone(), aliases: vec![s.name.to_string()] },
+                network: NetworkMode::Network {
+                    name: input.network.clone(),
+                    aliases: vec![s.name.to_string()],
+                },
                 mounts: Vec::new(),
                 ports: vec![PortPublish {
                     container_port: ports.inbound,
@@ -162,8 +175,15 @@ pub fn plan(input: &PlanInput) -> Stack {
             let mut app = app;
             let mut envoy = envoy;
             app.labels.insert(LABEL_SPEC_HASH.into(), spec_hash.clone());
-            envoy.labels.insert(LABEL_SPEC_HASH.into(), spec_hash.clone());
-            ServiceStack { service: s.name.clone(), app, envoy, spec_hash }
+            envoy
+                .labels
+                .insert(LABEL_SPEC_HASH.into(), spec_hash.clone());
+            ServiceStack {
+                service: s.name.clone(),
+                app,
+                envoy,
+                spec_hash,
+            }
         })
         .collect();
     services.sort_by(|a, b| a.service.cmp(&b.service));
@@ -172,7 +192,10 @@ pub fn plan(input: &PlanInput) -> Stack {
     keep.dedup();
     Stack {
         project: project.clone(),
-        network: NetworkSpec { name: input.network.clone(), labels: base_labels("network", None) },
+        network: NetworkSpec {
+            name: input.network.clone(),
+            labels: base_labels("network", None),
+        },
         services,
         keep,
     }
@@ -213,13 +236,18 @@ mod tests {
     fn golden_stack() {
         let stack = plan(&sample_input());
         let got = serde_json::to_string_pretty(&stack).unwrap() + "\n";
-        let golden = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/stack.json");
+        let golden =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/stack.json");
         if std::env::var_os("UPDATE_GOLDEN").is_some() {
             std::fs::create_dir_all(golden.parent().unwrap()).unwrap();
             std::fs::write(&golden, &got).unwrap();
         }
-        let want = std::fs::read_to_string(&golden).expect("golden file (run with UPDATE_GOLDEN=1 to create)");
-        assert_eq!(got, want, "plan() output changed; review and re-run with UPDATE_GOLDEN=1");
+        let want = std::fs::read_to_string(&golden)
+            .expect("golden file (run with UPDATE_GOLDEN=1 to create)");
+        assert_eq!(
+            got, want,
+            "plan() output changed; review and re-run with UPDATE_GOLDEN=1"
+        );
     }
 
     #[test]
@@ -233,21 +261,31 @@ mod tests {
     #[test]
     fn hash_tracks_every_input_that_matters() {
         let base = plan(&sample_input()).services[0].spec_hash.clone();
-        let tweaks: Vec<Box<dyn Fn(&mut PlanInput)>> = vec![
-            Box::new(|i| i.services[1].image = "iac/demo-api:other".into()),
-            Box::new(|i| i.services[1].envoy_config_digest = "sha256:changed".into()),
-            Box::new(|i| i.services[1].certs.fingerprint = "sha256:rotated".into()),
-            Box::new(|i| i.services[1].env.insert("X".into(), "1".into()).map(|_| ()).unwrap_or(())),
-            Box::new(|i| i.envoy_image = "envoyproxy/envoy:v1.40".into()),
-            Box::new(|i| i.otel_endpoint = Some("http://collector:4317".into())),
+        let tweaks: [fn(&mut PlanInput); 6] = [
+            |i| i.services[1].image = "iac/demo-api:other".into(),
+            |i| i.services[1].envoy_config_digest = "sha256:changed".into(),
+            |i| i.services[1].certs.fingerprint = "sha256:rotated".into(),
+            |i| {
+                i.services[1].env.insert("X".into(), "1".into());
+            },
+            |i| i.envoy_image = "envoyproxy/envoy:v1.40.0".into(),
+            |i| i.otel_endpoint = Some("http://collector:4317".into()),
         ];
         for (n, t) in tweaks.iter().enumerate() {
             let mut input = sample_input();
             t(&mut input);
             let stack = plan(&input);
-            let api = stack.services.iter().find(|s| s.service.as_str() == "api").unwrap();
+            let api = stack
+                .services
+                .iter()
+                .find(|s| s.service.as_str() == "api")
+                .unwrap();
             assert_ne!(api.spec_hash, base, "tweak {n} must change the api hash");
-            let web = stack.services.iter().find(|s| s.service.as_str() == "web").unwrap();
+            let web = stack
+                .services
+                .iter()
+                .find(|s| s.service.as_str() == "web")
+                .unwrap();
             let web_base = plan(&sample_input()).services[1].spec_hash.clone();
             if n < 4 {
                 assert_eq!(web.spec_hash, web_base, "tweak {n} must not change web");

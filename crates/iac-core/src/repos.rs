@@ -57,8 +57,12 @@ pub fn load_repos_file(path: &Path) -> Result<ReposFile, ReposFileError> {
         file: path.display().to_string(),
         source: e,
     })?;
-    let mut parsed = parse_repos_file(&text, ReposFormat::from_path(path)).map_err(|e| e.in_file(path))?;
-    let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut parsed =
+        parse_repos_file(&text, ReposFormat::from_path(path)).map_err(|e| e.in_file(path))?;
+    let base = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let base = std::fs::canonicalize(base).unwrap_or_else(|_| base.to_path_buf());
     for s in &mut parsed.services {
         s.slug = s.slug.clone().resolve_relative(&base);
@@ -83,9 +87,11 @@ pub fn parse_repos_file(text: &str, format: ReposFormat) -> Result<ReposFile, Re
             }
             let project = match map.remove("project") {
                 None | Some(Value::Null) => None,
-                Some(Value::String(p)) => Some(ProjectName::new(&p).map_err(|e| ReposFileError::Shape {
-                    expected: format!("`project` to be a DNS label: {e}"),
-                })?),
+                Some(Value::String(p)) => {
+                    Some(ProjectName::new(&p).map_err(|e| ReposFileError::Shape {
+                        expected: format!("`project` to be a DNS label: {e}"),
+                    })?)
+                }
                 Some(other) => {
                     return Err(ReposFileError::Shape {
                         expected: format!("`project` to be a string, got {}", kind(&other)),
@@ -100,7 +106,9 @@ pub fn parse_repos_file(text: &str, format: ReposFormat) -> Result<ReposFile, Re
                     });
                 }
                 None => {
-                    return Err(ReposFileError::Shape { expected: "a `services` list".into() });
+                    return Err(ReposFileError::Shape {
+                        expected: "a `services` list".into(),
+                    });
                 }
             }
         }
@@ -112,7 +120,9 @@ pub fn parse_repos_file(text: &str, format: ReposFormat) -> Result<ReposFile, Re
         }
     };
     if items.is_empty() {
-        return Err(ReposFileError::Shape { expected: "at least one service".into() });
+        return Err(ReposFileError::Shape {
+            expected: "at least one service".into(),
+        });
     }
 
     struct Raw {
@@ -130,11 +140,19 @@ pub fn parse_repos_file(text: &str, format: ReposFormat) -> Result<ReposFile, Re
             Value::Object(m) => m.get("slug").and_then(Value::as_str).map(str::to_string),
             _ => None,
         };
-        let line = slug_text.as_deref().and_then(|s| find_line(text, s, &mut search_from));
-        let fail = |expected: String| ReposFileError::Item { index, line, expected };
+        let line = slug_text
+            .as_deref()
+            .and_then(|s| find_line(text, s, &mut search_from));
+        let fail = |expected: String| ReposFileError::Item {
+            index,
+            line,
+            expected,
+        };
         let raw = match item {
             Value::String(s) => Raw {
-                slug: s.parse().map_err(|e: crate::error::SlugError| fail(e.to_string()))?,
+                slug: s
+                    .parse()
+                    .map_err(|e: crate::error::SlugError| fail(e.to_string()))?,
                 name: None,
                 entrypoint: None,
                 env: BTreeMap::new(),
@@ -150,7 +168,10 @@ pub fn parse_repos_file(text: &str, format: ReposFormat) -> Result<ReposFile, Re
                             slug = Some(s.parse::<Slug>().map_err(|e| fail(e.to_string()))?)
                         }
                         ("name", Value::String(n)) => {
-                            name = Some(ServiceName::new(&n).map_err(|e| fail(format!("`name` to be a DNS label: {e}")))?)
+                            name = Some(
+                                ServiceName::new(&n)
+                                    .map_err(|e| fail(format!("`name` to be a DNS label: {e}")))?,
+                            )
                         }
                         ("entrypoint", Value::String(e)) if !e.trim().is_empty() => {
                             entrypoint = Some(e.trim().to_string())
@@ -178,8 +199,15 @@ pub fn parse_repos_file(text: &str, format: ReposFormat) -> Result<ReposFile, Re
                         }
                         ("env", Value::Null) => {}
                         (key @ ("slug" | "name" | "entrypoint" | "env"), other) => {
-                            let want = if key == "env" { "a map" } else { "a non-empty string" };
-                            return Err(fail(format!("`{key}` to be {want}, got {}", kind(&other))));
+                            let want = if key == "env" {
+                                "a map"
+                            } else {
+                                "a non-empty string"
+                            };
+                            return Err(fail(format!(
+                                "`{key}` to be {want}, got {}",
+                                kind(&other)
+                            )));
                         }
                         (other, _) => {
                             return Err(fail(format!(
@@ -189,7 +217,12 @@ pub fn parse_repos_file(text: &str, format: ReposFormat) -> Result<ReposFile, Re
                     }
                 }
                 let slug = slug.ok_or_else(|| fail("a `slug` key".into()))?;
-                Raw { slug, name, entrypoint, env }
+                Raw {
+                    slug,
+                    name,
+                    entrypoint,
+                    env,
+                }
             }
             other => {
                 return Err(fail(format!(
@@ -220,18 +253,26 @@ pub fn parse_repos_file(text: &str, format: ReposFormat) -> Result<ReposFile, Re
         let name = match raw.name {
             Some(n) => n,
             None => {
-                let base = raw.slug.default_service_name().ok_or_else(|| ReposFileError::Item {
-                    index,
-                    line,
-                    expected: format!(
-                        "a `name`: no DNS label can be derived from repository name {:?}",
-                        raw.slug.repo_name()
-                    ),
-                })?;
+                let base = raw
+                    .slug
+                    .default_service_name()
+                    .ok_or_else(|| ReposFileError::Item {
+                        index,
+                        line,
+                        expected: format!(
+                            "a `name`: no DNS label can be derived from repository name {:?}",
+                            raw.slug.repo_name()
+                        ),
+                    })?;
                 dedup(base, &mut taken)
             }
         };
-        services.push(ServiceSpec { name, slug: raw.slug, entrypoint: raw.entrypoint, env: raw.env });
+        services.push(ServiceSpec {
+            name,
+            slug: raw.slug,
+            entrypoint: raw.entrypoint,
+            env: raw.env,
+        });
     }
     Ok(ReposFile { project, services })
 }
@@ -245,7 +286,8 @@ fn dedup(base: ServiceName, taken: &mut BTreeSet<ServiceName>) -> ServiceName {
         let mut stem = base.as_str().to_string();
         stem.truncate(crate::name::MAX_LABEL - suffix.len());
         let stem = stem.trim_end_matches('-');
-        let candidate = ServiceName::new(&format!("{stem}{suffix}")).expect("derived label stays valid");
+        let candidate =
+            ServiceName::new(&format!("{stem}{suffix}")).expect("derived label stays valid");
         if taken.insert(candidate.clone()) {
             return candidate;
         }
@@ -349,11 +391,17 @@ mod tests {
     fn errors_name_item_and_line() {
         let cases: &[(&str, &str)] = &[
             ("- gh:a/b\n- nope:x/y\n", "item 2 (line 2)"),
-            ("- gh:a/b\n- slug: gh:a/c\n  bogus: 1\n", "unknown key \"bogus\""),
+            (
+                "- gh:a/b\n- slug: gh:a/c\n  bogus: 1\n",
+                "unknown key \"bogus\"",
+            ),
             ("- 42\n", "a slug string or a map"),
             ("- name: x\n", "a `slug` key"),
             ("- slug: gh:a/b\n  name: Bad_Name\n", "DNS label"),
-            ("- slug: gh:a/b\n  name: x\n- slug: gh:a/c\n  name: x\n", "unique service name"),
+            (
+                "- slug: gh:a/b\n  name: x\n- slug: gh:a/c\n  name: x\n",
+                "unique service name",
+            ),
             ("- slug: gh:a/b\n  env: [1]\n", "`env` to be a map"),
             ("- slug: gh:a/b\n  env:\n    1BAD: x\n", "env key"),
             ("- slug: gh:a/b\n  env:\n    K: [x]\n", "env value of K"),
@@ -364,10 +412,17 @@ mod tests {
             ("- gh:a/b\n  - : :\n", "YAML"),
         ];
         for (text, needle) in cases {
-            let e = parse_repos_file(text, ReposFormat::Auto).expect_err(text).to_string();
-            assert!(e.contains(needle), "{text:?}: {e:?} should contain {needle:?}");
+            let e = parse_repos_file(text, ReposFormat::Auto)
+                .expect_err(text)
+                .to_string();
+            assert!(
+                e.contains(needle),
+                "{text:?}: {e:?} should contain {needle:?}"
+            );
         }
-        let e = parse_repos_file("[\"gh:a/b\",]", ReposFormat::Json).unwrap_err().to_string();
+        let e = parse_repos_file("[\"gh:a/b\",]", ReposFormat::Json)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("JSON") && e.contains("line 1"), "{e}");
     }
 
@@ -377,12 +432,16 @@ mod tests {
         let f = dir.path().join("repos.yml");
         std::fs::write(&f, "- path:apps/hello\n").unwrap();
         let r = load_repos_file(&f).unwrap();
-        let Slug::Path { dir: d } = &r.services[0].slug else { panic!() };
+        let Slug::Path { dir: d } = &r.services[0].slug else {
+            panic!()
+        };
         assert!(d.is_absolute() && d.ends_with("apps/hello"), "{d:?}");
         std::fs::write(&f, "- gh:a\n").unwrap();
         let e = load_repos_file(&f).unwrap_err().to_string();
         assert!(e.contains("repos.yml") && e.contains("item 1"), "{e}");
-        let e = load_repos_file(&dir.path().join("missing.yaml")).unwrap_err().to_string();
+        let e = load_repos_file(&dir.path().join("missing.yaml"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("missing.yaml"), "{e}");
     }
 

@@ -38,11 +38,22 @@ impl Forge {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Slug {
     /// `gh:`, `gl:`, `bb:`. For GitLab `owner` may contain `/` (subgroups).
-    Hosted { forge: Forge, owner: String, repo: String, reference: Option<String> },
+    Hosted {
+        forge: Forge,
+        owner: String,
+        repo: String,
+        reference: Option<String>,
+    },
     /// `git+https://HOST/PATH` — `url` is the `https://…` part.
-    GitHttps { url: String, reference: Option<String> },
+    GitHttps {
+        url: String,
+        reference: Option<String>,
+    },
     /// `git+file:///ABS/PATH` — a local repository, cloned like a remote one.
-    GitFile { path: PathBuf, reference: Option<String> },
+    GitFile {
+        path: PathBuf,
+        reference: Option<String>,
+    },
     /// `path:DIR` — a local working tree used as is (development).
     Path { dir: PathBuf },
 }
@@ -68,9 +79,7 @@ impl Slug {
         match self {
             Slug::Hosted { repo, .. } => repo.clone(),
             Slug::GitHttps { url, .. } => last(url),
-            Slug::GitFile { path, .. } | Slug::Path { dir: path } => {
-                last(&path.to_string_lossy())
-            }
+            Slug::GitFile { path, .. } | Slug::Path { dir: path } => last(&path.to_string_lossy()),
         }
     }
 
@@ -82,7 +91,9 @@ impl Slug {
     /// `path:` slugs with a relative directory are resolved against `base` (the repos file's dir).
     pub fn resolve_relative(self, base: &std::path::Path) -> Slug {
         match self {
-            Slug::Path { dir } if dir.is_relative() => Slug::Path { dir: base.join(dir) },
+            Slug::Path { dir } if dir.is_relative() => Slug::Path {
+                dir: base.join(dir),
+            },
             other => other,
         }
     }
@@ -92,7 +103,12 @@ impl fmt::Display for Slug {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let r = |r: &Option<String>| r.as_ref().map(|r| format!("#{r}")).unwrap_or_default();
         match self {
-            Slug::Hosted { forge, owner, repo, reference } => {
+            Slug::Hosted {
+                forge,
+                owner,
+                repo,
+                reference,
+            } => {
                 write!(f, "{}:{owner}/{repo}{}", forge.scheme(), r(reference))
             }
             Slug::GitHttps { url, reference } => write!(f, "git+{url}{}", r(reference)),
@@ -108,7 +124,10 @@ impl FromStr for Slug {
     type Err = SlugError;
 
     fn from_str(input: &str) -> Result<Self, Self::Err> {
-        let err = |expected: &str| SlugError { input: input.to_string(), expected: expected.to_string() };
+        let err = |expected: &str| SlugError {
+            input: input.to_string(),
+            expected: expected.to_string(),
+        };
         let s = input.trim();
         if s.is_empty() {
             return Err(err("a non-empty slug such as gh:owner/repo#ref"));
@@ -116,9 +135,9 @@ impl FromStr for Slug {
         if s.chars().any(|c| c.is_control() || c.is_whitespace()) {
             return Err(err("no whitespace or control characters inside a slug"));
         }
-        let (scheme, rest) = s.split_once(':').ok_or_else(|| {
-            err("SCHEME:… with scheme gh, gl, bb, git+https, git+file or path")
-        })?;
+        let (scheme, rest) = s
+            .split_once(':')
+            .ok_or_else(|| err("SCHEME:… with scheme gh, gl, bb, git+https, git+file or path"))?;
         match scheme {
             "gh" | "gl" | "bb" => {
                 let forge = match scheme {
@@ -135,8 +154,11 @@ impl FromStr for Slug {
                 } else {
                     "bb:OWNER/REPO[#REF]"
                 };
-                let count_ok =
-                    if forge == Forge::GitLab { segs.len() >= 2 } else { segs.len() == 2 };
+                let count_ok = if forge == Forge::GitLab {
+                    segs.len() >= 2
+                } else {
+                    segs.len() == 2
+                };
                 if !count_ok {
                     return Err(err(shape));
                 }
@@ -157,23 +179,28 @@ impl FromStr for Slug {
             }
             "git+https" => {
                 let (url, reference) = split_ref(rest).map_err(|e| err(&e))?;
-                let after = url.strip_prefix("//").ok_or_else(|| {
-                    err("git+https://HOST/PATH[.git][#REF]")
+                let after = url
+                    .strip_prefix("//")
+                    .ok_or_else(|| err("git+https://HOST/PATH[.git][#REF]"))?;
+                let (host, path) = after.split_once('/').ok_or_else(|| {
+                    err("git+https://HOST/PATH[.git][#REF]: a path after the host")
                 })?;
-                let (host, path) = after
-                    .split_once('/')
-                    .ok_or_else(|| err("git+https://HOST/PATH[.git][#REF]: a path after the host"))?;
                 if host.is_empty() || host.contains('@') {
                     return Err(err("git+https://HOST/PATH: a host without credentials"));
                 }
                 if path.trim_matches('/').is_empty() {
-                    return Err(err("git+https://HOST/PATH: a repository path after the host"));
+                    return Err(err(
+                        "git+https://HOST/PATH: a repository path after the host",
+                    ));
                 }
                 for seg in path.trim_end_matches('/').split('/') {
                     check_segment(seg)
                         .map_err(|why| err(&format!("git+https://HOST/PATH: {why}")))?;
                 }
-                Ok(Slug::GitHttps { url: format!("https:{url}"), reference })
+                Ok(Slug::GitHttps {
+                    url: format!("https:{url}"),
+                    reference,
+                })
             }
             "git+file" => {
                 let (url, reference) = split_ref(rest).map_err(|e| err(&e))?;
@@ -187,7 +214,10 @@ impl FromStr for Slug {
                 if path.trim_matches('/').is_empty() {
                     return Err(err("git+file:///ABSOLUTE/PATH naming a repository"));
                 }
-                Ok(Slug::GitFile { path: PathBuf::from(path), reference })
+                Ok(Slug::GitFile {
+                    path: PathBuf::from(path),
+                    reference,
+                })
             }
             "path" => {
                 if rest.is_empty() {
@@ -196,7 +226,9 @@ impl FromStr for Slug {
                 if rest.contains('#') {
                     return Err(err("path:DIR without #REF (a working tree has no ref)"));
                 }
-                Ok(Slug::Path { dir: PathBuf::from(rest) })
+                Ok(Slug::Path {
+                    dir: PathBuf::from(rest),
+                })
             }
             other => Err(err(&format!(
                 "a scheme of gh, gl, bb, git+https, git+file or path, not {other:?}"
@@ -233,8 +265,12 @@ fn check_ref(r: &str) -> Result<(), String> {
     if r.contains("..") || r.contains("@{") || r.contains("//") || r.ends_with(".lock") {
         return Err(format!("a valid git ref after '#', not {r:?}"));
     }
-    if r.chars().any(|c| matches!(c, '~' | '^' | ':' | '?' | '*' | '[' | '\\' | '#')) {
-        return Err(format!("a valid git ref after '#' (no ~ ^ : ? * [ \\ #), not {r:?}"));
+    if r.chars()
+        .any(|c| matches!(c, '~' | '^' | ':' | '?' | '*' | '[' | '\\' | '#'))
+    {
+        return Err(format!(
+            "a valid git ref after '#' (no ~ ^ : ? * [ \\ #), not {r:?}"
+        ));
     }
     Ok(())
 }
@@ -246,8 +282,13 @@ fn check_segment(seg: &str) -> Result<(), String> {
     if seg == "." || seg == ".." {
         return Err(format!("path segment {seg:?} is not allowed"));
     }
-    if !seg.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
-        return Err(format!("path segment {seg:?} may only contain A-Z a-z 0-9 - _ ."));
+    if !seg
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(format!(
+            "path segment {seg:?} may only contain A-Z a-z 0-9 - _ ."
+        ));
     }
     Ok(())
 }
@@ -263,16 +304,87 @@ mod tests {
     #[test]
     fn table_of_valid_slugs() {
         let cases: &[(&str, Slug)] = &[
-            ("gh:octo/hello", Slug::Hosted { forge: Forge::GitHub, owner: "octo".into(), repo: "hello".into(), reference: None }),
-            ("gh:octo/hello#v1.2.0", Slug::Hosted { forge: Forge::GitHub, owner: "octo".into(), repo: "hello".into(), reference: Some("v1.2.0".into()) }),
-            ("gh:octo/hello.git#main", Slug::Hosted { forge: Forge::GitHub, owner: "octo".into(), repo: "hello".into(), reference: Some("main".into()) }),
-            ("gl:grp/sub/deeper/svc#feature/x", Slug::Hosted { forge: Forge::GitLab, owner: "grp/sub/deeper".into(), repo: "svc".into(), reference: Some("feature/x".into()) }),
-            ("bb:team/repo_1#0123abcd", Slug::Hosted { forge: Forge::Bitbucket, owner: "team".into(), repo: "repo_1".into(), reference: Some("0123abcd".into()) }),
-            ("git+https://git.example.com/a/b.git#main", Slug::GitHttps { url: "https://git.example.com/a/b.git".into(), reference: Some("main".into()) }),
-            ("git+https://127.0.0.1:8080/x/y", Slug::GitHttps { url: "https://127.0.0.1:8080/x/y".into(), reference: None }),
-            ("git+file:///srv/repos/app#v2", Slug::GitFile { path: "/srv/repos/app".into(), reference: Some("v2".into()) }),
-            ("path:./examples/hello", Slug::Path { dir: "./examples/hello".into() }),
-            ("  gh:a/b  ", Slug::Hosted { forge: Forge::GitHub, owner: "a".into(), repo: "b".into(), reference: None }),
+            (
+                "gh:octo/hello",
+                Slug::Hosted {
+                    forge: Forge::GitHub,
+                    owner: "octo".into(),
+                    repo: "hello".into(),
+                    reference: None,
+                },
+            ),
+            (
+                "gh:octo/hello#v1.2.0",
+                Slug::Hosted {
+                    forge: Forge::GitHub,
+                    owner: "octo".into(),
+                    repo: "hello".into(),
+                    reference: Some("v1.2.0".into()),
+                },
+            ),
+            (
+                "gh:octo/hello.git#main",
+                Slug::Hosted {
+                    forge: Forge::GitHub,
+                    owner: "octo".into(),
+                    repo: "hello".into(),
+                    reference: Some("main".into()),
+                },
+            ),
+            (
+                "gl:grp/sub/deeper/svc#feature/x",
+                Slug::Hosted {
+                    forge: Forge::GitLab,
+                    owner: "grp/sub/deeper".into(),
+                    repo: "svc".into(),
+                    reference: Some("feature/x".into()),
+                },
+            ),
+            (
+                "bb:team/repo_1#0123abcd",
+                Slug::Hosted {
+                    forge: Forge::Bitbucket,
+                    owner: "team".into(),
+                    repo: "repo_1".into(),
+                    reference: Some("0123abcd".into()),
+                },
+            ),
+            (
+                "git+https://git.example.com/a/b.git#main",
+                Slug::GitHttps {
+                    url: "https://git.example.com/a/b.git".into(),
+                    reference: Some("main".into()),
+                },
+            ),
+            (
+                "git+https://127.0.0.1:8080/x/y",
+                Slug::GitHttps {
+                    url: "https://127.0.0.1:8080/x/y".into(),
+                    reference: None,
+                },
+            ),
+            (
+                "git+file:///srv/repos/app#v2",
+                Slug::GitFile {
+                    path: "/srv/repos/app".into(),
+                    reference: Some("v2".into()),
+                },
+            ),
+            (
+                "path:./examples/hello",
+                Slug::Path {
+                    dir: "./examples/hello".into(),
+                },
+            ),
+            (
+                "  gh:a/b  ",
+                Slug::Hosted {
+                    forge: Forge::GitHub,
+                    owner: "a".into(),
+                    repo: "b".into(),
+                    reference: None,
+                },
+            ),
         ];
         for (input, want) in cases {
             assert_eq!(&ok(input), want, "{input}");
@@ -281,7 +393,14 @@ mod tests {
 
     #[test]
     fn display_round_trips() {
-        for s in ["gh:octo/hello#v1", "gl:a/b/c", "bb:t/r#x", "git+https://h/a/b.git#m", "git+file:///r/a#t", "path:rel/dir"] {
+        for s in [
+            "gh:octo/hello#v1",
+            "gl:a/b/c",
+            "bb:t/r#x",
+            "git+https://h/a/b.git#m",
+            "git+file:///r/a#t",
+            "path:rel/dir",
+        ] {
             assert_eq!(ok(s).to_string(), s);
             assert_eq!(ok(&ok(s).to_string()), ok(s));
         }
@@ -313,15 +432,27 @@ mod tests {
         ];
         for (input, needle) in cases {
             let e = input.parse::<Slug>().expect_err(input).to_string();
-            assert!(e.contains(needle), "{input:?}: {e:?} should mention {needle:?}");
-            assert!(e.contains(input.trim()), "{input:?}: error should quote the input: {e}");
+            assert!(
+                e.contains(needle),
+                "{input:?}: {e:?} should mention {needle:?}"
+            );
+            assert!(
+                e.contains(input.trim()),
+                "{input:?}: error should quote the input: {e}"
+            );
         }
     }
 
     #[test]
     fn repo_names_and_service_names() {
         assert_eq!(ok("gl:a/b/My.Svc#x").repo_name(), "My.Svc");
-        assert_eq!(ok("gl:a/b/My.Svc#x").default_service_name().unwrap().as_str(), "my-svc");
+        assert_eq!(
+            ok("gl:a/b/My.Svc#x")
+                .default_service_name()
+                .unwrap()
+                .as_str(),
+            "my-svc"
+        );
         assert_eq!(ok("git+https://h/x/y.git").repo_name(), "y");
         assert_eq!(ok("git+file:///tmp/fixture-1/").repo_name(), "fixture-1");
         assert_eq!(ok("path:./examples/hello").repo_name(), "hello");

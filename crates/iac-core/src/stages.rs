@@ -58,7 +58,11 @@ pub trait ImageBuilder: Send + Sync {
 pub trait Pki: Send + Sync {
     /// A leaf for `service` (SAN `<service>`, `<service>.<project>`), reissued when missing,
     /// expiring or signed by another CA. Returns host paths.
-    async fn issue(&self, project: &ProjectName, service: &ServiceName) -> Result<IssuedCerts, PkiError>;
+    async fn issue(
+        &self,
+        project: &ProjectName,
+        service: &ServiceName,
+    ) -> Result<IssuedCerts, PkiError>;
     /// The control plane's client identity.
     async fn client_identity(&self) -> Result<IssuedCerts, PkiError>;
 }
@@ -85,7 +89,11 @@ pub trait Provisioner: Send + Sync {
         events: &Events,
     ) -> Result<Applied, ProvisionError>;
     /// Removes everything labelled with the project. Idempotent. Returns what was removed.
-    async fn destroy(&self, project: &ProjectName, events: &Events) -> Result<Vec<String>, ProvisionError>;
+    async fn destroy(
+        &self,
+        project: &ProjectName,
+        events: &Events,
+    ) -> Result<Vec<String>, ProvisionError>;
     /// Services running in the project now, with their mTLS endpoints.
     async fn running(&self, project: &ProjectName) -> Result<Vec<RunningService>, ProvisionError>;
 }

@@ -93,7 +93,7 @@ impl ApiError {
             404 => tonic::Code::NotFound,
             409 => tonic::Code::Aborted,
             413 => tonic::Code::ResourceExhausted,
-            502 | 503 | 504 => tonic::Code::Unavailable,
+            502..=504 => tonic::Code::Unavailable,
             _ => tonic::Code::Internal,
         };
         tonic::Status::new(code, self.message.clone())
