@@ -44,7 +44,11 @@ pub fn run() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let _telemetry = telemetry::init(cfg.otel_endpoint.as_deref(), cli.json);
+    let default_filter = match cli.command {
+        Command::Serve { .. } => "info",
+        _ => "warn,iac_core::event=off",
+    };
+    let _telemetry = telemetry::init(cfg.otel_endpoint.as_deref(), cli.json, default_filter);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

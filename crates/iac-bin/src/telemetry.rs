@@ -1,5 +1,5 @@
-//! iac's own observability: `tracing` to stderr filtered by `RUST_LOG` (default `warn`: the CLI's
-//! progress display already shows every DeployEvent), and, when an OTLP endpoint is configured,
+//! iac's own observability: `tracing` to stderr filtered by `RUST_LOG` (see [`init`] for the
+//! defaults), and, when an OTLP endpoint is configured,
 //! spans exported over OTLP/gRPC via tracing-opentelemetry.
 
 use opentelemetry::trace::TracerProvider as _;
@@ -21,8 +21,11 @@ impl Drop for TelemetryGuard {
     }
 }
 
-pub fn init(otlp_endpoint: Option<&str>, json_logs: bool) -> TelemetryGuard {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+/// `default_filter` applies when `RUST_LOG` is unset: CLI commands pass
+/// `warn,iac_core::event=off` (their progress display already shows every event), `iac serve`
+/// passes `info` (events are its log).
+pub fn init(otlp_endpoint: Option<&str>, json_logs: bool, default_filter: &str) -> TelemetryGuard {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let fmt = if json_logs {
         tracing_subscriber::fmt::layer()
             .json()
