@@ -145,7 +145,9 @@ pub fn plan(input: &PlanInput) -> Stack {
                     "--service-node".into(),
                     s.name.to_string(),
                 ],
-                env: BTreeMap::new(),
+                // The official image's entrypoint drops to uid 101 unless ENVOY_UID=0; the mounted
+                // keys are 0600, so Envoy must stay root to read them (harmless elsewhere).
+                env: BTreeMap::from([("ENVOY_UID".to_string(), "0".to_string())]),
                 labels: base_labels("envoy", Some(&s.name)),
                 network: NetworkMode::Container { name: app_name },
                 mounts: vec![
