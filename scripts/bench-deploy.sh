@@ -21,6 +21,7 @@ WORK=$(mktemp -d)
 export IAC_STATE_DIR="$WORK/.iac" IAC_SECRETS_DIR="$WORK/secrets" RUST_LOG=warn
 cleanup() {
   "$IAC" destroy --project "$P" >/dev/null 2>&1 || true
+  imgs=$(docker images -aq --filter "label=iac.project=$P"); [ -z "$imgs" ] || docker rmi -f --no-prune $imgs >/dev/null 2>&1 || true
   [ -f "$WORK/docker-compose.yml" ] && docker-compose -p "${P}c" -f "$WORK/docker-compose.yml" down -v >/dev/null 2>&1 || true
   rm -rf "$WORK"
 }
@@ -30,15 +31,15 @@ secs() { python3 -c "print(f'{$2-$1:.2f}')"; }
 ratio() { python3 -c "print(f'{$1/$2:.2f}x')"; }
 
 echo "warming (builds images if needed)…"
-"$IAC" deploy --project "$P" --file "$FILE" >/dev/null
-"$IAC" destroy --project "$P" >/dev/null
+"$IAC" deploy --project "$P" --file "$FILE" >/dev/null 2>&1
+"$IAC" destroy --project "$P" >/dev/null 2>&1
 
-t0=$(now); "$IAC" deploy --project "$P" --file "$FILE" >/dev/null; t1=$(now)
+t0=$(now); "$IAC" deploy --project "$P" --file "$FILE" >/dev/null 2>&1; t1=$(now)
 iac_up=$(secs "$t0" "$t1")
-t0=$(now); "$IAC" deploy --project "$P" --file "$FILE" >/dev/null; t1=$(now)
+t0=$(now); "$IAC" deploy --project "$P" --file "$FILE" >/dev/null 2>&1; t1=$(now)
 iac_noop=$(secs "$t0" "$t1")
 "$IAC" plan --project "$P" --file "$FILE" --json | python3 scripts/stack-to-compose.py "${P}c" > "$WORK/docker-compose.yml"
-t0=$(now); "$IAC" destroy --project "$P" >/dev/null; t1=$(now)
+t0=$(now); "$IAC" destroy --project "$P" >/dev/null 2>&1; t1=$(now)
 iac_down=$(secs "$t0" "$t1")
 
 t0=$(now); docker-compose -p "${P}c" -f "$WORK/docker-compose.yml" up -d >/dev/null 2>&1; t1=$(now)

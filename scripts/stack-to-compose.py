@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
-"""Turns `iac plan --json` (stdin) into an equivalent docker-compose v2 file (stdout), for the
+"""Turns the output of `iac plan --json` (stdin) into an equivalent docker-compose v2 file (stdout), for the
 benchmark baseline: same images, env, mounts, published port, and the Envoy sharing the app's
 network namespace. Container names get the compose project prefix so both can coexist."""
 import json
 import sys
 
 prefix = sys.argv[1]
-plan = json.load(sys.stdin)
+# `iac plan --json` prints NDJSON progress events first; the plan is the last line.
+plan = json.loads(sys.stdin.read().strip().splitlines()[-1])
 stack = plan["stack"]
 net = f"{prefix}-net"
 services = {}

@@ -109,7 +109,8 @@ pub async fn plan(cfg: IacConfig, file: &Path, json: bool) -> anyhow::Result<Exi
     let outcome =
         with_progress(json, async |events| app.deployer.plan(&specs, events).await).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&outcome)?);
+        // One line, after the NDJSON events: the last line of stdout is the result.
+        println!("{}", serde_json::to_string(&outcome)?);
     } else {
         println!(
             "project {project} ({} provisioner):",
