@@ -268,6 +268,17 @@ mod tests {
     }
 
     #[test]
+    fn the_starter_config_in_templates_is_valid() {
+        let starter = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../templates/iac.toml");
+        let c: IacConfig = IacConfig::figment(Some(&starter), &CliOverrides::default())
+            .unwrap()
+            .extract()
+            .expect("templates/iac.toml parses into IacConfig");
+        assert_eq!(c.network, "iacnet");
+        assert_eq!(c.images.offline_base_image, "iac/python:3.11-bookworm");
+    }
+
+    #[test]
     fn missing_explicit_file_is_an_error_and_bad_values_are_named() {
         let e = IacConfig::figment(
             Some(Path::new("/nonexistent/iac.toml")),
