@@ -25,7 +25,8 @@ impl Drop for TelemetryGuard {
 /// `warn,iac_core::event=off` (their progress display already shows every event), `iac serve`
 /// passes `info` (events are its log).
 pub fn init(otlp_endpoint: Option<&str>, json_logs: bool, default_filter: &str) -> TelemetryGuard {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let fmt = if json_logs {
         tracing_subscriber::fmt::layer()
             .json()
