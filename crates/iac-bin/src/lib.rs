@@ -28,6 +28,10 @@ use crate::config::{CliOverrides, IacConfig};
 
 /// Entry point of the `iac` binary.
 pub fn run() -> ExitCode {
+    // One process-wide rustls crypto provider before any TLS client or server is built (reqwest in
+    // the fetcher, tonic in the prober and the admin API): with more than one provider compiled
+    // in, rustls refuses to guess.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     let overrides = CliOverrides {
         project: cli.project.clone(),
