@@ -130,7 +130,7 @@ impl Deployer {
             Ok(l) => l,
             Err(e) => return self.abort(failed, prepared, started, format!("deploy lock: {e}")),
         };
-        let (input, rendered, render_failed) = self.mesh_and_plan_input(prepared, &failed, events);
+        let (input, rendered, render_failed) = self.mesh_and_plan_input(prepared, events);
         failed.extend(render_failed);
         let mut ok_services = Vec::new();
         for (p, config) in rendered {
@@ -257,8 +257,7 @@ impl Deployer {
     /// What a deploy would change, without building images or touching containers.
     pub async fn plan(&self, specs: &[ServiceSpec], events: &Events) -> Result<PlanOutcome, Error> {
         let (prepared, mut failed) = self.prepare_all(specs, Mode::PlanOnly, events).await;
-        let (mut input, _rendered, render_failed) =
-            self.mesh_and_plan_input(prepared, &failed, events);
+        let (mut input, _rendered, render_failed) = self.mesh_and_plan_input(prepared, events);
         failed.extend(render_failed);
         input.keep.extend(failed.iter().map(|r| r.service.clone()));
         let stack = plan(&input);
@@ -278,7 +277,7 @@ impl Deployer {
         events: &Events,
     ) -> (Vec<RenderedService>, Vec<ServiceReport>) {
         let (prepared, mut failed) = self.prepare_all(specs, Mode::PlanOnly, events).await;
-        let (_input, rendered, render_failed) = self.mesh_and_plan_input(prepared, &failed, events);
+        let (_input, rendered, render_failed) = self.mesh_and_plan_input(prepared, events);
         failed.extend(render_failed);
         let ok = rendered
             .into_iter()
@@ -439,7 +438,6 @@ impl Deployer {
     fn mesh_and_plan_input(
         &self,
         prepared: Vec<Prepared>,
-        _failed: &[ServiceReport],
         events: &Events,
     ) -> (PlanInput, Vec<(Prepared, String)>, Vec<ServiceReport>) {
         let ports = MeshPorts::default();
