@@ -267,6 +267,7 @@ pub async fn serve(
     uds: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
     let mut serve_cfg: ServeConfig = cfg.serve.clone();
+    let http_given = http.is_some();
     if let Some(h) = http {
         serve_cfg.http_addr = h
             .parse()
@@ -275,10 +276,26 @@ pub async fn serve(
     if let Some(u) = uds {
         serve_cfg.uds_path = Some(u);
     }
-    let auth: Arc<dyn AuthVerifier> = Arc::new(
-        SupabaseVerifier::new(cfg.supabase.clone())
-            .context("Supabase auth ([supabase] / SUPABASE_*)")?,
-    );
+    let supabase_configured = cfg.supabase.url.is_some()
+        || cfg.supabase.service_role_key.is_some()
+        || cfg.supabase.jwt_secret.is_some();
+    let auth: Arc<dyn AuthVerifier> = if supabase_configured {
+        Arc::new(
+            SupabaseVerifier::new(cfg.supabase.clone())
+                .context("Supabase auth ([supabase] / SUPABASE_*)")?,
+        )
+    } else if http_given {
+        anyhow::bail!(
+            "--http needs an auth provider: set SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY (or [supabase] in iac.toml); without them only the Unix socket is served"
+        );
+    } else {
+        // Nothing to verify TCP callers against: serve the Unix socket only (peer-uid auth).
+        tracing::warn!(
+            "no Supabase configured (SUPABASE_URL, SUPABASE_SERVICE_ROLE_KEY): the TCP listener is off, serving the Unix socket only"
+        );
+        serve_cfg.http_enabled = false;
+        Arc::new(NoAuthProvider)
+    };
     let default_project = crate::commands::resolve_project(&cfg, None)?;
     let backend = Arc::new(LiveBackend {
         cfg,
@@ -295,6 +312,19 @@ pub async fn serve(
     };
     crate::api::serve(serve_cfg, backend, auth, shutdown).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The verifier when no auth provider is configured: every bearer credential is refused (fail
+/// closed). Only reachable if a TCP listener were enabled, which `serve` prevents.
+struct NoAuthProvider;
+
+#[async_trait]
+impl AuthVerifier for NoAuthProvider {
+    async fn verify(&self, _bearer: &str) -> Result<iac_core::Principal, iac_core::AuthError> {
+        Err(iac_core::AuthError::Unavailable(
+            "no auth provider is configured".into(),
+        ))
+    }
 }
 
 /// The admin API's backend: a fresh [`App`] per request's project.
