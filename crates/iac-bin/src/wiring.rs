@@ -16,7 +16,7 @@ use iac_backends::entry::DefaultResolver;
 use iac_backends::fetch::DefaultFetcher;
 use iac_backends::health::grpc::GrpcProber;
 use iac_backends::pki::DevCa;
-use iac_backends::provision::docker::DockerProvisioner;
+use iac_backends::provision::docker::{BollardEngine, DockerProvisioner};
 use iac_backends::provision::terraform::TerraformProvisioner;
 use iac_backends::sidecar::envoy::{EnvoyConfig, EnvoyRenderer};
 use iac_core::{
@@ -90,17 +90,19 @@ impl App {
             String,
         ) = match engine {
             EngineUse::Required => {
-                let docker = connect_docker().await?;
+                // One connection (to `[docker] docker_host`, else DOCKER_HOST / the local socket),
+                // shared by the image builder and the docker provisioner.
+                let engine = connect_engine(&cfg).await?;
+                let docker = engine.docker().clone();
                 let envoy_image =
                     resolve_image(&docker, &cfg.sidecar.image, &cfg.sidecar.offline_image).await?;
                 let builder = DockerImageBuilder::with_docker(docker, cfg.images.clone())
                     .context("image builder ([images])")?;
                 let provisioner: Arc<dyn Provisioner> = match cfg.provisioner {
-                    ProvisionerKind::Docker => Arc::new(
-                        DockerProvisioner::connect(cfg.docker.clone())
-                            .await
-                            .context("docker provisioner ([docker])")?,
-                    ),
+                    ProvisionerKind::Docker => Arc::new(DockerProvisioner::with_engine(
+                        Arc::new(engine),
+                        cfg.docker.clone(),
+                    )),
                     ProvisionerKind::Terraform => {
                         Arc::new(TerraformProvisioner::new(cfg.terraform.clone()))
                     }
@@ -154,10 +156,9 @@ impl App {
     }
 }
 
-async fn connect_docker() -> anyhow::Result<Docker> {
-    Docker::connect_with_defaults()
-        .context("docker client (DOCKER_HOST)")?
-        .negotiate_version()
+async fn connect_engine(cfg: &IacConfig) -> anyhow::Result<BollardEngine> {
+    let timeout = Duration::from_secs(cfg.docker.request_timeout_secs.max(1));
+    BollardEngine::connect(cfg.docker.docker_host.as_deref(), timeout)
         .await
         .context("cannot reach the Docker engine (is dockerd running, and may this user use its socket?)")
 }
@@ -417,7 +418,10 @@ impl ControlPlaneBackend for LiveBackend {
     }
 
     async fn engine_ping(&self) -> Result<String, String> {
-        let docker = connect_docker().await.map_err(|e| format!("{e:#}"))?;
+        let engine = connect_engine(&self.cfg)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        let docker = engine.docker();
         let v = docker.version().await.map_err(|e| e.to_string())?;
         Ok(format!(
             "docker {} (API {})",
