@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use futures::StreamExt;
-use iac_core::{Events, LogQuery, ProbeTarget, ProjectName, ServiceSpec, Slug, load_repos_file};
+use iac_core::{Events, LogQuery, ProjectName, ServiceSpec, Slug, load_repos_file};
 use serde_json::json;
 
 use crate::config::IacConfig;
@@ -239,19 +239,7 @@ pub async fn logs(
     let query = LogQuery { follow, tail };
     let mut streams = Vec::new();
     for r in targets {
-        let Some(addr) = r.endpoint else {
-            eprintln!(
-                "{}: no published endpoint (container {})",
-                r.service, r.state
-            );
-            continue;
-        };
-        let target = ProbeTarget {
-            service: r.service.clone(),
-            addr,
-            deadline: std::time::Duration::from_secs(10),
-        };
-        match app.streamer.stream(&target, query).await {
+        match app.log_stream(&r, query).await {
             Ok(s) => streams.push(s),
             Err(e) => eprintln!("{}: {e}", r.service),
         }

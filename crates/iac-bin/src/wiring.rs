@@ -10,6 +10,7 @@ use anyhow::Context;
 use async_trait::async_trait;
 use bollard::Docker;
 use futures::StreamExt;
+use futures::stream::BoxStream;
 use iac_backends::auth::supabase::SupabaseVerifier;
 use iac_backends::build::DockerImageBuilder;
 use iac_backends::entry::DefaultResolver;
@@ -21,8 +22,8 @@ use iac_backends::provision::terraform::TerraformProvisioner;
 use iac_backends::sidecar::envoy::{EnvoyConfig, EnvoyRenderer};
 use iac_core::{
     Applied, AuthVerifier, Change, DeployOptions, DeployReport, Deployer, EntryResolver, Events,
-    HealthProber, LogQuery, LogStreamer, ProbeTarget, ProjectName, ProvisionError, Provisioner,
-    RunningService, ServiceName, SourceFetcher, Stack, Stages,
+    HealthProber, LogLine, LogQuery, LogStreamer, ProbeError, ProbeTarget, ProjectName,
+    ProvisionError, Provisioner, RunningService, ServiceName, SourceFetcher, Stack, Stages,
 };
 
 use crate::api::{
@@ -40,6 +41,9 @@ pub struct App {
     pub resolver: Arc<dyn EntryResolver>,
     pub streamer: Arc<dyn LogStreamer>,
 }
+
+/// How long opening a log stream keeps retrying an agent.
+const LOG_CONNECT_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Whether the command talks to the container engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,6 +153,27 @@ impl App {
             resolver,
             streamer: prober,
         })
+    }
+
+    /// Opens a running service's log stream through its Envoy (shared by `iac logs` and the
+    /// admin API). The error says why: no published endpoint, or what the agent/Envoy answered.
+    pub async fn log_stream(
+        &self,
+        running: &RunningService,
+        query: LogQuery,
+    ) -> Result<BoxStream<'static, Result<LogLine, ProbeError>>, String> {
+        let addr = running
+            .endpoint
+            .ok_or_else(|| format!("no published endpoint (container {})", running.state))?;
+        let target = ProbeTarget {
+            service: running.service.clone(),
+            addr,
+            deadline: LOG_CONNECT_DEADLINE,
+        };
+        self.streamer
+            .stream(&target, query)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     pub fn provisioner_name(&self) -> &'static str {
@@ -396,22 +421,10 @@ impl ControlPlaneBackend for LiveBackend {
                     "service {service} is not running in project {project}"
                 ))
             })?;
-        let addr = r.endpoint.ok_or_else(|| {
-            ApiError::bad_gateway(format!(
-                "service {service} has no published endpoint (container {})",
-                r.state
-            ))
-        })?;
-        let target = ProbeTarget {
-            service,
-            addr,
-            deadline: Duration::from_secs(10),
-        };
         let stream = app
-            .streamer
-            .stream(&target, query)
+            .log_stream(&r, query)
             .await
-            .map_err(|e| ApiError::bad_gateway(e.to_string()))?;
+            .map_err(|e| ApiError::bad_gateway(format!("service {service}: {e}")))?;
         Ok(stream
             .map(|item| item.map_err(|e| ApiError::bad_gateway(e.to_string())))
             .boxed())
