@@ -53,8 +53,20 @@ pub struct Cli {
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_grace)]
     pub grace: Duration,
 
+    /// The TCP port the app serves on. While ARGV runs, HealthCheck answers UNKNOWN ("starting")
+    /// until this port accepts connections on 127.0.0.1, then SERVING; and a service with a port
+    /// that exits is NOT_SERVING even after exit code 0. Set by iac on the container
+    /// (IAC_APP_PORT) for services that declare a port.
+    #[arg(long, value_name = "PORT", env = "IAC_APP_PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub app_port: Option<u16>,
+
+    /// Do not supervise anything: ask the agent listening on --listen for HealthCheck, print its
+    /// answer and exit 0 when it is SERVING, 1 otherwise (for a container HEALTHCHECK).
+    #[arg(long, conflicts_with = "argv")]
+    pub probe: bool,
+
     /// The program to supervise and its arguments (after `--`).
-    #[arg(last = true, required = true, value_name = "ARGV")]
+    #[arg(last = true, required_unless_present = "probe", value_name = "ARGV")]
     pub argv: Vec<String>,
 }
 
@@ -148,6 +160,16 @@ mod tests {
         assert_eq!(cli.grace, Duration::from_secs(10));
         assert_eq!(cli.ring_lines, 10_000);
         assert!(cli.user.is_none());
+    }
+
+    #[test]
+    fn app_port_and_probe() {
+        let cli = Cli::try_parse_from(["iac-agent", "--app-port", "8000", "--", "x"]).unwrap();
+        assert_eq!(cli.app_port, Some(8000));
+        assert!(Cli::try_parse_from(["iac-agent", "--app-port", "0", "--", "x"]).is_err());
+        let cli = Cli::try_parse_from(["iac-agent", "--probe"]).unwrap();
+        assert!(cli.probe && cli.argv.is_empty());
+        assert!(Cli::try_parse_from(["iac-agent", "--probe", "--", "x"]).is_err());
     }
 
     #[test]

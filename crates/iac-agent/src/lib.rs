@@ -22,6 +22,8 @@
 
 pub mod config;
 pub mod logbuf;
+pub mod ports;
+pub mod probe;
 pub mod service;
 pub mod state;
 pub mod supervisor;
@@ -47,6 +49,7 @@ impl Options {
             limits,
             grace: cli.grace,
             argv: cli.argv,
+            app_port: cli.app_port,
         })
     }
 }

@@ -6,7 +6,11 @@ use iac_agent::supervisor::{EXIT_SETUP_FAILED, log};
 use iac_agent::{Cli, Options};
 
 fn main() {
-    let opts = match Options::from_cli(Cli::parse()) {
+    let cli = Cli::parse();
+    if cli.probe {
+        std::process::exit(iac_agent::probe::run(cli.listen));
+    }
+    let opts = match Options::from_cli(cli) {
         Ok(o) => o,
         Err(e) => {
             log(e);

@@ -1,8 +1,18 @@
 //! The agent's `iac.controlplane.v1.ControlPlane` implementation: HealthCheck from the child's
-//! state, StreamLogs from the ring buffer (tail, then live lines when following), Deploy refused.
+//! state, its uptime and the ports it listens on; StreamLogs from the ring buffer (tail, then live
+//! lines when following); Deploy refused.
+//!
+//! HealthCheck's status:
+//! * running, no declared app port → SERVING;
+//! * running with a declared app port → UNKNOWN ("starting") until that port accepts connections
+//!   on 127.0.0.1 (where the sidecar sends traffic), then SERVING;
+//! * exited 0 → SERVING for a job without a port, NOT_SERVING for a service with a declared port
+//!   (a server that exits is not serving);
+//! * exited non-zero, killed, or never started → NOT_SERVING with the exit code.
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use iac_proto::{
     ControlPlane, DeployRequest, DeployResult, HealthStatus, HealthStatusCode, LogLine, LogRequest,
@@ -14,19 +24,54 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::logbuf::{LogBuffer, StreamKind};
-use crate::state::ChildState;
+use crate::ports::{PortView, port_view, read_listeners};
+use crate::state::{ChildState, Clock};
 use crate::timefmt::rfc3339_millis;
+
+/// What HealthCheck needs to know to tell "started" from "ready".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Readiness {
+    /// The port the app must accept connections on before it counts as SERVING.
+    pub app_port: Option<u16>,
+    /// The uid the app runs as (its sockets are the app's ports); `None` when it runs as the agent.
+    pub app_uid: Option<u32>,
+    /// The agent's own gRPC port (never reported as an app port).
+    pub own_port: u16,
+}
 
 /// Serves one supervised child.
 #[derive(Debug, Clone)]
 pub struct AgentService {
     state: watch::Receiver<ChildState>,
     logs: Arc<LogBuffer>,
+    readiness: Readiness,
+    clock: Arc<Clock>,
 }
 
 impl AgentService {
     pub fn new(state: watch::Receiver<ChildState>, logs: Arc<LogBuffer>) -> Self {
-        Self { state, logs }
+        Self {
+            state,
+            logs,
+            readiness: Readiness::default(),
+            clock: Arc::new(Clock::default()),
+        }
+    }
+
+    /// Reports uptime from `clock` and holds SERVING until `readiness.app_port` accepts.
+    pub fn with_readiness(mut self, readiness: Readiness, clock: Arc<Clock>) -> Self {
+        self.readiness = readiness;
+        self.clock = clock;
+        self
+    }
+
+    /// The current ports, read from the network namespace (an unreadable table reports no ports
+    /// and a declared port as not yet open; the detail says why).
+    fn ports(&self) -> Result<PortView, String> {
+        let r = self.readiness;
+        read_listeners()
+            .map(|all| port_view(&all, r.app_uid, r.own_port, r.app_port))
+            .map_err(|e| format!("cannot read /proc/net/tcp: {e}"))
     }
 }
 
@@ -42,17 +87,60 @@ pub fn lagged_line(skipped: u64) -> LogLine {
     }
 }
 
-/// HealthCheck's answer for a state.
-pub fn health_of(state: &ChildState) -> HealthStatus {
-    let status = if state.is_serving() {
-        HealthStatusCode::Serving
-    } else {
-        HealthStatusCode::NotServing
+/// HealthCheck's answer for a state, its uptime, the declared app port and the ports seen.
+pub fn health_of(
+    state: &ChildState,
+    uptime: Duration,
+    app_port: Option<u16>,
+    ports: &Result<PortView, String>,
+) -> HealthStatus {
+    let mut detail = state.detail();
+    let status = match (state, app_port) {
+        (ChildState::Starting, _) => HealthStatusCode::Unknown,
+        (ChildState::Running { .. }, Some(port)) => match ports {
+            Ok(view) if view.app_port_open => HealthStatusCode::Serving,
+            Ok(view) => {
+                detail = format!(
+                    "{detail}, starting for {:.1}s: waiting for the app to accept connections on 127.0.0.1:{port}{}",
+                    uptime.as_secs_f64(),
+                    listening_note(&view.ports)
+                );
+                HealthStatusCode::Unknown
+            }
+            Err(why) => {
+                detail = format!("{detail}, cannot tell whether port {port} is open: {why}");
+                HealthStatusCode::Unknown
+            }
+        },
+        (ChildState::Exited { code: 0 }, Some(port)) => {
+            detail = format!(
+                "{detail} after {:.1}s; a service that serves port {port} must keep running",
+                uptime.as_secs_f64()
+            );
+            HealthStatusCode::NotServing
+        }
+        _ if state.is_serving() => HealthStatusCode::Serving,
+        _ => HealthStatusCode::NotServing,
     };
     HealthStatus {
         status: status as i32,
         exit_code: state.exit_code(),
-        detail: state.detail(),
+        detail,
+        uptime_ms: u64::try_from(uptime.as_millis()).unwrap_or(u64::MAX),
+        listening_ports: ports
+            .as_ref()
+            .map(|v| v.ports.iter().map(|&p| u32::from(p)).collect())
+            .unwrap_or_default(),
+        app_port: app_port.map(u32::from).unwrap_or(0),
+    }
+}
+
+fn listening_note(ports: &[u16]) -> String {
+    if ports.is_empty() {
+        " (it listens on no TCP port yet)".to_owned()
+    } else {
+        let list: Vec<String> = ports.iter().map(u16::to_string).collect();
+        format!(" (it listens on {})", list.join(", "))
     }
 }
 
@@ -61,7 +149,13 @@ type LogStream = Pin<Box<dyn Stream<Item = Result<LogLine, Status>> + Send + 'st
 #[tonic::async_trait]
 impl ControlPlane for AgentService {
     async fn health_check(&self, _: Request<()>) -> Result<Response<HealthStatus>, Status> {
-        let reply = health_of(&self.state.borrow());
+        let state = self.state.borrow().clone();
+        let reply = health_of(
+            &state,
+            self.clock.uptime(),
+            self.readiness.app_port,
+            &self.ports(),
+        );
         Ok(Response::new(reply))
     }
 
@@ -98,8 +192,70 @@ impl ControlPlane for AgentService {
 mod tests {
     use super::*;
 
+    fn no_ports() -> Result<PortView, String> {
+        Ok(PortView {
+            ports: vec![],
+            app_port_open: true,
+        })
+    }
+
+    fn health_of(state: &ChildState) -> HealthStatus {
+        super::health_of(state, Duration::from_millis(1500), None, &no_ports())
+    }
+
+    #[test]
+    fn a_declared_port_gates_serving() {
+        let running = ChildState::Running { pid: 7 };
+        let up = Duration::from_millis(2500);
+        let closed = Ok(PortView {
+            ports: vec![5000],
+            app_port_open: false,
+        });
+        let h = super::health_of(&running, up, Some(8000), &closed);
+        assert_eq!(h.status, HealthStatusCode::Unknown as i32);
+        assert_eq!(
+            h.detail,
+            "running (pid 7), starting for 2.5s: waiting for the app to accept connections on 127.0.0.1:8000 (it listens on 5000)"
+        );
+        assert_eq!(
+            (h.uptime_ms, h.app_port, h.listening_ports),
+            (2500, 8000, vec![5000])
+        );
+
+        let open = Ok(PortView {
+            ports: vec![8000],
+            app_port_open: true,
+        });
+        let h = super::health_of(&running, up, Some(8000), &open);
+        assert_eq!(h.status, HealthStatusCode::Serving as i32);
+        assert_eq!(h.detail, "running (pid 7)");
+
+        let h = super::health_of(&running, up, Some(8000), &Err("denied".into()));
+        assert_eq!(h.status, HealthStatusCode::Unknown as i32);
+        assert!(
+            h.detail
+                .ends_with("cannot tell whether port 8000 is open: denied"),
+            "{}",
+            h.detail
+        );
+
+        // A server that exits cleanly is not serving; a job without a port is.
+        let done = ChildState::Exited { code: 0 };
+        let h = super::health_of(&done, Duration::from_millis(300), Some(8000), &open);
+        assert_eq!(h.status, HealthStatusCode::NotServing as i32);
+        assert_eq!(
+            h.detail,
+            "exited with code 0 after 0.3s; a service that serves port 8000 must keep running"
+        );
+        let h = super::health_of(&done, Duration::from_millis(300), None, &open);
+        assert_eq!(h.status, HealthStatusCode::Serving as i32);
+        assert_eq!(h.exit_code, Some(0));
+    }
+
     #[test]
     fn health_mapping() {
+        let h = health_of(&ChildState::Starting);
+        assert_eq!(h.status, HealthStatusCode::Unknown as i32);
         let h = health_of(&ChildState::Running { pid: 7 });
         assert_eq!(h.status, HealthStatusCode::Serving as i32);
         assert_eq!((h.exit_code, h.detail.as_str()), (None, "running (pid 7)"));
@@ -111,8 +267,8 @@ mod tests {
         let h = health_of(&ChildState::Exited { code: 1 });
         assert_eq!(h.status, HealthStatusCode::NotServing as i32);
         assert_eq!(
-            (h.exit_code, h.detail.as_str()),
-            (Some(1), "exited with code 1")
+            (h.exit_code, h.detail.as_str(), h.uptime_ms),
+            (Some(1), "exited with code 1", 1500)
         );
 
         let h = health_of(&ChildState::Signaled { signal: 9 });

@@ -2,6 +2,37 @@
 //! reports for it (HealthCheck) and finally exits with.
 
 use std::io;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// When the child started and when it ended, for the uptime HealthCheck reports. Set by the
+/// supervisor, read by the gRPC service.
+#[derive(Debug, Default)]
+pub struct Clock {
+    started: OnceLock<Instant>,
+    ended: OnceLock<Instant>,
+}
+
+impl Clock {
+    /// The child was spawned (only the first call counts).
+    pub fn start(&self) {
+        let _ = self.started.set(Instant::now());
+    }
+
+    /// The child is gone (only the first call counts).
+    pub fn end(&self) {
+        let _ = self.ended.set(Instant::now());
+    }
+
+    /// How long the child has run (until now, or until it ended); zero before it started.
+    pub fn uptime(&self) -> Duration {
+        match (self.started.get(), self.ended.get()) {
+            (Some(s), Some(e)) => e.saturating_duration_since(*s),
+            (Some(s), None) => s.elapsed(),
+            (None, _) => Duration::ZERO,
+        }
+    }
+}
 
 /// Where the child is in its life.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,6 +169,21 @@ mod tests {
             ChildState::spawn_failed("./app", &denied).exit_code(),
             Some(126)
         );
+    }
+
+    #[test]
+    fn clock_measures_the_run() {
+        let c = Clock::default();
+        assert_eq!(c.uptime(), Duration::ZERO);
+        c.start();
+        std::thread::sleep(Duration::from_millis(20));
+        c.end();
+        let ran = c.uptime();
+        assert!(ran >= Duration::from_millis(20), "{ran:?}");
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(c.uptime(), ran, "uptime stops when the child ends");
+        c.start();
+        assert_eq!(c.uptime(), ran, "a second start does not reset it");
     }
 
     #[test]

@@ -28,8 +28,8 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 use crate::logbuf::{LineSplitter, LogBuffer, LogEntry, RingLimits, StreamKind};
-use crate::service::AgentService;
-use crate::state::ChildState;
+use crate::service::{AgentService, Readiness};
+use crate::state::{ChildState, Clock};
 use crate::user::ResolvedUser;
 
 /// How many live lines a follower may fall behind before it skips ahead.
@@ -49,6 +49,8 @@ pub struct Options {
     pub limits: RingLimits,
     pub grace: Duration,
     pub argv: Vec<String>,
+    /// The port the app is expected to serve on (HealthCheck holds "starting" until it accepts).
+    pub app_port: Option<u16>,
 }
 
 /// Logs one agent message on stderr (`docker logs` shows it next to the child's output). The line
@@ -335,10 +337,12 @@ pub async fn run(opts: Options) -> i32 {
 
     let logs = Arc::new(LogBuffer::new(opts.limits, 2, FOLLOW_CAPACITY));
     let (state_tx, state_rx) = watch::channel(ChildState::Starting);
+    let clock = Arc::new(Clock::default());
     let mut pumps = Vec::new();
     match spawn_child(&opts.argv, opts.user.as_ref()) {
         Ok(mut child) => {
             let pid = i32::try_from(child.id()).expect("pids fit in i32");
+            clock.start();
             state_tx.send_replace(ChildState::Running { pid });
             let as_user = opts
                 .user
@@ -360,13 +364,23 @@ pub async fn run(opts: Options) -> i32 {
         Err(e) => {
             let state = ChildState::spawn_failed(&opts.argv[0], &e);
             log(state.detail());
+            clock.start();
+            clock.end();
             state_tx.send_replace(state);
             logs.producer_finished();
             logs.producer_finished();
         }
     }
 
-    let service = ControlPlaneServer::new(AgentService::new(state_rx, Arc::clone(&logs)));
+    let readiness = Readiness {
+        app_port: opts.app_port,
+        app_uid: opts.user.as_ref().map(|u| u.uid),
+        own_port: listener.local_addr().map(|a| a.port()).unwrap_or(0),
+    };
+    let service = ControlPlaneServer::new(
+        AgentService::new(state_rx, Arc::clone(&logs))
+            .with_readiness(readiness, Arc::clone(&clock)),
+    );
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tokio::spawn(async move {
         let served = Server::builder()
@@ -379,7 +393,7 @@ pub async fn run(opts: Options) -> i32 {
         }
     });
 
-    supervise(&mut sig, &state_tx, opts.grace).await;
+    supervise(&mut sig, &state_tx, &clock, opts.grace).await;
 
     // Let the pipes drain so the last lines reach `docker logs`, unless an orphan keeps them open.
     let drained = timeout(DRAIN_TIMEOUT, async {
@@ -407,12 +421,20 @@ enum Event {
 
 /// The signal loop: reaps on SIGCHLD, forwards signals, and returns once a stop was requested
 /// (SIGTERM/SIGINT) and the child is gone.
-async fn supervise(sig: &mut Signals, state_tx: &watch::Sender<ChildState>, grace: Duration) {
+async fn supervise(
+    sig: &mut Signals,
+    state_tx: &watch::Sender<ChildState>,
+    clock: &Clock,
+    grace: Duration,
+) {
     let child_pid = state_tx.borrow().pid();
     let reap = || {
         let reaped = reap_all(child_pid, waitpid_any);
         if let Some(state) = reaped.child {
             log(format!("child {}", state.detail()));
+            if state.is_final() {
+                clock.end();
+            }
             state_tx.send_replace(state);
         }
     };

@@ -73,6 +73,7 @@ fn status(code: HealthStatusCode, exit: Option<i32>, detail: &str) -> HealthStat
         status: code as i32,
         exit_code: exit,
         detail: detail.into(),
+        ..HealthStatus::default()
     }
 }
 

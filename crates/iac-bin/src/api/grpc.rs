@@ -45,6 +45,7 @@ fn health_to_proto(h: &HealthReport) -> HealthStatus {
         } as i32,
         exit_code: h.exit_code,
         detail: h.detail.clone(),
+        ..HealthStatus::default()
     }
 }
 
@@ -65,6 +66,7 @@ impl ControlPlane for GrpcControlPlane {
             status: ProtoStatus::Serving as i32,
             exit_code: None,
             detail: format!("iac control plane {}; {engine}", env!("CARGO_PKG_VERSION")),
+            ..HealthStatus::default()
         }))
     }
 

@@ -1,0 +1,223 @@
+//! What the app listens on, read from the pod's network namespace: `/proc/net/tcp` and
+//! `/proc/net/tcp6` parsed into [`Listener`]s (LISTEN sockets only). HealthCheck uses it to report
+//! the app's ports and to hold a service with a declared port at "starting" until that port
+//! accepts connections on loopback (where the sidecar sends traffic).
+//!
+//! No connection is ever made to the app for this: a probe connection would show up in the app's
+//! own logs (and some servers log a bare connect as a bad request).
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// One listening TCP socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listener {
+    pub addr: IpAddr,
+    pub port: u16,
+    /// The socket owner's uid (the `uid` column).
+    pub uid: u32,
+}
+
+impl Listener {
+    /// Whether a connection to `127.0.0.1:port` reaches this socket: bound to the IPv4 wildcard,
+    /// to 127.0.0.1, to the IPv6 wildcard (dual-stack, the Linux default) or to ::ffff:127.0.0.1.
+    pub fn reachable_from_ipv4_loopback(&self) -> bool {
+        match self.addr {
+            IpAddr::V4(a) => a.is_unspecified() || a == Ipv4Addr::LOCALHOST,
+            IpAddr::V6(a) => a.is_unspecified() || a.to_ipv4_mapped() == Some(Ipv4Addr::LOCALHOST),
+        }
+    }
+}
+
+/// TCP state LISTEN as the kernel prints it (`st` column).
+const TCP_LISTEN: &str = "0A";
+
+/// Parses the text of `/proc/net/tcp` (`v6 = false`) or `/proc/net/tcp6` (`v6 = true`) and keeps
+/// the LISTEN sockets. Lines that do not parse (the header, a future format) are skipped.
+pub fn parse_proc_net_tcp(text: &str, v6: bool) -> Vec<Listener> {
+    text.lines()
+        .filter_map(|line| {
+            let mut cols = line.split_whitespace();
+            let _slot = cols.next()?;
+            let local = cols.next()?;
+            let _remote = cols.next()?;
+            if cols.next()? != TCP_LISTEN {
+                return None;
+            }
+            // tx:rx queue, tr:when, retransmits, then uid.
+            let uid = cols.nth(3)?.parse().ok()?;
+            let (ip_hex, port_hex) = local.split_once(':')?;
+            let port = u16::from_str_radix(port_hex, 16).ok()?;
+            let addr = if v6 {
+                IpAddr::V6(parse_v6(ip_hex)?)
+            } else {
+                IpAddr::V4(parse_v4(ip_hex)?)
+            };
+            Some(Listener { addr, port, uid })
+        })
+        .collect()
+}
+
+/// The kernel prints the address as the `%08X` of the 32-bit word in host byte order.
+fn parse_v4(hex: &str) -> Option<Ipv4Addr> {
+    if hex.len() != 8 {
+        return None;
+    }
+    let word = u32::from_str_radix(hex, 16).ok()?;
+    Some(Ipv4Addr::from(word.to_ne_bytes()))
+}
+
+/// Four such words for IPv6.
+fn parse_v6(hex: &str) -> Option<Ipv6Addr> {
+    if hex.len() != 32 || !hex.is_ascii() {
+        return None;
+    }
+    let mut bytes = [0u8; 16];
+    for (i, chunk) in bytes.chunks_mut(4).enumerate() {
+        let word = u32::from_str_radix(&hex[i * 8..i * 8 + 8], 16).ok()?;
+        chunk.copy_from_slice(&word.to_ne_bytes());
+    }
+    Some(Ipv6Addr::from(bytes))
+}
+
+/// Every LISTEN socket of this network namespace. A missing `/proc/net/tcp6` (IPv6 disabled) is
+/// not an error.
+pub fn read_listeners() -> io::Result<Vec<Listener>> {
+    let mut all = parse_proc_net_tcp(&std::fs::read_to_string("/proc/net/tcp")?, false);
+    match std::fs::read_to_string("/proc/net/tcp6") {
+        Ok(text) => all.extend(parse_proc_net_tcp(&text, true)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    Ok(all)
+}
+
+/// What HealthCheck reports about ports, computed from a set of listeners.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PortView {
+    /// The app's listening ports, ascending, deduplicated.
+    pub ports: Vec<u16>,
+    /// The declared app port accepts connections on 127.0.0.1 (true when none is declared).
+    pub app_port_open: bool,
+}
+
+/// Which sockets belong to the app: owned by `app_uid` when the agent runs the app as another
+/// user (the sidecar and the agent run as root, so their sockets drop out), otherwise every socket
+/// but the agent's own port.
+pub fn port_view(
+    listeners: &[Listener],
+    app_uid: Option<u32>,
+    own_port: u16,
+    app_port: Option<u16>,
+) -> PortView {
+    let mut ports: Vec<u16> = listeners
+        .iter()
+        .filter(|l| app_uid.is_none_or(|uid| l.uid == uid) && l.port != own_port)
+        .map(|l| l.port)
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    let app_port_open = app_port.is_none_or(|p| {
+        listeners
+            .iter()
+            .any(|l| l.port == p && l.reachable_from_ipv4_loopback())
+    });
+    PortView {
+        ports,
+        app_port_open,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Captured from a container: python -m http.server on 0.0.0.0:8000 (uid 10001), the agent on
+    // 127.0.0.1:50051 (root), Envoy on 0.0.0.0:15000 and 127.0.0.1:15001 (root), and an
+    // established connection that must be ignored.
+    const TCP: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000:1F40 00000000:0000 0A 00000000:00000000 00:00000000 00000000 10001        0 41234 1 0000000000000000 100 0 0 10 0
+   1: 0100007F:C383 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 41001 1 0000000000000000 100 0 0 10 0
+   2: 00000000:3A98 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 41100 1 0000000000000000 100 0 0 10 0
+   3: 0100007F:3A99 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 41101 1 0000000000000000 100 0 0 10 0
+   4: 0100007F:C383 0100007F:D2F0 01 00000000:00000000 00:00000000 00000000     0        0 41300 1 0000000000000000 20 4 30 10 -1
+";
+    // gunicorn on [::]:5000 and a server on [::1]:7000, both uid 10001.
+    const TCP6: &str = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000000000000000000000000000:1388 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000 10001        0 51234 1 0000000000000000 100 0 0 10 0
+   1: 00000000000000000000000001000000:1B58 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000 10001        0 51235 1 0000000000000000 100 0 0 10 0
+";
+
+    #[test]
+    fn parses_listen_sockets_only() {
+        let v4 = parse_proc_net_tcp(TCP, false);
+        assert_eq!(v4.len(), 4, "{v4:?}");
+        assert_eq!(
+            v4[0],
+            Listener {
+                addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                port: 8000,
+                uid: 10001
+            }
+        );
+        assert_eq!(v4[1].addr, IpAddr::V4(Ipv4Addr::LOCALHOST));
+        assert_eq!(v4[1].port, 50051);
+        let v6 = parse_proc_net_tcp(TCP6, true);
+        assert_eq!(v6[0].addr, IpAddr::V6(Ipv6Addr::UNSPECIFIED));
+        assert_eq!(v6[0].port, 5000);
+        assert_eq!(v6[1].addr, IpAddr::V6(Ipv6Addr::LOCALHOST));
+    }
+
+    #[test]
+    fn garbage_is_skipped_not_fatal() {
+        assert!(parse_proc_net_tcp("", false).is_empty());
+        assert!(parse_proc_net_tcp("0: zz:1 00:0 0A a b c d 5", false).is_empty());
+        assert!(parse_proc_net_tcp("0: 0100007F:FFFFF 0:0 0A a b c 0", false).is_empty());
+        assert!(parse_proc_net_tcp("0: 0100007F:0050 0:0 0A a b c", false).is_empty());
+        assert!(parse_proc_net_tcp("0: 0100007F:0050 0:0 0A a b c 0", true).is_empty());
+    }
+
+    #[test]
+    fn loopback_reachability() {
+        let l = |addr: IpAddr| Listener {
+            addr,
+            port: 1,
+            uid: 0,
+        };
+        assert!(l(Ipv4Addr::UNSPECIFIED.into()).reachable_from_ipv4_loopback());
+        assert!(l(Ipv4Addr::LOCALHOST.into()).reachable_from_ipv4_loopback());
+        assert!(!l(Ipv4Addr::new(172, 18, 0, 2).into()).reachable_from_ipv4_loopback());
+        assert!(l(Ipv6Addr::UNSPECIFIED.into()).reachable_from_ipv4_loopback());
+        assert!(!l(Ipv6Addr::LOCALHOST.into()).reachable_from_ipv4_loopback());
+        assert!(l(Ipv4Addr::LOCALHOST.to_ipv6_mapped().into()).reachable_from_ipv4_loopback());
+    }
+
+    #[test]
+    fn view_filters_by_the_apps_user() {
+        let mut all = parse_proc_net_tcp(TCP, false);
+        all.extend(parse_proc_net_tcp(TCP6, true));
+        let v = port_view(&all, Some(10001), 50051, Some(8000));
+        assert_eq!(v.ports, [5000, 7000, 8000]);
+        assert!(v.app_port_open);
+        // Declared 7000 but only on ::1: Envoy's 127.0.0.1 would not reach it.
+        assert!(!port_view(&all, Some(10001), 50051, Some(7000)).app_port_open);
+        assert!(!port_view(&all, Some(10001), 50051, Some(9999)).app_port_open);
+        // Without a separate user: everything but the agent's own port.
+        let v = port_view(&all, None, 50051, None);
+        assert_eq!(v.ports, [5000, 7000, 8000, 15000, 15001]);
+        assert!(v.app_port_open, "no declared port is always open");
+    }
+
+    #[test]
+    fn reads_this_hosts_table() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let all = read_listeners().unwrap();
+        let me = unsafe { libc::geteuid() };
+        assert!(
+            all.iter()
+                .any(|x| x.port == port && x.uid == me && x.reachable_from_ipv4_loopback()),
+            "port {port} not found in {all:?}"
+        );
+    }
+}

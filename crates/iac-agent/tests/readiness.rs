@@ -1,0 +1,130 @@
+//! The real `iac-agent` binary's readiness reporting: a declared app port holds HealthCheck at
+//! UNKNOWN ("starting") until the app listens on it, the listening ports and the uptime are
+//! reported, a server that exits cleanly is NOT_SERVING, and `--probe` answers for a HEALTHCHECK.
+
+mod common;
+
+use std::net::TcpListener;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{AGENT, Agent};
+use iac_proto::HealthStatusCode;
+
+const SERVING: i32 = HealthStatusCode::Serving as i32;
+const NOT_SERVING: i32 = HealthStatusCode::NotServing as i32;
+const UNKNOWN: i32 = HealthStatusCode::Unknown as i32;
+
+/// A port that is free right now (bound and released).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child that listens on `port` once the file `go` exists, then serves until killed.
+fn late_listener(port: u16, go: &std::path::Path) -> String {
+    format!(
+        "import os, socket, time\n\
+         while not os.path.exists({go:?}): time.sleep(0.02)\n\
+         s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         s.bind(('0.0.0.0', {port})); s.listen(); print('listening', flush=True)\n\
+         time.sleep(600)\n"
+    )
+}
+
+#[tokio::test]
+async fn a_declared_port_holds_starting_until_the_app_listens() {
+    let dir = tempfile::tempdir().unwrap();
+    let go = dir.path().join("go");
+    let port = free_port();
+    let port_s = port.to_string();
+    let script = late_listener(port, &go);
+    let mut agent = Agent::start(&["--app-port", &port_s], &["python3", "-c", &script]);
+
+    let h = agent.health().await;
+    assert_eq!(h.status, UNKNOWN, "{h:?}");
+    assert_eq!(h.app_port, u32::from(port));
+    assert!(
+        h.detail.contains(&format!(
+            "waiting for the app to accept connections on 127.0.0.1:{port}"
+        )),
+        "{}",
+        h.detail
+    );
+    assert!(!h.listening_ports.contains(&u32::from(port)));
+    let probe = Command::new(AGENT)
+        .args(["--probe", "--listen", &agent.addr.unwrap().to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(probe.status.code(), Some(1), "{probe:?}");
+    assert!(String::from_utf8_lossy(&probe.stdout).starts_with("UNKNOWN: running (pid "));
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::fs::write(&go, "").unwrap();
+    agent.stdout.wait_for("listening");
+    let h = agent.health_until(|h| h.status != UNKNOWN).await;
+    assert_eq!(h.status, SERVING, "{h:?}");
+    assert!(h.listening_ports.contains(&u32::from(port)), "{h:?}");
+    assert!(
+        !h.listening_ports
+            .contains(&u32::from(agent.addr.unwrap().port())),
+        "the agent's own port is not an app port: {h:?}"
+    );
+    assert!(h.uptime_ms >= 300, "uptime counts from the start: {h:?}");
+    let probe = Command::new(AGENT)
+        .args(["--probe", "--listen", &agent.addr.unwrap().to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(probe.status.code(), Some(0), "{probe:?}");
+    assert!(String::from_utf8_lossy(&probe.stdout).starts_with("SERVING: running (pid "));
+    agent.stop();
+}
+
+#[tokio::test]
+async fn a_server_that_exits_cleanly_is_not_serving_but_a_job_is() {
+    let port = free_port().to_string();
+    let agent = Agent::start(&["--app-port", &port], &["sh", "-c", "sleep 0.2; exit 0"]);
+    let h = agent.health_until(|h| h.exit_code.is_some()).await;
+    assert_eq!(h.status, NOT_SERVING, "{h:?}");
+    assert_eq!(h.exit_code, Some(0));
+    assert!(
+        h.detail.starts_with("exited with code 0 after ")
+            && h.detail.ends_with(&format!(
+                "a service that serves port {port} must keep running"
+            )),
+        "{}",
+        h.detail
+    );
+    assert!(h.uptime_ms >= 200, "{h:?}");
+    let up = h.uptime_ms;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        agent.health().await.uptime_ms,
+        up,
+        "uptime stops at the exit"
+    );
+
+    let job = Agent::start(&[], &["sh", "-c", "exit 0"]);
+    let h = job.health_until(|h| h.exit_code.is_some()).await;
+    assert_eq!((h.status, h.app_port), (SERVING, 0), "{h:?}");
+}
+
+#[test]
+fn probe_reports_an_absent_agent_as_unreachable() {
+    let port = free_port();
+    let out = Command::new(AGENT)
+        .args(["--probe", "--listen", &format!("127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with(&format!(
+            "UNREACHABLE: cannot connect to the agent at 127.0.0.1:{port}"
+        )),
+        "{text}"
+    );
+}
