@@ -60,6 +60,12 @@ pub struct Cli {
     #[arg(long, value_name = "PORT", env = "IAC_APP_PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub app_port: Option<u16>,
 
+    /// Also serve the standard gRPC health service (grpc.health.v1.Health, and nothing else) on
+    /// this address, for probes from outside the pod (Kubernetes' `grpc:` readiness probe). The
+    /// ControlPlane API stays on --listen.
+    #[arg(long, value_name = "ADDR")]
+    pub health_listen: Option<SocketAddr>,
+
     /// Do not supervise anything: ask the agent listening on --listen for HealthCheck, print its
     /// answer and exit 0 when it is SERVING, 1 otherwise (for a container HEALTHCHECK).
     #[arg(long, conflicts_with = "argv")]
@@ -167,6 +173,9 @@ mod tests {
         let cli = Cli::try_parse_from(["iac-agent", "--app-port", "8000", "--", "x"]).unwrap();
         assert_eq!(cli.app_port, Some(8000));
         assert!(Cli::try_parse_from(["iac-agent", "--app-port", "0", "--", "x"]).is_err());
+        let cli = Cli::try_parse_from(["iac-agent", "--health-listen", "0.0.0.0:15021", "--", "x"])
+            .unwrap();
+        assert_eq!(cli.health_listen, Some("0.0.0.0:15021".parse().unwrap()));
         let cli = Cli::try_parse_from(["iac-agent", "--probe"]).unwrap();
         assert!(cli.probe && cli.argv.is_empty());
         assert!(Cli::try_parse_from(["iac-agent", "--probe", "--", "x"]).is_err());

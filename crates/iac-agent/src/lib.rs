@@ -26,6 +26,7 @@ pub mod ports;
 pub mod probe;
 pub mod service;
 pub mod state;
+pub mod std_health;
 pub mod supervisor;
 pub mod timefmt;
 pub mod user;
@@ -50,6 +51,7 @@ impl Options {
             grace: cli.grace,
             argv: cli.argv,
             app_port: cli.app_port,
+            health_listen: cli.health_listen,
         })
     }
 }

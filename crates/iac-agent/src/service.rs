@@ -65,6 +65,17 @@ impl AgentService {
         self
     }
 
+    /// HealthCheck's answer right now.
+    pub fn current_health(&self) -> HealthStatus {
+        let state = self.state.borrow().clone();
+        health_of(
+            &state,
+            self.clock.uptime(),
+            self.readiness.app_port,
+            &self.ports(),
+        )
+    }
+
     /// The current ports, read from the network namespace (an unreadable table reports no ports
     /// and a declared port as not yet open; the detail says why).
     fn ports(&self) -> Result<PortView, String> {
@@ -149,14 +160,7 @@ type LogStream = Pin<Box<dyn Stream<Item = Result<LogLine, Status>> + Send + 'st
 #[tonic::async_trait]
 impl ControlPlane for AgentService {
     async fn health_check(&self, _: Request<()>) -> Result<Response<HealthStatus>, Status> {
-        let state = self.state.borrow().clone();
-        let reply = health_of(
-            &state,
-            self.clock.uptime(),
-            self.readiness.app_port,
-            &self.ports(),
-        );
-        Ok(Response::new(reply))
+        Ok(Response::new(self.current_health()))
     }
 
     type StreamLogsStream = LogStream;

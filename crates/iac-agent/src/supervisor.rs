@@ -26,10 +26,12 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until, timeout};
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
+use tonic_health::pb::health_server::HealthServer;
 
 use crate::logbuf::{LineSplitter, LogBuffer, LogEntry, RingLimits, StreamKind};
 use crate::service::{AgentService, Readiness};
 use crate::state::{ChildState, Clock};
+use crate::std_health::StdHealth;
 use crate::user::ResolvedUser;
 
 /// How many live lines a follower may fall behind before it skips ahead.
@@ -51,6 +53,8 @@ pub struct Options {
     pub argv: Vec<String>,
     /// The port the app is expected to serve on (HealthCheck holds "starting" until it accepts).
     pub app_port: Option<u16>,
+    /// A second listener serving only grpc.health.v1.Health.
+    pub health_listen: Option<SocketAddr>,
 }
 
 /// Logs one agent message on stderr (`docker logs` shows it next to the child's output). The line
@@ -334,6 +338,24 @@ pub async fn run(opts: Options) -> i32 {
         Ok(addr) => log(format!("listening on {addr}")),
         Err(e) => log(format!("listening (address unknown: {e})")),
     }
+    let health_listener = match opts.health_listen {
+        None => None,
+        Some(addr) => match TcpListener::bind(addr).await {
+            Ok(l) => {
+                match l.local_addr() {
+                    Ok(a) => log(format!("health service listening on {a}")),
+                    Err(e) => log(format!("health service listening (address unknown: {e})")),
+                }
+                Some(l)
+            }
+            Err(e) => {
+                log(format!(
+                    "cannot listen on {addr} for --health-listen ({e}); expected a free address such as 0.0.0.0:15021"
+                ));
+                return EXIT_SETUP_FAILED;
+            }
+        },
+    };
 
     let logs = Arc::new(LogBuffer::new(opts.limits, 2, FOLLOW_CAPACITY));
     let (state_tx, state_rx) = watch::channel(ChildState::Starting);
@@ -377,21 +399,35 @@ pub async fn run(opts: Options) -> i32 {
         app_uid: opts.user.as_ref().map(|u| u.uid),
         own_port: listener.local_addr().map(|a| a.port()).unwrap_or(0),
     };
-    let service = ControlPlaneServer::new(
-        AgentService::new(state_rx, Arc::clone(&logs))
-            .with_readiness(readiness, Arc::clone(&clock)),
-    );
+    let agent = AgentService::new(state_rx, Arc::clone(&logs))
+        .with_readiness(readiness, Arc::clone(&clock));
+    let std_health = HealthServer::new(StdHealth::new(agent.clone()));
+    let service = ControlPlaneServer::new(agent);
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let main_health = std_health.clone();
     tokio::spawn(async move {
         let served = Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .add_service(service)
+            .add_service(main_health)
             .serve_with_incoming(incoming)
             .await;
         if let Err(e) = served {
             log(format!("gRPC server stopped: {e}"));
         }
     });
+    if let Some(l) = health_listener {
+        let incoming = TcpIncoming::from(l).with_nodelay(Some(true));
+        tokio::spawn(async move {
+            let served = Server::builder()
+                .add_service(std_health)
+                .serve_with_incoming(incoming)
+                .await;
+            if let Err(e) = served {
+                log(format!("health server stopped: {e}"));
+            }
+        });
+    }
 
     supervise(&mut sig, &state_tx, &clock, opts.grace).await;
 

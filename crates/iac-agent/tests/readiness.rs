@@ -128,3 +128,64 @@ fn probe_reports_an_absent_agent_as_unreachable() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn the_standard_health_service_follows_healthcheck_on_its_own_listener() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let dir = tempfile::tempdir().unwrap();
+    let go = dir.path().join("go");
+    let port = free_port();
+    let (port_s, health) = (port.to_string(), format!("127.0.0.1:{}", free_port()));
+    let script = late_listener(port, &go);
+    let mut agent = Agent::start(
+        &["--app-port", &port_s, "--health-listen", &health],
+        &["python3", "-c", &script],
+    );
+    agent.stderr.wait_for("health service listening on ");
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{health}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = HealthClient::new(channel);
+    let ask = |service: &str| HealthCheckRequest {
+        service: service.into(),
+    };
+    let status = client.check(ask("")).await.unwrap().into_inner().status;
+    assert_eq!(
+        status,
+        ServingStatus::NotServing as i32,
+        "starting is not serving"
+    );
+    let err = client.check(ask("nope")).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    // Only the health service is on that listener: the ControlPlane API is not.
+    let mut cp = iac_proto::ControlPlaneClient::connect(format!("http://{health}"))
+        .await
+        .unwrap();
+    assert_eq!(
+        cp.health_check(()).await.unwrap_err().code(),
+        tonic::Code::Unimplemented
+    );
+
+    let mut watch = client
+        .watch(ask("iac.controlplane.v1.ControlPlane"))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(first.status, ServingStatus::NotServing as i32);
+    std::fs::write(&go, "").unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(10), watch.message())
+        .await
+        .expect("watch reports the change")
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.status, ServingStatus::Serving as i32);
+    let status = client.check(ask("")).await.unwrap().into_inner().status;
+    assert_eq!(status, ServingStatus::Serving as i32);
+    agent.stop();
+}
