@@ -38,10 +38,11 @@ bootstrap: deps install images
 
 test-deps: deps agent
 	@bash scripts/install-envoy.sh
+	@python3 -m pip show -q kubernetes-validate >/dev/null 2>&1 || python3 -m pip install -q --disable-pip-version-check kubernetes-validate==1.37.0
 	@bash scripts/bootstrap-images.sh
 
 test: test-deps
-	IAC_REQUIRE_ENVOY=1 IAC_REQUIRE_DOCKER=1 $(CARGO) test --workspace --no-fail-fast
+	IAC_REQUIRE_ENVOY=1 IAC_REQUIRE_DOCKER=1 IAC_REQUIRE_K8S_VALIDATE=1 $(CARGO) test --workspace --no-fail-fast
 	@$(MAKE) --no-print-directory clean-test-objects
 
 # Belt and braces: tests remove what they create by label; this catches anything a killed test left.

@@ -62,8 +62,8 @@ pub struct Cli {
 
     /// Also serve the standard gRPC health service (grpc.health.v1.Health, and nothing else) on
     /// this address, for probes from outside the pod (Kubernetes' `grpc:` readiness probe). The
-    /// ControlPlane API stays on --listen.
-    #[arg(long, value_name = "ADDR")]
+    /// ControlPlane API stays on --listen. Set in Kubernetes pods (IAC_HEALTH_LISTEN) by iac.
+    #[arg(long, value_name = "ADDR", env = "IAC_HEALTH_LISTEN")]
     pub health_listen: Option<SocketAddr>,
 
     /// Do not supervise anything: ask the agent listening on --listen for HealthCheck, print its

@@ -17,6 +17,7 @@ pub mod build;
 pub mod entry;
 pub mod fetch;
 pub mod health;
+pub mod kubernetes;
 pub mod pki;
 pub mod provision;
 pub mod sidecar;

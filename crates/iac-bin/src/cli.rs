@@ -83,6 +83,10 @@ pub enum Command {
         file: FileArg,
         #[arg(long, short = 'o')]
         out: PathBuf,
+        /// `files`: per service entry.json, envoy.yaml and certs (what a deploy hands the
+        /// provisioner); `kubernetes`: manifests for `kubectl apply -f OUT/kubernetes/<project>`.
+        #[arg(long, value_enum, default_value_t = RenderTarget::Files)]
+        target: RenderTarget,
     },
     /// Manage the development CA.
     Ca {
@@ -107,6 +111,13 @@ pub enum Command {
     },
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
+}
+
+/// What `iac render` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RenderTarget {
+    Files,
+    Kubernetes,
 }
 
 #[derive(Debug, Subcommand)]

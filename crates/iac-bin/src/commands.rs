@@ -374,3 +374,76 @@ pub async fn render(
         ExitCode::from(1)
     })
 }
+
+/// `iac render --target kubernetes`: the desired stack as Kubernetes manifests under
+/// `OUT/kubernetes/<project>/` (`00-namespace.yaml`, then one file per service), written to a
+/// staging directory first and then swapped in whole, so no stale service file survives.
+pub async fn render_kubernetes(
+    cfg: IacConfig,
+    file: &Path,
+    out: &Path,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use iac_backends::kubernetes::{self, KubernetesOptions};
+    let (fp, specs) = load_specs(file)?;
+    let project = resolve_project(&cfg, fp.as_ref())?;
+    let app = App::build_with(cfg, project.clone(), crate::wiring::EngineUse::None).await?;
+    let desired = with_progress(json, async |events| {
+        app.deployer.desired_stack(&specs, events).await
+    })
+    .await;
+    let mut files = std::collections::BTreeMap::new();
+    for path in kubernetes::mounted_files(&desired.stack) {
+        let bytes = match desired.envoy_configs.get(&path) {
+            Some(config) => config.clone().into_bytes(),
+            None => std::fs::read(&path).with_context(|| format!("read {}", path.display()))?,
+        };
+        files.insert(path, bytes);
+    }
+    let manifests = kubernetes::render(&desired.stack, &files, &KubernetesOptions::default())?;
+    let parent = out.join("kubernetes");
+    let dir = parent.join(project.as_str());
+    let staging = parent.join(format!(".{project}.tmp"));
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging)
+            .with_context(|| format!("remove {}", staging.display()))?;
+    }
+    for m in &manifests {
+        // Secrets are inside: owner-only.
+        let path = staging.join(&m.file);
+        iac_core::fsutil::write_atomic(&path, m.yaml.as_bytes(), Some(0o600))
+            .with_context(|| format!("write {}", path.display()))?;
+    }
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("remove {}", dir.display()))?;
+    }
+    std::fs::rename(&staging, &dir)
+        .with_context(|| format!("rename {} to {}", staging.display(), dir.display()))?;
+    for f in &desired.failures {
+        eprintln!("{}: {}", f.service, f.error.as_deref().unwrap_or("failed"));
+    }
+    let names: Vec<&str> = manifests.iter().map(|m| m.file.as_str()).collect();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&json!({
+                "project": project,
+                "dir": dir,
+                "files": names,
+                "failed": desired.failures,
+            }))?
+        );
+    } else {
+        println!(
+            "wrote {} manifests to {} (apply with: kubectl apply -f {})",
+            names.len(),
+            dir.display(),
+            dir.display()
+        );
+    }
+    Ok(if desired.failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

@@ -86,7 +86,16 @@ async fn dispatch(cli: Cli, cfg: IacConfig) -> anyhow::Result<ExitCode> {
             tail,
         } => commands::logs(cfg, file.as_ref(), service.as_deref(), follow, tail, json).await,
         Command::Inspect { target } => commands::inspect(cfg, &target, json).await,
-        Command::Render { file, out } => commands::render(cfg, &file.file, &out, json).await,
+        Command::Render {
+            file,
+            out,
+            target: cli::RenderTarget::Files,
+        } => commands::render(cfg, &file.file, &out, json).await,
+        Command::Render {
+            file,
+            out,
+            target: cli::RenderTarget::Kubernetes,
+        } => commands::render_kubernetes(cfg, &file.file, &out, json).await,
         Command::Ca { action } => wiring::ca_command(&cfg, action, json),
         Command::Config {
             action: ConfigAction::Show,

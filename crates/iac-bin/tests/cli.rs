@@ -196,3 +196,69 @@ fn config_show_redacts_secrets_and_serve_refuses_tcp_without_auth() {
     assert_eq!(serve.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&serve.stderr).contains("SUPABASE_URL"));
 }
+
+#[test]
+fn render_kubernetes_writes_manifests_with_the_real_envoy_config_and_certs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("out");
+    let file = examples().join("repos.local.yaml");
+    let run = || {
+        iac(
+            dir.path(),
+            &[
+                "render",
+                "--target",
+                "kubernetes",
+                "--file",
+                file.to_str().unwrap(),
+                "--out",
+                out_dir.to_str().unwrap(),
+            ],
+            &[("IAC_IMAGES__AGENT_BINARY", "/bin/true")],
+        )
+    };
+    let out = run();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("kubectl apply -f"));
+    let k8s = out_dir.join("kubernetes").join("demo");
+    let mut names: Vec<String> = std::fs::read_dir(&k8s)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["00-namespace.yaml", "greeter.yaml", "hello.yaml"]);
+    let hello = std::fs::read_to_string(k8s.join("hello.yaml")).unwrap();
+    // The ConfigMap holds the real rendered Envoy config (routes to the peer), the Secret the
+    // service's real key, and the file is owner-only.
+    assert!(hello.contains("peer_greeter"), "{hello}");
+    assert!(hello.contains("require_client_certificate: true"));
+    let secret: serde_json::Value = hello
+        .split("---\n")
+        .map(|d| yaml_serde::from_str::<serde_json::Value>(d).unwrap())
+        .find(|d| d["kind"] == "Secret")
+        .expect("a Secret");
+    use base64::Engine as _;
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(secret["data"]["key.pem"].as_str().unwrap())
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&key).contains("PRIVATE KEY-----"),
+        "the Secret holds the service's real private key"
+    );
+    assert_eq!(
+        std::fs::metadata(k8s.join("hello.yaml"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    // A second render replaces the directory whole: a stale file does not survive.
+    std::fs::write(k8s.join("stale.yaml"), "x").unwrap();
+    assert!(run().status.success());
+    assert!(!k8s.join("stale.yaml").exists());
+}

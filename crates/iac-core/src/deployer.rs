@@ -64,6 +64,17 @@ pub struct RenderedService {
     pub envoy_yaml: String,
 }
 
+/// What [`Deployer::desired_stack`] found.
+#[derive(Debug, Clone)]
+pub struct DesiredStack {
+    pub stack: Stack,
+    /// Each prepared service's rendered Envoy config, keyed by the host path the stack mounts it
+    /// from (`ServiceStack::envoy` mounts); not written to disk.
+    pub envoy_configs: BTreeMap<PathBuf, String>,
+    /// Services that failed before planning (also in `stack.keep`).
+    pub failures: Vec<ServiceReport>,
+}
+
 /// What `plan` found: the stack it would apply, the changes, and services that failed to prepare.
 #[derive(Debug, Clone, Serialize)]
 pub struct PlanOutcome {
@@ -256,17 +267,40 @@ impl Deployer {
 
     /// What a deploy would change, without building images or touching containers.
     pub async fn plan(&self, specs: &[ServiceSpec], events: &Events) -> Result<PlanOutcome, Error> {
-        let (prepared, mut failed) = self.prepare_all(specs, Mode::PlanOnly, events).await;
-        let (mut input, _rendered, render_failed) = self.mesh_and_plan_input(prepared, events);
-        failed.extend(render_failed);
-        input.keep.extend(failed.iter().map(|r| r.service.clone()));
-        let stack = plan(&input);
+        let DesiredStack {
+            stack,
+            failures: failed,
+            ..
+        } = self.desired_stack(specs, events).await;
         let changes = self.stages.provisioner.diff(&stack).await?;
         Ok(PlanOutcome {
             stack,
             changes,
             failures: failed,
         })
+    }
+
+    /// The stack a deploy would hand the provisioner, without building or running anything and
+    /// without asking the provisioner (renders for other targets, e.g. Kubernetes manifests, start
+    /// here). Nothing is written: each service's Envoy config comes back in memory, keyed by the
+    /// host path the stack mounts it from. Services that failed to prepare are in `stack.keep`
+    /// and in `failures`.
+    pub async fn desired_stack(&self, specs: &[ServiceSpec], events: &Events) -> DesiredStack {
+        let (prepared, mut failures) = self.prepare_all(specs, Mode::PlanOnly, events).await;
+        let (mut input, rendered, render_failed) = self.mesh_and_plan_input(prepared, events);
+        failures.extend(render_failed);
+        input
+            .keep
+            .extend(failures.iter().map(|r| r.service.clone()));
+        let envoy_configs = rendered
+            .into_iter()
+            .map(|(p, config)| (self.envoy_config_path(&p.spec.name), config))
+            .collect();
+        DesiredStack {
+            stack: plan(&input),
+            envoy_configs,
+            failures,
+        }
     }
 
     /// Everything a deploy would hand the provisioner, per service, without building or running

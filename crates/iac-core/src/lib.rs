@@ -22,7 +22,7 @@ pub mod source;
 pub mod stack;
 pub mod stages;
 
-pub use deployer::{DeployOptions, Deployer, PlanOutcome, RenderedService, Stages};
+pub use deployer::{DeployOptions, Deployer, DesiredStack, PlanOutcome, RenderedService, Stages};
 pub use entry::{Entry, Language};
 pub use error::*;
 pub use event::{DeployEvent, EventLevel, Events, Stage};
