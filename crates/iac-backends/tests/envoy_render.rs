@@ -146,6 +146,35 @@ fn hcm(l: &Yaml) -> &Yaml {
     get(l, "filter_chains.0.filters.0.typed_config")
 }
 
+/// A route's RBAC override as `(policy, matcher kind, principal)`, one per policy; also checks
+/// each policy is ALLOW for any permission and only an authenticated principal.
+fn route_rbac(route: &Yaml) -> Vec<(String, &str, &str)> {
+    let cfg = get(route, "typed_per_filter_config")
+        .get("envoy.filters.http.rbac")
+        .expect("an RBAC override on the route");
+    assert_eq!(
+        s(get(cfg, "@type")),
+        "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute"
+    );
+    assert_eq!(s(get(cfg, "rbac.rules.action")), "ALLOW");
+    get(cfg, "rbac.rules.policies")
+        .as_mapping()
+        .unwrap()
+        .iter()
+        .map(|(name, policy)| {
+            assert_eq!(get(policy, "permissions.0.any").as_bool(), Some(true));
+            let principals = get(policy, "principals").as_sequence().unwrap();
+            assert_eq!(principals.len(), 1, "{principals:?}");
+            let m = get(&principals[0], "authenticated.principal_name")
+                .as_mapping()
+                .unwrap();
+            assert_eq!(m.len(), 1, "{m:?}");
+            let (kind, value) = m.iter().next().unwrap();
+            (s(name).to_string(), s(kind), s(value))
+        })
+        .collect()
+}
+
 #[test]
 fn structure_of_the_render() {
     let r = EnvoyRenderer::default();
@@ -193,6 +222,52 @@ fn structure_of_the_render() {
     assert_eq!(s(get(&routes[0], "route.cluster")), "agent");
     assert_eq!(s(get(&routes[1], "match.prefix")), "/");
     assert_eq!(s(get(&routes[1], "route.cluster")), "app");
+
+    // Inbound RBAC: the ControlPlane route admits only the control plane, the app route only
+    // services of this project, and anything that matches no route nobody.
+    assert_eq!(
+        route_rbac(&routes[0]),
+        [(
+            "control-plane".to_string(),
+            "exact",
+            "spiffe://iac/control-plane"
+        )]
+    );
+    assert_eq!(
+        route_rbac(&routes[1]),
+        [("same-project".to_string(), "prefix", "spiffe://iac/shop/")]
+    );
+    let filters = get(hcm(inbound), "http_filters").as_sequence().unwrap();
+    let names: Vec<&str> = filters.iter().map(|f| s(get(f, "name"))).collect();
+    assert_eq!(
+        names,
+        ["envoy.filters.http.rbac", "envoy.filters.http.router"],
+        "RBAC runs before the router"
+    );
+    assert_eq!(s(get(&filters[0], "typed_config.rules.action")), "ALLOW");
+    assert!(
+        get(&filters[0], "typed_config.rules.policies")
+            .as_mapping()
+            .unwrap()
+            .is_empty(),
+        "no route, no access"
+    );
+    // XFCC: always Envoy's own, with the caller's URI SAN.
+    assert_eq!(
+        s(get(hcm(inbound), "forward_client_cert_details")),
+        "SANITIZE_SET"
+    );
+    for field in ["subject", "uri", "dns"] {
+        assert_eq!(
+            get(
+                hcm(inbound),
+                &format!("set_current_client_cert_details.{field}")
+            )
+            .as_bool(),
+            Some(true),
+            "{field}"
+        );
+    }
     let app = cluster(&cfg, "app").expect("api declares a port");
     assert_eq!(
         get(
@@ -277,7 +352,23 @@ fn structure_of_the_render() {
             up,
             "common_tls_context.validation_context.match_typed_subject_alt_names.0.matcher.exact"
         )),
-        "web"
+        "web.shop",
+        "the peer must be web of this project, not any web"
+    );
+    assert_eq!(
+        get(
+            up,
+            "common_tls_context.validation_context.match_typed_subject_alt_names"
+        )
+        .as_sequence()
+        .unwrap()
+        .len(),
+        1,
+        "one accepted name; any other SAN matcher would widen it"
+    );
+    assert_eq!(
+        s(get(hcm(outbound), "forward_client_cert_details")),
+        "SANITIZE"
     );
     assert_eq!(
         s(get(
@@ -333,6 +424,14 @@ fn service_without_app_port_routes_only_the_agent() {
     .unwrap();
     assert_eq!(routes.len(), 1);
     assert_eq!(s(get(&routes[0], "route.cluster")), "agent");
+    assert_eq!(
+        route_rbac(&routes[0]),
+        [(
+            "control-plane".to_string(),
+            "exact",
+            "spiffe://iac/control-plane"
+        )]
+    );
     assert!(cluster(&cfg, "app").is_none());
 }
 

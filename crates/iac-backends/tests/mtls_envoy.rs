@@ -8,8 +8,18 @@
 //! and a wrong server name are all refused (and Envoy counts the refusals); StreamLogs returns
 //! the child's stdout and stderr; after the child exits 7 the prober gets NOT_SERVING with exit
 //! code 7; the stats listener answers /stats/prometheus and 404s /config_dump and
-//! /quitquitquit; the outbound listener routes by authority to a peer over mTLS and refuses a
-//! peer whose certificate names someone else. Envoy and the agents are killed on drop.
+//! /quitquitquit; the outbound listener routes by authority to a peer's app over mTLS and
+//! refuses a peer whose certificate names someone else or names a service of another project.
+//!
+//! Inbound RBAC, with real TLS clients (tonic and reqwest on rustls) holding real leaves of one
+//! dev CA that spans two projects, in front of a real agent and a tiny echo app that reports the
+//! `x-forwarded-client-cert` it received: the ControlPlane routes (HealthCheck, StreamLogs,
+//! Deploy) answer only the control-plane identity (403 → PERMISSION_DENIED for a same-project
+//! peer, a peer of another project, and a service squatting the name `iac-control-plane`); app
+//! routes answer only services of the same project (403 for another project's leaf and for the
+//! control plane); a request no route matches is refused; a forged XFCC never reaches the app,
+//! which sees Envoy's own header naming the caller's `spiffe://iac/<project>/<svc>`.
+//! Envoy, the agents and the echo apps are stopped on drop.
 //!
 //! Envoy is required when IAC_REQUIRE_ENVOY=1 (CI); otherwise a missing binary skips loudly.
 
@@ -297,6 +307,160 @@ fn read(p: &Path) -> Vec<u8> {
     std::fs::read(p).unwrap()
 }
 
+/// A tiny upstream app on 127.0.0.1: answers every request with JSON `{app, path, xfcc}`, where
+/// `xfcc` lists every `x-forwarded-client-cert` value it received. Stopped on drop.
+struct EchoApp {
+    port: u16,
+    /// Requests served so far.
+    hits: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl EchoApp {
+    async fn start(name: &'static str) -> EchoApp {
+        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = Arc::clone(&hits);
+        let app = axum::Router::new().fallback(move |req: axum::extract::Request| async move {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let xfcc: Vec<String> = req
+                .headers()
+                .get_all("x-forwarded-client-cert")
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .collect();
+            axum::Json(serde_json::json!({
+                "app": name,
+                "path": req.uri().path(),
+                "xfcc": xfcc,
+            }))
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        EchoApp { port, hits, task }
+    }
+}
+
+impl Drop for EchoApp {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// What the echo app saw.
+#[derive(Debug, serde::Deserialize)]
+struct Echo {
+    app: String,
+    path: String,
+    xfcc: Vec<String>,
+}
+
+/// An HTTPS client presenting `identity` (a leaf's cert + key), trusting only `ca`, with
+/// `server` resolved to `addr` so the server certificate is verified for that name.
+fn https_client(
+    ca: &CertPaths,
+    identity: &CertPaths,
+    server: &str,
+    addr: SocketAddr,
+) -> reqwest::Client {
+    let mut pem = read(&identity.cert);
+    pem.extend_from_slice(&read(&identity.key));
+    reqwest::Client::builder()
+        .no_proxy()
+        .tls_certs_only([reqwest::Certificate::from_pem(&read(&ca.ca)).unwrap()])
+        .identity(reqwest::Identity::from_pem(&pem).unwrap())
+        .resolve(server, addr)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// GET `https://<server>:<port><path>` with `headers`; status and body.
+async fn https_get(
+    client: &reqwest::Client,
+    server: &str,
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    let mut req = client.get(format!("https://{server}:{}{path}", addr.port()));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {path} on {server} at {addr}: {e:?}"));
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap_or_default())
+}
+
+/// A ControlPlane gRPC client presenting `identity`, server verified as `server`.
+async fn grpc_as(
+    ca: &CertPaths,
+    identity: &CertPaths,
+    server: &str,
+    addr: SocketAddr,
+) -> ControlPlaneClient<tonic::transport::Channel> {
+    iac_backends::health::grpc::install_crypto_provider();
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read(&ca.ca)))
+        .identity(tonic::transport::Identity::from_pem(
+            read(&identity.cert),
+            read(&identity.key),
+        ))
+        .domain_name(server);
+    let channel = Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap_or_else(|e| {
+            panic!("TLS to {server} at {addr} must succeed (RBAC refuses later): {e:?}")
+        });
+    ControlPlaneClient::new(channel)
+}
+
+/// Every ControlPlane RPC `client` can make, each expected to be refused by RBAC.
+async fn assert_control_plane_refused(
+    client: &mut ControlPlaneClient<tonic::transport::Channel>,
+    who: &str,
+) {
+    let health = client.health_check(()).await.unwrap_err();
+    assert_eq!(
+        health.code(),
+        tonic::Code::PermissionDenied,
+        "{who}: HealthCheck: {health}"
+    );
+    assert!(health.message().contains("RBAC"), "{who}: {health}");
+    let logs = client
+        .stream_logs(iac_proto::LogRequest {
+            service: String::new(),
+            follow: false,
+            tail: 0,
+        })
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(
+        logs.code(),
+        tonic::Code::PermissionDenied,
+        "{who}: StreamLogs: {logs}"
+    );
+    let deploy = client
+        .deploy(iac_proto::DeployRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        deploy.code(),
+        tonic::Code::PermissionDenied,
+        "{who}: Deploy: {deploy}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mtls_through_envoy_to_the_real_agent() {
     let Some(envoy) = envoy_or_skip("mtls_through_envoy_to_the_real_agent") else {
@@ -531,39 +695,45 @@ async fn outbound_routes_by_authority_to_a_verified_peer() {
     };
     let tmp = tempfile::tempdir().unwrap();
     let project = ProjectName::new(PROJECT).unwrap();
+    let other_project = ProjectName::new("other").unwrap();
+    // One CA for both projects, as the dev CA is: only the names tell the projects apart.
     let ca = dev_ca(&tmp.path().join("secrets"));
-    let (a_ports, b_ports) = (Ports::free(), Ports::free());
-    let b_inbound = b_ports.inbound;
+    let (a_ports, b_ports, c_ports) = (Ports::free(), Ports::free(), Ports::free());
+    let (b_inbound, c_inbound) = (b_ports.inbound, c_ports.inbound);
+    let b_app = EchoApp::start("b").await;
+    let c_app = EchoApp::start("c-of-other").await;
     // `impostor` is routed to b's listener, whose certificate names b: a's Envoy must refuse it.
+    // `c` is routed to the `c` of project `other`, whose certificate names `c` and `c.other`
+    // (not `c.mt`): a's Envoy must refuse it too.
+    let member = |name: &str, port: u16, app_port: Option<u16>| MeshService {
+        name: svc(name),
+        address: "127.0.0.1".into(),
+        port,
+        app_port,
+    };
     let mesh = Mesh {
         project: project.clone(),
         services: vec![
-            MeshService {
-                name: svc("a"),
-                address: "127.0.0.1".into(),
-                port: a_ports.inbound,
-                app_port: None,
-            },
-            MeshService {
-                name: svc("b"),
-                address: "127.0.0.1".into(),
-                port: b_inbound,
-                app_port: None,
-            },
-            MeshService {
-                name: svc("impostor"),
-                address: "127.0.0.1".into(),
-                port: b_inbound,
-                app_port: None,
-            },
+            member("a", a_ports.inbound, None),
+            member("b", b_inbound, Some(b_app.port)),
+            member("impostor", b_inbound, None),
+            member("c", c_inbound, None),
         ],
+        ports: MeshPorts::default(),
+        certs: CertPaths::in_container(),
+    };
+    let other_mesh = Mesh {
+        project: other_project.clone(),
+        services: vec![member("c", c_inbound, Some(c_app.port))],
         ports: MeshPorts::default(),
         certs: CertPaths::in_container(),
     };
     let a_certs = ca.issue(&project, &svc("a")).await.unwrap().paths;
     let b_certs = ca.issue(&project, &svc("b")).await.unwrap().paths;
+    let c_certs = ca.issue(&other_project, &svc("c")).await.unwrap().paths;
     let agent_a = AgentProc::start(&["sh", "-c", "echo i-am-a; exec sleep 600"]);
     let agent_b = AgentProc::start(&["sh", "-c", "echo i-am-b; exec sleep 600"]);
+    let agent_c = AgentProc::start(&["sh", "-c", "echo i-am-c; exec sleep 600"]);
     let mut a = start_node(
         &envoy,
         tmp.path(),
@@ -573,52 +743,77 @@ async fn outbound_routes_by_authority_to_a_verified_peer() {
         a_certs,
         agent_a,
     );
-    let mut b = start_node(&envoy, tmp.path(), mesh, "b", b_ports, b_certs, agent_b);
+    let mut b = start_node(
+        &envoy,
+        tmp.path(),
+        mesh,
+        "b",
+        b_ports,
+        b_certs.clone(),
+        agent_b,
+    );
+    let mut c = start_node(
+        &envoy,
+        tmp.path(),
+        other_mesh,
+        "c",
+        c_ports,
+        c_certs,
+        agent_c,
+    );
     a.wait_ready().await;
     b.wait_ready().await;
+    c.wait_ready().await;
 
-    // The app in a's network namespace speaks plaintext h2 to 127.0.0.1:<outbound> with
-    // authority `b` (and `b.mt`); a's Envoy carries it over mTLS to b's Envoy, then b's agent.
+    // The app in a's network namespace speaks plaintext HTTP to 127.0.0.1:<outbound> with
+    // authority `b` (and `b.mt`, and with the port); a's Envoy carries it over mTLS to b's Envoy,
+    // then b's app. The app tries to forge its identity in x-forwarded-client-cert: b's app sees
+    // only the identity Envoy verified.
+    let plain = reqwest::Client::builder().no_proxy().build().unwrap();
     for authority in ["b", "b.mt", &format!("b:{}", a.outbound)] {
-        let channel = Endpoint::from_shared(format!("http://127.0.0.1:{}", a.outbound))
-            .unwrap()
-            .origin(format!("http://{authority}").parse().unwrap())
-            .connect()
-            .await
-            .unwrap();
-        let mut client = ControlPlaneClient::new(channel);
         let deadline = Instant::now() + Duration::from_secs(20);
-        let logs = loop {
-            let req = iac_proto::LogRequest {
-                service: String::new(),
-                follow: false,
-                tail: 0,
-            };
-            match client.stream_logs(req).await {
-                Ok(resp) => {
-                    let lines: Vec<_> = resp.into_inner().collect::<Vec<_>>().await;
-                    break lines
-                        .into_iter()
-                        .map(|l| l.unwrap().msg)
-                        .collect::<Vec<_>>();
-                }
-                Err(e) if Instant::now() < deadline => {
-                    eprintln!("outbound via {authority:?} not ready yet: {e}");
+        let echo: Echo = loop {
+            let resp = plain
+                .get(format!("http://127.0.0.1:{}/hello?x=1", a.outbound))
+                .header("host", authority)
+                .header(
+                    "x-forwarded-client-cert",
+                    "By=spiffe://iac/mt/b;URI=spiffe://iac/control-plane",
+                )
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await;
+            match resp {
+                Ok(r) if r.status() == 200 => break r.json().await.unwrap(),
+                other if Instant::now() < deadline => {
+                    eprintln!("outbound via {authority:?} not ready yet: {other:?}");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                Err(e) => panic!(
-                    "outbound via {authority:?}: {e}\nenvoy a:\n{}\nenvoy b:\n{}",
+                other => panic!(
+                    "outbound via {authority:?}: {other:?}\nenvoy a:\n{}\nenvoy b:\n{}",
                     a.envoy.log(),
                     b.envoy.log()
                 ),
             }
         };
-        assert_eq!(
-            logs,
-            ["i-am-b"],
-            "authority {authority:?} must reach b's agent"
+        assert_eq!(echo.app, "b", "authority {authority:?} must reach b's app");
+        assert_eq!(echo.path, "/hello");
+        assert_eq!(echo.xfcc.len(), 1, "{echo:?}");
+        assert!(
+            echo.xfcc[0].contains("URI=spiffe://iac/mt/a;"),
+            "b's app must see a's verified identity: {echo:?}"
         );
+        assert!(!echo.xfcc[0].contains("control-plane"), "{echo:?}");
     }
+
+    // A peer's app may not use the ControlPlane API of another service, even in its project.
+    let channel = Endpoint::from_shared(format!("http://127.0.0.1:{}", a.outbound))
+        .unwrap()
+        .origin("http://b".parse().unwrap())
+        .connect()
+        .await
+        .unwrap();
+    assert_control_plane_refused(&mut ControlPlaneClient::new(channel), "a via its outbound").await;
 
     // An unknown authority has no route.
     let channel = Endpoint::from_shared(format!("http://127.0.0.1:{}", a.outbound))
@@ -637,25 +832,199 @@ async fn outbound_routes_by_authority_to_a_verified_peer() {
         "Envoy 404 → UNIMPLEMENTED: {err}"
     );
 
-    // A peer whose certificate does not name it is refused by a's Envoy (SAN check).
-    let before = a.stat("envoy_cluster_ssl_fail_verify_san").await;
-    let channel = Endpoint::from_shared(format!("http://127.0.0.1:{}", a.outbound))
+    // A peer whose certificate does not name it is refused by a's Envoy (SAN check), and so is
+    // a `c` whose certificate names it in another project.
+    for (peer, server) in [("impostor", &b), ("c", &c)] {
+        let before = a.stat("envoy_cluster_ssl_fail_verify_san").await;
+        let resp = plain
+            .get(format!("http://127.0.0.1:{}/", a.outbound))
+            .header("host", peer)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 503, "{peer}: {:?}", resp.text().await);
+        assert!(
+            a.stat("envoy_cluster_ssl_fail_verify_san").await > before,
+            "a's Envoy must count the SAN mismatch of {peer}"
+        );
+        assert_eq!(
+            server.stat("envoy_listener_ssl_fail_verify_error").await,
+            0,
+            "{peer}'s server accepted a's client certificate"
+        );
+    }
+    // The app of the other project's c never saw a request.
+    assert_eq!(c_app.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    // A request that matches no route of a (which has no app) is refused, not passed on.
+    let b_https = https_client(&b_certs, &b_certs, "a", a.inbound);
+    let (code, body) = https_get(&b_https, "a", a.inbound, "/", &[]).await;
+    assert_eq!(code, 403, "no route on a: {body}");
+}
+
+/// Inbound RBAC on b (project mt, with an app) and c (project other, with an app), called
+/// directly by real TLS clients holding leaves of one shared CA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_rbac_admits_the_control_plane_and_same_project_peers_only() {
+    let Some(envoy) =
+        envoy_or_skip("inbound_rbac_admits_the_control_plane_and_same_project_peers_only")
+    else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let mt = ProjectName::new(PROJECT).unwrap();
+    let other = ProjectName::new("other").unwrap();
+    let ca = dev_ca(&tmp.path().join("secrets"));
+    let control = ca.client_identity().await.unwrap().paths;
+    let b_certs = ca.issue(&mt, &svc("b")).await.unwrap().paths;
+    let c_certs = ca.issue(&other, &svc("c")).await.unwrap().paths;
+    // Callers: a peer of mt, a peer of other, and a service of mt squatting the control plane's
+    // DNS name (its leaf carries DNS SAN `iac-control-plane`, URI spiffe://iac/mt/iac-control-plane).
+    let a_mt = ca.issue(&mt, &svc("a")).await.unwrap().paths;
+    let d_other = ca.issue(&other, &svc("d")).await.unwrap().paths;
+    let squatter = ca
+        .issue(&mt, &svc("iac-control-plane"))
+        .await
         .unwrap()
-        .origin("http://impostor".parse().unwrap())
-        .connect()
+        .paths;
+
+    let (b_ports, c_ports) = (Ports::free(), Ports::free());
+    let b_app = EchoApp::start("b").await;
+    let c_app = EchoApp::start("c").await;
+    let member = |name: &str, port: u16, app_port: Option<u16>| MeshService {
+        name: svc(name),
+        address: "127.0.0.1".into(),
+        port,
+        app_port,
+    };
+    let b_mesh = Mesh {
+        project: mt.clone(),
+        services: vec![
+            member("b", b_ports.inbound, Some(b_app.port)),
+            member("a", free_port(), None),
+        ],
+        ports: MeshPorts::default(),
+        certs: CertPaths::in_container(),
+    };
+    let c_mesh = Mesh {
+        project: other.clone(),
+        services: vec![member("c", c_ports.inbound, Some(c_app.port))],
+        ports: MeshPorts::default(),
+        certs: CertPaths::in_container(),
+    };
+    let agent_b = AgentProc::start(&["sh", "-c", "echo i-am-b; exec sleep 600"]);
+    let agent_c = AgentProc::start(&["sh", "-c", "echo i-am-c; exec sleep 600"]);
+    let mut b = start_node(&envoy, tmp.path(), b_mesh, "b", b_ports, b_certs, agent_b);
+    let mut c = start_node(&envoy, tmp.path(), c_mesh, "c", c_ports, c_certs, agent_c);
+    b.wait_ready().await;
+    c.wait_ready().await;
+
+    // 1. The control plane: HealthCheck and StreamLogs through the sidecar, as the prober and
+    //    `iac logs` do.
+    let prober = GrpcProber::new(&control, ProbeConfig::default()).unwrap();
+    let report = prober
+        .check(&target("b", b.inbound, Duration::from_secs(20)))
+        .await;
+    assert_eq!(
+        report.state,
+        HealthState::Serving,
+        "{report:?}\nenvoy log:\n{}",
+        b.envoy.log()
+    );
+    let lines: Vec<String> = prober
+        .stream(
+            &target("b", b.inbound, Duration::from_secs(5)),
+            LogQuery {
+                follow: false,
+                tail: 0,
+            },
+        )
         .await
-        .unwrap();
-    let err = ControlPlaneClient::new(channel)
-        .health_check(())
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
+        .unwrap()
+        .map(|l| l.unwrap().msg)
+        .collect()
+        .await;
+    assert_eq!(lines, ["i-am-b"]);
+    // ... but not the app: nothing the control plane does needs it.
+    let cp_https = https_client(&control, &control, "b", b.inbound);
+    let (code, body) = https_get(&cp_https, "b", b.inbound, "/", &[]).await;
+    assert_eq!(code, 403, "control plane on b's app route: {body}");
+
+    // 2. A peer of the same project: the app yes, the ControlPlane API no.
+    let a_https = https_client(&control, &a_mt, "b", b.inbound);
+    let (code, body) = https_get(
+        &a_https,
+        "b",
+        b.inbound,
+        "/orders",
+        &[
+            (
+                "x-forwarded-client-cert",
+                "By=spiffe://iac/mt/b;Hash=00;URI=spiffe://iac/control-plane",
+            ),
+            ("x-forwarded-client-cert", "URI=spiffe://iac/mt/forged"),
+        ],
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let echo: Echo = serde_json::from_str(&body).unwrap();
+    assert_eq!((echo.app.as_str(), echo.path.as_str()), ("b", "/orders"));
+    assert_eq!(echo.xfcc.len(), 1, "exactly Envoy's own header: {echo:?}");
+    let xfcc = &echo.xfcc[0];
     assert!(
-        a.stat("envoy_cluster_ssl_fail_verify_san").await > before,
-        "a's Envoy must count the SAN mismatch"
+        xfcc.contains("By=spiffe://iac/mt/b;")
+            && xfcc.contains("URI=spiffe://iac/mt/a;")
+            && xfcc.contains("DNS=a.mt")
+            && xfcc.contains("Subject=\"CN=a"),
+        "{xfcc}"
     );
     assert!(
-        b.stat("envoy_listener_ssl_fail_verify_error").await == 0,
-        "b accepted a's client certificate"
+        !xfcc.contains("control-plane") && !xfcc.contains("forged") && !xfcc.contains("Hash=00;"),
+        "a forged XFCC reached the app: {xfcc}"
     );
+    let mut a_grpc = grpc_as(&control, &a_mt, "b", b.inbound).await;
+    assert_control_plane_refused(&mut a_grpc, "a of mt on b").await;
+
+    // 3. A service named like the control plane is still just a service.
+    let mut squat = grpc_as(&control, &squatter, "b", b.inbound).await;
+    assert_control_plane_refused(&mut squat, "mt/iac-control-plane on b").await;
+
+    // 4. Another project's leaf, from the same CA: TLS succeeds, every route refuses it.
+    let d_https = https_client(&control, &d_other, "b", b.inbound);
+    let (code, body) = https_get(&d_https, "b", b.inbound, "/orders", &[]).await;
+    assert_eq!(code, 403, "other/d on mt/b's app: {body}");
+    assert!(body.contains("RBAC"), "{body}");
+    let mut d_grpc = grpc_as(&control, &d_other, "b", b.inbound).await;
+    assert_control_plane_refused(&mut d_grpc, "d of other on b").await;
+    // ... while in its own project it is a peer like any other,
+    let d_on_c = https_client(&control, &d_other, "c", c.inbound);
+    let (code, body) = https_get(&d_on_c, "c", c.inbound, "/", &[]).await;
+    assert_eq!(code, 200, "other/d on other/c's app: {body}");
+    let echo: Echo = serde_json::from_str(&body).unwrap();
+    assert!(
+        echo.xfcc[0].contains("URI=spiffe://iac/other/d;"),
+        "{echo:?}"
+    );
+    // ... and mt's a is refused by other's c, both ways.
+    let a_on_c = https_client(&control, &a_mt, "c", c.inbound);
+    let (code, body) = https_get(&a_on_c, "c", c.inbound, "/", &[]).await;
+    assert_eq!(code, 403, "mt/a on other/c's app: {body}");
+    let mut a_grpc_c = grpc_as(&control, &a_mt, "c", c.inbound).await;
+    assert_control_plane_refused(&mut a_grpc_c, "a of mt on c").await;
+    assert_eq!(
+        GrpcProber::new(&control, fast())
+            .unwrap()
+            .check(&target("c", c.inbound, Duration::from_secs(5)))
+            .await
+            .state,
+        HealthState::Serving,
+        "the control plane serves every project"
+    );
+
+    // 5. Envoy counted the refusals as RBAC denials, not TLS failures.
+    // On b: the control plane on the app (1), a's three RPCs (3), the squatter's (3), d on the
+    // app (1) and d's RPCs (3).
+    assert_eq!(b.stat("envoy_http_rbac_denied").await, 11);
+    assert_eq!(b.stat("envoy_listener_ssl_fail_verify_error").await, 0);
 }

@@ -7,8 +7,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use iac_backends::pki::{
-    CertSummary, DevCa, ExternalCertsConfig, ExternalPki, PkiConfig, from_config, parse_pem_certs,
-    read_certs,
+    CertSummary, DevCa, ExternalCertsConfig, ExternalPki, LeafNames, PkiConfig, from_config,
+    parse_pem_certs, read_certs,
 };
 use iac_core::{Pki, ProjectName, ServiceName};
 
@@ -136,6 +136,7 @@ async fn leaf_has_sans_usages_and_is_signed_by_the_ca() {
     assert_eq!(mode(&tmp.path().join("shop")), 0o700);
     let cert = leaf(&issued.paths.cert);
     assert_eq!(cert.dns_names, ["api", "api.shop"]);
+    assert_eq!(cert.uri_names, ["spiffe://iac/shop/api"]);
     assert!(cert.server_auth && cert.client_auth);
     assert!(!cert.is_ca);
     assert!(cert.subject.contains("CN=api"), "{}", cert.subject);
@@ -148,6 +149,7 @@ async fn leaf_has_sans_usages_and_is_signed_by_the_ca() {
     assert_eq!(mode(&cp.paths.key), 0o600);
     let cpc = leaf(&cp.paths.cert);
     assert_eq!(cpc.dns_names, ["iac-control-plane"]);
+    assert_eq!(cpc.uri_names, ["spiffe://iac/control-plane"]);
     assert!(cpc.subject.contains("CN=iac-control-plane"));
     assert!(
         cpc.client_auth && !cpc.server_auth,
@@ -234,6 +236,9 @@ async fn reissue_when_expired() {
         rcgen::KeyPair::from_pem(&std::fs::read_to_string(&first.paths.key).unwrap()).unwrap();
     let mut params =
         rcgen::CertificateParams::new(vec!["api".to_string(), "api.shop".to_string()]).unwrap();
+    params.subject_alt_names.push(rcgen::SanType::URI(
+        "spiffe://iac/shop/api".try_into().unwrap(),
+    ));
     params.extended_key_usages = vec![
         rcgen::ExtendedKeyUsagePurpose::ServerAuth,
         rcgen::ExtendedKeyUsagePurpose::ClientAuth,
@@ -247,7 +252,11 @@ async fn reissue_when_expired() {
     e.verify_signed_by(&ca_cert(&ca)).unwrap();
     assert!(e.not_after < now.unix_timestamp());
     match ca
-        .leaf_state(&first.paths, &["api".into(), "api.shop".into()], true)
+        .leaf_state(
+            &first.paths,
+            &LeafNames::service(&proj(), &svc("api")),
+            true,
+        )
         .unwrap()
     {
         iac_backends::pki::dev_ca::LeafState::Reissue(why) => {
@@ -518,12 +527,132 @@ async fn external_per_service_certs() {
         .to_string();
     assert!(err.contains("is not the key of"), "{err}");
 
-    // The control-plane certificate must allow clientAuth; a valid service leaf does too.
-    let direct = ExternalPki::new(ext);
+    // A service leaf cannot stand in for the control plane: it lacks the control plane's URI SAN.
+    let direct = ExternalPki::new(ext.clone());
     let leaf_paths = direct.leaf_paths(&proj(), &svc("api"));
+    let err = direct
+        .check(&leaf_paths, &ExternalPki::control_plane_names(), false)
+        .unwrap_err()
+        .to_string();
     assert!(
-        direct
-            .check(&leaf_paths, "iac-control-plane", false, false)
-            .is_ok()
+        err.contains("spiffe://iac/control-plane") && err.contains("URI subjectAltName"),
+        "{err}"
+    );
+
+    // A leaf with only the DNS name `<svc>` (what iac asked for before inbound RBAC) is refused,
+    // naming the SAN that is missing: peers verify `<svc>.<project>`, RBAC the URI.
+    let names_only = |sans: Vec<rcgen::SanType>| {
+        let (issuer_pem, issuer_key) = (
+            std::fs::read_to_string(pki_dir.join("ca.pem")).unwrap(),
+            std::fs::read_to_string(pki_dir.join("ca.key")).unwrap(),
+        );
+        let ca_key = rcgen::KeyPair::from_pem(&issuer_key).unwrap();
+        let ca = rcgen::Issuer::from_ca_cert_pem(&issuer_pem, ca_key).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params.subject_alt_names = sans;
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = params.signed_by(&key, &ca).unwrap();
+        std::fs::write(pki_dir.join("shop/web.pem"), cert.pem()).unwrap();
+        std::fs::write(pki_dir.join("shop/web.key"), key.serialize_pem()).unwrap();
+    };
+    let dns = |n: &str| rcgen::SanType::DnsName(n.try_into().unwrap());
+    let uri = |n: &str| rcgen::SanType::URI(n.try_into().unwrap());
+    names_only(vec![dns("web")]);
+    let err = pki
+        .issue(&proj(), &svc("web"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("\"web.shop\"") && err.contains("DNS subjectAltName"),
+        "{err}"
+    );
+    names_only(vec![dns("web"), dns("web.shop")]);
+    let err = pki
+        .issue(&proj(), &svc("web"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("spiffe://iac/shop/web") && err.contains("URI subjectAltName"),
+        "{err}"
+    );
+    // Another project's URI is not this project's.
+    names_only(vec![
+        dns("web"),
+        dns("web.shop"),
+        uri("spiffe://iac/other/web"),
+    ]);
+    let err = pki
+        .issue(&proj(), &svc("web"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("spiffe://iac/shop/web"), "{err}");
+    names_only(vec![
+        dns("web"),
+        dns("web.shop"),
+        uri("spiffe://iac/shop/web"),
+    ]);
+    pki.issue(&proj(), &svc("web")).await.unwrap();
+}
+
+/// Leaves and control-plane certificates issued before the URI SANs existed (DNS SANs only)
+/// are reissued on their next use, so an upgrade never leaves a sidecar refusing its peers.
+#[tokio::test]
+async fn leaves_without_the_uri_san_are_reissued() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = ca_in(tmp.path());
+    let first = ca.issue(&proj(), &svc("api")).await.unwrap();
+    let cp_first = ca.client_identity().await.unwrap();
+    let issuer_pem = std::fs::read_to_string(tmp.path().join("ca.pem")).unwrap();
+    let issuer_key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(tmp.path().join("ca.key")).unwrap())
+            .unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&issuer_pem, issuer_key).unwrap();
+    for (paths, names) in [
+        (
+            &first.paths,
+            vec!["api".to_string(), "api.shop".to_string()],
+        ),
+        (&cp_first.paths, vec!["iac-control-plane".to_string()]),
+    ] {
+        let key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(&paths.key).unwrap()).unwrap();
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        std::fs::write(&paths.cert, params.signed_by(&key, &issuer).unwrap().pem()).unwrap();
+        assert!(leaf(&paths.cert).uri_names.is_empty());
+    }
+    match ca
+        .leaf_state(
+            &first.paths,
+            &LeafNames::service(&proj(), &svc("api")),
+            true,
+        )
+        .unwrap()
+    {
+        iac_backends::pki::dev_ca::LeafState::Reissue(why) => {
+            assert!(
+                why.contains("URI SAN") && why.contains("spiffe://iac/shop/api"),
+                "{why}"
+            )
+        }
+        other => panic!("expected a reissue, got {other:?}"),
+    }
+    let again = ca.issue(&proj(), &svc("api")).await.unwrap();
+    assert_ne!(again.fingerprint, first.fingerprint);
+    assert_eq!(leaf(&again.paths.cert).uri_names, ["spiffe://iac/shop/api"]);
+    let cp = ca.client_identity().await.unwrap();
+    assert_ne!(cp.fingerprint, cp_first.fingerprint);
+    assert_eq!(
+        leaf(&cp.paths.cert).uri_names,
+        ["spiffe://iac/control-plane"]
     );
 }

@@ -22,8 +22,8 @@ use serde::Serialize;
 use time::{Duration, OffsetDateTime};
 
 use super::{
-    CONTROL_PLANE_NAME, CertSummary, PkiConfig, identity_fingerprint, key_matches, now_unix,
-    read_certs, read_key, rfc3339,
+    CONTROL_PLANE_NAME, CONTROL_PLANE_URI, CertSummary, PkiConfig, identity_fingerprint,
+    key_matches, now_unix, read_certs, read_key, rfc3339, service_uri,
 };
 
 const DIR_MODE: u32 = 0o700;
@@ -116,6 +116,34 @@ impl LoadedCa {
         Issuer::from_ca_cert_der(&self.issuer_cert.der.clone().into(), &self.key).map_err(|e| {
             PkiError::Generate(format!("cannot use the CA certificate as an issuer: {e}"))
         })
+    }
+}
+
+/// The subjectAltNames a leaf must carry (see the [module docs](super) for who checks which).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeafNames {
+    /// DNS SANs (hostname verification).
+    pub dns: Vec<String>,
+    /// URI SANs (the SPIFFE identity the sidecars' RBAC matches).
+    pub uri: Vec<String>,
+}
+
+impl LeafNames {
+    /// A service leaf: DNS `<svc>` and `<svc>.<project>`, URI `spiffe://iac/<project>/<svc>`.
+    pub fn service(project: &ProjectName, service: &ServiceName) -> LeafNames {
+        LeafNames {
+            dns: vec![service.to_string(), format!("{service}.{project}")],
+            uri: vec![service_uri(project.as_str(), service.as_str())],
+        }
+    }
+
+    /// The control-plane client certificate: DNS `iac-control-plane`, URI
+    /// `spiffe://iac/control-plane`.
+    pub fn control_plane() -> LeafNames {
+        LeafNames {
+            dns: vec![CONTROL_PLANE_NAME.to_string()],
+            uri: vec![CONTROL_PLANE_URI.to_string()],
+        }
     }
 }
 
@@ -239,7 +267,7 @@ impl DevCa {
         self.ensure_ca()?;
         let ca = self.load_ca()?;
         let paths = self.leaf_paths(project, service);
-        let names = vec![service.to_string(), format!("{service}.{project}")];
+        let names = LeafNames::service(project, service);
         ensure_dir(&self.config.secrets_dir.join(project.as_str()))?;
         self.ensure_leaf(&ca, &paths, service.as_str(), &names, true)
     }
@@ -254,7 +282,7 @@ impl DevCa {
             &ca,
             &paths,
             CONTROL_PLANE_NAME,
-            &[CONTROL_PLANE_NAME.to_string()],
+            &LeafNames::control_plane(),
             false,
         )
     }
@@ -263,7 +291,7 @@ impl DevCa {
     pub fn leaf_state(
         &self,
         paths: &CertPaths,
-        names: &[String],
+        names: &LeafNames,
         server: bool,
     ) -> Result<LeafState, PkiError> {
         let ca = self.load_ca()?;
@@ -275,7 +303,7 @@ impl DevCa {
         ca: &LoadedCa,
         paths: &CertPaths,
         common_name: &str,
-        names: &[String],
+        names: &LeafNames,
         server: bool,
     ) -> Result<IssuedCerts, PkiError> {
         match self.check_leaf(ca, paths, names, server) {
@@ -297,7 +325,7 @@ impl DevCa {
         &self,
         ca: &LoadedCa,
         paths: &CertPaths,
-        names: &[String],
+        names: &LeafNames,
         server: bool,
     ) -> LeafState {
         if !paths.cert.exists() {
@@ -324,10 +352,16 @@ impl DevCa {
         if let Err(why) = leaf.verify_signed_by(&ca.issuer_cert) {
             return LeafState::Reissue(why);
         }
-        if let Some(missing) = names.iter().find(|n| !leaf.dns_names.contains(n)) {
+        if let Some(missing) = names.dns.iter().find(|n| !leaf.dns_names.contains(n)) {
             return LeafState::Reissue(format!(
-                "SAN {missing:?} missing (has {:?})",
+                "DNS SAN {missing:?} missing (has {:?})",
                 leaf.dns_names
+            ));
+        }
+        if let Some(missing) = names.uri.iter().find(|n| !leaf.uri_names.contains(n)) {
+            return LeafState::Reissue(format!(
+                "URI SAN {missing:?} missing (has {:?})",
+                leaf.uri_names
             ));
         }
         if !leaf.client_auth || (server && !leaf.server_auth) {
@@ -353,7 +387,7 @@ impl DevCa {
         ca: &LoadedCa,
         paths: &CertPaths,
         common_name: &str,
-        names: &[String],
+        names: &LeafNames,
         server: bool,
     ) -> Result<(), PkiError> {
         let key = KeyPair::generate().map_err(gen_err)?;
@@ -362,15 +396,19 @@ impl DevCa {
         dn.push(DnType::OrganizationName, "iac");
         dn.push(DnType::CommonName, common_name);
         params.distinguished_name = dn;
-        params.subject_alt_names = names
-            .iter()
-            .map(|n| {
-                n.clone()
-                    .try_into()
-                    .map(SanType::DnsName)
-                    .map_err(|e| PkiError::Generate(format!("invalid DNS name {n:?}: {e}")))
-            })
-            .collect::<Result<_, _>>()?;
+        let dns = names.dns.iter().map(|n| {
+            n.clone()
+                .try_into()
+                .map(SanType::DnsName)
+                .map_err(|e| PkiError::Generate(format!("invalid DNS name {n:?}: {e}")))
+        });
+        let uri = names.uri.iter().map(|n| {
+            n.clone()
+                .try_into()
+                .map(SanType::URI)
+                .map_err(|e| PkiError::Generate(format!("invalid URI {n:?}: {e}")))
+        });
+        params.subject_alt_names = dns.chain(uri).collect::<Result<_, _>>()?;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,

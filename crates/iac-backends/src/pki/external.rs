@@ -1,14 +1,30 @@
 //! External per-service certificates: an [`iac_core::Pki`] that issues nothing and hands out
 //! certificates your own PKI issued, after checking them. Configured by
 //! [`ExternalCertsConfig`](super::ExternalCertsConfig) (`[pki.external]`); never writes a file.
+//!
+//! What your PKI must put in the certificates (each is checked, and a missing one is an error
+//! naming the file and the SAN expected):
+//!
+//! * the leaf of service `<svc>` in project `<project>`: DNS SANs `<svc>` (the prober verifies
+//!   it) and `<svc>.<project>` (peers' sidecars verify it), URI SAN `spiffe://iac/<project>/<svc>`
+//!   (the identity the sidecars' RBAC admits on app routes of the same project), extended key
+//!   usage serverAuth and clientAuth;
+//! * the control-plane client certificate: URI SAN `spiffe://iac/control-plane` (the only
+//!   identity admitted on the ControlPlane routes: HealthCheck, StreamLogs, Deploy), extended key
+//!   usage clientAuth.
+//!
+//! Never issue a URI SAN under `spiffe://iac/` to anything else: every holder of a certificate
+//! from the CA bundle with `spiffe://iac/<project>/...` can call the apps of `<project>`, and the
+//! holder of `spiffe://iac/control-plane` can read every service's logs.
 
 use std::path::Path;
 
 use async_trait::async_trait;
 use iac_core::{CertPaths, IssuedCerts, Pki, PkiError, ProjectName, ServiceName};
 
+use super::dev_ca::LeafNames;
 use super::{
-    CONTROL_PLANE_NAME, ExternalCertsConfig, expand, identity_fingerprint, key_matches, now_unix,
+    CONTROL_PLANE_URI, ExternalCertsConfig, expand, identity_fingerprint, key_matches, now_unix,
     read_certs, read_key, rfc3339,
 };
 
@@ -32,13 +48,21 @@ impl ExternalPki {
         }
     }
 
-    /// Checks `paths` and returns them with their fingerprint. `name` must be a DNS SAN when
-    /// `require_name` is set (the control-plane certificate only needs clientAuth).
+    /// The SANs the control-plane certificate must carry: only its URI SAN (no hostname is
+    /// ever verified against it).
+    pub fn control_plane_names() -> LeafNames {
+        LeafNames {
+            dns: Vec::new(),
+            uri: vec![CONTROL_PLANE_URI.to_string()],
+        }
+    }
+
+    /// Checks `paths` and returns them with their fingerprint. Every name in `required` must be
+    /// a SAN of the certificate (DNS and URI respectively); `server` also requires serverAuth.
     pub fn check(
         &self,
         paths: &CertPaths,
-        name: &str,
-        require_name: bool,
+        required: &LeafNames,
         server: bool,
     ) -> Result<IssuedCerts, PkiError> {
         if self.config.ca.as_os_str().is_empty() {
@@ -88,12 +112,21 @@ impl ExternalPki {
                 format!("not valid before {}", rfc3339(leaf.not_before)),
             ));
         }
-        if require_name && !leaf.dns_names.iter().any(|n| n == name) {
+        if let Some(name) = required.dns.iter().find(|n| !leaf.dns_names.contains(n)) {
             return Err(invalid(
                 &paths.cert,
                 format!(
                     "expected a DNS subjectAltName {name:?}, found {:?}",
                     leaf.dns_names
+                ),
+            ));
+        }
+        if let Some(name) = required.uri.iter().find(|n| !leaf.uri_names.contains(n)) {
+            return Err(invalid(
+                &paths.cert,
+                format!(
+                    "expected a URI subjectAltName {name:?} (the identity the sidecars' RBAC admits), found {:?}",
+                    leaf.uri_names
                 ),
             ));
         }
@@ -131,8 +164,8 @@ impl Pki for ExternalPki {
         }
         let paths = self.leaf_paths(project, service);
         let me = self.clone();
-        let name = service.to_string();
-        tokio::task::spawn_blocking(move || me.check(&paths, &name, true, true))
+        let names = LeafNames::service(project, service);
+        tokio::task::spawn_blocking(move || me.check(&paths, &names, true))
             .await
             .map_err(|e| PkiError::Generate(format!("certificate check failed: {e}")))?
     }
@@ -144,7 +177,7 @@ impl Pki for ExternalPki {
             key: self.config.control_plane_key.clone(),
         };
         let me = self.clone();
-        tokio::task::spawn_blocking(move || me.check(&paths, CONTROL_PLANE_NAME, false, false))
+        tokio::task::spawn_blocking(move || me.check(&paths, &Self::control_plane_names(), false))
             .await
             .map_err(|e| PkiError::Generate(format!("certificate check failed: {e}")))?
     }

@@ -4,9 +4,10 @@
 //!
 //! * [`dev_ca::DevCa`] (default): a CA iac owns under `secrets_dir` (`./secrets`):
 //!   `ca.pem` + `ca.key` (key 0600, directory 0700), one leaf per service at
-//!   `<secrets>/<project>/<svc>.{pem,key}` (SAN `<svc>` and `<svc>.<project>`, EKU serverAuth +
-//!   clientAuth) and one control-plane client certificate `<secrets>/control-plane.{pem,key}`
-//!   (CN/SAN `iac-control-plane`, EKU clientAuth). Every file is written atomically; leaves are
+//!   `<secrets>/<project>/<svc>.{pem,key}` (DNS SANs `<svc>` and `<svc>.<project>`, URI SAN
+//!   `spiffe://iac/<project>/<svc>`, EKU serverAuth + clientAuth) and one control-plane client
+//!   certificate `<secrets>/iac-control-plane.{pem,key}` (CN/DNS SAN `iac-control-plane`, URI SAN
+//!   `spiffe://iac/control-plane`, EKU clientAuth). Every file is written atomically; leaves are
 //!   reissued when missing, unparseable, expiring within `renew_before_days`, not matching their
 //!   key or names, or not signed by the current CA. `iac ca init|show|rotate` call
 //!   [`dev_ca::DevCa::init`], [`dev_ca::DevCa::show`] and [`dev_ca::DevCa::rotate`].
@@ -21,7 +22,22 @@
 //!   `[pki.external]` with the CA bundle and path patterns for each service's certificate and key
 //!   (`{project}` and `{service}` are substituted) plus the control-plane client certificate.
 //!   iac never writes anything in this mode; it checks each file (parses, not expired, signed by
-//!   the CA bundle, key matches, SAN `<svc>` present) and fails with the file's path otherwise.
+//!   the CA bundle, key matches, the SANs below present) and fails with the file's path otherwise.
+//!
+//! **Names the mesh relies on** (whoever issues the certificates):
+//!
+//! | certificate | SANs | checked by |
+//! |---|---|---|
+//! | service `<svc>` of `<project>` | DNS `<svc>` | the prober's hostname verification |
+//! | | DNS `<svc>.<project>` | a peer's sidecar, outbound (`match_typed_subject_alt_names`) |
+//! | | URI `spiffe://iac/<project>/<svc>` | every sidecar of `<project>`, inbound RBAC on app routes |
+//! | control plane | URI `spiffe://iac/control-plane` | every sidecar, inbound RBAC on the ControlPlane routes |
+//!
+//! Envoy's RBAC `authenticated.principal_name` is matched against every URI SAN, then every
+//! DNS SAN, then the subject of the verified client certificate; the URI SANs above are the
+//! identities: a DNS name cannot contain `://`, so no service certificate can pose as
+//! `spiffe://iac/control-plane` or as a service of another project, even under the same CA
+//! (a service named `iac-control-plane` gets `spiffe://iac/<project>/iac-control-plane`).
 //!
 //! [`from_config`] picks the backend. Helpers in this module parse and check X.509 files.
 
@@ -35,11 +51,29 @@ use iac_core::{Pki, PkiError};
 use serde::{Deserialize, Serialize};
 use x509_parser::prelude::*;
 
-pub use dev_ca::{CaInfo, DevCa, InitOutcome};
+pub use dev_ca::{CaInfo, DevCa, InitOutcome, LeafNames};
 pub use external::ExternalPki;
 
 /// Name (CN and DNS SAN) of the control plane's client certificate.
 pub const CONTROL_PLANE_NAME: &str = "iac-control-plane";
+
+/// SPIFFE trust domain of every identity in the mesh.
+pub const TRUST_DOMAIN: &str = "iac";
+
+/// URI SAN of the control plane's client certificate: the only principal a sidecar admits on
+/// the `/iac.controlplane.v1.ControlPlane/*` routes.
+pub const CONTROL_PLANE_URI: &str = "spiffe://iac/control-plane";
+
+/// URI SAN of the leaf of `service` in `project`: `spiffe://iac/<project>/<service>`.
+pub fn service_uri(project: &str, service: &str) -> String {
+    format!("{}{service}", project_uri_prefix(project))
+}
+
+/// The prefix every service URI of `project` starts with (`spiffe://iac/<project>/`); a
+/// sidecar admits on its app routes exactly the principals with this prefix.
+pub fn project_uri_prefix(project: &str) -> String {
+    format!("spiffe://{TRUST_DOMAIN}/{project}/")
+}
 
 /// `[pki]` configuration. All paths are relative to the working directory unless absolute.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,6 +146,7 @@ pub struct CertSummary {
     pub not_before: i64,
     pub not_after: i64,
     pub dns_names: Vec<String>,
+    pub uri_names: Vec<String>,
     pub is_ca: bool,
     pub server_auth: bool,
     pub client_auth: bool,
@@ -132,19 +167,20 @@ impl CertSummary {
                 rest.len()
             ));
         }
-        let dns_names = match x.subject_alternative_name() {
-            Ok(Some(san)) => san
-                .value
-                .general_names
-                .iter()
-                .filter_map(|n| match n {
-                    GeneralName::DNSName(d) => Some(d.to_string()),
-                    _ => None,
-                })
-                .collect(),
-            Ok(None) => Vec::new(),
+        let (mut dns_names, mut uri_names) = (Vec::new(), Vec::new());
+        match x.subject_alternative_name() {
+            Ok(Some(san)) => {
+                for name in &san.value.general_names {
+                    match name {
+                        GeneralName::DNSName(d) => dns_names.push(d.to_string()),
+                        GeneralName::URI(u) => uri_names.push(u.to_string()),
+                        _ => {}
+                    }
+                }
+            }
+            Ok(None) => {}
             Err(e) => return Err(format!("bad subjectAltName extension: {e}")),
-        };
+        }
         let (server_auth, client_auth) = match x.extended_key_usage() {
             Ok(Some(eku)) => (
                 eku.value.server_auth || eku.value.any,
@@ -160,6 +196,7 @@ impl CertSummary {
             not_before: x.validity().not_before.timestamp(),
             not_after: x.validity().not_after.timestamp(),
             dns_names,
+            uri_names,
             is_ca: x.is_ca(),
             server_auth,
             client_auth,

@@ -6,11 +6,18 @@
 //!
 //! | listener | address | what |
 //! |---|---|---|
-//! | `inbound_mtls` | `{inbound_bind}:15000` | TLS, client certificate from the CA required, ALPN h2 (+http/1.1); `/iac.controlplane.v1.ControlPlane/*` → cluster `agent` (127.0.0.1:50051, h2c); everything else → cluster `app` (127.0.0.1:`app_port`, HTTP/1.1) when the service declares a port, else 404 |
-//! | `outbound` | `127.0.0.1:15001` | plaintext h2/HTTP/1.1 from the app; authority `<peer>`, `<peer>:15001`, `<peer>.<project>` (and with the port) → cluster `peer_<peer>` = `<address>:<port>` over mTLS (SNI `<peer>`, peer SAN `<peer>` verified, ALPN h2) |
+//! | `inbound_mtls` | `{inbound_bind}:15000` | TLS, client certificate from the CA required, ALPN h2 (+http/1.1); `/iac.controlplane.v1.ControlPlane/*` → cluster `agent` (127.0.0.1:50051, h2c), RBAC: only the control plane; everything else → cluster `app` (127.0.0.1:`app_port`, HTTP/1.1) when the service declares a port, RBAC: only services of the same project; no route → 403; `x-forwarded-client-cert` always replaced by Envoy's (subject, URI, DNS of the caller) |
+//! | `outbound` | `127.0.0.1:15001` | plaintext h2/HTTP/1.1 from the app; authority `<peer>`, `<peer>:15001`, `<peer>.<project>` (and with the port) → cluster `peer_<peer>` = `<address>:<port>` over mTLS (SNI `<peer>`, peer DNS SAN `<peer>.<project>` verified, ALPN h2) |
 //! | `stats` | `127.0.0.1:9901` | only `GET /stats/prometheus` → cluster `admin` (the admin unix socket); anything else 404 |
 //!
 //! Admin itself listens only on the unix socket `admin_socket`.
+//!
+//! Inbound RBAC (`envoy.filters.http.rbac`, one policy per route) matches the verified client
+//! certificate's URI SAN (`authenticated.principal_name`; Envoy tries every URI SAN, then every
+//! DNS SAN, then the subject): the ControlPlane route admits exactly
+//! [`CONTROL_PLANE_URI`](crate::pki::CONTROL_PLANE_URI), the app route admits the prefix
+//! [`project_uri_prefix`](crate::pki::project_uri_prefix) of the mesh's project. The control
+//! plane is not admitted on app routes: the prober and `iac logs` use only the ControlPlane API.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -188,6 +195,14 @@ impl EnvoyRenderer {
             ("ca", path(&mesh.certs.ca)),
             ("cert", path(&mesh.certs.cert)),
             ("key", path(&mesh.certs.key)),
+            (
+                "control_plane_principal",
+                Value::from(crate::pki::CONTROL_PLANE_URI),
+            ),
+            (
+                "project_principal_prefix",
+                Value::from(crate::pki::project_uri_prefix(mesh.project.as_str())),
+            ),
             ("peers", Value::from(peers)),
         ]))
     }
