@@ -242,7 +242,17 @@ fn bounded_fetch(
     let result = prepare().and_then(|mut prep| {
         prep.fetch_only(gix::progress::Discard, &bounds.interrupt)
             .map(|(repo, _)| repo)
-            .map_err(|e| git_err(url, what, e))
+            .map_err(|e| {
+                if bounds.interrupt.load(Ordering::SeqCst) {
+                    git_err(
+                        url,
+                        &format!("{what} interrupted (the fetch's deadline passed)"),
+                        e,
+                    )
+                } else {
+                    git_err(url, what, e)
+                }
+            })
     });
     if let Some(used) = watch.finish() {
         return Err(pack_too_large(url, used, bounds.max_pack_bytes));

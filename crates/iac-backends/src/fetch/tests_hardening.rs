@@ -538,3 +538,36 @@ async fn forge_tokens_never_follow_a_redirect_to_another_host() {
         "Authorization leaked to the redirect target"
     );
 }
+
+#[test]
+fn a_set_interrupt_flag_stops_the_git_transfer() {
+    use std::sync::atomic::AtomicBool;
+
+    use super::extract::Limits;
+    use super::git::{GitBounds, fetch_tree};
+
+    let fx = Fixture::new();
+    let staging = tempfile::tempdir().unwrap();
+    let bounds = GitBounds {
+        limits: Limits {
+            max_bytes: 1 << 20,
+            max_files: 100,
+        },
+        max_pack_bytes: 1 << 30,
+        // What the deadline does when it passes.
+        interrupt: Arc::new(AtomicBool::new(true)),
+    };
+    let url = format!("file://{}", fx.bare().display());
+    let e = fetch_tree(&url, &fx.c2, staging.path(), &bounds, &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("shallow fetch interrupted (the fetch's deadline passed)"),
+        "{e}"
+    );
+    assert!(
+        !e.contains("full clone"),
+        "an interrupted fetch is not retried: {e}"
+    );
+    assert!(!staging.path().join("tree").exists());
+}
