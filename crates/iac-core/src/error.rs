@@ -85,6 +85,11 @@ pub enum FetchError {
         tarball: Box<FetchError>,
         git: Box<FetchError>,
     },
+    /// The whole fetch took longer than its configured total deadline (`[fetch] deadline_secs`).
+    #[error(
+        "fetching {slug} exceeded its deadline of {secs} s ([fetch] deadline_secs); the transfer was stopped"
+    )]
+    Deadline { slug: String, secs: u64 },
 }
 
 impl FetchError {

@@ -1,22 +1,31 @@
 //! The content cache under `FetchConfig::cache_dir` (default `.iac/cache`):
 //!
 //! ```text
-//! trees/commit-<sha>/        a source tree, keyed by the commit it was made from
-//! trees/archive-<hex>/       a source tree from an archive whose commit was unknown
-//! trees/<key>.json           its digest, commit and first origin
-//! index/<hash>.json          (location, ref) → tree key, for refs that cannot move
-//! tmp/                       staging dirs (same filesystem, so moves are renames)
+//! trees/commit-<sha>-<repo>/     a source tree, keyed by the repository and the commit it was made from
+//! trees/archive-<hex>-<repo>/    a tree from an archive whose commit the forge did not resolve
+//! trees/<key>.json               its repository, digest, commit and first origin
+//! index/<hash>.json              (repository, ref) → tree key, for refs that cannot move
+//! tmp/                           staging dirs (same filesystem, so moves are renames)
 //! ```
 //!
+//! `<repo>` is the first 16 hex digits of the sha256 of the repository identity (see
+//! [`repo_identity`]: the forge's scheme and the expanded clone URL, i.e. forge + host +
+//! owner/repo; or the URL of a `git+…` slug). The identity itself is stored in the tree's
+//! metadata and checked on every lookup. So a tree fetched for one repository is never served
+//! for another, even for the same commit id.
+//!
 //! Rules:
-//! - A full commit sha ref is looked up directly (`commit-<sha>`): no network at all.
+//! - A full commit sha ref is looked up directly (`commit-<sha>-<repo>`): no network at all, and
+//!   only the same forge + repository can hit.
 //! - A tag, once resolved, is recorded in the index and never looked up remotely again
 //!   (tags are treated as immutable; delete the index file to force a re-resolve).
 //! - A branch (or no ref: the remote HEAD) is re-resolved on every fetch with a git ref listing
-//!   (the `ls-remote` equivalent, a few hundred bytes) and then served from `commit-<sha>` when
-//!   present. When the listing is unavailable (`resolve_refs = false`, git protocol blocked), a
-//!   branch's tarball is downloaded again, and still lands on `commit-<sha>` when the archive
-//!   carries its commit id (the pax header `git archive` writes), else on `archive-<digest>`.
+//!   (the `ls-remote` equivalent, a few hundred bytes) and then served from `commit-<sha>-<repo>`
+//!   when present. When the listing is unavailable (`resolve_refs = false`, git protocol
+//!   blocked), a branch's tarball is downloaded again and lands on `archive-<digest>-<repo>`:
+//!   the commit id an archive claims for itself (its pax `comment=` header) is reported, never
+//!   used as a cache key. When the forge did resolve the commit, an archive claiming another one
+//!   is refused.
 //! - Trees are staged under `tmp/` and renamed into `trees/` in one step. Two concurrent fetches
 //!   of the same commit both stage; the first rename wins and the loser's copy is dropped, so a
 //!   reader never sees a half-written tree.
@@ -50,19 +59,65 @@ impl RefKind {
     }
 }
 
-/// The name of a cached tree.
+/// The identity of a repository for cache keys: `<scheme> <url>`, where `scheme` is the forge's
+/// slug scheme (`gh`, `gl`, `bb`) or `git` for `git+…` slugs, and `url` the clone URL as
+/// configured and expanded (host, owner and repo included).
+pub fn repo_identity(scheme: &str, url: &str) -> String {
+    format!("{scheme} {url}")
+}
+
+/// First 16 hex digits of the sha256 of a repository identity: the suffix of its tree names.
+fn repo_tag(repo: &str) -> String {
+    hex::encode(Sha256::digest(repo.as_bytes()))[..16].to_string()
+}
+
+/// The name of a cached tree: always scoped to one repository.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TreeKey {
-    Commit(String),
-    /// `sha256:<hex>` of the archive bytes.
-    Archive(String),
+    /// A commit the forge (or git) resolved, of repository `repo` (a [`repo_identity`]).
+    Commit { repo: String, sha: String },
+    /// `sha256:<hex>` of the archive bytes, for archives whose commit was not resolved.
+    Archive { repo: String, digest: String },
 }
 
 impl TreeKey {
+    pub fn commit(repo: &str, sha: &str) -> Self {
+        TreeKey::Commit {
+            repo: repo.to_string(),
+            sha: sha.to_ascii_lowercase(),
+        }
+    }
+
+    pub fn archive(repo: &str, digest: &str) -> Self {
+        TreeKey::Archive {
+            repo: repo.to_string(),
+            digest: digest.to_string(),
+        }
+    }
+
+    pub fn repo(&self) -> &str {
+        match self {
+            TreeKey::Commit { repo, .. } | TreeKey::Archive { repo, .. } => repo,
+        }
+    }
+
     pub fn dir_name(&self) -> String {
         match self {
-            TreeKey::Commit(sha) => format!("commit-{}", sha.to_ascii_lowercase()),
-            TreeKey::Archive(d) => format!("archive-{}", d.trim_start_matches("sha256:")),
+            TreeKey::Commit { repo, sha } => {
+                format!("commit-{}-{}", sha.to_ascii_lowercase(), repo_tag(repo))
+            }
+            TreeKey::Archive { repo, digest } => format!(
+                "archive-{}-{}",
+                digest.trim_start_matches("sha256:"),
+                repo_tag(repo)
+            ),
+        }
+    }
+
+    fn commit_id(&self) -> Option<String> {
+        match self {
+            TreeKey::Commit { sha, .. } => Some(sha.clone()),
+            TreeKey::Archive { .. } => None,
         }
     }
 }
@@ -89,6 +144,10 @@ pub struct IndexEntry {
 
 #[derive(Serialize, Deserialize)]
 struct Meta {
+    /// The [`repo_identity`] the tree was fetched for (absent in caches written before it
+    /// existed; such trees have names without the repository suffix and are never looked up).
+    #[serde(default)]
+    repo: Option<String>,
     digest: String,
     commit: Option<String>,
     origin: String,
@@ -125,10 +184,19 @@ impl Cache {
     }
 
     /// The cached tree for `key`, if present. A tree whose metadata is missing (a crash
-    /// between rename and metadata write) is digested again and repaired.
+    /// between rename and metadata write) is digested again and repaired; one whose metadata
+    /// names another repository is never served.
     pub fn lookup(&self, key: &TreeKey) -> Result<Option<Cached>, FetchError> {
-        let name = key.dir_name();
-        let dir = self.root.join("trees").join(&name);
+        self.lookup_name(&key.dir_name(), key.repo(), key.commit_id())
+    }
+
+    fn lookup_name(
+        &self,
+        name: &str,
+        repo: &str,
+        commit: Option<String>,
+    ) -> Result<Option<Cached>, FetchError> {
+        let dir = self.root.join("trees").join(name);
         if !dir.is_dir() {
             return Ok(None);
         }
@@ -137,14 +205,21 @@ impl Cache {
             .ok()
             .and_then(|b| serde_json::from_slice::<Meta>(&b).ok());
         let meta = match meta {
-            Some(m) => m,
+            Some(m) if m.repo.as_deref() == Some(repo) => m,
+            Some(m) => {
+                tracing::warn!(
+                    tree = %name,
+                    stored = ?m.repo,
+                    wanted = %repo,
+                    "cache: tree belongs to another repository; not served"
+                );
+                return Ok(None);
+            }
             None => {
                 let m = Meta {
+                    repo: Some(repo.to_string()),
                     digest: tree_digest(&dir, &[])?,
-                    commit: match key {
-                        TreeKey::Commit(c) => Some(c.clone()),
-                        TreeKey::Archive(_) => None,
-                    },
+                    commit,
                     origin: "cache (metadata rebuilt)".into(),
                 };
                 self.write_meta(&meta_path, &m)?;
@@ -187,6 +262,7 @@ impl Cache {
             });
         }
         let meta = Meta {
+            repo: Some(key.repo().to_string()),
             digest: digest.clone(),
             commit: commit.clone(),
             origin: origin.to_string(),
@@ -227,7 +303,8 @@ impl Cache {
         iac_core::fsutil::write_atomic(&path, &bytes, None).map_err(FetchError::io(&path))
     }
 
-    /// The cached tree an immutable index entry points at, if both exist.
+    /// The cached tree an immutable index entry points at, if both exist and the tree belongs
+    /// to `location` (a [`repo_identity`]).
     pub fn lookup_immutable(
         &self,
         location: &str,
@@ -239,12 +316,15 @@ impl Cache {
         else {
             return Ok(None);
         };
-        let key = match (&e.commit, e.key.strip_prefix("archive-")) {
-            (_, Some(hex)) => TreeKey::Archive(format!("sha256:{hex}")),
-            (Some(c), None) => TreeKey::Commit(c.clone()),
-            (None, None) => return Ok(None),
-        };
-        self.lookup(&key)
+        let own = format!("-{}", repo_tag(location));
+        let valid_name = (e.key.starts_with("commit-") || e.key.starts_with("archive-"))
+            && e.key.ends_with(&own)
+            && !e.key.contains('/')
+            && !e.key.contains("..");
+        if !valid_name {
+            return Ok(None);
+        }
+        self.lookup_name(&e.key, location, e.commit)
     }
 }
 
@@ -264,14 +344,18 @@ mod tests {
     fn insert_lookup_and_concurrent_loser() {
         let d = tempfile::tempdir().unwrap();
         let cache = Cache::new(d.path());
-        let key = TreeKey::Commit("AB".repeat(20));
+        let key = TreeKey::commit("gh https://h/o/r.git", &"AB".repeat(20));
         assert!(cache.lookup(&key).unwrap().is_none());
         let (_s1, t1) = staged(&cache, "one");
         let (_s2, t2) = staged(&cache, "one");
         let a = cache
             .insert(&key, &t1, Some("ab".repeat(20)), "tarball x")
             .unwrap();
-        assert!(a.dir.ends_with(format!("trees/commit-{}", "ab".repeat(20))));
+        assert!(a.dir.ends_with(key.dir_name()));
+        assert!(
+            key.dir_name()
+                .starts_with(&format!("commit-{}-", "ab".repeat(20)))
+        );
         let b = cache
             .insert(&key, &t2, Some("ab".repeat(20)), "git y")
             .unwrap();
@@ -281,11 +365,7 @@ mod tests {
         );
         assert_eq!(cache.lookup(&key).unwrap().unwrap(), a);
 
-        std::fs::remove_file(
-            d.path()
-                .join(format!("trees/commit-{}.json", "ab".repeat(20))),
-        )
-        .unwrap();
+        std::fs::remove_file(d.path().join(format!("trees/{}.json", key.dir_name()))).unwrap();
         let repaired = cache.lookup(&key).unwrap().unwrap();
         assert_eq!(repaired.digest, a.digest);
     }
@@ -296,33 +376,77 @@ mod tests {
         let cache = Cache::new(d.path());
         let sha = "cd".repeat(20);
         let (_s, t) = staged(&cache, "x");
+        let repo = "gh https://h/o/r.git";
         cache
-            .insert(&TreeKey::Commit(sha.clone()), &t, Some(sha.clone()), "o")
+            .insert(&TreeKey::commit(repo, &sha), &t, Some(sha.clone()), "o")
             .unwrap();
         for (reference, kind, hit) in [("v1", RefKind::Tag, true), ("main", RefKind::Branch, false)]
         {
             cache
                 .index_put(&IndexEntry {
-                    location: "https://h/o/r.git".into(),
+                    location: repo.into(),
                     reference: reference.into(),
                     kind,
-                    key: TreeKey::Commit(sha.clone()).dir_name(),
+                    key: TreeKey::commit(repo, &sha).dir_name(),
                     commit: Some(sha.clone()),
                 })
                 .unwrap();
             assert_eq!(
-                cache
-                    .lookup_immutable("https://h/o/r.git", reference)
-                    .unwrap()
-                    .is_some(),
+                cache.lookup_immutable(repo, reference).unwrap().is_some(),
                 hit
             );
         }
         assert!(
             cache
-                .lookup_immutable("https://h/o/other.git", "v1")
+                .lookup_immutable("gh https://h/o/other.git", "v1")
                 .unwrap()
                 .is_none()
         );
+    }
+
+    #[test]
+    fn trees_are_scoped_to_their_repository() {
+        let d = tempfile::tempdir().unwrap();
+        let cache = Cache::new(d.path());
+        let sha = "ef".repeat(20);
+        let (a, b) = ("gh https://h/octo/hello.git", "gl https://h/evil/mal.git");
+        let (_s, t) = staged(&cache, "evil");
+        let evil = cache
+            .insert(&TreeKey::commit(b, &sha), &t, Some(sha.clone()), "o")
+            .unwrap();
+        assert!(
+            cache.lookup(&TreeKey::commit(a, &sha)).unwrap().is_none(),
+            "the same commit id of another repository is not a hit"
+        );
+        assert_eq!(
+            cache.lookup(&TreeKey::commit(b, &sha)).unwrap().unwrap(),
+            evil
+        );
+
+        // An index entry of repo `a` that points at repo `b`'s tree is ignored.
+        cache
+            .index_put(&IndexEntry {
+                location: a.into(),
+                reference: "v1".into(),
+                kind: RefKind::Tag,
+                key: TreeKey::commit(b, &sha).dir_name(),
+                commit: Some(sha.clone()),
+            })
+            .unwrap();
+        assert!(cache.lookup_immutable(a, "v1").unwrap().is_none());
+
+        // A tree renamed to `a`'s name still carries `b` in its metadata: not served.
+        let trees = d.path().join("trees");
+        let (from, to) = (
+            TreeKey::commit(b, &sha).dir_name(),
+            TreeKey::commit(a, &sha).dir_name(),
+        );
+        std::fs::rename(trees.join(&from), trees.join(&to)).unwrap();
+        std::fs::rename(
+            trees.join(format!("{from}.json")),
+            trees.join(format!("{to}.json")),
+        )
+        .unwrap();
+        assert!(cache.lookup(&TreeKey::commit(a, &sha)).unwrap().is_none());
     }
 }

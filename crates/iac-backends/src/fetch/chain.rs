@@ -6,18 +6,22 @@
 //!    (`resolve_refs`, default on); a cached commit is served from the cache;
 //! 3. download the archive (of the resolved commit when known, else of the ref by name) and
 //!    extract it safely; hostile or oversized archives are hard errors (no fallback: a clone of
-//!    the same tree would be rejected for the same reason);
+//!    the same tree would be rejected for the same reason), and so is an archive whose pax
+//!    `comment=<sha>` names another commit than the one the forge resolved. The tree is cached
+//!    under the repository and the resolved commit — never under the commit an archive claims
+//!    (an unresolved archive is cached under its own digest);
 //! 4. on an unavailable archive (HTTP error, network error, not a tar.gz), clone with git instead;
 //!    the reason is in `Source.origin` and in a `warn` [`DeployEvent`](iac_core::DeployEvent).
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use iac_core::{Events, FetchError, Forge, Source, Stage};
 
-use super::cache::{Cache, IndexEntry, RefKind, TreeKey};
+use super::cache::{Cache, IndexEntry, RefKind, TreeKey, repo_identity};
 use super::config::FetchConfig;
 use super::extract::is_full_sha;
-use super::git::{GitFetcher, ResolvedRef, resolve_ref};
+use super::git::{GitFetcher, GitRequest, ResolvedRef, resolve_ref};
 use super::tarball::TarballFetcher;
 
 /// The tarball → git chain for hosted forges.
@@ -55,6 +59,8 @@ impl ChainFetcher {
         }
     }
 
+    /// Fetches `owner/repo` at `reference` from `forge`. A git clone stops when `interrupt` is
+    /// set (the caller's deadline).
     pub async fn fetch(
         &self,
         forge: Forge,
@@ -62,23 +68,26 @@ impl ChainFetcher {
         repo: &str,
         reference: Option<&str>,
         events: &Events,
+        interrupt: Arc<AtomicBool>,
     ) -> Result<Source, FetchError> {
         let ep = self.config.forge(forge);
         let clone_url = ep.clone_url(owner, repo);
+        // Cache keys and index entries are scoped to forge + host + owner/repo.
+        let identity = repo_identity(forge.scheme(), &clone_url);
         let index_ref = reference.unwrap_or("HEAD").to_string();
         let slug = format!("{}:{owner}/{repo}#{index_ref}", forge.scheme());
 
         // 1. No network.
         if let Some(sha) = reference.filter(|r| is_full_sha(r)) {
             let cache = self.cache.clone();
-            let key = TreeKey::Commit(sha.to_ascii_lowercase());
+            let key = TreeKey::commit(&identity, sha);
             if let Some(hit) = blocking(move || cache.lookup(&key)).await? {
                 events.info(Stage::Fetch, format!("{slug}: cache hit (commit)"));
                 return Ok(hit_source(hit, format!("cache hit: commit {sha}")));
             }
         }
         {
-            let (cache, loc, r) = (self.cache.clone(), clone_url.clone(), index_ref.clone());
+            let (cache, loc, r) = (self.cache.clone(), identity.clone(), index_ref.clone());
             if let Some(hit) = blocking(move || cache.lookup_immutable(&loc, &r)).await? {
                 events.info(
                     Stage::Fetch,
@@ -120,11 +129,11 @@ impl ChainFetcher {
             }
         }
         if let Some(r) = &resolved {
-            let key = TreeKey::Commit(r.commit.clone());
+            let key = TreeKey::commit(&identity, &r.commit);
             let cache = self.cache.clone();
             let k = key.clone();
             if let Some(hit) = blocking(move || cache.lookup(&k)).await? {
-                self.record(&clone_url, &index_ref, r.kind, &key, Some(&r.commit));
+                self.record(&identity, &index_ref, r.kind, &key, Some(&r.commit));
                 events.info(
                     Stage::Fetch,
                     format!("{slug}: cache hit (resolved to {})", r.commit),
@@ -144,29 +153,48 @@ impl ChainFetcher {
         let url = ep.archive_url(owner, repo, &archive_ref);
         events.info(Stage::Fetch, format!("{slug}: downloading {url}"));
         let staging = self.cache.staging("tarball")?;
-        match self
-            .tarball
-            .download(&url, ep.auth_header(), staging.path())
-            .await
-        {
-            Ok(x) => {
-                let commit = x
-                    .commit
-                    .clone()
-                    .or_else(|| resolved.as_ref().map(|r| r.commit.clone()));
+        match self.tarball.download(&url, ep.auth_header(), staging).await {
+            Ok((x, staging)) => {
+                if let (Some(r), Some(claim)) = (&resolved, &x.commit)
+                    && !claim.eq_ignore_ascii_case(&r.commit)
+                {
+                    let e = FetchError::Unsafe {
+                        entry: "pax_global_header".into(),
+                        why: format!(
+                            "the archive {url} claims to be commit {claim}, but {clone_url} resolved {} to {}; refusing to cache it",
+                            r.name, r.commit
+                        ),
+                    };
+                    events.error(Stage::Fetch, format!("{slug}: {e}"));
+                    return Err(e);
+                }
                 let kind = match (&resolved, reference) {
                     (Some(r), _) => r.kind,
                     (None, Some(r)) if is_full_sha(r) => RefKind::Commit,
                     _ => RefKind::Unknown,
                 };
-                let key = match &commit {
-                    Some(c) => TreeKey::Commit(c.clone()),
-                    None => TreeKey::Archive(x.archive_digest.clone()),
+                // The key comes from what the forge resolved, never from the archive's claim.
+                let (key, commit) = match &resolved {
+                    Some(r) => (
+                        TreeKey::commit(&identity, &r.commit),
+                        Some(r.commit.clone()),
+                    ),
+                    None => (
+                        TreeKey::archive(&identity, &x.archive_digest),
+                        x.commit.clone(),
+                    ),
                 };
                 let mut origin = format!(
                     "tarball {url} ({} bytes, {} entries)",
                     x.archive_bytes, x.files
                 );
+                if resolved.is_none()
+                    && let Some(claim) = &x.commit
+                {
+                    origin.push_str(&format!(
+                        "; commit {claim} as the archive claims (not resolved with the forge)"
+                    ));
+                }
                 if let Some(why) = &unresolved_why {
                     origin.push_str(&format!("; ref not resolved with git: {why}"));
                 }
@@ -177,9 +205,13 @@ impl ChainFetcher {
                     commit.clone(),
                     origin.clone(),
                 );
-                let cached = blocking(move || cache.insert(&k, &root, c, &o)).await?;
-                drop(staging);
-                self.record(&clone_url, &index_ref, kind, &key, commit.as_deref());
+                let cached = blocking(move || {
+                    let r = cache.insert(&k, &root, c, &o);
+                    drop(staging);
+                    r
+                })
+                .await?;
+                self.record(&identity, &index_ref, kind, &key, commit.as_deref());
                 events.info(Stage::Fetch, format!("{slug}: {origin}"));
                 Ok(Source {
                     dir: cached.dir,
@@ -198,14 +230,22 @@ impl ChainFetcher {
             }
             Err(e) if !self.config.git_fallback => Err(e),
             Err(tarball_err) => {
-                drop(staging);
                 events.warn(
                     Stage::Fetch,
                     format!("{slug}: archive unavailable ({tarball_err}); falling back to git clone of {clone_url}"),
                 );
                 let reason = format!("tarball unavailable: {tarball_err}");
                 self.git
-                    .fetch(&clone_url, reference, resolved, Some(&reason))
+                    .fetch(
+                        GitRequest {
+                            url: &clone_url,
+                            repo: &identity,
+                            reference,
+                            known: resolved,
+                            reason: Some(&reason),
+                        },
+                        interrupt,
+                    )
                     .await
                     .map_err(|git| FetchError::Fallback {
                         tarball: Box::new(tarball_err),

@@ -1,6 +1,6 @@
 //! [`FetchConfig`]: everything the fetchers can be told — cache location, per-forge hosts and URL
-//! templates, extraction caps, HTTP timeout and optional per-forge tokens (redacted whenever
-//! printed or serialized).
+//! templates, extraction and pack caps, the HTTP idle timeout, the total deadline of one fetch
+//! and optional per-forge tokens (redacted whenever printed or serialized).
 //!
 //! URL templates use the placeholders `{host}`, `{owner}` (GitLab: may contain `/` subgroups),
 //! `{repo}`, `{ref}` (percent-encoded, `/` kept) and `{ref_slug}` (the ref with `/` replaced by
@@ -153,9 +153,16 @@ pub struct FetchConfig {
     pub max_bytes: u64,
     /// Cap on the number of entries (files, directories, links) of one source tree.
     pub max_files: u64,
-    /// HTTP connect timeout and read-idle timeout, in seconds. A download that keeps streaming is
-    /// never cut off; one that stalls for this long is.
+    /// HTTP connect timeout and read-idle timeout, in seconds. A download that stalls for this
+    /// long is cut off; one that keeps trickling is bounded by `deadline_secs`.
     pub http_timeout_secs: u64,
+    /// Total deadline of one fetch (ref listing, archive download and extraction, git clone),
+    /// in seconds. Past it the fetch fails naming the slug and the deadline, and the git
+    /// transfer is interrupted.
+    pub deadline_secs: u64,
+    /// Cap on the disk space a git transfer may use (packs, index, refs), in bytes. Checked
+    /// while the pack streams in and once more when it is complete.
+    pub max_pack_bytes: u64,
     /// Resolve a hosted slug's ref to a commit with a git ref listing (`ls-remote`) before
     /// downloading, so branches hit the cache when they have not moved. Off: a branch's tarball is
     /// downloaded every time.
@@ -177,6 +184,8 @@ impl Default for FetchConfig {
             max_bytes: 512 * 1024 * 1024,
             max_files: 100_000,
             http_timeout_secs: 30,
+            deadline_secs: 300,
+            max_pack_bytes: 1024 * 1024 * 1024,
             resolve_refs: true,
             git_fallback: true,
             git_config: Vec::new(),
@@ -211,6 +220,11 @@ impl FetchConfig {
 
     pub fn http_timeout(&self) -> Duration {
         Duration::from_secs(self.http_timeout_secs.max(1))
+    }
+
+    /// The total deadline of one fetch (at least one second).
+    pub fn deadline(&self) -> Duration {
+        Duration::from_secs(self.deadline_secs.max(1))
     }
 }
 

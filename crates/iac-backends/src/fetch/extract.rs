@@ -5,20 +5,26 @@
 //! [`FetchError::TooLarge`]):
 //! - no absolute paths and no `..` components (in entry paths and in hardlink targets);
 //! - no device files, fifos or unknown entry types;
-//! - symlinks are created only after every other entry is written (so nothing is ever written
-//!   through a link), then each is resolved component by component inside the final root,
-//!   following other links, and rejected if it would leave the tree (absolute targets, `..`
-//!   above the root, loops);
+//! - no write, mkdir or link creation ever traverses a symlink: directories are created one
+//!   component at a time from the staging root (which must already exist and is never
+//!   re-created), and every existing component is checked with `lstat` — a symlink or a
+//!   non-directory on the way is an error, never followed;
+//! - symlinks are created only after every other entry is written (so no file lands behind a
+//!   link), in archive order; each target is resolved component by component inside the final
+//!   root *before* the link is created (following the links created so far) and every link is
+//!   resolved again once all exist; a target that would leave the tree (absolute, `..` above the
+//!   root, through an absolute link, a loop) is an error;
 //! - hardlinks must point at a regular file already extracted from the same archive;
 //! - the sum of regular file sizes stays under `max_bytes`, the number of entries under
 //!   `max_files`, and the decompressed stream under a bound derived from both (so tar metadata
 //!   such as long names cannot be used to exhaust memory);
 //! - permissions are normalised to 0644/0755 (no setuid, no world-writable files).
 //!
-//! Archives made by forges wrap everything in one top-level directory (`owner-repo-sha/`): when
-//! the staging dir ends up holding exactly one directory, that directory is the tree. The
-//! staging dir is the caller's (a `tempfile::TempDir` under the cache), so a failure leaves
-//! nothing behind once it is dropped.
+//! Because nothing is created through a link, a failed extraction has written nothing outside
+//! the staging directory. Archives made by forges wrap everything in one top-level directory
+//! (`owner-repo-sha/`): when the staging dir ends up holding exactly one directory, that
+//! directory is the tree. The staging dir is the caller's (a `tempfile::TempDir` under the
+//! cache), so a failure leaves nothing behind once it is dropped.
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -39,7 +45,8 @@ pub struct Limits {
 
 impl Limits {
     /// Bound on the decompressed tar stream: contents + generous per-entry header overhead.
-    fn max_stream(&self) -> u64 {
+    /// Also the bound on one git tree or commit object (metadata, not file contents).
+    pub(crate) fn max_stream(&self) -> u64 {
         self.max_bytes
             .saturating_add(self.max_files.saturating_mul(4096))
             .saturating_add(1 << 20)
@@ -297,19 +304,65 @@ impl TreeWriter {
         }
     }
 
-    /// Makes room for a non-directory at `path`: creates parents, removes an earlier file entry
-    /// of the same name (tar semantics: the later entry wins).
-    fn prepare(&self, name: &str, path: &Path) -> Result<(), FetchError> {
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(Self::io(parent))?;
+    /// Walks `rel` below the root one component at a time with `lstat`, creating missing
+    /// directories with a single `mkdir` each (`create`) and refusing any component that is a
+    /// symlink or not a directory. The root itself must exist: it is never created, so a staging
+    /// dir removed under a running extraction stays removed. Returns the directory's path.
+    fn walk_dirs(&self, name: &str, rel: &Path, create: bool) -> Result<PathBuf, FetchError> {
+        let mut at = self.root.clone();
+        let mut shown = PathBuf::new();
+        for c in rel.components() {
+            at.push(c);
+            shown.push(c);
+            match std::fs::symlink_metadata(&at) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err(unsafe_entry(
+                        name,
+                        &format!(
+                            "its path goes through the symlink {:?}; nothing is ever written through a link",
+                            shown.display().to_string()
+                        ),
+                    ));
+                }
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    return Err(unsafe_entry(
+                        name,
+                        &format!(
+                            "its parent {:?} is a file, expected a directory",
+                            shown.display().to_string()
+                        ),
+                    ));
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
+                    let mut b = std::fs::DirBuilder::new();
+                    {
+                        use std::os::unix::fs::DirBuilderExt;
+                        b.mode(0o755);
+                    }
+                    b.create(&at).map_err(Self::io(&at))?;
+                }
+                Err(e) => return Err(Self::io(&at)(e)),
+            }
         }
-        match std::fs::symlink_metadata(path) {
+        Ok(at)
+    }
+
+    /// Makes room for a non-directory entry at `rel`: creates its parents (never through a
+    /// link), removes an earlier file or link entry of the same name (tar semantics: the later
+    /// entry wins; `unlink` removes a link itself, never its target).
+    fn prepare(&self, name: &str, rel: &Path) -> Result<PathBuf, FetchError> {
+        let parent = self.walk_dirs(name, rel.parent().unwrap_or(Path::new("")), true)?;
+        let path = parent.join(rel.file_name().expect("checked entry paths end in a name"));
+        match std::fs::symlink_metadata(&path) {
             Ok(m) if m.is_dir() => Err(unsafe_entry(
                 name,
                 "a file entry replaces a directory of the same name",
             )),
-            Ok(_) => std::fs::remove_file(path).map_err(Self::io(path)),
-            Err(_) => Ok(()),
+            Ok(_) => std::fs::remove_file(&path)
+                .map(|_| path.clone())
+                .map_err(Self::io(&path)),
+            Err(_) => Ok(path),
         }
     }
 
@@ -318,8 +371,20 @@ impl TreeWriter {
             return Ok(());
         };
         self.count(name)?;
-        let path = self.root.join(rel);
-        std::fs::create_dir_all(&path).map_err(Self::io(&path))
+        self.walk_dirs(name, &rel, true).map(|_| ())
+    }
+
+    /// Refuses an entry of `size` bytes that would take the tree over `max_bytes`. Called by
+    /// [`TreeWriter::file`], and by the git backend with the size from an object header before
+    /// the object is inflated.
+    pub(crate) fn reserve(&self, name: &str, size: u64) -> Result<(), FetchError> {
+        if self.bytes.saturating_add(size) > self.limits.max_bytes {
+            return Err(FetchError::TooLarge {
+                what: format!("unpacked size (exceeded at entry {name:?}, {size} bytes)"),
+                limit: self.limits.max_bytes,
+            });
+        }
+        Ok(())
     }
 
     pub(crate) fn file(
@@ -332,15 +397,8 @@ impl TreeWriter {
         let rel =
             Self::rel(name)?.ok_or_else(|| unsafe_entry(name, "a file entry needs a name"))?;
         self.count(name)?;
-        if self.bytes.saturating_add(size) > self.limits.max_bytes {
-            return Err(FetchError::TooLarge {
-                what: format!("unpacked size (exceeded at entry {name:?}, {size} bytes)"),
-                limit: self.limits.max_bytes,
-            }
-            .into());
-        }
-        let path = self.root.join(rel);
-        self.prepare(name, &path)?;
+        self.reserve(name, size)?;
+        let path = self.prepare(name, &rel)?;
         let mut opts = std::fs::OpenOptions::new();
         opts.write(true).create_new(true);
         {
@@ -402,9 +460,18 @@ impl TreeWriter {
             }
         };
         self.count(name)?;
-        let src = self.root.join(&target_rel);
-        match std::fs::symlink_metadata(&src) {
-            Ok(m) if m.is_file() => {}
+        // The target's directories are checked link by link too (never created).
+        let src = self
+            .walk_dirs(name, target_rel.parent().unwrap_or(Path::new("")), false)
+            .map(|p| {
+                p.join(
+                    target_rel
+                        .file_name()
+                        .expect("checked entry paths end in a name"),
+                )
+            });
+        match src.as_ref().map(std::fs::symlink_metadata) {
+            Ok(Ok(m)) if m.is_file() => {}
             _ => {
                 return Err(unsafe_entry(
                     name,
@@ -414,8 +481,8 @@ impl TreeWriter {
                 ));
             }
         }
-        let path = self.root.join(rel);
-        self.prepare(name, &path)?;
+        let src = src.expect("checked just above");
+        let path = self.prepare(name, &rel)?;
         std::fs::hard_link(&src, &path).map_err(Self::io(&path))
     }
 
@@ -451,23 +518,10 @@ impl TreeWriter {
                 strip = Some(PathBuf::from(&tops[0]));
             }
         }
-        for (rel, target, name) in &self.symlinks {
-            let path = self.root.join(rel);
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent).map_err(Self::io(parent))?;
-            }
-            if std::fs::symlink_metadata(&path).is_ok() {
-                return Err(unsafe_entry(
-                    name,
-                    "symlink entry collides with another entry of the same name",
-                ));
-            }
-            std::os::unix::fs::symlink(target, &path).map_err(Self::io(&path))?;
-        }
-        for (rel, target, name) in &self.symlinks {
+        let check = |rel: &Path, target: &str, name: &str| {
             let in_root = match &strip {
                 Some(top) => rel.strip_prefix(top).unwrap_or(rel).to_path_buf(),
-                None => rel.clone(),
+                None => rel.to_path_buf(),
             };
             let start = in_root.parent().unwrap_or(Path::new(""));
             let mut walk: VecDeque<OsString> = start
@@ -480,7 +534,26 @@ impl TreeWriter {
                     .map(|c| c.as_os_str().to_os_string()),
             );
             resolve_inside(&root, walk)
-                .map_err(|why| unsafe_entry(name, &format!("symlink to {target:?} {why}")))?;
+                .map_err(|why| unsafe_entry(name, &format!("symlink to {target:?} {why}")))
+        };
+        for (rel, target, name) in &self.symlinks {
+            // The parent is created (or checked) without following any link, so a link entry
+            // below an earlier link (`top/esc -> ..`, then `top/esc/x`) is refused here.
+            let parent = self.walk_dirs(name, rel.parent().unwrap_or(Path::new("")), true)?;
+            let path = parent.join(rel.file_name().expect("checked entry paths end in a name"));
+            if std::fs::symlink_metadata(&path).is_ok() {
+                return Err(unsafe_entry(
+                    name,
+                    "symlink entry collides with another entry of the same name",
+                ));
+            }
+            // Checked before it exists, against the links created so far…
+            check(rel, target, name)?;
+            std::os::unix::fs::symlink(target, &path).map_err(Self::io(&path))?;
+        }
+        // …and again once every link exists (a later link can change where an earlier one leads).
+        for (rel, target, name) in &self.symlinks {
+            check(rel, target, name)?;
         }
         Ok((root, self.files, self.bytes))
     }
@@ -900,6 +973,101 @@ pub(crate) mod tests {
             );
         }
         assert!(!Path::new("/tmp/iac-evil").exists());
+    }
+
+    /// Extracts `gz` into `<parent>/staging` beside an empty `<parent>/victim` directory that the
+    /// archive aims at; returns the error and whatever appeared in the victim directory.
+    fn against_victim(gz: &[u8]) -> (String, Vec<OsString>) {
+        let parent = tempfile::tempdir().unwrap();
+        let victim = parent.path().join("victim");
+        std::fs::create_dir(&victim).unwrap();
+        let staging = parent.path().join("staging");
+        std::fs::create_dir(&staging).unwrap();
+        let r = extract_tar_gz(gz, &staging, LIMITS, "hostile.tar.gz");
+        let landed: Vec<OsString> = std::fs::read_dir(&victim)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        let outside: Vec<_> = std::fs::read_dir(parent.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n != "staging" && n != "victim")
+            .collect();
+        assert!(outside.is_empty(), "written beside staging: {outside:?}");
+        (r.expect_err("archive must be rejected").to_string(), landed)
+    }
+
+    /// The archive of issue 9: a link to a directory outside (`staging/top/esc` →
+    /// `<parent>/victim`), then a link *below* that link. The old writer created the second
+    /// link with `create_dir_all` through the first one, i.e. inside the victim directory.
+    #[test]
+    fn issue9_link_below_an_escaping_link_lands_nowhere() {
+        let gz = TarBuilder::new()
+            .dir("top/")
+            .symlink("top/esc", "../../victim")
+            .symlink("top/esc/x", "../etc/passwd")
+            .gz();
+        let (e, landed) = against_victim(&gz);
+        assert!(landed.is_empty(), "created outside the tree: {landed:?}");
+        assert!(
+            e.contains("\"top/esc\"") && e.contains("outside the tree"),
+            "{e}"
+        );
+    }
+
+    /// An escape that takes several hops, each link harmless on its own when it is created:
+    /// `top/x/a -> ../b/c/../..` (b and c do not exist yet), then `top/b -> .` and `top/c -> .`,
+    /// which make `a` resolve to `<parent>`; a last link below `a` aims into `<parent>/victim`.
+    #[test]
+    fn multi_hop_link_chain_lands_nowhere() {
+        let gz = TarBuilder::new()
+            .dir("top/")
+            .dir("top/x/")
+            .file("top/x/keep.py", b"1")
+            .symlink("top/x/a", "../b/c/../..")
+            .symlink("top/b", ".")
+            .symlink("top/c", ".")
+            .symlink("top/x/a/victim/pwned", "keep.py")
+            .gz();
+        let (e, landed) = against_victim(&gz);
+        assert!(landed.is_empty(), "created outside the tree: {landed:?}");
+        assert!(
+            e.contains("\"top/x/a/victim/pwned\"") && e.contains("goes through the symlink"),
+            "{e}"
+        );
+
+        // Without the last entry nothing is written below a link, and the chain itself is
+        // caught once every link exists.
+        let gz = TarBuilder::new()
+            .dir("top/")
+            .dir("top/x/")
+            .symlink("top/x/a", "../b/c/../..")
+            .symlink("top/b", ".")
+            .symlink("top/c", ".")
+            .gz();
+        let (e, landed) = against_victim(&gz);
+        assert!(landed.is_empty(), "{landed:?}");
+        assert!(
+            e.contains("\"top/x/a\"") && e.contains("outside the tree"),
+            "{e}"
+        );
+    }
+
+    /// Even a link that stays inside the tree is never written through.
+    #[test]
+    fn nothing_is_created_below_a_link_even_inside_the_tree() {
+        let e = rejected(
+            &TarBuilder::new()
+                .dir("top/sub/")
+                .symlink("top/a", "sub")
+                .symlink("top/a/x", "../ok")
+                .gz(),
+            LIMITS,
+        );
+        assert!(
+            e.contains("\"top/a/x\"") && e.contains("goes through the symlink \"top/a\""),
+            "{e}"
+        );
     }
 
     #[test]

@@ -7,10 +7,20 @@
 //! A commit sha that the server refuses to send shallowly (servers speaking only protocol v0
 //! without `uploadpack.allowAnySHA1InWant`) is fetched with a full clone instead, and the
 //! origin says so.
+//!
+//! Bounds (the server is untrusted): the transfer runs with an interrupt flag that the fetch's
+//! deadline and a disk watcher set — the watcher measures the staging repository every
+//! [`WATCH_INTERVAL`] and stops the transfer once it holds more than `max_pack_bytes`, and the
+//! size is checked once more when the transfer ends. Every object's size is read from its header
+//! before it is inflated (blobs against the tree's `max_bytes`, trees and commits against the
+//! metadata bound), and tree entry names must be single path components (a hostile server can
+//! send names containing `/`).
 
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use gix::bstr::ByteSlice;
 use iac_core::{FetchError, Source};
@@ -130,48 +140,210 @@ pub fn resolve_ref(
     })
 }
 
-/// Fetches `commit` from `url` and writes its tree under `staging/tree`. Returns the tree root
-/// and a note when the shallow fetch had to be replaced by a full clone.
+/// How often the disk watcher measures a running git transfer.
+pub const WATCH_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Bytes of regular files and symlinks under `dir` (not following links).
+fn disk_usage(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+/// A thread measuring `dir` until dropped; past `cap` it records the size and sets `interrupt`.
+struct DiskWatch {
+    stop: Arc<AtomicBool>,
+    over: Arc<AtomicU64>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl DiskWatch {
+    fn start(dir: PathBuf, cap: u64, interrupt: Arc<AtomicBool>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let over = Arc::new(AtomicU64::new(0));
+        let (s, o) = (stop.clone(), over.clone());
+        let handle = std::thread::Builder::new()
+            .name("iac-git-disk-watch".into())
+            .spawn(move || {
+                while !s.load(Ordering::Relaxed) {
+                    let used = disk_usage(&dir);
+                    if used > cap {
+                        o.store(used, Ordering::SeqCst);
+                        interrupt.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                    std::thread::sleep(WATCH_INTERVAL);
+                }
+            })
+            .ok();
+        DiskWatch { stop, over, handle }
+    }
+
+    /// Stops the thread; the size it saw past the cap, if it did.
+    fn finish(mut self) -> Option<u64> {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+        Some(self.over.load(Ordering::SeqCst)).filter(|&n| n > 0)
+    }
+}
+
+impl Drop for DiskWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Bounds of one git transfer.
+#[derive(Debug, Clone)]
+pub struct GitBounds {
+    /// The tree caps (blob sizes are checked against them before inflation).
+    pub limits: Limits,
+    /// Disk space the transfer may use (packs, index, refs).
+    pub max_pack_bytes: u64,
+    /// Set by the fetch's deadline (or the disk watcher): gix stops at its next read.
+    pub interrupt: Arc<AtomicBool>,
+}
+
+fn pack_too_large(url: &str, used: u64, cap: u64) -> FetchError {
+    FetchError::TooLarge {
+        what: format!("git transfer from {url} ({used} bytes on disk; [fetch] max_pack_bytes)"),
+        limit: cap,
+    }
+}
+
+/// Runs one gix fetch into `dir` under the disk watcher; maps an interrupt caused by the cap
+/// to [`FetchError::TooLarge`].
+fn bounded_fetch(
+    url: &str,
+    dir: &Path,
+    bounds: &GitBounds,
+    what: &str,
+    prepare: impl FnOnce() -> Result<gix::clone::PrepareFetch, FetchError>,
+) -> Result<gix::Repository, FetchError> {
+    let watch = DiskWatch::start(
+        dir.to_path_buf(),
+        bounds.max_pack_bytes,
+        bounds.interrupt.clone(),
+    );
+    let result = prepare().and_then(|mut prep| {
+        prep.fetch_only(gix::progress::Discard, &bounds.interrupt)
+            .map(|(repo, _)| repo)
+            .map_err(|e| {
+                if bounds.interrupt.load(Ordering::SeqCst) {
+                    git_err(
+                        url,
+                        &format!("{what} interrupted (the fetch's deadline passed)"),
+                        e,
+                    )
+                } else {
+                    git_err(url, what, e)
+                }
+            })
+    });
+    if let Some(used) = watch.finish() {
+        return Err(pack_too_large(url, used, bounds.max_pack_bytes));
+    }
+    let used = disk_usage(dir);
+    if used > bounds.max_pack_bytes {
+        return Err(pack_too_large(url, used, bounds.max_pack_bytes));
+    }
+    result
+}
+
+/// The size of object `id` from its header, refused when over `cap` — read without inflating
+/// the object.
+fn checked_size(
+    repo: &gix::Repository,
+    url: &str,
+    id: gix::ObjectId,
+    what: &str,
+    cap: u64,
+) -> Result<u64, FetchError> {
+    let header = repo
+        .find_header(id)
+        .map_err(|e| git_err(url, &format!("read the header of {what}"), e))?;
+    let size = header.size();
+    if size > cap {
+        return Err(FetchError::TooLarge {
+            what: format!(
+                "object size ({what} is {size} bytes by its header, refused before inflating it)"
+            ),
+            limit: cap,
+        });
+    }
+    Ok(size)
+}
+
+/// A tree entry name must be one path component: not empty, `.` or `..`, and without `/` or NUL
+/// (git itself never writes such names; a hostile server can).
+fn check_entry_name(prefix: &str, name: &[u8]) -> Result<(), FetchError> {
+    let shown = format!("{prefix}{}", name.to_str_lossy());
+    let why = if name.is_empty() {
+        "an empty git tree entry name"
+    } else if name == b"." || name == b".." {
+        "a git tree entry named '.' or '..'"
+    } else if name.contains(&b'/') {
+        "a git tree entry name containing '/'; expected a single path component"
+    } else if name.contains(&0) {
+        "a git tree entry name containing NUL"
+    } else {
+        return Ok(());
+    };
+    Err(FetchError::Unsafe {
+        entry: shown,
+        why: why.to_string(),
+    })
+}
+
+/// Fetches `commit` from `url` and writes its tree under `staging/tree`. Returns the tree root,
+/// a note when the shallow fetch had to be replaced by a full clone, and the submodules skipped.
 pub fn fetch_tree(
     url: &str,
     commit: &str,
     staging: &Path,
-    limits: Limits,
+    bounds: &GitBounds,
     git_config: &[String],
 ) -> Result<(PathBuf, Option<String>, Vec<String>), FetchError> {
+    let limits = bounds.limits;
     let id =
         gix::ObjectId::from_hex(commit.as_bytes()).map_err(|e| git_err(url, "commit id", e))?;
-    let interrupt = AtomicBool::new(false);
+    let interrupted = || bounds.interrupt.load(Ordering::SeqCst);
     let shallow_dir = staging.join("shallow.git");
-    let shallow = (|| {
-        let mut prep = gix::prepare_clone_bare(url, &shallow_dir)
+    let shallow = bounded_fetch(url, &shallow_dir, bounds, "shallow fetch", || {
+        gix::prepare_clone_bare(url, &shallow_dir)
             .map_err(|e| git_err(url, "prepare clone", e))?
             .with_in_memory_config_overrides(git_config.iter().map(String::as_str))
             .with_shallow(gix::remote::fetch::Shallow::DepthAtRemote(NonZeroU32::MIN))
             .with_revision(Some(commit))
-            .map_err(|e| git_err(url, "revision", e))?;
-        let (repo, _) = prep
-            .fetch_only(gix::progress::Discard, &interrupt)
-            .map_err(|e| git_err(url, "shallow fetch", e))?;
-        Ok::<_, FetchError>(repo)
-    })();
+            .map_err(|e| git_err(url, "revision", e))
+    });
     let (repo, note) = match shallow {
         Ok(repo) => (repo, None),
+        Err(e @ FetchError::TooLarge { .. }) => return Err(e),
+        Err(e) if interrupted() => return Err(e),
         Err(shallow_err) => {
             let _ = std::fs::remove_dir_all(&shallow_dir);
             let full_dir = staging.join("full.git");
-            let mut prep = gix::prepare_clone_bare(url, &full_dir)
-                .map_err(|e| git_err(url, "prepare clone", e))?
-                .with_in_memory_config_overrides(git_config.iter().map(String::as_str));
-            let (repo, _) = prep
-                .fetch_only(gix::progress::Discard, &interrupt)
-                .map_err(|e| {
-                    git_err(
-                        url,
-                        &format!("full clone (after the shallow fetch failed: {shallow_err})"),
-                        e,
-                    )
-                })?;
+            let what = format!("full clone (after the shallow fetch failed: {shallow_err})");
+            let repo = bounded_fetch(url, &full_dir, bounds, &what, || {
+                Ok(gix::prepare_clone_bare(url, &full_dir)
+                    .map_err(|e| git_err(url, "prepare clone", e))?
+                    .with_in_memory_config_overrides(git_config.iter().map(String::as_str)))
+            })?;
             (
                 repo,
                 Some(format!(
@@ -180,6 +352,8 @@ pub fn fetch_tree(
             )
         }
     };
+    let meta_cap = limits.max_stream();
+    checked_size(&repo, url, id, &format!("commit {commit}"), meta_cap)?;
     let commit_obj = repo.find_commit(id).map_err(|e| {
         git_err(
             url,
@@ -197,11 +371,21 @@ pub fn fetch_tree(
     let mut skipped = Vec::new();
     let mut stack = vec![(root_tree, String::new())];
     while let Some((tree_id, prefix)) = stack.pop() {
+        if interrupted() {
+            return Err(git_err(url, "write tree", "interrupted"));
+        }
+        let label = if prefix.is_empty() {
+            "the root tree".to_string()
+        } else {
+            format!("tree {prefix:?}")
+        };
+        checked_size(&repo, url, tree_id, &label, meta_cap)?;
         let tree = repo
             .find_tree(tree_id)
             .map_err(|e| git_err(url, "read tree", e))?;
         let decoded = tree.decode().map_err(|e| git_err(url, "decode tree", e))?;
         for e in &decoded.entries {
+            check_entry_name(&prefix, e.filename)?;
             let name = format!("{prefix}{}", e.filename.to_str_lossy());
             let oid = e.oid.to_owned();
             if e.mode.is_tree() {
@@ -209,26 +393,36 @@ pub fn fetch_tree(
                 stack.push((oid, format!("{name}/")));
             } else if e.mode.is_commit() {
                 skipped.push(name);
-            } else {
+            } else if e.mode.is_link() {
+                // Link targets are paths: PATH_MAX bounds them.
+                checked_size(&repo, url, oid, &format!("symlink {name:?}"), 4096)?;
                 let blob = repo
                     .find_blob(oid)
                     .map_err(|err| git_err(url, &format!("read {name}"), err))?;
-                if e.mode.is_link() {
-                    writer.symlink(&name, &blob.data.to_str_lossy())?;
-                } else {
-                    let data: &[u8] = &blob.data;
-                    writer
-                        .file(
-                            &name,
-                            data.len() as u64,
-                            &mut &data[..],
-                            e.mode.is_executable(),
-                        )
-                        .map_err(|w| match w {
-                            WriteError::Fetch(f) => f,
-                            WriteError::Read(err) => git_err(url, &format!("read {name}"), err),
-                        })?;
-                }
+                writer.symlink(&name, &blob.data.to_str_lossy())?;
+            } else {
+                let size = checked_size(&repo, url, oid, &format!("{name:?}"), u64::MAX)?;
+                writer.reserve(&name, size).map_err(|_| FetchError::TooLarge {
+                    what: format!(
+                        "unpacked size (exceeded at entry {name:?}: {size} bytes by its object header, refused before inflating it)"
+                    ),
+                    limit: limits.max_bytes,
+                })?;
+                let blob = repo
+                    .find_blob(oid)
+                    .map_err(|err| git_err(url, &format!("read {name}"), err))?;
+                let data: &[u8] = &blob.data;
+                writer
+                    .file(
+                        &name,
+                        data.len() as u64,
+                        &mut &data[..],
+                        e.mode.is_executable(),
+                    )
+                    .map_err(|w| match w {
+                        WriteError::Fetch(f) => f,
+                        WriteError::Read(err) => git_err(url, &format!("read {name}"), err),
+                    })?;
             }
         }
     }
@@ -241,35 +435,60 @@ pub fn fetch_tree(
 pub struct GitFetcher {
     cache: Cache,
     limits: Limits,
+    max_pack_bytes: u64,
     git_config: Vec<String>,
+}
+
+/// What one [`GitFetcher::fetch`] is about.
+#[derive(Debug, Clone)]
+pub struct GitRequest<'a> {
+    /// Clone URL.
+    pub url: &'a str,
+    /// The repository identity cache keys are scoped to ([`super::cache::repo_identity`]).
+    pub repo: &'a str,
+    pub reference: Option<&'a str>,
+    /// The ref, already resolved by the caller.
+    pub known: Option<ResolvedRef>,
+    /// Prepended to the origin (e.g. why the tarball was not used).
+    pub reason: Option<&'a str>,
 }
 
 impl GitFetcher {
     /// `git_config`: `key=value` overrides applied to every ref listing and clone.
-    pub fn new(cache: Cache, limits: Limits, git_config: Vec<String>) -> Self {
+    pub fn new(cache: Cache, limits: Limits, max_pack_bytes: u64, git_config: Vec<String>) -> Self {
         GitFetcher {
             cache,
             limits,
+            max_pack_bytes,
             git_config,
         }
     }
 
-    /// Resolves `reference` (skipped for full shas and tags recorded in the index), then serves
-    /// the commit from the cache or clones it. `reason` is prepended to the origin (e.g. why the
-    /// tarball was not used).
+    /// Resolves the ref (skipped for full shas and tags recorded in the index), then serves the
+    /// commit from the cache or clones it. The clone stops when `interrupt` is set (the fetch's
+    /// deadline).
     pub async fn fetch(
         &self,
-        url: &str,
-        reference: Option<&str>,
-        known: Option<ResolvedRef>,
-        reason: Option<&str>,
+        req: GitRequest<'_>,
+        interrupt: Arc<AtomicBool>,
     ) -> Result<Source, FetchError> {
         let this = self.clone();
-        let url = url.to_string();
-        let reference = reference.map(str::to_string);
-        let reason = reason.map(str::to_string);
+        let url = req.url.to_string();
+        let repo = req.repo.to_string();
+        let reference = req.reference.map(str::to_string);
+        let reason = req.reason.map(str::to_string);
+        let known = req.known;
         tokio::task::spawn_blocking(move || {
-            this.fetch_blocking(&url, reference.as_deref(), known, reason.as_deref())
+            this.fetch_blocking(
+                GitRequest {
+                    url: &url,
+                    repo: &repo,
+                    reference: reference.as_deref(),
+                    known,
+                    reason: reason.as_deref(),
+                },
+                interrupt,
+            )
         })
         .await
         .map_err(|e| FetchError::Git {
@@ -280,14 +499,19 @@ impl GitFetcher {
 
     fn fetch_blocking(
         &self,
-        url: &str,
-        reference: Option<&str>,
-        known: Option<ResolvedRef>,
-        reason: Option<&str>,
+        req: GitRequest<'_>,
+        interrupt: Arc<AtomicBool>,
     ) -> Result<Source, FetchError> {
+        let GitRequest {
+            url,
+            repo,
+            reference,
+            known,
+            reason,
+        } = req;
         let index_ref = reference.unwrap_or("HEAD");
         let prefix = reason.map(|r| format!(" ({r})")).unwrap_or_default();
-        if let Some(hit) = self.cache.lookup_immutable(url, index_ref)? {
+        if let Some(hit) = self.cache.lookup_immutable(repo, index_ref)? {
             return Ok(Source {
                 origin: format!(
                     "cache hit: {url}#{index_ref} (immutable ref, not re-resolved){prefix}"
@@ -302,11 +526,11 @@ impl GitFetcher {
             Some(k) => k,
             None => resolve_ref(url, reference, staging.path(), &self.git_config)?,
         };
-        let key = TreeKey::Commit(resolved.commit.clone());
+        let key = TreeKey::commit(repo, &resolved.commit);
         let record = |key: &TreeKey| {
             if resolved.kind.immutable() {
                 let _ = self.cache.index_put(&IndexEntry {
-                    location: url.to_string(),
+                    location: repo.to_string(),
                     reference: index_ref.to_string(),
                     kind: resolved.kind,
                     key: key.dir_name(),
@@ -326,11 +550,16 @@ impl GitFetcher {
                 digest: hit.digest,
             });
         }
+        let bounds = GitBounds {
+            limits: self.limits,
+            max_pack_bytes: self.max_pack_bytes,
+            interrupt,
+        };
         let (tree, note, skipped) = fetch_tree(
             url,
             &resolved.commit,
             staging.path(),
-            self.limits,
+            &bounds,
             &self.git_config,
         )?;
         let mut origin = format!("git clone {url} at {} ({})", resolved.name, resolved.commit);

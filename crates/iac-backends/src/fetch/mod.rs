@@ -3,13 +3,13 @@
 //!
 //! | file | job |
 //! |---|---|
-//! | `config.rs` | [`FetchConfig`]: cache dir, per-forge hosts/URL templates/tokens, caps, timeout |
+//! | `config.rs` | [`FetchConfig`]: cache dir, per-forge hosts/URL templates/tokens, caps, timeout, deadline |
 //! | `extract.rs` | safe streamed `tar.gz` extraction (also used to write git trees) |
 //! | `tarball.rs` | forge archive download (reqwest, streamed, never buffered whole) |
 //! | `git.rs` | ref resolution (ls-remote) and depth-1 clones with gix |
 //! | `chain.rs` | hosted slugs: tarball first, git clone when the archive is unavailable |
 //! | `local.rs` | `path:` slugs: the directory as is, digested |
-//! | `cache.rs` | content cache under `.iac/cache`: trees keyed by commit or archive digest, ref index |
+//! | `cache.rs` | content cache under `.iac/cache`: trees keyed by repository + commit (or archive digest), ref index |
 //! | `digest.rs` | the tree digest every backend reports as `Source.digest` |
 
 //!
@@ -17,6 +17,10 @@
 //! → [`git`]; `path:` → [`local`]. Every [`Source`] carries `digest = sha256:<hex>` over the tree
 //! (see [`digest`]) and `commit` when known. Cache rules (branches vs tags vs shas) are in
 //! [`cache`].
+//!
+//! Every fetch has a total deadline (`[fetch] deadline_secs`): past it [`DefaultFetcher`]
+//! returns [`FetchError::Deadline`] naming the slug, sets the interrupt flag that stops a running
+//! git transfer, and abandons the download (whose extraction task then removes its staging dir).
 
 pub mod cache;
 pub mod chain;
@@ -29,8 +33,11 @@ pub mod tarball;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_hardening;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use iac_core::{Events, FetchError, Slug, Source, SourceFetcher, Stage};
@@ -39,7 +46,7 @@ pub use cache::Cache;
 pub use chain::ChainFetcher;
 pub use config::{FetchConfig, ForgeConfig, ForgeEndpoints, Secret};
 pub use extract::Limits;
-pub use git::GitFetcher;
+pub use git::{GitFetcher, GitRequest};
 pub use local::IGNORED_DIRS;
 pub use tarball::TarballFetcher;
 
@@ -63,7 +70,12 @@ impl DefaultFetcher {
         let cache = Cache::new(&config.cache_dir);
         let limits = config.limits();
         let tarball = TarballFetcher::new(config.http_timeout(), limits)?;
-        let git = GitFetcher::new(cache.clone(), limits, config.git_config.clone());
+        let git = GitFetcher::new(
+            cache.clone(),
+            limits,
+            config.max_pack_bytes,
+            config.git_config.clone(),
+        );
         let config = Arc::new(config);
         let chain = ChainFetcher::new(config.clone(), cache, tarball, git.clone());
         Ok(DefaultFetcher { config, chain, git })
@@ -72,13 +84,15 @@ impl DefaultFetcher {
     pub fn config(&self) -> &FetchConfig {
         &self.config
     }
-}
 
-#[async_trait]
-impl SourceFetcher for DefaultFetcher {
-    async fn fetch(&self, slug: &Slug, events: &Events) -> Result<Source, FetchError> {
-        events.info(Stage::Fetch, format!("fetching {slug}"));
-        let source = match slug {
+    /// One fetch without the deadline (the caller bounds it).
+    async fn fetch_unbounded(
+        &self,
+        slug: &Slug,
+        events: &Events,
+        interrupt: Arc<AtomicBool>,
+    ) -> Result<Source, FetchError> {
+        match slug {
             Slug::Hosted {
                 forge,
                 owner,
@@ -86,15 +100,31 @@ impl SourceFetcher for DefaultFetcher {
                 reference,
             } => {
                 self.chain
-                    .fetch(*forge, owner, repo, reference.as_deref(), events)
+                    .fetch(*forge, owner, repo, reference.as_deref(), events, interrupt)
                     .await
             }
             Slug::GitHttps { url, reference } => {
-                self.git.fetch(url, reference.as_deref(), None, None).await
+                let identity = cache::repo_identity("git", url);
+                let req = GitRequest {
+                    url,
+                    repo: &identity,
+                    reference: reference.as_deref(),
+                    known: None,
+                    reason: None,
+                };
+                self.git.fetch(req, interrupt).await
             }
             Slug::GitFile { path, reference } => {
                 let url = format!("file://{}", path.display());
-                self.git.fetch(&url, reference.as_deref(), None, None).await
+                let identity = cache::repo_identity("git", &url);
+                let req = GitRequest {
+                    url: &url,
+                    repo: &identity,
+                    reference: reference.as_deref(),
+                    known: None,
+                    reason: None,
+                };
+                self.git.fetch(req, interrupt).await
             }
             Slug::Path { dir } => {
                 let dir = dir.clone();
@@ -104,6 +134,27 @@ impl SourceFetcher for DefaultFetcher {
                         path: Default::default(),
                         source: std::io::Error::other(e.to_string()),
                     })?
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl SourceFetcher for DefaultFetcher {
+    async fn fetch(&self, slug: &Slug, events: &Events) -> Result<Source, FetchError> {
+        events.info(Stage::Fetch, format!("fetching {slug}"));
+        let interrupt = Arc::new(AtomicBool::new(false));
+        let deadline = self.config.deadline();
+        let work = self.fetch_unbounded(slug, events, interrupt.clone());
+        let source = match tokio::time::timeout(deadline, work).await {
+            Ok(r) => r,
+            Err(_) => {
+                // Stops a git transfer at its next read; a download is abandoned by dropping it.
+                interrupt.store(true, Ordering::SeqCst);
+                Err(FetchError::Deadline {
+                    slug: slug.to_string(),
+                    secs: deadline.as_secs(),
+                })
             }
         };
         match &source {

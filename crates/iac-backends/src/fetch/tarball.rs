@@ -1,9 +1,16 @@
 //! Tarball backend: one HTTP GET of a forge archive, streamed chunk by chunk from reqwest into a
 //! blocking task that gunzips and untars it through [`extract_tar_gz`] — the archive is never
 //! held in memory whole (at most a bounded queue of chunks).
+//!
+//! Redirects are followed here, not by reqwest (at most [`MAX_REDIRECTS`]): the credential
+//! header (GitLab's `PRIVATE-TOKEN`, `Authorization`) is sent only to the origin (scheme, host
+//! and port) of the URL it was configured for, never to the host a redirect points at.
+//!
+//! The blocking extraction task owns the staging directory: when the fetch is abandoned (its
+//! deadline passed) the task sees the end of the stream, fails, and removes the directory
+//! itself, so nothing is left half-written.
 
 use std::io::{self, Read};
-use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -40,6 +47,7 @@ impl TarballFetcher {
         let client = reqwest::Client::builder()
             .connect_timeout(timeout)
             .read_timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("iac/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| FetchError::Http {
@@ -50,23 +58,17 @@ impl TarballFetcher {
         Ok(TarballFetcher { client, limits })
     }
 
-    /// GETs `url` (with `header`, e.g. a token) and extracts it into `staging`, an existing empty
-    /// directory. HTTP failures are [`FetchError::Http`] with the status when there was one.
+    /// GETs `url` (with `header`, e.g. a token, sent to `url`'s origin only) and extracts it
+    /// into `staging`, an empty directory that the extraction task owns from now on: it is handed
+    /// back with the result, and removed by the task on failure. HTTP failures are
+    /// [`FetchError::Http`] with the status when there was one.
     pub async fn download(
         &self,
         url: &str,
         header: Option<(&'static str, String)>,
-        staging: &Path,
-    ) -> Result<Extracted, FetchError> {
-        let mut req = self.client.get(url);
-        if let Some((k, v)) = header {
-            req = req.header(k, v);
-        }
-        let resp = req.send().await.map_err(|e| FetchError::Http {
-            url: url.to_string(),
-            status: None,
-            message: chain(&e),
-        })?;
+        staging: tempfile::TempDir,
+    ) -> Result<(Extracted, tempfile::TempDir), FetchError> {
+        let resp = self.get_following_redirects(url, header).await?;
         let status = resp.status();
         if !status.is_success() {
             return Err(FetchError::Http {
@@ -76,17 +78,14 @@ impl TarballFetcher {
             });
         }
         let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(16);
-        let (dir, limits, label) = (staging.to_path_buf(), self.limits, url.to_string());
+        let (limits, label) = (self.limits, url.to_string());
         let extract = tokio::task::spawn_blocking(move || {
-            extract_tar_gz(
-                ChannelReader {
-                    rx,
-                    buf: Bytes::new(),
-                },
-                &dir,
-                limits,
-                &label,
-            )
+            let reader = ChannelReader {
+                rx,
+                buf: Bytes::new(),
+            };
+            // On error `staging` is dropped (removed) here, by the task that wrote into it.
+            extract_tar_gz(reader, staging.path(), limits, &label).map(|x| (x, staging))
         });
         let mut body = resp.bytes_stream();
         while let Some(chunk) = body.next().await {
@@ -104,6 +103,73 @@ impl TarballFetcher {
             message: format!("extraction task failed: {e}"),
         })?
     }
+
+    /// Sends the GET and follows up to [`MAX_REDIRECTS`] redirects, attaching `header` only
+    /// while the request goes to the origin of `url`.
+    async fn get_following_redirects(
+        &self,
+        url: &str,
+        header: Option<(&'static str, String)>,
+    ) -> Result<reqwest::Response, FetchError> {
+        let http_err = |message: String| FetchError::Http {
+            url: url.to_string(),
+            status: None,
+            message,
+        };
+        let first = reqwest::Url::parse(url)
+            .map_err(|e| http_err(format!("invalid URL ({e}); expected http(s)://HOST/PATH")))?;
+        let mut current = first.clone();
+        for hop in 0..=MAX_REDIRECTS {
+            let mut req = self.client.get(current.clone());
+            if let Some((k, v)) = &header
+                && same_origin(&first, &current)
+            {
+                req = req.header(*k, v);
+            }
+            let resp = req.send().await.map_err(|e| http_err(chain(&e)))?;
+            if !resp.status().is_redirection() {
+                return Ok(resp);
+            }
+            let status = resp.status();
+            let location = resp
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .ok_or_else(|| {
+                    http_err(format!(
+                        "HTTP {status} from {current} without a usable Location header"
+                    ))
+                })?;
+            let next = current.join(location).map_err(|e| {
+                http_err(format!(
+                    "HTTP {status} from {current}: invalid Location {location:?} ({e})"
+                ))
+            })?;
+            if !matches!(next.scheme(), "http" | "https") {
+                return Err(http_err(format!(
+                    "redirected to {next}; expected an http(s) URL"
+                )));
+            }
+            if hop == MAX_REDIRECTS {
+                break;
+            }
+            tracing::debug!(from = %current, to = %next, "following redirect");
+            current = next;
+        }
+        Err(http_err(format!(
+            "more than {MAX_REDIRECTS} redirects; expected the archive"
+        )))
+    }
+}
+
+/// Most redirects followed for one archive.
+pub const MAX_REDIRECTS: usize = 10;
+
+/// Same scheme, host and port: the only destinations that get the credential header.
+fn same_origin(a: &reqwest::Url, b: &reqwest::Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host_str() == b.host_str()
+        && a.port_or_known_default() == b.port_or_known_default()
 }
 
 /// Blocking `Read` over chunks sent from the async side.

@@ -12,7 +12,7 @@ use iac_core::{EventLevel, Events, FetchError, Slug, SourceFetcher};
 use super::extract::tests::TarBuilder;
 use super::{DefaultFetcher, FetchConfig};
 
-fn git(dir: &Path, args: &[&str]) -> String {
+pub(super) fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
         .arg("-C")
         .arg(dir)
@@ -32,16 +32,16 @@ fn git(dir: &Path, args: &[&str]) -> String {
 }
 
 /// A work repo and its bare clone at `<root>/forge/octo/hello.git`.
-struct Fixture {
-    dir: tempfile::TempDir,
-    work: PathBuf,
+pub(super) struct Fixture {
+    pub(super) dir: tempfile::TempDir,
+    pub(super) work: PathBuf,
     /// `v1` (annotated tag) → c1; `main` → c2.
-    c1: String,
-    c2: String,
+    pub(super) c1: String,
+    pub(super) c2: String,
 }
 
 impl Fixture {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let work = dir.path().join("work");
         std::fs::create_dir_all(work.join("pkg")).unwrap();
@@ -75,7 +75,7 @@ impl Fixture {
         Fixture { dir, work, c1, c2 }
     }
 
-    fn bare(&self) -> PathBuf {
+    pub(super) fn bare(&self) -> PathBuf {
         self.dir.path().join("forge/octo/hello.git")
     }
 
@@ -92,7 +92,7 @@ impl Fixture {
 }
 
 #[derive(Clone)]
-enum Mode {
+pub(super) enum Mode {
     /// `git archive` of the requested ref from the bare repo.
     Archive(PathBuf),
     NotFound,
@@ -105,13 +105,13 @@ struct ServerState {
     hits: Arc<Mutex<Vec<String>>>,
 }
 
-struct Server {
-    base: String,
+pub(super) struct Server {
+    pub(super) base: String,
     state: ServerState,
 }
 
 impl Server {
-    async fn start(mode: Mode) -> Server {
+    pub(super) async fn start(mode: Mode) -> Server {
         let state = ServerState {
             mode: Arc::new(Mutex::new(mode)),
             hits: Arc::default(),
@@ -125,11 +125,11 @@ impl Server {
         Server { base, state }
     }
 
-    fn hits(&self) -> Vec<String> {
+    pub(super) fn hits(&self) -> Vec<String> {
         self.state.hits.lock().unwrap().clone()
     }
 
-    fn set(&self, mode: Mode) {
+    pub(super) fn set(&self, mode: Mode) {
         *self.state.mode.lock().unwrap() = mode;
     }
 }
@@ -168,7 +168,7 @@ async fn serve(
     }
 }
 
-fn config(fx: &Fixture, server: &Server, cache: &Path) -> FetchConfig {
+pub(super) fn config(fx: &Fixture, server: &Server, cache: &Path) -> FetchConfig {
     let mut c = FetchConfig {
         cache_dir: cache.to_path_buf(),
         ..FetchConfig::default()
@@ -181,7 +181,7 @@ fn config(fx: &Fixture, server: &Server, cache: &Path) -> FetchConfig {
     c
 }
 
-fn slug(s: &str) -> Slug {
+pub(super) fn slug(s: &str) -> Slug {
     s.parse().unwrap()
 }
 
@@ -202,7 +202,7 @@ fn drain(
     v
 }
 
-fn assert_tree(dir: &Path, main_py: &str) {
+pub(super) fn assert_tree(dir: &Path, main_py: &str) {
     assert_eq!(
         std::fs::read_to_string(dir.join("main.py")).unwrap(),
         main_py
