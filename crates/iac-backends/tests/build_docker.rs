@@ -174,7 +174,7 @@ fn spec(project: &str, service: &str, dir: &Path, digest: &str, argv: &[&str]) -
             rule: "main.py".into(),
             argv: argv.iter().map(|s| s.to_string()).collect(),
             why: "root main.py".into(),
-            port: None,
+            ..Default::default()
         },
         env: BTreeMap::from([("GREETING".to_string(), "hi $there".to_string())]),
     }

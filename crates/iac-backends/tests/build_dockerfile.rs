@@ -27,6 +27,7 @@ fn spec(language: Language, argv: &[&str], env: &[(&str, &str)], port: Option<u1
             argv: argv.iter().map(|s| s.to_string()).collect(),
             why: "root main.py".into(),
             port,
+            ..Default::default()
         },
         env: env
             .iter()

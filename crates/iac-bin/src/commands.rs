@@ -298,20 +298,87 @@ pub async fn inspect(cfg: IacConfig, target: &str, json: bool) -> anyhow::Result
             "service": name,
             "language": entry.language,
             "source": { "commit": source.commit, "digest": source.digest, "dir": source.dir },
-            "entry": { "rule": entry.rule, "argv": entry.argv, "why": entry.why },
+            "entry": {
+                "rule": entry.rule,
+                "argv": entry.argv,
+                "why": entry.why,
+                "origin": entry.origin,
+                "workdir": entry.workdir,
+                "port": entry.port,
+                "python": entry.python,
+                "build_steps": entry.build_steps,
+                "candidates": entry.candidates,
+            },
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        println!("service   {name}");
-        println!("source    {} ({})", source.dir.display(), source.origin);
-        println!("commit    {}", source.commit.as_deref().unwrap_or("-"));
-        println!("digest    {}", source.digest);
-        println!("language  {}", entry.language.as_str());
-        println!("rule      {}", entry.rule);
-        println!("argv      {}", entry.argv.join(" "));
-        println!("why       {}", entry.why);
+        print!("{}", inspect_text(name.as_ref(), &source, &entry));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The human-readable `iac inspect` report: the chosen command and where it comes from, then
+/// what the build adds and the runner-up candidates.
+fn inspect_text(name: &str, source: &iac_core::Source, entry: &iac_core::Entry) -> String {
+    let mut out = String::new();
+    let mut line = |k: &str, v: &str| out.push_str(&format!("{k:<10}{v}\n"));
+    line("service", name);
+    line(
+        "source",
+        &format!("{} ({})", source.dir.display(), source.origin),
+    );
+    line("commit", source.commit.as_deref().unwrap_or("-"));
+    line("digest", &source.digest);
+    line("language", entry.language.as_str());
+    line("rule", &entry.rule);
+    line("argv", &entry.argv.join(" "));
+    line("from", entry.origin.as_deref().unwrap_or("-"));
+    line(
+        "workdir",
+        &format!("/app/{}", entry.workdir.as_deref().unwrap_or("")),
+    );
+    line(
+        "port",
+        &entry
+            .port
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "- (not known from the command)".to_string()),
+    );
+    line(
+        "python",
+        &entry
+            .python
+            .as_ref()
+            .map(|p| format!("{} ({})", p.version, p.source))
+            .unwrap_or_else(|| "- (the repo does not say; the default image)".to_string()),
+    );
+    line("why", &entry.why);
+    for (i, s) in entry.build_steps.iter().enumerate() {
+        line(
+            if i == 0 { "build" } else { "" },
+            &format!(
+                "{}{} [{}]{}",
+                s.workdir
+                    .as_deref()
+                    .map(|w| format!("(in {w}/) "))
+                    .unwrap_or_default(),
+                s.argv.join(" "),
+                s.origin,
+                if s.warn_on_failure {
+                    " (failure warns)"
+                } else {
+                    ""
+                }
+            ),
+        );
+    }
+    for (i, c) in entry.candidates.iter().enumerate() {
+        line(
+            if i == 0 { "also" } else { "" },
+            &format!("{}: {} — {}", c.rule, c.argv.join(" "), c.why),
+        );
+    }
+    out
 }
 
 pub async fn render(

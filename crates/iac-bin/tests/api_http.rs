@@ -689,6 +689,7 @@ async fn openapi_mirror_schemas_match_the_core_types() {
         argv: vec!["python".into()],
         why: "w".into(),
         port: Some(8000),
+        ..Default::default()
     });
     sr.action = Some(Action::Create);
     sr.endpoint = Some("127.0.0.1:1".into());

@@ -76,6 +76,55 @@ fn inspect_json_has_the_documented_shape() {
 }
 
 #[test]
+fn inspect_shows_the_source_and_the_runner_ups() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("fastapi-render");
+    std::fs::create_dir(&repo).unwrap();
+    std::fs::write(
+        repo.join("render.yaml"),
+        "services:\n  - type: web\n    name: api\n    buildCommand: pip install -r requirements.txt\n    startCommand: uvicorn main:app --host 0.0.0.0 --port $PORT\n",
+    )
+    .unwrap();
+    std::fs::write(
+        repo.join("main.py"),
+        "from fastapi import FastAPI\napp = FastAPI()\n",
+    )
+    .unwrap();
+    std::fs::write(repo.join("requirements.txt"), "fastapi\nuvicorn\n").unwrap();
+    std::fs::write(repo.join(".python-version"), "3.13\n").unwrap();
+    let out = iac(
+        dir.path(),
+        &["inspect", repo.to_str().unwrap(), "--json"],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let e = &v["entry"];
+    assert_eq!(e["rule"], "platform:render");
+    assert!(
+        e["origin"].as_str().unwrap().contains("render.yaml line 5"),
+        "{e}"
+    );
+    assert_eq!(e["port"], 8000);
+    assert_eq!(e["python"]["version"], "3.13");
+    let cands = e["candidates"].as_array().unwrap();
+    assert!(cands.iter().any(|c| c["rule"] == "framework:asgi"), "{e}");
+    let out = iac(dir.path(), &["inspect", repo.to_str().unwrap()], &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "from      render.yaml line 5",
+        "python    3.13",
+        "also      framework:asgi",
+    ] {
+        assert!(text.contains(needle), "{needle:?} in:\n{text}");
+    }
+}
+
+#[test]
 fn inspect_without_an_entry_fails_listing_the_rules() {
     let dir = tempfile::tempdir().unwrap();
     let empty = dir.path().join("empty-repo");

@@ -34,7 +34,7 @@ fn entry() -> Entry {
         rule: "main.py".into(),
         argv: vec!["python".into(), "/app/main.py".into()],
         why: "root main.py".into(),
-        port: None,
+        ..Default::default()
     }
 }
 

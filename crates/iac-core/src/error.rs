@@ -118,6 +118,14 @@ pub enum EntryError {
     },
     #[error("cannot parse {file}: {message}")]
     Parse { file: PathBuf, message: String },
+    #[error(
+        "{file} asks for Python {constraint}, which none of the versions iac can provide ({available}) satisfies"
+    )]
+    PythonVersion {
+        file: PathBuf,
+        constraint: String,
+        available: String,
+    },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

@@ -23,7 +23,7 @@ pub mod stack;
 pub mod stages;
 
 pub use deployer::{DeployOptions, Deployer, DesiredStack, PlanOutcome, RenderedService, Stages};
-pub use entry::{Entry, Language};
+pub use entry::{BuildStep, Candidate, DEFAULT_APP_PORT, Entry, Language, PythonVersion};
 pub use error::*;
 pub use event::{DeployEvent, EventLevel, Events, Stage};
 pub use health::{HealthReport, HealthState, LogLine, LogQuery, ProbeTarget};

@@ -18,8 +18,9 @@ use crate::stack::*;
 
 /// Where the sidecar's config is mounted inside the Envoy container.
 pub const ENVOY_CONFIG_IN_CONTAINER: &str = "/etc/envoy/envoy.yaml";
-/// Default port handed to apps in `PORT` when they declare none.
-pub const DEFAULT_APP_PORT: u16 = 8080;
+/// Default port handed to apps in `PORT` when they declare none (the one constant, defined with
+/// [`crate::Entry`]).
+pub use crate::entry::DEFAULT_APP_PORT;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PlanInput {

@@ -87,7 +87,8 @@ impl Provider for BinaryProvider {
                         "`main` at the repo root is an executable file (mode {:o}){note}, run as /app/main (rule 6).",
                         mode & 0o7777
                     ),
-                    port: None,
+                    origin: Some("main (executable at the repo root)".to_string()),
+                    ..Entry::default()
                 })
             }
             Some(mode) => Err(miss(format!(

@@ -1,42 +1,50 @@
 //! Entry resolution (the `EntryResolver` stage): works out how a source tree's main() is run,
-//! following DESIGN.md §3 rules 0–6 in order, first match wins. Shaped like nixpacks' providers:
-//! one [`Provider`] per language, tried in order by [`DefaultResolver`].
+//! as a person would pick it. One precedence, first match wins, and every lower match is kept as
+//! a runner-up [`iac_core::Candidate`] for `iac inspect`:
 //!
-//! | rule | id(s) | where |
-//! |---|---|---|
-//! | 0 override | `override:repos-file`, `override:dockerfile-label`, `override:pyproject` | [`overrides`] (found), provider `plan(dir, Some(..))` (built) |
-//! | 1 | `main-module`, `main.py` | [`python`] |
-//! | 2 | `project.scripts`, `poetry.scripts`, `setup.cfg`, `setup.py` | [`python`] + [`pymeta`] |
-//! | 3 | `package-main` | [`python`] |
-//! | 4 | `app.py`, `procfile` | [`python`] |
-//! | 5 | `django`, `main-guard` | [`python`] + [`pylex`] |
-//! | 6 | `binary-main` | [`binary`] |
+//! 1. **override** — repos-file `entrypoint`, `LABEL ENTRYPOINT=` in the Dockerfile,
+//!    `[tool.iac] entrypoint` in pyproject.toml ([`overrides`]);
+//! 2. **a start command the repo declares for a platform** — Procfile, render.yaml, railway,
+//!    app.json, fly.toml, nixpacks.toml, railpack.json, Dockerfile CMD/ENTRYPOINT, compose
+//!    `command`, in that order ([`platform`]);
+//! 3. **framework detection** — Django, ASGI, WSGI, Streamlit, Gradio ([`framework`],
+//!    [`django`]); generated commands bind `127.0.0.1:$PORT`;
+//! 4. **rules 1–6** — `__main__.py`/`main.py`, console scripts, `python -m pkg`, `app.py`, the
+//!    `__main__` guard, a guard-less script ([`python`]), an executable `main` ([`binary`]).
 //!
-//! When nothing matches, [`EntryError::NotFound`] lists every rule tried with what it looked for
-//! and what it found. Argv is what runs inside the container, with the repo at `/app` as the
-//! working directory and `python` on PATH (see [`python`] for the image assumptions). Rules that
-//! imply a listening port set `Entry::port = Some(`[`DEFAULT_APP_PORT`]`)` and read `$PORT` at run
-//! time.
+//! Independently of which command wins, the Entry carries: build steps (declared build commands,
+//! Django `collectstatic`), the Python version ([`pyversion`]) for Python entries, the working
+//! directory and the port when known. When nothing matches, [`EntryError::NotFound`] lists every
+//! source tried with what it looked for and what it found. Argv runs inside the container from
+//! `/app/<workdir>` with `python` on PATH (see [`python`] for the image assumptions).
 
 pub mod binary;
+pub mod command;
+pub mod django;
+pub mod framework;
 pub mod overrides;
+pub mod platform;
 pub mod pylex;
 pub mod pymeta;
+pub mod pyscan;
 pub mod python;
+pub mod pyversion;
 
 #[cfg(test)]
 mod tests;
 
 use std::path::Path;
 
-use iac_core::{Entry, EntryError, EntryResolver, Language, Source};
+use iac_core::{Candidate, Entry, EntryError, EntryResolver, Language, Source};
 
 pub use binary::BinaryProvider;
+pub use iac_core::DEFAULT_APP_PORT;
 pub use overrides::{Callable, Override, OverrideValue};
 pub use python::PythonProvider;
+pub use pyversion::AVAILABLE_PYTHONS;
 
-/// The port an app is assumed to listen on when its rule implies one and `$PORT` is unset.
-pub const DEFAULT_APP_PORT: u16 = 8000;
+/// At most this many runner-up candidates are kept on an Entry.
+const MAX_CANDIDATES: usize = 8;
 
 /// Config files larger than this are refused rather than read.
 const MAX_READ_BYTES: u64 = 4 * 1024 * 1024;
@@ -53,10 +61,11 @@ pub trait Provider: Send + Sync {
     fn plan(&self, dir: &Path, over: Option<&Override>) -> Result<Entry, EntryError>;
 }
 
-/// The default [`EntryResolver`]: the override (rule 0), then the Python provider (rules 1–5),
-/// then the binary provider (rule 6).
+/// The default [`EntryResolver`]: override > platform declarations > framework detection >
+/// the providers' rules (Python rules 1–5, then the binary rule 6).
 pub struct DefaultResolver {
     providers: Vec<Box<dyn Provider>>,
+    pythons: Vec<(u32, u32)>,
 }
 
 impl Default for DefaultResolver {
@@ -72,19 +81,36 @@ impl std::fmt::Debug for DefaultResolver {
                 "providers",
                 &self.providers.iter().map(|p| p.name()).collect::<Vec<_>>(),
             )
+            .field("pythons", &self.pythons)
             .finish()
     }
 }
 
+/// One source's verdict, in precedence order.
+enum Verdict {
+    Found(Vec<Entry>),
+    Looked(Vec<String>),
+    Failed(EntryError),
+}
+
 impl DefaultResolver {
-    /// Python then binary.
+    /// Python then binary; Python versions [`AVAILABLE_PYTHONS`].
     pub fn new() -> Self {
         Self::with_providers(vec![Box::new(PythonProvider), Box::new(BinaryProvider)])
     }
 
     /// Custom providers, tried in the given order.
     pub fn with_providers(providers: Vec<Box<dyn Provider>>) -> Self {
-        DefaultResolver { providers }
+        DefaultResolver {
+            providers,
+            pythons: AVAILABLE_PYTHONS.to_vec(),
+        }
+    }
+
+    /// The Python minors the builder can provide (ascending), e.g. `[(3, 11), (3, 13)]`.
+    pub fn with_pythons(mut self, pythons: Vec<(u32, u32)>) -> Self {
+        self.pythons = pythons;
+        self
     }
 
     /// Resolves a directory directly (what `resolve` does with `source.dir`).
@@ -102,30 +128,153 @@ impl DefaultResolver {
                 ),
             });
         }
-        let looked = match overrides::find_override(dir, entrypoint)? {
+        // Python when the root looks like a project, or when Python code sits a level or two
+        // down (a compose build context, a Django folder).
+        let python_like = python::looks_like_python(dir)
+            || pyscan::python_files(dir).is_ok_and(|f| !f.is_empty());
+        let language = if python_like {
+            Language::Python
+        } else {
+            Language::Binary
+        };
+        let mut build_steps = Vec::new();
+        let mut verdicts: Vec<Verdict> = Vec::new();
+
+        // 1. override (its errors are always the user's to fix).
+        match overrides::find_override(dir, entrypoint)? {
             Ok(o) => {
                 let provider = self.override_provider(dir, &o);
-                let entry = provider.plan(dir, Some(&o))?;
-                tracing::debug!(dir = %dir.display(), rule = %entry.rule, argv = ?entry.argv, "entry resolved from override");
-                return Ok(entry);
+                let mut e = provider.plan(dir, Some(&o))?;
+                e.origin = Some(o.origin.clone());
+                e.port = command::port_of(&e.argv);
+                verdicts.push(Verdict::Found(vec![e]));
             }
-            Err(looked) => looked,
-        };
-        let mut tried = vec![looked];
-        for p in &self.providers {
-            match p.plan(dir, None) {
-                Ok(entry) => {
-                    tracing::debug!(dir = %dir.display(), provider = p.name(), rule = %entry.rule, argv = ?entry.argv, "entry resolved");
-                    return Ok(entry);
+            Err(looked) => verdicts.push(Verdict::Looked(vec![looked])),
+        }
+
+        // 2. platform declarations.
+        match platform::scan(dir) {
+            Ok(scan) => {
+                build_steps.extend(scan.build_steps);
+                if scan.starts.is_empty() {
+                    verdicts.push(Verdict::Looked(vec![format!(
+                        "platform declarations: {}",
+                        scan.looked.join("; ")
+                    )]));
+                } else {
+                    verdicts.push(Verdict::Found(
+                        scan.starts
+                            .into_iter()
+                            .map(|d| declared_entry(d, language))
+                            .collect(),
+                    ));
                 }
-                Err(EntryError::NotFound { tried: t, .. }) => tried.extend(t),
-                Err(e) => return Err(e),
+            }
+            Err(e) => verdicts.push(Verdict::Failed(e)),
+        }
+
+        // 3. framework detection (Python trees only).
+        if python_like {
+            match pymeta::PyRepo::load(dir).and_then(|repo| framework::detect(dir, &repo)) {
+                Ok(det) => {
+                    build_steps.extend(det.build_steps);
+                    if det.found.is_empty() {
+                        verdicts.push(Verdict::Looked(vec![det.looked]));
+                    } else {
+                        verdicts.push(Verdict::Found(
+                            det.found
+                                .into_iter()
+                                .map(|d| Entry {
+                                    language: Language::Python,
+                                    rule: d.rule.to_string(),
+                                    argv: d.argv,
+                                    why: d.why,
+                                    port: d.port,
+                                    origin: Some(d.origin),
+                                    workdir: d.workdir,
+                                    ..Entry::default()
+                                })
+                                .collect(),
+                        ));
+                    }
+                }
+                Err(e) => verdicts.push(Verdict::Failed(e)),
             }
         }
-        Err(EntryError::NotFound {
-            dir: dir.to_path_buf(),
-            tried,
-        })
+
+        // 4. the providers' rules.
+        for p in &self.providers {
+            match p.plan(dir, None) {
+                Ok(mut e) => {
+                    if e.port.is_none() {
+                        e.port = command::port_of(&e.argv);
+                    }
+                    if e.origin.is_none() {
+                        e.origin = Some(format!("rule `{}` of the {} provider", e.rule, p.name()));
+                    }
+                    verdicts.push(Verdict::Found(vec![e]));
+                    break;
+                }
+                Err(EntryError::NotFound { tried, .. }) => verdicts.push(Verdict::Looked(tried)),
+                Err(e) => {
+                    verdicts.push(Verdict::Failed(e));
+                    break;
+                }
+            }
+        }
+
+        // The first Found wins; a failure before any Found is the answer.
+        let mut chosen: Option<Entry> = None;
+        let mut runners: Vec<Entry> = Vec::new();
+        let mut tried: Vec<String> = Vec::new();
+        for v in verdicts {
+            match v {
+                Verdict::Found(entries) => {
+                    let mut it = entries.into_iter();
+                    if chosen.is_none() {
+                        chosen = it.next();
+                    }
+                    runners.extend(it);
+                }
+                Verdict::Looked(t) => {
+                    if chosen.is_none() {
+                        tried.extend(t);
+                    }
+                }
+                Verdict::Failed(e) => {
+                    if chosen.is_none() {
+                        return Err(e);
+                    }
+                    tracing::debug!(dir = %dir.display(), error = %e, "lower-precedence entry source failed; ignored");
+                }
+            }
+        }
+        let Some(mut entry) = chosen else {
+            return Err(EntryError::NotFound {
+                dir: dir.to_path_buf(),
+                tried,
+            });
+        };
+        entry.candidates = runners
+            .into_iter()
+            .filter(|r| r.argv != entry.argv || r.workdir != entry.workdir)
+            .take(MAX_CANDIDATES)
+            .map(|r| Candidate {
+                why: format!(
+                    "{} (ranks below {})",
+                    r.origin.clone().unwrap_or_else(|| r.why.clone()),
+                    entry.rule
+                ),
+                rule: r.rule,
+                argv: r.argv,
+            })
+            .collect();
+        entry.build_steps = build_steps;
+        if entry.language == Language::Python {
+            entry.python = pyversion::choose(dir, &self.pythons)?;
+        }
+        tracing::debug!(dir = %dir.display(), rule = %entry.rule, argv = ?entry.argv, "entry resolved");
+        Ok(entry)
     }
 
     /// Which provider builds an override's Entry: Python for `module:function` and for commands
@@ -178,7 +327,30 @@ pub fn override_entry(o: &Override, language: Language) -> Entry {
             o.raw.trim(),
             o.origin
         ),
-        port: None,
+        origin: Some(o.origin.clone()),
+        ..Entry::default()
+    }
+}
+
+/// The Entry for a platform declaration.
+fn declared_entry(d: platform::Declared, language: Language) -> Entry {
+    let wd = d
+        .workdir
+        .as_deref()
+        .map(|w| format!(", run from {w}/"))
+        .unwrap_or_default();
+    Entry {
+        language,
+        rule: d.rule.to_string(),
+        why: format!(
+            "{} declares the start command for {}{}{wd}; a command the repo declares for a platform ranks above framework detection and rules 1-6.",
+            d.origin, d.platform, d.note
+        ),
+        argv: d.argv,
+        port: d.port,
+        origin: Some(format!("{} ({})", d.origin, d.platform)),
+        workdir: d.workdir,
+        ..Entry::default()
     }
 }
 

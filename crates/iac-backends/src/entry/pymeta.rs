@@ -181,13 +181,17 @@ impl SetupPy {
                     .get(pos)
                     .filter(|n| n.kind == TokKind::Name && ends_arg(pos + 1))
                 {
-                    let assigned = (0..t.len()).rev().find(|&i| {
-                        t[i].line_start
-                            && t[i].col == 0
-                            && t[i].is_name(&name.text)
-                            && t.get(i + 1).is_some_and(|n| n.is_op("="))
-                    });
-                    if let Some(a) = assigned {
+                    let assigned = (0..t.len())
+                        .rev()
+                        .find(|&i| {
+                            t[i].line_start
+                                && t[i].col == 0
+                                && t[i].is_name(&name.text)
+                                && t.get(i + 1).is_some_and(|n| n.is_op("="))
+                        })
+                        .map(|a| (a, String::new()))
+                        .or_else(|| branch_assignment(t, &name.text));
+                    if let Some((a, branch)) = assigned {
                         return match pylex::parse_literal(t, a + 2) {
                             Ok((value, next))
                                 if t.get(next).is_some_and(|n| n.kind == TokKind::Newline) =>
@@ -196,7 +200,7 @@ impl SetupPy {
                                     value,
                                     line,
                                     via: Some(format!(
-                                        "`{}` assigned on line {}",
+                                        "`{}` assigned on line {}{branch}",
                                         name.text, t[a].line
                                     )),
                                 }
@@ -222,6 +226,77 @@ impl SetupPy {
             }
         }
     }
+}
+
+/// Whether an `if`/`elif` condition (tokens) tests for Windows, and whether it is negated:
+/// `Some(true)` when the branch runs on Windows, `Some(false)` when it runs elsewhere, `None`
+/// when the condition is not about the platform.
+fn windows_condition(cond: &[Token]) -> Option<bool> {
+    let about_windows = cond.iter().any(|c| {
+        let text = c
+            .str_value()
+            .unwrap_or_else(|| c.text.clone())
+            .to_ascii_lowercase();
+        (c.kind == TokKind::Str && (text.starts_with("win") || text == "nt" || text == "cygwin"))
+            || (c.kind == TokKind::Name && text.contains("windows"))
+    });
+    if !about_windows {
+        return None;
+    }
+    let negated = cond.iter().any(|c| c.is_op("!=") || c.is_name("not"));
+    Some(!negated)
+}
+
+/// The condition tokens of the `if`/`elif` at `k` (up to its `:`).
+fn condition(t: &[Token], k: usize) -> &[Token] {
+    let end = (k + 1..t.len())
+        .find(|&j| t[j].is_op(":") || t[j].kind == TokKind::Newline)
+        .unwrap_or(t.len());
+    &t[k + 1..end]
+}
+
+/// `NAME = …` assigned inside a top-level `if`/`else`: the assignment in the branch that runs
+/// on a non-Windows platform (else the first one), with a note saying which branch.
+fn branch_assignment(t: &[Token], name: &str) -> Option<(usize, String)> {
+    let mut picks: Vec<(usize, Option<bool>)> = Vec::new();
+    for a in 0..t.len() {
+        if !(t[a].line_start
+            && t[a].col > 0
+            && t[a].is_name(name)
+            && t.get(a + 1).is_some_and(|n| n.is_op("=")))
+        {
+            continue;
+        }
+        // The block header: the nearest earlier logical line at a smaller indent.
+        let Some(k) = (0..a)
+            .rev()
+            .find(|&k| t[k].line_start && t[k].col < t[a].col)
+        else {
+            continue;
+        };
+        if t[k].col != 0 {
+            continue;
+        }
+        let windows = if t[k].is_name("if") || t[k].is_name("elif") {
+            windows_condition(condition(t, k))
+        } else if t[k].is_name("else") {
+            // The `if` this `else` belongs to.
+            (0..k)
+                .rev()
+                .find(|&j| t[j].line_start && t[j].col == 0 && t[j].is_name("if"))
+                .and_then(|j| windows_condition(condition(t, j)))
+                .map(|w| !w)
+        } else {
+            continue;
+        };
+        picks.push((a, windows));
+    }
+    if let Some((a, _)) = picks.iter().find(|(_, w)| *w == Some(false)) {
+        return Some((*a, " (the non-Windows branch)".to_string()));
+    }
+    picks
+        .first()
+        .map(|(a, _)| (*a, " (the first branch that assigns it)".to_string()))
 }
 
 /// Normalises a project or package name for comparison: lowercase, `-` and `.` → `_`.
@@ -526,10 +601,43 @@ impl PyRepo {
     }
 
     /// Where `dist` is declared as a dependency: requirements*.txt (root and `requirements/`),
-    /// pyproject `[project].dependencies` / `[tool.poetry.dependencies]`, setup.cfg
-    /// `install_requires`, setup.py `install_requires` literal, Pipfile `[packages]`.
+    /// pyproject `[project].dependencies` and `optional-dependencies`, PEP 735
+    /// `[dependency-groups]`, `[tool.uv] dev-dependencies`, `[tool.pdm.dev-dependencies]`,
+    /// `[tool.poetry.dependencies]` / `dev-dependencies` / `group.*.dependencies`, setup.cfg
+    /// `install_requires`, setup.py `install_requires` literal, Pipfile `[packages]` /
+    /// `[dev-packages]`.
     pub fn dependency(&self, dist: &str) -> Result<Option<String>, EntryError> {
+        self.find_dependency(dist, None)
+    }
+
+    /// Like [`PyRepo::dependency`], but only a declaration with the extra `extra`
+    /// (`fastapi[standard]`, poetry `{ extras = ["standard"] }`).
+    pub fn dependency_with_extra(
+        &self,
+        dist: &str,
+        extra: &str,
+    ) -> Result<Option<String>, EntryError> {
+        self.find_dependency(dist, Some(extra))
+    }
+
+    fn find_dependency(
+        &self,
+        dist: &str,
+        extra: Option<&str>,
+    ) -> Result<Option<String>, EntryError> {
         let want = normalize_dist(dist);
+        let matches = |req: &str| {
+            requirement_name(req).as_deref() == Some(want.as_str())
+                && extra.is_none_or(|x| requirement_extras(req).iter().any(|e| e == x))
+        };
+        let poetry_matches = |k: &str, v: &toml::Value| {
+            normalize_dist(k) == want
+                && extra.is_none_or(|x| {
+                    v.get("extras")
+                        .and_then(|e| e.as_array())
+                        .is_some_and(|e| e.iter().any(|e| e.as_str() == Some(x)))
+                })
+        };
         let mut req_files: Vec<(PathBuf, String)> = Vec::new();
         for (sub, label) in [
             (self.dir.clone(), ""),
@@ -562,46 +670,109 @@ impl PyRepo {
                 if l.starts_with(['#', '-']) || l.is_empty() {
                     continue;
                 }
-                if requirement_name(l).as_deref() == Some(want.as_str()) {
+                if matches(l) {
                     return Ok(Some(format!("{label} line {}", i + 1)));
                 }
             }
         }
-        if let Some(deps) = self
-            .toml_get(&["project", "dependencies"])
-            .and_then(|v| v.as_array())
-            && deps
-                .iter()
-                .filter_map(|d| d.as_str())
-                .any(|d| requirement_name(d).as_deref() == Some(want.as_str()))
-        {
-            return Ok(Some(format!(
-                "{} ([project].dependencies)",
-                self.pyproject_line("project", "dependencies")
-            )));
+        // PEP 508 lists in pyproject.toml: (table path, key for the line lookup, label).
+        let mut lists: Vec<(Vec<String>, String, String)> = vec![(
+            vec!["project".into(), "dependencies".into()],
+            "project".into(),
+            "[project].dependencies".into(),
+        )];
+        for (base, label) in [
+            (
+                vec!["project", "optional-dependencies"],
+                "[project.optional-dependencies]",
+            ),
+            (vec!["dependency-groups"], "[dependency-groups]"),
+            (
+                vec!["tool", "pdm", "dev-dependencies"],
+                "[tool.pdm.dev-dependencies]",
+            ),
+        ] {
+            if let Some(t) = self.toml_get(&base).and_then(|v| v.as_table()) {
+                for k in t.keys() {
+                    let mut path: Vec<String> = base.iter().map(|s| s.to_string()).collect();
+                    path.push(k.clone());
+                    lists.push((path, base.join("."), format!("{label} {k}")));
+                }
+            }
         }
-        if let Some(deps) = self
-            .toml_get(&["tool", "poetry", "dependencies"])
-            .and_then(|v| v.as_table())
-            && let Some(k) = deps.keys().find(|k| normalize_dist(k) == want)
+        lists.push((
+            vec!["tool".into(), "uv".into(), "dev-dependencies".into()],
+            "tool.uv".into(),
+            "[tool.uv] dev-dependencies".into(),
+        ));
+        for (path, section, label) in &lists {
+            let refs: Vec<&str> = path.iter().map(String::as_str).collect();
+            if let Some(deps) = self.toml_get(&refs).and_then(|v| v.as_array())
+                && deps.iter().filter_map(|d| d.as_str()).any(matches)
+            {
+                let key = path.last().map(String::as_str).unwrap_or("");
+                return Ok(Some(format!(
+                    "{} ({label})",
+                    self.pyproject_line(section, key)
+                )));
+            }
+        }
+        // Poetry tables: dependencies, dev-dependencies, group.<g>.dependencies.
+        let mut poetry: Vec<(Vec<String>, String)> = vec![
+            (
+                vec!["tool".into(), "poetry".into(), "dependencies".into()],
+                "tool.poetry.dependencies".into(),
+            ),
+            (
+                vec!["tool".into(), "poetry".into(), "dev-dependencies".into()],
+                "tool.poetry.dev-dependencies".into(),
+            ),
+        ];
+        if let Some(groups) = self
+            .toml_get(&["tool", "poetry", "group"])
+            .and_then(|g| g.as_table())
         {
-            return Ok(Some(format!(
-                "{} ([tool.poetry.dependencies])",
-                self.pyproject_line("tool.poetry.dependencies", k)
-            )));
+            for g in groups.keys() {
+                poetry.push((
+                    vec![
+                        "tool".into(),
+                        "poetry".into(),
+                        "group".into(),
+                        g.clone(),
+                        "dependencies".into(),
+                    ],
+                    format!("tool.poetry.group.{g}.dependencies"),
+                ));
+            }
+        }
+        for (path, section) in &poetry {
+            let refs: Vec<&str> = path.iter().map(String::as_str).collect();
+            if let Some(deps) = self.toml_get(&refs).and_then(|v| v.as_table())
+                && let Some((k, _)) = deps.iter().find(|(k, v)| poetry_matches(k, v))
+            {
+                return Ok(Some(format!(
+                    "{} ([{section}])",
+                    self.pyproject_line(section, k)
+                )));
+            }
         }
         if let Some((v, line)) = self
             .setup_cfg
             .as_ref()
             .and_then(|i| i.get("options", "install_requires"))
-            && v.lines()
-                .any(|d| requirement_name(d).as_deref() == Some(want.as_str()))
+            && v.lines().any(matches)
         {
             return Ok(Some(format!("setup.cfg line {line} (install_requires)")));
         }
         if let Some(Ok(s)) = &self.setup_py
-            && let SetupArg::Literal { value: PyValue::List(items) | PyValue::Tuple(items), line, .. } = s.arg("install_requires")
-            && items.iter().any(|i| matches!(i, PyValue::Str(d) if requirement_name(d).as_deref() == Some(want.as_str())))
+            && let SetupArg::Literal {
+                value: PyValue::List(items) | PyValue::Tuple(items),
+                line,
+                ..
+            } = s.arg("install_requires")
+            && items
+                .iter()
+                .any(|i| matches!(i, PyValue::Str(d) if matches(d)))
         {
             return Ok(Some(format!("setup.py line {line} (install_requires)")));
         }
@@ -613,13 +784,28 @@ impl PyRepo {
                         file: pipfile.clone(),
                         message: e.to_string(),
                     })?;
-            if let Some(pk) = table.get("packages").and_then(|p| p.as_table())
-                && pk.keys().any(|k| normalize_dist(k) == want)
-            {
-                return Ok(Some("Pipfile [packages]".to_string()));
+            for section in ["packages", "dev-packages"] {
+                if let Some(pk) = table.get(section).and_then(|p| p.as_table())
+                    && pk.iter().any(|(k, v)| poetry_matches(k, v))
+                {
+                    return Ok(Some(format!("Pipfile [{section}]")));
+                }
             }
         }
         Ok(None)
+    }
+}
+
+/// The extras of a PEP 508 requirement (`uvicorn[standard, x]>=1` → `["standard", "x"]`).
+fn requirement_extras(req: &str) -> Vec<String> {
+    let r = req.split(';').next().unwrap_or("");
+    match (r.find('['), r.find(']')) {
+        (Some(a), Some(b)) if a < b => r[a + 1..b]
+            .split(',')
+            .map(|e| e.trim().to_ascii_lowercase())
+            .filter(|e| !e.is_empty())
+            .collect(),
+        _ => Vec::new(),
     }
 }
 
@@ -701,6 +887,42 @@ mod tests {
         );
         let s = SetupPy::parse("def setup(**kw): pass\nprint('entry_points=1')\n").unwrap();
         assert_eq!(s.arg("entry_points"), SetupArg::Absent);
+    }
+
+    #[test]
+    fn entry_points_bound_in_if_else_take_the_non_windows_branch() {
+        let cases = [
+            (
+                "import os\nif os.name == 'nt':\n    EP = {'console_scripts': ['t = w:main']}\nelse:\n    EP = {'console_scripts': ['t = posix:main']}\nsetup(entry_points=EP)\n",
+                "posix:main",
+                "line 5 (the non-Windows branch)",
+            ),
+            (
+                "import sys\nif not sys.platform.startswith('win'):\n    EP = {'console_scripts': ['t = posix:main']}\nelse:\n    EP = {'console_scripts': ['t = w:main']}\nsetup(entry_points=EP)\n",
+                "posix:main",
+                "line 3 (the non-Windows branch)",
+            ),
+            (
+                "if HAVE_X:\n    EP = {'console_scripts': ['t = a:main']}\nelse:\n    EP = {'console_scripts': ['t = b:main']}\nsetup(entry_points=EP)\n",
+                "a:main",
+                "line 2 (the first branch that assigns it)",
+            ),
+        ];
+        for (src, want, via) in cases {
+            let s = SetupPy::parse(src).unwrap();
+            match s.arg("entry_points") {
+                SetupArg::Literal {
+                    value,
+                    via: Some(v),
+                    ..
+                } => {
+                    let scripts = value.get("console_scripts").unwrap();
+                    assert!(format!("{scripts:?}").contains(want), "{src}: {scripts:?}");
+                    assert!(v.contains(via), "{src}: {v}");
+                }
+                other => panic!("{src}: {other:?}"),
+            }
+        }
     }
 
     #[test]

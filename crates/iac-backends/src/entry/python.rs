@@ -1,34 +1,37 @@
-//! The Python provider: DESIGN.md §3 rules 0–5, first match wins.
+//! The Python provider: the last-resort rules 1–5 of DESIGN.md §3 (after overrides, platform
+//! declarations and framework detection, see [`super`]), first match wins.
 //!
 //! 0. an override (found by [`super::overrides`]): `module:function` is called, a command is argv;
 //! 1. root `__main__.py` (`python /app`), else root `main.py` (`python /app/main.py`);
 //! 2. the first console script in file order from `[project.scripts]`, else
-//!    `[tool.poetry.scripts]`, else setup.cfg `[options.entry_points] console_scripts`, else a
-//!    literal `entry_points` in setup.py (read statically, never executed); the function is called;
+//!    `[tool.poetry.scripts]`, else setup.cfg `[options.entry_points] console_scripts`, else
+//!    `entry_points` in setup.py (read statically, never executed: a literal, or a name bound to a
+//!    literal, in an `if`/`else` the non-Windows branch); the function is called;
 //! 3. `{pkg}/__main__.py` or `src/{pkg}/__main__.py` of a top-level package (`python -m pkg`);
 //!    several → the one named like the project, else [`EntryError::Ambiguous`];
-//! 4. root `app.py`; else a Procfile process (`web`, else `worker`, else the first in file order);
-//! 5. Django (`manage.py` beside its settings module): `runserver`, or gunicorn on the WSGI
-//!    module when gunicorn is a dependency; else exactly one root module with a real top-level
-//!    `if __name__ == "__main__":` guard (several → [`EntryError::Ambiguous`]).
+//! 4. root `app.py`;
+//! 5. exactly one root module with a real top-level `if __name__ == "__main__":` guard (several
+//!    → [`EntryError::Ambiguous`]); else (`script`) exactly one root module whose top level calls
+//!    something (guard-less script code such as `main()` or `bot.run(TOKEN)`).
+//!
+//! (The Procfile moved to [`super::platform`] and Django to [`super::django`]: a declared or
+//! framework command ranks above these rules.)
 //!
 //! Container assumptions (what the argv relies on): the repo is at `/app` and is the working
 //! directory, `python` is on PATH, and the image runs `pip install /app` when the repo is
 //! installable (pyproject.toml with `[project]`/`[build-system]`/`[tool.poetry]`, or setup.py) and
 //! installs its requirements. So console scripts import from the installed package; a `src/`
 //! package in a repo that is NOT installable gets `PYTHONPATH=/app/src` through `env`.
-//! Rules that imply a listening port (Django, gunicorn, a Procfile `web` process) set
-//! `Entry::port = Some(8000)` and read `$PORT` at run time through `sh -c` (with `${PORT:-8000}`
-//! as the fallback where iac writes the command itself), so the agent's PORT wins when set.
 
 use std::path::Path;
 
 use iac_core::{Entry, EntryError, Language};
 
-use super::overrides::{Callable, Override, command_argv, split_words};
+use super::overrides::{Callable, Override};
 use super::pylex;
 use super::pymeta::{PyRepo, normalize_name};
-use super::{DEFAULT_APP_PORT, Provider, override_entry, read_optional};
+use super::pyscan;
+use super::{Provider, override_entry, read_optional};
 
 /// Directories whose packages never count for rule 3 (and are never scanned).
 const NOT_APP_DIRS: &[&str] = &[
@@ -80,7 +83,7 @@ fn entry(rule: &str, argv: Vec<String>, why: String) -> Entry {
         rule: rule.to_string(),
         argv,
         why,
-        port: None,
+        ..Entry::default()
     }
 }
 
@@ -102,7 +105,7 @@ impl Provider for PythonProvider {
             return Ok(override_entry(o, Language::Python));
         }
         let repo = PyRepo::load(dir)?;
-        let rules: [fn(&PyRepo) -> RuleResult; 10] = [
+        let rules: [fn(&PyRepo) -> RuleResult; 9] = [
             rule_main_module,
             rule_project_scripts,
             rule_poetry_scripts,
@@ -110,9 +113,8 @@ impl Provider for PythonProvider {
             rule_setup_py,
             rule_package_main,
             rule_app_py,
-            rule_procfile,
-            rule_django,
             rule_main_guard,
+            rule_script,
         ];
         let mut tried = Vec::new();
         for rule in rules {
@@ -386,233 +388,6 @@ fn rule_app_py(repo: &PyRepo) -> RuleResult {
     ))
 }
 
-/// One `name: command` line of a Procfile.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProcfileLine {
-    pub name: String,
-    pub command: String,
-    pub line: usize,
-}
-
-/// Parses a Procfile: `name: command` lines in file order; blank and `#` lines are skipped.
-pub fn parse_procfile(text: &str) -> Vec<ProcfileLine> {
-    text.lines()
-        .enumerate()
-        .filter_map(|(i, l)| {
-            let l = l.trim();
-            if l.is_empty() || l.starts_with('#') {
-                return None;
-            }
-            let (name, cmd) = l.split_once(':')?;
-            let name = name.trim();
-            let valid = !name.is_empty()
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-            (valid && !cmd.trim().is_empty()).then(|| ProcfileLine {
-                name: name.to_string(),
-                command: cmd.trim().to_string(),
-                line: i + 1,
-            })
-        })
-        .collect()
-}
-
-fn rule_procfile(repo: &PyRepo) -> RuleResult {
-    let path = repo.dir.join("Procfile");
-    let miss = |found: &str| {
-        format!(
-            "rule 4 (procfile): looked for a Procfile process (`web`, else `worker`, else the first line); {found}"
-        )
-    };
-    let Some(text) = read_optional(&path)? else {
-        return Ok(Err(miss("there is no Procfile")));
-    };
-    let procs = parse_procfile(&text);
-    let (chosen, why) = if let Some(p) = procs.iter().find(|p| p.name == "web") {
-        (p, "the `web` process is run")
-    } else if let Some(p) = procs.iter().find(|p| p.name == "worker") {
-        (p, "the `worker` process is run, as there is no `web`")
-    } else if let Some(p) = procs.first() {
-        (
-            p,
-            "the first process is run, as there is neither `web` nor `worker`",
-        )
-    } else {
-        return Ok(Err(miss("the Procfile has no `name: command` lines")));
-    };
-    let split = split_words(&chosen.command).map_err(|e| EntryError::Parse {
-        file: path.clone(),
-        message: format!("line {}: process `{}`: {e}", chosen.line, chosen.name),
-    })?;
-    let argv = command_argv(&chosen.command, &split);
-    let language = if looks_like_python(&repo.dir) {
-        Language::Python
-    } else {
-        Language::Binary
-    };
-    let shell = if argv.first().is_some_and(|a| a == "sh") {
-        ", through `sh -c` because the command uses shell expansion or operators"
-    } else {
-        ""
-    };
-    Ok(Ok(Entry {
-        language,
-        rule: "procfile".to_string(),
-        argv,
-        why: format!(
-            "Procfile line {} declares process `{}`: {why}{shell} (rule 4).",
-            chosen.line, chosen.name
-        ),
-        port: (chosen.name == "web").then_some(DEFAULT_APP_PORT),
-    }))
-}
-
-/// A Django project: its settings module and, when found, its WSGI `(module, attribute)`.
-struct DjangoLayout {
-    settings: String,
-    wsgi: Option<(String, String)>,
-}
-
-/// The Django layout: the settings module named by manage.py (or found beside it) and its WSGI
-/// module. `Ok(Err(why))` when the repo is not a Django project.
-fn django_layout(dir: &Path) -> Result<Result<DjangoLayout, String>, EntryError> {
-    let Some(manage) = read_optional(&dir.join("manage.py"))? else {
-        return Ok(Err("there is no manage.py".to_string()));
-    };
-    let module_path = |m: &str| -> Option<std::path::PathBuf> {
-        let rel: std::path::PathBuf = m.split('.').collect();
-        let file = dir.join(&rel).with_extension("py");
-        let pkg = dir.join(&rel).join("__init__.py");
-        if file.is_file() {
-            Some(file)
-        } else if pkg.is_file() {
-            Some(pkg)
-        } else {
-            None
-        }
-    };
-    // DJANGO_SETTINGS_MODULE named in manage.py, e.g. os.environ.setdefault("…", "site.settings").
-    let named = pylex::tokenize(&manage).ok().and_then(|t| {
-        t.windows(3).find_map(|w| {
-            (w[0].str_value().as_deref() == Some("DJANGO_SETTINGS_MODULE") && w[1].is_op(","))
-                .then(|| w[2].str_value())
-                .flatten()
-        })
-    });
-    let settings = match named {
-        Some(m) if module_path(&m).is_some() => m,
-        Some(m) => {
-            return Ok(Err(format!(
-                "manage.py names DJANGO_SETTINGS_MODULE {m:?} but no such module exists"
-            )));
-        }
-        None => {
-            let mut found: Vec<String> = std::fs::read_dir(dir)
-                .map_err(|source| EntryError::Io {
-                    path: dir.to_path_buf(),
-                    source,
-                })?
-                .filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| is_identifier(n) && module_path(&format!("{n}.settings")).is_some())
-                .map(|n| format!("{n}.settings"))
-                .collect();
-            found.sort();
-            match found.len() {
-                0 => {
-                    return Ok(Err(
-                        "manage.py exists but no settings module beside it ({pkg}/settings.py)"
-                            .to_string(),
-                    ));
-                }
-                _ => found.remove(0),
-            }
-        }
-    };
-    // WSGI module: WSGI_APPLICATION in settings, else a wsgi.py in the settings' package (or above).
-    let settings_file = module_path(&settings).expect("checked above");
-    let from_setting = read_optional(&settings_file)?.and_then(|text| {
-        let toks = pylex::tokenize(&text).ok()?;
-        toks.windows(3).find_map(|w| {
-            (w[0].line_start
-                && w[0].col == 0
-                && w[0].is_name("WSGI_APPLICATION")
-                && w[1].is_op("="))
-            .then(|| w[2].str_value())
-            .flatten()
-        })
-    });
-    let wsgi = match from_setting.and_then(|v| {
-        v.rsplit_once('.')
-            .map(|(m, a)| (m.to_string(), a.to_string()))
-    }) {
-        Some((m, a)) if module_path(&m).is_some() => Some((m, a)),
-        _ => {
-            let parts: Vec<&str> = settings.split('.').collect();
-            (1..parts.len())
-                .rev()
-                .map(|n| format!("{}.wsgi", parts[..n].join(".")))
-                .find(|m| module_path(m).is_some())
-                .map(|m| (m, "application".to_string()))
-        }
-    };
-    Ok(Ok(DjangoLayout { settings, wsgi }))
-}
-
-fn rule_django(repo: &PyRepo) -> RuleResult {
-    let DjangoLayout { settings, wsgi } = match django_layout(&repo.dir)? {
-        Ok(x) => x,
-        Err(found) => {
-            return Ok(Err(format!(
-                "rule 5 (django): looked for manage.py at the repo root beside a settings module; {found}"
-            )));
-        }
-    };
-    let gunicorn = repo.dependency("gunicorn")?;
-    let (argv, why) = match (&gunicorn, &wsgi) {
-        (Some(dep), Some((module, attr))) => (
-            strs(&[
-                "sh",
-                "-c",
-                &format!(
-                    "exec python -m gunicorn --bind 0.0.0.0:${{PORT:-{DEFAULT_APP_PORT}}} {module}:{attr}"
-                ),
-            ]),
-            format!(
-                "manage.py sits beside settings module `{settings}` and gunicorn is a dependency ({dep}), so gunicorn serves WSGI app `{module}:{attr}` on $PORT (rule 5)."
-            ),
-        ),
-        _ => {
-            let no_gunicorn = match (&gunicorn, &wsgi) {
-                (Some(dep), None) => {
-                    format!("gunicorn is a dependency ({dep}) but no WSGI module was found")
-                }
-                _ => "gunicorn is not a dependency".to_string(),
-            };
-            (
-                strs(&[
-                    "sh",
-                    "-c",
-                    &format!(
-                        "exec python manage.py runserver --noreload 0.0.0.0:${{PORT:-{DEFAULT_APP_PORT}}}"
-                    ),
-                ]),
-                format!(
-                    "manage.py sits beside settings module `{settings}` and {no_gunicorn}, so Django's runserver serves on $PORT (--noreload: the agent supervises the process) (rule 5)."
-                ),
-            )
-        }
-    };
-    Ok(Ok(Entry {
-        language: Language::Python,
-        rule: "django".to_string(),
-        argv,
-        why,
-        port: Some(DEFAULT_APP_PORT),
-    }))
-}
-
 /// Root `*.py` files, sorted.
 fn root_py_files(dir: &Path) -> Result<Vec<String>, EntryError> {
     let rd = std::fs::read_dir(dir).map_err(|source| EntryError::Io {
@@ -689,17 +464,46 @@ fn rule_main_guard(repo: &PyRepo) -> RuleResult {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn procfile_lines() {
-        let p = parse_procfile(
-            "# comment\nrelease: ./migrate\n\nworker: celery -A x worker\nweb: gunicorn app:app\nbad line\n: empty\n",
-        );
-        let names: Vec<(&str, usize)> = p.iter().map(|l| (l.name.as_str(), l.line)).collect();
-        assert_eq!(names, [("release", 2), ("worker", 4), ("web", 5)]);
-        assert_eq!(p[2].command, "gunicorn app:app");
+fn rule_script(repo: &PyRepo) -> RuleResult {
+    let mut with_calls = Vec::new();
+    for name in root_py_files(&repo.dir)? {
+        let stem = &name[..name.len() - 3];
+        if NOT_APP_MODULES.contains(&name.as_str())
+            || stem.starts_with("test_")
+            || stem.ends_with("_test")
+            || stem.starts_with('.')
+        {
+            continue;
+        }
+        let path = repo.dir.join(&name);
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() > MAX_SCAN_BYTES) {
+            continue;
+        }
+        let Some(text) = read_optional(&path)? else {
+            continue;
+        };
+        if let Ok(f) = pyscan::analyze(&name, &text)
+            && let Some(line) = f.top_calls.first()
+        {
+            with_calls.push((name, *line));
+        }
+    }
+    match with_calls.as_slice() {
+        [] => Ok(Err(
+            "rule 5 (script): looked for exactly one root module whose top level calls something (guard-less script code); none found".to_string(),
+        )),
+        [(name, line)] => Ok(Ok(entry(
+            "script",
+            vec!["python".to_string(), format!("/app/{name}")],
+            format!("{name} is the only root module with top-level code to run (a call on line {line}, no `__main__` guard), so it runs as a script (rule 5)."),
+        ))),
+        several => Ok(Err(format!(
+            "rule 5 (script): several root modules have top-level calls ({}); none is chosen",
+            several
+                .iter()
+                .map(|(n, l)| format!("{n} line {l}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
     }
 }

@@ -81,11 +81,13 @@ fn cases() -> Vec<Case> {
             files: &[("main.py", GUARD)],
             exec: &[],
             entrypoint: Some("gunicorn -b 0.0.0.0:$PORT 'svc.wsgi:app'"),
-            expect: py(
-                "override:repos-file",
-                &["sh", "-c", "exec gunicorn -b 0.0.0.0:$PORT 'svc.wsgi:app'"],
-                &["rule 0"],
-            ),
+            expect: Entry {
+                rule: "override:repos-file",
+                language: Language::Python,
+                argv: &["sh", "-c", "exec gunicorn -b 0.0.0.0:$PORT 'svc.wsgi:app'"],
+                why: &["rule 0"],
+                port: Some(8000),
+            },
         },
         Case {
             name: "Dockerfile LABEL ENTRYPOINT (quoted, several pairs, continuation) beats [tool.iac] and rule 1",
@@ -148,11 +150,13 @@ fn cases() -> Vec<Case> {
             ],
             exec: &[],
             entrypoint: None,
-            expect: py(
-                "override:pyproject",
-                &["python", "serve.py", "--port", "9000"],
-                &["pyproject.toml line 2"],
-            ),
+            expect: Entry {
+                rule: "override:pyproject",
+                language: Language::Python,
+                argv: &["python", "serve.py", "--port", "9000"],
+                why: &["pyproject.toml line 2"],
+                port: Some(9000),
+            },
         },
         Case {
             name: "invalid Dockerfile override names the value and its origin",
@@ -196,7 +200,7 @@ fn cases() -> Vec<Case> {
                 language: Language::Binary,
                 argv: &["./bin/server", "--listen", ":8080"],
                 why: &["rule 0"],
-                port: None,
+                port: Some(8080),
             },
         },
         // ---- rule 1 -------------------------------------------------------------------------
@@ -445,7 +449,7 @@ fn cases() -> Vec<Case> {
         },
         // ---- rule 4 -------------------------------------------------------------------------
         Case {
-            name: "app.py beats Procfile",
+            name: "a Procfile the repo declares beats app.py (platform declaration > rules)",
             dir: "repo",
             files: &[
                 ("app.py", "x = 1\n"),
@@ -453,7 +457,13 @@ fn cases() -> Vec<Case> {
             ],
             exec: &[],
             entrypoint: None,
-            expect: py("app.py", &["python", "/app/app.py"], &["app.py"]),
+            expect: Entry {
+                rule: "platform:procfile",
+                language: Language::Python,
+                argv: &["gunicorn", "app:app"],
+                why: &["Procfile line 1", "Heroku"],
+                port: Some(8000),
+            },
         },
         Case {
             name: "Procfile: web wins even when it is not first; $PORT → sh -c exec; port 8000",
@@ -468,7 +478,7 @@ fn cases() -> Vec<Case> {
             exec: &[],
             entrypoint: None,
             expect: Entry {
-                rule: "procfile",
+                rule: "platform:procfile",
                 language: Language::Python,
                 argv: &["sh", "-c", "exec gunicorn svc.wsgi --bind 0.0.0.0:$PORT"],
                 why: &["Procfile line 3", "`web`"],
@@ -488,7 +498,7 @@ fn cases() -> Vec<Case> {
             exec: &[],
             entrypoint: None,
             expect: py(
-                "procfile",
+                "platform:procfile",
                 &["celery", "-A", "svc", "worker", "--loglevel", "info"],
                 &["Procfile line 2", "`worker`"],
             ),
@@ -506,7 +516,7 @@ fn cases() -> Vec<Case> {
             exec: &[],
             entrypoint: None,
             expect: py(
-                "procfile",
+                "platform:procfile",
                 &["python", "zz.py"],
                 &["Procfile line 2", "first process"],
             ),
@@ -518,7 +528,7 @@ fn cases() -> Vec<Case> {
             exec: &["server"],
             entrypoint: None,
             expect: Entry {
-                rule: "procfile",
+                rule: "platform:procfile",
                 language: Language::Binary,
                 argv: &["./server"],
                 why: &["`web`"],
@@ -542,12 +552,12 @@ fn cases() -> Vec<Case> {
             exec: &[],
             entrypoint: None,
             expect: Entry {
-                rule: "django",
+                rule: "framework:django",
                 language: Language::Python,
                 argv: &[
                     "sh",
                     "-c",
-                    "exec python manage.py runserver --noreload 0.0.0.0:${PORT:-8000}",
+                    "exec python manage.py runserver --noreload 127.0.0.1:${PORT:-8000}",
                 ],
                 why: &["site_cfg.settings", "gunicorn is not a dependency"],
                 port: Some(8000),
@@ -573,12 +583,12 @@ fn cases() -> Vec<Case> {
             exec: &[],
             entrypoint: None,
             expect: Entry {
-                rule: "django",
+                rule: "framework:django",
                 language: Language::Python,
                 argv: &[
                     "sh",
                     "-c",
-                    "exec python -m gunicorn --bind 0.0.0.0:${PORT:-8000} mysite.wsgi:application",
+                    "exec python -m gunicorn --bind 127.0.0.1:${PORT:-8000} mysite.wsgi:application",
                 ],
                 why: &["requirements.txt line 3", "mysite.wsgi:application"],
                 port: Some(8000),
@@ -607,12 +617,12 @@ fn cases() -> Vec<Case> {
             exec: &[],
             entrypoint: None,
             expect: Entry {
-                rule: "django",
+                rule: "framework:django",
                 language: Language::Python,
                 argv: &[
                     "sh",
                     "-c",
-                    "exec python -m gunicorn --bind 0.0.0.0:${PORT:-8000} conf.serve:app",
+                    "exec python -m gunicorn --bind 127.0.0.1:${PORT:-8000} conf.serve:app",
                 ],
                 why: &["[project].dependencies", "conf.settings.prod"],
                 port: Some(8000),
@@ -675,6 +685,87 @@ fn cases() -> Vec<Case> {
             entrypoint: None,
             expect: NotFound(&["rule 5 (main-guard)", "none found"]),
         },
+        Case {
+            name: "guard-less script: the only root module with top-level calls",
+            dir: "repo",
+            files: &[
+                (
+                    "bot.py",
+                    "import os\nclient = make()\n\nclient.run(os.environ['TOKEN'])\n",
+                ),
+                ("helpers.py", "def make():\n    return 1\n"),
+            ],
+            exec: &[],
+            entrypoint: None,
+            expect: py(
+                "script",
+                &["python", "/app/bot.py"],
+                &["bot.py", "line 4", "no `__main__` guard"],
+            ),
+        },
+        Case {
+            name: "guard-less scripts: several with top-level calls is not a guess",
+            dir: "repo",
+            files: &[("a.py", "print(1)\n"), ("b.py", "print(2)\n")],
+            exec: &[],
+            entrypoint: None,
+            expect: NotFound(&["rule 5 (script)", "a.py line 1, b.py line 1"]),
+        },
+        // ---- framework detection beats rules 1-5 ------------------------------------------
+        Case {
+            name: "a FastAPI main.py that only defines the app gets uvicorn, not `python main.py`",
+            dir: "repo",
+            files: &[
+                (
+                    "main.py",
+                    "from fastapi import FastAPI\n\napp = FastAPI()\n\n@app.get('/')\ndef root():\n    return {}\n",
+                ),
+                ("requirements.txt", "fastapi\nuvicorn[standard]\n"),
+            ],
+            exec: &[],
+            entrypoint: None,
+            expect: Entry {
+                rule: "framework:asgi",
+                language: Language::Python,
+                argv: &[
+                    "sh",
+                    "-c",
+                    "exec python -m uvicorn main:app --host 127.0.0.1 --port ${PORT:-8000}",
+                ],
+                why: &[
+                    "main.py",
+                    "FastAPI app object `app`",
+                    "requirements.txt line 2",
+                ],
+                port: Some(8000),
+            },
+        },
+        Case {
+            name: "Django two levels down, no gunicorn: runserver on loopback from that folder",
+            dir: "repo",
+            files: &[
+                (
+                    "src/site/manage.py",
+                    "import os\nos.environ.setdefault('DJANGO_SETTINGS_MODULE', 'cfg.settings')\n",
+                ),
+                ("src/site/cfg/__init__.py", ""),
+                ("src/site/cfg/settings.py", "DEBUG = True\n"),
+                ("requirements.txt", "django\n"),
+            ],
+            exec: &[],
+            entrypoint: None,
+            expect: Entry {
+                rule: "framework:django",
+                language: Language::Python,
+                argv: &[
+                    "sh",
+                    "-c",
+                    "exec python manage.py runserver --noreload 127.0.0.1:${PORT:-8000}",
+                ],
+                why: &["src/site/manage.py", "run from src/site/"],
+                port: Some(8000),
+            },
+        },
         // ---- rule 6 -------------------------------------------------------------------------
         Case {
             name: "executable main at the root",
@@ -727,6 +818,8 @@ fn cases() -> Vec<Case> {
             entrypoint: None,
             expect: NotFound(&[
                 "rule 0 (override): looked for a repos-file `entrypoint`, `LABEL ENTRYPOINT=` in ./Dockerfile and `[tool.iac] entrypoint` in ./pyproject.toml; found no `entrypoint` in the repos file, no Dockerfile, no pyproject.toml",
+                "platform declarations: Procfile: there is no Procfile; render.yaml: there is no render.yaml",
+                "compose: there is no compose.yaml",
                 "rule 1 (main-module, main.py): looked for __main__.py and main.py",
                 "rule 2 (project.scripts)",
                 "rule 2 (poetry.scripts)",
@@ -734,9 +827,8 @@ fn cases() -> Vec<Case> {
                 "rule 2 (setup.py): looked for a literal `entry_points`",
                 "rule 3 (package-main): looked for {pkg}/__main__.py and src/{pkg}/__main__.py",
                 "rule 4 (app.py)",
-                "rule 4 (procfile): looked for a Procfile process",
-                "rule 5 (django): looked for manage.py",
                 "rule 5 (main-guard)",
+                "rule 5 (script)",
                 "rule 6 (binary-main): looked for an executable file `main` at the repo root; it does not exist",
             ]),
         },
@@ -851,9 +943,10 @@ fn every_rule_id_is_covered_by_the_table() {
         "setup.py",
         "package-main",
         "app.py",
-        "procfile",
-        "django",
+        "platform:procfile",
+        "framework:django",
         "main-guard",
+        "script",
         "binary-main",
     ];
     let cases = cases();
