@@ -6,7 +6,13 @@
 #   docker_container.envoy[svc]  its Envoy sidecar, sharing the app's network namespace
 #
 # All data comes from terraform.tfvars.json, rendered by iac; edit this file to change *how* the
-# containers are created (restart policy, resource limits, logging, ...).
+# containers are created (restart policy, logging, ...).
+#
+# Every container drops all capabilities and gets back only what its `security` object lists,
+# runs with no-new-privileges and the memory limit iac rendered. The provider has no pids limit
+# for docker_container (the docker provisioner sets one). Everything carries
+# iac.managed-by=iac, which no image sets: `iac destroy` with the docker provisioner only ever
+# touches objects with it.
 
 locals {
   # Every distinct image named by a service (apps and sidecars).
@@ -20,7 +26,7 @@ resource "docker_network" "this" {
   driver = "bridge"
 
   dynamic "labels" {
-    for_each = var.network.labels
+    for_each = merge(var.network.labels, { "iac.managed-by" = "iac" })
     content {
       label = labels.key
       value = labels.value
@@ -48,6 +54,14 @@ resource "docker_container" "app" {
   restart      = "no"
   must_run     = true
 
+  capabilities {
+    add  = each.value.app.security.cap_add
+    drop = each.value.app.security.cap_drop
+  }
+  security_opts = each.value.app.security.no_new_privileges ? ["no-new-privileges:true"] : null
+  memory        = each.value.app.memory_mib
+  memory_swap   = each.value.app.memory_mib
+
   networks_advanced {
     name    = docker_network.this.id
     aliases = each.value.app.aliases
@@ -74,7 +88,7 @@ resource "docker_container" "app" {
   }
 
   dynamic "labels" {
-    for_each = each.value.app.labels
+    for_each = merge(each.value.app.labels, { "iac.managed-by" = "iac" })
     content {
       label = labels.key
       value = labels.value
@@ -97,6 +111,16 @@ resource "docker_container" "envoy" {
   # listener is what the app container publishes.
   network_mode = "container:${docker_container.app[each.key].id}"
 
+  # The sidecar's command installs the pod's packet filter (only var.mesh_port reachable from
+  # outside the pod), then drops these capabilities before Envoy starts.
+  capabilities {
+    add  = each.value.envoy.security.cap_add
+    drop = each.value.envoy.security.cap_drop
+  }
+  security_opts = each.value.envoy.security.no_new_privileges ? ["no-new-privileges:true"] : null
+  memory        = each.value.envoy.memory_mib
+  memory_swap   = each.value.envoy.memory_mib
+
   # Envoy config and the service's certificates, read-only.
   dynamic "mounts" {
     for_each = each.value.envoy.mounts
@@ -109,7 +133,7 @@ resource "docker_container" "envoy" {
   }
 
   dynamic "labels" {
-    for_each = each.value.envoy.labels
+    for_each = merge(each.value.envoy.labels, { "iac.managed-by" = "iac" })
     content {
       label = labels.key
       value = labels.value

@@ -53,6 +53,14 @@ variable "services" {
         read_only = bool
       }))
       stop_timeout = number
+      # Capabilities added back after dropping, and no-new-privileges.
+      security = object({
+        no_new_privileges = bool
+        cap_add           = list(string)
+        cap_drop          = list(string)
+      })
+      # Memory limit in MiB, swap included; omitted means no limit.
+      memory_mib = optional(number)
     })
 
     # The sidecar shares the app container's network namespace (like a pod).
@@ -68,6 +76,13 @@ variable "services" {
         read_only = bool
       }))
       stop_timeout = number
+      # NET_ADMIN (and what it needs to drop it again) to install the pod's packet filter.
+      security = object({
+        no_new_privileges = bool
+        cap_add           = list(string)
+        cap_drop          = list(string)
+      })
+      memory_mib = optional(number)
     })
   }))
 }

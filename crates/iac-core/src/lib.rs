@@ -35,7 +35,7 @@ pub use repos::{ReposFile, ReposFormat, ServiceSpec, load_repos_file, parse_repo
 pub use slug::{Forge, Slug};
 pub use source::Source;
 pub use stack::{
-    Action, Applied, AppliedService, Change, ContainerSpec, Mount, NetworkMode, NetworkSpec,
-    PortPublish, RunningService, ServiceStack, Stack,
+    Action, Applied, AppliedService, Change, ContainerSpec, Limits, Mount, NetworkMode,
+    NetworkSpec, PodFilter, PortPublish, Privileges, RunningService, ServiceStack, Stack,
 };
 pub use stages::*;

@@ -5,6 +5,11 @@
 //!   publishing the sidecar's inbound port 15000 on `127.0.0.1:<ephemeral>`;
 //! * `<project>-<svc>-envoy`: Envoy sharing the app's network namespace, its config and the
 //!   service's certificates mounted read-only.
+//!
+//! Both drop every capability and set `no-new-privileges`; each gets back only what it needs
+//! ([`app_privileges`], [`sidecar_privileges`]). The sidecar's command ([`sidecar_command`]) first
+//! installs the pod's packet filter ([`pod_filter_rules`]: from outside the pod only the inbound
+//! mTLS port is reachable, whatever the app binds), then drops every capability and execs Envoy.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -21,6 +26,96 @@ pub const ENVOY_CONFIG_IN_CONTAINER: &str = "/etc/envoy/envoy.yaml";
 /// Default port handed to apps in `PORT` when they declare none (the one constant, defined with
 /// [`crate::Entry`]).
 pub use crate::entry::DEFAULT_APP_PORT;
+/// The nftables table (family `inet`: IPv4 and IPv6) the sidecar installs in the pod.
+pub const POD_FILTER_TABLE: &str = "iac_pod";
+/// Exit code of the sidecar command when the filter cannot be installed (`EX_CONFIG`).
+pub const POD_FILTER_EXIT: u8 = 78;
+
+/// The pod's packet filter, as an `nft -f` ruleset. Inbound, only `inbound_port`/tcp is accepted
+/// from outside the pod; loopback (Envoy ↔ app ↔ agent), replies to the pod's own connections and
+/// the ICMP that IPv4/IPv6 need to work (neighbour discovery, errors) pass; every other TCP
+/// connection is reset, everything else dropped. Outbound is not filtered. Loading it replaces
+/// any earlier copy of the table atomically (a restarted sidecar re-installs it).
+pub fn pod_filter_rules(inbound_port: u16) -> String {
+    format!(
+        "table inet {POD_FILTER_TABLE}
+delete table inet {POD_FILTER_TABLE}
+table inet {POD_FILTER_TABLE} {{
+  chain input {{
+    type filter hook input priority filter; policy drop;
+    iifname \"lo\" accept
+    ct state established,related accept
+    tcp dport {inbound_port} accept
+    icmpv6 type {{ destination-unreachable, packet-too-big, time-exceeded, parameter-problem, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert }} accept
+    icmp type {{ destination-unreachable, time-exceeded, parameter-problem }} accept
+    meta l4proto tcp reject with tcp reset
+  }}
+}}
+"
+    )
+}
+
+/// The sidecar container's command: a POSIX shell script that installs [`pod_filter_rules`]
+/// (failing with exit code [`POD_FILTER_EXIT`] and a message naming the missing tool when it
+/// cannot), then `exec`s `envoy_argv` through `setpriv` with no capabilities left (inheritable,
+/// ambient and bounding sets cleared, so not even a root Envoy regains any), as the owner of
+/// `key_file` when that is not root (the key is 0600 and the sidecar has no DAC_OVERRIDE).
+pub fn sidecar_command(inbound_port: u16, key_file: &str, envoy_argv: &[String]) -> Vec<String> {
+    let script = format!(
+        "set -eu
+for tool in nft setpriv stat; do
+  command -v \"$tool\" >/dev/null 2>&1 || {{ echo \"iac-sidecar: $tool is missing from this image; the pod's packet filter cannot be installed (rebuild the Envoy image with scripts/bootstrap-images.sh)\" >&2; exit {POD_FILTER_EXIT}; }}
+done
+nft -f - <<'IAC_RULES' || {{ echo \"iac-sidecar: nft could not install the pod's packet filter (the sidecar needs CAP_NET_ADMIN)\" >&2; exit {POD_FILTER_EXIT}; }}
+{rules}IAC_RULES
+echo \"iac-sidecar: pod filter installed: inbound tcp/{inbound_port} only\" >&2
+key=\"$1\"
+shift
+uid=$(stat -c %u \"$key\")
+gid=$(stat -c %g \"$key\")
+if [ \"$uid\" = 0 ]; then
+  exec setpriv --inh-caps=-all --ambient-caps=-all --bounding-set=-all -- \"$@\"
+fi
+exec setpriv --reuid=\"$uid\" --regid=\"$gid\" --clear-groups --inh-caps=-all --ambient-caps=-all --bounding-set=-all -- \"$@\"
+",
+        rules = pod_filter_rules(inbound_port)
+    );
+    let mut cmd = vec![
+        "/bin/sh".to_string(),
+        "-c".into(),
+        script,
+        "iac-sidecar".into(),
+        key_file.to_string(),
+    ];
+    cmd.extend(envoy_argv.iter().cloned());
+    cmd
+}
+
+/// The app container: PID 1 is `iac-agent` as root, which switches to the app's user
+/// (SETUID, SETGID) and signals that user's processes (KILL). Nothing else.
+pub fn app_privileges() -> Privileges {
+    Privileges {
+        no_new_privileges: true,
+        cap_drop: vec!["ALL".into()],
+        cap_add: vec!["KILL".into(), "SETGID".into(), "SETUID".into()],
+    }
+}
+
+/// The sidecar container: NET_ADMIN to install the pod's packet filter, SETPCAP to empty its
+/// bounding set afterwards, SETUID/SETGID to switch to the key's owner. [`sidecar_command`] drops
+/// all of them before Envoy starts; the app container never has any of them.
+pub fn sidecar_privileges() -> Privileges {
+    Privileges {
+        no_new_privileges: true,
+        cap_drop: vec!["ALL".into()],
+        cap_add: vec![
+            "NET_ADMIN".into(),
+            "SETGID".into(),
+            "SETPCAP".into(),
+            "SETUID".into(),
+        ],
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PlanInput {
@@ -125,6 +220,8 @@ pub fn plan(input: &PlanInput) -> Stack {
                     host_port: None,
                 }],
                 stop_timeout_secs: 10,
+                privileges: app_privileges(),
+                limits: Limits::default(),
             };
             let inside = CertPaths::in_container();
             let ro = |source: &PathBuf, target: &PathBuf| Mount {
@@ -135,19 +232,23 @@ pub fn plan(input: &PlanInput) -> Stack {
             let envoy = ContainerSpec {
                 name: envoy_container_name(project, &s.name),
                 image: input.envoy_image.clone(),
-                cmd: vec![
-                    "envoy".into(),
-                    "-c".into(),
-                    ENVOY_CONFIG_IN_CONTAINER.into(),
-                    "--log-level".into(),
-                    "warn".into(),
-                    "--service-cluster".into(),
-                    project.to_string(),
-                    "--service-node".into(),
-                    s.name.to_string(),
-                ],
-                // The official image's entrypoint drops to uid 101 unless ENVOY_UID=0; the mounted
-                // keys are 0600, so Envoy must stay root to read them (harmless elsewhere).
+                cmd: sidecar_command(
+                    ports.inbound,
+                    &inside.key.display().to_string(),
+                    &[
+                        "envoy".into(),
+                        "-c".into(),
+                        ENVOY_CONFIG_IN_CONTAINER.into(),
+                        "--log-level".into(),
+                        "warn".into(),
+                        "--service-cluster".into(),
+                        project.to_string(),
+                        "--service-node".into(),
+                        s.name.to_string(),
+                    ],
+                ),
+                // The official image's entrypoint would switch to uid 101 unless ENVOY_UID=0; the
+                // sidecar command picks Envoy's user itself (the owner of the 0600 key).
                 env: BTreeMap::from([("ENVOY_UID".to_string(), "0".to_string())]),
                 labels: base_labels("envoy", Some(&s.name)),
                 network: NetworkMode::Container { name: app_name },
@@ -159,6 +260,8 @@ pub fn plan(input: &PlanInput) -> Stack {
                 ],
                 ports: Vec::new(),
                 stop_timeout_secs: 5,
+                privileges: sidecar_privileges(),
+                limits: Limits::default(),
             };
             #[derive(Serialize)]
             struct HashInput<'a> {
@@ -186,6 +289,10 @@ pub fn plan(input: &PlanInput) -> Stack {
                 app,
                 envoy,
                 spec_hash,
+                pod_filter: Some(PodFilter {
+                    table: POD_FILTER_TABLE.to_string(),
+                    inbound_port: ports.inbound,
+                }),
             }
         })
         .collect();
@@ -250,6 +357,53 @@ mod tests {
         assert_eq!(
             got, want,
             "plan() output changed; review and re-run with UPDATE_GOLDEN=1"
+        );
+    }
+
+    #[test]
+    fn pods_are_hardened_and_the_sidecar_filters_before_envoy_starts() {
+        let stack = plan(&sample_input());
+        for s in &stack.services {
+            assert_eq!(s.app.privileges, app_privileges());
+            assert_eq!(s.envoy.privileges, sidecar_privileges());
+            assert!(s.app.privileges.no_new_privileges && s.envoy.privileges.no_new_privileges);
+            assert_eq!(s.app.privileges.cap_drop, ["ALL"]);
+            assert!(
+                !s.app.privileges.cap_add.iter().any(|c| c == "NET_ADMIN"),
+                "the app never gets NET_ADMIN"
+            );
+            assert_eq!(
+                s.pod_filter,
+                Some(PodFilter {
+                    table: "iac_pod".into(),
+                    inbound_port: 15000
+                })
+            );
+            let cmd = &s.envoy.cmd;
+            assert_eq!(&cmd[..2], ["/bin/sh", "-c"]);
+            assert_eq!(cmd[3], "iac-sidecar");
+            assert_eq!(
+                cmd[4], "/etc/iac/certs/key.pem",
+                "Envoy runs as the key's owner"
+            );
+            assert_eq!(&cmd[5..8], ["envoy", "-c", ENVOY_CONFIG_IN_CONTAINER]);
+            let script = &cmd[2];
+            let filter = script.find("nft -f -").expect("installs the filter");
+            let exec = script.find("exec setpriv").expect("drops capabilities");
+            assert!(filter < exec, "filter first, then Envoy");
+            assert!(script.starts_with("set -eu\n"));
+            assert!(script.contains("--bounding-set=-all"));
+            assert!(script.contains(&pod_filter_rules(15000)));
+        }
+        let rules = pod_filter_rules(15000);
+        assert!(rules.contains("policy drop;"));
+        assert!(rules.contains("tcp dport 15000 accept"));
+        assert!(rules.contains("iifname \"lo\" accept"));
+        assert!(rules.contains("ct state established,related accept"));
+        assert_eq!(
+            rules.matches(" accept").count(),
+            5,
+            "nothing else is let in:\n{rules}"
         );
     }
 

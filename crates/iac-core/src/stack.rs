@@ -59,6 +59,32 @@ pub struct ContainerSpec {
     pub ports: Vec<PortPublish>,
     /// Seconds the engine waits after SIGTERM before SIGKILL.
     pub stop_timeout_secs: u32,
+    /// Kernel privileges (capabilities, `no-new-privileges`). Default: the engine's defaults.
+    #[serde(default)]
+    pub privileges: Privileges,
+    /// Resource limits. Default: none here; provisioners fill in their configured limits.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// What a container's processes may do beyond an unprivileged process. Capabilities are names
+/// without the `CAP_` prefix (`NET_ADMIN`); `cap_drop` applies first (`ALL`: every one), then
+/// `cap_add`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Privileges {
+    /// `no-new-privileges`: setuid binaries and file capabilities grant nothing.
+    pub no_new_privileges: bool,
+    pub cap_drop: Vec<String>,
+    pub cap_add: Vec<String>,
+}
+
+/// cgroup limits of one container; `None`: no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Limits {
+    /// Maximum number of processes and threads (`pids.max`).
+    pub pids: Option<i64>,
+    /// Memory limit in bytes (swap included: the container gets no swap beyond it).
+    pub memory_bytes: Option<i64>,
 }
 
 /// One service's pair of containers. Both carry `spec_hash` in their labels.
@@ -68,6 +94,18 @@ pub struct ServiceStack {
     pub app: ContainerSpec,
     pub envoy: ContainerSpec,
     pub spec_hash: String,
+    /// The packet filter the sidecar installs in the pod, when it installs one; a provisioner
+    /// that can check it does so before reporting the pair created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_filter: Option<PodFilter>,
+}
+
+/// An nftables table (family `inet`) in the pod's network namespace that lets only `inbound_port`
+/// in from outside the pod.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PodFilter {
+    pub table: String,
+    pub inbound_port: u16,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

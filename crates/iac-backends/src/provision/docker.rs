@@ -1,6 +1,17 @@
 //! The Docker provisioner (the default [`Provisioner`]): reconciles a [`Stack`] against the local
 //! engine through bollard, by labels (`iac.project`, `iac.service`, `iac.spec-hash`, `iac.role`).
 //!
+//! * Only objects iac created are ever looked at: containers and networks are selected by
+//!   `iac.managed-by=iac` **and** `iac.project=<project>`. The provisioner sets `iac.managed-by`
+//!   itself at create time; images only carry `iac.project`/`iac.service`, so a container someone
+//!   starts by hand from an iac image is neither reconciled nor destroyed.
+//! * Containers get the stack's privileges (capabilities, `no-new-privileges`) and its limits,
+//!   open limits filled from [`DockerProvisionerConfig::limits`] ([`super::with_limits`]).
+//! * When a service's pair installs a pod packet filter ([`iac_core::PodFilter`]), the pair only
+//!   counts as started once the filter is seen in the pod (`nft list table` run in the sidecar,
+//!   within [`DockerProvisionerConfig::pod_filter_deadline_secs`]); a sidecar that cannot install
+//!   it fails the pair, which is then removed — an unfiltered app is never left running.
+//!
 //! * The decisions are pure ([`super::reconcile`]); this file only acts on them through the small
 //!   [`Engine`] trait ([`BollardEngine`] for the real engine, a mockall fake in the unit tests).
 //! * Unchanged services are not touched (their endpoint is read back from the published port).
@@ -38,6 +49,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bollard::Docker;
+use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{
     ContainerCreateBody, EndpointSettings, HostConfig, Mount as DockerMount, MountType,
     NetworkConnectRequest, NetworkCreateRequest, NetworkDisconnectRequest, NetworkingConfig,
@@ -53,16 +65,17 @@ use futures::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
 
 use iac_core::plan::app_container_name;
-use iac_core::stack::{LABEL_PROJECT, LABEL_ROLE, LABEL_SERVICE, LABEL_SPEC_HASH};
+use iac_core::stack::{LABEL_MANAGED, LABEL_PROJECT, LABEL_ROLE, LABEL_SERVICE, LABEL_SPEC_HASH};
 use iac_core::{
     Action, Applied, AppliedService, Change, ContainerSpec, Events, HealthProber, MeshPorts,
-    NetworkMode, NetworkSpec, ProbeTarget, ProjectName, ProvisionError, Provisioner,
+    NetworkMode, NetworkSpec, PodFilter, ProbeTarget, ProjectName, ProvisionError, Provisioner,
     RunningService, ServiceName, ServiceStack, Stack, Stage,
 };
 
 use super::reconcile::{Observed, ServicePlan, reconcile};
+use super::{ContainerLimits, MANAGED_BY, with_limits};
 
-/// `[provision.docker]` in `iac.toml`.
+/// `[docker]` in `iac.toml`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct DockerProvisionerConfig {
@@ -77,6 +90,11 @@ pub struct DockerProvisionerConfig {
     pub parallelism: usize,
     /// Timeout of a single engine request.
     pub request_timeout_secs: u64,
+    /// How long a new sidecar may take to install the pod's packet filter before the pair is
+    /// given up (and removed).
+    pub pod_filter_deadline_secs: u64,
+    /// cgroup limits of the containers (`[docker.limits]` in iac.toml; 0 = no limit).
+    pub limits: ContainerLimits,
 }
 
 impl Default for DockerProvisionerConfig {
@@ -87,6 +105,8 @@ impl Default for DockerProvisionerConfig {
             stop_timeout_secs: 10,
             parallelism: 4,
             request_timeout_secs: 120,
+            pod_filter_deadline_secs: 15,
+            limits: ContainerLimits::default(),
         }
     }
 }
@@ -132,6 +152,15 @@ impl From<EngineError> for ProvisionError {
     }
 }
 
+/// What a command run in a container (`docker exec`) ended with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// `None` when the engine did not report one.
+    pub exit_code: Option<i64>,
+    /// stdout and stderr, interleaved.
+    pub output: String,
+}
+
 /// A network as the engine reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetworkInfo {
@@ -145,16 +174,17 @@ pub struct NetworkInfo {
 #[cfg_attr(test, mockall::automock)]
 #[async_trait]
 pub trait Engine: Send + Sync {
-    /// Every container (any state) labelled `iac.project=<project>`.
+    /// Every container (any state) labelled `iac.managed-by=iac` and `iac.project=<project>`.
     async fn list_containers(&self, project: &ProjectName) -> Result<Vec<Observed>, EngineError>;
-    /// Every network labelled `iac.project=<project>`.
+    /// Every network labelled `iac.managed-by=iac` and `iac.project=<project>`.
     async fn list_networks(&self, project: &ProjectName) -> Result<Vec<NetworkInfo>, EngineError>;
     /// Networks named exactly `name`, whoever owns them.
     async fn find_networks(&self, name: &str) -> Result<Vec<NetworkInfo>, EngineError>;
-    /// Creates a bridge network; returns its id.
+    /// Creates a bridge network labelled `iac.managed-by=iac`; returns its id.
     async fn create_network(&self, spec: &NetworkSpec) -> Result<String, EngineError>;
     async fn remove_network(&self, id: &str) -> Result<(), EngineError>;
-    /// Creates (does not start) a container exactly as specified; returns its id.
+    /// Creates (does not start) a container exactly as specified, labelled
+    /// `iac.managed-by=iac`; returns its id.
     async fn create_container(&self, spec: &ContainerSpec) -> Result<String, EngineError>;
     async fn start_container(&self, id: &str) -> Result<(), EngineError>;
     async fn stop_container(&self, id: &str, timeout_secs: u32) -> Result<(), EngineError>;
@@ -167,6 +197,9 @@ pub trait Engine: Send + Sync {
         aliases: Vec<String>,
     ) -> Result<(), EngineError>;
     async fn disconnect_network(&self, network: &str, container: &str) -> Result<(), EngineError>;
+    /// Runs `argv` in the running container `id` (with the container's own privileges) and waits
+    /// for it. A container that is not running is an error (status 409).
+    async fn exec(&self, id: &str, argv: Vec<String>) -> Result<ExecOutput, EngineError>;
     /// Host address `container_port/tcp` is published on (from inspect), if any.
     async fn published_port(
         &self,
@@ -269,12 +302,7 @@ pub fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
             Some(spec.cmd.clone())
         },
         env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
-        labels: Some(
-            spec.labels
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        ),
+        labels: Some(managed_labels(&spec.labels)),
         exposed_ports: if spec.ports.is_empty() {
             None
         } else {
@@ -298,11 +326,33 @@ pub fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
             } else {
                 Some(mounts)
             },
+            cap_drop: nonempty(&spec.privileges.cap_drop),
+            cap_add: nonempty(&spec.privileges.cap_add),
+            security_opt: spec
+                .privileges
+                .no_new_privileges
+                .then(|| vec!["no-new-privileges:true".to_string()]),
+            pids_limit: spec.limits.pids,
+            memory: spec.limits.memory_bytes,
+            // No swap on top of the memory limit.
+            memory_swap: spec.limits.memory_bytes,
             ..Default::default()
         }),
         networking_config,
         ..Default::default()
     }
+}
+
+fn nonempty(v: &[String]) -> Option<Vec<String>> {
+    (!v.is_empty()).then(|| v.to_vec())
+}
+
+/// `labels` plus `iac.managed-by=iac`, whatever the spec says.
+fn managed_labels(labels: &BTreeMap<String, String>) -> HashMap<String, String> {
+    let mut out: HashMap<String, String> =
+        labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    out.insert(LABEL_MANAGED.to_string(), MANAGED_BY.to_string());
+    out
 }
 
 /// A published binding as a dialable address: unspecified host IPs become loopback.
@@ -325,10 +375,14 @@ fn pick(mut addrs: Vec<SocketAddr>) -> Option<SocketAddr> {
     addrs.into_iter().next()
 }
 
+/// Objects iac created for `project` (the engine ANDs label filters).
 fn label_filter(project: &ProjectName) -> HashMap<String, Vec<String>> {
     [(
         "label".to_string(),
-        vec![format!("{LABEL_PROJECT}={project}")],
+        vec![
+            format!("{LABEL_MANAGED}={MANAGED_BY}"),
+            format!("{LABEL_PROJECT}={project}"),
+        ],
     )]
     .into()
 }
@@ -408,12 +462,7 @@ impl Engine for BollardEngine {
             name: spec.name.clone(),
             driver: Some("bridge".into()),
             attachable: Some(true),
-            labels: Some(
-                spec.labels
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-            ),
+            labels: Some(managed_labels(&spec.labels)),
             ..Default::default()
         };
         let r =
@@ -540,6 +589,49 @@ impl Engine for BollardEngine {
             })
     }
 
+    async fn exec(&self, id: &str, argv: Vec<String>) -> Result<ExecOutput, EngineError> {
+        let op = || format!("exec {:?} in container {id}", argv.join(" "));
+        let created = self
+            .docker
+            .create_exec(
+                id,
+                CreateExecOptions {
+                    cmd: Some(argv.clone()),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| EngineError::from_bollard(op(), e))?;
+        let mut output = String::new();
+        match self
+            .docker
+            .start_exec(&created.id, None)
+            .await
+            .map_err(|e| EngineError::from_bollard(op(), e))?
+        {
+            StartExecResults::Attached {
+                output: mut out, ..
+            } => {
+                while let Some(chunk) = out.next().await {
+                    let chunk = chunk.map_err(|e| EngineError::from_bollard(op(), e))?;
+                    output.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+                }
+            }
+            StartExecResults::Detached => {}
+        }
+        let inspected = self
+            .docker
+            .inspect_exec(&created.id)
+            .await
+            .map_err(|e| EngineError::from_bollard(op(), e))?;
+        Ok(ExecOutput {
+            exit_code: inspected.exit_code,
+            output,
+        })
+    }
+
     async fn published_port(
         &self,
         id: &str,
@@ -617,6 +709,15 @@ impl DockerProvisioner {
 
     pub fn config(&self) -> &DockerProvisionerConfig {
         &self.config
+    }
+
+    /// `stack` with the configured limits filled in (and its hashes updated accordingly).
+    fn effective(&self, stack: &Stack) -> Result<Stack, ProvisionError> {
+        self.config
+            .limits
+            .validate("docker")
+            .map_err(ProvisionError::Invalid)?;
+        Ok(with_limits(stack, &self.config.limits))
     }
 
     /// Makes sure a network named like the stack's exists; returns its id. A network of that
@@ -723,6 +824,7 @@ impl DockerProvisioner {
         let app_id = self.engine.create_container(&app).await?;
         created.push((app_id.clone(), app.name.clone()));
         self.engine.start_container(&app_id).await?;
+        let app_started = tokio::time::Instant::now();
         events.debug(
             Stage::Provision,
             format!("started {} ({})", app.name, short_id(&app_id)),
@@ -739,7 +841,86 @@ impl DockerProvisioner {
             Stage::Provision,
             format!("started {} ({})", envoy.name, short_id(&envoy_id)),
         );
+        if let Some(filter) = &want.pod_filter {
+            self.confirm_pod_filter(&envoy_id, &envoy.name, filter, app_started, events)
+                .await?;
+        }
         Ok(StartedPair { app_id, envoy_id })
+    }
+
+    /// Waits until the pod's packet filter is in place, asking `nft` inside the sidecar (which
+    /// holds NET_ADMIN; the app container could not even read the ruleset). Fails when the
+    /// sidecar stops first (it could not install the filter: `docker logs` says why) or when the
+    /// deadline passes.
+    async fn confirm_pod_filter(
+        &self,
+        envoy_id: &str,
+        envoy_name: &str,
+        filter: &PodFilter,
+        app_started: tokio::time::Instant,
+        events: &Events,
+    ) -> Result<(), EngineError> {
+        let started = tokio::time::Instant::now();
+        let deadline = Duration::from_secs(self.config.pod_filter_deadline_secs.max(1));
+        let argv: Vec<String> = ["nft", "list", "table", "inet", filter.table.as_str()]
+            .map(String::from)
+            .to_vec();
+        let op = format!("checking the pod packet filter in {envoy_name}");
+        let mut last: String;
+        loop {
+            match self.engine.exec(envoy_id, argv.clone()).await {
+                Ok(out) if out.exit_code == Some(0) => {
+                    let port = format!("tcp dport {} accept", filter.inbound_port);
+                    if !out.output.contains(&port) {
+                        return Err(EngineError::new(
+                            op,
+                            None,
+                            format!(
+                                "table inet {} does not admit {port}: {}",
+                                filter.table,
+                                out.output.trim()
+                            ),
+                        ));
+                    }
+                    // The second figure is the window in which the app ran unfiltered.
+                    events.debug(
+                        Stage::Provision,
+                        format!(
+                            "pod filter inet {} in place ({} ms after the sidecar started, {} ms after the app started)",
+                            filter.table,
+                            started.elapsed().as_millis(),
+                            app_started.elapsed().as_millis()
+                        ),
+                    );
+                    return Ok(());
+                }
+                Ok(out) => last = format!("exit {:?}: {}", out.exit_code, out.output.trim()),
+                Err(e) if e.status == Some(409) || e.is_not_found() => {
+                    return Err(EngineError::new(
+                        op,
+                        e.status,
+                        format!(
+                            "the sidecar stopped before installing the pod's packet filter \
+                             (`docker logs {envoy_name}` says why): {}",
+                            e.message
+                        ),
+                    ));
+                }
+                Err(e) => last = e.to_string(),
+            }
+            if started.elapsed() >= deadline {
+                return Err(EngineError::new(
+                    op,
+                    None,
+                    format!(
+                        "table inet {} not in place after {}s (last answer: {last})",
+                        filter.table,
+                        deadline.as_secs()
+                    ),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     async fn endpoint(
@@ -1012,6 +1193,7 @@ impl Provisioner for DockerProvisioner {
     }
 
     async fn diff(&self, stack: &Stack) -> Result<Vec<Change>, ProvisionError> {
+        let stack = &self.effective(stack)?;
         let observed = self.observe(&stack.project).await?;
         Ok(reconcile(stack, &observed)
             .iter()
@@ -1025,6 +1207,7 @@ impl Provisioner for DockerProvisioner {
         gate: Arc<dyn HealthProber>,
         events: &Events,
     ) -> Result<Applied, ProvisionError> {
+        let stack = &self.effective(stack)?;
         let network = self.ensure_network(&stack.network, events).await?;
         events.debug(
             Stage::Provision,
@@ -1207,6 +1390,8 @@ mod tests {
                     host_port: None,
                 }],
                 stop_timeout_secs: 10,
+                privileges: Default::default(),
+                limits: Default::default(),
             },
             envoy: ContainerSpec {
                 name: format!("demo-{n}-envoy"),
@@ -1224,8 +1409,11 @@ mod tests {
                 }],
                 ports: vec![],
                 stop_timeout_secs: 5,
+                privileges: Default::default(),
+                limits: Default::default(),
             },
             spec_hash: hash.into(),
+            pod_filter: None,
         }
     }
 
@@ -1274,6 +1462,8 @@ mod tests {
             stop_timeout_secs: 3,
             parallelism: 1,
             health_deadline_secs: 7,
+            // The decisions under test, not the limits (which would rehash every spec).
+            limits: ContainerLimits::unlimited(),
             ..Default::default()
         }
     }
@@ -2040,6 +2230,174 @@ mod tests {
     }
 
     #[test]
+    fn create_body_hardens_and_marks_the_container_as_iacs() {
+        let mut d = desired("web", "h1");
+        let body = create_body(&d.app);
+        let hc = body.host_config.as_ref().unwrap();
+        assert_eq!(
+            body.labels.as_ref().unwrap()[LABEL_MANAGED],
+            "iac",
+            "set at create time even when the spec lacks it"
+        );
+        assert!(!d.app.labels.contains_key(LABEL_MANAGED));
+        assert_eq!(
+            (
+                &hc.cap_drop,
+                &hc.cap_add,
+                &hc.security_opt,
+                hc.pids_limit,
+                hc.memory
+            ),
+            (&None, &None, &None, None, None),
+            "a spec without privileges/limits leaves the engine's defaults"
+        );
+        d.app.privileges = iac_core::plan::app_privileges();
+        d.app.limits = iac_core::Limits {
+            pids: Some(64),
+            memory_bytes: Some(128 << 20),
+        };
+        let hc = create_body(&d.app).host_config.unwrap();
+        assert_eq!(hc.cap_drop, Some(vec!["ALL".to_string()]));
+        assert_eq!(
+            hc.cap_add,
+            Some(vec!["KILL".into(), "SETGID".into(), "SETUID".into()])
+        );
+        assert_eq!(
+            hc.security_opt,
+            Some(vec!["no-new-privileges:true".to_string()])
+        );
+        assert_eq!(hc.pids_limit, Some(64));
+        assert_eq!(hc.memory, Some(128 << 20));
+        assert_eq!(hc.memory_swap, Some(128 << 20), "no swap beyond the limit");
+    }
+
+    #[test]
+    fn only_iac_objects_of_the_project_are_selected() {
+        let f = label_filter(&project());
+        assert_eq!(
+            f["label"],
+            vec!["iac.managed-by=iac".to_string(), "iac.project=demo".into()]
+        );
+    }
+
+    fn filtered(mut d: ServiceStack) -> ServiceStack {
+        d.pod_filter = Some(PodFilter {
+            table: "iac_pod".into(),
+            inbound_port: 15000,
+        });
+        d
+    }
+
+    #[tokio::test]
+    async fn a_pair_counts_as_started_only_once_its_pod_filter_is_in() {
+        let mut e = MockEngine::new();
+        network_exists(&mut e);
+        lists(&mut e, vec![]);
+        let mut seq = Sequence::new();
+        creates_pair(&mut e, &mut seq, "web", None);
+        let argv = |a: &Vec<String>| a.join(" ") == "nft list table inet iac_pod";
+        // Not yet (the script is still loading it), then there.
+        e.expect_exec()
+            .withf(move |id, a| id == "new-web-envoy" && argv(a))
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| {
+                Ok(ExecOutput {
+                    exit_code: Some(1),
+                    output: "Error: No such file or directory".into(),
+                })
+            });
+        e.expect_exec()
+            .withf(move |id, a| id == "new-web-envoy" && argv(a))
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| {
+                Ok(ExecOutput {
+                    exit_code: Some(0),
+                    output: "table inet iac_pod {\n chain input {\n tcp dport 15000 accept\n"
+                        .into(),
+                })
+            });
+        port_of(&mut e, &mut seq, "new-web", 32001);
+        let applied = provisioner(e)
+            .apply(
+                &stack(vec![filtered(desired("web", "h1"))], &[]),
+                gate_never(),
+                &Events::discard(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(applied.services[0].error, None);
+        assert_eq!(applied.services[0].endpoint, Some(addr(32001)));
+    }
+
+    #[tokio::test]
+    async fn a_sidecar_that_dies_before_filtering_takes_its_pair_down() {
+        let mut e = MockEngine::new();
+        network_exists(&mut e);
+        lists(&mut e, vec![]);
+        let mut seq = Sequence::new();
+        creates_pair(&mut e, &mut seq, "web", None);
+        e.expect_exec()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|id, _| {
+                Err(EngineError::new(
+                    format!("exec in {id}"),
+                    Some(409),
+                    "container is not running",
+                ))
+            });
+        stop_remove(&mut e, &mut seq, "new-web-envoy");
+        stop_remove(&mut e, &mut seq, "new-web");
+        let applied = provisioner(e)
+            .apply(
+                &stack(vec![filtered(desired("web", "h1"))], &[]),
+                gate_never(),
+                &Events::discard(),
+            )
+            .await
+            .unwrap();
+        let err = applied.services[0].error.as_deref().unwrap();
+        assert!(
+            err.contains("stopped before installing the pod's packet filter")
+                && err.contains("docker logs demo-web-envoy")
+                && err.contains("removed what was created"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_filter_that_does_not_admit_the_mesh_port_is_refused() {
+        let mut e = MockEngine::new();
+        network_exists(&mut e);
+        lists(&mut e, vec![]);
+        let mut seq = Sequence::new();
+        creates_pair(&mut e, &mut seq, "web", None);
+        e.expect_exec()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| {
+                Ok(ExecOutput {
+                    exit_code: Some(0),
+                    output: "table inet iac_pod { tcp dport 8080 accept }".into(),
+                })
+            });
+        stop_remove(&mut e, &mut seq, "new-web-envoy");
+        stop_remove(&mut e, &mut seq, "new-web");
+        let applied = provisioner(e)
+            .apply(
+                &stack(vec![filtered(desired("web", "h1"))], &[]),
+                gate_never(),
+                &Events::discard(),
+            )
+            .await
+            .unwrap();
+        let err = applied.services[0].error.as_deref().unwrap();
+        assert!(err.contains("does not admit tcp dport 15000"), "{err}");
+    }
+
+    #[test]
     fn published_addresses_are_dialable() {
         assert_eq!(dialable(Some("127.0.0.1"), 5), Some(addr(5)));
         assert_eq!(dialable(Some("0.0.0.0"), 5), Some(addr(5)));
@@ -2094,5 +2452,13 @@ mod tests {
             DockerProvisionerConfig::default().stop_timeout_secs
         );
         assert_eq!(c.docker_host, None);
+        assert_eq!(c.limits, ContainerLimits::default());
+        let c: DockerProvisionerConfig =
+            toml::from_str("[limits]\napp_pids = 100\napp_memory_mib = 0").unwrap();
+        assert_eq!(c.limits.app_pids, 100);
+        assert_eq!(c.limits.app().memory_bytes, None, "0 = no limit");
+        assert_eq!(c.limits.sidecar_pids, 256);
+        let e = toml::from_str::<DockerProvisionerConfig>("[limits]\napp_pid = 1").unwrap_err();
+        assert!(e.to_string().contains("app_pid"), "{e}");
     }
 }

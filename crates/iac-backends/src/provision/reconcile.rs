@@ -265,6 +265,8 @@ mod tests {
             mounts: vec![],
             ports: vec![],
             stop_timeout_secs: 1,
+            privileges: Default::default(),
+            limits: Default::default(),
         }
     }
 
@@ -274,6 +276,7 @@ mod tests {
             app: spec(&format!("demo-{n}")),
             envoy: spec(&format!("demo-{n}-envoy")),
             spec_hash: hash.into(),
+            pod_filter: None,
         }
     }
 

@@ -25,6 +25,18 @@
 //! use the `docker` provisioner when rollback matters). Services the stack asks to keep
 //! ([`Stack::keep`], they failed to prepare) keep their previously applied entry in the tfvars,
 //! so Terraform leaves their containers alone.
+//!
+//! **Hardening.** Each container's privileges (capabilities, `no-new-privileges`) and memory limit
+//! travel in the tfvars (`security`, `memory_mib`) and `main.tf` applies them
+//! (`capabilities`, `security_opts`, `memory`/`memory_swap`); open memory limits are filled from
+//! [`TerraformConfig::limits`]. The kreuzwerker/docker provider has no pids limit on
+//! `docker_container`, so a pids limit is refused here rather than silently dropped (use the
+//! `docker` provisioner for one). The sidecar installs the pod's packet filter as with the docker
+//! provisioner, but nothing checks it before Terraform reports the apply done.
+//!
+//! **Secrets on disk.** The tfvars hold the services' environment values: they are written 0600
+//! (temp file with the mode set, then renamed), and the work directory — where Terraform also
+//! keeps its state and plan files, which hold the same values — is kept 0700.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -38,11 +50,14 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use iac_core::fsutil::write_atomic;
+use iac_core::stack::LABEL_MANAGED;
 use iac_core::{
-    Action, Applied, AppliedService, Change, EventLevel, Events, HealthProber, MeshPorts,
-    NetworkMode, ProjectName, ProvisionError, Provisioner, RunningService, ServiceName, Stack,
-    Stage,
+    Action, Applied, AppliedService, Change, EventLevel, Events, HealthProber, Limits, MeshPorts,
+    NetworkMode, Privileges, ProjectName, ProvisionError, Provisioner, RunningService, ServiceName,
+    Stack, Stage,
 };
+
+use super::{ContainerLimits, MANAGED_BY, with_limits};
 
 /// The module in `infra/`, embedded so a lone `iac` binary can deploy with Terraform.
 pub const EMBEDDED_MODULE: &[(&str, &str)] = &[
@@ -66,7 +81,7 @@ pub const DIFF_PLAN_FILE: &str = "iac-diff.tfplan";
 /// The provider host used when the config names none.
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
 
-/// `[provision.terraform]` in `iac.toml`.
+/// `[terraform]` in `iac.toml`.
 #[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default)]
 pub struct TerraformConfig {
@@ -88,6 +103,9 @@ pub struct TerraformConfig {
     pub extra_env: BTreeMap<String, String>,
     /// How many trailing stderr lines a failure message carries.
     pub error_tail_lines: usize,
+    /// Memory limits of the containers (`[terraform.limits]` in iac.toml, MiB, 0 = none). The
+    /// `*_pids` keys must stay 0: the kreuzwerker/docker provider cannot set a pids limit.
+    pub limits: ContainerLimits,
 }
 
 impl Default for TerraformConfig {
@@ -100,6 +118,11 @@ impl Default for TerraformConfig {
             plugin_dir: None,
             extra_env: BTreeMap::new(),
             error_tail_lines: 12,
+            limits: ContainerLimits {
+                app_pids: 0,
+                sidecar_pids: 0,
+                ..ContainerLimits::default()
+            },
         }
     }
 }
@@ -151,6 +174,7 @@ impl std::fmt::Debug for TerraformConfig {
             .field("plugin_dir", &self.plugin_dir)
             .field("extra_env", &redacted_env(&self.extra_env))
             .field("error_tail_lines", &self.error_tail_lines)
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -193,6 +217,10 @@ pub struct TfApp {
     pub ports: Vec<TfPort>,
     pub mounts: Vec<TfMount>,
     pub stop_timeout: u32,
+    pub security: TfSecurity,
+    /// Memory limit in MiB (`memory` and `memory_swap`); omitted → none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -204,6 +232,48 @@ pub struct TfSidecar {
     pub labels: BTreeMap<String, String>,
     pub mounts: Vec<TfMount>,
     pub stop_timeout: u32,
+    pub security: TfSecurity,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<i64>,
+}
+
+/// A container's privileges as `main.tf` applies them (`capabilities`, `security_opts`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TfSecurity {
+    pub no_new_privileges: bool,
+    pub cap_add: Vec<String>,
+    pub cap_drop: Vec<String>,
+}
+
+impl From<&Privileges> for TfSecurity {
+    fn from(p: &Privileges) -> Self {
+        TfSecurity {
+            no_new_privileges: p.no_new_privileges,
+            cap_add: p.cap_add.clone(),
+            cap_drop: p.cap_drop.clone(),
+        }
+    }
+}
+
+/// `labels` plus `iac.managed-by=iac`: set by the provisioner on everything it creates.
+fn managed(labels: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut out = labels.clone();
+    out.insert(LABEL_MANAGED.to_string(), MANAGED_BY.to_string());
+    out
+}
+
+/// A container's limits as the module can express them: memory in whole MiB (rounded up); a
+/// pids limit is an error (the provider has no such attribute).
+fn tf_memory(service: &str, container: &str, l: &Limits) -> Result<Option<i64>, ProvisionError> {
+    if let Some(pids) = l.pids {
+        return Err(ProvisionError::Invalid(format!(
+            "service {service}: container {container} asks for a pids limit of {pids}, but the \
+             kreuzwerker/docker provider's docker_container has no pids limit; set \
+             terraform.limits.*_pids to 0 or use the docker provisioner"
+        )));
+    }
+    Ok(l.memory_bytes
+        .map(|b| (b.max(0) + (1 << 20) - 1) / (1 << 20)))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -321,7 +391,7 @@ pub fn render_tfvars(
             image: s.app.image.clone(),
             command: s.app.cmd.clone(),
             env: s.app.env.clone(),
-            labels: s.app.labels.clone(),
+            labels: managed(&s.app.labels),
             aliases,
             ports: s
                 .app
@@ -335,15 +405,19 @@ pub fn render_tfvars(
                 .collect(),
             mounts: render_mounts(svc, &s.app.mounts)?,
             stop_timeout: s.app.stop_timeout_secs,
+            security: TfSecurity::from(&s.app.privileges),
+            memory_mib: tf_memory(svc, &s.app.name, &s.app.limits)?,
         };
         let envoy = TfSidecar {
             name: s.envoy.name.clone(),
             image: s.envoy.image.clone(),
             command: s.envoy.cmd.clone(),
             env: s.envoy.env.clone(),
-            labels: s.envoy.labels.clone(),
+            labels: managed(&s.envoy.labels),
             mounts: render_mounts(svc, &s.envoy.mounts)?,
             stop_timeout: s.envoy.stop_timeout_secs,
+            security: TfSecurity::from(&s.envoy.privileges),
+            memory_mib: tf_memory(svc, &s.envoy.name, &s.envoy.limits)?,
         };
         services.insert(
             svc.to_string(),
@@ -369,7 +443,7 @@ pub fn render_tfvars(
         project: stack.project.to_string(),
         network: TfNetwork {
             name: stack.network.name.clone(),
-            labels: stack.network.labels.clone(),
+            labels: managed(&stack.network.labels),
         },
         mesh_port: mesh_port
             .map(|(p, _)| p)
@@ -982,6 +1056,11 @@ impl TerraformProvisioner {
     /// Renders and checks the tfvars for `stack`, then writes the module and the tfvars (as
     /// `tfvars_name`) into the work dir, atomically. Returns the work dir.
     fn prepare(&self, stack: &Stack, tfvars_name: &str) -> Result<PathBuf, ProvisionError> {
+        self.cfg
+            .limits
+            .validate("terraform")
+            .map_err(ProvisionError::Invalid)?;
+        let stack = &with_limits(stack, &self.cfg.limits);
         let dir = self.work_dir(&stack.project);
         let files = self.module_files()?;
         let previous = if stack.keep.is_empty() {
@@ -993,10 +1072,7 @@ impl TerraformProvisioner {
         let json = tfvars_json(&tfvars);
         let value: Value = serde_json::from_str(&json).expect("just rendered");
         check_declared(&value, &files)?;
-        std::fs::create_dir_all(&dir).map_err(|source| ProvisionError::Io {
-            path: dir.clone(),
-            source,
-        })?;
+        create_private_dir(&dir)?;
         let wanted: BTreeSet<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
         // Module files from an earlier module_source that this one no longer has.
         for entry in std::fs::read_dir(&dir).map_err(|source| ProvisionError::Io {
@@ -1018,7 +1094,7 @@ impl TerraformProvisioner {
         for (name, text) in &files {
             write_if_changed(&dir.join(name), text.as_bytes())?;
         }
-        write_if_changed(&dir.join(tfvars_name), json.as_bytes())?;
+        write_secret_if_changed(&dir.join(tfvars_name), json.as_bytes())?;
         Ok(dir)
     }
 
@@ -1239,6 +1315,34 @@ impl TerraformProvisioner {
     fn has_state(dir: &Path) -> bool {
         dir.join("terraform.tfstate").exists() || dir.join(".terraform").is_dir()
     }
+}
+
+/// Creates `dir` (and its parents) and makes it 0700: Terraform's state and plan files in it hold
+/// the services' environment values.
+fn create_private_dir(dir: &Path) -> Result<(), ProvisionError> {
+    use std::os::unix::fs::PermissionsExt;
+    let io = |source| ProvisionError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)
+}
+
+/// Like [`write_if_changed`] for a file holding secrets: 0600 (set on the temp file before the
+/// rename), and rewritten when an earlier version has looser permissions even if the bytes match.
+fn write_secret_if_changed(path: &Path, bytes: &[u8]) -> Result<(), ProvisionError> {
+    use std::os::unix::fs::PermissionsExt;
+    let private = std::fs::metadata(path)
+        .map(|m| m.permissions().mode() & 0o777 == 0o600)
+        .unwrap_or(false);
+    if private && std::fs::read(path).ok().as_deref() == Some(bytes) {
+        return Ok(());
+    }
+    write_atomic(path, bytes, Some(0o600)).map_err(|source| ProvisionError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<(), ProvisionError> {
