@@ -954,3 +954,82 @@ async fn a_context_over_the_cap_is_refused() {
         "{err}"
     );
 }
+
+/// The old sdist fallback: a dependency that only exists as an sdist (whose setup.py writes a
+/// file when run) was built with the host's Python. Now it is refused, naming the package, and
+/// its setup.py never runs on the host.
+#[tokio::test]
+async fn sdist_only_dependencies_are_refused_without_running_them() {
+    let Some(_docker) = engine().await else {
+        return;
+    };
+    let test = test_id();
+    let _cleanup = Cleanup { id: test.clone() };
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("host-marker/sdist-ran");
+    // A local "index" (find-links dir) holding only sdistonly-1.0.tar.gz.
+    let index = dir.path().join("index");
+    std::fs::create_dir_all(&index).unwrap();
+    {
+        let f = std::fs::File::create(index.join("sdistonly-1.0.tar.gz")).unwrap();
+        let gz = flate2::write::GzEncoder::new(f, flate2::Compression::fast());
+        let mut tar = tar::Builder::new(gz);
+        for (name, text) in [
+            (
+                "sdistonly-1.0/PKG-INFO",
+                "Metadata-Version: 2.1\nName: sdistonly\nVersion: 1.0\n".to_string(),
+            ),
+            (
+                "sdistonly-1.0/setup.py",
+                format!(
+                    "{}from setuptools import setup\nsetup(name='sdistonly', version='1.0', py_modules=[])\n",
+                    marker_code(&marker, "sdist setup.py ran")
+                ),
+            ),
+        ] {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(text.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            tar.append_data(&mut h, name, text.as_bytes()).unwrap();
+        }
+        tar.into_inner().unwrap().finish().unwrap();
+    }
+    let src = dir.path().join("src");
+    write_tree(
+        &src,
+        &[
+            ("requirements.txt", "sdistonly\n"),
+            ("main.py", "print(1)\n"),
+        ],
+    );
+    let mut cfg = config(&test, dir.path());
+    cfg.pip_args = vec![
+        "--no-index".into(),
+        "--find-links".into(),
+        index.display().to_string(),
+    ];
+    let builder = DockerImageBuilder::connect(cfg).await.unwrap();
+    let err = builder
+        .build(
+            &spec(
+                &format!("p{test}"),
+                "sdist",
+                &src,
+                "sha256:sdist",
+                &["python", "/app/main.py"],
+            ),
+            &Events::discard(),
+        )
+        .await
+        .unwrap_err();
+    assert!(!marker.exists(), "the sdist's setup.py ran on the host");
+    let BuildError::Build { service, message } = &err else {
+        panic!("expected BuildError::Build, got {err:?}")
+    };
+    assert_eq!(service, "sdist");
+    assert!(
+        message.contains("sdistonly") && message.contains("no binary wheel"),
+        "{message}"
+    );
+}
