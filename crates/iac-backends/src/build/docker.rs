@@ -424,3 +424,15 @@ fn is_not_found(e: &bollard::errors::Error) -> bool {
         }
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_image_missing_names_what_offline_pip_could_not_find() {
+        let out = "Step 9/12 : RUN if [ -s /tmp/iac-wheels/app/iac-local.txt ]\nProcessing /app\nERROR: Could not find a version that satisfies the requirement flask (from evilpkg) (from versions: none)\nERROR: No matching distribution found for flask\n";
+        assert_eq!(in_image_missing(out).as_deref(), Some("flask"));
+        assert_eq!(in_image_missing("Step 1/2 : FROM x\n"), None);
+    }
+}
