@@ -534,7 +534,7 @@ fn is_vcs(url: &str) -> bool {
 /// The scheme of a URL for messages (never the rest: it could carry tokens).
 fn url_scheme(url: &str) -> String {
     match url.find("://") {
-        Some(i) => format!("a {}:// URL", &url[..i.min(16)]),
+        Some(i) => format!("a {}:// URL", url[..i].chars().take(16).collect::<String>()),
         None => "a URL".into(),
     }
 }
@@ -895,6 +895,7 @@ mod tests {
             ("not a requirement!", "expected version specifiers"),
             ("-not-a-name", "option -n is not allowed"),
             ("ünïcode", "is not a requirement"),
+            ("x @ aéééééééé://h/p.whl", "direct URL references"),
             ("six>=1;", "markers after ; are empty"),
             ("six[extra", "unterminated"),
             ("six $(id)", "version specifiers"),
