@@ -598,6 +598,11 @@ fn normalize_inside(base: &str, rel: &str) -> Result<String, String> {
                     return Err("the path leaves the repository (..)".into());
                 }
             }
+            p if p.starts_with('~') => {
+                return Err(format!(
+                    "path component {p:?} starts with ~, which may be expanded to a home directory; rename it"
+                ));
+            }
             p => parts.push(p),
         }
     }
@@ -963,6 +968,19 @@ mod tests {
                 editable: false
             })
         );
+    }
+
+    /// Regression (fuzz crash `crash-f5a499c9…`, input `././~=.b`): a `~` component that only
+    /// shows after normalization was accepted.
+    #[test]
+    fn tilde_components_are_refused_wherever_they_are() {
+        for line in ["././~=.b", "./~user/pkg", "-r a/~/x.txt", "-e sub/~x"] {
+            let got = parse(line, "");
+            assert!(
+                matches!(&got[0].1, Err(Refused(why)) if why.contains("~")),
+                "{line:?}: {got:?}"
+            );
+        }
     }
 
     #[test]
