@@ -615,3 +615,421 @@ async fn failing_dockerfile_step_is_a_build_error_with_the_output() {
         "no image is tagged after a failed build"
     );
 }
+
+/// Writes `files` (path, content) under `dir`.
+fn write_tree(dir: &Path, files: &[(&str, &str)]) {
+    for (rel, text) in files {
+        let p = dir.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+}
+
+/// Python that writes `marker` (creating its directory): on the host if the host runs it, in
+/// the build container when the image build does.
+fn marker_code(marker: &Path, what: &str) -> String {
+    format!(
+        "import pathlib\nm = pathlib.Path({:?})\nm.parent.mkdir(parents=True, exist_ok=True)\nm.write_text({what:?})\n",
+        marker.display().to_string()
+    )
+}
+
+/// The attack of issue 9 item 1: a repo whose setup.py writes a file when executed. Deploying it
+/// must not run it on the host; the image build (offline) builds and installs the package.
+#[tokio::test]
+async fn setup_py_runs_only_inside_the_image_build() {
+    let Some(_docker) = engine().await else {
+        return;
+    };
+    let test = test_id();
+    let _cleanup = Cleanup { id: test.clone() };
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("host-marker/setup-py-ran");
+    let src = dir.path().join("src");
+    write_tree(
+        &src,
+        &[
+            (
+                "setup.py",
+                &format!(
+                    "{}from setuptools import setup\nsetup(name='evilpkg', version='1.0', py_modules=['evilmod'])\n",
+                    marker_code(&marker, "setup.py ran")
+                ),
+            ),
+            ("evilmod.py", "NAME = 'evilmod installed'\n"),
+            ("requirements.txt", "idna\n"),
+        ],
+    );
+    let builder = DockerImageBuilder::connect(config(&test, dir.path()))
+        .await
+        .unwrap();
+    let spec = spec(
+        &format!("p{test}"),
+        "evil",
+        &src,
+        "sha256:evil-setup-py",
+        &["python", "-c", "import evilmod"],
+    );
+    let built = builder.build(&spec, &Events::discard()).await.unwrap();
+    assert!(
+        !marker.exists(),
+        "setup.py ran on the host: {}",
+        marker.display()
+    );
+    // Installed into the image's venv (-I: not importable from /app, the working directory).
+    assert_eq!(
+        run_in(
+            &built.tag,
+            &test,
+            &[
+                "python",
+                "-I",
+                "-c",
+                "import evilmod, idna; print(evilmod.NAME)"
+            ]
+        )
+        .trim(),
+        "evilmod installed"
+    );
+    // …by a setup.py that did run, inside the build container.
+    assert_eq!(
+        run_in(&built.tag, &test, &["cat", &marker.display().to_string()]).trim(),
+        "setup.py ran"
+    );
+}
+
+/// The same with a PEP 517 build backend that lives in the repo (`backend-path`).
+#[tokio::test]
+async fn in_tree_build_backend_runs_only_inside_the_image_build() {
+    let Some(_docker) = engine().await else {
+        return;
+    };
+    let test = test_id();
+    let _cleanup = Cleanup { id: test.clone() };
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("host-marker/backend-ran");
+    let src = dir.path().join("src");
+    write_tree(
+        &src,
+        &[
+            (
+                "pyproject.toml",
+                "[build-system]\nrequires = [\"setuptools>=61\"]\nbuild-backend = \"evil_backend\"\nbackend-path = [\".\"]\n\n[project]\nname = \"evilbackend\"\nversion = \"1.0\"\ndependencies = [\"idna\"]\n\n[tool.setuptools]\npy-modules = [\"evilapp\"]\n",
+            ),
+            (
+                "evil_backend.py",
+                &format!(
+                    "{}from setuptools.build_meta import *\n",
+                    marker_code(&marker, "backend ran")
+                ),
+            ),
+            ("evilapp.py", "import idna\nNAME = 'evilapp installed'\n"),
+        ],
+    );
+    let builder = DockerImageBuilder::connect(config(&test, dir.path()))
+        .await
+        .unwrap();
+    let spec = spec(
+        &format!("p{test}"),
+        "backend",
+        &src,
+        "sha256:evil-backend",
+        &["python", "-c", "import evilapp"],
+    );
+    let built = builder.build(&spec, &Events::discard()).await.unwrap();
+    assert!(
+        !marker.exists(),
+        "the repo's build backend ran on the host: {}",
+        marker.display()
+    );
+    assert_eq!(
+        run_in(
+            &built.tag,
+            &test,
+            &["python", "-I", "-c", "import evilapp; print(evilapp.NAME)"]
+        )
+        .trim(),
+        "evilapp installed"
+    );
+    assert_eq!(
+        run_in(&built.tag, &test, &["cat", &marker.display().to_string()]).trim(),
+        "backend ran"
+    );
+}
+
+/// `python3 -m pip` imports `pip` from its working directory first: host pip must not run in
+/// the repo, or a repo's `pip/` package runs on the host with iac's environment.
+#[tokio::test]
+async fn a_repo_pip_package_is_never_imported_by_host_pip() {
+    let Some(_docker) = engine().await else {
+        return;
+    };
+    let test = test_id();
+    let _cleanup = Cleanup { id: test.clone() };
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("host-marker/pip-shadowed");
+    let src = dir.path().join("src");
+    let code = marker_code(&marker, "shadow pip ran");
+    write_tree(
+        &src,
+        &[
+            ("requirements.txt", "idna\n"),
+            ("pip/__init__.py", &code),
+            ("pip/__main__.py", &code),
+            ("main.py", "import idna\nprint('ok')\n"),
+        ],
+    );
+    let builder = DockerImageBuilder::connect(config(&test, dir.path()))
+        .await
+        .unwrap();
+    let spec = spec(
+        &format!("p{test}"),
+        "shadow",
+        &src,
+        "sha256:shadow-pip",
+        &["python", "/app/main.py"],
+    );
+    let built = builder.build(&spec, &Events::discard()).await.unwrap();
+    assert!(!marker.exists(), "the repo's pip/ ran on the host");
+    assert_eq!(
+        run_in(&built.tag, &test, &["python", "/app/main.py"]).trim(),
+        "ok",
+        "idna came from the host-downloaded wheels"
+    );
+}
+
+/// Requirement lines that point pip elsewhere are refused before pip runs, naming file and line.
+#[tokio::test]
+async fn requirements_pointing_elsewhere_are_refused_with_file_and_line() {
+    let Some(_docker) = engine().await else {
+        return;
+    };
+    let test = test_id();
+    let _cleanup = Cleanup { id: test.clone() };
+    let dir = tempfile::tempdir().unwrap();
+    let outside = dir.path().join("outside.txt");
+    std::fs::write(&outside, "idna\n").unwrap();
+    let builder = DockerImageBuilder::connect(config(&test, dir.path()))
+        .await
+        .unwrap();
+    for (i, (text, at, needle)) in [
+        (
+            "idna\n--extra-index-url http://127.0.0.1:9/simple\n".to_string(),
+            "requirements.txt:2",
+            "--extra-index-url",
+        ),
+        (
+            format!("-r {}\n", outside.display()),
+            "requirements.txt:1",
+            "absolute",
+        ),
+        (
+            "-e ../../elsewhere\n".to_string(),
+            "requirements.txt:1",
+            "leaves the repository",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let src = dir.path().join(format!("src{i}"));
+        write_tree(
+            &src,
+            &[("requirements.txt", &text), ("main.py", "print(1)\n")],
+        );
+        let err = builder
+            .build(
+                &spec(
+                    &format!("p{test}"),
+                    "refused",
+                    &src,
+                    &format!("sha256:refused{i}"),
+                    &["python", "/app/main.py"],
+                ),
+                &Events::discard(),
+            )
+            .await
+            .unwrap_err();
+        let BuildError::Build { service, message } = &err else {
+            panic!("expected BuildError::Build, got {err:?}")
+        };
+        assert_eq!(service, "refused");
+        assert!(
+            message.contains(at) && message.contains(needle),
+            "{text:?}: {message}"
+        );
+    }
+}
+
+/// Build contexts never carry `.git`, `.env*`, `.iac/` or what the repo's `.dockerignore` leaves
+/// out: the image built from such a tree does not contain them.
+#[tokio::test]
+async fn images_hold_no_env_files_state_or_dockerignored_paths() {
+    let Some(_docker) = engine().await else {
+        return;
+    };
+    let test = test_id();
+    let _cleanup = Cleanup { id: test.clone() };
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    write_tree(
+        &src,
+        &[
+            ("main.py", "print('hi')\n"),
+            (".env", "SUPABASE_SERVICE_ROLE_KEY=leak\n"),
+            (".env.production", "JWT=leak\n"),
+            ("sub/.env", "X=leak\n"),
+            (".iac/projects/p/state.json", "{}\n"),
+            (".git/HEAD", "ref\n"),
+            ("private/ca.key", "KEY\n"),
+            ("logs/a.log", "x\n"),
+            ("logs/keep.log", "kept\n"),
+            (".dockerignore", "private\nlogs\n!logs/keep.log\n"),
+        ],
+    );
+    let mut cfg = config(&test, dir.path());
+    cfg.otel = false;
+    let builder = DockerImageBuilder::connect(cfg).await.unwrap();
+    let built = builder
+        .build(
+            &spec(
+                &format!("p{test}"),
+                "ctx",
+                &src,
+                "sha256:ctx",
+                &["python", "/app/main.py"],
+            ),
+            &Events::discard(),
+        )
+        .await
+        .unwrap();
+    let listing = run_in(&built.tag, &test, &["find", "/app", "-mindepth", "1"]);
+    let mut paths: Vec<&str> = listing.lines().collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        [
+            "/app/.dockerignore",
+            "/app/logs",
+            "/app/logs/keep.log",
+            "/app/main.py",
+            "/app/sub"
+        ],
+        "{listing}"
+    );
+}
+
+/// The context is capped: a tree over `max_context_bytes` is refused naming the source and cap.
+#[tokio::test]
+async fn a_context_over_the_cap_is_refused() {
+    let Some(_docker) = engine().await else {
+        return;
+    };
+    let test = test_id();
+    let _cleanup = Cleanup { id: test.clone() };
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    write_tree(&src, &[("main.py", "print(1)\n")]);
+    std::fs::write(src.join("blob.bin"), vec![0u8; 3 << 20]).unwrap();
+    let mut cfg = config(&test, dir.path());
+    cfg.otel = false;
+    cfg.max_context_bytes = 2 << 20;
+    let builder = DockerImageBuilder::connect(cfg).await.unwrap();
+    let err = builder
+        .build(
+            &spec(
+                &format!("p{test}"),
+                "huge",
+                &src,
+                "sha256:huge",
+                &["python", "/app/main.py"],
+            ),
+            &Events::discard(),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("test fixture") && err.contains(&(2u64 << 20).to_string()),
+        "{err}"
+    );
+}
+
+/// The old sdist fallback: a dependency that only exists as an sdist (whose setup.py writes a
+/// file when run) was built with the host's Python. Now it is refused, naming the package, and
+/// its setup.py never runs on the host.
+#[tokio::test]
+async fn sdist_only_dependencies_are_refused_without_running_them() {
+    let Some(_docker) = engine().await else {
+        return;
+    };
+    let test = test_id();
+    let _cleanup = Cleanup { id: test.clone() };
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("host-marker/sdist-ran");
+    // A local "index" (find-links dir) holding only sdistonly-1.0.tar.gz.
+    let index = dir.path().join("index");
+    std::fs::create_dir_all(&index).unwrap();
+    {
+        let f = std::fs::File::create(index.join("sdistonly-1.0.tar.gz")).unwrap();
+        let gz = flate2::write::GzEncoder::new(f, flate2::Compression::fast());
+        let mut tar = tar::Builder::new(gz);
+        for (name, text) in [
+            (
+                "sdistonly-1.0/PKG-INFO",
+                "Metadata-Version: 2.1\nName: sdistonly\nVersion: 1.0\n".to_string(),
+            ),
+            (
+                "sdistonly-1.0/setup.py",
+                format!(
+                    "{}from setuptools import setup\nsetup(name='sdistonly', version='1.0', py_modules=[])\n",
+                    marker_code(&marker, "sdist setup.py ran")
+                ),
+            ),
+        ] {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(text.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            tar.append_data(&mut h, name, text.as_bytes()).unwrap();
+        }
+        tar.into_inner().unwrap().finish().unwrap();
+    }
+    let src = dir.path().join("src");
+    write_tree(
+        &src,
+        &[
+            ("requirements.txt", "sdistonly\n"),
+            ("main.py", "print(1)\n"),
+        ],
+    );
+    let mut cfg = config(&test, dir.path());
+    cfg.pip_args = vec![
+        "--no-index".into(),
+        "--find-links".into(),
+        index.display().to_string(),
+    ];
+    let builder = DockerImageBuilder::connect(cfg).await.unwrap();
+    let err = builder
+        .build(
+            &spec(
+                &format!("p{test}"),
+                "sdist",
+                &src,
+                "sha256:sdist",
+                &["python", "/app/main.py"],
+            ),
+            &Events::discard(),
+        )
+        .await
+        .unwrap_err();
+    assert!(!marker.exists(), "the sdist's setup.py ran on the host");
+    let BuildError::Build { service, message } = &err else {
+        panic!("expected BuildError::Build, got {err:?}")
+    };
+    assert_eq!(service, "sdist");
+    assert!(
+        message.contains("sdistonly") && message.contains("no binary wheel"),
+        "{message}"
+    );
+}

@@ -58,8 +58,12 @@ pub enum EngineUse {
 pub fn source_stages(
     cfg: &IacConfig,
 ) -> anyhow::Result<(Arc<dyn SourceFetcher>, Arc<dyn EntryResolver>)> {
-    let fetcher =
-        DefaultFetcher::new(cfg.fetch.clone()).context("source fetcher configuration ([fetch])")?;
+    // A `path:` source must neither hold nor lie in the state or secrets dir actually configured.
+    let mut fetch = cfg.fetch.clone();
+    fetch
+        .protected_dirs
+        .extend([cfg.state_dir.clone(), cfg.pki.secrets_dir.clone()]);
+    let fetcher = DefaultFetcher::new(fetch).context("source fetcher configuration ([fetch])")?;
     Ok((Arc::new(fetcher), Arc::new(DefaultResolver::new())))
 }
 

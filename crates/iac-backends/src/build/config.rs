@@ -37,6 +37,19 @@ pub struct ImageConfig {
     /// `["--no-index", "--find-links", "/srv/wheels"]`. URL credentials are redacted when printed.
     #[serde(serialize_with = "redacted_args::serialize")]
     pub pip_args: Vec<String>,
+    /// `PIP_INDEX_URL` of host pip (host pip never inherits iac's environment; this is how the
+    /// operator names an index). Unset: pip's default (or `/etc/pip.conf`). Redacted when printed.
+    #[serde(serialize_with = "redacted_opt::serialize")]
+    pub pip_index_url: Option<String>,
+    /// `PIP_EXTRA_INDEX_URL` of host pip (space-joined). Redacted when printed.
+    #[serde(serialize_with = "redacted_args::serialize")]
+    pub pip_extra_index_urls: Vec<String>,
+    /// Names of further variables of iac's environment host pip may see (e.g. `PIP_FIND_LINKS`,
+    /// `PIP_DEFAULT_TIMEOUT`). Host pip otherwise gets only `PATH`, a temp `HOME`, proxy and
+    /// CA-bundle variables: never iac's secrets.
+    pub pip_pass_env: Vec<String>,
+    /// Cap on one build context (source tree + agent + wheels), in bytes. Default 2 GiB.
+    pub max_context_bytes: u64,
     /// Cache of the apps' dependency wheels, keyed by their requirements. Default:
     /// `$XDG_CACHE_HOME/iac/app-wheels`.
     pub app_wheel_cache: Option<PathBuf>,
@@ -64,6 +77,10 @@ impl Default for ImageConfig {
             otel_instrument: true,
             pip: vec!["python3".into(), "-m".into(), "pip".into()],
             pip_args: Vec::new(),
+            pip_index_url: None,
+            pip_extra_index_urls: Vec::new(),
+            pip_pass_env: Vec::new(),
+            max_context_bytes: 2 * 1024 * 1024 * 1024,
             app_wheel_cache: None,
             labels: BTreeMap::new(),
             app_uid: 10001,
@@ -143,6 +160,20 @@ impl std::fmt::Debug for ImageConfig {
             .field("otel_instrument", &self.otel_instrument)
             .field("pip", &self.pip)
             .field("pip_args", &self.pip_args_redacted())
+            .field(
+                "pip_index_url",
+                &self.pip_index_url.as_deref().map(redact_url_credentials),
+            )
+            .field(
+                "pip_extra_index_urls",
+                &self
+                    .pip_extra_index_urls
+                    .iter()
+                    .map(|u| redact_url_credentials(u))
+                    .collect::<Vec<_>>(),
+            )
+            .field("pip_pass_env", &self.pip_pass_env)
+            .field("max_context_bytes", &self.max_context_bytes)
             .field("app_wheel_cache", &self.app_wheel_cache)
             .field("labels", &self.labels)
             .field("app_uid", &self.app_uid)
@@ -157,6 +188,16 @@ pub(crate) mod redacted_args {
     }
 }
 
+/// Serializes an optional URL redacted.
+pub(crate) mod redacted_opt {
+    pub fn serialize<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(u) => s.serialize_some(&super::redact_url_credentials(u)),
+            None => s.serialize_none(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,11 +209,14 @@ mod tests {
                 "--index-url".into(),
                 "https://bob:s3cret@pypi.example/simple".into(),
             ],
+            pip_index_url: Some("https://bob:s3cret@idx.example/simple".into()),
+            pip_extra_index_urls: vec!["https://bob:s3cret@extra.example/simple".into()],
             ..ImageConfig::default()
         };
         let dbg = format!("{cfg:?}");
         assert!(!dbg.contains("s3cret"), "{dbg}");
         assert!(dbg.contains("https://***@pypi.example/simple"), "{dbg}");
+        assert!(dbg.contains("https://***@idx.example/simple"), "{dbg}");
         let json = serde_json::to_string(&cfg).unwrap();
         assert!(!json.contains("s3cret"), "{json}");
         assert_eq!(
@@ -191,5 +235,7 @@ mod tests {
         assert_eq!(cfg.tag_prefix, "iac");
         assert!(cfg.otel && cfg.otel_instrument);
         assert!(cfg.wheelhouse_path().ends_with("iac/wheelhouse"));
+        assert_eq!(cfg.max_context_bytes, 2 << 30);
+        assert!(cfg.pip_index_url.is_none() && cfg.pip_pass_env.is_empty());
     }
 }

@@ -1,86 +1,254 @@
-//! The build context: an in-memory tar holding `Dockerfile`, `app/` (the source tree without
-//! `.git` and `__pycache__`), `iac-agent`, `wheels/otel/` and `wheels/app/`. Entries are sorted and
-//! carry fixed owners and mtimes, so the same inputs give the same bytes. Also: a check that the
-//! agent is statically linked (it must run on any base image).
+//! The build context: a tar holding `Dockerfile`, `app/` (the source tree's file set from
+//! [`super::tree::list_tree`]: no `.git`, `.iac`, `.env*`, caches or what `.dockerignore`
+//! excludes), `iac-agent`, `wheels/otel/` and `wheels/app/`. It is written to an anonymous temp
+//! file, never held in memory, and capped at `max_bytes` while it is written (an error names the
+//! source and the cap). Entries are sorted and carry fixed owners and mtimes, so the same inputs
+//! give the same bytes. Also: a check that the agent is statically linked (it must run on any
+//! base image).
 
+use std::fs::File;
+use std::io::{Seek, Write};
 use std::path::{Path, PathBuf};
 
 use iac_core::BuildError;
 
+use super::tree::{EntryKind, TreeError, list_tree};
+
 /// Fixed mtime of every entry (2020-01-01T00:00:00Z): a fetched tree's mtimes mean nothing.
 const MTIME: u64 = 1_577_836_800;
+
+/// Files of `wheels/app/` besides `*.whl` (written by [`super::wheels::HostPip`]).
+pub const APP_WHEEL_LISTS: &[&str] = &[
+    super::wheels::REQUIREMENTS_FILE,
+    super::wheels::CONSTRAINTS_FILE,
+    super::wheels::LOCAL_FILE,
+];
 
 /// What goes into a build context.
 #[derive(Debug, Clone)]
 pub struct ContextInputs<'a> {
     pub dockerfile: &'a str,
     pub source_dir: &'a Path,
+    /// Names the source in errors (its origin or slug).
+    pub source_name: &'a str,
     pub agent_binary: &'a Path,
     /// Copied to `wheels/otel/` (only `*.whl`).
     pub otel_wheels: Option<&'a Path>,
-    /// Copied to `wheels/app/` (only `*.whl`).
+    /// Copied to `wheels/app/` (`*.whl` and [`APP_WHEEL_LISTS`]).
     pub app_wheels: Option<&'a Path>,
+    /// Cap on the context tar's size in bytes.
+    pub max_bytes: u64,
 }
 
 /// A built context and what it holds, for events.
 #[derive(Debug)]
 pub struct BuiltContext {
-    pub tar: Vec<u8>,
+    /// The tar, in an unlinked temp file, positioned at its start.
+    pub file: File,
+    /// Size of the tar.
+    pub bytes: u64,
     pub files: usize,
     /// Special files (sockets, fifos, devices) that were left out.
     pub skipped: Vec<PathBuf>,
 }
 
-/// Builds the context tar in memory. Blocking (file I/O): run it on a blocking thread.
-pub fn build_context(inputs: &ContextInputs<'_>) -> Result<BuiltContext, BuildError> {
-    let mut b = tar::Builder::new(Vec::new());
-    b.follow_symlinks(false);
-    let mut ctx = BuiltContext {
-        tar: Vec::new(),
-        files: 0,
-        skipped: Vec::new(),
-    };
+/// A writer that refuses to grow past a cap.
+struct Capped<W> {
+    inner: W,
+    written: u64,
+    cap: u64,
+}
 
-    append_bytes(&mut b, "Dockerfile", inputs.dockerfile.as_bytes(), 0o644)?;
-    let agent =
-        std::fs::read(inputs.agent_binary).map_err(|e| agent_error(inputs.agent_binary, e))?;
-    append_bytes(&mut b, "iac-agent", &agent, 0o755)?;
+impl<W: Write> Write for Capped<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.written.saturating_add(buf.len() as u64) > self.cap {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::FileTooLarge,
+                CapExceeded,
+            ));
+        }
+        let n = self.inner.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
 
-    append_dir(&mut b, "app")?;
-    walk(
-        &mut b,
-        inputs.source_dir,
-        inputs.source_dir,
-        "app",
-        &mut ctx,
-    )?;
-    append_dir(&mut b, "wheels")?;
-    for (dir, name) in [
-        (inputs.otel_wheels, "wheels/otel"),
-        (inputs.app_wheels, "wheels/app"),
-    ] {
-        append_dir(&mut b, name)?;
-        if let Some(dir) = dir {
-            for path in sorted_entries(dir)? {
-                let file_name = path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                if !file_name.ends_with(".whl") || !path.is_file() {
-                    continue;
-                }
-                let bytes = std::fs::read(&path).map_err(|source| BuildError::Io {
-                    path: path.clone(),
-                    source,
-                })?;
-                append_bytes(&mut b, &format!("{name}/{file_name}"), &bytes, 0o644)?;
-            }
+#[derive(Debug)]
+struct CapExceeded;
+
+impl std::fmt::Display for CapExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("build context cap exceeded")
+    }
+}
+
+impl std::error::Error for CapExceeded {}
+
+type Tar = tar::Builder<Capped<File>>;
+
+/// Reads exactly `len` bytes of a file (the size its tar header announced): a file that grew is
+/// cut there, one that shrank is an error — either way the tar stays well-formed.
+struct Exact {
+    inner: std::io::Take<File>,
+    left: u64,
+}
+
+impl Exact {
+    fn new(f: File, len: u64) -> Self {
+        Exact {
+            inner: std::io::Read::take(f, len),
+            left: len,
         }
     }
-    ctx.tar = b
+}
+
+impl std::io::Read for Exact {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.left -= n as u64;
+        if n == 0 && self.left > 0 && !buf.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the file shrank while it was being added",
+            ));
+        }
+        Ok(n)
+    }
+}
+
+/// Builds the context tar into a temp file. Blocking (file I/O): run it on a blocking thread.
+pub fn build_context(inputs: &ContextInputs<'_>) -> Result<BuiltContext, BuildError> {
+    let cap_error = || {
+        BuildError::Context(format!(
+            "the build context of {} exceeds the cap of {} bytes ({:.1} MiB; images.max_context_bytes); add a .dockerignore to the source or raise the cap",
+            inputs.source_name,
+            inputs.max_bytes,
+            inputs.max_bytes as f64 / (1024.0 * 1024.0)
+        ))
+    };
+    let listing = list_tree(inputs.source_dir).map_err(|e| match e {
+        TreeError::Io { path, source } => BuildError::Io { path, source },
+        other => BuildError::Context(format!("{}: {other}", inputs.source_name)),
+    })?;
+    if listing.file_bytes() > inputs.max_bytes {
+        return Err(cap_error());
+    }
+    let tmp = tempfile::tempfile().map_err(|source| BuildError::Io {
+        path: std::env::temp_dir(),
+        source,
+    })?;
+    let mut b = tar::Builder::new(Capped {
+        inner: tmp,
+        written: 0,
+        cap: inputs.max_bytes,
+    });
+    b.follow_symlinks(false);
+    let mut ctx_files = 0usize;
+    let result = (|| -> Result<(), BuildError> {
+        append_bytes(&mut b, "Dockerfile", inputs.dockerfile.as_bytes(), 0o644)?;
+        let agent = std::fs::File::open(inputs.agent_binary)
+            .and_then(|f| f.metadata().map(|m| (f, m.len())))
+            .map_err(|e| agent_error(inputs.agent_binary, e))?;
+        let mut h = header(tar::EntryType::Regular, 0o755, agent.1);
+        b.append_data(&mut h, "iac-agent", Exact::new(agent.0, agent.1))
+            .map_err(|e| tar_error("iac-agent", e))?;
+
+        append_dir(&mut b, "app")?;
+        for e in &listing.entries {
+            let in_tar = format!("app/{}", e.rel);
+            match &e.kind {
+                EntryKind::Dir => append_dir(&mut b, &in_tar)?,
+                EntryKind::Symlink { target } => {
+                    let mut h = header(tar::EntryType::Symlink, 0o777, 0);
+                    b.append_link(&mut h, &in_tar, target)
+                        .map_err(|err| tar_error(&in_tar, err))?;
+                    ctx_files += 1;
+                }
+                EntryKind::File { executable, .. } => {
+                    let f = std::fs::File::open(&e.path).map_err(|source| BuildError::Io {
+                        path: e.path.clone(),
+                        source,
+                    })?;
+                    // The size now, not at listing time; a file that changes while it is being
+                    // added fails loudly instead of corrupting the tar (see `Exact`).
+                    let len = f
+                        .metadata()
+                        .map_err(|source| BuildError::Io {
+                            path: e.path.clone(),
+                            source,
+                        })?
+                        .len();
+                    let mode = if *executable { 0o755 } else { 0o644 };
+                    let mut h = header(tar::EntryType::Regular, mode, len);
+                    b.append_data(&mut h, &in_tar, Exact::new(f, len))
+                        .map_err(|err| tar_error(&in_tar, err))?;
+                    ctx_files += 1;
+                }
+            }
+        }
+        append_dir(&mut b, "wheels")?;
+        for (dir, name, lists) in [
+            (inputs.otel_wheels, "wheels/otel", &[][..]),
+            (inputs.app_wheels, "wheels/app", APP_WHEEL_LISTS),
+        ] {
+            append_dir(&mut b, name)?;
+            if let Some(dir) = dir {
+                for path in sorted_entries(dir)? {
+                    let file_name = path
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    let wanted = file_name.ends_with(".whl") || lists.contains(&file_name.as_str());
+                    if !wanted || !path.is_file() {
+                        continue;
+                    }
+                    let f = std::fs::File::open(&path).map_err(|source| BuildError::Io {
+                        path: path.clone(),
+                        source,
+                    })?;
+                    let len = f
+                        .metadata()
+                        .map_err(|source| BuildError::Io {
+                            path: path.clone(),
+                            source,
+                        })?
+                        .len();
+                    let in_tar = format!("{name}/{file_name}");
+                    let mut h = header(tar::EntryType::Regular, 0o644, len);
+                    b.append_data(&mut h, &in_tar, Exact::new(f, len))
+                        .map_err(|e| tar_error(&in_tar, e))?;
+                }
+            }
+        }
+        b.finish()
+            .map_err(|e| tar_error("the end of the context tar", e))?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let capped =
+            matches!(&e, BuildError::Context(m) if m.contains("build context cap exceeded"));
+        return Err(if capped { cap_error() } else { e });
+    }
+    let capped = b
         .into_inner()
         .map_err(|e| BuildError::Context(format!("finishing the context tar: {e}")))?;
-    Ok(ctx)
+    let bytes = capped.written;
+    let mut file = capped.inner;
+    file.flush()
+        .and_then(|()| file.rewind())
+        .map_err(|source| BuildError::Io {
+            path: std::env::temp_dir(),
+            source,
+        })?;
+    Ok(BuiltContext {
+        file,
+        bytes,
+        files: ctx_files,
+        skipped: listing.skipped,
+    })
 }
 
 /// The error for an unreadable agent binary, saying how to get one.
@@ -132,65 +300,6 @@ pub fn elf_interpreter(bytes: &[u8]) -> Option<String> {
     None
 }
 
-fn walk(
-    b: &mut tar::Builder<Vec<u8>>,
-    root: &Path,
-    dir: &Path,
-    prefix: &str,
-    ctx: &mut BuiltContext,
-) -> Result<(), BuildError> {
-    for path in sorted_entries(dir)? {
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        if name == ".git" || name == "__pycache__" {
-            continue;
-        }
-        let rel = path.strip_prefix(root).expect("walk stays under root");
-        let rel = rel.to_str().ok_or_else(|| {
-            BuildError::Context(format!("{}: file name is not valid UTF-8", path.display()))
-        })?;
-        let in_tar = format!("{prefix}/{rel}");
-        let meta = std::fs::symlink_metadata(&path).map_err(|source| BuildError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        let ft = meta.file_type();
-        if ft.is_symlink() {
-            let target = std::fs::read_link(&path).map_err(|source| BuildError::Io {
-                path: path.clone(),
-                source,
-            })?;
-            let mut h = header(tar::EntryType::Symlink, 0o777, 0);
-            b.append_link(&mut h, &in_tar, &target)
-                .map_err(|e| tar_error(&in_tar, e))?;
-            ctx.files += 1;
-        } else if ft.is_dir() {
-            append_dir(b, &in_tar)?;
-            walk(b, root, &path, prefix, ctx)?;
-        } else if ft.is_file() {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = if meta.permissions().mode() & 0o111 != 0 {
-                0o755
-            } else {
-                0o644
-            };
-            let f = std::fs::File::open(&path).map_err(|source| BuildError::Io {
-                path: path.clone(),
-                source,
-            })?;
-            let mut h = header(tar::EntryType::Regular, mode, meta.len());
-            b.append_data(&mut h, &in_tar, f)
-                .map_err(|e| tar_error(&in_tar, e))?;
-            ctx.files += 1;
-        } else {
-            ctx.skipped.push(path);
-        }
-    }
-    Ok(())
-}
-
 fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, BuildError> {
     let rd = std::fs::read_dir(dir).map_err(|source| BuildError::Io {
         path: dir.to_path_buf(),
@@ -221,18 +330,13 @@ fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
     h
 }
 
-fn append_dir(b: &mut tar::Builder<Vec<u8>>, path: &str) -> Result<(), BuildError> {
+fn append_dir(b: &mut Tar, path: &str) -> Result<(), BuildError> {
     let mut h = header(tar::EntryType::Directory, 0o755, 0);
     b.append_data(&mut h, format!("{path}/"), std::io::empty())
         .map_err(|e| tar_error(path, e))
 }
 
-fn append_bytes(
-    b: &mut tar::Builder<Vec<u8>>,
-    path: &str,
-    bytes: &[u8],
-    mode: u32,
-) -> Result<(), BuildError> {
+fn append_bytes(b: &mut Tar, path: &str, bytes: &[u8], mode: u32) -> Result<(), BuildError> {
     let mut h = header(tar::EntryType::Regular, mode, bytes.len() as u64);
     b.append_data(&mut h, path, bytes)
         .map_err(|e| tar_error(path, e))
@@ -245,6 +349,14 @@ fn tar_error(path: &str, e: std::io::Error) -> BuildError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn bytes(ctx: BuiltContext) -> Vec<u8> {
+        let mut f = ctx.file;
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut f, &mut out).unwrap();
+        assert_eq!(out.len() as u64, ctx.bytes);
+        out
+    }
 
     fn list(tar: &[u8]) -> Vec<(String, u32)> {
         let mut a = tar::Archive::new(tar);
@@ -280,15 +392,18 @@ mod tests {
         let inputs = ContextInputs {
             dockerfile: "FROM scratch\n",
             source_dir: &src,
+            source_name: "test tree",
             agent_binary: &agent,
             otel_wheels: Some(&wh),
             app_wheels: None,
+            max_bytes: 1 << 20,
         };
         let one = build_context(&inputs).unwrap();
-        let two = build_context(&inputs).unwrap();
-        assert_eq!(one.tar, two.tar, "same inputs, same bytes");
         assert_eq!(one.files, 3);
-        let names = list(&one.tar);
+        let one = bytes(one);
+        let two = bytes(build_context(&inputs).unwrap());
+        assert_eq!(one, two, "same inputs, same bytes");
+        let names = list(&one);
         let paths: Vec<&str> = names.iter().map(|(p, _)| p.as_str()).collect();
         assert_eq!(
             paths,
@@ -315,15 +430,98 @@ mod tests {
         let inputs = ContextInputs {
             dockerfile: "FROM scratch\n",
             source_dir: d.path(),
+            source_name: "test tree",
             agent_binary: &d.path().join("no-agent"),
             otel_wheels: None,
             app_wheels: None,
+            max_bytes: 1 << 20,
         };
         let err = build_context(&inputs).unwrap_err().to_string();
         assert!(
             err.contains("no-agent") && err.contains("build-agent.sh"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn context_holds_no_secrets_state_or_ignored_files() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        for dir in [".iac/projects/p", "secrets", "pkg", "build"] {
+            std::fs::create_dir_all(src.join(dir)).unwrap();
+        }
+        for f in [
+            ".env",
+            ".env.local",
+            "pkg/.env",
+            ".iac/projects/p/state.json",
+            "secrets/ca.key",
+            "build/out.bin",
+            "pkg/m.py",
+        ] {
+            std::fs::write(src.join(f), "SECRET").unwrap();
+        }
+        std::fs::write(src.join(".dockerignore"), "secrets\nbuild/**\n").unwrap();
+        let agent = d.path().join("agent");
+        std::fs::write(&agent, "x").unwrap();
+        let ctx = build_context(&ContextInputs {
+            dockerfile: "FROM scratch\n",
+            source_dir: &src,
+            source_name: "test tree",
+            agent_binary: &agent,
+            otel_wheels: None,
+            app_wheels: None,
+            max_bytes: 1 << 20,
+        })
+        .unwrap();
+        let paths: Vec<String> = list(&bytes(ctx)).into_iter().map(|(p, _)| p).collect();
+        let app: Vec<&str> = paths
+            .iter()
+            .map(String::as_str)
+            .filter(|p| p.starts_with("app/"))
+            .collect();
+        // `build/**` leaves out what is under build/, not build/ itself (Docker's semantics).
+        assert_eq!(
+            app,
+            [
+                "app/",
+                "app/.dockerignore",
+                "app/build/",
+                "app/pkg/",
+                "app/pkg/m.py"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_context_over_the_cap_names_the_source_and_the_cap() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("big.bin"), vec![7u8; 64 * 1024]).unwrap();
+        let agent = d.path().join("agent");
+        std::fs::write(&agent, "x").unwrap();
+        let mut inputs = ContextInputs {
+            dockerfile: "FROM scratch\n",
+            source_dir: &src,
+            source_name: "path:/srv/huge",
+            agent_binary: &agent,
+            otel_wheels: None,
+            app_wheels: None,
+            max_bytes: 32 * 1024,
+        };
+        // Over the cap before writing (file sizes alone), and while writing (tar overhead).
+        for cap in [32 * 1024, 64 * 1024 + 100] {
+            inputs.max_bytes = cap;
+            let err = build_context(&inputs).unwrap_err().to_string();
+            assert!(
+                err.contains("path:/srv/huge") && err.contains(&cap.to_string()),
+                "{err}"
+            );
+        }
+        inputs.max_bytes = 1 << 20;
+        let ok = build_context(&inputs).unwrap();
+        assert!(ok.bytes > 64 * 1024 && ok.bytes < 1 << 20);
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //! `planned()` is pure (files only, no engine): it renders the Dockerfile and derives the build key
 //! and tag. `build()` reuses an image whose `iac.build-key` label matches; otherwise it resolves the
 //! base image (configured → offline equivalent → error naming `make bootstrap`), downloads the app's
-//! dependency wheels on the host, assembles the context tar and streams the engine's build output
-//! as [`Stage::Build`] events.
+//! dependency wheels on the host (binary wheels only, scrubbed environment: no repo code runs on
+//! the host), writes the capped context tar to a temp file, streams it to the engine and the
+//! engine's build output back as [`Stage::Build`] events.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -256,19 +257,16 @@ impl ImageBuilder for DockerImageBuilder {
             let pip = HostPip {
                 command: self.config.pip.clone(),
                 args: self.config.pip_args.clone(),
+                index_url: self.config.pip_index_url.clone(),
+                extra_index_urls: self.config.pip_extra_index_urls.clone(),
+                pass_env: self.config.pip_pass_env.clone(),
                 // The bootstrap wheelhouse (setuptools, wheel, the OTel SDK) serves builds offline.
                 find_links: vec![self.config.wheelhouse_path()],
                 cache_dir: self.config.app_wheel_cache_path(),
             };
             Some(
-                pip.prepare(
-                    service,
-                    &spec.source.dir,
-                    &spec.source.digest,
-                    &plan.deps,
-                    &events,
-                )
-                .await?,
+                pip.prepare(service, &spec.source.dir, &plan.deps, &events)
+                    .await?,
             )
         } else {
             None
@@ -281,13 +279,17 @@ impl ImageBuilder for DockerImageBuilder {
             let agent = plan.agent.clone();
             let otel = plan.otel_wheels.clone();
             let app = app_wheels.clone();
+            let source_name = format!("{} ({})", spec.source.origin, spec.source.dir.display());
+            let max_bytes = self.config.max_context_bytes;
             tokio::task::spawn_blocking(move || {
                 build_context(&ContextInputs {
                     dockerfile: &dockerfile,
                     source_dir: &source_dir,
+                    source_name: &source_name,
                     agent_binary: &agent,
                     otel_wheels: otel.as_deref(),
                     app_wheels: app.as_deref(),
+                    max_bytes,
                 })
             })
             .await
@@ -308,7 +310,7 @@ impl ImageBuilder for DockerImageBuilder {
                 "building {} from {base}: context {} files, {:.1} MB ({:.1?})",
                 image.tag,
                 ctx.files,
-                ctx.tar.len() as f64 / 1e6,
+                ctx.bytes as f64 / 1e6,
                 t.elapsed()
             ),
         );
@@ -324,9 +326,11 @@ impl ImageBuilder for DockerImageBuilder {
             .rm(true)
             .forcerm(true)
             .build();
-        let mut stream =
-            self.docker
-                .build_image(opts, None, Some(bollard::body_full(ctx.tar.into())));
+        // Streamed from the temp file: a context is never held in memory whole.
+        let body = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(ctx.file));
+        let mut stream = self
+            .docker
+            .build_image(opts, None, Some(bollard::body_try_stream(body)));
         let mut output = String::new();
         let mut built_id = None;
         while let Some(item) = stream.next().await {
@@ -357,6 +361,12 @@ impl ImageBuilder for DockerImageBuilder {
                         other => other.to_string(),
                     };
                     let out = tail(&output, 20);
+                    let message = match in_image_missing(&output) {
+                        Some(pkg) => format!(
+                            "{message}\nthe in-image build needs {pkg}, which the host did not download: a dependency only the app's setup.py or a dynamic pyproject declares is not known before the build. List it in requirements.txt or in [project] dependencies"
+                        ),
+                        None => message,
+                    };
                     events.error(
                         Stage::Build,
                         format!("build of {} failed: {message}", image.tag),
@@ -397,6 +407,14 @@ impl ImageBuilder for DockerImageBuilder {
     }
 }
 
+/// The package an offline pip inside the build could not find, from the build output.
+fn in_image_missing(output: &str) -> Option<String> {
+    output.lines().find_map(|l| {
+        l.split_once("No matching distribution found for ")
+            .map(|(_, rest)| rest.trim().to_string())
+    })
+}
+
 fn is_not_found(e: &bollard::errors::Error) -> bool {
     matches!(
         e,
@@ -405,4 +423,16 @@ fn is_not_found(e: &bollard::errors::Error) -> bool {
             ..
         }
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_image_missing_names_what_offline_pip_could_not_find() {
+        let out = "Step 9/12 : RUN if [ -s /tmp/iac-wheels/app/iac-local.txt ]\nProcessing /app\nERROR: Could not find a version that satisfies the requirement flask (from evilpkg) (from versions: none)\nERROR: No matching distribution found for flask\n";
+        assert_eq!(in_image_missing(out).as_deref(), Some("flask"));
+        assert_eq!(in_image_missing("Step 1/2 : FROM x\n"), None);
+    }
 }

@@ -5,15 +5,21 @@
 //!   build-key label, base image resolution, streamed build output).
 //! - [`dockerfile`]: the pure render of `infra/templates/app.Dockerfile.tmpl`.
 //! - [`key`]: build key and content-addressed tag.
-//! - [`context`]: the in-memory build context tar.
-//! - [`wheels`]: host-side `pip download` of app dependencies for offline installs.
+//! - [`context`]: the build context tar (a capped temp file, streamed to the engine).
+//! - [`tree`]: the file set of a source tree in an image (fixed exclusions + `.dockerignore`),
+//!   shared with the `path:` digest; [`ignore`]: Docker's `.dockerignore` rules.
+//! - [`wheels`]: host-side download of binary wheels only (scrubbed environment); everything
+//!   that builds runs inside the image. [`requirements`]: the requirements-file filter.
 //! - [`config`]: the [`ImageConfig`] struct.
 
 pub mod config;
 pub mod context;
 pub mod docker;
 pub mod dockerfile;
+pub mod ignore;
 pub mod key;
+pub mod requirements;
+pub mod tree;
 pub mod wheels;
 
 pub use config::ImageConfig;

@@ -172,6 +172,11 @@ pub struct FetchConfig {
     /// Extra git configuration, `key=value`, applied in memory to every ref listing and clone
     /// (e.g. `http.proxy=http://proxy:3128`, `protocol.version=2`).
     pub git_config: Vec<String>,
+    /// Directories a `path:` source may neither contain nor lie inside: iac's state dir and the
+    /// secrets dir (the defaults are those of `state_dir` and `pki.secrets_dir`; the binary adds
+    /// the configured ones). `cache_dir` is always protected too. Relative paths are resolved
+    /// against the working directory when the fetcher is constructed.
+    pub protected_dirs: Vec<PathBuf>,
 }
 
 impl Default for FetchConfig {
@@ -189,6 +194,7 @@ impl Default for FetchConfig {
             resolve_refs: true,
             git_fallback: true,
             git_config: Vec::new(),
+            protected_dirs: vec![PathBuf::from(".iac"), PathBuf::from("secrets")],
         }
     }
 }

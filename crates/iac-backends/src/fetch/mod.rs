@@ -8,7 +8,7 @@
 //! | `tarball.rs` | forge archive download (reqwest, streamed, never buffered whole) |
 //! | `git.rs` | ref resolution (ls-remote) and depth-1 clones with gix |
 //! | `chain.rs` | hosted slugs: tarball first, git clone when the archive is unavailable |
-//! | `local.rs` | `path:` slugs: the directory as is, digested |
+//! | `local.rs` | `path:` slugs: the directory as is (refused when it holds the state or secrets dir), digested over the build context's file set |
 //! | `cache.rs` | content cache under `.iac/cache`: trees keyed by repository + commit (or archive digest), ref index |
 //! | `digest.rs` | the tree digest every backend reports as `Source.digest` |
 
@@ -63,9 +63,17 @@ impl DefaultFetcher {
     /// Builds the fetchers from `config`. A relative `cache_dir` is made absolute against the
     /// current directory now, so later `chdir`s do not move the cache.
     pub fn new(mut config: FetchConfig) -> Result<Self, FetchError> {
+        let cwd = std::env::current_dir().map_err(FetchError::io("."))?;
         if config.cache_dir.is_relative() {
-            let cwd = std::env::current_dir().map_err(FetchError::io("."))?;
             config.cache_dir = cwd.join(&config.cache_dir);
+        }
+        for p in &mut config.protected_dirs {
+            if p.is_relative() {
+                *p = cwd.join(&*p);
+            }
+        }
+        if !config.protected_dirs.contains(&config.cache_dir) {
+            config.protected_dirs.push(config.cache_dir.clone());
         }
         let cache = Cache::new(&config.cache_dir);
         let limits = config.limits();
@@ -128,7 +136,8 @@ impl DefaultFetcher {
             }
             Slug::Path { dir } => {
                 let dir = dir.clone();
-                tokio::task::spawn_blocking(move || local::fetch_local(&dir))
+                let protected = self.config.protected_dirs.clone();
+                tokio::task::spawn_blocking(move || local::fetch_local(&dir, &protected))
                     .await
                     .map_err(|e| FetchError::Io {
                         path: Default::default(),

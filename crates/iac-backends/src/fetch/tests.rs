@@ -588,7 +588,7 @@ async fn concurrent_fetches_of_one_slug_share_one_tree() {
 async fn path_slugs_use_the_directory_in_place() {
     let d = tempfile::tempdir().unwrap();
     let app = d.path().join("app");
-    std::fs::create_dir_all(app.join("target/debug")).unwrap();
+    std::fs::create_dir_all(app.join(".venv/bin")).unwrap();
     std::fs::create_dir_all(app.join(".git")).unwrap();
     std::fs::create_dir_all(app.join("pkg/__pycache__")).unwrap();
     std::fs::write(app.join("main.py"), "print(1)\n").unwrap();
@@ -605,14 +605,17 @@ async fn path_slugs_use_the_directory_in_place() {
         .unwrap();
     assert_eq!(s.dir, std::fs::canonicalize(&app).unwrap());
     assert_eq!(s.commit, None);
-    std::fs::write(app.join("target/debug/out"), "build output").unwrap();
+    std::fs::write(app.join(".venv/bin/python"), "host interpreter").unwrap();
     std::fs::write(app.join(".git/HEAD"), "ref: refs/heads/x").unwrap();
     std::fs::write(app.join("pkg/__pycache__/n.pyc"), "junk").unwrap();
     let same = f
         .fetch(&slug(&format!("path:{}", app.display())), &ev)
         .await
         .unwrap();
-    assert_eq!(same.digest, s.digest, "noise dirs do not change the digest");
+    assert_eq!(
+        same.digest, s.digest,
+        "what the image leaves out (.venv, .git, __pycache__) does not change the digest"
+    );
     std::fs::write(app.join("main.py"), "print(2)\n").unwrap();
     let changed = f
         .fetch(&slug(&format!("path:{}", app.display())), &ev)

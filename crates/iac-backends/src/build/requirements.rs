@@ -1,0 +1,1038 @@
+//! The requirements-file filter: what of a repo's `requirements.txt` the host may act on.
+//!
+//! Requirement files are written by repo authors, who are untrusted, but pip on the host reads
+//! them with the operator's network and index. So the host never hands pip a repo file: every
+//! line is classified here ([`parse`], pure, fuzzed by `fuzz/fuzz_targets/requirements_filter.rs`)
+//! and only re-emitted when it is safe; anything else is refused with the file and line.
+//!
+//! | line | verdict |
+//! |---|---|
+//! | `name[extras] specifiers ; markers` (+ `--hash=…`) | [`Line::Index`]: a binary wheel from the operator's index |
+//! | a path in the tree (`.`, `./libs/x`, `-e ./pkg`, `vendor/x.whl`, `x @ file:rel`) | [`Line::Local`]: built inside the image, offline |
+//! | `-r`/`--requirement`, `-c`/`--constraint` with a path in the tree | [`Line::Include`] |
+//! | `--pre`, `--prefer-binary`, `--require-hashes`, `--only-binary=…` | [`Line::Option`] |
+//! | `-i`/`--index-url`, `--extra-index-url`, `--no-index`, `-f`/`--find-links`, `--trusted-host` | refused: the operator chooses the index |
+//! | paths outside the tree (absolute, `..`, `~`), `file:///…` | refused |
+//! | URLs (`https://…`, `name @ https://…`, `git+…`) | refused: the host would fetch wherever the repo says (and build VCS/sdist code) |
+//! | anything with `user:password@`, `${VAR}`, an unknown option | refused |
+//!
+//! Paths are checked lexically here; [`super::wheels`] also resolves them on disk, so a symlink
+//! that leaves the tree is refused too.
+
+use std::fmt;
+
+/// One accepted logical line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Line {
+    /// A requirement by name, downloaded as a wheel from the operator's index. The text is
+    /// re-emitted as is: `name…` plus accepted per-requirement options (`--hash`).
+    Index(String),
+    /// A local project or archive inside the tree, installed inside the image from `/app`.
+    /// `path` is normalized and relative to the tree root (where pip resolves it); `text` is
+    /// the line to give pip there.
+    Local {
+        text: String,
+        path: String,
+        editable: bool,
+    },
+    /// Another requirements (or constraints) file, relative to the including file's directory,
+    /// normalized and checked not to leave the tree from there (see [`join_inside`]).
+    Include { path: String, constraint: bool },
+    /// A global option that changes how pip picks among the index's wheels, not where it looks.
+    Option(String),
+}
+
+/// A refused line: why, in words that say what was expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused(pub String);
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Global options that never point pip elsewhere.
+const GLOBAL_FLAGS: &[&str] = &["--pre", "--prefer-binary", "--require-hashes"];
+
+/// Options that point pip at other indexes or hosts: the operator chooses those.
+const INDEX_OPTIONS: &[&str] = &[
+    "-i",
+    "--index-url",
+    "--extra-index-url",
+    "--no-index",
+    "-f",
+    "--find-links",
+    "--trusted-host",
+];
+
+/// Archive names pip treats as local files.
+const ARCHIVE_SUFFIXES: &[&str] = &[
+    ".whl", ".tar.gz", ".tgz", ".tar.bz2", ".tbz", ".tar.xz", ".txz", ".tar", ".zip",
+];
+
+/// Splits a requirements file into logical lines the way pip does (a trailing `\` joins the next
+/// line, `#` starts a comment at the line start or after whitespace) and classifies each one.
+/// `base` is the tree-relative directory of the file (`""` at the root): `-r`/`-c` paths are
+/// relative to it, as in pip. Returns `(line number of the first physical line, verdict)`; blank
+/// and comment-only lines are left out. Never panics, whatever the input.
+pub fn parse(text: &str, base: &str) -> Vec<(usize, Result<Line, Refused>)> {
+    let mut out = Vec::new();
+    for (number, logical) in logical_lines(text) {
+        let stripped = strip_comment(&logical);
+        let line = stripped.trim();
+        if line.is_empty() {
+            continue;
+        }
+        out.push((number, classify(line, base)));
+    }
+    out
+}
+
+/// pip's `join_lines`: a line ending in `\` continues on the next (the `\` removed), unless it
+/// is a comment line.
+fn logical_lines(text: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    let mut pending: Option<(usize, String)> = None;
+    for (i, raw) in text.lines().enumerate() {
+        let number = i + 1;
+        let is_comment = is_comment_line(raw);
+        if raw.ends_with('\\') && !is_comment {
+            let piece = raw.trim_end_matches('\\');
+            match &mut pending {
+                Some((_, s)) => s.push_str(piece),
+                None => pending = Some((number, piece.to_string())),
+            }
+        } else {
+            let piece = if is_comment {
+                format!(" {raw}")
+            } else {
+                raw.to_string()
+            };
+            match pending.take() {
+                Some((n, mut s)) => {
+                    s.push_str(&piece);
+                    out.push((n, s));
+                }
+                None => out.push((number, piece)),
+            }
+        }
+    }
+    if let Some(p) = pending {
+        out.push(p);
+    }
+    out
+}
+
+/// pip's `COMMENT_RE` is `(^|\s+)#.*$`.
+fn is_comment_line(line: &str) -> bool {
+    comment_start(line).is_some()
+}
+
+fn comment_start(line: &str) -> Option<usize> {
+    let mut prev_space = true;
+    for (i, c) in line.char_indices() {
+        if c == '#' && prev_space {
+            return Some(i);
+        }
+        prev_space = c.is_whitespace();
+    }
+    None
+}
+
+fn strip_comment(line: &str) -> &str {
+    match comment_start(line) {
+        Some(i) => &line[..i],
+        None => line,
+    }
+}
+
+fn refuse<T>(why: impl Into<String>) -> Result<T, Refused> {
+    Err(Refused(why.into()))
+}
+
+/// Classifies one logical line (comment stripped, trimmed, non-empty) of a file in the
+/// tree-relative directory `base`.
+pub fn classify(line: &str, base: &str) -> Result<Line, Refused> {
+    if line.contains("${") {
+        return refuse(
+            "environment variable references (${...}) are not allowed: pip would expand them from the environment; write the value out",
+        );
+    }
+    if line.chars().any(|c| c.is_control() && c != '\t') {
+        return refuse("control characters are not allowed in a requirement line");
+    }
+    if has_credentials(line) {
+        return refuse(
+            "URLs carrying credentials (user:password@) are not allowed in requirement files; the operator configures index credentials",
+        );
+    }
+    // pip: tokens up to the first one starting with `-` are the requirement, the rest options.
+    let tokens: Vec<&str> = line.split_whitespace().collect();
+    let split = tokens
+        .iter()
+        .position(|t| t.starts_with('-'))
+        .unwrap_or(tokens.len());
+    let requirement = tokens[..split].join(" ");
+    let options = shell_split(&tokens[split..].join(" "))?;
+    if requirement.is_empty() {
+        return classify_options(&options, base);
+    }
+    let hashes = per_requirement_options(&options)?;
+    let mut line = classify_requirement(&requirement, false)?;
+    if !hashes.is_empty() {
+        match &mut line {
+            Line::Index(text) => {
+                for h in hashes {
+                    text.push(' ');
+                    text.push_str(&h);
+                }
+            }
+            _ => return refuse("--hash applies to requirements from the index only"),
+        }
+    }
+    Ok(line)
+}
+
+/// Options after a requirement: only `--hash=<algo>:<hex>` (pip's per-requirement hash check).
+fn per_requirement_options(options: &[String]) -> Result<Vec<String>, Refused> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < options.len() {
+        let o = &options[i];
+        let value = if let Some(v) = o.strip_prefix("--hash=") {
+            v.to_string()
+        } else if o == "--hash" {
+            i += 1;
+            match options.get(i) {
+                Some(v) => v.clone(),
+                None => return refuse("--hash needs a value, e.g. --hash=sha256:<hex>"),
+            }
+        } else {
+            return refuse(format!(
+                "option {} is not allowed after a requirement (only --hash=<algorithm>:<hex> is)",
+                shown_option(o)
+            ));
+        };
+        let ok = value.split_once(':').is_some_and(|(algo, hex)| {
+            matches!(algo, "sha256" | "sha384" | "sha512")
+                && !hex.is_empty()
+                && hex.chars().all(|c| c.is_ascii_hexdigit())
+        });
+        if !ok {
+            return refuse(format!(
+                "--hash value {value:?} is not <sha256|sha384|sha512>:<hex>"
+            ));
+        }
+        out.push(format!("--hash={value}"));
+        i += 1;
+    }
+    Ok(out)
+}
+
+/// A line made of options only.
+fn classify_options(options: &[String], base: &str) -> Result<Line, Refused> {
+    let Some(first) = options.first() else {
+        return refuse("empty option line");
+    };
+    let (name, inline) = split_option(first);
+    let value = |what: &str| -> Result<String, Refused> {
+        let v = match inline {
+            Some(v) => v.to_string(),
+            None => match options.get(1) {
+                Some(v) => v.clone(),
+                None => return refuse(format!("{name} needs {what}")),
+            },
+        };
+        let used = if inline.is_some() { 1 } else { 2 };
+        if options.len() > used {
+            return refuse(format!(
+                "unexpected {:?} after {name} {v}; put one option per line",
+                options[used]
+            ));
+        }
+        Ok(v)
+    };
+    if INDEX_OPTIONS.contains(&name) {
+        return refuse(format!(
+            "{name} is not allowed in requirement files: it points pip at another index or host. The operator chooses the index (images.pip_index_url, images.pip_args)"
+        ));
+    }
+    if GLOBAL_FLAGS.contains(&name) {
+        if inline.is_some() || options.len() > 1 {
+            return refuse(format!("{name} takes no value; put one option per line"));
+        }
+        return Ok(Line::Option(name.to_string()));
+    }
+    match name {
+        "--only-binary" => {
+            let v = value("a value (:all:, :none: or package names)")?;
+            check_binary_value(&v)?;
+            Ok(Line::Option(format!("--only-binary={v}")))
+        }
+        "--no-binary" => refuse(
+            "--no-binary is not allowed: iac installs binary wheels only (building an sdist would run its code on the host); list a package that ships wheels, or vendor it in the repository",
+        ),
+        "-r" | "--requirement" | "-c" | "--constraint" => {
+            let v = value("a file path")?;
+            if looks_like_url(&v) {
+                return refuse(format!(
+                    "{name} {v}: requirement files must be paths inside the repository, not URLs"
+                ));
+            }
+            let path =
+                normalize_inside(base, &v).map_err(|why| Refused(format!("{name} {v}: {why}")))?;
+            Ok(Line::Include {
+                path,
+                constraint: matches!(name, "-c" | "--constraint"),
+            })
+        }
+        "-e" | "--editable" => {
+            let v = value("a path")?;
+            if looks_like_url(&v) || direct_reference(&v).is_some() {
+                return refuse(format!(
+                    "{name} with {}: editable installs must name a path inside the repository",
+                    url_scheme(&v)
+                ));
+            }
+            // pip takes any non-URL value of -e as a directory (extras may follow in [...]).
+            let dir = v.split('[').next().unwrap_or(&v);
+            let path =
+                normalize_inside("", dir).map_err(|why| Refused(format!("{name} {dir}: {why}")))?;
+            Ok(Line::Local {
+                text: format!("-e {v}"),
+                path,
+                editable: true,
+            })
+        }
+        other => refuse(format!(
+            "option {} is not allowed in requirement files; iac accepts -r/-c with paths in the repository, -e with a path in the repository, --hash, --pre, --prefer-binary, --require-hashes and --only-binary",
+            shown_option(other)
+        )),
+    }
+}
+
+fn check_binary_value(v: &str) -> Result<(), Refused> {
+    if v.is_empty()
+        || !v
+            .split(',')
+            .all(|p| p == ":all:" || p == ":none:" || is_name(p))
+    {
+        return refuse(format!(
+            "--only-binary value {v:?} is not :all:, :none: or a comma-separated list of package names"
+        ));
+    }
+    Ok(())
+}
+
+/// The option name for messages, without any inline value (which could be a secret).
+fn shown_option(o: &str) -> String {
+    split_option(o).0.chars().take(40).collect()
+}
+
+/// `--opt=value` → (`--opt`, Some(value)); `-rfile` → (`-r`, Some(file)); `--opt` → (`--opt`, None).
+fn split_option(o: &str) -> (&str, Option<&str>) {
+    if o.starts_with("--") {
+        match o.split_once('=') {
+            Some((n, v)) => (n, Some(v)),
+            None => (o, None),
+        }
+    } else if o.len() > 2 && o.is_char_boundary(2) {
+        // Short options with the value attached (`-rbase.txt`); optparse takes it verbatim.
+        (&o[..2], Some(&o[2..]))
+    } else {
+        (o, None)
+    }
+}
+
+/// The requirement part of a line (or the value of `-e`).
+fn classify_requirement(req: &str, editable: bool) -> Result<Line, Refused> {
+    // `name @ url` (PEP 508 direct reference).
+    if let Some((name, url)) = direct_reference(req) {
+        let name = name.trim();
+        let url = url.trim();
+        if !is_name(strip_extras(name)) {
+            return refuse(format!(
+                "{req:?}: expected `name @ url` with a package name before @"
+            ));
+        }
+        if let Some(rest) = url.strip_prefix("file:") {
+            let path = rest.strip_prefix("//").unwrap_or(rest);
+            let path = path.split(';').next().unwrap_or("").trim();
+            let norm =
+                normalize_inside("", path).map_err(|why| Refused(format!("{req}: {why}")))?;
+            return Ok(Line::Local {
+                text: req.to_string(),
+                path: norm,
+                editable,
+            });
+        }
+        return refuse(format!(
+            "{name} @ {}: direct URL references are not allowed — the host would download from wherever the repository says{}. List the package by name (it comes from the operator's index) or vendor the wheel in the repository",
+            url_scheme(url),
+            if is_vcs(url) {
+                " and a VCS checkout must be built, running its code"
+            } else {
+                ""
+            }
+        ));
+    }
+    let first = req.split([';', '[', ' ']).next().unwrap_or(req);
+    if looks_like_url(first) {
+        return refuse(format!(
+            "{}: URL requirements are not allowed — the host would download from wherever the repository says{}. List the package by name (it comes from the operator's index) or vendor the wheel in the repository",
+            url_scheme(first),
+            if is_vcs(first) {
+                " and a VCS checkout must be built, running its code"
+            } else {
+                ""
+            }
+        ));
+    }
+    if is_path_like(first) {
+        let path = normalize_inside("", first).map_err(|why| Refused(format!("{first}: {why}")))?;
+        return Ok(Line::Local {
+            text: req.to_string(),
+            path,
+            editable,
+        });
+    }
+    if editable {
+        return refuse(format!(
+            "-e {req}: editable installs must name a path inside the repository"
+        ));
+    }
+    check_named(req)?;
+    Ok(Line::Index(req.to_string()))
+}
+
+/// `name [extras] @ url`: the ` @ ` or `@` that follows a name (and not a URL's userinfo).
+fn direct_reference(req: &str) -> Option<(&str, &str)> {
+    let at = req.find('@')?;
+    let (name, url) = (&req[..at], &req[at + 1..]);
+    if name.contains("://") || name.contains(';') {
+        return None;
+    }
+    Some((name, url))
+}
+
+fn strip_extras(name: &str) -> &str {
+    name.split('[').next().unwrap_or(name).trim()
+}
+
+/// A name-based requirement: `name[extras] specifiers ; markers`.
+fn check_named(req: &str) -> Result<(), Refused> {
+    if req.contains("://") {
+        return refuse(format!(
+            "{}: URLs are not allowed in a requirement",
+            req.split("://")
+                .next()
+                .unwrap_or("")
+                .chars()
+                .take(40)
+                .collect::<String>()
+        ));
+    }
+    let (spec, markers) = match req.split_once(';') {
+        Some((s, m)) => (s, Some(m)),
+        None => (req, None),
+    };
+    if markers.is_some_and(|m| m.trim().is_empty()) {
+        return refuse(format!(
+            "{req:?}: the environment markers after ; are empty"
+        ));
+    }
+    let spec = spec.trim();
+    let name_end = spec
+        .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        .unwrap_or(spec.len());
+    let name = &spec[..name_end];
+    if !is_name(name) {
+        return refuse(format!(
+            "{req:?} is not a requirement; expected a package name (letters, digits, . _ -) with optional [extras], version specifiers and ; markers, or a path inside the repository"
+        ));
+    }
+    let rest = spec[name_end..].trim();
+    let rest = match rest.strip_prefix('[') {
+        Some(r) => {
+            let Some(close) = r.find(']') else {
+                return refuse(format!("{req:?}: unterminated [extras]"));
+            };
+            let extras = &r[..close];
+            if !extras
+                .split(',')
+                .map(str::trim)
+                .all(|e| e.is_empty() || is_name(e))
+            {
+                return refuse(format!("{req:?}: extras must be package-style names"));
+            }
+            r[close + 1..].trim()
+        }
+        None => rest,
+    };
+    let rest = rest
+        .strip_prefix('(')
+        .and_then(|r| r.strip_suffix(')'))
+        .unwrap_or(rest)
+        .trim();
+    if rest.is_empty() {
+        return Ok(());
+    }
+    for clause in rest.split(',') {
+        let clause = clause.trim();
+        let op_len = ["===", "==", "!=", "<=", ">=", "~=", "<", ">"]
+            .iter()
+            .find(|op| clause.starts_with(*op))
+            .map(|op| op.len());
+        let version = op_len.map(|n| clause[n..].trim());
+        let ok = version.is_some_and(|v| {
+            !v.is_empty()
+                && v.chars().all(|c| {
+                    c.is_ascii_alphanumeric() || matches!(c, '.' | '*' | '+' | '!' | '_' | '-')
+                })
+        });
+        if !ok {
+            return refuse(format!(
+                "{req:?}: expected version specifiers like >=1.2,<2 after the name"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A PEP 508 / PEP 503 style package name.
+pub fn is_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 200
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+}
+
+fn looks_like_url(s: &str) -> bool {
+    match s.find(':') {
+        Some(i) => {
+            let scheme = &s[..i];
+            !scheme.is_empty()
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+                && (s[i..].starts_with("://") || scheme.eq_ignore_ascii_case("file"))
+        }
+        None => false,
+    }
+}
+
+fn is_vcs(url: &str) -> bool {
+    ["git+", "hg+", "svn+", "bzr+"]
+        .iter()
+        .any(|p| url.to_ascii_lowercase().starts_with(p))
+}
+
+/// The scheme of a URL for messages (never the rest: it could carry tokens).
+fn url_scheme(url: &str) -> String {
+    match url.find("://") {
+        Some(i) => format!("a {}:// URL", url[..i].chars().take(16).collect::<String>()),
+        None => "a URL".into(),
+    }
+}
+
+/// `scheme://user[:password]@host…` anywhere in the line.
+fn has_credentials(line: &str) -> bool {
+    let mut rest = line;
+    while let Some(i) = rest.find("://") {
+        let after = &rest[i + 3..];
+        let authority_end = after
+            .find(|c: char| c == '/' || c.is_whitespace() || c == '#' || c == '?')
+            .unwrap_or(after.len());
+        if after[..authority_end].contains('@') {
+            return true;
+        }
+        rest = after;
+    }
+    false
+}
+
+/// pip treats a requirement as a path when it contains `/`, starts with `.`, or names an
+/// archive file.
+fn is_path_like(s: &str) -> bool {
+    s.contains('/')
+        || s.starts_with('.')
+        || s.starts_with('~')
+        || ARCHIVE_SUFFIXES
+            .iter()
+            .any(|suffix| s.to_ascii_lowercase().ends_with(suffix))
+}
+
+/// `rel` joined onto the tree-relative directory `base`, normalized, refused when it is absolute,
+/// starts at a home directory, or climbs out of the tree. Returns a `/`-separated relative path
+/// (`.` for the root).
+pub fn join_inside(base: &str, rel: &str) -> Result<String, String> {
+    normalize_inside(base, rel)
+}
+
+fn normalize_inside(base: &str, rel: &str) -> Result<String, String> {
+    if rel.is_empty() {
+        return Err("an empty path".into());
+    }
+    if rel.starts_with('/') {
+        return Err(
+            "absolute paths are outside the repository; use a path relative to the repository root"
+                .into(),
+        );
+    }
+    if rel.starts_with('~') {
+        return Err("paths in a home directory are outside the repository".into());
+    }
+    if rel.contains('\\') {
+        return Err("backslashes are not allowed in paths".into());
+    }
+    let mut parts: Vec<&str> = Vec::new();
+    for part in base.split('/').chain(rel.split('/')) {
+        match part {
+            "" | "." => {}
+            ".." => {
+                if parts.pop().is_none() {
+                    return Err("the path leaves the repository (..)".into());
+                }
+            }
+            p if p.starts_with('~') => {
+                return Err(format!(
+                    "path component {p:?} starts with ~, which may be expanded to a home directory; rename it"
+                ));
+            }
+            p => parts.push(p),
+        }
+    }
+    Ok(if parts.is_empty() {
+        ".".into()
+    } else {
+        parts.join("/")
+    })
+}
+
+/// Splits like Python's `shlex.split` (POSIX mode), which pip uses for a line's options.
+fn shell_split(s: &str) -> Result<Vec<String>, Refused> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut in_token = false;
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            c if c.is_whitespace() => {
+                if in_token {
+                    out.push(std::mem::take(&mut cur));
+                    in_token = false;
+                }
+            }
+            '\'' => {
+                in_token = true;
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(c) => cur.push(c),
+                        None => return refuse("unterminated ' quote in the options"),
+                    }
+                }
+            }
+            '"' => {
+                in_token = true;
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(c @ ('"' | '\\' | '$' | '`')) => cur.push(c),
+                            Some(c) => {
+                                cur.push('\\');
+                                cur.push(c);
+                            }
+                            None => return refuse("unterminated \" quote in the options"),
+                        },
+                        Some(c) => cur.push(c),
+                        None => return refuse("unterminated \" quote in the options"),
+                    }
+                }
+            }
+            '\\' => {
+                in_token = true;
+                match chars.next() {
+                    Some(c) => cur.push(c),
+                    None => return refuse("a trailing backslash in the options"),
+                }
+            }
+            c => {
+                in_token = true;
+                cur.push(c);
+            }
+        }
+    }
+    if in_token {
+        out.push(cur);
+    }
+    Ok(out)
+}
+
+/// A PEP 508 dependency string from `pyproject.toml` (`[project] dependencies` or
+/// `[build-system] requires`): the same rules as a requirements line, but it must be by name
+/// (a path or an option there is refused).
+pub fn classify_dependency(dep: &str) -> Result<String, Refused> {
+    let dep = dep.trim();
+    if dep.starts_with('-') {
+        return refuse(format!("{dep:?}: options are not dependencies"));
+    }
+    match classify(dep, "")? {
+        Line::Index(text) => Ok(text),
+        Line::Local { .. } => refuse(format!(
+            "{dep:?}: a local path as a dependency; list it in requirements.txt instead"
+        )),
+        _ => refuse(format!("{dep:?} is not a dependency")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(line: &str) -> Result<Line, Refused> {
+        let mut v = parse(line, "");
+        assert_eq!(v.len(), 1, "{line:?} → {v:?}");
+        v.remove(0).1
+    }
+
+    fn index(s: &str) -> Line {
+        Line::Index(s.into())
+    }
+
+    #[test]
+    fn accepted_lines() {
+        let table: Vec<(&str, Line)> = vec![
+            ("six", index("six")),
+            (
+                "requests[socks,security]>=2.31,<3",
+                index("requests[socks,security]>=2.31,<3"),
+            ),
+            ("Django == 5.0.*", index("Django == 5.0.*")),
+            (
+                "pywin32 ; sys_platform == \"win32\"",
+                index("pywin32 ; sys_platform == \"win32\""),
+            ),
+            (
+                "idna==3.7 --hash=sha256:abc123",
+                index("idna==3.7 --hash=sha256:abc123"),
+            ),
+            (
+                "idna==3.7 --hash sha256:ABC --hash=sha512:00",
+                index("idna==3.7 --hash=sha256:ABC --hash=sha512:00"),
+            ),
+            ("six # trailing comment", index("six")),
+            ("--pre", Line::Option("--pre".into())),
+            ("--prefer-binary", Line::Option("--prefer-binary".into())),
+            ("--require-hashes", Line::Option("--require-hashes".into())),
+            (
+                "--only-binary=:all:",
+                Line::Option("--only-binary=:all:".into()),
+            ),
+            (
+                "--only-binary numpy,scipy",
+                Line::Option("--only-binary=numpy,scipy".into()),
+            ),
+            (
+                "-r base.txt",
+                Line::Include {
+                    path: "base.txt".into(),
+                    constraint: false,
+                },
+            ),
+            (
+                "-rreq/dev.txt",
+                Line::Include {
+                    path: "req/dev.txt".into(),
+                    constraint: false,
+                },
+            ),
+            (
+                "--requirement=./a/../b.txt",
+                Line::Include {
+                    path: "b.txt".into(),
+                    constraint: false,
+                },
+            ),
+            (
+                "-c constraints.txt",
+                Line::Include {
+                    path: "constraints.txt".into(),
+                    constraint: true,
+                },
+            ),
+            (
+                "--constraint 'c d.txt'",
+                Line::Include {
+                    path: "c d.txt".into(),
+                    constraint: true,
+                },
+            ),
+            (
+                ".",
+                Line::Local {
+                    text: ".".into(),
+                    path: ".".into(),
+                    editable: false,
+                },
+            ),
+            (
+                "./libs/util[fast]",
+                Line::Local {
+                    text: "./libs/util[fast]".into(),
+                    path: "libs/util".into(),
+                    editable: false,
+                },
+            ),
+            (
+                "vendor/pkg-1.0-py3-none-any.whl",
+                Line::Local {
+                    text: "vendor/pkg-1.0-py3-none-any.whl".into(),
+                    path: "vendor/pkg-1.0-py3-none-any.whl".into(),
+                    editable: false,
+                },
+            ),
+            (
+                "pkg-1.0.tar.gz",
+                Line::Local {
+                    text: "pkg-1.0.tar.gz".into(),
+                    path: "pkg-1.0.tar.gz".into(),
+                    editable: false,
+                },
+            ),
+            (
+                "-e .",
+                Line::Local {
+                    text: "-e .".into(),
+                    path: ".".into(),
+                    editable: true,
+                },
+            ),
+            (
+                "--editable=./sub",
+                Line::Local {
+                    text: "-e ./sub".into(),
+                    path: "sub".into(),
+                    editable: true,
+                },
+            ),
+            (
+                "mylib @ file:libs/mylib",
+                Line::Local {
+                    text: "mylib @ file:libs/mylib".into(),
+                    path: "libs/mylib".into(),
+                    editable: false,
+                },
+            ),
+        ];
+        for (line, want) in table {
+            assert_eq!(one(line), Ok(want), "{line:?}");
+        }
+    }
+
+    #[test]
+    fn refused_lines_say_why() {
+        let table: &[(&str, &str)] = &[
+            (
+                "--index-url https://evil.example/simple",
+                "--index-url is not allowed",
+            ),
+            ("-i https://evil.example/simple", "-i is not allowed"),
+            ("-ihttps://evil.example/simple", "-i is not allowed"),
+            (
+                "--extra-index-url=https://evil.example/simple",
+                "--extra-index-url",
+            ),
+            ("--find-links /tmp/wheels", "--find-links"),
+            ("-f https://evil.example/", "-f is not allowed"),
+            ("--trusted-host evil.example", "--trusted-host"),
+            ("--no-index", "--no-index"),
+            (
+                "six --index-url https://evil.example",
+                "not allowed after a requirement",
+            ),
+            (
+                "--extra-index=https://evil.example",
+                "--extra-index is not allowed",
+            ),
+            ("-r /etc/passwd", "absolute"),
+            ("-r ../../etc/requirements.txt", "leaves the repository"),
+            ("--requirement=a/../../x.txt", "leaves the repository"),
+            ("-c /etc/constraints.txt", "absolute"),
+            ("-r https://evil.example/req.txt", "not URLs"),
+            ("-e /home/me/project", "absolute"),
+            ("-e ../sibling", "leaves the repository"),
+            (
+                "-e git+https://github.com/x/y#egg=y",
+                "editable installs must name a path",
+            ),
+            ("/opt/pkg", "absolute"),
+            ("../outside/pkg", "leaves the repository"),
+            ("~/pkg", "home directory"),
+            ("pkg @ file:///etc/pkg", "absolute"),
+            (
+                "pkg @ https://evil.example/pkg-1.0-py3-none-any.whl",
+                "direct URL references",
+            ),
+            ("pkg @ git+https://github.com/x/y", "VCS checkout"),
+            ("git+https://github.com/x/y#egg=y", "URL requirements"),
+            ("https://evil.example/pkg.whl", "URL requirements"),
+            ("pkg @ https://user:tok@evil.example/p.whl", "credentials"),
+            ("--hash=sha256:00", "--hash is not allowed"),
+            ("six --hash=md5:00", "is not <sha256"),
+            ("six --hash", "needs a value"),
+            ("--no-binary :all:", "binary wheels only"),
+            ("--only-binary '' ", "not :all:"),
+            (
+                "--use-feature=truststore",
+                "option --use-feature is not allowed",
+            ),
+            ("--config-settings=x=y", "--config-settings is not allowed"),
+            ("-Z", "option -Z is not allowed"),
+            ("pkg==${SUPABASE_SERVICE_ROLE_KEY}", "environment variable"),
+            ("--pre --index-url x", "takes no value"),
+            ("-r a.txt b.txt", "one option per line"),
+            ("not a requirement!", "expected version specifiers"),
+            ("-not-a-name", "option -n is not allowed"),
+            ("ünïcode", "is not a requirement"),
+            ("x @ aéééééééé://h/p.whl", "direct URL references"),
+            ("six>=1;", "markers after ; are empty"),
+            ("six[extra", "unterminated"),
+            ("six $(id)", "version specifiers"),
+            ("six ; x == 'http://a'", "URLs are not allowed"),
+            ("six ===", "version specifiers"),
+            ("--constraint 'unterminated", "unterminated"),
+        ];
+        for (line, needle) in table {
+            let got = one(line);
+            let Err(Refused(why)) = &got else {
+                panic!("{line:?} was accepted: {got:?}");
+            };
+            assert!(why.contains(needle), "{line:?}: {why}");
+            assert!(
+                !why.contains("tok@") && !why.contains("evil.example/simple"),
+                "refusals never echo URLs that may carry secrets: {why}"
+            );
+        }
+    }
+
+    #[test]
+    fn continuation_comments_and_line_numbers_follow_pip() {
+        let text = "# header\n\nsix \\\n  >=1.0\n--index-url \\\n  https://evil.example\n  # indented comment\nidna # why\n";
+        let got = parse(text, "");
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert_eq!(got[0], (3, Ok(index("six >=1.0"))));
+        assert_eq!(got[1].0, 5);
+        assert!(got[1].1.is_err());
+        assert_eq!(got[2], (8, Ok(index("idna"))));
+        // A comment ends a continuation, as in pip.
+        let got = parse("six \\\n# c\nidna\n", "");
+        assert_eq!(got, vec![(1, Ok(index("six"))), (3, Ok(index("idna")))]);
+        // A `#` glued to a token is not a comment (URL fragments), but the URL is refused anyway.
+        assert!(one("git+https://x/y#egg=y").is_err());
+    }
+
+    #[test]
+    fn includes_are_relative_to_the_including_file() {
+        assert_eq!(
+            parse("-r ../base.txt\n-c local.txt\n", "req"),
+            vec![
+                (
+                    1,
+                    Ok(Line::Include {
+                        path: "base.txt".into(),
+                        constraint: false
+                    })
+                ),
+                (
+                    2,
+                    Ok(Line::Include {
+                        path: "req/local.txt".into(),
+                        constraint: true
+                    })
+                ),
+            ]
+        );
+        assert!(parse("-r ../../x.txt", "req")[0].1.is_err());
+        // Local project paths are relative to the tree root (pip's working directory).
+        assert_eq!(
+            parse("./libs/x", "req")[0].1,
+            Ok(Line::Local {
+                text: "./libs/x".into(),
+                path: "libs/x".into(),
+                editable: false
+            })
+        );
+    }
+
+    /// Regression (fuzz crash `crash-f5a499c9…`, input `././~=.b`): a `~` component that only
+    /// shows after normalization was accepted.
+    #[test]
+    fn tilde_components_are_refused_wherever_they_are() {
+        for line in ["././~=.b", "./~user/pkg", "-r a/~/x.txt", "-e sub/~x"] {
+            let got = parse(line, "");
+            assert!(
+                matches!(&got[0].1, Err(Refused(why)) if why.contains("~")),
+                "{line:?}: {got:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn join_inside_keeps_to_the_tree() {
+        assert_eq!(join_inside("req", "base.txt").unwrap(), "req/base.txt");
+        assert_eq!(join_inside("req", "../top.txt").unwrap(), "top.txt");
+        assert!(join_inside("req", "../../x").is_err());
+        assert_eq!(join_inside("", "./").unwrap(), ".");
+        assert!(join_inside("", "/x").is_err());
+    }
+
+    #[test]
+    fn pyproject_dependencies_go_through_the_same_rules() {
+        assert_eq!(classify_dependency("httpx>=0.27").unwrap(), "httpx>=0.27");
+        assert!(classify_dependency("x @ https://evil.example/x.whl").is_err());
+        assert!(classify_dependency("./local").is_err());
+        assert!(classify_dependency("--index-url=x").is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_never_panics(text in "\\PC{0,200}") {
+            let _ = parse(&text, "");
+            let _ = parse(&text, "a/b");
+        }
+
+        #[test]
+        fn accepted_index_lines_hold_no_option_and_no_url(text in "[ -~]{0,60}") {
+            for (_, verdict) in parse(&text, "") {
+                if let Ok(Line::Index(line)) = verdict {
+                    let tokens: Vec<&str> = line.split_whitespace().collect();
+                    proptest::prop_assert!(
+                        tokens.iter().all(|t| !t.starts_with('-') || t.starts_with("--hash=")),
+                        "{line:?}"
+                    );
+                    proptest::prop_assert!(!line.contains("://"), "{line:?}");
+                    proptest::prop_assert!(!line.contains("${"), "{line:?}");
+                }
+            }
+        }
+
+        #[test]
+        fn accepted_paths_never_leave_the_tree(text in "(-e |-r |-c |\\./|\\.\\./|/)?[a-z./]{0,30}") {
+            for (_, verdict) in parse(&text, "d") {
+                match verdict {
+                    Ok(Line::Local { path, .. }) | Ok(Line::Include { path, .. }) => {
+                        proptest::prop_assert!(!path.starts_with('/'), "{path}");
+                        proptest::prop_assert!(!path.split('/').any(|p| p == ".."), "{path}");
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
