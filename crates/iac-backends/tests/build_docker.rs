@@ -180,7 +180,7 @@ fn spec(project: &str, service: &str, dir: &Path, digest: &str, argv: &[&str]) -
     }
 }
 
-fn drain(rx: &mut tokio::sync::mpsc::UnboundedReceiver<DeployEvent>) -> Vec<String> {
+fn drain(rx: &mut iac_core::EventReceiver) -> Vec<String> {
     let mut out = Vec::new();
     while let Ok(e) = rx.try_recv() {
         out.push(e.message);

@@ -23,9 +23,8 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use iac_core::{
-    AuthError, AuthVerifier, LogQuery, Principal, ProjectName, ServiceName, ServiceSpec,
+    AuthError, AuthVerifier, LogQuery, Principal, ProjectName, ServiceName, ServiceSpec, Slug,
 };
-use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -336,6 +335,9 @@ pub(crate) fn validate_deploy(st: &AppState, req: DeployRequest) -> Result<Deplo
                 .services
         }
     };
+    if !st.cfg.allow_local_sources {
+        check_remote_sources(&services)?;
+    }
     if services.len() > st.cfg.max_services {
         return Err(ApiError::unprocessable(format!(
             "{} services in one deploy; the limit is {} (max_services)",
@@ -344,6 +346,26 @@ pub(crate) fn validate_deploy(st: &AppState, req: DeployRequest) -> Result<Deplo
         )));
     }
     Ok(DeployInput { project, services })
+}
+
+/// The API's slug policy: `path:` and `git+file:` name directories on this host, which an API
+/// caller must not be able to bake into an image, so they are refused (403) unless the
+/// operator set `[serve] allow_local_sources = true`. The CLI is not subject to it.
+pub(crate) fn check_remote_sources(services: &[ServiceSpec]) -> Result<(), ApiError> {
+    for s in services {
+        if matches!(s.slug, Slug::Path { .. } | Slug::GitFile { .. }) {
+            return Err(ApiError::new(
+                403,
+                "local_source_refused",
+                format!(
+                    "service {}: slug {:?} names a directory on the server's host; API callers may only deploy remote sources (gh:, gl:, bb:, git+https:) unless the operator sets `[serve] allow_local_sources = true`",
+                    s.name,
+                    s.slug.to_string()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Deploy services. Answers 202 at once and streams the deploy: NDJSON by default, SSE when
@@ -359,12 +381,12 @@ pub(crate) fn validate_deploy(st: &AppState, req: DeployRequest) -> Result<Deplo
             content((StreamItemSchema = "application/x-ndjson"), (StreamItemSchema = "text/event-stream"))),
         (status = 400, description = "Body is not JSON", body = ErrorResponse),
         (status = 401, description = "Missing or invalid credentials", body = ErrorResponse),
-        (status = 403, description = "Authenticated but not allowed", body = ErrorResponse),
+        (status = 403, description = "Authenticated but not allowed, or a `path:`/`git+file:` slug while `[serve] allow_local_sources` is off (`local_source_refused`)", body = ErrorResponse),
         (status = 409, description = "A deploy/destroy of this project is running", body = ErrorResponse),
         (status = 413, description = "Body larger than max_body_bytes", body = ErrorResponse),
         (status = 415, description = "Content-Type is not application/json", body = ErrorResponse),
         (status = 422, description = "Body does not validate", body = ErrorResponse),
-        (status = 503, description = "Auth provider unreachable", body = ErrorResponse),
+        (status = 503, description = "Auth provider unreachable, or `max_deployments` deploys are all running", body = ErrorResponse),
     ))]
 async fn deploy(
     State(st): State<AppState>,
@@ -377,7 +399,7 @@ async fn deploy(
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/event-stream"));
-    let items = UnboundedReceiverStream::new(rx);
+    let items = rx.into_stream();
     let mut resp = if sse {
         let events = items.map(|item| SseEvent::default().event(item.kind()).json_data(&item));
         (
