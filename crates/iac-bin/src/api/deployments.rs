@@ -80,7 +80,7 @@ pub struct DeploymentRecord {
     pub started_at: String,
     pub finished_at: Option<String>,
     /// The most recent events (at most `max_events_per_deployment`).
-    pub events: Vec<DeployEvent>,
+    pub events: VecDeque<DeployEvent>,
     /// How many older events were dropped to respect that cap.
     pub events_dropped: u64,
     pub report: Option<DeployReport>,
@@ -279,7 +279,7 @@ impl Deployments {
             services: input.services.iter().map(|s| s.name.to_string()).collect(),
             started_at: iac_core::event::now_rfc3339(),
             finished_at: None,
-            events: Vec::new(),
+            events: VecDeque::new(),
             events_dropped: 0,
             report: None,
             error: None,
@@ -350,10 +350,10 @@ impl Deployments {
             let mut g = self.lock();
             if let Some(r) = g.records.get_mut(id) {
                 if r.events.len() >= self.limits.max_events {
-                    r.events.remove(0);
+                    r.events.pop_front();
                     r.events_dropped += 1;
                 }
-                r.events.push(ev.clone());
+                r.events.push_back(ev.clone());
             }
         }
         // A gone or slow client is fine: the deploy continues and the record keeps the outcome.
@@ -418,5 +418,106 @@ impl Deployments {
                 g.finished.remove(&id);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::backend::{LogStream, ServiceStatus};
+    use async_trait::async_trait;
+    use iac_core::{LogQuery, ServiceName};
+
+    /// Emits `n` events as fast as it can, then reports.
+    struct Chatty(usize);
+
+    #[async_trait]
+    impl ControlPlaneBackend for Chatty {
+        fn default_project(&self) -> ProjectName {
+            ProjectName::new("p").unwrap()
+        }
+        async fn deploy(
+            &self,
+            input: DeployInput,
+            events: Events,
+        ) -> Result<DeployReport, ApiError> {
+            for i in 0..self.0 {
+                events.info(Stage::Build, format!("step {i}"));
+                if i % 64 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            Ok(DeployReport {
+                project: input.project,
+                ok: true,
+                services: vec![],
+                removed: vec![],
+                error: None,
+                millis: 0,
+            })
+        }
+        async fn destroy(&self, _: ProjectName, _: Events) -> Result<Vec<String>, ApiError> {
+            unreachable!()
+        }
+        async fn services(&self, _: ProjectName) -> Result<Vec<ServiceStatus>, ApiError> {
+            unreachable!()
+        }
+        async fn logs(
+            &self,
+            _: ProjectName,
+            _: ServiceName,
+            _: LogQuery,
+        ) -> Result<LogStream, ApiError> {
+            unreachable!()
+        }
+        async fn engine_ping(&self) -> Result<String, String> {
+            Ok(String::new())
+        }
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            max_records: 10,
+            max_events: 100,
+            ttl: Duration::from_secs(60),
+            deadline: Duration::from_secs(60),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unread_stream_holds_at_most_its_buffer_and_the_record_at_most_its_cap() {
+        const N: usize = 20_000;
+        let store = Deployments::new(limits());
+        let input = DeployInput {
+            project: ProjectName::new("p").unwrap(),
+            services: vec![],
+        };
+        let (id, mut rx) = store.start(Arc::new(Chatty(N)), input, "test").unwrap();
+        let t = Instant::now();
+        while store.get(&id).unwrap().status == DeploymentStatus::Running {
+            assert!(t.elapsed() < Duration::from_secs(20), "deploy stalled");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            rx.len() <= STREAM_BUFFER + 2,
+            "{} items held for a reader that never read",
+            rx.len()
+        );
+        let rec = store.get(&id).unwrap();
+        assert_eq!(rec.events.len(), 100);
+        assert_eq!(rec.events_dropped as usize, N + 1 - 100);
+        let (mut delivered, mut dropped, mut last) = (0u64, 0u64, None);
+        while let Some(item) = rx.recv().await {
+            match &item {
+                StreamItem::Event(e) => match e.dropped_count() {
+                    Some(n) => dropped += n,
+                    None => delivered += 1,
+                },
+                _ => last = Some(item),
+            }
+        }
+        assert_eq!(delivered as usize, STREAM_BUFFER);
+        assert_eq!((delivered + dropped) as usize, N + 1);
+        assert!(matches!(last, Some(StreamItem::Report(r)) if r.ok));
     }
 }
