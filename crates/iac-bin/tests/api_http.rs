@@ -1021,3 +1021,99 @@ async fn finished_records_are_evicted_by_count_and_age_and_running_ones_are_boun
     let _ = r4.text().await.unwrap();
     srv.shutdown().await.unwrap();
 }
+
+/// Regressions found by schemathesis (scripts/schemathesis.sh): the document must call valid
+/// only what the server accepts, and list every status a route can answer.
+#[tokio::test]
+async fn openapi_describes_what_the_server_accepts() {
+    let backend = Arc::new(FakeBackend::new());
+    let srv = start(backend.clone(), Arc::new(StaticVerifier)).await;
+    let doc: serde_json::Value = client()
+        .get(format!("{}/openapi.json", srv.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // POST /deploy: exactly one of slugs/services, non-empty, remote slugs by pattern.
+    let req = &doc["components"]["schemas"]["DeployRequest"];
+    let variants = req["oneOf"].as_array().expect("oneOf");
+    assert_eq!(variants.len(), 2);
+    for v in variants {
+        assert_eq!(v["additionalProperties"], false);
+        let list = if v["required"][0] == "slugs" {
+            "slugs"
+        } else {
+            "services"
+        };
+        assert_eq!(v["properties"][list]["minItems"], 1, "{v}");
+    }
+    let pattern = req["oneOf"][0]["properties"]["slugs"]["items"]["oneOf"][0]["pattern"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(pattern, iac_bin::api::schema::REMOTE_SLUG_PATTERN);
+    for body in [
+        serde_json::json!({"services": []}),
+        serde_json::json!({"slugs": []}),
+        serde_json::json!({}),
+    ] {
+        let r = post_deploy(&srv, body.clone()).await;
+        assert_eq!(r.status().as_u16(), 422, "{body}");
+    }
+    // Every slug shape the pattern documents is accepted.
+    for slug in iac_bin::api::schema::remote_slug_examples() {
+        let r = post_deploy(&srv, serde_json::json!({"slugs": [slug]})).await;
+        assert_eq!(r.status().as_u16(), 202, "{slug}");
+        let _ = r.text().await.unwrap();
+        let r = post_deploy(
+            &srv,
+            serde_json::json!({"services": [{"name": "s", "slug": slug, "env": {"_A1": "x"}}]}),
+        )
+        .await;
+        assert_eq!(r.status().as_u16(), 202, "{slug}");
+        let _ = r.text().await.unwrap();
+    }
+    // {id} is a UUID; anything else is the documented 400.
+    let id = &doc["paths"]["/deployments/{id}"]["get"]["parameters"][0];
+    assert_eq!(id["schema"]["format"], "uuid", "{id}");
+    assert_eq!(record(&srv, "0").await.0, 400);
+    // POST /destroy: a `null` body is the documented optional body (default project).
+    let r = client()
+        .post(format!("{}/destroy", srv.base))
+        .bearer_auth(GOOD)
+        .header("content-type", "application/json")
+        .body("null")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let r = client()
+        .post(format!("{}/destroy", srv.base))
+        .bearer_auth(GOOD)
+        .header("content-type", "application/json")
+        .body("[null, null]")
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16().to_string();
+    assert!(
+        doc["paths"]["/destroy"]["post"]["responses"][&status].is_object(),
+        "{status} is documented for POST /destroy"
+    );
+    // Routes that reach the engine document its failures.
+    for (path, method) in [
+        ("/services", "get"),
+        ("/services/{name}/logs", "get"),
+        ("/destroy", "post"),
+    ] {
+        for status in ["502", "503"] {
+            assert!(
+                doc["paths"][path][method]["responses"][status].is_object(),
+                "{method} {path} documents {status}"
+            );
+        }
+    }
+    srv.shutdown().await.unwrap();
+}

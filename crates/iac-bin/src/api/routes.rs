@@ -51,7 +51,8 @@ pub struct AppState {
     pub(crate) auth: Arc<dyn AuthVerifier>,
     pub(crate) deployments: Deployments,
     pub(crate) cfg: Arc<ServeConfig>,
-    pub(crate) openapi: Arc<utoipa::openapi::OpenApi>,
+    /// The served OpenAPI document ([`openapi`]).
+    pub(crate) openapi: Arc<serde_json::Value>,
     /// Cancelled at shutdown: ends `follow` log streams (deploy streams run to their end).
     pub(crate) shutdown: CancellationToken,
     pub(crate) server_uid: u32,
@@ -99,9 +100,23 @@ fn openapi_router() -> OpenApiRouter<AppState> {
         .routes(routes!(destroy))
 }
 
-/// The OpenAPI document of the routes [`router`] serves.
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    openapi_router().split_for_parts().1
+/// The OpenAPI document of the routes [`router`] serves, as served.
+pub fn openapi() -> serde_json::Value {
+    document(&openapi_router().split_for_parts().1)
+}
+
+/// utoipa's document with what utoipa cannot express filled in by hand: the `POST /deploy` body
+/// (a `oneOf` with patterns and `propertyNames`, see [`deploy_request_schema`]) and the UUID
+/// format of `{id}` (a non-UUID id is a 400, so the document must not call it valid).
+fn document(doc: &utoipa::openapi::OpenApi) -> serde_json::Value {
+    let mut v = serde_json::to_value(doc).expect("the OpenAPI document serializes");
+    v["components"]["schemas"]["DeployRequest"] = deploy_request_schema();
+    if let Some(params) = v["paths"]["/deployments/{id}"]["get"]["parameters"].as_array_mut() {
+        for p in params.iter_mut().filter(|p| p["name"] == "id") {
+            p["schema"] = serde_json::json!({"type": "string", "format": "uuid"});
+        }
+    }
+    v
 }
 
 /// Builds the complete router: documented routes, gRPC `ControlPlane`, JSON fallbacks, auth,
@@ -120,7 +135,7 @@ pub(crate) fn router(
         auth,
         deployments,
         cfg: cfg.clone(),
-        openapi: Arc::new(doc),
+        openapi: Arc::new(document(&doc)),
         shutdown,
         server_uid: super::listen::current_uid(),
         started: Instant::now(),
@@ -297,7 +312,7 @@ async fn health(State(st): State<AppState>) -> Json<HealthResponse> {
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "system",
     responses((status = 200, description = "OpenAPI 3.1 document of this API", content_type = "application/json")))]
-async fn openapi_json(State(st): State<AppState>) -> Json<utoipa::openapi::OpenApi> {
+async fn openapi_json(State(st): State<AppState>) -> Json<serde_json::Value> {
     Json((*st.openapi).clone())
 }
 
@@ -465,7 +480,10 @@ async fn get_deployment(
 
 /// Running services of the project, each freshly health-checked through its Envoy.
 #[utoipa::path(get, path = "/services", tag = "services", security(("bearer" = [])), params(ProjectQuery),
-    responses((status = 200, body = Vec<ServiceStatusSchema>), (status = 401, body = ErrorResponse), (status = 503, body = ErrorResponse)))]
+    responses((status = 200, body = Vec<ServiceStatusSchema>), (status = 401, body = ErrorResponse),
+        (status = 422, description = "`project` is not a DNS label", body = ErrorResponse),
+        (status = 502, description = "The engine failed the request", body = ErrorResponse),
+        (status = 503, description = "The container engine is unreachable", body = ErrorResponse)))]
 async fn list_services(
     State(st): State<AppState>,
     Query(q): Query<ProjectQuery>,
@@ -480,7 +498,10 @@ async fn list_services(
     params(("name" = String, Path, description = "Service name"), LogsQuery),
     responses(
         (status = 200, description = "NDJSON log lines", content_type = "application/x-ndjson", body = LogLineSchema),
-        (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse), (status = 422, body = ErrorResponse)))]
+        (status = 401, body = ErrorResponse), (status = 404, description = "The service is not running", body = ErrorResponse),
+        (status = 422, description = "A name or query parameter is invalid", body = ErrorResponse),
+        (status = 502, description = "The service's Envoy or agent failed the request", body = ErrorResponse),
+        (status = 503, description = "The container engine is unreachable", body = ErrorResponse)))]
 async fn service_logs(
     State(st): State<AppState>,
     Path(name): Path<String>,
@@ -521,12 +542,20 @@ async fn service_logs(
 
 /// Remove everything the project runs. 409 while a deploy of it runs.
 #[utoipa::path(post, path = "/destroy", tag = "deploy", security(("bearer" = [])), request_body(content = Option<DestroyRequest>),
-    responses((status = 200, body = DestroyResponse), (status = 401, body = ErrorResponse), (status = 409, body = ErrorResponse), (status = 422, body = ErrorResponse)))]
+    responses((status = 200, body = DestroyResponse),
+        (status = 400, description = "Body is not JSON", body = ErrorResponse),
+        (status = 401, body = ErrorResponse), (status = 409, body = ErrorResponse),
+        (status = 413, description = "Body larger than max_body_bytes", body = ErrorResponse),
+        (status = 415, description = "Content-Type is not application/json", body = ErrorResponse),
+        (status = 422, body = ErrorResponse),
+        (status = 502, description = "The engine failed the request", body = ErrorResponse),
+        (status = 503, description = "The container engine is unreachable", body = ErrorResponse)))]
 async fn destroy(
     State(st): State<AppState>,
-    body: Option<Json<DestroyRequest>>,
+    body: Option<Json<Option<DestroyRequest>>>,
 ) -> Result<Json<DestroyResponse>, ApiError> {
-    let req = body.map(|Json(b)| b).unwrap_or_default();
+    // No body, `null` and `{}` all mean "the default project".
+    let req = body.and_then(|Json(b)| b).unwrap_or_default();
     let project = project_or_default(&st, req.project.as_deref())?;
     let guard = st.deployments.reserve(&project, "a destroy")?;
     // Spawned (and tracked) so a client hanging up does not abort a half-done destroy.

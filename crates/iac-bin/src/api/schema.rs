@@ -9,18 +9,141 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-/// `POST /deploy` body: exactly one of `slugs` or `services`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+/// `POST /deploy` body: exactly one of `slugs` or `services`. Its OpenAPI schema is written by
+/// hand ([`deploy_request_schema`]): a `oneOf` of the two shapes, with the slug and name
+/// grammars as patterns, so that what the document calls valid is what the server accepts.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeployRequest {
     /// Repos-file items: slug strings (`gh:owner/repo#ref`, `git+https://…`, `path:DIR`) or
     /// `{slug, name?, entrypoint?, env?}` maps. Service names are derived and de-duplicated.
-    #[schema(value_type = Option<Vec<Object>>, example = json!(["gh:acme/hello#main"]))]
     pub slugs: Option<Vec<serde_json::Value>>,
     /// Services with explicit names (unique DNS labels).
     pub services: Option<Vec<ServiceSpecSchema>>,
     /// Project (DNS label); the server's default when absent.
     pub project: Option<String>,
+}
+
+/// A DNS label (service and project names).
+pub const DNS_LABEL_PATTERN: &str = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$";
+
+/// The remote slugs an API caller may name, as a pattern (a subset of the slug grammar that
+/// always parses and always yields a service name): `gh:`/`bb:` OWNER/REPO, `gl:` GROUP[/…]/REPO,
+/// `git+https://HOST/PATH`, each with an optional `#REF`. Local slugs (`path:`, `git+file:`) are
+/// documented in the description: they are refused unless `[serve] allow_local_sources`.
+pub const REMOTE_SLUG_PATTERN: &str = concat!(
+    "^(",
+    "(gh|bb):[A-Za-z0-9][A-Za-z0-9_.-]{0,38}/[A-Za-z0-9][A-Za-z0-9_-]{0,99}",
+    "|gl:[A-Za-z0-9][A-Za-z0-9_.-]{0,62}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,62}){0,4}/[A-Za-z0-9][A-Za-z0-9_-]{0,99}",
+    "|git\\+https://[a-z0-9]([a-z0-9.-]{0,62}[a-z0-9])?(:[0-9]{1,5})?(/[A-Za-z0-9][A-Za-z0-9_.-]{0,62}){0,4}/[A-Za-z0-9][A-Za-z0-9_-]{0,99}",
+    ")(#[A-Za-z0-9][A-Za-z0-9_-]{0,62})?$"
+);
+
+/// The OpenAPI schema of [`DeployRequest`].
+pub fn deploy_request_schema() -> serde_json::Value {
+    let slug = serde_json::json!({
+        "type": "string",
+        "pattern": REMOTE_SLUG_PATTERN,
+        "description": "A remote slug: `gh:OWNER/REPO[#REF]`, `gl:GROUP[/SUBGROUP…]/REPO[#REF]`, `bb:OWNER/REPO[#REF]`, `git+https://HOST/PATH[#REF]`. `path:DIR` and `git+file:///PATH[#REF]` name directories on the server's host and are refused (403 `local_source_refused`) unless the operator set `[serve] allow_local_sources = true`.",
+        "example": "gh:acme/hello#main"
+    });
+    let env = serde_json::json!({
+        "type": "object",
+        "description": "Extra environment of the app.",
+        "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]{0,62}$"},
+        "additionalProperties": {"type": "string"}
+    });
+    let entrypoint = serde_json::json!({
+        "type": "string",
+        "description": "`module:function` or a command line; overrides entry detection."
+    });
+    let project = serde_json::json!({
+        "type": ["string", "null"],
+        "pattern": DNS_LABEL_PATTERN,
+        "description": "Project (DNS label); the server's default when absent."
+    });
+    let item_map = serde_json::json!({
+        "type": "object",
+        "required": ["slug"],
+        "additionalProperties": false,
+        "properties": {
+            "slug": slug,
+            "entrypoint": entrypoint,
+            "env": env
+        }
+    });
+    let service = serde_json::json!({
+        "type": "object",
+        "required": ["name", "slug"],
+        "additionalProperties": false,
+        "properties": {
+            "name": {"type": "string", "pattern": DNS_LABEL_PATTERN, "description": "Service name (DNS label), unique in the request."},
+            "slug": slug,
+            "entrypoint": entrypoint,
+            "env": env
+        }
+    });
+    serde_json::json!({
+        "description": "Exactly one of `slugs` (names derived from the repository names, de-duplicated) or `services` (explicit, unique names).",
+        "oneOf": [
+            {
+                "type": "object",
+                "title": "by slugs",
+                "required": ["slugs"],
+                "additionalProperties": false,
+                "properties": {
+                    "slugs": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {"oneOf": [slug, item_map]},
+                        "description": "Repos-file items: slug strings or `{slug, entrypoint?, env?}` maps."
+                    },
+                    "project": project
+                }
+            },
+            {
+                "type": "object",
+                "title": "by services",
+                "required": ["services"],
+                "additionalProperties": false,
+                "properties": {
+                    "services": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": service
+                    },
+                    "project": project
+                }
+            }
+        ],
+        "example": {"slugs": ["gh:acme/hello#main"], "project": "demo"}
+    })
+}
+
+/// A few slugs of every remote shape that match [`REMOTE_SLUG_PATTERN`] (tests and docs).
+pub fn remote_slug_examples() -> &'static [&'static str] {
+    &[
+        "gh:acme/hello",
+        "gh:a.b-c/R_e-po#v1",
+        "bb:o/r#main",
+        "gl:group/sub/repo#feature-1",
+        "git+https://git.example.com/team/repo",
+        "git+https://h:8443/r#abc123",
+    ]
+}
+
+impl utoipa::PartialSchema for DeployRequest {
+    /// A placeholder: utoipa's schema model has no `propertyNames` (nor keeps unknown keys), so
+    /// the served document puts [`deploy_request_schema`] in its place (`routes::document`).
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new().build().into()
+    }
+}
+
+impl utoipa::ToSchema for DeployRequest {
+    fn name() -> std::borrow::Cow<'static, str> {
+        std::borrow::Cow::Borrowed("DeployRequest")
+    }
 }
 
 /// `POST /destroy` body (optional).
