@@ -14,10 +14,12 @@
 # `schemathesis run http://127.0.0.1:<port>/openapi.json` with a valid bearer token and every
 # check enabled. Everything it starts is stopped on exit, and the temp directory removed.
 #
-# Nothing reaches Docker or the network: the config points `[docker] docker_host` at a socket
-# that does not exist, so an accepted deploy ends with an `unavailable` error line before any
-# fetch, build or container (and `path:`/`git+file:` slugs are refused by the API's slug policy,
-# `[serve] allow_local_sources` being off). The exit code is schemathesis's.
+# Nothing reaches Docker or the network: `[docker] docker_host` points at a stand-in engine (a
+# tiny local server on a Unix socket that answers ping/version/image inspect and lists no
+# containers or networks, and refuses everything else with 500, so nothing is ever created);
+# every outbound fetch goes to a dead proxy and dead forge hosts (127.0.0.1:9), so remote slugs
+# fail in milliseconds; `path:`/`git+file:` slugs are refused by the API's slug policy
+# (`[serve] allow_local_sources` is off). The exit code is schemathesis's.
 set -euo pipefail
 
 max_examples="${1:-100}"
@@ -82,6 +84,69 @@ EOF
 python3 "$work/supabase.py" "$sb_port" &
 pids+=($!)
 
+# --- stand-in Docker engine (creates nothing) ---
+cat >"$work/engine.py" <<'EOF'
+"""Stand-in Docker engine for the schemathesis run: enough for iac to connect, resolve its
+images and list (no) containers; every other call is refused, so nothing is ever created."""
+import json
+import os
+import re
+import socketserver
+import sys
+from http.server import BaseHTTPRequestHandler
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def _send(self, status, body, ctype="application/json"):
+        data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("content-type", ctype)
+        self.send_header("api-version", "1.41")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def _route(self):
+        length = int(self.headers.get("content-length") or 0)
+        if length:
+            self.rfile.read(length)
+        path = re.sub(r"^/v[0-9.]+", "", self.path.split("?", 1)[0])
+        if path == "/_ping":
+            return self._send(200, "OK", "text/plain")
+        if self.command == "GET" and path == "/version":
+            return self._send(200, {"Version": "20.10.0-standin", "ApiVersion": "1.41",
+                                    "MinAPIVersion": "1.12", "Os": "linux", "Arch": "amd64"})
+        m = re.fullmatch(r"/images/(.+)/json", path)
+        if self.command == "GET" and m:
+            return self._send(200, {"Id": "sha256:" + "0" * 64, "RepoTags": [m.group(1)]})
+        if self.command == "GET" and path in ("/containers/json", "/networks"):
+            return self._send(200, [])
+        self._send(500, {"message": f"stand-in engine: {self.command} {path} is not supported (it creates nothing)"})
+
+    do_GET = do_POST = do_DELETE = do_HEAD = do_PUT = _route
+
+    def address_string(self):
+        return "unix"
+
+    def log_message(self, *args):
+        pass
+
+
+class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+
+path = sys.argv[1]
+if os.path.exists(path):
+    os.unlink(path)
+Server(path, Handler).serve_forever()
+EOF
+python3 "$work/engine.py" "$work/engine.sock" &
+pids+=($!)
+
 # --- isolated project ---
 mkdir -p "$work/project"
 cat >"$work/project/iac.toml" <<EOF
@@ -90,12 +155,19 @@ state_dir = "$work/state"
 
 [fetch]
 cache_dir = "$work/cache"
+git_config = ["http.proxy=http://127.0.0.1:9"]
+[fetch.github]
+host = "127.0.0.1:9"
+[fetch.gitlab]
+host = "127.0.0.1:9"
+[fetch.bitbucket]
+host = "127.0.0.1:9"
 
 [pki]
 secrets_dir = "$work/secrets"
 
 [docker]
-docker_host = "unix://$work/no-engine.sock"
+docker_host = "$work/engine.sock"
 
 [serve]
 max_deployments = 50
@@ -106,7 +178,8 @@ port="$(free_port)"
 (
   cd "$work/project"
   SUPABASE_URL="http://127.0.0.1:$sb_port" SUPABASE_SERVICE_ROLE_KEY="$key" \
-    RUST_LOG="${RUST_LOG:-warn}" \
+    HTTPS_PROXY=http://127.0.0.1:9 HTTP_PROXY=http://127.0.0.1:9 ALL_PROXY=http://127.0.0.1:9 \
+    NO_PROXY=127.0.0.1,localhost RUST_LOG="${RUST_LOG:-warn}" \
     exec "$iac" serve --http "127.0.0.1:$port" --uds "$work/iac.sock"
 ) >"$work/serve.log" 2>&1 &
 pids+=($!)

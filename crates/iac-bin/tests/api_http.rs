@@ -1075,6 +1075,34 @@ async fn openapi_describes_what_the_server_accepts() {
         assert_eq!(r.status().as_u16(), 202, "{slug}");
         let _ = r.text().await.unwrap();
     }
+    // entrypoint: `null` is taken in `services` (and documented so), an empty one never.
+    let svc = &req["oneOf"][1]["properties"]["services"]["items"]["properties"];
+    assert_eq!(svc["entrypoint"]["type"], serde_json::json!(["string", "null"]));
+    assert_eq!(svc["entrypoint"]["pattern"], "\\S");
+    let r = post_deploy(
+        &srv,
+        serde_json::json!({"services": [{"name": "n", "slug": "gh:a/b", "entrypoint": null}]}),
+    )
+    .await;
+    assert_eq!(r.status().as_u16(), 202);
+    let _ = r.text().await.unwrap();
+    let r = post_deploy(
+        &srv,
+        serde_json::json!({"services": [{"name": "n", "slug": "gh:a/b", "entrypoint": ""}]}),
+    )
+    .await;
+    assert_eq!(r.status().as_u16(), 422);
+    // Unknown query parameters are refused, and that 400 is documented.
+    let r = client()
+        .get(format!("{}/services?bogus=1", srv.base))
+        .bearer_auth(GOOD)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    for path in ["/services", "/services/{name}/logs"] {
+        assert!(doc["paths"][path]["get"]["responses"]["400"].is_object(), "{path}");
+    }
     // {id} is a UUID; anything else is the documented 400.
     let id = &doc["paths"]["/deployments/{id}"]["get"]["parameters"][0];
     assert_eq!(id["schema"]["format"], "uuid", "{id}");

@@ -480,7 +480,9 @@ async fn get_deployment(
 
 /// Running services of the project, each freshly health-checked through its Envoy.
 #[utoipa::path(get, path = "/services", tag = "services", security(("bearer" = [])), params(ProjectQuery),
-    responses((status = 200, body = Vec<ServiceStatusSchema>), (status = 401, body = ErrorResponse),
+    responses((status = 200, body = Vec<ServiceStatusSchema>),
+        (status = 400, description = "An unknown or malformed query parameter", body = ErrorResponse),
+        (status = 401, body = ErrorResponse),
         (status = 422, description = "`project` is not a DNS label", body = ErrorResponse),
         (status = 502, description = "The engine failed the request", body = ErrorResponse),
         (status = 503, description = "The container engine is unreachable", body = ErrorResponse)))]
@@ -498,6 +500,7 @@ async fn list_services(
     params(("name" = String, Path, description = "Service name"), LogsQuery),
     responses(
         (status = 200, description = "NDJSON log lines", content_type = "application/x-ndjson", body = LogLineSchema),
+        (status = 400, description = "An unknown or malformed query parameter", body = ErrorResponse),
         (status = 401, body = ErrorResponse), (status = 404, description = "The service is not running", body = ErrorResponse),
         (status = 422, description = "A name or query parameter is invalid", body = ErrorResponse),
         (status = 502, description = "The service's Envoy or agent failed the request", body = ErrorResponse),

@@ -47,15 +47,36 @@ pub fn deploy_request_schema() -> serde_json::Value {
         "description": "A remote slug: `gh:OWNER/REPO[#REF]`, `gl:GROUP[/SUBGROUP…]/REPO[#REF]`, `bb:OWNER/REPO[#REF]`, `git+https://HOST/PATH[#REF]`. `path:DIR` and `git+file:///PATH[#REF]` name directories on the server's host and are refused (403 `local_source_refused`) unless the operator set `[serve] allow_local_sources = true`.",
         "example": "gh:acme/hello#main"
     });
-    let env = serde_json::json!({
+    // The two shapes are read by different code (a repos-file item vs `ServiceSpec`), which
+    // differ in what they take for `null` and for non-string env values; the schemas say so.
+    let env_key = serde_json::json!({"pattern": "^[A-Za-z_][A-Za-z0-9_]{0,62}$"});
+    let item_env = serde_json::json!({
+        "type": ["object", "null"],
+        "description": "Extra environment of the app (numbers and booleans are written as text).",
+        "propertyNames": env_key,
+        "additionalProperties": {"type": ["string", "number", "boolean"]}
+    });
+    let service_env = serde_json::json!({
         "type": "object",
         "description": "Extra environment of the app.",
-        "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]{0,62}$"},
+        "propertyNames": env_key,
         "additionalProperties": {"type": "string"}
     });
-    let entrypoint = serde_json::json!({
+    let entry_text = "`module:function` or a command line; overrides entry detection.";
+    let item_entrypoint = serde_json::json!({
         "type": "string",
-        "description": "`module:function` or a command line; overrides entry detection."
+        "pattern": "\\S",
+        "description": entry_text
+    });
+    let service_entrypoint = serde_json::json!({
+        "type": ["string", "null"],
+        "pattern": "\\S",
+        "description": entry_text
+    });
+    let name = serde_json::json!({
+        "type": "string",
+        "pattern": DNS_LABEL_PATTERN,
+        "description": "Service name (DNS label); explicit names must be unique in the request."
     });
     let project = serde_json::json!({
         "type": ["string", "null"],
@@ -68,8 +89,9 @@ pub fn deploy_request_schema() -> serde_json::Value {
         "additionalProperties": false,
         "properties": {
             "slug": slug,
-            "entrypoint": entrypoint,
-            "env": env
+            "name": name,
+            "entrypoint": item_entrypoint,
+            "env": item_env
         }
     });
     let service = serde_json::json!({
@@ -77,10 +99,10 @@ pub fn deploy_request_schema() -> serde_json::Value {
         "required": ["name", "slug"],
         "additionalProperties": false,
         "properties": {
-            "name": {"type": "string", "pattern": DNS_LABEL_PATTERN, "description": "Service name (DNS label), unique in the request."},
+            "name": name,
             "slug": slug,
-            "entrypoint": entrypoint,
-            "env": env
+            "entrypoint": service_entrypoint,
+            "env": service_env
         }
     });
     serde_json::json!({
@@ -96,7 +118,7 @@ pub fn deploy_request_schema() -> serde_json::Value {
                         "type": "array",
                         "minItems": 1,
                         "items": {"oneOf": [slug, item_map]},
-                        "description": "Repos-file items: slug strings or `{slug, entrypoint?, env?}` maps."
+                        "description": "Repos-file items: slug strings or `{slug, name?, entrypoint?, env?}` maps."
                     },
                     "project": project
                 }
