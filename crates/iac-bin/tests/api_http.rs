@@ -1077,7 +1077,10 @@ async fn openapi_describes_what_the_server_accepts() {
     }
     // entrypoint: `null` is taken in `services` (and documented so), an empty one never.
     let svc = &req["oneOf"][1]["properties"]["services"]["items"]["properties"];
-    assert_eq!(svc["entrypoint"]["type"], serde_json::json!(["string", "null"]));
+    assert_eq!(
+        svc["entrypoint"]["type"],
+        serde_json::json!(["string", "null"])
+    );
     assert_eq!(svc["entrypoint"]["pattern"], "\\S");
     let r = post_deploy(
         &srv,
@@ -1101,8 +1104,46 @@ async fn openapi_describes_what_the_server_accepts() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 400);
     for path in ["/services", "/services/{name}/logs"] {
-        assert!(doc["paths"][path]["get"]["responses"]["400"].is_object(), "{path}");
+        assert!(
+            doc["paths"][path]["get"]["responses"]["400"].is_object(),
+            "{path}"
+        );
     }
+    // `project`: a DNS label or empty (the default), exactly as documented; no trimming.
+    let project_pattern = req["oneOf"][0]["properties"]["project"]["pattern"]
+        .as_str()
+        .unwrap();
+    assert_eq!(project_pattern, iac_bin::api::schema::PROJECT_PATTERN);
+    for (project, status) in [("", 202), (" demo", 422), ("\u{94}è", 422)] {
+        let r = post_deploy(
+            &srv,
+            serde_json::json!({"slugs": ["gh:a/b"], "project": project}),
+        )
+        .await;
+        assert_eq!(r.status().as_u16(), status, "{project:?}");
+        let _ = r.text().await.unwrap();
+    }
+    let q = &doc["paths"]["/services"]["get"]["parameters"][0];
+    assert_eq!(
+        q["schema"]["pattern"],
+        iac_bin::api::schema::PROJECT_PATTERN,
+        "{q}"
+    );
+    let logs = &doc["paths"]["/services/{name}/logs"]["get"]["parameters"];
+    let name = logs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "name")
+        .unwrap();
+    assert_eq!(
+        name["schema"]["pattern"],
+        iac_bin::api::schema::DNS_LABEL_PATTERN
+    );
+    // The same item twice: `uniqueItems` in the document, 422 from the server.
+    assert_eq!(req["oneOf"][0]["properties"]["slugs"]["uniqueItems"], true);
+    let r = post_deploy(&srv, serde_json::json!({"slugs": ["gh:a/b", "gh:a/b"]})).await;
+    assert_eq!(r.status().as_u16(), 422);
     // {id} is a UUID; anything else is the documented 400.
     let id = &doc["paths"]["/deployments/{id}"]["get"]["parameters"][0];
     assert_eq!(id["schema"]["format"], "uuid", "{id}");

@@ -116,6 +116,11 @@ fn document(doc: &utoipa::openapi::OpenApi) -> serde_json::Value {
             p["schema"] = serde_json::json!({"type": "string", "format": "uuid"});
         }
     }
+    if let Some(params) = v["paths"]["/services/{name}/logs"]["get"]["parameters"].as_array_mut() {
+        for p in params.iter_mut().filter(|p| p["name"] == "name") {
+            p["schema"] = serde_json::json!({"type": "string", "pattern": DNS_LABEL_PATTERN});
+        }
+    }
     v
 }
 
@@ -269,8 +274,10 @@ fn bearer(headers: &HeaderMap) -> Result<String, AuthError> {
     Ok(token.to_string())
 }
 
+/// `project` as the document describes it ([`PROJECT_PATTERN`]): absent or empty → the
+/// server's default; otherwise exactly a DNS label (no trimming).
 fn project_or_default(st: &AppState, project: Option<&str>) -> Result<ProjectName, ApiError> {
-    match project.map(str::trim).filter(|p| !p.is_empty()) {
+    match project.filter(|p| !p.is_empty()) {
         None => Ok(st.backend.default_project()),
         Some(p) => {
             ProjectName::new(p).map_err(|e| ApiError::unprocessable(format!("project: {e}")))
@@ -329,6 +336,16 @@ pub(crate) fn validate_deploy(st: &AppState, req: DeployRequest) -> Result<Deplo
                 return Err(ApiError::unprocessable(
                     "`slugs` is empty: expected at least one slug",
                 ));
+            }
+            // `uniqueItems` in the document: the same item twice is a mistake, not two services.
+            for (j, item) in slugs.iter().enumerate() {
+                if let Some(i) = slugs[..j].iter().position(|earlier| earlier == item) {
+                    return Err(ApiError::unprocessable(format!(
+                        "slugs: item {} repeats item {} ({item}); expected distinct items",
+                        j + 1,
+                        i + 1
+                    )));
+                }
             }
             let text =
                 serde_json::to_string(&slugs).map_err(|e| ApiError::internal(e.to_string()))?;

@@ -27,6 +27,9 @@ pub struct DeployRequest {
 /// A DNS label (service and project names).
 pub const DNS_LABEL_PATTERN: &str = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$";
 
+/// A `project` value: a DNS label, or empty for the server's default.
+pub const PROJECT_PATTERN: &str = "^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)?$";
+
 /// The remote slugs an API caller may name, as a pattern (a subset of the slug grammar that
 /// always parses and always yields a service name): `gh:`/`bb:` OWNER/REPO, `gl:` GROUP[/…]/REPO,
 /// `git+https://HOST/PATH`, each with an optional `#REF`. Local slugs (`path:`, `git+file:`) are
@@ -80,8 +83,8 @@ pub fn deploy_request_schema() -> serde_json::Value {
     });
     let project = serde_json::json!({
         "type": ["string", "null"],
-        "pattern": DNS_LABEL_PATTERN,
-        "description": "Project (DNS label); the server's default when absent."
+        "pattern": PROJECT_PATTERN,
+        "description": "Project (DNS label); the server's default when absent, null or empty."
     });
     let item_map = serde_json::json!({
         "type": "object",
@@ -117,6 +120,7 @@ pub fn deploy_request_schema() -> serde_json::Value {
                     "slugs": {
                         "type": "array",
                         "minItems": 1,
+                        "uniqueItems": true,
                         "items": {"oneOf": [slug, item_map]},
                         "description": "Repos-file items: slug strings or `{slug, name?, entrypoint?, env?}` maps."
                     },
@@ -132,6 +136,8 @@ pub fn deploy_request_schema() -> serde_json::Value {
                     "services": {
                         "type": "array",
                         "minItems": 1,
+                        "uniqueItems": true,
+                        "description": "Services with explicit names; two services with the same name are refused (422), which JSON Schema cannot express.",
                         "items": service
                     },
                     "project": project
@@ -173,6 +179,7 @@ impl utoipa::ToSchema for DeployRequest {
 #[serde(deny_unknown_fields)]
 pub struct DestroyRequest {
     /// Project (DNS label); the server's default when absent.
+    #[schema(pattern = "^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)?$")]
     pub project: Option<String>,
 }
 
@@ -190,6 +197,7 @@ pub struct DestroyResponse {
 #[into_params(parameter_in = Query)]
 pub struct ProjectQuery {
     /// Project (DNS label); the server's default when absent.
+    #[param(pattern = "^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)?$")]
     pub project: Option<String>,
 }
 
@@ -203,6 +211,7 @@ pub struct LogsQuery {
     /// Send the last N buffered lines first (0 or absent: all buffered lines).
     pub tail: Option<u32>,
     /// Project (DNS label); the server's default when absent.
+    #[param(pattern = "^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)?$")]
     pub project: Option<String>,
 }
 
