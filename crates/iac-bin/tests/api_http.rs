@@ -1144,6 +1144,17 @@ async fn openapi_describes_what_the_server_accepts() {
     assert_eq!(req["oneOf"][0]["properties"]["slugs"]["uniqueItems"], true);
     let r = post_deploy(&srv, serde_json::json!({"slugs": ["gh:a/b", "gh:a/b"]})).await;
     assert_eq!(r.status().as_u16(), 422);
+    // Two services with one name: 409 duplicate_service_name, in both shapes.
+    for body in [
+        serde_json::json!({"services": [{"name": "0", "slug": "gh:0/n"}, {"name": "0", "slug": "gh:0/0"}]}),
+        serde_json::json!({"slugs": [{"slug": "gh:a/b", "name": "x"}, {"slug": "gh:a/c", "name": "x"}]}),
+    ] {
+        let r = post_deploy(&srv, body.clone()).await;
+        assert_eq!(r.status().as_u16(), 409, "{body}");
+        let (code, msg) = assert_error_shape(&r.text().await.unwrap());
+        assert_eq!(code, "duplicate_service_name");
+        assert!(msg.contains("unique"), "{msg}");
+    }
     // {id} is a UUID; anything else is the documented 400.
     let id = &doc["paths"]["/deployments/{id}"]["get"]["parameters"][0];
     assert_eq!(id["schema"]["format"], "uuid", "{id}");

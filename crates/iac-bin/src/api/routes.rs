@@ -323,8 +323,31 @@ async fn openapi_json(State(st): State<AppState>) -> Json<serde_json::Value> {
     Json((*st.openapi).clone())
 }
 
+/// Two items naming the same service: 409 (the second would take the first one's name). JSON
+/// Schema cannot say "unique by `name`", so this is a conflict, not a validation error the
+/// document could have prevented.
+fn check_unique_names<'a>(names: impl Iterator<Item = &'a str>) -> Result<(), ApiError> {
+    let mut seen = std::collections::BTreeSet::new();
+    for n in names.filter(|n| ServiceName::new(n).is_ok()) {
+        if !seen.insert(n) {
+            return Err(ApiError::new(
+                409,
+                "duplicate_service_name",
+                format!("two services are named {n:?}; expected unique service names"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn validate_deploy(st: &AppState, req: DeployRequest) -> Result<DeployInput, ApiError> {
     let project = project_or_default(st, req.project.as_deref())?;
+    if let Some(slugs) = &req.slugs {
+        check_unique_names(slugs.iter().filter_map(|v| v.get("name")?.as_str()))?;
+    }
+    if let Some(services) = &req.services {
+        check_unique_names(services.iter().map(|s| s.name.as_str()))?;
+    }
     let services: Vec<ServiceSpec> = match (req.slugs, req.services) {
         (Some(_), Some(_)) | (None, None) => {
             return Err(ApiError::unprocessable(
@@ -414,7 +437,7 @@ pub(crate) fn check_remote_sources(services: &[ServiceSpec]) -> Result<(), ApiEr
         (status = 400, description = "Body is not JSON", body = ErrorResponse),
         (status = 401, description = "Missing or invalid credentials", body = ErrorResponse),
         (status = 403, description = "Authenticated but not allowed, or a `path:`/`git+file:` slug while `[serve] allow_local_sources` is off (`local_source_refused`)", body = ErrorResponse),
-        (status = 409, description = "A deploy/destroy of this project is running", body = ErrorResponse),
+        (status = 409, description = "A deploy/destroy of this project is running (`conflict`), or two services of the request have the same name (`duplicate_service_name`)", body = ErrorResponse),
         (status = 413, description = "Body larger than max_body_bytes", body = ErrorResponse),
         (status = 415, description = "Content-Type is not application/json", body = ErrorResponse),
         (status = 422, description = "Body does not validate", body = ErrorResponse),

@@ -137,7 +137,7 @@ pub fn deploy_request_schema() -> serde_json::Value {
                         "type": "array",
                         "minItems": 1,
                         "uniqueItems": true,
-                        "description": "Services with explicit names; two services with the same name are refused (422), which JSON Schema cannot express.",
+                        "description": "Services with explicit names; two services with the same name are refused with 409 `duplicate_service_name` (JSON Schema cannot express uniqueness by a property).",
                         "items": service
                     },
                     "project": project
