@@ -195,6 +195,7 @@ curl -fsS "http://127.0.0.1:$port/health" >/dev/null || {
 }
 
 set +e
+cd "$work" # schemathesis keeps a cache (.schemathesis/) in the current directory
 schemathesis run "http://127.0.0.1:$port/openapi.json" \
   --header "Authorization: Bearer $key" \
   --checks all \

@@ -301,8 +301,8 @@ async fn bad_requests_get_the_json_error_shape() {
             r#"{"services": [{"name": "a", "slug": "gh:x/a"}, {"name": "a", "slug": "gh:x/b"}]}"#
                 .into(),
             "application/json",
-            422,
-            "invalid_request",
+            409,
+            "duplicate_service_name",
             "unique",
         ),
     ];
@@ -1182,6 +1182,23 @@ async fn openapi_describes_what_the_server_accepts() {
         doc["paths"]["/destroy"]["post"]["responses"][&status].is_object(),
         "{status} is documented for POST /destroy"
     );
+    // A JSON array is not the documented object, though serde would build a struct from it.
+    for (path, body) in [
+        ("/destroy", "[null]"),
+        ("/deploy", r#"[["gh:a/b"], null, null]"#),
+    ] {
+        let r = client()
+            .post(format!("{}{path}", srv.base))
+            .bearer_auth(GOOD)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 422, "{path} {body}");
+        let (_, msg) = assert_error_shape(&r.text().await.unwrap());
+        assert!(msg.contains("an array"), "{msg}");
+    }
     // Routes that reach the engine document its failures.
     for (path, method) in [
         ("/services", "get"),

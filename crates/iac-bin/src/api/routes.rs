@@ -446,8 +446,9 @@ pub(crate) fn check_remote_sources(services: &[ServiceSpec]) -> Result<(), ApiEr
 async fn deploy(
     State(st): State<AppState>,
     headers: HeaderMap,
-    Json(req): Json<DeployRequest>,
+    Json(req): Json<serde_json::Value>,
 ) -> Result<Response, ApiError> {
+    let req: DeployRequest = json_object(req, false)?.unwrap_or_default();
     let input = validate_deploy(&st, req)?;
     let (id, rx) = st.deployments.start(st.backend.clone(), input, "http")?;
     let sse = headers
@@ -484,6 +485,35 @@ async fn deploy(
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(resp)
+}
+
+/// A request body as its documented object type. serde would also build a struct from a JSON
+/// array (`[null]` → every field absent); the document says "object", so only an object (or
+/// `null` where `null_ok`, meaning `None`) is taken. 422 otherwise, like axum's own rejection.
+fn json_object<T: serde::de::DeserializeOwned>(
+    v: serde_json::Value,
+    null_ok: bool,
+) -> Result<Option<T>, ApiError> {
+    match v {
+        serde_json::Value::Null if null_ok => Ok(None),
+        serde_json::Value::Object(_) => serde_json::from_value(v).map(Some).map_err(|e| {
+            ApiError::unprocessable(format!(
+                "Failed to deserialize the JSON body into the target type: {e}"
+            ))
+        }),
+        other => Err(ApiError::unprocessable(format!(
+            "expected a JSON object{} as the body, got {}",
+            if null_ok { " (or null)" } else { "" },
+            match other {
+                serde_json::Value::Null => "null",
+                serde_json::Value::Bool(_) => "a boolean",
+                serde_json::Value::Number(_) => "a number",
+                serde_json::Value::String(_) => "a string",
+                serde_json::Value::Array(_) => "an array",
+                serde_json::Value::Object(_) => "an object",
+            }
+        ))),
+    }
 }
 
 fn ndjson_line<T: serde::Serialize>(v: &T) -> Bytes {
@@ -595,10 +625,13 @@ async fn service_logs(
         (status = 503, description = "The container engine is unreachable", body = ErrorResponse)))]
 async fn destroy(
     State(st): State<AppState>,
-    body: Option<Json<Option<DestroyRequest>>>,
+    body: Option<Json<serde_json::Value>>,
 ) -> Result<Json<DestroyResponse>, ApiError> {
     // No body, `null` and `{}` all mean "the default project".
-    let req = body.and_then(|Json(b)| b).unwrap_or_default();
+    let req: DestroyRequest = match body {
+        Some(Json(v)) => json_object(v, true)?.unwrap_or_default(),
+        None => DestroyRequest::default(),
+    };
     let project = project_or_default(&st, req.project.as_deref())?;
     let guard = st.deployments.reserve(&project, "a destroy")?;
     // Spawned (and tracked) so a client hanging up does not abort a half-done destroy.
