@@ -18,8 +18,7 @@ use bollard::query_parameters::{
 };
 use iac_backends::build::{DockerImageBuilder, ImageConfig, LABEL_BUILD_KEY};
 use iac_core::{
-    BuildError, BuildSpec, DeployEvent, Entry, Events, ImageBuilder, Language, ProjectName,
-    ServiceName, Source,
+    BuildError, BuildSpec, Entry, Events, ImageBuilder, Language, ProjectName, ServiceName, Source,
 };
 
 const OFFLINE_BASE: &str = "iac/python:3.11-bookworm";
