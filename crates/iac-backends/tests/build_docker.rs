@@ -18,8 +18,7 @@ use bollard::query_parameters::{
 };
 use iac_backends::build::{DockerImageBuilder, ImageConfig, LABEL_BUILD_KEY};
 use iac_core::{
-    BuildError, BuildSpec, DeployEvent, Entry, Events, ImageBuilder, Language, ProjectName,
-    ServiceName, Source,
+    BuildError, BuildSpec, Entry, Events, ImageBuilder, Language, ProjectName, ServiceName, Source,
 };
 
 const OFFLINE_BASE: &str = "iac/python:3.11-bookworm";
@@ -180,7 +179,7 @@ fn spec(project: &str, service: &str, dir: &Path, digest: &str, argv: &[&str]) -
     }
 }
 
-fn drain(rx: &mut tokio::sync::mpsc::UnboundedReceiver<DeployEvent>) -> Vec<String> {
+fn drain(rx: &mut iac_core::EventReceiver) -> Vec<String> {
     let mut out = Vec::new();
     while let Ok(e) = rx.try_recv() {
         out.push(e.message);

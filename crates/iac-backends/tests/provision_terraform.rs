@@ -442,7 +442,7 @@ fn gate() -> Arc<MockHealthProber> {
     Arc::new(m)
 }
 
-fn drain(rx: &mut tokio::sync::mpsc::UnboundedReceiver<DeployEvent>) -> Vec<DeployEvent> {
+fn drain(rx: &mut iac_core::EventReceiver) -> Vec<DeployEvent> {
     let mut out = Vec::new();
     while let Ok(e) = rx.try_recv() {
         out.push(e);

@@ -69,6 +69,10 @@ pub struct IacConfig {
     pub health_settle_secs: u64,
     /// OTLP endpoint for apps (and iac's own traces); unset → apps export to stdout.
     pub otel_endpoint: Option<String>,
+    /// The longest one deploy may take, fetch to health (`"30m"`); past it the deploy fails and
+    /// releases the project lock (CLI and admin API alike).
+    #[serde(with = "crate::api::duration_str")]
+    pub deploy_deadline: std::time::Duration,
     pub images: ImageConfig,
     pub sidecar: SidecarSection,
     pub fetch: FetchConfig,
@@ -91,6 +95,7 @@ impl Default for IacConfig {
             health_deadline_secs: 45,
             health_settle_secs: 3,
             otel_endpoint: None,
+            deploy_deadline: std::time::Duration::from_secs(30 * 60),
             images: ImageConfig::default(),
             sidecar: SidecarSection::default(),
             fetch: FetchConfig::default(),

@@ -4,9 +4,9 @@
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 
+use iac_core::EventReceiver;
 use iac_core::{DeployEvent, DeployReport, EventLevel, ServiceName};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use tokio::sync::mpsc::UnboundedReceiver;
 
 /// How progress is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,7 +29,7 @@ impl Mode {
 }
 
 /// Consumes events until the sender side is dropped.
-pub async fn show_progress(mode: Mode, mut rx: UnboundedReceiver<DeployEvent>) {
+pub async fn show_progress(mode: Mode, mut rx: EventReceiver) {
     let mp = MultiProgress::new();
     let mut bars: BTreeMap<ServiceName, ProgressBar> = BTreeMap::new();
     let style = ProgressStyle::with_template("{spinner:.cyan} {prefix:<20.bold} {wide_msg}")

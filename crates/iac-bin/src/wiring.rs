@@ -147,6 +147,7 @@ impl App {
                 health_deadline: Duration::from_secs(cfg.health_deadline_secs.max(1)),
                 health_settle: Duration::from_secs(cfg.health_settle_secs),
                 otel_endpoint: cfg.otel_endpoint.clone(),
+                deadline: cfg.deploy_deadline,
             },
         );
         Ok(App {
@@ -297,6 +298,7 @@ pub async fn serve(
     uds: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
     let mut serve_cfg: ServeConfig = cfg.serve.clone();
+    serve_cfg.deploy_deadline = cfg.deploy_deadline;
     let http_given = http.is_some();
     if let Some(h) = http {
         serve_cfg.http_addr = h

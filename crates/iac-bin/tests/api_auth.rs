@@ -372,3 +372,58 @@ async fn jwks_key_rotation_is_picked_up() {
     assert_eq!(s, 202, "{body}");
     srv.shutdown().await.unwrap();
 }
+
+/// Runs `iac serve --http <addr>` (a stand-in Supabase URL; nothing is called at start-up) and
+/// returns its stderr up to the "admin API listening" line, then stops it.
+fn serve_stderr_until_listening(http: &str) -> String {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("iac.sock");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_iac"))
+        .args(["serve", "--http", http, "--uds", sock.to_str().unwrap()])
+        .current_dir(dir.path())
+        .env("RUST_LOG", "info")
+        .env("SUPABASE_URL", "http://127.0.0.1:9")
+        .env("SUPABASE_SERVICE_ROLE_KEY", SERVICE_KEY)
+        .env_remove("SUPABASE_JWT_SECRET")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run iac serve");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut seen = String::new();
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.contains("admin API listening") {
+                break;
+            }
+        }
+        let _ = tx.send(seen);
+    });
+    let seen = rx.recv_timeout(Duration::from_secs(60));
+    let _ = child.kill();
+    let _ = child.wait();
+    let seen = seen.expect("iac serve did not start within 60 s");
+    assert!(
+        seen.contains("admin API listening"),
+        "iac serve stopped early: {seen}"
+    );
+    seen
+}
+
+#[test]
+fn serve_warns_when_the_plaintext_listener_is_not_on_loopback() {
+    let exposed = serve_stderr_until_listening("0.0.0.0:0");
+    assert!(
+        exposed.contains("WARN")
+            && exposed.contains("not a loopback address")
+            && exposed.contains("no TLS"),
+        "{exposed}"
+    );
+    let local = serve_stderr_until_listening("127.0.0.1:0");
+    assert!(!local.contains("loopback"), "{local}");
+}

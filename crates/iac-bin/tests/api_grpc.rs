@@ -69,6 +69,25 @@ async fn grpc_health_deploy_and_logs_share_the_port_and_the_auth() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("bogus"), "{}", e.message());
+    // Host paths are refused over gRPC as over HTTP (`[serve] allow_local_sources` is off).
+    for slug in ["path:/etc", "git+file:///srv/repo#main"] {
+        let e = c
+            .deploy(authed(
+                DeployRequest {
+                    slugs: vec![slug.into()],
+                    project: "demo".into(),
+                },
+                GOOD,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{slug}: {e:?}");
+        assert!(
+            e.message().contains(slug) && e.message().contains("allow_local_sources"),
+            "{}",
+            e.message()
+        );
+    }
 
     // A deploy via gRPC holds the project: HTTP gets 409 meanwhile.
     let mut c2 = c.clone();

@@ -301,8 +301,8 @@ async fn bad_requests_get_the_json_error_shape() {
             r#"{"services": [{"name": "a", "slug": "gh:x/a"}, {"name": "a", "slug": "gh:x/b"}]}"#
                 .into(),
             "application/json",
-            422,
-            "invalid_request",
+            409,
+            "duplicate_service_name",
             "unique",
         ),
     ];
@@ -737,7 +737,7 @@ async fn openapi_mirror_schemas_match_the_core_types() {
         services: vec!["hello".into()],
         started_at: "t".into(),
         finished_at: Some("t".into()),
-        events: vec![ev],
+        events: vec![ev].into(),
         events_dropped: 0,
         report: Some(report),
         error: Some(iac_bin::api::ErrorBody {
@@ -746,4 +746,472 @@ async fn openapi_mirror_schemas_match_the_core_types() {
         }),
     };
     roundtrip::<_, DeploymentSchema>(&rec);
+}
+
+async fn post_deploy(srv: &Running, body: serde_json::Value) -> reqwest::Response {
+    client()
+        .post(format!("{}/deploy", srv.base))
+        .bearer_auth(GOOD)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn record(srv: &Running, id: &str) -> (u16, serde_json::Value) {
+    let r = client()
+        .get(format!("{}/deployments/{id}", srv.base))
+        .bearer_auth(GOOD)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+fn deployment_id(r: &reqwest::Response) -> String {
+    r.headers()["x-deployment-id"].to_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn local_sources_are_refused_over_the_api_unless_the_operator_allows_them() {
+    let backend = Arc::new(FakeBackend::new());
+    let srv = start(backend.clone(), Arc::new(StaticVerifier)).await;
+    let cases = [
+        serde_json::json!({"slugs": ["gh:acme/ok", "path:/etc"]}),
+        serde_json::json!({"slugs": [{"slug": "git+file:///srv/secrets#main", "name": "x"}]}),
+        serde_json::json!({"services": [{"name": "leak", "slug": "path:./secrets"}]}),
+        serde_json::json!({"services": [{"name": "leak", "slug": "git+file:///root/repo"}]}),
+    ];
+    for body in &cases {
+        let r = post_deploy(&srv, body.clone()).await;
+        assert_eq!(r.status().as_u16(), 403, "{body}");
+        let (code, msg) = assert_error_shape(&r.text().await.unwrap());
+        assert_eq!(code, "local_source_refused");
+        assert!(
+            msg.contains("allow_local_sources")
+                && (msg.contains("path:") || msg.contains("git+file:")),
+            "names the slug and the setting: {msg}"
+        );
+        // The same over the Unix socket.
+        let (status, _, body) = uds_request(
+            &srv.uds,
+            "POST",
+            "/deploy",
+            &[("content-type", "application/json")],
+            Some(&body.to_string()),
+        )
+        .await;
+        assert_eq!(status, 403, "{body}");
+    }
+    assert!(
+        post_deploy(&srv, cases[0].clone())
+            .await
+            .text()
+            .await
+            .unwrap()
+            .contains("/etc")
+    );
+    assert_eq!(
+        backend.deploys.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "nothing reached the backend"
+    );
+    srv.shutdown().await.unwrap();
+
+    // The operator opts in: the same request is accepted.
+    let backend = Arc::new(FakeBackend::new());
+    let srv = start_with(backend.clone(), Arc::new(StaticVerifier), |c| {
+        c.allow_local_sources = true
+    })
+    .await;
+    let r = post_deploy(&srv, cases[2].clone()).await;
+    assert_eq!(r.status().as_u16(), 202);
+    let _ = r.text().await.unwrap();
+    assert_eq!(backend.deploys.load(std::sync::atomic::Ordering::SeqCst), 1);
+    srv.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_read_its_stream_never_stalls_the_deploy_or_grows_memory() {
+    // Enough that the socket buffers (a few MB on loopback) cannot hide an unbounded channel.
+    const STEPS: usize = 200_000;
+    let backend = Arc::new(FakeBackend {
+        events_per_service: STEPS,
+        ..FakeBackend::new()
+    });
+    let srv = start_with(backend, Arc::new(StaticVerifier), |c| {
+        c.max_events_per_deployment = 100
+    })
+    .await;
+    // A client with a tiny receive buffer, so the kernel does not hide what the server holds.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let stream = sock.connect(srv.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::post("/deploy")
+        .header("host", "localhost")
+        .header("authorization", format!("Bearer {GOOD}"))
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(hyper::body::Bytes::from(
+            r#"{"slugs": ["gh:acme/chatty"]}"#,
+        )))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    let id = resp.headers()["x-deployment-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    // Not reading the body: the deploy still finishes.
+    let t = std::time::Instant::now();
+    loop {
+        let (_, rec) = record(&srv, &id).await;
+        if rec["status"] == "succeeded" {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the deploy is stalled by its unread stream: {}",
+            rec["status"]
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let items = parse_ndjson(&String::from_utf8_lossy(&body));
+    // What arrives is the server's bounded stream buffer plus what the kernel's socket buffers
+    // took (bounded by tcp_wmem, ~4 MB ≈ 27k lines here), never the whole deploy.
+    assert!(
+        items.len() < STEPS / 4,
+        "{} lines were held for a client that did not read",
+        items.len()
+    );
+    let mut delivered = 0u64;
+    let mut dropped = 0u64;
+    for it in &items {
+        if let StreamItem::Event(e) = it {
+            match e.dropped_count() {
+                Some(n) => dropped += n,
+                None => delivered += 1,
+            }
+        }
+    }
+    assert!(dropped > 0, "a marker says events were dropped");
+    eprintln!(
+        "{} lines delivered, {dropped} events counted as dropped",
+        items.len()
+    );
+    // accepted + every step + "all healthy": each is either delivered or counted.
+    assert_eq!(delivered + dropped, (1 + STEPS + 1) as u64);
+    assert!(matches!(items.last(), Some(StreamItem::Report(r)) if r.ok));
+    srv.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_deploy_past_its_deadline_is_stopped_and_its_project_is_free_again() {
+    // A backend that never finishes (the gate never opens).
+    let gate = Arc::new(Semaphore::new(0));
+    let backend = Arc::new(FakeBackend::gated(gate.clone()));
+    let srv = start_with(backend.clone(), Arc::new(StaticVerifier), |c| {
+        c.deploy_deadline = Duration::from_millis(300)
+    })
+    .await;
+    let body = serde_json::json!({"slugs": ["gh:acme/hello"], "project": "stuck"});
+    let first = post_deploy(&srv, body.clone()).await;
+    assert_eq!(first.status().as_u16(), 202);
+    let id = deployment_id(&first);
+    let items = tokio::time::timeout(Duration::from_secs(10), first.text())
+        .await
+        .expect("the stream ends at the deadline")
+        .unwrap();
+    let items = parse_ndjson(&items);
+    let Some(StreamItem::Error(e)) = items.last() else {
+        panic!("the stream ends with an error: {items:?}")
+    };
+    assert_eq!(e.code, "deadline_exceeded");
+    assert!(
+        e.message.contains("stuck") && e.message.contains("deploy_deadline"),
+        "{}",
+        e.message
+    );
+    let (status, rec) = record(&srv, &id).await;
+    assert_eq!(status, 200);
+    assert_eq!(rec["status"], "error");
+    assert!(rec["finished_at"].is_string());
+    // The project is not held: the next deploy is accepted, not 409.
+    let next = post_deploy(&srv, body).await;
+    assert_eq!(next.status().as_u16(), 202);
+    let _ = next.text().await.unwrap();
+    srv.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn finished_records_are_evicted_by_count_and_age_and_running_ones_are_bounded() {
+    let srv = start_with(
+        Arc::new(FakeBackend::new()),
+        Arc::new(StaticVerifier),
+        |c| {
+            c.max_deployments = 2;
+            c.deployment_ttl = Duration::from_secs(3);
+        },
+    )
+    .await;
+    let mut ids = Vec::new();
+    for p in ["a", "b", "c"] {
+        let r = post_deploy(
+            &srv,
+            serde_json::json!({"slugs": ["gh:acme/x"], "project": p}),
+        )
+        .await;
+        ids.push(deployment_id(&r));
+        let _ = r.text().await.unwrap();
+    }
+    assert_eq!(
+        record(&srv, &ids[0]).await.0,
+        404,
+        "the oldest is evicted by count"
+    );
+    assert_eq!(record(&srv, &ids[2]).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(record(&srv, &ids[2]).await.0, 404, "evicted by age");
+    srv.shutdown().await.unwrap();
+
+    // Running deploys count too: with the store full of running ones, a new one gets 503.
+    let gate = Arc::new(Semaphore::new(0));
+    let srv = start_with(
+        Arc::new(FakeBackend::gated(gate.clone())),
+        Arc::new(StaticVerifier),
+        |c| c.max_deployments = 2,
+    )
+    .await;
+    let r1 = post_deploy(
+        &srv,
+        serde_json::json!({"slugs": ["gh:acme/x"], "project": "p1"}),
+    )
+    .await;
+    let r2 = post_deploy(
+        &srv,
+        serde_json::json!({"slugs": ["gh:acme/x"], "project": "p2"}),
+    )
+    .await;
+    assert_eq!((r1.status().as_u16(), r2.status().as_u16()), (202, 202));
+    let r3 = post_deploy(
+        &srv,
+        serde_json::json!({"slugs": ["gh:acme/x"], "project": "p3"}),
+    )
+    .await;
+    assert_eq!(r3.status().as_u16(), 503);
+    let (code, msg) = assert_error_shape(&r3.text().await.unwrap());
+    assert_eq!(code, "unavailable");
+    assert!(msg.contains("max_deployments"), "{msg}");
+    gate.add_permits(2);
+    let _ = (r1.text().await.unwrap(), r2.text().await.unwrap());
+    let r4 = post_deploy(
+        &srv,
+        serde_json::json!({"slugs": ["gh:acme/x"], "project": "p3"}),
+    )
+    .await;
+    assert_eq!(r4.status().as_u16(), 202, "a finished record makes room");
+    gate.add_permits(1);
+    let _ = r4.text().await.unwrap();
+    srv.shutdown().await.unwrap();
+}
+
+/// Regressions found by schemathesis (scripts/schemathesis.sh): the document must call valid
+/// only what the server accepts, and list every status a route can answer.
+#[tokio::test]
+async fn openapi_describes_what_the_server_accepts() {
+    let backend = Arc::new(FakeBackend::new());
+    let srv = start(backend.clone(), Arc::new(StaticVerifier)).await;
+    let doc: serde_json::Value = client()
+        .get(format!("{}/openapi.json", srv.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // POST /deploy: exactly one of slugs/services, non-empty, remote slugs by pattern.
+    let req = &doc["components"]["schemas"]["DeployRequest"];
+    let variants = req["oneOf"].as_array().expect("oneOf");
+    assert_eq!(variants.len(), 2);
+    for v in variants {
+        assert_eq!(v["additionalProperties"], false);
+        let list = if v["required"][0] == "slugs" {
+            "slugs"
+        } else {
+            "services"
+        };
+        assert_eq!(v["properties"][list]["minItems"], 1, "{v}");
+    }
+    let pattern = req["oneOf"][0]["properties"]["slugs"]["items"]["oneOf"][0]["pattern"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(pattern, iac_bin::api::schema::REMOTE_SLUG_PATTERN);
+    for body in [
+        serde_json::json!({"services": []}),
+        serde_json::json!({"slugs": []}),
+        serde_json::json!({}),
+    ] {
+        let r = post_deploy(&srv, body.clone()).await;
+        assert_eq!(r.status().as_u16(), 422, "{body}");
+    }
+    // Every slug shape the pattern documents is accepted.
+    for slug in iac_bin::api::schema::remote_slug_examples() {
+        let r = post_deploy(&srv, serde_json::json!({"slugs": [slug]})).await;
+        assert_eq!(r.status().as_u16(), 202, "{slug}");
+        let _ = r.text().await.unwrap();
+        let r = post_deploy(
+            &srv,
+            serde_json::json!({"services": [{"name": "s", "slug": slug, "env": {"_A1": "x"}}]}),
+        )
+        .await;
+        assert_eq!(r.status().as_u16(), 202, "{slug}");
+        let _ = r.text().await.unwrap();
+    }
+    // entrypoint: `null` is taken in `services` (and documented so), an empty one never.
+    let svc = &req["oneOf"][1]["properties"]["services"]["items"]["properties"];
+    assert_eq!(
+        svc["entrypoint"]["type"],
+        serde_json::json!(["string", "null"])
+    );
+    assert_eq!(svc["entrypoint"]["pattern"], "\\S");
+    let r = post_deploy(
+        &srv,
+        serde_json::json!({"services": [{"name": "n", "slug": "gh:a/b", "entrypoint": null}]}),
+    )
+    .await;
+    assert_eq!(r.status().as_u16(), 202);
+    let _ = r.text().await.unwrap();
+    let r = post_deploy(
+        &srv,
+        serde_json::json!({"services": [{"name": "n", "slug": "gh:a/b", "entrypoint": ""}]}),
+    )
+    .await;
+    assert_eq!(r.status().as_u16(), 422);
+    // Unknown query parameters are refused, and that 400 is documented.
+    let r = client()
+        .get(format!("{}/services?bogus=1", srv.base))
+        .bearer_auth(GOOD)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    for path in ["/services", "/services/{name}/logs"] {
+        assert!(
+            doc["paths"][path]["get"]["responses"]["400"].is_object(),
+            "{path}"
+        );
+    }
+    // `project`: a DNS label or empty (the default), exactly as documented; no trimming.
+    let project_pattern = req["oneOf"][0]["properties"]["project"]["pattern"]
+        .as_str()
+        .unwrap();
+    assert_eq!(project_pattern, iac_bin::api::schema::PROJECT_PATTERN);
+    for (project, status) in [("", 202), (" demo", 422), ("\u{94}è", 422)] {
+        let r = post_deploy(
+            &srv,
+            serde_json::json!({"slugs": ["gh:a/b"], "project": project}),
+        )
+        .await;
+        assert_eq!(r.status().as_u16(), status, "{project:?}");
+        let _ = r.text().await.unwrap();
+    }
+    let q = &doc["paths"]["/services"]["get"]["parameters"][0];
+    assert_eq!(
+        q["schema"]["pattern"],
+        iac_bin::api::schema::PROJECT_PATTERN,
+        "{q}"
+    );
+    let logs = &doc["paths"]["/services/{name}/logs"]["get"]["parameters"];
+    let name = logs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "name")
+        .unwrap();
+    assert_eq!(
+        name["schema"]["pattern"],
+        iac_bin::api::schema::DNS_LABEL_PATTERN
+    );
+    // The same item twice: `uniqueItems` in the document, 422 from the server.
+    assert_eq!(req["oneOf"][0]["properties"]["slugs"]["uniqueItems"], true);
+    let r = post_deploy(&srv, serde_json::json!({"slugs": ["gh:a/b", "gh:a/b"]})).await;
+    assert_eq!(r.status().as_u16(), 422);
+    // Two services with one name: 409 duplicate_service_name, in both shapes.
+    for body in [
+        serde_json::json!({"services": [{"name": "0", "slug": "gh:0/n"}, {"name": "0", "slug": "gh:0/0"}]}),
+        serde_json::json!({"slugs": [{"slug": "gh:a/b", "name": "x"}, {"slug": "gh:a/c", "name": "x"}]}),
+    ] {
+        let r = post_deploy(&srv, body.clone()).await;
+        assert_eq!(r.status().as_u16(), 409, "{body}");
+        let (code, msg) = assert_error_shape(&r.text().await.unwrap());
+        assert_eq!(code, "duplicate_service_name");
+        assert!(msg.contains("unique"), "{msg}");
+    }
+    // {id} is a UUID; anything else is the documented 400.
+    let id = &doc["paths"]["/deployments/{id}"]["get"]["parameters"][0];
+    assert_eq!(id["schema"]["format"], "uuid", "{id}");
+    assert_eq!(record(&srv, "0").await.0, 400);
+    // POST /destroy: a `null` body is the documented optional body (default project).
+    let r = client()
+        .post(format!("{}/destroy", srv.base))
+        .bearer_auth(GOOD)
+        .header("content-type", "application/json")
+        .body("null")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let r = client()
+        .post(format!("{}/destroy", srv.base))
+        .bearer_auth(GOOD)
+        .header("content-type", "application/json")
+        .body("[null, null]")
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16().to_string();
+    assert!(
+        doc["paths"]["/destroy"]["post"]["responses"][&status].is_object(),
+        "{status} is documented for POST /destroy"
+    );
+    // A JSON array is not the documented object, though serde would build a struct from it.
+    for (path, body) in [
+        ("/destroy", "[null]"),
+        ("/deploy", r#"[["gh:a/b"], null, null]"#),
+    ] {
+        let r = client()
+            .post(format!("{}{path}", srv.base))
+            .bearer_auth(GOOD)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 422, "{path} {body}");
+        let (_, msg) = assert_error_shape(&r.text().await.unwrap());
+        assert!(msg.contains("an array"), "{msg}");
+    }
+    // Routes that reach the engine document its failures.
+    for (path, method) in [
+        ("/services", "get"),
+        ("/services/{name}/logs", "get"),
+        ("/destroy", "post"),
+    ] {
+        for status in ["502", "503"] {
+            assert!(
+                doc["paths"][path][method]["responses"][status].is_object(),
+                "{method} {path} documents {status}"
+            );
+        }
+    }
+    srv.shutdown().await.unwrap();
 }

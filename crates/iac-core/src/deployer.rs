@@ -52,6 +52,9 @@ pub struct DeployOptions {
     /// answer (an entry that crashes right after starting is not healthy). Zero disables it.
     pub health_settle: Duration,
     pub otel_endpoint: Option<String>,
+    /// The longest a whole deploy may take (fetch to health). Past it the deploy is stopped,
+    /// every unfinished service is reported failed, and the project lock is released.
+    pub deadline: Duration,
 }
 
 /// One service's sidecar inputs and output, as `iac render` writes them.
@@ -126,8 +129,39 @@ impl Deployer {
     }
 
     /// Deploys `specs`: every service ends up in the report, ok or with its error and stage.
+    /// Bounded by [`DeployOptions::deadline`]: past it the work in flight is dropped (which
+    /// releases the project lock) and the report says the deadline passed.
     pub async fn deploy(&self, specs: &[ServiceSpec], events: &Events) -> DeployReport {
         let started = Instant::now();
+        let deadline = self.opts.deadline;
+        match tokio::time::timeout(deadline, self.deploy_unbounded(specs, events, started)).await {
+            Ok(report) => report,
+            Err(_) => {
+                let why = format!(
+                    "deploy deadline of {} passed (deploy_deadline): the deploy was stopped and the lock of project {} released",
+                    humantime::format_duration(deadline),
+                    self.opts.project
+                );
+                events.error(Stage::Deploy, why.clone());
+                let reports = specs
+                    .iter()
+                    .map(|s| {
+                        let mut r = ServiceReport::new(s.name.clone(), s.slug.to_string());
+                        r.fail(Stage::Deploy, &why);
+                        r
+                    })
+                    .collect();
+                self.finish(reports, Vec::new(), started, Some(why))
+            }
+        }
+    }
+
+    async fn deploy_unbounded(
+        &self,
+        specs: &[ServiceSpec],
+        events: &Events,
+        started: Instant,
+    ) -> DeployReport {
         events.info(
             Stage::Deploy,
             format!(

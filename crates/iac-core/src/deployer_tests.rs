@@ -148,12 +148,13 @@ impl Fakes {
                 health_deadline: Duration::from_secs(1),
                 health_settle: Duration::ZERO,
                 otel_endpoint: None,
+                deadline: Duration::from_secs(30),
             },
         )
     }
 }
 
-fn drain(mut rx: tokio::sync::mpsc::UnboundedReceiver<DeployEvent>) -> Vec<DeployEvent> {
+fn drain(mut rx: crate::event::EventReceiver) -> Vec<DeployEvent> {
     let mut v = Vec::new();
     while let Ok(e) = rx.try_recv() {
         v.push(e);
@@ -574,4 +575,124 @@ async fn unchanged_services_are_not_held_for_the_settle_window() {
     let t = std::time::Instant::now();
     assert!(d.deploy(&[spec("steady")], &Events::discard()).await.ok);
     assert!(t.elapsed() < Duration::from_secs(5));
+}
+
+/// A fetch that never returns (a server trickling bytes forever, a hung clone).
+struct NeverFetcher;
+
+#[async_trait::async_trait]
+impl SourceFetcher for NeverFetcher {
+    async fn fetch(
+        &self,
+        _slug: &crate::slug::Slug,
+        _events: &Events,
+    ) -> Result<Source, FetchError> {
+        futures::future::pending().await
+    }
+}
+
+/// A provisioner whose apply never returns (an engine that stopped answering), holding the lock.
+struct HungProvisioner;
+
+#[async_trait::async_trait]
+impl Provisioner for HungProvisioner {
+    fn name(&self) -> &'static str {
+        "hung"
+    }
+    async fn diff(&self, _stack: &Stack) -> Result<Vec<Change>, ProvisionError> {
+        Ok(vec![])
+    }
+    async fn apply(
+        &self,
+        _stack: &Stack,
+        _gate: Arc<dyn HealthProber>,
+        _events: &Events,
+    ) -> Result<Applied, ProvisionError> {
+        futures::future::pending().await
+    }
+    async fn destroy(
+        &self,
+        _project: &ProjectName,
+        _events: &Events,
+    ) -> Result<Vec<String>, ProvisionError> {
+        Ok(vec![])
+    }
+    async fn running(&self, _project: &ProjectName) -> Result<Vec<RunningService>, ProvisionError> {
+        Ok(vec![])
+    }
+}
+
+#[tokio::test]
+async fn a_fetch_that_never_returns_fails_the_deploy_at_its_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = Fakes::happy().deployer(dir.path(), 2);
+    d.stages.fetcher = Arc::new(NeverFetcher);
+    d.opts.deadline = Duration::from_millis(300);
+    let (events, rx) = Events::channel();
+    let t = std::time::Instant::now();
+    let report = d.deploy(&[spec("slow"), spec("other")], &events).await;
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert!(!report.ok);
+    let err = report.error.as_deref().unwrap();
+    assert!(
+        err.contains("deploy deadline of 300ms passed") && err.contains("project p"),
+        "{err}"
+    );
+    assert_eq!(report.services.len(), 2);
+    for s in &report.services {
+        assert!(!s.ok);
+        assert_eq!(s.failed_stage, Some(Stage::Deploy));
+        assert!(s.error.as_deref().unwrap().contains("deadline"), "{s:?}");
+    }
+    drop(events);
+    let evs = drain(rx);
+    assert!(
+        evs.iter()
+            .any(|e| e.level == crate::event::EventLevel::Error && e.message.contains("deadline")),
+        "{evs:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_deploy_stopped_at_its_deadline_releases_the_project_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut hung = Fakes::happy().deployer(dir.path(), 1);
+    hung.stages.provisioner = Arc::new(HungProvisioner);
+    hung.opts.deadline = Duration::from_millis(300);
+    let report = hung.deploy(&[spec("a")], &Events::discard()).await;
+    assert!(!report.ok);
+    assert!(report.error.unwrap().contains("deadline"));
+    // The lock file is free again: another process (here: this test) can take it at once.
+    let lock = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.path().join("deploy.lock"))
+        .unwrap();
+    lock.try_lock().expect("the project lock was released");
+    drop(lock);
+    // And the next deploy of the same project goes through.
+    let next = Fakes::happy().deployer(dir.path(), 1);
+    let report = tokio::time::timeout(
+        Duration::from_secs(10),
+        next.deploy(&[spec("a")], &Events::discard()),
+    )
+    .await
+    .expect("the next deploy is not blocked by the stopped one");
+    assert!(report.ok, "{report:#?}");
+}
+
+#[tokio::test]
+async fn a_consumer_that_never_reads_events_does_not_stall_the_deploy() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Fakes::happy().deployer(dir.path(), 4);
+    let (events, rx) = Events::bounded(4);
+    let specs: Vec<ServiceSpec> = (0..20).map(|i| spec(&format!("s{i}"))).collect();
+    let report = tokio::time::timeout(Duration::from_secs(10), d.deploy(&specs, &events))
+        .await
+        .expect("the deploy finishes although nobody reads its events");
+    assert!(report.ok, "{report:#?}");
+    assert_eq!(rx.len(), 4, "only the buffer is held");
+    drop(events);
+    let evs = drain(rx);
+    let dropped: u64 = evs.iter().filter_map(|e| e.dropped_count()).sum();
+    assert!(dropped > 20, "a marker counts what was dropped: {evs:#?}");
 }

@@ -1,12 +1,21 @@
 //! [`DeployEvent`]s and the [`Events`] sink every stage writes to. The CLI progress display, the
 //! admin API's streamed response and tracing all consume the same events.
+//!
+//! The sink is bounded ([`crate::lossy`]): a consumer that falls behind loses events, never
+//! stalls the deploy, and receives one [`DeployEvent::dropped`] marker in their place.
 
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
 
+use crate::lossy::{self, LossyReceiver, LossySender};
 use crate::name::ServiceName;
+
+/// Events buffered per channel by [`Events::channel`].
+pub const DEFAULT_EVENT_BUFFER: usize = 1024;
+
+/// Start of the message of a [`DeployEvent::dropped`] marker.
+pub const DROPPED_PREFIX: &str = "events dropped: ";
 
 /// The pipeline stage an event belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -62,18 +71,53 @@ pub struct DeployEvent {
     pub message: String,
 }
 
+impl DeployEvent {
+    /// The marker a bounded channel delivers in place of `n` events it had to drop because its
+    /// consumer fell behind: project-wide (`service: null`), stage `deploy`, level `warn`, message
+    /// `events dropped: <n> …`.
+    pub fn dropped(n: u64) -> DeployEvent {
+        DeployEvent {
+            ts: now_rfc3339(),
+            service: None,
+            stage: Stage::Deploy,
+            level: EventLevel::Warn,
+            message: format!(
+                "{DROPPED_PREFIX}{n} event(s) were dropped here because this consumer fell behind (the deploy was not slowed down)"
+            ),
+        }
+    }
+
+    /// How many events this marker stands for; `None` for every other event.
+    pub fn dropped_count(&self) -> Option<u64> {
+        if self.stage != Stage::Deploy || self.service.is_some() {
+            return None;
+        }
+        let rest = self.message.strip_prefix(DROPPED_PREFIX)?;
+        rest.split_whitespace().next()?.parse().ok()
+    }
+}
+
+/// The receiving end of an [`Events`] channel: bounded; see [`crate::lossy`].
+pub type EventReceiver = LossyReceiver<DeployEvent>;
+
 /// A cheap, cloneable sink for [`DeployEvent`]s, optionally scoped to one service. Sending never
-/// blocks and never fails: when nobody listens, events only reach tracing.
+/// blocks and never fails: when nobody listens, events only reach tracing; when the consumer
+/// falls behind, events are dropped and counted (see [`DeployEvent::dropped`]).
 #[derive(Debug, Clone, Default)]
 pub struct Events {
-    tx: Option<mpsc::UnboundedSender<DeployEvent>>,
+    tx: Option<LossySender<DeployEvent>>,
     service: Option<ServiceName>,
 }
 
 impl Events {
-    /// A sink and the receiving end.
-    pub fn channel() -> (Events, mpsc::UnboundedReceiver<DeployEvent>) {
-        let (tx, rx) = mpsc::unbounded_channel();
+    /// A sink and the receiving end, buffering [`DEFAULT_EVENT_BUFFER`] events.
+    pub fn channel() -> (Events, EventReceiver) {
+        Events::bounded(DEFAULT_EVENT_BUFFER)
+    }
+
+    /// A sink and the receiving end, buffering at most `capacity` events.
+    pub fn bounded(capacity: usize) -> (Events, EventReceiver) {
+        let (tx, rx) = lossy::channel(capacity, DeployEvent::dropped);
         (
             Events {
                 tx: Some(tx),
@@ -118,7 +162,7 @@ impl Events {
             }
         }
         if let Some(tx) = &self.tx {
-            let _ = tx.send(DeployEvent {
+            tx.send(DeployEvent {
                 ts: now_rfc3339(),
                 service: self.service.clone(),
                 stage,
@@ -145,4 +189,54 @@ impl Events {
 /// Current time as RFC 3339 with milliseconds.
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_consumer_that_does_not_read_costs_a_bounded_buffer_and_gets_a_count() {
+        let (events, mut rx) = Events::bounded(16);
+        let svc = ServiceName::new("web").unwrap();
+        let ev = events.for_service(&svc);
+        for i in 0..50_000 {
+            ev.info(Stage::Build, format!("line {i}"));
+        }
+        assert_eq!(
+            rx.len(),
+            16,
+            "at most the buffer is held, however many are sent"
+        );
+        drop((events, ev));
+        let mut delivered = 0u64;
+        let mut dropped = 0u64;
+        while let Some(e) = rx.recv().await {
+            match e.dropped_count() {
+                Some(n) => dropped += n,
+                None => {
+                    assert_eq!(e.service.as_ref(), Some(&svc));
+                    delivered += 1;
+                }
+            }
+        }
+        assert_eq!(delivered, 16);
+        assert_eq!(dropped, 50_000 - 16);
+    }
+
+    #[test]
+    fn only_the_marker_has_a_dropped_count() {
+        let m = DeployEvent::dropped(7);
+        assert_eq!(m.dropped_count(), Some(7));
+        assert_eq!(m.level, EventLevel::Warn);
+        assert!(m.message.contains("fell behind"), "{}", m.message);
+        let mut other = m.clone();
+        other.stage = Stage::Fetch;
+        assert_eq!(other.dropped_count(), None);
+        let plain = DeployEvent {
+            message: "events dropped: soon".into(),
+            ..DeployEvent::dropped(1)
+        };
+        assert_eq!(plain.dropped_count(), None);
+    }
 }

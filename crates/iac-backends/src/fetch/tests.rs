@@ -185,16 +185,11 @@ pub(super) fn slug(s: &str) -> Slug {
     s.parse().unwrap()
 }
 
-fn events() -> (
-    Events,
-    tokio::sync::mpsc::UnboundedReceiver<iac_core::DeployEvent>,
-) {
+fn events() -> (Events, iac_core::EventReceiver) {
     Events::channel()
 }
 
-fn drain(
-    rx: &mut tokio::sync::mpsc::UnboundedReceiver<iac_core::DeployEvent>,
-) -> Vec<iac_core::DeployEvent> {
+fn drain(rx: &mut iac_core::EventReceiver) -> Vec<iac_core::DeployEvent> {
     let mut v = Vec::new();
     while let Ok(e) = rx.try_recv() {
         v.push(e);

@@ -1,17 +1,33 @@
 //! The deployment store and runner: starts deploys in their own tasks (a client disconnecting
 //! never cancels a deploy), enforces one deploy/destroy at a time per project (a second one gets
-//! 409 — it is not queued), keeps the last `max_deployments` deployments in memory (events capped
-//! per deployment) for `GET /deployments/{id}`, and hands each caller a channel of
-//! [`StreamItem`]s: every event, then the report (or an error) as the last item.
+//! 409 — it is not queued), keeps deployments in memory (events capped per deployment) for
+//! `GET /deployments/{id}`, and hands each caller a bounded channel of [`StreamItem`]s: every
+//! event, then the report (or an error) as the last item.
+//!
+//! Bounds, so no caller can make the server grow or hang:
+//! * a caller that does not read its stream loses events (the deploy is never slowed): the
+//!   stream holds at most [`STREAM_BUFFER`] items and shows a `DeployEvent::dropped` marker
+//!   where events were left out; the final report always arrives;
+//! * a deploy still running a grace period past `deploy_deadline` is stopped: its stream ends
+//!   with a `deadline_exceeded` error, its record is finished and its project is free again;
+//! * finished records are evicted beyond `max_deployments` and after `deployment_ttl`; when
+//!   `max_deployments` deploys are all still running, a new one gets 503.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use iac_core::lossy::{self, LossyReceiver, LossySender};
 use iac_core::{DeployEvent, DeployReport, Events, ProjectName, Stage};
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
+
+/// Items buffered for one deploy stream whose reader is slower than the deploy.
+pub const STREAM_BUFFER: usize = 1024;
+
+/// The receiving end of a deploy stream (bounded; see the module docs).
+pub type DeployStream = LossyReceiver<StreamItem>;
 
 use super::backend::{ControlPlaneBackend, DeployInput};
 use super::error::{ApiError, ErrorBody};
@@ -64,7 +80,7 @@ pub struct DeploymentRecord {
     pub started_at: String,
     pub finished_at: Option<String>,
     /// The most recent events (at most `max_events_per_deployment`).
-    pub events: Vec<DeployEvent>,
+    pub events: VecDeque<DeployEvent>,
     /// How many older events were dropped to respect that cap.
     pub events_dropped: u64,
     pub report: Option<DeployReport>,
@@ -86,16 +102,47 @@ struct Inner {
     records: HashMap<Uuid, DeploymentRecord>,
     /// Insertion order, oldest first.
     order: VecDeque<Uuid>,
+    /// When each finished record finished (for `deployment_ttl`).
+    finished: HashMap<Uuid, Instant>,
     /// Projects with a deploy or destroy in progress → what holds them.
     busy: HashMap<ProjectName, String>,
+}
+
+/// The store's bounds (from `[serve]`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Records kept (`max_deployments`).
+    pub max_records: usize,
+    /// Events kept per record (`max_events_per_deployment`).
+    pub max_events: usize,
+    /// How long a finished record is kept (`deployment_ttl`).
+    pub ttl: Duration,
+    /// The deploy deadline; the store stops a deploy [`Limits::grace`] after it.
+    pub deadline: Duration,
+}
+
+impl Limits {
+    pub fn from_config(cfg: &super::ServeConfig) -> Self {
+        Limits {
+            max_records: cfg.max_deployments,
+            max_events: cfg.max_events_per_deployment,
+            ttl: cfg.deployment_ttl,
+            deadline: cfg.deploy_deadline,
+        }
+    }
+
+    /// How long past the deadline the store waits for the backend's own deadline handling
+    /// (which reports per service): a tenth of the deadline, at most a minute.
+    pub fn grace(&self) -> Duration {
+        (self.deadline / 10).min(Duration::from_secs(60))
+    }
 }
 
 /// Shared store; cheap to clone.
 #[derive(Clone)]
 pub struct Deployments {
     inner: Arc<Mutex<Inner>>,
-    max_records: usize,
-    max_events: usize,
+    limits: Limits,
     tracker: TaskTracker,
 }
 
@@ -114,15 +161,19 @@ impl Drop for ProjectGuard {
 }
 
 impl Deployments {
-    pub fn new(max_records: usize, max_events: usize) -> Self {
+    pub fn new(limits: Limits) -> Self {
         Deployments {
             inner: Arc::new(Mutex::new(Inner {
                 records: HashMap::new(),
                 order: VecDeque::new(),
+                finished: HashMap::new(),
                 busy: HashMap::new(),
             })),
-            max_records: max_records.max(1),
-            max_events: max_events.max(1),
+            limits: Limits {
+                max_records: limits.max_records.max(1),
+                max_events: limits.max_events.max(1),
+                ..limits
+            },
             tracker: TaskTracker::new(),
         }
     }
@@ -147,12 +198,15 @@ impl Deployments {
     }
 
     pub fn get(&self, id: &Uuid) -> Option<DeploymentRecord> {
-        self.lock().records.get(id).cloned()
+        let mut g = self.lock();
+        self.evict(&mut g);
+        g.records.get(id).cloned()
     }
 
     /// Newest first.
     pub fn list(&self) -> Vec<DeploymentSummary> {
-        let g = self.lock();
+        let mut g = self.lock();
+        self.evict(&mut g);
         g.order
             .iter()
             .rev()
@@ -192,15 +246,30 @@ impl Deployments {
         self.tracker.spawn(fut)
     }
 
-    /// Starts a deploy (409 if the project is busy). Returns its id and the stream of items;
-    /// the deploy runs to completion whether or not the receiver is read or dropped.
+    /// Starts a deploy (409 if the project is busy, 503 if `max_deployments` deploys are all
+    /// running). Returns its id and the stream of items; the deploy runs to completion (or to
+    /// its deadline) whether or not the receiver is read or dropped.
     pub fn start(
         &self,
         backend: Arc<dyn ControlPlaneBackend>,
         input: DeployInput,
         origin: &str,
-    ) -> Result<(Uuid, mpsc::UnboundedReceiver<StreamItem>), ApiError> {
+    ) -> Result<(Uuid, DeployStream), ApiError> {
         let id = Uuid::new_v4();
+        {
+            let mut g = self.lock();
+            self.evict(&mut g);
+            if g.records.len() >= self.limits.max_records
+                && g.records
+                    .values()
+                    .all(|r| r.status == DeploymentStatus::Running)
+            {
+                return Err(ApiError::unavailable(format!(
+                    "{} deployments are running, the most this server keeps (max_deployments); retry when one has finished",
+                    g.records.len()
+                )));
+            }
+        }
         let guard = self.reserve(&input.project, &format!("deployment {id}"))?;
         let record = DeploymentRecord {
             id,
@@ -210,7 +279,7 @@ impl Deployments {
             services: input.services.iter().map(|s| s.name.to_string()).collect(),
             started_at: iac_core::event::now_rfc3339(),
             finished_at: None,
-            events: Vec::new(),
+            events: VecDeque::new(),
             events_dropped: 0,
             report: None,
             error: None,
@@ -221,8 +290,12 @@ impl Deployments {
             g.order.push_back(id);
             self.evict(&mut g);
         }
-        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        let (out_tx, out_rx) = lossy::channel(STREAM_BUFFER, |n| {
+            StreamItem::Event(DeployEvent::dropped(n))
+        });
         let store = self.clone();
+        let limit = self.limits.deadline + self.limits.grace();
+        let project = input.project.clone();
         self.tracker.spawn(async move {
             let _guard = guard;
             let (events, mut rx) = Events::channel();
@@ -239,7 +312,8 @@ impl Deployments {
                         .join(", ")
                 ),
             );
-            let run = backend.deploy(input, events);
+            // Dropping the backend's future at the limit drops everything it holds (locks too).
+            let run = tokio::time::timeout(limit, backend.deploy(input, events));
             tokio::pin!(run);
             let result = loop {
                 tokio::select! {
@@ -252,25 +326,38 @@ impl Deployments {
             while let Ok(ev) = rx.try_recv() {
                 store.push_event(&id, &out_tx, ev);
             }
+            let result = result.unwrap_or_else(|_| {
+                let e = ApiError::new(
+                    504,
+                    "deadline_exceeded",
+                    format!(
+                        "deployment {id} of project {project} was still running {} after it started, past its deadline (deploy_deadline = {}); it was stopped and the project released",
+                        humantime::format_duration(limit),
+                        humantime::format_duration(store.limits.deadline)
+                    ),
+                );
+                tracing::warn!(deployment = %id, "{}", e.message);
+                Err(e)
+            });
             let last = store.finish(&id, result);
-            let _ = out_tx.send(last);
+            out_tx.send_last(last);
         });
         Ok((id, out_rx))
     }
 
-    fn push_event(&self, id: &Uuid, out: &mpsc::UnboundedSender<StreamItem>, ev: DeployEvent) {
+    fn push_event(&self, id: &Uuid, out: &LossySender<StreamItem>, ev: DeployEvent) {
         {
             let mut g = self.lock();
             if let Some(r) = g.records.get_mut(id) {
-                if r.events.len() >= self.max_events {
-                    r.events.remove(0);
+                if r.events.len() >= self.limits.max_events {
+                    r.events.pop_front();
                     r.events_dropped += 1;
                 }
-                r.events.push(ev.clone());
+                r.events.push_back(ev.clone());
             }
         }
-        // A gone client is fine: the deploy continues and the record keeps the outcome.
-        let _ = out.send(StreamItem::Event(ev));
+        // A gone or slow client is fine: the deploy continues and the record keeps the outcome.
+        out.send(StreamItem::Event(ev));
     }
 
     fn finish(&self, id: &Uuid, result: Result<DeployReport, ApiError>) -> StreamItem {
@@ -296,14 +383,29 @@ impl Deployments {
                 }
                 StreamItem::Event(_) => unreachable!("finish builds a report or an error"),
             }
+            g.finished.insert(*id, Instant::now());
         }
         self.evict(&mut g);
         item
     }
 
-    /// Drops the oldest finished records beyond the cap (running ones are never dropped).
+    /// Drops finished records older than the ttl, then the oldest finished records beyond the
+    /// cap. Running records are never dropped here: the deadline finishes them first.
     fn evict(&self, g: &mut Inner) {
-        while g.records.len() > self.max_records {
+        let now = Instant::now();
+        let expired: Vec<Uuid> = g
+            .finished
+            .iter()
+            .filter(|(_, at)| now.duration_since(**at) >= self.limits.ttl)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            g.finished.remove(&id);
+            g.records.remove(&id);
+        }
+        let Inner { records, order, .. } = &mut *g;
+        order.retain(|id| records.contains_key(id));
+        while g.records.len() > self.limits.max_records {
             let Some(pos) = g.order.iter().position(|id| {
                 g.records
                     .get(id)
@@ -313,7 +415,109 @@ impl Deployments {
             };
             if let Some(id) = g.order.remove(pos) {
                 g.records.remove(&id);
+                g.finished.remove(&id);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::backend::{LogStream, ServiceStatus};
+    use async_trait::async_trait;
+    use iac_core::{LogQuery, ServiceName};
+
+    /// Emits `n` events as fast as it can, then reports.
+    struct Chatty(usize);
+
+    #[async_trait]
+    impl ControlPlaneBackend for Chatty {
+        fn default_project(&self) -> ProjectName {
+            ProjectName::new("p").unwrap()
+        }
+        async fn deploy(
+            &self,
+            input: DeployInput,
+            events: Events,
+        ) -> Result<DeployReport, ApiError> {
+            for i in 0..self.0 {
+                events.info(Stage::Build, format!("step {i}"));
+                if i % 64 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            Ok(DeployReport {
+                project: input.project,
+                ok: true,
+                services: vec![],
+                removed: vec![],
+                error: None,
+                millis: 0,
+            })
+        }
+        async fn destroy(&self, _: ProjectName, _: Events) -> Result<Vec<String>, ApiError> {
+            unreachable!()
+        }
+        async fn services(&self, _: ProjectName) -> Result<Vec<ServiceStatus>, ApiError> {
+            unreachable!()
+        }
+        async fn logs(
+            &self,
+            _: ProjectName,
+            _: ServiceName,
+            _: LogQuery,
+        ) -> Result<LogStream, ApiError> {
+            unreachable!()
+        }
+        async fn engine_ping(&self) -> Result<String, String> {
+            Ok(String::new())
+        }
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            max_records: 10,
+            max_events: 100,
+            ttl: Duration::from_secs(60),
+            deadline: Duration::from_secs(60),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unread_stream_holds_at_most_its_buffer_and_the_record_at_most_its_cap() {
+        const N: usize = 20_000;
+        let store = Deployments::new(limits());
+        let input = DeployInput {
+            project: ProjectName::new("p").unwrap(),
+            services: vec![],
+        };
+        let (id, mut rx) = store.start(Arc::new(Chatty(N)), input, "test").unwrap();
+        let t = Instant::now();
+        while store.get(&id).unwrap().status == DeploymentStatus::Running {
+            assert!(t.elapsed() < Duration::from_secs(20), "deploy stalled");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            rx.len() <= STREAM_BUFFER + 2,
+            "{} items held for a reader that never read",
+            rx.len()
+        );
+        let rec = store.get(&id).unwrap();
+        assert_eq!(rec.events.len(), 100);
+        assert_eq!(rec.events_dropped as usize, N + 1 - 100);
+        let (mut delivered, mut dropped, mut last) = (0u64, 0u64, None);
+        while let Some(item) = rx.recv().await {
+            match &item {
+                StreamItem::Event(e) => match e.dropped_count() {
+                    Some(n) => dropped += n,
+                    None => delivered += 1,
+                },
+                _ => last = Some(item),
+            }
+        }
+        assert_eq!(delivered as usize, STREAM_BUFFER);
+        assert_eq!((delivered + dropped) as usize, N + 1);
+        assert!(matches!(last, Some(StreamItem::Report(r)) if r.ok));
     }
 }

@@ -132,12 +132,11 @@ impl ControlPlane for GrpcControlPlane {
             match item {
                 StreamItem::Event(_) => {}
                 StreamItem::Error(e) => {
-                    return Err(super::error::ApiError::new(
-                        500,
-                        e.code,
-                        format!("deployment {id}: {}", e.message),
-                    )
-                    .to_grpc());
+                    let message = format!("deployment {id}: {}", e.message);
+                    if e.code == "deadline_exceeded" {
+                        return Err(Status::deadline_exceeded(message));
+                    }
+                    return Err(super::error::ApiError::new(500, e.code, message).to_grpc());
                 }
                 StreamItem::Report(r) => {
                     let services = r

@@ -72,6 +72,19 @@ pub struct ServeConfig {
     pub max_deployments: usize,
     /// Events kept per deployment (the newest).
     pub max_events_per_deployment: usize,
+    /// Finished deployments are forgotten this long after they finished (`max_deployments`
+    /// bounds their number as well).
+    #[serde(with = "duration_str")]
+    pub deployment_ttl: Duration,
+    /// Let API callers deploy `path:` and `git+file:` slugs, i.e. name directories on this host.
+    /// Off by default: only the operator (the CLI) may deploy local sources.
+    pub allow_local_sources: bool,
+    /// The deploy deadline (the top-level `deploy_deadline`, copied here by the binary; not a
+    /// `[serve]` key). A deploy still running a grace period past it (a tenth of it, at most a
+    /// minute — the deployer's own deadline normally fires first) is stopped: its stream ends
+    /// with a `deadline_exceeded` error, its record is finished and its project released.
+    #[serde(skip)]
+    pub deploy_deadline: Duration,
     /// How long `GET /health` waits for the engine.
     #[serde(with = "duration_str")]
     pub engine_ping_timeout: Duration,
@@ -91,6 +104,9 @@ impl Default for ServeConfig {
             max_services: 256,
             max_deployments: 100,
             max_events_per_deployment: 5000,
+            deployment_ttl: Duration::from_secs(3600),
+            allow_local_sources: false,
+            deploy_deadline: Duration::from_secs(30 * 60),
             engine_ping_timeout: Duration::from_secs(3),
             shutdown_timeout: Duration::from_secs(600),
         }
@@ -132,6 +148,9 @@ impl Server {
             None
         };
         let http_addr = tcp.as_ref().map(|l| l.local_addr()).transpose()?;
+        if let Some(warning) = http_addr.and_then(exposure_warning) {
+            tracing::warn!("{warning}");
+        }
         let (uds, uds_path) = if cfg.uds_enabled {
             let path = match &cfg.uds_path {
                 Some(p) => p.clone(),
@@ -142,8 +161,7 @@ impl Server {
             (None, None)
         };
         let shutdown = CancellationToken::new();
-        let deployments =
-            deployments::Deployments::new(cfg.max_deployments, cfg.max_events_per_deployment);
+        let deployments = deployments::Deployments::new(deployments::Limits::from_config(&cfg));
         let router = routes::router(
             backend,
             auth,
@@ -250,6 +268,17 @@ impl Server {
     }
 }
 
+/// The warning for a TCP listener that is reachable from other hosts: it has no TLS, so bearer
+/// tokens and request bodies cross the network in clear text. `None` for loopback addresses.
+pub fn exposure_warning(addr: SocketAddr) -> Option<String> {
+    if addr.ip().is_loopback() {
+        return None;
+    }
+    Some(format!(
+        "the admin API listens on {addr}, which is not a loopback address, and this listener has no TLS: bearer tokens and deploy requests cross the network in clear text. Put a TLS-terminating proxy in front of it and bind it to 127.0.0.1, or use the Unix socket"
+    ))
+}
+
 /// Binds both listeners and serves until `shutdown` completes; see the module docs.
 pub async fn serve(
     cfg: ServeConfig,
@@ -261,7 +290,7 @@ pub async fn serve(
 }
 
 /// `humantime` durations ("3s", "10m") in config.
-mod duration_str {
+pub(crate) mod duration_str {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};

@@ -23,9 +23,8 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use iac_core::{
-    AuthError, AuthVerifier, LogQuery, Principal, ProjectName, ServiceName, ServiceSpec,
+    AuthError, AuthVerifier, LogQuery, Principal, ProjectName, ServiceName, ServiceSpec, Slug,
 };
-use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -52,7 +51,8 @@ pub struct AppState {
     pub(crate) auth: Arc<dyn AuthVerifier>,
     pub(crate) deployments: Deployments,
     pub(crate) cfg: Arc<ServeConfig>,
-    pub(crate) openapi: Arc<utoipa::openapi::OpenApi>,
+    /// The served OpenAPI document ([`openapi`]).
+    pub(crate) openapi: Arc<serde_json::Value>,
     /// Cancelled at shutdown: ends `follow` log streams (deploy streams run to their end).
     pub(crate) shutdown: CancellationToken,
     pub(crate) server_uid: u32,
@@ -100,9 +100,28 @@ fn openapi_router() -> OpenApiRouter<AppState> {
         .routes(routes!(destroy))
 }
 
-/// The OpenAPI document of the routes [`router`] serves.
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    openapi_router().split_for_parts().1
+/// The OpenAPI document of the routes [`router`] serves, as served.
+pub fn openapi() -> serde_json::Value {
+    document(&openapi_router().split_for_parts().1)
+}
+
+/// utoipa's document with what utoipa cannot express filled in by hand: the `POST /deploy` body
+/// (a `oneOf` with patterns and `propertyNames`, see [`deploy_request_schema`]) and the UUID
+/// format of `{id}` (a non-UUID id is a 400, so the document must not call it valid).
+fn document(doc: &utoipa::openapi::OpenApi) -> serde_json::Value {
+    let mut v = serde_json::to_value(doc).expect("the OpenAPI document serializes");
+    v["components"]["schemas"]["DeployRequest"] = deploy_request_schema();
+    if let Some(params) = v["paths"]["/deployments/{id}"]["get"]["parameters"].as_array_mut() {
+        for p in params.iter_mut().filter(|p| p["name"] == "id") {
+            p["schema"] = serde_json::json!({"type": "string", "format": "uuid"});
+        }
+    }
+    if let Some(params) = v["paths"]["/services/{name}/logs"]["get"]["parameters"].as_array_mut() {
+        for p in params.iter_mut().filter(|p| p["name"] == "name") {
+            p["schema"] = serde_json::json!({"type": "string", "pattern": DNS_LABEL_PATTERN});
+        }
+    }
+    v
 }
 
 /// Builds the complete router: documented routes, gRPC `ControlPlane`, JSON fallbacks, auth,
@@ -121,7 +140,7 @@ pub(crate) fn router(
         auth,
         deployments,
         cfg: cfg.clone(),
-        openapi: Arc::new(doc),
+        openapi: Arc::new(document(&doc)),
         shutdown,
         server_uid: super::listen::current_uid(),
         started: Instant::now(),
@@ -255,8 +274,10 @@ fn bearer(headers: &HeaderMap) -> Result<String, AuthError> {
     Ok(token.to_string())
 }
 
+/// `project` as the document describes it ([`PROJECT_PATTERN`]): absent or empty → the
+/// server's default; otherwise exactly a DNS label (no trimming).
 fn project_or_default(st: &AppState, project: Option<&str>) -> Result<ProjectName, ApiError> {
-    match project.map(str::trim).filter(|p| !p.is_empty()) {
+    match project.filter(|p| !p.is_empty()) {
         None => Ok(st.backend.default_project()),
         Some(p) => {
             ProjectName::new(p).map_err(|e| ApiError::unprocessable(format!("project: {e}")))
@@ -298,12 +319,35 @@ async fn health(State(st): State<AppState>) -> Json<HealthResponse> {
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "system",
     responses((status = 200, description = "OpenAPI 3.1 document of this API", content_type = "application/json")))]
-async fn openapi_json(State(st): State<AppState>) -> Json<utoipa::openapi::OpenApi> {
+async fn openapi_json(State(st): State<AppState>) -> Json<serde_json::Value> {
     Json((*st.openapi).clone())
+}
+
+/// Two items naming the same service: 409 (the second would take the first one's name). JSON
+/// Schema cannot say "unique by `name`", so this is a conflict, not a validation error the
+/// document could have prevented.
+fn check_unique_names<'a>(names: impl Iterator<Item = &'a str>) -> Result<(), ApiError> {
+    let mut seen = std::collections::BTreeSet::new();
+    for n in names.filter(|n| ServiceName::new(n).is_ok()) {
+        if !seen.insert(n) {
+            return Err(ApiError::new(
+                409,
+                "duplicate_service_name",
+                format!("two services are named {n:?}; expected unique service names"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn validate_deploy(st: &AppState, req: DeployRequest) -> Result<DeployInput, ApiError> {
     let project = project_or_default(st, req.project.as_deref())?;
+    if let Some(slugs) = &req.slugs {
+        check_unique_names(slugs.iter().filter_map(|v| v.get("name")?.as_str()))?;
+    }
+    if let Some(services) = &req.services {
+        check_unique_names(services.iter().map(|s| s.name.as_str()))?;
+    }
     let services: Vec<ServiceSpec> = match (req.slugs, req.services) {
         (Some(_), Some(_)) | (None, None) => {
             return Err(ApiError::unprocessable(
@@ -315,6 +359,16 @@ pub(crate) fn validate_deploy(st: &AppState, req: DeployRequest) -> Result<Deplo
                 return Err(ApiError::unprocessable(
                     "`slugs` is empty: expected at least one slug",
                 ));
+            }
+            // `uniqueItems` in the document: the same item twice is a mistake, not two services.
+            for (j, item) in slugs.iter().enumerate() {
+                if let Some(i) = slugs[..j].iter().position(|earlier| earlier == item) {
+                    return Err(ApiError::unprocessable(format!(
+                        "slugs: item {} repeats item {} ({item}); expected distinct items",
+                        j + 1,
+                        i + 1
+                    )));
+                }
             }
             let text =
                 serde_json::to_string(&slugs).map_err(|e| ApiError::internal(e.to_string()))?;
@@ -336,6 +390,9 @@ pub(crate) fn validate_deploy(st: &AppState, req: DeployRequest) -> Result<Deplo
                 .services
         }
     };
+    if !st.cfg.allow_local_sources {
+        check_remote_sources(&services)?;
+    }
     if services.len() > st.cfg.max_services {
         return Err(ApiError::unprocessable(format!(
             "{} services in one deploy; the limit is {} (max_services)",
@@ -344,6 +401,26 @@ pub(crate) fn validate_deploy(st: &AppState, req: DeployRequest) -> Result<Deplo
         )));
     }
     Ok(DeployInput { project, services })
+}
+
+/// The API's slug policy: `path:` and `git+file:` name directories on this host, which an API
+/// caller must not be able to bake into an image, so they are refused (403) unless the
+/// operator set `[serve] allow_local_sources = true`. The CLI is not subject to it.
+pub(crate) fn check_remote_sources(services: &[ServiceSpec]) -> Result<(), ApiError> {
+    for s in services {
+        if matches!(s.slug, Slug::Path { .. } | Slug::GitFile { .. }) {
+            return Err(ApiError::new(
+                403,
+                "local_source_refused",
+                format!(
+                    "service {}: slug {:?} names a directory on the server's host; API callers may only deploy remote sources (gh:, gl:, bb:, git+https:) unless the operator sets `[serve] allow_local_sources = true`",
+                    s.name,
+                    s.slug.to_string()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Deploy services. Answers 202 at once and streams the deploy: NDJSON by default, SSE when
@@ -359,25 +436,26 @@ pub(crate) fn validate_deploy(st: &AppState, req: DeployRequest) -> Result<Deplo
             content((StreamItemSchema = "application/x-ndjson"), (StreamItemSchema = "text/event-stream"))),
         (status = 400, description = "Body is not JSON", body = ErrorResponse),
         (status = 401, description = "Missing or invalid credentials", body = ErrorResponse),
-        (status = 403, description = "Authenticated but not allowed", body = ErrorResponse),
-        (status = 409, description = "A deploy/destroy of this project is running", body = ErrorResponse),
+        (status = 403, description = "Authenticated but not allowed, or a `path:`/`git+file:` slug while `[serve] allow_local_sources` is off (`local_source_refused`)", body = ErrorResponse),
+        (status = 409, description = "A deploy/destroy of this project is running (`conflict`), or two services of the request have the same name (`duplicate_service_name`)", body = ErrorResponse),
         (status = 413, description = "Body larger than max_body_bytes", body = ErrorResponse),
         (status = 415, description = "Content-Type is not application/json", body = ErrorResponse),
         (status = 422, description = "Body does not validate", body = ErrorResponse),
-        (status = 503, description = "Auth provider unreachable", body = ErrorResponse),
+        (status = 503, description = "Auth provider unreachable, or `max_deployments` deploys are all running", body = ErrorResponse),
     ))]
 async fn deploy(
     State(st): State<AppState>,
     headers: HeaderMap,
-    Json(req): Json<DeployRequest>,
+    Json(req): Json<serde_json::Value>,
 ) -> Result<Response, ApiError> {
+    let req: DeployRequest = json_object(req, false)?.unwrap_or_default();
     let input = validate_deploy(&st, req)?;
     let (id, rx) = st.deployments.start(st.backend.clone(), input, "http")?;
     let sse = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/event-stream"));
-    let items = UnboundedReceiverStream::new(rx);
+    let items = rx.into_stream();
     let mut resp = if sse {
         let events = items.map(|item| SseEvent::default().event(item.kind()).json_data(&item));
         (
@@ -407,6 +485,35 @@ async fn deploy(
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(resp)
+}
+
+/// A request body as its documented object type. serde would also build a struct from a JSON
+/// array (`[null]` → every field absent); the document says "object", so only an object (or
+/// `null` where `null_ok`, meaning `None`) is taken. 422 otherwise, like axum's own rejection.
+fn json_object<T: serde::de::DeserializeOwned>(
+    v: serde_json::Value,
+    null_ok: bool,
+) -> Result<Option<T>, ApiError> {
+    match v {
+        serde_json::Value::Null if null_ok => Ok(None),
+        serde_json::Value::Object(_) => serde_json::from_value(v).map(Some).map_err(|e| {
+            ApiError::unprocessable(format!(
+                "Failed to deserialize the JSON body into the target type: {e}"
+            ))
+        }),
+        other => Err(ApiError::unprocessable(format!(
+            "expected a JSON object{} as the body, got {}",
+            if null_ok { " (or null)" } else { "" },
+            match other {
+                serde_json::Value::Null => "null",
+                serde_json::Value::Bool(_) => "a boolean",
+                serde_json::Value::Number(_) => "a number",
+                serde_json::Value::String(_) => "a string",
+                serde_json::Value::Array(_) => "an array",
+                serde_json::Value::Object(_) => "an object",
+            }
+        ))),
+    }
 }
 
 fn ndjson_line<T: serde::Serialize>(v: &T) -> Bytes {
@@ -443,7 +550,12 @@ async fn get_deployment(
 
 /// Running services of the project, each freshly health-checked through its Envoy.
 #[utoipa::path(get, path = "/services", tag = "services", security(("bearer" = [])), params(ProjectQuery),
-    responses((status = 200, body = Vec<ServiceStatusSchema>), (status = 401, body = ErrorResponse), (status = 503, body = ErrorResponse)))]
+    responses((status = 200, body = Vec<ServiceStatusSchema>),
+        (status = 400, description = "An unknown or malformed query parameter", body = ErrorResponse),
+        (status = 401, body = ErrorResponse),
+        (status = 422, description = "`project` is not a DNS label", body = ErrorResponse),
+        (status = 502, description = "The engine failed the request", body = ErrorResponse),
+        (status = 503, description = "The container engine is unreachable", body = ErrorResponse)))]
 async fn list_services(
     State(st): State<AppState>,
     Query(q): Query<ProjectQuery>,
@@ -458,7 +570,11 @@ async fn list_services(
     params(("name" = String, Path, description = "Service name"), LogsQuery),
     responses(
         (status = 200, description = "NDJSON log lines", content_type = "application/x-ndjson", body = LogLineSchema),
-        (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse), (status = 422, body = ErrorResponse)))]
+        (status = 400, description = "An unknown or malformed query parameter", body = ErrorResponse),
+        (status = 401, body = ErrorResponse), (status = 404, description = "The service is not running", body = ErrorResponse),
+        (status = 422, description = "A name or query parameter is invalid", body = ErrorResponse),
+        (status = 502, description = "The service's Envoy or agent failed the request", body = ErrorResponse),
+        (status = 503, description = "The container engine is unreachable", body = ErrorResponse)))]
 async fn service_logs(
     State(st): State<AppState>,
     Path(name): Path<String>,
@@ -499,12 +615,23 @@ async fn service_logs(
 
 /// Remove everything the project runs. 409 while a deploy of it runs.
 #[utoipa::path(post, path = "/destroy", tag = "deploy", security(("bearer" = [])), request_body(content = Option<DestroyRequest>),
-    responses((status = 200, body = DestroyResponse), (status = 401, body = ErrorResponse), (status = 409, body = ErrorResponse), (status = 422, body = ErrorResponse)))]
+    responses((status = 200, body = DestroyResponse),
+        (status = 400, description = "Body is not JSON", body = ErrorResponse),
+        (status = 401, body = ErrorResponse), (status = 409, body = ErrorResponse),
+        (status = 413, description = "Body larger than max_body_bytes", body = ErrorResponse),
+        (status = 415, description = "Content-Type is not application/json", body = ErrorResponse),
+        (status = 422, body = ErrorResponse),
+        (status = 502, description = "The engine failed the request", body = ErrorResponse),
+        (status = 503, description = "The container engine is unreachable", body = ErrorResponse)))]
 async fn destroy(
     State(st): State<AppState>,
-    body: Option<Json<DestroyRequest>>,
+    body: Option<Json<serde_json::Value>>,
 ) -> Result<Json<DestroyResponse>, ApiError> {
-    let req = body.map(|Json(b)| b).unwrap_or_default();
+    // No body, `null` and `{}` all mean "the default project".
+    let req: DestroyRequest = match body {
+        Some(Json(v)) => json_object(v, true)?.unwrap_or_default(),
+        None => DestroyRequest::default(),
+    };
     let project = project_or_default(&st, req.project.as_deref())?;
     let guard = st.deployments.reserve(&project, "a destroy")?;
     // Spawned (and tracked) so a client hanging up does not abort a half-done destroy.

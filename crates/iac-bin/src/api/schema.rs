@@ -9,13 +9,14 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-/// `POST /deploy` body: exactly one of `slugs` or `services`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+/// `POST /deploy` body: exactly one of `slugs` or `services`. Its OpenAPI schema is written by
+/// hand ([`deploy_request_schema`]): a `oneOf` of the two shapes, with the slug and name
+/// grammars as patterns, so that what the document calls valid is what the server accepts.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeployRequest {
     /// Repos-file items: slug strings (`gh:owner/repo#ref`, `git+https://…`, `path:DIR`) or
     /// `{slug, name?, entrypoint?, env?}` maps. Service names are derived and de-duplicated.
-    #[schema(value_type = Option<Vec<Object>>, example = json!(["gh:acme/hello#main"]))]
     pub slugs: Option<Vec<serde_json::Value>>,
     /// Services with explicit names (unique DNS labels).
     pub services: Option<Vec<ServiceSpecSchema>>,
@@ -23,11 +24,162 @@ pub struct DeployRequest {
     pub project: Option<String>,
 }
 
+/// A DNS label (service and project names).
+pub const DNS_LABEL_PATTERN: &str = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$";
+
+/// A `project` value: a DNS label, or empty for the server's default.
+pub const PROJECT_PATTERN: &str = "^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)?$";
+
+/// The remote slugs an API caller may name, as a pattern (a subset of the slug grammar that
+/// always parses and always yields a service name): `gh:`/`bb:` OWNER/REPO, `gl:` GROUP[/…]/REPO,
+/// `git+https://HOST/PATH`, each with an optional `#REF`. Local slugs (`path:`, `git+file:`) are
+/// documented in the description: they are refused unless `[serve] allow_local_sources`.
+pub const REMOTE_SLUG_PATTERN: &str = concat!(
+    "^(",
+    "(gh|bb):[A-Za-z0-9][A-Za-z0-9_.-]{0,38}/[A-Za-z0-9][A-Za-z0-9_-]{0,99}",
+    "|gl:[A-Za-z0-9][A-Za-z0-9_.-]{0,62}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,62}){0,4}/[A-Za-z0-9][A-Za-z0-9_-]{0,99}",
+    "|git\\+https://[a-z0-9]([a-z0-9.-]{0,62}[a-z0-9])?(:[0-9]{1,5})?(/[A-Za-z0-9][A-Za-z0-9_.-]{0,62}){0,4}/[A-Za-z0-9][A-Za-z0-9_-]{0,99}",
+    ")(#[A-Za-z0-9][A-Za-z0-9_-]{0,62})?$"
+);
+
+/// The OpenAPI schema of [`DeployRequest`].
+pub fn deploy_request_schema() -> serde_json::Value {
+    let slug = serde_json::json!({
+        "type": "string",
+        "pattern": REMOTE_SLUG_PATTERN,
+        "description": "A remote slug: `gh:OWNER/REPO[#REF]`, `gl:GROUP[/SUBGROUP…]/REPO[#REF]`, `bb:OWNER/REPO[#REF]`, `git+https://HOST/PATH[#REF]`. `path:DIR` and `git+file:///PATH[#REF]` name directories on the server's host and are refused (403 `local_source_refused`) unless the operator set `[serve] allow_local_sources = true`.",
+        "example": "gh:acme/hello#main"
+    });
+    // The two shapes are read by different code (a repos-file item vs `ServiceSpec`), which
+    // differ in what they take for `null` and for non-string env values; the schemas say so.
+    let env_key = serde_json::json!({"pattern": "^[A-Za-z_][A-Za-z0-9_]{0,62}$"});
+    let item_env = serde_json::json!({
+        "type": ["object", "null"],
+        "description": "Extra environment of the app (numbers and booleans are written as text).",
+        "propertyNames": env_key,
+        "additionalProperties": {"type": ["string", "number", "boolean"]}
+    });
+    let service_env = serde_json::json!({
+        "type": "object",
+        "description": "Extra environment of the app.",
+        "propertyNames": env_key,
+        "additionalProperties": {"type": "string"}
+    });
+    let entry_text = "`module:function` or a command line; overrides entry detection.";
+    let item_entrypoint = serde_json::json!({
+        "type": "string",
+        "pattern": "\\S",
+        "description": entry_text
+    });
+    let service_entrypoint = serde_json::json!({
+        "type": ["string", "null"],
+        "pattern": "\\S",
+        "description": entry_text
+    });
+    let name = serde_json::json!({
+        "type": "string",
+        "pattern": DNS_LABEL_PATTERN,
+        "description": "Service name (DNS label); explicit names must be unique in the request."
+    });
+    let project = serde_json::json!({
+        "type": ["string", "null"],
+        "pattern": PROJECT_PATTERN,
+        "description": "Project (DNS label); the server's default when absent, null or empty."
+    });
+    let item_map = serde_json::json!({
+        "type": "object",
+        "required": ["slug"],
+        "additionalProperties": false,
+        "properties": {
+            "slug": slug,
+            "name": name,
+            "entrypoint": item_entrypoint,
+            "env": item_env
+        }
+    });
+    let service = serde_json::json!({
+        "type": "object",
+        "required": ["name", "slug"],
+        "additionalProperties": false,
+        "properties": {
+            "name": name,
+            "slug": slug,
+            "entrypoint": service_entrypoint,
+            "env": service_env
+        }
+    });
+    serde_json::json!({
+        "description": "Exactly one of `slugs` (names derived from the repository names, de-duplicated) or `services` (explicit, unique names).",
+        "oneOf": [
+            {
+                "type": "object",
+                "title": "by slugs",
+                "required": ["slugs"],
+                "additionalProperties": false,
+                "properties": {
+                    "slugs": {
+                        "type": "array",
+                        "minItems": 1,
+                        "uniqueItems": true,
+                        "items": {"oneOf": [slug, item_map]},
+                        "description": "Repos-file items: slug strings or `{slug, name?, entrypoint?, env?}` maps."
+                    },
+                    "project": project
+                }
+            },
+            {
+                "type": "object",
+                "title": "by services",
+                "required": ["services"],
+                "additionalProperties": false,
+                "properties": {
+                    "services": {
+                        "type": "array",
+                        "minItems": 1,
+                        "uniqueItems": true,
+                        "description": "Services with explicit names; two services with the same name are refused with 409 `duplicate_service_name` (JSON Schema cannot express uniqueness by a property).",
+                        "items": service
+                    },
+                    "project": project
+                }
+            }
+        ],
+        "example": {"slugs": ["gh:acme/hello#main"], "project": "demo"}
+    })
+}
+
+/// A few slugs of every remote shape that match [`REMOTE_SLUG_PATTERN`] (tests and docs).
+pub fn remote_slug_examples() -> &'static [&'static str] {
+    &[
+        "gh:acme/hello",
+        "gh:a.b-c/R_e-po#v1",
+        "bb:o/r#main",
+        "gl:group/sub/repo#feature-1",
+        "git+https://git.example.com/team/repo",
+        "git+https://h:8443/r#abc123",
+    ]
+}
+
+impl utoipa::PartialSchema for DeployRequest {
+    /// A placeholder: utoipa's schema model has no `propertyNames` (nor keeps unknown keys), so
+    /// the served document puts [`deploy_request_schema`] in its place (`routes::document`).
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new().build().into()
+    }
+}
+
+impl utoipa::ToSchema for DeployRequest {
+    fn name() -> std::borrow::Cow<'static, str> {
+        std::borrow::Cow::Borrowed("DeployRequest")
+    }
+}
+
 /// `POST /destroy` body (optional).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DestroyRequest {
     /// Project (DNS label); the server's default when absent.
+    #[schema(pattern = "^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)?$")]
     pub project: Option<String>,
 }
 
@@ -45,6 +197,7 @@ pub struct DestroyResponse {
 #[into_params(parameter_in = Query)]
 pub struct ProjectQuery {
     /// Project (DNS label); the server's default when absent.
+    #[param(pattern = "^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)?$")]
     pub project: Option<String>,
 }
 
@@ -58,6 +211,7 @@ pub struct LogsQuery {
     /// Send the last N buffered lines first (0 or absent: all buffered lines).
     pub tail: Option<u32>,
     /// Project (DNS label); the server's default when absent.
+    #[param(pattern = "^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)?$")]
     pub project: Option<String>,
 }
 
