@@ -180,8 +180,8 @@ impl Fixture {
         )
         .unwrap();
         let config = DockerProvisionerConfig {
-            health_deadline_secs: 20,
-            stop_timeout_secs: 1,
+            health_deadline: Duration::from_secs(20),
+            stop_timeout: Duration::from_secs(1),
             parallelism: 2,
             ..Default::default()
         };

@@ -335,6 +335,7 @@ impl HostPip {
             .current_dir(cwd)
             .env("PIP_DISABLE_PIP_VERSION_CHECK", "1")
             .env("PIP_NO_INPUT", "1")
+            .envs(iac_core::trace_context::env())
             .stdin(Stdio::null())
             .output()
             .await

@@ -153,9 +153,10 @@ pub struct FetchConfig {
     pub max_bytes: u64,
     /// Cap on the number of entries (files, directories, links) of one source tree.
     pub max_files: u64,
-    /// HTTP connect timeout and read-idle timeout, in seconds. A download that keeps streaming is
+    /// HTTP connect timeout and read-idle timeout (`"30s"`). A download that keeps streaming is
     /// never cut off; one that stalls for this long is.
-    pub http_timeout_secs: u64,
+    #[serde(with = "iac_core::duration")]
+    pub http_timeout: Duration,
     /// Resolve a hosted slug's ref to a commit with a git ref listing (`ls-remote`) before
     /// downloading, so branches hit the cache when they have not moved. Off: a branch's tarball is
     /// downloaded every time.
@@ -176,7 +177,7 @@ impl Default for FetchConfig {
             bitbucket: ForgeConfig::default(),
             max_bytes: 512 * 1024 * 1024,
             max_files: 100_000,
-            http_timeout_secs: 30,
+            http_timeout: Duration::from_secs(30),
             resolve_refs: true,
             git_fallback: true,
             git_config: Vec::new(),
@@ -210,7 +211,7 @@ impl FetchConfig {
     }
 
     pub fn http_timeout(&self) -> Duration {
-        Duration::from_secs(self.http_timeout_secs.max(1))
+        self.http_timeout.max(Duration::from_millis(1))
     }
 }
 

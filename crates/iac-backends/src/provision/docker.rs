@@ -62,32 +62,43 @@ use iac_core::{
 
 use super::reconcile::{Observed, ServicePlan, reconcile};
 
-/// `[provision.docker]` in `iac.toml`.
+/// `[docker]` in `iac.toml`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct DockerProvisionerConfig {
     /// Engine address: `unix:///path`, a bare socket path, `tcp://host:port`, … `None`: the
     /// `DOCKER_HOST` environment variable, else the local socket `/var/run/docker.sock`.
     pub docker_host: Option<String>,
-    /// How long a replacement's new pair may take to become healthy before it is rolled back.
-    pub health_deadline_secs: u64,
-    /// Seconds between SIGTERM and SIGKILL when stopping containers being removed.
-    pub stop_timeout_secs: u32,
+    /// How long a replacement's new pair may take to become healthy before it is rolled back
+    /// (`"60s"`; iac sets it from the top-level `health_deadline`).
+    #[serde(with = "iac_core::duration")]
+    pub health_deadline: Duration,
+    /// Time between SIGTERM and SIGKILL when stopping containers being removed (whole seconds).
+    #[serde(with = "iac_core::duration")]
+    pub stop_timeout: Duration,
     /// Services reconciled at the same time.
     pub parallelism: usize,
     /// Timeout of a single engine request.
-    pub request_timeout_secs: u64,
+    #[serde(with = "iac_core::duration")]
+    pub request_timeout: Duration,
 }
 
 impl Default for DockerProvisionerConfig {
     fn default() -> Self {
         DockerProvisionerConfig {
             docker_host: None,
-            health_deadline_secs: 60,
-            stop_timeout_secs: 10,
+            health_deadline: Duration::from_secs(60),
+            stop_timeout: Duration::from_secs(10),
             parallelism: 4,
-            request_timeout_secs: 120,
+            request_timeout: Duration::from_secs(120),
         }
+    }
+}
+
+impl DockerProvisionerConfig {
+    /// `stop_timeout` in whole seconds, as the engine takes it.
+    pub fn stop_timeout_secs(&self) -> u32 {
+        u32::try_from(self.stop_timeout.as_secs()).unwrap_or(u32::MAX)
     }
 }
 
@@ -606,7 +617,7 @@ impl std::fmt::Debug for DockerProvisioner {
 impl DockerProvisioner {
     /// Connects to the engine named by `config.docker_host` and negotiates the API version.
     pub async fn connect(config: DockerProvisionerConfig) -> Result<Self, ProvisionError> {
-        let timeout = Duration::from_secs(config.request_timeout_secs.max(1));
+        let timeout = config.request_timeout.max(Duration::from_secs(1));
         let engine = BollardEngine::connect(config.docker_host.as_deref(), timeout).await?;
         Ok(Self::with_engine(Arc::new(engine), config))
     }
@@ -670,7 +681,7 @@ impl DockerProvisioner {
         for (id, name) in containers {
             let r = async {
                 self.engine
-                    .stop_container(id, self.config.stop_timeout_secs)
+                    .stop_container(id, self.config.stop_timeout_secs())
                     .await?;
                 self.engine.remove_container(id).await
             }
@@ -884,7 +895,7 @@ impl DockerProvisioner {
                 return;
             }
         };
-        let deadline = Duration::from_secs(self.config.health_deadline_secs);
+        let deadline = self.config.health_deadline;
         events.info(
             Stage::Provision,
             format!(
@@ -1088,7 +1099,7 @@ impl Provisioner for DockerProvisioner {
         for c in &containers {
             let r = async {
                 self.engine
-                    .stop_container(&c.id, self.config.stop_timeout_secs)
+                    .stop_container(&c.id, self.config.stop_timeout_secs())
                     .await?;
                 self.engine.remove_container(&c.id).await
             }
@@ -1271,9 +1282,9 @@ mod tests {
 
     fn config() -> DockerProvisionerConfig {
         DockerProvisionerConfig {
-            stop_timeout_secs: 3,
+            stop_timeout: Duration::from_secs(3),
             parallelism: 1,
-            health_deadline_secs: 7,
+            health_deadline: Duration::from_secs(7),
             ..Default::default()
         }
     }
@@ -2087,11 +2098,11 @@ mod tests {
 
     #[test]
     fn config_defaults_and_partial_toml() {
-        let c: DockerProvisionerConfig = toml::from_str("health_deadline_secs = 5").unwrap();
-        assert_eq!(c.health_deadline_secs, 5);
+        let c: DockerProvisionerConfig = toml::from_str("health_deadline = \"5s\"").unwrap();
+        assert_eq!(c.health_deadline, Duration::from_secs(5));
         assert_eq!(
-            c.stop_timeout_secs,
-            DockerProvisionerConfig::default().stop_timeout_secs
+            c.stop_timeout,
+            DockerProvisionerConfig::default().stop_timeout
         );
         assert_eq!(c.docker_host, None);
     }

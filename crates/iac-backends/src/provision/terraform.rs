@@ -66,7 +66,7 @@ pub const DIFF_PLAN_FILE: &str = "iac-diff.tfplan";
 /// The provider host used when the config names none.
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
 
-/// `[provision.terraform]` in `iac.toml`.
+/// `[terraform]` in `iac.toml`.
 #[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default)]
 pub struct TerraformConfig {
@@ -1049,6 +1049,7 @@ impl TerraformProvisioner {
             .env("TF_INPUT", "0")
             .env("CHECKPOINT_DISABLE", "1")
             .envs(&self.cfg.extra_env)
+            .envs(iac_core::trace_context::env())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
