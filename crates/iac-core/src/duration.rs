@@ -26,7 +26,7 @@ pub fn format(d: Duration) -> String {
         (1, "ns"),
     ];
     for (unit, name) in UNITS {
-        if nanos % unit == 0 {
+        if nanos.is_multiple_of(*unit) {
             return format!("{}{name}", nanos / unit);
         }
     }
