@@ -18,7 +18,7 @@ IAC=${IAC:-$(command -v iac || echo target/release/iac)}
 command -v docker-compose >/dev/null || { echo "docker-compose is required for the baseline" >&2; exit 2; }
 P="bench$RANDOM"
 WORK=$(mktemp -d)
-export IAC_STATE_DIR="$WORK/.iac" IAC_SECRETS_DIR="$WORK/secrets" RUST_LOG=warn
+export IAC_STATE_DIR="$WORK/.iac" IAC_PKI__SECRETS_DIR="$WORK/secrets" RUST_LOG=warn
 cleanup() {
   "$IAC" destroy --project "$P" >/dev/null 2>&1 || true
   imgs=$(docker images -aq --filter "label=iac.project=$P"); [ -z "$imgs" ] || docker rmi -f --no-prune $imgs >/dev/null 2>&1 || true

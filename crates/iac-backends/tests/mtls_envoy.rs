@@ -681,10 +681,10 @@ async fn mtls_through_envoy_to_the_real_agent() {
 /// Short timings for probes that are expected to fail.
 fn fast() -> ProbeConfig {
     ProbeConfig {
-        initial_backoff_ms: 50,
-        max_backoff_ms: 200,
-        connect_timeout_ms: 500,
-        rpc_timeout_ms: 500,
+        initial_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(200),
+        connect_timeout: Duration::from_millis(500),
+        rpc_timeout: Duration::from_millis(500),
     }
 }
 

@@ -151,10 +151,10 @@ fn stand_in(s: HealthStatus) -> StandIn {
 
 fn quick() -> ProbeConfig {
     ProbeConfig {
-        initial_backoff_ms: 50,
-        max_backoff_ms: 400,
-        connect_timeout_ms: 1000,
-        rpc_timeout_ms: 1000,
+        initial_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(400),
+        connect_timeout: Duration::from_millis(1000),
+        rpc_timeout: Duration::from_millis(1000),
     }
 }
 

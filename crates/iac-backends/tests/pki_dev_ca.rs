@@ -189,8 +189,8 @@ async fn reissue_when_expiring_within_the_window() {
     let tmp = tempfile::tempdir().unwrap();
     let short = DevCa::new(PkiConfig {
         secrets_dir: tmp.path().to_path_buf(),
-        leaf_days: 1,
-        renew_before_days: 0,
+        leaf_validity: std::time::Duration::from_secs(86_400),
+        renew_before: std::time::Duration::ZERO,
         ..PkiConfig::default()
     });
     let first = short.issue(&proj(), &svc("api")).await.unwrap();
@@ -208,8 +208,8 @@ async fn reissue_when_expiring_within_the_window() {
     // The same files seen with a 2-day renewal window: the 1-day leaf is renewed.
     let strict = DevCa::new(PkiConfig {
         secrets_dir: tmp.path().to_path_buf(),
-        leaf_days: 30,
-        renew_before_days: 2,
+        leaf_validity: std::time::Duration::from_secs(30 * 86_400),
+        renew_before: std::time::Duration::from_secs(2 * 86_400),
         ..PkiConfig::default()
     });
     let renewed = strict.issue(&proj(), &svc("api")).await.unwrap();

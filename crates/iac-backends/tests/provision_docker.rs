@@ -201,8 +201,8 @@ impl Fixture {
         )
         .unwrap();
         let config = DockerProvisionerConfig {
-            health_deadline_secs: 20,
-            stop_timeout_secs: 1,
+            health_deadline: Duration::from_secs(20),
+            stop_timeout: Duration::from_secs(1),
             parallelism: 2,
             // These tests are about reconciling (and assert the specs' own hashes); the limits
             // have their own tests below.

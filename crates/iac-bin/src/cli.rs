@@ -6,8 +6,20 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::ProvisionerKind;
 
+/// The Envoy release the sidecar template and the default sidecar images are made for.
+pub const ENVOY_VERSION: &str = "1.40.0";
+
+/// `iac --version`: iac's version, and the agent and Envoy versions it expects.
+pub const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    "\nagent: iac-agent ",
+    env!("CARGO_PKG_VERSION"),
+    " (copied into every app image: [images] agent_binary, else iac-agent next to iac, else on PATH)",
+    "\nenvoy: 1.40.0 (sidecar image [sidecar] image = envoyproxy/envoy:v1.40.0, offline iac/envoy:1.40.0)",
+);
+
 #[derive(Debug, Parser)]
-#[command(name = "iac", version, about = "Repo slugs in, mTLS-meshed containers out.", long_about = None)]
+#[command(name = "iac", version, long_version = LONG_VERSION, about = "Repo slugs in, mTLS-meshed containers out.", long_about = None)]
 pub struct Cli {
     /// Configuration file (default: ./iac.toml when it exists).
     #[arg(long, global = true, env = "IAC_CONFIG")]
@@ -98,8 +110,20 @@ pub enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
-    /// Make sure every image the config needs exists (builds offline equivalents if needed).
-    Bootstrap,
+    /// Make sure every image the config needs exists: present → kept, official image present or
+    /// pullable → used, else the offline equivalent is built (Debian rootfs + docker import; the
+    /// recipe is built into iac). Also the OpenTelemetry wheelhouse; reports the iac-agent in use.
+    Bootstrap {
+        /// Only report what is present and what would be built; change nothing.
+        #[arg(long)]
+        check: bool,
+        /// Never try `docker pull`.
+        #[arg(long)]
+        no_pull: bool,
+        /// Rebuild the offline images and the wheelhouse even when present.
+        #[arg(long, conflicts_with = "check")]
+        rebuild: bool,
+    },
     /// Run the admin API (HTTP on TCP and a Unix socket, plus gRPC ControlPlane).
     Serve {
         /// TCP listen address.

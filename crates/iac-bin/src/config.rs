@@ -2,8 +2,16 @@
 //! built-in defaults < `iac.toml` (or `--config FILE`) < environment (`.env` loaded by dotenvy
 //! first, then `IAC_*` with `__` for nesting, plus the well-known `SUPABASE_*` and
 //! `OTEL_EXPORTER_OTLP_ENDPOINT`) < CLI flags. `iac config show` prints the result, secrets redacted.
+//!
+//! The configuration is strict ([`strict`]): an unknown key or table, in the file or in an
+//! `IAC_*` variable that looks like a key, is an error with a "did you mean"; a placeholder value
+//! (`[redacted]`, `<your key>`) is an error naming the key. Every duration is a humantime string
+//! (`"3s"`, `"5m"`), see [`iac_core::duration`].
+
+pub mod strict;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use figment::Figment;
@@ -43,8 +51,8 @@ pub struct SidecarSection {
 impl Default for SidecarSection {
     fn default() -> Self {
         SidecarSection {
-            image: "envoyproxy/envoy:v1.40.0".into(),
-            offline_image: "iac/envoy:1.40.0".into(),
+            image: format!("envoyproxy/envoy:v{}", crate::cli::ENVOY_VERSION),
+            offline_image: format!("iac/envoy:{}", crate::cli::ENVOY_VERSION),
             template_dir: None,
         }
     }
@@ -64,9 +72,11 @@ pub struct IacConfig {
     pub parallelism: usize,
     pub provisioner: ProvisionerKind,
     /// How long the prober keeps trying one service (also the Docker provisioner's gate deadline).
-    pub health_deadline_secs: u64,
-    /// A new or replaced service must still be SERVING this many seconds after its first SERVING.
-    pub health_settle_secs: u64,
+    #[serde(with = "iac_core::duration")]
+    pub health_deadline: Duration,
+    /// A new or replaced service must still be SERVING this long after its first SERVING.
+    #[serde(with = "iac_core::duration")]
+    pub health_settle: Duration,
     /// OTLP endpoint for apps (and iac's own traces); unset → apps export to stdout.
     pub otel_endpoint: Option<String>,
     /// The longest one deploy may take, fetch to health (`"30m"`); past it the deploy fails and
@@ -92,8 +102,8 @@ impl Default for IacConfig {
             network: "iacnet".into(),
             parallelism: 4,
             provisioner: ProvisionerKind::Docker,
-            health_deadline_secs: 45,
-            health_settle_secs: 3,
+            health_deadline: Duration::from_secs(45),
+            health_settle: Duration::from_secs(3),
             otel_endpoint: None,
             deploy_deadline: std::time::Duration::from_secs(30 * 60),
             images: ImageConfig::default(),
@@ -130,12 +140,49 @@ impl IacConfig {
             Err(e) if e.not_found() => {}
             Err(e) => return Err(anyhow::anyhow!(".env: {e}")),
         }
-        let mut cfg: IacConfig = Self::figment(file, cli)?
+        let fig = Self::figment(file, cli)?;
+        Self::check(&fig)?;
+        let mut cfg: IacConfig = fig
             .extract()
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        let mut problems = Vec::new();
+        for var in [
+            "SUPABASE_URL",
+            "SUPABASE_SERVICE_ROLE_KEY",
+            "SUPABASE_JWT_SECRET",
+        ] {
+            if let Ok(v) = std::env::var(var)
+                && strict::is_placeholder(&v)
+            {
+                problems.push(format!(
+                    "{var} (environment) is the placeholder {v:?}, not a value: set the real value or leave it empty"
+                ));
+            }
+        }
+        anyhow::ensure!(
+            problems.is_empty(),
+            "invalid configuration:\n  {}",
+            problems.join("\n  ")
+        );
         cfg.supabase.apply_env(|k| std::env::var(k).ok());
         cfg.absolutize_paths()?;
+        if cfg.images.agent_binary.is_none() {
+            cfg.images.agent_binary = default_agent_binary();
+        }
         Ok(cfg)
+    }
+
+    /// The strictness checks of [`strict`] on a merged figment: unknown keys and placeholder
+    /// values, all reported together.
+    pub fn check(fig: &Figment) -> anyhow::Result<()> {
+        let mut problems = strict::unknown_keys(fig);
+        problems.extend(strict::placeholder_values(fig));
+        anyhow::ensure!(
+            problems.is_empty(),
+            "invalid configuration:\n  {}",
+            problems.join("\n  ")
+        );
+        Ok(())
     }
 
     pub fn figment(file: Option<&Path>, cli: &CliOverrides) -> anyhow::Result<Figment> {
@@ -149,7 +196,12 @@ impl IacConfig {
             None => {}
         }
         let fig = fig
-            .merge(Env::prefixed("IAC_").split("__"))
+            .merge({
+                let top = std::sync::Arc::new(strict::TopLevel::of_defaults());
+                Env::prefixed("IAC_")
+                    .filter(move |k| top.env_is_config(k.as_str()))
+                    .split("__")
+            })
             .merge(
                 Env::raw()
                     .only(&["OTEL_EXPORTER_OTLP_ENDPOINT"])
@@ -159,10 +211,14 @@ impl IacConfig {
         Ok(fig)
     }
 
-    /// The effective configuration as TOML with every secret replaced by `<redacted>`.
+    /// The effective configuration as TOML. Secrets are typed ([`iac_backends::auth::Secret`],
+    /// the fetch tokens, `[terraform.extra_env]`, credentials in `pip_args` URLs) and print
+    /// themselves redacted; every marker is shown as `[redacted]`. Paths such as `secrets_dir`
+    /// are not secrets and are shown. Pasting the output back is accepted unless it holds a
+    /// redacted secret, which is refused by name.
     pub fn to_redacted_toml(&self) -> anyhow::Result<String> {
         let mut v = serde_json::to_value(self).context("serialize config")?;
-        redact(&mut v);
+        unify_markers(&mut v);
         let v = strip_nulls(v);
         toml::to_string_pretty(&v).context("render config as TOML")
     }
@@ -195,28 +251,28 @@ impl IacConfig {
     }
 }
 
-const SECRET_KEYS: &[&str] = &[
-    "service_role_key",
-    "jwt_secret",
-    "token",
-    "password",
-    "secret",
-    "api_key",
-];
+/// The `iac-agent` copied into images when `[images] agent_binary` is unset: the one next to the
+/// running `iac`, else the first on `PATH` (an installed pair need not sit in one directory).
+pub fn default_agent_binary() -> Option<PathBuf> {
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join("iac-agent")));
+    if let Some(p) = beside.filter(|p| p.is_file()) {
+        return Some(p);
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join("iac-agent"))
+        .find(|p| p.is_file())
+}
 
-fn redact(v: &mut serde_json::Value) {
+/// One spelling of "redacted" in `iac config show`, whichever type printed it.
+fn unify_markers(v: &mut serde_json::Value) {
     match v {
-        serde_json::Value::Object(map) => {
-            for (k, val) in map.iter_mut() {
-                let lk = k.to_ascii_lowercase();
-                if SECRET_KEYS.iter().any(|s| lk.contains(s)) && !val.is_null() {
-                    *val = serde_json::Value::String("<redacted>".into());
-                } else {
-                    redact(val);
-                }
-            }
+        serde_json::Value::String(s) if s == "***redacted***" || s == "<redacted>" => {
+            *s = "[redacted]".into();
         }
-        serde_json::Value::Array(items) => items.iter_mut().for_each(redact),
+        serde_json::Value::Object(map) => map.values_mut().for_each(unify_markers),
+        serde_json::Value::Array(items) => items.iter_mut().for_each(unify_markers),
         _ => {}
     }
 }
@@ -266,7 +322,12 @@ mod tests {
             assert_eq!(c.supabase.url.as_deref(), Some("http://127.0.0.1:9"));
             let shown = c.to_redacted_toml().unwrap();
             assert!(!shown.contains("sekrit"), "{shown}");
-            assert!(shown.contains("<redacted>"));
+            assert!(
+                shown.contains("service_role_key = \"[redacted]\""),
+                "{shown}"
+            );
+            // A path is not a secret.
+            assert!(shown.contains("secrets_dir = \"secrets\""), "{shown}");
             assert!(!format!("{c:?}").contains("sekrit"));
             Ok(())
         });
@@ -298,6 +359,154 @@ mod tests {
                 .extract::<IacConfig>()
                 .unwrap_err();
             assert!(e.to_string().contains("parallelism"), "{e}");
+            Ok(())
+        });
+    }
+
+    fn load_errors(jail: &mut Jail, toml: &str) -> String {
+        jail.create_file("iac.toml", toml).unwrap();
+        let fig = IacConfig::figment(None, &CliOverrides::default()).unwrap();
+        IacConfig::check(&fig)
+            .map(|()| String::new())
+            .unwrap_or_else(|e| e.to_string())
+    }
+
+    #[test]
+    fn unknown_tables_and_keys_are_named_with_a_suggestion() {
+        Jail::expect_with(|jail| {
+            let e = load_errors(jail, "[provision.docker]\ndocker_host = \"unix:///x\"\n");
+            assert!(e.contains("unknown table [provision]"), "{e}");
+            assert!(e.contains("did you mean [docker]?"), "{e}");
+            let e = load_errors(jail, "paralelism = 2\n[sidecar]\nimgae = \"x\"\n");
+            assert!(
+                e.contains("`paralelism`") && e.contains("did you mean `parallelism`"),
+                "{e}"
+            );
+            assert!(e.contains("did you mean `image` in [sidecar]"), "{e}");
+            let e = load_errors(jail, "docker_host = \"unix:///x\"\n");
+            assert!(e.contains("`docker_host` in [docker]"), "{e}");
+            // Every renamed key points at its new name, with the value converted.
+            let e = load_errors(
+                jail,
+                "health_deadline_secs = 45\n[probe]\nrpc_timeout_ms = 250\n[pki]\nleaf_days = 30\n",
+            );
+            assert!(e.contains("use `health_deadline` = \"45s\""), "{e}");
+            assert!(
+                e.contains("use `rpc_timeout` in [probe] = \"250ms\""),
+                "{e}"
+            );
+            assert!(e.contains("use `leaf_validity` in [pki] = \"30d\""), "{e}");
+            // A struct added later is strict too: [serve] and nested [fetch.github].
+            let e = load_errors(jail, "[fetch.github]\nhots = \"h\"\n");
+            assert!(e.contains("did you mean `host` in [fetch.github]"), "{e}");
+            // Free-form maps accept any key.
+            let e = load_errors(
+                jail,
+                "[images.labels]\nanything = \"goes\"\n[terraform.extra_env]\nTF_LOG = \"info\"\n",
+            );
+            assert_eq!(e, "");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn durations_are_humantime_strings_everywhere() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "iac.toml",
+                "health_deadline = \"2m\"\nhealth_settle = \"500ms\"\n[docker]\nstop_timeout = \"3s\"\n[probe]\nrpc_timeout = \"1s\"\n[pki]\nleaf_validity = \"7d\"\n",
+            )?;
+            let c: IacConfig = IacConfig::figment(None, &CliOverrides::default())
+                .unwrap()
+                .extract()?;
+            assert_eq!(c.health_deadline, Duration::from_secs(120));
+            assert_eq!(c.health_settle, Duration::from_millis(500));
+            assert_eq!(c.docker.stop_timeout, Duration::from_secs(3));
+            assert_eq!(c.probe.rpc_timeout, Duration::from_secs(1));
+            assert_eq!(c.pki.leaf_validity, Duration::from_secs(7 * 86_400));
+            jail.create_file("iac.toml", "health_settle = 3\n")?;
+            let e = IacConfig::figment(None, &CliOverrides::default())
+                .unwrap()
+                .extract::<IacConfig>()
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("health_settle") && e.contains("\"3s\""), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn env_vars_that_look_like_keys_are_checked_and_others_left_alone() {
+        Jail::expect_with(|jail| {
+            jail.set_env("IAC_DOCKER__STOP_TIMEOUT", "4s");
+            jail.set_env("IAC_PYTHON_IMAGE", "recipe/python:1"); // the bootstrap recipe's
+            jail.set_env("IAC_REQUIRE_DOCKER", "1"); // a test switch
+            let fig = IacConfig::figment(None, &CliOverrides::default()).unwrap();
+            IacConfig::check(&fig).unwrap();
+            let c: IacConfig = fig.extract()?;
+            assert_eq!(c.docker.stop_timeout, Duration::from_secs(4));
+            for (var, want) in [
+                (
+                    "IAC_DOCKER__STOP_TIMEOUT_SECS",
+                    "IAC_DOCKER__STOP_TIMEOUT=4s",
+                ),
+                ("IAC_SECRETS_DIR", "IAC_PKI__SECRETS_DIR"),
+                ("IAC_DOCKER_DOCKER_HOST", "IAC_DOCKER__DOCKER_HOST"),
+                ("IAC_PARALELISM", "IAC_PARALLELISM"),
+                ("IAC_FETCH__NOPE", "IAC_FETCH__NOPE"),
+            ] {
+                jail.set_env(var, "4");
+                let fig = IacConfig::figment(None, &CliOverrides::default()).unwrap();
+                let e = IacConfig::check(&fig).unwrap_err().to_string();
+                assert!(e.contains(var) && e.contains(want), "{var}: {e}");
+                unsafe { std::env::remove_var(var) };
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn placeholders_are_never_values() {
+        for p in [
+            "[redacted]",
+            "<redacted>",
+            "***redacted***",
+            "https://***@pypi.example/simple",
+            "<your service-role key>",
+            "sb_secret_…",
+        ] {
+            assert!(strict::is_placeholder(p), "{p}");
+        }
+        for v in ["sb_secret_abc", "https://u:p@h/simple", "a<b>c", "<>"] {
+            assert!(!strict::is_placeholder(v), "{v}");
+        }
+        Jail::expect_with(|jail| {
+            let e = load_errors(jail, "[supabase]\nservice_role_key = \"<redacted>\"\n");
+            assert!(e.contains("`service_role_key` in [supabase]"), "{e}");
+            assert!(e.contains("placeholder"), "{e}");
+            jail.set_env("IAC_FETCH__GITHUB__TOKEN", "***redacted***");
+            let e = load_errors(jail, "");
+            assert!(e.contains("IAC_FETCH__GITHUB__TOKEN"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn config_show_output_reads_back_unchanged() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "iac.toml",
+                "parallelism = 3\n[pki]\nleaf_validity = \"30d\"\n",
+            )?;
+            let c: IacConfig = IacConfig::figment(None, &CliOverrides::default())
+                .unwrap()
+                .extract()?;
+            let shown = c.to_redacted_toml().unwrap();
+            jail.create_file("iac.toml", &shown)?;
+            let fig = IacConfig::figment(None, &CliOverrides::default()).unwrap();
+            IacConfig::check(&fig).map_err(|e| figment::Error::from(e.to_string()))?;
+            let back: IacConfig = fig.extract()?;
+            assert_eq!(back, c, "{shown}");
             Ok(())
         });
     }

@@ -10,8 +10,10 @@
 //! | [`output`] | progress display and reports |
 //! | [`api`] | the admin API (`iac serve`) |
 //! | [`telemetry`] | tracing + OTLP |
+//! | [`bootstrap`] | `iac bootstrap`: the embedded image recipe, `--check` |
 
 pub mod api;
+pub mod bootstrap;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -52,7 +54,6 @@ pub fn run() -> ExitCode {
         Command::Serve { .. } => "info",
         _ => "warn,iac_core::event=off",
     };
-    let _telemetry = telemetry::init(cfg.otel_endpoint.as_deref(), cli.json, default_filter);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -63,13 +64,22 @@ pub fn run() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match rt.block_on(dispatch(cli, cfg)) {
+    // Inside the runtime: the gRPC exporter's channel spawns onto it.
+    let telemetry = {
+        let _rt = rt.enter();
+        telemetry::init(cfg.otel_endpoint.as_deref(), cli.json, default_filter)
+    };
+    let code = match rt.block_on(dispatch(cli, cfg)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
-    }
+    };
+    // Flush the last spans while the runtime still drives the exporter's connections.
+    drop(telemetry);
+    drop(rt);
+    code
 }
 
 async fn dispatch(cli: Cli, cfg: IacConfig) -> anyhow::Result<ExitCode> {
@@ -103,7 +113,21 @@ async fn dispatch(cli: Cli, cfg: IacConfig) -> anyhow::Result<ExitCode> {
             print!("{}", cfg.to_redacted_toml()?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bootstrap => wiring::bootstrap(&cfg).await,
+        Command::Bootstrap {
+            check,
+            no_pull,
+            rebuild,
+        } => {
+            bootstrap::run(
+                &cfg,
+                bootstrap::Options {
+                    check,
+                    no_pull,
+                    rebuild,
+                },
+            )
+            .await
+        }
         Command::Serve { http, uds } => wiring::serve(cfg, http, uds).await,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "iac", &mut std::io::stdout());

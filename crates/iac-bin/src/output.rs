@@ -168,6 +168,7 @@ mod tests {
             stage: Stage::Build,
             level: EventLevel::Warn,
             message: "slow".into(),
+            traceparent: None,
         };
         assert_eq!(
             plain_line(&ev),

@@ -77,7 +77,7 @@ impl App {
         project: ProjectName,
         engine: EngineUse,
     ) -> anyhow::Result<App> {
-        cfg.docker.health_deadline_secs = cfg.health_deadline_secs;
+        cfg.docker.health_deadline = cfg.health_deadline;
         let (fetcher, resolver) = source_stages(&cfg)?;
         let pki = iac_backends::pki::from_config(&cfg.pki);
         let client = pki
@@ -144,8 +144,8 @@ impl App {
                 envoy_image,
                 parallelism: cfg.parallelism.max(1),
                 state_dir: cfg.project_dir(&project),
-                health_deadline: Duration::from_secs(cfg.health_deadline_secs.max(1)),
-                health_settle: Duration::from_secs(cfg.health_settle_secs),
+                health_deadline: cfg.health_deadline.max(Duration::from_secs(1)),
+                health_settle: cfg.health_settle,
                 otel_endpoint: cfg.otel_endpoint.clone(),
                 deadline: cfg.deploy_deadline,
             },
@@ -187,7 +187,7 @@ impl App {
 }
 
 async fn connect_engine(cfg: &IacConfig) -> anyhow::Result<BollardEngine> {
-    let timeout = Duration::from_secs(cfg.docker.request_timeout_secs.max(1));
+    let timeout = cfg.docker.request_timeout.max(Duration::from_secs(1));
     BollardEngine::connect(cfg.docker.docker_host.as_deref(), timeout)
         .await
         .context("cannot reach the Docker engine (is dockerd running, and may this user use its socket?)")
@@ -269,26 +269,6 @@ pub fn ca_command(cfg: &IacConfig, action: CaAction, json: bool) -> anyhow::Resu
         println!("{info}");
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// `iac bootstrap`: runs the repository's `scripts/bootstrap-images.sh` (the same as `make images`).
-pub async fn bootstrap(_cfg: &IacConfig) -> anyhow::Result<ExitCode> {
-    let script = PathBuf::from("scripts/bootstrap-images.sh");
-    anyhow::ensure!(
-        script.exists(),
-        "{} not found: run `iac bootstrap` from the iac checkout (or `make bootstrap` there)",
-        script.display()
-    );
-    let status = tokio::process::Command::new("bash")
-        .arg(&script)
-        .status()
-        .await
-        .with_context(|| format!("run {}", script.display()))?;
-    Ok(if status.success() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
 }
 
 /// `iac serve`.

@@ -710,6 +710,7 @@ async fn openapi_mirror_schemas_match_the_core_types() {
         stage: Stage::Fetch,
         level: EventLevel::Info,
         message: "m".into(),
+        traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
     };
     roundtrip::<_, DeployEventSchema>(&ev);
     roundtrip::<_, LogLineSchema>(&LogLine {

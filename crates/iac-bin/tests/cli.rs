@@ -1,7 +1,10 @@
 //! The `iac` binary's commands that need no container engine, run for real: `inspect --json`
 //! (the documented shape, and the exit code when nothing matches), `render` (entry, Envoy config
 //! and certificates per service, key 0600), `config show` (secrets redacted) and `serve`'s refusal
-//! of a TCP listener without an auth provider.
+//! of a TCP listener without an auth provider. Also: every command with
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` set (it used to panic), the strict configuration (unknown tables,
+//! placeholders, the starter files), `--version`, and `iac bootstrap --help/--check` from an empty
+//! directory with only `iac` and `iac-agent` on PATH.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -18,6 +21,9 @@ fn iac(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
         "SUPABASE_URL",
         "SUPABASE_SERVICE_ROLE_KEY",
         "SUPABASE_JWT_SECRET",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        "OTEL_TRACES_EXPORTER",
     ] {
         cmd.env_remove(var);
     }
@@ -310,4 +316,305 @@ fn render_kubernetes_writes_manifests_with_the_real_envoy_config_and_certs() {
     std::fs::write(k8s.join("stale.yaml"), "x").unwrap();
     assert!(run().status.success());
     assert!(!k8s.join("stale.yaml").exists());
+}
+
+/// A port nothing listens on (bound, then released).
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn docker_ok() -> bool {
+    Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn assert_no_panic(what: &str, out: &Output) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains("panicked") && !err.contains("no reactor") && out.status.code() != Some(101),
+        "{what} panicked: {err}"
+    );
+}
+
+#[test]
+fn every_command_works_with_an_otlp_endpoint_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let repos = dir.path().join("repos.yaml");
+    std::fs::write(
+        &repos,
+        format!(
+            "project: otelcheck\nservices:\n  - path:{}\n",
+            examples().join("hello").display()
+        ),
+    )
+    .unwrap();
+    let endpoint = format!("http://127.0.0.1:{}", closed_port());
+    for protocol in ["grpc", "http/protobuf"] {
+        let env = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+            ("IAC_IMAGES__AGENT_BINARY", "/bin/true"),
+            ("IAC_STATE_DIR", ".iac"),
+        ];
+        let show = iac(dir.path(), &["config", "show"], &env);
+        assert_no_panic("config show", &show);
+        assert!(
+            show.status.success(),
+            "{}",
+            String::from_utf8_lossy(&show.stderr)
+        );
+        assert!(String::from_utf8_lossy(&show.stdout).contains(&endpoint));
+
+        let greeter = examples().join("greeter");
+        let inspect = iac(dir.path(), &["inspect", greeter.to_str().unwrap()], &env);
+        assert_no_panic("inspect", &inspect);
+        assert!(
+            inspect.status.success(),
+            "{}",
+            String::from_utf8_lossy(&inspect.stderr)
+        );
+
+        let plan = iac(dir.path(), &["plan", "-f", repos.to_str().unwrap()], &env);
+        assert_no_panic("plan", &plan);
+        if docker_ok() {
+            assert!(
+                plan.status.success(),
+                "{protocol}: {}",
+                String::from_utf8_lossy(&plan.stderr)
+            );
+            assert!(String::from_utf8_lossy(&plan.stdout).contains("hello"));
+        } else {
+            assert!(
+                std::env::var_os("IAC_REQUIRE_DOCKER").is_none(),
+                "IAC_REQUIRE_DOCKER is set but Docker is unreachable"
+            );
+            eprintln!("plan: no Docker engine, only checked that it does not panic");
+        }
+    }
+}
+
+#[test]
+fn unknown_tables_placeholders_and_renamed_keys_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("iac.toml"),
+        "health_deadline_secs = 45\n[provision.docker]\ndocker_host = \"unix:///x\"\n[supabase]\nservice_role_key = \"<redacted>\"\n",
+    )
+    .unwrap();
+    let out = iac(
+        dir.path(),
+        &["config", "show"],
+        &[("IAC_DOCKER_HOST", "unix:///y")],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unknown table [provision]") && err.contains("did you mean [docker]?"),
+        "{err}"
+    );
+    assert!(err.contains("use `health_deadline` = \"45s\""), "{err}");
+    assert!(
+        err.contains("`service_role_key` in [supabase]") && err.contains("placeholder"),
+        "{err}"
+    );
+    assert!(
+        err.contains("IAC_DOCKER_HOST") && err.contains("IAC_DOCKER__DOCKER_HOST"),
+        "{err}"
+    );
+    std::fs::remove_file(dir.path().join("iac.toml")).unwrap();
+    // The redaction marker pasted into the environment is refused by name, too.
+    let out = iac(
+        dir.path(),
+        &["config", "show"],
+        &[("SUPABASE_SERVICE_ROLE_KEY", "[redacted]")],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SUPABASE_SERVICE_ROLE_KEY"));
+}
+
+#[test]
+fn the_starter_iac_toml_and_env_example_work_as_shipped_and_uncommented() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let toml = std::fs::read_to_string(root.join("templates/iac.toml")).unwrap();
+    let env = std::fs::read_to_string(root.join(".env.example")).unwrap();
+    // Every commented-out setting switched on, as a user editing the files would.
+    let uncomment = |text: &str, is_setting: &dyn Fn(&str) -> bool| -> String {
+        text.lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest) if is_setting(rest) => rest.to_string(),
+                _ => l.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let toml_on = uncomment(&toml, &|r| {
+        r.split_once(" = ").is_some_and(|(k, _)| !k.contains(' ')) || r.starts_with('[')
+    });
+    let env_on = uncomment(&env, &|r| {
+        r.split_once('=').is_some_and(|(k, _)| {
+            !k.is_empty()
+                && k.chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        })
+    });
+    for (toml, env) in [(&toml, &env), (&toml_on, &env_on)] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("iac.toml"), toml).unwrap();
+        std::fs::write(dir.path().join(".env"), env).unwrap();
+        let out = iac(dir.path(), &["config", "show"], &[]);
+        assert!(
+            out.status.success(),
+            "{}\n--- iac.toml\n{toml}\n--- .env\n{env}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let greeter = examples().join("greeter");
+        let out = iac(dir.path(), &["inspect", greeter.to_str().unwrap()], &[]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(
+        toml_on.contains("\nproject = \"shop\""),
+        "the uncommenting did something"
+    );
+}
+
+#[test]
+fn version_names_the_agent_and_envoy_it_expects() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = iac(dir.path(), &["--version"], &[]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with(&format!("iac {}", env!("CARGO_PKG_VERSION"))),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("agent: iac-agent {}", env!("CARGO_PKG_VERSION"))),
+        "{text}"
+    );
+    assert!(text.contains("envoy: 1.40.0"), "{text}");
+}
+
+/// An installation: a copy of `iac` and an `iac-agent` reporting `agent_version`, alone in a
+/// directory that becomes the front of PATH.
+fn install(agent_version: &str) -> tempfile::TempDir {
+    let bin = tempfile::tempdir().unwrap();
+    let iac_copy = bin.path().join("iac");
+    if std::fs::hard_link(env!("CARGO_BIN_EXE_iac"), &iac_copy).is_err() {
+        std::fs::copy(env!("CARGO_BIN_EXE_iac"), &iac_copy).unwrap();
+    }
+    let agent = bin.path().join("iac-agent");
+    std::fs::write(
+        &agent,
+        format!("#!/bin/sh\n[ \"$1\" = --version ] && echo 'iac-agent {agent_version}'\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).unwrap();
+    bin
+}
+
+fn installed(bin: &Path, cwd: &Path, args: &[&str], cache: &Path) -> Output {
+    Command::new(bin.join("iac"))
+        .args(args)
+        .current_dir(cwd)
+        .env_clear()
+        .env(
+            "PATH",
+            format!("{}:/usr/local/bin:/usr/bin:/bin", bin.display()),
+        )
+        .env("HOME", cwd)
+        .env("XDG_CACHE_HOME", cache)
+        .envs(
+            std::env::var("DOCKER_HOST")
+                .ok()
+                .map(|h| ("DOCKER_HOST", h)),
+        )
+        .output()
+        .expect("run the installed iac")
+}
+
+#[test]
+fn bootstrap_runs_from_an_empty_directory_with_only_the_installed_binaries() {
+    let bin = install(env!("CARGO_PKG_VERSION"));
+    let empty = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let help = installed(
+        bin.path(),
+        empty.path(),
+        &["bootstrap", "--help"],
+        cache.path(),
+    );
+    assert!(help.status.success());
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        text.contains("--check") && text.contains("--no-pull"),
+        "{text}"
+    );
+
+    // A wheelhouse as the recipe leaves it.
+    let wh = cache.path().join("iac/wheelhouse");
+    std::fs::create_dir_all(&wh).unwrap();
+    std::fs::write(wh.join(".iac-wheelhouse"), "stamp\n").unwrap();
+    std::fs::write(wh.join("opentelemetry_api-1.0-py3-none-any.whl"), "").unwrap();
+
+    let check = installed(
+        bin.path(),
+        empty.path(),
+        &["bootstrap", "--check"],
+        cache.path(),
+    );
+    let out = String::from_utf8_lossy(&check.stdout);
+    let err = String::from_utf8_lossy(&check.stderr);
+    assert_no_panic("bootstrap --check", &check);
+    let agent = bin.path().join("iac-agent");
+    assert!(
+        out.contains(&format!("{}", agent.display()))
+            && out.contains(&format!(
+                "iac-agent {} (expected)",
+                env!("CARGO_PKG_VERSION")
+            )),
+        "the agent on PATH is found and its version checked: {out}{err}"
+    );
+    assert_eq!(
+        std::fs::read_dir(empty.path()).unwrap().count(),
+        0,
+        "--check writes nothing"
+    );
+    if docker_ok() {
+        assert!(
+            out.contains("iac/python:3.11-bookworm") && out.contains("iac/envoy:1.40.0"),
+            "{out}"
+        );
+        assert!(out.contains(&format!("wheels   {}", wh.display())), "{out}");
+        // The shared engine has both images (scripts/bootstrap-images.sh made them).
+        assert_eq!(check.status.code(), Some(0), "{out}{err}");
+        assert!(out.contains("everything is present"), "{out}");
+    } else {
+        assert!(
+            std::env::var_os("IAC_REQUIRE_DOCKER").is_none(),
+            "IAC_REQUIRE_DOCKER is set but Docker is unreachable"
+        );
+        assert_eq!(check.status.code(), Some(1), "{out}{err}");
+    }
+
+    // An agent of another version is reported, and --check says there is work to do.
+    let stale = install("0.0.1");
+    let check = installed(
+        stale.path(),
+        empty.path(),
+        &["bootstrap", "--check"],
+        cache.path(),
+    );
+    let out = String::from_utf8_lossy(&check.stdout);
+    assert_eq!(check.status.code(), Some(1), "{out}");
+    assert!(out.contains("mismatch") && out.contains("0.0.1"), "{out}");
 }

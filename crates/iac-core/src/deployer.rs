@@ -7,8 +7,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use serde::Serialize;
+use tracing::Instrument;
 
 use crate::entry::Entry;
 use crate::error::Error;
@@ -24,6 +25,7 @@ use crate::repos::ServiceSpec;
 use crate::source::Source;
 use crate::stack::{Action, Change, RunningService, Stack};
 use crate::stages::*;
+use crate::trace_context::{self, Pipeline};
 
 /// The concrete stage implementations a [`Deployer`] runs.
 #[derive(Clone)]
@@ -132,6 +134,11 @@ impl Deployer {
     /// Bounded by [`DeployOptions::deadline`]: past it the work in flight is dropped (which
     /// releases the project lock) and the report says the deadline passed.
     pub async fn deploy(&self, specs: &[ServiceSpec], events: &Events) -> DeployReport {
+        let span = trace_context::pipeline_span(Pipeline::Deploy, &self.opts.project);
+        self.deploy_traced(specs, events).instrument(span).await
+    }
+
+    async fn deploy_traced(&self, specs: &[ServiceSpec], events: &Events) -> DeployReport {
         let started = Instant::now();
         let deadline = self.opts.deadline;
         match tokio::time::timeout(deadline, self.deploy_unbounded(specs, events, started)).await {
@@ -215,6 +222,7 @@ impl Deployer {
             .stages
             .provisioner
             .apply(&stack, self.stages.prober.clone(), events)
+            .instrument(trace_context::task_span(Stage::Provision, None, None, None))
             .await;
         let provision_ms = t.elapsed().as_millis() as u64;
         let applied = match applied {
@@ -248,6 +256,8 @@ impl Deployer {
             let deadline = self.opts.health_deadline;
             let settle = self.opts.health_settle;
             let svc_events = events.for_service(&p.spec.name);
+            let span = trace_context::task_span(Stage::Health, Some(&p.spec.name), None, p.report.commit.as_deref());
+            let span_end = span.clone();
             async move {
                 p.report.stages.push(StageTiming { stage: Stage::Provision, millis: provision_ms, ok: true });
                 let Some(a) = applied_svc else {
@@ -294,6 +304,8 @@ impl Deployer {
                 p.report.health = Some(h);
                 p.report
             }
+            .inspect(move |r| trace_context::finish_task(&span_end, Stage::Health, &if r.ok { Ok(()) } else { Err(()) }))
+            .instrument(span)
         });
         reports.extend(futures::future::join_all(probes).await);
         self.finish(reports, applied.removed, started, None)
@@ -301,12 +313,29 @@ impl Deployer {
 
     /// What a deploy would change, without building images or touching containers.
     pub async fn plan(&self, specs: &[ServiceSpec], events: &Events) -> Result<PlanOutcome, Error> {
+        let span = trace_context::pipeline_span(Pipeline::Plan, &self.opts.project);
+        self.plan_traced(specs, events).instrument(span).await
+    }
+
+    async fn plan_traced(
+        &self,
+        specs: &[ServiceSpec],
+        events: &Events,
+    ) -> Result<PlanOutcome, Error> {
         let DesiredStack {
             stack,
             failures: failed,
             ..
         } = self.desired_stack(specs, events).await;
-        let changes = self.stages.provisioner.diff(&stack).await?;
+        let changes = self.stages.provisioner.diff(&stack).await;
+        trace_context::finish_pipeline(
+            changes.is_ok() && failed.is_empty(),
+            failed
+                .first()
+                .and_then(|f| f.failed_stage)
+                .map(Stage::as_str),
+        );
+        let changes = changes?;
         Ok(PlanOutcome {
             stack,
             changes,
@@ -344,9 +373,25 @@ impl Deployer {
         specs: &[ServiceSpec],
         events: &Events,
     ) -> (Vec<RenderedService>, Vec<ServiceReport>) {
+        let span = trace_context::pipeline_span(Pipeline::Render, &self.opts.project);
+        self.render_traced(specs, events).instrument(span).await
+    }
+
+    async fn render_traced(
+        &self,
+        specs: &[ServiceSpec],
+        events: &Events,
+    ) -> (Vec<RenderedService>, Vec<ServiceReport>) {
         let (prepared, mut failed) = self.prepare_all(specs, Mode::PlanOnly, events).await;
         let (_input, rendered, render_failed) = self.mesh_and_plan_input(prepared, events);
         failed.extend(render_failed);
+        trace_context::finish_pipeline(
+            failed.is_empty(),
+            failed
+                .first()
+                .and_then(|f| f.failed_stage)
+                .map(Stage::as_str),
+        );
         let ok = rendered
             .into_iter()
             .map(|(p, envoy_yaml)| RenderedService {
@@ -362,12 +407,19 @@ impl Deployer {
 
     /// Removes everything the project runs.
     pub async fn destroy(&self, events: &Events) -> Result<Vec<String>, Error> {
-        let _lock = self.lock(events).await?;
-        Ok(self
-            .stages
-            .provisioner
-            .destroy(&self.opts.project, events)
-            .await?)
+        let span = trace_context::pipeline_span(Pipeline::Destroy, &self.opts.project);
+        async {
+            let _lock = self.lock(events).await?;
+            let r = self
+                .stages
+                .provisioner
+                .destroy(&self.opts.project, events)
+                .await;
+            trace_context::finish_pipeline(r.is_ok(), Some("destroy"));
+            Ok(r?)
+        }
+        .instrument(span)
+        .await
     }
 
     /// Re-checks every running service of the project.
@@ -437,8 +489,19 @@ impl Deployer {
         macro_rules! stage {
             ($stage:expr, $fut:expr) => {{
                 let t = Instant::now();
-                ev.info($stage, format!("{} …", $stage.as_str()));
-                let r = $fut;
+                let span = trace_context::task_span(
+                    $stage,
+                    Some(&spec.name),
+                    Some(&spec.slug),
+                    report.commit.as_deref(),
+                );
+                let r = async {
+                    ev.info($stage, format!("{} …", $stage.as_str()));
+                    $fut
+                }
+                .instrument(span.clone())
+                .await;
+                trace_context::finish_task(&span, $stage, &r);
                 let ok = r.is_ok();
                 report.stages.push(StageTiming {
                     stage: $stage,
@@ -528,7 +591,15 @@ impl Deployer {
         let mut services = Vec::new();
         for mut p in prepared {
             let t = Instant::now();
-            match self.stages.sidecar.render(&mesh, &p.spec.name) {
+            let span = trace_context::task_span(
+                Stage::Render,
+                Some(&p.spec.name),
+                Some(&p.spec.slug),
+                p.report.commit.as_deref(),
+            );
+            let result = span.in_scope(|| self.stages.sidecar.render(&mesh, &p.spec.name));
+            trace_context::finish_task(&span, Stage::Render, &result);
+            match result {
                 Ok(config) => {
                     p.report.stages.push(StageTiming {
                         stage: Stage::Render,
@@ -632,6 +703,8 @@ impl Deployer {
     ) -> DeployReport {
         services.sort_by(|a, b| a.service.cmp(&b.service));
         let ok = error.is_none() && services.iter().all(|s| s.ok);
+        let failed_stage = services.iter().find_map(|s| s.failed_stage);
+        trace_context::finish_pipeline(ok, failed_stage.map(Stage::as_str));
         DeployReport {
             project: self.opts.project.clone(),
             ok,

@@ -85,9 +85,9 @@ pub enum FetchError {
         tarball: Box<FetchError>,
         git: Box<FetchError>,
     },
-    /// The whole fetch took longer than its configured total deadline (`[fetch] deadline_secs`).
+    /// The whole fetch took longer than its configured total deadline (`[fetch] deadline`).
     #[error(
-        "fetching {slug} exceeded its deadline of {secs} s ([fetch] deadline_secs); the transfer was stopped"
+        "fetching {slug} exceeded its deadline of {secs} s ([fetch] deadline); the transfer was stopped"
     )]
     Deadline { slug: String, secs: u64 },
 }

@@ -69,6 +69,10 @@ pub struct DeployEvent {
     pub stage: Stage,
     pub level: EventLevel,
     pub message: String,
+    /// W3C `traceparent` of the span the event was emitted in (the deploy's trace), when iac
+    /// exports traces; lets a consumer of the admin API's stream join the trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl DeployEvent {
@@ -168,6 +172,7 @@ impl Events {
                 stage,
                 level,
                 message,
+                traceparent: crate::trace_context::traceparent(),
             });
         }
     }

@@ -6,6 +6,7 @@
 //! Docker, HTTP or child-process code in this crate: that lives behind the traits in `iac-backends`.
 
 pub mod deployer;
+pub mod duration;
 pub mod entry;
 pub mod error;
 pub mod event;
@@ -22,6 +23,7 @@ pub mod slug;
 pub mod source;
 pub mod stack;
 pub mod stages;
+pub mod trace_context;
 
 pub use deployer::{DeployOptions, Deployer, DesiredStack, PlanOutcome, RenderedService, Stages};
 pub use entry::{BuildStep, Candidate, DEFAULT_APP_PORT, Entry, Language, PythonVersion};

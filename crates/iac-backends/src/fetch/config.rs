@@ -153,13 +153,15 @@ pub struct FetchConfig {
     pub max_bytes: u64,
     /// Cap on the number of entries (files, directories, links) of one source tree.
     pub max_files: u64,
-    /// HTTP connect timeout and read-idle timeout, in seconds. A download that stalls for this
-    /// long is cut off; one that keeps trickling is bounded by `deadline_secs`.
-    pub http_timeout_secs: u64,
+    /// HTTP connect timeout and read-idle timeout (`"30s"`). A download that keeps streaming is
+    /// never cut off; one that stalls for this long is.
+    #[serde(with = "iac_core::duration")]
+    pub http_timeout: Duration,
     /// Total deadline of one fetch (ref listing, archive download and extraction, git clone),
-    /// in seconds. Past it the fetch fails naming the slug and the deadline, and the git
+    /// e.g. `"5m"`. Past it the fetch fails naming the slug and the deadline, and the git
     /// transfer is interrupted.
-    pub deadline_secs: u64,
+    #[serde(with = "iac_core::duration")]
+    pub deadline: Duration,
     /// Cap on the disk space a git transfer may use (packs, index, refs), in bytes. Checked
     /// while the pack streams in and once more when it is complete.
     pub max_pack_bytes: u64,
@@ -188,8 +190,8 @@ impl Default for FetchConfig {
             bitbucket: ForgeConfig::default(),
             max_bytes: 512 * 1024 * 1024,
             max_files: 100_000,
-            http_timeout_secs: 30,
-            deadline_secs: 300,
+            http_timeout: Duration::from_secs(30),
+            deadline: Duration::from_secs(300),
             max_pack_bytes: 1024 * 1024 * 1024,
             resolve_refs: true,
             git_fallback: true,
@@ -225,12 +227,12 @@ impl FetchConfig {
     }
 
     pub fn http_timeout(&self) -> Duration {
-        Duration::from_secs(self.http_timeout_secs.max(1))
+        self.http_timeout.max(Duration::from_millis(1))
     }
 
     /// The total deadline of one fetch (at least one second).
     pub fn deadline(&self) -> Duration {
-        Duration::from_secs(self.deadline_secs.max(1))
+        self.deadline.max(Duration::from_secs(1))
     }
 }
 

@@ -18,7 +18,7 @@
 //! (see [`digest`]) and `commit` when known. Cache rules (branches vs tags vs shas) are in
 //! [`cache`].
 //!
-//! Every fetch has a total deadline (`[fetch] deadline_secs`): past it [`DefaultFetcher`]
+//! Every fetch has a total deadline (`[fetch] deadline`): past it [`DefaultFetcher`]
 //! returns [`FetchError::Deadline`] naming the slug, sets the interrupt flag that stops a running
 //! git transfer, and abandons the download (whose extraction task then removes its staging dir).
 

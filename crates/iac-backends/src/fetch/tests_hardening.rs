@@ -158,7 +158,7 @@ async fn a_trickled_archive_hits_the_total_deadline() {
     let cache = fx.dir.path().join("cache");
     let mut cfg = FetchConfig {
         cache_dir: cache.clone(),
-        deadline_secs: 3,
+        deadline: std::time::Duration::from_secs(3),
         ..FetchConfig::default()
     };
     cfg.github.archive_url = Some(format!("http://{addr}/{{owner}}/{{repo}}/tar.gz/{{ref}}"));
@@ -167,7 +167,7 @@ async fn a_trickled_archive_hits_the_total_deadline() {
         fx.dir.path().display()
     ));
     // The idle timeout (30 s) never fires: a byte arrives every second.
-    assert!(cfg.http_timeout_secs > 2);
+    assert!(cfg.http_timeout > std::time::Duration::from_secs(2));
     let f = DefaultFetcher::new(cfg).unwrap();
     let started = Instant::now();
     let e = f
@@ -198,7 +198,7 @@ async fn a_trickling_git_server_hits_the_total_deadline() {
     let addr = trickle_server(advert, "application/x-git-upload-pack-advertisement").await;
     let mut cfg = FetchConfig {
         cache_dir: d.path().join("cache"),
-        deadline_secs: 2,
+        deadline: std::time::Duration::from_secs(2),
         ..FetchConfig::default()
     };
     cfg.github.archive_url = Some(format!("http://{addr}/{{owner}}/{{repo}}/tar.gz/{{ref}}"));

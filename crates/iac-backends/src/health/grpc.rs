@@ -28,23 +28,27 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ProbeConfig {
-    /// First pause between attempts.
-    pub initial_backoff_ms: u64,
+    /// First pause between attempts (`"100ms"`).
+    #[serde(with = "iac_core::duration")]
+    pub initial_backoff: Duration,
     /// Longest pause between attempts (the pause doubles up to this).
-    pub max_backoff_ms: u64,
+    #[serde(with = "iac_core::duration")]
+    pub max_backoff: Duration,
     /// TCP connect + TLS handshake limit per attempt.
-    pub connect_timeout_ms: u64,
+    #[serde(with = "iac_core::duration")]
+    pub connect_timeout: Duration,
     /// Whole-RPC limit per attempt (HealthCheck).
-    pub rpc_timeout_ms: u64,
+    #[serde(with = "iac_core::duration")]
+    pub rpc_timeout: Duration,
 }
 
 impl Default for ProbeConfig {
     fn default() -> Self {
         ProbeConfig {
-            initial_backoff_ms: 100,
-            max_backoff_ms: 2000,
-            connect_timeout_ms: 2000,
-            rpc_timeout_ms: 3000,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(2),
+            rpc_timeout: Duration::from_secs(3),
         }
     }
 }
@@ -153,8 +157,8 @@ impl GrpcProber {
         target: &ProbeTarget,
         budget: Duration,
     ) -> Result<iac_proto::HealthStatus, ProbeError> {
-        let connect_timeout = budget.min(Duration::from_millis(self.config.connect_timeout_ms));
-        let rpc_timeout = budget.min(Duration::from_millis(self.config.rpc_timeout_ms));
+        let connect_timeout = budget.min(self.config.connect_timeout);
+        let rpc_timeout = budget.min(self.config.rpc_timeout);
         let mut client = self.connect(target, connect_timeout).await?;
         let mut req = tonic::Request::new(());
         req.set_timeout(rpc_timeout);
@@ -174,13 +178,8 @@ impl HealthProber for GrpcProber {
     async fn check(&self, target: &ProbeTarget) -> HealthReport {
         let start = Instant::now();
         let deadline = start + target.deadline;
-        let mut backoff = Duration::from_millis(self.config.initial_backoff_ms.max(1));
-        let max_backoff = Duration::from_millis(
-            self.config
-                .max_backoff_ms
-                .max(self.config.initial_backoff_ms)
-                .max(1),
-        );
+        let mut backoff = self.config.initial_backoff.max(Duration::from_millis(1));
+        let max_backoff = self.config.max_backoff.max(backoff);
         let mut attempts = 0u32;
         let report = |state, exit_code, detail: String, attempts| HealthReport {
             service: target.service.clone(),
@@ -245,7 +244,7 @@ impl LogStreamer for GrpcProber {
         target: &ProbeTarget,
         query: LogQuery,
     ) -> Result<BoxStream<'static, Result<LogLine, ProbeError>>, ProbeError> {
-        let connect_timeout = Duration::from_millis(self.config.connect_timeout_ms);
+        let connect_timeout = self.config.connect_timeout;
         let mut client = self.connect(target, connect_timeout).await?;
         let req = LogRequest {
             service: target.service.to_string(),

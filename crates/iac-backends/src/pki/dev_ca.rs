@@ -6,7 +6,7 @@
 //! several `iac` processes never race on the CA), writes with [`write_atomic`] (keys 0600,
 //! directories 0700) and verifies what it reads: the CA key must match the CA certificate, and a
 //! leaf is only reused when it parses, matches its key and names, is signed by the current CA
-//! and does not expire within `renew_before_days`.
+//! and does not expire within `renew_before`.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -368,12 +368,12 @@ impl DevCa {
             return LeafState::Reissue("extended key usage lacks clientAuth/serverAuth".into());
         }
         let now = now_unix();
-        let window = i64::from(self.config.renew_before_days) * 86_400;
+        let window = i64::try_from(self.config.renew_before.as_secs()).unwrap_or(i64::MAX);
         if leaf.remaining(now) <= window {
             return LeafState::Reissue(format!(
-                "expires {} (renewal window {} days)",
+                "expires {} (renewal window {})",
                 rfc3339(leaf.not_after),
-                self.config.renew_before_days
+                iac_core::duration::format(self.config.renew_before)
             ));
         }
         if leaf.not_before > now + 300 {
@@ -425,7 +425,7 @@ impl DevCa {
         params.use_authority_key_identifier_extension = true;
         let now = OffsetDateTime::now_utc();
         params.not_before = now - Duration::hours(1);
-        params.not_after = now + Duration::days(i64::from(self.config.leaf_days.max(1)));
+        params.not_after = now + validity(self.config.leaf_validity);
         let ca_not_after =
             OffsetDateTime::from_unix_timestamp(ca.issuer_cert.not_after).map_err(gen_err)?;
         if params.not_after > ca_not_after {
@@ -498,7 +498,7 @@ impl DevCa {
             KeyUsagePurpose::DigitalSignature,
         ];
         params.not_before = now - Duration::hours(1);
-        params.not_after = now + Duration::days(i64::from(self.config.ca_days.max(1)));
+        params.not_after = now + validity(self.config.ca_validity);
         let cert = params.self_signed(&key).map_err(gen_err)?;
         write_atomic(&key_path, key.serialize_pem().as_bytes(), Some(KEY_MODE))
             .map_err(io(&key_path))?;
@@ -646,4 +646,10 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
 
 fn gen_err(e: impl std::fmt::Display) -> PkiError {
     PkiError::Generate(e.to_string())
+}
+
+/// A configured validity as a certificate lifetime: at least one second, at most ~100 years.
+fn validity(d: std::time::Duration) -> Duration {
+    let secs = d.as_secs().clamp(1, 100 * 366 * 86_400);
+    Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX))
 }

@@ -8,7 +8,7 @@
 //!   `spiffe://iac/<project>/<svc>`, EKU serverAuth + clientAuth) and one control-plane client
 //!   certificate `<secrets>/iac-control-plane.{pem,key}` (CN/DNS SAN `iac-control-plane`, URI SAN
 //!   `spiffe://iac/control-plane`, EKU clientAuth). Every file is written atomically; leaves are
-//!   reissued when missing, unparseable, expiring within `renew_before_days`, not matching their
+//!   reissued when missing, unparseable, expiring within `renew_before`, not matching their
 //!   key or names, or not signed by the current CA. `iac ca init|show|rotate` call
 //!   [`dev_ca::DevCa::init`], [`dev_ca::DevCa::show`] and [`dev_ca::DevCa::rotate`].
 //!
@@ -86,12 +86,15 @@ pub struct PkiConfig {
     pub ca_cert: Option<PathBuf>,
     /// The key of `ca_cert` (default `<secrets>/ca.key`).
     pub ca_key: Option<PathBuf>,
-    /// Validity of a newly created dev CA.
-    pub ca_days: u32,
-    /// Validity of a newly issued leaf.
-    pub leaf_days: u32,
-    /// A leaf expiring within this many days is reissued.
-    pub renew_before_days: u32,
+    /// Validity of a newly created dev CA (`"3650d"`).
+    #[serde(with = "iac_core::duration")]
+    pub ca_validity: std::time::Duration,
+    /// Validity of a newly issued leaf (`"90d"`).
+    #[serde(with = "iac_core::duration")]
+    pub leaf_validity: std::time::Duration,
+    /// A leaf expiring within this long is reissued (`"30d"`).
+    #[serde(with = "iac_core::duration")]
+    pub renew_before: std::time::Duration,
     /// Common name prefix of a created dev CA (a UTC timestamp is appended).
     pub ca_common_name: String,
     /// Use certificates issued elsewhere, per service, instead of issuing any.
@@ -104,9 +107,9 @@ impl Default for PkiConfig {
             secrets_dir: PathBuf::from("secrets"),
             ca_cert: None,
             ca_key: None,
-            ca_days: 3650,
-            leaf_days: 90,
-            renew_before_days: 30,
+            ca_validity: std::time::Duration::from_secs(3650 * 86_400),
+            leaf_validity: std::time::Duration::from_secs(90 * 86_400),
+            renew_before: std::time::Duration::from_secs(30 * 86_400),
             ca_common_name: "iac dev CA".into(),
             external: None,
         }

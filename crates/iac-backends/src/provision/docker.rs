@@ -9,7 +9,7 @@
 //!   open limits filled from [`DockerProvisionerConfig::limits`] ([`super::with_limits`]).
 //! * When a service's pair installs a pod packet filter ([`iac_core::PodFilter`]), the pair only
 //!   counts as started once the filter is seen in the pod (`nft list table` run in the sidecar,
-//!   within [`DockerProvisionerConfig::pod_filter_deadline_secs`]); a sidecar that cannot install
+//!   within [`DockerProvisionerConfig::pod_filter_deadline`]); a sidecar that cannot install
 //!   it fails the pair, which is then removed — an unfiltered app is never left running.
 //!
 //! * The decisions are pure ([`super::reconcile`]); this file only acts on them through the small
@@ -82,17 +82,22 @@ pub struct DockerProvisionerConfig {
     /// Engine address: `unix:///path`, a bare socket path, `tcp://host:port`, … `None`: the
     /// `DOCKER_HOST` environment variable, else the local socket `/var/run/docker.sock`.
     pub docker_host: Option<String>,
-    /// How long a replacement's new pair may take to become healthy before it is rolled back.
-    pub health_deadline_secs: u64,
-    /// Seconds between SIGTERM and SIGKILL when stopping containers being removed.
-    pub stop_timeout_secs: u32,
+    /// How long a replacement's new pair may take to become healthy before it is rolled back
+    /// (`"60s"`; iac sets it from the top-level `health_deadline`).
+    #[serde(with = "iac_core::duration")]
+    pub health_deadline: Duration,
+    /// Time between SIGTERM and SIGKILL when stopping containers being removed (whole seconds).
+    #[serde(with = "iac_core::duration")]
+    pub stop_timeout: Duration,
     /// Services reconciled at the same time.
     pub parallelism: usize,
     /// Timeout of a single engine request.
-    pub request_timeout_secs: u64,
+    #[serde(with = "iac_core::duration")]
+    pub request_timeout: Duration,
     /// How long a new sidecar may take to install the pod's packet filter before the pair is
-    /// given up (and removed).
-    pub pod_filter_deadline_secs: u64,
+    /// given up (and removed), e.g. `"15s"`.
+    #[serde(with = "iac_core::duration")]
+    pub pod_filter_deadline: Duration,
     /// cgroup limits of the containers (`[docker.limits]` in iac.toml; 0 = no limit).
     pub limits: ContainerLimits,
 }
@@ -101,13 +106,20 @@ impl Default for DockerProvisionerConfig {
     fn default() -> Self {
         DockerProvisionerConfig {
             docker_host: None,
-            health_deadline_secs: 60,
-            stop_timeout_secs: 10,
+            health_deadline: Duration::from_secs(60),
+            stop_timeout: Duration::from_secs(10),
             parallelism: 4,
-            request_timeout_secs: 120,
-            pod_filter_deadline_secs: 15,
+            request_timeout: Duration::from_secs(120),
+            pod_filter_deadline: Duration::from_secs(15),
             limits: ContainerLimits::default(),
         }
+    }
+}
+
+impl DockerProvisionerConfig {
+    /// `stop_timeout` in whole seconds, as the engine takes it.
+    pub fn stop_timeout_secs(&self) -> u32 {
+        u32::try_from(self.stop_timeout.as_secs()).unwrap_or(u32::MAX)
     }
 }
 
@@ -698,7 +710,7 @@ impl std::fmt::Debug for DockerProvisioner {
 impl DockerProvisioner {
     /// Connects to the engine named by `config.docker_host` and negotiates the API version.
     pub async fn connect(config: DockerProvisionerConfig) -> Result<Self, ProvisionError> {
-        let timeout = Duration::from_secs(config.request_timeout_secs.max(1));
+        let timeout = config.request_timeout.max(Duration::from_secs(1));
         let engine = BollardEngine::connect(config.docker_host.as_deref(), timeout).await?;
         Ok(Self::with_engine(Arc::new(engine), config))
     }
@@ -771,7 +783,7 @@ impl DockerProvisioner {
         for (id, name) in containers {
             let r = async {
                 self.engine
-                    .stop_container(id, self.config.stop_timeout_secs)
+                    .stop_container(id, self.config.stop_timeout_secs())
                     .await?;
                 self.engine.remove_container(id).await
             }
@@ -861,7 +873,7 @@ impl DockerProvisioner {
         events: &Events,
     ) -> Result<(), EngineError> {
         let started = tokio::time::Instant::now();
-        let deadline = Duration::from_secs(self.config.pod_filter_deadline_secs.max(1));
+        let deadline = self.config.pod_filter_deadline.max(Duration::from_secs(1));
         let argv: Vec<String> = ["nft", "list", "table", "inet", filter.table.as_str()]
             .map(String::from)
             .to_vec();
@@ -1065,7 +1077,7 @@ impl DockerProvisioner {
                 return;
             }
         };
-        let deadline = Duration::from_secs(self.config.health_deadline_secs);
+        let deadline = self.config.health_deadline;
         events.info(
             Stage::Provision,
             format!(
@@ -1271,7 +1283,7 @@ impl Provisioner for DockerProvisioner {
         for c in &containers {
             let r = async {
                 self.engine
-                    .stop_container(&c.id, self.config.stop_timeout_secs)
+                    .stop_container(&c.id, self.config.stop_timeout_secs())
                     .await?;
                 self.engine.remove_container(&c.id).await
             }
@@ -1459,9 +1471,9 @@ mod tests {
 
     fn config() -> DockerProvisionerConfig {
         DockerProvisionerConfig {
-            stop_timeout_secs: 3,
+            stop_timeout: Duration::from_secs(3),
             parallelism: 1,
-            health_deadline_secs: 7,
+            health_deadline: Duration::from_secs(7),
             // The decisions under test, not the limits (which would rehash every spec).
             limits: ContainerLimits::unlimited(),
             ..Default::default()
@@ -2445,11 +2457,11 @@ mod tests {
 
     #[test]
     fn config_defaults_and_partial_toml() {
-        let c: DockerProvisionerConfig = toml::from_str("health_deadline_secs = 5").unwrap();
-        assert_eq!(c.health_deadline_secs, 5);
+        let c: DockerProvisionerConfig = toml::from_str("health_deadline = \"5s\"").unwrap();
+        assert_eq!(c.health_deadline, Duration::from_secs(5));
         assert_eq!(
-            c.stop_timeout_secs,
-            DockerProvisionerConfig::default().stop_timeout_secs
+            c.stop_timeout,
+            DockerProvisionerConfig::default().stop_timeout
         );
         assert_eq!(c.docker_host, None);
         assert_eq!(c.limits, ContainerLimits::default());

@@ -1125,6 +1125,7 @@ impl TerraformProvisioner {
             .env("TF_INPUT", "0")
             .env("CHECKPOINT_DISABLE", "1")
             .envs(&self.cfg.extra_env)
+            .envs(iac_core::trace_context::env())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

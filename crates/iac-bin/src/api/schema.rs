@@ -267,6 +267,9 @@ pub struct DeployEventSchema {
     /// debug, info, warn, error.
     pub level: String,
     pub message: String,
+    /// W3C traceparent of the deploy span the event belongs to (only when iac exports traces).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// Health of one service (`iac_core::HealthReport`).

@@ -1,0 +1,315 @@
+//! `iac bootstrap`: makes this Docker engine hold every image the configuration names, from any
+//! directory, with nothing but the installed `iac` (and `iac-agent`).
+//!
+//! The recipe — `scripts/bootstrap-images.sh` and the files of `scripts/images/` — is compiled
+//! into the binary (`include_str!` and `build.rs`). A run writes it into a private temporary
+//! directory (0700, removed afterwards) and runs it with bash, handing it the configured image
+//! names, wheelhouse, pip and engine (`[images]`, `[sidecar]`, `[docker] docker_host`). The
+//! recipe prints one line per image (kept / from the official image / built offline, with size
+//! and time) and for the wheelhouse. The agent is not built here: it is looked up like the image
+//! builder does ([`crate::config::default_agent_binary`]) and reported with its version.
+//!
+//! `--check` changes nothing: it reports, per image, whether it is present and what a run would
+//! do, plus the wheelhouse and the agent, and exits 1 when a run would have work to do.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+
+use crate::config::IacConfig;
+
+/// The recipe script, as in the source tree when this binary was built.
+pub const SCRIPT: &str = include_str!("../../../scripts/bootstrap-images.sh");
+/// The recipe's data files (`scripts/images/*`): name and contents.
+pub const RECIPE_FILES: &[(&str, &[u8])] = include!(concat!(env!("OUT_DIR"), "/recipe_files.rs"));
+
+/// What `iac bootstrap` was asked to do.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Report only.
+    pub check: bool,
+    /// Never `docker pull`.
+    pub no_pull: bool,
+    /// Rebuild the offline images and the wheelhouse.
+    pub rebuild: bool,
+}
+
+/// `iac bootstrap [--check] [--no-pull] [--rebuild]`.
+pub async fn run(cfg: &IacConfig, opts: Options) -> anyhow::Result<ExitCode> {
+    if opts.check {
+        return check(cfg).await;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("iac-bootstrap-")
+        .tempdir()
+        .context("create a private directory for the image recipe")?;
+    let script = write_recipe(dir.path())?;
+    println!(
+        "bootstrap: recipe of iac {} ({} files) in {}",
+        env!("CARGO_PKG_VERSION"),
+        RECIPE_FILES.len() + 1,
+        dir.path().display()
+    );
+    let mut cmd = tokio::process::Command::new("bash");
+    cmd.arg(&script).arg("--skip-agent");
+    if opts.no_pull {
+        cmd.arg("--no-pull");
+    }
+    if opts.rebuild {
+        cmd.arg("--rebuild");
+    }
+    recipe_env(cfg, &mut cmd);
+    cmd.current_dir(dir.path());
+    let started = Instant::now();
+    let status = cmd.status().await.context(
+        "run bash (the image recipe needs bash, the docker CLI and, to build, mmdebstrap)",
+    )?;
+    let agent = agent_line(cfg).await;
+    println!("{agent}");
+    if !status.success() {
+        anyhow::bail!(
+            "the image recipe failed ({status}) after {:.1}s; its log is above",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the script and its data files under `dir/scripts/` (the layout the script expects).
+pub fn write_recipe(dir: &Path) -> anyhow::Result<PathBuf> {
+    let images = dir.join("scripts").join("images");
+    std::fs::create_dir_all(&images).with_context(|| format!("create {}", images.display()))?;
+    for (name, bytes) in RECIPE_FILES {
+        iac_core::fsutil::write_atomic(&images.join(name), bytes, Some(0o644))
+            .with_context(|| format!("write {}", images.join(name).display()))?;
+    }
+    let script = dir.join("scripts").join("bootstrap-images.sh");
+    iac_core::fsutil::write_atomic(&script, SCRIPT.as_bytes(), Some(0o755))
+        .with_context(|| format!("write {}", script.display()))?;
+    Ok(script)
+}
+
+/// The `docker` CLI the recipe uses (`$DOCKER`, else `docker`).
+fn docker_cli() -> String {
+    std::env::var("DOCKER")
+        .ok()
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| "docker".into())
+}
+
+/// `[docker] docker_host` in the form the docker CLI takes (`/path.sock` → `unix:///path.sock`).
+fn docker_host(cfg: &IacConfig) -> Option<String> {
+    cfg.docker.docker_host.as_ref().map(|h| {
+        if h.starts_with('/') {
+            format!("unix://{h}")
+        } else {
+            h.clone()
+        }
+    })
+}
+
+fn recipe_env(cfg: &IacConfig, cmd: &mut tokio::process::Command) {
+    cmd.env("IAC_PYTHON_IMAGE", &cfg.images.offline_base_image)
+        .env("IAC_PYTHON_OFFICIAL", &cfg.images.base_image)
+        .env("IAC_ENVOY_IMAGE", &cfg.sidecar.offline_image)
+        .env("IAC_ENVOY_OFFICIAL", &cfg.sidecar.image)
+        .env("IAC_ENVOY_VERSION", crate::cli::ENVOY_VERSION)
+        .env("IAC_WHEELHOUSE", cfg.images.wheelhouse_path())
+        .env("IAC_PIP", cfg.images.pip.join(" "));
+    if let Some(h) = docker_host(cfg) {
+        cmd.env("DOCKER_HOST", h);
+    }
+}
+
+/// `Some(size in bytes)` when the engine has `image`, `None` when it does not; an error when the
+/// engine cannot be asked.
+async fn image_size(cfg: &IacConfig, image: &str) -> anyhow::Result<Option<u64>> {
+    let mut cmd = tokio::process::Command::new(docker_cli());
+    cmd.args(["image", "inspect", "--format", "{{.Size}}", image]);
+    if let Some(h) = docker_host(cfg) {
+        cmd.env("DOCKER_HOST", h);
+    }
+    let out = cmd
+        .output()
+        .await
+        .with_context(|| format!("run `{} image inspect`", docker_cli()))?;
+    if out.status.success() {
+        let size = String::from_utf8_lossy(&out.stdout).trim().parse().ok();
+        return Ok(Some(size.unwrap_or(0)));
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    if err.to_ascii_lowercase().contains("no such image") {
+        Ok(None)
+    } else {
+        anyhow::bail!("cannot ask the Docker engine about {image}: {}", err.trim())
+    }
+}
+
+fn mb(bytes: u64) -> String {
+    format!("{} MB", bytes / 1_000_000)
+}
+
+/// One image pair: the line to print and whether a run would have to act.
+async fn image_line(
+    cfg: &IacConfig,
+    what: &str,
+    tag: &str,
+    official: &str,
+) -> anyhow::Result<(String, bool)> {
+    if let Some(size) = image_size(cfg, tag).await? {
+        return Ok((format!("{what:<8} {tag:<32} present   {}", mb(size)), false));
+    }
+    if let Some(size) = image_size(cfg, official).await? {
+        return Ok((
+            format!(
+                "{what:<8} {tag:<32} absent    the official {official} is present ({}): a run tags it as {tag}",
+                mb(size)
+            ),
+            true,
+        ));
+    }
+    Ok((
+        format!("{what:<8} {tag:<32} absent    a run pulls {official}, else builds {tag} offline"),
+        true,
+    ))
+}
+
+async fn check(cfg: &IacConfig) -> anyhow::Result<ExitCode> {
+    let mut work = false;
+    let engine = tokio::process::Command::new(docker_cli())
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .envs(docker_host(cfg).map(|h| ("DOCKER_HOST", h)))
+        .output()
+        .await;
+    match engine {
+        Ok(out) if out.status.success() => println!(
+            "engine   docker {} ({})",
+            String::from_utf8_lossy(&out.stdout).trim(),
+            docker_host(cfg).unwrap_or_else(|| "DOCKER_HOST or the local socket".into())
+        ),
+        Ok(out) => {
+            println!(
+                "engine   unreachable: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            println!("{}", agent_line(cfg).await);
+            return Ok(ExitCode::from(1));
+        }
+        Err(e) => anyhow::bail!("cannot run the docker CLI ({}): {e}", docker_cli()),
+    }
+    for (what, tag, official) in [
+        (
+            "python",
+            &cfg.images.offline_base_image,
+            &cfg.images.base_image,
+        ),
+        ("envoy", &cfg.sidecar.offline_image, &cfg.sidecar.image),
+    ] {
+        let (line, todo) = image_line(cfg, what, tag, official).await?;
+        println!("{line}");
+        work |= todo;
+    }
+    let wh = cfg.images.wheelhouse_path();
+    let wheels = std::fs::read_dir(&wh)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.path().extension().is_some_and(|x| x == "whl"))
+                .count()
+        })
+        .unwrap_or(0);
+    if wh.join(".iac-wheelhouse").exists() && wheels > 0 {
+        println!("wheels   {:<32} present   {wheels} wheels", wh.display());
+    } else {
+        println!(
+            "wheels   {:<32} absent    a run downloads the OpenTelemetry wheels",
+            wh.display()
+        );
+        work = true;
+    }
+    let agent = agent_line(cfg).await;
+    work |= !agent.contains("(expected)");
+    println!("{agent}");
+    if work {
+        println!("bootstrap --check: a run has work to do (see above)");
+        Ok(ExitCode::from(1))
+    } else {
+        println!("bootstrap --check: everything is present");
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// `agent    PATH  iac-agent X (expected)` or what is wrong with it.
+async fn agent_line(cfg: &IacConfig) -> String {
+    let path = cfg.images.agent_binary_path();
+    if !path.is_file() {
+        return format!(
+            "agent    {:<32} missing   install iac-agent next to iac or on PATH, or set [images] agent_binary",
+            path.display()
+        );
+    }
+    let out = tokio::process::Command::new(&path)
+        .arg("--version")
+        .output()
+        .await;
+    let version = match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        Ok(o) => {
+            return format!(
+                "agent    {:<32} broken    --version failed: {}",
+                path.display(),
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+        }
+        Err(e) => {
+            return format!(
+                "agent    {:<32} broken    cannot run it: {e}",
+                path.display()
+            );
+        }
+    };
+    let want = concat!("iac-agent ", env!("CARGO_PKG_VERSION"));
+    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    if version == want {
+        format!(
+            "agent    {:<32} present   {version} (expected), {}",
+            path.display(),
+            mb(size)
+        )
+    } else {
+        format!(
+            "agent    {:<32} mismatch  it says {version:?}, this iac expects {want:?}",
+            path.display()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_recipe_is_complete_and_lands_where_the_script_looks() {
+        let names: Vec<&str> = RECIPE_FILES.iter().map(|(n, _)| *n).collect();
+        // Every file the script names under $HERE is embedded.
+        for line in SCRIPT.lines() {
+            for part in line.split("$HERE/").skip(1) {
+                let name: String = part
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || "-._".contains(*c))
+                    .collect();
+                assert!(names.contains(&name.as_str()), "{name} is not embedded");
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let script = write_recipe(dir.path()).unwrap();
+        assert_eq!(std::fs::read_to_string(&script).unwrap(), SCRIPT);
+        for (name, bytes) in RECIPE_FILES {
+            assert_eq!(
+                &std::fs::read(dir.path().join("scripts/images").join(name)).unwrap(),
+                bytes
+            );
+        }
+    }
+}
