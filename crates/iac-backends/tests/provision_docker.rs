@@ -965,7 +965,7 @@ impl Pod {
         }
         stack.network.labels.insert(LABEL_TEST.into(), id.clone());
         let provisioner = DockerProvisioner::connect(DockerProvisionerConfig {
-            stop_timeout_secs: 5,
+            stop_timeout: std::time::Duration::from_secs(5),
             limits,
             ..Default::default()
         })

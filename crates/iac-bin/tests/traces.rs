@@ -363,6 +363,7 @@ mod deploy {
                 argv: vec!["python".into(), "/app/main.py".into()],
                 why: "root main.py".into(),
                 port: None,
+                ..Default::default()
             })
         });
         let mut builder = MockImageBuilder::new();
@@ -427,6 +428,7 @@ mod deploy {
                 health_deadline: Duration::from_secs(5),
                 health_settle: Duration::ZERO,
                 otel_endpoint: None,
+                deadline: Duration::from_secs(300),
             },
         )
     }

@@ -88,6 +88,7 @@ impl DeployEvent {
             message: format!(
                 "{DROPPED_PREFIX}{n} event(s) were dropped here because this consumer fell behind (the deploy was not slowed down)"
             ),
+            traceparent: None,
         }
     }
 
