@@ -19,6 +19,9 @@ fn main() {
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        // Idle blocking threads (the tee's writes) are kept, not re-spawned: under a pids limit
+        // an app may leave no room for a new thread (see supervisor::warm_blocking_pool).
+        .thread_keep_alive(std::time::Duration::from_secs(365 * 24 * 3600))
         .build()
     {
         Ok(rt) => rt,

@@ -310,6 +310,28 @@ impl Signals {
     }
 }
 
+/// How many of Tokio's blocking-pool threads the tee needs at once (stdout and stderr writes).
+const TEE_THREADS: usize = 2;
+
+/// Starts the blocking-pool threads the tee writes through now, before the child runs: an app that
+/// exhausts the pod's pids limit would otherwise leave the agent unable to start one, and its output
+/// would stop reaching `docker logs`. The runtime keeps idle blocking threads alive (see main.rs),
+/// so these stay.
+async fn warm_blocking_pool() {
+    let barrier = Arc::new(std::sync::Barrier::new(TEE_THREADS));
+    let warm: Vec<_> = (0..TEE_THREADS)
+        .map(|_| {
+            let b = Arc::clone(&barrier);
+            tokio::task::spawn_blocking(move || {
+                b.wait();
+            })
+        })
+        .collect();
+    for w in warm {
+        let _ = w.await;
+    }
+}
+
 /// Runs the agent to completion and returns the process exit code. Must run inside a Tokio
 /// runtime with IO and time enabled.
 pub async fn run(opts: Options) -> i32 {
@@ -361,6 +383,7 @@ pub async fn run(opts: Options) -> i32 {
     let (state_tx, state_rx) = watch::channel(ChildState::Starting);
     let clock = Arc::new(Clock::default());
     let mut pumps = Vec::new();
+    warm_blocking_pool().await;
     match spawn_child(&opts.argv, opts.user.as_ref()) {
         Ok(mut child) => {
             let pid = i32::try_from(child.id()).expect("pids fit in i32");

@@ -162,3 +162,61 @@ fn template_errors_name_the_template() {
         .to_string();
     assert!(err.contains("no FROM"), "{err}");
 }
+
+#[test]
+fn build_steps_and_workdir_from_the_entry() {
+    let mut spec = spec(
+        Language::Python,
+        &[
+            "sh",
+            "-c",
+            "exec python -m gunicorn --bind 127.0.0.1:${PORT:-8000} site.wsgi",
+        ],
+        &[],
+        Some(8000),
+    );
+    spec.entry.workdir = Some("app".into());
+    spec.entry.build_steps = vec![
+        iac_core::BuildStep {
+            argv: vec![
+                "python".into(),
+                "manage.py".into(),
+                "collectstatic".into(),
+                "--noinput".into(),
+            ],
+            workdir: Some("app".into()),
+            warn_on_failure: true,
+            origin: "app/site/settings.py (STATIC_ROOT)".into(),
+        },
+        iac_core::BuildStep {
+            argv: vec![
+                "sh".into(),
+                "-c".into(),
+                "echo it's built > built.txt".into(),
+            ],
+            workdir: None,
+            warn_on_failure: false,
+            origin: "render.yaml line 6 (buildCommand)".into(),
+        },
+    ];
+    let inputs = DockerfileInputs::new(&spec, &config(), true).unwrap();
+    let out = render_dockerfile(APP_DOCKERFILE_TEMPLATE, &inputs).unwrap();
+    assert!(
+        out.contains(
+            "RUN { cd '/app/app' && 'python' 'manage.py' 'collectstatic' '--noinput'; } || echo 'iac: warning: build step from app/site/settings.py (STATIC_ROOT) failed (see its output above); the image is built without it' >&2\n"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("RUN cd '/app' && 'sh' '-c' 'echo it'\\''s built > built.txt'\n"),
+        "{out}"
+    );
+    // Steps run after the app is installed, and the entry runs from its folder.
+    let copy = out.find("COPY --chown").unwrap();
+    assert!(out.find("RUN { cd '/app/app'").unwrap() > copy);
+    assert!(out.contains("WORKDIR /app/app\nCMD "), "{out}");
+
+    spec.entry.workdir = Some("../etc".into());
+    let err = DockerfileInputs::new(&spec, &config(), true).unwrap_err();
+    assert!(err.to_string().contains("\"../etc\""), "{err}");
+}

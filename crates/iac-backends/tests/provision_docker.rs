@@ -1323,9 +1323,15 @@ async fn pids_limit_stops_an_app_that_starts_too_many_threads_cleanly() {
     // The agent outlived the app's failure and still stops cleanly on SIGTERM.
     let state = docker_ok(&["inspect", "-f", "{{.State.Status}}", &pod.app()]);
     assert_eq!(state.trim(), "running");
+    // (The app container alone: the sidecar's own stop time is not what this test is about.)
     let t = Instant::now();
-    docker_ok(&["stop", "-t", "5", &pod.sidecar(), &pod.app()]);
-    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    docker_ok(&["stop", "-t", "5", &pod.app()]);
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "the agent took {:?} to stop; its logs: {}",
+        t.elapsed(),
+        String::from_utf8_lossy(&docker(&["logs", "--tail", "5", &pod.app()]).stderr)
+    );
     let code = docker_ok(&["inspect", "-f", "{{.State.ExitCode}}", &pod.app()]);
     assert_eq!(code.trim(), "3", "the agent exits with the app's code");
 }

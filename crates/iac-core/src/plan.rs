@@ -174,6 +174,11 @@ pub fn plan(input: &PlanInput) -> Stack {
                 "PORT".into(),
                 s.app_port.unwrap_or(DEFAULT_APP_PORT).to_string(),
             );
+            // A declared port gates readiness: the agent answers SERVING only once the app
+            // accepts connections on it (and NOT_SERVING if the app exits).
+            if let Some(port) = s.app_port {
+                env.insert("IAC_APP_PORT".into(), port.to_string());
+            }
             env.insert("IAC_PROJECT".into(), project.to_string());
             env.insert("IAC_SERVICE".into(), s.name.to_string());
             env.insert(

@@ -53,6 +53,62 @@ pub struct DockerfileInputs {
     pub env: Vec<KeyValue>,
     /// The exec-form `CMD` as a JSON array: `iac-agent … -- <argv>`.
     pub cmd_json: String,
+    /// The directory the entry runs in: `/app`, or `/app/<Entry::workdir>`.
+    pub workdir: String,
+    /// The entry's build steps as shell lines for `RUN` (quoted; each `cd`s into its directory;
+    /// steps that only warn end in `|| echo 'iac: warning: …' >&2`).
+    pub build_steps: Vec<String>,
+}
+
+/// Single-quotes `s` for a POSIX shell.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// `/app` or `/app/<rel>`, refusing what the resolver never produces (absolute, `..`, control
+/// characters).
+fn app_dir(rel: Option<&str>) -> Result<String, String> {
+    match rel {
+        None => Ok("/app".into()),
+        Some(r) => {
+            let r = r.trim_matches('/');
+            if r.is_empty() {
+                return Ok("/app".into());
+            }
+            if r.split('/').any(|c| c == ".." || c == "." || c.is_empty())
+                || r.chars().any(char::is_control)
+            {
+                return Err(format!(
+                    "working directory {r:?} is not a plain path inside the repo (expected e.g. `app` or `src/site`)"
+                ));
+            }
+            Ok(format!("/app/{r}"))
+        }
+    }
+}
+
+/// One build step as a `RUN` shell line.
+fn step_line(step: &iac_core::BuildStep) -> Result<String, String> {
+    if step.argv.is_empty() || step.argv.iter().any(|a| a.contains(['\n', '\r'])) {
+        return Err(format!(
+            "build step from {} is empty or spans lines; expected one command",
+            step.origin
+        ));
+    }
+    let dir = app_dir(step.workdir.as_deref())?;
+    let cmd: Vec<String> = step.argv.iter().map(|a| sh_quote(a)).collect();
+    let run = format!("cd {} && {}", sh_quote(&dir), cmd.join(" "));
+    Ok(if step.warn_on_failure {
+        let origin = step.origin.replace(['\n', '\r'], " ");
+        format!(
+            "{{ {run}; }} || echo {} >&2",
+            sh_quote(&format!(
+                "iac: warning: build step from {origin} failed (see its output above); the image is built without it"
+            ))
+        )
+    } else {
+        run
+    })
 }
 
 impl DockerfileInputs {
@@ -138,6 +194,14 @@ impl DockerfileInputs {
             cmd.push("opentelemetry-instrument".into());
         }
         cmd.extend(spec.entry.argv.iter().cloned());
+        let workdir = app_dir(spec.entry.workdir.as_deref()).map_err(fail)?;
+        let build_steps = spec
+            .entry
+            .build_steps
+            .iter()
+            .map(step_line)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(fail)?;
         Ok(DockerfileInputs {
             project: spec.project.as_str().to_string(),
             service: service.to_string(),
@@ -158,6 +222,8 @@ impl DockerfileInputs {
             labels,
             env,
             cmd_json: serde_json::to_string(&cmd).expect("a Vec<String> serializes"),
+            workdir,
+            build_steps,
         })
     }
 }
@@ -194,6 +260,11 @@ impl DockerfileInputs {
             ("labels", pairs(&self.labels)),
             ("env", pairs(&self.env)),
             ("cmd_json", Value::from(self.cmd_json.as_str())),
+            ("workdir", Value::from(self.workdir.as_str())),
+            (
+                "build_steps",
+                self.build_steps.iter().map(String::as_str).collect(),
+            ),
         ])
     }
 }
