@@ -381,15 +381,25 @@ fn inspect_text(name: &str, source: &iac_core::Source, entry: &iac_core::Entry) 
     out
 }
 
+/// What both render targets start from: the repos file's specs, the project, and an app wired
+/// without a container engine (a render builds and runs nothing).
+async fn render_inputs(
+    cfg: IacConfig,
+    file: &Path,
+) -> anyhow::Result<(Vec<ServiceSpec>, ProjectName, App)> {
+    let (fp, specs) = load_specs(file)?;
+    let project = resolve_project(&cfg, fp.as_ref())?;
+    let app = App::build_with(cfg, project.clone(), crate::wiring::EngineUse::None).await?;
+    Ok((specs, project, app))
+}
+
 pub async fn render(
     cfg: IacConfig,
     file: &Path,
     out: &Path,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let (fp, specs) = load_specs(file)?;
-    let project = resolve_project(&cfg, fp.as_ref())?;
-    let app = App::build_with(cfg, project.clone(), crate::wiring::EngineUse::None).await?;
+    let (specs, project, app) = render_inputs(cfg, file).await?;
     let (rendered, failed) = with_progress(json, async |events| {
         app.deployer.render(&specs, events).await
     })
@@ -452,9 +462,7 @@ pub async fn render_kubernetes(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     use iac_backends::kubernetes::{self, KubernetesOptions};
-    let (fp, specs) = load_specs(file)?;
-    let project = resolve_project(&cfg, fp.as_ref())?;
-    let app = App::build_with(cfg, project.clone(), crate::wiring::EngineUse::None).await?;
+    let (specs, project, app) = render_inputs(cfg, file).await?;
     let desired = with_progress(json, async |events| {
         app.deployer.desired_stack(&specs, events).await
     })
