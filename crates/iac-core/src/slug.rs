@@ -170,6 +170,8 @@ impl FromStr for Slug {
                 if repo.is_empty() {
                     return Err(err(&format!("{shape}: repository name is empty")));
                 }
+                // Checked again without the suffix: `...git` would otherwise become `..`.
+                check_segment(repo).map_err(|why| err(&format!("{shape}: {why}")))?;
                 Ok(Slug::Hosted {
                     forge,
                     owner: owner.to_string(),
@@ -404,6 +406,22 @@ mod tests {
             assert_eq!(ok(s).to_string(), s);
             assert_eq!(ok(&ok(s).to_string()), ok(s));
         }
+    }
+
+    /// Found by the slug_parse fuzz target (10-minute run): the repository segment `...git` passed
+    /// the segment check and became `..` once `.git` was stripped.
+    #[test]
+    fn a_repository_that_is_dots_once_dot_git_is_stripped_is_refused() {
+        for s in [
+            "gl:vsl/7lolamp/...git",
+            "gh:o/...git",
+            "bb:o/..git.git",
+            "gh:o/.git.git",
+        ] {
+            let e = s.parse::<Slug>().unwrap_err().to_string();
+            assert!(e.contains(s), "{s}: {e}");
+        }
+        assert_eq!(ok("gh:o/a.git.git").to_string(), "gh:o/a");
     }
 
     #[test]
