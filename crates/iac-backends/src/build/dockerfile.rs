@@ -9,6 +9,7 @@ use serde::Serialize;
 use iac_core::{BuildError, BuildSpec, Language};
 
 use super::config::ImageConfig;
+use crate::entry::command::{sh_join, sh_quote};
 
 /// The built-in template, embedded at compile time.
 pub const APP_DOCKERFILE_TEMPLATE: &str =
@@ -60,11 +61,6 @@ pub struct DockerfileInputs {
     pub build_steps: Vec<String>,
 }
 
-/// Single-quotes `s` for a POSIX shell.
-fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
-}
-
 /// `/app` or `/app/<rel>`, refusing what the resolver never produces (absolute, `..`, control
 /// characters).
 fn app_dir(rel: Option<&str>) -> Result<String, String> {
@@ -96,8 +92,7 @@ fn step_line(step: &iac_core::BuildStep) -> Result<String, String> {
         ));
     }
     let dir = app_dir(step.workdir.as_deref())?;
-    let cmd: Vec<String> = step.argv.iter().map(|a| sh_quote(a)).collect();
-    let run = format!("cd {} && {}", sh_quote(&dir), cmd.join(" "));
+    let run = format!("cd {} && {}", sh_quote(&dir), sh_join(&step.argv));
     Ok(if step.warn_on_failure {
         let origin = step.origin.replace(['\n', '\r'], " ");
         format!(

@@ -102,6 +102,20 @@ fn drop_runner(line: &str) -> (String, Option<String>) {
     (t.to_string(), None)
 }
 
+/// Single-quotes one word for a POSIX shell (`it's` → `'it'\''s'`).
+pub fn sh_quote(word: &str) -> String {
+    format!("'{}'", word.replace('\'', "'\\''"))
+}
+
+/// An argv as one shell line that splits back into the same words.
+pub fn sh_join<S: AsRef<str>>(words: &[S]) -> String {
+    words
+        .iter()
+        .map(|w| sh_quote(w.as_ref()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Turns a command line into argv. Errors (e.g. an unterminated quote) name the problem.
 pub fn parse_command(raw: &str) -> Result<Command, String> {
     // Join backslash-newline continuations the way a shell would.

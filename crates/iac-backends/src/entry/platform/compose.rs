@@ -11,6 +11,7 @@ use iac_core::EntryError;
 
 use super::dockerfile::from_dockerfile;
 use super::{Found, at, declared, rel_dir};
+use crate::entry::command::sh_join;
 use crate::entry::read_optional;
 
 const FILES: &[&str] = &[
@@ -33,13 +34,7 @@ fn as_line(v: &yaml_serde::Value) -> Option<String> {
                     _ => None,
                 })
                 .collect();
-            Some(
-                words?
-                    .iter()
-                    .map(|w| format!("'{}'", w.replace('\'', "'\\''")))
-                    .collect::<Vec<_>>()
-                    .join(" "),
-            )
+            Some(sh_join(&words?))
         }
         _ => None,
     }

@@ -9,6 +9,7 @@ use std::path::Path;
 use iac_core::EntryError;
 
 use super::{Found, declared, line_of};
+use crate::entry::command::sh_join;
 use crate::entry::read_optional;
 
 /// The port fly routes to, when fly.toml says.
@@ -79,11 +80,7 @@ pub fn scan(dir: &Path) -> Result<Found, EntryError> {
                         .to_string(),
                 })?;
                 // An argv list: quote each word so the line splits back into the same argv.
-                let line = words
-                    .iter()
-                    .map(|w| format!("'{}'", w.replace('\'', "'\\''")))
-                    .collect::<Vec<_>>()
-                    .join(" ");
+                let line = sh_join(&words);
                 ("[experimental] cmd".into(), line, "cmd".into())
             }
             _ => {
