@@ -61,13 +61,13 @@ use super::{ContainerLimits, MANAGED_BY, with_limits};
 
 /// The module in `infra/`, embedded so a lone `iac` binary can deploy with Terraform.
 pub const EMBEDDED_MODULE: &[(&str, &str)] = &[
-    ("main.tf", include_str!("../../../../infra/main.tf")),
-    ("outputs.tf", include_str!("../../../../infra/outputs.tf")),
+    ("main.tf", include_str!("../../../../../infra/main.tf")),
+    ("outputs.tf", include_str!("../../../../../infra/outputs.tf")),
     (
         "variables.tf",
-        include_str!("../../../../infra/variables.tf"),
+        include_str!("../../../../../infra/variables.tf"),
     ),
-    ("versions.tf", include_str!("../../../../infra/versions.tf")),
+    ("versions.tf", include_str!("../../../../../infra/versions.tf")),
 ];
 
 /// The variables file Terraform loads automatically (so `terraform plan` by hand in the work

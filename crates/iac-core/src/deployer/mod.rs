@@ -722,5 +722,4 @@ fn app_port(env: &BTreeMap<String, String>, entry: &Entry) -> Option<u16> {
 }
 
 #[cfg(test)]
-#[path = "deployer_tests.rs"]
 mod tests;
