@@ -38,6 +38,7 @@ bootstrap: deps install images
 
 test-deps: deps agent
 	@bash scripts/install-envoy.sh
+	@bash scripts/test-wheels.sh
 	@python3 -m pip show -q kubernetes-validate >/dev/null 2>&1 || python3 -m pip install -q --disable-pip-version-check kubernetes-validate==1.37.0
 	@bash scripts/bootstrap-images.sh
 
