@@ -399,6 +399,52 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_recipe_downloads_wheels_for_the_same_targets_as_the_builder() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = write_recipe(dir.path()).unwrap();
+        for v in [(3, 11), (3, 13), (3, 14)] {
+            let out = std::process::Command::new("bash")
+                .arg(&script)
+                .args(["--print-pip-target", &format!("{}.{}", v.0, v.1)])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let got: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::to_string)
+                .collect();
+            assert_eq!(got, iac_backends::build::wheels::pip_target(v), "{v:?}");
+        }
+    }
+
+    #[test]
+    fn the_recipe_gets_every_configured_python_image() {
+        let mut cfg = IacConfig::default();
+        cfg.images.pythons.get_mut("3.14").unwrap().offline_image = "mine/py:3.14".into();
+        let mut cmd = tokio::process::Command::new("true");
+        recipe_env(&cfg, &mut cmd);
+        let envs: std::collections::BTreeMap<String, String> = cmd
+            .as_std()
+            .get_envs()
+            .filter_map(|(k, v)| {
+                Some((
+                    k.to_string_lossy().into_owned(),
+                    v?.to_string_lossy().into_owned(),
+                ))
+            })
+            .collect();
+        assert_eq!(envs["IAC_PYTHON_VERSION"], "3.11");
+        assert_eq!(envs["IAC_PYTHON_IMAGE"], "iac/python:3.11-bookworm");
+        assert_eq!(envs["IAC_PYTHON_IMAGE_3_14"], "mine/py:3.14");
+        assert_eq!(envs["IAC_PYTHON_OFFICIAL_3_14"], "python:3.14-slim");
+        assert_eq!(envs["IAC_PYTHON_IMAGE_3_13"], "iac/python:3.13-trixie");
+    }
+
+    #[test]
     fn the_recipe_is_complete_and_lands_where_the_script_looks() {
         let names: Vec<&str> = RECIPE_FILES.iter().map(|(n, _)| *n).collect();
         // Every file the script names under $HERE is embedded.
