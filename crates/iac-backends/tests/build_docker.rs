@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
@@ -1031,4 +1032,160 @@ async fn sdist_only_dependencies_are_refused_without_running_them() {
         message.contains("sdistonly") && message.contains("no binary wheel"),
         "{message}"
     );
+}
+
+/// Makes the "3.13" base image by tagging the 3.11 one and its wheelhouse by copying the 3.11
+/// wheels (the plumbing under test is the builder's, not Debian's), counting its calls.
+struct TagMaker {
+    calls: std::sync::atomic::AtomicUsize,
+    fail: bool,
+}
+
+#[async_trait::async_trait]
+impl iac_backends::build::BaseImageMaker for TagMaker {
+    async fn make(
+        &self,
+        python: &iac_backends::build::PythonChoice,
+        events: &Events,
+    ) -> Result<(), String> {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if self.fail {
+            return Err("mmdebstrap: cannot reach the mirror".into());
+        }
+        events.info(
+            iac_core::Stage::Build,
+            format!("tag maker: {}", python.version),
+        );
+        let out = std::process::Command::new("docker")
+            .args(["tag", OFFLINE_BASE, &python.offline_image])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(())
+    }
+}
+
+/// Untags `tag` when dropped (a tag of the shared base image carries no test label).
+struct Untag(String);
+
+impl Drop for Untag {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker")
+            .args(["rmi", "--no-prune", &self.0])
+            .output();
+    }
+}
+
+#[tokio::test]
+async fn a_missing_python_base_image_is_made_on_demand_once_and_used() {
+    let Some(docker) = engine().await else {
+        return;
+    };
+    let test = test_id();
+    let _cleanup = Cleanup { id: test.clone() };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("main.py"), "print('x')\n").unwrap();
+    let offline = format!("iac-test/py313:{test}");
+    let _untag = Untag(offline.clone());
+    // A wheelhouse of its own, so the 3.13 one next to it is this test's.
+    let wh = dir.path().join("wheelhouse");
+    std::fs::create_dir_all(&wh).unwrap();
+    for e in std::fs::read_dir(wheelhouse()).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), wh.join(e.file_name())).unwrap();
+    }
+    let mut cfg = config(&test, dir.path());
+    cfg.wheelhouse = Some(wh.clone());
+    cfg.pythons = BTreeMap::from([(
+        "3.13".to_string(),
+        iac_backends::build::PythonImages {
+            image: format!("iac-test/absent-official-313:{test}"),
+            offline_image: offline.clone(),
+        },
+    )]);
+    let mut py313 = spec(
+        &format!("p{test}"),
+        "py313",
+        dir.path(),
+        "sha256:py313-a",
+        &["python", "/app/main.py"],
+    );
+    py313.entry.python = Some(iac_core::PythonVersion {
+        version: "3.13".into(),
+        source: ".python-version line 1 pins 3.13".into(),
+    });
+
+    // Without a maker: the error names the Python and the bootstrap command that makes it.
+    let plain = DockerImageBuilder::with_docker(docker.clone(), cfg.clone()).unwrap();
+    let err = plain
+        .build(&py313, &Events::discard())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("iac bootstrap --python 3.13") && err.contains("wheelhouse-3.13"),
+        "{err}"
+    );
+
+    // A maker that fails: the build fails naming what was being made and why it failed.
+    let failing = Arc::new(TagMaker {
+        calls: Default::default(),
+        fail: true,
+    });
+    let builder = DockerImageBuilder::with_docker(docker.clone(), cfg.clone())
+        .unwrap()
+        .with_base_maker(failing.clone());
+    let err = builder
+        .build(&py313, &Events::discard())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&offline)
+            && err.contains("Python 3.13")
+            && err.contains("cannot reach the mirror"),
+        "{err}"
+    );
+
+    // A working maker: called once for the wheelhouse and image, said why, then used.
+    let maker = Arc::new(TagMaker {
+        calls: Default::default(),
+        fail: false,
+    });
+    let builder = DockerImageBuilder::with_docker(docker.clone(), cfg.clone())
+        .unwrap()
+        .with_base_maker(maker.clone());
+    // The maker fills the wheelhouse as the recipe would (before the builder asks for it).
+    let wh313 = dir.path().join("wheelhouse-3.13");
+    std::fs::create_dir_all(&wh313).unwrap();
+    for e in std::fs::read_dir(&wh).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), wh313.join(e.file_name())).unwrap();
+    }
+    let (events, mut rx) = Events::channel();
+    let image = builder.build(&py313, &events).await.unwrap();
+    let said = drain(&mut rx).join("\n");
+    assert!(
+        said.contains("Python 3.13 (asked for by .python-version line 1 pins 3.13)")
+            && said.contains(&format!("building {offline}"))
+            && said.contains("tag maker: 3.13"),
+        "{said}"
+    );
+    let labels = docker
+        .inspect_image(&image.tag)
+        .await
+        .unwrap()
+        .config
+        .and_then(|c| c.labels)
+        .unwrap_or_default();
+    assert_eq!(
+        labels.get("iac.base-image").map(String::as_str),
+        Some(offline.as_str())
+    );
+    // A second build on 3.13: the base is there, the maker is not called again.
+    py313.source.digest = "sha256:py313-b".into();
+    builder.build(&py313, &Events::discard()).await.unwrap();
+    assert_eq!(maker.calls.load(std::sync::atomic::Ordering::SeqCst), 1);
 }

@@ -206,7 +206,7 @@ fn cases() -> Vec<Case> {
             argv: &["osm-mcp-server"],
             workdir: None,
             port: None,
-            python: Some("3.14"),
+            python: Some("3.13"),
             steps: &[(&["uv", "build"], None, true)],
             runner_up: Some("project.scripts"),
         },
@@ -248,7 +248,7 @@ fn cases() -> Vec<Case> {
             ],
             workdir: None,
             port: None,
-            python: Some("3.14"),
+            python: Some("3.11"),
             steps: &[],
             runner_up: None,
         },
@@ -278,7 +278,7 @@ fn cases() -> Vec<Case> {
             argv: &["python", "-m", "srcsvc"],
             workdir: None,
             port: None,
-            python: Some("3.14"),
+            python: Some("3.13"),
             steps: &[],
             runner_up: None,
         },
@@ -457,6 +457,20 @@ fn an_unsatisfiable_python_is_a_clear_error() {
         e.contains("pyproject.toml")
             && e.contains(">=3.12,<3.13")
             && e.contains("3.11, 3.13, 3.14"),
+        "{e}"
+    );
+    // Below every version iac provides (an old app pinned to the 3.9 era).
+    std::fs::write(
+        d.path().join("pyproject.toml"),
+        "[project]\nname = \"x\"\nrequires-python = \"<3.10\"\n",
+    )
+    .unwrap();
+    let e = DefaultResolver::new()
+        .resolve_dir(d.path(), None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("pyproject.toml") && e.contains("<3.10") && e.contains("3.11, 3.13, 3.14"),
         "{e}"
     );
 }

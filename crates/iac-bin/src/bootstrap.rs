@@ -11,6 +11,11 @@
 //!
 //! `--check` changes nothing: it reports, per image, whether it is present and what a run would
 //! do, plus the wheelhouse and the agent, and exits 1 when a run would have work to do.
+//!
+//! Python base images: a run ensures the default Python's (`images.default_python`, 3.11) and,
+//! with `--python X.Y`, the others (`images.pythons`: 3.13 from Debian trixie, 3.14 from Debian
+//! unstable) with their wheelhouses. [`RecipeMaker`] runs the same recipe from a deploy, on demand,
+//! when a build needs a Python base image the engine does not have (`--only-python --python X.Y`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -26,7 +31,7 @@ pub const SCRIPT: &str = include_str!("../../../scripts/bootstrap-images.sh");
 pub const RECIPE_FILES: &[(&str, &[u8])] = include!(concat!(env!("OUT_DIR"), "/recipe_files.rs"));
 
 /// What `iac bootstrap` was asked to do.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Options {
     /// Report only.
     pub check: bool,
@@ -34,12 +39,19 @@ pub struct Options {
     pub no_pull: bool,
     /// Rebuild the offline images and the wheelhouse.
     pub rebuild: bool,
+    /// Also the base images (and wheelhouses) of these Python minors.
+    pub pythons: Vec<String>,
 }
 
 /// `iac bootstrap [--check] [--no-pull] [--rebuild]`.
 pub async fn run(cfg: &IacConfig, opts: Options) -> anyhow::Result<ExitCode> {
+    for v in &opts.pythons {
+        cfg.images
+            .python_images(Some(v))
+            .map_err(|e| anyhow::anyhow!("--python {v}: {e}"))?;
+    }
     if opts.check {
-        return check(cfg).await;
+        return check(cfg, &opts.pythons).await;
     }
     let dir = tempfile::Builder::new()
         .prefix("iac-bootstrap-")
@@ -59,6 +71,9 @@ pub async fn run(cfg: &IacConfig, opts: Options) -> anyhow::Result<ExitCode> {
     }
     if opts.rebuild {
         cmd.arg("--rebuild");
+    }
+    for v in &opts.pythons {
+        cmd.arg("--python").arg(v);
     }
     recipe_env(cfg, &mut cmd);
     cmd.current_dir(dir.path());
@@ -111,8 +126,14 @@ fn docker_host(cfg: &IacConfig) -> Option<String> {
 }
 
 fn recipe_env(cfg: &IacConfig, cmd: &mut tokio::process::Command) {
+    for (v, images) in &cfg.images.pythons {
+        let key = v.replace('.', "_");
+        cmd.env(format!("IAC_PYTHON_IMAGE_{key}"), &images.offline_image)
+            .env(format!("IAC_PYTHON_OFFICIAL_{key}"), &images.image);
+    }
     cmd.env("IAC_PYTHON_IMAGE", &cfg.images.offline_base_image)
         .env("IAC_PYTHON_OFFICIAL", &cfg.images.base_image)
+        .env("IAC_PYTHON_VERSION", &cfg.images.default_python)
         .env("IAC_ENVOY_IMAGE", &cfg.sidecar.offline_image)
         .env("IAC_ENVOY_OFFICIAL", &cfg.sidecar.image)
         .env("IAC_ENVOY_VERSION", crate::cli::ENVOY_VERSION)
@@ -176,7 +197,7 @@ async fn image_line(
     ))
 }
 
-async fn check(cfg: &IacConfig) -> anyhow::Result<ExitCode> {
+async fn check(cfg: &IacConfig, pythons: &[String]) -> anyhow::Result<ExitCode> {
     let mut work = false;
     let engine = tokio::process::Command::new(docker_cli())
         .args(["version", "--format", "{{.Server.Version}}"])
@@ -211,6 +232,19 @@ async fn check(cfg: &IacConfig) -> anyhow::Result<ExitCode> {
         println!("{line}");
         work |= todo;
     }
+    for (v, images) in &cfg.images.pythons {
+        let what = format!("python{v}");
+        let (line, todo) = image_line(cfg, &what, &images.offline_image, &images.image).await?;
+        if pythons.contains(v) || !todo {
+            println!("{line}");
+            work |= todo;
+        } else {
+            println!(
+                "{what:<8} {:<32} absent    built on demand by the first deploy that needs Python {v} (or `iac bootstrap --python {v}`)",
+                images.offline_image
+            );
+        }
+    }
     let wh = cfg.images.wheelhouse_path();
     let wheels = std::fs::read_dir(&wh)
         .map(|d| {
@@ -237,6 +271,81 @@ async fn check(cfg: &IacConfig) -> anyhow::Result<ExitCode> {
     } else {
         println!("bootstrap --check: everything is present");
         Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// Builds a missing Python base image (and its wheelhouse) during a deploy by running the
+/// embedded recipe with `--only-python --python X.Y`; its progress lines become build events.
+pub struct RecipeMaker {
+    cfg: IacConfig,
+}
+
+impl RecipeMaker {
+    pub fn new(cfg: IacConfig) -> Self {
+        RecipeMaker { cfg }
+    }
+}
+
+#[async_trait::async_trait]
+impl iac_backends::build::BaseImageMaker for RecipeMaker {
+    async fn make(
+        &self,
+        python: &iac_backends::build::PythonChoice,
+        events: &iac_core::Events,
+    ) -> Result<(), String> {
+        use tokio::io::AsyncBufReadExt;
+        let dir = tempfile::Builder::new()
+            .prefix("iac-bootstrap-")
+            .tempdir()
+            .map_err(|e| format!("create a private directory for the image recipe: {e}"))?;
+        let script = write_recipe(dir.path()).map_err(|e| format!("{e:#}"))?;
+        let mut cmd = tokio::process::Command::new("bash");
+        cmd.arg(&script)
+            .args(["--only-python", "--python", &python.version])
+            .current_dir(dir.path())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        recipe_env(&self.cfg, &mut cmd);
+        let mut child = cmd.spawn().map_err(|e| {
+            format!("cannot run bash for the image recipe (it needs bash, the docker CLI and mmdebstrap): {e}")
+        })?;
+        let stdout = child.stdout.take().expect("piped");
+        let stderr = child.stderr.take().expect("piped");
+        let err_task = tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(stderr).lines();
+            let mut tail: std::collections::VecDeque<String> = Default::default();
+            while let Ok(Some(l)) = lines.next_line().await {
+                if tail.len() == 20 {
+                    tail.pop_front();
+                }
+                tail.push_back(l);
+            }
+            tail.into_iter().collect::<Vec<_>>().join("\n")
+        });
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        while let Ok(Some(l)) = lines.next_line().await {
+            events.info(iac_core::Stage::Build, l);
+        }
+        let status = child
+            .wait()
+            .await
+            .map_err(|e| format!("waiting for the image recipe: {e}"))?;
+        let err = err_task.await.unwrap_or_default();
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "the image recipe (scripts/bootstrap-images.sh --only-python --python {}) failed ({status}): {}",
+                python.version,
+                if err.trim().is_empty() {
+                    "no error output"
+                } else {
+                    err.trim()
+                }
+            ))
+        }
     }
 }
 
@@ -288,6 +397,52 @@ async fn agent_line(cfg: &IacConfig) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_recipe_downloads_wheels_for_the_same_targets_as_the_builder() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = write_recipe(dir.path()).unwrap();
+        for v in [(3, 11), (3, 13), (3, 14)] {
+            let out = std::process::Command::new("bash")
+                .arg(&script)
+                .args(["--print-pip-target", &format!("{}.{}", v.0, v.1)])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let got: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::to_string)
+                .collect();
+            assert_eq!(got, iac_backends::build::wheels::pip_target(v), "{v:?}");
+        }
+    }
+
+    #[test]
+    fn the_recipe_gets_every_configured_python_image() {
+        let mut cfg = IacConfig::default();
+        cfg.images.pythons.get_mut("3.14").unwrap().offline_image = "mine/py:3.14".into();
+        let mut cmd = tokio::process::Command::new("true");
+        recipe_env(&cfg, &mut cmd);
+        let envs: std::collections::BTreeMap<String, String> = cmd
+            .as_std()
+            .get_envs()
+            .filter_map(|(k, v)| {
+                Some((
+                    k.to_string_lossy().into_owned(),
+                    v?.to_string_lossy().into_owned(),
+                ))
+            })
+            .collect();
+        assert_eq!(envs["IAC_PYTHON_VERSION"], "3.11");
+        assert_eq!(envs["IAC_PYTHON_IMAGE"], "iac/python:3.11-bookworm");
+        assert_eq!(envs["IAC_PYTHON_IMAGE_3_14"], "mine/py:3.14");
+        assert_eq!(envs["IAC_PYTHON_OFFICIAL_3_14"], "python:3.14-slim");
+        assert_eq!(envs["IAC_PYTHON_IMAGE_3_13"], "iac/python:3.13-trixie");
+    }
 
     #[test]
     fn the_recipe_is_complete_and_lands_where_the_script_looks() {

@@ -123,6 +123,10 @@ pub enum Command {
         /// Rebuild the offline images and the wheelhouse even when present.
         #[arg(long, conflicts_with = "check")]
         rebuild: bool,
+        /// Also the base image and wheelhouse of this Python minor (3.13: Debian trixie, 3.14:
+        /// Debian unstable; repeatable). Without it they are built when a deploy first needs them.
+        #[arg(long = "python", value_name = "X.Y")]
+        pythons: Vec<String>,
     },
     /// Run the admin API (HTTP on TCP and a Unix socket, plus gRPC ControlPlane).
     Serve {

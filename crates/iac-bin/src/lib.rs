@@ -117,6 +117,7 @@ async fn dispatch(cli: Cli, cfg: IacConfig) -> anyhow::Result<ExitCode> {
             check,
             no_pull,
             rebuild,
+            pythons,
         } => {
             bootstrap::run(
                 &cfg,
@@ -124,6 +125,7 @@ async fn dispatch(cli: Cli, cfg: IacConfig) -> anyhow::Result<ExitCode> {
                     check,
                     no_pull,
                     rebuild,
+                    pythons,
                 },
             )
             .await

@@ -64,7 +64,16 @@ pub fn source_stages(
         .protected_dirs
         .extend([cfg.state_dir.clone(), cfg.pki.secrets_dir.clone()]);
     let fetcher = DefaultFetcher::new(fetch).context("source fetcher configuration ([fetch])")?;
-    Ok((Arc::new(fetcher), Arc::new(DefaultResolver::new())))
+    let pythons = cfg
+        .images
+        .available_pythons()
+        .map_err(|e| anyhow::anyhow!("[images]: {e}"))?;
+    let default_python = iac_backends::build::config::parse_minor(&cfg.images.default_python)
+        .map_err(|e| anyhow::anyhow!("[images] default_python: {e}"))?;
+    let resolver = DefaultResolver::new()
+        .with_pythons(pythons)
+        .with_default_python(default_python);
+    Ok((Arc::new(fetcher), Arc::new(resolver)))
 }
 
 impl App {
@@ -104,8 +113,11 @@ impl App {
                 let docker = engine.docker().clone();
                 let envoy_image =
                     resolve_image(&docker, &cfg.sidecar.image, &cfg.sidecar.offline_image).await?;
+                // A Python base image a deploy needs and the engine lacks is built on demand by
+                // the embedded bootstrap recipe.
                 let builder = DockerImageBuilder::with_docker(docker, cfg.images.clone())
-                    .context("image builder ([images])")?;
+                    .context("image builder ([images])")?
+                    .with_base_maker(Arc::new(crate::bootstrap::RecipeMaker::new(cfg.clone())));
                 let provisioner: Arc<dyn Provisioner> = match cfg.provisioner {
                     ProvisionerKind::Docker => Arc::new(DockerProvisioner::with_engine(
                         Arc::new(engine),

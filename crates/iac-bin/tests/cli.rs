@@ -595,6 +595,14 @@ fn bootstrap_runs_from_an_empty_directory_with_only_the_installed_binaries() {
             "{out}"
         );
         assert!(out.contains(&format!("wheels   {}", wh.display())), "{out}");
+        // The other Pythons are listed: present, or built when a deploy first needs them.
+        for tag in ["iac/python:3.13-trixie", "iac/python:3.14-sid"] {
+            let line = out.lines().find(|l| l.contains(tag)).unwrap_or_default();
+            assert!(
+                line.contains("present") || line.contains("built on demand"),
+                "{tag}: {out}"
+            );
+        }
         // The shared engine has both images (scripts/bootstrap-images.sh made them).
         assert_eq!(check.status.code(), Some(0), "{out}{err}");
         assert!(out.contains("everything is present"), "{out}");
@@ -605,6 +613,20 @@ fn bootstrap_runs_from_an_empty_directory_with_only_the_installed_binaries() {
         );
         assert_eq!(check.status.code(), Some(1), "{out}{err}");
     }
+
+    // A Python iac has no base image for is refused, naming what is configured.
+    let bad = installed(
+        bin.path(),
+        empty.path(),
+        &["bootstrap", "--check", "--python", "3.12"],
+        cache.path(),
+    );
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success(), "{err}");
+    assert!(
+        err.contains("--python 3.12") && err.contains("3.11, 3.13, 3.14"),
+        "{err}"
+    );
 
     // An agent of another version is reported, and --check says there is work to do.
     let stale = install("0.0.1");

@@ -90,7 +90,7 @@ pub struct PythonVersion {
     /// `major.minor`, one of the versions iac can provide (e.g. `3.13`).
     pub version: String,
     /// What decided it, e.g. `.python-version line 1 pins 3.14` or
-    /// `pyproject.toml requires-python ">=3.12": the highest available that satisfies it`.
+    /// `[project] requires-python ">=3.12" excludes the default Python 3.11; 3.13 is the nearest …`.
     pub source: String,
 }
 

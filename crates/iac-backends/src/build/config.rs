@@ -1,5 +1,8 @@
 //! [`ImageConfig`]: everything the Docker image builder is configured with (the `[images]` /
-//! `[build]` section of `iac.toml`), with the defaults `make bootstrap` prepares for.
+//! `[build]` section of `iac.toml`), with the defaults `make bootstrap` prepares for, and the
+//! per-Python base images ([`PythonImages`], [`ImageConfig::python_images`]): `base_image` /
+//! `offline_base_image` belong to `default_python` (3.11), `[images.pythons."X.Y"]` to the others
+//! (3.13 from Debian trixie, 3.14 from Debian unstable by default).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,6 +18,13 @@ pub struct ImageConfig {
     /// Used instead when `base_image` is absent; `make bootstrap` builds it on engines that cannot
     /// pull (`iac/python:3.11-bookworm`).
     pub offline_base_image: String,
+    /// The Python minor of `base_image` / `offline_base_image`, used when a repo names no version
+    /// and preferred when its constraints allow it (`"3.11"`).
+    pub default_python: String,
+    /// Base images of the other Python minors a repo may ask for, by `"X.Y"`. Default: 3.13
+    /// (`python:3.13-slim`, offline `iac/python:3.13-trixie`) and 3.14 (`python:3.14-slim`,
+    /// offline `iac/python:3.14-sid`). A table in iac.toml replaces this whole map.
+    pub pythons: BTreeMap<String, PythonImages>,
     /// The static `iac-agent` copied to `/usr/local/bin` of every image. Default: `iac-agent` next
     /// to the running executable.
     pub agent_binary: Option<PathBuf>,
@@ -60,11 +70,58 @@ pub struct ImageConfig {
     pub app_uid: u32,
 }
 
+/// The base images of one Python minor: the official one, used when the engine has it, and the
+/// offline equivalent bootstrap builds from Debian (on demand during a deploy).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PythonImages {
+    pub image: String,
+    pub offline_image: String,
+}
+
+/// The Python of one build: its minor and base images.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PythonChoice {
+    /// `"X.Y"`.
+    pub version: String,
+    pub image: String,
+    pub offline_image: String,
+    /// Whether this is `default_python` (its wheelhouse is `wheelhouse`, not `wheelhouse-X.Y`).
+    pub is_default: bool,
+}
+
+/// `"3.13"` → `(3, 13)`; anything else is an error naming what was expected.
+pub fn parse_minor(v: &str) -> Result<(u32, u32), String> {
+    let bad = || format!("{v:?} is not a Python minor version; expected X.Y, e.g. \"3.13\"");
+    let (a, b) = v.split_once('.').ok_or_else(bad)?;
+    let ok = |s: &str| !s.is_empty() && s.len() <= 3 && s.bytes().all(|c| c.is_ascii_digit());
+    if !ok(a) || !ok(b) {
+        return Err(bad());
+    }
+    Ok((a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?))
+}
+
 impl Default for ImageConfig {
     fn default() -> Self {
         ImageConfig {
             base_image: "python:3.11-slim".into(),
             offline_base_image: "iac/python:3.11-bookworm".into(),
+            default_python: "3.11".into(),
+            pythons: BTreeMap::from([
+                (
+                    "3.13".to_string(),
+                    PythonImages {
+                        image: "python:3.13-slim".into(),
+                        offline_image: "iac/python:3.13-trixie".into(),
+                    },
+                ),
+                (
+                    "3.14".to_string(),
+                    PythonImages {
+                        image: "python:3.14-slim".into(),
+                        offline_image: "iac/python:3.14-sid".into(),
+                    },
+                ),
+            ]),
             agent_binary: None,
             wheelhouse: None,
             template_dir: None,
@@ -101,11 +158,71 @@ impl ImageConfig {
             .unwrap_or_else(|| PathBuf::from("iac-agent"))
     }
 
-    /// The OpenTelemetry wheelhouse directory (configured or the bootstrap default).
+    /// The OpenTelemetry wheelhouse directory of `default_python` (configured or the bootstrap
+    /// default).
     pub fn wheelhouse_path(&self) -> PathBuf {
         self.wheelhouse
             .clone()
             .unwrap_or_else(|| cache_dir().join("wheelhouse"))
+    }
+
+    /// The wheelhouse for `python`: [`Self::wheelhouse_path`] for the default Python, else the
+    /// sibling `<wheelhouse>-X.Y` (what `scripts/bootstrap-images.sh --python X.Y` fills).
+    pub fn wheelhouse_for(&self, python: &PythonChoice) -> PathBuf {
+        let base = self.wheelhouse_path();
+        if python.is_default {
+            return base;
+        }
+        let mut name = base.file_name().unwrap_or_default().to_os_string();
+        name.push(format!("-{}", python.version));
+        base.with_file_name(name)
+    }
+
+    /// Every Python minor the builder can provide, ascending (the default and `pythons`).
+    pub fn available_pythons(&self) -> Result<Vec<(u32, u32)>, String> {
+        let mut out = vec![
+            parse_minor(&self.default_python).map_err(|e| format!("images.default_python: {e}"))?,
+        ];
+        for v in self.pythons.keys() {
+            let m = parse_minor(v).map_err(|e| format!("images.pythons: {e}"))?;
+            if v == &self.default_python {
+                return Err(format!(
+                    "images.pythons has {v:?}, which is images.default_python: its images are images.base_image and images.offline_base_image"
+                ));
+            }
+            out.push(m);
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// The base images for a build whose entry asks for `version` (`None`: the default Python).
+    pub fn python_images(&self, version: Option<&str>) -> Result<PythonChoice, String> {
+        let v = version.unwrap_or(&self.default_python);
+        if v == self.default_python {
+            return Ok(PythonChoice {
+                version: v.to_string(),
+                image: self.base_image.clone(),
+                offline_image: self.offline_base_image.clone(),
+                is_default: true,
+            });
+        }
+        match self.pythons.get(v) {
+            Some(p) => Ok(PythonChoice {
+                version: v.to_string(),
+                image: p.image.clone(),
+                offline_image: p.offline_image.clone(),
+                is_default: false,
+            }),
+            None => Err(format!(
+                "the entry asks for Python {v}, which is not configured; expected one of {} (images.default_python and images.pythons)",
+                std::iter::once(self.default_python.as_str())
+                    .chain(self.pythons.keys().map(String::as_str))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
     }
 
     /// Where host-downloaded app dependency wheels are cached.
@@ -151,6 +268,8 @@ impl std::fmt::Debug for ImageConfig {
         f.debug_struct("ImageConfig")
             .field("base_image", &self.base_image)
             .field("offline_base_image", &self.offline_base_image)
+            .field("default_python", &self.default_python)
+            .field("pythons", &self.pythons)
             .field("agent_binary", &self.agent_binary)
             .field("wheelhouse", &self.wheelhouse)
             .field("template_dir", &self.template_dir)
@@ -237,5 +356,65 @@ mod tests {
         assert!(cfg.wheelhouse_path().ends_with("iac/wheelhouse"));
         assert_eq!(cfg.max_context_bytes, 2 << 30);
         assert!(cfg.pip_index_url.is_none() && cfg.pip_pass_env.is_empty());
+        assert_eq!(cfg.default_python, "3.11");
+        assert_eq!(
+            cfg.available_pythons().unwrap(),
+            vec![(3, 11), (3, 13), (3, 14)]
+        );
+    }
+
+    #[test]
+    fn python_images_per_version_and_their_wheelhouses() {
+        let cfg = ImageConfig {
+            wheelhouse: Some(PathBuf::from("/srv/wh")),
+            ..ImageConfig::default()
+        };
+        let d = cfg.python_images(None).unwrap();
+        assert_eq!(
+            (
+                d.version.as_str(),
+                d.image.as_str(),
+                d.offline_image.as_str()
+            ),
+            ("3.11", "python:3.11-slim", "iac/python:3.11-bookworm")
+        );
+        assert_eq!(cfg.python_images(Some("3.11")).unwrap(), d);
+        assert_eq!(cfg.wheelhouse_for(&d), PathBuf::from("/srv/wh"));
+        let p = cfg.python_images(Some("3.14")).unwrap();
+        assert_eq!(
+            (p.image.as_str(), p.offline_image.as_str()),
+            ("python:3.14-slim", "iac/python:3.14-sid")
+        );
+        assert_eq!(cfg.wheelhouse_for(&p), PathBuf::from("/srv/wh-3.14"));
+        let e = cfg.python_images(Some("3.12")).unwrap_err();
+        assert!(
+            e.contains("Python 3.12") && e.contains("3.11, 3.13, 3.14"),
+            "{e}"
+        );
+
+        let bad = ImageConfig {
+            default_python: "3".into(),
+            ..ImageConfig::default()
+        };
+        assert!(
+            bad.available_pythons()
+                .unwrap_err()
+                .contains("images.default_python")
+        );
+        let mut dup = ImageConfig::default();
+        dup.pythons.insert(
+            "3.11".into(),
+            PythonImages {
+                image: "x".into(),
+                offline_image: "y".into(),
+            },
+        );
+        assert!(
+            dup.available_pythons()
+                .unwrap_err()
+                .contains("images.base_image")
+        );
+        assert_eq!(parse_minor("3.13"), Ok((3, 13)));
+        assert!(parse_minor("3.13.1").is_err() && parse_minor("three").is_err());
     }
 }

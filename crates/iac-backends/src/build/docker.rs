@@ -2,13 +2,16 @@
 //!
 //! `planned()` is pure (files only, no engine): it renders the Dockerfile and derives the build key
 //! and tag. `build()` reuses an image whose `iac.build-key` label matches; otherwise it resolves the
-//! base image (configured → offline equivalent → error naming `make bootstrap`), downloads the app's
-//! dependency wheels on the host (binary wheels only, scrubbed environment: no repo code runs on
-//! the host), writes the capped context tar to a temp file, streams it to the engine and the
-//! engine's build output back as [`Stage::Build`] events.
+//! base image of the entry's Python (`Entry::python`, else `images.default_python`): configured →
+//! offline equivalent → built on demand by the [`BaseImageMaker`] when one is set (the `iac`
+//! binary's bootstrap recipe) → an error naming `iac bootstrap --python X.Y`. It downloads the
+//! app's dependency wheels on the host for that interpreter (binary wheels only, scrubbed
+//! environment: no repo code runs on the host), writes the capped context tar to a temp file,
+//! streams it to the engine and the engine's build output back as [`Stage::Build`] events.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -20,7 +23,8 @@ use futures::StreamExt;
 
 use iac_core::{BuildError, BuildSpec, Events, ImageBuilder, ImageRef, Language, Stage};
 
-use super::config::ImageConfig;
+use super::base::BaseImageMaker;
+use super::config::{ImageConfig, PythonChoice, parse_minor};
 use super::context::{ContextInputs, agent_error, build_context, elf_interpreter};
 use super::dockerfile::{
     APP_DOCKERFILE_NAME, APP_DOCKERFILE_TEMPLATE, BASE_IMAGE_ARG, DockerfileInputs,
@@ -40,6 +44,10 @@ pub struct DockerImageBuilder {
     config: ImageConfig,
     template: String,
     digests: FileDigests,
+    /// Builds a missing Python base image on demand (none: the error names bootstrap).
+    maker: Option<Arc<dyn BaseImageMaker>>,
+    /// One on-demand base build at a time in this process (the recipe also locks across processes).
+    making: tokio::sync::Mutex<()>,
 }
 
 /// Everything `planned()` derives, reused by `build()`.
@@ -49,6 +57,7 @@ struct Plan {
     deps: AppDeps,
     otel_wheels: Option<PathBuf>,
     agent: PathBuf,
+    python: PythonChoice,
 }
 
 impl DockerImageBuilder {
@@ -79,12 +88,36 @@ impl DockerImageBuilder {
             }
             None => APP_DOCKERFILE_TEMPLATE.to_string(),
         };
+        config
+            .available_pythons()
+            .map_err(|message| BuildError::Template {
+                name: "[images]".into(),
+                message,
+            })?;
         Ok(DockerImageBuilder {
             docker,
             config,
             template,
             digests: FileDigests::default(),
+            maker: None,
+            making: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Builds missing Python base images (and their wheelhouses) on demand with `maker`.
+    pub fn with_base_maker(mut self, maker: Arc<dyn BaseImageMaker>) -> Self {
+        self.maker = Some(maker);
+        self
+    }
+
+    /// The Python (minor and base images) a spec builds on.
+    fn python_for(&self, spec: &BuildSpec) -> Result<PythonChoice, BuildError> {
+        self.config
+            .python_images(spec.entry.python.as_ref().map(|p| p.version.as_str()))
+            .map_err(|message| BuildError::Build {
+                service: spec.service.as_str().to_string(),
+                message,
+            })
     }
 
     pub fn config(&self) -> &ImageConfig {
@@ -113,9 +146,16 @@ impl DockerImageBuilder {
             .digests
             .digest(&agent)
             .map_err(|e| agent_error(&agent, e))?;
+        let python = self.python_for(spec)?;
         let (otel_wheels, listing) = if inputs.otel {
-            let dir = self.config.wheelhouse_path();
-            let listing = wheel_listing(&dir)?;
+            let dir = self.config.wheelhouse_for(&python);
+            let listing = wheel_listing(&dir).map_err(|e| match python.is_default {
+                true => e,
+                false => BuildError::Context(format!(
+                    "{e} (the wheelhouse of Python {v}: `iac bootstrap --python {v}` fills it; a deploy does so on demand)",
+                    v = python.version
+                )),
+            })?;
             (Some(dir), listing)
         } else {
             (None, Vec::new())
@@ -138,6 +178,7 @@ impl DockerImageBuilder {
             deps,
             otel_wheels,
             agent,
+            python,
         })
     }
 
@@ -177,30 +218,121 @@ impl DockerImageBuilder {
         Ok(Some(img.id))
     }
 
-    /// The configured base image if the engine has it, else the offline equivalent.
-    async fn resolve_base(&self, service: &str, events: &Events) -> Result<String, BuildError> {
-        let (configured, offline) = (&self.config.base_image, &self.config.offline_base_image);
+    /// The configured base image of `python` if the engine has it, else the offline equivalent,
+    /// else (with a [`BaseImageMaker`]) the offline equivalent built now.
+    async fn resolve_base(
+        &self,
+        spec: &BuildSpec,
+        python: &PythonChoice,
+        events: &Events,
+    ) -> Result<String, BuildError> {
+        if let Some(found) = self.present_base(python, events).await? {
+            return Ok(found);
+        }
+        let (configured, offline) = (&python.image, &python.offline_image);
+        let missing = if offline.is_empty() || offline == configured {
+            format!(
+                "base image {configured} (Python {}) is not on this Docker engine",
+                python.version
+            )
+        } else {
+            format!(
+                "base image {configured} (Python {}) is not on this Docker engine, nor is its offline equivalent {offline}",
+                python.version
+            )
+        };
+        if self.maker.is_some() && !offline.is_empty() {
+            self.make_base(spec, python, &missing, events).await?;
+            if let Some(found) = self.present_base(python, events).await? {
+                return Ok(found);
+            }
+        }
+        Err(BuildError::Build {
+            service: spec.service.as_str().to_string(),
+            message: format!(
+                "{missing}; run `iac bootstrap{}` (or `make bootstrap` in an iac checkout) to pull it or build the offline equivalent",
+                if python.is_default {
+                    String::new()
+                } else {
+                    format!(" --python {}", python.version)
+                }
+            ),
+        })
+    }
+
+    /// The configured image of `python` or its offline equivalent, whichever the engine has.
+    async fn present_base(
+        &self,
+        python: &PythonChoice,
+        events: &Events,
+    ) -> Result<Option<String>, BuildError> {
+        let (configured, offline) = (&python.image, &python.offline_image);
         if self.image_present(configured).await? {
-            return Ok(configured.clone());
+            return Ok(Some(configured.clone()));
         }
         if !offline.is_empty() && offline != configured && self.image_present(offline).await? {
             events.info(
                 Stage::Build,
                 format!("base image {configured} is not on this engine; using its offline equivalent {offline}"),
             );
-            return Ok(offline.clone());
+            return Ok(Some(offline.clone()));
         }
-        Err(BuildError::Build {
-            service: service.to_string(),
-            message: format!(
-                "base image {configured} is not on this Docker engine{}; run `make bootstrap` (scripts/bootstrap-images.sh) to pull it or build the offline equivalent",
-                if offline.is_empty() {
-                    String::new()
-                } else {
-                    format!(", nor is its offline equivalent {offline}")
-                }
+        Ok(None)
+    }
+
+    /// Runs the [`BaseImageMaker`] for `python` (one at a time), saying what is built and why.
+    async fn make_base(
+        &self,
+        spec: &BuildSpec,
+        python: &PythonChoice,
+        why: &str,
+        events: &Events,
+    ) -> Result<(), BuildError> {
+        let Some(maker) = &self.maker else {
+            return Ok(());
+        };
+        let _one = self.making.lock().await;
+        // Another build may have made it while this one waited.
+        let wheels_ready = !self.config.otel || has_wheels(&self.config.wheelhouse_for(python));
+        if wheels_ready && self.present_base(python, events).await?.is_some() {
+            return Ok(());
+        }
+        let asked = spec
+            .entry
+            .python
+            .as_ref()
+            .map(|p| format!(" (asked for by {})", p.source))
+            .unwrap_or_default();
+        events.info(
+            Stage::Build,
+            format!(
+                "Python {}{asked}: {why}; building {} and its wheelhouse {} now with iac's bootstrap recipe (once: later builds reuse them)",
+                python.version,
+                python.offline_image,
+                self.config.wheelhouse_for(python).display()
             ),
-        })
+        );
+        let t = Instant::now();
+        maker
+            .make(python, events)
+            .await
+            .map_err(|e| BuildError::Build {
+                service: spec.service.as_str().to_string(),
+                message: format!(
+                    "building the base image {} of Python {} on demand failed: {e}",
+                    python.offline_image, python.version
+                ),
+            })?;
+        events.info(
+            Stage::Build,
+            format!(
+                "Python {} base image {} ready ({:.1?})",
+                python.version,
+                python.offline_image,
+                t.elapsed()
+            ),
+        );
+        Ok(())
     }
 
     async fn image_present(&self, name: &str) -> Result<bool, BuildError> {
@@ -222,6 +354,19 @@ impl ImageBuilder for DockerImageBuilder {
         let events = events.for_service(&spec.service);
         let service = spec.service.as_str();
         let started = Instant::now();
+        let python = self.python_for(spec)?;
+        // A Python's wheelhouse is made with its base image: without it there is no build key yet.
+        if spec.entry.language == Language::Python
+            && self.config.otel
+            && !has_wheels(&self.config.wheelhouse_for(&python))
+            && self.maker.is_some()
+        {
+            let why = format!(
+                "its wheelhouse {} is missing",
+                self.config.wheelhouse_for(&python).display()
+            );
+            self.make_base(spec, &python, &why, &events).await?;
+        }
         let plan = self.plan(spec)?;
         let mut image = plan.image;
         if let Some(id) = self.existing(&image.tag, &image.key).await? {
@@ -239,7 +384,7 @@ impl ImageBuilder for DockerImageBuilder {
                 ..image
             });
         }
-        let base = self.resolve_base(service, &events).await?;
+        let base = self.resolve_base(spec, &plan.python, &events).await?;
 
         if let Ok(bytes) = std::fs::read(&plan.agent)
             && let Some(interp) = elf_interpreter(&bytes)
@@ -261,8 +406,12 @@ impl ImageBuilder for DockerImageBuilder {
                 extra_index_urls: self.config.pip_extra_index_urls.clone(),
                 pass_env: self.config.pip_pass_env.clone(),
                 // The bootstrap wheelhouse (setuptools, wheel, the OTel SDK) serves builds offline.
-                find_links: vec![self.config.wheelhouse_path()],
+                find_links: vec![self.config.wheelhouse_for(&plan.python)],
                 cache_dir: self.config.app_wheel_cache_path(),
+                python: parse_minor(&plan.python.version).map_err(|message| BuildError::Build {
+                    service: service.to_string(),
+                    message,
+                })?,
             };
             Some(
                 pip.prepare(service, &spec.source.dir, &plan.deps, &events)
@@ -405,6 +554,14 @@ impl ImageBuilder for DockerImageBuilder {
         image.id = id;
         Ok(image)
     }
+}
+
+/// Whether `dir` holds at least one wheel.
+fn has_wheels(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|rd| {
+        rd.filter_map(Result::ok)
+            .any(|e| e.file_name().to_string_lossy().ends_with(".whl"))
+    })
 }
 
 /// The package an offline pip inside the build could not find, from the build output.

@@ -38,7 +38,8 @@ pub struct DockerfileInputs {
     pub entry_rule: String,
     /// The entry argv as a JSON array (the `iac.entry` label).
     pub entry_json: String,
-    /// The configured base image: the default of the `IAC_BASE_IMAGE` build argument.
+    /// The configured base image of the entry's Python (`Entry::python`, else the default one):
+    /// the default of the `IAC_BASE_IMAGE` build argument.
     pub base_image: String,
     pub source_digest: String,
     pub uid: u32,
@@ -131,6 +132,9 @@ impl DockerfileInputs {
         }
         let python = spec.entry.language == Language::Python;
         let otel = python && config.otel;
+        let base = config
+            .python_images(spec.entry.python.as_ref().map(|p| p.version.as_str()))
+            .map_err(&fail)?;
         let mut env = Vec::with_capacity(spec.env.len());
         for (k, v) in &spec.env {
             if !is_env_name(k) {
@@ -203,7 +207,7 @@ impl DockerfileInputs {
             language: spec.entry.language.as_str(),
             entry_rule: spec.entry.rule.replace(['\n', '\r'], " "),
             entry_json: serde_json::to_string(&spec.entry.argv).expect("a Vec<String> serializes"),
-            base_image: config.base_image.clone(),
+            base_image: base.image,
             source_digest: spec.source.digest.clone(),
             uid: config.app_uid,
             otel,

@@ -10,8 +10,10 @@
 //!   shared with the `path:` digest; [`ignore`]: Docker's `.dockerignore` rules.
 //! - [`wheels`]: host-side download of binary wheels only (scrubbed environment); everything
 //!   that builds runs inside the image. [`requirements`]: the requirements-file filter.
-//! - [`config`]: the [`ImageConfig`] struct.
+//! - [`config`]: the [`ImageConfig`] struct and the base images per Python minor.
+//! - [`base`]: [`BaseImageMaker`], the hook that builds a missing Python base image on demand.
 
+pub mod base;
 pub mod config;
 pub mod context;
 pub mod docker;
@@ -22,6 +24,7 @@ pub mod requirements;
 pub mod tree;
 pub mod wheels;
 
-pub use config::ImageConfig;
+pub use base::BaseImageMaker;
+pub use config::{ImageConfig, PythonChoice, PythonImages};
 pub use docker::{DockerImageBuilder, LABEL_BASE_IMAGE, LABEL_BUILD_KEY};
 pub use dockerfile::{DockerfileInputs, render_dockerfile};

@@ -1,8 +1,8 @@
 //! Offline dependency installs without running repo code on the host.
 //!
 //! The host (which reaches the operator's index when the build container may not) only
-//! DOWNLOADS binary wheels (`--only-binary=:all:` for CPython 3.11 manylinux x86_64, the image's
-//! interpreter): no `setup.py`, build backend or sdist ever runs on the host. Everything that
+//! DOWNLOADS binary wheels (`--only-binary=:all:` for the image's CPython — 3.11, 3.13 or 3.14,
+//! [`pip_target`] — manylinux x86_64): no `setup.py`, build backend or sdist ever runs on the host. Everything that
 //! builds — the app's own package, local projects listed in requirements, their build backends —
 //! runs inside the image build, offline, from what the host downloaded (see
 //! `infra/templates/app.Dockerfile.tmpl`).
@@ -33,42 +33,56 @@ use iac_core::{BuildError, Events, Stage};
 use super::config::redact_url_credentials;
 use super::requirements::{Line, classify_dependency, parse};
 
-/// pip's target-platform flags: wheels for the image's interpreter, not the host's. Every
-/// manylinux tag a glibc 2.36 x86_64 system runs (bookworm; python:3.11-slim is newer). Keep in
-/// sync with `PIP_TARGET` in scripts/bootstrap-images.sh.
-pub const PIP_TARGET: &[&str] = &[
-    "--only-binary=:all:",
-    "--implementation",
-    "cp",
-    "--python-version",
-    "3.11",
-    "--abi",
-    "cp311",
-    "--platform",
-    "manylinux_2_36_x86_64",
-    "--platform",
+/// glibc minor of the oldest base image a Python minor runs on here: 3.11 → 36 (Debian
+/// bookworm; `python:3.11-slim` is newer), 3.13 and 3.14 → 41 (Debian trixie, which
+/// `python:3.13-slim`/`python:3.14-slim` use; Debian unstable is newer). Any other minor → 36, the
+/// oldest, which every later glibc runs.
+pub fn glibc_minor(python: (u32, u32)) -> u32 {
+    match python {
+        (3, 13) | (3, 14) => 41,
+        _ => 36,
+    }
+}
+
+/// Manylinux tags below glibc 2.36 that wheels are published with, newest first.
+const OLDER_PLATFORMS: &[&str] = &[
     "manylinux_2_35_x86_64",
-    "--platform",
     "manylinux_2_34_x86_64",
-    "--platform",
     "manylinux_2_31_x86_64",
-    "--platform",
     "manylinux_2_28_x86_64",
-    "--platform",
     "manylinux_2_27_x86_64",
-    "--platform",
     "manylinux_2_24_x86_64",
-    "--platform",
     "manylinux_2_17_x86_64",
-    "--platform",
     "manylinux2014_x86_64",
-    "--platform",
     "manylinux2010_x86_64",
-    "--platform",
     "manylinux1_x86_64",
-    "--platform",
     "linux_x86_64",
 ];
+
+/// pip's target flags: binary wheels for the image's interpreter (CPython `python`), not the
+/// host's — every manylinux tag that interpreter's base image runs ([`glibc_minor`]). For 3.11 this
+/// is exactly `PIP_TARGET` of scripts/bootstrap-images.sh (keep them in sync).
+pub fn pip_target(python: (u32, u32)) -> Vec<String> {
+    let (major, minor) = python;
+    let mut argv: Vec<String> = vec![
+        "--only-binary=:all:".into(),
+        "--implementation".into(),
+        "cp".into(),
+        "--python-version".into(),
+        format!("{major}.{minor}"),
+        "--abi".into(),
+        format!("cp{major}{minor}"),
+    ];
+    for g in (36..=glibc_minor(python).max(36)).rev() {
+        argv.push("--platform".into());
+        argv.push(format!("manylinux_2_{g}_x86_64"));
+    }
+    for p in OLDER_PLATFORMS {
+        argv.push("--platform".into());
+        argv.push(p.to_string());
+    }
+    argv
+}
 
 /// In `wheels/app/`: the requirements installed from the wheels before the app is copied in.
 pub const REQUIREMENTS_FILE: &str = "iac-requirements.txt";
@@ -370,6 +384,8 @@ pub struct HostPip {
     pub find_links: Vec<PathBuf>,
     /// Finished downloads, one directory per key.
     pub cache_dir: PathBuf,
+    /// The image's CPython `(major, minor)`: wheels are downloaded for it ([`pip_target`]).
+    pub python: (u32, u32),
 }
 
 impl HostPip {
@@ -455,7 +471,7 @@ impl HostPip {
             }
             self.run(&argv, &home, &cwd, events)
                 .await
-                .map_err(|out| fail(download_error("the app's dependencies", &out)))?;
+                .map_err(|out| fail(download_error("the app's dependencies", self.python, &out)))?;
         }
         if !plan.build.is_empty() {
             events.info(
@@ -470,7 +486,7 @@ impl HostPip {
             argv.extend(plan.build.iter().cloned());
             self.run(&argv, &home, &cwd, events)
                 .await
-                .map_err(|out| fail(download_error("the build requirements", &out)))?;
+                .map_err(|out| fail(download_error("the build requirements", self.python, &out)))?;
         }
         write(&staging.join(REQUIREMENTS_FILE), &plan.requirements)?;
         write(&staging.join(CONSTRAINTS_FILE), &plan.constraints)?;
@@ -503,7 +519,7 @@ impl HostPip {
 
     fn download_args(&self, dest: &Path) -> Vec<String> {
         let mut argv = vec!["download".to_string(), "--dest".into(), path_arg(dest)];
-        argv.extend(PIP_TARGET.iter().map(|s| s.to_string()));
+        argv.extend(pip_target(self.python));
         argv.extend([
             "--disable-pip-version-check".to_string(),
             "--no-input".into(),
@@ -534,8 +550,8 @@ impl HostPip {
         for s in &self.extra_index_urls {
             part(s);
         }
-        for s in PIP_TARGET {
-            part(s);
+        for s in pip_target(self.python) {
+            part(&s);
         }
         for (name, list) in [
             ("requirements", &plan.requirements),
@@ -651,7 +667,8 @@ fn redact_text(text: &str) -> String {
 
 /// A download failure for the deploy report: what is missing and what to do, from pip's
 /// `ERROR:` lines only (never its whole output).
-fn download_error(what: &str, output: &str) -> String {
+fn download_error(what: &str, python: (u32, u32), output: &str) -> String {
+    let py = format!("CPython {}.{}", python.0, python.1);
     let missing: Vec<String> = output
         .lines()
         .filter_map(|l| {
@@ -666,12 +683,10 @@ fn download_error(what: &str, output: &str) -> String {
         .take(5)
         .collect();
     let mut msg = if missing.is_empty() {
-        format!(
-            "downloading {what} on the host (binary wheels for CPython 3.11 manylinux x86_64) failed"
-        )
+        format!("downloading {what} on the host (binary wheels for {py} manylinux x86_64) failed")
     } else {
         format!(
-            "{what}: no binary wheel of {} for CPython 3.11 manylinux x86_64 on the configured index. iac downloads only wheels on the host (fetching an sdist runs its code); use a version that ships wheels, give the operator's index or a --find-links wheelhouse one (images.pip_args), or vendor the package in the repository",
+            "{what}: no binary wheel of {} for {py} manylinux x86_64 on the configured index. iac downloads only wheels on the host (fetching an sdist runs its code); use a version that ships wheels, give the operator's index or a --find-links wheelhouse one (images.pip_args), or vendor the package in the repository",
             missing.join(", ")
         )
     };
@@ -860,6 +875,7 @@ mod tests {
             pass_env: vec![],
             find_links: vec![],
             cache_dir: d.path().join("cache"),
+            python: (3, 11),
         };
         std::fs::create_dir_all(&record).unwrap();
         let err = pip
@@ -923,7 +939,7 @@ mod tests {
             "Looking in indexes: https://op:s3cret@mirror.example/simple\nERROR: Could not find a version that satisfies the requirement sdistonly==1.0 (from versions: none)\nERROR: No matching distribution found for sdistonly==1.0\n",
         );
         assert!(!out.contains("s3cret"), "{out}");
-        let msg = download_error("the app's dependencies", &out);
+        let msg = download_error("the app's dependencies", (3, 11), &out);
         assert!(
             msg.contains("sdistonly==1.0") && msg.contains("no binary wheel"),
             "{msg}"
@@ -948,6 +964,7 @@ mod tests {
             pass_env: vec![],
             find_links: vec![],
             cache_dir: PathBuf::from("/nonexistent"),
+            python: (3, 11),
         };
         let plan = DepPlan {
             requirements: vec!["six".into()],
@@ -967,5 +984,60 @@ mod tests {
             ..pip.clone()
         };
         assert_ne!(a, other_index.cache_key(&plan));
+        let other_python = HostPip {
+            python: (3, 14),
+            ..pip.clone()
+        };
+        assert_ne!(
+            a,
+            other_python.cache_key(&plan),
+            "wheels for another interpreter are another download"
+        );
+    }
+
+    #[test]
+    fn pip_target_names_the_interpreter_and_the_platforms_its_base_runs() {
+        let t311 = pip_target((3, 11));
+        // Exactly PIP_TARGET of scripts/bootstrap-images.sh (its wheelhouse stamp hashes it).
+        let script = include_str!("../../../../scripts/bootstrap-images.sh");
+        let line = script
+            .lines()
+            .skip_while(|l| !l.starts_with("PIP_TARGET_311=("))
+            .take_while(|l| !l.trim_end().ends_with(')'))
+            .chain(
+                script
+                    .lines()
+                    .skip_while(|l| !l.starts_with("PIP_TARGET_311=("))
+                    .find(|l| l.trim_end().ends_with(')')),
+            )
+            .collect::<Vec<_>>()
+            .join(" ");
+        let words: Vec<&str> = line
+            .trim_start_matches("PIP_TARGET_311=(")
+            .trim_end()
+            .trim_end_matches(')')
+            .split_whitespace()
+            .collect();
+        assert_eq!(
+            words, t311,
+            "keep wheels.rs and bootstrap-images.sh in sync"
+        );
+        let w = |v: &[String], flag: &str| {
+            v.windows(2)
+                .filter(|p| p[0] == flag)
+                .map(|p| p[1].clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(w(&t311, "--python-version"), ["3.11"]);
+        assert_eq!(w(&t311, "--abi"), ["cp311"]);
+        assert_eq!(w(&t311, "--platform")[0], "manylinux_2_36_x86_64");
+        let t314 = pip_target((3, 14));
+        assert_eq!(w(&t314, "--python-version"), ["3.14"]);
+        assert_eq!(w(&t314, "--abi"), ["cp314"]);
+        let plats = w(&t314, "--platform");
+        assert_eq!(plats[0], "manylinux_2_41_x86_64");
+        assert!(plats.contains(&"manylinux_2_36_x86_64".to_string()));
+        assert_eq!(plats.last().unwrap(), "linux_x86_64");
+        assert!(t314.contains(&"--only-binary=:all:".to_string()));
     }
 }

@@ -41,7 +41,7 @@ pub use binary::BinaryProvider;
 pub use iac_core::DEFAULT_APP_PORT;
 pub use overrides::{Callable, Override, OverrideValue};
 pub use python::PythonProvider;
-pub use pyversion::AVAILABLE_PYTHONS;
+pub use pyversion::{AVAILABLE_PYTHONS, DEFAULT_PYTHON};
 
 /// At most this many runner-up candidates are kept on an Entry.
 const MAX_CANDIDATES: usize = 8;
@@ -66,6 +66,7 @@ pub trait Provider: Send + Sync {
 pub struct DefaultResolver {
     providers: Vec<Box<dyn Provider>>,
     pythons: Vec<(u32, u32)>,
+    default_python: (u32, u32),
 }
 
 impl Default for DefaultResolver {
@@ -82,6 +83,7 @@ impl std::fmt::Debug for DefaultResolver {
                 &self.providers.iter().map(|p| p.name()).collect::<Vec<_>>(),
             )
             .field("pythons", &self.pythons)
+            .field("default_python", &self.default_python)
             .finish()
     }
 }
@@ -104,12 +106,19 @@ impl DefaultResolver {
         DefaultResolver {
             providers,
             pythons: AVAILABLE_PYTHONS.to_vec(),
+            default_python: pyversion::DEFAULT_PYTHON,
         }
     }
 
     /// The Python minors the builder can provide (ascending), e.g. `[(3, 11), (3, 13)]`.
     pub fn with_pythons(mut self, pythons: Vec<(u32, u32)>) -> Self {
         self.pythons = pythons;
+        self
+    }
+
+    /// The Python of repos that name none, preferred when a range allows it (default 3.11).
+    pub fn with_default_python(mut self, default: (u32, u32)) -> Self {
+        self.default_python = default;
         self
     }
 
@@ -271,7 +280,7 @@ impl DefaultResolver {
             .collect();
         entry.build_steps = build_steps;
         if entry.language == Language::Python {
-            entry.python = pyversion::choose(dir, &self.pythons)?;
+            entry.python = pyversion::choose(dir, &self.pythons, self.default_python)?;
         }
         tracing::debug!(dir = %dir.display(), rule = %entry.rule, argv = ?entry.argv, "entry resolved");
         Ok(entry)

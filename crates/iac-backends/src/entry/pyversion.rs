@@ -9,8 +9,10 @@
 //!   poetry's `[tool.poetry.dependencies] python` (`^3.10`, `~3.11`, `>=3.9,<4.0`, `3.11.*`, `||`).
 //!
 //! Choice: with a pin, exactly the pinned minor when available; otherwise the nearest higher
-//! available minor that still satisfies every range. Without a pin, the highest available minor
-//! that satisfies every range. No source → `None` (the configured default image). Nothing
+//! available minor that still satisfies every range (the repo's pin is honoured). Without a pin,
+//! ranges only say what works, so the stable default ([`DEFAULT_PYTHON`], `images.default_python`)
+//! when it satisfies every range; otherwise the satisfying minor nearest to the default, a higher
+//! one first (`>=3.12` → 3.13, not the unstable 3.14). No source → `None` (the default). Nothing
 //! satisfiable → [`EntryError::PythonVersion`] naming the file, the constraint and the
 //! available versions.
 //!
@@ -28,6 +30,9 @@ use super::read_optional;
 
 /// The Python minors iac can provide offline, ascending.
 pub const AVAILABLE_PYTHONS: &[(u32, u32)] = &[(3, 11), (3, 13), (3, 14)];
+
+/// The Python of a repo that names none, and the preferred one when a range allows it.
+pub const DEFAULT_PYTHON: (u32, u32) = (3, 11);
 
 /// A release version (`3`, `3.11`, `3.11.4`) — missing parts are zero when compared.
 type Release = Vec<u32>;
@@ -287,8 +292,13 @@ fn toml_file(dir: &Path, name: &str) -> Result<Option<toml::Table>, EntryError> 
     }
 }
 
-/// The Python version for the repo at `dir`, chosen among `available` (ascending minors).
-pub fn choose(dir: &Path, available: &[(u32, u32)]) -> Result<Option<PythonVersion>, EntryError> {
+/// The Python version for the repo at `dir`, chosen among `available` (ascending minors) with
+/// `default` preferred for ranges.
+pub fn choose(
+    dir: &Path,
+    available: &[(u32, u32)],
+    default: (u32, u32),
+) -> Result<Option<PythonVersion>, EntryError> {
     let mut pin: Option<Pin> = None;
     if let Some(text) = read_optional(&dir.join(".python-version"))?
         && let Some((n, l)) = first_line(&text)
@@ -424,15 +434,32 @@ pub fn choose(dir: &Path, available: &[(u32, u32)]) -> Result<Option<PythonVersi
             }),
         };
     }
-    let choice = available
+    let satisfying: Vec<(u32, u32)> = available
         .iter()
         .copied()
         .filter(|m| satisfies_ranges(*m))
-        .max();
+        .collect();
+    let choice = if satisfying.contains(&default) {
+        Some(default)
+    } else {
+        satisfying
+            .iter()
+            .copied()
+            .filter(|m| *m > default)
+            .min()
+            .or_else(|| satisfying.iter().copied().filter(|m| *m < default).max())
+    };
     match choice {
+        Some(m) if m == default => Ok(Some(PythonVersion {
+            version: format!("{}.{}", m.0, m.1),
+            source: format!("{range_text} allows {}.{}, the default Python", m.0, m.1),
+        })),
         Some(m) => Ok(Some(PythonVersion {
             version: format!("{}.{}", m.0, m.1),
-            source: format!("{range_text}: the highest available version that satisfies it"),
+            source: format!(
+                "{range_text} excludes the default Python {}.{}; {}.{} is the nearest available version that satisfies it",
+                default.0, default.1, m.0, m.1
+            ),
         })),
         None => Err(EntryError::PythonVersion {
             file: dir.join(ranges[0].file),
@@ -488,7 +515,7 @@ mod tests {
         for (f, c) in files {
             std::fs::write(d.path().join(f), c).unwrap();
         }
-        choose(d.path(), AVAILABLE_PYTHONS)
+        choose(d.path(), AVAILABLE_PYTHONS, DEFAULT_PYTHON)
     }
 
     #[test]
@@ -516,8 +543,8 @@ mod tests {
             "[project]\nname='x'\nrequires-python = \">=3.10,<3.14\"\n",
         )])
         .unwrap();
-        assert_eq!(ver, "3.13");
-        assert!(src.contains("highest available"), "{src}");
+        assert_eq!(ver, "3.11", "a range that allows the default gets it");
+        assert!(src.contains("allows 3.11, the default Python"), "{src}");
         assert_eq!(
             v(&[(
                 "pyproject.toml",
@@ -525,8 +552,43 @@ mod tests {
             )])
             .unwrap()
             .0,
+            "3.11"
+        );
+        // A range that excludes the default: the nearest higher, not the newest (unstable) one.
+        let (ver, src) = v(&[(
+            "pyproject.toml",
+            "[project]\nname='x'\nrequires-python = \">=3.12\"\n",
+        )])
+        .unwrap();
+        assert_eq!(ver, "3.13");
+        assert!(
+            src.contains("excludes the default Python 3.11") && src.contains(">=3.12"),
+            "{src}"
+        );
+        assert_eq!(
+            v(&[(
+                "pyproject.toml",
+                "[project]\nrequires-python = \">=3.14\"\n"
+            )])
+            .unwrap()
+            .0,
             "3.14"
         );
+        // Another default: preferred when allowed, else the nearest (higher first, then lower).
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(
+            d.path().join("pyproject.toml"),
+            "[project]\nrequires-python = \"<3.14\"\n",
+        )
+        .unwrap();
+        let got = |default| {
+            choose(d.path(), AVAILABLE_PYTHONS, default)
+                .unwrap()
+                .unwrap()
+                .version
+        };
+        assert_eq!(got((3, 13)), "3.13");
+        assert_eq!(got((3, 14)), "3.13");
         // The pin is taken, then checked against requires-python.
         assert_eq!(
             v(&[
