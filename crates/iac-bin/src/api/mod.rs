@@ -16,7 +16,8 @@
 //!
 //! Routes, auth and behaviour: see [`routes`] (auth rules, OpenAPI), [`deployments`] (streams,
 //! 409, the in-memory store), [`error`] (the one error shape), [`listen`] (socket safety, peer
-//! uid) and [`grpc`].
+//! uid) and [`grpc`]; [`state`] holds what the two transports share (handler state, deploy-request
+//! validation).
 //!
 //! Shutdown: when the `shutdown` future completes, both listeners stop accepting, idle
 //! connections close, `follow` log streams end, and in-flight requests — deploy streams
@@ -30,6 +31,7 @@ pub mod grpc;
 pub mod listen;
 pub mod routes;
 pub mod schema;
+pub mod state;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -61,12 +61,12 @@ use iac_core::{
 use super::reconcile::{Observed, ServicePlan, reconcile};
 use super::{ContainerLimits, with_limits};
 
-mod engine;
 mod replace;
 
+use crate::engine::DockerEngine;
 #[cfg(test)]
-pub use engine::MockEngine;
-pub use engine::{BollardEngine, Engine, EngineError, ExecOutput, NetworkInfo, create_body};
+pub use crate::engine::MockEngine;
+pub use crate::engine::{BollardEngine, Engine, EngineError, ExecOutput, NetworkInfo, create_body};
 
 /// `[docker]` in `iac.toml`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,7 +116,6 @@ impl DockerProvisionerConfig {
     }
 }
 
-/// One failed engine request: what was attempted and what the engine said.
 /// The temporary name of a replacement container.
 pub fn next_name(canonical: &str, spec_hash: &str) -> String {
     format!("{canonical}-next-{spec_hash}")
@@ -148,9 +147,12 @@ impl std::fmt::Debug for DockerProvisioner {
 impl DockerProvisioner {
     /// Connects to the engine named by `config.docker_host` and negotiates the API version.
     pub async fn connect(config: DockerProvisionerConfig) -> Result<Self, ProvisionError> {
-        let timeout = config.request_timeout.max(Duration::from_secs(1));
-        let engine = BollardEngine::connect(config.docker_host.as_deref(), timeout).await?;
-        Ok(Self::with_engine(Arc::new(engine), config))
+        let engine =
+            DockerEngine::connect(config.docker_host.as_deref(), config.request_timeout).await?;
+        Ok(Self::with_engine(
+            Arc::new(BollardEngine::new(&engine)),
+            config,
+        ))
     }
 
     pub fn with_engine(engine: Arc<dyn Engine>, config: DockerProvisionerConfig) -> Self {

@@ -15,8 +15,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::engine::{dialable, label_filter, pick};
 use super::*;
+use crate::engine::containers::{dialable, label_filter, pick};
 use iac_core::{HealthReport, HealthState, MockHealthProber, Mount, PortPublish};
 use mockall::Sequence;
 
