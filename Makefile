@@ -11,7 +11,7 @@ export CARGO_TERM_COLOR ?= never
 
 help:
 	@echo "make bootstrap   install host deps, build the static agent + iac, ensure base images"
-	@echo "make test        run every test (unit, golden, real Envoy, real Docker)"
+	@echo "make test        run every test (unit, golden, real Envoy, real Docker, fuzz smoke)"
 	@echo "make fmt|lint    rustfmt / clippy -D warnings"
 	@echo "make plan|apply|destroy FILE=repos.yaml   drive iac on a repos file"
 	@echo "make bench       deploy benchmark vs docker compose (prints ratios)"
@@ -39,11 +39,13 @@ bootstrap: deps install images
 test-deps: deps agent
 	@bash scripts/install-envoy.sh
 	@bash scripts/test-wheels.sh
+	@cargo fuzz --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-fuzz --version 0.13.2
 	@python3 -m pip show -q kubernetes-validate >/dev/null 2>&1 || python3 -m pip install -q --disable-pip-version-check kubernetes-validate==1.37.0
 	@bash scripts/bootstrap-images.sh
 
 test: test-deps
 	IAC_REQUIRE_ENVOY=1 IAC_REQUIRE_DOCKER=1 IAC_REQUIRE_K8S_VALIDATE=1 $(CARGO) test --workspace --no-fail-fast
+	@bash scripts/fuzz-smoke.sh
 	@$(MAKE) --no-print-directory clean-test-objects
 
 # Belt and braces: tests remove what they create by label; this catches anything a killed test left.

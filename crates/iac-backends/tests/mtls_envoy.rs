@@ -110,13 +110,30 @@ fn agent_binary() -> PathBuf {
     bin
 }
 
-/// A free loopback port (bound then released; good enough on a test host).
+/// A free loopback port, never handed out twice in this process and taken below the kernel's
+/// ephemeral range (32768+), so neither another test's Envoy nor an agent binding port 0 can be
+/// given the same one between this check and Envoy's bind. (Envoy's listeners are rendered with
+/// `enable_reuse_port: false`; a shared port would otherwise split connections between two
+/// Envoys — the flake this replaced.)
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    // Each test process starts at its own offset (by pid) so concurrent binaries rarely meet.
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id() * 97) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {LOW}..{}", LOW + SPAN);
 }
 
 /// The real agent in its own process group; the whole group is killed on drop.
