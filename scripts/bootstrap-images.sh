@@ -53,6 +53,7 @@ ENVOY_OFFICIAL="${IAC_ENVOY_OFFICIAL:-envoyproxy/envoy:v${ENVOY_VERSION}}"
 DEBIAN_MIRROR="${IAC_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 DEBIAN_SECURITY="${IAC_DEBIAN_SECURITY:-http://deb.debian.org/debian-security}"
 WHEELHOUSE="${IAC_WHEELHOUSE:-${XDG_CACHE_HOME:-$HOME/.cache}/iac/wheelhouse}"
+while [ "${WHEELHOUSE%/}" != "$WHEELHOUSE" ]; do WHEELHOUSE="${WHEELHOUSE%/}"; done  # <it>-X.Y must be a sibling
 PULL="${IAC_BOOTSTRAP_PULL:-1}"
 DOCKER="${DOCKER:-docker}"
 read -r -a PIP <<<"${IAC_PIP:-python3 -m pip}"

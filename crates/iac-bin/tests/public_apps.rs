@@ -5,8 +5,8 @@
 //! fresh git repository and deployed by `git+file://` slug in one project. Then:
 //!
 //! 1. every service is SERVING; each entry is what a person would run; the Django image is built
-//!    on Python 3.14 (its base image is made on demand when the engine lacks it) and the others on
-//!    the default 3.11, with their wheels downloaded for that interpreter;
+//!    on Python 3.14 and the others on the default 3.11, with their wheels downloaded for that
+//!    interpreter;
 //! 2. each app answers its own page with HTTP 200 through the mesh: from a peer's container to
 //!    its sidecar's outbound listener, over mTLS to the app's sidecar, to the app (the Django page
 //!    uses `{% static %}` with a manifest storage, so it only renders when `collectstatic` ran at
@@ -14,8 +14,12 @@
 //! 3. `iac destroy` leaves no container or network with the project label.
 //!
 //! The apps' dependencies come from the wheels `make test-deps` downloads (`scripts/test-wheels.sh`)
-//! with host pip pointed there by `--no-index`: no network. Needs the base images and wheelhouse
-//! from `make test-deps`; with IAC_REQUIRE_DOCKER unset and no Docker it is skipped loudly.
+//! with host pip pointed there by `--no-index`: no network. The Python 3.14 base image and its
+//! wheelhouse come from `make test-deps` too (`bootstrap-images.sh --python 3.14`): a deploy would
+//! build them on demand from Debian's mirror, which a test must not reach, so their absence fails
+//! the test up front (the on-demand path is tested with a stand-in maker in
+//! iac-backends/tests/build_docker.rs). With IAC_REQUIRE_DOCKER unset and no Docker it is skipped
+//! loudly.
 //! Everything it creates is removed by label on drop, even on panic.
 
 use std::path::{Path, PathBuf};
@@ -266,6 +270,14 @@ fn flask_django_and_fastapi_apps_serve_their_pages_through_the_mesh() {
         .trim()
         .is_empty()
         || !docker(&["images", "-q", py314_offline]).trim().is_empty();
+    let defaults = iac_backends::build::ImageConfig::default();
+    let wh314 = defaults.wheelhouse_for(&defaults.python_images(Some("3.14")).unwrap());
+    assert!(
+        py314_present && wh314.join(".iac-wheelhouse").is_file(),
+        "the Python 3.14 base image ({py314_offline}) or its wheelhouse {} is missing: run `make test-deps` \
+         (a deploy would build them from Debian's mirror, which tests do not reach)",
+        wh314.display()
+    );
 
     // 1. deploy: all three SERVING, each with the entry and Python a person would expect.
     let out = project.iac(&["deploy", "--file", file, "--json"]);
@@ -332,12 +344,10 @@ fn flask_django_and_fastapi_apps_serve_their_pages_through_the_mesh() {
             entry(name)
         );
     }
-    if !py314_present {
-        assert!(
-            stdout.contains(&format!("building {py314_offline}")),
-            "the missing 3.14 base image is built on demand, and the deploy says so"
-        );
-    }
+    assert!(
+        !stdout.contains("bootstrap recipe"),
+        "nothing is built from Debian's mirror during the test"
+    );
 
     // Each image runs the interpreter its entry asked for.
     for (name, want) in [
