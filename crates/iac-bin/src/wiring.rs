@@ -381,7 +381,7 @@ impl ControlPlaneBackend for LiveBackend {
             .map_err(|e| ApiError::bad_gateway(e.to_string()))?;
         Ok(checked
             .into_iter()
-            .map(|(running, health)| ServiceStatus { running, health })
+            .map(|(running, health)| ServiceStatus::new(running, health))
             .collect())
     }
 

@@ -23,7 +23,8 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use iac_core::{
-    AuthError, AuthVerifier, LogQuery, Principal, ProjectName, ServiceName, ServiceSpec, Slug,
+    AuthError, AuthVerifier, Expose, LogQuery, Principal, ProjectName, ServiceName, ServiceSpec,
+    Slug,
 };
 use tokio_util::sync::CancellationToken;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -393,6 +394,7 @@ pub(crate) fn validate_deploy(st: &AppState, req: DeployRequest) -> Result<Deplo
     if !st.cfg.allow_local_sources {
         check_remote_sources(&services)?;
     }
+    check_expose(&services)?;
     if services.len() > st.cfg.max_services {
         return Err(ApiError::unprocessable(format!(
             "{} services in one deploy; the limit is {} (max_services)",
@@ -416,6 +418,27 @@ pub(crate) fn check_remote_sources(services: &[ServiceSpec]) -> Result<(), ApiEr
                     "service {}: slug {:?} names a directory on the server's host; API callers may only deploy remote sources (gh:, gl:, bb:, git+https:) unless the operator sets `[serve] allow_local_sources = true`",
                     s.name,
                     s.slug.to_string()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The API's edge policy: a caller may publish an app on the server's loopback only. A public
+/// address (`0.0.0.0`, a LAN address) would put the app in front of everyone who can reach the
+/// server, without a certificate, which only the operator (the CLI's repos file) decides.
+pub(crate) fn check_expose(services: &[ServiceSpec]) -> Result<(), ApiError> {
+    for s in services {
+        if let Expose::On(bind) = s.expose
+            && !bind.is_loopback()
+        {
+            return Err(ApiError::new(
+                403,
+                "public_expose_refused",
+                format!(
+                    "service {}: `expose` {bind} is not a loopback address; API callers may publish apps only on the server's loopback (127.0.0.0/8, [::1]); the operator can expose elsewhere in a repos file with `iac deploy`",
+                    s.name
                 ),
             ));
         }
