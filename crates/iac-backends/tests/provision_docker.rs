@@ -1438,9 +1438,23 @@ async fn edge_port_answers_on_the_host_and_refuses_peers() {
     );
 
     // From the host, no certificate: the app answers on the published port.
-    let body = http_get(edge, Duration::from_secs(30))
-        .await
-        .unwrap_or_else(|e| panic!("the edge must answer on the host: {e}\nsidecar:\n{logs}"));
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let started = Instant::now();
+    let body = loop {
+        match client
+            .get(format!("http://{edge}/"))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+        {
+            Ok(r) if r.status() == 200 => break r.text().await.unwrap(),
+            other if started.elapsed() < Duration::from_secs(30) => {
+                eprintln!("edge not answering yet: {other:?}");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            other => panic!("the edge must answer on the host: {other:?}\nsidecar:\n{logs}"),
+        }
+    };
     assert!(body.contains("Directory listing"), "{body}");
 
     // From a peer on the project network: the edge port is reset by the pod's filter, while the
