@@ -1,8 +1,9 @@
 # What iac reads back with `terraform output -json`: per service the host address of the
-# sidecar's mTLS listener and the container ids/names, plus the network id.
+# sidecar's mTLS listener (and of its edge listener, when it has one) and the container
+# ids/names, plus the network id.
 
 output "services" {
-  description = "Per service: mTLS endpoint on the host, container ids and names, spec hash and image."
+  description = "Per service: mTLS endpoint (and edge, or null) on the host, container ids and names, spec hash and image."
   value = {
     for key, svc in var.services : key => {
       host_ip = one([
@@ -10,6 +11,12 @@ output "services" {
       ])
       host_port = one([
         for p in docker_container.app[key].ports : p.external if p.internal == var.mesh_port
+      ])
+      edge_host_ip = one([
+        for p in docker_container.app[key].ports : p.ip if p.internal == var.edge_port
+      ])
+      edge_host_port = one([
+        for p in docker_container.app[key].ports : p.external if p.internal == var.edge_port
       ])
       app_container_id     = docker_container.app[key].id
       app_container_name   = docker_container.app[key].name

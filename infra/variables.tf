@@ -27,6 +27,12 @@ variable "mesh_port" {
   default     = 15000
 }
 
+variable "edge_port" {
+  description = "Container port of a sidecar's edge listener (plain HTTP to the app, no client certificate); its host address is reported in the outputs."
+  type        = number
+  default     = 15080
+}
+
 variable "services" {
   description = "One entry per service, keyed by service name: the app container and its Envoy sidecar."
   type = map(object({

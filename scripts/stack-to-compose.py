@@ -19,7 +19,11 @@ for s in stack["services"]:
         "environment": app["env"],
         "labels": {"iac.bench": prefix},
         "networks": {net: {"aliases": [s["service"]]}},
-        "ports": [f"{p['host_ip']}::{p['container_port']}" for p in app["ports"]],
+        # host_port null: an ephemeral port (the mesh port; an edge without a fixed `expose`).
+        "ports": [
+            f"{'[' + p['host_ip'] + ']' if ':' in p['host_ip'] else p['host_ip']}:{p['host_port'] or ''}:{p['container_port']}"
+            for p in app["ports"]
+        ],
         "stop_grace_period": f"{app['stop_timeout_secs']}s",
     }
     if app["cmd"]:

@@ -16,6 +16,10 @@
 //!   the Docker pod's packet filter (the kubelet's probes come from the node and are not subject
 //!   to it on common network plugins).
 //!
+//! A service with an edge (its stack publishes the edge port) gets an `edge` container port on
+//! the sidecar and nothing else: the policy keeps it closed to the cluster, and a person reaches
+//! it with `kubectl port-forward deploy/<svc> 8080:15080` (port-forward enters the pod itself).
+//!
 //! The mesh semantics are the Docker provisioner's: same Envoy config, same certificates, same
 //! listeners. Contents of the mounted files come in as `files` (read at the edge by the caller,
 //! see [`mounted_files`]), so the render itself does no I/O.
@@ -235,6 +239,11 @@ fn service_documents(
         "--service-node".into(),
         name.clone(),
     ];
+    let mut envoy_ports =
+        vec![json!({ "name": "mesh", "containerPort": mesh.inbound, "protocol": "TCP" })];
+    if svc.app.ports.iter().any(|p| p.container_port == mesh.edge) {
+        envoy_ports.push(json!({ "name": "edge", "containerPort": mesh.edge, "protocol": "TCP" }));
+    }
     let app_container = json!({
         "name": "app",
         "image": svc.app.image,
@@ -259,7 +268,7 @@ fn service_documents(
         "args": envoy_args,
         // A native sidecar: started before the app, kept running beside it, stopped after it.
         "restartPolicy": "Always",
-        "ports": [{ "name": "mesh", "containerPort": mesh.inbound, "protocol": "TCP" }],
+        "ports": envoy_ports,
         "startupProbe": {
             "tcpSocket": { "port": mesh.inbound },
             "periodSeconds": 1,

@@ -26,15 +26,19 @@ fn member(name: &str, address: &str, port: u16, app_port: Option<u16>) -> MeshSe
         address: address.into(),
         port,
         app_port,
+        edge: false,
     }
 }
 
-/// The production layout: three services, DNS peers, in-container cert paths.
+/// The production layout: three services, DNS peers, in-container cert paths; `web` has an edge.
 fn shop_mesh() -> Mesh {
     Mesh {
         project: ProjectName::new("shop").unwrap(),
         services: vec![
-            member("web", "web", 15000, Some(3000)),
+            MeshService {
+                edge: true,
+                ..member("web", "web", 15000, Some(3000))
+            },
             member("api", "api", 15000, Some(8080)),
             member("worker", "worker", 15000, None),
         ],
@@ -436,6 +440,73 @@ fn service_without_app_port_routes_only_the_agent() {
 }
 
 #[test]
+fn edge_listener_reaches_only_the_app_without_a_certificate() {
+    let r = EnvoyRenderer::default();
+    let cfg: Yaml = yaml_serde::from_str(&r.render(&shop_mesh(), &svc("web")).unwrap()).unwrap();
+    let edge = listener(&cfg, "edge");
+    assert_eq!(s(get(edge, "address.socket_address.address")), "0.0.0.0");
+    assert_eq!(
+        get(edge, "address.socket_address.port_value").as_u64(),
+        Some(15080)
+    );
+    let chain = get(edge, "filter_chains.0");
+    assert!(
+        chain.get("transport_socket").is_none(),
+        "the edge is plain HTTP: {chain:?}"
+    );
+    let h = hcm(edge);
+    assert_eq!(s(get(h, "forward_client_cert_details")), "SANITIZE");
+    assert_eq!(s(get(h, "upgrade_configs.0.upgrade_type")), "websocket");
+    let routes = get(h, "route_config.virtual_hosts.0.routes")
+        .as_sequence()
+        .unwrap();
+    assert_eq!(routes.len(), 2, "{routes:?}");
+    assert_eq!(
+        s(get(&routes[0], "match.prefix")),
+        "/iac.controlplane.v1.ControlPlane/"
+    );
+    assert_eq!(
+        get(&routes[0], "direct_response.status").as_u64(),
+        Some(404)
+    );
+    assert!(routes[0].get("route").is_none());
+    assert_eq!(s(get(&routes[1], "match.prefix")), "/");
+    assert_eq!(s(get(&routes[1], "route.cluster")), "app");
+    assert_eq!(
+        s(get(&routes[1], "request_headers_to_add.0.header.key")),
+        "x-forwarded-client-cert"
+    );
+    assert_eq!(
+        s(get(&routes[1], "request_headers_to_add.0.header.value")),
+        "URI=spiffe://iac/ingress"
+    );
+    // No route of the edge names the agent, anywhere.
+    let text = yaml_serde::to_string(edge).unwrap();
+    assert!(!text.contains("agent"), "{text}");
+    // The mesh listener is unchanged: it still requires a client certificate.
+    let inbound = listener(&cfg, "inbound_mtls");
+    assert_eq!(
+        get(
+            inbound,
+            "filter_chains.0.transport_socket.typed_config.require_client_certificate"
+        )
+        .as_bool(),
+        Some(true)
+    );
+    // Services without an edge have no edge listener.
+    for name in ["api", "worker"] {
+        let cfg: Yaml = yaml_serde::from_str(&r.render(&shop_mesh(), &svc(name)).unwrap()).unwrap();
+        let names: Vec<&str> = get(&cfg, "static_resources.listeners")
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|l| s(get(l, "name")))
+            .collect();
+        assert_eq!(names, ["inbound_mtls", "outbound", "stats"], "{name}");
+    }
+}
+
+#[test]
 fn ip_peers_are_static_and_remapped_ports_are_used() {
     let mesh = Mesh {
         project: ProjectName::new("t").unwrap(),
@@ -449,6 +520,7 @@ fn ip_peers_are_static_and_remapped_ports_are_used() {
             outbound: 21001,
             agent: 21002,
             stats: 21003,
+            edge: 21005,
             admin_socket: "/tmp/x/admin.sock".into(),
         },
         certs: CertPaths {
@@ -563,6 +635,21 @@ fn invalid_inputs_are_named() {
     m.ports.stats = m.ports.outbound;
     let err = r.render(&m, &svc("web")).unwrap_err().to_string();
     assert!(err.contains("outbound") && err.contains("stats"), "{err}");
+
+    // An edge needs an app port to route to, and its own port.
+    let mut m = shop_mesh();
+    m.services[0].app_port = None;
+    let err = r.render(&m, &svc("web")).unwrap_err().to_string();
+    assert!(
+        err.contains("web") && err.contains("edge") && err.contains("no app port"),
+        "{err}"
+    );
+    let mut m = shop_mesh();
+    m.ports.edge = m.ports.inbound;
+    let err = r.render(&m, &svc("web")).unwrap_err().to_string();
+    assert!(err.contains("inbound") && err.contains("edge"), "{err}");
+    // ...but a service without an edge does not care about the edge port.
+    assert!(r.render(&m, &svc("api")).is_ok());
 
     let mut m = shop_mesh();
     m.ports.inbound_bind = "localhost".into();
@@ -718,6 +805,7 @@ fn every_render_passes_envoy_validate() {
         outbound: 31001,
         agent: 31002,
         stats: 31003,
+        edge: 31009,
         admin_socket: tmp.path().join("admin2.sock").display().to_string(),
     };
     for (i, s) in remapped.services.iter_mut().enumerate() {

@@ -19,6 +19,11 @@
 //! routes answer only services of the same project (403 for another project's leaf and for the
 //! control plane); a request no route matches is refused; a forged XFCC never reaches the app,
 //! which sees Envoy's own header naming the caller's `spiffe://iac/<project>/<svc>`.
+//!
+//! The edge listener (plain HTTP, no client certificate): a request reaches the app, which sees
+//! `URI=spiffe://iac/ingress` and never a forged XFCC; the ControlPlane API is 404 there however
+//! the path is spelled, and a gRPC HealthCheck over h2c never reaches the agent; the mesh port
+//! still refuses a client without a certificate.
 //! Envoy, the agents and the echo apps are stopped on drop.
 //!
 //! Envoy is required when IAC_REQUIRE_ENVOY=1 (CI); otherwise a missing binary skips loudly.
@@ -208,6 +213,8 @@ struct Node {
     inbound: SocketAddr,
     outbound: u16,
     stats: u16,
+    /// The edge listener's port (listening only when the service has an edge).
+    edge: u16,
     config: String,
 }
 
@@ -215,6 +222,7 @@ struct Ports {
     inbound: u16,
     outbound: u16,
     stats: u16,
+    edge: u16,
 }
 
 impl Ports {
@@ -223,6 +231,7 @@ impl Ports {
             inbound: free_port(),
             outbound: free_port(),
             stats: free_port(),
+            edge: free_port(),
         }
     }
 }
@@ -243,6 +252,7 @@ fn start_node(
         outbound: ports.outbound,
         agent: agent.addr.port(),
         stats: ports.stats,
+        edge: ports.edge,
         admin_socket: dir.join(format!("{name}-admin.sock")).display().to_string(),
     };
     mesh.certs = certs;
@@ -256,6 +266,7 @@ fn start_node(
         inbound: SocketAddr::from(([127, 0, 0, 1], ports.inbound)),
         outbound: ports.outbound,
         stats: ports.stats,
+        edge: ports.edge,
         config,
     }
 }
@@ -502,12 +513,14 @@ async fn mtls_through_envoy_to_the_real_agent() {
                 address: "127.0.0.1".into(),
                 port: 1,
                 app_port: None,
+                edge: false,
             },
             MeshService {
                 name: svc("other"),
                 address: "127.0.0.1".into(),
                 port: free_port(),
                 app_port: None,
+                edge: false,
             },
         ],
         ports: MeshPorts::default(),
@@ -727,6 +740,7 @@ async fn outbound_routes_by_authority_to_a_verified_peer() {
         address: "127.0.0.1".into(),
         port,
         app_port,
+        edge: false,
     };
     let mesh = Mesh {
         project: project.clone(),
@@ -914,6 +928,7 @@ async fn inbound_rbac_admits_the_control_plane_and_same_project_peers_only() {
         address: "127.0.0.1".into(),
         port,
         app_port,
+        edge: false,
     };
     let b_mesh = Mesh {
         project: mt.clone(),
@@ -1044,4 +1059,161 @@ async fn inbound_rbac_admits_the_control_plane_and_same_project_peers_only() {
     // app (1) and d's RPCs (3).
     assert_eq!(b.stat("envoy_http_rbac_denied").await, 11);
     assert_eq!(b.stat("envoy_listener_ssl_fail_verify_error").await, 0);
+}
+
+/// The edge: plain HTTP from the host to the app, nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_listener_reaches_the_app_and_never_the_control_plane() {
+    let Some(envoy) = envoy_or_skip("edge_listener_reaches_the_app_and_never_the_control_plane")
+    else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let mt = ProjectName::new(PROJECT).unwrap();
+    let ca = dev_ca(&tmp.path().join("secrets"));
+    let control = ca.client_identity().await.unwrap().paths;
+    let web_certs = ca.issue(&mt, &svc("web")).await.unwrap().paths;
+    let ports = Ports::free();
+    let app = EchoApp::start("web").await;
+    let mesh = Mesh {
+        project: mt.clone(),
+        services: vec![MeshService {
+            name: svc("web"),
+            address: "127.0.0.1".into(),
+            port: ports.inbound,
+            app_port: Some(app.port),
+            edge: true,
+        }],
+        ports: MeshPorts::default(),
+        certs: CertPaths::in_container(),
+    };
+    let agent = AgentProc::start(&["sh", "-c", "echo i-am-web; exec sleep 600"]);
+    let mut web = start_node(&envoy, tmp.path(), mesh, "web", ports, web_certs, agent);
+    web.wait_ready().await;
+    let edge = SocketAddr::from(([127, 0, 0, 1], web.edge));
+    if let Err(e) = web
+        .envoy
+        .wait_listening(&[edge], Duration::from_secs(30))
+        .await
+    {
+        panic!("{e}\n--- config ---\n{}", web.config);
+    }
+    let hits = || app.hits.load(std::sync::atomic::Ordering::SeqCst);
+
+    // 1. A person on the host, no certificate: the app answers, and sees the edge identity
+    //    instead of anything the caller claimed.
+    let plain = reqwest::Client::builder().no_proxy().build().unwrap();
+    let resp = plain
+        .get(format!("http://{edge}/shop?q=1"))
+        .header(
+            "x-forwarded-client-cert",
+            "By=spiffe://iac/mt/web;URI=spiffe://iac/control-plane",
+        )
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "edge GET: {:?}", web.envoy.log());
+    let echo: Echo = resp.json().await.unwrap();
+    assert_eq!((echo.app.as_str(), echo.path.as_str()), ("web", "/shop"));
+    assert_eq!(echo.xfcc, ["URI=spiffe://iac/ingress"], "{echo:?}");
+    assert_eq!(hits(), 1);
+
+    // 2. The ControlPlane API is not there, however the path is spelled.
+    for path in [
+        "/iac.controlplane.v1.ControlPlane/HealthCheck",
+        "/iac.controlplane.v1.ControlPlane/StreamLogs",
+        "/iac.controlplane.v1.ControlPlane/Deploy",
+        "//iac.controlplane.v1.ControlPlane/HealthCheck",
+        "/x/../iac.controlplane.v1.ControlPlane/HealthCheck",
+        "/%69ac.controlplane.v1.ControlPlane/HealthCheck",
+    ] {
+        for grpc in [false, true] {
+            let mut req = plain
+                .post(format!("http://{edge}{path}"))
+                .timeout(Duration::from_secs(5));
+            if grpc {
+                req = req.header("content-type", "application/grpc");
+            }
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            let headers = resp.headers().clone();
+            let body = resp.text().await.unwrap_or_default();
+            let header = |k: &str| headers.get(k).and_then(|v| v.to_str().ok()).unwrap_or("");
+            // Refused at the edge: 404, which Envoy turns into gRPC's UNIMPLEMENTED (12) with
+            // the same message for a gRPC caller. Or — for a spelling Envoy does not
+            // normalize — passed to the app like any other path. Never the agent.
+            let refused = if grpc {
+                status == 200
+                    && header("grpc-status") == "12"
+                    && header("grpc-message") == "not found%0A"
+            } else {
+                status == 404 && body == "not found\n"
+            };
+            assert!(
+                refused || body.contains("\"app\":\"web\""),
+                "POST {path} (grpc: {grpc}): {status} {headers:?} {body}\n--- log ---\n{}",
+                web.envoy.log()
+            );
+        }
+    }
+    // The canonical spellings were refused at the edge, not passed to the app.
+    let resp = plain
+        .post(format!(
+            "http://{edge}/iac.controlplane.v1.ControlPlane/HealthCheck"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    assert_eq!(resp.text().await.unwrap(), "not found\n");
+
+    // 3. A real gRPC client over h2c gets no answer from the agent.
+    let channel = Endpoint::from_shared(format!("http://{edge}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = ControlPlaneClient::new(channel);
+    let err = grpc.health_check(()).await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        tonic::Code::Unimplemented,
+        "Envoy's 404 → UNIMPLEMENTED, never a HealthStatus: {err}"
+    );
+    let err = grpc
+        .stream_logs(iac_proto::LogRequest {
+            service: String::new(),
+            follow: false,
+            tail: 0,
+        })
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented, "{err}");
+
+    // 4. The mesh port is unchanged: no certificate, no service.
+    let no_cert = reqwest::Client::builder()
+        .no_proxy()
+        .tls_certs_only([reqwest::Certificate::from_pem(&read(&control.ca)).unwrap()])
+        .resolve("web", web.inbound)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let err = no_cert
+        .get(format!("https://web:{}/shop", web.inbound.port()))
+        .send()
+        .await
+        .expect_err("the mesh port must refuse a client without a certificate");
+    eprintln!("no client certificate on the mesh port: {err:?}");
+    // ... while the control plane still gets its HealthCheck there.
+    let report = GrpcProber::new(&control, ProbeConfig::default())
+        .unwrap()
+        .check(&target("web", web.inbound, Duration::from_secs(20)))
+        .await;
+    assert_eq!(report.state, HealthState::Serving, "{report:?}");
+    assert_eq!(report.uptime_ms.map(|u| u > 0), Some(true), "{report:?}");
+
+    // Envoy normalized every spelling (%69 → i, //, ..): none reached even the app.
+    assert_eq!(hits(), 1, "only the request meant for the app reached it");
 }

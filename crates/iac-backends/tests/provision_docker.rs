@@ -10,7 +10,8 @@
 //! The pod tests at the end run the real thing instead: the containers `plan()` specifies (its
 //! sidecar command installing the packet filter, then a real Envoy from `iac/envoy:1.40.0`), the
 //! real static `iac-agent` as the app's PID 1 dropping to `nobody`, and plain containers on the
-//! project network (IPv4 + IPv6) attacking the pod.
+//! project network (IPv4 + IPv6) attacking the pod. One of them has an edge: its published host
+//! port answers from the host, while the edge port refuses the pod's peers.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -27,9 +28,9 @@ use iac_backends::provision::ContainerLimits;
 use iac_backends::provision::docker::{DockerProvisioner, DockerProvisionerConfig};
 use iac_core::stack::{LABEL_MANAGED, LABEL_PROJECT, LABEL_ROLE, LABEL_SERVICE, LABEL_SPEC_HASH};
 use iac_core::{
-    Action, Applied, ContainerSpec, Events, HealthProber, HealthReport, HealthState, Mount,
-    NetworkMode, NetworkSpec, PortPublish, ProbeTarget, ProjectName, Provisioner, ServiceName,
-    ServiceStack, Stack,
+    Action, Applied, ContainerSpec, EdgeBind, Events, HealthProber, HealthReport, HealthState,
+    Mount, NetworkMode, NetworkSpec, PortPublish, ProbeTarget, ProjectName, Provisioner,
+    ServiceName, ServiceStack, Stack,
 };
 
 const IMAGE: &str = "iac/python:3.11-bookworm";
@@ -135,13 +136,7 @@ impl HealthProber for FakeGate {
                 "fake gate: told to fail".to_string(),
             ),
         };
-        HealthReport {
-            service: target.service.clone(),
-            state,
-            exit_code: None,
-            detail,
-            attempts: 1,
-        }
+        HealthReport::new(target.service.clone(), state, None, detail, 1)
     }
 }
 
@@ -809,8 +804,8 @@ stop.set()
 "#;
 
 /// A minimal real Envoy config for the sidecar: the inbound port routes to the app on loopback
-/// (plain HTTP, no TLS: the filter is under test, not mTLS), and 127.0.0.1:15001 is the outbound
-/// listener, routed to `peer`:9000.
+/// (plain HTTP, no TLS: the filter is under test, not mTLS), so does the edge port 15080, and
+/// 127.0.0.1:15001 is the outbound listener, routed to `peer`:9000.
 fn envoy_config(peer: &str) -> String {
     let route = |name: &str, bind: &str, port: u16, cluster: &str| {
         format!(
@@ -851,9 +846,10 @@ fn envoy_config(peer: &str) -> String {
         )
     };
     format!(
-        "static_resources:\n  listeners:{}{}\n  clusters:{}{}\n",
+        "static_resources:\n  listeners:{}{}{}\n  clusters:{}{}\n",
         route("inbound", "0.0.0.0", 15000, "app"),
         route("outbound", "127.0.0.1", 15001, "peer"),
+        route("edge", "0.0.0.0", 15080, "app"),
         cluster("app", "STATIC", "127.0.0.1", 8000),
         cluster("peer", "STRICT_DNS", peer, 9000),
     )
@@ -870,7 +866,7 @@ struct Pod {
 }
 
 impl Pod {
-    async fn new(app_script: &str, limits: ContainerLimits) -> Pod {
+    async fn new(app_script: &str, limits: ContainerLimits, edge: Option<EdgeBind>) -> Pod {
         let f = Fixture::new().await;
         for image in [ENVOY_IMAGE, IMAGE] {
             assert!(
@@ -936,6 +932,7 @@ impl Pod {
                 },
                 app_port: Some(8000),
                 env: BTreeMap::new(),
+                edge,
             }],
             keep: Vec::new(),
         };
@@ -1097,7 +1094,7 @@ print(errno.errorcode.get(err, str(err)) if err else "OK")
 
 #[tokio::test]
 async fn pod_filter_admits_only_the_sidecar_port_from_the_network() {
-    let pod = Pod::new(APP_SERVER, ContainerLimits::default()).await;
+    let pod = Pod::new(APP_SERVER, ContainerLimits::default(), None).await;
     let t = Instant::now();
     let (applied, msgs) = pod.apply().await;
     eprintln!("create 1 real pod (filter confirmed): {:?}", t.elapsed());
@@ -1295,7 +1292,7 @@ async fn pids_limit_stops_an_app_that_starts_too_many_threads_cleanly() {
         app_pids: 48,
         ..ContainerLimits::default()
     };
-    let pod = Pod::new(APP_THREADS, limits).await;
+    let pod = Pod::new(APP_THREADS, limits, None).await;
     let (applied, _) = pod.apply().await;
     assert_eq!(action_of(&applied, "web").0, Action::Create);
     let started = Instant::now();
@@ -1401,4 +1398,92 @@ async fn destroy_and_reconcile_spare_a_container_started_by_hand_from_an_iac_ima
     let left = f.containers().await;
     assert_eq!(left.keys().collect::<Vec<_>>(), [&hand], "{left:?}");
     assert_eq!(left[&hand].1, "running");
+}
+
+#[tokio::test]
+async fn edge_port_answers_on_the_host_and_refuses_peers() {
+    let pod = Pod::new(
+        APP_SERVER,
+        ContainerLimits::default(),
+        Some(EdgeBind::loopback()),
+    )
+    .await;
+    let (applied, msgs) = pod.apply().await;
+    let (action, _) = action_of(&applied, "web");
+    assert_eq!(action, Action::Create, "{msgs:?}");
+    let a = &applied.services[0];
+    let edge = a
+        .edge
+        .unwrap_or_else(|| panic!("the provisioner reports the edge's host address: {a:?}"));
+    assert!(edge.ip().is_loopback(), "published on loopback: {edge}");
+    assert_ne!(Some(edge), a.endpoint, "the edge is not the mesh port");
+    let logs = String::from_utf8_lossy(&docker(&["logs", &pod.sidecar()]).stderr).into_owned();
+    let gateway = docker_ok(&[
+        "network",
+        "inspect",
+        "-f",
+        "{{range .IPAM.Config}}{{.Gateway}} {{end}}",
+        &pod.f.network,
+    ]);
+    let gateway = gateway
+        .split_whitespace()
+        .find(|g| !g.contains(':'))
+        .unwrap_or_else(|| panic!("an IPv4 gateway: {gateway:?}"))
+        .to_string();
+    assert!(
+        logs.contains(&format!(
+            "iac-sidecar: edge tcp/15080 admitted from the host ({gateway}) only"
+        )),
+        "{logs}"
+    );
+
+    // From the host, no certificate: the app answers on the published port.
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let started = Instant::now();
+    let body = loop {
+        match client
+            .get(format!("http://{edge}/"))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+        {
+            Ok(r) if r.status() == 200 => break r.text().await.unwrap(),
+            other if started.elapsed() < Duration::from_secs(30) => {
+                eprintln!("edge not answering yet: {other:?}");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            other => panic!("the edge must answer on the host: {other:?}\nsidecar:\n{logs}"),
+        }
+    };
+    assert!(body.contains("Directory listing"), "{body}");
+
+    // From a peer on the project network: the edge port is reset by the pod's filter, while the
+    // mesh port still lets the peer in (to the sidecar, which would demand a certificate).
+    let (v4, _) = pod.addresses();
+    let seen = pod.probe(&[(v4.clone(), 15080), (v4.clone(), 15000)]);
+    eprintln!("from a peer container: {seen:#?}");
+    assert_eq!(
+        seen[&format!("{v4}:15080")],
+        "refused",
+        "a peer must not reach the app through the edge"
+    );
+    assert!(
+        seen[&format!("{v4}:15000")].starts_with("open "),
+        "{seen:?}"
+    );
+    let rules = docker_ok(&[
+        "exec",
+        &pod.sidecar(),
+        "nft",
+        "list",
+        "set",
+        "inet",
+        "iac_pod",
+        "edge_sources",
+    ]);
+    assert!(rules.contains(&gateway), "{rules}");
+
+    // What `running` reports for `iac health`: the same edge.
+    let running = pod.provisioner.running(&pod.f.project).await.unwrap();
+    assert_eq!(running[0].edge, Some(edge), "{running:?}");
 }

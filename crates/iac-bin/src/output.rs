@@ -126,6 +126,9 @@ pub fn render_report(r: &DeployReport) -> String {
             health,
             s.endpoint.as_deref().unwrap_or("")
         ));
+        if let Some(u) = &s.url {
+            out.push_str(&format!("      url    {u}\n"));
+        }
         if let Some(e) = &s.entry {
             out.push_str(&format!("      entry  {} ({})\n", e.argv.join(" "), e.rule));
         }
@@ -136,6 +139,9 @@ pub fn render_report(r: &DeployReport) -> String {
                 ""
             };
             out.push_str(&format!("      image  {i}{reused}\n"));
+        }
+        for w in &s.warnings {
+            out.push_str(&format!("      warn   {w}\n"));
         }
         if let Some(err) = &s.error {
             for (n, line) in err.lines().enumerate() {
@@ -184,7 +190,20 @@ mod tests {
             error: None,
             millis: 5,
         };
+        let mut r = r;
+        r.services[0].url = Some("http://127.0.0.1:49153/".into());
+        r.services[0]
+            .warnings
+            .push("web: the app listens on port 5000 but …".into());
         let text = render_report(&r);
+        assert!(
+            text.contains("      url    http://127.0.0.1:49153/\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("      warn   web: the app listens on port 5000"),
+            "{text}"
+        );
         assert!(text.contains("FAILED"));
         assert!(text.contains("error fetch: boom"));
         assert!(text.contains("second line"));

@@ -309,7 +309,7 @@ impl ControlPlaneBackend for LiveBackend {
         let checked = app.deployer.health().await?;
         Ok(checked
             .into_iter()
-            .map(|(running, health)| ServiceStatus { running, health })
+            .map(|(running, health)| ServiceStatus::new(running, health))
             .collect())
     }
 

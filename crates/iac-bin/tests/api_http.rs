@@ -668,11 +668,16 @@ async fn openapi_mirror_schemas_match_the_core_types() {
     }
     let svc = ServiceName::new("hello").unwrap();
     let health = HealthReport {
-        service: svc.clone(),
-        state: HealthState::Serving,
-        exit_code: Some(0),
-        detail: "running".into(),
-        attempts: 2,
+        uptime_ms: Some(5300),
+        listening_ports: vec![8000],
+        app_port: Some(8000),
+        ..HealthReport::new(
+            svc.clone(),
+            HealthState::Serving,
+            Some(0),
+            "running".into(),
+            2,
+        )
     };
     let mut sr = ServiceReport::new(svc.clone(), "gh:acme/hello".into());
     sr.stages.push(StageTiming {
@@ -693,6 +698,8 @@ async fn openapi_mirror_schemas_match_the_core_types() {
     });
     sr.action = Some(Action::Create);
     sr.endpoint = Some("127.0.0.1:1".into());
+    sr.url = Some("http://127.0.0.1:2/".into());
+    sr.warnings = vec!["w".into()];
     sr.health = Some(health.clone());
     sr.fail(Stage::Health, "x");
     let report = DeployReport {
@@ -719,16 +726,18 @@ async fn openapi_mirror_schemas_match_the_core_types() {
         stream: "stdout".into(),
         msg: "m".into(),
     });
-    let status = iac_bin::api::ServiceStatus {
-        running: RunningService {
+    let status = iac_bin::api::ServiceStatus::new(
+        RunningService {
             service: svc.clone(),
             endpoint: Some("127.0.0.1:9".parse().unwrap()),
+            edge: Some("127.0.0.1:10".parse().unwrap()),
             spec_hash: "h".into(),
             image: "i".into(),
             state: "running".into(),
         },
         health,
-    };
+    );
+    assert_eq!(status.url.as_deref(), Some("http://127.0.0.1:10/"));
     roundtrip::<_, ServiceStatusSchema>(&status);
     let rec = DeploymentRecord {
         id: uuid::Uuid::new_v4(),
@@ -829,6 +838,54 @@ async fn local_sources_are_refused_over_the_api_unless_the_operator_allows_them(
     assert_eq!(r.status().as_u16(), 202);
     let _ = r.text().await.unwrap();
     assert_eq!(backend.deploys.load(std::sync::atomic::Ordering::SeqCst), 1);
+    srv.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn api_callers_may_expose_apps_on_loopback_only() {
+    let backend = Arc::new(FakeBackend::new());
+    let srv = start(backend.clone(), Arc::new(StaticVerifier)).await;
+    for body in [
+        serde_json::json!({"slugs": [{"slug": "gh:acme/web", "expose": "0.0.0.0:8081"}]}),
+        serde_json::json!({"services": [{"name": "web", "slug": "gh:acme/web", "expose": "192.0.2.1:80"}]}),
+        serde_json::json!({"services": [{"name": "web", "slug": "gh:acme/web", "expose": "[::]:0"}]}),
+    ] {
+        let r = post_deploy(&srv, body.clone()).await;
+        assert_eq!(r.status().as_u16(), 403, "{body}");
+        let (code, msg) = assert_error_shape(&r.text().await.unwrap());
+        assert_eq!(code, "public_expose_refused");
+        assert!(
+            msg.contains("service web") && msg.contains("loopback"),
+            "names the service and the rule: {msg}"
+        );
+    }
+    // A bad value is a 422 naming what `expose` takes.
+    let r = post_deploy(
+        &srv,
+        serde_json::json!({"slugs": [{"slug": "gh:acme/web", "expose": "everywhere"}]}),
+    )
+    .await;
+    assert_eq!(r.status().as_u16(), 422);
+    let (_, msg) = assert_error_shape(&r.text().await.unwrap());
+    assert!(msg.contains("`expose` to be"), "{msg}");
+    assert_eq!(backend.deploys.load(std::sync::atomic::Ordering::SeqCst), 0);
+    // Loopback, in every form, is accepted.
+    for (i, expose) in [
+        serde_json::json!(true),
+        serde_json::json!(false),
+        serde_json::json!(8081),
+        serde_json::json!("127.0.0.1:0"),
+        serde_json::json!("[::1]:8082"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let body = serde_json::json!({"services": [{"name": "web", "slug": "gh:acme/web", "expose": expose}], "project": format!("p{i}")});
+        let r = post_deploy(&srv, body.clone()).await;
+        assert_eq!(r.status().as_u16(), 202, "{body}");
+        let _ = r.text().await.unwrap();
+    }
+    assert_eq!(backend.deploys.load(std::sync::atomic::Ordering::SeqCst), 5);
     srv.shutdown().await.unwrap();
 }
 

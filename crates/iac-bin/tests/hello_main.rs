@@ -2,9 +2,11 @@
 //! mTLS. Fixture repos are made on the fly (git init + commit) and deployed by `git+file://` slug
 //! under a random project name:
 //!
-//! 1. `hello` (root main.py prints a line and serves until stopped), `scripted` (entry from
-//!    `[project.scripts]`) and `crashy` (main exits 1) → deploy exits 1; hello and scripted are
-//!    SERVING through Envoy over mTLS, crashy is NOT_SERVING with exit code 1;
+//! 1. `hello` (root main.py prints a line and serves `$PORT` until stopped, `expose: true`),
+//!    `scripted` (entry from `[project.scripts]`) and `crashy` (main exits 1) → deploy exits 1;
+//!    hello and scripted are SERVING through Envoy over mTLS, crashy is NOT_SERVING with exit
+//!    code 1; hello's `url` (deploy report and `iac health --json`) answers 200 from the host
+//!    with no client certificate, the others have none;
 //! 2. `iac logs` shows hello's printed line;
 //! 3. a redeploy with no change touches nothing (same container ids);
 //! 4. a change to `scripted` replaces only that service;
@@ -246,7 +248,7 @@ fn hello_main_end_to_end() {
     std::fs::write(
         &file,
         format!(
-            "- git+file://{}#main\n- git+file://{}#main\n- git+file://{}#main\n",
+            "- slug: git+file://{}#main\n  expose: true\n- git+file://{}#main\n- git+file://{}#main\n",
             hello.display(),
             scripted.display(),
             crashy.display()
@@ -289,8 +291,45 @@ fn hello_main_end_to_end() {
     );
     assert_eq!(svc("crashy")["health"]["exit_code"], 1);
 
+    // hello's edge: the same URL in the report and in `iac health --json`, answering from the
+    // host without a client certificate; scripted and crashy declare no port, so no edge.
+    let url = svc("hello")["url"]
+        .as_str()
+        .unwrap_or_else(|| panic!("hello has a url: {report:#}"))
+        .to_string();
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    assert!(svc("scripted")["url"].is_null() && svc("crashy")["url"].is_null());
     let health = project.iac(&["health", "--json"]);
-    let h = health_by_service(&json_of(&health));
+    let hj = json_of(&health);
+    let health_url = hj["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["running"]["service"] == "hello")
+        .map(|s| s["url"].clone())
+        .unwrap();
+    assert_eq!(health_url, url.as_str(), "{hj:#}");
+    let page = Command::new("curl")
+        .args([
+            "-s",
+            "--noproxy",
+            "*",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "10",
+            &url,
+        ])
+        .output()
+        .expect("curl");
+    assert_eq!(
+        String::from_utf8_lossy(&page.stdout),
+        "200",
+        "GET {url} from the host"
+    );
+    let h = health_by_service(&hj);
     assert_eq!(h["hello"].0, "SERVING");
     assert_eq!(h["scripted"].0, "SERVING");
     assert_eq!(h["crashy"], ("NOT_SERVING".to_string(), Some(1)));

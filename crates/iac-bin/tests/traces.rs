@@ -392,12 +392,14 @@ mod deploy {
             .expect_render()
             .returning(|_, svc| Ok(format!("config for {svc}")));
         let mut prober = MockHealthProber::new();
-        prober.expect_check().returning(|t| HealthReport {
-            service: t.service.clone(),
-            state: HealthState::Serving,
-            exit_code: None,
-            detail: "running".into(),
-            attempts: 1,
+        prober.expect_check().returning(|t| {
+            HealthReport::new(
+                t.service.clone(),
+                HealthState::Serving,
+                None,
+                "running".into(),
+                1,
+            )
         });
         let tp_log = dir.join("traceparents.log");
         let mut tf = TerraformConfig {
@@ -459,6 +461,7 @@ mod deploy {
                     .unwrap(),
                 entrypoint: None,
                 env: Default::default(),
+                expose: Default::default(),
             })
             .collect();
         let (events, mut rx) = Events::channel();

@@ -1,4 +1,6 @@
-//! Health and logs as the control plane sees them: [`ProbeTarget`], [`HealthReport`], [`LogLine`].
+//! Health and logs as the control plane sees them: [`ProbeTarget`], [`HealthReport`] (with what
+//! the agent saw of the app's ports, and [`HealthReport::port_warning`] when they do not match
+//! the port the sidecar routes to), [`LogLine`].
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -47,11 +49,64 @@ pub struct HealthReport {
     pub detail: String,
     /// How many attempts the prober made.
     pub attempts: u32,
+    /// How long the entry has been running (or ran, once it exited), as the agent last said;
+    /// `None` when no agent answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uptime_ms: Option<u64>,
+    /// TCP ports the app listens on, ascending, as the agent last saw them (empty when no agent
+    /// answered or the app listens nowhere).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listening_ports: Vec<u16>,
+    /// The port the sidecar routes the app's traffic to (`$PORT`), as the agent knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_port: Option<u16>,
 }
 
 impl HealthReport {
+    /// A report with nothing from an agent (no uptime, no ports).
+    pub fn new(
+        service: ServiceName,
+        state: HealthState,
+        exit_code: Option<i32>,
+        detail: String,
+        attempts: u32,
+    ) -> HealthReport {
+        HealthReport {
+            service,
+            state,
+            exit_code,
+            detail,
+            attempts,
+            uptime_ms: None,
+            listening_ports: Vec::new(),
+            app_port: None,
+        }
+    }
+
     pub fn is_serving(&self) -> bool {
         self.state == HealthState::Serving
+    }
+
+    /// When the app listens on TCP ports but not on the one the sidecar routes to: a warning
+    /// naming both and what to change. `None` when the ports match, when no port is declared,
+    /// or when the app listens nowhere (yet).
+    pub fn port_warning(&self) -> Option<String> {
+        let want = self.app_port?;
+        if self.listening_ports.is_empty() || self.listening_ports.contains(&want) {
+            return None;
+        }
+        let seen: Vec<String> = self.listening_ports.iter().map(|p| p.to_string()).collect();
+        let (it, port_word) = if seen.len() == 1 {
+            ("it", "port")
+        } else {
+            ("one of them", "ports")
+        };
+        let first = self.listening_ports[0];
+        Some(format!(
+            "{svc}: the app listens on {port_word} {seen} but the sidecar routes to port {want} ($PORT); make the app listen on $PORT ({want}) on 127.0.0.1, or, if {it} is the app's HTTP port, set `env: {{PORT: \"{first}\"}}` for {svc} in the repos file",
+            svc = self.service,
+            seen = seen.join(", "),
+        ))
     }
 }
 
@@ -70,6 +125,74 @@ pub struct LogLine {
     /// "stdout" or "stderr".
     pub stream: String,
     pub msg: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(app_port: Option<u16>, listening: &[u16]) -> HealthReport {
+        HealthReport {
+            app_port,
+            listening_ports: listening.to_vec(),
+            uptime_ms: Some(4200),
+            ..HealthReport::new(
+                ServiceName::new("flask").unwrap(),
+                HealthState::Unknown,
+                None,
+                "starting".into(),
+                3,
+            )
+        }
+    }
+
+    #[test]
+    fn a_mismatch_names_both_ports_and_what_to_set() {
+        let w = report(Some(8080), &[5000]).port_warning().unwrap();
+        assert!(w.starts_with("flask: "), "{w}");
+        assert!(w.contains("listens on port 5000"), "{w}");
+        assert!(w.contains("routes to port 8080 ($PORT)"), "{w}");
+        assert!(w.contains("`env: {PORT: \"5000\"}` for flask"), "{w}");
+        let w = report(Some(8000), &[5000, 5001]).port_warning().unwrap();
+        assert!(w.contains("listens on ports 5000, 5001"), "{w}");
+        assert!(w.contains("if one of them is"), "{w}");
+    }
+
+    #[test]
+    fn no_warning_when_the_ports_agree_or_say_nothing() {
+        assert_eq!(report(Some(8080), &[8080]).port_warning(), None);
+        assert_eq!(report(Some(8080), &[8080, 9090]).port_warning(), None);
+        assert_eq!(report(Some(8080), &[]).port_warning(), None);
+        assert_eq!(report(None, &[5000]).port_warning(), None);
+    }
+
+    #[test]
+    fn agent_facts_round_trip_and_stay_out_of_json_when_absent() {
+        let r = report(Some(8080), &[5000]);
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(json.contains("\"listening_ports\":[5000]") && json.contains("\"uptime_ms\":4200"));
+        assert_eq!(serde_json::from_str::<HealthReport>(&json).unwrap(), r);
+        let bare = HealthReport::new(
+            ServiceName::new("x").unwrap(),
+            HealthState::Unreachable,
+            None,
+            "refused".into(),
+            1,
+        );
+        let json = serde_json::to_string(&bare).unwrap();
+        assert!(
+            !json.contains("uptime_ms") && !json.contains("listening_ports"),
+            "{json}"
+        );
+        // Reports written before these fields existed still read.
+        let old = r#"{"service":"x","state":"SERVING","detail":"ok","attempts":1}"#;
+        assert!(
+            serde_json::from_str::<HealthReport>(old)
+                .unwrap()
+                .listening_ports
+                .is_empty()
+        );
+    }
 }
 
 mod millis {

@@ -10,6 +10,7 @@ pub mod duration;
 pub mod entry;
 pub mod error;
 pub mod event;
+pub mod expose;
 pub mod fsutil;
 pub mod health;
 pub mod image;
@@ -29,6 +30,7 @@ pub use deployer::{DeployOptions, Deployer, DesiredStack, PlanOutcome, RenderedS
 pub use entry::{BuildStep, Candidate, DEFAULT_APP_PORT, Entry, Language, PythonVersion};
 pub use error::*;
 pub use event::{DeployEvent, EventLevel, EventReceiver, Events, Stage};
+pub use expose::{EdgeBind, Expose, edge_url};
 pub use health::{HealthReport, HealthState, LogLine, LogQuery, ProbeTarget};
 pub use image::{BuildSpec, ImageRef};
 pub use mesh::{CertPaths, IssuedCerts, Mesh, MeshPorts, MeshService};

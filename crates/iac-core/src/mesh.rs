@@ -45,6 +45,9 @@ pub struct MeshPorts {
     pub agent: u16,
     /// Prometheus stats listener on loopback.
     pub stats: u16,
+    /// The edge listener (plain HTTP to the app, no client certificate), bound like `inbound`
+    /// in services that have an edge; the host reaches it through a published port.
+    pub edge: u16,
     /// Envoy admin socket (a pipe, never TCP).
     pub admin_socket: String,
 }
@@ -57,6 +60,7 @@ impl Default for MeshPorts {
             outbound: 15001,
             agent: 50051,
             stats: 9901,
+            edge: 15080,
             admin_socket: "/tmp/envoy-admin.sock".into(),
         }
     }
@@ -72,6 +76,9 @@ pub struct MeshService {
     pub port: u16,
     /// The app's own HTTP port, if it declares one (inbound non-gRPC traffic goes there).
     pub app_port: Option<u16>,
+    /// Whether its sidecar serves the edge listener (needs `app_port`; see [`crate::expose`]).
+    #[serde(default)]
+    pub edge: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

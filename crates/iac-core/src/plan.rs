@@ -2,7 +2,8 @@
 //! golden-tested. Container layout per service (DESIGN §4):
 //!
 //! * `<project>-<svc>`: the app (PID 1 `iac-agent`), on the project network with alias `<svc>`,
-//!   publishing the sidecar's inbound port 15000 on `127.0.0.1:<ephemeral>`;
+//!   publishing the sidecar's inbound port 15000 on `127.0.0.1:<ephemeral>` and, for a service
+//!   with an edge, the sidecar's edge port 15080 where its [`EdgeBind`] says;
 //! * `<project>-<svc>-envoy`: Envoy sharing the app's network namespace, its config and the
 //!   service's certificates mounted read-only.
 //!
@@ -16,6 +17,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use crate::expose::EdgeBind;
 use crate::fsutil::sha256_tagged;
 use crate::mesh::{CertPaths, IssuedCerts, MeshPorts};
 use crate::name::{ProjectName, ServiceName};
@@ -32,21 +34,31 @@ pub const POD_FILTER_TABLE: &str = "iac_pod";
 pub const POD_FILTER_EXIT: u8 = 78;
 
 /// The pod's packet filter, as an `nft -f` ruleset. Inbound, only `inbound_port`/tcp is accepted
-/// from outside the pod; loopback (Envoy ↔ app ↔ agent), replies to the pod's own connections and
-/// the ICMP that IPv4/IPv6 need to work (neighbour discovery, errors) pass; every other TCP
-/// connection is reset, everything else dropped. Outbound is not filtered. Loading it replaces
-/// any earlier copy of the table atomically (a restarted sidecar re-installs it).
-pub fn pod_filter_rules(inbound_port: u16) -> String {
+/// from outside the pod, plus `edge_port`/tcp when the service has an edge — and that only from
+/// the addresses in the set `edge_sources`, which [`sidecar_command`] fills with the network's
+/// gateway (where the host's published port comes from), so peers on the project network cannot
+/// use the edge to skip the mesh's certificates. Loopback (Envoy ↔ app ↔ agent), replies to the
+/// pod's own connections and the ICMP that IPv4/IPv6 need to work (neighbour discovery, errors)
+/// pass; every other TCP connection is reset, everything else dropped. Outbound is not filtered.
+/// Loading it replaces any earlier copy of the table atomically (a restarted sidecar re-installs it).
+pub fn pod_filter_rules(inbound_port: u16, edge_port: Option<u16>) -> String {
+    let (edge_set, edge_rule) = match edge_port {
+        Some(port) => (
+            "  set edge_sources {\n    type ipv4_addr\n  }\n".to_string(),
+            format!("    ip saddr @edge_sources tcp dport {port} accept\n"),
+        ),
+        None => (String::new(), String::new()),
+    };
     format!(
         "table inet {POD_FILTER_TABLE}
 delete table inet {POD_FILTER_TABLE}
 table inet {POD_FILTER_TABLE} {{
-  chain input {{
+{edge_set}  chain input {{
     type filter hook input priority filter; policy drop;
     iifname \"lo\" accept
     ct state established,related accept
     tcp dport {inbound_port} accept
-    icmpv6 type {{ destination-unreachable, packet-too-big, time-exceeded, parameter-problem, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert }} accept
+{edge_rule}    icmpv6 type {{ destination-unreachable, packet-too-big, time-exceeded, parameter-problem, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert }} accept
     icmp type {{ destination-unreachable, time-exceeded, parameter-problem }} accept
     meta l4proto tcp reject with tcp reset
   }}
@@ -55,12 +67,35 @@ table inet {POD_FILTER_TABLE} {{
     )
 }
 
+/// The shell lines that admit the host to the edge port: the pod's IPv4 default gateway (read
+/// from `/proc/net/route`, little-endian hex) goes into the filter's `edge_sources` set. Without
+/// a default route nobody is admitted (the message says so).
+fn edge_sources_script(edge_port: u16) -> String {
+    format!(
+        "gw=$(while read -r ifc dst gwx rest; do if [ \"$dst\" = 00000000 ] && [ \"$gwx\" != 00000000 ]; then echo \"$gwx\"; break; fi; done < /proc/net/route) || gw=
+if [ -n \"$gw\" ]; then
+  byte() {{ printf '%d' \"0x$(echo \"$gw\" | cut -c\"$1\")\"; }}
+  host=\"$(byte 7-8).$(byte 5-6).$(byte 3-4).$(byte 1-2)\"
+  nft add element inet {POD_FILTER_TABLE} edge_sources \"{{ $host }}\" || {{ echo \"iac-sidecar: nft could not admit the host ($host) to the edge port\" >&2; exit {POD_FILTER_EXIT}; }}
+  echo \"iac-sidecar: edge tcp/{edge_port} admitted from the host ($host) only\" >&2
+else
+  echo \"iac-sidecar: the pod has no default route: the edge port tcp/{edge_port} admits nobody\" >&2
+fi
+"
+    )
+}
+
 /// The sidecar container's command: a POSIX shell script that installs [`pod_filter_rules`]
 /// (failing with exit code [`POD_FILTER_EXIT`] and a message naming the missing tool when it
-/// cannot), then `exec`s `envoy_argv` through `setpriv` with no capabilities left (inheritable,
+/// cannot) and, with an edge, admits the host to it, then `exec`s `envoy_argv` through `setpriv` with no capabilities left (inheritable,
 /// ambient and bounding sets cleared, so not even a root Envoy regains any), as the owner of
 /// `key_file` when that is not root (the key is 0600 and the sidecar has no DAC_OVERRIDE).
-pub fn sidecar_command(inbound_port: u16, key_file: &str, envoy_argv: &[String]) -> Vec<String> {
+pub fn sidecar_command(
+    inbound_port: u16,
+    edge_port: Option<u16>,
+    key_file: &str,
+    envoy_argv: &[String],
+) -> Vec<String> {
     let script = format!(
         "set -eu
 for tool in nft setpriv stat; do
@@ -69,7 +104,7 @@ done
 nft -f - <<'IAC_RULES' || {{ echo \"iac-sidecar: nft could not install the pod's packet filter (the sidecar needs CAP_NET_ADMIN)\" >&2; exit {POD_FILTER_EXIT}; }}
 {rules}IAC_RULES
 echo \"iac-sidecar: pod filter installed: inbound tcp/{inbound_port} only\" >&2
-key=\"$1\"
+{edge}key=\"$1\"
 shift
 uid=$(stat -c %u \"$key\")
 gid=$(stat -c %g \"$key\")
@@ -78,7 +113,8 @@ if [ \"$uid\" = 0 ]; then
 fi
 exec setpriv --reuid=\"$uid\" --regid=\"$gid\" --clear-groups --inh-caps=-all --ambient-caps=-all --bounding-set=-all -- \"$@\"
 ",
-        rules = pod_filter_rules(inbound_port)
+        rules = pod_filter_rules(inbound_port, edge_port),
+        edge = edge_port.map(edge_sources_script).unwrap_or_default()
     );
     let mut cmd = vec![
         "/bin/sh".to_string(),
@@ -140,6 +176,9 @@ pub struct PlannedService {
     pub certs: IssuedCerts,
     pub app_port: Option<u16>,
     pub env: BTreeMap<String, String>,
+    /// Where the sidecar's edge listener is published on the host; `None`: no edge.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub edge: Option<EdgeBind>,
 }
 
 pub fn app_container_name(project: &ProjectName, svc: &ServiceName) -> String {
@@ -219,11 +258,17 @@ pub fn plan(input: &PlanInput) -> Stack {
                     aliases: vec![s.name.to_string()],
                 },
                 mounts: Vec::new(),
-                ports: vec![PortPublish {
+                ports: std::iter::once(PortPublish {
                     container_port: ports.inbound,
                     host_ip: "127.0.0.1".into(),
                     host_port: None,
-                }],
+                })
+                .chain(s.edge.map(|bind| PortPublish {
+                    container_port: ports.edge,
+                    host_ip: bind.host.to_string(),
+                    host_port: bind.port,
+                }))
+                .collect(),
                 stop_timeout_secs: 10,
                 privileges: app_privileges(),
                 limits: Limits::default(),
@@ -239,6 +284,7 @@ pub fn plan(input: &PlanInput) -> Stack {
                 image: input.envoy_image.clone(),
                 cmd: sidecar_command(
                     ports.inbound,
+                    s.edge.map(|_| ports.edge),
                     &inside.key.display().to_string(),
                     &[
                         "envoy".into(),
@@ -336,6 +382,7 @@ mod tests {
             },
             app_port: port,
             env: [("GREETING".to_string(), "hi".to_string())].into(),
+            edge: port.map(|_| EdgeBind::loopback()),
         };
         PlanInput {
             project: ProjectName::new("demo").unwrap(),
@@ -398,9 +445,11 @@ mod tests {
             assert!(filter < exec, "filter first, then Envoy");
             assert!(script.starts_with("set -eu\n"));
             assert!(script.contains("--bounding-set=-all"));
-            assert!(script.contains(&pod_filter_rules(15000)));
+            let edge = (s.service.as_str() == "web").then_some(15080);
+            assert!(script.contains(&pod_filter_rules(15000, edge)));
+            assert_eq!(script.contains("edge_sources"), edge.is_some());
         }
-        let rules = pod_filter_rules(15000);
+        let rules = pod_filter_rules(15000, None);
         assert!(rules.contains("policy drop;"));
         assert!(rules.contains("tcp dport 15000 accept"));
         assert!(rules.contains("iifname \"lo\" accept"));
@@ -410,6 +459,112 @@ mod tests {
             5,
             "nothing else is let in:\n{rules}"
         );
+        assert!(!rules.contains("edge"));
+        // With an edge: one more port, and only from the set the sidecar fills with the gateway.
+        let rules = pod_filter_rules(15000, Some(15080));
+        assert_eq!(rules.matches(" accept").count(), 6, "{rules}");
+        assert!(rules.contains("ip saddr @edge_sources tcp dport 15080 accept"));
+        assert!(
+            rules
+                .lines()
+                .filter(|l| l.contains("15080"))
+                .all(|l| l.contains("ip saddr @edge_sources")),
+            "the edge port is open to the gateway only:\n{rules}"
+        );
+    }
+
+    #[test]
+    fn an_edge_is_published_where_its_bind_says() {
+        let mut input = sample_input();
+        input.services[1].edge = Some(EdgeBind {
+            host: "0.0.0.0".parse().unwrap(),
+            port: Some(8081),
+        });
+        let stack = plan(&input);
+        let ports = |name: &str| {
+            stack
+                .services
+                .iter()
+                .find(|s| s.service.as_str() == name)
+                .unwrap()
+                .app
+                .ports
+                .clone()
+        };
+        assert_eq!(
+            ports("web"),
+            [
+                PortPublish {
+                    container_port: 15000,
+                    host_ip: "127.0.0.1".into(),
+                    host_port: None
+                },
+                PortPublish {
+                    container_port: 15080,
+                    host_ip: "127.0.0.1".into(),
+                    host_port: None
+                }
+            ]
+        );
+        assert_eq!(
+            ports("api")[1],
+            PortPublish {
+                container_port: 15080,
+                host_ip: "0.0.0.0".into(),
+                host_port: Some(8081)
+            }
+        );
+        // The mesh port stays on loopback whatever the edge does.
+        assert_eq!(ports("api")[0].host_ip, "127.0.0.1");
+        let mut no_edge = sample_input();
+        no_edge.services[0].edge = None;
+        assert_eq!(plan(&no_edge).services[1].app.ports.len(), 1);
+    }
+
+    /// The script that admits the host reads the gateway the way a pod sees it.
+    #[test]
+    fn the_edge_admits_the_default_gateway() {
+        let script = edge_sources_script(15080);
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        // A stand-in `nft` that records its arguments, and a route table with a gateway.
+        let nft = dir.join("nft");
+        std::fs::write(
+            &nft,
+            format!("#!/bin/sh\necho \"$@\" > {}/nft.args\n", dir.display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(&nft, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let route = dir.join("route");
+        std::fs::write(&route, "Iface\tDestination\tGateway \tFlags\neth0\t000013AC\t00000000\t0001\neth0\t00000000\t010013AC\t0003\n").unwrap();
+        let run = |script: &str| {
+            std::process::Command::new("/bin/sh")
+                .arg("-c")
+                .arg(script.replace("/proc/net/route", &route.display().to_string()))
+                .env("PATH", format!("{}:/usr/bin:/bin", dir.display()))
+                .output()
+                .unwrap()
+        };
+        let out = run(&script);
+        assert!(out.status.success(), "{out:?}");
+        let args = std::fs::read_to_string(dir.join("nft.args")).unwrap();
+        assert_eq!(
+            args.trim(),
+            "add element inet iac_pod edge_sources { 172.19.0.1 }"
+        );
+        assert!(String::from_utf8_lossy(&out.stderr).contains("(172.19.0.1) only"));
+        // No default route: nobody is admitted and nft is not called.
+        std::fs::remove_file(dir.join("nft.args")).unwrap();
+        std::fs::write(
+            &route,
+            "Iface\tDestination\tGateway \tFlags\neth0\t000013AC\t00000000\t0001\n",
+        )
+        .unwrap();
+        let out = run(&script);
+        assert!(out.status.success(), "{out:?}");
+        assert!(!dir.join("nft.args").exists());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("admits nobody"));
     }
 
     #[test]

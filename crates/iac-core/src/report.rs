@@ -1,5 +1,6 @@
 //! [`DeployReport`]: the outcome of one deploy, per service: stages and durations, image, entry,
-//! provisioning action, health and error.
+//! provisioning action, health, the URL people open (`url`, when the service has an edge),
+//! warnings and error.
 
 use serde::{Deserialize, Serialize};
 
@@ -28,7 +29,15 @@ pub struct ServiceReport {
     pub entry: Option<Entry>,
     pub action: Option<Action>,
     pub endpoint: Option<String>,
+    /// Where a person opens the app on the host, no client certificate needed
+    /// (`http://127.0.0.1:<port>/`); `None` without an edge.
+    #[serde(default)]
+    pub url: Option<String>,
     pub health: Option<HealthReport>,
+    /// Things that did not fail the deploy but need a person's attention (e.g. the app listens
+    /// on another port than the one the sidecar routes to).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     /// The first error, with the stage it happened in.
     pub error: Option<String>,
     pub failed_stage: Option<Stage>,
@@ -47,7 +56,9 @@ impl ServiceReport {
             entry: None,
             action: None,
             endpoint: None,
+            url: None,
             health: None,
+            warnings: Vec::new(),
             error: None,
             failed_stage: None,
         }

@@ -1,5 +1,5 @@
-//! The repos file: a YAML or JSON list of slugs (strings) or `{slug, name?, entrypoint?, env?}`
-//! maps, optionally wrapped as `{project?, services: [...]}`. Produces [`ServiceSpec`]s with
+//! The repos file: a YAML or JSON list of slugs (strings) or `{slug, name?, entrypoint?, env?,
+//! expose?}` maps, optionally wrapped as `{project?, services: [...]}`. Produces [`ServiceSpec`]s with
 //! deterministic, de-duplicated DNS-safe service names. Errors name the item (and its line when it
 //! can be found) and say what was expected.
 
@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::ReposFileError;
+use crate::expose::Expose;
 use crate::name::{ProjectName, ServiceName};
 use crate::slug::Slug;
 
@@ -23,6 +24,10 @@ pub struct ServiceSpec {
     pub entrypoint: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// Whether (and where) the app is published on the host without a client certificate
+    /// (see [`crate::expose`]).
+    #[serde(default, skip_serializing_if = "Expose::is_auto")]
+    pub expose: Expose,
 }
 
 /// What a parsed repos file holds.
@@ -130,6 +135,7 @@ pub fn parse_repos_file(text: &str, format: ReposFormat) -> Result<ReposFile, Re
         name: Option<ServiceName>,
         entrypoint: Option<String>,
         env: BTreeMap<String, String>,
+        expose: Expose,
     }
     let mut raws = Vec::with_capacity(items.len());
     let mut search_from = 0usize;
@@ -156,12 +162,14 @@ pub fn parse_repos_file(text: &str, format: ReposFormat) -> Result<ReposFile, Re
                 name: None,
                 entrypoint: None,
                 env: BTreeMap::new(),
+                expose: Expose::Auto,
             },
             Value::Object(map) => {
                 let mut slug = None;
                 let mut name = None;
                 let mut entrypoint = None;
                 let mut env = BTreeMap::new();
+                let mut expose = Expose::Auto;
                 for (k, v) in map {
                     match (k.as_str(), v) {
                         ("slug", Value::String(s)) => {
@@ -198,6 +206,7 @@ pub fn parse_repos_file(text: &str, format: ReposFormat) -> Result<ReposFile, Re
                             }
                         }
                         ("env", Value::Null) => {}
+                        ("expose", v) => expose = Expose::from_value(&v).map_err(fail)?,
                         (key @ ("slug" | "name" | "entrypoint" | "env"), other) => {
                             let want = if key == "env" {
                                 "a map"
@@ -211,7 +220,7 @@ pub fn parse_repos_file(text: &str, format: ReposFormat) -> Result<ReposFile, Re
                         }
                         (other, _) => {
                             return Err(fail(format!(
-                                "only the keys slug, name, entrypoint, env (unknown key {other:?})"
+                                "only the keys slug, name, entrypoint, env, expose (unknown key {other:?})"
                             )));
                         }
                     }
@@ -222,11 +231,12 @@ pub fn parse_repos_file(text: &str, format: ReposFormat) -> Result<ReposFile, Re
                     name,
                     entrypoint,
                     env,
+                    expose,
                 }
             }
             other => {
                 return Err(fail(format!(
-                    "a slug string or a map {{slug, name?, entrypoint?, env?}}, got {}",
+                    "a slug string or a map {{slug, name?, entrypoint?, env?, expose?}}, got {}",
                     kind(&other)
                 )));
             }
@@ -245,6 +255,29 @@ pub fn parse_repos_file(text: &str, format: ReposFormat) -> Result<ReposFile, Re
                 index: *index,
                 line: *line,
                 expected: format!("a unique service name; {n:?} is used by an earlier item"),
+            });
+        }
+    }
+    // Two edges on one host address would fail at provisioning; say so here, naming both items.
+    for (j, (index, line, raw)) in raws.iter().enumerate() {
+        let Expose::On(b) = raw.expose else { continue };
+        let Some(port) = b.port else { continue };
+        let clash = raws[..j]
+            .iter()
+            .find(|(_, _, earlier)| match earlier.expose {
+                Expose::On(e) => {
+                    e.port == Some(port)
+                        && (e.host == b.host || e.host.is_unspecified() || b.host.is_unspecified())
+                }
+                _ => false,
+            });
+        if let Some((earlier, _, _)) = clash {
+            return Err(ReposFileError::Item {
+                index: *index,
+                line: *line,
+                expected: format!(
+                    "a free host port in `expose`; {b} is already exposed by item {earlier}"
+                ),
             });
         }
     }
@@ -272,6 +305,7 @@ pub fn parse_repos_file(text: &str, format: ReposFormat) -> Result<ReposFile, Re
             slug: raw.slug,
             entrypoint: raw.entrypoint,
             env: raw.env,
+            expose: raw.expose,
         });
     }
     Ok(ReposFile { project, services })
@@ -371,6 +405,42 @@ mod tests {
     }
 
     #[test]
+    fn expose_forms() {
+        use crate::expose::EdgeBind;
+        let text = "- gh:a/plain\n- slug: gh:a/off\n  expose: false\n- slug: gh:a/auto\n  expose: true\n- slug: gh:a/fixed\n  expose: 8081\n- slug: gh:a/public\n  expose: \"0.0.0.0:8082\"\n- slug: gh:a/again\n  expose: \"127.0.0.2:8081\"\n";
+        let r = parse_repos_file(text, ReposFormat::Yaml).unwrap();
+        let lo = EdgeBind::loopback();
+        let got: Vec<Expose> = r.services.iter().map(|s| s.expose).collect();
+        assert_eq!(
+            got,
+            [
+                Expose::Auto,
+                Expose::Off,
+                Expose::On(lo),
+                Expose::On(EdgeBind {
+                    port: Some(8081),
+                    ..lo
+                }),
+                Expose::On(EdgeBind {
+                    host: "0.0.0.0".parse().unwrap(),
+                    port: Some(8082)
+                }),
+                Expose::On(EdgeBind {
+                    host: "127.0.0.2".parse().unwrap(),
+                    port: Some(8081)
+                }),
+            ]
+        );
+        // A ServiceSpec round-trips through JSON (the admin API's `services` shape).
+        for s in &r.services {
+            let json = serde_json::to_string(s).unwrap();
+            let back: ServiceSpec = serde_json::from_str(&json).unwrap();
+            assert_eq!(&back, s, "{json}");
+            assert_eq!(json.contains("expose"), !s.expose.is_auto(), "{json}");
+        }
+    }
+
+    #[test]
     fn json_and_wrapped_form() {
         let text = r#"{"project": "shop", "services": ["gh:a/cart", {"slug": "bb:b/cart#x"}]}"#;
         let r = parse_repos_file(text, ReposFormat::Auto).unwrap();
@@ -405,6 +475,12 @@ mod tests {
             ("- slug: gh:a/b\n  env: [1]\n", "`env` to be a map"),
             ("- slug: gh:a/b\n  env:\n    1BAD: x\n", "env key"),
             ("- slug: gh:a/b\n  env:\n    K: [x]\n", "env value of K"),
+            ("- slug: gh:a/b\n  expose: 0\n", "`expose` to be"),
+            ("- slug: gh:a/b\n  expose: nope\n", "item 1 (line 1)"),
+            (
+                "- slug: gh:a/b\n  expose: 8081\n- slug: gh:a/c\n  expose: \"0.0.0.0:8081\"\n",
+                "already exposed by item 1",
+            ),
             ("[]", "at least one service"),
             ("{\"services\": 3}", "`services` to be a list"),
             ("{\"servces\": []}", "unknown key \"servces\""),

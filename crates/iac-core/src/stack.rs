@@ -155,6 +155,9 @@ pub struct AppliedService {
     pub action: Action,
     /// Host address of the service's mTLS listener.
     pub endpoint: Option<SocketAddr>,
+    /// Host address of the service's edge listener (plain HTTP to the app), if it has one.
+    #[serde(default)]
+    pub edge: Option<SocketAddr>,
     /// The gate's verdict when the provisioner health-checked it (replacements).
     pub health: Option<HealthReport>,
     pub error: Option<String>,
@@ -172,6 +175,9 @@ pub struct Applied {
 pub struct RunningService {
     pub service: ServiceName,
     pub endpoint: Option<SocketAddr>,
+    /// Host address of the service's edge listener, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge: Option<SocketAddr>,
     pub spec_hash: String,
     pub image: String,
     /// Engine state of the app container, e.g. "running", "exited".

@@ -181,12 +181,19 @@ impl HealthProber for GrpcProber {
         let mut backoff = self.config.initial_backoff.max(Duration::from_millis(1));
         let max_backoff = self.config.max_backoff.max(backoff);
         let mut attempts = 0u32;
-        let report = |state, exit_code, detail: String, attempts| HealthReport {
-            service: target.service.clone(),
-            state,
-            exit_code,
-            detail,
-            attempts,
+        // The agent's last answer (uptime, ports) travels with every verdict, also a timeout's.
+        let mut last_status: Option<iac_proto::HealthStatus> = None;
+        let report = |state,
+                      exit_code,
+                      detail: String,
+                      attempts,
+                      status: &Option<iac_proto::HealthStatus>| {
+            let mut r =
+                HealthReport::new(target.service.clone(), state, exit_code, detail, attempts);
+            if let Some(st) = status {
+                agent_facts(&mut r, st);
+            }
+            r
         };
         loop {
             attempts += 1;
@@ -195,29 +202,36 @@ impl HealthProber for GrpcProber {
                 .saturating_duration_since(Instant::now())
                 .max(Duration::from_millis(200));
             let last = match self.attempt(target, budget).await {
-                Ok(status) => match HealthStatusCode::try_from(status.status) {
-                    Ok(HealthStatusCode::Serving) => {
-                        return report(
-                            HealthState::Serving,
-                            status.exit_code,
-                            status.detail,
-                            attempts,
-                        );
+                Ok(status) => {
+                    let code = HealthStatusCode::try_from(status.status);
+                    let (exit_code, detail) = (status.exit_code, status.detail.clone());
+                    last_status = Some(status);
+                    match code {
+                        Ok(HealthStatusCode::Serving) => {
+                            return report(
+                                HealthState::Serving,
+                                exit_code,
+                                detail,
+                                attempts,
+                                &last_status,
+                            );
+                        }
+                        Ok(HealthStatusCode::NotServing) => {
+                            return report(
+                                HealthState::NotServing,
+                                exit_code,
+                                detail,
+                                attempts,
+                                &last_status,
+                            );
+                        }
+                        _ => (
+                            HealthState::Unknown,
+                            exit_code,
+                            format!("agent reports UNKNOWN: {detail}"),
+                        ),
                     }
-                    Ok(HealthStatusCode::NotServing) => {
-                        return report(
-                            HealthState::NotServing,
-                            status.exit_code,
-                            status.detail,
-                            attempts,
-                        );
-                    }
-                    _ => (
-                        HealthState::Unknown,
-                        status.exit_code,
-                        format!("agent reports UNKNOWN: {}", status.detail),
-                    ),
-                },
+                }
                 Err(e) => (HealthState::Unreachable, None, e.to_string()),
             };
             let now = Instant::now();
@@ -227,7 +241,7 @@ impl HealthProber for GrpcProber {
                     "{why} (after {attempts} attempts in {:.1?})",
                     start.elapsed()
                 );
-                return report(state, code, detail, attempts);
+                return report(state, code, detail, attempts, &last_status);
             }
             tracing::debug!(service = %target.service, attempt = attempts, reason = %last.2, "health probe retrying");
             let pause = jitter(backoff).min(deadline - now);
@@ -269,6 +283,18 @@ impl LogStreamer for GrpcProber {
             })
             .boxed())
     }
+}
+
+/// Copies what the agent saw (uptime, listening ports, the declared app port) into `r`. Ports
+/// outside 1-65535 (a broken agent) are dropped.
+fn agent_facts(r: &mut HealthReport, st: &iac_proto::HealthStatus) {
+    r.uptime_ms = Some(st.uptime_ms);
+    r.listening_ports = st
+        .listening_ports
+        .iter()
+        .filter_map(|&p| u16::try_from(p).ok().filter(|&p| p != 0))
+        .collect();
+    r.app_port = u16::try_from(st.app_port).ok().filter(|&p| p != 0);
 }
 
 /// ±25 % so many probes started together do not retry in lockstep.
@@ -346,4 +372,35 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
         cur = err.source();
     }
     parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_facts_carry_uptime_and_ports() {
+        let mut r = HealthReport::new(
+            iac_core::ServiceName::new("web").unwrap(),
+            HealthState::Unknown,
+            None,
+            "starting".into(),
+            2,
+        );
+        let st = iac_proto::HealthStatus {
+            status: HealthStatusCode::Unknown as i32,
+            exit_code: None,
+            detail: "starting".into(),
+            uptime_ms: 1500,
+            listening_ports: vec![5000, 0, 70000, 5001],
+            app_port: 8080,
+        };
+        agent_facts(&mut r, &st);
+        assert_eq!(r.uptime_ms, Some(1500));
+        assert_eq!(r.listening_ports, [5000, 5001], "0 and >65535 are dropped");
+        assert_eq!(r.app_port, Some(8080));
+        assert!(r.port_warning().unwrap().contains("5000, 5001"));
+        agent_facts(&mut r, &iac_proto::HealthStatus { app_port: 0, ..st });
+        assert_eq!(r.app_port, None, "0 = no declared port");
+    }
 }

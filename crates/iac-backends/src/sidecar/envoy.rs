@@ -9,6 +9,7 @@
 //! | `inbound_mtls` | `{inbound_bind}:15000` | TLS, client certificate from the CA required, ALPN h2 (+http/1.1); `/iac.controlplane.v1.ControlPlane/*` → cluster `agent` (127.0.0.1:50051, h2c), RBAC: only the control plane; everything else → cluster `app` (127.0.0.1:`app_port`, HTTP/1.1) when the service declares a port, RBAC: only services of the same project; no route → 403; `x-forwarded-client-cert` always replaced by Envoy's (subject, URI, DNS of the caller) |
 //! | `outbound` | `127.0.0.1:15001` | plaintext h2/HTTP/1.1 from the app; authority `<peer>`, `<peer>:15001`, `<peer>.<project>` (and with the port) → cluster `peer_<peer>` = `<address>:<port>` over mTLS (SNI `<peer>`, peer DNS SAN `<peer>.<project>` verified, ALPN h2) |
 //! | `stats` | `127.0.0.1:9901` | only `GET /stats/prometheus` → cluster `admin` (the admin unix socket); anything else 404 |
+//! | `edge` (services with an edge only) | `{inbound_bind}:15080` | plain HTTP (h1/h2c, WebSocket upgrades), no client certificate: `/iac.controlplane.v1.ControlPlane/*` → 404, everything else → cluster `app`; the caller's `x-forwarded-client-cert` is dropped and the app sees `URI=spiffe://iac/ingress` ([`iac_core::expose::INGRESS_URI`]) |
 //!
 //! Admin itself listens only on the unix socket `admin_socket`.
 //!
@@ -113,6 +114,14 @@ impl EnvoyRenderer {
         if let Some(app) = me.app_port {
             used.push(("app_port", app));
         }
+        if me.edge {
+            if me.app_port.is_none() {
+                return Err(invalid(
+                    "it has an edge listener but no app port; expected an app port for the edge to route to".into(),
+                ));
+            }
+            used.push(("edge", p.edge));
+        }
         for (i, (name, port)) in used.iter().enumerate() {
             if *port == 0 {
                 return Err(invalid(format!(
@@ -191,6 +200,15 @@ impl EnvoyRenderer {
                 "app_port",
                 me.app_port.map(Value::from).unwrap_or(Value::from(())),
             ),
+            (
+                "edge_port",
+                if me.edge {
+                    Value::from(p.edge)
+                } else {
+                    Value::from(())
+                },
+            ),
+            ("edge_principal", Value::from(iac_core::expose::INGRESS_URI)),
             ("admin_socket", Value::from(p.admin_socket.as_str())),
             ("ca", path(&mesh.certs.ca)),
             ("cert", path(&mesh.certs.cert)),

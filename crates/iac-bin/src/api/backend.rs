@@ -25,7 +25,22 @@ pub struct DeployInput {
 pub struct ServiceStatus {
     #[serde(flatten)]
     pub running: RunningService,
+    /// `http://<edge>/`: where a person opens the app without a client certificate, when the
+    /// service has an edge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
     pub health: HealthReport,
+}
+
+impl ServiceStatus {
+    /// A running service and its health; `url` from its edge.
+    pub fn new(running: RunningService, health: HealthReport) -> ServiceStatus {
+        ServiceStatus {
+            url: running.edge.map(iac_core::edge_url),
+            running,
+            health,
+        }
+    }
 }
 
 /// A stream of log lines; an `Err` item ends the stream with that error.

@@ -16,7 +16,7 @@ use utoipa::{IntoParams, ToSchema};
 #[serde(deny_unknown_fields)]
 pub struct DeployRequest {
     /// Repos-file items: slug strings (`gh:owner/repo#ref`, `git+https://…`, `path:DIR`) or
-    /// `{slug, name?, entrypoint?, env?}` maps. Service names are derived and de-duplicated.
+    /// `{slug, name?, entrypoint?, env?, expose?}` maps. Service names are derived and de-duplicated.
     pub slugs: Option<Vec<serde_json::Value>>,
     /// Services with explicit names (unique DNS labels).
     pub services: Option<Vec<ServiceSpecSchema>>,
@@ -40,6 +40,14 @@ pub const REMOTE_SLUG_PATTERN: &str = concat!(
     "|gl:[A-Za-z0-9][A-Za-z0-9_.-]{0,62}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,62}){0,4}/[A-Za-z0-9][A-Za-z0-9_-]{0,99}",
     "|git\\+https://[a-z0-9]([a-z0-9.-]{0,62}[a-z0-9])?(:[0-9]{1,5})?(/[A-Za-z0-9][A-Za-z0-9_.-]{0,62}){0,4}/[A-Za-z0-9][A-Za-z0-9_-]{0,99}",
     ")(#[A-Za-z0-9][A-Za-z0-9_-]{0,62})?$"
+);
+
+/// An `expose` string an API caller may send: a port 1-65535, or a loopback address with a port
+/// (`127.x.y.z:PORT`, `[::1]:PORT`, port 0: automatic), written canonically (no leading zeros).
+pub const EXPOSE_LOOPBACK_PATTERN: &str = concat!(
+    "^((6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})",
+    "|(127(\\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}|\\[::1\\])",
+    ":(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}|0))$"
 );
 
 /// The OpenAPI schema of [`DeployRequest`].
@@ -76,6 +84,18 @@ pub fn deploy_request_schema() -> serde_json::Value {
         "pattern": "\\S",
         "description": entry_text
     });
+    // API callers may publish an app only on the server's loopback (see `check_expose`).
+    let expose = serde_json::json!({
+        "description": "Publish the app on the server's loopback without a client certificate: `true` (automatic port), `false` (no edge), a port 1-65535, or \"127.x.y.z:PORT\" / \"[::1]:PORT\" (port 0: automatic). Absent: an automatic loopback port when the service has an HTTP port. Non-loopback addresses are refused (403 `public_expose_refused`).",
+        "oneOf": [
+            {"type": "boolean"},
+            {"type": "integer", "minimum": 1, "maximum": 65535},
+            {"type": "string", "pattern": EXPOSE_LOOPBACK_PATTERN}
+        ]
+    });
+    let item_expose = serde_json::json!({
+        "oneOf": [expose.clone(), {"type": "null"}]
+    });
     let name = serde_json::json!({
         "type": "string",
         "pattern": DNS_LABEL_PATTERN,
@@ -94,7 +114,8 @@ pub fn deploy_request_schema() -> serde_json::Value {
             "slug": slug,
             "name": name,
             "entrypoint": item_entrypoint,
-            "env": item_env
+            "env": item_env,
+            "expose": item_expose
         }
     });
     let service = serde_json::json!({
@@ -105,7 +126,8 @@ pub fn deploy_request_schema() -> serde_json::Value {
             "name": name,
             "slug": slug,
             "entrypoint": service_entrypoint,
-            "env": service_env
+            "env": service_env,
+            "expose": item_expose
         }
     });
     serde_json::json!({
@@ -122,7 +144,7 @@ pub fn deploy_request_schema() -> serde_json::Value {
                         "minItems": 1,
                         "uniqueItems": true,
                         "items": {"oneOf": [slug, item_map]},
-                        "description": "Repos-file items: slug strings or `{slug, name?, entrypoint?, env?}` maps."
+                        "description": "Repos-file items: slug strings or `{slug, name?, entrypoint?, env?, expose?}` maps."
                     },
                     "project": project
                 }
@@ -252,6 +274,10 @@ pub struct ServiceSpecSchema {
     /// Extra environment of the app.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// Publish the app on the server's loopback: `true`, `false`, a port or `"127.0.0.1:PORT"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub expose: Option<serde_json::Value>,
 }
 
 /// One progress event (`iac_core::DeployEvent`).
@@ -284,6 +310,15 @@ pub struct HealthReportSchema {
     pub exit_code: Option<i32>,
     pub detail: String,
     pub attempts: u32,
+    /// How long the entry has run (ms), as its agent said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uptime_ms: Option<u64>,
+    /// TCP ports the app listens on, as its agent saw them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listening_ports: Vec<u16>,
+    /// The port the sidecar routes the app's traffic to (`$PORT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_port: Option<u16>,
 }
 
 /// Time spent in one stage.
@@ -315,7 +350,12 @@ pub struct ServiceReportSchema {
     #[schema(value_type = Option<Object>)]
     pub action: Option<serde_json::Value>,
     pub endpoint: Option<String>,
+    /// Where a person opens the app on the host (no client certificate): the edge's URL.
+    pub url: Option<String>,
     pub health: Option<HealthReportSchema>,
+    /// Things that need attention but did not fail the deploy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     pub error: Option<String>,
     pub failed_stage: Option<String>,
 }
@@ -354,6 +394,12 @@ pub struct ServiceStatusSchema {
     pub service: String,
     /// Host address of the service's Envoy mTLS listener.
     pub endpoint: Option<String>,
+    /// Host address of the service's edge listener (plain HTTP to the app), if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge: Option<String>,
+    /// `http://<edge>/`: where a person opens the app.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
     pub spec_hash: String,
     pub image: String,
     /// Engine state of the app container (running, exited, …).

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use iac_core::{AuthVerifier, ProjectName, ServiceName, ServiceSpec, Slug};
+use iac_core::{AuthVerifier, Expose, ProjectName, ServiceName, ServiceSpec, Slug};
 use tokio_util::sync::CancellationToken;
 
 use super::ServeConfig;
@@ -114,6 +114,7 @@ pub(crate) fn validate_deploy(st: &AppState, req: DeployRequest) -> Result<Deplo
     if !st.cfg.allow_local_sources {
         check_remote_sources(&services)?;
     }
+    check_expose(&services)?;
     if services.len() > st.cfg.max_services {
         return Err(ApiError::unprocessable(format!(
             "{} services in one deploy; the limit is {} (max_services)",
@@ -127,6 +128,27 @@ pub(crate) fn validate_deploy(st: &AppState, req: DeployRequest) -> Result<Deplo
 /// The API's slug policy: `path:` and `git+file:` name directories on this host, which an API
 /// caller must not be able to bake into an image, so they are refused (403) unless the
 /// operator set `[serve] allow_local_sources = true`. The CLI is not subject to it.
+/// The API's edge policy: a caller may publish an app on the server's loopback only. A public
+/// address (`0.0.0.0`, a LAN address) would put the app in front of everyone who can reach the
+/// server, without a certificate, which only the operator (the CLI's repos file) decides.
+pub(crate) fn check_expose(services: &[ServiceSpec]) -> Result<(), ApiError> {
+    for s in services {
+        if let Expose::On(bind) = s.expose
+            && !bind.is_loopback()
+        {
+            return Err(ApiError::new(
+                403,
+                "public_expose_refused",
+                format!(
+                    "service {}: `expose` {bind} is not a loopback address; API callers may publish apps only on the server's loopback (127.0.0.0/8, [::1]); the operator can expose elsewhere in a repos file with `iac deploy`",
+                    s.name
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn check_remote_sources(services: &[ServiceSpec]) -> Result<(), ApiError> {
     for s in services {
         if matches!(s.slug, Slug::Path { .. } | Slug::GitFile { .. }) {

@@ -187,7 +187,14 @@ pub async fn health(
     if json {
         let items: Vec<_> = results
             .iter()
-            .map(|(r, h)| json!({ "running": r, "health": h }))
+            .map(|(r, h)| {
+                json!({
+                    "running": r,
+                    "url": r.edge.map(iac_core::edge_url),
+                    "health": h,
+                    "warnings": h.port_warning().into_iter().collect::<Vec<_>>(),
+                })
+            })
             .collect();
         println!(
             "{}",
@@ -213,6 +220,12 @@ pub async fn health(
                 ep,
                 h.detail
             );
+            if let Some(edge) = r.edge {
+                println!("      url    {}", iac_core::edge_url(edge));
+            }
+            if let Some(w) = h.port_warning() {
+                println!("      warn   {w}");
+            }
         }
     }
     Ok(if all_ok {

@@ -1,11 +1,13 @@
 //! Proving health: every provisioned service is checked through its Envoy (with the settle
-//! window for new pairs), and [`Deployer::health`] re-checks a running project.
+//! window for new pairs), its edge's URL and any port warning land in its report, and
+//! [`Deployer::health`] re-checks a running project.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::Error;
 use crate::event::{Events, Stage};
+use crate::expose::edge_url;
 use crate::health::{HealthReport, HealthState, ProbeTarget};
 use crate::report::{ServiceReport, StageTiming};
 use crate::stack::{Action, AppliedService, RunningService};
@@ -39,6 +41,7 @@ pub(super) async fn prove(
     };
     p.report.action = Some(a.action);
     p.report.endpoint = a.endpoint.map(|e| e.to_string());
+    p.report.url = a.edge.map(edge_url);
     if let Some(err) = &a.error {
         p.report.health = a.health.clone();
         p.report.fail(Stage::Provision, err);
@@ -85,6 +88,11 @@ pub(super) async fn prove(
             ..again
         };
     }
+    // The app listens, but not where its sidecar sends traffic: say so, whatever the verdict.
+    if let Some(warning) = h.port_warning() {
+        svc_events.warn(Stage::Health, warning.clone());
+        p.report.warnings.push(warning);
+    }
     let ok = h.state == HealthState::Serving;
     p.report.stages.push(StageTiming {
         stage: Stage::Health,
@@ -124,13 +132,13 @@ impl Deployer {
                             })
                             .await
                     }
-                    None => HealthReport {
-                        service: r.service.clone(),
-                        state: HealthState::Unreachable,
-                        exit_code: None,
-                        detail: format!("no published mTLS endpoint (container {})", r.state),
-                        attempts: 0,
-                    },
+                    None => HealthReport::new(
+                        r.service.clone(),
+                        HealthState::Unreachable,
+                        None,
+                        format!("no published mTLS endpoint (container {})", r.state),
+                        0,
+                    ),
                 };
                 (r, h)
             }

@@ -2,14 +2,14 @@
 //! timed, traced and reported), then the mesh every prepared service's sidecar is rendered against
 //! and the plan input.
 
-use std::collections::BTreeMap;
 use std::time::Instant;
 
 use futures::StreamExt;
 use tracing::Instrument;
 
-use crate::entry::Entry;
+use crate::entry::{DEFAULT_APP_PORT, Entry};
 use crate::event::{Events, Stage};
+use crate::expose::{EdgeBind, Expose};
 use crate::fsutil::sha256_tagged;
 use crate::image::{BuildSpec, ImageRef};
 use crate::mesh::{CertPaths, IssuedCerts, Mesh, MeshPorts, MeshService};
@@ -36,9 +36,20 @@ pub(super) enum Mode {
     PlanOnly,
 }
 
-/// The app's own port: `PORT` from the repos file's env, else the entry's (Django/gunicorn).
-pub(super) fn app_port(env: &BTreeMap<String, String>, entry: &Entry) -> Option<u16> {
-    env.get("PORT").and_then(|p| p.parse().ok()).or(entry.port)
+/// The app's own port: `PORT` from the repos file's env, else the entry's (Django/gunicorn, a
+/// framework server), else — for a service exposed on request (`expose: true`, a port, an
+/// address) — the default `$PORT` it is handed.
+pub(super) fn app_port(spec: &ServiceSpec, entry: &Entry) -> Option<u16> {
+    spec.env
+        .get("PORT")
+        .and_then(|p| p.parse().ok())
+        .or(entry.port)
+        .or_else(|| matches!(spec.expose, Expose::On(_)).then_some(DEFAULT_APP_PORT))
+}
+
+/// Where the service's edge is published on the host, if it has one (see [`crate::expose`]).
+pub(super) fn edge_of(spec: &ServiceSpec, entry: &Entry) -> Option<EdgeBind> {
+    spec.expose.edge(app_port(spec, entry).is_some())
 }
 
 impl Deployer {
@@ -169,7 +180,8 @@ impl Deployer {
                     name: p.spec.name.clone(),
                     address: p.spec.name.to_string(),
                     port: ports.inbound,
-                    app_port: app_port(&p.spec.env, &p.entry),
+                    app_port: app_port(&p.spec, &p.entry),
+                    edge: edge_of(&p.spec, &p.entry).is_some(),
                 })
                 .collect(),
             ports,
@@ -201,7 +213,8 @@ impl Deployer {
                         envoy_config: self.envoy_config_path(&p.spec.name),
                         envoy_config_digest: sha256_tagged(config.as_bytes()),
                         certs: p.certs.clone(),
-                        app_port: app_port(&p.spec.env, &p.entry),
+                        app_port: app_port(&p.spec, &p.entry),
+                        edge: edge_of(&p.spec, &p.entry),
                         env: p.spec.env.clone(),
                     });
                     rendered.push((p, config));

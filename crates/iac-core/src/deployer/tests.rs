@@ -5,11 +5,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use super::*;
+use crate::entry::DEFAULT_APP_PORT;
 use crate::entry::Language;
 use crate::error::{FetchError, ProvisionError};
 use crate::event::DeployEvent;
+use crate::expose::{EdgeBind, Expose};
 use crate::health::{HealthReport, HealthState};
-use crate::mesh::CertPaths;
+use crate::mesh::{CertPaths, MeshPorts};
 use crate::source::Source;
 use crate::stack::{Action, Applied, AppliedService, RunningService};
 
@@ -19,6 +21,7 @@ fn spec(name: &str) -> ServiceSpec {
         slug: format!("gh:o/{name}").parse().unwrap(),
         entrypoint: None,
         env: Default::default(),
+        expose: Default::default(),
     }
 }
 
@@ -51,13 +54,7 @@ fn image(svc: &str) -> ImageRef {
 }
 
 fn serving(svc: &ServiceName, state: HealthState) -> HealthReport {
-    HealthReport {
-        service: svc.clone(),
-        state,
-        exit_code: None,
-        detail: "d".into(),
-        attempts: 1,
-    }
+    HealthReport::new(svc.clone(), state, None, "d".into(), 1)
 }
 
 struct Fakes {
@@ -118,6 +115,7 @@ impl Fakes {
                         service: s.service.clone(),
                         action: Action::Create,
                         endpoint: Some(format!("127.0.0.1:{}", 40000 + i).parse().unwrap()),
+                        edge: None,
                         health: None,
                         error: None,
                     })
@@ -263,6 +261,7 @@ async fn one_failing_service_does_not_stop_its_peers_and_is_kept() {
                     service: stack.services[0].service.clone(),
                     action: Action::Create,
                     endpoint: Some("127.0.0.1:1".parse().unwrap()),
+                    edge: None,
                     health: None,
                     error: None,
                 }],
@@ -376,6 +375,7 @@ async fn not_serving_and_rolled_back_are_failures_peers_stay_ok() {
                             Action::Create
                         },
                         endpoint: Some("127.0.0.1:2".parse().unwrap()),
+                        edge: None,
                         health: rolled.then(|| serving(&s.service, HealthState::NotServing)),
                         error: None,
                     }
@@ -493,6 +493,7 @@ async fn concurrent_deploys_of_one_project_serialize_on_the_lock() {
                         service: s.service.clone(),
                         action: Action::Unchanged,
                         endpoint: Some("127.0.0.1:3".parse().unwrap()),
+                        edge: None,
                         health: None,
                         error: None,
                     })
@@ -561,6 +562,7 @@ async fn unchanged_services_are_not_held_for_the_settle_window() {
                     service: s.service.clone(),
                     action: Action::Unchanged,
                     endpoint: Some("127.0.0.1:4".parse().unwrap()),
+                    edge: None,
                     health: None,
                     error: None,
                 })
@@ -698,4 +700,181 @@ async fn a_consumer_that_never_reads_events_does_not_stall_the_deploy() {
     let evs = drain(rx);
     let dropped: u64 = evs.iter().filter_map(|e| e.dropped_count()).sum();
     assert!(dropped > 20, "a marker counts what was dropped: {evs:#?}");
+}
+
+/// A provisioner that publishes an edge for every service whose app container publishes the
+/// edge port (as the Docker provisioner reads it back), and records the stacks it was given.
+fn edge_provisioner(seen: Arc<std::sync::Mutex<Vec<crate::stack::Stack>>>) -> MockProvisioner {
+    let mut p = MockProvisioner::new();
+    p.expect_apply().returning(move |stack, _, _| {
+        seen.lock().unwrap().push(stack.clone());
+        let edge_port = MeshPorts::default().edge;
+        Ok(Applied {
+            services: stack
+                .services
+                .iter()
+                .enumerate()
+                .map(|(i, s)| AppliedService {
+                    service: s.service.clone(),
+                    action: Action::Create,
+                    endpoint: Some(format!("127.0.0.1:{}", 40000 + i).parse().unwrap()),
+                    edge: s
+                        .app
+                        .ports
+                        .iter()
+                        .find(|p| p.container_port == edge_port)
+                        .map(|p| {
+                            format!("{}:{}", p.host_ip, p.host_port.unwrap_or(49000 + i as u16))
+                                .parse()
+                                .unwrap()
+                        }),
+                    health: None,
+                    error: None,
+                })
+                .collect(),
+            removed: vec![],
+        })
+    });
+    p
+}
+
+#[tokio::test]
+async fn services_with_an_http_port_get_an_edge_and_its_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = Fakes::happy();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    f.provisioner = edge_provisioner(seen.clone());
+    // Every sidecar render sees which members have an edge.
+    let meshes = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let m = meshes.clone();
+    f.sidecar = MockSidecarRenderer::new();
+    f.sidecar.expect_render().returning(move |mesh, svc| {
+        m.lock().unwrap().push(mesh.clone());
+        Ok(format!("config for {svc}"))
+    });
+    let d = f.deployer(dir.path(), 2);
+    let mut web = spec("web");
+    web.env.insert("PORT".into(), "8080".into());
+    let worker = spec("worker");
+    let mut fixed = spec("fixed");
+    fixed.expose = Expose::On(EdgeBind {
+        port: Some(8081),
+        ..EdgeBind::loopback()
+    });
+    let mut off = spec("off");
+    off.env.insert("PORT".into(), "9000".into());
+    off.expose = Expose::Off;
+    let report = d
+        .deploy(&[web, worker, fixed, off], &Events::discard())
+        .await;
+    assert!(report.ok, "{report:#?}");
+    let url = |name: &str| {
+        report
+            .services
+            .iter()
+            .find(|s| s.service.as_str() == name)
+            .unwrap()
+            .url
+            .clone()
+    };
+    // The HTTP service gets an automatic loopback port; a worker (no port) and `expose: false`
+    // get none; `expose: 8081` gets exactly that.
+    // (the stack is in name order: fixed, off, web, worker → web is the third, port 49002)
+    assert_eq!(url("web"), Some("http://127.0.0.1:49002/".into()));
+    assert_eq!(url("worker"), None);
+    assert_eq!(url("off"), None);
+    assert_eq!(url("fixed"), Some("http://127.0.0.1:8081/".into()));
+    let stack = seen.lock().unwrap()[0].clone();
+    let svc = |name: &str| {
+        stack
+            .services
+            .iter()
+            .find(|s| s.service.as_str() == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(svc("worker").app.ports.len(), 1, "the mesh port only");
+    assert_eq!(svc("off").app.ports.len(), 1);
+    // `expose: 8081` without a declared port: the app is expected on the default $PORT.
+    assert_eq!(svc("fixed").app.env["PORT"], DEFAULT_APP_PORT.to_string());
+    assert_eq!(
+        svc("fixed").app.env["IAC_APP_PORT"],
+        DEFAULT_APP_PORT.to_string()
+    );
+    let mesh = meshes.lock().unwrap()[0].clone();
+    let member = |name: &str| {
+        mesh.services
+            .iter()
+            .find(|s| s.name.as_str() == name)
+            .unwrap()
+            .clone()
+    };
+    assert!(member("web").edge && member("fixed").edge);
+    assert!(!member("worker").edge && !member("off").edge);
+    assert_eq!(member("fixed").app_port, Some(DEFAULT_APP_PORT));
+    assert_eq!(
+        member("off").app_port,
+        Some(9000),
+        "no edge, still a mesh route"
+    );
+}
+
+#[tokio::test]
+async fn the_report_warns_when_the_app_listens_on_another_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = Fakes::happy();
+    f.prober = MockHealthProber::new();
+    // Like a Flask app that ignores $PORT: 127.0.0.1:5000 while the sidecar routes to 8080. The
+    // agent holds it at UNKNOWN ("starting") and says which ports it does listen on.
+    f.prober.expect_check().returning(|t| {
+        let (state, listening) = if t.service.as_str() == "flask" {
+            (HealthState::Unknown, vec![5000])
+        } else {
+            (HealthState::Serving, vec![8080])
+        };
+        HealthReport {
+            uptime_ms: Some(4000),
+            listening_ports: listening,
+            app_port: Some(8080),
+            ..serving(&t.service, state)
+        }
+    });
+    let d = f.deployer(dir.path(), 2);
+    let mut flask = spec("flask");
+    flask.env.insert("PORT".into(), "8080".into());
+    let mut good = spec("good");
+    good.env.insert("PORT".into(), "8080".into());
+    let (events, rx) = Events::channel();
+    let report = d.deploy(&[flask, good], &events).await;
+    drop(events);
+    let flask = &report.services[0];
+    assert_eq!(flask.service.as_str(), "flask");
+    assert!(!flask.ok, "it never serves $PORT");
+    assert_eq!(flask.warnings.len(), 1, "{flask:#?}");
+    let w = &flask.warnings[0];
+    assert!(
+        w.contains("listens on port 5000") && w.contains("routes to port 8080"),
+        "{w}"
+    );
+    assert!(
+        w.contains("`env: {PORT: \"5000\"}`"),
+        "says what to set: {w}"
+    );
+    let h = flask.health.as_ref().unwrap();
+    assert_eq!(
+        (h.uptime_ms, h.listening_ports.clone()),
+        (Some(4000), vec![5000])
+    );
+    let good = &report.services[1];
+    assert!(good.ok && good.warnings.is_empty(), "{good:#?}");
+    let warned: Vec<DeployEvent> = drain(rx)
+        .into_iter()
+        .filter(|e| e.level == crate::event::EventLevel::Warn)
+        .collect();
+    assert_eq!(warned.len(), 1, "{warned:#?}");
+    assert_eq!(warned[0].message, *w);
+    assert_eq!(
+        warned[0].service.as_ref().map(|s| s.as_str()),
+        Some("flask")
+    );
 }

@@ -397,6 +397,7 @@ impl DockerProvisioner {
             service: plan.service.clone(),
             action: plan.action,
             endpoint: None,
+            edge: None,
             health: None,
             error: None,
         };
@@ -487,8 +488,36 @@ impl DockerProvisioner {
             service: plan.service.clone(),
             action: Action::Remove,
             endpoint: None,
+            edge: None,
             health: None,
             error: errors.first().map(|e| format!("removing: {e}")),
+        }
+    }
+
+    /// Fills in where each applied service's edge is published, read back from the engine once
+    /// everything is applied: the canonical pair's (the new one, or the old one after a
+    /// rollback). Only when the stack has a service with an edge; a failed read leaves `edge`
+    /// empty (the deploy still reports the service, without a URL) and says why.
+    async fn read_edges(&self, stack: &Stack, services: &mut [AppliedService]) {
+        let edge_port = MeshPorts::default().edge;
+        let with_edge =
+            |s: &ServiceStack| s.app.ports.iter().any(|p| p.container_port == edge_port);
+        if !stack.services.iter().any(with_edge) {
+            return;
+        }
+        let observed = match self.observe(&stack.project).await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(project = %stack.project, error = %e, "cannot read the edges' host ports");
+                return;
+            }
+        };
+        for a in services.iter_mut() {
+            let name = app_container_name(&stack.project, &a.service);
+            a.edge = observed
+                .iter()
+                .find(|c| c.name == name && c.role.as_deref() == Some("app"))
+                .and_then(|c| c.published_addr(edge_port));
         }
     }
 
@@ -556,10 +585,16 @@ impl Provisioner for DockerProvisioner {
                     .app
                     .as_ref()
                     .and_then(|a| a.published_addr(MeshPorts::default().inbound)),
+                edge: p
+                    .current
+                    .app
+                    .as_ref()
+                    .and_then(|a| a.published_addr(MeshPorts::default().edge)),
                 health: None,
                 error: None,
             });
         }
+        self.read_edges(stack, &mut services).await;
         let removals: Vec<BoxFuture<'_, AppliedService>> = plans
             .iter()
             .filter(|p| p.desired.is_none() && !p.kept)
@@ -637,7 +672,7 @@ impl Provisioner for DockerProvisioner {
     }
 
     async fn running(&self, project: &ProjectName) -> Result<Vec<RunningService>, ProvisionError> {
-        let inbound = MeshPorts::default().inbound;
+        let MeshPorts { inbound, edge, .. } = MeshPorts::default();
         let mut out: Vec<RunningService> = self
             .observe(project)
             .await?
@@ -647,6 +682,7 @@ impl Provisioner for DockerProvisioner {
                 let service = ServiceName::new(c.service.as_deref()?).ok()?;
                 (c.name == app_container_name(project, &service)).then(|| RunningService {
                     endpoint: c.published_addr(inbound),
+                    edge: c.published_addr(edge),
                     spec_hash: c.spec_hash.clone().unwrap_or_default(),
                     image: c.image.clone(),
                     state: c.state.clone(),

@@ -170,13 +170,13 @@ fn stop_remove(e: &mut MockEngine, seq: &mut Sequence, id: &str) {
 }
 
 fn report(n: &str, state: HealthState) -> HealthReport {
-    HealthReport {
-        service: svc(n),
+    HealthReport::new(
+        svc(n),
         state,
-        exit_code: None,
-        detail: format!("{} said so", state.as_str()),
-        attempts: 2,
-    }
+        None,
+        format!("{} said so", state.as_str()),
+        2,
+    )
 }
 
 fn gate_never() -> Arc<dyn HealthProber> {
@@ -298,6 +298,7 @@ async fn create_starts_app_then_envoy_and_creates_the_missing_network() {
             service: svc("web"),
             action: Action::Create,
             endpoint: Some(addr(32001)),
+            edge: None,
             health: None,
             error: None
         }]
@@ -822,6 +823,7 @@ async fn running_lists_canonical_app_containers() {
             RunningService {
                 service: svc("api"),
                 endpoint: None,
+                edge: None,
                 spec_hash: "h3".into(),
                 image: "img".into(),
                 state: "exited".into()
@@ -829,6 +831,7 @@ async fn running_lists_canonical_app_containers() {
             RunningService {
                 service: svc("web"),
                 endpoint: Some(addr(32080)),
+                edge: None,
                 spec_hash: "h1".into(),
                 image: "img".into(),
                 state: "running".into()

@@ -511,6 +511,7 @@ impl Provisioner for TerraformProvisioner {
                 service: s.service.clone(),
                 action,
                 endpoint,
+                edge: out.and_then(OutputService::edge),
                 health: None,
                 error,
             });
@@ -608,6 +609,7 @@ impl Provisioner for TerraformProvisioner {
                 })?;
                 Ok(RunningService {
                     endpoint: s.endpoint(),
+                    edge: s.edge(),
                     spec_hash: s.spec_hash.clone().unwrap_or_default(),
                     image: s.image.clone().unwrap_or_default(),
                     // Terraform's state, not a live inspect: must_run = true means it was running

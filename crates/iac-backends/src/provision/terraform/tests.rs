@@ -20,7 +20,14 @@ fn embedded_module_declares_the_expected_variables() {
     let names: Vec<&str> = d.keys().map(String::as_str).collect();
     assert_eq!(
         names,
-        ["docker_host", "mesh_port", "network", "project", "services"]
+        [
+            "docker_host",
+            "edge_port",
+            "mesh_port",
+            "network",
+            "project",
+            "services"
+        ]
     );
     assert!(d["project"].required && d["services"].required && !d["docker_host"].required);
     let TfType::Map(svc) = &d["services"].ty else {
@@ -109,13 +116,22 @@ fn outputs_parse_and_empty_state() {
     let o = parse_outputs(
         r#"{"services":{"sensitive":false,"type":"x","value":{"api":{"host_ip":"127.0.0.1","host_port":41001,
           "app_container_id":"a","app_container_name":"demo-api","envoy_container_id":"b",
-          "envoy_container_name":"demo-api-envoy","spec_hash":"h","image":"i"}}},
+          "envoy_container_name":"demo-api-envoy","spec_hash":"h","image":"i"},
+          "web":{"host_ip":"127.0.0.1","host_port":41002,"edge_host_ip":"0.0.0.0","edge_host_port":8081,
+          "app_container_id":"c","app_container_name":"demo-web","envoy_container_id":"d",
+          "envoy_container_name":"demo-web-envoy","spec_hash":"h2","image":"i2"}}},
           "network":{"sensitive":false,"type":"y","value":{"id":"n","name":"iacnet"}}}"#,
     )
     .unwrap();
     assert_eq!(
         o.services["api"].endpoint(),
         Some("127.0.0.1:41001".parse().unwrap())
+    );
+    // Edges: null for a service without one; an unspecified host address is dialed on loopback.
+    assert_eq!(o.services["api"].edge(), None);
+    assert_eq!(
+        o.services["web"].edge(),
+        Some("127.0.0.1:8081".parse().unwrap())
     );
     assert_eq!(o.network_name.as_deref(), Some("iacnet"));
     let e = parse_outputs("not json").unwrap_err();

@@ -16,6 +16,11 @@ use super::declared::json_kind;
 pub struct OutputService {
     pub host_ip: Option<String>,
     pub host_port: Option<u16>,
+    /// The edge listener's host address (null for a service without an edge).
+    #[serde(default)]
+    pub edge_host_ip: Option<String>,
+    #[serde(default)]
+    pub edge_host_port: Option<u16>,
     pub app_container_id: Option<String>,
     pub app_container_name: Option<String>,
     pub envoy_container_id: Option<String>,
@@ -27,14 +32,24 @@ pub struct OutputService {
 impl OutputService {
     /// The mTLS endpoint on the host, when both address and port are known.
     pub fn endpoint(&self) -> Option<SocketAddr> {
-        let ip: IpAddr = self.host_ip.as_deref()?.parse().ok()?;
-        let ip = if ip.is_unspecified() {
-            IpAddr::from([127, 0, 0, 1])
-        } else {
-            ip
-        };
-        Some(SocketAddr::new(ip, self.host_port?))
+        dialable(self.host_ip.as_deref()?, self.host_port?)
     }
+
+    /// The edge listener on the host, when the service has one.
+    pub fn edge(&self) -> Option<SocketAddr> {
+        dialable(self.edge_host_ip.as_deref()?, self.edge_host_port?)
+    }
+}
+
+/// A published address as a dialable one: an unspecified host IP becomes loopback.
+fn dialable(host_ip: &str, port: u16) -> Option<SocketAddr> {
+    let ip: IpAddr = host_ip.parse().ok()?;
+    let ip = if ip.is_unspecified() {
+        IpAddr::from([127, 0, 0, 1])
+    } else {
+        ip
+    };
+    Some(SocketAddr::new(ip, port))
 }
 
 /// What `output -json` says: services by name and the network's name, if any.

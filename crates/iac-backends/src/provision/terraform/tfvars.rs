@@ -18,6 +18,8 @@ pub struct Tfvars {
     pub project: String,
     pub network: TfNetwork,
     pub mesh_port: u16,
+    /// The sidecars' edge port, whose host address the module reports (`edge_host_ip/port`).
+    pub edge_port: u16,
     pub services: BTreeMap<String, TfService>,
 }
 
@@ -276,6 +278,7 @@ pub fn render_tfvars(
         mesh_port: mesh_port
             .map(|(p, _)| p)
             .unwrap_or(MeshPorts::default().inbound),
+        edge_port: MeshPorts::default().edge,
         services,
     })
 }
