@@ -5,6 +5,7 @@
 //! [`Deployer`] that runs the stages per service with bounded parallelism. There is deliberately no
 //! Docker, HTTP or child-process code in this crate: that lives behind the traits in `iac-backends`.
 
+pub mod addr;
 pub mod deployer;
 pub mod duration;
 pub mod entry;
