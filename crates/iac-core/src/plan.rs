@@ -153,7 +153,7 @@ pub fn envoy_container_name(project: &ProjectName, svc: &ServiceName) -> String 
 /// The network name for a project: `<network>` shared by the project's containers.
 pub fn plan(input: &PlanInput) -> Stack {
     let project = &input.project;
-    let base_labels = |role: &str, svc: Option<&ServiceName>| {
+    let base_labels = |role: Role, svc: Option<&ServiceName>| {
         let mut l = BTreeMap::new();
         l.insert(LABEL_PROJECT.to_string(), project.to_string());
         l.insert(LABEL_MANAGED.to_string(), "iac".to_string());
@@ -213,7 +213,7 @@ pub fn plan(input: &PlanInput) -> Stack {
                 image: s.image.clone(),
                 cmd: Vec::new(),
                 env,
-                labels: base_labels("app", Some(&s.name)),
+                labels: base_labels(Role::App, Some(&s.name)),
                 network: NetworkMode::Network {
                     name: input.network.clone(),
                     aliases: vec![s.name.to_string()],
@@ -255,7 +255,7 @@ pub fn plan(input: &PlanInput) -> Stack {
                 // The official image's entrypoint would switch to uid 101 unless ENVOY_UID=0; the
                 // sidecar command picks Envoy's user itself (the owner of the 0600 key).
                 env: BTreeMap::from([("ENVOY_UID".to_string(), "0".to_string())]),
-                labels: base_labels("envoy", Some(&s.name)),
+                labels: base_labels(Role::Envoy, Some(&s.name)),
                 network: NetworkMode::Container { name: app_name },
                 mounts: vec![
                     ro(&s.envoy_config, &PathBuf::from(ENVOY_CONFIG_IN_CONTAINER)),
@@ -309,7 +309,7 @@ pub fn plan(input: &PlanInput) -> Stack {
         project: project.clone(),
         network: NetworkSpec {
             name: input.network.clone(),
-            labels: base_labels("network", None),
+            labels: base_labels(Role::Network, None),
         },
         services,
         keep,

@@ -16,6 +16,42 @@ pub const LABEL_SPEC_HASH: &str = "iac.spec-hash";
 pub const LABEL_ROLE: &str = "iac.role";
 pub const LABEL_MANAGED: &str = "iac.managed-by";
 
+/// What an object iac creates is for: the value of its [`LABEL_ROLE`] label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// A service's app container (PID 1 the agent).
+    App,
+    /// A service's Envoy sidecar, sharing the app's network namespace.
+    Envoy,
+    /// The project's network.
+    Network,
+}
+
+impl Role {
+    /// The label value: `app`, `envoy` or `network`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::App => "app",
+            Role::Envoy => "envoy",
+            Role::Network => "network",
+        }
+    }
+
+    /// The role a label value names; `None` for anything else (an object iac did not label).
+    pub fn from_label(value: &str) -> Option<Role> {
+        [Role::App, Role::Envoy, Role::Network]
+            .into_iter()
+            .find(|r| r.as_str() == value)
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkSpec {
     pub name: String,

@@ -22,7 +22,7 @@ use bollard::query_parameters::{
 use futures::StreamExt;
 
 use iac_core::stack::{LABEL_MANAGED, LABEL_PROJECT, LABEL_ROLE, LABEL_SERVICE, LABEL_SPEC_HASH};
-use iac_core::{ContainerSpec, NetworkMode, NetworkSpec, ProjectName};
+use iac_core::{ContainerSpec, NetworkMode, NetworkSpec, ProjectName, Role};
 
 use super::{DockerEngine, EngineError};
 use crate::provision::MANAGED_BY;
@@ -254,7 +254,7 @@ impl Engine for BollardEngine {
                         .map(|n| n.trim_start_matches('/').to_string())
                         .unwrap_or_default(),
                     service: labels.get(LABEL_SERVICE).cloned(),
-                    role: labels.get(LABEL_ROLE).cloned(),
+                    role: labels.get(LABEL_ROLE).and_then(|r| Role::from_label(r)),
                     spec_hash: labels.get(LABEL_SPEC_HASH).cloned(),
                     image: c.image.unwrap_or_default(),
                     state: c.state.map(|s| s.to_string()).unwrap_or_default(),

@@ -108,7 +108,7 @@ fn observed(name: &str, n: &str, role: &str, hash: &str, port: Option<u16>) -> O
         id: format!("id-{name}"),
         name: name.into(),
         service: Some(n.into()),
-        role: Some(role.into()),
+        role: Role::from_label(role),
         spec_hash: Some(hash.into()),
         image: "img".into(),
         state: "running".into(),
