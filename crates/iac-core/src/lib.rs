@@ -5,6 +5,8 @@
 //! [`Deployer`] that runs the stages per service with bounded parallelism. There is deliberately no
 //! Docker, HTTP or child-process code in this crate: that lives behind the traits in `iac-backends`.
 
+#![warn(missing_docs)]
+
 pub mod addr;
 pub mod deployer;
 pub mod duration;

@@ -117,35 +117,48 @@ pub fn sidecar_privileges() -> Privileges {
     }
 }
 
+/// Everything [`plan`] needs: the prepared services and the project's settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PlanInput {
+    /// The project.
     pub project: ProjectName,
+    /// The project's network name.
     pub network: String,
+    /// The sidecar image.
     pub envoy_image: String,
     /// OTLP endpoint handed to apps; `None` → the stdout exporter.
     pub otel_endpoint: Option<String>,
+    /// The services to run.
     pub services: Vec<PlannedService>,
+    /// Services whose running containers are left alone (they failed to prepare).
     pub keep: Vec<ServiceName>,
 }
 
+/// One prepared service, as [`plan`] needs it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PlannedService {
+    /// The service.
     pub name: ServiceName,
     /// Image tag (content-addressed).
     pub image: String,
     /// Host path of the rendered Envoy config, and the digest of its contents.
     pub envoy_config: PathBuf,
+    /// Digest of the rendered config (part of the spec hash).
     pub envoy_config_digest: String,
     /// Host paths of the service's certificates.
     pub certs: IssuedCerts,
+    /// The app's own port, when it declares one (`PORT`).
     pub app_port: Option<u16>,
+    /// Extra environment from the repos file.
     pub env: BTreeMap<String, String>,
 }
 
+/// `<project>-<service>`: the app container.
 pub fn app_container_name(project: &ProjectName, svc: &ServiceName) -> String {
     format!("{project}-{svc}")
 }
 
+/// `<project>-<service>-envoy`: the sidecar container.
 pub fn envoy_container_name(project: &ProjectName, svc: &ServiceName) -> String {
     format!("{project}-{svc}-envoy")
 }
