@@ -81,7 +81,7 @@ pub struct IacConfig {
     pub otel_endpoint: Option<String>,
     /// The longest one deploy may take, fetch to health (`"30m"`); past it the deploy fails and
     /// releases the project lock (CLI and admin API alike).
-    #[serde(with = "crate::api::duration_str")]
+    #[serde(with = "iac_core::duration")]
     pub deploy_deadline: std::time::Duration,
     pub images: ImageConfig,
     pub sidecar: SidecarSection,

@@ -76,6 +76,7 @@ impl Expose {
         }
     }
 
+    /// True when the repos file said nothing (an edge only if the service has an HTTP port).
     pub fn is_auto(&self) -> bool {
         matches!(self, Expose::Auto)
     }

@@ -54,8 +54,8 @@ use serde::{Deserialize, Serialize};
 use iac_core::plan::app_container_name;
 use iac_core::{
     Action, Applied, AppliedService, Change, Events, HealthProber, MeshPorts, NetworkMode,
-    NetworkSpec, PodFilter, ProjectName, ProvisionError, Provisioner, RunningService, ServiceName,
-    ServiceStack, Stack, Stage,
+    NetworkSpec, PodFilter, ProjectName, ProvisionError, Provisioner, Role, RunningService,
+    ServiceName, ServiceStack, Stack, Stage,
 };
 
 use super::reconcile::{Observed, ServicePlan, reconcile};
@@ -480,7 +480,7 @@ impl DockerProvisioner {
             .iter()
             .chain(plan.current.containers())
             .collect();
-        all.sort_by_key(|c| c.role.as_deref() != Some("envoy"));
+        all.sort_by_key(|c| c.role != Some(Role::Envoy));
         let ordered: Vec<(String, String)> =
             all.iter().map(|c| (c.id.clone(), c.name.clone())).collect();
         let errors = self.remove_all(&ordered, &events).await;
@@ -516,7 +516,7 @@ impl DockerProvisioner {
             let name = app_container_name(&stack.project, &a.service);
             a.edge = observed
                 .iter()
-                .find(|c| c.name == name && c.role.as_deref() == Some("app"))
+                .find(|c| c.name == name && c.role == Some(iac_core::Role::App))
                 .and_then(|c| c.published_addr(edge_port));
         }
     }
@@ -619,7 +619,7 @@ impl Provisioner for DockerProvisioner {
         events: &Events,
     ) -> Result<Vec<String>, ProvisionError> {
         let mut containers = self.engine.list_containers(project).await?;
-        containers.sort_by_key(|c| (c.role.as_deref() != Some("envoy"), c.name.clone()));
+        containers.sort_by_key(|c| (c.role != Some(Role::Envoy), c.name.clone()));
         let mut removed = Vec::new();
         let mut errors = Vec::new();
         for c in &containers {
@@ -677,7 +677,7 @@ impl Provisioner for DockerProvisioner {
             .observe(project)
             .await?
             .into_iter()
-            .filter(|c| c.role.as_deref() == Some("app"))
+            .filter(|c| c.role == Some(Role::App))
             .filter_map(|c| {
                 let service = ServiceName::new(c.service.as_deref()?).ok()?;
                 (c.name == app_container_name(project, &service)).then(|| RunningService {

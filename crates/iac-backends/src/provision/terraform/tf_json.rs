@@ -2,7 +2,7 @@
 //! `show -json <planfile>` ([`changes_from_plan`] → per-service [`Change`]s).
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -32,24 +32,13 @@ pub struct OutputService {
 impl OutputService {
     /// The mTLS endpoint on the host, when both address and port are known.
     pub fn endpoint(&self) -> Option<SocketAddr> {
-        dialable(self.host_ip.as_deref()?, self.host_port?)
+        iac_core::addr::published(Some(self.host_ip.as_deref()?), self.host_port?)
     }
 
     /// The edge listener on the host, when the service has one.
     pub fn edge(&self) -> Option<SocketAddr> {
-        dialable(self.edge_host_ip.as_deref()?, self.edge_host_port?)
+        iac_core::addr::published(Some(self.edge_host_ip.as_deref()?), self.edge_host_port?)
     }
-}
-
-/// A published address as a dialable one: an unspecified host IP becomes loopback.
-fn dialable(host_ip: &str, port: u16) -> Option<SocketAddr> {
-    let ip: IpAddr = host_ip.parse().ok()?;
-    let ip = if ip.is_unspecified() {
-        IpAddr::from([127, 0, 0, 1])
-    } else {
-        ip
-    };
-    Some(SocketAddr::new(ip, port))
 }
 
 /// What `output -json` says: services by name and the network's name, if any.
