@@ -168,12 +168,7 @@ impl<'de> Deserialize<'de> for Expose {
 /// The URL a person opens for an edge published at `addr`: an unspecified address (`0.0.0.0`,
 /// `::`) is reached through the host's loopback.
 pub fn edge_url(addr: SocketAddr) -> String {
-    let host = match addr.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
-        ip => ip,
-    };
-    format!("http://{}/", SocketAddr::new(host, addr.port()))
+    format!("http://{}/", crate::addr::dialable(addr))
 }
 
 #[cfg(test)]
