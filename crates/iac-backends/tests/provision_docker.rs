@@ -1417,7 +1417,6 @@ async fn edge_port_answers_on_the_host_and_refuses_peers() {
         .unwrap_or_else(|| panic!("the provisioner reports the edge's host address: {a:?}"));
     assert!(edge.ip().is_loopback(), "published on loopback: {edge}");
     assert_ne!(Some(edge), a.endpoint, "the edge is not the mesh port");
-    let logs = String::from_utf8_lossy(&docker(&["logs", &pod.sidecar()]).stderr).into_owned();
     let gateway = docker_ok(&[
         "network",
         "inspect",
@@ -1430,12 +1429,18 @@ async fn edge_port_answers_on_the_host_and_refuses_peers() {
         .find(|g| !g.contains(':'))
         .unwrap_or_else(|| panic!("an IPv4 gateway: {gateway:?}"))
         .to_string();
-    assert!(
-        logs.contains(&format!(
-            "iac-sidecar: edge tcp/15080 admitted from the host ({gateway}) only"
-        )),
-        "{logs}"
-    );
+    // The sidecar says so right after loading the filter (the provisioner may see the table a
+    // moment before the line is written).
+    let said = format!("iac-sidecar: edge tcp/15080 admitted from the host ({gateway}) only");
+    let started = Instant::now();
+    let logs = loop {
+        let logs = String::from_utf8_lossy(&docker(&["logs", &pod.sidecar()]).stderr).into_owned();
+        if logs.contains(&said) || started.elapsed() > Duration::from_secs(10) {
+            break logs;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(logs.contains(&said), "{logs}");
 
     // From the host, no certificate: the app answers on the published port.
     let client = reqwest::Client::builder().no_proxy().build().unwrap();

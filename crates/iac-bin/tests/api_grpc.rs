@@ -115,6 +115,8 @@ async fn grpc_health_deploy_and_logs_share_the_port_and_the_auth() {
     assert_eq!(res.services.len(), 1);
     assert_eq!(res.services[0].service, "hello");
     assert_eq!(res.services[0].image, "iac/hello:test");
+    assert_eq!(res.services[0].url, "http://127.0.0.1:49153/");
+    assert!(res.services[0].warnings.is_empty());
     let rec: serde_json::Value = client()
         .get(format!("{}/deployments/{}", srv.base, res.deployment_id))
         .bearer_auth(GOOD)

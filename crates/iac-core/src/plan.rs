@@ -67,16 +67,36 @@ table inet {POD_FILTER_TABLE} {{
     )
 }
 
-/// The shell lines that admit the host to the edge port: the pod's IPv4 default gateway (read
-/// from `/proc/net/route`, little-endian hex) goes into the filter's `edge_sources` set. Without
-/// a default route nobody is admitted (the message says so).
-fn edge_sources_script(edge_port: u16) -> String {
+/// The shell lines that load [`pod_filter_rules`] (exiting [`POD_FILTER_EXIT`] when nft cannot).
+/// With an edge, they first read the pod's IPv4 default gateway from `/proc/net/route`
+/// (little-endian hex) and load it into the table's `edge_sources` set in the same nft batch, so
+/// the filter never exists without its one admitted host (the provisioner's "filter in place"
+/// check implies the host is admitted). Without a default route nobody is admitted (the message
+/// says so). Without an edge the lines are exactly what they were before edges existed, so such
+/// services keep their spec hash.
+fn filter_load_script(inbound_port: u16, edge_port: Option<u16>) -> String {
+    let rules = pod_filter_rules(inbound_port, edge_port);
+    let fail = format!(
+        "{{ echo \"iac-sidecar: nft could not install the pod's packet filter (the sidecar needs CAP_NET_ADMIN)\" >&2; exit {POD_FILTER_EXIT}; }}"
+    );
+    let installed = format!(
+        "echo \"iac-sidecar: pod filter installed: inbound tcp/{inbound_port} only\" >&2\n"
+    );
+    let Some(edge_port) = edge_port else {
+        return format!("nft -f - <<'IAC_RULES' || {fail}\n{rules}IAC_RULES\n{installed}");
+    };
     format!(
-        "gw=$(while read -r ifc dst gwx rest; do if [ \"$dst\" = 00000000 ] && [ \"$gwx\" != 00000000 ]; then echo \"$gwx\"; break; fi; done < /proc/net/route) || gw=
+        "host=
+gw=$(while read -r ifc dst gwx rest; do if [ \"$dst\" = 00000000 ] && [ \"$gwx\" != 00000000 ]; then echo \"$gwx\"; break; fi; done < /proc/net/route) || gw=
 if [ -n \"$gw\" ]; then
   byte() {{ printf '%d' \"0x$(echo \"$gw\" | cut -c\"$1\")\"; }}
   host=\"$(byte 7-8).$(byte 5-6).$(byte 3-4).$(byte 1-2)\"
-  nft add element inet {POD_FILTER_TABLE} edge_sources \"{{ $host }}\" || {{ echo \"iac-sidecar: nft could not admit the host ($host) to the edge port\" >&2; exit {POD_FILTER_EXIT}; }}
+fi
+{{ cat <<'IAC_RULES'
+{rules}IAC_RULES
+  [ -z \"$host\" ] || echo \"add element inet {POD_FILTER_TABLE} edge_sources {{ $host }}\"
+}} | nft -f - || {fail}
+{installed}if [ -n \"$host\" ]; then
   echo \"iac-sidecar: edge tcp/{edge_port} admitted from the host ($host) only\" >&2
 else
   echo \"iac-sidecar: the pod has no default route: the edge port tcp/{edge_port} admits nobody\" >&2
@@ -87,8 +107,9 @@ fi
 
 /// The sidecar container's command: a POSIX shell script that installs [`pod_filter_rules`]
 /// (failing with exit code [`POD_FILTER_EXIT`] and a message naming the missing tool when it
-/// cannot) and, with an edge, admits the host to it, then `exec`s `envoy_argv` through `setpriv` with no capabilities left (inheritable,
-/// ambient and bounding sets cleared, so not even a root Envoy regains any), as the owner of
+/// cannot; with an edge, the host is admitted to it in the same batch), then `exec`s
+/// `envoy_argv` through `setpriv` with no capabilities left (inheritable, ambient and bounding
+/// sets cleared, so not even a root Envoy regains any), as the owner of
 /// `key_file` when that is not root (the key is 0600 and the sidecar has no DAC_OVERRIDE).
 pub fn sidecar_command(
     inbound_port: u16,
@@ -101,10 +122,7 @@ pub fn sidecar_command(
 for tool in nft setpriv stat; do
   command -v \"$tool\" >/dev/null 2>&1 || {{ echo \"iac-sidecar: $tool is missing from this image; the pod's packet filter cannot be installed (rebuild the Envoy image with scripts/bootstrap-images.sh)\" >&2; exit {POD_FILTER_EXIT}; }}
 done
-nft -f - <<'IAC_RULES' || {{ echo \"iac-sidecar: nft could not install the pod's packet filter (the sidecar needs CAP_NET_ADMIN)\" >&2; exit {POD_FILTER_EXIT}; }}
-{rules}IAC_RULES
-echo \"iac-sidecar: pod filter installed: inbound tcp/{inbound_port} only\" >&2
-{edge}key=\"$1\"
+{load}key=\"$1\"
 shift
 uid=$(stat -c %u \"$key\")
 gid=$(stat -c %g \"$key\")
@@ -113,8 +131,7 @@ if [ \"$uid\" = 0 ]; then
 fi
 exec setpriv --reuid=\"$uid\" --regid=\"$gid\" --clear-groups --inh-caps=-all --ambient-caps=-all --bounding-set=-all -- \"$@\"
 ",
-        rules = pod_filter_rules(inbound_port, edge_port),
-        edge = edge_port.map(edge_sources_script).unwrap_or_default()
+        load = filter_load_script(inbound_port, edge_port)
     );
     let mut cmd = vec![
         "/bin/sh".to_string(),
@@ -534,50 +551,61 @@ mod tests {
         assert_eq!(plan(&no_edge).services[1].app.ports.len(), 1);
     }
 
-    /// The script that admits the host reads the gateway the way a pod sees it.
+    /// The script that admits the host reads the gateway the way a pod sees it and loads it in
+    /// the same nft batch as the rules.
     #[test]
-    fn the_edge_admits_the_default_gateway() {
-        let script = edge_sources_script(15080);
+    fn the_edge_admits_the_default_gateway_in_the_same_batch() {
+        let script = filter_load_script(15000, Some(15080));
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
-        // A stand-in `nft` that records its arguments, and a route table with a gateway.
+        // A stand-in `nft` that keeps the batch it was fed, and a route table with a gateway.
         let nft = dir.join("nft");
         std::fs::write(
             &nft,
-            format!("#!/bin/sh\necho \"$@\" > {}/nft.args\n", dir.display()),
+            format!(
+                "#!/bin/sh\n[ \"$*\" = \"-f -\" ] || exit 9\ncat > {}/nft.in\n",
+                dir.display()
+            ),
         )
         .unwrap();
         std::fs::set_permissions(&nft, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
         let route = dir.join("route");
-        std::fs::write(&route, "Iface\tDestination\tGateway \tFlags\neth0\t000013AC\t00000000\t0001\neth0\t00000000\t010013AC\t0003\n").unwrap();
-        let run = |script: &str| {
-            std::process::Command::new("/bin/sh")
+        let run = |table: &str| {
+            std::fs::write(&route, table).unwrap();
+            let out = std::process::Command::new("/bin/sh")
                 .arg("-c")
-                .arg(script.replace("/proc/net/route", &route.display().to_string()))
+                .arg(format!(
+                    "set -eu\n{}",
+                    script.replace("/proc/net/route", &route.display().to_string())
+                ))
                 .env("PATH", format!("{}:/usr/bin:/bin", dir.display()))
                 .output()
-                .unwrap()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+            let batch = std::fs::read_to_string(dir.join("nft.in")).unwrap();
+            (batch, String::from_utf8_lossy(&out.stderr).into_owned())
         };
-        let out = run(&script);
-        assert!(out.status.success(), "{out:?}");
-        let args = std::fs::read_to_string(dir.join("nft.args")).unwrap();
-        assert_eq!(
-            args.trim(),
-            "add element inet iac_pod edge_sources { 172.19.0.1 }"
+        let (batch, stderr) = run(
+            "Iface\tDestination\tGateway \tFlags\neth0\t000013AC\t00000000\t0001\neth0\t00000000\t010013AC\t0003\n",
         );
-        assert!(String::from_utf8_lossy(&out.stderr).contains("(172.19.0.1) only"));
-        // No default route: nobody is admitted and nft is not called.
-        std::fs::remove_file(dir.join("nft.args")).unwrap();
-        std::fs::write(
-            &route,
-            "Iface\tDestination\tGateway \tFlags\neth0\t000013AC\t00000000\t0001\n",
-        )
-        .unwrap();
-        let out = run(&script);
-        assert!(out.status.success(), "{out:?}");
-        assert!(!dir.join("nft.args").exists());
-        assert!(String::from_utf8_lossy(&out.stderr).contains("admits nobody"));
+        assert_eq!(
+            batch,
+            format!(
+                "{}add element inet iac_pod edge_sources {{ 172.19.0.1 }}\n",
+                pod_filter_rules(15000, Some(15080))
+            ),
+            "rules and the gateway, one batch"
+        );
+        assert!(stderr.contains("(172.19.0.1) only"), "{stderr}");
+        // No default route: the rules alone, nobody admitted.
+        let (batch, stderr) =
+            run("Iface\tDestination\tGateway \tFlags\neth0\t000013AC\t00000000\t0001\n");
+        assert_eq!(batch, pod_filter_rules(15000, Some(15080)));
+        assert!(stderr.contains("admits nobody"), "{stderr}");
+        // Without an edge the script is what it always was (services keep their spec hash).
+        assert!(filter_load_script(15000, None).starts_with("nft -f - <<'IAC_RULES' || {"));
+        assert!(!filter_load_script(15000, None).contains("/proc/net/route"));
     }
 
     #[test]

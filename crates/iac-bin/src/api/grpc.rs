@@ -45,7 +45,9 @@ fn health_to_proto(h: &HealthReport) -> HealthStatus {
         } as i32,
         exit_code: h.exit_code,
         detail: h.detail.clone(),
-        ..HealthStatus::default()
+        uptime_ms: h.uptime_ms.unwrap_or(0),
+        listening_ports: h.listening_ports.iter().map(|&p| u32::from(p)).collect(),
+        app_port: h.app_port.map(u32::from).unwrap_or(0),
     }
 }
 
@@ -154,6 +156,8 @@ impl ControlPlane for GrpcControlPlane {
                                 .clone()
                                 .or_else(|| r.error.clone())
                                 .unwrap_or_default(),
+                            url: s.url.clone().unwrap_or_default(),
+                            warnings: s.warnings.clone(),
                         })
                         .collect();
                     return Ok(Response::new(DeployResult {

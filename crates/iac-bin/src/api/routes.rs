@@ -309,7 +309,7 @@ async fn openapi_json(State(st): State<AppState>) -> Json<serde_json::Value> {
             content((StreamItemSchema = "application/x-ndjson"), (StreamItemSchema = "text/event-stream"))),
         (status = 400, description = "Body is not JSON", body = ErrorResponse),
         (status = 401, description = "Missing or invalid credentials", body = ErrorResponse),
-        (status = 403, description = "Authenticated but not allowed, or a `path:`/`git+file:` slug while `[serve] allow_local_sources` is off (`local_source_refused`)", body = ErrorResponse),
+        (status = 403, description = "Authenticated but not allowed, or a `path:`/`git+file:` slug while `[serve] allow_local_sources` is off (`local_source_refused`), or an `expose` address that is not loopback (`public_expose_refused`)", body = ErrorResponse),
         (status = 409, description = "A deploy/destroy of this project is running (`conflict`), or two services of the request have the same name (`duplicate_service_name`)", body = ErrorResponse),
         (status = 413, description = "Body larger than max_body_bytes", body = ErrorResponse),
         (status = 415, description = "Content-Type is not application/json", body = ErrorResponse),

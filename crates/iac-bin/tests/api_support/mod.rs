@@ -56,6 +56,7 @@ pub fn report_for(input: &DeployInput) -> DeployReport {
                 let mut r = ServiceReport::new(s.name.clone(), s.slug.to_string());
                 r.ok = true;
                 r.image = Some(format!("iac/{}:test", s.name));
+                r.url = Some("http://127.0.0.1:49153/".into());
                 r
             })
             .collect(),
