@@ -141,6 +141,7 @@ impl HealthProber for FakeGate {
             exit_code: None,
             detail,
             attempts: 1,
+            uptime_ms: None,
         }
     }
 }

@@ -673,6 +673,7 @@ async fn openapi_mirror_schemas_match_the_core_types() {
         exit_code: Some(0),
         detail: "running".into(),
         attempts: 2,
+        uptime_ms: Some(1500),
     };
     let mut sr = ServiceReport::new(svc.clone(), "gh:acme/hello".into());
     sr.stages.push(StageTiming {

@@ -398,6 +398,7 @@ mod deploy {
             exit_code: None,
             detail: "running".into(),
             attempts: 1,
+            uptime_ms: None,
         });
         let tp_log = dir.join("traceparents.log");
         let mut tf = TerraformConfig {

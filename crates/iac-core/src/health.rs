@@ -47,11 +47,21 @@ pub struct HealthReport {
     pub detail: String,
     /// How many attempts the prober made.
     pub attempts: u32,
+    /// How long the entry had been running when the agent answered, in milliseconds; `None` when
+    /// the agent did not say (or nothing answered). The settle window counts from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uptime_ms: Option<u64>,
 }
 
 impl HealthReport {
+    /// Whether the agent answered SERVING.
     pub fn is_serving(&self) -> bool {
         self.state == HealthState::Serving
+    }
+
+    /// [`HealthReport::uptime_ms`] as a duration.
+    pub fn uptime(&self) -> Option<Duration> {
+        self.uptime_ms.map(Duration::from_millis)
     }
 }
 

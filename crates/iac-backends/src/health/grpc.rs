@@ -181,12 +181,16 @@ impl HealthProber for GrpcProber {
         let mut backoff = self.config.initial_backoff.max(Duration::from_millis(1));
         let max_backoff = self.config.max_backoff.max(backoff);
         let mut attempts = 0u32;
-        let report = |state, exit_code, detail: String, attempts| HealthReport {
-            service: target.service.clone(),
-            state,
-            exit_code,
-            detail,
-            attempts,
+        let report = |state, status: Option<&iac_proto::HealthStatus>, detail: String, attempts| {
+            HealthReport {
+                service: target.service.clone(),
+                state,
+                exit_code: status.and_then(|s| s.exit_code),
+                detail,
+                attempts,
+                // 0 is what an agent that predates the field sends (proto3 default).
+                uptime_ms: status.map(|s| s.uptime_ms).filter(|&ms| ms > 0),
+            }
         };
         loop {
             attempts += 1;
@@ -197,37 +201,28 @@ impl HealthProber for GrpcProber {
             let last = match self.attempt(target, budget).await {
                 Ok(status) => match HealthStatusCode::try_from(status.status) {
                     Ok(HealthStatusCode::Serving) => {
-                        return report(
-                            HealthState::Serving,
-                            status.exit_code,
-                            status.detail,
-                            attempts,
-                        );
+                        let detail = status.detail.clone();
+                        return report(HealthState::Serving, Some(&status), detail, attempts);
                     }
                     Ok(HealthStatusCode::NotServing) => {
-                        return report(
-                            HealthState::NotServing,
-                            status.exit_code,
-                            status.detail,
-                            attempts,
-                        );
+                        let detail = status.detail.clone();
+                        return report(HealthState::NotServing, Some(&status), detail, attempts);
                     }
-                    _ => (
-                        HealthState::Unknown,
-                        status.exit_code,
-                        format!("agent reports UNKNOWN: {}", status.detail),
-                    ),
+                    _ => {
+                        let why = format!("agent reports UNKNOWN: {}", status.detail);
+                        (HealthState::Unknown, Some(status), why)
+                    }
                 },
                 Err(e) => (HealthState::Unreachable, None, e.to_string()),
             };
             let now = Instant::now();
             if now >= deadline {
-                let (state, code, why) = last;
+                let (state, status, why) = last;
                 let detail = format!(
                     "{why} (after {attempts} attempts in {:.1?})",
                     start.elapsed()
                 );
-                return report(state, code, detail, attempts);
+                return report(state, status.as_ref(), detail, attempts);
             }
             tracing::debug!(service = %target.service, attempt = attempts, reason = %last.2, "health probe retrying");
             let pause = jitter(backoff).min(deadline - now);

@@ -45,6 +45,7 @@ fn health_to_proto(h: &HealthReport) -> HealthStatus {
         } as i32,
         exit_code: h.exit_code,
         detail: h.detail.clone(),
+        uptime_ms: h.uptime_ms.unwrap_or(0),
         ..HealthStatus::default()
     }
 }

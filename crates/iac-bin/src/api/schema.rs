@@ -284,6 +284,9 @@ pub struct HealthReportSchema {
     pub exit_code: Option<i32>,
     pub detail: String,
     pub attempts: u32,
+    /// How long the entry had been running when its agent answered, in milliseconds.
+    #[serde(default)]
+    pub uptime_ms: Option<u64>,
 }
 
 /// Time spent in one stage.

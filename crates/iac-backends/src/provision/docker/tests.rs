@@ -176,6 +176,7 @@ fn report(n: &str, state: HealthState) -> HealthReport {
         exit_code: None,
         detail: format!("{} said so", state.as_str()),
         attempts: 2,
+        uptime_ms: None,
     }
 }
 
