@@ -83,8 +83,8 @@ pub struct DockerProvisionerConfig {
     /// Time between SIGTERM and SIGKILL when stopping containers being removed (whole seconds).
     #[serde(with = "iac_core::duration")]
     pub stop_timeout: Duration,
-    /// Services reconciled (and, on destroy, containers removed) at the same time. The engine
-    /// does the work; 16 keeps a 10-service deploy in one wave, like compose's own parallelism.
+    /// Services reconciled (and, on destroy, containers removed) at the same time. 16 was tried:
+    /// on a loaded 2-core engine, 30 pairs starting at once missed the health deadline.
     pub parallelism: usize,
     /// Timeout of a single engine request.
     #[serde(with = "iac_core::duration")]
@@ -103,7 +103,7 @@ impl Default for DockerProvisionerConfig {
             docker_host: None,
             health_deadline: Duration::from_secs(60),
             stop_timeout: Duration::from_secs(10),
-            parallelism: 16,
+            parallelism: 4,
             request_timeout: Duration::from_secs(120),
             pod_filter_deadline: Duration::from_secs(15),
             limits: ContainerLimits::default(),
