@@ -24,4 +24,5 @@ pub mod health;
 pub mod kubernetes;
 pub mod pki;
 pub mod provision;
+pub mod secret;
 pub mod sidecar;

@@ -250,7 +250,9 @@ impl Provisioner for NoProvisioner {
     }
 }
 
-/// The admin API's backend: a fresh [`App`] per request's project.
+/// The admin API's backend: a fresh [`App`] per request's project. Core errors become API errors
+/// through `From` (`ApiError::from`): a conflict is 409, the engine unreachable 503, a failing
+/// provisioner or agent 502.
 pub struct LiveBackend {
     cfg: IacConfig,
     default_project: ProjectName,
@@ -285,19 +287,12 @@ impl ControlPlaneBackend for LiveBackend {
 
     async fn destroy(&self, project: ProjectName, events: Events) -> Result<Vec<String>, ApiError> {
         let app = self.app(project).await?;
-        app.deployer
-            .destroy(&events)
-            .await
-            .map_err(|e| ApiError::bad_gateway(e.to_string()))
+        Ok(app.deployer.destroy(&events).await?)
     }
 
     async fn services(&self, project: ProjectName) -> Result<Vec<ServiceStatus>, ApiError> {
         let app = self.app(project).await?;
-        let checked = app
-            .deployer
-            .health()
-            .await
-            .map_err(|e| ApiError::bad_gateway(e.to_string()))?;
+        let checked = app.deployer.health().await?;
         Ok(checked
             .into_iter()
             .map(|(running, health)| ServiceStatus { running, health })
@@ -311,13 +306,7 @@ impl ControlPlaneBackend for LiveBackend {
         query: LogQuery,
     ) -> Result<LogStream, ApiError> {
         let app = self.app(project.clone()).await?;
-        let running = app
-            .deployer
-            .stages()
-            .provisioner
-            .running(&project)
-            .await
-            .map_err(|e| ApiError::bad_gateway(e.to_string()))?;
+        let running = app.deployer.stages().provisioner.running(&project).await?;
         let r = running
             .into_iter()
             .find(|r| r.service == service)
@@ -330,9 +319,7 @@ impl ControlPlaneBackend for LiveBackend {
             .log_stream(&r, query)
             .await
             .map_err(|e| ApiError::bad_gateway(format!("service {service}: {e}")))?;
-        Ok(stream
-            .map(|item| item.map_err(|e| ApiError::bad_gateway(e.to_string())))
-            .boxed())
+        Ok(stream.map(|item| item.map_err(ApiError::from)).boxed())
     }
 
     async fn engine_ping(&self) -> Result<String, String> {

@@ -4,7 +4,7 @@
 //! a [`ContainerSpec`].
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 
 use async_trait::async_trait;
 use bollard::Docker;
@@ -22,11 +22,12 @@ use bollard::query_parameters::{
 use futures::StreamExt;
 
 use iac_core::stack::{LABEL_MANAGED, LABEL_PROJECT, LABEL_ROLE, LABEL_SERVICE, LABEL_SPEC_HASH};
-use iac_core::{ContainerSpec, NetworkMode, NetworkSpec, ProjectName};
+use iac_core::{ContainerSpec, NetworkMode, NetworkSpec, ProjectName, Role};
 
 use super::{DockerEngine, EngineError};
 use crate::provision::MANAGED_BY;
 use crate::provision::reconcile::Observed;
+use iac_core::addr::published;
 
 /// What a command run in a container (`docker exec`) ended with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -204,20 +205,6 @@ fn managed_labels(labels: &BTreeMap<String, String>) -> HashMap<String, String> 
     out
 }
 
-/// A published binding as a dialable address: unspecified host IPs become loopback.
-pub(crate) fn dialable(host_ip: Option<&str>, port: u16) -> Option<SocketAddr> {
-    let ip: IpAddr = match host_ip.unwrap_or("") {
-        "" => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        s => s.parse().ok()?,
-    };
-    let ip = match ip {
-        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
-        ip => ip,
-    };
-    (port != 0).then_some(SocketAddr::new(ip, port))
-}
-
 /// IPv4 bindings first (the engine lists `0.0.0.0` and `::` twins for unqualified publishes).
 pub(crate) fn pick(mut addrs: Vec<SocketAddr>) -> Option<SocketAddr> {
     addrs.sort_by_key(|a| !a.is_ipv4());
@@ -255,7 +242,7 @@ impl Engine for BollardEngine {
                     .unwrap_or_default()
                     .into_iter()
                     .filter_map(|p| {
-                        Some((p.private_port, dialable(p.ip.as_deref(), p.public_port?)?))
+                        Some((p.private_port, published(p.ip.as_deref(), p.public_port?)?))
                     })
                     .collect();
                 published.sort_by_key(|(p, a)| (*p, !a.is_ipv4()));
@@ -267,7 +254,7 @@ impl Engine for BollardEngine {
                         .map(|n| n.trim_start_matches('/').to_string())
                         .unwrap_or_default(),
                     service: labels.get(LABEL_SERVICE).cloned(),
-                    role: labels.get(LABEL_ROLE).cloned(),
+                    role: labels.get(LABEL_ROLE).and_then(|r| Role::from_label(r)),
                     spec_hash: labels.get(LABEL_SPEC_HASH).cloned(),
                     image: c.image.unwrap_or_default(),
                     state: c.state.map(|s| s.to_string()).unwrap_or_default(),
@@ -502,7 +489,7 @@ impl Engine for BollardEngine {
             .unwrap_or_default();
         let addrs = bindings
             .iter()
-            .filter_map(|b| dialable(b.host_ip.as_deref(), b.host_port.as_deref()?.parse().ok()?))
+            .filter_map(|b| published(b.host_ip.as_deref(), b.host_port.as_deref()?.parse().ok()?))
             .collect();
         Ok(pick(addrs))
     }

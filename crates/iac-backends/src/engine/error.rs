@@ -44,13 +44,43 @@ impl EngineError {
 }
 
 impl From<EngineError> for ProvisionError {
+    /// The engine's 409 (a name in use, an object in the wrong state) is a
+    /// [`ProvisionError::Conflict`]; every other failure is [`ProvisionError::Engine`].
     fn from(e: EngineError) -> Self {
-        ProvisionError::Engine(e.to_string())
+        if e.status == Some(409) {
+            ProvisionError::Conflict(format!("docker engine: {e}"))
+        } else {
+            ProvisionError::Engine(e.to_string())
+        }
     }
 }
 
 impl From<EngineError> for BuildError {
     fn from(e: EngineError) -> Self {
         BuildError::Engine(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_engine_conflict_is_a_provision_conflict_and_the_rest_engine_errors() {
+        let conflict = EngineError::new("create container demo-web", Some(409), "name in use");
+        match ProvisionError::from(conflict) {
+            ProvisionError::Conflict(m) => {
+                assert_eq!(m, "docker engine: create container demo-web: name in use")
+            }
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+        for status in [None, Some(404), Some(500)] {
+            let e = EngineError::new("start container x", status, "boom");
+            assert!(
+                matches!(ProvisionError::from(e), ProvisionError::Engine(_)),
+                "{status:?}"
+            );
+        }
+        assert!(EngineError::new("inspect image x", Some(404), "no such image").is_not_found());
     }
 }

@@ -55,8 +55,8 @@ use serde::{Deserialize, Serialize};
 use iac_core::plan::app_container_name;
 use iac_core::{
     Action, Applied, AppliedService, Change, Events, HealthProber, MeshPorts, NetworkMode,
-    NetworkSpec, PodFilter, ProjectName, ProvisionError, Provisioner, RunningService, ServiceName,
-    ServiceStack, Stack, Stage,
+    NetworkSpec, PodFilter, ProjectName, ProvisionError, Provisioner, Role, RunningService,
+    ServiceName, ServiceStack, Stack, Stage,
 };
 
 use super::reconcile::{Observed, ServicePlan, reconcile};
@@ -481,7 +481,7 @@ impl DockerProvisioner {
             .iter()
             .chain(plan.current.containers())
             .collect();
-        all.sort_by_key(|c| c.role.as_deref() != Some("envoy"));
+        all.sort_by_key(|c| c.role != Some(Role::Envoy));
         let ordered: Vec<(String, String)> =
             all.iter().map(|c| (c.id.clone(), c.name.clone())).collect();
         let errors = self.remove_all(&ordered, &events).await;
@@ -586,12 +586,11 @@ impl Provisioner for DockerProvisioner {
         events: &Events,
     ) -> Result<Vec<String>, ProvisionError> {
         let mut containers = self.engine.list_containers(project).await?;
-        containers.sort_by_key(|c| (c.role.as_deref() != Some("envoy"), c.name.clone()));
+        containers.sort_by_key(|c| (c.role != Some(Role::Envoy), c.name.clone()));
         // Every Envoy first (each lives in its app's network namespace), then the rest; within
         // each phase `parallelism` containers are stopped and removed at once.
-        let (envoys, others): (Vec<&Observed>, Vec<&Observed>) = containers
-            .iter()
-            .partition(|c| c.role.as_deref() == Some("envoy"));
+        let (envoys, others): (Vec<&Observed>, Vec<&Observed>) =
+            containers.iter().partition(|c| c.role == Some(Role::Envoy));
         let n = self.config.parallelism.max(1);
         let mut removed = Vec::new();
         let mut errors = Vec::new();
@@ -664,7 +663,7 @@ impl Provisioner for DockerProvisioner {
             .observe(project)
             .await?
             .into_iter()
-            .filter(|c| c.role.as_deref() == Some("app"))
+            .filter(|c| c.role == Some(Role::App))
             .filter_map(|c| {
                 let service = ServiceName::new(c.service.as_deref()?).ok()?;
                 (c.name == app_container_name(project, &service)).then(|| RunningService {
