@@ -552,6 +552,11 @@ async fn mtls_through_envoy_to_the_real_agent() {
     );
     assert!(report.detail.contains("running"), "{report:?}");
     assert_eq!(report.exit_code, None);
+    // The agent's uptime comes through, so the deployer's settle window can count from it.
+    assert!(
+        report.uptime_ms.is_some_and(|ms| ms > 0),
+        "the prober carries the agent's uptime: {report:?}"
+    );
     eprintln!(
         "first SERVING after {first_probe:?} ({} attempts)",
         report.attempts

@@ -74,7 +74,8 @@ pub struct IacConfig {
     /// How long the prober keeps trying one service (also the Docker provisioner's gate deadline).
     #[serde(with = "iac_core::duration")]
     pub health_deadline: Duration,
-    /// A new or replaced service must still be SERVING this long after its first SERVING.
+    /// A new or replaced service must have been running this long (its agent's uptime) and
+    /// still be SERVING; only what is left of it is waited.
     #[serde(with = "iac_core::duration")]
     pub health_settle: Duration,
     /// OTLP endpoint for apps (and iac's own traces); unset → apps export to stdout.

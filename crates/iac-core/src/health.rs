@@ -95,7 +95,7 @@ impl HealthReport {
         }
     }
 
-    /// State is SERVING.
+    /// Whether the agent answered SERVING.
     pub fn is_serving(&self) -> bool {
         self.state == HealthState::Serving
     }
@@ -120,6 +120,11 @@ impl HealthReport {
             svc = self.service,
             seen = seen.join(", "),
         ))
+    }
+
+    /// [`HealthReport::uptime_ms`] as a duration.
+    pub fn uptime(&self) -> Option<Duration> {
+        self.uptime_ms.map(Duration::from_millis)
     }
 }
 

@@ -23,6 +23,7 @@ pub mod name;
 pub mod plan;
 pub mod report;
 pub mod repos;
+pub mod settle;
 pub mod slug;
 pub mod source;
 pub mod stack;

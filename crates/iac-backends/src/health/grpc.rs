@@ -288,7 +288,8 @@ impl LogStreamer for GrpcProber {
 /// Copies what the agent saw (uptime, listening ports, the declared app port) into `r`. Ports
 /// outside 1-65535 (a broken agent) are dropped.
 fn agent_facts(r: &mut HealthReport, st: &iac_proto::HealthStatus) {
-    r.uptime_ms = Some(st.uptime_ms);
+    // 0 is what an agent that predates the field sends (proto3 default): not reported.
+    r.uptime_ms = Some(st.uptime_ms).filter(|&ms| ms > 0);
     r.listening_ports = st
         .listening_ports
         .iter()

@@ -16,8 +16,9 @@ use crate::stages::HealthProber;
 use super::{Deployer, Prepared};
 
 /// Proves one provisioned service: takes the provisioner's outcome for it (`applied`), then
-/// probes it through its Envoy until `deadline`; a created or replaced service must still be
-/// SERVING `settle` after its first SERVING answer. Returns the service's finished report.
+/// probes it through its Envoy until `deadline`; a created or replaced service must have been
+/// running for `settle` (by its agent's uptime, [`crate::settle`]) and still be SERVING. Returns
+/// the service's finished report.
 pub(super) async fn prove(
     mut p: Prepared,
     applied_svc: Option<AppliedService>,
@@ -76,17 +77,8 @@ pub(super) async fn prove(
     };
     svc_events.info(Stage::Health, format!("probing {addr} over mTLS"));
     let mut h = prober.check(&target).await;
-    if h.is_serving() && !settle.is_zero() && matches!(a.action, Action::Create | Action::Replace) {
-        svc_events.info(
-            Stage::Health,
-            format!("SERVING; checking again in {settle:?} that it stays up"),
-        );
-        tokio::time::sleep(settle).await;
-        let again = prober.check(&target).await;
-        h = HealthReport {
-            attempts: h.attempts + again.attempts,
-            ..again
-        };
+    if matches!(a.action, Action::Create | Action::Replace) {
+        h = crate::settle::settle(prober.as_ref(), &target, h, settle, &svc_events).await;
     }
     // The app listens, but not where its sidecar sends traffic: say so, whatever the verdict.
     if let Some(warning) = h.port_warning() {

@@ -65,8 +65,9 @@ pub struct DeployOptions {
     pub state_dir: PathBuf,
     /// How long the prober keeps trying one service.
     pub health_deadline: Duration,
-    /// A created or replaced service must still be SERVING this long after its first SERVING
-    /// answer (an entry that crashes right after starting is not healthy). Zero disables it.
+    /// A created or replaced service must have been running this long (by its agent's reported
+    /// uptime, see [`crate::settle`]) and still be SERVING (an entry that crashes right after
+    /// starting is not healthy). Zero disables it.
     pub health_settle: Duration,
     /// OTLP endpoint handed to the apps (`OTEL_EXPORTER_OTLP_ENDPOINT`), if any.
     pub otel_endpoint: Option<String>,

@@ -549,6 +549,66 @@ async fn a_new_service_must_stay_serving_through_the_settle_window() {
 }
 
 #[tokio::test]
+async fn a_new_service_whose_agent_reports_uptime_past_the_window_is_not_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = Fakes::happy();
+    f.prober = MockHealthProber::new();
+    f.prober.expect_check().times(1).returning(|t| {
+        let mut h = serving(&t.service, HealthState::Serving);
+        h.uptime_ms = Some(31_000);
+        h
+    });
+    let mut d = f.deployer(dir.path(), 1);
+    d.opts.health_settle = Duration::from_secs(30);
+    let (events, mut rx) = Events::channel();
+    let t = std::time::Instant::now();
+    let report = d.deploy(&[spec("steady")], &events).await;
+    drop(events);
+    assert!(report.ok, "{report:?}");
+    assert_eq!(
+        report.services[0].health.as_ref().unwrap().uptime_ms,
+        Some(31_000)
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "not held for the window"
+    );
+    let mut said_no_wait = false;
+    while let Some(e) = rx.recv().await {
+        said_no_wait |= e.message.contains("past the 30s settle window: no wait");
+    }
+    assert!(said_no_wait, "the event says why it did not wait");
+}
+
+#[tokio::test]
+async fn a_new_service_that_just_started_is_checked_again_after_the_remainder() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = Fakes::happy();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c2 = calls.clone();
+    f.prober = MockHealthProber::new();
+    // Up 29.9 s of a 30 s window at the first answer: one more check, 0.1 s later.
+    f.prober.expect_check().returning(move |t| {
+        let n = c2.fetch_add(1, Ordering::SeqCst);
+        let mut h = serving(&t.service, HealthState::Serving);
+        h.uptime_ms = Some(if n == 0 { 29_900 } else { 30_050 });
+        h
+    });
+    let mut d = f.deployer(dir.path(), 1);
+    d.opts.health_settle = Duration::from_secs(30);
+    let t = std::time::Instant::now();
+    let report = d.deploy(&[spec("fresh")], &Events::discard()).await;
+    assert!(report.ok, "{report:?}");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    let h = report.services[0].health.as_ref().unwrap();
+    assert_eq!((h.attempts, h.uptime_ms), (2, Some(30_050)));
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "held for the remainder, not the window"
+    );
+}
+
+#[tokio::test]
 async fn unchanged_services_are_not_held_for_the_settle_window() {
     let dir = tempfile::tempdir().unwrap();
     let mut f = Fakes::happy();
