@@ -85,6 +85,11 @@ pub struct Cli {
     #[arg(long, value_name = "PORT", requires = "sidecar", value_parser = clap::value_parser!(u16).range(1..))]
     pub sidecar_port: Option<u16>,
 
+    /// With --sidecar: run it as this user (as --user; a uid unknown to /etc/passwd is fine), so it
+    /// keeps no capability and the app's user cannot read what only it may (its private key).
+    #[arg(long, value_name = "UID[:GID]|NAME[:GROUP]", requires = "sidecar")]
+    pub sidecar_user: Option<String>,
+
     /// Do not supervise anything: ask the agent listening on --listen for HealthCheck, print its
     /// answer and exit 0 when it is SERVING, 1 otherwise (for a container HEALTHCHECK).
     #[arg(long, conflicts_with = "argv")]

@@ -60,10 +60,20 @@ impl Options {
             argv: cli.argv,
             app_port: cli.app_port,
             health_listen: cli.health_listen,
-            sidecar: (!cli.sidecar.is_empty()).then_some(Sidecar {
-                argv: cli.sidecar,
-                port: cli.sidecar_port,
-            }),
+            sidecar: if cli.sidecar.is_empty() {
+                None
+            } else {
+                Some(Sidecar {
+                    argv: cli.sidecar,
+                    port: cli.sidecar_port,
+                    user: cli
+                        .sidecar_user
+                        .as_deref()
+                        .map(user::resolve_from_system)
+                        .transpose()
+                        .map_err(|e| format!("--sidecar-user: {e}"))?,
+                })
+            },
         })
     }
 }

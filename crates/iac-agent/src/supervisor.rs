@@ -51,8 +51,10 @@ pub const EXIT_SIDECAR_DIED: i32 = 3;
 /// The second process of pod mode (`--sidecar`, `--sidecar-port`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sidecar {
-    /// Its argv (Envoy and its arguments); run as the agent's own user, output inherited.
+    /// Its argv (Envoy and its arguments); output inherited.
     pub argv: Vec<String>,
+    /// Run it as this user (`--sidecar-user`); `None`: as the agent's own user.
+    pub user: Option<ResolvedUser>,
     /// HealthCheck waits for it to listen on this port.
     pub port: Option<u16>,
 }
@@ -206,36 +208,44 @@ fn spawn_child(argv: &[String], user: Option<&ResolvedUser>) -> io::Result<std::
                 cmd.env("HOME", home);
             }
         }
-        let groups: Vec<libc::gid_t> = u.groups.clone();
-        let (uid, gid) = (u.uid, u.gid);
-        // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
-        // syscalls; `groups` was allocated before the fork. Order matters: groups and gid while
-        // still privileged, uid last.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setgroups(groups.len(), groups.as_ptr()) != 0
-                    || libc::setgid(gid) != 0
-                    || libc::setuid(uid) != 0
-                {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        drop_privileges(&mut cmd, u);
     }
     cmd.spawn()
 }
 
+/// Makes `cmd` switch to `user` (groups, gid, then uid) between fork and exec.
+fn drop_privileges(cmd: &mut Command, user: &ResolvedUser) {
+    let groups: Vec<libc::gid_t> = user.groups.clone();
+    let (uid, gid) = (user.uid, user.gid);
+    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
+    // syscalls; `groups` was allocated before the fork. Order matters: groups and gid while
+    // still privileged, uid last.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                || libc::setgid(gid) != 0
+                || libc::setuid(uid) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Starts the sidecar with stdin from /dev/null and stdout/stderr inherited (its log lines reach
-/// `docker logs` directly; they are not the app's and stay out of the ring buffer), as the agent's
-/// own user.
-fn spawn_sidecar(argv: &[String]) -> io::Result<std::process::Child> {
-    Command::new(&argv[0])
-        .args(&argv[1..])
+/// `docker logs` directly; they are not the app's and stay out of the ring buffer), as `user`
+/// when given (a non-root user ends up with no capabilities at all).
+fn spawn_sidecar(sidecar: &Sidecar) -> io::Result<std::process::Child> {
+    let mut cmd = Command::new(&sidecar.argv[0]);
+    cmd.args(&sidecar.argv[1..])
         .stdin(Stdio::null())
         .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit())
-        .spawn()
+        .stderr(Stdio::inherit());
+    if let Some(u) = &sidecar.user {
+        drop_privileges(&mut cmd, u);
+    }
+    cmd.spawn()
 }
 
 /// Whether a finished child ends the pod: anything but a finished job (exit 0 without a declared
@@ -428,10 +438,15 @@ pub async fn run(opts: Options) -> i32 {
     warm_blocking_pool().await;
     // The sidecar first: Envoy takes a moment to listen, the app's first outbound call needs it.
     let sidecar_tx = opts.sidecar.as_ref().map(|sc| {
-        let state = match spawn_sidecar(&sc.argv) {
+        let state = match spawn_sidecar(sc) {
             Ok(child) => {
                 let pid = i32::try_from(child.id()).expect("pids fit in i32");
-                log(format!("started sidecar pid {pid}: {:?}", sc.argv));
+                let as_user = sc
+                    .user
+                    .as_ref()
+                    .map(|u| format!(" as uid {} gid {}", u.uid, u.gid))
+                    .unwrap_or_default();
+                log(format!("started sidecar pid {pid}{as_user}: {:?}", sc.argv));
                 ChildState::Running { pid }
             }
             Err(e) => {

@@ -154,3 +154,34 @@ async fn a_finished_job_keeps_the_pod_and_the_sidecar_port_gates_serving() {
     assert!(agent.is_running(), "a finished job does not end the pod");
     assert_eq!(agent.stop(), 0);
 }
+
+#[tokio::test]
+async fn the_sidecar_runs_as_its_own_user_without_capabilities() {
+    // SAFETY: geteuid never fails.
+    if unsafe { libc::geteuid() } != 0 {
+        // Not root: switching users is refused, which the agent reports as a failed sidecar.
+        let mut opts = sidecar_opts(&["sh", "-c", "sleep 5"]);
+        opts.extend(["--sidecar-user", "4242"]);
+        let mut agent = Agent::spawn(&opts, &["sh", "-c", &trapping("app", 0)]);
+        assert_eq!(agent.wait_exit().code(), Some(3));
+        return;
+    }
+    let side = "echo \"sidecar uid=$(id -u) gid=$(id -g) $(grep CapEff /proc/self/status)\"; \
+                while :; do sleep 0.05; done";
+    let mut opts = sidecar_opts(&["sh", "-c", side]);
+    opts.extend(["--sidecar-user", "4242:4343"]);
+    let mut agent = Agent::start(&opts, &["sh", "-c", &trapping("app", 0)]);
+    let line = agent.stdout.wait_for("sidecar uid=");
+    assert!(line.starts_with("sidecar uid=4242 gid=4343 "), "{line}");
+    assert!(
+        line.ends_with("0000000000000000"),
+        "no capability left: {line}"
+    );
+    assert!(
+        agent
+            .stderr
+            .wait_for("started sidecar pid ")
+            .contains(" as uid 4242 gid 4343")
+    );
+    assert_eq!(agent.stop(), 0);
+}
