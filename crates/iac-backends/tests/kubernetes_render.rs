@@ -34,6 +34,7 @@ fn stack() -> Stack {
         },
         app_port: port,
         env: [("GREETING".to_string(), "hi".to_string())].into(),
+        replicas: 1,
     };
     plan(&PlanInput {
         project: ProjectName::new("shop").unwrap(),

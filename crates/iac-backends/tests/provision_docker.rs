@@ -279,6 +279,7 @@ impl Fixture {
                 limits: Default::default(),
             },
             spec_hash: hash,
+            replicas: 1,
             pod_filter: None,
         }
     }
@@ -936,6 +937,7 @@ impl Pod {
                 },
                 app_port: Some(8000),
                 env: BTreeMap::new(),
+                replicas: 1,
             }],
             keep: Vec::new(),
         };

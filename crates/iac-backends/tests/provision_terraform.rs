@@ -78,6 +78,7 @@ fn service(name: &str, port: Option<u16>, root: &Path) -> PlannedService {
         },
         app_port: port,
         env: [("GREETING".to_string(), "hi".to_string())].into(),
+        replicas: 1,
     }
 }
 

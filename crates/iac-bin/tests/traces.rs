@@ -459,6 +459,7 @@ mod deploy {
                     .unwrap(),
                 entrypoint: None,
                 env: Default::default(),
+                replicas: 1,
             })
             .collect();
         let (events, mut rx) = Events::channel();

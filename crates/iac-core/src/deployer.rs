@@ -614,6 +614,7 @@ impl Deployer {
                         certs: p.certs.clone(),
                         app_port: app_port(&p.spec.env, &p.entry),
                         env: p.spec.env.clone(),
+                        replicas: p.spec.replicas,
                     });
                     rendered.push((p, config));
                 }

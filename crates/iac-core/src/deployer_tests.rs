@@ -16,6 +16,7 @@ fn spec(name: &str) -> ServiceSpec {
         slug: format!("gh:o/{name}").parse().unwrap(),
         entrypoint: None,
         env: Default::default(),
+        replicas: 1,
     }
 }
 

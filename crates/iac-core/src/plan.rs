@@ -140,6 +140,8 @@ pub struct PlannedService {
     pub certs: IssuedCerts,
     pub app_port: Option<u16>,
     pub env: BTreeMap<String, String>,
+    /// The repos file's `replicas` (1 unless it says otherwise).
+    pub replicas: u32,
 }
 
 pub fn app_container_name(project: &ProjectName, svc: &ServiceName) -> String {
@@ -294,6 +296,7 @@ pub fn plan(input: &PlanInput) -> Stack {
                 app,
                 envoy,
                 spec_hash,
+                replicas: s.replicas,
                 pod_filter: Some(PodFilter {
                     table: POD_FILTER_TABLE.to_string(),
                     inbound_port: ports.inbound,
@@ -336,6 +339,7 @@ mod tests {
             },
             app_port: port,
             env: [("GREETING".to_string(), "hi".to_string())].into(),
+            replicas: 1,
         };
         PlanInput {
             project: ProjectName::new("demo").unwrap(),

@@ -1,5 +1,5 @@
-//! The repos file: a YAML or JSON list of slugs (strings) or `{slug, name?, entrypoint?, env?}`
-//! maps, optionally wrapped as `{project?, services: [...]}`. Produces [`ServiceSpec`]s with
+//! The repos file: a YAML or JSON list of slugs (strings) or
+//! `{slug, name?, entrypoint?, env?, replicas?}` maps, optionally wrapped as `{project?, services: [...]}`. Produces [`ServiceSpec`]s with
 //! deterministic, de-duplicated DNS-safe service names. Errors name the item (and its line when it
 //! can be found) and say what was expected.
 
@@ -23,6 +23,21 @@ pub struct ServiceSpec {
     pub entrypoint: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// How many copies run (Swarm tasks, Kubernetes pods); the docker and terraform provisioners
+    /// run one pair whatever it says. 1..=[`MAX_REPLICAS`], default 1.
+    #[serde(default = "one_replica", skip_serializing_if = "is_one_replica")]
+    pub replicas: u32,
+}
+
+/// The most replicas one service may ask for.
+pub const MAX_REPLICAS: u32 = 100;
+
+fn one_replica() -> u32 {
+    1
+}
+
+fn is_one_replica(n: &u32) -> bool {
+    *n == 1
 }
 
 /// What a parsed repos file holds.
@@ -130,6 +145,7 @@ pub fn parse_repos_file(text: &str, format: ReposFormat) -> Result<ReposFile, Re
         name: Option<ServiceName>,
         entrypoint: Option<String>,
         env: BTreeMap<String, String>,
+        replicas: u32,
     }
     let mut raws = Vec::with_capacity(items.len());
     let mut search_from = 0usize;
@@ -156,12 +172,14 @@ pub fn parse_repos_file(text: &str, format: ReposFormat) -> Result<ReposFile, Re
                 name: None,
                 entrypoint: None,
                 env: BTreeMap::new(),
+                replicas: 1,
             },
             Value::Object(map) => {
                 let mut slug = None;
                 let mut name = None;
                 let mut entrypoint = None;
                 let mut env = BTreeMap::new();
+                let mut replicas = 1;
                 for (k, v) in map {
                     match (k.as_str(), v) {
                         ("slug", Value::String(s)) => {
@@ -198,6 +216,21 @@ pub fn parse_repos_file(text: &str, format: ReposFormat) -> Result<ReposFile, Re
                             }
                         }
                         ("env", Value::Null) => {}
+                        ("replicas", v) => {
+                            replicas = v
+                                .as_u64()
+                                .and_then(|n| u32::try_from(n).ok())
+                                .filter(|n| (1..=MAX_REPLICAS).contains(n))
+                                .ok_or_else(|| {
+                                    fail(format!(
+                                        "`replicas` to be a whole number from 1 to {MAX_REPLICAS}, got {}",
+                                        match &v {
+                                            Value::Number(n) => n.to_string(),
+                                            other => kind(other).to_string(),
+                                        }
+                                    ))
+                                })?;
+                        }
                         (key @ ("slug" | "name" | "entrypoint" | "env"), other) => {
                             let want = if key == "env" {
                                 "a map"
@@ -211,7 +244,7 @@ pub fn parse_repos_file(text: &str, format: ReposFormat) -> Result<ReposFile, Re
                         }
                         (other, _) => {
                             return Err(fail(format!(
-                                "only the keys slug, name, entrypoint, env (unknown key {other:?})"
+                                "only the keys slug, name, entrypoint, env, replicas (unknown key {other:?})"
                             )));
                         }
                     }
@@ -222,11 +255,12 @@ pub fn parse_repos_file(text: &str, format: ReposFormat) -> Result<ReposFile, Re
                     name,
                     entrypoint,
                     env,
+                    replicas,
                 }
             }
             other => {
                 return Err(fail(format!(
-                    "a slug string or a map {{slug, name?, entrypoint?, env?}}, got {}",
+                    "a slug string or a map {{slug, name?, entrypoint?, env?, replicas?}}, got {}",
                     kind(&other)
                 )));
             }
@@ -272,6 +306,7 @@ pub fn parse_repos_file(text: &str, format: ReposFormat) -> Result<ReposFile, Re
             slug: raw.slug,
             entrypoint: raw.entrypoint,
             env: raw.env,
+            replicas: raw.replicas,
         });
     }
     Ok(ReposFile { project, services })
@@ -368,6 +403,32 @@ mod tests {
         assert_eq!(r.services[1].entrypoint.as_deref(), Some("worker.main:run"));
         assert_eq!(r.services[1].env["N"], "3");
         assert!(r.project.is_none());
+    }
+
+    #[test]
+    fn replicas_default_to_one_and_are_bounded() {
+        let text = "- gh:a/one\n- slug: gh:a/three\n  replicas: 3\n";
+        let r = parse_repos_file(text, ReposFormat::Yaml).unwrap();
+        assert_eq!(
+            r.services.iter().map(|s| s.replicas).collect::<Vec<_>>(),
+            [1, 3]
+        );
+        let json = serde_json::to_value(&r.services).unwrap();
+        assert!(json[0].get("replicas").is_none(), "1 is not written");
+        assert_eq!(json[1]["replicas"], 3);
+        let back: Vec<ServiceSpec> = serde_json::from_value(json).unwrap();
+        assert_eq!(back, r.services);
+        for bad in ["0", "101", "1.5", "-2", "three", "null"] {
+            let text = format!("- slug: gh:a/b\n  replicas: {bad}\n");
+            let e = parse_repos_file(&text, ReposFormat::Yaml)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("item 1 (line 1)")
+                    && e.contains("`replicas` to be a whole number from 1 to 100"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

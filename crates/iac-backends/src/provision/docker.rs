@@ -1425,6 +1425,7 @@ mod tests {
                 limits: Default::default(),
             },
             spec_hash: hash.into(),
+            replicas: 1,
             pod_filter: None,
         }
     }

@@ -176,6 +176,7 @@ mod tests {
                 app: spec("demo-web"),
                 envoy: spec("demo-web-envoy"),
                 spec_hash: "planhash".into(),
+                replicas: 1,
                 pod_filter: None,
             }],
             keep: vec![],

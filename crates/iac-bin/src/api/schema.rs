@@ -16,7 +16,7 @@ use utoipa::{IntoParams, ToSchema};
 #[serde(deny_unknown_fields)]
 pub struct DeployRequest {
     /// Repos-file items: slug strings (`gh:owner/repo#ref`, `git+https://…`, `path:DIR`) or
-    /// `{slug, name?, entrypoint?, env?}` maps. Service names are derived and de-duplicated.
+    /// `{slug, name?, entrypoint?, env?, replicas?}` maps. Service names are derived and de-duplicated.
     pub slugs: Option<Vec<serde_json::Value>>,
     /// Services with explicit names (unique DNS labels).
     pub services: Option<Vec<ServiceSpecSchema>>,
@@ -76,6 +76,12 @@ pub fn deploy_request_schema() -> serde_json::Value {
         "pattern": "\\S",
         "description": entry_text
     });
+    let replicas = serde_json::json!({
+        "type": "integer",
+        "minimum": 1,
+        "maximum": iac_core::MAX_REPLICAS,
+        "description": "Copies to run where the provisioner runs several (Swarm); default 1."
+    });
     let name = serde_json::json!({
         "type": "string",
         "pattern": DNS_LABEL_PATTERN,
@@ -94,7 +100,8 @@ pub fn deploy_request_schema() -> serde_json::Value {
             "slug": slug,
             "name": name,
             "entrypoint": item_entrypoint,
-            "env": item_env
+            "env": item_env,
+            "replicas": replicas
         }
     });
     let service = serde_json::json!({
@@ -105,7 +112,8 @@ pub fn deploy_request_schema() -> serde_json::Value {
             "name": name,
             "slug": slug,
             "entrypoint": service_entrypoint,
-            "env": service_env
+            "env": service_env,
+            "replicas": replicas
         }
     });
     serde_json::json!({
@@ -122,7 +130,7 @@ pub fn deploy_request_schema() -> serde_json::Value {
                         "minItems": 1,
                         "uniqueItems": true,
                         "items": {"oneOf": [slug, item_map]},
-                        "description": "Repos-file items: slug strings or `{slug, name?, entrypoint?, env?}` maps."
+                        "description": "Repos-file items: slug strings or `{slug, name?, entrypoint?, env?, replicas?}` maps."
                     },
                     "project": project
                 }
@@ -252,6 +260,9 @@ pub struct ServiceSpecSchema {
     /// Extra environment of the app.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// Copies to run (1 to 100, default 1) where the provisioner runs several (Swarm).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u64>,
 }
 
 /// One progress event (`iac_core::DeployEvent`).
