@@ -8,7 +8,10 @@ use super::*;
 use crate::entry::Language;
 use crate::error::{FetchError, ProvisionError};
 use crate::event::DeployEvent;
-use crate::stack::{Applied, AppliedService};
+use crate::health::{HealthReport, HealthState};
+use crate::mesh::CertPaths;
+use crate::source::Source;
+use crate::stack::{Action, Applied, AppliedService, RunningService};
 
 fn spec(name: &str) -> ServiceSpec {
     ServiceSpec {

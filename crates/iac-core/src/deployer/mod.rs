@@ -7,25 +7,29 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use serde::Serialize;
 use tracing::Instrument;
 
 use crate::entry::Entry;
 use crate::error::Error;
 use crate::event::{Events, Stage};
-use crate::fsutil::{sha256_tagged, write_atomic};
-use crate::health::{HealthReport, HealthState, ProbeTarget};
-use crate::image::{BuildSpec, ImageRef};
-use crate::mesh::{CertPaths, IssuedCerts, Mesh, MeshPorts, MeshService};
+use crate::fsutil::write_atomic;
+use crate::image::ImageRef;
+use crate::mesh::IssuedCerts;
 use crate::name::{ProjectName, ServiceName};
-use crate::plan::{PlanInput, PlannedService, plan};
+use crate::plan::plan;
 use crate::report::{DeployReport, ServiceReport, StageTiming};
 use crate::repos::ServiceSpec;
-use crate::source::Source;
-use crate::stack::{Action, Change, RunningService, Stack};
+use crate::stack::{Change, Stack};
 use crate::stages::*;
 use crate::trace_context::{self, Pipeline};
+
+mod health;
+mod lock;
+mod prepare;
+
+use prepare::{Mode, Prepared};
 
 /// The concrete stage implementations a [`Deployer`] runs.
 #[derive(Clone)]
@@ -91,21 +95,6 @@ pub struct PlanOutcome {
 pub struct Deployer {
     stages: Stages,
     opts: DeployOptions,
-}
-
-/// A service that made it through fetch → resolve → build → certs.
-struct Prepared {
-    spec: ServiceSpec,
-    report: ServiceReport,
-    entry: Entry,
-    image: ImageRef,
-    certs: IssuedCerts,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    Build,
-    PlanOnly,
 }
 
 impl Deployer {
@@ -250,61 +239,39 @@ impl Deployer {
 
         // Health: every provisioned service, through its Envoy, concurrently.
         let mut reports = failed;
-        let probes = ok_services.into_iter().map(|mut p| {
-            let applied_svc = applied.services.iter().find(|a| a.service == p.spec.name).cloned();
+        let probes = ok_services.into_iter().map(|p| {
+            let applied_svc = applied
+                .services
+                .iter()
+                .find(|a| a.service == p.spec.name)
+                .cloned();
             let prober = self.stages.prober.clone();
             let deadline = self.opts.health_deadline;
             let settle = self.opts.health_settle;
             let svc_events = events.for_service(&p.spec.name);
-            let span = trace_context::task_span(Stage::Health, Some(&p.spec.name), None, p.report.commit.as_deref());
+            let span = trace_context::task_span(
+                Stage::Health,
+                Some(&p.spec.name),
+                None,
+                p.report.commit.as_deref(),
+            );
             let span_end = span.clone();
-            async move {
-                p.report.stages.push(StageTiming { stage: Stage::Provision, millis: provision_ms, ok: true });
-                let Some(a) = applied_svc else {
-                    p.report.fail(Stage::Provision, "the provisioner did not report this service");
-                    return p.report;
-                };
-                p.report.action = Some(a.action);
-                p.report.endpoint = a.endpoint.map(|e| e.to_string());
-                if let Some(err) = &a.error {
-                    p.report.health = a.health.clone();
-                    p.report.fail(Stage::Provision, err);
-                    svc_events.error(Stage::Provision, err.clone());
-                    return p.report;
-                }
-                if a.action == Action::RolledBack {
-                    p.report.health = a.health.clone();
-                    let why = a.health.as_ref().map(|h| h.detail.clone()).unwrap_or_default();
-                    p.report.fail(Stage::Health, format!("new version was not healthy ({why}); rolled back, previous version kept"));
-                    return p.report;
-                }
-                let Some(addr) = a.endpoint else {
-                    p.report.fail(Stage::Provision, "no published endpoint for the mTLS listener");
-                    return p.report;
-                };
-                let t = Instant::now();
-                let target = ProbeTarget { service: p.spec.name.clone(), addr, deadline };
-                svc_events.info(Stage::Health, format!("probing {addr} over mTLS"));
-                let mut h = prober.check(&target).await;
-                if h.is_serving() && !settle.is_zero() && matches!(a.action, Action::Create | Action::Replace) {
-                    svc_events.info(Stage::Health, format!("SERVING; checking again in {settle:?} that it stays up"));
-                    tokio::time::sleep(settle).await;
-                    let again = prober.check(&target).await;
-                    h = HealthReport { attempts: h.attempts + again.attempts, ..again };
-                }
-                let ok = h.state == HealthState::Serving;
-                p.report.stages.push(StageTiming { stage: Stage::Health, millis: t.elapsed().as_millis() as u64, ok });
-                if ok {
-                    svc_events.info(Stage::Health, format!("SERVING ({})", h.detail));
-                    p.report.ok = true;
-                } else {
-                    svc_events.error(Stage::Health, format!("{} ({})", h.state.as_str(), h.detail));
-                    p.report.fail(Stage::Health, format!("{}: {}", h.state.as_str(), h.detail));
-                }
-                p.report.health = Some(h);
-                p.report
-            }
-            .inspect(move |r| trace_context::finish_task(&span_end, Stage::Health, &if r.ok { Ok(()) } else { Err(()) }))
+            health::prove(
+                p,
+                applied_svc,
+                prober,
+                deadline,
+                settle,
+                provision_ms,
+                svc_events,
+            )
+            .inspect(move |r| {
+                trace_context::finish_task(
+                    &span_end,
+                    Stage::Health,
+                    &if r.ok { Ok(()) } else { Err(()) },
+                )
+            })
             .instrument(span)
         });
         reports.extend(futures::future::join_all(probes).await);
@@ -422,265 +389,6 @@ impl Deployer {
         .await
     }
 
-    /// Re-checks every running service of the project.
-    pub async fn health(&self) -> Result<Vec<(RunningService, HealthReport)>, Error> {
-        let running = self.stages.provisioner.running(&self.opts.project).await?;
-        let checks = running.into_iter().map(|r| {
-            let prober = self.stages.prober.clone();
-            let deadline = self.opts.health_deadline;
-            async move {
-                let h = match r.endpoint {
-                    Some(addr) => {
-                        prober
-                            .check(&ProbeTarget {
-                                service: r.service.clone(),
-                                addr,
-                                deadline,
-                            })
-                            .await
-                    }
-                    None => HealthReport {
-                        service: r.service.clone(),
-                        state: HealthState::Unreachable,
-                        exit_code: None,
-                        detail: format!("no published mTLS endpoint (container {})", r.state),
-                        attempts: 0,
-                    },
-                };
-                (r, h)
-            }
-        });
-        Ok(futures::future::join_all(checks).await)
-    }
-
-    async fn prepare_all(
-        &self,
-        specs: &[ServiceSpec],
-        mode: Mode,
-        events: &Events,
-    ) -> (Vec<Prepared>, Vec<ServiceReport>) {
-        let n = self.opts.parallelism.max(1);
-        let mut results: Vec<(usize, Result<Prepared, ServiceReport>)> =
-            futures::stream::iter(specs.iter().cloned().enumerate())
-                .map(|(i, spec)| async move { (i, self.prepare(spec, mode, events).await) })
-                .buffer_unordered(n)
-                .collect()
-                .await;
-        results.sort_by_key(|(i, _)| *i);
-        let mut ok = Vec::new();
-        let mut failed = Vec::new();
-        for (_, r) in results {
-            match r {
-                Ok(p) => ok.push(p),
-                Err(report) => failed.push(report),
-            }
-        }
-        (ok, failed)
-    }
-
-    async fn prepare(
-        &self,
-        spec: ServiceSpec,
-        mode: Mode,
-        events: &Events,
-    ) -> Result<Prepared, ServiceReport> {
-        let ev = events.for_service(&spec.name);
-        let mut report = ServiceReport::new(spec.name.clone(), spec.slug.to_string());
-        macro_rules! stage {
-            ($stage:expr, $fut:expr) => {{
-                let t = Instant::now();
-                let span = trace_context::task_span(
-                    $stage,
-                    Some(&spec.name),
-                    Some(&spec.slug),
-                    report.commit.as_deref(),
-                );
-                let r = async {
-                    ev.info($stage, format!("{} …", $stage.as_str()));
-                    $fut
-                }
-                .instrument(span.clone())
-                .await;
-                trace_context::finish_task(&span, $stage, &r);
-                let ok = r.is_ok();
-                report.stages.push(StageTiming {
-                    stage: $stage,
-                    millis: t.elapsed().as_millis() as u64,
-                    ok,
-                });
-                match r {
-                    Ok(v) => v,
-                    Err(e) => {
-                        ev.error($stage, e.to_string());
-                        report.fail($stage, e);
-                        return Err(report);
-                    }
-                }
-            }};
-        }
-        let source: Source = stage!(
-            Stage::Fetch,
-            self.stages.fetcher.fetch(&spec.slug, &ev).await
-        );
-        report.commit = source.commit.clone();
-        ev.info(
-            Stage::Fetch,
-            format!("{} ({})", source.digest, source.origin),
-        );
-        let entry = stage!(
-            Stage::Resolve,
-            self.stages
-                .resolver
-                .resolve(&source, spec.entrypoint.clone())
-        );
-        ev.info(
-            Stage::Resolve,
-            format!("{} → {:?} ({})", entry.rule, entry.argv, entry.why),
-        );
-        report.entry = Some(entry.clone());
-        let build = BuildSpec {
-            project: self.opts.project.clone(),
-            service: spec.name.clone(),
-            source,
-            entry: entry.clone(),
-            env: spec.env.clone(),
-        };
-        let image = match mode {
-            Mode::Build => stage!(Stage::Build, self.stages.builder.build(&build, &ev).await),
-            Mode::PlanOnly => stage!(Stage::Build, self.stages.builder.planned(&build)),
-        };
-        report.image = Some(image.tag.clone());
-        report.image_reused = Some(image.reused);
-        let certs = stage!(
-            Stage::Certs,
-            self.stages.pki.issue(&self.opts.project, &spec.name).await
-        );
-        Ok(Prepared {
-            spec,
-            report,
-            entry,
-            image,
-            certs,
-        })
-    }
-
-    /// Renders every prepared service's sidecar against the mesh of all prepared services.
-    #[allow(clippy::type_complexity)]
-    fn mesh_and_plan_input(
-        &self,
-        prepared: Vec<Prepared>,
-        events: &Events,
-    ) -> (PlanInput, Vec<(Prepared, String)>, Vec<ServiceReport>) {
-        let ports = MeshPorts::default();
-        let mesh = Mesh {
-            project: self.opts.project.clone(),
-            services: prepared
-                .iter()
-                .map(|p| MeshService {
-                    name: p.spec.name.clone(),
-                    address: p.spec.name.to_string(),
-                    port: ports.inbound,
-                    app_port: app_port(&p.spec.env, &p.entry),
-                })
-                .collect(),
-            ports,
-            certs: CertPaths::in_container(),
-        };
-        let mut rendered = Vec::new();
-        let mut failed = Vec::new();
-        let mut services = Vec::new();
-        for mut p in prepared {
-            let t = Instant::now();
-            let span = trace_context::task_span(
-                Stage::Render,
-                Some(&p.spec.name),
-                Some(&p.spec.slug),
-                p.report.commit.as_deref(),
-            );
-            let result = span.in_scope(|| self.stages.sidecar.render(&mesh, &p.spec.name));
-            trace_context::finish_task(&span, Stage::Render, &result);
-            match result {
-                Ok(config) => {
-                    p.report.stages.push(StageTiming {
-                        stage: Stage::Render,
-                        millis: t.elapsed().as_millis() as u64,
-                        ok: true,
-                    });
-                    services.push(PlannedService {
-                        name: p.spec.name.clone(),
-                        image: p.image.tag.clone(),
-                        envoy_config: self.envoy_config_path(&p.spec.name),
-                        envoy_config_digest: sha256_tagged(config.as_bytes()),
-                        certs: p.certs.clone(),
-                        app_port: app_port(&p.spec.env, &p.entry),
-                        env: p.spec.env.clone(),
-                        replicas: p.spec.replicas,
-                    });
-                    rendered.push((p, config));
-                }
-                Err(e) => {
-                    p.report.stages.push(StageTiming {
-                        stage: Stage::Render,
-                        millis: t.elapsed().as_millis() as u64,
-                        ok: false,
-                    });
-                    events
-                        .for_service(&p.spec.name)
-                        .error(Stage::Render, e.to_string());
-                    p.report.fail(Stage::Render, e);
-                    failed.push(p.report);
-                }
-            }
-        }
-        let input = PlanInput {
-            project: self.opts.project.clone(),
-            network: self.opts.network.clone(),
-            envoy_image: self.opts.envoy_image.clone(),
-            otel_endpoint: self.opts.otel_endpoint.clone(),
-            services,
-            keep: Vec::new(),
-        };
-        (input, rendered, failed)
-    }
-
-    async fn lock(&self, events: &Events) -> Result<std::fs::File, Error> {
-        let path = self.opts.state_dir.join("deploy.lock");
-        let dir = self.opts.state_dir.clone();
-        let p = path.clone();
-        let file = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
-            std::fs::create_dir_all(&dir)?;
-            std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&p)
-        })
-        .await
-        .expect("lock task never panics")
-        .map_err(|source| Error::Io {
-            path: path.clone(),
-            source,
-        })?;
-        match file.try_lock() {
-            Ok(()) => return Ok(file),
-            Err(std::fs::TryLockError::WouldBlock) => {
-                events.info(
-                    Stage::Deploy,
-                    format!(
-                        "waiting for another deploy of project {} ({})",
-                        self.opts.project,
-                        path.display()
-                    ),
-                );
-            }
-            Err(std::fs::TryLockError::Error(source)) => return Err(Error::Io { path, source }),
-        }
-        tokio::task::spawn_blocking(move || file.lock().map(|()| file))
-            .await
-            .expect("lock task never panics")
-            .map_err(|source| Error::Io { path, source })
-    }
-
     fn abort(
         &self,
         mut failed: Vec<ServiceReport>,
@@ -717,11 +425,5 @@ impl Deployer {
     }
 }
 
-/// The app's own port: `PORT` from the repos file's env, else the entry's (Django/gunicorn).
-fn app_port(env: &BTreeMap<String, String>, entry: &Entry) -> Option<u16> {
-    env.get("PORT").and_then(|p| p.parse().ok()).or(entry.port)
-}
-
 #[cfg(test)]
-#[path = "deployer_tests.rs"]
 mod tests;

@@ -1,0 +1,584 @@
+//! The engine seam of the Docker provisioner: the [`Engine`] trait (the handful of Docker API
+//! calls reconciling needs), its bollard implementation [`BollardEngine`], the container create
+//! body built from a [`ContainerSpec`], and [`EngineError`] (what was attempted, what the engine
+//! said).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bollard::Docker;
+use bollard::exec::{CreateExecOptions, StartExecResults};
+use bollard::models::{
+    ContainerCreateBody, EndpointSettings, HostConfig, Mount as DockerMount, MountType,
+    NetworkConnectRequest, NetworkCreateRequest, NetworkDisconnectRequest, NetworkingConfig,
+    PortBinding,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, InspectContainerOptionsBuilder, ListContainersOptionsBuilder,
+    ListNetworksOptionsBuilder, RemoveContainerOptionsBuilder, RenameContainerOptionsBuilder,
+    StopContainerOptionsBuilder,
+};
+use futures::StreamExt;
+
+use iac_core::stack::{LABEL_MANAGED, LABEL_PROJECT, LABEL_ROLE, LABEL_SERVICE, LABEL_SPEC_HASH};
+use iac_core::{ContainerSpec, NetworkMode, NetworkSpec, ProjectName, ProvisionError};
+
+use crate::provision::MANAGED_BY;
+use crate::provision::reconcile::Observed;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{op}: {message}")]
+pub struct EngineError {
+    /// e.g. `create container demo-web`.
+    pub op: String,
+    /// HTTP status from the engine, when it answered.
+    pub status: Option<u16>,
+    pub message: String,
+}
+
+impl EngineError {
+    pub fn new(op: impl Into<String>, status: Option<u16>, message: impl Into<String>) -> Self {
+        EngineError {
+            op: op.into(),
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn from_bollard(op: impl Into<String>, e: bollard::errors::Error) -> Self {
+        match e {
+            bollard::errors::Error::DockerResponseServerError {
+                status_code,
+                message,
+            } => EngineError::new(op, Some(status_code), message),
+            other => EngineError::new(op, None, other.to_string()),
+        }
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        self.status == Some(404)
+    }
+}
+
+impl From<EngineError> for ProvisionError {
+    fn from(e: EngineError) -> Self {
+        ProvisionError::Engine(e.to_string())
+    }
+}
+
+/// What a command run in a container (`docker exec`) ended with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// `None` when the engine did not report one.
+    pub exit_code: Option<i64>,
+    /// stdout and stderr, interleaved.
+    pub output: String,
+}
+
+/// A network as the engine reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkInfo {
+    pub id: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The engine operations the provisioner needs, nothing more. Implementations must treat
+/// "already stopped" / "already gone" as success in `stop_container` and `remove_container`.
+#[cfg_attr(test, mockall::automock)]
+#[async_trait]
+pub trait Engine: Send + Sync {
+    /// Every container (any state) labelled `iac.managed-by=iac` and `iac.project=<project>`.
+    async fn list_containers(&self, project: &ProjectName) -> Result<Vec<Observed>, EngineError>;
+    /// Every network labelled `iac.managed-by=iac` and `iac.project=<project>`.
+    async fn list_networks(&self, project: &ProjectName) -> Result<Vec<NetworkInfo>, EngineError>;
+    /// Networks named exactly `name`, whoever owns them.
+    async fn find_networks(&self, name: &str) -> Result<Vec<NetworkInfo>, EngineError>;
+    /// Creates a bridge network labelled `iac.managed-by=iac`; returns its id.
+    async fn create_network(&self, spec: &NetworkSpec) -> Result<String, EngineError>;
+    async fn remove_network(&self, id: &str) -> Result<(), EngineError>;
+    /// Creates (does not start) a container exactly as specified, labelled
+    /// `iac.managed-by=iac`; returns its id.
+    async fn create_container(&self, spec: &ContainerSpec) -> Result<String, EngineError>;
+    async fn start_container(&self, id: &str) -> Result<(), EngineError>;
+    async fn stop_container(&self, id: &str, timeout_secs: u32) -> Result<(), EngineError>;
+    async fn remove_container(&self, id: &str) -> Result<(), EngineError>;
+    async fn rename_container(&self, id: &str, new_name: &str) -> Result<(), EngineError>;
+    async fn connect_network(
+        &self,
+        network: &str,
+        container: &str,
+        aliases: Vec<String>,
+    ) -> Result<(), EngineError>;
+    async fn disconnect_network(&self, network: &str, container: &str) -> Result<(), EngineError>;
+    /// Runs `argv` in the running container `id` (with the container's own privileges) and waits
+    /// for it. A container that is not running is an error (status 409).
+    async fn exec(&self, id: &str, argv: Vec<String>) -> Result<ExecOutput, EngineError>;
+    /// Host address `container_port/tcp` is published on (from inspect), if any.
+    async fn published_port(
+        &self,
+        id: &str,
+        container_port: u16,
+    ) -> Result<Option<SocketAddr>, EngineError>;
+}
+
+/// [`Engine`] over bollard.
+#[derive(Debug, Clone)]
+pub struct BollardEngine {
+    docker: Docker,
+}
+
+impl BollardEngine {
+    /// Connects to `host` (see [`DockerProvisionerConfig::docker_host`]) and negotiates the API
+    /// version with the engine.
+    pub async fn connect(
+        host: Option<&str>,
+        request_timeout: Duration,
+    ) -> Result<Self, ProvisionError> {
+        let shown = host.unwrap_or("the default Docker host");
+        let bad = |e: bollard::errors::Error| {
+            ProvisionError::Engine(format!(
+                "cannot connect to {shown}: {e} (expected a reachable Docker engine)"
+            ))
+        };
+        let docker = match host {
+            None => Docker::connect_with_defaults().map_err(bad)?,
+            Some(h) if h.starts_with('/') => Docker::connect_with_unix(
+                h,
+                request_timeout.as_secs(),
+                bollard::API_DEFAULT_VERSION,
+            )
+            .map_err(bad)?,
+            Some(h) => Docker::connect_with_host(h).map_err(bad)?,
+        };
+        let docker = docker
+            .with_timeout(request_timeout)
+            .negotiate_version()
+            .await
+            .map_err(bad)?;
+        Ok(BollardEngine { docker })
+    }
+
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+}
+
+/// The `/containers/create` request for `spec` (pure; unit-tested).
+pub fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
+    let port_key = |p: u16| format!("{p}/tcp");
+    let port_bindings: HashMap<String, Option<Vec<PortBinding>>> = spec
+        .ports
+        .iter()
+        .map(|p| {
+            let binding = PortBinding {
+                host_ip: Some(p.host_ip.clone()),
+                host_port: Some(p.host_port.map(|h| h.to_string()).unwrap_or_default()),
+            };
+            (port_key(p.container_port), Some(vec![binding]))
+        })
+        .collect();
+    let mounts: Vec<DockerMount> = spec
+        .mounts
+        .iter()
+        .map(|m| DockerMount {
+            source: Some(m.source.display().to_string()),
+            target: Some(m.target.display().to_string()),
+            typ: Some(MountType::BIND),
+            read_only: Some(m.read_only),
+            ..Default::default()
+        })
+        .collect();
+    let (network_mode, networking_config) = match &spec.network {
+        NetworkMode::Network { name, aliases } => {
+            let endpoint = EndpointSettings {
+                aliases: if aliases.is_empty() {
+                    None
+                } else {
+                    Some(aliases.clone())
+                },
+                ..Default::default()
+            };
+            (
+                name.clone(),
+                Some(NetworkingConfig {
+                    endpoints_config: Some([(name.clone(), endpoint)].into()),
+                }),
+            )
+        }
+        NetworkMode::Container { name } => (format!("container:{name}"), None),
+    };
+    ContainerCreateBody {
+        image: Some(spec.image.clone()),
+        cmd: if spec.cmd.is_empty() {
+            None
+        } else {
+            Some(spec.cmd.clone())
+        },
+        env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+        labels: Some(managed_labels(&spec.labels)),
+        exposed_ports: if spec.ports.is_empty() {
+            None
+        } else {
+            Some(
+                spec.ports
+                    .iter()
+                    .map(|p| port_key(p.container_port))
+                    .collect(),
+            )
+        },
+        stop_timeout: Some(i64::from(spec.stop_timeout_secs)),
+        host_config: Some(HostConfig {
+            network_mode: Some(network_mode),
+            port_bindings: if port_bindings.is_empty() {
+                None
+            } else {
+                Some(port_bindings)
+            },
+            mounts: if mounts.is_empty() {
+                None
+            } else {
+                Some(mounts)
+            },
+            cap_drop: nonempty(&spec.privileges.cap_drop),
+            cap_add: nonempty(&spec.privileges.cap_add),
+            security_opt: spec
+                .privileges
+                .no_new_privileges
+                .then(|| vec!["no-new-privileges:true".to_string()]),
+            pids_limit: spec.limits.pids,
+            memory: spec.limits.memory_bytes,
+            // No swap on top of the memory limit.
+            memory_swap: spec.limits.memory_bytes,
+            ..Default::default()
+        }),
+        networking_config,
+        ..Default::default()
+    }
+}
+
+fn nonempty(v: &[String]) -> Option<Vec<String>> {
+    (!v.is_empty()).then(|| v.to_vec())
+}
+
+/// `labels` plus `iac.managed-by=iac`, whatever the spec says.
+fn managed_labels(labels: &BTreeMap<String, String>) -> HashMap<String, String> {
+    let mut out: HashMap<String, String> =
+        labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    out.insert(LABEL_MANAGED.to_string(), MANAGED_BY.to_string());
+    out
+}
+
+/// A published binding as a dialable address: unspecified host IPs become loopback.
+pub(super) fn dialable(host_ip: Option<&str>, port: u16) -> Option<SocketAddr> {
+    let ip: IpAddr = match host_ip.unwrap_or("") {
+        "" => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        s => s.parse().ok()?,
+    };
+    let ip = match ip {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    (port != 0).then_some(SocketAddr::new(ip, port))
+}
+
+/// IPv4 bindings first (the engine lists `0.0.0.0` and `::` twins for unqualified publishes).
+pub(super) fn pick(mut addrs: Vec<SocketAddr>) -> Option<SocketAddr> {
+    addrs.sort_by_key(|a| !a.is_ipv4());
+    addrs.into_iter().next()
+}
+
+/// Objects iac created for `project` (the engine ANDs label filters).
+pub(super) fn label_filter(project: &ProjectName) -> HashMap<String, Vec<String>> {
+    [(
+        "label".to_string(),
+        vec![
+            format!("{LABEL_MANAGED}={MANAGED_BY}"),
+            format!("{LABEL_PROJECT}={project}"),
+        ],
+    )]
+    .into()
+}
+
+#[async_trait]
+impl Engine for BollardEngine {
+    async fn list_containers(&self, project: &ProjectName) -> Result<Vec<Observed>, EngineError> {
+        let opts = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&label_filter(project))
+            .build();
+        let list = self.docker.list_containers(Some(opts)).await.map_err(|e| {
+            EngineError::from_bollard(format!("list containers of project {project}"), e)
+        })?;
+        Ok(list
+            .into_iter()
+            .map(|c| {
+                let labels = c.labels.unwrap_or_default();
+                let mut published: Vec<(u16, SocketAddr)> = c
+                    .ports
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|p| {
+                        Some((p.private_port, dialable(p.ip.as_deref(), p.public_port?)?))
+                    })
+                    .collect();
+                published.sort_by_key(|(p, a)| (*p, !a.is_ipv4()));
+                Observed {
+                    id: c.id.unwrap_or_default(),
+                    name: c
+                        .names
+                        .and_then(|n| n.into_iter().next())
+                        .map(|n| n.trim_start_matches('/').to_string())
+                        .unwrap_or_default(),
+                    service: labels.get(LABEL_SERVICE).cloned(),
+                    role: labels.get(LABEL_ROLE).cloned(),
+                    spec_hash: labels.get(LABEL_SPEC_HASH).cloned(),
+                    image: c.image.unwrap_or_default(),
+                    state: c.state.map(|s| s.to_string()).unwrap_or_default(),
+                    published,
+                }
+            })
+            .collect())
+    }
+
+    async fn list_networks(&self, project: &ProjectName) -> Result<Vec<NetworkInfo>, EngineError> {
+        let opts = ListNetworksOptionsBuilder::default()
+            .filters(&label_filter(project))
+            .build();
+        let list = self.docker.list_networks(Some(opts)).await.map_err(|e| {
+            EngineError::from_bollard(format!("list networks of project {project}"), e)
+        })?;
+        Ok(list.into_iter().map(network_info).collect())
+    }
+
+    async fn find_networks(&self, name: &str) -> Result<Vec<NetworkInfo>, EngineError> {
+        let filters: HashMap<String, Vec<String>> =
+            [("name".to_string(), vec![name.to_string()])].into();
+        let opts = ListNetworksOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        let list = self
+            .docker
+            .list_networks(Some(opts))
+            .await
+            .map_err(|e| EngineError::from_bollard(format!("look up network {name}"), e))?;
+        // The engine's name filter matches substrings.
+        Ok(list
+            .into_iter()
+            .map(network_info)
+            .filter(|n| n.name == name)
+            .collect())
+    }
+
+    async fn create_network(&self, spec: &NetworkSpec) -> Result<String, EngineError> {
+        let req = NetworkCreateRequest {
+            name: spec.name.clone(),
+            driver: Some("bridge".into()),
+            attachable: Some(true),
+            labels: Some(managed_labels(&spec.labels)),
+            ..Default::default()
+        };
+        let r =
+            self.docker.create_network(req).await.map_err(|e| {
+                EngineError::from_bollard(format!("create network {}", spec.name), e)
+            })?;
+        Ok(r.id)
+    }
+
+    async fn remove_network(&self, id: &str) -> Result<(), EngineError> {
+        match self.docker.remove_network(id).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let e = EngineError::from_bollard(format!("remove network {id}"), e);
+                if e.is_not_found() { Ok(()) } else { Err(e) }
+            }
+        }
+    }
+
+    async fn create_container(&self, spec: &ContainerSpec) -> Result<String, EngineError> {
+        let opts = CreateContainerOptionsBuilder::default()
+            .name(&spec.name)
+            .build();
+        let r = self
+            .docker
+            .create_container(Some(opts), create_body(spec))
+            .await
+            .map_err(|e| {
+                EngineError::from_bollard(
+                    format!("create container {} (image {})", spec.name, spec.image),
+                    e,
+                )
+            })?;
+        Ok(r.id)
+    }
+
+    async fn start_container(&self, id: &str) -> Result<(), EngineError> {
+        self.docker
+            .start_container(id, None)
+            .await
+            .map_err(|e| EngineError::from_bollard(format!("start container {id}"), e))
+    }
+
+    async fn stop_container(&self, id: &str, timeout_secs: u32) -> Result<(), EngineError> {
+        let t = i32::try_from(timeout_secs).unwrap_or(i32::MAX);
+        let opts = StopContainerOptionsBuilder::default().t(t).build();
+        match self.docker.stop_container(id, Some(opts)).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let e = EngineError::from_bollard(format!("stop container {id}"), e);
+                // 304: already stopped; 404: already gone.
+                if matches!(e.status, Some(304) | Some(404)) {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    async fn remove_container(&self, id: &str) -> Result<(), EngineError> {
+        let opts = RemoveContainerOptionsBuilder::default().force(true).build();
+        match self.docker.remove_container(id, Some(opts)).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let e = EngineError::from_bollard(format!("remove container {id}"), e);
+                let in_progress =
+                    e.status == Some(409) && e.message.contains("already in progress");
+                if e.is_not_found() || in_progress {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    async fn rename_container(&self, id: &str, new_name: &str) -> Result<(), EngineError> {
+        let opts = RenameContainerOptionsBuilder::default()
+            .name(new_name)
+            .build();
+        self.docker.rename_container(id, opts).await.map_err(|e| {
+            EngineError::from_bollard(format!("rename container {id} to {new_name}"), e)
+        })
+    }
+
+    async fn connect_network(
+        &self,
+        network: &str,
+        container: &str,
+        aliases: Vec<String>,
+    ) -> Result<(), EngineError> {
+        let req = NetworkConnectRequest {
+            container: container.to_string(),
+            endpoint_config: Some(EndpointSettings {
+                aliases: Some(aliases),
+                ..Default::default()
+            }),
+        };
+        self.docker
+            .connect_network(network, req)
+            .await
+            .map_err(|e| {
+                EngineError::from_bollard(
+                    format!("connect container {container} to network {network}"),
+                    e,
+                )
+            })
+    }
+
+    async fn disconnect_network(&self, network: &str, container: &str) -> Result<(), EngineError> {
+        let req = NetworkDisconnectRequest {
+            container: container.to_string(),
+            force: Some(true),
+        };
+        self.docker
+            .disconnect_network(network, req)
+            .await
+            .map_err(|e| {
+                EngineError::from_bollard(
+                    format!("disconnect container {container} from network {network}"),
+                    e,
+                )
+            })
+    }
+
+    async fn exec(&self, id: &str, argv: Vec<String>) -> Result<ExecOutput, EngineError> {
+        let op = || format!("exec {:?} in container {id}", argv.join(" "));
+        let created = self
+            .docker
+            .create_exec(
+                id,
+                CreateExecOptions {
+                    cmd: Some(argv.clone()),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| EngineError::from_bollard(op(), e))?;
+        let mut output = String::new();
+        match self
+            .docker
+            .start_exec(&created.id, None)
+            .await
+            .map_err(|e| EngineError::from_bollard(op(), e))?
+        {
+            StartExecResults::Attached {
+                output: mut out, ..
+            } => {
+                while let Some(chunk) = out.next().await {
+                    let chunk = chunk.map_err(|e| EngineError::from_bollard(op(), e))?;
+                    output.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+                }
+            }
+            StartExecResults::Detached => {}
+        }
+        let inspected = self
+            .docker
+            .inspect_exec(&created.id)
+            .await
+            .map_err(|e| EngineError::from_bollard(op(), e))?;
+        Ok(ExecOutput {
+            exit_code: inspected.exit_code,
+            output,
+        })
+    }
+
+    async fn published_port(
+        &self,
+        id: &str,
+        container_port: u16,
+    ) -> Result<Option<SocketAddr>, EngineError> {
+        let opts = InspectContainerOptionsBuilder::default()
+            .size(false)
+            .build();
+        let c = self
+            .docker
+            .inspect_container(id, Some(opts))
+            .await
+            .map_err(|e| EngineError::from_bollard(format!("inspect container {id}"), e))?;
+        let bindings = c
+            .network_settings
+            .and_then(|n| n.ports)
+            .and_then(|mut p| p.remove(&format!("{container_port}/tcp")))
+            .flatten()
+            .unwrap_or_default();
+        let addrs = bindings
+            .iter()
+            .filter_map(|b| dialable(b.host_ip.as_deref(), b.host_port.as_deref()?.parse().ok()?))
+            .collect();
+        Ok(pick(addrs))
+    }
+}
+
+fn network_info(n: bollard::models::Network) -> NetworkInfo {
+    NetworkInfo {
+        id: n.id.unwrap_or_default(),
+        name: n.name.unwrap_or_default(),
+        labels: n.labels.unwrap_or_default().into_iter().collect(),
+    }
+}

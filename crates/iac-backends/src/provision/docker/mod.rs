@@ -1,0 +1,661 @@
+//! The Docker provisioner (the default [`Provisioner`]): reconciles a [`Stack`] against the local
+//! engine through bollard, by labels (`iac.project`, `iac.service`, `iac.spec-hash`, `iac.role`).
+//!
+//! * Only objects iac created are ever looked at: containers and networks are selected by
+//!   `iac.managed-by=iac` **and** `iac.project=<project>`. The provisioner sets `iac.managed-by`
+//!   itself at create time; images only carry `iac.project`/`iac.service`, so a container someone
+//!   starts by hand from an iac image is neither reconciled nor destroyed.
+//! * Containers get the stack's privileges (capabilities, `no-new-privileges`) and its limits,
+//!   open limits filled from [`DockerProvisionerConfig::limits`] ([`super::with_limits`]).
+//! * When a service's pair installs a pod packet filter ([`iac_core::PodFilter`]), the pair only
+//!   counts as started once the filter is seen in the pod (`nft list table` run in the sidecar,
+//!   within [`DockerProvisionerConfig::pod_filter_deadline`]); a sidecar that cannot install
+//!   it fails the pair, which is then removed — an unfiltered app is never left running.
+//!
+//! * The decisions are pure ([`super::reconcile`]); this file only acts on them through the small
+//!   [`Engine`] trait ([`BollardEngine`] for the real engine, a mockall fake in the unit tests).
+//! * Unchanged services are not touched (their endpoint is read back from the published port).
+//! * New services: app container (network alias, port 15000 published on `127.0.0.1:<ephemeral>`,
+//!   labels, env, stop timeout), then Envoy sharing the app's network namespace
+//!   (`container:<app id>` — the id, so renaming the app later cannot break it).
+//! * Changed (or half-present, or stopped) services are **replaced health-gated**:
+//!   1. the new pair starts under temporary names (`<name>-next-<spec hash>`) on the project
+//!      network *without* the service alias, so no peer can reach it yet;
+//!   2. the `gate` prober checks it through its own published port, up to the configured deadline;
+//!   3. unhealthy → the new pair is removed, the old pair was never touched
+//!      ([`Action::RolledBack`] with the gate's report);
+//!   4. healthy → the new app is reconnected to the network *with* the alias (Docker cannot add an
+//!      alias to an existing endpoint, so: disconnect + connect), then the old pair is stopped and
+//!      removed (Envoy first), then the new pair is renamed to the canonical names.
+//!
+//!   Because the alias is added before the old pair goes away there is no window in which the
+//!   service name resolves to nothing; instead there is a short overlap (the duration of stopping
+//!   the old pair) in which Docker's DNS answers with both pairs — both of which are known
+//!   to be running, the new one proven healthy. The new app itself is off the network for the
+//!   instant between disconnect and connect; its published port may change on reconnect, so the
+//!   endpoint is read back afterwards.
+//! * Whatever an apply created for a service that then failed is removed before returning (no
+//!   half-created pairs), and the failure is reported on that service only.
+//! * `destroy` removes every container (Envoy first) and network with the project label; a
+//!   network still used by another project's containers is left in place with a warning.
+//!
+//! Serializing concurrent deploys of one project is the caller's job (the `Deployer` holds a
+//! per-project file lock around `apply` and `destroy`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use serde::{Deserialize, Serialize};
+
+use iac_core::plan::app_container_name;
+use iac_core::{
+    Action, Applied, AppliedService, Change, Events, HealthProber, MeshPorts, NetworkMode,
+    NetworkSpec, PodFilter, ProjectName, ProvisionError, Provisioner, RunningService, ServiceName,
+    ServiceStack, Stack, Stage,
+};
+
+use super::reconcile::{Observed, ServicePlan, reconcile};
+use super::{ContainerLimits, with_limits};
+
+mod engine;
+mod replace;
+
+#[cfg(test)]
+pub use engine::MockEngine;
+pub use engine::{BollardEngine, Engine, EngineError, ExecOutput, NetworkInfo, create_body};
+
+/// `[docker]` in `iac.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DockerProvisionerConfig {
+    /// Engine address: `unix:///path`, a bare socket path, `tcp://host:port`, … `None`: the
+    /// `DOCKER_HOST` environment variable, else the local socket `/var/run/docker.sock`.
+    pub docker_host: Option<String>,
+    /// How long a replacement's new pair may take to become healthy before it is rolled back
+    /// (`"60s"`; iac sets it from the top-level `health_deadline`).
+    #[serde(with = "iac_core::duration")]
+    pub health_deadline: Duration,
+    /// Time between SIGTERM and SIGKILL when stopping containers being removed (whole seconds).
+    #[serde(with = "iac_core::duration")]
+    pub stop_timeout: Duration,
+    /// Services reconciled at the same time.
+    pub parallelism: usize,
+    /// Timeout of a single engine request.
+    #[serde(with = "iac_core::duration")]
+    pub request_timeout: Duration,
+    /// How long a new sidecar may take to install the pod's packet filter before the pair is
+    /// given up (and removed), e.g. `"15s"`.
+    #[serde(with = "iac_core::duration")]
+    pub pod_filter_deadline: Duration,
+    /// cgroup limits of the containers (`[docker.limits]` in iac.toml; 0 = no limit).
+    pub limits: ContainerLimits,
+}
+
+impl Default for DockerProvisionerConfig {
+    fn default() -> Self {
+        DockerProvisionerConfig {
+            docker_host: None,
+            health_deadline: Duration::from_secs(60),
+            stop_timeout: Duration::from_secs(10),
+            parallelism: 4,
+            request_timeout: Duration::from_secs(120),
+            pod_filter_deadline: Duration::from_secs(15),
+            limits: ContainerLimits::default(),
+        }
+    }
+}
+
+impl DockerProvisionerConfig {
+    /// `stop_timeout` in whole seconds, as the engine takes it.
+    pub fn stop_timeout_secs(&self) -> u32 {
+        u32::try_from(self.stop_timeout.as_secs()).unwrap_or(u32::MAX)
+    }
+}
+
+/// One failed engine request: what was attempted and what the engine said.
+/// The temporary name of a replacement container.
+pub fn next_name(canonical: &str, spec_hash: &str) -> String {
+    format!("{canonical}-next-{spec_hash}")
+}
+
+/// A pair this apply started.
+#[derive(Debug, Clone)]
+struct StartedPair {
+    app_id: String,
+    envoy_id: String,
+}
+
+/// The Docker provisioner. Construct with [`DockerProvisioner::connect`] (real engine) or
+/// [`DockerProvisioner::with_engine`] (any [`Engine`]).
+#[derive(Clone)]
+pub struct DockerProvisioner {
+    engine: Arc<dyn Engine>,
+    config: DockerProvisionerConfig,
+}
+
+impl std::fmt::Debug for DockerProvisioner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DockerProvisioner")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DockerProvisioner {
+    /// Connects to the engine named by `config.docker_host` and negotiates the API version.
+    pub async fn connect(config: DockerProvisionerConfig) -> Result<Self, ProvisionError> {
+        let timeout = config.request_timeout.max(Duration::from_secs(1));
+        let engine = BollardEngine::connect(config.docker_host.as_deref(), timeout).await?;
+        Ok(Self::with_engine(Arc::new(engine), config))
+    }
+
+    pub fn with_engine(engine: Arc<dyn Engine>, config: DockerProvisionerConfig) -> Self {
+        DockerProvisioner { engine, config }
+    }
+
+    pub fn config(&self) -> &DockerProvisionerConfig {
+        &self.config
+    }
+
+    /// `stack` with the configured limits filled in (and its hashes updated accordingly).
+    fn effective(&self, stack: &Stack) -> Result<Stack, ProvisionError> {
+        self.config
+            .limits
+            .validate("docker")
+            .map_err(ProvisionError::Invalid)?;
+        Ok(with_limits(stack, &self.config.limits))
+    }
+
+    /// Makes sure a network named like the stack's exists; returns its id. A network of that
+    /// name created by someone else (another project sharing it) is used as it is. If a
+    /// concurrent creator raced us into a duplicate name, the lowest id wins and ours goes.
+    async fn ensure_network(
+        &self,
+        spec: &NetworkSpec,
+        events: &Events,
+    ) -> Result<String, EngineError> {
+        let mut found = self.engine.find_networks(&spec.name).await?;
+        let mut created = None;
+        if found.is_empty() {
+            let id = self.engine.create_network(spec).await?;
+            events.info(Stage::Provision, format!("created network {}", spec.name));
+            created = Some(id.clone());
+            found = self.engine.find_networks(&spec.name).await?;
+            if found.is_empty() {
+                found.push(NetworkInfo {
+                    id,
+                    name: spec.name.clone(),
+                    labels: spec.labels.clone(),
+                });
+            }
+        }
+        found.sort_by(|a, b| a.id.cmp(&b.id));
+        let winner = found[0].id.clone();
+        if let Some(ours) = created
+            && ours != winner
+        {
+            events.debug(
+                Stage::Provision,
+                format!(
+                    "network {} was created concurrently; using {winner}",
+                    spec.name
+                ),
+            );
+            self.engine.remove_network(&ours).await?;
+        }
+        Ok(winner)
+    }
+
+    /// Stops (with the configured timeout) and removes containers in the given order. Returns
+    /// the failures (it always tries every container).
+    async fn remove_all(
+        &self,
+        containers: &[(String, String)],
+        events: &Events,
+    ) -> Vec<EngineError> {
+        let mut errors = Vec::new();
+        for (id, name) in containers {
+            let r = async {
+                self.engine
+                    .stop_container(id, self.config.stop_timeout_secs())
+                    .await?;
+                self.engine.remove_container(id).await
+            }
+            .await;
+            match r {
+                Ok(()) => events.debug(Stage::Provision, format!("removed container {name}")),
+                Err(e) => {
+                    events.warn(
+                        Stage::Provision,
+                        format!("could not remove container {name}: {e}"),
+                    );
+                    errors.push(e);
+                }
+            }
+        }
+        errors
+    }
+
+    /// Removes what a failed step created (newest first: Envoy before the app it lives in).
+    async fn clean_up(&self, created: &[(String, String)], events: &Events) -> String {
+        let reversed: Vec<(String, String)> = created.iter().rev().cloned().collect();
+        let errors = self.remove_all(&reversed, events).await;
+        if errors.is_empty() {
+            String::new()
+        } else {
+            let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            format!("; cleaning up also failed: {}", list.join("; "))
+        }
+    }
+
+    /// Creates and starts a pair for `want`. `temporary`: under `-next-` names and without the
+    /// network alias. Every container created is pushed to `created` (id, name) before anything
+    /// else can fail.
+    async fn start_pair(
+        &self,
+        want: &ServiceStack,
+        temporary: bool,
+        created: &mut Vec<(String, String)>,
+        events: &Events,
+    ) -> Result<StartedPair, EngineError> {
+        let mut app = want.app.clone();
+        let mut envoy = want.envoy.clone();
+        if temporary {
+            app.name = next_name(&app.name, &want.spec_hash);
+            envoy.name = next_name(&envoy.name, &want.spec_hash);
+            if let NetworkMode::Network { aliases, .. } = &mut app.network {
+                aliases.clear();
+            }
+        }
+        let app_id = self.engine.create_container(&app).await?;
+        created.push((app_id.clone(), app.name.clone()));
+        self.engine.start_container(&app_id).await?;
+        let app_started = tokio::time::Instant::now();
+        events.debug(
+            Stage::Provision,
+            format!("started {} ({})", app.name, short_id(&app_id)),
+        );
+        if let NetworkMode::Container { .. } = envoy.network {
+            envoy.network = NetworkMode::Container {
+                name: app_id.clone(),
+            };
+        }
+        let envoy_id = self.engine.create_container(&envoy).await?;
+        created.push((envoy_id.clone(), envoy.name.clone()));
+        self.engine.start_container(&envoy_id).await?;
+        events.debug(
+            Stage::Provision,
+            format!("started {} ({})", envoy.name, short_id(&envoy_id)),
+        );
+        if let Some(filter) = &want.pod_filter {
+            self.confirm_pod_filter(&envoy_id, &envoy.name, filter, app_started, events)
+                .await?;
+        }
+        Ok(StartedPair { app_id, envoy_id })
+    }
+
+    /// Waits until the pod's packet filter is in place, asking `nft` inside the sidecar (which
+    /// holds NET_ADMIN; the app container could not even read the ruleset). Fails when the
+    /// sidecar stops first (it could not install the filter: `docker logs` says why) or when the
+    /// deadline passes.
+    async fn confirm_pod_filter(
+        &self,
+        envoy_id: &str,
+        envoy_name: &str,
+        filter: &PodFilter,
+        app_started: tokio::time::Instant,
+        events: &Events,
+    ) -> Result<(), EngineError> {
+        let started = tokio::time::Instant::now();
+        let deadline = self.config.pod_filter_deadline.max(Duration::from_secs(1));
+        let argv: Vec<String> = ["nft", "list", "table", "inet", filter.table.as_str()]
+            .map(String::from)
+            .to_vec();
+        let op = format!("checking the pod packet filter in {envoy_name}");
+        let mut last: String;
+        loop {
+            match self.engine.exec(envoy_id, argv.clone()).await {
+                Ok(out) if out.exit_code == Some(0) => {
+                    let port = format!("tcp dport {} accept", filter.inbound_port);
+                    if !out.output.contains(&port) {
+                        return Err(EngineError::new(
+                            op,
+                            None,
+                            format!(
+                                "table inet {} does not admit {port}: {}",
+                                filter.table,
+                                out.output.trim()
+                            ),
+                        ));
+                    }
+                    // The second figure is the window in which the app ran unfiltered.
+                    events.debug(
+                        Stage::Provision,
+                        format!(
+                            "pod filter inet {} in place ({} ms after the sidecar started, {} ms after the app started)",
+                            filter.table,
+                            started.elapsed().as_millis(),
+                            app_started.elapsed().as_millis()
+                        ),
+                    );
+                    return Ok(());
+                }
+                Ok(out) => last = format!("exit {:?}: {}", out.exit_code, out.output.trim()),
+                Err(e) if e.status == Some(409) || e.is_not_found() => {
+                    return Err(EngineError::new(
+                        op,
+                        e.status,
+                        format!(
+                            "the sidecar stopped before installing the pod's packet filter \
+                             (`docker logs {envoy_name}` says why): {}",
+                            e.message
+                        ),
+                    ));
+                }
+                Err(e) => last = e.to_string(),
+            }
+            if started.elapsed() >= deadline {
+                return Err(EngineError::new(
+                    op,
+                    None,
+                    format!(
+                        "table inet {} not in place after {}s (last answer: {last})",
+                        filter.table,
+                        deadline.as_secs()
+                    ),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn endpoint(
+        &self,
+        app_id: &str,
+        want: &ServiceStack,
+    ) -> Result<Option<SocketAddr>, EngineError> {
+        match want.app.ports.first() {
+            Some(p) => self.engine.published_port(app_id, p.container_port).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn apply_service(
+        &self,
+        plan: &ServicePlan,
+        gate: Arc<dyn HealthProber>,
+        events: &Events,
+    ) -> AppliedService {
+        let events = events.for_service(&plan.service);
+        let mut out = AppliedService {
+            service: plan.service.clone(),
+            action: plan.action,
+            endpoint: None,
+            health: None,
+            error: None,
+        };
+        let Some(want) = &plan.desired else {
+            out.error = Some("internal: a service without a desired pair reached apply".into());
+            return out;
+        };
+        if !plan.strays.is_empty() {
+            let strays: Vec<(String, String)> = plan
+                .strays
+                .iter()
+                .map(|c| (c.id.clone(), c.name.clone()))
+                .collect();
+            events.info(
+                Stage::Provision,
+                format!("removing {} leftover container(s)", strays.len()),
+            );
+            let errors = self.remove_all(&strays, &events).await;
+            if let Some(e) = errors.first() {
+                out.error = Some(format!("removing leftover containers: {e}"));
+                return out;
+            }
+        }
+        match plan.action {
+            Action::Unchanged => {
+                events.info(Stage::Provision, format!("unchanged ({})", plan.reason));
+                let app = plan
+                    .current
+                    .app
+                    .as_ref()
+                    .map(|c| c.id.as_str())
+                    .unwrap_or_default();
+                match self.endpoint(app, want).await {
+                    Ok(ep) => out.endpoint = ep,
+                    Err(e) => out.error = Some(e.to_string()),
+                }
+            }
+            Action::Create => {
+                events.info(Stage::Provision, format!("creating ({})", plan.reason));
+                let mut created = Vec::new();
+                let r = async {
+                    let pair = self.start_pair(want, false, &mut created, &events).await?;
+                    self.endpoint(&pair.app_id, want).await
+                }
+                .await;
+                match r {
+                    Ok(ep) => {
+                        out.endpoint = ep;
+                        events.info(
+                            Stage::Provision,
+                            format!("created, mTLS endpoint {}", show(ep)),
+                        );
+                    }
+                    Err(e) => {
+                        let cleanup = self.clean_up(&created, &events).await;
+                        out.error = Some(format!("{e}; removed what was created{cleanup}"));
+                    }
+                }
+            }
+            Action::Replace => self.replace(plan, want, gate, &events, &mut out).await,
+            Action::Remove | Action::RolledBack => {
+                out.error = Some(format!(
+                    "internal: unexpected action {} for a desired service",
+                    plan.action.as_str()
+                ));
+            }
+        }
+        if let Some(e) = &out.error {
+            events.error(Stage::Provision, e.clone());
+        }
+        out
+    }
+
+    async fn remove_service(&self, plan: &ServicePlan, events: &Events) -> AppliedService {
+        let events = events.for_service(&plan.service);
+        events.info(Stage::Provision, format!("removing ({})", plan.reason));
+        // Envoy-role containers first: they live in their app's network namespace.
+        let mut all: Vec<&Observed> = plan
+            .strays
+            .iter()
+            .chain(plan.current.containers())
+            .collect();
+        all.sort_by_key(|c| c.role.as_deref() != Some("envoy"));
+        let ordered: Vec<(String, String)> =
+            all.iter().map(|c| (c.id.clone(), c.name.clone())).collect();
+        let errors = self.remove_all(&ordered, &events).await;
+        AppliedService {
+            service: plan.service.clone(),
+            action: Action::Remove,
+            endpoint: None,
+            health: None,
+            error: errors.first().map(|e| format!("removing: {e}")),
+        }
+    }
+
+    async fn observe(&self, project: &ProjectName) -> Result<Vec<Observed>, ProvisionError> {
+        Ok(self.engine.list_containers(project).await?)
+    }
+}
+
+fn short_id(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+fn show(ep: Option<SocketAddr>) -> String {
+    ep.map_or_else(|| "(none published)".to_string(), |e| e.to_string())
+}
+
+#[async_trait]
+impl Provisioner for DockerProvisioner {
+    fn name(&self) -> &'static str {
+        "docker"
+    }
+
+    async fn diff(&self, stack: &Stack) -> Result<Vec<Change>, ProvisionError> {
+        let stack = &self.effective(stack)?;
+        let observed = self.observe(&stack.project).await?;
+        Ok(reconcile(stack, &observed)
+            .iter()
+            .map(ServicePlan::change)
+            .collect())
+    }
+
+    async fn apply(
+        &self,
+        stack: &Stack,
+        gate: Arc<dyn HealthProber>,
+        events: &Events,
+    ) -> Result<Applied, ProvisionError> {
+        let stack = &self.effective(stack)?;
+        let network = self.ensure_network(&stack.network, events).await?;
+        events.debug(
+            Stage::Provision,
+            format!("network {} ({})", stack.network.name, short_id(&network)),
+        );
+        let observed = self.observe(&stack.project).await?;
+        let plans = reconcile(stack, &observed);
+        let n = self.config.parallelism.max(1);
+        // Boxed so the stream's item type does not borrow from the closure (async_trait's
+        // `Send` check cannot prove that for a `map` closure over borrowed plans).
+        let desired: Vec<BoxFuture<'_, AppliedService>> = plans
+            .iter()
+            .filter(|p| p.desired.is_some())
+            .map(|p| self.apply_service(p, gate.clone(), events).boxed())
+            .collect();
+        let mut services: Vec<AppliedService> =
+            futures::stream::iter(desired).buffered(n).collect().await;
+        for p in plans.iter().filter(|p| p.kept) {
+            events
+                .for_service(&p.service)
+                .info(Stage::Provision, format!("left as it is ({})", p.reason));
+            services.push(AppliedService {
+                service: p.service.clone(),
+                action: Action::Unchanged,
+                endpoint: p
+                    .current
+                    .app
+                    .as_ref()
+                    .and_then(|a| a.published_addr(MeshPorts::default().inbound)),
+                health: None,
+                error: None,
+            });
+        }
+        let removals: Vec<BoxFuture<'_, AppliedService>> = plans
+            .iter()
+            .filter(|p| p.desired.is_none() && !p.kept)
+            .map(|p| self.remove_service(p, events).boxed())
+            .collect();
+        let removed: Vec<AppliedService> =
+            futures::stream::iter(removals).buffered(n).collect().await;
+        let mut applied = Applied::default();
+        for r in removed {
+            if r.error.is_none() {
+                applied.removed.push(r.service.clone());
+            }
+            services.push(r);
+        }
+        applied.services = services;
+        Ok(applied)
+    }
+
+    async fn destroy(
+        &self,
+        project: &ProjectName,
+        events: &Events,
+    ) -> Result<Vec<String>, ProvisionError> {
+        let mut containers = self.engine.list_containers(project).await?;
+        containers.sort_by_key(|c| (c.role.as_deref() != Some("envoy"), c.name.clone()));
+        let mut removed = Vec::new();
+        let mut errors = Vec::new();
+        for c in &containers {
+            let r = async {
+                self.engine
+                    .stop_container(&c.id, self.config.stop_timeout_secs())
+                    .await?;
+                self.engine.remove_container(&c.id).await
+            }
+            .await;
+            match r {
+                Ok(()) => {
+                    events.info(Stage::Destroy, format!("removed container {}", c.name));
+                    removed.push(format!("container {}", c.name));
+                }
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        for n in self.engine.list_networks(project).await? {
+            match self.engine.remove_network(&n.id).await {
+                Ok(()) => {
+                    events.info(Stage::Destroy, format!("removed network {}", n.name));
+                    removed.push(format!("network {}", n.name));
+                }
+                // In use by containers of other projects sharing the network.
+                Err(e)
+                    if matches!(e.status, Some(403) | Some(409))
+                        || e.message.contains("active endpoints") =>
+                {
+                    events.warn(
+                        Stage::Destroy,
+                        format!(
+                            "network {} is still in use, left in place: {}",
+                            n.name, e.message
+                        ),
+                    );
+                }
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        if errors.is_empty() {
+            Ok(removed)
+        } else {
+            Err(ProvisionError::Engine(format!(
+                "destroying project {project} removed {} object(s) but failed on: {}",
+                removed.len(),
+                errors.join("; ")
+            )))
+        }
+    }
+
+    async fn running(&self, project: &ProjectName) -> Result<Vec<RunningService>, ProvisionError> {
+        let inbound = MeshPorts::default().inbound;
+        let mut out: Vec<RunningService> = self
+            .observe(project)
+            .await?
+            .into_iter()
+            .filter(|c| c.role.as_deref() == Some("app"))
+            .filter_map(|c| {
+                let service = ServiceName::new(c.service.as_deref()?).ok()?;
+                (c.name == app_container_name(project, &service)).then(|| RunningService {
+                    endpoint: c.published_addr(inbound),
+                    spec_hash: c.spec_hash.clone().unwrap_or_default(),
+                    image: c.image.clone(),
+                    state: c.state.clone(),
+                    service,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.service.cmp(&b.service));
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1135 @@
+//! Unit tests of the Docker provisioner against a mockall [`MockEngine`](super::MockEngine):
+//! creation, unchanged services, health-gated replacement and rollback, pod filters, destroy and
+//! the config format.
+
+use crate::provision::ContainerLimits;
+use crate::provision::reconcile::Observed;
+use bollard::models::{MountType, PortBinding};
+use iac_core::stack::{LABEL_MANAGED, LABEL_PROJECT, LABEL_ROLE, LABEL_SERVICE, LABEL_SPEC_HASH};
+use iac_core::{
+    Action, Applied, AppliedService, ContainerSpec, Events, HealthProber, NetworkMode, NetworkSpec,
+    PodFilter, ProjectName, Provisioner, RunningService, ServiceName, ServiceStack, Stack,
+};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::engine::{dialable, label_filter, pick};
+use super::*;
+use iac_core::{HealthReport, HealthState, MockHealthProber, Mount, PortPublish};
+use mockall::Sequence;
+
+const NET: &str = "iacnet-t";
+
+fn project() -> ProjectName {
+    ProjectName::new("demo").unwrap()
+}
+
+fn svc(n: &str) -> ServiceName {
+    ServiceName::new(n).unwrap()
+}
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn labels(n: &str, role: &str, hash: &str) -> BTreeMap<String, String> {
+    [
+        (LABEL_PROJECT.to_string(), "demo".to_string()),
+        (LABEL_SERVICE.to_string(), n.to_string()),
+        (LABEL_ROLE.to_string(), role.to_string()),
+        (LABEL_SPEC_HASH.to_string(), hash.to_string()),
+    ]
+    .into()
+}
+
+fn desired(n: &str, hash: &str) -> ServiceStack {
+    ServiceStack {
+        service: svc(n),
+        app: ContainerSpec {
+            name: format!("demo-{n}"),
+            image: format!("iac/demo-{n}:{hash}"),
+            cmd: vec![],
+            env: [("PORT".to_string(), "8080".to_string())].into(),
+            labels: labels(n, "app", hash),
+            network: NetworkMode::Network {
+                name: NET.into(),
+                aliases: vec![n.to_string()],
+            },
+            mounts: vec![],
+            ports: vec![PortPublish {
+                container_port: 15000,
+                host_ip: "127.0.0.1".into(),
+                host_port: None,
+            }],
+            stop_timeout_secs: 10,
+            privileges: Default::default(),
+            limits: Default::default(),
+        },
+        envoy: ContainerSpec {
+            name: format!("demo-{n}-envoy"),
+            image: "iac/envoy:1.40.0".into(),
+            cmd: vec!["envoy".into(), "-c".into(), "/etc/envoy/envoy.yaml".into()],
+            env: BTreeMap::new(),
+            labels: labels(n, "envoy", hash),
+            network: NetworkMode::Container {
+                name: format!("demo-{n}"),
+            },
+            mounts: vec![Mount {
+                source: "/state/envoy.yaml".into(),
+                target: "/etc/envoy/envoy.yaml".into(),
+                read_only: true,
+            }],
+            ports: vec![],
+            stop_timeout_secs: 5,
+            privileges: Default::default(),
+            limits: Default::default(),
+        },
+        spec_hash: hash.into(),
+        replicas: 1,
+        pod_filter: None,
+    }
+}
+
+fn stack(services: Vec<ServiceStack>, keep: &[&str]) -> Stack {
+    Stack {
+        project: project(),
+        network: NetworkSpec {
+            name: NET.into(),
+            labels: [(LABEL_PROJECT.to_string(), "demo".to_string())].into(),
+        },
+        services,
+        keep: keep.iter().map(|k| svc(k)).collect(),
+    }
+}
+
+fn observed(name: &str, n: &str, role: &str, hash: &str, port: Option<u16>) -> Observed {
+    Observed {
+        id: format!("id-{name}"),
+        name: name.into(),
+        service: Some(n.into()),
+        role: Some(role.into()),
+        spec_hash: Some(hash.into()),
+        image: "img".into(),
+        state: "running".into(),
+        published: port.map(|p| vec![(15000, addr(p))]).unwrap_or_default(),
+    }
+}
+
+fn running_pair(n: &str, hash: &str, port: u16) -> Vec<Observed> {
+    vec![
+        observed(&format!("demo-{n}"), n, "app", hash, Some(port)),
+        observed(&format!("demo-{n}-envoy"), n, "envoy", hash, None),
+    ]
+}
+
+fn net_info(id: &str) -> NetworkInfo {
+    NetworkInfo {
+        id: id.into(),
+        name: NET.into(),
+        labels: BTreeMap::new(),
+    }
+}
+
+fn config() -> DockerProvisionerConfig {
+    DockerProvisionerConfig {
+        stop_timeout: Duration::from_secs(3),
+        parallelism: 1,
+        health_deadline: Duration::from_secs(7),
+        // The decisions under test, not the limits (which would rehash every spec).
+        limits: ContainerLimits::unlimited(),
+        ..Default::default()
+    }
+}
+
+fn network_exists(e: &mut MockEngine) {
+    e.expect_find_networks()
+        .withf(|n| n == NET)
+        .returning(|_| Ok(vec![net_info("net1")]));
+}
+
+fn lists(e: &mut MockEngine, containers: Vec<Observed>) {
+    e.expect_list_containers()
+        .withf(|p| p.as_str() == "demo")
+        .returning(move |_| Ok(containers.clone()));
+}
+
+fn stop_remove(e: &mut MockEngine, seq: &mut Sequence, id: &str) {
+    let a = id.to_string();
+    let b = id.to_string();
+    e.expect_stop_container()
+        .withf(move |i, t| i == a && *t == 3)
+        .times(1)
+        .in_sequence(seq)
+        .returning(|_, _| Ok(()));
+    e.expect_remove_container()
+        .withf(move |i| i == b)
+        .times(1)
+        .in_sequence(seq)
+        .returning(|_| Ok(()));
+}
+
+fn report(n: &str, state: HealthState) -> HealthReport {
+    HealthReport {
+        service: svc(n),
+        state,
+        exit_code: None,
+        detail: format!("{} said so", state.as_str()),
+        attempts: 2,
+    }
+}
+
+fn gate_never() -> Arc<dyn HealthProber> {
+    let mut g = MockHealthProber::new();
+    g.expect_check().never();
+    Arc::new(g)
+}
+
+fn gate_says(n: &'static str, at: SocketAddr, state: HealthState) -> Arc<dyn HealthProber> {
+    let mut g = MockHealthProber::new();
+    g.expect_check()
+        .withf(move |t| {
+            t.addr == at && t.service.as_str() == n && t.deadline == Duration::from_secs(7)
+        })
+        .times(1)
+        .returning(move |_| report(n, state));
+    Arc::new(g)
+}
+
+fn provisioner(e: MockEngine) -> DockerProvisioner {
+    DockerProvisioner::with_engine(Arc::new(e), config())
+}
+
+/// Expects create+start of the canonical pair for `n`, returning ids `new-<n>` / `new-<n>-envoy`.
+fn creates_pair(
+    e: &mut MockEngine,
+    seq: &mut Sequence,
+    n: &'static str,
+    temp_hash: Option<&'static str>,
+) {
+    let suffix = temp_hash.map(|h| format!("-next-{h}")).unwrap_or_default();
+    let app_name = format!("demo-{n}{suffix}");
+    let envoy_name = format!("demo-{n}-envoy{suffix}");
+    let temp = temp_hash.is_some();
+    e.expect_create_container()
+        .withf(move |s| {
+            s.name == app_name
+                && match &s.network {
+                    NetworkMode::Network { name, aliases } => {
+                        name == NET
+                            && if temp {
+                                aliases.is_empty()
+                            } else {
+                                aliases == &[n.to_string()]
+                            }
+                    }
+                    _ => false,
+                }
+        })
+        .times(1)
+        .in_sequence(seq)
+        .returning(move |_| Ok(format!("new-{n}")));
+    e.expect_start_container()
+        .withf(move |i| i == format!("new-{n}"))
+        .times(1)
+        .in_sequence(seq)
+        .returning(|_| Ok(()));
+    e.expect_create_container()
+        .withf(move |s| {
+            s.name == envoy_name
+                && s.network
+                    == NetworkMode::Container {
+                        name: format!("new-{n}"),
+                    }
+        })
+        .times(1)
+        .in_sequence(seq)
+        .returning(move |_| Ok(format!("new-{n}-envoy")));
+    e.expect_start_container()
+        .withf(move |i| i == format!("new-{n}-envoy"))
+        .times(1)
+        .in_sequence(seq)
+        .returning(|_| Ok(()));
+}
+
+fn port_of(e: &mut MockEngine, seq: &mut Sequence, id: &'static str, port: u16) {
+    e.expect_published_port()
+        .withf(move |i, p| i == id && *p == 15000)
+        .times(1)
+        .in_sequence(seq)
+        .returning(move |_, _| Ok(Some(addr(port))));
+}
+
+#[tokio::test]
+async fn create_starts_app_then_envoy_and_creates_the_missing_network() {
+    let mut e = MockEngine::new();
+    let mut seq = Sequence::new();
+    e.expect_find_networks()
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_| Ok(vec![]));
+    e.expect_create_network()
+        .withf(|n| n.name == NET && n.labels.get(LABEL_PROJECT).map(String::as_str) == Some("demo"))
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_| Ok("net1".into()));
+    e.expect_find_networks()
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_| Ok(vec![net_info("net1")]));
+    e.expect_list_containers()
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_| Ok(vec![]));
+    creates_pair(&mut e, &mut seq, "web", None);
+    port_of(&mut e, &mut seq, "new-web", 32001);
+    let (events, mut rx) = Events::channel();
+    let applied = provisioner(e)
+        .apply(
+            &stack(vec![desired("web", "h1")], &[]),
+            gate_never(),
+            &events,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        applied.services,
+        vec![AppliedService {
+            service: svc("web"),
+            action: Action::Create,
+            endpoint: Some(addr(32001)),
+            health: None,
+            error: None
+        }]
+    );
+    assert!(applied.removed.is_empty());
+    drop(events);
+    let mut msgs = Vec::new();
+    while let Some(ev) = rx.recv().await {
+        msgs.push(ev.message);
+    }
+    assert!(
+        msgs.iter().any(|m| m.contains("created network iacnet-t")),
+        "{msgs:?}"
+    );
+    assert!(
+        msgs.iter().any(|m| m.contains("127.0.0.1:32001")),
+        "{msgs:?}"
+    );
+}
+
+#[tokio::test]
+async fn unchanged_service_is_not_touched_and_reports_its_endpoint() {
+    let mut e = MockEngine::new();
+    network_exists(&mut e);
+    lists(&mut e, running_pair("web", "h1", 32002));
+    let mut seq = Sequence::new();
+    port_of(&mut e, &mut seq, "id-demo-web", 32002);
+    // No create/start/stop/remove expectations: any such call panics.
+    let applied = provisioner(e)
+        .apply(
+            &stack(vec![desired("web", "h1")], &[]),
+            gate_never(),
+            &Events::discard(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(applied.services[0].action, Action::Unchanged);
+    assert_eq!(applied.services[0].endpoint, Some(addr(32002)));
+    assert_eq!(applied.services[0].error, None);
+}
+
+#[tokio::test]
+async fn healthy_replacement_swaps_alias_then_removes_old_then_renames() {
+    let mut e = MockEngine::new();
+    network_exists(&mut e);
+    lists(&mut e, running_pair("web", "h1", 32003));
+    let mut seq = Sequence::new();
+    port_of(&mut e, &mut seq, "id-demo-web", 32003);
+    creates_pair(&mut e, &mut seq, "web", Some("h2"));
+    port_of(&mut e, &mut seq, "new-web", 32010);
+    e.expect_disconnect_network()
+        .withf(|n, c| n == NET && c == "new-web")
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_, _| Ok(()));
+    e.expect_connect_network()
+        .withf(|n, c, a| n == NET && c == "new-web" && a == &["web".to_string()])
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_, _, _| Ok(()));
+    stop_remove(&mut e, &mut seq, "id-demo-web-envoy");
+    stop_remove(&mut e, &mut seq, "id-demo-web");
+    e.expect_rename_container()
+        .withf(|i, n| i == "new-web" && n == "demo-web")
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_, _| Ok(()));
+    e.expect_rename_container()
+        .withf(|i, n| i == "new-web-envoy" && n == "demo-web-envoy")
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_, _| Ok(()));
+    port_of(&mut e, &mut seq, "new-web", 32011);
+    let gate = gate_says("web", addr(32010), HealthState::Serving);
+    let applied = provisioner(e)
+        .apply(
+            &stack(vec![desired("web", "h2")], &[]),
+            gate,
+            &Events::discard(),
+        )
+        .await
+        .unwrap();
+    let a = &applied.services[0];
+    assert_eq!(a.action, Action::Replace);
+    assert_eq!(
+        a.endpoint,
+        Some(addr(32011)),
+        "the endpoint is read back after the swap"
+    );
+    assert_eq!(
+        a.health.as_ref().map(|h| h.state),
+        Some(HealthState::Serving)
+    );
+    assert_eq!(a.error, None);
+}
+
+#[tokio::test]
+async fn unhealthy_replacement_rolls_back_and_keeps_the_old_pair() {
+    let mut e = MockEngine::new();
+    network_exists(&mut e);
+    lists(&mut e, running_pair("web", "h1", 32004));
+    let mut seq = Sequence::new();
+    port_of(&mut e, &mut seq, "id-demo-web", 32004);
+    creates_pair(&mut e, &mut seq, "web", Some("h2"));
+    port_of(&mut e, &mut seq, "new-web", 32020);
+    // Only the new pair goes, Envoy first; the old pair (id-demo-web*) is never stopped.
+    stop_remove(&mut e, &mut seq, "new-web-envoy");
+    stop_remove(&mut e, &mut seq, "new-web");
+    e.expect_disconnect_network().never();
+    e.expect_rename_container().never();
+    let gate = gate_says("web", addr(32020), HealthState::NotServing);
+    let applied = provisioner(e)
+        .apply(
+            &stack(vec![desired("web", "h2")], &[]),
+            gate,
+            &Events::discard(),
+        )
+        .await
+        .unwrap();
+    let a = &applied.services[0];
+    assert_eq!(a.action, Action::RolledBack);
+    assert_eq!(
+        a.endpoint,
+        Some(addr(32004)),
+        "still the old pair's endpoint"
+    );
+    assert_eq!(a.health, Some(report("web", HealthState::NotServing)));
+    assert_eq!(a.error, None);
+}
+
+#[tokio::test]
+async fn replacement_of_a_half_pair_removes_only_what_exists() {
+    let mut e = MockEngine::new();
+    network_exists(&mut e);
+    // Only the app runs (its Envoy vanished) → replace.
+    lists(
+        &mut e,
+        vec![observed("demo-web", "web", "app", "h1", Some(32005))],
+    );
+    let mut seq = Sequence::new();
+    port_of(&mut e, &mut seq, "id-demo-web", 32005);
+    creates_pair(&mut e, &mut seq, "web", Some("h1"));
+    port_of(&mut e, &mut seq, "new-web", 32030);
+    e.expect_disconnect_network()
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_, _| Ok(()));
+    e.expect_connect_network()
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_, _, _| Ok(()));
+    stop_remove(&mut e, &mut seq, "id-demo-web");
+    e.expect_rename_container()
+        .times(2)
+        .in_sequence(&mut seq)
+        .returning(|_, _| Ok(()));
+    port_of(&mut e, &mut seq, "new-web", 32031);
+    let gate = gate_says("web", addr(32030), HealthState::Serving);
+    let applied = provisioner(e)
+        .apply(
+            &stack(vec![desired("web", "h1")], &[]),
+            gate,
+            &Events::discard(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(applied.services[0].action, Action::Replace);
+    assert_eq!(applied.services[0].endpoint, Some(addr(32031)));
+}
+
+#[tokio::test]
+async fn failed_swap_removes_the_new_pair_and_keeps_the_old() {
+    let mut e = MockEngine::new();
+    network_exists(&mut e);
+    lists(&mut e, running_pair("web", "h1", 32006));
+    let mut seq = Sequence::new();
+    port_of(&mut e, &mut seq, "id-demo-web", 32006);
+    creates_pair(&mut e, &mut seq, "web", Some("h2"));
+    port_of(&mut e, &mut seq, "new-web", 32040);
+    e.expect_disconnect_network()
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_, _| Ok(()));
+    e.expect_connect_network()
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|n, c, _| {
+            Err(EngineError::new(
+                format!("connect container {c} to network {n}"),
+                Some(500),
+                "boom",
+            ))
+        });
+    stop_remove(&mut e, &mut seq, "new-web-envoy");
+    stop_remove(&mut e, &mut seq, "new-web");
+    let gate = gate_says("web", addr(32040), HealthState::Serving);
+    let applied = provisioner(e)
+        .apply(
+            &stack(vec![desired("web", "h2")], &[]),
+            gate,
+            &Events::discard(),
+        )
+        .await
+        .unwrap();
+    let a = &applied.services[0];
+    assert_eq!(a.action, Action::Replace);
+    let err = a.error.as_deref().unwrap();
+    assert!(
+        err.contains("connect container new-web to network iacnet-t: boom"),
+        "{err}"
+    );
+    assert!(err.contains("old pair is kept"), "{err}");
+    assert_eq!(a.endpoint, Some(addr(32006)));
+}
+
+#[tokio::test]
+async fn failed_create_removes_the_half_created_pair_and_peers_continue() {
+    let mut e = MockEngine::new();
+    network_exists(&mut e);
+    lists(&mut e, vec![]);
+    let mut seq = Sequence::new();
+    // api: app created and started, Envoy creation fails → the app is removed again.
+    e.expect_create_container()
+        .withf(|s| s.name == "demo-api")
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_| Ok("new-api".into()));
+    e.expect_start_container()
+        .withf(|i| i == "new-api")
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_| Ok(()));
+    e.expect_create_container()
+        .withf(|s| s.name == "demo-api-envoy")
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|s| {
+            Err(EngineError::new(
+                format!("create container {} (image {})", s.name, s.image),
+                Some(404),
+                "No such image: iac/envoy:1.40.0",
+            ))
+        });
+    stop_remove(&mut e, &mut seq, "new-api");
+    // web: created normally.
+    creates_pair(&mut e, &mut seq, "web", None);
+    port_of(&mut e, &mut seq, "new-web", 32050);
+    let s = stack(vec![desired("api", "h1"), desired("web", "h1")], &[]);
+    let applied = provisioner(e)
+        .apply(&s, gate_never(), &Events::discard())
+        .await
+        .unwrap();
+    let api = &applied.services[0];
+    assert_eq!(api.service.as_str(), "api");
+    let err = api.error.as_deref().unwrap();
+    assert!(
+        err.contains("demo-api-envoy") && err.contains("No such image"),
+        "{err}"
+    );
+    assert!(err.contains("removed what was created"), "{err}");
+    assert_eq!(applied.services[1].endpoint, Some(addr(32050)));
+    assert_eq!(applied.services[1].error, None);
+}
+
+#[tokio::test]
+async fn services_not_in_the_stack_are_removed_envoy_first_unless_kept() {
+    let mut e = MockEngine::new();
+    network_exists(&mut e);
+    let mut all = running_pair("web", "h1", 32060);
+    all.extend(running_pair("old", "h0", 32061));
+    all.extend(running_pair("kept", "h0", 32062));
+    lists(&mut e, all);
+    let mut seq = Sequence::new();
+    port_of(&mut e, &mut seq, "id-demo-web", 32060);
+    stop_remove(&mut e, &mut seq, "id-demo-old-envoy");
+    stop_remove(&mut e, &mut seq, "id-demo-old");
+    let applied = provisioner(e)
+        .apply(
+            &stack(vec![desired("web", "h1")], &["kept"]),
+            gate_never(),
+            &Events::discard(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(applied.removed, vec![svc("old")]);
+    let by: BTreeMap<&str, (Action, Option<SocketAddr>)> = applied
+        .services
+        .iter()
+        .map(|a| (a.service.as_str(), (a.action, a.endpoint)))
+        .collect();
+    assert_eq!(by["web"], (Action::Unchanged, Some(addr(32060))));
+    assert_eq!(by["kept"], (Action::Unchanged, Some(addr(32062))));
+    assert_eq!(by["old"], (Action::Remove, None));
+}
+
+#[tokio::test]
+async fn leftover_next_containers_are_removed_before_acting() {
+    let mut e = MockEngine::new();
+    network_exists(&mut e);
+    let mut all = running_pair("web", "h1", 32070);
+    all.push(observed("demo-web-next-h9", "web", "app", "h9", None));
+    all.push(observed(
+        "demo-web-envoy-next-h9",
+        "web",
+        "envoy",
+        "h9",
+        None,
+    ));
+    lists(&mut e, all);
+    let mut seq = Sequence::new();
+    stop_remove(&mut e, &mut seq, "id-demo-web-envoy-next-h9");
+    stop_remove(&mut e, &mut seq, "id-demo-web-next-h9");
+    port_of(&mut e, &mut seq, "id-demo-web", 32070);
+    let applied = provisioner(e)
+        .apply(
+            &stack(vec![desired("web", "h1")], &[]),
+            gate_never(),
+            &Events::discard(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(applied.services[0].action, Action::Unchanged);
+    assert_eq!(applied.services[0].error, None);
+}
+
+#[tokio::test]
+async fn an_unreachable_engine_fails_the_whole_apply() {
+    let mut e = MockEngine::new();
+    e.expect_find_networks().returning(|n| {
+        Err(EngineError::new(
+            format!("look up network {n}"),
+            None,
+            "connection refused",
+        ))
+    });
+    let err = provisioner(e)
+        .apply(
+            &stack(vec![desired("web", "h1")], &[]),
+            gate_never(),
+            &Events::discard(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "docker engine: look up network iacnet-t: connection refused"
+    );
+}
+
+#[tokio::test]
+async fn a_concurrently_created_duplicate_network_is_dropped() {
+    let mut e = MockEngine::new();
+    let mut seq = Sequence::new();
+    e.expect_find_networks()
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_| Ok(vec![]));
+    e.expect_create_network()
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_| Ok("net2".into()));
+    e.expect_find_networks()
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_| Ok(vec![net_info("net2"), net_info("net1")]));
+    e.expect_remove_network()
+        .withf(|i| i == "net2")
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_| Ok(()));
+    e.expect_list_containers()
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_| Ok(vec![]));
+    let applied = provisioner(e)
+        .apply(&stack(vec![], &[]), gate_never(), &Events::discard())
+        .await
+        .unwrap();
+    assert_eq!(applied, Applied::default());
+}
+
+#[tokio::test]
+async fn diff_decides_without_acting() {
+    let mut e = MockEngine::new();
+    let mut all = running_pair("web", "h1", 1);
+    all.extend(running_pair("old", "h0", 2));
+    lists(&mut e, all);
+    let changes = provisioner(e)
+        .diff(&stack(
+            vec![desired("web", "h2"), desired("api", "h1")],
+            &[],
+        ))
+        .await
+        .unwrap();
+    let got: Vec<(&str, Action)> = changes
+        .iter()
+        .map(|c| (c.service.as_str(), c.action))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("web", Action::Replace),
+            ("api", Action::Create),
+            ("old", Action::Remove)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn destroy_removes_envoys_first_then_networks_and_is_idempotent() {
+    let mut e = MockEngine::new();
+    let mut seq = Sequence::new();
+    let mut all = running_pair("web", "h1", 1);
+    all.push(observed("demo-api", "api", "app", "h1", None));
+    e.expect_list_containers()
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(move |_| Ok(all.clone()));
+    stop_remove(&mut e, &mut seq, "id-demo-web-envoy");
+    stop_remove(&mut e, &mut seq, "id-demo-api");
+    stop_remove(&mut e, &mut seq, "id-demo-web");
+    e.expect_list_networks()
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_| {
+            Ok(vec![
+                net_info("net1"),
+                NetworkInfo {
+                    id: "shared".into(),
+                    name: "iacnet".into(),
+                    labels: BTreeMap::new(),
+                },
+            ])
+        });
+    e.expect_remove_network()
+        .withf(|i| i == "net1")
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_| Ok(()));
+    e.expect_remove_network()
+        .withf(|i| i == "shared")
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|i| {
+            Err(EngineError::new(
+                format!("remove network {i}"),
+                Some(403),
+                "network iacnet has active endpoints",
+            ))
+        });
+    e.expect_list_containers()
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_| Ok(vec![]));
+    e.expect_list_networks()
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_| Ok(vec![]));
+    let p = provisioner(e);
+    let removed = p.destroy(&project(), &Events::discard()).await.unwrap();
+    assert_eq!(
+        removed,
+        [
+            "container demo-web-envoy",
+            "container demo-api",
+            "container demo-web",
+            "network iacnet-t"
+        ]
+    );
+    assert!(
+        p.destroy(&project(), &Events::discard())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn destroy_reports_what_it_could_not_remove() {
+    let mut e = MockEngine::new();
+    lists(&mut e, vec![observed("demo-web", "web", "app", "h1", None)]);
+    e.expect_stop_container().returning(|_, _| Ok(()));
+    e.expect_remove_container().returning(|i| {
+        Err(EngineError::new(
+            format!("remove container {i}"),
+            Some(500),
+            "device busy",
+        ))
+    });
+    e.expect_list_networks().returning(|_| Ok(vec![]));
+    let err = provisioner(e)
+        .destroy(&project(), &Events::discard())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("remove container id-demo-web: device busy"),
+        "{err}"
+    );
+    assert!(err.contains("project demo"), "{err}");
+}
+
+#[tokio::test]
+async fn running_lists_canonical_app_containers() {
+    let mut e = MockEngine::new();
+    let mut all = running_pair("web", "h1", 32080);
+    all.push(observed(
+        "demo-web-next-h2",
+        "web",
+        "app",
+        "h2",
+        Some(32081),
+    ));
+    let mut exited = observed("demo-api", "api", "app", "h3", None);
+    exited.state = "exited".into();
+    all.push(exited);
+    lists(&mut e, all);
+    let running = provisioner(e).running(&project()).await.unwrap();
+    assert_eq!(
+        running,
+        vec![
+            RunningService {
+                service: svc("api"),
+                endpoint: None,
+                spec_hash: "h3".into(),
+                image: "img".into(),
+                state: "exited".into()
+            },
+            RunningService {
+                service: svc("web"),
+                endpoint: Some(addr(32080)),
+                spec_hash: "h1".into(),
+                image: "img".into(),
+                state: "running".into()
+            },
+        ]
+    );
+}
+
+#[test]
+fn create_body_maps_the_spec() {
+    let d = desired("web", "h1");
+    let app = create_body(&d.app);
+    assert_eq!(app.image.as_deref(), Some("iac/demo-web:h1"));
+    assert_eq!(app.cmd, None, "empty cmd keeps the image's CMD");
+    assert_eq!(app.env, Some(vec!["PORT=8080".to_string()]));
+    assert_eq!(app.labels.as_ref().unwrap()[LABEL_SPEC_HASH], "h1");
+    assert_eq!(app.stop_timeout, Some(10));
+    assert_eq!(app.exposed_ports, Some(vec!["15000/tcp".to_string()]));
+    let hc = app.host_config.unwrap();
+    assert_eq!(hc.network_mode.as_deref(), Some(NET));
+    let bindings = hc.port_bindings.unwrap();
+    assert_eq!(
+        bindings["15000/tcp"],
+        Some(vec![PortBinding {
+            host_ip: Some("127.0.0.1".into()),
+            host_port: Some(String::new())
+        }])
+    );
+    let eps = app.networking_config.unwrap().endpoints_config.unwrap();
+    assert_eq!(eps[NET].aliases, Some(vec!["web".to_string()]));
+
+    let envoy = create_body(&d.envoy);
+    let hc = envoy.host_config.unwrap();
+    assert_eq!(hc.network_mode.as_deref(), Some("container:demo-web"));
+    assert!(
+        envoy.networking_config.is_none()
+            && hc.port_bindings.is_none()
+            && envoy.exposed_ports.is_none()
+    );
+    let m = &hc.mounts.unwrap()[0];
+    assert_eq!(
+        (m.source.as_deref(), m.target.as_deref(), m.typ, m.read_only),
+        (
+            Some("/state/envoy.yaml"),
+            Some("/etc/envoy/envoy.yaml"),
+            Some(MountType::BIND),
+            Some(true)
+        )
+    );
+    assert_eq!(envoy.cmd.unwrap()[0], "envoy");
+
+    let mut fixed = d.app.clone();
+    fixed.ports[0].host_port = Some(18000);
+    fixed.network = NetworkMode::Network {
+        name: NET.into(),
+        aliases: vec![],
+    };
+    let body = create_body(&fixed);
+    assert_eq!(
+        body.host_config.unwrap().port_bindings.unwrap()["15000/tcp"]
+            .as_ref()
+            .unwrap()[0]
+            .host_port
+            .as_deref(),
+        Some("18000")
+    );
+    assert_eq!(
+        body.networking_config.unwrap().endpoints_config.unwrap()[NET].aliases,
+        None
+    );
+}
+
+#[test]
+fn create_body_hardens_and_marks_the_container_as_iacs() {
+    let mut d = desired("web", "h1");
+    let body = create_body(&d.app);
+    let hc = body.host_config.as_ref().unwrap();
+    assert_eq!(
+        body.labels.as_ref().unwrap()[LABEL_MANAGED],
+        "iac",
+        "set at create time even when the spec lacks it"
+    );
+    assert!(!d.app.labels.contains_key(LABEL_MANAGED));
+    assert_eq!(
+        (
+            &hc.cap_drop,
+            &hc.cap_add,
+            &hc.security_opt,
+            hc.pids_limit,
+            hc.memory
+        ),
+        (&None, &None, &None, None, None),
+        "a spec without privileges/limits leaves the engine's defaults"
+    );
+    d.app.privileges = iac_core::plan::app_privileges();
+    d.app.limits = iac_core::Limits {
+        pids: Some(64),
+        memory_bytes: Some(128 << 20),
+    };
+    let hc = create_body(&d.app).host_config.unwrap();
+    assert_eq!(hc.cap_drop, Some(vec!["ALL".to_string()]));
+    assert_eq!(
+        hc.cap_add,
+        Some(vec!["KILL".into(), "SETGID".into(), "SETUID".into()])
+    );
+    assert_eq!(
+        hc.security_opt,
+        Some(vec!["no-new-privileges:true".to_string()])
+    );
+    assert_eq!(hc.pids_limit, Some(64));
+    assert_eq!(hc.memory, Some(128 << 20));
+    assert_eq!(hc.memory_swap, Some(128 << 20), "no swap beyond the limit");
+}
+
+#[test]
+fn only_iac_objects_of_the_project_are_selected() {
+    let f = label_filter(&project());
+    assert_eq!(
+        f["label"],
+        vec!["iac.managed-by=iac".to_string(), "iac.project=demo".into()]
+    );
+}
+
+fn filtered(mut d: ServiceStack) -> ServiceStack {
+    d.pod_filter = Some(PodFilter {
+        table: "iac_pod".into(),
+        inbound_port: 15000,
+    });
+    d
+}
+
+#[tokio::test]
+async fn a_pair_counts_as_started_only_once_its_pod_filter_is_in() {
+    let mut e = MockEngine::new();
+    network_exists(&mut e);
+    lists(&mut e, vec![]);
+    let mut seq = Sequence::new();
+    creates_pair(&mut e, &mut seq, "web", None);
+    let argv = |a: &Vec<String>| a.join(" ") == "nft list table inet iac_pod";
+    // Not yet (the script is still loading it), then there.
+    e.expect_exec()
+        .withf(move |id, a| id == "new-web-envoy" && argv(a))
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_, _| {
+            Ok(ExecOutput {
+                exit_code: Some(1),
+                output: "Error: No such file or directory".into(),
+            })
+        });
+    e.expect_exec()
+        .withf(move |id, a| id == "new-web-envoy" && argv(a))
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_, _| {
+            Ok(ExecOutput {
+                exit_code: Some(0),
+                output: "table inet iac_pod {\n chain input {\n tcp dport 15000 accept\n".into(),
+            })
+        });
+    port_of(&mut e, &mut seq, "new-web", 32001);
+    let applied = provisioner(e)
+        .apply(
+            &stack(vec![filtered(desired("web", "h1"))], &[]),
+            gate_never(),
+            &Events::discard(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(applied.services[0].error, None);
+    assert_eq!(applied.services[0].endpoint, Some(addr(32001)));
+}
+
+#[tokio::test]
+async fn a_sidecar_that_dies_before_filtering_takes_its_pair_down() {
+    let mut e = MockEngine::new();
+    network_exists(&mut e);
+    lists(&mut e, vec![]);
+    let mut seq = Sequence::new();
+    creates_pair(&mut e, &mut seq, "web", None);
+    e.expect_exec()
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|id, _| {
+            Err(EngineError::new(
+                format!("exec in {id}"),
+                Some(409),
+                "container is not running",
+            ))
+        });
+    stop_remove(&mut e, &mut seq, "new-web-envoy");
+    stop_remove(&mut e, &mut seq, "new-web");
+    let applied = provisioner(e)
+        .apply(
+            &stack(vec![filtered(desired("web", "h1"))], &[]),
+            gate_never(),
+            &Events::discard(),
+        )
+        .await
+        .unwrap();
+    let err = applied.services[0].error.as_deref().unwrap();
+    assert!(
+        err.contains("stopped before installing the pod's packet filter")
+            && err.contains("docker logs demo-web-envoy")
+            && err.contains("removed what was created"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_filter_that_does_not_admit_the_mesh_port_is_refused() {
+    let mut e = MockEngine::new();
+    network_exists(&mut e);
+    lists(&mut e, vec![]);
+    let mut seq = Sequence::new();
+    creates_pair(&mut e, &mut seq, "web", None);
+    e.expect_exec()
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_, _| {
+            Ok(ExecOutput {
+                exit_code: Some(0),
+                output: "table inet iac_pod { tcp dport 8080 accept }".into(),
+            })
+        });
+    stop_remove(&mut e, &mut seq, "new-web-envoy");
+    stop_remove(&mut e, &mut seq, "new-web");
+    let applied = provisioner(e)
+        .apply(
+            &stack(vec![filtered(desired("web", "h1"))], &[]),
+            gate_never(),
+            &Events::discard(),
+        )
+        .await
+        .unwrap();
+    let err = applied.services[0].error.as_deref().unwrap();
+    assert!(err.contains("does not admit tcp dport 15000"), "{err}");
+}
+
+#[test]
+fn published_addresses_are_dialable() {
+    assert_eq!(dialable(Some("127.0.0.1"), 5), Some(addr(5)));
+    assert_eq!(dialable(Some("0.0.0.0"), 5), Some(addr(5)));
+    assert_eq!(dialable(Some(""), 5), Some(addr(5)));
+    assert_eq!(dialable(Some("::"), 5), Some("[::1]:5".parse().unwrap()));
+    assert_eq!(dialable(Some("not an ip"), 5), None);
+    assert_eq!(dialable(Some("127.0.0.1"), 0), None);
+    assert_eq!(
+        pick(vec!["[::1]:5".parse().unwrap(), addr(6)]),
+        Some(addr(6))
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_docker_host_is_named_in_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("no-engine.sock");
+    for host in [
+        sock.display().to_string(),
+        format!("unix://{}", sock.display()),
+    ] {
+        let config = DockerProvisionerConfig {
+            docker_host: Some(host.clone()),
+            ..Default::default()
+        };
+        let err = DockerProvisioner::connect(config)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&host) && err.contains("expected a reachable Docker engine"),
+            "{err}"
+        );
+    }
+    let config = DockerProvisionerConfig {
+        docker_host: Some("ftp://nowhere".into()),
+        ..Default::default()
+    };
+    let err = DockerProvisioner::connect(config)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("ftp://nowhere"), "{err}");
+}
+
+#[test]
+fn config_defaults_and_partial_toml() {
+    let c: DockerProvisionerConfig = toml::from_str("health_deadline = \"5s\"").unwrap();
+    assert_eq!(c.health_deadline, Duration::from_secs(5));
+    assert_eq!(
+        c.stop_timeout,
+        DockerProvisionerConfig::default().stop_timeout
+    );
+    assert_eq!(c.docker_host, None);
+    assert_eq!(c.limits, ContainerLimits::default());
+    let c: DockerProvisionerConfig =
+        toml::from_str("[limits]\napp_pids = 100\napp_memory_mib = 0").unwrap();
+    assert_eq!(c.limits.app_pids, 100);
+    assert_eq!(c.limits.app().memory_bytes, None, "0 = no limit");
+    assert_eq!(c.limits.sidecar_pids, 256);
+    let e = toml::from_str::<DockerProvisionerConfig>("[limits]\napp_pid = 1").unwrap_err();
+    assert!(e.to_string().contains("app_pid"), "{e}");
+}

@@ -1,0 +1,286 @@
+//! The pure render `Stack → terraform.tfvars.json` ([`render_tfvars`], [`tfvars_json`]) and the
+//! [`Tfvars`] types mirroring `infra/variables.tf`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use iac_core::stack::LABEL_MANAGED;
+use iac_core::{Limits, MeshPorts, NetworkMode, Privileges, ProvisionError, Stack};
+
+use super::*;
+
+/// The contents of `terraform.tfvars.json`; mirrors `infra/variables.tf`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tfvars {
+    pub docker_host: String,
+    pub project: String,
+    pub network: TfNetwork,
+    pub mesh_port: u16,
+    pub services: BTreeMap<String, TfService>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TfNetwork {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TfService {
+    pub spec_hash: String,
+    pub app: TfApp,
+    pub envoy: TfSidecar,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TfApp {
+    pub name: String,
+    pub image: String,
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub aliases: Vec<String>,
+    pub ports: Vec<TfPort>,
+    pub mounts: Vec<TfMount>,
+    pub stop_timeout: u32,
+    pub security: TfSecurity,
+    /// Memory limit in MiB (`memory` and `memory_swap`); omitted → none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TfSidecar {
+    pub name: String,
+    pub image: String,
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub mounts: Vec<TfMount>,
+    pub stop_timeout: u32,
+    pub security: TfSecurity,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<i64>,
+}
+
+/// A container's privileges as `main.tf` applies them (`capabilities`, `security_opts`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TfSecurity {
+    pub no_new_privileges: bool,
+    pub cap_add: Vec<String>,
+    pub cap_drop: Vec<String>,
+}
+
+impl From<&Privileges> for TfSecurity {
+    fn from(p: &Privileges) -> Self {
+        TfSecurity {
+            no_new_privileges: p.no_new_privileges,
+            cap_add: p.cap_add.clone(),
+            cap_drop: p.cap_drop.clone(),
+        }
+    }
+}
+
+/// `labels` plus `iac.managed-by=iac`: set by the provisioner on everything it creates.
+fn managed(labels: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut out = labels.clone();
+    out.insert(LABEL_MANAGED.to_string(), MANAGED_BY.to_string());
+    out
+}
+
+/// A container's limits as the module can express them: memory in whole MiB (rounded up); a
+/// pids limit is an error (the provider has no such attribute).
+fn tf_memory(service: &str, container: &str, l: &Limits) -> Result<Option<i64>, ProvisionError> {
+    if let Some(pids) = l.pids {
+        return Err(ProvisionError::Invalid(format!(
+            "service {service}: container {container} asks for a pids limit of {pids}, but the \
+             kreuzwerker/docker provider's docker_container has no pids limit; set \
+             terraform.limits.*_pids to 0 or use the docker provisioner"
+        )));
+    }
+    Ok(l.memory_bytes
+        .map(|b| (b.max(0) + (1 << 20) - 1) / (1 << 20)))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TfPort {
+    pub internal: u16,
+    pub ip: String,
+    /// Omitted → an ephemeral host port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TfMount {
+    pub source: String,
+    pub target: String,
+    pub read_only: bool,
+}
+
+fn path_str(service: &str, what: &str, p: &Path) -> Result<String, ProvisionError> {
+    let s = p.to_str().ok_or_else(|| {
+        ProvisionError::Invalid(format!(
+            "service {service}: {what} path {} is not valid UTF-8",
+            p.display()
+        ))
+    })?;
+    Ok(s.to_string())
+}
+
+fn render_mounts(
+    service: &str,
+    mounts: &[iac_core::Mount],
+) -> Result<Vec<TfMount>, ProvisionError> {
+    mounts
+        .iter()
+        .map(|m| {
+            if !m.source.is_absolute() {
+                return Err(ProvisionError::Invalid(format!(
+                    "service {service}: mount source {} must be an absolute host path (Docker bind mounts need one)",
+                    m.source.display()
+                )));
+            }
+            Ok(TfMount {
+                source: path_str(service, "mount source", &m.source)?,
+                target: path_str(service, "mount target", &m.target)?,
+                read_only: m.read_only,
+            })
+        })
+        .collect()
+}
+
+/// Renders the tfvars for `stack`. Pure: the same inputs give the same bytes.
+///
+/// `previous` is the tfvars of the last apply: services in [`Stack::keep`] that are not in the
+/// stack keep their previous entry (so Terraform leaves them running as they are).
+///
+/// Fails when the stack has a shape the module cannot express: an app not attached to the stack
+/// network, a sidecar not sharing its app's network namespace, ports published by a sidecar,
+/// relative or non-UTF-8 mount paths, or services disagreeing on the mesh port.
+pub fn render_tfvars(
+    stack: &Stack,
+    previous: Option<&Tfvars>,
+    docker_host: &str,
+) -> Result<Tfvars, ProvisionError> {
+    let mut services = BTreeMap::new();
+    let mut mesh_port: Option<(u16, String)> = None;
+    for s in &stack.services {
+        let svc = s.service.as_str();
+        let aliases = match &s.app.network {
+            NetworkMode::Network { name, aliases } if *name == stack.network.name => {
+                aliases.clone()
+            }
+            other => {
+                return Err(ProvisionError::Invalid(format!(
+                    "service {svc}: app container {} must join the stack network {:?}, got {other:?}; \
+                     the terraform module attaches every app container to docker_network.this",
+                    s.app.name, stack.network.name
+                )));
+            }
+        };
+        match &s.envoy.network {
+            NetworkMode::Container { name } if *name == s.app.name => {}
+            other => {
+                return Err(ProvisionError::Invalid(format!(
+                    "service {svc}: sidecar {} must share the network namespace of {} (container:{}), got {other:?}",
+                    s.envoy.name, s.app.name, s.app.name
+                )));
+            }
+        }
+        if !s.envoy.ports.is_empty() {
+            return Err(ProvisionError::Invalid(format!(
+                "service {svc}: sidecar {} publishes ports, but a container sharing another's network \
+                 namespace cannot; publish them on the app container",
+                s.envoy.name
+            )));
+        }
+        let first = s.app.ports.first().ok_or_else(|| {
+            ProvisionError::Invalid(format!(
+                "service {svc}: app container {} publishes no port; the sidecar's mTLS listener must be published",
+                s.app.name
+            ))
+        })?;
+        match &mesh_port {
+            None => mesh_port = Some((first.container_port, svc.to_string())),
+            Some((port, by)) if *port != first.container_port => {
+                return Err(ProvisionError::Invalid(format!(
+                    "service {svc} publishes mesh port {} but service {by} publishes {port}; \
+                     the terraform module reads one mesh port for all services",
+                    first.container_port
+                )));
+            }
+            Some(_) => {}
+        }
+        let app = TfApp {
+            name: s.app.name.clone(),
+            image: s.app.image.clone(),
+            command: s.app.cmd.clone(),
+            env: s.app.env.clone(),
+            labels: managed(&s.app.labels),
+            aliases,
+            ports: s
+                .app
+                .ports
+                .iter()
+                .map(|p| TfPort {
+                    internal: p.container_port,
+                    ip: p.host_ip.clone(),
+                    external: p.host_port,
+                })
+                .collect(),
+            mounts: render_mounts(svc, &s.app.mounts)?,
+            stop_timeout: s.app.stop_timeout_secs,
+            security: TfSecurity::from(&s.app.privileges),
+            memory_mib: tf_memory(svc, &s.app.name, &s.app.limits)?,
+        };
+        let envoy = TfSidecar {
+            name: s.envoy.name.clone(),
+            image: s.envoy.image.clone(),
+            command: s.envoy.cmd.clone(),
+            env: s.envoy.env.clone(),
+            labels: managed(&s.envoy.labels),
+            mounts: render_mounts(svc, &s.envoy.mounts)?,
+            stop_timeout: s.envoy.stop_timeout_secs,
+            security: TfSecurity::from(&s.envoy.privileges),
+            memory_mib: tf_memory(svc, &s.envoy.name, &s.envoy.limits)?,
+        };
+        services.insert(
+            svc.to_string(),
+            TfService {
+                spec_hash: s.spec_hash.clone(),
+                app,
+                envoy,
+            },
+        );
+    }
+    if let Some(prev) = previous {
+        for kept in &stack.keep {
+            if services.contains_key(kept.as_str()) {
+                continue;
+            }
+            if let Some(entry) = prev.services.get(kept.as_str()) {
+                services.insert(kept.to_string(), entry.clone());
+            }
+        }
+    }
+    Ok(Tfvars {
+        docker_host: docker_host.to_string(),
+        project: stack.project.to_string(),
+        network: TfNetwork {
+            name: stack.network.name.clone(),
+            labels: managed(&stack.network.labels),
+        },
+        mesh_port: mesh_port
+            .map(|(p, _)| p)
+            .unwrap_or(MeshPorts::default().inbound),
+        services,
+    })
+}
+
+/// `tfvars` as the bytes written to disk (pretty JSON, trailing newline).
+pub fn tfvars_json(tfvars: &Tfvars) -> String {
+    serde_json::to_string_pretty(tfvars).expect("plain data serializes") + "\n"
+}

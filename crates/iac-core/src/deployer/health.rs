@@ -1,0 +1,140 @@
+//! Proving health: every provisioned service is checked through its Envoy (with the settle
+//! window for new pairs), and [`Deployer::health`] re-checks a running project.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::error::Error;
+use crate::event::{Events, Stage};
+use crate::health::{HealthReport, HealthState, ProbeTarget};
+use crate::report::{ServiceReport, StageTiming};
+use crate::stack::{Action, AppliedService, RunningService};
+use crate::stages::HealthProber;
+
+use super::{Deployer, Prepared};
+
+/// Proves one provisioned service: takes the provisioner's outcome for it (`applied`), then
+/// probes it through its Envoy until `deadline`; a created or replaced service must still be
+/// SERVING `settle` after its first SERVING answer. Returns the service's finished report.
+pub(super) async fn prove(
+    mut p: Prepared,
+    applied_svc: Option<AppliedService>,
+    prober: Arc<dyn HealthProber>,
+    deadline: Duration,
+    settle: Duration,
+    provision_ms: u64,
+    svc_events: Events,
+) -> ServiceReport {
+    p.report.stages.push(StageTiming {
+        stage: Stage::Provision,
+        millis: provision_ms,
+        ok: true,
+    });
+    let Some(a) = applied_svc else {
+        p.report.fail(
+            Stage::Provision,
+            "the provisioner did not report this service",
+        );
+        return p.report;
+    };
+    p.report.action = Some(a.action);
+    p.report.endpoint = a.endpoint.map(|e| e.to_string());
+    if let Some(err) = &a.error {
+        p.report.health = a.health.clone();
+        p.report.fail(Stage::Provision, err);
+        svc_events.error(Stage::Provision, err.clone());
+        return p.report;
+    }
+    if a.action == Action::RolledBack {
+        p.report.health = a.health.clone();
+        let why = a
+            .health
+            .as_ref()
+            .map(|h| h.detail.clone())
+            .unwrap_or_default();
+        p.report.fail(
+            Stage::Health,
+            format!("new version was not healthy ({why}); rolled back, previous version kept"),
+        );
+        return p.report;
+    }
+    let Some(addr) = a.endpoint else {
+        p.report.fail(
+            Stage::Provision,
+            "no published endpoint for the mTLS listener",
+        );
+        return p.report;
+    };
+    let t = Instant::now();
+    let target = ProbeTarget {
+        service: p.spec.name.clone(),
+        addr,
+        deadline,
+    };
+    svc_events.info(Stage::Health, format!("probing {addr} over mTLS"));
+    let mut h = prober.check(&target).await;
+    if h.is_serving() && !settle.is_zero() && matches!(a.action, Action::Create | Action::Replace) {
+        svc_events.info(
+            Stage::Health,
+            format!("SERVING; checking again in {settle:?} that it stays up"),
+        );
+        tokio::time::sleep(settle).await;
+        let again = prober.check(&target).await;
+        h = HealthReport {
+            attempts: h.attempts + again.attempts,
+            ..again
+        };
+    }
+    let ok = h.state == HealthState::Serving;
+    p.report.stages.push(StageTiming {
+        stage: Stage::Health,
+        millis: t.elapsed().as_millis() as u64,
+        ok,
+    });
+    if ok {
+        svc_events.info(Stage::Health, format!("SERVING ({})", h.detail));
+        p.report.ok = true;
+    } else {
+        svc_events.error(
+            Stage::Health,
+            format!("{} ({})", h.state.as_str(), h.detail),
+        );
+        p.report
+            .fail(Stage::Health, format!("{}: {}", h.state.as_str(), h.detail));
+    }
+    p.report.health = Some(h);
+    p.report
+}
+
+impl Deployer {
+    /// Re-checks every running service of the project.
+    pub async fn health(&self) -> Result<Vec<(RunningService, HealthReport)>, Error> {
+        let running = self.stages.provisioner.running(&self.opts.project).await?;
+        let checks = running.into_iter().map(|r| {
+            let prober = self.stages.prober.clone();
+            let deadline = self.opts.health_deadline;
+            async move {
+                let h = match r.endpoint {
+                    Some(addr) => {
+                        prober
+                            .check(&ProbeTarget {
+                                service: r.service.clone(),
+                                addr,
+                                deadline,
+                            })
+                            .await
+                    }
+                    None => HealthReport {
+                        service: r.service.clone(),
+                        state: HealthState::Unreachable,
+                        exit_code: None,
+                        detail: format!("no published mTLS endpoint (container {})", r.state),
+                        attempts: 0,
+                    },
+                };
+                (r, h)
+            }
+        });
+        Ok(futures::future::join_all(checks).await)
+    }
+}

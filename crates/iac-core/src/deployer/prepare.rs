@@ -1,0 +1,234 @@
+//! Preparing services: fetch → resolve → build → certs per service (bounded parallel, each stage
+//! timed, traced and reported), then the mesh every prepared service's sidecar is rendered against
+//! and the plan input.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use futures::StreamExt;
+use tracing::Instrument;
+
+use crate::entry::Entry;
+use crate::event::{Events, Stage};
+use crate::fsutil::sha256_tagged;
+use crate::image::{BuildSpec, ImageRef};
+use crate::mesh::{CertPaths, IssuedCerts, Mesh, MeshPorts, MeshService};
+use crate::plan::{PlanInput, PlannedService};
+use crate::report::{ServiceReport, StageTiming};
+use crate::repos::ServiceSpec;
+use crate::source::Source;
+use crate::trace_context;
+
+use super::Deployer;
+
+/// A service that made it through fetch → resolve → build → certs.
+pub(super) struct Prepared {
+    pub(super) spec: ServiceSpec,
+    pub(super) report: ServiceReport,
+    pub(super) entry: Entry,
+    pub(super) image: ImageRef,
+    pub(super) certs: IssuedCerts,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mode {
+    Build,
+    PlanOnly,
+}
+
+/// The app's own port: `PORT` from the repos file's env, else the entry's (Django/gunicorn).
+pub(super) fn app_port(env: &BTreeMap<String, String>, entry: &Entry) -> Option<u16> {
+    env.get("PORT").and_then(|p| p.parse().ok()).or(entry.port)
+}
+
+impl Deployer {
+    pub(super) async fn prepare_all(
+        &self,
+        specs: &[ServiceSpec],
+        mode: Mode,
+        events: &Events,
+    ) -> (Vec<Prepared>, Vec<ServiceReport>) {
+        let n = self.opts.parallelism.max(1);
+        let mut results: Vec<(usize, Result<Prepared, ServiceReport>)> =
+            futures::stream::iter(specs.iter().cloned().enumerate())
+                .map(|(i, spec)| async move { (i, self.prepare(spec, mode, events).await) })
+                .buffer_unordered(n)
+                .collect()
+                .await;
+        results.sort_by_key(|(i, _)| *i);
+        let mut ok = Vec::new();
+        let mut failed = Vec::new();
+        for (_, r) in results {
+            match r {
+                Ok(p) => ok.push(p),
+                Err(report) => failed.push(report),
+            }
+        }
+        (ok, failed)
+    }
+
+    async fn prepare(
+        &self,
+        spec: ServiceSpec,
+        mode: Mode,
+        events: &Events,
+    ) -> Result<Prepared, ServiceReport> {
+        let ev = events.for_service(&spec.name);
+        let mut report = ServiceReport::new(spec.name.clone(), spec.slug.to_string());
+        macro_rules! stage {
+            ($stage:expr, $fut:expr) => {{
+                let t = Instant::now();
+                let span = trace_context::task_span(
+                    $stage,
+                    Some(&spec.name),
+                    Some(&spec.slug),
+                    report.commit.as_deref(),
+                );
+                let r = async {
+                    ev.info($stage, format!("{} …", $stage.as_str()));
+                    $fut
+                }
+                .instrument(span.clone())
+                .await;
+                trace_context::finish_task(&span, $stage, &r);
+                let ok = r.is_ok();
+                report.stages.push(StageTiming {
+                    stage: $stage,
+                    millis: t.elapsed().as_millis() as u64,
+                    ok,
+                });
+                match r {
+                    Ok(v) => v,
+                    Err(e) => {
+                        ev.error($stage, e.to_string());
+                        report.fail($stage, e);
+                        return Err(report);
+                    }
+                }
+            }};
+        }
+        let source: Source = stage!(
+            Stage::Fetch,
+            self.stages.fetcher.fetch(&spec.slug, &ev).await
+        );
+        report.commit = source.commit.clone();
+        ev.info(
+            Stage::Fetch,
+            format!("{} ({})", source.digest, source.origin),
+        );
+        let entry = stage!(
+            Stage::Resolve,
+            self.stages
+                .resolver
+                .resolve(&source, spec.entrypoint.clone())
+        );
+        ev.info(
+            Stage::Resolve,
+            format!("{} → {:?} ({})", entry.rule, entry.argv, entry.why),
+        );
+        report.entry = Some(entry.clone());
+        let build = BuildSpec {
+            project: self.opts.project.clone(),
+            service: spec.name.clone(),
+            source,
+            entry: entry.clone(),
+            env: spec.env.clone(),
+        };
+        let image = match mode {
+            Mode::Build => stage!(Stage::Build, self.stages.builder.build(&build, &ev).await),
+            Mode::PlanOnly => stage!(Stage::Build, self.stages.builder.planned(&build)),
+        };
+        report.image = Some(image.tag.clone());
+        report.image_reused = Some(image.reused);
+        let certs = stage!(
+            Stage::Certs,
+            self.stages.pki.issue(&self.opts.project, &spec.name).await
+        );
+        Ok(Prepared {
+            spec,
+            report,
+            entry,
+            image,
+            certs,
+        })
+    }
+
+    /// Renders every prepared service's sidecar against the mesh of all prepared services.
+    #[allow(clippy::type_complexity)]
+    pub(super) fn mesh_and_plan_input(
+        &self,
+        prepared: Vec<Prepared>,
+        events: &Events,
+    ) -> (PlanInput, Vec<(Prepared, String)>, Vec<ServiceReport>) {
+        let ports = MeshPorts::default();
+        let mesh = Mesh {
+            project: self.opts.project.clone(),
+            services: prepared
+                .iter()
+                .map(|p| MeshService {
+                    name: p.spec.name.clone(),
+                    address: p.spec.name.to_string(),
+                    port: ports.inbound,
+                    app_port: app_port(&p.spec.env, &p.entry),
+                })
+                .collect(),
+            ports,
+            certs: CertPaths::in_container(),
+        };
+        let mut rendered = Vec::new();
+        let mut failed = Vec::new();
+        let mut services = Vec::new();
+        for mut p in prepared {
+            let t = Instant::now();
+            let span = trace_context::task_span(
+                Stage::Render,
+                Some(&p.spec.name),
+                Some(&p.spec.slug),
+                p.report.commit.as_deref(),
+            );
+            let result = span.in_scope(|| self.stages.sidecar.render(&mesh, &p.spec.name));
+            trace_context::finish_task(&span, Stage::Render, &result);
+            match result {
+                Ok(config) => {
+                    p.report.stages.push(StageTiming {
+                        stage: Stage::Render,
+                        millis: t.elapsed().as_millis() as u64,
+                        ok: true,
+                    });
+                    services.push(PlannedService {
+                        name: p.spec.name.clone(),
+                        image: p.image.tag.clone(),
+                        envoy_config: self.envoy_config_path(&p.spec.name),
+                        envoy_config_digest: sha256_tagged(config.as_bytes()),
+                        certs: p.certs.clone(),
+                        app_port: app_port(&p.spec.env, &p.entry),
+                        env: p.spec.env.clone(),
+                        replicas: p.spec.replicas,
+                    });
+                    rendered.push((p, config));
+                }
+                Err(e) => {
+                    p.report.stages.push(StageTiming {
+                        stage: Stage::Render,
+                        millis: t.elapsed().as_millis() as u64,
+                        ok: false,
+                    });
+                    events
+                        .for_service(&p.spec.name)
+                        .error(Stage::Render, e.to_string());
+                    p.report.fail(Stage::Render, e);
+                    failed.push(p.report);
+                }
+            }
+        }
+        let input = PlanInput {
+            project: self.opts.project.clone(),
+            network: self.opts.network.clone(),
+            envoy_image: self.opts.envoy_image.clone(),
+            otel_endpoint: self.opts.otel_endpoint.clone(),
+            services,
+            keep: Vec::new(),
+        };
+        (input, rendered, failed)
+    }
+}
