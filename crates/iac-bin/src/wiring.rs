@@ -18,6 +18,7 @@ use iac_backends::fetch::DefaultFetcher;
 use iac_backends::health::grpc::GrpcProber;
 use iac_backends::pki::DevCa;
 use iac_backends::provision::docker::{BollardEngine, DockerProvisioner};
+use iac_backends::provision::swarm::SwarmProvisioner;
 use iac_backends::provision::terraform::TerraformProvisioner;
 use iac_backends::sidecar::envoy::{EnvoyConfig, EnvoyRenderer};
 use iac_core::{
@@ -78,6 +79,7 @@ impl App {
         engine: EngineUse,
     ) -> anyhow::Result<App> {
         cfg.docker.health_deadline = cfg.health_deadline;
+        cfg.swarm.health_deadline = cfg.health_deadline;
         let (fetcher, resolver) = source_stages(&cfg)?;
         let pki = iac_backends::pki::from_config(&cfg.pki);
         let client = pki
@@ -114,6 +116,11 @@ impl App {
                     ProvisionerKind::Terraform => {
                         Arc::new(TerraformProvisioner::new(cfg.terraform.clone()))
                     }
+                    // The same engine connection: the swarm manager that builds the images.
+                    ProvisionerKind::Swarm => Arc::new(SwarmProvisioner::with_docker(
+                        engine.docker().clone(),
+                        cfg.swarm.clone(),
+                    )),
                 };
                 (Arc::new(builder), provisioner, envoy_image)
             }

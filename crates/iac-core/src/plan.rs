@@ -144,6 +144,23 @@ pub struct PlannedService {
     pub replicas: u32,
 }
 
+/// How Envoy is started for a service (after the pod filter on Docker; by the agent on Swarm):
+/// the config at [`ENVOY_CONFIG_IN_CONTAINER`], warnings only, the project as its cluster and the
+/// service as its node.
+pub fn envoy_argv(project: &ProjectName, svc: &ServiceName) -> Vec<String> {
+    vec![
+        "envoy".into(),
+        "-c".into(),
+        ENVOY_CONFIG_IN_CONTAINER.into(),
+        "--log-level".into(),
+        "warn".into(),
+        "--service-cluster".into(),
+        project.to_string(),
+        "--service-node".into(),
+        svc.to_string(),
+    ]
+}
+
 pub fn app_container_name(project: &ProjectName, svc: &ServiceName) -> String {
     format!("{project}-{svc}")
 }
@@ -242,17 +259,7 @@ pub fn plan(input: &PlanInput) -> Stack {
                 cmd: sidecar_command(
                     ports.inbound,
                     &inside.key.display().to_string(),
-                    &[
-                        "envoy".into(),
-                        "-c".into(),
-                        ENVOY_CONFIG_IN_CONTAINER.into(),
-                        "--log-level".into(),
-                        "warn".into(),
-                        "--service-cluster".into(),
-                        project.to_string(),
-                        "--service-node".into(),
-                        s.name.to_string(),
-                    ],
+                    &envoy_argv(project, &s.name),
                 ),
                 // The official image's entrypoint would switch to uid 101 unless ENVOY_UID=0; the
                 // sidecar command picks Envoy's user itself (the owner of the 0600 key).
