@@ -1,7 +1,7 @@
 //! Embeds the image recipe of `iac bootstrap`: every file of `scripts/images/` becomes an entry of
 //! `RECIPE_FILES` (name, bytes) in `$OUT_DIR/recipe_files.rs`, so a file added there is carried by
 //! the binary without touching the code. `scripts/bootstrap-images.sh` itself is `include_str!`ed
-//! by `src/bootstrap.rs`.
+//! by `src/commands/bootstrap.rs`.
 
 use std::path::Path;
 

@@ -8,16 +8,21 @@
 //! | `ImageBuilder` | [`build`]: `docker.rs` |
 //! | `Pki` | [`pki`]: `dev_ca.rs` |
 //! | `SidecarRenderer` | [`sidecar`]: `envoy.rs` |
-//! | `Provisioner` | [`provision`]: `docker.rs`, `terraform.rs` |
+//! | `Provisioner` | [`provision`]: `docker/`, `terraform/` (+ `reconcile.rs`) |
 //! | `HealthProber`, `LogStreamer` | [`health`]: `grpc.rs` |
-//! | `AuthVerifier` | [`auth`]: `supabase.rs` |
+//! | `AuthVerifier` | [`auth`]: `supabase/` |
+//!
+//! [`engine`] is the Docker engine layer every Docker-speaking backend (the image builder, the
+//! docker provisioner) and the `iac` binary go through: one `connect`, one error type.
 
 pub mod auth;
 pub mod build;
+pub mod engine;
 pub mod entry;
 pub mod fetch;
 pub mod health;
 pub mod kubernetes;
 pub mod pki;
 pub mod provision;
+pub mod secret;
 pub mod sidecar;

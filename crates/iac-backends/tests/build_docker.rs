@@ -17,9 +17,16 @@ use bollard::query_parameters::{
     RemoveImageOptionsBuilder,
 };
 use iac_backends::build::{DockerImageBuilder, ImageConfig, LABEL_BUILD_KEY};
+use iac_backends::engine::DockerEngine;
 use iac_core::{
     BuildError, BuildSpec, Entry, Events, ImageBuilder, Language, ProjectName, ServiceName, Source,
 };
+
+/// A builder on the engine `DOCKER_HOST` names (else the local socket), as `iac` builds one.
+async fn builder_for(cfg: ImageConfig) -> Result<DockerImageBuilder, iac_core::BuildError> {
+    let engine = DockerEngine::connect(None, Duration::from_secs(300)).await?;
+    DockerImageBuilder::new(engine, cfg)
+}
 
 const OFFLINE_BASE: &str = "iac/python:3.11-bookworm";
 
@@ -275,9 +282,7 @@ async fn builds_python_app_reuses_it_and_rebuilds_on_change() {
     )
     .unwrap();
     let project = format!("p{test}");
-    let builder = DockerImageBuilder::connect(config(&test, dir.path()))
-        .await
-        .unwrap();
+    let builder = builder_for(config(&test, dir.path())).await.unwrap();
     let spec1 = spec(
         &project,
         "hello",
@@ -464,9 +469,7 @@ async fn builds_a_package_with_requirements_offline() {
     )
     .unwrap();
     std::fs::write(src.join("requirements.txt"), "idna\n").unwrap();
-    let builder = DockerImageBuilder::connect(config(&test, dir.path()))
-        .await
-        .unwrap();
+    let builder = builder_for(config(&test, dir.path())).await.unwrap();
     let spec = spec(
         &format!("p{test}"),
         "greeter",
@@ -509,7 +512,7 @@ async fn missing_requirement_is_a_build_error_naming_service_and_package() {
         "--find-links".into(),
         empty.display().to_string(),
     ];
-    let builder = DockerImageBuilder::connect(cfg).await.unwrap();
+    let builder = builder_for(cfg).await.unwrap();
     let err = builder
         .build(
             &spec(
@@ -544,7 +547,7 @@ async fn missing_base_images_tell_the_user_to_bootstrap() {
     std::fs::write(dir.path().join("main.py"), "print('x')\n").unwrap();
     let mut cfg = config(&test, dir.path());
     cfg.offline_base_image = format!("iac-test/absent-offline:{test}");
-    let builder = DockerImageBuilder::connect(cfg).await.unwrap();
+    let builder = builder_for(cfg).await.unwrap();
     let err = builder
         .build(
             &spec(
@@ -585,7 +588,7 @@ async fn failing_dockerfile_step_is_a_build_error_with_the_output() {
         template_dir: Some(templates),
         ..config(&test, dir.path())
     };
-    let builder = DockerImageBuilder::connect(cfg).await.unwrap();
+    let builder = builder_for(cfg).await.unwrap();
     let spec = spec(
         &format!("p{test}"),
         "broken",
@@ -659,9 +662,7 @@ async fn setup_py_runs_only_inside_the_image_build() {
             ("requirements.txt", "idna\n"),
         ],
     );
-    let builder = DockerImageBuilder::connect(config(&test, dir.path()))
-        .await
-        .unwrap();
+    let builder = builder_for(config(&test, dir.path())).await.unwrap();
     let spec = spec(
         &format!("p{test}"),
         "evil",
@@ -725,9 +726,7 @@ async fn in_tree_build_backend_runs_only_inside_the_image_build() {
             ("evilapp.py", "import idna\nNAME = 'evilapp installed'\n"),
         ],
     );
-    let builder = DockerImageBuilder::connect(config(&test, dir.path()))
-        .await
-        .unwrap();
+    let builder = builder_for(config(&test, dir.path())).await.unwrap();
     let spec = spec(
         &format!("p{test}"),
         "backend",
@@ -778,9 +777,7 @@ async fn a_repo_pip_package_is_never_imported_by_host_pip() {
             ("main.py", "import idna\nprint('ok')\n"),
         ],
     );
-    let builder = DockerImageBuilder::connect(config(&test, dir.path()))
-        .await
-        .unwrap();
+    let builder = builder_for(config(&test, dir.path())).await.unwrap();
     let spec = spec(
         &format!("p{test}"),
         "shadow",
@@ -808,9 +805,7 @@ async fn requirements_pointing_elsewhere_are_refused_with_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let outside = dir.path().join("outside.txt");
     std::fs::write(&outside, "idna\n").unwrap();
-    let builder = DockerImageBuilder::connect(config(&test, dir.path()))
-        .await
-        .unwrap();
+    let builder = builder_for(config(&test, dir.path())).await.unwrap();
     for (i, (text, at, needle)) in [
         (
             "idna\n--extra-index-url http://127.0.0.1:9/simple\n".to_string(),
@@ -888,7 +883,7 @@ async fn images_hold_no_env_files_state_or_dockerignored_paths() {
     );
     let mut cfg = config(&test, dir.path());
     cfg.otel = false;
-    let builder = DockerImageBuilder::connect(cfg).await.unwrap();
+    let builder = builder_for(cfg).await.unwrap();
     let built = builder
         .build(
             &spec(
@@ -933,7 +928,7 @@ async fn a_context_over_the_cap_is_refused() {
     let mut cfg = config(&test, dir.path());
     cfg.otel = false;
     cfg.max_context_bytes = 2 << 20;
-    let builder = DockerImageBuilder::connect(cfg).await.unwrap();
+    let builder = builder_for(cfg).await.unwrap();
     let err = builder
         .build(
             &spec(
@@ -1008,7 +1003,7 @@ async fn sdist_only_dependencies_are_refused_without_running_them() {
         "--find-links".into(),
         index.display().to_string(),
     ];
-    let builder = DockerImageBuilder::connect(cfg).await.unwrap();
+    let builder = builder_for(cfg).await.unwrap();
     let err = builder
         .build(
             &spec(

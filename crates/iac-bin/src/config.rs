@@ -84,7 +84,7 @@ pub struct IacConfig {
     pub otel_endpoint: Option<String>,
     /// The longest one deploy may take, fetch to health (`"30m"`); past it the deploy fails and
     /// releases the project lock (CLI and admin API alike).
-    #[serde(with = "crate::api::duration_str")]
+    #[serde(with = "iac_core::duration")]
     pub deploy_deadline: std::time::Duration,
     pub images: ImageConfig,
     pub sidecar: SidecarSection,
@@ -216,14 +216,13 @@ impl IacConfig {
         Ok(fig)
     }
 
-    /// The effective configuration as TOML. Secrets are typed ([`iac_backends::auth::Secret`],
-    /// the fetch tokens, `[terraform.extra_env]`, credentials in `pip_args` URLs) and print
-    /// themselves redacted; every marker is shown as `[redacted]`. Paths such as `secrets_dir`
+    /// The effective configuration as TOML. Secrets are typed ([`iac_backends::secret::Secret`]:
+    /// Supabase keys, the fetch tokens; secret-looking `[terraform.extra_env]` values, credentials
+    /// in `pip_args` URLs) and print themselves redacted, always as `[redacted]`. Paths such as `secrets_dir`
     /// are not secrets and are shown. Pasting the output back is accepted unless it holds a
     /// redacted secret, which is refused by name.
     pub fn to_redacted_toml(&self) -> anyhow::Result<String> {
-        let mut v = serde_json::to_value(self).context("serialize config")?;
-        unify_markers(&mut v);
+        let v = serde_json::to_value(self).context("serialize config")?;
         let v = strip_nulls(v);
         toml::to_string_pretty(&v).context("render config as TOML")
     }
@@ -268,18 +267,6 @@ pub fn default_agent_binary() -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?)
         .map(|d| d.join("iac-agent"))
         .find(|p| p.is_file())
-}
-
-/// One spelling of "redacted" in `iac config show`, whichever type printed it.
-fn unify_markers(v: &mut serde_json::Value) {
-    match v {
-        serde_json::Value::String(s) if s == "***redacted***" || s == "<redacted>" => {
-            *s = "[redacted]".into();
-        }
-        serde_json::Value::Object(map) => map.values_mut().for_each(unify_markers),
-        serde_json::Value::Array(items) => items.iter_mut().for_each(unify_markers),
-        _ => {}
-    }
 }
 
 fn strip_nulls(v: serde_json::Value) -> serde_json::Value {

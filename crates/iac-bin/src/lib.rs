@@ -6,14 +6,12 @@
 //! | [`cli`] | the clap command line |
 //! | [`config`] | figment layers → [`config::IacConfig`] |
 //! | [`wiring`] | config → concrete backends → `Deployer` ([`wiring::App`]) |
-//! | [`commands`] | one function per command |
+//! | [`commands`] | one function per command (`ca`, `serve`, [`commands::bootstrap`] in files of their own) |
 //! | [`output`] | progress display and reports |
 //! | [`api`] | the admin API (`iac serve`) |
 //! | [`telemetry`] | tracing + OTLP |
-//! | [`bootstrap`] | `iac bootstrap`: the embedded image recipe, `--check` |
 
 pub mod api;
-pub mod bootstrap;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -106,7 +104,7 @@ async fn dispatch(cli: Cli, cfg: IacConfig) -> anyhow::Result<ExitCode> {
             out,
             target: cli::RenderTarget::Kubernetes,
         } => commands::render_kubernetes(cfg, &file.file, &out, json).await,
-        Command::Ca { action } => wiring::ca_command(&cfg, action, json),
+        Command::Ca { action } => commands::ca_command(&cfg, action, json),
         Command::Config {
             action: ConfigAction::Show,
         } => {
@@ -118,9 +116,9 @@ async fn dispatch(cli: Cli, cfg: IacConfig) -> anyhow::Result<ExitCode> {
             no_pull,
             rebuild,
         } => {
-            bootstrap::run(
+            commands::bootstrap::run(
                 &cfg,
-                bootstrap::Options {
+                commands::bootstrap::Options {
                     check,
                     no_pull,
                     rebuild,
@@ -128,7 +126,7 @@ async fn dispatch(cli: Cli, cfg: IacConfig) -> anyhow::Result<ExitCode> {
             )
             .await
         }
-        Command::Serve { http, uds } => wiring::serve(cfg, http, uds).await,
+        Command::Serve { http, uds } => commands::serve(cfg, http, uds).await,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "iac", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)

@@ -1,36 +1,29 @@
 //! Configuration → concrete backends → a [`Deployer`]. The only place that names backend types;
 //! everything else talks to the `iac-core` traits.
 
-use std::path::PathBuf;
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
-use bollard::Docker;
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use iac_backends::auth::supabase::SupabaseVerifier;
 use iac_backends::build::DockerImageBuilder;
+use iac_backends::engine::{BollardEngine, DockerEngine};
 use iac_backends::entry::DefaultResolver;
 use iac_backends::fetch::DefaultFetcher;
 use iac_backends::health::grpc::GrpcProber;
-use iac_backends::pki::DevCa;
-use iac_backends::provision::docker::{BollardEngine, DockerProvisioner};
+use iac_backends::provision::docker::DockerProvisioner;
 use iac_backends::provision::swarm::SwarmProvisioner;
 use iac_backends::provision::terraform::TerraformProvisioner;
 use iac_backends::sidecar::envoy::{EnvoyConfig, EnvoyRenderer};
 use iac_core::{
-    Applied, AuthVerifier, Change, DeployOptions, DeployReport, Deployer, EntryResolver, Events,
-    HealthProber, LogLine, LogQuery, LogStreamer, ProbeError, ProbeTarget, ProjectName,
-    ProvisionError, Provisioner, RunningService, ServiceName, SourceFetcher, Stack, Stages,
+    Applied, Change, DeployOptions, DeployReport, Deployer, EntryResolver, Events, HealthProber,
+    LogLine, LogQuery, LogStreamer, ProbeError, ProbeTarget, ProjectName, ProvisionError,
+    Provisioner, RunningService, ServiceName, SourceFetcher, Stack, Stages,
 };
 
-use crate::api::{
-    ApiError, ControlPlaneBackend, DeployInput, LogStream, ServeConfig, ServiceStatus,
-};
-use crate::cli::CaAction;
+use crate::api::{ApiError, ControlPlaneBackend, DeployInput, LogStream, ServiceStatus};
 use crate::config::{IacConfig, ProvisionerKind};
 
 /// Everything a command needs for one project.
@@ -103,30 +96,33 @@ impl App {
                 // One connection (to `[docker] docker_host`, else DOCKER_HOST / the local socket),
                 // shared by the image builder and the docker provisioner.
                 let engine = connect_engine(&cfg).await?;
-                let docker = engine.docker().clone();
                 let envoy_image =
-                    resolve_image(&docker, &cfg.sidecar.image, &cfg.sidecar.offline_image).await?;
-                let builder = DockerImageBuilder::with_docker(docker, cfg.images.clone())
-                    .context("image builder ([images])")?;
+                    resolve_image(&engine, &cfg.sidecar.image, &cfg.sidecar.offline_image).await?;
                 let provisioner: Arc<dyn Provisioner> = match cfg.provisioner {
                     ProvisionerKind::Docker => Arc::new(DockerProvisioner::with_engine(
-                        Arc::new(engine),
+                        Arc::new(BollardEngine::new(&engine)),
                         cfg.docker.clone(),
                     )),
                     ProvisionerKind::Terraform => {
                         Arc::new(TerraformProvisioner::new(cfg.terraform.clone()))
                     }
                     // The same engine connection: the swarm manager that builds the images.
-                    ProvisionerKind::Swarm => Arc::new(SwarmProvisioner::with_docker(
-                        engine.docker().clone(),
-                        cfg.swarm.clone(),
-                    )),
+                    ProvisionerKind::Swarm => {
+                        Arc::new(SwarmProvisioner::new(&engine, cfg.swarm.clone()))
+                    }
                 };
+                let builder = DockerImageBuilder::new(engine, cfg.images.clone())
+                    .context("image builder ([images])")?;
                 (Arc::new(builder), provisioner, envoy_image)
             }
             EngineUse::None => {
-                let docker = Docker::connect_with_defaults().context("docker client")?;
-                let builder = DockerImageBuilder::with_docker(docker, cfg.images.clone())
+                // Never asked anything: `planned()` only reads files.
+                let engine = DockerEngine::client(
+                    cfg.docker.docker_host.as_deref(),
+                    cfg.docker.request_timeout,
+                )
+                .context("[docker] docker_host")?;
+                let builder = DockerImageBuilder::new(engine, cfg.images.clone())
                     .context("image builder ([images])")?;
                 (
                     Arc::new(builder),
@@ -193,27 +189,35 @@ impl App {
     }
 }
 
-async fn connect_engine(cfg: &IacConfig) -> anyhow::Result<BollardEngine> {
-    let timeout = cfg.docker.request_timeout.max(Duration::from_secs(1));
-    BollardEngine::connect(cfg.docker.docker_host.as_deref(), timeout)
-        .await
-        .context("cannot reach the Docker engine (is dockerd running, and may this user use its socket?)")
+/// The engine `[docker] docker_host` names (else `DOCKER_HOST`, else the local socket): the one
+/// way the binary reaches Docker (deploys, `iac serve`'s `/health`, `iac bootstrap`).
+pub async fn connect_engine(cfg: &IacConfig) -> anyhow::Result<DockerEngine> {
+    DockerEngine::connect(
+        cfg.docker.docker_host.as_deref(),
+        cfg.docker.request_timeout,
+    )
+    .await
+    .context("cannot reach the Docker engine ([docker] docker_host)")
 }
 
 /// `preferred` when the engine has it, else `offline` when it has that, else a clear error.
-async fn resolve_image(docker: &Docker, preferred: &str, offline: &str) -> anyhow::Result<String> {
-    if docker.inspect_image(preferred).await.is_ok() {
-        return Ok(preferred.to_string());
+async fn resolve_image(
+    engine: &DockerEngine,
+    preferred: &str,
+    offline: &str,
+) -> anyhow::Result<String> {
+    match engine.first_present(&[preferred, offline]).await? {
+        Some(found) if found == preferred => Ok(preferred.to_string()),
+        Some(found) => {
+            tracing::info!(
+                "image {preferred} is not on this engine; using its offline equivalent {found}"
+            );
+            Ok(found.to_string())
+        }
+        None => anyhow::bail!(
+            "neither {preferred} nor its offline equivalent {offline} is on this Docker engine: run `make bootstrap` (or `iac bootstrap`)"
+        ),
     }
-    if docker.inspect_image(offline).await.is_ok() {
-        tracing::info!(
-            "image {preferred} is not on this engine; using its offline equivalent {offline}"
-        );
-        return Ok(offline.to_string());
-    }
-    anyhow::bail!(
-        "neither {preferred} nor its offline equivalent {offline} is on this Docker engine: run `make bootstrap` (or `iac bootstrap`)"
-    )
 }
 
 /// The provisioner of commands that never provision (`iac render`, `iac inspect`): asking it
@@ -252,107 +256,23 @@ impl Provisioner for NoProvisioner {
     }
 }
 
-/// `iac ca init|show|rotate`.
-pub fn ca_command(cfg: &IacConfig, action: CaAction, json: bool) -> anyhow::Result<ExitCode> {
-    anyhow::ensure!(
-        cfg.pki.external.is_none(),
-        "[pki.external] is configured: certificates are issued outside iac, there is no CA to manage"
-    );
-    let ca = DevCa::new(cfg.pki.clone());
-    let info = match action {
-        CaAction::Init => {
-            let outcome = ca.init()?;
-            if !json {
-                println!("{outcome:?}");
-            }
-            ca.show()?
-        }
-        CaAction::Show => ca.show()?,
-        CaAction::Rotate => ca.rotate()?,
-    };
-    if json {
-        println!("{}", serde_json::to_string_pretty(&info)?);
-    } else {
-        println!("{info}");
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// `iac serve`.
-pub async fn serve(
-    cfg: IacConfig,
-    http: Option<String>,
-    uds: Option<PathBuf>,
-) -> anyhow::Result<ExitCode> {
-    let mut serve_cfg: ServeConfig = cfg.serve.clone();
-    serve_cfg.deploy_deadline = cfg.deploy_deadline;
-    let http_given = http.is_some();
-    if let Some(h) = http {
-        serve_cfg.http_addr = h
-            .parse()
-            .with_context(|| format!("--http {h:?}: expected HOST:PORT"))?;
-    }
-    if let Some(u) = uds {
-        serve_cfg.uds_path = Some(u);
-    }
-    let supabase_configured = cfg.supabase.url.is_some()
-        || cfg.supabase.service_role_key.is_some()
-        || cfg.supabase.jwt_secret.is_some();
-    let auth: Arc<dyn AuthVerifier> = if supabase_configured {
-        Arc::new(
-            SupabaseVerifier::new(cfg.supabase.clone())
-                .context("Supabase auth ([supabase] / SUPABASE_*)")?,
-        )
-    } else if http_given {
-        anyhow::bail!(
-            "--http needs an auth provider: set SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY (or [supabase] in iac.toml); without them only the Unix socket is served"
-        );
-    } else {
-        // Nothing to verify TCP callers against: serve the Unix socket only (peer-uid auth).
-        tracing::warn!(
-            "no Supabase configured (SUPABASE_URL, SUPABASE_SERVICE_ROLE_KEY): the TCP listener is off, serving the Unix socket only"
-        );
-        serve_cfg.http_enabled = false;
-        Arc::new(NoAuthProvider)
-    };
-    let default_project = crate::commands::resolve_project(&cfg, None)?;
-    let backend = Arc::new(LiveBackend {
-        cfg,
-        default_project,
-    });
-    let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = term.recv() => {},
-            _ = tokio::signal::ctrl_c() => {},
-        }
-        tracing::info!("shutting down: waiting for in-flight requests and deploys");
-    };
-    crate::api::serve(serve_cfg, backend, auth, shutdown).await?;
-    Ok(ExitCode::SUCCESS)
-}
-
-/// The verifier when no auth provider is configured: every bearer credential is refused (fail
-/// closed). Only reachable if a TCP listener were enabled, which `serve` prevents.
-struct NoAuthProvider;
-
-#[async_trait]
-impl AuthVerifier for NoAuthProvider {
-    async fn verify(&self, _bearer: &str) -> Result<iac_core::Principal, iac_core::AuthError> {
-        Err(iac_core::AuthError::Unavailable(
-            "no auth provider is configured".into(),
-        ))
-    }
-}
-
-/// The admin API's backend: a fresh [`App`] per request's project.
-struct LiveBackend {
+/// The admin API's backend: a fresh [`App`] per request's project. Core errors become API errors
+/// through `From` (`ApiError::from`): a conflict is 409, the engine unreachable 503, a failing
+/// provisioner or agent 502.
+pub struct LiveBackend {
     cfg: IacConfig,
     default_project: ProjectName,
 }
 
 impl LiveBackend {
+    /// The backend `iac serve` runs: requests without a project use `default_project`.
+    pub fn new(cfg: IacConfig, default_project: ProjectName) -> Self {
+        LiveBackend {
+            cfg,
+            default_project,
+        }
+    }
+
     async fn app(&self, project: ProjectName) -> Result<App, ApiError> {
         App::build(self.cfg.clone(), project)
             .await
@@ -373,19 +293,12 @@ impl ControlPlaneBackend for LiveBackend {
 
     async fn destroy(&self, project: ProjectName, events: Events) -> Result<Vec<String>, ApiError> {
         let app = self.app(project).await?;
-        app.deployer
-            .destroy(&events)
-            .await
-            .map_err(|e| ApiError::bad_gateway(e.to_string()))
+        Ok(app.deployer.destroy(&events).await?)
     }
 
     async fn services(&self, project: ProjectName) -> Result<Vec<ServiceStatus>, ApiError> {
         let app = self.app(project).await?;
-        let checked = app
-            .deployer
-            .health()
-            .await
-            .map_err(|e| ApiError::bad_gateway(e.to_string()))?;
+        let checked = app.deployer.health().await?;
         Ok(checked
             .into_iter()
             .map(|(running, health)| ServiceStatus { running, health })
@@ -399,13 +312,7 @@ impl ControlPlaneBackend for LiveBackend {
         query: LogQuery,
     ) -> Result<LogStream, ApiError> {
         let app = self.app(project.clone()).await?;
-        let running = app
-            .deployer
-            .stages()
-            .provisioner
-            .running(&project)
-            .await
-            .map_err(|e| ApiError::bad_gateway(e.to_string()))?;
+        let running = app.deployer.stages().provisioner.running(&project).await?;
         let r = running
             .into_iter()
             .find(|r| r.service == service)
@@ -418,21 +325,14 @@ impl ControlPlaneBackend for LiveBackend {
             .log_stream(&r, query)
             .await
             .map_err(|e| ApiError::bad_gateway(format!("service {service}: {e}")))?;
-        Ok(stream
-            .map(|item| item.map_err(|e| ApiError::bad_gateway(e.to_string())))
-            .boxed())
+        Ok(stream.map(|item| item.map_err(ApiError::from)).boxed())
     }
 
     async fn engine_ping(&self) -> Result<String, String> {
         let engine = connect_engine(&self.cfg)
             .await
             .map_err(|e| format!("{e:#}"))?;
-        let docker = engine.docker();
-        let v = docker.version().await.map_err(|e| e.to_string())?;
-        Ok(format!(
-            "docker {} (API {})",
-            v.version.unwrap_or_default(),
-            v.api_version.unwrap_or_default()
-        ))
+        let v = engine.version().await.map_err(|e| e.to_string())?;
+        Ok(v.to_string())
     }
 }

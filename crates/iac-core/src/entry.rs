@@ -12,12 +12,15 @@ pub const DEFAULT_APP_PORT: u16 = 8000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Language {
+    /// A Python project.
     #[default]
     Python,
+    /// A prebuilt executable (`/app/main`).
     Binary,
 }
 
 impl Language {
+    /// Lowercase name.
     pub fn as_str(self) -> &'static str {
         match self {
             Language::Python => "python",
@@ -32,12 +35,14 @@ impl Language {
 /// Entry has an empty argv and is not a valid decision.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 pub struct Entry {
+    /// The language detected.
     pub language: Language,
     /// The rule that matched, e.g. `override:repos-file`, `platform:procfile`, `framework:asgi`,
     /// `main.py`, `project.scripts`.
     pub rule: String,
     /// The command, run inside the container from `/app/<workdir>` (`/app` when `workdir` is
     /// `None`).
+    /// The command the agent starts.
     pub argv: Vec<String>,
     /// One sentence saying why this rule matched (file and line where it helps).
     pub why: String,
@@ -99,6 +104,7 @@ pub struct PythonVersion {
 pub struct Candidate {
     /// The rule that would have produced it (same ids as [`Entry::rule`]).
     pub rule: String,
+    /// The command it would have run.
     pub argv: Vec<String>,
     /// Where it came from and why it lost.
     pub why: String,

@@ -21,19 +21,30 @@ pub const DROPPED_PREFIX: &str = "events dropped: ";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Stage {
+    /// Fetching the source.
     Fetch,
+    /// Resolving the entry point.
     Resolve,
+    /// Building the image.
     Build,
+    /// Issuing certificates.
     Certs,
+    /// Rendering the sidecar config.
     Render,
+    /// Planning the stack.
     Plan,
+    /// Applying the stack.
     Provision,
+    /// Proving health.
     Health,
+    /// Removing a project.
     Destroy,
+    /// The deploy as a whole.
     Deploy,
 }
 
 impl Stage {
+    /// Lowercase name, as events and reports print it.
     pub fn as_str(self) -> &'static str {
         match self {
             Stage::Fetch => "fetch",
@@ -50,12 +61,17 @@ impl Stage {
     }
 }
 
+/// How important an event is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EventLevel {
+    /// Detail for debugging.
     Debug,
+    /// Progress.
     Info,
+    /// Something to look at; the deploy goes on.
     Warn,
+    /// A failure.
     Error,
 }
 
@@ -66,8 +82,11 @@ pub struct DeployEvent {
     pub ts: String,
     /// `None` for project-wide events (plan, provision of the network, …).
     pub service: Option<ServiceName>,
+    /// The stage that emitted it.
     pub stage: Stage,
+    /// Its level.
     pub level: EventLevel,
+    /// What happened.
     pub message: String,
     /// W3C `traceparent` of the span the event was emitted in (the deploy's trace), when iac
     /// exports traces; lets a consumer of the admin API's stream join the trace.
@@ -145,10 +164,12 @@ impl Events {
         }
     }
 
+    /// The service this sink attributes events to, if any.
     pub fn service(&self) -> Option<&ServiceName> {
         self.service.as_ref()
     }
 
+    /// Sends one event (dropped, and counted, when the consumer is behind).
     pub fn emit(&self, stage: Stage, level: EventLevel, message: impl Into<String>) {
         let message = message.into();
         let svc = self
@@ -178,15 +199,19 @@ impl Events {
         }
     }
 
+    /// [`Events::emit`] at debug level.
     pub fn debug(&self, stage: Stage, message: impl Into<String>) {
         self.emit(stage, EventLevel::Debug, message)
     }
+    /// [`Events::emit`] at info level.
     pub fn info(&self, stage: Stage, message: impl Into<String>) {
         self.emit(stage, EventLevel::Info, message)
     }
+    /// [`Events::emit`] at warn level.
     pub fn warn(&self, stage: Stage, message: impl Into<String>) {
         self.emit(stage, EventLevel::Warn, message)
     }
+    /// [`Events::emit`] at error level.
     pub fn error(&self, stage: Stage, message: impl Into<String>) {
         self.emit(stage, EventLevel::Error, message)
     }

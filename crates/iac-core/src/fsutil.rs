@@ -1,7 +1,9 @@
-//! Small filesystem helpers shared by every crate: atomic writes (temp file + fsync + rename).
+//! Small filesystem helpers shared by every crate: atomic writes (temp file + fsync + rename) and
+//! the one lock-file helper ([`FileLock`]: the per-project deploy lock, the terraform run lock,
+//! the PKI lock).
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Writes `bytes` to `path` atomically: a temp file in the same directory, fsync, then rename.
 /// `mode` (unix permissions) is applied to the temp file before any byte is written.
@@ -53,6 +55,63 @@ pub fn sha256_tagged(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
 }
 
+/// An exclusive advisory lock (`flock`) on a lock file, held until dropped. Other processes
+/// (and other handles in this one) taking the same lock wait; the file's content is never used.
+#[derive(Debug)]
+pub struct FileLock {
+    _file: std::fs::File,
+    path: PathBuf,
+}
+
+impl FileLock {
+    /// The lock file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Creates `path` (and its directory) if missing and waits for the lock, blocking the thread.
+    pub fn acquire_blocking(path: &Path) -> std::io::Result<FileLock> {
+        let file = open_lock_file(path)?;
+        file.lock()?;
+        Ok(FileLock {
+            _file: file,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Like [`FileLock::acquire_blocking`] without blocking the runtime: when the lock is held
+    /// elsewhere, `on_wait` runs once (to say who waits for what) and the wait happens on a
+    /// blocking thread.
+    pub async fn acquire(path: &Path, on_wait: impl FnOnce()) -> std::io::Result<FileLock> {
+        let file = open_lock_file(path)?;
+        let file = match file.try_lock() {
+            Ok(()) => file,
+            Err(std::fs::TryLockError::WouldBlock) => {
+                on_wait();
+                tokio::task::spawn_blocking(move || file.lock().map(|()| file))
+                    .await
+                    .map_err(std::io::Error::other)??
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+        };
+        Ok(FileLock {
+            _file: file,
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+fn open_lock_file(path: &Path) -> std::io::Result<std::fs::File> {
+    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,5 +130,39 @@ mod tests {
         );
         let leftovers: Vec<_> = std::fs::read_dir(p.parent().unwrap()).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temp files left behind");
+    }
+
+    #[tokio::test]
+    async fn a_second_lock_waits_says_so_once_and_gets_it_after_the_first_is_dropped() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state/deploy.lock");
+        let first = FileLock::acquire(&p, || panic!("the first lock never waits"))
+            .await
+            .unwrap();
+        assert_eq!(first.path(), p);
+        let waited = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let w = waited.clone();
+        let p2 = p.clone();
+        let second = tokio::spawn(async move {
+            FileLock::acquire(&p2, move || {
+                w.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            })
+            .await
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(
+            !second.is_finished(),
+            "the second lock must wait for the first"
+        );
+        assert_eq!(waited.load(std::sync::atomic::Ordering::SeqCst), 1);
+        drop(first);
+        let second = tokio::time::timeout(std::time::Duration::from_secs(10), second)
+            .await
+            .expect("the second lock is taken once the first is dropped")
+            .unwrap()
+            .unwrap();
+        drop(second);
+        // Blocking flavour, same file: free again.
+        FileLock::acquire_blocking(&p).unwrap();
     }
 }

@@ -8,16 +8,22 @@ use crate::entry::Entry;
 use crate::name::{ProjectName, ServiceName};
 use crate::source::Source;
 
+/// What an image is built from: one service's source, entry and environment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BuildSpec {
+    /// The project (part of the tag and labels).
     pub project: ProjectName,
+    /// The service.
     pub service: ServiceName,
+    /// Its source tree.
     pub source: Source,
+    /// Its entry point.
     pub entry: Entry,
     /// Extra environment baked into the image (from the repos file).
     pub env: BTreeMap<String, String>,
 }
 
+/// An image built (or planned, or reused) for a service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageRef {
     /// Engine image id (`sha256:…`); empty when only planned.

@@ -5,6 +5,9 @@
 //! [`Deployer`] that runs the stages per service with bounded parallelism. There is deliberately no
 //! Docker, HTTP or child-process code in this crate: that lives behind the traits in `iac-backends`.
 
+#![warn(missing_docs)]
+
+pub mod addr;
 pub mod deployer;
 pub mod duration;
 pub mod entry;
@@ -41,6 +44,6 @@ pub use slug::{Forge, Slug};
 pub use source::Source;
 pub use stack::{
     Action, Applied, AppliedService, Change, ContainerSpec, Limits, Mount, NetworkMode,
-    NetworkSpec, PodFilter, PortPublish, Privileges, RunningService, ServiceStack, Stack,
+    NetworkSpec, PodFilter, PortPublish, Privileges, Role, RunningService, ServiceStack, Stack,
 };
 pub use stages::*;

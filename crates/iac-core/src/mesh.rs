@@ -11,8 +11,11 @@ use crate::name::{ProjectName, ServiceName};
 /// Certificate files: a CA bundle, a certificate and its key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct CertPaths {
+    /// The CA bundle peers are verified against.
     pub ca: PathBuf,
+    /// The certificate.
     pub cert: PathBuf,
+    /// Its private key.
     pub key: PathBuf,
 }
 
@@ -30,7 +33,9 @@ impl CertPaths {
 /// Certificates issued for a service, plus a fingerprint that changes whenever any of them does.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IssuedCerts {
+    /// Host paths of the files.
     pub paths: CertPaths,
+    /// Changes whenever any of the files does (part of the spec hash).
     pub fingerprint: String,
 }
 
@@ -39,7 +44,9 @@ pub struct IssuedCerts {
 pub struct MeshPorts {
     /// Address the inbound mTLS listener binds (`0.0.0.0` in a container).
     pub inbound_bind: String,
+    /// The inbound mTLS listener's port.
     pub inbound: u16,
+    /// The outbound listener on loopback the app dials peers through.
     pub outbound: u16,
     /// The agent's gRPC port on loopback.
     pub agent: u16,
@@ -65,6 +72,7 @@ impl Default for MeshPorts {
 /// One member of the mesh.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MeshService {
+    /// The service.
     pub name: ServiceName,
     /// How peers reach it: the DNS alias on the project network (its name), or an IP in tests.
     pub address: String,
@@ -74,16 +82,21 @@ pub struct MeshService {
     pub app_port: Option<u16>,
 }
 
+/// Every service of a project as their sidecars see each other.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Mesh {
+    /// The project.
     pub project: ProjectName,
+    /// Its services.
     pub services: Vec<MeshService>,
+    /// The sidecar port layout.
     pub ports: MeshPorts,
     /// Certificate paths as the sidecar sees them.
     pub certs: CertPaths,
 }
 
 impl Mesh {
+    /// The member named `name`.
     pub fn service(&self, name: &ServiceName) -> Option<&MeshService> {
         self.services.iter().find(|s| &s.name == name)
     }

@@ -43,6 +43,7 @@ impl ServiceName {
         if s.is_empty() { None } else { Some(Self(s)) }
     }
 
+    /// The name.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -79,6 +80,7 @@ impl AsRef<str> for ServiceName {
 pub struct ProjectName(String);
 
 impl ProjectName {
+    /// Checks `s` is a DNS label (lowercase letters, digits, `-`, at most 63).
     pub fn new(s: &str) -> Result<Self, NameError> {
         validate_label(s).map(|()| Self(s.to_string()))
     }
@@ -88,6 +90,7 @@ impl ProjectName {
         ServiceName::derive(raw).map_or_else(|| Self("iac".into()), |n| Self(n.0))
     }
 
+    /// The name.
     pub fn as_str(&self) -> &str {
         &self.0
     }

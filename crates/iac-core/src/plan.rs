@@ -117,28 +117,39 @@ pub fn sidecar_privileges() -> Privileges {
     }
 }
 
+/// Everything [`plan`] needs: the prepared services and the project's settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PlanInput {
+    /// The project.
     pub project: ProjectName,
+    /// The project's network name.
     pub network: String,
+    /// The sidecar image.
     pub envoy_image: String,
     /// OTLP endpoint handed to apps; `None` → the stdout exporter.
     pub otel_endpoint: Option<String>,
+    /// The services to run.
     pub services: Vec<PlannedService>,
+    /// Services whose running containers are left alone (they failed to prepare).
     pub keep: Vec<ServiceName>,
 }
 
+/// One prepared service, as [`plan`] needs it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PlannedService {
+    /// The service.
     pub name: ServiceName,
     /// Image tag (content-addressed).
     pub image: String,
     /// Host path of the rendered Envoy config, and the digest of its contents.
     pub envoy_config: PathBuf,
+    /// Digest of the rendered config (part of the spec hash).
     pub envoy_config_digest: String,
     /// Host paths of the service's certificates.
     pub certs: IssuedCerts,
+    /// The app's own port, when it declares one (`PORT`).
     pub app_port: Option<u16>,
+    /// Extra environment from the repos file.
     pub env: BTreeMap<String, String>,
     /// The repos file's `replicas` (1 unless it says otherwise).
     pub replicas: u32,
@@ -161,10 +172,12 @@ pub fn envoy_argv(project: &ProjectName, svc: &ServiceName) -> Vec<String> {
     ]
 }
 
+/// `<project>-<service>`: the app container.
 pub fn app_container_name(project: &ProjectName, svc: &ServiceName) -> String {
     format!("{project}-{svc}")
 }
 
+/// `<project>-<service>-envoy`: the sidecar container.
 pub fn envoy_container_name(project: &ProjectName, svc: &ServiceName) -> String {
     format!("{project}-{svc}-envoy")
 }
@@ -172,7 +185,7 @@ pub fn envoy_container_name(project: &ProjectName, svc: &ServiceName) -> String 
 /// The network name for a project: `<network>` shared by the project's containers.
 pub fn plan(input: &PlanInput) -> Stack {
     let project = &input.project;
-    let base_labels = |role: &str, svc: Option<&ServiceName>| {
+    let base_labels = |role: Role, svc: Option<&ServiceName>| {
         let mut l = BTreeMap::new();
         l.insert(LABEL_PROJECT.to_string(), project.to_string());
         l.insert(LABEL_MANAGED.to_string(), "iac".to_string());
@@ -232,7 +245,7 @@ pub fn plan(input: &PlanInput) -> Stack {
                 image: s.image.clone(),
                 cmd: Vec::new(),
                 env,
-                labels: base_labels("app", Some(&s.name)),
+                labels: base_labels(Role::App, Some(&s.name)),
                 network: NetworkMode::Network {
                     name: input.network.clone(),
                     aliases: vec![s.name.to_string()],
@@ -264,7 +277,7 @@ pub fn plan(input: &PlanInput) -> Stack {
                 // The official image's entrypoint would switch to uid 101 unless ENVOY_UID=0; the
                 // sidecar command picks Envoy's user itself (the owner of the 0600 key).
                 env: BTreeMap::from([("ENVOY_UID".to_string(), "0".to_string())]),
-                labels: base_labels("envoy", Some(&s.name)),
+                labels: base_labels(Role::Envoy, Some(&s.name)),
                 network: NetworkMode::Container { name: app_name },
                 mounts: vec![
                     ro(&s.envoy_config, &PathBuf::from(ENVOY_CONFIG_IN_CONTAINER)),
@@ -319,7 +332,7 @@ pub fn plan(input: &PlanInput) -> Stack {
         project: project.clone(),
         network: NetworkSpec {
             name: input.network.clone(),
-            labels: base_labels("network", None),
+            labels: base_labels(Role::Network, None),
         },
         services,
         keep,

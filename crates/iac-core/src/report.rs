@@ -9,32 +9,50 @@ use crate::health::HealthReport;
 use crate::name::{ProjectName, ServiceName};
 use crate::stack::Action;
 
+/// How long one stage of one service took, and whether it succeeded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StageTiming {
+    /// The stage.
     pub stage: Stage,
+    /// Wall time, milliseconds.
     pub millis: u64,
+    /// Whether it succeeded.
     pub ok: bool,
 }
 
+/// One service's outcome: every stage it went through, what it ran, and how it ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceReport {
+    /// The service.
     pub service: ServiceName,
+    /// Its source, as the repos file (or API request) gave it.
     pub slug: String,
+    /// Deployed and proven SERVING.
     pub ok: bool,
+    /// The stages run, in order.
     pub stages: Vec<StageTiming>,
+    /// The commit fetched, when the source has one.
     pub commit: Option<String>,
+    /// The image tag built or reused.
     pub image: Option<String>,
+    /// Whether an existing image with the same build key was reused.
     pub image_reused: Option<bool>,
+    /// The entry point resolved.
     pub entry: Option<Entry>,
+    /// What provisioning did to the service.
     pub action: Option<Action>,
+    /// The host address of its mTLS listener.
     pub endpoint: Option<String>,
+    /// The last health answer.
     pub health: Option<HealthReport>,
     /// The first error, with the stage it happened in.
     pub error: Option<String>,
+    /// The stage of [`ServiceReport::error`].
     pub failed_stage: Option<Stage>,
 }
 
 impl ServiceReport {
+    /// A report with nothing run yet (not ok).
     pub fn new(service: ServiceName, slug: String) -> Self {
         ServiceReport {
             service,
@@ -53,6 +71,7 @@ impl ServiceReport {
         }
     }
 
+    /// Marks the service failed in `stage`; the first error is kept.
     pub fn fail(&mut self, stage: Stage, error: impl std::fmt::Display) {
         if self.error.is_none() {
             self.error = Some(format!("{}: {error}", stage.as_str()));
@@ -62,13 +81,19 @@ impl ServiceReport {
     }
 }
 
+/// The outcome of one deploy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeployReport {
+    /// The project.
     pub project: ProjectName,
+    /// Every service ok and no project-wide error.
     pub ok: bool,
+    /// Every service of the deploy, sorted by name.
     pub services: Vec<ServiceReport>,
+    /// Services removed because they are no longer in the repos file.
     pub removed: Vec<ServiceName>,
     /// A project-wide failure (provisioning as a whole), if any.
     pub error: Option<String>,
+    /// Wall time of the whole deploy, milliseconds.
     pub millis: u64,
 }

@@ -16,11 +16,14 @@ use crate::slug::Slug;
 /// One service to deploy, as the repos file (or an API call) describes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceSpec {
+    /// The service name (derived from the repo name unless given).
     pub name: ServiceName,
+    /// Where its source comes from.
     pub slug: Slug,
     /// `module:function` (called) or a command line (run as argv); overrides entry detection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entrypoint: Option<String>,
+    /// Extra environment for the app.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
     /// How many copies run (Swarm tasks, Kubernetes pods); the docker and terraform provisioners
@@ -43,15 +46,20 @@ fn is_one_replica(n: &u32) -> bool {
 /// What a parsed repos file holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReposFile {
+    /// The project the file names, if any.
     pub project: Option<ProjectName>,
+    /// Its services, in file order.
     pub services: Vec<ServiceSpec>,
 }
 
 /// The syntax to parse. `Auto` picks JSON when the text starts with `[` or `{` and parses as JSON.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReposFormat {
+    /// YAML.
     Yaml,
+    /// JSON.
     Json,
+    /// Decide from the text.
     Auto,
 }
 

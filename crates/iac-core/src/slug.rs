@@ -17,8 +17,11 @@ use crate::name::ServiceName;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Forge {
+    /// GitHub (`gh:`).
     GitHub,
+    /// GitLab (`gl:`).
     GitLab,
+    /// Bitbucket (`bb:`).
     Bitbucket,
 }
 
@@ -39,23 +42,34 @@ impl Forge {
 pub enum Slug {
     /// `gh:`, `gl:`, `bb:`. For GitLab `owner` may contain `/` (subgroups).
     Hosted {
+        /// The forge.
         forge: Forge,
+        /// Owner (user, organisation, group path).
         owner: String,
+        /// Repository.
         repo: String,
+        /// Branch, tag or commit (`#REF`); `None`: the default branch.
         reference: Option<String>,
     },
     /// `git+https://HOST/PATH` — `url` is the `https://…` part.
     GitHttps {
+        /// The `https://…` URL.
         url: String,
+        /// Branch, tag or commit; `None`: the default branch.
         reference: Option<String>,
     },
     /// `git+file:///ABS/PATH` — a local repository, cloned like a remote one.
     GitFile {
+        /// Absolute path of the repository.
         path: PathBuf,
+        /// Branch, tag or commit; `None`: the checked-out branch.
         reference: Option<String>,
     },
     /// `path:DIR` — a local working tree used as is (development).
-    Path { dir: PathBuf },
+    Path {
+        /// The directory.
+        dir: PathBuf,
+    },
 }
 
 impl Slug {

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 /// A source tree ready to read. `dir` lives in the fetch cache (or is the `path:` directory itself).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Source {
+    /// The tree's root.
     pub dir: PathBuf,
     /// Resolved commit sha, when known (git clone, or a tarball whose ref was a sha).
     pub commit: Option<String>,

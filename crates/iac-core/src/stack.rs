@@ -10,52 +10,120 @@ use serde::{Deserialize, Serialize};
 use crate::health::HealthReport;
 use crate::name::{ProjectName, ServiceName};
 
+/// Label naming an object's project.
 pub const LABEL_PROJECT: &str = "iac.project";
+/// Label naming the service a container belongs to.
 pub const LABEL_SERVICE: &str = "iac.service";
+/// Label holding the hash of the spec a container was created from.
 pub const LABEL_SPEC_HASH: &str = "iac.spec-hash";
+/// Label saying what an object is for ([`Role`]).
 pub const LABEL_ROLE: &str = "iac.role";
+/// Label set on every container and network iac created (value `iac`).
 pub const LABEL_MANAGED: &str = "iac.managed-by";
 
+/// What an object iac creates is for: the value of its [`LABEL_ROLE`] label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// A service's app container (PID 1 the agent).
+    App,
+    /// A service's Envoy sidecar, sharing the app's network namespace.
+    Envoy,
+    /// The project's network.
+    Network,
+}
+
+impl Role {
+    /// The label value: `app`, `envoy` or `network`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::App => "app",
+            Role::Envoy => "envoy",
+            Role::Network => "network",
+        }
+    }
+
+    /// The role a label value names; `None` for anything else (an object iac did not label).
+    pub fn from_label(value: &str) -> Option<Role> {
+        [Role::App, Role::Envoy, Role::Network]
+            .into_iter()
+            .find(|r| r.as_str() == value)
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The project's network.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkSpec {
+    /// Its name.
     pub name: String,
+    /// Its labels.
     pub labels: BTreeMap<String, String>,
 }
 
+/// How a container joins the network.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum NetworkMode {
     /// Attach to a user network with DNS aliases.
-    Network { name: String, aliases: Vec<String> },
+    Network {
+        /// The network.
+        name: String,
+        /// DNS names the container answers to on it.
+        aliases: Vec<String>,
+    },
     /// Share another container's network namespace (`container:<name>`), like a pod.
-    Container { name: String },
+    Container {
+        /// The container whose namespace is shared.
+        name: String,
+    },
 }
 
+/// A bind mount of a host path.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Mount {
+    /// Host path.
     pub source: PathBuf,
+    /// Path in the container.
     pub target: PathBuf,
+    /// Mounted read-only.
     pub read_only: bool,
 }
 
+/// A container port published on the host.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PortPublish {
+    /// The TCP port in the container.
     pub container_port: u16,
+    /// The host address it is bound to (`127.0.0.1` by default).
     pub host_ip: String,
     /// `None`: an ephemeral port chosen by the engine.
     pub host_port: Option<u16>,
 }
 
+/// One container, as a provisioner creates it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerSpec {
+    /// Container name.
     pub name: String,
+    /// Image tag.
     pub image: String,
     /// Overrides the image's CMD when non-empty.
     pub cmd: Vec<String>,
+    /// Environment.
     pub env: BTreeMap<String, String>,
+    /// Labels (project, service, role, spec hash).
     pub labels: BTreeMap<String, String>,
+    /// Network attachment.
     pub network: NetworkMode,
+    /// Bind mounts.
     pub mounts: Vec<Mount>,
+    /// Published ports.
     pub ports: Vec<PortPublish>,
     /// Seconds the engine waits after SIGTERM before SIGKILL.
     pub stop_timeout_secs: u32,
@@ -74,7 +142,9 @@ pub struct ContainerSpec {
 pub struct Privileges {
     /// `no-new-privileges`: setuid binaries and file capabilities grant nothing.
     pub no_new_privileges: bool,
+    /// Capabilities dropped (`ALL`: every one).
     pub cap_drop: Vec<String>,
+    /// Capabilities added back after the drop.
     pub cap_add: Vec<String>,
 }
 
@@ -90,9 +160,13 @@ pub struct Limits {
 /// One service's pair of containers. Both carry `spec_hash` in their labels.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceStack {
+    /// The service.
     pub service: ServiceName,
+    /// The app container (PID 1 the agent).
     pub app: ContainerSpec,
+    /// The Envoy sidecar, in the app's network namespace.
     pub envoy: ContainerSpec,
+    /// Hash of both specs: unchanged hash → the running pair is left alone.
     pub spec_hash: String,
     /// How many copies an orchestrator runs (Swarm, Kubernetes); not part of `spec_hash` (the
     /// docker and terraform provisioners run one pair whatever it says).
@@ -112,14 +186,20 @@ fn one_replica() -> u32 {
 /// in from outside the pod.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PodFilter {
+    /// The nftables table name.
     pub table: String,
+    /// The only port admitted from outside the pod (Envoy's mTLS listener).
     pub inbound_port: u16,
 }
 
+/// Everything a project should run: the pure output of [`crate::plan::plan`], the input of [`crate::Provisioner::apply`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stack {
+    /// The project.
     pub project: ProjectName,
+    /// Its network.
     pub network: NetworkSpec,
+    /// One pair per service.
     pub services: Vec<ServiceStack>,
     /// Services that failed before provisioning: whatever runs for them now is left alone.
     pub keep: Vec<ServiceName>,
@@ -129,15 +209,20 @@ pub struct Stack {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
+    /// Not running yet: created.
     Create,
+    /// Running with another spec (or half present, or stopped): replaced.
     Replace,
+    /// Running with this spec: left alone.
     Unchanged,
+    /// Running but no longer wanted: removed.
     Remove,
     /// A replacement failed its health check: the new pair was removed, the old one kept.
     RolledBack,
 }
 
 impl Action {
+    /// How reports print it.
     pub fn as_str(self) -> &'static str {
         match self {
             Action::Create => "create",
@@ -149,27 +234,36 @@ impl Action {
     }
 }
 
+/// What a deploy would do to one service (`iac plan`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Change {
+    /// The service.
     pub service: ServiceName,
+    /// What would happen.
     pub action: Action,
     /// Why, e.g. "spec hash 1a2b… → 3c4d…", "not running", "not in the repos file".
     pub reason: String,
 }
 
+/// What an apply did to one service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppliedService {
+    /// The service.
     pub service: ServiceName,
+    /// What happened.
     pub action: Action,
     /// Host address of the service's mTLS listener.
     pub endpoint: Option<SocketAddr>,
     /// The gate's verdict when the provisioner health-checked it (replacements).
     pub health: Option<HealthReport>,
+    /// Why this service failed, when it did (its peers are unaffected).
     pub error: Option<String>,
 }
 
+/// The outcome of [`crate::Provisioner::apply`] when the apply as a whole ran.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Applied {
+    /// Per service of the stack.
     pub services: Vec<AppliedService>,
     /// Services removed because they are no longer in the stack.
     pub removed: Vec<ServiceName>,
@@ -178,9 +272,13 @@ pub struct Applied {
 /// A service currently running in a project, as the provisioner sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunningService {
+    /// The service.
     pub service: ServiceName,
+    /// Host address of its mTLS listener, when published.
     pub endpoint: Option<SocketAddr>,
+    /// The spec hash it was created from.
     pub spec_hash: String,
+    /// Its app image.
     pub image: String,
     /// Engine state of the app container, e.g. "running", "exited".
     pub state: String,

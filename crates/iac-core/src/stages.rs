@@ -32,6 +32,7 @@ use crate::stack::{Applied, Change, RunningService, Stack};
 #[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
 #[async_trait]
 pub trait SourceFetcher: Send + Sync {
+    /// The source tree of `slug` (from the cache when this commit was fetched before).
     async fn fetch(&self, slug: &Slug, events: &Events) -> Result<Source, FetchError>;
 }
 
@@ -49,6 +50,7 @@ pub trait ImageBuilder: Send + Sync {
     /// The image this spec would produce, without building: tag and key are pure functions of
     /// the inputs, so `plan` can compare against what runs.
     fn planned(&self, spec: &BuildSpec) -> Result<ImageRef, BuildError>;
+    /// Builds the image, or reuses one with the same build key (`ImageRef::reused`).
     async fn build(&self, spec: &BuildSpec, events: &Events) -> Result<ImageRef, BuildError>;
 }
 
@@ -70,6 +72,7 @@ pub trait Pki: Send + Sync {
 /// Renders one service's sidecar config. Must be a pure function of its inputs.
 #[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
 pub trait SidecarRenderer: Send + Sync {
+    /// The sidecar config of `service` within `mesh` (its peers are the mesh's other services).
     fn render(&self, mesh: &Mesh, service: &ServiceName) -> Result<String, SidecarError>;
 }
 
@@ -81,7 +84,19 @@ pub trait Provisioner: Send + Sync {
     fn name(&self) -> &'static str;
     /// What `apply` would do, without doing it.
     async fn diff(&self, stack: &Stack) -> Result<Vec<Change>, ProvisionError>;
-    /// Reconciles. Replacements are health-gated through `gate` where the backend can do it.
+    /// Reconciles the engine with `stack`. Replacements are health-gated through `gate` where
+    /// the backend can do it.
+    ///
+    /// **`Err` versus a per-service error.** `Err` means the apply as a whole could not run or
+    /// did not finish, so nothing can be said per service: the stack is invalid for this backend
+    /// (e.g. a limit it cannot enforce), the engine is unreachable, the project's network cannot
+    /// be created, the current containers cannot be listed, or (Terraform, which applies
+    /// everything at once) a `terraform` step failed. The Deployer then fails every service of
+    /// the stack with that error. `Ok` means each service of the stack was attempted on its
+    /// own: every one has an [`crate::AppliedService`] whose `error` says why *that* service
+    /// failed (its pair could not be created or started, a replacement's cleanup failed, …),
+    /// while its peers may have succeeded; a replacement whose new pair failed the `gate` is
+    /// `Action::RolledBack` with the gate's `health`, not an error.
     async fn apply(
         &self,
         stack: &Stack,
@@ -110,6 +125,7 @@ pub trait HealthProber: Send + Sync {
 #[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
 #[async_trait]
 pub trait LogStreamer: Send + Sync {
+    /// Opens the log stream `query` asks for; each item is one line or the error that ended it.
     async fn stream(
         &self,
         target: &ProbeTarget,
@@ -122,7 +138,9 @@ pub trait LogStreamer: Send + Sync {
 pub struct Principal {
     /// `sub` claim, or `service_role` for service keys.
     pub subject: String,
+    /// `role` claim (`service_role` for service keys).
     pub role: String,
+    /// `email` claim, when present.
     pub email: Option<String>,
     /// How it was verified, e.g. "jwt ES256 (jwks) + supabase /auth/v1/user".
     pub method: String,
@@ -132,5 +150,7 @@ pub struct Principal {
 #[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
 #[async_trait]
 pub trait AuthVerifier: Send + Sync {
+    /// The principal `bearer` (the token after `Bearer `) belongs to, if it verifies and is
+    /// allowed; [`AuthError::status`] says which HTTP status a refusal is.
     async fn verify(&self, bearer: &str) -> Result<Principal, AuthError>;
 }

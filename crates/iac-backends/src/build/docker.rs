@@ -12,7 +12,6 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use bollard::Docker;
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, ListImagesOptionsBuilder, TagImageOptionsBuilder,
 };
@@ -28,6 +27,7 @@ use super::dockerfile::{
 };
 use super::key::{FileDigests, build_key, image_tag, wheel_listing};
 use super::wheels::{AppDeps, HostPip, tail};
+use crate::engine::DockerEngine;
 
 /// Label holding the build key on every image this builder makes.
 pub const LABEL_BUILD_KEY: &str = "iac.build-key";
@@ -36,7 +36,7 @@ pub const LABEL_BASE_IMAGE: &str = "iac.base-image";
 
 /// Builds app images on a Docker engine. Cheap to share (`Arc`); builds run concurrently.
 pub struct DockerImageBuilder {
-    docker: Docker,
+    engine: DockerEngine,
     config: ImageConfig,
     template: String,
     digests: FileDigests,
@@ -52,23 +52,9 @@ struct Plan {
 }
 
 impl DockerImageBuilder {
-    /// Connects to the engine from the environment (`DOCKER_HOST`, else the local socket) and
-    /// negotiates the API version.
-    pub async fn connect(config: ImageConfig) -> Result<Self, BuildError> {
-        let docker = Docker::connect_with_defaults()
-            .map_err(|e| BuildError::Engine(format!("cannot connect to the Docker engine: {e}")))?
-            .negotiate_version()
-            .await
-            .map_err(|e| {
-                BuildError::Engine(format!(
-                    "cannot reach the Docker engine (is dockerd running?): {e}"
-                ))
-            })?;
-        Self::with_docker(docker, config)
-    }
-
-    /// Uses an existing client. Reads the template override now, so a bad `template_dir` fails early.
-    pub fn with_docker(docker: Docker, config: ImageConfig) -> Result<Self, BuildError> {
+    /// Builds on `engine` (see [`crate::engine::DockerEngine::connect`]). Reads the template
+    /// override now, so a bad `template_dir` fails early.
+    pub fn new(engine: DockerEngine, config: ImageConfig) -> Result<Self, BuildError> {
         let template = match &config.template_dir {
             Some(dir) => {
                 let p = dir.join(APP_DOCKERFILE_NAME);
@@ -80,7 +66,7 @@ impl DockerImageBuilder {
             None => APP_DOCKERFILE_TEMPLATE.to_string(),
         };
         Ok(DockerImageBuilder {
-            docker,
+            engine,
             config,
             template,
             digests: FileDigests::default(),
@@ -143,19 +129,15 @@ impl DockerImageBuilder {
 
     /// An image already built with this key: by tag first, else by label (then re-tagged).
     async fn existing(&self, tag: &str, key: &str) -> Result<Option<String>, BuildError> {
-        match self.docker.inspect_image(tag).await {
-            Ok(img) => {
-                let labels = img.config.and_then(|c| c.labels).unwrap_or_default();
-                if labels.get(LABEL_BUILD_KEY).map(String::as_str) == Some(key) {
-                    return Ok(img.id);
-                }
-            }
-            Err(e) if is_not_found(&e) => {}
-            Err(e) => return Err(BuildError::Engine(format!("inspecting image {tag}: {e}"))),
+        if let Some(img) = self.engine.image(tag).await?
+            && img.labels.get(LABEL_BUILD_KEY).map(String::as_str) == Some(key)
+        {
+            return Ok(Some(img.id));
         }
         let filters = HashMap::from([("label", vec![format!("{LABEL_BUILD_KEY}={key}")])]);
         let found = self
-            .docker
+            .engine
+            .docker()
             .list_images(Some(
                 ListImagesOptionsBuilder::new().filters(&filters).build(),
             ))
@@ -167,7 +149,8 @@ impl DockerImageBuilder {
             return Ok(None);
         };
         let (repo, t) = tag.rsplit_once(':').expect("image tags have a ':'");
-        self.docker
+        self.engine
+            .docker()
             .tag_image(
                 &img.id,
                 Some(TagImageOptionsBuilder::new().repo(repo).tag(t).build()),
@@ -180,15 +163,16 @@ impl DockerImageBuilder {
     /// The configured base image if the engine has it, else the offline equivalent.
     async fn resolve_base(&self, service: &str, events: &Events) -> Result<String, BuildError> {
         let (configured, offline) = (&self.config.base_image, &self.config.offline_base_image);
-        if self.image_present(configured).await? {
-            return Ok(configured.clone());
-        }
-        if !offline.is_empty() && offline != configured && self.image_present(offline).await? {
-            events.info(
-                Stage::Build,
-                format!("base image {configured} is not on this engine; using its offline equivalent {offline}"),
-            );
-            return Ok(offline.clone());
+        match self.engine.first_present(&[configured, offline]).await? {
+            Some(found) if found == configured => return Ok(configured.clone()),
+            Some(found) => {
+                events.info(
+                    Stage::Build,
+                    format!("base image {configured} is not on this engine; using its offline equivalent {found}"),
+                );
+                return Ok(found.to_string());
+            }
+            None => {}
         }
         Err(BuildError::Build {
             service: service.to_string(),
@@ -201,14 +185,6 @@ impl DockerImageBuilder {
                 }
             ),
         })
-    }
-
-    async fn image_present(&self, name: &str) -> Result<bool, BuildError> {
-        match self.docker.inspect_image(name).await {
-            Ok(_) => Ok(true),
-            Err(e) if is_not_found(&e) => Ok(false),
-            Err(e) => Err(BuildError::Engine(format!("inspecting image {name}: {e}"))),
-        }
     }
 }
 
@@ -328,9 +304,10 @@ impl ImageBuilder for DockerImageBuilder {
             .build();
         // Streamed from the temp file: a context is never held in memory whole.
         let body = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(ctx.file));
-        let mut stream = self
-            .docker
-            .build_image(opts, None, Some(bollard::body_try_stream(body)));
+        let mut stream =
+            self.engine
+                .docker()
+                .build_image(opts, None, Some(bollard::body_try_stream(body)));
         let mut output = String::new();
         let mut built_id = None;
         while let Some(item) = stream.next().await {
@@ -387,16 +364,22 @@ impl ImageBuilder for DockerImageBuilder {
         }
         let id = match built_id {
             Some(id) => id,
-            None => self
-                .docker
-                .inspect_image(&image.tag)
-                .await
-                .map_err(|e| BuildError::Build {
+            None => {
+                let missing = |why: String| BuildError::Build {
                     service: service.to_string(),
-                    message: format!("the build reported success but {} is not there: {e}\nlast build output:\n{}", image.tag, tail(&output, 20)),
-                })?
-                .id
-                .unwrap_or_default(),
+                    message: format!(
+                        "the build reported success but {} is not there: {why}\nlast build output:\n{}",
+                        image.tag,
+                        tail(&output, 20)
+                    ),
+                };
+                self.engine
+                    .image(&image.tag)
+                    .await
+                    .map_err(|e| missing(e.to_string()))?
+                    .ok_or_else(|| missing("the engine has no such image".into()))?
+                    .id
+            }
         };
         events.info(
             Stage::Build,
@@ -413,16 +396,6 @@ fn in_image_missing(output: &str) -> Option<String> {
         l.split_once("No matching distribution found for ")
             .map(|(_, rest)| rest.trim().to_string())
     })
-}
-
-fn is_not_found(e: &bollard::errors::Error) -> bool {
-    matches!(
-        e,
-        bollard::errors::Error::DockerResponseServerError {
-            status_code: 404,
-            ..
-        }
-    )
 }
 
 #[cfg(test)]

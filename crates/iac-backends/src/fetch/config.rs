@@ -7,7 +7,6 @@
 //! `-`, for file names). A template may also be a `file://` URL (clone URLs), which is how tests and
 //! air-gapped mirrors point a forge at local repositories.
 
-use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -16,34 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::extract::Limits;
 
-/// A secret string (an API token). `Debug`, `Display` and `Serialize` print a placeholder.
-#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-    /// The secret itself. Only call this to put it on the wire.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-const REDACTED: &str = "***redacted***";
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(REDACTED)
-    }
-}
-
-impl Serialize for Secret {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(REDACTED)
-    }
-}
+pub use crate::secret::Secret;
 
 /// One forge as configured: every field is optional and falls back to the public instance's
 /// default for that forge (so `[fetch.gitlab] host = "git.example.com"` alone is enough).
@@ -239,6 +211,7 @@ impl FetchConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::secret::REDACTED;
 
     #[test]
     fn default_urls_per_forge() {

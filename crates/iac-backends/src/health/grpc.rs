@@ -64,7 +64,7 @@ pub struct GrpcProber {
 impl std::fmt::Debug for GrpcProber {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GrpcProber")
-            .field("identity", &"<redacted>")
+            .field("identity", &crate::secret::REDACTED)
             .field("config", &self.config)
             .finish()
     }

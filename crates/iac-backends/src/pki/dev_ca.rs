@@ -8,11 +8,10 @@
 //! leaf is only reused when it parses, matches its key and names, is signed by the current CA
 //! and does not expire within `renew_before`.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
-use iac_core::fsutil::write_atomic;
+use iac_core::fsutil::{FileLock, write_atomic};
 use iac_core::{CertPaths, IssuedCerts, Pki, PkiError, ProjectName, ServiceName};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -583,17 +582,10 @@ impl DevCa {
     }
 
     /// Exclusive lock on `<secrets>/.pki.lock`, released on drop.
-    fn lock(&self) -> Result<File, PkiError> {
+    fn lock(&self) -> Result<FileLock, PkiError> {
         ensure_dir(&self.config.secrets_dir)?;
         let path = self.config.secrets_dir.join(".pki.lock");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io(&path))?;
-        file.lock().map_err(io(&path))?;
-        Ok(file)
+        FileLock::acquire_blocking(&path).map_err(io(&path))
     }
 }
 

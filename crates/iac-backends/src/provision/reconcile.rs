@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
 use iac_core::plan::{app_container_name, envoy_container_name};
-use iac_core::{Action, Change, ProjectName, ServiceName, ServiceStack, Stack};
+use iac_core::{Action, Change, ProjectName, Role, ServiceName, ServiceStack, Stack};
 
 /// One container of the project as the engine reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,8 +31,8 @@ pub struct Observed {
     pub name: String,
     /// `iac.service` label (absent on objects that belong to no service).
     pub service: Option<String>,
-    /// `iac.role` label: `app` or `envoy`.
-    pub role: Option<String>,
+    /// `iac.role` label (`None` when absent or not a role iac sets).
+    pub role: Option<Role>,
     /// `iac.spec-hash` label.
     pub spec_hash: Option<String>,
     pub image: String,
@@ -135,7 +135,7 @@ fn split(
         }
     }
     // Envoy-role strays first so their removal never races the namespace they share.
-    strays.sort_by_key(|c| (c.role.as_deref() != Some("envoy"), c.name.clone()));
+    strays.sort_by_key(|c| (c.role != Some(Role::Envoy), c.name.clone()));
     (pair, strays)
 }
 
@@ -158,7 +158,7 @@ fn mismatch(pair: &Pair, want: &ServiceStack) -> Option<String> {
             return Some(format!("spec hash {have} → {}", short(&want.spec_hash)));
         }
     }
-    for (what, c) in [("app", app), ("envoy", envoy)] {
+    for (what, c) in [(Role::App, app), (Role::Envoy, envoy)] {
         if !c.is_running() {
             return Some(format!(
                 "{what} container is {}",
@@ -298,7 +298,7 @@ mod tests {
             id: format!("id-{name}"),
             name: name.into(),
             service: Some(service.into()),
-            role: Some(role.into()),
+            role: Role::from_label(role),
             spec_hash: Some(hash.into()),
             image: "img".into(),
             state: state.into(),

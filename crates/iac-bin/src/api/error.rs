@@ -116,6 +116,9 @@ impl From<AuthError> for ApiError {
 }
 
 impl From<iac_core::Error> for ApiError {
+    /// A request the core refused is the caller's (422, 409 for a conflict, 404 for a service
+    /// the agent does not know); the engine unreachable is 503; a provisioner or agent that failed
+    /// is an upstream failure (502); anything else is ours (500).
     fn from(e: iac_core::Error) -> Self {
         use iac_core::{Error as E, ProbeError, ProvisionError};
         let message = e.to_string();
@@ -123,11 +126,26 @@ impl From<iac_core::Error> for ApiError {
             E::Slug(_) | E::Repos(_) | E::Name(_) => ApiError::unprocessable(message),
             E::Provision(ProvisionError::Conflict(_)) => ApiError::conflict(message),
             E::Provision(ProvisionError::Engine(_)) => ApiError::unavailable(message),
+            E::Provision(ProvisionError::Tool { .. } | ProvisionError::Invalid(_)) => {
+                ApiError::bad_gateway(message)
+            }
             E::Probe(ProbeError::NotFound(_)) => ApiError::not_found(message),
             E::Probe(_) => ApiError::bad_gateway(message),
             E::Auth(a) => ApiError::from(a.clone()),
             _ => ApiError::internal(message),
         }
+    }
+}
+
+impl From<iac_core::ProvisionError> for ApiError {
+    fn from(e: iac_core::ProvisionError) -> Self {
+        ApiError::from(iac_core::Error::from(e))
+    }
+}
+
+impl From<iac_core::ProbeError> for ApiError {
+    fn from(e: iac_core::ProbeError) -> Self {
+        ApiError::from(iac_core::Error::from(e))
     }
 }
 
@@ -279,4 +297,40 @@ pub async fn json_errors(
     );
     parts.headers.remove(header::CONTENT_LENGTH);
     Response::from_parts(parts, Body::from(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iac_core::{ProbeError, ProvisionError};
+
+    #[test]
+    fn core_errors_map_to_the_status_that_names_whose_fault_it_is() {
+        let conflict = ApiError::from(ProvisionError::Conflict(
+            "docker engine: create container demo-web: name in use".into(),
+        ));
+        assert_eq!(conflict.status_code(), StatusCode::CONFLICT);
+        assert_eq!(conflict.body().code, "conflict");
+        assert!(conflict.body().message.contains("name in use"));
+        let cases = [
+            (
+                ApiError::from(ProvisionError::Engine("unreachable".into())),
+                503,
+            ),
+            (
+                ApiError::from(ProvisionError::Tool {
+                    tool: "terraform".into(),
+                    step: "apply".into(),
+                    code: Some(1),
+                    message: "boom".into(),
+                }),
+                502,
+            ),
+            (ApiError::from(ProbeError::NotFound("web".into())), 404),
+            (ApiError::from(ProbeError::Tls("bad cert".into())), 502),
+        ];
+        for (e, want) in cases {
+            assert_eq!(e.status_code().as_u16(), want, "{:?}", e.body());
+        }
+    }
 }

@@ -22,8 +22,8 @@ use iac_proto::{
 use tonic::{Request, Response, Status};
 
 use super::deployments::StreamItem;
-use super::routes::AppState;
 use super::schema;
+use super::state::{AppState, validate_deploy};
 
 /// The tonic service; built by the router.
 pub struct GrpcControlPlane {
@@ -122,7 +122,7 @@ impl ControlPlane for GrpcControlPlane {
             services: None,
             project: Some(req.project).filter(|p| !p.is_empty()),
         };
-        let input = super::routes::validate_deploy(&self.st, body).map_err(|e| e.to_grpc())?;
+        let input = validate_deploy(&self.st, body).map_err(|e| e.to_grpc())?;
         let (id, mut rx) = self
             .st
             .deployments

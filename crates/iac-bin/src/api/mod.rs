@@ -16,7 +16,8 @@
 //!
 //! Routes, auth and behaviour: see [`routes`] (auth rules, OpenAPI), [`deployments`] (streams,
 //! 409, the in-memory store), [`error`] (the one error shape), [`listen`] (socket safety, peer
-//! uid) and [`grpc`].
+//! uid) and [`grpc`]; [`state`] holds what the two transports share (handler state, deploy-request
+//! validation).
 //!
 //! Shutdown: when the `shutdown` future completes, both listeners stop accepting, idle
 //! connections close, `follow` log streams end, and in-flight requests — deploy streams
@@ -30,6 +31,7 @@ pub mod grpc;
 pub mod listen;
 pub mod routes;
 pub mod schema;
+pub mod state;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -74,7 +76,7 @@ pub struct ServeConfig {
     pub max_events_per_deployment: usize,
     /// Finished deployments are forgotten this long after they finished (`max_deployments`
     /// bounds their number as well).
-    #[serde(with = "duration_str")]
+    #[serde(with = "iac_core::duration")]
     pub deployment_ttl: Duration,
     /// Let API callers deploy `path:` and `git+file:` slugs, i.e. name directories on this host.
     /// Off by default: only the operator (the CLI) may deploy local sources.
@@ -86,10 +88,10 @@ pub struct ServeConfig {
     #[serde(skip)]
     pub deploy_deadline: Duration,
     /// How long `GET /health` waits for the engine.
-    #[serde(with = "duration_str")]
+    #[serde(with = "iac_core::duration")]
     pub engine_ping_timeout: Duration,
     /// Longest wait for in-flight requests and deploys at shutdown.
-    #[serde(with = "duration_str")]
+    #[serde(with = "iac_core::duration")]
     pub shutdown_timeout: Duration,
 }
 
@@ -287,24 +289,4 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     Server::bind(cfg, backend, auth).await?.run(shutdown).await
-}
-
-/// `humantime` durations ("3s", "10m") in config.
-pub(crate) mod duration_str {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "invalid duration {s:?} ({e}): expected e.g. \"3s\", \"10m\""
-            ))
-        })
-    }
 }

@@ -22,9 +22,7 @@ use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
-use iac_core::{
-    AuthError, AuthVerifier, LogQuery, Principal, ProjectName, ServiceName, ServiceSpec, Slug,
-};
+use iac_core::{AuthError, AuthVerifier, LogQuery, Principal, ServiceName};
 use tokio_util::sync::CancellationToken;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -33,31 +31,17 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::ServeConfig;
-use super::backend::{ControlPlaneBackend, DeployInput, ServiceStatus};
+use super::backend::{ControlPlaneBackend, ServiceStatus};
 use super::deployments::{DeploymentRecord, DeploymentSummary, Deployments};
 use super::error::{AllowTable, ApiError, ErrorBody, ErrorResponse, json_errors};
 use super::listen::{Peer, check_peer_uid};
 use super::schema::*;
+use super::state::{AppState, project_or_default, validate_deploy};
 
 /// Path of the gRPC health method, open like `GET /health`.
 pub const GRPC_HEALTH_PATH: &str = "/iac.controlplane.v1.ControlPlane/HealthCheck";
 /// Prefix of every gRPC method of the control plane.
 pub const GRPC_PREFIX: &str = "/iac.controlplane.v1.ControlPlane/";
-
-/// Everything a handler needs.
-#[derive(Clone)]
-pub struct AppState {
-    pub(crate) backend: Arc<dyn ControlPlaneBackend>,
-    pub(crate) auth: Arc<dyn AuthVerifier>,
-    pub(crate) deployments: Deployments,
-    pub(crate) cfg: Arc<ServeConfig>,
-    /// The served OpenAPI document ([`openapi`]).
-    pub(crate) openapi: Arc<serde_json::Value>,
-    /// Cancelled at shutdown: ends `follow` log streams (deploy streams run to their end).
-    pub(crate) shutdown: CancellationToken,
-    pub(crate) server_uid: u32,
-    pub(crate) started: Instant,
-}
 
 #[derive(OpenApi)]
 #[openapi(
@@ -274,17 +258,6 @@ fn bearer(headers: &HeaderMap) -> Result<String, AuthError> {
     Ok(token.to_string())
 }
 
-/// `project` as the document describes it ([`PROJECT_PATTERN`]): absent or empty → the
-/// server's default; otherwise exactly a DNS label (no trimming).
-fn project_or_default(st: &AppState, project: Option<&str>) -> Result<ProjectName, ApiError> {
-    match project.filter(|p| !p.is_empty()) {
-        None => Ok(st.backend.default_project()),
-        Some(p) => {
-            ProjectName::new(p).map_err(|e| ApiError::unprocessable(format!("project: {e}")))
-        }
-    }
-}
-
 /// Liveness of the control plane and reachability of the container engine.
 #[utoipa::path(get, path = "/health", tag = "system",
     responses((status = 200, description = "The server is alive; `status` says whether the engine answers", body = HealthResponse)))]
@@ -321,106 +294,6 @@ async fn health(State(st): State<AppState>) -> Json<HealthResponse> {
     responses((status = 200, description = "OpenAPI 3.1 document of this API", content_type = "application/json")))]
 async fn openapi_json(State(st): State<AppState>) -> Json<serde_json::Value> {
     Json((*st.openapi).clone())
-}
-
-/// Two items naming the same service: 409 (the second would take the first one's name). JSON
-/// Schema cannot say "unique by `name`", so this is a conflict, not a validation error the
-/// document could have prevented.
-fn check_unique_names<'a>(names: impl Iterator<Item = &'a str>) -> Result<(), ApiError> {
-    let mut seen = std::collections::BTreeSet::new();
-    for n in names.filter(|n| ServiceName::new(n).is_ok()) {
-        if !seen.insert(n) {
-            return Err(ApiError::new(
-                409,
-                "duplicate_service_name",
-                format!("two services are named {n:?}; expected unique service names"),
-            ));
-        }
-    }
-    Ok(())
-}
-
-pub(crate) fn validate_deploy(st: &AppState, req: DeployRequest) -> Result<DeployInput, ApiError> {
-    let project = project_or_default(st, req.project.as_deref())?;
-    if let Some(slugs) = &req.slugs {
-        check_unique_names(slugs.iter().filter_map(|v| v.get("name")?.as_str()))?;
-    }
-    if let Some(services) = &req.services {
-        check_unique_names(services.iter().map(|s| s.name.as_str()))?;
-    }
-    let services: Vec<ServiceSpec> = match (req.slugs, req.services) {
-        (Some(_), Some(_)) | (None, None) => {
-            return Err(ApiError::unprocessable(
-                "expected exactly one of `slugs` or `services`",
-            ));
-        }
-        (Some(slugs), None) => {
-            if slugs.is_empty() {
-                return Err(ApiError::unprocessable(
-                    "`slugs` is empty: expected at least one slug",
-                ));
-            }
-            // `uniqueItems` in the document: the same item twice is a mistake, not two services.
-            for (j, item) in slugs.iter().enumerate() {
-                if let Some(i) = slugs[..j].iter().position(|earlier| earlier == item) {
-                    return Err(ApiError::unprocessable(format!(
-                        "slugs: item {} repeats item {} ({item}); expected distinct items",
-                        j + 1,
-                        i + 1
-                    )));
-                }
-            }
-            let text =
-                serde_json::to_string(&slugs).map_err(|e| ApiError::internal(e.to_string()))?;
-            iac_core::parse_repos_file(&text, iac_core::ReposFormat::Json)
-                .map_err(|e| ApiError::unprocessable(format!("slugs: {e}")))?
-                .services
-        }
-        (None, Some(services)) => {
-            if services.is_empty() {
-                return Err(ApiError::unprocessable(
-                    "`services` is empty: expected at least one service",
-                ));
-            }
-            // Same validation as a repos file with explicit names (DNS labels, unique, slugs parse).
-            let text =
-                serde_json::to_string(&services).map_err(|e| ApiError::internal(e.to_string()))?;
-            iac_core::parse_repos_file(&text, iac_core::ReposFormat::Json)
-                .map_err(|e| ApiError::unprocessable(format!("services: {e}")))?
-                .services
-        }
-    };
-    if !st.cfg.allow_local_sources {
-        check_remote_sources(&services)?;
-    }
-    if services.len() > st.cfg.max_services {
-        return Err(ApiError::unprocessable(format!(
-            "{} services in one deploy; the limit is {} (max_services)",
-            services.len(),
-            st.cfg.max_services
-        )));
-    }
-    Ok(DeployInput { project, services })
-}
-
-/// The API's slug policy: `path:` and `git+file:` name directories on this host, which an API
-/// caller must not be able to bake into an image, so they are refused (403) unless the
-/// operator set `[serve] allow_local_sources = true`. The CLI is not subject to it.
-pub(crate) fn check_remote_sources(services: &[ServiceSpec]) -> Result<(), ApiError> {
-    for s in services {
-        if matches!(s.slug, Slug::Path { .. } | Slug::GitFile { .. }) {
-            return Err(ApiError::new(
-                403,
-                "local_source_refused",
-                format!(
-                    "service {}: slug {:?} names a directory on the server's host; API callers may only deploy remote sources (gh:, gl:, bb:, git+https:) unless the operator sets `[serve] allow_local_sources = true`",
-                    s.name,
-                    s.slug.to_string()
-                ),
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// Deploy services. Answers 202 at once and streams the deploy: NDJSON by default, SSE when

@@ -34,19 +34,30 @@ use prepare::{Mode, Prepared};
 /// The concrete stage implementations a [`Deployer`] runs.
 #[derive(Clone)]
 pub struct Stages {
+    /// Fetches sources.
     pub fetcher: Arc<dyn SourceFetcher>,
+    /// Resolves entry points.
     pub resolver: Arc<dyn EntryResolver>,
+    /// Builds images.
     pub builder: Arc<dyn ImageBuilder>,
+    /// Issues certificates.
     pub pki: Arc<dyn Pki>,
+    /// Renders sidecar configs.
     pub sidecar: Arc<dyn SidecarRenderer>,
+    /// Applies stacks.
     pub provisioner: Arc<dyn Provisioner>,
+    /// Proves health.
     pub prober: Arc<dyn HealthProber>,
 }
 
+/// How a [`Deployer`] deploys one project.
 #[derive(Debug, Clone)]
 pub struct DeployOptions {
+    /// The project.
     pub project: ProjectName,
+    /// The project's network name.
     pub network: String,
+    /// The sidecar image.
     pub envoy_image: String,
     /// How many services are fetched/resolved/built at once.
     pub parallelism: usize,
@@ -57,6 +68,7 @@ pub struct DeployOptions {
     /// A created or replaced service must still be SERVING this long after its first SERVING
     /// answer (an entry that crashes right after starting is not healthy). Zero disables it.
     pub health_settle: Duration,
+    /// OTLP endpoint handed to the apps (`OTEL_EXPORTER_OTLP_ENDPOINT`), if any.
     pub otel_endpoint: Option<String>,
     /// The longest a whole deploy may take (fetch to health). Past it the deploy is stopped,
     /// every unfinished service is reported failed, and the project lock is released.
@@ -66,16 +78,22 @@ pub struct DeployOptions {
 /// One service's sidecar inputs and output, as `iac render` writes them.
 #[derive(Debug, Clone, Serialize)]
 pub struct RenderedService {
+    /// The service.
     pub service: ServiceName,
+    /// Its entry point.
     pub entry: Entry,
+    /// Its image (planned, not built).
     pub image: ImageRef,
+    /// Its certificates.
     pub certs: IssuedCerts,
+    /// The rendered Envoy config.
     pub envoy_yaml: String,
 }
 
 /// What [`Deployer::desired_stack`] found.
 #[derive(Debug, Clone)]
 pub struct DesiredStack {
+    /// The planned stack.
     pub stack: Stack,
     /// Each prepared service's rendered Envoy config, keyed by the host path the stack mounts it
     /// from (`ServiceStack::envoy` mounts); not written to disk.
@@ -87,25 +105,32 @@ pub struct DesiredStack {
 /// What `plan` found: the stack it would apply, the changes, and services that failed to prepare.
 #[derive(Debug, Clone, Serialize)]
 pub struct PlanOutcome {
+    /// The stack a deploy would apply.
     pub stack: Stack,
+    /// What applying it would change.
     pub changes: Vec<Change>,
+    /// Services that failed before planning.
     pub failures: Vec<ServiceReport>,
 }
 
+/// Runs the stages for a project: deploy, plan, render, destroy, health.
 pub struct Deployer {
     stages: Stages,
     opts: DeployOptions,
 }
 
 impl Deployer {
+    /// A deployer running `stages` with `opts`.
     pub fn new(stages: Stages, opts: DeployOptions) -> Self {
         Deployer { stages, opts }
     }
 
+    /// Its options.
     pub fn options(&self) -> &DeployOptions {
         &self.opts
     }
 
+    /// Its stages.
     pub fn stages(&self) -> &Stages {
         &self.stages
     }

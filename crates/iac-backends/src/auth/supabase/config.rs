@@ -30,19 +30,19 @@ pub struct SupabaseConfig {
     /// Expected `iss`; unset = `<url>/auth/v1`. Without both, `iss` is not checked.
     pub issuer: Option<String>,
     /// How long a fetched JWKS is trusted.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "iac_core::duration")]
     pub jwks_cache_ttl: Duration,
     /// Minimum time between two JWKS fetches triggered by unknown `kid`s.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "iac_core::duration")]
     pub min_refetch_interval: Duration,
     /// How long a positive Supabase confirmation is reused.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "iac_core::duration")]
     pub confirm_cache_ttl: Duration,
     /// Timeout of every call to Supabase.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "iac_core::duration")]
     pub http_timeout: Duration,
     /// Leeway for `exp` and `nbf`.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "iac_core::duration")]
     pub clock_skew: Duration,
 }
 
@@ -97,23 +97,3 @@ impl SupabaseConfig {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("supabase auth config: {0}")]
 pub struct SupabaseConfigError(pub String);
-
-/// `humantime` (de)serialization of durations ("30s", "10m").
-mod humantime_serde {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "invalid duration {s:?} ({e}): expected e.g. \"30s\", \"10m\""
-            ))
-        })
-    }
-}

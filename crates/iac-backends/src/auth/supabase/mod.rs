@@ -46,7 +46,7 @@ use jsonwebtoken::DecodingKey;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::secret::Secret;
+use crate::secret::Secret;
 
 mod config;
 mod confirm;

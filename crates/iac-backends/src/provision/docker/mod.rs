@@ -54,19 +54,19 @@ use serde::{Deserialize, Serialize};
 use iac_core::plan::app_container_name;
 use iac_core::{
     Action, Applied, AppliedService, Change, Events, HealthProber, MeshPorts, NetworkMode,
-    NetworkSpec, PodFilter, ProjectName, ProvisionError, Provisioner, RunningService, ServiceName,
-    ServiceStack, Stack, Stage,
+    NetworkSpec, PodFilter, ProjectName, ProvisionError, Provisioner, Role, RunningService,
+    ServiceName, ServiceStack, Stack, Stage,
 };
 
 use super::reconcile::{Observed, ServicePlan, reconcile};
 use super::{ContainerLimits, with_limits};
 
-mod engine;
 mod replace;
 
+use crate::engine::DockerEngine;
 #[cfg(test)]
-pub use engine::MockEngine;
-pub use engine::{BollardEngine, Engine, EngineError, ExecOutput, NetworkInfo, create_body};
+pub use crate::engine::MockEngine;
+pub use crate::engine::{BollardEngine, Engine, EngineError, ExecOutput, NetworkInfo, create_body};
 
 /// `[docker]` in `iac.toml`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,7 +116,6 @@ impl DockerProvisionerConfig {
     }
 }
 
-/// One failed engine request: what was attempted and what the engine said.
 /// The temporary name of a replacement container.
 pub fn next_name(canonical: &str, spec_hash: &str) -> String {
     format!("{canonical}-next-{spec_hash}")
@@ -148,9 +147,12 @@ impl std::fmt::Debug for DockerProvisioner {
 impl DockerProvisioner {
     /// Connects to the engine named by `config.docker_host` and negotiates the API version.
     pub async fn connect(config: DockerProvisionerConfig) -> Result<Self, ProvisionError> {
-        let timeout = config.request_timeout.max(Duration::from_secs(1));
-        let engine = BollardEngine::connect(config.docker_host.as_deref(), timeout).await?;
-        Ok(Self::with_engine(Arc::new(engine), config))
+        let engine =
+            DockerEngine::connect(config.docker_host.as_deref(), config.request_timeout).await?;
+        Ok(Self::with_engine(
+            Arc::new(BollardEngine::new(&engine)),
+            config,
+        ))
     }
 
     pub fn with_engine(engine: Arc<dyn Engine>, config: DockerProvisionerConfig) -> Self {
@@ -477,7 +479,7 @@ impl DockerProvisioner {
             .iter()
             .chain(plan.current.containers())
             .collect();
-        all.sort_by_key(|c| c.role.as_deref() != Some("envoy"));
+        all.sort_by_key(|c| c.role != Some(Role::Envoy));
         let ordered: Vec<(String, String)> =
             all.iter().map(|c| (c.id.clone(), c.name.clone())).collect();
         let errors = self.remove_all(&ordered, &events).await;
@@ -582,7 +584,7 @@ impl Provisioner for DockerProvisioner {
         events: &Events,
     ) -> Result<Vec<String>, ProvisionError> {
         let mut containers = self.engine.list_containers(project).await?;
-        containers.sort_by_key(|c| (c.role.as_deref() != Some("envoy"), c.name.clone()));
+        containers.sort_by_key(|c| (c.role != Some(Role::Envoy), c.name.clone()));
         let mut removed = Vec::new();
         let mut errors = Vec::new();
         for c in &containers {
@@ -640,7 +642,7 @@ impl Provisioner for DockerProvisioner {
             .observe(project)
             .await?
             .into_iter()
-            .filter(|c| c.role.as_deref() == Some("app"))
+            .filter(|c| c.role == Some(Role::App))
             .filter_map(|c| {
                 let service = ServiceName::new(c.service.as_deref()?).ok()?;
                 (c.name == app_container_name(project, &service)).then(|| RunningService {

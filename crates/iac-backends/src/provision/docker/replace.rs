@@ -9,8 +9,8 @@ use iac_core::{
     Action, AppliedService, Events, HealthProber, NetworkMode, ProbeTarget, ServiceStack, Stage,
 };
 
-use super::engine::EngineError;
 use super::{DockerProvisioner, show};
+use crate::engine::EngineError;
 use crate::provision::reconcile::ServicePlan;
 
 impl DockerProvisioner {

@@ -15,8 +15,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::engine::{dialable, label_filter, pick};
 use super::*;
+use crate::engine::containers::{label_filter, pick};
 use iac_core::{HealthReport, HealthState, MockHealthProber, Mount, PortPublish};
 use mockall::Sequence;
 
@@ -109,7 +109,7 @@ fn observed(name: &str, n: &str, role: &str, hash: &str, port: Option<u16>) -> O
         id: format!("id-{name}"),
         name: name.into(),
         service: Some(n.into()),
-        role: Some(role.into()),
+        role: Role::from_label(role),
         spec_hash: Some(hash.into()),
         image: "img".into(),
         state: "running".into(),
@@ -1070,13 +1070,7 @@ async fn a_filter_that_does_not_admit_the_mesh_port_is_refused() {
 }
 
 #[test]
-fn published_addresses_are_dialable() {
-    assert_eq!(dialable(Some("127.0.0.1"), 5), Some(addr(5)));
-    assert_eq!(dialable(Some("0.0.0.0"), 5), Some(addr(5)));
-    assert_eq!(dialable(Some(""), 5), Some(addr(5)));
-    assert_eq!(dialable(Some("::"), 5), Some("[::1]:5".parse().unwrap()));
-    assert_eq!(dialable(Some("not an ip"), 5), None);
-    assert_eq!(dialable(Some("127.0.0.1"), 0), None);
+fn ipv4_bindings_are_preferred() {
     assert_eq!(
         pick(vec!["[::1]:5".parse().unwrap(), addr(6)]),
         Some(addr(6))

@@ -53,6 +53,7 @@ use iac_core::{
 };
 
 use super::{ContainerLimits, MANAGED_BY, with_limits};
+use crate::engine::DockerEngine;
 use objects::{Kind, Objects, project_filter};
 use spec::{PodInput, PodObjects, SwarmSettings, service_name};
 
@@ -228,9 +229,12 @@ fn mounted_objects(s: &Service) -> impl Iterator<Item = String> + '_ {
 }
 
 impl SwarmProvisioner {
-    /// Uses an existing engine connection (the one the image builder uses).
-    pub fn with_docker(docker: Docker, config: SwarmConfig) -> Self {
-        SwarmProvisioner { docker, config }
+    /// Uses the engine connection the image builder uses (the swarm manager).
+    pub fn new(engine: &DockerEngine, config: SwarmConfig) -> Self {
+        SwarmProvisioner {
+            docker: engine.docker().clone(),
+            config,
+        }
     }
 
     pub fn config(&self) -> &SwarmConfig {

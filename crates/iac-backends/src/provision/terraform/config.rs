@@ -75,7 +75,7 @@ fn redacted_env(env: &BTreeMap<String, String>) -> BTreeMap<&str, &str> {
             (
                 k.as_str(),
                 if is_secret_key(k) {
-                    "<redacted>"
+                    crate::secret::REDACTED
                 } else {
                     v.as_str()
                 },

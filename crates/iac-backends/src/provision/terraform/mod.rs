@@ -81,7 +81,7 @@ pub const DIFF_TFVARS_FILE: &str = "iac-diff.tfvars.json";
 pub const PLAN_FILE: &str = "iac.tfplan";
 pub const DIFF_PLAN_FILE: &str = "iac-diff.tfplan";
 /// The provider host used when the config names none.
-pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
+pub use crate::engine::DEFAULT_DOCKER_HOST;
 
 #[cfg(test)]
 mod tests;

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use iac_core::fsutil::write_atomic;
+use iac_core::fsutil::{FileLock, write_atomic};
 use iac_core::{
     Action, Applied, AppliedService, Change, EventLevel, Events, HealthProber, ProjectName,
     ProvisionError, Provisioner, RunningService, ServiceName, Stack, Stage,
@@ -312,42 +312,26 @@ impl TerraformProvisioner {
         project: &ProjectName,
         events: &Events,
         stage: Stage,
-    ) -> Result<std::fs::File, ProvisionError> {
+    ) -> Result<FileLock, ProvisionError> {
         let path = self
             .cfg
             .work_root
             .join(project.as_str())
             .join("terraform.lock");
-        let io = |source| ProvisionError::Io {
+        FileLock::acquire(&path, || {
+            events.info(
+                stage,
+                format!(
+                    "waiting for another terraform run of project {project} ({})",
+                    path.display()
+                ),
+            );
+        })
+        .await
+        .map_err(|source| ProvisionError::Io {
             path: path.clone(),
             source,
-        };
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(io)?;
-        }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io)?;
-        match file.try_lock() {
-            Ok(()) => return Ok(file),
-            Err(std::fs::TryLockError::WouldBlock) => {
-                events.info(
-                    stage,
-                    format!(
-                        "waiting for another terraform run of project {project} ({})",
-                        path.display()
-                    ),
-                );
-            }
-            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
-        }
-        tokio::task::spawn_blocking(move || file.lock().map(|()| file))
-            .await
-            .map_err(|e| io(std::io::Error::other(e)))?
-            .map_err(io)
+        })
     }
 
     /// Whether Terraform has ever run for this project (a state file or an initialized dir).

@@ -2,7 +2,7 @@
 //! `show -json <planfile>` ([`changes_from_plan`] → per-service [`Change`]s).
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -27,13 +27,7 @@ pub struct OutputService {
 impl OutputService {
     /// The mTLS endpoint on the host, when both address and port are known.
     pub fn endpoint(&self) -> Option<SocketAddr> {
-        let ip: IpAddr = self.host_ip.as_deref()?.parse().ok()?;
-        let ip = if ip.is_unspecified() {
-            IpAddr::from([127, 0, 0, 1])
-        } else {
-            ip
-        };
-        Some(SocketAddr::new(ip, self.host_port?))
+        iac_core::addr::published(Some(self.host_ip.as_deref()?), self.host_port?)
     }
 }
 

@@ -1,11 +1,10 @@
-//! The engine seam of the Docker provisioner: the [`Engine`] trait (the handful of Docker API
-//! calls reconciling needs), its bollard implementation [`BollardEngine`], the container create
-//! body built from a [`ContainerSpec`], and [`EngineError`] (what was attempted, what the engine
-//! said).
+//! Containers and networks: the [`Engine`] trait (the handful of Docker API calls the docker
+//! provisioner's reconciling needs — a mockall fake in its unit tests), its bollard implementation
+//! [`BollardEngine`] over a [`DockerEngine`] connection, and the container create body built from
+//! a [`ContainerSpec`].
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::time::Duration;
+use std::net::SocketAddr;
 
 use async_trait::async_trait;
 use bollard::Docker;
@@ -23,50 +22,12 @@ use bollard::query_parameters::{
 use futures::StreamExt;
 
 use iac_core::stack::{LABEL_MANAGED, LABEL_PROJECT, LABEL_ROLE, LABEL_SERVICE, LABEL_SPEC_HASH};
-use iac_core::{ContainerSpec, NetworkMode, NetworkSpec, ProjectName, ProvisionError};
+use iac_core::{ContainerSpec, NetworkMode, NetworkSpec, ProjectName, Role};
 
+use super::{DockerEngine, EngineError};
 use crate::provision::MANAGED_BY;
 use crate::provision::reconcile::Observed;
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{op}: {message}")]
-pub struct EngineError {
-    /// e.g. `create container demo-web`.
-    pub op: String,
-    /// HTTP status from the engine, when it answered.
-    pub status: Option<u16>,
-    pub message: String,
-}
-
-impl EngineError {
-    pub fn new(op: impl Into<String>, status: Option<u16>, message: impl Into<String>) -> Self {
-        EngineError {
-            op: op.into(),
-            status,
-            message: message.into(),
-        }
-    }
-
-    fn from_bollard(op: impl Into<String>, e: bollard::errors::Error) -> Self {
-        match e {
-            bollard::errors::Error::DockerResponseServerError {
-                status_code,
-                message,
-            } => EngineError::new(op, Some(status_code), message),
-            other => EngineError::new(op, None, other.to_string()),
-        }
-    }
-
-    pub fn is_not_found(&self) -> bool {
-        self.status == Some(404)
-    }
-}
-
-impl From<EngineError> for ProvisionError {
-    fn from(e: EngineError) -> Self {
-        ProvisionError::Engine(e.to_string())
-    }
-}
+use iac_core::addr::published;
 
 /// What a command run in a container (`docker exec`) ended with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,38 +92,11 @@ pub struct BollardEngine {
 }
 
 impl BollardEngine {
-    /// Connects to `host` (see [`DockerProvisionerConfig::docker_host`]) and negotiates the API
-    /// version with the engine.
-    pub async fn connect(
-        host: Option<&str>,
-        request_timeout: Duration,
-    ) -> Result<Self, ProvisionError> {
-        let shown = host.unwrap_or("the default Docker host");
-        let bad = |e: bollard::errors::Error| {
-            ProvisionError::Engine(format!(
-                "cannot connect to {shown}: {e} (expected a reachable Docker engine)"
-            ))
-        };
-        let docker = match host {
-            None => Docker::connect_with_defaults().map_err(bad)?,
-            Some(h) if h.starts_with('/') => Docker::connect_with_unix(
-                h,
-                request_timeout.as_secs(),
-                bollard::API_DEFAULT_VERSION,
-            )
-            .map_err(bad)?,
-            Some(h) => Docker::connect_with_host(h).map_err(bad)?,
-        };
-        let docker = docker
-            .with_timeout(request_timeout)
-            .negotiate_version()
-            .await
-            .map_err(bad)?;
-        Ok(BollardEngine { docker })
-    }
-
-    pub fn docker(&self) -> &Docker {
-        &self.docker
+    /// The containers/networks API over an engine connection (a clone of the client: cheap).
+    pub fn new(engine: &DockerEngine) -> Self {
+        BollardEngine {
+            docker: engine.docker().clone(),
+        }
     }
 }
 
@@ -271,28 +205,14 @@ fn managed_labels(labels: &BTreeMap<String, String>) -> HashMap<String, String> 
     out
 }
 
-/// A published binding as a dialable address: unspecified host IPs become loopback.
-pub(super) fn dialable(host_ip: Option<&str>, port: u16) -> Option<SocketAddr> {
-    let ip: IpAddr = match host_ip.unwrap_or("") {
-        "" => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        s => s.parse().ok()?,
-    };
-    let ip = match ip {
-        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
-        ip => ip,
-    };
-    (port != 0).then_some(SocketAddr::new(ip, port))
-}
-
 /// IPv4 bindings first (the engine lists `0.0.0.0` and `::` twins for unqualified publishes).
-pub(super) fn pick(mut addrs: Vec<SocketAddr>) -> Option<SocketAddr> {
+pub(crate) fn pick(mut addrs: Vec<SocketAddr>) -> Option<SocketAddr> {
     addrs.sort_by_key(|a| !a.is_ipv4());
     addrs.into_iter().next()
 }
 
 /// Objects iac created for `project` (the engine ANDs label filters).
-pub(super) fn label_filter(project: &ProjectName) -> HashMap<String, Vec<String>> {
+pub(crate) fn label_filter(project: &ProjectName) -> HashMap<String, Vec<String>> {
     [(
         "label".to_string(),
         vec![
@@ -322,7 +242,7 @@ impl Engine for BollardEngine {
                     .unwrap_or_default()
                     .into_iter()
                     .filter_map(|p| {
-                        Some((p.private_port, dialable(p.ip.as_deref(), p.public_port?)?))
+                        Some((p.private_port, published(p.ip.as_deref(), p.public_port?)?))
                     })
                     .collect();
                 published.sort_by_key(|(p, a)| (*p, !a.is_ipv4()));
@@ -334,7 +254,7 @@ impl Engine for BollardEngine {
                         .map(|n| n.trim_start_matches('/').to_string())
                         .unwrap_or_default(),
                     service: labels.get(LABEL_SERVICE).cloned(),
-                    role: labels.get(LABEL_ROLE).cloned(),
+                    role: labels.get(LABEL_ROLE).and_then(|r| Role::from_label(r)),
                     spec_hash: labels.get(LABEL_SPEC_HASH).cloned(),
                     image: c.image.unwrap_or_default(),
                     state: c.state.map(|s| s.to_string()).unwrap_or_default(),
@@ -569,7 +489,7 @@ impl Engine for BollardEngine {
             .unwrap_or_default();
         let addrs = bindings
             .iter()
-            .filter_map(|b| dialable(b.host_ip.as_deref(), b.host_port.as_deref()?.parse().ok()?))
+            .filter_map(|b| published(b.host_ip.as_deref(), b.host_port.as_deref()?.parse().ok()?))
             .collect();
         Ok(pick(addrs))
     }

@@ -1,4 +1,5 @@
-//! One function per CLI command. Each loads what it needs through [`crate::wiring`], reports
+//! One function per CLI command (`ca.rs`, `serve.rs` and `bootstrap.rs` for the larger ones, the
+//! rest here). Each loads what it needs through [`crate::wiring`], reports
 //! progress through [`crate::output`] and returns the process exit code: 0 success, 1 a service
 //! or check failed, 2 bad input or configuration.
 
@@ -13,6 +14,13 @@ use serde_json::json;
 use crate::config::IacConfig;
 use crate::output::{self, Mode};
 use crate::wiring::App;
+
+pub mod bootstrap;
+mod ca;
+mod serve;
+
+pub use ca::ca_command;
+pub use serve::serve;
 
 /// File (under the state dir) naming the project the last deploy from this directory used.
 const CURRENT_PROJECT: &str = "current-project";

@@ -2,6 +2,10 @@
 //! config struct holding one can be logged or dumped (`iac config show`) without leaking it; the
 //! value is only reachable through [`Secret::expose`]. Deserializing the `[redacted]` placeholder
 //! itself is refused, so a dumped config pasted back cannot silently set the key to that text.
+//!
+//! The one secret type of the backends: Supabase keys (`[supabase]`), forge tokens
+//! (`[fetch.*] token`); [`REDACTED`] is also the one marker printed for redacted values that
+//! are not a `Secret` (Terraform's secret-looking environment values, the prober's identity).
 
 use std::fmt;
 
@@ -10,11 +14,12 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// What `Debug`/`Serialize` print instead of the value.
 pub const REDACTED: &str = "[redacted]";
 
-/// A secret string (API key, JWT secret).
-#[derive(Clone, PartialEq, Eq)]
+/// A secret string (API key, JWT secret, forge token).
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps `value`.
     pub fn new(value: impl Into<String>) -> Self {
         Secret(value.into())
     }
@@ -24,6 +29,7 @@ impl Secret {
         &self.0
     }
 
+    /// Whether the secret is the empty string.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

@@ -18,10 +18,13 @@ use std::time::Instant;
 
 use anyhow::Context;
 
+use iac_backends::engine::{DockerEngine, host_url};
+
 use crate::config::IacConfig;
+use crate::wiring::connect_engine;
 
 /// The recipe script, as in the source tree when this binary was built.
-pub const SCRIPT: &str = include_str!("../../../scripts/bootstrap-images.sh");
+pub const SCRIPT: &str = include_str!("../../../../scripts/bootstrap-images.sh");
 /// The recipe's data files (`scripts/images/*`): name and contents.
 pub const RECIPE_FILES: &[(&str, &[u8])] = include!(concat!(env!("OUT_DIR"), "/recipe_files.rs"));
 
@@ -91,23 +94,9 @@ pub fn write_recipe(dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(script)
 }
 
-/// The `docker` CLI the recipe uses (`$DOCKER`, else `docker`).
-fn docker_cli() -> String {
-    std::env::var("DOCKER")
-        .ok()
-        .filter(|d| !d.is_empty())
-        .unwrap_or_else(|| "docker".into())
-}
-
 /// `[docker] docker_host` in the form the docker CLI takes (`/path.sock` → `unix:///path.sock`).
 fn docker_host(cfg: &IacConfig) -> Option<String> {
-    cfg.docker.docker_host.as_ref().map(|h| {
-        if h.starts_with('/') {
-            format!("unix://{h}")
-        } else {
-            h.clone()
-        }
-    })
+    cfg.docker.docker_host.as_deref().map(host_url)
 }
 
 fn recipe_env(cfg: &IacConfig, cmd: &mut tokio::process::Command) {
@@ -123,45 +112,23 @@ fn recipe_env(cfg: &IacConfig, cmd: &mut tokio::process::Command) {
     }
 }
 
-/// `Some(size in bytes)` when the engine has `image`, `None` when it does not; an error when the
-/// engine cannot be asked.
-async fn image_size(cfg: &IacConfig, image: &str) -> anyhow::Result<Option<u64>> {
-    let mut cmd = tokio::process::Command::new(docker_cli());
-    cmd.args(["image", "inspect", "--format", "{{.Size}}", image]);
-    if let Some(h) = docker_host(cfg) {
-        cmd.env("DOCKER_HOST", h);
-    }
-    let out = cmd
-        .output()
-        .await
-        .with_context(|| format!("run `{} image inspect`", docker_cli()))?;
-    if out.status.success() {
-        let size = String::from_utf8_lossy(&out.stdout).trim().parse().ok();
-        return Ok(Some(size.unwrap_or(0)));
-    }
-    let err = String::from_utf8_lossy(&out.stderr);
-    if err.to_ascii_lowercase().contains("no such image") {
-        Ok(None)
-    } else {
-        anyhow::bail!("cannot ask the Docker engine about {image}: {}", err.trim())
-    }
-}
-
 fn mb(bytes: u64) -> String {
     format!("{} MB", bytes / 1_000_000)
 }
 
 /// One image pair: the line to print and whether a run would have to act.
 async fn image_line(
-    cfg: &IacConfig,
+    engine: &DockerEngine,
     what: &str,
     tag: &str,
     official: &str,
 ) -> anyhow::Result<(String, bool)> {
-    if let Some(size) = image_size(cfg, tag).await? {
+    if let Some(img) = engine.image(tag).await? {
+        let size = img.size;
         return Ok((format!("{what:<8} {tag:<32} present   {}", mb(size)), false));
     }
-    if let Some(size) = image_size(cfg, official).await? {
+    if let Some(img) = engine.image(official).await? {
+        let size = img.size;
         return Ok((
             format!(
                 "{what:<8} {tag:<32} absent    the official {official} is present ({}): a run tags it as {tag}",
@@ -178,26 +145,21 @@ async fn image_line(
 
 async fn check(cfg: &IacConfig) -> anyhow::Result<ExitCode> {
     let mut work = false;
-    let engine = tokio::process::Command::new(docker_cli())
-        .args(["version", "--format", "{{.Server.Version}}"])
-        .envs(docker_host(cfg).map(|h| ("DOCKER_HOST", h)))
-        .output()
-        .await;
-    match engine {
-        Ok(out) if out.status.success() => println!(
-            "engine   docker {} ({})",
-            String::from_utf8_lossy(&out.stdout).trim(),
-            docker_host(cfg).unwrap_or_else(|| "DOCKER_HOST or the local socket".into())
-        ),
-        Ok(out) => {
-            println!(
-                "engine   unreachable: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
+    let engine = match connect_engine(cfg).await {
+        Ok(engine) => engine,
+        Err(e) => {
+            println!("engine   unreachable: {e:#}");
             println!("{}", agent_line(cfg).await);
             return Ok(ExitCode::from(1));
         }
-        Err(e) => anyhow::bail!("cannot run the docker CLI ({}): {e}", docker_cli()),
+    };
+    match engine.version().await {
+        Ok(v) => println!("engine   {v} ({})", engine.shown_host()),
+        Err(e) => {
+            println!("engine   unreachable: {e}");
+            println!("{}", agent_line(cfg).await);
+            return Ok(ExitCode::from(1));
+        }
     }
     for (what, tag, official) in [
         (
@@ -207,7 +169,7 @@ async fn check(cfg: &IacConfig) -> anyhow::Result<ExitCode> {
         ),
         ("envoy", &cfg.sidecar.offline_image, &cfg.sidecar.image),
     ] {
-        let (line, todo) = image_line(cfg, what, tag, official).await?;
+        let (line, todo) = image_line(&engine, what, tag, official).await?;
         println!("{line}");
         work |= todo;
     }

@@ -1,0 +1,145 @@
+//! What the admin API's HTTP routes and gRPC service share: the handler state [`AppState`] and the
+//! validation of a deploy request ([`validate_deploy`]: one project, unique names, the slug
+//! policy, the service limit), so neither transport depends on the other.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use iac_core::{AuthVerifier, ProjectName, ServiceName, ServiceSpec, Slug};
+use tokio_util::sync::CancellationToken;
+
+use super::ServeConfig;
+use super::backend::{ControlPlaneBackend, DeployInput};
+use super::deployments::Deployments;
+use super::error::ApiError;
+use super::schema::DeployRequest;
+
+/// Everything a handler needs.
+#[derive(Clone)]
+pub struct AppState {
+    pub(crate) backend: Arc<dyn ControlPlaneBackend>,
+    pub(crate) auth: Arc<dyn AuthVerifier>,
+    pub(crate) deployments: Deployments,
+    pub(crate) cfg: Arc<ServeConfig>,
+    /// The served OpenAPI document ([`super::openapi`]).
+    pub(crate) openapi: Arc<serde_json::Value>,
+    /// Cancelled at shutdown: ends `follow` log streams (deploy streams run to their end).
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) server_uid: u32,
+    pub(crate) started: Instant,
+}
+
+/// `project` as the document describes it ([`super::schema::PROJECT_PATTERN`]): absent or empty → the
+/// server's default; otherwise exactly a DNS label (no trimming).
+pub(crate) fn project_or_default(
+    st: &AppState,
+    project: Option<&str>,
+) -> Result<ProjectName, ApiError> {
+    match project.filter(|p| !p.is_empty()) {
+        None => Ok(st.backend.default_project()),
+        Some(p) => {
+            ProjectName::new(p).map_err(|e| ApiError::unprocessable(format!("project: {e}")))
+        }
+    }
+}
+
+/// Two items naming the same service: 409 (the second would take the first one's name). JSON
+/// Schema cannot say "unique by `name`", so this is a conflict, not a validation error the
+/// document could have prevented.
+fn check_unique_names<'a>(names: impl Iterator<Item = &'a str>) -> Result<(), ApiError> {
+    let mut seen = std::collections::BTreeSet::new();
+    for n in names.filter(|n| ServiceName::new(n).is_ok()) {
+        if !seen.insert(n) {
+            return Err(ApiError::new(
+                409,
+                "duplicate_service_name",
+                format!("two services are named {n:?}; expected unique service names"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a deploy request as the document describes it and turns it into the backend's input.
+pub(crate) fn validate_deploy(st: &AppState, req: DeployRequest) -> Result<DeployInput, ApiError> {
+    let project = project_or_default(st, req.project.as_deref())?;
+    if let Some(slugs) = &req.slugs {
+        check_unique_names(slugs.iter().filter_map(|v| v.get("name")?.as_str()))?;
+    }
+    if let Some(services) = &req.services {
+        check_unique_names(services.iter().map(|s| s.name.as_str()))?;
+    }
+    let services: Vec<ServiceSpec> = match (req.slugs, req.services) {
+        (Some(_), Some(_)) | (None, None) => {
+            return Err(ApiError::unprocessable(
+                "expected exactly one of `slugs` or `services`",
+            ));
+        }
+        (Some(slugs), None) => {
+            if slugs.is_empty() {
+                return Err(ApiError::unprocessable(
+                    "`slugs` is empty: expected at least one slug",
+                ));
+            }
+            // `uniqueItems` in the document: the same item twice is a mistake, not two services.
+            for (j, item) in slugs.iter().enumerate() {
+                if let Some(i) = slugs[..j].iter().position(|earlier| earlier == item) {
+                    return Err(ApiError::unprocessable(format!(
+                        "slugs: item {} repeats item {} ({item}); expected distinct items",
+                        j + 1,
+                        i + 1
+                    )));
+                }
+            }
+            let text =
+                serde_json::to_string(&slugs).map_err(|e| ApiError::internal(e.to_string()))?;
+            iac_core::parse_repos_file(&text, iac_core::ReposFormat::Json)
+                .map_err(|e| ApiError::unprocessable(format!("slugs: {e}")))?
+                .services
+        }
+        (None, Some(services)) => {
+            if services.is_empty() {
+                return Err(ApiError::unprocessable(
+                    "`services` is empty: expected at least one service",
+                ));
+            }
+            // Same validation as a repos file with explicit names (DNS labels, unique, slugs parse).
+            let text =
+                serde_json::to_string(&services).map_err(|e| ApiError::internal(e.to_string()))?;
+            iac_core::parse_repos_file(&text, iac_core::ReposFormat::Json)
+                .map_err(|e| ApiError::unprocessable(format!("services: {e}")))?
+                .services
+        }
+    };
+    if !st.cfg.allow_local_sources {
+        check_remote_sources(&services)?;
+    }
+    if services.len() > st.cfg.max_services {
+        return Err(ApiError::unprocessable(format!(
+            "{} services in one deploy; the limit is {} (max_services)",
+            services.len(),
+            st.cfg.max_services
+        )));
+    }
+    Ok(DeployInput { project, services })
+}
+
+/// The API's slug policy: `path:` and `git+file:` name directories on this host, which an API
+/// caller must not be able to bake into an image, so they are refused (403) unless the
+/// operator set `[serve] allow_local_sources = true`. The CLI is not subject to it.
+pub(crate) fn check_remote_sources(services: &[ServiceSpec]) -> Result<(), ApiError> {
+    for s in services {
+        if matches!(s.slug, Slug::Path { .. } | Slug::GitFile { .. }) {
+            return Err(ApiError::new(
+                403,
+                "local_source_refused",
+                format!(
+                    "service {}: slug {:?} names a directory on the server's host; API callers may only deploy remote sources (gh:, gl:, bb:, git+https:) unless the operator sets `[serve] allow_local_sources = true`",
+                    s.name,
+                    s.slug.to_string()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
