@@ -66,6 +66,30 @@ pub struct Cli {
     #[arg(long, value_name = "ADDR", env = "IAC_HEALTH_LISTEN")]
     pub health_listen: Option<SocketAddr>,
 
+    /// Pod mode (a Swarm task, where the sidecar cannot live in a container of its own): also run
+    /// this program — Envoy — next to ARGV, as the agent's own user, its output going straight to
+    /// the agent's stdout/stderr. Repeat once per argument (`--sidecar envoy --sidecar -c
+    /// --sidecar /etc/envoy/envoy.yaml`). When either process dies the agent stops the other and
+    /// exits non-zero, so the orchestrator fails (and restarts) the task; HealthCheck reports both.
+    /// An app that exits 0 without a declared port is a finished job, as without this option.
+    #[arg(
+        long = "sidecar",
+        value_name = "ARG",
+        allow_hyphen_values = true,
+        conflicts_with = "probe"
+    )]
+    pub sidecar: Vec<String>,
+
+    /// With --sidecar: HealthCheck is SERVING only once the sidecar listens on this TCP port (its
+    /// inbound mTLS listener, 15000 for iac).
+    #[arg(long, value_name = "PORT", requires = "sidecar", value_parser = clap::value_parser!(u16).range(1..))]
+    pub sidecar_port: Option<u16>,
+
+    /// With --sidecar: run it as this user (as --user; a uid unknown to /etc/passwd is fine), so it
+    /// keeps no capability and the app's user cannot read what only it may (its private key).
+    #[arg(long, value_name = "UID[:GID]|NAME[:GROUP]", requires = "sidecar")]
+    pub sidecar_user: Option<String>,
+
     /// Do not supervise anything: ask the agent listening on --listen for HealthCheck, print its
     /// answer and exit 0 when it is SERVING, 1 otherwise (for a container HEALTHCHECK).
     #[arg(long, conflicts_with = "argv")]
@@ -179,6 +203,36 @@ mod tests {
         let cli = Cli::try_parse_from(["iac-agent", "--probe"]).unwrap();
         assert!(cli.probe && cli.argv.is_empty());
         assert!(Cli::try_parse_from(["iac-agent", "--probe", "--", "x"]).is_err());
+    }
+
+    #[test]
+    fn sidecar_argv_is_repeated_and_keeps_hyphens() {
+        let cli = Cli::try_parse_from([
+            "iac-agent",
+            "--sidecar",
+            "/usr/local/bin/envoy",
+            "--sidecar",
+            "-c",
+            "--sidecar",
+            "/etc/envoy/envoy.yaml",
+            "--sidecar-port",
+            "15000",
+            "--",
+            "python",
+            "app.py",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.sidecar,
+            ["/usr/local/bin/envoy", "-c", "/etc/envoy/envoy.yaml"]
+        );
+        assert_eq!(cli.sidecar_port, Some(15000));
+        assert_eq!(cli.argv, ["python", "app.py"]);
+        let e = Cli::try_parse_from(["iac-agent", "--sidecar-port", "15000", "--", "x"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--sidecar"), "{e}");
+        assert!(Cli::try_parse_from(["iac-agent", "--probe", "--sidecar", "envoy"]).is_err());
     }
 
     #[test]

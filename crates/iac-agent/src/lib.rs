@@ -17,6 +17,14 @@
 //! * exit code 2 means the agent itself could not start (bad arguments, unknown `--user`, listen
 //!   address taken) and the entry was never run.
 //!
+//! Pod mode (`--sidecar ARG...`, used on Docker Swarm where a task is one container): the agent
+//! also runs the sidecar (Envoy) next to the entry. When either dies by itself — the sidecar for
+//! any reason, the entry unless it is a finished job (exit 0, no declared port) — the agent stops
+//! the other (SIGTERM, `--grace`, SIGKILL) and exits non-zero: with the entry's code when the entry
+//! failed, with [`supervisor::EXIT_SIDECAR_DIED`] (3) when the sidecar did; the orchestrator then
+//! fails and restarts the task. HealthCheck is SERVING only while both run (and, with
+//! `--sidecar-port`, once the sidecar listens), and its detail names both.
+//!
 //! The library exposes the pieces (and [`config::AgentConfig`] for the `iac` binary, which renders
 //! the agent's command line into images); `src/main.rs` is the thin executable.
 
@@ -32,7 +40,7 @@ pub mod timefmt;
 pub mod user;
 
 pub use config::{AgentConfig, Cli};
-pub use supervisor::{Options, run};
+pub use supervisor::{Options, Sidecar, run};
 
 impl Options {
     /// Validates the command line into run options (resolving `--user` against /etc/passwd).
@@ -52,6 +60,20 @@ impl Options {
             argv: cli.argv,
             app_port: cli.app_port,
             health_listen: cli.health_listen,
+            sidecar: if cli.sidecar.is_empty() {
+                None
+            } else {
+                Some(Sidecar {
+                    argv: cli.sidecar,
+                    port: cli.sidecar_port,
+                    user: cli
+                        .sidecar_user
+                        .as_deref()
+                        .map(user::resolve_from_system)
+                        .transpose()
+                        .map_err(|e| format!("--sidecar-user: {e}"))?,
+                })
+            },
         })
     }
 }

@@ -9,6 +9,10 @@
 //! * exited 0 → SERVING for a job without a port, NOT_SERVING for a service with a declared port
 //!   (a server that exits is not serving);
 //! * exited non-zero, killed, or never started → NOT_SERVING with the exit code.
+//!
+//! In pod mode (a sidecar supervised next to the app, [`AgentService::with_sidecar`]) the sidecar
+//! must run too — and listen on its port when one is given — for SERVING; the detail names both
+//! ("running (pid 7); sidecar running (pid 6)").
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -46,6 +50,7 @@ pub struct AgentService {
     logs: Arc<LogBuffer>,
     readiness: Readiness,
     clock: Arc<Clock>,
+    sidecar: Option<(watch::Receiver<ChildState>, Option<u16>)>,
 }
 
 impl AgentService {
@@ -55,6 +60,7 @@ impl AgentService {
             logs,
             readiness: Readiness::default(),
             clock: Arc::new(Clock::default()),
+            sidecar: None,
         }
     }
 
@@ -65,25 +71,59 @@ impl AgentService {
         self
     }
 
+    /// Pod mode: HealthCheck also reports the sidecar's state and, with `port`, waits for it to
+    /// listen there.
+    pub fn with_sidecar(mut self, state: watch::Receiver<ChildState>, port: Option<u16>) -> Self {
+        self.sidecar = Some((state, port));
+        self
+    }
+
     /// HealthCheck's answer right now.
     pub fn current_health(&self) -> HealthStatus {
         let state = self.state.borrow().clone();
-        health_of(
-            &state,
-            self.clock.uptime(),
-            self.readiness.app_port,
-            &self.ports(),
-        )
-    }
-
-    /// The current ports, read from the network namespace (an unreadable table reports no ports
-    /// and a declared port as not yet open; the detail says why).
-    fn ports(&self) -> Result<PortView, String> {
         let r = self.readiness;
-        read_listeners()
-            .map(|all| port_view(&all, r.app_uid, r.own_port, r.app_port))
-            .map_err(|e| format!("cannot read /proc/net/tcp: {e}"))
+        let listeners = read_listeners().map_err(|e| format!("cannot read /proc/net/tcp: {e}"));
+        let ports = listeners
+            .as_ref()
+            .map(|all| port_view(all, r.app_uid, r.own_port, r.app_port))
+            .map_err(Clone::clone);
+        let health = health_of(&state, self.clock.uptime(), r.app_port, &ports);
+        match &self.sidecar {
+            None => health,
+            Some((sidecar, port)) => {
+                let listening = port.map(|p| {
+                    listeners
+                        .as_ref()
+                        .map(|all| all.iter().any(|l| l.port == p))
+                        .unwrap_or(false)
+                });
+                with_sidecar(health, &sidecar.borrow(), *port, listening)
+            }
+        }
     }
+}
+
+/// Folds the sidecar into the app's HealthCheck answer: NOT_SERVING once it is gone, UNKNOWN
+/// ("starting") while it does not listen on `port` yet (`listening`), unchanged otherwise; the
+/// detail gets "; sidecar <state>".
+pub fn with_sidecar(
+    mut health: HealthStatus,
+    sidecar: &ChildState,
+    port: Option<u16>,
+    listening: Option<bool>,
+) -> HealthStatus {
+    let serving = HealthStatusCode::Serving as i32;
+    let mut note = format!("sidecar {}", sidecar.detail());
+    if sidecar.is_final() {
+        health.status = HealthStatusCode::NotServing as i32;
+    } else if let (Some(p), Some(false)) = (port, listening) {
+        note = format!("{note}, not listening on port {p} yet");
+        if health.status == serving {
+            health.status = HealthStatusCode::Unknown as i32;
+        }
+    }
+    health.detail = format!("{}; {note}", health.detail);
+    health
 }
 
 /// The line a lagging follower gets in place of the lines it missed.
@@ -254,6 +294,34 @@ mod tests {
         let h = super::health_of(&done, Duration::from_millis(300), None, &open);
         assert_eq!(h.status, HealthStatusCode::Serving as i32);
         assert_eq!(h.exit_code, Some(0));
+    }
+
+    #[test]
+    fn the_sidecar_is_part_of_the_answer() {
+        let app = health_of(&ChildState::Running { pid: 7 });
+        let up = ChildState::Running { pid: 6 };
+        let h = with_sidecar(app.clone(), &up, Some(15000), Some(true));
+        assert_eq!(h.status, HealthStatusCode::Serving as i32);
+        assert_eq!(h.detail, "running (pid 7); sidecar running (pid 6)");
+
+        let h = with_sidecar(app.clone(), &up, Some(15000), Some(false));
+        assert_eq!(h.status, HealthStatusCode::Unknown as i32);
+        assert_eq!(
+            h.detail,
+            "running (pid 7); sidecar running (pid 6), not listening on port 15000 yet"
+        );
+
+        let dead = ChildState::Signaled { signal: 9 };
+        let h = with_sidecar(app, &dead, Some(15000), Some(false));
+        assert_eq!(h.status, HealthStatusCode::NotServing as i32);
+        assert_eq!(h.detail, "running (pid 7); sidecar killed by signal 9");
+        assert_eq!(h.exit_code, None, "the exit code stays the app's");
+
+        // A failed app stays NOT_SERVING whatever the sidecar does.
+        let failed = health_of(&ChildState::Exited { code: 1 });
+        let h = with_sidecar(failed, &up, None, None);
+        assert_eq!(h.status, HealthStatusCode::NotServing as i32);
+        assert_eq!(h.detail, "exited with code 1; sidecar running (pid 6)");
     }
 
     #[test]

@@ -6,6 +6,9 @@
 //! (SERVING after exit 0, NOT_SERVING otherwise) and StreamLogs, until SIGTERM or SIGINT. That is
 //! what makes a crashed entry observable through the mesh instead of a vanished container.
 //!
+//! Pod mode ([`Options::sidecar`]): a second process, the sidecar, runs next to the child; either
+//! one dying by itself stops the other and ends the agent with a failure code (see the crate docs).
+//!
 //! The agent reaps with `waitpid(-1, WNOHANG)`, so it must not use `tokio::process` (whose own
 //! reaper would race it): the child is spawned with `std::process` and never `wait`ed through it.
 
@@ -42,6 +45,19 @@ const READ_CHUNK: usize = 32 * 1024;
 
 /// Exit code for a failure of the agent itself before the child runs (bad listen address...).
 pub const EXIT_SETUP_FAILED: i32 = 2;
+/// Exit code in pod mode when the sidecar died by itself (the app was stopped because of it).
+pub const EXIT_SIDECAR_DIED: i32 = 3;
+
+/// The second process of pod mode (`--sidecar`, `--sidecar-port`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sidecar {
+    /// Its argv (Envoy and its arguments); output inherited.
+    pub argv: Vec<String>,
+    /// Run it as this user (`--sidecar-user`); `None`: as the agent's own user.
+    pub user: Option<ResolvedUser>,
+    /// HealthCheck waits for it to listen on this port.
+    pub port: Option<u16>,
+}
 
 /// Everything `run` needs, already validated.
 #[derive(Debug, Clone)]
@@ -55,6 +71,8 @@ pub struct Options {
     pub app_port: Option<u16>,
     /// A second listener serving only grpc.health.v1.Health.
     pub health_listen: Option<SocketAddr>,
+    /// Pod mode: the sidecar supervised next to the child.
+    pub sidecar: Option<Sidecar>,
 }
 
 /// Logs one agent message on stderr (`docker logs` shows it next to the child's output). The line
@@ -84,25 +102,33 @@ fn signal_name(sig: i32) -> &'static str {
 pub struct Reaped {
     /// The supervised child's final state, if it was among the reaped.
     pub child: Option<ChildState>,
+    /// The sidecar's final state (pod mode), if it was among the reaped.
+    pub sidecar: Option<ChildState>,
     /// Other processes (orphans re-parented to the agent) reaped in this pass.
     pub others: usize,
 }
 
 /// Collects every exited child: calls `wait` (a `waitpid(-1, WNOHANG)`) until it reports that no
 /// more are ready (`Ok(None)`) or that there are no children at all (`Err(ECHILD)`); `EINTR` is
-/// retried. The supervised child's status is recorded; everybody else is just reaped.
+/// retried. The supervised child's and the sidecar's statuses are recorded; everybody else is
+/// just reaped.
 pub fn reap_all(
     child_pid: Option<i32>,
+    sidecar_pid: Option<i32>,
     mut wait: impl FnMut() -> io::Result<Option<(i32, i32)>>,
 ) -> Reaped {
     let mut reaped = Reaped::default();
     loop {
         match wait() {
             Ok(Some((pid, status))) => {
-                if Some(pid) == child_pid {
+                if Some(pid) == child_pid || Some(pid) == sidecar_pid {
                     // A stop/continue report is not an exit; keep looking.
                     if let Some(state) = ChildState::from_wait_status(status) {
-                        reaped.child = Some(state);
+                        if Some(pid) == child_pid {
+                            reaped.child = Some(state);
+                        } else {
+                            reaped.sidecar = Some(state);
+                        }
                     }
                 } else {
                     reaped.others += 1;
@@ -182,24 +208,50 @@ fn spawn_child(argv: &[String], user: Option<&ResolvedUser>) -> io::Result<std::
                 cmd.env("HOME", home);
             }
         }
-        let groups: Vec<libc::gid_t> = u.groups.clone();
-        let (uid, gid) = (u.uid, u.gid);
-        // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
-        // syscalls; `groups` was allocated before the fork. Order matters: groups and gid while
-        // still privileged, uid last.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setgroups(groups.len(), groups.as_ptr()) != 0
-                    || libc::setgid(gid) != 0
-                    || libc::setuid(uid) != 0
-                {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        drop_privileges(&mut cmd, u);
     }
     cmd.spawn()
+}
+
+/// Makes `cmd` switch to `user` (groups, gid, then uid) between fork and exec.
+fn drop_privileges(cmd: &mut Command, user: &ResolvedUser) {
+    let groups: Vec<libc::gid_t> = user.groups.clone();
+    let (uid, gid) = (user.uid, user.gid);
+    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
+    // syscalls; `groups` was allocated before the fork. Order matters: groups and gid while
+    // still privileged, uid last.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                || libc::setgid(gid) != 0
+                || libc::setuid(uid) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Starts the sidecar with stdin from /dev/null and stdout/stderr inherited (its log lines reach
+/// `docker logs` directly; they are not the app's and stay out of the ring buffer), as `user`
+/// when given (a non-root user ends up with no capabilities at all).
+fn spawn_sidecar(sidecar: &Sidecar) -> io::Result<std::process::Child> {
+    let mut cmd = Command::new(&sidecar.argv[0]);
+    cmd.args(&sidecar.argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit());
+    if let Some(u) = &sidecar.user {
+        drop_privileges(&mut cmd, u);
+    }
+    cmd.spawn()
+}
+
+/// Whether a finished child ends the pod: anything but a finished job (exit 0 without a declared
+/// port, which stays SERVING) does.
+pub fn child_exit_fails_pod(state: &ChildState, app_port: Option<u16>) -> bool {
+    state.is_final() && !(app_port.is_none() && *state == ChildState::Exited { code: 0 })
 }
 
 /// Copies one of the child's pipes to the agent's own stdout/stderr and into the ring buffer.
@@ -384,6 +436,27 @@ pub async fn run(opts: Options) -> i32 {
     let clock = Arc::new(Clock::default());
     let mut pumps = Vec::new();
     warm_blocking_pool().await;
+    // The sidecar first: Envoy takes a moment to listen, the app's first outbound call needs it.
+    let sidecar_tx = opts.sidecar.as_ref().map(|sc| {
+        let state = match spawn_sidecar(sc) {
+            Ok(child) => {
+                let pid = i32::try_from(child.id()).expect("pids fit in i32");
+                let as_user = sc
+                    .user
+                    .as_ref()
+                    .map(|u| format!(" as uid {} gid {}", u.uid, u.gid))
+                    .unwrap_or_default();
+                log(format!("started sidecar pid {pid}{as_user}: {:?}", sc.argv));
+                ChildState::Running { pid }
+            }
+            Err(e) => {
+                let state = ChildState::spawn_failed(&sc.argv[0], &e);
+                log(format!("sidecar {}", state.detail()));
+                state
+            }
+        };
+        watch::channel(state).0
+    });
     match spawn_child(&opts.argv, opts.user.as_ref()) {
         Ok(mut child) => {
             let pid = i32::try_from(child.id()).expect("pids fit in i32");
@@ -422,8 +495,11 @@ pub async fn run(opts: Options) -> i32 {
         app_uid: opts.user.as_ref().map(|u| u.uid),
         own_port: listener.local_addr().map(|a| a.port()).unwrap_or(0),
     };
-    let agent = AgentService::new(state_rx, Arc::clone(&logs))
+    let mut agent = AgentService::new(state_rx, Arc::clone(&logs))
         .with_readiness(readiness, Arc::clone(&clock));
+    if let (Some(tx), Some(sc)) = (&sidecar_tx, &opts.sidecar) {
+        agent = agent.with_sidecar(tx.subscribe(), sc.port);
+    }
     let std_health = HealthServer::new(StdHealth::new(agent.clone()));
     let service = ControlPlaneServer::new(agent);
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -452,7 +528,11 @@ pub async fn run(opts: Options) -> i32 {
         });
     }
 
-    supervise(&mut sig, &state_tx, &clock, opts.grace).await;
+    let pod = sidecar_tx.as_ref().map(|tx| Pod {
+        sidecar: tx,
+        app_port: opts.app_port,
+    });
+    let sidecar_died = supervise(&mut sig, &state_tx, pod, &clock, opts.grace).await;
 
     // Let the pipes drain so the last lines reach `docker logs`, unless an orphan keeps them open.
     let drained = timeout(DRAIN_TIMEOUT, async {
@@ -465,9 +545,22 @@ pub async fn run(opts: Options) -> i32 {
         log("the child's output is still open (held by another process); exiting anyway");
     }
     let state = state_tx.borrow().clone();
+    if sidecar_died {
+        log(format!(
+            "exiting with code {EXIT_SIDECAR_DIED}: the sidecar died (the app {})",
+            state.detail()
+        ));
+        return EXIT_SIDECAR_DIED;
+    }
     let code = state.exit_code().unwrap_or(EXIT_SETUP_FAILED);
     log(format!("exiting with code {code} ({})", state.detail()));
     code
+}
+
+/// Pod mode's part of the signal loop: the sidecar's state and whether a finished app ends the pod.
+struct Pod<'a> {
+    sidecar: &'a watch::Sender<ChildState>,
+    app_port: Option<u16>,
 }
 
 /// What woke the signal loop.
@@ -479,16 +572,19 @@ enum Event {
 }
 
 /// The signal loop: reaps on SIGCHLD, forwards signals, and returns once a stop was requested
-/// (SIGTERM/SIGINT) and the child is gone.
+/// (SIGTERM/SIGINT) and the child (and the sidecar, in pod mode) is gone. In pod mode the death of
+/// either process is a stop request too; returns whether the sidecar's was.
 async fn supervise(
     sig: &mut Signals,
     state_tx: &watch::Sender<ChildState>,
+    pod: Option<Pod<'_>>,
     clock: &Clock,
     grace: Duration,
-) {
+) -> bool {
     let child_pid = state_tx.borrow().pid();
+    let sidecar_pid = pod.as_ref().and_then(|p| p.sidecar.borrow().pid());
     let reap = || {
-        let reaped = reap_all(child_pid, waitpid_any);
+        let reaped = reap_all(child_pid, sidecar_pid, waitpid_any);
         if let Some(state) = reaped.child {
             log(format!("child {}", state.detail()));
             if state.is_final() {
@@ -496,15 +592,49 @@ async fn supervise(
             }
             state_tx.send_replace(state);
         }
+        if let (Some(state), Some(pod)) = (reaped.sidecar, &pod) {
+            log(format!("sidecar {}", state.detail()));
+            pod.sidecar.send_replace(state);
+        }
+    };
+    // The pids of every supervised process still running.
+    let running = || {
+        let mut all = Vec::new();
+        if let Some(pid) = state_tx.borrow().pid() {
+            all.push(pid);
+        }
+        if let Some(pid) = pod.as_ref().and_then(|p| p.sidecar.borrow().pid()) {
+            all.push(pid);
+        }
+        all
     };
     // The child may have died before the SIGCHLD handler could notice anything.
     reap();
     let mut stop_requested = false;
+    let mut sidecar_died = false;
     let mut kill_at: Option<Instant> = None;
     loop {
-        let running = state_tx.borrow().pid();
-        if stop_requested && running.is_none() {
-            return;
+        let alive = running();
+        if let Some(p) = &pod
+            && !stop_requested
+        {
+            let sidecar_gone = p.sidecar.borrow().is_final();
+            let app_failed = child_exit_fails_pod(&state_tx.borrow(), p.app_port);
+            if sidecar_gone || app_failed {
+                stop_requested = true;
+                sidecar_died = sidecar_gone && !app_failed;
+                let who = if sidecar_died { "sidecar" } else { "app" };
+                log(format!(
+                    "the {who} is gone; stopping the pod (SIGTERM to {alive:?}) so the task fails"
+                ));
+                for &pid in &alive {
+                    send_signal(pid, libc::SIGTERM);
+                }
+                kill_at.get_or_insert_with(|| Instant::now() + grace);
+            }
+        }
+        if stop_requested && alive.is_empty() {
+            return sidecar_died;
         }
         let event = tokio::select! {
             _ = sig.chld.recv() => Event::ChildSignal,
@@ -518,29 +648,36 @@ async fn supervise(
                 Event::GraceOver
             }
         };
-        match (event, running) {
-            (Event::ChildSignal, _) => reap(),
-            (Event::Stop(signo), Some(pid)) => {
+        match event {
+            Event::ChildSignal => reap(),
+            Event::Stop(signo) => {
                 stop_requested = true;
-                log(format!(
-                    "received {}, forwarding it to pid {pid}",
+                if alive.is_empty() {
+                    log(format!("received {}, stopping", signal_name(signo)));
+                } else {
+                    log(format!(
+                        "received {}, forwarding it to {}",
+                        signal_name(signo),
+                        pids_text(&alive)
+                    ));
+                    for &pid in &alive {
+                        send_signal(pid, signo);
+                    }
+                    kill_at.get_or_insert_with(|| Instant::now() + grace);
+                }
+            }
+            // Forward-only signals concern the app; the sidecar (Envoy) would treat SIGHUP and
+            // SIGUSR1 as its own commands (hot restart, reopen logs).
+            Event::Forward(signo) => match state_tx.borrow().pid() {
+                Some(pid) => send_signal(pid, signo),
+                None => log(format!(
+                    "received {}, but the child is not running",
                     signal_name(signo)
-                ));
-                send_signal(pid, signo);
-                kill_at.get_or_insert_with(|| Instant::now() + grace);
-            }
-            (Event::Stop(signo), None) => {
-                stop_requested = true;
-                log(format!("received {}, stopping", signal_name(signo)));
-            }
-            (Event::Forward(signo), Some(pid)) => send_signal(pid, signo),
-            (Event::Forward(signo), None) => log(format!(
-                "received {}, but the child is not running",
-                signal_name(signo)
-            )),
-            (Event::GraceOver, pid) => {
+                )),
+            },
+            Event::GraceOver => {
                 kill_at = None;
-                if let Some(pid) = pid {
+                for pid in running() {
                     log(format!(
                         "pid {pid} still running {:.1}s after the stop signal, sending SIGKILL",
                         grace.as_secs_f64()
@@ -550,6 +687,11 @@ async fn supervise(
             }
         }
     }
+}
+
+fn pids_text(pids: &[i32]) -> String {
+    let list: Vec<String> = pids.iter().map(|p| format!("pid {p}")).collect();
+    list.join(" and ")
 }
 
 #[cfg(test)]
@@ -570,6 +712,7 @@ mod tests {
     fn reaps_orphans_and_records_the_child() {
         let reaped = reap_all(
             Some(7),
+            None,
             fake_waits(vec![
                 Ok(Some((50, 0))),
                 Ok(Some((7, 3 << 8))),
@@ -581,6 +724,7 @@ mod tests {
             reaped,
             Reaped {
                 child: Some(ChildState::Exited { code: 3 }),
+                sidecar: None,
                 others: 2
             }
         );
@@ -590,6 +734,7 @@ mod tests {
     fn stops_on_echild_and_retries_eintr() {
         let reaped = reap_all(
             Some(7),
+            None,
             fake_waits(vec![
                 Err(io::Error::from_raw_os_error(libc::EINTR)),
                 Ok(Some((7, libc::SIGTERM))),
@@ -602,7 +747,40 @@ mod tests {
 
     #[test]
     fn nothing_ready_reaps_nothing() {
-        let reaped = reap_all(None, fake_waits(vec![Ok(None)]));
+        let reaped = reap_all(None, None, fake_waits(vec![Ok(None)]));
         assert_eq!(reaped, Reaped::default());
+    }
+
+    #[test]
+    fn records_the_sidecar_apart_from_the_child() {
+        let reaped = reap_all(
+            Some(7),
+            Some(8),
+            fake_waits(vec![Ok(Some((8, 1 << 8))), Ok(Some((9, 0))), Ok(None)]),
+        );
+        assert_eq!(
+            reaped,
+            Reaped {
+                child: None,
+                sidecar: Some(ChildState::Exited { code: 1 }),
+                others: 1
+            }
+        );
+    }
+
+    #[test]
+    fn only_a_finished_job_keeps_the_pod() {
+        let done = ChildState::Exited { code: 0 };
+        assert!(!child_exit_fails_pod(&done, None));
+        assert!(child_exit_fails_pod(&done, Some(8000)));
+        assert!(child_exit_fails_pod(&ChildState::Exited { code: 1 }, None));
+        assert!(child_exit_fails_pod(
+            &ChildState::Signaled { signal: 9 },
+            None
+        ));
+        assert!(!child_exit_fails_pod(
+            &ChildState::Running { pid: 4 },
+            Some(8000)
+        ));
     }
 }

@@ -35,6 +35,7 @@ fn stack() -> Stack {
         app_port: port,
         env: [("GREETING".to_string(), "hi".to_string())].into(),
         edge: port.map(|_| iac_core::EdgeBind::loopback()),
+        replicas: 1,
     };
     plan(&PlanInput {
         project: ProjectName::new("shop").unwrap(),

@@ -274,6 +274,7 @@ impl Fixture {
                 limits: Default::default(),
             },
             spec_hash: hash,
+            replicas: 1,
             pod_filter: None,
         }
     }
@@ -933,6 +934,7 @@ impl Pod {
                 app_port: Some(8000),
                 env: BTreeMap::new(),
                 edge,
+                replicas: 1,
             }],
             keep: Vec::new(),
         };

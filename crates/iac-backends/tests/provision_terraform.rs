@@ -79,6 +79,7 @@ fn service(name: &str, port: Option<u16>, root: &Path) -> PlannedService {
         app_port: port,
         env: [("GREETING".to_string(), "hi".to_string())].into(),
         edge: port.map(|_| iac_core::EdgeBind::loopback()),
+        replicas: 1,
     }
 }
 

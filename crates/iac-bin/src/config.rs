@@ -22,6 +22,7 @@ use iac_backends::fetch::FetchConfig;
 use iac_backends::health::grpc::ProbeConfig;
 use iac_backends::pki::PkiConfig;
 use iac_backends::provision::docker::DockerProvisionerConfig;
+use iac_backends::provision::swarm::SwarmConfig;
 use iac_backends::provision::terraform::TerraformConfig;
 use serde::{Deserialize, Serialize};
 
@@ -34,6 +35,8 @@ pub enum ProvisionerKind {
     #[default]
     Docker,
     Terraform,
+    /// Docker Swarm services on the engine (a swarm manager).
+    Swarm,
 }
 
 /// The sidecar: which Envoy image runs next to every app, and an optional template override.
@@ -91,6 +94,7 @@ pub struct IacConfig {
     pub probe: ProbeConfig,
     pub docker: DockerProvisionerConfig,
     pub terraform: TerraformConfig,
+    pub swarm: SwarmConfig,
     pub supabase: SupabaseConfig,
     pub serve: ServeConfig,
 }
@@ -114,6 +118,7 @@ impl Default for IacConfig {
             probe: ProbeConfig::default(),
             docker: DockerProvisionerConfig::default(),
             terraform: TerraformConfig::default(),
+            swarm: SwarmConfig::default(),
             supabase: SupabaseConfig::default(),
             serve: ServeConfig::default(),
         }

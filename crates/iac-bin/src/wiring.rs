@@ -14,6 +14,7 @@ use iac_backends::entry::DefaultResolver;
 use iac_backends::fetch::DefaultFetcher;
 use iac_backends::health::grpc::GrpcProber;
 use iac_backends::provision::docker::DockerProvisioner;
+use iac_backends::provision::swarm::SwarmProvisioner;
 use iac_backends::provision::terraform::TerraformProvisioner;
 use iac_backends::sidecar::envoy::{EnvoyConfig, EnvoyRenderer};
 use iac_core::{
@@ -80,6 +81,7 @@ impl App {
         engine: EngineUse,
     ) -> anyhow::Result<App> {
         cfg.docker.health_deadline = cfg.health_deadline;
+        cfg.swarm.health_deadline = cfg.health_deadline;
         let (fetcher, resolver) = source_stages(&cfg)?;
         let pki = iac_backends::pki::from_config(&cfg.pki);
         let client = pki
@@ -112,6 +114,10 @@ impl App {
                     )),
                     ProvisionerKind::Terraform => {
                         Arc::new(TerraformProvisioner::new(cfg.terraform.clone()))
+                    }
+                    // The same engine connection: the swarm manager that builds the images.
+                    ProvisionerKind::Swarm => {
+                        Arc::new(SwarmProvisioner::new(&engine, cfg.swarm.clone()))
                     }
                 };
                 // A Python base image a deploy needs and the engine lacks is built on demand by

@@ -462,6 +462,7 @@ mod deploy {
                 entrypoint: None,
                 env: Default::default(),
                 expose: Default::default(),
+                replicas: 1,
             })
             .collect();
         let (events, mut rx) = Events::channel();

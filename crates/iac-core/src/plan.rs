@@ -207,6 +207,25 @@ pub struct PlannedService {
     /// Where the sidecar's edge listener is published on the host; `None`: no edge.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub edge: Option<EdgeBind>,
+    /// The repos file's `replicas` (1 unless it says otherwise).
+    pub replicas: u32,
+}
+
+/// How Envoy is started for a service (after the pod filter on Docker; by the agent on Swarm):
+/// the config at [`ENVOY_CONFIG_IN_CONTAINER`], warnings only, the project as its cluster and the
+/// service as its node.
+pub fn envoy_argv(project: &ProjectName, svc: &ServiceName) -> Vec<String> {
+    vec![
+        "envoy".into(),
+        "-c".into(),
+        ENVOY_CONFIG_IN_CONTAINER.into(),
+        "--log-level".into(),
+        "warn".into(),
+        "--service-cluster".into(),
+        project.to_string(),
+        "--service-node".into(),
+        svc.to_string(),
+    ]
 }
 
 /// `<project>-<service>`: the app container.
@@ -316,17 +335,7 @@ pub fn plan(input: &PlanInput) -> Stack {
                     ports.inbound,
                     s.edge.map(|_| ports.edge),
                     &inside.key.display().to_string(),
-                    &[
-                        "envoy".into(),
-                        "-c".into(),
-                        ENVOY_CONFIG_IN_CONTAINER.into(),
-                        "--log-level".into(),
-                        "warn".into(),
-                        "--service-cluster".into(),
-                        project.to_string(),
-                        "--service-node".into(),
-                        s.name.to_string(),
-                    ],
+                    &envoy_argv(project, &s.name),
                 ),
                 // The official image's entrypoint would switch to uid 101 unless ENVOY_UID=0; the
                 // sidecar command picks Envoy's user itself (the owner of the 0600 key).
@@ -370,6 +379,7 @@ pub fn plan(input: &PlanInput) -> Stack {
                 app,
                 envoy,
                 spec_hash,
+                replicas: s.replicas,
                 pod_filter: Some(PodFilter {
                     table: POD_FILTER_TABLE.to_string(),
                     inbound_port: ports.inbound,
@@ -413,6 +423,7 @@ mod tests {
             app_port: port,
             env: [("GREETING".to_string(), "hi".to_string())].into(),
             edge: port.map(|_| EdgeBind::loopback()),
+            replicas: 1,
         };
         PlanInput {
             project: ProjectName::new("demo").unwrap(),

@@ -1,5 +1,5 @@
 //! The repos file: a YAML or JSON list of slugs (strings) or `{slug, name?, entrypoint?, env?,
-//! expose?}` maps, optionally wrapped as `{project?, services: [...]}`. Produces [`ServiceSpec`]s with
+//! expose?, replicas?}` maps, optionally wrapped as `{project?, services: [...]}`. Produces [`ServiceSpec`]s with
 //! deterministic, de-duplicated DNS-safe service names. Errors name the item (and its line when it
 //! can be found) and say what was expected.
 
@@ -31,6 +31,21 @@ pub struct ServiceSpec {
     /// (see [`crate::expose`]).
     #[serde(default, skip_serializing_if = "Expose::is_auto")]
     pub expose: Expose,
+    /// How many copies run (Swarm tasks, Kubernetes pods); the docker and terraform provisioners
+    /// run one pair whatever it says. 1..=[`MAX_REPLICAS`], default 1.
+    #[serde(default = "one_replica", skip_serializing_if = "is_one_replica")]
+    pub replicas: u32,
+}
+
+/// The most replicas one service may ask for.
+pub const MAX_REPLICAS: u32 = 100;
+
+fn one_replica() -> u32 {
+    1
+}
+
+fn is_one_replica(n: &u32) -> bool {
+    *n == 1
 }
 
 /// What a parsed repos file holds.
@@ -144,6 +159,7 @@ pub fn parse_repos_file(text: &str, format: ReposFormat) -> Result<ReposFile, Re
         entrypoint: Option<String>,
         env: BTreeMap<String, String>,
         expose: Expose,
+        replicas: u32,
     }
     let mut raws = Vec::with_capacity(items.len());
     let mut search_from = 0usize;
@@ -171,6 +187,7 @@ pub fn parse_repos_file(text: &str, format: ReposFormat) -> Result<ReposFile, Re
                 entrypoint: None,
                 env: BTreeMap::new(),
                 expose: Expose::Auto,
+                replicas: 1,
             },
             Value::Object(map) => {
                 let mut slug = None;
@@ -178,6 +195,7 @@ pub fn parse_repos_file(text: &str, format: ReposFormat) -> Result<ReposFile, Re
                 let mut entrypoint = None;
                 let mut env = BTreeMap::new();
                 let mut expose = Expose::Auto;
+                let mut replicas = 1;
                 for (k, v) in map {
                     match (k.as_str(), v) {
                         ("slug", Value::String(s)) => {
@@ -215,6 +233,21 @@ pub fn parse_repos_file(text: &str, format: ReposFormat) -> Result<ReposFile, Re
                         }
                         ("env", Value::Null) => {}
                         ("expose", v) => expose = Expose::from_value(&v).map_err(fail)?,
+                        ("replicas", v) => {
+                            replicas = v
+                                .as_u64()
+                                .and_then(|n| u32::try_from(n).ok())
+                                .filter(|n| (1..=MAX_REPLICAS).contains(n))
+                                .ok_or_else(|| {
+                                    fail(format!(
+                                        "`replicas` to be a whole number from 1 to {MAX_REPLICAS}, got {}",
+                                        match &v {
+                                            Value::Number(n) => n.to_string(),
+                                            other => kind(other).to_string(),
+                                        }
+                                    ))
+                                })?;
+                        }
                         (key @ ("slug" | "name" | "entrypoint" | "env"), other) => {
                             let want = if key == "env" {
                                 "a map"
@@ -228,7 +261,7 @@ pub fn parse_repos_file(text: &str, format: ReposFormat) -> Result<ReposFile, Re
                         }
                         (other, _) => {
                             return Err(fail(format!(
-                                "only the keys slug, name, entrypoint, env, expose (unknown key {other:?})"
+                                "only the keys slug, name, entrypoint, env, expose, replicas (unknown key {other:?})"
                             )));
                         }
                     }
@@ -240,11 +273,12 @@ pub fn parse_repos_file(text: &str, format: ReposFormat) -> Result<ReposFile, Re
                     entrypoint,
                     env,
                     expose,
+                    replicas,
                 }
             }
             other => {
                 return Err(fail(format!(
-                    "a slug string or a map {{slug, name?, entrypoint?, env?, expose?}}, got {}",
+                    "a slug string or a map {{slug, name?, entrypoint?, env?, expose?, replicas?}}, got {}",
                     kind(&other)
                 )));
             }
@@ -314,6 +348,7 @@ pub fn parse_repos_file(text: &str, format: ReposFormat) -> Result<ReposFile, Re
             entrypoint: raw.entrypoint,
             env: raw.env,
             expose: raw.expose,
+            replicas: raw.replicas,
         });
     }
     Ok(ReposFile { project, services })
@@ -445,6 +480,32 @@ mod tests {
             let back: ServiceSpec = serde_json::from_str(&json).unwrap();
             assert_eq!(&back, s, "{json}");
             assert_eq!(json.contains("expose"), !s.expose.is_auto(), "{json}");
+        }
+    }
+
+    #[test]
+    fn replicas_default_to_one_and_are_bounded() {
+        let text = "- gh:a/one\n- slug: gh:a/three\n  replicas: 3\n";
+        let r = parse_repos_file(text, ReposFormat::Yaml).unwrap();
+        assert_eq!(
+            r.services.iter().map(|s| s.replicas).collect::<Vec<_>>(),
+            [1, 3]
+        );
+        let json = serde_json::to_value(&r.services).unwrap();
+        assert!(json[0].get("replicas").is_none(), "1 is not written");
+        assert_eq!(json[1]["replicas"], 3);
+        let back: Vec<ServiceSpec> = serde_json::from_value(json).unwrap();
+        assert_eq!(back, r.services);
+        for bad in ["0", "101", "1.5", "-2", "three", "null"] {
+            let text = format!("- slug: gh:a/b\n  replicas: {bad}\n");
+            let e = parse_repos_file(&text, ReposFormat::Yaml)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("item 1 (line 1)")
+                    && e.contains("`replicas` to be a whole number from 1 to 100"),
+                "{bad}: {e}"
+            );
         }
     }
 

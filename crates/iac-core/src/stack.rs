@@ -168,10 +168,18 @@ pub struct ServiceStack {
     pub envoy: ContainerSpec,
     /// Hash of both specs: unchanged hash → the running pair is left alone.
     pub spec_hash: String,
+    /// How many copies an orchestrator runs (Swarm, Kubernetes); not part of `spec_hash` (the
+    /// docker and terraform provisioners run one pair whatever it says).
+    #[serde(default = "one_replica")]
+    pub replicas: u32,
     /// The packet filter the sidecar installs in the pod, when it installs one; a provisioner
     /// that can check it does so before reporting the pair created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_filter: Option<PodFilter>,
+}
+
+fn one_replica() -> u32 {
+    1
 }
 
 /// An nftables table (family `inet`) in the pod's network namespace that lets only `inbound_port`

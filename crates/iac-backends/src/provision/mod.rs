@@ -2,7 +2,9 @@
 //!
 //! * [`docker`]: the default — reconciles through the Docker Engine API (bollard), with its pure
 //!   decision logic in [`reconcile`] and health-gated replacement;
-//! * [`terraform`]: Terraform/OpenTofu with the kreuzwerker/docker provider, driving the module in `infra/`.
+//! * [`terraform`]: Terraform/OpenTofu with the kreuzwerker/docker provider, driving the module in `infra/`;
+//! * [`swarm`]: Docker Swarm services (one container per task: the agent supervises Envoy and the
+//!   app), for more than one host.
 //!
 //! Shared here: the resource limits both provisioners put on the containers they create
 //! ([`ContainerLimits`], configured per provisioner) and [`with_limits`], which writes them into a
@@ -10,6 +12,7 @@
 
 pub mod docker;
 pub mod reconcile;
+pub mod swarm;
 pub mod terraform;
 
 use serde::{Deserialize, Serialize};
@@ -176,6 +179,7 @@ mod tests {
                 app: spec("demo-web"),
                 envoy: spec("demo-web-envoy"),
                 spec_hash: "planhash".into(),
+                replicas: 1,
                 pod_filter: None,
             }],
             keep: vec![],

@@ -276,6 +276,7 @@ mod tests {
             app: spec(&format!("demo-{n}")),
             envoy: spec(&format!("demo-{n}-envoy")),
             spec_hash: hash.into(),
+            replicas: 1,
             pod_filter: None,
         }
     }

@@ -16,7 +16,7 @@ use utoipa::{IntoParams, ToSchema};
 #[serde(deny_unknown_fields)]
 pub struct DeployRequest {
     /// Repos-file items: slug strings (`gh:owner/repo#ref`, `git+https://…`, `path:DIR`) or
-    /// `{slug, name?, entrypoint?, env?, expose?}` maps. Service names are derived and de-duplicated.
+    /// `{slug, name?, entrypoint?, env?, expose?, replicas?}` maps. Service names are derived and de-duplicated.
     pub slugs: Option<Vec<serde_json::Value>>,
     /// Services with explicit names (unique DNS labels).
     pub services: Option<Vec<ServiceSpecSchema>>,
@@ -96,6 +96,12 @@ pub fn deploy_request_schema() -> serde_json::Value {
     let item_expose = serde_json::json!({
         "oneOf": [expose.clone(), {"type": "null"}]
     });
+    let replicas = serde_json::json!({
+        "type": "integer",
+        "minimum": 1,
+        "maximum": iac_core::MAX_REPLICAS,
+        "description": "Copies to run where the provisioner runs several (Swarm); default 1."
+    });
     let name = serde_json::json!({
         "type": "string",
         "pattern": DNS_LABEL_PATTERN,
@@ -115,7 +121,8 @@ pub fn deploy_request_schema() -> serde_json::Value {
             "name": name,
             "entrypoint": item_entrypoint,
             "env": item_env,
-            "expose": item_expose
+            "expose": item_expose,
+            "replicas": replicas
         }
     });
     let service = serde_json::json!({
@@ -127,7 +134,8 @@ pub fn deploy_request_schema() -> serde_json::Value {
             "slug": slug,
             "entrypoint": service_entrypoint,
             "env": service_env,
-            "expose": item_expose
+            "expose": item_expose,
+            "replicas": replicas
         }
     });
     serde_json::json!({
@@ -144,7 +152,7 @@ pub fn deploy_request_schema() -> serde_json::Value {
                         "minItems": 1,
                         "uniqueItems": true,
                         "items": {"oneOf": [slug, item_map]},
-                        "description": "Repos-file items: slug strings or `{slug, name?, entrypoint?, env?, expose?}` maps."
+                        "description": "Repos-file items: slug strings or `{slug, name?, entrypoint?, env?, expose?, replicas?}` maps."
                     },
                     "project": project
                 }
@@ -278,6 +286,9 @@ pub struct ServiceSpecSchema {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub expose: Option<serde_json::Value>,
+    /// Copies to run (1 to 100, default 1) where the provisioner runs several (Swarm).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u64>,
 }
 
 /// One progress event (`iac_core::DeployEvent`).

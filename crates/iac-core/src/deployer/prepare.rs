@@ -216,6 +216,7 @@ impl Deployer {
                         app_port: app_port(&p.spec, &p.entry),
                         edge: edge_of(&p.spec, &p.entry),
                         env: p.spec.env.clone(),
+                        replicas: p.spec.replicas,
                     });
                     rendered.push((p, config));
                 }

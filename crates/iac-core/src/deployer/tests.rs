@@ -22,6 +22,7 @@ fn spec(name: &str) -> ServiceSpec {
         entrypoint: None,
         env: Default::default(),
         expose: Default::default(),
+        replicas: 1,
     }
 }
 

@@ -87,6 +87,7 @@ fn desired(n: &str, hash: &str) -> ServiceStack {
             limits: Default::default(),
         },
         spec_hash: hash.into(),
+        replicas: 1,
         pod_filter: None,
     }
 }
