@@ -11,7 +11,9 @@
 //!    its sidecar's outbound listener, over mTLS to the app's sidecar, to the app (the Django page
 //!    uses `{% static %}` with a manifest storage, so it only renders when `collectstatic` ran at
 //!    build);
-//! 3. `iac destroy` leaves no container or network with the project label.
+//! 3. each app answers its own page with HTTP 200 from the host at the `url` that
+//!    `iac health --json` gives (the same as the deploy report's), with no client certificate;
+//! 4. `iac destroy` leaves no container or network with the project label.
 //!
 //! The apps' dependencies come from the wheels `make test-deps` downloads (`scripts/test-wheels.sh`)
 //! with host pip pointed there by `--no-index`: no network. The Python 3.14 base image and its
@@ -389,7 +391,49 @@ fn flask_django_and_fastapi_apps_serve_their_pages_through_the_mesh() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"message\":\"Hello World\""), "{body}");
 
-    // 3. destroy leaves nothing with the project label.
+    // 3. each app's own page at the `url` that `iac health --json` gives: from the host, through
+    //    the sidecar's edge listener, no client certificate.
+    let health = project.iac(&["health", "--json"]);
+    assert!(health.status.success(), "iac health --json");
+    let hj = json_of(&health);
+    for (name, want) in [
+        ("flask", "Hello, World!"),
+        ("django", "Getting Started with Python on Django"),
+        ("fastapi", "\"message\":\"Hello World\""),
+    ] {
+        let url = hj["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["running"]["service"] == name)
+            .and_then(|s| s["url"].as_str())
+            .unwrap_or_else(|| panic!("{name} has a url in `iac health --json`: {hj:#}"))
+            .to_string();
+        assert_eq!(
+            svc(name)["url"],
+            url.as_str(),
+            "the deploy report's url for {name}"
+        );
+        let page = Command::new("curl")
+            .args([
+                "-s",
+                "--noproxy",
+                "*",
+                "--max-time",
+                "10",
+                "-w",
+                "\n%{http_code}",
+                &url,
+            ])
+            .output()
+            .expect("curl");
+        let page = String::from_utf8_lossy(&page.stdout).into_owned();
+        let (body, code) = page.rsplit_once('\n').unwrap_or(("", page.as_str()));
+        assert_eq!(code, "200", "GET {url} ({name}) from the host: {body}");
+        assert!(body.contains(want), "{name} at {url}: {body}");
+    }
+
+    // 4. destroy leaves nothing with the project label.
     assert!(project.iac(&["destroy"]).status.success());
     let label = format!("label=iac.project={}", project.name);
     assert!(
