@@ -245,11 +245,13 @@ fn flask_django_and_fastapi_apps_serve_their_pages_through_the_mesh() {
     let django = repo(&repos, "django-getting-started");
     let fastapi = repo(&repos, "fastapi-render");
     let file = project.workdir.path().join("repos.yaml");
+    // The Django app allows the hosts it is called by: its mesh name and the host's loopback (its
+    // edge `url`), as a person sets DJANGO_ALLOWED_HOSTS for where they open it.
     std::fs::write(
         &file,
         format!(
             "- slug: git+file://{}#main\n  name: flask\n\
-             - slug: git+file://{}#main\n  name: django\n  env: {{ DJANGO_ALLOWED_HOSTS: django }}\n\
+             - slug: git+file://{}#main\n  name: django\n  env: {{ DJANGO_ALLOWED_HOSTS: \"django,127.0.0.1\" }}\n\
              - slug: git+file://{}#main\n  name: fastapi\n",
             flask.display(),
             django.display(),
