@@ -15,9 +15,13 @@
 //! Needs the base images from `make test-deps`; with IAC_REQUIRE_DOCKER unset and no Docker it is
 //! skipped loudly. Everything it creates is removed by label on drop, even on panic.
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Instant;
+
+mod e2e;
+use e2e::{
+    HELLO, SCRIPTED_CLI, docker, docker_ok, fixture, git, json_of, remove_labelled, static_agent,
+};
 
 struct Project {
     name: String,
@@ -26,111 +30,8 @@ struct Project {
 
 impl Drop for Project {
     fn drop(&mut self) {
-        let label = format!("label=iac.project={}", self.name);
-        let ids = docker(&["ps", "-aq", "--filter", &label]);
-        let ids: Vec<&str> = ids.split_whitespace().collect();
-        if !ids.is_empty() {
-            let mut args = vec!["rm", "-f"];
-            args.extend(ids);
-            docker(&args);
-        }
-        for net in docker(&["network", "ls", "-q", "--filter", &label]).split_whitespace() {
-            docker(&["network", "rm", net]);
-        }
-        // --no-prune keeps the unlabelled shared layers (base + OTel SDK + agent): build cache
-        // that every later build reuses. Everything labelled with this project goes.
-        for img in docker(&["images", "-aq", "--filter", &label]).split_whitespace() {
-            docker(&["rmi", "-f", "--no-prune", img]);
-        }
+        remove_labelled(&format!("iac.project={}", self.name));
     }
-}
-
-fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .expect("docker CLI");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn docker_ok() -> bool {
-    Command::new("docker")
-        .arg("info")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
-fn git(dir: &Path, args: &[&str]) {
-    let out = Command::new("git")
-        .args([
-            "-c",
-            "user.email=t@example.invalid",
-            "-c",
-            "user.name=test",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn fixture(root: &Path, name: &str, files: &[(&str, &str)]) -> PathBuf {
-    let dir = root.join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    for (path, body) in files {
-        let p = dir.join(path);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, body).unwrap();
-    }
-    git(&dir, &["init", "-q"]);
-    git(&dir, &["add", "-A"]);
-    git(&dir, &["commit", "-qm", "fixture"]);
-    dir
-}
-
-const HELLO: &str = r#"
-import http.server, os, signal, sys
-signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-print("hello-main says hi", flush=True)
-http.server.ThreadingHTTPServer(("0.0.0.0", int(os.environ["PORT"])), http.server.SimpleHTTPRequestHandler).serve_forever()
-"#;
-
-const SCRIPTED_CLI: &str = r#"
-import signal, sys, time
-def main():
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    print("scripted VERSION", flush=True)
-    while True:
-        time.sleep(1)
-def other():
-    print("never the default")
-"#;
-
-/// The static agent every image gets: `$IAC_AGENT_BIN`, else what `scripts/build-agent.sh` builds
-/// (a cargo no-op when it is up to date).
-fn static_agent() -> String {
-    if let Ok(p) = std::env::var("IAC_AGENT_BIN") {
-        return p;
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let out = Command::new("bash")
-        .arg(root.join("scripts/build-agent.sh"))
-        .output()
-        .expect("run scripts/build-agent.sh");
-    assert!(
-        out.status.success(),
-        "scripts/build-agent.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 impl Project {
@@ -176,16 +77,6 @@ impl Project {
         v.sort();
         v
     }
-}
-
-fn json_of(out: &Output) -> serde_json::Value {
-    let text = String::from_utf8_lossy(&out.stdout);
-    let last = text
-        .lines()
-        .rev()
-        .find(|l| l.trim_start().starts_with('{'))
-        .expect("a JSON line on stdout");
-    serde_json::from_str(last).expect("valid JSON")
 }
 
 fn health_by_service(

@@ -28,6 +28,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+mod e2e;
+use e2e::{docker, docker_ok, init_and_commit, json_of, remove_labelled, static_agent};
+
 struct Project {
     name: String,
     workdir: tempfile::TempDir,
@@ -35,59 +38,8 @@ struct Project {
 
 impl Drop for Project {
     fn drop(&mut self) {
-        let label = format!("label=iac.project={}", self.name);
-        let ids = docker(&["ps", "-aq", "--filter", &label]);
-        let ids: Vec<&str> = ids.split_whitespace().collect();
-        if !ids.is_empty() {
-            let mut args = vec!["rm", "-f"];
-            args.extend(ids);
-            docker(&args);
-        }
-        for net in docker(&["network", "ls", "-q", "--filter", &label]).split_whitespace() {
-            docker(&["network", "rm", net]);
-        }
-        // --no-prune keeps the unlabelled shared layers (base + OTel SDK + agent) as build cache.
-        for img in docker(&["images", "-aq", "--filter", &label]).split_whitespace() {
-            docker(&["rmi", "-f", "--no-prune", img]);
-        }
+        remove_labelled(&format!("iac.project={}", self.name));
     }
-}
-
-fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .expect("docker CLI");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn docker_ok() -> bool {
-    Command::new("docker")
-        .arg("info")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
-fn git(dir: &Path, args: &[&str]) {
-    let out = Command::new("git")
-        .args([
-            "-c",
-            "user.email=t@example.invalid",
-            "-c",
-            "user.name=test",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn copy_tree(from: &Path, to: &Path) {
@@ -110,28 +62,8 @@ fn repo(root: &Path, name: &str) -> PathBuf {
         .join(name);
     let dir = root.join(name);
     copy_tree(&src, &dir);
-    git(&dir, &["init", "-q"]);
-    git(&dir, &["add", "-A"]);
-    git(&dir, &["commit", "-qm", "as published"]);
+    init_and_commit(&dir, "as published");
     dir
-}
-
-/// The static agent every image gets: `$IAC_AGENT_BIN`, else what `scripts/build-agent.sh` builds.
-fn static_agent() -> String {
-    if let Ok(p) = std::env::var("IAC_AGENT_BIN") {
-        return p;
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let out = Command::new("bash")
-        .arg(root.join("scripts/build-agent.sh"))
-        .output()
-        .expect("run scripts/build-agent.sh");
-    assert!(
-        out.status.success(),
-        "scripts/build-agent.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// The wheels `scripts/test-wheels.sh` downloaded (`make test-deps`).
@@ -212,16 +144,6 @@ impl Project {
 fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-fn json_of(out: &Output) -> serde_json::Value {
-    let text = String::from_utf8_lossy(&out.stdout);
-    let last = text
-        .lines()
-        .rev()
-        .find(|l| l.trim_start().starts_with('{'))
-        .expect("a JSON line on stdout");
-    serde_json::from_str(last).expect("valid JSON")
 }
 
 #[test]

@@ -16,28 +16,14 @@
 //! creates carries its project label and is removed by it.
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Instant;
 
-fn docker(args: &[&str]) -> (bool, String) {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .expect("docker CLI");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
-}
-
-fn docker_out(args: &[&str]) -> String {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .expect("docker CLI");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+mod e2e;
+use e2e::{
+    HELLO, SCRIPTED_CLI, docker, docker_status, fixture, git, json_of, remove_labelled,
+    static_agent,
+};
 
 /// A single-node swarm for the duration of the test: joined (init) when the engine was in none,
 /// always left on drop. Holds an exclusive lock on a file so two test processes never share it.
@@ -55,10 +41,10 @@ impl SwarmGuard {
             _lock: lock,
             inited: false,
         };
-        let state = docker_out(&["info", "--format", "{{.Swarm.LocalNodeState}}"]);
+        let state = docker(&["info", "--format", "{{.Swarm.LocalNodeState}}"]);
         if state.trim() == "inactive" {
             guard.inited = true;
-            let (ok, text) = docker(&["swarm", "init", "--advertise-addr", "127.0.0.1"]);
+            let (ok, text) = docker_status(&["swarm", "init", "--advertise-addr", "127.0.0.1"]);
             assert!(ok, "docker swarm init: {text}");
         }
         guard
@@ -67,13 +53,13 @@ impl SwarmGuard {
 
 impl Drop for SwarmGuard {
     fn drop(&mut self) {
-        let (ok, text) = docker(&["swarm", "leave", "--force"]);
+        let (ok, text) = docker_status(&["swarm", "leave", "--force"]);
         if !ok {
             eprintln!("docker swarm leave --force: {text}");
         }
         if self.inited {
             // `swarm init` created it; leaving keeps it. Refused (kept) while a container uses it.
-            docker(&["network", "rm", "docker_gwbridge"]);
+            docker_status(&["network", "rm", "docker_gwbridge"]);
         }
     }
 }
@@ -87,90 +73,13 @@ impl Drop for Project {
     fn drop(&mut self) {
         let label = format!("label=iac.project={}", self.name);
         for kind in ["service", "config", "secret"] {
-            let ids = docker_out(&[kind, "ls", "-q", "--filter", &label]);
+            let ids = docker(&[kind, "ls", "-q", "--filter", &label]);
             for id in ids.split_whitespace() {
-                docker(&[kind, "rm", id]);
+                docker_status(&[kind, "rm", id]);
             }
         }
-        let ids = docker_out(&["ps", "-aq", "--filter", &label]);
-        for id in ids.split_whitespace() {
-            docker(&["rm", "-f", id]);
-        }
-        for net in docker_out(&["network", "ls", "-q", "--filter", &label]).split_whitespace() {
-            docker(&["network", "rm", net]);
-        }
-        for img in docker_out(&["images", "-aq", "--filter", &label]).split_whitespace() {
-            docker(&["rmi", "-f", "--no-prune", img]);
-        }
+        remove_labelled(&format!("iac.project={}", self.name));
     }
-}
-
-fn git(dir: &Path, args: &[&str]) {
-    let out = Command::new("git")
-        .args([
-            "-c",
-            "user.email=t@example.invalid",
-            "-c",
-            "user.name=test",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn fixture(root: &Path, name: &str, files: &[(&str, &str)]) -> PathBuf {
-    let dir = root.join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    for (path, body) in files {
-        let p = dir.join(path);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, body).unwrap();
-    }
-    git(&dir, &["init", "-q"]);
-    git(&dir, &["add", "-A"]);
-    git(&dir, &["commit", "-qm", "fixture"]);
-    dir
-}
-
-const HELLO: &str = r#"
-import http.server, os, signal, sys
-signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-print("hello-main says hi", flush=True)
-http.server.ThreadingHTTPServer(("0.0.0.0", int(os.environ["PORT"])), http.server.SimpleHTTPRequestHandler).serve_forever()
-"#;
-
-const SCRIPTED_CLI: &str = r#"
-import signal, sys, time
-def main():
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    print("scripted VERSION", flush=True)
-    while True:
-        time.sleep(1)
-"#;
-
-fn static_agent() -> String {
-    if let Ok(p) = std::env::var("IAC_AGENT_BIN") {
-        return p;
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let out = Command::new("bash")
-        .arg(root.join("scripts/build-agent.sh"))
-        .output()
-        .expect("run scripts/build-agent.sh");
-    assert!(
-        out.status.success(),
-        "scripts/build-agent.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 impl Project {
@@ -201,7 +110,7 @@ impl Project {
 
     /// Service name → its Swarm version index.
     fn versions(&self) -> Vec<(String, String)> {
-        let out = docker_out(&[
+        let out = docker(&[
             "service",
             "ls",
             "--filter",
@@ -212,8 +121,7 @@ impl Project {
         let mut v: Vec<(String, String)> = out
             .split_whitespace()
             .map(|name| {
-                let index =
-                    docker_out(&["service", "inspect", "--format", "{{.Version.Index}}", name]);
+                let index = docker(&["service", "inspect", "--format", "{{.Version.Index}}", name]);
                 (name.to_string(), index.trim().to_string())
             })
             .collect();
@@ -225,18 +133,8 @@ impl Project {
         let label = format!("label=iac.project={}", self.name);
         let mut args = kind.to_vec();
         args.extend(["-q", "--filter", &label]);
-        docker_out(&args).trim().to_string()
+        docker(&args).trim().to_string()
     }
-}
-
-fn json_of(out: &Output) -> serde_json::Value {
-    let text = String::from_utf8_lossy(&out.stdout);
-    let last = text
-        .lines()
-        .rev()
-        .find(|l| l.trim_start().starts_with('{'))
-        .expect("a JSON line on stdout");
-    serde_json::from_str(last).expect("valid JSON")
 }
 
 fn service(report: &serde_json::Value, name: &str) -> serde_json::Value {
@@ -266,7 +164,7 @@ fn health_of(project: &Project) -> std::collections::BTreeMap<String, String> {
 
 #[test]
 fn hello_main_on_a_single_node_swarm() {
-    if !docker(&["info"]).0 {
+    if !docker_status(&["info"]).0 {
         assert!(
             std::env::var_os("IAC_REQUIRE_DOCKER").is_none(),
             "IAC_REQUIRE_DOCKER is set but Docker is unreachable"
@@ -319,7 +217,7 @@ fn hello_main_on_a_single_node_swarm() {
     let h = health_of(&project);
     assert_eq!(h["hello"], "SERVING");
     assert_eq!(h["scripted"], "SERVING");
-    let tasks = docker_out(&[
+    let tasks = docker(&[
         "service",
         "ps",
         "-q",
@@ -328,7 +226,7 @@ fn hello_main_on_a_single_node_swarm() {
         &format!("{}-scripted", project.name),
     ]);
     assert_eq!(tasks.split_whitespace().count(), 2, "replicas: 2");
-    let net = docker_out(&[
+    let net = docker(&[
         "network",
         "inspect",
         "--format",

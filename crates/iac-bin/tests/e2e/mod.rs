@@ -1,0 +1,146 @@
+//! Shared scaffolding of the end-to-end tests (`hello_main`, `public_apps`, `swarm_main`): the
+//! docker CLI, fixture git repositories made on the fly, the static agent every image gets, the
+//! JSON line `iac --json` prints last, and removing everything labelled with a test's project.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// `docker ARGS`: its stdout (whatever the exit status; callers that care use [`docker_status`]).
+pub fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker CLI");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `docker ARGS`: whether it succeeded, and its stdout followed by its stderr.
+pub fn docker_status(args: &[&str]) -> (bool, String) {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker CLI");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// Whether a Docker engine answers.
+pub fn docker_ok() -> bool {
+    Command::new("docker")
+        .arg("info")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// Removes the containers, networks and images carrying `label` (`KEY=VALUE`). Images go with
+/// `--no-prune`: the unlabelled shared layers (base + OTel SDK + agent) stay as the build cache
+/// every later build reuses.
+pub fn remove_labelled(label: &str) {
+    let filter = format!("label={label}");
+    for id in docker(&["ps", "-aq", "--filter", &filter]).split_whitespace() {
+        docker(&["rm", "-f", id]);
+    }
+    for net in docker(&["network", "ls", "-q", "--filter", &filter]).split_whitespace() {
+        docker(&["network", "rm", net]);
+    }
+    for img in docker(&["images", "-aq", "--filter", &filter]).split_whitespace() {
+        docker(&["rmi", "-f", "--no-prune", img]);
+    }
+}
+
+/// `git ARGS` in `dir` with a fixed identity and `main` as the default branch; panics on failure.
+pub fn git(dir: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .args([
+            "-c",
+            "user.email=t@example.invalid",
+            "-c",
+            "user.name=test",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Commits everything in `dir` as the first commit of a new repository.
+pub fn init_and_commit(dir: &Path, message: &str) {
+    git(dir, &["init", "-q"]);
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "-qm", message]);
+}
+
+/// A git repository `root/name` holding `files` (path, contents), committed.
+pub fn fixture(root: &Path, name: &str, files: &[(&str, &str)]) -> PathBuf {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    for (path, body) in files {
+        let p = dir.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, body).unwrap();
+    }
+    init_and_commit(&dir, "fixture");
+    dir
+}
+
+/// The static agent every image gets: `$IAC_AGENT_BIN`, else what `scripts/build-agent.sh` builds
+/// (a cargo no-op when it is up to date).
+pub fn static_agent() -> String {
+    if let Ok(p) = std::env::var("IAC_AGENT_BIN") {
+        return p;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = Command::new("bash")
+        .arg(root.join("scripts/build-agent.sh"))
+        .output()
+        .expect("run scripts/build-agent.sh");
+    assert!(
+        out.status.success(),
+        "scripts/build-agent.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The last JSON object line `iac … --json` printed on stdout.
+pub fn json_of(out: &Output) -> serde_json::Value {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last = text
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .expect("a JSON line on stdout");
+    serde_json::from_str(last).expect("valid JSON")
+}
+
+/// `hello`: a root main.py that prints a line and serves `$PORT` until SIGTERM.
+pub const HELLO: &str = r#"
+import http.server, os, signal, sys
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+print("hello-main says hi", flush=True)
+http.server.ThreadingHTTPServer(("0.0.0.0", int(os.environ["PORT"])), http.server.SimpleHTTPRequestHandler).serve_forever()
+"#;
+
+/// `scripted`: a CLI module whose `[project.scripts]` entry prints `scripted VERSION` (the test
+/// replaces VERSION) and stays up; `other` is a second function that is never the default.
+pub const SCRIPTED_CLI: &str = r#"
+import signal, sys, time
+def main():
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    print("scripted VERSION", flush=True)
+    while True:
+        time.sleep(1)
+def other():
+    print("never the default")
+"#;
