@@ -60,6 +60,9 @@ cleanup() {
   if [ "$KEEP_IMAGES" != 1 ]; then
     imgs=$(docker images -q --filter "label=iac.project=$P" | sort -u)
     [ -z "$imgs" ] || docker rmi -f --no-prune $imgs >/dev/null 2>&1
+    # The build's intermediate layers after the LABEL carry the project label too (and nothing
+    # else reuses them); the unlabelled shared layers stay as build cache.
+    docker image prune -f --filter "label=iac.project=$P" >/dev/null 2>&1
   fi
   rm -rf "$WORK"
 }
