@@ -32,7 +32,7 @@ pub struct ServiceSpec {
     #[serde(default, skip_serializing_if = "Expose::is_auto")]
     pub expose: Expose,
     /// How many copies run (Swarm tasks, Kubernetes pods); the docker and terraform provisioners
-    /// run one pair whatever it says. 1..=[`MAX_REPLICAS`], default 1.
+    /// run one pair whatever it says, and warn when it says more. 1..=[`MAX_REPLICAS`], default 1.
     #[serde(default = "one_replica", skip_serializing_if = "is_one_replica")]
     pub replicas: u32,
 }

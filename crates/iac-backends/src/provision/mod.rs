@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use iac_core::fsutil::sha256_tagged;
 use iac_core::stack::LABEL_SPEC_HASH;
-use iac_core::{Limits, Stack};
+use iac_core::{Events, Limits, Stack, Stage};
 
 /// The label every container and network a provisioner creates carries (value `iac`), set at
 /// create time — never an image label, so a container started by hand from an iac image does not
@@ -143,6 +143,21 @@ pub fn with_limits(stack: &Stack, limits: &ContainerLimits) -> Stack {
     out
 }
 
+/// Warns, per service, when the repos file asks for more than one copy of it and `provisioner`
+/// runs exactly one (the docker and terraform provisioners: one app + sidecar pair per service),
+/// so a `replicas:` that only Swarm honours is never ignored silently.
+pub(crate) fn warn_single_copy(stack: &Stack, provisioner: &str, events: &Events) {
+    for s in stack.services.iter().filter(|s| s.replicas > 1) {
+        events.for_service(&s.service).warn(
+            Stage::Provision,
+            format!(
+                "replicas: {} asked for, but the {provisioner} provisioner runs one copy of each service; use `--provisioner swarm` for several",
+                s.replicas
+            ),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,6 +199,25 @@ mod tests {
             }],
             keep: vec![],
         }
+    }
+
+    #[test]
+    fn more_than_one_replica_is_a_warning_naming_service_and_provisioner() {
+        let (events, mut rx) = Events::channel();
+        let mut s = stack();
+        warn_single_copy(&s, "docker", &events);
+        assert!(rx.try_recv().is_err(), "one replica: nothing to say");
+        s.services[0].replicas = 3;
+        warn_single_copy(&s, "terraform", &events);
+        let e = rx.try_recv().expect("a warning");
+        assert_eq!(e.level, iac_core::EventLevel::Warn);
+        assert_eq!(e.service.as_ref().map(|n| n.as_str()), Some("web"));
+        assert!(
+            e.message.contains("replicas: 3")
+                && e.message.contains("terraform provisioner runs one copy"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

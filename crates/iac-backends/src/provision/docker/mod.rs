@@ -558,6 +558,7 @@ impl Provisioner for DockerProvisioner {
         events: &Events,
     ) -> Result<Applied, ProvisionError> {
         let stack = &self.effective(stack)?;
+        super::warn_single_copy(stack, "docker", events);
         let network = self.ensure_network(&stack.network, events).await?;
         events.debug(
             Stage::Provision,

@@ -445,6 +445,7 @@ impl Provisioner for TerraformProvisioner {
         events: &Events,
     ) -> Result<Applied, ProvisionError> {
         let _lock = self.lock(&stack.project, events, Stage::Provision).await?;
+        crate::provision::warn_single_copy(stack, "terraform", events);
         let dir = self.prepare(stack, TFVARS_FILE)?;
         events.info(
             Stage::Provision,
