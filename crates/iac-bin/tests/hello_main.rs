@@ -19,9 +19,7 @@ use std::process::{Command, Output};
 use std::time::Instant;
 
 mod e2e;
-use e2e::{
-    HELLO, SCRIPTED_CLI, docker, docker_ok, fixture, git, json_of, remove_labelled, static_agent,
-};
+use e2e::{HELLO, SCRIPTED_CLI, docker, docker_ok, fixture, git, json_of, remove_labelled};
 
 struct Project {
     name: String,
@@ -36,26 +34,7 @@ impl Drop for Project {
 
 impl Project {
     fn iac(&self, args: &[&str]) -> Output {
-        static AGENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-        let agent = AGENT.get_or_init(static_agent);
-        let out = Command::new(env!("CARGO_BIN_EXE_iac"))
-            .env("IAC_IMAGES__AGENT_BINARY", agent)
-            .args(args)
-            .args(["--project", &self.name])
-            .current_dir(self.workdir.path())
-            .env("IAC_STATE_DIR", self.workdir.path().join(".iac"))
-            .env("IAC_PKI__SECRETS_DIR", self.workdir.path().join("secrets"))
-            .env("RUST_LOG", "warn")
-            .output()
-            .expect("run iac");
-        eprintln!(
-            "$ iac {} → {}\n--- stdout\n{}\n--- stderr\n{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        e2e::iac(self.workdir.path(), &self.name, args, &[], &[])
     }
 
     fn container_ids(&self) -> Vec<(String, String)> {

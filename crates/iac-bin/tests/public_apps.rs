@@ -29,7 +29,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 mod e2e;
-use e2e::{docker, docker_ok, init_and_commit, json_of, remove_labelled, static_agent};
+use e2e::{docker, docker_ok, init_and_commit, json_of, remove_labelled};
 
 struct Project {
     name: String,
@@ -86,24 +86,7 @@ fn test_wheels() -> PathBuf {
 
 impl Project {
     fn iac(&self, args: &[&str]) -> Output {
-        let out = Command::new(env!("CARGO_BIN_EXE_iac"))
-            .env("IAC_IMAGES__AGENT_BINARY", static_agent())
-            .args(args)
-            .args(["--project", &self.name])
-            .current_dir(self.workdir.path())
-            .env("IAC_STATE_DIR", self.workdir.path().join(".iac"))
-            .env("IAC_PKI__SECRETS_DIR", self.workdir.path().join("secrets"))
-            .env("RUST_LOG", "warn")
-            .output()
-            .expect("run iac");
-        eprintln!(
-            "$ iac {} → {}\n--- stdout (last 60 lines)\n{}\n--- stderr\n{}",
-            args.join(" "),
-            out.status,
-            tail(&String::from_utf8_lossy(&out.stdout), 60),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        e2e::iac(self.workdir.path(), &self.name, args, &[], &[])
     }
 
     /// GET / of `to` from inside `from`'s app container, through `from`'s sidecar (outbound,
@@ -139,11 +122,6 @@ impl Project {
             std::thread::sleep(Duration::from_millis(500));
         }
     }
-}
-
-fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 #[test]

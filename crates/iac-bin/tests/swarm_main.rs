@@ -16,14 +16,11 @@
 //! creates carries its project label and is removed by it.
 
 use std::fs::File;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Instant;
 
 mod e2e;
-use e2e::{
-    HELLO, SCRIPTED_CLI, docker, docker_status, fixture, git, json_of, remove_labelled,
-    static_agent,
-};
+use e2e::{HELLO, SCRIPTED_CLI, docker, docker_status, fixture, git, json_of, remove_labelled};
 
 /// A single-node swarm for the duration of the test: joined (init) when the engine was in none,
 /// always left on drop. Holds an exclusive lock on a file so two test processes never share it.
@@ -84,28 +81,16 @@ impl Drop for Project {
 
 impl Project {
     fn iac(&self, args: &[&str]) -> Output {
-        static AGENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-        let agent = AGENT.get_or_init(static_agent);
-        let out = Command::new(env!("CARGO_BIN_EXE_iac"))
-            .env("IAC_IMAGES__AGENT_BINARY", agent)
-            .env("IAC_SWARM__UPDATE_MONITOR", "3s")
-            .env("IAC_SWARM__CONVERGE_DEADLINE", "120s")
-            .args(args)
-            .args(["--project", &self.name, "--provisioner", "swarm"])
-            .current_dir(self.workdir.path())
-            .env("IAC_STATE_DIR", self.workdir.path().join(".iac"))
-            .env("IAC_PKI__SECRETS_DIR", self.workdir.path().join("secrets"))
-            .env("RUST_LOG", "warn")
-            .output()
-            .expect("run iac");
-        eprintln!(
-            "$ iac {} → {}\n--- stdout\n{}\n--- stderr\n{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        e2e::iac(
+            self.workdir.path(),
+            &self.name,
+            args,
+            &["--provisioner", "swarm"],
+            &[
+                ("IAC_SWARM__UPDATE_MONITOR", "3s"),
+                ("IAC_SWARM__CONVERGE_DEADLINE", "120s"),
+            ],
+        )
     }
 
     /// Service name → its Swarm version index.

@@ -113,6 +113,46 @@ pub fn static_agent() -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// Runs the `iac` binary under test for `project` (`--project` and `extra_args` after `args`), with
+/// its state and secrets under `workdir`, the static agent, and `env` on top; prints the command,
+/// its status, the last 200 lines of its stdout and its stderr (shown when the test fails).
+pub fn iac(
+    workdir: &Path,
+    project: &str,
+    args: &[&str],
+    extra_args: &[&str],
+    env: &[(&str, &str)],
+) -> Output {
+    static AGENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let agent = AGENT.get_or_init(static_agent);
+    let out = Command::new(env!("CARGO_BIN_EXE_iac"))
+        .env("IAC_IMAGES__AGENT_BINARY", agent)
+        .args(args)
+        .args(["--project", project])
+        .args(extra_args)
+        .current_dir(workdir)
+        .env("IAC_STATE_DIR", workdir.join(".iac"))
+        .env("IAC_PKI__SECRETS_DIR", workdir.join("secrets"))
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run iac");
+    eprintln!(
+        "$ iac {} → {}\n--- stdout (last 200 lines)\n{}\n--- stderr\n{}",
+        args.join(" "),
+        out.status,
+        tail(&String::from_utf8_lossy(&out.stdout), 200),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 /// The last JSON object line `iac … --json` printed on stdout.
 pub fn json_of(out: &Output) -> serde_json::Value {
     let text = String::from_utf8_lossy(&out.stdout);
