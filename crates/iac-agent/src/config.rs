@@ -60,6 +60,13 @@ pub struct Cli {
     #[arg(long, value_name = "PORT", env = "IAC_APP_PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub app_port: Option<u16>,
 
+    /// With --app-port and --user: when the app listens on exactly one other port (or on that port
+    /// but not reachable from 127.0.0.1) and never on --app-port for this long, listen on
+    /// 127.0.0.1:PORT and forward every connection to where the app listens, so the sidecar's
+    /// traffic still reaches it. A duration ("3s", "500ms") or "off".
+    #[arg(long, value_name = "DURATION|off", env = "IAC_FORWARD_AFTER", default_value = "3s", value_parser = parse_forward_after)]
+    pub forward_after: ForwardAfter,
+
     /// Also serve the standard gRPC health service (grpc.health.v1.Health, and nothing else) on
     /// this address, for probes from outside the pod (Kubernetes' `grpc:` readiness probe). The
     /// ControlPlane API stays on --listen. Set in Kubernetes pods (IAC_HEALTH_LISTEN) by iac.
@@ -109,6 +116,21 @@ fn parse_grace(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| {
         format!("--grace {s:?}: {e} (expected seconds such as 10 or a duration such as 1500ms)")
     })
+}
+
+/// `--forward-after`: how long the app must have listened elsewhere; `None` = never forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardAfter(pub Option<Duration>);
+
+fn parse_forward_after(s: &str) -> Result<ForwardAfter, String> {
+    if s == "off" {
+        return Ok(ForwardAfter(None));
+    }
+    humantime::parse_duration(s)
+        .map(|d| ForwardAfter(Some(d)))
+        .map_err(|e| {
+            format!("--forward-after {s:?}: {e} (expected a duration such as 3s or 500ms, or off)")
+        })
 }
 
 impl Cli {
@@ -190,6 +212,25 @@ mod tests {
         assert_eq!(cli.grace, Duration::from_secs(10));
         assert_eq!(cli.ring_lines, 10_000);
         assert!(cli.user.is_none());
+        assert_eq!(
+            cli.forward_after,
+            ForwardAfter(Some(Duration::from_secs(3)))
+        );
+    }
+
+    #[test]
+    fn forward_after_takes_a_duration_or_off() {
+        let parse = |v: &str| Cli::try_parse_from(["iac-agent", "--forward-after", v, "--", "x"]);
+        assert_eq!(
+            parse("500ms").unwrap().forward_after,
+            ForwardAfter(Some(Duration::from_millis(500)))
+        );
+        assert_eq!(parse("off").unwrap().forward_after, ForwardAfter(None));
+        let e = parse("soon").unwrap_err().to_string();
+        assert!(
+            e.contains("--forward-after \"soon\"") && e.contains("or off"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -29,6 +29,7 @@
 //! the agent's command line into images); `src/main.rs` is the thin executable.
 
 pub mod config;
+pub mod forward;
 pub mod logbuf;
 pub mod ports;
 pub mod probe;
@@ -59,6 +60,7 @@ impl Options {
             grace: cli.grace,
             argv: cli.argv,
             app_port: cli.app_port,
+            forward_after: cli.forward_after.0,
             health_listen: cli.health_listen,
             sidecar: if cli.sidecar.is_empty() {
                 None

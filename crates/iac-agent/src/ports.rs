@@ -103,25 +103,50 @@ pub struct PortView {
 
 /// Which sockets belong to the app: owned by `app_uid` when the agent runs the app as another
 /// user (the sidecar and the agent run as root, so their sockets drop out), otherwise every socket
-/// but the agent's own port.
+/// on a port not in `not_app` (the agent's own, the sidecar's).
+pub fn app_listeners(
+    listeners: &[Listener],
+    app_uid: Option<u32>,
+    not_app: &[u16],
+) -> Vec<Listener> {
+    listeners
+        .iter()
+        .filter(|l| app_uid.is_none_or(|uid| l.uid == uid) && !not_app.contains(&l.port))
+        .copied()
+        .collect()
+}
+
+/// The port view HealthCheck reports. `ready_port` is where the app must accept connections for
+/// `app_port_open` — the declared port, or where the agent forwards it (see [`crate::forward`]),
+/// whose own socket on `127.0.0.1:<declared port>` is then no app port.
 pub fn port_view(
     listeners: &[Listener],
     app_uid: Option<u32>,
     own_port: u16,
     app_port: Option<u16>,
+    forwarding: Option<crate::forward::Forwarding>,
 ) -> PortView {
-    let mut ports: Vec<u16> = listeners
+    let app = app_listeners(listeners, app_uid, &[own_port]);
+    let mut ports: Vec<u16> = app
         .iter()
-        .filter(|l| app_uid.is_none_or(|uid| l.uid == uid) && l.port != own_port)
+        .filter(|l| {
+            forwarding
+                .is_none_or(|f| !(l.port == f.from && l.addr == IpAddr::V4(Ipv4Addr::LOCALHOST)))
+        })
         .map(|l| l.port)
         .collect();
     ports.sort_unstable();
     ports.dedup();
-    let app_port_open = app_port.is_none_or(|p| {
-        listeners
-            .iter()
-            .any(|l| l.port == p && l.reachable_from_ipv4_loopback())
-    });
+    let app_port_open = match forwarding {
+        Some(f) => app.iter().any(|l| {
+            l.port == f.to.port() && (l.addr == f.to.ip() || l.reachable_from_ipv4_loopback())
+        }),
+        None => app_port.is_none_or(|p| {
+            listeners
+                .iter()
+                .any(|l| l.port == p && l.reachable_from_ipv4_loopback())
+        }),
+    };
     PortView {
         ports,
         app_port_open,
@@ -196,16 +221,59 @@ mod tests {
     fn view_filters_by_the_apps_user() {
         let mut all = parse_proc_net_tcp(TCP, false);
         all.extend(parse_proc_net_tcp(TCP6, true));
-        let v = port_view(&all, Some(10001), 50051, Some(8000));
+        let v = port_view(&all, Some(10001), 50051, Some(8000), None);
         assert_eq!(v.ports, [5000, 7000, 8000]);
         assert!(v.app_port_open);
         // Declared 7000 but only on ::1: Envoy's 127.0.0.1 would not reach it.
-        assert!(!port_view(&all, Some(10001), 50051, Some(7000)).app_port_open);
-        assert!(!port_view(&all, Some(10001), 50051, Some(9999)).app_port_open);
+        assert!(!port_view(&all, Some(10001), 50051, Some(7000), None).app_port_open);
+        assert!(!port_view(&all, Some(10001), 50051, Some(9999), None).app_port_open);
         // Without a separate user: everything but the agent's own port.
-        let v = port_view(&all, None, 50051, None);
+        let v = port_view(&all, None, 50051, None, None);
         assert_eq!(v.ports, [5000, 7000, 8000, 15000, 15001]);
         assert!(v.app_port_open, "no declared port is always open");
+    }
+
+    #[test]
+    fn a_forwarded_port_is_ready_when_its_target_listens() {
+        use crate::forward::Forwarding;
+        let app = |addr: &str, port| Listener {
+            addr: addr.parse().unwrap(),
+            port,
+            uid: 10001,
+        };
+        let agent = Listener {
+            addr: Ipv4Addr::LOCALHOST.into(),
+            port: 8080,
+            uid: 0,
+        };
+        let fwd = |to: &str| {
+            Some(Forwarding {
+                from: 8080,
+                to: to.parse().unwrap(),
+            })
+        };
+        let all = [app("127.0.0.1", 5000), agent];
+        let v = port_view(&all, Some(10001), 50051, Some(8080), fwd("127.0.0.1:5000"));
+        assert_eq!(
+            (v.ports.as_slice(), v.app_port_open),
+            ([5000].as_slice(), true)
+        );
+        // Without a separate user the forwarder's own socket is still not an app port.
+        let v = port_view(&all, None, 50051, Some(8080), fwd("127.0.0.1:5000"));
+        assert_eq!(
+            (v.ports.as_slice(), v.app_port_open),
+            ([5000].as_slice(), true)
+        );
+        // The app closed its port: the forwarder's socket alone is not readiness.
+        let v = port_view(&[agent], None, 50051, Some(8080), fwd("127.0.0.1:5000"));
+        assert_eq!((v.ports.len(), v.app_port_open), (0, false));
+        // $PORT on the container's own address, forwarded from loopback.
+        let all = [app("172.18.0.5", 8080), agent];
+        let v = port_view(&all, Some(10001), 50051, Some(8080), fwd("172.18.0.5:8080"));
+        assert_eq!(
+            (v.ports.as_slice(), v.app_port_open),
+            ([8080].as_slice(), true)
+        );
     }
 
     #[test]

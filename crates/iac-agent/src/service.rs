@@ -10,6 +10,10 @@
 //!   (a server that exits is not serving);
 //! * exited non-zero, killed, or never started → NOT_SERVING with the exit code.
 //!
+//! When the agent forwards the declared port to where the app really listens
+//! ([`crate::forward`]), readiness is judged at that place, `forwarded_to` names its port and the
+//! detail says so.
+//!
 //! In pod mode (a sidecar supervised next to the app, [`AgentService::with_sidecar`]) the sidecar
 //! must run too — and listen on its port when one is given — for SERVING; the detail names both
 //! ("running (pid 7); sidecar running (pid 6)").
@@ -27,6 +31,7 @@ use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
+use crate::forward::Forwarding;
 use crate::logbuf::{LogBuffer, StreamKind};
 use crate::ports::{PortView, port_view, read_listeners};
 use crate::state::{ChildState, Clock};
@@ -51,6 +56,7 @@ pub struct AgentService {
     readiness: Readiness,
     clock: Arc<Clock>,
     sidecar: Option<(watch::Receiver<ChildState>, Option<u16>)>,
+    forwarding: Option<watch::Receiver<Option<Forwarding>>>,
 }
 
 impl AgentService {
@@ -61,7 +67,14 @@ impl AgentService {
             readiness: Readiness::default(),
             clock: Arc::new(Clock::default()),
             sidecar: None,
+            forwarding: None,
         }
+    }
+
+    /// Reports (and judges readiness by) what the forwarder publishes on `rx`.
+    pub fn with_forwarding(mut self, rx: watch::Receiver<Option<Forwarding>>) -> Self {
+        self.forwarding = Some(rx);
+        self
     }
 
     /// Reports uptime from `clock` and holds SERVING until `readiness.app_port` accepts.
@@ -82,12 +95,16 @@ impl AgentService {
     pub fn current_health(&self) -> HealthStatus {
         let state = self.state.borrow().clone();
         let r = self.readiness;
+        let fwd = self.forwarding.as_ref().and_then(|rx| *rx.borrow());
         let listeners = read_listeners().map_err(|e| format!("cannot read /proc/net/tcp: {e}"));
         let ports = listeners
             .as_ref()
-            .map(|all| port_view(all, r.app_uid, r.own_port, r.app_port))
+            .map(|all| port_view(all, r.app_uid, r.own_port, r.app_port, fwd))
             .map_err(Clone::clone);
-        let health = health_of(&state, self.clock.uptime(), r.app_port, &ports);
+        let health = with_forwarding(
+            health_of(&state, self.clock.uptime(), r.app_port, &ports),
+            fwd,
+        );
         match &self.sidecar {
             None => health,
             Some((sidecar, port)) => {
@@ -123,6 +140,18 @@ pub fn with_sidecar(
         }
     }
     health.detail = format!("{}; {note}", health.detail);
+    health
+}
+
+/// Adds the forwarder's part to a HealthCheck answer: `forwarded_to` and a detail naming both ends.
+pub fn with_forwarding(mut health: HealthStatus, fwd: Option<Forwarding>) -> HealthStatus {
+    if let Some(f) = fwd {
+        health.forwarded_to = u32::from(f.to.port());
+        health.detail = format!(
+            "{}; the app listens on {}, not on $PORT {}: the agent forwards 127.0.0.1:{} there",
+            health.detail, f.to, f.from, f.from
+        );
+    }
     health
 }
 
@@ -183,6 +212,7 @@ pub fn health_of(
             .map(|v| v.ports.iter().map(|&p| u32::from(p)).collect())
             .unwrap_or_default(),
         app_port: app_port.map(u32::from).unwrap_or(0),
+        forwarded_to: 0,
     }
 }
 
@@ -294,6 +324,23 @@ mod tests {
         let h = super::health_of(&done, Duration::from_millis(300), None, &open);
         assert_eq!(h.status, HealthStatusCode::Serving as i32);
         assert_eq!(h.exit_code, Some(0));
+    }
+
+    #[test]
+    fn forwarding_is_reported() {
+        let running = health_of(&ChildState::Running { pid: 7 });
+        assert_eq!(with_forwarding(running.clone(), None), running);
+        let f = Forwarding {
+            from: 8080,
+            to: "127.0.0.1:5000".parse().unwrap(),
+        };
+        let h = with_forwarding(running, Some(f));
+        assert_eq!(h.forwarded_to, 5000);
+        assert_eq!(h.status, HealthStatusCode::Serving as i32);
+        assert_eq!(
+            h.detail,
+            "running (pid 7); the app listens on 127.0.0.1:5000, not on $PORT 8080: the agent forwards 127.0.0.1:8080 there"
+        );
     }
 
     #[test]

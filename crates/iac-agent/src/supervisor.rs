@@ -31,6 +31,7 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::pb::health_server::HealthServer;
 
+use crate::forward;
 use crate::logbuf::{LineSplitter, LogBuffer, LogEntry, RingLimits, StreamKind};
 use crate::service::{AgentService, Readiness};
 use crate::state::{ChildState, Clock};
@@ -69,6 +70,9 @@ pub struct Options {
     pub argv: Vec<String>,
     /// The port the app is expected to serve on (HealthCheck holds "starting" until it accepts).
     pub app_port: Option<u16>,
+    /// Forward `app_port` to where the app listens once it has listened elsewhere this long
+    /// (see [`crate::forward`]); `None`: never.
+    pub forward_after: Option<Duration>,
     /// A second listener serving only grpc.health.v1.Health.
     pub health_listen: Option<SocketAddr>,
     /// Pod mode: the sidecar supervised next to the child.
@@ -499,6 +503,24 @@ pub async fn run(opts: Options) -> i32 {
         .with_readiness(readiness, Arc::clone(&clock));
     if let (Some(tx), Some(sc)) = (&sidecar_tx, &opts.sidecar) {
         agent = agent.with_sidecar(tx.subscribe(), sc.port);
+    }
+    // Only for an app running as its own user: then its sockets are certainly its own (without
+    // one, every socket of the namespace would be a candidate).
+    if let (Some(app_port), Some(after), Some(uid)) =
+        (opts.app_port, opts.forward_after, readiness.app_uid)
+    {
+        let (tx, rx) = watch::channel(None);
+        agent = agent.with_forwarding(rx);
+        let w = forward::Watch {
+            app_port,
+            app_uid: uid,
+            not_app: [
+                readiness.own_port,
+                opts.sidecar.as_ref().and_then(|s| s.port).unwrap_or(0),
+            ],
+            after,
+        };
+        tokio::spawn(forward::run(w, state_tx.subscribe(), tx));
     }
     let std_health = HealthServer::new(StdHealth::new(agent.clone()));
     let service = ControlPlaneServer::new(agent);

@@ -189,3 +189,95 @@ async fn the_standard_health_service_follows_healthcheck_on_its_own_listener() {
     assert_eq!(status, ServingStatus::Serving as i32);
     agent.stop();
 }
+
+/// An app on a hard-coded port: after `--forward-after`, the agent listens on the declared port
+/// and forwards there; HealthCheck says so and is SERVING; a connection to the declared port
+/// reaches the app. Needs root (the app runs as its own user, which is what makes its sockets
+/// recognisable).
+#[tokio::test]
+async fn an_app_on_another_port_is_forwarded_to() {
+    // SAFETY: geteuid never fails.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP: forwarding needs --user, which needs root");
+        return;
+    }
+    let (declared, real) = (free_port(), free_port());
+    // Debian's python (root's pyenv is not readable by another user).
+    let script = format!(
+        "import socket\n\
+         s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         s.bind(('127.0.0.1', {real})); s.listen(); print('listening', flush=True)\n\
+         while True:\n\
+         \x20   c, _ = s.accept(); c.sendall(b'app on {real}'); c.close()\n"
+    );
+    let declared_s = declared.to_string();
+    let mut agent = Agent::start(
+        &[
+            "--app-port",
+            &declared_s,
+            "--user",
+            "4242:4242",
+            "--forward-after",
+            "500ms",
+        ],
+        &["/usr/bin/python3", "-c", &script],
+    );
+    agent.stdout.wait_for("listening");
+    let h = agent.health().await;
+    assert_eq!(h.status, UNKNOWN, "not forwarded yet: {h:?}");
+    assert_eq!(h.forwarded_to, 0, "{h:?}");
+    let h = agent.health_until(|h| h.status != UNKNOWN).await;
+    assert_eq!(h.status, SERVING, "{h:?}");
+    assert_eq!(h.forwarded_to, u32::from(real), "{h:?}");
+    assert_eq!(h.listening_ports, [u32::from(real)], "{h:?}");
+    assert!(
+        h.detail.ends_with(&format!(
+            "the app listens on 127.0.0.1:{real}, not on $PORT {declared}: the agent forwards 127.0.0.1:{declared} there"
+        )),
+        "{}",
+        h.detail
+    );
+    use std::io::Read;
+    let mut got = String::new();
+    std::net::TcpStream::connect(("127.0.0.1", declared))
+        .unwrap()
+        .read_to_string(&mut got)
+        .unwrap();
+    assert_eq!(got, format!("app on {real}"));
+    agent.stop();
+}
+
+/// `--forward-after off`: the app on another port stays "starting"; nothing binds the declared
+/// port.
+#[tokio::test]
+async fn forwarding_can_be_turned_off() {
+    // SAFETY: geteuid never fails.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP: needs root for --user");
+        return;
+    }
+    let (declared, real) = (free_port(), free_port());
+    let script = format!(
+        "import socket, time\n\
+         s = socket.socket(); s.bind(('127.0.0.1', {real})); s.listen(); print('listening', flush=True)\n\
+         time.sleep(600)\n"
+    );
+    let declared_s = declared.to_string();
+    let mut agent = Agent::start(
+        &[
+            "--app-port",
+            &declared_s,
+            "--user",
+            "4242:4242",
+            "--forward-after",
+            "off",
+        ],
+        &["/usr/bin/python3", "-c", &script],
+    );
+    agent.stdout.wait_for("listening");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let h = agent.health().await;
+    assert_eq!((h.status, h.forwarded_to), (UNKNOWN, 0), "{h:?}");
+    assert!(std::net::TcpListener::bind(("127.0.0.1", declared)).is_ok());
+    agent.stop();
+}

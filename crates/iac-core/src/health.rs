@@ -72,6 +72,9 @@ pub struct HealthReport {
     /// The port the sidecar routes the app's traffic to (`$PORT`), as the agent knows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app_port: Option<u16>,
+    /// The app listens elsewhere and the agent forwards `app_port` there: the app's port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarded_to: Option<u16>,
 }
 
 impl HealthReport {
@@ -92,6 +95,7 @@ impl HealthReport {
             uptime_ms: None,
             listening_ports: Vec::new(),
             app_port: None,
+            forwarded_to: None,
         }
     }
 
@@ -101,10 +105,17 @@ impl HealthReport {
     }
 
     /// When the app listens on TCP ports but not on the one the sidecar routes to: a warning
-    /// naming both and what to change. `None` when the ports match, when no port is declared,
-    /// or when the app listens nowhere (yet).
+    /// naming both and what to change — and, when the agent forwards the port, that traffic
+    /// reaches the app through it. `None` when the ports match, when no port is declared, or when
+    /// the app listens nowhere (yet).
     pub fn port_warning(&self) -> Option<String> {
         let want = self.app_port?;
+        let svc = &self.service;
+        if let Some(to) = self.forwarded_to {
+            return Some(format!(
+                "{svc}: the app listens on port {to}, not on $PORT ({want}); its agent forwards 127.0.0.1:{want} there, so traffic reaches it through one extra local hop; to route to it directly, make the app listen on $PORT or set `env: {{PORT: \"{to}\"}}` for {svc} in the repos file"
+            ));
+        }
         if self.listening_ports.is_empty() || self.listening_ports.contains(&want) {
             return None;
         }
@@ -117,7 +128,6 @@ impl HealthReport {
         let first = self.listening_ports[0];
         Some(format!(
             "{svc}: the app listens on {port_word} {seen} but the sidecar routes to port {want} ($PORT); make the app listen on $PORT ({want}) on 127.0.0.1, or, if {it} is the app's HTTP port, set `env: {{PORT: \"{first}\"}}` for {svc} in the repos file",
-            svc = self.service,
             seen = seen.join(", "),
         ))
     }
@@ -179,6 +189,21 @@ mod tests {
         let w = report(Some(8000), &[5000, 5001]).port_warning().unwrap();
         assert!(w.contains("listens on ports 5000, 5001"), "{w}");
         assert!(w.contains("if one of them is"), "{w}");
+    }
+
+    #[test]
+    fn a_forwarded_port_says_traffic_reaches_the_app() {
+        let mut r = report(Some(8080), &[5000]);
+        r.forwarded_to = Some(5000);
+        let w = r.port_warning().unwrap();
+        assert!(
+            w.starts_with("flask: the app listens on port 5000, not on $PORT (8080)"),
+            "{w}"
+        );
+        assert!(w.contains("forwards 127.0.0.1:8080 there"), "{w}");
+        assert!(w.contains("`env: {PORT: \"5000\"}` for flask"), "{w}");
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(json.contains("\"forwarded_to\":5000"), "{json}");
     }
 
     #[test]

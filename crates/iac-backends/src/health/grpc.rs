@@ -285,7 +285,7 @@ impl LogStreamer for GrpcProber {
     }
 }
 
-/// Copies what the agent saw (uptime, listening ports, the declared app port) into `r`. Ports
+/// Copies what the agent saw (uptime, listening ports, the declared app port, forwarding) into `r`. Ports
 /// outside 1-65535 (a broken agent) are dropped.
 fn agent_facts(r: &mut HealthReport, st: &iac_proto::HealthStatus) {
     // 0 is what an agent that predates the field sends (proto3 default): not reported.
@@ -296,6 +296,7 @@ fn agent_facts(r: &mut HealthReport, st: &iac_proto::HealthStatus) {
         .filter_map(|&p| u16::try_from(p).ok().filter(|&p| p != 0))
         .collect();
     r.app_port = u16::try_from(st.app_port).ok().filter(|&p| p != 0);
+    r.forwarded_to = u16::try_from(st.forwarded_to).ok().filter(|&p| p != 0);
 }
 
 /// ±25 % so many probes started together do not retry in lockstep.
@@ -395,12 +396,22 @@ mod tests {
             uptime_ms: 1500,
             listening_ports: vec![5000, 0, 70000, 5001],
             app_port: 8080,
+            forwarded_to: 0,
         };
         agent_facts(&mut r, &st);
         assert_eq!(r.uptime_ms, Some(1500));
         assert_eq!(r.listening_ports, [5000, 5001], "0 and >65535 are dropped");
         assert_eq!(r.app_port, Some(8080));
         assert!(r.port_warning().unwrap().contains("5000, 5001"));
+        assert_eq!(r.forwarded_to, None, "0 = no forwarding");
+        agent_facts(
+            &mut r,
+            &iac_proto::HealthStatus {
+                forwarded_to: 5000,
+                ..st.clone()
+            },
+        );
+        assert_eq!(r.forwarded_to, Some(5000));
         agent_facts(&mut r, &iac_proto::HealthStatus { app_port: 0, ..st });
         assert_eq!(r.app_port, None, "0 = no declared port");
     }

@@ -48,6 +48,7 @@ fn health_to_proto(h: &HealthReport) -> HealthStatus {
         uptime_ms: h.uptime_ms.unwrap_or(0),
         listening_ports: h.listening_ports.iter().map(|&p| u32::from(p)).collect(),
         app_port: h.app_port.map(u32::from).unwrap_or(0),
+        forwarded_to: h.forwarded_to.map(u32::from).unwrap_or(0),
     }
 }
 

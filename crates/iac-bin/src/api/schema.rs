@@ -330,6 +330,9 @@ pub struct HealthReportSchema {
     /// The port the sidecar routes the app's traffic to (`$PORT`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app_port: Option<u16>,
+    /// The app listens elsewhere and its agent forwards `app_port` there: the app's port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarded_to: Option<u16>,
 }
 
 /// Time spent in one stage.
