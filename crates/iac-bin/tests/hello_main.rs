@@ -9,7 +9,9 @@
 //!    with no client certificate, the others have none;
 //! 2. `iac logs` shows hello's printed line;
 //! 3. a redeploy with no change touches nothing (same container ids);
-//! 4. a change to `scripted` replaces only that service;
+//! 4. a change to `scripted` replaces only that service; v2 serves HTTP on a hard-coded
+//!    127.0.0.1:5000 (ignoring `$PORT`) with `expose: true`: its agent forwards `$PORT` there, so
+//!    it is SERVING, the deploy warns, and its `url` answers with v2's page;
 //! 5. `iac destroy` leaves no container or network with the project label.
 //!
 //! Needs the base images from `make test-deps`; with IAC_REQUIRE_DOCKER unset and no Docker it is
@@ -20,6 +22,25 @@ use std::time::Instant;
 
 mod e2e;
 use e2e::{HELLO, SCRIPTED_CLI, docker, docker_ok, fixture, git, json_of, remove_labelled};
+
+/// `scripted` v2: a web server on a hard-coded 127.0.0.1:5000, ignoring `$PORT`, as many
+/// quickstarts are.
+const SCRIPTED_V2: &str = r#"
+import http.server, signal, sys
+class Page(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b"scripted v2 on 5000"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+def main():
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    print("scripted v2", flush=True)
+    http.server.ThreadingHTTPServer(("127.0.0.1", 5000), Page).serve_forever()
+def other():
+    print("never the default")
+"#;
 
 struct Project {
     name: String,
@@ -33,8 +54,17 @@ impl Drop for Project {
 }
 
 impl Project {
+    /// The settle window is 10 s here, not the default 3 s: it counts from the entry's start, and
+    /// on a loaded CI machine `opentelemetry-instrument python` can take longer than 3 s to reach
+    /// crashy's `sys.exit(1)`, which a shorter window would report as SERVING.
     fn iac(&self, args: &[&str]) -> Output {
-        e2e::iac(self.workdir.path(), &self.name, args, &[], &[])
+        e2e::iac(
+            self.workdir.path(),
+            &self.name,
+            args,
+            &[],
+            &[("IAC_HEALTH_SETTLE", "10s")],
+        )
     }
 
     fn container_ids(&self) -> Vec<(String, String)> {
@@ -129,12 +159,12 @@ fn hello_main_end_to_end() {
 
     // 1. deploy: crashy fails, its peers are SERVING.
     let out = project.iac(&["deploy", "--file", file, "--json"]);
+    let report = json_of(&out)["report"].clone();
     assert_eq!(
         out.status.code(),
         Some(1),
-        "crashy must make the deploy fail"
+        "crashy must make the deploy fail: {report:#}"
     );
-    let report = json_of(&out)["report"].clone();
     let svc = |name: &str| {
         report["services"]
             .as_array()
@@ -227,10 +257,17 @@ fn hello_main_end_to_end() {
         "no change → same containers"
     );
 
-    // 4. change scripted only: only its pair is replaced.
+    // 4. change scripted only: only its pair is replaced. v2 is a web server that ignores $PORT
+    // (a hard-coded 127.0.0.1:5000) and is exposed: traffic must still reach it.
+    std::fs::write(scripted.join("scripted/cli.py"), SCRIPTED_V2).unwrap();
     std::fs::write(
-        scripted.join("scripted/cli.py"),
-        SCRIPTED_CLI.replace("VERSION", "v2"),
+        file,
+        format!(
+            "- slug: git+file://{}#main\n  expose: true\n- slug: git+file://{}#main\n  expose: true\n- git+file://{}#main\n",
+            hello.display(),
+            scripted.display(),
+            crashy.display()
+        ),
     )
     .unwrap();
     git(&scripted, &["commit", "-qam", "v2"]);
@@ -242,6 +279,31 @@ fn hello_main_end_to_end() {
     );
     let out = project.iac(&["deploy", "--file", file, "--json"]);
     assert_eq!(out.status.code(), Some(1));
+    let report = json_of(&out)["report"].clone();
+    let v2 = report["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["service"] == "scripted")
+        .unwrap_or_else(|| panic!("scripted in the report: {report:#}"))
+        .clone();
+    assert_eq!(v2["health"]["state"], "SERVING", "{v2:#}");
+    assert_eq!(v2["health"]["forwarded_to"], 5000, "{v2:#}");
+    let forwards = format!("forwards 127.0.0.1:{} there", v2["health"]["app_port"]);
+    assert!(
+        v2["warnings"].to_string().contains(&forwards),
+        "the deploy says it {forwards}: {v2:#}"
+    );
+    let v2_url = v2["url"].as_str().unwrap_or_else(|| panic!("{v2:#}"));
+    let page = Command::new("curl")
+        .args(["-s", "--noproxy", "*", "--max-time", "10", v2_url])
+        .output()
+        .expect("curl");
+    assert_eq!(
+        String::from_utf8_lossy(&page.stdout),
+        "scripted v2 on 5000",
+        "GET {v2_url}: the edge → Envoy → $PORT → the agent's forwarder → the app"
+    );
     let after = project.container_ids();
     let ids = |v: &[(String, String)], prefix: &str| -> Vec<String> {
         v.iter()
