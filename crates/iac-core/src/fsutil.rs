@@ -43,6 +43,37 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: Option<u32>) -> std::io::Re
     result
 }
 
+/// [`write_atomic`], unless `path` already holds exactly `bytes` (and, with `mode`, has that
+/// mode): then nothing is written, no fsync is paid, and the file keeps its inode. Returns
+/// whether it wrote. A redeploy that changes nothing rewrites nothing this way.
+pub fn write_atomic_if_changed(
+    path: &Path,
+    bytes: &[u8],
+    mode: Option<u32>,
+) -> std::io::Result<bool> {
+    if let Ok(existing) = std::fs::read(path)
+        && existing == bytes
+        && mode_matches(path, mode)
+    {
+        return Ok(false);
+    }
+    write_atomic(path, bytes, mode).map(|()| true)
+}
+
+fn mode_matches(path: &Path, mode: Option<u32>) -> bool {
+    let Some(want) = mode else { return true };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o7777 == want)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (path, want);
+        true
+    }
+}
+
 fn unique() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
@@ -130,6 +161,42 @@ mod tests {
         );
         let leftovers: Vec<_> = std::fs::read_dir(p.parent().unwrap()).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temp files left behind");
+    }
+
+    #[test]
+    fn an_unchanged_file_is_not_rewritten() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("envoy.yaml");
+        assert!(
+            write_atomic_if_changed(&p, b"a", Some(0o644)).unwrap(),
+            "new file"
+        );
+        let ino = std::fs::metadata(&p).unwrap().ino();
+        assert!(!write_atomic_if_changed(&p, b"a", Some(0o644)).unwrap());
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().ino(),
+            ino,
+            "same inode: untouched"
+        );
+        assert!(
+            write_atomic_if_changed(&p, b"b", Some(0o644)).unwrap(),
+            "content changed"
+        );
+        assert_eq!(std::fs::read(&p).unwrap(), b"b");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(
+            write_atomic_if_changed(&p, b"b", Some(0o644)).unwrap(),
+            "mode changed"
+        );
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
+        assert!(
+            !write_atomic_if_changed(&p, b"b", None).unwrap(),
+            "no mode asked"
+        );
     }
 
     #[tokio::test]

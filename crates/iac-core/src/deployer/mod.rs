@@ -14,7 +14,7 @@ use tracing::Instrument;
 use crate::entry::Entry;
 use crate::error::Error;
 use crate::event::{Events, Stage};
-use crate::fsutil::write_atomic;
+use crate::fsutil::write_atomic_if_changed;
 use crate::image::ImageRef;
 use crate::mesh::IssuedCerts;
 use crate::name::{ProjectName, ServiceName};
@@ -203,9 +203,11 @@ impl Deployer {
         for (p, config) in rendered {
             let path = self.envoy_config_path(&p.spec.name);
             let svc_events = events.for_service(&p.spec.name);
-            match write_atomic(&path, config.as_bytes(), Some(0o644)) {
-                Ok(()) => {
-                    svc_events.debug(Stage::Render, format!("wrote {}", path.display()));
+            // Unchanged configs are not rewritten: no fsync per service on a no-op redeploy.
+            match write_atomic_if_changed(&path, config.as_bytes(), Some(0o644)) {
+                Ok(wrote) => {
+                    let what = if wrote { "wrote" } else { "unchanged:" };
+                    svc_events.debug(Stage::Render, format!("{what} {}", path.display()));
                     ok_services.push(p);
                 }
                 Err(e) => {
