@@ -190,10 +190,18 @@ async fn the_standard_health_service_follows_healthcheck_on_its_own_listener() {
     agent.stop();
 }
 
+/// `UID:GID` for the app of test `n`, unique to this test process (another run of these tests
+/// at the same time, on the same host, gets others).
+fn test_uid(n: u32) -> String {
+    let uid = 20_000 + (std::process::id() % 20_000) * 2 + n;
+    format!("{uid}:{uid}")
+}
+
 /// An app on a hard-coded port: after `--forward-after`, the agent listens on the declared port
 /// and forwards there; HealthCheck says so and is SERVING; a connection to the declared port
 /// reaches the app. Needs root (the app runs as its own user, which is what makes its sockets
-/// recognisable).
+/// recognisable). Each test here uses a uid of its own: the tests share the host's network
+/// namespace, and another test's app socket under the same uid would make the choice ambiguous.
 #[tokio::test]
 async fn an_app_on_another_port_is_forwarded_to() {
     // SAFETY: geteuid never fails.
@@ -211,12 +219,13 @@ async fn an_app_on_another_port_is_forwarded_to() {
          \x20   c, _ = s.accept(); c.sendall(b'app on {real}'); c.close()\n"
     );
     let declared_s = declared.to_string();
+    let user = test_uid(0);
     let mut agent = Agent::start(
         &[
             "--app-port",
             &declared_s,
             "--user",
-            "4242:4242",
+            &user,
             "--forward-after",
             "500ms",
         ],
@@ -263,12 +272,13 @@ async fn forwarding_can_be_turned_off() {
          time.sleep(600)\n"
     );
     let declared_s = declared.to_string();
+    let user = test_uid(1);
     let mut agent = Agent::start(
         &[
             "--app-port",
             &declared_s,
             "--user",
-            "4242:4242",
+            &user,
             "--forward-after",
             "off",
         ],
