@@ -10,8 +10,10 @@
 //! 5. a broken `hello` (exits 1) is rolled back by Swarm and reported so; the old one serves on;
 //! 6. `iac destroy` leaves no service, network, config or secret with the project label;
 //! 7. with `[swarm] registry` set to a registry the test starts (Debian's `docker-registry` on a
-//!    free loopback port, killed at the end, also on panic): `scripted` is pushed there and runs
-//!    by digest (`127.0.0.1:PORT/…@sha256:…`), the registry lists it, it is SERVING over mTLS;
+//!    free loopback port, with a login, killed at the end, also on panic): without
+//!    `registry_username`/`registry_password` the push is refused and reported with the registry,
+//!    the image and the engine's message; with them `scripted` is pushed there and runs by digest
+//!    (`127.0.0.1:PORT/…@sha256:…`), the registry lists it, it is SERVING over mTLS;
 //! 8. a no-op redeploy pushes nothing and changes no service version;
 //! 9. a change of the spec but not of the image (`update_monitor`) updates the service without a
 //!    push: the registry holds that digest already;
@@ -71,8 +73,17 @@ impl Drop for SwarmGuard {
     }
 }
 
+/// The registry's one login: [`REGISTRY_USER`] with this password.
+const REGISTRY_PASSWORD: &str = "iac-registry-test";
+const REGISTRY_USER: &str = "iac";
+/// `REGISTRY_PASSWORD` as an htpasswd bcrypt entry (made with
+/// `perl -e 'print crypt("iac-registry-test", q($2y$05$abcdefghijklmnopqrstuu))'`).
+const REGISTRY_HTPASSWD: &str =
+    "iac:$2y$05$abcdefghijklmnopqrstuuFhiUh6JpjxJoDocoBJbFOReBDljDEPy\n";
+
 /// A registry (`docker-registry serve`) on a free loopback port with its storage in a temp dir,
-/// killed on drop (also on panic). The engine allows plain HTTP to 127.0.0.0/8 registries.
+/// requiring a login (htpasswd), killed on drop (also on panic). The engine allows plain HTTP to
+/// 127.0.0.0/8 registries.
 struct Registry {
     child: Child,
     addr: String,
@@ -94,11 +105,14 @@ impl Registry {
             .port();
         let addr = format!("127.0.0.1:{port}");
         let config = dir.path().join("config.yml");
+        let htpasswd = dir.path().join("htpasswd");
+        std::fs::write(&htpasswd, REGISTRY_HTPASSWD).unwrap();
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
-                dir.path().join("data").display()
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\nauth:\n  htpasswd:\n    realm: iac-test\n    path: {}\n",
+                dir.path().join("data").display(),
+                htpasswd.display()
             ),
         )
         .unwrap();
@@ -126,11 +140,19 @@ impl Registry {
         Some(registry)
     }
 
-    /// The body of `GET path` when the registry answers 200.
+    /// The body of `GET path` (with the login) when the registry answers 200.
     fn try_get(&self, path: &str) -> Option<String> {
+        use base64::Engine as _;
+        let login = base64::engine::general_purpose::STANDARD
+            .encode(format!("{REGISTRY_USER}:{REGISTRY_PASSWORD}"));
         let mut s = TcpStream::connect(&self.addr).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-        write!(s, "GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n", self.addr).ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.0\r\nHost: {}\r\nAuthorization: Basic {login}\r\n\r\n",
+            self.addr
+        )
+        .ok()?;
         let mut text = String::new();
         s.read_to_string(&mut text).ok()?;
         let (head, body) = text.split_once("\r\n\r\n")?;
@@ -433,7 +455,6 @@ fn hello_main_on_a_single_node_swarm() {
         return;
     };
     let started = Instant::now();
-    let reg_env = [("IAC_SWARM__REGISTRY", registry.addr.as_str())];
     let only_scripted = project.workdir.path().join("scripted.yaml");
     std::fs::write(
         &only_scripted,
@@ -442,6 +463,31 @@ fn hello_main_on_a_single_node_swarm() {
     .unwrap();
     let only_scripted = only_scripted.to_str().unwrap();
     let svc_name = format!("{}-scripted", project.name);
+    // Without the login the push is refused: the error names the registry, the image and what
+    // the engine said, and no service is made.
+    let out = project.iac_with(
+        &["deploy", "--file", only_scripted, "--json"],
+        &[("IAC_SWARM__REGISTRY", registry.addr.as_str())],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a refused push fails the deploy"
+    );
+    let s = service(&json_of(&out)["report"], "scripted");
+    let error = s["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(&format!("to registry {}", registry.addr))
+            && error.contains("scripted:pod-")
+            && error.contains("no basic auth credentials"),
+        "{s:#}"
+    );
+    assert!(project.left(&["service", "ls"]).is_empty());
+    let reg_env = [
+        ("IAC_SWARM__REGISTRY", registry.addr.as_str()),
+        ("IAC_SWARM__REGISTRY_USERNAME", REGISTRY_USER),
+        ("IAC_SWARM__REGISTRY_PASSWORD", REGISTRY_PASSWORD),
+    ];
     let out = project.iac_with(&["deploy", "--file", only_scripted, "--json"], &reg_env);
     assert_eq!(out.status.code(), Some(0), "deploy with a registry");
     let report = json_of(&out)["report"].clone();
@@ -510,7 +556,12 @@ fn hello_main_on_a_single_node_swarm() {
     // 9. a new spec with the same image: updated, not pushed (the registry holds that digest).
     let out = project.iac_with(
         &["deploy", "--file", only_scripted, "--json"],
-        &[reg_env[0], ("IAC_SWARM__UPDATE_MONITOR", "2s")],
+        &[
+            reg_env[0],
+            reg_env[1],
+            reg_env[2],
+            ("IAC_SWARM__UPDATE_MONITOR", "2s"),
+        ],
     );
     assert_eq!(out.status.code(), Some(0));
     let s = service(&json_of(&out)["report"], "scripted");
