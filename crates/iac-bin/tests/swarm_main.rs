@@ -117,14 +117,23 @@ impl Registry {
         )
         .unwrap();
         let log = File::create(dir.path().join("registry.log")).unwrap();
-        let child = Command::new(bin)
-            .arg("serve")
+        let mut cmd = Command::new(bin);
+        cmd.arg("serve")
             .arg(&config)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start docker-registry");
+            .stderr(log);
+        // A test process killed outright runs no Drop: the registry then dies with it.
+        // SAFETY: only prctl, async-signal-safe, runs between fork and exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("start docker-registry");
         let registry = Registry { child, addr, dir };
         let deadline = Instant::now() + Duration::from_secs(15);
         while registry.try_get("/v2/").is_none() {

@@ -9,9 +9,10 @@
 //!   (Swarm cannot share a network namespace between containers); the image is the app image plus
 //!   Envoy ([`image`]). With `[swarm] registry` set the pod image is pushed there and the service
 //!   runs it by digest (`HOST:PORT/<repo>@sha256:…`), so every node pulls the same image; without
-//!   it only a single-node swarm is accepted (its engine has the images it built). Envoy's config and the certificates are Swarm configs/secrets named by
-//!   content ([`objects`]): a change makes new ones and updates the service; ones no service uses
-//!   any more are removed after the deploy.
+//!   it only a single-node swarm is accepted (its engine has the images it built). Envoy's config
+//!   and the certificates are Swarm configs/secrets named by content ([`objects`]): a change makes
+//!   new ones and updates the service; ones no service uses any more are removed after the
+//!   deploy.
 //! * Every object carries `iac.project`, `iac.service`, `iac.managed-by=iac` (and services
 //!   `iac.spec-hash`); only objects with the project's labels are ever looked at.
 //! * Inbound 15000 is published in host mode on a port the engine picks per task; the control
