@@ -327,6 +327,34 @@ mod tests {
     }
 
     #[test]
+    fn the_swarm_registry_login_is_read_and_shown_redacted() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "iac.toml",
+                "[swarm]\nregistry = \"127.0.0.1:5000\"\nregistry_username = \"ci\"\n",
+            )?;
+            jail.set_env("IAC_SWARM__REGISTRY_PASSWORD", "regsekrit");
+            let c: IacConfig = IacConfig::figment(None, &CliOverrides::default())
+                .unwrap()
+                .extract()?;
+            c.swarm.validate().map_err(figment::Error::from)?;
+            let auth = c.swarm.registry_auth().expect("a login");
+            assert_eq!(auth.server, "127.0.0.1:5000");
+            assert_eq!(auth.username, "ci");
+            assert_eq!(auth.password.expose(), "regsekrit");
+            let shown = c.to_redacted_toml().unwrap();
+            assert!(!shown.contains("regsekrit"), "{shown}");
+            assert!(
+                shown.contains("registry_password = \"[redacted]\""),
+                "{shown}"
+            );
+            assert!(shown.contains("registry_username = \"ci\""), "{shown}");
+            assert!(!format!("{c:?}").contains("regsekrit"));
+            Ok(())
+        });
+    }
+
+    #[test]
     fn the_starter_config_in_templates_is_valid() {
         let starter = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../templates/iac.toml");
         let c: IacConfig = IacConfig::figment(Some(&starter), &CliOverrides::default())

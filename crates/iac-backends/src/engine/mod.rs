@@ -10,11 +10,15 @@
 //!   message), converted into the stage errors of `iac-core`.
 //! * [`Engine`] / [`BollardEngine`] ([`containers`]): the containers-and-networks calls the docker
 //!   provisioner reconciles with, behind a trait so its unit tests use a mockall fake.
+//! * [`Registry`] / [`BollardRegistry`] ([`registry`]): tag, push and digest lookups for the swarm
+//!   provisioner's `[swarm] registry` (a mockall fake in its unit tests), and the pure naming
+//!   around them.
 //!
 //! Nothing outside `iac-backends` names a bollard type: the `iac` binary only sees this module.
 
 pub(crate) mod containers;
 mod error;
+pub mod registry;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -25,6 +29,9 @@ use bollard::Docker;
 pub use containers::MockEngine;
 pub use containers::{BollardEngine, Engine, ExecOutput, NetworkInfo, create_body};
 pub use error::EngineError;
+#[cfg(test)]
+pub use registry::MockRegistry;
+pub use registry::{BollardRegistry, Registry, RegistryAuth};
 
 /// The engine address used when neither the config nor `DOCKER_HOST` names one.
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";

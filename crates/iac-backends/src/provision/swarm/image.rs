@@ -2,6 +2,12 @@
 //! sidecar image (`COPY --from`, one identical layer on top of each app image). Tagged by the
 //! image ids of both (`<app repo>:pod-<16 hex>`), built once and reused; the build runs on the
 //! engine, offline (the classic builder resolves `--from` against local images).
+//!
+//! With `[swarm] registry` set, [`publish`] pushes the pod image there
+//! (`HOST:PORT/<repo>:pod-<16 hex>`) and returns it by digest (`HOST:PORT/<repo>@sha256:…`),
+//! which is what the service runs: every node pulls exactly that image. An image the registry
+//! already holds (its digest in the image's `RepoDigests`, confirmed by the registry) is not
+//! pushed again.
 
 use std::collections::HashMap;
 
@@ -13,6 +19,8 @@ use iac_core::fsutil::sha256_tagged;
 use iac_core::{Events, ProvisionError, Stage};
 
 use super::engine_error;
+use crate::engine::Registry;
+use crate::engine::registry::{digest_for, registry_reference};
 
 /// Where the sidecar images (iac's offline one and the official one) keep Envoy.
 pub const ENVOY_BINARY: &str = "/usr/local/bin/envoy";
@@ -133,6 +141,39 @@ pub async fn ensure_pod_image(
     Ok((tag, cmd))
 }
 
+/// The pod image `local` in `registry` (`HOST:PORT`), by digest: pushed now unless the registry
+/// already holds the digest the engine recorded for it.
+pub async fn publish(
+    reg: &dyn Registry,
+    registry: &str,
+    local: &str,
+    events: &Events,
+) -> Result<String, ProvisionError> {
+    let (repo, tag) = registry_reference(registry, local).map_err(ProvisionError::Invalid)?;
+    if let Some(digest) = digest_for(&reg.repo_digests(local).await?, &repo) {
+        let pinned = format!("{repo}@{digest}");
+        if reg.registry_digest(&pinned).await?.as_deref() == Some(digest.as_str()) {
+            events.info(
+                Stage::Provision,
+                format!("{local} is in registry {registry} already as {pinned}; not pushed"),
+            );
+            return Ok(pinned);
+        }
+        events.info(
+            Stage::Provision,
+            format!("registry {registry} no longer holds {pinned}; pushing it again"),
+        );
+    }
+    events.info(
+        Stage::Provision,
+        format!("pushing {local} to registry {registry} as {repo}:{tag}"),
+    );
+    let digest = reg.push(local, &repo, &tag, events).await?;
+    let pinned = format!("{repo}@{digest}");
+    events.info(Stage::Provision, format!("pushed {pinned}"));
+    Ok(pinned)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,6 +206,93 @@ mod tests {
             t,
             pod_tag("iac/demo-web:0123", "sha256:app", "sha256:envoy2")
         );
+    }
+
+    const D: &str = "sha256:ca487c4325fb79cf1bec5631686f0d3ae944f8f6de991d7459b5dd582c6d1b29";
+    const LOCAL: &str = "iac/demo-web:pod-0123456789abcdef";
+    const REPO: &str = "127.0.0.1:5000/iac/demo-web";
+
+    fn fake(
+        repo_digests: Vec<String>,
+        in_registry: Option<&'static str>,
+        pushes: usize,
+    ) -> crate::engine::MockRegistry {
+        let mut reg = crate::engine::MockRegistry::new();
+        reg.expect_repo_digests()
+            .withf(|i| i == LOCAL)
+            .returning(move |_| Ok(repo_digests.clone()));
+        reg.expect_registry_digest()
+            .withf(|r| r == format!("{REPO}@{D}"))
+            .returning(move |_| Ok(in_registry.map(String::from)));
+        reg.expect_push()
+            .withf(|image, repo, tag, _| {
+                image == LOCAL && repo == REPO && tag == "pod-0123456789abcdef"
+            })
+            .times(pushes)
+            .returning(|_, _, _, _| Ok(D.to_string()));
+        reg
+    }
+
+    #[tokio::test]
+    async fn a_new_image_is_pushed_and_named_by_its_digest() {
+        let reg = fake(vec![], None, 1);
+        let pinned = publish(&reg, "127.0.0.1:5000", LOCAL, &Events::discard())
+            .await
+            .unwrap();
+        assert_eq!(pinned, format!("{REPO}@{D}"));
+    }
+
+    #[tokio::test]
+    async fn an_image_the_registry_holds_is_not_pushed_again() {
+        // Pushed to another registry only: that digest does not count here.
+        let reg = fake(vec![format!("127.0.0.1:6000/iac/demo-web@{D}")], None, 1);
+        publish(&reg, "127.0.0.1:5000", LOCAL, &Events::discard())
+            .await
+            .unwrap();
+        let reg = fake(vec![format!("{REPO}@{D}")], Some(D), 0);
+        let pinned = publish(&reg, "127.0.0.1:5000", LOCAL, &Events::discard())
+            .await
+            .unwrap();
+        assert_eq!(pinned, format!("{REPO}@{D}"));
+        // Recorded by the engine, but the registry lost it (wiped, another registry on that
+        // address): pushed again.
+        let reg = fake(vec![format!("{REPO}@{D}")], None, 1);
+        publish(&reg, "127.0.0.1:5000", LOCAL, &Events::discard())
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_failed_push_names_registry_image_and_the_engines_message() {
+        let mut reg = crate::engine::MockRegistry::new();
+        reg.expect_repo_digests().returning(|_| Ok(vec![]));
+        reg.expect_push().returning(|image, repo, tag, _| {
+            Err(crate::engine::EngineError::new(
+                format!("push image {image} to registry 127.0.0.1:5000 as {repo}:{tag}"),
+                None,
+                "connection refused",
+            ))
+        });
+        let e = publish(&reg, "127.0.0.1:5000", LOCAL, &Events::discard())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("registry 127.0.0.1:5000")
+                && e.contains(LOCAL)
+                && e.contains("connection refused"),
+            "{e}"
+        );
+        let e = publish(
+            &crate::engine::MockRegistry::new(),
+            "127.0.0.1:5000",
+            "iac/web@sha256:abc",
+            &Events::discard(),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("iac/web@sha256:abc"), "{e}");
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //!   service name as its network alias, `endpoint_mode: dnsrr` and `replicas` from the repos file.
 //! * A task is one container ([`spec`]): `iac-agent` supervises Envoy and the app side by side
 //!   (Swarm cannot share a network namespace between containers); the image is the app image plus
-//!   Envoy ([`image`]). Envoy's config and the certificates are Swarm configs/secrets named by
+//!   Envoy ([`image`]). With `[swarm] registry` set the pod image is pushed there and the service
+//!   runs it by digest (`HOST:PORT/<repo>@sha256:…`), so every node pulls the same image; without
+//!   it only a single-node swarm is accepted (its engine has the images it built). Envoy's config and the certificates are Swarm configs/secrets named by
 //!   content ([`objects`]): a change makes new ones and updates the service; ones no service uses
 //!   any more are removed after the deploy.
 //! * Every object carries `iac.project`, `iac.service`, `iac.managed-by=iac` (and services
@@ -53,7 +55,8 @@ use iac_core::{
 };
 
 use super::{ContainerLimits, MANAGED_BY, with_limits};
-use crate::engine::DockerEngine;
+use crate::engine::{BollardRegistry, DockerEngine, RegistryAuth};
+use crate::secret::Secret;
 use objects::{Kind, Objects, project_filter};
 use spec::{PodInput, PodObjects, SwarmSettings, service_name};
 
@@ -88,9 +91,14 @@ pub struct SwarmConfig {
     pub parallelism: usize,
     /// cgroup limits; a task's container gets the app's and the sidecar's together.
     pub limits: ContainerLimits,
-    /// `HOST:PORT` of a registry every node can pull from. Without it only a single-node swarm
-    /// is accepted (its engine has the images it built).
+    /// `HOST:PORT` of a registry every node can pull from: pod images are pushed there and
+    /// services run them by digest. Without it only a single-node swarm is accepted (its engine
+    /// has the images it built).
     pub registry: Option<String>,
+    /// Login for `registry` (both or neither): used for the push and sent with service creates
+    /// and updates so the nodes can pull.
+    pub registry_username: Option<String>,
+    pub registry_password: Option<Secret>,
 }
 
 impl Default for SwarmConfig {
@@ -108,6 +116,8 @@ impl Default for SwarmConfig {
             parallelism: 4,
             limits: ContainerLimits::default(),
             registry: None,
+            registry_username: None,
+            registry_password: None,
         }
     }
 }
@@ -122,6 +132,23 @@ impl SwarmConfig {
             health_timeout: self.health_timeout,
             health_retries: self.health_retries,
             health_start_period: self.health_start_period,
+            registry: self.registry.clone(),
+        }
+    }
+
+    /// The registry login, when one is configured.
+    pub fn registry_auth(&self) -> Option<RegistryAuth> {
+        match (
+            &self.registry,
+            &self.registry_username,
+            &self.registry_password,
+        ) {
+            (Some(server), Some(username), Some(password)) => Some(RegistryAuth {
+                server: server.clone(),
+                username: username.clone(),
+                password: password.clone(),
+            }),
+            _ => None,
         }
     }
 
@@ -147,6 +174,36 @@ impl SwarmConfig {
                 "swarm.registry = {r:?}: expected HOST:PORT of a registry (no scheme, no path)"
             ));
         }
+        match (
+            &self.registry,
+            self.registry_username.is_some(),
+            self.registry_password.is_some(),
+        ) {
+            (None, true, _) | (None, _, true) => {
+                return Err(
+                    "swarm.registry_username/registry_password are set but swarm.registry is not; expected registry = \"HOST:PORT\" they log in to"
+                        .into(),
+                );
+            }
+            (Some(_), true, false) => {
+                return Err(
+                    "swarm.registry_username is set without swarm.registry_password; expected both or neither"
+                        .into(),
+                );
+            }
+            (Some(_), false, true) => {
+                return Err(
+                    "swarm.registry_password is set without swarm.registry_username; expected both or neither"
+                        .into(),
+                );
+            }
+            _ => {}
+        }
+        if self.registry_username.as_deref() == Some("") {
+            return Err(
+                "swarm.registry_username is empty; expected a user name or no login at all".into(),
+            );
+        }
         Ok(())
     }
 }
@@ -171,6 +228,8 @@ fn is_not_found(e: &bollard::errors::Error) -> bool {
 pub struct SwarmProvisioner {
     docker: Docker,
     config: SwarmConfig,
+    /// Pushes pod images to `config.registry` (unused without one).
+    registry: BollardRegistry,
 }
 
 impl std::fmt::Debug for SwarmProvisioner {
@@ -233,6 +292,7 @@ impl SwarmProvisioner {
     pub fn new(engine: &DockerEngine, config: SwarmConfig) -> Self {
         SwarmProvisioner {
             docker: engine.docker().clone(),
+            registry: BollardRegistry::new(engine, config.registry_auth()),
             config,
         }
     }
@@ -269,12 +329,6 @@ impl SwarmProvisioner {
             return Err(ProvisionError::Engine(format!(
                 "this swarm has {nodes} nodes and [swarm] registry is not set: images built here exist on this node only; expected registry = \"HOST:PORT\" that every node can pull from"
             )));
-        }
-        if self.config.registry.is_some() {
-            return Err(ProvisionError::Engine(
-                "[swarm] registry is set, but pushing images to a registry is not implemented yet; unset it to deploy on a single-node swarm"
-                    .into(),
-            ));
         }
         Ok(())
     }
@@ -582,6 +636,18 @@ impl SwarmProvisioner {
             image::ensure_pod_image(&self.docker, &svc.app.image, &svc.envoy.image, ev)
                 .await
                 .map_err(|e| fail(e.to_string()))?;
+        let image = match &self.config.registry {
+            Some(registry) => image::publish(&self.registry, registry, &image, ev)
+                .await
+                .map_err(|e| fail(e.to_string()))?,
+            None => image,
+        };
+        // Sent with create and update so every node can pull from a registry that needs a login.
+        let auth = self
+            .config
+            .registry_auth()
+            .as_ref()
+            .map(RegistryAuth::credentials);
         let spec = spec::service_spec(&PodInput {
             project,
             svc,
@@ -599,7 +665,7 @@ impl SwarmProvisioner {
             None => {
                 let created = self
                     .docker
-                    .create_service(spec, None)
+                    .create_service(spec, auth)
                     .await
                     .map_err(|e| fail(format!("creating service {name}: {e}")))?;
                 let id = created.id.unwrap_or_else(|| name.clone());
@@ -637,7 +703,7 @@ impl SwarmProvisioner {
                     .version(i32::try_from(c.version).unwrap_or(i32::MAX))
                     .build();
                 self.docker
-                    .update_service(&c.id, spec, opts, None)
+                    .update_service(&c.id, spec, opts, auth)
                     .await
                     .map_err(|e| fail(format!("updating service {name}: {e}")))?;
                 ev.info(
@@ -1043,6 +1109,54 @@ mod tests {
                 .unwrap_err()
                 .contains("swarm.limits.app_pids")
         );
+    }
+
+    #[test]
+    fn a_registry_login_needs_both_halves_and_a_registry() {
+        let with = |registry: Option<&str>, user: Option<&str>, pass: Option<&str>| SwarmConfig {
+            registry: registry.map(String::from),
+            registry_username: user.map(String::from),
+            registry_password: pass.map(Secret::from),
+            ..Default::default()
+        };
+        let ok = with(Some("reg:5000"), Some("ci"), Some("pw"));
+        ok.validate().unwrap();
+        let auth = ok.registry_auth().unwrap();
+        assert_eq!(
+            (auth.server.as_str(), auth.username.as_str()),
+            ("reg:5000", "ci")
+        );
+        assert_eq!(auth.password.expose(), "pw");
+        with(Some("reg:5000"), None, None).validate().unwrap();
+        assert_eq!(with(Some("reg:5000"), None, None).registry_auth(), None);
+        for (cfg, want) in [
+            (with(None, Some("ci"), Some("pw")), "swarm.registry is not"),
+            (
+                with(Some("reg:5000"), Some("ci"), None),
+                "without swarm.registry_password",
+            ),
+            (
+                with(Some("reg:5000"), None, Some("pw")),
+                "without swarm.registry_username",
+            ),
+            (
+                with(Some("reg:5000"), Some(""), Some("pw")),
+                "swarm.registry_username is empty",
+            ),
+        ] {
+            let e = cfg.validate().unwrap_err();
+            assert!(e.contains(want), "{e}");
+        }
+        // The password never shows (`iac config show` serializes the config).
+        let shown = serde_json::to_string(&ok).unwrap();
+        assert!(
+            !shown.contains("\"pw\"") && shown.contains("[redacted]"),
+            "{shown}"
+        );
+        assert!(!format!("{ok:?}").contains("\"pw\""));
+        // The registry is part of every service's spec hash; the login is not.
+        assert_eq!(ok.settings().registry.as_deref(), Some("reg:5000"));
+        assert_eq!(ok.settings(), with(Some("reg:5000"), None, None).settings());
     }
 
     #[test]

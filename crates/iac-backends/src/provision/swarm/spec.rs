@@ -50,6 +50,11 @@ pub struct SwarmSettings {
     pub health_timeout: Duration,
     pub health_retries: u32,
     pub health_start_period: Duration,
+    /// `[swarm] registry`: services run their pod image from there, by digest. Part of the hash
+    /// (setting or changing it moves every service to the registry's images); left out of it
+    /// when unset, so hashes made before the setting existed stay equal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub registry: Option<String>,
 }
 
 impl Default for SwarmSettings {
@@ -61,6 +66,7 @@ impl Default for SwarmSettings {
             health_timeout: Duration::from_secs(5),
             health_retries: 3,
             health_start_period: Duration::from_secs(30),
+            registry: None,
         }
     }
 }
@@ -593,6 +599,45 @@ mod tests {
             ..SwarmSettings::default()
         };
         assert_ne!(h, spec_hash(&one, &slow, "e"));
+        let pushed = SwarmSettings {
+            registry: Some("127.0.0.1:5000".into()),
+            ..SwarmSettings::default()
+        };
+        let hp = spec_hash(&one, &pushed, "e");
+        assert_ne!(h, hp, "setting a registry moves services to it");
+        assert_eq!(hp, spec_hash(&one, &pushed.clone(), "e"), "deterministic");
+        let other = SwarmSettings {
+            registry: Some("127.0.0.1:6000".into()),
+            ..SwarmSettings::default()
+        };
+        assert_ne!(hp, spec_hash(&one, &other, "e"));
+        // Unset, it is not in the hashed input: hashes from before the setting stay valid.
+        assert!(!serde_json::to_string(&s).unwrap().contains("registry"));
+    }
+
+    #[test]
+    fn a_registry_image_is_run_by_its_digest() {
+        let (project, svc) = stack_service(1);
+        let settings = SwarmSettings {
+            registry: Some("127.0.0.1:5000".into()),
+            ..SwarmSettings::default()
+        };
+        let hash = spec_hash(&svc, &settings, "iac/envoy:1.40.0");
+        let pinned = "127.0.0.1:5000/iac/demo-web@sha256:ca487c4325fb79cf1bec5631686f0d3ae944f8f6de991d7459b5dd582c6d1b29";
+        let spec = service_spec(&PodInput {
+            project: &project,
+            svc: &svc,
+            network: "iacnet-demo",
+            image: pinned,
+            image_cmd: &image_cmd(),
+            objects: &objects(),
+            settings: &settings,
+            hash: &hash,
+        })
+        .unwrap();
+        let c = spec.task_template.unwrap().container_spec.unwrap();
+        assert_eq!(c.image.as_deref(), Some(pinned));
+        assert_eq!(spec.labels.unwrap()["iac.spec-hash"], hash);
     }
 
     #[test]
