@@ -1,6 +1,8 @@
-//! Shared scaffolding of the end-to-end tests (`hello_main`, `public_apps`, `swarm_main`): the
-//! docker CLI, fixture git repositories made on the fly, the static agent every image gets, the
-//! JSON line `iac --json` prints last, and removing everything labelled with a test's project.
+//! Shared scaffolding of the end-to-end tests (`hello_main`, `public_apps`, `swarm_main`,
+//! `swarm_multinode`): the docker CLI, fixture git repositories made on the fly, the static agent
+//! every image gets, the JSON line `iac --json` prints last, removing everything labelled with a
+//! test's project, the lock on the host's swarm, a plain HTTP GET, and ([`nodes`]) a swarm of
+//! several nodes on this machine.
 #![allow(dead_code)]
 
 pub mod nodes;
