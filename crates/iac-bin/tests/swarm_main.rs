@@ -8,7 +8,14 @@
 //! 3. a redeploy with no change leaves every service version unchanged;
 //! 4. a change to `scripted` rolls it over (health-gated, start-first); hello is untouched;
 //! 5. a broken `hello` (exits 1) is rolled back by Swarm and reported so; the old one serves on;
-//! 6. `iac destroy` leaves no service, network, config or secret with the project label.
+//! 6. `iac destroy` leaves no service, network, config or secret with the project label;
+//! 7. with `[swarm] registry` set to a registry the test starts (Debian's `docker-registry` on a
+//!    free loopback port, killed at the end, also on panic): `scripted` is pushed there and runs
+//!    by digest (`127.0.0.1:PORT/…@sha256:…`), the registry lists it, it is SERVING over mTLS;
+//! 8. a no-op redeploy pushes nothing and changes no service version;
+//! 9. a change of the spec but not of the image (`update_monitor`) updates the service without a
+//!    push: the registry holds that digest already;
+//! 10. `iac destroy` again leaves nothing behind.
 //!
 //! The swarm: `docker swarm init --advertise-addr 127.0.0.1` only when the engine is not in one,
 //! and `docker swarm leave --force` at the end whatever happens (a Drop guard, also on panic);
@@ -16,8 +23,11 @@
 //! creates carries its project label and is removed by it.
 
 use std::fs::File;
-use std::process::Output;
-use std::time::Instant;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 mod e2e;
 use e2e::{HELLO, SCRIPTED_CLI, docker, docker_status, fixture, git, json_of, remove_labelled};
@@ -60,6 +70,88 @@ impl Drop for SwarmGuard {
     }
 }
 
+/// A registry (`docker-registry serve`) on a free loopback port with its storage in a temp dir,
+/// killed on drop (also on panic). The engine allows plain HTTP to 127.0.0.0/8 registries.
+struct Registry {
+    child: Child,
+    addr: String,
+    dir: tempfile::TempDir,
+}
+
+impl Registry {
+    /// `None` when Debian's `docker-registry` is not installed (`make test-deps` installs it).
+    fn start() -> Option<Registry> {
+        let bin = Path::new("/usr/bin/docker-registry");
+        if !bin.exists() {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let log = File::create(dir.path().join("registry.log")).unwrap();
+        let child = Command::new(bin)
+            .arg("serve")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start docker-registry");
+        let registry = Registry { child, addr, dir };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while registry.try_get("/v2/").is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "docker-registry did not answer on {} within 15 s: {}",
+                registry.addr,
+                std::fs::read_to_string(registry.dir.path().join("registry.log"))
+                    .unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(registry)
+    }
+
+    /// The body of `GET path` when the registry answers 200.
+    fn try_get(&self, path: &str) -> Option<String> {
+        let mut s = TcpStream::connect(&self.addr).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n", self.addr).ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        let status = head.split_whitespace().nth(1)?;
+        (status == "200").then(|| body.to_string())
+    }
+
+    fn get_json(&self, path: &str) -> serde_json::Value {
+        let body = self
+            .try_get(path)
+            .unwrap_or_else(|| panic!("GET {path} from the registry at {}", self.addr));
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 struct Project {
     name: String,
     workdir: tempfile::TempDir,
@@ -80,15 +172,22 @@ impl Drop for Project {
 
 impl Project {
     fn iac(&self, args: &[&str]) -> Output {
+        self.iac_with(args, &[])
+    }
+
+    /// [`Project::iac`] with more environment on top (`[swarm] registry`, …).
+    fn iac_with(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut all = vec![
+            ("IAC_SWARM__UPDATE_MONITOR", "3s"),
+            ("IAC_SWARM__CONVERGE_DEADLINE", "120s"),
+        ];
+        all.extend_from_slice(env);
         e2e::iac(
             self.workdir.path(),
             &self.name,
             args,
             &["--provisioner", "swarm"],
-            &[
-                ("IAC_SWARM__UPDATE_MONITOR", "3s"),
-                ("IAC_SWARM__CONVERGE_DEADLINE", "120s"),
-            ],
+            &all,
         )
     }
 
@@ -119,6 +218,28 @@ impl Project {
         args.extend(["-q", "--filter", &label]);
         docker(&args).trim().to_string()
     }
+
+    /// No service, config, secret, network or container with the project label.
+    fn assert_nothing_left(&self) {
+        for kind in [
+            &["service", "ls"][..],
+            &["config", "ls"],
+            &["secret", "ls"],
+            &["network", "ls"],
+            &["ps", "-a"],
+        ] {
+            assert!(self.left(kind).is_empty(), "{kind:?} left");
+        }
+    }
+}
+
+/// The messages of the events `iac --json` printed (one JSON object a line, before the report).
+fn event_messages(out: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["message"].as_str().map(String::from))
+        .collect()
 }
 
 fn service(report: &serde_json::Value, name: &str) -> serde_json::Value {
@@ -297,15 +418,118 @@ fn hello_main_on_a_single_node_swarm() {
 
     // 6. destroy leaves nothing with the project label; a second destroy is a no-op.
     assert!(project.iac(&["destroy"]).status.success());
-    for kind in [
-        &["service", "ls"][..],
-        &["config", "ls"],
-        &["secret", "ls"],
-        &["network", "ls"],
-        &["ps", "-a"],
-    ] {
-        assert!(project.left(kind).is_empty(), "{kind:?} left");
-    }
+    project.assert_nothing_left();
     assert!(project.iac(&["destroy"]).status.success());
     eprintln!("swarm end to end took {:?}", started.elapsed());
+
+    // 7. [swarm] registry: pushed to a registry started here, run by digest.
+    let Some(registry) = Registry::start() else {
+        assert!(
+            std::env::var_os("IAC_REQUIRE_DOCKER").is_none(),
+            "IAC_REQUIRE_DOCKER is set but /usr/bin/docker-registry is missing (`make test-deps` installs Debian's docker-registry)"
+        );
+        eprintln!("SKIPPED the registry steps: /usr/bin/docker-registry is not installed");
+        return;
+    };
+    let started = Instant::now();
+    let reg_env = [("IAC_SWARM__REGISTRY", registry.addr.as_str())];
+    let only_scripted = project.workdir.path().join("scripted.yaml");
+    std::fs::write(
+        &only_scripted,
+        format!("- git+file://{}#main\n", scripted.display()),
+    )
+    .unwrap();
+    let only_scripted = only_scripted.to_str().unwrap();
+    let svc_name = format!("{}-scripted", project.name);
+    let out = project.iac_with(&["deploy", "--file", only_scripted, "--json"], &reg_env);
+    assert_eq!(out.status.code(), Some(0), "deploy with a registry");
+    let report = json_of(&out)["report"].clone();
+    let s = service(&report, "scripted");
+    assert_eq!(s["action"], "create", "{s:#}");
+    assert_eq!(s["health"]["state"], "SERVING", "{s:#}");
+    let image = docker(&[
+        "service",
+        "inspect",
+        "--format",
+        "{{.Spec.TaskTemplate.ContainerSpec.Image}}",
+        &svc_name,
+    ])
+    .trim()
+    .to_string();
+    let (repo, digest) = image.split_once("@sha256:").expect("an image by digest");
+    let path = repo
+        .strip_prefix(&format!("{}/", registry.addr))
+        .unwrap_or_else(|| panic!("{image}: not from the registry {}", registry.addr));
+    assert_eq!(digest.len(), 64, "{image}");
+    let pushed = event_messages(&out);
+    assert!(
+        pushed.iter().any(|m| m == &format!("pushed {image}")),
+        "{pushed:#?}"
+    );
+    assert_eq!(
+        registry.get_json("/v2/_catalog")["repositories"],
+        serde_json::json!([path])
+    );
+    let tags = registry.get_json(&format!("/v2/{path}/tags/list"));
+    let tags: Vec<&str> = tags["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert!(
+        tags.len() == 1 && tags[0].starts_with("pod-"),
+        "one pod image pushed: {tags:?}"
+    );
+    let task = docker(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=com.docker.swarm.service.name={svc_name}"),
+    ]);
+    let running = docker(&["inspect", "--format", "{{.Config.Image}}", task.trim()]);
+    assert_eq!(running.trim(), image, "the task runs the registry's image");
+    assert_eq!(health_of(&project)["scripted"], "SERVING");
+
+    // 8. a no-op redeploy: nothing pushed, the service version unchanged.
+    let before = project.versions();
+    let out = project.iac_with(&["deploy", "--file", only_scripted, "--json"], &reg_env);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        service(&json_of(&out)["report"], "scripted")["action"],
+        "unchanged"
+    );
+    let events = event_messages(&out);
+    assert!(
+        !events.iter().any(|m| m.starts_with("push")),
+        "nothing pushed: {events:#?}"
+    );
+    assert_eq!(project.versions(), before, "same service version");
+
+    // 9. a new spec with the same image: updated, not pushed (the registry holds that digest).
+    let out = project.iac_with(
+        &["deploy", "--file", only_scripted, "--json"],
+        &[reg_env[0], ("IAC_SWARM__UPDATE_MONITOR", "2s")],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let s = service(&json_of(&out)["report"], "scripted");
+    assert_eq!(s["action"], "replace", "{s:#}");
+    assert_eq!(s["health"]["state"], "SERVING", "{s:#}");
+    let events = event_messages(&out);
+    assert!(
+        events
+            .iter()
+            .any(|m| m.contains(&format!("in registry {} already as {image}", registry.addr))),
+        "{events:#?}"
+    );
+    assert!(
+        !events.iter().any(|m| m.starts_with("push")),
+        "nothing pushed: {events:#?}"
+    );
+    assert_ne!(project.versions(), before, "the service was updated");
+
+    // 10. destroy leaves nothing on the engine (the registry keeps what was pushed).
+    assert!(project.iac_with(&["destroy"], &reg_env).status.success());
+    project.assert_nothing_left();
+    eprintln!("swarm registry steps took {:?}", started.elapsed());
 }

@@ -96,6 +96,37 @@ pub fn digest_for(repo_digests: &[String], repo: &str) -> Option<String> {
     })
 }
 
+/// Push progress as lines worth showing. The engine reports every layer's state without saying
+/// which layer (bollard drops the id): "Preparing" once per layer, then "Waiting"/"Pushing"
+/// (repeated with every chunk), then one end state. Shown: the end states, counted against the
+/// layers announced, and every other line (the repository, the digest).
+#[derive(Debug, Default)]
+struct PushLayers {
+    total: usize,
+    done: usize,
+}
+
+impl PushLayers {
+    fn line(&mut self, status: &str) -> Option<String> {
+        match status {
+            "Preparing" => {
+                self.total += 1;
+                None
+            }
+            "Waiting" | "Pushing" => None,
+            s if s == "Pushed" || s == "Layer already exists" || s.starts_with("Mounted from") => {
+                self.done += 1;
+                Some(format!(
+                    "layer {} of {}: {s}",
+                    self.done,
+                    self.total.max(self.done)
+                ))
+            }
+            s => Some(s.to_string()),
+        }
+    }
+}
+
 /// The registry operations a deploy needs. `repo`s are full (`HOST:PORT/path`).
 #[cfg_attr(test, mockall::automock)]
 #[async_trait]
@@ -203,6 +234,7 @@ impl Registry for BollardRegistry {
             self.credentials(),
         );
         let mut digest = None;
+        let mut layers = PushLayers::default();
         while let Some(item) = stream.next().await {
             let info = match item {
                 Ok(info) => info,
@@ -214,14 +246,12 @@ impl Registry for BollardRegistry {
             let Some(status) = info.status.as_deref() else {
                 continue;
             };
-            // "Pushing" repeats with every chunk of progress; the other states once per layer.
-            if status == "Pushing" {
-                continue;
-            }
             if let Some(d) = parse_push_digest(status) {
                 digest = Some(d);
             }
-            events.debug(Stage::Provision, format!("push {reference}: {status}"));
+            if let Some(line) = layers.line(status) {
+                events.debug(Stage::Provision, format!("push {reference}: {line}"));
+            }
         }
         if let Some(d) = digest {
             return Ok(d);
@@ -295,6 +325,37 @@ mod tests {
             D.to_uppercase().replace("SHA", "sha")
         );
         assert_eq!(parse_push_digest(&upper), None, "digests are lowercase hex");
+    }
+
+    #[test]
+    fn push_progress_counts_layers_and_drops_the_chatter() {
+        let mut p = PushLayers::default();
+        let lines: Vec<String> = [
+            "The push refers to repository [127.0.0.1:5000/iac/web]",
+            "Preparing",
+            "Preparing",
+            "Preparing",
+            "Waiting",
+            "Pushing",
+            "Pushing",
+            "Layer already exists",
+            "Pushed",
+            "Mounted from iac/other",
+            "pod-1: digest: sha256:0 size: 1",
+        ]
+        .iter()
+        .filter_map(|s| p.line(s))
+        .collect();
+        assert_eq!(
+            lines,
+            [
+                "The push refers to repository [127.0.0.1:5000/iac/web]",
+                "layer 1 of 3: Layer already exists",
+                "layer 2 of 3: Pushed",
+                "layer 3 of 3: Mounted from iac/other",
+                "pod-1: digest: sha256:0 size: 1",
+            ]
+        );
     }
 
     #[test]
