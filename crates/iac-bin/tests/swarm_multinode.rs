@@ -211,7 +211,9 @@ fn two_workers_serve_across_nodes_and_reschedule() {
             .worker_of(&task.node_id)
             .expect("a task on a worker, the manager is drained");
         let addr = format!("{}:{}", w.ip, task.port);
-        let b = body(&addr).unwrap_or_else(|| panic!("no answer from {addr} ({})", w.name));
+        // Swarm says running once the process started; the server may still be importing.
+        let b = wait_for(Duration::from_secs(30), || body(&addr))
+            .unwrap_or_else(|| panic!("no answer from {addr} ({}) within 30s", w.name));
         hostnames.insert(b);
     }
     assert_eq!(
@@ -234,14 +236,21 @@ fn two_workers_serve_across_nodes_and_reschedule() {
     assert!(ok, "{ctr}");
     let ctr = ctr.trim().to_string();
     assert!(!ctr.is_empty(), "no task container on {}", w1.name);
-    let (ok, probe) = nodes.on(w1, &["exec", &ctr, "python3", "-c", PROBE, &svc]);
-    assert!(ok, "probe from {}: {probe}", w1.name);
-    let (ips, bodies) = probe.trim().split_once('|').expect("ADDRESSES|BODIES");
-    assert_eq!(
-        ips.split(',').count(),
-        2,
-        "tasks.{svc} resolves to both tasks: {probe}"
-    );
+    // The overlay's DNS learns of a new task shortly after it starts: retried for a while.
+    let mut last = String::new();
+    let probe = wait_for(Duration::from_secs(30), || {
+        let (ok, out) = nodes.on(w1, &["exec", &ctr, "python3", "-c", PROBE, &svc]);
+        let both = ok
+            && out
+                .trim()
+                .split_once('|')
+                .is_some_and(|(ips, _)| ips.split(',').count() == 2);
+        last = out.clone();
+        both.then_some(out)
+    })
+    .unwrap_or_else(|| panic!("probe from {} within 30s: {last}", w1.name));
+    // tasks.<svc> (and <svc>, dnsrr) resolved to both tasks' addresses; each answered with its name.
+    let (_, bodies) = probe.trim().split_once('|').expect("ADDRESSES|BODIES");
     let seen: BTreeSet<String> = bodies.split(',').map(str::to_string).collect();
     assert_eq!(seen, hostnames, "both tasks answer over the overlay");
 
