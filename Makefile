@@ -53,6 +53,7 @@ clean-test-objects:
 	@ids=$$(docker ps -aq --filter label=iac.test 2>/dev/null); [ -z "$$ids" ] || docker rm -f $$ids >/dev/null
 	@nets=$$(docker network ls -q --filter label=iac.test 2>/dev/null); [ -z "$$nets" ] || docker network rm $$nets >/dev/null
 	@vols=$$(docker volume ls -q --filter label=iac.test 2>/dev/null); [ -z "$$vols" ] || docker volume rm $$vols >/dev/null
+	@[ -z "$$(docker node inspect self --format '{{index .Spec.Labels "iac.test"}}' 2>/dev/null)" ] || docker swarm leave --force >/dev/null
 
 fmt:
 	$(CARGO) fmt --all

@@ -43,6 +43,7 @@ struct SwarmGuard {
 impl SwarmGuard {
     fn start() -> SwarmGuard {
         let lock = e2e::swarm_lock();
+        e2e::leave_leftover_test_swarm();
         let mut guard = SwarmGuard {
             _lock: lock,
             inited: false,

@@ -52,6 +52,28 @@ pub fn swarm_lock() -> File {
     lock
 }
 
+/// Leaves the engine's swarm when a multi-node test made it and was killed before it could leave
+/// (its manager node carries an `iac.test` label, see [`nodes`]): drained and with dead workers, it
+/// would run nothing. Call with [`swarm_lock`] held, so no running test uses it.
+pub fn leave_leftover_test_swarm() {
+    let label = docker(&[
+        "node",
+        "inspect",
+        "self",
+        "--format",
+        "{{index .Spec.Labels \"iac.test\"}}",
+    ]);
+    if !label.trim().is_empty() {
+        eprintln!(
+            "leaving the swarm a killed test run (iac.test={}) left behind",
+            label.trim()
+        );
+        let (ok, text) = docker_status(&["swarm", "leave", "--force"]);
+        assert!(ok, "docker swarm leave --force: {text}");
+        docker_status(&["network", "rm", "docker_gwbridge"]);
+    }
+}
+
 /// `GET path` over plain HTTP/1.0 to `addr` (`HOST:PORT`): the whole response, or `None` when the
 /// connection fails or nothing arrives within 5 s.
 pub fn http_get(addr: &str, path: &str) -> Option<String> {

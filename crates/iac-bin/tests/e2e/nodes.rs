@@ -9,7 +9,8 @@
 //! The manager advertises on the bridge's gateway address (the workers reach it there and the
 //! overlay's VXLAN runs over the bridge) and is drained, so every task runs on a worker and is
 //! pulled from the registry. [`Nodes`] takes the lock every test using the host's swarm takes
-//! ([`super::swarm_lock`]), requires the engine not to be in a swarm, and on drop — also on panic,
+//! ([`super::swarm_lock`]), requires the engine not to be in a swarm (one a killed test run left,
+//! marked by an `iac.test` label on the manager, is left first), and on drop — also on panic,
 //! also when start-up failed half way — leaves the swarm and removes every container, volume and
 //! network it made (all labelled `iac.test=<id>`).
 
@@ -100,6 +101,7 @@ impl Nodes {
     /// when a step fails.
     pub fn start(id: &str, workers: usize) -> Nodes {
         let lock = super::swarm_lock();
+        super::leave_leftover_test_swarm();
         let label = format!("iac.test={id}");
         let mut nodes = Nodes {
             _lock: lock,
@@ -226,7 +228,16 @@ impl Nodes {
         ]);
         nodes.inited = true;
         let manager = must(&["info", "--format", "{{.Swarm.NodeID}}"]);
-        must(&["node", "update", "--availability", "drain", &manager]);
+        // The label marks the swarm as a test's, should this process die before it leaves.
+        must(&[
+            "node",
+            "update",
+            "--availability",
+            "drain",
+            "--label-add",
+            &label,
+            &manager,
+        ]);
         let token = must(&["swarm", "join-token", "-q", "worker"]);
         for i in 0..nodes.workers.len() {
             let w = nodes.workers[i].clone();
