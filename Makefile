@@ -41,7 +41,7 @@ test-deps: deps agent
 	@cargo fuzz --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-fuzz --version 0.13.2
 	@bash scripts/test-wheels.sh
 	@python3 -m pip show -q kubernetes-validate >/dev/null 2>&1 || python3 -m pip install -q --disable-pip-version-check kubernetes-validate==1.37.0
-	@bash scripts/bootstrap-images.sh --python 3.14
+	@bash scripts/bootstrap-images.sh --python 3.14 --swarm-node
 
 test: test-deps
 	IAC_REQUIRE_ENVOY=1 IAC_REQUIRE_DOCKER=1 IAC_REQUIRE_K8S_VALIDATE=1 $(CARGO) test --workspace --no-fail-fast
@@ -52,6 +52,8 @@ test: test-deps
 clean-test-objects:
 	@ids=$$(docker ps -aq --filter label=iac.test 2>/dev/null); [ -z "$$ids" ] || docker rm -f $$ids >/dev/null
 	@nets=$$(docker network ls -q --filter label=iac.test 2>/dev/null); [ -z "$$nets" ] || docker network rm $$nets >/dev/null
+	@vols=$$(docker volume ls -q --filter label=iac.test 2>/dev/null); [ -z "$$vols" ] || docker volume rm $$vols >/dev/null
+	@[ -z "$$(docker node inspect self --format '{{index .Spec.Labels "iac.test"}}' 2>/dev/null)" ] || docker swarm leave --force >/dev/null
 
 fmt:
 	$(CARGO) fmt --all

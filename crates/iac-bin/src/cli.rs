@@ -127,6 +127,10 @@ pub enum Command {
         /// Debian unstable; repeatable). Without it they are built when a deploy first needs them.
         #[arg(long = "python", value_name = "X.Y")]
         pythons: Vec<String>,
+        /// Also the Swarm node image (`iac/swarm-node:bookworm`: Debian's Docker engine and
+        /// registry), what the multi-node tests run as worker nodes.
+        #[arg(long)]
+        swarm_node: bool,
     },
     /// Run the admin API (HTTP on TCP and a Unix socket, plus gRPC ControlPlane).
     Serve {

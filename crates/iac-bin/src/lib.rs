@@ -116,6 +116,7 @@ async fn dispatch(cli: Cli, cfg: IacConfig) -> anyhow::Result<ExitCode> {
             no_pull,
             rebuild,
             pythons,
+            swarm_node,
         } => {
             commands::bootstrap::run(
                 &cfg,
@@ -124,6 +125,7 @@ async fn dispatch(cli: Cli, cfg: IacConfig) -> anyhow::Result<ExitCode> {
                     no_pull,
                     rebuild,
                     pythons,
+                    swarm_node,
                 },
             )
             .await

@@ -44,8 +44,8 @@ struct SwarmGuard {
 
 impl SwarmGuard {
     fn start() -> SwarmGuard {
-        let lock = File::create(std::env::temp_dir().join("iac-swarm-test.lock")).unwrap();
-        lock.lock().expect("lock the swarm test lock file");
+        let lock = e2e::swarm_lock();
+        e2e::leave_leftover_test_swarm();
         let mut guard = SwarmGuard {
             _lock: lock,
             inited: false,

@@ -14,7 +14,9 @@
 //!
 //! Python base images: a run ensures the default Python's (`images.default_python`, 3.11) and,
 //! with `--python X.Y`, the others (`images.pythons`: 3.13 from Debian trixie, 3.14 from Debian
-//! unstable) with their wheelhouses. [`RecipeMaker`] runs the same recipe from a deploy, on demand,
+//! unstable) with their wheelhouses. `--swarm-node` adds the Swarm node image (Debian's Docker
+//! engine and registry in a container; `$IAC_SWARM_NODE_IMAGE`, else [`SWARM_NODE_IMAGE`]) that the
+//! multi-node tests run as worker nodes. [`RecipeMaker`] runs the same recipe from a deploy, on demand,
 //! when a build needs a Python base image the engine does not have (`--only-python --python X.Y`).
 
 use std::path::{Path, PathBuf};
@@ -44,6 +46,33 @@ pub struct Options {
     pub rebuild: bool,
     /// Also the base images (and wheelhouses) of these Python minors.
     pub pythons: Vec<String>,
+    /// Also the Swarm node image.
+    pub swarm_node: bool,
+}
+
+/// The Swarm node image the recipe builds with `--swarm-node` (unless `$IAC_SWARM_NODE_IMAGE`).
+pub const SWARM_NODE_IMAGE: &str = "iac/swarm-node:bookworm";
+
+fn swarm_node_image() -> String {
+    std::env::var("IAC_SWARM_NODE_IMAGE").unwrap_or_else(|_| SWARM_NODE_IMAGE.to_string())
+}
+
+/// The recipe's arguments for `opts` (the agent is never built by it here).
+fn recipe_args(opts: &Options) -> Vec<String> {
+    let mut args = vec!["--skip-agent".to_string()];
+    if opts.no_pull {
+        args.push("--no-pull".into());
+    }
+    if opts.rebuild {
+        args.push("--rebuild".into());
+    }
+    for v in &opts.pythons {
+        args.extend(["--python".to_string(), v.clone()]);
+    }
+    if opts.swarm_node {
+        args.push("--swarm-node".into());
+    }
+    args
 }
 
 /// `iac bootstrap [--check] [--no-pull] [--rebuild]`.
@@ -54,7 +83,7 @@ pub async fn run(cfg: &IacConfig, opts: Options) -> anyhow::Result<ExitCode> {
             .map_err(|e| anyhow::anyhow!("--python {v}: {e}"))?;
     }
     if opts.check {
-        return check(cfg, &opts.pythons).await;
+        return check(cfg, &opts.pythons, opts.swarm_node).await;
     }
     let dir = tempfile::Builder::new()
         .prefix("iac-bootstrap-")
@@ -68,16 +97,7 @@ pub async fn run(cfg: &IacConfig, opts: Options) -> anyhow::Result<ExitCode> {
         dir.path().display()
     );
     let mut cmd = tokio::process::Command::new("bash");
-    cmd.arg(&script).arg("--skip-agent");
-    if opts.no_pull {
-        cmd.arg("--no-pull");
-    }
-    if opts.rebuild {
-        cmd.arg("--rebuild");
-    }
-    for v in &opts.pythons {
-        cmd.arg("--python").arg(v);
-    }
+    cmd.arg(&script).args(recipe_args(&opts));
     recipe_env(cfg, &mut cmd);
     cmd.current_dir(dir.path());
     let started = Instant::now();
@@ -164,7 +184,7 @@ async fn image_line(
     ))
 }
 
-async fn check(cfg: &IacConfig, pythons: &[String]) -> anyhow::Result<ExitCode> {
+async fn check(cfg: &IacConfig, pythons: &[String], swarm_node: bool) -> anyhow::Result<ExitCode> {
     let mut work = false;
     let engine = match connect_engine(cfg).await {
         Ok(engine) => engine,
@@ -206,6 +226,20 @@ async fn check(cfg: &IacConfig, pythons: &[String]) -> anyhow::Result<ExitCode> 
                 images.offline_image
             );
         }
+    }
+    if swarm_node {
+        let tag = swarm_node_image();
+        let line = match engine.image(&tag).await? {
+            Some(img) => format!("{:<8} {tag:<32} present   {}", "node", mb(img.size)),
+            None => {
+                work = true;
+                format!(
+                    "{:<8} {tag:<32} absent    a run builds it offline (mmdebstrap bookworm docker.io)",
+                    "node"
+                )
+            }
+        };
+        println!("{line}");
     }
     let wh = cfg.images.wheelhouse_path();
     let wheels = std::fs::read_dir(&wh)
@@ -381,6 +415,38 @@ mod tests {
                 .collect();
             assert_eq!(got, iac_backends::build::wheels::pip_target(v), "{v:?}");
         }
+    }
+
+    #[test]
+    fn the_options_become_recipe_flags() {
+        assert_eq!(recipe_args(&Options::default()), ["--skip-agent"]);
+        let opts = Options {
+            check: false,
+            no_pull: true,
+            rebuild: true,
+            pythons: vec!["3.14".into()],
+            swarm_node: true,
+        };
+        assert_eq!(
+            recipe_args(&opts),
+            [
+                "--skip-agent",
+                "--no-pull",
+                "--rebuild",
+                "--python",
+                "3.14",
+                "--swarm-node"
+            ]
+        );
+        // The flag is one the recipe knows (it rejects unknown options before doing anything).
+        let dir = tempfile::tempdir().unwrap();
+        let script = write_recipe(dir.path()).unwrap();
+        let help = std::process::Command::new("bash")
+            .arg(&script)
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&help.stdout).contains("--swarm-node"));
     }
 
     #[test]

@@ -1,10 +1,17 @@
-//! Shared scaffolding of the end-to-end tests (`hello_main`, `public_apps`, `swarm_main`): the
-//! docker CLI, fixture git repositories made on the fly, the static agent every image gets, the
-//! JSON line `iac --json` prints last, and removing everything labelled with a test's project.
+//! Shared scaffolding of the end-to-end tests (`hello_main`, `public_apps`, `swarm_main`,
+//! `swarm_multinode`): the docker CLI, fixture git repositories made on the fly, the static agent
+//! every image gets, the JSON line `iac --json` prints last, removing everything labelled with a
+//! test's project, the lock on the host's swarm, a plain HTTP GET, and ([`nodes`]) a swarm of
+//! several nodes on this machine.
 #![allow(dead_code)]
 
+pub mod nodes;
+
+use std::fs::File;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
 /// `docker ARGS`: its stdout (whatever the exit status; callers that care use [`docker_status`]).
 pub fn docker(args: &[&str]) -> String {
@@ -34,6 +41,49 @@ pub fn docker_ok() -> bool {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false)
+}
+
+/// The lock every test that uses the host engine's swarm holds for as long as it does (an exclusive
+/// `flock` on `$TMPDIR/iac-swarm-test.lock`; a person experimenting by hand takes it with
+/// `flock /tmp/iac-swarm-test.lock …`).
+pub fn swarm_lock() -> File {
+    let lock = File::create(std::env::temp_dir().join("iac-swarm-test.lock")).unwrap();
+    lock.lock().expect("lock the swarm test lock file");
+    lock
+}
+
+/// Leaves the engine's swarm when a multi-node test made it and was killed before it could leave
+/// (its manager node carries an `iac.test` label, see [`nodes`]): drained and with dead workers, it
+/// would run nothing. Call with [`swarm_lock`] held, so no running test uses it.
+pub fn leave_leftover_test_swarm() {
+    let label = docker(&[
+        "node",
+        "inspect",
+        "self",
+        "--format",
+        "{{index .Spec.Labels \"iac.test\"}}",
+    ]);
+    if !label.trim().is_empty() {
+        eprintln!(
+            "leaving the swarm a killed test run (iac.test={}) left behind",
+            label.trim()
+        );
+        let (ok, text) = docker_status(&["swarm", "leave", "--force"]);
+        assert!(ok, "docker swarm leave --force: {text}");
+        docker_status(&["network", "rm", "docker_gwbridge"]);
+    }
+}
+
+/// `GET path` over plain HTTP/1.0 to `addr` (`HOST:PORT`): the whole response, or `None` when the
+/// connection fails or nothing arrives within 5 s.
+pub fn http_get(addr: &str, path: &str) -> Option<String> {
+    let sock: std::net::SocketAddr = addr.parse().ok()?;
+    let mut s = std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(5)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    (!out.is_empty()).then_some(out)
 }
 
 /// Removes the containers, networks and images carrying `label` (`KEY=VALUE`). Images go with

@@ -1,6 +1,12 @@
 //! A service's tasks, found through the Swarm API: which run, where each one's mTLS listener is
 //! published (its node's address and the host port the engine chose for that task), and why the
 //! others failed. The control plane (health, `iac logs`, the admin API) reaches every task there.
+//!
+//! Which address: on a swarm of several nodes, the task's node as the swarm knows it (the node's
+//! `Status.Addr`, what it advertised), since the port is published on that node only. On a swarm of
+//! one node, 127.0.0.1: the ports are on the engine iac talks to, and the address it advertised may
+//! not be reachable from here (a VM-internal one, Docker Desktop's say). A node whose address is
+//! unknown, unspecified or loopback is reached on 127.0.0.1 too.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -31,8 +37,20 @@ pub struct TaskView {
     pub last_error: Option<String>,
 }
 
-/// Reads `tasks` (of one service): running ones with their endpoints (`nodes`: node id → address;
-/// an unspecified or unknown address is reached on 127.0.0.1), and the newest error.
+/// Where a task on `node` is reached (`nodes`: every node of the swarm, id → address).
+pub fn node_ip(nodes: &HashMap<String, IpAddr>, node: Option<&str>) -> IpAddr {
+    let loopback = IpAddr::from([127, 0, 0, 1]);
+    if nodes.len() <= 1 {
+        return loopback;
+    }
+    node.and_then(|n| nodes.get(n))
+        .copied()
+        .filter(|ip| !ip.is_unspecified() && !ip.is_loopback())
+        .unwrap_or(loopback)
+}
+
+/// Reads `tasks` (of one service): running ones with their endpoints (`nodes`: every node of the
+/// swarm, id → address; see [`node_ip`]), and the newest error.
 pub fn task_view(tasks: &[Task], nodes: &HashMap<String, IpAddr>, port: u16) -> TaskView {
     let mut view = TaskView::default();
     let mut newest_failure: Option<(String, String)> = None;
@@ -50,13 +68,7 @@ pub fn task_view(tasks: &[Task], nodes: &HashMap<String, IpAddr>, port: u16) -> 
                         .and_then(|p| p.published_port)
                 })
                 .and_then(|p| u16::try_from(p).ok());
-            let ip = t
-                .node_id
-                .as_ref()
-                .and_then(|n| nodes.get(n))
-                .copied()
-                .filter(|ip| !ip.is_unspecified())
-                .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+            let ip = node_ip(nodes, t.node_id.as_deref());
             view.running.push(TaskEndpoint {
                 task_id: t.id.clone().unwrap_or_default(),
                 slot: t.slot.unwrap_or_default(),
@@ -169,6 +181,53 @@ mod tests {
         // An unknown node is reached on loopback (a single-node swarm).
         let v = task_view(&tasks[..1], &HashMap::new(), 15000);
         assert_eq!(v.running[0].addr.unwrap().to_string(), "127.0.0.1:30002");
+    }
+
+    #[test]
+    fn several_nodes_are_reached_at_each_task_node_address() {
+        let nodes = HashMap::from([
+            ("n1".to_string(), "10.213.0.2".parse().unwrap()),
+            ("n2".to_string(), "10.213.0.3".parse().unwrap()),
+            ("m".to_string(), "0.0.0.0".parse().unwrap()),
+            ("lo".to_string(), "127.0.0.1".parse().unwrap()),
+        ]);
+        let mut tasks = vec![
+            task(1, TaskState::RUNNING, TaskState::RUNNING, Some(30001)),
+            task(2, TaskState::RUNNING, TaskState::RUNNING, Some(30002)),
+            task(3, TaskState::RUNNING, TaskState::RUNNING, Some(30003)),
+            task(4, TaskState::RUNNING, TaskState::RUNNING, Some(30004)),
+            task(5, TaskState::RUNNING, TaskState::RUNNING, Some(30005)),
+        ];
+        tasks[1].node_id = Some("n2".into());
+        tasks[2].node_id = Some("m".into());
+        tasks[3].node_id = Some("lo".into());
+        tasks[4].node_id = Some("gone".into());
+        let addrs: Vec<_> = task_view(&tasks, &nodes, 15000)
+            .running
+            .iter()
+            .map(|t| t.addr.unwrap().to_string())
+            .collect();
+        assert_eq!(
+            addrs,
+            [
+                "10.213.0.2:30001",
+                "10.213.0.3:30002",
+                // unspecified, loopback or unknown: this host
+                "127.0.0.1:30003",
+                "127.0.0.1:30004",
+                "127.0.0.1:30005",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_single_node_is_reached_on_loopback_whatever_it_advertised() {
+        // Docker Desktop's VM address, or an engine advertising on its bridge: not for us to dial.
+        let nodes = HashMap::from([("n1".to_string(), "192.168.65.3".parse().unwrap())]);
+        let tasks = [task(1, TaskState::RUNNING, TaskState::RUNNING, Some(30001))];
+        let v = task_view(&tasks, &nodes, 15000);
+        assert_eq!(v.running[0].addr.unwrap().to_string(), "127.0.0.1:30001");
+        assert_eq!(node_ip(&nodes, Some("n1")), IpAddr::from([127, 0, 0, 1]));
     }
 
     #[test]
