@@ -21,7 +21,7 @@ use std::process::{Command, Output};
 use std::time::Instant;
 
 mod e2e;
-use e2e::{HELLO, SCRIPTED_CLI, docker, docker_ok, fixture, git, json_of, remove_labelled};
+use e2e::{HELLO, docker, docker_ok, fixture, git, json_of, remove_labelled, scripted_fixture};
 
 /// `scripted` v2: a web server on a hard-coded 127.0.0.1:5000, ignoring `$PORT`, as many
 /// quickstarts are.
@@ -124,17 +124,9 @@ fn hello_main_end_to_end() {
     };
     let repos = project.workdir.path().join("repos");
     let hello = fixture(&repos, "hello", &[("main.py", HELLO)]);
-    let scripted = fixture(
+    let scripted = scripted_fixture(
         &repos,
-        "scripted",
-        &[
-            (
-                "pyproject.toml",
-                "[project]\nname = \"scripted\"\nversion = \"0.1.0\"\n\n[project.scripts]\nzz-first = \"scripted.cli:main\"\naa-second = \"scripted.cli:other\"\n\n[build-system]\nrequires = [\"setuptools>=61\"]\nbuild-backend = \"setuptools.build_meta\"\n",
-            ),
-            ("scripted/__init__.py", ""),
-            ("scripted/cli.py", &SCRIPTED_CLI.replace("VERSION", "v1")),
-        ],
+        "zz-first = \"scripted.cli:main\"\naa-second = \"scripted.cli:other\"",
     );
     let crashy = fixture(
         &repos,

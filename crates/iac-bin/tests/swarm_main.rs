@@ -32,7 +32,10 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod e2e;
-use e2e::{HELLO, SCRIPTED_CLI, docker, docker_status, fixture, git, json_of, remove_labelled};
+use e2e::{
+    HELLO, SCRIPTED_CLI, docker, docker_status, fixture, git, json_of, remove_labelled,
+    scripted_fixture,
+};
 
 /// A single-node swarm for the duration of the test: joined (init) when the engine was in none,
 /// always left on drop. Holds an exclusive lock on a file so two test processes never share it.
@@ -318,18 +321,7 @@ fn hello_main_on_a_single_node_swarm() {
     };
     let repos = project.workdir.path().join("repos");
     let hello = fixture(&repos, "hello", &[("main.py", HELLO)]);
-    let scripted = fixture(
-        &repos,
-        "scripted",
-        &[
-            (
-                "pyproject.toml",
-                "[project]\nname = \"scripted\"\nversion = \"0.1.0\"\n\n[project.scripts]\nscripted = \"scripted.cli:main\"\n\n[build-system]\nrequires = [\"setuptools>=61\"]\nbuild-backend = \"setuptools.build_meta\"\n",
-            ),
-            ("scripted/__init__.py", ""),
-            ("scripted/cli.py", &SCRIPTED_CLI.replace("VERSION", "v1")),
-        ],
-    );
+    let scripted = scripted_fixture(&repos, "scripted = \"scripted.cli:main\"");
     let file = project.workdir.path().join("repos.yaml");
     std::fs::write(
         &file,

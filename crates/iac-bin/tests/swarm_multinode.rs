@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 mod e2e;
 use e2e::nodes::{Nodes, wait_for};
 use e2e::{
-    HELLO, SCRIPTED_CLI, docker, docker_status, fixture, http_get, json_of, remove_labelled,
+    HELLO, docker, docker_status, fixture, http_get, json_of, remove_labelled, scripted_fixture,
 };
 
 /// A task: where it runs and the host port its 8080 is published on.
@@ -393,18 +393,7 @@ fn hello_and_scripted_on_two_nodes_survive_one_stopping() {
     };
     let repos = project.workdir.path().join("repos");
     let hello = fixture(&repos, "hello", &[("main.py", HELLO)]);
-    let scripted = fixture(
-        &repos,
-        "scripted",
-        &[
-            (
-                "pyproject.toml",
-                "[project]\nname = \"scripted\"\nversion = \"0.1.0\"\n\n[project.scripts]\nscripted = \"scripted.cli:main\"\n\n[build-system]\nrequires = [\"setuptools>=61\"]\nbuild-backend = \"setuptools.build_meta\"\n",
-            ),
-            ("scripted/__init__.py", ""),
-            ("scripted/cli.py", &SCRIPTED_CLI.replace("VERSION", "v1")),
-        ],
-    );
+    let scripted = scripted_fixture(&repos, "scripted = \"scripted.cli:main\"");
     let file = project.workdir.path().join("repos.yaml");
     std::fs::write(
         &file,

@@ -222,6 +222,23 @@ print("hello-main says hi", flush=True)
 http.server.ThreadingHTTPServer(("0.0.0.0", int(os.environ["PORT"])), http.server.SimpleHTTPRequestHandler).serve_forever()
 "#;
 
+/// The `scripted` fixture repo under `root`: a setuptools project whose `[project.scripts]`
+/// table holds `scripts` (TOML lines), with `scripted/cli.py` = [`SCRIPTED_CLI`] at v1.
+pub fn scripted_fixture(root: &Path, scripts: &str) -> PathBuf {
+    let pyproject = format!(
+        "[project]\nname = \"scripted\"\nversion = \"0.1.0\"\n\n[project.scripts]\n{scripts}\n\n[build-system]\nrequires = [\"setuptools>=61\"]\nbuild-backend = \"setuptools.build_meta\"\n"
+    );
+    fixture(
+        root,
+        "scripted",
+        &[
+            ("pyproject.toml", &pyproject),
+            ("scripted/__init__.py", ""),
+            ("scripted/cli.py", &SCRIPTED_CLI.replace("VERSION", "v1")),
+        ],
+    )
+}
+
 /// `scripted`: a CLI module whose `[project.scripts]` entry prints `scripted VERSION` (the test
 /// replaces VERSION) and stays up; `other` is a second function that is never the default.
 pub const SCRIPTED_CLI: &str = r#"
