@@ -54,17 +54,12 @@ impl Drop for Project {
 }
 
 impl Project {
-    /// The settle window is 10 s here, not the default 3 s: it counts from the entry's start, and
-    /// on a loaded CI machine `opentelemetry-instrument python` can take longer than 3 s to reach
-    /// crashy's `sys.exit(1)`, which a shorter window would report as SERVING.
     fn iac(&self, args: &[&str]) -> Output {
-        e2e::iac(
-            self.workdir.path(),
-            &self.name,
-            args,
-            &[],
-            &[("IAC_HEALTH_SETTLE", "10s")],
-        )
+        self.iac_env(args, &[])
+    }
+
+    fn iac_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        e2e::iac(self.workdir.path(), &self.name, args, &[], env)
     }
 
     fn container_ids(&self) -> Vec<(String, String)> {
@@ -149,8 +144,14 @@ fn hello_main_end_to_end() {
     .unwrap();
     let file = file.to_str().unwrap();
 
-    // 1. deploy: crashy fails, its peers are SERVING.
-    let out = project.iac(&["deploy", "--file", file, "--json"]);
+    // 1. deploy: crashy fails, its peers are SERVING. The settle window is 10 s for this deploy,
+    // not the default 3 s: it counts from the entry's start, and on a loaded CI machine
+    // `opentelemetry-instrument python` can take longer than 3 s to reach crashy's
+    // `sys.exit(1)`, which a shorter window would report as SERVING.
+    let out = project.iac_env(
+        &["deploy", "--file", file, "--json"],
+        &[("IAC_HEALTH_SETTLE", "10s")],
+    );
     let report = json_of(&out)["report"].clone();
     assert_eq!(
         out.status.code(),
