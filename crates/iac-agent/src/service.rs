@@ -144,8 +144,9 @@ pub fn with_sidecar(
 }
 
 /// Adds the forwarder's part to a HealthCheck answer: `forwarded_to` and a detail naming both ends.
+/// Once the app has exited there is nothing to forward to, and nothing is said.
 pub fn with_forwarding(mut health: HealthStatus, fwd: Option<Forwarding>) -> HealthStatus {
-    if let Some(f) = fwd {
+    if let Some(f) = fwd.filter(|_| health.exit_code.is_none()) {
         health.forwarded_to = u32::from(f.to.port());
         health.detail = format!(
             "{}; the app listens on {}, not on $PORT {}: the agent forwards 127.0.0.1:{} there",
@@ -334,6 +335,8 @@ mod tests {
             from: 8080,
             to: "127.0.0.1:5000".parse().unwrap(),
         };
+        let exited = health_of(&ChildState::Exited { code: 1 });
+        assert_eq!(with_forwarding(exited.clone(), Some(f)), exited);
         let h = with_forwarding(running, Some(f));
         assert_eq!(h.forwarded_to, 5000);
         assert_eq!(h.status, HealthStatusCode::Serving as i32);
