@@ -12,7 +12,7 @@ export CARGO_TERM_COLOR ?= never
 help:
 	@echo "make bootstrap   install host deps, build the static agent + iac, ensure base images"
 	@echo "make test        run every test (unit, golden, real Envoy, real Docker, fuzz smoke)"
-	@echo "make fmt|lint    rustfmt / clippy -D warnings"
+	@echo "make fmt|lint    rustfmt / clippy -D warnings / rustdoc -D warnings"
 	@echo "make plan|apply|destroy FILE=repos.yaml   drive iac on a repos file"
 	@echo "make bench       deploy benchmark vs docker compose (prints ratios)"
 
@@ -61,6 +61,7 @@ fmt:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps --quiet
 
 plan:
 	iac plan --file $(FILE)

@@ -122,7 +122,7 @@ impl AgentService {
 
 /// Folds the sidecar into the app's HealthCheck answer: NOT_SERVING once it is gone, UNKNOWN
 /// ("starting") while it does not listen on `port` yet (`listening`), unchanged otherwise; the
-/// detail gets "; sidecar <state>".
+/// detail gets `"; sidecar <state>"`.
 pub fn with_sidecar(
     mut health: HealthStatus,
     sidecar: &ChildState,

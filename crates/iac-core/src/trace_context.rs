@@ -15,7 +15,7 @@
 //! installs the exporter (tracing-opentelemetry) and registers, through
 //! [`set_traceparent_source`], how to read the OpenTelemetry context of a span; [`traceparent`]
 //! then gives the current span's `traceparent`, which backends hand to child processes (`pip`,
-//! `terraform`) with [`env`] and the [`crate::Events`] sink stamps on every event.
+//! `terraform`) with [`env()`] and the [`crate::Events`] sink stamps on every event.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};

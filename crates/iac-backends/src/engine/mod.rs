@@ -6,9 +6,9 @@
 //!   The image builder, the docker provisioner, `iac bootstrap` and the binary's engine checks
 //!   all go through it; besides the connection it answers the questions those share — engine
 //!   version, image inspect ([`DockerEngine::image`]), "which of these images is present".
-//! * [`EngineError`] ([`error`]): one failed request (what was attempted, the engine's status and
+//! * [`EngineError`] (`error`): one failed request (what was attempted, the engine's status and
 //!   message), converted into the stage errors of `iac-core`.
-//! * [`Engine`] / [`BollardEngine`] ([`containers`]): the containers-and-networks calls the docker
+//! * [`Engine`] / [`BollardEngine`] (`containers`): the containers-and-networks calls the docker
 //!   provisioner reconciles with, behind a trait so its unit tests use a mockall fake.
 //! * [`Registry`] / [`BollardRegistry`] ([`registry`]): tag, push and digest lookups for the swarm
 //!   provisioner's `[swarm] registry` (a mockall fake in its unit tests), and the pure naming

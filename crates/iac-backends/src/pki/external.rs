@@ -1,6 +1,6 @@
 //! External per-service certificates: an [`iac_core::Pki`] that issues nothing and hands out
 //! certificates your own PKI issued, after checking them. Configured by
-//! [`ExternalCertsConfig`](super::ExternalCertsConfig) (`[pki.external]`); never writes a file.
+//! [`super::ExternalCertsConfig`] (`[pki.external]`); never writes a file.
 //!
 //! What your PKI must put in the certificates (each is checked, and a missing one is an error
 //! naming the file and the SAN expected):

@@ -1,8 +1,8 @@
 //! The HTTP routes of the admin API, their OpenAPI annotations (collected by utoipa-axum, so the
 //! document is generated from the very routes the router serves), the authentication middleware
-//! and [`router`], which assembles routes + gRPC + layers.
+//! and `router`, which assembles routes + gRPC + layers.
 //!
-//! Authentication (middleware [`authenticate`]):
+//! Authentication (middleware `authenticate`):
 //! * TCP: `Authorization: Bearer <token>` checked by the [`AuthVerifier`]; `GET /health`,
 //!   `GET /openapi.json` and gRPC `HealthCheck` are open (liveness and discovery).
 //! * Unix socket: the peer's uid (from `SO_PEERCRED`) must equal the server's uid; no token is
@@ -84,7 +84,7 @@ fn openapi_router() -> OpenApiRouter<AppState> {
         .routes(routes!(destroy))
 }
 
-/// The OpenAPI document of the routes [`router`] serves, as served.
+/// The OpenAPI document of the routes `router` serves, as served.
 pub fn openapi() -> serde_json::Value {
     document(&openapi_router().split_for_parts().1)
 }

@@ -1,5 +1,5 @@
 //! What the admin API's HTTP routes and gRPC service share: the handler state [`AppState`] and the
-//! validation of a deploy request ([`validate_deploy`]: one project, unique names, the slug
+//! validation of a deploy request (`validate_deploy`: one project, unique names, the slug
 //! policy, the service limit), so neither transport depends on the other.
 
 use std::sync::Arc;

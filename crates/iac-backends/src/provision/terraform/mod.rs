@@ -1,4 +1,4 @@
-//! The `terraform` provisioner: applies a [`Stack`] with Terraform (or OpenTofu) and the
+//! The `terraform` provisioner: applies a [`iac_core::Stack`] with Terraform (or OpenTofu) and the
 //! kreuzwerker/docker provider.
 //!
 //! Shape (DESIGN §6): the Terraform code is a real, readable module in `infra/` (`main.tf`,
@@ -14,16 +14,16 @@
 //! `output -json` (and `destroy`), all with `-input=false -no-color`, in that directory. Every
 //! stdout/stderr line becomes a [`iac_core::DeployEvent`] (attributed to a service when the line
 //! names one of its resources, e.g. `docker_container.app["api"]: Creating...`). A failing step is a
-//! [`ProvisionError::Tool`] naming the step, its exit code and the last lines of its stderr.
+//! [`iac_core::ProvisionError::Tool`] naming the step, its exit code and the last lines of its stderr.
 //! Endpoints come from `output -json`; `diff` maps the plan's `resource_changes` to per-service
-//! [`Change`]s.
+//! [`iac_core::Change`]s.
 //!
 //! **No health gating, no per-service rollback.** Terraform applies the whole configuration at
 //! once; there is no point where one service's new pair can be probed before its old pair is
-//! removed. [`TerraformProvisioner::apply`] therefore returns every service with `health: None` and
+//! removed. [`TerraformProvisioner`]'s `apply` therefore returns every service with `health: None` and
 //! the Deployer probes afterwards; an unhealthy service stays deployed (fix and redeploy, or
 //! use the `docker` provisioner when rollback matters). Services the stack asks to keep
-//! ([`Stack::keep`], they failed to prepare) keep their previously applied entry in the tfvars,
+//! ([`iac_core::Stack::keep`], they failed to prepare) keep their previously applied entry in the tfvars,
 //! so Terraform leaves their containers alone.
 //!
 //! **Hardening.** Each container's privileges (capabilities, `no-new-privileges`) and memory limit
