@@ -353,6 +353,23 @@ async fn builds_python_app_reuses_it_and_rebuilds_on_change() {
         ]
     );
     assert!(cfg.exposed_ports.unwrap().iter().any(|p| p == "50051/tcp"));
+    // After the app's files, only the per-service metadata, each a layer commit on the classic
+    // builder (what makes a rebuild slow): one LABEL (build key included, so the builder adds
+    // none of its own), ENV, CMD; EXPOSE 50051 and WORKDIR /app are shared layers further up.
+    let history = docker.image_history(&built.tag).await.unwrap();
+    let app_copy = history
+        .iter()
+        .position(|h| h.created_by.contains("COPY") && h.created_by.contains(" in /app/"))
+        .unwrap_or_else(|| panic!("no COPY of the app in {history:#?}"));
+    let after: Vec<String> = history[..app_copy]
+        .iter()
+        .rev()
+        .map(|h| {
+            let by = h.created_by.trim_start_matches("/bin/sh -c #(nop) ").trim();
+            by.split_whitespace().next().unwrap_or_default().to_string()
+        })
+        .collect();
+    assert_eq!(after, ["LABEL", "ENV", "CMD"], "{history:#?}");
 
     // The layout: agent executable, app without .git, the non-root user, the OTel SDK, the env.
     let listing = run_in(
@@ -617,6 +634,50 @@ async fn failing_dockerfile_step_is_a_build_error_with_the_output() {
         docker.inspect_image(&planned.tag).await.is_err(),
         "no image is tagged after a failed build"
     );
+}
+
+#[tokio::test]
+async fn a_replacement_template_without_the_key_gets_it_from_the_builder() {
+    let Some(docker) = engine().await else { return };
+    let test = test_id();
+    let _cleanup = Cleanup { id: test.clone() };
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("main.py"), "print('x')\n").unwrap();
+    let templates = dir.path().join("templates");
+    std::fs::create_dir(&templates).unwrap();
+    // No `build_key` anywhere: the builder must label the image itself, or a later deploy could
+    // never find the image again (it looks images up by that label).
+    std::fs::write(
+        templates.join("app.Dockerfile.tmpl"),
+        "ARG IAC_BASE_IMAGE={{ base_image }}\nFROM ${IAC_BASE_IMAGE}\nCMD [\"true\"]\n",
+    )
+    .unwrap();
+    let cfg = ImageConfig {
+        template_dir: Some(templates),
+        ..config(&test, dir.path())
+    };
+    let builder = builder_for(cfg).await.unwrap();
+    let spec = spec(
+        &format!("p{test}"),
+        "custom",
+        &src,
+        "sha256:custom",
+        &["python", "/app/main.py"],
+    );
+    let built = builder.build(&spec, &Events::discard()).await.unwrap();
+    let labels = docker
+        .inspect_image(&built.tag)
+        .await
+        .unwrap()
+        .config
+        .and_then(|c| c.labels)
+        .unwrap_or_default();
+    assert_eq!(labels.get(LABEL_BUILD_KEY), Some(&built.key), "{labels:?}");
+    assert_eq!(labels.get("iac.test"), Some(&test), "{labels:?}");
+    let again = builder.build(&spec, &Events::discard()).await.unwrap();
+    assert!(again.reused && again.id == built.id, "{again:?}");
 }
 
 /// Writes `files` (path, content) under `dir`.

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use iac_backends::build::dockerfile::APP_DOCKERFILE_TEMPLATE;
+use iac_backends::build::dockerfile::{APP_DOCKERFILE_TEMPLATE, dockerfile_labels_key};
 use iac_backends::build::{DockerfileInputs, ImageConfig, render_dockerfile};
 use iac_core::{BuildError, BuildSpec, Entry, Language, ProjectName, ServiceName, Source};
 
@@ -51,8 +51,17 @@ fn python_app_with_dependencies_env_and_port() {
         &[("GREETING", "hello $USER \\ \"world\""), ("MODE", "prod")],
         Some(8000),
     );
-    let inputs = DockerfileInputs::new(&spec, &config(), true).unwrap();
+    let mut inputs = DockerfileInputs::new(&spec, &config(), true).unwrap();
+    let unkeyed = render_dockerfile(APP_DOCKERFILE_TEMPLATE, &inputs).unwrap();
+    let key = "sha256:4b3e000000000000000000000000000000000000000000000000000000000000";
+    assert!(!dockerfile_labels_key(&unkeyed, key), "{unkeyed}");
+    inputs.build_key = key.into();
     let out = render_dockerfile(APP_DOCKERFILE_TEMPLATE, &inputs).unwrap();
+    assert!(
+        dockerfile_labels_key(&out, key),
+        "the image labels its own key:\n{out}"
+    );
+    assert!(!dockerfile_labels_key(&out, "sha256:other"));
     insta::assert_snapshot!("python_app", out);
     assert_eq!(
         out,

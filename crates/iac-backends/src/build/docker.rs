@@ -27,7 +27,7 @@ use super::config::{ImageConfig, PythonChoice, parse_minor};
 use super::context::{ContextInputs, agent_error, build_context, elf_interpreter};
 use super::dockerfile::{
     APP_DOCKERFILE_NAME, APP_DOCKERFILE_TEMPLATE, BASE_IMAGE_ARG, DockerfileInputs,
-    render_dockerfile,
+    dockerfile_labels_key, render_dockerfile,
 };
 use super::key::{FileDigests, build_key, image_tag, wheel_listing};
 use super::wheels::{AppDeps, HostPip, tail};
@@ -125,8 +125,10 @@ impl DockerImageBuilder {
                 package: false,
             }
         };
-        let inputs = DockerfileInputs::new(spec, &self.config, deps.needed())?;
-        let dockerfile = render_dockerfile(&self.template, &inputs)?;
+        let mut inputs = DockerfileInputs::new(spec, &self.config, deps.needed())?;
+        // The key is a hash over the Dockerfile rendered without it; the Dockerfile that is built
+        // carries it in its own LABEL (no extra layer for a build-time label).
+        let unkeyed = render_dockerfile(&self.template, &inputs)?;
         let agent = self.config.agent_binary_path();
         let agent_digest = self
             .digests
@@ -146,7 +148,9 @@ impl DockerImageBuilder {
         } else {
             (None, Vec::new())
         };
-        let key = build_key(&spec.source.digest, &dockerfile, &agent_digest, &listing);
+        let key = build_key(&spec.source.digest, &unkeyed, &agent_digest, &listing);
+        inputs.build_key = key.clone();
+        let dockerfile = render_dockerfile(&self.template, &inputs)?;
         let tag = image_tag(
             &self.config.tag_prefix,
             spec.project.as_str(),
@@ -440,8 +444,17 @@ impl ImageBuilder for DockerImageBuilder {
             ),
         );
 
-        let mut labels: HashMap<String, String> = self.config.labels.clone().into_iter().collect();
-        labels.insert(LABEL_BUILD_KEY.into(), image.key.clone());
+        // The built-in template labels the image itself, build key included. A replacement
+        // template that does not (no `build_key` in its LABEL) gets the labels from the builder,
+        // at the cost of one more layer commit.
+        let labels: HashMap<String, String> = if dockerfile_labels_key(&plan.dockerfile, &image.key)
+        {
+            HashMap::new()
+        } else {
+            let mut l: HashMap<String, String> = self.config.labels.clone().into_iter().collect();
+            l.insert(LABEL_BUILD_KEY.into(), image.key.clone());
+            l
+        };
         let buildargs = HashMap::from([(BASE_IMAGE_ARG.to_string(), base.clone())]);
         let opts = BuildImageOptionsBuilder::new()
             .dockerfile("Dockerfile")

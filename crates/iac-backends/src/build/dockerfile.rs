@@ -60,6 +60,10 @@ pub struct DockerfileInputs {
     /// The entry's build steps as shell lines for `RUN` (quoted; each `cd`s into its directory;
     /// steps that only warn end in `|| echo 'iac: warning: …' >&2`).
     pub build_steps: Vec<String>,
+    /// The image's build key (the `iac.build-key` label): empty for the first render, which the
+    /// key is computed over ([`super::key::build_key`]), then the key for the Dockerfile that is
+    /// built.
+    pub build_key: String,
 }
 
 /// `/app` or `/app/<rel>`, refusing what the resolver never produces (absolute, `..`, control
@@ -223,6 +227,7 @@ impl DockerfileInputs {
             cmd_json: serde_json::to_string(&cmd).expect("a Vec<String> serializes"),
             workdir,
             build_steps,
+            build_key: String::new(),
         })
     }
 }
@@ -260,12 +265,33 @@ impl DockerfileInputs {
             ("env", pairs(&self.env)),
             ("cmd_json", Value::from(self.cmd_json.as_str())),
             ("workdir", Value::from(self.workdir.as_str())),
+            ("build_key", Value::from(self.build_key.as_str())),
             (
                 "build_steps",
                 self.build_steps.iter().map(String::as_str).collect(),
             ),
         ])
     }
+}
+
+/// Whether a rendered Dockerfile labels its image with `key` itself (`iac.build-key="<key>"` in
+/// a `LABEL`), as the built-in template does once the key is known. A replacement template
+/// without it gets the label from the builder instead.
+pub fn dockerfile_labels_key(dockerfile: &str, key: &str) -> bool {
+    let label = format!("iac.build-key={}", dockerfile_quote(key.to_string()));
+    let mut in_label = false;
+    for line in dockerfile.lines() {
+        let t = line.trim_start();
+        if !in_label {
+            in_label = t.get(..6).is_some_and(|w| w.eq_ignore_ascii_case("LABEL "));
+        }
+        if in_label && t.split_whitespace().any(|w| w == label) {
+            return true;
+        }
+        // A LABEL goes on while its lines end in a backslash.
+        in_label = in_label && t.trim_end().ends_with('\\');
+    }
+    false
 }
 
 /// Renders the Dockerfile. Pure: same template and inputs, same bytes.
