@@ -4,6 +4,7 @@
 //! NOT_SERVING (at once, with exit code) / UNKNOWN / UNREACHABLE with the last reason, server
 //! name verification, and StreamLogs mapping.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -28,12 +29,27 @@ use tonic::{Request, Response, Status};
 struct StandIn {
     status: Arc<Mutex<HealthStatus>>,
     calls: Arc<Mutex<u32>>,
+    /// The client address of every call: one address, one connection.
+    peers: Arc<Mutex<BTreeSet<SocketAddr>>>,
+    /// Answer SERVING from this call on (0: never switch).
+    serving_from_call: u32,
 }
 
 #[tonic::async_trait]
 impl ControlPlane for StandIn {
-    async fn health_check(&self, _: Request<()>) -> Result<Response<HealthStatus>, Status> {
-        *self.calls.lock().unwrap() += 1;
+    async fn health_check(&self, req: Request<()>) -> Result<Response<HealthStatus>, Status> {
+        if let Some(peer) = req.remote_addr() {
+            self.peers.lock().unwrap().insert(peer);
+        }
+        let mut calls = self.calls.lock().unwrap();
+        *calls += 1;
+        if self.serving_from_call != 0 && *calls >= self.serving_from_call {
+            return Ok(Response::new(status(
+                HealthStatusCode::Serving,
+                None,
+                "running",
+            )));
+        }
         Ok(Response::new(self.status.lock().unwrap().clone()))
     }
 
@@ -146,6 +162,8 @@ fn stand_in(s: HealthStatus) -> StandIn {
     StandIn {
         status: Arc::new(Mutex::new(s)),
         calls: Arc::new(Mutex::new(0)),
+        peers: Arc::new(Mutex::new(BTreeSet::new())),
+        serving_from_call: 0,
     }
 }
 
@@ -253,6 +271,34 @@ async fn unknown_is_retried_until_the_deadline() {
             .check(&target("api", addr, Duration::from_secs(5)))
             .await
             .is_serving()
+    );
+}
+
+#[tokio::test]
+async fn a_starting_agent_is_polled_over_one_connection_at_the_short_interval() {
+    let f = fixture().await;
+    let addr = free_addr();
+    let svc = StandIn {
+        serving_from_call: 12,
+        ..stand_in(status(HealthStatusCode::Unknown, None, "starting"))
+    };
+    let (calls, peers) = (svc.calls.clone(), svc.peers.clone());
+    serve(addr, &f.server_certs, svc, Duration::ZERO);
+    let prober = GrpcProber::new(&f.client, quick()).unwrap();
+    // Backing off (50, 100, 200, then 400 ms) would need about 4 s for 12 answers; polling at
+    // the 50 ms interval needs well under the 3 s deadline.
+    let r = prober
+        .check(&target("api", addr, Duration::from_secs(3)))
+        .await;
+    assert_eq!(r.state, HealthState::Serving, "{r:?}");
+    assert_eq!(*calls.lock().unwrap(), 12);
+    // (plus any attempt made before the server was listening)
+    assert!(r.attempts >= 12, "{r:?}");
+    assert_eq!(
+        peers.lock().unwrap().len(),
+        1,
+        "every poll went over the first connection: {:?}",
+        peers.lock().unwrap()
     );
 }
 

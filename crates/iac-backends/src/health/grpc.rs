@@ -28,7 +28,8 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ProbeConfig {
-    /// First pause between attempts (`"100ms"`).
+    /// First pause between attempts (`"100ms"`), and the pause while the agent answers that the
+    /// app is still starting (asked again over the same connection).
     #[serde(with = "iac_core::duration")]
     pub initial_backoff: Duration,
     /// Longest pause between attempts (the pause doubles up to this).
@@ -46,7 +47,7 @@ impl Default for ProbeConfig {
     fn default() -> Self {
         ProbeConfig {
             initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(2),
+            max_backoff: Duration::from_millis(500),
             connect_timeout: Duration::from_secs(2),
             rpc_timeout: Duration::from_secs(3),
         }
@@ -151,15 +152,34 @@ impl GrpcProber {
         Ok(ControlPlaneClient::new(channel))
     }
 
-    /// One attempt: connect, HealthCheck. Ok = the agent answered.
+    /// One attempt: HealthCheck over `conn` (connecting first when there is none). Ok = the
+    /// agent answered. A failed attempt drops the connection, so the next one dials afresh;
+    /// a good one leaves it for the next attempt (no new TLS handshake per poll).
     async fn attempt(
         &self,
         target: &ProbeTarget,
         budget: Duration,
+        conn: &mut Option<ControlPlaneClient<Channel>>,
+    ) -> Result<iac_proto::HealthStatus, ProbeError> {
+        let r = self.attempt_on(target, budget, conn).await;
+        if r.is_err() {
+            *conn = None;
+        }
+        r
+    }
+
+    async fn attempt_on(
+        &self,
+        target: &ProbeTarget,
+        budget: Duration,
+        conn: &mut Option<ControlPlaneClient<Channel>>,
     ) -> Result<iac_proto::HealthStatus, ProbeError> {
         let connect_timeout = budget.min(self.config.connect_timeout);
         let rpc_timeout = budget.min(self.config.rpc_timeout);
-        let mut client = self.connect(target, connect_timeout).await?;
+        let client = match conn {
+            Some(c) => c,
+            None => conn.insert(self.connect(target, connect_timeout).await?),
+        };
         let mut req = tonic::Request::new(());
         req.set_timeout(rpc_timeout);
         match tokio::time::timeout(rpc_timeout, client.health_check(req)).await {
@@ -181,6 +201,7 @@ impl HealthProber for GrpcProber {
         let mut backoff = self.config.initial_backoff.max(Duration::from_millis(1));
         let max_backoff = self.config.max_backoff.max(backoff);
         let mut attempts = 0u32;
+        let mut conn = None;
         // The agent's last answer (uptime, ports) travels with every verdict, also a timeout's.
         let mut last_status: Option<iac_proto::HealthStatus> = None;
         let report = |state,
@@ -201,7 +222,8 @@ impl HealthProber for GrpcProber {
             let budget = deadline
                 .saturating_duration_since(Instant::now())
                 .max(Duration::from_millis(200));
-            let last = match self.attempt(target, budget).await {
+            let mut answered = false;
+            let last = match self.attempt(target, budget, &mut conn).await {
                 Ok(status) => {
                     let code = HealthStatusCode::try_from(status.status);
                     let (exit_code, detail) = (status.exit_code, status.detail.clone());
@@ -225,11 +247,14 @@ impl HealthProber for GrpcProber {
                                 &last_status,
                             );
                         }
-                        _ => (
-                            HealthState::Unknown,
-                            exit_code,
-                            format!("agent reports UNKNOWN: {detail}"),
-                        ),
+                        _ => {
+                            answered = true;
+                            (
+                                HealthState::Unknown,
+                                exit_code,
+                                format!("agent reports UNKNOWN: {detail}"),
+                            )
+                        }
                     }
                 }
                 Err(e) => (HealthState::Unreachable, None, e.to_string()),
@@ -244,9 +269,18 @@ impl HealthProber for GrpcProber {
                 return report(state, code, detail, attempts, &last_status);
             }
             tracing::debug!(service = %target.service, attempt = attempts, reason = %last.2, "health probe retrying");
-            let pause = jitter(backoff).min(deadline - now);
-            tokio::time::sleep(pause).await;
-            backoff = (backoff * 2).min(max_backoff);
+            // An agent that answers "starting" is asked again at the short interval (over the
+            // same connection, so a poll costs one RPC): the app's port is checked on every ask,
+            // and a longer pause would only add to the deploy. Anything else backs off.
+            let pause = if answered {
+                backoff = self.config.initial_backoff.max(Duration::from_millis(1));
+                jitter(backoff)
+            } else {
+                let p = jitter(backoff);
+                backoff = (backoff * 2).min(max_backoff);
+                p
+            };
+            tokio::time::sleep(pause.min(deadline - now)).await;
         }
     }
 }
