@@ -102,6 +102,13 @@ pub struct Cli {
     #[arg(long, conflicts_with = "argv")]
     pub probe: bool,
 
+    /// Load OpenTelemetry's Python auto-instrumentation (installed in the virtualenv VENV) into
+    /// ARGV as `opentelemetry-instrument ARGV` would, without the extra interpreter start: ARGV
+    /// gets PYTHONPATH = <VENV>/lib/python*/site-packages/opentelemetry/instrumentation/
+    /// auto_instrumentation, the working directory, then the inherited PYTHONPATH.
+    #[arg(long, value_name = "VENV")]
+    pub otel_auto_instrument: Option<std::path::PathBuf>,
+
     /// The program to supervise and its arguments (after `--`).
     #[arg(last = true, required_unless_present = "probe", value_name = "ARGV")]
     pub argv: Vec<String>,

@@ -31,6 +31,7 @@
 pub mod config;
 pub mod forward;
 pub mod logbuf;
+pub mod otel;
 pub mod ports;
 pub mod probe;
 pub mod service;
@@ -53,9 +54,23 @@ impl Options {
             .map(user::resolve_from_system)
             .transpose()
             .map_err(|e| e.to_string())?;
+        let python_path = match &cli.otel_auto_instrument {
+            None => None,
+            Some(venv) => {
+                let dir = otel::find_auto_instrumentation(venv)?;
+                let cwd = std::env::current_dir()
+                    .map_err(|e| format!("--otel-auto-instrument: the working directory: {e}"))?;
+                Some(otel::python_path(
+                    &dir,
+                    &cwd,
+                    std::env::var_os("PYTHONPATH").as_deref(),
+                ))
+            }
+        };
         Ok(Self {
             listen: cli.listen,
             user,
+            python_path,
             limits,
             grace: cli.grace,
             argv: cli.argv,

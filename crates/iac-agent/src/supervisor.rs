@@ -68,6 +68,8 @@ pub struct Options {
     pub limits: RingLimits,
     pub grace: Duration,
     pub argv: Vec<String>,
+    /// `PYTHONPATH` for the entry (set by `--otel-auto-instrument`, see [`crate::otel`]).
+    pub python_path: Option<std::ffi::OsString>,
     /// The port the app is expected to serve on (HealthCheck holds "starting" until it accepts).
     pub app_port: Option<u16>,
     /// Forward `app_port` to where the app listens once it has listened elsewhere this long
@@ -193,13 +195,21 @@ fn become_subreaper() {
     }
 }
 
-/// Starts `argv` with stdin inherited and stdout/stderr piped, as `user` when given.
-fn spawn_child(argv: &[String], user: Option<&ResolvedUser>) -> io::Result<std::process::Child> {
+/// Starts `argv` with stdin inherited and stdout/stderr piped, as `user` when given, with
+/// `python_path` as its `PYTHONPATH` when given.
+fn spawn_child(
+    argv: &[String],
+    user: Option<&ResolvedUser>,
+    python_path: Option<&std::ffi::OsStr>,
+) -> io::Result<std::process::Child> {
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..])
         .stdin(Stdio::inherit())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    if let Some(p) = python_path {
+        cmd.env("PYTHONPATH", p);
+    }
     if let Some(u) = user {
         if let Some(name) = &u.name {
             cmd.env("USER", name).env("LOGNAME", name);
@@ -461,7 +471,7 @@ pub async fn run(opts: Options) -> i32 {
         };
         watch::channel(state).0
     });
-    match spawn_child(&opts.argv, opts.user.as_ref()) {
+    match spawn_child(&opts.argv, opts.user.as_ref(), opts.python_path.as_deref()) {
         Ok(mut child) => {
             let pid = i32::try_from(child.id()).expect("pids fit in i32");
             clock.start();

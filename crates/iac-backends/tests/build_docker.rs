@@ -346,8 +346,9 @@ async fn builds_python_app_reuses_it_and_rebuilds_on_change() {
             "127.0.0.1:50051",
             "--user",
             "app",
+            "--otel-auto-instrument",
+            "/opt/iac/venv",
             "--",
-            "opentelemetry-instrument",
             "python",
             "/app/main.py"
         ]
@@ -405,15 +406,38 @@ async fn builds_python_app_reuses_it_and_rebuilds_on_change() {
         ],
     );
     assert_eq!(sdk.trim(), "(3, 11)");
-    let instrumented = run_in(
+    // What the agent's --otel-auto-instrument /opt/iac/venv finds and sets (iac-agent's otel.rs),
+    // done by hand: one sitecustomize.py, and with it on PYTHONPATH the SDK is configured (a
+    // span reaches the console exporter; the API alone would drop it).
+    let found = run_in(
         &built.tag,
         &test,
-        &["opentelemetry-instrument", "python", "/app/main.py"],
+        &[
+            "sh",
+            "-c",
+            "ls -d /opt/iac/venv/lib/python*/site-packages/opentelemetry/instrumentation/auto_instrumentation/sitecustomize.py",
+        ],
     );
-    assert_eq!(
-        instrumented.trim(),
-        "hello from the fixture hi $there",
-        "the CMD's OTel wrapper runs the entry"
+    let sitecustomize: Vec<&str> = found.lines().collect();
+    assert_eq!(sitecustomize.len(), 1, "{found}");
+    let auto_dir = sitecustomize[0].trim_end_matches("/sitecustomize.py");
+    let traced = run_in(
+        &built.tag,
+        &test,
+        &[
+            "env",
+            &format!("PYTHONPATH={auto_dir}:/app"),
+            "OTEL_TRACES_EXPORTER=console",
+            "python",
+            "-c",
+            "from opentelemetry import trace\n\
+             with trace.get_tracer('t').start_as_current_span('iac-probe-span'): pass\n\
+             trace.get_tracer_provider().force_flush()",
+        ],
+    );
+    assert!(
+        traced.contains("\"name\": \"iac-probe-span\"") && traced.contains(&project),
+        "the auto-instrumented interpreter exports spans with the image's resource: {traced}"
     );
     if agent_is_real() {
         // The image's own CMD: the agent starts the entry as `app` and tees its output.

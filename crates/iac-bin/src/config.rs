@@ -77,10 +77,14 @@ pub struct IacConfig {
     /// How long the prober keeps trying one service (also the Docker provisioner's gate deadline).
     #[serde(with = "iac_core::duration")]
     pub health_deadline: Duration,
-    /// A new or replaced service must have been running this long (its agent's uptime) and
-    /// still be SERVING; only what is left of it is waited.
+    /// A new or replaced service without a declared port must have been running this long (its
+    /// agent's uptime) and still be SERVING; only what is left of it is waited.
     #[serde(with = "iac_core::duration")]
     pub health_settle: Duration,
+    /// The same for a service with a declared port (its SERVING means the port accepts);
+    /// `"0s"`: the accept is the proof.
+    #[serde(with = "iac_core::duration")]
+    pub health_settle_listening: Duration,
     /// OTLP endpoint for apps (and iac's own traces); unset → apps export to stdout.
     pub otel_endpoint: Option<String>,
     /// The longest one deploy may take, fetch to health (`"30m"`); past it the deploy fails and
@@ -109,6 +113,7 @@ impl Default for IacConfig {
             provisioner: ProvisionerKind::Docker,
             health_deadline: Duration::from_secs(45),
             health_settle: Duration::from_secs(3),
+            health_settle_listening: Duration::ZERO,
             otel_endpoint: None,
             deploy_deadline: std::time::Duration::from_secs(30 * 60),
             images: ImageConfig::default(),
@@ -435,13 +440,14 @@ mod tests {
         Jail::expect_with(|jail| {
             jail.create_file(
                 "iac.toml",
-                "health_deadline = \"2m\"\nhealth_settle = \"500ms\"\n[docker]\nstop_timeout = \"3s\"\n[probe]\nrpc_timeout = \"1s\"\n[pki]\nleaf_validity = \"7d\"\n",
+                "health_deadline = \"2m\"\nhealth_settle = \"500ms\"\nhealth_settle_listening = \"2s\"\n[docker]\nstop_timeout = \"3s\"\n[probe]\nrpc_timeout = \"1s\"\n[pki]\nleaf_validity = \"7d\"\n",
             )?;
             let c: IacConfig = IacConfig::figment(None, &CliOverrides::default())
                 .unwrap()
                 .extract()?;
             assert_eq!(c.health_deadline, Duration::from_secs(120));
             assert_eq!(c.health_settle, Duration::from_millis(500));
+            assert_eq!(c.health_settle_listening, Duration::from_secs(2));
             assert_eq!(c.docker.stop_timeout, Duration::from_secs(3));
             assert_eq!(c.probe.rpc_timeout, Duration::from_secs(1));
             assert_eq!(c.pki.leaf_validity, Duration::from_secs(7 * 86_400));

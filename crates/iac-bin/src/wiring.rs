@@ -163,6 +163,7 @@ impl App {
                 state_dir: cfg.project_dir(&project),
                 health_deadline: cfg.health_deadline.max(Duration::from_secs(1)),
                 health_settle: cfg.health_settle,
+                health_settle_listening: cfg.health_settle_listening,
                 otel_endpoint: cfg.otel_endpoint.clone(),
                 deadline: cfg.deploy_deadline,
             },

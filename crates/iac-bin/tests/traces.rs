@@ -429,6 +429,7 @@ mod deploy {
                 state_dir: dir.join("state"),
                 health_deadline: Duration::from_secs(5),
                 health_settle: Duration::ZERO,
+                health_settle_listening: Duration::ZERO,
                 otel_endpoint: None,
                 deadline: Duration::from_secs(300),
             },

@@ -39,7 +39,8 @@ pub struct ImageConfig {
     pub otel: bool,
     /// What is installed from the wheelhouse when `otel` is on.
     pub otel_packages: Vec<String>,
-    /// Run Python entries under `opentelemetry-instrument` (SDK configured from `OTEL_*`).
+    /// Load OpenTelemetry's auto-instrumentation into Python entries, as `opentelemetry-instrument`
+    /// would (the agent's `--otel-auto-instrument`; SDK configured from `OTEL_*`).
     pub otel_instrument: bool,
     /// How to run pip on the host (which reaches PyPI when the build container may not).
     pub pip: Vec<String>,

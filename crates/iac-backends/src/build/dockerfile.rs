@@ -18,6 +18,8 @@ pub const APP_DOCKERFILE_TEMPLATE: &str =
 pub const APP_DOCKERFILE_NAME: &str = "app.Dockerfile.tmpl";
 /// Where the agent listens inside the container (plaintext h2, loopback only: Envoy terminates TLS).
 pub const AGENT_LISTEN: &str = "127.0.0.1:50051";
+/// The virtualenv the template creates (and installs the OpenTelemetry SDK into).
+pub const OTEL_VENV: &str = "/opt/iac/venv";
 /// Build argument carrying the resolved base image.
 pub const BASE_IMAGE_ARG: &str = "IAC_BASE_IMAGE";
 
@@ -191,11 +193,12 @@ impl DockerfileInputs {
             AGENT_LISTEN.into(),
             "--user".into(),
             "app".into(),
-            "--".into(),
         ];
+        // What `opentelemetry-instrument` would do, done by the agent (no extra interpreter start).
         if otel && config.otel_instrument {
-            cmd.push("opentelemetry-instrument".into());
+            cmd.extend(["--otel-auto-instrument".to_string(), OTEL_VENV.to_string()]);
         }
+        cmd.push("--".into());
         cmd.extend(spec.entry.argv.iter().cloned());
         let workdir = app_dir(spec.entry.workdir.as_deref()).map_err(fail)?;
         let build_steps = spec

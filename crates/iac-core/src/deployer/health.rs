@@ -15,16 +15,37 @@ use crate::stages::HealthProber;
 
 use super::{Deployer, Prepared};
 
+/// The settle windows of a deploy ([`super::DeployOptions::health_settle`] and
+/// [`super::DeployOptions::health_settle_listening`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Settle {
+    /// For a service without a declared port (SERVING: the process runs).
+    pub no_port: Duration,
+    /// For a service with one (SERVING: the port accepts connections).
+    pub listening: Duration,
+}
+
+impl Settle {
+    /// The window for the service `first` answered for.
+    fn window(&self, first: &HealthReport) -> Duration {
+        if first.app_port.is_some() {
+            self.listening
+        } else {
+            self.no_port
+        }
+    }
+}
+
 /// Proves one provisioned service: takes the provisioner's outcome for it (`applied`), then
 /// probes it through its Envoy until `deadline`; a created or replaced service must have been
-/// running for `settle` (by its agent's uptime, [`crate::settle`]) and still be SERVING. Returns
-/// the service's finished report.
+/// running for its `settle` window (by its agent's uptime, [`crate::settle`]) and still be
+/// SERVING. Returns the service's finished report.
 pub(super) async fn prove(
     mut p: Prepared,
     applied_svc: Option<AppliedService>,
     prober: Arc<dyn HealthProber>,
     deadline: Duration,
-    settle: Duration,
+    settle: Settle,
     provision_ms: u64,
     svc_events: Events,
 ) -> ServiceReport {
@@ -78,7 +99,8 @@ pub(super) async fn prove(
     svc_events.info(Stage::Health, format!("probing {addr} over mTLS"));
     let mut h = prober.check(&target).await;
     if matches!(a.action, Action::Create | Action::Replace) {
-        h = crate::settle::settle(prober.as_ref(), &target, h, settle, &svc_events).await;
+        let window = settle.window(&h);
+        h = crate::settle::settle(prober.as_ref(), &target, h, window, &svc_events).await;
     }
     // The app listens, but not where its sidecar sends traffic: say so, whatever the verdict.
     if let Some(warning) = h.port_warning() {

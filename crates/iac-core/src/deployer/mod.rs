@@ -29,6 +29,7 @@ mod health;
 mod lock;
 mod prepare;
 
+use health::Settle;
 use prepare::{Mode, Prepared};
 
 /// The concrete stage implementations a [`Deployer`] runs.
@@ -65,10 +66,16 @@ pub struct DeployOptions {
     pub state_dir: PathBuf,
     /// How long the prober keeps trying one service.
     pub health_deadline: Duration,
-    /// A created or replaced service must have been running this long (by its agent's reported
-    /// uptime, see [`crate::settle`]) and still be SERVING (an entry that crashes right after
-    /// starting is not healthy). Zero disables it.
+    /// A created or replaced service without a declared port must have been running this long
+    /// (by its agent's reported uptime, see [`crate::settle`]) and still be SERVING (an entry
+    /// that crashes right after starting is not healthy): its SERVING only says the process
+    /// runs. Zero disables it.
     pub health_settle: Duration,
+    /// The same for a service with a declared port, whose SERVING already says the port accepts
+    /// connections (readiness as Kubernetes' TCP probe means it). Zero: the accept is the proof.
+    /// Raise it for servers that bind before their app has loaded and can still fail to boot
+    /// (gunicorn without `--preload`).
+    pub health_settle_listening: Duration,
     /// OTLP endpoint handed to the apps (`OTEL_EXPORTER_OTLP_ENDPOINT`), if any.
     pub otel_endpoint: Option<String>,
     /// The longest a whole deploy may take (fetch to health). Past it the deploy is stopped,
@@ -275,7 +282,10 @@ impl Deployer {
                 .cloned();
             let prober = self.stages.prober.clone();
             let deadline = self.opts.health_deadline;
-            let settle = self.opts.health_settle;
+            let settle = Settle {
+                no_port: self.opts.health_settle,
+                listening: self.opts.health_settle_listening,
+            };
             let svc_events = events.for_service(&p.spec.name);
             let span = trace_context::task_span(
                 Stage::Health,

@@ -149,6 +149,7 @@ impl Fakes {
                 state_dir: dir.to_path_buf(),
                 health_deadline: Duration::from_secs(1),
                 health_settle: Duration::ZERO,
+                health_settle_listening: Duration::ZERO,
                 otel_endpoint: None,
                 deadline: Duration::from_secs(30),
             },
@@ -607,6 +608,52 @@ async fn a_new_service_that_just_started_is_checked_again_after_the_remainder() 
         t.elapsed() < Duration::from_secs(30),
         "held for the remainder, not the window"
     );
+}
+
+/// A prober answering SERVING for a service with a declared port (the port accepts), up 100 ms;
+/// counts its calls.
+fn listening_prober(calls: Arc<AtomicUsize>) -> MockHealthProber {
+    let mut p = MockHealthProber::new();
+    p.expect_check().returning(move |t| {
+        let n = calls.fetch_add(1, Ordering::SeqCst) as u64;
+        let mut h = serving(&t.service, HealthState::Serving);
+        h.app_port = Some(8000);
+        h.uptime_ms = Some(100 + n * 300);
+        h
+    });
+    p
+}
+
+#[tokio::test]
+async fn a_new_web_app_is_proven_by_its_port_without_the_settle_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = Fakes::happy();
+    let calls = Arc::new(AtomicUsize::new(0));
+    f.prober = listening_prober(calls.clone());
+    let mut d = f.deployer(dir.path(), 1);
+    d.opts.health_settle = Duration::from_secs(30);
+    let t = std::time::Instant::now();
+    let report = d.deploy(&[spec("web")], &Events::discard()).await;
+    assert!(report.ok, "{report:?}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "asked once, not held");
+    assert!(t.elapsed() < Duration::from_secs(30));
+}
+
+#[tokio::test]
+async fn health_settle_listening_holds_a_new_web_app_for_the_remainder() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = Fakes::happy();
+    let calls = Arc::new(AtomicUsize::new(0));
+    f.prober = listening_prober(calls.clone());
+    let mut d = f.deployer(dir.path(), 1);
+    // Up 100 ms at the first answer, 400 ms at the second: held once, for what is left of 350 ms.
+    d.opts.health_settle = Duration::from_secs(30);
+    d.opts.health_settle_listening = Duration::from_millis(350);
+    let report = d.deploy(&[spec("web")], &Events::discard()).await;
+    assert!(report.ok, "{report:?}");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    let h = report.services[0].health.as_ref().unwrap();
+    assert_eq!((h.attempts, h.uptime_ms), (2, Some(400)));
 }
 
 #[tokio::test]
