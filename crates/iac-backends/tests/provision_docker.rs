@@ -1095,6 +1095,30 @@ print(errno.errorcode.get(err, str(err)) if err else "OK")
 "#;
 
 #[tokio::test]
+async fn a_sidecar_that_cannot_install_the_filter_fails_its_pair_with_its_own_words() {
+    let mut pod = Pod::new(APP_SERVER, ContainerLimits::default(), None).await;
+    // Without NET_ADMIN, nft cannot load the ruleset: the sidecar's script says so and exits.
+    pod.stack.services[0]
+        .envoy
+        .privileges
+        .cap_add
+        .retain(|c| c != "NET_ADMIN");
+    let (applied, _) = pod.apply().await;
+    let err = applied.services[0].error.clone().unwrap_or_default();
+    assert!(
+        err.contains("stopped before installing the pod's packet filter")
+            && err.contains("nft could not install the pod's packet filter")
+            && err.contains("removed what was created"),
+        "the error carries the sidecar's last lines: {err}"
+    );
+    assert!(
+        pod.f.containers().await.is_empty(),
+        "no half-created pair is left: {:?}",
+        pod.f.containers().await
+    );
+}
+
+#[tokio::test]
 async fn pod_filter_admits_only_the_sidecar_port_from_the_network() {
     let pod = Pod::new(APP_SERVER, ContainerLimits::default(), None).await;
     let t = Instant::now();

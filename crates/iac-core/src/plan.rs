@@ -67,6 +67,16 @@ table inet {POD_FILTER_TABLE} {{
     )
 }
 
+/// What the sidecar writes to its stderr once `nft` has loaded the pod's filter (atomically: the
+/// whole ruleset or nothing) and before Envoy starts: the provisioner waits for this line in the
+/// sidecar's log. It starts with [`FILTER_INSTALLED_PREFIX`].
+pub fn filter_installed_line(inbound_port: u16) -> String {
+    format!("{FILTER_INSTALLED_PREFIX}inbound tcp/{inbound_port} only")
+}
+
+/// The start of [`filter_installed_line`].
+pub const FILTER_INSTALLED_PREFIX: &str = "iac-sidecar: pod filter installed: ";
+
 /// The shell lines that load [`pod_filter_rules`] (exiting [`POD_FILTER_EXIT`] when nft cannot).
 /// With an edge, they first read the pod's IPv4 default gateway from `/proc/net/route`
 /// (little-endian hex) and load it into the table's `edge_sources` set in the same nft batch, so
@@ -79,9 +89,7 @@ fn filter_load_script(inbound_port: u16, edge_port: Option<u16>) -> String {
     let fail = format!(
         "{{ echo \"iac-sidecar: nft could not install the pod's packet filter (the sidecar needs CAP_NET_ADMIN)\" >&2; exit {POD_FILTER_EXIT}; }}"
     );
-    let installed = format!(
-        "echo \"iac-sidecar: pod filter installed: inbound tcp/{inbound_port} only\" >&2\n"
-    );
+    let installed = format!("echo \"{}\" >&2\n", filter_installed_line(inbound_port));
     let Some(edge_port) = edge_port else {
         return format!("nft -f - <<'IAC_RULES' || {fail}\n{rules}IAC_RULES\n{installed}");
     };

@@ -16,8 +16,8 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, InspectContainerOptionsBuilder, ListContainersOptionsBuilder,
-    ListNetworksOptionsBuilder, RemoveContainerOptionsBuilder, RenameContainerOptionsBuilder,
-    StopContainerOptionsBuilder,
+    ListNetworksOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    RenameContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use futures::StreamExt;
 
@@ -36,6 +36,15 @@ pub struct ExecOutput {
     pub exit_code: Option<i64>,
     /// stdout and stderr, interleaved.
     pub output: String,
+}
+
+/// How following a container's log for a line ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogWait {
+    /// The first line containing the needle.
+    Found(String),
+    /// The log ended (the container stopped) without it; its last lines.
+    Ended(String),
 }
 
 /// A network as the engine reports it.
@@ -77,6 +86,10 @@ pub trait Engine: Send + Sync {
     /// Runs `argv` in the running container `id` (with the container's own privileges) and waits
     /// for it. A container that is not running is an error (status 409).
     async fn exec(&self, id: &str, argv: Vec<String>) -> Result<ExecOutput, EngineError>;
+    /// Follows the stderr of container `id` from its start until a line contains `needle`, or
+    /// until the log ends because the container stopped. No process runs in the container (unlike
+    /// `exec`). An engine whose log driver cannot be read back is an error.
+    async fn wait_for_log_line(&self, id: &str, needle: &str) -> Result<LogWait, EngineError>;
     /// Host address `container_port/tcp` is published on (from inspect), if any.
     async fn published_port(
         &self,
@@ -466,6 +479,40 @@ impl Engine for BollardEngine {
             exit_code: inspected.exit_code,
             output,
         })
+    }
+
+    async fn wait_for_log_line(&self, id: &str, needle: &str) -> Result<LogWait, EngineError> {
+        let op = || format!("following the log of container {id}");
+        let opts = LogsOptionsBuilder::new()
+            .follow(true)
+            .stderr(true)
+            .stdout(false)
+            .build();
+        let mut stream = self.docker.logs(id, Some(opts));
+        let mut pending = String::new();
+        let mut tail: Vec<String> = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| EngineError::from_bollard(op(), e))?;
+            pending.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+            while let Some(end) = pending.find('\n') {
+                let line: String = pending.drain(..=end).collect();
+                let line = line.trim_end().to_string();
+                if line.contains(needle) {
+                    return Ok(LogWait::Found(line));
+                }
+                tail.push(line);
+                if tail.len() > 5 {
+                    tail.remove(0);
+                }
+            }
+        }
+        if pending.contains(needle) {
+            return Ok(LogWait::Found(pending.trim_end().to_string()));
+        }
+        if !pending.trim().is_empty() {
+            tail.push(pending.trim_end().to_string());
+        }
+        Ok(LogWait::Ended(tail.join(" | ")))
     }
 
     async fn published_port(

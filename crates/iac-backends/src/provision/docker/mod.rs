@@ -8,9 +8,11 @@
 //! * Containers get the stack's privileges (capabilities, `no-new-privileges`) and its limits,
 //!   open limits filled from [`DockerProvisionerConfig::limits`] ([`super::with_limits`]).
 //! * When a service's pair installs a pod packet filter ([`iac_core::PodFilter`]), the pair only
-//!   counts as started once the filter is seen in the pod (`nft list table` run in the sidecar,
-//!   within [`DockerProvisionerConfig::pod_filter_deadline`]); a sidecar that cannot install
-//!   it fails the pair, which is then removed — an unfiltered app is never left running.
+//!   counts as started once the sidecar's log says `nft` loaded the ruleset (followed through the
+//!   engine's log API, no process started in the sidecar; `nft list table` run in the sidecar when
+//!   the engine cannot read logs back), within [`DockerProvisionerConfig::pod_filter_deadline`];
+//!   a sidecar that cannot install it fails the pair, which is then removed — an unfiltered app is
+//!   never left running.
 //!
 //! * The decisions are pure ([`super::reconcile`]); this file only acts on them through the small
 //!   [`Engine`] trait ([`BollardEngine`] for the real engine, a mockall fake in the unit tests).
@@ -67,7 +69,9 @@ mod replace;
 use crate::engine::DockerEngine;
 #[cfg(test)]
 pub use crate::engine::MockEngine;
-pub use crate::engine::{BollardEngine, Engine, EngineError, ExecOutput, NetworkInfo, create_body};
+pub use crate::engine::{
+    BollardEngine, Engine, EngineError, ExecOutput, LogWait, NetworkInfo, create_body,
+};
 
 /// `[docker]` in `iac.toml`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -310,11 +314,85 @@ impl DockerProvisioner {
         Ok(StartedPair { app_id, envoy_id })
     }
 
-    /// Waits until the pod's packet filter is in place, asking `nft` inside the sidecar (which
-    /// holds NET_ADMIN; the app container could not even read the ruleset). Fails when the
-    /// sidecar stops first (it could not install the filter: `docker logs` says why) or when the
-    /// deadline passes.
+    /// Waits until the pod's packet filter is in place: the sidecar's script writes
+    /// [`iac_core::plan::filter_installed_line`] to its stderr once `nft` has loaded the whole
+    /// ruleset, before Envoy starts, and the provisioner follows that log (no process started in
+    /// the sidecar). Fails when the sidecar stops first (it could not install the filter: its
+    /// last lines say why), when the line names another port, or when the deadline passes. An
+    /// engine that cannot read logs back (log driver `none`) is asked through `nft` instead
+    /// ([`Self::confirm_pod_filter_by_exec`]).
     async fn confirm_pod_filter(
+        &self,
+        envoy_id: &str,
+        envoy_name: &str,
+        filter: &PodFilter,
+        app_started: tokio::time::Instant,
+        events: &Events,
+    ) -> Result<(), EngineError> {
+        let started = tokio::time::Instant::now();
+        let deadline = self.config.pod_filter_deadline.max(Duration::from_secs(1));
+        let op = format!("checking the pod packet filter in {envoy_name}");
+        let expected = iac_core::plan::filter_installed_line(filter.inbound_port);
+        let waited = tokio::time::timeout(
+            deadline,
+            self.engine
+                .wait_for_log_line(envoy_id, iac_core::plan::FILTER_INSTALLED_PREFIX),
+        )
+        .await;
+        match waited {
+            Ok(Ok(LogWait::Found(line))) if line.contains(&expected) => {
+                // The second figure is the window in which the app ran unfiltered.
+                events.debug(
+                    Stage::Provision,
+                    format!(
+                        "pod filter inet {} in place ({} ms after the sidecar started, {} ms after the app started)",
+                        filter.table,
+                        started.elapsed().as_millis(),
+                        app_started.elapsed().as_millis()
+                    ),
+                );
+                Ok(())
+            }
+            Ok(Ok(LogWait::Found(line))) => Err(EngineError::new(
+                op,
+                None,
+                format!(
+                    "the sidecar installed a filter that does not admit tcp dport {}: {line}",
+                    filter.inbound_port
+                ),
+            )),
+            Ok(Ok(LogWait::Ended(tail))) => Err(EngineError::new(
+                op,
+                None,
+                format!(
+                    "the sidecar stopped before installing the pod's packet filter \
+                     (`docker logs {envoy_name}` says why): {tail}"
+                ),
+            )),
+            Ok(Err(e)) => {
+                events.debug(
+                    Stage::Provision,
+                    format!("cannot follow the log of {envoy_name} ({e}); asking nft instead"),
+                );
+                self.confirm_pod_filter_by_exec(envoy_id, envoy_name, filter, app_started, events)
+                    .await
+            }
+            Err(_) => Err(EngineError::new(
+                op,
+                None,
+                format!(
+                    "table inet {} not in place after {}s (the sidecar never said so)",
+                    filter.table,
+                    deadline.as_secs()
+                ),
+            )),
+        }
+    }
+
+    /// [`Self::confirm_pod_filter`] by asking `nft` inside the sidecar (which holds NET_ADMIN; the
+    /// app container could not even read the ruleset) every 50 ms, for engines whose logs cannot
+    /// be read back.
+    async fn confirm_pod_filter_by_exec(
         &self,
         envoy_id: &str,
         envoy_name: &str,

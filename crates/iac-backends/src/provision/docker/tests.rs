@@ -961,13 +961,62 @@ fn filtered(mut d: ServiceStack) -> ServiceStack {
     d
 }
 
+/// The sidecar's log, followed for the filter line: answers `r` once.
+fn log_says(e: &mut MockEngine, seq: &mut Sequence, r: Result<LogWait, EngineError>) {
+    let r = std::sync::Mutex::new(Some(r));
+    e.expect_wait_for_log_line()
+        .withf(|id, needle| {
+            id == "new-web-envoy" && needle == "iac-sidecar: pod filter installed: "
+        })
+        .times(1)
+        .in_sequence(seq)
+        .returning(move |_, _| r.lock().unwrap().take().unwrap());
+}
+
 #[tokio::test]
-async fn a_pair_counts_as_started_only_once_its_pod_filter_is_in() {
+async fn a_pair_counts_as_started_only_once_its_sidecar_says_the_filter_is_in() {
     let mut e = MockEngine::new();
     network_exists(&mut e);
     lists(&mut e, vec![]);
     let mut seq = Sequence::new();
     creates_pair(&mut e, &mut seq, "web", None);
+    log_says(
+        &mut e,
+        &mut seq,
+        Ok(LogWait::Found(
+            "iac-sidecar: pod filter installed: inbound tcp/15000 only".into(),
+        )),
+    );
+    port_of(&mut e, &mut seq, "new-web", 32001);
+    // No exec expectation: no process is started in the sidecar to check.
+    let applied = provisioner(e)
+        .apply(
+            &stack(vec![filtered(desired("web", "h1"))], &[]),
+            gate_never(),
+            &Events::discard(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(applied.services[0].error, None);
+    assert_eq!(applied.services[0].endpoint, Some(addr(32001)));
+}
+
+#[tokio::test]
+async fn an_engine_that_cannot_read_logs_back_is_asked_through_nft() {
+    let mut e = MockEngine::new();
+    network_exists(&mut e);
+    lists(&mut e, vec![]);
+    let mut seq = Sequence::new();
+    creates_pair(&mut e, &mut seq, "web", None);
+    log_says(
+        &mut e,
+        &mut seq,
+        Err(EngineError::new(
+            "following the log of container new-web-envoy",
+            Some(501),
+            "configured logging driver does not support reading",
+        )),
+    );
     let argv = |a: &Vec<String>| a.join(" ") == "nft list table inet iac_pod";
     // Not yet (the script is still loading it), then there.
     e.expect_exec()
@@ -1010,16 +1059,14 @@ async fn a_sidecar_that_dies_before_filtering_takes_its_pair_down() {
     lists(&mut e, vec![]);
     let mut seq = Sequence::new();
     creates_pair(&mut e, &mut seq, "web", None);
-    e.expect_exec()
-        .times(1)
-        .in_sequence(&mut seq)
-        .returning(|id, _| {
-            Err(EngineError::new(
-                format!("exec in {id}"),
-                Some(409),
-                "container is not running",
-            ))
-        });
+    log_says(
+        &mut e,
+        &mut seq,
+        Ok(LogWait::Ended(
+            "iac-sidecar: nft could not install the pod's packet filter (the sidecar needs CAP_NET_ADMIN)"
+                .into(),
+        )),
+    );
     stop_remove(&mut e, &mut seq, "new-web-envoy");
     stop_remove(&mut e, &mut seq, "new-web");
     let applied = provisioner(e)
@@ -1034,6 +1081,7 @@ async fn a_sidecar_that_dies_before_filtering_takes_its_pair_down() {
     assert!(
         err.contains("stopped before installing the pod's packet filter")
             && err.contains("docker logs demo-web-envoy")
+            && err.contains("needs CAP_NET_ADMIN")
             && err.contains("removed what was created"),
         "{err}"
     );
@@ -1046,15 +1094,13 @@ async fn a_filter_that_does_not_admit_the_mesh_port_is_refused() {
     lists(&mut e, vec![]);
     let mut seq = Sequence::new();
     creates_pair(&mut e, &mut seq, "web", None);
-    e.expect_exec()
-        .times(1)
-        .in_sequence(&mut seq)
-        .returning(|_, _| {
-            Ok(ExecOutput {
-                exit_code: Some(0),
-                output: "table inet iac_pod { tcp dport 8080 accept }".into(),
-            })
-        });
+    log_says(
+        &mut e,
+        &mut seq,
+        Ok(LogWait::Found(
+            "iac-sidecar: pod filter installed: inbound tcp/8080 only".into(),
+        )),
+    );
     stop_remove(&mut e, &mut seq, "new-web-envoy");
     stop_remove(&mut e, &mut seq, "new-web");
     let applied = provisioner(e)
