@@ -201,8 +201,10 @@ for n in $SIZES; do
   c_upw=$(py "print(f'{$t1-$t0:.3f}')")
   run "$WORK/c-down2-$n.log" compose down
 
-  row "$n" "deploy → all SERVING" "$(fmt "$up")" "compose up -d $(fmt "$c_up")" "$(ratio "$up" "$c_up")" ""
-  row "" "" "" "compose up -d + wait $(fmt "$c_upw")" "$(ratio "$up" "$c_upw")" "≤ 1.3x"
+  # The target (issue 12) is against the bare `up -d`, which proves nothing; `+ wait` is the same
+  # proof iac gives.
+  row "$n" "deploy → all SERVING" "$(fmt "$up")" "compose up -d $(fmt "$c_up")" "$(ratio "$up" "$c_up")" "≤ 1.3x (10 services)"
+  row "" "" "" "compose up -d + wait $(fmt "$c_upw")" "$(ratio "$up" "$c_upw")" ""
   row "" "no-op redeploy (median)" "$(fmt "$noop")" "compose up -d $(fmt "$c_noop")" "$(ratio "$noop" "$c_noop")" "≤ 0.15 s"
   row "" "destroy" "$(fmt "$down")" "compose down $(fmt "$c_down")" "$(ratio "$down" "$c_down")" ""
   RESULTS+=("$(stages "$WORK/up-$n.json")")
