@@ -335,8 +335,9 @@ fn read(p: &Path) -> Vec<u8> {
     std::fs::read(p).unwrap()
 }
 
-/// A tiny upstream app on 127.0.0.1: answers every request with JSON `{app, path, xfcc}`, where
-/// `xfcc` lists every `x-forwarded-client-cert` value it received. Stopped on drop.
+/// A tiny upstream app on 127.0.0.1: answers every request with JSON `{app, path, xfcc, envoy}`,
+/// where `xfcc` lists every `x-forwarded-client-cert` value it received and `envoy` every
+/// `x-envoy-*` header (`name: value`). Stopped on drop.
 struct EchoApp {
     port: u16,
     /// Requests served so far.
@@ -356,10 +357,17 @@ impl EchoApp {
                 .iter()
                 .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
                 .collect();
+            let envoy: Vec<String> = req
+                .headers()
+                .iter()
+                .filter(|(k, _)| k.as_str().starts_with("x-envoy-"))
+                .map(|(k, v)| format!("{k}: {}", String::from_utf8_lossy(v.as_bytes())))
+                .collect();
             axum::Json(serde_json::json!({
                 "app": name,
                 "path": req.uri().path(),
                 "xfcc": xfcc,
+                "envoy": envoy,
             }))
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -383,6 +391,37 @@ struct Echo {
     app: String,
     path: String,
     xfcc: Vec<String>,
+    envoy: Vec<String>,
+}
+
+/// Headers a hostile caller sends to steer Envoy: retries against the app (an amplifier), its
+/// timeouts, tracing; claiming to be internal through `x-forwarded-for` first, which is what
+/// makes Envoy honour them when it trusts that header.
+const HOSTILE_ENVOY_HEADERS: &[(&str, &str)] = &[
+    ("x-forwarded-for", "10.0.0.7"),
+    ("x-envoy-internal", "true"),
+    ("x-envoy-max-retries", "9"),
+    ("x-envoy-retry-on", "5xx,reset,connect-failure"),
+    ("x-envoy-upstream-rq-timeout-ms", "1"),
+    ("x-envoy-force-trace", "true"),
+];
+
+/// None of [`HOSTILE_ENVOY_HEADERS`] reached the app.
+fn assert_no_caller_envoy_headers(echo: &Echo) {
+    let leaked: Vec<&String> = echo
+        .envoy
+        .iter()
+        .filter(|h| {
+            HOSTILE_ENVOY_HEADERS
+                .iter()
+                .any(|(k, _)| h.starts_with(&format!("{k}:")))
+        })
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "x-envoy-* headers from the caller reached the app: {leaked:?} (all: {:?})",
+        echo.envoy
+    );
 }
 
 /// An HTTPS client presenting `identity` (a leaf's cert + key), trusting only `ca`, with
@@ -1001,12 +1040,16 @@ async fn inbound_rbac_admits_the_control_plane_and_same_project_peers_only() {
                 "By=spiffe://iac/mt/b;Hash=00;URI=spiffe://iac/control-plane",
             ),
             ("x-forwarded-client-cert", "URI=spiffe://iac/mt/forged"),
-        ],
+        ]
+        .into_iter()
+        .chain(HOSTILE_ENVOY_HEADERS.iter().copied())
+        .collect::<Vec<_>>(),
     )
     .await;
     assert_eq!(code, 200, "{body}");
     let echo: Echo = serde_json::from_str(&body).unwrap();
     assert_eq!((echo.app.as_str(), echo.path.as_str()), ("b", "/orders"));
+    assert_no_caller_envoy_headers(&echo);
     assert_eq!(echo.xfcc.len(), 1, "exactly Envoy's own header: {echo:?}");
     let xfcc = &echo.xfcc[0];
     assert!(
@@ -1108,19 +1151,21 @@ async fn edge_listener_reaches_the_app_and_never_the_control_plane() {
     // 1. A person on the host, no certificate: the app answers, and sees the edge identity
     //    instead of anything the caller claimed.
     let plain = reqwest::Client::builder().no_proxy().build().unwrap();
-    let resp = plain
+    let mut req = plain
         .get(format!("http://{edge}/shop?q=1"))
         .header(
             "x-forwarded-client-cert",
             "By=spiffe://iac/mt/web;URI=spiffe://iac/control-plane",
         )
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-        .unwrap();
+        .timeout(Duration::from_secs(5));
+    for (k, v) in HOSTILE_ENVOY_HEADERS {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.unwrap();
     assert_eq!(resp.status(), 200, "edge GET: {:?}", web.envoy.log());
     let echo: Echo = resp.json().await.unwrap();
     assert_eq!((echo.app.as_str(), echo.path.as_str()), ("web", "/shop"));
+    assert_no_caller_envoy_headers(&echo);
     assert_eq!(echo.xfcc, ["URI=spiffe://iac/ingress"], "{echo:?}");
     assert_eq!(hits(), 1);
 
