@@ -341,16 +341,7 @@ impl DockerProvisioner {
         .await;
         match waited {
             Ok(Ok(LogWait::Found(line))) if line.contains(&expected) => {
-                // The second figure is the window in which the app ran unfiltered.
-                events.debug(
-                    Stage::Provision,
-                    format!(
-                        "pod filter inet {} in place ({} ms after the sidecar started, {} ms after the app started)",
-                        filter.table,
-                        started.elapsed().as_millis(),
-                        app_started.elapsed().as_millis()
-                    ),
-                );
+                filter_in_place(events, filter, started, app_started);
                 Ok(())
             }
             Ok(Ok(LogWait::Found(line))) => Err(EngineError::new(
@@ -422,16 +413,7 @@ impl DockerProvisioner {
                             ),
                         ));
                     }
-                    // The second figure is the window in which the app ran unfiltered.
-                    events.debug(
-                        Stage::Provision,
-                        format!(
-                            "pod filter inet {} in place ({} ms after the sidecar started, {} ms after the app started)",
-                            filter.table,
-                            started.elapsed().as_millis(),
-                            app_started.elapsed().as_millis()
-                        ),
-                    );
+                    filter_in_place(events, filter, started, app_started);
                     return Ok(());
                 }
                 Ok(out) => last = format!("exit {:?}: {}", out.exit_code, out.output.trim()),
@@ -621,6 +603,25 @@ impl DockerProvisioner {
     async fn observe(&self, project: &ProjectName) -> Result<Vec<Observed>, ProvisionError> {
         Ok(self.engine.list_containers(project).await?)
     }
+}
+
+/// Says that the pod's filter is in place, and how long after the sidecar and the app started
+/// (the second figure is the window in which the app ran unfiltered).
+fn filter_in_place(
+    events: &Events,
+    filter: &PodFilter,
+    sidecar_started: tokio::time::Instant,
+    app_started: tokio::time::Instant,
+) {
+    events.debug(
+        Stage::Provision,
+        format!(
+            "pod filter inet {} in place ({} ms after the sidecar started, {} ms after the app started)",
+            filter.table,
+            sidecar_started.elapsed().as_millis(),
+            app_started.elapsed().as_millis()
+        ),
+    );
 }
 
 fn short_id(id: &str) -> &str {

@@ -961,6 +961,18 @@ fn filtered(mut d: ServiceStack) -> ServiceStack {
     d
 }
 
+/// Applies a stack of one service `web` whose pair installs the pod filter.
+async fn apply_filtered_web(e: MockEngine) -> Applied {
+    provisioner(e)
+        .apply(
+            &stack(vec![filtered(desired("web", "h1"))], &[]),
+            gate_never(),
+            &Events::discard(),
+        )
+        .await
+        .unwrap()
+}
+
 /// The sidecar's log, followed for the filter line: answers `r` once.
 fn log_says(e: &mut MockEngine, seq: &mut Sequence, r: Result<LogWait, EngineError>) {
     let r = std::sync::Mutex::new(Some(r));
@@ -989,14 +1001,7 @@ async fn a_pair_counts_as_started_only_once_its_sidecar_says_the_filter_is_in() 
     );
     port_of(&mut e, &mut seq, "new-web", 32001);
     // No exec expectation: no process is started in the sidecar to check.
-    let applied = provisioner(e)
-        .apply(
-            &stack(vec![filtered(desired("web", "h1"))], &[]),
-            gate_never(),
-            &Events::discard(),
-        )
-        .await
-        .unwrap();
+    let applied = apply_filtered_web(e).await;
     assert_eq!(applied.services[0].error, None);
     assert_eq!(applied.services[0].endpoint, Some(addr(32001)));
 }
@@ -1040,14 +1045,7 @@ async fn an_engine_that_cannot_read_logs_back_is_asked_through_nft() {
             })
         });
     port_of(&mut e, &mut seq, "new-web", 32001);
-    let applied = provisioner(e)
-        .apply(
-            &stack(vec![filtered(desired("web", "h1"))], &[]),
-            gate_never(),
-            &Events::discard(),
-        )
-        .await
-        .unwrap();
+    let applied = apply_filtered_web(e).await;
     assert_eq!(applied.services[0].error, None);
     assert_eq!(applied.services[0].endpoint, Some(addr(32001)));
 }
@@ -1069,14 +1067,7 @@ async fn a_sidecar_that_dies_before_filtering_takes_its_pair_down() {
     );
     stop_remove(&mut e, &mut seq, "new-web-envoy");
     stop_remove(&mut e, &mut seq, "new-web");
-    let applied = provisioner(e)
-        .apply(
-            &stack(vec![filtered(desired("web", "h1"))], &[]),
-            gate_never(),
-            &Events::discard(),
-        )
-        .await
-        .unwrap();
+    let applied = apply_filtered_web(e).await;
     let err = applied.services[0].error.as_deref().unwrap();
     assert!(
         err.contains("stopped before installing the pod's packet filter")
@@ -1103,14 +1094,7 @@ async fn a_filter_that_does_not_admit_the_mesh_port_is_refused() {
     );
     stop_remove(&mut e, &mut seq, "new-web-envoy");
     stop_remove(&mut e, &mut seq, "new-web");
-    let applied = provisioner(e)
-        .apply(
-            &stack(vec![filtered(desired("web", "h1"))], &[]),
-            gate_never(),
-            &Events::discard(),
-        )
-        .await
-        .unwrap();
+    let applied = apply_filtered_web(e).await;
     let err = applied.services[0].error.as_deref().unwrap();
     assert!(err.contains("does not admit tcp dport 15000"), "{err}");
 }
