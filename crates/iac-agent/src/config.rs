@@ -104,8 +104,8 @@ pub struct Cli {
 
     /// Load OpenTelemetry's Python auto-instrumentation (installed in the virtualenv VENV) into
     /// ARGV as `opentelemetry-instrument ARGV` would, without the extra interpreter start: ARGV
-    /// gets PYTHONPATH = <VENV>/lib/python*/site-packages/opentelemetry/instrumentation/
-    /// auto_instrumentation, the working directory, then the inherited PYTHONPATH.
+    /// gets PYTHONPATH = `VENV/lib/python*/site-packages/opentelemetry/instrumentation/
+    /// auto_instrumentation`, the working directory, then the inherited PYTHONPATH.
     #[arg(long, value_name = "VENV")]
     pub otel_auto_instrument: Option<std::path::PathBuf>,
 
