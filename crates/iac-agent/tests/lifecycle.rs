@@ -301,3 +301,47 @@ async fn missing_argv_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("ARGV"));
 }
+
+/// A TCP port nobody listens on (bound once by the OS, then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn the_entry_is_held_until_the_sidecar_port_listens() {
+    let port = free_port();
+    let p = port.to_string();
+    let agent = Agent::start(
+        &["--hold-until-listening", &p],
+        &["sh", "-c", "echo entry-started; exec sleep 60"],
+    );
+    // The agent listens, the entry does not run: nothing listens on the port yet.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        !agent.stdout.contains("entry-started"),
+        "the entry ran before tcp/{port} listened"
+    );
+    let _sidecar = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    agent.stdout.wait_for("entry-started");
+    agent
+        .stderr
+        .wait_for(&format!("tcp/{port} listens in the pod after"));
+}
+
+#[tokio::test]
+async fn a_stop_while_held_never_starts_the_entry() {
+    let p = free_port().to_string();
+    let mut agent = Agent::start(
+        &["--hold-until-listening", &p],
+        &["sh", "-c", "echo entry-started; exec sleep 60"],
+    );
+    agent.signal(libc::SIGTERM);
+    let status = agent.wait_exit();
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM));
+    agent.stderr.wait_for("SIGTERM before the entry started");
+    assert!(!agent.stdout.contains("entry-started"));
+}
