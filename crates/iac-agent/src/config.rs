@@ -102,14 +102,6 @@ pub struct Cli {
     #[arg(long, conflicts_with = "argv")]
     pub probe: bool,
 
-    /// Start ARGV only once something in the pod's network namespace listens on this TCP port.
-    /// iac sets it to the sidecar's inbound port (IAC_HOLD_UNTIL_LISTENING=15000): the sidecar
-    /// starts Envoy only after it has loaded the pod's packet filter, so a listener there means
-    /// the filter is in, and the app never runs unfiltered. A stop signal during the wait ends
-    /// the agent (128+N) without starting ARGV.
-    #[arg(long, value_name = "PORT", env = "IAC_HOLD_UNTIL_LISTENING", value_parser = clap::value_parser!(u16).range(1..))]
-    pub hold_until_listening: Option<u16>,
-
     /// Load OpenTelemetry's Python auto-instrumentation (installed in the virtualenv VENV) into
     /// ARGV as `opentelemetry-instrument ARGV` would, without the extra interpreter start: ARGV
     /// gets PYTHONPATH = `VENV/lib/python*/site-packages/opentelemetry/instrumentation/

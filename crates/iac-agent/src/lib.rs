@@ -71,7 +71,6 @@ impl Options {
             listen: cli.listen,
             user,
             python_path,
-            hold_until_listening: cli.hold_until_listening,
             limits,
             grace: cli.grace,
             argv: cli.argv,

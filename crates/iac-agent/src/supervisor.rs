@@ -70,8 +70,6 @@ pub struct Options {
     pub argv: Vec<String>,
     /// `PYTHONPATH` for the entry (set by `--otel-auto-instrument`, see [`crate::otel`]).
     pub python_path: Option<std::ffi::OsString>,
-    /// Start the entry only once this port listens in the pod (`--hold-until-listening`).
-    pub hold_until_listening: Option<u16>,
     /// The port the app is expected to serve on (HealthCheck holds "starting" until it accepts).
     pub app_port: Option<u16>,
     /// Forward `app_port` to where the app listens once it has listened elsewhere this long
@@ -400,46 +398,6 @@ async fn warm_blocking_pool() {
     }
 }
 
-/// Waits until a socket in this network namespace listens on `port` (the sidecar's inbound port:
-/// Envoy listens there only after the sidecar loaded the pod's packet filter), checking every
-/// 20 ms. Returns `Some(128 + N)` when SIGTERM/SIGINT (N) arrives first: the entry is then never
-/// started. An unreadable socket table is retried, never taken as a yes.
-async fn hold_until_listening(port: u16, sig: &mut Signals) -> Option<i32> {
-    let started = tokio::time::Instant::now();
-    let mut said = false;
-    loop {
-        match crate::ports::read_listeners() {
-            Ok(ls) if ls.iter().any(|l| l.port == port) => {
-                log(format!(
-                    "tcp/{port} listens in the pod after {} ms: starting the entry",
-                    started.elapsed().as_millis()
-                ));
-                return None;
-            }
-            Ok(_) => {}
-            Err(e) if !said => log(format!("cannot read the pod's sockets yet: {e}")),
-            Err(_) => {}
-        }
-        if !said && started.elapsed() >= Duration::from_secs(2) {
-            log(format!(
-                "waiting for tcp/{port} to listen in the pod (the sidecar, once its packet filter is in) before starting the entry"
-            ));
-            said = true;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-            _ = sig.term.recv() => {
-                log("SIGTERM before the entry started: not starting it");
-                return Some(128 + libc::SIGTERM);
-            }
-            _ = sig.int.recv() => {
-                log("SIGINT before the entry started: not starting it");
-                return Some(128 + libc::SIGINT);
-            }
-        }
-    }
-}
-
 /// Runs the agent to completion and returns the process exit code. Must run inside a Tokio
 /// runtime with IO and time enabled.
 pub async fn run(opts: Options) -> i32 {
@@ -513,11 +471,6 @@ pub async fn run(opts: Options) -> i32 {
         };
         watch::channel(state).0
     });
-    if let Some(port) = opts.hold_until_listening
-        && let Some(code) = hold_until_listening(port, &mut sig).await
-    {
-        return code;
-    }
     match spawn_child(&opts.argv, opts.user.as_ref(), opts.python_path.as_deref()) {
         Ok(mut child) => {
             let pid = i32::try_from(child.id()).expect("pids fit in i32");

@@ -275,9 +275,6 @@ pub fn plan(input: &PlanInput) -> Stack {
             if let Some(port) = s.app_port {
                 env.insert("IAC_APP_PORT".into(), port.to_string());
             }
-            // The agent starts the entry only once the sidecar listens, which it does only after
-            // loading the pod's packet filter: the app never runs unfiltered.
-            env.insert("IAC_HOLD_UNTIL_LISTENING".into(), ports.inbound.to_string());
             env.insert("IAC_PROJECT".into(), project.to_string());
             env.insert("IAC_SERVICE".into(), s.name.to_string());
             env.insert(
