@@ -615,29 +615,12 @@ async fn failing_dockerfile_step_is_a_build_error_with_the_output() {
     let Some(docker) = engine().await else { return };
     let test = test_id();
     let _cleanup = Cleanup { id: test.clone() };
-    let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("src");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("main.py"), "print('x')\n").unwrap();
-    let templates = dir.path().join("templates");
-    std::fs::create_dir(&templates).unwrap();
-    std::fs::write(
-        templates.join("app.Dockerfile.tmpl"),
+    let (_dir, builder, spec) = with_template(
+        &test,
+        "broken",
         "ARG IAC_BASE_IMAGE={{ base_image }}\nFROM ${IAC_BASE_IMAGE}\nLABEL iac.project={{ project | dq }}{% for l in labels %} {{ l.key }}={{ l.value | dq }}{% endfor %}\n\nRUN echo about to fail for {{ service }} && exit 3\n",
     )
-    .unwrap();
-    let cfg = ImageConfig {
-        template_dir: Some(templates),
-        ..config(&test, dir.path())
-    };
-    let builder = builder_for(cfg).await.unwrap();
-    let spec = spec(
-        &format!("p{test}"),
-        "broken",
-        &src,
-        "sha256:broken",
-        &["python", "/app/main.py"],
-    );
+    .await;
     let (events, mut rx) = Events::channel();
     let err = builder.build(&spec, &events).await.unwrap_err();
     let BuildError::Build { service, message } = &err else {
@@ -665,31 +648,14 @@ async fn a_replacement_template_without_the_key_gets_it_from_the_builder() {
     let Some(docker) = engine().await else { return };
     let test = test_id();
     let _cleanup = Cleanup { id: test.clone() };
-    let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("src");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("main.py"), "print('x')\n").unwrap();
-    let templates = dir.path().join("templates");
-    std::fs::create_dir(&templates).unwrap();
     // No `build_key` anywhere: the builder must label the image itself, or a later deploy could
     // never find the image again (it looks images up by that label).
-    std::fs::write(
-        templates.join("app.Dockerfile.tmpl"),
+    let (_dir, builder, spec) = with_template(
+        &test,
+        "custom",
         "ARG IAC_BASE_IMAGE={{ base_image }}\nFROM ${IAC_BASE_IMAGE}\nCMD [\"true\"]\n",
     )
-    .unwrap();
-    let cfg = ImageConfig {
-        template_dir: Some(templates),
-        ..config(&test, dir.path())
-    };
-    let builder = builder_for(cfg).await.unwrap();
-    let spec = spec(
-        &format!("p{test}"),
-        "custom",
-        &src,
-        "sha256:custom",
-        &["python", "/app/main.py"],
-    );
+    .await;
     let built = builder.build(&spec, &Events::discard()).await.unwrap();
     let labels = docker
         .inspect_image(&built.tag)
@@ -702,6 +668,35 @@ async fn a_replacement_template_without_the_key_gets_it_from_the_builder() {
     assert_eq!(labels.get("iac.test"), Some(&test), "{labels:?}");
     let again = builder.build(&spec, &Events::discard()).await.unwrap();
     assert!(again.reused && again.id == built.id, "{again:?}");
+}
+
+/// A builder whose app template is `template` (a replacement in its own `template_dir`), and
+/// the spec of service `service` from a one-file source, both in the returned temp dir.
+async fn with_template(
+    test: &str,
+    service: &str,
+    template: &str,
+) -> (tempfile::TempDir, DockerImageBuilder, BuildSpec) {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("main.py"), "print('x')\n").unwrap();
+    let templates = dir.path().join("templates");
+    std::fs::create_dir(&templates).unwrap();
+    std::fs::write(templates.join("app.Dockerfile.tmpl"), template).unwrap();
+    let cfg = ImageConfig {
+        template_dir: Some(templates),
+        ..config(test, dir.path())
+    };
+    let builder = builder_for(cfg).await.unwrap();
+    let spec = spec(
+        &format!("p{test}"),
+        service,
+        &src,
+        &format!("sha256:{service}"),
+        &["python", "/app/main.py"],
+    );
+    (dir, builder, spec)
 }
 
 /// Writes `files` (path, content) under `dir`.

@@ -320,7 +320,7 @@ impl DockerProvisioner {
     /// the sidecar). Fails when the sidecar stops first (it could not install the filter: its
     /// last lines say why), when the line names another port, or when the deadline passes. An
     /// engine that cannot read logs back (log driver `none`) is asked through `nft` instead
-    /// ([`Self::confirm_pod_filter_by_exec`]).
+    /// ([`Self::confirm_pod_filter_by_exec`]), within the same deadline.
     async fn confirm_pod_filter(
         &self,
         envoy_id: &str,
@@ -329,117 +329,96 @@ impl DockerProvisioner {
         app_started: tokio::time::Instant,
         events: &Events,
     ) -> Result<(), EngineError> {
-        let started = tokio::time::Instant::now();
-        let deadline = self.config.pod_filter_deadline.max(Duration::from_secs(1));
-        let op = format!("checking the pod packet filter in {envoy_name}");
+        let check = FilterCheck {
+            envoy_id,
+            envoy_name,
+            filter,
+            app_started,
+            started: tokio::time::Instant::now(),
+            deadline: self.config.pod_filter_deadline.max(Duration::from_secs(1)),
+        };
         let expected = iac_core::plan::filter_installed_line(filter.inbound_port);
         let waited = tokio::time::timeout(
-            deadline,
+            check.deadline,
             self.engine
                 .wait_for_log_line(envoy_id, iac_core::plan::FILTER_INSTALLED_PREFIX),
         )
         .await;
         match waited {
             Ok(Ok(LogWait::Found(line))) if line.contains(&expected) => {
-                filter_in_place(events, filter, started, app_started);
+                check.in_place(events);
                 Ok(())
             }
-            Ok(Ok(LogWait::Found(line))) => Err(EngineError::new(
-                op,
-                None,
-                format!(
-                    "the sidecar installed a filter that does not admit tcp dport {}: {line}",
-                    filter.inbound_port
-                ),
-            )),
-            Ok(Ok(LogWait::Ended(tail))) => Err(EngineError::new(
-                op,
-                None,
-                format!(
-                    "the sidecar stopped before installing the pod's packet filter \
-                     (`docker logs {envoy_name}` says why): {tail}"
-                ),
-            )),
+            Ok(Ok(LogWait::Found(line))) => Err(check.error(format!(
+                "the sidecar installed a filter that does not admit tcp dport {}: {line}",
+                filter.inbound_port
+            ))),
+            Ok(Ok(LogWait::Ended(tail))) => Err(check.error(format!(
+                "the sidecar stopped before installing the pod's packet filter \
+                 (`docker logs {envoy_name}` says why): {tail}"
+            ))),
             Ok(Err(e)) => {
                 events.debug(
                     Stage::Provision,
                     format!("cannot follow the log of {envoy_name} ({e}); asking nft instead"),
                 );
-                self.confirm_pod_filter_by_exec(envoy_id, envoy_name, filter, app_started, events)
-                    .await
+                self.confirm_pod_filter_by_exec(&check, events).await
             }
-            Err(_) => Err(EngineError::new(
-                op,
-                None,
-                format!(
-                    "table inet {} not in place after {}s (the sidecar never said so)",
-                    filter.table,
-                    deadline.as_secs()
-                ),
-            )),
+            Err(_) => Err(check.error(format!(
+                "table inet {} not in place after {}s (the sidecar never said so)",
+                filter.table,
+                check.deadline.as_secs()
+            ))),
         }
     }
 
     /// [`Self::confirm_pod_filter`] by asking `nft` inside the sidecar (which holds NET_ADMIN; the
     /// app container could not even read the ruleset) every 50 ms, for engines whose logs cannot
-    /// be read back.
+    /// be read back; within what is left of the check's deadline.
     async fn confirm_pod_filter_by_exec(
         &self,
-        envoy_id: &str,
-        envoy_name: &str,
-        filter: &PodFilter,
-        app_started: tokio::time::Instant,
+        check: &FilterCheck<'_>,
         events: &Events,
     ) -> Result<(), EngineError> {
-        let started = tokio::time::Instant::now();
-        let deadline = self.config.pod_filter_deadline.max(Duration::from_secs(1));
+        let filter = check.filter;
         let argv: Vec<String> = ["nft", "list", "table", "inet", filter.table.as_str()]
             .map(String::from)
             .to_vec();
-        let op = format!("checking the pod packet filter in {envoy_name}");
         let mut last: String;
         loop {
-            match self.engine.exec(envoy_id, argv.clone()).await {
+            match self.engine.exec(check.envoy_id, argv.clone()).await {
                 Ok(out) if out.exit_code == Some(0) => {
                     let port = format!("tcp dport {} accept", filter.inbound_port);
                     if !out.output.contains(&port) {
-                        return Err(EngineError::new(
-                            op,
-                            None,
-                            format!(
-                                "table inet {} does not admit {port}: {}",
-                                filter.table,
-                                out.output.trim()
-                            ),
-                        ));
+                        return Err(check.error(format!(
+                            "table inet {} does not admit {port}: {}",
+                            filter.table,
+                            out.output.trim()
+                        )));
                     }
-                    filter_in_place(events, filter, started, app_started);
+                    check.in_place(events);
                     return Ok(());
                 }
                 Ok(out) => last = format!("exit {:?}: {}", out.exit_code, out.output.trim()),
                 Err(e) if e.status == Some(409) || e.is_not_found() => {
                     return Err(EngineError::new(
-                        op,
+                        check.op(),
                         e.status,
                         format!(
                             "the sidecar stopped before installing the pod's packet filter \
-                             (`docker logs {envoy_name}` says why): {}",
-                            e.message
+                             (`docker logs {}` says why): {}",
+                            check.envoy_name, e.message
                         ),
                     ));
                 }
                 Err(e) => last = e.to_string(),
             }
-            if started.elapsed() >= deadline {
-                return Err(EngineError::new(
-                    op,
-                    None,
-                    format!(
-                        "table inet {} not in place after {}s (last answer: {last})",
-                        filter.table,
-                        deadline.as_secs()
-                    ),
-                ));
+            if check.started.elapsed() >= check.deadline {
+                return Err(check.error(format!(
+                    "table inet {} not in place after {}s (last answer: {last})",
+                    filter.table,
+                    check.deadline.as_secs()
+                )));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -605,23 +584,41 @@ impl DockerProvisioner {
     }
 }
 
-/// Says that the pod's filter is in place, and how long after the sidecar and the app started
-/// (the second figure is the window in which the app ran unfiltered).
-fn filter_in_place(
-    events: &Events,
-    filter: &PodFilter,
-    sidecar_started: tokio::time::Instant,
+/// One confirmation that a pair's pod filter is in place: which sidecar, which filter, since when
+/// and for how long (one deadline, whichever way the sidecar is asked).
+struct FilterCheck<'a> {
+    envoy_id: &'a str,
+    envoy_name: &'a str,
+    filter: &'a PodFilter,
+    /// When the app started (it runs unfiltered until the check succeeds).
     app_started: tokio::time::Instant,
-) {
-    events.debug(
-        Stage::Provision,
-        format!(
-            "pod filter inet {} in place ({} ms after the sidecar started, {} ms after the app started)",
-            filter.table,
-            sidecar_started.elapsed().as_millis(),
-            app_started.elapsed().as_millis()
-        ),
-    );
+    /// When the sidecar started, the check with it.
+    started: tokio::time::Instant,
+    deadline: Duration,
+}
+
+impl FilterCheck<'_> {
+    fn op(&self) -> String {
+        format!("checking the pod packet filter in {}", self.envoy_name)
+    }
+
+    fn error(&self, message: String) -> EngineError {
+        EngineError::new(self.op(), None, message)
+    }
+
+    /// Says that the filter is in place, and how long after the sidecar and the app started (the
+    /// second figure is the window in which the app ran unfiltered).
+    fn in_place(&self, events: &Events) {
+        events.debug(
+            Stage::Provision,
+            format!(
+                "pod filter inet {} in place ({} ms after the sidecar started, {} ms after the app started)",
+                self.filter.table,
+                self.started.elapsed().as_millis(),
+                self.app_started.elapsed().as_millis()
+            ),
+        );
+    }
 }
 
 fn short_id(id: &str) -> &str {
