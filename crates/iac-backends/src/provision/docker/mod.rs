@@ -550,7 +550,7 @@ impl DockerProvisioner {
     async fn read_edges(
         &self,
         stack: &Stack,
-        before: Vec<Observed>,
+        before: &[Observed],
         services: &mut [AppliedService],
     ) {
         let edge_port = MeshPorts::default().edge;
@@ -559,16 +559,18 @@ impl DockerProvisioner {
         if !stack.services.iter().any(with_edge) {
             return;
         }
+        let fresh;
         let observed = if services.iter().all(|a| a.action == Action::Unchanged) {
             before
         } else {
-            match self.observe(&stack.project).await {
+            fresh = match self.observe(&stack.project).await {
                 Ok(o) => o,
                 Err(e) => {
                     tracing::warn!(project = %stack.project, error = %e, "cannot read the edges' host ports");
                     return;
                 }
-            }
+            };
+            &fresh
         };
         for a in services.iter_mut() {
             let name = app_container_name(&stack.project, &a.service);
@@ -690,8 +692,7 @@ impl Provisioner for DockerProvisioner {
                 error: None,
             });
         }
-        self.read_edges(stack, observed.clone(), &mut services)
-            .await;
+        self.read_edges(stack, &observed, &mut services).await;
         let removals: Vec<BoxFuture<'_, AppliedService>> = plans
             .iter()
             .filter(|p| p.desired.is_none() && !p.kept)

@@ -973,6 +973,17 @@ async fn apply_filtered_web(e: MockEngine) -> Applied {
         .unwrap()
 }
 
+/// An engine on which `web` is created from nothing: its network exists, no container does, and
+/// its pair is created and started (in the returned sequence).
+fn creating_web() -> (MockEngine, Sequence) {
+    let mut e = MockEngine::new();
+    network_exists(&mut e);
+    lists(&mut e, vec![]);
+    let mut seq = Sequence::new();
+    creates_pair(&mut e, &mut seq, "web", None);
+    (e, seq)
+}
+
 /// The sidecar's log, followed for the filter line: answers `r` once.
 fn log_says(e: &mut MockEngine, seq: &mut Sequence, r: Result<LogWait, EngineError>) {
     let r = std::sync::Mutex::new(Some(r));
@@ -987,11 +998,7 @@ fn log_says(e: &mut MockEngine, seq: &mut Sequence, r: Result<LogWait, EngineErr
 
 #[tokio::test]
 async fn a_pair_counts_as_started_only_once_its_sidecar_says_the_filter_is_in() {
-    let mut e = MockEngine::new();
-    network_exists(&mut e);
-    lists(&mut e, vec![]);
-    let mut seq = Sequence::new();
-    creates_pair(&mut e, &mut seq, "web", None);
+    let (mut e, mut seq) = creating_web();
     log_says(
         &mut e,
         &mut seq,
@@ -1008,11 +1015,7 @@ async fn a_pair_counts_as_started_only_once_its_sidecar_says_the_filter_is_in() 
 
 #[tokio::test]
 async fn an_engine_that_cannot_read_logs_back_is_asked_through_nft() {
-    let mut e = MockEngine::new();
-    network_exists(&mut e);
-    lists(&mut e, vec![]);
-    let mut seq = Sequence::new();
-    creates_pair(&mut e, &mut seq, "web", None);
+    let (mut e, mut seq) = creating_web();
     log_says(
         &mut e,
         &mut seq,
@@ -1052,11 +1055,7 @@ async fn an_engine_that_cannot_read_logs_back_is_asked_through_nft() {
 
 #[tokio::test]
 async fn a_sidecar_that_dies_before_filtering_takes_its_pair_down() {
-    let mut e = MockEngine::new();
-    network_exists(&mut e);
-    lists(&mut e, vec![]);
-    let mut seq = Sequence::new();
-    creates_pair(&mut e, &mut seq, "web", None);
+    let (mut e, mut seq) = creating_web();
     log_says(
         &mut e,
         &mut seq,
@@ -1080,11 +1079,7 @@ async fn a_sidecar_that_dies_before_filtering_takes_its_pair_down() {
 
 #[tokio::test]
 async fn a_filter_that_does_not_admit_the_mesh_port_is_refused() {
-    let mut e = MockEngine::new();
-    network_exists(&mut e);
-    lists(&mut e, vec![]);
-    let mut seq = Sequence::new();
-    creates_pair(&mut e, &mut seq, "web", None);
+    let (mut e, mut seq) = creating_web();
     log_says(
         &mut e,
         &mut seq,
