@@ -128,7 +128,7 @@ pub async fn run(
                     Ok(all) => all,
                     Err(e) => {
                         log(format!(
-                            "not watching for an app on another port: cannot read /proc/net/tcp: {e}"
+                            "not watching for an app on another port: cannot list the pod's sockets: {e}"
                         ));
                         return;
                     }

@@ -96,7 +96,7 @@ impl AgentService {
         let state = self.state.borrow().clone();
         let r = self.readiness;
         let fwd = self.forwarding.as_ref().and_then(|rx| *rx.borrow());
-        let listeners = read_listeners().map_err(|e| format!("cannot read /proc/net/tcp: {e}"));
+        let listeners = read_listeners().map_err(|e| format!("cannot list the pod's sockets: {e}"));
         let ports = listeners
             .as_ref()
             .map(|all| port_view(all, r.app_uid, r.own_port, r.app_port, fwd))

@@ -1202,6 +1202,13 @@ async fn pod_filter_admits_only_the_sidecar_port_from_the_network() {
         "http://127.0.0.1:50051/iac.controlplane.v1.ControlPlane/HealthCheck",
     ]);
     assert_ne!(code.trim(), "000", "the agent answers on 127.0.0.1:50051");
+    // With the pod's privileges (no NET_ADMIN, default seccomp) the agent lists the pod's
+    // sockets over NETLINK_SOCK_DIAG, not by walking the host's /proc/net/tcp.
+    let agent_stderr = String::from_utf8_lossy(&docker(&["logs", &pod.app()]).stderr).into_owned();
+    assert!(
+        !agent_stderr.contains("socket diagnostics unavailable"),
+        "{agent_stderr}"
+    );
     // The app's outbound: DNS + a peer directly, and through the sidecar's outbound listener.
     for url in [
         format!("http://{}:9000/", pod.peer),

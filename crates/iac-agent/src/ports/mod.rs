@@ -1,10 +1,13 @@
-//! What the app listens on, read from the pod's network namespace: `/proc/net/tcp` and
-//! `/proc/net/tcp6` parsed into [`Listener`]s (LISTEN sockets only). HealthCheck uses it to report
-//! the app's ports and to hold a service with a declared port at "starting" until that port
-//! accepts connections on loopback (where the sidecar sends traffic).
+//! What the app listens on, read from the pod's network namespace as [`Listener`]s (LISTEN
+//! sockets only): from the kernel's socket diagnostics ([`diag`]), or from `/proc/net/tcp` and
+//! `/proc/net/tcp6` where that interface is unavailable. HealthCheck uses it to report the app's
+//! ports and to hold a service with a declared port at "starting" until that port accepts
+//! connections on loopback (where the sidecar sends traffic).
 //!
 //! No connection is ever made to the app for this: a probe connection would show up in the app's
 //! own logs (and some servers log a bare connect as a bad request).
+
+pub mod diag;
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -80,9 +83,24 @@ fn parse_v6(hex: &str) -> Option<Ipv6Addr> {
     Some(Ipv6Addr::from(bytes))
 }
 
-/// Every LISTEN socket of this network namespace. A missing `/proc/net/tcp6` (IPv6 disabled) is
-/// not an error.
+/// Every LISTEN socket of this network namespace: from [`diag::listeners`], or, when the
+/// kernel refuses that (no `NETLINK_SOCK_DIAG`, e.g. under a sandboxing runtime), from
+/// [`read_proc_listeners`] (said once on the agent's stderr). An error is the fallback's.
 pub fn read_listeners() -> io::Result<Vec<Listener>> {
+    static FELL_BACK: std::sync::Once = std::sync::Once::new();
+    diag::listeners().or_else(|e| {
+        FELL_BACK.call_once(|| {
+            crate::supervisor::log(format!(
+                "socket diagnostics unavailable ({e}); reading /proc/net/tcp instead (slower)"
+            ))
+        });
+        read_proc_listeners()
+    })
+}
+
+/// Every LISTEN socket of this network namespace from `/proc/net/tcp` and `/proc/net/tcp6` (a
+/// missing `/proc/net/tcp6`, IPv6 disabled, is not an error). Slow on a big host: see [`diag`].
+pub fn read_proc_listeners() -> io::Result<Vec<Listener>> {
     let mut all = parse_proc_net_tcp(&std::fs::read_to_string("/proc/net/tcp")?, false);
     match std::fs::read_to_string("/proc/net/tcp6") {
         Ok(text) => all.extend(parse_proc_net_tcp(&text, true)),
