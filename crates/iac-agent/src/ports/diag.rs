@@ -13,6 +13,8 @@
 //! pod's sockets are listed, as with `/proc/net/tcp` there.
 
 use std::io;
+use std::os::fd::AsRawFd;
+use std::time::Duration;
 
 use netlink_packet_core::{
     NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
@@ -29,6 +31,7 @@ use super::Listener;
 /// (no AF_INET6 diagnostics handler) has no IPv6 sockets, which is not an error.
 pub fn listeners() -> io::Result<Vec<Listener>> {
     let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
+    set_receive_timeout(&socket, RECEIVE_TIMEOUT)?;
     socket.bind_auto()?;
     socket.connect(&SocketAddr::new(0, 0))?;
     let mut all = dump(&socket, AF_INET, 1)?;
@@ -38,6 +41,32 @@ pub fn listeners() -> io::Result<Vec<Listener>> {
         Err(e) => return Err(e),
     }
     Ok(all)
+}
+
+/// The kernel answers a dump at once; should it not, HealthCheck (which runs on the agent's one
+/// thread) gives up after this and falls back instead of hanging.
+const RECEIVE_TIMEOUT: Duration = Duration::from_secs(1);
+
+fn set_receive_timeout(socket: &Socket, timeout: Duration) -> io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+    };
+    // SAFETY: a valid socket descriptor and a timeval of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// One `SOCK_DIAG_BY_FAMILY` dump of `family`'s TCP sockets in state LISTEN.
@@ -183,6 +212,25 @@ mod tests {
         let from_proc = pick(super::super::read_proc_listeners().unwrap());
         assert_eq!(from_diag.len(), 3, "{from_diag:?}");
         assert_eq!(from_diag, from_proc);
+    }
+
+    #[test]
+    fn a_silent_kernel_is_an_error_after_the_timeout_not_a_hang() {
+        let mut socket = Socket::new(NETLINK_SOCK_DIAG).unwrap();
+        set_receive_timeout(&socket, Duration::from_millis(50)).unwrap();
+        socket.bind_auto().unwrap();
+        // Nothing was asked, so nothing comes.
+        let started = std::time::Instant::now();
+        let mut buf = vec![0u8; 1024];
+        let e = socket.recv(&mut &mut buf[..], 0).unwrap_err();
+        assert!(
+            matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ),
+            "{e:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 
     #[test]
