@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use iac_core::mesh::{CertPaths, MeshPorts};
-use iac_core::plan::ENVOY_CONFIG_IN_CONTAINER;
+use iac_core::plan::{ENVOY_CONFIG_IN_CONTAINER, envoy_argv};
 use iac_core::stack::{
     LABEL_MANAGED, LABEL_PROJECT, LABEL_SERVICE, LABEL_SPEC_HASH, ServiceStack, Stack,
 };
@@ -229,16 +229,11 @@ fn service_documents(
         .map(|(k, v)| json!({ "name": k, "value": v }))
         .collect();
     env.push(json!({ "name": "IAC_HEALTH_LISTEN", "value": format!("0.0.0.0:{HEALTH_PORT}") }));
-    let envoy_args = vec![
-        "-c".to_string(),
-        ENVOY_CONFIG_IN_CONTAINER.to_string(),
-        "--log-level".into(),
-        "warn".into(),
-        "--service-cluster".into(),
-        project.clone(),
-        "--service-node".into(),
-        name.clone(),
-    ];
+    // The same Envoy command line as on Docker and Swarm, `envoy` itself as the command.
+    let envoy_args: Vec<String> = envoy_argv(&stack.project, &svc.service)
+        .into_iter()
+        .skip(1)
+        .collect();
     let mut envoy_ports =
         vec![json!({ "name": "mesh", "containerPort": mesh.inbound, "protocol": "TCP" })];
     if svc.app.ports.iter().any(|p| p.container_port == mesh.edge) {

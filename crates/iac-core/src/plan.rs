@@ -219,14 +219,23 @@ pub struct PlannedService {
     pub replicas: u32,
 }
 
-/// How Envoy is started for a service (after the pod filter on Docker; by the agent on Swarm):
-/// the config at [`ENVOY_CONFIG_IN_CONTAINER`], warnings only, the project as its cluster and the
-/// service as its node.
+/// Envoy's worker threads per sidecar. Envoy's own default is one per hardware thread of the
+/// host, whatever the container may use: on a 64-core host every sidecar would start 64 workers
+/// (and as many connection pools per upstream). Two, like Istio's default proxy concurrency, is
+/// plenty for a sidecar's traffic.
+pub const ENVOY_CONCURRENCY: u32 = 2;
+
+/// How Envoy is started for a service (after the pod filter on Docker; by the agent on Swarm; as
+/// the pod's second container on Kubernetes): the config at [`ENVOY_CONFIG_IN_CONTAINER`],
+/// [`ENVOY_CONCURRENCY`] workers, warnings only, the project as its cluster and the service as its
+/// node.
 pub fn envoy_argv(project: &ProjectName, svc: &ServiceName) -> Vec<String> {
     vec![
         "envoy".into(),
         "-c".into(),
         ENVOY_CONFIG_IN_CONTAINER.into(),
+        "--concurrency".into(),
+        ENVOY_CONCURRENCY.to_string(),
         "--log-level".into(),
         "warn".into(),
         "--service-cluster".into(),

@@ -461,7 +461,8 @@ mod tests {
         assert_eq!(
             text,
             "iac-agent --listen 127.0.0.1:50051 --user app \
-             --sidecar envoy --sidecar -c --sidecar /etc/envoy/envoy.yaml --sidecar --log-level \
+             --sidecar envoy --sidecar -c --sidecar /etc/envoy/envoy.yaml --sidecar --concurrency \
+             --sidecar 2 --sidecar --log-level \
              --sidecar warn --sidecar --service-cluster --sidecar demo --sidecar --service-node \
              --sidecar web --sidecar-port 15000 --sidecar-user 101:101 -- python /app/main.py"
         );
