@@ -233,30 +233,32 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(5));
     }
 
+    /// A netlink message: the 16-byte header (length, type, flags, sequence, port id) and
+    /// the body: a 32-bit code (an error's negated errno, 0 in NLMSG_DONE) and `rest`.
+    fn nlmsg(kind: u16, flags: u16, seq: u32, code: i32, rest: &[u8]) -> Vec<u8> {
+        let len = 16 + 4 + rest.len() as u32;
+        let mut m = Vec::new();
+        m.extend_from_slice(&len.to_ne_bytes());
+        m.extend_from_slice(&kind.to_ne_bytes());
+        m.extend_from_slice(&flags.to_ne_bytes());
+        m.extend_from_slice(&seq.to_ne_bytes());
+        m.extend_from_slice(&0u32.to_ne_bytes());
+        m.extend_from_slice(&code.to_ne_bytes());
+        m.extend_from_slice(rest);
+        m
+    }
+
     #[test]
     fn a_netlink_error_is_the_requests_error_and_other_sequences_are_skipped() {
         // NLMSG_ERROR (type 2) for seq 7 carrying -EPERM, then the original header (16 bytes).
-        let mut err = Vec::new();
-        err.extend_from_slice(&36u32.to_ne_bytes());
-        err.extend_from_slice(&2u16.to_ne_bytes());
-        err.extend_from_slice(&0u16.to_ne_bytes());
-        err.extend_from_slice(&7u32.to_ne_bytes());
-        err.extend_from_slice(&0u32.to_ne_bytes());
-        err.extend_from_slice(&(-libc::EPERM).to_ne_bytes());
-        err.extend_from_slice(&[0u8; 16]);
+        let err = nlmsg(2, 0, 7, -libc::EPERM, &[0u8; 16]);
         let mut found = Vec::new();
         let e = parse_datagram(&err, 7, &mut found).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EPERM));
         // The same error answering another request is not ours.
         assert!(!parse_datagram(&err, 8, &mut found).unwrap());
         // NLMSG_DONE (type 3) ends the dump.
-        let mut done = Vec::new();
-        done.extend_from_slice(&20u32.to_ne_bytes());
-        done.extend_from_slice(&3u16.to_ne_bytes());
-        done.extend_from_slice(&2u16.to_ne_bytes());
-        done.extend_from_slice(&7u32.to_ne_bytes());
-        done.extend_from_slice(&0u32.to_ne_bytes());
-        done.extend_from_slice(&0i32.to_ne_bytes());
+        let done = nlmsg(3, 2, 7, 0, &[]);
         assert!(parse_datagram(&done, 7, &mut found).unwrap());
         assert!(found.is_empty());
         // Garbage is an error, not a panic.
