@@ -82,8 +82,7 @@ pub const FILTER_INSTALLED_PREFIX: &str = "iac-sidecar: pod filter installed: ";
 /// (little-endian hex) and load it into the table's `edge_sources` set in the same nft batch, so
 /// the filter never exists without its one admitted host (the provisioner's "filter in place"
 /// check implies the host is admitted). Without a default route nobody is admitted (the message
-/// says so). Without an edge the lines are exactly what they were before edges existed, so such
-/// services keep their spec hash.
+/// says so). Without an edge the lines are exactly what they were before edges existed.
 fn filter_load_script(inbound_port: u16, edge_port: Option<u16>) -> String {
     let rules = pod_filter_rules(inbound_port, edge_port);
     let fail = format!(
@@ -93,15 +92,22 @@ fn filter_load_script(inbound_port: u16, edge_port: Option<u16>) -> String {
     let Some(edge_port) = edge_port else {
         return format!("nft -f - <<'IAC_RULES' || {fail}\n{rules}IAC_RULES\n{installed}");
     };
+    // Everything here runs in the sidecar's one shell (builtins only, no `cut`/`cat` processes):
+    // each process started in a container costs an exec through the container's filesystem.
     format!(
         "host=
-gw=$(while read -r ifc dst gwx rest; do if [ \"$dst\" = 00000000 ] && [ \"$gwx\" != 00000000 ]; then echo \"$gwx\"; break; fi; done < /proc/net/route) || gw=
-if [ -n \"$gw\" ]; then
-  byte() {{ printf '%d' \"0x$(echo \"$gw\" | cut -c\"$1\")\"; }}
-  host=\"$(byte 7-8).$(byte 5-6).$(byte 3-4).$(byte 1-2)\"
+gw=
+if [ -r /proc/net/route ]; then
+  while read -r ifc dst gwx rest; do
+    if [ \"$dst\" = 00000000 ] && [ \"$gwx\" != 00000000 ]; then gw=$gwx; break; fi
+  done < /proc/net/route
 fi
-{{ cat <<'IAC_RULES'
-{rules}IAC_RULES
+case $gw in
+  [0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F][0-9A-F])
+    b4=${{gw%??????}}; r=${{gw#??}}; b3=${{r%????}}; r=${{r#??}}; b2=${{r%??}}; b1=${{r#??}}
+    host=\"$((0x$b1)).$((0x$b2)).$((0x$b3)).$((0x$b4))\" ;;
+esac
+{{ printf '%s' {rules}
   [ -z \"$host\" ] || echo \"add element inet {POD_FILTER_TABLE} edge_sources {{ $host }}\"
 }} | nft -f - || {fail}
 {installed}if [ -n \"$host\" ]; then
@@ -109,8 +115,14 @@ fi
 else
   echo \"iac-sidecar: the pod has no default route: the edge port tcp/{edge_port} admits nobody\" >&2
 fi
-"
+",
+        rules = sh_single_quoted(&rules)
     )
+}
+
+/// `text` as one single-quoted POSIX shell word.
+fn sh_single_quoted(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "'\\''"))
 }
 
 /// The sidecar container's command: a POSIX shell script that installs [`pod_filter_rules`]
@@ -132,8 +144,9 @@ for tool in nft setpriv stat; do
 done
 {load}key=\"$1\"
 shift
-uid=$(stat -c %u \"$key\")
-gid=$(stat -c %g \"$key\")
+ids=$(stat -c '%u %g' \"$key\")
+uid=${{ids% *}}
+gid=${{ids#* }}
 if [ \"$uid\" = 0 ]; then
   exec setpriv --inh-caps=-all --ambient-caps=-all --bounding-set=-all -- \"$@\"
 fi
@@ -631,9 +644,35 @@ mod tests {
             run("Iface\tDestination\tGateway \tFlags\neth0\t000013AC\t00000000\t0001\n");
         assert_eq!(batch, pod_filter_rules(15000, Some(15080)));
         assert!(stderr.contains("admits nobody"), "{stderr}");
-        // Without an edge the script is what it always was (services keep their spec hash).
+        // A gateway that is not 8 hex digits is no gateway (not a shell arithmetic error).
+        let (batch, stderr) =
+            run("Iface\tDestination\tGateway \tFlags\neth0\t00000000\t01$(x)AC\t0003\n");
+        assert_eq!(batch, pod_filter_rules(15000, Some(15080)));
+        assert!(stderr.contains("admits nobody"), "{stderr}");
+        // An unreadable route table likewise.
+        let unreadable = script.replace("/proc/net/route", "/nonexistent/route");
+        let out = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(format!("set -eu\n{unreadable}"))
+            .env("PATH", format!("{}:/usr/bin:/bin", dir.display()))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("admits nobody"));
+        // Without an edge the lines are what they were before edges existed.
         assert!(filter_load_script(15000, None).starts_with("nft -f - <<'IAC_RULES' || {"));
         assert!(!filter_load_script(15000, None).contains("/proc/net/route"));
+    }
+
+    #[test]
+    fn single_quoting_survives_the_shell() {
+        let text = "it's $HOME and `x` \\ \"q\"\nline two\n";
+        let out = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(format!("printf '%s' {}", sh_single_quoted(text)))
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), text);
     }
 
     #[test]
