@@ -24,6 +24,7 @@ pub mod plan;
 pub mod report;
 pub mod repos;
 pub mod settle;
+pub mod shell;
 pub mod slug;
 pub mod source;
 pub mod stack;

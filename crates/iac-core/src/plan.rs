@@ -116,13 +116,8 @@ else
   echo \"iac-sidecar: the pod has no default route: the edge port tcp/{edge_port} admits nobody\" >&2
 fi
 ",
-        rules = sh_single_quoted(&rules)
+        rules = crate::shell::sh_quote(&rules)
     )
-}
-
-/// `text` as one single-quoted POSIX shell word.
-fn sh_single_quoted(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "'\\''"))
 }
 
 /// The sidecar container's command: a POSIX shell script that installs [`pod_filter_rules`]
@@ -662,17 +657,6 @@ mod tests {
         // Without an edge the lines are what they were before edges existed.
         assert!(filter_load_script(15000, None).starts_with("nft -f - <<'IAC_RULES' || {"));
         assert!(!filter_load_script(15000, None).contains("/proc/net/route"));
-    }
-
-    #[test]
-    fn single_quoting_survives_the_shell() {
-        let text = "it's $HOME and `x` \\ \"q\"\nline two\n";
-        let out = std::process::Command::new("/bin/sh")
-            .arg("-c")
-            .arg(format!("printf '%s' {}", sh_single_quoted(text)))
-            .output()
-            .unwrap();
-        assert_eq!(String::from_utf8_lossy(&out.stdout), text);
     }
 
     #[test]

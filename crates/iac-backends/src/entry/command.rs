@@ -15,6 +15,8 @@
 //!   `streamlit run` 8501; waitress 8080).
 
 use iac_core::DEFAULT_APP_PORT;
+/// Quoting lives in the core, which renders shell scripts too.
+pub use iac_core::shell::sh_quote;
 
 use super::overrides::split_words;
 
@@ -100,11 +102,6 @@ fn drop_runner(line: &str) -> (String, Option<String>) {
         }
     }
     (t.to_string(), None)
-}
-
-/// Single-quotes one word for a POSIX shell (`it's` → `'it'\''s'`).
-pub fn sh_quote(word: &str) -> String {
-    format!("'{}'", word.replace('\'', "'\\''"))
 }
 
 /// An argv as one shell line that splits back into the same words.
