@@ -624,14 +624,21 @@ fn listening_prober(calls: Arc<AtomicUsize>) -> MockHealthProber {
     p
 }
 
-#[tokio::test]
-async fn a_new_web_app_is_proven_by_its_port_without_the_settle_window() {
-    let dir = tempfile::tempdir().unwrap();
+/// A deployer over `dir` whose prober is [`listening_prober`] (its call counter returned), with
+/// a 30 s settle window for services without a port.
+fn web_deployer(dir: &std::path::Path) -> (Deployer, Arc<AtomicUsize>) {
     let mut f = Fakes::happy();
     let calls = Arc::new(AtomicUsize::new(0));
     f.prober = listening_prober(calls.clone());
-    let mut d = f.deployer(dir.path(), 1);
+    let mut d = f.deployer(dir, 1);
     d.opts.health_settle = Duration::from_secs(30);
+    (d, calls)
+}
+
+#[tokio::test]
+async fn a_new_web_app_is_proven_by_its_port_without_the_settle_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, calls) = web_deployer(dir.path());
     let t = std::time::Instant::now();
     let report = d.deploy(&[spec("web")], &Events::discard()).await;
     assert!(report.ok, "{report:?}");
@@ -642,12 +649,8 @@ async fn a_new_web_app_is_proven_by_its_port_without_the_settle_window() {
 #[tokio::test]
 async fn health_settle_listening_holds_a_new_web_app_for_the_remainder() {
     let dir = tempfile::tempdir().unwrap();
-    let mut f = Fakes::happy();
-    let calls = Arc::new(AtomicUsize::new(0));
-    f.prober = listening_prober(calls.clone());
-    let mut d = f.deployer(dir.path(), 1);
+    let (mut d, calls) = web_deployer(dir.path());
     // Up 100 ms at the first answer, 400 ms at the second: held once, for what is left of 350 ms.
-    d.opts.health_settle = Duration::from_secs(30);
     d.opts.health_settle_listening = Duration::from_millis(350);
     let report = d.deploy(&[spec("web")], &Events::discard()).await;
     assert!(report.ok, "{report:?}");
