@@ -9,6 +9,7 @@ use clap::Parser;
 use serde::{Deserialize, Serialize};
 
 use crate::logbuf::RingLimits;
+use crate::restart::{self, Backoff, RestartPolicy};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 pub const DEFAULT_RING_LINES: usize = 10_000;
@@ -66,6 +67,33 @@ pub struct Cli {
     /// traffic still reaches it. A duration ("3s", "500ms") or "off".
     #[arg(long, value_name = "DURATION|off", env = "IAC_FORWARD_AFTER", default_value = "3s", value_parser = parse_forward_after)]
     pub forward_after: ForwardAfter,
+
+    /// Which exits of ARGV are followed by a restart: `auto` restarts an app that should be
+    /// running (any failure, and a clean exit of an app with --app-port; a job without a port
+    /// that exits 0 is done), after a back-off; `never` only reports the exit. Pod mode
+    /// (--sidecar) never restarts: the orchestrator restarts the whole task.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "auto|never",
+        env = "IAC_RESTART",
+        default_value = "auto"
+    )]
+    pub restart: RestartPolicy,
+
+    /// The delay before the first restart of a crash series; it doubles with every crash in a
+    /// row, up to --restart-backoff-max (as Kubernetes' CrashLoopBackOff: 10s, 20s, 40s … 5m).
+    #[arg(long, value_name = "DURATION", env = "IAC_RESTART_BACKOFF", default_value = restart::DEFAULT_BACKOFF, value_parser = parse_duration)]
+    pub restart_backoff: Duration,
+
+    /// The longest delay between restarts.
+    #[arg(long, value_name = "DURATION", env = "IAC_RESTART_BACKOFF_MAX", default_value = restart::DEFAULT_BACKOFF_MAX, value_parser = parse_duration)]
+    pub restart_backoff_max: Duration,
+
+    /// A run at least this long ends a crash series: the next crash waits --restart-backoff
+    /// again.
+    #[arg(long, value_name = "DURATION", env = "IAC_RESTART_RESET_AFTER", default_value = restart::DEFAULT_RESET_AFTER, value_parser = parse_duration)]
+    pub restart_reset_after: Duration,
 
     /// Also serve the standard gRPC health service (grpc.health.v1.Health, and nothing else) on
     /// this address, for probes from outside the pod (Kubernetes' `grpc:` readiness probe). The
@@ -125,6 +153,13 @@ fn parse_grace(s: &str) -> Result<Duration, String> {
     })
 }
 
+/// A duration option (`10s`, `500ms`, `5m`), with the option named in the error. Bare numbers are
+/// refused: `10` could mean seconds or milliseconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?}: {e} (expected a duration such as 10s, 500ms or 5m)"))
+}
+
 /// `--forward-after`: how long the app must have listened elsewhere; `None` = never forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ForwardAfter(pub Option<Duration>);
@@ -144,6 +179,28 @@ impl Cli {
     /// The validated ring-buffer bounds.
     pub fn ring_limits(&self) -> Result<RingLimits, String> {
         RingLimits::new(self.ring_lines, self.ring_bytes, self.max_line_bytes)
+    }
+
+    /// The validated restart back-off: a non-zero first delay no longer than the longest.
+    pub fn backoff(&self) -> Result<Backoff, String> {
+        if self.restart_backoff.is_zero() {
+            return Err(
+                "--restart-backoff 0s: expected a positive delay (a crashing app restarted at once would spin)"
+                    .into(),
+            );
+        }
+        if self.restart_backoff_max < self.restart_backoff {
+            return Err(format!(
+                "--restart-backoff-max {} is shorter than --restart-backoff {}: expected at least the first delay",
+                humantime::format_duration(self.restart_backoff_max),
+                humantime::format_duration(self.restart_backoff)
+            ));
+        }
+        Ok(Backoff {
+            initial: self.restart_backoff,
+            max: self.restart_backoff_max,
+            reset_after: self.restart_reset_after,
+        })
     }
 }
 
@@ -281,6 +338,58 @@ mod tests {
             .to_string();
         assert!(e.contains("--sidecar"), "{e}");
         assert!(Cli::try_parse_from(["iac-agent", "--probe", "--sidecar", "envoy"]).is_err());
+    }
+
+    #[test]
+    fn restart_options_default_to_crash_loop_back_off() {
+        let cli = Cli::try_parse_from(["iac-agent", "--", "x"]).unwrap();
+        assert_eq!(cli.restart, RestartPolicy::Auto);
+        assert_eq!(cli.backoff().unwrap(), Backoff::default());
+        let cli = Cli::try_parse_from([
+            "iac-agent",
+            "--restart",
+            "never",
+            "--restart-backoff",
+            "200ms",
+            "--restart-backoff-max",
+            "1s",
+            "--restart-reset-after",
+            "3s",
+            "--",
+            "x",
+        ])
+        .unwrap();
+        assert_eq!(cli.restart, RestartPolicy::Never);
+        assert_eq!(
+            cli.backoff().unwrap(),
+            Backoff {
+                initial: Duration::from_millis(200),
+                max: Duration::from_secs(1),
+                reset_after: Duration::from_secs(3)
+            }
+        );
+        let e = Cli::try_parse_from(["iac-agent", "--restart-backoff", "10", "--", "x"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("expected a duration"), "{e}");
+        let e = Cli::try_parse_from(["iac-agent", "--restart", "sometimes", "--", "x"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sometimes"), "{e}");
+        let zero =
+            Cli::try_parse_from(["iac-agent", "--restart-backoff", "0s", "--", "x"]).unwrap();
+        assert!(zero.backoff().unwrap_err().contains("positive"));
+        let inverted = Cli::try_parse_from([
+            "iac-agent",
+            "--restart-backoff",
+            "1m",
+            "--restart-backoff-max",
+            "10s",
+            "--",
+            "x",
+        ])
+        .unwrap();
+        assert!(inverted.backoff().unwrap_err().contains("shorter than"));
     }
 
     #[test]

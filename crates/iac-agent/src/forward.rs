@@ -112,7 +112,8 @@ pub struct Watch {
 
 /// Watches the app's sockets until it either listens on `app_port` (nothing to do) or has
 /// listened elsewhere for `w.after`, then forwards for the rest of the agent's life, publishing
-/// what it does on `status`. Returns when the app is gone or forwarding could not start.
+/// what it does on `status`. A run that ends is waited out (a restart watches afresh). Returns
+/// when the supervisor is gone or forwarding could not start.
 pub async fn run(
     w: Watch,
     mut child: watch::Receiver<ChildState>,
@@ -144,7 +145,15 @@ pub async fn run(
                     break t;
                 }
             }
-            _ => return, // Exited or never started: nothing to forward to.
+            // Exited or never started: nothing to forward to, unless the supervisor starts it
+            // again (then the watch begins anew with the next run).
+            _ => {
+                decider = Decider::new(w.after);
+                if child.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(POLL) => {}

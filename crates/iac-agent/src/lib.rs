@@ -6,8 +6,13 @@
 //! UNIMPLEMENTED) as plaintext HTTP/2 on loopback, where the service's Envoy sidecar reaches it.
 //!
 //! Lifecycle and exit codes:
-//! * the agent keeps running after the entry exits by itself, reporting the exit in HealthCheck
-//!   (SERVING after exit 0, NOT_SERVING otherwise), until SIGTERM or SIGINT;
+//! * an entry that should be running and exits by itself (any failure; a clean exit of an app
+//!   with a declared port) is started again after a back-off — 10 s doubling to 5 min, forgotten
+//!   after 10 min of running, as Kubernetes' CrashLoopBackOff — and HealthCheck reports the
+//!   restarts, the last exit and the back-off ([`restart`]); `--restart never` turns that off;
+//! * the agent keeps running after the entry exits for good (a job that exited 0, or with
+//!   `--restart never`), reporting the exit in HealthCheck (SERVING after exit 0, NOT_SERVING
+//!   otherwise), until SIGTERM or SIGINT;
 //! * on SIGTERM/SIGINT it forwards the signal, waits up to `--grace`, SIGKILLs the entry if it is
 //!   still running, and exits with the entry's exit code (128+N after signal N, 127 when the
 //!   program was not found, 126 when it could not be executed);
@@ -34,6 +39,7 @@ pub mod logbuf;
 pub mod otel;
 pub mod ports;
 pub mod probe;
+pub mod restart;
 pub mod service;
 pub mod state;
 pub mod std_health;
@@ -48,6 +54,7 @@ impl Options {
     /// Validates the command line into run options (resolving `--user` against /etc/passwd).
     pub fn from_cli(cli: Cli) -> Result<Self, String> {
         let limits = cli.ring_limits()?;
+        let backoff = cli.backoff()?;
         let user = cli
             .user
             .as_deref()
@@ -77,6 +84,8 @@ impl Options {
             app_port: cli.app_port,
             forward_after: cli.forward_after.0,
             health_listen: cli.health_listen,
+            restart: cli.restart,
+            backoff,
             sidecar: if cli.sidecar.is_empty() {
                 None
             } else {

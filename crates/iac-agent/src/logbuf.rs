@@ -185,6 +185,7 @@ struct Inner {
     /// `None` once every producer has finished: no live line can arrive any more.
     live: Option<broadcast::Sender<Arc<LogEntry>>>,
     open_producers: usize,
+    follow_capacity: usize,
 }
 
 /// What a `StreamLogs` call gets: the backlog and, when following, the live receiver.
@@ -208,6 +209,7 @@ impl LogBuffer {
                 bytes: 0,
                 live: (producers > 0).then_some(live),
                 open_producers: producers,
+                follow_capacity: follow_capacity.max(1),
             }),
         }
     }
@@ -235,6 +237,17 @@ impl LogBuffer {
         if let Some(live) = &inner.live {
             // Err only means nobody is following right now.
             let _ = live.send(entry);
+        }
+    }
+
+    /// `n` more producers will call [`LogBuffer::producer_finished`] (a restarted child's stdout
+    /// and stderr). Live followers keep their stream as long as one producer is open; if every
+    /// producer had already finished, new followers get a fresh live stream.
+    pub fn producers_started(&self, n: usize) {
+        let mut inner = self.lock();
+        inner.open_producers += n;
+        if inner.live.is_none() && n > 0 {
+            inner.live = Some(broadcast::channel(inner.follow_capacity).0);
         }
     }
 

@@ -2,7 +2,8 @@
 //! state, its uptime and the ports it listens on; StreamLogs from the ring buffer (tail, then live
 //! lines when following); Deploy refused.
 //!
-//! HealthCheck's status:
+//! HealthCheck's status (of the current run, when the app has been restarted; `restarts` then
+//! says how often, how the last run ended, and what back-off a pending restart waits out):
 //! * running, no declared app port → SERVING;
 //! * running with a declared app port → UNKNOWN ("starting") until that port accepts connections
 //!   on 127.0.0.1 (where the sidecar sends traffic), then SERVING;
@@ -19,11 +20,12 @@
 //! ("running (pid 7); sidecar running (pid 6)").
 
 use std::pin::Pin;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use iac_proto::{
     ControlPlane, DeployRequest, DeployResult, HealthStatus, HealthStatusCode, LogLine, LogRequest,
+    Restarts,
 };
 use tokio::sync::watch;
 use tokio_stream::wrappers::BroadcastStream;
@@ -34,6 +36,7 @@ use tonic::{Request, Response, Status};
 use crate::forward::Forwarding;
 use crate::logbuf::{LogBuffer, StreamKind};
 use crate::ports::{PortView, port_view, read_listeners};
+use crate::restart::{RestartStatus, Tracker};
 use crate::state::{ChildState, Clock};
 use crate::timefmt::rfc3339_millis;
 
@@ -57,6 +60,7 @@ pub struct AgentService {
     clock: Arc<Clock>,
     sidecar: Option<(watch::Receiver<ChildState>, Option<u16>)>,
     forwarding: Option<watch::Receiver<Option<Forwarding>>>,
+    restarts: Option<Arc<Mutex<Tracker>>>,
 }
 
 impl AgentService {
@@ -68,7 +72,14 @@ impl AgentService {
             clock: Arc::new(Clock::default()),
             sidecar: None,
             forwarding: None,
+            restarts: None,
         }
+    }
+
+    /// Reports the restarts the supervisor records in `tracker` (count, last exit, back-off).
+    pub fn with_restarts(mut self, tracker: Arc<Mutex<Tracker>>) -> Self {
+        self.restarts = Some(tracker);
+        self
     }
 
     /// Reports (and judges readiness by) what the forwarder publishes on `rx`.
@@ -101,10 +112,23 @@ impl AgentService {
             .as_ref()
             .map(|all| port_view(all, r.app_uid, r.own_port, r.app_port, fwd))
             .map_err(Clone::clone);
-        let health = with_forwarding(
+        let mut health = with_forwarding(
             health_of(&state, self.clock.uptime(), r.app_port, &ports),
             fwd,
         );
+        if let Some(tracker) = &self.restarts {
+            let status = tracker
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .status()
+                .clone();
+            health = with_restarts(
+                health,
+                &status,
+                std::time::Instant::now(),
+                SystemTime::now(),
+            );
+        }
         match &self.sidecar {
             None => health,
             Some((sidecar, port)) => {
@@ -141,6 +165,45 @@ pub fn with_sidecar(
     }
     health.detail = format!("{}; {note}", health.detail);
     health
+}
+
+/// Adds the supervisor's restart record to a HealthCheck answer: the `restarts` message once the
+/// app has exited at least once, and — while a restart is pending — the back-off in the detail.
+pub fn with_restarts(
+    mut health: HealthStatus,
+    status: &RestartStatus,
+    now: std::time::Instant,
+    wall_now: SystemTime,
+) -> HealthStatus {
+    if status.restarts == 0 && status.last_exit.is_none() {
+        return health;
+    }
+    let (backoff_ms, restart_in_ms) = match status.pending {
+        Some((at, delay)) => (
+            millis(delay).max(1),
+            millis(at.saturating_duration_since(now)),
+        ),
+        None => (0, 0),
+    };
+    if let Some(note) = status.pending_note(now) {
+        health.detail = format!("{}; {note}", health.detail);
+    }
+    let last = status.last_exit.as_ref();
+    health.restarts = Some(Restarts {
+        count: status.restarts,
+        last_exit: last.map(|l| l.state.detail()).unwrap_or_default(),
+        last_exit_code: last.and_then(|l| l.state.exit_code()),
+        last_exit_at: last
+            .map(|l| rfc3339_millis(l.at.min(wall_now)))
+            .unwrap_or_default(),
+        backoff_ms,
+        restart_in_ms,
+    });
+    health
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Adds the forwarder's part to a HealthCheck answer: `forwarded_to` and a detail naming both ends.
@@ -214,6 +277,7 @@ pub fn health_of(
             .unwrap_or_default(),
         app_port: app_port.map(u32::from).unwrap_or(0),
         forwarded_to: 0,
+        restarts: None,
     }
 }
 
@@ -266,6 +330,42 @@ impl ControlPlane for AgentService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn restarts_are_reported_once_the_app_has_exited() {
+        use crate::restart::{Backoff, Tracker};
+        let now = std::time::Instant::now();
+        let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_000_000);
+        let running = health_of(&ChildState::Running { pid: 7 });
+        let mut t = Tracker::new(Backoff::default());
+        let h = with_restarts(running.clone(), t.status(), now, wall);
+        assert_eq!(h, running, "nothing to say before the first exit");
+        t.exited(
+            ChildState::Signaled { signal: 9 },
+            Duration::from_secs(3),
+            wall,
+            now,
+        );
+        let waiting = health_of(&ChildState::Signaled { signal: 9 });
+        let h = with_restarts(waiting, t.status(), now + Duration::from_secs(4), wall);
+        assert_eq!(h.status, HealthStatusCode::NotServing as i32);
+        assert_eq!(
+            h.detail,
+            "killed by signal 9; restarting in 6.0s (back-off 10s, restart 1)"
+        );
+        let r = h.restarts.unwrap();
+        assert_eq!(r.count, 0);
+        assert_eq!(r.last_exit, "killed by signal 9");
+        assert_eq!(r.last_exit_code, Some(137));
+        assert_eq!(r.last_exit_at, rfc3339_millis(wall));
+        assert_eq!((r.backoff_ms, r.restart_in_ms), (10_000, 6_000));
+        t.restarted();
+        let h = with_restarts(running.clone(), t.status(), now, wall);
+        assert_eq!(h.detail, running.detail, "no back-off once it runs again");
+        let r = h.restarts.unwrap();
+        assert_eq!((r.count, r.backoff_ms, r.restart_in_ms), (1, 0, 0));
+        assert_eq!(r.last_exit, "killed by signal 9");
+    }
 
     fn no_ports() -> Result<PortView, String> {
         Ok(PortView {

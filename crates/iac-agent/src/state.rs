@@ -2,32 +2,47 @@
 //! reports for it (HealthCheck) and finally exits with.
 
 use std::io;
-use std::sync::OnceLock;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// When the child started and when it ended, for the uptime HealthCheck reports. Set by the
-/// supervisor, read by the gRPC service.
+/// When the current run of the child started and when it ended, for the uptime HealthCheck
+/// reports. Set by the supervisor, read by the gRPC service; a restart starts it afresh.
 #[derive(Debug, Default)]
 pub struct Clock {
-    started: OnceLock<Instant>,
-    ended: OnceLock<Instant>,
+    times: Mutex<(Option<Instant>, Option<Instant>)>,
 }
 
 impl Clock {
-    /// The child was spawned (only the first call counts).
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Option<Instant>, Option<Instant>)> {
+        self.times.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The child was spawned (only the first call of a run counts).
     pub fn start(&self) {
-        let _ = self.started.set(Instant::now());
+        let mut t = self.lock();
+        if t.0.is_none() {
+            t.0 = Some(Instant::now());
+        }
     }
 
-    /// The child is gone (only the first call counts).
+    /// The child was spawned again: a new run, its uptime counted from now.
+    pub fn restart(&self) {
+        *self.lock() = (Some(Instant::now()), None);
+    }
+
+    /// The child is gone (only the first call of a run counts).
     pub fn end(&self) {
-        let _ = self.ended.set(Instant::now());
+        let mut t = self.lock();
+        if t.1.is_none() {
+            t.1 = Some(Instant::now());
+        }
     }
 
-    /// How long the child has run (until now, or until it ended); zero before it started.
+    /// How long the current run has lasted (until now, or until it ended); zero before it
+    /// started.
     pub fn uptime(&self) -> Duration {
-        match (self.started.get(), self.ended.get()) {
-            (Some(s), Some(e)) => e.saturating_duration_since(*s),
+        match *self.lock() {
+            (Some(s), Some(e)) => e.saturating_duration_since(s),
             (Some(s), None) => s.elapsed(),
             (None, _) => Duration::ZERO,
         }
@@ -184,6 +199,8 @@ mod tests {
         assert_eq!(c.uptime(), ran, "uptime stops when the child ends");
         c.start();
         assert_eq!(c.uptime(), ran, "a second start does not reset it");
+        c.restart();
+        assert!(c.uptime() < ran, "a restart does");
     }
 
     #[test]

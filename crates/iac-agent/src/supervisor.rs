@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use iac_proto::ControlPlaneServer;
@@ -33,6 +33,7 @@ use tonic_health::pb::health_server::HealthServer;
 
 use crate::forward;
 use crate::logbuf::{LineSplitter, LogBuffer, LogEntry, RingLimits, StreamKind};
+use crate::restart::{Backoff, RestartPolicy, Tracker};
 use crate::service::{AgentService, Readiness};
 use crate::state::{ChildState, Clock};
 use crate::std_health::StdHealth;
@@ -79,6 +80,18 @@ pub struct Options {
     pub health_listen: Option<SocketAddr>,
     /// Pod mode: the sidecar supervised next to the child.
     pub sidecar: Option<Sidecar>,
+    /// Which exits of the child are followed by a restart (never in pod mode).
+    pub restart: RestartPolicy,
+    /// The delays between restarts.
+    pub backoff: Backoff,
+}
+
+impl Options {
+    /// Whether this agent may restart its child: not in pod mode, where the orchestrator
+    /// restarts the whole task.
+    fn restarts_child(&self) -> bool {
+        self.sidecar.is_none() && self.restart != RestartPolicy::Never
+    }
 }
 
 /// Logs one agent message on stderr (`docker logs` shows it next to the child's output). The line
@@ -445,10 +458,18 @@ pub async fn run(opts: Options) -> i32 {
         },
     };
 
-    let logs = Arc::new(LogBuffer::new(opts.limits, 2, FOLLOW_CAPACITY));
+    // stdout and stderr; plus, while the child may still be restarted, a hold of the
+    // supervisor's own, so followers keep streaming across restarts (released once no restart
+    // can follow).
+    let restarts = opts.restarts_child();
+    let logs = Arc::new(LogBuffer::new(
+        opts.limits,
+        if restarts { 3 } else { 2 },
+        FOLLOW_CAPACITY,
+    ));
     let (state_tx, state_rx) = watch::channel(ChildState::Starting);
     let clock = Arc::new(Clock::default());
-    let mut pumps = Vec::new();
+    let tracker = Arc::new(Mutex::new(Tracker::new(opts.backoff)));
     warm_blocking_pool().await;
     // The sidecar first: Envoy takes a moment to listen, the app's first outbound call needs it.
     let sidecar_tx = opts.sidecar.as_ref().map(|sc| {
@@ -471,38 +492,12 @@ pub async fn run(opts: Options) -> i32 {
         };
         watch::channel(state).0
     });
-    match spawn_child(&opts.argv, opts.user.as_ref(), opts.python_path.as_deref()) {
-        Ok(mut child) => {
-            let pid = i32::try_from(child.id()).expect("pids fit in i32");
-            clock.start();
-            state_tx.send_replace(ChildState::Running { pid });
-            let as_user = opts
-                .user
-                .as_ref()
-                .map(|u| format!(" as uid {} gid {}", u.uid, u.gid))
-                .unwrap_or_default();
-            log(format!("started pid {pid}{as_user}: {:?}", opts.argv));
-            let max = opts.limits.max_line_bytes;
-            let out = child.stdout.take().map(OwnedFd::from);
-            let err = child.stderr.take().map(OwnedFd::from);
-            for (fd, kind) in [(out, StreamKind::Stdout), (err, StreamKind::Stderr)] {
-                match fd {
-                    Some(fd) => pumps.extend(start_pump(fd, kind, &logs, max)),
-                    None => logs.producer_finished(),
-                }
-            }
-            // `child` is dropped without waiting: reap_all owns reaping.
-        }
-        Err(e) => {
-            let state = ChildState::spawn_failed(&opts.argv[0], &e);
-            log(state.detail());
-            clock.start();
-            clock.end();
-            state_tx.send_replace(state);
-            logs.producer_finished();
-            logs.producer_finished();
-        }
-    }
+    let mut entry = Entry {
+        opts: &opts,
+        logs: Arc::clone(&logs),
+        pumps: Vec::new(),
+    };
+    entry.spawn(&state_tx, &clock);
 
     let readiness = Readiness {
         app_port: opts.app_port,
@@ -510,7 +505,8 @@ pub async fn run(opts: Options) -> i32 {
         own_port: listener.local_addr().map(|a| a.port()).unwrap_or(0),
     };
     let mut agent = AgentService::new(state_rx, Arc::clone(&logs))
-        .with_readiness(readiness, Arc::clone(&clock));
+        .with_readiness(readiness, Arc::clone(&clock))
+        .with_restarts(Arc::clone(&tracker));
     if let (Some(tx), Some(sc)) = (&sidecar_tx, &opts.sidecar) {
         agent = agent.with_sidecar(tx.subscribe(), sc.port);
     }
@@ -564,9 +560,19 @@ pub async fn run(opts: Options) -> i32 {
         sidecar: tx,
         app_port: opts.app_port,
     });
-    let sidecar_died = supervise(&mut sig, &state_tx, pod, &clock, opts.grace).await;
+    let restarter = restarts.then(|| Restarter {
+        policy: opts.restart,
+        app_port: opts.app_port,
+        tracker: &tracker,
+        hold_released: false,
+    });
+    let sidecar_died = supervise(
+        &mut sig, &state_tx, pod, restarter, &mut entry, &clock, opts.grace,
+    )
+    .await;
 
     // Let the pipes drain so the last lines reach `docker logs`, unless an orphan keeps them open.
+    let pumps = std::mem::take(&mut entry.pumps);
     let drained = timeout(DRAIN_TIMEOUT, async {
         for p in pumps {
             let _ = p.await;
@@ -589,6 +595,83 @@ pub async fn run(opts: Options) -> i32 {
     code
 }
 
+/// The supervised program: how to start it (again), and the pumps of every run's pipes.
+struct Entry<'a> {
+    opts: &'a Options,
+    logs: Arc<LogBuffer>,
+    pumps: Vec<JoinHandle<()>>,
+}
+
+impl Entry<'_> {
+    /// Starts a run of the child (a restart when one ran before): publishes its state, starts
+    /// its uptime and the pumps of its pipes. A failed spawn is a final state like an exit.
+    fn spawn(&mut self, state_tx: &watch::Sender<ChildState>, clock: &Clock) {
+        let opts = self.opts;
+        let again = *state_tx.borrow() != ChildState::Starting;
+        if again {
+            // This run's stdout and stderr, on top of the supervisor's hold.
+            self.logs.producers_started(2);
+        }
+        self.pumps.retain(|p| !p.is_finished());
+        match spawn_child(&opts.argv, opts.user.as_ref(), opts.python_path.as_deref()) {
+            Ok(mut child) => {
+                let pid = i32::try_from(child.id()).expect("pids fit in i32");
+                clock.restart();
+                state_tx.send_replace(ChildState::Running { pid });
+                let as_user = opts
+                    .user
+                    .as_ref()
+                    .map(|u| format!(" as uid {} gid {}", u.uid, u.gid))
+                    .unwrap_or_default();
+                log(format!("started pid {pid}{as_user}: {:?}", opts.argv));
+                let max = opts.limits.max_line_bytes;
+                let out = child.stdout.take().map(OwnedFd::from);
+                let err = child.stderr.take().map(OwnedFd::from);
+                for (fd, kind) in [(out, StreamKind::Stdout), (err, StreamKind::Stderr)] {
+                    match fd {
+                        Some(fd) => self.pumps.extend(start_pump(fd, kind, &self.logs, max)),
+                        None => self.logs.producer_finished(),
+                    }
+                }
+                // `child` is dropped without waiting: reap_all owns reaping.
+            }
+            Err(e) => {
+                let state = ChildState::spawn_failed(&opts.argv[0], &e);
+                log(state.detail());
+                clock.restart();
+                clock.end();
+                state_tx.send_replace(state);
+                self.logs.producer_finished();
+                self.logs.producer_finished();
+            }
+        }
+    }
+}
+
+/// The restarting part of the signal loop (absent in pod mode and with `--restart never`).
+struct Restarter<'a> {
+    policy: RestartPolicy,
+    app_port: Option<u16>,
+    tracker: &'a Mutex<Tracker>,
+    /// Whether the supervisor's hold on the log buffer is released (no restart can follow).
+    hold_released: bool,
+}
+
+impl Restarter<'_> {
+    fn tracker(&self) -> std::sync::MutexGuard<'_, Tracker> {
+        self.tracker.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// No restart can follow any more: followers of the logs may end with the last run's output.
+    fn release(&mut self, logs: &LogBuffer) {
+        if !self.hold_released {
+            self.hold_released = true;
+            self.tracker().ended();
+            logs.producer_finished();
+        }
+    }
+}
+
 /// Pod mode's part of the signal loop: the sidecar's state and whether a finished app ends the pod.
 struct Pod<'a> {
     sidecar: &'a watch::Sender<ChildState>,
@@ -601,22 +684,25 @@ enum Event {
     Stop(i32),
     Forward(i32),
     GraceOver,
+    Restart,
 }
 
-/// The signal loop: reaps on SIGCHLD, forwards signals, and returns once a stop was requested
+/// The signal loop: reaps on SIGCHLD, forwards signals, restarts a child that died when the
+/// `restarter` says so (after its back-off), and returns once a stop was requested
 /// (SIGTERM/SIGINT) and the child (and the sidecar, in pod mode) is gone. In pod mode the death of
 /// either process is a stop request too; returns whether the sidecar's was.
 async fn supervise(
     sig: &mut Signals,
     state_tx: &watch::Sender<ChildState>,
     pod: Option<Pod<'_>>,
+    mut restarter: Option<Restarter<'_>>,
+    entry: &mut Entry<'_>,
     clock: &Clock,
     grace: Duration,
 ) -> bool {
-    let child_pid = state_tx.borrow().pid();
     let sidecar_pid = pod.as_ref().and_then(|p| p.sidecar.borrow().pid());
     let reap = || {
-        let reaped = reap_all(child_pid, sidecar_pid, waitpid_any);
+        let reaped = reap_all(state_tx.borrow().pid(), sidecar_pid, waitpid_any);
         if let Some(state) = reaped.child {
             log(format!("child {}", state.detail()));
             if state.is_final() {
@@ -645,8 +731,46 @@ async fn supervise(
     let mut stop_requested = false;
     let mut sidecar_died = false;
     let mut kill_at: Option<Instant> = None;
+    let mut restart_at: Option<Instant> = None;
     loop {
         let alive = running();
+        // A child that died by itself: restart it after its back-off, or let it rest for good.
+        if let Some(r) = restarter.as_mut()
+            && !stop_requested
+            && restart_at.is_none()
+        {
+            let state = state_tx.borrow().clone();
+            if state.is_final() {
+                if r.policy.restarts(&state, r.app_port) {
+                    let ran = clock.uptime();
+                    let (delay, n) = {
+                        let mut t = r.tracker();
+                        let delay = t.exited(
+                            state.clone(),
+                            ran,
+                            SystemTime::now(),
+                            std::time::Instant::now(),
+                        );
+                        (delay, t.status().restarts + 1)
+                    };
+                    let msg = format!(
+                        "the app {} after {:.1}s; restarting it in {} (restart {n})",
+                        state.detail(),
+                        ran.as_secs_f64(),
+                        humantime::format_duration(delay)
+                    );
+                    log(&msg);
+                    entry.logs.push(LogEntry {
+                        ts: SystemTime::now(),
+                        stream: StreamKind::Stderr,
+                        msg: format!("[iac-agent: {msg}]"),
+                    });
+                    restart_at = Some(Instant::now() + delay);
+                } else {
+                    r.release(&entry.logs);
+                }
+            }
+        }
         if let Some(p) = &pod
             && !stop_requested
         {
@@ -666,6 +790,9 @@ async fn supervise(
             }
         }
         if stop_requested && alive.is_empty() {
+            if let Some(r) = restarter.as_mut() {
+                r.release(&entry.logs);
+            }
             return sidecar_died;
         }
         let event = tokio::select! {
@@ -679,11 +806,28 @@ async fn supervise(
             () = sleep_until(kill_at.unwrap_or_else(Instant::now)), if kill_at.is_some() => {
                 Event::GraceOver
             }
+            () = sleep_until(restart_at.unwrap_or_else(Instant::now)), if restart_at.is_some() && !stop_requested => {
+                Event::Restart
+            }
         };
         match event {
             Event::ChildSignal => reap(),
+            Event::Restart => {
+                restart_at = None;
+                if let Some(r) = restarter.as_ref() {
+                    r.tracker().restarted();
+                }
+                entry.spawn(state_tx, clock);
+                // A spawn that failed at once is seen (and backed off) on the next turn.
+            }
             Event::Stop(signo) => {
                 stop_requested = true;
+                if restart_at.take().is_some() {
+                    log(format!(
+                        "received {}: the pending restart is cancelled",
+                        signal_name(signo)
+                    ));
+                }
                 if alive.is_empty() {
                     log(format!("received {}, stopping", signal_name(signo)));
                 } else {

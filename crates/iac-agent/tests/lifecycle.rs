@@ -104,7 +104,11 @@ async fn clean_exit_is_serving_and_the_agent_keeps_running() {
 
 #[tokio::test]
 async fn non_zero_exit_is_not_serving() {
-    let mut agent = Agent::start(&[], &["sh", "-c", "echo failing >&2; exit 3"]);
+    // (Without restarts: restarting is tests/restart.rs's subject.)
+    let mut agent = Agent::start(
+        &["--restart", "never"],
+        &["sh", "-c", "echo failing >&2; exit 3"],
+    );
     let h = agent.health_until(|h| h.exit_code.is_some()).await;
     assert_eq!(h.status, NOT_SERVING);
     assert_eq!(h.exit_code, Some(3));
@@ -116,7 +120,7 @@ async fn non_zero_exit_is_not_serving() {
 
 #[tokio::test]
 async fn killed_by_a_signal_is_not_serving() {
-    let mut agent = Agent::start(&[], &["sh", "-c", "kill -9 $$"]);
+    let mut agent = Agent::start(&["--restart", "never"], &["sh", "-c", "kill -9 $$"]);
     let h = agent.health_until(|h| h.exit_code.is_some()).await;
     assert_eq!(h.status, NOT_SERVING);
     assert_eq!(h.exit_code, Some(137));
@@ -126,7 +130,7 @@ async fn killed_by_a_signal_is_not_serving() {
 
 #[tokio::test]
 async fn spawn_failure_is_not_serving_with_detail() {
-    let mut agent = Agent::start(&[], &["/definitely/not/here", "--flag"]);
+    let mut agent = Agent::start(&["--restart", "never"], &["/definitely/not/here", "--flag"]);
     let h = agent.health().await;
     assert_eq!(h.status, NOT_SERVING);
     assert_eq!(h.exit_code, Some(127));

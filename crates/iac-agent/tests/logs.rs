@@ -204,7 +204,8 @@ async fn follow_with_tail_then_ends_when_the_output_closes() {
         "echo a; echo b; echo c; while [ ! -e '{}' ]; do sleep 0.02; done; echo d; exit 4",
         go.display()
     );
-    let agent = Agent::start(&[], &["sh", "-c", &script]);
+    // Without restarts: a restarted app's output goes on (tests/restart.rs).
+    let agent = Agent::start(&["--restart", "never"], &["sh", "-c", &script]);
     agent.logs_until(3).await;
     let mut stream = agent
         .client()

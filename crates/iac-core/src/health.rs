@@ -75,6 +75,59 @@ pub struct HealthReport {
     /// The app listens elsewhere and the agent forwards `app_port` there: the app's port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forwarded_to: Option<u16>,
+    /// What the agent says of restarting the app: how often it has, the last exit, and the
+    /// back-off it waits out. `None` when no agent answered, or before the app ever exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarts: Option<Restarts>,
+}
+
+/// The agent's record of restarting a service's app (it restarts an app that should be running
+/// and died, with a growing back-off, as Kubernetes' CrashLoopBackOff does).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restarts {
+    /// Restarts so far.
+    pub count: u32,
+    /// How the last run that ended, ended ("exited with code 1", "killed by signal 9").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<String>,
+    /// That run's exit code (128+N after signal N).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit_code: Option<i32>,
+    /// When it ended (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit_at: Option<String>,
+    /// While a restart is being waited for: the back-off delay, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_ms: Option<u64>,
+    /// While a restart is being waited for: the time left before it, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_in_ms: Option<u64>,
+}
+
+impl Restarts {
+    /// One line for people: `3 restarts, last: exited with code 1 at 2026-…; back-off 40s,
+    /// restarting in 12.0s`.
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "{} restart{}",
+            self.count,
+            if self.count == 1 { "" } else { "s" }
+        );
+        if let Some(last) = &self.last_exit {
+            s.push_str(&format!(", last: {last}"));
+            if let Some(at) = &self.last_exit_at {
+                s.push_str(&format!(" at {at}"));
+            }
+        }
+        if let (Some(b), Some(left)) = (self.backoff_ms, self.restart_in_ms) {
+            s.push_str(&format!(
+                "; back-off {:.0}s, restarting in {:.1}s",
+                b as f64 / 1000.0,
+                left as f64 / 1000.0
+            ));
+        }
+        s
+    }
 }
 
 impl HealthReport {
@@ -96,6 +149,7 @@ impl HealthReport {
             listening_ports: Vec::new(),
             app_port: None,
             forwarded_to: None,
+            restarts: None,
         }
     }
 
@@ -177,6 +231,33 @@ mod tests {
                 3,
             )
         }
+    }
+
+    #[test]
+    fn restarts_read_as_one_line() {
+        let mut r = Restarts {
+            count: 1,
+            ..Restarts::default()
+        };
+        assert_eq!(r.summary(), "1 restart");
+        r.count = 3;
+        r.last_exit = Some("exited with code 1".into());
+        r.last_exit_at = Some("2026-12-07T03:00:00.000Z".into());
+        r.backoff_ms = Some(40_000);
+        r.restart_in_ms = Some(12_000);
+        assert_eq!(
+            r.summary(),
+            "3 restarts, last: exited with code 1 at 2026-12-07T03:00:00.000Z; back-off 40s, restarting in 12.0s"
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["count"], 3);
+        assert_eq!(json["restart_in_ms"], 12_000);
+        assert!(
+            serde_json::to_value(Restarts::default())
+                .unwrap()
+                .get("last_exit")
+                .is_none()
+        );
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub use entry::{BuildStep, Candidate, DEFAULT_APP_PORT, Entry, Language, PythonV
 pub use error::*;
 pub use event::{DeployEvent, EventLevel, EventReceiver, Events, Stage};
 pub use expose::{EdgeBind, Expose, edge_url};
-pub use health::{HealthReport, HealthState, LogLine, LogQuery, ProbeTarget};
+pub use health::{HealthReport, HealthState, LogLine, LogQuery, ProbeTarget, Restarts};
 pub use image::{BuildSpec, ImageRef};
 pub use mesh::{CertPaths, IssuedCerts, Mesh, MeshPorts, MeshService};
 pub use name::{ProjectName, ServiceName};

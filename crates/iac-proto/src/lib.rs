@@ -11,6 +11,6 @@ pub mod v1 {
 pub use v1::control_plane_client::ControlPlaneClient;
 pub use v1::control_plane_server::{ControlPlane, ControlPlaneServer};
 pub use v1::{
-    DeployRequest, DeployResult, HealthStatus, LogLine, LogRequest, ServiceResult,
+    DeployRequest, DeployResult, HealthStatus, LogLine, LogRequest, Restarts, ServiceResult,
     health_status::Status as HealthStatusCode,
 };

@@ -331,6 +331,20 @@ fn agent_facts(r: &mut HealthReport, st: &iac_proto::HealthStatus) {
         .collect();
     r.app_port = u16::try_from(st.app_port).ok().filter(|&p| p != 0);
     r.forwarded_to = u16::try_from(st.forwarded_to).ok().filter(|&p| p != 0);
+    r.restarts = st.restarts.as_ref().map(restarts_from_proto);
+}
+
+/// The agent's restart record as the control plane reports it (empty strings and zeros: absent).
+fn restarts_from_proto(r: &iac_proto::Restarts) -> iac_core::Restarts {
+    let waiting = r.backoff_ms > 0;
+    iac_core::Restarts {
+        count: r.count,
+        last_exit: Some(r.last_exit.clone()).filter(|s| !s.is_empty()),
+        last_exit_code: r.last_exit_code,
+        last_exit_at: Some(r.last_exit_at.clone()).filter(|s| !s.is_empty()),
+        backoff_ms: waiting.then_some(r.backoff_ms),
+        restart_in_ms: waiting.then_some(r.restart_in_ms),
+    }
 }
 
 /// ±25 % so many probes started together do not retry in lockstep.
@@ -431,8 +445,13 @@ mod tests {
             listening_ports: vec![5000, 0, 70000, 5001],
             app_port: 8080,
             forwarded_to: 0,
+            restarts: None,
         };
         agent_facts(&mut r, &st);
+        assert_eq!(
+            r.restarts, None,
+            "an agent that never restarted says nothing"
+        );
         assert_eq!(r.uptime_ms, Some(1500));
         assert_eq!(r.listening_ports, [5000, 5001], "0 and >65535 are dropped");
         assert_eq!(r.app_port, Some(8080));
@@ -446,7 +465,53 @@ mod tests {
             },
         );
         assert_eq!(r.forwarded_to, Some(5000));
-        agent_facts(&mut r, &iac_proto::HealthStatus { app_port: 0, ..st });
+        agent_facts(
+            &mut r,
+            &iac_proto::HealthStatus {
+                app_port: 0,
+                ..st.clone()
+            },
+        );
         assert_eq!(r.app_port, None, "0 = no declared port");
+        let waiting = iac_proto::Restarts {
+            count: 2,
+            last_exit: "killed by signal 9".into(),
+            last_exit_code: Some(137),
+            last_exit_at: "2026-12-07T03:00:00.000Z".into(),
+            backoff_ms: 20_000,
+            restart_in_ms: 7_500,
+        };
+        agent_facts(
+            &mut r,
+            &iac_proto::HealthStatus {
+                restarts: Some(waiting.clone()),
+                ..st.clone()
+            },
+        );
+        let got = r.restarts.clone().unwrap();
+        assert_eq!(got.count, 2);
+        assert_eq!(got.last_exit.as_deref(), Some("killed by signal 9"));
+        assert_eq!(got.last_exit_code, Some(137));
+        assert_eq!(
+            (got.backoff_ms, got.restart_in_ms),
+            (Some(20_000), Some(7_500))
+        );
+        agent_facts(
+            &mut r,
+            &iac_proto::HealthStatus {
+                restarts: Some(iac_proto::Restarts {
+                    backoff_ms: 0,
+                    restart_in_ms: 0,
+                    ..waiting
+                }),
+                ..st
+            },
+        );
+        let got = r.restarts.unwrap();
+        assert_eq!(
+            (got.backoff_ms, got.restart_in_ms),
+            (None, None),
+            "running again"
+        );
     }
 }

@@ -49,6 +49,14 @@ fn health_to_proto(h: &HealthReport) -> HealthStatus {
         listening_ports: h.listening_ports.iter().map(|&p| u32::from(p)).collect(),
         app_port: h.app_port.map(u32::from).unwrap_or(0),
         forwarded_to: h.forwarded_to.map(u32::from).unwrap_or(0),
+        restarts: h.restarts.as_ref().map(|r| iac_proto::Restarts {
+            count: r.count,
+            last_exit: r.last_exit.clone().unwrap_or_default(),
+            last_exit_code: r.last_exit_code,
+            last_exit_at: r.last_exit_at.clone().unwrap_or_default(),
+            backoff_ms: r.backoff_ms.unwrap_or(0),
+            restart_in_ms: r.restart_in_ms.unwrap_or(0),
+        }),
     }
 }
 

@@ -1,0 +1,204 @@
+//! The real `iac-agent` restarting a dead app: a killed app comes back with a new pid, a crash
+//! loop backs off (doubling, capped) and says so in HealthCheck and in the logs, a finished job
+//! stays done, `--restart never` only reports, a stop during a back-off ends the agent at once,
+//! and a log follower keeps streaming across restarts.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Agent;
+use iac_proto::{HealthStatusCode, LogRequest};
+use tokio_stream::StreamExt;
+
+const SERVING: i32 = HealthStatusCode::Serving as i32;
+const NOT_SERVING: i32 = HealthStatusCode::NotServing as i32;
+
+fn pid_of(detail: &str) -> i32 {
+    let rest = detail
+        .strip_prefix("running (pid ")
+        .unwrap_or_else(|| panic!("not running: {detail}"));
+    rest[..rest.find(')').unwrap()].parse().unwrap()
+}
+
+#[tokio::test]
+async fn a_killed_app_is_restarted_after_its_back_off() {
+    let mut agent = Agent::start(
+        &["--restart-backoff", "300ms"],
+        &["sh", "-c", "echo up; exec sleep 60"],
+    );
+    let first = agent.health_until(|h| h.status == SERVING).await;
+    assert_eq!(first.restarts, None, "no restart record before any exit");
+    let pid = pid_of(&first.detail);
+    // What an OOM kill or a bug does.
+    // SAFETY: kill(2) on the app the agent started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let waiting = agent.health_until(|h| h.status == NOT_SERVING).await;
+    assert!(
+        waiting
+            .detail
+            .starts_with("killed by signal 9; restarting in "),
+        "{}",
+        waiting.detail
+    );
+    let r = waiting.restarts.clone().expect("restart record");
+    assert_eq!(r.count, 0);
+    assert_eq!(r.last_exit, "killed by signal 9");
+    assert_eq!(r.last_exit_code, Some(137));
+    assert_eq!(r.backoff_ms, 300);
+    assert!(r.restart_in_ms <= 300, "{r:?}");
+    assert!(!r.last_exit_at.is_empty());
+    let t0 = Instant::now();
+    let again = agent
+        .health_until(|h| h.status == SERVING && h.restarts.as_ref().is_some_and(|r| r.count == 1))
+        .await;
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    assert_ne!(pid_of(&again.detail), pid, "a new process");
+    let r = again.restarts.unwrap();
+    assert_eq!((r.backoff_ms, r.restart_in_ms), (0, 0), "{r:?}");
+    assert_eq!(r.last_exit, "killed by signal 9");
+    assert!(
+        again.uptime_ms < 2_000,
+        "uptime is the new run's: {}",
+        again.uptime_ms
+    );
+    agent.stderr.wait_for("restarting it in 300ms (restart 1)");
+    // Both runs' output, and the agent's marker between them, are in the buffer.
+    let logs: Vec<String> = agent.logs(0).await.into_iter().map(|l| l.msg).collect();
+    assert_eq!(logs.iter().filter(|m| *m == "up").count(), 2, "{logs:?}");
+    assert!(
+        logs.iter()
+            .any(|m| m.starts_with("[iac-agent: the app killed by signal 9 after ")),
+        "{logs:?}"
+    );
+    assert_eq!(agent.stop(), 143);
+}
+
+#[tokio::test]
+async fn a_crash_loop_backs_off_doubling_up_to_the_cap() {
+    let mut agent = Agent::start(
+        &[
+            "--restart-backoff",
+            "100ms",
+            "--restart-backoff-max",
+            "400ms",
+        ],
+        &["sh", "-c", "echo crash >&2; exit 3"],
+    );
+    let mut delays = Vec::new();
+    for n in 1..=5u32 {
+        let h = agent
+            .health_until(|h| {
+                h.restarts
+                    .as_ref()
+                    .is_some_and(|r| r.count == n - 1 && r.backoff_ms > 0)
+            })
+            .await;
+        assert_eq!(h.status, NOT_SERVING);
+        assert_eq!(h.exit_code, Some(3));
+        let r = h.restarts.unwrap();
+        assert_eq!(r.last_exit, "exited with code 3");
+        delays.push(r.backoff_ms);
+    }
+    assert_eq!(delays, [100, 200, 400, 400, 400]);
+    // A stop while waiting ends the agent at once, with the last run's code.
+    let t0 = Instant::now();
+    assert_eq!(agent.stop(), 3);
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    assert!(agent.stderr.contains("the pending restart is cancelled"));
+}
+
+#[tokio::test]
+async fn a_long_enough_run_starts_the_back_off_again() {
+    // Runs 0.5 s, then fails: longer than --restart-reset-after, so every crash is the first of
+    // its series.
+    let mut agent = Agent::start(
+        &[
+            "--restart-backoff",
+            "100ms",
+            "--restart-reset-after",
+            "300ms",
+        ],
+        &["sh", "-c", "sleep 0.5; exit 1"],
+    );
+    for n in 1..=2u32 {
+        let h = agent
+            .health_until(|h| {
+                h.restarts
+                    .as_ref()
+                    .is_some_and(|r| r.count == n - 1 && r.backoff_ms > 0)
+            })
+            .await;
+        assert_eq!(h.restarts.unwrap().backoff_ms, 100, "restart {n}");
+    }
+    agent.stop();
+}
+
+#[tokio::test]
+async fn a_finished_job_stays_done_but_a_server_that_exits_is_restarted() {
+    let mut job = Agent::start(&["--restart-backoff", "100ms"], &["sh", "-c", "echo done"]);
+    let h = job.health_until(|h| h.exit_code == Some(0)).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let h2 = job.health().await;
+    assert_eq!(h2.status, SERVING, "{h:?}");
+    assert_eq!(h2.restarts, None, "a job is not restarted: {h2:?}");
+    assert_eq!(job.stop(), 0);
+
+    // A service with a port that exits 0 is a server that stopped: restarted.
+    let mut server = Agent::start(
+        &["--restart-backoff", "100ms", "--app-port", "1"],
+        &["sh", "-c", "exit 0"],
+    );
+    let h = server
+        .health_until(|h| h.restarts.as_ref().is_some_and(|r| r.count >= 1))
+        .await;
+    assert_eq!(h.restarts.unwrap().last_exit, "exited with code 0");
+    server.stop();
+}
+
+#[tokio::test]
+async fn restart_never_only_reports() {
+    let mut agent = Agent::start(
+        &["--restart", "never", "--restart-backoff", "100ms"],
+        &["sh", "-c", "exit 4"],
+    );
+    let h = agent.health_until(|h| h.exit_code.is_some()).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let h2 = agent.health().await;
+    assert_eq!((h.status, h2.status), (NOT_SERVING, NOT_SERVING));
+    assert_eq!(h2.detail, "exited with code 4");
+    assert_eq!(h2.restarts, None);
+    assert_eq!(agent.stop(), 4);
+}
+
+#[tokio::test]
+async fn a_follower_keeps_streaming_across_restarts() {
+    let mut agent = Agent::start(
+        &["--restart-backoff", "100ms"],
+        &["sh", "-c", "echo line-$$; sleep 0.3; exit 1"],
+    );
+    let mut stream = agent
+        .client()
+        .await
+        .stream_logs(LogRequest {
+            service: String::new(),
+            follow: true,
+            tail: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut runs = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while runs.len() < 3 {
+        let line = tokio::time::timeout_at(deadline.into(), stream.next())
+            .await
+            .expect("lines of three runs in time")
+            .expect("the stream stays open across restarts")
+            .unwrap();
+        if line.msg.starts_with("line-") {
+            runs.insert(line.msg);
+        }
+    }
+    agent.stop();
+}
