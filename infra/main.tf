@@ -2,11 +2,13 @@
 #
 #   docker_network.this          the project network (e.g. `iacnet`)
 #   docker_image.this[image]     every image the services use, built locally beforehand by iac
-#   docker_container.app[svc]    the app (PID 1 iac-agent), DNS alias <svc>, 15000 published on 127.0.0.1
-#   docker_container.envoy[svc]  its Envoy sidecar, sharing the app's network namespace
+#   docker_container.envoy[svc]  the sidecar: owner of the pod's network namespace, DNS alias <svc>,
+#                                15000 published on 127.0.0.1; installs the pod's packet filter,
+#                                then supervises Envoy
+#   docker_container.app[svc]    the app (PID 1 iac-agent), joining the sidecar's network namespace
 #
-# All data comes from terraform.tfvars.json, rendered by iac; edit this file to change *how* the
-# containers are created (restart policy, logging, ...).
+# All data comes from terraform.tfvars.json, rendered by iac (restart policies included); edit
+# this file to change *how* the containers are created (logging, ...).
 #
 # Every container drops all capabilities and gets back only what its `security` object lists,
 # runs with no-new-privileges and the memory limit iac rendered. The provider has no pids limit
@@ -43,59 +45,6 @@ resource "docker_image" "this" {
   keep_locally = true
 }
 
-resource "docker_container" "app" {
-  for_each = var.services
-
-  name         = each.value.app.name
-  image        = docker_image.this[each.value.app.image].image_id
-  command      = length(each.value.app.command) > 0 ? each.value.app.command : null
-  env          = [for k, v in each.value.app.env : "${k}=${v}"]
-  stop_timeout = each.value.app.stop_timeout
-  restart      = "no"
-  must_run     = true
-
-  capabilities {
-    add  = each.value.app.security.cap_add
-    drop = each.value.app.security.cap_drop
-  }
-  security_opts = each.value.app.security.no_new_privileges ? ["no-new-privileges:true"] : null
-  memory        = each.value.app.memory_mib
-  memory_swap   = each.value.app.memory_mib
-
-  networks_advanced {
-    name    = docker_network.this.id
-    aliases = each.value.app.aliases
-  }
-
-  dynamic "ports" {
-    for_each = each.value.app.ports
-    content {
-      internal = ports.value.internal
-      ip       = ports.value.ip
-      external = ports.value.external
-      protocol = "tcp"
-    }
-  }
-
-  dynamic "mounts" {
-    for_each = each.value.app.mounts
-    content {
-      type      = "bind"
-      source    = mounts.value.source
-      target    = mounts.value.target
-      read_only = mounts.value.read_only
-    }
-  }
-
-  dynamic "labels" {
-    for_each = merge(each.value.app.labels, { "iac.managed-by" = "iac" })
-    content {
-      label = labels.key
-      value = labels.value
-    }
-  }
-}
-
 resource "docker_container" "envoy" {
   for_each = var.services
 
@@ -104,15 +53,11 @@ resource "docker_container" "envoy" {
   command      = length(each.value.envoy.command) > 0 ? each.value.envoy.command : null
   env          = [for k, v in each.value.envoy.env : "${k}=${v}"]
   stop_timeout = each.value.envoy.stop_timeout
-  restart      = "no"
+  restart      = each.value.envoy.restart
   must_run     = true
 
-  # Same network namespace as the app: Envoy reaches the agent on 127.0.0.1 and its inbound
-  # listener is what the app container publishes.
-  network_mode = "container:${docker_container.app[each.key].id}"
-
   # The sidecar's command installs the pod's packet filter (only var.mesh_port reachable from
-  # outside the pod), then drops these capabilities before Envoy starts.
+  # outside the pod), gives up NET_ADMIN, and runs Envoy with none of these capabilities.
   capabilities {
     add  = each.value.envoy.security.cap_add
     drop = each.value.envoy.security.cap_drop
@@ -120,6 +65,21 @@ resource "docker_container" "envoy" {
   security_opts = each.value.envoy.security.no_new_privileges ? ["no-new-privileges:true"] : null
   memory        = each.value.envoy.memory_mib
   memory_swap   = each.value.envoy.memory_mib
+
+  networks_advanced {
+    name    = docker_network.this.id
+    aliases = each.value.envoy.aliases
+  }
+
+  dynamic "ports" {
+    for_each = each.value.envoy.ports
+    content {
+      internal = ports.value.internal
+      ip       = ports.value.ip
+      external = ports.value.external
+      protocol = "tcp"
+    }
+  }
 
   # Envoy config and the service's certificates, read-only.
   dynamic "mounts" {
@@ -134,6 +94,49 @@ resource "docker_container" "envoy" {
 
   dynamic "labels" {
     for_each = merge(each.value.envoy.labels, { "iac.managed-by" = "iac" })
+    content {
+      label = labels.key
+      value = labels.value
+    }
+  }
+}
+
+resource "docker_container" "app" {
+  for_each = var.services
+
+  name         = each.value.app.name
+  image        = docker_image.this[each.value.app.image].image_id
+  command      = length(each.value.app.command) > 0 ? each.value.app.command : null
+  env          = [for k, v in each.value.app.env : "${k}=${v}"]
+  stop_timeout = each.value.app.stop_timeout
+  restart      = each.value.app.restart
+  must_run     = true
+
+  # The sidecar's network namespace (created first, so its filter is loading before the app
+  # exists): the app reaches Envoy and the agent on 127.0.0.1, and keeps the pod's address
+  # when it restarts.
+  network_mode = "container:${docker_container.envoy[each.key].id}"
+
+  capabilities {
+    add  = each.value.app.security.cap_add
+    drop = each.value.app.security.cap_drop
+  }
+  security_opts = each.value.app.security.no_new_privileges ? ["no-new-privileges:true"] : null
+  memory        = each.value.app.memory_mib
+  memory_swap   = each.value.app.memory_mib
+
+  dynamic "mounts" {
+    for_each = each.value.app.mounts
+    content {
+      type      = "bind"
+      source    = mounts.value.source
+      target    = mounts.value.target
+      read_only = mounts.value.read_only
+    }
+  }
+
+  dynamic "labels" {
+    for_each = merge(each.value.app.labels, { "iac.managed-by" = "iac" })
     content {
       label = labels.key
       value = labels.value

@@ -7,16 +7,16 @@ output "services" {
   value = {
     for key, svc in var.services : key => {
       host_ip = one([
-        for p in docker_container.app[key].ports : p.ip if p.internal == var.mesh_port
+        for p in docker_container.envoy[key].ports : p.ip if p.internal == var.mesh_port
       ])
       host_port = one([
-        for p in docker_container.app[key].ports : p.external if p.internal == var.mesh_port
+        for p in docker_container.envoy[key].ports : p.external if p.internal == var.mesh_port
       ])
       edge_host_ip = one([
-        for p in docker_container.app[key].ports : p.ip if p.internal == var.edge_port
+        for p in docker_container.envoy[key].ports : p.ip if p.internal == var.edge_port
       ])
       edge_host_port = one([
-        for p in docker_container.app[key].ports : p.external if p.internal == var.edge_port
+        for p in docker_container.envoy[key].ports : p.external if p.internal == var.edge_port
       ])
       app_container_id     = docker_container.app[key].id
       app_container_name   = docker_container.app[key].name

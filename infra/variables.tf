@@ -39,7 +39,33 @@ variable "services" {
     # Hash of everything that makes up the service's pair of containers (also in their labels).
     spec_hash = string
 
+    # The app joins its sidecar's network namespace (like a container of a pod).
     app = object({
+      name    = string
+      image   = string
+      command = list(string)
+      env     = map(string)
+      labels  = map(string)
+      mounts = list(object({
+        source    = string
+        target    = string
+        read_only = bool
+      }))
+      stop_timeout = number
+      # Capabilities added back after dropping, and no-new-privileges.
+      security = object({
+        no_new_privileges = bool
+        cap_add           = list(string)
+        cap_drop          = list(string)
+      })
+      # Memory limit in MiB, swap included; omitted means no limit.
+      memory_mib = optional(number)
+      # The engine's restart policy: "no" or "unless-stopped".
+      restart = string
+    })
+
+    # The sidecar owns the pod's network namespace: it is on var.network and publishes the ports.
+    envoy = object({
       name    = string
       image   = string
       command = list(string)
@@ -59,29 +85,6 @@ variable "services" {
         read_only = bool
       }))
       stop_timeout = number
-      # Capabilities added back after dropping, and no-new-privileges.
-      security = object({
-        no_new_privileges = bool
-        cap_add           = list(string)
-        cap_drop          = list(string)
-      })
-      # Memory limit in MiB, swap included; omitted means no limit.
-      memory_mib = optional(number)
-    })
-
-    # The sidecar shares the app container's network namespace (like a pod).
-    envoy = object({
-      name    = string
-      image   = string
-      command = list(string)
-      env     = map(string)
-      labels  = map(string)
-      mounts = list(object({
-        source    = string
-        target    = string
-        read_only = bool
-      }))
-      stop_timeout = number
       # NET_ADMIN (and what it needs to drop it again) to install the pod's packet filter.
       security = object({
         no_new_privileges = bool
@@ -89,6 +92,7 @@ variable "services" {
         cap_drop          = list(string)
       })
       memory_mib = optional(number)
+      restart    = string
     })
   }))
 }

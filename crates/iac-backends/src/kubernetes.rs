@@ -236,7 +236,7 @@ fn service_documents(
         .collect();
     let mut envoy_ports =
         vec![json!({ "name": "mesh", "containerPort": mesh.inbound, "protocol": "TCP" })];
-    if svc.app.ports.iter().any(|p| p.container_port == mesh.edge) {
+    if svc.published(mesh.edge).is_some() {
         envoy_ports.push(json!({ "name": "edge", "containerPort": mesh.edge, "protocol": "TCP" }));
     }
     let app_container = json!({

@@ -242,11 +242,32 @@ impl Fixture {
                     .to_vec(),
                 env: [("VERSION".to_string(), version.to_string())].into(),
                 labels: self.labels(svc, "app", &hash),
+                // The sidecar's namespace: its published 15000 reaches this server.
+                network: NetworkMode::Container {
+                    name: format!("{app_name}-envoy"),
+                },
+                mounts: vec![],
+                ports: vec![],
+                stop_timeout_secs: 1,
+                privileges: Default::default(),
+                limits: Default::default(),
+                restart: Default::default(),
+            },
+            envoy: ContainerSpec {
+                name: format!("{app_name}-envoy"),
+                image: IMAGE.into(),
+                cmd: ["sleep", "infinity"].map(String::from).to_vec(),
+                env: BTreeMap::new(),
+                labels: self.labels(svc, "envoy", &hash),
                 network: NetworkMode::Network {
                     name: self.network.clone(),
                     aliases: vec![svc.to_string()],
                 },
-                mounts: vec![],
+                mounts: vec![Mount {
+                    source: self.envoy_config.clone(),
+                    target: "/etc/envoy/envoy.yaml".into(),
+                    read_only: true,
+                }],
                 ports: vec![PortPublish {
                     container_port: 15000,
                     host_ip: "127.0.0.1".into(),
@@ -255,23 +276,7 @@ impl Fixture {
                 stop_timeout_secs: 1,
                 privileges: Default::default(),
                 limits: Default::default(),
-            },
-            envoy: ContainerSpec {
-                name: format!("{app_name}-envoy"),
-                image: IMAGE.into(),
-                cmd: ["sleep", "infinity"].map(String::from).to_vec(),
-                env: BTreeMap::new(),
-                labels: self.labels(svc, "envoy", &hash),
-                network: NetworkMode::Container { name: app_name },
-                mounts: vec![Mount {
-                    source: self.envoy_config.clone(),
-                    target: "/etc/envoy/envoy.yaml".into(),
-                    read_only: true,
-                }],
-                ports: vec![],
-                stop_timeout_secs: 1,
-                privileges: Default::default(),
-                limits: Default::default(),
+                restart: Default::default(),
             },
             spec_hash: hash,
             replicas: 1,
@@ -293,6 +298,7 @@ impl Fixture {
             },
             services,
             keep: keep.iter().map(|k| ServiceName::new(k).unwrap()).collect(),
+            repair: Default::default(),
         }
     }
 
@@ -360,7 +366,7 @@ impl Fixture {
             .collect()
     }
 
-    /// The aliases the app container answers to on the project network.
+    /// The aliases a container (a sidecar: the pod's namespace) answers to on the project network.
     async fn aliases(&self, container: &str) -> Vec<String> {
         let c = self
             .docker
@@ -431,15 +437,18 @@ async fn create_reapply_untouched_then_destroy_twice() {
             assert_eq!(labels[LABEL_ROLE], role);
             assert_eq!(labels[LABEL_SPEC_HASH], format!("{svc}1"));
         }
-        assert!(f.aliases(&f.name(svc)).await.contains(&svc.to_string()));
-        // The Envoy stand-in shares the app's network namespace and sees its config read-only.
-        let envoy = f
+        // The sidecar stand-in owns the pod's namespace (alias, ports) and sees its config
+        // read-only; the app shares it.
+        let envoy_name = format!("{}-envoy", f.name(svc));
+        assert!(f.aliases(&envoy_name).await.contains(&svc.to_string()));
+        let app = f
             .docker
-            .inspect_container(&format!("{}-envoy", f.name(svc)), None)
+            .inspect_container(&f.name(svc), None)
             .await
             .unwrap();
-        let mode = envoy.host_config.unwrap().network_mode.unwrap();
-        assert_eq!(mode, format!("container:{}", containers[&f.name(svc)].0));
+        let mode = app.host_config.unwrap().network_mode.unwrap();
+        assert_eq!(mode, format!("container:{}", containers[&envoy_name].0));
+        let envoy = f.docker.inspect_container(&envoy_name, None).await.unwrap();
         let mounts = envoy.mounts.unwrap();
         assert!(mounts.iter().any(
             |m| m.destination.as_deref() == Some("/etc/envoy/envoy.yaml") && m.rw == Some(false)
@@ -481,8 +490,8 @@ async fn create_reapply_untouched_then_destroy_twice() {
         .unwrap();
     assert_eq!(removed.len(), 5, "{removed:?}");
     assert!(
-        removed[0].ends_with("-envoy"),
-        "Envoy containers go first: {removed:?}"
+        !removed[0].ends_with("-envoy") && !removed[1].ends_with("-envoy"),
+        "app containers go first (they live in their sidecars' namespaces): {removed:?}"
     );
     assert!(f.containers().await.is_empty());
     assert!(f.networks().await.is_empty());
@@ -566,13 +575,13 @@ async fn changed_service_alone_is_replaced_health_gated() {
         "{containers:?}"
     );
     assert!(
-        f.aliases(&api_app).await.contains(&"api".to_string()),
-        "the new app took over the alias"
+        f.aliases(&api_envoy).await.contains(&"api".to_string()),
+        "the new pod took over the alias"
     );
-    let envoy = f.docker.inspect_container(&api_envoy, None).await.unwrap();
+    let app = f.docker.inspect_container(&api_app, None).await.unwrap();
     assert_eq!(
-        envoy.host_config.unwrap().network_mode.unwrap(),
-        format!("container:{}", after[&api_app])
+        app.host_config.unwrap().network_mode.unwrap(),
+        format!("container:{}", after[&api_envoy])
     );
 }
 
@@ -689,7 +698,7 @@ async fn failed_create_leaves_no_half_created_pair() {
 }
 
 #[tokio::test]
-async fn stopped_pair_is_replaced_with_the_same_spec() {
+async fn stopped_pair_is_repaired_with_the_same_spec() {
     let f = Fixture::new().await;
     let gate = FakeGate::new(true);
     let stack = f.stack(vec![f.service("web", "1")], &[]);
@@ -703,11 +712,14 @@ async fn stopped_pair_is_replaced_with_the_same_spec() {
     assert!(out.status.success(), "{out:?}");
 
     let diff = f.provisioner.diff(&stack).await.unwrap();
-    assert_eq!(diff[0].action, Action::Replace);
-    assert!(diff[0].reason.contains("exited"), "{diff:?}");
+    assert_eq!(diff[0].action, Action::Repair);
+    assert!(
+        diff[0].reason.contains("app container is exited"),
+        "{diff:?}"
+    );
     let applied = f.apply(&stack, &gate).await;
     let (action, ep) = action_of(&applied, "web");
-    assert_eq!(action, Action::Replace);
+    assert_eq!(action, Action::Repair);
     http_get(assert_loopback(ep), Duration::from_secs(15))
         .await
         .unwrap();
@@ -1002,13 +1014,14 @@ impl Pod {
         format!("{}-envoy", self.f.name("web"))
     }
 
-    /// The app container's addresses on the project network: (IPv4, IPv6 if any).
+    /// The pod's addresses on the project network (its sidecar's, the namespace owner's):
+    /// (IPv4, IPv6 if any).
     fn addresses(&self) -> (String, Option<String>) {
         let out = docker_ok(&[
             "inspect",
             "-f",
             "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{.GlobalIPv6Address}}{{end}}",
-            &self.app(),
+            &self.sidecar(),
         ]);
         let mut it = out.split_whitespace();
         let v4 = it.next().expect("an IPv4 address").to_string();
@@ -1062,12 +1075,30 @@ print(json.dumps(out))
     }
 
     fn status_of_pid1(&self, container: &str) -> BTreeMap<String, String> {
-        docker_ok(&["exec", container, "cat", "/proc/1/status"])
-            .lines()
-            .filter_map(|l| l.split_once(":\t"))
-            .map(|(k, v)| (k.to_string(), v.trim().to_string()))
-            .collect()
+        parse_status(&docker_ok(&["exec", container, "cat", "/proc/1/status"]))
     }
+
+    /// `/proc/<pid>/status` of the process in `container` whose name starts with `name`.
+    fn status_of_named(&self, container: &str, name: &str) -> BTreeMap<String, String> {
+        let all = docker_ok(&[
+            "exec",
+            container,
+            "sh",
+            "-c",
+            "for f in /proc/[0-9]*/status; do cat \"$f\"; echo ---; done",
+        ]);
+        all.split("---\n")
+            .map(parse_status)
+            .find(|s| s.get("Name").is_some_and(|n| n.starts_with(name)))
+            .unwrap_or_else(|| panic!("no process {name} in {container}: {all}"))
+    }
+}
+
+fn parse_status(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.split_once(":\t"))
+        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+        .collect()
 }
 
 /// Sends one nftables `DELTABLE inet <table>` batch over raw netlink and prints the kernel's errno
@@ -1227,11 +1258,19 @@ async fn pod_filter_admits_only_the_sidecar_port_from_the_network() {
         assert_eq!(out.trim(), "200", "app → {url}");
     }
 
-    // Privileges: Envoy kept nothing, the agent only what it needs, the app nothing.
-    let envoy = pod.status_of_pid1(&pod.sidecar());
-    assert!(
-        envoy["Name"].starts_with("envoy"),
-        "Envoy is the sidecar's PID 1 (exec'd): {envoy:?}"
+    // Privileges: the sidecar's PID 1 (the Envoy supervisor that holds the pod's namespace)
+    // gave up NET_ADMIN once the filter was in, Envoy kept nothing, the agent only what it
+    // needs, the app nothing.
+    let supervisor = pod.status_of_pid1(&pod.sidecar());
+    assert_eq!(supervisor["Name"], "sh", "{supervisor:?}");
+    // SETGID (6), SETUID (7), SETPCAP (8): what starting Envoy as the key's owner needs.
+    assert_eq!(supervisor["CapBnd"], "00000000000001c0", "{supervisor:?}");
+    assert_eq!(supervisor["CapEff"], "00000000000001c0", "{supervisor:?}");
+    assert_eq!(supervisor["NoNewPrivs"], "1");
+    let envoy = pod.status_of_named(&pod.sidecar(), "envoy");
+    assert_eq!(
+        envoy["PPid"], "1",
+        "Envoy is the supervisor's child: {envoy:?}"
     );
     for k in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
         assert_eq!(envoy[k], "0000000000000000", "Envoy {k}");
@@ -1332,7 +1371,8 @@ async fn pids_limit_stops_an_app_that_starts_too_many_threads_cleanly() {
     let logs = loop {
         let logs = docker_ok(&["logs", &pod.app()])
             + &String::from_utf8_lossy(&docker(&["logs", &pod.app()]).stderr);
-        if logs.contains("child exited") {
+        // (The agent's own line and the app's, teed from another pipe, in either order.)
+        if logs.contains("child exited") && logs.contains("app: ") {
             break logs;
         }
         assert!(

@@ -139,15 +139,20 @@ fn render_carries_the_topology_the_module_needs() {
     );
     assert_eq!(t.mesh_port, 15000);
     let api = &t.services["api"];
-    assert_eq!(api.app.aliases, ["api"]);
-    assert_eq!(api.app.ports.len(), 1);
+    // The sidecar is the pod's network namespace: the alias and the published port are its.
+    assert_eq!(api.envoy.aliases, ["api"]);
+    assert_eq!(api.envoy.ports.len(), 1);
     assert_eq!(
         (
-            api.app.ports[0].internal,
-            api.app.ports[0].ip.as_str(),
-            api.app.ports[0].external
+            api.envoy.ports[0].internal,
+            api.envoy.ports[0].ip.as_str(),
+            api.envoy.ports[0].external
         ),
         (15000, "127.0.0.1", None)
+    );
+    assert_eq!(
+        (api.app.restart.as_str(), api.envoy.restart.as_str()),
+        ("unless-stopped", "unless-stopped")
     );
     let json = tfvars_json(&t);
     assert!(
@@ -191,14 +196,14 @@ fn kept_services_keep_their_previous_entry() {
 #[test]
 fn render_rejects_shapes_the_module_cannot_express() {
     let mut stack = two_service_stack();
-    stack.services[0].envoy.network = NetworkMode::Network {
+    stack.services[0].app.network = NetworkMode::Network {
         name: "iacnet".into(),
         aliases: vec![],
     };
     let e = render_tfvars(&stack, None, DOCKER_HOST).unwrap_err();
     assert!(
         e.to_string()
-            .contains("must share the network namespace of demo-api"),
+            .contains("must share the network namespace of its sidecar demo-api-envoy"),
         "{e}"
     );
 
@@ -211,7 +216,7 @@ fn render_rejects_shapes_the_module_cannot_express() {
     );
 
     let mut stack = two_service_stack();
-    stack.services[1].app.network = NetworkMode::Network {
+    stack.services[1].envoy.network = NetworkMode::Network {
         name: "othernet".into(),
         aliases: vec!["web".into()],
     };
@@ -335,7 +340,7 @@ fn undeclared_keys_are_rejected() {
 
     // Wrong type.
     let mut v = base;
-    v["services"]["web"]["app"]["ports"][0]["internal"] = Value::from("https");
+    v["services"]["web"]["envoy"]["ports"][0]["internal"] = Value::from("https");
     let e = check_declared(&v, &infra_files()).unwrap_err();
     assert!(
         e.to_string()

@@ -65,11 +65,18 @@ pub enum Command {
         #[arg(long, short = 'f')]
         file: Option<PathBuf>,
     },
-    /// Health-check every running service through its Envoy over mTLS.
+    /// Health-check every running service through its Envoy over mTLS (all at once).
     Health {
         /// Take the project name from this repos file.
         #[arg(long, short = 'f')]
         file: Option<PathBuf>,
+        /// How long to wait for each service's answer (default: `health_check_timeout`, 2s).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        timeout: Option<std::time::Duration>,
+        /// Keep asking until every service is SERVING or this much time has passed (e.g. 60s);
+        /// prints the last answer either way.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        wait: Option<std::time::Duration>,
     },
     /// Stream service logs from the agents (all services, prefixed, when none is named).
     Logs {
@@ -166,4 +173,10 @@ pub enum CaAction {
 pub enum ConfigAction {
     /// Print the effective configuration (secrets redacted).
     Show,
+}
+
+/// A duration argument (`2s`, `500ms`, `5m`).
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?}: {e} (expected a duration such as 2s, 500ms or 5m)"))
 }

@@ -77,6 +77,10 @@ pub struct IacConfig {
     /// How long the prober keeps trying one service (also the Docker provisioner's gate deadline).
     #[serde(with = "iac_core::duration")]
     pub health_deadline: Duration,
+    /// How long `iac health` (and the admin API's service listing) waits for one service's
+    /// answer; every service is asked at once.
+    #[serde(with = "iac_core::duration")]
+    pub health_check_timeout: Duration,
     /// A new or replaced service without a declared port must have been running this long (its
     /// agent's uptime) and still be SERVING; only what is left of it is waited.
     #[serde(with = "iac_core::duration")]
@@ -112,6 +116,7 @@ impl Default for IacConfig {
             parallelism: 4,
             provisioner: ProvisionerKind::Docker,
             health_deadline: Duration::from_secs(45),
+            health_check_timeout: Duration::from_secs(2),
             health_settle: Duration::from_secs(3),
             health_settle_listening: Duration::ZERO,
             otel_endpoint: None,

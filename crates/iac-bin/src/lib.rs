@@ -86,7 +86,11 @@ async fn dispatch(cli: Cli, cfg: IacConfig) -> anyhow::Result<ExitCode> {
         Command::Deploy { file, .. } => commands::deploy(cfg, &file.file, json).await,
         Command::Plan { file } => commands::plan(cfg, &file.file, json).await,
         Command::Destroy { file } => commands::destroy(cfg, file.as_ref(), json).await,
-        Command::Health { file } => commands::health(cfg, file.as_ref(), json).await,
+        Command::Health {
+            file,
+            timeout,
+            wait,
+        } => commands::health(cfg, file.as_ref(), timeout, wait, json).await,
         Command::Logs {
             file,
             service,

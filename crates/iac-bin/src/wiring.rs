@@ -164,6 +164,7 @@ impl App {
                 health_deadline: cfg.health_deadline.max(Duration::from_secs(1)),
                 health_settle: cfg.health_settle,
                 health_settle_listening: cfg.health_settle_listening,
+                health_check_timeout: cfg.health_check_timeout.max(Duration::from_millis(100)),
                 otel_endpoint: cfg.otel_endpoint.clone(),
                 deadline: cfg.deploy_deadline,
             },
@@ -313,7 +314,7 @@ impl ControlPlaneBackend for LiveBackend {
 
     async fn services(&self, project: ProjectName) -> Result<Vec<ServiceStatus>, ApiError> {
         let app = self.app(project).await?;
-        let checked = app.deployer.health().await?;
+        let checked = app.deployer.health(app.cfg.health_check_timeout).await?;
         Ok(checked
             .into_iter()
             .map(|(running, health)| ServiceStatus::new(running, health))

@@ -430,6 +430,7 @@ mod deploy {
                 health_deadline: Duration::from_secs(5),
                 health_settle: Duration::ZERO,
                 health_settle_listening: Duration::ZERO,
+                health_check_timeout: Duration::from_secs(2),
                 otel_endpoint: None,
                 deadline: Duration::from_secs(300),
             },

@@ -48,6 +48,7 @@ pub use slug::{Forge, Slug};
 pub use source::Source;
 pub use stack::{
     Action, Applied, AppliedService, Change, ContainerSpec, Limits, Mount, NetworkMode,
-    NetworkSpec, PodFilter, PortPublish, Privileges, Role, RunningService, ServiceStack, Stack,
+    NetworkSpec, PodFilter, PortPublish, Privileges, RestartPolicy, Role, RunningService,
+    ServiceStack, Stack,
 };
 pub use stages::*;

@@ -1,16 +1,22 @@
 //! The pure planner: prepared services in, [`Stack`] out. Same inputs, same stack, same hashes —
 //! golden-tested. Container layout per service (DESIGN §4):
 //!
-//! * `<project>-<svc>`: the app (PID 1 `iac-agent`), on the project network with alias `<svc>`,
-//!   publishing the sidecar's inbound port 15000 on `127.0.0.1:<ephemeral>` and, for a service
-//!   with an edge, the sidecar's edge port 15080 where its [`EdgeBind`] says;
-//! * `<project>-<svc>-envoy`: Envoy sharing the app's network namespace, its config and the
-//!   service's certificates mounted read-only.
+//! * `<project>-<svc>-envoy`: the sidecar, owner of the pod's network namespace (the pattern of
+//!   Kubernetes' pause container): on the project network with alias `<svc>`, publishing its
+//!   inbound port 15000 on `127.0.0.1:<ephemeral>` and, for a service with an edge, its edge port
+//!   15080 where the [`EdgeBind`] says; Envoy's config and the service's certificates mounted
+//!   read-only;
+//! * `<project>-<svc>`: the app (PID 1 `iac-agent`), joining the sidecar's network namespace
+//!   (`container:<sidecar>`), so a restarted app comes back at the same address, behind the same
+//!   filter, with the same Envoy.
 //!
 //! Both drop every capability and set `no-new-privileges`; each gets back only what it needs
-//! ([`app_privileges`], [`sidecar_privileges`]). The sidecar's command ([`sidecar_command`]) first
-//! installs the pod's packet filter ([`pod_filter_rules`]: from outside the pod only the inbound
-//! mTLS port is reachable, whatever the app binds), then drops every capability and execs Envoy.
+//! ([`app_privileges`], [`sidecar_privileges`]); both restart with the engine
+//! ([`RestartPolicy::UnlessStopped`]: after a crash of their PID 1, an engine restart or a
+//! reboot). The sidecar's command ([`sidecar_command`]) first installs the pod's packet filter
+//! ([`pod_filter_rules`]: from outside the pod only the inbound mTLS port is reachable, whatever
+//! the app binds) — before the app container exists — then gives up NET_ADMIN and supervises
+//! Envoy with no capabilities, restarting it when it dies, while it keeps the namespace.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -120,12 +126,63 @@ fi
     )
 }
 
+/// First delay before the sidecar restarts an Envoy that died; it doubles up to
+/// [`ENVOY_RESTART_MAX_SECS`], and starts again from here after a run of a minute.
+pub const ENVOY_RESTART_FIRST_SECS: u32 = 1;
+/// Longest delay before the sidecar restarts Envoy.
+pub const ENVOY_RESTART_MAX_SECS: u32 = 30;
+/// What the sidecar writes to its stderr when Envoy died and is restarted (followed by the exit
+/// status and the delay).
+pub const ENVOY_RESTART_PREFIX: &str = "iac-sidecar: envoy exited with status ";
+
+/// The second stage of the sidecar's command: runs as the sidecar container's PID 1 for its whole
+/// life, holding the pod's network namespace, and supervises Envoy (`"$@"`, already wrapped in
+/// `setpriv` with no capabilities): SIGTERM/SIGINT are forwarded and end it; an Envoy that dies
+/// by itself is started again after 1 s, doubling to 30 s, back to 1 s after a minute of running.
+/// Builtins only between starts (no process per restart besides Envoy's and the sleep).
+fn envoy_supervisor_script() -> String {
+    format!(
+        "pid=
+stop=
+trap 'stop=1; [ -z \"$pid\" ] || kill -TERM \"$pid\" 2>/dev/null || :' TERM INT
+delay={first}
+while :; do
+  read -r up rest < /proc/uptime
+  started=${{up%.*}}
+  \"$@\" &
+  pid=$!
+  code=0
+  wait \"$pid\" || code=$?
+  while kill -0 \"$pid\" 2>/dev/null; do code=0; wait \"$pid\" || code=$?; done
+  pid=
+  [ -z \"$stop\" ] || exit 0
+  read -r up rest < /proc/uptime
+  [ $(( ${{up%.*}} - started )) -lt 60 ] || delay={first}
+  echo \"{prefix}$code; restarting it in ${{delay}}s\" >&2
+  sleep \"$delay\" &
+  pid=$!
+  wait \"$pid\" || :
+  pid=
+  [ -z \"$stop\" ] || exit 0
+  delay=$(( delay * 2 ))
+  [ \"$delay\" -le {max} ] || delay={max}
+done
+",
+        first = ENVOY_RESTART_FIRST_SECS,
+        max = ENVOY_RESTART_MAX_SECS,
+        prefix = ENVOY_RESTART_PREFIX,
+    )
+}
+
 /// The sidecar container's command: a POSIX shell script that installs [`pod_filter_rules`]
 /// (failing with exit code [`POD_FILTER_EXIT`] and a message naming the missing tool when it
-/// cannot; with an edge, the host is admitted to it in the same batch), then `exec`s
-/// `envoy_argv` through `setpriv` with no capabilities left (inheritable, ambient and bounding
-/// sets cleared, so not even a root Envoy regains any), as the owner of
-/// `key_file` when that is not root (the key is 0600 and the sidecar has no DAC_OVERRIDE).
+/// cannot; with an edge, the host is admitted to it in the same batch), then gives up NET_ADMIN
+/// (its bounding set, through `setpriv`) and becomes the Envoy supervisor
+/// ([`envoy_supervisor_script`]), which starts `envoy_argv` through `setpriv` with no
+/// capabilities left (inheritable, ambient and bounding sets cleared, so not even a root Envoy
+/// regains any), as the owner of `key_file` when that is not root (the key is 0600 and the
+/// sidecar has no DAC_OVERRIDE). The supervisor stays PID 1: it holds the pod's network namespace
+/// while Envoy is restarted.
 pub fn sidecar_command(
     inbound_port: u16,
     edge_port: Option<u16>,
@@ -137,15 +194,16 @@ pub fn sidecar_command(
 for tool in nft setpriv stat; do
   command -v \"$tool\" >/dev/null 2>&1 || {{ echo \"iac-sidecar: $tool is missing from this image; the pod's packet filter cannot be installed (rebuild the Envoy image with scripts/bootstrap-images.sh)\" >&2; exit {POD_FILTER_EXIT}; }}
 done
-{load}key=\"$1\"
-shift
+{load}supervisor=\"$1\"
+key=\"$2\"
+shift 2
 ids=$(stat -c '%u %g' \"$key\")
 uid=${{ids% *}}
 gid=${{ids#* }}
 if [ \"$uid\" = 0 ]; then
-  exec setpriv --inh-caps=-all --ambient-caps=-all --bounding-set=-all -- \"$@\"
+  exec setpriv --bounding-set=-net_admin -- /bin/sh -c \"$supervisor\" iac-sidecar setpriv --inh-caps=-all --ambient-caps=-all --bounding-set=-all -- \"$@\"
 fi
-exec setpriv --reuid=\"$uid\" --regid=\"$gid\" --clear-groups --inh-caps=-all --ambient-caps=-all --bounding-set=-all -- \"$@\"
+exec setpriv --bounding-set=-net_admin -- /bin/sh -c \"$supervisor\" iac-sidecar setpriv --reuid=\"$uid\" --regid=\"$gid\" --clear-groups --inh-caps=-all --ambient-caps=-all --bounding-set=-all -- \"$@\"
 ",
         load = filter_load_script(inbound_port, edge_port)
     );
@@ -154,6 +212,7 @@ exec setpriv --reuid=\"$uid\" --regid=\"$gid\" --clear-groups --inh-caps=-all --
         "-c".into(),
         script,
         "iac-sidecar".into(),
+        envoy_supervisor_script(),
         key_file.to_string(),
     ];
     cmd.extend(envoy_argv.iter().cloned());
@@ -321,31 +380,23 @@ pub fn plan(input: &PlanInput) -> Stack {
                 }
             }
             env.extend(s.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+            let envoy_name = envoy_container_name(project, &s.name);
             let app = ContainerSpec {
-                name: app_name.clone(),
+                name: app_name,
                 image: s.image.clone(),
                 cmd: Vec::new(),
                 env,
                 labels: base_labels(Role::App, Some(&s.name)),
-                network: NetworkMode::Network {
-                    name: input.network.clone(),
-                    aliases: vec![s.name.to_string()],
+                // The sidecar's namespace: created (and filtered) before the app.
+                network: NetworkMode::Container {
+                    name: envoy_name.clone(),
                 },
                 mounts: Vec::new(),
-                ports: std::iter::once(PortPublish {
-                    container_port: ports.inbound,
-                    host_ip: "127.0.0.1".into(),
-                    host_port: None,
-                })
-                .chain(s.edge.map(|bind| PortPublish {
-                    container_port: ports.edge,
-                    host_ip: bind.host.to_string(),
-                    host_port: bind.port,
-                }))
-                .collect(),
+                ports: Vec::new(),
                 stop_timeout_secs: 10,
                 privileges: app_privileges(),
                 limits: Limits::default(),
+                restart: RestartPolicy::UnlessStopped,
             };
             let inside = CertPaths::in_container();
             let ro = |source: &PathBuf, target: &PathBuf| Mount {
@@ -354,7 +405,7 @@ pub fn plan(input: &PlanInput) -> Stack {
                 read_only: true,
             };
             let envoy = ContainerSpec {
-                name: envoy_container_name(project, &s.name),
+                name: envoy_name,
                 image: input.envoy_image.clone(),
                 cmd: sidecar_command(
                     ports.inbound,
@@ -366,17 +417,31 @@ pub fn plan(input: &PlanInput) -> Stack {
                 // sidecar command picks Envoy's user itself (the owner of the 0600 key).
                 env: BTreeMap::from([("ENVOY_UID".to_string(), "0".to_string())]),
                 labels: base_labels(Role::Envoy, Some(&s.name)),
-                network: NetworkMode::Container { name: app_name },
+                network: NetworkMode::Network {
+                    name: input.network.clone(),
+                    aliases: vec![s.name.to_string()],
+                },
                 mounts: vec![
                     ro(&s.envoy_config, &PathBuf::from(ENVOY_CONFIG_IN_CONTAINER)),
                     ro(&s.certs.paths.ca, &inside.ca),
                     ro(&s.certs.paths.cert, &inside.cert),
                     ro(&s.certs.paths.key, &inside.key),
                 ],
-                ports: Vec::new(),
+                ports: std::iter::once(PortPublish {
+                    container_port: ports.inbound,
+                    host_ip: "127.0.0.1".into(),
+                    host_port: None,
+                })
+                .chain(s.edge.map(|bind| PortPublish {
+                    container_port: ports.edge,
+                    host_ip: bind.host.to_string(),
+                    host_port: bind.port,
+                }))
+                .collect(),
                 stop_timeout_secs: 5,
                 privileges: sidecar_privileges(),
                 limits: Limits::default(),
+                restart: RestartPolicy::UnlessStopped,
             };
             #[derive(Serialize)]
             struct HashInput<'a> {
@@ -424,6 +489,7 @@ pub fn plan(input: &PlanInput) -> Stack {
         },
         services,
         keep,
+        repair: BTreeMap::new(),
     }
 }
 
@@ -500,17 +566,39 @@ mod tests {
             let cmd = &s.envoy.cmd;
             assert_eq!(&cmd[..2], ["/bin/sh", "-c"]);
             assert_eq!(cmd[3], "iac-sidecar");
+            assert_eq!(cmd[4], envoy_supervisor_script());
             assert_eq!(
-                cmd[4], "/etc/iac/certs/key.pem",
+                cmd[5], "/etc/iac/certs/key.pem",
                 "Envoy runs as the key's owner"
             );
-            assert_eq!(&cmd[5..8], ["envoy", "-c", ENVOY_CONFIG_IN_CONTAINER]);
+            assert_eq!(&cmd[6..9], ["envoy", "-c", ENVOY_CONFIG_IN_CONTAINER]);
             let script = &cmd[2];
             let filter = script.find("nft -f -").expect("installs the filter");
-            let exec = script.find("exec setpriv").expect("drops capabilities");
+            let exec = script
+                .find("exec setpriv --bounding-set=-net_admin -- /bin/sh -c \"$supervisor\"")
+                .expect("gives up NET_ADMIN, then supervises Envoy");
             assert!(filter < exec, "filter first, then Envoy");
             assert!(script.starts_with("set -eu\n"));
             assert!(script.contains("--bounding-set=-all"));
+            // The pod: the sidecar owns the namespace, the address and the ports; the app joins.
+            assert_eq!(
+                s.app.network,
+                NetworkMode::Container {
+                    name: s.envoy.name.clone()
+                }
+            );
+            assert_eq!(
+                s.envoy.network,
+                NetworkMode::Network {
+                    name: "iacnet".into(),
+                    aliases: vec![s.service.to_string()]
+                }
+            );
+            assert!(s.app.ports.is_empty());
+            assert_eq!(s.envoy.ports[0].container_port, 15000);
+            assert_eq!(s.published(15000), s.envoy.ports.first());
+            assert_eq!(s.app.restart, RestartPolicy::UnlessStopped);
+            assert_eq!(s.envoy.restart, RestartPolicy::UnlessStopped);
             let edge = (s.service.as_str() == "web").then_some(15080);
             assert!(script.contains(&pod_filter_rules(15000, edge)));
             assert_eq!(script.contains("edge_sources"), edge.is_some());
@@ -553,7 +641,7 @@ mod tests {
                 .iter()
                 .find(|s| s.service.as_str() == name)
                 .unwrap()
-                .app
+                .envoy
                 .ports
                 .clone()
         };
@@ -584,7 +672,7 @@ mod tests {
         assert_eq!(ports("api")[0].host_ip, "127.0.0.1");
         let mut no_edge = sample_input();
         no_edge.services[0].edge = None;
-        assert_eq!(plan(&no_edge).services[1].app.ports.len(), 1);
+        assert_eq!(plan(&no_edge).services[1].envoy.ports.len(), 1);
     }
 
     /// The script that admits the host reads the gateway the way a pod sees it and loads it in
@@ -657,6 +745,79 @@ mod tests {
         // Without an edge the lines are what they were before edges existed.
         assert!(filter_load_script(15000, None).starts_with("nft -f - <<'IAC_RULES' || {"));
         assert!(!filter_load_script(15000, None).contains("/proc/net/route"));
+    }
+
+    /// The sidecar's PID 1 restarts an Envoy that dies (backing off), and ends with it on SIGTERM,
+    /// also while waiting to restart it.
+    #[test]
+    fn the_supervisor_restarts_envoy_and_stops_on_sigterm() {
+        let tmp = tempfile::tempdir().unwrap();
+        let runs = tmp.path().join("runs");
+        let log = tmp.path().join("stderr");
+        // A stand-in Envoy that dies at once, counting its runs.
+        let mut child = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(envoy_supervisor_script())
+            .args(["iac-sidecar", "/bin/sh", "-c"])
+            .arg(format!("echo run >> {}; exit 3", runs.display()))
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let count = || {
+            std::fs::read_to_string(&runs)
+                .map(|s| s.lines().count())
+                .unwrap_or(0)
+        };
+        let err = || std::fs::read_to_string(&log).unwrap_or_default();
+        let t0 = std::time::Instant::now();
+        while count() < 2 || !err().contains("restarting it in 2s") {
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(10),
+                "restarted in time: {}",
+                err()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert!(
+            t0.elapsed() >= std::time::Duration::from_millis(900),
+            "the first restart waits 1s: {:?}",
+            t0.elapsed()
+        );
+        // Now waiting 2 s before the third run: SIGTERM ends it at once.
+        let stop = std::time::Instant::now();
+        // SAFETY: kill(2) on our own child.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+        let status = child.wait().unwrap();
+        assert!(status.success(), "{status:?}");
+        assert!(stop.elapsed() < std::time::Duration::from_secs(2));
+        let err = err();
+        assert!(
+            err.contains(&format!("{ENVOY_RESTART_PREFIX}3; restarting it in 1s")),
+            "{err}"
+        );
+        // A running Envoy gets the SIGTERM itself.
+        let mut child = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(envoy_supervisor_script())
+            .args(["iac-sidecar", "/bin/sh", "-c"])
+            .arg(format!(
+                "trap 'echo term >> {0}; exit 0' TERM; echo up >> {0}; while :; do sleep 0.05; done",
+                runs.display()
+            ))
+            .spawn()
+            .unwrap();
+        let before = count();
+        while count() == before {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+        assert!(child.wait().unwrap().success());
+        assert!(
+            std::fs::read_to_string(&runs)
+                .unwrap()
+                .ends_with("up\nterm\n")
+        );
     }
 
     #[test]

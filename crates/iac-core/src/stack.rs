@@ -133,6 +133,31 @@ pub struct ContainerSpec {
     /// Resource limits. Default: none here; provisioners fill in their configured limits.
     #[serde(default)]
     pub limits: Limits,
+    /// What the engine does when the container stops by itself or the engine restarts.
+    #[serde(default)]
+    pub restart: RestartPolicy,
+}
+
+/// The engine's restart policy for a container (Docker's `--restart`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// Never restarted by the engine.
+    #[default]
+    No,
+    /// Restarted whenever it stops by itself, and started again when the engine starts (after
+    /// a reboot), unless a person stopped it.
+    UnlessStopped,
+}
+
+impl RestartPolicy {
+    /// Docker's (and Compose's, and the Terraform provider's) spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartPolicy::No => "no",
+            RestartPolicy::UnlessStopped => "unless-stopped",
+        }
+    }
 }
 
 /// What a container's processes may do beyond an unprivileged process. Capabilities are names
@@ -157,14 +182,17 @@ pub struct Limits {
     pub memory_bytes: Option<i64>,
 }
 
-/// One service's pair of containers. Both carry `spec_hash` in their labels.
+/// One service's pair of containers (a pod). Both carry `spec_hash` in their labels. The sidecar
+/// owns the pod's network namespace (it is on the project network, with the service's alias,
+/// and publishes the pod's ports); the app joins it (`container:<sidecar>`), so restarting the
+/// app never takes the pod's address or filter away.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceStack {
     /// The service.
     pub service: ServiceName,
-    /// The app container (PID 1 the agent).
+    /// The app container (PID 1 the agent), in the sidecar's network namespace.
     pub app: ContainerSpec,
-    /// The Envoy sidecar, in the app's network namespace.
+    /// The Envoy sidecar: the pod's network namespace and its published ports.
     pub envoy: ContainerSpec,
     /// Hash of both specs: unchanged hash → the running pair is left alone.
     pub spec_hash: String,
@@ -180,6 +208,17 @@ pub struct ServiceStack {
 
 fn one_replica() -> u32 {
     1
+}
+
+impl ServiceStack {
+    /// Where the pod's port `container_port` is published on the host (the sidecar publishes
+    /// them all), if it is.
+    pub fn published(&self, container_port: u16) -> Option<&PortPublish> {
+        self.envoy
+            .ports
+            .iter()
+            .find(|p| p.container_port == container_port)
+    }
 }
 
 /// An nftables table (family `inet`) in the pod's network namespace that lets only `inbound_port`
@@ -203,6 +242,11 @@ pub struct Stack {
     pub services: Vec<ServiceStack>,
     /// Services that failed before provisioning: whatever runs for them now is left alone.
     pub keep: Vec<ServiceName>,
+    /// Services whose pods run with the desired spec but were found broken (unreachable through
+    /// their sidecar), with why: replaced all the same, health-gated ([`Action::Repair`]).
+    /// Filled by the deployer after probing, never by [`crate::plan::plan`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub repair: BTreeMap<ServiceName, String>,
 }
 
 /// What reconciling will do (plan) or did (apply) to one service.
@@ -219,6 +263,9 @@ pub enum Action {
     Remove,
     /// A replacement failed its health check: the new pair was removed, the old one kept.
     RolledBack,
+    /// Running with this spec, but broken (a container missing, stopped or dead, or the pod
+    /// unreachable): replaced with the same spec, health-gated.
+    Repair,
 }
 
 impl Action {
@@ -230,6 +277,7 @@ impl Action {
             Action::Unchanged => "unchanged",
             Action::Remove => "remove",
             Action::RolledBack => "rolled back",
+            Action::Repair => "repair",
         }
     }
 }

@@ -12,7 +12,7 @@ use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{
     ContainerCreateBody, EndpointSettings, HostConfig, Mount as DockerMount, MountType,
     NetworkConnectRequest, NetworkCreateRequest, NetworkDisconnectRequest, NetworkingConfig,
-    PortBinding,
+    PortBinding, RestartPolicy as DockerRestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, InspectContainerOptionsBuilder, ListContainersOptionsBuilder,
@@ -22,7 +22,7 @@ use bollard::query_parameters::{
 use futures::StreamExt;
 
 use iac_core::stack::{LABEL_MANAGED, LABEL_PROJECT, LABEL_ROLE, LABEL_SERVICE, LABEL_SPEC_HASH};
-use iac_core::{ContainerSpec, NetworkMode, NetworkSpec, ProjectName, Role};
+use iac_core::{ContainerSpec, NetworkMode, NetworkSpec, ProjectName, RestartPolicy, Role};
 
 use super::{DockerEngine, EngineError};
 use crate::provision::MANAGED_BY;
@@ -195,6 +195,13 @@ pub fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
                 .privileges
                 .no_new_privileges
                 .then(|| vec!["no-new-privileges:true".to_string()]),
+            restart_policy: (spec.restart != RestartPolicy::No).then_some(DockerRestartPolicy {
+                name: Some(match spec.restart {
+                    RestartPolicy::No => RestartPolicyNameEnum::NO,
+                    RestartPolicy::UnlessStopped => RestartPolicyNameEnum::UNLESS_STOPPED,
+                }),
+                maximum_retry_count: None,
+            }),
             pids_limit: spec.limits.pids,
             memory: spec.limits.memory_bytes,
             // No swap on top of the memory limit.

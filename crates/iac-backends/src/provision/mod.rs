@@ -179,6 +179,7 @@ mod tests {
             stop_timeout_secs: 1,
             privileges: Default::default(),
             limits: Default::default(),
+            restart: Default::default(),
         }
     }
 
@@ -198,6 +199,7 @@ mod tests {
                 pod_filter: None,
             }],
             keep: vec![],
+            repair: Default::default(),
         }
     }
 

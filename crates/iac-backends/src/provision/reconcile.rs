@@ -5,10 +5,13 @@
 //!
 //! Rules (first match wins):
 //! * a service in the stack with neither container of its pair → **create**;
+//! * a service in the stack with a container labelled with another spec hash → **replace**
+//!   (health-gated by the provisioner);
+//! * a service in the stack running the desired spec hash but broken — a container missing or
+//!   not running, or named in `stack.repair` (the deployer found it unreachable) → **repair**
+//!   (the same health-gated replacement, with the same spec);
 //! * a service in the stack whose pair is complete, running and labelled with the desired spec
 //!   hash → **unchanged**;
-//! * a service in the stack otherwise (hash differs, one container missing, one not running) →
-//!   **replace** (health-gated by the provisioner);
 //! * a service not in the stack but listed in `stack.keep` → left alone (reported unchanged);
 //! * a service not in the stack and not kept → **remove**.
 //!
@@ -68,9 +71,10 @@ impl Pair {
         self.app.is_none() && self.envoy.is_none()
     }
 
-    /// Envoy first (it lives in the app's network namespace), then the app.
+    /// The app first (it lives in the sidecar's network namespace), then the sidecar: the order
+    /// to remove them in.
     pub fn containers(&self) -> Vec<&Observed> {
-        self.envoy.iter().chain(self.app.iter()).collect()
+        self.app.iter().chain(self.envoy.iter()).collect()
     }
 }
 
@@ -134,20 +138,21 @@ fn split(
             strays.push(c);
         }
     }
-    // Envoy-role strays first so their removal never races the namespace they share.
-    strays.sort_by_key(|c| (c.role != Some(Role::Envoy), c.name.clone()));
+    // App-role strays first: they live in their sidecar's namespace.
+    strays.sort_by_key(|c| (c.role != Some(Role::App), c.name.clone()));
     (pair, strays)
 }
 
-/// Why a present pair does not match `want`, or `None` when it does.
-fn mismatch(pair: &Pair, want: &ServiceStack) -> Option<String> {
-    let (app, envoy) = match (&pair.app, &pair.envoy) {
-        (Some(a), Some(e)) => (a, e),
-        (Some(_), None) => return Some("envoy container missing".into()),
-        (None, Some(_)) => return Some("app container missing".into()),
-        (None, None) => return Some("not running".into()),
-    };
-    for c in [app, envoy] {
+/// What is wrong with a present pair, if anything: its spec differs (→ replace), or it runs the
+/// desired spec but is broken — a container missing or not running (→ repair).
+enum Mismatch {
+    Spec(String),
+    Broken(String),
+}
+
+fn mismatch(pair: &Pair, want: &ServiceStack) -> Option<Mismatch> {
+    // A present container with another spec: the pair is replaced whatever state it is in.
+    for c in pair.containers() {
         let have = c.spec_hash.as_deref().unwrap_or("");
         if have != want.spec_hash {
             let have = if have.is_empty() {
@@ -155,19 +160,34 @@ fn mismatch(pair: &Pair, want: &ServiceStack) -> Option<String> {
             } else {
                 short(have)
             };
-            return Some(format!("spec hash {have} → {}", short(&want.spec_hash)));
+            return Some(Mismatch::Spec(format!(
+                "spec hash {have} → {}",
+                short(&want.spec_hash)
+            )));
         }
     }
-    for (what, c) in [(Role::App, app), (Role::Envoy, envoy)] {
+    match (&pair.app, &pair.envoy) {
+        (Some(_), None) => return Some(Mismatch::Broken("sidecar container missing".into())),
+        (None, Some(_)) => return Some(Mismatch::Broken("app container missing".into())),
+        (None, None) => return Some(Mismatch::Broken("not running".into())),
+        (Some(_), Some(_)) => {}
+    }
+    for (what, c) in [(Role::Envoy, &pair.envoy), (Role::App, &pair.app)] {
+        let c = c.as_ref().expect("both present");
         if !c.is_running() {
-            return Some(format!(
+            let what = if what == Role::Envoy {
+                "sidecar"
+            } else {
+                "app"
+            };
+            return Some(Mismatch::Broken(format!(
                 "{what} container is {}",
                 if c.state.is_empty() {
                     "not running"
                 } else {
                     &c.state
                 }
-            ));
+            )));
         }
     }
     None
@@ -196,11 +216,15 @@ pub fn reconcile(stack: &Stack, observed: &[Observed]) -> Vec<ServicePlan> {
             (Action::Create, reason)
         } else {
             match mismatch(&current, want) {
-                None => (
-                    Action::Unchanged,
-                    format!("spec hash {} matches", short(&want.spec_hash)),
-                ),
-                Some(why) => (Action::Replace, why),
+                Some(Mismatch::Spec(why)) => (Action::Replace, why),
+                Some(Mismatch::Broken(why)) => (Action::Repair, why),
+                None => match stack.repair.get(&want.service) {
+                    Some(why) => (Action::Repair, why.clone()),
+                    None => (
+                        Action::Unchanged,
+                        format!("spec hash {} matches", short(&want.spec_hash)),
+                    ),
+                },
             }
         };
         plans.push(ServicePlan {
@@ -267,6 +291,7 @@ mod tests {
             stop_timeout_secs: 1,
             privileges: Default::default(),
             limits: Default::default(),
+            restart: Default::default(),
         }
     }
 
@@ -290,6 +315,7 @@ mod tests {
             },
             services,
             keep: keep.iter().map(|k| svc(k)).collect(),
+            repair: Default::default(),
         }
     }
 
@@ -342,28 +368,45 @@ mod tests {
                 vec![("web", Action::Replace, "spec hash h1 → h2")],
             ),
             (
-                "only the app exists → replace",
+                "only the app exists → repair",
                 stack(vec![desired("web", "h1")], &[]),
                 vec![c("demo-web", "web", "app", "h1", "running")],
-                vec![("web", Action::Replace, "envoy container missing")],
+                vec![("web", Action::Repair, "sidecar container missing")],
             ),
             (
-                "only the envoy exists → replace",
+                "only the sidecar exists → repair",
                 stack(vec![desired("web", "h1")], &[]),
                 vec![c("demo-web-envoy", "web", "envoy", "h1", "running")],
-                vec![("web", Action::Replace, "app container missing")],
+                vec![("web", Action::Repair, "app container missing")],
             ),
             (
-                "app exited → replace",
+                "app exited → repair",
                 stack(vec![desired("web", "h1")], &[]),
                 pair("web", "h1", "exited", "running"),
-                vec![("web", Action::Replace, "app container is exited")],
+                vec![("web", Action::Repair, "app container is exited")],
             ),
             (
-                "envoy only created → replace",
+                "sidecar only created → repair",
                 stack(vec![desired("web", "h1")], &[]),
                 pair("web", "h1", "running", "created"),
-                vec![("web", Action::Replace, "envoy container is created")],
+                vec![("web", Action::Repair, "sidecar container is created")],
+            ),
+            (
+                "a half pair of another spec → replace",
+                stack(vec![desired("web", "h2")], &[]),
+                vec![c("demo-web", "web", "app", "h1", "exited")],
+                vec![("web", Action::Replace, "spec hash h1 → h2")],
+            ),
+            (
+                "running and matching, but found unreachable → repair",
+                {
+                    let mut s = stack(vec![desired("web", "h1")], &[]);
+                    s.repair
+                        .insert(svc("web"), "unreachable: connection refused".into());
+                    s
+                },
+                pair("web", "h1", "running", "running"),
+                vec![("web", Action::Repair, "unreachable: connection refused")],
             ),
             (
                 "missing hash label → replace",
@@ -475,8 +518,8 @@ mod tests {
         let strays: Vec<&str> = p.strays.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(
             strays,
-            ["demo-web-envoy-next-h2", "demo-web-next-h2"],
-            "envoy strays first"
+            ["demo-web-next-h2", "demo-web-envoy-next-h2"],
+            "app strays first (they live in their sidecar's namespace)"
         );
         assert_eq!(
             p.current
@@ -484,7 +527,7 @@ mod tests {
                 .iter()
                 .map(|c| c.name.as_str())
                 .collect::<Vec<_>>(),
-            ["demo-web-envoy", "demo-web"]
+            ["demo-web", "demo-web-envoy"]
         );
     }
 

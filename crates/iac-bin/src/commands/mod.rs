@@ -127,7 +127,7 @@ pub async fn plan(cfg: IacConfig, file: &Path, json: bool) -> anyhow::Result<Exi
         for c in &outcome.changes {
             let sign = match c.action {
                 iac_core::Action::Create => "+",
-                iac_core::Action::Replace => "~",
+                iac_core::Action::Replace | iac_core::Action::Repair => "~",
                 iac_core::Action::Remove => "-",
                 _ => "=",
             };
@@ -178,12 +178,29 @@ pub async fn destroy(
 pub async fn health(
     cfg: IacConfig,
     file: Option<&PathBuf>,
+    timeout: Option<std::time::Duration>,
+    wait: Option<std::time::Duration>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let project = project_from_optional_file(&cfg, file)?;
+    let timeout = timeout
+        .unwrap_or(cfg.health_check_timeout)
+        .max(std::time::Duration::from_millis(100));
     let app = App::build(cfg, project.clone()).await?;
-    let results = app.deployer.health().await?;
-    let all_ok = !results.is_empty() && results.iter().all(|(_, h)| h.is_serving());
+    let until = wait.map(|w| tokio::time::Instant::now() + w);
+    let (results, all_ok) = loop {
+        let results = app.deployer.health(timeout).await?;
+        let all_ok = !results.is_empty() && results.iter().all(|(_, h)| h.is_serving());
+        match until {
+            Some(until) if !all_ok && tokio::time::Instant::now() < until => {
+                tokio::time::sleep_until(
+                    until.min(tokio::time::Instant::now() + std::time::Duration::from_millis(500)),
+                )
+                .await;
+            }
+            _ => break (results, all_ok),
+        }
+    };
     if json {
         let items: Vec<_> = results
             .iter()
@@ -222,6 +239,9 @@ pub async fn health(
             );
             if let Some(edge) = r.edge {
                 println!("      url    {}", iac_core::edge_url(edge));
+            }
+            if let Some(restarts) = &h.restarts {
+                println!("      restarts {}", restarts.summary());
             }
             if let Some(w) = h.port_warning() {
                 println!("      warn   {w}");

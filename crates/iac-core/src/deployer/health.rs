@@ -36,15 +36,26 @@ impl Settle {
     }
 }
 
+/// How long a service is probed for.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Deadlines {
+    /// A created, replaced or repaired service, and an unchanged one whose agent answers but is
+    /// not SERVING yet.
+    pub full: Duration,
+    /// An unchanged service's first answer: one that has none by then is unreachable (and the
+    /// deployer repairs it).
+    pub unchanged: Duration,
+}
+
 /// Proves one provisioned service: takes the provisioner's outcome for it (`applied`), then
-/// probes it through its Envoy until `deadline`; a created or replaced service must have been
-/// running for its `settle` window (by its agent's uptime, [`crate::settle`]) and still be
-/// SERVING. Returns the service's finished report.
+/// probes it through its Envoy until its deadline; a created, replaced or repaired service must
+/// have been running for its `settle` window (by its agent's uptime, [`crate::settle`]) and still
+/// be SERVING. Returns the service's finished report.
 pub(super) async fn prove(
     mut p: Prepared,
     applied_svc: Option<AppliedService>,
     prober: Arc<dyn HealthProber>,
-    deadline: Duration,
+    deadlines: Deadlines,
     settle: Settle,
     provision_ms: u64,
     svc_events: Events,
@@ -94,11 +105,25 @@ pub(super) async fn prove(
     let target = ProbeTarget {
         service: p.spec.name.clone(),
         addr,
-        deadline,
+        deadline: deadlines.full,
     };
     svc_events.info(Stage::Health, format!("probing {addr} over mTLS"));
-    let mut h = prober.check(&target).await;
-    if matches!(a.action, Action::Create | Action::Replace) {
+    let mut h = if a.action == Action::Unchanged {
+        // A pod left alone should answer at once; one whose agent says "starting" (its app was
+        // just restarted) gets the full deadline; one that does not answer is unreachable.
+        let quick = ProbeTarget {
+            deadline: deadlines.unchanged.min(deadlines.full),
+            ..target.clone()
+        };
+        let h = prober.check(&quick).await;
+        match h.state {
+            HealthState::Unknown => prober.check(&target).await,
+            _ => h,
+        }
+    } else {
+        prober.check(&target).await
+    };
+    if matches!(a.action, Action::Create | Action::Replace | Action::Repair) {
         let window = settle.window(&h);
         h = crate::settle::settle(prober.as_ref(), &target, h, window, &svc_events).await;
     }
@@ -129,12 +154,17 @@ pub(super) async fn prove(
 }
 
 impl Deployer {
-    /// Re-checks every running service of the project.
-    pub async fn health(&self) -> Result<Vec<(RunningService, HealthReport)>, Error> {
+    /// Re-checks every running service of the project, all at once, each for at most `timeout`
+    /// (an unreachable or dead service is reported after that, not after the deploy's health
+    /// deadline).
+    pub async fn health(
+        &self,
+        timeout: Duration,
+    ) -> Result<Vec<(RunningService, HealthReport)>, Error> {
         let running = self.stages.provisioner.running(&self.opts.project).await?;
         let checks = running.into_iter().map(|r| {
             let prober = self.stages.prober.clone();
-            let deadline = self.opts.health_deadline;
+            let deadline = timeout;
             async move {
                 let h = match r.endpoint {
                     Some(addr) => {

@@ -15,13 +15,14 @@ use crate::entry::Entry;
 use crate::error::Error;
 use crate::event::{Events, Stage};
 use crate::fsutil::write_atomic_if_changed;
+use crate::health::HealthState;
 use crate::image::ImageRef;
 use crate::mesh::IssuedCerts;
 use crate::name::{ProjectName, ServiceName};
 use crate::plan::plan;
 use crate::report::{DeployReport, ServiceReport, StageTiming};
 use crate::repos::ServiceSpec;
-use crate::stack::{Change, Stack};
+use crate::stack::{Action, Applied, Change, Stack};
 use crate::stages::*;
 use crate::trace_context::{self, Pipeline};
 
@@ -76,6 +77,9 @@ pub struct DeployOptions {
     /// Raise it for servers that bind before their app has loaded and can still fail to boot
     /// (gunicorn without `--preload`).
     pub health_settle_listening: Duration,
+    /// How long an unchanged service may take to answer before it counts as unreachable and is
+    /// repaired (its pod replaced with the same spec); also `iac health`'s wait per service.
+    pub health_check_timeout: Duration,
     /// OTLP endpoint handed to the apps (`OTEL_EXPORTER_OTLP_ENDPOINT`), if any.
     pub otel_endpoint: Option<String>,
     /// The longest a whole deploy may take (fetch to health). Past it the deploy is stopped,
@@ -274,14 +278,98 @@ impl Deployer {
 
         // Health: every provisioned service, through its Envoy, concurrently.
         let mut reports = failed;
-        let probes = ok_services.into_iter().map(|p| {
+        let kept: Vec<Prepared> = ok_services.clone();
+        let proved = self
+            .prove_all(ok_services, &applied, provision_ms, events)
+            .await;
+        // An unchanged pod that does not answer through its sidecar is broken (its network
+        // namespace, its sidecar, its agent): repaired — replaced with the same spec,
+        // health-gated — and proved again.
+        let repair: BTreeMap<ServiceName, String> = proved
+            .iter()
+            .filter(|r| r.action == Some(Action::Unchanged))
+            .filter_map(|r| {
+                let h = r.health.as_ref()?;
+                (h.state == HealthState::Unreachable).then(|| {
+                    (
+                        r.service.clone(),
+                        format!("unreachable through its sidecar ({})", h.detail),
+                    )
+                })
+            })
+            .collect();
+        if repair.is_empty() {
+            reports.extend(proved);
+            return self.finish(reports, applied.removed, started, None);
+        }
+        reports.extend(
+            proved
+                .into_iter()
+                .filter(|r| !repair.contains_key(&r.service)),
+        );
+        for (svc, why) in &repair {
+            events
+                .for_service(svc)
+                .warn(Stage::Provision, format!("repairing: {why}"));
+        }
+        let again: Vec<Prepared> = kept
+            .into_iter()
+            .filter(|p| repair.contains_key(&p.spec.name))
+            .map(|mut p| {
+                p.report
+                    .warnings
+                    .push(format!("repaired: {}", repair[&p.spec.name]));
+                p
+            })
+            .collect();
+        let mut stack = stack;
+        stack.repair = repair;
+        let t = Instant::now();
+        let repaired = self
+            .stages
+            .provisioner
+            .apply(&stack, self.stages.prober.clone(), events)
+            .instrument(trace_context::task_span(Stage::Provision, None, None, None))
+            .await;
+        let repair_ms = t.elapsed().as_millis() as u64;
+        match repaired {
+            Ok(applied_again) => {
+                reports.extend(
+                    self.prove_all(again, &applied_again, repair_ms, events)
+                        .await,
+                );
+            }
+            Err(e) => {
+                events.error(Stage::Provision, format!("repair: {e}"));
+                for mut p in again {
+                    p.report.fail(Stage::Provision, format!("repair: {e}"));
+                    reports.push(p.report);
+                }
+            }
+        }
+        self.finish(reports, applied.removed, started, None)
+    }
+
+    /// Proves every provisioned service in `services` through its Envoy, concurrently, from what
+    /// the provisioner said of it in `applied`.
+    async fn prove_all(
+        &self,
+        services: Vec<Prepared>,
+        applied: &Applied,
+        provision_ms: u64,
+        events: &Events,
+    ) -> Vec<ServiceReport> {
+        let probes = services.into_iter().map(|p| {
             let applied_svc = applied
                 .services
                 .iter()
                 .find(|a| a.service == p.spec.name)
                 .cloned();
             let prober = self.stages.prober.clone();
-            let deadline = self.opts.health_deadline;
+            let deadlines = health::Deadlines {
+                full: self.opts.health_deadline,
+                unchanged: self.opts.health_check_timeout,
+            };
             let settle = Settle {
                 no_port: self.opts.health_settle,
                 listening: self.opts.health_settle_listening,
@@ -298,7 +386,7 @@ impl Deployer {
                 p,
                 applied_svc,
                 prober,
-                deadline,
+                deadlines,
                 settle,
                 provision_ms,
                 svc_events,
@@ -312,8 +400,7 @@ impl Deployer {
             })
             .instrument(span)
         });
-        reports.extend(futures::future::join_all(probes).await);
-        self.finish(reports, applied.removed, started, None)
+        futures::future::join_all(probes).await
     }
 
     /// What a deploy would change, without building images or touching containers.

@@ -22,6 +22,7 @@ use crate::trace_context;
 use super::Deployer;
 
 /// A service that made it through fetch → resolve → build → certs.
+#[derive(Clone)]
 pub(super) struct Prepared {
     pub(super) spec: ServiceSpec,
     pub(super) report: ServiceReport,

@@ -150,6 +150,7 @@ impl Fakes {
                 health_deadline: Duration::from_secs(1),
                 health_settle: Duration::ZERO,
                 health_settle_listening: Duration::ZERO,
+                health_check_timeout: Duration::from_secs(2),
                 otel_endpoint: None,
                 deadline: Duration::from_secs(30),
             },
@@ -829,16 +830,11 @@ fn edge_provisioner(seen: Arc<std::sync::Mutex<Vec<crate::stack::Stack>>>) -> Mo
                     service: s.service.clone(),
                     action: Action::Create,
                     endpoint: Some(format!("127.0.0.1:{}", 40000 + i).parse().unwrap()),
-                    edge: s
-                        .app
-                        .ports
-                        .iter()
-                        .find(|p| p.container_port == edge_port)
-                        .map(|p| {
-                            format!("{}:{}", p.host_ip, p.host_port.unwrap_or(49000 + i as u16))
-                                .parse()
-                                .unwrap()
-                        }),
+                    edge: s.published(edge_port).map(|p| {
+                        format!("{}:{}", p.host_ip, p.host_port.unwrap_or(49000 + i as u16))
+                            .parse()
+                            .unwrap()
+                    }),
                     health: None,
                     error: None,
                 })
@@ -904,8 +900,8 @@ async fn services_with_an_http_port_get_an_edge_and_its_url() {
             .unwrap()
             .clone()
     };
-    assert_eq!(svc("worker").app.ports.len(), 1, "the mesh port only");
-    assert_eq!(svc("off").app.ports.len(), 1);
+    assert_eq!(svc("worker").envoy.ports.len(), 1, "the mesh port only");
+    assert_eq!(svc("off").envoy.ports.len(), 1);
     // `expose: 8081` without a declared port: the app is expected on the default $PORT.
     assert_eq!(svc("fixed").app.env["PORT"], DEFAULT_APP_PORT.to_string());
     assert_eq!(
@@ -987,5 +983,149 @@ async fn the_report_warns_when_the_app_listens_on_another_port() {
     assert_eq!(
         warned[0].service.as_ref().map(|s| s.as_str()),
         Some("flask")
+    );
+}
+
+/// A provisioner that reports every service unchanged unless the stack asks to repair it; the
+/// stacks it was given are kept in `seen`.
+fn repairing_provisioner(seen: Arc<std::sync::Mutex<Vec<Stack>>>) -> MockProvisioner {
+    let mut p = MockProvisioner::new();
+    p.expect_apply().returning(move |stack, _, _| {
+        seen.lock().unwrap().push(stack.clone());
+        Ok(Applied {
+            services: stack
+                .services
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let repaired = stack.repair.contains_key(&s.service);
+                    AppliedService {
+                        service: s.service.clone(),
+                        action: if repaired {
+                            Action::Repair
+                        } else {
+                            Action::Unchanged
+                        },
+                        // A repaired pod is a new one, at another port.
+                        endpoint: Some(
+                            format!("127.0.0.1:{}", 40000 + i + if repaired { 100 } else { 0 })
+                                .parse()
+                                .unwrap(),
+                        ),
+                        edge: None,
+                        health: None,
+                        error: None,
+                    }
+                })
+                .collect(),
+            removed: vec![],
+        })
+    });
+    p
+}
+
+#[tokio::test]
+async fn an_unchanged_pod_that_does_not_answer_is_repaired_and_proved_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = Fakes::happy();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    f.provisioner = repairing_provisioner(seen.clone());
+    // api's old pod (port 40000) is unreachable; its new one (40100) and web answer.
+    f.prober = MockHealthProber::new();
+    let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let a = asked.clone();
+    f.prober.expect_check().returning(move |t| {
+        a.lock().unwrap().push((t.addr.port(), t.deadline));
+        if t.addr.port() == 40000 {
+            HealthReport::new(
+                t.service.clone(),
+                HealthState::Unreachable,
+                None,
+                "upstream connect error".into(),
+                3,
+            )
+        } else {
+            serving(&t.service, HealthState::Serving)
+        }
+    });
+    let d = f.deployer(dir.path(), 2);
+    let (events, rx) = Events::channel();
+    let report = d.deploy(&[spec("web"), spec("api")], &events).await;
+    assert!(report.ok, "{report:#?}");
+    let api = &report.services[0];
+    assert_eq!(api.service.as_str(), "api");
+    assert_eq!(api.action, Some(Action::Repair));
+    assert_eq!(api.endpoint.as_deref(), Some("127.0.0.1:40100"));
+    assert!(
+        api.warnings
+            .iter()
+            .any(|w| w
+                .starts_with("repaired: unreachable through its sidecar (upstream connect error)")),
+        "{:?}",
+        api.warnings
+    );
+    assert_eq!(report.services[1].action, Some(Action::Unchanged));
+    let stacks = seen.lock().unwrap().clone();
+    assert_eq!(stacks.len(), 2, "applied once, then once more to repair");
+    assert!(stacks[0].repair.is_empty());
+    assert_eq!(
+        stacks[1]
+            .repair
+            .keys()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>(),
+        ["api"]
+    );
+    // The unchanged pods were asked with the short deadline, not the full one.
+    let asked = asked.lock().unwrap().clone();
+    assert!(
+        asked
+            .iter()
+            .any(|(port, d)| *port == 40000
+                && *d == Duration::from_secs(1).min(Duration::from_secs(2))),
+        "{asked:?}"
+    );
+    let evs = drain(rx);
+    assert!(
+        evs.iter().any(|e| e
+            .message
+            .starts_with("repairing: unreachable through its sidecar")),
+        "{evs:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_unchanged_pod_whose_app_crashed_is_reported_not_recreated() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = Fakes::happy();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    f.provisioner = repairing_provisioner(seen.clone());
+    f.prober = MockHealthProber::new();
+    f.prober.expect_check().returning(|t| {
+        HealthReport::new(
+            t.service.clone(),
+            HealthState::NotServing,
+            Some(1),
+            "exited with code 1; restarting in 9.0s".into(),
+            1,
+        )
+    });
+    let d = f.deployer(dir.path(), 2);
+    let report = d.deploy(&[spec("web")], &Events::discard()).await;
+    assert!(!report.ok);
+    assert_eq!(report.services[0].action, Some(Action::Unchanged));
+    assert!(
+        report.services[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("restarting in"),
+        "{:?}",
+        report.services[0].error
+    );
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "its agent restarts it; no repair"
     );
 }

@@ -17,28 +17,29 @@
 //! * The decisions are pure ([`super::reconcile`]); this file only acts on them through the small
 //!   [`Engine`] trait ([`BollardEngine`] for the real engine, a mockall fake in the unit tests).
 //! * Unchanged services are not touched (their endpoint is read back from the published port).
-//! * New services: app container (network alias, port 15000 published on `127.0.0.1:<ephemeral>`,
-//!   labels, env, stop timeout), then Envoy sharing the app's network namespace
-//!   (`container:<app id>` — the id, so renaming the app later cannot break it).
+//! * New services: the sidecar (network alias, port 15000 published on `127.0.0.1:<a free port>`,
+//!   pinned so a restarted sidecar keeps its address; labels, config and certs), then — once its
+//!   packet filter is in — the app, sharing the sidecar's network namespace
+//!   (`container:<sidecar id>` — the id, so renaming the sidecar later cannot break it). Both
+//!   restart with the engine (`unless-stopped`).
 //! * Changed (or half-present, or stopped) services are **replaced health-gated**:
 //!   1. the new pair starts under temporary names (`<name>-next-<spec hash>`) on the project
 //!      network *without* the service alias, so no peer can reach it yet;
 //!   2. the `gate` prober checks it through its own published port, up to the configured deadline;
 //!   3. unhealthy → the new pair is removed, the old pair was never touched
 //!      ([`Action::RolledBack`] with the gate's report);
-//!   4. healthy → the new app is reconnected to the network *with* the alias (Docker cannot add an
-//!      alias to an existing endpoint, so: disconnect + connect), then the old pair is stopped and
-//!      removed (Envoy first), then the new pair is renamed to the canonical names.
+//!   4. healthy → the new sidecar is reconnected to the network *with* the alias (Docker cannot
+//!      add an alias to an existing endpoint, so: disconnect + connect), then the old pair is
+//!      stopped and removed (app first), then the new pair is renamed to the canonical names.
 //!
 //!   Because the alias is added before the old pair goes away there is no window in which the
 //!   service name resolves to nothing; instead there is a short overlap (the duration of stopping
 //!   the old pair) in which Docker's DNS answers with both pairs — both of which are known
-//!   to be running, the new one proven healthy. The new app itself is off the network for the
-//!   instant between disconnect and connect; its published port may change on reconnect, so the
-//!   endpoint is read back afterwards.
+//!   to be running, the new one proven healthy. The new pod is off the network for the instant
+//!   between disconnect and connect; the endpoint is read back afterwards.
 //! * Whatever an apply created for a service that then failed is removed before returning (no
 //!   half-created pairs), and the failure is reported on that service only.
-//! * `destroy` removes every container (all Envoys first, then the apps, `parallelism` at a time)
+//! * `destroy` removes every container (all apps first, then the sidecars, `parallelism` at a time)
 //!   and network with the project label; a network still used by another project's containers
 //!   is left in place with a warning.
 //!
@@ -54,11 +55,11 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
 
-use iac_core::plan::app_container_name;
+use iac_core::plan::{app_container_name, envoy_container_name};
 use iac_core::{
-    Action, Applied, AppliedService, Change, Events, HealthProber, MeshPorts, NetworkMode,
-    NetworkSpec, PodFilter, ProjectName, ProvisionError, Provisioner, Role, RunningService,
-    ServiceName, ServiceStack, Stack, Stage,
+    Action, Applied, AppliedService, Change, ContainerSpec, Events, HealthProber, MeshPorts,
+    NetworkMode, NetworkSpec, PodFilter, PortPublish, ProjectName, ProvisionError, Provisioner,
+    Role, RunningService, ServiceName, ServiceStack, Stack, Stage,
 };
 
 use super::reconcile::{Observed, ServicePlan, reconcile};
@@ -260,9 +261,11 @@ impl DockerProvisioner {
         }
     }
 
-    /// Creates and starts a pair for `want`. `temporary`: under `-next-` names and without the
-    /// network alias. Every container created is pushed to `created` (id, name) before anything
-    /// else can fail.
+    /// Creates and starts a pair for `want`: the sidecar first (it owns the pod's network
+    /// namespace: network, alias, published ports), then — once its log says the pod's packet
+    /// filter is in — the app, in the sidecar's namespace, so the app's first instruction already
+    /// runs behind the filter. `temporary`: under `-next-` names and without the network alias.
+    /// Every container created is pushed to `created` (id, name) before anything else can fail.
     async fn start_pair(
         &self,
         want: &ServiceStack,
@@ -275,43 +278,85 @@ impl DockerProvisioner {
         if temporary {
             app.name = next_name(&app.name, &want.spec_hash);
             envoy.name = next_name(&envoy.name, &want.spec_hash);
-            if let NetworkMode::Network { aliases, .. } = &mut app.network {
+            if let NetworkMode::Network { aliases, .. } = &mut envoy.network {
                 aliases.clear();
             }
         }
-        let app_id = self.engine.create_container(&app).await?;
-        created.push((app_id.clone(), app.name.clone()));
-        if let NetworkMode::Container { .. } = envoy.network {
-            envoy.network = NetworkMode::Container {
-                name: app_id.clone(),
+        let envoy_id = self.start_sidecar(&mut envoy, created, events).await?;
+        // The app joins the sidecar's namespace by id (renaming the sidecar later cannot break it).
+        if let NetworkMode::Container { .. } = app.network {
+            app.network = NetworkMode::Container {
+                name: envoy_id.clone(),
             };
         }
-        // The sidecar only has to exist (not run) to be created into the app's namespace, so it
-        // is created while the app starts: one engine round trip less per pair.
-        let (app_start, envoy_create) = tokio::join!(
-            self.engine.start_container(&app_id),
-            self.engine.create_container(&envoy)
-        );
-        if let Ok(envoy_id) = &envoy_create {
-            created.push((envoy_id.clone(), envoy.name.clone()));
+        // The app only has to exist (not run) to be created into the sidecar's namespace, so it
+        // is created while the sidecar installs the filter: one engine round trip less per pair.
+        let filter = async {
+            match &want.pod_filter {
+                Some(f) => {
+                    self.confirm_pod_filter(&envoy_id, &envoy.name, f, events)
+                        .await
+                }
+                None => Ok(()),
+            }
+        };
+        let (filtered, app_create) = tokio::join!(filter, self.engine.create_container(&app));
+        if let Ok(app_id) = &app_create {
+            created.push((app_id.clone(), app.name.clone()));
         }
-        app_start?;
-        let app_started = tokio::time::Instant::now();
+        filtered?;
+        let app_id = app_create?;
+        self.engine.start_container(&app_id).await?;
         events.debug(
             Stage::Provision,
             format!("started {} ({})", app.name, short_id(&app_id)),
         );
-        let envoy_id = envoy_create?;
-        self.engine.start_container(&envoy_id).await?;
-        events.debug(
-            Stage::Provision,
-            format!("started {} ({})", envoy.name, short_id(&envoy_id)),
-        );
-        if let Some(filter) = &want.pod_filter {
-            self.confirm_pod_filter(&envoy_id, &envoy.name, filter, app_started, events)
-                .await?;
-        }
         Ok(StartedPair { app_id, envoy_id })
+    }
+
+    /// Creates and starts the sidecar. Ports the plan leaves to the engine are pinned to a free
+    /// host port first ([`pin_free_ports`]): an engine picks a new ephemeral port every time a
+    /// container starts, so without it a restarted sidecar (engine restart, reboot) would come
+    /// back at another address. When the engine finds the pinned port taken after all, the
+    /// sidecar is removed and made again with other ports (three tries, then the engine's own
+    /// choice).
+    async fn start_sidecar(
+        &self,
+        envoy: &mut ContainerSpec,
+        created: &mut Vec<(String, String)>,
+        events: &Events,
+    ) -> Result<String, EngineError> {
+        let planned = envoy.ports.clone();
+        for attempt in 1..=4u32 {
+            envoy.ports = planned.clone();
+            if attempt < 4 {
+                pin_free_ports(&mut envoy.ports);
+            }
+            let id = self.engine.create_container(envoy).await?;
+            created.push((id.clone(), envoy.name.clone()));
+            match self.engine.start_container(&id).await {
+                Ok(()) => {
+                    events.debug(
+                        Stage::Provision,
+                        format!("started {} ({})", envoy.name, short_id(&id)),
+                    );
+                    return Ok(id);
+                }
+                Err(e) if attempt < 4 && port_taken(&e) => {
+                    events.debug(
+                        Stage::Provision,
+                        format!(
+                            "{}: a pinned host port was taken ({e}); trying others",
+                            envoy.name
+                        ),
+                    );
+                    created.pop();
+                    self.engine.remove_container(&id).await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        unreachable!("the last attempt returns")
     }
 
     /// Waits until the pod's packet filter is in place: the sidecar's script writes
@@ -326,14 +371,12 @@ impl DockerProvisioner {
         envoy_id: &str,
         envoy_name: &str,
         filter: &PodFilter,
-        app_started: tokio::time::Instant,
         events: &Events,
     ) -> Result<(), EngineError> {
         let check = FilterCheck {
             envoy_id,
             envoy_name,
             filter,
-            app_started,
             started: tokio::time::Instant::now(),
             deadline: self.config.pod_filter_deadline.max(Duration::from_secs(1)),
         };
@@ -424,13 +467,15 @@ impl DockerProvisioner {
         }
     }
 
+    /// Where the pod's mTLS port is published: asked of the sidecar, which publishes the pod's
+    /// ports.
     async fn endpoint(
         &self,
-        app_id: &str,
+        envoy_id: &str,
         want: &ServiceStack,
     ) -> Result<Option<SocketAddr>, EngineError> {
-        match want.app.ports.first() {
-            Some(p) => self.engine.published_port(app_id, p.container_port).await,
+        match want.envoy.ports.first() {
+            Some(p) => self.engine.published_port(envoy_id, p.container_port).await,
             None => Ok(None),
         }
     }
@@ -475,11 +520,11 @@ impl DockerProvisioner {
                 events.info(Stage::Provision, format!("unchanged ({})", plan.reason));
                 // Read from the listing the plan was made from: no request per unchanged service
                 // (a no-op redeploy asks the engine once for the whole project).
-                out.endpoint = want.app.ports.first().and_then(|p| {
+                out.endpoint = want.envoy.ports.first().and_then(|p| {
                     plan.current
-                        .app
+                        .envoy
                         .as_ref()
-                        .and_then(|a| a.published_addr(p.container_port))
+                        .and_then(|e| e.published_addr(p.container_port))
                 });
             }
             Action::Create => {
@@ -487,7 +532,7 @@ impl DockerProvisioner {
                 let mut created = Vec::new();
                 let r = async {
                     let pair = self.start_pair(want, false, &mut created, &events).await?;
-                    self.endpoint(&pair.app_id, want).await
+                    self.endpoint(&pair.envoy_id, want).await
                 }
                 .await;
                 match r {
@@ -504,7 +549,9 @@ impl DockerProvisioner {
                     }
                 }
             }
-            Action::Replace => self.replace(plan, want, gate, &events, &mut out).await,
+            Action::Replace | Action::Repair => {
+                self.replace(plan, want, gate, &events, &mut out).await
+            }
             Action::Remove | Action::RolledBack => {
                 out.error = Some(format!(
                     "internal: unexpected action {} for a desired service",
@@ -521,13 +568,13 @@ impl DockerProvisioner {
     async fn remove_service(&self, plan: &ServicePlan, events: &Events) -> AppliedService {
         let events = events.for_service(&plan.service);
         events.info(Stage::Provision, format!("removing ({})", plan.reason));
-        // Envoy-role containers first: they live in their app's network namespace.
+        // App-role containers first: they live in their sidecar's network namespace.
         let mut all: Vec<&Observed> = plan
             .strays
             .iter()
             .chain(plan.current.containers())
             .collect();
-        all.sort_by_key(|c| c.role != Some(Role::Envoy));
+        all.sort_by_key(|c| c.role != Some(Role::App));
         let ordered: Vec<(String, String)> =
             all.iter().map(|c| (c.id.clone(), c.name.clone())).collect();
         let errors = self.remove_all(&ordered, &events).await;
@@ -554,8 +601,7 @@ impl DockerProvisioner {
         services: &mut [AppliedService],
     ) {
         let edge_port = MeshPorts::default().edge;
-        let with_edge =
-            |s: &ServiceStack| s.app.ports.iter().any(|p| p.container_port == edge_port);
+        let with_edge = |s: &ServiceStack| s.published(edge_port).is_some();
         if !stack.services.iter().any(with_edge) {
             return;
         }
@@ -573,10 +619,10 @@ impl DockerProvisioner {
             &fresh
         };
         for a in services.iter_mut() {
-            let name = app_container_name(&stack.project, &a.service);
+            let name = envoy_container_name(&stack.project, &a.service);
             a.edge = observed
                 .iter()
-                .find(|c| c.name == name && c.role == Some(iac_core::Role::App))
+                .find(|c| c.name == name && c.role == Some(iac_core::Role::Envoy))
                 .and_then(|c| c.published_addr(edge_port));
         }
     }
@@ -592,8 +638,6 @@ struct FilterCheck<'a> {
     envoy_id: &'a str,
     envoy_name: &'a str,
     filter: &'a PodFilter,
-    /// When the app started (it runs unfiltered until the check succeeds).
-    app_started: tokio::time::Instant,
     /// When the sidecar started, the check with it.
     started: tokio::time::Instant,
     deadline: Duration,
@@ -608,19 +652,39 @@ impl FilterCheck<'_> {
         EngineError::new(self.op(), None, message)
     }
 
-    /// Says that the filter is in place, and how long after the sidecar and the app started (the
-    /// second figure is the window in which the app ran unfiltered).
+    /// Says that the filter is in place, and how long after the sidecar started (the app starts
+    /// only now).
     fn in_place(&self, events: &Events) {
         events.debug(
             Stage::Provision,
             format!(
-                "pod filter inet {} in place ({} ms after the sidecar started, {} ms after the app started)",
+                "pod filter inet {} in place {} ms after the sidecar started; starting the app",
                 self.filter.table,
                 self.started.elapsed().as_millis(),
-                self.app_started.elapsed().as_millis()
             ),
         );
     }
+}
+
+/// Gives every port the engine would pick (`host_port: None`) a free port of the host, found by
+/// binding port 0 on its address; a port whose address cannot be bound here (an engine on
+/// another host) is left to the engine.
+fn pin_free_ports(ports: &mut [PortPublish]) {
+    for p in ports.iter_mut().filter(|p| p.host_port.is_none()) {
+        let Ok(ip) = p.host_ip.parse::<std::net::IpAddr>() else {
+            continue;
+        };
+        if let Ok(l) = std::net::TcpListener::bind((ip, 0))
+            && let Ok(addr) = l.local_addr()
+        {
+            p.host_port = Some(addr.port());
+        }
+    }
+}
+
+/// The engine could not publish a port because something else holds it.
+fn port_taken(e: &EngineError) -> bool {
+    e.message.contains("already allocated") || e.message.contains("address already in use")
 }
 
 fn short_id(id: &str) -> &str {
@@ -680,14 +744,14 @@ impl Provisioner for DockerProvisioner {
                 action: Action::Unchanged,
                 endpoint: p
                     .current
-                    .app
+                    .envoy
                     .as_ref()
-                    .and_then(|a| a.published_addr(MeshPorts::default().inbound)),
+                    .and_then(|e| e.published_addr(MeshPorts::default().inbound)),
                 edge: p
                     .current
-                    .app
+                    .envoy
                     .as_ref()
-                    .and_then(|a| a.published_addr(MeshPorts::default().edge)),
+                    .and_then(|e| e.published_addr(MeshPorts::default().edge)),
                 health: None,
                 error: None,
             });
@@ -717,15 +781,15 @@ impl Provisioner for DockerProvisioner {
         events: &Events,
     ) -> Result<Vec<String>, ProvisionError> {
         let mut containers = self.engine.list_containers(project).await?;
-        containers.sort_by_key(|c| (c.role != Some(Role::Envoy), c.name.clone()));
-        // Every Envoy first (each lives in its app's network namespace), then the rest; within
+        containers.sort_by_key(|c| (c.role != Some(Role::App), c.name.clone()));
+        // Every app first (each lives in its sidecar's network namespace), then the rest; within
         // each phase `parallelism` containers are stopped and removed at once.
-        let (envoys, others): (Vec<&Observed>, Vec<&Observed>) =
-            containers.iter().partition(|c| c.role == Some(Role::Envoy));
+        let (apps, others): (Vec<&Observed>, Vec<&Observed>) =
+            containers.iter().partition(|c| c.role == Some(Role::App));
         let n = self.config.parallelism.max(1);
         let mut removed = Vec::new();
         let mut errors = Vec::new();
-        for phase in [envoys, others] {
+        for phase in [apps, others] {
             // Boxed for the same reason as in `apply` (async_trait's `Send` check).
             let removals: Vec<BoxFuture<'_, (&Observed, Result<(), EngineError>)>> = phase
                 .into_iter()
@@ -790,19 +854,30 @@ impl Provisioner for DockerProvisioner {
 
     async fn running(&self, project: &ProjectName) -> Result<Vec<RunningService>, ProvisionError> {
         let MeshPorts { inbound, edge, .. } = MeshPorts::default();
-        let mut out: Vec<RunningService> = self
-            .observe(project)
-            .await?
-            .into_iter()
+        let observed = self.observe(project).await?;
+        // The app's image and state, the sidecar's published ports (the pod's endpoint).
+        let mut out: Vec<RunningService> = observed
+            .iter()
             .filter(|c| c.role == Some(Role::App))
             .filter_map(|c| {
                 let service = ServiceName::new(c.service.as_deref()?).ok()?;
-                (c.name == app_container_name(project, &service)).then(|| RunningService {
-                    endpoint: c.published_addr(inbound),
-                    edge: c.published_addr(edge),
+                if c.name != app_container_name(project, &service) {
+                    return None;
+                }
+                let envoy_name = envoy_container_name(project, &service);
+                let sidecar = observed
+                    .iter()
+                    .find(|e| e.name == envoy_name && e.role == Some(Role::Envoy));
+                Some(RunningService {
+                    endpoint: sidecar.and_then(|e| e.published_addr(inbound)),
+                    edge: sidecar.and_then(|e| e.published_addr(edge)),
                     spec_hash: c.spec_hash.clone().unwrap_or_default(),
                     image: c.image.clone(),
-                    state: c.state.clone(),
+                    state: match sidecar {
+                        Some(e) if !e.is_running() => format!("{} (sidecar {})", c.state, e.state),
+                        None => format!("{} (sidecar missing)", c.state),
+                        Some(_) => c.state.clone(),
+                    },
                     service,
                 })
             })

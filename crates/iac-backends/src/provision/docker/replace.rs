@@ -22,21 +22,26 @@ impl DockerProvisioner {
         events: &Events,
         out: &mut AppliedService,
     ) {
+        let verb = if plan.action == Action::Repair {
+            "repairing"
+        } else {
+            "replacing"
+        };
         events.info(
             Stage::Provision,
             format!(
-                "replacing ({}), starting the new pair beside the old",
+                "{verb} ({}), starting the new pair beside the old",
                 plan.reason
             ),
         );
-        let old_endpoint = match &plan.current.app {
-            Some(app) => self.endpoint(&app.id, want).await.ok().flatten(),
+        let old_endpoint = match &plan.current.envoy {
+            Some(envoy) => self.endpoint(&envoy.id, want).await.ok().flatten(),
             None => None,
         };
         let mut created = Vec::new();
         let started = async {
             let pair = self.start_pair(want, true, &mut created, events).await?;
-            let ep = self.endpoint(&pair.app_id, want).await?;
+            let ep = self.endpoint(&pair.envoy_id, want).await?;
             Ok::<_, EngineError>((pair, ep))
         }
         .await;
@@ -45,7 +50,7 @@ impl DockerProvisioner {
             Ok((_, None)) => {
                 let cleanup = self.clean_up(&created, events).await;
                 out.error = Some(format!(
-                    "cannot health-gate the new pair of {}: its app container publishes no port; \
+                    "cannot health-gate the new pair of {}: its sidecar publishes no port; \
                  new pair removed{cleanup}, old pair kept",
                     plan.service
                 ));
@@ -97,12 +102,12 @@ impl DockerProvisioner {
         out.health = Some(health);
         let mut old_removed = false;
         let swapped = async {
-            if let NetworkMode::Network { name, aliases } = &want.app.network
+            if let NetworkMode::Network { name, aliases } = &want.envoy.network
                 && !aliases.is_empty()
             {
-                self.engine.disconnect_network(name, &pair.app_id).await?;
+                self.engine.disconnect_network(name, &pair.envoy_id).await?;
                 self.engine
-                    .connect_network(name, &pair.app_id, aliases.clone())
+                    .connect_network(name, &pair.envoy_id, aliases.clone())
                     .await?;
             }
             let old: Vec<(String, String)> = plan
@@ -121,7 +126,7 @@ impl DockerProvisioner {
             self.engine
                 .rename_container(&pair.envoy_id, &want.envoy.name)
                 .await?;
-            self.endpoint(&pair.app_id, want).await
+            self.endpoint(&pair.envoy_id, want).await
         }
         .await;
         match swapped {

@@ -53,19 +53,15 @@ fn desired(n: &str, hash: &str) -> ServiceStack {
             cmd: vec![],
             env: [("PORT".to_string(), "8080".to_string())].into(),
             labels: labels(n, "app", hash),
-            network: NetworkMode::Network {
-                name: NET.into(),
-                aliases: vec![n.to_string()],
+            network: NetworkMode::Container {
+                name: format!("demo-{n}-envoy"),
             },
             mounts: vec![],
-            ports: vec![PortPublish {
-                container_port: 15000,
-                host_ip: "127.0.0.1".into(),
-                host_port: None,
-            }],
+            ports: vec![],
             stop_timeout_secs: 10,
             privileges: Default::default(),
             limits: Default::default(),
+            restart: Default::default(),
         },
         envoy: ContainerSpec {
             name: format!("demo-{n}-envoy"),
@@ -73,18 +69,26 @@ fn desired(n: &str, hash: &str) -> ServiceStack {
             cmd: vec!["envoy".into(), "-c".into(), "/etc/envoy/envoy.yaml".into()],
             env: BTreeMap::new(),
             labels: labels(n, "envoy", hash),
-            network: NetworkMode::Container {
-                name: format!("demo-{n}"),
+            network: NetworkMode::Network {
+                name: NET.into(),
+                aliases: vec![n.to_string()],
             },
             mounts: vec![Mount {
                 source: "/state/envoy.yaml".into(),
                 target: "/etc/envoy/envoy.yaml".into(),
                 read_only: true,
             }],
-            ports: vec![],
+            // Pinned, as the provisioner would pin an engine-chosen port: the mock engine is
+            // not the host.
+            ports: vec![PortPublish {
+                container_port: 15000,
+                host_ip: "127.0.0.1".into(),
+                host_port: Some(39999),
+            }],
             stop_timeout_secs: 5,
             privileges: Default::default(),
             limits: Default::default(),
+            restart: Default::default(),
         },
         spec_hash: hash.into(),
         replicas: 1,
@@ -101,6 +105,7 @@ fn stack(services: Vec<ServiceStack>, keep: &[&str]) -> Stack {
         },
         services,
         keep: keep.iter().map(|k| svc(k)).collect(),
+        repair: Default::default(),
     }
 }
 
@@ -119,8 +124,8 @@ fn observed(name: &str, n: &str, role: &str, hash: &str, port: Option<u16>) -> O
 
 fn running_pair(n: &str, hash: &str, port: u16) -> Vec<Observed> {
     vec![
-        observed(&format!("demo-{n}"), n, "app", hash, Some(port)),
-        observed(&format!("demo-{n}-envoy"), n, "envoy", hash, None),
+        observed(&format!("demo-{n}"), n, "app", hash, None),
+        observed(&format!("demo-{n}-envoy"), n, "envoy", hash, Some(port)),
     ]
 }
 
@@ -201,7 +206,8 @@ fn provisioner(e: MockEngine) -> DockerProvisioner {
     DockerProvisioner::with_engine(Arc::new(e), config())
 }
 
-/// Expects create+start of the canonical pair for `n`, returning ids `new-<n>` / `new-<n>-envoy`.
+/// Expects create+start of the canonical pair for `n` — the sidecar (the pod's namespace, on the
+/// network) first, then the app in its namespace — returning ids `new-<n>-envoy` / `new-<n>`.
 fn creates_pair(
     e: &mut MockEngine,
     seq: &mut Sequence,
@@ -214,7 +220,7 @@ fn creates_pair(
     let temp = temp_hash.is_some();
     e.expect_create_container()
         .withf(move |s| {
-            s.name == app_name
+            s.name == envoy_name
                 && match &s.network {
                     NetworkMode::Network { name, aliases } => {
                         name == NET
@@ -229,25 +235,25 @@ fn creates_pair(
         })
         .times(1)
         .in_sequence(seq)
-        .returning(move |_| Ok(format!("new-{n}")));
+        .returning(move |_| Ok(format!("new-{n}-envoy")));
     e.expect_start_container()
-        .withf(move |i| i == format!("new-{n}"))
+        .withf(move |i| i == format!("new-{n}-envoy"))
         .times(1)
         .in_sequence(seq)
         .returning(|_| Ok(()));
     e.expect_create_container()
         .withf(move |s| {
-            s.name == envoy_name
+            s.name == app_name
                 && s.network
                     == NetworkMode::Container {
-                        name: format!("new-{n}"),
+                        name: format!("new-{n}-envoy"),
                     }
         })
         .times(1)
         .in_sequence(seq)
-        .returning(move |_| Ok(format!("new-{n}-envoy")));
+        .returning(move |_| Ok(format!("new-{n}")));
     e.expect_start_container()
-        .withf(move |i| i == format!("new-{n}-envoy"))
+        .withf(move |i| i == format!("new-{n}"))
         .times(1)
         .in_sequence(seq)
         .returning(|_| Ok(()));
@@ -262,7 +268,7 @@ fn port_of(e: &mut MockEngine, seq: &mut Sequence, id: &'static str, port: u16) 
 }
 
 #[tokio::test]
-async fn create_starts_app_then_envoy_and_creates_the_missing_network() {
+async fn create_starts_the_sidecar_then_the_app_and_creates_the_missing_network() {
     let mut e = MockEngine::new();
     let mut seq = Sequence::new();
     e.expect_find_networks()
@@ -283,7 +289,7 @@ async fn create_starts_app_then_envoy_and_creates_the_missing_network() {
         .in_sequence(&mut seq)
         .returning(|_| Ok(vec![]));
     creates_pair(&mut e, &mut seq, "web", None);
-    port_of(&mut e, &mut seq, "new-web", 32001);
+    port_of(&mut e, &mut seq, "new-web-envoy", 32001);
     let (events, mut rx) = Events::channel();
     let applied = provisioner(e)
         .apply(
@@ -346,21 +352,21 @@ async fn healthy_replacement_swaps_alias_then_removes_old_then_renames() {
     network_exists(&mut e);
     lists(&mut e, running_pair("web", "h1", 32003));
     let mut seq = Sequence::new();
-    port_of(&mut e, &mut seq, "id-demo-web", 32003);
+    port_of(&mut e, &mut seq, "id-demo-web-envoy", 32003);
     creates_pair(&mut e, &mut seq, "web", Some("h2"));
-    port_of(&mut e, &mut seq, "new-web", 32010);
+    port_of(&mut e, &mut seq, "new-web-envoy", 32010);
     e.expect_disconnect_network()
-        .withf(|n, c| n == NET && c == "new-web")
+        .withf(|n, c| n == NET && c == "new-web-envoy")
         .times(1)
         .in_sequence(&mut seq)
         .returning(|_, _| Ok(()));
     e.expect_connect_network()
-        .withf(|n, c, a| n == NET && c == "new-web" && a == &["web".to_string()])
+        .withf(|n, c, a| n == NET && c == "new-web-envoy" && a == &["web".to_string()])
         .times(1)
         .in_sequence(&mut seq)
         .returning(|_, _, _| Ok(()));
-    stop_remove(&mut e, &mut seq, "id-demo-web-envoy");
     stop_remove(&mut e, &mut seq, "id-demo-web");
+    stop_remove(&mut e, &mut seq, "id-demo-web-envoy");
     e.expect_rename_container()
         .withf(|i, n| i == "new-web" && n == "demo-web")
         .times(1)
@@ -371,7 +377,7 @@ async fn healthy_replacement_swaps_alias_then_removes_old_then_renames() {
         .times(1)
         .in_sequence(&mut seq)
         .returning(|_, _| Ok(()));
-    port_of(&mut e, &mut seq, "new-web", 32011);
+    port_of(&mut e, &mut seq, "new-web-envoy", 32011);
     let gate = gate_says("web", addr(32010), HealthState::Serving);
     let applied = provisioner(e)
         .apply(
@@ -401,12 +407,12 @@ async fn unhealthy_replacement_rolls_back_and_keeps_the_old_pair() {
     network_exists(&mut e);
     lists(&mut e, running_pair("web", "h1", 32004));
     let mut seq = Sequence::new();
-    port_of(&mut e, &mut seq, "id-demo-web", 32004);
+    port_of(&mut e, &mut seq, "id-demo-web-envoy", 32004);
     creates_pair(&mut e, &mut seq, "web", Some("h2"));
-    port_of(&mut e, &mut seq, "new-web", 32020);
-    // Only the new pair goes, Envoy first; the old pair (id-demo-web*) is never stopped.
-    stop_remove(&mut e, &mut seq, "new-web-envoy");
+    port_of(&mut e, &mut seq, "new-web-envoy", 32020);
+    // Only the new pair goes, the app first; the old pair (id-demo-web*) is never stopped.
     stop_remove(&mut e, &mut seq, "new-web");
+    stop_remove(&mut e, &mut seq, "new-web-envoy");
     e.expect_disconnect_network().never();
     e.expect_rename_container().never();
     let gate = gate_says("web", addr(32020), HealthState::NotServing);
@@ -433,15 +439,21 @@ async fn unhealthy_replacement_rolls_back_and_keeps_the_old_pair() {
 async fn replacement_of_a_half_pair_removes_only_what_exists() {
     let mut e = MockEngine::new();
     network_exists(&mut e);
-    // Only the app runs (its Envoy vanished) → replace.
+    // Only the sidecar runs (its app vanished) → replace.
     lists(
         &mut e,
-        vec![observed("demo-web", "web", "app", "h1", Some(32005))],
+        vec![observed(
+            "demo-web-envoy",
+            "web",
+            "envoy",
+            "h1",
+            Some(32005),
+        )],
     );
     let mut seq = Sequence::new();
-    port_of(&mut e, &mut seq, "id-demo-web", 32005);
+    port_of(&mut e, &mut seq, "id-demo-web-envoy", 32005);
     creates_pair(&mut e, &mut seq, "web", Some("h1"));
-    port_of(&mut e, &mut seq, "new-web", 32030);
+    port_of(&mut e, &mut seq, "new-web-envoy", 32030);
     e.expect_disconnect_network()
         .times(1)
         .in_sequence(&mut seq)
@@ -450,12 +462,12 @@ async fn replacement_of_a_half_pair_removes_only_what_exists() {
         .times(1)
         .in_sequence(&mut seq)
         .returning(|_, _, _| Ok(()));
-    stop_remove(&mut e, &mut seq, "id-demo-web");
+    stop_remove(&mut e, &mut seq, "id-demo-web-envoy");
     e.expect_rename_container()
         .times(2)
         .in_sequence(&mut seq)
         .returning(|_, _| Ok(()));
-    port_of(&mut e, &mut seq, "new-web", 32031);
+    port_of(&mut e, &mut seq, "new-web-envoy", 32031);
     let gate = gate_says("web", addr(32030), HealthState::Serving);
     let applied = provisioner(e)
         .apply(
@@ -475,9 +487,9 @@ async fn failed_swap_removes_the_new_pair_and_keeps_the_old() {
     network_exists(&mut e);
     lists(&mut e, running_pair("web", "h1", 32006));
     let mut seq = Sequence::new();
-    port_of(&mut e, &mut seq, "id-demo-web", 32006);
+    port_of(&mut e, &mut seq, "id-demo-web-envoy", 32006);
     creates_pair(&mut e, &mut seq, "web", Some("h2"));
-    port_of(&mut e, &mut seq, "new-web", 32040);
+    port_of(&mut e, &mut seq, "new-web-envoy", 32040);
     e.expect_disconnect_network()
         .times(1)
         .in_sequence(&mut seq)
@@ -492,8 +504,8 @@ async fn failed_swap_removes_the_new_pair_and_keeps_the_old() {
                 "boom",
             ))
         });
-    stop_remove(&mut e, &mut seq, "new-web-envoy");
     stop_remove(&mut e, &mut seq, "new-web");
+    stop_remove(&mut e, &mut seq, "new-web-envoy");
     let gate = gate_says("web", addr(32040), HealthState::Serving);
     let applied = provisioner(e)
         .apply(
@@ -507,7 +519,7 @@ async fn failed_swap_removes_the_new_pair_and_keeps_the_old() {
     assert_eq!(a.action, Action::Replace);
     let err = a.error.as_deref().unwrap();
     assert!(
-        err.contains("connect container new-web to network iacnet-t: boom"),
+        err.contains("connect container new-web-envoy to network iacnet-t: boom"),
         "{err}"
     );
     assert!(err.contains("old pair is kept"), "{err}");
@@ -520,32 +532,33 @@ async fn failed_create_removes_the_half_created_pair_and_peers_continue() {
     network_exists(&mut e);
     lists(&mut e, vec![]);
     let mut seq = Sequence::new();
-    // api: app created and started, Envoy creation fails → the app is removed again.
+    // api: the sidecar created and started, the app's creation fails → the sidecar is removed
+    // again.
     e.expect_create_container()
-        .withf(|s| s.name == "demo-api")
+        .withf(|s| s.name == "demo-api-envoy")
         .times(1)
         .in_sequence(&mut seq)
-        .returning(|_| Ok("new-api".into()));
+        .returning(|_| Ok("new-api-envoy".into()));
     e.expect_start_container()
-        .withf(|i| i == "new-api")
+        .withf(|i| i == "new-api-envoy")
         .times(1)
         .in_sequence(&mut seq)
         .returning(|_| Ok(()));
     e.expect_create_container()
-        .withf(|s| s.name == "demo-api-envoy")
+        .withf(|s| s.name == "demo-api")
         .times(1)
         .in_sequence(&mut seq)
         .returning(|s| {
             Err(EngineError::new(
                 format!("create container {} (image {})", s.name, s.image),
                 Some(404),
-                "No such image: iac/envoy:1.40.0",
+                "No such image: iac/demo-api:h1",
             ))
         });
-    stop_remove(&mut e, &mut seq, "new-api");
+    stop_remove(&mut e, &mut seq, "new-api-envoy");
     // web: created normally.
     creates_pair(&mut e, &mut seq, "web", None);
-    port_of(&mut e, &mut seq, "new-web", 32050);
+    port_of(&mut e, &mut seq, "new-web-envoy", 32050);
     let s = stack(vec![desired("api", "h1"), desired("web", "h1")], &[]);
     let applied = provisioner(e)
         .apply(&s, gate_never(), &Events::discard())
@@ -555,7 +568,7 @@ async fn failed_create_removes_the_half_created_pair_and_peers_continue() {
     assert_eq!(api.service.as_str(), "api");
     let err = api.error.as_deref().unwrap();
     assert!(
-        err.contains("demo-api-envoy") && err.contains("No such image"),
+        err.contains("create container demo-api ") && err.contains("No such image"),
         "{err}"
     );
     assert!(err.contains("removed what was created"), "{err}");
@@ -564,7 +577,7 @@ async fn failed_create_removes_the_half_created_pair_and_peers_continue() {
 }
 
 #[tokio::test]
-async fn services_not_in_the_stack_are_removed_envoy_first_unless_kept() {
+async fn services_not_in_the_stack_are_removed_app_first_unless_kept() {
     let mut e = MockEngine::new();
     network_exists(&mut e);
     let mut all = running_pair("web", "h1", 32060);
@@ -572,8 +585,8 @@ async fn services_not_in_the_stack_are_removed_envoy_first_unless_kept() {
     all.extend(running_pair("kept", "h0", 32062));
     lists(&mut e, all);
     let mut seq = Sequence::new();
-    stop_remove(&mut e, &mut seq, "id-demo-old-envoy");
     stop_remove(&mut e, &mut seq, "id-demo-old");
+    stop_remove(&mut e, &mut seq, "id-demo-old-envoy");
     let applied = provisioner(e)
         .apply(
             &stack(vec![desired("web", "h1")], &["kept"]),
@@ -608,8 +621,8 @@ async fn leftover_next_containers_are_removed_before_acting() {
     ));
     lists(&mut e, all);
     let mut seq = Sequence::new();
-    stop_remove(&mut e, &mut seq, "id-demo-web-envoy-next-h9");
     stop_remove(&mut e, &mut seq, "id-demo-web-next-h9");
+    stop_remove(&mut e, &mut seq, "id-demo-web-envoy-next-h9");
     let applied = provisioner(e)
         .apply(
             &stack(vec![desired("web", "h1")], &[]),
@@ -715,9 +728,9 @@ async fn destroy_removes_envoys_first_then_networks_and_is_idempotent() {
         .times(1)
         .in_sequence(&mut seq)
         .returning(move |_| Ok(all.clone()));
-    stop_remove(&mut e, &mut seq, "id-demo-web-envoy");
     stop_remove(&mut e, &mut seq, "id-demo-api");
     stop_remove(&mut e, &mut seq, "id-demo-web");
+    stop_remove(&mut e, &mut seq, "id-demo-web-envoy");
     e.expect_list_networks()
         .times(1)
         .in_sequence(&mut seq)
@@ -760,9 +773,9 @@ async fn destroy_removes_envoys_first_then_networks_and_is_idempotent() {
     assert_eq!(
         removed,
         [
-            "container demo-web-envoy",
             "container demo-api",
             "container demo-web",
+            "container demo-web-envoy",
             "network iacnet-t"
         ]
     );
@@ -800,7 +813,7 @@ async fn destroy_reports_what_it_could_not_remove() {
 }
 
 #[tokio::test]
-async fn running_lists_canonical_app_containers() {
+async fn running_lists_canonical_app_containers_with_their_sidecars_endpoints() {
     let mut e = MockEngine::new();
     let mut all = running_pair("web", "h1", 32080);
     all.push(observed(
@@ -813,6 +826,12 @@ async fn running_lists_canonical_app_containers() {
     let mut exited = observed("demo-api", "api", "app", "h3", None);
     exited.state = "exited".into();
     all.push(exited);
+    let mut sidecar_down = observed("demo-api-envoy", "api", "envoy", "h3", None);
+    sidecar_down.state = "exited".into();
+    all.push(sidecar_down);
+    let mut lonely = running_pair("db", "h4", 32090);
+    lonely.truncate(1);
+    all.extend(lonely);
     lists(&mut e, all);
     let running = provisioner(e).running(&project()).await.unwrap();
     assert_eq!(
@@ -824,7 +843,15 @@ async fn running_lists_canonical_app_containers() {
                 edge: None,
                 spec_hash: "h3".into(),
                 image: "img".into(),
-                state: "exited".into()
+                state: "exited (sidecar exited)".into()
+            },
+            RunningService {
+                service: svc("db"),
+                endpoint: None,
+                edge: None,
+                spec_hash: "h4".into(),
+                image: "img".into(),
+                state: "running (sidecar missing)".into()
             },
             RunningService {
                 service: svc("web"),
@@ -847,28 +874,28 @@ fn create_body_maps_the_spec() {
     assert_eq!(app.env, Some(vec!["PORT=8080".to_string()]));
     assert_eq!(app.labels.as_ref().unwrap()[LABEL_SPEC_HASH], "h1");
     assert_eq!(app.stop_timeout, Some(10));
-    assert_eq!(app.exposed_ports, Some(vec!["15000/tcp".to_string()]));
     let hc = app.host_config.unwrap();
-    assert_eq!(hc.network_mode.as_deref(), Some(NET));
-    let bindings = hc.port_bindings.unwrap();
-    assert_eq!(
-        bindings["15000/tcp"],
-        Some(vec![PortBinding {
-            host_ip: Some("127.0.0.1".into()),
-            host_port: Some(String::new())
-        }])
+    assert_eq!(hc.network_mode.as_deref(), Some("container:demo-web-envoy"));
+    assert!(
+        app.networking_config.is_none()
+            && hc.port_bindings.is_none()
+            && app.exposed_ports.is_none()
     );
-    let eps = app.networking_config.unwrap().endpoints_config.unwrap();
-    assert_eq!(eps[NET].aliases, Some(vec!["web".to_string()]));
+    assert_eq!(hc.restart_policy, None, "the spec's default: no policy");
 
     let envoy = create_body(&d.envoy);
+    assert_eq!(envoy.exposed_ports, Some(vec!["15000/tcp".to_string()]));
     let hc = envoy.host_config.unwrap();
-    assert_eq!(hc.network_mode.as_deref(), Some("container:demo-web"));
-    assert!(
-        envoy.networking_config.is_none()
-            && hc.port_bindings.is_none()
-            && envoy.exposed_ports.is_none()
+    assert_eq!(hc.network_mode.as_deref(), Some(NET));
+    assert_eq!(
+        hc.port_bindings.unwrap()["15000/tcp"],
+        Some(vec![PortBinding {
+            host_ip: Some("127.0.0.1".into()),
+            host_port: Some("39999".into())
+        }])
     );
+    let eps = envoy.networking_config.unwrap().endpoints_config.unwrap();
+    assert_eq!(eps[NET].aliases, Some(vec!["web".to_string()]));
     let m = &hc.mounts.unwrap()[0];
     assert_eq!(
         (m.source.as_deref(), m.target.as_deref(), m.typ, m.read_only),
@@ -881,25 +908,104 @@ fn create_body_maps_the_spec() {
     );
     assert_eq!(envoy.cmd.unwrap()[0], "envoy");
 
-    let mut fixed = d.app.clone();
-    fixed.ports[0].host_port = Some(18000);
-    fixed.network = NetworkMode::Network {
+    let mut engine_picks = d.envoy.clone();
+    engine_picks.ports[0].host_port = None;
+    engine_picks.network = NetworkMode::Network {
         name: NET.into(),
         aliases: vec![],
     };
-    let body = create_body(&fixed);
+    engine_picks.restart = iac_core::RestartPolicy::UnlessStopped;
+    let body = create_body(&engine_picks);
+    let hc = body.host_config.unwrap();
     assert_eq!(
-        body.host_config.unwrap().port_bindings.unwrap()["15000/tcp"]
-            .as_ref()
-            .unwrap()[0]
+        hc.port_bindings.unwrap()["15000/tcp"].as_ref().unwrap()[0]
             .host_port
             .as_deref(),
-        Some("18000")
+        Some("")
+    );
+    assert_eq!(
+        hc.restart_policy.and_then(|r| r.name),
+        Some(bollard::models::RestartPolicyNameEnum::UNLESS_STOPPED)
     );
     assert_eq!(
         body.networking_config.unwrap().endpoints_config.unwrap()[NET].aliases,
         None
     );
+}
+
+#[test]
+fn free_ports_are_pinned_where_the_engine_would_pick() {
+    let mut ports = vec![
+        PortPublish {
+            container_port: 15000,
+            host_ip: "127.0.0.1".into(),
+            host_port: None,
+        },
+        PortPublish {
+            container_port: 15080,
+            host_ip: "127.0.0.1".into(),
+            host_port: Some(8081),
+        },
+        PortPublish {
+            container_port: 15090,
+            host_ip: "not-an-address".into(),
+            host_port: None,
+        },
+    ];
+    pin_free_ports(&mut ports);
+    let pinned = ports[0].host_port.expect("a free loopback port");
+    assert!(pinned > 0);
+    std::net::TcpListener::bind(("127.0.0.1", pinned)).expect("and it is free");
+    assert_eq!(ports[1].host_port, Some(8081), "a chosen port stays");
+    assert_eq!(ports[2].host_port, None, "left to the engine");
+    let taken = EngineError::new(
+        "start container x",
+        Some(500),
+        "driver failed programming external connectivity on endpoint x: Bind for 127.0.0.1:40000 failed: port is already allocated",
+    );
+    assert!(port_taken(&taken));
+    assert!(!port_taken(&EngineError::new("start", Some(500), "boom")));
+}
+
+#[tokio::test]
+async fn a_sidecar_whose_pinned_port_was_taken_is_made_again() {
+    let mut e = MockEngine::new();
+    network_exists(&mut e);
+    lists(&mut e, vec![]);
+    let mut seq = Sequence::new();
+    e.expect_create_container()
+        .withf(|s| s.name == "demo-web-envoy")
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_| Ok("first-envoy".into()));
+    e.expect_start_container()
+        .withf(|i| i == "first-envoy")
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|i| {
+            Err(EngineError::new(
+                format!("start container {i}"),
+                Some(500),
+                "Bind for 127.0.0.1:39999 failed: port is already allocated",
+            ))
+        });
+    e.expect_remove_container()
+        .withf(|i| i == "first-envoy")
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_| Ok(()));
+    creates_pair(&mut e, &mut seq, "web", None);
+    port_of(&mut e, &mut seq, "new-web-envoy", 32001);
+    let applied = provisioner(e)
+        .apply(
+            &stack(vec![desired("web", "h1")], &[]),
+            gate_never(),
+            &Events::discard(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(applied.services[0].error, None);
+    assert_eq!(applied.services[0].endpoint, Some(addr(32001)));
 }
 
 #[test]
@@ -973,15 +1079,45 @@ async fn apply_filtered_web(e: MockEngine) -> Applied {
         .unwrap()
 }
 
-/// An engine on which `web` is created from nothing: its network exists, no container does, and
-/// its pair is created and started (in the returned sequence).
+/// An engine on which `web` is created from nothing: its network exists, no container does, its
+/// sidecar is created and started (in the returned sequence), and its app is created while the
+/// sidecar's filter is awaited (in no particular order with that wait). Starting the app is the
+/// test's to expect ([`starts_web_app`]): only after the filter is confirmed.
 fn creating_web() -> (MockEngine, Sequence) {
     let mut e = MockEngine::new();
     network_exists(&mut e);
     lists(&mut e, vec![]);
     let mut seq = Sequence::new();
-    creates_pair(&mut e, &mut seq, "web", None);
+    e.expect_create_container()
+        .withf(|s| s.name == "demo-web-envoy")
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_| Ok("new-web-envoy".into()));
+    e.expect_start_container()
+        .withf(|i| i == "new-web-envoy")
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_| Ok(()));
+    e.expect_create_container()
+        .withf(|s| {
+            s.name == "demo-web"
+                && s.network
+                    == NetworkMode::Container {
+                        name: "new-web-envoy".into(),
+                    }
+        })
+        .times(1)
+        .returning(|_| Ok("new-web".into()));
     (e, seq)
+}
+
+/// The app's start, after the filter is in.
+fn starts_web_app(e: &mut MockEngine, seq: &mut Sequence) {
+    e.expect_start_container()
+        .withf(|i| i == "new-web")
+        .times(1)
+        .in_sequence(seq)
+        .returning(|_| Ok(()));
 }
 
 /// The sidecar's log, followed for the filter line: answers `r` once.
@@ -1006,7 +1142,8 @@ async fn a_pair_counts_as_started_only_once_its_sidecar_says_the_filter_is_in() 
             "iac-sidecar: pod filter installed: inbound tcp/15000 only".into(),
         )),
     );
-    port_of(&mut e, &mut seq, "new-web", 32001);
+    starts_web_app(&mut e, &mut seq);
+    port_of(&mut e, &mut seq, "new-web-envoy", 32001);
     // No exec expectation: no process is started in the sidecar to check.
     let applied = apply_filtered_web(e).await;
     assert_eq!(applied.services[0].error, None);
@@ -1047,7 +1184,8 @@ async fn an_engine_that_cannot_read_logs_back_is_asked_through_nft() {
                 output: "table inet iac_pod {\n chain input {\n tcp dport 15000 accept\n".into(),
             })
         });
-    port_of(&mut e, &mut seq, "new-web", 32001);
+    starts_web_app(&mut e, &mut seq);
+    port_of(&mut e, &mut seq, "new-web-envoy", 32001);
     let applied = apply_filtered_web(e).await;
     assert_eq!(applied.services[0].error, None);
     assert_eq!(applied.services[0].endpoint, Some(addr(32001)));
@@ -1064,8 +1202,10 @@ async fn a_sidecar_that_dies_before_filtering_takes_its_pair_down() {
                 .into(),
         )),
     );
-    stop_remove(&mut e, &mut seq, "new-web-envoy");
+    // The app was created but never started; it goes first, then its sidecar.
+    e.expect_start_container().withf(|i| i == "new-web").never();
     stop_remove(&mut e, &mut seq, "new-web");
+    stop_remove(&mut e, &mut seq, "new-web-envoy");
     let applied = apply_filtered_web(e).await;
     let err = applied.services[0].error.as_deref().unwrap();
     assert!(
@@ -1087,8 +1227,9 @@ async fn a_filter_that_does_not_admit_the_mesh_port_is_refused() {
             "iac-sidecar: pod filter installed: inbound tcp/8080 only".into(),
         )),
     );
-    stop_remove(&mut e, &mut seq, "new-web-envoy");
+    e.expect_start_container().withf(|i| i == "new-web").never();
     stop_remove(&mut e, &mut seq, "new-web");
+    stop_remove(&mut e, &mut seq, "new-web-envoy");
     let applied = apply_filtered_web(e).await;
     let err = applied.services[0].error.as_deref().unwrap();
     assert!(err.contains("does not admit tcp dport 15000"), "{err}");

@@ -37,7 +37,27 @@ pub struct TfService {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The app container: in its sidecar's network namespace (`network_mode = container:…`).
 pub struct TfApp {
+    pub name: String,
+    pub image: String,
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub mounts: Vec<TfMount>,
+    pub stop_timeout: u32,
+    pub security: TfSecurity,
+    /// Memory limit in MiB (`memory` and `memory_swap`); omitted → none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<i64>,
+    /// The engine's restart policy (`no`, `unless-stopped`).
+    pub restart: String,
+}
+
+/// The sidecar: the pod's network namespace, on the project network with the service's aliases,
+/// publishing the pod's ports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TfSidecar {
     pub name: String,
     pub image: String,
     pub command: Vec<String>,
@@ -48,23 +68,9 @@ pub struct TfApp {
     pub mounts: Vec<TfMount>,
     pub stop_timeout: u32,
     pub security: TfSecurity,
-    /// Memory limit in MiB (`memory` and `memory_swap`); omitted → none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_mib: Option<i64>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TfSidecar {
-    pub name: String,
-    pub image: String,
-    pub command: Vec<String>,
-    pub env: BTreeMap<String, String>,
-    pub labels: BTreeMap<String, String>,
-    pub mounts: Vec<TfMount>,
-    pub stop_timeout: u32,
-    pub security: TfSecurity,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub memory_mib: Option<i64>,
+    pub restart: String,
 }
 
 /// A container's privileges as `main.tf` applies them (`capabilities`, `security_opts`).
@@ -159,8 +165,8 @@ fn render_mounts(
 /// `previous` is the tfvars of the last apply: services in [`Stack::keep`] that are not in the
 /// stack keep their previous entry (so Terraform leaves them running as they are).
 ///
-/// Fails when the stack has a shape the module cannot express: an app not attached to the stack
-/// network, a sidecar not sharing its app's network namespace, ports published by a sidecar,
+/// Fails when the stack has a shape the module cannot express: a sidecar not attached to the
+/// stack network, an app not sharing its sidecar's network namespace, ports published by an app,
 /// relative or non-UTF-8 mount paths, or services disagreeing on the mesh port.
 pub fn render_tfvars(
     stack: &Stack,
@@ -171,38 +177,39 @@ pub fn render_tfvars(
     let mut mesh_port: Option<(u16, String)> = None;
     for s in &stack.services {
         let svc = s.service.as_str();
-        let aliases = match &s.app.network {
+        let aliases = match &s.envoy.network {
             NetworkMode::Network { name, aliases } if *name == stack.network.name => {
                 aliases.clone()
             }
             other => {
                 return Err(ProvisionError::Invalid(format!(
-                    "service {svc}: app container {} must join the stack network {:?}, got {other:?}; \
-                     the terraform module attaches every app container to docker_network.this",
-                    s.app.name, stack.network.name
+                    "service {svc}: sidecar {} must join the stack network {:?}, got {other:?}; \
+                     the terraform module attaches every sidecar (the pod's network namespace) to \
+                     docker_network.this",
+                    s.envoy.name, stack.network.name
                 )));
             }
         };
-        match &s.envoy.network {
-            NetworkMode::Container { name } if *name == s.app.name => {}
+        match &s.app.network {
+            NetworkMode::Container { name } if *name == s.envoy.name => {}
             other => {
                 return Err(ProvisionError::Invalid(format!(
-                    "service {svc}: sidecar {} must share the network namespace of {} (container:{}), got {other:?}",
-                    s.envoy.name, s.app.name, s.app.name
+                    "service {svc}: app {} must share the network namespace of its sidecar {} (container:{}), got {other:?}",
+                    s.app.name, s.envoy.name, s.envoy.name
                 )));
             }
         }
-        if !s.envoy.ports.is_empty() {
+        if !s.app.ports.is_empty() {
             return Err(ProvisionError::Invalid(format!(
-                "service {svc}: sidecar {} publishes ports, but a container sharing another's network \
-                 namespace cannot; publish them on the app container",
-                s.envoy.name
+                "service {svc}: app container {} publishes ports, but a container sharing another's \
+                 network namespace cannot; publish them on the sidecar",
+                s.app.name
             )));
         }
-        let first = s.app.ports.first().ok_or_else(|| {
+        let first = s.envoy.ports.first().ok_or_else(|| {
             ProvisionError::Invalid(format!(
-                "service {svc}: app container {} publishes no port; the sidecar's mTLS listener must be published",
-                s.app.name
+                "service {svc}: sidecar {} publishes no port; its mTLS listener must be published",
+                s.envoy.name
             ))
         })?;
         match &mesh_port {
@@ -222,9 +229,21 @@ pub fn render_tfvars(
             command: s.app.cmd.clone(),
             env: s.app.env.clone(),
             labels: managed(&s.app.labels),
+            mounts: render_mounts(svc, &s.app.mounts)?,
+            stop_timeout: s.app.stop_timeout_secs,
+            security: TfSecurity::from(&s.app.privileges),
+            memory_mib: tf_memory(svc, &s.app.name, &s.app.limits)?,
+            restart: s.app.restart.as_str().to_string(),
+        };
+        let envoy = TfSidecar {
+            name: s.envoy.name.clone(),
+            image: s.envoy.image.clone(),
+            command: s.envoy.cmd.clone(),
+            env: s.envoy.env.clone(),
+            labels: managed(&s.envoy.labels),
             aliases,
             ports: s
-                .app
+                .envoy
                 .ports
                 .iter()
                 .map(|p| TfPort {
@@ -233,21 +252,11 @@ pub fn render_tfvars(
                     external: p.host_port,
                 })
                 .collect(),
-            mounts: render_mounts(svc, &s.app.mounts)?,
-            stop_timeout: s.app.stop_timeout_secs,
-            security: TfSecurity::from(&s.app.privileges),
-            memory_mib: tf_memory(svc, &s.app.name, &s.app.limits)?,
-        };
-        let envoy = TfSidecar {
-            name: s.envoy.name.clone(),
-            image: s.envoy.image.clone(),
-            command: s.envoy.cmd.clone(),
-            env: s.envoy.env.clone(),
-            labels: managed(&s.envoy.labels),
             mounts: render_mounts(svc, &s.envoy.mounts)?,
             stop_timeout: s.envoy.stop_timeout_secs,
             security: TfSecurity::from(&s.envoy.privileges),
             memory_mib: tf_memory(svc, &s.envoy.name, &s.envoy.limits)?,
+            restart: s.envoy.restart.as_str().to_string(),
         };
         services.insert(
             svc.to_string(),
