@@ -95,6 +95,13 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", env = "IAC_RESTART_RESET_AFTER", default_value = restart::DEFAULT_RESET_AFTER, value_parser = parse_duration)]
     pub restart_reset_after: Duration,
 
+    /// End the container (exit code 75) when the pod's network namespace loses its network
+    /// interface — its owner, the sidecar container, was restarted into a new one — so the
+    /// engine's restart policy starts the app again in the new namespace. Set by iac on Docker
+    /// pods (IAC_FOLLOW_POD_NETWORK=1).
+    #[arg(long, env = "IAC_FOLLOW_POD_NETWORK")]
+    pub follow_pod_network: bool,
+
     /// Also serve the standard gRPC health service (grpc.health.v1.Health, and nothing else) on
     /// this address, for probes from outside the pod (Kubernetes' `grpc:` readiness probe). The
     /// ControlPlane API stays on --listen. Set in Kubernetes pods (IAC_HEALTH_LISTEN) by iac.

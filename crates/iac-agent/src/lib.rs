@@ -17,6 +17,9 @@
 //!   still running, and exits with the entry's exit code (128+N after signal N, 127 when the
 //!   program was not found, 126 when it could not be executed);
 //! * SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 are only forwarded;
+//! * with `--follow-pod-network`, a pod network namespace left behind by its restarted owner
+//!   (the sidecar container) ends the agent like a SIGTERM, with exit code 75
+//!   ([`netwatch::EXIT_POD_NETWORK_LOST`]), so the engine restarts the container into the new one;
 //! * a following StreamLogs call ends when the client goes away or when the entry's stdout and
 //!   stderr have both closed (no line can arrive any more);
 //! * exit code 2 means the agent itself could not start (bad arguments, unknown `--user`, listen
@@ -36,6 +39,7 @@
 pub mod config;
 pub mod forward;
 pub mod logbuf;
+pub mod netwatch;
 pub mod otel;
 pub mod ports;
 pub mod probe;
@@ -85,6 +89,7 @@ impl Options {
             forward_after: cli.forward_after.0,
             health_listen: cli.health_listen,
             restart: cli.restart,
+            follow_pod_network: cli.follow_pod_network,
             backoff,
             sidecar: if cli.sidecar.is_empty() {
                 None

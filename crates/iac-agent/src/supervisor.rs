@@ -84,6 +84,8 @@ pub struct Options {
     pub restart: RestartPolicy,
     /// The delays between restarts.
     pub backoff: Backoff,
+    /// End the agent when the pod's network namespace loses its network ([`crate::netwatch`]).
+    pub follow_pod_network: bool,
 }
 
 impl Options {
@@ -566,8 +568,22 @@ pub async fn run(opts: Options) -> i32 {
         tracker: &tracker,
         hold_released: false,
     });
-    let sidecar_died = supervise(
-        &mut sig, &state_tx, pod, restarter, &mut entry, &clock, opts.grace,
+    let network_lost = async {
+        if opts.follow_pod_network {
+            crate::netwatch::lost("/proc/net/dev").await
+        } else {
+            std::future::pending().await
+        }
+    };
+    let ended = supervise(
+        &mut sig,
+        &state_tx,
+        pod,
+        restarter,
+        &mut entry,
+        &clock,
+        opts.grace,
+        network_lost,
     )
     .await;
 
@@ -583,7 +599,15 @@ pub async fn run(opts: Options) -> i32 {
         log("the child's output is still open (held by another process); exiting anyway");
     }
     let state = state_tx.borrow().clone();
-    if sidecar_died {
+    if ended.network_lost {
+        log(format!(
+            "exiting with code {}: the pod's network is gone (the app {})",
+            crate::netwatch::EXIT_POD_NETWORK_LOST,
+            state.detail()
+        ));
+        return crate::netwatch::EXIT_POD_NETWORK_LOST;
+    }
+    if ended.sidecar_died {
         log(format!(
             "exiting with code {EXIT_SIDECAR_DIED}: the sidecar died (the app {})",
             state.detail()
@@ -685,12 +709,23 @@ enum Event {
     Forward(i32),
     GraceOver,
     Restart,
+    NetworkLost,
+}
+
+/// Why the signal loop ended (besides a stop signal).
+#[derive(Debug, Default, Clone, Copy)]
+struct Ended {
+    /// Pod mode: the sidecar died by itself.
+    sidecar_died: bool,
+    /// The pod's network namespace lost its network.
+    network_lost: bool,
 }
 
 /// The signal loop: reaps on SIGCHLD, forwards signals, restarts a child that died when the
 /// `restarter` says so (after its back-off), and returns once a stop was requested
 /// (SIGTERM/SIGINT) and the child (and the sidecar, in pod mode) is gone. In pod mode the death of
-/// either process is a stop request too; returns whether the sidecar's was.
+/// either process is a stop request too, and so is `network_lost` completing; says which.
+#[allow(clippy::too_many_arguments)]
 async fn supervise(
     sig: &mut Signals,
     state_tx: &watch::Sender<ChildState>,
@@ -699,7 +734,10 @@ async fn supervise(
     entry: &mut Entry<'_>,
     clock: &Clock,
     grace: Duration,
-) -> bool {
+    network_lost: impl std::future::Future<Output = ()>,
+) -> Ended {
+    let mut network_lost = std::pin::pin!(network_lost);
+    let mut network_gone = false;
     let sidecar_pid = pod.as_ref().and_then(|p| p.sidecar.borrow().pid());
     let reap = || {
         let reaped = reap_all(state_tx.borrow().pid(), sidecar_pid, waitpid_any);
@@ -793,7 +831,10 @@ async fn supervise(
             if let Some(r) = restarter.as_mut() {
                 r.release(&entry.logs);
             }
-            return sidecar_died;
+            return Ended {
+                sidecar_died,
+                network_lost: network_gone,
+            };
         }
         let event = tokio::select! {
             _ = sig.chld.recv() => Event::ChildSignal,
@@ -809,6 +850,7 @@ async fn supervise(
             () = sleep_until(restart_at.unwrap_or_else(Instant::now)), if restart_at.is_some() && !stop_requested => {
                 Event::Restart
             }
+            () = &mut network_lost, if !network_gone => Event::NetworkLost,
         };
         match event {
             Event::ChildSignal => reap(),
@@ -819,6 +861,17 @@ async fn supervise(
                 }
                 entry.spawn(state_tx, clock);
                 // A spawn that failed at once is seen (and backed off) on the next turn.
+            }
+            Event::NetworkLost => {
+                network_gone = true;
+                stop_requested = true;
+                restart_at = None;
+                for &pid in &alive {
+                    send_signal(pid, libc::SIGTERM);
+                }
+                if !alive.is_empty() {
+                    kill_at.get_or_insert_with(|| Instant::now() + grace);
+                }
             }
             Event::Stop(signo) => {
                 stop_requested = true;

@@ -87,7 +87,10 @@ pub fn sha256_tagged(bytes: &[u8]) -> String {
 }
 
 /// An exclusive advisory lock (`flock`) on a lock file, held until dropped. Other processes
-/// (and other handles in this one) taking the same lock wait; the file's content is never used.
+/// (and other handles in this one) taking the same lock wait. The holder writes who it is into
+/// the file ([`holder_line`]: pid, program, since when), so a waiter can say whom it waits for;
+/// the lock itself is the `flock`, which the kernel drops with its holder (a killed deploy leaves
+/// no stale lock, only a stale line nobody reads while the lock is free).
 #[derive(Debug)]
 pub struct FileLock {
     _file: std::fs::File,
@@ -104,32 +107,73 @@ impl FileLock {
     pub fn acquire_blocking(path: &Path) -> std::io::Result<FileLock> {
         let file = open_lock_file(path)?;
         file.lock()?;
-        Ok(FileLock {
-            _file: file,
-            path: path.to_path_buf(),
-        })
+        Ok(FileLock::held(file, path))
     }
 
     /// Like [`FileLock::acquire_blocking`] without blocking the runtime: when the lock is held
-    /// elsewhere, `on_wait` runs once (to say who waits for what) and the wait happens on a
+    /// elsewhere, `on_wait` runs once with what the holder wrote about itself ([`holder_line`];
+    /// empty when it wrote nothing), to say who waits for whom, and the wait happens on a
     /// blocking thread.
-    pub async fn acquire(path: &Path, on_wait: impl FnOnce()) -> std::io::Result<FileLock> {
+    pub async fn acquire(path: &Path, on_wait: impl FnOnce(&str)) -> std::io::Result<FileLock> {
         let file = open_lock_file(path)?;
         let file = match file.try_lock() {
             Ok(()) => file,
             Err(std::fs::TryLockError::WouldBlock) => {
-                on_wait();
+                let holder = std::fs::read(path)
+                    .map(|b| {
+                        String::from_utf8_lossy(&b[..b.len().min(512)])
+                            .trim()
+                            .to_string()
+                    })
+                    .unwrap_or_default();
+                on_wait(&holder);
                 tokio::task::spawn_blocking(move || file.lock().map(|()| file))
                     .await
                     .map_err(std::io::Error::other)??
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(e),
         };
-        Ok(FileLock {
+        Ok(FileLock::held(file, path))
+    }
+
+    /// The lock is ours: say so in the file (best effort: the `flock` is what counts).
+    fn held(file: std::fs::File, path: &Path) -> FileLock {
+        use std::io::{Seek, Write};
+        let mut f = &file;
+        let _ = f
+            .set_len(0)
+            .and_then(|()| f.rewind())
+            .and_then(|()| f.write_all(holder_line().as_bytes()));
+        FileLock {
             _file: file,
             path: path.to_path_buf(),
-        })
+        }
     }
+}
+
+/// Who holds a lock, as its file says: `pid 1234 (iac deploy --file repos.yaml) since
+/// 2026-12-07T04:10:00Z` (the program and its first five arguments).
+pub fn holder_line() -> String {
+    let args: Vec<String> = std::env::args()
+        .enumerate()
+        .map(|(i, a)| {
+            if i == 0 {
+                Path::new(&a)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or(a)
+            } else {
+                a
+            }
+        })
+        .take(6)
+        .collect();
+    format!(
+        "pid {} ({}) since {}\n",
+        std::process::id(),
+        args.join(" "),
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+    )
 }
 
 fn open_lock_file(path: &Path) -> std::io::Result<std::fs::File> {
@@ -203,16 +247,16 @@ mod tests {
     async fn a_second_lock_waits_says_so_once_and_gets_it_after_the_first_is_dropped() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("state/deploy.lock");
-        let first = FileLock::acquire(&p, || panic!("the first lock never waits"))
+        let first = FileLock::acquire(&p, |_| panic!("the first lock never waits"))
             .await
             .unwrap();
         assert_eq!(first.path(), p);
-        let waited = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let waited = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let w = waited.clone();
         let p2 = p.clone();
         let second = tokio::spawn(async move {
-            FileLock::acquire(&p2, move || {
-                w.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            FileLock::acquire(&p2, move |holder| {
+                w.lock().unwrap().push(holder.to_string());
             })
             .await
         });
@@ -221,7 +265,12 @@ mod tests {
             !second.is_finished(),
             "the second lock must wait for the first"
         );
-        assert_eq!(waited.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let said = waited.lock().unwrap().clone();
+        assert_eq!(said.len(), 1, "says it waits once");
+        assert!(
+            said[0].starts_with(&format!("pid {} (", std::process::id())),
+            "and whom it waits for: {said:?}"
+        );
         drop(first);
         let second = tokio::time::timeout(std::time::Duration::from_secs(10), second)
             .await

@@ -351,6 +351,9 @@ pub fn plan(input: &PlanInput) -> Stack {
             if let Some(port) = s.app_port {
                 env.insert("IAC_APP_PORT".into(), port.to_string());
             }
+            // The app joins the sidecar's namespace: when the sidecar container is restarted into
+            // a new one, the agent ends the app's container so the engine restarts it there.
+            env.insert("IAC_FOLLOW_POD_NETWORK".into(), "1".into());
             env.insert("IAC_PROJECT".into(), project.to_string());
             env.insert("IAC_SERVICE".into(), s.name.to_string());
             env.insert(

@@ -318,11 +318,11 @@ impl TerraformProvisioner {
             .work_root
             .join(project.as_str())
             .join("terraform.lock");
-        FileLock::acquire(&path, || {
+        FileLock::acquire(&path, |holder| {
             events.info(
                 stage,
                 format!(
-                    "waiting for another terraform run of project {project} ({})",
+                    "waiting for another terraform run of project {project} ({}; {holder})",
                     path.display()
                 ),
             );
