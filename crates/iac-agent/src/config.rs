@@ -99,7 +99,7 @@ pub struct Cli {
     /// interface — its owner, the sidecar container, was restarted into a new one — so the
     /// engine's restart policy starts the app again in the new namespace. Set by iac on Docker
     /// pods (IAC_FOLLOW_POD_NETWORK=1).
-    #[arg(long, env = "IAC_FOLLOW_POD_NETWORK")]
+    #[arg(long, env = "IAC_FOLLOW_POD_NETWORK", value_parser = clap::builder::BoolishValueParser::new())]
     pub follow_pod_network: bool,
 
     /// Also serve the standard gRPC health service (grpc.health.v1.Health, and nothing else) on
@@ -397,6 +397,16 @@ mod tests {
         ])
         .unwrap();
         assert!(inverted.backoff().unwrap_err().contains("shorter than"));
+    }
+
+    #[test]
+    fn follow_pod_network_is_a_flag_or_a_boolish_env_value() {
+        let cli = Cli::try_parse_from(["iac-agent", "--", "x"]).unwrap();
+        assert!(!cli.follow_pod_network);
+        let cli = Cli::try_parse_from(["iac-agent", "--follow-pod-network", "--", "x"]).unwrap();
+        assert!(cli.follow_pod_network);
+        // What iac sets on a container is IAC_FOLLOW_POD_NETWORK=1: tests/restart.rs runs the
+        // real agent with it (the environment is the process's, not a unit test's to change).
     }
 
     #[test]

@@ -63,8 +63,16 @@ async fn a_killed_app_is_restarted_after_its_back_off() {
         again.uptime_ms
     );
     agent.stderr.wait_for("restarting it in 300ms (restart 1)");
-    // Both runs' output, and the agent's marker between them, are in the buffer.
-    let logs: Vec<String> = agent.logs(0).await.into_iter().map(|l| l.msg).collect();
+    // Both runs' output, and the agent's marker between them, are in the buffer (the new run's
+    // line may land a moment after it counts as running).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let logs = loop {
+        let logs: Vec<String> = agent.logs(0).await.into_iter().map(|l| l.msg).collect();
+        if logs.iter().filter(|m| *m == "up").count() == 2 || Instant::now() > deadline {
+            break logs;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(logs.iter().filter(|m| *m == "up").count(), 2, "{logs:?}");
     assert!(
         logs.iter()
@@ -201,4 +209,23 @@ async fn a_follower_keeps_streaming_across_restarts() {
         }
     }
     agent.stop();
+}
+
+/// iac sets `IAC_FOLLOW_POD_NETWORK=1` on every Docker app container: the agent takes it (and, on
+/// a host whose namespace has a network, keeps running).
+#[test]
+fn the_follow_pod_network_switch_is_taken_from_the_environment() {
+    let mut child = std::process::Command::new(common::AGENT)
+        .env("IAC_FOLLOW_POD_NETWORK", "1")
+        .args(["--listen", "127.0.0.1:0", "--", "sleep", "30"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let running = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(running, "the agent exited: {err}");
+    assert!(!err.contains("invalid value"), "{err}");
 }

@@ -3,7 +3,8 @@
 //! under a random project name:
 //!
 //! 1. `hello` (root main.py prints a line and serves `$PORT` until stopped, `expose: true`),
-//!    `scripted` (entry from `[project.scripts]`) and `crashy` (main exits 1) → deploy exits 1;
+//!    `scripted` (entry from `[project.scripts]`) and `crashy` (main exits 1; its agent waits
+//!    10 min before restarting it, so every check sees the same exit) → deploy exits 1;
 //!    hello and scripted are SERVING through Envoy over mTLS, crashy is NOT_SERVING with exit
 //!    code 1; hello's `url` (deploy report and `iac health --json`) answers 200 from the host
 //!    with no client certificate, the others have none;
@@ -135,7 +136,7 @@ fn hello_main_end_to_end() {
     std::fs::write(
         &file,
         format!(
-            "- slug: git+file://{}#main\n  expose: true\n- git+file://{}#main\n- git+file://{}#main\n",
+            "- slug: git+file://{}#main\n  expose: true\n- git+file://{}#main\n- slug: git+file://{}#main\n  env: {{IAC_RESTART_BACKOFF: 10m}}\n",
             hello.display(),
             scripted.display(),
             crashy.display()
@@ -256,7 +257,7 @@ fn hello_main_end_to_end() {
     std::fs::write(
         file,
         format!(
-            "- slug: git+file://{}#main\n  expose: true\n- slug: git+file://{}#main\n  expose: true\n- git+file://{}#main\n",
+            "- slug: git+file://{}#main\n  expose: true\n- slug: git+file://{}#main\n  expose: true\n- slug: git+file://{}#main\n  env: {{IAC_RESTART_BACKOFF: 10m}}\n",
             hello.display(),
             scripted.display(),
             crashy.display()

@@ -300,7 +300,12 @@ impl DockerProvisioner {
                 None => Ok(()),
             }
         };
-        let (filtered, app_create) = tokio::join!(filter, self.engine.create_container(&app));
+        let (filtered, app_create) = tokio::join!(filter, async {
+            self.engine
+                .create_container(&app)
+                .await
+                .map_err(|e| name_taken(e, &app.name, project_of(&app)))
+        });
         if let Ok(app_id) = &app_create {
             created.push((app_id.clone(), app.name.clone()));
         }
@@ -332,7 +337,11 @@ impl DockerProvisioner {
             if attempt < 4 {
                 pin_free_ports(&mut envoy.ports);
             }
-            let id = self.engine.create_container(envoy).await?;
+            let id = self
+                .engine
+                .create_container(envoy)
+                .await
+                .map_err(|e| name_taken(e, &envoy.name, project_of(envoy)))?;
             created.push((id.clone(), envoy.name.clone()));
             match self.engine.start_container(&id).await {
                 Ok(()) => {
@@ -682,9 +691,33 @@ fn pin_free_ports(ports: &mut [PortPublish]) {
     }
 }
 
+/// Turns the engine's "name already in use" (a 409 from create or rename) into an error that
+/// says what it means: a container iac does not manage holds a name iac needs, and iac leaves
+/// it alone.
+pub(super) fn name_taken(e: EngineError, name: &str, project: &str) -> EngineError {
+    if e.status == Some(409) && e.message.contains("already in use") {
+        let message = format!(
+            "a container named {name} already exists and is not one iac manages for project \
+             {project} (it lacks the iac.managed-by=iac and iac.project={project} labels); iac \
+             never removes it: rename or remove it yourself, then deploy again ({})",
+            e.message
+        );
+        EngineError::new(e.op, e.status, message)
+    } else {
+        e
+    }
+}
+
 /// The engine could not publish a port because something else holds it.
 fn port_taken(e: &EngineError) -> bool {
     e.message.contains("already allocated") || e.message.contains("address already in use")
+}
+
+/// The project a planned container belongs to (its `iac.project` label).
+fn project_of(spec: &ContainerSpec) -> &str {
+    spec.labels
+        .get(iac_core::stack::LABEL_PROJECT)
+        .map_or("(none)", String::as_str)
 }
 
 fn short_id(id: &str) -> &str {

@@ -9,7 +9,7 @@ use iac_core::{
     Action, AppliedService, Events, HealthProber, NetworkMode, ProbeTarget, ServiceStack, Stage,
 };
 
-use super::{DockerProvisioner, show};
+use super::{DockerProvisioner, name_taken, show};
 use crate::engine::EngineError;
 use crate::provision::reconcile::ServicePlan;
 
@@ -120,12 +120,19 @@ impl DockerProvisioner {
                 return Err(e);
             }
             old_removed = true;
+            let project = want
+                .app
+                .labels
+                .get(iac_core::stack::LABEL_PROJECT)
+                .map_or("(none)", String::as_str);
             self.engine
                 .rename_container(&pair.app_id, &want.app.name)
-                .await?;
+                .await
+                .map_err(|e| name_taken(e, &want.app.name, project))?;
             self.engine
                 .rename_container(&pair.envoy_id, &want.envoy.name)
-                .await?;
+                .await
+                .map_err(|e| name_taken(e, &want.envoy.name, project))?;
             self.endpoint(&pair.envoy_id, want).await
         }
         .await;

@@ -967,6 +967,25 @@ fn free_ports_are_pinned_where_the_engine_would_pick() {
     assert!(!port_taken(&EngineError::new("start", Some(500), "boom")));
 }
 
+#[test]
+fn a_name_held_by_a_stranger_is_said_plainly() {
+    let e = EngineError::new(
+        "create container demo-web",
+        Some(409),
+        "Conflict. The container name \"/demo-web\" is already in use by container \"abc\".",
+    );
+    let said = name_taken(e, "demo-web", "demo").message;
+    assert!(
+        said.starts_with(
+            "a container named demo-web already exists and is not one iac manages for project demo"
+        ) && said.contains("iac never removes it")
+            && said.contains("already in use by container"),
+        "{said}"
+    );
+    let other = EngineError::new("create container demo-web", Some(409), "something else");
+    assert_eq!(name_taken(other.clone(), "demo-web", "demo"), other);
+}
+
 #[tokio::test]
 async fn a_sidecar_whose_pinned_port_was_taken_is_made_again() {
     let mut e = MockEngine::new();
