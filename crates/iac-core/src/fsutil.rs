@@ -176,6 +176,114 @@ pub fn holder_line() -> String {
     )
 }
 
+/// A temporary directory `<parent>/<prefix><random>` that a crash cannot orphan for good: its
+/// owner holds a `flock` on `<dir>.lock` beside it for as long as it lives, so
+/// [`sweep_orphans`] can tell a directory in use (lock held) from one whose owner died (a killed
+/// deploy: no destructor ran). Removed with its lock file when dropped.
+#[derive(Debug)]
+pub struct OwnedTempDir {
+    dir: PathBuf,
+    lock: PathBuf,
+    _held: std::fs::File,
+}
+
+/// The suffix of an [`OwnedTempDir`]'s lock file.
+const OWNER_LOCK: &str = ".lock";
+
+impl OwnedTempDir {
+    /// Creates the lock file (held) first, then the directory: a directory without a lock file
+    /// beside it is never one being created.
+    pub fn new_in(parent: &Path, prefix: &str) -> std::io::Result<OwnedTempDir> {
+        std::fs::create_dir_all(parent)?;
+        let (file, lock) = tempfile::Builder::new()
+            .prefix(prefix)
+            .suffix(OWNER_LOCK)
+            .tempfile_in(parent)?
+            .keep()
+            .map_err(|e| e.error)?;
+        file.lock()?;
+        let name = lock
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(OWNER_LOCK))
+            .ok_or_else(|| std::io::Error::other("a lock file name without its suffix"))?
+            .to_string();
+        let dir = parent.join(name);
+        if let Err(e) = std::fs::create_dir(&dir) {
+            let _ = std::fs::remove_file(&lock);
+            return Err(e);
+        }
+        Ok(OwnedTempDir {
+            dir,
+            lock,
+            _held: file,
+        })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for OwnedTempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_file(&self.lock);
+    }
+}
+
+/// Removes what dead owners left in `parent` ([`OwnedTempDir`]s whose lock nobody holds, with
+/// their lock files; entries with no lock file beside them once they are older than `stale`):
+/// a killed process's staging and work directories. Entries in use are left alone. Returns how
+/// many it removed; entries it cannot read or remove are skipped.
+pub fn sweep_orphans(parent: &Path, stale: std::time::Duration) -> usize {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Some(name) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_string)
+        else {
+            continue;
+        };
+        if let Some(stem) = name.strip_suffix(OWNER_LOCK) {
+            let Ok(file) = std::fs::OpenOptions::new().write(true).open(&path) else {
+                continue;
+            };
+            if file.try_lock().is_ok() {
+                let dir = parent.join(stem);
+                if !dir.exists() || std::fs::remove_dir_all(&dir).is_ok() {
+                    let _ = std::fs::remove_file(&path);
+                    removed += 1;
+                }
+            }
+        } else if !parent.join(format!("{name}{OWNER_LOCK}")).exists() {
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age >= stale);
+            if old {
+                let gone = if path.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+                if gone.is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+    }
+    removed
+}
+
 fn open_lock_file(path: &Path) -> std::io::Result<std::fs::File> {
     if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
@@ -240,6 +348,47 @@ mod tests {
         assert!(
             !write_atomic_if_changed(&p, b"b", None).unwrap(),
             "no mode asked"
+        );
+    }
+
+    #[test]
+    fn owned_temp_dirs_are_swept_only_once_their_owner_is_gone() {
+        let d = tempfile::tempdir().unwrap();
+        let tmp = d.path().join("tmp");
+        let live = OwnedTempDir::new_in(&tmp, "git-").unwrap();
+        std::fs::write(live.path().join("f"), b"x").unwrap();
+        assert!(live.path().starts_with(&tmp));
+        assert!(
+            live.path()
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("git-")
+        );
+        // A dead owner: its lock file and directory are there, nobody holds the lock.
+        let dead = tmp.join("tarball-dead");
+        std::fs::create_dir_all(dead.join("tree")).unwrap();
+        std::fs::write(tmp.join("tarball-dead.lock"), b"").unwrap();
+        // Something with no lock file, fresh: left alone until it is stale.
+        std::fs::create_dir(tmp.join("unknown")).unwrap();
+        assert_eq!(sweep_orphans(&tmp, std::time::Duration::from_secs(600)), 1);
+        assert!(!dead.exists() && !tmp.join("tarball-dead.lock").exists());
+        assert!(live.path().join("f").exists(), "in use: kept");
+        assert!(tmp.join("unknown").exists(), "fresh: kept");
+        assert_eq!(
+            sweep_orphans(&tmp, std::time::Duration::ZERO),
+            1,
+            "stale: gone"
+        );
+        assert!(!tmp.join("unknown").exists());
+        let (dir, lock) = (live.path().to_path_buf(), live.lock.clone());
+        drop(live);
+        assert!(!dir.exists() && !lock.exists(), "dropped: both gone");
+        assert!(std::fs::read_dir(&tmp).unwrap().next().is_none());
+        assert_eq!(
+            sweep_orphans(&d.path().join("missing"), std::time::Duration::ZERO),
+            0
         );
     }
 

@@ -14,6 +14,7 @@ pub mod entry;
 pub mod error;
 pub mod event;
 pub mod expose;
+pub mod fault;
 pub mod fsutil;
 pub mod health;
 pub mod image;

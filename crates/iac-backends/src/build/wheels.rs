@@ -424,9 +424,9 @@ impl HostPip {
             path: self.cache_dir.clone(),
             source,
         })?;
-        let work = tempfile::Builder::new()
-            .prefix(&format!(".{key}.tmp-"))
-            .tempdir_in(&self.cache_dir)
+        // A killed build's work directory (its owner's lock no longer held) goes first.
+        iac_core::fsutil::sweep_orphans(&self.cache_dir, std::time::Duration::MAX);
+        let work = iac_core::fsutil::OwnedTempDir::new_in(&self.cache_dir, &format!(".{key}.tmp-"))
             .map_err(|source| BuildError::Io {
                 path: self.cache_dir.clone(),
                 source,

@@ -33,6 +33,7 @@
 use std::path::{Path, PathBuf};
 
 use iac_core::FetchError;
+use iac_core::fsutil::{OwnedTempDir, sweep_orphans};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -153,6 +154,10 @@ struct Meta {
     origin: String,
 }
 
+/// A staging entry without an owner's lock file (left by an iac older than those locks) is
+/// removed once it is this old.
+const STALE_STAGING: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// Handle on the cache directory. Cheap to clone; all state is on disk.
 #[derive(Debug, Clone)]
 pub struct Cache {
@@ -174,13 +179,12 @@ impl Cache {
         Ok(d)
     }
 
-    /// A fresh staging directory under `tmp/`, removed when dropped.
-    pub fn staging(&self, what: &str) -> Result<tempfile::TempDir, FetchError> {
+    /// A fresh staging directory under `tmp/`, removed when dropped. What a killed fetch left
+    /// there (its owner's lock no longer held) is swept first.
+    pub fn staging(&self, what: &str) -> Result<OwnedTempDir, FetchError> {
         let tmp = self.mkdir("tmp")?;
-        tempfile::Builder::new()
-            .prefix(&format!("{what}-"))
-            .tempdir_in(&tmp)
-            .map_err(FetchError::io(&tmp))
+        sweep_orphans(&tmp, STALE_STAGING);
+        OwnedTempDir::new_in(&tmp, &format!("{what}-")).map_err(FetchError::io(&tmp))
     }
 
     /// The cached tree for `key`, if present. A tree whose metadata is missing (a crash
@@ -332,7 +336,7 @@ impl Cache {
 mod tests {
     use super::*;
 
-    fn staged(cache: &Cache, content: &str) -> (tempfile::TempDir, PathBuf) {
+    fn staged(cache: &Cache, content: &str) -> (OwnedTempDir, PathBuf) {
         let s = cache.staging("t").unwrap();
         let tree = s.path().join("tree");
         std::fs::create_dir_all(&tree).unwrap();

@@ -66,8 +66,8 @@ impl TarballFetcher {
         &self,
         url: &str,
         header: Option<(&'static str, String)>,
-        staging: tempfile::TempDir,
-    ) -> Result<(Extracted, tempfile::TempDir), FetchError> {
+        staging: iac_core::fsutil::OwnedTempDir,
+    ) -> Result<(Extracted, iac_core::fsutil::OwnedTempDir), FetchError> {
         let resp = self.get_following_redirects(url, header).await?;
         let status = resp.status();
         if !status.is_success() {

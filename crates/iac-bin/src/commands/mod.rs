@@ -84,6 +84,7 @@ pub async fn deploy(cfg: IacConfig, file: &Path, json: bool) -> anyhow::Result<E
         app.deployer.deploy(&specs, events).await
     })
     .await;
+    iac_core::fault::point("proved");
     let dir = app.cfg.project_dir(&project);
     let _ = std::fs::create_dir_all(&app.cfg.state_dir);
     iac_core::fsutil::write_atomic_if_changed(

@@ -208,6 +208,7 @@ impl Deployer {
             Ok(l) => l,
             Err(e) => return self.abort(failed, prepared, started, format!("deploy lock: {e}")),
         };
+        crate::fault::point("locked");
         let (input, rendered, render_failed) = self.mesh_and_plan_input(prepared, events);
         failed.extend(render_failed);
         let mut ok_services = Vec::new();

@@ -124,6 +124,7 @@ impl Deployer {
             self.stages.fetcher.fetch(&spec.slug, &ev).await
         );
         report.commit = source.commit.clone();
+        crate::fault::point("fetched");
         ev.info(
             Stage::Fetch,
             format!("{} ({})", source.digest, source.origin),
@@ -152,10 +153,16 @@ impl Deployer {
         };
         report.image = Some(image.tag.clone());
         report.image_reused = Some(image.reused);
+        if mode == Mode::Build {
+            crate::fault::point("built");
+        }
         let certs = stage!(
             Stage::Certs,
             self.stages.pki.issue(&self.opts.project, &spec.name).await
         );
+        if mode == Mode::Build {
+            crate::fault::point("certs");
+        }
         Ok(Prepared {
             spec,
             report,

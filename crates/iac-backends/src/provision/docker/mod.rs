@@ -283,6 +283,7 @@ impl DockerProvisioner {
             }
         }
         let envoy_id = self.start_sidecar(&mut envoy, created, events).await?;
+        iac_core::fault::point("sidecar-started");
         // The app joins the sidecar's namespace by id (renaming the sidecar later cannot break it).
         if let NetworkMode::Container { .. } = app.network {
             app.network = NetworkMode::Container {
@@ -311,6 +312,7 @@ impl DockerProvisioner {
         }
         filtered?;
         let app_id = app_create?;
+        iac_core::fault::point("app-created");
         self.engine.start_container(&app_id).await?;
         events.debug(
             Stage::Provision,

@@ -66,6 +66,7 @@ impl DockerProvisioner {
                 return;
             }
         };
+        iac_core::fault::point("replace-started");
         let deadline = self.config.health_deadline;
         events.info(
             Stage::Provision,
@@ -110,6 +111,7 @@ impl DockerProvisioner {
                     .connect_network(name, &pair.envoy_id, aliases.clone())
                     .await?;
             }
+            iac_core::fault::point("replace-swapped");
             let old: Vec<(String, String)> = plan
                 .current
                 .containers()
@@ -120,6 +122,7 @@ impl DockerProvisioner {
                 return Err(e);
             }
             old_removed = true;
+            iac_core::fault::point("replace-old-removed");
             let project = want
                 .app
                 .labels

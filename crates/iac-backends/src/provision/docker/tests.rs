@@ -477,7 +477,7 @@ async fn replacement_of_a_half_pair_removes_only_what_exists() {
         )
         .await
         .unwrap();
-    assert_eq!(applied.services[0].action, Action::Replace);
+    assert_eq!(applied.services[0].action, Action::Repair);
     assert_eq!(applied.services[0].endpoint, Some(addr(32031)));
 }
 

@@ -36,10 +36,10 @@ fn embedded_module_declares_the_expected_variables() {
     let TfType::Object(attrs) = svc.as_ref() else {
         panic!("of objects")
     };
-    let TfType::Object(app) = &attrs["app"].0 else {
-        panic!("app is an object")
+    let TfType::Object(envoy) = &attrs["envoy"].0 else {
+        panic!("envoy is an object")
     };
-    let TfType::List(ports) = &app["ports"].0 else {
+    let TfType::List(ports) = &envoy["ports"].0 else {
         panic!("ports is a list")
     };
     let TfType::Object(port) = ports.as_ref() else {
