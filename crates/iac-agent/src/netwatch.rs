@@ -16,9 +16,9 @@ use crate::supervisor::log;
 pub const EXIT_POD_NETWORK_LOST: i32 = 75;
 /// How often the interfaces are looked at.
 pub const POLL: Duration = Duration::from_secs(1);
-/// How long after the loss the agent ends the container: a restarted sidecar is normally back by
-/// then, and the app container's restart must find it running (an engine does not retry a start
-/// that found the namespace's owner stopped).
+/// How long the interface must stay gone before the agent ends the container (a reconnect is
+/// quicker); a restarted sidecar is normally back by then, and the app container's restart must
+/// find it running (an engine does not retry a start that found the namespace's owner stopped).
 pub const GRACE: Duration = Duration::from_secs(3);
 
 /// The network interfaces named in a `/proc/net/dev` text, loopback excluded.
@@ -61,20 +61,26 @@ impl Watcher {
     }
 }
 
-/// Watches until the pod's network is lost (returns then, after [`GRACE`]), or forever. Reads
-/// `path` (`/proc/net/dev`, the agent's own namespace).
+/// Watches until the pod's network is lost for good (returns then), or forever. Reads `path`
+/// (`/proc/net/dev`, the agent's own namespace). An interface that is back within [`GRACE`]
+/// (the sidecar's endpoint reconnected with the service's alias, during a replacement) was not
+/// lost.
 pub async fn lost(path: &str) {
     let mut watcher = Watcher::default();
     loop {
         match std::fs::read_to_string(path) {
             Ok(text) => {
                 if watcher.observe(&interfaces(&text)) == Verdict::Lost {
-                    log(format!(
-                        "the pod's network interface is gone (its sidecar was restarted into a new network namespace); ending this container in {}s so the engine restarts it into the new one",
-                        GRACE.as_secs()
-                    ));
                     tokio::time::sleep(GRACE).await;
-                    return;
+                    let back = std::fs::read_to_string(path)
+                        .map(|t| !interfaces(&t).is_empty())
+                        .unwrap_or(false);
+                    if !back {
+                        log(
+                            "the pod's network interface is gone (its sidecar was restarted into a new network namespace); ending this container so the engine restarts it into the new one",
+                        );
+                        return;
+                    }
                 }
             }
             Err(e) => {
