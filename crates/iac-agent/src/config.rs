@@ -86,9 +86,10 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", env = "IAC_RESTART_BACKOFF", default_value = restart::DEFAULT_BACKOFF, value_parser = parse_duration)]
     pub restart_backoff: Duration,
 
-    /// The longest delay between restarts.
-    #[arg(long, value_name = "DURATION", env = "IAC_RESTART_BACKOFF_MAX", default_value = restart::DEFAULT_BACKOFF_MAX, value_parser = parse_duration)]
-    pub restart_backoff_max: Duration,
+    /// The longest delay between restarts (default 5m, or --restart-backoff when that is
+    /// longer).
+    #[arg(long, value_name = "DURATION", env = "IAC_RESTART_BACKOFF_MAX", value_parser = parse_duration)]
+    pub restart_backoff_max: Option<Duration>,
 
     /// A run at least this long ends a crash series: the next crash waits --restart-backoff
     /// again.
@@ -196,16 +197,22 @@ impl Cli {
                     .into(),
             );
         }
-        if self.restart_backoff_max < self.restart_backoff {
-            return Err(format!(
-                "--restart-backoff-max {} is shorter than --restart-backoff {}: expected at least the first delay",
-                humantime::format_duration(self.restart_backoff_max),
-                humantime::format_duration(self.restart_backoff)
-            ));
-        }
+        let default_max =
+            humantime::parse_duration(restart::DEFAULT_BACKOFF_MAX).expect("a valid default");
+        let max = match self.restart_backoff_max {
+            Some(max) if max < self.restart_backoff => {
+                return Err(format!(
+                    "--restart-backoff-max {} is shorter than --restart-backoff {}: expected at least the first delay",
+                    humantime::format_duration(max),
+                    humantime::format_duration(self.restart_backoff)
+                ));
+            }
+            Some(max) => max,
+            None => default_max.max(self.restart_backoff),
+        };
         Ok(Backoff {
             initial: self.restart_backoff,
-            max: self.restart_backoff_max,
+            max,
             reset_after: self.restart_reset_after,
         })
     }
@@ -386,6 +393,10 @@ mod tests {
         let zero =
             Cli::try_parse_from(["iac-agent", "--restart-backoff", "0s", "--", "x"]).unwrap();
         assert!(zero.backoff().unwrap_err().contains("positive"));
+        // A first delay longer than the default longest one raises the longest one with it.
+        let long =
+            Cli::try_parse_from(["iac-agent", "--restart-backoff", "10m", "--", "x"]).unwrap();
+        assert_eq!(long.backoff().unwrap().max, Duration::from_secs(600));
         let inverted = Cli::try_parse_from([
             "iac-agent",
             "--restart-backoff",

@@ -151,7 +151,16 @@ struct AgentProc {
 impl AgentProc {
     fn start(argv: &[&str]) -> AgentProc {
         let mut child = Command::new(agent_binary())
-            .args(["--listen", "127.0.0.1:0", "--grace", "1", "--"])
+            // (Exits are what these tests read back; restarting is the agent's own tests'.)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--grace",
+                "1",
+                "--restart",
+                "never",
+                "--",
+            ])
             .args(argv)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
