@@ -194,6 +194,17 @@ fn send_signal(pid: i32, sig: i32) {
     }
 }
 
+/// SIGKILLs every process left in the process group `pgid` (a dead run's leftovers); none left
+/// is fine.
+fn kill_group(pgid: i32) {
+    // SAFETY: kill(2) on a process group the agent created for its child.
+    if unsafe { libc::kill(-pgid, libc::SIGKILL) } == 0 {
+        log(format!(
+            "stopped what the last run left in its process group {pgid}"
+        ));
+    }
+}
+
 /// When the agent is not PID 1 (tests, `docker run --init`, running it by hand), orphans of the
 /// child would re-parent to some other process; make them re-parent to the agent instead so it
 /// reaps them exactly as it would as PID 1.
@@ -218,6 +229,8 @@ fn spawn_child(
     python_path: Option<&std::ffi::OsStr>,
 ) -> io::Result<std::process::Child> {
     let mut cmd = Command::new(&argv[0]);
+    // Its own process group: what it started can be stopped with it before a restart.
+    cmd.process_group(0);
     cmd.args(&argv[1..])
         .stdin(Stdio::inherit())
         .stdout(Stdio::piped())
@@ -498,6 +511,7 @@ pub async fn run(opts: Options) -> i32 {
         opts: &opts,
         logs: Arc::clone(&logs),
         pumps: Vec::new(),
+        last_pid: None,
     };
     entry.spawn(&state_tx, &clock);
 
@@ -624,6 +638,8 @@ struct Entry<'a> {
     opts: &'a Options,
     logs: Arc<LogBuffer>,
     pumps: Vec<JoinHandle<()>>,
+    /// The last run's pid, which is also its process group's id.
+    last_pid: Option<i32>,
 }
 
 impl Entry<'_> {
@@ -640,6 +656,7 @@ impl Entry<'_> {
         match spawn_child(&opts.argv, opts.user.as_ref(), opts.python_path.as_deref()) {
             Ok(mut child) => {
                 let pid = i32::try_from(child.id()).expect("pids fit in i32");
+                self.last_pid = Some(pid);
                 clock.restart();
                 state_tx.send_replace(ChildState::Running { pid });
                 let as_user = opts
@@ -798,6 +815,11 @@ async fn supervise(
                         humantime::format_duration(delay)
                     );
                     log(&msg);
+                    // What the dead run left behind (workers of a killed master, holding its
+                    // port) goes with it, as a container restart would take it.
+                    if let Some(pgid) = entry.last_pid.take() {
+                        kill_group(pgid);
+                    }
                     entry.logs.push(LogEntry {
                         ts: SystemTime::now(),
                         stream: StreamKind::Stderr,

@@ -229,3 +229,34 @@ fn the_follow_pod_network_switch_is_taken_from_the_environment() {
     assert!(running, "the agent exited: {err}");
     assert!(!err.contains("invalid value"), "{err}");
 }
+
+/// A run that dies leaving processes behind (a master's workers holding its port) takes them
+/// with it before the restart.
+#[tokio::test]
+async fn what_a_dead_run_left_behind_is_stopped_before_the_restart() {
+    let mut agent = Agent::start(
+        &["--restart-backoff", "300ms"],
+        &[
+            "sh",
+            "-c",
+            "sleep 300 & echo \"orphan $!\"; sleep 0.2; exit 1",
+        ],
+    );
+    let line = agent.stdout.wait_for("orphan ");
+    let orphan: i32 = line.trim_start_matches("orphan ").trim().parse().unwrap();
+    agent
+        .health_until(|h| h.restarts.as_ref().is_some_and(|r| r.count >= 1))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::path::Path::new(&format!("/proc/{orphan}")).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the first run's sleep (pid {orphan}) outlived it"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    agent
+        .stderr
+        .wait_for("stopped what the last run left in its process group");
+    agent.stop();
+}
