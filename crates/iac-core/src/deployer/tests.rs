@@ -519,6 +519,45 @@ async fn concurrent_deploys_of_one_project_serialize_on_the_lock() {
     );
 }
 
+/// Another process (the CLI, the admin API) holds the project's deploy lock: the deploy waits,
+/// says whom it waits for, and goes on once the lock is free.
+#[tokio::test]
+async fn a_waiting_deploy_names_who_holds_the_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let held = crate::fsutil::FileLock::acquire(&dir.path().join("deploy.lock"), |_| {
+        panic!("free at first")
+    })
+    .await
+    .unwrap();
+    let d = Arc::new(Fakes::happy().deployer(dir.path(), 1));
+    let (events, mut rx) = Events::channel();
+    let deploy = tokio::spawn({
+        let d = d.clone();
+        async move { d.deploy(&[spec("a")], &events).await }
+    });
+    let said = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let e = rx.recv().await.expect("events until it says it waits");
+            if e.message.starts_with("waiting for another deploy") {
+                return e.message;
+            }
+        }
+    })
+    .await
+    .expect("the deploy says it waits");
+    assert!(
+        said.contains(&format!("held by pid {} (", std::process::id())),
+        "{said}"
+    );
+    assert!(!deploy.is_finished(), "it waits for the lock");
+    drop(held);
+    let report = tokio::time::timeout(Duration::from_secs(10), deploy)
+        .await
+        .expect("it goes on once the lock is free")
+        .unwrap();
+    assert!(report.ok, "{report:#?}");
+}
+
 #[tokio::test]
 async fn a_new_service_must_stay_serving_through_the_settle_window() {
     let dir = tempfile::tempdir().unwrap();
