@@ -140,7 +140,7 @@ pub const ENVOY_RESTART_PREFIX: &str = "iac-sidecar: envoy exited with status ";
 /// `setpriv` with no capabilities): SIGTERM/SIGINT are forwarded and end it; an Envoy that dies
 /// by itself is started again after 1 s, doubling to 30 s, back to 1 s after a minute of running.
 /// Builtins only between starts (no process per restart besides Envoy's and the sleep).
-fn envoy_supervisor_script() -> String {
+pub fn envoy_supervisor_script() -> String {
     format!(
         "pid=
 stop=
