@@ -10,33 +10,29 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 mod e2e;
-use e2e::{HELLO, docker_ok, fixture, git, json_of, remove_labelled};
+use e2e::{HELLO, Project, docker_ok, fixture, git, json_of};
 
-struct Project {
-    name: String,
-    workdir: tempfile::TempDir,
+/// The test's project, its state directory, and whether that is mounted (unmounted on drop).
+struct FullDisk {
+    p: Project,
     state: PathBuf,
     mounted: bool,
 }
 
-impl Drop for Project {
+impl Drop for FullDisk {
     fn drop(&mut self) {
-        remove_labelled(&format!("iac.project={}", self.name));
+        // The containers first: they mount files from the tmpfs.
+        e2e::remove_labelled(&format!("iac.project={}", self.p.name));
         if self.mounted {
             let _ = Command::new("umount").arg(&self.state).status();
         }
     }
 }
 
-impl Project {
+impl FullDisk {
     fn iac(&self, args: &[&str]) -> Output {
-        e2e::iac(
-            self.workdir.path(),
-            &self.name,
-            args,
-            &[],
-            &[("IAC_STATE_DIR", self.state.to_str().unwrap())],
-        )
+        self.p
+            .iac_env(args, &[("IAC_STATE_DIR", self.state.to_str().unwrap())])
     }
 }
 
@@ -70,13 +66,12 @@ fn a_full_state_filesystem_is_a_clear_error_and_loses_nothing() {
         );
         return;
     }
-    let workdir = tempfile::tempdir().unwrap();
-    let state = workdir.path().join(".iac");
+    let project = Project::new();
+    let state = project.workdir.path().join(".iac");
     std::fs::create_dir_all(&state).unwrap();
-    let mut p = Project {
-        name: format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..10]),
+    let mut p = FullDisk {
+        p: project,
         state: state.clone(),
-        workdir,
         mounted: false,
     };
     let mounted = Command::new("mount")
@@ -104,9 +99,9 @@ fn a_full_state_filesystem_is_a_clear_error_and_loses_nothing() {
     }
     p.mounted = true;
 
-    let repos = p.workdir.path().join("repos");
+    let repos = p.p.workdir.path().join("repos");
     let hello = fixture(&repos, "hello", &[("main.py", HELLO)]);
-    let file = p.workdir.path().join("repos.yaml");
+    let file = p.p.workdir.path().join("repos.yaml");
     std::fs::write(&file, format!("- git+file://{}#main\n", hello.display())).unwrap();
     let file = file.to_str().unwrap();
 
@@ -114,7 +109,7 @@ fn a_full_state_filesystem_is_a_clear_error_and_loses_nothing() {
     assert_eq!(out.status.code(), Some(0), "the first deploy");
     let last = state
         .join("projects")
-        .join(&p.name)
+        .join(&p.p.name)
         .join("last-deploy.json");
     let before = std::fs::read(&last).unwrap();
     let trees: Vec<PathBuf> = std::fs::read_dir(state.join("cache/trees"))

@@ -18,11 +18,11 @@
 //! Needs the base images from `make test-deps`; with IAC_REQUIRE_DOCKER unset and no Docker it is
 //! skipped loudly. Everything it creates is removed by label on drop, even on panic.
 
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Instant;
 
 mod e2e;
-use e2e::{HELLO, docker, docker_ok, fixture, git, json_of, remove_labelled, scripted_fixture};
+use e2e::{HELLO, Project, docker, docker_ok, fixture, git, json_of, scripted_fixture};
 
 /// `scripted` v2: a web server on a hard-coded 127.0.0.1:5000, ignoring `$PORT`, as many
 /// quickstarts are.
@@ -42,47 +42,6 @@ def main():
 def other():
     print("never the default")
 "#;
-
-struct Project {
-    name: String,
-    workdir: tempfile::TempDir,
-}
-
-impl Drop for Project {
-    fn drop(&mut self) {
-        remove_labelled(&format!("iac.project={}", self.name));
-    }
-}
-
-impl Project {
-    fn iac(&self, args: &[&str]) -> Output {
-        self.iac_env(args, &[])
-    }
-
-    fn iac_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
-        e2e::iac(self.workdir.path(), &self.name, args, &[], env)
-    }
-
-    fn container_ids(&self) -> Vec<(String, String)> {
-        let out = docker(&[
-            "ps",
-            "-a",
-            "--filter",
-            &format!("label=iac.project={}", self.name),
-            "--format",
-            "{{.Names}} {{.ID}}",
-        ]);
-        let mut v: Vec<(String, String)> = out
-            .lines()
-            .filter_map(|l| {
-                l.split_once(' ')
-                    .map(|(a, b)| (a.to_string(), b.to_string()))
-            })
-            .collect();
-        v.sort();
-        v
-    }
-}
 
 fn health_by_service(
     v: &serde_json::Value,
@@ -114,10 +73,7 @@ fn hello_main_end_to_end() {
         return;
     }
     let started = Instant::now();
-    let project = Project {
-        name: format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..10]),
-        workdir: tempfile::tempdir().unwrap(),
-    };
+    let project = Project::new();
     let repos = project.workdir.path().join("repos");
     let hello = fixture(&repos, "hello", &[("main.py", HELLO)]);
     let scripted = scripted_fixture(

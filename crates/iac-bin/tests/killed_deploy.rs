@@ -18,7 +18,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod e2e;
-use e2e::{HELLO, docker, docker_ok, fixture, json_of, remove_labelled, static_agent};
+use e2e::{HELLO, Project, docker, docker_ok, fixture, json_of, static_agent};
 
 const WORKER: &str = r#"
 import signal, sys, time
@@ -27,22 +27,23 @@ while True:
     time.sleep(1)
 "#;
 
-struct Project {
-    name: String,
-    workdir: tempfile::TempDir,
+/// The test's project and its two fixture repos.
+struct Killed {
+    p: Project,
     hello: std::path::PathBuf,
     worker: std::path::PathBuf,
     /// The pods' version: their pids limit is 500 + this.
     version: std::cell::Cell<u32>,
 }
 
-impl Drop for Project {
-    fn drop(&mut self) {
-        remove_labelled(&format!("iac.project={}", self.name));
+impl std::ops::Deref for Killed {
+    type Target = Project;
+    fn deref(&self) -> &Project {
+        &self.p
     }
 }
 
-impl Project {
+impl Killed {
     fn file(&self) -> String {
         self.workdir
             .path()
@@ -108,14 +109,8 @@ impl Project {
     }
 
     fn iac(&self, args: &[&str]) -> Output {
-        let pids = self.pids();
-        e2e::iac(
-            self.workdir.path(),
-            &self.name,
-            args,
-            &[],
-            &[("IAC_DOCKER__LIMITS__APP_PIDS", &pids)],
-        )
+        self.p
+            .iac_env(args, &[("IAC_DOCKER__LIMITS__APP_PIDS", &self.pids())])
     }
 
     /// The deploy that must converge, and every check of "converged".
@@ -238,13 +233,12 @@ fn a_killed_deploy_converges_on_the_next_one() {
         eprintln!("SKIPPED a_killed_deploy_converges_on_the_next_one: no Docker engine");
         return;
     }
-    let workdir = tempfile::tempdir().unwrap();
-    let repos = workdir.path().join("repos");
-    let p = Project {
-        name: format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..10]),
+    let project = Project::new();
+    let repos = project.workdir.path().join("repos");
+    let p = Killed {
         hello: fixture(&repos, "hello", &[("main.py", HELLO)]),
         worker: fixture(&repos, "worker", &[("main.py", WORKER)]),
-        workdir,
+        p: project,
         version: std::cell::Cell::new(1),
     };
     let mut version = 1;

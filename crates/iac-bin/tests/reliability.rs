@@ -14,7 +14,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 mod e2e;
-use e2e::{HELLO, docker, docker_ok, docker_status, fixture, json_of, remove_labelled};
+use e2e::{HELLO, Project, docker, docker_ok, docker_status, fixture, json_of};
 
 const WORKER: &str = r#"
 import signal, sys, time
@@ -24,28 +24,22 @@ while True:
     time.sleep(1)
 "#;
 
-struct Project {
-    name: String,
-    workdir: tempfile::TempDir,
+/// The test's project, and what it asks of it.
+struct Faults {
+    p: Project,
 }
 
-impl Drop for Project {
-    fn drop(&mut self) {
-        remove_labelled(&format!("iac.project={}", self.name));
-    }
-}
-
-impl Project {
+impl Faults {
     fn iac(&self, args: &[&str]) -> Output {
-        e2e::iac(self.workdir.path(), &self.name, args, &[], &[])
+        self.p.iac(args)
     }
 
     fn container(&self, svc: &str) -> String {
-        format!("{}-{svc}", self.name)
+        format!("{}-{svc}", self.p.name)
     }
 
     fn sidecar(&self, svc: &str) -> String {
-        format!("{}-{svc}-envoy", self.name)
+        format!("{}-{svc}-envoy", self.p.name)
     }
 
     /// `iac health --json` (with `extra` args): per service (state, restarts JSON, url).
@@ -77,18 +71,7 @@ impl Project {
     }
 
     fn ids(&self) -> std::collections::BTreeMap<String, String> {
-        docker(&[
-            "ps",
-            "-a",
-            "--filter",
-            &format!("label=iac.project={}", self.name),
-            "--format",
-            "{{.Names}} {{.ID}}",
-        ])
-        .lines()
-        .filter_map(|l| l.split_once(' '))
-        .map(|(n, id)| (n.to_string(), id.to_string()))
-        .collect()
+        self.p.container_ids().into_iter().collect()
     }
 }
 
@@ -165,11 +148,8 @@ fn faults_heal_without_a_person() {
         eprintln!("SKIPPED faults_heal_without_a_person: no Docker engine");
         return;
     }
-    let p = Project {
-        name: format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..10]),
-        workdir: tempfile::tempdir().unwrap(),
-    };
-    let repos = p.workdir.path().join("repos");
+    let p = Faults { p: Project::new() };
+    let repos = p.p.workdir.path().join("repos");
     let hello = fixture(&repos, "hello", &[("main.py", HELLO)]);
     let worker = fixture(&repos, "worker", &[("main.py", WORKER)]);
     let crashy = fixture(
@@ -180,7 +160,7 @@ fn faults_heal_without_a_person() {
             "import sys\nprint('crashy', flush=True)\nsys.exit(1)\n",
         )],
     );
-    let file = p.workdir.path().join("repos.yaml");
+    let file = p.p.workdir.path().join("repos.yaml");
     std::fs::write(
         &file,
         format!(
@@ -352,9 +332,9 @@ fn faults_heal_without_a_person() {
         "--name",
         &p.container("worker"),
         "--label",
-        &format!("iac.test={}", p.name),
+        &format!("iac.test={}", p.p.name),
         "--label",
-        &format!("iac.project={}", p.name),
+        &format!("iac.project={}", p.p.name),
         "iac/python:3.11-bookworm",
         "sleep",
         "300",
@@ -384,7 +364,7 @@ fn faults_heal_without_a_person() {
             "ps",
             "-aq",
             "--filter",
-            &format!("label=iac.project={}", p.name)
+            &format!("label=iac.project={}", p.p.name)
         ])
         .trim()
         .is_empty()

@@ -102,6 +102,59 @@ pub fn remove_labelled(label: &str) {
     }
 }
 
+/// A test's project: a random name (`t` + 10 hex digits), a work directory for its state and
+/// secrets, and — on drop, even after a panic — everything labelled with its name removed.
+pub struct Project {
+    pub name: String,
+    pub workdir: tempfile::TempDir,
+}
+
+impl Project {
+    pub fn new() -> Project {
+        Project {
+            name: format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..10]),
+            workdir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// [`iac`] for this project.
+    pub fn iac(&self, args: &[&str]) -> Output {
+        self.iac_env(args, &[])
+    }
+
+    /// [`iac`] for this project, with `env` on top.
+    pub fn iac_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        iac(self.workdir.path(), &self.name, args, &[], env)
+    }
+
+    /// The project's containers (every state), as (name, id), sorted by name.
+    pub fn container_ids(&self) -> Vec<(String, String)> {
+        let out = docker(&[
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label=iac.project={}", self.name),
+            "--format",
+            "{{.Names}} {{.ID}}",
+        ]);
+        let mut v: Vec<(String, String)> = out
+            .lines()
+            .filter_map(|l| {
+                l.split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+            })
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        remove_labelled(&format!("iac.project={}", self.name));
+    }
+}
+
 /// `git ARGS` in `dir` with a fixed identity and `main` as the default branch; panics on failure.
 pub fn git(dir: &Path, args: &[&str]) {
     let out = Command::new("git")
