@@ -230,6 +230,7 @@ pub fn parse_repos_file(text: &str, format: ReposFormat) -> Result<ReposFile, Re
                                 };
                                 env.insert(ek, ev);
                             }
+                            check_restart_env(&env).map_err(fail)?;
                         }
                         ("env", Value::Null) => {}
                         ("expose", v) => expose = Expose::from_value(&v).map_err(fail)?,
@@ -372,6 +373,42 @@ fn dedup(base: ServiceName, taken: &mut BTreeSet<ServiceName>) -> ServiceName {
     unreachable!("an unbounded counter always finds a free name")
 }
 
+/// The agent's restart settings a service may set in its `env` (`iac-agent --restart*`, read
+/// from these variables): checked here, so a bad value is an error naming the item rather than
+/// an agent that cannot start (and a container the engine restarts in a loop).
+fn check_restart_env(env: &BTreeMap<String, String>) -> Result<(), String> {
+    if let Some(v) = env.get("IAC_RESTART")
+        && !matches!(v.as_str(), "auto" | "never")
+    {
+        return Err(format!("env IAC_RESTART to be auto or never, got {v:?}"));
+    }
+    let duration = |key: &str| -> Result<Option<std::time::Duration>, String> {
+        env.get(key)
+            .map(|v| {
+                humantime::parse_duration(v).map_err(|e| {
+                    format!("env {key} to be a duration such as 10s or 5m, got {v:?} ({e})")
+                })
+            })
+            .transpose()
+    };
+    let first = duration("IAC_RESTART_BACKOFF")?;
+    let longest = duration("IAC_RESTART_BACKOFF_MAX")?;
+    duration("IAC_RESTART_RESET_AFTER")?;
+    if first.is_some_and(|d| d.is_zero()) {
+        return Err("env IAC_RESTART_BACKOFF to be longer than 0s".into());
+    }
+    let first = first.unwrap_or(std::time::Duration::from_secs(10));
+    if let Some(longest) = longest
+        && longest < first
+    {
+        return Err(format!(
+            "env IAC_RESTART_BACKOFF_MAX to be at least the first delay ({})",
+            humantime::format_duration(first)
+        ));
+    }
+    Ok(())
+}
+
 fn valid_env_key(k: &str) -> bool {
     let mut chars = k.chars();
     matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic())
@@ -432,6 +469,14 @@ fn kind(v: &Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn restart_settings_in_env_are_taken_when_valid() {
+        let text = "- slug: gh:a/b\n  env: {IAC_RESTART: never, IAC_RESTART_BACKOFF: 10m, IAC_RESTART_RESET_AFTER: 1h}\n- slug: gh:a/c\n  env: {IAC_RESTART_BACKOFF: 1s, IAC_RESTART_BACKOFF_MAX: 2s}\n";
+        let r = parse_repos_file(text, ReposFormat::Auto).unwrap();
+        assert_eq!(r.services[0].env["IAC_RESTART_BACKOFF"], "10m");
+        assert_eq!(r.services[1].env["IAC_RESTART_BACKOFF_MAX"], "2s");
+    }
 
     fn names(r: &ReposFile) -> Vec<&str> {
         r.services.iter().map(|s| s.name.as_str()).collect()
@@ -544,6 +589,22 @@ mod tests {
             ("- slug: gh:a/b\n  env: [1]\n", "`env` to be a map"),
             ("- slug: gh:a/b\n  env:\n    1BAD: x\n", "env key"),
             ("- slug: gh:a/b\n  env:\n    K: [x]\n", "env value of K"),
+            (
+                "- slug: gh:a/b\n  env:\n    IAC_RESTART: always\n",
+                "expected env IAC_RESTART to be auto or never",
+            ),
+            (
+                "- slug: gh:a/b\n  env:\n    IAC_RESTART_BACKOFF: 10\n",
+                "env IAC_RESTART_BACKOFF to be a duration",
+            ),
+            (
+                "- slug: gh:a/b\n  env:\n    IAC_RESTART_BACKOFF: 0s\n",
+                "longer than 0s",
+            ),
+            (
+                "- slug: gh:a/b\n  env:\n    IAC_RESTART_BACKOFF_MAX: 5s\n",
+                "at least the first delay (10s)",
+            ),
             ("- slug: gh:a/b\n  expose: 0\n", "`expose` to be"),
             ("- slug: gh:a/b\n  expose: nope\n", "item 1 (line 1)"),
             (
