@@ -121,7 +121,8 @@ repos() {  # repos N → repos file with services s01..sN
 }
 
 # compose_wait N: until every app s01..sN answers HTTP 200 through its Envoy's mTLS listener
-# (client certificate of s01, a service of the same project: the app routes admit it).
+# (client certificate of s01, a service of the same project: the app routes admit it). The pod's
+# ports are published by its sidecar, compose service `sNN-envoy`.
 compose_wait() {
   local n=$1 deadline=$(( $(date +%s) + 180 )) s port code
   local ca="$WORK/secrets/ca.pem" cert="$WORK/secrets/$P/s01.pem" key="$WORK/secrets/$P/s01.key"
@@ -133,7 +134,7 @@ compose_wait() {
     while read -r s port; do ports[$s]=$port; done < <(
       docker ps --filter "label=com.docker.compose.project=$C" \
         --format '{{.Label "com.docker.compose.service"}} {{.Ports}}' |
-        sed -n 's/^\([^ ]*\) .*127\.0\.0\.1:\([0-9]*\)->15000.*/\1 \2/p')
+        sed -n 's/^\([^ ]*\)-envoy .*127\.0\.0\.1:\([0-9]*\)->15000.*/\1 \2/p')
     for s in "${pending[@]}"; do
       port=${ports[$s]:-}
       if [ -z "$port" ]; then echo 000 >"$WORK/w.$s"; continue; fi

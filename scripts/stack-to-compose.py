@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Turns the output of `iac plan --json` (stdin) into an equivalent docker-compose file (stdout), for the
-benchmark baseline (scripts/bench-deploy.sh): same images, command, env, mounts, published port,
+benchmark baseline (scripts/bench-deploy.sh): same images, command, env, mounts, published ports,
 privileges (capabilities, no-new-privileges: the sidecar needs NET_ADMIN for the pod's packet filter),
-limits, and the Envoy sharing the app's network namespace. Compose prefixes container names with its
-project, so both stacks can coexist.
+limits, restart policies, and the pod's shared network namespace (whichever container the plan
+makes its owner — the sidecar — is on the network; the other joins it with `network_mode:
+service:…` and `depends_on`). Compose prefixes container names with its project, so both stacks can
+coexist.
 
     iac plan --json ... | python3 scripts/stack-to-compose.py <compose-project> <label> > compose.yml
 
@@ -58,37 +60,44 @@ def hardening(c):
     return out
 
 
+def mount(m):
+    return lit(f"{m['source']}:{m['target']}{':ro' if m['read_only'] else ''}")
+
+
+def port(p):
+    # host_port null: an ephemeral port (the mesh port; an edge without a fixed `expose`).
+    ip = f"[{p['host_ip']}]" if ":" in p["host_ip"] else p["host_ip"]
+    return f"{ip}:{p['host_port'] or ''}:{p['container_port']}"
+
+
 services = {}
 for s in stack["services"]:
-    app, envoy = s["app"], s["envoy"]
     a = s["service"]
-    services[a] = {
-        "image": app["image"],
-        "environment": lit(app["env"]),
-        "labels": {"iac.bench": label},
-        "networks": {net: {"aliases": [a]}},
-        # host_port null: an ephemeral port (the mesh port; an edge without a fixed `expose`).
-        "ports": [
-            f"{'[' + p['host_ip'] + ']' if ':' in p['host_ip'] else p['host_ip']}:{p['host_port'] or ''}:{p['container_port']}"
-            for p in app["ports"]
-        ],
-        "volumes": [lit(f"{m['source']}:{m['target']}{':ro' if m['read_only'] else ''}") for m in app["mounts"]],
-        "stop_grace_period": f"{app['stop_timeout_secs']}s",
-        **hardening(app),
-    }
-    if app["cmd"]:
-        services[a]["command"] = lit(app["cmd"])
-    services[f"{a}-envoy"] = {
-        "image": envoy["image"],
-        "command": lit(envoy["cmd"]),
-        "environment": lit(envoy["env"]),
-        "labels": {"iac.bench": label},
-        "network_mode": f"service:{a}",
-        "volumes": [lit(f"{m['source']}:{m['target']}{':ro' if m['read_only'] else ''}") for m in envoy["mounts"]],
-        "stop_grace_period": f"{envoy['stop_timeout_secs']}s",
-        "depends_on": [a],
-        **hardening(envoy),
-    }
+    # Compose service names: the app is `<svc>`, the sidecar `<svc>-envoy`.
+    names = {s["app"]["name"]: a, s["envoy"]["name"]: f"{a}-envoy"}
+    for c in (s["envoy"], s["app"]):
+        svc = {
+            "image": c["image"],
+            "environment": lit(c["env"]),
+            "labels": {"iac.bench": label},
+            "volumes": [mount(m) for m in c["mounts"]],
+            "stop_grace_period": f"{c['stop_timeout_secs']}s",
+            **hardening(c),
+        }
+        if c["cmd"]:
+            svc["command"] = lit(c["cmd"])
+        if c["ports"]:
+            svc["ports"] = [port(p) for p in c["ports"]]
+        if c.get("restart", "no") != "no":
+            svc["restart"] = c["restart"]
+        netmode = c["network"]
+        if netmode["kind"] == "network":
+            svc["networks"] = {net: {"aliases": netmode["aliases"]}}
+        else:
+            owner = names[netmode["name"]]
+            svc["network_mode"] = f"service:{owner}"
+            svc["depends_on"] = [owner]
+        services[names[c["name"]]] = svc
 doc = {"version": "2.4", "services": services, "networks": {net: {"labels": {"iac.bench": label}}}}
 # Compose reads YAML, and JSON is YAML: no PyYAML needed.
 json.dump(doc, sys.stdout, indent=2, sort_keys=True)
