@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 mod e2e;
-use e2e::{HELLO, Project, docker_ok, fixture, git, json_of};
+use e2e::{HELLO, Project, fixture, git, json_of};
 
 /// The test's project, its state directory, and whether that is mounted (unmounted on drop).
 struct FullDisk {
@@ -56,14 +56,7 @@ fn fill(dir: &Path) -> PathBuf {
 
 #[test]
 fn a_full_state_filesystem_is_a_clear_error_and_loses_nothing() {
-    if !docker_ok() {
-        assert!(
-            std::env::var_os("IAC_REQUIRE_DOCKER").is_none(),
-            "IAC_REQUIRE_DOCKER is set but Docker is unreachable"
-        );
-        eprintln!(
-            "SKIPPED a_full_state_filesystem_is_a_clear_error_and_loses_nothing: no Docker engine"
-        );
+    if e2e::skip_without_docker("a_full_state_filesystem_is_a_clear_error_and_loses_nothing") {
         return;
     }
     let project = Project::new();

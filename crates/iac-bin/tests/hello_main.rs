@@ -22,7 +22,7 @@ use std::process::Command;
 use std::time::Instant;
 
 mod e2e;
-use e2e::{HELLO, Project, docker, docker_ok, fixture, git, json_of, scripted_fixture};
+use e2e::{HELLO, Project, docker, fixture, git, json_of, scripted_fixture};
 
 /// `scripted` v2: a web server on a hard-coded 127.0.0.1:5000, ignoring `$PORT`, as many
 /// quickstarts are.
@@ -64,12 +64,7 @@ fn health_by_service(
 
 #[test]
 fn hello_main_end_to_end() {
-    if !docker_ok() {
-        assert!(
-            std::env::var_os("IAC_REQUIRE_DOCKER").is_none(),
-            "IAC_REQUIRE_DOCKER is set but Docker is unreachable"
-        );
-        eprintln!("SKIPPED hello_main_end_to_end: no Docker engine");
+    if e2e::skip_without_docker("hello_main_end_to_end") {
         return;
     }
     let started = Instant::now();

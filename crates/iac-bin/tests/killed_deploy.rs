@@ -18,7 +18,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod e2e;
-use e2e::{HELLO, Project, docker, docker_ok, fixture, json_of, static_agent};
+use e2e::{HELLO, Project, docker, fixture, json_of, static_agent};
 
 const WORKER: &str = r#"
 import signal, sys, time
@@ -225,12 +225,7 @@ impl Rng {
 
 #[test]
 fn a_killed_deploy_converges_on_the_next_one() {
-    if !docker_ok() {
-        assert!(
-            std::env::var_os("IAC_REQUIRE_DOCKER").is_none(),
-            "IAC_REQUIRE_DOCKER is set but Docker is unreachable"
-        );
-        eprintln!("SKIPPED a_killed_deploy_converges_on_the_next_one: no Docker engine");
+    if e2e::skip_without_docker("a_killed_deploy_converges_on_the_next_one") {
         return;
     }
     let project = Project::new();

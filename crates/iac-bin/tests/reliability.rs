@@ -14,7 +14,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 mod e2e;
-use e2e::{HELLO, Project, docker, docker_ok, docker_status, fixture, json_of};
+use e2e::{HELLO, Project, docker, docker_status, fixture, json_of};
 
 const WORKER: &str = r#"
 import signal, sys, time
@@ -84,6 +84,17 @@ fn service<'a>(v: &'a serde_json::Value, svc: &str) -> &'a serde_json::Value {
         .unwrap_or_else(|| panic!("{svc} in {v:#}"))
 }
 
+/// One service's entry in a deploy report.
+fn reported(report: &serde_json::Value, svc: &str) -> serde_json::Value {
+    report["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["service"] == svc)
+        .unwrap_or_else(|| panic!("{svc} in {report:#}"))
+        .clone()
+}
+
 fn state_of(v: &serde_json::Value, svc: &str) -> String {
     v["services"]
         .as_array()
@@ -140,12 +151,7 @@ fn curl_code(url: &str) -> String {
 
 #[test]
 fn faults_heal_without_a_person() {
-    if !docker_ok() {
-        assert!(
-            std::env::var_os("IAC_REQUIRE_DOCKER").is_none(),
-            "IAC_REQUIRE_DOCKER is set but Docker is unreachable"
-        );
-        eprintln!("SKIPPED faults_heal_without_a_person: no Docker engine");
+    if e2e::skip_without_docker("faults_heal_without_a_person") {
         return;
     }
     let p = Faults { p: Project::new() };
@@ -288,13 +294,7 @@ fn faults_heal_without_a_person() {
     let t = Instant::now();
     let out = p.iac(&["deploy", "--file", file, "--json"]);
     let report = json_of(&out)["report"].clone();
-    let w = report["services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["service"] == "worker")
-        .unwrap()
-        .clone();
+    let w = reported(&report, "worker");
     assert_eq!(w["action"], "repair", "{report:#}");
     assert_eq!(w["health"]["state"], "SERVING", "{report:#}");
     assert!(
@@ -310,13 +310,7 @@ fn faults_heal_without_a_person() {
     assert!(docker_status(&["rm", "-f", &p.container("hello")]).0);
     let out = p.iac(&["deploy", "--file", file, "--json"]);
     let report = json_of(&out)["report"].clone();
-    let h = report["services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["service"] == "hello")
-        .unwrap()
-        .clone();
+    let h = reported(&report, "hello");
     assert_eq!(h["action"], "repair", "{report:#}");
     assert_eq!(h["health"]["state"], "SERVING", "{report:#}");
     p.recover("app container removed, then iac deploy");
@@ -343,13 +337,7 @@ fn faults_heal_without_a_person() {
     let stranger = text.trim().to_string();
     let out = p.iac(&["deploy", "--file", file, "--json"]);
     let report = json_of(&out)["report"].clone();
-    let err = report["services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["service"] == "worker")
-        .unwrap()["error"]
-        .to_string();
+    let err = reported(&report, "worker")["error"].to_string();
     assert!(
         err.contains("not one iac manages") && err.contains(&p.container("worker")),
         "{err}"

@@ -102,6 +102,20 @@ pub fn remove_labelled(label: &str) {
     }
 }
 
+/// Whether an end-to-end test must be skipped for want of a Docker engine: says so loudly, and
+/// fails instead when `IAC_REQUIRE_DOCKER` is set (CI sets it).
+pub fn skip_without_docker(test: &str) -> bool {
+    if docker_ok() {
+        return false;
+    }
+    assert!(
+        std::env::var_os("IAC_REQUIRE_DOCKER").is_none(),
+        "IAC_REQUIRE_DOCKER is set but Docker is unreachable"
+    );
+    eprintln!("SKIPPED {test}: no Docker engine");
+    true
+}
+
 /// A test's project: a random name (`t` + 10 hex digits), a work directory for its state and
 /// secrets, and — on drop, even after a panic — everything labelled with its name removed.
 pub struct Project {
