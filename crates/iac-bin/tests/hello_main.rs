@@ -154,26 +154,7 @@ fn hello_main_end_to_end() {
         .map(|s| s["url"].clone())
         .unwrap();
     assert_eq!(health_url, url.as_str(), "{hj:#}");
-    let page = Command::new("curl")
-        .args([
-            "-s",
-            "--noproxy",
-            "*",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--max-time",
-            "10",
-            &url,
-        ])
-        .output()
-        .expect("curl");
-    assert_eq!(
-        String::from_utf8_lossy(&page.stdout),
-        "200",
-        "GET {url} from the host"
-    );
+    assert_eq!(e2e::curl_code(&url), "200", "GET {url} from the host");
     let h = health_by_service(&hj);
     assert_eq!(h["hello"].0, "SERVING");
     assert_eq!(h["scripted"].0, "SERVING");

@@ -10,11 +10,11 @@
 //! again; the time each took is printed (`recovered: …`), which is where the README's
 //! Reliability table comes from. At the end, `iac destroy` leaves nothing behind.
 
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 mod e2e;
-use e2e::{HELLO, Project, docker, docker_status, fixture, json_of};
+use e2e::{HELLO, Project, curl_code, docker, docker_status, fixture, json_of};
 
 const WORKER: &str = r#"
 import signal, sys, time
@@ -128,25 +128,6 @@ fn pid_in(container: &str, comm: &str) -> String {
         .last()
         .unwrap_or_else(|| panic!("no {comm} in {container}"))
         .to_string()
-}
-
-fn curl_code(url: &str) -> String {
-    let out = Command::new("curl")
-        .args([
-            "-s",
-            "--noproxy",
-            "*",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--max-time",
-            "10",
-            url,
-        ])
-        .output()
-        .expect("curl");
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]

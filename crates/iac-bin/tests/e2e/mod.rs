@@ -86,6 +86,27 @@ pub fn http_get(addr: &str, path: &str) -> Option<String> {
     (!out.is_empty()).then_some(out)
 }
 
+/// The HTTP status code `curl` gets for `GET url` from the host (no proxy, 10 s at most);
+/// `000` when nothing answered.
+pub fn curl_code(url: &str) -> String {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "--noproxy",
+            "*",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "10",
+            url,
+        ])
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Removes the containers, networks and images carrying `label` (`KEY=VALUE`). Images go with
 /// `--no-prune`: the unlabelled shared layers (base + OTel SDK + agent) stay as the build cache
 /// every later build reuses.

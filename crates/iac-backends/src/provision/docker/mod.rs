@@ -716,7 +716,7 @@ fn port_taken(e: &EngineError) -> bool {
 }
 
 /// The project a planned container belongs to (its `iac.project` label).
-fn project_of(spec: &ContainerSpec) -> &str {
+pub(super) fn project_of(spec: &ContainerSpec) -> &str {
     spec.labels
         .get(iac_core::stack::LABEL_PROJECT)
         .map_or("(none)", String::as_str)

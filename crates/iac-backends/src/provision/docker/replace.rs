@@ -9,7 +9,7 @@ use iac_core::{
     Action, AppliedService, Events, HealthProber, NetworkMode, ProbeTarget, ServiceStack, Stage,
 };
 
-use super::{DockerProvisioner, name_taken, show};
+use super::{DockerProvisioner, name_taken, project_of, show};
 use crate::engine::EngineError;
 use crate::provision::reconcile::ServicePlan;
 
@@ -123,11 +123,7 @@ impl DockerProvisioner {
             }
             old_removed = true;
             iac_core::fault::point("replace-old-removed");
-            let project = want
-                .app
-                .labels
-                .get(iac_core::stack::LABEL_PROJECT)
-                .map_or("(none)", String::as_str);
+            let project = project_of(&want.app);
             self.engine
                 .rename_container(&pair.app_id, &want.app.name)
                 .await
