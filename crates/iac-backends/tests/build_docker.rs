@@ -3,8 +3,9 @@
 //!
 //! Needs the engine and the bootstrap images (`make bootstrap` / scripts/bootstrap-images.sh):
 //! skipped with a note when they are absent, unless `IAC_REQUIRE_DOCKER=1` (then they fail).
-//! Nothing here touches the internet: host pip runs with `--no-index` against the wheelhouse or an
-//! empty directory. Every image carries `iac.test=<id>` and is removed by label, even on panic.
+//! Nothing here touches the internet: the resolver container runs pip with `--no-index` against
+//! the wheelhouse or a find-links directory the test makes. Every image and resolver container
+//! carries `iac.test=<id>` and is removed by label, even on panic.
 //! Run: `cargo test -p iac-backends --test build_docker -- --nocapture`
 
 use std::collections::{BTreeMap, HashMap};
@@ -549,11 +550,7 @@ async fn missing_requirement_is_a_build_error_naming_service_and_package() {
     let empty = dir.path().join("empty-index");
     std::fs::create_dir(&empty).unwrap();
     let mut cfg = config(&test, dir.path());
-    cfg.pip_args = vec![
-        "--no-index".into(),
-        "--find-links".into(),
-        empty.display().to_string(),
-    ];
+    cfg.resolver.find_links = vec![empty.clone()];
     let builder = builder_for(cfg).await.unwrap();
     let err = builder
         .build(
@@ -836,10 +833,10 @@ async fn in_tree_build_backend_runs_only_inside_the_image_build() {
     );
 }
 
-/// `python3 -m pip` imports `pip` from its working directory first: host pip must not run in
-/// the repo, or a repo's `pip/` package runs on the host with iac's environment.
+/// `python3 -m pip` imports `pip` from its working directory first: the resolver must not run in
+/// the repo (it never sees the repo at all), or a repo's `pip/` package would run.
 #[tokio::test]
-async fn a_repo_pip_package_is_never_imported_by_host_pip() {
+async fn a_repo_pip_package_is_never_imported_by_the_resolver() {
     let Some(_docker) = engine().await else {
         return;
     };
@@ -871,7 +868,7 @@ async fn a_repo_pip_package_is_never_imported_by_host_pip() {
     assert_eq!(
         run_in(&built.tag, &test, &["python", "/app/main.py"]).trim(),
         "ok",
-        "idna came from the host-downloaded wheels"
+        "idna came from the resolver's wheels"
     );
 }
 
@@ -902,6 +899,18 @@ async fn requirements_pointing_elsewhere_are_refused_with_file_and_line() {
             "-e ../../elsewhere\n".to_string(),
             "requirements.txt:1",
             "leaves the repository",
+        ),
+        // The bypass of the second review: it used to clear iac's --only-binary=:all: and make
+        // host pip run an sdist's hooks as root.
+        (
+            "--only-binary=:none:\nsomepkg==1.0\n".to_string(),
+            "requirements.txt:1",
+            "--only-binary is not allowed",
+        ),
+        (
+            "somepkg==1.0 \\\n  --no-binary=:all:\n".to_string(),
+            "requirements.txt:1",
+            "not allowed after a requirement",
         ),
     ]
     .into_iter()
@@ -1030,12 +1039,11 @@ async fn a_context_over_the_cap_is_refused() {
     );
 }
 
-/// The old sdist fallback: a dependency that only exists as an sdist (whose setup.py writes a
-/// file when run) was built with the host's Python. Now it is refused, naming the package, and
-/// its setup.py never runs on the host.
+/// A dependency that only exists as an sdist builds — in the resolver container, never on the
+/// host: its setup.py records who ran it and what it could see, and the app imports the result.
 #[tokio::test]
-async fn sdist_only_dependencies_are_refused_without_running_them() {
-    let Some(_docker) = engine().await else {
+async fn sdist_only_dependencies_build_in_the_confined_resolver() {
+    let Some(docker) = engine().await else {
         return;
     };
     let test = test_id();
@@ -1045,6 +1053,24 @@ async fn sdist_only_dependencies_are_refused_without_running_them() {
     // A local "index" (find-links dir) holding only sdistonly-1.0.tar.gz.
     let index = dir.path().join("index");
     std::fs::create_dir_all(&index).unwrap();
+    let setup_py = format!(
+        r#"import os, pathlib, socket
+m = pathlib.Path({marker:?})
+try:
+    m.parent.mkdir(parents=True, exist_ok=True)
+    m.write_text("sdist setup.py ran")
+    wrote = True
+except OSError:
+    wrote = False
+pathlib.Path("sdistonly.py").write_text(
+    "UID = %d\nWROTE_HOST_MARKER = %r\nENGINE_SOCKET = %r\nCARGO_ENV = %r\n"
+    % (os.getuid(), wrote, os.path.exists("/var/run/docker.sock"), any(k.startswith("CARGO") for k in os.environ))
+)
+from setuptools import setup
+setup(name="sdistonly", version="1.0", py_modules=["sdistonly"])
+"#,
+        marker = marker.display().to_string()
+    );
     {
         let f = std::fs::File::create(index.join("sdistonly-1.0.tar.gz")).unwrap();
         let gz = flate2::write::GzEncoder::new(f, flate2::Compression::fast());
@@ -1054,13 +1080,7 @@ async fn sdist_only_dependencies_are_refused_without_running_them() {
                 "sdistonly-1.0/PKG-INFO",
                 "Metadata-Version: 2.1\nName: sdistonly\nVersion: 1.0\n".to_string(),
             ),
-            (
-                "sdistonly-1.0/setup.py",
-                format!(
-                    "{}from setuptools import setup\nsetup(name='sdistonly', version='1.0', py_modules=[])\n",
-                    marker_code(&marker, "sdist setup.py ran")
-                ),
-            ),
+            ("sdistonly-1.0/setup.py", setup_py),
         ] {
             let mut h = tar::Header::new_gnu();
             h.set_size(text.len() as u64);
@@ -1075,17 +1095,13 @@ async fn sdist_only_dependencies_are_refused_without_running_them() {
         &src,
         &[
             ("requirements.txt", "sdistonly\n"),
-            ("main.py", "print(1)\n"),
+            ("main.py", "import sdistonly\nprint(sdistonly.UID)\n"),
         ],
     );
     let mut cfg = config(&test, dir.path());
-    cfg.pip_args = vec![
-        "--no-index".into(),
-        "--find-links".into(),
-        index.display().to_string(),
-    ];
+    cfg.resolver.find_links = vec![index.clone()];
     let builder = builder_for(cfg).await.unwrap();
-    let err = builder
+    let built = builder
         .build(
             &spec(
                 &format!("p{test}"),
@@ -1097,16 +1113,106 @@ async fn sdist_only_dependencies_are_refused_without_running_them() {
             &Events::discard(),
         )
         .await
-        .unwrap_err();
+        .unwrap();
     assert!(!marker.exists(), "the sdist's setup.py ran on the host");
-    let BuildError::Build { service, message } = &err else {
-        panic!("expected BuildError::Build, got {err:?}")
-    };
-    assert_eq!(service, "sdist");
-    assert!(
-        message.contains("sdistonly") && message.contains("no binary wheel"),
-        "{message}"
+    let got = run_in(
+        &built.tag,
+        &test,
+        &[
+            "python",
+            "-I",
+            "-c",
+            "import sdistonly as s; print(s.UID, s.WROTE_HOST_MARKER, s.ENGINE_SOCKET, s.CARGO_ENV)",
+        ],
     );
+    assert_eq!(
+        got.trim(),
+        "65534 False False False",
+        "built by the unprivileged resolver user, with a read-only root, no engine socket and none of iac's environment"
+    );
+    // The resolver container is gone.
+    let filters = HashMap::from([("label", vec![format!("iac.test={test}")])]);
+    let left = docker
+        .list_containers(Some(
+            ListContainersOptionsBuilder::new()
+                .all(true)
+                .filters(&filters)
+                .build(),
+        ))
+        .await
+        .unwrap();
+    assert!(
+        left.iter().all(|c| c
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("iac.role"))
+            .map(String::as_str)
+            != Some("resolver")),
+        "resolver containers left behind: {left:?}"
+    );
+}
+
+/// A flood of build output (a repo step printing far more than anyone reads) keeps iac's memory
+/// bounded: measured as this process's peak RSS growth across the build.
+#[tokio::test]
+async fn a_flood_of_build_output_stays_in_bounded_memory() {
+    let Some(_docker) = engine().await else {
+        return;
+    };
+    let test = test_id();
+    let _cleanup = Cleanup { id: test.clone() };
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    // ~400 MB of output from a declared build step: 100 000 lines of 4 KB.
+    write_tree(
+        &src,
+        &[
+            ("main.py", "print(1)\n"),
+            ("Procfile", "web: python main.py\n"),
+        ],
+    );
+    let builder = builder_for(config(&test, dir.path())).await.unwrap();
+    let mut s = spec(
+        &format!("p{test}"),
+        "flood",
+        &src,
+        "sha256:flood",
+        &["python", "/app/main.py"],
+    );
+    s.entry.build_steps = vec![iac_core::BuildStep {
+        argv: vec![
+            "python3".into(),
+            "-c".into(),
+            "import sys; l = 'x' * 4000 + chr(10); [sys.stdout.write(l) for _ in range(100000)]; sys.exit(3)".into(),
+        ],
+        workdir: None,
+        warn_on_failure: false,
+        origin: "test flood".into(),
+    }];
+    let before = peak_rss_kib();
+    let err = builder.build(&s, &Events::discard()).await.unwrap_err();
+    let grown_mib = (peak_rss_kib().saturating_sub(before)) / 1024;
+    let message = err.to_string();
+    assert!(message.contains("last build output"), "{message}");
+    assert!(
+        message.len() < 200 * 1024,
+        "the error keeps a tail, not the flood: {} bytes",
+        message.len()
+    );
+    eprintln!("peak RSS grew {grown_mib} MiB over ~400 MB of build output");
+    assert!(grown_mib < 150, "peak RSS grew {grown_mib} MiB");
+}
+
+/// This process's peak resident set (VmHWM), KiB.
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// Makes the "3.13" base image by tagging the 3.11 one and its wheelhouse by copying the 3.11

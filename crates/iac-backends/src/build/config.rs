@@ -42,23 +42,31 @@ pub struct ImageConfig {
     /// Load OpenTelemetry's auto-instrumentation into Python entries, as `opentelemetry-instrument`
     /// would (the agent's `--otel-auto-instrument`; SDK configured from `OTEL_*`).
     pub otel_instrument: bool,
-    /// How to run pip on the host (which reaches PyPI when the build container may not).
+    /// How bootstrap runs pip on the host to fill the OpenTelemetry wheelhouse (a fixed list the
+    /// operator chooses; an app's dependencies never reach host pip: see `resolver`).
     pub pip: Vec<String>,
-    /// Extra arguments for every host pip call, e.g. `["--index-url", "https://mirror/simple"]` or
-    /// `["--no-index", "--find-links", "/srv/wheels"]`. URL credentials are redacted when printed.
+    /// Extra arguments for every pip call of the resolver (and bootstrap's), e.g.
+    /// `["--index-url", "https://mirror/simple"]` or `["--no-index"]` with
+    /// `resolver.find_links`. URL credentials are redacted when printed.
     #[serde(serialize_with = "redacted_args::serialize")]
     pub pip_args: Vec<String>,
-    /// `PIP_INDEX_URL` of host pip (host pip never inherits iac's environment; this is how the
-    /// operator names an index). Unset: pip's default (or `/etc/pip.conf`). Redacted when printed.
+    /// `PIP_INDEX_URL` of the resolver (it never inherits iac's environment; this is how the
+    /// operator names an index). Unset: pip's default. Redacted when printed.
     #[serde(serialize_with = "redacted_opt::serialize")]
     pub pip_index_url: Option<String>,
-    /// `PIP_EXTRA_INDEX_URL` of host pip (space-joined). Redacted when printed.
+    /// `PIP_EXTRA_INDEX_URL` of the resolver (space-joined). Redacted when printed.
     #[serde(serialize_with = "redacted_args::serialize")]
     pub pip_extra_index_urls: Vec<String>,
-    /// Names of further variables of iac's environment host pip may see (e.g. `PIP_FIND_LINKS`,
-    /// `PIP_DEFAULT_TIMEOUT`). Host pip otherwise gets only `PATH`, a temp `HOME`, proxy and
-    /// CA-bundle variables: never iac's secrets.
+    /// Names of further variables of iac's environment the resolver may see (e.g.
+    /// `PIP_DEFAULT_TIMEOUT`). It otherwise gets only proxy variables: never iac's secrets.
     pub pip_pass_env: Vec<String>,
+    /// The confined container that resolves, downloads and builds an app's dependencies.
+    pub resolver: ResolverConfig,
+    /// Memory limit of an image build (swap included), MiB; at most 2047 (the engine API field
+    /// bollard sends is 32-bit).
+    pub build_memory_mib: u32,
+    /// CPU limit of an image build, whole CPUs.
+    pub build_cpus: u32,
     /// Cap on one build context (source tree + agent + wheels), in bytes. Default 2 GiB.
     pub max_context_bytes: u64,
     /// Cache of the apps' dependency wheels, keyed by their requirements. Default:
@@ -69,6 +77,133 @@ pub struct ImageConfig {
     pub labels: BTreeMap<String, String>,
     /// uid/gid of the non-root `app` user the agent runs the entry as.
     pub app_uid: u32,
+}
+
+/// `[images.resolver]`: the container an app's dependencies are resolved and built in (see
+/// [`super::resolver`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResolverConfig {
+    /// Its network: `host` (default; on hosts where only the host network reaches the index),
+    /// `bridge`, or a network name.
+    pub network: String,
+    /// `uid:gid` it runs as (never 0).
+    pub user: String,
+    /// Memory limit (swap included), MiB.
+    pub memory_mib: u64,
+    /// CPU limit, whole CPUs.
+    pub cpus: u32,
+    /// Process limit.
+    pub pids: i64,
+    /// Deadline of one pip run; then the container is killed.
+    #[serde(with = "iac_core::duration")]
+    pub timeout: std::time::Duration,
+    /// The CA bundle mounted for pip (default: the host's, from the usual places).
+    pub ca_bundle: Option<PathBuf>,
+    /// Host directories of wheels/sdists offered read-only as `--find-links`.
+    pub find_links: Vec<PathBuf>,
+}
+
+impl Default for ResolverConfig {
+    fn default() -> Self {
+        ResolverConfig {
+            network: "host".into(),
+            user: "65534:65534".into(),
+            memory_mib: 2048,
+            cpus: 1,
+            pids: 512,
+            timeout: std::time::Duration::from_secs(15 * 60),
+            ca_bundle: None,
+            find_links: Vec::new(),
+        }
+    }
+}
+
+impl ResolverConfig {
+    /// Checks the values, naming the key and what was expected.
+    pub fn validate(&self) -> Result<(), String> {
+        let (uid, _) = parse_user(&self.user)?;
+        if uid == 0 {
+            return Err(format!(
+                "images.resolver.user {:?}: the resolver never runs as root; expected an unprivileged uid:gid such as \"65534:65534\"",
+                self.user
+            ));
+        }
+        if self.network.is_empty()
+            || self
+                .network
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(format!(
+                "images.resolver.network {:?}: expected host, bridge, none or a network name",
+                self.network
+            ));
+        }
+        if self.memory_mib < 128 {
+            return Err(format!(
+                "images.resolver.memory_mib = {}: expected at least 128",
+                self.memory_mib
+            ));
+        }
+        if self.cpus == 0 || self.pids < 16 {
+            return Err(
+                "images.resolver: cpus must be at least 1 and pids at least 16".to_string(),
+            );
+        }
+        if self.timeout.is_zero() {
+            return Err(
+                "images.resolver.timeout: expected a positive duration, e.g. \"15m\"".into(),
+            );
+        }
+        if let Some(ca) = &self.ca_bundle
+            && !ca.is_file()
+        {
+            return Err(format!(
+                "images.resolver.ca_bundle {}: no such file; expected a PEM CA bundle",
+                ca.display()
+            ));
+        }
+        for d in &self.find_links {
+            if !d.is_absolute() {
+                return Err(format!(
+                    "images.resolver.find_links {}: expected an absolute directory path",
+                    d.display()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `(uid, gid)` of `user` (validated by [`Self::validate`]; 65534 when unparsable).
+    pub fn uid_gid(&self) -> (u32, u32) {
+        parse_user(&self.user).unwrap_or((65534, 65534))
+    }
+
+    /// The CA bundle to mount: configured, else the first of the usual host paths that exists.
+    pub fn ca_bundle_path(&self) -> Option<PathBuf> {
+        if let Some(p) = &self.ca_bundle {
+            return Some(p.clone());
+        }
+        HOST_CA_BUNDLES
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+    }
+}
+
+/// CA bundles looked for on the host when `images.resolver.ca_bundle` is unset.
+const HOST_CA_BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+];
+
+fn parse_user(user: &str) -> Result<(u32, u32), String> {
+    let bad =
+        || format!("images.resolver.user {user:?}: expected numeric uid:gid, e.g. \"65534:65534\"");
+    let (u, g) = user.split_once(':').ok_or_else(bad)?;
+    Ok((u.parse().map_err(|_| bad())?, g.parse().map_err(|_| bad())?))
 }
 
 /// The base images of one Python minor: the official one, used when the engine has it, and the
@@ -138,6 +273,9 @@ impl Default for ImageConfig {
             pip_index_url: None,
             pip_extra_index_urls: Vec::new(),
             pip_pass_env: Vec::new(),
+            resolver: ResolverConfig::default(),
+            build_memory_mib: 2047,
+            build_cpus: 1,
             max_context_bytes: 2 * 1024 * 1024 * 1024,
             app_wheel_cache: None,
             labels: BTreeMap::new(),
@@ -226,7 +364,29 @@ impl ImageConfig {
         }
     }
 
-    /// Where host-downloaded app dependency wheels are cached.
+    /// Checks `build_memory_mib` and `build_cpus`, naming the key and what was expected.
+    pub fn validate_build_limits(&self) -> Result<(), String> {
+        if !(128..=2047).contains(&self.build_memory_mib) {
+            return Err(format!(
+                "images.build_memory_mib = {}: expected 128 to 2047",
+                self.build_memory_mib
+            ));
+        }
+        if !(1..=64).contains(&self.build_cpus) {
+            return Err(format!(
+                "images.build_cpus = {}: expected 1 to 64",
+                self.build_cpus
+            ));
+        }
+        Ok(())
+    }
+
+    /// `build_memory_mib` in bytes, as the build API takes it.
+    pub fn build_memory_bytes(&self) -> i32 {
+        (self.build_memory_mib.min(2047) as i32) * 1024 * 1024
+    }
+
+    /// Where the resolver's app dependency wheels are cached.
     pub fn app_wheel_cache_path(&self) -> PathBuf {
         self.app_wheel_cache
             .clone()
@@ -417,5 +577,42 @@ mod tests {
         );
         assert_eq!(parse_minor("3.13"), Ok((3, 13)));
         assert!(parse_minor("3.13.1").is_err() && parse_minor("three").is_err());
+    }
+
+    #[test]
+    fn resolver_and_build_limits_are_validated_naming_the_key() {
+        assert_eq!(ResolverConfig::default().validate(), Ok(()));
+        let bad = |f: fn(&mut ResolverConfig)| {
+            let mut c = ResolverConfig::default();
+            f(&mut c);
+            c.validate().unwrap_err()
+        };
+        let e = bad(|c| c.user = "0:0".into());
+        assert!(e.contains("images.resolver.user") && e.contains("root"), "{e}");
+        let e = bad(|c| c.user = "nobody".into());
+        assert!(e.contains("uid:gid"), "{e}");
+        let e = bad(|c| c.memory_mib = 1);
+        assert!(e.contains("images.resolver.memory_mib"), "{e}");
+        let e = bad(|c| c.timeout = std::time::Duration::ZERO);
+        assert!(e.contains("images.resolver.timeout"), "{e}");
+        let e = bad(|c| c.network = "host net".into());
+        assert!(e.contains("images.resolver.network"), "{e}");
+        let e = bad(|c| c.find_links = vec![PathBuf::from("wheels")]);
+        assert!(e.contains("absolute"), "{e}");
+        let e = bad(|c| c.ca_bundle = Some(PathBuf::from("/nonexistent/ca.pem")));
+        assert!(e.contains("images.resolver.ca_bundle"), "{e}");
+        let cfg = ImageConfig {
+            build_memory_mib: 4096,
+            ..ImageConfig::default()
+        };
+        let e = cfg.validate_build_limits().unwrap_err();
+        assert!(e.contains("images.build_memory_mib") && e.contains("2047"), "{e}");
+        assert_eq!(ImageConfig::default().build_memory_bytes(), 2047 * 1024 * 1024);
+        // Read from TOML with its duration syntax.
+        let c: ImageConfig =
+            toml::from_str("[resolver]\nnetwork = \"bridge\"\ntimeout = \"90s\"\n").unwrap();
+        assert_eq!(c.resolver.network, "bridge");
+        assert_eq!(c.resolver.timeout, std::time::Duration::from_secs(90));
+        assert!(toml::from_str::<ImageConfig>("[resolver]\nnetwrk = \"x\"\n").is_err());
     }
 }

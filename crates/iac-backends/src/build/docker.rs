@@ -4,10 +4,13 @@
 //! and tag. `build()` reuses an image whose `iac.build-key` label matches; otherwise it resolves the
 //! base image of the entry's Python (`Entry::python`, else `images.default_python`): configured →
 //! offline equivalent → built on demand by the [`BaseImageMaker`] when one is set (the `iac`
-//! binary's bootstrap recipe) → an error naming `iac bootstrap --python X.Y`. It downloads the
-//! app's dependency wheels on the host for that interpreter (binary wheels only, scrubbed
-//! environment: no repo code runs on the host), writes the capped context tar to a temp file,
-//! streams it to the engine and the engine's build output back as [`Stage::Build`] events.
+//! binary's bootstrap recipe) → an error naming `iac bootstrap --python X.Y`. It has the app's
+//! dependencies resolved into wheels by the confined [`Resolver`] container on that base (no
+//! repo-influenced input reaches pip on the host), writes the capped context tar to a temp file,
+//! and streams it to the engine. The image build itself is confined too: no network (everything
+//! it installs is in the context), memory and CPU limits (`images.build_memory_mib`,
+//! `images.build_cpus`). The engine's build output comes back as [`Stage::Build`] events, kept in
+//! a bounded [`OutputTail`].
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -30,7 +33,9 @@ use super::dockerfile::{
     dockerfile_labels_key, render_dockerfile,
 };
 use super::key::{FileDigests, build_key, image_tag, wheel_listing};
-use super::wheels::{AppDeps, HostPip, tail};
+use super::output::OutputTail;
+use super::resolver::Resolver;
+use super::wheels::{AppDeps, tail};
 use crate::engine::DockerEngine;
 
 /// Label holding the build key on every image this builder makes.
@@ -76,6 +81,8 @@ impl DockerImageBuilder {
         };
         config
             .available_pythons()
+            .and_then(|_| config.resolver.validate())
+            .and_then(|_| config.validate_build_limits())
             .map_err(|message| BuildError::Template {
                 name: "[images]".into(),
                 message,
@@ -379,22 +386,44 @@ impl ImageBuilder for DockerImageBuilder {
         }
 
         let app_wheels = if plan.deps.needed() {
-            let pip = HostPip {
-                command: self.config.pip.clone(),
-                args: self.config.pip_args.clone(),
+            let image_id = self
+                .engine
+                .image(&base)
+                .await
+                .map_err(|e| BuildError::Build {
+                    service: service.to_string(),
+                    message: format!("inspecting the base image {base}: {e}"),
+                })?
+                .map(|i| i.id)
+                .unwrap_or_else(|| base.clone());
+            let mut find_links = vec![self.config.wheelhouse_for(&plan.python)];
+            find_links.extend(self.config.resolver.find_links.iter().cloned());
+            let resolver = Resolver {
+                image: base.clone(),
+                image_id,
+                config: self.config.resolver.clone(),
+                pip_args: self.config.pip_args.clone(),
                 index_url: self.config.pip_index_url.clone(),
                 extra_index_urls: self.config.pip_extra_index_urls.clone(),
                 pass_env: self.config.pip_pass_env.clone(),
                 // The bootstrap wheelhouse (setuptools, wheel, the OTel SDK) serves builds offline.
-                find_links: vec![self.config.wheelhouse_for(&plan.python)],
+                find_links,
                 cache_dir: self.config.app_wheel_cache_path(),
                 python: parse_minor(&plan.python.version).map_err(|message| BuildError::Build {
                     service: service.to_string(),
                     message,
                 })?,
+                labels: self.config.labels.clone(),
             };
             Some(
-                pip.prepare(service, &spec.source.dir, &plan.deps, &events)
+                resolver
+                    .prepare(
+                        self.engine.docker(),
+                        service,
+                        &spec.source.dir,
+                        &plan.deps,
+                        &events,
+                    )
                     .await?,
             )
         } else {
@@ -456,6 +485,9 @@ impl ImageBuilder for DockerImageBuilder {
             l
         };
         let buildargs = HashMap::from([(BASE_IMAGE_ARG.to_string(), base.clone())]);
+        // Confined: everything the build installs is in the context, so it gets no network; repo
+        // build steps (collectstatic, declared RUN steps) get bounded memory and CPU.
+        let memory = self.config.build_memory_bytes();
         let opts = BuildImageOptionsBuilder::new()
             .dockerfile("Dockerfile")
             .t(&image.tag)
@@ -463,6 +495,11 @@ impl ImageBuilder for DockerImageBuilder {
             .buildargs(&buildargs)
             .rm(true)
             .forcerm(true)
+            .networkmode("none")
+            .memory(memory)
+            .memswap(memory)
+            .cpuperiod(100_000)
+            .cpuquota(100_000 * self.config.build_cpus as i32)
             .build();
         // Streamed from the temp file: a context is never held in memory whole.
         let body = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(ctx.file));
@@ -470,25 +507,14 @@ impl ImageBuilder for DockerImageBuilder {
             self.engine
                 .docker()
                 .build_image(opts, None, Some(bollard::body_try_stream(body)));
-        let mut output = String::new();
+        // What the repo's steps print is bounded: a tail for the error, a budget of events.
+        let mut output = OutputTail::new(64 * 1024, 5000);
         let mut built_id = None;
         while let Some(item) = stream.next().await {
             match item {
                 Ok(info) => {
                     if let Some(text) = info.stream.as_deref().or(info.status.as_deref()) {
-                        for line in text
-                            .lines()
-                            .map(str::trim_end)
-                            .filter(|l| !l.trim().is_empty())
-                        {
-                            output.push_str(line);
-                            output.push('\n');
-                            if line.starts_with("Step ") {
-                                events.info(Stage::Build, line.to_string());
-                            } else {
-                                events.debug(Stage::Build, line.to_string());
-                            }
-                        }
+                        output.push_as_events(text.as_bytes(), &events, Stage::Build, "");
                     }
                     if let Some(id) = info.aux.and_then(|a| a.id) {
                         built_id = Some(id);
@@ -499,10 +525,12 @@ impl ImageBuilder for DockerImageBuilder {
                         bollard::errors::Error::DockerStreamError { error } => error,
                         other => other.to_string(),
                     };
-                    let out = tail(&output, 20);
-                    let message = match in_image_missing(&output) {
+                    output.finish_as_events(&events, Stage::Build, "");
+                    let text = output.text();
+                    let out = tail(&text, 20);
+                    let message = match in_image_missing(&text) {
                         Some(pkg) => format!(
-                            "{message}\nthe in-image build needs {pkg}, which the host did not download: a dependency only the app's setup.py or a dynamic pyproject declares is not known before the build. List it in requirements.txt or in [project] dependencies"
+                            "{message}\nthe in-image build needs {pkg}, which the resolver did not fetch: a dependency only the app's setup.py or a dynamic pyproject declares is not known before the build. List it in requirements.txt or in [project] dependencies"
                         ),
                         None => message,
                     };
@@ -532,7 +560,7 @@ impl ImageBuilder for DockerImageBuilder {
                     message: format!(
                         "the build reported success but {} is not there: {why}\nlast build output:\n{}",
                         image.tag,
-                        tail(&output, 20)
+                        output.last_lines(20)
                     ),
                 };
                 self.engine

@@ -8,8 +8,10 @@
 //! - [`context`]: the build context tar (a capped temp file, streamed to the engine).
 //! - [`tree`]: the file set of a source tree in an image (fixed exclusions + `.dockerignore`),
 //!   shared with the `path:` digest; [`ignore`]: Docker's `.dockerignore` rules.
-//! - [`wheels`]: host-side download of binary wheels only (scrubbed environment); everything
-//!   that builds runs inside the image. [`requirements`]: the requirements-file filter.
+//! - [`wheels`]: the app's install plan, read statically from its tree; [`requirements`]: the
+//!   requirements-file parser (regenerates every line); [`resolver`]: the confined container that
+//!   resolves and builds the dependencies into wheels (nothing of a repo's runs on the host);
+//!   [`output`]: bounded retention of build and resolver output.
 //! - [`config`]: the [`ImageConfig`] struct and the base images per Python minor.
 //! - [`base`]: [`BaseImageMaker`], the hook that builds a missing Python base image on demand.
 
@@ -20,7 +22,9 @@ pub mod docker;
 pub mod dockerfile;
 pub mod ignore;
 pub mod key;
+pub mod output;
 pub mod requirements;
+pub mod resolver;
 pub mod tree;
 pub mod wheels;
 

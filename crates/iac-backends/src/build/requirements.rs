@@ -24,12 +24,12 @@ use std::fmt;
 /// One accepted logical line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Line {
-    /// A requirement by name, downloaded as a wheel from the operator's index. The text is
-    /// re-emitted as is: `name…` plus accepted per-requirement options (`--hash`).
-    Index(String),
+    /// A requirement by name, from the operator's index: parsed (PEP 508) and regenerated, never
+    /// the repo's bytes.
+    Index(IndexReq),
     /// A local project or archive inside the tree, installed inside the image from `/app`.
     /// `path` is normalized and relative to the tree root (where pip resolves it); `text` is
-    /// the line to give pip there.
+    /// the line to give pip there, regenerated from `path`, `editable` and validated extras.
     Local {
         text: String,
         path: String,
@@ -40,6 +40,61 @@ pub enum Line {
     Include { path: String, constraint: bool },
     /// A global option that changes how pip picks among the index's wheels, not where it looks.
     Option(String),
+}
+
+/// A requirement by name as iac regenerates it: `requirement` is the PEP 508 form
+/// (`name[extras]specifiers ; markers`, normalized by `pep508_rs`), `hashes` the validated
+/// `--hash=<algo>:<hex>` options that followed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexReq {
+    pub requirement: String,
+    pub hashes: Vec<String>,
+}
+
+impl IndexReq {
+    /// The line for the resolver: the requirement plus its hashes (pip checks them on download).
+    pub fn line(&self) -> String {
+        let mut s = self.requirement.clone();
+        for h in &self.hashes {
+            s.push(' ');
+            s.push_str(h);
+        }
+        s
+    }
+
+    /// Whether its markers hold on the image's CPython `python` (Linux x86_64, no extras).
+    pub fn applies(&self, python: (u32, u32)) -> bool {
+        marker_applies(&self.requirement, python)
+    }
+}
+
+/// Whether the markers of the PEP 508 requirement `req` hold for CPython `python` on Linux
+/// x86_64 (the images iac builds), with no extras requested. The patch version is taken as 0.
+/// A requirement that does not parse applies (the resolver reports it).
+pub fn marker_applies(req: &str, python: (u32, u32)) -> bool {
+    use std::str::FromStr;
+    let Ok(parsed) = pep508_rs::Requirement::<pep508_rs::VerbatimUrl>::from_str(req) else {
+        return true;
+    };
+    let version = format!("{}.{}", python.0, python.1);
+    let full = format!("{version}.0");
+    let env = pep508_rs::MarkerEnvironment::try_from(pep508_rs::MarkerEnvironmentBuilder {
+        implementation_name: "cpython",
+        implementation_version: &full,
+        os_name: "posix",
+        platform_machine: "x86_64",
+        platform_python_implementation: "CPython",
+        platform_release: "",
+        platform_system: "Linux",
+        platform_version: "",
+        python_full_version: &full,
+        python_version: &version,
+        sys_platform: "linux",
+    });
+    match env {
+        Ok(env) => parsed.marker.evaluate(&env, &[]),
+        Err(_) => true,
+    }
 }
 
 /// A refused line: why, in words that say what was expected.
@@ -182,12 +237,7 @@ pub fn classify(line: &str, base: &str) -> Result<Line, Refused> {
     let mut line = classify_requirement(&requirement, false)?;
     if !hashes.is_empty() {
         match &mut line {
-            Line::Index(text) => {
-                for h in hashes {
-                    text.push(' ');
-                    text.push_str(&h);
-                }
-            }
+            Line::Index(req) => req.hashes = hashes,
             _ => return refuse("--hash applies to requirements from the index only"),
         }
     }
@@ -224,7 +274,7 @@ fn per_requirement_options(options: &[String]) -> Result<Vec<String>, Refused> {
                 "--hash value {value:?} is not <sha256|sha384|sha512>:<hex>"
             ));
         }
-        out.push(format!("--hash={value}"));
+        out.push(format!("--hash={}", value.to_ascii_lowercase()));
         i += 1;
     }
     Ok(out)
@@ -265,14 +315,9 @@ fn classify_options(options: &[String], base: &str) -> Result<Line, Refused> {
         return Ok(Line::Option(name.to_string()));
     }
     match name {
-        "--only-binary" => {
-            let v = value("a value (:all:, :none: or package names)")?;
-            check_binary_value(&v)?;
-            Ok(Line::Option(format!("--only-binary={v}")))
-        }
-        "--no-binary" => refuse(
-            "--no-binary is not allowed: iac installs binary wheels only (building an sdist would run its code on the host); list a package that ships wheels, or vendor it in the repository",
-        ),
+        "--only-binary" | "--no-binary" => refuse(format!(
+            "{name} is not allowed in requirement files: iac decides how dependencies are built (wheels from the index; source distributions built in the confined resolver container)"
+        )),
         "-r" | "--requirement" | "-c" | "--constraint" => {
             let v = value("a file path")?;
             if looks_like_url(&v) {
@@ -296,33 +341,61 @@ fn classify_options(options: &[String], base: &str) -> Result<Line, Refused> {
                 ));
             }
             // pip takes any non-URL value of -e as a directory (extras may follow in [...]).
-            let dir = v.split('[').next().unwrap_or(&v);
+            let (dir, extras) = split_local_extras(&v)?;
             let path =
                 normalize_inside("", dir).map_err(|why| Refused(format!("{name} {dir}: {why}")))?;
-            Ok(Line::Local {
-                text: format!("-e {v}"),
-                path,
-                editable: true,
-            })
+            Ok(local(path, extras, true))
         }
         other => refuse(format!(
-            "option {} is not allowed in requirement files; iac accepts -r/-c with paths in the repository, -e with a path in the repository, --hash, --pre, --prefer-binary, --require-hashes and --only-binary",
+            "option {} is not allowed in requirement files; iac accepts -r/-c with paths in the repository, -e with a path in the repository, --hash, --pre, --prefer-binary and --require-hashes",
             shown_option(other)
         )),
     }
 }
 
-fn check_binary_value(v: &str) -> Result<(), Refused> {
-    if v.is_empty()
-        || !v
-            .split(',')
-            .all(|p| p == ":all:" || p == ":none:" || is_name(p))
-    {
-        return refuse(format!(
-            "--only-binary value {v:?} is not :all:, :none: or a comma-separated list of package names"
-        ));
+/// `dir[extra1,extra2]` → (`dir`, the extras, validated as names).
+fn split_local_extras(v: &str) -> Result<(&str, Vec<String>), Refused> {
+    let Some(open) = v.find('[') else {
+        return Ok((v, Vec::new()));
+    };
+    let inner = v[open + 1..]
+        .strip_suffix(']')
+        .ok_or_else(|| Refused(format!("{v:?}: expected path[extra,...] with a closing ]")))?;
+    let extras: Vec<String> = inner
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(str::to_string)
+        .collect();
+    if let Some(bad) = extras.iter().find(|e| !is_name(e)) {
+        return refuse(format!("{v:?}: extra {bad:?} is not a package-style name"));
     }
-    Ok(())
+    Ok((&v[..open], extras))
+}
+
+/// The line pip gets inside the image for a local project: regenerated from the normalized path
+/// (`./` keeps pip from taking it for a name), the flag and the extras.
+fn local(path: String, extras: Vec<String>, editable: bool) -> Line {
+    let mut text = String::new();
+    if editable {
+        text.push_str("-e ");
+    }
+    if path == "." {
+        text.push('.');
+    } else {
+        text.push_str("./");
+        text.push_str(&path);
+    }
+    if !extras.is_empty() {
+        text.push('[');
+        text.push_str(&extras.join(","));
+        text.push(']');
+    }
+    Line::Local {
+        text,
+        path,
+        editable,
+    }
 }
 
 /// The option name for messages, without any inline value (which could be a secret).
@@ -361,11 +434,8 @@ fn classify_requirement(req: &str, editable: bool) -> Result<Line, Refused> {
             let path = path.split(';').next().unwrap_or("").trim();
             let norm =
                 normalize_inside("", path).map_err(|why| Refused(format!("{req}: {why}")))?;
-            return Ok(Line::Local {
-                text: req.to_string(),
-                path: norm,
-                editable,
-            });
+            let (_, extras) = split_local_extras(name)?;
+            return Ok(local(norm, extras, editable));
         }
         return refuse(format!(
             "{name} @ {}: direct URL references are not allowed — the host would download from wherever the repository says{}. List the package by name (it comes from the operator's index) or vendor the wheel in the repository",
@@ -390,12 +460,14 @@ fn classify_requirement(req: &str, editable: bool) -> Result<Line, Refused> {
         ));
     }
     if is_path_like(first) {
-        let path = normalize_inside("", first).map_err(|why| Refused(format!("{first}: {why}")))?;
-        return Ok(Line::Local {
-            text: req.to_string(),
-            path,
-            editable,
-        });
+        if req.contains(';') {
+            return refuse(format!(
+                "{first}: environment markers on a local path are not supported; list the path without them"
+            ));
+        }
+        let (dir, extras) = split_local_extras(req.trim())?;
+        let path = normalize_inside("", dir).map_err(|why| Refused(format!("{dir}: {why}")))?;
+        return Ok(local(path, extras, editable));
     }
     if editable {
         return refuse(format!(
@@ -403,7 +475,29 @@ fn classify_requirement(req: &str, editable: bool) -> Result<Line, Refused> {
         ));
     }
     check_named(req)?;
-    Ok(Line::Index(req.to_string()))
+    Ok(Line::Index(IndexReq {
+        requirement: regenerate(req)?,
+        hashes: Vec::new(),
+    }))
+}
+
+/// The PEP 508 form of a name-based requirement `check_named` accepted, as `pep508_rs` prints
+/// it: what pip reads is made by iac, not copied from the repo.
+fn regenerate(req: &str) -> Result<String, Refused> {
+    use std::str::FromStr;
+    let parsed = pep508_rs::Requirement::<pep508_rs::VerbatimUrl>::from_str(req).map_err(|e| {
+        let first = e.to_string();
+        Refused(format!(
+            "{req:?} is not a PEP 508 requirement: {}",
+            first.lines().next().unwrap_or("")
+        ))
+    })?;
+    if matches!(parsed.version_or_url, Some(pep508_rs::VersionOrUrl::Url(_))) {
+        return refuse(format!(
+            "{req:?}: direct URL references are not allowed; list the package by name"
+        ));
+    }
+    Ok(parsed.to_string())
 }
 
 /// `name [extras] @ url`: the ` @ ` or `@` that follows a name (and not a URL's userinfo).
@@ -677,13 +771,13 @@ fn shell_split(s: &str) -> Result<Vec<String>, Refused> {
 /// A PEP 508 dependency string from `pyproject.toml` (`[project] dependencies` or
 /// `[build-system] requires`): the same rules as a requirements line, but it must be by name
 /// (a path or an option there is refused).
-pub fn classify_dependency(dep: &str) -> Result<String, Refused> {
+pub fn classify_dependency(dep: &str) -> Result<IndexReq, Refused> {
     let dep = dep.trim();
     if dep.starts_with('-') {
         return refuse(format!("{dep:?}: options are not dependencies"));
     }
     match classify(dep, "")? {
-        Line::Index(text) => Ok(text),
+        Line::Index(req) => Ok(req),
         Line::Local { .. } => refuse(format!(
             "{dep:?}: a local path as a dependency; list it in requirements.txt instead"
         )),
@@ -701,8 +795,13 @@ mod tests {
         v.remove(0).1
     }
 
+    /// An index line as iac regenerates it: the PEP 508 text, then `--hash=` options.
     fn index(s: &str) -> Line {
-        Line::Index(s.into())
+        let mut parts = s.split(" --hash=");
+        Line::Index(IndexReq {
+            requirement: parts.next().unwrap().to_string(),
+            hashes: parts.map(|h| format!("--hash={h}")).collect(),
+        })
     }
 
     #[test]
@@ -713,10 +812,11 @@ mod tests {
                 "requests[socks,security]>=2.31,<3",
                 index("requests[socks,security]>=2.31,<3"),
             ),
-            ("Django == 5.0.*", index("Django == 5.0.*")),
+            // Regenerated from the parse: normalized name, no spaces, markers quoted one way.
+            ("Django == 5.0.*", index("django==5.0.*")),
             (
                 "pywin32 ; sys_platform == \"win32\"",
-                index("pywin32 ; sys_platform == \"win32\""),
+                index("pywin32 ; sys_platform == 'win32'"),
             ),
             (
                 "idna==3.7 --hash=sha256:abc123",
@@ -724,20 +824,12 @@ mod tests {
             ),
             (
                 "idna==3.7 --hash sha256:ABC --hash=sha512:00",
-                index("idna==3.7 --hash=sha256:ABC --hash=sha512:00"),
+                index("idna==3.7 --hash=sha256:abc --hash=sha512:00"),
             ),
             ("six # trailing comment", index("six")),
             ("--pre", Line::Option("--pre".into())),
             ("--prefer-binary", Line::Option("--prefer-binary".into())),
             ("--require-hashes", Line::Option("--require-hashes".into())),
-            (
-                "--only-binary=:all:",
-                Line::Option("--only-binary=:all:".into()),
-            ),
-            (
-                "--only-binary numpy,scipy",
-                Line::Option("--only-binary=numpy,scipy".into()),
-            ),
             (
                 "-r base.txt",
                 Line::Include {
@@ -792,7 +884,7 @@ mod tests {
             (
                 "vendor/pkg-1.0-py3-none-any.whl",
                 Line::Local {
-                    text: "vendor/pkg-1.0-py3-none-any.whl".into(),
+                    text: "./vendor/pkg-1.0-py3-none-any.whl".into(),
                     path: "vendor/pkg-1.0-py3-none-any.whl".into(),
                     editable: false,
                 },
@@ -800,7 +892,7 @@ mod tests {
             (
                 "pkg-1.0.tar.gz",
                 Line::Local {
-                    text: "pkg-1.0.tar.gz".into(),
+                    text: "./pkg-1.0.tar.gz".into(),
                     path: "pkg-1.0.tar.gz".into(),
                     editable: false,
                 },
@@ -824,7 +916,7 @@ mod tests {
             (
                 "mylib @ file:libs/mylib",
                 Line::Local {
-                    text: "mylib @ file:libs/mylib".into(),
+                    text: "./libs/mylib".into(),
                     path: "libs/mylib".into(),
                     editable: false,
                 },
@@ -886,8 +978,41 @@ mod tests {
             ("--hash=sha256:00", "--hash is not allowed"),
             ("six --hash=md5:00", "is not <sha256"),
             ("six --hash", "needs a value"),
-            ("--no-binary :all:", "binary wheels only"),
-            ("--only-binary '' ", "not :all:"),
+            ("--no-binary :all:", "--no-binary is not allowed"),
+            ("--only-binary '' ", "--only-binary is not allowed"),
+            // The host-code bypass of the first review, in every spelling pip accepts.
+            ("--only-binary=:none:", "--only-binary is not allowed"),
+            ("--only-binary :none:", "--only-binary is not allowed"),
+            ("--only-binary=\":none:\"", "--only-binary is not allowed"),
+            ("--no-binary=:all:", "--no-binary is not allowed"),
+            ("--no-binary somepkg", "--no-binary is not allowed"),
+            (
+                "--index-url=https://evil.example/simple",
+                "--index-url is not allowed",
+            ),
+            (
+                "--extra-index-url https://evil.example/simple",
+                "--extra-index-url",
+            ),
+            ("--trusted-host=evil.example", "--trusted-host"),
+            (
+                "-e git+https://evil.example/x#egg=x",
+                "editable installs must name a path",
+            ),
+            (
+                "--editable=git+https://evil.example/x#egg=x",
+                "editable installs must name a path",
+            ),
+            (
+                "-egit+https://evil.example/x#egg=x",
+                "editable installs must name a path",
+            ),
+            (
+                "somepkg==1.0 --no-binary=:all:",
+                "not allowed after a requirement",
+            ),
+            ("-i${INDEX}", "environment variable"),
+            ("./pkg ; python_version > '3'", "markers on a local path"),
             (
                 "--use-feature=truststore",
                 "option --use-feature is not allowed",
@@ -926,7 +1051,7 @@ mod tests {
         let text = "# header\n\nsix \\\n  >=1.0\n--index-url \\\n  https://evil.example\n  # indented comment\nidna # why\n";
         let got = parse(text, "");
         assert_eq!(got.len(), 3, "{got:?}");
-        assert_eq!(got[0], (3, Ok(index("six >=1.0"))));
+        assert_eq!(got[0], (3, Ok(index("six>=1.0"))));
         assert_eq!(got[1].0, 5);
         assert!(got[1].1.is_err());
         assert_eq!(got[2], (8, Ok(index("idna"))));
@@ -994,7 +1119,10 @@ mod tests {
 
     #[test]
     fn pyproject_dependencies_go_through_the_same_rules() {
-        assert_eq!(classify_dependency("httpx>=0.27").unwrap(), "httpx>=0.27");
+        assert_eq!(
+            classify_dependency("httpx>=0.27").unwrap().line(),
+            "httpx>=0.27"
+        );
         assert!(classify_dependency("x @ https://evil.example/x.whl").is_err());
         assert!(classify_dependency("./local").is_err());
         assert!(classify_dependency("--index-url=x").is_err());
@@ -1010,7 +1138,8 @@ mod tests {
         #[test]
         fn accepted_index_lines_hold_no_option_and_no_url(text in "[ -~]{0,60}") {
             for (_, verdict) in parse(&text, "") {
-                if let Ok(Line::Index(line)) = verdict {
+                if let Ok(Line::Index(req)) = verdict {
+                    let line = req.line();
                     let tokens: Vec<&str> = line.split_whitespace().collect();
                     proptest::prop_assert!(
                         tokens.iter().all(|t| !t.starts_with('-') || t.starts_with("--hash=")),
@@ -1018,6 +1147,9 @@ mod tests {
                     );
                     proptest::prop_assert!(!line.contains("://"), "{line:?}");
                     proptest::prop_assert!(!line.contains("${"), "{line:?}");
+                    // What pip reads is iac's regeneration, a fixed point of the parser.
+                    let again = classify(&line, "");
+                    proptest::prop_assert_eq!(again, Ok(Line::Index(req.clone())), "{:?}", line);
                 }
             }
         }

@@ -1,37 +1,25 @@
-//! Offline dependency installs without running repo code on the host.
+//! What an app's dependencies are, read from its tree without running it (pure apart from reading
+//! files): the install plan the confined resolver ([`super::resolver`]) and the image build act on.
 //!
-//! The host (which reaches the operator's index when the build container may not) only
-//! DOWNLOADS binary wheels (`--only-binary=:all:` for the image's CPython — 3.11, 3.13 or 3.14,
-//! [`pip_target`] — manylinux x86_64): no `setup.py`, build backend or sdist ever runs on the host. Everything that
-//! builds — the app's own package, local projects listed in requirements, their build backends —
-//! runs inside the image build, offline, from what the host downloaded (see
-//! `infra/templates/app.Dockerfile.tmpl`).
+//! - [`AppDeps::detect`]: does the tree need dependencies at all.
+//! - [`DepPlan::from_tree`]: what to resolve and what to build, read statically from
+//!   `requirements.txt` (through the parser in [`super::requirements`], which regenerates every
+//!   requirement from its PEP 508 parse and refuses option lines, naming the file and line) and
+//!   from `pyproject.toml` (`[project] dependencies` unless dynamic, `[build-system] requires`);
+//!   plus `setuptools` and `wheel`, the default build backend, whenever something builds in the
+//!   image. Requirements whose markers do not hold on the image's CPython are left out (and listed).
+//! - [`pip_target`]: pip's flags for binary wheels of another interpreter, which bootstrap uses for
+//!   the OpenTelemetry wheelhouse (a fixed, operator-chosen list; never a repo's input).
 //!
-//! - [`AppDeps::detect`]: does the tree need dependencies at all (pure apart from reading files).
-//! - [`DepPlan::from_tree`]: what to download and what to build, read statically from
-//!   `requirements.txt` (through the filter in [`super::requirements`], which refuses lines that
-//!   point pip elsewhere, naming the file and line) and from `pyproject.toml`
-//!   (`[project] dependencies` unless dynamic, `[build-system] requires`); plus `setuptools` and
-//!   `wheel`, the default build backend, whenever something builds in the image.
-//! - [`HostPip::prepare`]: runs pip on the host in a scrubbed environment (`env_clear`, then only
-//!   `PATH`, a temp `HOME`, proxy and CA-bundle variables, `PIP_INDEX_URL`/`PIP_EXTRA_INDEX_URL`
-//!   from the operator's config and the variables the operator lists in `images.pip_pass_env`),
-//!   from an empty working directory (so `python -m pip` cannot import a repo's `pip/`), with
-//!   requirement files iac wrote itself. Results are cached by everything that determines them.
-//!
-//! A dependency that exists only as an sdist cannot be fetched safely: `pip download` of an sdist
-//! runs its metadata hooks (repo code). It is refused with an error naming the package.
+//! No pip runs on the host for an app: repo-influenced input reaches pip only inside the resolver
+//! container.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
-use sha2::{Digest, Sha256};
+use iac_core::BuildError;
 
-use iac_core::{BuildError, Events, Stage};
-
-use super::config::redact_url_credentials;
-use super::requirements::{Line, classify_dependency, parse};
+use super::requirements::{IndexReq, Line, classify_dependency, parse};
 
 /// glibc minor of the oldest base image a Python minor runs on here: 3.11 → 36 (Debian
 /// bookworm; `python:3.11-slim` is newer), 3.13 and 3.14 → 41 (Debian trixie, which
@@ -92,25 +80,6 @@ pub const CONSTRAINTS_FILE: &str = "iac-constraints.txt";
 /// local projects and archives from requirements), one pip requirement line each.
 pub const LOCAL_FILE: &str = "iac-local.txt";
 
-/// Environment variables host pip gets from iac's environment: how to reach the index (proxies,
-/// CA bundles) and where programs are. Nothing else of iac's environment (secrets) reaches it.
-pub const PIP_ENV_PASSTHROUGH: &[&str] = &[
-    "PATH",
-    "http_proxy",
-    "https_proxy",
-    "no_proxy",
-    "all_proxy",
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "NO_PROXY",
-    "ALL_PROXY",
-    "SSL_CERT_FILE",
-    "SSL_CERT_DIR",
-    "REQUESTS_CA_BUNDLE",
-    "CURL_CA_BUNDLE",
-    "PIP_CERT",
-];
-
 /// Build requirements every in-image build gets (the default PEP 517 backend and its wheel
 /// builder), besides what `[build-system] requires` lists.
 const DEFAULT_BUILD_REQUIRES: &[&str] = &["setuptools", "wheel"];
@@ -166,26 +135,32 @@ fn read_pyproject(path: &Path) -> Result<toml::Table, BuildError> {
     })
 }
 
-/// What the host downloads and what the image builds, read from the tree without running it.
+/// What the resolver fetches and what the image builds, read from the tree without running it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DepPlan {
-    /// Requirement lines (by name) and global options for the host download and the first image
-    /// install.
-    pub requirements: Vec<String>,
-    /// Constraint lines (by name).
-    pub constraints: Vec<String>,
+    /// Global options, in iac's spelling (`--pre`, `--prefer-binary`, `--require-hashes`).
+    pub options: Vec<String>,
+    /// Requirements by name, for the resolver and the first image install.
+    pub requirements: Vec<IndexReq>,
+    /// Constraints by name.
+    pub constraints: Vec<IndexReq>,
     /// Lines pip installs inside the image from `/app` (the app package is `.`).
     pub local: Vec<String>,
-    /// Build requirements downloaded for the in-image builds (empty when nothing builds).
+    /// Build requirements fetched for the in-image builds (empty when nothing builds).
     pub build: Vec<String>,
+    /// Requirements left out because their markers do not hold on the image's Python, with
+    /// where they were read (`requirements.txt:3: black==25.1 ; python_version < '3.10'`).
+    pub skipped: Vec<String>,
 }
 
 impl DepPlan {
-    /// Reads `deps` of the tree at `root`. Errors name the file (relative to the tree) and line.
-    pub fn from_tree(root: &Path, deps: &AppDeps) -> Result<DepPlan, String> {
+    /// Reads `deps` of the tree at `root` for the image's CPython `python`. Errors name the file
+    /// (relative to the tree) and line.
+    pub fn from_tree(root: &Path, deps: &AppDeps, python: (u32, u32)) -> Result<DepPlan, String> {
         let root = std::fs::canonicalize(root).map_err(|e| format!("{}: {e}", root.display()))?;
         let mut walk = Walk {
             root: &root,
+            python,
             plan: DepPlan::default(),
             build: BTreeSet::new(),
             files: Vec::new(),
@@ -212,14 +187,49 @@ impl DepPlan {
         Ok(walk.plan)
     }
 
-    /// Whether the requirements name anything to download (not only options).
-    fn downloads(&self) -> bool {
-        self.requirements.iter().any(|l| !l.starts_with('-'))
+    /// Whether the requirements name anything to fetch.
+    pub fn downloads(&self) -> bool {
+        !self.requirements.is_empty()
+    }
+
+    /// The requirements file the resolver reads: options, then each requirement with its hashes.
+    pub fn resolver_requirements(&self) -> Vec<String> {
+        self.options
+            .iter()
+            .cloned()
+            .chain(self.requirements.iter().map(IndexReq::line))
+            .collect()
+    }
+
+    /// The constraints file the resolver reads.
+    pub fn resolver_constraints(&self) -> Vec<String> {
+        self.constraints.iter().map(IndexReq::line).collect()
+    }
+
+    /// The requirements file of the offline image install ([`REQUIREMENTS_FILE`]): no hashes
+    /// (a wheel the resolver built from an sdist has another hash than the sdist), and no
+    /// `--require-hashes`.
+    pub fn install_requirements(&self) -> Vec<String> {
+        self.options
+            .iter()
+            .filter(|o| *o != "--require-hashes")
+            .cloned()
+            .chain(self.requirements.iter().map(|r| r.requirement.clone()))
+            .collect()
+    }
+
+    /// The constraints file of the image installs ([`CONSTRAINTS_FILE`]), without hashes.
+    pub fn install_constraints(&self) -> Vec<String> {
+        self.constraints
+            .iter()
+            .map(|r| r.requirement.clone())
+            .collect()
     }
 }
 
 struct Walk<'a> {
     root: &'a Path,
+    python: (u32, u32),
     plan: DepPlan,
     build: BTreeSet<String>,
     /// Requirement files read so far (canonical), for cycles and the file cap.
@@ -283,17 +293,10 @@ impl Walk<'_> {
         for (line, verdict) in parse(&text, base) {
             let here = format!("{rel}:{line}");
             match verdict.map_err(|why| format!("{here}: {why}"))? {
-                Line::Index(text) => {
-                    let list = if constraint {
-                        &mut self.plan.constraints
-                    } else {
-                        &mut self.plan.requirements
-                    };
-                    list.push(text);
-                }
+                Line::Index(req) => self.add(req, constraint, &here),
                 Line::Option(text) => {
-                    if !self.plan.requirements.contains(&text) {
-                        self.plan.requirements.insert(0, text);
+                    if !self.plan.options.contains(&text) {
+                        self.plan.options.push(text);
                     }
                 }
                 Line::Local { text, path, .. } => {
@@ -317,6 +320,21 @@ impl Walk<'_> {
             }
         }
         Ok(())
+    }
+
+    /// A requirement (or constraint) read at `here`, unless its markers rule it out.
+    fn add(&mut self, req: IndexReq, constraint: bool, here: &str) {
+        if !req.applies(self.python) {
+            self.plan
+                .skipped
+                .push(format!("{here}: {}", req.requirement));
+            return;
+        }
+        if constraint {
+            self.plan.constraints.push(req);
+        } else {
+            self.plan.requirements.push(req);
+        }
     }
 
     /// Static dependencies and build requirements of the project at tree-relative `dir`.
@@ -350,355 +368,23 @@ impl Walk<'_> {
             let dynamic = strings(project.get("dynamic"), "[project] dynamic")?;
             if !dynamic.iter().any(|d| d == "dependencies") {
                 for dep in strings(project.get("dependencies"), "[project] dependencies")? {
-                    let line = classify_dependency(&dep)
+                    let req = classify_dependency(&dep)
                         .map_err(|why| format!("{what}: [project] dependencies: {why}"))?;
-                    self.plan.requirements.push(line);
+                    self.add(req, false, &format!("{what} [project] dependencies"));
                 }
             }
         }
         if let Some(bs) = doc.get("build-system").and_then(|b| b.as_table()) {
             for dep in strings(bs.get("requires"), "[build-system] requires")? {
-                let line = classify_dependency(&dep)
+                let req = classify_dependency(&dep)
                     .map_err(|why| format!("{what}: [build-system] requires: {why}"))?;
-                self.build.insert(line);
+                if req.applies(self.python) {
+                    self.build.insert(req.line());
+                }
             }
         }
         Ok(())
     }
-}
-
-/// pip on the host.
-#[derive(Debug, Clone)]
-pub struct HostPip {
-    /// Program and leading arguments, e.g. `python3 -m pip`.
-    pub command: Vec<String>,
-    /// Extra arguments for every call (index URL, find-links, …), from the operator's config.
-    pub args: Vec<String>,
-    /// `PIP_INDEX_URL` for every call (operator config).
-    pub index_url: Option<String>,
-    /// `PIP_EXTRA_INDEX_URL` for every call (operator config).
-    pub extra_index_urls: Vec<String>,
-    /// Further variables of iac's environment the operator lets through (`images.pip_pass_env`).
-    pub pass_env: Vec<String>,
-    /// Also offered as `--find-links` (the bootstrap wheelhouse holds setuptools and wheel).
-    pub find_links: Vec<PathBuf>,
-    /// Finished downloads, one directory per key.
-    pub cache_dir: PathBuf,
-    /// The image's CPython `(major, minor)`: wheels are downloaded for it ([`pip_target`]).
-    pub python: (u32, u32),
-}
-
-impl HostPip {
-    /// Makes a directory of wheels (and the [`REQUIREMENTS_FILE`], [`CONSTRAINTS_FILE`] and
-    /// [`LOCAL_FILE`] lists) for `deps` of the tree at `source_dir` and returns it. Reuses an
-    /// earlier download with the same inputs.
-    pub async fn prepare(
-        &self,
-        service: &str,
-        source_dir: &Path,
-        deps: &AppDeps,
-        events: &Events,
-    ) -> Result<PathBuf, BuildError> {
-        let fail = |message: String| BuildError::Build {
-            service: service.to_string(),
-            message,
-        };
-        let plan = {
-            let dir = source_dir.to_path_buf();
-            let deps = deps.clone();
-            tokio::task::spawn_blocking(move || DepPlan::from_tree(&dir, &deps))
-                .await
-                .map_err(|e| fail(format!("reading the app's requirements: {e}")))?
-                .map_err(|why| fail(format!("app dependencies refused: {why}")))?
-        };
-        let key = self.cache_key(&plan);
-        let done = self.cache_dir.join(&key);
-        if done.join(COMPLETE).is_file() {
-            events.info(
-                Stage::Build,
-                format!("app dependencies: cached wheels {}", done.display()),
-            );
-            return Ok(done);
-        }
-        std::fs::create_dir_all(&self.cache_dir).map_err(|source| BuildError::Io {
-            path: self.cache_dir.clone(),
-            source,
-        })?;
-        // A killed build's work directory (its owner's lock no longer held) goes first.
-        iac_core::fsutil::sweep_orphans(&self.cache_dir, std::time::Duration::MAX);
-        let work = iac_core::fsutil::OwnedTempDir::new_in(&self.cache_dir, &format!(".{key}.tmp-"))
-            .map_err(|source| BuildError::Io {
-                path: self.cache_dir.clone(),
-                source,
-            })?;
-        let staging = work.path().join("wheels");
-        let home = work.path().join("home");
-        let cwd = work.path().join("cwd");
-        for d in [&staging, &home, &cwd] {
-            std::fs::create_dir(d).map_err(|source| BuildError::Io {
-                path: d.clone(),
-                source,
-            })?;
-        }
-        let write = |path: &Path, lines: &[String]| {
-            let mut text = lines.join("\n");
-            if !text.is_empty() {
-                text.push('\n');
-            }
-            std::fs::write(path, text).map_err(|source| BuildError::Io {
-                path: path.to_path_buf(),
-                source,
-            })
-        };
-        // pip reads only files iac wrote, in iac's temp dir, never the repo's.
-        let req_file = work.path().join("requirements.txt");
-        let cons_file = work.path().join("constraints.txt");
-        write(&req_file, &plan.requirements)?;
-        write(&cons_file, &plan.constraints)?;
-
-        let t = std::time::Instant::now();
-        if plan.downloads() {
-            events.info(
-                Stage::Build,
-                "app dependencies: downloading binary wheels on the host (no code of the app or its dependencies runs here)",
-            );
-            let mut argv = self.download_args(&staging);
-            argv.push("-r".into());
-            argv.push(path_arg(&req_file));
-            if !plan.constraints.is_empty() {
-                argv.push("-c".into());
-                argv.push(path_arg(&cons_file));
-            }
-            self.run(&argv, &home, &cwd, events)
-                .await
-                .map_err(|out| fail(download_error("the app's dependencies", self.python, &out)))?;
-        }
-        if !plan.build.is_empty() {
-            events.info(
-                Stage::Build,
-                format!(
-                    "app dependencies: downloading build requirements ({}) for the in-image build of {}",
-                    plan.build.join(", "),
-                    plan.local.join(", ")
-                ),
-            );
-            let mut argv = self.download_args(&staging);
-            argv.extend(plan.build.iter().cloned());
-            self.run(&argv, &home, &cwd, events)
-                .await
-                .map_err(|out| fail(download_error("the build requirements", self.python, &out)))?;
-        }
-        write(&staging.join(REQUIREMENTS_FILE), &plan.requirements)?;
-        write(&staging.join(CONSTRAINTS_FILE), &plan.constraints)?;
-        write(&staging.join(LOCAL_FILE), &plan.local)?;
-        let count = std::fs::read_dir(&staging)
-            .map(|rd| {
-                rd.filter_map(Result::ok)
-                    .filter(|e| e.file_name().to_string_lossy().ends_with(".whl"))
-                    .count()
-            })
-            .unwrap_or(0);
-        events.info(
-            Stage::Build,
-            format!(
-                "app dependencies: {count} wheels downloaded on the host ({:.1?})",
-                t.elapsed()
-            ),
-        );
-        std::fs::write(staging.join(COMPLETE), b"").map_err(|source| BuildError::Io {
-            path: staging.clone(),
-            source,
-        })?;
-        match std::fs::rename(&staging, &done) {
-            Ok(()) => Ok(done),
-            // A concurrent build of the same inputs finished first: use its result.
-            Err(_) if done.join(COMPLETE).is_file() => Ok(done),
-            Err(source) => Err(BuildError::Io { path: done, source }),
-        }
-    }
-
-    fn download_args(&self, dest: &Path) -> Vec<String> {
-        let mut argv = vec!["download".to_string(), "--dest".into(), path_arg(dest)];
-        argv.extend(pip_target(self.python));
-        argv.extend([
-            "--disable-pip-version-check".to_string(),
-            "--no-input".into(),
-            "--progress-bar".into(),
-            "off".into(),
-        ]);
-        for d in &self.find_links {
-            if d.is_dir() {
-                argv.push("--find-links".into());
-                argv.push(path_arg(d));
-            }
-        }
-        argv.extend(self.args.iter().cloned());
-        argv
-    }
-
-    fn cache_key(&self, plan: &DepPlan) -> String {
-        let mut h = Sha256::new();
-        let mut part = |s: &str| {
-            h.update((s.len() as u64).to_le_bytes());
-            h.update(s.as_bytes());
-        };
-        part("iac-app-wheels/v2");
-        for s in self.command.iter().chain(&self.args) {
-            part(s);
-        }
-        part(self.index_url.as_deref().unwrap_or("(default index)"));
-        for s in &self.extra_index_urls {
-            part(s);
-        }
-        for s in pip_target(self.python) {
-            part(&s);
-        }
-        for (name, list) in [
-            ("requirements", &plan.requirements),
-            ("constraints", &plan.constraints),
-            ("local", &plan.local),
-            ("build", &plan.build),
-        ] {
-            part(name);
-            part(&list.len().to_string());
-            for s in list {
-                part(s);
-            }
-        }
-        hex::encode(h.finalize())[..24].to_string()
-    }
-
-    /// The host pip command: a scrubbed environment, a temp `HOME`, an empty working directory.
-    fn command(
-        &self,
-        argv: &[String],
-        home: &Path,
-        cwd: &Path,
-    ) -> Result<tokio::process::Command, String> {
-        let (prog, lead) = self.command.split_first().ok_or_else(|| {
-            "the pip command is empty; set images.pip, e.g. [\"python3\", \"-m\", \"pip\"]"
-                .to_string()
-        })?;
-        let mut cmd = tokio::process::Command::new(prog);
-        cmd.args(lead).args(argv).env_clear().current_dir(cwd);
-        for name in PIP_ENV_PASSTHROUGH
-            .iter()
-            .copied()
-            .chain(self.pass_env.iter().map(String::as_str))
-        {
-            if let Some(v) = std::env::var_os(name) {
-                cmd.env(name, v);
-            }
-        }
-        cmd.env("HOME", home)
-            .env("PIP_DISABLE_PIP_VERSION_CHECK", "1")
-            .env("PIP_NO_INPUT", "1")
-            .env("PYTHONNOUSERSITE", "1")
-            .env("PYTHONSAFEPATH", "1")
-            .env("LC_ALL", "C.UTF-8");
-        if let Some(u) = &self.index_url {
-            cmd.env("PIP_INDEX_URL", u);
-        }
-        if !self.extra_index_urls.is_empty() {
-            cmd.env("PIP_EXTRA_INDEX_URL", self.extra_index_urls.join(" "));
-        }
-        cmd.stdin(Stdio::null());
-        Ok(cmd)
-    }
-
-    /// Runs pip with `argv`; on failure returns its output, credentials redacted.
-    async fn run(
-        &self,
-        argv: &[String],
-        home: &Path,
-        cwd: &Path,
-        events: &Events,
-    ) -> Result<(), String> {
-        let shown = format!(
-            "{} {}",
-            self.command.join(" "),
-            argv.iter()
-                .map(|a| redact_url_credentials(a))
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
-        events.debug(Stage::Build, format!("$ {shown}"));
-        let out = self
-            .command(argv, home, cwd)?
-            .output()
-            .await
-            .map_err(|e| format!("cannot run {:?}: {e}; set images.pip to a working pip (e.g. [\"python3\", \"-m\", \"pip\"])", self.command[0]))?;
-        let text = redact_text(&format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            events.debug(Stage::Build, format!("pip: {line}"));
-        }
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(text)
-        }
-    }
-}
-
-const COMPLETE: &str = ".iac-complete";
-
-/// Every `scheme://user:pass@` in `text` with the userinfo replaced by `***`.
-fn redact_text(text: &str) -> String {
-    text.split_inclusive(char::is_whitespace)
-        .map(|w| {
-            let trimmed = w.trim_end();
-            let tail = &w[trimmed.len()..];
-            // Quotes and brackets around URLs in pip's messages.
-            let start = trimmed
-                .find(|c: char| c.is_ascii_alphanumeric())
-                .unwrap_or(0);
-            format!(
-                "{}{}{tail}",
-                &trimmed[..start],
-                redact_url_credentials(&trimmed[start..])
-            )
-        })
-        .collect()
-}
-
-/// A download failure for the deploy report: what is missing and what to do, from pip's
-/// `ERROR:` lines only (never its whole output).
-fn download_error(what: &str, python: (u32, u32), output: &str) -> String {
-    let py = format!("CPython {}.{}", python.0, python.1);
-    let missing: Vec<String> = output
-        .lines()
-        .filter_map(|l| {
-            l.split_once("No matching distribution found for ")
-                .map(|(_, rest)| rest.trim().to_string())
-        })
-        .collect();
-    let errors: Vec<&str> = output
-        .lines()
-        .map(str::trim)
-        .filter(|l| l.starts_with("ERROR:"))
-        .take(5)
-        .collect();
-    let mut msg = if missing.is_empty() {
-        format!("downloading {what} on the host (binary wheels for {py} manylinux x86_64) failed")
-    } else {
-        format!(
-            "{what}: no binary wheel of {} for {py} manylinux x86_64 on the configured index. iac downloads only wheels on the host (fetching an sdist runs its code); use a version that ships wheels, give the operator's index or a --find-links wheelhouse one (images.pip_args), or vendor the package in the repository",
-            missing.join(", ")
-        )
-    };
-    if !errors.is_empty() {
-        msg.push_str("\npip said:\n");
-        msg.push_str(&errors.join("\n"));
-    }
-    msg
-}
-
-fn path_arg(p: &Path) -> String {
-    p.display().to_string()
 }
 
 /// The last `n` non-empty lines of `text`.
@@ -769,9 +455,9 @@ mod tests {
             "[project]\nname='app'\nversion='1'\ndynamic=['dependencies']\ndependencies=['never-read']\n",
         );
         let deps = AppDeps::detect(r).unwrap();
-        let plan = DepPlan::from_tree(r, &deps).unwrap();
+        let plan = DepPlan::from_tree(r, &deps, (3, 11)).unwrap();
         assert_eq!(
-            plan.requirements,
+            plan.resolver_requirements(),
             [
                 "--prefer-binary",
                 "idna==3.7",
@@ -780,15 +466,45 @@ mod tests {
                 "attrs"
             ]
         );
-        assert_eq!(plan.constraints, ["six<2"]);
+        assert_eq!(plan.resolver_constraints(), ["six<2"]);
         assert_eq!(plan.local, ["-e ./libs/util", "."]);
         assert_eq!(plan.build, ["setuptools", "wheel", "hatchling>=1.20"]);
         // Nothing builds in the image → no build requirements.
         std::fs::remove_file(r.join("pyproject.toml")).unwrap();
         write(r, "requirements.txt", "idna\n");
-        let plan = DepPlan::from_tree(r, &AppDeps::detect(r).unwrap()).unwrap();
-        assert_eq!(plan.requirements, ["idna"]);
+        let plan = DepPlan::from_tree(r, &AppDeps::detect(r).unwrap(), (3, 11)).unwrap();
+        assert_eq!(plan.resolver_requirements(), ["idna"]);
         assert!(plan.build.is_empty() && plan.local.is_empty());
+    }
+
+    #[test]
+    fn markers_are_evaluated_for_the_image_python_and_hashes_stay_out_of_the_image_install() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        // An exported Poetry file: markers for other Pythons, hashes on every line.
+        write(
+            r,
+            "requirements.txt",
+            "--require-hashes\nblack==25.1.0 ; python_version < \"3.10\" --hash=sha256:aa\nidna==3.7 ; python_version >= \"3.8\" \\\n    --hash=sha256:BB\npywin32==306 ; sys_platform == \"win32\" --hash=sha256:cc\n",
+        );
+        let plan = DepPlan::from_tree(r, &AppDeps::detect(r).unwrap(), (3, 11)).unwrap();
+        assert_eq!(
+            plan.resolver_requirements(),
+            [
+                "--require-hashes",
+                "idna==3.7 ; python_full_version >= '3.8' --hash=sha256:bb"
+            ]
+        );
+        assert_eq!(
+            plan.install_requirements(),
+            ["idna==3.7 ; python_full_version >= '3.8'"],
+            "the image installs wheels the resolver checked (or built): no hashes"
+        );
+        assert_eq!(plan.skipped.len(), 2, "{:?}", plan.skipped);
+        assert!(plan.skipped[0].starts_with("requirements.txt:2: black==25.1.0"));
+        // On 3.9 black applies.
+        let old = DepPlan::from_tree(r, &AppDeps::detect(r).unwrap(), (3, 9)).unwrap();
+        assert_eq!(old.requirements.len(), 2);
     }
 
     #[test]
@@ -826,14 +542,14 @@ mod tests {
         std::fs::create_dir_all(r.join("libs")).unwrap();
         for (text, at, needle) in cases {
             write(r, "requirements.txt", text);
-            let err = DepPlan::from_tree(r, &AppDeps::detect(r).unwrap()).unwrap_err();
+            let err = DepPlan::from_tree(r, &AppDeps::detect(r).unwrap(), (3, 11)).unwrap_err();
             assert!(err.contains(at) && err.contains(needle), "{text:?}: {err}");
         }
         // A symlinked requirements.txt pointing out of the tree.
         std::fs::remove_file(r.join("requirements.txt")).unwrap();
         std::os::unix::fs::symlink(outside.path().join("evil.txt"), r.join("requirements.txt"))
             .unwrap();
-        let err = DepPlan::from_tree(r, &AppDeps::detect(r).unwrap()).unwrap_err();
+        let err = DepPlan::from_tree(r, &AppDeps::detect(r).unwrap(), (3, 11)).unwrap_err();
         assert!(err.contains("outside the repository"), "{err}");
         // pyproject dependencies go through the same filter.
         std::fs::remove_file(r.join("requirements.txt")).unwrap();
@@ -842,156 +558,10 @@ mod tests {
             "pyproject.toml",
             "[project]\nname='a'\nversion='1'\ndependencies=['x @ https://evil.example/x.whl']\n",
         );
-        let err = DepPlan::from_tree(r, &AppDeps::detect(r).unwrap()).unwrap_err();
+        let err = DepPlan::from_tree(r, &AppDeps::detect(r).unwrap(), (3, 11)).unwrap_err();
         assert!(
             err.contains("pyproject.toml") && err.contains("direct URL"),
             "{err}"
-        );
-    }
-
-    /// The attack: host pip inherits iac's environment (SUPABASE_SERVICE_ROLE_KEY…) and runs in
-    /// the repo, where `python -m pip` imports a repo's `pip/` package. Here "pip" is a shell
-    /// that records its environment and working directory.
-    #[tokio::test]
-    async fn host_pip_gets_a_scrubbed_environment_and_an_empty_cwd() {
-        let d = tempfile::tempdir().unwrap();
-        let src = d.path().join("src");
-        write(&src, "requirements.txt", "idna\n");
-        write(&src, "pip/__main__.py", "open('/tmp/pwned','w')\n");
-        let record = d.path().join("record");
-        let pip = HostPip {
-            command: vec![
-                "/bin/sh".into(),
-                "-c".into(),
-                format!(
-                    "env > {0}/env.txt; pwd > {0}/cwd.txt; ls -A > {0}/ls.txt; exit 1",
-                    record.display()
-                ),
-                "sh".into(),
-            ],
-            args: vec![],
-            index_url: Some("https://op:s3cret@mirror.example/simple".into()),
-            extra_index_urls: vec!["https://extra.example/simple".into()],
-            pass_env: vec![],
-            find_links: vec![],
-            cache_dir: d.path().join("cache"),
-            python: (3, 11),
-        };
-        std::fs::create_dir_all(&record).unwrap();
-        let err = pip
-            .prepare(
-                "svc",
-                &src,
-                &AppDeps::detect(&src).unwrap(),
-                &Events::discard(),
-            )
-            .await
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("svc"), "{err}");
-        let env = std::fs::read_to_string(record.join("env.txt")).unwrap();
-        let names: BTreeSet<&str> = env
-            .lines()
-            .filter_map(|l| l.split_once('=').map(|(k, _)| k))
-            .collect();
-        let allowed: BTreeSet<&str> = PIP_ENV_PASSTHROUGH
-            .iter()
-            .copied()
-            .chain([
-                "HOME",
-                "PIP_DISABLE_PIP_VERSION_CHECK",
-                "PIP_NO_INPUT",
-                "PYTHONNOUSERSITE",
-                "PYTHONSAFEPATH",
-                "LC_ALL",
-                "PIP_INDEX_URL",
-                "PIP_EXTRA_INDEX_URL",
-                // Set by the shell itself.
-                "PWD",
-                "SHLVL",
-                "_",
-                "OLDPWD",
-            ])
-            .collect();
-        let extra: Vec<&&str> = names.difference(&allowed).collect();
-        assert!(extra.is_empty(), "variables leaked to host pip: {extra:?}");
-        // The test process has CARGO_* variables and a real HOME; none of it reaches pip.
-        assert!(std::env::vars().any(|(k, _)| k.starts_with("CARGO")));
-        let home = env.lines().find_map(|l| l.strip_prefix("HOME=")).unwrap();
-        assert!(
-            home.starts_with(&d.path().join("cache").display().to_string()),
-            "{home}"
-        );
-        assert!(env.contains("PIP_INDEX_URL=https://op:s3cret@mirror.example/simple"));
-        assert!(env.contains("PIP_EXTRA_INDEX_URL=https://extra.example/simple"));
-        let cwd = std::fs::read_to_string(record.join("cwd.txt")).unwrap();
-        assert!(!cwd.trim().starts_with(&src.display().to_string()), "{cwd}");
-        assert_eq!(
-            std::fs::read_to_string(record.join("ls.txt")).unwrap(),
-            "",
-            "an empty working directory"
-        );
-    }
-
-    #[test]
-    fn download_errors_name_the_package_and_redact_credentials() {
-        let out = redact_text(
-            "Looking in indexes: https://op:s3cret@mirror.example/simple\nERROR: Could not find a version that satisfies the requirement sdistonly==1.0 (from versions: none)\nERROR: No matching distribution found for sdistonly==1.0\n",
-        );
-        assert!(!out.contains("s3cret"), "{out}");
-        let msg = download_error("the app's dependencies", (3, 11), &out);
-        assert!(
-            msg.contains("sdistonly==1.0") && msg.contains("no binary wheel"),
-            "{msg}"
-        );
-        assert!(
-            !msg.contains("Looking in indexes"),
-            "only pip's ERROR lines: {msg}"
-        );
-        assert_eq!(
-            redact_text("x 'https://a:b@h/p' y\n"),
-            "x 'https://***@h/p' y\n"
-        );
-    }
-
-    #[test]
-    fn cache_key_depends_on_the_plan_and_the_index() {
-        let pip = HostPip {
-            command: vec!["python3".into(), "-m".into(), "pip".into()],
-            args: vec![],
-            index_url: None,
-            extra_index_urls: vec![],
-            pass_env: vec![],
-            find_links: vec![],
-            cache_dir: PathBuf::from("/nonexistent"),
-            python: (3, 11),
-        };
-        let plan = DepPlan {
-            requirements: vec!["six".into()],
-            ..DepPlan::default()
-        };
-        let a = pip.cache_key(&plan);
-        assert_eq!(a, pip.cache_key(&plan.clone()));
-        let mut other = plan.clone();
-        other.requirements = vec!["six==1.16".into()];
-        assert_ne!(a, pip.cache_key(&other));
-        let mut moved = plan.clone();
-        moved.local = vec!["six".into()];
-        moved.requirements.clear();
-        assert_ne!(a, pip.cache_key(&moved), "the list a line is in counts");
-        let other_index = HostPip {
-            index_url: Some("http://mirror/simple".into()),
-            ..pip.clone()
-        };
-        assert_ne!(a, other_index.cache_key(&plan));
-        let other_python = HostPip {
-            python: (3, 14),
-            ..pip.clone()
-        };
-        assert_ne!(
-            a,
-            other_python.cache_key(&plan),
-            "wheels for another interpreter are another download"
         );
     }
 

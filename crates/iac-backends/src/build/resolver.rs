@@ -1,0 +1,820 @@
+//! [`Resolver`]: an app's dependencies resolved, downloaded and (for source distributions) built
+//! into wheels inside a throwaway, confined container — never on the host.
+//!
+//! The container runs the app's own base image (so pip resolves for exactly the interpreter and
+//! platform the image has, and an sdist builds against it) as an unprivileged user
+//! (`images.resolver.user`, default `65534:65534`), with every capability dropped,
+//! `no-new-privileges`, a read-only root filesystem, memory, CPU and pids limits, and a deadline
+//! after which it is killed. Its only mounts are an input directory iac wrote (read-only: the
+//! regenerated requirement files, see [`super::wheels::DepPlan`]), its output directory, a scratch
+//! directory for `HOME`/`TMPDIR`, the host's CA bundle and the operator's find-links directories
+//! (read-only). It gets no variable of iac's environment except proxy settings and what the
+//! operator lists in `images.pip_pass_env`; the index comes from `images.pip_index_url` /
+//! `images.pip_args`. Its network is `images.resolver.network` (`host` by default, because here
+//! only the host network reaches the package index).
+//!
+//! Results are cached by everything that determines them (the plan, the index settings, the
+//! base image id) under `images.app_wheel_cache`; a run works in an owned temp dir there and is
+//! renamed into place whole. Its output is kept in a bounded [`OutputTail`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
+use bollard::query_parameters::{
+    KillContainerOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    WaitContainerOptionsBuilder,
+};
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+
+use iac_core::{BuildError, Events, Stage};
+
+use super::config::{ResolverConfig, redact_url_credentials};
+use super::output::OutputTail;
+use super::wheels::{AppDeps, CONSTRAINTS_FILE, DepPlan, LOCAL_FILE, REQUIREMENTS_FILE};
+
+/// Label on every resolver container (with `iac.managed-by=iac` and the builder's labels).
+pub const LABEL_RESOLVER: &str = "iac.role";
+/// Value of [`LABEL_RESOLVER`].
+pub const RESOLVER_ROLE: &str = "resolver";
+
+/// Variables of iac's environment the resolver gets: how to reach the index through a proxy.
+pub const PROXY_ENV: &[&str] = &[
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "all_proxy",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "ALL_PROXY",
+];
+
+/// Where things are inside the resolver container.
+const IN_DIR: &str = "/iac/in";
+const OUT_DIR: &str = "/iac/out";
+const SCRATCH_DIR: &str = "/iac/scratch";
+const CA_PATH: &str = "/iac/ca-bundle.crt";
+const FIND_LINKS_DIR: &str = "/iac/find-links";
+
+/// Marks a finished cache entry.
+const COMPLETE: &str = ".iac-complete";
+
+/// Bounds on what iac keeps of pip's output.
+const OUTPUT_TAIL_BYTES: usize = 64 * 1024;
+const OUTPUT_EVENT_LINES: usize = 2000;
+
+/// The dependency resolver of one build.
+#[derive(Debug, Clone)]
+pub struct Resolver {
+    /// The app's base image (what the resolver runs), by tag.
+    pub image: String,
+    /// Its id (part of the cache key: another interpreter build is another result).
+    pub image_id: String,
+    pub config: ResolverConfig,
+    /// Extra pip arguments from the operator (`images.pip_args`).
+    pub pip_args: Vec<String>,
+    /// `PIP_INDEX_URL` (operator config).
+    pub index_url: Option<String>,
+    /// `PIP_EXTRA_INDEX_URL` (operator config).
+    pub extra_index_urls: Vec<String>,
+    /// Names of further variables of iac's environment the resolver may see.
+    pub pass_env: Vec<String>,
+    /// Host directories offered read-only as `--find-links` (the bootstrap wheelhouse, which
+    /// holds setuptools and wheel, and `images.resolver.find_links`).
+    pub find_links: Vec<PathBuf>,
+    /// Finished results, one directory per key.
+    pub cache_dir: PathBuf,
+    /// The image's CPython `(major, minor)`: markers are evaluated for it.
+    pub python: (u32, u32),
+    /// Labels on the resolver containers (tests add theirs, to clean up by label).
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The host directories of one resolver run.
+struct Dirs<'a> {
+    input: &'a Path,
+    out: &'a Path,
+    scratch: &'a Path,
+    /// Copies of the find-links directories, readable by the resolver's user.
+    links: &'a [PathBuf],
+}
+
+/// Copies the top-level files of each existing find-links directory into `dest/<i>/` (0755
+/// directories, 0644 files), so the unprivileged resolver can read them whatever the originals'
+/// modes (the bootstrap wheelhouse is private to its owner). Returns the copies.
+fn stage_find_links(dirs: &[PathBuf], dest: &Path) -> Result<Vec<PathBuf>, BuildError> {
+    use std::os::unix::fs::PermissionsExt;
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| BuildError::Io { path, source }
+    };
+    let mut out = Vec::new();
+    for d in dirs.iter().filter(|d| d.is_dir()) {
+        let copy = dest.join(out.len().to_string());
+        std::fs::create_dir_all(&copy).map_err(io(&copy))?;
+        for e in std::fs::read_dir(d).map_err(io(d))? {
+            let e = e.map_err(io(d))?;
+            let from = e.path();
+            if !from.is_file() {
+                continue;
+            }
+            let to = copy.join(e.file_name());
+            std::fs::copy(&from, &to).map_err(io(&from))?;
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o644))
+                .map_err(io(&to))?;
+        }
+        for p in [dest, copy.as_path()] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).map_err(io(p))?;
+        }
+        out.push(copy);
+    }
+    Ok(out)
+}
+
+/// One pip invocation in the container.
+struct Step<'a> {
+    what: &'a str,
+    /// pip's arguments after `python3 -m pip`.
+    argv: Vec<String>,
+}
+
+impl Resolver {
+    /// Makes a directory of wheels (and the [`REQUIREMENTS_FILE`], [`CONSTRAINTS_FILE`] and
+    /// [`LOCAL_FILE`] lists) for `deps` of the tree at `source_dir` and returns it. Reuses an
+    /// earlier result with the same inputs.
+    pub async fn prepare(
+        &self,
+        docker: &Docker,
+        service: &str,
+        source_dir: &Path,
+        deps: &AppDeps,
+        events: &Events,
+    ) -> Result<PathBuf, BuildError> {
+        let fail = |message: String| BuildError::Build {
+            service: service.to_string(),
+            message,
+        };
+        let plan = {
+            let dir = source_dir.to_path_buf();
+            let deps = deps.clone();
+            let python = self.python;
+            tokio::task::spawn_blocking(move || DepPlan::from_tree(&dir, &deps, python))
+                .await
+                .map_err(|e| fail(format!("reading the app's requirements: {e}")))?
+                .map_err(|why| fail(format!("app dependencies refused: {why}")))?
+        };
+        for s in &plan.skipped {
+            events.debug(
+                Stage::Build,
+                format!(
+                    "app dependencies: left out (markers false on CPython {}.{}): {s}",
+                    self.python.0, self.python.1
+                ),
+            );
+        }
+        let key = self.cache_key(&plan);
+        let done = self.cache_dir.join(&key);
+        if done.join(COMPLETE).is_file() {
+            events.info(
+                Stage::Build,
+                format!("app dependencies: cached wheels {}", done.display()),
+            );
+            return Ok(done);
+        }
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| BuildError::Io { path, source }
+        };
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&self.cache_dir)
+                .map_err(io(&self.cache_dir))?;
+        }
+        // A killed build's work directory (its owner's lock no longer held) goes first.
+        iac_core::fsutil::sweep_orphans(&self.cache_dir, Duration::MAX);
+        let work = iac_core::fsutil::OwnedTempDir::new_in(&self.cache_dir, &format!(".{key}.tmp-"))
+            .map_err(io(&self.cache_dir))?;
+        let input = work.path().join("in");
+        let out = work.path().join("wheels");
+        let scratch = work.path().join("scratch");
+        for d in [&input, &out, &scratch] {
+            std::fs::create_dir(d).map_err(io(d))?;
+        }
+        let write = |path: &Path, lines: &[String]| {
+            let mut text = lines.join("\n");
+            if !text.is_empty() {
+                text.push('\n');
+            }
+            std::fs::write(path, text).map_err(io(path))
+        };
+        // pip reads only files iac wrote from the parsed plan, never the repo's.
+        write(
+            &input.join("requirements.txt"),
+            &plan.resolver_requirements(),
+        )?;
+        write(&input.join("constraints.txt"), &plan.resolver_constraints())?;
+        write(&input.join("build.txt"), &plan.build)?;
+        for d in [&out, &scratch] {
+            self.give_to_resolver_user(d).map_err(io(d))?;
+        }
+        let links = stage_find_links(&self.find_links, &work.path().join("links"))?;
+
+        let t = Instant::now();
+        let mut steps = Vec::new();
+        if plan.downloads() {
+            let mut argv = self.wheel_args(links.len());
+            argv.extend(["-r".into(), format!("{IN_DIR}/requirements.txt")]);
+            if !plan.constraints.is_empty() {
+                argv.extend(["-c".into(), format!("{IN_DIR}/constraints.txt")]);
+            }
+            steps.push(Step {
+                what: "the app's dependencies",
+                argv,
+            });
+        }
+        if !plan.build.is_empty() {
+            let mut argv = self.wheel_args(links.len());
+            argv.extend(["-r".into(), format!("{IN_DIR}/build.txt")]);
+            steps.push(Step {
+                what: "the build requirements",
+                argv,
+            });
+        }
+        for step in &steps {
+            events.info(
+                Stage::Build,
+                format!(
+                    "app dependencies: resolving {} in a confined container ({}, user {}, network {}, {} MiB, {} CPU)",
+                    step.what,
+                    self.image,
+                    self.config.user,
+                    self.config.network,
+                    self.config.memory_mib,
+                    self.config.cpus
+                ),
+            );
+            self.run(
+                docker,
+                step,
+                &Dirs {
+                    input: &input,
+                    out: &out,
+                    scratch: &scratch,
+                    links: &links,
+                },
+                events,
+            )
+            .await
+            .map_err(&fail)?;
+        }
+        let mut wheels = 0;
+        for e in std::fs::read_dir(&out).map_err(io(&out))? {
+            let e = e.map_err(io(&out))?;
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if !name.ends_with(".whl") || !e.file_type().map_err(io(&out))?.is_file() {
+                // Only wheels leave the resolver.
+                let p = e.path();
+                let _ = if p.is_dir() {
+                    std::fs::remove_dir_all(&p)
+                } else {
+                    std::fs::remove_file(&p)
+                };
+                continue;
+            }
+            wheels += 1;
+        }
+        write(&out.join(REQUIREMENTS_FILE), &plan.install_requirements())?;
+        write(&out.join(CONSTRAINTS_FILE), &plan.install_constraints())?;
+        write(&out.join(LOCAL_FILE), &plan.local)?;
+        events.info(
+            Stage::Build,
+            format!(
+                "app dependencies: {wheels} wheels from the resolver container ({:.1?})",
+                t.elapsed()
+            ),
+        );
+        std::fs::write(out.join(COMPLETE), b"").map_err(io(&out))?;
+        match std::fs::rename(&out, &done) {
+            Ok(()) => Ok(done),
+            // A concurrent build of the same inputs finished first: use its result.
+            Err(_) if done.join(COMPLETE).is_file() => Ok(done),
+            Err(source) => Err(BuildError::Io { path: done, source }),
+        }
+    }
+
+    /// `pip wheel` into the output directory, with the find-links and the operator's arguments.
+    fn wheel_args(&self, links: usize) -> Vec<String> {
+        let mut argv = vec![
+            "wheel".to_string(),
+            "--wheel-dir".into(),
+            OUT_DIR.into(),
+            "--disable-pip-version-check".into(),
+            "--no-input".into(),
+            "--progress-bar".into(),
+            "off".into(),
+        ];
+        for i in 0..links {
+            argv.push("--find-links".into());
+            argv.push(format!("{FIND_LINKS_DIR}/{i}"));
+        }
+        argv.extend(self.pip_args.iter().cloned());
+        argv
+    }
+
+    /// Output and scratch directories belong to the resolver's user (it cannot write anything
+    /// else). When iac cannot chown (not root), they are opened to everyone instead: they sit in
+    /// the private (0700) cache directory, so no other local user reaches them.
+    fn give_to_resolver_user(&self, dir: &Path) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let (uid, gid) = self.config.uid_gid();
+        match std::os::unix::fs::chown(dir, Some(uid), Some(gid)) {
+            Ok(()) => std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)),
+            Err(_) => std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)),
+        }
+    }
+
+    /// The container of one step (pure: unit-tested).
+    fn container(&self, step: &Step<'_>, dirs: &Dirs<'_>) -> ContainerCreateBody {
+        let bind = |source: &Path, target: &str, read_only: bool| Mount {
+            target: Some(target.to_string()),
+            source: Some(source.display().to_string()),
+            typ: Some(MountType::BIND),
+            read_only: Some(read_only),
+            ..Default::default()
+        };
+        let mut mounts = vec![
+            bind(dirs.input, IN_DIR, true),
+            bind(dirs.out, OUT_DIR, false),
+            bind(dirs.scratch, SCRATCH_DIR, false),
+        ];
+        for (i, d) in dirs.links.iter().enumerate() {
+            mounts.push(bind(d, &format!("{FIND_LINKS_DIR}/{i}"), true));
+        }
+        let mut env = vec![
+            format!("HOME={SCRATCH_DIR}/home"),
+            format!("TMPDIR={SCRATCH_DIR}"),
+            "PIP_DISABLE_PIP_VERSION_CHECK=1".to_string(),
+            "PIP_NO_INPUT=1".into(),
+            "PIP_NO_CACHE_DIR=1".into(),
+            "PYTHONDONTWRITEBYTECODE=1".into(),
+            "PYTHONNOUSERSITE=1".into(),
+            "LC_ALL=C.UTF-8".into(),
+        ];
+        if let Some(ca) = self.config.ca_bundle_path() {
+            mounts.push(bind(&ca, CA_PATH, true));
+            for v in ["PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"] {
+                env.push(format!("{v}={CA_PATH}"));
+            }
+        }
+        for name in PROXY_ENV
+            .iter()
+            .copied()
+            .chain(self.pass_env.iter().map(String::as_str))
+        {
+            if let Ok(v) = std::env::var(name) {
+                env.push(format!("{name}={v}"));
+            }
+        }
+        if let Some(u) = &self.index_url {
+            env.push(format!("PIP_INDEX_URL={u}"));
+        }
+        if !self.extra_index_urls.is_empty() {
+            env.push(format!(
+                "PIP_EXTRA_INDEX_URL={}",
+                self.extra_index_urls.join(" ")
+            ));
+        }
+        let mut cmd = vec!["python3".to_string(), "-m".into(), "pip".into()];
+        cmd.extend(step.argv.iter().cloned());
+        let mut labels: HashMap<String, String> = self.labels.clone().into_iter().collect();
+        labels.insert(
+            iac_core::stack::LABEL_MANAGED.to_string(),
+            crate::provision::MANAGED_BY.to_string(),
+        );
+        labels.insert(LABEL_RESOLVER.to_string(), RESOLVER_ROLE.to_string());
+        let memory = (self.config.memory_mib * 1024 * 1024) as i64;
+        ContainerCreateBody {
+            image: Some(self.image.clone()),
+            cmd: Some(cmd),
+            env: Some(env),
+            user: Some(self.config.user.clone()),
+            working_dir: Some(SCRATCH_DIR.to_string()),
+            labels: Some(labels),
+            network_disabled: Some(self.config.network == "none"),
+            host_config: Some(HostConfig {
+                mounts: Some(mounts),
+                network_mode: Some(self.config.network.clone()),
+                memory: Some(memory),
+                memory_swap: Some(memory),
+                nano_cpus: Some(i64::from(self.config.cpus) * 1_000_000_000),
+                pids_limit: Some(self.config.pids),
+                cap_drop: Some(vec!["ALL".into()]),
+                security_opt: Some(vec!["no-new-privileges".into()]),
+                readonly_rootfs: Some(true),
+                init: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// Runs one step to completion (or the deadline); on failure, a message for the report.
+    async fn run(
+        &self,
+        docker: &Docker,
+        step: &Step<'_>,
+        dirs: &Dirs<'_>,
+        events: &Events,
+    ) -> Result<(), String> {
+        let body = self.container(step, dirs);
+        let shown = body
+            .cmd
+            .iter()
+            .flatten()
+            .map(|a| redact_url_credentials(a))
+            .collect::<Vec<_>>()
+            .join(" ");
+        events.debug(Stage::Build, format!("resolver: $ {shown}"));
+        let created = docker
+            .create_container(
+                None::<bollard::query_parameters::CreateContainerOptions>,
+                body,
+            )
+            .await
+            .map_err(|e| format!("creating the resolver container from {}: {e}", self.image))?;
+        let guard = ContainerGuard {
+            docker: docker.clone(),
+            id: Some(created.id.clone()),
+        };
+        docker
+            .start_container(&created.id, None)
+            .await
+            .map_err(|e| format!("starting the resolver container: {e}"))?;
+        let mut tail = OutputTail::new(OUTPUT_TAIL_BYTES, OUTPUT_EVENT_LINES);
+        let followed = async {
+            let opts = LogsOptionsBuilder::new()
+                .follow(true)
+                .stdout(true)
+                .stderr(true)
+                .build();
+            let mut logs = docker.logs(&created.id, Some(opts));
+            while let Some(chunk) = logs.next().await {
+                match chunk {
+                    Ok(c) => {
+                        let redacted = redact_text(&String::from_utf8_lossy(&c.into_bytes()));
+                        tail.push_as_events(redacted.as_bytes(), events, Stage::Build, "pip: ");
+                    }
+                    Err(_) => break,
+                }
+            }
+            tail.finish_as_events(events, Stage::Build, "pip: ");
+            let mut wait = docker.wait_container(
+                &created.id,
+                Some(WaitContainerOptionsBuilder::default().build()),
+            );
+            match wait.next().await {
+                Some(Ok(r)) => Ok(r.status_code),
+                Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => {
+                    Ok(code)
+                }
+                Some(Err(e)) => Err(format!("waiting for the resolver container: {e}")),
+                None => Err("the engine ended the wait without an exit code".to_string()),
+            }
+        };
+        let code = match tokio::time::timeout(self.config.timeout, followed).await {
+            Ok(r) => r?,
+            Err(_) => {
+                let _ = docker
+                    .kill_container(
+                        &created.id,
+                        Some(KillContainerOptionsBuilder::default().build()),
+                    )
+                    .await;
+                guard.remove().await;
+                return Err(format!(
+                    "resolving {} did not finish within {} (images.resolver.timeout); the container was killed.\nlast pip output:\n{}",
+                    step.what,
+                    humantime::format_duration(self.config.timeout),
+                    tail.last_lines(15)
+                ));
+            }
+        };
+        let oom = docker
+            .inspect_container(&created.id, None)
+            .await
+            .ok()
+            .and_then(|c| c.state)
+            .and_then(|s| s.oom_killed)
+            .unwrap_or(false);
+        guard.remove().await;
+        if code == 0 {
+            return Ok(());
+        }
+        if oom {
+            return Err(format!(
+                "resolving {} ran out of memory (limit {} MiB, images.resolver.memory_mib)",
+                step.what, self.config.memory_mib
+            ));
+        }
+        Err(resolve_error(step.what, self.python, &tail.text()))
+    }
+
+    fn cache_key(&self, plan: &DepPlan) -> String {
+        let mut h = Sha256::new();
+        let mut part = |s: &str| {
+            h.update((s.len() as u64).to_le_bytes());
+            h.update(s.as_bytes());
+        };
+        part("iac-app-wheels/v3-resolver");
+        part(&self.image_id);
+        for s in &self.pip_args {
+            part(s);
+        }
+        part(self.index_url.as_deref().unwrap_or("(default index)"));
+        for s in &self.extra_index_urls {
+            part(s);
+        }
+        for d in &self.find_links {
+            part(&d.display().to_string());
+        }
+        for (name, list) in [
+            ("requirements", plan.resolver_requirements()),
+            ("constraints", plan.resolver_constraints()),
+            ("local", plan.local.clone()),
+            ("build", plan.build.clone()),
+        ] {
+            part(name);
+            part(&list.len().to_string());
+            for s in &list {
+                part(s);
+            }
+        }
+        hex::encode(h.finalize())[..24].to_string()
+    }
+}
+
+/// Removes the resolver container: explicitly when a step ends, or on drop (a panic, a
+/// cancelled deploy) from a spawned task.
+struct ContainerGuard {
+    docker: Docker,
+    id: Option<String>,
+}
+
+impl ContainerGuard {
+    async fn remove(mut self) {
+        if let Some(id) = self.id.take() {
+            let opts = RemoveContainerOptionsBuilder::default().force(true).build();
+            let _ = self.docker.remove_container(&id, Some(opts)).await;
+        }
+    }
+}
+
+impl Drop for ContainerGuard {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            let docker = self.docker.clone();
+            rt.spawn(async move {
+                let opts = RemoveContainerOptionsBuilder::default().force(true).build();
+                let _ = docker.remove_container(&id, Some(opts)).await;
+            });
+        }
+    }
+}
+
+/// Every `scheme://user:pass@` in `text` with the userinfo replaced by `***`.
+fn redact_text(text: &str) -> String {
+    text.split_inclusive(char::is_whitespace)
+        .map(|w| {
+            let trimmed = w.trim_end();
+            let tail = &w[trimmed.len()..];
+            // Quotes and brackets around URLs in pip's messages.
+            let start = trimmed
+                .find(|c: char| c.is_ascii_alphanumeric())
+                .unwrap_or(0);
+            format!(
+                "{}{}{tail}",
+                &trimmed[..start],
+                redact_url_credentials(&trimmed[start..])
+            )
+        })
+        .collect()
+}
+
+/// A resolver failure for the deploy report: what is missing and what to do, from pip's
+/// `ERROR:` lines and the compiler's last words (never its whole output).
+fn resolve_error(what: &str, python: (u32, u32), output: &str) -> String {
+    let py = format!("CPython {}.{}", python.0, python.1);
+    let missing: Vec<String> = output
+        .lines()
+        .filter_map(|l| {
+            l.split_once("No matching distribution found for ")
+                .map(|(_, rest)| rest.trim().to_string())
+        })
+        .collect();
+    let failed_build: Vec<String> = output
+        .lines()
+        .filter_map(|l| {
+            l.split_once("Failed building wheel for ")
+                .or_else(|| l.split_once("Failed to build "))
+                .map(|(_, rest)| rest.trim().to_string())
+        })
+        .collect();
+    let header = output.lines().find_map(|l| {
+        let (_, rest) = l.split_once("fatal error: ")?;
+        let h = rest.split(':').next()?.trim();
+        h.ends_with(".h").then(|| h.to_string())
+    });
+    let no_compiler = output.lines().any(|l| {
+        (l.contains("command 'gcc'")
+            || l.contains("command 'x86_64-linux-gnu-gcc'")
+            || l.contains("command 'cc'"))
+            && (l.contains("No such file") || l.contains("failed"))
+            || l.contains("gcc: not found")
+            || l.contains("cc: not found")
+    });
+    let errors: Vec<&str> = output
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("ERROR:"))
+        .take(5)
+        .collect();
+    let mut msg = if !missing.is_empty() {
+        format!(
+            "{what}: no distribution of {} for {py} on the configured index; check the name and version, or give the operator's index (images.pip_index_url) or a wheelhouse (images.resolver.find_links) one",
+            missing.join(", ")
+        )
+    } else if !failed_build.is_empty() {
+        let pkgs = failed_build.join(", ");
+        match (header, no_compiler) {
+            (Some(h), _) => format!(
+                "{what}: building {pkgs} from source needs the C header {h}, which the resolver image does not have; use a version of {pkgs} that ships a wheel for {py} manylinux x86_64"
+            ),
+            (None, true) => format!(
+                "{what}: building {pkgs} from source needs a C compiler, which the resolver image does not have; use a version of {pkgs} that ships a wheel for {py} manylinux x86_64"
+            ),
+            (None, false) => format!(
+                "{what}: building {pkgs} from its source distribution failed in the resolver container"
+            ),
+        }
+    } else {
+        format!("resolving {what} in the resolver container failed ({py})")
+    };
+    if !errors.is_empty() {
+        msg.push_str("\npip said:\n");
+        msg.push_str(&errors.join("\n"));
+    } else {
+        let last = super::wheels::tail(output, 8);
+        if !last.is_empty() {
+            msg.push_str("\nlast pip output:\n");
+            msg.push_str(&last);
+        }
+    }
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::requirements::IndexReq;
+    use super::*;
+
+    fn resolver() -> Resolver {
+        Resolver {
+            image: "iac/python:3.11-bookworm".into(),
+            image_id: "sha256:abc".into(),
+            config: ResolverConfig::default(),
+            pip_args: vec![],
+            index_url: Some("https://op:s3cret@mirror.example/simple".into()),
+            extra_index_urls: vec![],
+            pass_env: vec![],
+            find_links: vec![],
+            cache_dir: PathBuf::from("/nonexistent"),
+            python: (3, 11),
+            labels: BTreeMap::from([("iac.test".to_string(), "t1".to_string())]),
+        }
+    }
+
+    #[test]
+    fn the_container_is_confined() {
+        let r = resolver();
+        let step = Step {
+            what: "x",
+            argv: r.wheel_args(1),
+        };
+        let links = [PathBuf::from("/c/links/0")];
+        let dirs = Dirs {
+            input: Path::new("/c/in"),
+            out: Path::new("/c/out"),
+            scratch: Path::new("/c/s"),
+            links: &links,
+        };
+        let c = r.container(&step, &dirs);
+        assert_eq!(c.user.as_deref(), Some("65534:65534"));
+        let hc = c.host_config.unwrap();
+        assert_eq!(hc.cap_drop, Some(vec!["ALL".to_string()]));
+        assert_eq!(hc.security_opt, Some(vec!["no-new-privileges".to_string()]));
+        assert_eq!(hc.readonly_rootfs, Some(true));
+        assert_eq!(hc.memory, Some(2048 * 1024 * 1024));
+        assert_eq!(hc.memory_swap, hc.memory, "no swap beyond the limit");
+        assert_eq!(hc.pids_limit, Some(512));
+        assert_eq!(hc.nano_cpus, Some(1_000_000_000));
+        assert!(hc.privileged.is_none() && hc.cap_add.is_none() && hc.binds.is_none());
+        let mounts = hc.mounts.unwrap();
+        let writable: Vec<&str> = mounts
+            .iter()
+            .filter(|m| m.read_only != Some(true))
+            .map(|m| m.target.as_deref().unwrap())
+            .collect();
+        assert_eq!(writable, [OUT_DIR, SCRATCH_DIR], "only output and scratch");
+        assert!(
+            !mounts
+                .iter()
+                .any(|m| m.source.as_deref().unwrap_or("").contains("docker.sock")),
+            "never the engine socket"
+        );
+        let env = c.env.unwrap();
+        assert!(env.iter().all(|e| !e.starts_with("CARGO")), "{env:?}");
+        assert!(env.contains(&"PIP_INDEX_URL=https://op:s3cret@mirror.example/simple".to_string()));
+        let labels = c.labels.unwrap();
+        assert_eq!(labels.get("iac.test").map(String::as_str), Some("t1"));
+        assert_eq!(
+            labels.get(LABEL_RESOLVER).map(String::as_str),
+            Some(RESOLVER_ROLE)
+        );
+        let cmd = c.cmd.unwrap();
+        assert_eq!(&cmd[..4], ["python3", "-m", "pip", "wheel"]);
+    }
+
+    #[test]
+    fn errors_name_the_package_and_what_is_missing() {
+        let out = redact_text(
+            "Looking in indexes: https://op:s3cret@mirror.example/simple\nERROR: Could not find a version that satisfies the requirement nosuch==1.0 (from versions: none)\nERROR: No matching distribution found for nosuch==1.0\n",
+        );
+        assert!(!out.contains("s3cret"), "{out}");
+        let msg = resolve_error("the app's dependencies", (3, 11), &out);
+        assert!(
+            msg.contains("nosuch==1.0") && msg.contains("CPython 3.11"),
+            "{msg}"
+        );
+        assert!(!msg.contains("Looking in indexes"), "{msg}");
+        let msg = resolve_error(
+            "the app's dependencies",
+            (3, 11),
+            "  src/fast.c:1:10: fatal error: libxml/xpath.h: No such file or directory\n  error: command '/usr/bin/x86_64-linux-gnu-gcc' failed with exit code 1\n  ERROR: Failed building wheel for lxml\nERROR: Failed to build one or more wheels\n",
+        );
+        assert!(
+            msg.contains("lxml") && msg.contains("libxml/xpath.h"),
+            "{msg}"
+        );
+        let msg = resolve_error(
+            "the app's dependencies",
+            (3, 11),
+            "error: command 'x86_64-linux-gnu-gcc' failed: No such file or directory\nERROR: Failed building wheel for fastpkg\n",
+        );
+        assert!(
+            msg.contains("C compiler") && msg.contains("fastpkg"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn cache_key_depends_on_the_plan_the_index_and_the_image() {
+        let r = resolver();
+        let req = |s: &str| IndexReq {
+            requirement: s.into(),
+            hashes: vec![],
+        };
+        let plan = DepPlan {
+            requirements: vec![req("six")],
+            ..DepPlan::default()
+        };
+        let a = r.cache_key(&plan);
+        assert_eq!(a, r.cache_key(&plan.clone()));
+        let mut other = plan.clone();
+        other.requirements = vec![req("six==1.16")];
+        assert_ne!(a, r.cache_key(&other));
+        let mut moved = plan.clone();
+        moved.local = vec!["six".into()];
+        moved.requirements.clear();
+        assert_ne!(a, r.cache_key(&moved), "the list a line is in counts");
+        let other_index = Resolver {
+            index_url: Some("http://mirror/simple".into()),
+            ..r.clone()
+        };
+        assert_ne!(a, other_index.cache_key(&plan));
+        let other_image = Resolver {
+            image_id: "sha256:def".into(),
+            ..r.clone()
+        };
+        assert_ne!(a, other_image.cache_key(&plan), "another interpreter build");
+    }
+}
