@@ -59,7 +59,9 @@ async fn user_token_principal_and_confirmation_cache() {
     let es = TestKey::es256("k1");
     let s = supabase(&[&es]).await;
     let issuer = format!("{}/auth/v1", s.uri());
-    let tok = es.sign(&testkit::user_claims(&issuer, USER, "iac_admin", 3600));
+    let mut claims = testkit::user_claims(&issuer, USER, "iac_admin", 3600);
+    claims["app_metadata"] = json!({"provider": "email", "projects": ["demo", "shop"]});
+    let tok = es.sign(&claims);
     Mock::given(method("GET"))
         .and(path("/auth/v1/user"))
         .and(header("apikey", KEY))
@@ -75,6 +77,12 @@ async fn user_token_principal_and_confirmation_cache() {
         Some(format!("{USER}@example.test").as_str())
     );
     assert_eq!(p.method, "jwt ES256 (jwks) + supabase /auth/v1/user");
+    // The verified payload travels with the principal, for rules on claims.
+    assert_eq!(
+        p.claim("app_metadata.projects"),
+        Some(&json!(["demo", "shop"]))
+    );
+    assert_eq!(p.claim("sub"), Some(&json!(USER)));
     v.verify(&tok).await.unwrap();
     assert_eq!(
         user_hits(&s).await,
@@ -275,6 +283,7 @@ async fn opaque_secret_key_needs_no_upstream_and_forbidden_roles_still_apply() {
     let v = SupabaseVerifier::new(cfg(&s.uri())).unwrap();
     let p = v.verify(KEY).await.unwrap();
     assert_eq!(p.role, "service_role");
+    assert!(p.claims.is_empty(), "an opaque key has no claims");
     assert!(
         s.received_requests().await.unwrap().is_empty(),
         "sb_secret keys are not sent anywhere"

@@ -441,6 +441,83 @@ mod tests {
     }
 
     #[test]
+    fn serve_project_grants_are_read_checked_and_named_when_wrong() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "iac.toml",
+                r#"
+[serve]
+project_claim = "app_metadata.projects"
+auth_failure_limit = 5
+auth_failure_window = "30s"
+[serve.projects.demo]
+read = ["ops@example.test"]
+deploy = ["11111111-1111-4111-8111-111111111111"]
+[serve.projects."*"]
+read = ["audit@example.test"]
+"#,
+            )?;
+            let fig = IacConfig::figment(None, &CliOverrides::default()).unwrap();
+            IacConfig::check(&fig).map_err(|e| figment::Error::from(e.to_string()))?;
+            let c: IacConfig = fig.extract()?;
+            assert_eq!(c.serve.projects["demo"].read, vec!["ops@example.test"]);
+            assert_eq!(c.serve.projects["*"].deploy, Vec::<String>::new());
+            assert_eq!(c.serve.auth_failure_window, Duration::from_secs(30));
+            crate::api::AccessPolicy::from_config(&c.serve)
+                .map_err(|e| figment::Error::from(e.to_string()))?;
+            // `iac config show` prints it back in a form that reads back the same.
+            let shown = c.to_redacted_toml().unwrap();
+            jail.create_file("iac.toml", &shown)?;
+            let back: IacConfig = IacConfig::figment(None, &CliOverrides::default())
+                .unwrap()
+                .extract()?;
+            assert_eq!(back.serve, c.serve, "{shown}");
+
+            // A misspelt key inside a project table is named, with the right one.
+            let e = load_errors(jail, "[serve.projects.demo]\ndeploi = [\"a@b.test\"]\n");
+            assert!(
+                e.contains("`deploi` in [serve.projects.demo]")
+                    && e.contains("did you mean `deploy`"),
+                "{e}"
+            );
+            // A bad entry, project name or claim is named with what was expected.
+            jail.create_file(
+                "iac.toml",
+                r#"
+[serve]
+project_claim = "user_metadata.projects"
+[serve.projects.Demo]
+deploy = ["alice"]
+[serve.projects.shop]
+read = ["alice"]
+"#,
+            )?;
+            let c: IacConfig = IacConfig::figment(None, &CliOverrides::default())
+                .unwrap()
+                .extract()?;
+            let e = crate::api::AccessPolicy::from_config(&c.serve)
+                .unwrap_err()
+                .to_string();
+            for want in [
+                "[serve.projects.Demo]: \"Demo\" is not a project name",
+                "[serve.projects.shop] read[0] = \"alice\" is neither a user id nor an email address",
+                "[serve] project_claim = \"user_metadata.projects\"",
+            ] {
+                assert!(e.contains(want), "{want}: {e}");
+            }
+            // Not a list: the extraction names the key.
+            jail.create_file("iac.toml", "[serve.projects.demo]\ndeploy = \"a@b.test\"\n")?;
+            let e = IacConfig::figment(None, &CliOverrides::default())
+                .unwrap()
+                .extract::<IacConfig>()
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("deploy"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
     fn durations_are_humantime_strings_everywhere() {
         Jail::expect_with(|jail| {
             jail.create_file(

@@ -1,7 +1,9 @@
 //! The auth matrix end to end: real `SupabaseVerifier` in front of the real server, a mock
 //! Supabase (wiremock) serving a JWKS with an ES256 and an RS256 key (generated in memory),
 //! `/auth/v1/user` and an admin route. Every case is a real `POST /deploy` over TCP and checks
-//! the exact status: valid credentials → 202, everything else 401/403/503 and never 2xx.
+//! the exact status: valid credentials → 202, everything else 401/403/503 and never 2xx. The
+//! user `ADMIN_ID` is granted `deploy` on every project (`[serve.projects."*"]`), so a 403 here
+//! is always the verifier's (per-project authorization has its own tests in `api_access.rs`).
 
 mod api_support;
 
@@ -11,6 +13,7 @@ use std::time::Duration;
 use api_support::*;
 use iac_backends::auth::testkit::{self, TestKey};
 use iac_backends::auth::{Secret, SupabaseConfig, SupabaseVerifier};
+use iac_bin::api::ProjectGrant;
 use serde_json::json;
 use wiremock::matchers::{header, method, path, query_param};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -86,6 +89,20 @@ async fn deploy_status(srv: &Running, auth: Option<&str>) -> (u16, String) {
     (status, body)
 }
 
+/// A server whose `[serve.projects."*"]` lets `ADMIN_ID` deploy anywhere.
+async fn start_granting_admin(verifier: Arc<SupabaseVerifier>) -> Running {
+    start_with(Arc::new(FakeBackend::new()), verifier, |cfg| {
+        cfg.projects.insert(
+            "*".into(),
+            ProjectGrant {
+                deploy: vec![ADMIN_ID.into()],
+                ..ProjectGrant::default()
+            },
+        );
+    })
+    .await
+}
+
 fn rand_suffix() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..8].to_string()
 }
@@ -98,7 +115,7 @@ fn bearer(t: &str) -> String {
 async fn auth_matrix_against_mock_supabase() {
     let f = fixture().await;
     let verifier = Arc::new(SupabaseVerifier::new(config(&f.supabase.uri())).unwrap());
-    let srv = start(Arc::new(FakeBackend::new()), verifier).await;
+    let srv = start_granting_admin(verifier).await;
     let now = testkit::now();
 
     // --- accepted ---
@@ -341,7 +358,7 @@ async fn supabase_down_or_failing_is_503_never_2xx() {
 async fn jwks_key_rotation_is_picked_up() {
     let f = fixture().await;
     let verifier = Arc::new(SupabaseVerifier::new(config(&f.supabase.uri())).unwrap());
-    let srv = start(Arc::new(FakeBackend::new()), verifier).await;
+    let srv = start_granting_admin(verifier).await;
     // Prime the cache with the current JWKS.
     let old = f.es.sign(&testkit::user_claims(
         &f.issuer,

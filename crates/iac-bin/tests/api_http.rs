@@ -423,7 +423,7 @@ async fn auth_failures_map_to_401_403_503_and_health_is_open() {
         .unwrap();
     assert_eq!(h["status"], "ok");
     assert_eq!(h["engine"]["reachable"], true);
-    assert_eq!(h["engine"]["detail"], "20.10.0");
+    assert_eq!(h["engine"]["detail"], "answers");
     srv.shutdown().await.unwrap();
 }
 

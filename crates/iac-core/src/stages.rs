@@ -144,6 +144,22 @@ pub struct Principal {
     pub email: Option<String>,
     /// How it was verified, e.g. "jwt ES256 (jwks) + supabase /auth/v1/user".
     pub method: String,
+    /// Every claim of the verified token (a JWT's payload), for rules on claims such as
+    /// `app_metadata.projects`; empty for opaque keys and for callers not identified by a token.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub claims: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Principal {
+    /// The claim at a dotted path (`app_metadata.projects`), if the token carries it.
+    pub fn claim(&self, path: &str) -> Option<&serde_json::Value> {
+        let mut parts = path.split('.');
+        let mut v = self.claims.get(parts.next()?)?;
+        for part in parts {
+            v = v.as_object()?.get(part)?;
+        }
+        Some(v)
+    }
 }
 
 /// Verifies a bearer credential and authorizes it.
@@ -153,4 +169,34 @@ pub trait AuthVerifier: Send + Sync {
     /// The principal `bearer` (the token after `Bearer `) belongs to, if it verifies and is
     /// allowed; [`AuthError::status`] says which HTTP status a refusal is.
     async fn verify(&self, bearer: &str) -> Result<Principal, AuthError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_claim_is_found_by_its_dotted_path_and_only_there() {
+        let claims = serde_json::json!({
+            "sub": "u1",
+            "app_metadata": {"projects": ["demo"], "provider": "email"},
+            "flat.key": true,
+        });
+        let p = Principal {
+            subject: "u1".into(),
+            role: "authenticated".into(),
+            email: None,
+            method: "test".into(),
+            claims: claims.as_object().unwrap().clone(),
+        };
+        assert_eq!(
+            p.claim("app_metadata.projects"),
+            Some(&serde_json::json!(["demo"]))
+        );
+        assert_eq!(p.claim("sub"), Some(&serde_json::json!("u1")));
+        assert_eq!(p.claim("app_metadata.missing"), None);
+        assert_eq!(p.claim("sub.deeper"), None, "a string has no fields");
+        assert_eq!(p.claim("flat.key"), None, "a dot always means nesting");
+        assert_eq!(p.claim(""), None);
+    }
 }

@@ -92,7 +92,7 @@ impl ApiError {
             403 => tonic::Code::PermissionDenied,
             404 => tonic::Code::NotFound,
             409 => tonic::Code::Aborted,
-            413 => tonic::Code::ResourceExhausted,
+            413 | 429 => tonic::Code::ResourceExhausted,
             502..=504 => tonic::Code::Unavailable,
             _ => tonic::Code::Internal,
         };

@@ -2,10 +2,13 @@
 //! same listeners as the HTTP API (axum routes `/iac.controlplane.v1.ControlPlane/*` to tonic;
 //! HTTP/2 cleartext, prior knowledge). Authentication is the HTTP middleware's: metadata
 //! `authorization: Bearer <token>` on TCP, peer uid on the Unix socket; `HealthCheck` is open
-//! like `GET /health`, failures come back as `UNAUTHENTICATED`/`PERMISSION_DENIED`/`UNAVAILABLE`.
+//! like `GET /health`, failures come back as `UNAUTHENTICATED`/`PERMISSION_DENIED`/`UNAVAILABLE`
+//! (`RESOURCE_EXHAUSTED` past the failed-authentication limit). Authorization is
+//! [`super::authz`]'s, as on HTTP: `Deploy` needs `deploy` on its project, `StreamLogs` `read`
+//! on the default project (`PERMISSION_DENIED` otherwise).
 //!
 //! * `HealthCheck`: liveness of the control plane itself (always SERVING while it answers; the
-//!   detail names the engine's reachability).
+//!   detail names the engine's reachability, never a version).
 //! * `Deploy`: the same path as `POST /deploy` (validation, 409 → `ABORTED`, the deployment
 //!   store) but answers once, with the result, when the deploy has finished.
 //! * `StreamLogs`: proxied to the service's agent through [`super::ControlPlaneBackend::logs`],
@@ -21,6 +24,7 @@ use iac_proto::{
 };
 use tonic::{Request, Response, Status};
 
+use super::authz::{Action, Caller};
 use super::deployments::StreamItem;
 use super::schema;
 use super::state::{AppState, validate_deploy};
@@ -34,6 +38,16 @@ impl GrpcControlPlane {
     pub(crate) fn new(st: AppState) -> Self {
         GrpcControlPlane { st }
     }
+}
+
+/// The [`Caller`] the authentication middleware attached (the HTTP request's extensions reach
+/// tonic's request unchanged).
+fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| Status::internal("request reached the service without authentication"))
 }
 
 fn health_to_proto(h: &HealthReport) -> HealthStatus {
@@ -69,14 +83,14 @@ impl ControlPlane for GrpcControlPlane {
         )
         .await
         {
-            Ok(Ok(v)) => format!("engine reachable ({v})"),
+            Ok(Ok(_version)) => "engine reachable".to_string(),
             Ok(Err(e)) => format!("engine unreachable: {e}"),
             Err(_) => "engine unreachable: no answer in time".to_string(),
         };
         Ok(Response::new(HealthStatus {
             status: ProtoStatus::Serving as i32,
             exit_code: None,
-            detail: format!("iac control plane {}; {engine}", env!("CARGO_PKG_VERSION")),
+            detail: format!("iac control plane serving; {engine}"),
             ..HealthStatus::default()
         }))
     }
@@ -87,10 +101,15 @@ impl ControlPlane for GrpcControlPlane {
         &self,
         request: Request<LogRequest>,
     ) -> Result<Response<Self::StreamLogsStream>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
         let service = ServiceName::new(&req.service)
             .map_err(|e| Status::invalid_argument(format!("service: {e}")))?;
         let project = self.st.backend.default_project();
+        self.st
+            .access
+            .check(&caller, &project, Action::Read)
+            .map_err(|e| e.to_grpc())?;
         let stream = self
             .st
             .backend
@@ -122,6 +141,7 @@ impl ControlPlane for GrpcControlPlane {
         &self,
         request: Request<DeployRequest>,
     ) -> Result<Response<DeployResult>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
         let body = schema::DeployRequest {
             slugs: Some(
@@ -133,7 +153,7 @@ impl ControlPlane for GrpcControlPlane {
             services: None,
             project: Some(req.project).filter(|p| !p.is_empty()),
         };
-        let input = validate_deploy(&self.st, body).map_err(|e| e.to_grpc())?;
+        let input = validate_deploy(&self.st, &caller, body).map_err(|e| e.to_grpc())?;
         let (id, mut rx) = self
             .st
             .deployments

@@ -14,25 +14,29 @@
 //! # }
 //! ```
 //!
-//! Routes, auth and behaviour: see [`routes`] (auth rules, OpenAPI), [`deployments`] (streams,
-//! 409, the in-memory store), [`error`] (the one error shape), [`listen`] (socket safety, peer
-//! uid) and [`grpc`]; [`state`] holds what the two transports share (handler state, deploy-request
-//! validation).
+//! Routes, auth and behaviour: see [`routes`] (authentication, OpenAPI), [`authz`] (who may
+//! read, deploy to and destroy which project), [`ratelimit`] (the failed-authentication limit),
+//! [`deployments`] (streams, 409, the in-memory store), [`error`] (the one error shape),
+//! [`listen`] (socket safety, peer uid) and [`grpc`]; [`state`] holds what the two transports
+//! share (handler state, deploy-request validation).
 //!
 //! Shutdown: when the `shutdown` future completes, both listeners stop accepting, idle
 //! connections close, `follow` log streams end, and in-flight requests — deploy streams
 //! included — run to completion; running deploys (even those whose client went away) are
 //! awaited; all bounded by `shutdown_timeout`. The socket file is removed if it is still ours.
 
+pub mod authz;
 pub mod backend;
 pub mod deployments;
 pub mod error;
 pub mod grpc;
 pub mod listen;
+pub mod ratelimit;
 pub mod routes;
 pub mod schema;
 pub mod state;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -45,6 +49,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
 
+pub use authz::{AccessPolicy, Action, Caller, PolicyError, ProjectGrant};
 #[cfg(any(test, feature = "mocks"))]
 pub use backend::MockControlPlaneBackend;
 pub use backend::{ControlPlaneBackend, DeployInput, LogStream, ServiceStatus};
@@ -93,6 +98,21 @@ pub struct ServeConfig {
     /// Longest wait for in-flight requests and deploys at shutdown.
     #[serde(with = "iac_core::duration")]
     pub shutdown_timeout: Duration,
+    /// Failed authentications one client (IP address, IPv6 /64, socket uid) may have within
+    /// `auth_failure_window`; the next request gets 429 with `Retry-After` for one window
+    /// ([`ratelimit`]). 0 turns the limit off (e.g. behind a proxy that makes every client one
+    /// address).
+    pub auth_failure_limit: u32,
+    /// The window of `auth_failure_limit`, and how long a client over it waits.
+    #[serde(with = "iac_core::duration")]
+    pub auth_failure_window: Duration,
+    /// A token claim (dotted path, e.g. `"app_metadata.projects"`) listing the projects its
+    /// user may deploy to (and so read and destroy); see [`authz`]. Unset: claims grant nothing.
+    pub project_claim: Option<String>,
+    /// `[serve.projects.<name>]`: who may read, deploy to and destroy each project (`"*"`: every
+    /// project); see [`authz`]. Nothing here: only the operator (the Unix socket) and
+    /// service-role keys reach any project.
+    pub projects: BTreeMap<String, ProjectGrant>,
 }
 
 impl Default for ServeConfig {
@@ -111,6 +131,10 @@ impl Default for ServeConfig {
             deploy_deadline: Duration::from_secs(30 * 60),
             engine_ping_timeout: Duration::from_secs(3),
             shutdown_timeout: Duration::from_secs(600),
+            auth_failure_limit: 10,
+            auth_failure_window: Duration::from_secs(60),
+            project_claim: None,
+            projects: BTreeMap::new(),
         }
     }
 }
@@ -139,6 +163,7 @@ impl Server {
                 "serve: both listeners are disabled (http_enabled = false, uds_enabled = false); enable at least one"
             );
         }
+        let access = Arc::new(AccessPolicy::from_config(&cfg)?);
         let cfg = Arc::new(cfg);
         let tcp = if cfg.http_enabled {
             Some(
@@ -167,6 +192,7 @@ impl Server {
         let router = routes::router(
             backend,
             auth,
+            access,
             deployments.clone(),
             cfg.clone(),
             shutdown.clone(),

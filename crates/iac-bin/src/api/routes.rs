@@ -2,18 +2,28 @@
 //! document is generated from the very routes the router serves), the authentication middleware
 //! and `router`, which assembles routes + gRPC + layers.
 //!
-//! Authentication (middleware `authenticate`):
+//! Authentication (middleware `authenticate`), which attaches a [`Caller`] to the request:
 //! * TCP: `Authorization: Bearer <token>` checked by the [`AuthVerifier`]; `GET /health`,
-//!   `GET /openapi.json` and gRPC `HealthCheck` are open (liveness and discovery).
+//!   `GET /openapi.json` and gRPC `HealthCheck` are open (liveness and discovery; they name no
+//!   version of anything).
 //! * Unix socket: the peer's uid (from `SO_PEERCRED`) must equal the server's uid; no token is
 //!   needed or looked at. Filesystem permissions (0600) already keep other users out; the uid
 //!   check also covers a socket whose mode was loosened, or root-owned clients of a non-root
-//!   server. Requests from any other uid get 403, on every route.
+//!   server. Requests from any other uid get 403, on every route. The socket's peer is the
+//!   operator, who may use every project.
+//! * A client over `[serve] auth_failure_limit` failures gets 429 with `Retry-After`
+//!   ([`super::ratelimit`]) before its credential is looked at.
+//!
+//! Authorization: each handler checks the [`Caller`] against the project it touches
+//! ([`super::authz`]): 403 `project_forbidden` for a deploy, destroy, service listing, log
+//! stream or deployment record of a project the caller may not use; `GET /deployments` lists
+//! only the projects the caller may read.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::Extension;
 use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
@@ -31,10 +41,12 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::ServeConfig;
+use super::authz::{AccessPolicy, Action, Caller};
 use super::backend::{ControlPlaneBackend, ServiceStatus};
 use super::deployments::{DeploymentRecord, DeploymentSummary, Deployments};
 use super::error::{AllowTable, ApiError, ErrorBody, ErrorResponse, json_errors};
 use super::listen::{Peer, check_peer_uid};
+use super::ratelimit::{ClientKey, FailureLimiter};
 use super::schema::*;
 use super::state::{AppState, project_or_default, validate_deploy};
 
@@ -42,6 +54,9 @@ use super::state::{AppState, project_or_default, validate_deploy};
 pub const GRPC_HEALTH_PATH: &str = "/iac.controlplane.v1.ControlPlane/HealthCheck";
 /// Prefix of every gRPC method of the control plane.
 pub const GRPC_PREFIX: &str = "/iac.controlplane.v1.ControlPlane/";
+
+/// The documented 429 of every authenticated route.
+const TOO_MANY: &str = "This client failed authentication `[serve] auth_failure_limit` times within `auth_failure_window`; `Retry-After` says when to try again (`too_many_auth_failures`)";
 
 #[derive(OpenApi)]
 #[openapi(
@@ -113,6 +128,7 @@ fn document(doc: &utoipa::openapi::OpenApi) -> serde_json::Value {
 pub(crate) fn router(
     backend: Arc<dyn ControlPlaneBackend>,
     auth: Arc<dyn AuthVerifier>,
+    access: Arc<AccessPolicy>,
     deployments: Deployments,
     cfg: Arc<ServeConfig>,
     shutdown: CancellationToken,
@@ -128,6 +144,11 @@ pub(crate) fn router(
         shutdown,
         server_uid: super::listen::current_uid(),
         started: Instant::now(),
+        access,
+        failures: Arc::new(FailureLimiter::new(
+            cfg.auth_failure_limit,
+            cfg.auth_failure_window,
+        )),
     };
     let grpc =
         iac_proto::ControlPlaneServer::new(super::grpc::GrpcControlPlane::new(state.clone()))
@@ -170,7 +191,8 @@ fn reject(e: ApiError, grpc: bool) -> Response {
     }
 }
 
-/// Authenticates every request except the open ones; see the module docs.
+/// Authenticates every request except the open ones and attaches its [`Caller`]; see the
+/// module docs.
 pub(crate) async fn authenticate(
     State(st): State<AppState>,
     mut req: Request,
@@ -183,38 +205,55 @@ pub(crate) async fn authenticate(
         .map(|c| c.0.clone());
     let path = req.uri().path();
     let open = path == "/health" || path == "/openapi.json" || path == GRPC_HEALTH_PATH;
-    let principal = match peer {
-        Some(Peer::Unix { uid, pid, .. }) => match check_peer_uid(uid, st.server_uid) {
-            Ok(()) => Principal {
-                subject: format!("uid:{}", st.server_uid),
-                role: "local".to_string(),
-                email: None,
-                method: format!(
-                    "unix socket peer uid (pid {})",
-                    pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into())
-                ),
-            },
-            Err(why) => {
-                tracing::warn!(peer_uid = ?uid, peer_pid = ?pid, "unix socket request refused: {why}");
-                return reject(ApiError::new(403, "forbidden", why), grpc);
+    let caller = match peer {
+        Some(Peer::Unix { uid, pid, .. }) => {
+            let key = ClientKey::Uid(uid);
+            if let Some(wait) = st.failures.blocked(&key, Instant::now()) {
+                tracing::warn!(peer_uid = ?uid, peer_pid = ?pid, "unix socket request refused: too many failures");
+                return too_many_failures(&st.failures, wait, grpc);
             }
-        },
+            match check_peer_uid(uid, st.server_uid) {
+                Ok(()) => Caller::Operator(Principal {
+                    subject: format!("uid:{}", st.server_uid),
+                    role: "local".to_string(),
+                    email: None,
+                    method: format!(
+                        "unix socket peer uid (pid {})",
+                        pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into())
+                    ),
+                    claims: Default::default(),
+                }),
+                Err(why) => {
+                    st.failures.failed(key, Instant::now());
+                    tracing::warn!(peer_uid = ?uid, peer_pid = ?pid, "unix socket request refused: {why}");
+                    return reject(ApiError::new(403, "forbidden", why), grpc);
+                }
+            }
+        }
         Some(Peer::Tcp(addr)) => {
             if open {
                 return next.run(req).await;
             }
-            match bearer(req.headers()) {
+            let key = ClientKey::of_ip(addr.ip());
+            if let Some(wait) = st.failures.blocked(&key, Instant::now()) {
+                tracing::info!(peer = %addr, path, "request refused: too many failed authentications");
+                return too_many_failures(&st.failures, wait, grpc);
+            }
+            let verified = match bearer(req.headers()) {
+                Ok(token) => st.auth.verify(&token).await,
+                Err(e) => Err(e),
+            };
+            match verified {
+                Ok(p) => Caller::Token(p),
                 Err(e) => {
+                    if !matches!(e, AuthError::Unavailable(_))
+                        && st.failures.failed(key, Instant::now()).is_some()
+                    {
+                        tracing::warn!(peer = %addr, "too many failed authentications: refusing this client for auth_failure_window");
+                    }
                     tracing::info!(peer = %addr, path, reason = %e, "request refused");
                     return reject(e.into(), grpc);
                 }
-                Ok(token) => match st.auth.verify(&token).await {
-                    Ok(p) => p,
-                    Err(e) => {
-                        tracing::info!(peer = %addr, path, reason = %e, "request refused");
-                        return reject(e.into(), grpc);
-                    }
-                },
             }
         }
         None => {
@@ -224,8 +263,30 @@ pub(crate) async fn authenticate(
             );
         }
     };
-    req.extensions_mut().insert(principal);
+    req.extensions_mut().insert(caller);
     next.run(req).await
+}
+
+/// 429 with `Retry-After` (whole seconds, rounded up) for a client over the failure limit.
+fn too_many_failures(limiter: &FailureLimiter, wait: Duration, grpc: bool) -> Response {
+    let (limit, window) = limiter.limits();
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let mut resp = reject(
+        ApiError::new(
+            429,
+            "too_many_auth_failures",
+            format!(
+                "this client failed authentication {limit} times within {}; retry in {secs} s",
+                humantime::format_duration(window)
+            ),
+        ),
+        grpc,
+    );
+    resp.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from_str(&secs.to_string()).expect("digits are a header value"),
+    );
+    resp
 }
 
 /// The bearer token of `Authorization`, or why there is none. The token is never logged.
@@ -258,15 +319,16 @@ fn bearer(headers: &HeaderMap) -> Result<String, AuthError> {
     Ok(token.to_string())
 }
 
-/// Liveness of the control plane and reachability of the container engine.
+/// Liveness of the control plane and reachability of the container engine. Open to everyone, so
+/// it names no version (of iac or of the engine).
 #[utoipa::path(get, path = "/health", tag = "system",
     responses((status = 200, description = "The server is alive; `status` says whether the engine answers", body = HealthResponse)))]
 async fn health(State(st): State<AppState>) -> Json<HealthResponse> {
     let engine =
         match tokio::time::timeout(st.cfg.engine_ping_timeout, st.backend.engine_ping()).await {
-            Ok(Ok(v)) => EngineHealth {
+            Ok(Ok(_version)) => EngineHealth {
                 reachable: true,
-                detail: v,
+                detail: "answers".to_string(),
             },
             Ok(Err(e)) => EngineHealth {
                 reachable: false,
@@ -282,7 +344,6 @@ async fn health(State(st): State<AppState>) -> Json<HealthResponse> {
         };
     Json(HealthResponse {
         status: if engine.reachable { "ok" } else { "degraded" }.to_string(),
-        version: env!("CARGO_PKG_VERSION").to_string(),
         uptime_secs: st.started.elapsed().as_secs(),
         engine,
         running_deployments: st.deployments.running(),
@@ -309,20 +370,22 @@ async fn openapi_json(State(st): State<AppState>) -> Json<serde_json::Value> {
             content((StreamItemSchema = "application/x-ndjson"), (StreamItemSchema = "text/event-stream"))),
         (status = 400, description = "Body is not JSON", body = ErrorResponse),
         (status = 401, description = "Missing or invalid credentials", body = ErrorResponse),
-        (status = 403, description = "Authenticated but not allowed, or a `path:`/`git+file:` slug while `[serve] allow_local_sources` is off (`local_source_refused`), or an `expose` address that is not loopback (`public_expose_refused`)", body = ErrorResponse),
+        (status = 403, description = "Authenticated but not allowed: not granted `deploy` on the project (`project_forbidden`), a `path:`/`git+file:` slug while `[serve] allow_local_sources` is off (`local_source_refused`), or an `expose` address that is not loopback (`public_expose_refused`)", body = ErrorResponse),
         (status = 409, description = "A deploy/destroy of this project is running (`conflict`), or two services of the request have the same name (`duplicate_service_name`)", body = ErrorResponse),
         (status = 413, description = "Body larger than max_body_bytes", body = ErrorResponse),
         (status = 415, description = "Content-Type is not application/json", body = ErrorResponse),
         (status = 422, description = "Body does not validate", body = ErrorResponse),
+        (status = 429, description = TOO_MANY, body = ErrorResponse),
         (status = 503, description = "Auth provider unreachable, or `max_deployments` deploys are all running", body = ErrorResponse),
     ))]
 async fn deploy(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     Json(req): Json<serde_json::Value>,
 ) -> Result<Response, ApiError> {
     let req: DeployRequest = json_object(req, false)?.unwrap_or_default();
-    let input = validate_deploy(&st, req)?;
+    let input = validate_deploy(&st, &caller, req)?;
     let (id, rx) = st.deployments.start(st.backend.clone(), input, "http")?;
     let sse = headers
         .get(header::ACCEPT)
@@ -395,11 +458,18 @@ fn ndjson_line<T: serde::Serialize>(v: &T) -> Bytes {
     Bytes::from(b)
 }
 
-/// Recent deployments, newest first (kept in memory, bounded by max_deployments).
+/// Recent deployments of the projects the caller may read, newest first (kept in memory,
+/// bounded by max_deployments).
 #[utoipa::path(get, path = "/deployments", tag = "deploy", security(("bearer" = [])),
-    responses((status = 200, body = Vec<DeploymentSummarySchema>), (status = 401, body = ErrorResponse)))]
-async fn list_deployments(State(st): State<AppState>) -> Json<Vec<DeploymentSummary>> {
-    Json(st.deployments.list())
+    responses((status = 200, body = Vec<DeploymentSummarySchema>), (status = 401, body = ErrorResponse),
+        (status = 429, description = TOO_MANY, body = ErrorResponse)))]
+async fn list_deployments(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Json<Vec<DeploymentSummary>> {
+    let mut list = st.deployments.list();
+    list.retain(|d| st.access.allows(&caller, &d.project, Action::Read));
+    Json(list)
 }
 
 /// A deployment's status, events and report — while it runs and after its stream ended.
@@ -409,16 +479,28 @@ async fn list_deployments(State(st): State<AppState>) -> Json<Vec<DeploymentSumm
         (status = 200, body = DeploymentSchema),
         (status = 400, description = "id is not a UUID", body = ErrorResponse),
         (status = 401, body = ErrorResponse),
-        (status = 404, description = "Unknown (or evicted) deployment", body = ErrorResponse)))]
+        (status = 403, description = "The deployment belongs to a project the caller may not read (`project_forbidden`)", body = ErrorResponse),
+        (status = 404, description = "Unknown (or evicted) deployment", body = ErrorResponse),
+        (status = 429, description = TOO_MANY, body = ErrorResponse)))]
 async fn get_deployment(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<Uuid>,
 ) -> Result<Json<DeploymentRecord>, ApiError> {
-    st.deployments.get(&id).map(Json).ok_or_else(|| {
+    let record = st.deployments.get(&id).ok_or_else(|| {
         ApiError::not_found(format!(
             "no deployment {id} (unknown, or evicted from the in-memory store)"
         ))
-    })
+    })?;
+    if !st.access.allows(&caller, &record.project, Action::Read) {
+        // The project is not named: the caller may not learn it.
+        return Err(ApiError::new(
+            403,
+            "project_forbidden",
+            format!("deployment {id} belongs to a project you may not read"),
+        ));
+    }
+    Ok(Json(record))
 }
 
 /// Running services of the project, each freshly health-checked through its Envoy.
@@ -426,14 +508,18 @@ async fn get_deployment(
     responses((status = 200, body = Vec<ServiceStatusSchema>),
         (status = 400, description = "An unknown or malformed query parameter", body = ErrorResponse),
         (status = 401, body = ErrorResponse),
+        (status = 403, description = "The caller may not read the project (`project_forbidden`)", body = ErrorResponse),
         (status = 422, description = "`project` is not a DNS label", body = ErrorResponse),
+        (status = 429, description = TOO_MANY, body = ErrorResponse),
         (status = 502, description = "The engine failed the request", body = ErrorResponse),
         (status = 503, description = "The container engine is unreachable", body = ErrorResponse)))]
 async fn list_services(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Query(q): Query<ProjectQuery>,
 ) -> Result<Json<Vec<ServiceStatus>>, ApiError> {
     let project = project_or_default(&st, q.project.as_deref())?;
+    st.access.check(&caller, &project, Action::Read)?;
     Ok(Json(st.backend.services(project).await?))
 }
 
@@ -444,18 +530,23 @@ async fn list_services(
     responses(
         (status = 200, description = "NDJSON log lines", content_type = "application/x-ndjson", body = LogLineSchema),
         (status = 400, description = "An unknown or malformed query parameter", body = ErrorResponse),
-        (status = 401, body = ErrorResponse), (status = 404, description = "The service is not running", body = ErrorResponse),
+        (status = 401, body = ErrorResponse),
+        (status = 403, description = "The caller may not read the project (`project_forbidden`)", body = ErrorResponse),
+        (status = 404, description = "The service is not running", body = ErrorResponse),
         (status = 422, description = "A name or query parameter is invalid", body = ErrorResponse),
+        (status = 429, description = TOO_MANY, body = ErrorResponse),
         (status = 502, description = "The service's Envoy or agent failed the request", body = ErrorResponse),
         (status = 503, description = "The container engine is unreachable", body = ErrorResponse)))]
 async fn service_logs(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     Query(q): Query<LogsQuery>,
 ) -> Result<Response, ApiError> {
     let service =
         ServiceName::new(&name).map_err(|e| ApiError::unprocessable(format!("service: {e}")))?;
     let project = project_or_default(&st, q.project.as_deref())?;
+    st.access.check(&caller, &project, Action::Read)?;
     let query = LogQuery {
         follow: q.follow.unwrap_or(false),
         tail: q.tail.unwrap_or(0),
@@ -490,14 +581,18 @@ async fn service_logs(
 #[utoipa::path(post, path = "/destroy", tag = "deploy", security(("bearer" = [])), request_body(content = Option<DestroyRequest>),
     responses((status = 200, body = DestroyResponse),
         (status = 400, description = "Body is not JSON", body = ErrorResponse),
-        (status = 401, body = ErrorResponse), (status = 409, body = ErrorResponse),
+        (status = 401, body = ErrorResponse),
+        (status = 403, description = "The caller may not deploy to (so not destroy) the project (`project_forbidden`)", body = ErrorResponse),
+        (status = 409, body = ErrorResponse),
         (status = 413, description = "Body larger than max_body_bytes", body = ErrorResponse),
         (status = 415, description = "Content-Type is not application/json", body = ErrorResponse),
         (status = 422, body = ErrorResponse),
+        (status = 429, description = TOO_MANY, body = ErrorResponse),
         (status = 502, description = "The engine failed the request", body = ErrorResponse),
         (status = 503, description = "The container engine is unreachable", body = ErrorResponse)))]
 async fn destroy(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     body: Option<Json<serde_json::Value>>,
 ) -> Result<Json<DestroyResponse>, ApiError> {
     // No body, `null` and `{}` all mean "the default project".
@@ -506,6 +601,7 @@ async fn destroy(
         None => DestroyRequest::default(),
     };
     let project = project_or_default(&st, req.project.as_deref())?;
+    st.access.check(&caller, &project, Action::Destroy)?;
     let guard = st.deployments.reserve(&project, "a destroy")?;
     // Spawned (and tracked) so a client hanging up does not abort a half-done destroy.
     let backend = st.backend.clone();

@@ -246,12 +246,11 @@ pub struct LogsQuery {
 }
 
 /// `GET /health` answer. Always 200 while the process serves: `status` is `ok`, or `degraded`
-/// when the container engine does not answer.
+/// when the container engine does not answer. Open to everyone, so it names no version.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct HealthResponse {
     /// `ok` or `degraded`.
     pub status: String,
-    pub version: String,
     pub uptime_secs: u64,
     pub engine: EngineHealth,
     /// Deploys running now.
@@ -261,7 +260,7 @@ pub struct HealthResponse {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct EngineHealth {
     pub reachable: bool,
-    /// Engine version, or why it is unreachable.
+    /// `answers`, or why the engine is unreachable (never its version).
     pub detail: String,
 }
 

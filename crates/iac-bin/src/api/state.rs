@@ -1,6 +1,7 @@
 //! What the admin API's HTTP routes and gRPC service share: the handler state [`AppState`] and the
-//! validation of a deploy request (`validate_deploy`: one project, unique names, the slug
-//! policy, the service limit), so neither transport depends on the other.
+//! validation of a deploy request (`validate_deploy`: the caller's grant on the project, one
+//! project, unique names, the slug policy, the service limit), so neither transport depends on
+//! the other.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,9 +10,11 @@ use iac_core::{AuthVerifier, Expose, ProjectName, ServiceName, ServiceSpec, Slug
 use tokio_util::sync::CancellationToken;
 
 use super::ServeConfig;
+use super::authz::{AccessPolicy, Action, Caller};
 use super::backend::{ControlPlaneBackend, DeployInput};
 use super::deployments::Deployments;
 use super::error::ApiError;
+use super::ratelimit::FailureLimiter;
 use super::schema::DeployRequest;
 
 /// Everything a handler needs.
@@ -27,6 +30,10 @@ pub struct AppState {
     pub(crate) shutdown: CancellationToken,
     pub(crate) server_uid: u32,
     pub(crate) started: Instant,
+    /// Who may do what to which project (`[serve.projects]`, `project_claim`).
+    pub(crate) access: Arc<AccessPolicy>,
+    /// Failed authentications per client (`auth_failure_limit`).
+    pub(crate) failures: Arc<FailureLimiter>,
 }
 
 /// `project` as the document describes it ([`super::schema::PROJECT_PATTERN`]): absent or empty → the
@@ -60,9 +67,16 @@ fn check_unique_names<'a>(names: impl Iterator<Item = &'a str>) -> Result<(), Ap
     Ok(())
 }
 
-/// Checks a deploy request as the document describes it and turns it into the backend's input.
-pub(crate) fn validate_deploy(st: &AppState, req: DeployRequest) -> Result<DeployInput, ApiError> {
+/// Checks that `caller` may deploy to the request's project (403 first, before anything else
+/// is looked at), then the request as the document describes it, and turns it into the
+/// backend's input.
+pub(crate) fn validate_deploy(
+    st: &AppState,
+    caller: &Caller,
+    req: DeployRequest,
+) -> Result<DeployInput, ApiError> {
     let project = project_or_default(st, req.project.as_deref())?;
+    st.access.check(caller, &project, Action::Deploy)?;
     if let Some(slugs) = &req.slugs {
         check_unique_names(slugs.iter().filter_map(|v| v.get("name")?.as_str()))?;
     }

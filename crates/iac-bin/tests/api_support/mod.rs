@@ -153,6 +153,7 @@ impl AuthVerifier for StaticVerifier {
                 role: "service_role".into(),
                 email: None,
                 method: "static".into(),
+                claims: Default::default(),
             }),
             "forbidden" => Err(AuthError::Forbidden(
                 "role \"authenticated\" is not allowed".into(),
@@ -182,11 +183,14 @@ impl Running {
     }
 }
 
+/// The server config of the tests. The failed-authentication limit is off: the auth matrices
+/// send many bad credentials from 127.0.0.1 on purpose; the tests of the limit set their own.
 pub fn test_config(dir: &Path) -> ServeConfig {
     ServeConfig {
         http_addr: "127.0.0.1:0".parse().unwrap(),
         uds_path: Some(dir.join("iac_wrapper.sock")),
         max_body_bytes: 64 * 1024,
+        auth_failure_limit: 0,
         ..ServeConfig::default()
     }
 }

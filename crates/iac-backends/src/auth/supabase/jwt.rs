@@ -1,5 +1,6 @@
 //! Local JWT verification: the JOSE header read without trusting it, the key chosen by `kid`
-//! (JWKS) or the HS256 secret, signature and claims (`exp`, `nbf`, `aud`, `iss`) checked.
+//! (JWKS) or the HS256 secret, signature and claims (`exp`, `nbf`, `aud`, `iss`) checked; the
+//! verified payload travels on in [`Principal::claims`] for rules on claims.
 
 use base64::Engine as _;
 use iac_core::{AuthError, Principal};
@@ -159,8 +160,12 @@ impl SupabaseVerifier {
         } else {
             v.set_audience(&self.cfg.audiences);
         }
-        let data = jsonwebtoken::decode::<Claims>(token, &key, &v).map_err(map_jwt_error)?;
-        let c = data.claims;
+        let data =
+            jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, &key, &v)
+                .map_err(map_jwt_error)?;
+        let all = data.claims;
+        let c: Claims = serde_json::from_value(serde_json::Value::Object(all.clone()))
+            .map_err(|_| AuthError::Malformed("JWT claims have the wrong types".into()))?;
         let role = c
             .role
             .filter(|r| !r.is_empty())
@@ -185,6 +190,7 @@ impl SupabaseVerifier {
             role,
             email: c.email,
             method: how,
+            claims: all,
         };
         Ok((principal, has_sub, c.exp))
     }

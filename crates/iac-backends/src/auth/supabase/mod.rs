@@ -168,6 +168,7 @@ impl SupabaseVerifier {
             role: "service_role".to_string(),
             email: None,
             method: method.to_string(),
+            claims: serde_json::Map::new(),
         }
     }
 
