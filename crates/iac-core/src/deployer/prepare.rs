@@ -140,13 +140,7 @@ impl Deployer {
             format!("{} → {:?} ({})", entry.rule, entry.argv, entry.why),
         );
         report.entry = Some(entry.clone());
-        let build = BuildSpec {
-            project: self.opts.project.clone(),
-            service: spec.name.clone(),
-            source,
-            entry: entry.clone(),
-            env: spec.env.clone(),
-        };
+        let build = BuildSpec::for_service(&self.opts.project, &spec, source, entry.clone());
         let image = match mode {
             Mode::Build => stage!(Stage::Build, self.stages.builder.build(&build, &ev).await),
             Mode::PlanOnly => stage!(Stage::Build, self.stages.builder.planned(&build)),
