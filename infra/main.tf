@@ -104,10 +104,13 @@ resource "docker_container" "envoy" {
 resource "docker_container" "app" {
   for_each = var.services
 
-  name         = each.value.app.name
-  image        = docker_image.this[each.value.app.image].image_id
-  command      = length(each.value.app.command) > 0 ? each.value.app.command : null
-  env          = [for k, v in each.value.app.env : "${k}=${v}"]
+  name    = each.value.app.name
+  image   = docker_image.this[each.value.app.image].image_id
+  command = length(each.value.app.command) > 0 ? each.value.app.command : null
+  # The service's env (repos file, API) may hold secrets: sensitive, so `terraform plan`/`apply`
+  # print "(sensitive value)" instead of it. (terraform.tfvars.json and the state still hold it;
+  # iac keeps both in a 0700 work directory.)
+  env          = sensitive([for k, v in each.value.app.env : "${k}=${v}"])
   stop_timeout = each.value.app.stop_timeout
   restart      = each.value.app.restart
   must_run     = true

@@ -36,8 +36,9 @@ use iac_core::stack::{
 use serde_json::{Value, json};
 
 /// The port the agent's standard gRPC health service listens on inside the pod (the kubelet's
-/// readiness probe target; Istio uses the same number for its health port).
-pub const HEALTH_PORT: u16 = 15021;
+/// readiness probe target; Istio uses the same number for its health port). Reserved: no app
+/// port may be this one ([`iac_core::MeshPorts::reserved`]).
+pub const HEALTH_PORT: u16 = iac_core::mesh::HEALTH_PROBE_PORT;
 
 /// Choices the stack does not make.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -184,7 +184,6 @@ fn spec(project: &str, service: &str, dir: &Path, digest: &str, argv: &[&str]) -
             why: "root main.py".into(),
             ..Default::default()
         },
-        env: BTreeMap::from([("GREETING".to_string(), "hi $there".to_string())]),
     }
 }
 
@@ -280,7 +279,7 @@ async fn builds_python_app_reuses_it_and_rebuilds_on_change() {
     std::fs::write(src.join(".git/HEAD"), "ref: refs/heads/main\n").unwrap();
     std::fs::write(
         src.join("main.py"),
-        "import os\nprint('hello from the fixture', os.environ['GREETING'])\n",
+        "import os\nprint('hello from the fixture', os.environ.get('GREETING', '(no GREETING)'))\n",
     )
     .unwrap();
     let project = format!("p{test}");
@@ -394,8 +393,8 @@ async fn builds_python_app_reuses_it_and_rebuilds_on_change() {
     let ran = run_in(&built.tag, &test, &["python", "/app/main.py"]);
     assert_eq!(
         ran.trim(),
-        "hello from the fixture hi $there",
-        "env baked literally, $ not expanded"
+        "hello from the fixture (no GREETING)",
+        "the image carries no service env (the container gets it at creation)"
     );
     let sdk = run_in(
         &built.tag,
@@ -448,7 +447,10 @@ async fn builds_python_app_reuses_it_and_rebuilds_on_change() {
             "hello from the fixture",
             Duration::from_secs(30),
         );
-        assert!(logs.contains("hello from the fixture hi $there"), "{logs}");
+        assert!(
+            logs.contains("hello from the fixture (no GREETING)"),
+            "{logs}"
+        );
     } else {
         eprintln!(
             "note: stand-in agent {}; the image's CMD is not run",
@@ -1371,4 +1373,135 @@ async fn a_missing_python_base_image_is_made_on_demand_once_and_used() {
     py313.source.digest = "sha256:py313-b".into();
     builder.build(&py313, &Events::discard()).await.unwrap();
     assert_eq!(maker.calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+/// A secret in a service's `env` (the repos file; the API parses the same way) never reaches
+/// the image: not `Config.Env`, not a label, not a history line. The image is the same with or
+/// without it (env changes do not rebuild), and the app container the plan creates — the same
+/// create body the docker provisioner sends — does carry it.
+#[tokio::test]
+async fn a_services_env_secret_is_in_the_container_never_in_the_image() {
+    let Some(docker) = engine().await else { return };
+    let test = test_id();
+    let _cleanup = Cleanup { id: test.clone() };
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("main.py"), "print('vault')\n").unwrap();
+    let secret = format!("s3cret-{test}");
+    let repos = format!(
+        "- slug: path:{}\n  name: vault\n  env:\n    DB_PASSWORD: {secret}\n- slug: path:{}\n  name: vault2\n",
+        src.display(),
+        src.display()
+    );
+    let file = iac_core::parse_repos_file(&repos, iac_core::ReposFormat::Yaml).unwrap();
+    let with_env = &file.services[0];
+    assert_eq!(with_env.env["DB_PASSWORD"], secret);
+    let project = ProjectName::new(&format!("p{test}")).unwrap();
+    let plain = spec(
+        project.as_str(),
+        "vault",
+        &src,
+        "sha256:fixture-vault",
+        &["python", "/app/main.py"],
+    );
+    let build = BuildSpec::for_service(
+        &project,
+        with_env,
+        plain.source.clone(),
+        plain.entry.clone(),
+    );
+    assert_eq!(build, plain, "the build spec takes nothing from env");
+
+    let builder = builder_for(config(&test, dir.path())).await.unwrap();
+    let without_env = builder.planned(&plain).unwrap();
+    let built = builder.build(&build, &Events::discard()).await.unwrap();
+    assert_eq!(
+        built.key, without_env.key,
+        "env does not change the build key: changing it never rebuilds the image"
+    );
+
+    // Everything `docker image inspect` and `docker history` show, read through the API.
+    let img = docker.inspect_image(&built.tag).await.unwrap();
+    let cfg = img.config.clone().unwrap();
+    let env = cfg.env.clone().unwrap_or_default();
+    assert!(
+        env.iter().any(|e| e.starts_with("IAC_SERVICE=")),
+        "iac's own settings are there: {env:?}"
+    );
+    assert!(
+        !env.iter()
+            .any(|e| e.contains("DB_PASSWORD") || e.contains(&secret)),
+        "Config.Env: {env:?}"
+    );
+    for (k, v) in cfg.labels.clone().unwrap_or_default() {
+        assert!(
+            !k.contains(&secret) && !v.contains(&secret),
+            "label {k}={v}"
+        );
+    }
+    let history = docker.image_history(&built.tag).await.unwrap();
+    for h in &history {
+        assert!(
+            !h.created_by.contains(&secret) && !h.created_by.contains("DB_PASSWORD"),
+            "history: {}",
+            h.created_by
+        );
+    }
+    let whole = serde_json::to_string(&img).unwrap();
+    assert!(!whole.contains(&secret), "image inspect: {whole}");
+
+    // The container: the plan puts the env into the app's ContainerSpec …
+    let input = iac_core::plan::PlanInput {
+        project: project.clone(),
+        network: format!("iacnet-{test}"),
+        envoy_image: "iac/envoy:1.40.0".into(),
+        otel_endpoint: None,
+        services: vec![iac_core::plan::PlannedService {
+            name: with_env.name.clone(),
+            image: built.tag.clone(),
+            envoy_config: dir.path().join("envoy.yaml"),
+            envoy_config_digest: "sha256:config".into(),
+            certs: iac_core::IssuedCerts {
+                paths: iac_core::CertPaths::in_container(),
+                fingerprint: "sha256:certs".into(),
+            },
+            app_port: None,
+            env: with_env.env.clone(),
+            edge: None,
+            replicas: 1,
+        }],
+        keep: Vec::new(),
+    };
+    let stack = iac_core::plan::plan(&input);
+    let app = &stack.services[0].app;
+    assert_eq!(app.env["DB_PASSWORD"], secret);
+    assert_eq!(app.image, built.tag);
+    // … and the engine creates the container with it (the provisioner's create body; only the
+    // network is swapped for `none`, there being no sidecar here).
+    let mut body = iac_backends::engine::create_body(app);
+    body.labels
+        .get_or_insert_with(Default::default)
+        .insert("iac.test".into(), test.clone());
+    let host = body.host_config.get_or_insert_with(Default::default);
+    host.network_mode = Some("none".into());
+    body.networking_config = None;
+    let name = format!("{test}-vault");
+    docker
+        .create_container(
+            Some(
+                bollard::query_parameters::CreateContainerOptionsBuilder::new()
+                    .name(&name)
+                    .build(),
+            ),
+            body,
+        )
+        .await
+        .unwrap();
+    let created = docker.inspect_container(&name, None).await.unwrap();
+    let container_env = created.config.unwrap().env.unwrap_or_default();
+    assert!(
+        container_env.contains(&format!("DB_PASSWORD={secret}")),
+        "{container_env:?}"
+    );
 }

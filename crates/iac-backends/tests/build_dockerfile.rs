@@ -10,7 +10,7 @@ use iac_backends::build::dockerfile::{APP_DOCKERFILE_TEMPLATE, dockerfile_labels
 use iac_backends::build::{DockerfileInputs, ImageConfig, render_dockerfile};
 use iac_core::{BuildError, BuildSpec, Entry, Language, ProjectName, ServiceName, Source};
 
-fn spec(language: Language, argv: &[&str], env: &[(&str, &str)], port: Option<u16>) -> BuildSpec {
+fn spec(language: Language, argv: &[&str], port: Option<u16>) -> BuildSpec {
     BuildSpec {
         project: ProjectName::new("shop").unwrap(),
         service: ServiceName::new("api").unwrap(),
@@ -29,10 +29,6 @@ fn spec(language: Language, argv: &[&str], env: &[(&str, &str)], port: Option<u1
             port,
             ..Default::default()
         },
-        env: env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect::<BTreeMap<_, _>>(),
     }
 }
 
@@ -44,11 +40,10 @@ fn config() -> ImageConfig {
 }
 
 #[test]
-fn python_app_with_dependencies_env_and_port() {
+fn python_app_with_dependencies_and_port() {
     let spec = spec(
         Language::Python,
         &["python", "/app/main.py", "--greeting", "it's \"quoted\""],
-        &[("GREETING", "hello $USER \\ \"world\""), ("MODE", "prod")],
         Some(8000),
     );
     let mut inputs = DockerfileInputs::new(&spec, &config(), true).unwrap();
@@ -77,7 +72,7 @@ fn python_app_without_otel_or_dependencies() {
         ..config()
     };
     let inputs = DockerfileInputs::new(
-        &spec(Language::Python, &["python", "/app"], &[], None),
+        &spec(Language::Python, &["python", "/app"], None),
         &cfg,
         false,
     )
@@ -99,7 +94,7 @@ fn python_app_without_otel_or_dependencies() {
 #[test]
 fn binary_app_skips_pip() {
     let inputs = DockerfileInputs::new(
-        &spec(Language::Binary, &["/app/main"], &[], None),
+        &spec(Language::Binary, &["/app/main"], None),
         &config(),
         true,
     )
@@ -115,34 +110,32 @@ fn binary_app_skips_pip() {
 #[test]
 fn invalid_inputs_are_refused_with_the_reason() {
     let cfg = config();
-    let err =
-        DockerfileInputs::new(&spec(Language::Python, &[], &[], None), &cfg, false).unwrap_err();
+    let err = DockerfileInputs::new(&spec(Language::Python, &[], None), &cfg, false).unwrap_err();
     assert!(
         matches!(&err, BuildError::Build { service, message } if service == "api" && message.contains("empty command")),
         "{err}"
     );
+    let two_lines = ImageConfig {
+        labels: BTreeMap::from([("iac.note".into(), "two\nlines".into())]),
+        ..ImageConfig::default()
+    };
     let err = DockerfileInputs::new(
-        &spec(Language::Python, &["python"], &[("BAD-NAME", "x")], None),
-        &cfg,
+        &spec(Language::Python, &["python"], None),
+        &two_lines,
         false,
     )
     .unwrap_err()
     .to_string();
-    assert!(err.contains("BAD-NAME") && err.contains("api"), "{err}");
-    let err = DockerfileInputs::new(
-        &spec(Language::Python, &["python"], &[("OK", "two\nlines")], None),
-        &cfg,
-        false,
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(err.contains("OK") && err.contains("line break"), "{err}");
+    assert!(
+        err.contains("iac.note") && err.contains("line break"),
+        "{err}"
+    );
     let bad_label = ImageConfig {
         labels: BTreeMap::from([("Bad Key".into(), "x".into())]),
         ..ImageConfig::default()
     };
     let err = DockerfileInputs::new(
-        &spec(Language::Python, &["python"], &[], None),
+        &spec(Language::Python, &["python"], None),
         &bad_label,
         false,
     )
@@ -153,12 +146,9 @@ fn invalid_inputs_are_refused_with_the_reason() {
 
 #[test]
 fn template_errors_name_the_template() {
-    let inputs = DockerfileInputs::new(
-        &spec(Language::Python, &["python"], &[], None),
-        &config(),
-        false,
-    )
-    .unwrap();
+    let inputs =
+        DockerfileInputs::new(&spec(Language::Python, &["python"], None), &config(), false)
+            .unwrap();
     let err = render_dockerfile("FROM {{ no_such_variable }}\n", &inputs)
         .unwrap_err()
         .to_string();
@@ -181,7 +171,6 @@ fn build_steps_and_workdir_from_the_entry() {
             "-c",
             "exec python -m gunicorn --bind 127.0.0.1:${PORT:-8000} site.wsgi",
         ],
-        &[],
         Some(8000),
     );
     spec.entry.workdir = Some("app".into());
@@ -228,4 +217,70 @@ fn build_steps_and_workdir_from_the_entry() {
     spec.entry.workdir = Some("../etc".into());
     let err = DockerfileInputs::new(&spec, &config(), true).unwrap_err();
     assert!(err.to_string().contains("\"../etc\""), "{err}");
+}
+
+/// The variables of every `ENV` instruction of a Dockerfile (continuation lines joined).
+fn env_keys(dockerfile: &str) -> Vec<String> {
+    let joined = dockerfile.replace("\\\n", " ");
+    let mut keys = Vec::new();
+    for line in joined.lines() {
+        let Some(rest) = line.trim_start().strip_prefix("ENV ") else {
+            continue;
+        };
+        // `K=v` words; values are double-quoted without spaces or plain words here.
+        for word in rest.split_whitespace() {
+            let (k, _) = word
+                .split_once('=')
+                .unwrap_or_else(|| panic!("ENV word {word:?} is not K=v in:\n{line}"));
+            keys.push(k.to_string());
+        }
+    }
+    keys
+}
+
+#[test]
+fn the_image_env_holds_only_iac_settings_never_the_services_env() {
+    // What an image may publish: iac's own settings, the same for every deployment of a repo.
+    let allowed = [
+        "LANG",
+        "PATH",
+        "PYTHONUNBUFFERED",
+        "PYTHONDONTWRITEBYTECODE",
+        "PIP_DISABLE_PIP_VERSION_CHECK",
+        "PIP_NO_CACHE_DIR",
+        "VIRTUAL_ENV",
+        "IAC_PROJECT",
+        "IAC_SERVICE",
+        "PORT",
+        "OTEL_SERVICE_NAME",
+        "OTEL_RESOURCE_ATTRIBUTES",
+        "OTEL_TRACES_EXPORTER",
+        "OTEL_METRICS_EXPORTER",
+        "OTEL_LOGS_EXPORTER",
+    ];
+    for (language, port) in [(Language::Python, Some(8000)), (Language::Binary, None)] {
+        let inputs =
+            DockerfileInputs::new(&spec(language, &["/app/main"], port), &config(), true).unwrap();
+        let out = render_dockerfile(APP_DOCKERFILE_TEMPLATE, &inputs).unwrap();
+        let keys = env_keys(&out);
+        assert!(keys.contains(&"IAC_SERVICE".to_string()), "{keys:?}\n{out}");
+        for k in &keys {
+            assert!(
+                allowed.contains(&k.as_str()),
+                "ENV {k} is not one of iac's publishable settings:\n{out}"
+            );
+        }
+    }
+    // The template has no `env` to render at all: a replacement template asking for it fails
+    // instead of baking the service's environment into the image.
+    let inputs =
+        DockerfileInputs::new(&spec(Language::Python, &["python"], None), &config(), false)
+            .unwrap();
+    let err = render_dockerfile(
+        "FROM scratch\n{% for e in env %}ENV {{ e.key }}={{ e.value }}\n{% endfor %}",
+        &inputs,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("undefined"), "{err}");
 }

@@ -506,6 +506,48 @@ fn edge_listener_reaches_only_the_app_without_a_certificate() {
     }
 }
 
+/// The edge trusts no caller about where a request came from: Envoy takes the peer from the
+/// connection (no trusted hops, its address appended to an x-forwarded-for that starts empty),
+/// and every x-envoy-*, x-forwarded-* and Forwarded header is removed before that. The mesh
+/// listeners leave caller headers (tracing, baggage) alone.
+#[test]
+fn the_edge_trusts_no_forwarding_header_from_its_caller() {
+    let r = EnvoyRenderer::default();
+    let cfg: Yaml = yaml_serde::from_str(&r.render(&shop_mesh(), &svc("web")).unwrap()).unwrap();
+    let h = hcm(listener(&cfg, "edge"));
+    assert_eq!(get(h, "use_remote_address").as_bool(), Some(true));
+    assert_eq!(get(h, "xff_num_trusted_hops").as_u64(), Some(0));
+    assert_eq!(get(h, "skip_xff_append").as_bool(), Some(false));
+    let ext = get(h, "early_header_mutation_extensions.0");
+    assert_eq!(
+        s(get(ext, "name")),
+        "envoy.http.early_header_mutation.header_mutation"
+    );
+    let mutations = get(ext, "typed_config.mutations").as_sequence().unwrap();
+    let prefixes: Vec<&str> = mutations
+        .iter()
+        .filter_map(|m| m.get("remove_on_match"))
+        .map(|m| s(get(m, "key_matcher.prefix")))
+        .collect();
+    assert_eq!(prefixes, ["x-envoy-", "x-forwarded-"]);
+    let removed: Vec<&str> = mutations
+        .iter()
+        .filter_map(|m| m.get("remove"))
+        .map(s)
+        .collect();
+    assert_eq!(removed, ["forwarded"]);
+    for name in ["inbound_mtls", "outbound"] {
+        let h = hcm(listener(&cfg, name));
+        for key in [
+            "use_remote_address",
+            "early_header_mutation_extensions",
+            "xff_num_trusted_hops",
+        ] {
+            assert!(h.get(key).is_none(), "{name} sets {key}: {h:?}");
+        }
+    }
+}
+
 #[test]
 fn ip_peers_are_static_and_remapped_ports_are_used() {
     let mesh = Mesh {

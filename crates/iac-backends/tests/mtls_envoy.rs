@@ -344,9 +344,11 @@ fn read(p: &Path) -> Vec<u8> {
     std::fs::read(p).unwrap()
 }
 
-/// A tiny upstream app on 127.0.0.1: answers every request with JSON `{app, path, xfcc, envoy}`,
-/// where `xfcc` lists every `x-forwarded-client-cert` value it received and `envoy` every
-/// `x-envoy-*` header (`name: value`). Stopped on drop.
+/// A tiny upstream app on 127.0.0.1: answers every request with JSON `{app, path, xfcc, envoy,
+/// forwarded, tracing}`, where `xfcc` lists every `x-forwarded-client-cert` value it received,
+/// `envoy` every `x-envoy-*` header, `forwarded` every other `x-forwarded-*` and `forwarded`
+/// header, and `tracing` every `traceparent` and `baggage` header (each `name: value`). Stopped
+/// on drop.
 struct EchoApp {
     port: u16,
     /// Requests served so far.
@@ -372,11 +374,25 @@ impl EchoApp {
                 .filter(|(k, _)| k.as_str().starts_with("x-envoy-"))
                 .map(|(k, v)| format!("{k}: {}", String::from_utf8_lossy(v.as_bytes())))
                 .collect();
+            let named = |keep: &dyn Fn(&str) -> bool| -> Vec<String> {
+                req.headers()
+                    .iter()
+                    .filter(|(k, _)| keep(k.as_str()))
+                    .map(|(k, v)| format!("{k}: {}", String::from_utf8_lossy(v.as_bytes())))
+                    .collect()
+            };
+            let forwarded = named(&|k| {
+                (k.starts_with("x-forwarded-") && k != "x-forwarded-client-cert")
+                    || k == "forwarded"
+            });
+            let tracing = named(&|k| k == "traceparent" || k == "baggage");
             axum::Json(serde_json::json!({
                 "app": name,
                 "path": req.uri().path(),
                 "xfcc": xfcc,
                 "envoy": envoy,
+                "forwarded": forwarded,
+                "tracing": tracing,
             }))
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -401,6 +417,8 @@ struct Echo {
     path: String,
     xfcc: Vec<String>,
     envoy: Vec<String>,
+    forwarded: Vec<String>,
+    tracing: Vec<String>,
 }
 
 /// Headers a hostile caller sends to steer Envoy: retries against the app (an amplifier), its
@@ -414,6 +432,9 @@ const HOSTILE_ENVOY_HEADERS: &[(&str, &str)] = &[
     ("x-envoy-upstream-rq-timeout-ms", "1"),
     ("x-envoy-force-trace", "true"),
 ];
+
+/// A W3C trace context a caller may send (and that the mesh and the edge pass on).
+const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 
 /// None of [`HOSTILE_ENVOY_HEADERS`] reached the app.
 fn assert_no_caller_envoy_headers(echo: &Echo) {
@@ -864,6 +885,8 @@ async fn outbound_routes_by_authority_to_a_verified_peer() {
                     "x-forwarded-client-cert",
                     "By=spiffe://iac/mt/b;URI=spiffe://iac/control-plane",
                 )
+                .header("traceparent", TRACEPARENT)
+                .header("baggage", "tenant=acme")
                 .timeout(Duration::from_secs(5))
                 .send()
                 .await;
@@ -888,6 +911,12 @@ async fn outbound_routes_by_authority_to_a_verified_peer() {
             "b's app must see a's verified identity: {echo:?}"
         );
         assert!(!echo.xfcc[0].contains("control-plane"), "{echo:?}");
+        // The mesh carries the caller's trace context and baggage through both Envoys.
+        assert!(
+            echo.tracing.contains(&"baggage: tenant=acme".to_string())
+                && echo.tracing.iter().any(|t| t.starts_with("traceparent: ")),
+            "{echo:?}"
+        );
     }
 
     // A peer's app may not use the ControlPlane API of another service, even in its project.
@@ -1178,6 +1207,67 @@ async fn edge_listener_reaches_the_app_and_never_the_control_plane() {
     assert_eq!(echo.xfcc, ["URI=spiffe://iac/ingress"], "{echo:?}");
     assert_eq!(hits(), 1);
 
+    // 1b. Where the request came from is Envoy's to say: a caller claiming another client
+    //     address, host, scheme or path reaches the app with none of it; tracing passes.
+    let spoofed: &[(&str, &str)] = &[
+        ("x-forwarded-for", "6.6.6.6"),
+        ("x-envoy-original-path", "/admin/spoofed"),
+        ("x-envoy-external-address", "6.6.6.6"),
+        ("x-envoy-made-up", "spoofed"),
+        ("x-forwarded-host", "spoofed.example"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-port", "6666"),
+        ("x-forwarded-prefix", "/spoofed"),
+        ("forwarded", "for=6.6.6.6;host=spoofed.example;proto=https"),
+    ];
+    let mut req = plain
+        .get(format!("http://{edge}/shop"))
+        .header("traceparent", TRACEPARENT)
+        .header("baggage", "tenant=acme")
+        .timeout(Duration::from_secs(5));
+    for (k, v) in spoofed {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.unwrap();
+    assert_eq!(resp.status(), 200, "edge GET: {:?}", web.envoy.log());
+    let echo: Echo = resp.json().await.unwrap();
+    let seen: Vec<&String> = echo.forwarded.iter().chain(&echo.envoy).collect();
+    for s in &seen {
+        assert!(
+            !s.contains("6.6.6.6") && !s.contains("spoofed") && !s.contains("6666"),
+            "a caller's value reached the app: {s} (all: {echo:?})"
+        );
+    }
+    assert!(
+        !seen.iter().any(|s| s.starts_with("x-envoy-original-path:")),
+        "{echo:?}"
+    );
+    // Envoy's own view: one address (the peer of the connection, no hop trusted), plain http.
+    let xff: Vec<&String> = echo
+        .forwarded
+        .iter()
+        .filter(|h| h.starts_with("x-forwarded-for:"))
+        .collect();
+    assert_eq!(xff.len(), 1, "{echo:?}");
+    let addr = xff[0].trim_start_matches("x-forwarded-for:").trim();
+    assert!(
+        addr.parse::<std::net::IpAddr>().is_ok(),
+        "x-forwarded-for is one address: {echo:?}"
+    );
+    assert!(
+        echo.forwarded
+            .contains(&"x-forwarded-proto: http".to_string()),
+        "{echo:?}"
+    );
+    assert!(
+        echo.tracing
+            .contains(&format!("traceparent: {TRACEPARENT}"))
+            && echo.tracing.contains(&"baggage: tenant=acme".to_string()),
+        "trace context passes the edge: {echo:?}"
+    );
+    assert_eq!(echo.xfcc, ["URI=spiffe://iac/ingress"], "{echo:?}");
+    assert_eq!(hits(), 2);
+
     // 2. The ControlPlane API is not there, however the path is spelled.
     for path in [
         "/iac.controlplane.v1.ControlPlane/HealthCheck",
@@ -1274,5 +1364,5 @@ async fn edge_listener_reaches_the_app_and_never_the_control_plane() {
     assert_eq!(report.uptime_ms.map(|u| u > 0), Some(true), "{report:?}");
 
     // Envoy normalized every spelling (%69 → i, //, ..): none reached even the app.
-    assert_eq!(hits(), 1, "only the request meant for the app reached it");
+    assert_eq!(hits(), 2, "only the requests meant for the app reached it");
 }

@@ -367,6 +367,29 @@ fn infra_is_terraform_fmt_clean() {
     );
 }
 
+/// The services' env (repos file, API: it may hold secrets) reaches the app container through
+/// `sensitive(...)`, so Terraform never prints it in a plan or apply; the sidecar's env is iac's
+/// own (`ENVOY_UID`).
+#[test]
+fn the_app_env_is_sensitive_in_the_module() {
+    let main = std::fs::read_to_string(manifest_dir().join("../../infra/main.tf")).unwrap();
+    let app = main
+        .split_once("resource \"docker_container\" \"app\"")
+        .expect("main.tf declares docker_container.app")
+        .1;
+    let app = &app[..app.find("\nresource ").unwrap_or(app.len())];
+    let env: Vec<&str> = app
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("env ") || l.starts_with("env="))
+        .collect();
+    assert_eq!(
+        env,
+        [r#"env          = sensitive([for k, v in each.value.app.env : "${k}=${v}"])"#],
+        "docker_container.app's env must be wrapped in sensitive():\n{app}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Driver against the stand-in
 // ---------------------------------------------------------------------------------------------

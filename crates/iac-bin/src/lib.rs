@@ -70,7 +70,8 @@ pub fn run() -> ExitCode {
     let code = match rt.block_on(dispatch(cli, cfg)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // It may quote a repository (a requirements line, a Procfile, an archive's names).
+            eprintln!("error: {}", output::safe(&format!("{e:#}")));
             ExitCode::from(2)
         }
     };

@@ -1,6 +1,11 @@
 //! What the CLI shows a person or a machine: live progress from [`DeployEvent`]s (indicatif on a
 //! terminal, plain lines otherwise, NDJSON with `--json`) and the final reports.
+//!
+//! Text from repositories (commands, entry reasons, build output, errors quoting a repo's lines)
+//! reaches the terminal only through [`safe`]: a Procfile cannot clear the screen, retitle the
+//! window or hide text. JSON output needs nothing: serde escapes every control character.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 
@@ -60,18 +65,18 @@ pub async fn show_progress(mode: Mode, mut rx: EventReceiver) {
                             b.enable_steady_tick(std::time::Duration::from_millis(120));
                             b
                         });
-                        let msg = first_line(&ev.message);
+                        let msg = safe(first_line(&ev.message));
                         bar.set_message(format!("{:<9} {msg}", ev.stage.as_str()));
                         if matches!(ev.level, EventLevel::Warn | EventLevel::Error) {
                             let _ = mp.println(format!(
                                 "  {svc}: {} {}",
                                 ev.stage.as_str(),
-                                ev.message
+                                safe(&ev.message)
                             ));
                         }
                     }
                     None => {
-                        let _ = mp.println(format!("{} {}", ev.stage.as_str(), ev.message));
+                        let _ = mp.println(format!("{} {}", ev.stage.as_str(), safe(&ev.message)));
                     }
                 }
             }
@@ -80,6 +85,31 @@ pub async fn show_progress(mode: Mode, mut rx: EventReceiver) {
     for (_, b) in bars {
         b.finish_and_clear();
     }
+}
+
+/// Whether `c` is shown escaped by [`safe`]: control characters (C0, DEL, C1) except newline
+/// and tab, and the Unicode bidirectional controls that reorder what a terminal shows.
+fn unsafe_char(c: char) -> bool {
+    (c.is_control() && c != '\n' && c != '\t')
+        || matches!(c, '\u{61c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `text` with every character a terminal would act on instead of show (escape sequences, a
+/// carriage return, a bell, bidi overrides) written as Rust escapes (`\u{1b}`); newlines and tabs
+/// are kept. The one way the CLI prints text that comes from a repository.
+pub fn safe(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(unsafe_char) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
 }
 
 fn first_line(s: &str) -> &str {
@@ -97,7 +127,7 @@ pub fn plain_line(ev: &DeployEvent) -> String {
     format!(
         "{time} {svc:<16} {:<9}{lvl} {}",
         ev.stage.as_str(),
-        ev.message
+        safe(&ev.message)
     )
 }
 
@@ -124,13 +154,17 @@ pub fn render_report(r: &DeployReport) -> String {
             status,
             action,
             health,
-            s.endpoint.as_deref().unwrap_or("")
+            safe(s.endpoint.as_deref().unwrap_or(""))
         ));
         if let Some(u) = &s.url {
             out.push_str(&format!("      url    {u}\n"));
         }
         if let Some(e) = &s.entry {
-            out.push_str(&format!("      entry  {} ({})\n", e.argv.join(" "), e.rule));
+            out.push_str(&format!(
+                "      entry  {} ({})\n",
+                safe(&e.argv.join(" ")),
+                safe(&e.rule)
+            ));
         }
         if let Some(i) = &s.image {
             let reused = if s.image_reused == Some(true) {
@@ -141,13 +175,14 @@ pub fn render_report(r: &DeployReport) -> String {
             out.push_str(&format!("      image  {i}{reused}\n"));
         }
         for w in &s.warnings {
-            out.push_str(&format!("      warn   {w}\n"));
+            out.push_str(&format!("      warn   {}\n", safe(w)));
         }
         if let Some(err) = &s.error {
             for (n, line) in err.lines().enumerate() {
                 out.push_str(&format!(
-                    "      {} {line}\n",
-                    if n == 0 { "error" } else { "     " }
+                    "      {} {}\n",
+                    if n == 0 { "error" } else { "     " },
+                    safe(line)
                 ));
             }
         }
@@ -156,7 +191,7 @@ pub fn render_report(r: &DeployReport) -> String {
         out.push_str(&format!("  {:<20} removed\n", gone.as_str()));
     }
     if let Some(e) = &r.error {
-        out.push_str(&format!("error: {e}\n"));
+        out.push_str(&format!("error: {}\n", safe(e)));
     }
     out
 }
@@ -165,6 +200,55 @@ pub fn render_report(r: &DeployReport) -> String {
 mod tests {
     use super::*;
     use iac_core::{ProjectName, ServiceReport, Stage};
+
+    #[test]
+    fn safe_escapes_what_a_terminal_would_act_on() {
+        assert!(matches!(safe("plain text\n\twith tab"), Cow::Borrowed(_)));
+        assert_eq!(
+            safe("web: python app.py \x1b]0;pwned\x07 \x1b[2J"),
+            "web: python app.py \\u{1b}]0;pwned\\u{7} \\u{1b}[2J"
+        );
+        assert_eq!(safe("a\rb\x7fc\u{9b}d"), "a\\u{d}b\\u{7f}c\\u{9b}d");
+        assert_eq!(safe("evil\u{202e}txt.py"), "evil\\u{202e}txt.py");
+        assert_eq!(safe("two\nlines\tok"), "two\nlines\tok");
+    }
+
+    #[test]
+    fn the_report_and_progress_lines_escape_repo_text() {
+        let ev = DeployEvent {
+            ts: "2026-11-25T17:00:01.123Z".into(),
+            service: Some(ServiceName::new("web").unwrap()),
+            stage: Stage::Resolve,
+            level: EventLevel::Info,
+            message: "platform:procfile → [\"sh\", \"-c\", \"\x1b]0;pwned\x07\x1b[2J\"]".into(),
+            traceparent: None,
+        };
+        let line = plain_line(&ev);
+        assert!(
+            !line.contains('\x1b') && line.contains("\\u{1b}]0;pwned\\u{7}"),
+            "{line}"
+        );
+        let mut s = ServiceReport::new(ServiceName::new("web").unwrap(), "path:/x".into());
+        s.entry = Some(iac_core::Entry {
+            rule: "platform:procfile".into(),
+            argv: vec!["sh".into(), "-c".into(), "echo \x1b[2J".into()],
+            ..Default::default()
+        });
+        s.warnings.push("listens on \x1b[31m5000".into());
+        s.fail(Stage::Build, "Procfile line 1: \x1b]0;pwned\x07");
+        let r = DeployReport {
+            project: ProjectName::new("p").unwrap(),
+            ok: false,
+            services: vec![s],
+            removed: vec![],
+            error: Some("\x1b[2J".into()),
+            millis: 5,
+        };
+        let text = render_report(&r);
+        assert!(!text.contains('\x1b') && !text.contains('\x07'), "{text:?}");
+        assert!(text.contains("echo \\u{1b}[2J"), "{text}");
+        assert!(text.contains("\\u{1b}]0;pwned\\u{7}"), "{text}");
+    }
 
     #[test]
     fn plain_lines_and_report() {

@@ -130,6 +130,65 @@ fn inspect_shows_the_source_and_the_runner_ups() {
     }
 }
 
+/// A Procfile carrying terminal escape sequences (retitle the window, clear the screen) is shown
+/// with them escaped, in the report and in an error quoting the Procfile; `--json` escapes
+/// them as JSON does.
+#[test]
+fn inspect_escapes_terminal_sequences_from_the_repo() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("hostile");
+    std::fs::create_dir(&repo).unwrap();
+    std::fs::write(
+        repo.join("Procfile"),
+        "web: python app.py --title \x1b]0;pwned\x07 --clear \x1b[2J\n",
+    )
+    .unwrap();
+    std::fs::write(repo.join("app.py"), "print('hi')\n").unwrap();
+    let out = iac(dir.path(), &["inspect", repo.to_str().unwrap()], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        !text.contains('\x1b') && !text.contains('\x07'),
+        "raw control characters on stdout: {text:?}"
+    );
+    assert!(
+        text.contains("--title \\u{1b}]0;pwned\\u{7} --clear \\u{1b}[2J"),
+        "{text}"
+    );
+    let json = iac(
+        dir.path(),
+        &["inspect", repo.to_str().unwrap(), "--json"],
+        &[],
+    );
+    assert!(!json.stdout.contains(&0x1b), "{json:?}");
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert!(
+        v["entry"]["argv"].as_array().unwrap().iter().any(|a| a
+            .as_str()
+            .unwrap()
+            .contains("\x1b]0;pwned\x07 --clear \x1b[2J")),
+        "the JSON keeps the real value: {v}"
+    );
+
+    // An error that quotes the Procfile's line.
+    std::fs::write(
+        repo.join("Procfile"),
+        "web: python app.py '\x1b]0;pwned\x07\x1b[2J\n",
+    )
+    .unwrap();
+    let out = iac(dir.path(), &["inspect", repo.to_str().unwrap()], &[]);
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        !err.contains('\x1b') && !err.contains('\x07'),
+        "raw control characters on stderr: {err:?}"
+    );
+    assert!(err.contains("\\u{1b}]0;pwned\\u{7}"), "{err}");
+}
+
 #[test]
 fn inspect_without_an_entry_fails_listing_the_rules() {
     let dir = tempfile::tempdir().unwrap();

@@ -220,6 +220,20 @@ pub enum EntryError {
         /// Why.
         source: std::io::Error,
     },
+    /// The app's port is one the sidecar uses ([`crate::MeshPorts::reserved`]).
+    #[error(
+        "{service}: app port {port} (from {from}) is a port the sidecar uses; expected any port but {reserved}"
+    )]
+    ReservedPort {
+        /// The service.
+        service: String,
+        /// The port.
+        port: u16,
+        /// Where the port comes from: a repo file and line, or the service's `env: PORT`.
+        from: String,
+        /// The reserved ports and what each is.
+        reserved: String,
+    },
 }
 
 /// Building an image failed.

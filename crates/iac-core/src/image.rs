@@ -1,14 +1,18 @@
 //! [`BuildSpec`] (what to build for one service) and [`ImageRef`] (what was built or reused).
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
 use crate::entry::Entry;
 use crate::name::{ProjectName, ServiceName};
+use crate::repos::ServiceSpec;
 use crate::source::Source;
 
-/// What an image is built from: one service's source, entry and environment.
+/// What an image is built from: one service's source and entry. Deliberately without the
+/// service's `env` (repos file, API): an image's metadata (`Config.Env`, labels, history) is
+/// readable by anyone who can pull it — and on Swarm it is pushed to a registry — so that
+/// environment goes into the app container when it is created (the plan's
+/// [`crate::ContainerSpec`]), never into the image, and changing it replaces the pod without
+/// rebuilding the image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BuildSpec {
     /// The project (part of the tag and labels).
@@ -19,8 +23,24 @@ pub struct BuildSpec {
     pub source: Source,
     /// Its entry point.
     pub entry: Entry,
-    /// Extra environment baked into the image (from the repos file).
-    pub env: BTreeMap<String, String>,
+}
+
+impl BuildSpec {
+    /// What to build for `spec` in `project`, from its fetched source and resolved entry. Takes
+    /// nothing else from the spec (see the type's documentation for why not its `env`).
+    pub fn for_service(
+        project: &ProjectName,
+        spec: &ServiceSpec,
+        source: Source,
+        entry: Entry,
+    ) -> Self {
+        BuildSpec {
+            project: project.clone(),
+            service: spec.name.clone(),
+            source,
+            entry,
+        }
+    }
 }
 
 /// An image built (or planned, or reused) for a service.

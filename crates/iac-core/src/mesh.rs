@@ -73,6 +73,41 @@ impl Default for MeshPorts {
     }
 }
 
+/// The port the agent answers Kubernetes' probes on (`iac-agent --health-listen`) in a pod
+/// rendered for Kubernetes.
+pub const HEALTH_PROBE_PORT: u16 = 15021;
+
+impl MeshPorts {
+    /// Every TCP port the sidecar side of a pod uses, with what it is, by port: Envoy's
+    /// listeners (inbound mTLS, outbound, edge, stats), the agent's gRPC port and its probe port
+    /// ([`HEALTH_PROBE_PORT`]). Envoy's admin is a unix socket, no port. The app shares the pod's
+    /// network namespace: an app port among these would take the sidecar's port, or send the
+    /// sidecar's traffic for the app to a listener of its own (the edge to the outbound
+    /// listener, say).
+    pub fn reserved(&self) -> Vec<(u16, &'static str)> {
+        let mut v = vec![
+            (self.inbound, "inbound mTLS"),
+            (self.outbound, "outbound"),
+            (self.edge, "edge"),
+            (self.stats, "stats"),
+            (self.agent, "agent gRPC"),
+            (HEALTH_PROBE_PORT, "health probe"),
+        ];
+        v.sort();
+        v.dedup_by_key(|(p, _)| *p);
+        v
+    }
+
+    /// The reserved ports as text: `9901 (stats), 15000 (inbound mTLS), …`.
+    pub fn reserved_list(&self) -> String {
+        self.reserved()
+            .iter()
+            .map(|(p, what)| format!("{p} ({what})"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 /// One member of the mesh.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MeshService {

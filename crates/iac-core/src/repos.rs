@@ -228,6 +228,12 @@ pub fn parse_repos_file(text: &str, format: ReposFormat) -> Result<ReposFile, Re
                                         )));
                                     }
                                 };
+                                // The container's environment is NUL-separated on every engine.
+                                if ev.contains('\0') {
+                                    return Err(fail(format!(
+                                        "env value of {ek} to have no NUL byte"
+                                    )));
+                                }
                                 env.insert(ek, ev);
                             }
                             check_restart_env(&env).map_err(fail)?;
@@ -589,6 +595,10 @@ mod tests {
             ("- slug: gh:a/b\n  env: [1]\n", "`env` to be a map"),
             ("- slug: gh:a/b\n  env:\n    1BAD: x\n", "env key"),
             ("- slug: gh:a/b\n  env:\n    K: [x]\n", "env value of K"),
+            (
+                "- slug: gh:a/b\n  env:\n    K: \"a\\0b\"\n",
+                "env value of K to have no NUL byte",
+            ),
             (
                 "- slug: gh:a/b\n  env:\n    IAC_RESTART: always\n",
                 "expected env IAC_RESTART to be auto or never",

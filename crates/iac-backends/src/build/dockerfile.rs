@@ -1,6 +1,11 @@
 //! The app Dockerfile: [`DockerfileInputs`] (everything the template sees, derived from a
 //! [`BuildSpec`] and the [`ImageConfig`]) and [`render_dockerfile`], a pure function over the
 //! template text `infra/templates/app.Dockerfile.tmpl` (embedded; a `template_dir` can replace it).
+//!
+//! The template sees no environment from the repos file or the API: image metadata is readable by
+//! whoever can pull the image, so that environment is the app container's, set at creation by the
+//! provisioner (see [`iac_core::BuildSpec`]). The image's `ENV` holds only iac's own, publishable
+//! settings (project, service, port, OpenTelemetry defaults).
 
 use minijinja::syntax::SyntaxConfig;
 use minijinja::{Environment, UndefinedBehavior, Value};
@@ -53,8 +58,6 @@ pub struct DockerfileInputs {
     pub port: Option<u16>,
     /// Extra image labels (sorted).
     pub labels: Vec<KeyValue>,
-    /// Environment from the repos file (sorted).
-    pub env: Vec<KeyValue>,
     /// The exec-form `CMD` as a JSON array: `iac-agent … -- <argv>`.
     pub cmd_json: String,
     /// The directory the entry runs in: `/app`, or `/app/<Entry::workdir>`.
@@ -116,7 +119,7 @@ fn step_line(step: &iac_core::BuildStep) -> Result<String, String> {
 impl DockerfileInputs {
     /// Derives the template inputs. `app_wheels` says whether the context will carry the app's
     /// dependency wheels (see [`super::wheels::AppDeps`]). Validates what would otherwise produce a
-    /// broken Dockerfile (empty argv, bad env names, newlines in values).
+    /// broken Dockerfile (empty argv, bad label keys, newlines in label values).
     pub fn new(
         spec: &BuildSpec,
         config: &ImageConfig,
@@ -141,19 +144,6 @@ impl DockerfileInputs {
         let base = config
             .python_images(spec.entry.python.as_ref().map(|p| p.version.as_str()))
             .map_err(&fail)?;
-        let mut env = Vec::with_capacity(spec.env.len());
-        for (k, v) in &spec.env {
-            if !is_env_name(k) {
-                return Err(fail(format!(
-                    "environment variable name {k:?} is invalid; expected letters, digits and _ (not starting with a digit)"
-                )));
-            }
-            check_value(v).map_err(|why| fail(format!("environment variable {k}: value {why}")))?;
-            env.push(KeyValue {
-                key: k.clone(),
-                value: v.clone(),
-            });
-        }
         let mut labels = Vec::with_capacity(config.labels.len());
         for (k, v) in &config.labels {
             if !is_label_key(k) {
@@ -226,7 +216,6 @@ impl DockerfileInputs {
             app_wheels: python && app_wheels,
             port: spec.entry.port,
             labels,
-            env,
             cmd_json: serde_json::to_string(&cmd).expect("a Vec<String> serializes"),
             workdir,
             build_steps,
@@ -265,7 +254,6 @@ impl DockerfileInputs {
             ("app_wheels", Value::from(self.app_wheels)),
             ("port", Value::from(self.port)),
             ("labels", pairs(&self.labels)),
-            ("env", pairs(&self.env)),
             ("cmd_json", Value::from(self.cmd_json.as_str())),
             ("workdir", Value::from(self.workdir.as_str())),
             ("build_key", Value::from(self.build_key.as_str())),
@@ -343,12 +331,6 @@ fn dockerfile_quote(value: String) -> String {
     out
 }
 
-fn is_env_name(k: &str) -> bool {
-    let mut chars = k.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
 fn is_label_key(k: &str) -> bool {
     !k.is_empty()
         && k.chars()
@@ -374,9 +356,6 @@ mod tests {
         assert_eq!(
             dockerfile_quote(r#"a "b" $HOME \x"#.into()),
             r#""a \"b\" \$HOME \\x""#
-        );
-        assert!(
-            is_env_name("_A1") && !is_env_name("1A") && !is_env_name("A-B") && !is_env_name("")
         );
         assert!(is_label_key("iac.test") && !is_label_key("Iac") && !is_label_key("a b"));
     }

@@ -12,7 +12,7 @@ use iac_core::{Events, LogQuery, ProjectName, ServiceSpec, Slug, load_repos_file
 use serde_json::json;
 
 use crate::config::IacConfig;
-use crate::output::{self, Mode};
+use crate::output::{self, Mode, safe};
 use crate::wiring::App;
 
 pub mod bootstrap;
@@ -136,7 +136,7 @@ pub async fn plan(cfg: IacConfig, file: &Path, json: bool) -> anyhow::Result<Exi
                 "  {sign} {:<20} {:<10} {}",
                 c.service.as_str(),
                 c.action.as_str(),
-                c.reason
+                safe(&c.reason)
             );
         }
         for f in &outcome.failures {
@@ -144,7 +144,7 @@ pub async fn plan(cfg: IacConfig, file: &Path, json: bool) -> anyhow::Result<Exi
                 "  ! {:<20} {:<10} {}",
                 f.service.as_str(),
                 "error",
-                f.error.as_deref().unwrap_or("")
+                safe(f.error.as_deref().unwrap_or(""))
             );
         }
     }
@@ -236,7 +236,7 @@ pub async fn health(
                 r.service.as_str(),
                 h.state.as_str(),
                 ep,
-                h.detail
+                safe(&h.detail)
             );
             if let Some(edge) = r.edge {
                 println!("      url    {}", iac_core::edge_url(edge));
@@ -245,7 +245,7 @@ pub async fn health(
                 println!("      restarts {}", restarts.summary());
             }
             if let Some(w) = h.port_warning() {
-                println!("      warn   {w}");
+                println!("      warn   {}", safe(&w));
             }
         }
     }
@@ -331,7 +331,7 @@ pub async fn inspect(cfg: IacConfig, target: &str, json: bool) -> anyhow::Result
     let entry = match resolver.resolve(&source, None) {
         Ok(e) => e,
         Err(e) => {
-            eprintln!("error: {slug}: {e}");
+            eprintln!("error: {}", safe(&format!("{slug}: {e}")));
             return Ok(ExitCode::from(1));
         }
     };
@@ -354,13 +354,13 @@ pub async fn inspect(cfg: IacConfig, target: &str, json: bool) -> anyhow::Result
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        print!("{}", inspect_text(name.as_ref(), &source, &entry));
+        print!("{}", safe(&inspect_text(name.as_ref(), &source, &entry)));
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// The human-readable `iac inspect` report: the chosen command and where it comes from, then
-/// what the build adds and the runner-up candidates.
+/// what the build adds and the runner-up candidates. Raw repo text: print it through [`safe`].
 fn inspect_text(name: &str, source: &iac_core::Source, entry: &iac_core::Entry) -> String {
     let mut out = String::new();
     let mut line = |k: &str, v: &str| out.push_str(&format!("{k:<10}{v}\n"));
@@ -470,13 +470,17 @@ pub async fn render(
             println!(
                 "{}: {} → {}",
                 r.service,
-                r.entry.argv.join(" "),
+                safe(&r.entry.argv.join(" ")),
                 dir.display()
             );
         }
     }
     for f in &failed {
-        eprintln!("{}: {}", f.service, f.error.as_deref().unwrap_or("failed"));
+        eprintln!(
+            "{}: {}",
+            f.service,
+            safe(f.error.as_deref().unwrap_or("failed"))
+        );
     }
     if json {
         let ok: Vec<_> = rendered.iter().map(|r| r.service.as_str()).collect();
@@ -537,7 +541,11 @@ pub async fn render_kubernetes(
     std::fs::rename(&staging, &dir)
         .with_context(|| format!("rename {} to {}", staging.display(), dir.display()))?;
     for f in &desired.failures {
-        eprintln!("{}: {}", f.service, f.error.as_deref().unwrap_or("failed"));
+        eprintln!(
+            "{}: {}",
+            f.service,
+            safe(f.error.as_deref().unwrap_or("failed"))
+        );
     }
     let names: Vec<&str> = manifests.iter().map(|m| m.file.as_str()).collect();
     if json {

@@ -8,6 +8,7 @@ use futures::StreamExt;
 use tracing::Instrument;
 
 use crate::entry::{DEFAULT_APP_PORT, Entry};
+use crate::error::EntryError;
 use crate::event::{Events, Stage};
 use crate::expose::{EdgeBind, Expose};
 use crate::fsutil::sha256_tagged;
@@ -41,11 +42,51 @@ pub(super) enum Mode {
 /// framework server), else — for a service exposed on request (`expose: true`, a port, an
 /// address) — the default `$PORT` it is handed.
 pub(super) fn app_port(spec: &ServiceSpec, entry: &Entry) -> Option<u16> {
-    spec.env
-        .get("PORT")
-        .and_then(|p| p.parse().ok())
-        .or(entry.port)
-        .or_else(|| matches!(spec.expose, Expose::On(_)).then_some(DEFAULT_APP_PORT))
+    app_port_and_source(spec, entry).map(|(port, _)| port)
+}
+
+/// [`app_port`] and, for people, where it comes from.
+fn app_port_and_source(spec: &ServiceSpec, entry: &Entry) -> Option<(u16, String)> {
+    if let Some(port) = spec.env.get("PORT").and_then(|p| p.parse().ok()) {
+        return Some((
+            port,
+            format!(
+                "`env: PORT` of {} in the repos file or API request",
+                spec.name
+            ),
+        ));
+    }
+    if let Some(port) = entry.port {
+        let from = match &entry.origin {
+            Some(origin) => format!("{origin}, entry rule {}", entry.rule),
+            None => format!("entry rule {}: {}", entry.rule, entry.why),
+        };
+        return Some((port, from));
+    }
+    matches!(spec.expose, Expose::On(_))
+        .then(|| (DEFAULT_APP_PORT, "iac's default $PORT".to_string()))
+}
+
+/// Refuses an app port the sidecar uses ([`MeshPorts::reserved`]): the app shares the pod's
+/// network namespace, so it would take the sidecar's port or have the sidecar's app traffic (the
+/// edge's, the mesh's) land on a listener of its own.
+pub(super) fn check_app_port(
+    spec: &ServiceSpec,
+    entry: &Entry,
+    ports: &MeshPorts,
+) -> Result<(), EntryError> {
+    let Some((port, from)) = app_port_and_source(spec, entry) else {
+        return Ok(());
+    };
+    if ports.reserved().iter().any(|(p, _)| *p == port) {
+        return Err(EntryError::ReservedPort {
+            service: spec.name.to_string(),
+            port,
+            from,
+            reserved: ports.reserved_list(),
+        });
+    }
+    Ok(())
 }
 
 /// Where the service's edge is published on the host, if it has one (see [`crate::expose`]).
@@ -134,19 +175,16 @@ impl Deployer {
             self.stages
                 .resolver
                 .resolve(&source, spec.entrypoint.clone())
+                .and_then(
+                    |entry| check_app_port(&spec, &entry, &MeshPorts::default()).map(|()| entry)
+                )
         );
         ev.info(
             Stage::Resolve,
             format!("{} → {:?} ({})", entry.rule, entry.argv, entry.why),
         );
         report.entry = Some(entry.clone());
-        let build = BuildSpec {
-            project: self.opts.project.clone(),
-            service: spec.name.clone(),
-            source,
-            entry: entry.clone(),
-            env: spec.env.clone(),
-        };
+        let build = BuildSpec::for_service(&self.opts.project, &spec, source, entry.clone());
         let image = match mode {
             Mode::Build => stage!(Stage::Build, self.stages.builder.build(&build, &ev).await),
             Mode::PlanOnly => stage!(Stage::Build, self.stages.builder.planned(&build)),

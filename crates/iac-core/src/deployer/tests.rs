@@ -1168,3 +1168,85 @@ async fn an_unchanged_pod_whose_app_crashed_is_reported_not_recreated() {
         "its agent restarts it; no repair"
     );
 }
+
+/// An app port the sidecar uses is refused at resolve, naming the service, where the port came
+/// from (the repo's Procfile line, or the service's `env: PORT`) and every reserved port; the
+/// service is neither built nor planned, the others deploy.
+#[tokio::test]
+async fn an_app_port_the_sidecar_uses_is_refused_naming_its_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = Fakes::happy();
+    f.resolver = MockEntryResolver::new();
+    f.resolver.expect_resolve().returning(|src, _| {
+        let mut e = entry();
+        if src.dir.ends_with("procfile") {
+            // What the Procfile resolver reports for `web: gunicorn -b 127.0.0.1:15001 app:app`.
+            e.rule = "platform:procfile".into();
+            e.port = Some(15001);
+            e.origin = Some("Procfile line 1 (Heroku)".into());
+        }
+        Ok(e)
+    });
+    f.builder = MockImageBuilder::new();
+    f.builder
+        .expect_build()
+        .withf(|s, _| s.service.as_str() == "good")
+        .times(1)
+        .returning(|s, _| Ok(image(s.service.as_str())));
+    let d = f.deployer(dir.path(), 2);
+    let mut by_env = spec("byenv");
+    by_env.env.insert("PORT".into(), "15080".into());
+    let report = d
+        .deploy(
+            &[spec("procfile"), by_env, spec("good")],
+            &Events::discard(),
+        )
+        .await;
+    let by = |n: &str| {
+        report
+            .services
+            .iter()
+            .find(|s| s.service.as_str() == n)
+            .unwrap()
+    };
+    let reserved = "9901 (stats), 15000 (inbound mTLS), 15001 (outbound), 15021 (health probe), 15080 (edge), 50051 (agent gRPC)";
+    let procfile = by("procfile");
+    assert_eq!(procfile.failed_stage, Some(Stage::Resolve));
+    let err = procfile.error.as_deref().unwrap();
+    assert!(
+        err.contains("procfile: app port 15001")
+            && err.contains("Procfile line 1 (Heroku), entry rule platform:procfile")
+            && err.contains(reserved),
+        "{err}"
+    );
+    let by_env = by("byenv");
+    assert_eq!(by_env.failed_stage, Some(Stage::Resolve));
+    let err = by_env.error.as_deref().unwrap();
+    assert!(
+        err.contains("byenv: app port 15080")
+            && err.contains("`env: PORT` of byenv")
+            && err.contains(reserved),
+        "{err}"
+    );
+    assert!(by("good").ok, "{report:#?}");
+}
+
+#[test]
+fn every_port_of_the_sidecar_side_is_reserved_and_nothing_else() {
+    let ports = MeshPorts::default();
+    let reserved: Vec<u16> = ports.reserved().iter().map(|(p, _)| *p).collect();
+    assert_eq!(reserved, [9901, 15000, 15001, 15021, 15080, 50051]);
+    let web = spec("web");
+    let mut e = entry();
+    for (port, ok) in [(8000, true), (15001, false), (50051, false), (15002, true)] {
+        e.port = Some(port);
+        assert_eq!(
+            super::prepare::check_app_port(&web, &e, &ports).is_ok(),
+            ok,
+            "{port}"
+        );
+    }
+    // No port at all (a worker): nothing to check.
+    e.port = None;
+    assert!(super::prepare::check_app_port(&web, &e, &ports).is_ok());
+}
