@@ -2,7 +2,8 @@
 # test-wheels.sh — downloads, on the host, the binary wheels the end-to-end fixtures of
 # crates/iac-bin/tests/fixtures/apps/ depend on, for each app's Python (its .python-version, else
 # 3.11), into one find-links directory. Tests never reach the network: tests/public_apps.rs points
-# host pip there with --no-index. Run by `make test-deps`; a second run only checks the stamp.
+# the resolver container there ([images.resolver] find_links) with --no-index. (The download runs
+# on the host, but from a fixed list in this script: no repo steers it.) Run by `make test-deps`; a second run only checks the stamp.
 #
 # Environment: IAC_TEST_WHEELS [${XDG_CACHE_HOME:-$HOME/.cache}/iac/test-wheels]
 #              IAC_PIP [python3 -m pip]

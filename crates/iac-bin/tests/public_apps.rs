@@ -16,7 +16,7 @@
 //! 4. `iac destroy` leaves no container or network with the project label.
 //!
 //! The apps' dependencies come from the wheels `make test-deps` downloads (`scripts/test-wheels.sh`)
-//! with host pip pointed there by `--no-index`: no network. The Python 3.14 base image and its
+//! with the resolver container pointed there by `--no-index`: no network. The Python 3.14 base image and its
 //! wheelhouse come from `make test-deps` too (`bootstrap-images.sh --python 3.14`): a deploy would
 //! build them on demand from Debian's mirror, which a test must not reach, so their absence fails
 //! the test up front (the on-demand path is tested with a stand-in maker in
@@ -159,11 +159,11 @@ fn flask_django_and_fastapi_apps_serve_their_pages_through_the_mesh() {
         ),
     )
     .unwrap();
-    // Host pip reads the pre-downloaded wheels only: no index, no network.
+    // The resolver container reads the pre-downloaded wheels only: no index, no network.
     std::fs::write(
         project.workdir.path().join("iac.toml"),
         format!(
-            "[images]\npip_args = [\"--no-index\", \"--find-links\", {:?}]\n",
+            "[images]\npip_args = [\"--no-index\"]\n[images.resolver]\nfind_links = [{:?}]\n",
             wheels.display().to_string()
         ),
     )
