@@ -588,7 +588,10 @@ mod tests {
             c.validate().unwrap_err()
         };
         let e = bad(|c| c.user = "0:0".into());
-        assert!(e.contains("images.resolver.user") && e.contains("root"), "{e}");
+        assert!(
+            e.contains("images.resolver.user") && e.contains("root"),
+            "{e}"
+        );
         let e = bad(|c| c.user = "nobody".into());
         assert!(e.contains("uid:gid"), "{e}");
         let e = bad(|c| c.memory_mib = 1);
@@ -606,8 +609,14 @@ mod tests {
             ..ImageConfig::default()
         };
         let e = cfg.validate_build_limits().unwrap_err();
-        assert!(e.contains("images.build_memory_mib") && e.contains("2047"), "{e}");
-        assert_eq!(ImageConfig::default().build_memory_bytes(), 2047 * 1024 * 1024);
+        assert!(
+            e.contains("images.build_memory_mib") && e.contains("2047"),
+            "{e}"
+        );
+        assert_eq!(
+            ImageConfig::default().build_memory_bytes(),
+            2047 * 1024 * 1024
+        );
         // Read from TOML with its duration syntax.
         let c: ImageConfig =
             toml::from_str("[resolver]\nnetwork = \"bridge\"\ntimeout = \"90s\"\n").unwrap();
