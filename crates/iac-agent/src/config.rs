@@ -133,6 +133,12 @@ pub struct Cli {
     #[arg(long, value_name = "UID[:GID]|NAME[:GROUP]", requires = "sidecar")]
     pub sidecar_user: Option<String>,
 
+    /// With --sidecar: run it `chroot`ed into this directory, its own root filesystem (Envoy,
+    /// its libraries and loader, its /etc), with the sidecar program an absolute path inside it.
+    /// The root and every directory above it must be owned by root and writable by no one else.
+    #[arg(long, value_name = "DIR", requires = "sidecar")]
+    pub sidecar_root: Option<std::path::PathBuf>,
+
     /// Do not supervise anything: ask the agent listening on --listen for HealthCheck, print its
     /// answer and exit 0 when it is SERVING, 1 otherwise (for a container HEALTHCHECK).
     #[arg(long, conflicts_with = "argv")]

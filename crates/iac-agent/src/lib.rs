@@ -45,6 +45,7 @@ pub mod ports;
 pub mod probe;
 pub mod restart;
 pub mod service;
+pub mod sidecar_root;
 pub mod state;
 pub mod std_health;
 pub mod supervisor;
@@ -53,6 +54,34 @@ pub mod user;
 
 pub use config::{AgentConfig, Cli};
 pub use supervisor::{Options, Sidecar, run};
+
+/// With a sidecar running as its own user (it alone may read its private key), the app must run
+/// as neither that uid nor root: either could read the key. An app image whose build gave the
+/// app's user the sidecar's uid (or uid 0) is refused here, before anything starts.
+pub fn check_app_user_apart(
+    app: Option<&user::ResolvedUser>,
+    sidecar: &user::ResolvedUser,
+) -> Result<(), String> {
+    // SAFETY: geteuid never fails. Without --user the app runs as the agent's own user.
+    let uid = app.map_or_else(|| unsafe { libc::geteuid() }, |u| u.uid);
+    let name = app
+        .and_then(|u| u.name.clone())
+        .map(|n| format!("{n:?} "))
+        .unwrap_or_default();
+    if uid == 0 || uid == sidecar.uid {
+        return Err(format!(
+            "--user: the app's user {name}is uid {uid}, {}; expected a uid other than 0 and the \
+             sidecar's ({}), so the app cannot read the sidecar's private key",
+            if uid == 0 {
+                "root"
+            } else {
+                "the sidecar's own uid"
+            },
+            sidecar.uid
+        ));
+    }
+    Ok(())
+}
 
 impl Options {
     /// Validates the command line into run options (resolving `--user` against /etc/passwd).
@@ -78,6 +107,28 @@ impl Options {
                 ))
             }
         };
+        let sidecar = if cli.sidecar.is_empty() {
+            None
+        } else {
+            let sidecar_user = cli
+                .sidecar_user
+                .as_deref()
+                .map(user::resolve_from_system)
+                .transpose()
+                .map_err(|e| format!("--sidecar-user: {e}"))?;
+            if let Some(root) = &cli.sidecar_root {
+                sidecar_root::check(root, &cli.sidecar[0])?;
+            }
+            if let Some(su) = &sidecar_user {
+                check_app_user_apart(user.as_ref(), su)?;
+            }
+            Some(Sidecar {
+                argv: cli.sidecar,
+                port: cli.sidecar_port,
+                user: sidecar_user,
+                root: cli.sidecar_root,
+            })
+        };
         Ok(Self {
             listen: cli.listen,
             user,
@@ -91,20 +142,7 @@ impl Options {
             restart: cli.restart,
             follow_pod_network: cli.follow_pod_network,
             backoff,
-            sidecar: if cli.sidecar.is_empty() {
-                None
-            } else {
-                Some(Sidecar {
-                    argv: cli.sidecar,
-                    port: cli.sidecar_port,
-                    user: cli
-                        .sidecar_user
-                        .as_deref()
-                        .map(user::resolve_from_system)
-                        .transpose()
-                        .map_err(|e| format!("--sidecar-user: {e}"))?,
-                })
-            },
+            sidecar,
         })
     }
 }

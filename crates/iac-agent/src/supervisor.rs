@@ -59,6 +59,9 @@ pub struct Sidecar {
     pub user: Option<ResolvedUser>,
     /// HealthCheck waits for it to listen on this port.
     pub port: Option<u16>,
+    /// Run it `chroot`ed into this directory (`--sidecar-root`, checked by
+    /// [`crate::sidecar_root::check`]), its argv\[0\] an absolute path inside it.
+    pub root: Option<std::path::PathBuf>,
 }
 
 /// Everything `run` needs, already validated.
@@ -278,12 +281,33 @@ fn drop_privileges(cmd: &mut Command, user: &ResolvedUser) {
 /// Starts the sidecar with stdin from /dev/null and stdout/stderr inherited (its log lines reach
 /// `docker logs` directly; they are not the app's and stay out of the ring buffer), as `user`
 /// when given (a non-root user ends up with no capabilities at all).
+///
+/// Its environment is empty: nothing the app's environment carries (`LD_PRELOAD`, proxies, the
+/// repos file's env) reaches it. With a root it is `chroot`ed there first (while still root),
+/// after the engine-written DNS files are copied in.
 fn spawn_sidecar(sidecar: &Sidecar) -> io::Result<std::process::Child> {
     let mut cmd = Command::new(&sidecar.argv[0]);
     cmd.args(&sidecar.argv[1..])
+        .env_clear()
         .stdin(Stdio::null())
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit());
+    if let Some(root) = &sidecar.root {
+        crate::sidecar_root::prepare(root)?;
+        let dir = std::ffi::CString::new(root.as_os_str().as_encoded_bytes())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        // SAFETY: runs between fork and exec, making only async-signal-safe syscalls on a
+        // string allocated before the fork; registered before the privilege drop, so it runs
+        // first, as root.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::chroot(dir.as_ptr()) != 0 || libc::chdir(c"/".as_ptr()) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
     if let Some(u) = &sidecar.user {
         drop_privileges(&mut cmd, u);
     }

@@ -167,9 +167,10 @@ async fn the_sidecar_runs_as_its_own_user_without_capabilities() {
         return;
     }
     let side = "echo \"sidecar uid=$(id -u) gid=$(id -g) $(grep CapEff /proc/self/status)\"; \
+                echo \"sidecar environ=[$(tr '\\0' ' ' </proc/$$/environ)]\"; \
                 while :; do sleep 0.05; done";
     let mut opts = sidecar_opts(&["sh", "-c", side]);
-    opts.extend(["--sidecar-user", "4242:4343"]);
+    opts.extend(["--sidecar-user", "4242:4343", "--user", "4444:4444"]);
     let mut agent = Agent::start(&opts, &["sh", "-c", &trapping("app", 0)]);
     let line = agent.stdout.wait_for("sidecar uid=");
     assert!(line.starts_with("sidecar uid=4242 gid=4343 "), "{line}");
@@ -177,6 +178,9 @@ async fn the_sidecar_runs_as_its_own_user_without_capabilities() {
         line.ends_with("0000000000000000"),
         "no capability left: {line}"
     );
+    // Nothing of the agent's environment (the app's, the repos file's) reaches the sidecar.
+    let line = agent.stdout.wait_for("sidecar environ=");
+    assert_eq!(line, "sidecar environ=[]");
     assert!(
         agent
             .stderr
@@ -184,4 +188,25 @@ async fn the_sidecar_runs_as_its_own_user_without_capabilities() {
             .contains(" as uid 4242 gid 4343")
     );
     assert_eq!(agent.stop(), 0);
+}
+
+#[test]
+fn an_app_user_that_is_root_or_the_sidecars_uid_is_refused() {
+    let side = sidecar_opts(&["sh", "-c", "sleep 5"]);
+    for (user, want) in [
+        ("4242", "the sidecar's own uid"),
+        ("4242:0", "the sidecar's own uid"),
+        ("0", "root"),
+    ] {
+        let mut opts = side.clone();
+        opts.extend(["--sidecar-user", "4242", "--user", user]);
+        let mut agent = Agent::spawn(&opts, &["sh", "-c", "echo app-ran"]);
+        assert_eq!(agent.wait_exit().code(), Some(2), "--user {user}");
+        let err = agent.stderr.lines().join("\n");
+        assert!(
+            err.contains(want) && err.contains("private key"),
+            "--user {user}: {err}"
+        );
+        assert!(!agent.stdout.contains("app-ran"), "--user {user}");
+    }
 }
