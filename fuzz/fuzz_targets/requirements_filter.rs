@@ -1,6 +1,7 @@
 //! Fuzz target: the requirements-file filter (`iac_backends::build::requirements::parse`) never
-//! panics, and nothing it accepts points pip elsewhere: accepted index lines carry no option but
-//! `--hash`, no URL and no `${VAR}`; accepted paths (local projects, includes) stay relative and
+//! panics, and nothing it accepts points pip elsewhere: accepted index lines are regenerated from
+//! their PEP 508 parse and carry no option but `--hash`, no URL and no `${VAR}`; no
+//! `--only-binary`/`--no-binary` is ever accepted; accepted paths (local projects, includes) stay relative and
 //! never climb out of the tree; every accepted line classifies the same way again.
 #![no_main]
 
@@ -25,20 +26,25 @@ fuzz_target!(|data: &[u8]| {
         let Ok(line) = verdict else { continue };
         match &line {
             Line::Index(req) => {
-                for token in req.split_whitespace() {
+                // What the resolver reads: the regenerated PEP 508 text plus validated hashes.
+                let text = req.line();
+                for token in text.split_whitespace() {
                     assert!(
                         !token.starts_with('-') || token.starts_with("--hash="),
-                        "an option survived in {req:?}"
+                        "an option survived in {text:?}"
                     );
                 }
-                assert!(!req.contains("://"), "a URL survived in {req:?}");
-                assert!(!req.contains("${"), "a variable survived in {req:?}");
-                assert!(!req.contains('\n'), "a line break survived in {req:?}");
-                // Re-emitted text means the same thing when read again.
+                for h in &req.hashes {
+                    assert!(h.starts_with("--hash="), "hash {h:?}");
+                }
+                assert!(!text.contains("://"), "a URL survived in {text:?}");
+                assert!(!text.contains("${"), "a variable survived in {text:?}");
+                assert!(!text.contains('\n'), "a line break survived in {text:?}");
+                // Regeneration is a fixed point: the emitted text reads back as the same line.
                 assert_eq!(
-                    classify(req, base),
+                    classify(&text, base),
                     Ok(line.clone()),
-                    "{req:?} does not classify the same way again"
+                    "{text:?} does not classify the same way again"
                 );
             }
             Line::Local { path, .. } | Line::Include { path, .. } => {
@@ -50,9 +56,10 @@ fuzz_target!(|data: &[u8]| {
                 );
             }
             Line::Option(opt) => {
+                // --only-binary/--no-binary would override iac's own choice of wheels and
+                // sdists: never accepted.
                 assert!(
-                    ["--pre", "--prefer-binary", "--require-hashes"].contains(&opt.as_str())
-                        || opt.starts_with("--only-binary="),
+                    ["--pre", "--prefer-binary", "--require-hashes"].contains(&opt.as_str()),
                     "unexpected option {opt:?} accepted"
                 );
             }

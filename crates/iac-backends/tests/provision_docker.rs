@@ -26,6 +26,7 @@ use bollard::Docker;
 use bollard::query_parameters::{ListContainersOptionsBuilder, ListNetworksOptionsBuilder};
 use iac_backends::provision::ContainerLimits;
 use iac_backends::provision::docker::{DockerProvisioner, DockerProvisionerConfig};
+use iac_core::plan::{POD_FILTER_TABLE, pod_filter_rules};
 use iac_core::stack::{LABEL_MANAGED, LABEL_PROJECT, LABEL_ROLE, LABEL_SERVICE, LABEL_SPEC_HASH};
 use iac_core::{
     Action, Applied, ContainerSpec, EdgeBind, Events, HealthProber, HealthReport, HealthState,
@@ -1564,4 +1565,93 @@ async fn edge_port_answers_on_the_host_and_refuses_peers() {
     // What `running` reports for `iac health`: the same edge.
     let running = pod.provisioner.running(&pod.f.project).await.unwrap();
     assert_eq!(running[0].edge, Some(edge), "{running:?}");
+}
+
+/// From the host, with the pod's filter taken away and then put back (as `nft` run in the pod's
+/// network namespace by a helper container with NET_ADMIN): a connection to the app's own port
+/// opened while there was no filter must not carry a request once the filter is back. Conntrack
+/// marks that connection "established", and the filter accepts established traffic only in the
+/// reply direction (replies to the pod's own connections), so the request is reset.
+#[tokio::test]
+async fn a_connection_opened_before_the_filter_does_not_survive_it() {
+    let pod = Pod::new(APP_SERVER, ContainerLimits::default(), None).await;
+    let (applied, _) = pod.apply().await;
+    assert_eq!(action_of(&applied, "web").0, Action::Create);
+    let started = Instant::now();
+    while !docker_ok(&["logs", &pod.app()]).contains("app: listening") {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "app never started"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (v4, _) = pod.addresses();
+    let nft = |script: &str| {
+        let out = std::process::Command::new("docker")
+            .args([
+                "run",
+                "--rm",
+                "-i",
+                "--label",
+                &format!("{LABEL_TEST}={}", pod.f.id),
+                "--network",
+                &format!("container:{}", pod.sidecar()),
+                "--cap-add",
+                "NET_ADMIN",
+                "--entrypoint",
+                "nft",
+                ENVOY_IMAGE,
+                "-f",
+                "-",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin.take().unwrap().write_all(script.as_bytes())?;
+                c.wait_with_output()
+            })
+            .expect("docker run nft");
+        assert!(
+            out.status.success(),
+            "nft: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // No filter: the host opens a connection to the app's own port (nothing sent yet).
+    nft(&format!(
+        "table inet {POD_FILTER_TABLE}\ndelete table inet {POD_FILTER_TABLE}\n"
+    ));
+    let mut early = std::net::TcpStream::connect_timeout(
+        &format!("{v4}:8001").parse().unwrap(),
+        Duration::from_secs(5),
+    )
+    .expect("without the filter the app's port is open");
+    // The filter comes back (exactly what the sidecar loads).
+    nft(&pod_filter_rules(15000, None));
+    // A fresh connection is refused, as always.
+    let fresh = std::net::TcpStream::connect_timeout(
+        &format!("{v4}:8001").parse().unwrap(),
+        Duration::from_secs(5),
+    );
+    assert!(fresh.is_err(), "a new connection to 8001 is refused");
+    // The early one carries nothing: its request is answered by a reset (or nothing at all).
+    use std::io::{Read, Write};
+    early
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let sent = early.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n");
+    let mut body = Vec::new();
+    let read = early.read_to_end(&mut body);
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        !text.contains("HTTP/1.0 200"),
+        "the early connection reached the app past the filter: {text}"
+    );
+    assert!(
+        sent.is_err() || read.is_err() || body.is_empty(),
+        "sent {sent:?}, read {read:?}"
+    );
 }

@@ -372,6 +372,46 @@ fn hello_main_on_a_single_node_swarm() {
         "envoy.yaml as configs"
     );
 
+    // 1b. Envoy's key is out of the app's reach: the app's user cannot read it, and Envoy runs
+    // chrooted in its own root with an empty environment (nothing of the app image's loader
+    // configuration or the service's env applies to it).
+    let task = docker(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=com.docker.swarm.service.name={}-hello", project.name),
+    ]);
+    let task = task
+        .split_whitespace()
+        .next()
+        .expect("a running hello task");
+    let (ok, out) = docker_status(&[
+        "exec",
+        "-u",
+        "app",
+        task,
+        "cat",
+        "/iac-envoy/etc/iac/certs/key.pem",
+    ]);
+    assert!(!ok && out.contains("Permission denied"), "as app: {out}");
+    let (ok, out) = docker_status(&[
+        "exec",
+        "-u",
+        "101:101",
+        task,
+        "sh",
+        "-c",
+        "for p in /proc/[0-9]*; do case \"$(readlink $p/exe)\" in */usr/local/bin/envoy) \
+         echo \"envoy root=$(readlink $p/root) environ=$(wc -c < $p/environ)\";; esac; done",
+    ]);
+    assert!(ok, "{out}");
+    assert_eq!(out.trim(), "envoy root=/iac-envoy environ=0", "{out}");
+    let (ok, out) = docker_status(&["exec", "-u", "app", task, "id", "-u"]);
+    assert!(
+        ok && out.trim() != "101" && out.trim() != "0",
+        "app uid: {out}"
+    );
+
     // 2. logs through the agent's StreamLogs, over mTLS, the task found through the Swarm API.
     let logs = project.iac(&["logs", "--service", "hello", "--tail", "50"]);
     assert!(logs.status.success());

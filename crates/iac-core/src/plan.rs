@@ -44,7 +44,8 @@ pub const POD_FILTER_EXIT: u8 = 78;
 /// the addresses in the set `edge_sources`, which [`sidecar_command`] fills with the network's
 /// gateway (where the host's published port comes from), so peers on the project network cannot
 /// use the edge to skip the mesh's certificates. Loopback (Envoy ↔ app ↔ agent), replies to the
-/// pod's own connections and the ICMP that IPv4/IPv6 need to work (neighbour discovery, errors)
+/// pod's own connections (conntrack's reply direction only: a connection someone else opened to
+/// the pod before the filter was loaded is not "established" traffic to let through) and the ICMP that IPv4/IPv6 need to work (neighbour discovery, errors)
 /// pass; every other TCP connection is reset, everything else dropped. Outbound is not filtered.
 /// Loading it replaces any earlier copy of the table atomically (a restarted sidecar re-installs it).
 pub fn pod_filter_rules(inbound_port: u16, edge_port: Option<u16>) -> String {
@@ -62,7 +63,7 @@ table inet {POD_FILTER_TABLE} {{
 {edge_set}  chain input {{
     type filter hook input priority filter; policy drop;
     iifname \"lo\" accept
-    ct state established,related accept
+    ct state established,related ct direction reply accept
     tcp dport {inbound_port} accept
 {edge_rule}    icmpv6 type {{ destination-unreachable, packet-too-big, time-exceeded, parameter-problem, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert }} accept
     icmp type {{ destination-unreachable, time-exceeded, parameter-problem }} accept
@@ -610,7 +611,7 @@ mod tests {
         assert!(rules.contains("policy drop;"));
         assert!(rules.contains("tcp dport 15000 accept"));
         assert!(rules.contains("iifname \"lo\" accept"));
-        assert!(rules.contains("ct state established,related accept"));
+        assert!(rules.contains("ct state established,related ct direction reply accept"));
         assert_eq!(
             rules.matches(" accept").count(),
             5,

@@ -96,10 +96,15 @@ pub struct SwarmConfig {
     /// services run them by digest. Without it only a single-node swarm is accepted (its engine
     /// has the images it built).
     pub registry: Option<String>,
-    /// Login for `registry` (both or neither): used for the push and sent with service creates
-    /// and updates so the nodes can pull.
+    /// Login for `registry` (both or neither): used for the push, on the manager only — unless
+    /// no pull login is set, when it is also what the nodes get.
     pub registry_username: Option<String>,
     pub registry_password: Option<Secret>,
+    /// A read-only login for `registry` (both or neither): sent with service creates and
+    /// updates so every node can pull, in place of the push login. Which rights a login has is
+    /// the registry's to enforce.
+    pub registry_pull_username: Option<String>,
+    pub registry_pull_password: Option<Secret>,
 }
 
 impl Default for SwarmConfig {
@@ -119,6 +124,8 @@ impl Default for SwarmConfig {
             registry: None,
             registry_username: None,
             registry_password: None,
+            registry_pull_username: None,
+            registry_pull_password: None,
         }
     }
 }
@@ -137,19 +144,37 @@ impl SwarmConfig {
         }
     }
 
-    /// The registry login, when one is configured.
+    /// The registry login (the push login), when one is configured.
     pub fn registry_auth(&self) -> Option<RegistryAuth> {
-        match (
+        login(
             &self.registry,
             &self.registry_username,
             &self.registry_password,
+        )
+    }
+
+    /// The login every node gets with service creates and updates: the pull login when one is
+    /// set; otherwise the push login, with a warning to show (the nodes then hold a credential
+    /// that can push).
+    pub fn node_auth(&self) -> (Option<RegistryAuth>, Option<String>) {
+        if let Some(pull) = login(
+            &self.registry,
+            &self.registry_pull_username,
+            &self.registry_pull_password,
         ) {
-            (Some(server), Some(username), Some(password)) => Some(RegistryAuth {
-                server: server.clone(),
-                username: username.clone(),
-                password: password.clone(),
-            }),
-            _ => None,
+            return (Some(pull), None);
+        }
+        match self.registry_auth() {
+            Some(push) => {
+                let warning = format!(
+                    "every node of the swarm gets registry {}'s login {:?}, which can push; set \
+                     [swarm] registry_pull_username/registry_pull_password to a read-only login \
+                     so nodes get only that",
+                    push.server, push.username
+                );
+                (Some(push), Some(warning))
+            }
+            None => (None, None),
         }
     }
 
@@ -205,7 +230,45 @@ impl SwarmConfig {
                 "swarm.registry_username is empty; expected a user name or no login at all".into(),
             );
         }
-        Ok(())
+        match (
+            &self.registry,
+            self.registry_pull_username.as_deref(),
+            self.registry_pull_password.is_some(),
+        ) {
+            (None, Some(_), _) | (None, _, true) => Err(
+                "swarm.registry_pull_username/registry_pull_password are set but swarm.registry is not; expected registry = \"HOST:PORT\" they log in to"
+                    .into(),
+            ),
+            (Some(_), Some(_), false) => Err(
+                "swarm.registry_pull_username is set without swarm.registry_pull_password; expected both or neither"
+                    .into(),
+            ),
+            (Some(_), None, true) => Err(
+                "swarm.registry_pull_password is set without swarm.registry_pull_username; expected both or neither"
+                    .into(),
+            ),
+            (_, Some(""), _) => Err(
+                "swarm.registry_pull_username is empty; expected a user name or no pull login at all"
+                    .into(),
+            ),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A login for `registry` when all three parts are there.
+fn login(
+    registry: &Option<String>,
+    username: &Option<String>,
+    password: &Option<Secret>,
+) -> Option<RegistryAuth> {
+    match (registry, username, password) {
+        (Some(server), Some(username), Some(password)) => Some(RegistryAuth {
+            server: server.clone(),
+            username: username.clone(),
+            password: password.clone(),
+        }),
+        _ => None,
     }
 }
 
@@ -643,12 +706,13 @@ impl SwarmProvisioner {
                 .map_err(|e| fail(e.to_string()))?,
             None => image,
         };
-        // Sent with create and update so every node can pull from a registry that needs a login.
-        let auth = self
-            .config
-            .registry_auth()
-            .as_ref()
-            .map(RegistryAuth::credentials);
+        // Sent with create and update so every node can pull from a registry that needs a login:
+        // the pull login, never the push login when a pull login is set.
+        let (node_auth, warning) = self.config.node_auth();
+        if let Some(w) = warning {
+            ev.warn(Stage::Provision, w);
+        }
+        let auth = node_auth.as_ref().map(RegistryAuth::credentials);
         let spec = spec::service_spec(&PodInput {
             project,
             svc,
@@ -1158,6 +1222,71 @@ mod tests {
         // The registry is part of every service's spec hash; the login is not.
         assert_eq!(ok.settings().registry.as_deref(), Some("reg:5000"));
         assert_eq!(ok.settings(), with(Some("reg:5000"), None, None).settings());
+    }
+
+    #[test]
+    fn nodes_get_the_pull_login_and_the_push_login_only_with_a_warning() {
+        let cfg = |pull: Option<(&str, &str)>| SwarmConfig {
+            registry: Some("reg:5000".into()),
+            registry_username: Some("pusher".into()),
+            registry_password: Some(Secret::from("push-pw")),
+            registry_pull_username: pull.map(|p| p.0.to_string()),
+            registry_pull_password: pull.map(|p| Secret::from(p.1)),
+            ..Default::default()
+        };
+        let with_pull = cfg(Some(("puller", "pull-pw")));
+        with_pull.validate().unwrap();
+        let (auth, warning) = with_pull.node_auth();
+        let auth = auth.unwrap();
+        assert_eq!(
+            (auth.server.as_str(), auth.username.as_str()),
+            ("reg:5000", "puller")
+        );
+        assert_eq!(auth.password.expose(), "pull-pw");
+        assert_eq!(warning, None);
+        // The push keeps the push login.
+        assert_eq!(with_pull.registry_auth().unwrap().username, "pusher");
+
+        let (auth, warning) = cfg(None).node_auth();
+        assert_eq!(auth.unwrap().username, "pusher");
+        let w = warning.unwrap();
+        assert!(
+            w.contains("can push")
+                && w.contains("registry_pull_username")
+                && !w.contains("push-pw"),
+            "{w}"
+        );
+        assert_eq!(SwarmConfig::default().node_auth(), (None, None));
+
+        for (c, want) in [
+            (
+                SwarmConfig {
+                    registry: None,
+                    registry_pull_username: Some("p".into()),
+                    registry_pull_password: Some(Secret::from("x")),
+                    ..Default::default()
+                },
+                "swarm.registry is not",
+            ),
+            (
+                SwarmConfig {
+                    registry_pull_password: None,
+                    ..cfg(Some(("p", "x")))
+                },
+                "without swarm.registry_pull_password",
+            ),
+            (
+                SwarmConfig {
+                    registry_pull_username: None,
+                    ..cfg(Some(("p", "x")))
+                },
+                "without swarm.registry_pull_username",
+            ),
+            (cfg(Some(("", "x"))), "registry_pull_username is empty"),
+        ] {
+            let e = c.validate().unwrap_err();
+            assert!(e.contains(want), "{e}");
+        }
     }
 
     #[test]

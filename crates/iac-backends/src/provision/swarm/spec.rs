@@ -4,7 +4,14 @@
 //! A task is one container (Swarm has no shared network namespaces): PID 1 is `iac-agent` in pod
 //! mode (`--sidecar …`), which runs Envoy — exactly the docker provisioner's Envoy arguments,
 //! config and certificates — next to the app. Envoy runs as [`SIDECAR_UID`], the only user that
-//! can read its key (a secret mounted 0400); the app runs as the image's app user, as on Docker.
+//! can read its key (a secret mounted 0400); the app runs as the image's app user, as on Docker,
+//! and the agent refuses to start an app whose user is root or that uid.
+//!
+//! Envoy runs `chroot`ed in its own root filesystem ([`super::image::ENVOY_ROOT`], the pod
+//! image's last layer): its config and certificates are mounted inside it, its environment is
+//! empty, and nothing the app image's build changed (libraries, `/etc/ld.so.preload`,
+//! `/etc/passwd`) applies to it. The task gets `SYS_CHROOT` for that, on top of the app's own
+//! capabilities; the app, running as a non-root user, keeps none of them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -28,11 +35,12 @@ use iac_core::stack::{LABEL_PROJECT, LABEL_ROLE, LABEL_SERVICE, LABEL_SPEC_HASH}
 use iac_core::{CertPaths, Limits, MeshPorts, ProjectName, ServiceStack};
 
 use super::super::{LABEL_MANAGED, MANAGED_BY};
+use super::image::{ENVOY_BINARY, ENVOY_ROOT};
 
 /// The uid (and gid) Envoy runs as inside a task; its config and certificates belong to it.
 pub const SIDECAR_UID: &str = "101";
 /// Bumped when the shape of the rendered spec changes, so every service is updated once.
-pub const POD_FORMAT: u32 = 1;
+pub const POD_FORMAT: u32 = 2;
 /// The agent's address when the image's command does not say (`iac-agent --listen`'s default).
 const DEFAULT_AGENT_LISTEN: &str = "127.0.0.1:50051";
 
@@ -152,7 +160,7 @@ pub fn pod_command(
         ));
     };
     let mut cmd = image_cmd[..split].to_vec();
-    for arg in envoy_argv(project, svc) {
+    for arg in pod_envoy_argv(project, svc) {
         cmd.extend(["--sidecar".to_string(), arg]);
     }
     cmd.extend([
@@ -160,9 +168,27 @@ pub fn pod_command(
         MeshPorts::default().inbound.to_string(),
         "--sidecar-user".to_string(),
         format!("{SIDECAR_UID}:{SIDECAR_UID}"),
+        "--sidecar-root".to_string(),
+        ENVOY_ROOT.to_string(),
     ]);
     cmd.extend(image_cmd[split..].iter().cloned());
     Ok(cmd)
+}
+
+/// Envoy's argv in a pod: the docker provisioner's, with the binary by its absolute path inside
+/// Envoy's root and hot restart off (the root has no `/dev/shm`, and the agent never hot-restarts
+/// Envoy: the task is restarted instead).
+pub fn pod_envoy_argv(project: &ProjectName, svc: &iac_core::ServiceName) -> Vec<String> {
+    let mut argv = envoy_argv(project, svc);
+    argv[0] = ENVOY_BINARY.to_string();
+    argv.push("--disable-hot-restart".to_string());
+    argv
+}
+
+/// Where a file Envoy reads at `inside` (its config, a certificate) is mounted in the task: the
+/// same path inside Envoy's root.
+pub fn in_envoy_root(inside: &std::path::Path) -> String {
+    format!("{ENVOY_ROOT}{}", inside.display())
 }
 
 /// The HEALTHCHECK command: the same agent binary asking the agent (`--probe`) at the address the
@@ -188,6 +214,16 @@ pub fn probe_command(image_cmd: &[String]) -> Vec<String> {
         "--listen".into(),
         listen,
     ]
+}
+
+/// The task's added capabilities: the app's, plus `SYS_CHROOT` for the agent to put Envoy in its
+/// root (sorted, no duplicates).
+pub fn task_cap_add(app: &[String]) -> Vec<String> {
+    let mut caps: Vec<String> = app.to_vec();
+    caps.push("SYS_CHROOT".to_string());
+    caps.sort();
+    caps.dedup();
+    caps
 }
 
 /// One container holds both processes: its limits are the app's and the sidecar's together (no
@@ -232,7 +268,7 @@ pub fn service_spec(input: &PodInput<'_>) -> Result<ServiceSpec, String> {
     let secret =
         |r: &ObjectRef, target: &std::path::Path, mode: u32| TaskSpecContainerSpecSecrets {
             file: Some(TaskSpecContainerSpecFile {
-                name: Some(target.display().to_string()),
+                name: Some(in_envoy_root(target)),
                 uid: Some(SIDECAR_UID.into()),
                 gid: Some(SIDECAR_UID.into()),
                 mode: Some(mode),
@@ -258,7 +294,9 @@ pub fn service_spec(input: &PodInput<'_>) -> Result<ServiceSpec, String> {
         stop_grace_period: Some(nanos(s.stop_grace)),
         configs: Some(vec![TaskSpecContainerSpecConfigs {
             file: Some(TaskSpecContainerSpecFile1 {
-                name: Some(ENVOY_CONFIG_IN_CONTAINER.to_string()),
+                name: Some(in_envoy_root(std::path::Path::new(
+                    ENVOY_CONFIG_IN_CONTAINER,
+                ))),
                 uid: Some(SIDECAR_UID.into()),
                 gid: Some(SIDECAR_UID.into()),
                 mode: Some(0o400),
@@ -275,8 +313,7 @@ pub fn service_spec(input: &PodInput<'_>) -> Result<ServiceSpec, String> {
         // The docker provisioner's app privileges: the agent switches users and signals the app.
         capability_drop: (!svc.app.privileges.cap_drop.is_empty())
             .then(|| svc.app.privileges.cap_drop.clone()),
-        capability_add: (!svc.app.privileges.cap_add.is_empty())
-            .then(|| svc.app.privileges.cap_add.clone()),
+        capability_add: Some(task_cap_add(&svc.app.privileges.cap_add)),
         // Honoured by engines with API ≥ 1.46; older ones ignore the field.
         privileges: svc.app.privileges.no_new_privileges.then_some(
             TaskSpecContainerSpecPrivileges {
@@ -461,14 +498,23 @@ mod tests {
         assert_eq!(
             text,
             "iac-agent --listen 127.0.0.1:50051 --user app \
-             --sidecar envoy --sidecar -c --sidecar /etc/envoy/envoy.yaml --sidecar --concurrency \
-             --sidecar 2 --sidecar --log-level \
+             --sidecar /usr/local/bin/envoy --sidecar -c --sidecar /etc/envoy/envoy.yaml \
+             --sidecar --concurrency --sidecar 2 --sidecar --log-level \
              --sidecar warn --sidecar --service-cluster --sidecar demo --sidecar --service-node \
-             --sidecar web --sidecar-port 15000 --sidecar-user 101:101 -- python /app/main.py"
+             --sidecar web --sidecar --disable-hot-restart --sidecar-port 15000 \
+             --sidecar-user 101:101 --sidecar-root /iac-envoy -- python /app/main.py"
         );
         // The agent's own parser reads it back: Envoy's argv and the entry, untouched.
         let cli = <iac_agent::Cli as clap::Parser>::try_parse_from(&cmd).unwrap();
-        assert_eq!(cli.sidecar, envoy_argv(&project, &svc));
+        assert_eq!(cli.sidecar, pod_envoy_argv(&project, &svc));
+        assert_eq!(
+            cli.sidecar[1..envoy_argv(&project, &svc).len()],
+            envoy_argv(&project, &svc)[1..]
+        );
+        assert_eq!(
+            cli.sidecar_root.as_deref(),
+            Some(std::path::Path::new("/iac-envoy"))
+        );
         assert_eq!(cli.sidecar_port, Some(15000));
         assert_eq!(cli.sidecar_user.as_deref(), Some("101:101"));
         assert_eq!(cli.argv, ["python", "/app/main.py"]);
@@ -566,10 +612,13 @@ mod tests {
         );
         assert!(c.env.unwrap().contains(&"IAC_APP_PORT=8000".to_string()));
         assert_eq!(c.capability_drop.unwrap(), ["ALL"]);
-        assert_eq!(c.capability_add.unwrap(), ["KILL", "SETGID", "SETUID"]);
+        assert_eq!(
+            c.capability_add.unwrap(),
+            ["KILL", "SETGID", "SETUID", "SYS_CHROOT"]
+        );
         let cfg = &c.configs.unwrap()[0];
         let f = cfg.file.as_ref().unwrap();
-        assert_eq!(f.name.as_deref(), Some("/etc/envoy/envoy.yaml"));
+        assert_eq!(f.name.as_deref(), Some("/iac-envoy/etc/envoy/envoy.yaml"));
         assert_eq!((f.uid.as_deref(), f.mode), (Some("101"), Some(0o400)));
         let secrets = c.secrets.unwrap();
         let key = secrets
@@ -577,7 +626,7 @@ mod tests {
             .find(|s| s.secret_name.as_deref() == Some("key"))
             .unwrap();
         let f = key.file.as_ref().unwrap();
-        assert_eq!(f.name.as_deref(), Some("/etc/iac/certs/key.pem"));
+        assert_eq!(f.name.as_deref(), Some("/iac-envoy/etc/iac/certs/key.pem"));
         assert_eq!((f.uid.as_deref(), f.mode), (Some("101"), Some(0o400)));
         assert_eq!(key.secret_id.as_deref(), Some("id-key"));
     }
