@@ -336,7 +336,13 @@ fn hello_main_on_a_single_node_swarm() {
 
     // 1. deploy: both SERVING over mTLS through their tasks' published ports.
     let out = project.iac(&["deploy", "--file", file, "--json"]);
-    assert_eq!(out.status.code(), Some(0), "first deploy");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "first deploy: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report = json_of(&out)["report"].clone();
     for name in ["hello", "scripted"] {
         let s = service(&report, name);

@@ -35,7 +35,8 @@ pub const ENVOY_ROOT: &str = "/iac-envoy";
 
 /// The first stage's script: copies Envoy, every library `ldd` names and the loader into
 /// [`ENVOY_ROOT`], writes an `/etc` with only root and the sidecar's user, and leaves everything
-/// owned by root and writable by no one else (what the agent checks before `chroot`).
+/// owned by root and writable by no one else (what the agent checks before `chroot`) but `/tmp`
+/// (where Envoy's admin socket goes), which is the sidecar user's alone (0700).
 fn envoy_root_script(sidecar_uid: &str) -> String {
     format!(
         "set -eu; r={ENVOY_ROOT}; \\\n\
@@ -47,7 +48,8 @@ fn envoy_root_script(sidecar_uid: &str) -> String {
          printf 'root:x:0:0::/:/nonexistent\\nenvoy:x:{sidecar_uid}:{sidecar_uid}::/:/nonexistent\\n' > \"$r/etc/passwd\"; \\\n\
          printf 'root:x:0:\\nenvoy:x:{sidecar_uid}:\\n' > \"$r/etc/group\"; \\\n\
          : > \"$r/etc/resolv.conf\"; : > \"$r/etc/hosts\"; \\\n\
-         chown -R 0:0 \"$r\"; chmod -R go-w \"$r\"; chmod 0755 \"$r\""
+         chown -R 0:0 \"$r\"; chmod -R go-w \"$r\"; chmod 0755 \"$r\"; \\\n\
+         mkdir -m 0700 \"$r/tmp\"; chown {sidecar_uid}:{sidecar_uid} \"$r/tmp\""
     )
 }
 /// Label on a pod image naming the app image it was made from.
