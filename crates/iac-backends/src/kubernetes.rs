@@ -40,16 +40,16 @@ use serde_json::{Value, json};
 /// port may be this one ([`iac_core::MeshPorts::reserved`]).
 pub const HEALTH_PORT: u16 = iac_core::mesh::HEALTH_PROBE_PORT;
 
-/// Choices the stack does not make.
+/// Choices the stack does not make. Replicas, capabilities and limits come from the stack
+/// (`replicas:` of the repos file, the plan's privileges, `[docker.limits]` filled in by
+/// [`crate::provision::with_limits`]); these memory limits apply only where the stack sets none.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KubernetesOptions {
     /// The namespace; `None` → the project name.
     pub namespace: Option<String>,
-    /// Replicas per Deployment.
-    pub replicas: u32,
-    /// Memory limit of the app container (Kubernetes quantity).
+    /// Memory limit of the app container when the stack has none (Kubernetes quantity).
     pub app_memory: String,
-    /// Memory limit of the Envoy sidecar.
+    /// Memory limit of the Envoy sidecar when the stack has none.
     pub envoy_memory: String,
 }
 
@@ -57,11 +57,28 @@ impl Default for KubernetesOptions {
     fn default() -> Self {
         Self {
             namespace: None,
-            replicas: 1,
             app_memory: "1Gi".into(),
             envoy_memory: "256Mi".into(),
         }
     }
+}
+
+/// A container's memory limit: the stack's, in bytes, else `fallback`.
+fn memory_limit(limits: &iac_core::Limits, fallback: &str) -> Value {
+    match limits.memory_bytes {
+        Some(bytes) => json!(bytes.to_string()),
+        None => json!(fallback),
+    }
+}
+
+/// A securityContext from the plan's privileges for a container.
+fn security_context(p: &iac_core::stack::Privileges) -> Value {
+    let mut add = p.cap_add.clone();
+    add.sort();
+    json!({
+        "allowPrivilegeEscalation": !p.no_new_privileges,
+        "capabilities": { "drop": p.cap_drop, "add": add },
+    })
 }
 
 /// One output file.
@@ -250,12 +267,10 @@ fn service_documents(
             "periodSeconds": 2,
             "failureThreshold": 3,
         },
-        "resources": { "limits": { "memory": opts.app_memory } },
-        "securityContext": {
-            "allowPrivilegeEscalation": false,
-            // PID 1 is iac-agent as root; it needs these two to drop to the app user.
-            "capabilities": { "drop": ["ALL"], "add": ["SETUID", "SETGID"] },
-        },
+        "resources": { "limits": { "memory": memory_limit(&svc.app.limits, &opts.app_memory) } },
+        // The plan's: PID 1 is iac-agent as root, which needs SETUID/SETGID to drop to the app
+        // user and KILL to stop what the app left behind.
+        "securityContext": security_context(&svc.app.privileges),
     });
     let envoy_container = json!({
         "name": "envoy",
@@ -270,7 +285,7 @@ fn service_documents(
             "periodSeconds": 1,
             "failureThreshold": 30,
         },
-        "resources": { "limits": { "memory": opts.envoy_memory } },
+        "resources": { "limits": { "memory": memory_limit(&svc.envoy.limits, &opts.envoy_memory) } },
         "securityContext": {
             "allowPrivilegeEscalation": false,
             "capabilities": { "drop": ["ALL"] },
@@ -285,7 +300,7 @@ fn service_documents(
         "kind": "Deployment",
         "metadata": meta(""),
         "spec": {
-            "replicas": opts.replicas,
+            "replicas": svc.replicas,
             "selector": { "matchLabels": selector },
             "template": {
                 "metadata": {

@@ -202,13 +202,12 @@ fn same_inputs_same_bytes_and_options_apply() {
     let s = stack();
     let opts = KubernetesOptions {
         namespace: Some("prod-shop".into()),
-        replicas: 3,
         ..KubernetesOptions::default()
     };
     let out = render(&s, &files(&s), &opts).unwrap();
     assert!(out[0].yaml.contains("name: prod-shop"));
     let api = docs(&out[1].yaml);
-    assert_eq!(kind(&api, "Deployment")["spec"]["replicas"], 3);
+    assert_eq!(kind(&api, "Deployment")["spec"]["replicas"], 1);
     assert_eq!(
         kind(&api, "Deployment")["metadata"]["namespace"],
         "prod-shop"
@@ -287,4 +286,66 @@ fn manifests_pass_the_official_schemas() {
         .output()
         .unwrap();
     assert!(!out.status.success());
+}
+
+/// What the plan says reaches the manifests: replicas from the repos file, the app's
+/// capabilities and no-new-privileges from the plan's privileges, memory from the stack's limits
+/// (`[docker.limits]`), the options' defaults only where the stack has none.
+#[test]
+fn the_plan_decides_replicas_capabilities_and_limits() {
+    let mut s = stack();
+    let at = |s: &Stack| {
+        s.services
+            .iter()
+            .position(|x| x.service.as_str() == "web")
+            .unwrap()
+    };
+    let i = at(&s);
+    s.services[i].replicas = 3;
+    let s = iac_backends::provision::with_limits(
+        &s,
+        &iac_backends::provision::ContainerLimits::default(),
+    );
+    let web = &s.services[at(&s)];
+    let out = render(&s, &files(&s), &KubernetesOptions::default()).unwrap();
+    let manifest = out.iter().find(|m| m.file == "web.yaml").unwrap();
+    let d = kind(&docs(&manifest.yaml), "Deployment").clone();
+    assert_eq!(d["spec"]["replicas"], 3);
+    let pod = &d["spec"]["template"]["spec"];
+    let app = &pod["containers"][0];
+    let mut want_caps = web.app.privileges.cap_add.clone();
+    want_caps.sort();
+    assert_eq!(
+        app["securityContext"]["capabilities"]["add"],
+        serde_json::json!(want_caps)
+    );
+    assert!(want_caps.contains(&"KILL".to_string()), "{want_caps:?}");
+    assert_eq!(
+        app["securityContext"]["capabilities"]["drop"],
+        serde_json::json!(["ALL"])
+    );
+    assert_eq!(app["securityContext"]["allowPrivilegeEscalation"], false);
+    let app_mem = web.app.limits.memory_bytes.expect("default limits set one");
+    assert_eq!(
+        app["resources"]["limits"]["memory"],
+        serde_json::json!(app_mem.to_string())
+    );
+    let envoy_mem = web
+        .envoy
+        .limits
+        .memory_bytes
+        .expect("default limits set one");
+    assert_eq!(
+        pod["initContainers"][0]["resources"]["limits"]["memory"],
+        serde_json::json!(envoy_mem.to_string())
+    );
+    // Without stack limits, the options' defaults.
+    let plain = stack();
+    let out = render(&plain, &files(&plain), &KubernetesOptions::default()).unwrap();
+    let manifest = out.iter().find(|m| m.file == "web.yaml").unwrap();
+    let d = kind(&docs(&manifest.yaml), "Deployment").clone();
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"],
+        "1Gi"
+    );
 }

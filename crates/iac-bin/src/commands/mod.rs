@@ -508,11 +508,14 @@ pub async fn render_kubernetes(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     use iac_backends::kubernetes::{self, KubernetesOptions};
+    // The pods' limits are the docker provisioner's (`[docker.limits]`), as on every target.
+    let limits = cfg.docker.limits.clone();
     let (specs, project, app) = render_inputs(cfg, file).await?;
-    let desired = with_progress(json, async |events| {
+    let mut desired = with_progress(json, async |events| {
         app.deployer.desired_stack(&specs, events).await
     })
     .await;
+    desired.stack = iac_backends::provision::with_limits(&desired.stack, &limits);
     let mut files = std::collections::BTreeMap::new();
     for path in kubernetes::mounted_files(&desired.stack) {
         let bytes = match desired.envoy_configs.get(&path) {
