@@ -90,6 +90,11 @@ pub enum Command {
         /// Lines of history first (0 = all buffered).
         #[arg(long, default_value_t = 100)]
         tail: u32,
+        /// Print the apps' lines byte for byte. By default control characters other than tab
+        /// (terminal escape sequences) and bidi controls are shown escaped (`\u{1b}`), since an
+        /// app's output is repo-controlled text.
+        #[arg(long)]
+        raw: bool,
     },
     /// Fetch one slug (or read a local directory) and print how its main() would be run.
     Inspect {

@@ -97,7 +97,16 @@ async fn dispatch(cli: Cli, cfg: IacConfig) -> anyhow::Result<ExitCode> {
             service,
             follow,
             tail,
-        } => commands::logs(cfg, file.as_ref(), service.as_deref(), follow, tail, json).await,
+            raw,
+        } => {
+            let opts = commands::LogsOptions {
+                follow,
+                tail,
+                raw,
+                json,
+            };
+            commands::logs(cfg, file.as_ref(), service.as_deref(), opts).await
+        }
         Command::Inspect { target } => commands::inspect(cfg, &target, json).await,
         Command::Render {
             file,

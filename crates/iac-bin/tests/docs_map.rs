@@ -92,7 +92,10 @@ fn every_config_key_the_architecture_map_names_exists() {
             missing.push(format!("[{section}] {key}"));
         }
     }
-    assert!(checked > 0, "the map names no config key; the pattern is off");
+    assert!(
+        checked > 0,
+        "the map names no config key; the pattern is off"
+    );
     assert!(
         missing.is_empty(),
         "docs/architecture.md names config keys that do not exist: {missing:?}"

@@ -256,14 +256,43 @@ pub async fn health(
     })
 }
 
+/// How `iac logs` prints.
+#[derive(Debug, Clone, Copy)]
+pub struct LogsOptions {
+    pub follow: bool,
+    pub tail: u32,
+    /// Lines byte for byte, terminal sequences included.
+    pub raw: bool,
+    pub json: bool,
+}
+
+/// One log line as `iac logs` prints it (without `--json`): prefixed with the service when
+/// several are shown, escaped through [`safe`] unless `raw`.
+pub fn log_line_text(line: &iac_core::LogLine, prefix: bool, raw: bool) -> String {
+    let msg = if raw {
+        std::borrow::Cow::Borrowed(line.msg.as_str())
+    } else {
+        safe(&line.msg)
+    };
+    if prefix {
+        format!("{:<16} | {msg}", line.service.as_str())
+    } else {
+        msg.into_owned()
+    }
+}
+
 pub async fn logs(
     cfg: IacConfig,
     file: Option<&PathBuf>,
     service: Option<&str>,
-    follow: bool,
-    tail: u32,
-    json: bool,
+    opts: LogsOptions,
 ) -> anyhow::Result<ExitCode> {
+    let LogsOptions {
+        follow,
+        tail,
+        raw,
+        json,
+    } = opts;
     let project = project_from_optional_file(&cfg, file)?;
     let app = App::build(cfg, project.clone()).await?;
     let running = app.deployer.stages().provisioner.running(&project).await?;
@@ -293,8 +322,7 @@ pub async fn logs(
     while let Some(item) = merged.next().await {
         match item {
             Ok(line) if json => println!("{}", serde_json::to_string(&line)?),
-            Ok(line) if prefix => println!("{:<16} | {}", line.service.as_str(), line.msg),
-            Ok(line) => println!("{}", line.msg),
+            Ok(line) => println!("{}", log_line_text(&line, prefix, raw)),
             Err(e) => eprintln!("log stream error: {e}"),
         }
     }
@@ -509,7 +537,7 @@ pub async fn render_kubernetes(
 ) -> anyhow::Result<ExitCode> {
     use iac_backends::kubernetes::{self, KubernetesOptions};
     // The pods' limits are the docker provisioner's (`[docker.limits]`), as on every target.
-    let limits = cfg.docker.limits.clone();
+    let limits = cfg.docker.limits;
     let (specs, project, app) = render_inputs(cfg, file).await?;
     let mut desired = with_progress(json, async |events| {
         app.deployer.desired_stack(&specs, events).await
@@ -574,4 +602,27 @@ pub async fn render_kubernetes(
     } else {
         ExitCode::from(1)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_lines_are_escaped_unless_raw() {
+        let line = iac_core::LogLine {
+            service: iac_core::ServiceName::new("web").unwrap(),
+            ts: "2026-12-07T00:00:00Z".into(),
+            stream: "stdout".into(),
+            msg: "hi\u{1b}]0;owned\u{7}\u{1b}[2J\tthere\u{202e}".into(),
+        };
+        let shown = log_line_text(&line, false, false);
+        assert_eq!(shown, "hi\\u{1b}]0;owned\\u{7}\\u{1b}[2J\tthere\\u{202e}");
+        let prefixed = log_line_text(&line, true, false);
+        assert!(
+            prefixed.starts_with("web              | hi\\u{1b}"),
+            "{prefixed}"
+        );
+        assert_eq!(log_line_text(&line, false, true), line.msg);
+    }
 }
