@@ -6,6 +6,7 @@
 //! | `config.rs` | [`FetchConfig`]: cache dir, per-forge hosts/URL templates/tokens, caps, timeout, deadline |
 //! | `extract.rs` | safe streamed `tar.gz` extraction (also used to write git trees) |
 //! | `tarball.rs` | forge archive download (reqwest, streamed, never buffered whole) |
+//! | `tar_guard.rs` | streaming check of tar header blocks: long-name/pax entries over their caps are refused before the `tar` crate buffers them |
 //! | `git.rs` | ref resolution (ls-remote) and depth-1 clones with gix |
 //! | `chain.rs` | hosted slugs: tarball first, git clone when the archive is unavailable |
 //! | `local.rs` | `path:` slugs: the directory as is (refused when it holds the state or secrets dir), digested over the build context's file set |
@@ -29,12 +30,15 @@ pub mod digest;
 pub mod extract;
 pub mod git;
 pub mod local;
+pub mod tar_guard;
 pub mod tarball;
 
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_hardening;
+#[cfg(test)]
+mod tests_issue22;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
