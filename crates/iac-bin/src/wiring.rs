@@ -102,6 +102,11 @@ impl App {
             String,
         ) = match engine {
             EngineUse::Required => {
+                // The state dir holds rendered configs, Terraform state and the deploy lock:
+                // private (0700; a symlink or another uid's directory is refused).
+                iac_core::fsutil::create_private_dir(&cfg.state_dir).with_context(|| {
+                    format!("state dir ({}, state_dir)", cfg.state_dir.display())
+                })?;
                 // One connection (to `[docker] docker_host`, else DOCKER_HOST / the local socket),
                 // shared by the image builder and the docker provisioner.
                 let engine = connect_engine(&cfg).await?;
