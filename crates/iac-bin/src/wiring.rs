@@ -286,8 +286,11 @@ pub struct LiveBackend {
 }
 
 impl LiveBackend {
-    /// The backend `iac serve` runs: requests without a project use `default_project`.
-    pub fn new(cfg: IacConfig, default_project: ProjectName) -> Self {
+    /// The backend `iac serve` runs: requests without a project use `default_project`. Its
+    /// fetches are marked API-originated, so they refuse private and local addresses
+    /// (`[fetch] allow_private_hosts` lists the exceptions).
+    pub fn new(mut cfg: IacConfig, default_project: ProjectName) -> Self {
+        cfg.fetch.origin = iac_backends::fetch::FetchOrigin::Api;
         LiveBackend {
             cfg,
             default_project,
