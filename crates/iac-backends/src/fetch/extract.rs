@@ -18,7 +18,7 @@
 //! - the sum of regular file sizes stays under `max_bytes`, the number of entries under
 //!   `max_files`, and the decompressed stream under a bound derived from both;
 //! - tar metadata the `tar` crate buffers whole (GNU long names/links, pax headers) is capped
-//!   per entry by [`TarGuard`](super::tar_guard::TarGuard) before it is read (4 KiB / 64 KiB);
+//!   per entry by [`TarGuard`] before it is read (4 KiB / 64 KiB);
 //! - permissions are normalised to 0644/0755 (no setuid, no world-writable files).
 //!
 //! Because nothing is created through a link, a failed extraction has written nothing outside

@@ -29,7 +29,7 @@
 //!   for API-originated fetches cannot have one; CLI fetches keep using it.
 //!
 //! Refusals are uniform ([`FetchError::Refused`]: "refused: SLUG resolves to a private or local
-//! address; allow it with [fetch] allow_private_hosts") and happen before any connection, so
+//! address; allow it with `[fetch] allow_private_hosts`") and happen before any connection, so
 //! the answer says nothing about whether a port is open.
 //!
 //! `[fetch] allow_private_hosts` lets operators reach an internal Git host. Entries:
@@ -408,8 +408,8 @@ impl NetGuard {
     }
 }
 
-/// Whether an error (with its sources, as [`super::tarball::chain`] prints them) is the guard's
-/// refusal.
+/// Whether an error message (with its sources, as the archive download prints them) is the
+/// guard's refusal.
 pub fn is_refusal(message: &str) -> bool {
     message.contains(REFUSED_MARKER)
 }
