@@ -360,3 +360,20 @@ impl ControlPlaneBackend for LiveBackend {
         Ok(v.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_api_backend_guards_its_fetches_and_the_cli_does_not() {
+        let cfg = IacConfig::default();
+        assert!(
+            !cfg.fetch.guarded(),
+            "CLI fetches still reach local servers"
+        );
+        let api = LiveBackend::new(cfg, ProjectName::new("demo").unwrap());
+        assert_eq!(api.cfg.fetch.origin, iac_backends::fetch::FetchOrigin::Api);
+        assert!(api.cfg.fetch.guarded());
+    }
+}
