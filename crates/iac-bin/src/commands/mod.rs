@@ -89,13 +89,13 @@ pub async fn deploy(cfg: IacConfig, file: &Path, json: bool) -> anyhow::Result<E
     iac_core::fsutil::write_atomic_if_changed(
         &app.cfg.state_dir.join(CURRENT_PROJECT),
         project.as_str().as_bytes(),
-        None,
+        Some(iac_core::fsutil::PRIVATE_FILE_MODE),
     )
     .with_context(|| format!("write {}", app.cfg.state_dir.display()))?;
     iac_core::fsutil::write_atomic(
         &dir.join("last-deploy.json"),
         &serde_json::to_vec_pretty(&report)?,
-        None,
+        Some(iac_core::fsutil::PRIVATE_FILE_MODE),
     )
     .with_context(|| format!("write {}", dir.display()))?;
     if json {
