@@ -403,6 +403,39 @@ mod tests {
     }
 
     #[test]
+    fn fetch_guard_settings_are_validated_when_read() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "iac.toml",
+                "[fetch]\nrefuse_private = \"always\"\nallow_private_hosts = [\"git.internal:443\", \"10.0.0.0/8\"]\n",
+            )?;
+            let c = IacConfig::load(None, &CliOverrides::default()).unwrap();
+            assert!(c.fetch.guarded());
+            assert_eq!(c.fetch.allow_private_hosts.len(), 2);
+            for (toml, names) in [
+                (
+                    "[fetch]\nallow_private_hosts = [\"10.0.0.0/8\", \"10.0.0.0/40\"]\n",
+                    "\"10.0.0.0/40\": prefix \"40\" is not a number from 0 to 32",
+                ),
+                (
+                    "[fetch]\nallow_private_hosts = [\"https://git.internal\"]\n",
+                    "\"https://git.internal\": a URL, not a host",
+                ),
+                ("[fetch]\nrefuse_private = \"sometimes\"\n", "sometimes"),
+                ("[fetch]\norigin = \"api\"\n", "`origin`"),
+            ] {
+                jail.create_file("iac.toml", toml)?;
+                let e = format!(
+                    "{:#}",
+                    IacConfig::load(None, &CliOverrides::default()).unwrap_err()
+                );
+                assert!(e.contains(names), "{toml}: {e}");
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
     fn unknown_tables_and_keys_are_named_with_a_suggestion() {
         Jail::expect_with(|jail| {
             let e = load_errors(jail, "[provision.docker]\ndocker_host = \"unix:///x\"\n");

@@ -102,6 +102,11 @@ impl App {
             String,
         ) = match engine {
             EngineUse::Required => {
+                // The state dir holds rendered configs, Terraform state and the deploy lock:
+                // private (0700; a symlink or another uid's directory is refused).
+                iac_core::fsutil::create_private_dir(&cfg.state_dir).with_context(|| {
+                    format!("state dir ({}, state_dir)", cfg.state_dir.display())
+                })?;
                 // One connection (to `[docker] docker_host`, else DOCKER_HOST / the local socket),
                 // shared by the image builder and the docker provisioner.
                 let engine = connect_engine(&cfg).await?;
@@ -281,8 +286,11 @@ pub struct LiveBackend {
 }
 
 impl LiveBackend {
-    /// The backend `iac serve` runs: requests without a project use `default_project`.
-    pub fn new(cfg: IacConfig, default_project: ProjectName) -> Self {
+    /// The backend `iac serve` runs: requests without a project use `default_project`. Its
+    /// fetches are marked API-originated, so they refuse private and local addresses
+    /// (`[fetch] allow_private_hosts` lists the exceptions).
+    pub fn new(mut cfg: IacConfig, default_project: ProjectName) -> Self {
+        cfg.fetch.origin = iac_backends::fetch::FetchOrigin::Api;
         LiveBackend {
             cfg,
             default_project,
@@ -350,5 +358,22 @@ impl ControlPlaneBackend for LiveBackend {
             .map_err(|e| format!("{e:#}"))?;
         let v = engine.version().await.map_err(|e| e.to_string())?;
         Ok(v.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_api_backend_guards_its_fetches_and_the_cli_does_not() {
+        let cfg = IacConfig::default();
+        assert!(
+            !cfg.fetch.guarded(),
+            "CLI fetches still reach local servers"
+        );
+        let api = LiveBackend::new(cfg, ProjectName::new("demo").unwrap());
+        assert_eq!(api.cfg.fetch.origin, iac_backends::fetch::FetchOrigin::Api);
+        assert!(api.cfg.fetch.guarded());
     }
 }

@@ -141,6 +141,16 @@ pub enum FetchError {
         /// The clone's error.
         git: Box<FetchError>,
     },
+    /// An API-originated fetch (or any fetch with `[fetch] refuse_private = "always"`) named a
+    /// host that resolves to a loopback, private, link-local or otherwise local address. Refused
+    /// before any connection is made, with the same message whatever the port's state.
+    #[error(
+        "refused: {slug} resolves to a private or local address; allow it with [fetch] allow_private_hosts"
+    )]
+    Refused {
+        /// The slug (or URL) that was refused.
+        slug: String,
+    },
     /// The whole fetch took longer than its configured total deadline (`[fetch] deadline`).
     #[error(
         "fetching {slug} exceeded its deadline of {secs} s ([fetch] deadline); the transfer was stopped"

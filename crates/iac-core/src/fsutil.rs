@@ -1,9 +1,82 @@
-//! Small filesystem helpers shared by every crate: atomic writes (temp file + fsync + rename) and
-//! the one lock-file helper ([`FileLock`]: the per-project deploy lock, the terraform run lock,
-//! the PKI lock).
+//! Small filesystem helpers shared by every crate: atomic writes (temp file + fsync + rename),
+//! private directories ([`create_private_dir`]: the state dir and the caches, 0700) and the one
+//! lock-file helper ([`FileLock`]: the per-project deploy lock, the terraform run lock, the PKI
+//! lock).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+
+/// Mode of the directories [`create_private_dir`] makes and tightens.
+pub const PRIVATE_DIR_MODE: u32 = 0o700;
+/// Mode of files written into a private directory (with [`write_atomic`]).
+pub const PRIVATE_FILE_MODE: u32 = 0o600;
+
+/// Creates `path` and its missing parents, makes every directory it created and the leaf 0700
+/// (an existing leaf is tightened; existing parents are left as they are), so other local users
+/// can neither list nor read what is kept there. An existing leaf must be a real directory owned
+/// by this process's effective uid: a symlink (which could point at someone else's directory)
+/// or a directory owned by another uid is refused with an error naming the path and what was
+/// expected.
+pub fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    // The missing tail of `path`, outermost first.
+    let mut missing = Vec::new();
+    let mut at = path;
+    loop {
+        match std::fs::symlink_metadata(at) {
+            Ok(_) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                missing.push(at.to_path_buf());
+                match at.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    Some(p) => at = p,
+                    None => break,
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    for dir in missing.iter().rev() {
+        match std::fs::DirBuilder::new()
+            .mode(PRIVATE_DIR_MODE)
+            .create(dir)
+        {
+            // The umask may have narrowed the mode further, never widened it: set it exactly.
+            Ok(()) => {
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(PRIVATE_DIR_MODE))?
+            }
+            // Created concurrently by someone else: checked below if it is the leaf.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let meta = std::fs::symlink_metadata(path)?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let refuse = |why: String| {
+        std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "{}: {why}; expected a directory owned by uid {me} to keep private data in (remove it or point the setting elsewhere)",
+                path.display()
+            ),
+        )
+    };
+    if meta.file_type().is_symlink() {
+        return Err(refuse(
+            "is a symlink, refused as a private directory".into(),
+        ));
+    }
+    if !meta.is_dir() {
+        return Err(refuse("exists and is not a directory".into()));
+    }
+    if meta.uid() != me {
+        return Err(refuse(format!("is owned by uid {}", meta.uid())));
+    }
+    if meta.permissions().mode() & 0o7777 != PRIVATE_DIR_MODE {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(PRIVATE_DIR_MODE))?;
+    }
+    Ok(())
+}
 
 /// Writes `bytes` to `path` atomically: a temp file in the same directory, fsync, then rename.
 /// `mode` (unix permissions) is applied to the temp file before any byte is written.
@@ -298,6 +371,54 @@ fn open_lock_file(path: &Path) -> std::io::Result<std::fs::File> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn private_dirs_are_created_0700_tightened_and_refused_when_linked() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777;
+        let d = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let leaf = d.path().join("a/b/c");
+        create_private_dir(&leaf).unwrap();
+        for p in [d.path().join("a"), d.path().join("a/b"), leaf.clone()] {
+            assert_eq!(mode(&p), 0o700, "{}", p.display());
+        }
+        assert_eq!(mode(d.path()), 0o755, "an existing parent is left alone");
+        create_private_dir(&leaf).unwrap();
+
+        let open = d.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+        create_private_dir(&open).unwrap();
+        assert_eq!(mode(&open), 0o700, "an existing 0755 leaf is tightened");
+
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(&open, &link).unwrap();
+        let e = create_private_dir(&link).unwrap_err().to_string();
+        assert!(
+            e.contains(&link.display().to_string())
+                && e.contains("is a symlink")
+                && e.contains("expected a directory owned by uid"),
+            "{e}"
+        );
+        let file = d.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        let e = create_private_dir(&file).unwrap_err().to_string();
+        assert!(e.contains("is not a directory"), "{e}");
+        // Somebody else's directory is refused, not chmodded.
+        let (theirs, uid) = if unsafe { libc::geteuid() } == 0 {
+            let theirs = d.path().join("theirs");
+            std::fs::create_dir(&theirs).unwrap();
+            std::os::unix::fs::chown(&theirs, Some(65534), None).unwrap();
+            (theirs, 65534)
+        } else {
+            (std::path::PathBuf::from("/"), 0)
+        };
+        let before = mode(&theirs);
+        let e = create_private_dir(&theirs).unwrap_err().to_string();
+        assert!(e.contains(&format!("is owned by uid {uid}")), "{e}");
+        assert_eq!(mode(&theirs), before);
+    }
 
     #[test]
     fn atomic_write_replaces_and_sets_mode() {

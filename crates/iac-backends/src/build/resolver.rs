@@ -189,14 +189,9 @@ impl Resolver {
             let path = path.to_path_buf();
             move |source| BuildError::Io { path, source }
         };
-        {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&self.cache_dir)
-                .map_err(io(&self.cache_dir))?;
-        }
+        // Private (0700, an existing one tightened; a symlink or another uid's dir refused):
+        // the wheels are built from the app's private requirements.
+        iac_core::fsutil::create_private_dir(&self.cache_dir).map_err(io(&self.cache_dir))?;
         // A killed build's work directory (its owner's lock no longer held) goes first.
         iac_core::fsutil::sweep_orphans(&self.cache_dir, Duration::MAX);
         let work = iac_core::fsutil::OwnedTempDir::new_in(&self.cache_dir, &format!(".{key}.tmp-"))

@@ -26,6 +26,11 @@
 //!   the commit id an archive claims for itself (its pax `comment=` header) is reported, never
 //!   used as a cache key. When the forge did resolve the commit, an archive claiming another one
 //!   is refused.
+//! - The cache dir and its `trees/`, `index/` and `tmp/` are private (0700, created or tightened
+//!   with `iac_core::fsutil::create_private_dir`, which refuses a symlink or another uid's
+//!   directory); metadata and index files are 0600. Tree files keep their normalised 0644/0755
+//!   (the image build copies them with those modes); the 0700 directories above them are what
+//!   keeps other local users out.
 //! - Trees are staged under `tmp/` and renamed into `trees/` in one step. Two concurrent fetches
 //!   of the same commit both stage; the first rename wins and the loser's copy is dropped, so a
 //!   reader never sees a half-written tree.
@@ -33,7 +38,7 @@
 use std::path::{Path, PathBuf};
 
 use iac_core::FetchError;
-use iac_core::fsutil::{OwnedTempDir, sweep_orphans};
+use iac_core::fsutil::{OwnedTempDir, PRIVATE_FILE_MODE, create_private_dir, sweep_orphans};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -173,9 +178,12 @@ impl Cache {
         &self.root
     }
 
+    /// `root/sub`, created private (0700) like the root itself: cached trees may be private
+    /// sources, so other local users must not be able to reach them.
     fn mkdir(&self, sub: &str) -> Result<PathBuf, FetchError> {
+        create_private_dir(&self.root).map_err(FetchError::io(&self.root))?;
         let d = self.root.join(sub);
-        std::fs::create_dir_all(&d).map_err(FetchError::io(&d))?;
+        create_private_dir(&d).map_err(FetchError::io(&d))?;
         Ok(d)
     }
 
@@ -282,7 +290,8 @@ impl Cache {
 
     fn write_meta(&self, path: &Path, meta: &Meta) -> Result<(), FetchError> {
         let bytes = serde_json::to_vec_pretty(meta).expect("metadata serializes");
-        iac_core::fsutil::write_atomic(path, &bytes, None).map_err(FetchError::io(path))
+        iac_core::fsutil::write_atomic(path, &bytes, Some(PRIVATE_FILE_MODE))
+            .map_err(FetchError::io(path))
     }
 
     fn index_path(&self, location: &str, reference: &str) -> PathBuf {
@@ -304,7 +313,8 @@ impl Cache {
         self.mkdir("index")?;
         let path = self.index_path(&entry.location, &entry.reference);
         let bytes = serde_json::to_vec_pretty(entry).expect("index entry serializes");
-        iac_core::fsutil::write_atomic(&path, &bytes, None).map_err(FetchError::io(&path))
+        iac_core::fsutil::write_atomic(&path, &bytes, Some(PRIVATE_FILE_MODE))
+            .map_err(FetchError::io(&path))
     }
 
     /// The cached tree an immutable index entry points at, if both exist and the tree belongs

@@ -10,7 +10,8 @@
 //!    `comment=<sha>` names another commit than the one the forge resolved. The tree is cached
 //!    under the repository and the resolved commit — never under the commit an archive claims
 //!    (an unresolved archive is cached under its own digest);
-//! 4. on an unavailable archive (HTTP error, network error, not a tar.gz), clone with git instead;
+//! 4. on an unavailable archive (HTTP error, network error, not a tar.gz), clone with git instead
+//!    (a guarded fetch refused for a private address is final at any step: no fallback);
 //!    the reason is in `Source.origin` and in a `warn` [`DeployEvent`](iac_core::DeployEvent).
 
 use std::sync::Arc;
@@ -110,13 +111,22 @@ impl ChainFetcher {
                 reference.map(str::to_string),
             );
             let git_config = self.config.git_config.clone();
+            let guard = self.git.guard().cloned();
             let res = blocking(move || {
                 let scratch = cache.staging("resolve")?;
-                resolve_ref(&url, r.as_deref(), scratch.path(), &git_config)
+                resolve_ref(
+                    &url,
+                    r.as_deref(),
+                    scratch.path(),
+                    &git_config,
+                    guard.as_ref(),
+                )
             })
             .await;
             match res {
                 Ok(r) => resolved = Some(r),
+                // Refused is final: no download by name, no clone.
+                Err(e @ FetchError::Refused { .. }) => return Err(e),
                 Err(e) => {
                     events.debug(
                         Stage::Fetch,
@@ -223,7 +233,8 @@ impl ChainFetcher {
             Err(
                 e @ (FetchError::Unsafe { .. }
                 | FetchError::TooLarge { .. }
-                | FetchError::Io { .. }),
+                | FetchError::Io { .. }
+                | FetchError::Refused { .. }),
             ) => {
                 events.error(Stage::Fetch, format!("{slug}: {e}"));
                 Err(e)

@@ -14,6 +14,7 @@ use iac_core::Forge;
 use serde::{Deserialize, Serialize};
 
 use super::extract::Limits;
+use super::guard::{AllowedHost, FetchOrigin, RefusePrivate};
 
 pub use crate::secret::Secret;
 
@@ -151,6 +152,17 @@ pub struct FetchConfig {
     /// the configured ones). `cache_dir` is always protected too. Relative paths are resolved
     /// against the working directory when the fetcher is constructed.
     pub protected_dirs: Vec<PathBuf>,
+    /// Which fetches refuse hosts that resolve to private or local addresses: `"api"` (the
+    /// default: fetches asked for through `iac serve`) or `"always"` (the CLI's too). See
+    /// `guard.rs` for the address list and how it is enforced.
+    pub refuse_private: RefusePrivate,
+    /// Private hosts guarded fetches may still reach (an internal Git host): `"HOST"`,
+    /// `"HOST:PORT"`, `"IP"`, `"IP/PREFIX"`, `"IP:PORT"`, `"[IPv6]:PORT"`.
+    pub allow_private_hosts: Vec<AllowedHost>,
+    /// Who asked for the fetches (never read from the file: the admin API sets
+    /// [`FetchOrigin::Api`] on the fetcher it builds).
+    #[serde(skip)]
+    pub origin: FetchOrigin,
 }
 
 impl Default for FetchConfig {
@@ -169,6 +181,9 @@ impl Default for FetchConfig {
             git_fallback: true,
             git_config: Vec::new(),
             protected_dirs: vec![PathBuf::from(".iac"), PathBuf::from("secrets")],
+            refuse_private: RefusePrivate::Api,
+            allow_private_hosts: Vec::new(),
+            origin: FetchOrigin::Cli,
         }
     }
 }
@@ -200,6 +215,11 @@ impl FetchConfig {
 
     pub fn http_timeout(&self) -> Duration {
         self.http_timeout.max(Duration::from_millis(1))
+    }
+
+    /// Whether these fetches refuse private and local addresses.
+    pub fn guarded(&self) -> bool {
+        self.refuse_private == RefusePrivate::Always || self.origin == FetchOrigin::Api
     }
 
     /// The total deadline of one fetch (at least one second).

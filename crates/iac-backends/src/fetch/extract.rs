@@ -16,8 +16,9 @@
 //!   root, through an absolute link, a loop) is an error;
 //! - hardlinks must point at a regular file already extracted from the same archive;
 //! - the sum of regular file sizes stays under `max_bytes`, the number of entries under
-//!   `max_files`, and the decompressed stream under a bound derived from both (so tar metadata
-//!   such as long names cannot be used to exhaust memory);
+//!   `max_files`, and the decompressed stream under a bound derived from both;
+//! - tar metadata the `tar` crate buffers whole (GNU long names/links, pax headers) is capped
+//!   per entry by [`TarGuard`] before it is read (4 KiB / 64 KiB);
 //! - permissions are normalised to 0644/0755 (no setuid, no world-writable files).
 //!
 //! Because nothing is created through a link, a failed extraction has written nothing outside
@@ -33,6 +34,8 @@ use std::path::{Component, Path, PathBuf};
 
 use iac_core::FetchError;
 use sha2::{Digest, Sha256};
+
+use super::tar_guard::{HeaderTooLarge, TarGuard};
 
 /// Caps applied to one extracted tree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +120,18 @@ fn drain<R: Read>(r: &mut HashingReader<R>, label: &str) -> Result<(), FetchErro
 fn invalid_archive(label: &str, e: io::Error) -> FetchError {
     if let Some(too) = e
         .get_ref()
+        .and_then(|inner| inner.downcast_ref::<HeaderTooLarge>())
+    {
+        return FetchError::Unsafe {
+            entry: too.entry.clone(),
+            why: format!(
+                "{} entry of {} bytes; the cap is {} bytes, refused before reading it",
+                too.kind, too.size, too.cap
+            ),
+        };
+    }
+    if let Some(too) = e
+        .get_ref()
         .and_then(|inner| inner.downcast_ref::<StreamTooLarge>())
     {
         return FetchError::TooLarge {
@@ -144,7 +159,8 @@ fn extract_inner<R: Read>(
     limits: Limits,
     label: &str,
 ) -> Result<(Partial, R), FetchError> {
-    let mut archive = tar::Archive::new(reader);
+    // The guard refuses oversized long-name and pax entries before the tar crate buffers them.
+    let mut archive = tar::Archive::new(TarGuard::new(reader));
     let mut writer = TreeWriter::new(staging, limits);
     let mut commit = None;
     let entries = archive.entries().map_err(|e| invalid_archive(label, e))?;
@@ -215,7 +231,7 @@ fn extract_inner<R: Read>(
             bytes,
             root,
         },
-        archive.into_inner(),
+        archive.into_inner().into_inner(),
     ))
 }
 
@@ -688,7 +704,14 @@ pub(crate) mod tests {
             TarBuilder { out: Vec::new() }
         }
 
-        fn raw(&mut self, name: &str, kind: tar::EntryType, link: &str, data: &[u8], mode: u32) {
+        pub(crate) fn raw(
+            &mut self,
+            name: &str,
+            kind: tar::EntryType,
+            link: &str,
+            data: &[u8],
+            mode: u32,
+        ) {
             let mut h = tar::Header::new_gnu();
             // Bypass the tar crate's path validation: hostile archives are the point here.
             let bytes = name.as_bytes();
@@ -1104,15 +1127,18 @@ pub(crate) mod tests {
             "{e}"
         );
 
-        // Tar metadata (a 2 MiB GNU long name) counts against the decompressed stream bound.
+        // Tar metadata counts against the decompressed stream bound: 40 pax global headers of
+        // 60 KiB each (under the per-entry cap, not counted as entries) exceed ~1 MiB.
         let mut b = TarBuilder::new();
-        b.raw(
-            "././@LongLink",
-            tar::EntryType::GNULongName,
-            "",
-            &vec![b'a'; 2 << 20],
-            0o644,
-        );
+        for _ in 0..40 {
+            b.raw(
+                "pax_global_header",
+                tar::EntryType::XGlobalHeader,
+                "",
+                &vec![b'a'; 60 << 10],
+                0o644,
+            );
+        }
         let e = rejected(
             &b.file("top/x", b"x").gz(),
             Limits {
@@ -1122,6 +1148,23 @@ pub(crate) mod tests {
         );
         assert!(
             e.contains("decompressed archive stream") && e.contains("limit"),
+            "{e}"
+        );
+
+        // A 2 MiB GNU long name is refused by its header, naming a cut of the name and the cap.
+        let mut b = TarBuilder::new();
+        b.raw(
+            "././@LongLink",
+            tar::EntryType::GNULongName,
+            "",
+            &vec![b'a'; 2 << 20],
+            0o644,
+        );
+        let e = rejected(&b.file("top/x", b"x").gz(), LIMITS);
+        assert!(
+            e.contains("GNU long-name entry of 2097152 bytes")
+                && e.contains("the cap is 4096 bytes")
+                && e.contains(&format!("\"{}…(cut)\"", "a".repeat(200))),
             "{e}"
         );
     }

@@ -8,6 +8,11 @@
 //! without `uploadpack.allowAnySHA1InWant`) is fetched with a full clone instead, and the
 //! origin says so.
 //!
+//! Guarded fetches (API-originated, see `guard.rs`): the URL is checked before anything
+//! connects, and HTTP(S) transfers run with gix's transport options as the git configuration
+//! makes them but with redirects off and a reqwest client built with the guard's filtering
+//! resolver and no proxy; a name the resolver refused makes the error `FetchError::Refused`.
+//!
 //! Bounds (the server is untrusted): the transfer runs with an interrupt flag that the fetch's
 //! deadline and a disk watcher set — the watcher measures the staging repository every
 //! [`WATCH_INTERVAL`] and stops the transfer once it holds more than `max_pack_bytes`, and the
@@ -27,6 +32,7 @@ use iac_core::{FetchError, Source};
 
 use super::cache::{Cache, IndexEntry, RefKind, TreeKey};
 use super::extract::{Limits, TreeWriter, WriteError, is_full_sha};
+use super::guard::NetGuard;
 
 /// A ref as the remote advertised it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +60,7 @@ pub fn resolve_ref(
     reference: Option<&str>,
     scratch: &Path,
     git_config: &[String],
+    guard: Option<&Arc<NetGuard>>,
 ) -> Result<ResolvedRef, FetchError> {
     if let Some(r) = reference.filter(|r| is_full_sha(r)) {
         return Ok(ResolvedRef {
@@ -62,6 +69,22 @@ pub fn resolve_ref(
             kind: RefKind::Commit,
         });
     }
+    if let Some(g) = guard {
+        g.check_url(url)?;
+    }
+    let refused = Arc::new(AtomicBool::new(false));
+    resolve_ref_inner(url, reference, scratch, git_config, guard, &refused)
+        .map_err(|e| refused_or(url, &refused, e))
+}
+
+fn resolve_ref_inner(
+    url: &str,
+    reference: Option<&str>,
+    scratch: &Path,
+    git_config: &[String],
+    guard: Option<&Arc<NetGuard>>,
+    refused: &Arc<AtomicBool>,
+) -> Result<ResolvedRef, FetchError> {
     let dir = scratch.join("ls-remote.git");
     gix::init_bare(&dir).map_err(|e| git_err(url, "init scratch repository", e))?;
     let opts =
@@ -79,9 +102,14 @@ pub fn resolve_ref(
             gix::remote::Direction::Fetch,
         )
         .map_err(|e| git_err(url, "refspecs", e))?;
-    let conn = remote
+    let mut conn = remote
         .connect(gix::remote::Direction::Fetch)
         .map_err(|e| git_err(url, "connect", e))?;
+    if let Some(g) = guard
+        && let Some(opts) = guarded_transport(&repo, url, g, refused)?
+    {
+        conn.set_transport_options(opts);
+    }
     let opts = gix::remote::ref_map::Options {
         prefix_from_spec_as_filter_on_remote: false,
         ..Default::default()
@@ -138,6 +166,51 @@ pub fn resolve_ref(
             }
         ),
     })
+}
+
+/// For a guarded fetch over HTTP(S): gix's transport options as the git configuration makes
+/// them, with redirects off (so the URL checked is the only one connected to) and a reqwest
+/// client built with the guard's resolver and no proxy. `None` for other URLs (`file://`).
+fn guarded_transport(
+    repo: &gix::Repository,
+    url: &str,
+    guard: &Arc<NetGuard>,
+    refused: &Arc<AtomicBool>,
+) -> Result<Option<Box<dyn std::any::Any>>, FetchError> {
+    use gix::protocol::transport::client::blocking_io::http;
+    let lower = url.to_ascii_lowercase();
+    if !(lower.starts_with("https://") || lower.starts_with("http://")) {
+        return Ok(None);
+    }
+    let mut opts = repo
+        .transport_options(url, None)
+        .map_err(|e| git_err(url, "transport options", e))?
+        .unwrap_or_else(|| Box::new(http::Options::default()));
+    let http_opts = opts
+        .downcast_mut::<http::Options>()
+        .ok_or_else(|| git_err(url, "transport options", "not the HTTP transport's"))?;
+    http_opts.follow_redirects = http::options::FollowRedirects::None;
+    let resolver = guard.resolver(Some(refused.clone()));
+    let backend = http::reqwest::Options {
+        configure_client: Some(Box::new(move |b| {
+            Ok(b.dns_resolver(resolver.clone()).no_proxy())
+        })),
+        configure_request: None,
+    };
+    http_opts.backend = Some(Arc::new(std::sync::Mutex::new(backend)));
+    Ok(Some(opts))
+}
+
+/// `e`, or [`FetchError::Refused`] when the guard's resolver refused a name during the
+/// operation (gix flattens the resolver's error into its own).
+fn refused_or(url: &str, refused: &AtomicBool, e: FetchError) -> FetchError {
+    if refused.load(Ordering::SeqCst) || matches!(e, FetchError::Refused { .. }) {
+        FetchError::Refused {
+            slug: url.to_string(),
+        }
+    } else {
+        e
+    }
 }
 
 /// How often the disk watcher measures a running git transfer.
@@ -317,6 +390,45 @@ pub fn fetch_tree(
     staging: &Path,
     bounds: &GitBounds,
     git_config: &[String],
+    guard: Option<&Arc<NetGuard>>,
+) -> Result<(PathBuf, Option<String>, Vec<String>), FetchError> {
+    if let Some(g) = guard {
+        g.check_url(url)?;
+    }
+    let refused = Arc::new(AtomicBool::new(false));
+    fetch_tree_inner(url, commit, staging, bounds, git_config, guard, &refused)
+        .map_err(|e| refused_or(url, &refused, e))
+}
+
+/// Sets the guarded transport options on every connection `prep` makes.
+fn guard_connection(
+    prep: gix::clone::PrepareFetch,
+    url: &str,
+    guard: Option<&Arc<NetGuard>>,
+    refused: &Arc<AtomicBool>,
+) -> gix::clone::PrepareFetch {
+    let Some(guard) = guard.cloned() else {
+        return prep;
+    };
+    let (url, refused) = (url.to_string(), refused.clone());
+    prep.configure_connection(move |conn| {
+        let opts = guarded_transport(conn.remote().repo(), &url, &guard, &refused)
+            .map_err(gix::Error::from_error)?;
+        if let Some(opts) = opts {
+            conn.set_transport_options(opts);
+        }
+        Ok(())
+    })
+}
+
+fn fetch_tree_inner(
+    url: &str,
+    commit: &str,
+    staging: &Path,
+    bounds: &GitBounds,
+    git_config: &[String],
+    guard: Option<&Arc<NetGuard>>,
+    refused: &Arc<AtomicBool>,
 ) -> Result<(PathBuf, Option<String>, Vec<String>), FetchError> {
     let limits = bounds.limits;
     let id =
@@ -324,8 +436,9 @@ pub fn fetch_tree(
     let interrupted = || bounds.interrupt.load(Ordering::SeqCst);
     let shallow_dir = staging.join("shallow.git");
     let shallow = bounded_fetch(url, &shallow_dir, bounds, "shallow fetch", || {
-        gix::prepare_clone_bare(url, &shallow_dir)
-            .map_err(|e| git_err(url, "prepare clone", e))?
+        let prep = gix::prepare_clone_bare(url, &shallow_dir)
+            .map_err(|e| git_err(url, "prepare clone", e))?;
+        guard_connection(prep, url, guard, refused)
             .with_in_memory_config_overrides(git_config.iter().map(String::as_str))
             .with_shallow(gix::remote::fetch::Shallow::DepthAtRemote(NonZeroU32::MIN))
             .with_revision(Some(commit))
@@ -334,14 +447,15 @@ pub fn fetch_tree(
     let (repo, note) = match shallow {
         Ok(repo) => (repo, None),
         Err(e @ FetchError::TooLarge { .. }) => return Err(e),
-        Err(e) if interrupted() => return Err(e),
+        Err(e) if interrupted() || refused.load(Ordering::SeqCst) => return Err(e),
         Err(shallow_err) => {
             let _ = std::fs::remove_dir_all(&shallow_dir);
             let full_dir = staging.join("full.git");
             let what = format!("full clone (after the shallow fetch failed: {shallow_err})");
             let repo = bounded_fetch(url, &full_dir, bounds, &what, || {
-                Ok(gix::prepare_clone_bare(url, &full_dir)
-                    .map_err(|e| git_err(url, "prepare clone", e))?
+                let prep = gix::prepare_clone_bare(url, &full_dir)
+                    .map_err(|e| git_err(url, "prepare clone", e))?;
+                Ok(guard_connection(prep, url, guard, refused)
                     .with_in_memory_config_overrides(git_config.iter().map(String::as_str)))
             })?;
             (
@@ -437,6 +551,7 @@ pub struct GitFetcher {
     limits: Limits,
     max_pack_bytes: u64,
     git_config: Vec<String>,
+    guard: Option<Arc<NetGuard>>,
 }
 
 /// What one [`GitFetcher::fetch`] is about.
@@ -454,14 +569,27 @@ pub struct GitRequest<'a> {
 }
 
 impl GitFetcher {
-    /// `git_config`: `key=value` overrides applied to every ref listing and clone.
-    pub fn new(cache: Cache, limits: Limits, max_pack_bytes: u64, git_config: Vec<String>) -> Self {
+    /// `git_config`: `key=value` overrides applied to every ref listing and clone. `guard`:
+    /// refuse private and local addresses (see `guard.rs`).
+    pub fn new(
+        cache: Cache,
+        limits: Limits,
+        max_pack_bytes: u64,
+        git_config: Vec<String>,
+        guard: Option<Arc<NetGuard>>,
+    ) -> Self {
         GitFetcher {
             cache,
             limits,
             max_pack_bytes,
             git_config,
+            guard,
         }
+    }
+
+    /// The network guard of these fetches, if they are guarded.
+    pub fn guard(&self) -> Option<&Arc<NetGuard>> {
+        self.guard.as_ref()
     }
 
     /// Resolves the ref (skipped for full shas and tags recorded in the index), then serves the
@@ -524,7 +652,13 @@ impl GitFetcher {
         let staging = self.cache.staging("git")?;
         let resolved = match known {
             Some(k) => k,
-            None => resolve_ref(url, reference, staging.path(), &self.git_config)?,
+            None => resolve_ref(
+                url,
+                reference,
+                staging.path(),
+                &self.git_config,
+                self.guard.as_ref(),
+            )?,
         };
         let key = TreeKey::commit(repo, &resolved.commit);
         let record = |key: &TreeKey| {
@@ -561,6 +695,7 @@ impl GitFetcher {
             staging.path(),
             &bounds,
             &self.git_config,
+            self.guard.as_ref(),
         )?;
         let mut origin = format!("git clone {url} at {} ({})", resolved.name, resolved.commit);
         if let Some(n) = note {

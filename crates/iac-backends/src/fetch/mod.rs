@@ -6,7 +6,9 @@
 //! | `config.rs` | [`FetchConfig`]: cache dir, per-forge hosts/URL templates/tokens, caps, timeout, deadline |
 //! | `extract.rs` | safe streamed `tar.gz` extraction (also used to write git trees) |
 //! | `tarball.rs` | forge archive download (reqwest, streamed, never buffered whole) |
+//! | `tar_guard.rs` | streaming check of tar header blocks: long-name/pax entries over their caps are refused before the `tar` crate buffers them |
 //! | `git.rs` | ref resolution (ls-remote) and depth-1 clones with gix |
+//! | `guard.rs` | SSRF guard of API-originated fetches: private/local addresses refused after DNS resolution (a filtering resolver), IP literals and every redirect hop checked, no proxy; `[fetch] allow_private_hosts` |
 //! | `chain.rs` | hosted slugs: tarball first, git clone when the archive is unavailable |
 //! | `local.rs` | `path:` slugs: the directory as is (refused when it holds the state or secrets dir), digested over the build context's file set |
 //! | `cache.rs` | content cache under `.iac/cache`: trees keyed by repository + commit (or archive digest), ref index |
@@ -18,6 +20,10 @@
 //! (see [`digest`]) and `commit` when known. Cache rules (branches vs tags vs shas) are in
 //! [`cache`].
 //!
+//! Fetches asked for through the admin API ([`FetchOrigin::Api`], or all with
+//! `[fetch] refuse_private = "always"`) never connect to private or local addresses
+//! ([`guard`]); such a slug fails with [`FetchError::Refused`] naming it.
+//!
 //! Every fetch has a total deadline (`[fetch] deadline`): past it [`DefaultFetcher`]
 //! returns [`FetchError::Deadline`] naming the slug, sets the interrupt flag that stops a running
 //! git transfer, and abandons the download (whose extraction task then removes its staging dir).
@@ -28,13 +34,17 @@ pub mod config;
 pub mod digest;
 pub mod extract;
 pub mod git;
+pub mod guard;
 pub mod local;
+pub mod tar_guard;
 pub mod tarball;
 
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_hardening;
+#[cfg(test)]
+mod tests_issue22;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,6 +57,7 @@ pub use chain::ChainFetcher;
 pub use config::{FetchConfig, ForgeConfig, ForgeEndpoints, Secret};
 pub use extract::Limits;
 pub use git::{GitFetcher, GitRequest};
+pub use guard::{AllowedHost, FetchOrigin, NetGuard, RefusePrivate};
 pub use local::IGNORED_DIRS;
 pub use tarball::TarballFetcher;
 
@@ -77,12 +88,16 @@ impl DefaultFetcher {
         }
         let cache = Cache::new(&config.cache_dir);
         let limits = config.limits();
-        let tarball = TarballFetcher::new(config.http_timeout(), limits)?;
+        let guard = config
+            .guarded()
+            .then(|| Arc::new(NetGuard::new(&config.allow_private_hosts)));
+        let tarball = TarballFetcher::new(config.http_timeout(), limits, guard.clone())?;
         let git = GitFetcher::new(
             cache.clone(),
             limits,
             config.max_pack_bytes,
             config.git_config.clone(),
+            guard,
         );
         let config = Arc::new(config);
         let chain = ChainFetcher::new(config.clone(), cache, tarball, git.clone());
@@ -166,6 +181,18 @@ impl SourceFetcher for DefaultFetcher {
                 })
             }
         };
+        // A refusal reads the same whichever step (ref listing, download, clone) refused it.
+        let source = source.map_err(|e| match e {
+            FetchError::Refused { .. } => FetchError::Refused {
+                slug: slug.to_string(),
+            },
+            FetchError::Fallback { git, .. } if matches!(*git, FetchError::Refused { .. }) => {
+                FetchError::Refused {
+                    slug: slug.to_string(),
+                }
+            }
+            e => e,
+        });
         match &source {
             Ok(s) => events.info(
                 Stage::Fetch,

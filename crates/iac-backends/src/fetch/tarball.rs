@@ -6,11 +6,15 @@
 //! header (GitLab's `PRIVATE-TOKEN`, `Authorization`) is sent only to the origin (scheme, host
 //! and port) of the URL it was configured for, never to the host a redirect points at.
 //!
+//! A guarded fetcher (API-originated fetches, see `guard.rs`) checks every hop's URL before its
+//! request and resolves names through the guard's filtering resolver, never through a proxy.
+//!
 //! The blocking extraction task owns the staging directory: when the fetch is abandoned (its
 //! deadline passed) the task sees the end of the stream, fails, and removes the directory
 //! itself, so nothing is left half-written.
 
 use std::io::{self, Read};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,12 +22,14 @@ use futures::StreamExt;
 use iac_core::FetchError;
 
 use super::extract::{Extracted, Limits, extract_tar_gz};
+use super::guard::{NetGuard, is_refusal};
 
 /// Downloads and safely extracts `.tar.gz` archives.
 #[derive(Debug, Clone)]
 pub struct TarballFetcher {
     client: reqwest::Client,
     limits: Limits,
+    guard: Option<Arc<NetGuard>>,
 }
 
 /// An error's message with its whole `source()` chain (reqwest hides the cause otherwise).
@@ -43,19 +49,31 @@ pub(crate) fn chain(e: &dyn std::error::Error) -> String {
 
 impl TarballFetcher {
     /// `timeout` bounds connecting and each wait for more body bytes, not the whole download.
-    pub fn new(timeout: Duration, limits: Limits) -> Result<Self, FetchError> {
-        let client = reqwest::Client::builder()
+    /// With a `guard`, every hop's URL is checked before its request and names are resolved
+    /// through the guard's filtering resolver, without any proxy (see `guard.rs`).
+    pub fn new(
+        timeout: Duration,
+        limits: Limits,
+        guard: Option<Arc<NetGuard>>,
+    ) -> Result<Self, FetchError> {
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(timeout)
             .read_timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("iac/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| FetchError::Http {
-                url: String::new(),
-                status: None,
-                message: chain(&e),
-            })?;
-        Ok(TarballFetcher { client, limits })
+            .user_agent(concat!("iac/", env!("CARGO_PKG_VERSION")));
+        if let Some(g) = &guard {
+            builder = g.configure_async(builder);
+        }
+        let client = builder.build().map_err(|e| FetchError::Http {
+            url: String::new(),
+            status: None,
+            message: chain(&e),
+        })?;
+        Ok(TarballFetcher {
+            client,
+            limits,
+            guard,
+        })
     }
 
     /// GETs `url` (with `header`, e.g. a token, sent to `url`'s origin only) and extracts it
@@ -120,13 +138,26 @@ impl TarballFetcher {
             .map_err(|e| http_err(format!("invalid URL ({e}); expected http(s)://HOST/PATH")))?;
         let mut current = first.clone();
         for hop in 0..=MAX_REDIRECTS {
+            // Before any connection: an IP literal never reaches the guard's resolver.
+            if let Some(g) = &self.guard {
+                g.check_url(current.as_str())?;
+            }
             let mut req = self.client.get(current.clone());
             if let Some((k, v)) = &header
                 && same_origin(&first, &current)
             {
                 req = req.header(*k, v);
             }
-            let resp = req.send().await.map_err(|e| http_err(chain(&e)))?;
+            let resp = req.send().await.map_err(|e| {
+                let message = chain(&e);
+                if is_refusal(&message) {
+                    FetchError::Refused {
+                        slug: current.to_string(),
+                    }
+                } else {
+                    http_err(message)
+                }
+            })?;
             if !resp.status().is_redirection() {
                 return Ok(resp);
             }

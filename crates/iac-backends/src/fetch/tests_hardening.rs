@@ -558,7 +558,7 @@ fn a_set_interrupt_flag_stops_the_git_transfer() {
         interrupt: Arc::new(AtomicBool::new(true)),
     };
     let url = format!("file://{}", fx.bare().display());
-    let e = fetch_tree(&url, &fx.c2, staging.path(), &bounds, &[])
+    let e = fetch_tree(&url, &fx.c2, staging.path(), &bounds, &[], None)
         .unwrap_err()
         .to_string();
     assert!(

@@ -86,17 +86,16 @@ pub async fn deploy(cfg: IacConfig, file: &Path, json: bool) -> anyhow::Result<E
     .await;
     iac_core::fault::point("proved");
     let dir = app.cfg.project_dir(&project);
-    let _ = std::fs::create_dir_all(&app.cfg.state_dir);
     iac_core::fsutil::write_atomic_if_changed(
         &app.cfg.state_dir.join(CURRENT_PROJECT),
         project.as_str().as_bytes(),
-        None,
+        Some(iac_core::fsutil::PRIVATE_FILE_MODE),
     )
     .with_context(|| format!("write {}", app.cfg.state_dir.display()))?;
     iac_core::fsutil::write_atomic(
         &dir.join("last-deploy.json"),
         &serde_json::to_vec_pretty(&report)?,
-        None,
+        Some(iac_core::fsutil::PRIVATE_FILE_MODE),
     )
     .with_context(|| format!("write {}", dir.display()))?;
     if json {

@@ -110,7 +110,12 @@ impl TerraformProvisioner {
         let json = tfvars_json(&tfvars);
         let value: Value = serde_json::from_str(&json).expect("just rendered");
         check_declared(&value, &files)?;
-        create_private_dir(&dir)?;
+        // 0700 (an existing dir tightened, a symlink or another uid's dir refused): Terraform's
+        // state and plan files in it hold the services' environment values.
+        iac_core::fsutil::create_private_dir(&dir).map_err(|source| ProvisionError::Io {
+            path: dir.clone(),
+            source,
+        })?;
         let wanted: BTreeSet<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
         // Module files from an earlier module_source that this one no longer has.
         for entry in std::fs::read_dir(&dir).map_err(|source| ProvisionError::Io {
@@ -338,18 +343,6 @@ impl TerraformProvisioner {
     fn has_state(dir: &Path) -> bool {
         dir.join("terraform.tfstate").exists() || dir.join(".terraform").is_dir()
     }
-}
-
-/// Creates `dir` (and its parents) and makes it 0700: Terraform's state and plan files in it hold
-/// the services' environment values.
-fn create_private_dir(dir: &Path) -> Result<(), ProvisionError> {
-    use std::os::unix::fs::PermissionsExt;
-    let io = |source| ProvisionError::Io {
-        path: dir.to_path_buf(),
-        source,
-    };
-    std::fs::create_dir_all(dir).map_err(io)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)
 }
 
 /// Like [`write_if_changed`] for a file holding secrets: 0600 (set on the temp file before the
