@@ -167,6 +167,7 @@ impl App {
                 health_check_timeout: cfg.health_check_timeout.max(Duration::from_millis(100)),
                 otel_endpoint: cfg.otel_endpoint.clone(),
                 deadline: cfg.deploy_deadline,
+                release_timeout: cfg.release_timeout,
             },
         );
         Ok(App {

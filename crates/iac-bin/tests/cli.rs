@@ -88,7 +88,7 @@ fn inspect_shows_the_source_and_the_runner_ups() {
     std::fs::create_dir(&repo).unwrap();
     std::fs::write(
         repo.join("render.yaml"),
-        "services:\n  - type: web\n    name: api\n    buildCommand: pip install -r requirements.txt\n    startCommand: uvicorn main:app --host 0.0.0.0 --port $PORT\n",
+        "services:\n  - type: web\n    name: api\n    buildCommand: pip install -r requirements.txt\n    startCommand: uvicorn main:app --host 0.0.0.0 --port $PORT\n    preDeployCommand: python migrate.py\n",
     )
     .unwrap();
     std::fs::write(
@@ -119,12 +119,21 @@ fn inspect_shows_the_source_and_the_runner_ups() {
     assert_eq!(e["python"]["version"], "3.13");
     let cands = e["candidates"].as_array().unwrap();
     assert!(cands.iter().any(|c| c["rule"] == "framework:asgi"), "{e}");
+    assert_eq!(
+        e["release"]["argv"],
+        serde_json::json!(["python", "migrate.py"])
+    );
+    assert_eq!(
+        e["release"]["origin"],
+        "render.yaml line 6 (service `api` preDeployCommand)"
+    );
     let out = iac(dir.path(), &["inspect", repo.to_str().unwrap()], &[]);
     let text = String::from_utf8_lossy(&out.stdout);
     for needle in [
         "from      render.yaml line 5",
         "python    3.13",
         "also      framework:asgi",
+        "release   python migrate.py [render.yaml line 6 (service `api` preDeployCommand)]",
     ] {
         assert!(text.contains(needle), "{needle:?} in:\n{text}");
     }
