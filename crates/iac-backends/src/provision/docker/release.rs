@@ -281,7 +281,266 @@ impl DockerProvisioner {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use iac_core::plan::{PlanInput, PlannedService, filter_installed_line, plan};
+    use iac_core::{CertPaths, IssuedCerts, ProjectName, Provisioner, ReleaseCommand, ServiceName};
+    use mockall::Sequence;
+
+    use super::super::{DockerProvisionerConfig, LogWait, MockEngine, NetworkInfo};
     use super::*;
+    use crate::provision::ContainerLimits;
+
+    /// A release job for service `web` of project `demo`, planned as a deploy plans it.
+    fn job(timeout: Duration) -> ReleaseJob {
+        let stack = plan(&PlanInput {
+            project: ProjectName::new("demo").unwrap(),
+            network: "iacnet-demo".into(),
+            envoy_image: "iac/envoy:test".into(),
+            otel_endpoint: None,
+            services: vec![PlannedService {
+                name: ServiceName::new("web").unwrap(),
+                image: "iac/demo-web:k".into(),
+                envoy_config: "/state/web/envoy.yaml".into(),
+                envoy_config_digest: "sha256:c".into(),
+                certs: IssuedCerts {
+                    paths: CertPaths {
+                        ca: "/s/ca.pem".into(),
+                        cert: "/s/web.pem".into(),
+                        key: "/s/web.key".into(),
+                    },
+                    fingerprint: "f".into(),
+                },
+                app_port: Some(8000),
+                env: [("DATABASE_URL".to_string(), "postgres://db".to_string())].into(),
+                edge: Some(iac_core::EdgeBind::loopback()),
+                replicas: 1,
+            }],
+            keep: vec![],
+        });
+        ReleaseJob {
+            service: ServiceName::new("web").unwrap(),
+            release: ReleaseCommand {
+                argv: vec!["python".into(), "manage.py".into(), "migrate".into()],
+                workdir: Some("backend".into()),
+                origin: "Procfile line 2 (release)".into(),
+            },
+            network: stack.network.clone(),
+            pod: stack.services[0].clone(),
+            timeout,
+        }
+    }
+
+    /// The engine calls up to the command's start; ids `rel-envoy` and `rel-app`.
+    fn starts_pod(e: &mut MockEngine, seq: &mut Sequence, j: &ReleaseJob) {
+        let hash = j.pod.spec_hash.clone();
+        e.expect_find_networks()
+            .times(1)
+            .in_sequence(seq)
+            .returning(|n| {
+                Ok(vec![NetworkInfo {
+                    id: "net1".into(),
+                    name: n.into(),
+                    labels: Default::default(),
+                }])
+            });
+        for stale in [
+            format!("demo-web-release-{hash}"),
+            format!("demo-web-envoy-release-{hash}"),
+        ] {
+            e.expect_remove_container()
+                .withf(move |i| i == stale)
+                .times(1)
+                .in_sequence(seq)
+                .returning(|_| Ok(()));
+        }
+        let envoy_name = format!("demo-web-envoy-release-{hash}");
+        e.expect_create_container()
+            .withf(move |s| {
+                s.name == envoy_name
+                    && s.ports.is_empty()
+                    && s.restart == RestartPolicy::No
+                    && matches!(&s.network, NetworkMode::Network { name, aliases }
+                        if name == "iacnet-demo" && aliases.is_empty())
+            })
+            .times(1)
+            .in_sequence(seq)
+            .returning(|_| Ok("rel-envoy".into()));
+        e.expect_start_container()
+            .withf(|i| i == "rel-envoy")
+            .times(1)
+            .in_sequence(seq)
+            .returning(|_| Ok(()));
+        e.expect_wait_for_log_line()
+            .withf(|i, _| i == "rel-envoy")
+            .times(1)
+            .in_sequence(seq)
+            .returning(|_, _| Ok(LogWait::Found(filter_installed_line(15000))));
+        let app = j.pod.app.clone();
+        let app_name = format!("demo-web-release-{hash}");
+        e.expect_create_container()
+            .withf(move |s| {
+                s.name == app_name
+                    && s.image == app.image
+                    && s.env == app.env
+                    && s.privileges == app.privileges
+                    && s.restart == RestartPolicy::No
+                    && s.network
+                        == NetworkMode::Container {
+                            name: "rel-envoy".into(),
+                        }
+                    && s.cmd
+                        == [
+                            "iac-agent",
+                            "--once",
+                            "--user",
+                            "app",
+                            "--chdir",
+                            "/app/backend",
+                            "--wait-tcp",
+                            "127.0.0.1:15001",
+                            "--",
+                            "python",
+                            "manage.py",
+                            "migrate",
+                        ]
+            })
+            .times(1)
+            .in_sequence(seq)
+            .returning(|_| Ok("rel-app".into()));
+        e.expect_start_container()
+            .withf(|i| i == "rel-app")
+            .times(1)
+            .in_sequence(seq)
+            .returning(|_| Ok(()));
+    }
+
+    /// Both containers removed at the end, the command's first.
+    fn removes_pod(e: &mut MockEngine, seq: &mut Sequence) {
+        for id in ["rel-app", "rel-envoy"] {
+            e.expect_remove_container()
+                .withf(move |i| i == id)
+                .times(1)
+                .in_sequence(seq)
+                .returning(|_| Ok(()));
+        }
+    }
+
+    fn provisioner(e: MockEngine) -> DockerProvisioner {
+        DockerProvisioner::with_engine(
+            Arc::new(e),
+            DockerProvisionerConfig {
+                limits: ContainerLimits::unlimited(),
+                ..Default::default()
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn a_successful_command_runs_in_a_one_off_pod_of_the_new_spec_then_removed() {
+        let j = job(Duration::from_secs(5));
+        let mut e = MockEngine::new();
+        let mut seq = Sequence::new();
+        starts_pod(&mut e, &mut seq, &j);
+        e.expect_follow_output()
+            .withf(|i, _, st, _| i == "rel-app" && *st == Stage::Release)
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _, _, _| Ok("Applying 0001... OK".into()));
+        e.expect_wait_exit()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_| {
+                Ok(ExitState {
+                    code: Some(0),
+                    oom_killed: false,
+                })
+            });
+        removes_pod(&mut e, &mut seq);
+        let out = provisioner(e)
+            .run_release(&j, &Events::discard())
+            .await
+            .unwrap();
+        assert_eq!(out.tail, "Applying 0001... OK");
+    }
+
+    #[tokio::test]
+    async fn a_failing_command_is_reported_with_its_status_and_output_and_removed() {
+        let j = job(Duration::from_secs(5));
+        let mut e = MockEngine::new();
+        let mut seq = Sequence::new();
+        starts_pod(&mut e, &mut seq, &j);
+        e.expect_follow_output()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _, _, _| Ok("relation \"users\" already exists".into()));
+        e.expect_wait_exit()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_| {
+                Ok(ExitState {
+                    code: Some(1),
+                    oom_killed: false,
+                })
+            });
+        removes_pod(&mut e, &mut seq);
+        let err = provisioner(e)
+            .run_release(&j, &Events::discard())
+            .await
+            .unwrap_err()
+            .to_string();
+        for needle in [
+            "python manage.py migrate",
+            "Procfile line 2 (release)",
+            "exited with code 1",
+            "already exists",
+        ] {
+            assert!(err.contains(needle), "{needle:?} in {err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pod_that_cannot_start_is_removed_and_named() {
+        let j = job(Duration::from_secs(5));
+        let mut e = MockEngine::new();
+        let mut seq = Sequence::new();
+        e.expect_find_networks()
+            .returning(|_| Ok(vec![]))
+            .times(1)
+            .in_sequence(&mut seq);
+        e.expect_create_network()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_| Ok("net1".into()));
+        e.expect_find_networks().returning(|_| Ok(vec![]));
+        e.expect_remove_container()
+            .withf(|i| i.contains("-release-"))
+            .times(2)
+            .returning(|_| Ok(()));
+        e.expect_create_container()
+            .times(1)
+            .returning(|_| Ok("rel-envoy".into()));
+        e.expect_start_container().times(1).returning(|_| {
+            Err(EngineError::new(
+                "start container rel-envoy",
+                Some(500),
+                "boom",
+            ))
+        });
+        e.expect_remove_container()
+            .withf(|i| i == "rel-envoy")
+            .times(1)
+            .returning(|_| Ok(()));
+        let err = provisioner(e)
+            .run_release(&j, &Events::discard())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("python manage.py migrate") && err.contains("boom"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn exits_in_words() {
