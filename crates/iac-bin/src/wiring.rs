@@ -246,6 +246,11 @@ impl Provisioner for NoProvisioner {
     fn name(&self) -> &'static str {
         "none"
     }
+    /// Renders run nothing, release commands included: they pass through (into `entry.json`);
+    /// whether a target can run them is decided by its own render (Kubernetes refuses) or plan.
+    fn runs_releases(&self) -> bool {
+        true
+    }
     async fn diff(&self, _: &Stack) -> Result<Vec<Change>, ProvisionError> {
         Err(ProvisionError::Invalid(
             "this command does not talk to a provisioner".into(),

@@ -708,3 +708,41 @@ fn bootstrap_runs_from_an_empty_directory_with_only_the_installed_binaries() {
     assert_eq!(check.status.code(), Some(1), "{out}");
     assert!(out.contains("mismatch") && out.contains("0.0.1"), "{out}");
 }
+
+/// Kubernetes manifests cannot run a release command before the new pods: the render refuses a
+/// service that declares one, naming it, the command and where it is declared.
+#[test]
+fn render_kubernetes_refuses_a_release_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("migrating");
+    std::fs::create_dir(&repo).unwrap();
+    std::fs::write(
+        repo.join("Procfile"),
+        "web: python app.py\nrelease: python manage.py migrate\n",
+    )
+    .unwrap();
+    std::fs::write(repo.join("app.py"), "print('hi')\n").unwrap();
+    let file = dir.path().join("repos.yaml");
+    std::fs::write(&file, format!("- path:{}\n", repo.display())).unwrap();
+    let out_dir = dir.path().join("out");
+    let out = iac(
+        dir.path(),
+        &[
+            "render",
+            "--target",
+            "kubernetes",
+            "--file",
+            file.to_str().unwrap(),
+            "--out",
+            out_dir.to_str().unwrap(),
+        ],
+        &[("IAC_IMAGES__AGENT_BINARY", "/bin/true")],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("service migrating declares the release command `python manage.py migrate` (Procfile line 2 (release))"),
+        "{err}"
+    );
+    assert!(!out_dir.join("kubernetes").exists(), "nothing written");
+}
