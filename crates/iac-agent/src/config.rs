@@ -151,6 +151,20 @@ pub struct Cli {
     #[arg(long, value_name = "VENV")]
     pub otel_auto_instrument: Option<std::path::PathBuf>,
 
+    /// Run ARGV once, as a job, and exit with its exit code (iac's release commands): no gRPC
+    /// listener, no restart, output inherited; --user, --grace and --chdir apply.
+    #[arg(long, conflicts_with_all = ["probe", "sidecar"])]
+    pub once: bool,
+
+    /// With --once: run ARGV in this directory.
+    #[arg(long, value_name = "DIR", requires = "once")]
+    pub chdir: Option<std::path::PathBuf>,
+
+    /// With --once: before starting ARGV, wait (at most 30 s) until this address accepts TCP
+    /// connections (the pod sidecar's outbound listener).
+    #[arg(long, value_name = "ADDR", requires = "once")]
+    pub wait_tcp: Option<SocketAddr>,
+
     /// The program to supervise and its arguments (after `--`).
     #[arg(last = true, required_unless_present = "probe", value_name = "ARGV")]
     pub argv: Vec<String>,
@@ -314,6 +328,38 @@ mod tests {
         assert!(
             e.contains("--forward-after \"soon\"") && e.contains("or off"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn once_with_its_options_and_only_with_once() {
+        let cli = Cli::try_parse_from([
+            "iac-agent",
+            "--once",
+            "--user",
+            "app",
+            "--chdir",
+            "/app/web",
+            "--wait-tcp",
+            "127.0.0.1:15001",
+            "--",
+            "python",
+            "manage.py",
+            "migrate",
+        ])
+        .unwrap();
+        assert!(cli.once);
+        assert_eq!(cli.chdir.as_deref(), Some(std::path::Path::new("/app/web")));
+        assert_eq!(cli.wait_tcp, Some("127.0.0.1:15001".parse().unwrap()));
+        assert_eq!(cli.argv, ["python", "manage.py", "migrate"]);
+        for without_once in [["--chdir", "/x"], ["--wait-tcp", "127.0.0.1:1"]] {
+            let mut args = vec!["iac-agent"];
+            args.extend(without_once);
+            args.extend(["--", "x"]);
+            assert!(Cli::try_parse_from(args).is_err(), "{without_once:?}");
+        }
+        assert!(
+            Cli::try_parse_from(["iac-agent", "--once", "--sidecar", "envoy", "--", "x"]).is_err()
         );
     }
 

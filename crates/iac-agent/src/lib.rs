@@ -33,6 +33,9 @@
 //! fails and restarts the task. HealthCheck is SERVING only while both run (and, with
 //! `--sidecar-port`, once the sidecar listens), and its detail names both.
 //!
+//! One-off mode (`--once`, used for release commands): run the entry once, as `--user`, in
+//! `--chdir`, and exit with its code ([`once`]).
+//!
 //! The library exposes the pieces (and [`config::AgentConfig`] for the `iac` binary, which renders
 //! the agent's command line into images); `src/main.rs` is the thin executable.
 
@@ -40,6 +43,7 @@ pub mod config;
 pub mod forward;
 pub mod logbuf;
 pub mod netwatch;
+pub mod once;
 pub mod otel;
 pub mod ports;
 pub mod probe;

@@ -10,6 +10,28 @@ fn main() {
     if cli.probe {
         std::process::exit(iac_agent::probe::run(cli.listen));
     }
+    if cli.once {
+        let user = match cli
+            .user
+            .as_deref()
+            .map(iac_agent::user::resolve_from_system)
+        {
+            None => None,
+            Some(Ok(u)) => Some(u),
+            Some(Err(e)) => {
+                log(e);
+                std::process::exit(EXIT_SETUP_FAILED);
+            }
+        };
+        std::process::exit(iac_agent::once::run(iac_agent::once::Job {
+            argv: cli.argv,
+            user,
+            chdir: cli.chdir,
+            grace: cli.grace,
+            wait_tcp: cli.wait_tcp,
+            wait_limit: iac_agent::once::WAIT_TCP_LIMIT,
+        }));
+    }
     let opts = match Options::from_cli(cli) {
         Ok(o) => o,
         Err(e) => {

@@ -242,20 +242,25 @@ fn spawn_child(
         cmd.env("PYTHONPATH", p);
     }
     if let Some(u) = user {
-        if let Some(name) = &u.name {
-            cmd.env("USER", name).env("LOGNAME", name);
-        }
-        // Docker derives HOME from the container's user (root: /root); follow the dropped user's,
-        // unless HOME was set to something specific.
-        if let Some(home) = &u.home {
-            let inherited = std::env::var_os("HOME");
-            if inherited.is_none() || inherited.as_deref() == Some("/root".as_ref()) {
-                cmd.env("HOME", home);
-            }
-        }
-        drop_privileges(&mut cmd, u);
+        as_user(&mut cmd, u);
     }
     cmd.spawn()
+}
+
+/// Makes `cmd` run as `user`: its USER/LOGNAME/HOME, then [`drop_privileges`].
+pub(crate) fn as_user(cmd: &mut Command, u: &ResolvedUser) {
+    if let Some(name) = &u.name {
+        cmd.env("USER", name).env("LOGNAME", name);
+    }
+    // Docker derives HOME from the container's user (root: /root); follow the dropped user's,
+    // unless HOME was set to something specific.
+    if let Some(home) = &u.home {
+        let inherited = std::env::var_os("HOME");
+        if inherited.is_none() || inherited.as_deref() == Some("/root".as_ref()) {
+            cmd.env("HOME", home);
+        }
+    }
+    drop_privileges(cmd, u);
 }
 
 /// Makes `cmd` switch to `user` (groups, gid, then uid) between fork and exec.

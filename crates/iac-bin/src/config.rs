@@ -95,6 +95,10 @@ pub struct IacConfig {
     /// releases the project lock (CLI and admin API alike).
     #[serde(with = "iac_core::duration")]
     pub deploy_deadline: std::time::Duration,
+    /// The longest a service's release command (Procfile `release:`, …) may run (`"10m"`);
+    /// past it the command is stopped and the service's deploy fails, its old pods kept.
+    #[serde(with = "iac_core::duration")]
+    pub release_timeout: Duration,
     pub images: ImageConfig,
     pub sidecar: SidecarSection,
     pub fetch: FetchConfig,
@@ -121,6 +125,7 @@ impl Default for IacConfig {
             health_settle_listening: Duration::ZERO,
             otel_endpoint: None,
             deploy_deadline: std::time::Duration::from_secs(30 * 60),
+            release_timeout: Duration::from_secs(10 * 60),
             images: ImageConfig::default(),
             sidecar: SidecarSection::default(),
             fetch: FetchConfig::default(),
@@ -175,6 +180,7 @@ impl IacConfig {
                 ));
             }
         }
+        problems.extend(cfg.timing_problems());
         anyhow::ensure!(
             problems.is_empty(),
             "invalid configuration:\n  {}",
@@ -186,6 +192,26 @@ impl IacConfig {
             cfg.images.agent_binary = default_agent_binary();
         }
         Ok(cfg)
+    }
+
+    /// Deadlines that cannot work together: a release command needs some time, and must end
+    /// within the deploy it belongs to.
+    pub fn timing_problems(&self) -> Vec<String> {
+        let fmt = |d: Duration| humantime::format_duration(d).to_string();
+        let mut problems = Vec::new();
+        if self.release_timeout < Duration::from_secs(1) {
+            problems.push(format!(
+                "release_timeout = \"{}\": expected at least 1s (a release command needs time to run)",
+                fmt(self.release_timeout)
+            ));
+        } else if self.release_timeout >= self.deploy_deadline {
+            problems.push(format!(
+                "release_timeout = \"{}\" is not shorter than deploy_deadline = \"{}\": expected a release timeout that leaves the deploy time to start the new pods",
+                fmt(self.release_timeout),
+                fmt(self.deploy_deadline)
+            ));
+        }
+        problems
     }
 
     /// The strictness checks of [`strict`] on a merged figment: unknown keys and placeholder
@@ -390,6 +416,35 @@ mod tests {
                 .extract::<IacConfig>()
                 .unwrap_err();
             assert!(e.to_string().contains("parallelism"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn release_timeout_defaults_to_ten_minutes_and_is_validated() {
+        Jail::expect_with(|jail| {
+            let c = IacConfig::load(None, &CliOverrides::default()).unwrap();
+            assert_eq!(c.release_timeout, Duration::from_secs(600));
+            jail.create_file("iac.toml", "release_timeout = \"90s\"\n")?;
+            let c = IacConfig::load(None, &CliOverrides::default()).unwrap();
+            assert_eq!(c.release_timeout, Duration::from_secs(90));
+            jail.create_file("iac.toml", "release_timeout = \"0s\"\n")?;
+            let e = IacConfig::load(None, &CliOverrides::default()).unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains("release_timeout = \"0s\": expected at least 1s"),
+                "{e}"
+            );
+            jail.create_file(
+                "iac.toml",
+                "release_timeout = \"40m\"\ndeploy_deadline = \"30m\"\n",
+            )?;
+            let e = IacConfig::load(None, &CliOverrides::default()).unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains("not shorter than deploy_deadline = \"30m\""),
+                "{e}"
+            );
             Ok(())
         });
     }

@@ -172,6 +172,7 @@ impl App {
                 health_check_timeout: cfg.health_check_timeout.max(Duration::from_millis(100)),
                 otel_endpoint: cfg.otel_endpoint.clone(),
                 deadline: cfg.deploy_deadline,
+                release_timeout: cfg.release_timeout,
             },
         );
         Ok(App {
@@ -249,6 +250,11 @@ struct NoProvisioner;
 impl Provisioner for NoProvisioner {
     fn name(&self) -> &'static str {
         "none"
+    }
+    /// Renders run nothing, release commands included: they pass through (into `entry.json`);
+    /// whether a target can run them is decided by its own render (Kubernetes refuses) or plan.
+    fn runs_releases(&self) -> bool {
+        true
     }
     async fn diff(&self, _: &Stack) -> Result<Vec<Change>, ProvisionError> {
         Err(ProvisionError::Invalid(

@@ -88,7 +88,7 @@ fn inspect_shows_the_source_and_the_runner_ups() {
     std::fs::create_dir(&repo).unwrap();
     std::fs::write(
         repo.join("render.yaml"),
-        "services:\n  - type: web\n    name: api\n    buildCommand: pip install -r requirements.txt\n    startCommand: uvicorn main:app --host 0.0.0.0 --port $PORT\n",
+        "services:\n  - type: web\n    name: api\n    buildCommand: pip install -r requirements.txt\n    startCommand: uvicorn main:app --host 0.0.0.0 --port $PORT\n    preDeployCommand: python migrate.py\n",
     )
     .unwrap();
     std::fs::write(
@@ -119,12 +119,21 @@ fn inspect_shows_the_source_and_the_runner_ups() {
     assert_eq!(e["python"]["version"], "3.13");
     let cands = e["candidates"].as_array().unwrap();
     assert!(cands.iter().any(|c| c["rule"] == "framework:asgi"), "{e}");
+    assert_eq!(
+        e["release"]["argv"],
+        serde_json::json!(["python", "migrate.py"])
+    );
+    assert_eq!(
+        e["release"]["origin"],
+        "render.yaml line 6 (service `api` preDeployCommand)"
+    );
     let out = iac(dir.path(), &["inspect", repo.to_str().unwrap()], &[]);
     let text = String::from_utf8_lossy(&out.stdout);
     for needle in [
         "from      render.yaml line 5",
         "python    3.13",
         "also      framework:asgi",
+        "release   python migrate.py [render.yaml line 6 (service `api` preDeployCommand)]",
     ] {
         assert!(text.contains(needle), "{needle:?} in:\n{text}");
     }
@@ -698,4 +707,42 @@ fn bootstrap_runs_from_an_empty_directory_with_only_the_installed_binaries() {
     let out = String::from_utf8_lossy(&check.stdout);
     assert_eq!(check.status.code(), Some(1), "{out}");
     assert!(out.contains("mismatch") && out.contains("0.0.1"), "{out}");
+}
+
+/// Kubernetes manifests cannot run a release command before the new pods: the render refuses a
+/// service that declares one, naming it, the command and where it is declared.
+#[test]
+fn render_kubernetes_refuses_a_release_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("migrating");
+    std::fs::create_dir(&repo).unwrap();
+    std::fs::write(
+        repo.join("Procfile"),
+        "web: python app.py\nrelease: python manage.py migrate\n",
+    )
+    .unwrap();
+    std::fs::write(repo.join("app.py"), "print('hi')\n").unwrap();
+    let file = dir.path().join("repos.yaml");
+    std::fs::write(&file, format!("- path:{}\n", repo.display())).unwrap();
+    let out_dir = dir.path().join("out");
+    let out = iac(
+        dir.path(),
+        &[
+            "render",
+            "--target",
+            "kubernetes",
+            "--file",
+            file.to_str().unwrap(),
+            "--out",
+            out_dir.to_str().unwrap(),
+        ],
+        &[("IAC_IMAGES__AGENT_BINARY", "/bin/true")],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("service migrating declares the release command `python manage.py migrate` (Procfile line 2 (release))"),
+        "{err}"
+    );
+    assert!(!out_dir.join("kubernetes").exists(), "nothing written");
 }

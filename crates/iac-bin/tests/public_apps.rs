@@ -6,7 +6,7 @@
 //!
 //! 1. every service is SERVING; each entry is what a person would run; the Django image is built
 //!    on Python 3.14 and the others on the default 3.11, with their wheels downloaded for that
-//!    interpreter;
+//!    interpreter; Django's Procfile `release:` (migrate) ran before its pod;
 //! 2. each app answers its own page with HTTP 200 through the mesh: from a peer's container to
 //!    its sidecar's outbound listener, over mTLS to the app's sidecar, to the app (the Django page
 //!    uses `{% static %}` with a manifest storage, so it only renders when `collectstatic` ran at
@@ -204,6 +204,16 @@ fn flask_django_and_fastapi_apps_serve_their_pages_through_the_mesh() {
             "{name}: {report:#}"
         );
     }
+    // Django's Procfile `release:` (migrate) ran once, before its pod; the others declare none.
+    let ran_release = |name: &str| {
+        svc(name)["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["stage"] == "release" && t["ok"] == true)
+    };
+    assert!(ran_release("django"), "{report:#}");
+    assert!(!ran_release("flask") && !ran_release("fastapi"));
     let entry = |name: &str| svc(name)["entry"].clone();
     assert_eq!(
         entry("flask")["rule"],

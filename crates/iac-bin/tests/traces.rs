@@ -433,6 +433,7 @@ mod deploy {
                 health_check_timeout: Duration::from_secs(2),
                 otel_endpoint: None,
                 deadline: Duration::from_secs(300),
+                release_timeout: Duration::from_secs(60),
             },
         )
     }

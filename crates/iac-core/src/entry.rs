@@ -70,6 +70,60 @@ pub struct Entry {
     /// precedence order (for `iac inspect`); never run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub candidates: Vec<Candidate>,
+    /// The release step the repo declares (Procfile `release:`, fly.toml `[deploy]
+    /// release_command`, render.yaml `preDeployCommand`, app.json `scripts.postdeploy`): run once
+    /// per deploy in the new image, before the new pod takes traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<ReleaseCommand>,
+}
+
+/// A release (pre-deploy) command of an [`Entry`]: database migrations and the like, run in a
+/// one-off container of the new image before any pod of it is created or replaced.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub struct ReleaseCommand {
+    /// The command (`["sh", "-c", "…"]` when it needs a shell).
+    pub argv: Vec<String>,
+    /// Directory relative to `/app` to run it in (same rules as [`Entry::workdir`]); `None`:
+    /// `/app`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    /// File, line and key it comes from, e.g. `Procfile line 1 (release)`.
+    pub origin: String,
+}
+
+impl ReleaseCommand {
+    /// The absolute directory it runs in: `/app` or `/app/<workdir>`.
+    pub fn dir(&self) -> String {
+        match self.workdir.as_deref() {
+            Some(w) if !w.is_empty() => format!("/app/{w}"),
+            _ => "/app".to_string(),
+        }
+    }
+
+    /// The command as one line, for people: the script of an `sh -c SCRIPT`, else the words,
+    /// quoted only where a shell would need it.
+    pub fn line(&self) -> String {
+        if let [sh, c, script] = self.argv.as_slice()
+            && sh == "sh"
+            && c == "-c"
+        {
+            return script.clone();
+        }
+        self.argv
+            .iter()
+            .map(|w| {
+                let plain = !w.is_empty()
+                    && w.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_./:=,+@%".contains(c));
+                if plain {
+                    w.clone()
+                } else {
+                    crate::shell::sh_quote(w)
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
 }
 
 /// One build-time command of an [`Entry`].

@@ -358,6 +358,59 @@ pub enum ProvisionError {
     Invalid(String),
 }
 
+/// A service's release command did not succeed, so its new pods were not started.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReleaseError {
+    /// The command ran and ended unsuccessfully: a non-zero exit or a signal.
+    #[error("release command `{command}` ({origin}) {status}; last output:\n{tail}")]
+    Failed {
+        /// The command, as one line.
+        command: String,
+        /// Where it is declared, e.g. `Procfile line 2 (release)`.
+        origin: String,
+        /// How it ended, e.g. `exited with code 3`, `was killed by signal 9 (SIGKILL)`.
+        status: String,
+        /// The last lines of its output (bounded).
+        tail: String,
+    },
+    /// The command was still running at its deadline and was stopped.
+    #[error(
+        "release command `{command}` ({origin}) did not finish within {timeout} (release_timeout) and was stopped; last output:\n{tail}"
+    )]
+    Deadline {
+        /// The command, as one line.
+        command: String,
+        /// Where it is declared.
+        origin: String,
+        /// The deadline, e.g. `10m`.
+        timeout: String,
+        /// The last lines of its output (bounded).
+        tail: String,
+    },
+    /// The one-off container could not be created, started or watched.
+    #[error("release command `{command}`: {message}")]
+    Engine {
+        /// The command, as one line.
+        command: String,
+        /// What failed.
+        message: String,
+    },
+    /// The deploy target cannot run release commands.
+    #[error(
+        "the {provisioner} provisioner cannot run release commands; {service} declares `{command}` ({origin}). Deploy it with the docker provisioner, or remove the release step"
+    )]
+    Unsupported {
+        /// The provisioner's name.
+        provisioner: String,
+        /// The service.
+        service: String,
+        /// The command, as one line.
+        command: String,
+        /// Where it is declared.
+        origin: String,
+    },
+}
+
 /// Talking to an agent (through its Envoy) failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ProbeError {
@@ -453,6 +506,9 @@ pub enum Error {
     /// Provisioning failed.
     #[error("provision: {0}")]
     Provision(#[from] ProvisionError),
+    /// A release command failed.
+    #[error("release: {0}")]
+    Release(#[from] ReleaseError),
     /// Talking to an agent failed.
     #[error("probe: {0}")]
     Probe(#[from] ProbeError),

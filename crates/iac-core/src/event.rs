@@ -33,6 +33,8 @@ pub enum Stage {
     Render,
     /// Planning the stack.
     Plan,
+    /// Running a service's release command before its new pods start.
+    Release,
     /// Applying the stack.
     Provision,
     /// Proving health.
@@ -53,6 +55,7 @@ impl Stage {
             Stage::Certs => "certs",
             Stage::Render => "render",
             Stage::Plan => "plan",
+            Stage::Release => "release",
             Stage::Provision => "provision",
             Stage::Health => "health",
             Stage::Destroy => "destroy",

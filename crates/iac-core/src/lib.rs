@@ -33,7 +33,9 @@ pub mod stages;
 pub mod trace_context;
 
 pub use deployer::{DeployOptions, Deployer, DesiredStack, PlanOutcome, RenderedService, Stages};
-pub use entry::{BuildStep, Candidate, DEFAULT_APP_PORT, Entry, Language, PythonVersion};
+pub use entry::{
+    BuildStep, Candidate, DEFAULT_APP_PORT, Entry, Language, PythonVersion, ReleaseCommand,
+};
 pub use error::*;
 pub use event::{DeployEvent, EventLevel, EventReceiver, Events, Stage};
 pub use expose::{EdgeBind, Expose, edge_url};

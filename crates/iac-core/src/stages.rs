@@ -8,7 +8,7 @@
 //! | [`ImageBuilder`] | source + entry → image | `iac_backends::build::docker` |
 //! | [`Pki`] | service → certificate files | `iac_backends::pki::dev_ca` |
 //! | [`SidecarRenderer`] | mesh + service → Envoy config (pure) | `iac_backends::sidecar::envoy` |
-//! | [`Provisioner`] | stack → running containers | `iac_backends::provision::{docker,terraform}` |
+//! | [`Provisioner`] | stack → running containers (and release commands) | `iac_backends::provision::{docker,terraform}` |
 //! | [`HealthProber`] | endpoint → SERVING? over mTLS | `iac_backends::health::grpc` |
 //! | [`LogStreamer`] | endpoint → log lines over mTLS | `iac_backends::health::grpc` |
 //! | [`AuthVerifier`] | bearer token → principal | `iac_backends::auth::supabase` |
@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
-use crate::entry::Entry;
+use crate::entry::{Entry, ReleaseCommand};
 use crate::error::*;
 use crate::event::Events;
 use crate::health::{HealthReport, LogLine, LogQuery, ProbeTarget};
@@ -26,7 +26,7 @@ use crate::mesh::{IssuedCerts, Mesh};
 use crate::name::{ProjectName, ServiceName};
 use crate::slug::Slug;
 use crate::source::Source;
-use crate::stack::{Applied, Change, RunningService, Stack};
+use crate::stack::{Applied, Change, NetworkSpec, RunningService, ServiceStack, Stack};
 
 /// Brings a slug's source tree onto local disk.
 #[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
@@ -111,6 +111,57 @@ pub trait Provisioner: Send + Sync {
     ) -> Result<Vec<String>, ProvisionError>;
     /// Services running in the project now, with their mTLS endpoints.
     async fn running(&self, project: &ProjectName) -> Result<Vec<RunningService>, ProvisionError>;
+    /// Whether [`Provisioner::run_release`] can run release commands on this target. Services
+    /// that declare one are refused at plan time by targets that cannot.
+    fn runs_releases(&self) -> bool {
+        false
+    }
+    /// Runs a service's release command to its end in a one-off container of the new image, as
+    /// confined as the app's and with the app's environment and mesh access, stopped at
+    /// `job.timeout`; whatever it created is removed on every path. `Ok` only for exit 0.
+    async fn run_release(
+        &self,
+        job: &ReleaseJob,
+        events: &Events,
+    ) -> Result<ReleaseOutcome, ReleaseError> {
+        let _ = events;
+        Err(ReleaseError::Unsupported {
+            provisioner: self.name().to_string(),
+            service: job.service.to_string(),
+            command: job.command_line(),
+            origin: job.release.origin.clone(),
+        })
+    }
+}
+
+/// One service's release command, as [`Provisioner::run_release`] runs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReleaseJob {
+    /// The service.
+    pub service: ServiceName,
+    /// The command and where it is declared.
+    pub release: ReleaseCommand,
+    /// The project's network (the release may run before any pod of the project exists).
+    pub network: NetworkSpec,
+    /// The service's planned pod: the release runs from its app container's image, environment,
+    /// privileges and limits, in a network namespace set up like its sidecar's.
+    pub pod: ServiceStack,
+    /// How long it may run before it is stopped.
+    pub timeout: std::time::Duration,
+}
+
+impl ReleaseJob {
+    /// The command as one line, for messages.
+    pub fn command_line(&self) -> String {
+        self.release.line()
+    }
+}
+
+/// A release command that exited 0.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseOutcome {
+    /// The last lines of its output (bounded).
+    pub tail: String,
 }
 
 /// Asks a service's agent, through its Envoy over mTLS, whether it is serving.

@@ -137,7 +137,7 @@ pub fn finish_pipeline(ok: bool, error_type: Option<&str>) {
 
 fn task_type(stage: Stage) -> &'static str {
     match stage {
-        Stage::Provision | Stage::Destroy | Stage::Deploy => "deploy",
+        Stage::Provision | Stage::Release | Stage::Destroy | Stage::Deploy => "deploy",
         Stage::Health => "test",
         _ => "build",
     }

@@ -22,9 +22,12 @@ use bollard::query_parameters::{
 use futures::StreamExt;
 
 use iac_core::stack::{LABEL_MANAGED, LABEL_PROJECT, LABEL_ROLE, LABEL_SERVICE, LABEL_SPEC_HASH};
-use iac_core::{ContainerSpec, NetworkMode, NetworkSpec, ProjectName, RestartPolicy, Role};
+use iac_core::{
+    ContainerSpec, Events, NetworkMode, NetworkSpec, ProjectName, RestartPolicy, Role, Stage,
+};
 
 use super::{DockerEngine, EngineError};
+use crate::build::output::OutputTail;
 use crate::provision::MANAGED_BY;
 use crate::provision::reconcile::Observed;
 use iac_core::addr::published;
@@ -45,6 +48,15 @@ pub enum LogWait {
     Found(String),
     /// The log ended (the container stopped) without it; its last lines.
     Ended(String),
+}
+
+/// How a stopped container ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitState {
+    /// Its PID 1's exit code, when the engine reports one.
+    pub code: Option<i64>,
+    /// Whether the kernel killed it for exceeding its memory limit.
+    pub oom_killed: bool,
 }
 
 /// A network as the engine reports it.
@@ -90,6 +102,20 @@ pub trait Engine: Send + Sync {
     /// until the log ends because the container stopped. No process runs in the container (unlike
     /// `exec`). An engine whose log driver cannot be read back is an error.
     async fn wait_for_log_line(&self, id: &str, needle: &str) -> Result<LogWait, EngineError>;
+    /// Follows the stdout and stderr of container `id` from its start until it stops: each line
+    /// becomes a debug event under `stage` (bounded, see [`OutputTail`]); returns the last lines
+    /// (about `tail_bytes`).
+    async fn follow_output(
+        &self,
+        id: &str,
+        events: &Events,
+        stage: Stage,
+        tail_bytes: usize,
+    ) -> Result<String, EngineError>;
+    /// The last lines (about `tail_bytes`) of container `id`'s stdout and stderr so far.
+    async fn output_tail(&self, id: &str, tail_bytes: usize) -> Result<String, EngineError>;
+    /// Waits until container `id` has stopped; how it ended.
+    async fn wait_exit(&self, id: &str) -> Result<ExitState, EngineError>;
     /// Host address `container_port/tcp` is published on (from inspect), if any.
     async fn published_port(
         &self,
@@ -97,6 +123,11 @@ pub trait Engine: Send + Sync {
         container_port: u16,
     ) -> Result<Option<SocketAddr>, EngineError>;
 }
+
+/// Lines of a followed container's output shown as events (the rest is only counted).
+const OUTPUT_EVENT_LINES: usize = 200;
+/// Lines asked of the engine by [`Engine::output_tail`].
+const OUTPUT_TAIL_LINES: usize = 40;
 
 /// [`Engine`] over bollard.
 #[derive(Debug, Clone)]
@@ -520,6 +551,78 @@ impl Engine for BollardEngine {
             tail.push(pending.trim_end().to_string());
         }
         Ok(LogWait::Ended(tail.join(" | ")))
+    }
+
+    async fn follow_output(
+        &self,
+        id: &str,
+        events: &Events,
+        stage: Stage,
+        tail_bytes: usize,
+    ) -> Result<String, EngineError> {
+        let opts = LogsOptionsBuilder::new()
+            .follow(true)
+            .stdout(true)
+            .stderr(true)
+            .build();
+        let mut stream = self.docker.logs(id, Some(opts));
+        let mut tail = OutputTail::new(tail_bytes, OUTPUT_EVENT_LINES);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| {
+                EngineError::from_bollard(format!("following the output of container {id}"), e)
+            })?;
+            tail.push_as_events(&chunk.into_bytes(), events, stage, "");
+        }
+        tail.finish_as_events(events, stage, "");
+        Ok(tail.text())
+    }
+
+    async fn output_tail(&self, id: &str, tail_bytes: usize) -> Result<String, EngineError> {
+        let opts = LogsOptionsBuilder::new()
+            .follow(false)
+            .stdout(true)
+            .stderr(true)
+            .tail(&OUTPUT_TAIL_LINES.to_string())
+            .build();
+        let mut stream = self.docker.logs(id, Some(opts));
+        let mut tail = OutputTail::new(tail_bytes, 0);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| {
+                EngineError::from_bollard(format!("reading the output of container {id}"), e)
+            })?;
+            tail.push(&chunk.into_bytes(), |_, _| {});
+        }
+        tail.finish(|_, _| {});
+        Ok(tail.text())
+    }
+
+    async fn wait_exit(&self, id: &str) -> Result<ExitState, EngineError> {
+        let op = || format!("waiting for container {id} to stop");
+        let mut waits = self.docker.wait_container(id, None);
+        let mut code = None;
+        while let Some(r) = waits.next().await {
+            match r {
+                Ok(resp) => code = Some(resp.status_code),
+                // bollard reports a non-zero exit as this error.
+                Err(bollard::errors::Error::DockerContainerWaitError { code: c, .. }) => {
+                    code = Some(c)
+                }
+                Err(e) => return Err(EngineError::from_bollard(op(), e)),
+            }
+        }
+        let opts = InspectContainerOptionsBuilder::default()
+            .size(false)
+            .build();
+        let c = self
+            .docker
+            .inspect_container(id, Some(opts))
+            .await
+            .map_err(|e| EngineError::from_bollard(op(), e))?;
+        let state = c.state.unwrap_or_default();
+        Ok(ExitState {
+            code: state.exit_code.or(code),
+            oom_killed: state.oom_killed.unwrap_or(false),
+        })
     }
 
     async fn published_port(

@@ -27,7 +27,9 @@ use bollard::Docker;
 
 #[cfg(test)]
 pub use containers::MockEngine;
-pub use containers::{BollardEngine, Engine, ExecOutput, LogWait, NetworkInfo, create_body};
+pub use containers::{
+    BollardEngine, Engine, ExecOutput, ExitState, LogWait, NetworkInfo, create_body,
+};
 pub use error::EngineError;
 #[cfg(test)]
 pub use registry::MockRegistry;

@@ -13,7 +13,7 @@
 //!    `__main__` guard, a guard-less script ([`python`]), an executable `main` ([`binary`]).
 //!
 //! Independently of which command wins, the Entry carries: build steps (declared build commands,
-//! Django `collectstatic`), the Python version ([`pyversion`]) for Python entries, the working
+//! Django `collectstatic`), the release step the repo declares ([`platform::release`]), the Python version ([`pyversion`]) for Python entries, the working
 //! directory and the port when known. When nothing matches, [`EntryError::NotFound`] lists every
 //! source tried with what it looked for and what it found. Argv runs inside the container from
 //! `/app/<workdir>` with `python` on PATH (see [`python`] for the image assumptions).
@@ -279,6 +279,7 @@ impl DefaultResolver {
             })
             .collect();
         entry.build_steps = build_steps;
+        entry.release = platform::release::scan(dir)?;
         if entry.language == Language::Python {
             entry.python = pyversion::choose(dir, &self.pythons, self.default_python)?;
         }

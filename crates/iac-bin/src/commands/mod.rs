@@ -137,6 +137,23 @@ pub async fn plan(cfg: IacConfig, file: &Path, json: bool) -> anyhow::Result<Exi
                 c.action.as_str(),
                 safe(&c.reason)
             );
+            if let Some(r) = outcome.releases.get(&c.service) {
+                let when = if matches!(
+                    c.action,
+                    iac_core::Action::Create | iac_core::Action::Replace
+                ) {
+                    "runs first"
+                } else {
+                    "not run (unchanged)"
+                };
+                println!(
+                    "    {:<20} {:<10} {} [{}]: {when}",
+                    "",
+                    "release",
+                    safe(&r.line()),
+                    safe(&r.origin)
+                );
+            }
         }
         for f in &outcome.failures {
             println!(
@@ -377,6 +394,7 @@ pub async fn inspect(cfg: IacConfig, target: &str, json: bool) -> anyhow::Result
                 "python": entry.python,
                 "build_steps": entry.build_steps,
                 "candidates": entry.candidates,
+                "release": entry.release,
             },
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -438,6 +456,20 @@ fn inspect_text(name: &str, source: &iac_core::Source, entry: &iac_core::Entry) 
                 } else {
                     ""
                 }
+            ),
+        );
+    }
+    if let Some(r) = &entry.release {
+        line(
+            "release",
+            &format!(
+                "{}{} [{}] (runs once per deploy, in the new image, before it takes traffic)",
+                r.workdir
+                    .as_deref()
+                    .map(|w| format!("(in {w}/) "))
+                    .unwrap_or_default(),
+                r.argv.join(" "),
+                r.origin
             ),
         );
     }
@@ -542,6 +574,14 @@ pub async fn render_kubernetes(
         app.deployer.desired_stack(&specs, events).await
     })
     .await;
+    // Kubernetes would need a Job ordered before the new pods; the manifests have none.
+    if let Some((svc, r)) = desired.releases.iter().next() {
+        anyhow::bail!(
+            "kubernetes render: service {svc} declares the release command `{}` ({}), which rendered manifests cannot run before its new pods; deploy it with the docker provisioner, or remove the release step",
+            safe(&r.line()),
+            safe(&r.origin)
+        );
+    }
     desired.stack = iac_backends::provision::with_limits(&desired.stack, &limits);
     let mut files = std::collections::BTreeMap::new();
     for path in kubernetes::mounted_files(&desired.stack) {

@@ -11,7 +11,7 @@ use futures::FutureExt;
 use serde::Serialize;
 use tracing::Instrument;
 
-use crate::entry::Entry;
+use crate::entry::{Entry, ReleaseCommand};
 use crate::error::Error;
 use crate::event::{Events, Stage};
 use crate::fsutil::write_atomic_if_changed;
@@ -29,6 +29,7 @@ use crate::trace_context::{self, Pipeline};
 mod health;
 mod lock;
 mod prepare;
+mod release;
 
 use health::Settle;
 use prepare::{Mode, Prepared};
@@ -85,6 +86,9 @@ pub struct DeployOptions {
     /// The longest a whole deploy may take (fetch to health). Past it the deploy is stopped,
     /// every unfinished service is reported failed, and the project lock is released.
     pub deadline: Duration,
+    /// The longest a service's release command may run before it is stopped (and the service's
+    /// deploy fails, its old pods kept).
+    pub release_timeout: Duration,
 }
 
 /// One service's sidecar inputs and output, as `iac render` writes them.
@@ -112,6 +116,8 @@ pub struct DesiredStack {
     pub envoy_configs: BTreeMap<PathBuf, String>,
     /// Services that failed before planning (also in `stack.keep`).
     pub failures: Vec<ServiceReport>,
+    /// The release command of each prepared service that declares one.
+    pub releases: BTreeMap<ServiceName, ReleaseCommand>,
 }
 
 /// What `plan` found: the stack it would apply, the changes, and services that failed to prepare.
@@ -123,6 +129,10 @@ pub struct PlanOutcome {
     pub changes: Vec<Change>,
     /// Services that failed before planning.
     pub failures: Vec<ServiceReport>,
+    /// The release command of each service that declares one: a deploy runs it before the
+    /// service's new pod when the change is a create or a replace.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub releases: BTreeMap<ServiceName, ReleaseCommand>,
 }
 
 /// Runs the stages for a project: deploy, plan, render, destroy, health.
@@ -245,6 +255,10 @@ impl Deployer {
                 stack.network.name
             ),
         );
+        // Release commands run before any new pod exists; a failed one keeps the old pods.
+        let (stack, ok_services, release_failed) =
+            self.run_releases(stack, ok_services, events).await;
+        failed.extend(release_failed);
 
         let t = Instant::now();
         let applied = self
@@ -418,6 +432,7 @@ impl Deployer {
         let DesiredStack {
             stack,
             failures: failed,
+            releases,
             ..
         } = self.desired_stack(specs, events).await;
         let changes = self.stages.provisioner.diff(&stack).await;
@@ -433,6 +448,7 @@ impl Deployer {
             stack,
             changes,
             failures: failed,
+            releases,
         })
     }
 
@@ -448,6 +464,10 @@ impl Deployer {
         input
             .keep
             .extend(failures.iter().map(|r| r.service.clone()));
+        let releases = rendered
+            .iter()
+            .filter_map(|(p, _)| Some((p.spec.name.clone(), p.entry.release.clone()?)))
+            .collect();
         let envoy_configs = rendered
             .into_iter()
             .map(|(p, config)| (self.envoy_config_path(&p.spec.name), config))
@@ -456,6 +476,7 @@ impl Deployer {
             stack: plan(&input),
             envoy_configs,
             failures,
+            releases,
         }
     }
 

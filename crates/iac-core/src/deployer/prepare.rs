@@ -184,6 +184,12 @@ impl Deployer {
             format!("{} → {:?} ({})", entry.rule, entry.argv, entry.why),
         );
         report.entry = Some(entry.clone());
+        // Refused before anything is built (and by `plan`) where the target cannot run it.
+        if let Err(e) = self.check_release_supported(&spec, &entry) {
+            ev.error(Stage::Release, e.to_string());
+            report.fail(Stage::Release, e);
+            return Err(report);
+        }
         let build = BuildSpec::for_service(&self.opts.project, &spec, source, entry.clone());
         let image = match mode {
             Mode::Build => stage!(Stage::Build, self.stages.builder.build(&build, &ev).await),

@@ -153,6 +153,7 @@ impl Fakes {
                 health_check_timeout: Duration::from_secs(2),
                 otel_endpoint: None,
                 deadline: Duration::from_secs(30),
+                release_timeout: Duration::from_secs(5),
             },
         )
     }
@@ -1249,4 +1250,276 @@ fn every_port_of_the_sidecar_side_is_reserved_and_nothing_else() {
     // No port at all (a worker): nothing to check.
     e.port = None;
     assert!(super::prepare::check_app_port(&web, &e, &ports).is_ok());
+}
+
+/// Release commands: fakes whose `web` declares `python manage.py migrate` (Procfile line 2)
+/// and whose `api` declares none; the provisioner runs releases and its diff says `web_action`
+/// for web (create for api); `apply` checks which services it is given and which are kept.
+fn release_fakes(
+    web_action: Action,
+    release: Result<crate::stages::ReleaseOutcome, crate::error::ReleaseError>,
+    runs: usize,
+    applied_services: &'static [&'static str],
+    kept: &'static [&'static str],
+) -> Fakes {
+    let mut f = Fakes::happy();
+    f.resolver = MockEntryResolver::new();
+    f.resolver.expect_resolve().returning(|src, _| {
+        let mut e = entry();
+        if src.dir.ends_with("web") {
+            e.release = Some(crate::entry::ReleaseCommand {
+                argv: vec!["python".into(), "manage.py".into(), "migrate".into()],
+                workdir: None,
+                origin: "Procfile line 2 (release)".into(),
+            });
+        }
+        Ok(e)
+    });
+    f.provisioner = MockProvisioner::new();
+    f.provisioner.expect_runs_releases().return_const(true);
+    f.provisioner.expect_diff().returning(move |stack| {
+        Ok(stack
+            .services
+            .iter()
+            .map(|s| Change {
+                service: s.service.clone(),
+                action: if s.service.as_str() == "web" {
+                    web_action
+                } else {
+                    Action::Create
+                },
+                reason: "test".into(),
+            })
+            .collect())
+    });
+    f.provisioner
+        .expect_run_release()
+        .withf(|job, _| {
+            job.service.as_str() == "web"
+                && job.release.argv == ["python", "manage.py", "migrate"]
+                && job.pod.app.image == "iac/p-web:k"
+                && job.pod.app.env.get("IAC_SERVICE").map(String::as_str) == Some("web")
+                && job.network.name == "iacnet"
+                && job.timeout == Duration::from_secs(5)
+        })
+        .times(runs)
+        .return_once(move |_, _| release);
+    f.provisioner
+        .expect_apply()
+        .withf(move |stack, _, _| {
+            stack
+                .services
+                .iter()
+                .map(|s| s.service.as_str())
+                .collect::<Vec<_>>()
+                == applied_services
+                && stack.keep.iter().map(|s| s.as_str()).collect::<Vec<_>>() == kept
+        })
+        .times(1)
+        .returning(|stack, _, _| {
+            Ok(Applied {
+                services: stack
+                    .services
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| AppliedService {
+                        service: s.service.clone(),
+                        action: Action::Replace,
+                        endpoint: Some(format!("127.0.0.1:{}", 41000 + i).parse().unwrap()),
+                        edge: None,
+                        health: None,
+                        error: None,
+                    })
+                    .collect(),
+                removed: vec![],
+            })
+        });
+    f
+}
+
+#[tokio::test]
+async fn a_failed_release_keeps_the_old_pod_and_its_peers_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let failed = crate::error::ReleaseError::Failed {
+        command: "python manage.py migrate".into(),
+        origin: "Procfile line 2 (release)".into(),
+        status: "exited with code 3".into(),
+        tail: "django.db.utils.OperationalError: no such table".into(),
+    };
+    let d =
+        release_fakes(Action::Replace, Err(failed), 1, &["api"], &["web"]).deployer(dir.path(), 2);
+    let (events, rx) = Events::channel();
+    let report = d.deploy(&[spec("web"), spec("api")], &events).await;
+    assert!(!report.ok);
+    let api = report
+        .services
+        .iter()
+        .find(|s| s.service.as_str() == "api")
+        .unwrap();
+    assert!(api.ok, "{api:#?}");
+    assert!(api.stages.iter().all(|t| t.stage != Stage::Release));
+    let web = report
+        .services
+        .iter()
+        .find(|s| s.service.as_str() == "web")
+        .unwrap();
+    assert_eq!(web.failed_stage, Some(Stage::Release));
+    let err = web.error.as_deref().unwrap();
+    for needle in [
+        "python manage.py migrate",
+        "Procfile line 2",
+        "exited with code 3",
+        "no such table",
+        "what runs now is kept",
+    ] {
+        assert!(err.contains(needle), "{needle:?} in {err}");
+    }
+    let release = web.stages.last().unwrap();
+    assert_eq!((release.stage, release.ok), (Stage::Release, false));
+    assert_eq!(web.action, None, "the provisioner never touched web");
+    assert!(drain(rx).iter().any(|e| e.stage == Stage::Release
+        && e.level == crate::EventLevel::Error
+        && e.service.as_ref().is_some_and(|s| s.as_str() == "web")));
+}
+
+#[tokio::test]
+async fn a_successful_release_runs_before_the_replacement() {
+    let dir = tempfile::tempdir().unwrap();
+    let ok = crate::stages::ReleaseOutcome {
+        tail: "Applying app.0001_initial... OK".into(),
+    };
+    let d = release_fakes(Action::Replace, Ok(ok), 1, &["api", "web"], &[]).deployer(dir.path(), 2);
+    let (events, rx) = Events::channel();
+    let report = d.deploy(&[spec("web"), spec("api")], &events).await;
+    assert!(report.ok, "{report:#?}");
+    let web = report
+        .services
+        .iter()
+        .find(|s| s.service.as_str() == "web")
+        .unwrap();
+    let stages: Vec<_> = web.stages.iter().map(|t| t.stage).collect();
+    assert_eq!(
+        stages,
+        [
+            Stage::Fetch,
+            Stage::Resolve,
+            Stage::Build,
+            Stage::Certs,
+            Stage::Render,
+            Stage::Release,
+            Stage::Provision,
+            Stage::Health
+        ]
+    );
+    assert_eq!(web.action, Some(Action::Replace));
+    let events = drain(rx);
+    let web_events: Vec<_> = events
+        .iter()
+        .filter(|e| e.service.as_ref().is_some_and(|s| s.as_str() == "web"))
+        .collect();
+    let release = web_events
+        .iter()
+        .position(|e| e.stage == Stage::Release && e.message.contains("succeeded"))
+        .expect("a release success event");
+    let health = web_events
+        .iter()
+        .position(|e| e.stage == Stage::Health)
+        .expect("a health event");
+    assert!(release < health);
+}
+
+#[tokio::test]
+async fn an_unchanged_service_does_not_run_its_release() {
+    let dir = tempfile::tempdir().unwrap();
+    let never = crate::stages::ReleaseOutcome {
+        tail: String::new(),
+    };
+    let d = release_fakes(Action::Unchanged, Ok(never), 0, &["api", "web"], &[])
+        .deployer(dir.path(), 2);
+    let (events, rx) = Events::channel();
+    let report = d.deploy(&[spec("web"), spec("api")], &events).await;
+    assert!(report.ok, "{report:#?}");
+    let web = report
+        .services
+        .iter()
+        .find(|s| s.service.as_str() == "web")
+        .unwrap();
+    assert!(web.stages.iter().all(|t| t.stage != Stage::Release));
+    assert!(
+        drain(rx).iter().any(|e| e.stage == Stage::Release
+            && e.message.contains("not run: the service is unchanged"))
+    );
+}
+
+#[tokio::test]
+async fn a_target_without_release_support_refuses_at_plan_time_before_building() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = Fakes::happy();
+    f.resolver = MockEntryResolver::new();
+    f.resolver.expect_resolve().returning(|_, _| {
+        let mut e = entry();
+        e.release = Some(crate::entry::ReleaseCommand {
+            argv: vec!["python".into(), "migrate.py".into()],
+            workdir: None,
+            origin: "fly.toml line 4 ([deploy] release_command)".into(),
+        });
+        Ok(e)
+    });
+    f.builder = MockImageBuilder::new();
+    f.builder.expect_planned().times(0);
+    f.builder.expect_build().times(0);
+    f.provisioner = MockProvisioner::new();
+    f.provisioner.expect_runs_releases().return_const(false);
+    f.provisioner.expect_name().return_const("swarm");
+    f.provisioner.expect_diff().returning(|_| Ok(vec![]));
+    let d = f.deployer(dir.path(), 1);
+    let outcome = d.plan(&[spec("web")], &Events::discard()).await.unwrap();
+    assert!(outcome.stack.services.is_empty());
+    let err = outcome.failures[0].error.as_deref().unwrap();
+    assert_eq!(outcome.failures[0].failed_stage, Some(Stage::Release));
+    assert!(
+        err.contains("the swarm provisioner cannot run release commands")
+            && err.contains("python migrate.py")
+            && err.contains("fly.toml line 4"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn plan_lists_the_release_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = Fakes::happy();
+    f.resolver = MockEntryResolver::new();
+    f.resolver.expect_resolve().returning(|src, _| {
+        let mut e = entry();
+        if src.dir.ends_with("web") {
+            e.release = Some(crate::entry::ReleaseCommand {
+                argv: vec!["python".into(), "manage.py".into(), "migrate".into()],
+                workdir: None,
+                origin: "Procfile line 2 (release)".into(),
+            });
+        }
+        Ok(e)
+    });
+    f.provisioner = MockProvisioner::new();
+    f.provisioner.expect_runs_releases().return_const(true);
+    f.provisioner.expect_diff().returning(|_| Ok(vec![]));
+    f.provisioner.expect_run_release().times(0);
+    f.provisioner.expect_apply().times(0);
+    let d = f.deployer(dir.path(), 2);
+    let outcome = d
+        .plan(&[spec("web"), spec("api")], &Events::discard())
+        .await
+        .unwrap();
+    assert!(outcome.failures.is_empty(), "{:?}", outcome.failures);
+    assert_eq!(outcome.releases.len(), 1);
+    assert_eq!(
+        outcome.releases[&ServiceName::new("web").unwrap()].origin,
+        "Procfile line 2 (release)"
+    );
+    let json = serde_json::to_value(&outcome).unwrap();
+    assert_eq!(
+        json["releases"]["web"]["argv"],
+        serde_json::json!(["python", "manage.py", "migrate"])
+    );
 }

@@ -1,6 +1,7 @@
 //! Heroku/Dokku `app.json`: `formation.web.command` (else the first formation entry with a
 //! `command`), else `scripts.start` / `scripts.web`. `scripts.postdeploy`, `scripts.dokku.*` and
-//! `pr-predestroy` run after a deploy and are ignored.
+//! `pr-predestroy` are not start commands (`scripts.postdeploy` is the release step
+//! [`super::release`] reads).
 
 use std::path::Path;
 

@@ -1,7 +1,7 @@
 //! Fly.io `fly.toml`: `[processes]` (`app`, else `web`, else the first), else
 //! `[experimental] cmd` (string or list). `[http_service] internal_port` (or the first
 //! `[[services]] internal_port`) is the port the app listens on. `[deploy] release_command` is a
-//! release step and is ignored. A fly.toml without a command runs the Dockerfile's CMD, which the
+//! release step, read by [`super::release`]. A fly.toml without a command runs the Dockerfile's CMD, which the
 //! Dockerfile source reads.
 
 use std::path::Path;

@@ -25,7 +25,7 @@
 //! Build commands that only install dependencies (`pip install`, `poetry install`, `uv sync`, …)
 //! are dropped: the image build installs the dependencies itself (offline when it must).
 //! Release/pre-deploy commands (Procfile `release`, Railway `preDeployCommand`, fly
-//! `release_command`) are never build steps.
+//! `release_command`) are never build steps; [`release`] reads the one iac runs before a deploy.
 
 pub mod appjson;
 pub mod compose;
@@ -35,6 +35,7 @@ pub mod nixpacks;
 pub mod procfile;
 pub mod railpack;
 pub mod railway;
+pub mod release;
 pub mod render;
 
 use std::path::Path;

@@ -1,6 +1,6 @@
 //! Heroku/Dokku `Procfile`: `name: command` lines. The `web` process is the start command, else
 //! `worker`, else the first line in file order. `release` is a release-phase command (migrations)
-//! and is never a build step nor a start command.
+//! and is never a build step nor a start command ([`super::release`] reads it).
 
 use std::path::Path;
 

@@ -39,6 +39,7 @@
 //!   between disconnect and connect; the endpoint is read back afterwards.
 //! * Whatever an apply created for a service that then failed is removed before returning (no
 //!   half-created pairs), and the failure is reported on that service only.
+//! * Release commands run in a one-off pod of the new spec before apply ([`release`]).
 //! * `destroy` removes every container (all apps first, then the sidecars, `parallelism` at a time)
 //!   and network with the project label; a network still used by another project's containers
 //!   is left in place with a warning.
@@ -59,19 +60,21 @@ use iac_core::plan::{app_container_name, envoy_container_name};
 use iac_core::{
     Action, Applied, AppliedService, Change, ContainerSpec, Events, HealthProber, MeshPorts,
     NetworkMode, NetworkSpec, PodFilter, PortPublish, ProjectName, ProvisionError, Provisioner,
-    Role, RunningService, ServiceName, ServiceStack, Stack, Stage,
+    ReleaseError, ReleaseJob, ReleaseOutcome, Role, RunningService, ServiceName, ServiceStack,
+    Stack, Stage,
 };
 
 use super::reconcile::{Observed, ServicePlan, reconcile};
 use super::{ContainerLimits, with_limits};
 
+pub mod release;
 mod replace;
 
 use crate::engine::DockerEngine;
 #[cfg(test)]
 pub use crate::engine::MockEngine;
 pub use crate::engine::{
-    BollardEngine, Engine, EngineError, ExecOutput, LogWait, NetworkInfo, create_body,
+    BollardEngine, Engine, EngineError, ExecOutput, ExitState, LogWait, NetworkInfo, create_body,
 };
 
 /// `[docker]` in `iac.toml`.
@@ -885,6 +888,18 @@ impl Provisioner for DockerProvisioner {
                 errors.join("; ")
             )))
         }
+    }
+
+    fn runs_releases(&self) -> bool {
+        true
+    }
+
+    async fn run_release(
+        &self,
+        job: &ReleaseJob,
+        events: &Events,
+    ) -> Result<ReleaseOutcome, ReleaseError> {
+        self.release(job, events).await
     }
 
     async fn running(&self, project: &ProjectName) -> Result<Vec<RunningService>, ProvisionError> {
