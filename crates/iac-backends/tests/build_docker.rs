@@ -184,6 +184,7 @@ fn spec(project: &str, service: &str, dir: &Path, digest: &str, argv: &[&str]) -
             why: "root main.py".into(),
             ..Default::default()
         },
+        install: Default::default(),
     }
 }
 

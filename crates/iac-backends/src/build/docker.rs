@@ -33,6 +33,7 @@ use super::dockerfile::{
     dockerfile_labels_key, render_dockerfile,
 };
 use super::key::{FileDigests, build_key, image_tag, wheel_listing};
+use super::lockfile::Selection;
 use super::output::OutputTail;
 use super::resolver::Resolver;
 use super::wheels::{AppDeps, tail};
@@ -123,14 +124,18 @@ impl DockerImageBuilder {
     }
 
     fn plan(&self, spec: &BuildSpec) -> Result<Plan, BuildError> {
-        let python = spec.entry.language == Language::Python;
-        let deps = if python {
-            AppDeps::detect(&spec.source.dir)?
+        let python_app = spec.entry.language == Language::Python;
+        let deps = if python_app {
+            AppDeps::detect(
+                &spec.source.dir,
+                Some(&spec.entry),
+                &Selection {
+                    extras: spec.install.extras.clone(),
+                    groups: spec.install.groups.clone(),
+                },
+            )?
         } else {
-            AppDeps {
-                requirements: None,
-                package: false,
-            }
+            AppDeps::none()
         };
         let mut inputs = DockerfileInputs::new(spec, &self.config, deps.needed())?;
         // The key is a hash over the Dockerfile rendered without it; the Dockerfile that is built
@@ -155,7 +160,19 @@ impl DockerImageBuilder {
         } else {
             (None, Vec::new())
         };
-        let key = build_key(&spec.source.digest, &unkeyed, &agent_digest, &listing);
+        // Extras and groups change the installed dependencies without changing the source or the
+        // Dockerfile: part of the key (only when asked for, so other keys stay as they were).
+        let source_digest = if spec.install.is_empty() || !python_app {
+            spec.source.digest.clone()
+        } else {
+            format!(
+                "{} extras={} groups={}",
+                spec.source.digest,
+                spec.install.extras.join(","),
+                spec.install.groups.join(",")
+            )
+        };
+        let key = build_key(&source_digest, &unkeyed, &agent_digest, &listing);
         inputs.build_key = key.clone();
         let dockerfile = render_dockerfile(&self.template, &inputs)?;
         let tag = image_tag(
