@@ -13,7 +13,8 @@
 //!   resolves and builds the dependencies into wheels (nothing of a repo's runs on the host);
 //!   [`output`]: bounded retention of build and resolver output; [`lockfile`]: uv, Poetry, PDM
 //!   and Pipenv locks as pins; [`declared`]: Poetry/Pipfile dependency tables as PEP 508;
-//!   [`project`]: whether the project itself is installed (the virtual-project rule).
+//!   [`project`]: whether the project itself is installed (the virtual-project rule);
+//!   [`install_report`]: that plan for people (`iac inspect`).
 //! - [`config`]: the [`ImageConfig`] struct and the base images per Python minor.
 //! - [`base`]: [`BaseImageMaker`], the hook that builds a missing Python base image on demand.
 
@@ -24,6 +25,7 @@ pub mod declared;
 pub mod docker;
 pub mod dockerfile;
 pub mod ignore;
+pub mod install_report;
 pub mod key;
 pub mod lockfile;
 pub mod output;

@@ -335,6 +335,39 @@ pub async fn inspect(cfg: IacConfig, target: &str, json: bool) -> anyhow::Result
             return Ok(ExitCode::from(1));
         }
     };
+    // The install plan, as the build would make it (Python apps; markers for the image's Python).
+    let install = if entry.language == iac_core::Language::Python {
+        let version = entry
+            .python
+            .as_ref()
+            .map(|p| p.version.clone())
+            .unwrap_or_else(|| cfg.images.default_python.clone());
+        let minor = iac_backends::build::config::parse_minor(&version)
+            .map_err(|e| anyhow::anyhow!("Python of {slug}: {e}"))?;
+        let dir = source.dir.clone();
+        let e = entry.clone();
+        let plan = tokio::task::spawn_blocking(move || {
+            iac_backends::build::install_report::InstallReport::of(
+                &dir,
+                &e,
+                &Default::default(),
+                minor,
+            )
+        })
+        .await?;
+        match plan {
+            Ok(p) => Some(p),
+            Err(why) => {
+                eprintln!(
+                    "error: {}",
+                    safe(&format!("{slug}: app dependencies refused: {why}"))
+                );
+                return Ok(ExitCode::from(1));
+            }
+        }
+    } else {
+        None
+    };
     if json {
         let v = json!({
             "service": name,
@@ -351,10 +384,15 @@ pub async fn inspect(cfg: IacConfig, target: &str, json: bool) -> anyhow::Result
                 "build_steps": entry.build_steps,
                 "candidates": entry.candidates,
             },
+            "install": install,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        print!("{}", safe(&inspect_text(name.as_ref(), &source, &entry)));
+        let mut text = inspect_text(name.as_ref(), &source, &entry);
+        for (k, v) in install.iter().flat_map(|p| p.rows()) {
+            text.push_str(&format!("{k:<10}{v}\n"));
+        }
+        print!("{}", safe(&text));
     }
     Ok(ExitCode::SUCCESS)
 }
