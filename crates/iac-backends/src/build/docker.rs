@@ -25,6 +25,8 @@ use futures::StreamExt;
 
 use iac_core::{BuildError, BuildSpec, Events, ImageBuilder, ImageRef, Language, Stage};
 
+use super::apt_base;
+use super::aptfile::{self, AptPackages};
 use super::base::BaseImageMaker;
 use super::config::{ImageConfig, PythonChoice, parse_minor};
 use super::context::{ContextInputs, agent_error, build_context, elf_interpreter};
@@ -61,6 +63,8 @@ struct Plan {
     image: ImageRef,
     dockerfile: String,
     deps: AppDeps,
+    /// The app's Debian packages (apt.txt / Aptfile), installed into a derived base image.
+    apt: Option<AptPackages>,
     otel_wheels: Option<PathBuf>,
     agent: PathBuf,
     python: PythonChoice,
@@ -137,6 +141,14 @@ impl DockerImageBuilder {
         } else {
             AppDeps::none()
         };
+        let apt = if python_app {
+            aptfile::read(&spec.source.dir).map_err(|message| BuildError::Build {
+                service: spec.service.as_str().to_string(),
+                message,
+            })?
+        } else {
+            None
+        };
         let mut inputs = DockerfileInputs::new(spec, &self.config, deps.needed())?;
         // The key is a hash over the Dockerfile rendered without it; the Dockerfile that is built
         // carries it in its own LABEL (no extra layer for a build-time label).
@@ -190,6 +202,7 @@ impl DockerImageBuilder {
             },
             dockerfile,
             deps,
+            apt,
             otel_wheels,
             agent,
             python,
@@ -388,7 +401,29 @@ impl ImageBuilder for DockerImageBuilder {
                 ..image
             });
         }
-        let base = self.resolve_base(spec, &plan.python, &events).await?;
+        let mut base = self.resolve_base(spec, &plan.python, &events).await?;
+        if let Some(apt) = &plan.apt {
+            // Native build dependencies: installed into a derived base (with network) that the
+            // resolver and the offline image build both start from.
+            let base_id = self
+                .engine
+                .image(&base)
+                .await
+                .map_err(|e| apt_base::build_error(service, format!("inspecting {base}: {e}")))?
+                .map(|i| i.id)
+                .unwrap_or_else(|| base.clone());
+            base = apt_base::ensure(
+                &self.engine,
+                &base,
+                &base_id,
+                apt,
+                &self.config.resolver.network,
+                &self.config.labels,
+                &events,
+            )
+            .await
+            .map_err(|m| apt_base::build_error(service, m))?;
+        }
 
         if let Ok(bytes) = std::fs::read(&plan.agent)
             && let Some(interp) = elf_interpreter(&bytes)

@@ -42,6 +42,8 @@ pub struct InstallReport {
     pub sdists: Vec<String>,
     /// Left out: dev groups, extras not asked for, markers false on this Python.
     pub skipped: Vec<String>,
+    /// Debian packages from apt.txt / Aptfile, installed into a derived base image.
+    pub apt: Vec<String>,
     /// Extras and groups asked for.
     pub extras: Vec<String>,
     pub groups: Vec<String>,
@@ -57,7 +59,16 @@ impl InstallReport {
     ) -> Result<InstallReport, String> {
         let deps = AppDeps::detect(dir, Some(entry), selection).map_err(|e| e.to_string())?;
         let plan = DepPlan::from_tree(dir, &deps, python)?;
+        let apt = super::aptfile::read(dir)?;
         Ok(InstallReport {
+            apt: apt
+                .map(|a| {
+                    a.packages
+                        .into_iter()
+                        .map(|p| format!("{p}  [{}]", a.file))
+                        .collect()
+                })
+                .unwrap_or_default(),
             python: format!("{}.{}", python.0, python.1),
             source: deps.source.describe(),
             pinned_by: plan.pinned_by.clone(),
@@ -135,6 +146,7 @@ impl InstallReport {
                 .map(|s| format!("{s}  (no wheel for the image: built in the resolver container)"))
                 .collect(),
         );
+        more("apt", self.apt.clone());
         more("skipped", self.skipped.clone());
         more("not read", self.not_read.clone());
         rows
@@ -153,6 +165,7 @@ mod tests {
             std::fs::copy(from.join(f), d.path().join(f)).unwrap();
         }
         std::fs::write(d.path().join("requirements.txt"), "fastapi\n").unwrap();
+        std::fs::write(d.path().join("apt.txt"), "libyaml-dev\n").unwrap();
         let entry = Entry {
             rule: "framework:asgi".into(),
             argv: vec!["uvicorn".into(), "main:app".into()],
@@ -170,6 +183,7 @@ mod tests {
             "sdists   uvloop 0.21.0  (no wheel for the image: built in the resolver container)",
             "skipped  uv.lock: dependency group dev left out (pytest, ruff)",
             "not read requirements.txt: not read, uv.lock comes first",
+            "apt      libyaml-dev  [apt.txt]",
         ] {
             assert!(text.contains(needle), "{needle:?} in\n{text}");
         }

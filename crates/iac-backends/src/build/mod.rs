@@ -17,7 +17,11 @@
 //!   [`install_report`]: that plan for people (`iac inspect`).
 //! - [`config`]: the [`ImageConfig`] struct and the base images per Python minor.
 //! - [`base`]: [`BaseImageMaker`], the hook that builds a missing Python base image on demand.
+//! - [`aptfile`]: `apt.txt` / `Aptfile`, validated Debian package names; [`apt_base`]: the
+//!   derived base image (built with network, cached by tag) that has them installed.
 
+pub mod apt_base;
+pub mod aptfile;
 pub mod base;
 pub mod config;
 pub mod context;
