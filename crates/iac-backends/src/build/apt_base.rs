@@ -3,9 +3,10 @@
 //! resolver's network (`images.resolver.network`, `host` by default — how containers here reach
 //! the Debian mirror in the base image's `/etc/apt/sources.list`). The image is tagged
 //! `iac/apt-base:<hash of the base image id and the sorted package list>` and reused whenever
-//! that tag exists; it is labelled (`iac.managed-by=iac`, `iac.role=apt-base`,
-//! `iac.apt-packages`, `iac.base-image`). Both the resolver container (source distributions build
-//! against its headers) and the app image build use it as their base.
+//! that tag exists; it is labelled `iac.apt-base.packages` and `iac.apt-base.from` (plus
+//! `images.labels`) — never `iac.managed-by` or `iac.role`, which app images built on it would
+//! inherit (those are set on containers at create time only). Both the resolver container (source
+//! distributions build against its headers) and the app image build use it as their base.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -22,10 +23,10 @@ use crate::engine::DockerEngine;
 
 /// Repository of the derived images.
 pub const REPOSITORY: &str = "iac/apt-base";
-/// Value of `iac.role` on them.
-pub const ROLE: &str = "apt-base";
-/// Label listing the packages.
-pub const LABEL_PACKAGES: &str = "iac.apt-packages";
+/// Label listing the packages (inherited by app images built on it: harmless, informative).
+pub const LABEL_PACKAGES: &str = "iac.apt-base.packages";
+/// Label naming the base image it was made from.
+pub const LABEL_FROM: &str = "iac.apt-base.from";
 
 /// The tag for `packages` (sorted) on the base image with id `base_id`.
 pub fn tag(base_id: &str, packages: &[String]) -> String {
@@ -99,13 +100,8 @@ pub async fn ensure(
         .into_inner()
         .map_err(|e| format!("writing the apt base context: {e}"))?;
     let mut labels: HashMap<String, String> = extra_labels.clone().into_iter().collect();
-    labels.insert(
-        iac_core::stack::LABEL_MANAGED.to_string(),
-        crate::provision::MANAGED_BY.to_string(),
-    );
-    labels.insert("iac.role".into(), ROLE.into());
     labels.insert(LABEL_PACKAGES.into(), apt.packages.join(" "));
-    labels.insert("iac.base-image".into(), base.to_string());
+    labels.insert(LABEL_FROM.into(), base.to_string());
     let opts = BuildImageOptionsBuilder::new()
         .dockerfile("Dockerfile")
         .t(&tag)
