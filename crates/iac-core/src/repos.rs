@@ -35,8 +35,9 @@ pub struct ServiceSpec {
     /// run one pair whatever it says, and warn when it says more. 1..=[`MAX_REPLICAS`], default 1.
     #[serde(default = "one_replica", skip_serializing_if = "is_one_replica")]
     pub replicas: u32,
-    /// Extras and dependency groups of a Python app to install besides its main dependencies.
-    #[serde(default, skip_serializing_if = "InstallSelection::is_empty")]
+    /// Extras and dependency groups of a Python app to install besides its main dependencies
+    /// (serialized as the repos file spells them: `extras`, `groups`, each only when non-empty).
+    #[serde(flatten, default)]
     pub install: InstallSelection,
 }
 
@@ -623,9 +624,12 @@ mod tests {
         assert_eq!(r.services[1].install.groups, ["dev-tools"]);
         let json = serde_json::to_value(&r.services).unwrap();
         assert!(
-            json[0].get("install").is_none(),
+            json[0].get("extras").is_none() && json[0].get("groups").is_none(),
             "nothing asked is not written"
         );
+        assert_eq!(json[1]["extras"], serde_json::json!(["redis"]));
+        let back: Vec<ServiceSpec> = serde_json::from_value(json).unwrap();
+        assert_eq!(back, r.services, "round-trips in the repos file's spelling");
         for (bad, needle) in [
             ("extras: redis", "`extras` to be a list of names"),
             ("groups: [\"a b\"]", "got \"a b\""),
