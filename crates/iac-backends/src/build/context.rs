@@ -17,7 +17,7 @@ use super::tree::{EntryKind, TreeError, list_tree};
 /// Fixed mtime of every entry (2020-01-01T00:00:00Z): a fetched tree's mtimes mean nothing.
 const MTIME: u64 = 1_577_836_800;
 
-/// Files of `wheels/app/` besides `*.whl` (written by [`super::wheels::HostPip`]).
+/// Files of `wheels/app/` besides `*.whl` (written by [`super::resolver::Resolver`]).
 pub const APP_WHEEL_LISTS: &[&str] = &[
     super::wheels::REQUIREMENTS_FILE,
     super::wheels::CONSTRAINTS_FILE,
