@@ -1174,6 +1174,76 @@ fn write_sdist(index: &Path, name: &str, files: &[(&str, &str)]) {
     tar.into_inner().unwrap().finish().unwrap();
 }
 
+/// A uv virtual project (`[project]`, no `[build-system]`, two top-level packages that setuptools
+/// would refuse as a flat layout): the image installs the locked main dependencies only — not the
+/// project, not the dev group (whose package the index does not even have).
+#[tokio::test]
+async fn a_uv_virtual_project_installs_its_locked_dependencies_not_itself() {
+    let Some(_docker) = engine().await else {
+        return;
+    };
+    let test = test_id();
+    let _cleanup = Cleanup { id: test.clone() };
+    let dir = tempfile::tempdir().unwrap();
+    let index = dir.path().join("index");
+    write_sdist(
+        &index,
+        "pinned",
+        &[
+            (
+                "setup.py",
+                "from setuptools import setup\nsetup(name='pinned', version='1.0', py_modules=['pinned'])\n",
+            ),
+            ("pinned.py", "VERSION = '1.0'\n"),
+        ],
+    );
+    let src = dir.path().join("src");
+    write_tree(
+        &src,
+        &[
+            (
+                "pyproject.toml",
+                "[project]\nname = \"flatapp\"\nversion = \"0.1.0\"\nrequires-python = \">=3.11\"\ndependencies = [\"pinned>=1\"]\n\n[dependency-groups]\ndev = [\"devonly\"]\n",
+            ),
+            (
+                "uv.lock",
+                "version = 1\nrevision = 2\nrequires-python = \">=3.11\"\n\n[[package]]\nname = \"devonly\"\nversion = \"9.9\"\nsource = { registry = \"https://pypi.org/simple\" }\n\n[[package]]\nname = \"flatapp\"\nversion = \"0.1.0\"\nsource = { virtual = \".\" }\ndependencies = [\n    { name = \"pinned\" },\n]\n\n[package.dev-dependencies]\ndev = [\n    { name = \"devonly\" },\n]\n\n[[package]]\nname = \"pinned\"\nversion = \"1.0\"\nsource = { registry = \"https://pypi.org/simple\" }\nsdist = { url = \"https://files.pythonhosted.org/packages/pinned-1.0.tar.gz\", hash = \"sha256:00\" }\n",
+            ),
+            // requirements.txt is not read: the lock comes first.
+            ("requirements.txt", "devonly\n"),
+            ("app/__init__.py", ""),
+            ("lib/__init__.py", ""),
+            (
+                "main.py",
+                "import importlib.metadata as m, pinned\ntry:\n    m.version('flatapp')\n    installed = True\nexcept m.PackageNotFoundError:\n    installed = False\nprint(pinned.VERSION, installed)\n",
+            ),
+        ],
+    );
+    let mut cfg = config(&test, dir.path());
+    cfg.resolver.find_links = vec![index.clone()];
+    let builder = builder_for(cfg).await.unwrap();
+    let (events, mut rx) = Events::channel();
+    let built = builder
+        .build(
+            &spec(
+                &format!("p{test}"),
+                "flatapp",
+                &src,
+                "sha256:flatapp",
+                &["python", "/app/main.py"],
+            ),
+            &events,
+        )
+        .await;
+    let said = drain(&mut rx).join("\n");
+    let built = built.unwrap_or_else(|e| panic!("{e}\n{said}"));
+    assert_eq!(
+        run_in(&built.tag, &test, &["python", "/app/main.py"]).trim(),
+        "1.0 False",
+        "the locked dependency is installed, the virtual project is not"
+    );
+}
+
 /// apt.txt: an sdist with a C extension against libyaml fails without it, naming what is missing
 /// and apt.txt; a bad apt.txt is refused naming file and line. With `IAC_TEST_APT_MIRROR=1` (the
 /// one part that reaches Debian's mirror, through the resolver's host network, as bootstrap does)
