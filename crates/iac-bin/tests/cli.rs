@@ -132,6 +132,19 @@ fn inspect_shows_the_source_and_the_runner_ups() {
     assert!(cands.iter().any(|c| c["rule"] == "framework:asgi"), "{e}");
     let out = iac(dir.path(), &["inspect", repo.to_str().unwrap()], &[]);
     let text = String::from_utf8_lossy(&out.stdout);
+    // Groups named on the command line, as the repos file's `groups:` would: requirements.txt
+    // has none, so asking is refused naming the group and the file.
+    let out = iac(
+        dir.path(),
+        &["inspect", repo.to_str().unwrap(), "--groups", "Docs"],
+        &[],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("group \"docs\"") && err.contains("requirements.txt"),
+        "{err}"
+    );
     for needle in [
         "from      render.yaml line 5",
         "python    3.13",

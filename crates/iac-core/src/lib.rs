@@ -44,7 +44,7 @@ pub use name::{ProjectName, ServiceName};
 pub use report::{DeployReport, ServiceReport, StageTiming};
 pub use repos::{
     InstallSelection, MAX_REPLICAS, ReposFile, ReposFormat, ServiceSpec, load_repos_file,
-    parse_repos_file,
+    normalize_names, parse_repos_file,
 };
 pub use slug::{Forge, Slug};
 pub use source::Source;

@@ -61,9 +61,7 @@ impl InstallSelection {
     }
 }
 
-/// A repos-file `extras`/`groups` value: a list of names like `redis` or `dev-tools`
-/// (letters, digits, `-`, `_`, `.`; starting and ending with a letter or digit), normalized
-/// to lowercase with `-` (PEP 685) and de-duplicated.
+/// A repos-file `extras`/`groups` value: a list of names (see [`normalize_names`]).
 fn name_list(key: &str, v: &Value) -> Result<Vec<String>, String> {
     let expected = || {
         format!(
@@ -75,9 +73,19 @@ fn name_list(key: &str, v: &Value) -> Result<Vec<String>, String> {
         )
     };
     let items = v.as_array().ok_or_else(expected)?;
+    let names = items
+        .iter()
+        .map(|i| i.as_str().map(str::to_string).ok_or_else(expected))
+        .collect::<Result<Vec<_>, _>>()?;
+    normalize_names(key, &names)
+}
+
+/// Extras or group names like `redis` or `dev-tools` (letters, digits, `-`, `_`, `.`; starting
+/// and ending with a letter or digit; at most 100 characters), normalized to lowercase with `-`
+/// (PEP 685) and de-duplicated. `key` names the setting in the error.
+pub fn normalize_names(key: &str, names: &[String]) -> Result<Vec<String>, String> {
     let mut out: Vec<String> = Vec::new();
-    for item in items {
-        let name = item.as_str().ok_or_else(expected)?;
+    for name in names {
         let b = name.as_bytes();
         let ok = !b.is_empty()
             && b.len() <= 100

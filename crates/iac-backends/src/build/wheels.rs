@@ -304,6 +304,21 @@ impl DepPlan {
             true => Some(read_pyproject(&root.join("pyproject.toml")).map_err(|e| e.to_string())?),
             false => None,
         };
+        let asked = deps
+            .selection
+            .extras
+            .iter()
+            .map(|e| format!("extra {e:?}"))
+            .chain(deps.selection.groups.iter().map(|g| format!("group {g:?}")))
+            .collect::<Vec<_>>();
+        if matches!(deps.source, DepSource::None | DepSource::Requirements(_)) && !asked.is_empty()
+        {
+            return Err(format!(
+                "the repos file asks for {}, but the dependencies come from {}, which has no extras or groups",
+                asked.join(", "),
+                deps.source.describe()
+            ));
+        }
         match &deps.source {
             DepSource::None => {}
             DepSource::Lock(kind) => {

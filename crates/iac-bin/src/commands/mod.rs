@@ -318,7 +318,12 @@ fn parse_target(target: &str) -> anyhow::Result<Slug> {
     }
 }
 
-pub async fn inspect(cfg: IacConfig, target: &str, json: bool) -> anyhow::Result<ExitCode> {
+pub async fn inspect(
+    cfg: IacConfig,
+    target: &str,
+    selection: &iac_backends::build::lockfile::Selection,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let slug = parse_target(target)?;
     let name = slug
         .default_service_name()
@@ -346,13 +351,9 @@ pub async fn inspect(cfg: IacConfig, target: &str, json: bool) -> anyhow::Result
             .map_err(|e| anyhow::anyhow!("Python of {slug}: {e}"))?;
         let dir = source.dir.clone();
         let e = entry.clone();
+        let selection = selection.clone();
         let plan = tokio::task::spawn_blocking(move || {
-            iac_backends::build::install_report::InstallReport::of(
-                &dir,
-                &e,
-                &Default::default(),
-                minor,
-            )
+            iac_backends::build::install_report::InstallReport::of(&dir, &e, &selection, minor)
         })
         .await?;
         match plan {
