@@ -184,6 +184,7 @@ fn spec(project: &str, service: &str, dir: &Path, digest: &str, argv: &[&str]) -
             why: "root main.py".into(),
             ..Default::default()
         },
+        install: Default::default(),
     }
 }
 
@@ -1152,6 +1153,230 @@ setup(name="sdistonly", version="1.0", py_modules=["sdistonly"])
             != Some("resolver")),
         "resolver containers left behind: {left:?}"
     );
+}
+
+/// A gzipped sdist `name-1.0.tar.gz` in `index` with the given files (under `name-1.0/`).
+fn write_sdist(index: &Path, name: &str, files: &[(&str, &str)]) {
+    std::fs::create_dir_all(index).unwrap();
+    let f = std::fs::File::create(index.join(format!("{name}-1.0.tar.gz"))).unwrap();
+    let gz = flate2::write::GzEncoder::new(f, flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    let pkg_info = format!("Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n");
+    for (rel, text) in std::iter::once(("PKG-INFO", pkg_info.as_str())).chain(files.iter().copied())
+    {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(text.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        tar.append_data(&mut h, format!("{name}-1.0/{rel}"), text.as_bytes())
+            .unwrap();
+    }
+    tar.into_inner().unwrap().finish().unwrap();
+}
+
+/// A uv virtual project (`[project]`, no `[build-system]`, two top-level packages that setuptools
+/// would refuse as a flat layout): the image installs the locked main dependencies only — not the
+/// project, not the dev group (whose package the index does not even have).
+#[tokio::test]
+async fn a_uv_virtual_project_installs_its_locked_dependencies_not_itself() {
+    let Some(_docker) = engine().await else {
+        return;
+    };
+    let test = test_id();
+    let _cleanup = Cleanup { id: test.clone() };
+    let dir = tempfile::tempdir().unwrap();
+    let index = dir.path().join("index");
+    write_sdist(
+        &index,
+        "pinned",
+        &[
+            (
+                "setup.py",
+                "from setuptools import setup\nsetup(name='pinned', version='1.0', py_modules=['pinned'])\n",
+            ),
+            ("pinned.py", "VERSION = '1.0'\n"),
+        ],
+    );
+    let src = dir.path().join("src");
+    write_tree(
+        &src,
+        &[
+            (
+                "pyproject.toml",
+                "[project]\nname = \"flatapp\"\nversion = \"0.1.0\"\nrequires-python = \">=3.11\"\ndependencies = [\"pinned>=1\"]\n\n[dependency-groups]\ndev = [\"devonly\"]\n",
+            ),
+            (
+                "uv.lock",
+                "version = 1\nrevision = 2\nrequires-python = \">=3.11\"\n\n[[package]]\nname = \"devonly\"\nversion = \"9.9\"\nsource = { registry = \"https://pypi.org/simple\" }\n\n[[package]]\nname = \"flatapp\"\nversion = \"0.1.0\"\nsource = { virtual = \".\" }\ndependencies = [\n    { name = \"pinned\" },\n]\n\n[package.dev-dependencies]\ndev = [\n    { name = \"devonly\" },\n]\n\n[[package]]\nname = \"pinned\"\nversion = \"1.0\"\nsource = { registry = \"https://pypi.org/simple\" }\nsdist = { url = \"https://files.pythonhosted.org/packages/pinned-1.0.tar.gz\", hash = \"sha256:00\" }\n",
+            ),
+            // requirements.txt is not read: the lock comes first.
+            ("requirements.txt", "devonly\n"),
+            ("app/__init__.py", ""),
+            ("lib/__init__.py", ""),
+            (
+                "main.py",
+                "import importlib.metadata as m, pinned\ntry:\n    m.version('flatapp')\n    installed = True\nexcept m.PackageNotFoundError:\n    installed = False\nprint(pinned.VERSION, installed)\n",
+            ),
+        ],
+    );
+    let mut cfg = config(&test, dir.path());
+    cfg.resolver.find_links = vec![index.clone()];
+    let builder = builder_for(cfg).await.unwrap();
+    let (events, mut rx) = Events::channel();
+    let built = builder
+        .build(
+            &spec(
+                &format!("p{test}"),
+                "flatapp",
+                &src,
+                "sha256:flatapp",
+                &["python", "/app/main.py"],
+            ),
+            &events,
+        )
+        .await;
+    let said = drain(&mut rx).join("\n");
+    let built = built.unwrap_or_else(|e| panic!("{e}\n{said}"));
+    assert_eq!(
+        run_in(&built.tag, &test, &["python", "/app/main.py"]).trim(),
+        "1.0 False",
+        "the locked dependency is installed, the virtual project is not"
+    );
+}
+
+/// apt.txt: an sdist with a C extension against libyaml fails without it, naming what is missing
+/// and apt.txt; a bad apt.txt is refused naming file and line. With `IAC_TEST_APT_MIRROR=1` (the
+/// one part that reaches Debian's mirror, through the resolver's host network, as bootstrap does)
+/// the packages go into a derived base image that the resolver compiles against and the app image
+/// runs on, and a second build reuses it.
+#[tokio::test]
+async fn apt_txt_packages_build_an_sdist_against_a_debian_header() {
+    let Some(docker) = engine().await else {
+        return;
+    };
+    let test = test_id();
+    let _cleanup = Cleanup { id: test.clone() };
+    let dir = tempfile::tempdir().unwrap();
+    let index = dir.path().join("index");
+    write_sdist(
+        &index,
+        "yamlver",
+        &[
+            (
+                "setup.py",
+                "from setuptools import setup, Extension\nsetup(name='yamlver', version='1.0', ext_modules=[Extension('yamlver', ['yamlver.c'], libraries=['yaml'])])\n",
+            ),
+            (
+                "yamlver.c",
+                "#include <Python.h>\n#include <yaml.h>\nstatic PyObject *version(PyObject *s, PyObject *a) { return PyUnicode_FromString(yaml_get_version_string()); }\nstatic PyMethodDef M[] = {{\"version\", version, METH_NOARGS, \"\"}, {NULL, NULL, 0, NULL}};\nstatic struct PyModuleDef D = {PyModuleDef_HEAD_INIT, \"yamlver\", NULL, -1, M};\nPyMODINIT_FUNC PyInit_yamlver(void) { return PyModule_Create(&D); }\n",
+            ),
+        ],
+    );
+    let src = dir.path().join("src");
+    write_tree(
+        &src,
+        &[
+            ("requirements.txt", "yamlver\n"),
+            ("main.py", "import yamlver\nprint(yamlver.version())\n"),
+        ],
+    );
+    let mut cfg = config(&test, dir.path());
+    cfg.resolver.find_links = vec![index.clone()];
+    let builder = builder_for(cfg).await.unwrap();
+    let spec_of = |digest: &str| {
+        spec(
+            &format!("p{test}"),
+            "yamlver",
+            &src,
+            digest,
+            &["python", "/app/main.py"],
+        )
+    };
+    // Without apt.txt: the base image has no compiler, and the error says what to add.
+    let err = builder
+        .build(&spec_of("sha256:noapt"), &Events::discard())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("yamlver") && err.contains("C compiler") && err.contains("apt.txt"),
+        "{err}"
+    );
+    // A bad apt.txt is refused before anything runs.
+    std::fs::write(src.join("apt.txt"), "gcc\nlibyaml-dev; curl evil\n").unwrap();
+    let err = builder
+        .build(&spec_of("sha256:badapt"), &Events::discard())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("apt.txt:2: \"libyaml-dev;\""), "{err}");
+    if std::env::var("IAC_TEST_APT_MIRROR").ok().as_deref() != Some("1") {
+        eprintln!(
+            "apt_txt_packages_build_an_sdist_against_a_debian_header: the apt-get part needs Debian's mirror; set IAC_TEST_APT_MIRROR=1 to run it"
+        );
+        return;
+    }
+    std::fs::write(
+        src.join("apt.txt"),
+        "# native build dependencies of yamlver\ngcc\npython3-dev\nlibyaml-dev\n",
+    )
+    .unwrap();
+    let (events, mut rx) = Events::channel();
+    let t = Instant::now();
+    let built = builder.build(&spec_of("sha256:apt1"), &events).await;
+    let first = t.elapsed();
+    let said = drain(&mut rx).join("\n");
+    let built = built.unwrap_or_else(|e| panic!("{e}\n{said}"));
+    assert!(said.contains("apt.txt: building iac/apt-base:"), "{said}");
+    assert_eq!(
+        run_in(&built.tag, &test, &["python", "/app/main.py"]).trim(),
+        "0.2.5",
+        "the C extension built against bookworm's libyaml and runs"
+    );
+    let derived = docker
+        .list_images(Some(
+            ListImagesOptionsBuilder::new()
+                .filters(&HashMap::from([
+                    ("label", vec![format!("iac.test={test}")]),
+                    ("reference", vec!["iac/apt-base".to_string()]),
+                ]))
+                .build(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(derived.len(), 1, "{derived:?}");
+    assert_eq!(
+        derived[0]
+            .labels
+            .get("iac.apt-base.packages")
+            .map(String::as_str),
+        Some("gcc libyaml-dev python3-dev")
+    );
+    // Nothing an app image would inherit and misread: the managed-by/role labels are set on
+    // containers at create time only.
+    for l in ["iac.managed-by", "iac.role"] {
+        assert!(!derived[0].labels.contains_key(l), "{l} on {derived:?}");
+    }
+    // Another app change: the derived base is reused, not rebuilt.
+    std::fs::write(
+        src.join("main.py"),
+        "import yamlver\nprint('v', yamlver.version())\n",
+    )
+    .unwrap();
+    let (events, mut rx) = Events::channel();
+    let t = Instant::now();
+    let again = builder
+        .build(&spec_of("sha256:apt2"), &events)
+        .await
+        .unwrap();
+    let second = t.elapsed();
+    let said = drain(&mut rx).join("\n");
+    assert!(said.contains("already built"), "{said}");
+    assert_eq!(
+        run_in(&again.tag, &test, &["python", "/app/main.py"]).trim(),
+        "v 0.2.5"
+    );
+    eprintln!("apt.txt build: first {first:.1?} (apt-get + compile), second {second:.1?}");
 }
 
 /// A flood of build output (a repo step printing far more than anyone reads) keeps iac's memory

@@ -29,6 +29,7 @@ fn spec(language: Language, argv: &[&str], port: Option<u16>) -> BuildSpec {
             port,
             ..Default::default()
         },
+        install: Default::default(),
     }
 }
 

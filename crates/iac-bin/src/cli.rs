@@ -100,6 +100,12 @@ pub enum Command {
     Inspect {
         /// A slug (gh:owner/repo#ref, git+file:///…, path:DIR) or a directory.
         target: String,
+        /// Extras to show in the install plan, as the repos file's `extras:` would ask (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        extras: Vec<String>,
+        /// Dependency groups to show in the install plan, as the repos file's `groups:` would ask.
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
     },
     /// Write, per service, the resolved entry, the Envoy config and the certs it would use.
     Render {

@@ -107,7 +107,19 @@ async fn dispatch(cli: Cli, cfg: IacConfig) -> anyhow::Result<ExitCode> {
             };
             commands::logs(cfg, file.as_ref(), service.as_deref(), opts).await
         }
-        Command::Inspect { target } => commands::inspect(cfg, &target, json).await,
+        Command::Inspect {
+            target,
+            extras,
+            groups,
+        } => {
+            let selection = iac_backends::build::lockfile::Selection {
+                extras: iac_core::normalize_names("--extras", &extras)
+                    .map_err(|e| anyhow::anyhow!("expected {e}"))?,
+                groups: iac_core::normalize_names("--groups", &groups)
+                    .map_err(|e| anyhow::anyhow!("expected {e}"))?,
+            };
+            commands::inspect(cfg, &target, &selection, json).await
+        }
         Command::Render {
             file,
             out,

@@ -78,7 +78,18 @@ fn inspect_json_has_the_documented_shape() {
             .contains("pyproject.toml")
     );
     let keys: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
-    assert_eq!(keys, ["entry", "language", "service", "source"]);
+    assert_eq!(keys, ["entry", "install", "language", "service", "source"]);
+    // The install plan: greeter declares a build backend, so the project itself is installed.
+    let install = &v["install"];
+    assert_eq!(install["project_installed"], true, "{install}");
+    assert!(
+        install["project_why"]
+            .as_str()
+            .unwrap()
+            .contains("build backend"),
+        "{install}"
+    );
+    assert_eq!(install["local"][0], ".", "{install}");
 }
 
 #[test]
@@ -129,11 +140,28 @@ fn inspect_shows_the_source_and_the_runner_ups() {
     );
     let out = iac(dir.path(), &["inspect", repo.to_str().unwrap()], &[]);
     let text = String::from_utf8_lossy(&out.stdout);
+    // Groups named on the command line, as the repos file's `groups:` would: requirements.txt
+    // has none, so asking is refused naming the group and the file.
+    let out = iac(
+        dir.path(),
+        &["inspect", repo.to_str().unwrap(), "--groups", "Docs"],
+        &[],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("group \"docs\"") && err.contains("requirements.txt"),
+        "{err}"
+    );
     for needle in [
         "from      render.yaml line 5",
         "python    3.13",
         "also      framework:asgi",
         "release   python migrate.py [render.yaml line 6 (service `api` preDeployCommand)]",
+        "install   from requirements.txt (markers for CPython 3.13)",
+        "project   not installed: no build backend",
+        "deps      fastapi  [requirements.txt:1]",
+        "          uvicorn  [requirements.txt:2]",
     ] {
         assert!(text.contains(needle), "{needle:?} in:\n{text}");
     }

@@ -466,6 +466,7 @@ mod deploy {
                 env: Default::default(),
                 expose: Default::default(),
                 replicas: 1,
+                install: Default::default(),
             })
             .collect();
         let (events, mut rx) = Events::channel();

@@ -4,10 +4,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::entry::Entry;
 use crate::name::{ProjectName, ServiceName};
-use crate::repos::ServiceSpec;
+use crate::repos::{InstallSelection, ServiceSpec};
 use crate::source::Source;
 
-/// What an image is built from: one service's source and entry. Deliberately without the
+/// What an image is built from: one service's source and entry (and the extras/groups of its
+/// dependencies the repos file asks for). Deliberately without the
 /// service's `env` (repos file, API): an image's metadata (`Config.Env`, labels, history) is
 /// readable by anyone who can pull it — and on Swarm it is pushed to a registry — so that
 /// environment goes into the app container when it is created (the plan's
@@ -23,6 +24,9 @@ pub struct BuildSpec {
     pub source: Source,
     /// Its entry point.
     pub entry: Entry,
+    /// Extras and dependency groups the repos file asks for (Python).
+    #[serde(default, skip_serializing_if = "InstallSelection::is_empty")]
+    pub install: InstallSelection,
 }
 
 impl BuildSpec {
@@ -39,6 +43,7 @@ impl BuildSpec {
             service: spec.name.clone(),
             source,
             entry,
+            install: spec.install.clone(),
         }
     }
 }

@@ -45,7 +45,8 @@ pub use mesh::{CertPaths, IssuedCerts, Mesh, MeshPorts, MeshService};
 pub use name::{ProjectName, ServiceName};
 pub use report::{DeployReport, ServiceReport, StageTiming};
 pub use repos::{
-    MAX_REPLICAS, ReposFile, ReposFormat, ServiceSpec, load_repos_file, parse_repos_file,
+    InstallSelection, MAX_REPLICAS, ReposFile, ReposFormat, ServiceSpec, load_repos_file,
+    normalize_names, parse_repos_file,
 };
 pub use slug::{Forge, Slug};
 pub use source::Source;

@@ -1,5 +1,5 @@
 //! The repos file: a YAML or JSON list of slugs (strings) or `{slug, name?, entrypoint?, env?,
-//! expose?, replicas?}` maps, optionally wrapped as `{project?, services: [...]}`. Produces [`ServiceSpec`]s with
+//! expose?, replicas?, extras?, groups?}` maps, optionally wrapped as `{project?, services: [...]}`. Produces [`ServiceSpec`]s with
 //! deterministic, de-duplicated DNS-safe service names. Errors name the item (and its line when it
 //! can be found) and say what was expected.
 
@@ -35,6 +35,87 @@ pub struct ServiceSpec {
     /// run one pair whatever it says, and warn when it says more. 1..=[`MAX_REPLICAS`], default 1.
     #[serde(default = "one_replica", skip_serializing_if = "is_one_replica")]
     pub replicas: u32,
+    /// Extras and dependency groups of a Python app to install besides its main dependencies
+    /// (serialized as the repos file spells them: `extras`, `groups`, each only when non-empty).
+    #[serde(flatten, default)]
+    pub install: InstallSelection,
+}
+
+/// What a Python app installs besides its main dependency set: extras (`[project.optional-
+/// dependencies]`, Poetry extras) and dependency groups (dev/test groups, PEP 735). Repos-file
+/// keys `extras:` and `groups:`, lists of package-style names, normalized (PEP 685).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct InstallSelection {
+    /// Extras of the project to install (`redis` → `[project.optional-dependencies] redis`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extras: Vec<String>,
+    /// Dependency groups to install besides the main set (`dev`, `test`, …).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+}
+
+impl InstallSelection {
+    /// Nothing asked for.
+    pub fn is_empty(&self) -> bool {
+        self.extras.is_empty() && self.groups.is_empty()
+    }
+}
+
+/// A repos-file `extras`/`groups` value: a list of names (see [`normalize_names`]).
+fn name_list(key: &str, v: &Value) -> Result<Vec<String>, String> {
+    let expected = || {
+        format!(
+            "`{key}` to be a list of names (letters, digits, '-', '_', '.'), got {}",
+            match v {
+                Value::Array(_) => "a list with something else in it".to_string(),
+                other => kind(other).to_string(),
+            }
+        )
+    };
+    let items = v.as_array().ok_or_else(expected)?;
+    let names = items
+        .iter()
+        .map(|i| i.as_str().map(str::to_string).ok_or_else(expected))
+        .collect::<Result<Vec<_>, _>>()?;
+    normalize_names(key, &names)
+}
+
+/// Extras or group names like `redis` or `dev-tools` (letters, digits, `-`, `_`, `.`; starting
+/// and ending with a letter or digit; at most 100 characters), normalized to lowercase with `-`
+/// (PEP 685) and de-duplicated. `key` names the setting in the error.
+pub fn normalize_names(key: &str, names: &[String]) -> Result<Vec<String>, String> {
+    let mut out: Vec<String> = Vec::new();
+    for name in names {
+        let b = name.as_bytes();
+        let ok = !b.is_empty()
+            && b.len() <= 100
+            && b[0].is_ascii_alphanumeric()
+            && b[b.len() - 1].is_ascii_alphanumeric()
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'));
+        if !ok {
+            return Err(format!(
+                "`{key}` to be a list of names (letters, digits, '-', '_', '.'), got {name:?}"
+            ));
+        }
+        let mut norm = String::new();
+        let mut sep = false;
+        for c in name.chars() {
+            if matches!(c, '-' | '_' | '.') {
+                sep = true;
+                continue;
+            }
+            if sep {
+                norm.push('-');
+            }
+            sep = false;
+            norm.push(c.to_ascii_lowercase());
+        }
+        if !out.contains(&norm) {
+            out.push(norm);
+        }
+    }
+    Ok(out)
 }
 
 /// The most replicas one service may ask for.
@@ -160,6 +241,7 @@ pub fn parse_repos_file(text: &str, format: ReposFormat) -> Result<ReposFile, Re
         env: BTreeMap<String, String>,
         expose: Expose,
         replicas: u32,
+        install: InstallSelection,
     }
     let mut raws = Vec::with_capacity(items.len());
     let mut search_from = 0usize;
@@ -188,6 +270,7 @@ pub fn parse_repos_file(text: &str, format: ReposFormat) -> Result<ReposFile, Re
                 env: BTreeMap::new(),
                 expose: Expose::Auto,
                 replicas: 1,
+                install: InstallSelection::default(),
             },
             Value::Object(map) => {
                 let mut slug = None;
@@ -196,6 +279,7 @@ pub fn parse_repos_file(text: &str, format: ReposFormat) -> Result<ReposFile, Re
                 let mut env = BTreeMap::new();
                 let mut expose = Expose::Auto;
                 let mut replicas = 1;
+                let mut install = InstallSelection::default();
                 for (k, v) in map {
                     match (k.as_str(), v) {
                         ("slug", Value::String(s)) => {
@@ -255,6 +339,8 @@ pub fn parse_repos_file(text: &str, format: ReposFormat) -> Result<ReposFile, Re
                                     ))
                                 })?;
                         }
+                        ("extras", v) => install.extras = name_list("extras", &v).map_err(fail)?,
+                        ("groups", v) => install.groups = name_list("groups", &v).map_err(fail)?,
                         (key @ ("slug" | "name" | "entrypoint" | "env"), other) => {
                             let want = if key == "env" {
                                 "a map"
@@ -268,7 +354,7 @@ pub fn parse_repos_file(text: &str, format: ReposFormat) -> Result<ReposFile, Re
                         }
                         (other, _) => {
                             return Err(fail(format!(
-                                "only the keys slug, name, entrypoint, env, expose, replicas (unknown key {other:?})"
+                                "only the keys slug, name, entrypoint, env, expose, replicas, extras, groups (unknown key {other:?})"
                             )));
                         }
                     }
@@ -281,11 +367,12 @@ pub fn parse_repos_file(text: &str, format: ReposFormat) -> Result<ReposFile, Re
                     env,
                     expose,
                     replicas,
+                    install,
                 }
             }
             other => {
                 return Err(fail(format!(
-                    "a slug string or a map {{slug, name?, entrypoint?, env?, expose?, replicas?}}, got {}",
+                    "a slug string or a map {{slug, name?, entrypoint?, env?, expose?, replicas?, extras?, groups?}}, got {}",
                     kind(&other)
                 )));
             }
@@ -356,6 +443,7 @@ pub fn parse_repos_file(text: &str, format: ReposFormat) -> Result<ReposFile, Re
             env: raw.env,
             expose: raw.expose,
             replicas: raw.replicas,
+            install: raw.install,
         });
     }
     Ok(ReposFile { project, services })
@@ -531,6 +619,39 @@ mod tests {
             let back: ServiceSpec = serde_json::from_str(&json).unwrap();
             assert_eq!(&back, s, "{json}");
             assert_eq!(json.contains("expose"), !s.expose.is_auto(), "{json}");
+        }
+    }
+
+    #[test]
+    fn extras_and_groups_are_name_lists_normalized() {
+        let text =
+            "- gh:a/one\n- slug: gh:a/two\n  extras: [Redis, redis]\n  groups: [dev_tools]\n";
+        let r = parse_repos_file(text, ReposFormat::Yaml).unwrap();
+        assert!(r.services[0].install.is_empty());
+        assert_eq!(r.services[1].install.extras, ["redis"]);
+        assert_eq!(r.services[1].install.groups, ["dev-tools"]);
+        let json = serde_json::to_value(&r.services).unwrap();
+        assert!(
+            json[0].get("extras").is_none() && json[0].get("groups").is_none(),
+            "nothing asked is not written"
+        );
+        assert_eq!(json[1]["extras"], serde_json::json!(["redis"]));
+        let back: Vec<ServiceSpec> = serde_json::from_value(json).unwrap();
+        assert_eq!(back, r.services, "round-trips in the repos file's spelling");
+        for (bad, needle) in [
+            ("extras: redis", "`extras` to be a list of names"),
+            ("groups: [\"a b\"]", "got \"a b\""),
+            ("groups: [1]", "`groups` to be a list of names"),
+            ("extras: [\"-x\"]", "got \"-x\""),
+        ] {
+            let text = format!("- slug: gh:a/b\n  {bad}\n");
+            let err = parse_repos_file(&text, ReposFormat::Yaml)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("item 1") && err.contains(needle),
+                "{bad}: {err}"
+            );
         }
     }
 

@@ -25,6 +25,8 @@ use futures::StreamExt;
 
 use iac_core::{BuildError, BuildSpec, Events, ImageBuilder, ImageRef, Language, Stage};
 
+use super::apt_base;
+use super::aptfile::{self, AptPackages};
 use super::base::BaseImageMaker;
 use super::config::{ImageConfig, PythonChoice, parse_minor};
 use super::context::{ContextInputs, agent_error, build_context, elf_interpreter};
@@ -33,6 +35,7 @@ use super::dockerfile::{
     dockerfile_labels_key, render_dockerfile,
 };
 use super::key::{FileDigests, build_key, image_tag, wheel_listing};
+use super::lockfile::Selection;
 use super::output::OutputTail;
 use super::resolver::Resolver;
 use super::wheels::{AppDeps, tail};
@@ -60,6 +63,8 @@ struct Plan {
     image: ImageRef,
     dockerfile: String,
     deps: AppDeps,
+    /// The app's Debian packages (apt.txt / Aptfile), installed into a derived base image.
+    apt: Option<AptPackages>,
     otel_wheels: Option<PathBuf>,
     agent: PathBuf,
     python: PythonChoice,
@@ -123,14 +128,26 @@ impl DockerImageBuilder {
     }
 
     fn plan(&self, spec: &BuildSpec) -> Result<Plan, BuildError> {
-        let python = spec.entry.language == Language::Python;
-        let deps = if python {
-            AppDeps::detect(&spec.source.dir)?
+        let python_app = spec.entry.language == Language::Python;
+        let deps = if python_app {
+            AppDeps::detect(
+                &spec.source.dir,
+                Some(&spec.entry),
+                &Selection {
+                    extras: spec.install.extras.clone(),
+                    groups: spec.install.groups.clone(),
+                },
+            )?
         } else {
-            AppDeps {
-                requirements: None,
-                package: false,
-            }
+            AppDeps::none()
+        };
+        let apt = if python_app {
+            aptfile::read(&spec.source.dir).map_err(|message| BuildError::Build {
+                service: spec.service.as_str().to_string(),
+                message,
+            })?
+        } else {
+            None
         };
         let mut inputs = DockerfileInputs::new(spec, &self.config, deps.needed())?;
         // The key is a hash over the Dockerfile rendered without it; the Dockerfile that is built
@@ -155,7 +172,19 @@ impl DockerImageBuilder {
         } else {
             (None, Vec::new())
         };
-        let key = build_key(&spec.source.digest, &unkeyed, &agent_digest, &listing);
+        // Extras and groups change the installed dependencies without changing the source or the
+        // Dockerfile: part of the key (only when asked for, so other keys stay as they were).
+        let source_digest = if spec.install.is_empty() || !python_app {
+            spec.source.digest.clone()
+        } else {
+            format!(
+                "{} extras={} groups={}",
+                spec.source.digest,
+                spec.install.extras.join(","),
+                spec.install.groups.join(",")
+            )
+        };
+        let key = build_key(&source_digest, &unkeyed, &agent_digest, &listing);
         inputs.build_key = key.clone();
         let dockerfile = render_dockerfile(&self.template, &inputs)?;
         let tag = image_tag(
@@ -173,6 +202,7 @@ impl DockerImageBuilder {
             },
             dockerfile,
             deps,
+            apt,
             otel_wheels,
             agent,
             python,
@@ -371,7 +401,29 @@ impl ImageBuilder for DockerImageBuilder {
                 ..image
             });
         }
-        let base = self.resolve_base(spec, &plan.python, &events).await?;
+        let mut base = self.resolve_base(spec, &plan.python, &events).await?;
+        if let Some(apt) = &plan.apt {
+            // Native build dependencies: installed into a derived base (with network) that the
+            // resolver and the offline image build both start from.
+            let base_id = self
+                .engine
+                .image(&base)
+                .await
+                .map_err(|e| apt_base::build_error(service, format!("inspecting {base}: {e}")))?
+                .map(|i| i.id)
+                .unwrap_or_else(|| base.clone());
+            base = apt_base::ensure(
+                &self.engine,
+                &base,
+                &base_id,
+                apt,
+                &self.config.resolver.network,
+                &self.config.labels,
+                &events,
+            )
+            .await
+            .map_err(|m| apt_base::build_error(service, m))?;
+        }
 
         if let Ok(bytes) = std::fs::read(&plan.agent)
             && let Some(interp) = elf_interpreter(&bytes)

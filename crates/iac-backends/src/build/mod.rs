@@ -11,18 +11,29 @@
 //! - [`wheels`]: the app's install plan, read statically from its tree; [`requirements`]: the
 //!   requirements-file parser (regenerates every line); [`resolver`]: the confined container that
 //!   resolves and builds the dependencies into wheels (nothing of a repo's runs on the host);
-//!   [`output`]: bounded retention of build and resolver output.
+//!   [`output`]: bounded retention of build and resolver output; [`lockfile`]: uv, Poetry, PDM
+//!   and Pipenv locks as pins; [`declared`]: Poetry/Pipfile dependency tables as PEP 508;
+//!   [`project`]: whether the project itself is installed (the virtual-project rule);
+//!   [`install_report`]: that plan for people (`iac inspect`).
 //! - [`config`]: the [`ImageConfig`] struct and the base images per Python minor.
 //! - [`base`]: [`BaseImageMaker`], the hook that builds a missing Python base image on demand.
+//! - [`aptfile`]: `apt.txt` / `Aptfile`, validated Debian package names; [`apt_base`]: the
+//!   derived base image (built with network, cached by tag) that has them installed.
 
+pub mod apt_base;
+pub mod aptfile;
 pub mod base;
 pub mod config;
 pub mod context;
+pub mod declared;
 pub mod docker;
 pub mod dockerfile;
 pub mod ignore;
+pub mod install_report;
 pub mod key;
+pub mod lockfile;
 pub mod output;
+pub mod project;
 pub mod requirements;
 pub mod resolver;
 pub mod tree;

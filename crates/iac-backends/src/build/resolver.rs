@@ -629,6 +629,14 @@ fn resolve_error(what: &str, python: (u32, u32), output: &str) -> String {
         let h = rest.split(':').next()?.trim();
         h.ends_with(".h").then(|| h.to_string())
     });
+    let library = output.lines().find_map(|l| {
+        let (_, rest) = l.split_once("cannot find -l")?;
+        let lib: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '+' | '.'))
+            .collect();
+        (!lib.is_empty()).then_some(lib)
+    });
     let no_compiler = output.lines().any(|l| {
         (l.contains("command 'gcc'")
             || l.contains("command 'x86_64-linux-gnu-gcc'")
@@ -650,14 +658,19 @@ fn resolve_error(what: &str, python: (u32, u32), output: &str) -> String {
         )
     } else if !failed_build.is_empty() {
         let pkgs = failed_build.join(", ");
-        match (header, no_compiler) {
-            (Some(h), _) => format!(
-                "{what}: building {pkgs} from source needs the C header {h}, which the resolver image does not have; use a version of {pkgs} that ships a wheel for {py} manylinux x86_64"
+        match (header, library, no_compiler) {
+            (Some(h), _, _) => format!(
+                "{what}: building {pkgs} from source needs the C header {h}, which the resolver image does not have: {}; or use a version of {pkgs} that ships a wheel for {py} manylinux x86_64",
+                super::aptfile::suggest_for_header(&h)
             ),
-            (None, true) => format!(
-                "{what}: building {pkgs} from source needs a C compiler, which the resolver image does not have; use a version of {pkgs} that ships a wheel for {py} manylinux x86_64"
+            (None, Some(lib), _) => format!(
+                "{what}: building {pkgs} from source needs the library {lib} (cannot find -l{lib}), which the resolver image does not have: {}; or use a version of {pkgs} that ships a wheel for {py} manylinux x86_64",
+                super::aptfile::suggest_for_library(&lib)
             ),
-            (None, false) => format!(
+            (None, None, true) => format!(
+                "{what}: building {pkgs} from source needs a C compiler, which the resolver image does not have: add `gcc` and `python3-dev` to apt.txt; or use a version of {pkgs} that ships a wheel for {py} manylinux x86_64"
+            ),
+            (None, None, false) => format!(
                 "{what}: building {pkgs} from its source distribution failed in the resolver container"
             ),
         }
@@ -768,6 +781,22 @@ mod tests {
         );
         assert!(
             msg.contains("lxml") && msg.contains("libxml/xpath.h"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("apt.txt") && msg.contains("`libxml2-dev`"),
+            "{msg}"
+        );
+        let msg = resolve_error(
+            "the app's dependencies",
+            (3, 11),
+            "  /usr/bin/ld: cannot find -lpq: No such file or directory\n  collect2: error: ld returned 1 exit status\n  ERROR: Failed building wheel for psycopg2\n",
+        );
+        assert!(
+            msg.contains("psycopg2")
+                && msg.contains("cannot find -lpq")
+                && msg.contains("`libpq-dev`")
+                && msg.contains("apt.txt"),
             "{msg}"
         );
         let msg = resolve_error(

@@ -384,13 +384,17 @@ impl PyRepo {
         }
     }
 
-    /// Whether pip can install the repo (so console scripts and `src/` layouts import):
-    /// a pyproject.toml with `[project]`, `[build-system]` or `[tool.poetry]`, or a setup.py.
+    /// Whether the image installs the repo as a package (so `src/` layouts import), by the rule
+    /// the build follows ([`crate::build::project::decide`]): a build backend or a setup.py,
+    /// unless `[tool.uv] package = false` / Poetry `package-mode = false` / PDM
+    /// `distribution = false`; a pyproject.toml without `[build-system]` is a virtual project.
+    /// (Console-script entries are installed whatever this says: the build sees the entry.)
     pub fn installable(&self) -> bool {
-        self.toml_get(&["project"]).is_some()
-            || self.toml_get(&["build-system"]).is_some()
-            || self.toml_get(&["tool", "poetry"]).is_some()
-            || self.setup_py.is_some()
+        crate::build::project::decide(
+            self.pyproject.as_ref().map(|(_, t)| t),
+            self.setup_py.is_some(),
+        )
+        .package
     }
 
     /// `[project.scripts]`: the first entry in FILE order. `Ok(None)` when there is no such table.

@@ -19,8 +19,9 @@
 //!
 //! Container assumptions (what the argv relies on): the repo is at `/app` and is the working
 //! directory, `python` is on PATH, and the image runs `pip install /app` when the repo is
-//! installable (pyproject.toml with `[project]`/`[build-system]`/`[tool.poetry]`, or setup.py) and
-//! installs its requirements. So console scripts import from the installed package; a `src/`
+//! installable (a build backend or setup.py, see `build::project`; a pyproject.toml without
+//! `[build-system]` is a virtual project) or its entry is a console script, and installs its
+//! requirements. So console scripts import from the installed package; a `src/`
 //! package in a repo that is NOT installable gets `PYTHONPATH=/app/src` through `env`.
 
 use std::path::Path;
@@ -160,7 +161,7 @@ fn script_entry(
     let install = if installable {
         "; the image pip-installs the repo so it imports"
     } else {
-        ""
+        "; the image pip-installs the repo for it (a console script needs the installed project)"
     };
     entry(
         rule,

@@ -806,6 +806,80 @@ fn cases() -> Vec<Case> {
                 "chmod +x main",
             ]),
         },
+        // ---- compose command vs the Dockerfile's CMD; placeholders ---------------------------
+        Case {
+            name: "a compose command for the repo's own build beats its placeholder CMD [\"bash\"]",
+            dir: "repo",
+            files: &[
+                (
+                    "Dockerfile",
+                    "FROM python:3.12-slim\nWORKDIR /app\nCOPY . .\nCMD [\"bash\"]\n",
+                ),
+                (
+                    "docker-compose.yml",
+                    "services:\n  web:\n    build: .\n    command: python source/manage.py runserver 0.0.0.0:8000\n    ports:\n      - \"8000:8000\"\n",
+                ),
+                ("source/manage.py", GUARD),
+            ],
+            exec: &[],
+            entrypoint: None,
+            expect: Entry {
+                rule: "platform:compose",
+                language: Language::Python,
+                argv: &["python", "source/manage.py", "runserver", "0.0.0.0:8000"],
+                why: &["docker-compose.yml line 4", "replaces the Dockerfile's CMD"],
+                port: Some(8000),
+            },
+        },
+        Case {
+            name: "a compose command for the repo's own build beats a real Dockerfile CMD too",
+            dir: "repo",
+            files: &[
+                (
+                    "Dockerfile",
+                    "FROM python:3.12-slim\nCOPY . /app\nWORKDIR /app\nCMD [\"gunicorn\", \"app:app\"]\n",
+                ),
+                (
+                    "compose.yaml",
+                    "services:\n  api:\n    build:\n      context: .\n    command: [\"gunicorn\", \"-b\", \"0.0.0.0:5000\", \"wsgi:app\"]\n",
+                ),
+                ("wsgi.py", "app = None\n"),
+            ],
+            exec: &[],
+            entrypoint: None,
+            expect: Entry {
+                rule: "platform:compose",
+                language: Language::Python,
+                argv: &["gunicorn", "-b", "0.0.0.0:5000", "wsgi:app"],
+                why: &["service `api` command"],
+                port: Some(5000),
+            },
+        },
+        Case {
+            name: "a placeholder CMD (a REPL) is never chosen over a real command found elsewhere",
+            dir: "repo",
+            files: &[
+                (
+                    "Dockerfile",
+                    "FROM python:3.12-slim\nCOPY . /app\nCMD [\"python3\"]\n",
+                ),
+                ("main.py", GUARD),
+            ],
+            exec: &[],
+            entrypoint: None,
+            expect: py("main.py", &["python", "/app/main.py"], &["rule 1"]),
+        },
+        Case {
+            name: "a placeholder alone is not a start command, and the error says why",
+            dir: "repo",
+            files: &[
+                ("Dockerfile", "FROM debian\nCMD [\"sleep\", \"infinity\"]\n"),
+                ("README.md", "# tools\n"),
+            ],
+            exec: &[],
+            entrypoint: None,
+            expect: NotFound(&["`sleep infinity` is only a placeholder (sleeps forever)"]),
+        },
         // ---- nothing ------------------------------------------------------------------------
         Case {
             name: "nothing found: the error lists every rule tried, in order",

@@ -16,7 +16,7 @@ use utoipa::{IntoParams, ToSchema};
 #[serde(deny_unknown_fields)]
 pub struct DeployRequest {
     /// Repos-file items: slug strings (`gh:owner/repo#ref`, `git+https://…`, `path:DIR`) or
-    /// `{slug, name?, entrypoint?, env?, expose?, replicas?}` maps. Service names are derived and de-duplicated.
+    /// `{slug, name?, entrypoint?, env?, expose?, replicas?, extras?, groups?}` maps. Service names are derived and de-duplicated.
     pub slugs: Option<Vec<serde_json::Value>>,
     /// Services with explicit names (unique DNS labels).
     pub services: Option<Vec<ServiceSpecSchema>>,
@@ -102,6 +102,18 @@ pub fn deploy_request_schema() -> serde_json::Value {
         "maximum": iac_core::MAX_REPLICAS,
         "description": "Copies to run where the provisioner runs several (Swarm); default 1."
     });
+    let names = |what: &str| {
+        serde_json::json!({
+            "type": "array",
+            "items": {
+                "type": "string",
+                "pattern": "^[A-Za-z0-9]([A-Za-z0-9._-]{0,98}[A-Za-z0-9])?$"
+            },
+            "description": what
+        })
+    };
+    let extras = names("Extras of a Python app to install besides its main dependencies.");
+    let groups = names("Dependency groups of a Python app to install (dev, test, …).");
     let name = serde_json::json!({
         "type": "string",
         "pattern": DNS_LABEL_PATTERN,
@@ -122,7 +134,9 @@ pub fn deploy_request_schema() -> serde_json::Value {
             "entrypoint": item_entrypoint,
             "env": item_env,
             "expose": item_expose,
-            "replicas": replicas
+            "replicas": replicas,
+            "extras": extras,
+            "groups": groups
         }
     });
     let service = serde_json::json!({
@@ -135,7 +149,9 @@ pub fn deploy_request_schema() -> serde_json::Value {
             "entrypoint": service_entrypoint,
             "env": service_env,
             "expose": item_expose,
-            "replicas": replicas
+            "replicas": replicas,
+            "extras": extras,
+            "groups": groups
         }
     });
     serde_json::json!({
@@ -152,7 +168,7 @@ pub fn deploy_request_schema() -> serde_json::Value {
                         "minItems": 1,
                         "uniqueItems": true,
                         "items": {"oneOf": [slug, item_map]},
-                        "description": "Repos-file items: slug strings or `{slug, name?, entrypoint?, env?, expose?, replicas?}` maps."
+                        "description": "Repos-file items: slug strings or `{slug, name?, entrypoint?, env?, expose?, replicas?, extras?, groups?}` maps."
                     },
                     "project": project
                 }
@@ -288,6 +304,12 @@ pub struct ServiceSpecSchema {
     /// Copies to run (1 to 100, default 1) where the provisioner runs several (Swarm).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<u64>,
+    /// Extras of a Python app to install besides its main dependencies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extras: Option<Vec<String>>,
+    /// Dependency groups of a Python app to install (dev, test, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<String>>,
 }
 
 /// One progress event (`iac_core::DeployEvent`).

@@ -362,7 +362,12 @@ fn parse_target(target: &str) -> anyhow::Result<Slug> {
     }
 }
 
-pub async fn inspect(cfg: IacConfig, target: &str, json: bool) -> anyhow::Result<ExitCode> {
+pub async fn inspect(
+    cfg: IacConfig,
+    target: &str,
+    selection: &iac_backends::build::lockfile::Selection,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let slug = parse_target(target)?;
     let name = slug
         .default_service_name()
@@ -378,6 +383,35 @@ pub async fn inspect(cfg: IacConfig, target: &str, json: bool) -> anyhow::Result
             eprintln!("error: {}", safe(&format!("{slug}: {e}")));
             return Ok(ExitCode::from(1));
         }
+    };
+    // The install plan, as the build would make it (Python apps; markers for the image's Python).
+    let install = if entry.language == iac_core::Language::Python {
+        let version = entry
+            .python
+            .as_ref()
+            .map(|p| p.version.clone())
+            .unwrap_or_else(|| cfg.images.default_python.clone());
+        let minor = iac_backends::build::config::parse_minor(&version)
+            .map_err(|e| anyhow::anyhow!("Python of {slug}: {e}"))?;
+        let dir = source.dir.clone();
+        let e = entry.clone();
+        let selection = selection.clone();
+        let plan = tokio::task::spawn_blocking(move || {
+            iac_backends::build::install_report::InstallReport::of(&dir, &e, &selection, minor)
+        })
+        .await?;
+        match plan {
+            Ok(p) => Some(p),
+            Err(why) => {
+                eprintln!(
+                    "error: {}",
+                    safe(&format!("{slug}: app dependencies refused: {why}"))
+                );
+                return Ok(ExitCode::from(1));
+            }
+        }
+    } else {
+        None
     };
     if json {
         let v = json!({
@@ -396,10 +430,15 @@ pub async fn inspect(cfg: IacConfig, target: &str, json: bool) -> anyhow::Result
                 "candidates": entry.candidates,
                 "release": entry.release,
             },
+            "install": install,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        print!("{}", safe(&inspect_text(name.as_ref(), &source, &entry)));
+        let mut text = inspect_text(name.as_ref(), &source, &entry);
+        for (k, v) in install.iter().flat_map(|p| p.rows()) {
+            text.push_str(&format!("{k:<10}{v}\n"));
+        }
+        print!("{}", safe(&text));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -23,6 +23,7 @@ fn spec(name: &str) -> ServiceSpec {
         env: Default::default(),
         expose: Default::default(),
         replicas: 1,
+        install: Default::default(),
     }
 }
 

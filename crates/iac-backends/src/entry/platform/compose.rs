@@ -3,7 +3,9 @@
 //! `command` runs its Dockerfile's CMD, read from `build.dockerfile` when it names another file.
 //! Files tried: `compose.yaml`, `compose.yml`, `docker-compose.yaml`, `docker-compose.yml`.
 //! `ports: ["HOST:CONTAINER"]` gives the port when the command says none; `working_dir` maps onto
-//! the repo like a Dockerfile WORKDIR when it is the Dockerfile's copy of the repo.
+//! the repo like a Dockerfile WORKDIR when it is the Dockerfile's copy of the repo. A `command` for
+//! a service that builds the repo's own `./Dockerfile` replaces that Dockerfile's CMD
+//! ([`Found::overrides_dockerfile`]), as compose runs it.
 
 use std::path::Path;
 
@@ -170,14 +172,22 @@ pub fn scan(dir: &Path) -> Result<Found, EntryError> {
         origin,
         &line,
         &path,
-        context,
+        context.clone(),
         port,
     )?;
     if d.port.is_none() {
         d.port = port;
     }
+    // The service builds the repo's own ./Dockerfile: its command replaces that CMD.
+    let dockerfile = svc
+        .get("build")
+        .and_then(|b| b.get("dockerfile"))
+        .and_then(|d| d.as_str())
+        .unwrap_or("Dockerfile");
+    let own = context.is_none() && matches!(dockerfile.trim_start_matches("./"), "Dockerfile");
     Ok(Found {
         starts: vec![d],
+        overrides_dockerfile: own && dir.join("Dockerfile").is_file(),
         ..Found::default()
     })
 }

@@ -18,7 +18,10 @@
 //! | `platform:compose` | compose file: `command` of the service that builds `.` | Docker Compose |
 //!
 //! Buildpack-style platforms come first: they run the repo checked out as the working directory,
-//! exactly as iac does (`/app`). Dockerfile and compose commands were written for an image whose
+//! exactly as iac does (`/app`). Two exceptions: a compose `command`/`entrypoint` for the service
+//! that builds the repo's own `./Dockerfile` takes that Dockerfile's place (compose runs it
+//! instead of the CMD), and a placeholder command ([`placeholder`]: a bare shell, a REPL,
+//! `sleep infinity`, `tail -f /dev/null`, `true`) is never a start command, whatever declares it. Dockerfile and compose commands were written for an image whose
 //! layout the repo's Dockerfile decides; [`dockerfile`] maps its WORKDIR and COPY paths back onto
 //! the repo, but they are the less direct statement, so they rank after.
 //!
@@ -32,6 +35,7 @@ pub mod compose;
 pub mod dockerfile;
 pub mod fly;
 pub mod nixpacks;
+pub mod placeholder;
 pub mod procfile;
 pub mod railpack;
 pub mod railway;
@@ -81,6 +85,9 @@ pub struct Found {
     pub build_steps: Vec<BuildStep>,
     /// Set when no start command was found: what was looked for and what was there.
     pub looked: Option<String>,
+    /// The start command replaces the repo's own Dockerfile CMD (a compose service that builds
+    /// `./Dockerfile` and declares `command`/`entrypoint`, as compose runs it).
+    pub overrides_dockerfile: bool,
 }
 
 impl Found {
@@ -109,11 +116,46 @@ pub fn scan(dir: &Path) -> Result<Scan, EntryError> {
         compose::scan,
     ];
     let mut out = Scan::default();
+    let mut overriding: Vec<Declared> = Vec::new();
     for source in sources {
         let found = source(dir)?;
-        out.starts.extend(found.starts);
+        if found.overrides_dockerfile {
+            overriding.extend(found.starts);
+        } else {
+            out.starts.extend(found.starts);
+        }
         out.build_steps.extend(found.build_steps);
         out.looked.extend(found.looked);
+    }
+    // A compose `command` for the repo's own build runs instead of that Dockerfile's CMD, as
+    // compose runs it: it takes the Dockerfile's place (the CMD stays a runner-up).
+    for mut d in overriding {
+        match out
+            .starts
+            .iter()
+            .position(|s| s.rule == "platform:dockerfile")
+        {
+            Some(i) => {
+                d.note
+                    .push_str("; it replaces the Dockerfile's CMD, as compose runs the service");
+                out.starts.insert(i, d);
+            }
+            None => out.starts.push(d),
+        }
+    }
+    // Placeholders (a bare shell, a REPL, `sleep infinity`, …) are never a start command.
+    let (real, placeholders): (Vec<Declared>, Vec<Declared>) = out
+        .starts
+        .into_iter()
+        .partition(|d| placeholder::placeholder(&d.argv).is_none());
+    out.starts = real;
+    for d in placeholders {
+        out.looked.push(format!(
+            "{}: `{}` is only a placeholder ({}), not a start command",
+            d.origin,
+            d.argv.join(" "),
+            placeholder::placeholder(&d.argv).unwrap_or("a placeholder")
+        ));
     }
     Ok(out)
 }

@@ -81,5 +81,6 @@ pub fn scan(dir: &Path) -> Result<Found, EntryError> {
         starts: vec![d],
         build_steps,
         looked: None,
+        overrides_dockerfile: false,
     })
 }
