@@ -444,6 +444,7 @@ impl Deployments {
         self.tracker.spawn(async move {
             let _guard = guard;
             let (events, mut rx) = Events::channel();
+            let (events, tails) = events.with_log_tails();
             events.info(
                 Stage::Deploy,
                 format!(
@@ -488,6 +489,7 @@ impl Deployments {
                 tracing::warn!(deployment = %id, "{}", e.message);
                 Err(e)
             });
+            recorder.log_tails(&tails).await;
             let last = store.finish(&id, result);
             let finished_at = iac_core::event::now_rfc3339();
             let outcome = match &last {
@@ -535,6 +537,7 @@ impl Deployments {
             .spawn(async move {
                 let _guard = guard;
                 let (events, mut rx) = Events::channel();
+                let (events, tails) = events.with_log_tails();
                 let run = backend.destroy(project, events);
                 tokio::pin!(run);
                 let result = loop {
@@ -547,6 +550,7 @@ impl Deployments {
                 while let Ok(ev) = rx.try_recv() {
                     recorder.event(ev);
                 }
+                recorder.log_tails(&tails).await;
                 let at = iac_core::event::now_rfc3339();
                 recorder
                     .finish(match &result {

@@ -82,6 +82,12 @@ async fn with_progress_recorded<T>(
     f: impl AsyncFnOnce(&Events) -> T,
 ) -> T {
     let (events, mut rx) = Events::channel();
+    let (events, tails) = if recorder.is_some() {
+        let (e, t) = events.with_log_tails();
+        (e, Some(t))
+    } else {
+        (events, None)
+    };
     let (show_tx, show_rx) =
         iac_core::lossy::channel(iac_core::event::DEFAULT_EVENT_BUFFER, DeployEvent::dropped);
     let shower = tokio::spawn(output::show_progress(Mode::detect(json), show_rx));
@@ -99,6 +105,9 @@ async fn with_progress_recorded<T>(
         }
     };
     let (out, ()) = tokio::join!(work, forward);
+    if let (Some(r), Some(t)) = (recorder, tails) {
+        r.log_tails(&t).await;
+    }
     let _ = shower.await;
     out
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::{HistoryFinish, HistoryStart, HistoryStore, LogTail, Retention};
-use crate::event::DeployEvent;
+use crate::event::{DeployEvent, EventLevel, LogTails, Stage};
 use crate::lossy::{self, LossyReceiver, LossySender};
 
 /// Events waiting for the writer at most.
@@ -81,6 +81,28 @@ impl Recorder {
         }
     }
 
+    /// Saves every log tail `tails` collected (and an event counting those left out over
+    /// [`crate::event::MAX_LOG_TAILS`]).
+    pub async fn log_tails(&self, tails: &LogTails) {
+        let (saved, left_out) = tails.take();
+        for t in &saved {
+            self.log_tail(t).await;
+        }
+        if left_out > 0 {
+            self.event(DeployEvent {
+                ts: crate::event::now_rfc3339(),
+                service: None,
+                stage: Stage::Provision,
+                level: EventLevel::Warn,
+                message: format!(
+                    "{left_out} more log tail(s) were not saved: at most {} are kept per deployment",
+                    crate::event::MAX_LOG_TAILS
+                ),
+                traceparent: None,
+            });
+        }
+    }
+
     /// Waits for the queued events to be written, writes the finish, then applies the retention.
     pub async fn finish(mut self, finish: HistoryFinish) {
         drop(self.tx.take());
@@ -126,7 +148,6 @@ async fn write_events(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{EventLevel, Stage};
     use crate::history::{
         HistoryEntry, HistoryError, HistoryKind, HistoryPage, HistoryQuery, HistoryStatus,
     };
