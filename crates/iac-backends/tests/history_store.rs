@@ -426,6 +426,7 @@ macro_rules! sqlite_tests {
                 $behaviour(postgres_subject(&pg, tmp.path()).await).await;
             )*
             postgres_migrations(&pg).await;
+            postgres_reconnects(&pg).await;
         }
     };
 }
@@ -582,6 +583,48 @@ async fn postgres_migrations(pg: &PgServer) {
         msg.contains(&format!("the {} this iac knows", postgres::known_version())),
         "{msg}"
     );
+}
+
+/// A connection the server ends (a restarted database, a terminated backend) is opened again:
+/// at most the call that noticed fails.
+async fn postgres_reconnects(pg: &PgServer) {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = pg.fresh_db().await;
+    let store = PostgresHistory::connect(&url, &tmp.path().join("history"))
+        .await
+        .unwrap();
+    store.start(&start(1, "demo", 1)).await.unwrap();
+    let (admin, conn) = tokio_postgres::connect(&pg.url("postgres"), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let task = tokio::spawn(conn);
+    let db = url.rsplit('/').next().unwrap().to_string();
+    let n = admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+            &[&db],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 1, "the store's one connection was ended");
+    drop(admin);
+    let _ = task.await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut failures = 0;
+    let entry = loop {
+        match store.get(&id(1)).await {
+            Ok(e) => break e,
+            Err(e) => {
+                failures += 1;
+                assert!(failures < 2, "still failing after a reconnect: {e}");
+            }
+        }
+    };
+    assert_eq!(entry.unwrap().summary.id, id(1));
+    store
+        .append_events(&id(1), &[event("after")])
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

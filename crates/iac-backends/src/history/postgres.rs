@@ -75,15 +75,41 @@ const MIGRATION_LOCK: i64 = 0x0069_6163_6869_7374;
 
 /// The PostgreSQL store.
 pub struct PostgresHistory {
-    client: Mutex<Client>,
+    conn: Mutex<Conn>,
+    /// With its password: kept to reconnect, never shown (see `location`).
+    url: String,
     location: String,
     log: EventLog,
-    _connection: tokio::task::JoinHandle<()>,
+}
+
+/// One connection: the client and the task driving it.
+struct Conn {
+    client: Client,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// The newest schema version this binary knows.
 pub fn known_version() -> i64 {
     MIGRATIONS.len() as i64
+}
+
+async fn open_conn(url: &str, location: &str) -> Result<Conn, HistoryError> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .map_err(|e| HistoryError::Backend(format!("{location}: {e}")))?;
+    let loc = location.to_string();
+    let task = tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!("deployment history {loc}: connection ended: {e}");
+        }
+    });
+    Ok(Conn { client, task })
 }
 
 impl PostgresHistory {
@@ -99,31 +125,29 @@ impl PostgresHistory {
         target: i64,
     ) -> Result<PostgresHistory, HistoryError> {
         let location = redact_url(url);
-        let err = |e: tokio_postgres::Error| HistoryError::Backend(format!("{location}: {e}"));
-        let (mut client, connection) = tokio_postgres::connect(url, NoTls).await.map_err(err)?;
-        let loc = location.clone();
-        let connection = tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!("deployment history {loc}: connection ended: {e}");
-            }
-        });
-        migrate(&mut client, &location, target).await?;
+        let mut conn = open_conn(url, &location).await?;
+        migrate(&mut conn.client, &location, target).await?;
         Ok(PostgresHistory {
-            client: Mutex::new(client),
-            location: location.clone(),
+            conn: Mutex::new(conn),
+            url: url.to_string(),
+            location,
             log: EventLog::new(events_dir)?,
-            _connection: connection,
         })
+    }
+
+    /// The connection, opened again first when the server closed it (a restarted database, a
+    /// terminated backend): the call that noticed failed, the next ones go on.
+    async fn conn(&self) -> Result<tokio::sync::MutexGuard<'_, Conn>, HistoryError> {
+        let mut g = self.conn.lock().await;
+        if g.client.is_closed() {
+            tracing::info!("deployment history {}: reconnecting", self.location);
+            *g = open_conn(&self.url, &self.location).await?;
+        }
+        Ok(g)
     }
 
     fn err(&self, e: impl std::fmt::Display) -> HistoryError {
         HistoryError::Backend(format!("{}: {e}", self.location))
-    }
-}
-
-impl Drop for PostgresHistory {
-    fn drop(&mut self) {
-        self._connection.abort();
     }
 }
 
@@ -202,7 +226,8 @@ impl HistoryStore for PostgresHistory {
         check_id(&s.id)?;
         let started_ms = rfc3339_millis(&s.started_at)?;
         let services = to_json(&s.services)?;
-        let c = self.client.lock().await;
+        let g = self.conn().await?;
+        let c = &g.client;
         c.execute(
             "INSERT INTO iac_deployments (id, project, kind, status, who, origin, started_at, started_ms, services, repos)
              VALUES ($1, $2, $3, 'running', $4, $5, $6, $7, $8, $9)",
@@ -227,8 +252,8 @@ impl HistoryStore for PostgresHistory {
         check_id(id)?;
         let bodies = events.iter().map(to_json).collect::<Result<Vec<_>, _>>()?;
         {
-            let mut c = self.client.lock().await;
-            let tx = c.transaction().await.map_err(|e| self.err(e))?;
+            let mut g = self.conn().await?;
+            let tx = g.client.transaction().await.map_err(|e| self.err(e))?;
             status_of(&tx, &self.location, id).await?;
             let ins = tx
                 .prepare("INSERT INTO iac_events (deployment, body) VALUES ($1, $2)")
@@ -250,7 +275,8 @@ impl HistoryStore for PostgresHistory {
         let outcomes = to_json(&f.outcomes)?;
         let report = f.report.as_ref().map(to_json).transpose()?;
         let removed = to_json(&f.removed)?;
-        let c = self.client.lock().await;
+        let g = self.conn().await?;
+        let c = &g.client;
         let n = c
             .execute(
                 "UPDATE iac_deployments SET status = $2, finished_at = $3, outcomes = $4, report = $5, removed = $6, error = $7, error_code = $8
@@ -277,8 +303,9 @@ impl HistoryStore for PostgresHistory {
     async fn attach_log_tail(&self, id: &str, t: &LogTail) -> Result<(), HistoryError> {
         check_id(id)?;
         let lines = to_json(&t.lines)?;
-        let c = self.client.lock().await;
-        status_of(&*c, &self.location, id).await?;
+        let g = self.conn().await?;
+        let c = &g.client;
+        status_of(c, &self.location, id).await?;
         c.execute(
             "INSERT INTO iac_log_tails (deployment, service, container, role, reason, saved_at, lines, truncated)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -297,7 +324,8 @@ impl HistoryStore for PostgresHistory {
              WHERE ($1::TEXT IS NULL OR project = $1) AND ($2::BIGINT IS NULL OR seq < $2)
              ORDER BY seq DESC LIMIT $3"
         );
-        let c = self.client.lock().await;
+        let g = self.conn().await?;
+        let c = &g.client;
         let rows = c
             .query(&sql, &[&project, &cursor, &(limit + 1)])
             .await
@@ -306,7 +334,8 @@ impl HistoryStore for PostgresHistory {
     }
 
     async fn get(&self, id: &str) -> Result<Option<HistoryEntry>, HistoryError> {
-        let c = self.client.lock().await;
+        let g = self.conn().await?;
+        let c = &g.client;
         let sql = format!(
             "SELECT {SUMMARY_COLUMNS}, repos, outcomes, report, removed, error, error_code FROM iac_deployments WHERE id = $1"
         );
@@ -377,8 +406,8 @@ impl HistoryStore for PostgresHistory {
         let cutoff = system_millis(now) - r.max_age.as_millis().min(i64::MAX as u128) as i64;
         let keep = r.keep.min(i64::MAX as usize) as i64;
         let doomed: Vec<String> = {
-            let mut c = self.client.lock().await;
-            let tx = c.transaction().await.map_err(|e| self.err(e))?;
+            let mut g = self.conn().await?;
+            let tx = g.client.transaction().await.map_err(|e| self.err(e))?;
             let doomed: Vec<String> = tx
                 .query(
                     "SELECT id FROM iac_deployments WHERE status <> 'running' AND (
