@@ -120,6 +120,18 @@ mod tests {
         assert!(!p.contains("pw@"), "the password is not shown: {p}");
         assert!(p.contains("[history] keep = 0"), "{p}");
         assert!(p.contains("[history] max_age"), "{p}");
+        // `iac config show` never prints the password, and pasting its output back is refused.
+        let shown = serde_json::to_value(&ok).unwrap();
+        assert_eq!(shown["url"], "postgres://iac:[redacted]@db/iac");
+        let pasted = HistorySection {
+            url: shown["url"].as_str().unwrap().into(),
+            ..Default::default()
+        };
+        assert!(
+            pasted.problems()[0].contains("[redacted] marker"),
+            "{:?}",
+            pasted.problems()
+        );
         let empty = HistorySection {
             url: "sqlite:".into(),
             ..Default::default()
