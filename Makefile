@@ -44,7 +44,7 @@ test-deps: deps agent
 	@bash scripts/bootstrap-images.sh --python 3.14 --swarm-node
 
 test: test-deps
-	IAC_REQUIRE_ENVOY=1 IAC_REQUIRE_DOCKER=1 IAC_REQUIRE_K8S_VALIDATE=1 $(CARGO) test --workspace --no-fail-fast
+	IAC_REQUIRE_ENVOY=1 IAC_REQUIRE_DOCKER=1 IAC_REQUIRE_K8S_VALIDATE=1 IAC_REQUIRE_POSTGRES=1 $(CARGO) test --workspace --no-fail-fast
 	@bash scripts/fuzz-smoke.sh
 	@$(MAKE) --no-print-directory clean-test-objects
 

@@ -2,7 +2,8 @@
 # Installs the host packages iac's build, bootstrap and tests need (idempotent; Debian/Ubuntu).
 # mmdebstrap builds the offline base image; git serves local test repos; python3-pip fetches wheels;
 # docker-registry is the registry the swarm test pushes to (the test runs its own on a free
-# loopback port; the package's system service is not used).
+# loopback port; the package's system service is not used); postgresql is the server the history
+# store's tests start in a temporary directory (its own cluster service is not used either).
 set -euo pipefail
 need=()
 for pair in mmdebstrap:mmdebstrap git:git unzip:unzip curl:curl docker-registry:docker-registry; do
@@ -11,6 +12,7 @@ for pair in mmdebstrap:mmdebstrap git:git unzip:unzip curl:curl docker-registry:
 done
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 if [ "${#need[@]}" -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
   echo "installing: ${need[*]}"
@@ -21,6 +23,10 @@ if [ "${#need[@]}" -gt 0 ]; then
   if [[ " ${need[*]} " == *" docker-registry "* ]] && command -v systemctl >/dev/null 2>&1 \
      && systemctl is-enabled docker-registry >/dev/null 2>&1; then
     $SUDO systemctl disable --now docker-registry >/dev/null 2>&1 || true
+  fi
+  if [[ " ${need[*]} " == *" postgresql "* ]] && command -v systemctl >/dev/null 2>&1 \
+     && systemctl is-enabled postgresql >/dev/null 2>&1; then
+    $SUDO systemctl disable --now postgresql >/dev/null 2>&1 || true
   fi
 fi
 command -v docker >/dev/null 2>&1 || { echo "docker is required (a running Docker engine)" >&2; exit 1; }

@@ -11,6 +11,7 @@
 //! | `Provisioner` | [`provision`]: `docker/`, `terraform/` (+ `reconcile.rs`) |
 //! | `HealthProber`, `LogStreamer` | [`health`]: `grpc.rs` |
 //! | `AuthVerifier` | [`auth`]: `supabase/` |
+//! | `HistoryStore` | [`history`]: `sqlite.rs`, `postgres.rs` (+ `jsonl.rs`, the event log files) |
 //!
 //! [`engine`] is the Docker engine layer every Docker-speaking backend (the image builder, the
 //! docker provisioner) and the `iac` binary go through: one `connect`, one error type.
@@ -21,6 +22,7 @@ pub mod engine;
 pub mod entry;
 pub mod fetch;
 pub mod health;
+pub mod history;
 pub mod kubernetes;
 pub mod pki;
 pub mod provision;

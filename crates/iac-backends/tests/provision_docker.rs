@@ -587,6 +587,56 @@ async fn changed_service_alone_is_replaced_health_gated() {
 }
 
 #[tokio::test]
+async fn replaced_and_destroyed_pods_leave_their_log_tails() {
+    let f = Fixture::new().await;
+    let gate = FakeGate::new(true);
+    let first = f
+        .apply(&f.stack(vec![f.service("web", "1")], &[]), &gate)
+        .await;
+    // http.server logs each request on stderr: the old app's log has a line to save.
+    let ep = assert_loopback(action_of(&first, "web").1);
+    http_get(ep, Duration::from_secs(15)).await.unwrap();
+
+    let (events, tails) = Events::discard().with_log_tails();
+    let g: Arc<dyn HealthProber> = gate.clone();
+    f.provisioner
+        .apply(&f.stack(vec![f.service("web", "2")], &[]), g, &events)
+        .await
+        .expect("apply");
+    let (saved, left_out) = tails.take();
+    assert_eq!(left_out, 0);
+    let roles: Vec<(&str, &str, &str)> = saved
+        .iter()
+        .map(|t| (t.container.as_str(), t.role.as_str(), t.reason.as_str()))
+        .collect();
+    let (app, envoy) = (f.name("web"), format!("{}-envoy", f.name("web")));
+    assert_eq!(
+        roles,
+        [
+            (app.as_str(), "app", "replaced"),
+            (envoy.as_str(), "sidecar", "replaced")
+        ]
+    );
+    assert!(
+        saved[0]
+            .lines
+            .iter()
+            .any(|l| l.contains("\"GET / HTTP/1.0\" 200")),
+        "the old app's request log: {:?}",
+        saved[0].lines
+    );
+    assert!(!saved[0].truncated);
+
+    f.provisioner.destroy(&f.project, &events).await.unwrap();
+    let (saved, _) = tails.take();
+    let reasons: Vec<(&str, &str)> = saved
+        .iter()
+        .map(|t| (t.role.as_str(), t.reason.as_str()))
+        .collect();
+    assert_eq!(reasons, [("app", "destroyed"), ("sidecar", "destroyed")]);
+}
+
+#[tokio::test]
 async fn unhealthy_replacement_is_rolled_back() {
     let f = Fixture::new().await;
     let healthy = FakeGate::new(true);

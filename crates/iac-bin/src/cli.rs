@@ -159,8 +159,26 @@ pub enum Command {
         #[arg(long)]
         uds: Option<PathBuf>,
     },
+    /// Past deploys and destroys (CLI and API), newest first; `--project` filters.
+    History {
+        #[command(subcommand)]
+        action: Option<HistoryAction>,
+        /// How many to list (1 to 500).
+        #[arg(long, short = 'n', default_value_t = 20)]
+        limit: usize,
+    },
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HistoryAction {
+    /// Everything recorded about one deploy or destroy: outcome per service with stage
+    /// timings, events, saved log tails of replaced or destroyed pods, the repos file.
+    Show {
+        /// The id `iac history` lists (and `iac deploy` prints).
+        id: String,
+    },
 }
 
 /// What `iac render` writes.

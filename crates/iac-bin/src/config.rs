@@ -8,6 +8,7 @@
 //! (`[redacted]`, `<your key>`) is an error naming the key. Every duration is a humantime string
 //! (`"3s"`, `"5m"`), see [`iac_core::duration`].
 
+pub mod history;
 pub mod strict;
 
 use std::path::{Path, PathBuf};
@@ -27,6 +28,7 @@ use iac_backends::provision::terraform::TerraformConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::api::ServeConfig;
+pub use history::HistorySection;
 
 /// Which provisioner applies the stack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
@@ -109,6 +111,8 @@ pub struct IacConfig {
     pub swarm: SwarmConfig,
     pub supabase: SupabaseConfig,
     pub serve: ServeConfig,
+    /// Deployment history: the store and its retention.
+    pub history: HistorySection,
 }
 
 impl Default for IacConfig {
@@ -136,6 +140,7 @@ impl Default for IacConfig {
             swarm: SwarmConfig::default(),
             supabase: SupabaseConfig::default(),
             serve: ServeConfig::default(),
+            history: HistorySection::default(),
         }
     }
 }
@@ -181,6 +186,7 @@ impl IacConfig {
             }
         }
         problems.extend(cfg.timing_problems());
+        problems.extend(cfg.history.problems());
         anyhow::ensure!(
             problems.is_empty(),
             "invalid configuration:\n  {}",

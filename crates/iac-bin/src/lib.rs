@@ -83,6 +83,7 @@ pub fn run() -> ExitCode {
 
 async fn dispatch(cli: Cli, cfg: IacConfig) -> anyhow::Result<ExitCode> {
     let json = cli.json;
+    let project_flag = cli.project.clone();
     match cli.command {
         Command::Deploy { file, .. } => commands::deploy(cfg, &file.file, json).await,
         Command::Plan { file } => commands::plan(cfg, &file.file, json).await,
@@ -157,6 +158,14 @@ async fn dispatch(cli: Cli, cfg: IacConfig) -> anyhow::Result<ExitCode> {
             .await
         }
         Command::Serve { http, uds } => commands::serve(cfg, http, uds).await,
+        Command::History {
+            action: None,
+            limit,
+        } => commands::history_list(cfg, project_flag.as_deref(), limit, json).await,
+        Command::History {
+            action: Some(cli::HistoryAction::Show { id }),
+            ..
+        } => commands::history_show(cfg, &id, json).await,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "iac", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)

@@ -129,8 +129,11 @@ fn assert_forbidden(what: &str, status: u16, body: &str, project: Option<&str>) 
 async fn listed_projects(srv: &Running, tok: &str) -> Vec<String> {
     let (s, body) = get(srv, "/deployments", tok).await;
     assert_eq!(s, 200, "{body}");
-    let v: Vec<Value> = serde_json::from_str(&body).unwrap();
-    v.iter()
+    let v: Value = serde_json::from_str(&body).unwrap();
+    v["deployments"]
+        .as_array()
+        .unwrap()
+        .iter()
         .map(|d| d["project"].as_str().unwrap().to_string())
         .collect()
 }
@@ -331,8 +334,8 @@ async fn service_role_keys_and_the_unix_socket_keep_full_access() {
     assert_eq!(s, 202, "{body}");
     let (s, _, body) = uds_request(&srv.uds, "GET", "/deployments", &[], None).await;
     assert_eq!(s, 200, "{body}");
-    let v: Vec<Value> = serde_json::from_str(&body).unwrap();
-    assert_eq!(v.len(), 5, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["deployments"].as_array().unwrap().len(), 5, "{body}");
     let (s, _, body) = uds_request(
         &srv.uds,
         "POST",

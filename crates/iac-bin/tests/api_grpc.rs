@@ -128,6 +128,12 @@ async fn grpc_health_deploy_and_logs_share_the_port_and_the_auth() {
         .unwrap();
     assert_eq!(rec["origin"], "grpc");
     assert_eq!(rec["status"], "succeeded");
+    // Recorded in the history like an HTTP deploy: who, and the slugs it was given.
+    assert_eq!(rec["who"], "service_role");
+    assert!(
+        rec["repos"].as_str().unwrap().contains("gh:acme/hello"),
+        "{rec}"
+    );
 
     let e = c
         .stream_logs(tonic::Request::new(LogRequest {

@@ -104,7 +104,9 @@ async fn deploy_streams_ndjson_events_then_report_and_is_queryable_afterwards() 
         .json()
         .await
         .unwrap();
-    assert_eq!(list[0]["id"], id.as_str());
+    assert_eq!(list["deployments"][0]["id"], id.as_str());
+    assert_eq!(list["deployments"][0]["kind"], "deploy");
+    assert_eq!(list["deployments"][0]["who"], "service_role");
     srv.shutdown().await.unwrap();
 }
 
@@ -739,16 +741,31 @@ async fn openapi_mirror_schemas_match_the_core_types() {
     );
     assert_eq!(status.url.as_deref(), Some("http://127.0.0.1:10/"));
     roundtrip::<_, ServiceStatusSchema>(&status);
+    let finish = iac_core::history::HistoryFinish::from_report(&report, "t".into());
     let rec = DeploymentRecord {
         id: uuid::Uuid::new_v4(),
         project: ProjectName::new("p").unwrap(),
+        kind: iac_core::history::HistoryKind::Deploy,
         status: DeploymentStatus::Failed,
         origin: "http".into(),
+        who: "service_role".into(),
         services: vec!["hello".into()],
         started_at: "t".into(),
         finished_at: Some("t".into()),
+        repos: Some("[]".into()),
         events: vec![ev].into(),
         events_dropped: 0,
+        outcomes: finish.outcomes,
+        removed: vec!["old".into()],
+        log_tails: vec![iac_core::history::LogTail {
+            service: "hello".into(),
+            container: "p-hello".into(),
+            role: "app".into(),
+            reason: "replaced".into(),
+            saved_at: "t".into(),
+            lines: vec!["bye".into()],
+            truncated: false,
+        }],
         report: Some(report),
         error: Some(iac_bin::api::ErrorBody {
             code: "c".into(),
@@ -756,6 +773,21 @@ async fn openapi_mirror_schemas_match_the_core_types() {
         }),
     };
     roundtrip::<_, DeploymentSchema>(&rec);
+    let summary = iac_bin::api::DeploymentSummary {
+        id: rec.id,
+        project: rec.project.clone(),
+        kind: iac_core::history::HistoryKind::Destroy,
+        status: DeploymentStatus::Succeeded,
+        origin: "cli".into(),
+        who: "cli:alice".into(),
+        services: vec![],
+        started_at: "t".into(),
+        finished_at: None,
+    };
+    roundtrip::<_, DeploymentPageSchema>(&iac_bin::api::DeploymentPage {
+        deployments: vec![summary],
+        next_cursor: Some("7".into()),
+    });
 }
 
 async fn post_deploy(srv: &Running, body: serde_json::Value) -> reqwest::Response {
@@ -1010,34 +1042,49 @@ async fn a_deploy_past_its_deadline_is_stopped_and_its_project_is_free_again() {
 }
 
 #[tokio::test]
-async fn finished_records_are_evicted_by_count_and_age_and_running_ones_are_bounded() {
-    let srv = start_with(
+async fn finished_records_are_pruned_by_the_history_retention_and_running_ones_are_bounded() {
+    // The memory keeps 1 record for 1 s; the history keeps 2 for 3 s.
+    let srv = start_with_history(
         Arc::new(FakeBackend::new()),
         Arc::new(StaticVerifier),
         |c| {
-            c.max_deployments = 2;
-            c.deployment_ttl = Duration::from_secs(3);
+            c.max_deployments = 1;
+            c.deployment_ttl = Duration::from_secs(1);
+        },
+        iac_bin::config::HistorySection {
+            keep: 2,
+            max_age: Duration::from_secs(3),
+            ..Default::default()
         },
     )
     .await;
-    let mut ids = Vec::new();
-    for p in ["a", "b", "c"] {
+    let deploy = async |p: &str| {
         let r = post_deploy(
             &srv,
             serde_json::json!({"slugs": ["gh:acme/x"], "project": p}),
         )
         .await;
-        ids.push(deployment_id(&r));
+        let id = deployment_id(&r);
         let _ = r.text().await.unwrap();
-    }
+        id
+    };
+    let ids = [deploy("a").await, deploy("b").await, deploy("c").await];
     assert_eq!(
         record(&srv, &ids[0]).await.0,
         404,
-        "the oldest is evicted by count"
+        "the oldest is pruned by count"
+    );
+    assert_eq!(
+        record(&srv, &ids[1]).await.0,
+        200,
+        "out of memory, in the history"
     );
     assert_eq!(record(&srv, &ids[2]).await.0, 200);
     tokio::time::sleep(Duration::from_millis(3500)).await;
-    assert_eq!(record(&srv, &ids[2]).await.0, 404, "evicted by age");
+    // Retention runs after every finish (and at startup).
+    let d = deploy("d").await;
+    assert_eq!(record(&srv, &ids[2]).await.0, 404, "pruned by age");
+    assert_eq!(record(&srv, &d).await.0, 200);
     srv.shutdown().await.unwrap();
 
     // Running deploys count too: with the store full of running ones, a new one gets 503.

@@ -13,7 +13,9 @@
 //! 4. a change to `scripted` replaces only that service; v2 serves HTTP on a hard-coded
 //!    127.0.0.1:5000 (ignoring `$PORT`) with `expose: true`: its agent forwards `$PORT` there, so
 //!    it is SERVING, the deploy warns, and its `url` answers with v2's page;
-//! 5. `iac destroy` leaves no container or network with the project label.
+//!    The replaced pod's last log lines are in that deployment's history record
+//!    (`iac history show ID --json`);
+//! 5. `iac destroy` leaves no container or network with the project label, and is recorded.
 //!
 //! Needs the base images from `make test-deps`; with IAC_REQUIRE_DOCKER unset and no Docker it is
 //! skipped loudly. Everything it creates is removed by label on drop, even on panic.
@@ -255,10 +257,40 @@ fn hello_main_end_to_end() {
     );
     let logs = project.iac(&["logs", "--service", "scripted", "--tail", "20"]);
     assert!(String::from_utf8_lossy(&logs.stdout).contains("scripted v2"));
+    // The replaced pod's last log lines were saved with this deployment in the history.
+    let id = json_of(&out)["deployment_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("deployment_id in the deploy's JSON"))
+        .to_string();
+    let shown = json_of(&project.iac(&["history", "show", &id, "--json"]));
+    assert_eq!(shown["status"], "failed", "crashy still fails: {shown:#}");
+    assert_eq!(shown["origin"], "cli");
+    let tails = shown["log_tails"].as_array().unwrap();
+    let tail_of = |role: &str| {
+        tails
+            .iter()
+            .find(|t| t["service"] == "scripted" && t["role"] == role)
+            .unwrap_or_else(|| panic!("scripted's {role} log tail: {shown:#}"))
+    };
+    assert_eq!(tail_of("app")["reason"], "replaced");
+    assert!(
+        tail_of("app")["lines"].to_string().contains("scripted "),
+        "v1's printed line: {:#}",
+        tail_of("app")
+    );
+    assert_eq!(tail_of("sidecar")["reason"], "replaced");
+    assert!(
+        !shown["events"].as_array().unwrap().is_empty(),
+        "the events are recorded"
+    );
 
     // 5. destroy leaves nothing with the project label; a second destroy is a no-op.
     assert!(project.iac(&["destroy"]).status.success());
     let label = format!("label=iac.project={}", project.name);
+    let history = json_of(&project.iac(&["history", "--json"]));
+    assert_eq!(history["items"][0]["kind"], "destroy", "{history:#}");
+    assert_eq!(history["items"][0]["status"], "succeeded");
+    assert_eq!(history["items"][1]["id"], id.as_str(), "{history:#}");
     assert!(
         docker(&["ps", "-aq", "--filter", &label]).trim().is_empty(),
         "containers left"

@@ -8,6 +8,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+use crate::history::LogTail;
 use crate::lossy::{self, LossyReceiver, LossySender};
 use crate::name::ServiceName;
 
@@ -130,10 +131,33 @@ pub type EventReceiver = LossyReceiver<DeployEvent>;
 /// A cheap, cloneable sink for [`DeployEvent`]s, optionally scoped to one service. Sending never
 /// blocks and never fails: when nobody listens, events only reach tracing; when the consumer
 /// falls behind, events are dropped and counted (see [`DeployEvent::dropped`]).
+///
+/// A sink may also collect log tails ([`Events::with_log_tails`]): the provisioner saves the
+/// last lines of the containers it removes into it, for the deployment history.
 #[derive(Debug, Clone, Default)]
 pub struct Events {
     tx: Option<LossySender<DeployEvent>>,
     service: Option<ServiceName>,
+    tails: Option<LogTails>,
+}
+
+/// Most log tails one deploy or destroy collects (each is capped by
+/// [`crate::history::LOG_TAIL_BYTES`]); later ones are left out, and counted.
+pub const MAX_LOG_TAILS: usize = 64;
+
+/// The log tails collected through an [`Events`] sink; see [`Events::with_log_tails`].
+#[derive(Debug, Clone, Default)]
+pub struct LogTails {
+    inner: std::sync::Arc<std::sync::Mutex<(Vec<LogTail>, u64)>>,
+}
+
+impl LogTails {
+    /// Everything collected so far (emptied), and how many tails were left out over
+    /// [`MAX_LOG_TAILS`].
+    pub fn take(&self) -> (Vec<LogTail>, u64) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        (std::mem::take(&mut g.0), std::mem::take(&mut g.1))
+    }
 }
 
 impl Events {
@@ -149,9 +173,41 @@ impl Events {
             Events {
                 tx: Some(tx),
                 service: None,
+                tails: None,
             },
             rx,
         )
+    }
+
+    /// The same sink, also collecting log tails ([`Events::save_log_tail`]) into the returned
+    /// [`LogTails`].
+    pub fn with_log_tails(self) -> (Events, LogTails) {
+        let tails = LogTails::default();
+        (
+            Events {
+                tails: Some(tails.clone()),
+                ..self
+            },
+            tails,
+        )
+    }
+
+    /// Whether log tails are collected (a provisioner reads container logs only then).
+    pub fn wants_log_tails(&self) -> bool {
+        self.tails.is_some()
+    }
+
+    /// Collects a log tail (dropped, and counted, past [`MAX_LOG_TAILS`]; ignored when nothing
+    /// collects).
+    pub fn save_log_tail(&self, tail: LogTail) {
+        if let Some(t) = &self.tails {
+            let mut g = t.inner.lock().unwrap_or_else(|p| p.into_inner());
+            if g.0.len() < MAX_LOG_TAILS {
+                g.0.push(tail);
+            } else {
+                g.1 += 1;
+            }
+        }
     }
 
     /// A sink that only forwards to tracing.
@@ -164,6 +220,7 @@ impl Events {
         Events {
             tx: self.tx.clone(),
             service: Some(service.clone()),
+            tails: self.tails.clone(),
         }
     }
 
@@ -256,6 +313,33 @@ mod tests {
         }
         assert_eq!(delivered, 16);
         assert_eq!(dropped, 50_000 - 16);
+    }
+
+    #[test]
+    fn log_tails_are_collected_only_when_asked_for_and_bounded() {
+        let tail = |n: usize| LogTail {
+            service: "web".into(),
+            container: format!("c{n}"),
+            role: "app".into(),
+            reason: "destroyed".into(),
+            saved_at: String::new(),
+            lines: vec![],
+            truncated: false,
+        };
+        let plain = Events::discard();
+        assert!(!plain.wants_log_tails());
+        plain.save_log_tail(tail(0));
+        let (events, tails) = Events::discard().with_log_tails();
+        let svc = events.for_service(&ServiceName::new("web").unwrap());
+        assert!(svc.wants_log_tails(), "a service's sink collects too");
+        for n in 0..MAX_LOG_TAILS + 3 {
+            svc.save_log_tail(tail(n));
+        }
+        let (got, left_out) = tails.take();
+        assert_eq!(got.len(), MAX_LOG_TAILS);
+        assert_eq!(got[0].container, "c0");
+        assert_eq!(left_out, 3);
+        assert_eq!(tails.take(), (vec![], 0));
     }
 
     #[test]

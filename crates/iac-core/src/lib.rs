@@ -17,6 +17,7 @@ pub mod expose;
 pub mod fault;
 pub mod fsutil;
 pub mod health;
+pub mod history;
 pub mod image;
 pub mod lossy;
 pub mod mesh;

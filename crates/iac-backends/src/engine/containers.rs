@@ -116,6 +116,14 @@ pub trait Engine: Send + Sync {
     async fn output_tail(&self, id: &str, tail_bytes: usize) -> Result<String, EngineError>;
     /// Waits until container `id` has stopped; how it ended.
     async fn wait_exit(&self, id: &str) -> Result<ExitState, EngineError>;
+    /// The last `lines` lines of container `id`'s log (stdout and stderr interleaved as the
+    /// engine stored them), at most `max_bytes` read; does not follow.
+    async fn log_tail(
+        &self,
+        id: &str,
+        lines: usize,
+        max_bytes: usize,
+    ) -> Result<String, EngineError>;
     /// Host address `container_port/tcp` is published on (from inspect), if any.
     async fn published_port(
         &self,
@@ -623,6 +631,35 @@ impl Engine for BollardEngine {
             code: state.exit_code.or(code),
             oom_killed: state.oom_killed.unwrap_or(false),
         })
+    }
+
+    async fn log_tail(
+        &self,
+        id: &str,
+        lines: usize,
+        max_bytes: usize,
+    ) -> Result<String, EngineError> {
+        let op = || format!("reading the log of container {id}");
+        let opts = LogsOptionsBuilder::new()
+            .follow(false)
+            .stdout(true)
+            .stderr(true)
+            .tail(&lines.to_string())
+            .build();
+        let mut stream = self.docker.logs(id, Some(opts));
+        let mut out: Vec<u8> = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| EngineError::from_bollard(op(), e))?;
+            out.extend_from_slice(&chunk.into_bytes());
+            // The newest lines matter: keep the last `max_bytes`.
+            if out.len() > 2 * max_bytes {
+                out.drain(..out.len() - max_bytes);
+            }
+        }
+        if out.len() > max_bytes {
+            out.drain(..out.len() - max_bytes);
+        }
+        Ok(String::from_utf8_lossy(&out).into_owned())
     }
 
     async fn published_port(

@@ -12,11 +12,20 @@
 //!   with a `deadline_exceeded` error, its record is finished and its project is free again;
 //! * finished records are evicted beyond `max_deployments` and after `deployment_ttl`; when
 //!   `max_deployments` deploys are all still running, a new one gets 503.
+//!
+//! Every deploy and destroy is also recorded in the deployment history ([`History`], through
+//! an [`iac_core::history::Recorder`]): the start, every event, the outcome. The history, not
+//! this memory, answers for finished deployments, also after a restart; a running one is read
+//! from memory (its newest events may not be written yet).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use iac_core::history::{
+    HistoryEntry, HistoryFinish, HistoryKind, HistoryStart, HistoryStatus, HistoryStore, LogTail,
+    Recorder, Retention, ServiceOutcome,
+};
 use iac_core::lossy::{self, LossyReceiver, LossySender};
 use iac_core::{DeployEvent, DeployReport, Events, ProjectName, Stage};
 use serde::{Deserialize, Serialize};
@@ -55,17 +64,14 @@ impl StreamItem {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DeploymentStatus {
-    /// Still running.
-    Running,
-    /// Finished and every service is healthy.
-    Succeeded,
-    /// Finished with at least one failed service or a project-wide error.
-    Failed,
-    /// Could not run (the backend refused to start it).
-    Error,
+/// Running, succeeded, failed or error: the history's status.
+pub type DeploymentStatus = HistoryStatus;
+
+/// Where the history is and how much of it is kept (`[history]`).
+#[derive(Clone)]
+pub struct History {
+    pub store: Arc<dyn HistoryStore>,
+    pub retention: Retention,
 }
 
 /// What `GET /deployments/{id}` returns.
@@ -73,18 +79,78 @@ pub enum DeploymentStatus {
 pub struct DeploymentRecord {
     pub id: Uuid,
     pub project: ProjectName,
+    /// `deploy` or `destroy`.
+    #[serde(default = "deploy_kind")]
+    pub kind: HistoryKind,
     pub status: DeploymentStatus,
-    /// Where it came from: `http` or `grpc`.
+    /// Where it came from: `http`, `grpc` or `cli`.
     pub origin: String,
+    /// Who asked: the caller's subject (and email), or `cli:<user>`.
+    #[serde(default)]
+    pub who: String,
     pub services: Vec<String>,
     pub started_at: String,
     pub finished_at: Option<String>,
+    /// The services asked for, as JSON (API) or the repos file's text (CLI).
+    #[serde(default)]
+    pub repos: Option<String>,
     /// The most recent events (at most `max_events_per_deployment`).
     pub events: VecDeque<DeployEvent>,
     /// How many older events were dropped to respect that cap.
     pub events_dropped: u64,
+    /// Per service: ok, action, error and stage timings (once finished).
+    #[serde(default)]
+    pub outcomes: Vec<ServiceOutcome>,
+    /// Removed services (a deploy) or objects (a destroy).
+    #[serde(default)]
+    pub removed: Vec<String>,
+    /// The last lines of the app and sidecar logs of pods this deployment replaced or removed.
+    #[serde(default)]
+    pub log_tails: Vec<LogTail>,
     pub report: Option<DeployReport>,
     pub error: Option<ErrorBody>,
+}
+
+fn deploy_kind() -> HistoryKind {
+    HistoryKind::Deploy
+}
+
+impl DeploymentRecord {
+    /// The API's view of a history entry: the newest `max_events` events, an `error` body when
+    /// it could not run.
+    pub fn from_history(e: HistoryEntry, max_events: usize) -> Result<Self, ApiError> {
+        let id = Uuid::parse_str(&e.summary.id).map_err(|_| {
+            ApiError::internal(format!(
+                "history record {:?} does not have a UUID id",
+                e.summary.id
+            ))
+        })?;
+        let total = e.events.len();
+        let skip = total.saturating_sub(max_events);
+        let error = (e.summary.status == HistoryStatus::Error).then(|| ErrorBody {
+            code: e.error_code.clone().unwrap_or_else(|| "error".to_string()),
+            message: e.error.clone().unwrap_or_default(),
+        });
+        Ok(DeploymentRecord {
+            id,
+            project: e.summary.project,
+            kind: e.summary.kind,
+            status: e.summary.status,
+            origin: e.summary.origin,
+            who: e.summary.who,
+            services: e.summary.services,
+            started_at: e.summary.started_at,
+            finished_at: e.summary.finished_at,
+            repos: e.repos,
+            events: e.events.into_iter().skip(skip).collect(),
+            events_dropped: skip as u64,
+            outcomes: e.outcomes,
+            removed: e.removed,
+            log_tails: e.log_tails,
+            report: e.report,
+            error,
+        })
+    }
 }
 
 /// A short form for listings.
@@ -92,10 +158,56 @@ pub struct DeploymentRecord {
 pub struct DeploymentSummary {
     pub id: Uuid,
     pub project: ProjectName,
+    #[serde(default = "deploy_kind")]
+    pub kind: HistoryKind,
     pub status: DeploymentStatus,
     pub origin: String,
+    #[serde(default)]
+    pub who: String,
+    #[serde(default)]
+    pub services: Vec<String>,
     pub started_at: String,
     pub finished_at: Option<String>,
+}
+
+/// One page of `GET /deployments`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeploymentPage {
+    /// Newest first.
+    pub deployments: Vec<DeploymentSummary>,
+    /// Pass as `cursor` for the next page; absent on the last one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+impl DeploymentSummary {
+    /// A history listing row; `None` (logged) for a record without a UUID id.
+    pub fn from_history(s: iac_core::history::HistorySummary) -> Option<Self> {
+        let Ok(id) = Uuid::parse_str(&s.id) else {
+            tracing::warn!(record = %s.id, "history record without a UUID id left out of the listing");
+            return None;
+        };
+        Some(DeploymentSummary {
+            id,
+            project: s.project,
+            kind: s.kind,
+            status: s.status,
+            origin: s.origin,
+            who: s.who,
+            services: s.services,
+            started_at: s.started_at,
+            finished_at: s.finished_at,
+        })
+    }
+}
+
+/// How the history names an API caller: the subject, and the email when the token has one.
+pub fn who(caller: &super::authz::Caller) -> String {
+    let p = caller.principal();
+    match p.email.as_deref().filter(|e| !e.is_empty()) {
+        Some(e) => format!("{} ({e})", p.subject),
+        None => p.subject.clone(),
+    }
 }
 
 struct Inner {
@@ -144,6 +256,7 @@ pub struct Deployments {
     inner: Arc<Mutex<Inner>>,
     limits: Limits,
     tracker: TaskTracker,
+    history: History,
 }
 
 /// Holds a project busy until dropped.
@@ -161,7 +274,7 @@ impl Drop for ProjectGuard {
 }
 
 impl Deployments {
-    pub fn new(limits: Limits) -> Self {
+    pub fn new(limits: Limits, history: History) -> Self {
         Deployments {
             inner: Arc::new(Mutex::new(Inner {
                 records: HashMap::new(),
@@ -175,7 +288,13 @@ impl Deployments {
                 ..limits
             },
             tracker: TaskTracker::new(),
+            history,
         }
+    }
+
+    /// The history store.
+    pub fn history(&self) -> &History {
+        &self.history
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -197,29 +316,31 @@ impl Deployments {
         })
     }
 
+    /// The in-memory record (recent deployments of this process only).
     pub fn get(&self, id: &Uuid) -> Option<DeploymentRecord> {
         let mut g = self.lock();
         self.evict(&mut g);
         g.records.get(id).cloned()
     }
 
-    /// Newest first.
-    pub fn list(&self) -> Vec<DeploymentSummary> {
-        let mut g = self.lock();
-        self.evict(&mut g);
-        g.order
-            .iter()
-            .rev()
-            .filter_map(|id| g.records.get(id))
-            .map(|r| DeploymentSummary {
-                id: r.id,
-                project: r.project.clone(),
-                status: r.status,
-                origin: r.origin.clone(),
-                started_at: r.started_at.clone(),
-                finished_at: r.finished_at.clone(),
-            })
-            .collect()
+    /// A deployment as `GET /deployments/{id}` shows it: a running one from memory, a finished
+    /// one from the history (so it survives restarts), memory again when the history lacks it.
+    pub async fn record(&self, id: &Uuid) -> Result<Option<DeploymentRecord>, ApiError> {
+        let memory = self.get(id);
+        if let Some(r) = &memory
+            && r.status == DeploymentStatus::Running
+        {
+            return Ok(memory);
+        }
+        match self.history.store.get(&id.to_string()).await {
+            Ok(Some(e)) => DeploymentRecord::from_history(e, self.limits.max_events).map(Some),
+            Ok(None) => Ok(memory),
+            Err(e) if memory.is_some() => {
+                tracing::warn!(deployment = %id, "history unreadable, answering from memory: {e}");
+                Ok(memory)
+            }
+            Err(e) => Err(ApiError::unavailable(e.to_string())),
+        }
     }
 
     /// Deploys still running.
@@ -249,11 +370,13 @@ impl Deployments {
     /// Starts a deploy (409 if the project is busy, 503 if `max_deployments` deploys are all
     /// running). Returns its id and the stream of items; the deploy runs to completion (or to
     /// its deadline) whether or not the receiver is read or dropped.
-    pub fn start(
+    pub async fn start(
         &self,
         backend: Arc<dyn ControlPlaneBackend>,
         input: DeployInput,
+        repos: String,
         origin: &str,
+        who: String,
     ) -> Result<(Uuid, DeployStream), ApiError> {
         let id = Uuid::new_v4();
         {
@@ -271,19 +394,41 @@ impl Deployments {
             }
         }
         let guard = self.reserve(&input.project, &format!("deployment {id}"))?;
+        let repos = Some(repos);
         let record = DeploymentRecord {
             id,
             project: input.project.clone(),
+            kind: HistoryKind::Deploy,
             status: DeploymentStatus::Running,
             origin: origin.to_string(),
+            who,
             services: input.services.iter().map(|s| s.name.to_string()).collect(),
             started_at: iac_core::event::now_rfc3339(),
             finished_at: None,
+            repos,
             events: VecDeque::new(),
             events_dropped: 0,
+            outcomes: Vec::new(),
+            removed: Vec::new(),
+            log_tails: Vec::new(),
             report: None,
             error: None,
         };
+        let recorder = Recorder::start(
+            self.history.store.clone(),
+            HistoryStart {
+                id: id.to_string(),
+                project: record.project.clone(),
+                kind: HistoryKind::Deploy,
+                who: record.who.clone(),
+                origin: record.origin.clone(),
+                started_at: record.started_at.clone(),
+                services: record.services.clone(),
+                repos: record.repos.clone(),
+            },
+            Some(self.history.retention),
+        )
+        .await;
         {
             let mut g = self.lock();
             g.records.insert(id, record);
@@ -299,6 +444,7 @@ impl Deployments {
         self.tracker.spawn(async move {
             let _guard = guard;
             let (events, mut rx) = Events::channel();
+            let (events, tails) = events.with_log_tails();
             events.info(
                 Stage::Deploy,
                 format!(
@@ -318,13 +464,17 @@ impl Deployments {
             let result = loop {
                 tokio::select! {
                     biased;
-                    Some(ev) = rx.recv() => store.push_event(&id, &out_tx, ev),
+                    Some(ev) = rx.recv() => {
+                        store.push_event(&id, &out_tx, ev.clone());
+                        recorder.event(ev);
+                    }
                     r = &mut run => break r,
                 }
             };
             // Events emitted right before the deploy returned.
             while let Ok(ev) = rx.try_recv() {
-                store.push_event(&id, &out_tx, ev);
+                store.push_event(&id, &out_tx, ev.clone());
+                recorder.event(ev);
             }
             let result = result.unwrap_or_else(|_| {
                 let e = ApiError::new(
@@ -339,10 +489,82 @@ impl Deployments {
                 tracing::warn!(deployment = %id, "{}", e.message);
                 Err(e)
             });
+            recorder.log_tails(&tails).await;
             let last = store.finish(&id, result);
+            let finished_at = iac_core::event::now_rfc3339();
+            let outcome = match &last {
+                StreamItem::Report(r) => HistoryFinish::from_report(r, finished_at),
+                StreamItem::Error(e) => {
+                    HistoryFinish::error(Some(e.code.clone()), e.message.clone(), finished_at)
+                }
+                StreamItem::Event(_) => unreachable!("finish builds a report or an error"),
+            };
+            // Recorded before the last item goes out: a client that reads the report and then
+            // asks the history finds the outcome there.
+            recorder.finish(outcome).await;
             out_tx.send_last(last);
         });
         Ok((id, out_rx))
+    }
+
+    /// Destroys `project` (409 while a deploy or destroy of it runs) in a tracked task (a client
+    /// hanging up does not abort a half-done destroy) and records it in the history.
+    pub async fn destroy(
+        &self,
+        backend: Arc<dyn ControlPlaneBackend>,
+        project: ProjectName,
+        origin: &str,
+        who: String,
+    ) -> Result<Vec<String>, ApiError> {
+        let id = Uuid::new_v4();
+        let guard = self.reserve(&project, "a destroy")?;
+        let recorder = Recorder::start(
+            self.history.store.clone(),
+            HistoryStart {
+                id: id.to_string(),
+                project: project.clone(),
+                kind: HistoryKind::Destroy,
+                who,
+                origin: origin.to_string(),
+                started_at: iac_core::event::now_rfc3339(),
+                services: Vec::new(),
+                repos: None,
+            },
+            Some(self.history.retention),
+        )
+        .await;
+        self.tracker
+            .spawn(async move {
+                let _guard = guard;
+                let (events, mut rx) = Events::channel();
+                let (events, tails) = events.with_log_tails();
+                let run = backend.destroy(project, events);
+                tokio::pin!(run);
+                let result = loop {
+                    tokio::select! {
+                        biased;
+                        Some(ev) = rx.recv() => recorder.event(ev),
+                        r = &mut run => break r,
+                    }
+                };
+                while let Ok(ev) = rx.try_recv() {
+                    recorder.event(ev);
+                }
+                recorder.log_tails(&tails).await;
+                let at = iac_core::event::now_rfc3339();
+                recorder
+                    .finish(match &result {
+                        Ok(removed) => HistoryFinish::destroyed(removed.clone(), at),
+                        Err(e) => {
+                            let b = e.body();
+                            HistoryFinish::error(Some(b.code), b.message, at)
+                        }
+                    })
+                    .await;
+                result
+            })
+            .await
+            .map_err(|e| ApiError::internal(format!("destroy task failed: {e}")))?
     }
 
     fn push_event(&self, id: &Uuid, out: &LossySender<StreamItem>, ev: DeployEvent) {
@@ -375,6 +597,9 @@ impl Deployments {
                     } else {
                         DeploymentStatus::Failed
                     };
+                    let outcome = HistoryFinish::from_report(rep, String::new());
+                    r.outcomes = outcome.outcomes;
+                    r.removed = outcome.removed;
                     r.report = Some(rep.clone());
                 }
                 StreamItem::Error(e) => {
@@ -484,15 +709,39 @@ mod tests {
         }
     }
 
+    async fn history(dir: &std::path::Path) -> History {
+        History {
+            store: Arc::new(
+                iac_backends::history::SqliteHistory::open(dir)
+                    .await
+                    .unwrap(),
+            ),
+            retention: Retention {
+                keep: 100,
+                max_age: Duration::from_secs(3600),
+            },
+        }
+    }
+
     #[tokio::test]
     async fn an_unread_stream_holds_at_most_its_buffer_and_the_record_at_most_its_cap() {
         const N: usize = 20_000;
-        let store = Deployments::new(limits());
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Deployments::new(limits(), history(tmp.path()).await);
         let input = DeployInput {
             project: ProjectName::new("p").unwrap(),
             services: vec![],
         };
-        let (id, mut rx) = store.start(Arc::new(Chatty(N)), input, "test").unwrap();
+        let (id, mut rx) = store
+            .start(
+                Arc::new(Chatty(N)),
+                input,
+                "[]".into(),
+                "test",
+                "tester".into(),
+            )
+            .await
+            .unwrap();
         let t = Instant::now();
         while store.get(&id).unwrap().status == DeploymentStatus::Running {
             assert!(t.elapsed() < Duration::from_secs(20), "deploy stalled");
@@ -519,5 +768,44 @@ mod tests {
         assert_eq!(delivered as usize, STREAM_BUFFER);
         assert_eq!((delivered + dropped) as usize, N + 1);
         assert!(matches!(last, Some(StreamItem::Report(r)) if r.ok));
+
+        // The history has every event (the deploy was never slowed down for it either), and a
+        // fresh store over the same database — a restarted server — answers with the newest
+        // `max_events` of them.
+        let entry = store
+            .history()
+            .store
+            .get(&id.to_string())
+            .await
+            .unwrap()
+            .expect("recorded");
+        // Every event is in the history, or counted by a marker where the writer fell behind.
+        let accounted: u64 = entry
+            .events
+            .iter()
+            .map(|e| e.dropped_count().unwrap_or(1))
+            .sum();
+        assert_eq!(accounted as usize, N + 1);
+        assert_eq!(entry.summary.who, "tester");
+        let restarted = Deployments::new(limits(), history(tmp.path()).await);
+        assert!(
+            restarted.get(&id).is_none(),
+            "memory is empty after a restart"
+        );
+        let rec = restarted
+            .record(&id)
+            .await
+            .unwrap()
+            .expect("from the history");
+        assert_eq!(rec.status, DeploymentStatus::Succeeded);
+        assert_eq!(rec.events.len(), 100);
+        assert_eq!(rec.events_dropped as usize, entry.events.len() - 100);
+        assert!(
+            rec.events
+                .iter()
+                .eq(entry.events[entry.events.len() - 100..].iter()),
+            "the newest events, in order"
+        );
+        assert!(rec.report.is_some_and(|r| r.ok));
     }
 }

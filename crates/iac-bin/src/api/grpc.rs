@@ -153,11 +153,18 @@ impl ControlPlane for GrpcControlPlane {
             services: None,
             project: Some(req.project).filter(|p| !p.is_empty()),
         };
-        let input = validate_deploy(&self.st, &caller, body).map_err(|e| e.to_grpc())?;
+        let (input, repos) = validate_deploy(&self.st, &caller, body).map_err(|e| e.to_grpc())?;
         let (id, mut rx) = self
             .st
             .deployments
-            .start(self.st.backend.clone(), input, "grpc")
+            .start(
+                self.st.backend.clone(),
+                input,
+                repos,
+                "grpc",
+                super::deployments::who(&caller),
+            )
+            .await
             .map_err(|e| e.to_grpc())?;
         while let Some(item) = rx.recv().await {
             match item {

@@ -10,13 +10,19 @@
 //! let mut sb = iac_backends::auth::SupabaseConfig::default(); // `[auth.supabase]`
 //! sb.apply_env(|k| std::env::var(k).ok());
 //! let auth = Arc::new(iac_backends::auth::SupabaseVerifier::new(sb)?);
-//! iac_bin::api::serve(cfg, backend, auth, async { let _ = tokio::signal::ctrl_c().await; }).await
+//! let section = iac_bin::config::HistorySection::default(); // `[history]`
+//! let history = iac_bin::api::History {
+//!     store: section.open(std::path::Path::new(".iac")).await?,
+//!     retention: section.retention(),
+//! };
+//! iac_bin::api::serve(cfg, backend, auth, history, async { let _ = tokio::signal::ctrl_c().await; }).await
 //! # }
 //! ```
 //!
 //! Routes, auth and behaviour: see [`routes`] (authentication, OpenAPI), [`authz`] (who may
 //! read, deploy to and destroy which project), [`ratelimit`] (the failed-authentication limit),
-//! [`deployments`] (streams, 409, the in-memory store), [`error`] (the one error shape),
+//! [`deployments`] (streams, 409, the in-memory store of running deploys, recording into the
+//! deployment history), [`error`] (the one error shape),
 //! [`listen`] (socket safety, peer uid) and [`grpc`]; [`state`] holds what the two transports
 //! share (handler state, deploy-request validation).
 //!
@@ -53,7 +59,9 @@ pub use authz::{AccessPolicy, Action, Caller, PolicyError, ProjectGrant};
 #[cfg(any(test, feature = "mocks"))]
 pub use backend::MockControlPlaneBackend;
 pub use backend::{ControlPlaneBackend, DeployInput, LogStream, ServiceStatus};
-pub use deployments::{DeploymentRecord, DeploymentStatus, StreamItem};
+pub use deployments::{
+    DeploymentPage, DeploymentRecord, DeploymentStatus, DeploymentSummary, History, StreamItem,
+};
 pub use error::{ApiError, ErrorBody, ErrorResponse};
 pub use listen::{Peer, check_peer_uid, default_socket_path};
 pub use routes::openapi;
@@ -152,11 +160,13 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds the configured listeners (at least one must be enabled).
+    /// Binds the configured listeners (at least one must be enabled); deployments are recorded
+    /// in (and read back from) `history`.
     pub async fn bind(
         cfg: ServeConfig,
         backend: Arc<dyn ControlPlaneBackend>,
         auth: Arc<dyn AuthVerifier>,
+        history: History,
     ) -> anyhow::Result<Server> {
         if !cfg.http_enabled && !cfg.uds_enabled {
             anyhow::bail!(
@@ -188,7 +198,17 @@ impl Server {
             (None, None)
         };
         let shutdown = CancellationToken::new();
-        let deployments = deployments::Deployments::new(deployments::Limits::from_config(&cfg));
+        match history
+            .store
+            .prune(&history.retention, std::time::SystemTime::now())
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("deployment history: retention removed {n} record(s)"),
+            Err(e) => tracing::warn!("deployment history: retention failed: {e}"),
+        }
+        let deployments =
+            deployments::Deployments::new(deployments::Limits::from_config(&cfg), history);
         let router = routes::router(
             backend,
             auth,
@@ -312,7 +332,11 @@ pub async fn serve(
     cfg: ServeConfig,
     backend: Arc<dyn ControlPlaneBackend>,
     auth: Arc<dyn AuthVerifier>,
+    history: History,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    Server::bind(cfg, backend, auth).await?.run(shutdown).await
+    Server::bind(cfg, backend, auth, history)
+        .await?
+        .run(shutdown)
+        .await
 }

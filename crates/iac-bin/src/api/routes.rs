@@ -43,7 +43,7 @@ use uuid::Uuid;
 use super::ServeConfig;
 use super::authz::{AccessPolicy, Action, Caller};
 use super::backend::{ControlPlaneBackend, ServiceStatus};
-use super::deployments::{DeploymentRecord, DeploymentSummary, Deployments};
+use super::deployments::{DeploymentPage, DeploymentRecord, DeploymentSummary, Deployments, who};
 use super::error::{AllowTable, ApiError, ErrorBody, ErrorResponse, json_errors};
 use super::listen::{Peer, check_peer_uid};
 use super::ratelimit::{ClientKey, FailureLimiter};
@@ -385,8 +385,11 @@ async fn deploy(
     Json(req): Json<serde_json::Value>,
 ) -> Result<Response, ApiError> {
     let req: DeployRequest = json_object(req, false)?.unwrap_or_default();
-    let input = validate_deploy(&st, &caller, req)?;
-    let (id, rx) = st.deployments.start(st.backend.clone(), input, "http")?;
+    let (input, repos) = validate_deploy(&st, &caller, req)?;
+    let (id, rx) = st
+        .deployments
+        .start(st.backend.clone(), input, repos, "http", who(&caller))
+        .await?;
     let sse = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -458,21 +461,86 @@ fn ndjson_line<T: serde::Serialize>(v: &T) -> Bytes {
     Bytes::from(b)
 }
 
-/// Recent deployments of the projects the caller may read, newest first (kept in memory,
-/// bounded by max_deployments).
-#[utoipa::path(get, path = "/deployments", tag = "deploy", security(("bearer" = [])),
-    responses((status = 200, body = Vec<DeploymentSummarySchema>), (status = 401, body = ErrorResponse),
-        (status = 429, description = TOO_MANY, body = ErrorResponse)))]
+/// Deployments and destroys of the projects the caller may read, newest first, from the
+/// deployment history (so also those from before a restart, and those of the CLI). Paged:
+/// pass `next_cursor` as `cursor` for the next page.
+#[utoipa::path(get, path = "/deployments", tag = "deploy", security(("bearer" = [])), params(DeploymentsQuery),
+    responses((status = 200, body = DeploymentPageSchema),
+        (status = 400, description = "An unknown or malformed query parameter, or a cursor this server did not hand out", body = ErrorResponse),
+        (status = 401, body = ErrorResponse),
+        (status = 403, description = "`project` names a project the caller may not read (`project_forbidden`)", body = ErrorResponse),
+        (status = 422, description = "`project` is not a DNS label, or `limit` is out of range", body = ErrorResponse),
+        (status = 429, description = TOO_MANY, body = ErrorResponse),
+        (status = 503, description = "The deployment history cannot be read", body = ErrorResponse)))]
 async fn list_deployments(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
-) -> Json<Vec<DeploymentSummary>> {
-    let mut list = st.deployments.list();
-    list.retain(|d| st.access.allows(&caller, &d.project, Action::Read));
-    Json(list)
+    Query(q): Query<DeploymentsQuery>,
+) -> Result<Json<DeploymentPage>, ApiError> {
+    let project = match q.project.as_deref().filter(|p| !p.is_empty()) {
+        None => None,
+        Some(p) => {
+            let p = iac_core::ProjectName::new(p)
+                .map_err(|e| ApiError::unprocessable(format!("project: {e}")))?;
+            st.access.check(&caller, &p, Action::Read)?;
+            Some(p)
+        }
+    };
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE);
+    if limit == 0 || limit > iac_core::history::MAX_PAGE {
+        return Err(ApiError::unprocessable(format!(
+            "limit = {limit}: expected 1 to {}",
+            iac_core::history::MAX_PAGE
+        )));
+    }
+    // The store pages over every project; records the caller may not read are skipped, so a
+    // page is filled from as many store pages as it takes (bounded).
+    let mut out: Vec<DeploymentSummary> = Vec::new();
+    let mut cursor = q.cursor.clone().filter(|c| !c.is_empty());
+    let mut next = None;
+    for _ in 0..MAX_STORE_PAGES {
+        let page = st
+            .deployments
+            .history()
+            .store
+            .list(&iac_core::history::HistoryQuery {
+                project: project.clone(),
+                limit: limit - out.len(),
+                cursor: cursor.clone(),
+            })
+            .await
+            .map_err(|e| match e {
+                iac_core::history::HistoryError::BadCursor(_) => {
+                    ApiError::bad_request(e.to_string())
+                }
+                e => ApiError::unavailable(e.to_string()),
+            })?;
+        out.extend(
+            page.items
+                .into_iter()
+                .filter(|s| st.access.allows(&caller, &s.project, Action::Read))
+                .filter_map(DeploymentSummary::from_history),
+        );
+        next = page.next_cursor;
+        if out.len() >= limit || next.is_none() {
+            break;
+        }
+        cursor = next.clone();
+    }
+    Ok(Json(DeploymentPage {
+        deployments: out,
+        next_cursor: next,
+    }))
 }
 
-/// A deployment's status, events and report — while it runs and after its stream ended.
+/// Page size of `GET /deployments` without `limit`.
+const DEFAULT_PAGE: usize = 50;
+/// Store pages one `GET /deployments` reads at most to fill a page with readable records.
+const MAX_STORE_PAGES: usize = 20;
+
+/// A deployment's (or destroy's) status, who started it, its events, per-service outcome,
+/// report and saved log tails — while it runs and after its stream ended, also after a restart
+/// (from the deployment history, within its retention).
 #[utoipa::path(get, path = "/deployments/{id}", tag = "deploy", security(("bearer" = [])),
     params(("id" = String, Path, description = "Deployment id (UUID) from the x-deployment-id header")),
     responses(
@@ -480,16 +548,16 @@ async fn list_deployments(
         (status = 400, description = "id is not a UUID", body = ErrorResponse),
         (status = 401, body = ErrorResponse),
         (status = 403, description = "The deployment belongs to a project the caller may not read (`project_forbidden`)", body = ErrorResponse),
-        (status = 404, description = "Unknown (or evicted) deployment", body = ErrorResponse),
+        (status = 404, description = "Unknown deployment (or removed by the history's retention)", body = ErrorResponse),
         (status = 429, description = TOO_MANY, body = ErrorResponse)))]
 async fn get_deployment(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<Uuid>,
 ) -> Result<Json<DeploymentRecord>, ApiError> {
-    let record = st.deployments.get(&id).ok_or_else(|| {
+    let record = st.deployments.record(&id).await?.ok_or_else(|| {
         ApiError::not_found(format!(
-            "no deployment {id} (unknown, or evicted from the in-memory store)"
+            "no deployment {id} (unknown, or removed by the history's retention: [history] keep, max_age)"
         ))
     })?;
     if !st.access.allows(&caller, &record.project, Action::Read) {
@@ -602,18 +670,10 @@ async fn destroy(
     };
     let project = project_or_default(&st, req.project.as_deref())?;
     st.access.check(&caller, &project, Action::Destroy)?;
-    let guard = st.deployments.reserve(&project, "a destroy")?;
-    // Spawned (and tracked) so a client hanging up does not abort a half-done destroy.
-    let backend = st.backend.clone();
-    let p = project.clone();
     let removed = st
         .deployments
-        .spawn(async move {
-            let _guard = guard;
-            backend.destroy(p, iac_core::Events::discard()).await
-        })
-        .await
-        .map_err(|e| ApiError::internal(format!("destroy task failed: {e}")))??;
+        .destroy(st.backend.clone(), project.clone(), "http", who(&caller))
+        .await?;
     Ok(Json(DestroyResponse {
         project: project.to_string(),
         removed,

@@ -247,6 +247,21 @@ pub struct ProjectQuery {
     pub project: Option<String>,
 }
 
+/// `?project=&limit=&cursor=` of `GET /deployments`.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DeploymentsQuery {
+    /// Only this project (DNS label); every project the caller may read when absent.
+    #[param(pattern = "^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)?$")]
+    pub project: Option<String>,
+    /// Page size, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
+    pub limit: Option<usize>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
 /// `?follow=&tail=&project=`.
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -454,22 +469,65 @@ pub struct LogLineSchema {
     pub msg: String,
 }
 
-/// A deployment as kept in memory (`GET /deployments/{id}`).
+/// Per service outcome of a finished deployment (`iac_core::history::ServiceOutcome`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = ServiceOutcome)]
+pub struct ServiceOutcomeSchema {
+    pub service: String,
+    pub ok: bool,
+    /// create, replace, repair, unchanged, remove.
+    pub action: Option<String>,
+    pub error: Option<String>,
+    pub stages: Vec<StageTimingSchema>,
+}
+
+/// The last lines of a container's log, saved when its pod was replaced or destroyed.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = LogTail)]
+pub struct LogTailSchema {
+    pub service: String,
+    pub container: String,
+    /// app or sidecar.
+    pub role: String,
+    /// replaced, removed or destroyed.
+    pub reason: String,
+    pub saved_at: String,
+    /// Oldest first; at most 200 lines and 64 KiB.
+    pub lines: Vec<String>,
+    /// Older lines were left out.
+    pub truncated: bool,
+}
+
+/// A deployment or destroy (`GET /deployments/{id}`), from the deployment history.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(as = Deployment)]
 pub struct DeploymentSchema {
     pub id: String,
     pub project: String,
+    /// deploy or destroy.
+    pub kind: String,
     /// running, succeeded, failed, error.
     pub status: String,
-    /// http or grpc.
+    /// http, grpc or cli.
     pub origin: String,
+    /// The caller's subject (and email), or `cli:<user>`.
+    pub who: String,
     pub services: Vec<String>,
     pub started_at: String,
     pub finished_at: Option<String>,
+    /// The services asked for (JSON), or the CLI's repos file.
+    pub repos: Option<String>,
+    /// The newest events (at most `max_events_per_deployment`).
     pub events: Vec<DeployEventSchema>,
+    /// Older events left out of `events`.
     pub events_dropped: u64,
+    pub outcomes: Vec<ServiceOutcomeSchema>,
+    /// Removed services (deploy) or objects (destroy).
+    pub removed: Vec<String>,
+    pub log_tails: Vec<LogTailSchema>,
     pub report: Option<DeployReportSchema>,
     pub error: Option<crate::api::error::ErrorBody>,
 }
@@ -481,8 +539,23 @@ pub struct DeploymentSchema {
 pub struct DeploymentSummarySchema {
     pub id: String,
     pub project: String,
+    /// deploy or destroy.
+    pub kind: String,
     pub status: String,
     pub origin: String,
+    pub who: String,
+    pub services: Vec<String>,
     pub started_at: String,
     pub finished_at: Option<String>,
+}
+
+/// One page of `GET /deployments`, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = DeploymentPage)]
+pub struct DeploymentPageSchema {
+    pub deployments: Vec<DeploymentSummarySchema>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }

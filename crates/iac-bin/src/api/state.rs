@@ -69,12 +69,13 @@ fn check_unique_names<'a>(names: impl Iterator<Item = &'a str>) -> Result<(), Ap
 
 /// Checks that `caller` may deploy to the request's project (403 first, before anything else
 /// is looked at), then the request as the document describes it, and turns it into the
-/// backend's input.
+/// backend's input and the repos file it amounts to (the `slugs` or `services` as JSON, for
+/// the deployment history).
 pub(crate) fn validate_deploy(
     st: &AppState,
     caller: &Caller,
     req: DeployRequest,
-) -> Result<DeployInput, ApiError> {
+) -> Result<(DeployInput, String), ApiError> {
     let project = project_or_default(st, req.project.as_deref())?;
     st.access.check(caller, &project, Action::Deploy)?;
     if let Some(slugs) = &req.slugs {
@@ -83,6 +84,7 @@ pub(crate) fn validate_deploy(
     if let Some(services) = &req.services {
         check_unique_names(services.iter().map(|s| s.name.as_str()))?;
     }
+    let repos: String;
     let services: Vec<ServiceSpec> = match (req.slugs, req.services) {
         (Some(_), Some(_)) | (None, None) => {
             return Err(ApiError::unprocessable(
@@ -105,9 +107,9 @@ pub(crate) fn validate_deploy(
                     )));
                 }
             }
-            let text =
-                serde_json::to_string(&slugs).map_err(|e| ApiError::internal(e.to_string()))?;
-            iac_core::parse_repos_file(&text, iac_core::ReposFormat::Json)
+            repos = serde_json::to_string_pretty(&slugs)
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            iac_core::parse_repos_file(&repos, iac_core::ReposFormat::Json)
                 .map_err(|e| ApiError::unprocessable(format!("slugs: {e}")))?
                 .services
         }
@@ -118,9 +120,9 @@ pub(crate) fn validate_deploy(
                 ));
             }
             // Same validation as a repos file with explicit names (DNS labels, unique, slugs parse).
-            let text =
-                serde_json::to_string(&services).map_err(|e| ApiError::internal(e.to_string()))?;
-            iac_core::parse_repos_file(&text, iac_core::ReposFormat::Json)
+            repos = serde_json::to_string_pretty(&services)
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            iac_core::parse_repos_file(&repos, iac_core::ReposFormat::Json)
                 .map_err(|e| ApiError::unprocessable(format!("services: {e}")))?
                 .services
         }
@@ -136,7 +138,7 @@ pub(crate) fn validate_deploy(
             st.cfg.max_services
         )));
     }
-    Ok(DeployInput { project, services })
+    Ok((DeployInput { project, services }, repos))
 }
 
 /// The API's slug policy: `path:` and `git+file:` name directories on this host, which an API

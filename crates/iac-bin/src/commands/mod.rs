@@ -8,7 +8,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use futures::StreamExt;
-use iac_core::{Events, LogQuery, ProjectName, ServiceSpec, Slug, load_repos_file};
+use iac_core::history::{HistoryFinish, HistoryKind, Recorder};
+use iac_core::{DeployEvent, Events, LogQuery, ProjectName, ServiceSpec, Slug, load_repos_file};
 use serde_json::json;
 
 use crate::config::IacConfig;
@@ -17,9 +18,12 @@ use crate::wiring::App;
 
 pub mod bootstrap;
 mod ca;
+mod history;
+mod record;
 mod serve;
 
 pub use ca::ca_command;
+pub use history::{history_list, history_show};
 pub use serve::serve;
 
 /// File (under the state dir) naming the project the last deploy from this directory used.
@@ -68,10 +72,42 @@ fn project_from_optional_file(
 
 /// Runs `fut` while showing its events; returns its output once the progress display drained.
 async fn with_progress<T>(json: bool, f: impl AsyncFnOnce(&Events) -> T) -> T {
-    let (events, rx) = Events::channel();
-    let shower = tokio::spawn(output::show_progress(Mode::detect(json), rx));
-    let out = f(&events).await;
-    drop(events);
+    with_progress_recorded(json, None, f).await
+}
+
+/// [`with_progress`], every event also queued for `recorder` (the deployment history).
+async fn with_progress_recorded<T>(
+    json: bool,
+    recorder: Option<&Recorder>,
+    f: impl AsyncFnOnce(&Events) -> T,
+) -> T {
+    let (events, mut rx) = Events::channel();
+    let (events, tails) = if recorder.is_some() {
+        let (e, t) = events.with_log_tails();
+        (e, Some(t))
+    } else {
+        (events, None)
+    };
+    let (show_tx, show_rx) =
+        iac_core::lossy::channel(iac_core::event::DEFAULT_EVENT_BUFFER, DeployEvent::dropped);
+    let shower = tokio::spawn(output::show_progress(Mode::detect(json), show_rx));
+    let work = async move {
+        let out = f(&events).await;
+        drop(events);
+        out
+    };
+    let forward = async move {
+        while let Some(ev) = rx.recv().await {
+            if let Some(r) = recorder {
+                r.event(ev.clone());
+            }
+            show_tx.send(ev);
+        }
+    };
+    let (out, ()) = tokio::join!(work, forward);
+    if let (Some(r), Some(t)) = (recorder, tails) {
+        r.log_tails(&t).await;
+    }
     let _ = shower.await;
     out
 }
@@ -80,10 +116,26 @@ pub async fn deploy(cfg: IacConfig, file: &Path, json: bool) -> anyhow::Result<E
     let (fp, specs) = load_specs(file)?;
     let project = resolve_project(&cfg, fp.as_ref())?;
     let app = App::build(cfg, project.clone()).await?;
-    let report = with_progress(json, async |events| {
+    let recorder = record::start(
+        &app.cfg,
+        &project,
+        HistoryKind::Deploy,
+        specs.iter().map(|s| s.name.to_string()).collect(),
+        std::fs::read_to_string(file).ok(),
+    )
+    .await;
+    let report = with_progress_recorded(json, recorder.as_ref(), async |events| {
         app.deployer.deploy(&specs, events).await
     })
     .await;
+    let recorded = recorder.as_ref().map(|r| r.id().to_string());
+    if let Some(r) = recorder {
+        r.finish(HistoryFinish::from_report(
+            &report,
+            iac_core::event::now_rfc3339(),
+        ))
+        .await;
+    }
     iac_core::fault::point("proved");
     let dir = app.cfg.project_dir(&project);
     iac_core::fsutil::write_atomic_if_changed(
@@ -99,9 +151,15 @@ pub async fn deploy(cfg: IacConfig, file: &Path, json: bool) -> anyhow::Result<E
     )
     .with_context(|| format!("write {}", dir.display()))?;
     if json {
-        println!("{}", serde_json::to_string(&json!({ "report": report }))?);
+        println!(
+            "{}",
+            serde_json::to_string(&json!({ "report": report, "deployment_id": recorded }))?
+        );
     } else {
         print!("{}", output::render_report(&report));
+        if let Some(id) = recorded {
+            println!("recorded as {id} (iac history show {id})");
+        }
     }
     Ok(if report.ok {
         ExitCode::SUCCESS
@@ -178,7 +236,20 @@ pub async fn destroy(
 ) -> anyhow::Result<ExitCode> {
     let project = project_from_optional_file(&cfg, file)?;
     let app = App::build(cfg, project.clone()).await?;
-    let removed = with_progress(json, async |events| app.deployer.destroy(events).await).await?;
+    let recorder = record::start(&app.cfg, &project, HistoryKind::Destroy, Vec::new(), None).await;
+    let result = with_progress_recorded(json, recorder.as_ref(), async |events| {
+        app.deployer.destroy(events).await
+    })
+    .await;
+    if let Some(r) = recorder {
+        let at = iac_core::event::now_rfc3339();
+        r.finish(match &result {
+            Ok(removed) => HistoryFinish::destroyed(removed.clone(), at),
+            Err(e) => HistoryFinish::error(None, e.to_string(), at),
+        })
+        .await;
+    }
+    let removed = result?;
     if json {
         println!(
             "{}",

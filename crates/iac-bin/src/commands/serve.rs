@@ -51,6 +51,14 @@ pub async fn serve(
         serve_cfg.http_enabled = false;
         Arc::new(NoAuthProvider)
     };
+    let history = crate::api::History {
+        store: cfg
+            .history
+            .open(&cfg.state_dir)
+            .await
+            .context("deployment history ([history] url)")?,
+        retention: cfg.history.retention(),
+    };
     let default_project = super::resolve_project(&cfg, None)?;
     let backend = Arc::new(LiveBackend::new(cfg, default_project));
     let shutdown = async {
@@ -62,7 +70,7 @@ pub async fn serve(
         }
         tracing::info!("shutting down: waiting for in-flight requests and deploys");
     };
-    crate::api::serve(serve_cfg, backend, auth, shutdown).await?;
+    crate::api::serve(serve_cfg, backend, auth, history, shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -204,10 +204,41 @@ pub async fn start_with(
     auth: Arc<dyn AuthVerifier>,
     tweak: impl FnOnce(&mut ServeConfig),
 ) -> Running {
+    start_with_history(backend, auth, tweak, Default::default()).await
+}
+
+/// [`start_with`] with a `[history]` section of the test's choosing (its store under the
+/// server's temp dir).
+pub async fn start_with_history(
+    backend: Arc<dyn ControlPlaneBackend>,
+    auth: Arc<dyn AuthVerifier>,
+    tweak: impl FnOnce(&mut ServeConfig),
+    section: iac_bin::config::HistorySection,
+) -> Running {
     let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    start_on_state(backend, auth, tweak, section, dir, &state).await
+}
+
+/// A server in `dir` whose state directory (the history) is `state`: a second server on the
+/// same `state` is the first one restarted.
+pub async fn start_on_state(
+    backend: Arc<dyn ControlPlaneBackend>,
+    auth: Arc<dyn AuthVerifier>,
+    tweak: impl FnOnce(&mut ServeConfig),
+    section: iac_bin::config::HistorySection,
+    dir: tempfile::TempDir,
+    state: &Path,
+) -> Running {
     let mut cfg = test_config(dir.path());
     tweak(&mut cfg);
-    let server = Server::bind(cfg, backend, auth).await.expect("bind");
+    let history = iac_bin::api::History {
+        store: section.open(state).await.expect("open the history"),
+        retention: section.retention(),
+    };
+    let server = Server::bind(cfg, backend, auth, history)
+        .await
+        .expect("bind");
     let addr = server.http_addr().unwrap();
     let uds = server.uds_path().unwrap().to_path_buf();
     let (tx, rx) = oneshot::channel::<()>();
@@ -221,6 +252,15 @@ pub async fn start_with(
         stop: Some(tx),
         done,
         _dir: dir,
+    }
+}
+
+/// The default (SQLite) deployment history under `state_dir`, as `iac serve` opens it.
+pub async fn history_in(state_dir: &Path) -> iac_bin::api::History {
+    let section = iac_bin::config::HistorySection::default();
+    iac_bin::api::History {
+        store: section.open(state_dir).await.expect("open the history"),
+        retention: section.retention(),
     }
 }
 

@@ -69,6 +69,7 @@ use super::{ContainerLimits, with_limits};
 
 pub mod release;
 mod replace;
+mod tails;
 
 use crate::engine::DockerEngine;
 #[cfg(test)]
@@ -589,6 +590,7 @@ impl DockerProvisioner {
             .chain(plan.current.containers())
             .collect();
         all.sort_by_key(|c| c.role != Some(Role::App));
+        self.save_log_tails(&all, "removed", &events).await;
         let ordered: Vec<(String, String)> =
             all.iter().map(|c| (c.id.clone(), c.name.clone())).collect();
         let errors = self.remove_all(&ordered, &events).await;
@@ -820,6 +822,8 @@ impl Provisioner for DockerProvisioner {
     ) -> Result<Vec<String>, ProvisionError> {
         let mut containers = self.engine.list_containers(project).await?;
         containers.sort_by_key(|c| (c.role != Some(Role::App), c.name.clone()));
+        self.save_log_tails(&containers.iter().collect::<Vec<_>>(), "destroyed", events)
+            .await;
         // Every app first (each lives in its sidecar's network namespace), then the rest; within
         // each phase `parallelism` containers are stopped and removed at once.
         let (apps, others): (Vec<&Observed>, Vec<&Observed>) =

@@ -112,6 +112,13 @@ impl DockerProvisioner {
                     .await?;
             }
             iac_core::fault::point("replace-swapped");
+            let reason = if plan.action == Action::Repair {
+                "repaired"
+            } else {
+                "replaced"
+            };
+            self.save_log_tails(&plan.current.containers(), reason, events)
+                .await;
             let old: Vec<(String, String)> = plan
                 .current
                 .containers()

@@ -1312,3 +1312,77 @@ fn config_defaults_and_partial_toml() {
     let e = toml::from_str::<DockerProvisionerConfig>("[limits]\napp_pid = 1").unwrap_err();
     assert!(e.to_string().contains("app_pid"), "{e}");
 }
+
+#[tokio::test]
+async fn destroy_saves_the_log_tails_of_app_and_sidecar_before_removing_them() {
+    let mut e = MockEngine::new();
+    let mut seq = Sequence::new();
+    let pair = running_pair("web", "h1", 1);
+    e.expect_list_containers()
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(move |_| Ok(pair.clone()));
+    // Both logs are read first (newest lines, one more than kept), then the removals.
+    e.expect_log_tail()
+        .withf(|i, lines, bytes| {
+            i == "id-demo-web"
+                && *lines == iac_core::history::LOG_TAIL_LINES + 1
+                && *bytes == iac_core::history::LOG_TAIL_BYTES + 1
+        })
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_, _, _| {
+            Ok((0..250)
+                .map(|i| format!("app line {i}\n"))
+                .collect::<String>())
+        });
+    e.expect_log_tail()
+        .withf(|i, _, _| i == "id-demo-web-envoy")
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_, _, _| {
+            Err(EngineError::new(
+                "reading the log",
+                Some(501),
+                "log driver none",
+            ))
+        });
+    stop_remove(&mut e, &mut seq, "id-demo-web");
+    stop_remove(&mut e, &mut seq, "id-demo-web-envoy");
+    e.expect_list_networks()
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_| Ok(vec![]));
+    let p = provisioner(e);
+    let (events, mut rx) = Events::channel();
+    let (events, tails) = events.with_log_tails();
+    p.destroy(&project(), &events).await.unwrap();
+    let (got, left_out) = tails.take();
+    assert_eq!(left_out, 0);
+    assert_eq!(got.len(), 1, "the sidecar's log could not be read: {got:?}");
+    let t = &got[0];
+    assert_eq!(
+        (
+            t.service.as_str(),
+            t.container.as_str(),
+            t.role.as_str(),
+            t.reason.as_str()
+        ),
+        ("web", "demo-web", "app", "destroyed")
+    );
+    assert_eq!(t.lines.len(), iac_core::history::LOG_TAIL_LINES);
+    assert_eq!(t.lines.last().unwrap(), "app line 249");
+    assert!(t.truncated);
+    drop(events);
+    let mut warned = false;
+    while let Some(ev) = rx.recv().await {
+        warned |= ev
+            .message
+            .contains("could not save the last log lines of demo-web-envoy")
+            && ev.message.contains("log driver none");
+    }
+    assert!(
+        warned,
+        "the unreadable log is a warning, the destroy goes on"
+    );
+}

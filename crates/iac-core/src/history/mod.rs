@@ -1,0 +1,476 @@
+//! Deployment history: the domain types of one recorded deploy or destroy (who, when, the repos
+//! file, the event stream, per-service outcome with stage timings, saved log tails) and the
+//! [`HistoryStore`] trait the stores in `iac-backends` (SQLite, PostgreSQL) implement. No
+//! database code lives here.
+//!
+//! Life of a record: [`HistoryStore::start`] (status `running`) → any number of
+//! [`HistoryStore::append_events`] and [`HistoryStore::attach_log_tail`] →
+//! [`HistoryStore::finish`]. [`HistoryStore::list`] pages newest first, [`HistoryStore::get`]
+//! returns everything, [`HistoryStore::prune`] applies the retention.
+
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::event::DeployEvent;
+use crate::name::ProjectName;
+use crate::report::{DeployReport, StageTiming};
+
+mod recorder;
+
+pub use recorder::Recorder;
+
+/// Most items one [`HistoryStore::list`] call returns.
+pub const MAX_PAGE: usize = 500;
+
+/// Lines of a container's log kept when its pod is replaced or destroyed.
+pub const LOG_TAIL_LINES: usize = 200;
+
+/// Bytes of one saved log tail at most (the newest are kept).
+pub const LOG_TAIL_BYTES: usize = 64 * 1024;
+
+/// What a record is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HistoryKind {
+    /// A deploy.
+    Deploy,
+    /// A destroy.
+    Destroy,
+}
+
+impl HistoryKind {
+    /// Lowercase name, as stored and printed.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HistoryKind::Deploy => "deploy",
+            HistoryKind::Destroy => "destroy",
+        }
+    }
+
+    /// The inverse of [`HistoryKind::as_str`].
+    pub fn parse(s: &str) -> Result<HistoryKind, HistoryError> {
+        match s {
+            "deploy" => Ok(HistoryKind::Deploy),
+            "destroy" => Ok(HistoryKind::Destroy),
+            other => Err(HistoryError::Corrupt(format!(
+                "kind {other:?}: expected \"deploy\" or \"destroy\""
+            ))),
+        }
+    }
+}
+
+/// Where a record stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HistoryStatus {
+    /// Still running (or its process died before finishing it).
+    Running,
+    /// Finished and every service is healthy (a destroy: everything removed).
+    Succeeded,
+    /// Finished with at least one failed service or a project-wide error.
+    Failed,
+    /// Could not run at all.
+    Error,
+}
+
+impl HistoryStatus {
+    /// Lowercase name, as stored and printed.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HistoryStatus::Running => "running",
+            HistoryStatus::Succeeded => "succeeded",
+            HistoryStatus::Failed => "failed",
+            HistoryStatus::Error => "error",
+        }
+    }
+
+    /// The inverse of [`HistoryStatus::as_str`].
+    pub fn parse(s: &str) -> Result<HistoryStatus, HistoryError> {
+        match s {
+            "running" => Ok(HistoryStatus::Running),
+            "succeeded" => Ok(HistoryStatus::Succeeded),
+            "failed" => Ok(HistoryStatus::Failed),
+            "error" => Ok(HistoryStatus::Error),
+            other => Err(HistoryError::Corrupt(format!(
+                "status {other:?}: expected running, succeeded, failed or error"
+            ))),
+        }
+    }
+}
+
+/// What [`HistoryStore::start`] records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryStart {
+    /// The record's id (the API's deployment id).
+    pub id: String,
+    /// The project.
+    pub project: ProjectName,
+    /// Deploy or destroy.
+    pub kind: HistoryKind,
+    /// Who asked: the API caller's subject, or `cli:<user>`.
+    pub who: String,
+    /// Where it came from: `http`, `grpc` or `cli`.
+    pub origin: String,
+    /// RFC 3339 with milliseconds.
+    pub started_at: String,
+    /// The services asked for, in order.
+    pub services: Vec<String>,
+    /// The repos file text (the CLI's file, or the API request's services as JSON); `None` for
+    /// a destroy.
+    pub repos: Option<String>,
+}
+
+/// One service's outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceOutcome {
+    /// The service.
+    pub service: String,
+    /// Deployed and proven SERVING.
+    pub ok: bool,
+    /// What provisioning did (`create`, `replace`, `unchanged`, …), when it got that far.
+    pub action: Option<String>,
+    /// The first error.
+    pub error: Option<String>,
+    /// Every stage run, in order, with its wall time.
+    pub stages: Vec<StageTiming>,
+}
+
+/// What [`HistoryStore::finish`] records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryFinish {
+    /// The final status (not `running`).
+    pub status: HistoryStatus,
+    /// RFC 3339 with milliseconds.
+    pub finished_at: String,
+    /// Per service.
+    pub outcomes: Vec<ServiceOutcome>,
+    /// The deploy's report, when there is one.
+    pub report: Option<DeployReport>,
+    /// A destroy's removed objects, or a deploy's removed services.
+    pub removed: Vec<String>,
+    /// Why it failed as a whole, if it did.
+    pub error: Option<String>,
+    /// A machine-readable code for [`HistoryFinish::error`] (the admin API's error code, e.g.
+    /// `deadline_exceeded`), when there is one.
+    pub error_code: Option<String>,
+}
+
+impl HistoryFinish {
+    /// The finish of a deploy that produced `report`.
+    pub fn from_report(report: &DeployReport, finished_at: String) -> HistoryFinish {
+        HistoryFinish {
+            status: if report.ok {
+                HistoryStatus::Succeeded
+            } else {
+                HistoryStatus::Failed
+            },
+            finished_at,
+            outcomes: report
+                .services
+                .iter()
+                .map(|s| ServiceOutcome {
+                    service: s.service.to_string(),
+                    ok: s.ok,
+                    action: s.action.map(|a| a.as_str().to_string()),
+                    error: s.error.clone(),
+                    stages: s.stages.clone(),
+                })
+                .collect(),
+            report: Some(report.clone()),
+            removed: report.removed.iter().map(|s| s.to_string()).collect(),
+            error: report.error.clone(),
+            error_code: None,
+        }
+    }
+
+    /// The finish of something that could not run (or failed as a whole): `status` error,
+    /// with an optional machine-readable `code`.
+    pub fn error(
+        code: Option<String>,
+        error: impl Into<String>,
+        finished_at: String,
+    ) -> HistoryFinish {
+        HistoryFinish {
+            status: HistoryStatus::Error,
+            finished_at,
+            outcomes: Vec::new(),
+            report: None,
+            removed: Vec::new(),
+            error: Some(error.into()),
+            error_code: code,
+        }
+    }
+
+    /// The finish of a destroy that removed `removed`.
+    pub fn destroyed(removed: Vec<String>, finished_at: String) -> HistoryFinish {
+        HistoryFinish {
+            status: HistoryStatus::Succeeded,
+            finished_at,
+            outcomes: Vec::new(),
+            report: None,
+            removed,
+            error: None,
+            error_code: None,
+        }
+    }
+}
+
+/// The last lines of one container's log, saved when its pod was replaced or destroyed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogTail {
+    /// The service.
+    pub service: String,
+    /// The container's name.
+    pub container: String,
+    /// `app` or `sidecar`.
+    pub role: String,
+    /// Why it was saved: `replaced`, `removed` or `destroyed`.
+    pub reason: String,
+    /// RFC 3339 with milliseconds.
+    pub saved_at: String,
+    /// The lines, oldest first (at most [`LOG_TAIL_LINES`], [`LOG_TAIL_BYTES`]).
+    pub lines: Vec<String>,
+    /// Older lines were left out to respect those caps.
+    pub truncated: bool,
+}
+
+impl LogTail {
+    /// Keeps the newest lines of `text` within [`LOG_TAIL_LINES`] and [`LOG_TAIL_BYTES`];
+    /// `truncated` says whether anything was left out.
+    pub fn cap(text: &str) -> (Vec<String>, bool) {
+        let all: Vec<&str> = text.lines().collect();
+        let mut kept = Vec::new();
+        let mut bytes = 0usize;
+        for line in all.iter().rev() {
+            if kept.len() == LOG_TAIL_LINES || bytes + line.len() + 1 > LOG_TAIL_BYTES {
+                break;
+            }
+            bytes += line.len() + 1;
+            kept.push(line.to_string());
+        }
+        let truncated = kept.len() < all.len();
+        kept.reverse();
+        (kept, truncated)
+    }
+}
+
+/// One line of a listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistorySummary {
+    /// The record's id.
+    pub id: String,
+    /// The project.
+    pub project: ProjectName,
+    /// Deploy or destroy.
+    pub kind: HistoryKind,
+    /// Where it stands.
+    pub status: HistoryStatus,
+    /// Who asked.
+    pub who: String,
+    /// `http`, `grpc` or `cli`.
+    pub origin: String,
+    /// RFC 3339.
+    pub started_at: String,
+    /// RFC 3339, once finished.
+    pub finished_at: Option<String>,
+    /// The services asked for.
+    pub services: Vec<String>,
+}
+
+/// Everything recorded about one deploy or destroy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// The listing fields.
+    #[serde(flatten)]
+    pub summary: HistorySummary,
+    /// The repos file text, when recorded.
+    pub repos: Option<String>,
+    /// Per service, once finished.
+    pub outcomes: Vec<ServiceOutcome>,
+    /// The deploy's report, once finished.
+    pub report: Option<DeployReport>,
+    /// Removed objects or services.
+    pub removed: Vec<String>,
+    /// Why it failed as a whole.
+    pub error: Option<String>,
+    /// The machine-readable code of [`HistoryEntry::error`], when there is one.
+    pub error_code: Option<String>,
+    /// Every event, in the order appended.
+    pub events: Vec<DeployEvent>,
+    /// Saved log tails, in the order attached.
+    pub log_tails: Vec<LogTail>,
+}
+
+/// A [`HistoryStore::list`] request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HistoryQuery {
+    /// Only this project.
+    pub project: Option<ProjectName>,
+    /// At most this many (clamped to 1..=[`MAX_PAGE`]).
+    pub limit: usize,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// One page of a listing, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryPage {
+    /// The records.
+    pub items: Vec<HistorySummary>,
+    /// Pass it as [`HistoryQuery::cursor`] for the next page; `None` on the last one.
+    pub next_cursor: Option<String>,
+}
+
+/// How much history is kept ([`HistoryStore::prune`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// The newest this many finished records are kept (older ones are removed).
+    pub keep: usize,
+    /// Finished records that started longer ago than this are removed.
+    pub max_age: Duration,
+}
+
+/// A history store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    /// The database could not be opened, read or written.
+    #[error("deployment history: {0}")]
+    Backend(String),
+    /// The database's schema is newer than this binary knows.
+    #[error(
+        "deployment history {location}: the database has schema version {found}, newer than the {known} this iac knows; upgrade iac, or point [history] url at another database"
+    )]
+    TooNew {
+        /// The file or URL (credentials left out).
+        location: String,
+        /// The database's version.
+        found: i64,
+        /// The newest version this binary knows.
+        known: i64,
+    },
+    /// No record has this id.
+    #[error("deployment history: no record {0}")]
+    NotFound(String),
+    /// A cursor this store did not hand out.
+    #[error("deployment history: cursor {0:?} is not one this server handed out")]
+    BadCursor(String),
+    /// A stored value does not parse.
+    #[error("deployment history: stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Parses an RFC 3339 timestamp into milliseconds since the Unix epoch (for ordering and
+/// retention by age).
+pub fn rfc3339_millis(ts: &str) -> Result<i64, HistoryError> {
+    let t = humantime::parse_rfc3339_weak(ts)
+        .map_err(|e| HistoryError::Corrupt(format!("timestamp {ts:?}: {e}")))?;
+    Ok(system_millis(t))
+}
+
+/// Milliseconds since the Unix epoch (0 before it).
+pub fn system_millis(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A store of deployment history; see the module docs. Implementations are shared across tasks.
+#[async_trait]
+pub trait HistoryStore: Send + Sync {
+    /// Records the start of a deploy or destroy (status `running`). An id already recorded is
+    /// an error.
+    async fn start(&self, start: &HistoryStart) -> Result<(), HistoryError>;
+
+    /// Appends events, in order, to a started record.
+    async fn append_events(&self, id: &str, events: &[DeployEvent]) -> Result<(), HistoryError>;
+
+    /// Finishes a started record.
+    async fn finish(&self, id: &str, finish: &HistoryFinish) -> Result<(), HistoryError>;
+
+    /// Saves a container's log tail with a record.
+    async fn attach_log_tail(&self, id: &str, tail: &LogTail) -> Result<(), HistoryError>;
+
+    /// Records newest first, filtered and paged as `query` says.
+    async fn list(&self, query: &HistoryQuery) -> Result<HistoryPage, HistoryError>;
+
+    /// One record with its events and log tails; `None` when unknown (or pruned).
+    async fn get(&self, id: &str) -> Result<Option<HistoryEntry>, HistoryError>;
+
+    /// Removes finished records beyond `retention` as of `now`; returns how many. Running
+    /// records are never removed.
+    async fn prune(&self, retention: &Retention, now: SystemTime) -> Result<u64, HistoryError>;
+}
+
+/// Where a store is (for messages and `iac config show`): a URL with its password replaced by
+/// `[redacted]`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (auth, host) = match rest.rsplit_once('@') {
+        Some((a, h)) => (Some(a), h),
+        None => (None, rest),
+    };
+    match auth {
+        Some(a) => match a.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:[redacted]@{host}"),
+            None => format!("{scheme}://{a}@{host}"),
+        },
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_tail_keeps_the_newest_lines_within_both_caps() {
+        let text: String = (0..1000).map(|i| format!("line {i}\n")).collect();
+        let (lines, truncated) = LogTail::cap(&text);
+        assert!(truncated);
+        assert_eq!(lines.len(), LOG_TAIL_LINES);
+        assert_eq!(lines.last().unwrap(), "line 999");
+        assert_eq!(lines[0], format!("line {}", 1000 - LOG_TAIL_LINES));
+
+        let long = "x".repeat(LOG_TAIL_BYTES / 2);
+        let text = format!("{long}\n{long}\n{long}\nlast\n");
+        let (lines, truncated) = LogTail::cap(&text);
+        assert!(truncated);
+        assert_eq!(lines.len(), 2, "one long line and `last` fit");
+        assert_eq!(lines[1], "last");
+
+        let (lines, truncated) = LogTail::cap("a\nb\n");
+        assert_eq!(lines, vec!["a", "b"]);
+        assert!(!truncated);
+    }
+
+    #[test]
+    fn timestamps_and_urls() {
+        assert_eq!(rfc3339_millis("1970-01-01T00:00:01.500Z").unwrap(), 1500);
+        assert!(rfc3339_millis("yesterday").is_err());
+        assert_eq!(
+            redact_url("postgres://iac:s3cret@db:5432/iac"),
+            "postgres://iac:[redacted]@db:5432/iac"
+        );
+        assert_eq!(redact_url("postgres://db/iac"), "postgres://db/iac");
+    }
+
+    #[test]
+    fn kinds_and_statuses_round_trip() {
+        for k in [HistoryKind::Deploy, HistoryKind::Destroy] {
+            assert_eq!(HistoryKind::parse(k.as_str()).unwrap(), k);
+        }
+        for s in [
+            HistoryStatus::Running,
+            HistoryStatus::Succeeded,
+            HistoryStatus::Failed,
+            HistoryStatus::Error,
+        ] {
+            assert_eq!(HistoryStatus::parse(s.as_str()).unwrap(), s);
+        }
+        assert!(HistoryStatus::parse("done").is_err());
+    }
+}
