@@ -44,7 +44,7 @@ pub struct ResolvedRef {
     pub kind: RefKind,
 }
 
-fn git_err(url: &str, what: &str, e: impl std::fmt::Display) -> FetchError {
+pub(super) fn git_err(url: &str, what: &str, e: impl std::fmt::Display) -> FetchError {
     FetchError::Git {
         url: url.to_string(),
         message: format!("{what}: {e}"),
@@ -171,7 +171,7 @@ fn resolve_ref_inner(
 /// For a guarded fetch over HTTP(S): gix's transport options as the git configuration makes
 /// them, with redirects off (so the URL checked is the only one connected to) and a reqwest
 /// client built with the guard's resolver and no proxy. `None` for other URLs (`file://`).
-fn guarded_transport(
+pub(super) fn guarded_transport(
     repo: &gix::Repository,
     url: &str,
     guard: &Arc<NetGuard>,
@@ -203,7 +203,7 @@ fn guarded_transport(
 
 /// `e`, or [`FetchError::Refused`] when the guard's resolver refused a name during the
 /// operation (gix flattens the resolver's error into its own).
-fn refused_or(url: &str, refused: &AtomicBool, e: FetchError) -> FetchError {
+pub(super) fn refused_or(url: &str, refused: &AtomicBool, e: FetchError) -> FetchError {
     if refused.load(Ordering::SeqCst) || matches!(e, FetchError::Refused { .. }) {
         FetchError::Refused {
             slug: url.to_string(),
