@@ -101,6 +101,12 @@ pub enum Command {
         /// A slug (gh:owner/repo#ref, git+file:///…, path:DIR) or a directory.
         target: String,
     },
+    /// List a repository's branches and tags and the branch its HEAD points at (no objects are
+    /// fetched).
+    Refs {
+        /// A slug (gh:owner/repo, git+https://…, git+file:///…, path:DIR); a `#REF` is ignored.
+        slug: String,
+    },
     /// Write, per service, the resolved entry, the Envoy config and the certs it would use.
     Render {
         #[command(flatten)]

@@ -108,6 +108,7 @@ async fn dispatch(cli: Cli, cfg: IacConfig) -> anyhow::Result<ExitCode> {
             commands::logs(cfg, file.as_ref(), service.as_deref(), opts).await
         }
         Command::Inspect { target } => commands::inspect(cfg, &target, json).await,
+        Command::Refs { slug } => commands::refs(cfg, &slug, json).await,
         Command::Render {
             file,
             out,

@@ -52,7 +52,7 @@ use tokio_util::sync::CancellationToken;
 pub use authz::{AccessPolicy, Action, Caller, PolicyError, ProjectGrant};
 #[cfg(any(test, feature = "mocks"))]
 pub use backend::MockControlPlaneBackend;
-pub use backend::{ControlPlaneBackend, DeployInput, LogStream, ServiceStatus};
+pub use backend::{ControlPlaneBackend, DeployInput, LogStream, ServiceStatus, refs_error};
 pub use deployments::{DeploymentRecord, DeploymentStatus, StreamItem};
 pub use error::{ApiError, ErrorBody, ErrorResponse};
 pub use listen::{Peer, check_peer_uid, default_socket_path};
