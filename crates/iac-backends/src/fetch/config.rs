@@ -164,6 +164,12 @@ pub struct FetchConfig {
     /// Private hosts guarded fetches may still reach (an internal Git host): `"HOST"`,
     /// `"HOST:PORT"`, `"IP"`, `"IP/PREFIX"`, `"IP:PORT"`, `"[IPv6]:PORT"`.
     pub allow_private_hosts: Vec<AllowedHost>,
+    /// PEM file of CA certificates trusted for HTTPS fetches (archives, git clones, ref
+    /// listings) in addition to the platform's roots: an internal Git host with a private CA.
+    /// Relative paths are resolved against the working directory when the fetcher is
+    /// constructed. A `http.sslCAInfo` in the machine's git configuration is honoured too (for
+    /// git transfers), merged with these.
+    pub ca_bundle: Option<PathBuf>,
     /// Who asked for the fetches (never read from the file: the admin API sets
     /// [`FetchOrigin::Api`] on the fetcher it builds).
     #[serde(skip)]
@@ -190,6 +196,7 @@ impl Default for FetchConfig {
             protected_dirs: vec![PathBuf::from(".iac"), PathBuf::from("secrets")],
             refuse_private: RefusePrivate::Api,
             allow_private_hosts: Vec::new(),
+            ca_bundle: None,
             origin: FetchOrigin::Cli,
         }
     }

@@ -10,6 +10,7 @@
 //! | `git.rs` | ref resolution (ls-remote) and depth-1 clones with gix |
 //! | `guard.rs` | SSRF guard of API-originated fetches: private/local addresses refused after DNS resolution (a filtering resolver), IP literals and every redirect hop checked, no proxy; `[fetch] allow_private_hosts` |
 //! | `refs.rs` | branch and tag listing: a remote's ref advertisement (no objects, response bytes capped) or a local repository's refs |
+//! | `trust.rs` | extra HTTPS trust roots (`[fetch] ca_bundle`, git's `http.sslCAInfo`) merged with the platform's |
 //! | `chain.rs` | hosted slugs: tarball first, git clone when the archive is unavailable |
 //! | `local.rs` | `path:` slugs: the directory as is (refused when it holds the state or secrets dir), digested over the build context's file set |
 //! | `cache.rs` | content cache under `.iac/cache`: trees keyed by repository + commit (or archive digest), ref index |
@@ -40,6 +41,7 @@ pub mod local;
 pub mod refs;
 pub mod tar_guard;
 pub mod tarball;
+pub mod trust;
 
 #[cfg(test)]
 mod tests;
@@ -87,6 +89,17 @@ impl DefaultFetcher {
                 *p = cwd.join(&*p);
             }
         }
+        let mut roots = Vec::new();
+        if let Some(ca) = &mut config.ca_bundle {
+            if ca.is_relative() {
+                *ca = cwd.join(&*ca);
+            }
+            roots = trust::load_roots(ca, "[fetch] ca_bundle")?;
+            // Carried to git's HTTP client through the git configuration (see git.rs).
+            config
+                .git_config
+                .push(format!("{}={}", git::CA_BUNDLE_KEY, ca.display()));
+        }
         if !config.protected_dirs.contains(&config.cache_dir) {
             config.protected_dirs.push(config.cache_dir.clone());
         }
@@ -95,7 +108,7 @@ impl DefaultFetcher {
         let guard = config
             .guarded()
             .then(|| Arc::new(NetGuard::new(&config.allow_private_hosts)));
-        let tarball = TarballFetcher::new(config.http_timeout(), limits, guard.clone())?;
+        let tarball = TarballFetcher::new(config.http_timeout(), limits, guard.clone(), roots)?;
         let git = GitFetcher::new(
             cache.clone(),
             limits,

@@ -21,7 +21,7 @@ use gix::protocol::transport::client::blocking_io::http::{
 };
 use iac_core::{FetchError, RefList};
 
-use super::git::{git_err, guarded_transport, refused_or};
+use super::git::{git_err, refused_or, transport_options};
 use super::guard::NetGuard;
 
 /// The caps of one listing.
@@ -176,9 +176,7 @@ fn list_remote_inner(
     };
     let transport = http::connect_http(capped, gurl, version, false);
     let mut conn = remote.to_connection_with_transport(transport);
-    if let Some(g) = guard
-        && let Some(opts) = guarded_transport(&repo, url, g, refused)?
-    {
+    if let Some(opts) = transport_options(&repo, url, guard, refused)? {
         conn.set_transport_options(opts);
     }
     let (map, _handshake) = conn
@@ -186,7 +184,7 @@ fn list_remote_inner(
             gix::progress::Discard,
             gix::remote::ref_map::Options::default(),
         )
-        .map_err(|e| git_err(url, "list refs", e))?;
+        .map_err(|e| git_err(url, "list refs", one_line(&format!("{e:#}"))))?;
     if map.remote_refs.len() as u64 > limits.max_refs {
         return Err(too_many(url, &limits));
     }
@@ -216,6 +214,17 @@ fn list_remote_inner(
         names.iter().map(String::as_str),
         head.as_deref(),
     ))
+}
+
+/// gix's alternate error format (the whole cause chain, e.g. the TLS verifier's reason) on one
+/// line.
+fn one_line(chain: &str) -> String {
+    chain
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// gix's reqwest HTTP client with every response body counted: past `cap` bytes reads fail.

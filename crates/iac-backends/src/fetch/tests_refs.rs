@@ -1,7 +1,9 @@
 //! Tests of branch and tag listing (`list_refs`): local repositories (`git+file:`, `path:`, a
 //! forge whose clone URL is `file://`), and a real smart-HTTP server the test starts — `git
 //! http-backend` run as CGI behind a small axum handler — for the remote listing, its caps and
-//! a clone through the same server. Everything stays on loopback.
+//! a clone through the same server; and the same server over TLS with a private CA the test makes
+//! (rcgen): `git+https://` listing and clone trusted through `[fetch] ca_bundle`, refused
+//! without it. Everything stays on loopback.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -89,6 +91,68 @@ pub(super) async fn git_http_server(root: &Path) -> String {
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     base
+}
+
+/// A TLS listener for axum: TCP accept, then the rustls handshake (failed handshakes are
+/// dropped, like a real server's).
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, addr)) = self.tcp.accept().await else {
+                continue;
+            };
+            if let Ok(tls) = self.acceptor.accept(tcp).await {
+                return (tls, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
+/// A private CA (PEM written to `ca_pem`) and `git http-backend` over HTTPS with a leaf it
+/// signed for `localhost` and `127.0.0.1`; returns the base URL (`https://localhost:PORT`).
+pub(super) async fn git_https_server(root: &Path, ca_pem: &Path) -> String {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    std::fs::write(ca_pem, ca.pem()).unwrap();
+    let issuer = Issuer::from_ca_cert_der(ca.der(), &ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+        )
+        .unwrap();
+    let listener = TlsListener {
+        tcp: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        acceptor: tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)),
+    };
+    let port = listener.tcp.local_addr().unwrap().port();
+    let app = axum::Router::new()
+        .fallback(cgi)
+        .with_state(root.to_path_buf());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("https://localhost:{port}")
 }
 
 /// The fixture plus a branch `feature/x` and a lightweight tag `v2`, pushed to the bare repo.
@@ -217,4 +281,47 @@ async fn remote_listing_over_smart_http_then_a_clone_through_the_same_server() {
         matches!(&err, FetchError::Refused { slug } if slug == "gh:octo/hello"),
         "{err:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn git_https_with_a_private_ca_through_ca_bundle() {
+    let fx = fixture();
+    let ca = fx.dir.path().join("ca.pem");
+    let base = git_https_server(&fx.dir.path().join("forge"), &ca).await;
+    let listing = format!("git+{base}/octo/hello.git");
+    let slug: Slug = listing.parse().unwrap();
+    let branch: Slug = format!("{listing}#feature/x").parse().unwrap();
+
+    // Without the CA: the platform roots do not know it, and the error names the slug.
+    let plain = DefaultFetcher::new(config(&fx)).unwrap();
+    let err = plain.list_refs(&slug).await.unwrap_err().to_string();
+    assert!(
+        err.contains(&listing) && err.contains("certificate"),
+        "{err}"
+    );
+    assert!(plain.fetch(&branch, &Events::discard()).await.is_err());
+
+    let mut c = config(&fx);
+    c.ca_bundle = Some(ca.clone());
+    let f = DefaultFetcher::new(c.clone()).unwrap();
+    assert_eq!(f.list_refs(&slug).await.unwrap(), expected());
+    let src = f.fetch(&branch, &Events::discard()).await.unwrap();
+    assert_eq!(src.commit.as_deref(), Some(fx.c2.as_str()));
+    assert!(src.origin.contains("git clone"), "{}", src.origin);
+    assert_eq!(
+        std::fs::read_to_string(src.dir.join("main.py")).unwrap(),
+        "print('two')\n"
+    );
+
+    // API-originated: refused for the loopback host, allowed by [fetch] allow_private_hosts.
+    c.origin = FetchOrigin::Api;
+    let err = DefaultFetcher::new(c.clone())
+        .unwrap()
+        .list_refs(&slug)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FetchError::Refused { .. }), "{err:?}");
+    c.allow_private_hosts = vec![super::AllowedHost::new("localhost").unwrap()];
+    let api = DefaultFetcher::new(c).unwrap();
+    assert_eq!(api.list_refs(&slug).await.unwrap(), expected());
 }
