@@ -166,7 +166,7 @@ fn resolve_ref_inner(
     })
 }
 
-/// The in-memory git configuration key carrying `[fetch] ca_bundle` to [`transport_options`].
+/// The in-memory git configuration key carrying `[fetch] ca_bundle` to `transport_options`.
 pub const CA_BUNDLE_KEY: &str = "iac.caBundle";
 
 /// gix's transport options for an HTTP(S) `url` as the git configuration makes them, plus what

@@ -1,7 +1,7 @@
 //! Branch and tag listing (`GET /refs`, `iac refs`): the git ref advertisement of a remote
 //! (smart HTTP, no objects fetched) or the refs of a local repository, as a [`RefList`].
 //!
-//! Remote listings run through gix's HTTP transport wrapped in [`CappedHttp`], which counts
+//! Remote listings run through gix's HTTP transport wrapped in `CappedHttp`, which counts
 //! every response byte as it is read and fails the listing past `[fetch] max_ref_bytes`, so a
 //! hostile server cannot make the listing hold more than that in memory. The refspecs ask a
 //! protocol-v2 server for `HEAD`, `refs/heads/` and `refs/tags/` only (`ref-prefix`), so forges
