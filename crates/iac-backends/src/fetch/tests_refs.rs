@@ -325,3 +325,31 @@ async fn git_https_with_a_private_ca_through_ca_bundle() {
     let api = DefaultFetcher::new(c).unwrap();
     assert_eq!(api.list_refs(&slug).await.unwrap(), expected());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_past_the_fetch_deadline_fails_naming_the_slug() {
+    let fx = fixture();
+    // Accepts connections and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let mut c = config(&fx);
+    c.deadline = std::time::Duration::from_secs(1);
+    c.github.clone_url = Some(format!("http://127.0.0.1:{port}/{{owner}}/{{repo}}.git"));
+    let started = std::time::Instant::now();
+    let err = DefaultFetcher::new(c)
+        .unwrap()
+        .list_refs(&"gh:octo/hello".parse::<Slug>().unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, FetchError::Deadline { slug, secs: 1 } if slug == "gh:octo/hello"),
+        "{err:?}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
