@@ -107,6 +107,12 @@ pub enum Command {
         #[arg(long, value_delimiter = ',')]
         groups: Vec<String>,
     },
+    /// List a repository's branches and tags and the branch its HEAD points at (no objects are
+    /// fetched).
+    Refs {
+        /// A slug (gh:owner/repo, git+https://…, git+file:///…, path:DIR); a `#REF` is ignored.
+        slug: String,
+    },
     /// Write, per service, the resolved entry, the Envoy config and the certs it would use.
     Render {
         #[command(flatten)]

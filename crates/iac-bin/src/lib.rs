@@ -121,6 +121,7 @@ async fn dispatch(cli: Cli, cfg: IacConfig) -> anyhow::Result<ExitCode> {
             };
             commands::inspect(cfg, &target, &selection, json).await
         }
+        Command::Refs { slug } => commands::refs(cfg, &slug, json).await,
         Command::Render {
             file,
             out,

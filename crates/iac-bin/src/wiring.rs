@@ -358,6 +358,16 @@ impl ControlPlaneBackend for LiveBackend {
         Ok(stream.map(|item| item.map_err(ApiError::from)).boxed())
     }
 
+    /// Lists refs with the API's fetcher (guarded), without the engine or certificates.
+    async fn refs(&self, slug: iac_core::Slug) -> Result<iac_core::RefList, ApiError> {
+        let (fetcher, _) =
+            source_stages(&self.cfg).map_err(|e| ApiError::unavailable(format!("{e:#}")))?;
+        fetcher
+            .list_refs(&slug)
+            .await
+            .map_err(crate::api::refs_error)
+    }
+
     async fn engine_ping(&self) -> Result<String, String> {
         let engine = connect_engine(&self.cfg)
             .await

@@ -620,6 +620,7 @@ async fn openapi_document_is_served_and_matches_the_routes() {
             "GET /deployments/{id}",
             "GET /health",
             "GET /openapi.json",
+            "GET /refs",
             "GET /services",
             "GET /services/{name}/logs",
             "POST /deploy",
@@ -713,6 +714,11 @@ async fn openapi_mirror_schemas_match_the_core_types() {
         millis: 9,
     };
     roundtrip::<_, DeployReportSchema>(&report);
+    roundtrip::<_, RefListSchema>(&RefList {
+        branches: vec!["main".into()],
+        tags: vec!["v1".into()],
+        default: Some("main".into()),
+    });
     let ev = DeployEvent {
         ts: "t".into(),
         service: Some(svc.clone()),

@@ -1,5 +1,5 @@
 //! The `iac` binary's commands that need no container engine, run for real: `inspect --json`
-//! (the documented shape, and the exit code when nothing matches), `render` (entry, Envoy config
+//! (the documented shape, and the exit code when nothing matches), `refs` (text and JSON), `render` (entry, Envoy config
 //! and certificates per service, key 0600), `config show` (secrets redacted) and `serve`'s refusal
 //! of a TCP listener without an auth provider. Also: every command with
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` set (it used to panic), the strict configuration (unknown tables,
@@ -90,6 +90,67 @@ fn inspect_json_has_the_documented_shape() {
         "{install}"
     );
     assert_eq!(install["local"][0], ".", "{install}");
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.invalid")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.invalid")
+        .output()
+        .expect("git runs");
+    assert!(out.status.success(), "git {args:?}");
+}
+
+#[test]
+fn refs_lists_branches_tags_and_the_default_as_text_and_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "trunk"]);
+    std::fs::write(repo.join("main.py"), "print(1)\n").unwrap();
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "one"]);
+    git(&repo, &["tag", "v1"]);
+    git(&repo, &["branch", "feature/x"]);
+    let slug = format!("git+file://{}", repo.display());
+    let out = iac(dir.path(), &["refs", &slug, "--json"], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"branches": ["feature/x", "trunk"], "tags": ["v1"], "default": "trunk"})
+    );
+    let out = iac(dir.path(), &["refs", &slug], &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        text.starts_with("default   trunk\nbranches (2)\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  feature/x\n  trunk\ntags (1)\n  v1\n"),
+        "{text}"
+    );
+    // Not a repository: an error naming the slug.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let bad = format!("git+file://{}", empty.display());
+    let out = iac(dir.path(), &["refs", &bad], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&bad) && err.contains("expected a git repository"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -151,6 +151,14 @@ pub enum FetchError {
         /// The slug (or URL) that was refused.
         slug: String,
     },
+    /// Listing a repository's branches and tags failed (the slug, and why).
+    #[error("listing the branches and tags of {slug}: {source}")]
+    Refs {
+        /// The slug.
+        slug: String,
+        /// What failed.
+        source: Box<FetchError>,
+    },
     /// The whole fetch took longer than its configured total deadline (`[fetch] deadline`).
     #[error(
         "fetching {slug} exceeded its deadline of {secs} s ([fetch] deadline); the transfer was stopped"

@@ -23,6 +23,7 @@ pub mod lossy;
 pub mod mesh;
 pub mod name;
 pub mod plan;
+pub mod refs;
 pub mod report;
 pub mod repos;
 pub mod settle;
@@ -44,6 +45,7 @@ pub use health::{HealthReport, HealthState, LogLine, LogQuery, ProbeTarget, Rest
 pub use image::{BuildSpec, ImageRef};
 pub use mesh::{CertPaths, IssuedCerts, Mesh, MeshPorts, MeshService};
 pub use name::{ProjectName, ServiceName};
+pub use refs::RefList;
 pub use report::{DeployReport, ServiceReport, StageTiming};
 pub use repos::{
     InstallSelection, MAX_REPLICAS, ReposFile, ReposFormat, ServiceSpec, load_repos_file,

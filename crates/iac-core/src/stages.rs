@@ -24,6 +24,7 @@ use crate::health::{HealthReport, LogLine, LogQuery, ProbeTarget};
 use crate::image::{BuildSpec, ImageRef};
 use crate::mesh::{IssuedCerts, Mesh};
 use crate::name::{ProjectName, ServiceName};
+use crate::refs::RefList;
 use crate::slug::Slug;
 use crate::source::Source;
 use crate::stack::{Applied, Change, NetworkSpec, RunningService, ServiceStack, Stack};
@@ -34,6 +35,16 @@ use crate::stack::{Applied, Change, NetworkSpec, RunningService, ServiceStack, S
 pub trait SourceFetcher: Send + Sync {
     /// The source tree of `slug` (from the cache when this commit was fetched before).
     async fn fetch(&self, slug: &Slug, events: &Events) -> Result<Source, FetchError>;
+
+    /// The branches and tags of `slug`'s repository and the branch its `HEAD` points at (the
+    /// slug's `#REF` is ignored), without fetching any objects. Fetchers that cannot list refs
+    /// keep this default, which says so.
+    async fn list_refs(&self, slug: &Slug) -> Result<RefList, FetchError> {
+        Err(FetchError::Unsupported {
+            slug: slug.to_string(),
+            why: "this source fetcher cannot list branches and tags".to_string(),
+        })
+    }
 }
 
 /// Decides how a source tree's main() is run. Pure apart from reading the tree.

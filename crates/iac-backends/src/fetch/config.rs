@@ -138,6 +138,11 @@ pub struct FetchConfig {
     /// Cap on the disk space a git transfer may use (packs, index, refs), in bytes. Checked
     /// while the pack streams in and once more when it is complete.
     pub max_pack_bytes: u64,
+    /// Cap on the number of refs one branch/tag listing (`GET /refs`, `iac refs`) accepts.
+    pub max_refs: u64,
+    /// Cap on the bytes of one remote ref listing (the smart-HTTP responses, counted as they
+    /// stream in; a local listing counts ref-name bytes).
+    pub max_ref_bytes: u64,
     /// Resolve a hosted slug's ref to a commit with a git ref listing (`ls-remote`) before
     /// downloading, so branches hit the cache when they have not moved. Off: a branch's tarball is
     /// downloaded every time.
@@ -159,6 +164,12 @@ pub struct FetchConfig {
     /// Private hosts guarded fetches may still reach (an internal Git host): `"HOST"`,
     /// `"HOST:PORT"`, `"IP"`, `"IP/PREFIX"`, `"IP:PORT"`, `"[IPv6]:PORT"`.
     pub allow_private_hosts: Vec<AllowedHost>,
+    /// PEM file of CA certificates trusted for HTTPS fetches (archives, git clones, ref
+    /// listings) in addition to the platform's roots: an internal Git host with a private CA.
+    /// Relative paths are resolved against the working directory when the fetcher is
+    /// constructed. A `http.sslCAInfo` in the machine's git configuration is honoured too (for
+    /// git transfers), merged with these.
+    pub ca_bundle: Option<PathBuf>,
     /// Who asked for the fetches (never read from the file: the admin API sets
     /// [`FetchOrigin::Api`] on the fetcher it builds).
     #[serde(skip)]
@@ -177,12 +188,15 @@ impl Default for FetchConfig {
             http_timeout: Duration::from_secs(30),
             deadline: Duration::from_secs(300),
             max_pack_bytes: 1024 * 1024 * 1024,
+            max_refs: 10_000,
+            max_ref_bytes: 8 * 1024 * 1024,
             resolve_refs: true,
             git_fallback: true,
             git_config: Vec::new(),
             protected_dirs: vec![PathBuf::from(".iac"), PathBuf::from("secrets")],
             refuse_private: RefusePrivate::Api,
             allow_private_hosts: Vec::new(),
+            ca_bundle: None,
             origin: FetchOrigin::Cli,
         }
     }

@@ -44,7 +44,7 @@ pub struct ResolvedRef {
     pub kind: RefKind,
 }
 
-fn git_err(url: &str, what: &str, e: impl std::fmt::Display) -> FetchError {
+pub(super) fn git_err(url: &str, what: &str, e: impl std::fmt::Display) -> FetchError {
     FetchError::Git {
         url: url.to_string(),
         message: format!("{what}: {e}"),
@@ -105,9 +105,7 @@ fn resolve_ref_inner(
     let mut conn = remote
         .connect(gix::remote::Direction::Fetch)
         .map_err(|e| git_err(url, "connect", e))?;
-    if let Some(g) = guard
-        && let Some(opts) = guarded_transport(&repo, url, g, refused)?
-    {
+    if let Some(opts) = transport_options(&repo, url, guard, refused)? {
         conn.set_transport_options(opts);
     }
     let opts = gix::remote::ref_map::Options {
@@ -168,13 +166,18 @@ fn resolve_ref_inner(
     })
 }
 
-/// For a guarded fetch over HTTP(S): gix's transport options as the git configuration makes
-/// them, with redirects off (so the URL checked is the only one connected to) and a reqwest
-/// client built with the guard's resolver and no proxy. `None` for other URLs (`file://`).
-fn guarded_transport(
+/// The in-memory git configuration key carrying `[fetch] ca_bundle` to `transport_options`.
+pub const CA_BUNDLE_KEY: &str = "iac.caBundle";
+
+/// gix's transport options for an HTTP(S) `url` as the git configuration makes them, plus what
+/// gix's reqwest client does not do itself: the roots of `http.sslCAInfo` (`[fetch] ca_bundle`,
+/// see `trust.rs`) merged with the platform's, and for a guarded fetch redirects off (so the URL
+/// checked is the only one connected to) and the guard's resolver without any proxy. `None`
+/// for other URLs (`file://`) and when there is nothing to change.
+pub(super) fn transport_options(
     repo: &gix::Repository,
     url: &str,
-    guard: &Arc<NetGuard>,
+    guard: Option<&Arc<NetGuard>>,
     refused: &Arc<AtomicBool>,
 ) -> Result<Option<Box<dyn std::any::Any>>, FetchError> {
     use gix::protocol::transport::client::blocking_io::http;
@@ -189,11 +192,31 @@ fn guarded_transport(
     let http_opts = opts
         .downcast_mut::<http::Options>()
         .ok_or_else(|| git_err(url, "transport options", "not the HTTP transport's"))?;
-    http_opts.follow_redirects = http::options::FollowRedirects::None;
-    let resolver = guard.resolver(Some(refused.clone()));
+    // `http.sslCAInfo` as gix resolved it (a system gitconfig may set it), plus `[fetch]
+    // ca_bundle`, which DefaultFetcher passes as the in-memory key `iac.caBundle` (an override
+    // of `http.sslCAInfo` would lose to a system value).
+    let mut roots = Vec::new();
+    if let Some(p) = &http_opts.ssl_ca_info {
+        roots.extend(super::trust::load_roots(p, "http.sslCAInfo")?);
+    }
+    if let Some(v) = repo.config_snapshot().string(CA_BUNDLE_KEY) {
+        let p = PathBuf::from(v.to_str_lossy().into_owned());
+        roots.extend(super::trust::load_roots(&p, "[fetch] ca_bundle")?);
+    }
+    if guard.is_none() && roots.is_empty() {
+        return Ok(None);
+    }
+    let resolver = guard.map(|g| {
+        http_opts.follow_redirects = http::options::FollowRedirects::None;
+        g.resolver(Some(refused.clone()))
+    });
     let backend = http::reqwest::Options {
         configure_client: Some(Box::new(move |b| {
-            Ok(b.dns_resolver(resolver.clone()).no_proxy())
+            let b = b.tls_certs_merge(roots.iter().cloned());
+            Ok(match &resolver {
+                Some(r) => b.dns_resolver(r.clone()).no_proxy(),
+                None => b,
+            })
         })),
         configure_request: None,
     };
@@ -203,7 +226,7 @@ fn guarded_transport(
 
 /// `e`, or [`FetchError::Refused`] when the guard's resolver refused a name during the
 /// operation (gix flattens the resolver's error into its own).
-fn refused_or(url: &str, refused: &AtomicBool, e: FetchError) -> FetchError {
+pub(super) fn refused_or(url: &str, refused: &AtomicBool, e: FetchError) -> FetchError {
     if refused.load(Ordering::SeqCst) || matches!(e, FetchError::Refused { .. }) {
         FetchError::Refused {
             slug: url.to_string(),
@@ -400,19 +423,17 @@ pub fn fetch_tree(
         .map_err(|e| refused_or(url, &refused, e))
 }
 
-/// Sets the guarded transport options on every connection `prep` makes.
+/// Sets the transport options ([`transport_options`]: trust roots, guard) on every connection
+/// `prep` makes.
 fn guard_connection(
     prep: gix::clone::PrepareFetch,
     url: &str,
     guard: Option<&Arc<NetGuard>>,
     refused: &Arc<AtomicBool>,
 ) -> gix::clone::PrepareFetch {
-    let Some(guard) = guard.cloned() else {
-        return prep;
-    };
-    let (url, refused) = (url.to_string(), refused.clone());
+    let (url, refused, guard) = (url.to_string(), refused.clone(), guard.cloned());
     prep.configure_connection(move |conn| {
-        let opts = guarded_transport(conn.remote().repo(), &url, &guard, &refused)
+        let opts = transport_options(conn.remote().repo(), &url, guard.as_ref(), &refused)
             .map_err(gix::Error::from_error)?;
         if let Some(opts) = opts {
             conn.set_transport_options(opts);

@@ -9,6 +9,8 @@
 //! | `tar_guard.rs` | streaming check of tar header blocks: long-name/pax entries over their caps are refused before the `tar` crate buffers them |
 //! | `git.rs` | ref resolution (ls-remote) and depth-1 clones with gix |
 //! | `guard.rs` | SSRF guard of API-originated fetches: private/local addresses refused after DNS resolution (a filtering resolver), IP literals and every redirect hop checked, no proxy; `[fetch] allow_private_hosts` |
+//! | `refs.rs` | branch and tag listing: a remote's ref advertisement (no objects, response bytes capped) or a local repository's refs |
+//! | `trust.rs` | extra HTTPS trust roots (`[fetch] ca_bundle`, git's `http.sslCAInfo`) merged with the platform's |
 //! | `chain.rs` | hosted slugs: tarball first, git clone when the archive is unavailable |
 //! | `local.rs` | `path:` slugs: the directory as is (refused when it holds the state or secrets dir), digested over the build context's file set |
 //! | `cache.rs` | content cache under `.iac/cache`: trees keyed by repository + commit (or archive digest), ref index |
@@ -36,8 +38,10 @@ pub mod extract;
 pub mod git;
 pub mod guard;
 pub mod local;
+pub mod refs;
 pub mod tar_guard;
 pub mod tarball;
+pub mod trust;
 
 #[cfg(test)]
 mod tests;
@@ -45,12 +49,14 @@ mod tests;
 mod tests_hardening;
 #[cfg(test)]
 mod tests_issue22;
+#[cfg(test)]
+mod tests_refs;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
-use iac_core::{Events, FetchError, Slug, Source, SourceFetcher, Stage};
+use iac_core::{Events, FetchError, RefList, Slug, Source, SourceFetcher, Stage};
 
 pub use cache::Cache;
 pub use chain::ChainFetcher;
@@ -83,6 +89,17 @@ impl DefaultFetcher {
                 *p = cwd.join(&*p);
             }
         }
+        let mut roots = Vec::new();
+        if let Some(ca) = &mut config.ca_bundle {
+            if ca.is_relative() {
+                *ca = cwd.join(&*ca);
+            }
+            roots = trust::load_roots(ca, "[fetch] ca_bundle")?;
+            // Carried to git's HTTP client through the git configuration (see git.rs).
+            config
+                .git_config
+                .push(format!("{}={}", git::CA_BUNDLE_KEY, ca.display()));
+        }
         if !config.protected_dirs.contains(&config.cache_dir) {
             config.protected_dirs.push(config.cache_dir.clone());
         }
@@ -91,7 +108,7 @@ impl DefaultFetcher {
         let guard = config
             .guarded()
             .then(|| Arc::new(NetGuard::new(&config.allow_private_hosts)));
-        let tarball = TarballFetcher::new(config.http_timeout(), limits, guard.clone())?;
+        let tarball = TarballFetcher::new(config.http_timeout(), limits, guard.clone(), roots)?;
         let git = GitFetcher::new(
             cache.clone(),
             limits,
@@ -106,6 +123,37 @@ impl DefaultFetcher {
 
     pub fn config(&self) -> &FetchConfig {
         &self.config
+    }
+
+    fn ref_limits(&self) -> refs::RefLimits {
+        refs::RefLimits {
+            max_refs: self.config.max_refs,
+            max_bytes: self.config.max_ref_bytes,
+        }
+    }
+
+    /// One ref listing without the deadline (the caller bounds it), blocking.
+    fn list_refs_blocking(&self, slug: &Slug) -> Result<RefList, FetchError> {
+        let limits = self.ref_limits();
+        let url = match slug {
+            Slug::Hosted {
+                forge, owner, repo, ..
+            } => self.config.forge(*forge).clone_url(owner, repo),
+            Slug::GitHttps { url, .. } => url.clone(),
+            Slug::GitFile { path, .. } => return refs::list_local(path, false, limits),
+            Slug::Path { dir } => return refs::list_local(dir, true, limits),
+        };
+        if let Some(path) = url.strip_prefix("file://") {
+            return refs::list_local(std::path::Path::new(path), false, limits);
+        }
+        let scratch = Cache::new(&self.config.cache_dir).staging("refs")?;
+        refs::list_remote(
+            &url,
+            scratch.path(),
+            &self.config.git_config,
+            self.git.guard(),
+            limits,
+        )
     }
 
     /// One fetch without the deadline (the caller bounds it).
@@ -165,6 +213,37 @@ impl DefaultFetcher {
 
 #[async_trait]
 impl SourceFetcher for DefaultFetcher {
+    /// Lists refs under the fetch deadline. Every error names the slug; a refusal reads as
+    /// [`FetchError::Refused`] of the slug. (A listing past its deadline is abandoned: its
+    /// blocking thread ends at the HTTP client's own timeouts.)
+    async fn list_refs(&self, slug: &Slug) -> Result<RefList, FetchError> {
+        let deadline = self.config.deadline();
+        let (this, s) = (self.clone(), slug.clone());
+        let work = tokio::task::spawn_blocking(move || this.list_refs_blocking(&s));
+        let listed = match tokio::time::timeout(deadline, work).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => Err(FetchError::Io {
+                path: Default::default(),
+                source: std::io::Error::other(format!("ref listing task failed: {e}")),
+            }),
+            Err(_) => {
+                return Err(FetchError::Deadline {
+                    slug: slug.to_string(),
+                    secs: deadline.as_secs(),
+                });
+            }
+        };
+        listed.map_err(|e| match e {
+            FetchError::Refused { .. } => FetchError::Refused {
+                slug: slug.to_string(),
+            },
+            e => FetchError::Refs {
+                slug: slug.to_string(),
+                source: Box::new(e),
+            },
+        })
+    }
+
     async fn fetch(&self, slug: &Slug, events: &Events) -> Result<Source, FetchError> {
         events.info(Stage::Fetch, format!("fetching {slug}"));
         let interrupt = Arc::new(AtomicBool::new(false));

@@ -50,13 +50,16 @@ pub(crate) fn chain(e: &dyn std::error::Error) -> String {
 impl TarballFetcher {
     /// `timeout` bounds connecting and each wait for more body bytes, not the whole download.
     /// With a `guard`, every hop's URL is checked before its request and names are resolved
-    /// through the guard's filtering resolver, without any proxy (see `guard.rs`).
+    /// through the guard's filtering resolver, without any proxy (see `guard.rs`). `roots` are
+    /// trusted in addition to the platform's (`[fetch] ca_bundle`).
     pub fn new(
         timeout: Duration,
         limits: Limits,
         guard: Option<Arc<NetGuard>>,
+        roots: Vec<reqwest::Certificate>,
     ) -> Result<Self, FetchError> {
         let mut builder = reqwest::Client::builder()
+            .tls_certs_merge(roots)
             .connect_timeout(timeout)
             .read_timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())

@@ -6,8 +6,8 @@
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use iac_core::{
-    DeployReport, Events, HealthReport, LogLine, LogQuery, ProjectName, RunningService,
-    ServiceName, ServiceSpec,
+    DeployReport, Events, FetchError, HealthReport, LogLine, LogQuery, ProjectName, RefList,
+    RunningService, ServiceName, ServiceSpec, Slug,
 };
 use serde::{Deserialize, Serialize};
 
@@ -75,4 +75,30 @@ pub trait ControlPlaneBackend: Send + Sync {
 
     /// Reachability of the container engine: `Ok(version)` or `Err(why)`.
     async fn engine_ping(&self) -> Result<String, String>;
+
+    /// The branches and tags of `slug`'s repository (`GET /refs`), with the policy of
+    /// API-originated fetches (private addresses refused, deadline, caps). The slug policy of the
+    /// API (`allow_local_sources`) is checked before this is called. Backends that cannot list
+    /// refs keep this default: 501.
+    async fn refs(&self, slug: Slug) -> Result<RefList, ApiError> {
+        Err(ApiError::new(
+            501,
+            "not_implemented",
+            format!("{slug}: this control plane cannot list branches and tags"),
+        ))
+    }
+}
+
+/// The API error of a failed ref listing: a refused private address is 403
+/// (`source_refused`), the fetch deadline 504 (`deadline_exceeded`), a fetcher that cannot list
+/// refs 501, and anything else — the git host failed, a cap was hit, no repository — 502
+/// (`refs_failed`). The message always names the slug.
+pub fn refs_error(e: FetchError) -> ApiError {
+    let (status, code) = match &e {
+        FetchError::Refused { .. } => (403, "source_refused"),
+        FetchError::Deadline { .. } => (504, "deadline_exceeded"),
+        FetchError::Unsupported { .. } => (501, "not_implemented"),
+        _ => (502, "refs_failed"),
+    };
+    ApiError::new(status, code, e.to_string())
 }

@@ -58,7 +58,7 @@ use tokio_util::sync::CancellationToken;
 pub use authz::{AccessPolicy, Action, Caller, PolicyError, ProjectGrant};
 #[cfg(any(test, feature = "mocks"))]
 pub use backend::MockControlPlaneBackend;
-pub use backend::{ControlPlaneBackend, DeployInput, LogStream, ServiceStatus};
+pub use backend::{ControlPlaneBackend, DeployInput, LogStream, ServiceStatus, refs_error};
 pub use deployments::{
     DeploymentPage, DeploymentRecord, DeploymentStatus, DeploymentSummary, History, StreamItem,
 };

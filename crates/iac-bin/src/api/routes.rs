@@ -48,7 +48,7 @@ use super::error::{AllowTable, ApiError, ErrorBody, ErrorResponse, json_errors};
 use super::listen::{Peer, check_peer_uid};
 use super::ratelimit::{ClientKey, FailureLimiter};
 use super::schema::*;
-use super::state::{AppState, project_or_default, validate_deploy};
+use super::state::{AppState, check_remote_slug, project_or_default, validate_deploy};
 
 /// Path of the gRPC health method, open like `GET /health`.
 pub const GRPC_HEALTH_PATH: &str = "/iac.controlplane.v1.ControlPlane/HealthCheck";
@@ -97,6 +97,7 @@ fn openapi_router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_services))
         .routes(routes!(service_logs))
         .routes(routes!(destroy))
+        .routes(routes!(list_refs))
 }
 
 /// The OpenAPI document of the routes `router` serves, as served.
@@ -678,4 +679,33 @@ async fn destroy(
         project: project.to_string(),
         removed,
     }))
+}
+
+/// Branches and tags of a repository and the branch its `HEAD` points at, from the git host's
+/// ref advertisement (no objects are fetched) or, for `path:`/`git+file:` where
+/// `[serve] allow_local_sources` allows them, the local repository. The same policy as an
+/// API-originated fetch: private and local addresses refused (`[fetch] allow_private_hosts`),
+/// `[fetch] deadline`, `[fetch] max_refs` and `max_ref_bytes`.
+#[utoipa::path(get, path = "/refs", tag = "deploy", security(("bearer" = [])), params(RefsQuery),
+    responses((status = 200, body = RefListSchema),
+        (status = 400, description = "`slug` missing, or an unknown query parameter", body = ErrorResponse),
+        (status = 401, body = ErrorResponse),
+        (status = 403, description = "A `path:`/`git+file:` slug while `[serve] allow_local_sources` is off (`local_source_refused`), or a host that resolves to a private or local address (`source_refused`)", body = ErrorResponse),
+        (status = 422, description = "`slug` is not a slug", body = ErrorResponse),
+        (status = 429, description = TOO_MANY, body = ErrorResponse),
+        (status = 501, description = "This control plane cannot list refs", body = ErrorResponse),
+        (status = 502, description = "The listing failed: the git host answered an error, a cap was exceeded, or there is no repository (`refs_failed`)", body = ErrorResponse),
+        (status = 504, description = "The listing exceeded `[fetch] deadline` (`deadline_exceeded`)", body = ErrorResponse)))]
+async fn list_refs(
+    State(st): State<AppState>,
+    Query(q): Query<RefsQuery>,
+) -> Result<Json<iac_core::RefList>, ApiError> {
+    let slug: iac_core::Slug = q
+        .slug
+        .parse()
+        .map_err(|e| ApiError::unprocessable(format!("slug: {e}")))?;
+    if !st.cfg.allow_local_sources {
+        check_remote_slug("", &slug)?;
+    }
+    Ok(Json(st.backend.refs(slug).await?))
 }

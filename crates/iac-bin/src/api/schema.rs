@@ -262,6 +262,28 @@ pub struct DeploymentsQuery {
     pub cursor: Option<String>,
 }
 
+/// `?slug=` of `GET /refs`.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct RefsQuery {
+    /// The repository as a slug (`gh:owner/repo`, `git+https://…`; `path:`/`git+file:` only
+    /// with `[serve] allow_local_sources`). A `#REF` is accepted and ignored.
+    pub slug: String,
+}
+
+/// `GET /refs` answer (mirrors `iac_core::RefList`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefListSchema {
+    /// Branch names, sorted.
+    pub branches: Vec<String>,
+    /// Tag names, sorted.
+    pub tags: Vec<String>,
+    /// The branch `HEAD` points at; null when `HEAD` is detached or unborn.
+    pub default: Option<String>,
+}
+
 /// `?follow=&tail=&project=`.
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]

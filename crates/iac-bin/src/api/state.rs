@@ -141,9 +141,6 @@ pub(crate) fn validate_deploy(
     Ok((DeployInput { project, services }, repos))
 }
 
-/// The API's slug policy: `path:` and `git+file:` name directories on this host, which an API
-/// caller must not be able to bake into an image, so they are refused (403) unless the
-/// operator set `[serve] allow_local_sources = true`. The CLI is not subject to it.
 /// The API's edge policy: a caller may publish an app on the server's loopback only. A public
 /// address (`0.0.0.0`, a LAN address) would put the app in front of everyone who can reach the
 /// server, without a certificate, which only the operator (the CLI's repos file) decides.
@@ -165,19 +162,28 @@ pub(crate) fn check_expose(services: &[ServiceSpec]) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The API's slug policy: `path:` and `git+file:` name directories on this host, which an API
+/// caller must not be able to bake into an image (or probe with `GET /refs`), so they are
+/// refused (403) unless the operator set `[serve] allow_local_sources = true`. The CLI is not
+/// subject to it.
 pub(crate) fn check_remote_sources(services: &[ServiceSpec]) -> Result<(), ApiError> {
     for s in services {
-        if matches!(s.slug, Slug::Path { .. } | Slug::GitFile { .. }) {
-            return Err(ApiError::new(
-                403,
-                "local_source_refused",
-                format!(
-                    "service {}: slug {:?} names a directory on the server's host; API callers may only deploy remote sources (gh:, gl:, bb:, git+https:) unless the operator sets `[serve] allow_local_sources = true`",
-                    s.name,
-                    s.slug.to_string()
-                ),
-            ));
-        }
+        check_remote_slug(&format!("service {}: ", s.name), &s.slug)?;
+    }
+    Ok(())
+}
+
+/// [`check_remote_sources`] for one slug; `context` prefixes the message.
+pub(crate) fn check_remote_slug(context: &str, slug: &Slug) -> Result<(), ApiError> {
+    if matches!(slug, Slug::Path { .. } | Slug::GitFile { .. }) {
+        return Err(ApiError::new(
+            403,
+            "local_source_refused",
+            format!(
+                "{context}slug {:?} names a directory on the server's host; API callers may only use remote sources (gh:, gl:, bb:, git+https:) unless the operator sets `[serve] allow_local_sources = true`",
+                slug.to_string()
+            ),
+        ));
     }
     Ok(())
 }

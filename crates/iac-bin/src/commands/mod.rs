@@ -516,6 +516,40 @@ pub async fn inspect(
 
 /// The human-readable `iac inspect` report: the chosen command and where it comes from, then
 /// what the build adds and the runner-up candidates. Raw repo text: print it through [`safe`].
+/// `iac refs SLUG`: the repository's branches, tags and default branch (JSON with `--json`, the
+/// same shape as `GET /refs`).
+pub async fn refs(cfg: IacConfig, slug: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let slug: iac_core::Slug = slug.parse()?;
+    let (fetcher, _) = crate::wiring::source_stages(&cfg)?;
+    let refs = fetcher.list_refs(&slug).await?;
+    if json {
+        println!("{}", serde_json::to_string(&refs)?);
+    } else {
+        print!("{}", refs_text(&refs));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The text of `iac refs`: the default branch, then branches and tags one per line. Names are
+/// repo-controlled, so they go through [`safe`].
+fn refs_text(refs: &iac_core::RefList) -> String {
+    let mut out = format!(
+        "default   {}\n",
+        safe(
+            refs.default
+                .as_deref()
+                .unwrap_or("- (HEAD is detached or unborn)")
+        )
+    );
+    for (what, names) in [("branches", &refs.branches), ("tags", &refs.tags)] {
+        out.push_str(&format!("{what} ({})\n", names.len()));
+        for n in names {
+            out.push_str(&format!("  {}\n", safe(n)));
+        }
+    }
+    out
+}
+
 fn inspect_text(name: &str, source: &iac_core::Source, entry: &iac_core::Entry) -> String {
     let mut out = String::new();
     let mut line = |k: &str, v: &str| out.push_str(&format!("{k:<10}{v}\n"));
