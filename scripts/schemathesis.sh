@@ -202,10 +202,21 @@ cd "$work" # schemathesis keeps a cache (.schemathesis/) in the current director
 schemathesis run "http://127.0.0.1:$port/openapi.json" \
   --header "Authorization: Bearer $key" \
   --checks all \
+  --exclude-path /refs \
   --max-examples "$max_examples" \
   --request-timeout 30 \
   "$@"
 rc=$?
+# `GET /refs` asks the forge while the request waits: with every forge host dead here, a valid
+# slug gets the documented 502 (504 past the deadline). Every check but "no 5xx" applies to it.
+schemathesis run "http://127.0.0.1:$port/openapi.json" \
+  --header "Authorization: Bearer $key" \
+  --checks all \
+  --exclude-checks not_a_server_error \
+  --include-path /refs \
+  --max-examples "$max_examples" \
+  --request-timeout 30 \
+  "$@" || rc=$?
 set -e
 if grep -q -i "panicked" "$work/serve.log"; then
   echo "iac serve panicked during the run:" >&2

@@ -324,9 +324,16 @@ pub fn parse_repos_file(text: &str, format: ReposFormat) -> Result<ReposFile, Re
                         }
                         ("env", Value::Null) => {}
                         ("expose", v) => expose = Expose::from_value(&v).map_err(fail)?,
+                        ("replicas", Value::Null) => {}
                         ("replicas", v) => {
+                            // `3` or `3.0` (a whole number however it is written).
                             replicas = v
                                 .as_u64()
+                                .or_else(|| {
+                                    v.as_f64()
+                                        .filter(|f| f.fract() == 0.0 && (0.0..=1e15).contains(f))
+                                        .map(|f| f as u64)
+                                })
                                 .and_then(|n| u32::try_from(n).ok())
                                 .filter(|n| (1..=MAX_REPLICAS).contains(n))
                                 .ok_or_else(|| {
@@ -339,6 +346,7 @@ pub fn parse_repos_file(text: &str, format: ReposFormat) -> Result<ReposFile, Re
                                     ))
                                 })?;
                         }
+                        ("extras" | "groups", Value::Null) => {}
                         ("extras", v) => install.extras = name_list("extras", &v).map_err(fail)?,
                         ("groups", v) => install.groups = name_list("groups", &v).map_err(fail)?,
                         (key @ ("slug" | "name" | "entrypoint" | "env"), other) => {
@@ -668,7 +676,13 @@ mod tests {
         assert_eq!(json[1]["replicas"], 3);
         let back: Vec<ServiceSpec> = serde_json::from_value(json).unwrap();
         assert_eq!(back, r.services);
-        for bad in ["0", "101", "1.5", "-2", "three", "null"] {
+        // A whole number however written (JSON Schema's `integer`); null is the default.
+        for (ok, want) in [("3.0", 3), ("null", 1), ("100", 100)] {
+            let text = format!("- slug: gh:a/b\n  replicas: {ok}\n");
+            let r = parse_repos_file(&text, ReposFormat::Yaml).unwrap();
+            assert_eq!(r.services[0].replicas, want, "{ok}");
+        }
+        for bad in ["0", "101", "1.5", "-2", "three", "100.5", "1e300"] {
             let text = format!("- slug: gh:a/b\n  replicas: {bad}\n");
             let e = parse_repos_file(&text, ReposFormat::Yaml)
                 .unwrap_err()

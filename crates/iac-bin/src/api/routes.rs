@@ -116,6 +116,12 @@ fn document(doc: &utoipa::openapi::OpenApi) -> serde_json::Value {
             p["schema"] = serde_json::json!({"type": "string", "format": "uuid"});
         }
     }
+    // `GET /refs?slug=`: the slugs `POST /deploy` takes (local ones only where allowed).
+    if let Some(params) = v["paths"]["/refs"]["get"]["parameters"].as_array_mut() {
+        for p in params.iter_mut().filter(|p| p["name"] == "slug") {
+            p["schema"] = slug_schema();
+        }
+    }
     if let Some(params) = v["paths"]["/services/{name}/logs"]["get"]["parameters"].as_array_mut() {
         for p in params.iter_mut().filter(|p| p["name"] == "name") {
             p["schema"] = serde_json::json!({"type": "string", "pattern": DNS_LABEL_PATTERN});

@@ -50,14 +50,40 @@ pub const EXPOSE_LOOPBACK_PATTERN: &str = concat!(
     ":(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}|0))$"
 );
 
-/// The OpenAPI schema of [`DeployRequest`].
-pub fn deploy_request_schema() -> serde_json::Value {
-    let slug = serde_json::json!({
+/// `replicas` as JSON Schema's `integer` reads it: `3` and `3.0` alike; null is absent.
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    use serde::de::Error;
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    if let Some(u) = n.as_u64() {
+        return Ok(Some(u));
+    }
+    match n.as_f64() {
+        Some(f) if f.fract() == 0.0 && (0.0..=1e15).contains(&f) => Ok(Some(f as u64)),
+        _ => Err(D::Error::custom(format!(
+            "replicas {n}: expected a whole number from 1 to {}",
+            iac_core::MAX_REPLICAS
+        ))),
+    }
+}
+
+/// The schema of a slug an API caller may name (`POST /deploy`, `GET /refs`).
+pub fn slug_schema() -> serde_json::Value {
+    serde_json::json!({
         "type": "string",
         "pattern": REMOTE_SLUG_PATTERN,
         "description": "A remote slug: `gh:OWNER/REPO[#REF]`, `gl:GROUP[/SUBGROUP…]/REPO[#REF]`, `bb:OWNER/REPO[#REF]`, `git+https://HOST/PATH[#REF]`. `path:DIR` and `git+file:///PATH[#REF]` name directories on the server's host and are refused (403 `local_source_refused`) unless the operator set `[serve] allow_local_sources = true`.",
         "example": "gh:acme/hello#main"
-    });
+    })
+}
+
+/// An env value: any text without a NUL byte (a process environment cannot carry one).
+pub const NO_NUL_PATTERN: &str = "^[^\\u0000]*$";
+
+/// The OpenAPI schema of [`DeployRequest`].
+pub fn deploy_request_schema() -> serde_json::Value {
+    let slug = slug_schema();
     // The two shapes are read by different code (a repos-file item vs `ServiceSpec`), which
     // differ in what they take for `null` and for non-string env values; the schemas say so.
     let env_key = serde_json::json!({"pattern": "^[A-Za-z_][A-Za-z0-9_]{0,62}$"});
@@ -65,13 +91,18 @@ pub fn deploy_request_schema() -> serde_json::Value {
         "type": ["object", "null"],
         "description": "Extra environment of the app (numbers and booleans are written as text).",
         "propertyNames": env_key,
-        "additionalProperties": {"type": ["string", "number", "boolean"]}
+        "additionalProperties": {
+            "oneOf": [
+                {"type": "string", "pattern": NO_NUL_PATTERN},
+                {"type": ["number", "boolean"]}
+            ]
+        }
     });
     let service_env = serde_json::json!({
         "type": "object",
         "description": "Extra environment of the app.",
         "propertyNames": env_key,
-        "additionalProperties": {"type": "string"}
+        "additionalProperties": {"type": "string", "pattern": NO_NUL_PATTERN}
     });
     let entry_text = "`module:function` or a command line; overrides entry detection.";
     let item_entrypoint = serde_json::json!({
@@ -97,18 +128,24 @@ pub fn deploy_request_schema() -> serde_json::Value {
         "oneOf": [expose.clone(), {"type": "null"}]
     });
     let replicas = serde_json::json!({
-        "type": "integer",
-        "minimum": 1,
-        "maximum": iac_core::MAX_REPLICAS,
-        "description": "Copies to run where the provisioner runs several (Swarm); default 1."
+        "oneOf": [
+            {"type": "integer", "minimum": 1, "maximum": iac_core::MAX_REPLICAS},
+            {"type": "null"}
+        ],
+        "description": "Copies to run where the provisioner runs several (Swarm); default 1 (also when null)."
     });
     let names = |what: &str| {
         serde_json::json!({
-            "type": "array",
-            "items": {
-                "type": "string",
-                "pattern": "^[A-Za-z0-9]([A-Za-z0-9._-]{0,98}[A-Za-z0-9])?$"
-            },
+            "oneOf": [
+                {
+                    "type": "array",
+                    "items": {
+                        "type": "string",
+                        "pattern": "^[A-Za-z0-9]([A-Za-z0-9._-]{0,98}[A-Za-z0-9])?$"
+                    }
+                },
+                {"type": "null"}
+            ],
             "description": what
         })
     };
@@ -258,7 +295,8 @@ pub struct DeploymentsQuery {
     /// Page size, 1 to 500 (default 50).
     #[param(minimum = 1, maximum = 500)]
     pub limit: Option<usize>,
-    /// The `next_cursor` of the previous page.
+    /// The `next_cursor` of the previous page (a positive whole number as text; empty: the first).
+    #[param(pattern = "^([1-9][0-9]{0,17})?$")]
     pub cursor: Option<String>,
 }
 
@@ -338,8 +376,13 @@ pub struct ServiceSpecSchema {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub expose: Option<serde_json::Value>,
-    /// Copies to run (1 to 100, default 1) where the provisioner runs several (Swarm).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Copies to run (1 to 100, default 1) where the provisioner runs several (Swarm). A whole
+    /// number, also when written `3.0` (JSON Schema's `integer`).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole_number"
+    )]
     pub replicas: Option<u64>,
     /// Extras of a Python app to install besides its main dependencies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
