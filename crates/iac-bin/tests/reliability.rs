@@ -7,7 +7,7 @@
 //! * `crashy`: exits 1 at once, for ever (back-off 1 s): a crash loop beside healthy services.
 //!
 //! Each fault below is followed by `iac health --wait` until every healthy service is SERVING
-//! again; the time each took is printed (`recovered: …`), which is where the README's
+//! again; the time each took is printed (`recovered: …`), which is where docs/reliability.md's
 //! Reliability table comes from. At the end, `iac destroy` leaves nothing behind.
 
 use std::process::Output;

@@ -23,7 +23,7 @@
 //!   update iac itself proves every task SERVING over mTLS through its published port (the
 //!   `gate`). An equal spec hash leaves the service untouched (a no-op redeploy updates nothing).
 //! * There is no pod packet filter on Swarm: installing one needs NET_ADMIN in the task's network
-//!   namespace, i.e. in the one container that also runs the app (see the README's Limitations).
+//!   namespace, i.e. in the one container that also runs the app (see docs/limitations.md).
 //!
 //! Serializing deploys of one project is the caller's job (the `Deployer`'s project lock).
 
