@@ -112,8 +112,6 @@ pub trait Engine: Send + Sync {
         stage: Stage,
         tail_bytes: usize,
     ) -> Result<String, EngineError>;
-    /// The last lines (about `tail_bytes`) of container `id`'s stdout and stderr so far.
-    async fn output_tail(&self, id: &str, tail_bytes: usize) -> Result<String, EngineError>;
     /// Waits until container `id` has stopped; how it ended.
     async fn wait_exit(&self, id: &str) -> Result<ExitState, EngineError>;
     /// The last `lines` lines of container `id`'s log (stdout and stderr interleaved as the
@@ -134,8 +132,6 @@ pub trait Engine: Send + Sync {
 
 /// Lines of a followed container's output shown as events (the rest is only counted).
 const OUTPUT_EVENT_LINES: usize = 200;
-/// Lines asked of the engine by [`Engine::output_tail`].
-const OUTPUT_TAIL_LINES: usize = 40;
 
 /// [`Engine`] over bollard.
 #[derive(Debug, Clone)]
@@ -582,25 +578,6 @@ impl Engine for BollardEngine {
             tail.push_as_events(&chunk.into_bytes(), events, stage, "");
         }
         tail.finish_as_events(events, stage, "");
-        Ok(tail.text())
-    }
-
-    async fn output_tail(&self, id: &str, tail_bytes: usize) -> Result<String, EngineError> {
-        let opts = LogsOptionsBuilder::new()
-            .follow(false)
-            .stdout(true)
-            .stderr(true)
-            .tail(&OUTPUT_TAIL_LINES.to_string())
-            .build();
-        let mut stream = self.docker.logs(id, Some(opts));
-        let mut tail = OutputTail::new(tail_bytes, 0);
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| {
-                EngineError::from_bollard(format!("reading the output of container {id}"), e)
-            })?;
-            tail.push(&chunk.into_bytes(), |_, _| {});
-        }
-        tail.finish(|_, _| {});
         Ok(tail.text())
     }
 

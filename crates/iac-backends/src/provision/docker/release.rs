@@ -33,6 +33,8 @@ use super::{DockerProvisioner, Engine, EngineError, ExitState, short_id};
 
 /// Bytes of the command's output kept for the error message.
 const TAIL_BYTES: usize = 4 * 1024;
+/// Lines of a timed-out release's output read back for its error (at most [`TAIL_BYTES`]).
+const TAIL_LINES: usize = 40;
 
 /// The user the image's agent runs the app as (the app Dockerfile template's `--user app`).
 const APP_USER: &str = "app";
@@ -265,7 +267,7 @@ impl DockerProvisioner {
             Err(_) => {
                 let tail = self
                     .engine
-                    .output_tail(app_id, TAIL_BYTES)
+                    .log_tail(app_id, TAIL_LINES, TAIL_BYTES)
                     .await
                     .unwrap_or_else(|e| format!("(its output could not be read: {e})"));
                 Err(ReleaseError::Deadline {
