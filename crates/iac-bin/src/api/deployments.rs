@@ -358,15 +358,6 @@ impl Deployments {
         self.tracker.wait().await;
     }
 
-    /// Runs `fut` as a tracked task (waited for at shutdown).
-    pub fn spawn<F>(&self, fut: F) -> tokio::task::JoinHandle<F::Output>
-    where
-        F: std::future::Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
-        self.tracker.spawn(fut)
-    }
-
     /// Starts a deploy (409 if the project is busy, 503 if `max_deployments` deploys are all
     /// running). Returns its id and the stream of items; the deploy runs to completion (or to
     /// its deadline) whether or not the receiver is read or dropped.

@@ -50,24 +50,6 @@ pub const EXPOSE_LOOPBACK_PATTERN: &str = concat!(
     ":(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}|0))$"
 );
 
-/// `replicas` as JSON Schema's `integer` reads it: `3` and `3.0` alike; null is absent.
-fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    use serde::de::Error;
-    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
-        return Ok(None);
-    };
-    if let Some(u) = n.as_u64() {
-        return Ok(Some(u));
-    }
-    match n.as_f64() {
-        Some(f) if f.fract() == 0.0 && (0.0..=1e15).contains(&f) => Ok(Some(f as u64)),
-        _ => Err(D::Error::custom(format!(
-            "replicas {n}: expected a whole number from 1 to {}",
-            iac_core::MAX_REPLICAS
-        ))),
-    }
-}
-
 /// The schema of a slug an API caller may name (`POST /deploy`, `GET /refs`).
 pub fn slug_schema() -> serde_json::Value {
     serde_json::json!({
@@ -376,14 +358,11 @@ pub struct ServiceSpecSchema {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub expose: Option<serde_json::Value>,
-    /// Copies to run (1 to 100, default 1) where the provisioner runs several (Swarm). A whole
-    /// number, also when written `3.0` (JSON Schema's `integer`).
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "whole_number"
-    )]
-    pub replicas: Option<u64>,
+    /// Copies to run (1 to 100, default 1) where the provisioner runs several (Swarm). Passed to
+    /// the repos-file parser as sent, which decides (a whole number, `3` or `3.0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<u64>)]
+    pub replicas: Option<serde_json::Number>,
     /// Extras of a Python app to install besides its main dependencies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extras: Option<Vec<String>>,
