@@ -98,7 +98,8 @@ async fn a_server_that_exits_cleanly_is_not_serving_but_a_job_is() {
         "{}",
         h.detail
     );
-    assert!(h.uptime_ms >= 200, "{h:?}");
+    // The clock starts just after the spawn, so a 0.2 s run can read a millisecond short.
+    assert!(h.uptime_ms >= 150, "{h:?}");
     let up = h.uptime_ms;
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
