@@ -41,6 +41,7 @@
 
 pub mod config;
 pub mod forward;
+pub mod log;
 pub mod logbuf;
 pub mod netwatch;
 pub mod once;

@@ -2,7 +2,8 @@
 //! Tokio runtime and exits with its code. See the library docs for the behaviour.
 
 use clap::Parser;
-use iac_agent::supervisor::{EXIT_SETUP_FAILED, log};
+use iac_agent::log::log;
+use iac_agent::supervisor::EXIT_SETUP_FAILED;
 use iac_agent::{Cli, Options};
 
 fn main() {

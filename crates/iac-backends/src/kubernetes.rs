@@ -28,11 +28,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
+use iac_core::labels::{
+    LABEL_PROJECT, LABEL_SERVICE, LABEL_SPEC_HASH, project_labels, service_labels,
+};
 use iac_core::mesh::{CertPaths, MeshPorts};
 use iac_core::plan::{ENVOY_CONFIG_IN_CONTAINER, envoy_argv};
-use iac_core::stack::{
-    LABEL_MANAGED, LABEL_PROJECT, LABEL_SERVICE, LABEL_SPEC_HASH, ServiceStack, Stack,
-};
+use iac_core::stack::{ServiceStack, Stack};
 use serde_json::{Value, json};
 
 /// The port the agent's standard gRPC health service listens on inside the pod (the kubelet's
@@ -133,10 +134,7 @@ pub fn render(
             "kind": "Namespace",
             "metadata": {
                 "name": ns,
-                "labels": {
-                    LABEL_PROJECT: stack.project.to_string(),
-                    LABEL_MANAGED: "iac",
-                },
+                "labels": project_labels(stack.project.as_str()),
             },
         })]),
     }];
@@ -203,7 +201,7 @@ fn service_documents(
     let project = stack.project.to_string();
     let mesh = MeshPorts::default();
     let selector = json!({ LABEL_PROJECT: project, LABEL_SERVICE: name });
-    let labels = json!({ LABEL_PROJECT: project, LABEL_SERVICE: name, LABEL_MANAGED: "iac" });
+    let labels = json!(service_labels(&project, &name));
     let meta = |suffix: &str| {
         json!({
             "name": format!("{name}{suffix}"),

@@ -156,7 +156,7 @@ impl AgentProc {
                 "--listen",
                 "127.0.0.1:0",
                 "--grace",
-                "1",
+                "1s",
                 "--restart",
                 "never",
                 "--",

@@ -1008,7 +1008,7 @@ impl Pod {
             "--user",
             "nobody",
             "--grace",
-            "2",
+            "2s",
             "--",
             "python3",
             "-c",

@@ -4,6 +4,7 @@
 //! Every driver test works in its own temp dir and passes the stand-in's settings through
 //! `TerraformConfig::extra_env`, so tests run in parallel without touching the process env.
 
+use iac_backends::secret::Secret;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -413,9 +414,16 @@ impl Fixture {
     }
 
     fn config(&self, extra: &[(&str, &str)]) -> TerraformConfig {
-        let mut env: BTreeMap<String, String> =
-            [("FAKE_TF_LOG".to_string(), self.log.display().to_string())].into();
-        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let mut env: BTreeMap<String, Secret> = [(
+            "FAKE_TF_LOG".to_string(),
+            Secret::new(self.log.display().to_string()),
+        )]
+        .into();
+        env.extend(
+            extra
+                .iter()
+                .map(|(k, v)| (k.to_string(), Secret::new(v.to_string()))),
+        );
         TerraformConfig {
             binary: self.terraform.display().to_string(),
             work_root: self.dir.path().join("projects"),

@@ -6,9 +6,6 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::ProvisionerKind;
 
-/// The Envoy release the sidecar template and the default sidecar images are made for.
-pub const ENVOY_VERSION: &str = "1.40.0";
-
 /// `iac --version`: iac's version, and the agent and Envoy versions it expects.
 pub const LONG_VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),

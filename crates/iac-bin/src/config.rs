@@ -28,6 +28,10 @@ use iac_backends::provision::terraform::TerraformConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::api::ServeConfig;
+
+/// The Envoy release the sidecar template and the default sidecar images are made for (`iac
+/// --version` prints it too: [`crate::cli::LONG_VERSION`], checked by a test).
+pub const ENVOY_VERSION: &str = "1.40.0";
 pub use history::HistorySection;
 
 /// Which provisioner applies the stack.
@@ -56,8 +60,8 @@ pub struct SidecarSection {
 impl Default for SidecarSection {
     fn default() -> Self {
         SidecarSection {
-            image: format!("envoyproxy/envoy:v{}", crate::cli::ENVOY_VERSION),
-            offline_image: format!("iac/envoy:{}", crate::cli::ENVOY_VERSION),
+            image: format!("envoyproxy/envoy:v{}", ENVOY_VERSION),
+            offline_image: format!("iac/envoy:{}", ENVOY_VERSION),
             template_dir: None,
         }
     }
@@ -260,7 +264,7 @@ impl IacConfig {
     }
 
     /// The effective configuration as TOML. Secrets are typed ([`iac_backends::secret::Secret`]:
-    /// Supabase keys, the fetch tokens; secret-looking `[terraform.extra_env]` values, credentials
+    /// Supabase keys, the fetch tokens, every `[terraform.extra_env]` value, credentials
     /// in `pip_args` URLs) and print themselves redacted, always as `[redacted]`. Paths such as `secrets_dir`
     /// are not secrets and are shown. Pasting the output back is accepted unless it holds a
     /// redacted secret, which is refused by name.
@@ -666,6 +670,19 @@ read = ["alice"]
             }
             Ok(())
         });
+    }
+
+    #[test]
+    fn iac_version_names_the_envoy_release_the_defaults_use() {
+        let line = format!("envoy: {ENVOY_VERSION} (");
+        assert!(
+            crate::cli::LONG_VERSION.contains(&line),
+            "{}",
+            crate::cli::LONG_VERSION
+        );
+        let d = IacConfig::default();
+        assert!(d.sidecar.offline_image.ends_with(ENVOY_VERSION));
+        assert!(d.sidecar.image.ends_with(ENVOY_VERSION));
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! | [`wiring`] | config → concrete backends → `Deployer` ([`wiring::App`]) |
 //! | [`commands`] | one function per command (`ca`, `serve`, [`commands::bootstrap`] in files of their own) |
 //! | [`output`] | progress display and reports |
+//! | [`recipe`] | the embedded image recipe (`iac bootstrap`, and a deploy's missing base image) |
 //! | [`api`] | the admin API (`iac serve`) |
 //! | [`telemetry`] | tracing + OTLP |
 
@@ -16,6 +17,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod output;
+pub mod recipe;
 pub mod telemetry;
 pub mod wiring;
 

@@ -409,7 +409,7 @@ mod deploy {
         };
         tf.extra_env.insert(
             "FAKE_TF_LOG".into(),
-            dir.join("tf.log").display().to_string(),
+            iac_backends::secret::Secret::new(dir.join("tf.log").display().to_string()),
         );
         Deployer::new(
             Stages {

@@ -9,7 +9,7 @@
 
 pub mod addr;
 pub mod deployer;
-pub mod duration;
+pub use iac_duration as duration;
 pub mod entry;
 pub mod error;
 pub mod event;
@@ -19,6 +19,8 @@ pub mod fsutil;
 pub mod health;
 pub mod history;
 pub mod image;
+pub mod labels;
+pub mod log_tail;
 pub mod lossy;
 pub mod mesh;
 pub mod name;
@@ -31,6 +33,7 @@ pub mod shell;
 pub mod slug;
 pub mod source;
 pub mod stack;
+pub mod stage;
 pub mod stages;
 pub mod trace_context;
 

@@ -327,12 +327,10 @@ pub fn envoy_container_name(project: &ProjectName, svc: &ServiceName) -> String 
 pub fn plan(input: &PlanInput) -> Stack {
     let project = &input.project;
     let base_labels = |role: Role, svc: Option<&ServiceName>| {
-        let mut l = BTreeMap::new();
-        l.insert(LABEL_PROJECT.to_string(), project.to_string());
-        l.insert(LABEL_MANAGED.to_string(), "iac".to_string());
-        if let Some(s) = svc {
-            l.insert(LABEL_SERVICE.to_string(), s.to_string());
-        }
+        let mut l = match svc {
+            Some(s) => crate::labels::service_labels(project.as_str(), s.as_str()),
+            None => crate::labels::project_labels(project.as_str()),
+        };
         l.insert(LABEL_ROLE.to_string(), role.to_string());
         l
     };

@@ -487,9 +487,8 @@ fn check_restart_env(env: &BTreeMap<String, String>) -> Result<(), String> {
     let duration = |key: &str| -> Result<Option<std::time::Duration>, String> {
         env.get(key)
             .map(|v| {
-                humantime::parse_duration(v).map_err(|e| {
-                    format!("env {key} to be a duration such as 10s or 5m, got {v:?} ({e})")
-                })
+                crate::duration::parse(v)
+                    .map_err(|_| format!("env {key} to be a duration such as 10s or 5m, got {v:?}"))
             })
             .transpose()
     };

@@ -10,16 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::health::HealthReport;
 use crate::name::{ProjectName, ServiceName};
 
-/// Label naming an object's project.
-pub const LABEL_PROJECT: &str = "iac.project";
-/// Label naming the service a container belongs to.
-pub const LABEL_SERVICE: &str = "iac.service";
-/// Label holding the hash of the spec a container was created from.
-pub const LABEL_SPEC_HASH: &str = "iac.spec-hash";
-/// Label saying what an object is for ([`Role`]).
-pub const LABEL_ROLE: &str = "iac.role";
-/// Label set on every container and network iac created (value `iac`).
-pub const LABEL_MANAGED: &str = "iac.managed-by";
+pub use crate::labels::{LABEL_MANAGED, LABEL_PROJECT, LABEL_ROLE, LABEL_SERVICE, LABEL_SPEC_HASH};
 
 /// What an object iac creates is for: the value of its [`LABEL_ROLE`] label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

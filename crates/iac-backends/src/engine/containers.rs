@@ -21,16 +21,48 @@ use bollard::query_parameters::{
 };
 use futures::StreamExt;
 
-use iac_core::stack::{LABEL_MANAGED, LABEL_PROJECT, LABEL_ROLE, LABEL_SERVICE, LABEL_SPEC_HASH};
+use iac_core::stack::{LABEL_PROJECT, LABEL_ROLE, LABEL_SERVICE, LABEL_SPEC_HASH};
 use iac_core::{
     ContainerSpec, Events, NetworkMode, NetworkSpec, ProjectName, RestartPolicy, Role, Stage,
 };
 
 use super::{DockerEngine, EngineError};
-use crate::build::output::OutputTail;
-use crate::provision::MANAGED_BY;
-use crate::provision::reconcile::Observed;
+use crate::output_tail::OutputTail;
 use iac_core::addr::published;
+use iac_core::labels::{managed_filter, mark_managed};
+
+/// One container of the project as the engine reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    pub id: String,
+    /// Without Docker's leading `/`.
+    pub name: String,
+    /// `iac.service` label (absent on objects that belong to no service).
+    pub service: Option<String>,
+    /// `iac.role` label (`None` when absent or not a role iac sets).
+    pub role: Option<Role>,
+    /// `iac.spec-hash` label.
+    pub spec_hash: Option<String>,
+    pub image: String,
+    /// Engine state, e.g. `running`, `exited`, `created`.
+    pub state: String,
+    /// Published ports: (container port, host address).
+    pub published: Vec<(u16, SocketAddr)>,
+}
+
+impl Observed {
+    pub fn is_running(&self) -> bool {
+        self.state == "running"
+    }
+
+    /// The host address a container port is published on, if any.
+    pub fn published_addr(&self, container_port: u16) -> Option<SocketAddr> {
+        self.published
+            .iter()
+            .find(|(p, _)| *p == container_port)
+            .map(|(_, a)| *a)
+    }
+}
 
 /// What a command run in a container (`docker exec`) ended with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -256,7 +288,7 @@ fn nonempty(v: &[String]) -> Option<Vec<String>> {
 fn managed_labels(labels: &BTreeMap<String, String>) -> HashMap<String, String> {
     let mut out: HashMap<String, String> =
         labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    out.insert(LABEL_MANAGED.to_string(), MANAGED_BY.to_string());
+    mark_managed(&mut out);
     out
 }
 
@@ -270,10 +302,7 @@ pub(crate) fn pick(mut addrs: Vec<SocketAddr>) -> Option<SocketAddr> {
 pub(crate) fn label_filter(project: &ProjectName) -> HashMap<String, Vec<String>> {
     [(
         "label".to_string(),
-        vec![
-            format!("{LABEL_MANAGED}={MANAGED_BY}"),
-            format!("{LABEL_PROJECT}={project}"),
-        ],
+        vec![managed_filter(), format!("{LABEL_PROJECT}={project}")],
     )]
     .into()
 }

@@ -20,7 +20,7 @@
 //!   apply removes them as strays, `destroy` with the project, and the next release of the same
 //!   spec removes them by name first.
 //!
-//! [`OutputTail`]: crate::build::output::OutputTail
+//! [`OutputTail`]: crate::output_tail::OutputTail
 
 use std::sync::Arc;
 
