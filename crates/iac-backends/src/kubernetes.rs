@@ -255,7 +255,7 @@ fn service_documents(
     if svc.published(mesh.edge).is_some() {
         envoy_ports.push(json!({ "name": "edge", "containerPort": mesh.edge, "protocol": "TCP" }));
     }
-    let app_container = json!({
+    let mut app_container = json!({
         "name": "app",
         "image": svc.app.image,
         "env": env,
@@ -270,6 +270,10 @@ fn service_documents(
         // user and KILL to stop what the app left behind.
         "securityContext": security_context(&svc.app.privileges),
     });
+    // The plan's command, when it sets one, replaces the image's CMD (as on Docker).
+    if !svc.app.cmd.is_empty() {
+        app_container["args"] = json!(svc.app.cmd);
+    }
     let envoy_container = json!({
         "name": "envoy",
         "image": svc.envoy.image,

@@ -20,6 +20,7 @@
 
 pub mod auth;
 pub mod build;
+pub mod compose;
 pub mod engine;
 pub mod entry;
 pub mod fetch;

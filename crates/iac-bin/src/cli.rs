@@ -117,7 +117,9 @@ pub enum Command {
         #[arg(long, short = 'o')]
         out: PathBuf,
         /// `files`: per service entry.json, envoy.yaml and certs (what a deploy hands the
-        /// provisioner); `kubernetes`: manifests for `kubectl apply -f OUT/kubernetes/<project>`.
+        /// provisioner); `kubernetes`: manifests for `kubectl apply -f OUT/kubernetes/<project>`;
+        /// `compose`: a Compose project in `OUT/compose/<project>` (compose.yaml plus the certs
+        /// and envoy configs it mounts) for `docker-compose -p <project> up -d` — the eject path.
         #[arg(long, value_enum, default_value_t = RenderTarget::Files)]
         target: RenderTarget,
     },
@@ -189,6 +191,7 @@ pub enum HistoryAction {
 pub enum RenderTarget {
     Files,
     Kubernetes,
+    Compose,
 }
 
 #[derive(Debug, Subcommand)]

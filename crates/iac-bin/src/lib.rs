@@ -134,6 +134,11 @@ async fn dispatch(cli: Cli, cfg: IacConfig) -> anyhow::Result<ExitCode> {
             out,
             target: cli::RenderTarget::Kubernetes,
         } => commands::render_kubernetes(cfg, &file.file, &out, json).await,
+        Command::Render {
+            file,
+            out,
+            target: cli::RenderTarget::Compose,
+        } => commands::render_compose(cfg, &file.file, &out, json).await,
         Command::Ca { action } => commands::ca_command(&cfg, action, json),
         Command::Config {
             action: ConfigAction::Show,

@@ -46,6 +46,10 @@ pub enum EngineUse {
     Required,
     /// inspect, render: nothing is built, provisioned or probed.
     None,
+    /// `render --target compose`: as `None`, but the engine is asked which sidecar image it has
+    /// (the official one, else the offline equivalent), so the rendered project runs the images
+    /// a deploy on this engine would.
+    Images,
 }
 
 /// The fetcher and resolver alone (no engine, no certificates).
@@ -132,20 +136,25 @@ impl App {
                     .with_base_maker(Arc::new(crate::recipe::RecipeMaker::new(cfg.clone())));
                 (Arc::new(builder), provisioner, envoy_image)
             }
-            EngineUse::None => {
-                // Never asked anything: `planned()` only reads files.
-                let engine = DockerEngine::client(
-                    cfg.docker.docker_host.as_deref(),
-                    cfg.docker.request_timeout,
-                )
-                .context("[docker] docker_host")?;
+            EngineUse::None | EngineUse::Images => {
+                // Asked at most which sidecar image it has: `planned()` only reads files.
+                let (engine, envoy_image) = if engine == EngineUse::Images {
+                    let engine = connect_engine(&cfg).await?;
+                    let envoy_image =
+                        resolve_image(&engine, &cfg.sidecar.image, &cfg.sidecar.offline_image)
+                            .await?;
+                    (engine, envoy_image)
+                } else {
+                    let engine = DockerEngine::client(
+                        cfg.docker.docker_host.as_deref(),
+                        cfg.docker.request_timeout,
+                    )
+                    .context("[docker] docker_host")?;
+                    (engine, cfg.sidecar.image.clone())
+                };
                 let builder = DockerImageBuilder::new(engine, cfg.images.clone())
                     .context("image builder ([images])")?;
-                (
-                    Arc::new(builder),
-                    Arc::new(NoProvisioner),
-                    cfg.sidecar.image.clone(),
-                )
+                (Arc::new(builder), Arc::new(NoProvisioner), envoy_image)
             }
         };
         let deployer = Deployer::new(
