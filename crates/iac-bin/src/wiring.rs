@@ -383,23 +383,6 @@ impl ControlPlaneBackend for LiveBackend {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_api_backend_guards_its_fetches_and_the_cli_does_not() {
-        let cfg = IacConfig::default();
-        assert!(
-            !cfg.fetch.guarded(),
-            "CLI fetches still reach local servers"
-        );
-        let api = LiveBackend::new(cfg, ProjectName::new("demo").unwrap());
-        assert_eq!(api.cfg.fetch.origin, iac_backends::fetch::FetchOrigin::Api);
-        assert!(api.cfg.fetch.guarded());
-    }
-}
-
 /// The project keeper the docker provisioner runs (`[docker] keeper`): the agent copied into
 /// images, the engine's socket. `None` when switched off, or when the engine is not on a Unix
 /// socket (a container cannot be handed a TCP engine's credentials; said once, here).
@@ -420,4 +403,21 @@ fn keeper_setup(cfg: &IacConfig) -> Option<iac_backends::provision::docker::keep
         socket,
         image_labels: cfg.images.labels.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_api_backend_guards_its_fetches_and_the_cli_does_not() {
+        let cfg = IacConfig::default();
+        assert!(
+            !cfg.fetch.guarded(),
+            "CLI fetches still reach local servers"
+        );
+        let api = LiveBackend::new(cfg, ProjectName::new("demo").unwrap());
+        assert_eq!(api.cfg.fetch.origin, iac_backends::fetch::FetchOrigin::Api);
+        assert!(api.cfg.fetch.guarded());
+    }
 }
