@@ -165,8 +165,33 @@ pub struct Cli {
     #[arg(long, value_name = "ADDR", requires = "once")]
     pub wait_tcp: Option<SocketAddr>,
 
+    /// Keeper mode: supervise nothing; keep the pods of project PROJECT up through the engine
+    /// at --engine-socket: start an app whose last start failed once its sidecar runs (what an
+    /// engine restart or a reboot leaves behind), restart one left in its sidecar's old network
+    /// namespace. Touches only containers labelled iac.managed-by=iac and iac.project=PROJECT.
+    #[arg(long, value_name = "PROJECT", conflicts_with_all = ["probe", "once", "sidecar"])]
+    pub keeper: Option<String>,
+
+    /// With --keeper: the Docker engine's Unix socket.
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/var/run/docker.sock",
+        requires = "keeper"
+    )]
+    pub engine_socket: std::path::PathBuf,
+
+    /// With --keeper: how long an app still running in its restarted sidecar's old namespace
+    /// gets to end by itself (its agent ends it) before the keeper restarts it.
+    #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = parse_duration, requires = "keeper")]
+    pub keeper_recheck: Duration,
+
+    /// With --keeper: the longest delay between tries of a failed start (1 s, doubling).
+    #[arg(long, value_name = "DURATION", default_value = "1m", value_parser = parse_duration, requires = "keeper")]
+    pub keeper_backoff_max: Duration,
+
     /// The program to supervise and its arguments (after `--`).
-    #[arg(last = true, required_unless_present = "probe", value_name = "ARGV")]
+    #[arg(last = true, required_unless_present_any = ["probe", "keeper"], value_name = "ARGV")]
     pub argv: Vec<String>,
 }
 

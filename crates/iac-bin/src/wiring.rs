@@ -117,10 +117,16 @@ impl App {
                 let envoy_image =
                     resolve_image(&engine, &cfg.sidecar.image, &cfg.sidecar.offline_image).await?;
                 let provisioner: Arc<dyn Provisioner> = match cfg.provisioner {
-                    ProvisionerKind::Docker => Arc::new(DockerProvisioner::with_engine(
-                        Arc::new(BollardEngine::new(&engine)),
-                        cfg.docker.clone(),
-                    )),
+                    ProvisionerKind::Docker => {
+                        let p = DockerProvisioner::with_engine(
+                            Arc::new(BollardEngine::new(&engine)),
+                            cfg.docker.clone(),
+                        );
+                        Arc::new(match keeper_setup(&cfg) {
+                            Some(setup) => p.with_keeper(setup),
+                            None => p,
+                        })
+                    }
                     ProvisionerKind::Terraform => {
                         Arc::new(TerraformProvisioner::new(cfg.terraform.clone()))
                     }
@@ -382,6 +388,28 @@ impl ControlPlaneBackend for LiveBackend {
         let v = engine.version().await.map_err(|e| e.to_string())?;
         Ok(v.to_string())
     }
+}
+
+/// The project keeper the docker provisioner runs (`[docker] keeper`): the agent copied into
+/// images, the engine's socket. `None` when switched off, or when the engine is not on a Unix
+/// socket (a container cannot be handed a TCP engine's credentials; said once, here).
+fn keeper_setup(cfg: &IacConfig) -> Option<iac_backends::provision::docker::keeper::KeeperSetup> {
+    use iac_backends::provision::docker::keeper::{KeeperSetup, keeper_socket};
+    if !cfg.docker.keeper {
+        return None;
+    }
+    let env = std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty());
+    let Some(socket) = keeper_socket(cfg.docker.docker_host.as_deref(), env.as_deref()) else {
+        tracing::warn!(
+            "[docker] keeper: the engine is not on a Unix socket; no keeper runs, and pods an engine restart leaves down need `iac deploy`"
+        );
+        return None;
+    };
+    Some(KeeperSetup {
+        agent_binary: cfg.images.agent_binary_path(),
+        socket,
+        image_labels: cfg.images.labels.clone(),
+    })
 }
 
 #[cfg(test)]

@@ -176,7 +176,11 @@ fn hello_main_end_to_end() {
 
     // 3. redeploy without a change: nothing touched.
     let before = project.container_ids();
-    assert_eq!(before.len(), 6, "two containers per service: {before:?}");
+    assert_eq!(
+        before.len(),
+        7,
+        "two containers per service and the project keeper: {before:?}"
+    );
     let out = project.iac(&["deploy", "--file", file, "--json"]);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(

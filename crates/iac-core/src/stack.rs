@@ -22,6 +22,8 @@ pub enum Role {
     Envoy,
     /// The project's network.
     Network,
+    /// The project's keeper (Docker): starts the apps an engine restart left down.
+    Keeper,
 }
 
 impl Role {
@@ -31,12 +33,13 @@ impl Role {
             Role::App => "app",
             Role::Envoy => "envoy",
             Role::Network => "network",
+            Role::Keeper => "keeper",
         }
     }
 
     /// The role a label value names; `None` for anything else (an object iac did not label).
     pub fn from_label(value: &str) -> Option<Role> {
-        [Role::App, Role::Envoy, Role::Network]
+        [Role::App, Role::Envoy, Role::Network, Role::Keeper]
             .into_iter()
             .find(|r| r.as_str() == value)
     }

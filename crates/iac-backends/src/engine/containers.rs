@@ -160,6 +160,11 @@ pub trait Engine: Send + Sync {
         id: &str,
         container_port: u16,
     ) -> Result<Option<SocketAddr>, EngineError>;
+    /// Whether an image named `name` is on the engine.
+    async fn image_present(&self, name: &str) -> Result<bool, EngineError>;
+    /// Builds image `tag` from `context` (a tar holding a `Dockerfile` and what it copies),
+    /// without network: every stage starts from `scratch` or a local image.
+    async fn build_image(&self, tag: &str, context: Vec<u8>) -> Result<(), EngineError>;
 }
 
 /// Lines of a followed container's output shown as events (the rest is only counted).
@@ -692,6 +697,52 @@ impl Engine for BollardEngine {
             .filter_map(|b| published(b.host_ip.as_deref(), b.host_port.as_deref()?.parse().ok()?))
             .collect();
         Ok(pick(addrs))
+    }
+
+    async fn image_present(&self, name: &str) -> Result<bool, EngineError> {
+        match self.docker.inspect_image(name).await {
+            Ok(_) => Ok(true),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(false),
+            Err(e) => Err(EngineError::from_bollard(
+                format!("inspect image {name}"),
+                e,
+            )),
+        }
+    }
+
+    async fn build_image(&self, tag: &str, context: Vec<u8>) -> Result<(), EngineError> {
+        let op = || format!("building image {tag}");
+        let opts = bollard::query_parameters::BuildImageOptionsBuilder::new()
+            .dockerfile("Dockerfile")
+            .t(tag)
+            .rm(true)
+            .forcerm(true)
+            .networkmode("none")
+            .build();
+        let mut stream =
+            self.docker
+                .build_image(opts, None, Some(bollard::body_full(context.into())));
+        // The last few KiB of the build's output, for the error.
+        let mut output = String::new();
+        while let Some(item) = stream.next().await {
+            let info = item.map_err(|e| EngineError::from_bollard(op(), e))?;
+            if let Some(text) = info.stream.as_deref() {
+                output.push_str(text);
+                if output.len() > 8192 {
+                    let cut = output.len() - 4096;
+                    let cut = (cut..output.len())
+                        .find(|i| output.is_char_boundary(*i))
+                        .unwrap_or(output.len());
+                    output.drain(..cut);
+                }
+            }
+            if let Some(err) = info.error_detail.and_then(|d| d.message) {
+                return Err(EngineError::new(op(), None, format!("{err}\n{output}")));
+            }
+        }
+        Ok(())
     }
 }
 
