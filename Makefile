@@ -7,7 +7,7 @@ PREFIX ?= $(HOME)/.cargo/bin
 FILE ?= examples/repos.local.yaml
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: help bootstrap deps images agent install test test-deps fmt lint plan apply destroy bench clean-test-objects
+.PHONY: help bootstrap deps images agent install test test-deps fmt lint plan apply destroy bench clean-test-objects screenshots
 
 help:
 	@echo "make bootstrap   install host deps, build the static agent + iac, ensure base images"
@@ -15,6 +15,7 @@ help:
 	@echo "make fmt|lint    rustfmt / clippy -D warnings / rustdoc -D warnings"
 	@echo "make plan|apply|destroy FILE=repos.yaml   drive iac on a repos file"
 	@echo "make bench       deploy benchmark vs docker compose (prints ratios)"
+	@echo "make screenshots refresh docs/console/*.png (the browser tests, headless Chromium)"
 
 deps:
 	@bash scripts/install-deps.sh
@@ -44,7 +45,7 @@ test-deps: deps agent
 	@bash scripts/bootstrap-images.sh --python 3.14 --swarm-node
 
 test: test-deps
-	IAC_REQUIRE_ENVOY=1 IAC_REQUIRE_DOCKER=1 IAC_REQUIRE_K8S_VALIDATE=1 IAC_REQUIRE_POSTGRES=1 $(CARGO) test --workspace --no-fail-fast
+	IAC_REQUIRE_ENVOY=1 IAC_REQUIRE_DOCKER=1 IAC_REQUIRE_K8S_VALIDATE=1 IAC_REQUIRE_POSTGRES=1 IAC_REQUIRE_BROWSER=1 $(CARGO) test --workspace --no-fail-fast
 	@bash scripts/fuzz-smoke.sh
 	@$(MAKE) --no-print-directory clean-test-objects
 
@@ -74,3 +75,7 @@ destroy:
 
 bench:
 	@bash scripts/bench-deploy.sh
+
+# The console's pages at 1280 and 390 px, taken by the browser tests themselves.
+screenshots: deps agent
+	IAC_SCREENSHOTS=$(CURDIR)/docs/console IAC_REQUIRE_BROWSER=1 IAC_REQUIRE_DOCKER=1 $(CARGO) test -p iac-bin --test console_browser -- --test-threads 1

@@ -15,6 +15,7 @@ pub mod api;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod console;
 pub mod output;
 pub mod telemetry;
 pub mod wiring;
