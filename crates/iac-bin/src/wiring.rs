@@ -363,7 +363,9 @@ impl ControlPlaneBackend for LiveBackend {
         let app = self.app(input.project).await?;
         let (events, _rx) = iac_core::Events::channel();
         let outcome = app.deployer.plan(&input.services, &events).await?;
-        Ok(crate::api::backend::PlanPreview::from_outcome(&project, &outcome))
+        Ok(crate::api::backend::PlanPreview::from_outcome(
+            &project, &outcome,
+        ))
     }
 
     /// Lists refs with the API's fetcher (guarded), without the engine or certificates.

@@ -44,7 +44,6 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::ServeConfig;
-use crate::console::session;
 use super::authz::{AccessPolicy, Action, Caller};
 use super::backend::{ControlPlaneBackend, PlanPreview, ServiceStatus};
 use super::deployments::{DeploymentPage, DeploymentRecord, DeploymentSummary, Deployments, who};
@@ -53,6 +52,7 @@ use super::listen::{Peer, check_peer_uid};
 use super::ratelimit::{ClientKey, FailureLimiter};
 use super::schema::*;
 use super::state::{AppState, check_remote_slug, project_or_default, validate_deploy};
+use crate::console::session;
 
 /// Path of the gRPC health method, open like `GET /health`.
 pub const GRPC_HEALTH_PATH: &str = "/iac.controlplane.v1.ControlPlane/HealthCheck";

@@ -111,9 +111,8 @@ impl GoTrue {
         if !status.is_success() {
             return Err(GrantError::Unavailable(format!("HTTP {status}")));
         }
-        let t: TokenResponse = serde_json::from_slice(&bytes).map_err(|e| {
-            GrantError::Unavailable(format!("unexpected token response ({e})"))
-        })?;
+        let t: TokenResponse = serde_json::from_slice(&bytes)
+            .map_err(|e| GrantError::Unavailable(format!("unexpected token response ({e})")))?;
         let expires_at = t
             .expires_at
             .or_else(|| t.expires_in.map(|s| now_secs() + s));

@@ -86,7 +86,11 @@ impl Console {
     /// The caller behind session `id`: refreshes its access token when it expires within a
     /// minute (and a refresh token is there), then verifies it with `st.auth`. A session that
     /// cannot be refreshed or verified any more is forgotten.
-    pub(crate) async fn session_caller(&self, st: &AppState, id: &str) -> Result<Caller, AuthError> {
+    pub(crate) async fn session_caller(
+        &self,
+        st: &AppState,
+        id: &str,
+    ) -> Result<Caller, AuthError> {
         let Some(tokens) = self.sessions.get(id) else {
             return Err(AuthError::Invalid(
                 "the console session has ended (signed out, expired, or iac serve restarted); sign in again".into(),

@@ -4,7 +4,9 @@
 //! API for what is live (ref lists, the plan preview, the deploy stream, log streams).
 //!
 //! Every response carries a strict Content-Security-Policy (scripts and styles from this server
-//! only, no inline script), `X-Frame-Options: DENY` and `Cache-Control: no-store`. Forms that
+//! only, no inline script), `X-Frame-Options: DENY`, `Cache-Control: no-store` and
+//! `Referrer-Policy: same-origin` (with `no-referrer` Chromium sends `Origin: null` on the
+//! console's own form posts, which the `Origin` check must then refuse). Forms that
 //! change state (sign-in, sign-out, destroy) check `Origin` like the API does.
 
 use std::collections::BTreeSet;
@@ -147,7 +149,10 @@ pub(crate) fn secure_headers(h: &mut HeaderMap) {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
 }
 
@@ -170,7 +175,13 @@ fn render(st: &AppState, status: StatusCode, name: &str, ctx: minijinja::Value) 
 }
 
 /// A message page (errors, refusals, results).
-fn message(st: &AppState, v: Option<&Viewer>, status: StatusCode, title: &str, text: &str) -> Response {
+fn message(
+    st: &AppState,
+    v: Option<&Viewer>,
+    status: StatusCode,
+    title: &str,
+    text: &str,
+) -> Response {
     render(
         st,
         status,
@@ -216,7 +227,13 @@ async fn viewer(st: &AppState, peer: &Peer, headers: &HeaderMap) -> Result<Viewe
                     "Sign-in unavailable",
                     &e.to_string(),
                 )),
-                Err(e) => Err(signin_with(st, StatusCode::UNAUTHORIZED, Some(e.to_string()), None, true)),
+                Err(e) => Err(signin_with(
+                    st,
+                    StatusCode::UNAUTHORIZED,
+                    Some(e.to_string()),
+                    None,
+                    true,
+                )),
             }
         }
     }
@@ -224,13 +241,25 @@ async fn viewer(st: &AppState, peer: &Peer, headers: &HeaderMap) -> Result<Viewe
 
 fn project_name(st: &AppState, v: &Viewer, p: &str) -> Result<ProjectName, Response> {
     ProjectName::new(p).map_err(|e| {
-        message(st, Some(v), StatusCode::NOT_FOUND, "No such project", &format!("project {p:?}: {e}"))
+        message(
+            st,
+            Some(v),
+            StatusCode::NOT_FOUND,
+            "No such project",
+            &format!("project {p:?}: {e}"),
+        )
     })
 }
 
 fn require(st: &AppState, v: &Viewer, p: &ProjectName, a: Action) -> Result<(), Response> {
     st.access.check(&v.caller, p, a).map_err(|e| {
-        message(st, Some(v), StatusCode::FORBIDDEN, "Not allowed", &e.body().message)
+        message(
+            st,
+            Some(v),
+            StatusCode::FORBIDDEN,
+            "Not allowed",
+            &e.body().message,
+        )
     })
 }
 
@@ -241,7 +270,13 @@ fn origin_ok(st: &AppState, peer: &Peer, headers: &HeaderMap) -> Result<(), Resp
     }
     st.console.check_origin(headers).map_err(|why| {
         tracing::info!("console form refused: {why}");
-        message(st, None, StatusCode::FORBIDDEN, "Request refused (origin_mismatch)", &why)
+        message(
+            st,
+            None,
+            StatusCode::FORBIDDEN,
+            "Request refused (origin_mismatch)",
+            &why,
+        )
     })
 }
 
@@ -318,14 +353,22 @@ async fn signin_submit(
     match result {
         Ok(id) => {
             let mut r = Redirect::to("/").into_response();
-            r.headers_mut()
-                .insert(header::SET_COOKIE, session::set_cookie(&id, st.console.secure));
+            r.headers_mut().insert(
+                header::SET_COOKIE,
+                session::set_cookie(&id, st.console.secure),
+            );
             secure_headers(r.headers_mut());
             r
         }
         Err(msg) => {
             let _ = st.failures.failed(key, Instant::now());
-            signin_with(&st, StatusCode::UNAUTHORIZED, Some(msg), Some(f.email), false)
+            signin_with(
+                &st,
+                StatusCode::UNAUTHORIZED,
+                Some(msg),
+                Some(f.email),
+                false,
+            )
         }
     }
 }
@@ -409,7 +452,10 @@ async fn projects(
 
 /// The entry (argv and the rule that chose it) of each service of `project`, from its most
 /// recent deploy in the history that reported one.
-async fn entries(st: &AppState, project: &ProjectName) -> std::collections::BTreeMap<String, (String, String)> {
+async fn entries(
+    st: &AppState,
+    project: &ProjectName,
+) -> std::collections::BTreeMap<String, (String, String)> {
     let mut out = std::collections::BTreeMap::new();
     let Ok(page) = st
         .deployments
@@ -424,7 +470,11 @@ async fn entries(st: &AppState, project: &ProjectName) -> std::collections::BTre
     else {
         return out;
     };
-    for s in page.items.into_iter().filter_map(DeploymentSummary::from_history) {
+    for s in page
+        .items
+        .into_iter()
+        .filter_map(DeploymentSummary::from_history)
+    {
         let Ok(Some(rec)) = st.deployments.record(&s.id).await else {
             continue;
         };
@@ -548,7 +598,13 @@ async fn logs_page(
     let service = match iac_core::ServiceName::new(&service) {
         Ok(s) => s,
         Err(e) => {
-            return message(&st, Some(&v), StatusCode::NOT_FOUND, "No such service", &format!("service {service:?}: {e}"));
+            return message(
+                &st,
+                Some(&v),
+                StatusCode::NOT_FOUND,
+                "No such service",
+                &format!("service {service:?}: {e}"),
+            );
         }
     };
     render(
@@ -577,7 +633,10 @@ async fn destroy_page(
         return r;
     }
     let services: Vec<String> = match st.backend.services(project.clone()).await {
-        Ok(s) => s.into_iter().map(|s| s.running.service.to_string()).collect(),
+        Ok(s) => s
+            .into_iter()
+            .map(|s| s.running.service.to_string())
+            .collect(),
         Err(_) => Vec::new(),
     };
     render(
@@ -626,7 +685,12 @@ async fn destroy_submit(
     }
     match st
         .deployments
-        .destroy(st.backend.clone(), project.clone(), "console", who(&v.caller))
+        .destroy(
+            st.backend.clone(),
+            project.clone(),
+            "console",
+            who(&v.caller),
+        )
         .await
     {
         Ok(removed) => message(
@@ -640,7 +704,13 @@ async fn destroy_submit(
                 format!("Project {project}: removed {}.", removed.join(", "))
             },
         ),
-        Err(e) => message(&st, Some(&v), e.status_code(), "Destroy failed", &e.body().message),
+        Err(e) => message(
+            &st,
+            Some(&v),
+            e.status_code(),
+            "Destroy failed",
+            &e.body().message,
+        ),
     }
 }
 
@@ -722,17 +792,43 @@ async fn deployment_page(
         Err(r) => return r,
     };
     let Ok(id) = Uuid::parse_str(&id) else {
-        return message(&st, Some(&v), StatusCode::NOT_FOUND, "No such deployment", &format!("{id:?} is not a deployment id"));
+        return message(
+            &st,
+            Some(&v),
+            StatusCode::NOT_FOUND,
+            "No such deployment",
+            &format!("{id:?} is not a deployment id"),
+        );
     };
     let rec = match st.deployments.record(&id).await {
         Ok(Some(r)) => r,
         Ok(None) => {
-            return message(&st, Some(&v), StatusCode::NOT_FOUND, "No such deployment", &format!("no deployment {id} (unknown, or removed by the history's retention)"));
+            return message(
+                &st,
+                Some(&v),
+                StatusCode::NOT_FOUND,
+                "No such deployment",
+                &format!("no deployment {id} (unknown, or removed by the history's retention)"),
+            );
         }
-        Err(e) => return message(&st, Some(&v), e.status_code(), "History unavailable", &e.body().message),
+        Err(e) => {
+            return message(
+                &st,
+                Some(&v),
+                e.status_code(),
+                "History unavailable",
+                &e.body().message,
+            );
+        }
     };
     if !st.access.allows(&v.caller, &rec.project, Action::Read) {
-        return message(&st, Some(&v), StatusCode::FORBIDDEN, "Not allowed", &format!("deployment {id} belongs to a project you may not read"));
+        return message(
+            &st,
+            Some(&v),
+            StatusCode::FORBIDDEN,
+            "Not allowed",
+            &format!("deployment {id} belongs to a project you may not read"),
+        );
     }
     render(
         &st,
@@ -782,12 +878,19 @@ async fn repos_to_json(
             m.remove("project"),
             match m.remove("services") {
                 Some(serde_json::Value::Array(items)) => items,
-                _ => return bad("repos file: expected a list of services, or a map with `services`".into()),
+                _ => {
+                    return bad(
+                        "repos file: expected a list of services, or a map with `services`".into(),
+                    );
+                }
             },
         ),
-        _ => return bad("repos file: expected a list of services, or a map with `services`".into()),
+        _ => {
+            return bad("repos file: expected a list of services, or a map with `services`".into());
+        }
     };
-    let mut r = axum::Json(serde_json::json!({ "project": project, "slugs": slugs })).into_response();
+    let mut r =
+        axum::Json(serde_json::json!({ "project": project, "slugs": slugs })).into_response();
     secure_headers(r.headers_mut());
     r
 }
@@ -808,40 +911,75 @@ mod tests {
     #[test]
     fn every_page_renders_and_escapes() {
         let user = "<b>eve</b>@example.test";
-        let out = render_ok("signin.html", json!({"error": "Sign-in failed: <x>", "email": user, "password": true}));
+        let out = render_ok(
+            "signin.html",
+            json!({"error": "Sign-in failed: <x>", "email": user, "password": true}),
+        );
         assert!(out.contains(r#"type="email""#) && out.contains(r#"type="password""#));
         assert!(out.contains("&lt;x&gt;") && !out.contains("<x>"), "escaped");
         let out = render_ok("signin.html", json!({"password": false}));
         assert!(!out.contains(r#"type="password""#) && out.contains("access_token"));
-        let out = render_ok("projects.html", json!({"user": user, "session": true, "projects": [{"name": "shop", "deploy": true}]}));
+        let out = render_ok(
+            "projects.html",
+            json!({"user": user, "session": true, "projects": [{"name": "shop", "deploy": true}]}),
+        );
         assert!(out.contains("/projects/shop/deploy") && out.contains("Sign out"));
         assert!(!out.contains("<b>eve"), "user escaped");
-        let out = render_ok("project.html", json!({"user": "u", "project": "shop", "deploy": true, "services": [
+        let out = render_ok(
+            "project.html",
+            json!({"user": "u", "project": "shop", "deploy": true, "services": [
             {"name": "api", "health": "SERVING", "detail": "d", "state": "running", "restarts": 2, "last_exit": "exited with code 1",
-             "url": "http://127.0.0.1:9000/", "image": "iac/shop-api:1", "entry": "python /app/main.py", "why": "main.py: root main.py", "uptime": "5 s"}]}));
-        assert!(out.contains("href=\"http:&#x2f;&#x2f;127.0.0.1:9000&#x2f;\"") && out.contains("h-SERVING") && out.contains("/projects/shop/logs/api"));
-        let out = render_ok("project.html", json!({"user": "u", "project": "shop", "deploy": false, "services": []}));
+             "url": "http://127.0.0.1:9000/", "image": "iac/shop-api:1", "entry": "python /app/main.py", "why": "main.py: root main.py", "uptime": "5 s"}]}),
+        );
+        assert!(
+            out.contains("href=\"http:&#x2f;&#x2f;127.0.0.1:9000&#x2f;\"")
+                && out.contains("h-SERVING")
+                && out.contains("/projects/shop/logs/api")
+        );
+        let out = render_ok(
+            "project.html",
+            json!({"user": "u", "project": "shop", "deploy": false, "services": []}),
+        );
         assert!(out.contains("no-services") && !out.contains("destroy-link"));
         render_ok("deploy.html", json!({"user": "u", "project": "shop"}));
-        render_ok("logs.html", json!({"user": "u", "project": "shop", "service": "api"}));
-        let out = render_ok("destroy.html", json!({"user": "u", "project": "shop", "services": ["api", "web"]}));
+        render_ok(
+            "logs.html",
+            json!({"user": "u", "project": "shop", "service": "api"}),
+        );
+        let out = render_ok(
+            "destroy.html",
+            json!({"user": "u", "project": "shop", "services": ["api", "web"]}),
+        );
         assert!(out.contains("api, web") && out.contains(r#"name="confirm""#));
-        let out = render_ok("history.html", json!({"user": "u", "items": [{"id": "6b1f2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d", "project": "shop",
-            "kind": "deploy", "status": "succeeded", "origin": "http", "who": "x", "services": ["api"], "started_at": "t"}], "next": "a+b/c="}));
+        let out = render_ok(
+            "history.html",
+            json!({"user": "u", "items": [{"id": "6b1f2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d", "project": "shop",
+            "kind": "deploy", "status": "succeeded", "origin": "http", "who": "x", "services": ["api"], "started_at": "t"}], "next": "a+b/c="}),
+        );
         assert!(out.contains("cursor=a%2Bb%2Fc%3D"), "{out}");
-        let out = render_ok("deployment.html", json!({"user": "u", "running": false, "d": {
+        let out = render_ok(
+            "deployment.html",
+            json!({"user": "u", "running": false, "d": {
             "id": "6b1f2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d", "project": "shop", "kind": "destroy", "status": "succeeded",
             "origin": "console", "who": "x", "services": [], "started_at": "t", "finished_at": null, "events": [
                 {"ts": "t", "service": null, "stage": "destroy", "level": "info", "message": "removed <all>"}],
             "events_dropped": 0, "outcomes": [], "removed": ["shop-api"], "report": null, "error": null,
-            "log_tails": [{"service": "api", "container": "shop-api", "role": "app", "reason": "destroy", "saved_at": "t", "lines": ["hello"]}]}}));
-        assert!(out.contains("Destroy of") && out.contains("removed &lt;all&gt;") && out.contains("hello"));
+            "log_tails": [{"service": "api", "container": "shop-api", "role": "app", "reason": "destroy", "saved_at": "t", "lines": ["hello"]}]}}),
+        );
+        assert!(
+            out.contains("Destroy of")
+                && out.contains("removed &lt;all&gt;")
+                && out.contains("hello")
+        );
         render_ok("message.html", json!({"title": "t", "text": "x"}));
     }
 
     #[test]
     fn query_filter_encodes_everything_but_unreserved() {
         assert_eq!(query_component("a-b_c.d~e".into()), "a-b_c.d~e");
-        assert_eq!(query_component("a b&c=d/é".into()), "a%20b%26c%3Dd%2F%C3%A9");
+        assert_eq!(
+            query_component("a b&c=d/é".into()),
+            "a%20b%26c%3Dd%2F%C3%A9"
+        );
     }
 }

@@ -220,22 +220,42 @@ mod tests {
     fn the_cookie_is_http_only_strict_and_secure_only_over_tls() {
         let c = set_cookie(&"0".repeat(64), false);
         let c = c.to_str().unwrap();
-        assert!(c.contains("HttpOnly") && c.contains("SameSite=Strict"), "{c}");
+        assert!(
+            c.contains("HttpOnly") && c.contains("SameSite=Strict"),
+            "{c}"
+        );
         assert!(!c.contains("Secure"), "{c}");
-        assert!(set_cookie(&"0".repeat(64), true).to_str().unwrap().ends_with("; Secure"));
+        assert!(
+            set_cookie(&"0".repeat(64), true)
+                .to_str()
+                .unwrap()
+                .ends_with("; Secure")
+        );
         assert!(clear_cookie(false).to_str().unwrap().contains("Max-Age=0"));
     }
 
     #[test]
     fn origin_must_match_host_or_public_origin() {
-        let h = headers(&[("host", "127.0.0.1:8080"), ("origin", "http://127.0.0.1:8080")]);
+        let h = headers(&[
+            ("host", "127.0.0.1:8080"),
+            ("origin", "http://127.0.0.1:8080"),
+        ]);
         assert_eq!(check_origin(&h, None), Ok(()));
-        let h = headers(&[("host", "127.0.0.1:8080"), ("origin", "http://evil.example")]);
+        let h = headers(&[
+            ("host", "127.0.0.1:8080"),
+            ("origin", "http://evil.example"),
+        ]);
         let e = check_origin(&h, None).unwrap_err();
-        assert!(e.contains("evil.example") && e.contains("does not match"), "{e}");
+        assert!(
+            e.contains("evil.example") && e.contains("does not match"),
+            "{e}"
+        );
         let h = headers(&[("host", "127.0.0.1:8080")]);
         assert!(check_origin(&h, None).unwrap_err().contains("no Origin"));
-        let h = headers(&[("host", "internal:8080"), ("origin", "https://iac.example.com")]);
+        let h = headers(&[
+            ("host", "internal:8080"),
+            ("origin", "https://iac.example.com"),
+        ]);
         assert_eq!(check_origin(&h, Some("https://iac.example.com/")), Ok(()));
         assert!(check_origin(&h, None).is_err());
     }
@@ -244,7 +264,13 @@ mod tests {
     fn public_origin_is_scheme_host_port_only() {
         assert!(validate_public_origin("https://iac.example.com").is_ok());
         assert!(validate_public_origin("http://127.0.0.1:8080").is_ok());
-        for bad in ["iac.example.com", "ftp://x", "https://x/path", "https://u@x", "https://"] {
+        for bad in [
+            "iac.example.com",
+            "ftp://x",
+            "https://x/path",
+            "https://u@x",
+            "https://",
+        ] {
             assert!(validate_public_origin(bad).is_err(), "{bad}");
         }
     }

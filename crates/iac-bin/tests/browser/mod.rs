@@ -144,7 +144,9 @@ pub struct Session {
 
 impl Session {
     async fn cmd(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        let mut req = self.http.request(method.clone(), format!("{}{path}", self.url));
+        let mut req = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.url));
         if let Some(b) = body {
             req = req.json(&b);
         } else if method == reqwest::Method::POST {
@@ -154,7 +156,12 @@ impl Session {
         v["value"].clone()
     }
 
-    async fn try_cmd(&self, method: reqwest::Method, path: &str, body: Value) -> Result<Value, String> {
+    async fn try_cmd(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Value,
+    ) -> Result<Value, String> {
         let v = self.cmd(method, path, Some(body)).await;
         if let Some(e) = v.get("error") {
             return Err(format!("{e}: {}", v["message"]));
@@ -310,7 +317,9 @@ impl Session {
                 Some(json!({"type": "browser"})),
             )
             .await;
-        v.as_array().cloned().unwrap_or_default()
+        v.as_array()
+            .cloned()
+            .unwrap_or_else(|| panic!("chromedriver gave no browser log: {v}"))
     }
 
     /// Fails on any SEVERE entry of the browser console log (JavaScript errors, failed loads,
@@ -344,7 +353,8 @@ impl Session {
         for (w, h, kind) in [(1280, 900, "desktop"), (390, 844, "phone")] {
             self.set_size(w, h).await;
             tokio::time::sleep(Duration::from_millis(300)).await;
-            self.screenshot(&dir.join(format!("{name}-{kind}.png"))).await;
+            self.screenshot(&dir.join(format!("{name}-{kind}.png")))
+                .await;
         }
         self.set_size(1280, 900).await;
     }

@@ -145,7 +145,11 @@ async fn token(
         }
         Some("refresh_token") => {
             let Some(rt) = body["refresh_token"].as_str() else {
-                return gotrue_error(StatusCode::BAD_REQUEST, "validation_failed", "refresh_token missing");
+                return gotrue_error(
+                    StatusCode::BAD_REQUEST,
+                    "validation_failed",
+                    "refresh_token missing",
+                );
             };
             if !s.refresh_tokens.remove(rt) {
                 return gotrue_error(
@@ -157,7 +161,11 @@ async fn token(
             s.refreshes += 1;
             Json(issue(&mut s)).into_response()
         }
-        _ => gotrue_error(StatusCode::BAD_REQUEST, "validation_failed", "unsupported grant_type"),
+        _ => gotrue_error(
+            StatusCode::BAD_REQUEST,
+            "validation_failed",
+            "unsupported grant_type",
+        ),
     }
 }
 

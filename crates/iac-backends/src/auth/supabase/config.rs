@@ -105,10 +105,18 @@ impl SupabaseConfig {
     /// Checks `anon_key` for the console's sign-in: it needs `url`, and is one token (it is
     /// sent as a header). `Ok(None)`: no anon key, so no password sign-in.
     pub fn console_sign_in(&self) -> Result<Option<(String, Secret)>, SupabaseConfigError> {
-        let Some(key) = self.anon_key.as_ref().filter(|k| !k.expose().trim().is_empty()) else {
+        let Some(key) = self
+            .anon_key
+            .as_ref()
+            .filter(|k| !k.expose().trim().is_empty())
+        else {
             return Ok(None);
         };
-        if key.expose().chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if key
+            .expose()
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+        {
             return Err(SupabaseConfigError(
                 "anon_key (SUPABASE_ANON_KEY) contains spaces or control characters; expected the project's anon key as one token".into(),
             ));
