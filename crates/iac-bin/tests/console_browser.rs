@@ -95,18 +95,18 @@ async fn console_sign_in_grants_and_origin() {
     assert!(msg.starts_with("Sign-in failed"), "{msg}");
     assert_eq!(sb.failed_sign_ins(), 1);
     assert!(s.cookie("iac_session").await.get("value").is_none());
-    // The 401 of the refused sign-in is logged by the browser (proof the log is read), and is
-    // the only entry allowed.
+    s.assert_console_clean("sign-in (wrong password)", &[])
+        .await;
+    // The console log is really read: an error the test logs itself shows up.
+    s.execute("console.error('probe-1234');", serde_json::json!([]))
+        .await;
     let log = s.browser_log().await;
     assert!(
-        log.iter()
-            .any(|e| e["message"].as_str().unwrap_or_default().contains("401")),
-        "{log:#?}"
-    );
-    assert!(
-        log.iter()
-            .all(|e| e["level"] != "SEVERE"
-                || e["message"].as_str().unwrap_or_default().contains("401")),
+        log.iter().any(|e| e["level"] == "SEVERE"
+            && e["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("probe-1234")),
         "{log:#?}"
     );
 
@@ -243,7 +243,10 @@ async fn console_deploy_watch_logs_destroy_history() {
     s.click("#deploy-link").await;
     s.type_into("#svc1-slug", &slug).await;
     s.click("#rows .load-refs").await;
-    s.wait_text("#status", "branches", 30 * SECOND).await;
+    s.wait("#svc1-ref option[value=\"feature\"]", 30 * SECOND)
+        .await;
+    s.wait_text("#status", "2 branches, 1 tags", 5 * SECOND)
+        .await;
     let options = s
         .execute(
             "return [...document.querySelectorAll('#svc1-ref option')].map(o => o.value).join(',');",
@@ -259,7 +262,7 @@ async fn console_deploy_watch_logs_destroy_history() {
         serde_json::json!([]),
     )
     .await;
-    s.type_into("#svc1-expose", "127.0.0.1").await;
+    s.type_into("#svc1-expose", "true").await;
     s.click("#preview").await;
     s.wait(
         "#plan tr[data-service=\"hello\"][data-action=\"create\"]",

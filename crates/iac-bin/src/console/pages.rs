@@ -227,13 +227,16 @@ async fn viewer(st: &AppState, peer: &Peer, headers: &HeaderMap) -> Result<Viewe
                     "Sign-in unavailable",
                     &e.to_string(),
                 )),
-                Err(e) => Err(signin_with(
-                    st,
-                    StatusCode::UNAUTHORIZED,
-                    Some(e.to_string()),
-                    None,
-                    true,
-                )),
+                // The session ended (signed out elsewhere, expired, refused refresh, restart):
+                // back to the sign-in page, with the cookie cleared.
+                Err(e) => {
+                    tracing::info!("console session refused: {e}");
+                    let mut r = Redirect::to("/signin?ended=1").into_response();
+                    r.headers_mut()
+                        .insert(header::SET_COOKIE, session::clear_cookie(st.console.secure));
+                    secure_headers(r.headers_mut());
+                    Err(r)
+                }
             }
         }
     }
@@ -302,8 +305,18 @@ fn signin_with(
     r
 }
 
-async fn signin_page(State(st): State<AppState>) -> Response {
-    signin_with(&st, StatusCode::OK, None, None, false)
+#[derive(Deserialize)]
+struct SignInParams {
+    #[serde(default)]
+    ended: Option<String>,
+}
+
+async fn signin_page(State(st): State<AppState>, Query(q): Query<SignInParams>) -> Response {
+    let note = q
+        .ended
+        .is_some()
+        .then(|| "Your session has ended; sign in again.".to_string());
+    signin_with(&st, StatusCode::OK, note, None, false)
 }
 
 #[derive(Deserialize)]
@@ -362,13 +375,9 @@ async fn signin_submit(
         }
         Err(msg) => {
             let _ = st.failures.failed(key, Instant::now());
-            signin_with(
-                &st,
-                StatusCode::UNAUTHORIZED,
-                Some(msg),
-                Some(f.email),
-                false,
-            )
+            // The form again with the message. 200, not 401: the page itself is fine, and a
+            // 401 would be an error in the browser's console.
+            signin_with(&st, StatusCode::OK, Some(msg), Some(f.email), false)
         }
     }
 }

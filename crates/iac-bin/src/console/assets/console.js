@@ -147,7 +147,11 @@ async function deployBody(project) {
     const item = { slug };
     if (v("name")) item.name = v("name");
     if (v("entrypoint")) item.entrypoint = v("entrypoint");
-    if (v("expose")) item.expose = v("expose");
+    // expose: true/false, a host port, or "IP:PORT", as in a repos file.
+    const ex = v("expose");
+    if (ex === "true" || ex === "false") item.expose = ex === "true";
+    else if (/^[0-9]+$/.test(ex)) item.expose = Number(ex);
+    else if (ex) item.expose = ex;
     const env = {};
     for (const line of v("env").split("\n")) {
       if (!line.trim()) continue;
