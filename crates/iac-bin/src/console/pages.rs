@@ -191,7 +191,7 @@ fn message(
 }
 
 /// The signed-in caller, or the response to send instead (the sign-in page for a visitor).
-async fn viewer(st: &AppState, peer: &Peer, headers: &HeaderMap) -> Result<Viewer, Response> {
+async fn viewer(st: &AppState, peer: &Peer, headers: &HeaderMap) -> Result<Viewer, Box<Response>> {
     match peer {
         Peer::Unix { uid, .. } => match check_peer_uid(*uid, st.server_uid) {
             Ok(()) => Ok(Viewer {
@@ -205,11 +205,17 @@ async fn viewer(st: &AppState, peer: &Peer, headers: &HeaderMap) -> Result<Viewe
                 name: format!("operator (uid {})", st.server_uid),
                 session: false,
             }),
-            Err(why) => Err(message(st, None, StatusCode::FORBIDDEN, "Forbidden", &why)),
+            Err(why) => Err(Box::new(message(
+                st,
+                None,
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                &why,
+            ))),
         },
         Peer::Tcp(_) => {
             let Some(id) = session::cookie_id(headers) else {
-                return Err(Redirect::to("/signin").into_response());
+                return Err(Box::new(Redirect::to("/signin").into_response()));
             };
             match st.console.session_caller(st, &id).await {
                 Ok(caller) => {
@@ -220,13 +226,13 @@ async fn viewer(st: &AppState, peer: &Peer, headers: &HeaderMap) -> Result<Viewe
                         session: true,
                     })
                 }
-                Err(e @ iac_core::AuthError::Unavailable(_)) => Err(message(
+                Err(e @ iac_core::AuthError::Unavailable(_)) => Err(Box::new(message(
                     st,
                     None,
                     StatusCode::SERVICE_UNAVAILABLE,
                     "Sign-in unavailable",
                     &e.to_string(),
-                )),
+                ))),
                 // The session ended (signed out elsewhere, expired, refused refresh, restart):
                 // back to the sign-in page, with the cookie cleared.
                 Err(e) => {
@@ -235,51 +241,51 @@ async fn viewer(st: &AppState, peer: &Peer, headers: &HeaderMap) -> Result<Viewe
                     r.headers_mut()
                         .insert(header::SET_COOKIE, session::clear_cookie(st.console.secure));
                     secure_headers(r.headers_mut());
-                    Err(r)
+                    Err(Box::new(r))
                 }
             }
         }
     }
 }
 
-fn project_name(st: &AppState, v: &Viewer, p: &str) -> Result<ProjectName, Response> {
+fn project_name(st: &AppState, v: &Viewer, p: &str) -> Result<ProjectName, Box<Response>> {
     ProjectName::new(p).map_err(|e| {
-        message(
+        Box::new(message(
             st,
             Some(v),
             StatusCode::NOT_FOUND,
             "No such project",
             &format!("project {p:?}: {e}"),
-        )
+        ))
     })
 }
 
-fn require(st: &AppState, v: &Viewer, p: &ProjectName, a: Action) -> Result<(), Response> {
+fn require(st: &AppState, v: &Viewer, p: &ProjectName, a: Action) -> Result<(), Box<Response>> {
     st.access.check(&v.caller, p, a).map_err(|e| {
-        message(
+        Box::new(message(
             st,
             Some(v),
             StatusCode::FORBIDDEN,
             "Not allowed",
             &e.body().message,
-        )
+        ))
     })
 }
 
 /// Checks `Origin` of a console form post (sign-in included, against login CSRF).
-fn origin_ok(st: &AppState, peer: &Peer, headers: &HeaderMap) -> Result<(), Response> {
+fn origin_ok(st: &AppState, peer: &Peer, headers: &HeaderMap) -> Result<(), Box<Response>> {
     if matches!(peer, Peer::Unix { .. }) {
         return Ok(());
     }
     st.console.check_origin(headers).map_err(|why| {
         tracing::info!("console form refused: {why}");
-        message(
+        Box::new(message(
             st,
             None,
             StatusCode::FORBIDDEN,
             "Request refused (origin_mismatch)",
             &why,
-        )
+        ))
     })
 }
 
@@ -336,7 +342,7 @@ async fn signin_submit(
     Form(f): Form<SignInForm>,
 ) -> Response {
     if let Err(r) = origin_ok(&st, &peer, &headers) {
-        return r;
+        return *r;
     }
     let key = match &peer {
         Peer::Tcp(a) => ClientKey::of_ip(a.ip()),
@@ -388,7 +394,7 @@ async fn signout(
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = origin_ok(&st, &peer, &headers) {
-        return r;
+        return *r;
     }
     if let Some(id) = session::cookie_id(&headers) {
         st.console.sessions.remove(&id);
@@ -444,7 +450,7 @@ async fn projects(
 ) -> Response {
     let v = match viewer(&st, &peer, &headers).await {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let list: Vec<_> = readable_projects(&st, &v)
         .await
@@ -515,14 +521,14 @@ async fn project_page(
 ) -> Response {
     let v = match viewer(&st, &peer, &headers).await {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let project = match project_name(&st, &v, &project) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if let Err(r) = require(&st, &v, &project, Action::Read) {
-        return r;
+        return *r;
     }
     let (services, error) = match st.backend.services(project.clone()).await {
         Ok(s) => (s, None),
@@ -570,14 +576,14 @@ async fn deploy_page(
 ) -> Response {
     let v = match viewer(&st, &peer, &headers).await {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let project = match project_name(&st, &v, &project) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if let Err(r) = require(&st, &v, &project, Action::Deploy) {
-        return r;
+        return *r;
     }
     render(
         &st,
@@ -595,14 +601,14 @@ async fn logs_page(
 ) -> Response {
     let v = match viewer(&st, &peer, &headers).await {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let project = match project_name(&st, &v, &project) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if let Err(r) = require(&st, &v, &project, Action::Read) {
-        return r;
+        return *r;
     }
     let service = match iac_core::ServiceName::new(&service) {
         Ok(s) => s,
@@ -632,14 +638,14 @@ async fn destroy_page(
 ) -> Response {
     let v = match viewer(&st, &peer, &headers).await {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let project = match project_name(&st, &v, &project) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if let Err(r) = require(&st, &v, &project, Action::Destroy) {
-        return r;
+        return *r;
     }
     let services: Vec<String> = match st.backend.services(project.clone()).await {
         Ok(s) => s
@@ -670,18 +676,18 @@ async fn destroy_submit(
     Form(f): Form<DestroyForm>,
 ) -> Response {
     if let Err(r) = origin_ok(&st, &peer, &headers) {
-        return r;
+        return *r;
     }
     let v = match viewer(&st, &peer, &headers).await {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let project = match project_name(&st, &v, &project) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if let Err(r) = require(&st, &v, &project, Action::Destroy) {
-        return r;
+        return *r;
     }
     if f.confirm.trim() != project.as_str() {
         return message(
@@ -741,18 +747,18 @@ async fn history_page(
 ) -> Response {
     let v = match viewer(&st, &peer, &headers).await {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let project = match q.project.as_deref().filter(|p| !p.is_empty()) {
         None => None,
         Some(p) => match project_name(&st, &v, p) {
             Ok(p) => {
                 if let Err(r) = require(&st, &v, &p, Action::Read) {
-                    return r;
+                    return *r;
                 }
                 Some(p)
             }
-            Err(r) => return r,
+            Err(r) => return *r,
         },
     };
     let page = st
@@ -798,7 +804,7 @@ async fn deployment_page(
 ) -> Response {
     let v = match viewer(&st, &peer, &headers).await {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let Ok(id) = Uuid::parse_str(&id) else {
         return message(
@@ -860,10 +866,10 @@ async fn repos_to_json(
     body: String,
 ) -> Response {
     if let Err(r) = origin_ok(&st, &peer, &headers) {
-        return r;
+        return *r;
     }
     if let Err(r) = viewer(&st, &peer, &headers).await {
-        return r;
+        return *r;
     }
     let bad = |m: String| {
         let mut r = (
