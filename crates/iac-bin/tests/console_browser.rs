@@ -285,6 +285,11 @@ async fn console_deploy_watch_logs_destroy_history() {
         .await;
     assert!(!state.is_empty());
     s.assert_console_clean("deploy (progress)", &[]).await;
+    s.execute(
+        "document.getElementById('plan-box').scrollIntoView();",
+        serde_json::json!([]),
+    )
+    .await;
     s.shots("deploy-progress").await;
 
     // The services page: SERVING, a URL, the entry and its rule.

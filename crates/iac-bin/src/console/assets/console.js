@@ -71,7 +71,7 @@ class Progress {
     const r = this.row(e.service);
     const cell = r.querySelector('td[data-stage="' + e.stage + '"]');
     if (!cell) return;
-    cell.textContent = e.message;
+    cell.textContent = e.message.length > 90 ? e.message.slice(0, 87) + "…" : e.message;
     cell.title = e.ts + " " + e.message;
     cell.className = "stage lvl-" + e.level;
     if (e.level === "error") this.state(e.service, "FAILED");
