@@ -7,7 +7,7 @@ PREFIX ?= $(HOME)/.cargo/bin
 FILE ?= examples/repos.local.yaml
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: help bootstrap deps images agent install test test-deps fmt lint plan apply destroy bench bench-load soak clean-test-objects
+.PHONY: help bootstrap deps images agent install test test-deps fmt lint plan apply destroy bench bench-load soak clean-test-objects screenshots
 
 help:
 	@echo "make bootstrap   install host deps, build the static agent + iac, ensure base images"
@@ -17,6 +17,7 @@ help:
 	@echo "make bench       deploy benchmark vs docker compose (prints ratios)"
 	@echo "make bench-load  data-plane latency/CPU at 500/1000/2000 req/s: direct, edge, mesh"
 	@echo "make soak        15 minutes with a crash-looping service: fd and RSS growth of agents and iac serve"
+	@echo "make screenshots refresh docs/console/*.png (the browser tests, headless Chromium)"
 
 deps:
 	@bash scripts/install-deps.sh
@@ -46,7 +47,7 @@ test-deps: deps agent
 	@bash scripts/bootstrap-images.sh --python 3.14 --swarm-node
 
 test: test-deps
-	IAC_REQUIRE_ENVOY=1 IAC_REQUIRE_DOCKER=1 IAC_REQUIRE_K8S_VALIDATE=1 IAC_REQUIRE_POSTGRES=1 $(CARGO) test --workspace --no-fail-fast
+	IAC_REQUIRE_ENVOY=1 IAC_REQUIRE_DOCKER=1 IAC_REQUIRE_K8S_VALIDATE=1 IAC_REQUIRE_POSTGRES=1 IAC_REQUIRE_BROWSER=1 $(CARGO) test --workspace --no-fail-fast
 	@bash scripts/fuzz-smoke.sh
 	@$(MAKE) --no-print-directory clean-test-objects
 
@@ -82,3 +83,7 @@ bench-load:
 
 soak:
 	@bash scripts/soak.sh
+
+# The console's pages at 1280 and 390 px, taken by the browser tests themselves.
+screenshots: deps agent
+	IAC_SCREENSHOTS=$(CURDIR)/docs/console IAC_REQUIRE_BROWSER=1 IAC_REQUIRE_DOCKER=1 $(CARGO) test -p iac-bin --test console_browser -- --test-threads 1

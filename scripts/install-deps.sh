@@ -3,7 +3,8 @@
 # mmdebstrap builds the offline base image; git serves local test repos; python3-pip fetches wheels;
 # docker-registry is the registry the swarm test pushes to (the test runs its own on a free
 # loopback port; the package's system service is not used); postgresql is the server the history
-# store's tests start in a temporary directory (its own cluster service is not used either).
+# store's tests start in a temporary directory (its own cluster service is not used either);
+# chromium and chromium-driver are the headless browser the console's browser tests drive.
 set -euo pipefail
 need=()
 for pair in mmdebstrap:mmdebstrap git:git unzip:unzip curl:curl docker-registry:docker-registry; do
@@ -13,6 +14,8 @@ done
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 if [ "${#need[@]}" -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
   echo "installing: ${need[*]}"

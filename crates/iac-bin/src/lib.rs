@@ -16,6 +16,7 @@ pub mod api;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod console;
 pub mod output;
 pub mod recipe;
 pub mod telemetry;

@@ -371,6 +371,16 @@ impl ControlPlaneBackend for LiveBackend {
         Ok(stream.map(|item| item.map_err(ApiError::from)).boxed())
     }
 
+    async fn plan(&self, input: DeployInput) -> Result<crate::api::backend::PlanPreview, ApiError> {
+        let project = input.project.clone();
+        let app = self.app(input.project).await?;
+        let (events, _rx) = iac_core::Events::channel();
+        let outcome = app.deployer.plan(&input.services, &events).await?;
+        Ok(crate::api::backend::PlanPreview::from_outcome(
+            &project, &outcome,
+        ))
+    }
+
     /// Lists refs with the API's fetcher (guarded), without the engine or certificates.
     async fn refs(&self, slug: iac_core::Slug) -> Result<iac_core::RefList, ApiError> {
         let (fetcher, _) =

@@ -625,6 +625,7 @@ async fn openapi_document_is_served_and_matches_the_routes() {
             "GET /services/{name}/logs",
             "POST /deploy",
             "POST /destroy",
+            "POST /plan",
         ]
     );
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
@@ -1325,4 +1326,47 @@ async fn openapi_describes_what_the_server_accepts() {
         }
     }
     srv.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn plan_answers_what_a_deploy_would_do_with_the_deploy_checks() {
+    let backend = Arc::new(FakeBackend::new());
+    let srv = start(backend.clone(), Arc::new(StaticVerifier)).await;
+    let c = client();
+    let r = c
+        .post(format!("{}/plan", srv.base))
+        .bearer_auth(GOOD)
+        .json(&serde_json::json!({"slugs": ["gh:acme/hello"], "project": "demo"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"project": "demo", "failures": [],
+            "changes": [{"service": "hello", "action": "create", "reason": "not running"}]})
+    );
+    assert_eq!(
+        backend.deploys.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a plan deploys nothing"
+    );
+    // The deploy request's validation applies: no credentials, a bad body.
+    let r = c
+        .post(format!("{}/plan", srv.base))
+        .json(&serde_json::json!({"slugs": ["gh:acme/hello"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let r = c
+        .post(format!("{}/plan", srv.base))
+        .bearer_auth(GOOD)
+        .json(&serde_json::json!({"slugs": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 422);
+    assert!(r.text().await.unwrap().contains("`slugs` is empty"));
 }

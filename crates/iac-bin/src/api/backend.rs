@@ -43,6 +43,63 @@ impl ServiceStatus {
     }
 }
 
+/// What `POST /plan` answers: what a deploy would do, per service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PlanPreview {
+    /// The project planned.
+    pub project: String,
+    /// Per service: `create`, `replace`, `repair`, `unchanged` or `remove` (a running service
+    /// the request does not name), and why.
+    pub changes: Vec<PlannedChange>,
+    /// Services that failed before they could be planned (fetch, entry resolution, …).
+    pub failures: Vec<PlanFailure>,
+}
+
+/// One service's planned change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PlannedChange {
+    pub service: String,
+    pub action: String,
+    pub reason: String,
+}
+
+/// A service that could not be planned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PlanFailure {
+    pub service: String,
+    /// The stage that failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
+    pub error: String,
+}
+
+impl PlanPreview {
+    /// The preview of a deployer's plan outcome.
+    pub fn from_outcome(project: &ProjectName, o: &iac_core::PlanOutcome) -> PlanPreview {
+        PlanPreview {
+            project: project.to_string(),
+            changes: o
+                .changes
+                .iter()
+                .map(|c| PlannedChange {
+                    service: c.service.to_string(),
+                    action: c.action.as_str().to_string(),
+                    reason: c.reason.clone(),
+                })
+                .collect(),
+            failures: o
+                .failures
+                .iter()
+                .map(|f| PlanFailure {
+                    service: f.service.to_string(),
+                    stage: f.failed_stage.map(|s| s.as_str().to_string()),
+                    error: f.error.clone().unwrap_or_default(),
+                })
+                .collect(),
+        }
+    }
+}
+
 /// A stream of log lines; an `Err` item ends the stream with that error.
 pub type LogStream = BoxStream<'static, Result<LogLine, ApiError>>;
 
@@ -72,6 +129,16 @@ pub trait ControlPlaneBackend: Send + Sync {
         service: ServiceName,
         query: LogQuery,
     ) -> Result<LogStream, ApiError>;
+
+    /// What a deploy of `input` would change (`POST /plan`), without building or running
+    /// anything. Backends that cannot plan keep this default: 501.
+    async fn plan(&self, input: DeployInput) -> Result<PlanPreview, ApiError> {
+        Err(ApiError::new(
+            501,
+            "not_implemented",
+            format!("project {}: this control plane cannot plan", input.project),
+        ))
+    }
 
     /// Reachability of the container engine: `Ok(version)` or `Err(why)`.
     async fn engine_ping(&self) -> Result<String, String>;

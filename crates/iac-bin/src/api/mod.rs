@@ -19,6 +19,8 @@
 //! # }
 //! ```
 //!
+//! The web console is served on the same listeners ([`crate::console`]).
+//!
 //! Routes, auth and behaviour: see [`routes`] (authentication, OpenAPI), [`authz`] (who may
 //! read, deploy to and destroy which project), [`ratelimit`] (the failed-authentication limit),
 //! [`deployments`] (streams, 409, the in-memory store of running deploys, recording into the
@@ -58,7 +60,9 @@ use tokio_util::sync::CancellationToken;
 pub use authz::{AccessPolicy, Action, Caller, PolicyError, ProjectGrant};
 #[cfg(any(test, feature = "mocks"))]
 pub use backend::MockControlPlaneBackend;
-pub use backend::{ControlPlaneBackend, DeployInput, LogStream, ServiceStatus, refs_error};
+pub use backend::{
+    ControlPlaneBackend, DeployInput, LogStream, PlanPreview, ServiceStatus, refs_error,
+};
 pub use deployments::{
     DeploymentPage, DeploymentRecord, DeploymentStatus, DeploymentSummary, History, StreamItem,
 };
@@ -121,6 +125,14 @@ pub struct ServeConfig {
     /// project); see [`authz`]. Nothing here: only the operator (the Unix socket) and
     /// service-role keys reach any project.
     pub projects: BTreeMap<String, ProjectGrant>,
+    /// The console's public origin (`https://iac.example.com`) when it is served through a
+    /// proxy: state-changing requests made with the session cookie must carry it as `Origin`,
+    /// and an `https` origin makes the cookie `Secure`. Unset: `http://<Host header>`.
+    pub public_origin: Option<String>,
+    /// What the console needs of `[supabase]` for password sign-in (the binary copies it;
+    /// not a `[serve]` key).
+    #[serde(skip)]
+    pub console_auth: crate::console::ConsoleAuth,
 }
 
 impl Default for ServeConfig {
@@ -143,6 +155,8 @@ impl Default for ServeConfig {
             auth_failure_window: Duration::from_secs(60),
             project_claim: None,
             projects: BTreeMap::new(),
+            public_origin: None,
+            console_auth: Default::default(),
         }
     }
 }
@@ -174,6 +188,14 @@ impl Server {
             );
         }
         let access = Arc::new(AccessPolicy::from_config(&cfg)?);
+        if let Some(o) = &cfg.public_origin {
+            crate::console::session::validate_public_origin(o)
+                .map_err(|e| anyhow::anyhow!("[serve] {e}"))?;
+        }
+        let console = Arc::new(
+            crate::console::Console::new(&cfg.console_auth, cfg.public_origin.as_deref())
+                .map_err(|e| anyhow::anyhow!("console sign-in ([supabase] anon_key): {e}"))?,
+        );
         let cfg = Arc::new(cfg);
         let tcp = if cfg.http_enabled {
             Some(
@@ -216,6 +238,7 @@ impl Server {
             deployments.clone(),
             cfg.clone(),
             shutdown.clone(),
+            console,
         );
         Ok(Server {
             cfg,

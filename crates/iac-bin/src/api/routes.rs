@@ -11,6 +11,9 @@
 //!   check also covers a socket whose mode was loosened, or root-owned clients of a non-root
 //!   server. Requests from any other uid get 403, on every route. The socket's peer is the
 //!   operator, who may use every project.
+//! * TCP without `Authorization`: the console's `iac_session` cookie, whose session's access
+//!   token is verified by the same [`AuthVerifier`]; a state-changing request (not GET/HEAD/
+//!   OPTIONS) made with it must carry the console's `Origin` (403 `origin_mismatch`).
 //! * A client over `[serve] auth_failure_limit` failures gets 429 with `Retry-After`
 //!   ([`super::ratelimit`]) before its credential is looked at.
 //!
@@ -42,13 +45,14 @@ use uuid::Uuid;
 
 use super::ServeConfig;
 use super::authz::{AccessPolicy, Action, Caller};
-use super::backend::{ControlPlaneBackend, ServiceStatus};
+use super::backend::{ControlPlaneBackend, PlanPreview, ServiceStatus};
 use super::deployments::{DeploymentPage, DeploymentRecord, DeploymentSummary, Deployments, who};
 use super::error::{AllowTable, ApiError, ErrorBody, ErrorResponse, json_errors};
 use super::listen::{Peer, check_peer_uid};
 use super::ratelimit::{ClientKey, FailureLimiter};
 use super::schema::*;
 use super::state::{AppState, check_remote_slug, project_or_default, validate_deploy};
+use crate::console::session;
 
 /// Path of the gRPC health method, open like `GET /health`.
 pub const GRPC_HEALTH_PATH: &str = "/iac.controlplane.v1.ControlPlane/HealthCheck";
@@ -98,6 +102,7 @@ fn openapi_router() -> OpenApiRouter<AppState> {
         .routes(routes!(service_logs))
         .routes(routes!(destroy))
         .routes(routes!(list_refs))
+        .routes(routes!(plan))
 }
 
 /// The OpenAPI document of the routes `router` serves, as served.
@@ -139,6 +144,7 @@ pub(crate) fn router(
     deployments: Deployments,
     cfg: Arc<ServeConfig>,
     shutdown: CancellationToken,
+    console: Arc<crate::console::Console>,
 ) -> axum::Router {
     let (routes, doc) = openapi_router().split_for_parts();
     let allow = Arc::new(AllowTable::from_openapi(&doc));
@@ -156,6 +162,7 @@ pub(crate) fn router(
             cfg.auth_failure_limit,
             cfg.auth_failure_window,
         )),
+        console,
     };
     let grpc =
         iac_proto::ControlPlaneServer::new(super::grpc::GrpcControlPlane::new(state.clone()))
@@ -166,7 +173,8 @@ pub(crate) fn router(
         .layer(DefaultBodyLimit::max(cfg.max_body_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(middleware::from_fn_with_state(allow, json_errors))
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(crate::console::pages::router().with_state(state))
 }
 
 fn is_grpc(headers: &HeaderMap) -> bool {
@@ -246,9 +254,31 @@ pub(crate) async fn authenticate(
                 tracing::info!(peer = %addr, path, "request refused: too many failed authentications");
                 return too_many_failures(&st.failures, wait, grpc);
             }
-            let verified = match bearer(req.headers()) {
-                Ok(token) => st.auth.verify(&token).await,
-                Err(e) => Err(e),
+            // The console's session cookie stands in for the bearer token when there is no
+            // `Authorization` header; a state-changing request made with it must come from the
+            // console's own origin.
+            let cookie = if req.headers().contains_key(header::AUTHORIZATION) {
+                None
+            } else {
+                session::cookie_id(req.headers())
+            };
+            let verified = match cookie {
+                Some(id) => {
+                    if session::state_changing(req.method())
+                        && let Err(why) = st.console.check_origin(req.headers())
+                    {
+                        tracing::info!(peer = %addr, path, "request refused: {why}");
+                        return reject(ApiError::new(403, "origin_mismatch", why), grpc);
+                    }
+                    st.console
+                        .session_caller(&st, &id)
+                        .await
+                        .map(|c| c.principal().clone())
+                }
+                None => match bearer(req.headers()) {
+                    Ok(token) => st.auth.verify(&token).await,
+                    Err(e) => Err(e),
+                },
             };
             match verified {
                 Ok(p) => Caller::Token(p),
@@ -714,4 +744,33 @@ async fn list_refs(
         check_remote_slug("", &slug)?;
     }
     Ok(Json(st.backend.refs(slug).await?))
+}
+
+/// What a deploy of these services would change, without building images or touching
+/// containers: sources are fetched and entries resolved (as a deploy would), then compared with
+/// what runs. The same body, checks and grants as `POST /deploy` (`deploy` on the project).
+#[utoipa::path(post, path = "/plan", tag = "deploy", request_body = DeployRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The plan: per service `create`, `replace`, `repair`, `unchanged` or `remove`, and the services that failed before planning", body = PlanPreview),
+        (status = 400, description = "Body is not JSON", body = ErrorResponse),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorResponse),
+        (status = 403, description = "Not granted `deploy` on the project (`project_forbidden`), a local slug (`local_source_refused`), a public `expose` (`public_expose_refused`), or a cookie-authenticated request from another origin (`origin_mismatch`)", body = ErrorResponse),
+        (status = 409, description = "Two services of the request have the same name (`duplicate_service_name`)", body = ErrorResponse),
+        (status = 413, description = "Body larger than max_body_bytes", body = ErrorResponse),
+        (status = 415, description = "Content-Type is not application/json", body = ErrorResponse),
+        (status = 422, description = "Body does not validate", body = ErrorResponse),
+        (status = 429, description = TOO_MANY, body = ErrorResponse),
+        (status = 501, description = "This control plane cannot plan", body = ErrorResponse),
+        (status = 502, description = "The engine failed the request", body = ErrorResponse),
+        (status = 503, description = "Auth provider or container engine unreachable", body = ErrorResponse),
+    ))]
+async fn plan(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Json(req): Json<serde_json::Value>,
+) -> Result<Json<PlanPreview>, ApiError> {
+    let req: DeployRequest = json_object(req, false)?.unwrap_or_default();
+    let (input, _repos) = validate_deploy(&st, &caller, req)?;
+    Ok(Json(st.backend.plan(input).await?))
 }

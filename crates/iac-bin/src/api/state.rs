@@ -34,6 +34,8 @@ pub struct AppState {
     pub(crate) access: Arc<AccessPolicy>,
     /// Failed authentications per client (`auth_failure_limit`).
     pub(crate) failures: Arc<FailureLimiter>,
+    /// The web console: its sessions (cookie authentication of the API too) and templates.
+    pub(crate) console: Arc<crate::console::Console>,
 }
 
 /// `project` as the document describes it ([`super::schema::PROJECT_PATTERN`]): absent or empty → the

@@ -31,6 +31,17 @@ pub async fn serve(
     if let Some(u) = uds {
         serve_cfg.uds_path = Some(u);
     }
+    if let Some((url, key)) = cfg
+        .supabase
+        .console_sign_in()
+        .context("console sign-in ([supabase] anon_key / SUPABASE_ANON_KEY)")?
+    {
+        serve_cfg.console_auth = crate::console::ConsoleAuth {
+            supabase_url: Some(url),
+            anon_key: Some(key),
+            http_timeout: cfg.supabase.http_timeout,
+        };
+    }
     let supabase_configured = cfg.supabase.url.is_some()
         || cfg.supabase.service_role_key.is_some()
         || cfg.supabase.jwt_secret.is_some();

@@ -71,6 +71,22 @@ impl ControlPlaneBackend for FakeBackend {
     fn default_project(&self) -> ProjectName {
         ProjectName::new("default").unwrap()
     }
+    /// Every service would be created.
+    async fn plan(&self, input: DeployInput) -> Result<iac_bin::api::PlanPreview, ApiError> {
+        Ok(iac_bin::api::PlanPreview {
+            project: input.project.to_string(),
+            changes: input
+                .services
+                .iter()
+                .map(|s| iac_bin::api::backend::PlannedChange {
+                    service: s.name.to_string(),
+                    action: "create".into(),
+                    reason: "not running".into(),
+                })
+                .collect(),
+            failures: Vec::new(),
+        })
+    }
     async fn deploy(&self, input: DeployInput, events: Events) -> Result<DeployReport, ApiError> {
         self.deploys.fetch_add(1, Ordering::SeqCst);
         for s in &input.services {

@@ -17,6 +17,10 @@ pub struct SupabaseConfig {
     /// Service-role key: an `sb_secret_…` key or a legacy service_role JWT
     /// (`SUPABASE_SERVICE_ROLE_KEY`). Needed as `apikey` for confirmation calls.
     pub service_role_key: Option<Secret>,
+    /// The project's anon (publishable) key (`SUPABASE_ANON_KEY`): the `apikey` the console
+    /// sends with its sign-in and refresh calls to `/auth/v1/token`. Not a credential for the
+    /// API; only needed for password sign-in in the console.
+    pub anon_key: Option<Secret>,
     /// Legacy HS256 JWT secret (`SUPABASE_JWT_SECRET`); HS256 tokens are refused without it.
     pub jwt_secret: Option<Secret>,
     /// Confirm every JWT with Supabase. Unset = on when `url` is set.
@@ -51,6 +55,7 @@ impl Default for SupabaseConfig {
         SupabaseConfig {
             url: None,
             service_role_key: None,
+            anon_key: None,
             jwt_secret: None,
             confirm_with_supabase: None,
             allowed_roles: vec!["service_role".to_string()],
@@ -67,8 +72,8 @@ impl Default for SupabaseConfig {
 }
 
 impl SupabaseConfig {
-    /// Fills `url`, `service_role_key` and `jwt_secret` from `SUPABASE_URL`,
-    /// `SUPABASE_SERVICE_ROLE_KEY` and `SUPABASE_JWT_SECRET` as returned by `lookup` (pass
+    /// Fills `url`, `service_role_key`, `anon_key` and `jwt_secret` from `SUPABASE_URL`,
+    /// `SUPABASE_SERVICE_ROLE_KEY`, `SUPABASE_ANON_KEY` and `SUPABASE_JWT_SECRET` as returned by `lookup` (pass
     /// `|k| std::env::var(k).ok()`); empty values are ignored, set values win over the file.
     pub fn apply_env(&mut self, lookup: impl Fn(&str) -> Option<String>) {
         let get = |k: &str| {
@@ -82,6 +87,9 @@ impl SupabaseConfig {
         if let Some(v) = get("SUPABASE_SERVICE_ROLE_KEY") {
             self.service_role_key = Some(Secret::new(v));
         }
+        if let Some(v) = get("SUPABASE_ANON_KEY") {
+            self.anon_key = Some(Secret::new(v));
+        }
         if let Some(v) = get("SUPABASE_JWT_SECRET") {
             self.jwt_secret = Some(Secret::new(v));
         }
@@ -90,6 +98,35 @@ impl SupabaseConfig {
     /// Whether confirmation with Supabase is on after defaults are applied.
     pub fn confirms(&self) -> bool {
         self.confirm_with_supabase.unwrap_or(self.url.is_some())
+    }
+}
+
+impl SupabaseConfig {
+    /// Checks `anon_key` for the console's sign-in: it needs `url`, and is one token (it is
+    /// sent as a header). `Ok(None)`: no anon key, so no password sign-in.
+    pub fn console_sign_in(&self) -> Result<Option<(String, Secret)>, SupabaseConfigError> {
+        let Some(key) = self
+            .anon_key
+            .as_ref()
+            .filter(|k| !k.expose().trim().is_empty())
+        else {
+            return Ok(None);
+        };
+        if key
+            .expose()
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(SupabaseConfigError(
+                "anon_key (SUPABASE_ANON_KEY) contains spaces or control characters; expected the project's anon key as one token".into(),
+            ));
+        }
+        let Some(url) = self.url.as_deref().map(str::trim).filter(|u| !u.is_empty()) else {
+            return Err(SupabaseConfigError(
+                "anon_key (SUPABASE_ANON_KEY) is set but url (SUPABASE_URL) is not; password sign-in needs both".into(),
+            ));
+        };
+        Ok(Some((url.trim_end_matches('/').to_string(), key.clone())))
     }
 }
 

@@ -1,0 +1,181 @@
+//! The web console served by `iac serve` at `/`, on the same listeners as the admin API (TCP and
+//! the Unix socket): server-rendered minijinja pages ([`pages`]) plus one small script and one
+//! stylesheet ([`assets`]), all embedded in the binary (no CDN, no Node).
+//!
+//! Who is signed in ([`Console::caller`]): on the Unix socket, the operator (peer uid, as for the
+//! API); on TCP, the session behind the `iac_session` cookie ([`session`]), whose Supabase access
+//! token is verified by the same [`iac_core::AuthVerifier`] as bearer tokens on every request and
+//! refreshed with its refresh token ([`gotrue`]) shortly before it expires. The per-project grants
+//! of [`crate::api::authz`] apply to every page and action. The pages' scripts call the admin
+//! API with the same cookie (`routes::authenticate` accepts it when no `Authorization` header is
+//! sent); every state-changing request made with the cookie must carry the console's own `Origin`
+//! (403 `origin_mismatch` otherwise), on the API and on the console's own forms alike.
+
+pub mod assets;
+pub mod gotrue;
+pub mod pages;
+pub mod session;
+
+use std::time::Duration;
+
+use axum::http::HeaderMap;
+use iac_backends::secret::Secret;
+use iac_core::AuthError;
+use serde::{Deserialize, Serialize};
+
+use crate::api::authz::Caller;
+use crate::api::state::AppState;
+use gotrue::{GoTrue, GrantError};
+use session::{SessionStore, Tokens, now_secs};
+
+/// What the console needs of `[supabase]` for password sign-in (copied there by the binary; not
+/// a `[serve]` key): the project URL and its anon key (`SUPABASE_ANON_KEY` or
+/// `[supabase] anon_key`). Without both, the sign-in page offers only a pasted access token.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsoleAuth {
+    pub supabase_url: Option<String>,
+    pub anon_key: Option<Secret>,
+    /// Timeout of every call to Supabase Auth (`[supabase] http_timeout`).
+    #[serde(with = "iac_core::duration")]
+    pub http_timeout: Duration,
+}
+
+/// The console's state, shared by its pages and by the API's cookie authentication.
+pub struct Console {
+    pub(crate) sessions: SessionStore,
+    gotrue: Option<GoTrue>,
+    templates: minijinja::Environment<'static>,
+    /// `[serve] public_origin`, without a trailing slash.
+    pub(crate) public_origin: Option<String>,
+    /// Set the cookie's `Secure` attribute (the console is served over TLS, by a proxy).
+    pub(crate) secure: bool,
+}
+
+impl Console {
+    /// The console for `auth` and `public_origin` (checked by [`crate::api::Server::bind`]).
+    pub fn new(auth: &ConsoleAuth, public_origin: Option<&str>) -> Result<Console, String> {
+        let gotrue = match (&auth.supabase_url, &auth.anon_key) {
+            (Some(url), Some(key)) if !key.is_empty() => Some(GoTrue::new(
+                url,
+                key.clone(),
+                if auth.http_timeout.is_zero() {
+                    Duration::from_secs(5)
+                } else {
+                    auth.http_timeout
+                },
+            )?),
+            _ => None,
+        };
+        let public_origin = public_origin.map(|o| o.trim_end_matches('/').to_string());
+        Ok(Console {
+            sessions: SessionStore::default(),
+            gotrue,
+            templates: pages::templates(),
+            secure: public_origin
+                .as_deref()
+                .is_some_and(|o| o.starts_with("https://")),
+            public_origin,
+        })
+    }
+
+    /// Whether the sign-in form can take an email and a password.
+    pub fn password_sign_in(&self) -> bool {
+        self.gotrue.is_some()
+    }
+
+    /// The caller behind session `id`: refreshes its access token when it expires within a
+    /// minute (and a refresh token is there), then verifies it with `st.auth`. A session that
+    /// cannot be refreshed or verified any more is forgotten.
+    pub(crate) async fn session_caller(
+        &self,
+        st: &AppState,
+        id: &str,
+    ) -> Result<Caller, AuthError> {
+        let Some(tokens) = self.sessions.get(id) else {
+            return Err(AuthError::Invalid(
+                "the console session has ended (signed out, expired, or iac serve restarted); sign in again".into(),
+            ));
+        };
+        let mut t = tokens.lock().await;
+        if t.expiring(now_secs())
+            && let (Some(refresh), Some(gt)) = (t.refresh.clone(), &self.gotrue)
+        {
+            match gt.refresh(&refresh).await {
+                Ok(fresh) => *t = fresh,
+                Err(GrantError::Refused(m)) => {
+                    drop(t);
+                    self.sessions.remove(id);
+                    return Err(AuthError::Invalid(format!(
+                        "the console session could not be refreshed ({m}); sign in again"
+                    )));
+                }
+                // Still valid for up to a minute: try the current token below.
+                Err(GrantError::Unavailable(m)) => {
+                    tracing::warn!("console session refresh failed: {m}");
+                }
+            }
+        }
+        let access = t.access.clone();
+        drop(t);
+        match st.auth.verify(&access).await {
+            Ok(p) => Ok(Caller::Token(p)),
+            Err(e @ AuthError::Unavailable(_)) => Err(e),
+            Err(e) => {
+                self.sessions.remove(id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Signs in with an email and a password (GoTrue's password grant), verifies the token like
+    /// any other and starts a session; returns the cookie value.
+    pub(crate) async fn sign_in_password(
+        &self,
+        st: &AppState,
+        email: &str,
+        password: &str,
+    ) -> Result<String, String> {
+        let gt = self.gotrue.as_ref().ok_or(
+            "password sign-in is not configured on this server (SUPABASE_URL and SUPABASE_ANON_KEY); paste an access token instead",
+        )?;
+        let tokens = gt.password(email, password).await.map_err(|e| match e {
+            GrantError::Refused(m) => format!("Sign-in failed: {m}."),
+            e => e.to_string(),
+        })?;
+        self.start(st, tokens).await
+    }
+
+    /// Starts a session from a pasted access token (verified like a bearer token).
+    pub(crate) async fn sign_in_token(&self, st: &AppState, token: &str) -> Result<String, String> {
+        let token = token.trim();
+        if token.is_empty() || token.contains(char::is_whitespace) {
+            return Err("expected one access token (a JWT, no spaces)".into());
+        }
+        self.start(
+            st,
+            Tokens {
+                access: token.to_string(),
+                refresh: None,
+                expires_at: None,
+            },
+        )
+        .await
+    }
+
+    async fn start(&self, st: &AppState, mut tokens: Tokens) -> Result<String, String> {
+        let p = st
+            .auth
+            .verify(&tokens.access)
+            .await
+            .map_err(|e| format!("The token was refused: {e}."))?;
+        if tokens.expires_at.is_none() {
+            tokens.expires_at = p.claims.get("exp").and_then(|v| v.as_u64());
+        }
+        Ok(self.sessions.create(tokens))
+    }
+
+    /// Checks the `Origin` of a state-changing request made with the session cookie.
+    pub(crate) fn check_origin(&self, headers: &HeaderMap) -> Result<(), String> {
+        session::check_origin(headers, self.public_origin.as_deref())
+    }
+}

@@ -1,0 +1,298 @@
+//! Console sessions: the server-side store behind the `iac_session` cookie, the cookie itself
+//! (HttpOnly, SameSite=Strict, Secure when `[serve] public_origin` is https) and the `Origin`
+//! check of state-changing requests.
+//!
+//! The cookie holds only an opaque, random session id (244 bits from the OS generator); the
+//! Supabase access and refresh tokens stay in this process's memory and never reach the browser,
+//! a log line or a URL. A stolen cookie is therefore worth one session, which sign-out, expiry
+//! of the refresh token or a restart of `iac serve` ends. Sessions are in memory only: after a
+//! restart people sign in again.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::http::{HeaderMap, HeaderValue, Method, header};
+
+/// The cookie's name.
+pub const COOKIE: &str = "iac_session";
+/// Sessions kept at most; the least recently used goes first.
+const MAX_SESSIONS: usize = 10_000;
+/// A session unused this long is forgotten.
+const IDLE: Duration = Duration::from_secs(12 * 3600);
+/// Refresh the access token when it expires within this.
+pub const REFRESH_BEFORE: Duration = Duration::from_secs(60);
+
+/// The tokens of one signed-in browser. Never logged (`Debug` is not derived).
+pub struct Tokens {
+    pub access: String,
+    /// Absent for a pasted access token: the session ends with the token.
+    pub refresh: Option<String>,
+    /// When `access` expires (seconds since the epoch); `None`: unknown (opaque key).
+    pub expires_at: Option<u64>,
+}
+
+impl Tokens {
+    /// Whether the access token expires within `REFRESH_BEFORE` of `now` (seconds).
+    pub fn expiring(&self, now: u64) -> bool {
+        self.expires_at
+            .is_some_and(|e| e <= now + REFRESH_BEFORE.as_secs())
+    }
+}
+
+struct Entry {
+    tokens: Arc<tokio::sync::Mutex<Tokens>>,
+    last_used: Instant,
+}
+
+/// The sessions of this process.
+#[derive(Clone, Default)]
+pub struct SessionStore {
+    inner: Arc<Mutex<HashMap<String, Entry>>>,
+}
+
+impl SessionStore {
+    /// Stores `tokens` under a new random id and returns the id (the cookie value).
+    pub fn create(&self, tokens: Tokens) -> String {
+        let id = new_id();
+        let mut map = self.inner.lock().expect("session store poisoned");
+        let now = Instant::now();
+        map.retain(|_, e| now.duration_since(e.last_used) < IDLE);
+        if map.len() >= MAX_SESSIONS
+            && let Some(oldest) = map
+                .iter()
+                .min_by_key(|(_, e)| e.last_used)
+                .map(|(k, _)| k.clone())
+        {
+            map.remove(&oldest);
+        }
+        map.insert(
+            id.clone(),
+            Entry {
+                tokens: Arc::new(tokio::sync::Mutex::new(tokens)),
+                last_used: now,
+            },
+        );
+        id
+    }
+
+    /// The tokens of session `id`, if it exists and is not idle-expired.
+    pub fn get(&self, id: &str) -> Option<Arc<tokio::sync::Mutex<Tokens>>> {
+        let mut map = self.inner.lock().expect("session store poisoned");
+        let now = Instant::now();
+        let e = map.get_mut(id)?;
+        if now.duration_since(e.last_used) >= IDLE {
+            map.remove(id);
+            return None;
+        }
+        e.last_used = now;
+        Some(e.tokens.clone())
+    }
+
+    /// Forgets session `id`.
+    pub fn remove(&self, id: &str) {
+        self.inner
+            .lock()
+            .expect("session store poisoned")
+            .remove(id);
+    }
+}
+
+/// 244 random bits (two v4 UUIDs, from the OS generator) as 64 hex digits.
+fn new_id() -> String {
+    let a = uuid::Uuid::new_v4();
+    let b = uuid::Uuid::new_v4();
+    format!("{}{}", a.simple(), b.simple())
+}
+
+/// Seconds since the epoch.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The session id in the request's `Cookie` headers, if any (a well-formed one: 64 hex digits).
+pub fn cookie_id(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v.trim().to_string())
+        .filter(|v| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// `Set-Cookie` for session `id` (`secure` when the console is served over TLS).
+pub fn set_cookie(id: &str, secure: bool) -> HeaderValue {
+    let v = format!(
+        "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+        IDLE.as_secs(),
+        if secure { "; Secure" } else { "" }
+    );
+    HeaderValue::from_str(&v).expect("hex id is a header value")
+}
+
+/// `Set-Cookie` that deletes the session cookie.
+pub fn clear_cookie(secure: bool) -> HeaderValue {
+    let v = format!(
+        "{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{}",
+        if secure { "; Secure" } else { "" }
+    );
+    HeaderValue::from_str(&v).expect("static header value")
+}
+
+/// Whether `method` changes state (everything but GET, HEAD, OPTIONS).
+pub fn state_changing(method: &Method) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// Checks the `Origin` of a state-changing, cookie-authenticated request: it must be
+/// `public_origin` when configured, else `http://<Host>`. The error is the message of the 403.
+pub fn check_origin(headers: &HeaderMap, public_origin: Option<&str>) -> Result<(), String> {
+    let expected = match public_origin {
+        Some(o) => o.trim_end_matches('/').to_string(),
+        None => {
+            let host = headers
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .ok_or("the request has no Host header, so its Origin cannot be checked")?;
+            format!("http://{host}")
+        }
+    };
+    let origin = headers
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| {
+            format!("this request changes state with the console's session cookie but has no Origin header; expected Origin: {expected}")
+        })?;
+    if origin.eq_ignore_ascii_case(&expected) {
+        Ok(())
+    } else {
+        Err(format!(
+            "Origin {origin:?} does not match this console ({expected}); a request that changes state with the session cookie must come from the console's own pages (set [serve] public_origin when it is served through a proxy)"
+        ))
+    }
+}
+
+/// Checks `[serve] public_origin`: `http(s)://host[:port]`, no path, query or user info.
+pub fn validate_public_origin(o: &str) -> Result<(), String> {
+    let (scheme, rest) = o
+        .split_once("://")
+        .ok_or_else(|| format!("public_origin {o:?}: expected http(s)://HOST[:PORT]"))?;
+    if !matches!(scheme, "http" | "https")
+        || rest.is_empty()
+        || rest.contains(['/', '?', '#', '@', ' '])
+    {
+        return Err(format!(
+            "public_origin {o:?}: expected http(s)://HOST[:PORT] without a path, e.g. https://iac.example.com"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn cookie_is_found_among_others_and_must_be_well_formed() {
+        let id = "ab".repeat(32);
+        let h = headers(&[("cookie", &format!("a=b; {COOKIE}={id}; c=d"))]);
+        assert_eq!(cookie_id(&h).as_deref(), Some(id.as_str()));
+        let h = headers(&[("cookie", &format!("{COOKIE}=short"))]);
+        assert_eq!(cookie_id(&h), None);
+        assert_eq!(cookie_id(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn the_cookie_is_http_only_strict_and_secure_only_over_tls() {
+        let c = set_cookie(&"0".repeat(64), false);
+        let c = c.to_str().unwrap();
+        assert!(
+            c.contains("HttpOnly") && c.contains("SameSite=Strict"),
+            "{c}"
+        );
+        assert!(!c.contains("Secure"), "{c}");
+        assert!(
+            set_cookie(&"0".repeat(64), true)
+                .to_str()
+                .unwrap()
+                .ends_with("; Secure")
+        );
+        assert!(clear_cookie(false).to_str().unwrap().contains("Max-Age=0"));
+    }
+
+    #[test]
+    fn origin_must_match_host_or_public_origin() {
+        let h = headers(&[
+            ("host", "127.0.0.1:8080"),
+            ("origin", "http://127.0.0.1:8080"),
+        ]);
+        assert_eq!(check_origin(&h, None), Ok(()));
+        let h = headers(&[
+            ("host", "127.0.0.1:8080"),
+            ("origin", "http://evil.example"),
+        ]);
+        let e = check_origin(&h, None).unwrap_err();
+        assert!(
+            e.contains("evil.example") && e.contains("does not match"),
+            "{e}"
+        );
+        let h = headers(&[("host", "127.0.0.1:8080")]);
+        assert!(check_origin(&h, None).unwrap_err().contains("no Origin"));
+        let h = headers(&[
+            ("host", "internal:8080"),
+            ("origin", "https://iac.example.com"),
+        ]);
+        assert_eq!(check_origin(&h, Some("https://iac.example.com/")), Ok(()));
+        assert!(check_origin(&h, None).is_err());
+    }
+
+    #[test]
+    fn public_origin_is_scheme_host_port_only() {
+        assert!(validate_public_origin("https://iac.example.com").is_ok());
+        assert!(validate_public_origin("http://127.0.0.1:8080").is_ok());
+        for bad in [
+            "iac.example.com",
+            "ftp://x",
+            "https://x/path",
+            "https://u@x",
+            "https://",
+        ] {
+            assert!(validate_public_origin(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sessions_are_created_found_and_removed() {
+        let s = SessionStore::default();
+        let id = s.create(Tokens {
+            access: "a".into(),
+            refresh: None,
+            expires_at: Some(100),
+        });
+        assert_eq!(id.len(), 64);
+        assert!(s.get(&id).is_some());
+        assert!(s.get(&"f".repeat(64)).is_none());
+        s.remove(&id);
+        assert!(s.get(&id).is_none());
+        let t = Tokens {
+            access: String::new(),
+            refresh: None,
+            expires_at: Some(1000),
+        };
+        assert!(t.expiring(950) && !t.expiring(900));
+    }
+}
