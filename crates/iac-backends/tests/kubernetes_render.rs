@@ -36,6 +36,7 @@ fn stack() -> Stack {
         env: [("GREETING".to_string(), "hi".to_string())].into(),
         edge: port.map(|_| iac_core::EdgeBind::loopback()),
         replicas: 1,
+        egress: Default::default(),
     };
     plan(&PlanInput {
         project: ProjectName::new("shop").unwrap(),

@@ -80,6 +80,7 @@ fn service(name: &str, port: Option<u16>, root: &Path) -> PlannedService {
         env: [("GREETING".to_string(), "hi".to_string())].into(),
         edge: port.map(|_| iac_core::EdgeBind::loopback()),
         replicas: 1,
+        egress: Default::default(),
     }
 }
 

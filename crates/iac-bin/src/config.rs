@@ -113,6 +113,18 @@ pub struct IacConfig {
     pub serve: ServeConfig,
     /// Deployment history: the store and its retention.
     pub history: HistorySection,
+    /// The mesh: whether egress lists are enforced.
+    pub mesh: MeshSection,
+}
+
+/// `[mesh]`: settings every pod's sidecar applies.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MeshSection {
+    /// `"closed"` (default): an app reaches only its `egress` list, through its sidecar;
+    /// `"open"`: today's open behaviour for one more release (apps reach anything, lists are not
+    /// enforced, every deploy warns).
+    pub egress: iac_core::EgressMode,
 }
 
 impl Default for IacConfig {
@@ -141,6 +153,7 @@ impl Default for IacConfig {
             supabase: SupabaseConfig::default(),
             serve: ServeConfig::default(),
             history: HistorySection::default(),
+            mesh: MeshSection::default(),
         }
     }
 }
@@ -186,6 +199,13 @@ impl IacConfig {
             }
         }
         problems.extend(cfg.timing_problems());
+        if cfg.images.app_uid == iac_core::egress::ENVOY_EGRESS_GID {
+            problems.push(format!(
+                "[images] app_uid = {}: expected another uid; {} is the group Envoy runs as, the only one a pod's filter lets out (the app's group has its uid as gid)",
+                cfg.images.app_uid,
+                iac_core::egress::ENVOY_EGRESS_GID
+            ));
+        }
         problems.extend(cfg.history.problems());
         anyhow::ensure!(
             problems.is_empty(),

@@ -10,6 +10,7 @@
 pub mod addr;
 pub mod deployer;
 pub mod duration;
+pub mod egress;
 pub mod entry;
 pub mod error;
 pub mod event;
@@ -35,6 +36,7 @@ pub mod stages;
 pub mod trace_context;
 
 pub use deployer::{DeployOptions, Deployer, DesiredStack, PlanOutcome, RenderedService, Stages};
+pub use egress::{EgressMode, EgressPolicy, EgressRule};
 pub use entry::{
     BuildStep, Candidate, DEFAULT_APP_PORT, Entry, Language, PythonVersion, ReleaseCommand,
 };

@@ -197,6 +197,7 @@ mod tests {
                 spec_hash: "planhash".into(),
                 replicas: 1,
                 pod_filter: None,
+                egress: Default::default(),
             }],
             keep: vec![],
             repair: Default::default(),

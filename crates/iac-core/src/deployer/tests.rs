@@ -24,6 +24,7 @@ fn spec(name: &str) -> ServiceSpec {
         expose: Default::default(),
         replicas: 1,
         install: Default::default(),
+        egress: Vec::new(),
     }
 }
 
@@ -155,6 +156,7 @@ impl Fakes {
                 otel_endpoint: None,
                 deadline: Duration::from_secs(30),
                 release_timeout: Duration::from_secs(5),
+                egress: Default::default(),
             },
         )
     }
@@ -1211,7 +1213,7 @@ async fn an_app_port_the_sidecar_uses_is_refused_naming_its_source() {
             .find(|s| s.service.as_str() == n)
             .unwrap()
     };
-    let reserved = "9901 (stats), 15000 (inbound mTLS), 15001 (outbound), 15021 (health probe), 15080 (edge), 50051 (agent gRPC)";
+    let reserved = "9901 (stats), 15000 (inbound mTLS), 15001 (outbound), 15002 (egress), 15021 (health probe), 15080 (edge), 50051 (agent gRPC)";
     let procfile = by("procfile");
     assert_eq!(procfile.failed_stage, Some(Stage::Resolve));
     let err = procfile.error.as_deref().unwrap();
@@ -1237,10 +1239,16 @@ async fn an_app_port_the_sidecar_uses_is_refused_naming_its_source() {
 fn every_port_of_the_sidecar_side_is_reserved_and_nothing_else() {
     let ports = MeshPorts::default();
     let reserved: Vec<u16> = ports.reserved().iter().map(|(p, _)| *p).collect();
-    assert_eq!(reserved, [9901, 15000, 15001, 15021, 15080, 50051]);
+    assert_eq!(reserved, [9901, 15000, 15001, 15002, 15021, 15080, 50051]);
     let web = spec("web");
     let mut e = entry();
-    for (port, ok) in [(8000, true), (15001, false), (50051, false), (15002, true)] {
+    for (port, ok) in [
+        (8000, true),
+        (15001, false),
+        (50051, false),
+        (15002, false),
+        (15003, true),
+    ] {
         e.port = Some(port);
         assert_eq!(
             super::prepare::check_app_port(&web, &e, &ports).is_ok(),
