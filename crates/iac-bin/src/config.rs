@@ -389,6 +389,34 @@ mod tests {
     }
 
     #[test]
+    fn mesh_egress_is_closed_by_default_open_on_request_and_nothing_else() {
+        Jail::expect_with(|jail| {
+            let c: IacConfig = IacConfig::figment(None, &CliOverrides::default())
+                .unwrap()
+                .extract()?;
+            assert_eq!(c.mesh.egress, iac_core::EgressMode::Closed);
+            jail.create_file("iac.toml", "[mesh]\negress = \"open\"\n")?;
+            let c: IacConfig = IacConfig::figment(None, &CliOverrides::default())
+                .unwrap()
+                .extract()?;
+            assert_eq!(c.mesh.egress, iac_core::EgressMode::Open);
+            jail.create_file("iac.toml", "[mesh]\negress = \"sometimes\"\n")?;
+            let e = IacConfig::figment(None, &CliOverrides::default())
+                .unwrap()
+                .extract::<IacConfig>()
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("sometimes"), "{e}");
+            jail.create_file("iac.toml", "[images]\napp_uid = 1337\n")?;
+            let e = IacConfig::load(None, &CliOverrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("app_uid = 1337"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
     fn the_swarm_registry_login_is_read_and_shown_redacted() {
         Jail::expect_with(|jail| {
             jail.create_file(
