@@ -692,6 +692,19 @@ mod tests {
         assert!(err.contains("strings, got a number"), "{err}");
     }
 
+    #[test]
+    fn the_starter_repos_file_in_templates_parses_with_its_egress_lists() {
+        let text = include_str!("../../../templates/repos.yaml");
+        let r = parse_repos_file(text, ReposFormat::Yaml).unwrap();
+        assert_eq!(r.egress.len(), 2);
+        let worker = r
+            .services
+            .iter()
+            .find(|s| s.name.as_str() == "worker")
+            .unwrap();
+        assert_eq!(worker.egress.len(), 3, "{:?}", worker.egress);
+    }
+
     fn names(r: &ReposFile) -> Vec<&str> {
         r.services.iter().map(|s| s.name.as_str()).collect()
     }
