@@ -186,6 +186,7 @@ impl App {
                 otel_endpoint: cfg.otel_endpoint.clone(),
                 deadline: cfg.deploy_deadline,
                 release_timeout: cfg.release_timeout,
+                egress: cfg.mesh.egress,
             },
         );
         Ok(App {

@@ -434,6 +434,7 @@ mod deploy {
                 otel_endpoint: None,
                 deadline: Duration::from_secs(300),
                 release_timeout: Duration::from_secs(60),
+                egress: Default::default(),
             },
         )
     }
@@ -467,6 +468,7 @@ mod deploy {
                 expose: Default::default(),
                 replicas: 1,
                 install: Default::default(),
+                egress: Vec::new(),
             })
             .collect();
         let (events, mut rx) = Events::channel();

@@ -10,6 +10,7 @@
 pub mod addr;
 pub mod deployer;
 pub use iac_duration as duration;
+pub mod egress;
 pub mod entry;
 pub mod error;
 pub mod event;
@@ -38,6 +39,7 @@ pub mod stages;
 pub mod trace_context;
 
 pub use deployer::{DeployOptions, Deployer, DesiredStack, PlanOutcome, RenderedService, Stages};
+pub use egress::{EgressMode, EgressPolicy, EgressRule};
 pub use entry::{
     BuildStep, Candidate, DEFAULT_APP_PORT, Entry, Language, PythonVersion, ReleaseCommand,
 };

@@ -198,6 +198,10 @@ pub struct ServiceStack {
     /// that can check it does so before reporting the pair created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_filter: Option<PodFilter>,
+    /// Where the app may connect outside the mesh (`[mesh] egress` and its `egress` list); the
+    /// app container's proxy variables and the pod filter's outbound chain already follow it.
+    #[serde(default)]
+    pub egress: crate::egress::EgressPolicy,
 }
 
 fn one_replica() -> u32 {

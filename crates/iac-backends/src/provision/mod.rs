@@ -195,6 +195,7 @@ mod tests {
                 spec_hash: "planhash".into(),
                 replicas: 1,
                 pod_filter: None,
+                egress: Default::default(),
             }],
             keep: vec![],
             repair: Default::default(),

@@ -271,6 +271,7 @@ mod tests {
             spec_hash: hash.into(),
             replicas: 1,
             pod_filter: None,
+            egress: Default::default(),
         }
     }
 

@@ -195,6 +195,20 @@ pub async fn plan(cfg: IacConfig, file: &Path, json: bool) -> anyhow::Result<Exi
                 c.action.as_str(),
                 safe(&c.reason)
             );
+            if let Some(svc) = outcome
+                .stack
+                .services
+                .iter()
+                .find(|s| s.service == c.service)
+                && c.action != iac_core::Action::Remove
+            {
+                println!(
+                    "    {:<20} {:<10} {}",
+                    "",
+                    "egress",
+                    safe(&svc.egress.summary())
+                );
+            }
             if let Some(r) = outcome.releases.get(&c.service) {
                 let when = if matches!(
                     c.action,

@@ -317,6 +317,7 @@ mod tests {
                 env: [("DATABASE_URL".to_string(), "postgres://db".to_string())].into(),
                 edge: Some(iac_core::EdgeBind::loopback()),
                 replicas: 1,
+                egress: Default::default(),
             }],
             keep: vec![],
         });

@@ -457,6 +457,7 @@ mod tests {
                 app_port: Some(8000),
                 env: BTreeMap::new(),
                 replicas,
+                egress: Default::default(),
             }],
             keep: vec![],
         };
