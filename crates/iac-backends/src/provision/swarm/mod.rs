@@ -833,6 +833,7 @@ mod tests {
             env: Default::default(),
             edge: None,
             replicas: 1,
+            egress: Default::default(),
         };
         plan(&PlanInput {
             project: ProjectName::new("p").unwrap(),
