@@ -7,7 +7,7 @@ PREFIX ?= $(HOME)/.cargo/bin
 FILE ?= examples/repos.local.yaml
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: help bootstrap deps images agent install test test-deps fmt lint plan apply destroy bench clean-test-objects screenshots
+.PHONY: help bootstrap deps images agent install test test-deps fmt lint plan apply destroy bench bench-load soak clean-test-objects screenshots
 
 help:
 	@echo "make bootstrap   install host deps, build the static agent + iac, ensure base images"
@@ -15,6 +15,8 @@ help:
 	@echo "make fmt|lint    rustfmt / clippy -D warnings / rustdoc -D warnings"
 	@echo "make plan|apply|destroy FILE=repos.yaml   drive iac on a repos file"
 	@echo "make bench       deploy benchmark vs docker compose (prints ratios)"
+	@echo "make bench-load  data-plane latency/CPU at 500/1000/2000 req/s: direct, edge, mesh"
+	@echo "make soak        15 minutes with a crash-looping service: fd and RSS growth of agents and iac serve"
 	@echo "make screenshots refresh docs/console/*.png (the browser tests, headless Chromium)"
 
 deps:
@@ -75,6 +77,12 @@ destroy:
 
 bench:
 	@bash scripts/bench-deploy.sh
+
+bench-load:
+	@bash scripts/bench-load.sh
+
+soak:
+	@bash scripts/soak.sh
 
 # The console's pages at 1280 and 390 px, taken by the browser tests themselves.
 screenshots: deps agent

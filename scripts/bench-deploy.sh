@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Deploy benchmark (`make bench`): iac against docker-compose 1.29 running the SAME stack (the compose
-# file is generated from `iac plan --json` by scripts/stack-to-compose.py: same images, commands, env,
-# mounts, privileges, limits and shared network namespaces), all in one invocation on one engine.
+# project is `iac render --target compose`, the eject path: the docker provisioner's containers with
+# the same images, commands, env, mounts, privileges, limits and shared network namespaces), all in
+# one invocation on one engine.
 # Prints wall-clock times and ratios (iac / baseline). Not a test: nothing here asserts on time.
 #
 #   bash scripts/bench-deploy.sh
@@ -24,8 +25,9 @@
 # same plus the host's Python standard library, for a big one); `iac inspect gh:bench/<archive>#main`
 # (a fresh cache each time; includes iac's start-up and entry resolution) vs `curl | tar xz`.
 #
-# Everything it creates (containers, networks, images, the server, temp files) is labelled
-# `iac.bench=<project>` or lives in one temp dir, and is removed on exit, also on error or Ctrl-C.
+# Everything it creates is removed on exit, also on error or Ctrl-C: containers and networks carry
+# `iac.project=<project>` (iac's and the compose render's alike: `iac destroy` finds both), images
+# `iac.project` too, the server and temp files live in one temp dir.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -49,14 +51,15 @@ done
 
 C="${P}c"   # the compose project
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/iac-bench.XXXXXX")
+COMPOSE_FILE="$WORK/render/compose/$P/compose.yaml"   # what `iac render --target compose` writes
 SERVER_PID=
 cleanup() {
   set +e
   [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
   "$IAC" --config "$WORK/iac.toml" destroy --project "$P" >/dev/null 2>&1
-  [ -f "$WORK/compose.yml" ] && docker-compose -p "$C" -f "$WORK/compose.yml" down -v >/dev/null 2>&1
-  ids=$(docker ps -aq --filter "label=iac.bench=$P"); [ -z "$ids" ] || docker rm -f $ids >/dev/null 2>&1
-  nets=$(docker network ls -q --filter "label=iac.bench=$P"); [ -z "$nets" ] || docker network rm $nets >/dev/null 2>&1
+  [ -f "$COMPOSE_FILE" ] && docker-compose -p "$C" -f "$COMPOSE_FILE" down -v >/dev/null 2>&1
+  ids=$(docker ps -aq --filter "label=iac.project=$P"); [ -z "$ids" ] || docker rm -f $ids >/dev/null 2>&1
+  nets=$(docker network ls -q --filter "label=iac.project=$P"); [ -z "$nets" ] || docker network rm $nets >/dev/null 2>&1
   if [ "$KEEP_IMAGES" != 1 ]; then
     imgs=$(docker images -q --filter "label=iac.project=$P" | sort -u)
     [ -z "$imgs" ] || docker rmi -f --no-prune $imgs >/dev/null 2>&1
@@ -94,7 +97,7 @@ timed() {
   printf -v "$var" '%s' "$(py "print(f'{$t1-$t0:.3f}')")"
 }
 iac() { "$IAC" --config "$WORK/iac.toml" --project "$P" "$@"; }
-compose() { docker-compose -p "$C" -f "$WORK/compose.yml" "$@"; }
+compose() { docker-compose -p "$C" -f "$COMPOSE_FILE" "$@"; }
 
 # One iac configuration for the whole run: state, secrets and caches in WORK; fetch from the local
 # archive server (set up below) without asking git to resolve refs.
@@ -122,7 +125,7 @@ repos() {  # repos N → repos file with services s01..sN
 
 # compose_wait N: until every app s01..sN answers HTTP 200 through its Envoy's mTLS listener
 # (client certificate of s01, a service of the same project: the app routes admit it). The pod's
-# ports are published by its sidecar, compose service `sNN-envoy`.
+# ports are published by its sidecar, compose service `sNN.envoy`.
 compose_wait() {
   local n=$1 deadline=$(( $(date +%s) + 180 )) s port code
   local ca="$WORK/secrets/ca.pem" cert="$WORK/secrets/$P/s01.pem" key="$WORK/secrets/$P/s01.key"
@@ -134,7 +137,7 @@ compose_wait() {
     while read -r s port; do ports[$s]=$port; done < <(
       docker ps --filter "label=com.docker.compose.project=$C" \
         --format '{{.Label "com.docker.compose.service"}} {{.Ports}}' |
-        sed -n 's/^\([^ ]*\)-envoy .*127\.0\.0\.1:\([0-9]*\)->15000.*/\1 \2/p')
+        sed -n 's/^\([^ ]*\)\.envoy .*127\.0\.0\.1:\([0-9]*\)->15000.*/\1 \2/p')
     for s in "${pending[@]}"; do
       port=${ports[$s]:-}
       if [ -z "$port" ]; then echo 000 >"$WORK/w.$s"; continue; fi
@@ -187,9 +190,7 @@ for n in $SIZES; do
     noops+=("$t")
   done
   noop=$(median "${noops[@]}")
-  iac --json plan --file "$f" >"$WORK/plan-$n.json" 2>"$WORK/plan-$n.err" \
-    || { cat "$WORK/plan-$n.err" >&2; exit 1; }
-  python3 scripts/stack-to-compose.py "$C" "$P" <"$WORK/plan-$n.json" >"$WORK/compose.yml"
+  run "$WORK/render-$n.log" iac render --target compose --file "$f" --out "$WORK/render"
   timed down "$WORK/down-$n.log" iac destroy
 
   timed c_up "$WORK/c-up-$n.log" compose up -d

@@ -49,9 +49,9 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_LINE_BYTES)]
     pub max_line_bytes: usize,
 
-    /// How long to wait after forwarding SIGTERM/SIGINT before SIGKILL: seconds ("10", "0.5") or a
-    /// duration ("1500ms", "2s").
-    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_grace)]
+    /// How long to wait after forwarding SIGTERM/SIGINT before SIGKILL: a duration ("10s",
+    /// "1500ms"); a bare number is refused, as everywhere in iac.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_grace)]
     pub grace: Duration,
 
     /// The TCP port the app serves on. While ARGV runs, HealthCheck answers UNKNOWN ("starting")
@@ -165,27 +165,45 @@ pub struct Cli {
     #[arg(long, value_name = "ADDR", requires = "once")]
     pub wait_tcp: Option<SocketAddr>,
 
+    /// Keeper mode: supervise nothing; keep the pods of project PROJECT up through the engine
+    /// at --engine-socket: start an app whose last start failed once its sidecar runs (what an
+    /// engine restart or a reboot leaves behind), restart one left in its sidecar's old network
+    /// namespace. Touches only containers labelled iac.managed-by=iac and iac.project=PROJECT.
+    #[arg(long, value_name = "PROJECT", conflicts_with_all = ["probe", "once", "sidecar"])]
+    pub keeper: Option<String>,
+
+    /// With --keeper: the Docker engine's Unix socket.
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/var/run/docker.sock",
+        requires = "keeper"
+    )]
+    pub engine_socket: std::path::PathBuf,
+
+    /// With --keeper: how long an app still running in its restarted sidecar's old namespace
+    /// gets to end by itself (its agent ends it) before the keeper restarts it.
+    #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = parse_duration, requires = "keeper")]
+    pub keeper_recheck: Duration,
+
+    /// With --keeper: the longest delay between tries of a failed start (1 s, doubling).
+    #[arg(long, value_name = "DURATION", default_value = "1m", value_parser = parse_duration, requires = "keeper")]
+    pub keeper_backoff_max: Duration,
+
     /// The program to supervise and its arguments (after `--`).
-    #[arg(last = true, required_unless_present = "probe", value_name = "ARGV")]
+    #[arg(last = true, required_unless_present_any = ["probe", "keeper"], value_name = "ARGV")]
     pub argv: Vec<String>,
 }
 
 fn parse_grace(s: &str) -> Result<Duration, String> {
-    if let Ok(secs) = s.parse::<f64>() {
-        return Duration::try_from_secs_f64(secs).map_err(|e| {
-            format!("--grace {s:?}: {e} (expected non-negative seconds such as 10 or 0.5)")
-        });
-    }
-    humantime::parse_duration(s).map_err(|e| {
-        format!("--grace {s:?}: {e} (expected seconds such as 10 or a duration such as 1500ms)")
-    })
+    iac_duration::parse(s).map_err(|e| format!("--grace: {e}"))
 }
 
-/// A duration option (`10s`, `500ms`, `5m`), with the option named in the error. Bare numbers are
-/// refused: `10` could mean seconds or milliseconds.
+/// A duration option (`10s`, `500ms`, `5m`) in iac's one duration style ([`iac_duration`], as the
+/// configuration and the repos file take them). Bare numbers are refused: `10` could mean seconds
+/// or milliseconds.
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s)
-        .map_err(|e| format!("{s:?}: {e} (expected a duration such as 10s, 500ms or 5m)"))
+    iac_duration::parse(s)
 }
 
 /// `--forward-after`: how long the app must have listened elsewhere; `None` = never forward.
@@ -196,11 +214,9 @@ fn parse_forward_after(s: &str) -> Result<ForwardAfter, String> {
     if s == "off" {
         return Ok(ForwardAfter(None));
     }
-    humantime::parse_duration(s)
+    iac_duration::parse(s)
         .map(|d| ForwardAfter(Some(d)))
-        .map_err(|e| {
-            format!("--forward-after {s:?}: {e} (expected a duration such as 3s or 500ms, or off)")
-        })
+        .map_err(|e| format!("--forward-after: {e}, or off"))
 }
 
 impl Cli {
@@ -218,7 +234,7 @@ impl Cli {
             );
         }
         let default_max =
-            humantime::parse_duration(restart::DEFAULT_BACKOFF_MAX).expect("a valid default");
+            iac_duration::parse(restart::DEFAULT_BACKOFF_MAX).expect("a valid default");
         let max = match self.restart_backoff_max {
             Some(max) if max < self.restart_backoff => {
                 return Err(format!(
@@ -289,7 +305,7 @@ impl AgentConfig {
             "--max-line-bytes".into(),
             self.max_line_bytes.to_string(),
             "--grace".into(),
-            self.grace_secs.to_string(),
+            format!("{}s", self.grace_secs),
             "--".into(),
         ]);
         cmd.extend(argv.iter().cloned());
@@ -326,7 +342,7 @@ mod tests {
         assert_eq!(parse("off").unwrap().forward_after, ForwardAfter(None));
         let e = parse("soon").unwrap_err().to_string();
         assert!(
-            e.contains("--forward-after \"soon\"") && e.contains("or off"),
+            e.contains("--forward-after: invalid duration \"soon\"") && e.contains("or off"),
             "{e}"
         );
     }
@@ -437,7 +453,7 @@ mod tests {
         let e = Cli::try_parse_from(["iac-agent", "--restart-backoff", "10", "--", "x"])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("expected a duration"), "{e}");
+        assert!(e.contains("expected a number with a unit"), "{e}");
         let e = Cli::try_parse_from(["iac-agent", "--restart", "sometimes", "--", "x"])
             .unwrap_err()
             .to_string();
@@ -479,13 +495,19 @@ mod tests {
     }
 
     #[test]
-    fn grace_accepts_seconds_and_durations() {
-        assert_eq!(parse_grace("0.5").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_grace("3").unwrap(), Duration::from_secs(3));
+    fn grace_takes_a_duration_and_refuses_a_bare_number() {
+        assert_eq!(parse_grace("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_grace("3s").unwrap(), Duration::from_secs(3));
         assert_eq!(parse_grace("1500ms").unwrap(), Duration::from_millis(1500));
-        let err = parse_grace("-1").unwrap_err();
-        assert!(err.contains("\"-1\""), "{err}");
-        assert!(parse_grace("soon").unwrap_err().contains("\"soon\""));
+        for bad in ["3", "0.5", "-1", "soon"] {
+            let err = parse_grace(bad).unwrap_err();
+            assert!(
+                err.starts_with("--grace: ")
+                    && err.contains(&format!("{bad:?}"))
+                    && err.contains("\"3s\""),
+                "{err}"
+            );
+        }
     }
 
     #[test]

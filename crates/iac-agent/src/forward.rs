@@ -21,9 +21,10 @@ use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use crate::log::log;
+pub use crate::ports::Forwarding;
 use crate::ports::{Listener, app_listeners, read_listeners};
 use crate::state::ChildState;
-use crate::supervisor::log;
 
 /// How often the app's sockets are read while nothing is decided.
 const POLL: Duration = Duration::from_millis(250);
@@ -88,15 +89,6 @@ impl Decider {
             }
         }
     }
-}
-
-/// What the forwarder is doing, for HealthCheck.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Forwarding {
-    /// The declared port the agent listens on (on 127.0.0.1).
-    pub from: u16,
-    /// Where the app listens.
-    pub to: SocketAddr,
 }
 
 /// What the watcher needs to tell the app's sockets apart.

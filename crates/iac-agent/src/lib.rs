@@ -36,11 +36,17 @@
 //! One-off mode (`--once`, used for release commands): run the entry once, as `--user`, in
 //! `--chdir`, and exit with its code ([`once`]).
 //!
+//! Keeper mode (`--keeper PROJECT`, one container per project on Docker): supervise nothing;
+//! follow the engine's events and start the project's apps an engine restart or a reboot left
+//! down because they were tried before their sidecar ran ([`keeper`]).
+//!
 //! The library exposes the pieces (and [`config::AgentConfig`] for the `iac` binary, which renders
 //! the agent's command line into images); `src/main.rs` is the thin executable.
 
 pub mod config;
 pub mod forward;
+pub mod keeper;
+pub mod log;
 pub mod logbuf;
 pub mod netwatch;
 pub mod once;

@@ -2,13 +2,37 @@
 //! Tokio runtime and exits with its code. See the library docs for the behaviour.
 
 use clap::Parser;
-use iac_agent::supervisor::{EXIT_SETUP_FAILED, log};
+use iac_agent::log::log;
+use iac_agent::supervisor::EXIT_SETUP_FAILED;
 use iac_agent::{Cli, Options};
 
 fn main() {
     let cli = Cli::parse();
     if cli.probe {
         std::process::exit(iac_agent::probe::run(cli.listen));
+    }
+    if let Some(project) = cli.keeper.clone() {
+        let opts = iac_agent::keeper::Options {
+            project,
+            engine: iac_agent::keeper::engine::Engine {
+                socket: cli.engine_socket.clone(),
+            },
+            recheck: cli.keeper_recheck,
+            backoff_max: cli
+                .keeper_backoff_max
+                .max(std::time::Duration::from_secs(1)),
+        };
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                log(format!("cannot start the async runtime: {e}"));
+                std::process::exit(EXIT_SETUP_FAILED);
+            }
+        };
+        std::process::exit(runtime.block_on(iac_agent::keeper::run(opts)));
     }
     if cli.once {
         let user = match cli

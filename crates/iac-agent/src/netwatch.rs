@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use crate::supervisor::log;
+use crate::log::log;
 
 /// The agent's exit code when its pod's network namespace lost its network (`EX_TEMPFAIL`).
 pub const EXIT_POD_NETWORK_LOST: i32 = 75;

@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::supervisor::{EXIT_SETUP_FAILED, as_user, log};
+use crate::log::log;
+use crate::supervisor::{EXIT_SETUP_FAILED, as_user};
 use crate::user::ResolvedUser;
 
 /// How long `--wait-tcp` waits at most before running the command anyway.

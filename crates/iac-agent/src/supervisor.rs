@@ -32,6 +32,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::pb::health_server::HealthServer;
 
 use crate::forward;
+use crate::log::log;
 use crate::logbuf::{LineSplitter, LogBuffer, LogEntry, RingLimits, StreamKind};
 use crate::restart::{Backoff, RestartPolicy, Tracker};
 use crate::service::{AgentService, Readiness};
@@ -97,15 +98,6 @@ impl Options {
     fn restarts_child(&self) -> bool {
         self.sidecar.is_none() && self.restart != RestartPolicy::Never
     }
-}
-
-/// Logs one agent message on stderr (`docker logs` shows it next to the child's output). The line
-/// goes out in one `write` so it does not interleave with the child's stderr being teed (`eprintln!`
-/// writes piecewise).
-pub fn log(msg: impl std::fmt::Display) {
-    use std::io::Write;
-    let line = format!("iac-agent: {msg}\n");
-    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
 fn signal_name(sig: i32) -> &'static str {

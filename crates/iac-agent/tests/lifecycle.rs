@@ -72,7 +72,7 @@ async fn child_killed_by_the_forwarded_sigterm_gives_143() {
 #[tokio::test]
 async fn child_ignoring_sigterm_is_killed_after_the_grace_period() {
     let mut agent = Agent::start(
-        &["--grace", "0.7"],
+        &["--grace", "700ms"],
         &[
             "sh",
             "-c",

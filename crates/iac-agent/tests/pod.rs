@@ -38,7 +38,7 @@ async fn health_names_both_and_sigterm_stops_both() {
     let side = trapping("sidecar", 0);
     let mut opts = sidecar_opts(&["sh", "-c", &side]);
     opts.push("--grace");
-    opts.push("5");
+    opts.push("5s");
     let app = trapping("app", 7);
     let mut agent = Agent::start(&opts, &["sh", "-c", &app]);
     agent.stdout.wait_for("ready-app");

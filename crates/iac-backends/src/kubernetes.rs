@@ -15,6 +15,9 @@
 //! * a `NetworkPolicy` admitting ingress to the pod on the mesh port only — the Kubernetes form of
 //!   the Docker pod's packet filter (the kubelet's probes come from the node and are not subject
 //!   to it on common network plugins).
+//! * when the service's egress is controlled, a `NetworkPolicy` `<svc>-egress` (see
+//!   [`egress_policy`]): DNS, the project's pods on the mesh port, and the ports its `egress:`
+//!   list names; the names themselves are checked by the same Envoy egress listener as on Docker.
 //!
 //! A service with an edge (its stack publishes the edge port) gets an `edge` container port on
 //! the sidecar and nothing else: the policy keeps it closed to the cluster, and a person reaches
@@ -28,11 +31,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
+use iac_core::labels::{
+    LABEL_PROJECT, LABEL_SERVICE, LABEL_SPEC_HASH, project_labels, service_labels,
+};
 use iac_core::mesh::{CertPaths, MeshPorts};
 use iac_core::plan::{ENVOY_CONFIG_IN_CONTAINER, envoy_argv};
-use iac_core::stack::{
-    LABEL_MANAGED, LABEL_PROJECT, LABEL_SERVICE, LABEL_SPEC_HASH, ServiceStack, Stack,
-};
+use iac_core::stack::{ServiceStack, Stack};
 use serde_json::{Value, json};
 
 /// The port the agent's standard gRPC health service listens on inside the pod (the kubelet's
@@ -133,10 +137,7 @@ pub fn render(
             "kind": "Namespace",
             "metadata": {
                 "name": ns,
-                "labels": {
-                    LABEL_PROJECT: stack.project.to_string(),
-                    LABEL_MANAGED: "iac",
-                },
+                "labels": project_labels(stack.project.as_str()),
             },
         })]),
     }];
@@ -203,7 +204,7 @@ fn service_documents(
     let project = stack.project.to_string();
     let mesh = MeshPorts::default();
     let selector = json!({ LABEL_PROJECT: project, LABEL_SERVICE: name });
-    let labels = json!({ LABEL_PROJECT: project, LABEL_SERVICE: name, LABEL_MANAGED: "iac" });
+    let labels = json!(service_labels(&project, &name));
     let meta = |suffix: &str| {
         json!({
             "name": format!("{name}{suffix}"),
@@ -257,7 +258,7 @@ fn service_documents(
     if svc.published(mesh.edge).is_some() {
         envoy_ports.push(json!({ "name": "edge", "containerPort": mesh.edge, "protocol": "TCP" }));
     }
-    let app_container = json!({
+    let mut app_container = json!({
         "name": "app",
         "image": svc.app.image,
         "env": env,
@@ -272,6 +273,10 @@ fn service_documents(
         // user and KILL to stop what the app left behind.
         "securityContext": security_context(&svc.app.privileges),
     });
+    // The plan's command, when it sets one, replaces the image's CMD (as on Docker).
+    if !svc.app.cmd.is_empty() {
+        app_container["args"] = json!(svc.app.cmd);
+    }
     let envoy_container = json!({
         "name": "envoy",
         "image": svc.envoy.image,
@@ -353,5 +358,61 @@ fn service_documents(
             "ingress": [{ "ports": [{ "protocol": "TCP", "port": mesh.inbound }] }],
         },
     });
-    Ok(vec![secret, config_map, deployment, service, policy])
+    let mut out = vec![secret, config_map, deployment, service, policy];
+    if let Some(p) = egress_policy(svc, &selector, mesh.inbound, meta("-egress")) {
+        out.push(p);
+    }
+    Ok(out)
+}
+
+/// A pod whose egress is controlled gets a `NetworkPolicy` of type Egress: DNS (Envoy resolves
+/// the listed names itself), the project's pods on the mesh port, and any address on the ports
+/// the `egress:` list names — a NetworkPolicy selects pods and addresses, not names, so the
+/// names are checked by the sidecar's egress listener (the same Envoy config as on Docker; the
+/// app gets the same proxy variables). It cannot tell the app from Envoy inside the pod: an app
+/// that skips the proxy still reaches any address on a listed port (Docker's pod filter is per
+/// socket; see docs/limitations.md). `None` when egress is open.
+fn egress_policy(
+    svc: &ServiceStack,
+    selector: &Value,
+    mesh_port: u16,
+    metadata: Value,
+) -> Option<Value> {
+    if !svc.egress.is_controlled() {
+        return None;
+    }
+    let mut ports: Vec<u16> = svc.egress.rules().iter().map(|r| r.port).collect();
+    ports.sort();
+    ports.dedup();
+    let mut rules = vec![
+        json!({
+            "ports": [
+                { "protocol": "UDP", "port": 53 },
+                { "protocol": "TCP", "port": 53 },
+            ],
+        }),
+        json!({
+            "to": [{ "podSelector": {} }],
+            "ports": [{ "protocol": "TCP", "port": mesh_port }],
+        }),
+    ];
+    if !ports.is_empty() {
+        rules.push(json!({
+            "to": [{ "ipBlock": { "cidr": "0.0.0.0/0" } }],
+            "ports": ports
+                .iter()
+                .map(|p| json!({ "protocol": "TCP", "port": p }))
+                .collect::<Vec<_>>(),
+        }));
+    }
+    Some(json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": metadata,
+        "spec": {
+            "podSelector": { "matchLabels": selector },
+            "policyTypes": ["Egress"],
+            "egress": rules,
+        },
+    }))
 }

@@ -13,17 +13,21 @@
 //! | `AuthVerifier` | [`auth`]: `supabase/` |
 //! | `HistoryStore` | [`history`]: `sqlite.rs`, `postgres.rs` (+ `jsonl.rs`, the event log files) |
 //!
+//! [`output_tail`] keeps bounded tails of output a repo controls (builds, pip, container logs).
+//!
 //! [`engine`] is the Docker engine layer every Docker-speaking backend (the image builder, the
 //! docker provisioner) and the `iac` binary go through: one `connect`, one error type.
 
 pub mod auth;
 pub mod build;
+pub mod compose;
 pub mod engine;
 pub mod entry;
 pub mod fetch;
 pub mod health;
 pub mod history;
 pub mod kubernetes;
+pub mod output_tail;
 pub mod pki;
 pub mod provision;
 pub mod secret;

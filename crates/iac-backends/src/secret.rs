@@ -4,8 +4,9 @@
 //! itself is refused, so a dumped config pasted back cannot silently set the key to that text.
 //!
 //! The one secret type of the backends: Supabase keys (`[supabase]`), forge tokens
-//! (`[fetch.*] token`); [`REDACTED`] is also the one marker printed for redacted values that
-//! are not a `Secret` (Terraform's secret-looking environment values, the prober's identity).
+//! (`[fetch.*] token`), Terraform's environment values (`[terraform.extra_env]`); [`REDACTED`]
+//! is also the one marker printed for redacted values that are not a `Secret` (the prober's
+//! identity).
 
 use std::fmt;
 

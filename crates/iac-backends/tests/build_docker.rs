@@ -1695,6 +1695,7 @@ async fn a_services_env_secret_is_in_the_container_never_in_the_image() {
             env: with_env.env.clone(),
             edge: None,
             replicas: 1,
+            egress: Default::default(),
         }],
         keep: Vec::new(),
     };

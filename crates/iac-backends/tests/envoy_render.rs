@@ -1,7 +1,7 @@
 //! Envoy renderer: golden files for a 3-service mesh (UPDATE_GOLDEN=1 rewrites them), structural
 //! checks on the parsed YAML, input validation, template overrides, and `envoy --mode validate`
 //! with the real Envoy on every rendered config (several meshes, with and without app ports,
-//! remapped ports, DNS and IP peers).
+//! remapped ports, DNS and IP peers, egress controlled).
 //!
 //! Envoy is required when IAC_REQUIRE_ENVOY=1 (CI); otherwise a missing binary skips the
 //! validation test with a loud message.
@@ -12,7 +12,8 @@ use iac_backends::pki::{DevCa, PkiConfig};
 use iac_backends::sidecar::envoy_bin;
 use iac_backends::sidecar::{EnvoyConfig, EnvoyRenderer};
 use iac_core::{
-    CertPaths, Mesh, MeshPorts, MeshService, ProjectName, ServiceName, SidecarRenderer,
+    CertPaths, EgressPolicy, Mesh, MeshPorts, MeshService, ProjectName, ServiceName,
+    SidecarRenderer,
 };
 use yaml_serde::Value as Yaml;
 
@@ -27,6 +28,7 @@ fn member(name: &str, address: &str, port: u16, app_port: Option<u16>) -> MeshSe
         port,
         app_port,
         edge: false,
+        egress: Default::default(),
     }
 }
 
@@ -45,6 +47,29 @@ fn shop_mesh() -> Mesh {
         ports: MeshPorts::default(),
         certs: CertPaths::in_container(),
     }
+}
+
+/// The shop mesh with egress controlled: `api` may reach two names, a suffix and an address
+/// (two on port 80), `worker` and `web` nothing at all.
+fn shop_mesh_with_egress() -> Mesh {
+    let mut m = shop_mesh();
+    for s in &mut m.services {
+        s.egress = if s.name.as_str() == "api" {
+            EgressPolicy::Allow(
+                iac_core::egress::parse_rules(&[
+                    "api.stripe.com:443",
+                    "*.pypi.org:443",
+                    "10.0.0.7:443",
+                    "mirror.internal:80",
+                    "*.debian.org:80",
+                ])
+                .unwrap(),
+            )
+        } else {
+            EgressPolicy::Allow(Vec::new())
+        };
+    }
+    m
 }
 
 fn golden_dir() -> PathBuf {
@@ -92,6 +117,167 @@ fn golden_three_service_mesh() {
         let yaml = r.render(&mesh, &svc(name)).unwrap();
         check_golden(&format!("envoy_shop_{name}.yaml"), &yaml);
     }
+}
+
+#[test]
+fn golden_egress_listener() {
+    let r = EnvoyRenderer::default();
+    let mesh = shop_mesh_with_egress();
+    for name in ["api", "worker"] {
+        let yaml = r.render(&mesh, &svc(name)).unwrap();
+        check_golden(&format!("envoy_shop_egress_{name}.yaml"), &yaml);
+    }
+}
+
+#[test]
+fn the_egress_listener_admits_the_allowlist_by_authority_and_sni() {
+    let r = EnvoyRenderer::default();
+    let cfg: Yaml =
+        yaml_serde::from_str(&r.render(&shop_mesh_with_egress(), &svc("api")).unwrap()).unwrap();
+    let egress = listener(&cfg, "egress");
+    assert_eq!(
+        s(get(egress, "address.socket_address.address")),
+        "127.0.0.1"
+    );
+    assert_eq!(
+        get(egress, "address.socket_address.port_value").as_u64(),
+        Some(15002)
+    );
+    let chains = get(egress, "filter_chains").as_sequence().unwrap();
+    assert_eq!(chains.len(), 3, "SNI allowed, SNI refused, HTTP");
+    // TLS by SNI: the port-443 names (never an address), wildcards kept.
+    let names: Vec<&str> = get(&chains[0], "filter_chain_match.server_names")
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(s)
+        .collect();
+    assert_eq!(names, ["*.pypi.org", "api.stripe.com"]);
+    assert_eq!(
+        get(&chains[0], "filters.0.typed_config.port_value").as_u64(),
+        Some(443)
+    );
+    assert!(
+        get(&chains[1], "filter_chain_match")
+            .get("server_names")
+            .is_none()
+    );
+    assert_eq!(
+        get(&chains[1], "filters.0.typed_config.rules.policies")
+            .as_mapping()
+            .unwrap()
+            .len(),
+        0,
+        "any other SNI is refused"
+    );
+    // HTTP: one RBAC policy per rule, by :authority; the shadow copy is the same.
+    let http = get(&chains[2], "filters.0.typed_config");
+    let rbac = get(http, "http_filters.0.typed_config");
+    assert_eq!(get(rbac, "rules"), get(rbac, "shadow_rules"));
+    let policies = get(rbac, "rules.policies").as_mapping().unwrap();
+    let mut seen: Vec<(String, Vec<String>)> = policies
+        .iter()
+        .map(|(name, p)| {
+            assert_eq!(get(p, "principals.0.any").as_bool(), Some(true));
+            let matchers = get(p, "permissions.0.or_rules.rules")
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .map(|m| {
+                    assert_eq!(s(get(m, "header.name")), ":authority");
+                    let sm = get(m, "header.string_match").as_mapping().unwrap();
+                    assert_eq!(sm.get("ignore_case").and_then(Yaml::as_bool), Some(true));
+                    let (k, v) = sm.iter().find(|(k, _)| s(k) != "ignore_case").unwrap();
+                    format!("{}={}", s(k), s(v))
+                })
+                .collect();
+            (s(name).to_string(), matchers)
+        })
+        .collect();
+    seen.sort();
+    let want: Vec<(String, Vec<String>)> = [
+        (
+            "*.debian.org:80",
+            vec!["suffix=.debian.org:80", "suffix=.debian.org"],
+        ),
+        ("*.pypi.org:443", vec!["suffix=.pypi.org:443"]),
+        ("10.0.0.7:443", vec!["exact=10.0.0.7:443"]),
+        ("api.stripe.com:443", vec!["exact=api.stripe.com:443"]),
+        (
+            "mirror.internal:80",
+            vec!["exact=mirror.internal:80", "exact=mirror.internal"],
+        ),
+    ]
+    .into_iter()
+    .map(|(n, m)| (n.to_string(), m.into_iter().map(String::from).collect()))
+    .collect();
+    assert_eq!(seen, want);
+    // CONNECT and absolute URLs both go to the dynamic forward proxy, which resolves names.
+    let routes = get(http, "route_config.virtual_hosts.0.routes")
+        .as_sequence()
+        .unwrap();
+    assert!(
+        routes[0]
+            .get("match")
+            .unwrap()
+            .get("connect_matcher")
+            .is_some()
+    );
+    assert_eq!(
+        s(get(&routes[0], "route.upgrade_configs.0.upgrade_type")),
+        "CONNECT"
+    );
+    assert_eq!(s(get(&routes[1], "route.cluster")), "egress");
+    assert_eq!(
+        s(get(http, "http_filters.1.name")),
+        "envoy.filters.http.dynamic_forward_proxy"
+    );
+    for c in ["egress", "egress_sni"] {
+        let c = cluster(&cfg, c).unwrap_or_else(|| panic!("cluster {c}"));
+        assert_eq!(
+            s(get(c, "cluster_type.name")),
+            "envoy.clusters.dynamic_forward_proxy"
+        );
+    }
+
+    // Nothing allowed: the listener is there and refuses everything.
+    let cfg: Yaml =
+        yaml_serde::from_str(&r.render(&shop_mesh_with_egress(), &svc("worker")).unwrap()).unwrap();
+    let egress = listener(&cfg, "egress");
+    let chains = get(egress, "filter_chains").as_sequence().unwrap();
+    assert_eq!(chains.len(), 2, "no SNI is allowed");
+    let rbac = get(
+        &chains[1],
+        "filters.0.typed_config.http_filters.0.typed_config",
+    );
+    assert_eq!(get(rbac, "rules.policies").as_mapping().unwrap().len(), 0);
+
+    // Open (today's behaviour): no egress listener, no egress clusters.
+    let cfg: Yaml = yaml_serde::from_str(&r.render(&shop_mesh(), &svc("api")).unwrap()).unwrap();
+    let names: Vec<&str> = get(&cfg, "static_resources.listeners")
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|l| s(get(l, "name")))
+        .collect();
+    assert!(!names.contains(&"egress"), "{names:?}");
+    assert!(cluster(&cfg, "egress").is_none());
+}
+
+#[test]
+fn an_egress_port_that_clashes_is_refused_only_when_egress_is_controlled() {
+    let r = EnvoyRenderer::default();
+    let mut mesh = shop_mesh();
+    mesh.ports.egress = mesh.ports.outbound;
+    r.render(&mesh, &svc("api"))
+        .expect("open: the egress port is unused");
+    let mut mesh = shop_mesh_with_egress();
+    mesh.ports.egress = mesh.ports.outbound;
+    let err = r.render(&mesh, &svc("api")).unwrap_err().to_string();
+    assert!(
+        err.contains("ports outbound and egress are both 15001"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -564,6 +750,7 @@ fn ip_peers_are_static_and_remapped_ports_are_used() {
             stats: 21003,
             edge: 21005,
             admin_socket: "/tmp/x/admin.sock".into(),
+            egress: 21006,
         },
         certs: CertPaths {
             ca: "/c/ca.pem".into(),
@@ -849,6 +1036,7 @@ fn every_render_passes_envoy_validate() {
         stats: 31003,
         edge: 31009,
         admin_socket: tmp.path().join("admin2.sock").display().to_string(),
+        egress: 31010,
     };
     for (i, s) in remapped.services.iter_mut().enumerate() {
         s.address = "127.0.0.1".into();
@@ -866,6 +1054,11 @@ fn every_render_passes_envoy_validate() {
     ipv6.services[0].address = "::1".into();
     meshes.push(("ipv6", ipv6));
 
+    let mut egress = shop_mesh_with_egress();
+    egress.certs = certs.clone();
+    egress.ports.admin_socket = tmp.path().join("admin3.sock").display().to_string();
+    meshes.push(("egress", egress));
+
     let r = EnvoyRenderer::default();
     let mut checked = 0;
     for (label, mesh) in &meshes {
@@ -878,7 +1071,7 @@ fn every_render_passes_envoy_validate() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 3 + 3 + 1 + 3);
+    assert_eq!(checked, 3 + 3 + 1 + 3 + 3);
 
     // And validation really checks: a broken config is rejected.
     let bad = tmp.path().join("bad.yaml");

@@ -36,15 +36,66 @@ fn stack() -> Stack {
         env: [("GREETING".to_string(), "hi".to_string())].into(),
         edge: port.map(|_| iac_core::EdgeBind::loopback()),
         replicas: 1,
+        egress: Default::default(),
     };
+    // `api` may reach two hosts outside the mesh; `web` keeps the open behaviour.
+    let mut api = svc("api", None);
+    api.egress = iac_core::EgressPolicy::Allow(
+        iac_core::egress::parse_rules(&[
+            "api.stripe.com:443",
+            "*.pypi.org:443",
+            "mirror.internal:80",
+        ])
+        .unwrap(),
+    );
     plan(&PlanInput {
         project: ProjectName::new("shop").unwrap(),
         network: "iacnet".into(),
         envoy_image: "iac/envoy:1.40.0".into(),
         otel_endpoint: None,
-        services: vec![svc("web", Some(8000)), svc("api", None)],
+        services: vec![svc("web", Some(8000)), api],
         keep: vec![],
     })
+}
+
+#[test]
+fn a_controlled_pod_gets_an_egress_policy_and_the_proxy_variables() {
+    let manifests = rendered();
+    let api = manifests.iter().find(|m| m.file == "api.yaml").unwrap();
+    let docs = docs(&api.yaml);
+    let policies: Vec<&Value> = docs
+        .iter()
+        .filter(|d| d["kind"] == "NetworkPolicy")
+        .collect();
+    assert_eq!(policies.len(), 2, "mesh-only ingress and egress");
+    let egress = policies
+        .iter()
+        .find(|p| p["metadata"]["name"] == "api-egress")
+        .expect("api-egress");
+    assert_eq!(egress["spec"]["policyTypes"], serde_json::json!(["Egress"]));
+    let rules = egress["spec"]["egress"].as_array().unwrap();
+    assert_eq!(rules.len(), 3, "DNS, the mesh, the listed ports");
+    assert_eq!(rules[1]["ports"][0]["port"], 15000);
+    let ports: Vec<u64> = rules[2]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["port"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ports, [80, 443]);
+    let deployment = kind(&docs, "Deployment");
+    let env = &deployment["spec"]["template"]["spec"]["containers"][0]["env"];
+    assert!(
+        env.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "HTTPS_PROXY" && e["value"] == "http://127.0.0.1:15002"),
+        "{env}"
+    );
+    // Open: no egress policy, no proxy variables.
+    let web = manifests.iter().find(|m| m.file == "web.yaml").unwrap();
+    assert!(!web.yaml.contains("-egress"));
+    assert!(!web.yaml.contains("HTTPS_PROXY"));
 }
 
 fn files(stack: &Stack) -> BTreeMap<PathBuf, Vec<u8>> {
@@ -255,7 +306,11 @@ fn manifests_pass_the_official_schemas() {
             paths.push(p);
         }
     }
-    assert_eq!(paths.len(), 11);
+    assert_eq!(
+        paths.len(),
+        12,
+        "namespace, 5 per service, and api's egress policy"
+    );
     let out = Command::new("kubernetes-validate")
         .args(["--strict", "-k", K8S_VERSION])
         .args(&paths)

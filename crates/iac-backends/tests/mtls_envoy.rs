@@ -156,7 +156,7 @@ impl AgentProc {
                 "--listen",
                 "127.0.0.1:0",
                 "--grace",
-                "1",
+                "1s",
                 "--restart",
                 "never",
                 "--",
@@ -232,6 +232,7 @@ struct Ports {
     outbound: u16,
     stats: u16,
     edge: u16,
+    egress: u16,
 }
 
 impl Ports {
@@ -241,6 +242,7 @@ impl Ports {
             outbound: free_port(),
             stats: free_port(),
             edge: free_port(),
+            egress: free_port(),
         }
     }
 }
@@ -263,6 +265,7 @@ fn start_node(
         stats: ports.stats,
         edge: ports.edge,
         admin_socket: dir.join(format!("{name}-admin.sock")).display().to_string(),
+        egress: ports.egress,
     };
     mesh.certs = certs;
     let config = EnvoyRenderer::default().render(&mesh, &svc(name)).unwrap();
@@ -583,6 +586,7 @@ async fn mtls_through_envoy_to_the_real_agent() {
                 port: 1,
                 app_port: None,
                 edge: false,
+                egress: Default::default(),
             },
             MeshService {
                 name: svc("other"),
@@ -590,6 +594,7 @@ async fn mtls_through_envoy_to_the_real_agent() {
                 port: free_port(),
                 app_port: None,
                 edge: false,
+                egress: Default::default(),
             },
         ],
         ports: MeshPorts::default(),
@@ -815,6 +820,7 @@ async fn outbound_routes_by_authority_to_a_verified_peer() {
         port,
         app_port,
         edge: false,
+        egress: Default::default(),
     };
     let mesh = Mesh {
         project: project.clone(),
@@ -1011,6 +1017,7 @@ async fn inbound_rbac_admits_the_control_plane_and_same_project_peers_only() {
         port,
         app_port,
         edge: false,
+        egress: Default::default(),
     };
     let b_mesh = Mesh {
         project: mt.clone(),
@@ -1169,6 +1176,7 @@ async fn edge_listener_reaches_the_app_and_never_the_control_plane() {
             port: ports.inbound,
             app_port: Some(app.port),
             edge: true,
+            egress: Default::default(),
         }],
         ports: MeshPorts::default(),
         certs: CertPaths::in_container(),
@@ -1365,4 +1373,219 @@ async fn edge_listener_reaches_the_app_and_never_the_control_plane() {
 
     // Envoy normalized every spelling (%69 → i, //, ..): none reached even the app.
     assert_eq!(hits(), 2, "only the requests meant for the app reached it");
+}
+
+/// The value of the Prometheus series `name` whose labels contain `label` (0 when absent).
+fn labelled_stat(stats: &str, name: &str, label: &str) -> u64 {
+    stats
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+/// Sends `request` on a fresh connection to the egress listener and returns everything read
+/// until `until` appears in it (or the peer closes, or 5 s pass).
+async fn egress_exchange(port: u16, request: &str, then: Option<&str>, until: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut sent_then = false;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some(next) = then
+            && !sent_then
+            && text.contains("\r\n\r\n")
+        {
+            if !text.starts_with("HTTP/1.1 200") {
+                return text;
+            }
+            s.write_all(next.as_bytes()).await.unwrap();
+            sent_then = true;
+        }
+        if (then.is_none() || sent_then) && text.contains(until) {
+            return text;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return text,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// The egress listener against real servers on loopback ("the world": two echo apps reached as
+/// `localhost`, resolved by Envoy itself). The allowlist names world A only: plain HTTP
+/// proxying and CONNECT reach A; B is refused with 403 both ways and never sees a request; TLS
+/// sent directly with an SNI no rule names is closed; every refusal is logged naming the
+/// service, the destination and the rule, and counted in Envoy's stats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_listener_admits_only_the_allowlist() {
+    let Some(envoy) = envoy_or_skip("egress_listener_admits_only_the_allowlist") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let mt = ProjectName::new(PROJECT).unwrap();
+    let ca = dev_ca(&tmp.path().join("secrets"));
+    let web_certs = ca.issue(&mt, &svc("web")).await.unwrap().paths;
+    let ports = Ports::free();
+    let egress_port = ports.egress;
+    let world_a = EchoApp::start("world-a").await;
+    let world_b = EchoApp::start("world-b").await;
+    let rules = vec![
+        format!("localhost:{}", world_a.port).parse().unwrap(),
+        "*.allowed.example:443".parse().unwrap(),
+    ];
+    let mesh = Mesh {
+        project: mt.clone(),
+        services: vec![MeshService {
+            name: svc("web"),
+            address: "127.0.0.1".into(),
+            port: ports.inbound,
+            app_port: None,
+            edge: false,
+            egress: iac_core::EgressPolicy::Allow(rules),
+        }],
+        ports: MeshPorts::default(),
+        certs: CertPaths::in_container(),
+    };
+    let agent = AgentProc::start(&["sh", "-c", "exec sleep 600"]);
+    let mut web = start_node(&envoy, tmp.path(), mesh, "web", ports, web_certs, agent);
+    web.wait_ready().await;
+    let egress = SocketAddr::from(([127, 0, 0, 1], egress_port));
+    if let Err(e) = web
+        .envoy
+        .wait_listening(&[egress], Duration::from_secs(30))
+        .await
+    {
+        panic!("{e}\n--- config ---\n{}", web.config);
+    }
+    let (a, b) = (world_a.port, world_b.port);
+
+    // 1. Plain HTTP through the proxy (what HTTP_PROXY makes requests/pip/httpx do).
+    let proxied = reqwest::Client::builder()
+        .proxy(reqwest::Proxy::http(format!("http://{egress}")).unwrap())
+        .build()
+        .unwrap();
+    let resp = proxied
+        .get(format!("http://localhost:{a}/through-proxy"))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "allowed: {}", web.envoy.log());
+    let echo: Echo = resp.json().await.unwrap();
+    assert_eq!(
+        (echo.app.as_str(), echo.path.as_str()),
+        ("world-a", "/through-proxy")
+    );
+    let resp = proxied
+        .get(format!("http://localhost:{b}/nope"))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403, "not on the list: {}", web.envoy.log());
+
+    // 2. CONNECT (what HTTPS_PROXY makes clients do), then bytes through the tunnel.
+    let tunnel = egress_exchange(
+        egress_port,
+        &format!("CONNECT localhost:{a} HTTP/1.1\r\nHost: localhost:{a}\r\n\r\n"),
+        Some("GET /tunnelled HTTP/1.1\r\nHost: world-a\r\nConnection: close\r\n\r\n"),
+        "world-a",
+    )
+    .await;
+    assert!(
+        tunnel.starts_with("HTTP/1.1 200") && tunnel.contains("\"path\":\"/tunnelled\""),
+        "CONNECT to an allowed host tunnels: {tunnel}\n{}",
+        web.envoy.log()
+    );
+    let refused = egress_exchange(
+        egress_port,
+        &format!("CONNECT localhost:{b} HTTP/1.1\r\nHost: localhost:{b}\r\n\r\n"),
+        Some("GET / HTTP/1.1\r\nHost: world-b\r\n\r\n"),
+        "world-b",
+    )
+    .await;
+    assert!(
+        refused.starts_with("HTTP/1.1 403"),
+        "CONNECT to a host not on the list: {refused}"
+    );
+    // The apex of a suffix rule and another port of an allowed host are not on the list either.
+    for authority in ["allowed.example:443".to_string(), format!("localhost:{b}")] {
+        let r = egress_exchange(
+            egress_port,
+            &format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n"),
+            None,
+            "\r\n\r\n",
+        )
+        .await;
+        assert!(r.starts_with("HTTP/1.1 403"), "{authority}: {r}");
+    }
+    assert_eq!(
+        world_b.hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "world B never saw a request"
+    );
+
+    // 3. TLS sent straight to the listener with an SNI no rule names: closed without a byte.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(
+        rustls::ClientConfig::builder()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth(),
+    ));
+    let tcp = tokio::net::TcpStream::connect(egress).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("blocked.example").unwrap();
+    let tls = tokio::time::timeout(Duration::from_secs(10), connector.connect(name, tcp))
+        .await
+        .expect("the refusal is prompt");
+    assert!(tls.is_err(), "a TLS handshake by an unlisted SNI fails");
+
+    // 4. Refusals are counted and logged with service, destination and rule.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = http_get(web.stats, "/stats/prometheus").await.1;
+        let http_denied = labelled_stat(&stats, "envoy_http_rbac_denied", "\"egress\"");
+        let sni_denied = labelled_stat(
+            &stats,
+            "envoy_tcp_downstream_cx_total",
+            "\"egress_sni_refused\"",
+        );
+        let log = web.envoy.log();
+        let done = http_denied >= 4
+            && sni_denied >= 1
+            && log.contains(&format!(
+                "iac-egress refused service=web destination=localhost:{b} method=GET rule=none"
+            ))
+            && log.contains(&format!(
+                "iac-egress refused service=web destination=localhost:{b} method=CONNECT rule=none"
+            ))
+            && log.contains("iac-egress refused service=web destination=blocked.example rule=none")
+            && log.contains(&format!(
+                "iac-egress allowed service=web destination=localhost:{a} method=CONNECT rule=localhost:{a}"
+            ));
+        if done {
+            assert!(labelled_stat(&stats, "envoy_http_rbac_allowed", "\"egress\"") >= 2);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "denied: http {http_denied}, sni {sni_denied}\n--- log ---\n{log}\n--- stats ---\n{}",
+            http_get(web.stats, "/stats/prometheus")
+                .await
+                .1
+                .lines()
+                .filter(|l| l.contains("egress"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -29,9 +29,9 @@ use iac_backends::provision::docker::{DockerProvisioner, DockerProvisionerConfig
 use iac_core::plan::{POD_FILTER_TABLE, pod_filter_rules};
 use iac_core::stack::{LABEL_MANAGED, LABEL_PROJECT, LABEL_ROLE, LABEL_SERVICE, LABEL_SPEC_HASH};
 use iac_core::{
-    Action, Applied, ContainerSpec, EdgeBind, Events, HealthProber, HealthReport, HealthState,
-    Mount, NetworkMode, NetworkSpec, PortPublish, ProbeTarget, ProjectName, Provisioner,
-    ServiceName, ServiceStack, Stack,
+    Action, Applied, ContainerSpec, EdgeBind, EgressPolicy, Events, HealthProber, HealthReport,
+    HealthState, Mount, NetworkMode, NetworkSpec, PortPublish, ProbeTarget, ProjectName,
+    Provisioner, ServiceName, ServiceStack, Stack,
 };
 
 const IMAGE: &str = "iac/python:3.11-bookworm";
@@ -282,6 +282,7 @@ impl Fixture {
             spec_hash: hash,
             replicas: 1,
             pod_filter: None,
+            egress: Default::default(),
         }
     }
 
@@ -931,6 +932,17 @@ struct Pod {
 
 impl Pod {
     async fn new(app_script: &str, limits: ContainerLimits, edge: Option<EdgeBind>) -> Pod {
+        Pod::build(app_script, limits, edge, EgressPolicy::Open).await
+    }
+
+    /// [`Pod::new`] with an egress policy. A controlled pod runs the real rendered Envoy config
+    /// (its egress listener is under test), with certificates from a dev CA.
+    async fn build(
+        app_script: &str,
+        limits: ContainerLimits,
+        edge: Option<EdgeBind>,
+        egress: EgressPolicy,
+    ) -> Pod {
         let f = Fixture::new().await;
         for image in [ENVOY_IMAGE, IMAGE] {
             assert!(
@@ -969,9 +981,46 @@ impl Pod {
             "9000",
         ]);
         let dir = f._dir.path();
-        std::fs::write(dir.join("envoy.yaml"), envoy_config(&peer)).unwrap();
-        for name in ["ca.pem", "web.pem", "web.key"] {
-            std::fs::write(dir.join(name), "not used by the test config\n").unwrap();
+        if egress.is_controlled() {
+            let ca = iac_backends::pki::DevCa::new(iac_backends::pki::PkiConfig {
+                secrets_dir: dir.join("secrets"),
+                ..Default::default()
+            });
+            let issued = ca
+                .issue_blocking(&f.project, &ServiceName::new("web").unwrap())
+                .unwrap();
+            for (from, to) in [
+                (&issued.paths.ca, "ca.pem"),
+                (&issued.paths.cert, "web.pem"),
+                (&issued.paths.key, "web.key"),
+            ] {
+                std::fs::copy(from, dir.join(to)).unwrap();
+            }
+            let mesh = iac_core::Mesh {
+                project: f.project.clone(),
+                services: vec![iac_core::MeshService {
+                    name: ServiceName::new("web").unwrap(),
+                    address: "web".into(),
+                    port: 15000,
+                    app_port: Some(8000),
+                    edge: edge.is_some(),
+                    egress: egress.clone(),
+                }],
+                ports: iac_core::MeshPorts::default(),
+                certs: iac_core::CertPaths::in_container(),
+            };
+            let yaml = <iac_backends::sidecar::EnvoyRenderer as iac_core::SidecarRenderer>::render(
+                &iac_backends::sidecar::EnvoyRenderer::default(),
+                &mesh,
+                &ServiceName::new("web").unwrap(),
+            )
+            .unwrap();
+            std::fs::write(dir.join("envoy.yaml"), yaml).unwrap();
+        } else {
+            std::fs::write(dir.join("envoy.yaml"), envoy_config(&peer)).unwrap();
+            for name in ["ca.pem", "web.pem", "web.key"] {
+                std::fs::write(dir.join(name), "not used by the test config\n").unwrap();
+            }
         }
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir.join("web.key"), std::fs::Permissions::from_mode(0o600))
@@ -998,6 +1047,7 @@ impl Pod {
                 env: BTreeMap::new(),
                 edge,
                 replicas: 1,
+                egress,
             }],
             keep: Vec::new(),
         };
@@ -1008,7 +1058,7 @@ impl Pod {
             "--user",
             "nobody",
             "--grace",
-            "2",
+            "2s",
             "--",
             "python3",
             "-c",
@@ -1703,5 +1753,288 @@ async fn a_connection_opened_before_the_filter_does_not_survive_it() {
     assert!(
         sent.is_err() || read.is_err() || body.is_empty(),
         "sent {sent:?}, read {read:?}"
+    );
+}
+
+/// The "world" servers of the egress test: plain HTTP on 8000 and HTTPS on 443 (a certificate
+/// for its own name from the test's dev CA), each answering with its name.
+const WORLD_SERVER: &str = r#"
+import http.server, os, ssl, sys, threading
+name = sys.argv[1]
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = f"{name} says hi\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+plain = http.server.ThreadingHTTPServer(("0.0.0.0", 8000), H)
+threading.Thread(target=plain.serve_forever, daemon=True).start()
+tls = http.server.ThreadingHTTPServer(("0.0.0.0", 443), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain("/world/cert.pem", "/world/key.pem")
+tls.socket = ctx.wrap_socket(tls.socket, server_side=True)
+print(f"{name}: listening", flush=True)
+tls.serve_forever()
+"#;
+
+/// What the app tries, as `nobody` in its own container (its environment is the container's:
+/// the proxy variables iac set). Prints one JSON object: each attempt → its outcome.
+const EGRESS_PROBES: &str = r#"
+import json, os, socket, ssl, sys, urllib.request, urllib.error
+a_ip, b_ip = sys.argv[1], sys.argv[2]
+out = {"env": {k: os.environ.get(k) for k in ("HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY")}}
+insecure = ssl._create_unverified_context()
+def fetch(key, url):
+    try:
+        r = urllib.request.urlopen(url, timeout=10, context=insecure if url.startswith("https") else None)
+        out[key] = f"{r.status} {r.read().decode().strip()}"
+    except urllib.error.HTTPError as e:
+        out[key] = f"{e.code}"
+    except Exception as e:
+        out[key] = f"error {e}"
+fetch("http_a", "http://world-a:8000/")
+fetch("http_b", "http://world-b:8000/")
+fetch("https_a", "https://world-a/")
+fetch("https_b", "https://world-b/")
+def sni(key, name):
+    try:
+        s = socket.create_connection(("127.0.0.1", 15002), timeout=10)
+        t = insecure.wrap_socket(s, server_hostname=name)
+        t.sendall(f"GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while True:
+            chunk = t.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        out[key] = data.decode(errors="replace").splitlines()[-1]
+    except Exception as e:
+        out[key] = f"error {type(e).__name__}"
+sni("sni_a", "world-a")
+sni("sni_b", "world-b")
+def direct(key, host, port):
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+        out[key] = "connected"
+    except OSError as e:
+        out[key] = f"errno {e.errno} {e.strerror}"
+direct("direct_a_ip", a_ip, 8000)
+direct("direct_a_name", "world-a", 443)
+direct("direct_b_ip", b_ip, 8000)
+try:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.sendto(b"x", (a_ip, 53))
+    out["udp_a"] = "sent"
+except OSError as e:
+    out["udp_a"] = f"errno {e.errno} {e.strerror}"
+print(json.dumps(out))
+"#;
+
+/// Egress on the real engine: a pod whose list allows world A (HTTP on 8000, HTTPS on 443) and
+/// not world B, both on a separate "world" network the test makes and the pod is attached to
+/// (so a route to both exists at the IP level). Through the proxy variables iac set, the app
+/// reaches A over plain HTTP, CONNECT and TLS by SNI, and gets 403 / a failed handshake for B;
+/// connecting directly, bypassing the proxy, gets "no route to host" for both, even to A; the
+/// refusals are in Envoy's log (service, destination, rule) and stats; Envoy runs with the
+/// egress group. Everything is labelled `iac.test` and removed by the guard.
+#[tokio::test]
+async fn egress_allows_the_list_refuses_the_rest_and_nothing_bypasses_the_sidecar() {
+    let rules = iac_core::egress::parse_rules(&["world-a:8000", "world-a:443"]).unwrap();
+    let pod = Pod::build(
+        APP_SERVER,
+        ContainerLimits::default(),
+        None,
+        EgressPolicy::Allow(rules),
+    )
+    .await;
+    let id = pod.f.id.clone();
+    let label = format!("{LABEL_TEST}={id}");
+
+    // The world: its own network, two servers with certificates for their names.
+    let world = format!("{}-world", pod.f.network);
+    docker_ok(&["network", "create", "--label", &label, &world]);
+    let certs = pod.f._dir.path().join("world");
+    let ca = iac_backends::pki::DevCa::new(iac_backends::pki::PkiConfig {
+        secrets_dir: certs.join("secrets"),
+        ..Default::default()
+    });
+    let mut ips = BTreeMap::new();
+    for name in ["world-a", "world-b"] {
+        let issued = ca
+            .issue_blocking(&pod.f.project, &ServiceName::new(name).unwrap())
+            .unwrap();
+        let dir = certs.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(&issued.paths.cert, dir.join("cert.pem")).unwrap();
+        std::fs::copy(&issued.paths.key, dir.join("key.pem")).unwrap();
+        let container = format!("{}-{name}", pod.f.project);
+        docker_ok(&[
+            "run",
+            "-d",
+            "--name",
+            &container,
+            "--label",
+            &label,
+            "--network",
+            &world,
+            "--network-alias",
+            name,
+            "-v",
+            &format!("{}:/world:ro", dir.display()),
+            IMAGE,
+            "python3",
+            "-c",
+            WORLD_SERVER,
+            name,
+        ]);
+        let started = Instant::now();
+        while !docker_ok(&["logs", &container]).contains("listening") {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "{name} never started: {:?}",
+                docker(&["logs", &container])
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let ip = docker_ok(&[
+            "inspect",
+            "-f",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+            &container,
+        ]);
+        ips.insert(name, ip.trim().to_string());
+    }
+
+    let (applied, msgs) = pod.apply().await;
+    assert_eq!(action_of(&applied, "web").0, Action::Create, "{msgs:?}");
+    // The pod joins the world: the route exists; only the filter and the proxy stand between.
+    docker_ok(&["network", "connect", &world, &pod.sidecar()]);
+    let started = Instant::now();
+    while !docker_ok(&["logs", &pod.app()]).contains("app: listening") {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "app never started"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let out = docker_ok(&[
+        "exec",
+        "-u",
+        "nobody",
+        &pod.app(),
+        "python3",
+        "-c",
+        EGRESS_PROBES,
+        &ips["world-a"],
+        &ips["world-b"],
+    ]);
+    let seen: serde_json::Value =
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{out:?}: {e}"));
+    eprintln!("{seen:#}");
+    let at = |k: &str| seen[k].as_str().unwrap_or_default().to_string();
+    let envoy_log = || {
+        let o = docker(&["logs", &pod.sidecar()]);
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+    };
+    assert_eq!(
+        seen["env"]["HTTPS_PROXY"], "http://127.0.0.1:15002",
+        "{seen}"
+    );
+    assert!(
+        at("http_a").starts_with("200 world-a says hi"),
+        "{seen}\n{}",
+        envoy_log()
+    );
+    assert_eq!(at("http_b"), "403", "{seen}");
+    assert!(
+        at("https_a").starts_with("200 world-a says hi"),
+        "{seen}\n{}",
+        envoy_log()
+    );
+    assert!(
+        at("https_b").contains("403"),
+        "CONNECT to B refused: {seen}"
+    );
+    assert_eq!(at("sni_a"), "world-a says hi", "{seen}\n{}", envoy_log());
+    assert!(at("sni_b").starts_with("error"), "{seen}");
+    for k in ["direct_a_ip", "direct_a_name", "direct_b_ip"] {
+        assert_eq!(
+            at(k),
+            "errno 113 No route to host",
+            "{k}: a connection that skips the proxy has no route: {seen}"
+        );
+    }
+    // A datagram is dropped before it leaves (the kernel says EPERM to the sender).
+    assert!(
+        at("udp_a").starts_with("errno "),
+        "UDP does not get out either: {seen}"
+    );
+
+    // Refusals: logged with service, destination and rule (Envoy flushes its access log about
+    // once a second), and counted.
+    let wanted = [
+        "iac-egress refused service=web destination=world-b:8000 method=GET rule=none",
+        "iac-egress refused service=web destination=world-b:443 method=CONNECT rule=none",
+        "iac-egress refused service=web destination=world-b rule=none",
+        "iac-egress allowed service=web destination=world-a:443 method=CONNECT rule=world-a:443",
+        "iac-egress allowed service=web destination=world-a:443 rule=sni:world-a:443",
+    ];
+    let started = Instant::now();
+    loop {
+        let log = envoy_log();
+        let missing: Vec<&&str> = wanted.iter().filter(|l| !log.contains(**l)).collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "missing {missing:?} in:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let stats = docker_ok(&[
+        "exec",
+        &pod.sidecar(),
+        "curl",
+        "-s",
+        "http://127.0.0.1:9901/stats/prometheus",
+    ]);
+    // Prometheus series of the egress listener's RBAC filters, by their stat prefix.
+    let stat = |name: &str, prefix: &str| -> u64 {
+        stats
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(&format!("\"{prefix}\"")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .map(|v| v as u64)
+            .sum()
+    };
+    assert!(stat("envoy_http_rbac_denied", "egress") >= 2, "{stats}");
+    assert!(
+        stat("envoy_tcp_downstream_cx_total", "egress_sni_refused") >= 1,
+        "{stats}"
+    );
+    assert!(stat("envoy_http_rbac_allowed", "egress") >= 2, "{stats}");
+
+    // Envoy (and only Envoy) carries the egress group; the app cannot take it.
+    let envoy = pod.status_of_named(&pod.sidecar(), "envoy");
+    assert_eq!(
+        envoy["Gid"].split_whitespace().next(),
+        Some("1337"),
+        "{envoy:?}"
+    );
+    let tried = docker(&[
+        "exec",
+        "-u",
+        "nobody",
+        &pod.app(),
+        "python3",
+        "-c",
+        "import os; os.setgid(1337)",
+    ]);
+    assert!(
+        !tried.status.success(),
+        "the app cannot switch to Envoy's group"
     );
 }

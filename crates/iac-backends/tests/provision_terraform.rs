@@ -4,6 +4,7 @@
 //! Every driver test works in its own temp dir and passes the stand-in's settings through
 //! `TerraformConfig::extra_env`, so tests run in parallel without touching the process env.
 
+use iac_backends::secret::Secret;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -80,6 +81,7 @@ fn service(name: &str, port: Option<u16>, root: &Path) -> PlannedService {
         env: [("GREETING".to_string(), "hi".to_string())].into(),
         edge: port.map(|_| iac_core::EdgeBind::loopback()),
         replicas: 1,
+        egress: Default::default(),
     }
 }
 
@@ -128,6 +130,43 @@ fn golden_tfvars_for_two_services() {
         tfvars_json(&render_tfvars(&plan(&reordered), None, DOCKER_HOST).unwrap()),
         want
     );
+}
+
+/// `api` with its egress controlled: the module runs the plan's containers, so the sidecar's
+/// command carries the pod filter's output chain (Envoy started with the egress group) and the
+/// app its proxy variables; golden-tested, and every key still declared by the module.
+#[test]
+fn golden_tfvars_with_egress_controlled() {
+    let mut input = input(Path::new("/srv/iac"));
+    input.services[1].egress = iac_core::EgressPolicy::Allow(
+        iac_core::egress::parse_rules(&["api.stripe.com:443"]).unwrap(),
+    );
+    let t = render_tfvars(&plan(&input), None, DOCKER_HOST).unwrap();
+    let got = tfvars_json(&t);
+    let golden = manifest_dir().join("tests/golden/terraform/terraform.tfvars.egress.json");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&golden, &got).unwrap();
+    }
+    let want =
+        std::fs::read_to_string(&golden).expect("golden file (run with UPDATE_GOLDEN=1 to create)");
+    assert_eq!(got, want, "review and re-run with UPDATE_GOLDEN=1");
+    let v = as_value(&t);
+    let script = v["services"]["api"]["envoy"]["command"][2]
+        .as_str()
+        .unwrap();
+    assert!(
+        script.contains("chain output") && script.contains("meta skgid 1337 accept"),
+        "{script}"
+    );
+    assert!(
+        got.contains("\"HTTPS_PROXY\": \"http://127.0.0.1:15002\""),
+        "{got}"
+    );
+    let web = v["services"]["web"]["envoy"]["command"][2]
+        .as_str()
+        .unwrap();
+    assert!(!web.contains("chain output"), "web stays open");
+    check_declared(&v, &infra_files()).unwrap();
 }
 
 #[test]
@@ -413,9 +452,16 @@ impl Fixture {
     }
 
     fn config(&self, extra: &[(&str, &str)]) -> TerraformConfig {
-        let mut env: BTreeMap<String, String> =
-            [("FAKE_TF_LOG".to_string(), self.log.display().to_string())].into();
-        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let mut env: BTreeMap<String, Secret> = [(
+            "FAKE_TF_LOG".to_string(),
+            Secret::new(self.log.display().to_string()),
+        )]
+        .into();
+        env.extend(
+            extra
+                .iter()
+                .map(|(k, v)| (k.to_string(), Secret::new(v.to_string()))),
+        );
         TerraformConfig {
             binary: self.terraform.display().to_string(),
             work_root: self.dir.path().join("projects"),

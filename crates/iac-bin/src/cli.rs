@@ -6,9 +6,6 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::ProvisionerKind;
 
-/// The Envoy release the sidecar template and the default sidecar images are made for.
-pub const ENVOY_VERSION: &str = "1.40.0";
-
 /// `iac --version`: iac's version, and the agent and Envoy versions it expects.
 pub const LONG_VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
@@ -120,7 +117,9 @@ pub enum Command {
         #[arg(long, short = 'o')]
         out: PathBuf,
         /// `files`: per service entry.json, envoy.yaml and certs (what a deploy hands the
-        /// provisioner); `kubernetes`: manifests for `kubectl apply -f OUT/kubernetes/<project>`.
+        /// provisioner); `kubernetes`: manifests for `kubectl apply -f OUT/kubernetes/<project>`;
+        /// `compose`: a Compose project in `OUT/compose/<project>` (compose.yaml plus the certs
+        /// and envoy configs it mounts) for `docker-compose -p <project> up -d` — the eject path.
         #[arg(long, value_enum, default_value_t = RenderTarget::Files)]
         target: RenderTarget,
     },
@@ -192,6 +191,7 @@ pub enum HistoryAction {
 pub enum RenderTarget {
     Files,
     Kubernetes,
+    Compose,
 }
 
 #[derive(Debug, Subcommand)]

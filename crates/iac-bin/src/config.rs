@@ -28,6 +28,10 @@ use iac_backends::provision::terraform::TerraformConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::api::ServeConfig;
+
+/// The Envoy release the sidecar template and the default sidecar images are made for (`iac
+/// --version` prints it too: [`crate::cli::LONG_VERSION`], checked by a test).
+pub const ENVOY_VERSION: &str = "1.40.0";
 pub use history::HistorySection;
 
 /// Which provisioner applies the stack.
@@ -56,8 +60,8 @@ pub struct SidecarSection {
 impl Default for SidecarSection {
     fn default() -> Self {
         SidecarSection {
-            image: format!("envoyproxy/envoy:v{}", crate::cli::ENVOY_VERSION),
-            offline_image: format!("iac/envoy:{}", crate::cli::ENVOY_VERSION),
+            image: format!("envoyproxy/envoy:v{}", ENVOY_VERSION),
+            offline_image: format!("iac/envoy:{}", ENVOY_VERSION),
             template_dir: None,
         }
     }
@@ -113,6 +117,18 @@ pub struct IacConfig {
     pub serve: ServeConfig,
     /// Deployment history: the store and its retention.
     pub history: HistorySection,
+    /// The mesh: whether egress lists are enforced.
+    pub mesh: MeshSection,
+}
+
+/// `[mesh]`: settings every pod's sidecar applies.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MeshSection {
+    /// `"closed"` (default): an app reaches only its `egress` list, through its sidecar;
+    /// `"open"`: today's open behaviour for one more release (apps reach anything, lists are not
+    /// enforced, every deploy warns).
+    pub egress: iac_core::EgressMode,
 }
 
 impl Default for IacConfig {
@@ -141,6 +157,7 @@ impl Default for IacConfig {
             supabase: SupabaseConfig::default(),
             serve: ServeConfig::default(),
             history: HistorySection::default(),
+            mesh: MeshSection::default(),
         }
     }
 }
@@ -186,6 +203,13 @@ impl IacConfig {
             }
         }
         problems.extend(cfg.timing_problems());
+        if cfg.images.app_uid == iac_core::egress::ENVOY_EGRESS_GID {
+            problems.push(format!(
+                "[images] app_uid = {}: expected another uid; {} is the group Envoy runs as, the only one a pod's filter lets out (the app's group has its uid as gid)",
+                cfg.images.app_uid,
+                iac_core::egress::ENVOY_EGRESS_GID
+            ));
+        }
         problems.extend(cfg.history.problems());
         anyhow::ensure!(
             problems.is_empty(),
@@ -260,7 +284,7 @@ impl IacConfig {
     }
 
     /// The effective configuration as TOML. Secrets are typed ([`iac_backends::secret::Secret`]:
-    /// Supabase keys, the fetch tokens; secret-looking `[terraform.extra_env]` values, credentials
+    /// Supabase keys, the fetch tokens, every `[terraform.extra_env]` value, credentials
     /// in `pip_args` URLs) and print themselves redacted, always as `[redacted]`. Paths such as `secrets_dir`
     /// are not secrets and are shown. Pasting the output back is accepted unless it holds a
     /// redacted secret, which is refused by name.
@@ -364,6 +388,34 @@ mod tests {
             // A path is not a secret.
             assert!(shown.contains("secrets_dir = \"secrets\""), "{shown}");
             assert!(!format!("{c:?}").contains("sekrit"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn mesh_egress_is_closed_by_default_open_on_request_and_nothing_else() {
+        Jail::expect_with(|jail| {
+            let c: IacConfig = IacConfig::figment(None, &CliOverrides::default())
+                .unwrap()
+                .extract()?;
+            assert_eq!(c.mesh.egress, iac_core::EgressMode::Closed);
+            jail.create_file("iac.toml", "[mesh]\negress = \"open\"\n")?;
+            let c: IacConfig = IacConfig::figment(None, &CliOverrides::default())
+                .unwrap()
+                .extract()?;
+            assert_eq!(c.mesh.egress, iac_core::EgressMode::Open);
+            jail.create_file("iac.toml", "[mesh]\negress = \"sometimes\"\n")?;
+            let e = IacConfig::figment(None, &CliOverrides::default())
+                .unwrap()
+                .extract::<IacConfig>()
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("sometimes"), "{e}");
+            jail.create_file("iac.toml", "[images]\napp_uid = 1337\n")?;
+            let e = IacConfig::load(None, &CliOverrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("app_uid = 1337"), "{e}");
             Ok(())
         });
     }
@@ -666,6 +718,19 @@ read = ["alice"]
             }
             Ok(())
         });
+    }
+
+    #[test]
+    fn iac_version_names_the_envoy_release_the_defaults_use() {
+        let line = format!("envoy: {ENVOY_VERSION} (");
+        assert!(
+            crate::cli::LONG_VERSION.contains(&line),
+            "{}",
+            crate::cli::LONG_VERSION
+        );
+        let d = IacConfig::default();
+        assert!(d.sidecar.offline_image.ends_with(ENVOY_VERSION));
+        assert!(d.sidecar.image.ends_with(ENVOY_VERSION));
     }
 
     #[test]

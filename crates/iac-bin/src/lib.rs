@@ -8,6 +8,7 @@
 //! | [`wiring`] | config → concrete backends → `Deployer` ([`wiring::App`]) |
 //! | [`commands`] | one function per command (`ca`, `serve`, [`commands::bootstrap`] in files of their own) |
 //! | [`output`] | progress display and reports |
+//! | [`recipe`] | the embedded image recipe (`iac bootstrap`, and a deploy's missing base image) |
 //! | [`api`] | the admin API (`iac serve`) |
 //! | [`telemetry`] | tracing + OTLP |
 
@@ -17,6 +18,7 @@ pub mod commands;
 pub mod config;
 pub mod console;
 pub mod output;
+pub mod recipe;
 pub mod telemetry;
 pub mod wiring;
 
@@ -133,6 +135,11 @@ async fn dispatch(cli: Cli, cfg: IacConfig) -> anyhow::Result<ExitCode> {
             out,
             target: cli::RenderTarget::Kubernetes,
         } => commands::render_kubernetes(cfg, &file.file, &out, json).await,
+        Command::Render {
+            file,
+            out,
+            target: cli::RenderTarget::Compose,
+        } => commands::render_compose(cfg, &file.file, &out, json).await,
         Command::Ca { action } => commands::ca_command(&cfg, action, json),
         Command::Config {
             action: ConfigAction::Show,

@@ -46,6 +46,10 @@ pub enum EngineUse {
     Required,
     /// inspect, render: nothing is built, provisioned or probed.
     None,
+    /// `render --target compose`: as `None`, but the engine is asked which sidecar image it has
+    /// (the official one, else the offline equivalent), so the rendered project runs the images
+    /// a deploy on this engine would.
+    Images,
 }
 
 /// The fetcher and resolver alone (no engine, no certificates).
@@ -113,10 +117,16 @@ impl App {
                 let envoy_image =
                     resolve_image(&engine, &cfg.sidecar.image, &cfg.sidecar.offline_image).await?;
                 let provisioner: Arc<dyn Provisioner> = match cfg.provisioner {
-                    ProvisionerKind::Docker => Arc::new(DockerProvisioner::with_engine(
-                        Arc::new(BollardEngine::new(&engine)),
-                        cfg.docker.clone(),
-                    )),
+                    ProvisionerKind::Docker => {
+                        let p = DockerProvisioner::with_engine(
+                            Arc::new(BollardEngine::new(&engine)),
+                            cfg.docker.clone(),
+                        );
+                        Arc::new(match keeper_setup(&cfg) {
+                            Some(setup) => p.with_keeper(setup),
+                            None => p,
+                        })
+                    }
                     ProvisionerKind::Terraform => {
                         Arc::new(TerraformProvisioner::new(cfg.terraform.clone()))
                     }
@@ -129,25 +139,28 @@ impl App {
                 // the embedded bootstrap recipe.
                 let builder = DockerImageBuilder::new(engine, cfg.images.clone())
                     .context("image builder ([images])")?
-                    .with_base_maker(Arc::new(crate::commands::bootstrap::RecipeMaker::new(
-                        cfg.clone(),
-                    )));
+                    .with_base_maker(Arc::new(crate::recipe::RecipeMaker::new(cfg.clone())));
                 (Arc::new(builder), provisioner, envoy_image)
             }
-            EngineUse::None => {
-                // Never asked anything: `planned()` only reads files.
-                let engine = DockerEngine::client(
-                    cfg.docker.docker_host.as_deref(),
-                    cfg.docker.request_timeout,
-                )
-                .context("[docker] docker_host")?;
+            EngineUse::None | EngineUse::Images => {
+                // Asked at most which sidecar image it has: `planned()` only reads files.
+                let (engine, envoy_image) = if engine == EngineUse::Images {
+                    let engine = connect_engine(&cfg).await?;
+                    let envoy_image =
+                        resolve_image(&engine, &cfg.sidecar.image, &cfg.sidecar.offline_image)
+                            .await?;
+                    (engine, envoy_image)
+                } else {
+                    let engine = DockerEngine::client(
+                        cfg.docker.docker_host.as_deref(),
+                        cfg.docker.request_timeout,
+                    )
+                    .context("[docker] docker_host")?;
+                    (engine, cfg.sidecar.image.clone())
+                };
                 let builder = DockerImageBuilder::new(engine, cfg.images.clone())
                     .context("image builder ([images])")?;
-                (
-                    Arc::new(builder),
-                    Arc::new(NoProvisioner),
-                    cfg.sidecar.image.clone(),
-                )
+                (Arc::new(builder), Arc::new(NoProvisioner), envoy_image)
             }
         };
         let deployer = Deployer::new(
@@ -173,6 +186,7 @@ impl App {
                 otel_endpoint: cfg.otel_endpoint.clone(),
                 deadline: cfg.deploy_deadline,
                 release_timeout: cfg.release_timeout,
+                egress: cfg.mesh.egress,
             },
         );
         Ok(App {
@@ -385,6 +399,28 @@ impl ControlPlaneBackend for LiveBackend {
         let v = engine.version().await.map_err(|e| e.to_string())?;
         Ok(v.to_string())
     }
+}
+
+/// The project keeper the docker provisioner runs (`[docker] keeper`): the agent copied into
+/// images, the engine's socket. `None` when switched off, or when the engine is not on a Unix
+/// socket (a container cannot be handed a TCP engine's credentials; said once, here).
+fn keeper_setup(cfg: &IacConfig) -> Option<iac_backends::provision::docker::keeper::KeeperSetup> {
+    use iac_backends::provision::docker::keeper::{KeeperSetup, keeper_socket};
+    if !cfg.docker.keeper {
+        return None;
+    }
+    let env = std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty());
+    let Some(socket) = keeper_socket(cfg.docker.docker_host.as_deref(), env.as_deref()) else {
+        tracing::warn!(
+            "[docker] keeper: the engine is not on a Unix socket; no keeper runs, and pods an engine restart leaves down need `iac deploy`"
+        );
+        return None;
+    };
+    Some(KeeperSetup {
+        agent_binary: cfg.images.agent_binary_path(),
+        socket,
+        image_labels: cfg.images.labels.clone(),
+    })
 }
 
 #[cfg(test)]

@@ -1370,3 +1370,40 @@ async fn plan_answers_what_a_deploy_would_do_with_the_deploy_checks() {
     assert_eq!(r.status().as_u16(), 422);
     assert!(r.text().await.unwrap().contains("`slugs` is empty"));
 }
+
+#[tokio::test]
+async fn deploy_bodies_carry_egress_lists_and_bad_items_are_named() {
+    let backend = Arc::new(FakeBackend::new());
+    let srv = start(backend.clone(), Arc::new(StaticVerifier)).await;
+    for body in [
+        serde_json::json!({"egress": ["*.pypi.org:443"], "slugs": [{"slug": "gh:acme/web", "egress": ["api.stripe.com:443"]}]}),
+        serde_json::json!({"egress": ["*.pypi.org:443"], "services": [{"name": "web", "slug": "gh:acme/web", "egress": ["10.0.0.7:8080"]}]}),
+        serde_json::json!({"slugs": ["gh:acme/web"], "egress": null}),
+    ] {
+        let r = post_deploy(&srv, body.clone()).await;
+        assert_eq!(r.status().as_u16(), 202, "{body}");
+        let _ = r.text().await.unwrap();
+    }
+    assert_eq!(backend.deploys.load(std::sync::atomic::Ordering::SeqCst), 3);
+    for (body, says) in [
+        (
+            serde_json::json!({"slugs": [{"slug": "gh:acme/web", "egress": ["https://api.stripe.com"]}]}),
+            "\"https://api.stripe.com\"",
+        ),
+        (
+            serde_json::json!({"egress": ["*:443"], "slugs": ["gh:acme/web"]}),
+            "project's `egress`",
+        ),
+        (
+            serde_json::json!({"services": [{"name": "web", "slug": "gh:acme/web", "egress": "api.stripe.com:443"}]}),
+            "expected a sequence",
+        ),
+    ] {
+        let r = post_deploy(&srv, body.clone()).await;
+        assert_eq!(r.status().as_u16(), 422, "{body}");
+        let (_, msg) = assert_error_shape(&r.text().await.unwrap());
+        assert!(msg.contains(says), "{body} → {msg}");
+    }
+    assert_eq!(backend.deploys.load(std::sync::atomic::Ordering::SeqCst), 3);
+    srv.shutdown().await.unwrap();
+}

@@ -150,8 +150,9 @@ impl Killed {
                 format!("{n}-hello-envoy running"),
                 format!("{n}-worker running"),
                 format!("{n}-worker-envoy running"),
+                format!("{n}_iac-keeper running"),
             ],
-            "after {after}: exactly one pod per service"
+            "after {after}: exactly one pod per service, and the project keeper"
         );
         let nets = docker(&[
             "network",

@@ -297,7 +297,7 @@ fn faults_heal_without_a_person() {
     p.recover("app container removed, then iac deploy");
     // Exactly one pod per service.
     let names: Vec<String> = p.ids().into_keys().collect();
-    assert_eq!(names.len(), 6, "{names:?}");
+    assert_eq!(names.len(), 7, "three pods and the keeper: {names:?}");
 
     // 11. A container with a managed name that iac did not create is an error, never removed.
     assert!(docker_status(&["rm", "-f", &p.container("worker")]).0);

@@ -409,7 +409,7 @@ mod deploy {
         };
         tf.extra_env.insert(
             "FAKE_TF_LOG".into(),
-            dir.join("tf.log").display().to_string(),
+            iac_backends::secret::Secret::new(dir.join("tf.log").display().to_string()),
         );
         Deployer::new(
             Stages {
@@ -434,6 +434,7 @@ mod deploy {
                 otel_endpoint: None,
                 deadline: Duration::from_secs(300),
                 release_timeout: Duration::from_secs(60),
+                egress: Default::default(),
             },
         )
     }
@@ -467,6 +468,7 @@ mod deploy {
                 expose: Default::default(),
                 replicas: 1,
                 install: Default::default(),
+                egress: Vec::new(),
             })
             .collect();
         let (events, mut rx) = Events::channel();

@@ -8,62 +8,16 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use crate::history::LogTail;
+use crate::log_tail::LogTail;
 use crate::lossy::{self, LossyReceiver, LossySender};
 use crate::name::ServiceName;
+pub use crate::stage::Stage;
 
 /// Events buffered per channel by [`Events::channel`].
 pub const DEFAULT_EVENT_BUFFER: usize = 1024;
 
 /// Start of the message of a [`DeployEvent::dropped`] marker.
 pub const DROPPED_PREFIX: &str = "events dropped: ";
-
-/// The pipeline stage an event belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Stage {
-    /// Fetching the source.
-    Fetch,
-    /// Resolving the entry point.
-    Resolve,
-    /// Building the image.
-    Build,
-    /// Issuing certificates.
-    Certs,
-    /// Rendering the sidecar config.
-    Render,
-    /// Planning the stack.
-    Plan,
-    /// Running a service's release command before its new pods start.
-    Release,
-    /// Applying the stack.
-    Provision,
-    /// Proving health.
-    Health,
-    /// Removing a project.
-    Destroy,
-    /// The deploy as a whole.
-    Deploy,
-}
-
-impl Stage {
-    /// Lowercase name, as events and reports print it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Stage::Fetch => "fetch",
-            Stage::Resolve => "resolve",
-            Stage::Build => "build",
-            Stage::Certs => "certs",
-            Stage::Render => "render",
-            Stage::Plan => "plan",
-            Stage::Release => "release",
-            Stage::Provision => "provision",
-            Stage::Health => "health",
-            Stage::Destroy => "destroy",
-            Stage::Deploy => "deploy",
-        }
-    }
-}
 
 /// How important an event is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

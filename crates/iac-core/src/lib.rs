@@ -9,7 +9,8 @@
 
 pub mod addr;
 pub mod deployer;
-pub mod duration;
+pub use iac_duration as duration;
+pub mod egress;
 pub mod entry;
 pub mod error;
 pub mod event;
@@ -19,6 +20,8 @@ pub mod fsutil;
 pub mod health;
 pub mod history;
 pub mod image;
+pub mod labels;
+pub mod log_tail;
 pub mod lossy;
 pub mod mesh;
 pub mod name;
@@ -31,10 +34,12 @@ pub mod shell;
 pub mod slug;
 pub mod source;
 pub mod stack;
+pub mod stage;
 pub mod stages;
 pub mod trace_context;
 
 pub use deployer::{DeployOptions, Deployer, DesiredStack, PlanOutcome, RenderedService, Stages};
+pub use egress::{EgressMode, EgressPolicy, EgressRule};
 pub use entry::{
     BuildStep, Candidate, DEFAULT_APP_PORT, Entry, Language, PythonVersion, ReleaseCommand,
 };

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::egress::EgressPolicy;
 use crate::name::{ProjectName, ServiceName};
 
 /// Certificate files: a CA bundle, a certificate and its key.
@@ -57,6 +58,17 @@ pub struct MeshPorts {
     pub edge: u16,
     /// Envoy admin socket (a pipe, never TCP).
     pub admin_socket: String,
+    /// The egress listener on loopback (HTTP CONNECT, HTTP proxying, TLS by SNI) the app's
+    /// `HTTPS_PROXY`/`HTTP_PROXY` point at, in pods whose egress is controlled.
+    #[serde(default = "default_egress_port")]
+    pub egress: u16,
+}
+
+/// The egress listener's default port.
+pub const DEFAULT_EGRESS_PORT: u16 = 15002;
+
+fn default_egress_port() -> u16 {
+    DEFAULT_EGRESS_PORT
 }
 
 impl Default for MeshPorts {
@@ -69,6 +81,7 @@ impl Default for MeshPorts {
             stats: 9901,
             edge: 15080,
             admin_socket: "/tmp/envoy-admin.sock".into(),
+            egress: DEFAULT_EGRESS_PORT,
         }
     }
 }
@@ -88,6 +101,7 @@ impl MeshPorts {
         let mut v = vec![
             (self.inbound, "inbound mTLS"),
             (self.outbound, "outbound"),
+            (self.egress, "egress"),
             (self.edge, "edge"),
             (self.stats, "stats"),
             (self.agent, "agent gRPC"),
@@ -122,6 +136,9 @@ pub struct MeshService {
     /// Whether its sidecar serves the edge listener (needs `app_port`; see [`crate::expose`]).
     #[serde(default)]
     pub edge: bool,
+    /// Where its app may connect outside the mesh (its sidecar's egress listener).
+    #[serde(default)]
+    pub egress: EgressPolicy,
 }
 
 /// Every service of a project as their sidecars see each other.

@@ -23,6 +23,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use crate::egress::{ENVOY_EGRESS_GID, EgressPolicy, proxy_env};
 use crate::expose::EdgeBind;
 use crate::fsutil::sha256_tagged;
 use crate::mesh::{CertPaths, IssuedCerts, MeshPorts};
@@ -46,9 +47,45 @@ pub const POD_FILTER_EXIT: u8 = 78;
 /// use the edge to skip the mesh's certificates. Loopback (Envoy ↔ app ↔ agent), replies to the
 /// pod's own connections (conntrack's reply direction only: a connection someone else opened to
 /// the pod before the filter was loaded is not "established" traffic to let through) and the ICMP that IPv4/IPv6 need to work (neighbour discovery, errors)
-/// pass; every other TCP connection is reset, everything else dropped. Outbound is not filtered.
+/// pass; every other TCP connection is reset, everything else dropped. Outbound is not filtered
+/// (see [`pod_filter_rules_with_egress`] for pods whose egress is controlled).
 /// Loading it replaces any earlier copy of the table atomically (a restarted sidecar re-installs it).
 pub fn pod_filter_rules(inbound_port: u16, edge_port: Option<u16>) -> String {
+    pod_filter_rules_with_egress(inbound_port, edge_port, false)
+}
+
+/// The outbound chain of a pod whose egress is controlled: what leaves the pod other than on
+/// loopback is only Envoy's (sockets of group [`ENVOY_EGRESS_GID`], which only the sidecar's
+/// command can give a process: the app has no SETGID), replies to connections made to the pod,
+/// TCP resets and the ICMP that IPv4/IPv6 need. Everything else the app sends gets "no route to
+/// host" (an ICMP host-unreachable from the filter itself, so clients fail at once).
+fn egress_chain() -> String {
+    format!(
+        "  chain output {{
+    type filter hook output priority filter; policy accept;
+    oifname \"lo\" accept
+    ct direction reply accept
+    meta skgid {ENVOY_EGRESS_GID} accept
+    tcp flags & rst == rst accept
+    icmpv6 type {{ destination-unreachable, packet-too-big, time-exceeded, parameter-problem, nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert, mld-listener-report, mld2-listener-report }} accept
+    icmp type {{ destination-unreachable, time-exceeded, parameter-problem }} accept
+    reject with icmpx type host-unreachable
+  }}
+"
+    )
+}
+
+/// [`pod_filter_rules`], plus, when `egress` is set, the outbound chain of [`egress_chain`].
+pub fn pod_filter_rules_with_egress(
+    inbound_port: u16,
+    edge_port: Option<u16>,
+    egress: bool,
+) -> String {
+    let out = if egress {
+        egress_chain()
+    } else {
+        String::new()
+    };
     let (edge_set, edge_rule) = match edge_port {
         Some(port) => (
             "  set edge_sources {\n    type ipv4_addr\n  }\n".to_string(),
@@ -69,7 +106,7 @@ table inet {POD_FILTER_TABLE} {{
     icmp type {{ destination-unreachable, time-exceeded, parameter-problem }} accept
     meta l4proto tcp reject with tcp reset
   }}
-}}
+{out}}}
 "
     )
 }
@@ -90,8 +127,8 @@ pub const FILTER_INSTALLED_PREFIX: &str = "iac-sidecar: pod filter installed: ";
 /// the filter never exists without its one admitted host (the provisioner's "filter in place"
 /// check implies the host is admitted). Without a default route nobody is admitted (the message
 /// says so). Without an edge the lines are exactly what they were before edges existed.
-fn filter_load_script(inbound_port: u16, edge_port: Option<u16>) -> String {
-    let rules = pod_filter_rules(inbound_port, edge_port);
+fn filter_load_script(inbound_port: u16, edge_port: Option<u16>, egress: bool) -> String {
+    let rules = pod_filter_rules_with_egress(inbound_port, edge_port, egress);
     let fail = format!(
         "{{ echo \"iac-sidecar: nft could not install the pod's packet filter (the sidecar needs CAP_NET_ADMIN)\" >&2; exit {POD_FILTER_EXIT}; }}"
     );
@@ -183,13 +220,23 @@ done
 /// capabilities left (inheritable, ambient and bounding sets cleared, so not even a root Envoy
 /// regains any), as the owner of `key_file` when that is not root (the key is 0600 and the
 /// sidecar has no DAC_OVERRIDE). The supervisor stays PID 1: it holds the pod's network namespace
-/// while Envoy is restarted.
+/// while Envoy is restarted. With `egress` (the pod's egress is controlled), the filter gets the
+/// outbound chain and Envoy runs with the group [`ENVOY_EGRESS_GID`], the only one allowed out.
 pub fn sidecar_command(
     inbound_port: u16,
     edge_port: Option<u16>,
+    egress: bool,
     key_file: &str,
     envoy_argv: &[String],
 ) -> Vec<String> {
+    let (root_gid, gid) = if egress {
+        (
+            format!("--regid={ENVOY_EGRESS_GID} --clear-groups "),
+            ENVOY_EGRESS_GID.to_string(),
+        )
+    } else {
+        (String::new(), "\"$gid\"".to_string())
+    };
     let script = format!(
         "set -eu
 for tool in nft setpriv stat; do
@@ -202,11 +249,11 @@ ids=$(stat -c '%u %g' \"$key\")
 uid=${{ids% *}}
 gid=${{ids#* }}
 if [ \"$uid\" = 0 ]; then
-  exec setpriv --bounding-set=-net_admin -- /bin/sh -c \"$supervisor\" iac-sidecar setpriv --inh-caps=-all --ambient-caps=-all --bounding-set=-all -- \"$@\"
+  exec setpriv --bounding-set=-net_admin -- /bin/sh -c \"$supervisor\" iac-sidecar setpriv {root_gid}--inh-caps=-all --ambient-caps=-all --bounding-set=-all -- \"$@\"
 fi
-exec setpriv --bounding-set=-net_admin -- /bin/sh -c \"$supervisor\" iac-sidecar setpriv --reuid=\"$uid\" --regid=\"$gid\" --clear-groups --inh-caps=-all --ambient-caps=-all --bounding-set=-all -- \"$@\"
+exec setpriv --bounding-set=-net_admin -- /bin/sh -c \"$supervisor\" iac-sidecar setpriv --reuid=\"$uid\" --regid={gid} --clear-groups --inh-caps=-all --ambient-caps=-all --bounding-set=-all -- \"$@\"
 ",
-        load = filter_load_script(inbound_port, edge_port)
+        load = filter_load_script(inbound_port, edge_port, egress)
     );
     let mut cmd = vec![
         "/bin/sh".to_string(),
@@ -285,6 +332,9 @@ pub struct PlannedService {
     pub edge: Option<EdgeBind>,
     /// The repos file's `replicas` (1 unless it says otherwise).
     pub replicas: u32,
+    /// Where the app may connect outside the mesh.
+    #[serde(default)]
+    pub egress: EgressPolicy,
 }
 
 /// Envoy's worker threads per sidecar. Envoy's own default is one per hardware thread of the
@@ -327,16 +377,17 @@ pub fn envoy_container_name(project: &ProjectName, svc: &ServiceName) -> String 
 pub fn plan(input: &PlanInput) -> Stack {
     let project = &input.project;
     let base_labels = |role: Role, svc: Option<&ServiceName>| {
-        let mut l = BTreeMap::new();
-        l.insert(LABEL_PROJECT.to_string(), project.to_string());
-        l.insert(LABEL_MANAGED.to_string(), "iac".to_string());
-        if let Some(s) = svc {
-            l.insert(LABEL_SERVICE.to_string(), s.to_string());
-        }
+        let mut l = match svc {
+            Some(s) => crate::labels::service_labels(project.as_str(), s.as_str()),
+            None => crate::labels::project_labels(project.as_str()),
+        };
         l.insert(LABEL_ROLE.to_string(), role.to_string());
         l
     };
     let ports = MeshPorts::default();
+    // Never through the egress proxy: the project's services (by their DNS aliases).
+    let mut mesh_names: Vec<String> = input.services.iter().map(|s| s.name.to_string()).collect();
+    mesh_names.sort();
     let mut services: Vec<ServiceStack> = input
         .services
         .iter()
@@ -383,6 +434,11 @@ pub fn plan(input: &PlanInput) -> Stack {
                     env.insert("OTEL_LOGS_EXPORTER".into(), "none".into());
                 }
             }
+            // A controlled pod's only way out is the sidecar's egress listener: pip, requests,
+            // httpx, curl and friends find it in the standard proxy variables.
+            if s.egress.is_controlled() {
+                env.extend(proxy_env(ports.egress, &mesh_names));
+            }
             env.extend(s.env.iter().map(|(k, v)| (k.clone(), v.clone())));
             let envoy_name = envoy_container_name(project, &s.name);
             let app = ContainerSpec {
@@ -414,6 +470,7 @@ pub fn plan(input: &PlanInput) -> Stack {
                 cmd: sidecar_command(
                     ports.inbound,
                     s.edge.map(|_| ports.edge),
+                    s.egress.is_controlled(),
                     &inside.key.display().to_string(),
                     &envoy_argv(project, &s.name),
                 ),
@@ -478,6 +535,7 @@ pub fn plan(input: &PlanInput) -> Stack {
                     table: POD_FILTER_TABLE.to_string(),
                     inbound_port: ports.inbound,
                 }),
+                egress: s.egress.clone(),
             }
         })
         .collect();
@@ -519,6 +577,7 @@ mod tests {
             env: [("GREETING".to_string(), "hi".to_string())].into(),
             edge: port.map(|_| EdgeBind::loopback()),
             replicas: 1,
+            egress: Default::default(),
         };
         PlanInput {
             project: ProjectName::new("demo").unwrap(),
@@ -632,6 +691,85 @@ mod tests {
     }
 
     #[test]
+    fn controlled_egress_filters_the_pods_output_and_gives_the_app_proxy_variables() {
+        use crate::egress::{EgressPolicy, EgressRule};
+        let mut input = sample_input();
+        let rule: EgressRule = "api.example.com:443".parse().unwrap();
+        input.services[1].egress = EgressPolicy::Allow(vec![rule.clone()]);
+        let stack = plan(&input);
+        let api = stack
+            .services
+            .iter()
+            .find(|s| s.service.as_str() == "api")
+            .unwrap();
+        let web = stack
+            .services
+            .iter()
+            .find(|s| s.service.as_str() == "web")
+            .unwrap();
+        assert_eq!(api.egress, EgressPolicy::Allow(vec![rule]));
+        assert_eq!(api.app.env["HTTPS_PROXY"], "http://127.0.0.1:15002");
+        assert_eq!(api.app.env["http_proxy"], "http://127.0.0.1:15002");
+        assert_eq!(api.app.env["NO_PROXY"], "localhost,127.0.0.1,::1,api,web");
+        let script = &api.envoy.cmd[2];
+        assert!(script.contains(&pod_filter_rules_with_egress(15000, None, true)));
+        assert!(script.contains("setpriv --regid=1337 --clear-groups --inh-caps=-all"));
+        assert!(script.contains("--reuid=\"$uid\" --regid=1337 --clear-groups"));
+        // Open (the sample's web): no variables, no output chain, Envoy keeps the key's group.
+        assert!(!web.app.env.contains_key("HTTPS_PROXY"));
+        let script = &web.envoy.cmd[2];
+        assert!(!script.contains("chain output"));
+        assert!(script.contains("--regid=\"$gid\""));
+        // A service's own env still wins (an operator can point a client elsewhere).
+        input.services[1]
+            .env
+            .insert("NO_PROXY".into(), "custom".into());
+        let stack = plan(&input);
+        let api = stack
+            .services
+            .iter()
+            .find(|s| s.service.as_str() == "api")
+            .unwrap();
+        assert_eq!(api.app.env["NO_PROXY"], "custom");
+    }
+
+    #[test]
+    fn the_egress_chain_lets_out_only_envoys_group_replies_and_icmp() {
+        let rules = pod_filter_rules_with_egress(15000, Some(15080), true);
+        let chain = rules.split("chain output").nth(1).expect("an output chain");
+        assert!(chain.contains("type filter hook output priority filter; policy accept;"));
+        let accepts: Vec<&str> = chain
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.ends_with(" accept"))
+            .collect();
+        assert_eq!(
+            accepts.len(),
+            6,
+            "loopback, replies, Envoy's group, resets, ICMPv6, ICMP: {chain}"
+        );
+        assert!(accepts.contains(&"oifname \"lo\" accept"));
+        assert!(accepts.contains(&"ct direction reply accept"));
+        assert!(accepts.contains(&"meta skgid 1337 accept"));
+        assert!(!chain.contains("echo-request"), "no ping out: {chain}");
+        assert!(
+            chain
+                .trim_end()
+                .trim_end_matches('}')
+                .trim_end()
+                .ends_with("reject with icmpx type host-unreachable\n  }")
+                || chain.contains("    reject with icmpx type host-unreachable\n  }"),
+            "everything else has no route: {chain}"
+        );
+        // Without egress the rules are exactly what they were.
+        assert_eq!(
+            pod_filter_rules_with_egress(15000, Some(15080), false),
+            pod_filter_rules(15000, Some(15080))
+        );
+        assert!(!pod_filter_rules(15000, None).contains("output"));
+    }
+
+    #[test]
     fn an_edge_is_published_where_its_bind_says() {
         let mut input = sample_input();
         input.services[1].edge = Some(EdgeBind {
@@ -683,7 +821,7 @@ mod tests {
     /// the same nft batch as the rules.
     #[test]
     fn the_edge_admits_the_default_gateway_in_the_same_batch() {
-        let script = filter_load_script(15000, Some(15080));
+        let script = filter_load_script(15000, Some(15080), false);
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
         // A stand-in `nft` that keeps the batch it was fed, and a route table with a gateway.
@@ -747,8 +885,8 @@ mod tests {
         assert!(out.status.success(), "{out:?}");
         assert!(String::from_utf8_lossy(&out.stderr).contains("admits nobody"));
         // Without an edge the lines are what they were before edges existed.
-        assert!(filter_load_script(15000, None).starts_with("nft -f - <<'IAC_RULES' || {"));
-        assert!(!filter_load_script(15000, None).contains("/proc/net/route"));
+        assert!(filter_load_script(15000, None, false).starts_with("nft -f - <<'IAC_RULES' || {"));
+        assert!(!filter_load_script(15000, None, false).contains("/proc/net/route"));
     }
 
     /// The sidecar's PID 1 restarts an Envoy that dies (backing off), and ends with it on SIGTERM,

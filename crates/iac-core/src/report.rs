@@ -5,10 +5,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::entry::Entry;
-use crate::event::Stage;
 use crate::health::HealthReport;
 use crate::name::{ProjectName, ServiceName};
 use crate::stack::Action;
+use crate::stage::Stage;
 
 /// How long one stage of one service took, and whether it succeeded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

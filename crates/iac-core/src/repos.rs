@@ -1,5 +1,6 @@
 //! The repos file: a YAML or JSON list of slugs (strings) or `{slug, name?, entrypoint?, env?,
-//! expose?, replicas?, extras?, groups?}` maps, optionally wrapped as `{project?, services: [...]}`. Produces [`ServiceSpec`]s with
+//! expose?, replicas?, extras?, groups?, egress?}` maps, optionally wrapped as `{project?, egress?,
+//! services: [...]}` (a project's `egress` items apply to every service; see [`crate::egress`]). Produces [`ServiceSpec`]s with
 //! deterministic, de-duplicated DNS-safe service names. Errors name the item (and its line when it
 //! can be found) and say what was expected.
 
@@ -9,6 +10,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::egress::{EgressRule, merge_rules};
 use crate::error::ReposFileError;
 use crate::expose::Expose;
 use crate::name::{ProjectName, ServiceName};
@@ -39,6 +41,10 @@ pub struct ServiceSpec {
     /// (serialized as the repos file spells them: `extras`, `groups`, each only when non-empty).
     #[serde(flatten, default)]
     pub install: InstallSelection,
+    /// Destinations the app may reach outside the mesh (`host:port`, `*.suffix:port`), the
+    /// project's items included; enforced unless `[mesh] egress = "open"`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress: Vec<EgressRule>,
 }
 
 /// What a Python app installs besides its main dependency set: extras (`[project.optional-
@@ -118,6 +124,28 @@ pub fn normalize_names(key: &str, names: &[String]) -> Result<Vec<String>, Strin
     Ok(out)
 }
 
+/// A repos-file `egress` value: a list of `host:port` / `*.suffix:port` strings.
+pub fn egress_list(v: &Value) -> Result<Vec<EgressRule>, String> {
+    let items = v.as_array().ok_or_else(|| {
+        format!(
+            "`egress` to be a list of \"host:port\" or \"*.suffix:port\" strings, got {}",
+            kind(v)
+        )
+    })?;
+    let texts = items
+        .iter()
+        .map(|i| {
+            i.as_str().map(str::to_string).ok_or_else(|| {
+                format!(
+                    "`egress` items to be \"host:port\" or \"*.suffix:port\" strings, got {}",
+                    kind(i)
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    crate::egress::parse_rules(&texts).map_err(|e| format!("`egress` items to be valid: {e}"))
+}
+
 /// The most replicas one service may ask for.
 pub const MAX_REPLICAS: u32 = 100;
 
@@ -134,8 +162,10 @@ fn is_one_replica(n: &u32) -> bool {
 pub struct ReposFile {
     /// The project the file names, if any.
     pub project: Option<ProjectName>,
-    /// Its services, in file order.
+    /// Its services, in file order (each one's `egress` includes the project's items).
     pub services: Vec<ServiceSpec>,
+    /// The project's `egress` items (already merged into every service's list).
+    pub egress: Vec<EgressRule>,
 }
 
 /// The syntax to parse. `Auto` picks JSON when the text starts with `[` or `{` and parses as JSON.
@@ -182,14 +212,14 @@ pub fn load_repos_file(path: &Path) -> Result<ReposFile, ReposFileError> {
 /// Parses repos-file text.
 pub fn parse_repos_file(text: &str, format: ReposFormat) -> Result<ReposFile, ReposFileError> {
     let root = parse_value(text, format)?;
-    let (project, items) = match root {
-        Value::Array(items) => (None, items),
+    let (project, project_egress, items) = match root {
+        Value::Array(items) => (None, Vec::new(), items),
         Value::Object(mut map) => {
             for key in map.keys() {
-                if key != "project" && key != "services" {
+                if key != "project" && key != "services" && key != "egress" {
                     return Err(ReposFileError::Shape {
                         expected: format!(
-                            "a list of services, or a map with keys `project` and `services` (unknown key {key:?})"
+                            "a list of services, or a map with keys `project`, `egress` and `services` (unknown key {key:?})"
                         ),
                     });
                 }
@@ -207,8 +237,14 @@ pub fn parse_repos_file(text: &str, format: ReposFormat) -> Result<ReposFile, Re
                     });
                 }
             };
+            let egress = match map.remove("egress") {
+                None | Some(Value::Null) => Vec::new(),
+                Some(v) => egress_list(&v).map_err(|expected| ReposFileError::Shape {
+                    expected: format!("in the project's `egress`: {expected}"),
+                })?,
+            };
             match map.remove("services") {
-                Some(Value::Array(items)) => (project, items),
+                Some(Value::Array(items)) => (project, egress, items),
                 Some(other) => {
                     return Err(ReposFileError::Shape {
                         expected: format!("`services` to be a list, got {}", kind(&other)),
@@ -221,7 +257,7 @@ pub fn parse_repos_file(text: &str, format: ReposFormat) -> Result<ReposFile, Re
                 }
             }
         }
-        Value::Null => (None, Vec::new()),
+        Value::Null => (None, Vec::new(), Vec::new()),
         other => {
             return Err(ReposFileError::Shape {
                 expected: format!("a list of services, got {}", kind(&other)),
@@ -242,6 +278,7 @@ pub fn parse_repos_file(text: &str, format: ReposFormat) -> Result<ReposFile, Re
         expose: Expose,
         replicas: u32,
         install: InstallSelection,
+        egress: Vec<EgressRule>,
     }
     let mut raws = Vec::with_capacity(items.len());
     let mut search_from = 0usize;
@@ -271,6 +308,7 @@ pub fn parse_repos_file(text: &str, format: ReposFormat) -> Result<ReposFile, Re
                 expose: Expose::Auto,
                 replicas: 1,
                 install: InstallSelection::default(),
+                egress: Vec::new(),
             },
             Value::Object(map) => {
                 let mut slug = None;
@@ -280,6 +318,7 @@ pub fn parse_repos_file(text: &str, format: ReposFormat) -> Result<ReposFile, Re
                 let mut expose = Expose::Auto;
                 let mut replicas = 1;
                 let mut install = InstallSelection::default();
+                let mut egress = Vec::new();
                 for (k, v) in map {
                     match (k.as_str(), v) {
                         ("slug", Value::String(s)) => {
@@ -349,6 +388,8 @@ pub fn parse_repos_file(text: &str, format: ReposFormat) -> Result<ReposFile, Re
                         ("extras" | "groups", Value::Null) => {}
                         ("extras", v) => install.extras = name_list("extras", &v).map_err(fail)?,
                         ("groups", v) => install.groups = name_list("groups", &v).map_err(fail)?,
+                        ("egress", Value::Null) => {}
+                        ("egress", v) => egress = egress_list(&v).map_err(fail)?,
                         (key @ ("slug" | "name" | "entrypoint" | "env"), other) => {
                             let want = if key == "env" {
                                 "a map"
@@ -362,7 +403,7 @@ pub fn parse_repos_file(text: &str, format: ReposFormat) -> Result<ReposFile, Re
                         }
                         (other, _) => {
                             return Err(fail(format!(
-                                "only the keys slug, name, entrypoint, env, expose, replicas, extras, groups (unknown key {other:?})"
+                                "only the keys slug, name, entrypoint, env, expose, replicas, extras, groups, egress (unknown key {other:?})"
                             )));
                         }
                     }
@@ -376,11 +417,12 @@ pub fn parse_repos_file(text: &str, format: ReposFormat) -> Result<ReposFile, Re
                     expose,
                     replicas,
                     install,
+                    egress,
                 }
             }
             other => {
                 return Err(fail(format!(
-                    "a slug string or a map {{slug, name?, entrypoint?, env?, expose?, replicas?, extras?, groups?}}, got {}",
+                    "a slug string or a map {{slug, name?, entrypoint?, env?, expose?, replicas?, extras?, groups?, egress?}}, got {}",
                     kind(&other)
                 )));
             }
@@ -452,9 +494,14 @@ pub fn parse_repos_file(text: &str, format: ReposFormat) -> Result<ReposFile, Re
             expose: raw.expose,
             replicas: raw.replicas,
             install: raw.install,
+            egress: merge_rules(&project_egress, &raw.egress),
         });
     }
-    Ok(ReposFile { project, services })
+    Ok(ReposFile {
+        project,
+        services,
+        egress: project_egress,
+    })
 }
 
 fn dedup(base: ServiceName, taken: &mut BTreeSet<ServiceName>) -> ServiceName {
@@ -487,9 +534,8 @@ fn check_restart_env(env: &BTreeMap<String, String>) -> Result<(), String> {
     let duration = |key: &str| -> Result<Option<std::time::Duration>, String> {
         env.get(key)
             .map(|v| {
-                humantime::parse_duration(v).map_err(|e| {
-                    format!("env {key} to be a duration such as 10s or 5m, got {v:?} ({e})")
-                })
+                crate::duration::parse(v)
+                    .map_err(|_| format!("env {key} to be a duration such as 10s or 5m, got {v:?}"))
             })
             .transpose()
     };
@@ -578,6 +624,84 @@ mod tests {
         let r = parse_repos_file(text, ReposFormat::Auto).unwrap();
         assert_eq!(r.services[0].env["IAC_RESTART_BACKOFF"], "10m");
         assert_eq!(r.services[1].env["IAC_RESTART_BACKOFF_MAX"], "2s");
+    }
+
+    #[test]
+    fn egress_lists_per_project_and_service_merge_and_bad_items_are_named() {
+        let text = "project: shop\negress: [\"*.pypi.org:443\", \"files.pythonhosted.org:443\"]\nservices:\n- gh:a/plain\n- slug: gh:a/cart\n  egress: [\"api.stripe.com:443\", \"*.pypi.org:443\"]\n";
+        let r = parse_repos_file(text, ReposFormat::Yaml).unwrap();
+        let list = |s: &ServiceSpec| s.egress.iter().map(|r| r.to_string()).collect::<Vec<_>>();
+        // Sorted by host, de-duplicated.
+        assert_eq!(
+            list(&r.services[0]),
+            ["files.pythonhosted.org:443", "*.pypi.org:443"]
+        );
+        assert_eq!(
+            list(&r.services[1]),
+            [
+                "api.stripe.com:443",
+                "files.pythonhosted.org:443",
+                "*.pypi.org:443"
+            ]
+        );
+        assert_eq!(r.egress.len(), 2);
+        // Round trip through the API's `services` shape.
+        let json = serde_json::to_string(&r.services[1]).unwrap();
+        assert!(json.contains(r#""egress":["api.stripe.com:443""#), "{json}");
+        assert_eq!(
+            serde_json::from_str::<ServiceSpec>(&json).unwrap(),
+            r.services[1]
+        );
+        // Nothing said: nothing allowed (the list is empty; the mode decides what that means).
+        let r = parse_repos_file("- gh:a/b\n", ReposFormat::Yaml).unwrap();
+        assert!(r.services[0].egress.is_empty());
+
+        let err = parse_repos_file(
+            "- gh:a/b\n- slug: gh:a/c\n  egress: [\"ok.example:443\", \"https://bad.example\"]\n",
+            ReposFormat::Yaml,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("item 2")
+                && err.contains("\"https://bad.example\"")
+                && err.contains("without a scheme"),
+            "{err}"
+        );
+        let err = parse_repos_file(
+            "- slug: gh:a/c\n  egress: api.example:443\n",
+            ReposFormat::Yaml,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`egress` to be a list"), "{err}");
+        let err = parse_repos_file(
+            "egress: [\"*:443\"]\nservices: [gh:a/b]\n",
+            ReposFormat::Yaml,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("project's `egress`") && err.contains("\"*:443\""),
+            "{err}"
+        );
+        let err = parse_repos_file("- slug: gh:a/c\n  egress: [443]\n", ReposFormat::Yaml)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("strings, got a number"), "{err}");
+    }
+
+    #[test]
+    fn the_starter_repos_file_in_templates_parses_with_its_egress_lists() {
+        let text = include_str!("../../../templates/repos.yaml");
+        let r = parse_repos_file(text, ReposFormat::Yaml).unwrap();
+        assert_eq!(r.egress.len(), 2);
+        let worker = r
+            .services
+            .iter()
+            .find(|s| s.name.as_str() == "worker")
+            .unwrap();
+        assert_eq!(worker.egress.len(), 3, "{:?}", worker.egress);
     }
 
     fn names(r: &ReposFile) -> Vec<&str> {

@@ -10,16 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::health::HealthReport;
 use crate::name::{ProjectName, ServiceName};
 
-/// Label naming an object's project.
-pub const LABEL_PROJECT: &str = "iac.project";
-/// Label naming the service a container belongs to.
-pub const LABEL_SERVICE: &str = "iac.service";
-/// Label holding the hash of the spec a container was created from.
-pub const LABEL_SPEC_HASH: &str = "iac.spec-hash";
-/// Label saying what an object is for ([`Role`]).
-pub const LABEL_ROLE: &str = "iac.role";
-/// Label set on every container and network iac created (value `iac`).
-pub const LABEL_MANAGED: &str = "iac.managed-by";
+pub use crate::labels::{LABEL_MANAGED, LABEL_PROJECT, LABEL_ROLE, LABEL_SERVICE, LABEL_SPEC_HASH};
 
 /// What an object iac creates is for: the value of its [`LABEL_ROLE`] label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -31,6 +22,8 @@ pub enum Role {
     Envoy,
     /// The project's network.
     Network,
+    /// The project's keeper (Docker): starts the apps an engine restart left down.
+    Keeper,
 }
 
 impl Role {
@@ -40,12 +33,13 @@ impl Role {
             Role::App => "app",
             Role::Envoy => "envoy",
             Role::Network => "network",
+            Role::Keeper => "keeper",
         }
     }
 
     /// The role a label value names; `None` for anything else (an object iac did not label).
     pub fn from_label(value: &str) -> Option<Role> {
-        [Role::App, Role::Envoy, Role::Network]
+        [Role::App, Role::Envoy, Role::Network, Role::Keeper]
             .into_iter()
             .find(|r| r.as_str() == value)
     }
@@ -204,6 +198,10 @@ pub struct ServiceStack {
     /// that can check it does so before reporting the pair created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_filter: Option<PodFilter>,
+    /// Where the app may connect outside the mesh (`[mesh] egress` and its `egress` list); the
+    /// app container's proxy variables and the pod filter's outbound chain already follow it.
+    #[serde(default)]
+    pub egress: crate::egress::EgressPolicy,
 }
 
 fn one_replica() -> u32 {

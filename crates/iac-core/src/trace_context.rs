@@ -25,10 +25,10 @@ use sha2::{Digest, Sha256};
 use tracing::Span;
 use tracing::field::Empty;
 
-use crate::event::Stage;
 use crate::name::{ProjectName, ServiceName};
 use crate::slug::Slug;
 use crate::source::Source;
+use crate::stage::Stage;
 
 /// The environment variable child processes read the trace context from (W3C / OTel env carriers).
 pub const TRACEPARENT_ENV: &str = "TRACEPARENT";

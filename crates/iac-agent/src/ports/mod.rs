@@ -10,7 +10,7 @@
 pub mod diag;
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// One listening TCP socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,7 +90,7 @@ pub fn read_listeners() -> io::Result<Vec<Listener>> {
     static FELL_BACK: std::sync::Once = std::sync::Once::new();
     diag::listeners().or_else(|e| {
         FELL_BACK.call_once(|| {
-            crate::supervisor::log(format!(
+            crate::log::log(format!(
                 "socket diagnostics unavailable ({e}); reading /proc/net/tcp instead (slower)"
             ))
         });
@@ -134,6 +134,15 @@ pub fn app_listeners(
         .collect()
 }
 
+/// What the forwarder is doing, for HealthCheck.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forwarding {
+    /// The declared port the agent listens on (on 127.0.0.1).
+    pub from: u16,
+    /// Where the app listens.
+    pub to: SocketAddr,
+}
+
 /// The port view HealthCheck reports. `ready_port` is where the app must accept connections for
 /// `app_port_open` — the declared port, or where the agent forwards it (see [`crate::forward`]),
 /// whose own socket on `127.0.0.1:<declared port>` is then no app port.
@@ -142,7 +151,7 @@ pub fn port_view(
     app_uid: Option<u32>,
     own_port: u16,
     app_port: Option<u16>,
-    forwarding: Option<crate::forward::Forwarding>,
+    forwarding: Option<Forwarding>,
 ) -> PortView {
     let app = app_listeners(listeners, app_uid, &[own_port]);
     let mut ports: Vec<u16> = app

@@ -18,8 +18,8 @@ use sha2::{Digest, Sha256};
 use iac_core::{BuildError, Events, Stage};
 
 use super::aptfile::AptPackages;
-use super::output::OutputTail;
 use crate::engine::DockerEngine;
+use crate::output_tail::OutputTail;
 
 /// Repository of the derived images.
 pub const REPOSITORY: &str = "iac/apt-base";

@@ -36,10 +36,10 @@ use super::dockerfile::{
 };
 use super::key::{FileDigests, build_key, image_tag, wheel_listing};
 use super::lockfile::Selection;
-use super::output::OutputTail;
 use super::resolver::Resolver;
 use super::wheels::{AppDeps, tail};
 use crate::engine::DockerEngine;
+use crate::output_tail::OutputTail;
 
 /// Label holding the build key on every image this builder makes.
 pub const LABEL_BUILD_KEY: &str = "iac.build-key";

@@ -14,7 +14,7 @@ use serde::Serialize;
 use iac_core::{BuildError, BuildSpec, Language};
 
 use super::config::ImageConfig;
-use crate::entry::command::{sh_join, sh_quote};
+use iac_core::shell::{sh_join, sh_quote};
 
 /// The built-in template, embedded at compile time.
 pub const APP_DOCKERFILE_TEMPLATE: &str =

@@ -32,7 +32,6 @@ pub mod ignore;
 pub mod install_report;
 pub mod key;
 pub mod lockfile;
-pub mod output;
 pub mod project;
 pub mod requirements;
 pub mod resolver;

@@ -707,65 +707,12 @@ fn normalize_inside(base: &str, rel: &str) -> Result<String, String> {
     })
 }
 
-/// Splits like Python's `shlex.split` (POSIX mode), which pip uses for a line's options.
+/// A line's options split into words, as pip does with `shlex.split` (POSIX mode), by the one
+/// shell splitter ([`iac_core::shell::split_words`]).
 fn shell_split(s: &str) -> Result<Vec<String>, Refused> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut in_token = false;
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            c if c.is_whitespace() => {
-                if in_token {
-                    out.push(std::mem::take(&mut cur));
-                    in_token = false;
-                }
-            }
-            '\'' => {
-                in_token = true;
-                loop {
-                    match chars.next() {
-                        Some('\'') => break,
-                        Some(c) => cur.push(c),
-                        None => return refuse("unterminated ' quote in the options"),
-                    }
-                }
-            }
-            '"' => {
-                in_token = true;
-                loop {
-                    match chars.next() {
-                        Some('"') => break,
-                        Some('\\') => match chars.next() {
-                            Some(c @ ('"' | '\\' | '$' | '`')) => cur.push(c),
-                            Some(c) => {
-                                cur.push('\\');
-                                cur.push(c);
-                            }
-                            None => return refuse("unterminated \" quote in the options"),
-                        },
-                        Some(c) => cur.push(c),
-                        None => return refuse("unterminated \" quote in the options"),
-                    }
-                }
-            }
-            '\\' => {
-                in_token = true;
-                match chars.next() {
-                    Some(c) => cur.push(c),
-                    None => return refuse("a trailing backslash in the options"),
-                }
-            }
-            c => {
-                in_token = true;
-                cur.push(c);
-            }
-        }
-    }
-    if in_token {
-        out.push(cur);
-    }
-    Ok(out)
+    iac_core::shell::split_words(s)
+        .map(|split| split.words)
+        .or_else(|e| refuse(format!("{e} in the options")))
 }
 
 /// A PEP 508 dependency string from `pyproject.toml` (`[project] dependencies` or

@@ -33,8 +33,8 @@ use sha2::{Digest, Sha256};
 use iac_core::{BuildError, Events, Stage};
 
 use super::config::{ResolverConfig, redact_url_credentials};
-use super::output::OutputTail;
 use super::wheels::{AppDeps, CONSTRAINTS_FILE, DepPlan, LOCAL_FILE, REQUIREMENTS_FILE};
+use crate::output_tail::OutputTail;
 
 /// Label on every resolver container (with `iac.managed-by=iac` and the builder's labels).
 pub const LABEL_RESOLVER: &str = "iac.role";
@@ -390,10 +390,7 @@ impl Resolver {
         let mut cmd = vec!["python3".to_string(), "-m".into(), "pip".into()];
         cmd.extend(step.argv.iter().cloned());
         let mut labels: HashMap<String, String> = self.labels.clone().into_iter().collect();
-        labels.insert(
-            iac_core::stack::LABEL_MANAGED.to_string(),
-            crate::provision::MANAGED_BY.to_string(),
-        );
+        iac_core::labels::mark_managed(&mut labels);
         labels.insert(LABEL_RESOLVER.to_string(), RESOLVER_ROLE.to_string());
         let memory = (self.config.memory_mib * 1024 * 1024) as i64;
         ContainerCreateBody {

@@ -21,16 +21,48 @@ use bollard::query_parameters::{
 };
 use futures::StreamExt;
 
-use iac_core::stack::{LABEL_MANAGED, LABEL_PROJECT, LABEL_ROLE, LABEL_SERVICE, LABEL_SPEC_HASH};
+use iac_core::stack::{LABEL_PROJECT, LABEL_ROLE, LABEL_SERVICE, LABEL_SPEC_HASH};
 use iac_core::{
     ContainerSpec, Events, NetworkMode, NetworkSpec, ProjectName, RestartPolicy, Role, Stage,
 };
 
 use super::{DockerEngine, EngineError};
-use crate::build::output::OutputTail;
-use crate::provision::MANAGED_BY;
-use crate::provision::reconcile::Observed;
+use crate::output_tail::OutputTail;
 use iac_core::addr::published;
+use iac_core::labels::{managed_filter, mark_managed};
+
+/// One container of the project as the engine reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    pub id: String,
+    /// Without Docker's leading `/`.
+    pub name: String,
+    /// `iac.service` label (absent on objects that belong to no service).
+    pub service: Option<String>,
+    /// `iac.role` label (`None` when absent or not a role iac sets).
+    pub role: Option<Role>,
+    /// `iac.spec-hash` label.
+    pub spec_hash: Option<String>,
+    pub image: String,
+    /// Engine state, e.g. `running`, `exited`, `created`.
+    pub state: String,
+    /// Published ports: (container port, host address).
+    pub published: Vec<(u16, SocketAddr)>,
+}
+
+impl Observed {
+    pub fn is_running(&self) -> bool {
+        self.state == "running"
+    }
+
+    /// The host address a container port is published on, if any.
+    pub fn published_addr(&self, container_port: u16) -> Option<SocketAddr> {
+        self.published
+            .iter()
+            .find(|(p, _)| *p == container_port)
+            .map(|(_, a)| *a)
+    }
+}
 
 /// What a command run in a container (`docker exec`) ended with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,6 +160,11 @@ pub trait Engine: Send + Sync {
         id: &str,
         container_port: u16,
     ) -> Result<Option<SocketAddr>, EngineError>;
+    /// Whether an image named `name` is on the engine.
+    async fn image_present(&self, name: &str) -> Result<bool, EngineError>;
+    /// Builds image `tag` from `context` (a tar holding a `Dockerfile` and what it copies),
+    /// without network: every stage starts from `scratch` or a local image.
+    async fn build_image(&self, tag: &str, context: Vec<u8>) -> Result<(), EngineError>;
 }
 
 /// Lines of a followed container's output shown as events (the rest is only counted).
@@ -256,7 +293,7 @@ fn nonempty(v: &[String]) -> Option<Vec<String>> {
 fn managed_labels(labels: &BTreeMap<String, String>) -> HashMap<String, String> {
     let mut out: HashMap<String, String> =
         labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    out.insert(LABEL_MANAGED.to_string(), MANAGED_BY.to_string());
+    mark_managed(&mut out);
     out
 }
 
@@ -270,10 +307,7 @@ pub(crate) fn pick(mut addrs: Vec<SocketAddr>) -> Option<SocketAddr> {
 pub(crate) fn label_filter(project: &ProjectName) -> HashMap<String, Vec<String>> {
     [(
         "label".to_string(),
-        vec![
-            format!("{LABEL_MANAGED}={MANAGED_BY}"),
-            format!("{LABEL_PROJECT}={project}"),
-        ],
+        vec![managed_filter(), format!("{LABEL_PROJECT}={project}")],
     )]
     .into()
 }
@@ -663,6 +697,52 @@ impl Engine for BollardEngine {
             .filter_map(|b| published(b.host_ip.as_deref(), b.host_port.as_deref()?.parse().ok()?))
             .collect();
         Ok(pick(addrs))
+    }
+
+    async fn image_present(&self, name: &str) -> Result<bool, EngineError> {
+        match self.docker.inspect_image(name).await {
+            Ok(_) => Ok(true),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(false),
+            Err(e) => Err(EngineError::from_bollard(
+                format!("inspect image {name}"),
+                e,
+            )),
+        }
+    }
+
+    async fn build_image(&self, tag: &str, context: Vec<u8>) -> Result<(), EngineError> {
+        let op = || format!("building image {tag}");
+        let opts = bollard::query_parameters::BuildImageOptionsBuilder::new()
+            .dockerfile("Dockerfile")
+            .t(tag)
+            .rm(true)
+            .forcerm(true)
+            .networkmode("none")
+            .build();
+        let mut stream =
+            self.docker
+                .build_image(opts, None, Some(bollard::body_full(context.into())));
+        // The last few KiB of the build's output, for the error.
+        let mut output = String::new();
+        while let Some(item) = stream.next().await {
+            let info = item.map_err(|e| EngineError::from_bollard(op(), e))?;
+            if let Some(text) = info.stream.as_deref() {
+                output.push_str(text);
+                if output.len() > 8192 {
+                    let cut = output.len() - 4096;
+                    let cut = (cut..output.len())
+                        .find(|i| output.is_char_boundary(*i))
+                        .unwrap_or(output.len());
+                    output.drain(..cut);
+                }
+            }
+            if let Some(err) = info.error_detail.and_then(|d| d.message) {
+                return Err(EngineError::new(op(), None, format!("{err}\n{output}")));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -13,12 +13,16 @@
 //! * [`Registry`] / [`BollardRegistry`] ([`registry`]): tag, push and digest lookups for the swarm
 //!   provisioner's `[swarm] registry` (a mockall fake in its unit tests), and the pure naming
 //!   around them.
+//! * [`swarm::SwarmEngine`] / [`swarm::BollardSwarm`] ([`swarm`]): every call of the Swarm
+//!   provisioner (swarm state, overlay networks, services, tasks, nodes, configs and secrets,
+//!   images and the pod image build), behind a trait with a mockall fake.
 //!
 //! Nothing outside `iac-backends` names a bollard type: the `iac` binary only sees this module.
 
 pub(crate) mod containers;
 mod error;
 pub mod registry;
+pub mod swarm;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -28,7 +32,7 @@ use bollard::Docker;
 #[cfg(test)]
 pub use containers::MockEngine;
 pub use containers::{
-    BollardEngine, Engine, ExecOutput, ExitState, LogWait, NetworkInfo, create_body,
+    BollardEngine, Engine, ExecOutput, ExitState, LogWait, NetworkInfo, Observed, create_body,
 };
 pub use error::EngineError;
 #[cfg(test)]

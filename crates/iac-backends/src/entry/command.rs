@@ -16,9 +16,7 @@
 
 use iac_core::DEFAULT_APP_PORT;
 /// Quoting lives in the core, which renders shell scripts too.
-pub use iac_core::shell::sh_quote;
-
-use super::overrides::split_words;
+use iac_core::shell::split_words;
 
 /// Runners whose `X run CMD` means "run CMD in the project's environment".
 const ENV_RUNNERS: &[&str] = &["uv", "poetry", "pipenv", "pdm", "rye"];
@@ -102,15 +100,6 @@ fn drop_runner(line: &str) -> (String, Option<String>) {
         }
     }
     (t.to_string(), None)
-}
-
-/// An argv as one shell line that splits back into the same words.
-pub fn sh_join<S: AsRef<str>>(words: &[S]) -> String {
-    words
-        .iter()
-        .map(|w| sh_quote(w.as_ref()))
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// Turns a command line into argv. Errors (e.g. an unterminated quote) name the problem.

@@ -29,6 +29,8 @@ pub mod pymeta;
 pub mod pyscan;
 pub mod python;
 pub mod pyversion;
+pub mod setup_cfg;
+pub mod setup_py;
 
 #[cfg(test)]
 mod tests;

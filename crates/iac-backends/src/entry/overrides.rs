@@ -8,6 +8,9 @@
 use std::path::Path;
 
 use iac_core::EntryError;
+use iac_core::shell::{Split, split_words};
+
+use super::platform::dockerfile::{escape_char, instructions};
 
 use super::{read_optional, toml_key_line};
 
@@ -68,101 +71,6 @@ impl std::fmt::Display for Callable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}:{}", self.module, self.attr)
     }
-}
-
-/// A command line split into words.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Split {
-    pub words: Vec<String>,
-    /// Uses `$…` or backtick expansion (unquoted or in double quotes): needs a shell.
-    pub expands: bool,
-    /// Uses unquoted shell operators (`| & ; < > ( )`): needs a shell and cannot be `exec`ed.
-    pub operators: bool,
-}
-
-/// Splits a command line like a POSIX shell does (single quotes literal; double quotes with
-/// `\` escaping `$ \` " \\` and newline; backslash escapes outside quotes), without expanding
-/// anything. Errors on unterminated quotes.
-pub fn split_words(s: &str) -> Result<Split, String> {
-    let mut words = Vec::new();
-    let mut cur = String::new();
-    let mut in_word = false;
-    let (mut expands, mut operators) = (false, false);
-    let mut it = s.chars().peekable();
-    while let Some(c) = it.next() {
-        match c {
-            c if c.is_whitespace() => {
-                if in_word {
-                    words.push(std::mem::take(&mut cur));
-                    in_word = false;
-                }
-            }
-            '\\' => match it.next() {
-                Some('\n') => {}
-                Some(n) => {
-                    cur.push(n);
-                    in_word = true;
-                }
-                None => return Err("a trailing backslash escapes nothing".to_string()),
-            },
-            '\'' => {
-                in_word = true;
-                loop {
-                    match it.next() {
-                        Some('\'') => break,
-                        Some(n) => cur.push(n),
-                        None => return Err("unterminated single quote".to_string()),
-                    }
-                }
-            }
-            '"' => {
-                in_word = true;
-                loop {
-                    match it.next() {
-                        Some('"') => break,
-                        Some('\\') => match it.next() {
-                            Some(n @ ('$' | '`' | '"' | '\\')) => cur.push(n),
-                            Some('\n') => {}
-                            Some(n) => {
-                                cur.push('\\');
-                                cur.push(n);
-                            }
-                            None => return Err("unterminated double quote".to_string()),
-                        },
-                        Some(n) => {
-                            if n == '$' || n == '`' {
-                                expands = true;
-                            }
-                            cur.push(n);
-                        }
-                        None => return Err("unterminated double quote".to_string()),
-                    }
-                }
-            }
-            '$' | '`' => {
-                expands = true;
-                cur.push(c);
-                in_word = true;
-            }
-            '|' | '&' | ';' | '<' | '>' | '(' | ')' => {
-                operators = true;
-                cur.push(c);
-                in_word = true;
-            }
-            c => {
-                cur.push(c);
-                in_word = true;
-            }
-        }
-    }
-    if in_word {
-        words.push(cur);
-    }
-    Ok(Split {
-        words,
-        expands,
-        operators,
-    })
 }
 
 /// The argv for a command line: split words, or `sh -c` when it needs a shell (`exec` in front
@@ -279,64 +187,18 @@ pub struct DockerLabel {
 }
 
 /// All `LABEL` key/value pairs of a Dockerfile, in order (later ones override earlier ones, as
-/// in Docker). Handles line continuations, comments, the `# escape=` directive, quoted values,
-/// several pairs per instruction and the legacy `LABEL key value` form.
+/// in Docker). The instructions come from the one Dockerfile reader
+/// ([`super::platform::dockerfile::instructions`]: continuations, comments, the `# escape=`
+/// directive, heredocs); this reads quoted values, several pairs per instruction and the legacy
+/// `LABEL key value` form.
 pub fn dockerfile_labels(text: &str) -> Result<Vec<DockerLabel>, String> {
-    let mut escape = '\\';
-    for line in text.lines() {
-        let l = line.trim();
-        let Some(directive) = l.strip_prefix('#') else {
-            break;
-        };
-        let d = directive.trim().to_ascii_lowercase();
-        if let Some(v) = d
-            .strip_prefix("escape")
-            .map(str::trim_start)
-            .and_then(|r| r.strip_prefix('='))
-        {
-            if v.trim() == "`" {
-                escape = '`';
-            }
-        } else if !d.starts_with("syntax") && !d.starts_with("check") {
-            break;
-        }
-    }
-    // Join continuation lines into instructions, remembering where each starts.
-    let mut instructions: Vec<(usize, String)> = Vec::new();
-    let mut current: Option<(usize, String)> = None;
-    for (idx, line) in text.lines().enumerate() {
-        let trimmed = line.trim();
-        if current.is_some() && (trimmed.starts_with('#') || trimmed.is_empty()) {
-            continue;
-        }
-        if current.is_none() && (trimmed.is_empty() || trimmed.starts_with('#')) {
-            continue;
-        }
-        // Docker removes the escape and the newline; a continuation line keeps its indentation.
-        let text = if current.is_some() {
-            line.trim_end()
-        } else {
-            trimmed
-        };
-        let (body, continues) = match text.strip_suffix(escape) {
-            Some(b) => (b, true),
-            None => (text, false),
-        };
-        let entry = current.get_or_insert_with(|| (idx + 1, String::new()));
-        entry.1.push_str(body);
-        if !continues {
-            instructions.push(current.take().expect("just inserted"));
-        }
-    }
-    instructions.extend(current);
-
+    let escape = escape_char(text);
     let mut labels = Vec::new();
-    for (line, ins) in instructions {
-        let (word, rest) = ins.split_once(char::is_whitespace).unwrap_or((&ins, ""));
-        if !word.eq_ignore_ascii_case("LABEL") {
+    for ins in instructions(text) {
+        if ins.keyword != "LABEL" {
             continue;
         }
-        let rest = rest.trim();
+        let (line, rest) = (ins.line, ins.args.as_str());
         let rest_for_split = if escape == '`' {
             rest.replace('`', "\\")
         } else {
@@ -492,36 +354,6 @@ mod tests {
         ] {
             assert_eq!(Callable::parse(bad), None, "{bad}");
         }
-    }
-
-    #[test]
-    fn splitting() {
-        let s = split_words(r#"python -m  app --name "a b" 'c d' e\ f"#).unwrap();
-        assert_eq!(
-            s.words,
-            ["python", "-m", "app", "--name", "a b", "c d", "e f"]
-        );
-        assert!(!s.expands && !s.operators);
-        let s = split_words(r#"gunicorn -b "0.0.0.0:$PORT" app:app"#).unwrap();
-        assert!(s.expands && !s.operators);
-        let s = split_words("echo '$HOME'").unwrap();
-        assert!(!s.expands, "single-quoted $ is literal");
-        let s = split_words("a && b").unwrap();
-        assert!(s.operators);
-        assert_eq!(
-            split_words(r#"say "he said \"hi\"""#).unwrap().words,
-            ["say", "he said \"hi\""]
-        );
-        assert!(
-            split_words("echo 'oops")
-                .unwrap_err()
-                .contains("single quote")
-        );
-        assert!(
-            split_words("echo \"oops")
-                .unwrap_err()
-                .contains("double quote")
-        );
     }
 
     #[test]

@@ -24,9 +24,7 @@ use iac_core::{Events, Limits, Stack, Stage};
 /// The label every container and network a provisioner creates carries (value `iac`), set at
 /// create time — never an image label, so a container started by hand from an iac image does not
 /// have it. `destroy` and reconciling select by it together with `iac.project`.
-pub use iac_core::stack::LABEL_MANAGED;
-/// The value of [`LABEL_MANAGED`] on objects iac created.
-pub const MANAGED_BY: &str = "iac";
+pub use iac_core::labels::{LABEL_MANAGED, MANAGED_BY};
 
 /// cgroup limits of the containers a provisioner creates (`limits` in its config section).
 /// `0` means no limit.
@@ -197,6 +195,7 @@ mod tests {
                 spec_hash: "planhash".into(),
                 replicas: 1,
                 pod_filter: None,
+                egress: Default::default(),
             }],
             keep: vec![],
             repair: Default::default(),

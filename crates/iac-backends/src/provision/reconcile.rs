@@ -21,43 +21,11 @@
 //! services).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 
 use iac_core::plan::{app_container_name, envoy_container_name};
 use iac_core::{Action, Change, ProjectName, Role, ServiceName, ServiceStack, Stack};
 
-/// One container of the project as the engine reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Observed {
-    pub id: String,
-    /// Without Docker's leading `/`.
-    pub name: String,
-    /// `iac.service` label (absent on objects that belong to no service).
-    pub service: Option<String>,
-    /// `iac.role` label (`None` when absent or not a role iac sets).
-    pub role: Option<Role>,
-    /// `iac.spec-hash` label.
-    pub spec_hash: Option<String>,
-    pub image: String,
-    /// Engine state, e.g. `running`, `exited`, `created`.
-    pub state: String,
-    /// Published ports: (container port, host address).
-    pub published: Vec<(u16, SocketAddr)>,
-}
-
-impl Observed {
-    pub fn is_running(&self) -> bool {
-        self.state == "running"
-    }
-
-    /// The host address a container port is published on, if any.
-    pub fn published_addr(&self, container_port: u16) -> Option<SocketAddr> {
-        self.published
-            .iter()
-            .find(|(p, _)| *p == container_port)
-            .map(|(_, a)| *a)
-    }
-}
+pub use crate::engine::Observed;
 
 /// A service's canonical pair as found on the engine.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -303,6 +271,7 @@ mod tests {
             spec_hash: hash.into(),
             replicas: 1,
             pod_filter: None,
+            egress: Default::default(),
         }
     }
 

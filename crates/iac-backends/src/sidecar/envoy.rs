@@ -8,6 +8,7 @@
 //! |---|---|---|
 //! | `inbound_mtls` | `{inbound_bind}:15000` | TLS, client certificate from the CA required, ALPN h2 (+http/1.1); `/iac.controlplane.v1.ControlPlane/*` → cluster `agent` (127.0.0.1:50051, h2c), RBAC: only the control plane; everything else → cluster `app` (127.0.0.1:`app_port`, HTTP/1.1) when the service declares a port, RBAC: only services of the same project; no route → 403; `x-forwarded-client-cert` always replaced by Envoy's (subject, URI, DNS of the caller) |
 //! | `outbound` | `127.0.0.1:15001` | plaintext h2/HTTP/1.1 from the app; authority `<peer>`, `<peer>:15001`, `<peer>.<project>` (and with the port) → cluster `peer_<peer>` = `<address>:<port>` over mTLS (SNI `<peer>`, peer DNS SAN `<peer>.<project>` verified, ALPN h2) |
+//! | `egress` (pods whose egress is controlled) | `127.0.0.1:15002` | the app's only way out (its `HTTPS_PROXY`/`HTTP_PROXY`): HTTP CONNECT and absolute-URL HTTP checked by authority against the service's allowlist (RBAC, one policy per rule; refused → 403, `http.egress.rbac.denied`, an `iac-egress refused` log line), TLS sent directly checked by SNI (port-443 rules); Envoy resolves names itself (dynamic forward proxy, clusters `egress`/`egress_sni`) |
 //! | `stats` | `127.0.0.1:9901` | only `GET /stats/prometheus` → cluster `admin` (the admin unix socket); anything else 404 |
 //! | `edge` (services with an edge only) | `{inbound_bind}:15080` | plain HTTP (h1/h2c, WebSocket upgrades), no client certificate: `/iac.controlplane.v1.ControlPlane/*` → 404, everything else → cluster `app`; the caller's `x-forwarded-client-cert` is dropped and the app sees `URI=spiffe://iac/ingress` ([`iac_core::expose::INGRESS_URI`]) |
 //!
@@ -24,7 +25,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use iac_core::{Mesh, ServiceName, SidecarError, SidecarRenderer};
+use iac_core::{EgressRule, Mesh, ServiceName, SidecarError, SidecarRenderer};
 use minijinja::{Environment, UndefinedBehavior, Value};
 use serde::{Deserialize, Serialize};
 
@@ -113,6 +114,9 @@ impl EnvoyRenderer {
         ];
         if let Some(app) = me.app_port {
             used.push(("app_port", app));
+        }
+        if me.egress.is_controlled() {
+            used.push(("egress", p.egress));
         }
         if me.edge {
             if me.app_port.is_none() {
@@ -222,6 +226,16 @@ impl EnvoyRenderer {
                 Value::from(crate::pki::project_uri_prefix(mesh.project.as_str())),
             ),
             ("peers", Value::from(peers)),
+            (
+                "egress_port",
+                if me.egress.is_controlled() {
+                    Value::from(p.egress)
+                } else {
+                    Value::from(())
+                },
+            ),
+            ("egress_rules", egress_rules(me.egress.rules())),
+            ("egress_sni", egress_sni(me.egress.rules())),
         ]))
     }
 }
@@ -250,6 +264,49 @@ impl SidecarRenderer for EnvoyRenderer {
             ))),
         }
     }
+}
+
+/// The allowlist as the template's RBAC policies: one per rule, named by the rule, matching the
+/// request's `:authority` — `host:port` (CONNECT, or an absolute URL with a port), plus the bare
+/// host for port 80 (an absolute `http://` URL without one); a `*.suffix` rule matches by suffix
+/// (`.suffix:port`), which never matches the apex `suffix` itself.
+fn egress_rules(rules: &[EgressRule]) -> Value {
+    let matcher =
+        |kind: &str, v: String| obj([("kind", Value::from(kind)), ("value", Value::from(v))]);
+    Value::from(
+        rules
+            .iter()
+            .map(|r| {
+                let kind = if r.wildcard { "suffix" } else { "exact" };
+                let host = if r.wildcard {
+                    format!(".{}", r.host)
+                } else {
+                    r.host.clone()
+                };
+                let mut authorities = vec![matcher(kind, format!("{host}:{}", r.port))];
+                if r.port == 80 {
+                    authorities.push(matcher(kind, host));
+                }
+                obj([
+                    ("name", Value::from(r.to_string())),
+                    ("authorities", Value::from(authorities)),
+                ])
+            })
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// Server names the egress listener's TLS chain admits: the hosts of the port-443 rules that are
+/// names (an IP address is never an SNI), `*.suffix` as Envoy's wildcard server name.
+fn egress_sni(rules: &[EgressRule]) -> Value {
+    let mut names: Vec<String> = rules
+        .iter()
+        .filter(|r| r.port == 443 && r.host.parse::<IpAddr>().is_err())
+        .map(EgressRule::host_pattern)
+        .collect();
+    names.sort();
+    names.dedup();
+    Value::from(names)
 }
 
 /// A template map from fixed keys.

@@ -16,13 +16,21 @@ use utoipa::{IntoParams, ToSchema};
 #[serde(deny_unknown_fields)]
 pub struct DeployRequest {
     /// Repos-file items: slug strings (`gh:owner/repo#ref`, `git+https://…`, `path:DIR`) or
-    /// `{slug, name?, entrypoint?, env?, expose?, replicas?, extras?, groups?}` maps. Service names are derived and de-duplicated.
+    /// `{slug, name?, entrypoint?, env?, expose?, replicas?, extras?, groups?, egress?}` maps. Service names are derived and de-duplicated.
     pub slugs: Option<Vec<serde_json::Value>>,
     /// Services with explicit names (unique DNS labels).
     pub services: Option<Vec<ServiceSpecSchema>>,
     /// Project (DNS label); the server's default when absent.
     pub project: Option<String>,
+    /// Destinations every service of the request may reach outside the mesh (`host:port`,
+    /// `*.suffix:port`), added to each service's own `egress`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<Vec<String>>,
 }
+
+/// An `egress` item: `host:port` or `*.suffix:port` (the parser says why an item is refused).
+pub const EGRESS_ITEM_PATTERN: &str =
+    "^(\\*\\.)?[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?\\.?:[0-9]{1,5}$";
 
 /// A DNS label (service and project names).
 pub const DNS_LABEL_PATTERN: &str = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$";
@@ -131,6 +139,17 @@ pub fn deploy_request_schema() -> serde_json::Value {
             "description": what
         })
     };
+    let egress = serde_json::json!({
+        "oneOf": [
+            {
+                "type": "array",
+                "maxItems": iac_core::egress::MAX_EGRESS_RULES,
+                "items": {"type": "string", "pattern": EGRESS_ITEM_PATTERN}
+            },
+            {"type": "null"}
+        ],
+        "description": "Destinations the app may reach outside the mesh, through its sidecar: `host:port` or `*.suffix:port` (every name under the suffix, not the suffix itself). Nothing else is reachable unless the server runs with `[mesh] egress = \"open\"`."
+    });
     let extras = names("Extras of a Python app to install besides its main dependencies.");
     let groups = names("Dependency groups of a Python app to install (dev, test, …).");
     let name = serde_json::json!({
@@ -155,7 +174,8 @@ pub fn deploy_request_schema() -> serde_json::Value {
             "expose": item_expose,
             "replicas": replicas,
             "extras": extras,
-            "groups": groups
+            "groups": groups,
+            "egress": egress
         }
     });
     let service = serde_json::json!({
@@ -170,7 +190,8 @@ pub fn deploy_request_schema() -> serde_json::Value {
             "expose": item_expose,
             "replicas": replicas,
             "extras": extras,
-            "groups": groups
+            "groups": groups,
+            "egress": egress
         }
     });
     serde_json::json!({
@@ -187,9 +208,10 @@ pub fn deploy_request_schema() -> serde_json::Value {
                         "minItems": 1,
                         "uniqueItems": true,
                         "items": {"oneOf": [slug, item_map]},
-                        "description": "Repos-file items: slug strings or `{slug, name?, entrypoint?, env?, expose?, replicas?, extras?, groups?}` maps."
+                        "description": "Repos-file items: slug strings or `{slug, name?, entrypoint?, env?, expose?, replicas?, extras?, groups?, egress?}` maps."
                     },
-                    "project": project
+                    "project": project,
+                    "egress": egress
                 }
             },
             {
@@ -205,7 +227,8 @@ pub fn deploy_request_schema() -> serde_json::Value {
                         "description": "Services with explicit names; two services with the same name are refused with 409 `duplicate_service_name` (JSON Schema cannot express uniqueness by a property).",
                         "items": service
                     },
-                    "project": project
+                    "project": project,
+                    "egress": egress
                 }
             }
         ],
@@ -369,6 +392,9 @@ pub struct ServiceSpecSchema {
     /// Dependency groups of a Python app to install (dev, test, …).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub groups: Option<Vec<String>>,
+    /// Destinations the app may reach outside the mesh: `host:port` or `*.suffix:port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<Vec<String>>,
 }
 
 /// One progress event (`iac_core::DeployEvent`).

@@ -87,6 +87,21 @@ pub(crate) fn validate_deploy(
         check_unique_names(services.iter().map(|s| s.name.as_str()))?;
     }
     let repos: String;
+    // The project's `egress` items ride along as a repos file's do (`{egress, services}`), so the
+    // parser merges and checks them, and the history records them.
+    let wrap = |items: String| -> Result<String, ApiError> {
+        match &req.egress {
+            None => Ok(items),
+            Some(egress) => {
+                let items: serde_json::Value =
+                    serde_json::from_str(&items).map_err(|e| ApiError::internal(e.to_string()))?;
+                serde_json::to_string_pretty(
+                    &serde_json::json!({"egress": egress, "services": items}),
+                )
+                .map_err(|e| ApiError::internal(e.to_string()))
+            }
+        }
+    };
     let services: Vec<ServiceSpec> = match (req.slugs, req.services) {
         (Some(_), Some(_)) | (None, None) => {
             return Err(ApiError::unprocessable(
@@ -109,8 +124,10 @@ pub(crate) fn validate_deploy(
                     )));
                 }
             }
-            repos = serde_json::to_string_pretty(&slugs)
-                .map_err(|e| ApiError::internal(e.to_string()))?;
+            repos = wrap(
+                serde_json::to_string_pretty(&slugs)
+                    .map_err(|e| ApiError::internal(e.to_string()))?,
+            )?;
             iac_core::parse_repos_file(&repos, iac_core::ReposFormat::Json)
                 .map_err(|e| ApiError::unprocessable(format!("slugs: {e}")))?
                 .services
@@ -122,8 +139,10 @@ pub(crate) fn validate_deploy(
                 ));
             }
             // Same validation as a repos file with explicit names (DNS labels, unique, slugs parse).
-            repos = serde_json::to_string_pretty(&services)
-                .map_err(|e| ApiError::internal(e.to_string()))?;
+            repos = wrap(
+                serde_json::to_string_pretty(&services)
+                    .map_err(|e| ApiError::internal(e.to_string()))?,
+            )?;
             iac_core::parse_repos_file(&repos, iac_core::ReposFormat::Json)
                 .map_err(|e| ApiError::unprocessable(format!("services: {e}")))?
                 .services

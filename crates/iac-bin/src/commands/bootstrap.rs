@@ -16,24 +16,19 @@
 //! with `--python X.Y`, the others (`images.pythons`: 3.13 from Debian trixie, 3.14 from Debian
 //! unstable) with their wheelhouses. `--swarm-node` adds the Swarm node image (Debian's Docker
 //! engine and registry in a container; `$IAC_SWARM_NODE_IMAGE`, else [`SWARM_NODE_IMAGE`]) that the
-//! multi-node tests run as worker nodes. [`RecipeMaker`] runs the same recipe from a deploy, on demand,
+//! multi-node tests run as worker nodes. [`crate::recipe::RecipeMaker`] runs the same recipe from a deploy, on demand,
 //! when a build needs a Python base image the engine does not have (`--only-python --python X.Y`).
 
-use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
 
-use iac_backends::engine::{DockerEngine, host_url};
+use iac_backends::engine::DockerEngine;
 
 use crate::config::IacConfig;
+use crate::recipe::{RECIPE_FILES, recipe_env, write_recipe};
 use crate::wiring::connect_engine;
-
-/// The recipe script, as in the source tree when this binary was built.
-pub const SCRIPT: &str = include_str!("../../../../scripts/bootstrap-images.sh");
-/// The recipe's data files (`scripts/images/*`): name and contents.
-pub const RECIPE_FILES: &[(&str, &[u8])] = include!(concat!(env!("OUT_DIR"), "/recipe_files.rs"));
 
 /// What `iac bootstrap` was asked to do.
 #[derive(Debug, Clone, Default)]
@@ -113,44 +108,6 @@ pub async fn run(cfg: &IacConfig, opts: Options) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Writes the script and its data files under `dir/scripts/` (the layout the script expects).
-pub fn write_recipe(dir: &Path) -> anyhow::Result<PathBuf> {
-    let images = dir.join("scripts").join("images");
-    std::fs::create_dir_all(&images).with_context(|| format!("create {}", images.display()))?;
-    for (name, bytes) in RECIPE_FILES {
-        iac_core::fsutil::write_atomic(&images.join(name), bytes, Some(0o644))
-            .with_context(|| format!("write {}", images.join(name).display()))?;
-    }
-    let script = dir.join("scripts").join("bootstrap-images.sh");
-    iac_core::fsutil::write_atomic(&script, SCRIPT.as_bytes(), Some(0o755))
-        .with_context(|| format!("write {}", script.display()))?;
-    Ok(script)
-}
-
-/// `[docker] docker_host` in the form the docker CLI takes (`/path.sock` → `unix:///path.sock`).
-fn docker_host(cfg: &IacConfig) -> Option<String> {
-    cfg.docker.docker_host.as_deref().map(host_url)
-}
-
-fn recipe_env(cfg: &IacConfig, cmd: &mut tokio::process::Command) {
-    for (v, images) in &cfg.images.pythons {
-        let key = v.replace('.', "_");
-        cmd.env(format!("IAC_PYTHON_IMAGE_{key}"), &images.offline_image)
-            .env(format!("IAC_PYTHON_OFFICIAL_{key}"), &images.image);
-    }
-    cmd.env("IAC_PYTHON_IMAGE", &cfg.images.offline_base_image)
-        .env("IAC_PYTHON_OFFICIAL", &cfg.images.base_image)
-        .env("IAC_PYTHON_VERSION", &cfg.images.default_python)
-        .env("IAC_ENVOY_IMAGE", &cfg.sidecar.offline_image)
-        .env("IAC_ENVOY_OFFICIAL", &cfg.sidecar.image)
-        .env("IAC_ENVOY_VERSION", crate::cli::ENVOY_VERSION)
-        .env("IAC_WHEELHOUSE", cfg.images.wheelhouse_path())
-        .env("IAC_PIP", cfg.images.pip.join(" "));
-    if let Some(h) = docker_host(cfg) {
-        cmd.env("DOCKER_HOST", h);
-    }
 }
 
 fn mb(bytes: u64) -> String {
@@ -270,81 +227,6 @@ async fn check(cfg: &IacConfig, pythons: &[String], swarm_node: bool) -> anyhow:
     }
 }
 
-/// Builds a missing Python base image (and its wheelhouse) during a deploy by running the
-/// embedded recipe with `--only-python --python X.Y`; its progress lines become build events.
-pub struct RecipeMaker {
-    cfg: IacConfig,
-}
-
-impl RecipeMaker {
-    pub fn new(cfg: IacConfig) -> Self {
-        RecipeMaker { cfg }
-    }
-}
-
-#[async_trait::async_trait]
-impl iac_backends::build::BaseImageMaker for RecipeMaker {
-    async fn make(
-        &self,
-        python: &iac_backends::build::PythonChoice,
-        events: &iac_core::Events,
-    ) -> Result<(), String> {
-        use tokio::io::AsyncBufReadExt;
-        let dir = tempfile::Builder::new()
-            .prefix("iac-bootstrap-")
-            .tempdir()
-            .map_err(|e| format!("create a private directory for the image recipe: {e}"))?;
-        let script = write_recipe(dir.path()).map_err(|e| format!("{e:#}"))?;
-        let mut cmd = tokio::process::Command::new("bash");
-        cmd.arg(&script)
-            .args(["--only-python", "--python", &python.version])
-            .current_dir(dir.path())
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true);
-        recipe_env(&self.cfg, &mut cmd);
-        let mut child = cmd.spawn().map_err(|e| {
-            format!("cannot run bash for the image recipe (it needs bash, the docker CLI and mmdebstrap): {e}")
-        })?;
-        let stdout = child.stdout.take().expect("piped");
-        let stderr = child.stderr.take().expect("piped");
-        let err_task = tokio::spawn(async move {
-            let mut lines = tokio::io::BufReader::new(stderr).lines();
-            let mut tail: std::collections::VecDeque<String> = Default::default();
-            while let Ok(Some(l)) = lines.next_line().await {
-                if tail.len() == 20 {
-                    tail.pop_front();
-                }
-                tail.push_back(l);
-            }
-            tail.into_iter().collect::<Vec<_>>().join("\n")
-        });
-        let mut lines = tokio::io::BufReader::new(stdout).lines();
-        while let Ok(Some(l)) = lines.next_line().await {
-            events.info(iac_core::Stage::Build, l);
-        }
-        let status = child
-            .wait()
-            .await
-            .map_err(|e| format!("waiting for the image recipe: {e}"))?;
-        let err = err_task.await.unwrap_or_default();
-        if status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "the image recipe (scripts/bootstrap-images.sh --only-python --python {}) failed ({status}): {}",
-                python.version,
-                if err.trim().is_empty() {
-                    "no error output"
-                } else {
-                    err.trim()
-                }
-            ))
-        }
-    }
-}
-
 /// `agent    PATH  iac-agent X (expected)` or what is wrong with it.
 async fn agent_line(cfg: &IacConfig) -> String {
     let path = cfg.images.agent_binary_path();
@@ -393,6 +275,7 @@ async fn agent_line(cfg: &IacConfig) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::recipe::SCRIPT;
 
     #[test]
     fn the_recipe_downloads_wheels_for_the_same_targets_as_the_builder() {

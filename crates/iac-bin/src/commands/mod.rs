@@ -195,6 +195,20 @@ pub async fn plan(cfg: IacConfig, file: &Path, json: bool) -> anyhow::Result<Exi
                 c.action.as_str(),
                 safe(&c.reason)
             );
+            if let Some(svc) = outcome
+                .stack
+                .services
+                .iter()
+                .find(|s| s.service == c.service)
+                && c.action != iac_core::Action::Remove
+            {
+                println!(
+                    "    {:<20} {:<10} {}",
+                    "",
+                    "egress",
+                    safe(&svc.egress.summary())
+                );
+            }
             if let Some(r) = outcome.releases.get(&c.service) {
                 let when = if matches!(
                     c.action,
@@ -631,10 +645,11 @@ fn inspect_text(name: &str, source: &iac_core::Source, entry: &iac_core::Entry) 
 async fn render_inputs(
     cfg: IacConfig,
     file: &Path,
+    engine: crate::wiring::EngineUse,
 ) -> anyhow::Result<(Vec<ServiceSpec>, ProjectName, App)> {
     let (fp, specs) = load_specs(file)?;
     let project = resolve_project(&cfg, fp.as_ref())?;
-    let app = App::build_with(cfg, project.clone(), crate::wiring::EngineUse::None).await?;
+    let app = App::build_with(cfg, project.clone(), engine).await?;
     Ok((specs, project, app))
 }
 
@@ -644,7 +659,7 @@ pub async fn render(
     out: &Path,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let (specs, project, app) = render_inputs(cfg, file).await?;
+    let (specs, project, app) = render_inputs(cfg, file, crate::wiring::EngineUse::None).await?;
     let (rendered, failed) = with_progress(json, async |events| {
         app.deployer.render(&specs, events).await
     })
@@ -701,52 +716,63 @@ pub async fn render(
     })
 }
 
-/// `iac render --target kubernetes`: the desired stack as Kubernetes manifests under
-/// `OUT/kubernetes/<project>/` (`00-namespace.yaml`, then one file per service), written to a
-/// staging directory first and then swapped in whole, so no stale service file survives.
-pub async fn render_kubernetes(
+/// A render target's input: the desired stack with `[docker.limits]` filled in (the pods' limits
+/// are the docker provisioner's on every target) and the content of every file its containers
+/// mount (`mounted` lists them). A service with a release command is refused: rendered files
+/// cannot run it before the service's new pods.
+async fn desired_for_target(
     cfg: IacConfig,
     file: &Path,
-    out: &Path,
     json: bool,
-) -> anyhow::Result<ExitCode> {
-    use iac_backends::kubernetes::{self, KubernetesOptions};
-    // The pods' limits are the docker provisioner's (`[docker.limits]`), as on every target.
+    target: &str,
+    mounted: fn(&iac_core::Stack) -> Vec<PathBuf>,
+    engine: crate::wiring::EngineUse,
+) -> anyhow::Result<(
+    ProjectName,
+    iac_core::deployer::DesiredStack,
+    std::collections::BTreeMap<PathBuf, Vec<u8>>,
+)> {
     let limits = cfg.docker.limits;
-    let (specs, project, app) = render_inputs(cfg, file).await?;
+    let (specs, project, app) = render_inputs(cfg, file, engine).await?;
     let mut desired = with_progress(json, async |events| {
         app.deployer.desired_stack(&specs, events).await
     })
     .await;
-    // Kubernetes would need a Job ordered before the new pods; the manifests have none.
     if let Some((svc, r)) = desired.releases.iter().next() {
         anyhow::bail!(
-            "kubernetes render: service {svc} declares the release command `{}` ({}), which rendered manifests cannot run before its new pods; deploy it with the docker provisioner, or remove the release step",
+            "{target} render: service {svc} declares the release command `{}` ({}), which rendered files cannot run before its new pods; deploy it with the docker provisioner, or remove the release step",
             safe(&r.line()),
             safe(&r.origin)
         );
     }
     desired.stack = iac_backends::provision::with_limits(&desired.stack, &limits);
     let mut files = std::collections::BTreeMap::new();
-    for path in kubernetes::mounted_files(&desired.stack) {
+    for path in mounted(&desired.stack) {
         let bytes = match desired.envoy_configs.get(&path) {
             Some(config) => config.clone().into_bytes(),
             None => std::fs::read(&path).with_context(|| format!("read {}", path.display()))?,
         };
         files.insert(path, bytes);
     }
-    let manifests = kubernetes::render(&desired.stack, &files, &KubernetesOptions::default())?;
-    let parent = out.join("kubernetes");
+    Ok((project, desired, files))
+}
+
+/// Writes `files` (relative path, content, mode) into `parent/<project>/`: into a staging
+/// directory first, then swapped in whole, so no stale file of an earlier render survives.
+fn write_swapped<'a>(
+    parent: &Path,
+    project: &ProjectName,
+    files: impl IntoIterator<Item = (&'a Path, &'a [u8], u32)>,
+) -> anyhow::Result<PathBuf> {
     let dir = parent.join(project.as_str());
     let staging = parent.join(format!(".{project}.tmp"));
     if staging.exists() {
         std::fs::remove_dir_all(&staging)
             .with_context(|| format!("remove {}", staging.display()))?;
     }
-    for m in &manifests {
-        // Secrets are inside: owner-only.
-        let path = staging.join(&m.file);
-        iac_core::fsutil::write_atomic(&path, m.yaml.as_bytes(), Some(0o600))
+    for (rel, bytes, mode) in files {
+        let path = staging.join(rel);
+        iac_core::fsutil::write_atomic(&path, bytes, Some(mode))
             .with_context(|| format!("write {}", path.display()))?;
     }
     if dir.exists() {
@@ -754,13 +780,53 @@ pub async fn render_kubernetes(
     }
     std::fs::rename(&staging, &dir)
         .with_context(|| format!("rename {} to {}", staging.display(), dir.display()))?;
-    for f in &desired.failures {
+    Ok(dir)
+}
+
+/// Prints the services a render left out, and says what the exit code is.
+fn render_failures(failures: &[iac_core::ServiceReport]) -> ExitCode {
+    for f in failures {
         eprintln!(
             "{}: {}",
             f.service,
             safe(f.error.as_deref().unwrap_or("failed"))
         );
     }
+    if failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// `iac render --target kubernetes`: the desired stack as Kubernetes manifests under
+/// `OUT/kubernetes/<project>/` (`00-namespace.yaml`, then one file per service).
+pub async fn render_kubernetes(
+    cfg: IacConfig,
+    file: &Path,
+    out: &Path,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use iac_backends::kubernetes::{self, KubernetesOptions};
+    let (project, desired, files) = desired_for_target(
+        cfg,
+        file,
+        json,
+        "kubernetes",
+        kubernetes::mounted_files,
+        crate::wiring::EngineUse::None,
+    )
+    .await?;
+    let manifests = kubernetes::render(&desired.stack, &files, &KubernetesOptions::default())?;
+    // Secrets are inside: owner-only.
+    let dir = write_swapped(
+        &out.join("kubernetes"),
+        &project,
+        manifests
+            .iter()
+            .map(|m| (Path::new(&m.file), m.yaml.as_bytes(), 0o600)),
+    )?;
+    let code = render_failures(&desired.failures);
     let names: Vec<&str> = manifests.iter().map(|m| m.file.as_str()).collect();
     if json {
         println!(
@@ -780,11 +846,66 @@ pub async fn render_kubernetes(
             dir.display()
         );
     }
-    Ok(if desired.failures.is_empty() {
-        ExitCode::SUCCESS
+    Ok(code)
+}
+
+/// `iac render --target compose`: the desired stack as a Compose project under
+/// `OUT/compose/<project>/` (compose.yaml plus the files its containers mount), the docker
+/// provisioner's pods for `docker-compose -p <project> up -d` — the eject path.
+pub async fn render_compose(
+    cfg: IacConfig,
+    file: &Path,
+    out: &Path,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use iac_backends::compose;
+    let (project, desired, files) =
+        // The engine says which sidecar image it has: the project runs what a deploy here would.
+        desired_for_target(
+            cfg,
+            file,
+            json,
+            "compose",
+            compose::mounted_files,
+            crate::wiring::EngineUse::Images,
+        )
+        .await?;
+    let rendered = compose::render(&desired.stack, &files)?;
+    let dir = write_swapped(
+        &out.join("compose"),
+        &project,
+        rendered
+            .files
+            .iter()
+            .map(|f| (f.path.as_path(), f.bytes.as_slice(), f.mode)),
+    )?;
+    // Like the docker provisioner, Compose runs one pod per service (its containers are named).
+    for s in desired.stack.services.iter().filter(|s| s.replicas > 1) {
+        eprintln!(
+            "{}: replicas: {} — a Compose project runs one pod per service, as the docker provisioner does (use --provisioner swarm or the kubernetes render for copies)",
+            s.service, s.replicas
+        );
+    }
+    let code = render_failures(&desired.failures);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&json!({
+                "project": project,
+                "dir": dir,
+                "compose_file": dir.join(compose::COMPOSE_FILE),
+                "services": desired.stack.services.iter().map(|s| s.service.as_str()).collect::<Vec<_>>(),
+                "failed": desired.failures,
+            }))?
+        );
     } else {
-        ExitCode::from(1)
-    })
+        println!(
+            "wrote a Compose project to {} (run with: docker-compose -p {project} -f {} up -d)",
+            dir.display(),
+            dir.join(compose::COMPOSE_FILE).display()
+        );
+    }
+    Ok(code)
 }
 
 #[cfg(test)]

@@ -89,6 +89,8 @@ pub struct DeployOptions {
     /// The longest a service's release command may run before it is stopped (and the service's
     /// deploy fails, its old pods kept).
     pub release_timeout: Duration,
+    /// `[mesh] egress`: whether the services' egress lists are enforced.
+    pub egress: crate::egress::EgressMode,
 }
 
 /// One service's sidecar inputs and output, as `iac render` writes them.

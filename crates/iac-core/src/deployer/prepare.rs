@@ -7,6 +7,7 @@ use std::time::Instant;
 use futures::StreamExt;
 use tracing::Instrument;
 
+use crate::egress::{EgressMode, EgressPolicy};
 use crate::entry::{DEFAULT_APP_PORT, Entry};
 use crate::error::EntryError;
 use crate::event::{Events, Stage};
@@ -216,6 +217,23 @@ impl Deployer {
         })
     }
 
+    /// A service's egress as the plan carries it: its list (the project's items included) under
+    /// `[mesh] egress`, plus the OTLP endpoint iac hands the apps (their exporters reach it
+    /// through the proxy like anything else).
+    pub(super) fn egress_of(&self, spec: &ServiceSpec) -> EgressPolicy {
+        let otlp: Vec<_> = self
+            .opts
+            .otel_endpoint
+            .as_deref()
+            .and_then(crate::egress::rule_for_endpoint)
+            .into_iter()
+            .collect();
+        EgressPolicy::new(
+            self.opts.egress,
+            crate::egress::merge_rules(&otlp, &spec.egress),
+        )
+    }
+
     /// Renders every prepared service's sidecar against the mesh of all prepared services.
     #[allow(clippy::type_complexity)]
     pub(super) fn mesh_and_plan_input(
@@ -224,6 +242,9 @@ impl Deployer {
         events: &Events,
     ) -> (PlanInput, Vec<(Prepared, String)>, Vec<ServiceReport>) {
         let ports = MeshPorts::default();
+        if self.opts.egress == EgressMode::Open {
+            events.warn(Stage::Render, crate::egress::OPEN_EGRESS_WARNING);
+        }
         let mesh = Mesh {
             project: self.opts.project.clone(),
             services: prepared
@@ -234,6 +255,7 @@ impl Deployer {
                     port: ports.inbound,
                     app_port: app_port(&p.spec, &p.entry),
                     edge: edge_of(&p.spec, &p.entry).is_some(),
+                    egress: self.egress_of(&p.spec),
                 })
                 .collect(),
             ports,
@@ -269,6 +291,7 @@ impl Deployer {
                         edge: edge_of(&p.spec, &p.entry),
                         env: p.spec.env.clone(),
                         replicas: p.spec.replicas,
+                        egress: self.egress_of(&p.spec),
                     });
                     rendered.push((p, config));
                 }

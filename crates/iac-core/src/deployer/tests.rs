@@ -24,6 +24,7 @@ fn spec(name: &str) -> ServiceSpec {
         expose: Default::default(),
         replicas: 1,
         install: Default::default(),
+        egress: Vec::new(),
     }
 }
 
@@ -132,6 +133,31 @@ impl Fakes {
     }
 
     fn deployer(self, dir: &std::path::Path, parallelism: usize) -> Deployer {
+        self.deployer_with(dir, parallelism, |_| {})
+    }
+
+    fn deployer_with(
+        self,
+        dir: &std::path::Path,
+        parallelism: usize,
+        tweak: impl FnOnce(&mut DeployOptions),
+    ) -> Deployer {
+        let mut opts = DeployOptions {
+            project: ProjectName::new("p").unwrap(),
+            network: "iacnet".into(),
+            envoy_image: "envoy:test".into(),
+            parallelism,
+            state_dir: dir.to_path_buf(),
+            health_deadline: Duration::from_secs(1),
+            health_settle: Duration::ZERO,
+            health_settle_listening: Duration::ZERO,
+            health_check_timeout: Duration::from_secs(2),
+            otel_endpoint: None,
+            deadline: Duration::from_secs(30),
+            release_timeout: Duration::from_secs(5),
+            egress: Default::default(),
+        };
+        tweak(&mut opts);
         Deployer::new(
             Stages {
                 fetcher: Arc::new(self.fetcher),
@@ -142,20 +168,7 @@ impl Fakes {
                 provisioner: Arc::new(self.provisioner),
                 prober: Arc::new(self.prober),
             },
-            DeployOptions {
-                project: ProjectName::new("p").unwrap(),
-                network: "iacnet".into(),
-                envoy_image: "envoy:test".into(),
-                parallelism,
-                state_dir: dir.to_path_buf(),
-                health_deadline: Duration::from_secs(1),
-                health_settle: Duration::ZERO,
-                health_settle_listening: Duration::ZERO,
-                health_check_timeout: Duration::from_secs(2),
-                otel_endpoint: None,
-                deadline: Duration::from_secs(30),
-                release_timeout: Duration::from_secs(5),
-            },
+            opts,
         )
     }
 }
@@ -453,6 +466,69 @@ async fn plan_never_builds_or_applies() {
         !dir.path().join("services/a/envoy.yaml").exists(),
         "plan writes no configs"
     );
+}
+
+/// The plan and the mesh carry each service's egress: its list (with the project's items the
+/// repos file merged in) plus the OTLP endpoint when the mode is closed; nothing enforced, and a
+/// warning, when it is open.
+#[tokio::test]
+async fn egress_lists_reach_the_mesh_and_the_plan_and_open_mode_warns() {
+    use crate::egress::{EgressMode, EgressPolicy};
+    for mode in [EgressMode::Closed, EgressMode::Open] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = Fakes::happy();
+        f.provisioner = MockProvisioner::new();
+        f.provisioner.expect_runs_releases().return_const(true);
+        f.provisioner.expect_name().return_const("docker");
+        f.provisioner.expect_diff().returning(|_| Ok(vec![]));
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = Arc::clone(&seen);
+        f.sidecar = MockSidecarRenderer::new();
+        f.sidecar.expect_render().returning(move |mesh, svc| {
+            record
+                .lock()
+                .unwrap()
+                .push((svc.to_string(), mesh.service(svc).unwrap().egress.clone()));
+            Ok("static_resources: {}\n".into())
+        });
+        let d = f.deployer_with(dir.path(), 1, |o| {
+            o.egress = mode;
+            o.otel_endpoint = Some("http://10.1.2.3:4318".into());
+        });
+        let mut web = spec("web");
+        web.egress = crate::egress::parse_rules(&["api.example.com:443"]).unwrap();
+        let (events, rx) = Events::channel();
+        let out = d.plan(&[web, spec("api")], &events).await.unwrap();
+        drop(events);
+        let warned = drain(rx).iter().any(|e| {
+            e.level == crate::event::EventLevel::Warn
+                && e.message.contains("[mesh] egress = \"open\"")
+        });
+        let of = |n: &str| {
+            out.stack
+                .services
+                .iter()
+                .find(|s| s.service.as_str() == n)
+                .unwrap()
+                .egress
+                .clone()
+        };
+        match mode {
+            EgressMode::Closed => {
+                assert!(!warned);
+                assert_eq!(of("web").summary(), "10.1.2.3:4318, api.example.com:443");
+                assert_eq!(of("api").summary(), "10.1.2.3:4318");
+            }
+            EgressMode::Open => {
+                assert!(warned, "open mode warns");
+                assert_eq!(of("web"), EgressPolicy::Open);
+            }
+        }
+        let mut rendered = seen.lock().unwrap().clone();
+        rendered.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(rendered.len(), 2);
+        assert_eq!(rendered[1].1, of("web"), "the mesh and the plan agree");
+    }
 }
 
 #[tokio::test]
@@ -1211,7 +1287,7 @@ async fn an_app_port_the_sidecar_uses_is_refused_naming_its_source() {
             .find(|s| s.service.as_str() == n)
             .unwrap()
     };
-    let reserved = "9901 (stats), 15000 (inbound mTLS), 15001 (outbound), 15021 (health probe), 15080 (edge), 50051 (agent gRPC)";
+    let reserved = "9901 (stats), 15000 (inbound mTLS), 15001 (outbound), 15002 (egress), 15021 (health probe), 15080 (edge), 50051 (agent gRPC)";
     let procfile = by("procfile");
     assert_eq!(procfile.failed_stage, Some(Stage::Resolve));
     let err = procfile.error.as_deref().unwrap();
@@ -1237,10 +1313,16 @@ async fn an_app_port_the_sidecar_uses_is_refused_naming_its_source() {
 fn every_port_of_the_sidecar_side_is_reserved_and_nothing_else() {
     let ports = MeshPorts::default();
     let reserved: Vec<u16> = ports.reserved().iter().map(|(p, _)| *p).collect();
-    assert_eq!(reserved, [9901, 15000, 15001, 15021, 15080, 50051]);
+    assert_eq!(reserved, [9901, 15000, 15001, 15002, 15021, 15080, 50051]);
     let web = spec("web");
     let mut e = entry();
-    for (port, ok) in [(8000, true), (15001, false), (50051, false), (15002, true)] {
+    for (port, ok) in [
+        (8000, true),
+        (15001, false),
+        (50051, false),
+        (15002, false),
+        (15003, true),
+    ] {
         e.port = Some(port);
         assert_eq!(
             super::prepare::check_app_port(&web, &e, &ports).is_ok(),

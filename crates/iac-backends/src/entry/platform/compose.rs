@@ -13,8 +13,8 @@ use iac_core::EntryError;
 
 use super::dockerfile::from_dockerfile;
 use super::{Found, at, declared, rel_dir};
-use crate::entry::command::sh_join;
 use crate::entry::read_optional;
+use iac_core::shell::sh_join;
 
 const FILES: &[&str] = &[
     "compose.yaml",

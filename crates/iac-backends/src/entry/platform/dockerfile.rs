@@ -34,7 +34,7 @@ pub struct Instruction {
 }
 
 /// The escape character from a `# escape=` parser directive (default `\`).
-fn escape_char(text: &str) -> char {
+pub fn escape_char(text: &str) -> char {
     for line in text.lines() {
         let Some(d) = line.trim().strip_prefix('#') else {
             break;
@@ -74,7 +74,8 @@ fn heredoc_words(ins: &str) -> Vec<String> {
     out
 }
 
-/// Splits a Dockerfile into instructions.
+/// Splits a Dockerfile into instructions, as Docker reads them: the one Dockerfile reader
+/// (entry rules and `LABEL ENTRYPOINT=` overrides both use it).
 pub fn instructions(text: &str) -> Vec<Instruction> {
     let escape = escape_char(text);
     let mut out: Vec<Instruction> = Vec::new();

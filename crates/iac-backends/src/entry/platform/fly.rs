@@ -9,8 +9,8 @@ use std::path::Path;
 use iac_core::EntryError;
 
 use super::{Found, declared, line_of};
-use crate::entry::command::sh_join;
 use crate::entry::read_optional;
+use iac_core::shell::sh_join;
 
 /// The port fly routes to, when fly.toml says.
 pub fn internal_port(dir: &Path) -> Result<Option<u16>, EntryError> {

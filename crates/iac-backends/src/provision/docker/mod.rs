@@ -67,6 +67,7 @@ use iac_core::{
 use super::reconcile::{Observed, ServicePlan, reconcile};
 use super::{ContainerLimits, with_limits};
 
+pub mod keeper;
 pub mod release;
 mod replace;
 mod tails;
@@ -104,6 +105,9 @@ pub struct DockerProvisionerConfig {
     pub pod_filter_deadline: Duration,
     /// cgroup limits of the containers (`[docker.limits]` in iac.toml; 0 = no limit).
     pub limits: ContainerLimits,
+    /// Run the project's keeper (`<project>_iac-keeper`, [`keeper`]): it starts the apps an
+    /// engine restart or a reboot left down. Needs the engine on a Unix socket.
+    pub keeper: bool,
 }
 
 impl Default for DockerProvisionerConfig {
@@ -116,6 +120,7 @@ impl Default for DockerProvisionerConfig {
             request_timeout: Duration::from_secs(120),
             pod_filter_deadline: Duration::from_secs(15),
             limits: ContainerLimits::default(),
+            keeper: true,
         }
     }
 }
@@ -145,6 +150,8 @@ struct StartedPair {
 pub struct DockerProvisioner {
     engine: Arc<dyn Engine>,
     config: DockerProvisionerConfig,
+    /// The project keeper to run beside the pods ([`keeper`]); `None`: no keeper.
+    keeper: Option<keeper::KeeperSetup>,
 }
 
 impl std::fmt::Debug for DockerProvisioner {
@@ -167,7 +174,17 @@ impl DockerProvisioner {
     }
 
     pub fn with_engine(engine: Arc<dyn Engine>, config: DockerProvisionerConfig) -> Self {
-        DockerProvisioner { engine, config }
+        DockerProvisioner {
+            engine,
+            config,
+            keeper: None,
+        }
+    }
+
+    /// Runs a keeper beside every project this provisioner applies ([`keeper`]).
+    pub fn with_keeper(mut self, setup: keeper::KeeperSetup) -> Self {
+        self.keeper = Some(setup);
+        self
     }
 
     pub fn config(&self) -> &DockerProvisionerConfig {
@@ -763,6 +780,15 @@ impl Provisioner for DockerProvisioner {
             Stage::Provision,
             format!("network {} ({})", stack.network.name, short_id(&network)),
         );
+        if let Err(e) = self.ensure_keeper(&stack.project, events).await {
+            // The pods do not depend on it: the deploy goes on, saying what is missing.
+            events.warn(
+                Stage::Provision,
+                format!(
+                    "the project keeper is not running ({e}); pods an engine restart leaves down need `iac deploy`"
+                ),
+            );
+        }
         let observed = self.observe(&stack.project).await?;
         let plans = reconcile(stack, &observed);
         let n = self.config.parallelism.max(1);
@@ -824,14 +850,18 @@ impl Provisioner for DockerProvisioner {
         containers.sort_by_key(|c| (c.role != Some(Role::App), c.name.clone()));
         self.save_log_tails(&containers.iter().collect::<Vec<_>>(), "destroyed", events)
             .await;
-        // Every app first (each lives in its sidecar's network namespace), then the rest; within
-        // each phase `parallelism` containers are stopped and removed at once.
+        // The keeper first (nothing starts an app behind destroy's back), then every app (each
+        // lives in its sidecar's network namespace), then the rest; within each phase
+        // `parallelism` containers are stopped and removed at once.
+        let (keepers, rest): (Vec<&Observed>, Vec<&Observed>) = containers
+            .iter()
+            .partition(|c| c.role == Some(Role::Keeper));
         let (apps, others): (Vec<&Observed>, Vec<&Observed>) =
-            containers.iter().partition(|c| c.role == Some(Role::App));
+            rest.into_iter().partition(|c| c.role == Some(Role::App));
         let n = self.config.parallelism.max(1);
         let mut removed = Vec::new();
         let mut errors = Vec::new();
-        for phase in [apps, others] {
+        for phase in [keepers, apps, others] {
             // Boxed for the same reason as in `apply` (async_trait's `Send` check).
             let removals: Vec<BoxFuture<'_, (&Observed, Result<(), EngineError>)>> = phase
                 .into_iter()

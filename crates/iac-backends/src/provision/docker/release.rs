@@ -20,7 +20,7 @@
 //!   apply removes them as strays, `destroy` with the project, and the next release of the same
 //!   spec removes them by name first.
 //!
-//! [`OutputTail`]: crate::build::output::OutputTail
+//! [`OutputTail`]: crate::output_tail::OutputTail
 
 use std::sync::Arc;
 
@@ -317,6 +317,7 @@ mod tests {
                 env: [("DATABASE_URL".to_string(), "postgres://db".to_string())].into(),
                 edge: Some(iac_core::EdgeBind::loopback()),
                 replicas: 1,
+                egress: Default::default(),
             }],
             keep: vec![],
         });

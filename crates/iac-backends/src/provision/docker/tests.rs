@@ -93,6 +93,7 @@ fn desired(n: &str, hash: &str) -> ServiceStack {
         spec_hash: hash.into(),
         replicas: 1,
         pod_filter: None,
+        egress: Default::default(),
     }
 }
 

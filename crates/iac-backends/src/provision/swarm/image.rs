@@ -13,18 +13,12 @@
 //! already holds (its digest in the image's `RepoDigests`, confirmed by the registry) is not
 //! pushed again.
 
-use std::collections::HashMap;
-
-use bollard::Docker;
-use bollard::query_parameters::BuildImageOptionsBuilder;
-use futures::StreamExt;
-
 use iac_core::fsutil::sha256_tagged;
 use iac_core::{Events, ProvisionError, Stage};
 
-use super::engine_error;
 use crate::engine::Registry;
 use crate::engine::registry::{digest_for, registry_reference};
+use crate::engine::swarm::SwarmEngine;
 
 /// Where the sidecar images (iac's offline one and the official one) keep Envoy; also where it
 /// sits inside [`ENVOY_ROOT`].
@@ -90,30 +84,9 @@ pub fn pod_dockerfile(app_image: &str, envoy_image: &str) -> String {
     )
 }
 
-/// A tar holding only `Dockerfile`.
-fn context(dockerfile: &str) -> Result<Vec<u8>, std::io::Error> {
-    let mut tar = tar::Builder::new(Vec::new());
-    let mut header = tar::Header::new_gnu();
-    header.set_size(dockerfile.len() as u64);
-    header.set_mode(0o644);
-    header.set_cksum();
-    tar.append_data(&mut header, "Dockerfile", dockerfile.as_bytes())?;
-    tar.into_inner()
-}
-
-async fn image_id(docker: &Docker, image: &str) -> Result<Option<String>, ProvisionError> {
-    match docker.inspect_image(image).await {
-        Ok(i) => Ok(i.id),
-        Err(bollard::errors::Error::DockerResponseServerError {
-            status_code: 404, ..
-        }) => Ok(None),
-        Err(e) => Err(engine_error(&format!("inspecting image {image}"), e)),
-    }
-}
-
 /// The pod image for `app_image` (built now when missing) and its command.
 pub async fn ensure_pod_image(
-    docker: &Docker,
+    engine: &dyn SwarmEngine,
     app_image: &str,
     envoy_image: &str,
     events: &Events,
@@ -123,58 +96,30 @@ pub async fn ensure_pod_image(
             "the {what} image {image} is not on the engine; expected it built (app) or bootstrapped (sidecar, `make bootstrap`)"
         ))
     };
-    let app_id = image_id(docker, app_image)
+    let app = engine
+        .image(app_image)
         .await?
         .ok_or_else(|| missing("app", app_image))?;
-    let envoy_id = image_id(docker, envoy_image)
+    let envoy = engine
+        .image(envoy_image)
         .await?
         .ok_or_else(|| missing("sidecar", envoy_image))?;
-    let tag = pod_tag(app_image, &app_id, &envoy_id);
-    if image_id(docker, &tag).await?.is_none() {
+    let tag = pod_tag(app_image, &app.id, &envoy.id);
+    if engine.image(&tag).await?.is_none() {
         events.info(
             Stage::Provision,
             format!("building pod image {tag} ({app_image} + Envoy from {envoy_image})"),
         );
-        let body = context(&pod_dockerfile(app_image, envoy_image)).map_err(|e| {
-            ProvisionError::Engine(format!("packing the pod image's build context: {e}"))
-        })?;
-        let opts = BuildImageOptionsBuilder::new()
-            .dockerfile("Dockerfile")
-            .t(&tag)
-            .labels(&HashMap::<String, String>::new())
-            .rm(true)
-            .forcerm(true)
-            // Nothing to fetch: both stages start from local images.
-            .networkmode("none")
-            .build();
-        let mut stream = docker.build_image(opts, None, Some(bollard::body_full(body.into())));
-        let mut output = String::new();
-        while let Some(item) = stream.next().await {
-            match item {
-                Ok(info) => {
-                    if let Some(text) = info.stream.as_deref() {
-                        output.push_str(text);
-                    }
-                    if let Some(err) = info.error_detail.and_then(|d| d.message) {
-                        return Err(ProvisionError::Engine(format!(
-                            "building pod image {tag}: {err}\n{output}"
-                        )));
-                    }
-                }
-                Err(e) => {
-                    return Err(ProvisionError::Engine(format!(
-                        "building pod image {tag}: {e}\n{output}"
-                    )));
-                }
-            }
-        }
+        engine
+            .build_image(&tag, &pod_dockerfile(app_image, envoy_image))
+            .await?;
     }
-    let inspected = docker
-        .inspect_image(&tag)
-        .await
-        .map_err(|e| engine_error(&format!("inspecting pod image {tag}"), e))?;
-    let cmd = inspected.config.and_then(|c| c.cmd).unwrap_or_default();
-    Ok((tag, cmd))
+    let built = engine.image(&tag).await?.ok_or_else(|| {
+        ProvisionError::Engine(format!(
+            "pod image {tag}: built, but the engine does not have it"
+        ))
+    })?;
+    Ok((tag, built.cmd))
 }
 
 /// The pod image `local` in `registry` (`HOST:PORT`), by digest: pushed now unless the registry
@@ -356,13 +301,5 @@ mod tests {
             assert!(d.contains(part), "{part}: {d}");
         }
         assert!(!d.contains("syntax="), "{d}");
-        let tar = context(&d).unwrap();
-        let mut archive = tar::Archive::new(&tar[..]);
-        let names: Vec<String> = archive
-            .entries()
-            .unwrap()
-            .map(|e| e.unwrap().path().unwrap().display().to_string())
-            .collect();
-        assert_eq!(names, ["Dockerfile"]);
     }
 }

@@ -1,6 +1,8 @@
 //! The Docker Swarm provisioner (`provisioner = "swarm"`): the same [`Stack`] as the docker
-//! provisioner, applied as Swarm objects through the engine's API (bollard), for more than one
-//! host.
+//! provisioner, applied as Swarm objects for more than one host. Every engine call goes through
+//! [`SwarmEngine`] (`engine/swarm.rs`: a mockall fake in the unit tests, engine errors mapped in
+//! one place); what happens to each service is decided once, purely, by [`decide`], for both
+//! `diff` and `apply`. `[swarm]` is [`config`].
 //!
 //! * One attachable overlay network per project (the Stack's network name), one Swarm service per
 //!   iac service named like the docker provisioner's app container (`<project>-<svc>`), with the
@@ -27,6 +29,8 @@
 //!
 //! Serializing deploys of one project is the caller's job (the `Deployer`'s project lock).
 
+pub mod config;
+pub mod decide;
 pub mod image;
 pub mod objects;
 pub mod spec;
@@ -37,263 +41,34 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bollard::Docker;
-use bollard::models::{NetworkCreateRequest, Service, ServiceUpdateStatusStateEnum};
-use bollard::query_parameters::{
-    InspectServiceOptions, ListContainersOptionsBuilder, ListServicesOptionsBuilder,
-    UpdateServiceOptionsBuilder,
-};
 use futures::FutureExt;
 use futures::StreamExt;
 use futures::future::BoxFuture;
-use serde::{Deserialize, Serialize};
 
-use iac_core::stack::{LABEL_MANAGED, LABEL_PROJECT, LABEL_ROLE, LABEL_SERVICE, LABEL_SPEC_HASH};
+use iac_core::stack::{LABEL_MANAGED, LABEL_PROJECT, LABEL_ROLE};
 use iac_core::{
     Action, Applied, AppliedService, Change, Events, HealthProber, HealthReport, MeshPorts,
     NetworkSpec, ProbeTarget, ProjectName, ProvisionError, Provisioner, RunningService,
     ServiceName, ServiceStack, Stack, Stage,
 };
 
-use super::{ContainerLimits, MANAGED_BY, with_limits};
-use crate::engine::{BollardRegistry, DockerEngine, RegistryAuth};
-use crate::secret::Secret;
-use objects::{Kind, Objects, project_filter};
-use spec::{PodInput, PodObjects, SwarmSettings, service_name};
-
-/// `[swarm]` in `iac.toml`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SwarmConfig {
-    /// How long a task of a rolling update is watched before the update moves on; a task failing
-    /// within it rolls the update back (`"5s"`).
-    #[serde(with = "iac_core::duration")]
-    pub update_monitor: Duration,
-    /// Time between SIGTERM and SIGKILL when a task stops.
-    #[serde(with = "iac_core::duration")]
-    pub stop_grace: Duration,
-    /// HEALTHCHECK: how often the agent is asked, how long one answer may take, after how many
-    /// misses a task is unhealthy, and how long after the start misses do not count.
-    #[serde(with = "iac_core::duration")]
-    pub health_interval: Duration,
-    #[serde(with = "iac_core::duration")]
-    pub health_timeout: Duration,
-    pub health_retries: u32,
-    #[serde(with = "iac_core::duration")]
-    pub health_start_period: Duration,
-    /// How long a create or update may take to converge (all tasks running and healthy, or the
-    /// update rolled back) before the service is reported failed.
-    #[serde(with = "iac_core::duration")]
-    pub converge_deadline: Duration,
-    /// How long iac's own mTLS check of each task may take (iac sets it from `health_deadline`).
-    #[serde(with = "iac_core::duration")]
-    pub health_deadline: Duration,
-    /// Services applied at the same time.
-    pub parallelism: usize,
-    /// cgroup limits; a task's container gets the app's and the sidecar's together.
-    pub limits: ContainerLimits,
-    /// `HOST:PORT` of a registry every node can pull from: pod images are pushed there and
-    /// services run them by digest. Without it only a single-node swarm is accepted (its engine
-    /// has the images it built).
-    pub registry: Option<String>,
-    /// Login for `registry` (both or neither): used for the push, on the manager only — unless
-    /// no pull login is set, when it is also what the nodes get.
-    pub registry_username: Option<String>,
-    pub registry_password: Option<Secret>,
-    /// A read-only login for `registry` (both or neither): sent with service creates and
-    /// updates so every node can pull, in place of the push login. Which rights a login has is
-    /// the registry's to enforce.
-    pub registry_pull_username: Option<String>,
-    pub registry_pull_password: Option<Secret>,
-}
-
-impl Default for SwarmConfig {
-    fn default() -> Self {
-        let s = SwarmSettings::default();
-        SwarmConfig {
-            update_monitor: s.update_monitor,
-            stop_grace: s.stop_grace,
-            health_interval: s.health_interval,
-            health_timeout: s.health_timeout,
-            health_retries: s.health_retries,
-            health_start_period: s.health_start_period,
-            converge_deadline: Duration::from_secs(180),
-            health_deadline: Duration::from_secs(60),
-            parallelism: 4,
-            limits: ContainerLimits::default(),
-            registry: None,
-            registry_username: None,
-            registry_password: None,
-            registry_pull_username: None,
-            registry_pull_password: None,
-        }
-    }
-}
-
-impl SwarmConfig {
-    /// The settings that go into every service spec (and its hash).
-    pub fn settings(&self) -> SwarmSettings {
-        SwarmSettings {
-            update_monitor: self.update_monitor,
-            stop_grace: self.stop_grace,
-            health_interval: self.health_interval,
-            health_timeout: self.health_timeout,
-            health_retries: self.health_retries,
-            health_start_period: self.health_start_period,
-            registry: self.registry.clone(),
-        }
-    }
-
-    /// The registry login (the push login), when one is configured.
-    pub fn registry_auth(&self) -> Option<RegistryAuth> {
-        login(
-            &self.registry,
-            &self.registry_username,
-            &self.registry_password,
-        )
-    }
-
-    /// The login every node gets with service creates and updates: the pull login when one is
-    /// set; otherwise the push login, with a warning to show (the nodes then hold a credential
-    /// that can push).
-    pub fn node_auth(&self) -> (Option<RegistryAuth>, Option<String>) {
-        if let Some(pull) = login(
-            &self.registry,
-            &self.registry_pull_username,
-            &self.registry_pull_password,
-        ) {
-            return (Some(pull), None);
-        }
-        match self.registry_auth() {
-            Some(push) => {
-                let warning = format!(
-                    "every node of the swarm gets registry {}'s login {:?}, which can push; set \
-                     [swarm] registry_pull_username/registry_pull_password to a read-only login \
-                     so nodes get only that",
-                    push.server, push.username
-                );
-                (Some(push), Some(warning))
-            }
-            None => (None, None),
-        }
-    }
-
-    /// A config error names the key.
-    pub fn validate(&self) -> Result<(), String> {
-        self.limits.validate("swarm")?;
-        if self.health_retries == 0 {
-            return Err("swarm.health_retries = 0: expected at least 1".into());
-        }
-        for (key, d) in [
-            ("health_interval", self.health_interval),
-            ("health_timeout", self.health_timeout),
-        ] {
-            // The engine refuses HEALTHCHECK durations under 1 ms.
-            if d < Duration::from_millis(1) {
-                return Err(format!("swarm.{key} = {d:?}: expected at least 1ms"));
-            }
-        }
-        if let Some(r) = &self.registry
-            && (r.is_empty() || r.contains('/') || r.contains(char::is_whitespace))
-        {
-            return Err(format!(
-                "swarm.registry = {r:?}: expected HOST:PORT of a registry (no scheme, no path)"
-            ));
-        }
-        match (
-            &self.registry,
-            self.registry_username.is_some(),
-            self.registry_password.is_some(),
-        ) {
-            (None, true, _) | (None, _, true) => {
-                return Err(
-                    "swarm.registry_username/registry_password are set but swarm.registry is not; expected registry = \"HOST:PORT\" they log in to"
-                        .into(),
-                );
-            }
-            (Some(_), true, false) => {
-                return Err(
-                    "swarm.registry_username is set without swarm.registry_password; expected both or neither"
-                        .into(),
-                );
-            }
-            (Some(_), false, true) => {
-                return Err(
-                    "swarm.registry_password is set without swarm.registry_username; expected both or neither"
-                        .into(),
-                );
-            }
-            _ => {}
-        }
-        if self.registry_username.as_deref() == Some("") {
-            return Err(
-                "swarm.registry_username is empty; expected a user name or no login at all".into(),
-            );
-        }
-        match (
-            &self.registry,
-            self.registry_pull_username.as_deref(),
-            self.registry_pull_password.is_some(),
-        ) {
-            (None, Some(_), _) | (None, _, true) => Err(
-                "swarm.registry_pull_username/registry_pull_password are set but swarm.registry is not; expected registry = \"HOST:PORT\" they log in to"
-                    .into(),
-            ),
-            (Some(_), Some(_), false) => Err(
-                "swarm.registry_pull_username is set without swarm.registry_pull_password; expected both or neither"
-                    .into(),
-            ),
-            (Some(_), None, true) => Err(
-                "swarm.registry_pull_password is set without swarm.registry_pull_username; expected both or neither"
-                    .into(),
-            ),
-            (_, Some(""), _) => Err(
-                "swarm.registry_pull_username is empty; expected a user name or no pull login at all"
-                    .into(),
-            ),
-            _ => Ok(()),
-        }
-    }
-}
-
-/// A login for `registry` when all three parts are there.
-fn login(
-    registry: &Option<String>,
-    username: &Option<String>,
-    password: &Option<Secret>,
-) -> Option<RegistryAuth> {
-    match (registry, username, password) {
-        (Some(server), Some(username), Some(password)) => Some(RegistryAuth {
-            server: server.clone(),
-            username: username.clone(),
-            password: password.clone(),
-        }),
-        _ => None,
-    }
-}
-
-/// A failed engine request as a provisioning error naming what was attempted.
-pub(crate) fn engine_error(op: &str, e: bollard::errors::Error) -> ProvisionError {
-    ProvisionError::Engine(format!("{op}: {e}"))
-}
-
-fn is_not_found(e: &bollard::errors::Error) -> bool {
-    matches!(
-        e,
-        bollard::errors::Error::DockerResponseServerError {
-            status_code: 404,
-            ..
-        }
-    )
-}
+use super::{MANAGED_BY, with_limits};
+use crate::engine::swarm::{
+    BollardSwarm, ObjectKind, Service, ServiceUpdateStatusStateEnum, SwarmEngine, SwarmObject,
+};
+use crate::engine::{BollardRegistry, DockerEngine, EngineError, Registry};
+pub use config::SwarmConfig;
+use decide::{Existing, Step, decide, existing};
+use objects::{Objects, project_filter};
+use spec::{PodInput, PodObjects, service_name};
 
 /// The Swarm provisioner over one engine connection (a swarm manager).
 #[derive(Clone)]
 pub struct SwarmProvisioner {
-    docker: Docker,
+    engine: Arc<dyn SwarmEngine>,
     config: SwarmConfig,
     /// Pushes pod images to `config.registry` (unused without one).
-    registry: BollardRegistry,
+    registry: Arc<dyn Registry>,
 }
 
 impl std::fmt::Debug for SwarmProvisioner {
@@ -302,33 +77,6 @@ impl std::fmt::Debug for SwarmProvisioner {
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
-}
-
-/// What an apply decided for one service before acting.
-struct Existing {
-    id: String,
-    hash: Option<String>,
-    version: u64,
-    update_started: Option<String>,
-}
-
-fn existing(s: &Service) -> Option<(ServiceName, Existing)> {
-    let spec = s.spec.as_ref()?;
-    let labels = spec.labels.as_ref()?;
-    let name = ServiceName::new(labels.get(LABEL_SERVICE)?).ok()?;
-    Some((
-        name,
-        Existing {
-            id: s.id.clone()?,
-            hash: labels.get(LABEL_SPEC_HASH).cloned(),
-            version: s.version.as_ref().and_then(|v| v.index).unwrap_or(0),
-            update_started: s
-                .update_status
-                .as_ref()
-                .and_then(|u| u.started_at.as_ref())
-                .map(|t| format!("{t:?}")),
-        },
-    ))
 }
 
 /// Config and secret names a service spec mounts.
@@ -355,8 +103,21 @@ impl SwarmProvisioner {
     /// Uses the engine connection the image builder uses (the swarm manager).
     pub fn new(engine: &DockerEngine, config: SwarmConfig) -> Self {
         SwarmProvisioner {
-            docker: engine.docker().clone(),
-            registry: BollardRegistry::new(engine, config.registry_auth()),
+            engine: Arc::new(BollardSwarm::new(engine)),
+            registry: Arc::new(BollardRegistry::new(engine, config.registry_auth())),
+            config,
+        }
+    }
+
+    /// Over any [`SwarmEngine`] and [`Registry`] (the unit tests' fakes).
+    pub fn with_engine(
+        engine: Arc<dyn SwarmEngine>,
+        registry: Arc<dyn Registry>,
+        config: SwarmConfig,
+    ) -> Self {
+        SwarmProvisioner {
+            engine,
+            registry,
             config,
         }
     }
@@ -373,22 +134,14 @@ impl SwarmProvisioner {
 
     /// The engine must be a swarm manager; several nodes need a registry.
     async fn check_swarm(&self) -> Result<(), ProvisionError> {
-        let info = self
-            .docker
-            .info()
-            .await
-            .map_err(|e| engine_error("reading the engine's info", e))?;
-        let swarm = info.swarm.unwrap_or_default();
-        if swarm.control_available != Some(true) {
+        let swarm = self.engine.swarm_state().await?;
+        if !swarm.manager {
             return Err(ProvisionError::Engine(format!(
                 "the engine is not a swarm manager (swarm state: {}); expected `docker swarm init` (or a manager's address in [docker] docker_host) for provisioner = \"swarm\"",
-                swarm
-                    .local_node_state
-                    .map(|s| s.to_string())
-                    .unwrap_or_else(|| "unknown".into())
+                swarm.node_state
             )));
         }
-        let nodes = swarm.nodes.unwrap_or(1);
+        let nodes = swarm.nodes;
         if nodes > 1 && self.config.registry.is_none() {
             return Err(ProvisionError::Engine(format!(
                 "this swarm has {nodes} nodes and [swarm] registry is not set: images built here exist on this node only; expected registry = \"HOST:PORT\" that every node can pull from"
@@ -404,56 +157,34 @@ impl SwarmProvisioner {
         project: &ProjectName,
         events: &Events,
     ) -> Result<(), ProvisionError> {
-        match self
-            .docker
-            .inspect_network(
-                &net.name,
-                None::<bollard::query_parameters::InspectNetworkOptions>,
-            )
-            .await
-        {
-            Ok(n) => {
-                let labels = n.labels.unwrap_or_default();
-                let ours = labels.get(LABEL_MANAGED).map(String::as_str) == Some(MANAGED_BY)
-                    && labels.get(LABEL_PROJECT).map(String::as_str) == Some(project.as_str());
-                let driver = n.driver.unwrap_or_default();
-                if ours && driver == "overlay" {
-                    return Ok(());
+        if let Some(n) = self.engine.network(&net.name).await? {
+            let ours = n.labels.get(LABEL_MANAGED).map(String::as_str) == Some(MANAGED_BY)
+                && n.labels.get(LABEL_PROJECT).map(String::as_str) == Some(project.as_str());
+            if ours && n.driver == "overlay" {
+                return Ok(());
+            }
+            return Err(ProvisionError::Conflict(format!(
+                "network {} exists as a {} network{}; expected iac's overlay network for project {project} (remove it first, e.g. `iac destroy --provisioner docker` when the docker provisioner made it)",
+                net.name,
+                n.driver,
+                if ours {
+                    " made by iac"
+                } else {
+                    " iac did not make"
                 }
-                Err(ProvisionError::Conflict(format!(
-                    "network {} exists as a {driver} network{}; expected iac's overlay network for project {project} (remove it first, e.g. `iac destroy --provisioner docker` when the docker provisioner made it)",
-                    net.name,
-                    if ours {
-                        " made by iac"
-                    } else {
-                        " iac did not make"
-                    }
-                )))
-            }
-            Err(e) if is_not_found(&e) => {
-                let mut labels: HashMap<String, String> = net.labels.clone().into_iter().collect();
-                labels.insert(LABEL_MANAGED.into(), MANAGED_BY.into());
-                labels.insert(LABEL_PROJECT.into(), project.to_string());
-                self.docker
-                    .create_network(NetworkCreateRequest {
-                        name: net.name.clone(),
-                        driver: Some("overlay".into()),
-                        attachable: Some(true),
-                        labels: Some(labels),
-                        ..Default::default()
-                    })
-                    .await
-                    .map_err(|e| {
-                        engine_error(&format!("creating overlay network {}", net.name), e)
-                    })?;
-                events.info(
-                    Stage::Provision,
-                    format!("created overlay network {}", net.name),
-                );
-                Ok(())
-            }
-            Err(e) => Err(engine_error(&format!("inspecting network {}", net.name), e)),
+            )));
         }
+        let mut labels: HashMap<String, String> = net.labels.clone().into_iter().collect();
+        labels.insert(LABEL_MANAGED.into(), MANAGED_BY.into());
+        labels.insert(LABEL_PROJECT.into(), project.to_string());
+        self.engine
+            .create_overlay_network(&net.name, labels)
+            .await?;
+        events.info(
+            Stage::Provision,
+            format!("created overlay network {}", net.name),
+        );
+        Ok(())
     }
 
     /// The project's services.
@@ -463,21 +194,20 @@ impl SwarmProvisioner {
             .get_mut("label")
             .expect("project_filter filters by label")
             .push(format!("{LABEL_ROLE}=service"));
-        self.docker
-            .list_services(Some(
-                ListServicesOptionsBuilder::default()
-                    .filters(&filters)
-                    .build(),
-            ))
-            .await
-            .map_err(|e| engine_error("listing services", e))
+        Ok(self.engine.services(filters).await?)
     }
 
-    async fn inspect(&self, id: &str) -> Result<Service, ProvisionError> {
-        self.docker
-            .inspect_service(id, None::<InspectServiceOptions>)
-            .await
-            .map_err(|e| engine_error(&format!("inspecting service {id}"), e))
+    /// The project's services by the iac service they run.
+    async fn current(
+        &self,
+        project: &ProjectName,
+    ) -> Result<HashMap<ServiceName, Existing>, ProvisionError> {
+        Ok(self
+            .services(project)
+            .await?
+            .iter()
+            .filter_map(existing)
+            .collect())
     }
 
     /// Waits until `replicas` tasks run (healthy: Swarm reports `running` only then).
@@ -489,7 +219,7 @@ impl SwarmProvisioner {
     ) -> Result<tasks::TaskView, String> {
         let inbound = MeshPorts::default().inbound;
         loop {
-            let view = tasks::observe(&self.docker, id, inbound)
+            let view = tasks::observe(self.engine.as_ref(), id, inbound)
                 .await
                 .map_err(|e| e.to_string())?;
             if view.running.len() >= replicas as usize
@@ -520,7 +250,7 @@ impl SwarmProvisioner {
         started: Instant,
     ) -> Result<Option<String>, String> {
         loop {
-            let s = self.inspect(id).await.map_err(|e| e.to_string())?;
+            let s = self.engine.service(id).await.map_err(|e| e.to_string())?;
             if let Some(u) = &s.update_status {
                 let this = u.started_at.as_ref().map(|t| format!("{t:?}"));
                 let message = u.message.clone().unwrap_or_default();
@@ -591,8 +321,9 @@ impl SwarmProvisioner {
         project: &ProjectName,
         network: &str,
         svc: &ServiceStack,
+        decided: (Action, &str),
         current: Option<&Existing>,
-        existing_objects: &[(Kind, String, String)],
+        existing_objects: &[SwarmObject],
         gate: Arc<dyn HealthProber>,
         events: &Events,
     ) -> AppliedService {
@@ -603,6 +334,7 @@ impl SwarmProvisioner {
                 project,
                 network,
                 svc,
+                decided,
                 current,
                 existing_objects,
                 &gate,
@@ -632,24 +364,19 @@ impl SwarmProvisioner {
         project: &ProjectName,
         network: &str,
         svc: &ServiceStack,
+        (action, hash): (Action, &str),
         current: Option<&Existing>,
-        existing_objects: &[(Kind, String, String)],
+        existing_objects: &[SwarmObject],
         gate: &Arc<dyn HealthProber>,
         ev: &Events,
         started: Instant,
     ) -> Result<AppliedService, (Action, String)> {
         let settings = self.config.settings();
-        let hash = spec::spec_hash(svc, &settings, &svc.envoy.image);
-        let action = match current {
-            None => Action::Create,
-            Some(c) if c.hash.as_deref() == Some(hash.as_str()) => Action::Unchanged,
-            Some(_) => Action::Replace,
-        };
         let fail = |e: String| (action, e);
         let inbound = MeshPorts::default().inbound;
         if let (Action::Unchanged, Some(c)) = (action, current) {
             ev.info(Stage::Provision, format!("unchanged (spec hash {hash})"));
-            let view = tasks::observe(&self.docker, &c.id, inbound)
+            let view = tasks::observe(self.engine.as_ref(), &c.id, inbound)
                 .await
                 .map_err(|e| fail(e.to_string()))?;
             return Ok(AppliedService {
@@ -665,7 +392,7 @@ impl SwarmProvisioner {
         // The task's files: the same Envoy config and certificates the docker provisioner mounts.
         let sources = spec::pod_file_sources(svc).map_err(fail)?;
         let store = Objects {
-            docker: &self.docker,
+            engine: self.engine.as_ref(),
             project,
         };
         let mut refs = BTreeMap::new();
@@ -674,9 +401,9 @@ impl SwarmProvisioner {
                 .await
                 .map_err(|e| fail(format!("{}: {e}", path.display())))?;
             let kind = if *role == "envoy-config" {
-                Kind::Config
+                ObjectKind::Config
             } else {
-                Kind::Secret
+                ObjectKind::Secret
             };
             let (r, created) = store
                 .ensure(existing_objects, kind, &svc.service, role, &data)
@@ -697,11 +424,11 @@ impl SwarmProvisioner {
             key: refs.remove("key").expect("four roles"),
         };
         let (image, image_cmd) =
-            image::ensure_pod_image(&self.docker, &svc.app.image, &svc.envoy.image, ev)
+            image::ensure_pod_image(self.engine.as_ref(), &svc.app.image, &svc.envoy.image, ev)
                 .await
                 .map_err(|e| fail(e.to_string()))?;
         let image = match &self.config.registry {
-            Some(registry) => image::publish(&self.registry, registry, &image, ev)
+            Some(registry) => image::publish(self.registry.as_ref(), registry, &image, ev)
                 .await
                 .map_err(|e| fail(e.to_string()))?,
             None => image,
@@ -712,7 +439,6 @@ impl SwarmProvisioner {
         if let Some(w) = warning {
             ev.warn(Stage::Provision, w);
         }
-        let auth = node_auth.as_ref().map(RegistryAuth::credentials);
         let spec = spec::service_spec(&PodInput {
             project,
             svc,
@@ -721,19 +447,18 @@ impl SwarmProvisioner {
             image_cmd: &image_cmd,
             objects: &objects,
             settings: &settings,
-            hash: &hash,
+            hash,
         })
         .map_err(fail)?;
         let name = service_name(project, &svc.service);
 
         match current {
             None => {
-                let created = self
-                    .docker
-                    .create_service(spec, auth)
+                let id = self
+                    .engine
+                    .create_service(spec, node_auth)
                     .await
-                    .map_err(|e| fail(format!("creating service {name}: {e}")))?;
-                let id = created.id.unwrap_or_else(|| name.clone());
+                    .map_err(|e| fail(e.to_string()))?;
                 ev.info(
                     Stage::Provision,
                     format!(
@@ -745,7 +470,7 @@ impl SwarmProvisioner {
                     Ok(v) => v,
                     Err(e) => {
                         // A service that never became healthy is not left restarting forever.
-                        let _ = self.docker.delete_service(&id).await;
+                        let _ = self.engine.remove_service(&id).await;
                         return Err(fail(format!("service {name} removed again: {e}")));
                     }
                 };
@@ -764,13 +489,10 @@ impl SwarmProvisioner {
                 })
             }
             Some(c) => {
-                let opts = UpdateServiceOptionsBuilder::default()
-                    .version(i32::try_from(c.version).unwrap_or(i32::MAX))
-                    .build();
-                self.docker
-                    .update_service(&c.id, spec, opts, auth)
+                self.engine
+                    .update_service(&c.id, spec, c.version, node_auth)
                     .await
-                    .map_err(|e| fail(format!("updating service {name}: {e}")))?;
+                    .map_err(|e| fail(format!("{name}: {e}")))?;
                 ev.info(
                     Stage::Provision,
                     format!(
@@ -781,7 +503,7 @@ impl SwarmProvisioner {
                     Ok(None) => {}
                     Ok(Some(why)) => {
                         ev.warn(Stage::Provision, format!("Swarm rolled {name} back: {why}"));
-                        let view = tasks::observe(&self.docker, &c.id, inbound)
+                        let view = tasks::observe(self.engine.as_ref(), &c.id, inbound)
                             .await
                             .map_err(|e| fail(e.to_string()))?;
                         return Ok(AppliedService {
@@ -830,37 +552,27 @@ impl SwarmProvisioner {
     /// Removes a service and waits until its tasks are gone (their containers hold the network
     /// and the objects).
     async fn remove_service(&self, id: &str, name: &str) -> Result<(), ProvisionError> {
-        match self.docker.delete_service(id).await {
+        match self.engine.remove_service(id).await {
             Ok(()) => {}
-            Err(e) if is_not_found(&e) => return Ok(()),
-            Err(e) => return Err(engine_error(&format!("removing service {name}"), e)),
+            Err(e) if e.is_not_found() => return Ok(()),
+            Err(e) => {
+                return Err(
+                    EngineError::new(format!("remove service {name}"), e.status, e.message).into(),
+                );
+            }
         }
         // On this node, the task containers go a moment after the service (they hold the
         // network and the mounted objects): wait for them, within the stop grace and a margin.
-        let filters = HashMap::from([(
-            "label".to_string(),
-            vec![format!("com.docker.swarm.service.id={id}")],
-        )]);
-        let deadline = Instant::now() + self.config.stop_grace + Duration::from_secs(30);
+        let grace = self.config.stop_grace + Duration::from_secs(30);
+        let deadline = Instant::now() + grace;
         loop {
-            let left = self
-                .docker
-                .list_containers(Some(
-                    ListContainersOptionsBuilder::default()
-                        .all(true)
-                        .filters(&filters)
-                        .build(),
-                ))
-                .await
-                .map_err(|e| engine_error("listing containers", e))?;
-            if left.is_empty() {
+            let left = self.engine.task_containers(id).await?;
+            if left == 0 {
                 return Ok(());
             }
             if Instant::now() > deadline {
                 return Err(ProvisionError::Engine(format!(
-                    "service {name} removed, but {} of its task containers are still there after {:?}",
-                    left.len(),
-                    self.config.stop_grace + Duration::from_secs(30)
+                    "service {name} removed, but {left} of its task containers are still there after {grace:?}"
                 )));
             }
             tokio::time::sleep(Duration::from_millis(300)).await;
@@ -880,7 +592,7 @@ impl SwarmProvisioner {
             .flat_map(|s| mounted_objects(s).collect::<Vec<_>>())
             .collect();
         let removed = Objects {
-            docker: &self.docker,
+            engine: self.engine.as_ref(),
             project,
         }
         .prune(&used)
@@ -900,45 +612,11 @@ impl Provisioner for SwarmProvisioner {
 
     async fn diff(&self, stack: &Stack) -> Result<Vec<Change>, ProvisionError> {
         let stack = self.effective(stack)?;
-        let settings = self.config.settings();
-        let current: HashMap<ServiceName, Existing> = self
-            .services(&stack.project)
-            .await?
+        let current = self.current(&stack.project).await?;
+        Ok(decide(&stack, &self.config.settings(), &current)
             .iter()
-            .filter_map(existing)
-            .collect();
-        let mut out = Vec::new();
-        for s in &stack.services {
-            let hash = spec::spec_hash(s, &settings, &s.envoy.image);
-            let (action, reason) = match current.get(&s.service) {
-                None => (Action::Create, "no such Swarm service".to_string()),
-                Some(c) if c.hash.as_deref() == Some(hash.as_str()) => {
-                    (Action::Unchanged, format!("spec hash {hash}"))
-                }
-                Some(c) => (
-                    Action::Replace,
-                    format!(
-                        "spec hash {} → {hash}",
-                        c.hash.as_deref().unwrap_or("(none)")
-                    ),
-                ),
-            };
-            out.push(Change {
-                service: s.service.clone(),
-                action,
-                reason,
-            });
-        }
-        for name in current.keys() {
-            if stack.services.iter().all(|s| &s.service != name) && !stack.keep.contains(name) {
-                out.push(Change {
-                    service: name.clone(),
-                    action: Action::Remove,
-                    reason: "not in the repos file".into(),
-                });
-            }
-        }
-        Ok(out)
+            .filter_map(Step::change)
+            .collect())
     }
 
     async fn apply(
@@ -951,32 +629,33 @@ impl Provisioner for SwarmProvisioner {
         self.check_swarm().await?;
         let project = &stack.project;
         self.ensure_network(&stack.network, project, events).await?;
-        let current: HashMap<ServiceName, Existing> = self
-            .services(project)
-            .await?
-            .iter()
-            .filter_map(existing)
-            .collect();
+        let current = self.current(project).await?;
         let existing_objects = Objects {
-            docker: &self.docker,
+            engine: self.engine.as_ref(),
             project,
         }
         .list()
         .await?;
-        let work: Vec<BoxFuture<'_, AppliedService>> = stack
-            .services
+        let steps = decide(stack, &self.config.settings(), &current);
+        let work: Vec<BoxFuture<'_, AppliedService>> = steps
             .iter()
-            .map(|s| {
-                self.apply_service(
-                    project,
-                    &stack.network.name,
-                    s,
-                    current.get(&s.service),
-                    &existing_objects,
-                    gate.clone(),
-                    events,
-                )
-                .boxed()
+            .filter_map(|step| match step {
+                Step::Apply {
+                    svc, action, hash, ..
+                } => Some(
+                    self.apply_service(
+                        project,
+                        &stack.network.name,
+                        svc,
+                        (*action, hash.as_str()),
+                        current.get(&svc.service),
+                        &existing_objects,
+                        gate.clone(),
+                        events,
+                    )
+                    .boxed(),
+                ),
+                _ => None,
             })
             .collect();
         let mut services: Vec<AppliedService> = futures::stream::iter(work)
@@ -984,37 +663,35 @@ impl Provisioner for SwarmProvisioner {
             .collect()
             .await;
         let mut applied = Applied::default();
-        for (name, c) in &current {
-            if stack.services.iter().any(|s| &s.service == name) {
-                continue;
-            }
-            if stack.keep.contains(name) {
-                events
-                    .for_service(name)
-                    .info(Stage::Provision, "left as it is (its build failed)");
-                services.push(AppliedService {
-                    edge: None,
-                    service: name.clone(),
-                    action: Action::Unchanged,
-                    endpoint: None,
-                    health: None,
-                    error: None,
-                });
-                continue;
-            }
-            let svc_name = service_name(project, name);
-            let r = self.remove_service(&c.id, &svc_name).await;
-            let error = r.err().map(|e| e.to_string());
-            if error.is_none() {
-                events
-                    .for_service(name)
-                    .info(Stage::Provision, format!("removed service {svc_name}"));
-                applied.removed.push(name.clone());
-            }
+        for step in &steps {
+            let (name, action, error) = match step {
+                Step::Apply { .. } => continue,
+                Step::Keep { service } => {
+                    events
+                        .for_service(service)
+                        .info(Stage::Provision, "left as it is (its build failed)");
+                    (service, Action::Unchanged, None)
+                }
+                Step::Remove { service, id } => {
+                    let svc_name = service_name(project, service);
+                    let error = self
+                        .remove_service(id, &svc_name)
+                        .await
+                        .err()
+                        .map(|e| e.to_string());
+                    if error.is_none() {
+                        events
+                            .for_service(service)
+                            .info(Stage::Provision, format!("removed service {svc_name}"));
+                        applied.removed.push(service.clone());
+                    }
+                    (service, Action::Remove, error)
+                }
+            };
             services.push(AppliedService {
                 edge: None,
                 service: name.clone(),
-                action: Action::Remove,
+                action,
                 endpoint: None,
                 health: None,
                 error,
@@ -1043,7 +720,7 @@ impl Provisioner for SwarmProvisioner {
             removed.push(format!("service {name}"));
         }
         for r in (Objects {
-            docker: &self.docker,
+            engine: self.engine.as_ref(),
             project,
         })
         .prune(&BTreeSet::new())
@@ -1052,39 +729,18 @@ impl Provisioner for SwarmProvisioner {
             events.info(Stage::Destroy, format!("removed {r}"));
             removed.push(r);
         }
-        let filters = project_filter(project);
-        let networks = self
-            .docker
-            .list_networks(Some(
-                bollard::query_parameters::ListNetworksOptionsBuilder::default()
-                    .filters(&filters)
-                    .build(),
-            ))
-            .await
-            .map_err(|e| engine_error("listing networks", e))?;
-        for n in networks {
-            let (Some(id), name) = (n.id, n.name.unwrap_or_default()) else {
-                continue;
-            };
-            if n.driver.as_deref() != Some("overlay") {
-                continue;
-            }
+        let networks = self.engine.networks(project_filter(project)).await?;
+        for n in networks.into_iter().filter(|n| n.driver == "overlay") {
+            let (id, name) = (n.id, n.name);
             // The last task's endpoint may take a moment to leave the network.
             let mut tries = 0;
             loop {
-                match self.docker.remove_network(&id).await {
+                match self.engine.remove_network(&id).await {
                     Ok(()) => {
                         // The node drops its copy of a swarm network a moment after the manager.
                         for _ in 0..40 {
-                            match self
-                                .docker
-                                .inspect_network(
-                                    &id,
-                                    None::<bollard::query_parameters::InspectNetworkOptions>,
-                                )
-                                .await
-                            {
-                                Err(e) if is_not_found(&e) => break,
+                            match self.engine.network(&id).await {
+                                Ok(None) => break,
                                 _ => tokio::time::sleep(Duration::from_millis(250)).await,
                             }
                         }
@@ -1092,13 +748,13 @@ impl Provisioner for SwarmProvisioner {
                         removed.push(format!("network {name}"));
                         break;
                     }
-                    Err(e) if is_not_found(&e) => break,
+                    Err(e) if e.is_not_found() => break,
                     Err(e) if tries < 20 => {
                         tries += 1;
                         tracing::debug!("network {name} not removable yet: {e}");
                         tokio::time::sleep(Duration::from_millis(500)).await;
                     }
-                    Err(e) => return Err(engine_error(&format!("removing network {name}"), e)),
+                    Err(e) => return Err(e.into()),
                 }
             }
         }
@@ -1119,7 +775,7 @@ impl Provisioner for SwarmProvisioner {
                 .and_then(|m| m.replicated.as_ref())
                 .and_then(|r| r.replicas)
                 .unwrap_or(1);
-            let view = tasks::observe(&self.docker, &e.id, inbound).await?;
+            let view = tasks::observe(self.engine.as_ref(), &e.id, inbound).await?;
             let image = s
                 .spec
                 .as_ref()
@@ -1143,159 +799,318 @@ impl Provisioner for SwarmProvisioner {
 
 #[cfg(test)]
 mod tests {
+    //! The provisioner against the mockall [`MockSwarmEngine`]: `diff` and `apply` act on the one
+    //! decision, engine failures map in one place (404 tolerated where it means "already gone",
+    //! 409 a conflict), and `destroy` removes services, objects and overlay networks only.
+
     use super::*;
+    use crate::engine::MockRegistry;
+    use crate::engine::swarm::{
+        MockSwarmEngine, NetworkView, ServiceSpec, SwarmObject, SwarmState,
+    };
+    use iac_core::plan::{PlanInput, PlannedService, plan};
+    use iac_core::stack::{LABEL_SERVICE, LABEL_SPEC_HASH};
+    use iac_core::{CertPaths, IssuedCerts, MockHealthProber};
 
-    #[test]
-    fn config_validation_names_the_key() {
-        SwarmConfig::default().validate().unwrap();
-        let bad = SwarmConfig {
-            health_retries: 0,
-            ..Default::default()
-        };
-        assert!(bad.validate().unwrap_err().contains("swarm.health_retries"));
-        let bad = SwarmConfig {
-            registry: Some("http://reg:5000/x".into()),
-            ..Default::default()
-        };
-        let e = bad.validate().unwrap_err();
-        assert!(
-            e.contains("swarm.registry") && e.contains("HOST:PORT"),
-            "{e}"
-        );
-        let bad = SwarmConfig {
-            limits: ContainerLimits {
-                app_pids: -1,
-                ..Default::default()
+    fn stack(names: &[&str], keep: &[&str]) -> Stack {
+        let svc = |n: &str| PlannedService {
+            name: ServiceName::new(n).unwrap(),
+            image: format!("iac/p-{n}:1"),
+            envoy_config: format!("/s/{n}/envoy.yaml").into(),
+            envoy_config_digest: format!("sha256:{n}"),
+            certs: IssuedCerts {
+                paths: CertPaths {
+                    ca: "/s/ca.pem".into(),
+                    cert: format!("/s/{n}.pem").into(),
+                    key: format!("/s/{n}.key").into(),
+                },
+                fingerprint: format!("sha256:{n}-certs"),
             },
-            ..Default::default()
+            app_port: None,
+            env: Default::default(),
+            edge: None,
+            replicas: 1,
         };
-        assert!(
-            bad.validate()
-                .unwrap_err()
-                .contains("swarm.limits.app_pids")
-        );
+        plan(&PlanInput {
+            project: ProjectName::new("p").unwrap(),
+            network: "iacnet".into(),
+            envoy_image: "iac/envoy:1.40.0".into(),
+            otel_endpoint: None,
+            services: names.iter().map(|n| svc(n)).collect(),
+            keep: keep.iter().map(|n| ServiceName::new(n).unwrap()).collect(),
+        })
     }
 
-    #[test]
-    fn a_registry_login_needs_both_halves_and_a_registry() {
-        let with = |registry: Option<&str>, user: Option<&str>, pass: Option<&str>| SwarmConfig {
-            registry: registry.map(String::from),
-            registry_username: user.map(String::from),
-            registry_password: pass.map(Secret::from),
+    fn service(name: &str, hash: &str) -> Service {
+        Service {
+            id: Some(format!("id-{name}")),
+            spec: Some(ServiceSpec {
+                name: Some(format!("p-{name}")),
+                labels: Some(HashMap::from([
+                    (LABEL_SERVICE.to_string(), name.to_string()),
+                    (LABEL_SPEC_HASH.to_string(), hash.to_string()),
+                ])),
+                ..Default::default()
+            }),
             ..Default::default()
-        };
-        let ok = with(Some("reg:5000"), Some("ci"), Some("pw"));
-        ok.validate().unwrap();
-        let auth = ok.registry_auth().unwrap();
-        assert_eq!(
-            (auth.server.as_str(), auth.username.as_str()),
-            ("reg:5000", "ci")
-        );
-        assert_eq!(auth.password.expose(), "pw");
-        with(Some("reg:5000"), None, None).validate().unwrap();
-        assert_eq!(with(Some("reg:5000"), None, None).registry_auth(), None);
-        for (cfg, want) in [
-            (with(None, Some("ci"), Some("pw")), "swarm.registry is not"),
-            (
-                with(Some("reg:5000"), Some("ci"), None),
-                "without swarm.registry_password",
-            ),
-            (
-                with(Some("reg:5000"), None, Some("pw")),
-                "without swarm.registry_username",
-            ),
-            (
-                with(Some("reg:5000"), Some(""), Some("pw")),
-                "swarm.registry_username is empty",
-            ),
-        ] {
-            let e = cfg.validate().unwrap_err();
-            assert!(e.contains(want), "{e}");
-        }
-        // The password never shows (`iac config show` serializes the config).
-        let shown = serde_json::to_string(&ok).unwrap();
-        assert!(
-            !shown.contains("\"pw\"") && shown.contains("[redacted]"),
-            "{shown}"
-        );
-        assert!(!format!("{ok:?}").contains("\"pw\""));
-        // The registry is part of every service's spec hash; the login is not.
-        assert_eq!(ok.settings().registry.as_deref(), Some("reg:5000"));
-        assert_eq!(ok.settings(), with(Some("reg:5000"), None, None).settings());
-    }
-
-    #[test]
-    fn nodes_get_the_pull_login_and_the_push_login_only_with_a_warning() {
-        let cfg = |pull: Option<(&str, &str)>| SwarmConfig {
-            registry: Some("reg:5000".into()),
-            registry_username: Some("pusher".into()),
-            registry_password: Some(Secret::from("push-pw")),
-            registry_pull_username: pull.map(|p| p.0.to_string()),
-            registry_pull_password: pull.map(|p| Secret::from(p.1)),
-            ..Default::default()
-        };
-        let with_pull = cfg(Some(("puller", "pull-pw")));
-        with_pull.validate().unwrap();
-        let (auth, warning) = with_pull.node_auth();
-        let auth = auth.unwrap();
-        assert_eq!(
-            (auth.server.as_str(), auth.username.as_str()),
-            ("reg:5000", "puller")
-        );
-        assert_eq!(auth.password.expose(), "pull-pw");
-        assert_eq!(warning, None);
-        // The push keeps the push login.
-        assert_eq!(with_pull.registry_auth().unwrap().username, "pusher");
-
-        let (auth, warning) = cfg(None).node_auth();
-        assert_eq!(auth.unwrap().username, "pusher");
-        let w = warning.unwrap();
-        assert!(
-            w.contains("can push")
-                && w.contains("registry_pull_username")
-                && !w.contains("push-pw"),
-            "{w}"
-        );
-        assert_eq!(SwarmConfig::default().node_auth(), (None, None));
-
-        for (c, want) in [
-            (
-                SwarmConfig {
-                    registry: None,
-                    registry_pull_username: Some("p".into()),
-                    registry_pull_password: Some(Secret::from("x")),
-                    ..Default::default()
-                },
-                "swarm.registry is not",
-            ),
-            (
-                SwarmConfig {
-                    registry_pull_password: None,
-                    ..cfg(Some(("p", "x")))
-                },
-                "without swarm.registry_pull_password",
-            ),
-            (
-                SwarmConfig {
-                    registry_pull_username: None,
-                    ..cfg(Some(("p", "x")))
-                },
-                "without swarm.registry_pull_username",
-            ),
-            (cfg(Some(("", "x"))), "registry_pull_username is empty"),
-        ] {
-            let e = c.validate().unwrap_err();
-            assert!(e.contains(want), "{e}");
         }
     }
 
-    #[test]
-    fn config_reads_durations_and_refuses_unknown_keys() {
-        let c: SwarmConfig =
-            serde_json::from_str(r#"{"update_monitor":"10s","registry":"reg:5000"}"#).unwrap();
-        assert_eq!(c.update_monitor, Duration::from_secs(10));
-        assert_eq!(c.registry.as_deref(), Some("reg:5000"));
-        assert_eq!(c.health_retries, 3);
-        assert!(serde_json::from_str::<SwarmConfig>(r#"{"replicas":2}"#).is_err());
+    fn provisioner(engine: MockSwarmEngine) -> SwarmProvisioner {
+        SwarmProvisioner::with_engine(
+            Arc::new(engine),
+            Arc::new(MockRegistry::new()),
+            SwarmConfig::default(),
+        )
+    }
+
+    fn manager(engine: &mut MockSwarmEngine) {
+        engine.expect_swarm_state().returning(|| {
+            Ok(SwarmState {
+                manager: true,
+                node_state: "active".into(),
+                nodes: 1,
+            })
+        });
+    }
+
+    fn our_network(engine: &mut MockSwarmEngine) {
+        engine.expect_network().returning(|name| {
+            Ok(Some(NetworkView {
+                id: "net1".into(),
+                name: name.to_string(),
+                driver: "overlay".into(),
+                labels: HashMap::from([
+                    (LABEL_MANAGED.to_string(), MANAGED_BY.to_string()),
+                    (LABEL_PROJECT.to_string(), "p".to_string()),
+                ]),
+            }))
+        });
+    }
+
+    #[tokio::test]
+    async fn diff_shows_the_one_decision() {
+        let s = stack(&["same", "new"], &["kept"]);
+        let limited = with_limits(&s, &SwarmConfig::default().limits);
+        let hash = spec::spec_hash(
+            limited
+                .services
+                .iter()
+                .find(|x| x.service.as_str() == "same")
+                .unwrap(),
+            &SwarmConfig::default().settings(),
+            "iac/envoy:1.40.0",
+        );
+        let mut engine = MockSwarmEngine::new();
+        engine.expect_services().returning(move |filters| {
+            assert!(filters["label"].contains(&"iac.project=p".to_string()));
+            assert!(filters["label"].contains(&"iac.role=service".to_string()));
+            Ok(vec![
+                service("same", &hash),
+                service("kept", "x"),
+                service("gone", "y"),
+            ])
+        });
+        let changes = provisioner(engine).diff(&s).await.unwrap();
+        let got: Vec<(String, Action)> = changes
+            .iter()
+            .map(|c| (c.service.to_string(), c.action))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("new".to_string(), Action::Create),
+                ("same".to_string(), Action::Unchanged),
+                ("gone".to_string(), Action::Remove),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn apply_refuses_an_engine_that_is_not_a_manager() {
+        let mut engine = MockSwarmEngine::new();
+        engine.expect_swarm_state().returning(|| {
+            Ok(SwarmState {
+                manager: false,
+                node_state: "inactive".into(),
+                nodes: 1,
+            })
+        });
+        let err = provisioner(engine)
+            .apply(
+                &stack(&["a"], &[]),
+                Arc::new(MockHealthProber::new()),
+                &Events::discard(),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, ProvisionError::Engine(m) if m.contains("not a swarm manager") && m.contains("inactive")),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_network_iac_did_not_make_is_a_conflict_and_so_is_an_engine_409() {
+        let mut engine = MockSwarmEngine::new();
+        manager(&mut engine);
+        engine.expect_network().returning(|name| {
+            Ok(Some(NetworkView {
+                id: "n".into(),
+                name: name.to_string(),
+                driver: "bridge".into(),
+                labels: HashMap::new(),
+            }))
+        });
+        let err = provisioner(engine)
+            .apply(
+                &stack(&["a"], &[]),
+                Arc::new(MockHealthProber::new()),
+                &Events::discard(),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, ProvisionError::Conflict(m) if m.contains("bridge network iac did not make")),
+            "{err:?}"
+        );
+
+        let mut engine = MockSwarmEngine::new();
+        manager(&mut engine);
+        engine.expect_network().returning(|_| Ok(None));
+        engine.expect_create_overlay_network().returning(|name, _| {
+            Err(EngineError::new(
+                format!("create overlay network {name}"),
+                Some(409),
+                "network with name iacnet-p already exists",
+            ))
+        });
+        let err = provisioner(engine)
+            .apply(
+                &stack(&["a"], &[]),
+                Arc::new(MockHealthProber::new()),
+                &Events::discard(),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ProvisionError::Conflict(_)), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn apply_keeps_a_failed_build_and_removes_what_left_the_repos_file() {
+        let mut engine = MockSwarmEngine::new();
+        manager(&mut engine);
+        our_network(&mut engine);
+        engine
+            .expect_services()
+            .returning(|_| Ok(vec![service("kept", "x"), service("gone", "y")]));
+        engine.expect_objects().returning(|_| Ok(vec![]));
+        engine
+            .expect_remove_service()
+            .withf(|id| id == "id-gone")
+            .times(1)
+            .returning(|_| Ok(()));
+        engine
+            .expect_task_containers()
+            .withf(|id| id == "id-gone")
+            .returning(|_| Ok(0));
+        let applied = provisioner(engine)
+            .apply(
+                &stack(&[], &["kept"]),
+                Arc::new(MockHealthProber::new()),
+                &Events::discard(),
+            )
+            .await
+            .unwrap();
+        let got: Vec<(String, Action, Option<String>)> = applied
+            .services
+            .iter()
+            .map(|s| (s.service.to_string(), s.action, s.error.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("gone".to_string(), Action::Remove, None),
+                ("kept".to_string(), Action::Unchanged, None),
+            ]
+        );
+        assert_eq!(applied.removed, [ServiceName::new("gone").unwrap()]);
+    }
+
+    #[tokio::test]
+    async fn destroy_removes_services_objects_and_overlay_networks_and_tolerates_gone_ones() {
+        let mut engine = MockSwarmEngine::new();
+        engine
+            .expect_services()
+            .returning(|_| Ok(vec![service("a", "h")]));
+        // Already gone: not an error.
+        engine.expect_remove_service().returning(|id| {
+            Err(EngineError::new(
+                format!("remove service {id}"),
+                Some(404),
+                "no such service",
+            ))
+        });
+        engine.expect_objects().returning(|_| {
+            Ok(vec![
+                SwarmObject {
+                    kind: ObjectKind::Config,
+                    id: "c1".into(),
+                    name: "p-a-envoy-config-1".into(),
+                },
+                SwarmObject {
+                    kind: ObjectKind::Secret,
+                    id: "s1".into(),
+                    name: "p-a-key-1".into(),
+                },
+            ])
+        });
+        engine
+            .expect_remove_object()
+            .returning(|kind, id| match (kind, id) {
+                (ObjectKind::Config, "c1") => Ok(()),
+                // Still in use by a task that is going away: left for the next run.
+                (ObjectKind::Secret, "s1") => {
+                    Err(EngineError::new("remove secret s1", Some(409), "in use"))
+                }
+                other => panic!("unexpected {other:?}"),
+            });
+        engine.expect_networks().returning(|_| {
+            Ok(vec![
+                NetworkView {
+                    id: "o1".into(),
+                    name: "iacnet-p".into(),
+                    driver: "overlay".into(),
+                    labels: HashMap::new(),
+                },
+                NetworkView {
+                    id: "b1".into(),
+                    name: "iacnet-p-docker".into(),
+                    driver: "bridge".into(),
+                    labels: HashMap::new(),
+                },
+            ])
+        });
+        engine
+            .expect_remove_network()
+            .withf(|id| id == "o1")
+            .times(1)
+            .returning(|_| Ok(()));
+        engine
+            .expect_network()
+            .withf(|id| id == "o1")
+            .returning(|_| Ok(None));
+        let removed = provisioner(engine)
+            .destroy(&ProjectName::new("p").unwrap(), &Events::discard())
+            .await
+            .unwrap();
+        assert_eq!(
+            removed,
+            [
+                "service p-a",
+                "config p-a-envoy-config-1",
+                "network iacnet-p"
+            ]
+        );
     }
 }

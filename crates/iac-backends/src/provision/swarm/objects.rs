@@ -8,37 +8,17 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use base64::Engine as _;
-use bollard::Docker;
-use bollard::models::{ConfigSpec, SecretSpec};
-use bollard::query_parameters::{ListConfigsOptionsBuilder, ListSecretsOptionsBuilder};
-
 use iac_core::fsutil::sha256_tagged;
 use iac_core::stack::{LABEL_PROJECT, LABEL_ROLE, LABEL_SERVICE};
 use iac_core::{ProjectName, ProvisionError, ServiceName};
 
 use super::super::{LABEL_MANAGED, MANAGED_BY};
-use super::engine_error;
 use super::spec::ObjectRef;
+pub use crate::engine::swarm::ObjectKind as Kind;
+use crate::engine::swarm::{SwarmEngine, SwarmObject};
 
 /// Swarm's limit on config and secret names.
 const MAX_NAME: usize = 64;
-
-/// Whether an object is a Swarm config or a secret.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Config,
-    Secret,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Config => "config",
-            Kind::Secret => "secret",
-        }
-    }
-}
 
 /// The content-addressed name of one object: `<project>-<svc>-<role>-<hash12>`, or, when that
 /// exceeds Swarm's 64 characters, `iac-<hash of project/svc, 16>-<role>-<hash12>`.
@@ -83,96 +63,42 @@ pub fn project_filter(project: &ProjectName) -> HashMap<String, Vec<String>> {
 
 /// A project's configs and secrets on one engine.
 pub struct Objects<'a> {
-    pub docker: &'a Docker,
+    pub engine: &'a dyn SwarmEngine,
     pub project: &'a ProjectName,
 }
 
 impl Objects<'_> {
-    /// Every object of the project: (kind, id, name).
-    pub async fn list(&self) -> Result<Vec<(Kind, String, String)>, ProvisionError> {
-        let filters = project_filter(self.project);
-        let mut out = Vec::new();
-        let configs = self
-            .docker
-            .list_configs(Some(
-                ListConfigsOptionsBuilder::default()
-                    .filters(&filters)
-                    .build(),
-            ))
-            .await
-            .map_err(|e| engine_error("listing configs", e))?;
-        for c in configs {
-            let name = c.spec.and_then(|s| s.name).unwrap_or_default();
-            out.push((Kind::Config, c.id.unwrap_or_default(), name));
-        }
-        let secrets = self
-            .docker
-            .list_secrets(Some(
-                ListSecretsOptionsBuilder::default()
-                    .filters(&filters)
-                    .build(),
-            ))
-            .await
-            .map_err(|e| engine_error("listing secrets", e))?;
-        for s in secrets {
-            let name = s.spec.and_then(|s| s.name).unwrap_or_default();
-            out.push((Kind::Secret, s.id.unwrap_or_default(), name));
-        }
-        Ok(out)
+    /// Every object of the project.
+    pub async fn list(&self) -> Result<Vec<SwarmObject>, ProvisionError> {
+        Ok(self.engine.objects(project_filter(self.project)).await?)
     }
 
     /// The object holding `data` for `svc`'s `role`: the existing one with that name, else a new
-    /// one.
+    /// one (and whether it was created).
     pub async fn ensure(
         &self,
-        existing: &[(Kind, String, String)],
+        existing: &[SwarmObject],
         kind: Kind,
         svc: &ServiceName,
         role: &str,
         data: &[u8],
     ) -> Result<(ObjectRef, bool), ProvisionError> {
         let name = object_name(self.project, svc, role, data);
-        if let Some((_, id, _)) = existing.iter().find(|(k, _, n)| *k == kind && *n == name) {
+        if let Some(o) = existing.iter().find(|o| o.kind == kind && o.name == name) {
             return Ok((
                 ObjectRef {
-                    id: id.clone(),
+                    id: o.id.clone(),
                     name,
                 },
                 false,
             ));
         }
         let labels = object_labels(self.project, svc, kind);
-        let encoded = base64::engine::general_purpose::STANDARD.encode(data);
-        let created = match kind {
-            Kind::Config => self
-                .docker
-                .create_config(ConfigSpec {
-                    name: Some(name.clone()),
-                    labels: Some(labels),
-                    data: Some(encoded),
-                    templating: None,
-                })
-                .await
-                .map_err(|e| engine_error(&format!("creating config {name}"), e))?,
-            Kind::Secret => self
-                .docker
-                .create_secret(SecretSpec {
-                    name: Some(name.clone()),
-                    labels: Some(labels),
-                    data: Some(encoded),
-                    driver: None,
-                    templating: None,
-                })
-                .await
-                .map_err(|e| engine_error(&format!("creating secret {name}"), e))?,
-        };
-        Ok((
-            ObjectRef {
-                id: created.id,
-                name,
-            },
-            true,
-        ))
+        let id = self
+            .engine
+            .create_object(kind, &name, labels, data.to_vec())
+            .await?;
+        Ok((ObjectRef { id, name }, true))
     }
 
     /// Removes the project's objects whose names are not in `used`; returns what it removed.
@@ -180,26 +106,15 @@ impl Objects<'_> {
     /// next deploy.
     pub async fn prune(&self, used: &BTreeSet<String>) -> Result<Vec<String>, ProvisionError> {
         let mut removed = Vec::new();
-        for (kind, id, name) in self.list().await? {
-            if used.contains(&name) {
+        for o in self.list().await? {
+            if used.contains(&o.name) {
                 continue;
             }
-            let r = match kind {
-                Kind::Config => self.docker.delete_config(&id).await,
-                Kind::Secret => self.docker.delete_secret(&id).await,
-            };
-            match r {
-                Ok(()) => removed.push(format!("{} {name}", kind.as_str())),
-                Err(bollard::errors::Error::DockerResponseServerError {
-                    status_code: 400 | 404 | 409,
-                    ..
-                }) => {}
-                Err(e) => {
-                    return Err(engine_error(
-                        &format!("removing {} {name}", kind.as_str()),
-                        e,
-                    ));
-                }
+            match self.engine.remove_object(o.kind, &o.id).await {
+                Ok(()) => removed.push(format!("{} {}", o.kind.as_str(), o.name)),
+                // In use (400/409), or gone meanwhile (404).
+                Err(e) if matches!(e.status, Some(400 | 404 | 409)) => {}
+                Err(e) => return Err(e.into()),
             }
         }
         Ok(removed)

@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use bollard::models::{
+use crate::engine::swarm::{
     EndpointPortConfig, EndpointPortConfigProtocolEnum, EndpointPortConfigPublishModeEnum,
     EndpointSpec, EndpointSpecModeEnum, HealthConfig, Limit, NetworkAttachmentConfig, ServiceSpec,
     ServiceSpecMode, ServiceSpecModeReplicated, ServiceSpecRollbackConfig,
@@ -256,7 +256,13 @@ fn nanos(d: Duration) -> i64 {
 pub fn service_spec(input: &PodInput<'_>) -> Result<ServiceSpec, String> {
     let svc = input.svc;
     let s = input.settings;
-    let command = pod_command(input.image, input.image_cmd, input.project, &svc.service)?;
+    // The plan's command when it sets one (as `docker run IMAGE CMD…` would), else the image's.
+    let image_cmd: &[String] = if svc.app.cmd.is_empty() {
+        input.image_cmd
+    } else {
+        &svc.app.cmd
+    };
+    let command = pod_command(input.image, image_cmd, input.project, &svc.service)?;
     let labels = labels(input.project, svc, input.hash);
     let env: Vec<String> = svc
         .app
@@ -284,7 +290,7 @@ pub fn service_spec(input: &PodInput<'_>) -> Result<ServiceSpec, String> {
         args: Some(command),
         env: Some(env),
         health_check: Some(HealthConfig {
-            test: Some(probe_command(input.image_cmd)),
+            test: Some(probe_command(image_cmd)),
             interval: Some(nanos(s.health_interval)),
             timeout: Some(nanos(s.health_timeout)),
             retries: Some(i64::from(s.health_retries)),
@@ -451,6 +457,7 @@ mod tests {
                 app_port: Some(8000),
                 env: BTreeMap::new(),
                 replicas,
+                egress: Default::default(),
             }],
             keep: vec![],
         };

@@ -11,13 +11,9 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
-use bollard::Docker;
-use bollard::models::{Task, TaskState};
-use bollard::query_parameters::{ListNodesOptions, ListTasksOptionsBuilder};
-
 use iac_core::ProvisionError;
 
-use super::engine_error;
+use crate::engine::swarm::{SwarmEngine, Task, TaskState};
 
 /// One running task and where its inbound port is published.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,40 +101,19 @@ pub fn task_view(tasks: &[Task], nodes: &HashMap<String, IpAddr>, port: u16) -> 
 
 /// The tasks of service `service_id` and the addresses of the nodes.
 pub async fn observe(
-    docker: &Docker,
+    engine: &dyn SwarmEngine,
     service_id: &str,
     port: u16,
 ) -> Result<TaskView, ProvisionError> {
-    let filters = HashMap::from([("service".to_string(), vec![service_id.to_string()])]);
-    let tasks = docker
-        .list_tasks(Some(
-            ListTasksOptionsBuilder::default().filters(&filters).build(),
-        ))
-        .await
-        .map_err(|e| engine_error("listing tasks", e))?;
-    let nodes = node_addresses(docker).await?;
+    let tasks = engine.tasks(service_id).await?;
+    let nodes = engine.node_addresses().await?;
     Ok(task_view(&tasks, &nodes, port))
-}
-
-/// Node id → its address as the swarm knows it.
-pub async fn node_addresses(docker: &Docker) -> Result<HashMap<String, IpAddr>, ProvisionError> {
-    let nodes = docker
-        .list_nodes(None::<ListNodesOptions>)
-        .await
-        .map_err(|e| engine_error("listing nodes", e))?;
-    Ok(nodes
-        .into_iter()
-        .filter_map(|n| {
-            let ip = n.status?.addr?.parse().ok()?;
-            Some((n.id?, ip))
-        })
-        .collect())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bollard::models::{EndpointPortConfig, PortStatus, TaskStatus};
+    use crate::engine::swarm::{EndpointPortConfig, PortStatus, TaskStatus};
 
     fn task(slot: i64, desired: TaskState, state: TaskState, port: Option<i64>) -> Task {
         Task {

@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
+
+use crate::secret::Secret;
 
 use super::*;
 
@@ -24,10 +26,9 @@ pub struct TerraformConfig {
     /// `init -plugin-dir=…`: a local provider directory, for machines without registry access.
     pub plugin_dir: Option<PathBuf>,
     /// Extra environment for every Terraform run (e.g. `TF_CLI_CONFIG_FILE`,
-    /// `TF_PLUGIN_CACHE_DIR`, `TF_TOKEN_…`). Values of secret-looking keys are redacted when
-    /// printed.
-    #[serde(serialize_with = "serialize_redacted_env")]
-    pub extra_env: BTreeMap<String, String>,
+    /// `TF_PLUGIN_CACHE_DIR`, `TF_TOKEN_…`). Every value is a [`Secret`]: printed as
+    /// `[redacted]`, whatever its key is called (no guessing from names).
+    pub extra_env: BTreeMap<String, Secret>,
     /// How many trailing stderr lines a failure message carries.
     pub error_tail_lines: usize,
     /// Memory limits of the containers (`[terraform.limits]` in iac.toml, MiB, 0 = none). The
@@ -54,43 +55,6 @@ impl Default for TerraformConfig {
     }
 }
 
-fn is_secret_key(key: &str) -> bool {
-    let k = key.to_ascii_uppercase();
-    [
-        "TOKEN",
-        "SECRET",
-        "PASSWORD",
-        "PASSWD",
-        "KEY",
-        "CREDENTIAL",
-        "AUTH",
-    ]
-    .iter()
-    .any(|s| k.contains(s))
-}
-
-fn redacted_env(env: &BTreeMap<String, String>) -> BTreeMap<&str, &str> {
-    env.iter()
-        .map(|(k, v)| {
-            (
-                k.as_str(),
-                if is_secret_key(k) {
-                    crate::secret::REDACTED
-                } else {
-                    v.as_str()
-                },
-            )
-        })
-        .collect()
-}
-
-fn serialize_redacted_env<S: Serializer>(
-    env: &BTreeMap<String, String>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
-    redacted_env(env).serialize(s)
-}
-
 impl std::fmt::Debug for TerraformConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TerraformConfig")
@@ -99,7 +63,7 @@ impl std::fmt::Debug for TerraformConfig {
             .field("module_source", &self.module_source)
             .field("docker_host", &self.docker_host)
             .field("plugin_dir", &self.plugin_dir)
-            .field("extra_env", &redacted_env(&self.extra_env))
+            .field("extra_env", &self.extra_env)
             .field("error_tail_lines", &self.error_tail_lines)
             .field("limits", &self.limits)
             .finish()

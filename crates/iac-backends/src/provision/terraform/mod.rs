@@ -38,7 +38,7 @@
 //! (temp file with the mode set, then renamed), and the work directory — where Terraform also
 //! keeps its state and plan files, which hold the same values — is kept 0700.
 
-use super::{ContainerLimits, MANAGED_BY, with_limits};
+use super::{ContainerLimits, with_limits};
 
 mod config;
 mod declared;

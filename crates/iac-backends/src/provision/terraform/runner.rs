@@ -167,7 +167,7 @@ impl TerraformProvisioner {
             .env("TF_IN_AUTOMATION", "1")
             .env("TF_INPUT", "0")
             .env("CHECKPOINT_DISABLE", "1")
-            .envs(&self.cfg.extra_env)
+            .envs(self.cfg.extra_env.iter().map(|(k, v)| (k, v.expose())))
             .envs(iac_core::trace_context::env())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

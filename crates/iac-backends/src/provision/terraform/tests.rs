@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use super::declared::{TfType, declared_variables};
 use super::*;
+use crate::secret::{REDACTED, Secret};
 
 fn module() -> Vec<(String, String)> {
     EMBEDDED_MODULE
@@ -93,18 +94,26 @@ fn unparsable_module_is_an_error_naming_the_file() {
 }
 
 #[test]
-fn config_redacts_secret_env() {
+fn config_redacts_every_env_value() {
     let mut cfg = TerraformConfig::default();
     cfg.extra_env
-        .insert("TF_TOKEN_app_terraform_io".into(), "s3cr3t".into());
+        .insert("TF_TOKEN_app_terraform_io".into(), Secret::new("s3cr3t"));
+    // A name that does not look secret is no reason to print its value.
     cfg.extra_env
-        .insert("TF_PLUGIN_CACHE_DIR".into(), "/cache".into());
+        .insert("TF_CLI_ARGS".into(), Secret::new("-var=db_pass=hunter2"));
     let dbg = format!("{cfg:?}");
     let ser = serde_json::to_string(&cfg).unwrap();
     for s in [&dbg, &ser] {
-        assert!(!s.contains("s3cr3t"), "{s}");
-        assert!(s.contains("/cache"), "{s}");
+        assert!(!s.contains("s3cr3t") && !s.contains("hunter2"), "{s}");
+        assert!(s.contains("TF_CLI_ARGS") && s.contains(REDACTED), "{s}");
     }
+    let read: TerraformConfig =
+        serde_json::from_str(r#"{"extra_env": {"TF_LOG": "info"}}"#).unwrap();
+    assert_eq!(read.extra_env["TF_LOG"].expose(), "info");
+    assert!(
+        serde_json::from_str::<TerraformConfig>(&ser).is_err(),
+        "a dumped config's placeholder is not taken as a value"
+    );
     let back: TerraformConfig = serde_json::from_str(r#"{"binary": "tofu"}"#).unwrap();
     assert_eq!(back.binary, "tofu");
     assert_eq!(back.work_root, PathBuf::from(".iac/projects"));

@@ -6,10 +6,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use iac_core::stack::LABEL_MANAGED;
 use iac_core::{Limits, MeshPorts, NetworkMode, Privileges, ProvisionError, Stack};
-
-use super::*;
 
 /// The contents of `terraform.tfvars.json`; mirrors `infra/variables.tf`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,7 +91,7 @@ impl From<&Privileges> for TfSecurity {
 /// `labels` plus `iac.managed-by=iac`: set by the provisioner on everything it creates.
 fn managed(labels: &BTreeMap<String, String>) -> BTreeMap<String, String> {
     let mut out = labels.clone();
-    out.insert(LABEL_MANAGED.to_string(), MANAGED_BY.to_string());
+    iac_core::labels::mark_managed(&mut out);
     out
 }
 

@@ -1,5 +1,8 @@
-//! The one duration style of iac's configuration: humantime strings (`"3s"`, `"500ms"`, `"5m"`,
-//! `"90d"`). Use as `#[serde(with = "iac_core::duration")]` on a `std::time::Duration` field.
+//! The one duration style of iac: humantime strings (`"3s"`, `"500ms"`, `"5m"`, `"90d"`), in the
+//! configuration (`iac-core` re-exports this crate as `iac_core::duration`; use it as
+//! `#[serde(with = "iac_core::duration")]` on a `std::time::Duration` field) and in the agent's
+//! flags (`--grace`, `--restart-backoff`, …), which is why it is a crate of its own: the agent is
+//! kept small and does not depend on `iac-core`.
 //!
 //! Serialization prints the largest unit that divides the value exactly (`90d`, not humantime's
 //! `2months 29days 13h 30m`), so `iac config show` output reads well and parses back unchanged.
@@ -81,7 +84,7 @@ mod tests {
 
     #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
     struct T {
-        #[serde(with = "crate::duration")]
+        #[serde(with = "crate")]
         d: Duration,
     }
 
