@@ -8,6 +8,8 @@
 //!    hello and scripted are SERVING through Envoy over mTLS, crashy is NOT_SERVING with exit
 //!    code 1; hello's `url` (deploy report and `iac health --json`) answers 200 from the host
 //!    with no client certificate, the others have none;
+//!    egress is closed by default: hello's app has `HTTPS_PROXY` and a direct connection to a
+//!    peer (skipping its sidecar) gets "no route to host";
 //! 2. `iac logs` shows hello's printed line;
 //! 3. a redeploy with no change touches nothing (same container ids);
 //! 4. a change to `scripted` replaces only that service; v2 serves HTTP on a hard-coded
@@ -137,6 +139,25 @@ fn hello_main_end_to_end() {
         "{report:#}"
     );
     assert_eq!(svc("crashy")["health"]["exit_code"], 1);
+
+    // 1b. Egress is closed by default: the app has the proxy variables, and a connection that
+    // skips its sidecar has no route, even to a peer on the project network (Envoy reaches it).
+    let app = format!("{}-hello", project.name);
+    let env = docker(&["inspect", "-f", "{{json .Config.Env}}", &app]);
+    assert!(
+        env.contains("\"HTTPS_PROXY=http://127.0.0.1:15002\""),
+        "{env}"
+    );
+    let direct = docker(&[
+        "exec",
+        "-u",
+        "nobody",
+        &app,
+        "python3",
+        "-c",
+        "import socket\ntry:\n    socket.create_connection(('scripted', 15000), timeout=5); print('connected')\nexcept OSError as e:\n    print('errno', e.errno)",
+    ]);
+    assert_eq!(direct.trim(), "errno 113", "no route around the sidecar");
 
     // hello's edge: the same URL in the report and in `iac health --json`, answering from the
     // host without a client certificate; scripted and crashy declare no port, so no edge.

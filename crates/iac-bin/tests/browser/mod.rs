@@ -72,6 +72,9 @@ impl Driver {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        // Its own process group, which the browsers it starts share: dropping the driver
+        // kills them too, also when a test panics before it quits its session.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         die_with_parent(&mut cmd);
         let child = cmd.spawn().expect("start chromedriver");
         let d = Driver {
@@ -131,7 +134,10 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // SAFETY: kill(2) on the process group this driver leads (chromedriver and its browsers).
+        unsafe {
+            libc::kill(-(self.child.id() as i32), libc::SIGKILL);
+        }
         let _ = self.child.wait();
     }
 }

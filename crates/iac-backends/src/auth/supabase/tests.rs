@@ -30,6 +30,41 @@ fn defaults_and_env() {
 }
 
 #[test]
+fn anon_key_is_checked_for_console_sign_in_and_redacted() {
+    assert!(
+        SupabaseConfig::default()
+            .console_sign_in()
+            .unwrap()
+            .is_none()
+    );
+    let mut c = SupabaseConfig {
+        anon_key: Some(Secret::new("sb_publishable_abc")),
+        ..Default::default()
+    };
+    let e = c.console_sign_in().unwrap_err().to_string();
+    assert!(e.contains("SUPABASE_URL") && e.contains("anon_key"), "{e}");
+    c.url = Some("https://x.supabase.co/".into());
+    let (url, key) = c.console_sign_in().unwrap().unwrap();
+    assert_eq!(url, "https://x.supabase.co");
+    assert_eq!(key.expose(), "sb_publishable_abc");
+    c.anon_key = Some(Secret::new("two words"));
+    assert!(
+        c.console_sign_in()
+            .unwrap_err()
+            .to_string()
+            .contains("one token")
+    );
+    c.anon_key = Some(Secret::new("sb_publishable_abc"));
+    assert!(
+        !format!("{c:?}").contains("sb_publishable_abc"),
+        "Debug redacts it"
+    );
+    let mut d = SupabaseConfig::default();
+    d.apply_env(|k| (k == "SUPABASE_ANON_KEY").then(|| " anon-from-env ".to_string()));
+    assert_eq!(d.anon_key.unwrap().expose(), "anon-from-env");
+}
+
+#[test]
 fn config_errors_name_the_setting() {
     let e = SupabaseVerifier::new(SupabaseConfig::default())
         .err()
