@@ -29,6 +29,7 @@ fn stack() -> Stack {
         env: [("GREETING".to_string(), "costs $5".to_string())].into(),
         edge: port.map(|_| iac_core::EdgeBind::loopback()),
         replicas: 1,
+        egress: Default::default(),
     };
     let mut s = plan(&PlanInput {
         project: ProjectName::new("shop").unwrap(),

@@ -24,14 +24,16 @@ use iac_backends::provision::{ContainerLimits, with_limits};
 use iac_backends::{compose, engine, kubernetes};
 use iac_core::plan::{PlanInput, PlannedService, plan};
 use iac_core::stack::{ContainerSpec, NetworkMode, PodFilter, Privileges, ServiceStack};
-use iac_core::{CertPaths, EdgeBind, IssuedCerts, Limits, Mount, ProjectName, ServiceName, Stack};
+use iac_core::{
+    CertPaths, EdgeBind, EgressPolicy, IssuedCerts, Limits, Mount, ProjectName, ServiceName, Stack,
+};
 use serde_json::{Value, json};
 
 const TARGETS: [&str; 5] = ["docker", "swarm", "terraform", "kubernetes", "compose"];
 
 /// A stack using every field: replicas, limits (pids and memory on both containers), an app
 /// command, environment with a `$`, an edge on a fixed host port, an app mount, distinct stop
-/// timeouts (none equal to a target's default).
+/// timeouts (none equal to a target's default), controlled egress.
 fn stack(pids: bool) -> Stack {
     let svc = PlannedService {
         name: ServiceName::new("pay").unwrap(),
@@ -53,6 +55,9 @@ fn stack(pids: bool) -> Stack {
             ..EdgeBind::loopback()
         }),
         replicas: 3,
+        egress: iac_core::EgressPolicy::Allow(
+            iac_core::egress::parse_rules(&["api.stripe.com:443"]).unwrap(),
+        ),
     };
     let mut s = plan(&PlanInput {
         project: ProjectName::new("shop").unwrap(),
@@ -289,6 +294,7 @@ fn walk(svc: &ServiceStack) -> Vec<(String, Scope, Requirement)> {
         spec_hash,
         replicas,
         pod_filter,
+        egress,
     } = svc;
     let mut out = vec![
         (
@@ -326,6 +332,21 @@ fn walk(svc: &ServiceStack) -> Vec<(String, Scope, Requirement)> {
                 Num(i64::from(inbound_port)),
                 Sub(format!("dport {inbound_port}")),
             ],
+        ],
+    ));
+    // Controlled egress: enforced (the pod filter's outbound chain, or an Egress
+    // NetworkPolicy) and the app sent through the sidecar (proxy variables). The allowlist
+    // itself is in the rendered envoy.yaml every target mounts (stand-in content here).
+    assert!(
+        matches!(egress, EgressPolicy::Allow(_)),
+        "the walked stack controls egress"
+    );
+    out.push((
+        "egress".to_string(),
+        Scope::Service,
+        vec![
+            vec![Sub("chain output".into()), Str("Egress".into())],
+            vec![Sub("HTTPS_PROXY".into())],
         ],
     ));
     let sum = |f: fn(&Limits) -> Option<i64>| Some(f(&app.limits)? + f(&envoy.limits)?);

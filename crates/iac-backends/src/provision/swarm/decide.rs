@@ -170,6 +170,7 @@ mod tests {
             env: Default::default(),
             edge: None,
             replicas: 2,
+            egress: Default::default(),
         };
         plan(&PlanInput {
             project: ProjectName::new("p").unwrap(),

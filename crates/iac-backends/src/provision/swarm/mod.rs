@@ -556,9 +556,12 @@ impl SwarmProvisioner {
             Ok(()) => {}
             Err(e) if e.is_not_found() => return Ok(()),
             Err(e) => {
-                return Err(
-                    EngineError::new(format!("remove service {name}"), e.status, e.message).into(),
-                );
+                return Err(EngineError::new(
+                    format!("remove service {name}"),
+                    e.status,
+                    e.message,
+                )
+                .into());
             }
         }
         // On this node, the task containers go a moment after the service (they hold the
@@ -830,6 +833,7 @@ mod tests {
             env: Default::default(),
             edge: None,
             replicas: 1,
+            egress: Default::default(),
         };
         plan(&PlanInput {
             project: ProjectName::new("p").unwrap(),
