@@ -14,7 +14,9 @@ use super::{read_optional, toml_key_line};
 /// A console script: its name, target and where it was declared.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Script {
+    /// The script's name (the command it installs).
     pub name: String,
+    /// The `module:function` it calls.
     pub target: Callable,
     /// e.g. "pyproject.toml line 12".
     pub location: String,
@@ -29,6 +31,7 @@ pub struct Ini {
 }
 
 impl Ini {
+    /// Parses `text` leniently, like configparser (never fails; odd lines are skipped).
     pub fn parse(text: &str) -> Ini {
         let mut entries: Vec<(String, String, String, usize)> = Vec::new();
         let mut section = String::new();
@@ -92,12 +95,20 @@ pub enum SetupArg {
     Absent,
     /// The keyword's value is a literal (possibly via a top-level `NAME = literal`).
     Literal {
+        /// The literal.
         value: PyValue,
+        /// 1-based line of the keyword.
         line: usize,
+        /// The top-level name the value came through, if any.
         via: Option<String>,
     },
     /// The keyword is there but its value is not a literal; the string says what it is.
-    NotLiteral { line: usize, why: String },
+    NotLiteral {
+        /// 1-based line of the keyword.
+        line: usize,
+        /// What the value is instead (a call, a name, an expression…).
+        why: String,
+    },
 }
 
 /// A setup.py read as tokens.
@@ -107,6 +118,7 @@ pub struct SetupPy {
 }
 
 impl SetupPy {
+    /// Tokenizes setup.py; fails only when the lexer does.
     pub fn parse(text: &str) -> Result<SetupPy, pylex::LexError> {
         Ok(SetupPy {
             tokens: pylex::tokenize(text)?,
@@ -330,14 +342,18 @@ fn requirement_name(req: &str) -> Option<String> {
 
 /// Everything the Python rules read from a repo, loaded once.
 pub struct PyRepo {
+    /// The repo root.
     pub dir: PathBuf,
+    /// pyproject.toml's text and parsed table, when present.
     pub pyproject: Option<(String, toml::Table)>,
+    /// setup.cfg, when present.
     pub setup_cfg: Option<Ini>,
     /// setup.py as tokens, or why it could not be tokenized.
     pub setup_py: Option<Result<SetupPy, String>>,
 }
 
 impl PyRepo {
+    /// Reads pyproject.toml, setup.cfg and setup.py from `dir`; a pyproject.toml that is not TOML is an error.
     pub fn load(dir: &Path) -> Result<PyRepo, EntryError> {
         let pyproject_path = dir.join("pyproject.toml");
         let pyproject = match read_optional(&pyproject_path)? {

@@ -166,10 +166,12 @@ impl DockerProvisioner {
         ))
     }
 
+    /// A provisioner over an existing engine (tests pass a fake).
     pub fn with_engine(engine: Arc<dyn Engine>, config: DockerProvisionerConfig) -> Self {
         DockerProvisioner { engine, config }
     }
 
+    /// The `[docker]` settings it was made with.
     pub fn config(&self) -> &DockerProvisionerConfig {
         &self.config
     }
