@@ -27,11 +27,14 @@ const MAX_NAME: usize = 64;
 /// Whether an object is a Swarm config or a secret.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
+    /// A Swarm config: Envoy's YAML.
     Config,
+    /// A Swarm secret: the CA bundle, the certificate and the private key.
     Secret,
 }
 
 impl Kind {
+    /// The word used in names and messages: `config` or `secret`.
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Config => "config",
@@ -83,7 +86,9 @@ pub fn project_filter(project: &ProjectName) -> HashMap<String, Vec<String>> {
 
 /// A project's configs and secrets on one engine.
 pub struct Objects<'a> {
+    /// The manager's engine.
     pub docker: &'a Docker,
+    /// The project the objects are labelled with.
     pub project: &'a ProjectName,
 }
 
