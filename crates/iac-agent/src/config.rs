@@ -11,10 +11,15 @@ use serde::{Deserialize, Serialize};
 use crate::logbuf::RingLimits;
 use crate::restart::{self, Backoff, RestartPolicy};
 
+/// Default `--listen`: loopback only; the pod's Envoy sidecar is the one client.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+/// Default `--ring-lines`: output lines kept for `StreamLogs`.
 pub const DEFAULT_RING_LINES: usize = 10_000;
+/// Default `--ring-bytes`: 4 MiB of output kept for `StreamLogs`.
 pub const DEFAULT_RING_BYTES: usize = 4 * 1024 * 1024;
+/// Default `--max-line-bytes`: longer lines are cut in the ring buffer (16 KiB).
 pub const DEFAULT_MAX_LINE_BYTES: usize = 16 * 1024;
+/// Default `--grace` in seconds, matching Docker's default stop timeout.
 pub const DEFAULT_GRACE_SECS: u64 = 10;
 
 /// `iac-agent`: PID 1 of an iac app container.
@@ -262,8 +267,11 @@ pub struct AgentConfig {
     pub listen: SocketAddr,
     /// `--user`; `None` runs the entry as the image's USER.
     pub user: Option<String>,
+    /// `--ring-lines`: output lines the agent keeps for `StreamLogs`.
     pub ring_lines: usize,
+    /// `--ring-bytes`: output bytes the agent keeps (at least 256).
     pub ring_bytes: usize,
+    /// `--max-line-bytes`: longer lines are cut in the buffer (`docker logs` still sees them whole).
     pub max_line_bytes: usize,
     /// `--grace` in whole seconds. Keep it below the engine's stop timeout (Docker: 10 s) or the
     /// engine's SIGKILL of the agent wins and the exit code is lost.

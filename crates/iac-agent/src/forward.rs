@@ -69,6 +69,7 @@ pub struct Decider {
 }
 
 impl Decider {
+    /// A decider that forwards once the same target has been seen for `after` (zero: at once).
     pub fn new(after: Duration) -> Self {
         Self { after, seen: None }
     }
@@ -94,11 +95,13 @@ impl Decider {
 /// What the watcher needs to tell the app's sockets apart.
 #[derive(Debug, Clone, Copy)]
 pub struct Watch {
+    /// The port the app was told to listen on (`PORT`); a socket found elsewhere gets forwarded here.
     pub app_port: u16,
     /// The app's user: only its sockets are candidates.
     pub app_uid: u32,
     /// Ports that are never the app's (the agent's own, the sidecar's).
     pub not_app: [u16; 2],
+    /// How long one candidate socket must stay the only one before forwarding starts.
     pub after: Duration,
 }
 

@@ -43,6 +43,8 @@
 //! The library exposes the pieces (and [`config::AgentConfig`] for the `iac` binary, which renders
 //! the agent's command line into images); `src/main.rs` is the thin executable.
 
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod forward;
 pub mod keeper;

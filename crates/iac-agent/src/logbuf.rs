@@ -24,11 +24,14 @@ pub fn truncation_marker(max_line_bytes: usize) -> String {
 /// Which of the child's pipes a line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamKind {
+    /// The entry's standard output.
     Stdout,
+    /// The entry's standard error.
     Stderr,
 }
 
 impl StreamKind {
+    /// The name used on the wire (`LogLine.stream`): `stdout` or `stderr`.
     pub fn as_str(self) -> &'static str {
         match self {
             StreamKind::Stdout => "stdout",
@@ -40,12 +43,16 @@ impl StreamKind {
 /// One captured line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogEntry {
+    /// When the agent read the line (not when the app wrote it).
     pub ts: SystemTime,
+    /// The pipe the line came from.
     pub stream: StreamKind,
+    /// The line without its newline, cut at `--max-line-bytes` (then ending in the cut marker).
     pub msg: String,
 }
 
 impl LogEntry {
+    /// The gRPC `LogLine`, its timestamp as RFC 3339 with milliseconds.
     pub fn to_proto(&self) -> LogLine {
         LogLine {
             ts: rfc3339_millis(self.ts),
@@ -106,6 +113,7 @@ pub struct LineSplitter {
 }
 
 impl LineSplitter {
+    /// A splitter cutting lines at `max_line_bytes` (at least 1).
     pub fn new(max_line_bytes: usize) -> Self {
         Self {
             max_line_bytes: max_line_bytes.max(1),
@@ -191,6 +199,7 @@ struct Inner {
 /// What a `StreamLogs` call gets: the backlog and, when following, the live receiver.
 #[derive(Debug)]
 pub struct Subscription {
+    /// Lines already in the buffer when the call came, oldest first (the requested tail; all of them for tail 0).
     pub backlog: Vec<Arc<LogEntry>>,
     /// `None` when not following, or when the output has already ended for good.
     pub live: Option<broadcast::Receiver<Arc<LogEntry>>>,

@@ -49,6 +49,7 @@ pub struct Watcher {
 }
 
 impl Watcher {
+    /// Takes one look at the namespace's interfaces (as listed by the caller) and says what it means.
     pub fn observe(&mut self, interfaces: &[String]) -> Verdict {
         if !interfaces.is_empty() {
             self.had_interface = true;

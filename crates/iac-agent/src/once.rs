@@ -28,7 +28,9 @@ pub const WAIT_TCP_LIMIT: Duration = Duration::from_secs(30);
 /// What `--once` runs.
 #[derive(Debug, Clone)]
 pub struct Job {
+    /// The command and its arguments; never empty.
     pub argv: Vec<String>,
+    /// `--user`, resolved; `None` runs it as the agent's own user.
     pub user: Option<ResolvedUser>,
     /// The working directory (`--chdir`); `None`: the agent's own.
     pub chdir: Option<PathBuf>,

@@ -122,6 +122,7 @@ pub struct Tracker {
 }
 
 impl Tracker {
+    /// A tracker with no crash yet, using `backoff` for the delays.
     pub fn new(backoff: Backoff) -> Self {
         Tracker {
             backoff,
@@ -160,6 +161,7 @@ impl Tracker {
         self.status.restarts = self.status.restarts.saturating_add(1);
     }
 
+    /// Restarts so far, the last exit and a pending restart, as HealthCheck reports them.
     pub fn status(&self) -> &RestartStatus {
         &self.status
     }

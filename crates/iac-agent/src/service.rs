@@ -64,6 +64,7 @@ pub struct AgentService {
 }
 
 impl AgentService {
+    /// The service over the supervisor's child state and the entry's log buffer.
     pub fn new(state: watch::Receiver<ChildState>, logs: Arc<LogBuffer>) -> Self {
         Self {
             state,

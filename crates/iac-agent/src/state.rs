@@ -54,18 +54,26 @@ impl Clock {
 pub enum ChildState {
     /// Before the spawn attempt (never observable through gRPC: the server starts after it).
     Starting,
+    /// The entry has been spawned and has not exited.
     Running {
+        /// Its process id (in the container's PID namespace).
         pid: i32,
     },
+    /// The entry exited with a status (on its own, or after handling a forwarded signal).
     Exited {
+        /// Its exit status (0..=255).
         code: i32,
     },
+    /// The entry was killed by a signal.
     Signaled {
+        /// The signal number (15 for SIGTERM, 9 for SIGKILL, ...).
         signal: i32,
     },
     /// The program could not be executed (not found, not executable, privilege drop refused...).
     SpawnFailed {
+        /// The OS error, as text.
         error: String,
+        /// The program (argv\[0\]) that could not be run.
         program: String,
         /// 127 when the program was not found, 126 otherwise (as shells report it).
         code: i32,
@@ -73,6 +81,7 @@ pub enum ChildState {
 }
 
 impl ChildState {
+    /// The state after `program` failed to spawn with `err`; the code follows the shell convention.
     pub fn spawn_failed(program: &str, err: &io::Error) -> Self {
         ChildState::SpawnFailed {
             error: err.to_string(),
@@ -114,6 +123,7 @@ impl ChildState {
         !matches!(self, ChildState::Starting | ChildState::Running { .. })
     }
 
+    /// The child's pid while it runs.
     pub fn pid(&self) -> Option<i32> {
         match self {
             ChildState::Running { pid } => Some(*pid),
@@ -131,6 +141,7 @@ impl ChildState {
         }
     }
 
+    /// One line for HealthCheck's detail, e.g. `running (pid 7)` or `exited with code 1`.
     pub fn detail(&self) -> String {
         match self {
             ChildState::Starting => "starting".to_owned(),

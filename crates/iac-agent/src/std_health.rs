@@ -32,6 +32,7 @@ pub struct StdHealth {
 }
 
 impl StdHealth {
+    /// The standard health service answering from `agent`'s state.
     pub fn new(agent: AgentService) -> Self {
         Self { agent }
     }

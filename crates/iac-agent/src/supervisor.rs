@@ -68,10 +68,15 @@ pub struct Sidecar {
 /// Everything `run` needs, already validated.
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// Where the gRPC server listens (`--listen`).
     pub listen: SocketAddr,
+    /// `--user`, resolved; `None` runs the entry as the agent's own user.
     pub user: Option<ResolvedUser>,
+    /// Limits of the output ring buffer.
     pub limits: RingLimits,
+    /// How long to wait after forwarding SIGTERM/SIGINT before SIGKILL (`--grace`).
     pub grace: Duration,
+    /// The entry command and its arguments; never empty.
     pub argv: Vec<String>,
     /// `PYTHONPATH` for the entry (set by `--otel-auto-instrument`, see [`crate::otel`]).
     pub python_path: Option<std::ffi::OsString>,

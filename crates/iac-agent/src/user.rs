@@ -14,7 +14,9 @@ use std::fmt;
 /// Who the child runs as.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResolvedUser {
+    /// The uid the entry runs as.
     pub uid: u32,
+    /// The primary gid (the user's from `/etc/passwd`, or the `:GROUP` given).
     pub gid: u32,
     /// Supplementary groups, primary gid first, no duplicates.
     pub groups: Vec<u32>,
@@ -27,8 +29,11 @@ pub struct ResolvedUser {
 /// Why `--user` could not be resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UserError {
+    /// `--user` was given empty.
     Empty,
+    /// A name not in `/etc/passwd` (the value given).
     UnknownUser(String),
+    /// A group name not in `/etc/group` (the value given).
     UnknownGroup(String),
 }
 

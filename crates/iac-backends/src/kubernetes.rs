@@ -94,18 +94,37 @@ pub struct Manifest {
     pub yaml: String,
 }
 
+/// Why a stack cannot be rendered as Kubernetes manifests.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum KubernetesError {
     #[error(
         "service {service}: the content of {path} was not provided (expected every path of mounted_files)"
     )]
-    MissingFile { service: String, path: PathBuf },
+    /// A mounted file's content was not handed to the render.
+    MissingFile {
+        /// The service whose pod mounts it.
+        service: String,
+        /// The host path whose content is missing.
+        path: PathBuf,
+    },
     #[error("service {service}: {path} is not UTF-8 text (expected the rendered envoy.yaml)")]
-    NotText { service: String, path: PathBuf },
+    /// A file that goes into a ConfigMap is not UTF-8.
+    NotText {
+        /// The service whose pod mounts it.
+        service: String,
+        /// The host path of the file.
+        path: PathBuf,
+    },
     #[error(
         "service {service}: the Envoy container mounts nothing at {target} (expected the stack's sidecar layout)"
     )]
-    MissingMount { service: String, target: String },
+    /// The sidecar has no mount where the Envoy config or certs are expected.
+    MissingMount {
+        /// The service.
+        service: String,
+        /// The container path nothing is mounted at.
+        target: String,
+    },
 }
 
 /// The host files the manifests embed: each service's Envoy config and certificates.

@@ -18,6 +18,8 @@
 //! [`engine`] is the Docker engine layer every Docker-speaking backend (the image builder, the
 //! docker provisioner) and the `iac` binary go through: one `connect`, one error type.
 
+#![warn(missing_docs)]
+
 pub mod auth;
 pub mod build;
 pub mod compose;

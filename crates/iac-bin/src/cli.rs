@@ -15,6 +15,7 @@ pub const LONG_VERSION: &str = concat!(
     "\nenvoy: 1.40.0 (sidecar image [sidecar] image = envoyproxy/envoy:v1.40.0, offline iac/envoy:1.40.0)",
 );
 
+/// The `iac` command line: global options, then one command.
 #[derive(Debug, Parser)]
 #[command(name = "iac", version, long_version = LONG_VERSION, about = "Repo slugs in, mTLS-meshed containers out.", long_about = None)]
 pub struct Cli {
@@ -30,10 +31,12 @@ pub struct Cli {
     /// Override the configured provisioner.
     #[arg(long, global = true, value_enum)]
     pub provisioner: Option<ProvisionerKind>,
+    /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// The `--file`/`-f` option of the commands that read a repos file.
 #[derive(Debug, Args, Clone)]
 pub struct FileArg {
     /// Repos file (YAML or JSON): a list of slugs or {slug, name, entrypoint, env} maps.
@@ -41,10 +44,12 @@ pub struct FileArg {
     pub file: PathBuf,
 }
 
+/// The commands of `iac`; each doc line is its `iac --help` summary.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Fetch, resolve, build, provision and health-check every service in the repos file.
     Deploy {
+        /// The repos file to deploy.
         #[command(flatten)]
         file: FileArg,
         /// Services prepared at once.
@@ -53,6 +58,7 @@ pub enum Command {
     },
     /// Show what a deploy would create, replace, keep or remove (builds nothing).
     Plan {
+        /// The repos file to plan.
         #[command(flatten)]
         file: FileArg,
     },
@@ -80,8 +86,10 @@ pub enum Command {
         /// Take the project name from this repos file.
         #[arg(long, short = 'f')]
         file: Option<PathBuf>,
+        /// The service to show (all of the project's when omitted).
         #[arg(long, short = 's')]
         service: Option<String>,
+        /// Keep streaming new lines until interrupted.
         #[arg(long, short = 'F')]
         follow: bool,
         /// Lines of history first (0 = all buffered).
@@ -112,8 +120,10 @@ pub enum Command {
     },
     /// Write, per service, the resolved entry, the Envoy config and the certs it would use.
     Render {
+        /// The repos file to render.
         #[command(flatten)]
         file: FileArg,
+        /// Directory to write into (created if missing).
         #[arg(long, short = 'o')]
         out: PathBuf,
         /// `files`: per service entry.json, envoy.yaml and certs (what a deploy hands the
@@ -125,11 +135,13 @@ pub enum Command {
     },
     /// Manage the development CA.
     Ca {
+        /// What to do with the CA.
         #[command(subcommand)]
         action: CaAction,
     },
     /// Configuration.
     Config {
+        /// What to do with the configuration.
         #[command(subcommand)]
         action: ConfigAction,
     },
@@ -166,6 +178,7 @@ pub enum Command {
     },
     /// Past deploys and destroys (CLI and API), newest first; `--project` filters.
     History {
+        /// `show ID`; without it, the most recent deploys and destroys are listed.
         #[command(subcommand)]
         action: Option<HistoryAction>,
         /// How many to list (1 to 500).
@@ -173,9 +186,13 @@ pub enum Command {
         limit: usize,
     },
     /// Print shell completions.
-    Completions { shell: clap_complete::Shell },
+    Completions {
+        /// The shell to print completions for.
+        shell: clap_complete::Shell,
+    },
 }
 
+/// The subcommands of `iac history`.
 #[derive(Debug, Subcommand)]
 pub enum HistoryAction {
     /// Everything recorded about one deploy or destroy: outcome per service with stage
@@ -189,11 +206,14 @@ pub enum HistoryAction {
 /// What `iac render` writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum RenderTarget {
+    /// Per service entry.json, envoy.yaml and certs.
     Files,
+    /// Kubernetes manifests for `kubectl apply -f`.
     Kubernetes,
     Compose,
 }
 
+/// The subcommands of `iac ca`.
 #[derive(Debug, Subcommand)]
 pub enum CaAction {
     /// Create the CA if there is none (never overwrites).
@@ -204,6 +224,7 @@ pub enum CaAction {
     Rotate,
 }
 
+/// The subcommands of `iac config`.
 #[derive(Debug, Subcommand)]
 pub enum ConfigAction {
     /// Print the effective configuration (secrets redacted).

@@ -38,8 +38,10 @@ pub use history::HistorySection;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum ProvisionerKind {
+    /// Containers and networks created through the Docker engine's API (the default).
     #[default]
     Docker,
+    /// A Terraform JSON configuration (docker provider) applied with the `terraform` binary.
     Terraform,
     /// Docker Swarm services on the engine (a swarm manager).
     Swarm,
@@ -79,6 +81,7 @@ pub struct IacConfig {
     pub network: String,
     /// Services prepared (fetched, resolved, built) at once.
     pub parallelism: usize,
+    /// Which provisioner creates the containers (`docker`, `terraform`, `swarm`).
     pub provisioner: ProvisionerKind,
     /// How long the prober keeps trying one service (also the Docker provisioner's gate deadline).
     #[serde(with = "iac_core::duration")]
@@ -105,15 +108,25 @@ pub struct IacConfig {
     /// past it the command is stopped and the service's deploy fails, its old pods kept.
     #[serde(with = "iac_core::duration")]
     pub release_timeout: Duration,
+    /// `[images]`: base images and image naming.
     pub images: ImageConfig,
+    /// `[sidecar]`: the Envoy sidecar.
     pub sidecar: SidecarSection,
+    /// `[fetch]`: source fetching (cache, limits, credentials).
     pub fetch: FetchConfig,
+    /// `[pki]`: the CA and certificate lifetimes.
     pub pki: PkiConfig,
+    /// `[probe]`: health probing.
     pub probe: ProbeConfig,
+    /// `[docker]`: the Docker provisioner.
     pub docker: DockerProvisionerConfig,
+    /// `[terraform]`: the Terraform provisioner.
     pub terraform: TerraformConfig,
+    /// `[swarm]`: the Swarm provisioner.
     pub swarm: SwarmConfig,
+    /// `[supabase]`: the admin API's token verification.
     pub supabase: SupabaseConfig,
+    /// `[serve]`: the admin API (`iac serve`).
     pub serve: ServeConfig,
     /// Deployment history: the store and its retention.
     pub history: HistorySection,
@@ -165,10 +178,13 @@ impl Default for IacConfig {
 /// Values given on the command line (highest precedence).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct CliOverrides {
+    /// `--project`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub project: Option<String>,
+    /// `--provisioner`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub provisioner: Option<ProvisionerKind>,
+    /// `--parallelism` of `iac deploy`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parallelism: Option<usize>,
 }
@@ -257,6 +273,7 @@ impl IacConfig {
         Ok(())
     }
 
+    /// The layers, lowest first: defaults, `file` (or ./iac.toml), `IAC_*` and OTEL env, `cli`.
     pub fn figment(file: Option<&Path>, cli: &CliOverrides) -> anyhow::Result<Figment> {
         let mut fig = Figment::from(Serialized::defaults(IacConfig::default()));
         match file {

@@ -12,6 +12,8 @@
 //! | [`api`] | the admin API (`iac serve`) |
 //! | [`telemetry`] | tracing + OTLP |
 
+#![warn(missing_docs)]
+
 pub mod api;
 pub mod cli;
 pub mod commands;

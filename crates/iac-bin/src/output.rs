@@ -16,12 +16,16 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 /// How progress is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
+    /// NDJSON events and a JSON result (`--json`).
     Json,
+    /// Live progress bars (stderr is a terminal).
     Tty,
+    /// One line per event (logs, pipes).
     Plain,
 }
 
 impl Mode {
+    /// `Json` when asked for, else `Tty` when stderr is a terminal, else `Plain`.
     pub fn detect(json: bool) -> Mode {
         if json {
             Mode::Json
@@ -116,6 +120,7 @@ fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or("")
 }
 
+/// One event as `Mode::Plain` prints it: HH:MM:SS, service (`-` for none), ERROR/WARN, message.
 pub fn plain_line(ev: &DeployEvent) -> String {
     let time = ev.ts.get(11..19).unwrap_or(&ev.ts);
     let svc = ev.service.as_ref().map(|s| s.as_str()).unwrap_or("-");

@@ -63,6 +63,7 @@ pub struct RecipeMaker {
 }
 
 impl RecipeMaker {
+    /// A maker using `cfg`'s image names and sidecar settings.
     pub fn new(cfg: IacConfig) -> Self {
         RecipeMaker { cfg }
     }

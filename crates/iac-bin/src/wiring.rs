@@ -28,11 +28,17 @@ use crate::config::{IacConfig, ProvisionerKind};
 
 /// Everything a command needs for one project.
 pub struct App {
+    /// The effective configuration.
     pub cfg: IacConfig,
+    /// The project every command acts on.
     pub project: ProjectName,
+    /// The pipeline over the configured stages.
     pub deployer: Deployer,
+    /// The deployer's source fetcher, for commands that fetch without deploying.
     pub fetcher: Arc<dyn SourceFetcher>,
+    /// The deployer's entry resolver, for commands that resolve without deploying.
     pub resolver: Arc<dyn EntryResolver>,
+    /// Streams logs from the agents (`iac logs`).
     pub streamer: Arc<dyn LogStreamer>,
 }
 
@@ -75,10 +81,12 @@ pub fn source_stages(
 }
 
 impl App {
+    /// The wiring for a command that needs the container engine.
     pub async fn build(cfg: IacConfig, project: ProjectName) -> anyhow::Result<App> {
         Self::build_with(cfg, project, EngineUse::Required).await
     }
 
+    /// The wiring with `engine` saying whether the container engine must answer.
     pub async fn build_with(
         mut cfg: IacConfig,
         project: ProjectName,
@@ -220,6 +228,7 @@ impl App {
             .map_err(|e| e.to_string())
     }
 
+    /// The configured provisioner's name (`docker`, `terraform`, `swarm`).
     pub fn provisioner_name(&self) -> &'static str {
         self.deployer.stages().provisioner.name()
     }

@@ -11,7 +11,7 @@ pub const LABEL_PROJECT: &str = "iac.project";
 pub const LABEL_SERVICE: &str = "iac.service";
 /// Label holding the hash of the spec a container was created from.
 pub const LABEL_SPEC_HASH: &str = "iac.spec-hash";
-/// Label saying what an object is for ([`Role`]).
+/// Label saying what an object is for ([`Role`](crate::stack::Role)).
 pub const LABEL_ROLE: &str = "iac.role";
 /// Label set on every container and network iac created (value `iac`).
 pub const LABEL_MANAGED: &str = "iac.managed-by";

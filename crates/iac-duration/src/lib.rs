@@ -9,6 +9,8 @@
 //! A bare number is refused with a message naming the expected form: a `*_secs` key holding `45`
 //! was the old style, and guessing its unit is how `health_deadline = 45` would have meant 45 ms.
 
+#![warn(missing_docs)]
+
 use std::time::Duration;
 
 use serde::{Deserializer, Serializer};

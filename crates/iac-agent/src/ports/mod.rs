@@ -15,7 +15,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 /// One listening TCP socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Listener {
+    /// The local address the socket is bound to (`0.0.0.0`/`::` for all interfaces).
     pub addr: IpAddr,
+    /// The TCP port it listens on.
     pub port: u16,
     /// The socket owner's uid (the `uid` column).
     pub uid: u32,

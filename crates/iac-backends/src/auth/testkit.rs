@@ -10,7 +10,9 @@ use serde_json::{Value, json};
 
 /// A signing key pair with the `kid` it is published under.
 pub struct TestKey {
+    /// The key id tokens carry in their header and the JWKS publishes.
     pub kid: String,
+    /// The signing algorithm (`ES256`, `RS256`, …).
     pub alg: Algorithm,
     encoding: EncodingKey,
     /// The public key as a JWKS entry (with `kid`, `alg`, `use`).

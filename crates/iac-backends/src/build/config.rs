@@ -210,7 +210,9 @@ fn parse_user(user: &str) -> Result<(u32, u32), String> {
 /// offline equivalent bootstrap builds from Debian (on demand during a deploy).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PythonImages {
+    /// The official image (`python:X.Y-slim-bookworm` style), used when the engine has it.
     pub image: String,
+    /// The offline equivalent `iac bootstrap` builds from Debian packages.
     pub offline_image: String,
 }
 
@@ -219,7 +221,9 @@ pub struct PythonImages {
 pub struct PythonChoice {
     /// `"X.Y"`.
     pub version: String,
+    /// The official base image of this minor.
     pub image: String,
+    /// The offline base image of this minor (built on demand when neither exists).
     pub offline_image: String,
     /// Whether this is `default_python` (its wheelhouse is `wheelhouse`, not `wheelhouse-X.Y`).
     pub is_default: bool,

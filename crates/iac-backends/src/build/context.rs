@@ -27,10 +27,13 @@ pub const APP_WHEEL_LISTS: &[&str] = &[
 /// What goes into a build context.
 #[derive(Debug, Clone)]
 pub struct ContextInputs<'a> {
+    /// The rendered Dockerfile, written as `Dockerfile` at the context's root.
     pub dockerfile: &'a str,
+    /// The fetched source tree, copied to `src/` (minus `.dockerignore`d paths).
     pub source_dir: &'a Path,
     /// Names the source in errors (its origin or slug).
     pub source_name: &'a str,
+    /// The `iac-agent` executable copied into the image.
     pub agent_binary: &'a Path,
     /// Copied to `wheels/otel/` (only `*.whl`).
     pub otel_wheels: Option<&'a Path>,
@@ -47,6 +50,7 @@ pub struct BuiltContext {
     pub file: File,
     /// Size of the tar.
     pub bytes: u64,
+    /// Regular files in the tar.
     pub files: usize,
     /// Special files (sockets, fifos, devices) that were left out.
     pub skipped: Vec<PathBuf>,

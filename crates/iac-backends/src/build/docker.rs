@@ -118,6 +118,7 @@ impl DockerImageBuilder {
             })
     }
 
+    /// The `[images]` settings the builder was made with.
     pub fn config(&self) -> &ImageConfig {
         &self.config
     }

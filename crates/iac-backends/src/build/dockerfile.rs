@@ -31,30 +31,39 @@ pub const BASE_IMAGE_ARG: &str = "IAC_BASE_IMAGE";
 /// A `KEY=value` pair for the template.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct KeyValue {
+    /// The name (an env var or label key).
     pub key: String,
+    /// The value, unescaped (the template quotes it).
     pub value: String,
 }
 
 /// Everything the template is rendered from. Build it with [`DockerfileInputs::new`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DockerfileInputs {
+    /// The project (the `iac.project` label).
     pub project: String,
+    /// The service (the `iac.service` label).
     pub service: String,
     /// `python` or `binary`.
     pub language: &'static str,
+    /// The entry rule that matched (the `iac.entry-rule` label).
     pub entry_rule: String,
     /// The entry argv as a JSON array (the `iac.entry` label).
     pub entry_json: String,
     /// The configured base image of the entry's Python (`Entry::python`, else the default one):
     /// the default of the `IAC_BASE_IMAGE` build argument.
     pub base_image: String,
+    /// `sha256:<hex>` of the source tree (the `iac.source-digest` label).
     pub source_digest: String,
+    /// The uid the app runs as (`USER`); files it owns are chowned to it.
     pub uid: u32,
     /// Install the OpenTelemetry SDK from `wheels/otel/` (Python only).
     pub otel: bool,
+    /// OpenTelemetry packages installed when `otel` is set (names from the wheelhouse).
     pub otel_packages: Vec<String>,
     /// `wheels/app/` holds the app's dependency wheels (Python with requirements or a package).
     pub app_wheels: bool,
+    /// The port the app is told to listen on (`ENV PORT`, `EXPOSE`); `None` for a job.
     pub port: Option<u16>,
     /// Extra image labels (sorted).
     pub labels: Vec<KeyValue>,

@@ -21,6 +21,7 @@ use std::fmt;
 pub struct IgnoreError {
     /// 1-based line number.
     pub line: usize,
+    /// What Docker would say about the line.
     pub message: String,
 }
 

@@ -14,7 +14,9 @@ use super::wheels::{AppDeps, DepPlan};
 /// One requirement and the file it was read from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Installed {
+    /// The requirement, as pip gets it.
     pub requirement: String,
+    /// The file (and line) it came from, or the lock file.
     pub from: String,
 }
 
@@ -31,6 +33,7 @@ pub struct InstallReport {
     pub not_read: Vec<String>,
     /// Whether the project itself is built and installed, and why (or why not).
     pub project_installed: bool,
+    /// Why the project is (or is not) installed as a package.
     pub project_why: String,
     /// Requirements from the index, each with where it was read.
     pub requirements: Vec<Installed>,
@@ -46,6 +49,7 @@ pub struct InstallReport {
     pub apt: Vec<String>,
     /// Extras and groups asked for.
     pub extras: Vec<String>,
+    /// Dependency groups asked for.
     pub groups: Vec<String>,
 }
 

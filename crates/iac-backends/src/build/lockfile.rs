@@ -24,9 +24,13 @@ const MAX_LOCK_BYTES: u64 = 32 * 1024 * 1024;
 /// The lock formats, in the order they are looked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LockKind {
+    /// `uv.lock`.
     Uv,
+    /// `poetry.lock`.
     Poetry,
+    /// `pdm.lock`.
     Pdm,
+    /// `Pipfile.lock`.
     Pipenv,
 }
 
@@ -53,7 +57,9 @@ impl LockKind {
 /// Extras and dependency groups the repos file asks for (normalized names).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Selection {
+    /// Extras of the project to install (`extras:` in the repos file).
     pub extras: Vec<String>,
+    /// Dependency groups to install (`groups:` in the repos file).
     pub groups: Vec<String>,
 }
 

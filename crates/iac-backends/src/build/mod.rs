@@ -11,7 +11,7 @@
 //! - [`wheels`]: the app's install plan, read statically from its tree; [`requirements`]: the
 //!   requirements-file parser (regenerates every line); [`resolver`]: the confined container that
 //!   resolves and builds the dependencies into wheels (nothing of a repo's runs on the host);
-//!   [`output`]: bounded retention of build and resolver output; [`lockfile`]: uv, Poetry, PDM
+//!   [`crate::output_tail`]: bounded build and resolver output; [`lockfile`]: uv, Poetry, PDM
 //!   and Pipenv locks as pins; [`declared`]: Poetry/Pipfile dependency tables as PEP 508;
 //!   [`project`]: whether the project itself is installed (the virtual-project rule);
 //!   [`install_report`]: that plan for people (`iac inspect`).

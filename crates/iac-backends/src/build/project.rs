@@ -13,7 +13,9 @@ const CONSOLE_SCRIPT_RULES: &[&str] =
 /// The decision and the sentence saying why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Install {
+    /// Whether the project itself is built and installed as a package.
     pub package: bool,
+    /// The sentence saying why (shown in `iac inspect` and build events).
     pub why: String,
 }
 

@@ -31,13 +31,21 @@ pub enum Line {
     /// `path` is normalized and relative to the tree root (where pip resolves it); `text` is
     /// the line to give pip there, regenerated from `path`, `editable` and validated extras.
     Local {
+        /// The line to give pip, regenerated.
         text: String,
+        /// The local path, relative to the tree's root.
         path: String,
+        /// Given with `-e` (installed editable).
         editable: bool,
     },
     /// Another requirements (or constraints) file, relative to the including file's directory,
     /// normalized and checked not to leave the tree from there (see [`join_inside`]).
-    Include { path: String, constraint: bool },
+    Include {
+        /// The included file, relative to the tree's root.
+        path: String,
+        /// `-c` (constraints) rather than `-r`.
+        constraint: bool,
+    },
     /// A global option that changes how pip picks among the index's wheels, not where it looks.
     Option(String),
 }
@@ -47,7 +55,9 @@ pub enum Line {
 /// `--hash=<algo>:<hex>` options that followed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IndexReq {
+    /// The PEP 508 requirement, normalized.
     pub requirement: String,
+    /// `--hash` values (`<algo>:<hex>`) that must match the wheel.
     pub hashes: Vec<String>,
 }
 

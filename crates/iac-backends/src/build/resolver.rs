@@ -74,6 +74,7 @@ pub struct Resolver {
     pub image: String,
     /// Its id (part of the cache key: another interpreter build is another result).
     pub image_id: String,
+    /// Index, wheelhouse and cache settings the resolver runs with.
     pub config: ResolverConfig,
     /// Extra pip arguments from the operator (`images.pip_args`).
     pub pip_args: Vec<String>,

@@ -37,9 +37,20 @@ pub const DOCKERIGNORE: &str = ".dockerignore";
 /// What one listed path is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EntryKind {
+    /// A directory.
     Dir,
-    File { executable: bool, len: u64 },
-    Symlink { target: PathBuf },
+    /// A regular file.
+    File {
+        /// Any execute bit is set.
+        executable: bool,
+        /// Size in bytes.
+        len: u64,
+    },
+    /// A symbolic link, kept as a link.
+    Symlink {
+        /// The link's target as stored (not resolved).
+        target: PathBuf,
+    },
 }
 
 /// One listed path.
@@ -49,12 +60,14 @@ pub struct TreeEntry {
     pub rel: String,
     /// On disk.
     pub path: PathBuf,
+    /// What the path is.
     pub kind: EntryKind,
 }
 
 /// A tree's file set, sorted by `rel` (directories before their contents).
 #[derive(Debug, Clone, Default)]
 pub struct TreeListing {
+    /// The paths kept, parents before children.
     pub entries: Vec<TreeEntry>,
     /// Special files left out.
     pub skipped: Vec<PathBuf>,
@@ -76,16 +89,26 @@ impl TreeListing {
 /// Why a tree cannot be listed.
 #[derive(Debug, thiserror::Error)]
 pub enum TreeError {
+    /// Reading the tree failed at `path`.
     #[error("{path}: {source}")]
     Io {
+        /// The path that could not be read.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
     #[error("{path}: file name is not valid UTF-8; rename it (image paths must be UTF-8)")]
-    NotUtf8 { path: PathBuf },
+    /// A file name that is not UTF-8.
+    NotUtf8 {
+        /// The path with the non-UTF-8 name.
+        path: PathBuf,
+    },
+    /// A `.dockerignore` line Docker would refuse.
     #[error("{path}: {error}; expected Docker's .dockerignore syntax")]
     Ignore {
+        /// The `.dockerignore` file.
         path: PathBuf,
+        /// The offending line and why.
         error: super::ignore::IgnoreError,
     },
 }

@@ -34,6 +34,7 @@ use iac_core::labels::{managed_filter, mark_managed};
 /// One container of the project as the engine reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Observed {
+    /// The engine's container id.
     pub id: String,
     /// Without Docker's leading `/`.
     pub name: String,
@@ -43,6 +44,7 @@ pub struct Observed {
     pub role: Option<Role>,
     /// `iac.spec-hash` label.
     pub spec_hash: Option<String>,
+    /// The image the container was created from, as the engine reports it.
     pub image: String,
     /// Engine state, e.g. `running`, `exited`, `created`.
     pub state: String,
@@ -51,6 +53,7 @@ pub struct Observed {
 }
 
 impl Observed {
+    /// The engine says `running`.
     pub fn is_running(&self) -> bool {
         self.state == "running"
     }
@@ -94,8 +97,11 @@ pub struct ExitState {
 /// A network as the engine reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetworkInfo {
+    /// The engine's network id.
     pub id: String,
+    /// The network's name.
     pub name: String,
+    /// The network's labels.
     pub labels: BTreeMap<String, String>,
 }
 
@@ -112,20 +118,27 @@ pub trait Engine: Send + Sync {
     async fn find_networks(&self, name: &str) -> Result<Vec<NetworkInfo>, EngineError>;
     /// Creates a bridge network labelled `iac.managed-by=iac`; returns its id.
     async fn create_network(&self, spec: &NetworkSpec) -> Result<String, EngineError>;
+    /// Removes the network `id` (it must have no containers left).
     async fn remove_network(&self, id: &str) -> Result<(), EngineError>;
     /// Creates (does not start) a container exactly as specified, labelled
     /// `iac.managed-by=iac`; returns its id.
     async fn create_container(&self, spec: &ContainerSpec) -> Result<String, EngineError>;
+    /// Starts the created container `id`.
     async fn start_container(&self, id: &str) -> Result<(), EngineError>;
+    /// Stops container `id`: SIGTERM, then SIGKILL after `timeout_secs`.
     async fn stop_container(&self, id: &str, timeout_secs: u32) -> Result<(), EngineError>;
+    /// Removes container `id`, running or not (forced).
     async fn remove_container(&self, id: &str) -> Result<(), EngineError>;
+    /// Renames container `id` to `new_name`.
     async fn rename_container(&self, id: &str, new_name: &str) -> Result<(), EngineError>;
+    /// Connects `container` to `network` under the DNS `aliases`.
     async fn connect_network(
         &self,
         network: &str,
         container: &str,
         aliases: Vec<String>,
     ) -> Result<(), EngineError>;
+    /// Disconnects `container` from `network`.
     async fn disconnect_network(&self, network: &str, container: &str) -> Result<(), EngineError>;
     /// Runs `argv` in the running container `id` (with the container's own privileges) and waits
     /// for it. A container that is not running is an error (status 409).

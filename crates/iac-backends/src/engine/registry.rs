@@ -25,7 +25,9 @@ use crate::secret::Secret;
 pub struct RegistryAuth {
     /// `HOST:PORT` of the registry.
     pub server: String,
+    /// The login's user name.
     pub username: String,
+    /// The login's password or token (redacted when printed).
     pub password: Secret,
 }
 

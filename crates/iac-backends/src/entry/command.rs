@@ -24,6 +24,7 @@ const ENV_RUNNERS: &[&str] = &["uv", "poetry", "pipenv", "pdm", "rye"];
 /// A command line turned into argv.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Command {
+    /// The words, split as a POSIX shell would (no expansion), environment runners dropped.
     pub argv: Vec<String>,
     /// The line after dropping environment runners (what the argv runs).
     pub line: String,

@@ -19,8 +19,11 @@ use super::read_optional;
 /// A Django project: its settings module (and file) and, when found, its WSGI
 /// `(module, attribute)`.
 pub struct DjangoLayout {
+    /// The settings module, e.g. `mysite.settings`.
     pub settings: String,
+    /// The settings file, relative to the repo root.
     pub settings_file: PathBuf,
+    /// The WSGI application as `(module, attribute)`, when a `wsgi.py` defines one.
     pub wsgi: Option<(String, String)>,
 }
 

@@ -26,18 +26,26 @@ use super::pyscan::{self, PyFile};
 /// A framework's start command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Detected {
+    /// Stable rule id of the framework rule that matched, e.g. `framework:django`.
     pub rule: &'static str,
+    /// The start command.
     pub argv: Vec<String>,
+    /// The sentence saying what was found (shown by `iac inspect`).
     pub why: String,
+    /// The file (and line) the detection rests on.
     pub origin: String,
+    /// Directory to run it from, relative to the repo root; `None`: the root.
     pub workdir: Option<String>,
+    /// The port the command listens on, when the framework fixes it.
     pub port: Option<u16>,
 }
 
 /// All detections in order, plus build steps (Django collectstatic).
 #[derive(Debug, Clone, Default)]
 pub struct Detection {
+    /// Every framework found, in rule order (more than one is ambiguous).
     pub found: Vec<Detected>,
+    /// Steps run at build time (Django's collectstatic).
     pub build_steps: Vec<BuildStep>,
     /// What was looked for, when nothing was found.
     pub looked: String,

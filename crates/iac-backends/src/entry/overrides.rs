@@ -99,6 +99,7 @@ pub enum OverrideValue {
 pub struct Override {
     /// The raw value as written.
     pub raw: String,
+    /// What to run.
     pub value: OverrideValue,
     /// Stable rule id: `override:repos-file`, `override:dockerfile-label` or `override:pyproject`.
     pub rule: &'static str,
@@ -174,15 +175,21 @@ impl Override {
     }
 }
 
+/// Rule id of an `entrypoint:` given in the repos file.
 pub const RULE_REPOS_FILE: &str = "override:repos-file";
+/// Rule id of a `LABEL iac.entrypoint=…` in the repo's Dockerfile.
 pub const RULE_DOCKERFILE: &str = "override:dockerfile-label";
+/// Rule id of `[tool.iac] entrypoint` in pyproject.toml.
 pub const RULE_PYPROJECT: &str = "override:pyproject";
 
 /// A `LABEL` value found in a Dockerfile.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DockerLabel {
+    /// The label key.
     pub key: String,
+    /// The label value, unquoted.
     pub value: String,
+    /// 1-based line of the `LABEL` instruction.
     pub line: usize,
 }
 

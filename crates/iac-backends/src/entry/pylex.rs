@@ -29,6 +29,7 @@ pub enum TokKind {
 /// One token of Python source.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Token {
+    /// What kind of token it is.
     pub kind: TokKind,
     /// Raw source text of the token (empty for [`TokKind::Newline`]).
     pub text: String,
@@ -41,9 +42,11 @@ pub struct Token {
 }
 
 impl Token {
+    /// The operator or delimiter `op` (e.g. `(`, `=`).
     pub fn is_op(&self, op: &str) -> bool {
         self.kind == TokKind::Op && self.text == op
     }
+    /// The identifier or keyword `name`.
     pub fn is_name(&self, name: &str) -> bool {
         self.kind == TokKind::Name && self.text == name
     }
@@ -60,7 +63,9 @@ impl Token {
 /// Source that is not valid Python at the lexical level.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LexError {
+    /// 1-based line of the error.
     pub line: usize,
+    /// What is wrong (unterminated string, bad indentation, …).
     pub message: String,
 }
 
@@ -573,12 +578,19 @@ pub fn string_value(raw: &str) -> Option<String> {
 /// A Python literal value, as far as static reading needs it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PyValue {
+    /// A string literal, escapes processed (adjacent literals joined).
     Str(String),
+    /// `[...]`.
     List(Vec<PyValue>),
+    /// `(...)`.
     Tuple(Vec<PyValue>),
+    /// `{key: value, ...}`, in source order.
     Dict(Vec<(PyValue, PyValue)>),
+    /// `True` or `False`.
     Bool(bool),
+    /// `None`.
     None,
+    /// A number literal, as written.
     Number(String),
 }
 

@@ -50,7 +50,9 @@ use super::digest::tree_digest;
 pub enum RefKind {
     /// A full commit sha.
     Commit,
+    /// A tag name; re-resolved against the remote on every fetch (tags can move).
     Tag,
+    /// A branch name; re-resolved against the remote on every fetch.
     Branch,
     /// No ref given: the remote's default branch.
     Head,
@@ -81,12 +83,23 @@ fn repo_tag(repo: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TreeKey {
     /// A commit the forge (or git) resolved, of repository `repo` (a [`repo_identity`]).
-    Commit { repo: String, sha: String },
+    Commit {
+        /// The repository identity.
+        repo: String,
+        /// The full commit sha.
+        sha: String,
+    },
     /// `sha256:<hex>` of the archive bytes, for archives whose commit was not resolved.
-    Archive { repo: String, digest: String },
+    Archive {
+        /// The repository identity.
+        repo: String,
+        /// `sha256:<hex>` of the archive bytes.
+        digest: String,
+    },
 }
 
 impl TreeKey {
+    /// The key of commit `sha` of `repo`.
     pub fn commit(repo: &str, sha: &str) -> Self {
         TreeKey::Commit {
             repo: repo.to_string(),
@@ -94,6 +107,7 @@ impl TreeKey {
         }
     }
 
+    /// The key of an archive of `repo` whose bytes hash to `digest` (`sha256:<hex>`).
     pub fn archive(repo: &str, digest: &str) -> Self {
         TreeKey::Archive {
             repo: repo.to_string(),
@@ -101,12 +115,14 @@ impl TreeKey {
         }
     }
 
+    /// The repository identity the tree belongs to.
     pub fn repo(&self) -> &str {
         match self {
             TreeKey::Commit { repo, .. } | TreeKey::Archive { repo, .. } => repo,
         }
     }
 
+    /// The tree's directory name under the cache root: the commit or digest, then a tag of the repo.
     pub fn dir_name(&self) -> String {
         match self {
             TreeKey::Commit { repo, sha } => {
@@ -131,8 +147,11 @@ impl TreeKey {
 /// A tree in the cache.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cached {
+    /// The extracted tree.
     pub dir: PathBuf,
+    /// `sha256:<hex>` of the tree's contents (paths, modes, bytes), as `tree_digest` computes it.
     pub digest: String,
+    /// The commit the tree is, when it was resolved.
     pub commit: Option<String>,
     /// How the tree was first obtained.
     pub origin: String,
@@ -141,10 +160,15 @@ pub struct Cached {
 /// One index record: `reference` of `location` is the tree `key`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IndexEntry {
+    /// The repository identity the ref was resolved in.
     pub location: String,
+    /// The ref as given (empty for the default branch).
     pub reference: String,
+    /// What the ref turned out to be; decides whether the record may be reused without asking.
     pub kind: RefKind,
+    /// The tree's [`TreeKey::dir_name`].
     pub key: String,
+    /// The commit the ref pointed at, when known.
     pub commit: Option<String>,
 }
 
@@ -170,10 +194,12 @@ pub struct Cache {
 }
 
 impl Cache {
+    /// A cache rooted at `root` (created on first store).
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Cache { root: root.into() }
     }
 
+    /// The directory holding the trees and the index.
     pub fn root(&self) -> &Path {
         &self.root
     }

@@ -46,6 +46,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl ChainFetcher {
+    /// A fetcher trying the sources of a slug in order, sharing `cache`.
     pub fn new(
         config: Arc<FetchConfig>,
         cache: Cache,

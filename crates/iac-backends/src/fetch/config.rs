@@ -37,10 +37,15 @@ pub struct ForgeConfig {
 /// A forge's effective endpoints: [`ForgeConfig`] with the defaults filled in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ForgeEndpoints {
+    /// Which forge.
     pub forge: Forge,
+    /// The forge's host name, matched against slugs.
     pub host: String,
+    /// Archive URL pattern (`{owner}`, `{repo}`, `{ref}` filled in).
     pub archive_url: String,
+    /// Clone URL pattern (`{owner}`, `{repo}` filled in).
     pub clone_url: String,
+    /// Token sent to this forge only (redacted when printed).
     pub token: Option<Secret>,
 }
 
@@ -119,8 +124,11 @@ pub struct FetchConfig {
     /// Content cache (trees, index, staging). Relative paths are resolved against the working
     /// directory when the fetcher is constructed.
     pub cache_dir: PathBuf,
+    /// `[fetch.github]`: GitHub endpoints and token.
     pub github: ForgeConfig,
+    /// `[fetch.gitlab]`: GitLab endpoints and token.
     pub gitlab: ForgeConfig,
+    /// `[fetch.bitbucket]`: Bitbucket endpoints and token.
     pub bitbucket: ForgeConfig,
     /// Cap on the unpacked size of one source tree, in bytes (regular file contents).
     pub max_bytes: u64,
@@ -220,6 +228,7 @@ impl FetchConfig {
         }
     }
 
+    /// The size caps one extraction is held to.
     pub fn limits(&self) -> Limits {
         Limits {
             max_bytes: self.max_bytes,
@@ -227,6 +236,7 @@ impl FetchConfig {
         }
     }
 
+    /// The HTTP timeout, at least 1 ms (zero would fail every request).
     pub fn http_timeout(&self) -> Duration {
         self.http_timeout.max(Duration::from_millis(1))
     }

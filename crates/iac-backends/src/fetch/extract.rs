@@ -67,7 +67,9 @@ pub struct Extracted {
     pub archive_digest: String,
     /// Archive bytes read (compressed).
     pub archive_bytes: u64,
+    /// Regular files written.
     pub files: u64,
+    /// Bytes of regular file contents written (unpacked).
     pub bytes: u64,
 }
 

@@ -41,6 +41,7 @@ pub struct ResolvedRef {
     pub name: String,
     /// The commit it points at (tags peeled).
     pub commit: String,
+    /// Whether it is a commit, tag, branch or the default branch.
     pub kind: RefKind,
 }
 
@@ -582,6 +583,7 @@ pub struct GitRequest<'a> {
     pub url: &'a str,
     /// The repository identity cache keys are scoped to ([`super::cache::repo_identity`]).
     pub repo: &'a str,
+    /// The ref asked for; `None`: the remote's default branch.
     pub reference: Option<&'a str>,
     /// The ref, already resolved by the caller.
     pub known: Option<ResolvedRef>,

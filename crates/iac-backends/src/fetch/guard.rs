@@ -93,6 +93,7 @@ pub struct AllowedHost {
 }
 
 impl AllowedHost {
+    /// Parses one `allow_private_hosts` entry (formats in the module doc); the error says what was expected.
     pub fn new(entry: &str) -> Result<Self, String> {
         Ok(AllowedHost {
             text: entry.to_string(),
@@ -100,6 +101,7 @@ impl AllowedHost {
         })
     }
 
+    /// The entry as written.
     pub fn as_str(&self) -> &str {
         &self.text
     }

@@ -121,6 +121,7 @@ impl DefaultFetcher {
         Ok(DefaultFetcher { config, chain, git })
     }
 
+    /// The `[fetch]` settings it was made with.
     pub fn config(&self) -> &FetchConfig {
         &self.config
     }

@@ -79,6 +79,7 @@ pub struct TarGuard<R> {
 }
 
 impl<R: Read> TarGuard<R> {
+    /// A guard over the tar stream `inner`, nothing read yet.
     pub fn new(inner: R) -> Self {
         TarGuard {
             inner,
@@ -92,6 +93,7 @@ impl<R: Read> TarGuard<R> {
         }
     }
 
+    /// The wrapped reader.
     pub fn into_inner(self) -> R {
         self.inner
     }

@@ -124,6 +124,7 @@ impl GrpcProber {
         })
     }
 
+    /// The `[probe]` settings it was made with.
     pub fn config(&self) -> &ProbeConfig {
         &self.config
     }

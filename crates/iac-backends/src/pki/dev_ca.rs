@@ -38,12 +38,17 @@ pub struct DevCa {
 /// What `iac ca show` prints.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CaInfo {
+    /// The CA certificate's subject, e.g. `CN=iac dev CA`.
     pub subject: String,
     /// `sha256:<hex>` of the CA certificate's DER.
     pub fingerprint_sha256: String,
+    /// Start of validity: RFC 3339 UTC.
     pub not_before: String,
+    /// End of validity: RFC 3339 UTC.
     pub not_after: String,
+    /// Where the CA certificate (PEM) is.
     pub cert_path: PathBuf,
+    /// Where the CA private key (PEM) is.
     pub key_path: PathBuf,
     /// Certificates in `ca.pem` (more than one when it is a bundle).
     pub bundle_len: usize,
@@ -56,9 +61,13 @@ pub struct CaInfo {
 /// The CA a rotation replaced (`ca.pem.prev` / `ca.key.prev`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PreviousCa {
+    /// Its subject.
     pub subject: String,
+    /// `sha256:<hex>` of its certificate's DER.
     pub fingerprint_sha256: String,
+    /// End of its validity: RFC 3339 UTC.
     pub not_after: String,
+    /// Where its certificate is kept (`ca.pem.prev`).
     pub cert_path: PathBuf,
 }
 
@@ -100,6 +109,7 @@ impl std::fmt::Display for CaInfo {
 pub struct InitOutcome {
     /// False when a CA already existed and was left untouched.
     pub created: bool,
+    /// The CA as it is now.
     pub ca: CaInfo,
 }
 
@@ -149,15 +159,19 @@ impl LeafNames {
 /// Why a leaf is (re)issued; logged.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LeafState {
+    /// The leaf on disk is good for this deploy.
     Valid,
+    /// The leaf must be issued again, for this reason (missing, expiring, names changed, CA rotated…).
     Reissue(String),
 }
 
 impl DevCa {
+    /// A development CA with the given `[pki]` settings; nothing is read or written yet.
     pub fn new(config: PkiConfig) -> DevCa {
         DevCa { config }
     }
 
+    /// The `[pki]` settings it was made with.
     pub fn config(&self) -> &PkiConfig {
         &self.config
     }
@@ -167,6 +181,7 @@ impl DevCa {
         self.config.ca_cert.is_none()
     }
 
+    /// The CA certificate's path: `ca_cert`, else `ca.pem` in the secrets directory.
     pub fn ca_cert_path(&self) -> PathBuf {
         self.config
             .ca_cert
@@ -174,6 +189,7 @@ impl DevCa {
             .unwrap_or_else(|| self.config.secrets_dir.join("ca.pem"))
     }
 
+    /// The CA key's path: `ca_key`, else `ca.key` in the secrets directory.
     pub fn ca_key_path(&self) -> PathBuf {
         self.config
             .ca_key

@@ -35,6 +35,7 @@ pub struct ExternalPki {
 }
 
 impl ExternalPki {
+    /// A PKI reading the operator's certificates at the paths `config` gives.
     pub fn new(config: ExternalCertsConfig) -> ExternalPki {
         ExternalPki { config }
     }

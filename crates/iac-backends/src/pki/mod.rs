@@ -128,6 +128,7 @@ pub struct ExternalCertsConfig {
     pub key: String,
     /// The control plane's client certificate and key.
     pub control_plane_cert: PathBuf,
+    /// The control plane's private key.
     pub control_plane_key: PathBuf,
 }
 
@@ -142,16 +143,25 @@ pub fn from_config(config: &PkiConfig) -> Arc<dyn Pki> {
 /// What iac needs to know about one certificate, copied out of the parsed DER.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertSummary {
+    /// The certificate's DER bytes.
     pub der: Vec<u8>,
+    /// The subject, as text.
     pub subject: String,
+    /// The issuer, as text.
     pub issuer: String,
     /// Unix seconds.
     pub not_before: i64,
+    /// End of validity, Unix seconds.
     pub not_after: i64,
+    /// DNS subject alternative names.
     pub dns_names: Vec<String>,
+    /// URI subject alternative names (SPIFFE ids).
     pub uri_names: Vec<String>,
+    /// Basic constraints say CA.
     pub is_ca: bool,
+    /// Extended key usage allows TLS server authentication.
     pub server_auth: bool,
+    /// Extended key usage allows TLS client authentication.
     pub client_auth: bool,
     /// DER SubjectPublicKeyInfo.
     pub spki: Vec<u8>,

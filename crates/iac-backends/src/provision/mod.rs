@@ -98,10 +98,12 @@ impl ContainerLimits {
         }
     }
 
+    /// The app container's limits (a value of 0 means none).
     pub fn app(&self) -> Limits {
         Self::pick(self.app_pids, self.app_memory_mib)
     }
 
+    /// The sidecar's limits (a value of 0 means none).
     pub fn sidecar(&self) -> Limits {
         Self::pick(self.sidecar_pids, self.sidecar_memory_mib)
     }

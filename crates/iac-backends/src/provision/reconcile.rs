@@ -30,11 +30,14 @@ pub use crate::engine::Observed;
 /// A service's canonical pair as found on the engine.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Pair {
+    /// The app container, when there is one.
     pub app: Option<Observed>,
+    /// The Envoy sidecar, when there is one.
     pub envoy: Option<Observed>,
 }
 
 impl Pair {
+    /// Neither container exists.
     pub fn is_empty(&self) -> bool {
         self.app.is_none() && self.envoy.is_none()
     }
@@ -49,8 +52,11 @@ impl Pair {
 /// What to do with one service, and what the engine has for it now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServicePlan {
+    /// The service.
     pub service: ServiceName,
+    /// What happens to it (create, replace, unchanged, remove).
     pub action: Action,
+    /// Why, in a sentence (shown by `iac plan`).
     pub reason: String,
     /// The desired pair (absent for removals and kept services).
     pub desired: Option<ServiceStack>,
@@ -63,6 +69,7 @@ pub struct ServicePlan {
 }
 
 impl ServicePlan {
+    /// The plan line `iac plan` and the events show.
     pub fn change(&self) -> Change {
         Change {
             service: self.service.clone(),

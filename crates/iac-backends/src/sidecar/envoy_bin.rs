@@ -108,6 +108,7 @@ impl EnvoyProcess {
         })
     }
 
+    /// The Envoy process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

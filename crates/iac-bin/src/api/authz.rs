@@ -76,6 +76,7 @@ pub enum Caller {
 }
 
 impl Caller {
+    /// The authenticated subject, whichever way it came in.
     pub fn principal(&self) -> &Principal {
         match self {
             Caller::Operator(p) | Caller::Token(p) => p,

@@ -16,19 +16,23 @@ use super::error::ApiError;
 /// A validated deploy: the project and its services (names unique, slugs parsed).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeployInput {
+    /// The project the services are deployed into.
     pub project: ProjectName,
+    /// The services asked for, in request order.
     pub services: Vec<ServiceSpec>,
 }
 
 /// One running service and what its health check said just now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceStatus {
+    /// What the provisioner knows about the running service (endpoint, image, spec hash, state).
     #[serde(flatten)]
     pub running: RunningService,
     /// `http://<edge>/`: where a person opens the app without a client certificate, when the
     /// service has an edge.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// A health probe made for this request.
     pub health: HealthReport,
 }
 

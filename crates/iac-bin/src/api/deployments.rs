@@ -70,26 +70,34 @@ pub type DeploymentStatus = HistoryStatus;
 /// Where the history is and how much of it is kept (`[history]`).
 #[derive(Clone)]
 pub struct History {
+    /// Where finished and running records are written (`[history] store`).
     pub store: Arc<dyn HistoryStore>,
+    /// How many records and how long the store keeps them.
     pub retention: Retention,
 }
 
 /// What `GET /deployments/{id}` returns.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeploymentRecord {
+    /// A fresh v4 id, given when the deploy or destroy is accepted.
     pub id: Uuid,
+    /// The project it runs on.
     pub project: ProjectName,
     /// `deploy` or `destroy`.
     #[serde(default = "deploy_kind")]
     pub kind: HistoryKind,
+    /// running, succeeded, failed or error.
     pub status: DeploymentStatus,
     /// Where it came from: `http`, `grpc` or `cli`.
     pub origin: String,
     /// Who asked: the caller's subject (and email), or `cli:<user>`.
     #[serde(default)]
     pub who: String,
+    /// The services asked for (deploy) or the project's services (destroy).
     pub services: Vec<String>,
+    /// When it was accepted: RFC 3339 UTC.
     pub started_at: String,
+    /// When it finished: RFC 3339 UTC; `None` while it runs.
     pub finished_at: Option<String>,
     /// The services asked for, as JSON (API) or the repos file's text (CLI).
     #[serde(default)]
@@ -107,7 +115,9 @@ pub struct DeploymentRecord {
     /// The last lines of the app and sidecar logs of pods this deployment replaced or removed.
     #[serde(default)]
     pub log_tails: Vec<LogTail>,
+    /// The deploy report, once a deploy finished.
     pub report: Option<DeployReport>,
+    /// Why it could not run, when the status is `error`.
     pub error: Option<ErrorBody>,
 }
 
@@ -156,17 +166,26 @@ impl DeploymentRecord {
 /// A short form for listings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeploymentSummary {
+    /// The record's id.
     pub id: Uuid,
+    /// The project it ran on.
     pub project: ProjectName,
+    /// `deploy` or `destroy`.
     #[serde(default = "deploy_kind")]
     pub kind: HistoryKind,
+    /// running, succeeded, failed or error.
     pub status: DeploymentStatus,
+    /// Where it came from: `http`, `grpc` or `cli`.
     pub origin: String,
+    /// The caller's subject (and email), or `cli:<user>`; empty in records from before it was kept.
     #[serde(default)]
     pub who: String,
+    /// The services asked for (deploy) or the project's services (destroy).
     #[serde(default)]
     pub services: Vec<String>,
+    /// When it was accepted: RFC 3339 UTC.
     pub started_at: String,
+    /// When it finished: RFC 3339 UTC; `None` while it runs.
     pub finished_at: Option<String>,
 }
 
@@ -234,6 +253,7 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// The limits `[serve]` sets.
     pub fn from_config(cfg: &super::ServeConfig) -> Self {
         Limits {
             max_records: cfg.max_deployments,
@@ -274,6 +294,7 @@ impl Drop for ProjectGuard {
 }
 
 impl Deployments {
+    /// An empty registry (no project busy) that records into `history`.
     pub fn new(limits: Limits, history: History) -> Self {
         Deployments {
             inner: Arc::new(Mutex::new(Inner {

@@ -31,6 +31,7 @@ pub struct ApiError {
 /// `{"error": {...}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorResponse {
+    /// What went wrong.
     pub error: ErrorBody,
 }
 
@@ -44,6 +45,7 @@ pub struct ErrorBody {
 }
 
 impl ApiError {
+    /// An error answered with HTTP `status` and the machine-readable `code`.
     pub fn new(status: u16, code: impl Into<String>, message: impl Into<String>) -> Self {
         ApiError {
             status,
@@ -51,28 +53,36 @@ impl ApiError {
             message: message.into(),
         }
     }
+    /// 400 `bad_request`: the request could not be read (not JSON, wrong shape).
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(400, "bad_request", message)
     }
+    /// 422 `invalid_request`: the request was read but a value in it is not valid.
     pub fn unprocessable(message: impl Into<String>) -> Self {
         Self::new(422, "invalid_request", message)
     }
+    /// 404 `not_found`: the project, service or deployment does not exist.
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(404, "not_found", message)
     }
+    /// 409 `conflict`: the project is busy with another deploy or destroy.
     pub fn conflict(message: impl Into<String>) -> Self {
         Self::new(409, "conflict", message)
     }
+    /// 503 `unavailable`: the server cannot take it now (shutting down, engine down); retry later.
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(503, "unavailable", message)
     }
+    /// 502 `bad_gateway`: a service's agent or the engine answered wrongly.
     pub fn bad_gateway(message: impl Into<String>) -> Self {
         Self::new(502, "bad_gateway", message)
     }
+    /// 500 `internal`: a bug or an unexpected failure of iac itself.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(500, "internal", message)
     }
 
+    /// The body sent to the client (`code` and `message`; the status goes in the response line).
     pub fn body(&self) -> ErrorBody {
         ErrorBody {
             code: self.code.clone(),
@@ -80,6 +90,7 @@ impl ApiError {
         }
     }
 
+    /// The HTTP status (500 if `status` is not a valid code).
     pub fn status_code(&self) -> StatusCode {
         StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }

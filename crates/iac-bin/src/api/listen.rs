@@ -18,11 +18,15 @@ use tokio::net::{TcpListener, UnixListener};
 /// Who is on the other end of a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Peer {
+    /// A TCP client at this address.
     Tcp(SocketAddr),
     /// Credentials of the process that connected to the Unix socket (`None` if unreadable).
     Unix {
+        /// The peer's uid (`SO_PEERCRED`).
         uid: Option<u32>,
+        /// The peer's gid.
         gid: Option<u32>,
+        /// The peer's process id.
         pid: Option<i32>,
     },
 }

@@ -68,6 +68,7 @@ pub struct FailureLimiter {
 }
 
 impl FailureLimiter {
+    /// A limiter allowing `limit` failures per client within `window` (0 turns it off).
     pub fn new(limit: u32, window: Duration) -> Self {
         FailureLimiter {
             limit,

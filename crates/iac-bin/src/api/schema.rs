@@ -274,6 +274,7 @@ pub struct DestroyRequest {
 /// `POST /destroy` answer.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DestroyResponse {
+    /// The project whose objects were removed.
     pub project: String,
     /// Names of the removed containers/networks.
     pub removed: Vec<String>,
@@ -347,14 +348,18 @@ pub struct LogsQuery {
 pub struct HealthResponse {
     /// `ok` or `degraded`.
     pub status: String,
+    /// Seconds since `iac serve` started.
     pub uptime_secs: u64,
+    /// Whether the container engine answers.
     pub engine: EngineHealth,
     /// Deploys running now.
     pub running_deployments: usize,
 }
 
+/// The container engine as `GET /health` sees it.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct EngineHealth {
+    /// The engine answered a ping just now.
     pub reachable: bool,
     /// `answers`, or why the engine is unreachable (never its version).
     pub detail: String,
@@ -404,11 +409,13 @@ pub struct ServiceSpecSchema {
 pub struct DeployEventSchema {
     /// RFC 3339 UTC with milliseconds.
     pub ts: String,
+    /// The service the event is about; absent for project-wide events.
     pub service: Option<String>,
     /// fetch, resolve, build, certs, render, plan, provision, health, destroy, deploy.
     pub stage: String,
     /// debug, info, warn, error.
     pub level: String,
+    /// Human-readable text of the event.
     pub message: String,
     /// W3C traceparent of the deploy span the event belongs to (only when iac exports traces).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -420,12 +427,16 @@ pub struct DeployEventSchema {
 #[serde(deny_unknown_fields)]
 #[schema(as = HealthReport)]
 pub struct HealthReportSchema {
+    /// The service probed.
     pub service: String,
     /// SERVING, NOT_SERVING, UNKNOWN, UNREACHABLE.
     pub state: String,
+    /// The entry's exit code, when it has exited (as its agent reported it).
     #[serde(default)]
     pub exit_code: Option<i32>,
+    /// The agent's detail, e.g. `running (pid 7)`, or why the probe failed.
     pub detail: String,
+    /// Probes made before this answer.
     pub attempts: u32,
     /// How long the entry has run (ms), as its agent said.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -446,8 +457,11 @@ pub struct HealthReportSchema {
 #[serde(deny_unknown_fields)]
 #[schema(as = StageTiming)]
 pub struct StageTimingSchema {
+    /// fetch, resolve, build, certs, render, plan, provision, health, destroy, deploy.
     pub stage: String,
+    /// Wall time spent in the stage, in milliseconds.
     pub millis: u64,
+    /// Whether the stage succeeded.
     pub ok: bool,
 }
 
@@ -456,12 +470,19 @@ pub struct StageTimingSchema {
 #[serde(deny_unknown_fields)]
 #[schema(as = ServiceReport)]
 pub struct ServiceReportSchema {
+    /// The service name (from the slug, or given).
     pub service: String,
+    /// The repo slug the service was deployed from.
     pub slug: String,
+    /// Whether every stage of this service succeeded.
     pub ok: bool,
+    /// The stages run for this service, in order.
     pub stages: Vec<StageTimingSchema>,
+    /// The commit the source was fetched at, when the source has one.
     pub commit: Option<String>,
+    /// The app image (name:tag) built or reused.
     pub image: Option<String>,
+    /// True when an image with the same content hash already existed and was not rebuilt.
     pub image_reused: Option<bool>,
     /// How main() is run: language, kind, argv, why (which rule matched).
     #[schema(value_type = Option<Object>)]
@@ -469,14 +490,18 @@ pub struct ServiceReportSchema {
     /// create, replace, keep, remove.
     #[schema(value_type = Option<Object>)]
     pub action: Option<serde_json::Value>,
+    /// Host address of the service's Envoy mTLS listener.
     pub endpoint: Option<String>,
     /// Where a person opens the app on the host (no client certificate): the edge's URL.
     pub url: Option<String>,
+    /// The health probe's last answer, when the service got that far.
     pub health: Option<HealthReportSchema>,
     /// Things that need attention but did not fail the deploy.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Why this service failed; absent when it succeeded.
     pub error: Option<String>,
+    /// The stage that failed (see `stages`).
     pub failed_stage: Option<String>,
 }
 
@@ -485,11 +510,17 @@ pub struct ServiceReportSchema {
 #[serde(deny_unknown_fields)]
 #[schema(as = DeployReport)]
 pub struct DeployReportSchema {
+    /// The project deployed.
     pub project: String,
+    /// Whether every service succeeded and nothing failed project-wide.
     pub ok: bool,
+    /// One report per service asked for.
     pub services: Vec<ServiceReportSchema>,
+    /// Services of the project that were not asked for and were removed.
     pub removed: Vec<String>,
+    /// A project-wide failure (plan, network, removal), apart from per-service errors.
     pub error: Option<String>,
+    /// Wall time of the whole deploy, in milliseconds.
     pub millis: u64,
 }
 
@@ -501,8 +532,11 @@ pub struct DeployReportSchema {
 #[serde(tag = "type", rename_all = "lowercase")]
 #[schema(as = DeployStreamItem)]
 pub enum StreamItemSchema {
+    /// A progress event (`"type": "event"`).
     Event(DeployEventSchema),
+    /// The final report (`"type": "report"`), the last line of a deploy that ran.
     Report(DeployReportSchema),
+    /// The deploy could not run (`"type": "error"`); the last line.
     Error(crate::api::error::ErrorBody),
 }
 
@@ -511,6 +545,7 @@ pub enum StreamItemSchema {
 #[serde(deny_unknown_fields)]
 #[schema(as = ServiceStatus)]
 pub struct ServiceStatusSchema {
+    /// The service name.
     pub service: String,
     /// Host address of the service's Envoy mTLS listener.
     pub endpoint: Option<String>,
@@ -520,10 +555,13 @@ pub struct ServiceStatusSchema {
     /// `http://<edge>/`: where a person opens the app.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// Hash of the service's rendered spec; a deploy with the same hash leaves it unchanged.
     pub spec_hash: String,
+    /// The app image (name:tag) the container runs.
     pub image: String,
     /// Engine state of the app container (running, exited, …).
     pub state: String,
+    /// A health probe made for this request.
     pub health: HealthReportSchema,
 }
 
@@ -532,10 +570,13 @@ pub struct ServiceStatusSchema {
 #[serde(deny_unknown_fields)]
 #[schema(as = LogLine)]
 pub struct LogLineSchema {
+    /// The service the line came from.
     pub service: String,
+    /// When the agent read the line: RFC 3339 UTC with milliseconds.
     pub ts: String,
     /// stdout or stderr.
     pub stream: String,
+    /// The line, without its newline (long lines cut by the agent).
     pub msg: String,
 }
 
@@ -544,11 +585,15 @@ pub struct LogLineSchema {
 #[serde(deny_unknown_fields)]
 #[schema(as = ServiceOutcome)]
 pub struct ServiceOutcomeSchema {
+    /// The service name.
     pub service: String,
+    /// Whether the service's deploy succeeded.
     pub ok: bool,
     /// create, replace, repair, unchanged, remove.
     pub action: Option<String>,
+    /// Why it failed; absent when it succeeded.
     pub error: Option<String>,
+    /// The stages run for it, in order.
     pub stages: Vec<StageTimingSchema>,
 }
 
@@ -557,12 +602,15 @@ pub struct ServiceOutcomeSchema {
 #[serde(deny_unknown_fields)]
 #[schema(as = LogTail)]
 pub struct LogTailSchema {
+    /// The service the container belonged to.
     pub service: String,
+    /// The container's name.
     pub container: String,
     /// app or sidecar.
     pub role: String,
     /// replaced, removed or destroyed.
     pub reason: String,
+    /// When the tail was saved, just before the container went away: RFC 3339 UTC.
     pub saved_at: String,
     /// Oldest first; at most 200 lines and 64 KiB.
     pub lines: Vec<String>,
@@ -575,7 +623,9 @@ pub struct LogTailSchema {
 #[serde(deny_unknown_fields)]
 #[schema(as = Deployment)]
 pub struct DeploymentSchema {
+    /// The deployment's id, as used in `/deployments/{id}`.
     pub id: String,
+    /// The project it ran on.
     pub project: String,
     /// deploy or destroy.
     pub kind: String,
@@ -585,8 +635,11 @@ pub struct DeploymentSchema {
     pub origin: String,
     /// The caller's subject (and email), or `cli:<user>`.
     pub who: String,
+    /// The services asked for (deploy) or the project's services (destroy).
     pub services: Vec<String>,
+    /// When it started: RFC 3339 UTC.
     pub started_at: String,
+    /// When it finished: RFC 3339 UTC; absent while it runs.
     pub finished_at: Option<String>,
     /// The services asked for (JSON), or the CLI's repos file.
     pub repos: Option<String>,
@@ -594,11 +647,15 @@ pub struct DeploymentSchema {
     pub events: Vec<DeployEventSchema>,
     /// Older events left out of `events`.
     pub events_dropped: u64,
+    /// One outcome per service, once it finished.
     pub outcomes: Vec<ServiceOutcomeSchema>,
     /// Removed services (deploy) or objects (destroy).
     pub removed: Vec<String>,
+    /// Last output of the containers it replaced or removed.
     pub log_tails: Vec<LogTailSchema>,
+    /// The deploy report, once a deploy finished.
     pub report: Option<DeployReportSchema>,
+    /// Why it could not run, when `status` is `error`.
     pub error: Option<crate::api::error::ErrorBody>,
 }
 
@@ -607,15 +664,23 @@ pub struct DeploymentSchema {
 #[serde(deny_unknown_fields)]
 #[schema(as = DeploymentSummary)]
 pub struct DeploymentSummarySchema {
+    /// The deployment's id, as used in `/deployments/{id}`.
     pub id: String,
+    /// The project it ran on.
     pub project: String,
     /// deploy or destroy.
     pub kind: String,
+    /// running, succeeded, failed, error.
     pub status: String,
+    /// http, grpc or cli.
     pub origin: String,
+    /// The caller's subject (and email), or `cli:<user>`.
     pub who: String,
+    /// The services asked for (deploy) or the project's services (destroy).
     pub services: Vec<String>,
+    /// When it started: RFC 3339 UTC.
     pub started_at: String,
+    /// When it finished: RFC 3339 UTC; absent while it runs.
     pub finished_at: Option<String>,
 }
 
@@ -624,6 +689,7 @@ pub struct DeploymentSummarySchema {
 #[serde(deny_unknown_fields)]
 #[schema(as = DeploymentPage)]
 pub struct DeploymentPageSchema {
+    /// Newest first.
     pub deployments: Vec<DeploymentSummarySchema>,
     /// Pass as `cursor` for the next page; absent on the last page.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -112,6 +112,7 @@ async fn with_progress_recorded<T>(
     out
 }
 
+/// `iac deploy`: deploys the repos file's services; exit 1 when any service failed.
 pub async fn deploy(cfg: IacConfig, file: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let (fp, specs) = load_specs(file)?;
     let project = resolve_project(&cfg, fp.as_ref())?;
@@ -168,6 +169,7 @@ pub async fn deploy(cfg: IacConfig, file: &Path, json: bool) -> anyhow::Result<E
     })
 }
 
+/// `iac plan`: prints what a deploy would do to each service, changing nothing.
 pub async fn plan(cfg: IacConfig, file: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let (fp, specs) = load_specs(file)?;
     let project = resolve_project(&cfg, fp.as_ref())?;
@@ -243,6 +245,7 @@ pub async fn plan(cfg: IacConfig, file: &Path, json: bool) -> anyhow::Result<Exi
     })
 }
 
+/// `iac destroy`: removes every container and network of the project.
 pub async fn destroy(
     cfg: IacConfig,
     file: Option<&PathBuf>,
@@ -277,6 +280,7 @@ pub async fn destroy(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `iac health`: probes every running service through its Envoy; exit 1 unless all are SERVING.
 pub async fn health(
     cfg: IacConfig,
     file: Option<&PathBuf>,
@@ -360,10 +364,13 @@ pub async fn health(
 /// How `iac logs` prints.
 #[derive(Debug, Clone, Copy)]
 pub struct LogsOptions {
+    /// `--follow`: keep streaming until interrupted.
     pub follow: bool,
+    /// `--tail`: lines of history first (0 = all buffered).
     pub tail: u32,
     /// Lines byte for byte, terminal sequences included.
     pub raw: bool,
+    /// `--json`: one JSON object per line.
     pub json: bool,
 }
 
@@ -382,6 +389,7 @@ pub fn log_line_text(line: &iac_core::LogLine, prefix: bool, raw: bool) -> Strin
     }
 }
 
+/// `iac logs`: streams one service's (or every service's, prefixed) logs from the agents.
 pub async fn logs(
     cfg: IacConfig,
     file: Option<&PathBuf>,
@@ -447,6 +455,7 @@ fn parse_target(target: &str) -> anyhow::Result<Slug> {
     }
 }
 
+/// `iac inspect`: fetches and resolves one slug or directory and prints how it would run.
 pub async fn inspect(
     cfg: IacConfig,
     target: &str,
@@ -653,6 +662,7 @@ async fn render_inputs(
     Ok((specs, project, app))
 }
 
+/// `iac render --target files`: writes per service what a deploy would hand the provisioner.
 pub async fn render(
     cfg: IacConfig,
     file: &Path,

@@ -85,6 +85,7 @@ pub struct TopLevel {
 }
 
 impl TopLevel {
+    /// The top-level keys and sections of the default configuration.
     pub fn of_defaults() -> TopLevel {
         let v = serde_json::to_value(IacConfig::default()).expect("defaults serialize");
         let map = v.as_object().expect("IacConfig is a struct").clone();

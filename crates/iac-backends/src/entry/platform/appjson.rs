@@ -10,6 +10,7 @@ use iac_core::EntryError;
 use super::{Found, at, declared};
 use crate::entry::read_optional;
 
+/// Reads `app.json` (Heroku): `formation.*.command`, else `scripts.start`/`scripts.web`; nothing when absent.
 pub fn scan(dir: &Path) -> Result<Found, EntryError> {
     let path = dir.join("app.json");
     let Some(text) = read_optional(&path)? else {

@@ -58,6 +58,7 @@ fn container_port(svc: &yaml_serde::Value) -> Option<u16> {
     s.rsplit(':').next()?.split('/').next()?.parse().ok()
 }
 
+/// Reads the first compose file present: each service's `command`; nothing when there is none.
 pub fn scan(dir: &Path) -> Result<Found, EntryError> {
     let Some((file, text)) = FILES
         .iter()

@@ -28,8 +28,11 @@ use crate::entry::read_optional;
 /// One instruction: keyword (upper case), arguments, first line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Instruction {
+    /// The keyword, upper case (`CMD`, `ENTRYPOINT`, …).
     pub keyword: String,
+    /// The arguments, continuation lines joined, trimmed.
     pub args: String,
+    /// 1-based line where the instruction starts.
     pub line: usize,
 }
 
@@ -134,7 +137,9 @@ pub fn instructions(text: &str) -> Vec<Instruction> {
 /// CMD / ENTRYPOINT in exec (JSON array) or shell form.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Form {
+    /// `["prog", "arg"]`: run as is.
     Exec(Vec<String>),
+    /// A command line, run with `/bin/sh -c`.
     Shell(String),
 }
 
@@ -503,6 +508,7 @@ pub fn from_dockerfile(
     Ok(Ok(d))
 }
 
+/// Reads the repo's `Dockerfile`: its ENTRYPOINT/CMD; nothing when the file is absent.
 pub fn scan(dir: &Path) -> Result<Found, EntryError> {
     match from_dockerfile(dir, "Dockerfile", "platform:dockerfile", "Docker")? {
         Ok(d) => Ok(Found {

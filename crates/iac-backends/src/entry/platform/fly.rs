@@ -41,6 +41,7 @@ fn parse(text: &str, path: &Path) -> Result<toml::Table, EntryError> {
         })
 }
 
+/// Reads `fly.toml`: its process command and `internal_port`; nothing when the file is absent.
 pub fn scan(dir: &Path) -> Result<Found, EntryError> {
     let path = dir.join("fly.toml");
     let Some(text) = read_optional(&path)? else {

@@ -81,7 +81,9 @@ pub struct Scan {
 /// What one source found.
 #[derive(Debug, Clone, Default)]
 pub struct Found {
+    /// Start commands declared, in file order.
     pub starts: Vec<Declared>,
+    /// Build commands declared (run at image build time).
     pub build_steps: Vec<BuildStep>,
     /// Set when no start command was found: what was looked for and what was there.
     pub looked: Option<String>,
@@ -91,6 +93,7 @@ pub struct Found {
 }
 
 impl Found {
+    /// Nothing found; `looked` says what was looked for.
     pub fn nothing(looked: impl Into<String>) -> Found {
         Found {
             looked: Some(looked.into()),

@@ -8,6 +8,7 @@ use iac_core::EntryError;
 use super::{Found, at, build_step, declared};
 use crate::entry::read_optional;
 
+/// Reads `nixpacks.toml`: its `[start] cmd`; nothing when the file is absent.
 pub fn scan(dir: &Path) -> Result<Found, EntryError> {
     let path = dir.join("nixpacks.toml");
     let Some(text) = read_optional(&path)? else {

@@ -12,8 +12,11 @@ use crate::entry::read_optional;
 /// One `name: command` line of a Procfile.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcfileLine {
+    /// The process type (`web`, `worker`, …).
     pub name: String,
+    /// The command after the colon, trimmed.
     pub command: String,
+    /// 1-based line number.
     pub line: usize,
 }
 
@@ -41,6 +44,7 @@ pub fn parse_procfile(text: &str) -> Vec<ProcfileLine> {
         .collect()
 }
 
+/// Reads `Procfile`: one start command per process type; nothing when the file is absent.
 pub fn scan(dir: &Path) -> Result<Found, EntryError> {
     let path = dir.join("Procfile");
     let Some(text) = read_optional(&path)? else {

@@ -9,6 +9,7 @@ use iac_core::EntryError;
 use super::{Found, at, build_step, declared};
 use crate::entry::read_optional;
 
+/// Reads `railpack.json`: its start command; nothing when the file is absent.
 pub fn scan(dir: &Path) -> Result<Found, EntryError> {
     let path = dir.join("railpack.json");
     let Some(text) = read_optional(&path)? else {

@@ -9,6 +9,7 @@ use iac_core::EntryError;
 use super::{Found, at, build_step, declared};
 use crate::entry::read_optional;
 
+/// Reads `railway.json` or `railway.toml`: `deploy.startCommand`; nothing when neither exists.
 pub fn scan(dir: &Path) -> Result<Found, EntryError> {
     let json_path = dir.join("railway.json");
     let toml_path = dir.join("railway.toml");

@@ -9,6 +9,7 @@ use iac_core::EntryError;
 use super::{Found, at, build_step, declared, rel_dir};
 use crate::entry::read_optional;
 
+/// Reads `render.yaml`: each service's `startCommand`; nothing when the file is absent.
 pub fn scan(dir: &Path) -> Result<Found, EntryError> {
     let path = dir.join("render.yaml");
     let Some(text) = read_optional(&path)? else {

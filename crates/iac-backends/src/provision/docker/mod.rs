@@ -173,6 +173,7 @@ impl DockerProvisioner {
         ))
     }
 
+    /// A provisioner over an existing engine (tests pass a fake).
     pub fn with_engine(engine: Arc<dyn Engine>, config: DockerProvisionerConfig) -> Self {
         DockerProvisioner {
             engine,
@@ -187,6 +188,7 @@ impl DockerProvisioner {
         self
     }
 
+    /// The `[docker]` settings it was made with.
     pub fn config(&self) -> &DockerProvisionerConfig {
         &self.config
     }

@@ -55,8 +55,11 @@ pub struct SwarmSettings {
     /// HEALTHCHECK timing: every `health_interval`, failing after `health_retries` misses, misses
     /// within `health_start_period` of the start not counted.
     pub health_interval: Duration,
+    /// How long one HEALTHCHECK answer may take.
     pub health_timeout: Duration,
+    /// Misses in a row after which a task is unhealthy.
     pub health_retries: u32,
+    /// How long after a task starts its misses do not count.
     pub health_start_period: Duration,
     /// `[swarm] registry`: services run their pod image from there, by digest. Part of the hash
     /// (setting or changing it moves every service to the registry's images); left out of it
@@ -82,23 +85,31 @@ impl Default for SwarmSettings {
 /// A Swarm config or secret the task mounts, by name and id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectRef {
+    /// Swarm's id of the object.
     pub id: String,
+    /// Its name (content-addressed, so a change makes a new object).
     pub name: String,
 }
 
 /// The objects one task mounts: Envoy's config and the service's three certificate files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodObjects {
+    /// Envoy's YAML (a config).
     pub envoy_config: ObjectRef,
+    /// The CA bundle (a secret).
     pub ca: ObjectRef,
+    /// The service's certificate (a secret).
     pub cert: ObjectRef,
+    /// The service's private key (a secret).
     pub key: ObjectRef,
 }
 
 /// Everything [`service_spec`] renders from.
 #[derive(Debug, Clone)]
 pub struct PodInput<'a> {
+    /// The project (labels, names).
     pub project: &'a ProjectName,
+    /// The service's stack: app and sidecar as planned.
     pub svc: &'a ServiceStack,
     /// The overlay network.
     pub network: &'a str,
@@ -107,7 +118,9 @@ pub struct PodInput<'a> {
     /// The image's own command (`iac-agent … -- <entry>`), turned into the pod's by
     /// [`pod_command`].
     pub image_cmd: &'a [String],
+    /// The config and secrets the task mounts.
     pub objects: &'a PodObjects,
+    /// The `[swarm]` settings that go into the spec.
     pub settings: &'a SwarmSettings,
     /// [`spec_hash`] of this service.
     pub hash: &'a str,

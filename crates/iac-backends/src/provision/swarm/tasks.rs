@@ -18,8 +18,11 @@ use crate::engine::swarm::{SwarmEngine, Task, TaskState};
 /// One running task and where its inbound port is published.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskEndpoint {
+    /// Swarm's task id.
     pub task_id: String,
+    /// The task's slot (replica number).
     pub slot: i64,
+    /// The host address of its published inbound port, once the engine reports it.
     pub addr: Option<SocketAddr>,
 }
 

@@ -79,6 +79,7 @@ pub const TFVARS_FILE: &str = "terraform.tfvars.json";
 pub const DIFF_TFVARS_FILE: &str = "iac-diff.tfvars.json";
 /// Saved plans of `apply` and of `diff`.
 pub const PLAN_FILE: &str = "iac.tfplan";
+/// Saved plan of `diff` (kept apart so a diff never replaces the plan `apply` runs).
 pub const DIFF_PLAN_FILE: &str = "iac-diff.tfplan";
 /// The provider host used when the config names none.
 pub use crate::engine::DEFAULT_DOCKER_HOST;

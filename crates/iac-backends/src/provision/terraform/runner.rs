@@ -40,10 +40,12 @@ struct RunOutput {
 }
 
 impl TerraformProvisioner {
+    /// A provisioner with the given `[terraform]` settings; nothing runs yet.
     pub fn new(cfg: TerraformConfig) -> Self {
         TerraformProvisioner { cfg }
     }
 
+    /// The `[terraform]` settings it was made with.
     pub fn config(&self) -> &TerraformConfig {
         &self.cfg
     }

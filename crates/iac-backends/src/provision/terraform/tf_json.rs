@@ -14,18 +14,27 @@ use super::declared::json_kind;
 /// One service as `output -json` reports it (`output "services"` in `infra/outputs.tf`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct OutputService {
+    /// The mesh listener's host address; null until the sidecar is published.
     pub host_ip: Option<String>,
+    /// The mesh listener's host port.
     pub host_port: Option<u16>,
     /// The edge listener's host address (null for a service without an edge).
     #[serde(default)]
     pub edge_host_ip: Option<String>,
+    /// The edge listener's host port (null without an edge).
     #[serde(default)]
     pub edge_host_port: Option<u16>,
+    /// The app container's id.
     pub app_container_id: Option<String>,
+    /// The app container's name.
     pub app_container_name: Option<String>,
+    /// The Envoy container's id.
     pub envoy_container_id: Option<String>,
+    /// The Envoy container's name.
     pub envoy_container_name: Option<String>,
+    /// The spec hash the containers were created with.
     pub spec_hash: Option<String>,
+    /// The app image.
     pub image: Option<String>,
 }
 
@@ -44,7 +53,9 @@ impl OutputService {
 /// What `output -json` says: services by name and the network's name, if any.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Outputs {
+    /// Services by name.
     pub services: BTreeMap<String, OutputService>,
+    /// The project network's name, when the state has one.
     pub network_name: Option<String>,
 }
 

@@ -11,38 +11,58 @@ use iac_core::{Limits, MeshPorts, NetworkMode, Privileges, ProvisionError, Stack
 /// The contents of `terraform.tfvars.json`; mirrors `infra/variables.tf`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tfvars {
+    /// The provider's `host`: the engine iac talks to (`unix:///var/run/docker.sock`, `tcp://…`).
     pub docker_host: String,
+    /// The project name; prefixes every object the module creates.
     pub project: String,
+    /// The project's bridge network.
     pub network: TfNetwork,
+    /// The sidecars' mTLS listener port (inside the network).
     pub mesh_port: u16,
     /// The sidecars' edge port, whose host address the module reports (`edge_host_ip/port`).
     pub edge_port: u16,
+    /// One entry per service, keyed by service name.
     pub services: BTreeMap<String, TfService>,
 }
 
+/// The project network as `variables.tf` declares it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TfNetwork {
+    /// The network's name (`iac-<project>`).
     pub name: String,
+    /// Labels set on the network, `iac.managed-by=iac` included.
     pub labels: BTreeMap<String, String>,
 }
 
+/// One service: its app container and its Envoy sidecar.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TfService {
+    /// The service's spec hash; a change replaces both containers.
     pub spec_hash: String,
+    /// The app container.
     pub app: TfApp,
+    /// The Envoy sidecar, which owns the pod's network namespace.
     pub envoy: TfSidecar,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 /// The app container: in its sidecar's network namespace (`network_mode = container:…`).
 pub struct TfApp {
+    /// The container's name.
     pub name: String,
+    /// The app image (name:tag).
     pub image: String,
+    /// The container's command (the agent and the entry argv).
     pub command: Vec<String>,
+    /// Environment variables, by name.
     pub env: BTreeMap<String, String>,
+    /// Container labels, `iac.managed-by=iac` included.
     pub labels: BTreeMap<String, String>,
+    /// Host paths mounted into the container.
     pub mounts: Vec<TfMount>,
+    /// Seconds the engine waits after SIGTERM before SIGKILL.
     pub stop_timeout: u32,
+    /// Privileges (no-new-privileges, capabilities).
     pub security: TfSecurity,
     /// Memory limit in MiB (`memory` and `memory_swap`); omitted → none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -55,26 +75,41 @@ pub struct TfApp {
 /// publishing the pod's ports.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TfSidecar {
+    /// The container's name.
     pub name: String,
+    /// The Envoy image (name:tag).
     pub image: String,
+    /// Envoy's command line.
     pub command: Vec<String>,
+    /// Environment variables, by name.
     pub env: BTreeMap<String, String>,
+    /// Container labels, `iac.managed-by=iac` included.
     pub labels: BTreeMap<String, String>,
+    /// DNS names of the pod on the project network (the service name).
     pub aliases: Vec<String>,
+    /// Ports published on the host (mesh and edge listeners).
     pub ports: Vec<TfPort>,
+    /// Host paths mounted into the container (Envoy config, certs).
     pub mounts: Vec<TfMount>,
+    /// Seconds the engine waits after SIGTERM before SIGKILL.
     pub stop_timeout: u32,
+    /// Privileges (no-new-privileges, capabilities).
     pub security: TfSecurity,
+    /// Memory limit in MiB (`memory` and `memory_swap`); omitted → none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_mib: Option<i64>,
+    /// Docker restart policy (`unless-stopped`, …).
     pub restart: String,
 }
 
 /// A container's privileges as `main.tf` applies them (`capabilities`, `security_opts`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TfSecurity {
+    /// Run with `no-new-privileges` (setuid binaries cannot gain privileges).
     pub no_new_privileges: bool,
+    /// Capabilities added to the engine's default set.
     pub cap_add: Vec<String>,
+    /// Capabilities dropped (`ALL` first when the pod drops everything).
     pub cap_drop: Vec<String>,
 }
 
@@ -109,19 +144,26 @@ fn tf_memory(service: &str, container: &str, l: &Limits) -> Result<Option<i64>, 
         .map(|b| (b.max(0) + (1 << 20) - 1) / (1 << 20)))
 }
 
+/// One published port.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TfPort {
+    /// The container's port.
     pub internal: u16,
+    /// The host address it is published on.
     pub ip: String,
     /// Omitted → an ephemeral host port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external: Option<u16>,
 }
 
+/// One bind mount.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TfMount {
+    /// The host path.
     pub source: String,
+    /// The path inside the container.
     pub target: String,
+    /// Mounted read-only.
     pub read_only: bool,
 }
 
