@@ -210,6 +210,7 @@ pub enum RenderTarget {
     Files,
     /// Kubernetes manifests for `kubectl apply -f`.
     Kubernetes,
+    /// A Compose project (compose.yaml + configs and certs) for `docker-compose up -d`: the eject path.
     Compose,
 }
 

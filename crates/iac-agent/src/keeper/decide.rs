@@ -20,6 +20,7 @@ use std::cmp::Ordering;
 /// A container's state as the engine reports it (`GET /containers/{id}/json`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Seen {
+    /// `State.Running`.
     pub running: bool,
     /// `State.StartedAt`; `None` when never started (the engine's zero time).
     pub started_at: Option<Stamp>,

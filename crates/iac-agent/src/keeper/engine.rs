@@ -12,13 +12,16 @@ use tokio::net::UnixStream;
 /// The engine at `socket`.
 #[derive(Debug, Clone)]
 pub struct Engine {
+    /// The engine's Unix socket (mounted into the keeper's container).
     pub socket: PathBuf,
 }
 
 /// An engine answer: status and the whole body.
 #[derive(Debug)]
 pub struct Reply {
+    /// The HTTP status.
     pub status: u16,
+    /// The body, de-chunked.
     pub body: Vec<u8>,
 }
 

@@ -30,15 +30,21 @@ use engine::{Engine, query_escape};
 
 /// The label values the keeper relies on (the same as `iac_core::stack`; the agent does not
 /// depend on iac-core).
+/// The label on everything iac created.
 pub const LABEL_MANAGED: &str = "iac.managed-by";
+/// Its value.
 pub const MANAGED_BY: &str = "iac";
+/// The label naming an object's project.
 pub const LABEL_PROJECT: &str = "iac.project";
+/// The label saying what an object is for (`app`, `envoy`).
 pub const LABEL_ROLE: &str = "iac.role";
 
 /// How the keeper runs.
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// The project whose pods it keeps (`--keeper PROJECT`).
     pub project: String,
+    /// The engine it talks to (its Unix socket).
     pub engine: Engine,
     /// How long a running app left in its sidecar's old namespace gets to end by itself.
     pub recheck: Duration,

@@ -52,17 +52,22 @@ pub struct SwarmState {
 /// A network as the engine reports it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NetworkView {
+    /// The engine's id.
     pub id: String,
+    /// The network's name.
     pub name: String,
     /// `overlay`, `bridge`, …
     pub driver: String,
+    /// Its labels (iac's say whether iac made it, for which project).
     pub labels: HashMap<String, String>,
 }
 
 /// Whether a Swarm object is a config or a secret.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ObjectKind {
+    /// A Swarm config (envoy.yaml, the CA and the leaf certificate).
     Config,
+    /// A Swarm secret (the leaf's private key).
     Secret,
 }
 
@@ -79,8 +84,11 @@ impl ObjectKind {
 /// A config or secret: its kind, id and name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SwarmObject {
+    /// Config or secret.
     pub kind: ObjectKind,
+    /// The engine's id.
     pub id: String,
+    /// Its name (content-addressed: see `provision/swarm/objects.rs`).
     pub name: String,
 }
 

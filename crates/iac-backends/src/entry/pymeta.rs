@@ -16,7 +16,9 @@ use super::{read_optional, toml_key_line};
 /// A console script: its name, target and where it was declared.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Script {
+    /// The script's name (the command it installs).
     pub name: String,
+    /// The `module:function` it calls.
     pub target: Callable,
     /// e.g. "pyproject.toml line 12".
     pub location: String,
@@ -53,14 +55,18 @@ fn requirement_name(req: &str) -> Option<String> {
 
 /// Everything the Python rules read from a repo, loaded once.
 pub struct PyRepo {
+    /// The repo root.
     pub dir: PathBuf,
+    /// pyproject.toml's text and parsed table, when present.
     pub pyproject: Option<(String, toml::Table)>,
+    /// setup.cfg, when present.
     pub setup_cfg: Option<Ini>,
     /// setup.py as tokens, or why it could not be tokenized.
     pub setup_py: Option<Result<SetupPy, String>>,
 }
 
 impl PyRepo {
+    /// Reads pyproject.toml, setup.cfg and setup.py from `dir`; a pyproject.toml that is not TOML is an error.
     pub fn load(dir: &Path) -> Result<PyRepo, EntryError> {
         let pyproject_path = dir.join("pyproject.toml");
         let pyproject = match read_optional(&pyproject_path)? {

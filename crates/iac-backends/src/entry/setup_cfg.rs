@@ -10,6 +10,7 @@ pub struct Ini {
 }
 
 impl Ini {
+    /// Parses `text` leniently, like configparser (never fails; odd lines are skipped).
     pub fn parse(text: &str) -> Ini {
         let mut entries: Vec<(String, String, String, usize)> = Vec::new();
         let mut section = String::new();

@@ -12,12 +12,20 @@ pub enum SetupArg {
     Absent,
     /// The keyword's value is a literal (possibly via a top-level `NAME = literal`).
     Literal {
+        /// The literal.
         value: PyValue,
+        /// 1-based line of the keyword.
         line: usize,
+        /// The top-level name the value came through, if any.
         via: Option<String>,
     },
     /// The keyword is there but its value is not a literal; the string says what it is.
-    NotLiteral { line: usize, why: String },
+    NotLiteral {
+        /// 1-based line of the keyword.
+        line: usize,
+        /// What the value is instead (a call, a name, an expression…).
+        why: String,
+    },
 }
 
 /// A setup.py read as tokens.
@@ -27,6 +35,7 @@ pub struct SetupPy {
 }
 
 impl SetupPy {
+    /// Tokenizes setup.py; fails only when the lexer does.
     pub fn parse(text: &str) -> Result<SetupPy, pylex::LexError> {
         Ok(SetupPy {
             tokens: pylex::tokenize(text)?,

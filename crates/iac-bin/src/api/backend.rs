@@ -62,18 +62,23 @@ pub struct PlanPreview {
 /// One service's planned change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PlannedChange {
+    /// The service.
     pub service: String,
+    /// `create`, `replace`, `repair`, `unchanged` or `remove`.
     pub action: String,
+    /// Why (e.g. "not running", "spec changed").
     pub reason: String,
 }
 
 /// A service that could not be planned.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PlanFailure {
+    /// The service.
     pub service: String,
     /// The stage that failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage: Option<String>,
+    /// What went wrong.
     pub error: String,
 }
 

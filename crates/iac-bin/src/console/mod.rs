@@ -33,7 +33,9 @@ use session::{SessionStore, Tokens, now_secs};
 /// `[supabase] anon_key`). Without both, the sign-in page offers only a pasted access token.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConsoleAuth {
+    /// The Supabase project URL (`[supabase] url`).
     pub supabase_url: Option<String>,
+    /// The anon key GoTrue's password grant takes.
     pub anon_key: Option<Secret>,
     /// Timeout of every call to Supabase Auth (`[supabase] http_timeout`).
     #[serde(with = "iac_core::duration")]

@@ -25,6 +25,7 @@ pub const REFRESH_BEFORE: Duration = Duration::from_secs(60);
 
 /// The tokens of one signed-in browser. Never logged (`Debug` is not derived).
 pub struct Tokens {
+    /// The access token (a Supabase JWT), verified on every request.
     pub access: String,
     /// Absent for a pasted access token: the session ends with the token.
     pub refresh: Option<String>,

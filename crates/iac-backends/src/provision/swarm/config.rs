@@ -25,9 +25,12 @@ pub struct SwarmConfig {
     /// misses a task is unhealthy, and how long after the start misses do not count.
     #[serde(with = "iac_core::duration")]
     pub health_interval: Duration,
+    /// How long one check may take before it counts as a miss.
     #[serde(with = "iac_core::duration")]
     pub health_timeout: Duration,
+    /// Misses in a row that make a task unhealthy.
     pub health_retries: u32,
+    /// How long after a task starts misses do not count.
     #[serde(with = "iac_core::duration")]
     pub health_start_period: Duration,
     /// How long a create or update may take to converge (all tasks running and healthy, or the
@@ -48,11 +51,13 @@ pub struct SwarmConfig {
     /// Login for `registry` (both or neither): used for the push, on the manager only — unless
     /// no pull login is set, when it is also what the nodes get.
     pub registry_username: Option<String>,
+    /// The push login's password.
     pub registry_password: Option<Secret>,
     /// A read-only login for `registry` (both or neither): sent with service creates and
     /// updates so every node can pull, in place of the push login. Which rights a login has is
     /// the registry's to enforce.
     pub registry_pull_username: Option<String>,
+    /// The pull login's password.
     pub registry_pull_password: Option<Secret>,
 }
 

@@ -23,6 +23,7 @@ use crate::engine::swarm::Service;
 /// A Swarm service of the project as the engine reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Existing {
+    /// The engine's service id.
     pub id: String,
     /// Its `iac.spec-hash` label.
     pub hash: Option<String>,
@@ -59,15 +60,27 @@ pub enum Step<'a> {
     /// A service of the stack: created, replaced or left unchanged (`action`), with the Swarm
     /// spec hash it must carry.
     Apply {
+        /// The service as planned.
         svc: &'a ServiceStack,
+        /// Create, replace or unchanged.
         action: Action,
+        /// The Swarm spec hash the service must carry.
         hash: String,
+        /// Why, as the plan report says it.
         reason: String,
     },
     /// Not in the stack, but its build failed this time: left running as it is.
-    Keep { service: ServiceName },
+    Keep {
+        /// The service kept.
+        service: ServiceName,
+    },
     /// Not in the stack: removed.
-    Remove { service: ServiceName, id: String },
+    Remove {
+        /// The service removed.
+        service: ServiceName,
+        /// Its engine id.
+        id: String,
+    },
 }
 
 impl Step<'_> {

@@ -45,14 +45,15 @@ use futures::FutureExt;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 
-use iac_core::stack::{LABEL_MANAGED, LABEL_PROJECT, LABEL_ROLE};
+use iac_core::labels::{is_managed, project_labels};
+use iac_core::stack::{LABEL_PROJECT, LABEL_ROLE};
 use iac_core::{
     Action, Applied, AppliedService, Change, Events, HealthProber, HealthReport, MeshPorts,
     NetworkSpec, ProbeTarget, ProjectName, ProvisionError, Provisioner, RunningService,
     ServiceName, ServiceStack, Stack, Stage,
 };
 
-use super::{MANAGED_BY, with_limits};
+use super::with_limits;
 use crate::engine::swarm::{
     BollardSwarm, ObjectKind, Service, ServiceUpdateStatusStateEnum, SwarmEngine, SwarmObject,
 };
@@ -122,6 +123,7 @@ impl SwarmProvisioner {
         }
     }
 
+    /// The `[swarm]` settings it runs with.
     pub fn config(&self) -> &SwarmConfig {
         &self.config
     }
@@ -158,7 +160,7 @@ impl SwarmProvisioner {
         events: &Events,
     ) -> Result<(), ProvisionError> {
         if let Some(n) = self.engine.network(&net.name).await? {
-            let ours = n.labels.get(LABEL_MANAGED).map(String::as_str) == Some(MANAGED_BY)
+            let ours = is_managed(|k| n.labels.get(k).map(String::as_str))
                 && n.labels.get(LABEL_PROJECT).map(String::as_str) == Some(project.as_str());
             if ours && n.driver == "overlay" {
                 return Ok(());
@@ -175,8 +177,7 @@ impl SwarmProvisioner {
             )));
         }
         let mut labels: HashMap<String, String> = net.labels.clone().into_iter().collect();
-        labels.insert(LABEL_MANAGED.into(), MANAGED_BY.into());
-        labels.insert(LABEL_PROJECT.into(), project.to_string());
+        labels.extend(project_labels(project.as_str()));
         self.engine
             .create_overlay_network(&net.name, labels)
             .await?;
@@ -811,6 +812,7 @@ mod tests {
     use crate::engine::swarm::{
         MockSwarmEngine, NetworkView, ServiceSpec, SwarmObject, SwarmState,
     };
+    use iac_core::labels::{LABEL_MANAGED, MANAGED_BY};
     use iac_core::plan::{PlanInput, PlannedService, plan};
     use iac_core::stack::{LABEL_SERVICE, LABEL_SPEC_HASH};
     use iac_core::{CertPaths, IssuedCerts, MockHealthProber};

@@ -9,13 +9,13 @@
 use std::collections::{BTreeSet, HashMap};
 
 use iac_core::fsutil::sha256_tagged;
-use iac_core::stack::{LABEL_PROJECT, LABEL_ROLE, LABEL_SERVICE};
+use iac_core::stack::{LABEL_PROJECT, LABEL_ROLE};
 use iac_core::{ProjectName, ProvisionError, ServiceName};
 
-use super::super::{LABEL_MANAGED, MANAGED_BY};
 use super::spec::ObjectRef;
 pub use crate::engine::swarm::ObjectKind as Kind;
 use crate::engine::swarm::{SwarmEngine, SwarmObject};
+use iac_core::labels::{managed_filter, service_labels};
 
 /// Swarm's limit on config and secret names.
 const MAX_NAME: usize = 64;
@@ -42,28 +42,26 @@ pub fn object_labels(
     svc: &ServiceName,
     kind: Kind,
 ) -> HashMap<String, String> {
-    HashMap::from([
-        (LABEL_PROJECT.to_string(), project.to_string()),
-        (LABEL_SERVICE.to_string(), svc.to_string()),
-        (LABEL_MANAGED.to_string(), MANAGED_BY.to_string()),
-        (LABEL_ROLE.to_string(), kind.as_str().to_string()),
-    ])
+    let mut l: HashMap<String, String> = service_labels(project.as_str(), svc.as_str())
+        .into_iter()
+        .collect();
+    l.insert(LABEL_ROLE.to_string(), kind.as_str().to_string());
+    l
 }
 
 /// The label filter selecting a project's objects.
 pub fn project_filter(project: &ProjectName) -> HashMap<String, Vec<String>> {
     HashMap::from([(
         "label".to_string(),
-        vec![
-            format!("{LABEL_MANAGED}={MANAGED_BY}"),
-            format!("{LABEL_PROJECT}={project}"),
-        ],
+        vec![managed_filter(), format!("{LABEL_PROJECT}={project}")],
     )])
 }
 
 /// A project's configs and secrets on one engine.
 pub struct Objects<'a> {
+    /// The engine they live on.
     pub engine: &'a dyn SwarmEngine,
+    /// Whose they are (their `iac.project` label).
     pub project: &'a ProjectName,
 }
 

@@ -31,11 +31,11 @@ use serde::Serialize;
 
 use iac_core::fsutil::sha256_tagged;
 use iac_core::plan::{ENVOY_CONFIG_IN_CONTAINER, app_container_name, envoy_argv};
-use iac_core::stack::{LABEL_PROJECT, LABEL_ROLE, LABEL_SERVICE, LABEL_SPEC_HASH};
+use iac_core::stack::{LABEL_ROLE, LABEL_SPEC_HASH};
 use iac_core::{CertPaths, Limits, MeshPorts, ProjectName, ServiceStack};
 
-use super::super::{LABEL_MANAGED, MANAGED_BY};
 use super::image::{ENVOY_BINARY, ENVOY_ROOT};
+use iac_core::labels::service_labels;
 
 /// The uid (and gid) Envoy runs as inside a task; its config and certificates belong to it.
 pub const SIDECAR_UID: &str = "101";
@@ -251,13 +251,12 @@ pub fn pod_limits(app: Limits, sidecar: Limits) -> Limits {
 
 /// Labels of the service and of its tasks' containers.
 pub fn labels(project: &ProjectName, svc: &ServiceStack, hash: &str) -> HashMap<String, String> {
-    HashMap::from([
-        (LABEL_PROJECT.to_string(), project.to_string()),
-        (LABEL_SERVICE.to_string(), svc.service.to_string()),
-        (LABEL_SPEC_HASH.to_string(), hash.to_string()),
-        (LABEL_MANAGED.to_string(), MANAGED_BY.to_string()),
-        (LABEL_ROLE.to_string(), "service".to_string()),
-    ])
+    let mut l: HashMap<String, String> = service_labels(project.as_str(), svc.service.as_str())
+        .into_iter()
+        .collect();
+    l.insert(LABEL_SPEC_HASH.to_string(), hash.to_string());
+    l.insert(LABEL_ROLE.to_string(), "service".to_string());
+    l
 }
 
 fn nanos(d: Duration) -> i64 {
