@@ -16,7 +16,7 @@
 //!   the Docker pod's packet filter (the kubelet's probes come from the node and are not subject
 //!   to it on common network plugins).
 //! * when the service's egress is controlled, a `NetworkPolicy` `<svc>-egress` (see
-//!   [`egress_policy`]): DNS, the project's pods on the mesh port, and the ports its `egress:`
+//!   `egress_policy`): DNS, the project's pods on the mesh port, and the ports its `egress:`
 //!   list names; the names themselves are checked by the same Envoy egress listener as on Docker.
 //!
 //! A service with an edge (its stack publishes the edge port) gets an `edge` container port on

@@ -75,7 +75,7 @@ fn egress_chain() -> String {
     )
 }
 
-/// [`pod_filter_rules`], plus, when `egress` is set, the outbound chain of [`egress_chain`].
+/// [`pod_filter_rules`], plus, when `egress` is set, the outbound chain of `egress_chain`.
 pub fn pod_filter_rules_with_egress(
     inbound_port: u16,
     edge_port: Option<u16>,

@@ -8,7 +8,7 @@
 //! at every pod when it starts, and again whenever it reconnects to the events): when a sidecar is
 //! running and its app's last start failed, it starts the app; when an app still runs in the
 //! namespace its restarted sidecar left behind after `--keeper-recheck`, it restarts it
-//! ([`decide`] has the rules). It only ever starts and restarts containers labelled
+//! ([`mod@decide`] has the rules). It only ever starts and restarts containers labelled
 //! `iac.managed-by=iac`, `iac.project=PROJECT`, `iac.role=app` whose sidecar is labelled the same
 //! with `iac.role=envoy`; it never creates, stops or removes anything. It logs every action on
 //! stderr (`docker logs`), and backs off on errors: a failed start is tried again after 1 s,

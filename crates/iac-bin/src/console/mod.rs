@@ -2,7 +2,7 @@
 //! the Unix socket): server-rendered minijinja pages ([`pages`]) plus one small script and one
 //! stylesheet ([`assets`]), all embedded in the binary (no CDN, no Node).
 //!
-//! Who is signed in ([`Console::caller`]): on the Unix socket, the operator (peer uid, as for the
+//! Who is signed in (`Console::session_caller`): on the Unix socket, the operator (peer uid, as for the
 //! API); on TCP, the session behind the `iac_session` cookie ([`session`]), whose Supabase access
 //! token is verified by the same [`iac_core::AuthVerifier`] as bearer tokens on every request and
 //! refreshed with its refresh token ([`gotrue`]) shortly before it expires. The per-project grants

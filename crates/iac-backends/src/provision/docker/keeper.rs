@@ -13,7 +13,7 @@
 //! Its name has an underscore, which no service's container name can have (services are DNS
 //! labels), and it carries no `iac.service` label, so reconciling never takes it for a pod.
 //! The spec (pure, [`keeper_spec`]) and the image's Dockerfile ([`keeper_dockerfile`]) have
-//! golden tests; [`DockerProvisioner::ensure_keeper`] acts through the [`Engine`] trait.
+//! golden tests; `DockerProvisioner::ensure_keeper` acts through the [`crate::engine::Engine`] trait.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! The Docker Swarm provisioner (`provisioner = "swarm"`): the same [`Stack`] as the docker
 //! provisioner, applied as Swarm objects for more than one host. Every engine call goes through
 //! [`SwarmEngine`] (`engine/swarm.rs`: a mockall fake in the unit tests, engine errors mapped in
-//! one place); what happens to each service is decided once, purely, by [`decide`], for both
+//! one place); what happens to each service is decided once, purely, by [`mod@decide`], for both
 //! `diff` and `apply`. `[swarm]` is [`config`].
 //!
 //! * One attachable overlay network per project (the Stack's network name), one Swarm service per
