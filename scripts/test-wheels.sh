@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # test-wheels.sh — downloads, on the host, the binary wheels the end-to-end fixtures of
 # crates/iac-bin/tests/fixtures/apps/ depend on, for each app's Python (its .python-version, else
-# 3.11), into one find-links directory. Tests never reach the network: tests/public_apps.rs points
+# 3.11), into one find-links directory, plus the pins of the fixtures that install from a lock file
+# (LOCKED below: uv.lock, pdm.lock, Pipfile.lock) and the source distributions of
+# crates/iac-bin/tests/fixtures/sdists/ (packed here, deterministically, as PyPI would serve them;
+# the resolver container builds them). Tests never reach the network: tests/public_apps.rs points
 # the resolver container there ([images.resolver] find_links) with --no-index. (The download runs
 # on the host, but from a fixed list in this script: no repo steers it.) Run by `make test-deps`; a second run only checks the stamp.
 #
@@ -11,6 +14,14 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 APPS="$ROOT/crates/iac-bin/tests/fixtures/apps"
+SDISTS="$ROOT/crates/iac-bin/tests/fixtures/sdists"
+# What the lock-file fixtures pin (uv-fastapi-virtual/uv.lock, pdm-fastapi/pdm.lock,
+# pipenv-flask/Pipfile.lock), for CPython 3.11, and the build backend of the sdists.
+LOCKED=(annotated-doc==0.0.7 annotated-types==0.8.0 anyio==4.16.0 click==8.5.1 fastapi==0.165.0
+  h11==0.16.0 idna==3.21 opentelemetry-api==1.45.3 pydantic==2.14.4 pydantic-core==2.50.5
+  starlette==1.10.0 typing-extensions==4.16.0 typing-inspection==0.4.5 uvicorn==0.55.0
+  blinker==1.9.0 flask==3.1.3 gunicorn==27.0.1 itsdangerous==2.2.0 jinja2==3.1.6 markupsafe==3.0.4
+  werkzeug==3.1.9 flit-core==4.2.0)
 DEST="${IAC_TEST_WHEELS:-${XDG_CACHE_HOME:-$HOME/.cache}/iac/test-wheels}"
 read -r -a PIP <<<"${IAC_PIP:-python3 -m pip}"
 log() { printf '[test-wheels] %s\n' "$*"; }
@@ -24,7 +35,8 @@ plan() {
     printf '%s %s\n' "$(basename "$app")" "$version"
   done
 }
-want="$( (plan; for a in "$APPS"/*/requirements.txt; do cat "$a"; done
+want="$( (plan; for a in "$APPS"/*/requirements.txt; do cat "$a"; done; printf '%s\n' "${LOCKED[@]}"
+  (cd "$SDISTS" && find . -type f | LC_ALL=C sort | xargs sha256sum)
   for v in $(plan | cut -d' ' -f2 | sort -u); do bash "$ROOT/scripts/bootstrap-images.sh" --print-pip-target "$v"; done) \
   | sha256sum | cut -c1-64)"
 if [ -f "$DEST/.iac-test-wheels" ] && [ "$(cat "$DEST/.iac-test-wheels")" = "$want" ]; then
@@ -34,11 +46,28 @@ fi
 mkdir -p "$(dirname "$DEST")"
 staging="$(mktemp -d "$DEST.tmp.XXXXXX")"
 trap 'rm -rf "$staging"' EXIT
+# The sdists: NAME-VERSION/ packed as NAME-VERSION.tar.gz with fixed owners, order and times.
+local_names=()
+for src in "$SDISTS"/*/; do
+  base="$(basename "$src")"
+  tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$SDISTS" -cf - "$base" \
+    | gzip -n -9 >"$staging/$base.tar.gz"
+  local_names+=("${base%-*}")
+  log "$base.tar.gz: packed"
+done
+mapfile -t target < <(bash "$ROOT/scripts/bootstrap-images.sh" --print-pip-target 3.11)
+"${PIP[@]}" download --quiet --disable-pip-version-check --dest "$staging" "${target[@]}" "${LOCKED[@]}" \
+  || { echo "[test-wheels] pip download of the locked pins failed" >&2; exit 1; }
+log "lock fixtures: wheels for CPython 3.11"
 while read -r app version; do
   mapfile -t target < <(bash "$ROOT/scripts/bootstrap-images.sh" --print-pip-target "$version")
+  # A requirement on one of the local sdists is served by its tarball, not downloaded.
+  reqs="$staging/.req-$app"
+  grep -v -i -E "^($(IFS='|'; echo "${local_names[*]:-^$}"))([^a-z0-9_.-]|\$)" "$APPS/$app/requirements.txt" >"$reqs" || true
   "${PIP[@]}" download --quiet --disable-pip-version-check --dest "$staging" "${target[@]}" \
-    -r "$APPS/$app/requirements.txt" \
+    -r "$reqs" \
     || { echo "[test-wheels] pip download for $app (CPython $version) failed" >&2; exit 1; }
+  rm -f "$reqs"
   log "$app: wheels for CPython $version"
 done < <(plan)
 printf '%s\n' "$want" >"$staging/.iac-test-wheels"
