@@ -36,7 +36,7 @@ plan() {
   done
 }
 want="$( (plan; for a in "$APPS"/*/requirements.txt; do cat "$a"; done; printf '%s\n' "${LOCKED[@]}"
-  (cd "$SDISTS" && find . -type f | LC_ALL=C sort | xargs sha256sum)
+  echo "sdist packing: mtime 2000-01-01"; (cd "$SDISTS" && find . -type f | LC_ALL=C sort | xargs sha256sum)
   for v in $(plan | cut -d' ' -f2 | sort -u); do bash "$ROOT/scripts/bootstrap-images.sh" --print-pip-target "$v"; done) \
   | sha256sum | cut -c1-64)"
 if [ -f "$DEST/.iac-test-wheels" ] && [ "$(cat "$DEST/.iac-test-wheels")" = "$want" ]; then
@@ -46,11 +46,12 @@ fi
 mkdir -p "$(dirname "$DEST")"
 staging="$(mktemp -d "$DEST.tmp.XXXXXX")"
 trap 'rm -rf "$staging"' EXIT
-# The sdists: NAME-VERSION/ packed as NAME-VERSION.tar.gz with fixed owners, order and times.
+# The sdists: NAME-VERSION/ packed as NAME-VERSION.tar.gz with fixed owners, order and times
+# (2000-01-01: a wheel is a zip, which refuses times before 1980).
 local_names=()
 for src in "$SDISTS"/*/; do
   base="$(basename "$src")"
-  tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$SDISTS" -cf - "$base" \
+  tar --sort=name --mtime='2000-01-01 00:00:00Z' --owner=0 --group=0 --numeric-owner -C "$SDISTS" -cf - "$base" \
     | gzip -n -9 >"$staging/$base.tar.gz"
   local_names+=("${base%-*}")
   log "$base.tar.gz: packed"
