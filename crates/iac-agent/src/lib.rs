@@ -95,6 +95,33 @@ pub fn check_app_user_apart(
     Ok(())
 }
 
+/// The group whose sockets a controlled pod's packet filter lets out (Envoy's, for its egress
+/// listener; `iac_core::egress::ENVOY_EGRESS_GID`, which a test in iac-backends keeps equal).
+pub const EGRESS_GID: u32 = 1337;
+
+/// The app must not run in [`EGRESS_GID`], as its primary group or a supplementary one: its
+/// sockets would then pass the pod's egress filter as Envoy's do. The group comes from the image's
+/// `/etc/passwd` and `/etc/group`, which a repo's build step (run as root) can edit, so it is
+/// checked here, where the app is started, not only in iac's configuration.
+pub fn check_app_groups(app: Option<&user::ResolvedUser>) -> Result<(), String> {
+    // SAFETY: getegid never fails. Without --user the app runs as the agent's own group.
+    let (gid, groups) = app.map_or_else(
+        || (unsafe { libc::getegid() }, Vec::new()),
+        |u| (u.gid, u.groups.clone()),
+    );
+    if gid == EGRESS_GID || groups.contains(&EGRESS_GID) {
+        let name = app
+            .and_then(|u| u.name.clone())
+            .map(|n| format!("{n:?} "))
+            .unwrap_or_default();
+        return Err(format!(
+            "--user: the app's user {name}is in group {EGRESS_GID}, the sidecar's egress group; \
+             expected any other group, so the app's connections cannot pass the pod's egress filter"
+        ));
+    }
+    Ok(())
+}
+
 impl Options {
     /// Validates the command line into run options (resolving `--user` against /etc/passwd).
     pub fn from_cli(cli: Cli) -> Result<Self, String> {
@@ -106,6 +133,7 @@ impl Options {
             .map(user::resolve_from_system)
             .transpose()
             .map_err(|e| e.to_string())?;
+        check_app_groups(user.as_ref())?;
         let python_path = match &cli.otel_auto_instrument {
             None => None,
             Some(venv) => {
@@ -156,5 +184,35 @@ impl Options {
             backoff,
             sidecar,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(gid: u32, groups: &[u32]) -> user::ResolvedUser {
+        user::ResolvedUser {
+            uid: 1000,
+            gid,
+            groups: groups.to_vec(),
+            name: Some("app".into()),
+            home: None,
+        }
+    }
+
+    #[test]
+    fn an_app_in_the_egress_group_is_refused() {
+        assert!(check_app_groups(Some(&user(1000, &[1000, 20]))).is_ok());
+        for (gid, groups) in [
+            (EGRESS_GID, vec![EGRESS_GID]),
+            (1000, vec![1000, EGRESS_GID]),
+        ] {
+            let e = check_app_groups(Some(&user(gid, &groups))).unwrap_err();
+            assert!(
+                e.contains("\"app\" is in group 1337") && e.contains("egress filter"),
+                "{e}"
+            );
+        }
     }
 }

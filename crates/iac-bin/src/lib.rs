@@ -18,7 +18,6 @@ pub mod api;
 pub mod cli;
 pub mod commands;
 pub mod config;
-pub mod console;
 pub mod output;
 pub mod recipe;
 pub mod telemetry;

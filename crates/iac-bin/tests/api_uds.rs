@@ -55,6 +55,37 @@ async fn socket_is_0600_and_streams_a_deploy_without_a_token() {
     let (status, _, body) = uds_request(&srv.uds, "GET", "/nope", &[], None).await;
     assert_eq!(status, 404);
     assert_error_shape(&body);
+    // A browser at the end of an `ssh -L` tunnel is the operator only on its own pages: another
+    // site's form post (CSRF) is refused, API and console (a rebound Host: console::session tests).
+    for (method, uri, hdrs) in [
+        ("POST", "/destroy", vec![("origin", "https://evil.example")]),
+        (
+            "POST",
+            "/projects/demo/destroy",
+            vec![("origin", "https://evil.example")],
+        ),
+        ("POST", "/deploy", vec![("origin", "null")]),
+    ] {
+        let (status, _, body) = uds_request(&srv.uds, method, uri, &hdrs, None).await;
+        let (code, _) = assert_error_shape(&body);
+        assert_eq!(
+            (status, code.as_str()),
+            (403, "origin_mismatch"),
+            "{method} {uri}: {body}"
+        );
+    }
+    let (status, _, _) = uds_request(
+        &srv.uds,
+        "GET",
+        "/services",
+        &[
+            ("origin", "http://localhost"),
+            ("sec-fetch-site", "same-origin"),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "the operator's own page on the tunnel");
     let path = srv.uds.clone();
     srv.shutdown().await.unwrap();
     assert!(!path.exists(), "socket file removed at shutdown");

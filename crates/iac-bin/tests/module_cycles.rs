@@ -27,7 +27,8 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// A file's lines with comments blanked and everything from a `#[cfg(test)] mod …` on dropped.
+/// A file's lines with comments blanked and everything from a braced `#[cfg(test)] mod … {` on
+/// dropped (a `#[cfg(test)] mod tests;` declaration drops nothing: its file is skipped instead).
 fn code_lines(text: &str) -> Vec<String> {
     let lines: Vec<&str> = text.lines().collect();
     let mut out = Vec::new();
@@ -38,7 +39,9 @@ fn code_lines(text: &str) -> Vec<String> {
                 .iter()
                 .map(|l| l.trim_start())
                 .find(|l| !l.starts_with("#["));
-            if next.is_some_and(|l| l.starts_with("mod ") || l.starts_with("pub mod ")) {
+            if next.is_some_and(|l| {
+                (l.starts_with("mod ") || l.starts_with("pub mod ")) && l.contains('{')
+            }) {
                 break;
             }
         }
@@ -81,6 +84,70 @@ fn crate_paths(line: &str) -> Vec<&str> {
     out
 }
 
+/// The first segment of each item of every `crate::{…}` group in `code` (groups may span lines),
+/// with the 1-based line the group starts on.
+fn grouped_paths(code: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some(i) = code[from..].find("crate::{") {
+        let start = from + i + "crate::{".len();
+        let line = code[..start].matches('\n').count() + 1;
+        let (mut depth, mut item_start, mut end) = (0usize, start, code.len());
+        for (j, c) in code[start..].char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' if depth == 0 => {
+                    end = start + j;
+                    break;
+                }
+                '}' => depth -= 1,
+                ',' if depth == 0 => {
+                    out.push((line, first_segment(&code[item_start..start + j])));
+                    item_start = start + j + 1;
+                }
+                _ => {}
+            }
+        }
+        out.push((line, first_segment(&code[item_start..end])));
+        from = end;
+    }
+    out.retain(|(_, s)| !s.is_empty());
+    out
+}
+
+fn first_segment(item: &str) -> String {
+    item.trim()
+        .chars()
+        .take_while(|c| c.is_alphanumeric() || *c == '_')
+        .collect()
+}
+
+/// `super::…::name` paths that climb `depth` levels, to the crate root: `name` is a top-level
+/// module (from `src/a.rs` one `super::`, from `src/a/b.rs` two).
+fn super_paths(line: &str, depth: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let Some(i) = line[at..].find("super::") {
+        let start = at + i;
+        let before = line[..start].chars().next_back();
+        // Count the run of `super::` starting here.
+        let mut k = 0;
+        let mut end = start;
+        while line[end..].starts_with("super::") {
+            k += 1;
+            end += "super::".len();
+        }
+        if k == depth && !before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':') {
+            let name = first_segment(&line[end..]);
+            if !name.is_empty() {
+                out.push(name);
+            }
+        }
+        at = end;
+    }
+    out
+}
+
 /// Edges `from → to` with the first place each is seen.
 type Graph = BTreeMap<String, BTreeMap<String, String>>;
 
@@ -107,19 +174,24 @@ fn graph_of(crate_dir: &Path) -> Graph {
             continue; // test-only modules (`#[cfg(test)] mod tests;` in their parent)
         }
         let text = std::fs::read_to_string(f).unwrap();
-        for (n, line) in code_lines(&text).iter().enumerate() {
-            for to in crate_paths(line) {
-                if to != from && modules.contains(to) {
-                    let at = format!(
-                        "{}:{}",
-                        f.strip_prefix(workspace()).unwrap().display(),
-                        n + 1
-                    );
-                    g.get_mut(&from)
-                        .unwrap()
-                        .entry(to.to_string())
-                        .or_insert(at);
-                }
+        // How many `super::` reach the crate root from this file.
+        let rel = f.strip_prefix(&src).unwrap();
+        let depth = rel.components().count() - usize::from(name == "mod.rs");
+        let lines = code_lines(&text);
+        let mut found: Vec<(usize, String)> = grouped_paths(&lines.join("\n"));
+        for (n, line) in lines.iter().enumerate() {
+            found.extend(
+                crate_paths(line)
+                    .into_iter()
+                    .map(|to| (n + 1, to.to_string())),
+            );
+            found.extend(super_paths(line, depth).into_iter().map(|to| (n + 1, to)));
+        }
+        found.sort();
+        for (n, to) in found {
+            if to != from && modules.contains(&to) {
+                let at = format!("{}:{n}", f.strip_prefix(workspace()).unwrap().display());
+                g.get_mut(&from).unwrap().entry(to).or_insert(at);
             }
         }
     }
@@ -234,6 +306,28 @@ fn the_reader_sees_paths_and_skips_comments_and_tests() {
         "use crate::a;\n/// crate::b\n#[cfg(test)]\n#[allow(x)]\nmod tests {\n use crate::c;\n}\n",
     );
     assert_eq!(lines.concat().matches("crate::").count(), 1);
+    let decl = code_lines("#[cfg(test)]\nmod tests;\nuse crate::d;\n");
+    assert_eq!(
+        decl.concat().matches("crate::").count(),
+        1,
+        "a declaration drops nothing"
+    );
+    assert_eq!(
+        grouped_paths("use crate::{\n    a::X,\n    b::{Y, Z},\n    c,\n};"),
+        vec![
+            (1, "a".to_string()),
+            (1, "b".to_string()),
+            (1, "c".to_string())
+        ]
+    );
+    assert_eq!(
+        super_paths("use super::a::X; use super::super::b;", 1),
+        vec!["a"]
+    );
+    assert_eq!(
+        super_paths("use super::a::X; use super::super::b;", 2),
+        vec!["b"]
+    );
     let mut g = Graph::new();
     for (a, b) in [("x", "y"), ("y", "z"), ("z", "x"), ("z", "w")] {
         g.entry(a.into())

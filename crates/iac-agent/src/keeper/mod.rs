@@ -280,15 +280,18 @@ struct Inspected {
     labels: serde_json::Value,
 }
 
-async fn inspect(opts: &Options, id: &str) -> Result<Inspected, String> {
+async fn inspect(opts: &Options, id: &str) -> Result<Option<Inspected>, String> {
     let what = format!("inspecting container {}", short(id));
-    let v = opts
+    let reply = opts
         .engine
         .call("GET", &format!("/containers/{}/json", query_escape(id)))
-        .await?
-        .json(&what)?;
+        .await?;
+    if reply.status == 404 {
+        return Ok(None); // removed meanwhile: nothing to keep
+    }
+    let v = reply.json(&what)?;
     let state = &v["State"];
-    Ok(Inspected {
+    Ok(Some(Inspected {
         name: v["Name"]
             .as_str()
             .unwrap_or_default()
@@ -305,7 +308,7 @@ async fn inspect(opts: &Options, id: &str) -> Result<Inspected, String> {
             error: state["Error"].as_str().unwrap_or_default().to_string(),
         },
         labels: v["Config"]["Labels"].clone(),
-    })
+    }))
 }
 
 /// Whether `labels` make a container of this project with `role` that iac manages.
@@ -358,8 +361,8 @@ async fn look_at_with(
         );
     };
     let app = match inspect(opts, id).await {
-        Ok(a) => a,
-        Err(e) if e.contains("404") => return, // removed meanwhile: nothing to keep
+        Ok(Some(a)) => a,
+        Ok(None) => return, // removed meanwhile: nothing to keep
         Err(e) => return retry(pending, e),
     };
     if !ours(opts, &app.labels, "app") {
@@ -369,8 +372,8 @@ async fn look_at_with(
         return;
     };
     let sidecar = match inspect(opts, sidecar_id).await {
-        Ok(s) => s,
-        Err(e) if e.contains("404") => return,
+        Ok(Some(s)) => s,
+        Ok(None) => return,
         Err(e) => return retry(pending, format!("{}: its sidecar: {e}", app.name)),
     };
     if !ours(opts, &sidecar.labels, "envoy") {

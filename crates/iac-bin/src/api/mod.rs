@@ -19,7 +19,7 @@
 //! # }
 //! ```
 //!
-//! The web console is served on the same listeners ([`crate::console`]).
+//! The web console is served on the same listeners ([`crate::api::console`]).
 //!
 //! Routes, auth and behaviour: see [`routes`] (authentication, OpenAPI), [`authz`] (who may
 //! read, deploy to and destroy which project), [`ratelimit`] (the failed-authentication limit),
@@ -35,6 +35,7 @@
 
 pub mod authz;
 pub mod backend;
+pub mod console;
 pub mod deployments;
 pub mod error;
 pub mod grpc;
@@ -132,7 +133,7 @@ pub struct ServeConfig {
     /// What the console needs of `[supabase]` for password sign-in (the binary copies it;
     /// not a `[serve]` key).
     #[serde(skip)]
-    pub console_auth: crate::console::ConsoleAuth,
+    pub console_auth: crate::api::console::ConsoleAuth,
 }
 
 impl Default for ServeConfig {
@@ -189,11 +190,11 @@ impl Server {
         }
         let access = Arc::new(AccessPolicy::from_config(&cfg)?);
         if let Some(o) = &cfg.public_origin {
-            crate::console::session::validate_public_origin(o)
+            crate::api::console::session::validate_public_origin(o)
                 .map_err(|e| anyhow::anyhow!("[serve] {e}"))?;
         }
         let console = Arc::new(
-            crate::console::Console::new(&cfg.console_auth, cfg.public_origin.as_deref())
+            crate::api::console::Console::new(&cfg.console_auth, cfg.public_origin.as_deref())
                 .map_err(|e| anyhow::anyhow!("console sign-in ([supabase] anon_key): {e}"))?,
         );
         let cfg = Arc::new(cfg);

@@ -52,7 +52,7 @@ use super::listen::{Peer, check_peer_uid};
 use super::ratelimit::{ClientKey, FailureLimiter};
 use super::schema::*;
 use super::state::{AppState, check_remote_slug, project_or_default, validate_deploy};
-use crate::console::session;
+use crate::api::console::session;
 
 /// Path of the gRPC health method, open like `GET /health`.
 pub const GRPC_HEALTH_PATH: &str = "/iac.controlplane.v1.ControlPlane/HealthCheck";
@@ -144,7 +144,7 @@ pub(crate) fn router(
     deployments: Deployments,
     cfg: Arc<ServeConfig>,
     shutdown: CancellationToken,
-    console: Arc<crate::console::Console>,
+    console: Arc<crate::api::console::Console>,
 ) -> axum::Router {
     let (routes, doc) = openapi_router().split_for_parts();
     let allow = Arc::new(AllowTable::from_openapi(&doc));
@@ -174,7 +174,25 @@ pub(crate) fn router(
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(middleware::from_fn_with_state(allow, json_errors))
         .with_state(state.clone())
-        .merge(crate::console::pages::router().with_state(state))
+        .merge(crate::api::console::pages::router().with_state(state.clone()))
+        .layer(middleware::from_fn_with_state(state, unix_browser_guard))
+}
+
+/// Every route, the console's included: a browser's request on the Unix socket is refused unless
+/// it is the operator's own page ([`session::unix_browser_ok`]: no CSRF, no DNS rebinding).
+async fn unix_browser_guard(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let unix = matches!(
+        req.extensions().get::<ConnectInfo<Peer>>().map(|c| &c.0),
+        Some(Peer::Unix { .. })
+    );
+    if unix
+        && let Err(why) =
+            session::unix_browser_ok(req.headers(), st.console.public_origin.as_deref())
+    {
+        tracing::warn!("unix socket request refused: {why}");
+        return ApiError::new(403, "origin_mismatch", why).into_response();
+    }
+    next.run(req).await
 }
 
 fn is_grpc(headers: &HeaderMap) -> bool {

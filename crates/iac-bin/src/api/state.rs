@@ -35,7 +35,7 @@ pub struct AppState {
     /// Failed authentications per client (`auth_failure_limit`).
     pub(crate) failures: Arc<FailureLimiter>,
     /// The web console: its sessions (cookie authentication of the API too) and templates.
-    pub(crate) console: Arc<crate::console::Console>,
+    pub(crate) console: Arc<crate::api::console::Console>,
 }
 
 /// `project` as the document describes it ([`super::schema::PROJECT_PATTERN`]): absent or empty → the

@@ -36,7 +36,7 @@ pub async fn serve(
         .console_sign_in()
         .context("console sign-in ([supabase] anon_key / SUPABASE_ANON_KEY)")?
     {
-        serve_cfg.console_auth = crate::console::ConsoleAuth {
+        serve_cfg.console_auth = crate::api::console::ConsoleAuth {
             supabase_url: Some(url),
             anon_key: Some(key),
             http_timeout: cfg.supabase.http_timeout,

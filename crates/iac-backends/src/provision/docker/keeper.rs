@@ -236,6 +236,21 @@ impl DockerProvisioner {
 mod tests {
     use super::*;
 
+    /// The agent cannot depend on iac-core, so the keeper spells the labels it selects by itself;
+    /// they must be the one set iac puts on what it creates.
+    #[test]
+    fn the_keeper_selects_by_the_labels_iac_sets() {
+        use iac_core::labels;
+        assert_eq!(iac_agent::keeper::LABEL_MANAGED, labels::LABEL_MANAGED);
+        assert_eq!(iac_agent::keeper::MANAGED_BY, labels::MANAGED_BY);
+        assert_eq!(iac_agent::keeper::LABEL_PROJECT, labels::LABEL_PROJECT);
+        assert_eq!(iac_agent::keeper::LABEL_ROLE, labels::LABEL_ROLE);
+        // And the agent refuses an app in the group the egress filter lets out.
+        assert_eq!(iac_agent::EGRESS_GID, iac_core::egress::ENVOY_EGRESS_GID);
+        assert_eq!(iac_core::Role::App.as_str(), "app");
+        assert_eq!(iac_core::Role::Envoy.as_str(), "envoy");
+    }
+
     fn project() -> ProjectName {
         ProjectName::new("demo").unwrap()
     }

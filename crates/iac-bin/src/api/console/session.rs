@@ -179,6 +179,56 @@ pub fn check_origin(headers: &HeaderMap, public_origin: Option<&str>) -> Result<
     }
 }
 
+/// Whether a request on the Unix socket may go on. The socket's callers are the operator (peer
+/// uid), with no cookie or token, so a browser pointed at it — the end of an `ssh -L` tunnel, the
+/// console's documented way in — must not be drivable by another site: a cross-site form post
+/// (CSRF) or a page whose name was rebound to 127.0.0.1 (DNS rebinding) would act as the operator.
+/// So a request that carries a browser's marks (`Origin`, `Sec-Fetch-Site`, `Sec-Fetch-Mode`)
+/// needs a loopback `Host` (`localhost`, `127.0.0.1`, `[::1]`, any port) or `[serve]
+/// public_origin`'s, and an `Origin`, when it has one, equal to `http://<Host>` or that origin.
+/// Clients that are not browsers (the CLI, curl) send none of those marks and are not affected.
+pub fn unix_browser_ok(headers: &HeaderMap, public_origin: Option<&str>) -> Result<(), String> {
+    let from_browser = [header::ORIGIN.as_str(), "sec-fetch-site", "sec-fetch-mode"]
+        .iter()
+        .any(|h| headers.contains_key(*h));
+    if !from_browser {
+        return Ok(());
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .ok_or("a browser request on the Unix socket without a Host header")?;
+    let name = if host.starts_with('[') {
+        host.split_inclusive(']').next().unwrap_or(host)
+    } else {
+        host.split(':').next().unwrap_or(host)
+    };
+    let public_host = public_origin
+        .and_then(|o| o.split_once("://"))
+        .map(|(_, h)| h);
+    let loopback = matches!(
+        name.to_ascii_lowercase().as_str(),
+        "localhost" | "127.0.0.1" | "[::1]"
+    );
+    if !loopback && !public_host.is_some_and(|p| p.eq_ignore_ascii_case(host)) {
+        return Err(format!(
+            "a browser request on the Unix socket for Host {host:?}; expected localhost, 127.0.0.1 or [::1] (the end of an ssh tunnel) or [serve] public_origin's host: any other name is how a DNS-rebinding page would reach the operator's socket"
+        ));
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("");
+        let own = format!("http://{host}");
+        if !(origin.eq_ignore_ascii_case(&own)
+            || public_origin.is_some_and(|p| origin.eq_ignore_ascii_case(p)))
+        {
+            return Err(format!(
+                "Origin {origin:?} does not match this console ({own}): a page of another site cannot act on the operator's Unix socket"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Checks `[serve] public_origin`: `http(s)://host[:port]`, no path, query or user info.
 pub fn validate_public_origin(o: &str) -> Result<(), String> {
     let (scheme, rest) = o
@@ -205,6 +255,61 @@ mod tests {
             h.append(*k, HeaderValue::from_str(v).unwrap());
         }
         h
+    }
+
+    #[test]
+    fn a_browser_on_the_unix_socket_must_be_the_operators_own_page() {
+        // Not a browser (the CLI, curl): whatever the Host.
+        assert!(unix_browser_ok(&headers(&[("host", "iac")]), None).is_ok());
+        // The console through `ssh -L 8080:/run/iac.sock`.
+        for (host, origin) in [
+            ("localhost:8080", "http://localhost:8080"),
+            ("127.0.0.1:8080", "http://127.0.0.1:8080"),
+            ("[::1]:8080", "http://[::1]:8080"),
+        ] {
+            let h = headers(&[
+                ("host", host),
+                ("origin", origin),
+                ("sec-fetch-site", "same-origin"),
+            ]);
+            assert!(unix_browser_ok(&h, None).is_ok(), "{host}");
+        }
+        let get = headers(&[("host", "localhost:8080"), ("sec-fetch-mode", "navigate")]);
+        assert!(unix_browser_ok(&get, None).is_ok());
+        // Another site's form posted at the tunnel (CSRF).
+        let csrf = headers(&[
+            ("host", "localhost:8080"),
+            ("origin", "https://evil.example"),
+        ]);
+        let e = unix_browser_ok(&csrf, None).unwrap_err();
+        assert!(
+            e.contains("evil.example") && e.contains("another site"),
+            "{e}"
+        );
+        // A rebound name: same-origin for the browser, so no Origin on a GET.
+        let rebound = headers(&[
+            ("host", "evil.example:8080"),
+            ("sec-fetch-site", "same-origin"),
+        ]);
+        let e = unix_browser_ok(&rebound, None).unwrap_err();
+        assert!(e.contains("DNS-rebinding"), "{e}");
+        assert!(
+            unix_browser_ok(
+                &headers(&[
+                    ("host", "localhost.evil.example"),
+                    ("sec-fetch-mode", "cors")
+                ]),
+                None
+            )
+            .is_err()
+        );
+        // The public origin's host is the operator's too.
+        let public = headers(&[
+            ("host", "iac.example.com"),
+            ("origin", "https://iac.example.com"),
+        ]);
+        assert!(unix_browser_ok(&public, Some("https://iac.example.com")).is_ok());
+        assert!(unix_browser_ok(&public, None).is_err());
     }
 
     #[test]
