@@ -278,7 +278,7 @@ pub(crate) async fn authenticate(
             let cookie = if req.headers().contains_key(header::AUTHORIZATION) {
                 None
             } else {
-                session::cookie_id(req.headers())
+                session::cookie_id(req.headers(), st.console.secure)
             };
             let verified = match cookie {
                 Some(id) => {

@@ -214,7 +214,7 @@ async fn viewer(st: &AppState, peer: &Peer, headers: &HeaderMap) -> Result<Viewe
             ))),
         },
         Peer::Tcp(_) => {
-            let Some(id) = session::cookie_id(headers) else {
+            let Some(id) = session::cookie_id(headers, st.console.secure) else {
                 return Err(Box::new(Redirect::to("/signin").into_response()));
             };
             match st.console.session_caller(st, &id).await {
@@ -396,7 +396,7 @@ async fn signout(
     if let Err(r) = origin_ok(&st, &peer, &headers) {
         return *r;
     }
-    if let Some(id) = session::cookie_id(&headers) {
+    if let Some(id) = session::cookie_id(&headers, st.console.secure) {
         st.console.sessions.remove(&id);
     }
     let mut r = Redirect::to("/signin").into_response();

@@ -14,8 +14,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::http::{HeaderMap, HeaderValue, Method, header};
 
-/// The cookie's name.
+/// The cookie's name over plain HTTP.
 pub const COOKIE: &str = "iac_session";
+/// Its name over TLS: a `__Host-` cookie is one the browser takes only from this very host, with
+/// `Secure`, `Path=/` and no `Domain`, so an app served on a sibling subdomain cannot plant its
+/// own session in the console (login CSRF).
+pub const SECURE_COOKIE: &str = "__Host-iac_session";
+
+/// The session cookie's name: [`SECURE_COOKIE`] over TLS, else [`COOKIE`].
+pub fn cookie_name(secure: bool) -> &'static str {
+    if secure { SECURE_COOKIE } else { COOKIE }
+}
 /// Sessions kept at most; the least recently used goes first.
 const MAX_SESSIONS: usize = 10_000;
 /// A session unused this long is forgotten.
@@ -114,15 +123,17 @@ pub fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-/// The session id in the request's `Cookie` headers, if any (a well-formed one: 64 hex digits).
-pub fn cookie_id(headers: &HeaderMap) -> Option<String> {
+/// The session id in the request's `Cookie` headers, if any (a well-formed one: 64 hex digits,
+/// under [`cookie_name`]`(secure)` only).
+pub fn cookie_id(headers: &HeaderMap, secure: bool) -> Option<String> {
+    let name = cookie_name(secure);
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
+        .find(|(k, _)| *k == name)
         .map(|(_, v)| v.trim().to_string())
         .filter(|v| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()))
 }
@@ -130,7 +141,8 @@ pub fn cookie_id(headers: &HeaderMap) -> Option<String> {
 /// `Set-Cookie` for session `id` (`secure` when the console is served over TLS).
 pub fn set_cookie(id: &str, secure: bool) -> HeaderValue {
     let v = format!(
-        "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+        "{}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+        cookie_name(secure),
         IDLE.as_secs(),
         if secure { "; Secure" } else { "" }
     );
@@ -140,7 +152,8 @@ pub fn set_cookie(id: &str, secure: bool) -> HeaderValue {
 /// `Set-Cookie` that deletes the session cookie.
 pub fn clear_cookie(secure: bool) -> HeaderValue {
     let v = format!(
-        "{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{}",
+        "{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{}",
+        cookie_name(secure),
         if secure { "; Secure" } else { "" }
     );
     HeaderValue::from_str(&v).expect("static header value")
@@ -316,10 +329,20 @@ mod tests {
     fn cookie_is_found_among_others_and_must_be_well_formed() {
         let id = "ab".repeat(32);
         let h = headers(&[("cookie", &format!("a=b; {COOKIE}={id}; c=d"))]);
-        assert_eq!(cookie_id(&h).as_deref(), Some(id.as_str()));
+        assert_eq!(cookie_id(&h, false).as_deref(), Some(id.as_str()));
+        assert_eq!(
+            cookie_id(&h, true),
+            None,
+            "over TLS only the __Host- cookie counts"
+        );
+        let tls = headers(&[(
+            "cookie",
+            &format!("{COOKIE}={}; {SECURE_COOKIE}={id}", "1".repeat(64)),
+        )]);
+        assert_eq!(cookie_id(&tls, true).as_deref(), Some(id.as_str()));
         let h = headers(&[("cookie", &format!("{COOKIE}=short"))]);
-        assert_eq!(cookie_id(&h), None);
-        assert_eq!(cookie_id(&HeaderMap::new()), None);
+        assert_eq!(cookie_id(&h, false), None);
+        assert_eq!(cookie_id(&HeaderMap::new(), false), None);
     }
 
     #[test]
@@ -331,11 +354,20 @@ mod tests {
             "{c}"
         );
         assert!(!c.contains("Secure"), "{c}");
+        let tls = set_cookie(&"0".repeat(64), true);
+        let tls = tls.to_str().unwrap();
         assert!(
-            set_cookie(&"0".repeat(64), true)
+            tls.starts_with("__Host-iac_session=")
+                && tls.contains("; Path=/;")
+                && tls.ends_with("; Secure")
+                && !tls.contains("Domain"),
+            "{tls}"
+        );
+        assert!(
+            clear_cookie(true)
                 .to_str()
                 .unwrap()
-                .ends_with("; Secure")
+                .starts_with("__Host-iac_session=;")
         );
         assert!(clear_cookie(false).to_str().unwrap().contains("Max-Age=0"));
     }
