@@ -24,12 +24,12 @@
 //! loudly.
 //! Everything it creates is removed by label on drop, even on panic.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 mod e2e;
-use e2e::{docker, docker_ok, init_and_commit, json_of, remove_labelled};
+use e2e::{docker, docker_ok, fixture_repo, json_of, remove_labelled};
 
 struct Project {
     name: String,
@@ -42,40 +42,9 @@ impl Drop for Project {
     }
 }
 
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), &target).unwrap();
-        }
-    }
-}
-
-/// `tests/fixtures/apps/<name>` committed into a new git repository under `root`.
-fn repo(root: &Path, name: &str) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/apps")
-        .join(name);
-    let dir = root.join(name);
-    copy_tree(&src, &dir);
-    init_and_commit(&dir, "as published");
-    dir
-}
-
 /// The wheels `scripts/test-wheels.sh` downloaded (`make test-deps`).
 fn test_wheels() -> PathBuf {
-    let dir = std::env::var_os("IAC_TEST_WHEELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let cache = std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache"));
-            cache.join("iac/test-wheels")
-        });
+    let dir = e2e::test_wheels_dir();
     assert!(
         dir.join(".iac-test-wheels").is_file(),
         "{} has no wheels for the fixture apps: run `make test-deps` (scripts/test-wheels.sh)",
@@ -141,9 +110,9 @@ fn flask_django_and_fastapi_apps_serve_their_pages_through_the_mesh() {
         workdir: tempfile::tempdir().unwrap(),
     };
     let repos = project.workdir.path().join("repos");
-    let flask = repo(&repos, "flask-quickstart");
-    let django = repo(&repos, "django-getting-started");
-    let fastapi = repo(&repos, "fastapi-render");
+    let flask = fixture_repo(&repos, "apps", "flask-quickstart");
+    let django = fixture_repo(&repos, "apps", "django-getting-started");
+    let fastapi = fixture_repo(&repos, "apps", "fastapi-render");
     let file = project.workdir.path().join("repos.yaml");
     // The Django app allows the hosts it is called by: its mesh name and the host's loopback (its
     // edge `url`), as a person sets DJANGO_ALLOWED_HOSTS for where they open it.

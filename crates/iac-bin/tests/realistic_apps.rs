@@ -23,12 +23,12 @@
 //! loudly otherwise, and without Docker unless IAC_REQUIRE_DOCKER is set. Everything it
 //! creates is removed by label on drop, even on panic.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 mod e2e;
-use e2e::{docker, docker_ok, git, init_and_commit, json_of, remove_labelled};
+use e2e::{docker, docker_ok, fixture_repo, git, json_of, remove_labelled};
 
 struct Project {
     name: String,
@@ -78,39 +78,8 @@ const APPS: &[(&str, &str, &str)] = &[
     ("kv", "kv-store", "nothing"),
 ];
 
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &target);
-        } else {
-            // std::fs::copy keeps the mode: boot.sh and manage.py stay executable.
-            std::fs::copy(e.path(), &target).unwrap();
-        }
-    }
-}
-
-fn repo(root: &Path, name: &str) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/realistic")
-        .join(name);
-    let dir = root.join(name);
-    copy_tree(&src, &dir);
-    init_and_commit(&dir, "as published");
-    dir
-}
-
 fn test_wheels() -> PathBuf {
-    let dir = std::env::var_os("IAC_TEST_WHEELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let cache = std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache"));
-            cache.join("iac/test-wheels")
-        });
+    let dir = e2e::test_wheels_dir();
     assert!(
         dir.join(".iac-test-wheels").is_file() && dir.join("tinygreet-1.0.tar.gz").is_file(),
         "{} lacks the realistic set's wheels and sdists: run `make test-deps` (scripts/test-wheels.sh)",
@@ -216,7 +185,7 @@ fn the_realistic_set_serves_every_app_at_its_url() {
     let mut file = String::new();
     let mut dirs = Vec::new();
     for (name, fixture, _) in APPS {
-        let dir = repo(&root, fixture);
+        let dir = fixture_repo(&root, "realistic", fixture);
         file.push_str(&format!(
             "- slug: git+file://{}#main\n  name: {name}\n",
             dir.display()

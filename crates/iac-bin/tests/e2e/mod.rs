@@ -232,6 +232,45 @@ pub fn fixture(root: &Path, name: &str, files: &[(&str, &str)]) -> PathBuf {
     dir
 }
 
+/// `tests/fixtures/<set>/<name>` copied (modes kept: boot scripts stay executable) into a new git
+/// repository `root/name`, committed as published.
+pub fn fixture_repo(root: &Path, set: &str, name: &str) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(set)
+        .join(name);
+    let dir = root.join(name);
+    copy_tree(&src, &dir);
+    init_and_commit(&dir, "as published");
+    dir
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
+
+/// Where `scripts/test-wheels.sh` (`make test-deps`) put the fixtures' wheels:
+/// `$IAC_TEST_WHEELS`, else `${XDG_CACHE_HOME:-$HOME/.cache}/iac/test-wheels`.
+pub fn test_wheels_dir() -> PathBuf {
+    std::env::var_os("IAC_TEST_WHEELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let cache = std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache"));
+            cache.join("iac/test-wheels")
+        })
+}
+
 /// The static agent every image gets: `$IAC_AGENT_BIN`, else what `scripts/build-agent.sh` builds
 /// (a cargo no-op when it is up to date).
 pub fn static_agent() -> String {
