@@ -260,6 +260,14 @@ fn project_name(st: &AppState, v: &Viewer, p: &str) -> Result<ProjectName, Box<R
     })
 }
 
+/// The project a page's path names, once the viewer may do `a` on it ([`project_name`] then
+/// [`require`]).
+fn granted(st: &AppState, v: &Viewer, p: &str, a: Action) -> Result<ProjectName, Box<Response>> {
+    let project = project_name(st, v, p)?;
+    require(st, v, &project, a)?;
+    Ok(project)
+}
+
 fn require(st: &AppState, v: &Viewer, p: &ProjectName, a: Action) -> Result<(), Box<Response>> {
     st.access.check(&v.caller, p, a).map_err(|e| {
         Box::new(message(
@@ -523,13 +531,10 @@ async fn project_page(
         Ok(v) => v,
         Err(r) => return *r,
     };
-    let project = match project_name(&st, &v, &project) {
+    let project = match granted(&st, &v, &project, Action::Read) {
         Ok(p) => p,
         Err(r) => return *r,
     };
-    if let Err(r) = require(&st, &v, &project, Action::Read) {
-        return *r;
-    }
     let (services, error) = match st.backend.services(project.clone()).await {
         Ok(s) => (s, None),
         Err(e) => (Vec::new(), Some(e.body().message)),
@@ -578,13 +583,10 @@ async fn deploy_page(
         Ok(v) => v,
         Err(r) => return *r,
     };
-    let project = match project_name(&st, &v, &project) {
+    let project = match granted(&st, &v, &project, Action::Deploy) {
         Ok(p) => p,
         Err(r) => return *r,
     };
-    if let Err(r) = require(&st, &v, &project, Action::Deploy) {
-        return *r;
-    }
     render(
         &st,
         StatusCode::OK,
@@ -603,13 +605,10 @@ async fn logs_page(
         Ok(v) => v,
         Err(r) => return *r,
     };
-    let project = match project_name(&st, &v, &project) {
+    let project = match granted(&st, &v, &project, Action::Read) {
         Ok(p) => p,
         Err(r) => return *r,
     };
-    if let Err(r) = require(&st, &v, &project, Action::Read) {
-        return *r;
-    }
     let service = match iac_core::ServiceName::new(&service) {
         Ok(s) => s,
         Err(e) => {
@@ -640,13 +639,10 @@ async fn destroy_page(
         Ok(v) => v,
         Err(r) => return *r,
     };
-    let project = match project_name(&st, &v, &project) {
+    let project = match granted(&st, &v, &project, Action::Destroy) {
         Ok(p) => p,
         Err(r) => return *r,
     };
-    if let Err(r) = require(&st, &v, &project, Action::Destroy) {
-        return *r;
-    }
     let services: Vec<String> = match st.backend.services(project.clone()).await {
         Ok(s) => s
             .into_iter()
@@ -682,13 +678,10 @@ async fn destroy_submit(
         Ok(v) => v,
         Err(r) => return *r,
     };
-    let project = match project_name(&st, &v, &project) {
+    let project = match granted(&st, &v, &project, Action::Destroy) {
         Ok(p) => p,
         Err(r) => return *r,
     };
-    if let Err(r) = require(&st, &v, &project, Action::Destroy) {
-        return *r;
-    }
     if f.confirm.trim() != project.as_str() {
         return message(
             &st,
