@@ -1,7 +1,8 @@
-//! The requirements-file filter: what of a repo's `requirements.txt` the host may act on.
+//! The requirements-file filter: what of a repo's `requirements.txt` iac acts on.
 //!
-//! Requirement files are written by repo authors, who are untrusted, but pip on the host reads
-//! them with the operator's network and index. So the host never hands pip a repo file: every
+//! Requirement files are written by repo authors, who are untrusted, while pip (in the confined
+//! resolver container, `resolver.rs`) fetches with the operator's index. So pip never reads a
+//! repo file: every
 //! line is classified here ([`parse`], pure, fuzzed by `fuzz/fuzz_targets/requirements_filter.rs`)
 //! and only re-emitted when it is safe; anything else is refused with the file and line.
 //!
@@ -10,11 +11,12 @@
 //! | `name[extras] specifiers ; markers` (+ `--hash=…`) | [`Line::Index`]: a binary wheel from the operator's index |
 //! | a path in the tree (`.`, `./libs/x`, `-e ./pkg`, `vendor/x.whl`, `x @ file:rel`) | [`Line::Local`]: built inside the image, offline |
 //! | `-r`/`--requirement`, `-c`/`--constraint` with a path in the tree | [`Line::Include`] |
-//! | `--pre`, `--prefer-binary`, `--require-hashes`, `--only-binary=…` | [`Line::Option`] |
+//! | `--pre`, `--prefer-binary`, `--require-hashes` | [`Line::Option`] |
+//! | `--only-binary`, `--no-binary`, `--config-settings`, `--global-option`, `--install-option`, `--use-pep517`, any other option, a short option written `-x=VALUE` | refused: iac decides how dependencies are built |
 //! | `-i`/`--index-url`, `--extra-index-url`, `--no-index`, `-f`/`--find-links`, `--trusted-host` | refused: the operator chooses the index |
 //! | paths outside the tree (absolute, `..`, `~`), `file:///…` | refused |
 //! | URLs (`https://…`, `name @ https://…`, `git+…`) | refused: the host would fetch wherever the repo says (and build VCS/sdist code) |
-//! | anything with `user:password@`, `${VAR}`, an unknown option | refused |
+//! | anything with `user:password@` or `${VAR}`; options after a requirement other than `--hash` | refused |
 //!
 //! Paths are checked lexically here; [`super::wheels`] also resolves them on disk, so a symlink
 //! that leaves the tree is refused too.
@@ -313,6 +315,11 @@ fn classify_options(options: &[String], base: &str) -> Result<Line, Refused> {
         }
         Ok(v)
     };
+    if !name.starts_with("--") && inline.is_some_and(|v| v.starts_with('=')) {
+        return refuse(format!(
+            "{name}=…: pip takes a short option's value verbatim, `=` included; write {name} VALUE"
+        ));
+    }
     if INDEX_OPTIONS.contains(&name) {
         return refuse(format!(
             "{name} is not allowed in requirement files: it points pip at another index or host. The operator chooses the index (images.pip_index_url, images.pip_args)"
@@ -1000,6 +1007,95 @@ mod tests {
                 !why.contains("tok@") && !why.contains("evil.example/simple"),
                 "refusals never echo URLs that may carry secrets: {why}"
             );
+        }
+    }
+
+    /// Issue 22's audit: every option that can change where pip fetches from or make it build
+    /// (run) code, in every spelling pip's requirement-file parser accepts — `NAME VALUE`,
+    /// `NAME=VALUE`, short flags spaced, attached and with `=`, optparse's unambiguous long
+    /// prefixes (`--only-b`), tabs, indentation, a `\` continuation through the name or
+    /// between name and value, after a requirement on the same line, and `${VAR}` as the value
+    /// or the whole option. Each one is refused, and nothing of it reaches what pip reads.
+    #[test]
+    fn every_spelling_pip_accepts_of_a_dangerous_option_is_refused() {
+        // (long name, short name, a value; "" for flags)
+        let options: &[(&str, Option<&str>, &str)] = &[
+            ("--only-binary", None, ":none:"),
+            ("--no-binary", None, ":all:"),
+            ("--index-url", Some("-i"), "https://evil.example/simple"),
+            ("--extra-index-url", None, "https://evil.example/simple"),
+            ("--trusted-host", None, "evil.example"),
+            ("--find-links", Some("-f"), "https://evil.example/wheels/"),
+            ("--no-index", None, ""),
+            ("--editable", Some("-e"), "git+https://evil.example/x#egg=x"),
+            ("--use-pep517", None, ""),
+            ("--no-use-pep517", None, ""),
+            ("--no-build-isolation", None, ""),
+            ("--global-option", None, "--install-script=/tmp/x"),
+            ("--install-option", None, "--prefix=/tmp/x"),
+            ("--config-settings", Some("-C"), "setup-args=-Dx=y"),
+            ("--use-feature", None, "truststore"),
+        ];
+        let mut spellings: Vec<String> = Vec::new();
+        for (long, short, value) in options {
+            let mut one_line = Vec::new();
+            if value.is_empty() {
+                one_line.push(long.to_string());
+                one_line.push(long[..long.len() - 2].to_string());
+            } else {
+                one_line.push(format!("{long} {value}"));
+                one_line.push(format!("{long}={value}"));
+                one_line.push(format!("{long}\t{value}"));
+                one_line.push(format!("{long}='{value}'"));
+                one_line.push(format!("{long} \"{value}\""));
+                // optparse takes an unambiguous prefix of a long option.
+                one_line.push(format!("{}={value}", &long[..long.len() - 3]));
+                one_line.push(format!("{long}=${{EVIL_VALUE}}"));
+                if let Some(s) = short {
+                    one_line.push(format!("{s} {value}"));
+                    one_line.push(format!("{s}{value}"));
+                    one_line.push(format!("{s}={value}"));
+                }
+            }
+            for l in &one_line {
+                spellings.push(l.clone());
+                spellings.push(format!("   {l}   "));
+                spellings.push(format!("somepkg==1.0 {l}"));
+                spellings.push(format!("somepkg==1.0\t{l} # why"));
+                // A continuation through the option's name, and between requirement and option.
+                let mid = l.len().min(5);
+                spellings.push(format!("{}\\\n{}", &l[..mid], &l[mid..]));
+                spellings.push(format!("somepkg==1.0 \\\n{l}"));
+            }
+        }
+        spellings.push("${PIP_OPTION}".into());
+        spellings.push("somepkg ${PIP_OPTION}".into());
+        // A marker string that hides an option from a parser splitting at quotes.
+        spellings.push("six ; extra == ' --index-url=https://evil.example/ '".into());
+        spellings.push("six ; extra == \" -i https://evil.example/ \"".into());
+        for text in &spellings {
+            let got = parse(text, "");
+            assert!(!got.is_empty(), "{text:?} read as nothing");
+            let accepted: Vec<_> = got.iter().filter(|(_, v)| v.is_ok()).collect();
+            assert!(
+                got.iter().any(|(_, v)| v.is_err()),
+                "{text:?} was accepted whole: {got:?}"
+            );
+            for (_, v) in accepted {
+                // Only the requirement before the option may be accepted (when the option
+                // went to its own physical line), and never carrying it.
+                match v {
+                    Ok(Line::Index(req)) => {
+                        let line = req.line();
+                        assert!(
+                            !line.contains("evil")
+                                && !line.split_whitespace().any(|t| t.starts_with('-')),
+                            "{text:?}: {line:?}"
+                        );
+                    }
+                    other => panic!("{text:?}: accepted {other:?}"),
+                }
+            }
         }
     }
 

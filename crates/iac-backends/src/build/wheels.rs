@@ -1136,7 +1136,24 @@ mod tests {
             ("-r loop.txt\n", "loop.txt:1", "more than once"),
             ("-c c2.txt\n", "c2.txt:1", "constraints file"),
             ("./missing\n", "requirements.txt:1", "missing"),
+            // Issue 22: the bypass two files down, spelled through a continuation, and
+            // index/build options in constraint files.
+            (
+                "-r deep/a.txt\n",
+                "deep/b.txt:2",
+                "--only-binary is not allowed",
+            ),
+            ("-c cons-i.txt\n", "cons-i.txt:1", "-i is not allowed"),
+            (
+                "-c cons-cs.txt\n",
+                "cons-cs.txt:1",
+                "not allowed after a requirement",
+            ),
         ];
+        write(r, "deep/a.txt", "-r b.txt\n");
+        write(r, "deep/b.txt", "six\n--only-\\\nbinary=:none:\nidna\n");
+        write(r, "cons-i.txt", "-i https://evil.example/simple\n");
+        write(r, "cons-cs.txt", "six<2 --config-settings=x=y\n");
         write(r, "nested.txt", "idna\n--trusted-host evil\n");
         write(r, "loop.txt", "-r loop.txt\n");
         write(r, "c2.txt", "./libs\n");
