@@ -113,6 +113,7 @@ impl ChainFetcher {
             );
             let git_config = self.config.git_config.clone();
             let guard = self.git.guard().cloned();
+            let max_ref_bytes = self.config.max_ref_bytes;
             let res = blocking(move || {
                 let scratch = cache.staging("resolve")?;
                 resolve_ref(
@@ -121,6 +122,7 @@ impl ChainFetcher {
                     scratch.path(),
                     &git_config,
                     guard.as_ref(),
+                    max_ref_bytes,
                 )
             })
             .await;

@@ -55,13 +55,17 @@ pub(super) fn git_err(url: &str, what: &str, e: impl std::fmt::Display) -> Fetch
 /// Lists the remote's refs and picks `reference` (a branch wins over a tag of the same name,
 /// like `git clone --branch`); `None` is the remote HEAD. A full sha resolves to itself without
 /// asking. `scratch` is an empty directory for a throwaway repository; `git_config` holds
-/// `key=value` overrides.
+/// `key=value` overrides. Over HTTP(S) the listing is read through the byte-counting transport
+/// of `refs.rs` and fails past `max_ref_bytes` (`[fetch] max_ref_bytes`), so a hostile server
+/// cannot make a deploy hold more of its advertisement than that; a protocol-v2 server is asked
+/// for `HEAD`, branches, tags (and the ref itself when it is another `refs/…`) only.
 pub fn resolve_ref(
     url: &str,
     reference: Option<&str>,
     scratch: &Path,
     git_config: &[String],
     guard: Option<&Arc<NetGuard>>,
+    max_ref_bytes: u64,
 ) -> Result<ResolvedRef, FetchError> {
     if let Some(r) = reference.filter(|r| is_full_sha(r)) {
         return Ok(ResolvedRef {
@@ -74,7 +78,16 @@ pub fn resolve_ref(
         g.check_url(url)?;
     }
     let refused = Arc::new(AtomicBool::new(false));
-    resolve_ref_inner(url, reference, scratch, git_config, guard, &refused)
+    let read = Arc::new(AtomicU64::new(0));
+    let cap = (&read, max_ref_bytes);
+    resolve_ref_inner(url, reference, scratch, git_config, guard, &refused, cap)
+        .map_err(|e| {
+            if read.load(Ordering::SeqCst) > max_ref_bytes {
+                super::refs::too_big_bytes(url, max_ref_bytes)
+            } else {
+                e
+            }
+        })
         .map_err(|e| refused_or(url, &refused, e))
 }
 
@@ -85,6 +98,7 @@ fn resolve_ref_inner(
     git_config: &[String],
     guard: Option<&Arc<NetGuard>>,
     refused: &Arc<AtomicBool>,
+    (read, max_ref_bytes): (&Arc<AtomicU64>, u64),
 ) -> Result<ResolvedRef, FetchError> {
     let dir = scratch.join("ls-remote.git");
     gix::init_bare(&dir).map_err(|e| git_err(url, "init scratch repository", e))?;
@@ -92,29 +106,37 @@ fn resolve_ref_inner(
         gix::open::Options::default().config_overrides(git_config.iter().map(String::as_str));
     let repo =
         gix::open_opts(&dir, opts).map_err(|e| git_err(url, "open scratch repository", e))?;
+    let mut specs = vec![
+        "HEAD",
+        "+refs/heads/*:refs/remotes/origin/*",
+        "+refs/tags/*:refs/tags/*",
+    ];
+    if let Some(r) = reference.filter(|r| {
+        r.starts_with("refs/") && !r.starts_with("refs/heads/") && !r.starts_with("refs/tags/")
+    }) {
+        specs.push(r);
+    }
     let remote = repo
         .remote_at(url)
         .map_err(|e| git_err(url, "invalid remote URL", e))?
-        .with_refspecs(
-            [
-                "+refs/heads/*:refs/remotes/origin/*",
-                "+refs/tags/*:refs/tags/*",
-            ],
-            gix::remote::Direction::Fetch,
-        )
+        .with_refspecs(specs, gix::remote::Direction::Fetch)
         .map_err(|e| git_err(url, "refspecs", e))?;
-    let mut conn = remote
-        .connect(gix::remote::Direction::Fetch)
-        .map_err(|e| git_err(url, "connect", e))?;
+    let lower = url.to_ascii_lowercase();
+    let mut conn = if lower.starts_with("https://") || lower.starts_with("http://") {
+        super::refs::capped_connection(&remote, url, read, max_ref_bytes)?
+    } else {
+        remote
+            .connect(gix::remote::Direction::Fetch)
+            .map_err(|e| git_err(url, "connect", e))?
+    };
     if let Some(opts) = transport_options(&repo, url, guard, refused)? {
         conn.set_transport_options(opts);
     }
-    let opts = gix::remote::ref_map::Options {
-        prefix_from_spec_as_filter_on_remote: false,
-        ..Default::default()
-    };
     let (map, _handshake) = conn
-        .ref_map(gix::progress::Discard, opts)
+        .ref_map(
+            gix::progress::Discard,
+            gix::remote::ref_map::Options::default(),
+        )
         .map_err(|e| git_err(url, "list refs", e))?;
     let mut refs: Vec<(String, String)> = Vec::new();
     for r in &map.remote_refs {
@@ -572,6 +594,7 @@ pub struct GitFetcher {
     cache: Cache,
     limits: Limits,
     max_pack_bytes: u64,
+    max_ref_bytes: u64,
     git_config: Vec<String>,
     guard: Option<Arc<NetGuard>>,
 }
@@ -593,11 +616,12 @@ pub struct GitRequest<'a> {
 
 impl GitFetcher {
     /// `git_config`: `key=value` overrides applied to every ref listing and clone. `guard`:
-    /// refuse private and local addresses (see `guard.rs`).
+    /// refuse private and local addresses (see `guard.rs`). `max_ref_bytes`: the cap on a ref
+    /// listing's response bytes ([`resolve_ref`]).
     pub fn new(
         cache: Cache,
         limits: Limits,
-        max_pack_bytes: u64,
+        (max_pack_bytes, max_ref_bytes): (u64, u64),
         git_config: Vec<String>,
         guard: Option<Arc<NetGuard>>,
     ) -> Self {
@@ -605,6 +629,7 @@ impl GitFetcher {
             cache,
             limits,
             max_pack_bytes,
+            max_ref_bytes,
             git_config,
             guard,
         }
@@ -681,6 +706,7 @@ impl GitFetcher {
                 staging.path(),
                 &self.git_config,
                 self.guard.as_ref(),
+                self.max_ref_bytes,
             )?,
         };
         let key = TreeKey::commit(repo, &resolved.commit);

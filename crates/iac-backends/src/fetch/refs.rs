@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use gix::bstr::ByteSlice;
 use gix::protocol::handshake::Ref;
+use gix::protocol::transport::client::blocking_io::Transport;
 use gix::protocol::transport::client::blocking_io::http::{
     self, GetResponse, Http, PostBodyDataKind, PostResponse,
 };
@@ -45,14 +46,39 @@ fn too_many(url: &str, limits: &RefLimits) -> FetchError {
 }
 
 fn too_big(url: &str, limits: &RefLimits) -> FetchError {
+    too_big_bytes(url, limits.max_bytes)
+}
+
+/// The error of a ref listing past `max` response bytes.
+pub(super) fn too_big_bytes(url: &str, max: u64) -> FetchError {
     git_err(
         url,
         "list refs",
         format!(
-            "the ref listing is larger than {} bytes; expected at most [fetch] max_ref_bytes",
-            limits.max_bytes
+            "the ref listing is larger than {max} bytes; expected at most [fetch] max_ref_bytes"
         ),
     )
+}
+
+/// A fetch connection of `remote` (at the HTTP(S) `url`) through gix's HTTP transport wrapped
+/// in `CappedHttp`: every response byte is added to `read`, and reads fail once it passes `cap`.
+pub(super) fn capped_connection<'a, 'repo>(
+    remote: &'a gix::Remote<'repo>,
+    url: &str,
+    read: &Arc<AtomicU64>,
+    cap: u64,
+) -> Result<gix::remote::Connection<'a, 'static, 'repo, Box<dyn Transport + Send>>, FetchError> {
+    let (gurl, version) = remote
+        .sanitized_url_and_version(gix::remote::Direction::Fetch)
+        .map_err(|e| git_err(url, "remote URL", e))?;
+    let capped = CappedHttp {
+        inner: http::reqwest::Remote::default(),
+        read: read.clone(),
+        cap,
+    };
+    let transport: Box<dyn Transport + Send> =
+        Box::new(http::connect_http(capped, gurl, version, false));
+    Ok(remote.to_connection_with_transport(transport))
 }
 
 /// The refs of the repository at `dir` (`discover`: `dir` may be inside a work tree, as for
@@ -166,16 +192,7 @@ fn list_remote_inner(
             gix::remote::Direction::Fetch,
         )
         .map_err(|e| git_err(url, "refspecs", e))?;
-    let (gurl, version) = remote
-        .sanitized_url_and_version(gix::remote::Direction::Fetch)
-        .map_err(|e| git_err(url, "remote URL", e))?;
-    let capped = CappedHttp {
-        inner: http::reqwest::Remote::default(),
-        read: read.clone(),
-        cap: limits.max_bytes,
-    };
-    let transport = http::connect_http(capped, gurl, version, false);
-    let mut conn = remote.to_connection_with_transport(transport);
+    let mut conn = capped_connection(&remote, url, read, limits.max_bytes)?;
     if let Some(opts) = transport_options(&repo, url, guard, refused)? {
         conn.set_transport_options(opts);
     }

@@ -353,3 +353,41 @@ async fn a_listing_past_the_fetch_deadline_fails_naming_the_slug() {
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
 }
+
+/// Issue 22: the ref listing a fetch makes to resolve its ref (every deploy of a forge or
+/// `git+https://` slug) goes through the same byte-counting transport as `GET /refs`: past
+/// `[fetch] max_ref_bytes` it fails naming the setting, and no clone follows. Within the cap
+/// the same fetch resolves, over protocol v2 (filtered by ref prefix) and v1 (everything).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetchs_ref_resolution_is_capped_like_a_listing() {
+    let fx = fixture();
+    let base = git_http_server(&fx.dir.path().join("forge")).await;
+    let mut c = config(&fx);
+    c.github.clone_url = Some(format!("{base}/{{owner}}/{{repo}}.git"));
+    c.github.archive_url = Some(format!("{base}/no-archives/{{repo}}/{{ref}}"));
+    let slug = "gh:octo/hello#feature/x".parse::<Slug>().unwrap();
+    for protocol in ["protocol.version=2", "protocol.version=1"] {
+        let mut small = c.clone();
+        small.git_config = vec![protocol.into()];
+        small.max_ref_bytes = 64;
+        let err = DefaultFetcher::new(small)
+            .unwrap()
+            .fetch(&slug, &Events::discard())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("max_ref_bytes") && err.contains("larger than 64 bytes"),
+            "{protocol}: {err}"
+        );
+        let mut fine = c.clone();
+        fine.git_config = vec![protocol.into()];
+        fine.cache_dir = fx.dir.path().join(format!("cache-{protocol}"));
+        let src = DefaultFetcher::new(fine)
+            .unwrap()
+            .fetch(&slug, &Events::discard())
+            .await
+            .unwrap();
+        assert_eq!(src.commit.as_deref(), Some(fx.c2.as_str()), "{protocol}");
+    }
+}
