@@ -1053,6 +1053,10 @@ async fn sdist_only_dependencies_build_in_the_confined_resolver() {
     let _cleanup = Cleanup { id: test.clone() };
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("host-marker/sdist-ran");
+    // A service on the host's loopback the build code must not reach (issue 22: the resolver
+    // gets network only for the index; here, with --no-index, none at all).
+    let loopback = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let loopback_port = loopback.local_addr().unwrap().port();
     // A local "index" (find-links dir) holding only sdistonly-1.0.tar.gz.
     let index = dir.path().join("index");
     std::fs::create_dir_all(&index).unwrap();
@@ -1065,14 +1069,20 @@ try:
     wrote = True
 except OSError:
     wrote = False
+try:
+    socket.create_connection(("127.0.0.1", {port}), timeout=3).close()
+    reached = True
+except OSError:
+    reached = False
 pathlib.Path("sdistonly.py").write_text(
-    "UID = %d\nWROTE_HOST_MARKER = %r\nENGINE_SOCKET = %r\nCARGO_ENV = %r\n"
-    % (os.getuid(), wrote, os.path.exists("/var/run/docker.sock"), any(k.startswith("CARGO") for k in os.environ))
+    "UID = %d\nWROTE_HOST_MARKER = %r\nENGINE_SOCKET = %r\nCARGO_ENV = %r\nHOST_LOOPBACK = %r\n"
+    % (os.getuid(), wrote, os.path.exists("/var/run/docker.sock"), any(k.startswith("CARGO") for k in os.environ), reached)
 )
 from setuptools import setup
 setup(name="sdistonly", version="1.0", py_modules=["sdistonly"])
 "#,
-        marker = marker.display().to_string()
+        marker = marker.display().to_string(),
+        port = loopback_port
     );
     {
         let f = std::fs::File::create(index.join("sdistonly-1.0.tar.gz")).unwrap();
@@ -1125,14 +1135,15 @@ setup(name="sdistonly", version="1.0", py_modules=["sdistonly"])
             "python",
             "-I",
             "-c",
-            "import sdistonly as s; print(s.UID, s.WROTE_HOST_MARKER, s.ENGINE_SOCKET, s.CARGO_ENV)",
+            "import sdistonly as s; print(s.UID, s.WROTE_HOST_MARKER, s.ENGINE_SOCKET, s.CARGO_ENV, s.HOST_LOOPBACK)",
         ],
     );
     assert_eq!(
         got.trim(),
-        "65534 False False False",
-        "built by the unprivileged resolver user, with a read-only root, no engine socket and none of iac's environment"
+        "65534 False False False False",
+        "built by the unprivileged resolver user, with a read-only root, no engine socket, none of iac's environment and no way to the host's loopback"
     );
+    drop(loopback);
     // The resolver container is gone.
     let filters = HashMap::from([("label", vec![format!("iac.test={test}")])]);
     let left = docker
@@ -1428,6 +1439,90 @@ async fn a_flood_of_build_output_stays_in_bounded_memory() {
     );
     eprintln!("peak RSS grew {grown_mib} MiB over ~400 MB of build output");
     assert!(grown_mib < 150, "peak RSS grew {grown_mib} MiB");
+}
+
+/// Issue 22 (builds confined in time): a build that is dropped — as the deploy deadline drops
+/// the work in flight — stops in the engine too: once the repo's endless RUN step is running,
+/// the build future is aborted, and the step's container is gone moments later.
+#[tokio::test]
+async fn a_dropped_build_stops_in_the_engine() {
+    let Some(_docker) = engine().await else {
+        return;
+    };
+    let test = test_id();
+    let _cleanup = Cleanup { id: test.clone() };
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    write_tree(
+        &src,
+        &[
+            ("main.py", "print(1)\n"),
+            ("Procfile", "web: python main.py\n"),
+        ],
+    );
+    let builder = builder_for(config(&test, dir.path())).await.unwrap();
+    let mut s = spec(
+        &format!("p{test}"),
+        "endless",
+        &src,
+        "sha256:endless",
+        &["python", "/app/main.py"],
+    );
+    let marker = format!("iac-endless-{test}");
+    s.entry.build_steps = vec![iac_core::BuildStep {
+        argv: vec![
+            "python3".into(),
+            "-c".into(),
+            format!("import time; time.sleep(900)  # {marker}"),
+        ],
+        workdir: None,
+        warn_on_failure: false,
+        origin: "test endless step".into(),
+    }];
+    let running = |marker: &str| {
+        let out = std::process::Command::new("docker")
+            .args(["ps", "--no-trunc", "--format", "{{.ID}} {{.Command}}"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains(marker))
+            .map(|l| l.split_whitespace().next().unwrap_or("").to_string())
+            .collect::<Vec<_>>()
+    };
+    let build = tokio::spawn(async move { builder.build(&s, &Events::discard()).await });
+    let started = Instant::now();
+    while running(&marker).is_empty() {
+        if build.is_finished() {
+            panic!("the build ended before its step ran: {:?}", build.await);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "the endless step never started"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    build.abort();
+    let dropped = Instant::now();
+    loop {
+        let left = running(&marker);
+        if left.is_empty() {
+            break;
+        }
+        if dropped.elapsed() > Duration::from_secs(60) {
+            for id in &left {
+                let _ = std::process::Command::new("docker")
+                    .args(["rm", "-f", id])
+                    .output();
+            }
+            panic!("the build's step still runs 60 s after the build was dropped: {left:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!(
+        "the dropped build's step was gone {:.1?} after the drop",
+        dropped.elapsed()
+    );
 }
 
 /// This process's peak resident set (VmHWM), KiB.

@@ -243,6 +243,12 @@ impl Resolver {
                 argv,
             });
         }
+        if self.network() == "host" {
+            events.warn(
+                Stage::Build,
+                "app dependencies: the resolver container shares the host's network ([images.resolver] network = \"host\"): a source distribution's build code could reach services listening on this host; give it a network that reaches only the package index, or a wheelhouse with --no-index (then it gets none)",
+            );
+        }
         for step in &steps {
             events.info(
                 Stage::Build,
@@ -251,7 +257,7 @@ impl Resolver {
                     step.what,
                     self.image,
                     self.config.user,
-                    self.config.network,
+                    self.network(),
                     self.config.memory_mib,
                     self.config.cpus
                 ),
@@ -303,6 +309,23 @@ impl Resolver {
             // A concurrent build of the same inputs finished first: use its result.
             Err(_) if done.join(COMPLETE).is_file() => Ok(done),
             Err(source) => Err(BuildError::Io { path: done, source }),
+        }
+    }
+
+    /// The network the container gets: `none` when pip cannot use one — the operator's
+    /// `pip_args` hold `--no-index`, no index URL is configured, no argument names a URL and
+    /// `PIP_FIND_LINKS` is not passed in — so only the mounted find-links directories are
+    /// read; otherwise `[images.resolver] network`.
+    pub fn network(&self) -> &str {
+        let offline = self.pip_args.iter().any(|a| a == "--no-index")
+            && self.index_url.is_none()
+            && self.extra_index_urls.is_empty()
+            && !self.pip_args.iter().any(|a| a.contains("://"))
+            && !self.pass_env.iter().any(|n| n == "PIP_FIND_LINKS");
+        if offline {
+            "none"
+        } else {
+            &self.config.network
         }
     }
 
@@ -401,10 +424,10 @@ impl Resolver {
             user: Some(self.config.user.clone()),
             working_dir: Some(SCRATCH_DIR.to_string()),
             labels: Some(labels),
-            network_disabled: Some(self.config.network == "none"),
+            network_disabled: Some(self.network() == "none"),
             host_config: Some(HostConfig {
                 mounts: Some(mounts),
-                network_mode: Some(self.config.network.clone()),
+                network_mode: Some(self.network().to_string()),
                 memory: Some(memory),
                 memory_swap: Some(memory),
                 nano_cpus: Some(i64::from(self.config.cpus) * 1_000_000_000),
@@ -707,6 +730,59 @@ mod tests {
             python: (3, 11),
             labels: BTreeMap::from([("iac.test".to_string(), "t1".to_string())]),
         }
+    }
+
+    #[test]
+    fn an_offline_resolver_gets_no_network() {
+        let step = |r: &Resolver| {
+            let c = r.container(
+                &Step {
+                    what: "x",
+                    argv: r.wheel_args(0),
+                },
+                &Dirs {
+                    input: Path::new("/c/in"),
+                    out: Path::new("/c/out"),
+                    scratch: Path::new("/c/s"),
+                    links: &[],
+                },
+            );
+            (
+                c.network_disabled,
+                c.host_config.unwrap().network_mode.unwrap(),
+            )
+        };
+        let mut r = resolver();
+        assert_eq!(
+            step(&r),
+            (Some(false), "host".to_string()),
+            "online: as configured"
+        );
+        r.index_url = None;
+        r.pip_args = vec!["--no-index".into()];
+        assert_eq!(
+            step(&r),
+            (Some(true), "none".to_string()),
+            "--no-index: none"
+        );
+        r.config.network = "bridge".into();
+        assert_eq!(r.network(), "none", "whatever the configured network");
+        for (args, pass) in [
+            (
+                vec!["--no-index", "--find-links", "https://wheels.example/"],
+                None,
+            ),
+            (vec!["--no-index"], Some("PIP_FIND_LINKS")),
+        ] {
+            let mut r = resolver();
+            r.index_url = None;
+            r.pip_args = args.iter().map(|a| a.to_string()).collect();
+            r.pass_env = pass.into_iter().map(str::to_string).collect();
+            assert_eq!(r.network(), "host", "{args:?} {pass:?}: pip may fetch");
+        }
+        let mut r = resolver();
+        r.pip_args = vec!["--no-index".into()];
+        assert_eq!(r.network(), "host", "an index URL is configured");
     }
 
     #[test]
