@@ -28,6 +28,7 @@ pub mod entry;
 pub mod fetch;
 pub mod health;
 pub mod history;
+pub mod http_body;
 pub mod kubernetes;
 pub mod output_tail;
 pub mod pki;

@@ -296,3 +296,44 @@ async fn opaque_secret_key_needs_no_upstream_and_forbidden_roles_still_apply() {
     .unwrap();
     assert_eq!(v.verify(KEY).await.unwrap_err().status(), 403);
 }
+
+/// Issue 22: what Supabase answers is read with a cap. A JWKS or a user answer padded past it
+/// fails the verification as unavailable (closed), naming the cap, instead of being held.
+#[tokio::test]
+async fn oversized_jwks_and_user_answers_are_refused_unread() {
+    let es = TestKey::es256("k1");
+    let s = MockServer::start().await;
+    let mut jwks = testkit::jwks(&[&es]);
+    jwks["padding"] = json!("x".repeat(4 << 20));
+    Mock::given(method("GET"))
+        .and(path("/auth/v1/.well-known/jwks.json"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(jwks))
+        .mount(&s)
+        .await;
+    let issuer = format!("{}/auth/v1", s.uri());
+    let tok = es.sign(&testkit::user_claims(&issuer, USER, "iac_admin", 3600));
+    let v = SupabaseVerifier::new(cfg(&s.uri())).unwrap();
+    let err = v.verify(&tok).await.unwrap_err();
+    assert!(
+        matches!(&err, AuthError::Unavailable(m) if m.contains("JWKS larger than 262144 bytes")),
+        "{err:?}"
+    );
+
+    let s = supabase(&[&es]).await;
+    Mock::given(method("GET"))
+        .and(path("/auth/v1/user"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"id": USER, "padding": "x".repeat(4 << 20)})),
+        )
+        .mount(&s)
+        .await;
+    let issuer = format!("{}/auth/v1", s.uri());
+    let tok = es.sign(&testkit::user_claims(&issuer, USER, "iac_admin", 3600));
+    let v = SupabaseVerifier::new(cfg(&s.uri())).unwrap();
+    let err = v.verify(&tok).await.unwrap_err();
+    assert!(
+        matches!(&err, AuthError::Unavailable(m) if m.contains("larger than 262144 bytes")),
+        "{err:?}"
+    );
+}

@@ -12,6 +12,9 @@ use super::*;
 /// Most confirmations remembered at once; the cache is pruned when it grows past this.
 pub(super) const CONFIRM_CACHE_MAX: usize = 4096;
 
+/// Most bytes of a user answer read (a user object is a few KiB; more is refused, unread).
+pub(super) const USER_MAX_BYTES: usize = 256 * 1024;
+
 impl SupabaseVerifier {
     /// Asks Supabase whether the token is still good. Positive answers are cached.
     pub(super) async fn confirm_upstream(
@@ -85,7 +88,10 @@ impl SupabaseVerifier {
             struct User {
                 id: Option<String>,
             }
-            let user: User = resp.json().await.map_err(|_| {
+            let body = crate::http_body::read_capped(resp, USER_MAX_BYTES)
+                .await
+                .map_err(|e| AuthError::Unavailable(format!("Supabase {what}: {e}")))?;
+            let user: User = serde_json::from_slice(&body).map_err(|_| {
                 AuthError::Unavailable(format!(
                     "Supabase {what} returned a body that is not a user"
                 ))

@@ -176,12 +176,15 @@ impl SupabaseVerifier {
         if !status.is_success() {
             return Err(format!("GET {url} answered HTTP {}", status.as_u16()));
         }
-        let body = resp.bytes().await.map_err(|e| describe_reqwest(url, &e))?;
-        if body.len() > JWKS_MAX_BYTES {
-            return Err(format!(
-                "GET {url}: JWKS larger than {JWKS_MAX_BYTES} bytes"
-            ));
-        }
+        // Read in chunks and dropped past the cap: never more than the cap in memory.
+        let body = crate::http_body::read_capped(resp, JWKS_MAX_BYTES)
+            .await
+            .map_err(|e| match e {
+                crate::http_body::BodyError::TooLarge { .. } => {
+                    format!("GET {url}: JWKS larger than {JWKS_MAX_BYTES} bytes")
+                }
+                crate::http_body::BodyError::Read(e) => format!("GET {url}: {e}"),
+            })?;
         parse_jwks(&body).map_err(|e| format!("GET {url}: {e}"))
     }
 }

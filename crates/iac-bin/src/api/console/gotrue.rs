@@ -10,6 +10,10 @@ use serde::Deserialize;
 
 use super::session::{Tokens, now_secs};
 
+/// Most bytes of a GoTrue token or error answer read (a few KiB in practice); past it the
+/// sign-in fails as unavailable and the rest is never read.
+const GOTRUE_MAX_BYTES: usize = 256 * 1024;
+
 /// Why a grant failed.
 #[derive(Debug, thiserror::Error)]
 pub enum GrantError {
@@ -94,10 +98,9 @@ impl GoTrue {
             .await
             .map_err(|e| GrantError::Unavailable(e.without_url().to_string()))?;
         let status = resp.status();
-        let bytes = resp
-            .bytes()
+        let bytes = iac_backends::http_body::read_capped(resp, GOTRUE_MAX_BYTES)
             .await
-            .map_err(|e| GrantError::Unavailable(e.without_url().to_string()))?;
+            .map_err(|e| GrantError::Unavailable(e.to_string()))?;
         if status.is_client_error() {
             let e: GoTrueError = serde_json::from_slice(&bytes).unwrap_or_default();
             let msg = e
