@@ -455,4 +455,34 @@ mod tests {
         assert_eq!(env["NO_PROXY"], "localhost,127.0.0.1,::1,web,api");
         assert_eq!(env["no_proxy"], env["NO_PROXY"]);
     }
+
+    proptest::proptest! {
+        /// The properties `fuzz/fuzz_targets/egress_rules.rs` checks, on generated items: an
+        /// accepted rule is a lowercase DNS name or IPv4 address, prints back to itself, and
+        /// matches exactly its host (or, for `*.suffix`, names under the suffix) on its port.
+        #[test]
+        fn accepted_rules_round_trip_and_match_only_themselves(
+            item in "(\\*\\.)?[a-zA-Z0-9.*:/\\[\\]-]{0,30}(:[0-9]{0,6})?"
+        ) {
+            if let Ok(rule) = item.parse::<EgressRule>() {
+                proptest::prop_assert!(rule.port != 0);
+                proptest::prop_assert!(rule.host.bytes().all(|b| b.is_ascii_lowercase()
+                    || b.is_ascii_digit() || b == b'-' || b == b'.'), "{:?}", rule);
+                let again: EgressRule = rule.to_string().parse().unwrap();
+                proptest::prop_assert_eq!(&again, &rule);
+                let other_port = if rule.port == 1 { 2 } else { rule.port - 1 };
+                if rule.wildcard {
+                    proptest::prop_assert!(!rule.matches(&rule.host, rule.port));
+                    let under = format!("a.{}", rule.host);
+                    let glued = format!("a{}", rule.host);
+                    proptest::prop_assert!(rule.matches(&under, rule.port));
+                    proptest::prop_assert!(!rule.matches(&glued, rule.port));
+                    proptest::prop_assert!(!rule.matches(&under, other_port));
+                } else {
+                    proptest::prop_assert!(rule.matches(&rule.host.to_ascii_uppercase(), rule.port));
+                    proptest::prop_assert!(!rule.matches(&rule.host, other_port));
+                }
+            }
+        }
+    }
 }
