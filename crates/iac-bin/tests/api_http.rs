@@ -1407,3 +1407,68 @@ async fn deploy_bodies_carry_egress_lists_and_bad_items_are_named() {
     assert_eq!(backend.deploys.load(std::sync::atomic::Ordering::SeqCst), 3);
     srv.shutdown().await.unwrap();
 }
+
+/// Schemathesis (issue 22 audit run) found `egress: ["0:0"]` valid by the document and refused
+/// by the server. The item pattern now admits only what `iac_core::egress` parses: known
+/// shapes either way, and every string generated from the pattern within its length cap.
+#[test]
+fn the_egress_item_pattern_admits_only_what_the_parser_takes() {
+    use iac_bin::api::schema::{EGRESS_ITEM_MAX_LEN, EGRESS_ITEM_PATTERN};
+    use iac_core::egress::EgressRule;
+    let re = regex::Regex::new(EGRESS_ITEM_PATTERN).unwrap();
+    for ok in [
+        "api.example.com:443",
+        "*.example.com:443",
+        "10.0.0.1:5432",
+        "API.Example.COM.:65535",
+        "a-b.c:1",
+    ] {
+        assert!(re.is_match(ok), "{ok}: the pattern refuses it");
+        ok.parse::<EgressRule>()
+            .unwrap_or_else(|e| panic!("{ok}: the parser refuses it: {e}"));
+    }
+    for bad in [
+        "0:0",
+        "a:65536",
+        "a:99999",
+        "a:0",
+        "a..b:1",
+        "-a:1",
+        "a-:1",
+        "a.-b:1",
+        "*:1",
+        "*.*.a:1",
+        "a:1/x",
+        "a",
+        "[::1]:1",
+        "https://a:1",
+    ] {
+        assert!(!re.is_match(bad), "{bad}: the pattern admits it");
+        assert!(
+            bad.parse::<EgressRule>().is_err(),
+            "{bad}: the parser takes it"
+        );
+    }
+    let inner = EGRESS_ITEM_PATTERN
+        .strip_prefix('^')
+        .and_then(|p| p.strip_suffix('$'))
+        .unwrap();
+    let strategy = proptest::string::string_regex(inner).unwrap();
+    let mut runner = proptest::test_runner::TestRunner::default();
+    runner
+        .run(&strategy, |item| {
+            // The one shape a pattern without lookahead cannot leave out (the document says
+            // so): `*.` before an IPv4 address.
+            let wild_ip = item.strip_prefix("*.").is_some_and(|r| {
+                let host = r.rsplit_once(':').map_or(r, |(h, _)| h);
+                host.trim_end_matches('.')
+                    .parse::<std::net::Ipv4Addr>()
+                    .is_ok()
+            });
+            if item.len() <= EGRESS_ITEM_MAX_LEN && !wild_ip {
+                proptest::prop_assert!(item.parse::<EgressRule>().is_ok(), "{item:?}");
+            }
+            Ok(())
+        })
+        .unwrap();
+}

@@ -28,9 +28,13 @@ pub struct DeployRequest {
     pub egress: Option<Vec<String>>,
 }
 
-/// An `egress` item: `host:port` or `*.suffix:port` (the parser says why an item is refused).
-pub const EGRESS_ITEM_PATTERN: &str =
-    "^(\\*\\.)?[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?\\.?:[0-9]{1,5}$";
+/// An `egress` item: `host:port` or `*.suffix:port` as `iac_core::egress` parses it — DNS labels
+/// of 1-63 letters, digits and inner `-`, an optional trailing dot, a port 1-65535 without
+/// leading zeros (with [`EGRESS_ITEM_MAX_LEN`] keeping the name within 253 characters).
+pub const EGRESS_ITEM_PATTERN: &str = "^(\\*\\.)?[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\\.?:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})$";
+
+/// The longest `egress` item the document admits: a name of 253 characters and `:1`.
+pub const EGRESS_ITEM_MAX_LEN: usize = 255;
 
 /// A DNS label (service and project names).
 pub const DNS_LABEL_PATTERN: &str = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$";
@@ -144,11 +148,15 @@ pub fn deploy_request_schema() -> serde_json::Value {
             {
                 "type": "array",
                 "maxItems": iac_core::egress::MAX_EGRESS_RULES,
-                "items": {"type": "string", "pattern": EGRESS_ITEM_PATTERN}
+                "items": {
+                    "type": "string",
+                    "pattern": EGRESS_ITEM_PATTERN,
+                    "maxLength": EGRESS_ITEM_MAX_LEN
+                }
             },
             {"type": "null"}
         ],
-        "description": "Destinations the app may reach outside the mesh, through its sidecar: `host:port` or `*.suffix:port` (every name under the suffix, not the suffix itself). Nothing else is reachable unless the server runs with `[mesh] egress = \"open\"`."
+        "description": "Destinations the app may reach outside the mesh, through its sidecar: `host:port` or `*.suffix:port` (every name under the suffix, not the suffix itself; never an IPv4 address after `*.`). Nothing else is reachable unless the server runs with `[mesh] egress = \"open\"`."
     });
     let extras = names("Extras of a Python app to install besides its main dependencies.");
     let groups = names("Dependency groups of a Python app to install (dev, test, …).");
