@@ -154,6 +154,11 @@ impl Registry {
 
     /// The body of `GET path` (with the login) when the registry answers 200.
     fn try_get(&self, path: &str) -> Option<String> {
+        self.try_get_accepting(path, "*/*")
+    }
+
+    /// [`Registry::try_get`] with an `Accept` header (manifests come in the type asked for).
+    fn try_get_accepting(&self, path: &str, accept: &str) -> Option<String> {
         use base64::Engine as _;
         let login = base64::engine::general_purpose::STANDARD
             .encode(format!("{REGISTRY_USER}:{REGISTRY_PASSWORD}"));
@@ -161,7 +166,7 @@ impl Registry {
         s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
         write!(
             s,
-            "GET {path} HTTP/1.0\r\nHost: {}\r\nAuthorization: Basic {login}\r\n\r\n",
+            "GET {path} HTTP/1.0\r\nHost: {}\r\nAuthorization: Basic {login}\r\nAccept: {accept}\r\n\r\n",
             self.addr
         )
         .ok()?;
@@ -503,9 +508,15 @@ fn hello_main_on_a_single_node_swarm() {
     };
     let started = Instant::now();
     let only_scripted = project.workdir.path().join("scripted.yaml");
+    // Issue 22: a secret in the service's env must reach its container and never the image
+    // pushed to the registry.
+    let secret = format!("db-password-{}", uuid::Uuid::new_v4().simple());
     std::fs::write(
         &only_scripted,
-        format!("- git+file://{}#main\n", scripted.display()),
+        format!(
+            "- slug: git+file://{}#main\n  env:\n    DB_PASSWORD: {secret}\n",
+            scripted.display()
+        ),
     )
     .unwrap();
     let only_scripted = only_scripted.to_str().unwrap();
@@ -574,6 +585,51 @@ fn hello_main_on_a_single_node_swarm() {
     assert!(
         tags.len() == 1 && tags[0].starts_with("pod-"),
         "one pod image pushed: {tags:?}"
+    );
+    // The pushed manifest and the image config it names (Env, Labels, history) hold no trace
+    // of the secret; neither does the image on the engine. The service's container has it.
+    let manifest = registry
+        .try_get_accepting(
+            &format!("/v2/{path}/manifests/{}", tags[0]),
+            "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json",
+        )
+        .expect("the pushed manifest");
+    let config_digest =
+        serde_json::from_str::<serde_json::Value>(&manifest).unwrap()["config"]["digest"]
+            .as_str()
+            .unwrap_or_else(|| panic!("a manifest naming its config: {manifest}"))
+            .to_string();
+    let config_blob = registry
+        .try_get(&format!("/v2/{path}/blobs/{config_digest}"))
+        .expect("the pushed image config");
+    assert!(
+        config_blob.contains("\"Env\"") && config_blob.contains("iac.build-key"),
+        "read the image config: {config_blob}"
+    );
+    for (what, text) in [
+        ("manifest", manifest.clone()),
+        ("image config", config_blob.clone()),
+        ("engine's image", docker(&["image", "inspect", &image])),
+        (
+            "engine's image history",
+            docker(&["history", "--no-trunc", &image]),
+        ),
+    ] {
+        assert!(
+            !text.contains(&secret),
+            "the {what} carries the service's env secret"
+        );
+    }
+    let env = docker(&[
+        "service",
+        "inspect",
+        "--format",
+        "{{json .Spec.TaskTemplate.ContainerSpec.Env}}",
+        &svc_name,
+    ]);
+    assert!(
+        env.contains(&format!("DB_PASSWORD={secret}")),
+        "the service's container gets its env: {env}"
     );
     let task = docker(&[
         "ps",
