@@ -14,9 +14,7 @@ fn main() {
     if let Some(project) = cli.keeper.clone() {
         let opts = iac_agent::keeper::Options {
             project,
-            engine: iac_agent::keeper::engine::Engine {
-                socket: cli.engine_socket.clone(),
-            },
+            engine: iac_agent::keeper::engine::Engine::new(cli.engine_socket.clone()),
             recheck: cli.keeper_recheck,
             backoff_max: cli
                 .keeper_backoff_max

@@ -13,7 +13,8 @@ use history_support::PgServer;
 use iac_backends::history::{PostgresHistory, SqliteHistory, postgres, sqlite};
 use iac_core::history::{
     HistoryError, HistoryFinish, HistoryKind, HistoryQuery, HistoryStart, HistoryStatus,
-    HistoryStore, LogTail, Retention, ServiceOutcome,
+    HistoryStore, HostIdentity, INTERRUPTED_CODE, LogTail, ProcessState, ProcessView, Retention,
+    RunOwner, ServiceOutcome, mark_interrupted,
 };
 use iac_core::{DeployEvent, DeployReport, EventLevel, ProjectName, ServiceName, Stage};
 
@@ -45,6 +46,7 @@ fn start(n: u32, p: &str, at: u64) -> HistoryStart {
         started_at: ts(at),
         services: vec!["web".into(), "api".into()],
         repos: Some("- gh:acme/web\n- gh:acme/api\n".into()),
+        owner: None,
     }
 }
 
@@ -383,6 +385,142 @@ async fn records_a_destroy(s: Subject) {
     assert_eq!(e.error_code.as_deref(), Some("engine_unreachable"));
 }
 
+/// A host as a test describes it: identity `box`/`boot-1`, and the pids that are alive.
+struct FakeHost {
+    alive: Vec<(u32, u64)>,
+}
+
+impl ProcessView for FakeHost {
+    fn identity(&self) -> Option<HostIdentity> {
+        Some(HostIdentity {
+            host: "box".into(),
+            machine_id: None,
+            boot_id: "boot-1".into(),
+            pid_ns: None,
+        })
+    }
+    fn process(&self, pid: u32) -> ProcessState {
+        match self.alive.iter().find(|(p, _)| *p == pid) {
+            Some((_, start_ticks)) => ProcessState::Alive {
+                start_ticks: *start_ticks,
+            },
+            None => ProcessState::Gone,
+        }
+    }
+}
+
+fn owned(n: u32, p: &str, host: &str, boot: &str, pid: u32, ticks: u64) -> HistoryStart {
+    HistoryStart {
+        owner: Some(RunOwner {
+            host: host.into(),
+            machine_id: None,
+            boot_id: boot.into(),
+            pid_ns: None,
+            pid,
+            start_ticks: ticks,
+        }),
+        ..start(n, p, u64::from(n))
+    }
+}
+
+/// Killed runs: a `running` record whose owner on this host is provably dead (pid gone, pid
+/// reused, host rebooted) becomes `interrupted`, with the reason; a live owner, another host's
+/// run, a record without an owner and an already finished record are left alone; the project
+/// filter holds; the owner survives the round trip.
+async fn marks_dead_owners_runs_interrupted(s: Subject) {
+    let st = &s.store;
+    let records = [
+        owned(1, "demo", "box", "boot-1", 100, 5),  // alive
+        owned(2, "demo", "box", "boot-1", 200, 5),  // pid gone
+        owned(3, "demo", "box", "boot-1", 100, 9),  // pid 100 reused
+        owned(4, "demo", "box", "boot-0", 100, 5),  // before a reboot
+        owned(5, "demo", "far", "boot-7", 200, 5),  // another host
+        start(6, "demo", 6),                        // no owner
+        owned(7, "demo", "box", "boot-1", 300, 5),  // dead, but finished
+        owned(8, "other", "box", "boot-1", 200, 5), // dead, another project
+    ];
+    for r in &records {
+        st.start(r).await.unwrap();
+    }
+    st.finish(&id(7), &finished(HistoryStatus::Succeeded))
+        .await
+        .unwrap();
+    let running = st.running(Some(&project("demo"))).await.unwrap();
+    assert_eq!(
+        running.iter().map(|r| r.id.clone()).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5, 6].map(id).to_vec()
+    );
+    assert_eq!(running[0].owner, records[0].owner, "the owner round-trips");
+    assert_eq!(running[5].owner, None);
+    let host = FakeHost {
+        alive: vec![(100, 5)],
+    };
+    let now = ts(1_800_000_000);
+    let mut marked = mark_interrupted(st.as_ref(), Some(&project("demo")), &host, &now)
+        .await
+        .unwrap();
+    marked.sort();
+    assert_eq!(marked, [2, 3, 4].map(id).to_vec());
+    for (n, words) in [
+        (2, "pid 200 on box) is gone"),
+        (3, "now another process"),
+        (4, "rebooted"),
+    ] {
+        let e = st.get(&id(n)).await.unwrap().unwrap();
+        assert_eq!(e.summary.status, HistoryStatus::Interrupted, "record {n}");
+        assert_eq!(e.summary.finished_at.as_deref(), Some(now.as_str()));
+        assert_eq!(e.error_code.as_deref(), Some(INTERRUPTED_CODE));
+        let err = e.error.unwrap();
+        assert!(err.contains(words), "record {n}: {err}");
+    }
+    for n in [1, 5, 6, 8] {
+        let e = st.get(&id(n)).await.unwrap().unwrap();
+        assert_eq!(e.summary.status, HistoryStatus::Running, "record {n}");
+    }
+    let e = st.get(&id(7)).await.unwrap().unwrap();
+    assert_eq!(e.summary.status, HistoryStatus::Succeeded);
+    // A finished record is never finished again by the conditional write.
+    assert!(
+        !st.finish_if_running(&id(2), &finished(HistoryStatus::Failed))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        st.get(&id(2)).await.unwrap().unwrap().summary.status,
+        HistoryStatus::Interrupted
+    );
+    // The listing shows it, and every project is settled without a filter.
+    let page = st
+        .list(&HistoryQuery {
+            project: Some(project("demo")),
+            limit: 10,
+            cursor: None,
+        })
+        .await
+        .unwrap();
+    assert!(
+        page.items
+            .iter()
+            .any(|i| i.id == id(2) && i.status == HistoryStatus::Interrupted)
+    );
+    let marked = mark_interrupted(st.as_ref(), None, &host, &now)
+        .await
+        .unwrap();
+    assert_eq!(marked, vec![id(8)]);
+    // Interrupted records are finished: retention may prune them.
+    let pruned = st
+        .prune(
+            &Retention {
+                keep: 0,
+                max_age: Duration::from_secs(1),
+            },
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_900_000_000),
+        )
+        .await
+        .unwrap();
+    assert_eq!(pruned, 5, "the interrupted four and the finished one");
+}
+
 // ---- runners -----------------------------------------------------------------------------
 
 async fn sqlite_subject(dir: &Path) -> Subject {
@@ -437,6 +575,7 @@ sqlite_tests!(
     refuses_unknown_and_duplicate_ids,
     prunes_by_count_and_age,
     records_a_destroy,
+    marks_dead_owners_runs_interrupted,
 );
 
 // ---- migrations --------------------------------------------------------------------------
@@ -513,6 +652,51 @@ async fn sqlite_database_of_version_1_is_migrated_and_keeps_its_records() {
     assert_eq!(mode, "wal");
 }
 
+/// A version-2 database (before owners were kept) with a record left `running`: migrated, the
+/// record kept without an owner (so never marked interrupted), new records carry theirs.
+#[tokio::test]
+async fn sqlite_database_of_version_2_gains_owners_and_keeps_running_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("history");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("history.db");
+    {
+        let mut conn = rusqlite::Connection::open(&file).unwrap();
+        sqlite::migrate_to(&mut conn, &file, 2).unwrap();
+        conn.execute(
+            "INSERT INTO deployments (id, project, kind, status, who, origin, started_at, started_ms, services)
+             VALUES (?1, 'demo', 'deploy', 'running', 'cli:old', 'cli', ?2, 1, '[\"web\"]')",
+            rusqlite::params![id(1), ts(1)],
+        )
+        .unwrap();
+    }
+    let store = SqliteHistory::open(&dir).await.unwrap();
+    store
+        .start(&owned(2, "demo", "box", "boot-1", 200, 5))
+        .await
+        .unwrap();
+    let running = store.running(None).await.unwrap();
+    assert_eq!(running.len(), 2);
+    assert_eq!(running[0].id, id(1));
+    assert_eq!(running[0].owner, None);
+    assert_eq!(running[1].owner.as_ref().unwrap().pid, 200);
+    let marked = mark_interrupted(&store, None, &FakeHost { alive: vec![] }, &ts(9))
+        .await
+        .unwrap();
+    assert_eq!(
+        marked,
+        vec![id(2)],
+        "the ownerless old record is left alone"
+    );
+    drop(store);
+    let conn = rusqlite::Connection::open(&file).unwrap();
+    let v: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, 3);
+    assert_eq!(sqlite::known_version(), 3);
+}
+
 #[tokio::test]
 async fn sqlite_files_are_private() {
     use std::os::unix::fs::PermissionsExt;
@@ -538,13 +722,42 @@ async fn postgres_migrations(pg: &PgServer) {
     let old = PostgresHistory::connect_at_version(&url, &events, 1)
         .await
         .unwrap();
-    old.start(&start(1, "demo", 1)).await.unwrap();
     drop(old);
+    {
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        let task = tokio::spawn(conn);
+        client
+            .execute(
+                "INSERT INTO iac_deployments (id, project, kind, status, who, origin, started_at, started_ms, services)
+                 VALUES ($1, 'demo', 'deploy', 'running', 'cli:alice', 'cli', $2, 1, '[\"web\"]')",
+                &[&id(1), &ts(1)],
+            )
+            .await
+            .unwrap();
+        drop(client);
+        let _ = task.await;
+    }
     let store = PostgresHistory::connect(&url, &events).await.unwrap();
+    assert_eq!(postgres::known_version(), 3);
     assert_eq!(
         store.get(&id(1)).await.unwrap().unwrap().summary.who,
         "cli:alice"
     );
+    // Version 3's owner column: the old running record has none (left alone), a new one has.
+    store
+        .start(&owned(2, "demo", "box", "boot-1", 200, 5))
+        .await
+        .unwrap();
+    let running = store.running(Some(&project("demo"))).await.unwrap();
+    assert_eq!(running.len(), 2);
+    assert_eq!(running[0].owner, None);
+    assert_eq!(running[1].owner.as_ref().unwrap().boot_id, "boot-1");
+    let marked = mark_interrupted(&store, None, &FakeHost { alive: vec![] }, &ts(9))
+        .await
+        .unwrap();
+    assert_eq!(marked, vec![id(2)]);
     store
         .attach_log_tail(
             &id(1),

@@ -63,6 +63,7 @@ async fn seed(state: &Path) {
                 started_at: at.into(),
                 services: vec!["web".into()],
                 repos: Some("- gh:acme/web\n".into()),
+                owner: None,
             })
             .await
             .unwrap();

@@ -303,3 +303,81 @@ fn a_killed_deploy_converges_on_the_next_one() {
 
     assert!(p.iac(&["destroy"]).status.success());
 }
+
+/// The history of a deploy killed with SIGKILL: `running` while its process lives (a live run
+/// is never marked), `interrupted` (with the reason) once it is dead, both by `iac history` and
+/// by the next deploy, which converges and is recorded `succeeded`.
+#[test]
+fn a_killed_deploy_is_interrupted_in_the_history() {
+    if e2e::skip_without_docker("a_killed_deploy_is_interrupted_in_the_history") {
+        return;
+    }
+    let project = Project::new();
+    let repos = project.workdir.path().join("repos");
+    let p = Killed {
+        hello: fixture(&repos, "hello", &[("main.py", HELLO)]),
+        worker: fixture(&repos, "worker", &[("main.py", WORKER)]),
+        p: project,
+        version: std::cell::Cell::new(1),
+    };
+    p.version(1);
+    let history = |p: &Killed| -> Vec<serde_json::Value> {
+        let out = p.iac(&["history", "--json"]);
+        assert!(out.status.success(), "{out:?}");
+        let page: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        page["items"].as_array().unwrap().clone()
+    };
+    let mut child = p
+        .command(&["deploy", "--file", &p.file(), "--json"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Its record appears as soon as it starts (before fetch and build); while the process
+    // lives, reading the history leaves it running.
+    let t = Instant::now();
+    let id = loop {
+        if let Some(r) = history(&p).first() {
+            assert_eq!(r["status"], "running", "{r:#}");
+            break r["id"].as_str().unwrap().to_string();
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "no record appeared");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let items = history(&p);
+    assert_eq!(items[0]["status"], "running", "alive: {:#}", items[0]);
+    assert_eq!(child.try_wait().unwrap(), None, "the deploy still runs");
+    let pid = child.id();
+    child.kill().unwrap(); // SIGKILL
+    let status = child.wait().unwrap();
+    assert!(status.code().is_none(), "{status}");
+
+    let t = Instant::now();
+    let items = history(&p);
+    eprintln!(
+        "interrupted on the first read after the kill, in {:.2}s",
+        t.elapsed().as_secs_f64()
+    );
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["id"], id.as_str());
+    assert_eq!(items[0]["status"], "interrupted", "{:#}", items[0]);
+    assert!(items[0]["finished_at"].is_string());
+    let out = p.iac(&["history", "show", &id, "--json"]);
+    let entry: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(entry["error_code"], "interrupted");
+    let err = entry["error"].as_str().unwrap();
+    assert!(
+        err.contains(&format!("pid {pid} on")) && err.contains("is gone"),
+        "{err}"
+    );
+    let text = String::from_utf8(p.iac(&["history"]).stdout).unwrap();
+    assert!(text.contains("interrupted"), "{text}");
+
+    // The next deploy converges and is recorded as itself.
+    p.converges("a SIGKILLed deploy");
+    let items = history(&p);
+    assert_eq!(items.len(), 2);
+    assert_eq!(items[0]["status"], "succeeded", "{:#}", items[0]);
+    assert_eq!(items[1]["status"], "interrupted");
+    assert!(p.iac(&["destroy"]).status.success());
+}

@@ -193,11 +193,7 @@ impl FileLock {
             Ok(()) => file,
             Err(std::fs::TryLockError::WouldBlock) => {
                 let holder = std::fs::read(path)
-                    .map(|b| {
-                        String::from_utf8_lossy(&b[..b.len().min(512)])
-                            .trim()
-                            .to_string()
-                    })
+                    .map(|b| holder_text(&b))
                     .unwrap_or_default();
                 on_wait(&holder);
                 tokio::task::spawn_blocking(move || file.lock().map(|()| file))
@@ -207,6 +203,23 @@ impl FileLock {
             Err(std::fs::TryLockError::Error(e)) => return Err(e),
         };
         Ok(FileLock::held(file, path))
+    }
+
+    /// Who holds the lock at `path` right now, without waiting: `Some(what the holder wrote
+    /// about itself)` ([`holder_line`]; `"another process"` when it wrote nothing yet) while
+    /// another handle holds it, `None` when it is free or the file does not exist. Probing takes
+    /// a shared lock for an instant and lets go at once.
+    pub fn holder_if_held(path: &Path) -> std::io::Result<Option<String>> {
+        let file = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        match file.try_lock_shared() {
+            Ok(()) => Ok(None),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(Some(read_holder(path))),
+            Err(std::fs::TryLockError::Error(e)) => Err(e),
+        }
     }
 
     /// The lock is ours: say so in the file (best effort: the `flock` is what counts).
@@ -221,6 +234,25 @@ impl FileLock {
             _file: file,
             path: path.to_path_buf(),
         }
+    }
+}
+
+/// At most 512 bytes of a lock file's text, trimmed.
+fn holder_text(b: &[u8]) -> String {
+    String::from_utf8_lossy(&b[..b.len().min(512)])
+        .trim()
+        .to_string()
+}
+
+/// What a held lock's file says about its holder (`"another process"` when nothing yet).
+fn read_holder(path: &Path) -> String {
+    let text = std::fs::read(path)
+        .map(|b| holder_text(&b))
+        .unwrap_or_default();
+    if text.is_empty() {
+        "another process".to_string()
+    } else {
+        text
     }
 }
 
@@ -511,6 +543,26 @@ mod tests {
             sweep_orphans(&d.path().join("missing"), std::time::Duration::ZERO),
             0
         );
+    }
+
+    #[tokio::test]
+    async fn a_held_lock_names_its_holder_without_waiting_and_a_free_one_is_none() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state/deploy.lock");
+        assert_eq!(FileLock::holder_if_held(&p).unwrap(), None, "no file");
+        let held = FileLock::acquire(&p, |_| panic!("free")).await.unwrap();
+        let holder = FileLock::holder_if_held(&p).unwrap().expect("held");
+        assert!(
+            holder.starts_with(&format!("pid {} (", std::process::id())),
+            "{holder}"
+        );
+        drop(held);
+        assert_eq!(FileLock::holder_if_held(&p).unwrap(), None, "released");
+        // The probe let go: the lock can be taken at once.
+        let again = FileLock::acquire(&p, |_| panic!("the probe holds nothing"))
+            .await
+            .unwrap();
+        drop(again);
     }
 
     #[tokio::test]

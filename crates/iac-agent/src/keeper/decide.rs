@@ -10,6 +10,11 @@
 //!   container" and never tries again). An app stopped by a person, by `iac destroy` or by a
 //!   deploy that is replacing it has no such error and is left alone, as `unless-stopped` does;
 //!   an app created but never started (a deploy waiting for the pod filter) too;
+//! * an app is started only once its sidecar has loaded the pod's packet filter **since its
+//!   current start** ([`gate_start`]): the sidecar script writes
+//!   [`FILTER_INSTALLED_PREFIX`]… to its stderr once `nft` loaded the ruleset, before Envoy
+//!   starts — the same line the docker provisioner waits for before it starts an app — so after
+//!   a reboot no app runs a moment in a namespace without its filter;
 //! * a running app that started before its sidecar's current start lives in the sidecar's old
 //!   namespace. Its agent notices and ends the container (`--follow-pod-network`), which the
 //!   engine restarts: the keeper waits `recheck` first and restarts it only when it is still
@@ -39,6 +44,56 @@ pub enum Decision {
     Recheck(String),
     /// Nothing to do.
     Leave(String),
+    /// Not yet: look again shortly (the sidecar has not loaded the pod filter yet).
+    Wait(String),
+}
+
+/// What the sidecar writes to its stderr once its pod filter is loaded (the same as
+/// `iac_core::plan::FILTER_INSTALLED_PREFIX`; the agent does not depend on iac-core, a test in
+/// iac-backends asserts they are equal).
+pub const FILTER_INSTALLED_PREFIX: &str = "iac-sidecar: pod filter installed: ";
+
+/// What the sidecar's log since its current start says about the pod filter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FilterSeen {
+    /// The line is there: the filter is in.
+    Loaded,
+    /// No such line yet.
+    NotYet,
+    /// The log cannot be read back (a log driver without read-back), with the engine's answer.
+    Unreadable(String),
+}
+
+impl FilterSeen {
+    /// Reads the sidecar's log text since its current start.
+    pub fn from_log(log: &str) -> FilterSeen {
+        if log
+            .lines()
+            .any(|l| l.trim_start().starts_with(FILTER_INSTALLED_PREFIX))
+        {
+            FilterSeen::Loaded
+        } else {
+            FilterSeen::NotYet
+        }
+    }
+}
+
+/// The gate on [`Decision::Start`]: start only once the sidecar's pod filter is in. A log that
+/// cannot be read back does not keep the pod down for good: the app is started and the reason
+/// says the filter was not confirmed. Any other decision passes unchanged.
+pub fn gate_start(decision: Decision, filter: &FilterSeen) -> Decision {
+    let Decision::Start(why) = decision else {
+        return decision;
+    };
+    match filter {
+        FilterSeen::Loaded => Decision::Start(format!("{why}; its pod filter is in")),
+        FilterSeen::NotYet => Decision::Wait(
+            "its sidecar runs but has not loaded the pod filter since it started".into(),
+        ),
+        FilterSeen::Unreadable(e) => Decision::Start(format!(
+            "{why}; its pod filter is not confirmed: the sidecar's log cannot be read back ({e})"
+        )),
+    }
 }
 
 /// The decision for an app and its sidecar. `rechecking`: this is the look again after
@@ -119,6 +174,25 @@ impl Stamp {
     }
 }
 
+impl Stamp {
+    /// Seconds and nanoseconds since the Unix epoch, as the engine's `since=` parameter takes
+    /// them (`1765129812.123456789`).
+    pub fn unix(&self) -> String {
+        let [y, m, d, hh, mm, ss, ns] = self.0;
+        // Days from civil (H. Hinnant's algorithm), for the proleptic Gregorian calendar.
+        let (y, m, d) = (i64::from(y), i64::from(m), i64::from(d));
+        let y = if m <= 2 { y - 1 } else { y };
+        let era = y.div_euclid(400);
+        let yoe = y - era * 400;
+        let mp = (m + 9) % 12;
+        let doy = (153 * mp + 2) / 5 + d - 1;
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        let days = era * 146_097 + doe - 719_468;
+        let secs = days * 86_400 + i64::from(hh) * 3600 + i64::from(mm) * 60 + i64::from(ss);
+        format!("{secs}.{ns:09}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,6 +210,19 @@ mod tests {
     }
 
     const NEVER: &str = "0001-01-01T00:00:00Z";
+
+    #[test]
+    fn stamps_convert_to_unix_time() {
+        assert_eq!(at("1970-01-01T00:00:01Z").unwrap().unix(), "1.000000000");
+        assert_eq!(
+            at("2026-12-07T17:50:12.5Z").unwrap().unix(),
+            "1796665812.500000000"
+        );
+        assert_eq!(
+            at("2000-03-01T00:00:00Z").unwrap().unix(),
+            "951868800.000000000"
+        );
+    }
 
     #[test]
     fn times_compare_as_times_not_as_strings() {
@@ -184,6 +271,50 @@ mod tests {
         let created = seen(false, NEVER, "");
         assert!(matches!(
             decide(&sidecar, &created, true),
+            Decision::Leave(_)
+        ));
+    }
+
+    #[test]
+    fn an_app_is_started_only_once_its_sidecar_loaded_the_pod_filter() {
+        let app = seen(
+            false,
+            "2026-12-07T10:00:00Z",
+            "cannot join network of a non running container",
+        );
+        let sidecar = seen(true, "2026-12-07T10:00:05Z", "");
+        let start = || decide(&sidecar, &app, false);
+        // The sidecar's stderr since its start: the line comes before Envoy's own.
+        let log = "[warn] something\niac-sidecar: pod filter installed: inbound tcp/15000 only\n[info] envoy starting\n";
+        assert_eq!(FilterSeen::from_log(log), FilterSeen::Loaded);
+        match gate_start(start(), &FilterSeen::from_log(log)) {
+            Decision::Start(why) => assert!(why.ends_with("its pod filter is in"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        // Not yet (nft still loading, or a line that merely mentions it).
+        for log in [
+            "",
+            "iac-sidecar: loading the pod filter\n",
+            "x iac-sidecar: pod filter installed: \n",
+        ] {
+            assert_eq!(FilterSeen::from_log(log), FilterSeen::NotYet, "{log:?}");
+            assert!(matches!(
+                gate_start(start(), &FilterSeen::from_log(log)),
+                Decision::Wait(_)
+            ));
+        }
+        // A log that cannot be read back: started, and the reason says so.
+        match gate_start(
+            start(),
+            &FilterSeen::Unreadable("logging driver none".into()),
+        ) {
+            Decision::Start(why) => assert!(why.contains("not confirmed"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        // Other decisions pass through.
+        let stopped = seen(false, "2026-12-07T10:00:06Z", "");
+        assert!(matches!(
+            gate_start(decide(&sidecar, &stopped, false), &FilterSeen::NotYet),
             Decision::Leave(_)
         ));
     }

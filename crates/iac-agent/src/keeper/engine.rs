@@ -3,17 +3,29 @@
 //! agent carries no HTTP client crate (it is copied into every app image and kept small), and
 //! these calls need none: a request line, `Host`, `Connection: close`, and a body that is either
 //! `Content-Length`, `chunked` or read to the end.
+//!
+//! Every call is bounded by [`Engine::timeout`] ([`CALL_TIMEOUT`] by default): a wedged engine
+//! (a hung daemon, a socket that accepts and never answers) makes the call fail, the keeper logs
+//! it and backs off, instead of hanging for good. A streamed answer (the event stream) is bounded
+//! up to its headers; the stream itself is long-lived by design.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
+
+/// How long one engine call may take by default (a restart waits up to 10 s for the app to stop
+/// before this).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The engine at `socket`.
 #[derive(Debug, Clone)]
 pub struct Engine {
     /// The engine's Unix socket (mounted into the keeper's container).
     pub socket: PathBuf,
+    /// The longest one call (connect, request, the whole answer) may take.
+    pub timeout: Duration,
 }
 
 /// An engine answer: status and the whole body.
@@ -111,22 +123,47 @@ impl Engine {
         Ok((status, Body { reader, framing }))
     }
 
-    /// `method path` and the whole answer (bodies are capped at 16 MiB).
-    pub async fn call(&self, method: &str, path: &str) -> Result<Reply, String> {
-        let (status, mut body) = self.send(method, path).await?;
-        let mut all = Vec::new();
-        while let Some(piece) = body.next().await? {
-            all.extend_from_slice(&piece);
-            if all.len() > 16 << 20 {
-                return Err(format!("{method} {path}: the answer exceeds 16 MiB"));
-            }
+    /// The engine at `socket`, calls bounded by [`CALL_TIMEOUT`].
+    pub fn new(socket: PathBuf) -> Engine {
+        Engine {
+            socket,
+            timeout: CALL_TIMEOUT,
         }
-        Ok(Reply { status, body: all })
     }
 
-    /// A streamed answer (`GET /events`): the status and the body, read piece by piece.
+    fn timed_out(&self, method: &str, path: &str) -> String {
+        format!(
+            "{method} {path} on {}: no answer within {} (the engine is wedged or overloaded)",
+            self.socket.display(),
+            humantime::format_duration(self.timeout)
+        )
+    }
+
+    /// `method path` and the whole answer (bodies are capped at 16 MiB), within
+    /// [`Engine::timeout`].
+    pub async fn call(&self, method: &str, path: &str) -> Result<Reply, String> {
+        let whole = async {
+            let (status, mut body) = self.send(method, path).await?;
+            let mut all = Vec::new();
+            while let Some(piece) = body.next().await? {
+                all.extend_from_slice(&piece);
+                if all.len() > 16 << 20 {
+                    return Err(format!("{method} {path}: the answer exceeds 16 MiB"));
+                }
+            }
+            Ok(Reply { status, body: all })
+        };
+        tokio::time::timeout(self.timeout, whole)
+            .await
+            .map_err(|_| self.timed_out(method, path))?
+    }
+
+    /// A streamed answer (`GET /events`): the status and the body, read piece by piece. The
+    /// status and headers must come within [`Engine::timeout`]; the body may take forever.
     pub async fn stream(&self, path: &str) -> Result<(u16, Body), String> {
-        self.send("GET", path).await
+        tokio::time::timeout(self.timeout, self.send("GET", path))
+            .await
+            .map_err(|_| self.timed_out("GET", path))?
     }
 }
 
@@ -193,6 +230,23 @@ impl Body {
     }
 }
 
+/// The text of a container log answer (`GET /containers/{id}/logs`): without a TTY the engine
+/// multiplexes stdout and stderr in frames (`[stream, 0, 0, 0, size as u32 big-endian]` then
+/// `size` bytes); with one it sends the bytes as they are. Frames are unwrapped; anything that
+/// is not a frame is taken as text.
+pub fn demux_log(raw: &[u8]) -> String {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut rest = raw;
+    while rest.len() >= 8 && rest[0] <= 2 && rest[1..4] == [0, 0, 0] {
+        let size = u32::from_be_bytes([rest[4], rest[5], rest[6], rest[7]]) as usize;
+        let end = (8 + size).min(rest.len());
+        out.extend_from_slice(&rest[8..end]);
+        rest = &rest[end..];
+    }
+    out.extend_from_slice(rest);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// `s` percent-encoded for a query string (everything but unreserved characters).
 pub fn query_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len() * 3);
@@ -223,7 +277,7 @@ mod tests {
             s.write_all(raw).await.unwrap();
             String::from_utf8_lossy(&req[..n]).into_owned()
         });
-        (Engine { socket }, task)
+        (Engine::new(socket), task)
     }
 
     #[tokio::test]
@@ -264,14 +318,56 @@ mod tests {
 
     #[tokio::test]
     async fn an_absent_engine_is_an_error_naming_the_socket() {
-        let e = Engine {
-            socket: "/nonexistent/engine.sock".into(),
-        };
+        let e = Engine::new("/nonexistent/engine.sock".into());
         let err = e.call("GET", "/_ping").await.unwrap_err();
         assert!(
             err.contains("/nonexistent/engine.sock") && err.contains("cannot connect"),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn an_engine_that_never_answers_times_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("engine.sock");
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        // Accepts, reads the request, never answers.
+        let hold = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut req = vec![0u8; 4096];
+            let _ = s.read(&mut req).await;
+            let (mut s2, _) = listener.accept().await.unwrap();
+            let _ = s2.read(&mut req).await;
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            drop((s, s2));
+        });
+        let e = Engine {
+            socket,
+            timeout: Duration::from_millis(200),
+        };
+        let t = std::time::Instant::now();
+        let err = e.call("POST", "/containers/x/start").await.unwrap_err();
+        assert!(
+            err.contains("POST /containers/x/start") && err.contains("no answer within 200ms"),
+            "{err}"
+        );
+        let err = e.stream("/events").await.err().expect("times out");
+        assert!(err.contains("GET /events"), "{err}");
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        hold.abort();
+    }
+
+    #[test]
+    fn multiplexed_and_raw_logs_read_as_text() {
+        let mut framed = vec![2, 0, 0, 0, 0, 0, 0, 6];
+        framed.extend_from_slice(b"line1\n");
+        framed.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 3]);
+        framed.extend_from_slice(b"ok\n");
+        assert_eq!(demux_log(&framed), "line1\nok\n");
+        assert_eq!(demux_log(b"plain tty text\n"), "plain tty text\n");
+        // A frame cut short keeps what arrived.
+        assert_eq!(demux_log(&[2, 0, 0, 0, 0, 0, 0, 9, b'a', b'b']), "ab");
+        assert_eq!(demux_log(b""), "");
     }
 
     #[test]

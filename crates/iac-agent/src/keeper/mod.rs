@@ -6,14 +6,16 @@
 //! (network mode `container:<sidecar>`) it tried to start before its sidecar was running. The
 //! keeper follows the engine's `start` events of the project's iac-managed containers (and looks
 //! at every pod when it starts, and again whenever it reconnects to the events): when a sidecar is
-//! running and its app's last start failed, it starts the app; when an app still runs in the
+//! running and its app's last start failed, it starts the app — once the sidecar's log since its
+//! current start says its pod filter is loaded ([`decide::gate_start`]); when an app still runs in the
 //! namespace its restarted sidecar left behind after `--keeper-recheck`, it restarts it
 //! ([`mod@decide`] has the rules). It only ever starts and restarts containers labelled
 //! `iac.managed-by=iac`, `iac.project=PROJECT`, `iac.role=app` whose sidecar is labelled the same
 //! with `iac.role=envoy`; it never creates, stops or removes anything. It logs every action on
 //! stderr (`docker logs`), and backs off on errors: a failed start is tried again after 1 s,
 //! doubling to `--keeper-backoff-max`; a lost event stream is followed again after 1 s, doubling
-//! to 30 s, then everything is looked at again.
+//! to 30 s, then everything is looked at again. Every engine call is bounded
+//! ([`engine::CALL_TIMEOUT`]): a wedged engine is an error and a back-off, never a hang.
 
 pub mod decide;
 pub mod engine;
@@ -25,8 +27,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::log::log;
-use decide::{Decision, Seen, Stamp, decide};
-use engine::{Engine, query_escape};
+use decide::{Decision, FilterSeen, Seen, Stamp, decide, gate_start};
+use engine::{Engine, demux_log, query_escape};
 
 /// The label values the keeper relies on (the same as `iac_core::stack`; the agent does not
 /// depend on iac-core).
@@ -311,6 +313,26 @@ async fn inspect(opts: &Options, id: &str) -> Result<Option<Inspected>, String> 
     }))
 }
 
+/// The stderr of sidecar `id` since `since` (its current start), as text. An engine whose log
+/// driver cannot read logs back answers an error, returned as such.
+async fn sidecar_log_since(opts: &Options, id: &str, since: Stamp) -> Result<String, String> {
+    let path = format!(
+        "/containers/{}/logs?stdout=0&stderr=1&since={}",
+        query_escape(id),
+        since.unix()
+    );
+    let reply = opts.engine.call("GET", &path).await?;
+    if reply.status != 200 {
+        return Err(format!(
+            "reading the log of sidecar {}: the engine answered {}: {}",
+            short(id),
+            reply.status,
+            String::from_utf8_lossy(&reply.body).trim()
+        ));
+    }
+    Ok(demux_log(&reply.body))
+}
+
 /// Whether `labels` make a container of this project with `role` that iac manages.
 fn ours(opts: &Options, labels: &serde_json::Value, role: &str) -> bool {
     labels[LABEL_MANAGED] == MANAGED_BY
@@ -379,9 +401,36 @@ async fn look_at_with(
     if !ours(opts, &sidecar.labels, "envoy") {
         return;
     }
-    match decide(&sidecar.seen, &app.seen, rechecking) {
+    let mut decision = decide(&sidecar.seen, &app.seen, rechecking);
+    if matches!(decision, Decision::Start(_)) {
+        let filter = match sidecar.seen.started_at {
+            Some(at) => match sidecar_log_since(opts, sidecar_id, at).await {
+                Ok(log) => FilterSeen::from_log(&log),
+                Err(e) => FilterSeen::Unreadable(e),
+            },
+            None => FilterSeen::NotYet,
+        };
+        decision = gate_start(decision, &filter);
+    }
+    match decision {
         Decision::Leave(_) => {
             pending.remove(id);
+        }
+        Decision::Wait(why) => {
+            let delay = backoff(failures, opts.backoff_max);
+            log(format!(
+                "keeper: {}: not starting yet: {why}; looking again in {}",
+                app.name,
+                humantime::format_duration(delay)
+            ));
+            pending.insert(
+                id.to_string(),
+                Pending {
+                    due: Instant::now() + delay,
+                    rechecking,
+                    failures: failures + 1,
+                },
+            );
         }
         Decision::Recheck(why) => {
             log(format!(

@@ -31,6 +31,15 @@ use crate::output_tail::OutputTail;
 use iac_core::addr::published;
 use iac_core::labels::{managed_filter, mark_managed};
 
+/// One tag of an image ([`Engine::image_tags`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageTag {
+    /// `repo:tag`.
+    pub tag: String,
+    /// When its image was created, seconds since the Unix epoch.
+    pub created: i64,
+}
+
 /// One container of the project as the engine reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Observed {
@@ -178,6 +187,14 @@ pub trait Engine: Send + Sync {
     /// Builds image `tag` from `context` (a tar holding a `Dockerfile` and what it copies),
     /// without network: every stage starts from `scratch` or a local image.
     async fn build_image(&self, tag: &str, context: Vec<u8>) -> Result<(), EngineError>;
+    /// Every tag `repo:*` on the engine, with its image's creation time.
+    async fn image_tags(&self, repo: &str) -> Result<Vec<ImageTag>, EngineError>;
+    /// The names of every container (any project, any state, managed or not) created from
+    /// image `image` (a tag or an id).
+    async fn image_users(&self, image: &str) -> Result<Vec<String>, EngineError>;
+    /// Removes the tag `tag` (the image goes with its last tag); never forced, so the engine
+    /// refuses (409, [`EngineError::is_conflict`]) while a container uses it.
+    async fn remove_image_tag(&self, tag: &str) -> Result<(), EngineError>;
 }
 
 /// Lines of a followed container's output shown as events (the rest is only counted).
@@ -723,6 +740,75 @@ impl Engine for BollardEngine {
                 e,
             )),
         }
+    }
+
+    async fn image_tags(&self, repo: &str) -> Result<Vec<ImageTag>, EngineError> {
+        let filters: HashMap<String, Vec<String>> =
+            HashMap::from([("reference".to_string(), vec![repo.to_string()])]);
+        let list = self
+            .docker
+            .list_images(Some(
+                bollard::query_parameters::ListImagesOptionsBuilder::new()
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .map_err(|e| EngineError::from_bollard(format!("list images {repo}"), e))?;
+        let prefix = format!("{repo}:");
+        Ok(list
+            .into_iter()
+            .flat_map(|i| {
+                let created = i.created;
+                i.repo_tags
+                    .into_iter()
+                    .filter(|t| t.starts_with(&prefix))
+                    .map(move |tag| ImageTag { tag, created })
+            })
+            .collect())
+    }
+
+    async fn image_users(&self, image: &str) -> Result<Vec<String>, EngineError> {
+        let filters: HashMap<String, Vec<String>> =
+            HashMap::from([("ancestor".to_string(), vec![image.to_string()])]);
+        let list = self
+            .docker
+            .list_containers(Some(
+                ListContainersOptionsBuilder::default()
+                    .all(true)
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .map_err(|e| {
+                EngineError::from_bollard(format!("list containers using image {image}"), e)
+            })?;
+        Ok(list
+            .into_iter()
+            .map(|c| {
+                c.names
+                    .and_then(|n| n.into_iter().next())
+                    .map(|n| n.trim_start_matches('/').to_string())
+                    .or(c.id)
+                    .unwrap_or_default()
+            })
+            .collect())
+    }
+
+    async fn remove_image_tag(&self, tag: &str) -> Result<(), EngineError> {
+        self.docker
+            .remove_image(
+                tag,
+                Some(
+                    bollard::query_parameters::RemoveImageOptionsBuilder::new()
+                        .force(false)
+                        .noprune(false)
+                        .build(),
+                ),
+                None,
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| EngineError::from_bollard(format!("remove image {tag}"), e))
     }
 
     async fn build_image(&self, tag: &str, context: Vec<u8>) -> Result<(), EngineError> {

@@ -32,7 +32,8 @@ use bollard::Docker;
 #[cfg(test)]
 pub use containers::MockEngine;
 pub use containers::{
-    BollardEngine, Engine, ExecOutput, ExitState, LogWait, NetworkInfo, Observed, create_body,
+    BollardEngine, Engine, ExecOutput, ExitState, ImageTag, LogWait, NetworkInfo, Observed,
+    create_body,
 };
 pub use error::EngineError;
 #[cfg(test)]

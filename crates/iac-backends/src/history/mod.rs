@@ -17,6 +17,7 @@ use std::sync::Arc;
 use iac_core::ProjectName;
 use iac_core::history::{
     HistoryError, HistoryKind, HistoryQuery, HistoryStatus, HistoryStore, HistorySummary, MAX_PAGE,
+    RunningRecord,
 };
 use serde::de::DeserializeOwned;
 
@@ -145,6 +146,20 @@ pub(crate) fn into_page(
             .map(SummaryRow::into_summary)
             .collect::<Result<_, _>>()?,
         next_cursor,
+    })
+}
+
+/// A `running` row (id, project, owner JSON) as a [`RunningRecord`].
+pub(crate) fn running_record(
+    id: String,
+    project: &str,
+    owner: Option<&str>,
+) -> Result<RunningRecord, HistoryError> {
+    Ok(RunningRecord {
+        project: ProjectName::new(project)
+            .map_err(|e| HistoryError::Corrupt(format!("record {id}: project: {e}")))?,
+        owner: from_json_opt(&id, "owner", owner)?,
+        id,
     })
 }
 

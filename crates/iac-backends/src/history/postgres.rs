@@ -12,18 +12,19 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
-use iac_core::DeployEvent;
 use iac_core::history::{
     HistoryEntry, HistoryError, HistoryFinish, HistoryPage, HistoryQuery, HistoryStart,
-    HistoryStatus, HistoryStore, LogTail, Retention, redact_url, rfc3339_millis, system_millis,
+    HistoryStatus, HistoryStore, LogTail, Retention, RunningRecord, redact_url, rfc3339_millis,
+    system_millis,
 };
+use iac_core::{DeployEvent, ProjectName};
 use tokio::sync::Mutex;
 use tokio_postgres::{Client, GenericClient, NoTls, Row};
 
 use super::jsonl::EventLog;
 use super::{
     SUMMARY_COLUMNS, SummaryRow, check_id, check_version, from_json, from_json_opt, into_page,
-    page_bounds, to_json,
+    page_bounds, running_record, to_json,
 };
 
 /// The schema, one entry per version (index 0 = version 1). Never edit a released entry: add one.
@@ -68,6 +69,9 @@ pub const MIGRATIONS: &[&str] = &[
         truncated BOOLEAN NOT NULL
     );
     CREATE INDEX iac_log_tails_by_deployment ON iac_log_tails (deployment, n);",
+    // 3: who runs a record (host, boot id, pid, start time), to tell a killed run.
+    "ALTER TABLE iac_deployments ADD COLUMN owner TEXT;
+    CREATE INDEX iac_deployments_running ON iac_deployments (status) WHERE status = 'running';",
 ];
 
 /// The advisory lock key that serializes migrations across control planes ("iachist").
@@ -144,6 +148,44 @@ impl PostgresHistory {
             *g = open_conn(&self.url, &self.location).await?;
         }
         Ok(g)
+    }
+
+    /// Writes a finish; with `only_running`, only to a record still `running` (returns whether
+    /// it wrote). Without, an unknown id is [`HistoryError::NotFound`].
+    async fn finish_where(
+        &self,
+        id: &str,
+        f: &HistoryFinish,
+        only_running: bool,
+    ) -> Result<bool, HistoryError> {
+        check_id(id)?;
+        let outcomes = to_json(&f.outcomes)?;
+        let report = f.report.as_ref().map(to_json).transpose()?;
+        let removed = to_json(&f.removed)?;
+        let g = self.conn().await?;
+        let c = &g.client;
+        let n = c
+            .execute(
+                "UPDATE iac_deployments SET status = $2, finished_at = $3, outcomes = $4, report = $5, removed = $6, error = $7, error_code = $8
+                 WHERE id = $1 AND (NOT $9 OR status = 'running')",
+                &[
+                    &id,
+                    &f.status.as_str(),
+                    &f.finished_at,
+                    &outcomes,
+                    &report,
+                    &removed,
+                    &f.error,
+                    &f.error_code,
+                    &only_running,
+                ],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        if n == 0 && !only_running {
+            return Err(HistoryError::NotFound(id.to_string()));
+        }
+        Ok(n > 0)
     }
 
     fn err(&self, e: impl std::fmt::Display) -> HistoryError {
@@ -226,11 +268,12 @@ impl HistoryStore for PostgresHistory {
         check_id(&s.id)?;
         let started_ms = rfc3339_millis(&s.started_at)?;
         let services = to_json(&s.services)?;
+        let owner = s.owner.as_ref().map(to_json).transpose()?;
         let g = self.conn().await?;
         let c = &g.client;
         c.execute(
-            "INSERT INTO iac_deployments (id, project, kind, status, who, origin, started_at, started_ms, services, repos)
-             VALUES ($1, $2, $3, 'running', $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO iac_deployments (id, project, kind, status, who, origin, started_at, started_ms, services, repos, owner)
+             VALUES ($1, $2, $3, 'running', $4, $5, $6, $7, $8, $9, $10)",
             &[
                 &s.id,
                 &s.project.as_str(),
@@ -241,6 +284,7 @@ impl HistoryStore for PostgresHistory {
                 &started_ms,
                 &services,
                 &s.repos,
+                &owner,
             ],
         )
         .await
@@ -271,33 +315,31 @@ impl HistoryStore for PostgresHistory {
     }
 
     async fn finish(&self, id: &str, f: &HistoryFinish) -> Result<(), HistoryError> {
-        check_id(id)?;
-        let outcomes = to_json(&f.outcomes)?;
-        let report = f.report.as_ref().map(to_json).transpose()?;
-        let removed = to_json(&f.removed)?;
+        self.finish_where(id, f, false).await.map(|_| ())
+    }
+
+    async fn finish_if_running(&self, id: &str, f: &HistoryFinish) -> Result<bool, HistoryError> {
+        self.finish_where(id, f, true).await
+    }
+
+    async fn running(
+        &self,
+        project: Option<&ProjectName>,
+    ) -> Result<Vec<RunningRecord>, HistoryError> {
+        let project = project.map(|p| p.to_string());
         let g = self.conn().await?;
-        let c = &g.client;
-        let n = c
-            .execute(
-                "UPDATE iac_deployments SET status = $2, finished_at = $3, outcomes = $4, report = $5, removed = $6, error = $7, error_code = $8
-                 WHERE id = $1",
-                &[
-                    &id,
-                    &f.status.as_str(),
-                    &f.finished_at,
-                    &outcomes,
-                    &report,
-                    &removed,
-                    &f.error,
-                    &f.error_code,
-                ],
+        let rows = g
+            .client
+            .query(
+                "SELECT id, project, owner FROM iac_deployments
+                 WHERE status = 'running' AND ($1::TEXT IS NULL OR project = $1) ORDER BY seq",
+                &[&project],
             )
             .await
             .map_err(|e| self.err(e))?;
-        if n == 0 {
-            return Err(HistoryError::NotFound(id.to_string()));
-        }
-        Ok(())
+        rows.iter()
+            .map(|r| running_record(r.get(0), r.get(1), r.get(2)))
+            .collect()
     }
 
     async fn attach_log_tail(&self, id: &str, t: &LogTail) -> Result<(), HistoryError> {

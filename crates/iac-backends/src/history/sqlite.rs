@@ -13,17 +13,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use iac_core::DeployEvent;
 use iac_core::history::{
     HistoryEntry, HistoryError, HistoryFinish, HistoryPage, HistoryQuery, HistoryStart,
-    HistoryStatus, HistoryStore, LogTail, Retention, rfc3339_millis, system_millis,
+    HistoryStatus, HistoryStore, LogTail, Retention, RunningRecord, rfc3339_millis, system_millis,
 };
+use iac_core::{DeployEvent, ProjectName};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::jsonl::{EventLog, private_dir};
 use super::{
     SUMMARY_COLUMNS, SummaryRow, check_id, check_version, from_json, from_json_opt, into_page,
-    page_bounds, to_json,
+    page_bounds, running_record, to_json,
 };
 
 /// The schema, one entry per version (index 0 = version 1). Never edit a released entry: add one.
@@ -68,6 +68,9 @@ pub const MIGRATIONS: &[&str] = &[
         truncated INTEGER NOT NULL
     );
     CREATE INDEX log_tails_by_deployment ON log_tails (deployment, n);",
+    // 3: who runs a record (host, boot id, pid, start time), to tell a killed run.
+    "ALTER TABLE deployments ADD COLUMN owner TEXT;
+    CREATE INDEX deployments_running ON deployments (status) WHERE status = 'running';",
 ];
 
 /// How long a writer waits for another process's write (a CLI deploy beside `iac serve`).
@@ -135,6 +138,45 @@ impl SqliteHistory {
             path: path.to_path_buf(),
             log,
         })
+    }
+
+    /// Writes a finish; with `only_running`, only to a record still `running` (returns whether
+    /// it wrote). Without, an unknown id is [`HistoryError::NotFound`].
+    async fn finish_where(
+        &self,
+        id: &str,
+        f: &HistoryFinish,
+        only_running: bool,
+    ) -> Result<bool, HistoryError> {
+        check_id(id)?;
+        let outcomes = to_json(&f.outcomes)?;
+        let report = f.report.as_ref().map(to_json).transpose()?;
+        let removed = to_json(&f.removed)?;
+        let (id, f) = (id.to_string(), f.clone());
+        self.with(move |c, path, _| {
+            let n = c
+                .execute(
+                    "UPDATE deployments SET status = ?2, finished_at = ?3, outcomes = ?4, report = ?5, removed = ?6, error = ?7, error_code = ?8
+                     WHERE id = ?1 AND (?9 = 0 OR status = 'running')",
+                    params![
+                        id,
+                        f.status.as_str(),
+                        f.finished_at,
+                        outcomes,
+                        report,
+                        removed,
+                        f.error,
+                        f.error_code,
+                        only_running
+                    ],
+                )
+                .map_err(|e| db_err(path, e))?;
+            if n == 0 && !only_running {
+                return Err(HistoryError::NotFound(id));
+            }
+            Ok(n > 0)
+        })
+        .await
     }
 
     /// The database file.
@@ -232,11 +274,12 @@ impl HistoryStore for SqliteHistory {
         check_id(&s.id)?;
         let started_ms = rfc3339_millis(&s.started_at)?;
         let services = to_json(&s.services)?;
+        let owner = s.owner.as_ref().map(to_json).transpose()?;
         let s = s.clone();
         self.with(move |c, path, _| {
             c.execute(
-                "INSERT INTO deployments (id, project, kind, status, who, origin, started_at, started_ms, services, repos)
-                 VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT INTO deployments (id, project, kind, status, who, origin, started_at, started_ms, services, repos, owner)
+                 VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 params![
                     s.id,
                     s.project.as_str(),
@@ -246,7 +289,8 @@ impl HistoryStore for SqliteHistory {
                     s.started_at,
                     started_ms,
                     services,
-                    s.repos
+                    s.repos,
+                    owner
                 ],
             )
             .map_err(|e| db_err(path, format!("record {}: {e}", s.id)))?;
@@ -277,32 +321,39 @@ impl HistoryStore for SqliteHistory {
     }
 
     async fn finish(&self, id: &str, f: &HistoryFinish) -> Result<(), HistoryError> {
-        check_id(id)?;
-        let outcomes = to_json(&f.outcomes)?;
-        let report = f.report.as_ref().map(to_json).transpose()?;
-        let removed = to_json(&f.removed)?;
-        let (id, f) = (id.to_string(), f.clone());
+        self.finish_where(id, f, false).await.map(|_| ())
+    }
+
+    async fn finish_if_running(&self, id: &str, f: &HistoryFinish) -> Result<bool, HistoryError> {
+        self.finish_where(id, f, true).await
+    }
+
+    async fn running(
+        &self,
+        project: Option<&ProjectName>,
+    ) -> Result<Vec<RunningRecord>, HistoryError> {
+        let project = project.map(|p| p.to_string());
         self.with(move |c, path, _| {
-            let n = c
-                .execute(
-                    "UPDATE deployments SET status = ?2, finished_at = ?3, outcomes = ?4, report = ?5, removed = ?6, error = ?7, error_code = ?8
-                     WHERE id = ?1",
-                    params![
-                        id,
-                        f.status.as_str(),
-                        f.finished_at,
-                        outcomes,
-                        report,
-                        removed,
-                        f.error,
-                        f.error_code
-                    ],
+            let mut st = c
+                .prepare(
+                    "SELECT id, project, owner FROM deployments
+                     WHERE status = 'running' AND (?1 IS NULL OR project = ?1) ORDER BY seq",
                 )
                 .map_err(|e| db_err(path, e))?;
-            if n == 0 {
-                return Err(HistoryError::NotFound(id));
-            }
-            Ok(())
+            let rows = st
+                .query_map(params![project], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Option<String>>(2)?,
+                    ))
+                })
+                .map_err(|e| db_err(path, e))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| db_err(path, e))?;
+            rows.into_iter()
+                .map(|(id, project, owner)| running_record(id, &project, owner.as_deref()))
+                .collect()
         })
         .await
     }

@@ -122,7 +122,8 @@ pub trait ControlPlaneBackend: Send + Sync {
     /// Runs one deploy to completion, emitting progress on `events`. A service failing is a
     /// report with `ok: false`, not an `Err`; `Err` is for "could not even start" (the stream
     /// then ends with an error line instead of a report). Never called twice concurrently for
-    /// the same project: the API answers 409 first.
+    /// the same project from this server: the API answers 409 first (another process, such as
+    /// a CLI deploy, may still take the project's deploy lock first: the deploy then waits).
     async fn deploy(&self, input: DeployInput, events: Events) -> Result<DeployReport, ApiError>;
 
     /// Removes everything the project runs; returns the removed objects' names.

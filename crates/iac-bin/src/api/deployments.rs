@@ -1,6 +1,7 @@
 //! The deployment store and runner: starts deploys in their own tasks (a client disconnecting
 //! never cancels a deploy), enforces one deploy/destroy at a time per project (a second one gets
-//! 409 — it is not queued), keeps deployments in memory (events capped per deployment) for
+//! 409 naming the holder — it is not queued —, also when another process such as a CLI deploy
+//! holds the project's deploy lock: [`Deployments::with_projects_dir`]), keeps deployments in memory (events capped per deployment) for
 //! `GET /deployments/{id}`, and hands each caller a bounded channel of [`StreamItem`]s: every
 //! event, then the report (or an error) as the last item.
 //!
@@ -23,8 +24,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use iac_core::history::{
-    HistoryEntry, HistoryFinish, HistoryKind, HistoryStart, HistoryStatus, HistoryStore, LogTail,
-    Recorder, Retention, ServiceOutcome,
+    HistoryEntry, HistoryFinish, HistoryKind, HistoryStart, HistoryStatus, HistoryStore,
+    LocalProcesses, LogTail, Recorder, Retention, RunOwner, ServiceOutcome,
 };
 use iac_core::lossy::{self, LossyReceiver, LossySender};
 use iac_core::{DeployEvent, DeployReport, Events, ProjectName, Stage};
@@ -64,7 +65,7 @@ impl StreamItem {
     }
 }
 
-/// Running, succeeded, failed or error: the history's status.
+/// Running, succeeded, failed, error or interrupted: the history's status.
 pub type DeploymentStatus = HistoryStatus;
 
 /// Where the history is and how much of it is kept (`[history]`).
@@ -86,7 +87,7 @@ pub struct DeploymentRecord {
     /// `deploy` or `destroy`.
     #[serde(default = "deploy_kind")]
     pub kind: HistoryKind,
-    /// running, succeeded, failed or error.
+    /// running, succeeded, failed, error or interrupted (its process died while it ran).
     pub status: DeploymentStatus,
     /// Where it came from: `http`, `grpc` or `cli`.
     pub origin: String,
@@ -173,7 +174,7 @@ pub struct DeploymentSummary {
     /// `deploy` or `destroy`.
     #[serde(default = "deploy_kind")]
     pub kind: HistoryKind,
-    /// running, succeeded, failed or error.
+    /// running, succeeded, failed, error or interrupted (its process died while it ran).
     pub status: DeploymentStatus,
     /// Where it came from: `http`, `grpc` or `cli`.
     pub origin: String,
@@ -277,6 +278,8 @@ pub struct Deployments {
     limits: Limits,
     tracker: TaskTracker,
     history: History,
+    /// `<state_dir>/projects`: each project's `deploy.lock` is checked too (another process).
+    projects_dir: Option<Arc<std::path::PathBuf>>,
 }
 
 /// Holds a project busy until dropped.
@@ -310,12 +313,38 @@ impl Deployments {
             },
             tracker: TaskTracker::new(),
             history,
+            projects_dir: None,
         }
+    }
+
+    /// Also refuses a project whose deploy lock (`<dir>/<project>/deploy.lock`) another process
+    /// holds — a CLI deploy or destroy, another `iac serve` — naming it (`None`: not checked).
+    pub fn with_projects_dir(mut self, dir: Option<std::path::PathBuf>) -> Self {
+        self.projects_dir = dir.map(Arc::new);
+        self
     }
 
     /// The history store.
     pub fn history(&self) -> &History {
         &self.history
+    }
+
+    /// Finishes as `interrupted` the history's `running` records (of `project`, else all) whose
+    /// process on this host provably died (a killed CLI deploy, an `iac serve` killed before a
+    /// restart); called before the history is read and when a deploy starts. Logged, never an
+    /// error.
+    pub async fn settle_interrupted(&self, project: Option<&ProjectName>) {
+        let now = iac_core::event::now_rfc3339();
+        if let Err(e) = iac_core::history::mark_interrupted(
+            self.history.store.as_ref(),
+            project,
+            &LocalProcesses,
+            &now,
+        )
+        .await
+        {
+            tracing::warn!("deployment history: interrupted runs not marked: {e}");
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -329,6 +358,24 @@ impl Deployments {
             return Err(ApiError::conflict(format!(
                 "project {project} is busy with {holder}; a second deploy or destroy is refused, not queued — retry when it has finished"
             )));
+        }
+        if let Some(dir) = &self.projects_dir {
+            let lock = dir.join(project.as_str()).join("deploy.lock");
+            match iac_core::fsutil::FileLock::holder_if_held(&lock) {
+                Ok(None) => {}
+                Ok(Some(holder)) => {
+                    return Err(ApiError::conflict(format!(
+                        "project {project} is busy: another process holds its deploy lock ({}): {holder}; a deploy or destroy is refused, not queued — retry when it has finished",
+                        lock.display()
+                    )));
+                }
+                Err(e) => {
+                    return Err(ApiError::unavailable(format!(
+                        "project {project}: cannot read its deploy lock {}: {e}",
+                        lock.display()
+                    )));
+                }
+            }
         }
         g.busy.insert(project.clone(), what.to_string());
         Ok(ProjectGuard {
@@ -353,6 +400,7 @@ impl Deployments {
         {
             return Ok(memory);
         }
+        self.settle_interrupted(None).await;
         match self.history.store.get(&id.to_string()).await {
             Ok(Some(e)) => DeploymentRecord::from_history(e, self.limits.max_events).map(Some),
             Ok(None) => Ok(memory),
@@ -406,6 +454,7 @@ impl Deployments {
             }
         }
         let guard = self.reserve(&input.project, &format!("deployment {id}"))?;
+        self.settle_interrupted(Some(&input.project)).await;
         let repos = Some(repos);
         let record = DeploymentRecord {
             id,
@@ -437,6 +486,7 @@ impl Deployments {
                 started_at: record.started_at.clone(),
                 services: record.services.clone(),
                 repos: record.repos.clone(),
+                owner: RunOwner::current(&LocalProcesses),
             },
             Some(self.history.retention),
         )
@@ -530,6 +580,7 @@ impl Deployments {
     ) -> Result<Vec<String>, ApiError> {
         let id = Uuid::new_v4();
         let guard = self.reserve(&project, "a destroy")?;
+        self.settle_interrupted(Some(&project)).await;
         let recorder = Recorder::start(
             self.history.store.clone(),
             HistoryStart {
@@ -541,6 +592,7 @@ impl Deployments {
                 started_at: iac_core::event::now_rfc3339(),
                 services: Vec::new(),
                 repos: None,
+                owner: RunOwner::current(&LocalProcesses),
             },
             Some(self.history.retention),
         )

@@ -105,6 +105,11 @@ pub struct ServeConfig {
     /// with a `deadline_exceeded` error, its record is finished and its project released.
     #[serde(skip)]
     pub deploy_deadline: Duration,
+    /// Where the projects' deploy locks are (`<state_dir>/projects`, copied by `iac serve`): a
+    /// deploy or destroy of a project whose lock another process (a CLI deploy, another
+    /// control plane) holds is refused with 409 naming it. `None` (tests): not checked.
+    #[serde(skip)]
+    pub projects_dir: Option<PathBuf>,
     /// How long `GET /health` waits for the engine.
     #[serde(with = "iac_core::duration")]
     pub engine_ping_timeout: Duration,
@@ -150,6 +155,7 @@ impl Default for ServeConfig {
             deployment_ttl: Duration::from_secs(3600),
             allow_local_sources: false,
             deploy_deadline: Duration::from_secs(30 * 60),
+            projects_dir: None,
             engine_ping_timeout: Duration::from_secs(3),
             shutdown_timeout: Duration::from_secs(600),
             auth_failure_limit: 10,
@@ -231,7 +237,8 @@ impl Server {
             Err(e) => tracing::warn!("deployment history: retention failed: {e}"),
         }
         let deployments =
-            deployments::Deployments::new(deployments::Limits::from_config(&cfg), history);
+            deployments::Deployments::new(deployments::Limits::from_config(&cfg), history)
+                .with_projects_dir(cfg.projects_dir.clone());
         let router = routes::router(
             backend,
             auth,

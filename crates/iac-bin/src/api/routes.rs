@@ -550,6 +550,7 @@ async fn list_deployments(
     }
     // The store pages over every project; records the caller may not read are skipped, so a
     // page is filled from as many store pages as it takes (bounded).
+    st.deployments.settle_interrupted(project.as_ref()).await;
     let mut out: Vec<DeploymentSummary> = Vec::new();
     let mut cursor = q.cursor.clone().filter(|c| !c.is_empty());
     let mut next = None;

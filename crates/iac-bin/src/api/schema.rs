@@ -637,7 +637,7 @@ pub struct DeploymentSchema {
     pub project: String,
     /// deploy or destroy.
     pub kind: String,
-    /// running, succeeded, failed, error.
+    /// running, succeeded, failed, error or interrupted (its process died while it ran).
     pub status: String,
     /// http, grpc or cli.
     pub origin: String,
@@ -678,7 +678,7 @@ pub struct DeploymentSummarySchema {
     pub project: String,
     /// deploy or destroy.
     pub kind: String,
-    /// running, succeeded, failed, error.
+    /// running, succeeded, failed, error or interrupted (its process died while it ran).
     pub status: String,
     /// http, grpc or cli.
     pub origin: String,

@@ -26,6 +26,7 @@ pub async fn history_list(
         .map(|p| ProjectName::new(p).with_context(|| format!("--project {p:?}")))
         .transpose()?;
     let store = cfg.history.open(&cfg.state_dir).await?;
+    super::record::settle_interrupted(store.as_ref(), project.as_ref()).await;
     let page = store
         .list(&HistoryQuery {
             project,
@@ -44,6 +45,7 @@ pub async fn history_list(
 /// `iac history show ID`.
 pub async fn history_show(cfg: IacConfig, id: &str, json: bool) -> anyhow::Result<ExitCode> {
     let store = cfg.history.open(&cfg.state_dir).await?;
+    super::record::settle_interrupted(store.as_ref(), None).await;
     let Some(entry) = store.get(id).await? else {
         anyhow::bail!(
             "no deployment {id:?} in the history ({}); `iac history` lists the recorded ones",
@@ -75,12 +77,12 @@ pub fn render_list(items: &[HistorySummary]) -> String {
         return "no deployments recorded\n".to_string();
     }
     let mut out = format!(
-        "{:<36}  {:<16} {:<7}  {:<9}  {:<20} {:<24} {:>7}  SERVICES\n",
+        "{:<36}  {:<16} {:<7}  {:<11}  {:<20} {:<24} {:>7}  SERVICES\n",
         "ID", "PROJECT", "KIND", "STATUS", "WHO", "STARTED", "TOOK"
     );
     for s in items {
         out.push_str(&format!(
-            "{:<36}  {:<16} {:<7}  {:<9}  {:<20} {:<24} {:>7}  {}\n",
+            "{:<36}  {:<16} {:<7}  {:<11}  {:<20} {:<24} {:>7}  {}\n",
             s.id,
             s.project.as_str(),
             s.kind.as_str(),

@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use iac_core::ProjectName;
-use iac_core::history::{HistoryKind, HistoryStart, HistoryStore, Recorder};
+use iac_core::history::{
+    HistoryKind, HistoryStart, HistoryStore, LocalProcesses, Recorder, RunOwner, mark_interrupted,
+};
 
 use crate::config::IacConfig;
 
@@ -30,7 +32,17 @@ pub async fn open_store(cfg: &IacConfig) -> Option<Arc<dyn HistoryStore>> {
     }
 }
 
-/// Starts recording a CLI deploy or destroy (`None` when the history cannot be opened).
+/// Finishes as `interrupted` the `running` records (of `project`, else all) whose process on
+/// this host provably died ([`mark_interrupted`]); a failure is a warning, never an error.
+pub async fn settle_interrupted(store: &dyn HistoryStore, project: Option<&ProjectName>) {
+    let now = iac_core::event::now_rfc3339();
+    if let Err(e) = mark_interrupted(store, project, &LocalProcesses, &now).await {
+        eprintln!("warning: {e:#}; runs killed earlier may still show as running");
+    }
+}
+
+/// Starts recording a CLI deploy or destroy (`None` when the history cannot be opened); the
+/// project's earlier runs whose process provably died are marked `interrupted` first.
 pub async fn start(
     cfg: &IacConfig,
     project: &ProjectName,
@@ -39,6 +51,7 @@ pub async fn start(
     repos: Option<String>,
 ) -> Option<Recorder> {
     let store = open_store(cfg).await?;
+    settle_interrupted(store.as_ref(), Some(project)).await;
     let recorder = Recorder::start(
         store,
         HistoryStart {
@@ -50,6 +63,7 @@ pub async fn start(
             started_at: iac_core::event::now_rfc3339(),
             services,
             repos,
+            owner: RunOwner::current(&LocalProcesses),
         },
         Some(cfg.history.retention()),
     )

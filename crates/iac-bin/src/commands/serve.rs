@@ -22,6 +22,7 @@ pub async fn serve(
 ) -> anyhow::Result<ExitCode> {
     let mut serve_cfg: ServeConfig = cfg.serve.clone();
     serve_cfg.deploy_deadline = cfg.deploy_deadline;
+    serve_cfg.projects_dir = Some(cfg.state_dir.join("projects"));
     let http_given = http.is_some();
     if let Some(h) = http {
         serve_cfg.http_addr = h

@@ -17,8 +17,13 @@ use crate::event::DeployEvent;
 use crate::name::ProjectName;
 use crate::report::{DeployReport, StageTiming};
 
+mod owner;
 mod recorder;
 
+pub use owner::{
+    HostIdentity, INTERRUPTED_CODE, LocalProcesses, ProcessState, ProcessView, RunOwner,
+    RunningRecord, Verdict, judge, mark_interrupted, parse_stat,
+};
 pub use recorder::Recorder;
 
 pub use crate::log_tail::{LOG_TAIL_BYTES, LOG_TAIL_LINES, LogTail};
@@ -61,7 +66,8 @@ impl HistoryKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HistoryStatus {
-    /// Still running (or its process died before finishing it).
+    /// Still running (or its process died before finishing it and nothing has proved that
+    /// yet: see [`HistoryStatus::Interrupted`]).
     Running,
     /// Finished and every service is healthy (a destroy: everything removed).
     Succeeded,
@@ -69,6 +75,9 @@ pub enum HistoryStatus {
     Failed,
     /// Could not run at all.
     Error,
+    /// Never finished: its process provably died (killed, or the host rebooted) while it ran
+    /// ([`mark_interrupted`]).
+    Interrupted,
 }
 
 impl HistoryStatus {
@@ -79,6 +88,7 @@ impl HistoryStatus {
             HistoryStatus::Succeeded => "succeeded",
             HistoryStatus::Failed => "failed",
             HistoryStatus::Error => "error",
+            HistoryStatus::Interrupted => "interrupted",
         }
     }
 
@@ -89,8 +99,9 @@ impl HistoryStatus {
             "succeeded" => Ok(HistoryStatus::Succeeded),
             "failed" => Ok(HistoryStatus::Failed),
             "error" => Ok(HistoryStatus::Error),
+            "interrupted" => Ok(HistoryStatus::Interrupted),
             other => Err(HistoryError::Corrupt(format!(
-                "status {other:?}: expected running, succeeded, failed or error"
+                "status {other:?}: expected running, succeeded, failed, error or interrupted"
             ))),
         }
     }
@@ -116,6 +127,10 @@ pub struct HistoryStart {
     /// The repos file text (the CLI's file, or the API request's services as JSON); `None` for
     /// a destroy.
     pub repos: Option<String>,
+    /// The process running it ([`RunOwner::current`]); `None` when the host could not be
+    /// identified (such a record is never marked interrupted).
+    #[serde(default)]
+    pub owner: Option<RunOwner>,
 }
 
 /// One service's outcome.
@@ -358,6 +373,20 @@ pub trait HistoryStore: Send + Sync {
     /// Removes finished records beyond `retention` as of `now`; returns how many. Running
     /// records are never removed.
     async fn prune(&self, retention: &Retention, now: SystemTime) -> Result<u64, HistoryError>;
+
+    /// The `running` records (of `project`, else all), with their owners.
+    async fn running(
+        &self,
+        project: Option<&ProjectName>,
+    ) -> Result<Vec<RunningRecord>, HistoryError>;
+
+    /// Finishes record `id` only if it is still `running` (one conditional write: a record its
+    /// owner finished meanwhile keeps that finish); returns whether it did.
+    async fn finish_if_running(
+        &self,
+        id: &str,
+        finish: &HistoryFinish,
+    ) -> Result<bool, HistoryError>;
 }
 
 /// Where a store is (for messages and `iac config show`): a URL with its password replaced by
@@ -404,6 +433,7 @@ mod tests {
             HistoryStatus::Succeeded,
             HistoryStatus::Failed,
             HistoryStatus::Error,
+            HistoryStatus::Interrupted,
         ] {
             assert_eq!(HistoryStatus::parse(s.as_str()).unwrap(), s);
         }

@@ -192,6 +192,19 @@ mod tests {
             *self.pruned.lock().unwrap() += 1;
             Ok(0)
         }
+        async fn running(
+            &self,
+            _: Option<&ProjectName>,
+        ) -> Result<Vec<crate::history::RunningRecord>, HistoryError> {
+            unreachable!()
+        }
+        async fn finish_if_running(
+            &self,
+            _: &str,
+            _: &HistoryFinish,
+        ) -> Result<bool, HistoryError> {
+            unreachable!()
+        }
     }
 
     fn start(id: &str) -> HistoryStart {
@@ -204,6 +217,7 @@ mod tests {
             started_at: "2026-01-01T00:00:00.000Z".into(),
             services: vec![],
             repos: None,
+            owner: None,
         }
     }
 

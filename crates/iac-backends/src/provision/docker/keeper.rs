@@ -14,9 +14,18 @@
 //! labels), and it carries no `iac.service` label, so reconciling never takes it for a pod.
 //! The spec (pure, [`keeper_spec`]) and the image's Dockerfile ([`keeper_dockerfile`]) have
 //! golden tests; `DockerProvisioner::ensure_keeper` acts through the [`crate::engine::Engine`] trait.
+//!
+//! Keeper images are garbage-collected on every deploy and destroy that runs a keeper: a tag
+//! `iac/keeper:*` other than the current agent's, whose image is older than
+//! [`KEEPER_IMAGE_GRACE`] and that no container at all (any project, any state) was created
+//! from, is removed — never forced, so an image a container uses is refused by the engine even
+//! if one appeared meanwhile. The grace keeps an image another deploy has just built for its
+//! keeper (built, its keeper not created yet). The current agent's image stays for the next
+//! deploy (one image of about 5 MB). [`collectable`] is the pure choice.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 
@@ -27,6 +36,27 @@ use iac_core::{
 };
 
 use super::{DockerProvisioner, EngineError, short_id};
+use crate::engine::ImageTag;
+
+/// Keeper images younger than this are never collected (another deploy may have just built one
+/// for a keeper it has not created yet).
+pub const KEEPER_IMAGE_GRACE: Duration = Duration::from_secs(600);
+
+/// The keeper tags worth asking about (pure): every `tags` entry but `keep`, whose image was
+/// created at least `grace` before `now` (seconds since the Unix epoch). Whether a container
+/// uses it is asked of the engine afterwards, tag by tag.
+pub fn collectable(tags: &[ImageTag], keep: &str, now: i64, grace: Duration) -> Vec<String> {
+    let cutoff = now.saturating_sub(grace.as_secs().min(i64::MAX as u64) as i64);
+    let mut out: Vec<String> = tags
+        .iter()
+        .filter(|t| t.tag != keep && t.tag.starts_with(&format!("{KEEPER_IMAGE_REPO}:")))
+        .filter(|t| t.created <= cutoff)
+        .map(|t| t.tag.clone())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
 
 /// The keeper image's repository; the tag is the agent binary's digest (12 hex digits).
 pub const KEEPER_IMAGE_REPO: &str = "iac/keeper";
@@ -153,9 +183,8 @@ fn context(dockerfile: &str, agent: &[u8]) -> Result<Vec<u8>, std::io::Error> {
 }
 
 impl DockerProvisioner {
-    /// Makes sure the project's keeper runs the current spec: builds its image when missing,
-    /// leaves a running keeper of the same spec alone, starts a stopped one, replaces one of
-    /// another spec. Does nothing without a [`KeeperSetup`].
+    /// Makes sure the project's keeper runs the current spec (see `run_keeper`), then collects
+    /// the keeper images nothing uses. Does nothing without a [`KeeperSetup`].
     pub(super) async fn ensure_keeper(
         &self,
         project: &ProjectName,
@@ -164,6 +193,74 @@ impl DockerProvisioner {
         let Some(setup) = &self.keeper else {
             return Ok(());
         };
+        let tag = self.run_keeper(project, setup, events).await?;
+        self.collect_keeper_images(&tag, events, Stage::Provision)
+            .await;
+        Ok(())
+    }
+
+    /// The current agent's keeper image tag; `None` without a keeper or when the agent binary
+    /// cannot be read (then nothing is collected: what to keep is unknown).
+    pub(super) async fn current_keeper_tag(&self) -> Option<String> {
+        let setup = self.keeper.as_ref()?;
+        tokio::fs::read(&setup.agent_binary)
+            .await
+            .ok()
+            .map(|agent| keeper_tag(&agent))
+    }
+
+    /// Removes the keeper image tags [`collectable`] picks that no container was created from.
+    /// Best effort: a failure is a warning event, never a failed deploy or destroy.
+    pub(super) async fn collect_keeper_images(&self, keep: &str, events: &Events, stage: Stage) {
+        let tags = match self.engine.image_tags(KEEPER_IMAGE_REPO).await {
+            Ok(t) => t,
+            Err(e) => {
+                events.warn(stage, format!("keeper images not collected: {e}"));
+                return;
+            }
+        };
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        for tag in collectable(&tags, keep, now, KEEPER_IMAGE_GRACE) {
+            match self.engine.image_users(&tag).await {
+                Ok(users) if users.is_empty() => {}
+                Ok(users) => {
+                    events.debug(
+                        stage,
+                        format!("keeper image {tag} kept: used by {}", users.join(", ")),
+                    );
+                    continue;
+                }
+                Err(e) => {
+                    events.warn(stage, format!("keeper image {tag} not collected: {e}"));
+                    continue;
+                }
+            }
+            match self.engine.remove_image_tag(&tag).await {
+                Ok(()) => events.info(
+                    stage,
+                    format!("removed keeper image {tag}: no container uses it"),
+                ),
+                // Gone meanwhile, or a container was created from it meanwhile: fine.
+                Err(e) if e.is_not_found() || e.status == Some(409) => {
+                    events.debug(stage, format!("keeper image {tag} not removed: {e}"))
+                }
+                Err(e) => events.warn(stage, format!("keeper image {tag} not collected: {e}")),
+            }
+        }
+    }
+
+    /// Makes sure the project's keeper runs the current spec: builds its image when missing,
+    /// leaves a running keeper of the same spec alone, starts a stopped one, replaces one of
+    /// another spec. Returns the image's tag.
+    async fn run_keeper(
+        &self,
+        project: &ProjectName,
+        setup: &KeeperSetup,
+        events: &Events,
+    ) -> Result<String, EngineError> {
         let op = || format!("the keeper of project {project}");
         let agent = tokio::fs::read(&setup.agent_binary).await.map_err(|e| {
             EngineError::new(
@@ -206,11 +303,11 @@ impl DockerProvisioner {
             }
         }
         match current {
-            Some(c) if c.is_running() => Ok(()),
+            Some(c) if c.is_running() => Ok(tag),
             Some(c) => {
                 self.engine.start_container(&c.id).await?;
                 events.info(Stage::Provision, format!("started keeper {}", c.name));
-                Ok(())
+                Ok(tag)
             }
             None => {
                 let id = self
@@ -226,7 +323,7 @@ impl DockerProvisioner {
                     Stage::Provision,
                     format!("started keeper {} ({})", want.name, short_id(&id)),
                 );
-                Ok(())
+                Ok(tag)
             }
         }
     }
@@ -245,6 +342,11 @@ mod tests {
         assert_eq!(iac_agent::keeper::MANAGED_BY, labels::MANAGED_BY);
         assert_eq!(iac_agent::keeper::LABEL_PROJECT, labels::LABEL_PROJECT);
         assert_eq!(iac_agent::keeper::LABEL_ROLE, labels::LABEL_ROLE);
+        // The keeper starts an app once its sidecar wrote the line the provisioner waits for.
+        assert_eq!(
+            iac_agent::keeper::decide::FILTER_INSTALLED_PREFIX,
+            iac_core::plan::FILTER_INSTALLED_PREFIX
+        );
         // And the agent refuses an app in the group the egress filter lets out.
         assert_eq!(iac_agent::EGRESS_GID, iac_core::egress::ENVOY_EGRESS_GID);
         assert_eq!(iac_core::Role::App.as_str(), "app");

@@ -915,6 +915,11 @@ impl Provisioner for DockerProvisioner {
                 Err(e) => errors.push(e.to_string()),
             }
         }
+        // The project's keeper is gone: its image may be one nothing uses any more.
+        if let Some(keep) = self.current_keeper_tag().await {
+            self.collect_keeper_images(&keep, events, Stage::Destroy)
+                .await;
+        }
         if errors.is_empty() {
             Ok(removed)
         } else {

@@ -1387,3 +1387,116 @@ async fn destroy_saves_the_log_tails_of_app_and_sidecar_before_removing_them() {
         "the unreadable log is a warning, the destroy goes on"
     );
 }
+
+/// Keeper images: on destroy, every `iac/keeper:*` tag but the current agent's, old enough and
+/// used by no container at all, is removed (never forced); one another project's keeper uses,
+/// one just built, the current one and one the engine refuses (a container appeared) stay.
+#[tokio::test]
+async fn destroy_collects_keeper_images_no_container_uses() {
+    use super::keeper::{KeeperSetup, keeper_tag};
+    let dir = tempfile::tempdir().unwrap();
+    let agent = dir.path().join("iac-agent");
+    std::fs::write(&agent, b"the static agent").unwrap();
+    let current = keeper_tag(b"the static agent");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let old = now - 3600;
+    let mut e = MockEngine::new();
+    e.expect_list_containers().returning(|_| Ok(vec![]));
+    e.expect_list_networks().returning(|_| Ok(vec![]));
+    let tags = vec![
+        crate::engine::ImageTag {
+            tag: current.clone(),
+            created: old,
+        },
+        crate::engine::ImageTag {
+            tag: "iac/keeper:aaaaaaaaaaaa".into(),
+            created: old,
+        },
+        crate::engine::ImageTag {
+            tag: "iac/keeper:bbbbbbbbbbbb".into(),
+            created: old,
+        },
+        crate::engine::ImageTag {
+            tag: "iac/keeper:cccccccccccc".into(),
+            created: now - 5,
+        },
+        crate::engine::ImageTag {
+            tag: "iac/keeper:dddddddddddd".into(),
+            created: old,
+        },
+    ];
+    e.expect_image_tags()
+        .withf(|r| r == "iac/keeper")
+        .times(1)
+        .returning(move |_| Ok(tags.clone()));
+    e.expect_image_users().times(3).returning(|tag| {
+        Ok(match tag {
+            "iac/keeper:bbbbbbbbbbbb" => vec!["other_iac-keeper".to_string()],
+            _ => vec![],
+        })
+    });
+    let removed = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let r = removed.clone();
+    e.expect_remove_image_tag().times(2).returning(move |tag| {
+        r.lock().unwrap().push(tag.to_string());
+        if tag == "iac/keeper:dddddddddddd" {
+            Err(EngineError::new(
+                format!("remove image {tag}"),
+                Some(409),
+                "image is being used by running container 123",
+            ))
+        } else {
+            Ok(())
+        }
+    });
+    let p = provisioner(e).with_keeper(KeeperSetup {
+        agent_binary: agent,
+        socket: "/var/run/docker.sock".into(),
+        image_labels: BTreeMap::new(),
+    });
+    let (events, mut rx) = Events::channel();
+    p.destroy(&project(), &events).await.unwrap();
+    assert_eq!(
+        *removed.lock().unwrap(),
+        ["iac/keeper:aaaaaaaaaaaa", "iac/keeper:dddddddddddd"],
+        "asked to remove only old, unused, not current tags"
+    );
+    drop(events);
+    let mut said = Vec::new();
+    while let Some(ev) = rx.recv().await {
+        said.push(ev.message);
+    }
+    assert!(
+        said.iter()
+            .any(|m| m == "removed keeper image iac/keeper:aaaaaaaaaaaa: no container uses it"),
+        "{said:?}"
+    );
+    assert!(
+        !said.iter().any(|m| m.contains("not collected")),
+        "a refused removal is no warning: {said:?}"
+    );
+}
+
+#[test]
+fn keeper_images_to_collect_are_old_other_tags_only() {
+    use super::keeper::{KEEPER_IMAGE_GRACE, collectable};
+    let t = |tag: &str, created: i64| crate::engine::ImageTag {
+        tag: tag.into(),
+        created,
+    };
+    let now = 10_000;
+    let tags = [
+        t("iac/keeper:cur", 0),
+        t("iac/keeper:old", now - 600),
+        t("iac/keeper:young", now - 599),
+        t("iac/keeperx:odd", 0),
+        t("iac/keeper:old", now - 600),
+    ];
+    assert_eq!(
+        collectable(&tags, "iac/keeper:cur", now, KEEPER_IMAGE_GRACE),
+        ["iac/keeper:old"]
+    );
+}

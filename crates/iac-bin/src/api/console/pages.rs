@@ -754,6 +754,7 @@ async fn history_page(
             Err(r) => return *r,
         },
     };
+    st.deployments.settle_interrupted(project.as_ref()).await;
     let page = st
         .deployments
         .history()
