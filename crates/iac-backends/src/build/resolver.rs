@@ -15,7 +15,13 @@
 //!
 //! Results are cached by everything that determines them (the plan, the index settings, the
 //! base image id) under `images.app_wheel_cache`; a run works in an owned temp dir there and is
-//! renamed into place whole. Its output is kept in a bounded [`OutputTail`].
+//! renamed into place whole, so every service and deploy with the same plan (the same lock) on the
+//! same interpreter reuses it without starting a container. Wheels pip built from source
+//! distributions are also kept on their own, by name, version and interpreter, in
+//! `built/<interpreter key>/` there ([`Resolver::built_dir`]: the base image id and the index
+//! settings): every later run for that interpreter is offered them as a find-links directory, so an
+//! sdist builds once even when the plan around it changes. Its output is kept in a bounded
+//! [`OutputTail`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -62,6 +68,15 @@ const FIND_LINKS_DIR: &str = "/iac/find-links";
 
 /// Marks a finished cache entry.
 const COMPLETE: &str = ".iac-complete";
+
+/// Where wheels built from source distributions are kept, under the cache directory.
+const BUILT_DIR: &str = "built";
+
+/// What pip says when it has built a wheel: `Created wheel for NAME: filename=FILE size=…`.
+const CREATED_WHEEL: &str = "Created wheel for ";
+
+/// The longest line kept while looking for [`CREATED_WHEEL`] lines.
+const LINE_CAP: usize = 4096;
 
 /// Bounds on what iac keeps of pip's output.
 const OUTPUT_TAIL_BYTES: usize = 64 * 1024;
@@ -220,9 +235,26 @@ impl Resolver {
         for d in [&out, &scratch] {
             self.give_to_resolver_user(d).map_err(io(d))?;
         }
-        let links = stage_find_links(&self.find_links, &work.path().join("links"))?;
+        // Wheels earlier runs built from sdists for this interpreter: offered like the
+        // operator's find-links, so pip takes them instead of building those sdists again.
+        let built_dir = self.built_dir();
+        let reused = built_wheels(&built_dir);
+        if !reused.is_empty() {
+            events.info(
+                Stage::Build,
+                format!(
+                    "app dependencies: {} wheel(s) built from source earlier offered from the cache: {}",
+                    reused.len(),
+                    reused.join(", ")
+                ),
+            );
+        }
+        let mut offered = self.find_links.clone();
+        offered.push(built_dir.clone());
+        let links = stage_find_links(&offered, &work.path().join("links"))?;
 
         let t = Instant::now();
+        let mut built = Vec::new();
         let mut steps = Vec::new();
         if plan.downloads() {
             let mut argv = self.wheel_args(links.len());
@@ -274,8 +306,11 @@ impl Resolver {
                 events,
             )
             .await
-            .map_err(&fail)?;
+            .map_err(&fail)
+            .map(|b| built.extend(b))?;
         }
+        self.keep_built(&built, &out, &built_dir, events)
+            .map_err(|e| fail(format!("keeping the wheels built from source: {e}")))?;
         let mut wheels = 0;
         for e in std::fs::read_dir(&out).map_err(io(&out))? {
             let e = e.map_err(io(&out))?;
@@ -449,7 +484,7 @@ impl Resolver {
         step: &Step<'_>,
         dirs: &Dirs<'_>,
         events: &Events,
-    ) -> Result<(), String> {
+    ) -> Result<Vec<String>, String> {
         let body = self.container(step, dirs);
         let shown = body
             .cmd
@@ -475,6 +510,7 @@ impl Resolver {
             .await
             .map_err(|e| format!("starting the resolver container: {e}"))?;
         let mut tail = OutputTail::new(OUTPUT_TAIL_BYTES, OUTPUT_EVENT_LINES);
+        let mut created_lines = CreatedWheels::default();
         let followed = async {
             let opts = LogsOptionsBuilder::new()
                 .follow(true)
@@ -486,6 +522,7 @@ impl Resolver {
                 match chunk {
                     Ok(c) => {
                         let redacted = redact_text(&String::from_utf8_lossy(&c.into_bytes()));
+                        created_lines.push(&redacted);
                         tail.push_as_events(redacted.as_bytes(), events, Stage::Build, "pip: ");
                     }
                     Err(_) => break,
@@ -532,7 +569,7 @@ impl Resolver {
             .unwrap_or(false);
         guard.remove().await;
         if code == 0 {
-            return Ok(());
+            return Ok(created_lines.finish());
         }
         if oom {
             return Err(format!(
@@ -575,6 +612,138 @@ impl Resolver {
         }
         hex::encode(h.finalize())[..24].to_string()
     }
+
+    /// Where the wheels built from sdists for this interpreter are kept: one directory per base
+    /// image id and package source (the index settings and find-links, which decide what a
+    /// `name==version` sdist is), the wheel's file name giving its name and version.
+    pub fn built_dir(&self) -> PathBuf {
+        let mut h = Sha256::new();
+        let mut part = |s: &str| {
+            h.update((s.len() as u64).to_le_bytes());
+            h.update(s.as_bytes());
+        };
+        part("iac-built-wheels/v1");
+        part(&self.image_id);
+        for s in &self.pip_args {
+            part(s);
+        }
+        part(self.index_url.as_deref().unwrap_or("(default index)"));
+        for s in &self.extra_index_urls {
+            part(s);
+        }
+        for d in &self.find_links {
+            part(&d.display().to_string());
+        }
+        self.cache_dir
+            .join(BUILT_DIR)
+            .join(&hex::encode(h.finalize())[..24])
+    }
+
+    /// Copies the wheels pip built from source in this run (`built`, file names in `out`) into
+    /// `built_dir`, each written to a temp file and renamed, so the next run is offered them.
+    fn keep_built(
+        &self,
+        built: &[String],
+        out: &Path,
+        built_dir: &Path,
+        events: &Events,
+    ) -> std::io::Result<()> {
+        let mut kept = Vec::new();
+        for name in built {
+            let from = out.join(name);
+            if !is_wheel_file_name(name) || !from.is_file() || built_dir.join(name).is_file() {
+                continue;
+            }
+            iac_core::fsutil::create_private_dir(&self.cache_dir)?;
+            iac_core::fsutil::create_private_dir(&self.cache_dir.join(BUILT_DIR))?;
+            iac_core::fsutil::create_private_dir(built_dir)?;
+            let tmp = built_dir.join(format!(".{name}.tmp-{}", std::process::id()));
+            std::fs::copy(&from, &tmp)?;
+            if let Err(e) = std::fs::rename(&tmp, built_dir.join(name)) {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+            kept.push(name.clone());
+        }
+        if !kept.is_empty() {
+            events.info(
+                Stage::Build,
+                format!(
+                    "app dependencies: built from source and cached for this interpreter: {}",
+                    kept.join(", ")
+                ),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The wheels kept in `dir` (file names, sorted); none when it does not exist.
+fn built_wheels(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .filter(|n| is_wheel_file_name(n))
+        .collect();
+    names.sort();
+    names
+}
+
+/// A plain wheel file name (`name-version-…-tag.whl`, no path, no temp file).
+fn is_wheel_file_name(name: &str) -> bool {
+    name.ends_with(".whl")
+        && !name.starts_with('.')
+        && name.split('-').count() >= 5
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-+".contains(c))
+}
+
+/// The file names of the wheels pip built, read from its output as it streams (lines split
+/// across chunks joined; an overlong line cut at [`LINE_CAP`]).
+#[derive(Default)]
+struct CreatedWheels {
+    partial: String,
+    names: Vec<String>,
+}
+
+impl CreatedWheels {
+    fn push(&mut self, chunk: &str) {
+        let mut rest = chunk;
+        while let Some(i) = rest.find('\n') {
+            self.partial.push_str(&rest[..i]);
+            self.line();
+            rest = &rest[i + 1..];
+        }
+        if self.partial.len() + rest.len() <= LINE_CAP {
+            self.partial.push_str(rest);
+        }
+    }
+
+    fn line(&mut self) {
+        let line = std::mem::take(&mut self.partial);
+        if let Some(name) = created_wheel(&line) {
+            self.names.push(name.to_string());
+        }
+    }
+
+    fn finish(mut self) -> Vec<String> {
+        if !self.partial.is_empty() {
+            self.line();
+        }
+        self.names
+    }
+}
+
+/// The wheel file name of one `Created wheel for NAME: filename=FILE size=…` line of pip's.
+fn created_wheel(line: &str) -> Option<&str> {
+    let (_, after) = line.split_once(CREATED_WHEEL)?;
+    let (_, file) = after.split_once("filename=")?;
+    let file = file.split_whitespace().next()?;
+    is_wheel_file_name(file).then_some(file)
 }
 
 /// Removes the resolver container: explicitly when a step ends, or on drop (a panic, a
@@ -882,6 +1051,116 @@ mod tests {
             msg.contains("C compiler") && msg.contains("fastpkg"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn built_wheels_are_kept_per_interpreter_and_package_source_not_per_plan() {
+        let r = resolver();
+        let a = r.built_dir();
+        assert!(a.starts_with("/nonexistent/built"), "{}", a.display());
+        assert_eq!(a, r.clone().built_dir());
+        let other_image = Resolver {
+            image_id: "sha256:def".into(),
+            ..r.clone()
+        };
+        assert_ne!(a, other_image.built_dir(), "another interpreter build");
+        let other_index = Resolver {
+            index_url: Some("http://mirror/simple".into()),
+            ..r.clone()
+        };
+        assert_ne!(a, other_index.built_dir(), "another index: another sdist");
+        let other_links = Resolver {
+            find_links: vec![PathBuf::from("/wheels")],
+            ..r.clone()
+        };
+        assert_ne!(a, other_links.built_dir());
+        // The plan is not part of it: a changed requirements file finds the same built wheels.
+        let other_minor = Resolver {
+            python: (3, 12),
+            ..r.clone()
+        };
+        assert_eq!(
+            a,
+            other_minor.built_dir(),
+            "the image id alone names the interpreter"
+        );
+    }
+
+    #[test]
+    fn created_wheel_lines_are_read_across_chunks() {
+        let mut c = CreatedWheels::default();
+        c.push("Building wheels for collected packages: tinygreet\n  Building wheel for tinygreet (pyproject.toml): started\n");
+        c.push("  Created wheel for tinygreet: filename=tinygreet-1.0-py3-none-");
+        c.push("any.whl size=1234 sha256=abc\n  Stored in directory: /iac/scratch\n");
+        c.push("Saved /iac/out/flask-3.1.3-py3-none-any.whl\n");
+        c.push("  Created wheel for evil: filename=../../etc/x-1-py3-none-any.whl size=1\n");
+        c.push("  Created wheel for last: filename=last-2.0-cp311-cp311-linux_x86_64.whl size=9");
+        assert_eq!(
+            c.finish(),
+            [
+                "tinygreet-1.0-py3-none-any.whl",
+                "last-2.0-cp311-cp311-linux_x86_64.whl"
+            ]
+        );
+        assert_eq!(created_wheel("Created wheel for x: no file"), None);
+        assert!(!is_wheel_file_name(".x-1-py3-none-any.whl.tmp-1"));
+        assert!(!is_wheel_file_name("x-1-py3-none-any.tar.gz"));
+    }
+
+    #[test]
+    fn wheels_built_from_source_are_kept_and_offered_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let r = Resolver {
+            cache_dir: tmp.path().join("cache"),
+            ..resolver()
+        };
+        let out = tmp.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        for f in [
+            "tinygreet-1.0-py3-none-any.whl",
+            "flask-3.1.3-py3-none-any.whl",
+        ] {
+            std::fs::write(out.join(f), f).unwrap();
+        }
+        let dir = r.built_dir();
+        assert!(built_wheels(&dir).is_empty(), "nothing kept yet");
+        let (events, mut rx) = Events::channel();
+        r.keep_built(
+            &[
+                "tinygreet-1.0-py3-none-any.whl".into(),
+                "missing-1.0-py3-none-any.whl".into(),
+            ],
+            &out,
+            &dir,
+            &events,
+        )
+        .unwrap();
+        drop(events);
+        assert_eq!(built_wheels(&dir), ["tinygreet-1.0-py3-none-any.whl"]);
+        assert_eq!(
+            std::fs::read_to_string(dir.join("tinygreet-1.0-py3-none-any.whl")).unwrap(),
+            "tinygreet-1.0-py3-none-any.whl"
+        );
+        let mut said = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            said.push(e.message);
+        }
+        assert!(
+            said.iter()
+                .any(|m| m.contains("built from source and cached")
+                    && m.contains("tinygreet-1.0")
+                    && !m.contains("missing")),
+            "{said:?}"
+        );
+        // Offered to the next run like a find-links directory, readable by the resolver's user.
+        let staged = stage_find_links(&[dir.clone()], &tmp.path().join("links")).unwrap();
+        assert!(staged[0].join("tinygreet-1.0-py3-none-any.whl").is_file());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&r.cache_dir)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700, "the cache stays private");
     }
 
     #[test]

@@ -257,11 +257,35 @@ impl Deployer {
                 stack.network.name
             ),
         );
-        // Release commands run before any new pod exists; a failed one keeps the old pods.
-        let (stack, ok_services, release_failed) =
-            self.run_releases(stack, ok_services, events).await;
-        failed.extend(release_failed);
+        // Release commands run in the new image before its pods take traffic, after the services
+        // without one are up (release.rs); a failed one keeps the old pods.
+        match self.apply_with_releases(stack, ok_services, events).await {
+            Ok((reports, removed)) => {
+                failed.extend(reports);
+                self.finish(failed, removed, started, None)
+            }
+            Err((why, reports)) => {
+                failed.extend(reports);
+                self.finish(
+                    failed,
+                    Vec::new(),
+                    started,
+                    Some(format!("provision: {why}")),
+                )
+            }
+        }
+    }
 
+    /// Applies `stack`, then proves `services` (the stack's services that were prepared), and
+    /// repairs and proves again an unchanged one found unreachable. Returns every service's report
+    /// and what the apply removed; when the apply as a whole failed, the provisioner's error and
+    /// every service's report, failed at the provision stage.
+    async fn apply_and_prove(
+        &self,
+        stack: Stack,
+        ok_services: Vec<Prepared>,
+        events: &Events,
+    ) -> Result<(Vec<ServiceReport>, Vec<ServiceName>), (String, Vec<ServiceReport>)> {
         let t = Instant::now();
         let applied = self
             .stages
@@ -274,7 +298,7 @@ impl Deployer {
             Ok(a) => a,
             Err(e) => {
                 events.error(Stage::Provision, e.to_string());
-                let mut reports = failed;
+                let mut reports = Vec::new();
                 for mut p in ok_services {
                     p.report.stages.push(StageTiming {
                         stage: Stage::Provision,
@@ -284,17 +308,12 @@ impl Deployer {
                     p.report.fail(Stage::Provision, &e);
                     reports.push(p.report);
                 }
-                return self.finish(
-                    reports,
-                    Vec::new(),
-                    started,
-                    Some(format!("provision: {e}")),
-                );
+                return Err((e.to_string(), reports));
             }
         };
 
         // Health: every provisioned service, through its Envoy, concurrently.
-        let mut reports = failed;
+        let mut reports = Vec::new();
         let kept: Vec<Prepared> = ok_services.clone();
         let proved = self
             .prove_all(ok_services, &applied, provision_ms, events)
@@ -317,7 +336,7 @@ impl Deployer {
             .collect();
         if repair.is_empty() {
             reports.extend(proved);
-            return self.finish(reports, applied.removed, started, None);
+            return Ok((reports, applied.removed));
         }
         reports.extend(
             proved
@@ -364,7 +383,7 @@ impl Deployer {
                 }
             }
         }
-        self.finish(reports, applied.removed, started, None)
+        Ok((reports, applied.removed))
     }
 
     /// Proves every provisioned service in `services` through its Envoy, concurrently, from what

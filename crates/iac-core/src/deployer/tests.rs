@@ -1337,13 +1337,13 @@ fn every_port_of_the_sidecar_side_is_reserved_and_nothing_else() {
 
 /// Release commands: fakes whose `web` declares `python manage.py migrate` (Procfile line 2)
 /// and whose `api` declares none; the provisioner runs releases and its diff says `web_action`
-/// for web (create for api); `apply` checks which services it is given and which are kept.
+/// for web (create for api); `applies` are the applies expected, in order, each with the
+/// services it is given and those it keeps.
 fn release_fakes(
     web_action: Action,
     release: Result<crate::stages::ReleaseOutcome, crate::error::ReleaseError>,
     runs: usize,
-    applied_services: &'static [&'static str],
-    kept: &'static [&'static str],
+    applies: &'static [(&'static [&'static str], &'static [&'static str])],
 ) -> Fakes {
     let mut f = Fakes::happy();
     f.resolver = MockEntryResolver::new();
@@ -1387,36 +1387,40 @@ fn release_fakes(
         })
         .times(runs)
         .return_once(move |_, _| release);
-    f.provisioner
-        .expect_apply()
-        .withf(move |stack, _, _| {
-            stack
-                .services
-                .iter()
-                .map(|s| s.service.as_str())
-                .collect::<Vec<_>>()
-                == applied_services
-                && stack.keep.iter().map(|s| s.as_str()).collect::<Vec<_>>() == kept
-        })
-        .times(1)
-        .returning(|stack, _, _| {
-            Ok(Applied {
-                services: stack
+    let mut order = mockall::Sequence::new();
+    for (applied_services, kept) in applies {
+        f.provisioner
+            .expect_apply()
+            .withf(move |stack, _, _| {
+                stack
                     .services
                     .iter()
-                    .enumerate()
-                    .map(|(i, s)| AppliedService {
-                        service: s.service.clone(),
-                        action: Action::Replace,
-                        endpoint: Some(format!("127.0.0.1:{}", 41000 + i).parse().unwrap()),
-                        edge: None,
-                        health: None,
-                        error: None,
-                    })
-                    .collect(),
-                removed: vec![],
+                    .map(|s| s.service.as_str())
+                    .collect::<Vec<_>>()
+                    == *applied_services
+                    && stack.keep.iter().map(|s| s.as_str()).collect::<Vec<_>>() == *kept
             })
-        });
+            .times(1)
+            .in_sequence(&mut order)
+            .returning(|stack, _, _| {
+                Ok(Applied {
+                    services: stack
+                        .services
+                        .iter()
+                        .enumerate()
+                        .map(|(i, s)| AppliedService {
+                            service: s.service.clone(),
+                            action: Action::Replace,
+                            endpoint: Some(format!("127.0.0.1:{}", 41000 + i).parse().unwrap()),
+                            edge: None,
+                            health: None,
+                            error: None,
+                        })
+                        .collect(),
+                    removed: vec![],
+                })
+            });
+    }
     f
 }
 
@@ -1429,8 +1433,8 @@ async fn a_failed_release_keeps_the_old_pod_and_its_peers_go_on() {
         status: "exited with code 3".into(),
         tail: "django.db.utils.OperationalError: no such table".into(),
     };
-    let d =
-        release_fakes(Action::Replace, Err(failed), 1, &["api"], &["web"]).deployer(dir.path(), 2);
+    let d = release_fakes(Action::Replace, Err(failed), 1, &[(&["api"], &["web"])])
+        .deployer(dir.path(), 2);
     let (events, rx) = Events::channel();
     let report = d.deploy(&[spec("web"), spec("api")], &events).await;
     assert!(!report.ok);
@@ -1471,7 +1475,14 @@ async fn a_successful_release_runs_before_the_replacement() {
     let ok = crate::stages::ReleaseOutcome {
         tail: "Applying app.0001_initial... OK".into(),
     };
-    let d = release_fakes(Action::Replace, Ok(ok), 1, &["api", "web"], &[]).deployer(dir.path(), 2);
+    // api (no release) is applied first, web after its release, with api kept as it then runs.
+    let d = release_fakes(
+        Action::Replace,
+        Ok(ok),
+        1,
+        &[(&["api"], &["web"]), (&["web"], &["api"])],
+    )
+    .deployer(dir.path(), 2);
     let (events, rx) = Events::channel();
     let report = d.deploy(&[spec("web"), spec("api")], &events).await;
     assert!(report.ok, "{report:#?}");
@@ -1509,6 +1520,20 @@ async fn a_successful_release_runs_before_the_replacement() {
         .position(|e| e.stage == Stage::Health)
         .expect("a health event");
     assert!(release < health);
+    // The peer without a release was applied and proved before web's release started.
+    let is =
+        |e: &&crate::DeployEvent, svc: &str| e.service.as_ref().is_some_and(|s| s.as_str() == svc);
+    let api_health = events
+        .iter()
+        .position(|e| is(&e, "api") && e.stage == Stage::Health)
+        .expect("api's health event");
+    let web_release = events
+        .iter()
+        .position(|e| {
+            is(&e, "web") && e.stage == Stage::Release && e.message.starts_with("running")
+        })
+        .expect("web's release start");
+    assert!(api_health < web_release, "{events:#?}");
 }
 
 #[tokio::test]
@@ -1517,7 +1542,7 @@ async fn an_unchanged_service_does_not_run_its_release() {
     let never = crate::stages::ReleaseOutcome {
         tail: String::new(),
     };
-    let d = release_fakes(Action::Unchanged, Ok(never), 0, &["api", "web"], &[])
+    let d = release_fakes(Action::Unchanged, Ok(never), 0, &[(&["api", "web"], &[])])
         .deployer(dir.path(), 2);
     let (events, rx) = Events::channel();
     let report = d.deploy(&[spec("web"), spec("api")], &events).await;

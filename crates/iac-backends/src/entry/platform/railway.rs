@@ -1,6 +1,6 @@
 //! Railway config-as-code: `railway.json` (or `railway.toml`) `deploy.startCommand`; its
-//! `build.buildCommand` becomes a build step. `deploy.preDeployCommand` is a release step and is
-//! ignored.
+//! `build.buildCommand` becomes a build step. `deploy.preDeployCommand` is a release step, read by
+//! [`super::release`].
 
 use std::path::Path;
 

@@ -5,6 +5,7 @@
 //! |---|---|---|
 //! | `Procfile` | the `release:` process | Heroku / Dokku |
 //! | `render.yaml` | `preDeployCommand` of the service whose start command is read | Render |
+//! | `railway.json` / `railway.toml` | `deploy.preDeployCommand` (a command, or a list of commands run in order) | Railway |
 //! | `app.json` | `scripts.postdeploy` (a string, or `{ "command": … }`) | Heroku / Dokku |
 //! | `fly.toml` | `[deploy] release_command` | Fly.io |
 //!
@@ -26,7 +27,7 @@ type Source = fn(&Path) -> Result<Option<ReleaseCommand>, EntryError>;
 
 /// The release step the repo declares, from the highest-ranked file that declares one.
 pub fn scan(dir: &Path) -> Result<Option<ReleaseCommand>, EntryError> {
-    let sources: [Source; 4] = [procfile, render, appjson, fly];
+    let sources: [Source; 5] = [procfile, render, railway, appjson, fly];
     for source in sources {
         if let Some(r) = source(dir)? {
             return Ok(Some(r));
@@ -121,6 +122,67 @@ fn render(dir: &Path) -> Result<Option<ReleaseCommand>, EntryError> {
         &format!("service `{name}` preDeployCommand"),
     );
     command(raw, origin, &path, workdir).map(Some)
+}
+
+/// `railway.json` (else `railway.toml`, as Railway reads them): `deploy.preDeployCommand`, a
+/// command string or a list of them (run in order, the first failure stopping the release).
+fn railway(dir: &Path) -> Result<Option<ReleaseCommand>, EntryError> {
+    let json_path = dir.join("railway.json");
+    let toml_path = dir.join("railway.toml");
+    let (file, path, text, doc): (&str, _, String, serde_json::Value) =
+        if let Some(text) = read_optional(&json_path)? {
+            let v = serde_json::from_str(&text).map_err(|e| EntryError::Parse {
+                file: json_path.clone(),
+                message: format!("{e} (expected a JSON object with `deploy`/`build`)"),
+            })?;
+            ("railway.json", json_path, text, v)
+        } else if let Some(text) = read_optional(&toml_path)? {
+            let t: toml::Table = text
+                .parse()
+                .map_err(|e: toml::de::Error| EntryError::Parse {
+                    file: toml_path.clone(),
+                    message: e.to_string(),
+                })?;
+            let v = serde_json::to_value(t).map_err(|e| EntryError::Parse {
+                file: toml_path.clone(),
+                message: e.to_string(),
+            })?;
+            ("railway.toml", toml_path, text, v)
+        } else {
+            return Ok(None);
+        };
+    let wrong = || EntryError::Parse {
+        file: path.clone(),
+        message: "deploy.preDeployCommand: expected a command string or a list of command strings"
+            .into(),
+    };
+    let raw = match doc.pointer("/deploy/preDeployCommand") {
+        None | Some(serde_json::Value::Null) => return Ok(None),
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::Array(list)) => {
+            let cmds = list
+                .iter()
+                .map(|c| c.as_str().map(str::trim).ok_or_else(wrong))
+                .collect::<Result<Vec<_>, _>>()?;
+            let cmds: Vec<&str> = cmds.into_iter().filter(|c| !c.is_empty()).collect();
+            match cmds.as_slice() {
+                [] => return Ok(None),
+                [one] => one.to_string(),
+                // One after the other, as Railway runs them; a failure stops the release.
+                many => many
+                    .iter()
+                    .map(|c| format!("( {c} )"))
+                    .collect::<Vec<_>>()
+                    .join(" && "),
+            }
+        }
+        Some(_) => return Err(wrong()),
+    };
+    if raw.trim().is_empty() {
+        return Ok(None);
+    }
+    let origin = at(file, &text, "preDeployCommand", "deploy.preDeployCommand");
+    command(&raw, origin, &path, None).map(Some)
 }
 
 /// `app.json`: `scripts.postdeploy`, a command string or an object with a `command`.
@@ -271,6 +333,75 @@ mod tests {
     }
 
     #[test]
+    fn railway_pre_deploy_command_from_json_or_toml() {
+        let r = release(&[(
+            "railway.json",
+            "{\n  \"deploy\": {\n    \"startCommand\": \"gunicorn app:app\",\n    \"preDeployCommand\": \"python manage.py migrate\"\n  }\n}\n",
+        )])
+        .unwrap();
+        assert_eq!(r.argv, ["python", "manage.py", "migrate"]);
+        assert_eq!(r.origin, "railway.json line 4 (deploy.preDeployCommand)");
+        assert_eq!(r.workdir, None);
+        let r = release(&[(
+            "railway.toml",
+            "[deploy]\nstartCommand = \"gunicorn app:app\"\npreDeployCommand = \"python seed.py\"\n",
+        )])
+        .unwrap();
+        assert_eq!(r.argv, ["python", "seed.py"]);
+        assert_eq!(r.origin, "railway.toml line 3 (deploy.preDeployCommand)");
+        // railway.json wins over railway.toml, as Railway reads it first.
+        let r = release(&[
+            (
+                "railway.json",
+                r#"{"deploy": {"preDeployCommand": ["python from_json.py"]}}"#,
+            ),
+            (
+                "railway.toml",
+                "[deploy]\npreDeployCommand = \"python from_toml.py\"\n",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(r.argv, ["python", "from_json.py"], "a one-command list");
+    }
+
+    #[test]
+    fn railway_pre_deploy_commands_in_a_list_run_in_order_under_sh() {
+        let r = release(&[(
+            "railway.json",
+            r#"{"deploy": {"preDeployCommand": ["python manage.py migrate", "", "python seed.py"]}}"#,
+        )])
+        .unwrap();
+        assert_eq!(
+            r.argv,
+            [
+                "sh",
+                "-c",
+                "( python manage.py migrate ) && ( python seed.py )"
+            ]
+        );
+        for bad in [
+            r#"{"deploy": {"preDeployCommand": 3}}"#,
+            r#"{"deploy": {"preDeployCommand": ["ok", 3]}}"#,
+        ] {
+            let d = repo(&[("railway.json", bad)]);
+            let e = scan(d.path()).unwrap_err().to_string();
+            assert!(
+                e.contains("railway.json") && e.contains("deploy.preDeployCommand"),
+                "{e}"
+            );
+        }
+        // No command, an empty one or an empty list: no release step.
+        for none in [
+            r#"{"deploy": {"startCommand": "gunicorn app:app"}}"#,
+            r#"{"deploy": {"preDeployCommand": ""}}"#,
+            r#"{"deploy": {"preDeployCommand": []}}"#,
+            r#"{"deploy": {"preDeployCommand": null}}"#,
+        ] {
+            assert_eq!(release(&[("railway.json", none)]), None, "{none}");
+        }
+    }
+
+    #[test]
     fn precedence_follows_the_start_command_sources() {
         let procfile = (
             "Procfile",
@@ -288,9 +419,17 @@ mod tests {
             "fly.toml",
             "[deploy]\nrelease_command = \"python from_fly.py\"\n",
         );
+        let railway = (
+            "railway.json",
+            r#"{"deploy": {"preDeployCommand": "python from_railway.py"}}"#,
+        );
         let first = |files: &[(&str, &str)]| release(files).unwrap().argv[1].clone();
-        assert_eq!(first(&[fly, appjson, render, procfile]), "from_procfile.py");
-        assert_eq!(first(&[fly, appjson, render]), "from_render.py");
+        assert_eq!(
+            first(&[fly, appjson, railway, render, procfile]),
+            "from_procfile.py"
+        );
+        assert_eq!(first(&[fly, appjson, railway, render]), "from_render.py");
+        assert_eq!(first(&[fly, appjson, railway]), "from_railway.py");
         assert_eq!(first(&[fly, appjson]), "from_appjson.py");
         assert_eq!(first(&[fly]), "from_fly.py");
         // A Procfile without a release line does not stop the search.
