@@ -285,7 +285,7 @@ impl Deployer {
         stack: Stack,
         ok_services: Vec<Prepared>,
         events: &Events,
-    ) -> Result<(Vec<ServiceReport>, Vec<ServiceName>), (String, Vec<ServiceReport>)> {
+    ) -> release::Applied {
         let t = Instant::now();
         let applied = self
             .stages

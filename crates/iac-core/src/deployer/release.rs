@@ -74,7 +74,7 @@ impl Deployer {
         stack: Stack,
         services: Vec<Prepared>,
         events: &Events,
-    ) -> Result<(Vec<ServiceReport>, Vec<ServiceName>), (String, Vec<ServiceReport>)> {
+    ) -> Applied {
         if services.iter().all(|p| p.entry.release.is_none()) {
             return self.apply_and_prove(stack, services, events).await;
         }
@@ -304,6 +304,11 @@ fn split_stack(stack: &Stack, released: &[ServiceName]) -> (Stack, Stack) {
     (first, second)
 }
 
+/// What applying a stack gives: the services' reports and the services removed, or why it failed
+/// with the reports so far.
+pub(super) type Applied =
+    Result<(Vec<ServiceReport>, Vec<ServiceName>), (String, Vec<ServiceReport>)>;
+
 /// `a, b and c`.
 fn names(list: &[ServiceName]) -> String {
     let names: Vec<&str> = list.iter().map(|n| n.as_str()).collect();
@@ -314,10 +319,7 @@ fn names(list: &[ServiceName]) -> String {
 }
 
 /// `applied`'s reports with the `failed` ones added, whichever way the apply went.
-fn with_failed(
-    applied: Result<(Vec<ServiceReport>, Vec<ServiceName>), (String, Vec<ServiceReport>)>,
-    failed: Vec<ServiceReport>,
-) -> Result<(Vec<ServiceReport>, Vec<ServiceName>), (String, Vec<ServiceReport>)> {
+fn with_failed(applied: Applied, failed: Vec<ServiceReport>) -> Applied {
     match applied {
         Ok((mut r, removed)) => {
             r.extend(failed);
