@@ -4,9 +4,11 @@
 //! default; `iac inspect` of `git+https://localhost:PORT/…#branch` fetches through it (the
 //! deploy's fetch stage, without needing a container engine); `GET /refs` on a real
 //! `LiveBackend` lists them once `[fetch] allow_private_hosts` names the host and refuses them
-//! before. Nothing leaves loopback.
+//! before. `iac deploy` of a `git+https://` slug goes all the way: fetched over TLS, built,
+//! deployed to SERVING on the engine, destroyed. Nothing leaves loopback.
 
 mod api_support;
+mod e2e;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -267,4 +269,98 @@ async fn refs_and_fetch_over_git_https_with_a_private_ca() {
         }
         srv.shutdown().await.unwrap();
     }
+}
+
+/// `<root>/srv/octo/worker.git` (bare, `main`): a worker that runs until SIGTERM.
+fn worker_repo(root: &Path) {
+    let work = root.join("worker-work");
+    std::fs::create_dir_all(&work).unwrap();
+    git(&work, &["init", "-q", "-b", "main"]);
+    std::fs::write(
+        work.join("main.py"),
+        "import signal, sys, time\nsignal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\nprint('worker up', flush=True)\nwhile True:\n    time.sleep(1)\n",
+    )
+    .unwrap();
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-q", "-m", "worker"]);
+    std::fs::create_dir_all(root.join("srv/octo")).unwrap();
+    git(
+        root,
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            work.to_str().unwrap(),
+            root.join("srv/octo/worker.git").to_str().unwrap(),
+        ],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_over_git_https_reaches_serving_and_destroys() {
+    if e2e::skip_without_docker("deploy_over_git_https_reaches_serving_and_destroys") {
+        return;
+    }
+    let p = e2e::Project::new();
+    let d = p.workdir.path().to_path_buf();
+    worker_repo(&d);
+    let ca = d.join("ca.pem");
+    let base = git_https_server(&d.join("srv"), &ca).await;
+    let slug = format!("git+{base}/octo/worker.git#main");
+    std::fs::write(d.join("iac.toml"), "[fetch]\nca_bundle = \"ca.pem\"\n").unwrap();
+    std::fs::write(d.join("repos.yaml"), format!("- {slug}\n")).unwrap();
+    // The server runs on this runtime: the blocking `iac` children run beside it.
+    let t = std::time::Instant::now();
+    let out = {
+        let d = d.clone();
+        let name = p.name.clone();
+        tokio::task::spawn_blocking(move || {
+            e2e::iac(
+                &d,
+                &name,
+                &["deploy", "--file", "repos.yaml", "--json"],
+                &[],
+                &[],
+            )
+        })
+        .await
+        .unwrap()
+    };
+    let report = e2e::json_of(&out)["report"].clone();
+    assert_eq!(out.status.code(), Some(0), "{report:#}");
+    let services = report["services"].as_array().unwrap();
+    assert_eq!(services.len(), 1, "{report:#}");
+    assert_eq!(services[0]["service"], "worker", "{report:#}");
+    assert_eq!(services[0]["health"]["state"], "SERVING", "{report:#}");
+    eprintln!(
+        "deployed over git+https in {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
+    let names = e2e::docker(&[
+        "ps",
+        "--filter",
+        &format!("label=iac.project={}", p.name),
+        "--format",
+        "{{.Names}}",
+    ]);
+    assert!(
+        names.lines().any(|n| n == format!("{}-worker", p.name)),
+        "{names}"
+    );
+    let out = {
+        let d = d.clone();
+        let name = p.name.clone();
+        tokio::task::spawn_blocking(move || e2e::iac(&d, &name, &["destroy"], &[], &[]))
+            .await
+            .unwrap()
+    };
+    assert!(out.status.success(), "{out:?}");
+    let left = e2e::docker(&[
+        "ps",
+        "-a",
+        "--filter",
+        &format!("label=iac.project={}", p.name),
+        "-q",
+    ]);
+    assert!(left.trim().is_empty(), "destroy left {left}");
 }

@@ -193,7 +193,7 @@ pub trait Engine: Send + Sync {
     /// image `image` (a tag or an id).
     async fn image_users(&self, image: &str) -> Result<Vec<String>, EngineError>;
     /// Removes the tag `tag` (the image goes with its last tag); never forced, so the engine
-    /// refuses (409, [`EngineError::is_conflict`]) while a container uses it.
+    /// refuses (a 409 [`EngineError`]) while a container uses it.
     async fn remove_image_tag(&self, tag: &str) -> Result<(), EngineError>;
 }
 
