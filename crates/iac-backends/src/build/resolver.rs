@@ -1153,7 +1153,8 @@ mod tests {
             "{said:?}"
         );
         // Offered to the next run like a find-links directory, readable by the resolver's user.
-        let staged = stage_find_links(&[dir.clone()], &tmp.path().join("links")).unwrap();
+        let staged =
+            stage_find_links(std::slice::from_ref(&dir), &tmp.path().join("links")).unwrap();
         assert!(staged[0].join("tinygreet-1.0-py3-none-any.whl").is_file());
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&r.cache_dir)

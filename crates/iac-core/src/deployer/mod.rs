@@ -32,6 +32,10 @@ mod prepare;
 mod release;
 
 use health::Settle;
+
+/// What [`Deployer::apply_and_prove`] returns: every service's report and what the apply
+/// removed; or, when the apply as a whole failed, the provisioner's error and every report.
+type ApplyOutcome = Result<(Vec<ServiceReport>, Vec<ServiceName>), (String, Vec<ServiceReport>)>;
 use prepare::{Mode, Prepared};
 
 /// The concrete stage implementations a [`Deployer`] runs.
@@ -285,7 +289,7 @@ impl Deployer {
         stack: Stack,
         ok_services: Vec<Prepared>,
         events: &Events,
-    ) -> release::Applied {
+    ) -> ApplyOutcome {
         let t = Instant::now();
         let applied = self
             .stages

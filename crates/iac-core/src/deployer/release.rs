@@ -31,8 +31,8 @@ use crate::stack::{Action, Stack};
 use crate::stages::ReleaseJob;
 use crate::trace_context;
 
-use super::Deployer;
 use super::prepare::Prepared;
+use super::{ApplyOutcome, Deployer};
 
 impl Deployer {
     /// Refuses, before anything is built, a release command on a target that cannot run one.
@@ -74,7 +74,7 @@ impl Deployer {
         stack: Stack,
         services: Vec<Prepared>,
         events: &Events,
-    ) -> Applied {
+    ) -> ApplyOutcome {
         if services.iter().all(|p| p.entry.release.is_none()) {
             return self.apply_and_prove(stack, services, events).await;
         }
@@ -132,7 +132,7 @@ impl Deployer {
         let (first, second) = split_stack(&stack, &released);
         let mut reports = Vec::new();
         let mut removed = Vec::new();
-        if !first.services.is_empty() {
+        if !first.services.is_empty() || !rest.is_empty() {
             events.info(
                 Stage::Release,
                 format!(
@@ -304,11 +304,6 @@ fn split_stack(stack: &Stack, released: &[ServiceName]) -> (Stack, Stack) {
     (first, second)
 }
 
-/// What applying a stack gives: the services' reports and the services removed, or why it failed
-/// with the reports so far.
-pub(super) type Applied =
-    Result<(Vec<ServiceReport>, Vec<ServiceName>), (String, Vec<ServiceReport>)>;
-
 /// `a, b and c`.
 fn names(list: &[ServiceName]) -> String {
     let names: Vec<&str> = list.iter().map(|n| n.as_str()).collect();
@@ -319,7 +314,7 @@ fn names(list: &[ServiceName]) -> String {
 }
 
 /// `applied`'s reports with the `failed` ones added, whichever way the apply went.
-fn with_failed(applied: Applied, failed: Vec<ServiceReport>) -> Applied {
+fn with_failed(applied: ApplyOutcome, failed: Vec<ServiceReport>) -> ApplyOutcome {
     match applied {
         Ok((mut r, removed)) => {
             r.extend(failed);

@@ -1537,6 +1537,50 @@ async fn a_successful_release_runs_before_the_replacement() {
 }
 
 #[tokio::test]
+async fn a_failed_first_phase_runs_no_release_and_fails_every_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let never = crate::stages::ReleaseOutcome {
+        tail: String::new(),
+    };
+    // web's release would run after api is up; api's apply fails: no release, no second apply.
+    let mut f = release_fakes(Action::Create, Ok(never), 0, &[]);
+    f.provisioner
+        .expect_apply()
+        .withf(|stack, _, _| {
+            stack.services.len() == 1
+                && stack.services[0].service.as_str() == "api"
+                && stack.keep.iter().map(|s| s.as_str()).collect::<Vec<_>>() == ["web"]
+        })
+        .times(1)
+        .returning(|_, _, _| Err(ProvisionError::Engine("connection refused".into())));
+    let d = f.deployer(dir.path(), 2);
+    let report = d
+        .deploy(&[spec("web"), spec("api")], &Events::discard())
+        .await;
+    assert!(!report.ok);
+    assert!(
+        report
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("connection refused")
+    );
+    for s in &report.services {
+        assert_eq!(s.failed_stage, Some(Stage::Provision), "{s:#?}");
+        assert!(s.stages.iter().all(|t| t.stage != Stage::Release), "{s:#?}");
+    }
+    let web = report
+        .services
+        .iter()
+        .find(|s| s.service.as_str() == "web")
+        .unwrap();
+    assert!(
+        web.error.as_deref().unwrap().contains("not started"),
+        "{web:#?}"
+    );
+}
+
+#[tokio::test]
 async fn an_unchanged_service_does_not_run_its_release() {
     let dir = tempfile::tempdir().unwrap();
     let never = crate::stages::ReleaseOutcome {
