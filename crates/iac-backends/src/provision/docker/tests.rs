@@ -107,6 +107,7 @@ fn stack(services: Vec<ServiceStack>, keep: &[&str]) -> Stack {
         services,
         keep: keep.iter().map(|k| svc(k)).collect(),
         repair: Default::default(),
+        sandbox: None,
     }
 }
 
@@ -120,6 +121,7 @@ fn observed(name: &str, n: &str, role: &str, hash: &str, port: Option<u16>) -> O
         image: "img".into(),
         state: "running".into(),
         published: port.map(|p| vec![(15000, addr(p))]).unwrap_or_default(),
+        sandbox: None,
     }
 }
 
@@ -844,7 +846,8 @@ async fn running_lists_canonical_app_containers_with_their_sidecars_endpoints() 
                 edge: None,
                 spec_hash: "h3".into(),
                 image: "img".into(),
-                state: "exited (sidecar exited)".into()
+                state: "exited (sidecar exited)".into(),
+                sandbox: None,
             },
             RunningService {
                 service: svc("db"),
@@ -852,7 +855,8 @@ async fn running_lists_canonical_app_containers_with_their_sidecars_endpoints() 
                 edge: None,
                 spec_hash: "h4".into(),
                 image: "img".into(),
-                state: "running (sidecar missing)".into()
+                state: "running (sidecar missing)".into(),
+                sandbox: None,
             },
             RunningService {
                 service: svc("web"),
@@ -860,7 +864,8 @@ async fn running_lists_canonical_app_containers_with_their_sidecars_endpoints() 
                 edge: None,
                 spec_hash: "h1".into(),
                 image: "img".into(),
-                state: "running".into()
+                state: "running".into(),
+                sandbox: None,
             },
         ]
     );
