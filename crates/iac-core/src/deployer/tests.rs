@@ -1753,7 +1753,10 @@ async fn a_sandbox_deploys_copies_beside_a_baseline_it_never_changes() {
     assert!(d.deploy(&[spec("api")], &events).await.ok);
     assert_eq!(d.sandboxes().unwrap().len(), 1);
     d.set_sandbox(None);
-    assert_eq!(d.gc(&events).await.unwrap(), [feat.name.clone()]);
+    assert_eq!(
+        d.gc(&events).await.unwrap(),
+        std::slice::from_ref(&feat.name)
+    );
     assert!(d.sandboxes().unwrap().is_empty());
     assert_eq!(destroyed.lock().unwrap().as_slice(), ["feat", "feat"]);
     assert_eq!(config("web"), "config for web with 2 members");
