@@ -1793,6 +1793,7 @@ async fn a_services_env_secret_is_in_the_container_never_in_the_image() {
             egress: Default::default(),
         }],
         keep: Vec::new(),
+        sandbox: None,
     };
     let stack = iac_core::plan::plan(&input);
     let app = &stack.services[0].app;

@@ -38,6 +38,7 @@ fn stack() -> Stack {
         otel_endpoint: None,
         services: vec![svc("web", Some(8000)), svc("api", None)],
         keep: vec![],
+        sandbox: None,
     });
     // Limits as `[docker.limits]` fills them in.
     for svc in &mut s.services {

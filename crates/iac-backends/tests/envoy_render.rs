@@ -29,6 +29,7 @@ fn member(name: &str, address: &str, port: u16, app_port: Option<u16>) -> MeshSe
         app_port,
         edge: false,
         egress: Default::default(),
+        sandbox: None,
     }
 }
 
@@ -68,6 +69,28 @@ fn shop_mesh_with_egress() -> Mesh {
         } else {
             EgressPolicy::Allow(Vec::new())
         };
+    }
+    m
+}
+
+/// The shop mesh with sandboxes: `api` has copies in sandboxes `feat` and `zz-other`, `web`
+/// (the one with an edge) a copy in `feat`.
+fn shop_mesh_with_sandboxes() -> Mesh {
+    let mut m = shop_mesh();
+    for (of, sb, app_port) in [
+        ("api", "feat", 8080),
+        ("api", "zz-other", 8080),
+        ("web", "feat", 3000),
+    ] {
+        let sandbox = iac_core::SandboxName::new(sb).unwrap();
+        let name = iac_core::sandbox::copy_name(&svc(of), &sandbox).unwrap();
+        m.services.push(MeshService {
+            sandbox: Some(iac_core::SandboxCopy {
+                of: svc(of),
+                sandbox,
+            }),
+            ..member(name.as_str(), name.as_str(), 15000, Some(app_port))
+        });
     }
     m
 }
@@ -127,6 +150,150 @@ fn golden_egress_listener() {
         let yaml = r.render(&mesh, &svc(name)).unwrap();
         check_golden(&format!("envoy_shop_egress_{name}.yaml"), &yaml);
     }
+}
+
+#[test]
+fn golden_sandbox_routes() {
+    let r = EnvoyRenderer::default();
+    let mesh = shop_mesh_with_sandboxes();
+    for name in ["web", "worker", "api--sb-feat"] {
+        let yaml = r.render(&mesh, &svc(name)).unwrap();
+        check_golden(&format!("envoy_shop_sandbox_{name}.yaml"), &yaml);
+    }
+}
+
+/// The routes of one outbound virtual host, as (header name, matcher kind, value, cluster).
+fn vhost_routes(cfg: &Yaml, vhost: &str) -> Vec<(String, String, String, String)> {
+    let vhosts = get(hcm(listener(cfg, "outbound")), "route_config.virtual_hosts");
+    let vh = vhosts
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| s(get(v, "name")) == vhost)
+        .unwrap_or_else(|| panic!("no virtual host {vhost}"));
+    routes_of(get(vh, "routes"))
+}
+
+fn routes_of(routes: &Yaml) -> Vec<(String, String, String, String)> {
+    routes
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let cluster = r
+                .get("route")
+                .and_then(|x| x.get("cluster"))
+                .map(|c| s(c).to_string())
+                .unwrap_or_default();
+            match r.get("match").and_then(|m| m.get("headers")) {
+                None => (String::new(), String::new(), String::new(), cluster),
+                Some(h) => {
+                    let h = &h.as_sequence().unwrap()[0];
+                    let sm = get(h, "string_match");
+                    let (kind, value) = if let Some(e) = sm.get("exact") {
+                        ("exact", s(e).to_string())
+                    } else {
+                        ("safe_regex", s(get(sm, "safe_regex.regex")).to_string())
+                    };
+                    (s(get(h, "name")).to_string(), kind.into(), value, cluster)
+                }
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn sandbox_copies_get_header_and_baggage_routes_before_the_baseline() {
+    let r = EnvoyRenderer::default();
+    let mesh = shop_mesh_with_sandboxes();
+    let cfg: Yaml = yaml_serde::from_str(&r.render(&mesh, &svc("worker")).unwrap()).unwrap();
+    let api = vhost_routes(&cfg, "peer_api");
+    let feat = iac_core::sandbox::baggage_regex(&iac_core::SandboxName::new("feat").unwrap());
+    let other = iac_core::sandbox::baggage_regex(&iac_core::SandboxName::new("zz-other").unwrap());
+    let t = |h: &str, k: &str, v: &str, c: &str| (h.into(), k.into(), v.to_string(), c.into());
+    assert_eq!(
+        api,
+        vec![
+            t("x-iac-sandbox", "exact", "feat", "peer_api--sb-feat"),
+            t(
+                "x-iac-sandbox",
+                "exact",
+                "zz-other",
+                "peer_api--sb-zz-other"
+            ),
+            t("baggage", "safe_regex", &feat, "peer_api--sb-feat"),
+            t("baggage", "safe_regex", &other, "peer_api--sb-zz-other"),
+            t("", "", "", "peer_api"),
+        ]
+    );
+    // Copies get no virtual host of their own.
+    assert_eq!(vhost_routes(&cfg, "peer_web").len(), 3);
+    let vhosts = get(
+        hcm(listener(&cfg, "outbound")),
+        "route_config.virtual_hosts",
+    );
+    assert!(
+        vhosts
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .all(|v| !s(get(v, "name")).contains("--sb-")),
+        "copies are reached only through their baseline's routes"
+    );
+    // Each copy's cluster: mTLS to its own name, its certificate must name it in the project.
+    for copy in ["api--sb-feat", "api--sb-zz-other", "web--sb-feat"] {
+        let c = cluster(&cfg, &format!("peer_{copy}")).unwrap_or_else(|| panic!("{copy}"));
+        let san = get(
+            c,
+            "transport_socket.typed_config.common_tls_context.validation_context.match_typed_subject_alt_names",
+        );
+        assert_eq!(
+            s(get(&san.as_sequence().unwrap()[0], "matcher.exact")),
+            format!("{copy}.shop")
+        );
+    }
+    // The edge of web sends requests that pick a sandbox of web's to the copy, others to the app.
+    let cfg: Yaml = yaml_serde::from_str(&r.render(&mesh, &svc("web")).unwrap()).unwrap();
+    let edge = routes_of(get(
+        &get(hcm(listener(&cfg, "edge")), "route_config.virtual_hosts")
+            .as_sequence()
+            .unwrap()[0],
+        "routes",
+    ));
+    assert_eq!(edge.len(), 4, "{edge:?}");
+    assert_eq!(
+        edge[1],
+        t("x-iac-sandbox", "exact", "feat", "peer_web--sb-feat")
+    );
+    assert_eq!(
+        edge[2],
+        t("baggage", "safe_regex", &feat, "peer_web--sb-feat")
+    );
+    assert_eq!(edge[3].3, "app");
+    // A copy routes to its peers' copies too, but never to itself; it has no edge copies.
+    let cfg: Yaml = yaml_serde::from_str(&r.render(&mesh, &svc("api--sb-feat")).unwrap()).unwrap();
+    assert!(cluster(&cfg, "peer_api--sb-feat").is_none());
+    assert!(cluster(&cfg, "peer_api--sb-zz-other").is_some());
+    assert!(cluster(&cfg, "peer_web--sb-feat").is_some());
+    assert_eq!(vhost_routes(&cfg, "peer_api").len(), 3);
+}
+
+#[test]
+fn a_copy_named_unlike_what_it_copies_is_refused() {
+    let mut mesh = shop_mesh_with_sandboxes();
+    let last = mesh.services.last_mut().unwrap();
+    last.sandbox = Some(iac_core::SandboxCopy {
+        of: svc("api"),
+        sandbox: iac_core::SandboxName::new("feat").unwrap(),
+    });
+    let e = EnvoyRenderer::default()
+        .render(&mesh, &svc("worker"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("web--sb-feat") && e.contains("api--sb-feat"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -1059,6 +1226,11 @@ fn every_render_passes_envoy_validate() {
     egress.ports.admin_socket = tmp.path().join("admin3.sock").display().to_string();
     meshes.push(("egress", egress));
 
+    let mut sandboxes = shop_mesh_with_sandboxes();
+    sandboxes.certs = certs.clone();
+    sandboxes.ports.admin_socket = tmp.path().join("admin4.sock").display().to_string();
+    meshes.push(("sandboxes", sandboxes));
+
     let r = EnvoyRenderer::default();
     let mut checked = 0;
     for (label, mesh) in &meshes {
@@ -1071,7 +1243,7 @@ fn every_render_passes_envoy_validate() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 3 + 3 + 1 + 3 + 3);
+    assert_eq!(checked, 3 + 3 + 1 + 3 + 3 + 6);
 
     // And validation really checks: a broken config is rejected.
     let bad = tmp.path().join("bad.yaml");

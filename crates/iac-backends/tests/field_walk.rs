@@ -66,6 +66,7 @@ fn stack(pids: bool) -> Stack {
         otel_endpoint: None,
         services: vec![svc],
         keep: vec![],
+        sandbox: None,
     });
     let app = &mut s.services[0].app;
     app.cmd = vec![

@@ -55,6 +55,7 @@ fn stack() -> Stack {
         otel_endpoint: None,
         services: vec![svc("web", Some(8000)), api],
         keep: vec![],
+        sandbox: None,
     })
 }
 

@@ -587,6 +587,7 @@ async fn mtls_through_envoy_to_the_real_agent() {
                 app_port: None,
                 edge: false,
                 egress: Default::default(),
+                sandbox: None,
             },
             MeshService {
                 name: svc("other"),
@@ -595,6 +596,7 @@ async fn mtls_through_envoy_to_the_real_agent() {
                 app_port: None,
                 edge: false,
                 egress: Default::default(),
+                sandbox: None,
             },
         ],
         ports: MeshPorts::default(),
@@ -821,6 +823,7 @@ async fn outbound_routes_by_authority_to_a_verified_peer() {
         app_port,
         edge: false,
         egress: Default::default(),
+        sandbox: None,
     };
     let mesh = Mesh {
         project: project.clone(),
@@ -1018,6 +1021,7 @@ async fn inbound_rbac_admits_the_control_plane_and_same_project_peers_only() {
         app_port,
         edge: false,
         egress: Default::default(),
+        sandbox: None,
     };
     let b_mesh = Mesh {
         project: mt.clone(),
@@ -1177,6 +1181,7 @@ async fn edge_listener_reaches_the_app_and_never_the_control_plane() {
             app_port: Some(app.port),
             edge: true,
             egress: Default::default(),
+            sandbox: None,
         }],
         ports: MeshPorts::default(),
         certs: CertPaths::in_container(),
@@ -1451,6 +1456,7 @@ async fn egress_listener_admits_only_the_allowlist() {
             app_port: None,
             edge: false,
             egress: iac_core::EgressPolicy::Allow(rules),
+            sandbox: None,
         }],
         ports: MeshPorts::default(),
         certs: CertPaths::in_container(),

@@ -301,6 +301,7 @@ impl Fixture {
             services,
             keep: keep.iter().map(|k| ServiceName::new(k).unwrap()).collect(),
             repair: Default::default(),
+            sandbox: None,
         }
     }
 
@@ -1005,6 +1006,7 @@ impl Pod {
                     app_port: Some(8000),
                     edge: edge.is_some(),
                     egress: egress.clone(),
+                    sandbox: None,
                 }],
                 ports: iac_core::MeshPorts::default(),
                 certs: iac_core::CertPaths::in_container(),
@@ -1050,6 +1052,7 @@ impl Pod {
                 egress,
             }],
             keep: Vec::new(),
+            sandbox: None,
         };
         let mut stack = iac_core::plan::plan(&input);
         let svc = &mut stack.services[0];

@@ -93,6 +93,7 @@ fn input(root: &Path) -> PlanInput {
         otel_endpoint: None,
         services: vec![service("web", Some(8000), root), service("api", None, root)],
         keep: Vec::new(),
+        sandbox: None,
     }
 }
 

@@ -55,15 +55,35 @@ pub enum Command {
         /// Services prepared at once.
         #[arg(long)]
         parallel: Option<usize>,
+        /// Deploy the file's services as copies in this sandbox, beside the baseline (overrides
+        /// the file's `sandbox:`); see the README's Sandboxes section.
+        #[arg(long, value_name = "NAME", value_parser = parse_sandbox)]
+        sandbox: Option<iac_core::SandboxName>,
+        /// With `--sandbox`: remove the sandbox at the first deploy or `iac gc` after this long
+        /// (overrides the file's `ttl:`).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "sandbox")]
+        ttl: Option<std::time::Duration>,
     },
     /// Show what a deploy would create, replace, keep or remove (builds nothing).
     Plan {
         /// The repos file to plan.
         #[command(flatten)]
         file: FileArg,
+        /// Plan the file's services as copies in this sandbox.
+        #[arg(long, value_name = "NAME", value_parser = parse_sandbox)]
+        sandbox: Option<iac_core::SandboxName>,
     },
-    /// Remove every container and network of the project.
+    /// Remove every container and network of the project (with `--sandbox`: that sandbox only).
     Destroy {
+        /// Take the project name from this repos file.
+        #[arg(long, short = 'f')]
+        file: Option<PathBuf>,
+        /// Remove only this sandbox's copies; the baseline is not touched.
+        #[arg(long, value_name = "NAME", value_parser = parse_sandbox)]
+        sandbox: Option<iac_core::SandboxName>,
+    },
+    /// Remove the sandboxes whose ttl has passed.
+    Gc {
         /// Take the project name from this repos file.
         #[arg(long, short = 'f')]
         file: Option<PathBuf>,
@@ -73,6 +93,9 @@ pub enum Command {
         /// Take the project name from this repos file.
         #[arg(long, short = 'f')]
         file: Option<PathBuf>,
+        /// Only this sandbox's copies.
+        #[arg(long, value_name = "NAME", value_parser = parse_sandbox)]
+        sandbox: Option<iac_core::SandboxName>,
         /// How long to wait for each service's answer (default: `health_check_timeout`, 2s).
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         timeout: Option<std::time::Duration>,
@@ -233,6 +256,10 @@ pub enum ConfigAction {
 }
 
 /// A duration argument (`2s`, `500ms`, `5m`).
+fn parse_sandbox(s: &str) -> Result<iac_core::SandboxName, String> {
+    iac_core::SandboxName::new(s).map_err(|e| format!("sandbox name {e}"))
+}
+
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(s)
         .map_err(|e| format!("{s:?}: {e} (expected a duration such as 2s, 500ms or 5m)"))

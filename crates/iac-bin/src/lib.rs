@@ -89,14 +89,20 @@ async fn dispatch(cli: Cli, cfg: IacConfig) -> anyhow::Result<ExitCode> {
     let json = cli.json;
     let project_flag = cli.project.clone();
     match cli.command {
-        Command::Deploy { file, .. } => commands::deploy(cfg, &file.file, json).await,
-        Command::Plan { file } => commands::plan(cfg, &file.file, json).await,
-        Command::Destroy { file } => commands::destroy(cfg, file.as_ref(), json).await,
+        Command::Deploy {
+            file, sandbox, ttl, ..
+        } => commands::deploy(cfg, &file.file, sandbox, ttl, json).await,
+        Command::Plan { file, sandbox } => commands::plan(cfg, &file.file, sandbox, json).await,
+        Command::Destroy { file, sandbox } => {
+            commands::destroy(cfg, file.as_ref(), sandbox, json).await
+        }
+        Command::Gc { file } => commands::gc(cfg, file.as_ref(), json).await,
         Command::Health {
             file,
+            sandbox,
             timeout,
             wait,
-        } => commands::health(cfg, file.as_ref(), timeout, wait, json).await,
+        } => commands::health(cfg, file.as_ref(), sandbox, timeout, wait, json).await,
         Command::Logs {
             file,
             service,

@@ -195,6 +195,7 @@ impl App {
                 deadline: cfg.deploy_deadline,
                 release_timeout: cfg.release_timeout,
                 egress: cfg.mesh.egress,
+                sandbox: None,
             },
         );
         Ok(App {
@@ -340,7 +341,8 @@ impl ControlPlaneBackend for LiveBackend {
     }
 
     async fn deploy(&self, input: DeployInput, events: Events) -> Result<DeployReport, ApiError> {
-        let app = self.app(input.project).await?;
+        let mut app = self.app(input.project).await?;
+        app.deployer.set_sandbox(input.sandbox);
         Ok(app.deployer.deploy(&input.services, &events).await)
     }
 

@@ -743,6 +743,7 @@ async fn openapi_mirror_schemas_match_the_core_types() {
             spec_hash: "h".into(),
             image: "i".into(),
             state: "running".into(),
+            sandbox: None,
         },
         health,
     );

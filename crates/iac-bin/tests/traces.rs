@@ -435,6 +435,7 @@ mod deploy {
                 deadline: Duration::from_secs(300),
                 release_timeout: Duration::from_secs(60),
                 egress: Default::default(),
+                sandbox: None,
             },
         )
     }

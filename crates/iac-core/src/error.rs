@@ -523,6 +523,9 @@ pub enum Error {
     /// Authentication or authorization failed.
     #[error(transparent)]
     Auth(#[from] AuthError),
+    /// A sandbox cannot be deployed or removed as asked.
+    #[error("sandbox: {0}")]
+    Sandbox(String),
     /// A local file operation failed (configs, the deploy lock).
     #[error("{path}: {source}")]
     Io {

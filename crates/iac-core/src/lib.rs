@@ -29,6 +29,7 @@ pub mod plan;
 pub mod refs;
 pub mod report;
 pub mod repos;
+pub mod sandbox;
 pub mod settle;
 pub mod shell;
 pub mod slug;
@@ -38,7 +39,10 @@ pub mod stage;
 pub mod stages;
 pub mod trace_context;
 
-pub use deployer::{DeployOptions, Deployer, DesiredStack, PlanOutcome, RenderedService, Stages};
+pub use deployer::{
+    DeployOptions, Deployer, DesiredStack, PlanOutcome, RenderedService, SandboxRecord,
+    SandboxTarget, Stages,
+};
 pub use egress::{EgressMode, EgressPolicy, EgressRule};
 pub use entry::{
     BuildStep, Candidate, DEFAULT_APP_PORT, Entry, Language, PythonVersion, ReleaseCommand,
@@ -56,6 +60,7 @@ pub use repos::{
     InstallSelection, MAX_REPLICAS, ReposFile, ReposFormat, ServiceSpec, load_repos_file,
     normalize_names, parse_repos_file,
 };
+pub use sandbox::{SandboxCopy, SandboxName};
 pub use slug::{Forge, Slug};
 pub use source::Source;
 pub use stack::{

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::egress::EgressPolicy;
 use crate::name::{ProjectName, ServiceName};
+use crate::sandbox::SandboxCopy;
 
 /// Certificate files: a CA bundle, a certificate and its key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -139,6 +140,10 @@ pub struct MeshService {
     /// Where its app may connect outside the mesh (its sidecar's egress listener).
     #[serde(default)]
     pub egress: EgressPolicy,
+    /// Set when it is a sandbox copy of a baseline service (its name is then
+    /// [`crate::sandbox::copy_name`]): peers route to it only requests that pick its sandbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<SandboxCopy>,
 }
 
 /// Every service of a project as their sidecars see each other.
@@ -160,10 +165,34 @@ impl Mesh {
         self.services.iter().find(|s| &s.name == name)
     }
 
-    /// Every member except `name`, in name order.
+    /// Every baseline member except `name`, in name order (sandbox copies are reached only
+    /// through the routes of the service they copy: [`Mesh::copies_of`]).
     pub fn peers_of(&self, name: &ServiceName) -> Vec<&MeshService> {
-        let mut v: Vec<_> = self.services.iter().filter(|s| &s.name != name).collect();
+        let mut v: Vec<_> = self
+            .services
+            .iter()
+            .filter(|s| &s.name != name && s.sandbox.is_none())
+            .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
+    }
+
+    /// The sandbox copies of the baseline service `name`, by sandbox name.
+    pub fn copies_of(&self, name: &ServiceName) -> Vec<&MeshService> {
+        let mut v: Vec<_> = self
+            .services
+            .iter()
+            .filter(|s| s.sandbox.as_ref().is_some_and(|c| &c.of == name))
+            .collect();
+        v.sort_by(|a, b| a.sandbox.cmp(&b.sandbox));
+        v
+    }
+
+    /// The same mesh without any sandbox copy: what the baseline's spec hashes are computed
+    /// from, so deploying or removing a sandbox never makes a baseline pod "changed".
+    pub fn baseline(&self) -> Mesh {
+        let mut m = self.clone();
+        m.services.retain(|s| s.sandbox.is_none());
+        m
     }
 }

@@ -173,16 +173,25 @@ pub const ENVOY_RESTART_MAX_SECS: u32 = 30;
 /// status and the delay).
 pub const ENVOY_RESTART_PREFIX: &str = "iac-sidecar: envoy exited with status ";
 
+/// What the sidecar writes to its stderr when it restarts Envoy on SIGHUP (a reload: the
+/// config file changed, e.g. new sandbox routes).
+pub const ENVOY_RELOAD_LINE: &str =
+    "iac-sidecar: reloading envoy (SIGHUP): restarting it with its config file as it is now";
+
 /// The second stage of the sidecar's command: runs as the sidecar container's PID 1 for its whole
 /// life, holding the pod's network namespace, and supervises Envoy (`"$@"`, already wrapped in
 /// `setpriv` with no capabilities): SIGTERM/SIGINT are forwarded and end it; an Envoy that dies
-/// by itself is started again after 1 s, doubling to 30 s, back to 1 s after a minute of running.
+/// by itself is started again after 1 s, doubling to 30 s, back to 1 s after a minute of running;
+/// SIGHUP stops Envoy and starts it again at once, reading its config file anew (a reload; the
+/// pod's network namespace and the app are not touched).
 /// Builtins only between starts (no process per restart besides Envoy's and the sleep).
 pub fn envoy_supervisor_script() -> String {
     format!(
         "pid=
 stop=
+reload=
 trap 'stop=1; [ -z \"$pid\" ] || kill -TERM \"$pid\" 2>/dev/null || :' TERM INT
+trap 'reload=1; [ -z \"$pid\" ] || kill -TERM \"$pid\" 2>/dev/null || :' HUP
 delay={first}
 while :; do
   read -r up rest < /proc/uptime
@@ -194,6 +203,11 @@ while :; do
   while kill -0 \"$pid\" 2>/dev/null; do code=0; wait \"$pid\" || code=$?; done
   pid=
   [ -z \"$stop\" ] || exit 0
+  if [ -n \"$reload\" ]; then
+    reload=
+    echo \"{reload_line}\" >&2
+    continue
+  fi
   read -r up rest < /proc/uptime
   [ $(( ${{up%.*}} - started )) -lt 60 ] || delay={first}
   echo \"{prefix}$code; restarting it in ${{delay}}s\" >&2
@@ -209,6 +223,7 @@ done
         first = ENVOY_RESTART_FIRST_SECS,
         max = ENVOY_RESTART_MAX_SECS,
         prefix = ENVOY_RESTART_PREFIX,
+        reload_line = ENVOY_RELOAD_LINE,
     )
 }
 
@@ -308,6 +323,11 @@ pub struct PlanInput {
     pub services: Vec<PlannedService>,
     /// Services whose running containers are left alone (they failed to prepare).
     pub keep: Vec<ServiceName>,
+    /// Set for a sandbox deploy: every service is a copy in this sandbox (named
+    /// [`crate::sandbox::copy_name`]); its containers carry [`crate::sandbox::LABEL_SANDBOX`],
+    /// its app `IAC_SANDBOX`, and the stack is scoped to the sandbox.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<crate::sandbox::SandboxName>,
 }
 
 /// One prepared service, as [`plan`] needs it.
@@ -382,6 +402,9 @@ pub fn plan(input: &PlanInput) -> Stack {
             None => crate::labels::project_labels(project.as_str()),
         };
         l.insert(LABEL_ROLE.to_string(), role.to_string());
+        if let (Some(sb), Some(_)) = (&input.sandbox, svc) {
+            l.insert(crate::sandbox::LABEL_SANDBOX.to_string(), sb.to_string());
+        }
         l
     };
     let ports = MeshPorts::default();
@@ -408,6 +431,9 @@ pub fn plan(input: &PlanInput) -> Stack {
             env.insert("IAC_FOLLOW_POD_NETWORK".into(), "1".into());
             env.insert("IAC_PROJECT".into(), project.to_string());
             env.insert("IAC_SERVICE".into(), s.name.to_string());
+            if let Some(sb) = &input.sandbox {
+                env.insert("IAC_SANDBOX".into(), sb.to_string());
+            }
             env.insert(
                 "IAC_MESH_OUTBOUND".into(),
                 format!("http://127.0.0.1:{}", ports.outbound),
@@ -552,6 +578,7 @@ pub fn plan(input: &PlanInput) -> Stack {
         services,
         keep,
         repair: BTreeMap::new(),
+        sandbox: input.sandbox.clone(),
     }
 }
 
@@ -586,6 +613,7 @@ mod tests {
             otel_endpoint: None,
             services: vec![svc("web", Some(8000)), svc("api", None)],
             keep: vec![ServiceName::new("broken").unwrap()],
+            sandbox: None,
         }
     }
 

@@ -166,6 +166,11 @@ pub struct ReposFile {
     pub services: Vec<ServiceSpec>,
     /// The project's `egress` items (already merged into every service's list).
     pub egress: Vec<EgressRule>,
+    /// `sandbox: NAME`: the services are sandbox copies of the project's baseline services of
+    /// the same names ([`crate::sandbox`]), not the baseline itself.
+    pub sandbox: Option<crate::sandbox::SandboxName>,
+    /// `ttl: 2h` (a sandbox only): after it, the next deploy or `iac gc` removes the sandbox.
+    pub ttl: Option<std::time::Duration>,
 }
 
 /// The syntax to parse. `Auto` picks JSON when the text starts with `[` or `{` and parses as JSON.
@@ -212,17 +217,57 @@ pub fn load_repos_file(path: &Path) -> Result<ReposFile, ReposFileError> {
 /// Parses repos-file text.
 pub fn parse_repos_file(text: &str, format: ReposFormat) -> Result<ReposFile, ReposFileError> {
     let root = parse_value(text, format)?;
+    let mut sandbox = None;
+    let mut ttl = None;
     let (project, project_egress, items) = match root {
         Value::Array(items) => (None, Vec::new(), items),
         Value::Object(mut map) => {
             for key in map.keys() {
-                if key != "project" && key != "services" && key != "egress" {
+                if !["project", "services", "egress", "sandbox", "ttl"].contains(&key.as_str()) {
                     return Err(ReposFileError::Shape {
                         expected: format!(
-                            "a list of services, or a map with keys `project`, `egress` and `services` (unknown key {key:?})"
+                            "a list of services, or a map with keys `project`, `sandbox`, `ttl`, `egress` and `services` (unknown key {key:?})"
                         ),
                     });
                 }
+            }
+            sandbox = match map.remove("sandbox") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(n)) => {
+                    Some(crate::sandbox::SandboxName::new(&n).map_err(|e| {
+                        ReposFileError::Shape {
+                            expected: format!("`sandbox` to be a sandbox name: {e}"),
+                        }
+                    })?)
+                }
+                Some(other) => {
+                    return Err(ReposFileError::Shape {
+                        expected: format!("`sandbox` to be a string, got {}", kind(&other)),
+                    });
+                }
+            };
+            ttl = match map.remove("ttl") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(t)) => {
+                    Some(
+                        crate::duration::parse(&t).map_err(|e| ReposFileError::Shape {
+                            expected: format!("`ttl` to be a duration such as \"2h\": {e}"),
+                        })?,
+                    )
+                }
+                Some(other) => {
+                    return Err(ReposFileError::Shape {
+                        expected: format!(
+                            "`ttl` to be a duration string such as \"2h\", got {}",
+                            kind(&other)
+                        ),
+                    });
+                }
+            };
+            if ttl.is_some() && sandbox.is_none() {
+                return Err(ReposFileError::Shape {
+                    expected: "`ttl` only beside `sandbox` (a baseline does not expire)".into(),
+                });
             }
             let project = match map.remove("project") {
                 None | Some(Value::Null) => None,
@@ -325,10 +370,11 @@ pub fn parse_repos_file(text: &str, format: ReposFormat) -> Result<ReposFile, Re
                             slug = Some(s.parse::<Slug>().map_err(|e| fail(e.to_string()))?)
                         }
                         ("name", Value::String(n)) => {
-                            name = Some(
-                                ServiceName::new(&n)
-                                    .map_err(|e| fail(format!("`name` to be a DNS label: {e}")))?,
-                            )
+                            let n = ServiceName::new(&n)
+                                .map_err(|e| fail(format!("`name` to be a DNS label: {e}")))?;
+                            crate::sandbox::check_baseline_name(&n)
+                                .map_err(|e| fail(format!("`name` to be a service name: {e}")))?;
+                            name = Some(n)
                         }
                         ("entrypoint", Value::String(e)) if !e.trim().is_empty() => {
                             entrypoint = Some(e.trim().to_string())
@@ -501,6 +547,8 @@ pub fn parse_repos_file(text: &str, format: ReposFormat) -> Result<ReposFile, Re
         project,
         services,
         egress: project_egress,
+        sandbox,
+        ttl,
     })
 }
 
@@ -918,6 +966,51 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("missing.yaml"), "{e}");
+    }
+
+    #[test]
+    fn a_sandbox_file_names_its_sandbox_and_ttl_and_baseline_names_avoid_the_copy_infix() {
+        let r = parse_repos_file(
+            "sandbox: feat\nttl: 2h\nservices:\n  - slug: gh:acme/cart#feature-x\n",
+            ReposFormat::Yaml,
+        )
+        .unwrap();
+        assert_eq!(r.sandbox.unwrap().as_str(), "feat");
+        assert_eq!(r.ttl, Some(std::time::Duration::from_secs(7200)));
+        assert_eq!(r.services[0].name.as_str(), "cart");
+        let plain = parse_repos_file("- gh:acme/cart\n", ReposFormat::Yaml).unwrap();
+        assert!(plain.sandbox.is_none() && plain.ttl.is_none());
+        for (text, want) in [
+            (
+                "sandbox: Feat\nservices: [gh:a/b]\n",
+                "`sandbox` to be a sandbox name",
+            ),
+            (
+                "sandbox: [x]\nservices: [gh:a/b]\n",
+                "`sandbox` to be a string",
+            ),
+            (
+                "sandbox: f\nttl: 5\nservices: [gh:a/b]\n",
+                "`ttl` to be a duration string",
+            ),
+            (
+                "sandbox: f\nttl: soon\nservices: [gh:a/b]\n",
+                "`ttl` to be a duration",
+            ),
+            (
+                "ttl: 1h\nservices: [gh:a/b]\n",
+                "`ttl` only beside `sandbox`",
+            ),
+            (
+                "services:\n  - slug: gh:a/b\n    name: b--sb-x\n",
+                "names sandbox copies",
+            ),
+        ] {
+            let e = parse_repos_file(text, ReposFormat::Yaml)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{text:?}: {e}");
+        }
     }
 
     proptest::proptest! {

@@ -245,6 +245,11 @@ pub struct Stack {
     /// Filled by the deployer after probing, never by [`crate::plan::plan`].
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub repair: BTreeMap<ServiceName, String>,
+    /// Set when the stack is one sandbox's copies ([`crate::sandbox`]): a provisioner then
+    /// reconciles only the objects labelled with this sandbox (creating, replacing and removing
+    /// copies), and never touches the baseline; unset, it never touches any sandbox's objects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<crate::sandbox::SandboxName>,
 }
 
 /// What reconciling will do (plan) or did (apply) to one service.
@@ -334,4 +339,7 @@ pub struct RunningService {
     pub image: String,
     /// Engine state of the app container, e.g. "running", "exited".
     pub state: String,
+    /// The sandbox it is a copy in (its `service` is then the copy's name), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<crate::sandbox::SandboxName>,
 }

@@ -120,6 +120,36 @@ pub trait Provisioner: Send + Sync {
         project: &ProjectName,
         events: &Events,
     ) -> Result<Vec<String>, ProvisionError>;
+    /// Removes one sandbox's copies of the project ([`crate::sandbox`]), nothing else: the
+    /// baseline's objects are not touched. Idempotent. Returns what was removed. Backends that
+    /// cannot run sandboxes refuse.
+    async fn destroy_sandbox(
+        &self,
+        project: &ProjectName,
+        sandbox: &crate::sandbox::SandboxName,
+        events: &Events,
+    ) -> Result<Vec<String>, ProvisionError> {
+        let _ = (project, events);
+        Err(ProvisionError::Invalid(format!(
+            "the {} provisioner does not run sandboxes (sandbox {sandbox}); expected the docker provisioner",
+            self.name()
+        )))
+    }
+    /// Makes the sidecars of `services` load their rewritten config files (new sandbox
+    /// routes) without touching their app containers. Returns the services reloaded. Backends
+    /// that cannot reload refuse, and the sidecars keep their routes until replaced.
+    async fn reload_sidecars(
+        &self,
+        project: &ProjectName,
+        services: &[ServiceName],
+        events: &Events,
+    ) -> Result<Vec<ServiceName>, ProvisionError> {
+        let _ = (project, services, events);
+        Err(ProvisionError::Invalid(format!(
+            "the {} provisioner cannot reload sidecars in place",
+            self.name()
+        )))
+    }
     /// Services running in the project now, with their mTLS endpoints.
     async fn running(&self, project: &ProjectName) -> Result<Vec<RunningService>, ProvisionError>;
     /// Whether [`Provisioner::run_release`] can run release commands on this target. Services

@@ -59,6 +59,9 @@ pub struct Observed {
     pub state: String,
     /// Published ports: (container port, host address).
     pub published: Vec<(u16, SocketAddr)>,
+    /// `iac.sandbox` label: the sandbox a copy's container belongs to (`None`: the baseline,
+    /// or an object of no service).
+    pub sandbox: Option<String>,
 }
 
 impl Observed {
@@ -378,6 +381,7 @@ impl Engine for BollardEngine {
                     image: c.image.unwrap_or_default(),
                     state: c.state.map(|s| s.to_string()).unwrap_or_default(),
                     published,
+                    sandbox: labels.get(iac_core::sandbox::LABEL_SANDBOX).cloned(),
                 }
             })
             .collect())

@@ -64,9 +64,16 @@ pub const TRUST_DOMAIN: &str = "iac";
 /// the `/iac.controlplane.v1.ControlPlane/*` routes.
 pub const CONTROL_PLANE_URI: &str = "spiffe://iac/control-plane";
 
-/// URI SAN of the leaf of `service` in `project`: `spiffe://iac/<project>/<service>`.
+/// URI SAN of the leaf of `service` in `project`: `spiffe://iac/<project>/<service>`, or
+/// `spiffe://iac/<project>/<svc>/sandbox/<sandbox>` for a sandbox copy (named
+/// `<svc>--sb-<sandbox>`, [`iac_core::sandbox::copy_name`]). Both start with
+/// [`project_uri_prefix`], so the project's sidecars admit a copy as they admit its baseline.
 pub fn service_uri(project: &str, service: &str) -> String {
-    format!("{}{service}", project_uri_prefix(project))
+    format!(
+        "{}{}",
+        project_uri_prefix(project),
+        iac_core::sandbox::identity_path(service)
+    )
 }
 
 /// The prefix every service URI of `project` starts with (`spiffe://iac/<project>/`); a

@@ -201,6 +201,7 @@ mod tests {
             }],
             keep: vec![],
             repair: Default::default(),
+            sandbox: None,
         }
     }
 

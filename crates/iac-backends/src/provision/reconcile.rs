@@ -292,6 +292,7 @@ mod tests {
             services,
             keep: keep.iter().map(|k| svc(k)).collect(),
             repair: Default::default(),
+            sandbox: None,
         }
     }
 
@@ -305,6 +306,7 @@ mod tests {
             image: "img".into(),
             state: state.into(),
             published: vec![],
+            sandbox: None,
         }
     }
 

@@ -7,10 +7,10 @@
 //! | listener | address | what |
 //! |---|---|---|
 //! | `inbound_mtls` | `{inbound_bind}:15000` | TLS, client certificate from the CA required, ALPN h2 (+http/1.1); `/iac.controlplane.v1.ControlPlane/*` → cluster `agent` (127.0.0.1:50051, h2c), RBAC: only the control plane; everything else → cluster `app` (127.0.0.1:`app_port`, HTTP/1.1) when the service declares a port, RBAC: only services of the same project; no route → 403; `x-forwarded-client-cert` always replaced by Envoy's (subject, URI, DNS of the caller) |
-//! | `outbound` | `127.0.0.1:15001` | plaintext h2/HTTP/1.1 from the app; authority `<peer>`, `<peer>:15001`, `<peer>.<project>` (and with the port) → cluster `peer_<peer>` = `<address>:<port>` over mTLS (SNI `<peer>`, peer DNS SAN `<peer>.<project>` verified, ALPN h2) |
+//! | `outbound` | `127.0.0.1:15001` | plaintext h2/HTTP/1.1 from the app; authority `<peer>`, `<peer>:15001`, `<peer>.<project>` (and with the port) → cluster `peer_<peer>` = `<address>:<port>` over mTLS (SNI `<peer>`, peer DNS SAN `<peer>.<project>` verified, ALPN h2); before that, for each sandbox copy `<peer>--sb-<name>` of the peer, requests with `x-iac-sandbox: <name>` (first) or the baggage member `iac-sandbox=<name>` → cluster `peer_<peer>--sb-<name>` (same mTLS, SAN `<peer>--sb-<name>.<project>`) |
 //! | `egress` (pods whose egress is controlled) | `127.0.0.1:15002` | the app's only way out (its `HTTPS_PROXY`/`HTTP_PROXY`): HTTP CONNECT and absolute-URL HTTP checked by authority against the service's allowlist (RBAC, one policy per rule; refused → 403, `http.egress.rbac.denied`, an `iac-egress refused` log line), TLS sent directly checked by SNI (port-443 rules); Envoy resolves names itself (dynamic forward proxy, clusters `egress`/`egress_sni`) |
 //! | `stats` | `127.0.0.1:9901` | only `GET /stats/prometheus` → cluster `admin` (the admin unix socket); anything else 404 |
-//! | `edge` (services with an edge only) | `{inbound_bind}:15080` | plain HTTP (h1/h2c, WebSocket upgrades), no client certificate: `/iac.controlplane.v1.ControlPlane/*` → 404, everything else → cluster `app`; the caller's `x-forwarded-client-cert` is dropped and the app sees `URI=spiffe://iac/ingress` ([`iac_core::expose::INGRESS_URI`]) |
+//! | `edge` (services with an edge only) | `{inbound_bind}:15080` | plain HTTP (h1/h2c, WebSocket upgrades), no client certificate: `/iac.controlplane.v1.ControlPlane/*` → 404, requests picking a sandbox in which this service has a copy → that copy (mTLS, as a peer), everything else → cluster `app`; the caller's `x-forwarded-client-cert` is dropped and the app sees `URI=spiffe://iac/ingress` ([`iac_core::expose::INGRESS_URI`]) |
 //!
 //! Admin itself listens only on the unix socket `admin_socket`.
 //!
@@ -188,9 +188,60 @@ impl EnvoyRenderer {
                         "static",
                         Value::from(peer.address.parse::<IpAddr>().is_ok()),
                     ),
+                    ("copies", copy_routes(mesh, &peer.name, service)),
                 ]))
             })
             .collect::<Result<_, _>>()?;
+        // Every copy a route names: of a peer, or (for the edge) of this service itself; never
+        // this member, when it is a copy.
+        let mut copy_clusters = Vec::new();
+        let baseline_peers = mesh.peers_of(service).into_iter().map(|p| &p.name);
+        for of in baseline_peers.chain(me.sandbox.is_none().then_some(&me.name)) {
+            for c in mesh
+                .copies_of(of)
+                .into_iter()
+                .filter(|c| &c.name != service)
+            {
+                if c.address.trim().is_empty() || c.address.contains(char::is_whitespace) {
+                    return Err(invalid(format!(
+                        "sandbox copy {} has an invalid address {:?}",
+                        c.name, c.address
+                    )));
+                }
+                if c.port == 0 {
+                    return Err(invalid(format!("sandbox copy {} has port 0", c.name)));
+                }
+                copy_clusters.push(obj([
+                    ("name", Value::from(c.name.as_str())),
+                    ("address", Value::from(c.address.as_str())),
+                    ("port", Value::from(c.port)),
+                    ("static", Value::from(c.address.parse::<IpAddr>().is_ok())),
+                ]));
+            }
+        }
+        for s in &mesh.services {
+            if let Some(c) = &s.sandbox
+                && iac_core::sandbox::copy_name(&c.of, &c.sandbox)
+                    .ok()
+                    .as_ref()
+                    != Some(&s.name)
+            {
+                return Err(invalid(format!(
+                    "member {} says it copies {} in sandbox {}; expected it to be named {}{}{}",
+                    s.name,
+                    c.of,
+                    c.sandbox,
+                    c.of,
+                    iac_core::sandbox::COPY_INFIX,
+                    c.sandbox
+                )));
+            }
+        }
+        let self_copies = if me.sandbox.is_none() && me.edge {
+            copy_routes(mesh, &me.name, service)
+        } else {
+            Value::from(Vec::<Value>::new())
+        };
         let path = |p: &PathBuf| Value::from(p.to_string_lossy().into_owned());
         Ok(obj([
             ("project", Value::from(mesh.project.as_str())),
@@ -226,6 +277,12 @@ impl EnvoyRenderer {
                 Value::from(crate::pki::project_uri_prefix(mesh.project.as_str())),
             ),
             ("peers", Value::from(peers)),
+            ("copy_clusters", Value::from(copy_clusters)),
+            ("self_copies", self_copies),
+            (
+                "sandbox_header",
+                Value::from(iac_core::sandbox::SANDBOX_HEADER),
+            ),
             (
                 "egress_port",
                 if me.egress.is_controlled() {
@@ -307,6 +364,28 @@ fn egress_sni(rules: &[EgressRule]) -> Value {
     names.sort();
     names.dedup();
     Value::from(names)
+}
+
+/// The sandbox routes to the copies of `of` (never to `except`, the member being rendered):
+/// name, sandbox and the baggage regex of each, in sandbox order.
+fn copy_routes(mesh: &Mesh, of: &ServiceName, except: &ServiceName) -> Value {
+    Value::from(
+        mesh.copies_of(of)
+            .into_iter()
+            .filter(|c| &c.name != except)
+            .filter_map(|c| {
+                let sb = &c.sandbox.as_ref()?.sandbox;
+                Some(obj([
+                    ("name", Value::from(c.name.as_str())),
+                    ("sandbox", Value::from(sb.as_str())),
+                    (
+                        "baggage_regex",
+                        Value::from(iac_core::sandbox::baggage_regex(sb)),
+                    ),
+                ]))
+            })
+            .collect::<Vec<_>>(),
+    )
 }
 
 /// A template map from fixed keys.

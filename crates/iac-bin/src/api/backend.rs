@@ -20,6 +20,8 @@ pub struct DeployInput {
     pub project: ProjectName,
     /// The services asked for, in request order.
     pub services: Vec<ServiceSpec>,
+    /// The sandbox they are deployed in as copies (`None`: the baseline).
+    pub sandbox: Option<iac_core::deployer::SandboxTarget>,
 }
 
 /// One running service and what its health check said just now.

@@ -795,6 +795,7 @@ mod tests {
         let input = DeployInput {
             project: ProjectName::new("p").unwrap(),
             services: vec![],
+            sandbox: None,
         };
         let (id, mut rx) = store
             .start(

@@ -153,6 +153,8 @@ impl ControlPlane for GrpcControlPlane {
             services: None,
             project: Some(req.project).filter(|p| !p.is_empty()),
             egress: None,
+            sandbox: None,
+            ttl: None,
         };
         let (input, repos) = validate_deploy(&self.st, &caller, body).map_err(|e| e.to_grpc())?;
         let (id, mut rx) = self

@@ -26,7 +26,17 @@ pub struct DeployRequest {
     /// `*.suffix:port`), added to each service's own `egress`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress: Option<Vec<String>>,
+    /// Deploy the services as copies in this sandbox (a DNS label) beside the project's
+    /// baseline; every service must exist in the baseline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<String>,
+    /// With `sandbox`: after this long (`2h`, `30m`) the next deploy or `iac gc` removes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
 }
+
+/// A `sandbox` value: a DNS label short enough for `<service>--sb-<sandbox>` to stay one.
+pub const SANDBOX_PATTERN: &str = "^[a-z0-9]([a-z0-9-]{0,55}[a-z0-9])?$";
 
 /// An `egress` item: `host:port` or `*.suffix:port` as `iac_core::egress` parses it — DNS labels
 /// of 1-63 letters, digits and inner `-`, an optional trailing dot, a port 1-65535 without
@@ -170,6 +180,15 @@ pub fn deploy_request_schema() -> serde_json::Value {
         "pattern": PROJECT_PATTERN,
         "description": "Project (DNS label); the server's default when absent, null or empty."
     });
+    let sandbox = serde_json::json!({
+        "type": ["string", "null"],
+        "pattern": SANDBOX_PATTERN,
+        "description": "Deploy the services as copies in this sandbox beside the project's baseline (each named like a baseline service, which must exist). Requests with `x-iac-sandbox: <sandbox>` or the baggage member `iac-sandbox=<sandbox>` reach the copies; everything else the baseline."
+    });
+    let ttl = serde_json::json!({
+        "type": ["string", "null"],
+        "description": "With `sandbox`: a duration (`2h`, `30m`) after which the next deploy or `iac gc` removes the sandbox."
+    });
     let item_map = serde_json::json!({
         "type": "object",
         "required": ["slug"],
@@ -219,7 +238,9 @@ pub fn deploy_request_schema() -> serde_json::Value {
                         "description": "Repos-file items: slug strings or `{slug, name?, entrypoint?, env?, expose?, replicas?, extras?, groups?, egress?}` maps."
                     },
                     "project": project,
-                    "egress": egress
+                    "egress": egress,
+                    "sandbox": sandbox,
+                    "ttl": ttl
                 }
             },
             {
@@ -236,7 +257,9 @@ pub fn deploy_request_schema() -> serde_json::Value {
                         "items": service
                     },
                     "project": project,
-                    "egress": egress
+                    "egress": egress,
+                    "sandbox": sandbox,
+                    "ttl": ttl
                 }
             }
         ],

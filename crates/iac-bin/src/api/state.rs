@@ -159,7 +159,38 @@ pub(crate) fn validate_deploy(
             st.cfg.max_services
         )));
     }
-    Ok((DeployInput { project, services }, repos))
+    let sandbox = match req.sandbox.as_deref().filter(|s| !s.is_empty()) {
+        None => {
+            if req.ttl.is_some() {
+                return Err(ApiError::unprocessable(
+                    "`ttl` without `sandbox`: expected a ttl only for a sandbox deploy",
+                ));
+            }
+            None
+        }
+        Some(name) => Some(iac_core::deployer::SandboxTarget {
+            name: iac_core::SandboxName::new(name)
+                .map_err(|e| ApiError::unprocessable(format!("sandbox: {e}")))?,
+            ttl: req
+                .ttl
+                .as_deref()
+                .map(iac_core::duration::parse)
+                .transpose()
+                .map_err(|e| {
+                    ApiError::unprocessable(format!(
+                        "ttl: {e} (expected a duration such as 2h or 30m)"
+                    ))
+                })?,
+        }),
+    };
+    Ok((
+        DeployInput {
+            project,
+            services,
+            sandbox,
+        },
+        repos,
+    ))
 }
 
 /// The API's edge policy: a caller may publish an app on the server's loopback only. A public

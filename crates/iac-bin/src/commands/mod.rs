@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use futures::StreamExt;
+use iac_core::deployer::SandboxTarget;
 use iac_core::history::{HistoryFinish, HistoryKind, Recorder};
 use iac_core::{DeployEvent, Events, LogQuery, ProjectName, ServiceSpec, Slug, load_repos_file};
 use serde_json::json;
@@ -57,6 +58,28 @@ pub fn resolve_project(
 fn load_specs(file: &Path) -> anyhow::Result<(Option<ProjectName>, Vec<ServiceSpec>)> {
     let parsed = load_repos_file(file)?;
     Ok((parsed.project, parsed.services))
+}
+
+/// The sandbox a deploy or plan targets: `--sandbox`/`--ttl` over the file's `sandbox:`/`ttl:`
+/// (a flag naming another sandbox than the file is refused: the file was written for its own).
+fn sandbox_target(
+    file: &Path,
+    flag: Option<iac_core::SandboxName>,
+    ttl: Option<std::time::Duration>,
+) -> anyhow::Result<Option<SandboxTarget>> {
+    let parsed = load_repos_file(file)?;
+    let name = match (flag, parsed.sandbox) {
+        (Some(f), Some(in_file)) if f != in_file => anyhow::bail!(
+            "--sandbox {f} but {} says `sandbox: {in_file}`; expected the same sandbox (or drop one of them)",
+            file.display()
+        ),
+        (Some(f), _) => Some(f),
+        (None, in_file) => in_file,
+    };
+    Ok(name.map(|name| SandboxTarget {
+        name,
+        ttl: ttl.or(parsed.ttl),
+    }))
 }
 
 fn project_from_optional_file(
@@ -113,10 +136,18 @@ async fn with_progress_recorded<T>(
 }
 
 /// `iac deploy`: deploys the repos file's services; exit 1 when any service failed.
-pub async fn deploy(cfg: IacConfig, file: &Path, json: bool) -> anyhow::Result<ExitCode> {
+pub async fn deploy(
+    cfg: IacConfig,
+    file: &Path,
+    sandbox: Option<iac_core::SandboxName>,
+    ttl: Option<std::time::Duration>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let (fp, specs) = load_specs(file)?;
+    let target = sandbox_target(file, sandbox, ttl)?;
     let project = resolve_project(&cfg, fp.as_ref())?;
-    let app = App::build(cfg, project.clone()).await?;
+    let mut app = App::build(cfg, project.clone()).await?;
+    app.deployer.set_sandbox(target.clone());
     let recorder = record::start(
         &app.cfg,
         &project,
@@ -139,6 +170,11 @@ pub async fn deploy(cfg: IacConfig, file: &Path, json: bool) -> anyhow::Result<E
     }
     iac_core::fault::point("proved");
     let dir = app.cfg.project_dir(&project);
+    // A sandbox's report is its own: last-deploy.json stays the baseline's.
+    let last = match &target {
+        Some(t) => dir.join(format!("last-deploy.sandbox-{}.json", t.name)),
+        None => dir.join("last-deploy.json"),
+    };
     iac_core::fsutil::write_atomic_if_changed(
         &app.cfg.state_dir.join(CURRENT_PROJECT),
         project.as_str().as_bytes(),
@@ -146,7 +182,7 @@ pub async fn deploy(cfg: IacConfig, file: &Path, json: bool) -> anyhow::Result<E
     )
     .with_context(|| format!("write {}", app.cfg.state_dir.display()))?;
     iac_core::fsutil::write_atomic(
-        &dir.join("last-deploy.json"),
+        &last,
         &serde_json::to_vec_pretty(&report)?,
         Some(iac_core::fsutil::PRIVATE_FILE_MODE),
     )
@@ -170,20 +206,34 @@ pub async fn deploy(cfg: IacConfig, file: &Path, json: bool) -> anyhow::Result<E
 }
 
 /// `iac plan`: prints what a deploy would do to each service, changing nothing.
-pub async fn plan(cfg: IacConfig, file: &Path, json: bool) -> anyhow::Result<ExitCode> {
+pub async fn plan(
+    cfg: IacConfig,
+    file: &Path,
+    sandbox: Option<iac_core::SandboxName>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let (fp, specs) = load_specs(file)?;
+    let target = sandbox_target(file, sandbox, None)?;
     let project = resolve_project(&cfg, fp.as_ref())?;
-    let app = App::build(cfg, project.clone()).await?;
+    let mut app = App::build(cfg, project.clone()).await?;
+    app.deployer.set_sandbox(target.clone());
     let outcome =
         with_progress(json, async |events| app.deployer.plan(&specs, events).await).await?;
     if json {
         // One line, after the NDJSON events: the last line of stdout is the result.
         println!("{}", serde_json::to_string(&outcome)?);
     } else {
-        println!(
-            "project {project} ({} provisioner):",
-            app.provisioner_name()
-        );
+        match &target {
+            Some(t) => println!(
+                "project {project}, sandbox {} ({} provisioner; copies beside the baseline):",
+                t.name,
+                app.provisioner_name()
+            ),
+            None => println!(
+                "project {project} ({} provisioner):",
+                app.provisioner_name()
+            ),
+        }
         for c in &outcome.changes {
             let sign = match c.action {
                 iac_core::Action::Create => "+",
@@ -249,13 +299,15 @@ pub async fn plan(cfg: IacConfig, file: &Path, json: bool) -> anyhow::Result<Exi
 pub async fn destroy(
     cfg: IacConfig,
     file: Option<&PathBuf>,
+    sandbox: Option<iac_core::SandboxName>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let project = project_from_optional_file(&cfg, file)?;
     let app = App::build(cfg, project.clone()).await?;
     let recorder = record::start(&app.cfg, &project, HistoryKind::Destroy, Vec::new(), None).await;
-    let result = with_progress_recorded(json, recorder.as_ref(), async |events| {
-        app.deployer.destroy(events).await
+    let result = with_progress_recorded(json, recorder.as_ref(), async |events| match &sandbox {
+        Some(name) => app.deployer.destroy_sandbox(name, events).await,
+        None => app.deployer.destroy(events).await,
     })
     .await;
     if let Some(r) = recorder {
@@ -267,15 +319,43 @@ pub async fn destroy(
         .await;
     }
     let removed = result?;
+    let what = match &sandbox {
+        Some(s) => format!("project {project}, sandbox {s}"),
+        None => format!("project {project}"),
+    };
     if json {
         println!(
             "{}",
-            serde_json::to_string(&json!({ "project": project, "removed": removed }))?
+            serde_json::to_string(
+                &json!({ "project": project, "sandbox": sandbox, "removed": removed })
+            )?
         );
     } else if removed.is_empty() {
-        println!("project {project}: nothing to remove");
+        println!("{what}: nothing to remove");
     } else {
-        println!("project {project}: removed {}", removed.join(", "));
+        println!("{what}: removed {}", removed.join(", "));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `iac gc`: removes the project's sandboxes whose ttl has passed.
+pub async fn gc(cfg: IacConfig, file: Option<&PathBuf>, json: bool) -> anyhow::Result<ExitCode> {
+    let project = project_from_optional_file(&cfg, file)?;
+    let app = App::build(cfg, project.clone()).await?;
+    let gone = with_progress(json, async |events| app.deployer.gc(events).await).await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&json!({ "project": project, "removed_sandboxes": gone }))?
+        );
+    } else if gone.is_empty() {
+        println!("project {project}: no expired sandbox");
+    } else {
+        let names: Vec<&str> = gone.iter().map(|s| s.as_str()).collect();
+        println!(
+            "project {project}: removed expired sandbox(es) {}",
+            names.join(", ")
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -284,6 +364,7 @@ pub async fn destroy(
 pub async fn health(
     cfg: IacConfig,
     file: Option<&PathBuf>,
+    sandbox: Option<iac_core::SandboxName>,
     timeout: Option<std::time::Duration>,
     wait: Option<std::time::Duration>,
     json: bool,
@@ -295,7 +376,10 @@ pub async fn health(
     let app = App::build(cfg, project.clone()).await?;
     let until = wait.map(|w| tokio::time::Instant::now() + w);
     let (results, all_ok) = loop {
-        let results = app.deployer.health(timeout).await?;
+        let mut results = app.deployer.health(timeout).await?;
+        if let Some(sb) = &sandbox {
+            results.retain(|(r, _)| r.sandbox.as_ref() == Some(sb));
+        }
         let all_ok = !results.is_empty() && results.iter().all(|(_, h)| h.is_serving());
         match until {
             Some(until) if !all_ok && tokio::time::Instant::now() < until => {
@@ -321,10 +405,15 @@ pub async fn health(
             .collect();
         println!(
             "{}",
-            serde_json::to_string(&json!({ "project": project, "ok": all_ok, "services": items }))?
+            serde_json::to_string(
+                &json!({ "project": project, "sandbox": sandbox, "ok": all_ok, "services": items })
+            )?
         );
     } else if results.is_empty() {
-        println!("project {project}: no services running");
+        match &sandbox {
+            Some(s) => println!("project {project}: sandbox {s} runs no copies"),
+            None => println!("project {project}: no services running"),
+        }
     } else {
         println!("project {project}:");
         for (r, h) in &results {
@@ -336,8 +425,13 @@ pub async fn health(
                 .exit_code
                 .map(|c| format!(" exit={c}"))
                 .unwrap_or_default();
+            let sb = r
+                .sandbox
+                .as_ref()
+                .map(|s| format!(" [sandbox {s}]"))
+                .unwrap_or_default();
             println!(
-                "  {:<20} {:<12} {:<22} {}{code}",
+                "  {:<20} {:<12} {:<22} {}{code}{sb}",
                 r.service.as_str(),
                 h.state.as_str(),
                 ep,

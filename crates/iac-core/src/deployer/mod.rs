@@ -30,6 +30,9 @@ mod health;
 mod lock;
 mod prepare;
 mod release;
+mod sandbox;
+
+pub use sandbox::{SandboxRecord, SandboxTarget};
 
 use health::Settle;
 
@@ -95,6 +98,9 @@ pub struct DeployOptions {
     pub release_timeout: Duration,
     /// `[mesh] egress`: whether the services' egress lists are enforced.
     pub egress: crate::egress::EgressMode,
+    /// Set for a sandbox deploy (`--sandbox NAME`, `sandbox:` in the repos file): the services
+    /// are deployed as copies in it, beside the baseline ([`crate::sandbox`]).
+    pub sandbox: Option<SandboxTarget>,
 }
 
 /// One service's sidecar inputs and output, as `iac render` writes them.
@@ -151,6 +157,11 @@ impl Deployer {
     /// A deployer running `stages` with `opts`.
     pub fn new(stages: Stages, opts: DeployOptions) -> Self {
         Deployer { stages, opts }
+    }
+
+    /// Targets a sandbox (or the baseline, with `None`) from now on ([`DeployOptions::sandbox`]).
+    pub fn set_sandbox(&mut self, target: Option<SandboxTarget>) {
+        self.opts.sandbox = target;
     }
 
     /// Its options.
@@ -219,13 +230,30 @@ impl Deployer {
                 self.opts.project
             ),
         );
+        let copies;
+        let specs: &[ServiceSpec] = match &self.opts.sandbox {
+            None => specs,
+            Some(t) => match self.sandbox_specs(t, specs) {
+                Ok(c) => {
+                    copies = c;
+                    &copies
+                }
+                Err(e) => {
+                    events.error(Stage::Deploy, e.to_string());
+                    return self.abort(Vec::new(), Vec::new(), started, e.to_string());
+                }
+            },
+        };
         let (prepared, mut failed) = self.prepare_all(specs, Mode::Build, events).await;
         let _lock = match self.lock(events).await {
             Ok(l) => l,
             Err(e) => return self.abort(failed, prepared, started, format!("deploy lock: {e}")),
         };
         crate::fault::point("locked");
-        let (input, rendered, render_failed) = self.mesh_and_plan_input(prepared, events);
+        if let Err(e) = self.gc_locked(events).await {
+            events.warn(Stage::Deploy, format!("removing expired sandboxes: {e}"));
+        }
+        let (input, rendered, render_failed, context) = self.mesh_and_plan_input(prepared, events);
         failed.extend(render_failed);
         let mut ok_services = Vec::new();
         for (p, config) in rendered {
@@ -299,7 +327,10 @@ impl Deployer {
             .await;
         let provision_ms = t.elapsed().as_millis() as u64;
         let applied = match applied {
-            Ok(a) => a,
+            Ok(a) => {
+                self.after_apply(&context, &stack, &a, events).await;
+                a
+            }
             Err(e) => {
                 events.error(Stage::Provision, e.to_string());
                 let mut reports = Vec::new();
@@ -454,6 +485,14 @@ impl Deployer {
         specs: &[ServiceSpec],
         events: &Events,
     ) -> Result<PlanOutcome, Error> {
+        let copies;
+        let specs = match &self.opts.sandbox {
+            Some(t) => {
+                copies = self.sandbox_specs(t, specs)?;
+                &copies[..]
+            }
+            None => specs,
+        };
         let DesiredStack {
             stack,
             failures: failed,
@@ -484,7 +523,7 @@ impl Deployer {
     /// and in `failures`.
     pub async fn desired_stack(&self, specs: &[ServiceSpec], events: &Events) -> DesiredStack {
         let (prepared, mut failures) = self.prepare_all(specs, Mode::PlanOnly, events).await;
-        let (mut input, rendered, render_failed) = self.mesh_and_plan_input(prepared, events);
+        let (mut input, rendered, render_failed, _) = self.mesh_and_plan_input(prepared, events);
         failures.extend(render_failed);
         input
             .keep
@@ -522,7 +561,7 @@ impl Deployer {
         events: &Events,
     ) -> (Vec<RenderedService>, Vec<ServiceReport>) {
         let (prepared, mut failed) = self.prepare_all(specs, Mode::PlanOnly, events).await;
-        let (_input, rendered, render_failed) = self.mesh_and_plan_input(prepared, events);
+        let (_input, rendered, render_failed, _) = self.mesh_and_plan_input(prepared, events);
         failed.extend(render_failed);
         trace_context::finish_pipeline(
             failed.is_empty(),

@@ -15,6 +15,7 @@ use crate::expose::{EdgeBind, Expose};
 use crate::fsutil::sha256_tagged;
 use crate::image::{BuildSpec, ImageRef};
 use crate::mesh::{CertPaths, IssuedCerts, Mesh, MeshPorts, MeshService};
+use crate::name::ServiceName;
 use crate::plan::{PlanInput, PlannedService};
 use crate::report::{ServiceReport, StageTiming};
 use crate::repos::ServiceSpec;
@@ -22,6 +23,14 @@ use crate::source::Source;
 use crate::trace_context;
 
 use super::Deployer;
+
+/// The mesh a deploy rendered against: every member, the ones this deploy prepared, and the
+/// ones it took from the records (whose sidecars it renders again after applying).
+pub(super) struct MeshContext {
+    pub(super) mesh: Mesh,
+    pub(super) prepared: Vec<MeshService>,
+    pub(super) recorded: Vec<crate::name::ServiceName>,
+}
 
 /// A service that made it through fetch → resolve → build → certs.
 #[derive(Clone)]
@@ -234,32 +243,72 @@ impl Deployer {
         )
     }
 
-    /// Renders every prepared service's sidecar against the mesh of all prepared services.
+    /// Renders every prepared service's sidecar against the mesh of all prepared services plus
+    /// the members recorded from other deploys ([`Deployer::recorded_members`]: the baseline
+    /// and the sandboxes). A config's digest (part of the spec hash) is taken from its render
+    /// against the baseline alone (plus the member itself, for a copy): deploying or removing a
+    /// sandbox never makes a pod "changed".
     #[allow(clippy::type_complexity)]
     pub(super) fn mesh_and_plan_input(
         &self,
         prepared: Vec<Prepared>,
         events: &Events,
-    ) -> (PlanInput, Vec<(Prepared, String)>, Vec<ServiceReport>) {
+    ) -> (
+        PlanInput,
+        Vec<(Prepared, String)>,
+        Vec<ServiceReport>,
+        MeshContext,
+    ) {
         let ports = MeshPorts::default();
         if self.opts.egress == EgressMode::Open {
             events.warn(Stage::Render, crate::egress::OPEN_EGRESS_WARNING);
         }
+        let mut members: Vec<MeshService> = prepared
+            .iter()
+            .map(|p| MeshService {
+                name: p.spec.name.clone(),
+                address: p.spec.name.to_string(),
+                port: ports.inbound,
+                app_port: app_port(&p.spec, &p.entry),
+                edge: edge_of(&p.spec, &p.entry).is_some(),
+                egress: self.egress_of(&p.spec),
+                sandbox: None,
+            })
+            .collect();
+        self.mark_copies(&mut members);
+        let prepared_members = members.clone();
+        let recorded = match self.recorded_members() {
+            Ok(r) => r,
+            Err(e) => {
+                events.warn(
+                    Stage::Render,
+                    format!("rendering without the recorded baseline and sandboxes: {e}"),
+                );
+                Vec::new()
+            }
+        };
+        let recorded_names: Vec<ServiceName> = recorded
+            .iter()
+            .filter(|m| !members.iter().any(|p| p.name == m.name))
+            .map(|m| m.name.clone())
+            .collect();
+        members.extend(
+            recorded
+                .into_iter()
+                .filter(|m| recorded_names.contains(&m.name)),
+        );
         let mesh = Mesh {
             project: self.opts.project.clone(),
-            services: prepared
-                .iter()
-                .map(|p| MeshService {
-                    name: p.spec.name.clone(),
-                    address: p.spec.name.to_string(),
-                    port: ports.inbound,
-                    app_port: app_port(&p.spec, &p.entry),
-                    edge: edge_of(&p.spec, &p.entry).is_some(),
-                    egress: self.egress_of(&p.spec),
-                })
-                .collect(),
+            services: members,
             ports,
             certs: CertPaths::in_container(),
+        };
+        let digest_mesh = |name: &ServiceName| {
+            let mut m = mesh.baseline();
+            if let Some(me) = mesh.service(name).filter(|s| s.sandbox.is_some()) {
+                m.services.push(me.clone());
+            }
+            m
         };
         let mut rendered = Vec::new();
         let mut failed = Vec::new();
@@ -272,10 +321,23 @@ impl Deployer {
                 Some(&p.spec.slug),
                 p.report.commit.as_deref(),
             );
-            let result = span.in_scope(|| self.stages.sidecar.render(&mesh, &p.spec.name));
+            let result = span.in_scope(|| {
+                let config = self.stages.sidecar.render(&mesh, &p.spec.name)?;
+                // Without sandboxes the two meshes are the same: one render.
+                let digest = if mesh.services.iter().all(|s| s.sandbox.is_none()) {
+                    sha256_tagged(config.as_bytes())
+                } else {
+                    let baseline = self
+                        .stages
+                        .sidecar
+                        .render(&digest_mesh(&p.spec.name), &p.spec.name)?;
+                    sha256_tagged(baseline.as_bytes())
+                };
+                Ok::<_, crate::error::SidecarError>((config, digest))
+            });
             trace_context::finish_task(&span, Stage::Render, &result);
             match result {
-                Ok(config) => {
+                Ok((config, digest)) => {
                     p.report.stages.push(StageTiming {
                         stage: Stage::Render,
                         millis: t.elapsed().as_millis() as u64,
@@ -285,7 +347,7 @@ impl Deployer {
                         name: p.spec.name.clone(),
                         image: p.image.tag.clone(),
                         envoy_config: self.envoy_config_path(&p.spec.name),
-                        envoy_config_digest: sha256_tagged(config.as_bytes()),
+                        envoy_config_digest: digest,
                         certs: p.certs.clone(),
                         app_port: app_port(&p.spec, &p.entry),
                         edge: edge_of(&p.spec, &p.entry),
@@ -316,7 +378,13 @@ impl Deployer {
             otel_endpoint: self.opts.otel_endpoint.clone(),
             services,
             keep: Vec::new(),
+            sandbox: self.opts.sandbox.as_ref().map(|t| t.name.clone()),
         };
-        (input, rendered, failed)
+        let context = MeshContext {
+            mesh,
+            prepared: prepared_members,
+            recorded: recorded_names,
+        };
+        (input, rendered, failed, context)
     }
 }

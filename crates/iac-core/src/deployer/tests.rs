@@ -156,6 +156,7 @@ impl Fakes {
             deadline: Duration::from_secs(30),
             release_timeout: Duration::from_secs(5),
             egress: Default::default(),
+            sandbox: None,
         };
         tweak(&mut opts);
         Deployer::new(
@@ -1674,4 +1675,158 @@ async fn plan_lists_the_release_commands() {
         json["releases"]["web"]["argv"],
         serde_json::json!(["python", "manage.py", "migrate"])
     );
+}
+
+/// Sandboxes: a sandbox deploy needs the baseline recorded and names only its services; its
+/// stack holds only the copies; the baseline's configs gain the routes without their spec hash
+/// changing, and are reloaded; destroying the sandbox and its ttl take the routes away again.
+#[tokio::test]
+async fn a_sandbox_deploys_copies_beside_a_baseline_it_never_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let stacks: Arc<std::sync::Mutex<Vec<Stack>>> = Arc::default();
+    let reloads: Arc<std::sync::Mutex<Vec<Vec<ServiceName>>>> = Arc::default();
+    let destroyed: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let mut f = Fakes::happy();
+    f.provisioner = MockProvisioner::new();
+    let seen = stacks.clone();
+    f.provisioner.expect_apply().returning(move |stack, _, _| {
+        seen.lock().unwrap().push(stack.clone());
+        Ok(Applied {
+            services: stack
+                .services
+                .iter()
+                .map(|s| AppliedService {
+                    service: s.service.clone(),
+                    action: Action::Create,
+                    endpoint: Some("127.0.0.1:40000".parse().unwrap()),
+                    edge: None,
+                    health: None,
+                    error: None,
+                })
+                .collect(),
+            removed: vec![],
+        })
+    });
+    let r = reloads.clone();
+    f.provisioner
+        .expect_reload_sidecars()
+        .returning(move |_, names, _| {
+            r.lock().unwrap().push(names.to_vec());
+            Ok(names.to_vec())
+        });
+    let d_ = destroyed.clone();
+    f.provisioner
+        .expect_destroy_sandbox()
+        .returning(move |_, name, _| {
+            d_.lock().unwrap().push(name.to_string());
+            Ok(vec![format!("container p-api--sb-{name}")])
+        });
+    let mut d = f.deployer(dir.path(), 2);
+    let (events, _rx) = Events::channel();
+    let feat = SandboxTarget {
+        name: crate::SandboxName::new("feat").unwrap(),
+        ttl: None,
+    };
+
+    // No baseline yet: refused, naming what is missing.
+    d.set_sandbox(Some(feat.clone()));
+    let report = d.deploy(&[spec("api")], &events).await;
+    assert!(!report.ok);
+    let e = report.error.unwrap();
+    assert!(
+        e.contains("no baseline deploy") && e.contains("feat"),
+        "{e}"
+    );
+
+    d.set_sandbox(None);
+    assert!(d.deploy(&[spec("web"), spec("api")], &events).await.ok);
+    let state = dir.path().to_path_buf();
+    let config = |svc: &str| {
+        std::fs::read_to_string(state.join("services").join(svc).join("envoy.yaml")).unwrap()
+    };
+    assert_eq!(config("web"), "config for web with 2 members");
+
+    // A service the baseline does not run: refused, listing the ones it runs.
+    d.set_sandbox(Some(feat.clone()));
+    let report = d.deploy(&[spec("db")], &events).await;
+    let e = report.error.unwrap();
+    assert!(e.contains("db") && e.contains("api, web"), "{e}");
+
+    let report = d.deploy(&[spec("api")], &events).await;
+    assert!(report.ok, "{report:#?}");
+    assert_eq!(report.services[0].service.as_str(), "api--sb-feat");
+    {
+        let stacks = stacks.lock().unwrap();
+        let sb = stacks.last().unwrap();
+        assert_eq!(sb.sandbox.as_ref().unwrap().as_str(), "feat");
+        assert_eq!(sb.services.len(), 1);
+        let copy = &sb.services[0];
+        assert_eq!(copy.service.as_str(), "api--sb-feat");
+        assert_eq!(copy.app.name, "p-api--sb-feat");
+        assert_eq!(copy.envoy.name, "p-api--sb-feat-envoy");
+        assert_eq!(copy.app.labels["iac.sandbox"], "feat");
+        assert_eq!(copy.envoy.labels["iac.sandbox"], "feat");
+        assert_eq!(copy.app.env["IAC_SANDBOX"], "feat");
+    }
+    // The baseline's sidecars were rendered with the copy and reloaded.
+    assert_eq!(config("web"), "config for web with 3 members");
+    assert_eq!(
+        config("api--sb-feat"),
+        "config for api--sb-feat with 3 members"
+    );
+    let mut last: Vec<String> = reloads
+        .lock()
+        .unwrap()
+        .last()
+        .unwrap()
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    last.sort();
+    assert_eq!(last, ["api", "web"]);
+    assert_eq!(d.sandboxes().unwrap().len(), 1);
+
+    // Deploying the baseline again keeps the sandbox's routes, and its spec hashes.
+    d.set_sandbox(None);
+    assert!(d.deploy(&[spec("web"), spec("api")], &events).await.ok);
+    {
+        let stacks = stacks.lock().unwrap();
+        let (first, again) = (&stacks[0], stacks.last().unwrap());
+        assert!(again.sandbox.is_none());
+        assert_eq!(
+            again.services.len(),
+            2,
+            "the baseline stack never holds copies"
+        );
+        for (a, b) in first.services.iter().zip(&again.services) {
+            assert_eq!(
+                a.spec_hash, b.spec_hash,
+                "{}: a sandbox must not change the baseline's hash",
+                a.service
+            );
+        }
+    }
+    assert_eq!(config("web"), "config for web with 3 members");
+
+    // Destroying the sandbox: its copies through the provisioner, its routes from the others.
+    let removed = d.destroy_sandbox(&feat.name, &events).await.unwrap();
+    assert_eq!(removed, ["container p-api--sb-feat"]);
+    assert_eq!(config("web"), "config for web with 2 members");
+    assert!(d.sandboxes().unwrap().is_empty());
+
+    // A ttl that has passed: the next deploy removes the sandbox first.
+    d.set_sandbox(Some(SandboxTarget {
+        ttl: Some(Duration::ZERO),
+        ..feat.clone()
+    }));
+    assert!(d.deploy(&[spec("api")], &events).await.ok);
+    assert_eq!(d.sandboxes().unwrap().len(), 1);
+    d.set_sandbox(None);
+    assert_eq!(
+        d.gc(&events).await.unwrap(),
+        std::slice::from_ref(&feat.name)
+    );
+    assert!(d.sandboxes().unwrap().is_empty());
+    assert_eq!(destroyed.lock().unwrap().as_slice(), ["feat", "feat"]);
+    assert_eq!(config("web"), "config for web with 2 members");
 }

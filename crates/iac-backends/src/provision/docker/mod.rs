@@ -298,6 +298,7 @@ impl DockerProvisioner {
     ) -> Result<StartedPair, EngineError> {
         let mut app = want.app.clone();
         let mut envoy = want.envoy.clone();
+        envoy.mounts = live_config_mounts(&envoy.mounts);
         if temporary {
             app.name = next_name(&app.name, &want.spec_hash);
             envoy.name = next_name(&envoy.name, &want.spec_hash);
@@ -644,7 +645,7 @@ impl DockerProvisioner {
         let observed = if services.iter().all(|a| a.action == Action::Unchanged) {
             before
         } else {
-            fresh = match self.observe(&stack.project).await {
+            fresh = match self.observe_scope(stack).await {
                 Ok(o) => o,
                 Err(e) => {
                     tracing::warn!(project = %stack.project, error = %e, "cannot read the edges' host ports");
@@ -664,6 +665,16 @@ impl DockerProvisioner {
 
     async fn observe(&self, project: &ProjectName) -> Result<Vec<Observed>, ProvisionError> {
         Ok(self.engine.list_containers(project).await?)
+    }
+
+    /// The project's containers a stack reconciles: a sandbox's own (label `iac.sandbox` =
+    /// its name) for a sandbox stack, every other one for the baseline; so a baseline deploy
+    /// never removes a sandbox's copies, and a sandbox deploy never touches the baseline.
+    async fn observe_scope(&self, stack: &Stack) -> Result<Vec<Observed>, ProvisionError> {
+        let want = stack.sandbox.as_ref().map(|s| s.as_str());
+        let mut all = self.observe(&stack.project).await?;
+        all.retain(|c| c.sandbox.as_deref() == want);
+        Ok(all)
     }
 }
 
@@ -699,6 +710,35 @@ impl FilterCheck<'_> {
             ),
         );
     }
+}
+
+/// The sidecar's mounts as the engine gets them: the Envoy config file's mount becomes a mount
+/// of its directory (`<state>/services/<svc>/` at `/etc/envoy`, read-only). A file bind mount
+/// pins the file the path named when the container started, and iac replaces the config by a
+/// rename (temp + rename): only through the directory does a running sidecar see the new file,
+/// so a reload ([`Provisioner::reload_sidecars`]: SIGHUP to the sidecar's supervisor) picks up
+/// new sandbox routes without a new container. The stack itself (and its spec hash) keeps the
+/// file mount every other target renders.
+pub fn live_config_mounts(mounts: &[iac_core::Mount]) -> Vec<iac_core::Mount> {
+    let config = std::path::Path::new(iac_core::plan::ENVOY_CONFIG_IN_CONTAINER);
+    mounts
+        .iter()
+        .map(|m| {
+            let file_name = config.file_name();
+            match (m.source.parent(), config.parent()) {
+                (Some(src_dir), Some(dst_dir))
+                    if m.target == config && m.source.file_name() == file_name =>
+                {
+                    iac_core::Mount {
+                        source: src_dir.to_path_buf(),
+                        target: dst_dir.to_path_buf(),
+                        read_only: true,
+                    }
+                }
+                _ => m.clone(),
+            }
+        })
+        .collect()
 }
 
 /// Gives every port the engine would pick (`host_port: None`) a free port of the host, found by
@@ -762,7 +802,7 @@ impl Provisioner for DockerProvisioner {
 
     async fn diff(&self, stack: &Stack) -> Result<Vec<Change>, ProvisionError> {
         let stack = &self.effective(stack)?;
-        let observed = self.observe(&stack.project).await?;
+        let observed = self.observe_scope(stack).await?;
         Ok(reconcile(stack, &observed)
             .iter()
             .map(ServicePlan::change)
@@ -791,7 +831,7 @@ impl Provisioner for DockerProvisioner {
                 ),
             );
         }
-        let observed = self.observe(&stack.project).await?;
+        let observed = self.observe_scope(stack).await?;
         let plans = reconcile(stack, &observed);
         let n = self.config.parallelism.max(1);
         // Boxed so the stream's item type does not borrow from the closure (async_trait's
@@ -931,6 +971,84 @@ impl Provisioner for DockerProvisioner {
         }
     }
 
+    async fn destroy_sandbox(
+        &self,
+        project: &ProjectName,
+        sandbox: &iac_core::SandboxName,
+        events: &Events,
+    ) -> Result<Vec<String>, ProvisionError> {
+        let mut containers = self.engine.list_containers(project).await?;
+        containers.retain(|c| c.sandbox.as_deref() == Some(sandbox.as_str()));
+        // Apps first: each lives in its sidecar's network namespace.
+        containers.sort_by_key(|c| (c.role != Some(Role::App), c.name.clone()));
+        self.save_log_tails(&containers.iter().collect::<Vec<_>>(), "destroyed", events)
+            .await;
+        let ordered: Vec<(String, String)> = containers
+            .iter()
+            .map(|c| (c.id.clone(), c.name.clone()))
+            .collect();
+        let errors = self.remove_all(&ordered, events).await;
+        if !errors.is_empty() {
+            let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            return Err(ProvisionError::Engine(format!(
+                "destroying sandbox {sandbox} of project {project} failed on: {}",
+                list.join("; ")
+            )));
+        }
+        for c in &containers {
+            events.info(Stage::Destroy, format!("removed container {}", c.name));
+        }
+        Ok(containers
+            .iter()
+            .map(|c| format!("container {}", c.name))
+            .collect())
+    }
+
+    async fn reload_sidecars(
+        &self,
+        project: &ProjectName,
+        services: &[ServiceName],
+        events: &Events,
+    ) -> Result<Vec<ServiceName>, ProvisionError> {
+        let observed = self.observe(project).await?;
+        let mut done = Vec::new();
+        let mut errors = Vec::new();
+        for svc in services {
+            let name = envoy_container_name(project, svc);
+            let Some(sidecar) = observed
+                .iter()
+                .find(|c| c.name == name && c.role == Some(Role::Envoy) && c.is_running())
+            else {
+                // Not running: it reads the new file when it starts.
+                continue;
+            };
+            // The supervisor (PID 1) restarts Envoy on SIGHUP; `kill` is the shell's builtin.
+            let argv = ["/bin/sh", "-c", "kill -HUP 1"].map(String::from).to_vec();
+            match self.engine.exec(&sidecar.id, argv).await {
+                Ok(out) if out.exit_code == Some(0) => {
+                    events
+                        .for_service(svc)
+                        .debug(Stage::Provision, format!("sent SIGHUP to {name}"));
+                    done.push(svc.clone());
+                }
+                Ok(out) => errors.push(format!(
+                    "{name}: kill -HUP 1 exited {:?}: {}",
+                    out.exit_code,
+                    out.output.trim()
+                )),
+                Err(e) => errors.push(format!("{name}: {e}")),
+            }
+        }
+        if errors.is_empty() {
+            Ok(done)
+        } else {
+            Err(ProvisionError::Engine(format!(
+                "reloading sidecars of project {project}: {}",
+                errors.join("; ")
+            )))
+        }
+    }
+
     fn runs_releases(&self) -> bool {
         true
     }
@@ -970,6 +1088,10 @@ impl Provisioner for DockerProvisioner {
                         Some(_) => c.state.clone(),
                     },
                     service,
+                    sandbox: c
+                        .sandbox
+                        .as_deref()
+                        .and_then(|s| iac_core::SandboxName::new(s).ok()),
                 })
             })
             .collect();

@@ -320,6 +320,7 @@ mod tests {
                 egress: Default::default(),
             }],
             keep: vec![],
+            sandbox: None,
         });
         ReleaseJob {
             service: ServiceName::new("web").unwrap(),

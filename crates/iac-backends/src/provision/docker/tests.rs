@@ -107,6 +107,7 @@ fn stack(services: Vec<ServiceStack>, keep: &[&str]) -> Stack {
         services,
         keep: keep.iter().map(|k| svc(k)).collect(),
         repair: Default::default(),
+        sandbox: None,
     }
 }
 
@@ -120,6 +121,7 @@ fn observed(name: &str, n: &str, role: &str, hash: &str, port: Option<u16>) -> O
         image: "img".into(),
         state: "running".into(),
         published: port.map(|p| vec![(15000, addr(p))]).unwrap_or_default(),
+        sandbox: None,
     }
 }
 
@@ -844,7 +846,8 @@ async fn running_lists_canonical_app_containers_with_their_sidecars_endpoints() 
                 edge: None,
                 spec_hash: "h3".into(),
                 image: "img".into(),
-                state: "exited (sidecar exited)".into()
+                state: "exited (sidecar exited)".into(),
+                sandbox: None,
             },
             RunningService {
                 service: svc("db"),
@@ -852,7 +855,8 @@ async fn running_lists_canonical_app_containers_with_their_sidecars_endpoints() 
                 edge: None,
                 spec_hash: "h4".into(),
                 image: "img".into(),
-                state: "running (sidecar missing)".into()
+                state: "running (sidecar missing)".into(),
+                sandbox: None,
             },
             RunningService {
                 service: svc("web"),
@@ -860,7 +864,8 @@ async fn running_lists_canonical_app_containers_with_their_sidecars_endpoints() 
                 edge: None,
                 spec_hash: "h1".into(),
                 image: "img".into(),
-                state: "running".into()
+                state: "running".into(),
+                sandbox: None,
             },
         ]
     );
@@ -1499,4 +1504,126 @@ fn keeper_images_to_collect_are_old_other_tags_only() {
         collectable(&tags, "iac/keeper:cur", now, KEEPER_IMAGE_GRACE),
         ["iac/keeper:old"]
     );
+}
+
+/// A sandbox's pair: the copy's names, labelled with the sandbox.
+fn sandbox_pair(n: &str, sandbox: &str, hash: &str, port: u16) -> Vec<Observed> {
+    let copy = format!("{n}--sb-{sandbox}");
+    running_pair(&copy, hash, port)
+        .into_iter()
+        .map(|mut o| {
+            o.sandbox = Some(sandbox.into());
+            o
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_baseline_stack_never_sees_sandboxes_and_a_sandbox_stack_sees_only_its_own() {
+    let mut e = MockEngine::new();
+    let mut all = running_pair("web", "h1", 1);
+    all.extend(sandbox_pair("web", "feat", "h1", 2));
+    all.extend(sandbox_pair("api", "other", "h1", 3));
+    lists(&mut e, all);
+    let p = provisioner(e);
+    // The baseline: its copies are neither removed nor replaced.
+    let changes = p
+        .diff(&stack(vec![desired("web", "h1")], &[]))
+        .await
+        .unwrap();
+    let got: Vec<(&str, Action)> = changes
+        .iter()
+        .map(|c| (c.service.as_str(), c.action))
+        .collect();
+    assert_eq!(got, [("web", Action::Unchanged)]);
+    // Sandbox feat: its copy is unchanged, sandbox other's copy is not its to remove, and the
+    // baseline is invisible.
+    let mut sb = stack(vec![desired("web--sb-feat", "h1")], &[]);
+    sb.sandbox = Some(iac_core::SandboxName::new("feat").unwrap());
+    let got: Vec<(String, Action)> = p
+        .diff(&sb)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| (c.service.to_string(), c.action))
+        .collect();
+    assert_eq!(got, [("web--sb-feat".to_string(), Action::Unchanged)]);
+    // An empty sandbox stack removes only that sandbox's copies.
+    sb.services.clear();
+    let got: Vec<(String, Action)> = p
+        .diff(&sb)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| (c.service.to_string(), c.action))
+        .collect();
+    assert_eq!(got, [("web--sb-feat".to_string(), Action::Remove)]);
+}
+
+#[tokio::test]
+async fn destroying_a_sandbox_removes_only_its_containers_apps_first() {
+    let mut e = MockEngine::new();
+    let mut seq = Sequence::new();
+    let mut all = running_pair("web", "h1", 1);
+    all.extend(sandbox_pair("web", "feat", "h1", 2));
+    all.extend(sandbox_pair("api", "other", "h1", 3));
+    lists(&mut e, all);
+    e.expect_log_tail().returning(|_, _, _| Ok(String::new()));
+    stop_remove(&mut e, &mut seq, "id-demo-web--sb-feat");
+    stop_remove(&mut e, &mut seq, "id-demo-web--sb-feat-envoy");
+    let removed = provisioner(e)
+        .destroy_sandbox(
+            &project(),
+            &iac_core::SandboxName::new("feat").unwrap(),
+            &Events::discard(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        removed,
+        [
+            "container demo-web--sb-feat",
+            "container demo-web--sb-feat-envoy"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn reloading_sends_sighup_to_running_sidecars_only() {
+    let mut e = MockEngine::new();
+    let mut all = running_pair("web", "h1", 1);
+    let mut api = running_pair("api", "h1", 2);
+    api[1].state = "exited".into();
+    all.extend(api);
+    lists(&mut e, all);
+    e.expect_exec()
+        .withf(|id, argv| id == "id-demo-web-envoy" && argv.join(" ") == "/bin/sh -c kill -HUP 1")
+        .times(1)
+        .returning(|_, _| {
+            Ok(ExecOutput {
+                exit_code: Some(0),
+                output: String::new(),
+            })
+        });
+    let done = provisioner(e)
+        .reload_sidecars(&project(), &[svc("web"), svc("api")], &Events::discard())
+        .await
+        .unwrap();
+    assert_eq!(done, [svc("web")]);
+}
+
+#[test]
+fn the_config_file_mount_becomes_its_directory_and_nothing_else_changes() {
+    let want = desired("web", "h1");
+    let mut mounts = want.envoy.mounts.clone();
+    mounts.push(Mount {
+        source: "/secrets/key.pem".into(),
+        target: "/etc/iac/certs/key.pem".into(),
+        read_only: true,
+    });
+    let live = live_config_mounts(&mounts);
+    assert_eq!(live[0].source, std::path::PathBuf::from("/state"));
+    assert_eq!(live[0].target, std::path::PathBuf::from("/etc/envoy"));
+    assert!(live[0].read_only);
+    assert_eq!(live[1], mounts[1]);
 }

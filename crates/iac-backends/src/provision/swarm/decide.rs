@@ -192,6 +192,7 @@ mod tests {
             otel_endpoint: None,
             services: names.iter().map(|n| svc(n)).collect(),
             keep: keep.iter().map(|n| ServiceName::new(n).unwrap()).collect(),
+            sandbox: None,
         })
     }
 

@@ -794,6 +794,7 @@ impl Provisioner for SwarmProvisioner {
                 spec_hash: e.hash.unwrap_or_default(),
                 image,
                 state: format!("{} of {want} task(s) running", view.running.len()),
+                sandbox: None,
             });
         }
         out.sort_by(|a, b| a.service.cmp(&b.service));
@@ -844,6 +845,7 @@ mod tests {
             otel_endpoint: None,
             services: names.iter().map(|n| svc(n)).collect(),
             keep: keep.iter().map(|n| ServiceName::new(n).unwrap()).collect(),
+            sandbox: None,
         })
     }
 

@@ -472,6 +472,7 @@ mod tests {
                 egress: Default::default(),
             }],
             keep: vec![],
+            sandbox: None,
         };
         let stack = super::super::super::with_limits(
             &plan(&input),

@@ -595,6 +595,7 @@ impl Provisioner for TerraformProvisioner {
                     // Terraform's state, not a live inspect: must_run = true means it was running
                     // when last applied.
                     state: "running".into(),
+                    sandbox: None,
                     service,
                 })
             })

@@ -1,0 +1,432 @@
+//! Sandboxes in the deploy pipeline ([`crate::sandbox`]): what the control plane keeps between
+//! deploys, and the steps a sandbox adds.
+//!
+//! * `<state_dir>/mesh.json`: the baseline's mesh members as its last deploy rendered them. A
+//!   sandbox deploy renders against it (it builds nothing of the baseline) and refuses services
+//!   it does not list.
+//! * `<state_dir>/sandboxes/<name>.json`: one [`SandboxRecord`] per sandbox (its copies as mesh
+//!   members, when it was made, when its `ttl` ends). Every deploy renders every sidecar against
+//!   the baseline plus every recorded sandbox, so a baseline deploy keeps the sandboxes' routes.
+//! * After a deploy (baseline or sandbox) or a sandbox's removal, the sidecars of members this
+//!   deploy did not prepare are rendered again; the configs that changed are written and those
+//!   sidecars reloaded ([`crate::Provisioner::reload_sidecars`]): their Envoy restarts with the
+//!   new routes, their app container is not touched.
+//! * Expired sandboxes are removed by the next deploy of the project (under its lock) and by
+//!   [`Deployer::gc`].
+
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::error::Error;
+use crate::event::{Events, Stage};
+use crate::expose::Expose;
+use crate::fsutil::write_atomic_if_changed;
+use crate::mesh::{CertPaths, Mesh, MeshPorts, MeshService};
+use crate::name::ServiceName;
+use crate::repos::ServiceSpec;
+use crate::sandbox::{SandboxCopy, SandboxName, copy_name};
+use serde::{Deserialize, Serialize};
+
+use super::Deployer;
+
+/// A sandbox deploy: which sandbox, and its `ttl`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SandboxTarget {
+    /// The sandbox.
+    pub name: SandboxName,
+    /// After how long the next deploy or `iac gc` removes it (from this deploy on).
+    #[serde(default)]
+    pub ttl: Option<std::time::Duration>,
+}
+
+/// What a sandbox is, as the control plane keeps it between deploys
+/// (`<state_dir>/sandboxes/<name>.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxRecord {
+    /// Its name.
+    pub name: SandboxName,
+    /// The copies, as mesh members (their names are copy names).
+    pub services: Vec<MeshService>,
+    /// When it was first deployed (seconds since the Unix epoch).
+    pub created_unix: u64,
+    /// When it expires (seconds since the Unix epoch), if it has a `ttl`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_unix: Option<u64>,
+}
+
+impl SandboxRecord {
+    /// Whether its ttl has passed at `now_unix`.
+    pub fn expired(&self, now_unix: u64) -> bool {
+        self.expires_unix.is_some_and(|t| t <= now_unix)
+    }
+}
+
+/// Seconds since the Unix epoch, now.
+pub(super) fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn io_error(path: PathBuf) -> impl FnOnce(std::io::Error) -> Error {
+    move |source| Error::Io { path, source }
+}
+
+impl Deployer {
+    fn baseline_record_path(&self) -> PathBuf {
+        self.opts.state_dir.join("mesh.json")
+    }
+
+    fn sandbox_dir(&self) -> PathBuf {
+        self.opts.state_dir.join("sandboxes")
+    }
+
+    fn sandbox_record_path(&self, name: &SandboxName) -> PathBuf {
+        self.sandbox_dir().join(format!("{name}.json"))
+    }
+
+    /// The baseline's mesh members as its last deploy recorded them; `None` before any deploy.
+    pub(super) fn read_baseline(&self) -> Result<Option<Vec<MeshService>>, Error> {
+        let path = self.baseline_record_path();
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                Error::Sandbox(format!(
+                    "{}: not a baseline mesh record ({e}); deploy the baseline again to rewrite it",
+                    path.display()
+                ))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_error(path)(e)),
+        }
+    }
+
+    /// Records the baseline's members after a baseline deploy.
+    pub(super) fn write_baseline(&self, members: &[MeshService]) -> Result<(), Error> {
+        let path = self.baseline_record_path();
+        let json = serde_json::to_vec_pretty(members).expect("plain data serializes");
+        write_atomic_if_changed(&path, &json, Some(0o600))
+            .map(|_| ())
+            .map_err(io_error(path))
+    }
+
+    /// Every recorded sandbox of the project, by name (expired ones included).
+    pub fn sandboxes(&self) -> Result<Vec<SandboxRecord>, Error> {
+        let dir = self.sandbox_dir();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_error(dir)(e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io_error(dir.clone()))?;
+            let path = entry.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
+            let bytes = std::fs::read(&path).map_err(io_error(path.clone()))?;
+            let record: SandboxRecord = serde_json::from_slice(&bytes).map_err(|e| {
+                Error::Sandbox(format!(
+                    "{}: not a sandbox record ({e}); remove the file to forget that sandbox",
+                    path.display()
+                ))
+            })?;
+            out.push(record);
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Writes a sandbox's record (creating the sandboxes directory).
+    pub(super) fn write_sandbox(&self, record: &SandboxRecord) -> Result<(), Error> {
+        let path = self.sandbox_record_path(&record.name);
+        crate::fsutil::create_private_dir(&self.sandbox_dir())
+            .map_err(io_error(self.sandbox_dir()))?;
+        let json = serde_json::to_vec_pretty(record).expect("plain data serializes");
+        crate::fsutil::write_atomic(&path, &json, Some(0o600)).map_err(io_error(path))
+    }
+
+    fn forget_sandbox(&self, name: &SandboxName) -> Result<(), Error> {
+        let path = self.sandbox_record_path(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_error(path)(e)),
+        }
+    }
+
+    /// The specs of a sandbox deploy as the pipeline runs them: each service renamed to its
+    /// copy's name ([`copy_name`]), its edge (if any) on loopback at a port the engine picks
+    /// (a fixed `expose:` port belongs to the baseline). Refuses a service the baseline does
+    /// not have, naming the ones it has.
+    pub(super) fn sandbox_specs(
+        &self,
+        target: &SandboxTarget,
+        specs: &[ServiceSpec],
+    ) -> Result<Vec<ServiceSpec>, Error> {
+        let baseline = self.read_baseline()?.ok_or_else(|| {
+            Error::Sandbox(format!(
+                "project {} has no baseline deploy recorded ({} is missing); deploy the baseline before sandbox {}",
+                self.opts.project,
+                self.baseline_record_path().display(),
+                target.name
+            ))
+        })?;
+        let known: Vec<&str> = baseline
+            .iter()
+            .filter(|m| m.sandbox.is_none())
+            .map(|m| m.name.as_str())
+            .collect();
+        let mut out = Vec::with_capacity(specs.len());
+        for spec in specs {
+            if !known.contains(&spec.name.as_str()) {
+                return Err(Error::Sandbox(format!(
+                    "sandbox {} names service {}, which project {} does not run; expected one of: {}",
+                    target.name,
+                    spec.name,
+                    self.opts.project,
+                    known.join(", ")
+                )));
+            }
+            let mut copy = spec.clone();
+            copy.name = copy_name(&spec.name, &target.name)?;
+            if matches!(copy.expose, Expose::On(_)) {
+                copy.expose = Expose::Auto;
+            }
+            out.push(copy);
+        }
+        Ok(out)
+    }
+
+    /// The members this deploy does not prepare but renders against: for a baseline deploy,
+    /// every recorded sandbox's copies; for a sandbox deploy, the recorded baseline and every
+    /// other sandbox's copies (this sandbox's are prepared again).
+    pub(super) fn recorded_members(&self) -> Result<Vec<MeshService>, Error> {
+        let mut out = Vec::new();
+        if self.opts.sandbox.is_some() {
+            out.extend(self.read_baseline()?.unwrap_or_default());
+            out.retain(|m| m.sandbox.is_none());
+        }
+        let this = self.opts.sandbox.as_ref().map(|t| &t.name);
+        for record in self.sandboxes()? {
+            if Some(&record.name) != this {
+                out.extend(record.services);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Marks the mesh members of a sandbox deploy's prepared services as copies.
+    pub(super) fn mark_copies(&self, members: &mut [MeshService]) {
+        let Some(t) = &self.opts.sandbox else { return };
+        for m in members {
+            if let Some(c) = crate::sandbox::parse_copy(m.name.as_str()) {
+                m.sandbox = Some(SandboxCopy {
+                    of: c.of,
+                    sandbox: t.name.clone(),
+                });
+            }
+        }
+    }
+
+    /// Renders the sidecar of every member in `members` (those this deploy did not prepare)
+    /// against `mesh`, writes the configs that changed, and returns those members' names.
+    /// A member that fails to render keeps its old config, with a warning.
+    pub(super) fn rerender(
+        &self,
+        mesh: &Mesh,
+        members: &[ServiceName],
+        events: &Events,
+    ) -> Vec<ServiceName> {
+        let mut changed = Vec::new();
+        for name in members {
+            let config = match self.stages.sidecar.render(mesh, name) {
+                Ok(c) => c,
+                Err(e) => {
+                    events.for_service(name).warn(
+                        Stage::Render,
+                        format!("its sidecar keeps its routes: rendering them again failed: {e}"),
+                    );
+                    continue;
+                }
+            };
+            let path = self.envoy_config_path(name);
+            match write_atomic_if_changed(&path, config.as_bytes(), Some(0o644)) {
+                Ok(true) => changed.push(name.clone()),
+                Ok(false) => {}
+                Err(e) => events.for_service(name).warn(
+                    Stage::Render,
+                    format!("its sidecar keeps its routes: {}: {e}", path.display()),
+                ),
+            }
+        }
+        changed
+    }
+
+    /// Reloads the sidecars whose configs `rerender` changed, saying what happened.
+    pub(super) async fn reload(&self, changed: &[ServiceName], events: &Events) {
+        if changed.is_empty() {
+            return;
+        }
+        match self
+            .stages
+            .provisioner
+            .reload_sidecars(&self.opts.project, changed, events)
+            .await
+        {
+            Ok(done) => {
+                for s in done {
+                    events.for_service(&s).info(
+                        Stage::Provision,
+                        "sidecar reloaded with the new sandbox routes",
+                    );
+                }
+            }
+            Err(e) => events.warn(
+                Stage::Provision,
+                format!("sidecars keep their old routes until reloaded: {e}"),
+            ),
+        }
+    }
+
+    /// After an apply: records what now runs (the baseline's members, or this sandbox's
+    /// copies with their ttl), then renders the recorded members' sidecars again and reloads
+    /// the ones whose routes changed. Failures here are warnings: the apply stands.
+    pub(super) async fn after_apply(
+        &self,
+        context: &super::prepare::MeshContext,
+        stack: &crate::stack::Stack,
+        applied: &crate::stack::Applied,
+        events: &Events,
+    ) {
+        let ok = |m: &&MeshService| {
+            applied
+                .services
+                .iter()
+                .any(|a| a.service == m.name && a.error.is_none())
+        };
+        let recorded = match &self.opts.sandbox {
+            Some(t) => {
+                let now = now_unix();
+                let created = self
+                    .sandboxes()
+                    .ok()
+                    .and_then(|all| all.into_iter().find(|r| r.name == t.name))
+                    .map_or(now, |r| r.created_unix);
+                self.write_sandbox(&SandboxRecord {
+                    name: t.name.clone(),
+                    services: context.prepared.iter().filter(ok).cloned().collect(),
+                    created_unix: created,
+                    expires_unix: t.ttl.map(|d| now.saturating_add(d.as_secs())),
+                })
+            }
+            None => {
+                let mut members: Vec<MeshService> =
+                    context.prepared.iter().filter(ok).cloned().collect();
+                // Services kept as they run (they failed before provisioning) stay recorded.
+                let old = self.read_baseline().ok().flatten().unwrap_or_default();
+                let have: Vec<ServiceName> = members.iter().map(|m| m.name.clone()).collect();
+                members.extend(
+                    old.into_iter()
+                        .filter(|m| stack.keep.contains(&m.name) && !have.contains(&m.name)),
+                );
+                members.sort_by(|a, b| a.name.cmp(&b.name));
+                self.write_baseline(&members)
+            }
+        };
+        if let Err(e) = recorded {
+            events.warn(Stage::Deploy, format!("recording the project's mesh: {e}"));
+        }
+        let changed = self.rerender(&context.mesh, &context.recorded, events);
+        self.reload(&changed, events).await;
+    }
+
+    /// The mesh of the recorded members alone (for re-rendering after a sandbox is removed).
+    fn recorded_mesh(&self, members: Vec<MeshService>) -> Mesh {
+        Mesh {
+            project: self.opts.project.clone(),
+            services: members,
+            ports: MeshPorts::default(),
+            certs: CertPaths::in_container(),
+        }
+    }
+
+    /// Removes sandbox `name`: its copies (through the provisioner), its record, and its routes
+    /// from every other sidecar (re-rendered and reloaded). The baseline's containers are not
+    /// touched.
+    pub async fn destroy_sandbox(
+        &self,
+        name: &SandboxName,
+        events: &Events,
+    ) -> Result<Vec<String>, Error> {
+        let _lock = self.lock(events).await?;
+        self.destroy_sandbox_locked(name, events).await
+    }
+
+    async fn destroy_sandbox_locked(
+        &self,
+        name: &SandboxName,
+        events: &Events,
+    ) -> Result<Vec<String>, Error> {
+        let removed = self
+            .stages
+            .provisioner
+            .destroy_sandbox(&self.opts.project, name, events)
+            .await?;
+        self.forget_sandbox(name)?;
+        let mut members = self.read_baseline()?.unwrap_or_default();
+        members.retain(|m| m.sandbox.is_none());
+        for r in self.sandboxes()? {
+            members.extend(r.services);
+        }
+        let names: Vec<ServiceName> = members.iter().map(|m| m.name.clone()).collect();
+        let mesh = self.recorded_mesh(members);
+        let changed = self.rerender(&mesh, &names, events);
+        self.reload(&changed, events).await;
+        events.info(Stage::Destroy, format!("sandbox {name} removed"));
+        Ok(removed)
+    }
+
+    /// Removes every sandbox whose ttl has passed, under the project's lock.
+    pub async fn gc(&self, events: &Events) -> Result<Vec<SandboxName>, Error> {
+        let _lock = self.lock(events).await?;
+        self.gc_locked(events).await
+    }
+
+    /// [`Deployer::gc`] with the lock already held (a deploy starts with it).
+    pub(super) async fn gc_locked(&self, events: &Events) -> Result<Vec<SandboxName>, Error> {
+        let now = now_unix();
+        let mut gone = Vec::new();
+        for r in self.sandboxes()? {
+            if r.expired(now) {
+                events.info(
+                    Stage::Destroy,
+                    format!("sandbox {} expired (its ttl passed): removing it", r.name),
+                );
+                self.destroy_sandbox_locked(&r.name, events).await?;
+                gone.push(r.name);
+            }
+        }
+        Ok(gone)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_expire_at_their_ttl_only() {
+        let mut r = SandboxRecord {
+            name: SandboxName::new("feat").unwrap(),
+            services: Vec::new(),
+            created_unix: 100,
+            expires_unix: None,
+        };
+        assert!(!r.expired(u64::MAX));
+        r.expires_unix = Some(200);
+        assert!(!r.expired(199));
+        assert!(r.expired(200));
+    }
+}
