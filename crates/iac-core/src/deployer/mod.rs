@@ -291,7 +291,10 @@ impl Deployer {
         );
         // Release commands run in the new image before its pods take traffic, after the services
         // without one are up (release.rs); a failed one keeps the old pods.
-        match self.apply_with_releases(stack, ok_services, events).await {
+        match self
+            .apply_with_releases(stack, ok_services, &context, events)
+            .await
+        {
             Ok((reports, removed)) => {
                 failed.extend(reports);
                 self.finish(failed, removed, started, None)
@@ -316,6 +319,7 @@ impl Deployer {
         &self,
         stack: Stack,
         ok_services: Vec<Prepared>,
+        context: &prepare::MeshContext,
         events: &Events,
     ) -> ApplyOutcome {
         let t = Instant::now();
@@ -328,7 +332,7 @@ impl Deployer {
         let provision_ms = t.elapsed().as_millis() as u64;
         let applied = match applied {
             Ok(a) => {
-                self.after_apply(&context, &stack, &a, events).await;
+                self.after_apply(context, &stack, &a, events).await;
                 a
             }
             Err(e) => {

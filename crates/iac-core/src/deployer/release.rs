@@ -73,10 +73,11 @@ impl Deployer {
         &self,
         stack: Stack,
         services: Vec<Prepared>,
+        context: &super::prepare::MeshContext,
         events: &Events,
     ) -> ApplyOutcome {
         if services.iter().all(|p| p.entry.release.is_none()) {
-            return self.apply_and_prove(stack, services, events).await;
+            return self.apply_and_prove(stack, services, context, events).await;
         }
         // Which pods this apply would create or replace: only those run their release.
         let changes = match self.stages.provisioner.diff(&stack).await {
@@ -87,7 +88,10 @@ impl Deployer {
                 let (stack, rest, failed) = self.fail_releases(stack, services, events, |p| {
                     p.entry.release.is_some().then(|| why.clone())
                 });
-                return with_failed(self.apply_and_prove(stack, rest, events).await, failed);
+                return with_failed(
+                    self.apply_and_prove(stack, rest, context, events).await,
+                    failed,
+                );
             }
         };
         let changed = |p: &Prepared| {
@@ -124,7 +128,7 @@ impl Deployer {
             }
         }
         if jobs.is_empty() {
-            return self.apply_and_prove(stack, rest, events).await;
+            return self.apply_and_prove(stack, rest, context, events).await;
         }
 
         // Phase 1: the services without a release to run.
@@ -141,7 +145,7 @@ impl Deployer {
                     names(&released)
                 ),
             );
-            match self.apply_and_prove(first, rest, events).await {
+            match self.apply_and_prove(first, rest, context, events).await {
                 Ok((r, gone)) => {
                     reports.extend(r);
                     removed.extend(gone);
@@ -181,7 +185,7 @@ impl Deployer {
         if go.is_empty() {
             return Ok((reports, removed));
         }
-        match self.apply_and_prove(second, go, events).await {
+        match self.apply_and_prove(second, go, context, events).await {
             Ok((r, gone)) => {
                 reports.extend(r);
                 removed.extend(gone);
