@@ -120,6 +120,13 @@ pub trait Provisioner: Send + Sync {
         project: &ProjectName,
         events: &Events,
     ) -> Result<Vec<String>, ProvisionError>;
+    /// Whether this backend keeps a sandbox's copies beside the baseline (reads
+    /// [`Stack::sandbox`]). A backend that does not would take a sandbox stack for the whole
+    /// project and remove the baseline, so the deployer refuses sandboxes unless this is `true`.
+    fn runs_sandboxes(&self) -> bool {
+        false
+    }
+
     /// Removes one sandbox's copies of the project ([`crate::sandbox`]), nothing else: the
     /// baseline's objects are not touched. Idempotent. Returns what was removed. Backends that
     /// cannot run sandboxes refuse.

@@ -462,6 +462,7 @@ impl ImageBuilder for DockerImageBuilder {
                 // The bootstrap wheelhouse (setuptools, wheel, the OTel SDK) serves builds offline.
                 find_links,
                 cache_dir: self.config.app_wheel_cache_path(),
+                scope: format!("{}/{service}", spec.project),
                 python: parse_minor(&plan.python.version).map_err(|message| BuildError::Build {
                     service: service.to_string(),
                     message,

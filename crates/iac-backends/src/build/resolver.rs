@@ -104,6 +104,10 @@ pub struct Resolver {
     pub find_links: Vec<PathBuf>,
     /// Finished results, one directory per key.
     pub cache_dir: PathBuf,
+    /// Whose wheels built from sdists this run may reuse and keeps: `<project>/<service>`. Code
+    /// that builds an sdist is the repo's, and could leave any wheel it likes in the output, so
+    /// one service's built wheels are never offered to another's resolve.
+    pub scope: String,
     /// The image's CPython `(major, minor)`: markers are evaluated for it.
     pub python: (u32, u32),
     /// Labels on the resolver containers (tests add theirs, to clean up by label).
@@ -613,8 +617,8 @@ impl Resolver {
         hex::encode(h.finalize())[..24].to_string()
     }
 
-    /// Where the wheels built from sdists for this interpreter are kept: one directory per base
-    /// image id and package source (the index settings and find-links, which decide what a
+    /// Where the wheels built from sdists for this interpreter are kept: one directory per
+    /// [`Resolver::scope`] (one service of one project), base image id and package source (the index settings and find-links, which decide what a
     /// `name==version` sdist is), the wheel's file name giving its name and version.
     pub fn built_dir(&self) -> PathBuf {
         let mut h = Sha256::new();
@@ -622,7 +626,8 @@ impl Resolver {
             h.update((s.len() as u64).to_le_bytes());
             h.update(s.as_bytes());
         };
-        part("iac-built-wheels/v1");
+        part("iac-built-wheels/v2");
+        part(&self.scope);
         part(&self.image_id);
         for s in &self.pip_args {
             part(s);
@@ -651,14 +656,30 @@ impl Resolver {
         let mut kept = Vec::new();
         for name in built {
             let from = out.join(name);
-            if !is_wheel_file_name(name) || !from.is_file() || built_dir.join(name).is_file() {
+            // `out` was written by the repo's build code: only a regular file is kept, never
+            // what a symlink there points at (a host file would be copied into the cache).
+            let regular = std::fs::symlink_metadata(&from).is_ok_and(|m| m.file_type().is_file());
+            if !is_wheel_file_name(name) || !regular || built_dir.join(name).is_file() {
                 continue;
             }
             iac_core::fsutil::create_private_dir(&self.cache_dir)?;
             iac_core::fsutil::create_private_dir(&self.cache_dir.join(BUILT_DIR))?;
             iac_core::fsutil::create_private_dir(built_dir)?;
             let tmp = built_dir.join(format!(".{name}.tmp-{}", std::process::id()));
-            std::fs::copy(&from, &tmp)?;
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                // O_NOFOLLOW: a link swapped in after the check is refused, not followed.
+                let mut src = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&from)?;
+                let mut dst = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&tmp)?;
+                std::io::copy(&mut src, &mut dst)?;
+            }
             if let Err(e) = std::fs::rename(&tmp, built_dir.join(name)) {
                 let _ = std::fs::remove_file(&tmp);
                 return Err(e);
@@ -896,6 +917,7 @@ mod tests {
             pass_env: vec![],
             find_links: vec![],
             cache_dir: PathBuf::from("/nonexistent"),
+            scope: "p/api".into(),
             python: (3, 11),
             labels: BTreeMap::from([("iac.test".to_string(), "t1".to_string())]),
         }
@@ -1074,6 +1096,17 @@ mod tests {
             ..r.clone()
         };
         assert_ne!(a, other_links.built_dir());
+        // Another service (another repo's build code) never sees this one's built wheels.
+        let other_scope = Resolver {
+            scope: "p/web".into(),
+            ..r.clone()
+        };
+        assert_ne!(a, other_scope.built_dir(), "another service");
+        let other_project = Resolver {
+            scope: "q/api".into(),
+            ..r.clone()
+        };
+        assert_ne!(a, other_project.built_dir(), "another project");
         // The plan is not part of it: a changed requirements file finds the same built wheels.
         let other_minor = Resolver {
             python: (3, 12),
@@ -1084,6 +1117,37 @@ mod tests {
             other_minor.built_dir(),
             "the image id alone names the interpreter"
         );
+    }
+
+    /// The resolver's output dir is written by the repo's build code: a wheel name there that
+    /// is a symlink (to a host file, say the CA key) is never followed into the cache.
+    #[test]
+    fn a_symlinked_wheel_in_the_output_is_not_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let r = Resolver {
+            cache_dir: tmp.path().join("cache"),
+            ..resolver()
+        };
+        let out = tmp.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        let secret = tmp.path().join("ca.key");
+        std::fs::write(&secret, "PRIVATE KEY").unwrap();
+        std::os::unix::fs::symlink(&secret, out.join("evil-1.0-py3-none-any.whl")).unwrap();
+        std::fs::write(out.join("good-1.0-py3-none-any.whl"), "wheel").unwrap();
+        let dir = r.built_dir();
+        let (events, _rx) = Events::channel();
+        r.keep_built(
+            &[
+                "evil-1.0-py3-none-any.whl".into(),
+                "good-1.0-py3-none-any.whl".into(),
+            ],
+            &out,
+            &dir,
+            &events,
+        )
+        .unwrap();
+        assert_eq!(built_wheels(&dir), ["good-1.0-py3-none-any.whl"]);
+        assert!(!dir.join("evil-1.0-py3-none-any.whl").exists());
     }
 
     #[test]

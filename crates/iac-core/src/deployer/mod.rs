@@ -332,7 +332,7 @@ impl Deployer {
         let provision_ms = t.elapsed().as_millis() as u64;
         let applied = match applied {
             Ok(a) => {
-                self.after_apply(context, &stack, &a, events).await;
+                self.after_apply(context, &a, events).await;
                 a
             }
             Err(e) => {
@@ -597,6 +597,14 @@ impl Deployer {
                 .provisioner
                 .destroy(&self.opts.project, events)
                 .await;
+            if r.is_ok()
+                && let Err(e) = self.forget_mesh_records()
+            {
+                events.warn(
+                    Stage::Deploy,
+                    format!("removing the project's mesh and sandbox records: {e}"),
+                );
+            }
             trace_context::finish_pipeline(r.is_ok(), Some("destroy"));
             Ok(r?)
         }

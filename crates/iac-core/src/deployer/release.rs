@@ -79,6 +79,20 @@ impl Deployer {
         if services.iter().all(|p| p.entry.release.is_none()) {
             return self.apply_and_prove(stack, services, context, events).await;
         }
+        if let Some(t) = &self.opts.sandbox {
+            // A release (a migration, typically) would run against the baseline's peers and
+            // data, which a sandbox must never change: copies start without theirs.
+            for p in services.iter().filter(|p| p.entry.release.is_some()) {
+                events.for_service(&p.spec.name).warn(
+                    Stage::Release,
+                    format!(
+                        "sandbox {}: the release command is not run for a sandbox copy (it would act on the baseline's data); run it by hand if the copy needs it",
+                        t.name
+                    ),
+                );
+            }
+            return self.apply_and_prove(stack, services, context, events).await;
+        }
         // Which pods this apply would create or replace: only those run their release.
         let changes = match self.stages.provisioner.diff(&stack).await {
             Ok(c) => c,

@@ -25,6 +25,7 @@ use crate::mesh::{CertPaths, Mesh, MeshPorts, MeshService};
 use crate::name::ServiceName;
 use crate::repos::ServiceSpec;
 use crate::sandbox::{SandboxCopy, SandboxName, copy_name};
+use crate::stack::Action;
 use serde::{Deserialize, Serialize};
 
 use super::Deployer;
@@ -84,6 +85,20 @@ impl Deployer {
 
     fn sandbox_record_path(&self, name: &SandboxName) -> PathBuf {
         self.sandbox_dir().join(format!("{name}.json"))
+    }
+
+    /// After the whole project was destroyed: its baseline and sandbox records go too, so a
+    /// later sandbox deploy is refused (no baseline) and a later baseline renders no routes to
+    /// copies that are gone. Missing records are fine.
+    pub(super) fn forget_mesh_records(&self) -> std::io::Result<()> {
+        match std::fs::remove_file(self.baseline_record_path()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        match std::fs::remove_dir_all(self.sandbox_dir()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// The baseline's mesh members as its last deploy recorded them; `None` before any deploy.
@@ -165,6 +180,15 @@ impl Deployer {
         target: &SandboxTarget,
         specs: &[ServiceSpec],
     ) -> Result<Vec<ServiceSpec>, Error> {
+        // Checked before anything else: a backend that ignores `Stack::sandbox` would read the
+        // copies as the whole project and remove the baseline.
+        if !self.stages.provisioner.runs_sandboxes() {
+            return Err(Error::Sandbox(format!(
+                "sandbox {}: the {} provisioner does not run sandboxes; expected the docker provisioner",
+                target.name,
+                self.stages.provisioner.name()
+            )));
+        }
         let baseline = self.read_baseline()?.ok_or_else(|| {
             Error::Sandbox(format!(
                 "project {} has no baseline deploy recorded ({} is missing); deploy the baseline before sandbox {}",
@@ -296,15 +320,16 @@ impl Deployer {
     pub(super) async fn after_apply(
         &self,
         context: &super::prepare::MeshContext,
-        stack: &crate::stack::Stack,
         applied: &crate::stack::Applied,
         events: &Events,
     ) {
+        // What now runs the new spec: applied without an error and not rolled back (a rolled
+        // back or failed replace leaves the old pair serving, with the old record).
         let ok = |m: &&MeshService| {
             applied
                 .services
                 .iter()
-                .any(|a| a.service == m.name && a.error.is_none())
+                .any(|a| a.service == m.name && a.error.is_none() && a.action != Action::RolledBack)
         };
         let recorded = match &self.opts.sandbox {
             Some(t) => {
@@ -324,12 +349,14 @@ impl Deployer {
             None => {
                 let mut members: Vec<MeshService> =
                     context.prepared.iter().filter(ok).cloned().collect();
-                // Services kept as they run (they failed before provisioning) stay recorded.
+                // Every service that still runs as it did stays recorded as it was: kept ones
+                // (they failed before provisioning), a failed or rolled-back replace, and any
+                // other the apply did not remove. Only what the apply removed is dropped.
                 let old = self.read_baseline().ok().flatten().unwrap_or_default();
                 let have: Vec<ServiceName> = members.iter().map(|m| m.name.clone()).collect();
                 members.extend(
                     old.into_iter()
-                        .filter(|m| stack.keep.contains(&m.name) && !have.contains(&m.name)),
+                        .filter(|m| !have.contains(&m.name) && !applied.removed.contains(&m.name)),
                 );
                 members.sort_by(|a, b| a.name.cmp(&b.name));
                 self.write_baseline(&members)
@@ -398,17 +425,39 @@ impl Deployer {
     pub(super) async fn gc_locked(&self, events: &Events) -> Result<Vec<SandboxName>, Error> {
         let now = now_unix();
         let mut gone = Vec::new();
+        let mut failed = Vec::new();
         for r in self.sandboxes()? {
             if r.expired(now) {
                 events.info(
                     Stage::Destroy,
                     format!("sandbox {} expired (its ttl passed): removing it", r.name),
                 );
-                self.destroy_sandbox_locked(&r.name, events).await?;
-                gone.push(r.name);
+                // One that cannot be removed now does not keep the others.
+                match self.destroy_sandbox_locked(&r.name, events).await {
+                    Ok(_) => gone.push(r.name),
+                    Err(e) => failed.push(format!("{}: {e}", r.name)),
+                }
             }
         }
-        Ok(gone)
+        if failed.is_empty() {
+            Ok(gone)
+        } else {
+            Err(Error::Sandbox(format!(
+                "removing expired sandboxes{}: {}",
+                if gone.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " (removed {})",
+                        gone.iter()
+                            .map(|n| n.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                },
+                failed.join("; ")
+            )))
+        }
     }
 }
 

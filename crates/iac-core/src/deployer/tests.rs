@@ -1470,6 +1470,112 @@ async fn a_failed_release_keeps_the_old_pod_and_its_peers_go_on() {
         && e.service.as_ref().is_some_and(|s| s.as_str() == "web")));
 }
 
+/// The baseline record is what runs, not what was tried: a service whose replace failed (its
+/// old pair serves on) or was rolled back stays recorded, so a later sandbox reload does not
+/// drop the peers' routes to it; only what the apply removed leaves the record.
+#[tokio::test]
+async fn a_failed_or_rolled_back_replace_stays_in_the_baseline_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = Fakes::happy();
+    f.provisioner = MockProvisioner::new();
+    f.provisioner.expect_runs_sandboxes().return_const(true);
+    f.provisioner
+        .expect_reload_sidecars()
+        .returning(|_, names, _| Ok(names.to_vec()));
+    let round = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let r = round.clone();
+    f.provisioner.expect_apply().returning(move |stack, _, _| {
+        let n = r.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(Applied {
+            services: stack
+                .services
+                .iter()
+                .map(|s| {
+                    let (action, error) = match (n, s.service.as_str()) {
+                        (0, _) => (Action::Create, None),
+                        (1, "web") => (Action::Replace, Some("health: NOT_SERVING".to_string())),
+                        (1, _) => (Action::RolledBack, None),
+                        _ => (Action::Unchanged, None),
+                    };
+                    AppliedService {
+                        service: s.service.clone(),
+                        action,
+                        endpoint: Some("127.0.0.1:40000".parse().unwrap()),
+                        edge: None,
+                        health: None,
+                        error,
+                    }
+                })
+                .collect(),
+            removed: if n == 2 {
+                vec![ServiceName::new("api").unwrap()]
+            } else {
+                vec![]
+            },
+        })
+    });
+    let d = f.deployer(dir.path(), 2);
+    let (events, _rx) = Events::channel();
+    let names = || -> Vec<String> {
+        d.read_baseline()
+            .unwrap()
+            .unwrap()
+            .iter()
+            .map(|m| m.name.to_string())
+            .collect()
+    };
+    d.deploy(&[spec("web"), spec("api")], &events).await;
+    assert_eq!(names(), ["api", "web"]);
+    d.deploy(&[spec("web"), spec("api")], &events).await;
+    assert_eq!(
+        names(),
+        ["api", "web"],
+        "failed and rolled back stay recorded"
+    );
+    d.deploy(&[spec("web")], &events).await;
+    assert_eq!(names(), ["web"], "what the apply removed leaves the record");
+}
+
+/// A sandbox copy never runs its release command: a migration there would act on the
+/// baseline's data. The copy is applied at once, and the report says why nothing ran.
+#[tokio::test]
+async fn a_sandbox_copy_runs_no_release() {
+    let dir = tempfile::tempdir().unwrap();
+    let ok = crate::stages::ReleaseOutcome {
+        tail: String::new(),
+    };
+    // The baseline: web unchanged (so no release), then the sandbox's one apply of its copy.
+    let mut f = release_fakes(
+        Action::Unchanged,
+        Ok(ok),
+        0,
+        &[(&["api", "web"], &[]), (&["web--sb-feat"], &[])],
+    );
+    f.provisioner.expect_runs_sandboxes().return_const(true);
+    f.provisioner
+        .expect_reload_sidecars()
+        .returning(|_, names, _| Ok(names.to_vec()));
+    let mut d = f.deployer(dir.path(), 2);
+    let (events, _rx) = Events::channel();
+    let report = d.deploy(&[spec("api"), spec("web")], &events).await;
+    assert!(report.ok, "{report:#?}");
+    d.set_sandbox(Some(SandboxTarget {
+        name: crate::SandboxName::new("feat").unwrap(),
+        ttl: None,
+    }));
+    let (events, rx) = Events::channel();
+    let report = d.deploy(&[spec("web")], &events).await;
+    assert!(report.ok, "{report:#?}");
+    drop(events);
+    let said = drain(rx);
+    assert!(
+        said.iter().any(|e| e
+            .message
+            .contains("release command is not run for a sandbox copy")),
+        "{said:#?}"
+    );
+}
+
 #[tokio::test]
 async fn a_successful_release_runs_before_the_replacement() {
     let dir = tempfile::tempdir().unwrap();
@@ -1677,6 +1783,37 @@ async fn plan_lists_the_release_commands() {
     );
 }
 
+/// A provisioner that does not keep copies beside the baseline (Swarm, Terraform) would take a
+/// sandbox stack for the whole project and remove the baseline: the deploy and the plan are
+/// refused before anything is built or applied (the mock has no `apply`, `diff` or `destroy`).
+#[tokio::test]
+async fn a_sandbox_is_refused_by_a_provisioner_that_does_not_run_sandboxes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = Fakes::happy();
+    f.provisioner = MockProvisioner::new();
+    f.provisioner.expect_runs_sandboxes().return_const(false);
+    f.provisioner.expect_name().return_const("swarm");
+    let mut d = f.deployer(dir.path(), 2);
+    let (events, _rx) = Events::channel();
+    d.set_sandbox(Some(SandboxTarget {
+        name: crate::SandboxName::new("feat").unwrap(),
+        ttl: None,
+    }));
+    let report = d.deploy(&[spec("api")], &events).await;
+    assert!(!report.ok);
+    let e = report.error.unwrap();
+    assert!(
+        e.contains("swarm provisioner does not run sandboxes") && e.contains("feat"),
+        "{e}"
+    );
+    let e = d
+        .plan(&[spec("api")], &events)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("does not run sandboxes"), "{e}");
+}
+
 /// Sandboxes: a sandbox deploy needs the baseline recorded and names only its services; its
 /// stack holds only the copies; the baseline's configs gain the routes without their spec hash
 /// changing, and are reloaded; destroying the sandbox and its ttl take the routes away again.
@@ -1688,6 +1825,7 @@ async fn a_sandbox_deploys_copies_beside_a_baseline_it_never_changes() {
     let destroyed: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
     let mut f = Fakes::happy();
     f.provisioner = MockProvisioner::new();
+    f.provisioner.expect_runs_sandboxes().return_const(true);
     let seen = stacks.clone();
     f.provisioner.expect_apply().returning(move |stack, _, _| {
         seen.lock().unwrap().push(stack.clone());
@@ -1714,6 +1852,7 @@ async fn a_sandbox_deploys_copies_beside_a_baseline_it_never_changes() {
             r.lock().unwrap().push(names.to_vec());
             Ok(names.to_vec())
         });
+    f.provisioner.expect_destroy().returning(|_, _| Ok(vec![]));
     let d_ = destroyed.clone();
     f.provisioner
         .expect_destroy_sandbox()
@@ -1829,4 +1968,16 @@ async fn a_sandbox_deploys_copies_beside_a_baseline_it_never_changes() {
     assert!(d.sandboxes().unwrap().is_empty());
     assert_eq!(destroyed.lock().unwrap().as_slice(), ["feat", "feat"]);
     assert_eq!(config("web"), "config for web with 2 members");
+
+    // Destroying the whole project forgets its records: a sandbox left behind is gone with
+    // it, and a sandbox deploy afterwards is refused for want of a baseline.
+    d.set_sandbox(Some(feat.clone()));
+    assert!(d.deploy(&[spec("api")], &events).await.ok);
+    assert_eq!(d.sandboxes().unwrap().len(), 1);
+    d.set_sandbox(None);
+    d.destroy(&events).await.unwrap();
+    assert!(d.sandboxes().unwrap().is_empty());
+    d.set_sandbox(Some(feat.clone()));
+    let e = d.deploy(&[spec("api")], &events).await.error.unwrap();
+    assert!(e.contains("no baseline deploy"), "{e}");
 }

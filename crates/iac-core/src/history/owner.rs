@@ -61,6 +61,9 @@ pub enum ProcessState {
     Gone,
     /// Exited, not yet reaped by its parent.
     Zombie,
+    /// Cannot be told here (`/proc` hides it: `hidepid`, `ProtectProc=invisible`, another
+    /// error than "no such file"): never taken for dead.
+    Unreadable,
     /// Alive, started this many clock ticks after boot.
     Alive {
         /// `/proc/<pid>/stat` field 22.
@@ -98,6 +101,13 @@ pub fn judge(
         return Verdict::Unknown;
     }
     if o.boot_id != here.boot_id {
+        // A hostname alone does not name a machine (cloned VMs, `hostname: iac` in compose): a
+        // boot id that differs means a reboot only when both machine ids say it is this machine.
+        let same_machine =
+            matches!((&o.machine_id, &here.machine_id), (Some(a), Some(b)) if a == b);
+        if !same_machine {
+            return Verdict::Unknown;
+        }
         return Verdict::Dead(format!(
             "host {} rebooted since it started (boot id {} then, {} now)",
             o.host, o.boot_id, here.boot_id
@@ -121,6 +131,7 @@ pub fn judge(
             ))
         }
         ProcessState::Alive { .. } => Verdict::Alive,
+        ProcessState::Unreadable => Verdict::Unknown,
     }
 }
 
@@ -166,12 +177,14 @@ impl ProcessView for LocalProcesses {
     }
 
     fn process(&self, pid: u32) -> ProcessState {
-        match std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .as_deref()
-            .and_then(parse_stat)
-        {
-            None => ProcessState::Gone,
+        let stat = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(s) => s,
+            // Only "no such file" means no such pid; EACCES and friends say nothing.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return ProcessState::Gone,
+            Err(_) => return ProcessState::Unreadable,
+        };
+        match parse_stat(&stat) {
+            None => ProcessState::Unreadable,
             Some(('Z' | 'X', _)) => ProcessState::Zombie,
             Some((_, start_ticks)) => ProcessState::Alive { start_ticks },
         }
@@ -334,6 +347,35 @@ mod tests {
         other_ns.pid_ns = Some("pid:[1]".into());
         assert_eq!(judge(Some(&other_ns), &here(), never), Verdict::Unknown);
         assert_eq!(judge(None, &here(), never), Verdict::Unknown);
+    }
+
+    /// The review's case: two control planes with the same hostname and no machine id (cloned
+    /// VMs, `hostname: iac` in compose) sharing one PostgreSQL history. A boot id that differs
+    /// is another machine as likely as a reboot, so nothing is judged.
+    #[test]
+    fn a_new_boot_id_without_matching_machine_ids_is_left_alone() {
+        let mut h = here();
+        h.boot_id = "boot-2".into();
+        for (theirs, ours) in [(None, None), (Some("m1"), None), (None, Some("m1"))] {
+            let mut o = owner();
+            o.machine_id = theirs.map(Into::into);
+            let mut h = h.clone();
+            h.machine_id = ours.map(Into::into);
+            assert_eq!(
+                judge(Some(&o), &h, never),
+                Verdict::Unknown,
+                "{theirs:?} {ours:?}"
+            );
+        }
+    }
+
+    /// A pid `/proc` will not show (hidepid, ProtectProc=invisible) is not a dead one.
+    #[test]
+    fn an_unreadable_process_is_left_alone() {
+        assert_eq!(
+            judge(Some(&owner()), &here(), |_| ProcessState::Unreadable),
+            Verdict::Unknown
+        );
     }
 
     #[test]

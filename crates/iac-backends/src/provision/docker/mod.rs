@@ -971,6 +971,10 @@ impl Provisioner for DockerProvisioner {
         }
     }
 
+    fn runs_sandboxes(&self) -> bool {
+        true
+    }
+
     async fn destroy_sandbox(
         &self,
         project: &ProjectName,
