@@ -62,9 +62,23 @@ pub enum FilterSeen {
     NotYet,
     /// The log cannot be read back (a log driver without read-back), with the engine's answer.
     Unreadable(String),
+    /// Reading the log failed for another reason (a timeout, a 5xx, a sidecar gone): nothing
+    /// is known, so the app waits and the keeper looks again.
+    ReadFailed(String),
 }
 
 impl FilterSeen {
+    /// What an error reading the sidecar's log says: only the engine's "this log driver does
+    /// not support reading" means it never can be read back (then the app starts unconfirmed);
+    /// anything else is a failure to look again after.
+    pub fn from_log_error(e: String) -> FilterSeen {
+        if e.contains("does not support reading") {
+            FilterSeen::Unreadable(e)
+        } else {
+            FilterSeen::ReadFailed(e)
+        }
+    }
+
     /// Reads the sidecar's log text since its current start.
     pub fn from_log(log: &str) -> FilterSeen {
         if log
@@ -90,6 +104,9 @@ pub fn gate_start(decision: Decision, filter: &FilterSeen) -> Decision {
         FilterSeen::NotYet => Decision::Wait(
             "its sidecar runs but has not loaded the pod filter since it started".into(),
         ),
+        FilterSeen::ReadFailed(e) => Decision::Wait(format!(
+            "its sidecar's log could not be read to confirm the pod filter ({e})"
+        )),
         FilterSeen::Unreadable(e) => Decision::Start(format!(
             "{why}; its pod filter is not confirmed: the sidecar's log cannot be read back ({e})"
         )),
@@ -311,6 +328,17 @@ mod tests {
             Decision::Start(why) => assert!(why.contains("not confirmed"), "{why}"),
             other => panic!("{other:?}"),
         }
+        // Any other error reading the log: nothing is known, the app waits.
+        for e in ["reading the log timed out after 30s", "engine answered 500"] {
+            match gate_start(start(), &FilterSeen::from_log_error(e.into())) {
+                Decision::Wait(why) => assert!(why.contains(e), "{why}"),
+                other => panic!("{e}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            FilterSeen::from_log_error("configured logging driver does not support reading".into()),
+            FilterSeen::Unreadable(_)
+        ));
         // Other decisions pass through.
         let stopped = seen(false, "2026-12-07T10:00:06Z", "");
         assert!(matches!(

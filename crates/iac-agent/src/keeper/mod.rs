@@ -406,7 +406,7 @@ async fn look_at_with(
         let filter = match sidecar.seen.started_at {
             Some(at) => match sidecar_log_since(opts, sidecar_id, at).await {
                 Ok(log) => FilterSeen::from_log(&log),
-                Err(e) => FilterSeen::Unreadable(e),
+                Err(e) => FilterSeen::from_log_error(e),
             },
             None => FilterSeen::NotYet,
         };
