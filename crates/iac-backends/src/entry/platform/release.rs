@@ -127,30 +127,15 @@ fn render(dir: &Path) -> Result<Option<ReleaseCommand>, EntryError> {
 /// `railway.json` (else `railway.toml`, as Railway reads them): `deploy.preDeployCommand`, a
 /// command string or a list of them (run in order, the first failure stopping the release).
 fn railway(dir: &Path) -> Result<Option<ReleaseCommand>, EntryError> {
-    let json_path = dir.join("railway.json");
-    let toml_path = dir.join("railway.toml");
-    let (file, path, text, doc): (&str, _, String, serde_json::Value) =
-        if let Some(text) = read_optional(&json_path)? {
-            let v = serde_json::from_str(&text).map_err(|e| EntryError::Parse {
-                file: json_path.clone(),
-                message: format!("{e} (expected a JSON object with `deploy`/`build`)"),
-            })?;
-            ("railway.json", json_path, text, v)
-        } else if let Some(text) = read_optional(&toml_path)? {
-            let t: toml::Table = text
-                .parse()
-                .map_err(|e: toml::de::Error| EntryError::Parse {
-                    file: toml_path.clone(),
-                    message: e.to_string(),
-                })?;
-            let v = serde_json::to_value(t).map_err(|e| EntryError::Parse {
-                file: toml_path.clone(),
-                message: e.to_string(),
-            })?;
-            ("railway.toml", toml_path, text, v)
-        } else {
-            return Ok(None);
-        };
+    let Some(super::railway::RailwayConfig {
+        file,
+        path,
+        text,
+        doc,
+    }) = super::railway::read_config(dir)?
+    else {
+        return Ok(None);
+    };
     let wrong = || EntryError::Parse {
         file: path.clone(),
         message: "deploy.preDeployCommand: expected a command string or a list of command strings"
