@@ -453,9 +453,20 @@ async fn create_reapply_untouched_then_destroy_twice() {
         assert_eq!(mode, format!("container:{}", containers[&envoy_name].0));
         let envoy = f.docker.inspect_container(&envoy_name, None).await.unwrap();
         let mounts = envoy.mounts.unwrap();
-        assert!(mounts.iter().any(
-            |m| m.destination.as_deref() == Some("/etc/envoy/envoy.yaml") && m.rw == Some(false)
-        ));
+        // The config's directory, not the file: a file bind mount would keep showing the old
+        // file after iac's temp + rename, and a reload must see the new one.
+        assert!(
+            mounts
+                .iter()
+                .any(|m| m.destination.as_deref() == Some("/etc/envoy") && m.rw == Some(false)),
+            "{mounts:?}"
+        );
+        assert!(
+            !mounts
+                .iter()
+                .any(|m| m.destination.as_deref() == Some("/etc/envoy/envoy.yaml")),
+            "{mounts:?}"
+        );
     }
     assert_eq!(f.networks().await, vec![f.network.clone()]);
 
