@@ -86,6 +86,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: Option<u32>) -> std::io::Re
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
+    // What a writer killed between its temp file and the rename left here goes now.
+    sweep_dead_temps(dir);
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -145,6 +147,42 @@ fn mode_matches(path: &Path, mode: Option<u32>) -> bool {
         let _ = (path, want);
         true
     }
+}
+
+/// The pid in a [`write_atomic`] temp file's name (`.<name>.tmp-<pid>-<n>`), if it is one.
+fn atomic_temp_writer(file_name: &str) -> Option<u32> {
+    if !file_name.starts_with('.') {
+        return None;
+    }
+    let (_, rest) = file_name.rsplit_once(".tmp-")?;
+    let (pid, n) = rest.split_once('-')?;
+    n.parse::<u64>().ok()?;
+    pid.parse().ok()
+}
+
+/// Removes the [`write_atomic`] temp files in `dir` whose writer no longer runs on this host
+/// (no `/proc/<pid>`): a process SIGKILLed between writing its temp file and the rename. A
+/// temp file of a live pid is left (it may be being written). Returns how many it removed.
+/// Writers in another pid namespace sharing the directory are not told apart; iac's state and
+/// cache directories have one host's processes as writers.
+pub fn sweep_dead_temps(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().and_then(atomic_temp_writer) else {
+            continue;
+        };
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        if e.file_type().is_ok_and(|t| t.is_file()) && std::fs::remove_file(e.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
 }
 
 fn unique() -> u64 {
@@ -403,6 +441,33 @@ fn open_lock_file(path: &Path) -> std::io::Result<std::fs::File> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A writer SIGKILLed between its temp file and the rename leaves `.<name>.tmp-<pid>-<n>`;
+    /// the next sweep (every `write_atomic` in that directory does one) removes it when that
+    /// pid is gone, and leaves a live writer's temp file and every other file alone.
+    #[test]
+    fn a_dead_writers_temp_file_is_swept_and_a_live_ones_is_not() {
+        let d = tempfile::tempdir().unwrap();
+        // A pid that is not running: one above the kernel's pid_max (4194304 at most).
+        let dead = d.path().join(".meta.json.tmp-4194305-4");
+        let live = d
+            .path()
+            .join(format!(".meta.json.tmp-{}-9", std::process::id()));
+        let other = d.path().join(".hidden.tmp-notapid-1");
+        let plain = d.path().join("meta.json");
+        for f in [&dead, &live, &other, &plain] {
+            std::fs::write(f, "x").unwrap();
+        }
+        assert_eq!(sweep_dead_temps(d.path()), 1);
+        assert!(!dead.exists());
+        assert!(live.exists() && other.exists() && plain.exists());
+        std::fs::write(&dead, "x").unwrap();
+        write_atomic(&plain, b"y", None).unwrap();
+        assert!(!dead.exists(), "write_atomic sweeps its directory");
+        assert_eq!(atomic_temp_writer(".a.tmp-12-3"), Some(12));
+        assert_eq!(atomic_temp_writer("a.tmp-12-3"), None);
+        assert_eq!(atomic_temp_writer(".a.tmp-12"), None);
+    }
 
     #[test]
     fn private_dirs_are_created_0700_tightened_and_refused_when_linked() {

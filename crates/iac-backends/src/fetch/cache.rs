@@ -234,6 +234,9 @@ impl Cache {
         repo: &str,
         commit: Option<String>,
     ) -> Result<Option<Cached>, FetchError> {
+        // A fetch killed while writing a tree's metadata left its temp file here; a later
+        // fetch that only hits the cache writes nothing, so it sweeps.
+        iac_core::fsutil::sweep_dead_temps(&self.root.join("trees"));
         let dir = self.root.join("trees").join(name);
         if !dir.is_dir() {
             return Ok(None);
@@ -329,6 +332,7 @@ impl Cache {
 
     /// The index record of `reference` at `location`, if one was written.
     pub fn index_get(&self, location: &str, reference: &str) -> Option<IndexEntry> {
+        iac_core::fsutil::sweep_dead_temps(&self.root.join("index"));
         let bytes = std::fs::read(self.index_path(location, reference)).ok()?;
         let e: IndexEntry = serde_json::from_slice(&bytes).ok()?;
         (e.location == location && e.reference == reference).then_some(e)
