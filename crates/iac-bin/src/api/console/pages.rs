@@ -262,6 +262,20 @@ fn project_name(st: &AppState, v: &Viewer, p: &str) -> Result<ProjectName, Box<R
 
 /// The project a page's path names, once the viewer may do `a` on it ([`project_name`] then
 /// [`require`]).
+/// The viewer of a project page, and the project, once the viewer may do `a` in it: the
+/// prelude of every page under `/projects/{project}`.
+async fn viewer_granted(
+    st: &AppState,
+    peer: &Peer,
+    headers: &HeaderMap,
+    p: &str,
+    a: Action,
+) -> Result<(Viewer, ProjectName), Box<Response>> {
+    let v = viewer(st, peer, headers).await?;
+    let project = granted(st, &v, p, a)?;
+    Ok((v, project))
+}
+
 fn granted(st: &AppState, v: &Viewer, p: &str, a: Action) -> Result<ProjectName, Box<Response>> {
     let project = project_name(st, v, p)?;
     require(st, v, &project, a)?;
@@ -527,12 +541,8 @@ async fn project_page(
     headers: HeaderMap,
     Path(project): Path<String>,
 ) -> Response {
-    let v = match viewer(&st, &peer, &headers).await {
-        Ok(v) => v,
-        Err(r) => return *r,
-    };
-    let project = match granted(&st, &v, &project, Action::Read) {
-        Ok(p) => p,
+    let (v, project) = match viewer_granted(&st, &peer, &headers, &project, Action::Read).await {
+        Ok(vp) => vp,
         Err(r) => return *r,
     };
     let (services, error) = match st.backend.services(project.clone()).await {
@@ -579,12 +589,8 @@ async fn deploy_page(
     headers: HeaderMap,
     Path(project): Path<String>,
 ) -> Response {
-    let v = match viewer(&st, &peer, &headers).await {
-        Ok(v) => v,
-        Err(r) => return *r,
-    };
-    let project = match granted(&st, &v, &project, Action::Deploy) {
-        Ok(p) => p,
+    let (v, project) = match viewer_granted(&st, &peer, &headers, &project, Action::Deploy).await {
+        Ok(vp) => vp,
         Err(r) => return *r,
     };
     render(
@@ -601,12 +607,8 @@ async fn logs_page(
     headers: HeaderMap,
     Path((project, service)): Path<(String, String)>,
 ) -> Response {
-    let v = match viewer(&st, &peer, &headers).await {
-        Ok(v) => v,
-        Err(r) => return *r,
-    };
-    let project = match granted(&st, &v, &project, Action::Read) {
-        Ok(p) => p,
+    let (v, project) = match viewer_granted(&st, &peer, &headers, &project, Action::Read).await {
+        Ok(vp) => vp,
         Err(r) => return *r,
     };
     let service = match iac_core::ServiceName::new(&service) {
@@ -635,12 +637,8 @@ async fn destroy_page(
     headers: HeaderMap,
     Path(project): Path<String>,
 ) -> Response {
-    let v = match viewer(&st, &peer, &headers).await {
-        Ok(v) => v,
-        Err(r) => return *r,
-    };
-    let project = match granted(&st, &v, &project, Action::Destroy) {
-        Ok(p) => p,
+    let (v, project) = match viewer_granted(&st, &peer, &headers, &project, Action::Destroy).await {
+        Ok(vp) => vp,
         Err(r) => return *r,
     };
     let services: Vec<String> = match st.backend.services(project.clone()).await {
@@ -674,12 +672,8 @@ async fn destroy_submit(
     if let Err(r) = origin_ok(&st, &peer, &headers) {
         return *r;
     }
-    let v = match viewer(&st, &peer, &headers).await {
-        Ok(v) => v,
-        Err(r) => return *r,
-    };
-    let project = match granted(&st, &v, &project, Action::Destroy) {
-        Ok(p) => p,
+    let (v, project) = match viewer_granted(&st, &peer, &headers, &project, Action::Destroy).await {
+        Ok(vp) => vp,
         Err(r) => return *r,
     };
     if f.confirm.trim() != project.as_str() {
