@@ -44,6 +44,18 @@ impl std::ops::Deref for Killed {
 }
 
 impl Killed {
+    /// A fresh project with the `hello` and `worker` fixture repos, at version 1.
+    fn new() -> Killed {
+        let project = Project::new();
+        let repos = project.workdir.path().join("repos");
+        Killed {
+            hello: fixture(&repos, "hello", &[("main.py", HELLO)]),
+            worker: fixture(&repos, "worker", &[("main.py", WORKER)]),
+            p: project,
+            version: std::cell::Cell::new(1),
+        }
+    }
+
     fn file(&self) -> String {
         self.workdir
             .path()
@@ -229,14 +241,7 @@ fn a_killed_deploy_converges_on_the_next_one() {
     if e2e::skip_without_docker("a_killed_deploy_converges_on_the_next_one") {
         return;
     }
-    let project = Project::new();
-    let repos = project.workdir.path().join("repos");
-    let p = Killed {
-        hello: fixture(&repos, "hello", &[("main.py", HELLO)]),
-        worker: fixture(&repos, "worker", &[("main.py", WORKER)]),
-        p: project,
-        version: std::cell::Cell::new(1),
-    };
+    let p = Killed::new();
     let mut version = 1;
     p.version(version);
     p.converges("the first deploy");
@@ -312,14 +317,7 @@ fn a_killed_deploy_is_interrupted_in_the_history() {
     if e2e::skip_without_docker("a_killed_deploy_is_interrupted_in_the_history") {
         return;
     }
-    let project = Project::new();
-    let repos = project.workdir.path().join("repos");
-    let p = Killed {
-        hello: fixture(&repos, "hello", &[("main.py", HELLO)]),
-        worker: fixture(&repos, "worker", &[("main.py", WORKER)]),
-        p: project,
-        version: std::cell::Cell::new(1),
-    };
+    let p = Killed::new();
     p.version(1);
     let history = |p: &Killed| -> Vec<serde_json::Value> {
         let out = p.iac(&["history", "--json"]);
