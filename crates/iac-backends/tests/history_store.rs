@@ -394,7 +394,7 @@ impl ProcessView for FakeHost {
     fn identity(&self) -> Option<HostIdentity> {
         Some(HostIdentity {
             host: "box".into(),
-            machine_id: None,
+            machine_id: Some("m-box".into()),
             boot_id: "boot-1".into(),
             pid_ns: None,
         })
@@ -413,7 +413,8 @@ fn owned(n: u32, p: &str, host: &str, boot: &str, pid: u32, ticks: u64) -> Histo
     HistoryStart {
         owner: Some(RunOwner {
             host: host.into(),
-            machine_id: None,
+            // A reboot verdict needs the machine id on both sides (owner.rs's judge).
+            machine_id: Some(format!("m-{host}")),
             boot_id: boot.into(),
             pid_ns: None,
             pid,
