@@ -615,12 +615,14 @@ impl ImageBuilder for DockerImageBuilder {
         let mut stream = docker.build_image(opts, None, Some(bollard::body_try_stream(body)));
         // What the repo's steps print is bounded: a tail for the error, a budget of events.
         let mut output = OutputTail::new(64 * 1024, 5000);
+        let mut run_steps = RunSteps::default();
         let mut built_id = None;
         while let Some(item) = stream.next().await {
             match item {
                 Ok(info) => {
                     if let Some(text) = info.stream.as_deref().or(info.status.as_deref()) {
                         output.push_as_events(text.as_bytes(), &events, Stage::Build, "");
+                        run_steps.push(text);
                     }
                     if let Some(id) = info.aux.and_then(|a| a.id) {
                         built_id = Some(id);
@@ -646,7 +648,7 @@ impl ImageBuilder for DockerImageBuilder {
                     );
                     drop(stream);
                     if let Ok(cg) = cgroup {
-                        self.end_cgroup(cg, &events).await;
+                        self.end_cgroup(cg, run_steps.ran, &events).await;
                     }
                     return Err(BuildError::Build {
                         service: service.to_string(),
@@ -664,7 +666,7 @@ impl ImageBuilder for DockerImageBuilder {
         }
         drop(stream);
         if let Ok(cg) = cgroup {
-            self.end_cgroup(cg, &events).await;
+            self.end_cgroup(cg, run_steps.ran, &events).await;
         }
         let id = match built_id {
             Some(id) => id,
@@ -709,11 +711,12 @@ impl DockerImageBuilder {
             .map_err(|e| format!("creating the build cgroup: {e}"))?
     }
 
-    /// Removes a build's cgroup (explicitly, once the build's stream is over) and warns when the
-    /// engine did not put the build's steps in it (an engine on another host or in another
-    /// cgroup namespace): then its limit did not apply.
-    async fn end_cgroup(&self, cg: BuildCgroup, events: &Events) {
-        if cg.peak() == Some(0) {
+    /// Removes a build's cgroup (explicitly, once the build's stream is over) and warns when a
+    /// `RUN` step ran (`ran_steps`) but not in it (an engine on another host or in another
+    /// cgroup namespace): then its limit did not apply. Cached steps and metadata steps start
+    /// no process, so they prove nothing either way.
+    async fn end_cgroup(&self, cg: BuildCgroup, ran_steps: bool, events: &Events) {
+        if ran_steps && cg.peak() == Some(0) {
             events.warn(
                 Stage::Build,
                 format!(
@@ -724,6 +727,30 @@ impl DockerImageBuilder {
         }
         if let Err(e) = cg.remove().await {
             events.warn(Stage::Build, e);
+        }
+    }
+}
+
+/// Whether a build ran a `RUN` step (rather than taking it from the cache), read from the
+/// classic builder's output: `Step N/M : RUN …` then ` ---> Running in <id>`.
+#[derive(Debug, Default)]
+struct RunSteps {
+    /// The last step header seen was a `RUN`.
+    in_run: bool,
+    /// A `RUN` step ran in a container.
+    ran: bool,
+}
+
+impl RunSteps {
+    fn push(&mut self, text: &str) {
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("Step ") {
+                self.in_run = rest.split_once(" : ").is_some_and(|(_, ins)| {
+                    ins.trim_start().to_ascii_uppercase().starts_with("RUN ")
+                });
+            } else if self.in_run && line.trim_start().starts_with("---> Running in ") {
+                self.ran = true;
+            }
         }
     }
 }
@@ -746,6 +773,21 @@ fn in_image_missing(output: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_a_run_step_that_ran_counts() {
+        let mut r = super::RunSteps::default();
+        r.push("Step 5/19 : RUN groupadd app\n ---> Using cache\n ---> b3ca6424541b\n");
+        r.push("Step 17/19 : LABEL iac.project=\"p\"\n");
+        r.push(" ---> Running in de67a105ce3c\n");
+        assert!(
+            !r.ran,
+            "cached RUN and a LABEL's container start no process"
+        );
+        r.push("Step 16/19 : RUN if [ -s x ]; then pip install; fi");
+        r.push("\n ---> Running in 6e893268bc5a\n");
+        assert!(r.ran);
+    }
+
     use super::*;
 
     #[test]
