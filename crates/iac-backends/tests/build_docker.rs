@@ -1827,3 +1827,285 @@ async fn a_services_env_secret_is_in_the_container_never_in_the_image() {
         "{container_env:?}"
     );
 }
+
+/// A PEP 503 "simple" index on the host's loopback serving the files in `dir`
+/// (`/simple/<name>/` lists `<name>-*`, `/files/<file>` serves it); counts the requests it
+/// answered. Returns its base URL (`http://127.0.0.1:PORT`).
+async fn serve_index(
+    dir: PathBuf,
+) -> (
+    String,
+    Arc<std::sync::atomic::AtomicUsize>,
+    tokio::task::JoinHandle<()>,
+) {
+    use axum::extract::{Path as UrlPath, State};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let hits = Arc::new(AtomicUsize::new(0));
+    type St = (PathBuf, Arc<AtomicUsize>);
+    async fn project(
+        State((dir, hits)): State<St>,
+        UrlPath(name): UrlPath<String>,
+    ) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        hits.fetch_add(1, Ordering::SeqCst);
+        // PEP 503 names: `-`, `_` and `.` alike, any case; files are `<name>-<version>…`.
+        let prefix = format!("{}_", name.replace(['-', '.'], "_").to_lowercase());
+        let mut links = String::new();
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            let f = e.file_name().to_string_lossy().into_owned();
+            if f.replace(['-', '.'], "_")
+                .to_lowercase()
+                .starts_with(&prefix)
+            {
+                links.push_str(&format!("<a href=\"/files/{f}\">{f}</a>\n"));
+            }
+        }
+        if links.is_empty() {
+            return (axum::http::StatusCode::NOT_FOUND, "no such project").into_response();
+        }
+        axum::response::Html(format!("<html><body>\n{links}</body></html>\n")).into_response()
+    }
+    async fn file(
+        State((dir, hits)): State<St>,
+        UrlPath(f): UrlPath<String>,
+    ) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        hits.fetch_add(1, Ordering::SeqCst);
+        match std::fs::read(dir.join(&f)) {
+            Ok(b) if !f.contains('/') => b.into_response(),
+            _ => axum::http::StatusCode::NOT_FOUND.into_response(),
+        }
+    }
+    let app = axum::Router::new()
+        .route("/simple/{name}/", axum::routing::get(project))
+        .route("/files/{file}", axum::routing::get(file))
+        .with_state((dir, hits.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    (base, hits, task)
+}
+
+/// Issue 22 (the resolver's network): with a package index, the resolver container has no
+/// network and reaches the index only through the allowlisting proxy. An sdist served by a
+/// local index builds; its setup.py then tries a second listener on the host's loopback three
+/// ways — through the proxy as plain HTTP, through the proxy as a CONNECT tunnel, and directly —
+/// and each is refused (403, 403, no route); the listener never sees a connection, the index saw
+/// pip's requests, the refusal is reported as an event, and no proxy container is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_is_reached_only_through_the_resolvers_allowlisting_proxy() {
+    let Some(docker) = engine().await else {
+        return;
+    };
+    let envoy = "iac/envoy:1.40.0";
+    if docker.inspect_image(envoy).await.is_err() {
+        assert!(
+            std::env::var("IAC_REQUIRE_ENVOY").as_deref() != Ok("1"),
+            "IAC_REQUIRE_ENVOY=1 but {envoy} is missing"
+        );
+        eprintln!("SKIP: {envoy} is missing (make test-deps)");
+        return;
+    }
+    let test = test_id();
+    let _cleanup = Cleanup { id: test.clone() };
+    let dir = tempfile::tempdir().unwrap();
+    // Another service on the host's loopback: not the index, so never to be reached.
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    other.set_nonblocking(true).unwrap();
+    let other_port = other.local_addr().unwrap().port();
+    let setup_py = format!(
+        r#"import http.client, os, pathlib, socket, urllib.error, urllib.request
+try:
+    urllib.request.urlopen("http://127.0.0.1:{port}/steal", timeout=10).read()
+    via_proxy = "reached"
+except urllib.error.HTTPError as e:
+    via_proxy = e.code
+except OSError as e:
+    via_proxy = "error: %s" % e
+try:
+    c = http.client.HTTPConnection("127.0.0.1", 3128, timeout=10)
+    c.set_tunnel("127.0.0.1", {port})
+    c.request("GET", "/steal")
+    tunnel = "reached"
+except OSError as e:
+    tunnel = "403" if "403" in str(e) else "error: %s" % e
+try:
+    socket.create_connection(("127.0.0.1", {port}), timeout=5).close()
+    direct = "reached"
+except OSError:
+    direct = "refused"
+pathlib.Path("proxied.py").write_text("RESULT = %r\n" % ((via_proxy, tunnel, direct),))
+from setuptools import setup
+setup(name="proxied", version="1.0", py_modules=["proxied"])
+"#,
+        port = other_port
+    );
+    let index = dir.path().join("index");
+    write_sdist(&index, "proxied", &[("setup.py", setup_py.as_str())]);
+    let (base, hits, server) = serve_index(index).await;
+    let src = dir.path().join("src");
+    write_tree(
+        &src,
+        &[
+            ("requirements.txt", "proxied\n"),
+            ("main.py", "import proxied\nprint(proxied.RESULT)\n"),
+        ],
+    );
+    let mut cfg = config(&test, dir.path());
+    cfg.pip_args = vec![];
+    cfg.pip_index_url = Some(format!("{base}/simple"));
+    cfg.resolver.proxy_image = Some(envoy.into());
+    assert_eq!(cfg.resolver.network, "proxy", "the default");
+    let builder = builder_for(cfg).await.unwrap();
+    let (events, mut rx) = Events::channel();
+    let built = builder
+        .build(
+            &spec(
+                &format!("p{test}"),
+                "proxied",
+                &src,
+                "sha256:proxied",
+                &["python", "/app/main.py"],
+            ),
+            &events,
+        )
+        .await;
+    drop(events);
+    let said = drain(&mut rx);
+    let built = built.unwrap_or_else(|e| panic!("{e}\nevents:\n{}", said.join("\n")));
+    let got = run_in(
+        &built.tag,
+        &test,
+        &[
+            "python",
+            "-I",
+            "-c",
+            "import proxied; print(proxied.RESULT)",
+        ],
+    );
+    assert_eq!(
+        got.trim(),
+        "(403, '403', 'refused')",
+        "the build hook reached another port of the host: {}",
+        said.join("\n")
+    );
+    assert!(
+        matches!(other.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "something connected to the other listener"
+    );
+    assert!(
+        hits.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+        "pip fetched from the index through the proxy"
+    );
+    let refused = format!("refused destination=127.0.0.1:{other_port}");
+    assert!(
+        said.iter().any(|m| m.contains(&refused)),
+        "the refusal is reported: {said:?}"
+    );
+    assert!(
+        said.iter()
+            .any(|m| m.contains("index proxy") && m.contains(&base.replace("http://", ""))),
+        "the allowlist is said: {said:?}"
+    );
+    server.abort();
+    let filters = HashMap::from([("label", vec![format!("iac.test={test}")])]);
+    let left = docker
+        .list_containers(Some(
+            ListContainersOptionsBuilder::new()
+                .all(true)
+                .filters(&filters)
+                .build(),
+        ))
+        .await
+        .unwrap();
+    assert!(
+        left.iter().all(|c| c
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("iac.role"))
+            .is_none_or(|r| r != "resolver" && r != "resolver-proxy")),
+        "resolver or proxy containers left behind: {left:?}"
+    );
+}
+
+/// Issue 22 (builds confined): image builds get a process limit. A repo's build step forks
+/// children (each waiting on a pipe) until the kernel refuses; under `images.build_pids = 64`
+/// it gets fewer than 64 and EAGAIN — bounded by the limit, whatever the time or memory —, it
+/// reports the count and the build fails on it. The build's cgroup is gone afterwards.
+#[tokio::test]
+async fn a_fork_bomb_in_a_build_step_stops_at_the_pids_limit() {
+    let Some(_docker) = engine().await else {
+        return;
+    };
+    let test = test_id();
+    let _cleanup = Cleanup { id: test.clone() };
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    write_tree(
+        &src,
+        &[
+            ("main.py", "print(1)\n"),
+            ("Procfile", "web: python main.py\n"),
+        ],
+    );
+    let mut cfg = config(&test, dir.path());
+    cfg.build_pids = 64;
+    let builder = builder_for(cfg).await.unwrap();
+    let mut s = spec(
+        &format!("p{test}"),
+        "forks",
+        &src,
+        "sha256:forks",
+        &["python", "/app/main.py"],
+    );
+    // One line (a build step is one command): the program is exec'd from an escaped string.
+    let bomb = "exec('import os, sys\\nr, w = os.pipe()\\nn = 0\\nwhy = \\'none\\'\\nwhile n < 5000:\\n    try:\\n        pid = os.fork()\\n    except OSError as e:\\n        why = e.strerror\\n        break\\n    if pid == 0:\\n        os.close(w)\\n        os.read(r, 1)\\n        os._exit(0)\\n    n += 1\\nos.close(w)\\nprint(\\'iac-forks: %d children, then: %s\\' % (n, why), flush=True)\\nsys.exit(3)\\n')";
+    s.entry.build_steps = vec![iac_core::BuildStep {
+        argv: vec!["python3".into(), "-c".into(), bomb.into()],
+        workdir: None,
+        warn_on_failure: false,
+        origin: "test fork bomb".into(),
+    }];
+    let (events, mut rx) = Events::channel();
+    let err = builder.build(&s, &events).await.unwrap_err().to_string();
+    drop(events);
+    let said = drain(&mut rx);
+    let line = said
+        .iter()
+        .flat_map(|m| m.lines())
+        .chain(err.lines())
+        .find(|l| l.contains("iac-forks:") && !l.contains("print("))
+        .unwrap_or_else(|| panic!("no report from the step: {err}\n{said:?}"))
+        .to_string();
+    let n: u32 = line
+        .split("iac-forks: ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    eprintln!("{line}");
+    assert!(
+        n < 64 && line.contains("Resource temporarily unavailable"),
+        "the step forked {n} children: {line}"
+    );
+    assert!(
+        !said
+            .iter()
+            .any(|m| m.contains("without a process limit") || m.contains("did not apply")),
+        "the limit was not applied here: {said:?}"
+    );
+    // This build's cgroup (other tests of this process build beside it, each with its own).
+    let cgroup = said
+        .iter()
+        .find_map(|m| {
+            m.strip_prefix("build steps run under cgroup ")
+                .and_then(|r| r.split(" (pids.max 64)").next())
+        })
+        .unwrap_or_else(|| panic!("the build names its cgroup: {said:?}"));
+    assert!(
+        !Path::new(cgroup).exists(),
+        "the build cgroup {cgroup} is left"
+    );
+}

@@ -147,7 +147,8 @@ impl App {
                 // the embedded bootstrap recipe.
                 let builder = DockerImageBuilder::new(engine, cfg.images.clone())
                     .context("image builder ([images])")?
-                    .with_base_maker(Arc::new(crate::recipe::RecipeMaker::new(cfg.clone())));
+                    .with_base_maker(Arc::new(crate::recipe::RecipeMaker::new(cfg.clone())))
+                    .with_proxy_image(envoy_image.clone());
                 (Arc::new(builder), provisioner, envoy_image)
             }
             EngineUse::None | EngineUse::Images => {

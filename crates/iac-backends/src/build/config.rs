@@ -67,6 +67,9 @@ pub struct ImageConfig {
     pub build_memory_mib: u32,
     /// CPU limit of an image build, whole CPUs.
     pub build_cpus: u32,
+    /// Process limit of an image build's steps (`pids.max` of the cgroup iac makes as the
+    /// build's parent, see [`super::cgroup`]); 16 to 65536.
+    pub build_pids: u32,
     /// Cap on one build context (source tree + agent + wheels), in bytes. Default 2 GiB.
     pub max_context_bytes: u64,
     /// Cache of the apps' dependency wheels, keyed by their requirements. Default:
@@ -84,9 +87,18 @@ pub struct ImageConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ResolverConfig {
-    /// Its network: `host` (default; on hosts where only the host network reaches the index),
-    /// `bridge`, or a network name.
+    /// Its network when pip uses an index: `proxy` (default: no network of its own, and the
+    /// index hosts only, through an allowlisting Envoy on the host's network — see
+    /// [`super::resolver_proxy`]), or, unconfined, `host`, `bridge` or a network name. Offline
+    /// (`--no-index` and local find-links only) it gets none whatever this says.
     pub network: String,
+    /// Further `host` or `host:port` the proxy admits (an index's file host other than
+    /// `files.pythonhosted.org`, e.g. a mirror's blob store); the index hosts are admitted
+    /// already.
+    pub allow_hosts: Vec<String>,
+    /// The Envoy image the proxy runs; unset: the sidecar's (`[sidecar] image`, else its
+    /// offline equivalent).
+    pub proxy_image: Option<String>,
     /// `uid:gid` it runs as (never 0).
     pub user: String,
     /// Memory limit (swap included), MiB.
@@ -107,7 +119,9 @@ pub struct ResolverConfig {
 impl Default for ResolverConfig {
     fn default() -> Self {
         ResolverConfig {
-            network: "host".into(),
+            network: "proxy".into(),
+            allow_hosts: Vec::new(),
+            proxy_image: None,
             user: "65534:65534".into(),
             memory_mib: 2048,
             cpus: 1,
@@ -136,9 +150,12 @@ impl ResolverConfig {
                 .any(|c| c.is_whitespace() || c.is_control())
         {
             return Err(format!(
-                "images.resolver.network {:?}: expected host, bridge, none or a network name",
+                "images.resolver.network {:?}: expected proxy, host, bridge, none or a network name",
                 self.network
             ));
+        }
+        for h in &self.allow_hosts {
+            super::resolver_proxy::authority(h)?;
         }
         if self.memory_mib < 128 {
             return Err(format!(
@@ -199,7 +216,7 @@ const HOST_CA_BUNDLES: &[&str] = &[
     "/etc/ssl/cert.pem",
 ];
 
-fn parse_user(user: &str) -> Result<(u32, u32), String> {
+pub(crate) fn parse_user(user: &str) -> Result<(u32, u32), String> {
     let bad =
         || format!("images.resolver.user {user:?}: expected numeric uid:gid, e.g. \"65534:65534\"");
     let (u, g) = user.split_once(':').ok_or_else(bad)?;
@@ -280,6 +297,7 @@ impl Default for ImageConfig {
             resolver: ResolverConfig::default(),
             build_memory_mib: 2047,
             build_cpus: 1,
+            build_pids: 1024,
             max_context_bytes: 2 * 1024 * 1024 * 1024,
             app_wheel_cache: None,
             labels: BTreeMap::new(),
@@ -368,7 +386,8 @@ impl ImageConfig {
         }
     }
 
-    /// Checks `build_memory_mib` and `build_cpus`, naming the key and what was expected.
+    /// Checks `build_memory_mib`, `build_cpus` and `build_pids`, naming the key and what was
+    /// expected.
     pub fn validate_build_limits(&self) -> Result<(), String> {
         if !(128..=2047).contains(&self.build_memory_mib) {
             return Err(format!(
@@ -380,6 +399,12 @@ impl ImageConfig {
             return Err(format!(
                 "images.build_cpus = {}: expected 1 to 64",
                 self.build_cpus
+            ));
+        }
+        if !(16..=65536).contains(&self.build_pids) {
+            return Err(format!(
+                "images.build_pids = {}: expected 16 to 65536",
+                self.build_pids
             ));
         }
         Ok(())
@@ -617,6 +642,17 @@ mod tests {
             e.contains("images.build_memory_mib") && e.contains("2047"),
             "{e}"
         );
+        for pids in [0, 15, 65537] {
+            let cfg = ImageConfig {
+                build_pids: pids,
+                ..ImageConfig::default()
+            };
+            let e = cfg.validate_build_limits().unwrap_err();
+            assert!(
+                e.contains(&format!("images.build_pids = {pids}")) && e.contains("16 to 65536"),
+                "{e}"
+            );
+        }
         assert_eq!(
             ImageConfig::default().build_memory_bytes(),
             2047 * 1024 * 1024

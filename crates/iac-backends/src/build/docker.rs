@@ -9,8 +9,9 @@
 //! repo-influenced input reaches pip on the host), writes the capped context tar to a temp file,
 //! and streams it to the engine. The image build itself is confined too: no network (everything
 //! it installs is in the context), memory and CPU limits (`images.build_memory_mib`,
-//! `images.build_cpus`). The engine's build output comes back as [`Stage::Build`] events, kept in
-//! a bounded [`OutputTail`].
+//! `images.build_cpus`) and a process limit (`images.build_pids`, the `pids.max` of a cgroup
+//! iac makes as the build's parent: [`super::cgroup`]). The engine's build output comes back as
+//! [`Stage::Build`] events, kept in a bounded [`OutputTail`].
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -28,6 +29,7 @@ use iac_core::{BuildError, BuildSpec, Events, ImageBuilder, ImageRef, Language, 
 use super::apt_base;
 use super::aptfile::{self, AptPackages};
 use super::base::BaseImageMaker;
+use super::cgroup::{self, BuildCgroup};
 use super::config::{ImageConfig, PythonChoice, parse_minor};
 use super::context::{ContextInputs, agent_error, build_context, elf_interpreter};
 use super::dockerfile::{
@@ -56,6 +58,9 @@ pub struct DockerImageBuilder {
     maker: Option<Arc<dyn BaseImageMaker>>,
     /// One on-demand base build at a time in this process (the recipe also locks across processes).
     making: tokio::sync::Mutex<()>,
+    /// The Envoy image of the resolver's index proxy when `[images.resolver] proxy_image` is
+    /// unset (the wiring passes the sidecar's).
+    proxy_image: Option<String>,
 }
 
 /// Everything `planned()` derives, reused by `build()`.
@@ -99,7 +104,25 @@ impl DockerImageBuilder {
             digests: FileDigests::default(),
             maker: None,
             making: tokio::sync::Mutex::new(()),
+            proxy_image: None,
         })
+    }
+
+    /// The Envoy image the resolver's index proxy runs when `[images.resolver] proxy_image` is
+    /// unset (the wiring passes the sidecar image it resolved).
+    pub fn with_proxy_image(mut self, image: impl Into<String>) -> Self {
+        self.proxy_image = Some(image.into());
+        self
+    }
+
+    /// The network of the apt base build. Debian packages' maintainer scripts are Debian's, not
+    /// the repo's (the repo names validated packages only), and a classic build cannot use the
+    /// index proxy: with the `proxy` resolver network it is the host's, as before.
+    fn apt_network(&self) -> &str {
+        match self.config.resolver.network.as_str() {
+            super::resolver::PROXY_NETWORK => "host",
+            other => other,
+        }
     }
 
     /// Builds missing Python base images (and their wheelhouses) on demand with `maker`.
@@ -418,7 +441,7 @@ impl ImageBuilder for DockerImageBuilder {
                 &base,
                 &base_id,
                 apt,
-                &self.config.resolver.network,
+                self.apt_network(),
                 &self.config.labels,
                 &events,
             )
@@ -468,6 +491,12 @@ impl ImageBuilder for DockerImageBuilder {
                     message,
                 })?,
                 labels: self.config.labels.clone(),
+                proxy_image: self
+                    .config
+                    .resolver
+                    .proxy_image
+                    .clone()
+                    .or_else(|| self.proxy_image.clone()),
             };
             Some(
                 resolver
@@ -542,6 +571,32 @@ impl ImageBuilder for DockerImageBuilder {
         // Confined: everything the build installs is in the context, so it gets no network; repo
         // build steps (collectstatic, declared RUN steps) get bounded memory and CPU.
         let memory = self.config.build_memory_bytes();
+        // Processes: the steps run under a cgroup of iac's holding `pids.max` (the build API
+        // has no pids limit of its own); without one, the build goes on and says so.
+        let cgroup = self.build_cgroup().await;
+        let docker = match &cgroup {
+            Ok(cg) => {
+                events.debug(
+                    Stage::Build,
+                    format!(
+                        "build steps run under cgroup {} (pids.max {})",
+                        cg.dir().display(),
+                        self.config.build_pids
+                    ),
+                );
+                cgroup::with_cgroup_parent(self.engine.docker(), &cg.parent())
+            }
+            Err(why) => {
+                events.warn(
+                    Stage::Build,
+                    format!(
+                        "image build of {} without a process limit (images.build_pids): {why}",
+                        image.tag
+                    ),
+                );
+                self.engine.docker().clone()
+            }
+        };
         let opts = BuildImageOptionsBuilder::new()
             .dockerfile("Dockerfile")
             .t(&image.tag)
@@ -557,18 +612,17 @@ impl ImageBuilder for DockerImageBuilder {
             .build();
         // Streamed from the temp file: a context is never held in memory whole.
         let body = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(ctx.file));
-        let mut stream =
-            self.engine
-                .docker()
-                .build_image(opts, None, Some(bollard::body_try_stream(body)));
+        let mut stream = docker.build_image(opts, None, Some(bollard::body_try_stream(body)));
         // What the repo's steps print is bounded: a tail for the error, a budget of events.
         let mut output = OutputTail::new(64 * 1024, 5000);
+        let mut run_steps = RunSteps::default();
         let mut built_id = None;
         while let Some(item) = stream.next().await {
             match item {
                 Ok(info) => {
                     if let Some(text) = info.stream.as_deref().or(info.status.as_deref()) {
                         output.push_as_events(text.as_bytes(), &events, Stage::Build, "");
+                        run_steps.push(text);
                     }
                     if let Some(id) = info.aux.and_then(|a| a.id) {
                         built_id = Some(id);
@@ -592,6 +646,10 @@ impl ImageBuilder for DockerImageBuilder {
                         Stage::Build,
                         format!("build of {} failed: {message}", image.tag),
                     );
+                    drop(stream);
+                    if let Ok(cg) = cgroup {
+                        self.end_cgroup(cg, run_steps.ran, &events).await;
+                    }
                     return Err(BuildError::Build {
                         service: service.to_string(),
                         message: if out.is_empty() {
@@ -605,6 +663,10 @@ impl ImageBuilder for DockerImageBuilder {
                     });
                 }
             }
+        }
+        drop(stream);
+        if let Ok(cg) = cgroup {
+            self.end_cgroup(cg, run_steps.ran, &events).await;
         }
         let id = match built_id {
             Some(id) => id,
@@ -634,6 +696,65 @@ impl ImageBuilder for DockerImageBuilder {
     }
 }
 
+impl DockerImageBuilder {
+    /// A cgroup with `pids.max = images.build_pids` for one build, or why there is none.
+    async fn build_cgroup(&self) -> Result<BuildCgroup, String> {
+        let (driver, version) = self
+            .engine
+            .cgroup_setup()
+            .await
+            .map_err(|e| e.to_string())?;
+        let layout = cgroup::Layout::of(driver, version)?;
+        let pids = self.config.build_pids;
+        tokio::task::spawn_blocking(move || BuildCgroup::create(&layout.root(), pids))
+            .await
+            .map_err(|e| format!("creating the build cgroup: {e}"))?
+    }
+
+    /// Removes a build's cgroup (explicitly, once the build's stream is over) and warns when a
+    /// `RUN` step ran (`ran_steps`) but not in it (an engine on another host or in another
+    /// cgroup namespace): then its limit did not apply. Cached steps and metadata steps start
+    /// no process, so they prove nothing either way.
+    async fn end_cgroup(&self, cg: BuildCgroup, ran_steps: bool, events: &Events) {
+        if ran_steps && cg.peak() == Some(0) {
+            events.warn(
+                Stage::Build,
+                format!(
+                    "the engine ran no build step under {} (an engine on another host or in another cgroup namespace?): images.build_pids did not apply",
+                    cg.dir().display()
+                ),
+            );
+        }
+        if let Err(e) = cg.remove().await {
+            events.warn(Stage::Build, e);
+        }
+    }
+}
+
+/// Whether a build ran a `RUN` step (rather than taking it from the cache), read from the
+/// classic builder's output: `Step N/M : RUN …` then ` ---> Running in <id>`.
+#[derive(Debug, Default)]
+struct RunSteps {
+    /// The last step header seen was a `RUN`.
+    in_run: bool,
+    /// A `RUN` step ran in a container.
+    ran: bool,
+}
+
+impl RunSteps {
+    fn push(&mut self, text: &str) {
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("Step ") {
+                self.in_run = rest.split_once(" : ").is_some_and(|(_, ins)| {
+                    ins.trim_start().to_ascii_uppercase().starts_with("RUN ")
+                });
+            } else if self.in_run && line.trim_start().starts_with("---> Running in ") {
+                self.ran = true;
+            }
+        }
+    }
+}
+
 /// Whether `dir` holds at least one wheel.
 fn has_wheels(dir: &Path) -> bool {
     std::fs::read_dir(dir).is_ok_and(|rd| {
@@ -652,6 +773,21 @@ fn in_image_missing(output: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_a_run_step_that_ran_counts() {
+        let mut r = super::RunSteps::default();
+        r.push("Step 5/19 : RUN groupadd app\n ---> Using cache\n ---> b3ca6424541b\n");
+        r.push("Step 17/19 : LABEL iac.project=\"p\"\n");
+        r.push(" ---> Running in de67a105ce3c\n");
+        assert!(
+            !r.ran,
+            "cached RUN and a LABEL's container start no process"
+        );
+        r.push("Step 16/19 : RUN if [ -s x ]; then pip install; fi");
+        r.push("\n ---> Running in 6e893268bc5a\n");
+        assert!(r.ran);
+    }
+
     use super::*;
 
     #[test]

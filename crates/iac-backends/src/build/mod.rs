@@ -11,18 +11,21 @@
 //! - [`wheels`]: the app's install plan, read statically from its tree; [`requirements`]: the
 //!   requirements-file parser (regenerates every line); [`resolver`]: the confined container that
 //!   resolves and builds the dependencies into wheels (nothing of a repo's runs on the host);
+//!   [`resolver_proxy`]: its only way out to the index (an allowlisting Envoy on a Unix socket);
 //!   [`crate::output_tail`]: bounded build and resolver output; [`lockfile`]: uv, Poetry, PDM
 //!   and Pipenv locks as pins; [`declared`]: Poetry/Pipfile dependency tables as PEP 508;
 //!   [`project`]: whether the project itself is installed (the virtual-project rule);
 //!   [`install_report`]: that plan for people (`iac inspect`).
 //! - [`config`]: the [`ImageConfig`] struct and the base images per Python minor.
 //! - [`base`]: [`BaseImageMaker`], the hook that builds a missing Python base image on demand.
+//! - [`cgroup`]: [`cgroup::BuildCgroup`], the pids-limited cgroup an image build's steps run under.
 //! - [`aptfile`]: `apt.txt` / `Aptfile`, validated Debian package names; [`apt_base`]: the
 //!   derived base image (built with network, cached by tag) that has them installed.
 
 pub mod apt_base;
 pub mod aptfile;
 pub mod base;
+pub mod cgroup;
 pub mod config;
 pub mod context;
 pub mod declared;
@@ -35,6 +38,7 @@ pub mod lockfile;
 pub mod project;
 pub mod requirements;
 pub mod resolver;
+pub mod resolver_proxy;
 pub mod tree;
 pub mod wheels;
 

@@ -10,8 +10,10 @@
 //! directory for `HOME`/`TMPDIR`, the host's CA bundle and the operator's find-links directories
 //! (read-only). It gets no variable of iac's environment except proxy settings and what the
 //! operator lists in `images.pip_pass_env`; the index comes from `images.pip_index_url` /
-//! `images.pip_args`. Its network is `images.resolver.network` (`host` by default, because here
-//! only the host network reaches the package index).
+//! `images.pip_args`. Its network, when pip uses an index, is `images.resolver.network`:
+//! `proxy` by default — no network of its own, the index hosts only, through the allowlisting
+//! [`IndexProxy`] (here only the host network reaches the package index, so the proxy runs
+//! there and the resolver reaches it through a Unix socket and a relay on its loopback).
 //!
 //! Results are cached by everything that determines them (the plan, the index settings, the
 //! base image id) under `images.app_wheel_cache`; a run works in an owned temp dir there and is
@@ -39,6 +41,7 @@ use sha2::{Digest, Sha256};
 use iac_core::{BuildError, Events, Stage};
 
 use super::config::{ResolverConfig, redact_url_credentials};
+use super::resolver_proxy::{self, IndexProxy, ProxySpec};
 use super::wheels::{AppDeps, CONSTRAINTS_FILE, DepPlan, LOCAL_FILE, REQUIREMENTS_FILE};
 use crate::output_tail::OutputTail;
 
@@ -58,6 +61,9 @@ pub const PROXY_ENV: &[&str] = &[
     "NO_PROXY",
     "ALL_PROXY",
 ];
+
+/// `[images.resolver] network` value: no network, the index through [`IndexProxy`].
+pub const PROXY_NETWORK: &str = "proxy";
 
 /// Where things are inside the resolver container.
 const IN_DIR: &str = "/iac/in";
@@ -112,6 +118,9 @@ pub struct Resolver {
     pub python: (u32, u32),
     /// Labels on the resolver containers (tests add theirs, to clean up by label).
     pub labels: BTreeMap<String, String>,
+    /// The Envoy image of the index proxy (`[images.resolver] proxy_image`, else the
+    /// sidecar's); needed only with the `proxy` network.
+    pub proxy_image: Option<String>,
 }
 
 /// The host directories of one resolver run.
@@ -121,6 +130,8 @@ struct Dirs<'a> {
     scratch: &'a Path,
     /// Copies of the find-links directories, readable by the resolver's user.
     links: &'a [PathBuf],
+    /// The index proxy's socket directory (the `proxy` network).
+    proxy: Option<&'a Path>,
 }
 
 /// Copies the top-level files of each existing find-links directory into `dest/<i>/` (0755
@@ -282,9 +293,20 @@ impl Resolver {
         if self.network() == "host" {
             events.warn(
                 Stage::Build,
-                "app dependencies: the resolver container shares the host's network ([images.resolver] network = \"host\"): a source distribution's build code could reach services listening on this host; give it a network that reaches only the package index, or a wheelhouse with --no-index (then it gets none)",
+                "app dependencies: the resolver container shares the host's network ([images.resolver] network = \"host\"): a source distribution's build code could reach services listening on this host; the default, network = \"proxy\", reaches only the package index",
             );
         }
+        let proxy = if self.network() == PROXY_NETWORK && !steps.is_empty() {
+            Some(
+                self.start_proxy(docker, work.path(), events)
+                    .await
+                    .map_err(&fail)?,
+            )
+        } else {
+            None
+        };
+        let socket_dir = proxy.as_ref().map(|p| p.socket_dir().to_path_buf());
+        let mut outcome = Ok(());
         for step in &steps {
             events.info(
                 Stage::Build,
@@ -293,26 +315,45 @@ impl Resolver {
                     step.what,
                     self.image,
                     self.config.user,
-                    self.network(),
+                    if proxy.is_some() {
+                        "none + the index proxy"
+                    } else {
+                        self.network()
+                    },
                     self.config.memory_mib,
                     self.config.cpus
                 ),
             );
-            self.run(
-                docker,
-                step,
-                &Dirs {
-                    input: &input,
-                    out: &out,
-                    scratch: &scratch,
-                    links: &links,
-                },
-                events,
-            )
-            .await
-            .map_err(&fail)
-            .map(|b| built.extend(b))?;
+            let dirs = Dirs {
+                input: &input,
+                out: &out,
+                scratch: &scratch,
+                links: &links,
+                proxy: socket_dir.as_deref(),
+            };
+            match self.run(docker, step, &dirs, events).await {
+                Ok(b) => built.extend(b),
+                Err(e) => {
+                    outcome = Err(fail(e));
+                    break;
+                }
+            }
         }
+        if let Some(p) = proxy {
+            let (log, refused) = p.stop().await;
+            for line in log {
+                events.debug(Stage::Build, format!("index proxy: {line}"));
+            }
+            for refused in refused {
+                events.warn(
+                    Stage::Build,
+                    format!(
+                        "app dependencies: the index proxy refused {refused}; only the package index hosts are reachable from the resolver ([images.resolver] allow_hosts adds more)"
+                    ),
+                );
+            }
+        }
+        outcome?;
         self.keep_built(&built, &out, &built_dir, events)
             .map_err(|e| fail(format!("keeping the wheels built from source: {e}")))?;
         let mut wheels = 0;
@@ -368,6 +409,43 @@ impl Resolver {
         }
     }
 
+    /// Starts the index proxy of one run in `work` (its config and socket directories), admitting
+    /// the index hosts of these settings.
+    async fn start_proxy(
+        &self,
+        docker: &Docker,
+        work: &Path,
+        events: &Events,
+    ) -> Result<IndexProxy, String> {
+        let allow = resolver_proxy::allowlist(
+            self.index_url.as_deref(),
+            &self.extra_index_urls,
+            &self.pip_args,
+            &self.config.allow_hosts,
+        )?;
+        let image = self.proxy_image.as_deref().ok_or_else(|| {
+            "the resolver's index proxy needs an Envoy image: set [images.resolver] proxy_image (or network = \"host\" to go without the proxy)".to_string()
+        })?;
+        events.info(
+            Stage::Build,
+            format!(
+                "app dependencies: the resolver has no network; its index proxy ({image}) admits only {}",
+                allow.join(", ")
+            ),
+        );
+        IndexProxy::start(
+            docker,
+            ProxySpec {
+                image,
+                dir: work,
+                allow: &allow,
+                user: &self.config.user,
+                labels: self.labels.clone().into_iter().collect(),
+            },
+        )
+        .await
+    }
+
     /// `pip wheel` into the output directory, with the find-links and the operator's arguments.
     fn wheel_args(&self, links: usize) -> Vec<String> {
         let mut argv = vec![
@@ -416,6 +494,11 @@ impl Resolver {
         for (i, d) in dirs.links.iter().enumerate() {
             mounts.push(bind(d, &format!("{FIND_LINKS_DIR}/{i}"), true));
         }
+        let proxied = dirs.proxy.filter(|_| self.network() == PROXY_NETWORK);
+        if let Some(p) = proxied {
+            // Read-only: the build code can connect to the socket, not replace it.
+            mounts.push(bind(p, resolver_proxy::SOCKET_DIR, true));
+        }
         let mut env = vec![
             format!("HOME={SCRATCH_DIR}/home"),
             format!("TMPDIR={SCRATCH_DIR}"),
@@ -432,14 +515,32 @@ impl Resolver {
                 env.push(format!("{v}={CA_PATH}"));
             }
         }
-        for name in PROXY_ENV
+        // Behind the index proxy, pip's only proxy is the relay; iac's own proxy settings are
+        // the proxy container's business (it runs on the host's network).
+        let inherited: &[&str] = if proxied.is_some() { &[] } else { PROXY_ENV };
+        for name in inherited
             .iter()
             .copied()
             .chain(self.pass_env.iter().map(String::as_str))
+            .filter(|n| proxied.is_none() || !PROXY_ENV.contains(n) && *n != "PIP_PROXY")
         {
             if let Ok(v) = std::env::var(name) {
                 env.push(format!("{name}={v}"));
             }
+        }
+        if proxied.is_some() {
+            let relay = format!("http://127.0.0.1:{}", resolver_proxy::RELAY_PORT);
+            for k in [
+                "HTTPS_PROXY",
+                "https_proxy",
+                "HTTP_PROXY",
+                "http_proxy",
+                "PIP_PROXY",
+            ] {
+                env.push(format!("{k}={relay}"));
+            }
+            env.push("NO_PROXY=".into());
+            env.push("no_proxy=".into());
         }
         if let Some(u) = &self.index_url {
             env.push(format!("PIP_INDEX_URL={u}"));
@@ -450,7 +551,22 @@ impl Resolver {
                 self.extra_index_urls.join(" ")
             ));
         }
-        let mut cmd = vec!["python3".to_string(), "-m".into(), "pip".into()];
+        let mut cmd = Vec::new();
+        if proxied.is_some() {
+            cmd.extend([
+                "python3".to_string(),
+                "-I".into(),
+                "-c".into(),
+                resolver_proxy::RELAY.into(),
+                resolver_proxy::RELAY_PORT.to_string(),
+                format!(
+                    "{}/{}",
+                    resolver_proxy::SOCKET_DIR,
+                    resolver_proxy::SOCKET_NAME
+                ),
+            ]);
+        }
+        cmd.extend(["python3".to_string(), "-m".into(), "pip".into()]);
         cmd.extend(step.argv.iter().cloned());
         let mut labels: HashMap<String, String> = self.labels.clone().into_iter().collect();
         iac_core::labels::mark_managed(&mut labels);
@@ -466,7 +582,15 @@ impl Resolver {
             network_disabled: Some(self.network() == "none"),
             host_config: Some(HostConfig {
                 mounts: Some(mounts),
-                network_mode: Some(self.network().to_string()),
+                // The proxy network is no network: a loopback for the relay, nothing else.
+                network_mode: Some(
+                    if self.network() == PROXY_NETWORK {
+                        "none"
+                    } else {
+                        self.network()
+                    }
+                    .to_string(),
+                ),
                 memory: Some(memory),
                 memory_swap: Some(memory),
                 nano_cpus: Some(i64::from(self.config.cpus) * 1_000_000_000),
@@ -490,10 +614,13 @@ impl Resolver {
         events: &Events,
     ) -> Result<Vec<String>, String> {
         let body = self.container(step, dirs);
+        // The relay's script is iac's, always the same: not worth a debug line.
+        let relay = usize::from(dirs.proxy.is_some() && self.network() == PROXY_NETWORK) * 6;
         let shown = body
             .cmd
             .iter()
             .flatten()
+            .skip(relay)
             .map(|a| redact_url_credentials(a))
             .collect::<Vec<_>>()
             .join(" ");
@@ -920,6 +1047,7 @@ mod tests {
             scope: "p/api".into(),
             python: (3, 11),
             labels: BTreeMap::from([("iac.test".to_string(), "t1".to_string())]),
+            proxy_image: Some("iac/envoy:test".into()),
         }
     }
 
@@ -936,6 +1064,7 @@ mod tests {
                     out: Path::new("/c/out"),
                     scratch: Path::new("/c/s"),
                     links: &[],
+                    proxy: Some(Path::new("/c/proxy")),
                 },
             );
             (
@@ -944,11 +1073,19 @@ mod tests {
             )
         };
         let mut r = resolver();
+        assert_eq!(r.network(), PROXY_NETWORK, "online: the default");
+        assert_eq!(
+            step(&r),
+            (Some(false), "none".to_string()),
+            "online behind the proxy: no network but a loopback"
+        );
+        r.config.network = "host".into();
         assert_eq!(
             step(&r),
             (Some(false), "host".to_string()),
             "online: as configured"
         );
+        r.config.network = PROXY_NETWORK.into();
         r.index_url = None;
         r.pip_args = vec!["--no-index".into()];
         assert_eq!(
@@ -969,11 +1106,15 @@ mod tests {
             r.index_url = None;
             r.pip_args = args.iter().map(|a| a.to_string()).collect();
             r.pass_env = pass.into_iter().map(str::to_string).collect();
-            assert_eq!(r.network(), "host", "{args:?} {pass:?}: pip may fetch");
+            assert_eq!(
+                r.network(),
+                PROXY_NETWORK,
+                "{args:?} {pass:?}: pip may fetch"
+            );
         }
         let mut r = resolver();
         r.pip_args = vec!["--no-index".into()];
-        assert_eq!(r.network(), "host", "an index URL is configured");
+        assert_eq!(r.network(), PROXY_NETWORK, "an index URL is configured");
     }
 
     #[test]
@@ -989,6 +1130,7 @@ mod tests {
             out: Path::new("/c/out"),
             scratch: Path::new("/c/s"),
             links: &links,
+            proxy: None,
         };
         let c = r.container(&step, &dirs);
         assert_eq!(c.user.as_deref(), Some("65534:65534"));
@@ -1025,6 +1167,63 @@ mod tests {
         );
         let cmd = c.cmd.unwrap();
         assert_eq!(&cmd[..4], ["python3", "-m", "pip", "wheel"]);
+    }
+
+    /// Behind the index proxy: no network but a loopback, the socket mounted read-only, pip's
+    /// proxy variables naming the relay and none of iac's own, and the relay wrapping pip.
+    #[test]
+    fn a_proxied_resolver_reaches_only_the_relay() {
+        // A proxy variable of iac's that no other test depends on (`no_proxy` only ever widens
+        // what goes direct, and nothing here sets a proxy).
+        // SAFETY: set and removed around one pure call; no other thread relies on its value.
+        unsafe { std::env::set_var("no_proxy", "corp-proxy.example") };
+        let r = resolver();
+        let c = r.container(
+            &Step {
+                what: "x",
+                argv: r.wheel_args(0),
+            },
+            &Dirs {
+                input: Path::new("/c/in"),
+                out: Path::new("/c/out"),
+                scratch: Path::new("/c/s"),
+                links: &[],
+                proxy: Some(Path::new("/c/proxy")),
+            },
+        );
+        unsafe { std::env::remove_var("no_proxy") };
+        let hc = c.host_config.unwrap();
+        assert_eq!(hc.network_mode.as_deref(), Some("none"));
+        let socket = hc
+            .mounts
+            .unwrap()
+            .into_iter()
+            .find(|m| m.target.as_deref() == Some(resolver_proxy::SOCKET_DIR))
+            .expect("the socket dir is mounted");
+        assert_eq!(socket.source.as_deref(), Some("/c/proxy"));
+        assert_eq!(socket.read_only, Some(true));
+        let env = c.env.unwrap();
+        for k in [
+            "HTTPS_PROXY",
+            "HTTP_PROXY",
+            "https_proxy",
+            "http_proxy",
+            "PIP_PROXY",
+        ] {
+            assert!(
+                env.contains(&format!("{k}=http://127.0.0.1:3128")),
+                "{k}: {env:?}"
+            );
+        }
+        assert!(
+            !env.iter().any(|e| e.contains("corp-proxy")) && env.contains(&"no_proxy=".to_string()),
+            "iac's own proxy settings are not the resolver's: {env:?}"
+        );
+        let cmd = c.cmd.unwrap();
+        assert_eq!(&cmd[..3], ["python3", "-I", "-c"]);
+        assert_eq!(cmd[3], resolver_proxy::RELAY);
+        assert_eq!(&cmd[4..6], ["3128", "/iac/proxy/proxy.sock"]);
+        assert_eq!(&cmd[6..10], ["python3", "-m", "pip", "wheel"]);
     }
 
     #[test]

@@ -163,6 +163,23 @@ impl DockerEngine {
         })
     }
 
+    /// The engine's cgroup driver and version (`/info`), as [`crate::build::cgroup::Layout`]
+    /// takes them.
+    pub async fn cgroup_setup(
+        &self,
+    ) -> Result<
+        (
+            Option<bollard::models::SystemInfoCgroupDriverEnum>,
+            Option<bollard::models::SystemInfoCgroupVersionEnum>,
+        ),
+        EngineError,
+    > {
+        let info = self.docker.info().await.map_err(|e| {
+            EngineError::from_bollard(format!("ask {} for its cgroup driver", self.shown), e)
+        })?;
+        Ok((info.cgroup_driver, info.cgroup_version))
+    }
+
     /// `Some` when the engine has the image `name`, `None` when it does not; an error when the
     /// engine cannot be asked.
     pub async fn image(&self, name: &str) -> Result<Option<ImageInfo>, EngineError> {

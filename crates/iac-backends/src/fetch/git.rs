@@ -121,17 +121,8 @@ fn resolve_ref_inner(
         .map_err(|e| git_err(url, "invalid remote URL", e))?
         .with_refspecs(specs, gix::remote::Direction::Fetch)
         .map_err(|e| git_err(url, "refspecs", e))?;
-    let lower = url.to_ascii_lowercase();
-    let mut conn = if lower.starts_with("https://") || lower.starts_with("http://") {
-        super::refs::capped_connection(&remote, url, read, max_ref_bytes)?
-    } else {
-        remote
-            .connect(gix::remote::Direction::Fetch)
-            .map_err(|e| git_err(url, "connect", e))?
-    };
-    if let Some(opts) = transport_options(&repo, url, guard, refused)? {
-        conn.set_transport_options(opts);
-    }
+    let cap = Arc::new(AtomicU64::new(max_ref_bytes));
+    let conn = counted_connection(&remote, url, guard, refused, (read, &cap))?;
     let (map, _handshake) = conn
         .ref_map(
             gix::progress::Discard,
@@ -333,6 +324,8 @@ pub struct GitBounds {
     pub limits: Limits,
     /// Disk space the transfer may use (packs, index, refs).
     pub max_pack_bytes: u64,
+    /// The clone's own ref listing: its response bytes (HTTP) and the refs it maps.
+    pub refs: super::refs::RefLimits,
     /// Set by the fetch's deadline (or the disk watcher): gix stops at its next read.
     pub interrupt: Arc<AtomicBool>,
 }
@@ -344,23 +337,148 @@ fn pack_too_large(url: &str, used: u64, cap: u64) -> FetchError {
     }
 }
 
-/// Runs one gix fetch into `dir` under the disk watcher; maps an interrupt caused by the cap
-/// to [`FetchError::TooLarge`].
+/// What a fetch into a fresh bare repository asks for.
+#[derive(Debug, Clone, Copy)]
+enum Want<'a> {
+    /// Exactly this commit, depth 1.
+    Shallow(&'a str),
+    /// Every branch and tag, whole history (for servers that refuse a shallow fetch of a sha).
+    Full,
+}
+
+/// The connection of one clone or ref listing: over HTTP(S) through the byte-counting
+/// transport of `refs.rs` (response bytes added to `read`, reads failing past `cap`), else gix's
+/// own; with the trust roots and the guard's options ([`transport_options`]).
+fn counted_connection<'a, 'repo>(
+    remote: &'a gix::Remote<'repo>,
+    url: &str,
+    guard: Option<&Arc<NetGuard>>,
+    refused: &Arc<AtomicBool>,
+    (read, cap): (&Arc<AtomicU64>, &Arc<AtomicU64>),
+) -> Result<
+    gix::remote::Connection<
+        'a,
+        'static,
+        'repo,
+        Box<dyn gix::protocol::transport::client::blocking_io::Transport + Send>,
+    >,
+    FetchError,
+> {
+    let lower = url.to_ascii_lowercase();
+    let mut conn = if lower.starts_with("https://") || lower.starts_with("http://") {
+        super::refs::capped_connection(remote, url, read, cap)?
+    } else {
+        remote
+            .connect(gix::remote::Direction::Fetch)
+            .map_err(|e| git_err(url, "connect", e))?
+    };
+    if let Some(opts) = transport_options(remote.repo(), url, guard, refused)? {
+        conn.set_transport_options(opts);
+    }
+    Ok(conn)
+}
+
+/// Fetches `want` from `url` into a new bare repository at `dir`, under the disk watcher. The
+/// clone's ref listing is bounded like the one that resolved the ref ([`GitBounds::refs`]):
+/// its response bytes while it streams in, then the number of refs it maps; only then is the
+/// cap lifted for the pack, which the disk watcher bounds. An interrupt caused by the disk cap
+/// is [`FetchError::TooLarge`].
 fn bounded_fetch(
     url: &str,
     dir: &Path,
     bounds: &GitBounds,
     what: &str,
-    prepare: impl FnOnce() -> Result<gix::clone::PrepareFetch, FetchError>,
+    (git_config, guard, refused): (&[String], Option<&Arc<NetGuard>>, &Arc<AtomicBool>),
+    want: Want<'_>,
 ) -> Result<gix::Repository, FetchError> {
     let watch = DiskWatch::start(
         dir.to_path_buf(),
         bounds.max_pack_bytes,
         bounds.interrupt.clone(),
     );
-    let result = prepare().and_then(|mut prep| {
-        prep.fetch_only(gix::progress::Discard, &bounds.interrupt)
-            .map(|(repo, _)| repo)
+    let read = Arc::new(AtomicU64::new(0));
+    let cap = Arc::new(AtomicU64::new(bounds.refs.max_bytes));
+    let result = fetch_into(
+        url,
+        dir,
+        bounds,
+        what,
+        (git_config, guard, refused),
+        want,
+        (&read, &cap),
+    );
+    if let Some(used) = watch.finish() {
+        return Err(pack_too_large(url, used, bounds.max_pack_bytes));
+    }
+    let used = disk_usage(dir);
+    if used > bounds.max_pack_bytes {
+        return Err(pack_too_large(url, used, bounds.max_pack_bytes));
+    }
+    result
+}
+
+fn fetch_into(
+    url: &str,
+    dir: &Path,
+    bounds: &GitBounds,
+    what: &str,
+    (git_config, guard, refused): (&[String], Option<&Arc<NetGuard>>, &Arc<AtomicBool>),
+    want: Want<'_>,
+    (read, cap): (&Arc<AtomicU64>, &Arc<AtomicU64>),
+) -> Result<gix::Repository, FetchError> {
+    let max_bytes = bounds.refs.max_bytes;
+    gix::init_bare(dir).map_err(|e| git_err(url, "init clone repository", e))?;
+    let opts =
+        gix::open::Options::default().config_overrides(git_config.iter().map(String::as_str));
+    let repo = gix::open_opts(dir, opts).map_err(|e| git_err(url, "open clone repository", e))?;
+    {
+        let remote = repo
+            .remote_at(url)
+            .map_err(|e| git_err(url, "invalid remote URL", e))?
+            .with_fetch_tags(gix::remote::fetch::Tags::None);
+        let (specs, shallow): (Vec<&str>, _) = match want {
+            Want::Shallow(commit) => (
+                vec![commit],
+                gix::remote::fetch::Shallow::DepthAtRemote(NonZeroU32::MIN),
+            ),
+            Want::Full => (
+                vec!["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
+                gix::remote::fetch::Shallow::NoChange,
+            ),
+        };
+        let mut extra_refspecs = Vec::new();
+        for spec in specs {
+            extra_refspecs.push(
+                gix::refspec::parse(spec.into(), gix::refspec::parse::Operation::Fetch)
+                    .map_err(|e| git_err(url, "refspec", e))?
+                    .to_owned(),
+            );
+        }
+        let conn = counted_connection(&remote, url, guard, refused, (read, cap))?;
+        let listed = conn
+            .prepare_fetch(
+                gix::progress::Discard,
+                gix::remote::ref_map::Options {
+                    extra_refspecs,
+                    ..Default::default()
+                },
+            )
+            .map_err(|e| {
+                if read.load(Ordering::SeqCst) > max_bytes {
+                    super::refs::too_big_bytes(url, max_bytes)
+                } else {
+                    git_err(url, &format!("{what}: list refs"), e)
+                }
+            })?;
+        let advertised = listed.ref_map().remote_refs.len() as u64;
+        if advertised > bounds.refs.max_refs {
+            return Err(super::refs::too_many(url, &bounds.refs));
+        }
+        // The listing is over: the pack that follows is bounded on disk, not by this cap.
+        cap.store(u64::MAX, Ordering::SeqCst);
+        listed
+            .with_shallow(shallow)
+            .receive(gix::progress::Discard, &bounds.interrupt)
             .map_err(|e| {
                 if bounds.interrupt.load(Ordering::SeqCst) {
                     git_err(
@@ -371,16 +489,9 @@ fn bounded_fetch(
                 } else {
                     git_err(url, what, e)
                 }
-            })
-    });
-    if let Some(used) = watch.finish() {
-        return Err(pack_too_large(url, used, bounds.max_pack_bytes));
+            })?;
     }
-    let used = disk_usage(dir);
-    if used > bounds.max_pack_bytes {
-        return Err(pack_too_large(url, used, bounds.max_pack_bytes));
-    }
-    result
+    Ok(repo)
 }
 
 /// The size of object `id` from its header, refused when over `cap` — read without inflating
@@ -446,25 +557,6 @@ pub fn fetch_tree(
         .map_err(|e| refused_or(url, &refused, e))
 }
 
-/// Sets the transport options ([`transport_options`]: trust roots, guard) on every connection
-/// `prep` makes.
-fn guard_connection(
-    prep: gix::clone::PrepareFetch,
-    url: &str,
-    guard: Option<&Arc<NetGuard>>,
-    refused: &Arc<AtomicBool>,
-) -> gix::clone::PrepareFetch {
-    let (url, refused, guard) = (url.to_string(), refused.clone(), guard.cloned());
-    prep.configure_connection(move |conn| {
-        let opts = transport_options(conn.remote().repo(), &url, guard.as_ref(), &refused)
-            .map_err(gix::Error::from_error)?;
-        if let Some(opts) = opts {
-            conn.set_transport_options(opts);
-        }
-        Ok(())
-    })
-}
-
 fn fetch_tree_inner(
     url: &str,
     commit: &str,
@@ -479,15 +571,15 @@ fn fetch_tree_inner(
         gix::ObjectId::from_hex(commit.as_bytes()).map_err(|e| git_err(url, "commit id", e))?;
     let interrupted = || bounds.interrupt.load(Ordering::SeqCst);
     let shallow_dir = staging.join("shallow.git");
-    let shallow = bounded_fetch(url, &shallow_dir, bounds, "shallow fetch", || {
-        let prep = gix::prepare_clone_bare(url, &shallow_dir)
-            .map_err(|e| git_err(url, "prepare clone", e))?;
-        guard_connection(prep, url, guard, refused)
-            .with_in_memory_config_overrides(git_config.iter().map(String::as_str))
-            .with_shallow(gix::remote::fetch::Shallow::DepthAtRemote(NonZeroU32::MIN))
-            .with_revision(Some(commit))
-            .map_err(|e| git_err(url, "revision", e))
-    });
+    let net = (git_config, guard, refused);
+    let shallow = bounded_fetch(
+        url,
+        &shallow_dir,
+        bounds,
+        "shallow fetch",
+        net,
+        Want::Shallow(commit),
+    );
     let (repo, note) = match shallow {
         Ok(repo) => (repo, None),
         Err(e @ FetchError::TooLarge { .. }) => return Err(e),
@@ -496,12 +588,7 @@ fn fetch_tree_inner(
             let _ = std::fs::remove_dir_all(&shallow_dir);
             let full_dir = staging.join("full.git");
             let what = format!("full clone (after the shallow fetch failed: {shallow_err})");
-            let repo = bounded_fetch(url, &full_dir, bounds, &what, || {
-                let prep = gix::prepare_clone_bare(url, &full_dir)
-                    .map_err(|e| git_err(url, "prepare clone", e))?;
-                Ok(guard_connection(prep, url, guard, refused)
-                    .with_in_memory_config_overrides(git_config.iter().map(String::as_str)))
-            })?;
+            let repo = bounded_fetch(url, &full_dir, bounds, &what, net, Want::Full)?;
             (
                 repo,
                 Some(format!(
@@ -594,7 +681,7 @@ pub struct GitFetcher {
     cache: Cache,
     limits: Limits,
     max_pack_bytes: u64,
-    max_ref_bytes: u64,
+    refs: super::refs::RefLimits,
     git_config: Vec<String>,
     guard: Option<Arc<NetGuard>>,
 }
@@ -616,12 +703,13 @@ pub struct GitRequest<'a> {
 
 impl GitFetcher {
     /// `git_config`: `key=value` overrides applied to every ref listing and clone. `guard`:
-    /// refuse private and local addresses (see `guard.rs`). `max_ref_bytes`: the cap on a ref
-    /// listing's response bytes ([`resolve_ref`]).
+    /// refuse private and local addresses (see `guard.rs`). `refs`: the caps on every ref
+    /// listing, the one that resolves the ref ([`resolve_ref`]: bytes) and the clone's own
+    /// ([`fetch_tree`]: bytes and count).
     pub fn new(
         cache: Cache,
         limits: Limits,
-        (max_pack_bytes, max_ref_bytes): (u64, u64),
+        (max_pack_bytes, refs): (u64, super::refs::RefLimits),
         git_config: Vec<String>,
         guard: Option<Arc<NetGuard>>,
     ) -> Self {
@@ -629,7 +717,7 @@ impl GitFetcher {
             cache,
             limits,
             max_pack_bytes,
-            max_ref_bytes,
+            refs,
             git_config,
             guard,
         }
@@ -706,7 +794,7 @@ impl GitFetcher {
                 staging.path(),
                 &self.git_config,
                 self.guard.as_ref(),
-                self.max_ref_bytes,
+                self.refs.max_bytes,
             )?,
         };
         let key = TreeKey::commit(repo, &resolved.commit);
@@ -736,6 +824,7 @@ impl GitFetcher {
         let bounds = GitBounds {
             limits: self.limits,
             max_pack_bytes: self.max_pack_bytes,
+            refs: self.refs,
             interrupt,
         };
         let (tree, note, skipped) = fetch_tree(

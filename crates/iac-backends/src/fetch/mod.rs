@@ -112,7 +112,13 @@ impl DefaultFetcher {
         let git = GitFetcher::new(
             cache.clone(),
             limits,
-            (config.max_pack_bytes, config.max_ref_bytes),
+            (
+                config.max_pack_bytes,
+                refs::RefLimits {
+                    max_refs: config.max_refs,
+                    max_bytes: config.max_ref_bytes,
+                },
+            ),
             config.git_config.clone(),
             guard,
         );

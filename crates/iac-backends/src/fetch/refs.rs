@@ -34,7 +34,7 @@ pub struct RefLimits {
     pub max_bytes: u64,
 }
 
-fn too_many(url: &str, limits: &RefLimits) -> FetchError {
+pub(super) fn too_many(url: &str, limits: &RefLimits) -> FetchError {
     git_err(
         url,
         "list refs",
@@ -61,12 +61,13 @@ pub(super) fn too_big_bytes(url: &str, max: u64) -> FetchError {
 }
 
 /// A fetch connection of `remote` (at the HTTP(S) `url`) through gix's HTTP transport wrapped
-/// in `CappedHttp`: every response byte is added to `read`, and reads fail once it passes `cap`.
+/// in `CappedHttp`: every response byte is added to `read`, and reads fail once it passes `cap`
+/// (which the caller may raise once the part it bounds is over).
 pub(super) fn capped_connection<'a, 'repo>(
     remote: &'a gix::Remote<'repo>,
     url: &str,
     read: &Arc<AtomicU64>,
-    cap: u64,
+    cap: &Arc<AtomicU64>,
 ) -> Result<gix::remote::Connection<'a, 'static, 'repo, Box<dyn Transport + Send>>, FetchError> {
     let (gurl, version) = remote
         .sanitized_url_and_version(gix::remote::Direction::Fetch)
@@ -74,7 +75,7 @@ pub(super) fn capped_connection<'a, 'repo>(
     let capped = CappedHttp {
         inner: http::reqwest::Remote::default(),
         read: read.clone(),
-        cap,
+        cap: cap.clone(),
     };
     let transport: Box<dyn Transport + Send> =
         Box::new(http::connect_http(capped, gurl, version, false));
@@ -192,7 +193,12 @@ fn list_remote_inner(
             gix::remote::Direction::Fetch,
         )
         .map_err(|e| git_err(url, "refspecs", e))?;
-    let mut conn = capped_connection(&remote, url, read, limits.max_bytes)?;
+    let mut conn = capped_connection(
+        &remote,
+        url,
+        read,
+        &Arc::new(AtomicU64::new(limits.max_bytes)),
+    )?;
     if let Some(opts) = transport_options(&repo, url, guard, refused)? {
         conn.set_transport_options(opts);
     }
@@ -248,7 +254,7 @@ fn one_line(chain: &str) -> String {
 struct CappedHttp {
     inner: http::reqwest::Remote,
     read: Arc<AtomicU64>,
-    cap: u64,
+    cap: Arc<AtomicU64>,
 }
 
 impl CappedHttp {
@@ -256,7 +262,7 @@ impl CappedHttp {
         CappedBody {
             inner,
             read: self.read.clone(),
-            cap: self.cap,
+            cap: self.cap.clone(),
         }
     }
 }
@@ -309,15 +315,15 @@ impl Http for CappedHttp {
 struct CappedBody<R> {
     inner: R,
     read: Arc<AtomicU64>,
-    cap: u64,
+    cap: Arc<AtomicU64>,
 }
 
 impl<R> CappedBody<R> {
     fn check(&self) -> io::Result<()> {
-        if self.read.load(Ordering::SeqCst) > self.cap {
+        let cap = self.cap.load(Ordering::SeqCst);
+        if self.read.load(Ordering::SeqCst) > cap {
             return Err(io::Error::other(format!(
-                "ref listing larger than {} bytes ([fetch] max_ref_bytes)",
-                self.cap
+                "ref listing larger than {cap} bytes ([fetch] max_ref_bytes)"
             )));
         }
         Ok(())
@@ -355,7 +361,7 @@ mod tests {
         let mut body = CappedBody {
             inner: io::Cursor::new(vec![7u8; 100]),
             read: read.clone(),
-            cap: 40,
+            cap: Arc::new(AtomicU64::new(40)),
         };
         let mut buf = [0u8; 30];
         assert_eq!(body.read(&mut buf).unwrap(), 30);

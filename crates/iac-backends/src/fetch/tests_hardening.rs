@@ -554,6 +554,10 @@ fn a_set_interrupt_flag_stops_the_git_transfer() {
             max_files: 100,
         },
         max_pack_bytes: 1 << 30,
+        refs: super::refs::RefLimits {
+            max_refs: 10_000,
+            max_bytes: 8 << 20,
+        },
         // What the deadline does when it passes.
         interrupt: Arc::new(AtomicBool::new(true)),
     };

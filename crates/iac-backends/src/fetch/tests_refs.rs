@@ -391,3 +391,88 @@ async fn a_fetchs_ref_resolution_is_capped_like_a_listing() {
         assert_eq!(src.commit.as_deref(), Some(fx.c2.as_str()), "{protocol}");
     }
 }
+
+/// Issue 22: the clone's own ref listing is capped too. A full sha needs no resolution, so
+/// the clone's listing is the only one; a repository with 3000 long branch names answers it
+/// with about 400 KB. Past `[fetch] max_ref_bytes` the fetch fails naming the repository and
+/// the setting; past `[fetch] max_refs` likewise; within both the same fetch clones the commit,
+/// over protocol v2 and v1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clones_own_ref_listing_is_capped_in_bytes_and_count() {
+    let fx = fixture();
+    let mut stdin = String::new();
+    for i in 0..3000 {
+        stdin.push_str(&format!(
+            "create refs/heads/bulk/{i:04}-{} {}\n",
+            "x".repeat(100),
+            fx.c2
+        ));
+    }
+    let mut child = std::process::Command::new("git")
+        .arg("-C")
+        .arg(fx.bare())
+        .args(["update-ref", "--stdin"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+    }
+    assert!(child.wait().unwrap().success(), "git update-ref");
+    let base = git_http_server(&fx.dir.path().join("forge")).await;
+    let mut c = config(&fx);
+    c.github.clone_url = Some(format!("{base}/{{owner}}/{{repo}}.git"));
+    c.github.archive_url = Some(format!("{base}/no-archives/{{repo}}/{{ref}}"));
+    let slug = format!("gh:octo/hello#{}", fx.c2).parse::<Slug>().unwrap();
+    let repo_url = format!("{base}/octo/hello.git");
+    for protocol in ["protocol.version=2", "protocol.version=1"] {
+        let fetch = |tweak: &dyn Fn(&mut FetchConfig)| {
+            let mut c = c.clone();
+            c.git_config = vec![protocol.into()];
+            c.cache_dir = fx
+                .dir
+                .path()
+                .join(format!("cache-{protocol}-{}", rand_suffix()));
+            tweak(&mut c);
+            let slug = slug.clone();
+            async move {
+                DefaultFetcher::new(c)
+                    .unwrap()
+                    .fetch(&slug, &Events::discard())
+                    .await
+            }
+        };
+        let err = fetch(&|c| c.max_ref_bytes = 64 * 1024)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&repo_url)
+                && err.contains("max_ref_bytes")
+                && err.contains("larger than 65536 bytes"),
+            "{protocol}: {err}"
+        );
+        let err = fetch(&|c| c.max_refs = 100).await.unwrap_err().to_string();
+        assert!(
+            err.contains(&repo_url)
+                && err.contains("more than 100 refs")
+                && err.contains("max_refs"),
+            "{protocol}: {err}"
+        );
+        let src = fetch(&|_| {}).await.unwrap();
+        assert_eq!(src.commit.as_deref(), Some(fx.c2.as_str()), "{protocol}");
+        assert!(src.origin.contains("git clone"), "{}", src.origin);
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::SeqCst)
+}
