@@ -42,12 +42,20 @@ bootstrap: deps install images
 test-deps: deps agent
 	@bash scripts/install-envoy.sh
 	@cargo fuzz --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-fuzz --version 0.13.2
+	@cargo nextest --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-nextest --version 0.9.143
 	@bash scripts/test-wheels.sh
 	@python3 -m pip show -q kubernetes-validate >/dev/null 2>&1 || python3 -m pip install -q --disable-pip-version-check kubernetes-validate==1.37.0
 	@bash scripts/bootstrap-images.sh --python 3.14 --swarm-node
 
+# Tests under cargo-nextest (one process per test, several at once; groups, timeouts and the `ci`
+# profile in .config/nextest.toml), then the doctests, which nextest does not run.
+TEST_ENV := IAC_REQUIRE_ENVOY=1 IAC_REQUIRE_DOCKER=1 IAC_REQUIRE_K8S_VALIDATE=1 IAC_REQUIRE_POSTGRES=1 IAC_REQUIRE_BROWSER=1
+NEXTEST_PROFILE ?= ci
+# Every test process is handed the static agent test-deps built (IAC_AGENT_BIN), instead of each
+# one asking cargo for it again.
 test: test-deps
-	IAC_REQUIRE_ENVOY=1 IAC_REQUIRE_DOCKER=1 IAC_REQUIRE_K8S_VALIDATE=1 IAC_REQUIRE_POSTGRES=1 IAC_REQUIRE_BROWSER=1 $(CARGO) test --workspace --no-fail-fast
+	agent="$$(bash scripts/build-agent.sh)" && $(TEST_ENV) IAC_AGENT_BIN="$$agent" $(CARGO) nextest run --workspace --profile $(NEXTEST_PROFILE) --no-fail-fast
+	$(TEST_ENV) $(CARGO) test --workspace --doc
 	@bash scripts/fuzz-smoke.sh
 	@$(MAKE) --no-print-directory clean-test-objects
 

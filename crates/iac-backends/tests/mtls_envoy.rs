@@ -115,17 +115,27 @@ fn agent_binary() -> PathBuf {
     bin
 }
 
-/// A free loopback port, never handed out twice in this process and taken below the kernel's
-/// ephemeral range (32768+), so neither another test's Envoy nor an agent binding port 0 can be
-/// given the same one between this check and Envoy's bind. (Envoy's listeners are rendered with
-/// `enable_reuse_port: false`; a shared port would otherwise split connections between two
-/// Envoys — the flake this replaced.)
+/// A free loopback port, never handed out twice while this process lives — in this process or in
+/// any other test process — and taken below the kernel's ephemeral range (32768+), so neither
+/// another test's Envoy nor an agent binding port 0 can be given the same one between this check
+/// and Envoy's bind. (Envoy's listeners are rendered with `enable_reuse_port: false`; a shared
+/// port would otherwise split connections between two Envoys — the flake this replaced.)
+///
+/// Under cargo-nextest every test is its own process, so a per-process counter alone could hand
+/// two concurrent tests the same port: each port is also claimed by an exclusive `flock` on
+/// `$TMPDIR/iac-test-ports/<port>.lock`, held until this process exits (the kernel drops it then,
+/// also on a crash, so a dead test never keeps a port).
 fn free_port() -> u16 {
+    use std::fs::{File, TryLockError};
     use std::sync::atomic::{AtomicU32, Ordering};
     const LOW: u32 = 20_000;
     const SPAN: u32 = 12_000;
     static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
-    // Each test process starts at its own offset (by pid) so concurrent binaries rarely meet.
+    static CLAIMS: Mutex<Vec<File>> = Mutex::new(Vec::new());
+    let dir = std::env::temp_dir().join("iac-test-ports");
+    std::fs::create_dir_all(&dir)
+        .unwrap_or_else(|e| panic!("cannot create the port claim dir {}: {e}", dir.display()));
+    // Each test process starts at its own offset (by pid), so concurrent ones rarely even meet.
     let _ = NEXT.compare_exchange(
         u32::MAX,
         (std::process::id() * 97) % SPAN,
@@ -134,7 +144,19 @@ fn free_port() -> u16 {
     );
     for _ in 0..SPAN {
         let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        let path = dir.join(format!("{port}.lock"));
+        let claim = File::create(&path)
+            .unwrap_or_else(|e| panic!("cannot open the port claim {}: {e}", path.display()));
+        match claim.try_lock() {
+            Ok(()) => {}
+            // Another live test process holds this port.
+            Err(TryLockError::WouldBlock) => continue,
+            Err(TryLockError::Error(e)) => {
+                panic!("cannot lock the port claim {}: {e}", path.display())
+            }
+        }
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            CLAIMS.lock().unwrap_or_else(|e| e.into_inner()).push(claim);
             return port;
         }
     }
