@@ -119,7 +119,7 @@ pub struct NetworkInfo {
 
 /// The engine operations the provisioner needs, nothing more. Implementations must treat
 /// "already stopped" / "already gone" as success in `stop_container` and `remove_container`.
-#[cfg_attr(test, mockall::automock)]
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
 #[async_trait]
 pub trait Engine: Send + Sync {
     /// Every container (any state) labelled `iac.managed-by=iac` and `iac.project=<project>`.
@@ -202,6 +202,29 @@ pub trait Engine: Send + Sync {
 
 /// Lines of a followed container's output shown as events (the rest is only counted).
 const OUTPUT_EVENT_LINES: usize = 200;
+
+/// The last `max_bytes` of a log stream (a container's or a Swarm service's), as text: the
+/// newest lines matter, so older bytes are dropped as the stream goes.
+pub(crate) async fn last_bytes(
+    mut stream: impl futures::Stream<
+        Item = Result<bollard::container::LogOutput, bollard::errors::Error>,
+    > + Unpin,
+    max_bytes: usize,
+    op: &str,
+) -> Result<String, EngineError> {
+    let mut out: Vec<u8> = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| EngineError::from_bollard(op.to_string(), e))?;
+        out.extend_from_slice(&chunk.into_bytes());
+        if out.len() > 2 * max_bytes {
+            out.drain(..out.len() - max_bytes);
+        }
+    }
+    if out.len() > max_bytes {
+        out.drain(..out.len() - max_bytes);
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
 
 /// [`Engine`] over bollard.
 #[derive(Debug, Clone)]
@@ -684,27 +707,18 @@ impl Engine for BollardEngine {
         lines: usize,
         max_bytes: usize,
     ) -> Result<String, EngineError> {
-        let op = || format!("reading the log of container {id}");
         let opts = LogsOptionsBuilder::new()
             .follow(false)
             .stdout(true)
             .stderr(true)
             .tail(&lines.to_string())
             .build();
-        let mut stream = self.docker.logs(id, Some(opts));
-        let mut out: Vec<u8> = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| EngineError::from_bollard(op(), e))?;
-            out.extend_from_slice(&chunk.into_bytes());
-            // The newest lines matter: keep the last `max_bytes`.
-            if out.len() > 2 * max_bytes {
-                out.drain(..out.len() - max_bytes);
-            }
-        }
-        if out.len() > max_bytes {
-            out.drain(..out.len() - max_bytes);
-        }
-        Ok(String::from_utf8_lossy(&out).into_owned())
+        last_bytes(
+            self.docker.logs(id, Some(opts)),
+            max_bytes,
+            &format!("reading the log of container {id}"),
+        )
+        .await
     }
 
     async fn published_port(
