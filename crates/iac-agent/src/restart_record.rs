@@ -19,7 +19,6 @@
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -108,13 +107,6 @@ pub fn save(path: &Path, saved: &Saved) -> Result<(), String> {
     })
 }
 
-/// Seconds since the epoch of `t` (for messages).
-pub fn epoch_secs(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,10 +140,6 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, ["restarts.json"], "no temp file left");
-        assert_eq!(
-            epoch_secs(UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123)),
-            1_700_000_000
-        );
         // Something else at the path: an error naming it.
         std::fs::write(&path, b"{not json").unwrap();
         let e = load(&path).unwrap_err();
