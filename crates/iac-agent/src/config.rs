@@ -108,6 +108,14 @@ pub struct Cli {
     #[arg(long, env = "IAC_FOLLOW_POD_NETWORK", value_parser = clap::builder::BoolishValueParser::new())]
     pub follow_pod_network: bool,
 
+    /// Keep the restart count, the crash series and the last exit in this file, so a restart
+    /// of the container (not only of the app) does not reset them; read at start, written
+    /// whole on every change. Set by iac on Docker pods
+    /// (IAC_RESTART_STATE=/var/lib/iac-agent/restarts.json: the container's own layer, which a
+    /// container restart keeps and a new pod does not have).
+    #[arg(long, value_name = "PATH", env = "IAC_RESTART_STATE")]
+    pub restart_state: Option<std::path::PathBuf>,
+
     /// Also serve the standard gRPC health service (grpc.health.v1.Health, and nothing else) on
     /// this address, for probes from outside the pod (Kubernetes' `grpc:` readiness probe). The
     /// ControlPlane API stays on --listen. Set in Kubernetes pods (IAC_HEALTH_LISTEN) by iac.

@@ -56,6 +56,7 @@ pub mod otel;
 pub mod ports;
 pub mod probe;
 pub mod restart;
+pub mod restart_record;
 pub mod service;
 pub mod sidecar_root;
 pub mod state;
@@ -181,6 +182,7 @@ impl Options {
             health_listen: cli.health_listen,
             restart: cli.restart,
             follow_pod_network: cli.follow_pod_network,
+            restart_state: cli.restart_state,
             backoff,
             sidecar,
         })

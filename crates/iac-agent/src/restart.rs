@@ -5,10 +5,11 @@
 //!
 //! Pure: the supervisor feeds it exits and times and does the waiting and spawning itself.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::ValueEnum;
 
+use crate::restart_record::{Saved, SavedExit};
 use crate::state::ChildState;
 
 /// Default first delay before restarting a dead app.
@@ -150,6 +151,49 @@ impl Tracker {
         delay
     }
 
+    /// A tracker carrying on from `saved`, the record of this container's previous agent: the
+    /// app about to start is a restart (the container was restarted under it), the crash
+    /// series goes on, the last exit is the one that agent saw.
+    pub fn resume(backoff: Backoff, saved: &Saved) -> Self {
+        Tracker {
+            backoff,
+            series: saved.series,
+            status: RestartStatus {
+                restarts: saved.restarts.saturating_add(1),
+                last_exit: saved.last_exit.as_ref().map(|e| LastExit {
+                    state: e.state.clone(),
+                    at: UNIX_EPOCH + Duration::from_millis(e.at_ms),
+                    ran: Duration::from_millis(e.ran_ms),
+                }),
+                pending: None,
+            },
+        }
+    }
+
+    /// The app ended in `state` after running `ran` and is not restarted by this agent (it is
+    /// stopping: a stop signal, its pod network gone): kept as the last exit for the record.
+    pub fn stopped(&mut self, state: ChildState, ran: Duration, at: SystemTime) {
+        self.status.pending = None;
+        self.status.last_exit = Some(LastExit { state, at, ran });
+    }
+
+    /// What [`crate::restart_record`] keeps of this tracker.
+    pub fn saved(&self) -> Saved {
+        Saved {
+            restarts: self.status.restarts,
+            series: self.series,
+            last_exit: self.status.last_exit.as_ref().map(|e| SavedExit {
+                state: e.state.clone(),
+                at_ms: e
+                    .at
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0),
+                ran_ms: e.ran.as_millis() as u64,
+            }),
+        }
+    }
+
     /// No restart follows any more (the agent is stopping): nothing is pending.
     pub fn ended(&mut self) {
         self.status.pending = None;
@@ -244,5 +288,50 @@ mod tests {
         assert_eq!(note, "restarting in 10.0s (back-off 10s, restart 4)");
         t.ended();
         assert_eq!(t.status().pending_note(now), None);
+    }
+
+    #[test]
+    fn a_resumed_tracker_counts_the_container_restart_and_keeps_the_series() {
+        let b = Backoff::default();
+        let mut t = Tracker::new(b);
+        let now = Instant::now();
+        let crash = ChildState::Exited { code: 1 };
+        t.exited(crash, Duration::from_secs(1), SystemTime::now(), now);
+        t.restarted();
+        t.exited(
+            ChildState::Exited { code: 2 },
+            Duration::from_secs(1),
+            SystemTime::now(),
+            now,
+        );
+        t.restarted();
+        // The container is stopped: the app ends by SIGTERM, and that is the last exit kept.
+        let at = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        t.stopped(
+            ChildState::Signaled { signal: 15 },
+            Duration::from_secs(7),
+            at,
+        );
+        assert_eq!(t.status().pending, None);
+        let saved = t.saved();
+        assert_eq!((saved.restarts, saved.series), (2, 2));
+        // The next agent of the same container.
+        let mut r = Tracker::resume(b, &saved);
+        assert_eq!(
+            r.status().restarts,
+            3,
+            "the container restart restarted the app"
+        );
+        let last = r.status().last_exit.clone().unwrap();
+        assert_eq!(last.state, ChildState::Signaled { signal: 15 });
+        assert_eq!((last.at, last.ran), (at, Duration::from_secs(7)));
+        // The series goes on: the next quick crash waits the third delay.
+        let d = r.exited(
+            ChildState::Exited { code: 1 },
+            Duration::from_secs(1),
+            SystemTime::now(),
+            now,
+        );
+        assert_eq!(d, Duration::from_secs(40));
     }
 }

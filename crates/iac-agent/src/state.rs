@@ -50,7 +50,8 @@ impl Clock {
 }
 
 /// Where the child is in its life.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
 pub enum ChildState {
     /// Before the spawn attempt (never observable through gRPC: the server starts after it).
     Starting,

@@ -95,6 +95,8 @@ pub struct Options {
     pub backoff: Backoff,
     /// End the agent when the pod's network namespace loses its network ([`crate::netwatch`]).
     pub follow_pod_network: bool,
+    /// Where the restart record outlives a restart of the container ([`crate::restart_record`]).
+    pub restart_state: Option<std::path::PathBuf>,
 }
 
 impl Options {
@@ -510,7 +512,8 @@ pub async fn run(opts: Options) -> i32 {
     ));
     let (state_tx, state_rx) = watch::channel(ChildState::Starting);
     let clock = Arc::new(Clock::default());
-    let tracker = Arc::new(Mutex::new(Tracker::new(opts.backoff)));
+    let record = opts.restart_state.as_deref().filter(|_| restarts);
+    let tracker = Arc::new(Mutex::new(resume_tracker(record, opts.backoff)));
     warm_blocking_pool().await;
     // The sidecar first: Envoy takes a moment to listen, the app's first outbound call needs it.
     let sidecar_tx = opts.sidecar.as_ref().map(|sc| {
@@ -607,6 +610,7 @@ pub async fn run(opts: Options) -> i32 {
         app_port: opts.app_port,
         tracker: &tracker,
         hold_released: false,
+        record,
     });
     let network_lost = async {
         if opts.follow_pod_network {
@@ -639,6 +643,22 @@ pub async fn run(opts: Options) -> i32 {
         log("the child's output is still open (held by another process); exiting anyway");
     }
     let state = state_tx.borrow().clone();
+    if let Some(path) = record
+        && state.is_final()
+    {
+        let mut t = tracker.lock().unwrap_or_else(|e| e.into_inner());
+        let ran = clock.uptime();
+        // A crash that was waiting out its back-off is already the last exit, with its time.
+        let recorded = t
+            .status()
+            .last_exit
+            .as_ref()
+            .is_some_and(|e| e.state == state && e.ran == ran);
+        if !recorded {
+            t.stopped(state.clone(), ran, SystemTime::now());
+        }
+        save_record(path, &t);
+    }
     if ended.network_lost {
         log(format!(
             "exiting with code {}: the pod's network is gone (the app {})",
@@ -715,6 +735,46 @@ impl Entry<'_> {
     }
 }
 
+/// The tracker of this run of the agent: carried on from the container's restart record when
+/// there is one ([`crate::restart_record`]), else new; the record is written at once, so the
+/// next start of this container finds it.
+fn resume_tracker(record: Option<&std::path::Path>, backoff: Backoff) -> Tracker {
+    let Some(path) = record else {
+        return Tracker::new(backoff);
+    };
+    let t = match crate::restart_record::load(path) {
+        Ok(Some(saved)) => {
+            let t = Tracker::resume(backoff, &saved);
+            let last = t
+                .status()
+                .last_exit
+                .as_ref()
+                .map(|e| format!("; the app's last run {}", e.state.detail()))
+                .unwrap_or_default();
+            log(format!(
+                "the container was restarted: restart {} of the app{last}",
+                t.status().restarts
+            ));
+            t
+        }
+        Ok(None) => Tracker::new(backoff),
+        Err(e) => {
+            log(e);
+            Tracker::new(backoff)
+        }
+    };
+    save_record(path, &t);
+    t
+}
+
+/// Writes the tracker's record; a failure is logged (the counts then last as long as the
+/// container).
+fn save_record(path: &std::path::Path, t: &Tracker) {
+    if let Err(e) = crate::restart_record::save(path, &t.saved()) {
+        log(e);
+    }
+}
+
 /// The restarting part of the signal loop (absent in pod mode and with `--restart never`).
 struct Restarter<'a> {
     policy: RestartPolicy,
@@ -722,11 +782,20 @@ struct Restarter<'a> {
     tracker: &'a Mutex<Tracker>,
     /// Whether the supervisor's hold on the log buffer is released (no restart can follow).
     hold_released: bool,
+    /// Where the restart record is kept across container restarts.
+    record: Option<&'a std::path::Path>,
 }
 
 impl Restarter<'_> {
     fn tracker(&self) -> std::sync::MutexGuard<'_, Tracker> {
         self.tracker.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes the restart record, if one is kept.
+    fn save(&self) {
+        if let Some(path) = self.record {
+            save_record(path, &self.tracker());
+        }
     }
 
     /// No restart can follow any more: followers of the logs may end with the last run's output.
@@ -834,6 +903,7 @@ async fn supervise(
                         );
                         (delay, t.status().restarts + 1)
                     };
+                    r.save();
                     let msg = format!(
                         "the app {} after {:.1}s; restarting it in {} (restart {n})",
                         state.detail(),
@@ -906,6 +976,7 @@ async fn supervise(
                 restart_at = None;
                 if let Some(r) = restarter.as_ref() {
                     r.tracker().restarted();
+                    r.save();
                 }
                 entry.spawn(state_tx, clock);
                 // A spawn that failed at once is seen (and backed off) on the next turn.

@@ -260,3 +260,63 @@ async fn what_a_dead_run_left_behind_is_stopped_before_the_restart() {
         .wait_for("stopped what the last run left in its process group");
     agent.stop();
 }
+
+/// With `--restart-state` (iac sets it on Docker pods), a restart of the container — here: the
+/// agent stopped and a new one started on the same file — keeps the count, the crash series and
+/// the last exit: the new agent's app is one more restart, its last exit the SIGTERM of the stop.
+#[tokio::test]
+async fn restart_counts_outlive_the_agent_with_a_restart_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("iac-agent/restarts.json");
+    let record_arg = record.to_str().unwrap();
+    let mut agent = Agent::start(
+        &["--restart-backoff", "100ms", "--restart-state", record_arg],
+        &["sh", "-c", "echo up; exec sleep 60"],
+    );
+    let first = agent.health_until(|h| h.status == SERVING).await;
+    assert_eq!(first.restarts, None);
+    assert!(
+        record.exists(),
+        "written at start, so the next start finds it"
+    );
+    // SAFETY: kill(2) on the app the agent started.
+    assert_eq!(
+        unsafe { libc::kill(pid_of(&first.detail), libc::SIGKILL) },
+        0
+    );
+    agent
+        .health_until(|h| h.status == SERVING && h.restarts.as_ref().is_some_and(|r| r.count == 1))
+        .await;
+    agent.stop();
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    assert_eq!(saved["restarts"], 1, "{saved}");
+    assert_eq!(saved["last_exit"]["state"]["state"], "signaled", "{saved}");
+    assert_eq!(
+        saved["last_exit"]["state"]["signal"], 15,
+        "the stop's SIGTERM: {saved}"
+    );
+
+    // The container starts again: the same file.
+    let mut again = Agent::start(
+        &["--restart-backoff", "100ms", "--restart-state", record_arg],
+        &["sh", "-c", "echo up; exec sleep 60"],
+    );
+    let h = again
+        .health_until(|h| h.status == SERVING && h.restarts.is_some())
+        .await;
+    let r = h.restarts.unwrap();
+    assert_eq!(r.count, 2, "{r:?}");
+    assert_eq!(r.last_exit, "killed by signal 15");
+    assert!(!r.last_exit_at.is_empty());
+    again
+        .stderr
+        .wait_for("the container was restarted: restart 2 of the app");
+    again.stop();
+
+    // Without the option, nothing is kept: a new agent starts from zero.
+    let mut plain = Agent::start(&[], &["sh", "-c", "exec sleep 60"]);
+    let h = plain.health_until(|h| h.status == SERVING).await;
+    assert_eq!(h.restarts, None);
+    plain.stop();
+}

@@ -14,7 +14,7 @@ use iac_backends::history::{PostgresHistory, SqliteHistory, postgres, sqlite};
 use iac_core::history::{
     HistoryError, HistoryFinish, HistoryKind, HistoryQuery, HistoryStart, HistoryStatus,
     HistoryStore, HostIdentity, INTERRUPTED_CODE, LogTail, ProcessState, ProcessView, Retention,
-    RunOwner, ServiceOutcome, mark_interrupted,
+    RunOwner, ServiceOutcome, SessionStore, StoredSession, mark_interrupted,
 };
 use iac_core::{DeployEvent, DeployReport, EventLevel, ProjectName, ServiceName, Stage};
 
@@ -394,7 +394,7 @@ impl ProcessView for FakeHost {
     fn identity(&self) -> Option<HostIdentity> {
         Some(HostIdentity {
             host: "box".into(),
-            machine_id: Some("m-box".into()),
+            machine_id: Some("machine-box".into()),
             boot_id: "boot-1".into(),
             pid_ns: None,
         })
@@ -413,8 +413,9 @@ fn owned(n: u32, p: &str, host: &str, boot: &str, pid: u32, ticks: u64) -> Histo
     HistoryStart {
         owner: Some(RunOwner {
             host: host.into(),
-            // A reboot verdict needs the machine id on both sides (owner.rs's judge).
-            machine_id: Some(format!("m-{host}")),
+            // One machine per host name here (a new boot id counts as a reboot only when the
+            // machine ids match).
+            machine_id: Some(format!("machine-{host}")),
             boot_id: boot.into(),
             pid_ns: None,
             pid,
@@ -522,6 +523,67 @@ async fn marks_dead_owners_runs_interrupted(s: Subject) {
     assert_eq!(pruned, 5, "the interrupted four and the finished one");
 }
 
+// ---- console sessions --------------------------------------------------------------------
+
+/// Session `n` (its key a 64-hex-digit hash), expiring at `expires_ms`.
+fn session(n: u8, expires_ms: i64) -> StoredSession {
+    StoredSession {
+        id_hash: format!("{n:02x}").repeat(32),
+        principal: format!("user-{n} (u{n}@example.com)"),
+        expires_ms,
+        sealed: format!("v1.sealed-{n}"),
+    }
+}
+
+async fn keeps_sessions_until_expiry_and_sign_out(s: Subject) {
+    let st = &s.store;
+    st.put_session(&session(1, 10_000)).await.unwrap();
+    st.put_session(&session(2, 20_000)).await.unwrap();
+    let key1 = session(1, 0).id_hash;
+    let key2 = session(2, 0).id_hash;
+    assert_eq!(
+        st.session(&key1, 5_000).await.unwrap(),
+        Some(session(1, 10_000))
+    );
+    assert_eq!(
+        st.session(&"ab".repeat(32), 5_000).await.unwrap(),
+        None,
+        "unknown"
+    );
+    // Expired: not returned even before it is pruned.
+    assert_eq!(st.session(&key1, 10_000).await.unwrap(), None);
+    // A refresh rotates the sealed token and slides the expiry: one row, the new values.
+    let mut rotated = session(2, 30_000);
+    rotated.sealed = "v1.rotated".into();
+    st.put_session(&rotated).await.unwrap();
+    assert_eq!(
+        st.session(&key2, 25_000).await.unwrap(),
+        Some(rotated.clone())
+    );
+    // Pruning removes the expired one only.
+    assert_eq!(st.prune_sessions(15_000).await.unwrap(), 1);
+    assert_eq!(st.prune_sessions(15_000).await.unwrap(), 0);
+    assert_eq!(st.session(&key2, 15_000).await.unwrap(), Some(rotated));
+    // Sign-out deletes the row.
+    assert!(st.delete_session(&key2).await.unwrap());
+    assert!(!st.delete_session(&key2).await.unwrap());
+    assert_eq!(st.session(&key2, 0).await.unwrap(), None);
+    // A key that is not a SHA-256 in hex never reaches SQL.
+    for bad in [
+        "",
+        "x'; DROP TABLE sessions; --",
+        &"AB".repeat(32),
+        &"a".repeat(63),
+    ] {
+        let e = st.session(bad, 0).await.unwrap_err().to_string();
+        assert!(e.contains("64 lowercase hex digits"), "{e}");
+        assert!(st.delete_session(bad).await.is_err());
+    }
+    let mut bad = session(3, 1);
+    bad.id_hash = "short".into();
+    assert!(st.put_session(&bad).await.is_err());
+}
+
 // ---- runners -----------------------------------------------------------------------------
 
 async fn sqlite_subject(dir: &Path) -> Subject {
@@ -577,6 +639,7 @@ sqlite_tests!(
     prunes_by_count_and_age,
     records_a_destroy,
     marks_dead_owners_runs_interrupted,
+    keeps_sessions_until_expiry_and_sign_out,
 );
 
 // ---- migrations --------------------------------------------------------------------------
@@ -694,8 +757,52 @@ async fn sqlite_database_of_version_2_gains_owners_and_keeps_running_records() {
     let v: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 3);
-    assert_eq!(sqlite::known_version(), 3);
+    assert_eq!(v, sqlite::known_version());
+}
+
+/// A version-3 database (before sessions were kept), with a record: migrated to version 4, the
+/// record kept, sessions stored.
+#[tokio::test]
+async fn sqlite_database_of_version_3_gains_sessions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("history");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("history.db");
+    {
+        let mut conn = rusqlite::Connection::open(&file).unwrap();
+        sqlite::migrate_to(&mut conn, &file, 3).unwrap();
+        conn.execute(
+            "INSERT INTO deployments (id, project, kind, status, who, origin, started_at, started_ms, services)
+             VALUES (?1, 'demo', 'deploy', 'succeeded', 'cli:old', 'cli', ?2, 1, '[\"web\"]')",
+            rusqlite::params![id(1), ts(1)],
+        )
+        .unwrap();
+        let has: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'sessions'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(has, 0, "version 3 has no sessions table");
+    }
+    let store = SqliteHistory::open(&dir).await.unwrap();
+    assert_eq!(
+        store.get(&id(1)).await.unwrap().unwrap().summary.who,
+        "cli:old"
+    );
+    store.put_session(&session(1, 5_000)).await.unwrap();
+    assert_eq!(
+        store.session(&session(1, 0).id_hash, 1_000).await.unwrap(),
+        Some(session(1, 5_000))
+    );
+    drop(store);
+    let conn = rusqlite::Connection::open(&file).unwrap();
+    let v: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, 4);
+    assert_eq!(sqlite::known_version(), 4);
 }
 
 #[tokio::test]
@@ -741,7 +848,7 @@ async fn postgres_migrations(pg: &PgServer) {
         let _ = task.await;
     }
     let store = PostgresHistory::connect(&url, &events).await.unwrap();
-    assert_eq!(postgres::known_version(), 3);
+    assert_eq!(postgres::known_version(), 4);
     assert_eq!(
         store.get(&id(1)).await.unwrap().unwrap().summary.who,
         "cli:alice"
@@ -759,6 +866,12 @@ async fn postgres_migrations(pg: &PgServer) {
         .await
         .unwrap();
     assert_eq!(marked, vec![id(2)]);
+    // Version 4's sessions.
+    store.put_session(&session(1, 5_000)).await.unwrap();
+    assert_eq!(
+        store.session(&session(1, 0).id_hash, 1_000).await.unwrap(),
+        Some(session(1, 5_000))
+    );
     store
         .attach_log_tail(
             &id(1),

@@ -1129,3 +1129,87 @@ async fn concurrent_runs_in_one_project_serialize() {
         "the second run starts after the first ends"
     );
 }
+
+/// With an engine, the containers a run destroys leave their last log lines first: a replaced
+/// service's pair (`replaced`), a service gone from the stack (`removed`), every pair on
+/// `destroy` (`destroyed`), read by the names the previous run's outputs give. An unreadable
+/// log is a warning, and the run goes on.
+#[tokio::test]
+async fn replaced_removed_and_destroyed_containers_leave_their_log_tails() {
+    use iac_backends::engine::{EngineError, MockEngine};
+    let fx = Fixture::new();
+    let mut engine = MockEngine::new();
+    engine.expect_log_tail().returning(|name, lines, _| {
+        assert_eq!(lines, iac_core::history::LOG_TAIL_LINES + 1);
+        if name == "demo-api-envoy" {
+            return Err(EngineError::new(
+                "reading the log",
+                Some(501),
+                "log driver none",
+            ));
+        }
+        Ok(format!("first\nlast words of {name}\n"))
+    });
+    let tf = fx.provisioner(&[]).with_engine(Arc::new(engine));
+    let project = ProjectName::new("demo").unwrap();
+    // The first apply destroys nothing: no log is read.
+    let (events, tails) = Events::discard().with_log_tails();
+    tf.apply(&fx.stack(), gate(), &events).await.unwrap();
+    assert!(tails.take().0.is_empty());
+
+    let seen = |tails: &iac_core::event::LogTails| -> Vec<(String, String, String, String)> {
+        let mut v: Vec<_> = tails
+            .take()
+            .0
+            .into_iter()
+            .map(|t| {
+                assert_eq!(
+                    t.lines.last().unwrap(),
+                    &format!("last words of {}", t.container)
+                );
+                (t.service, t.container, t.role, t.reason)
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let row = |s: &str, c: &str, r: &str, why: &str| {
+        (s.to_string(), c.to_string(), r.to_string(), why.to_string())
+    };
+    // web changes: its pair is replaced.
+    let mut i = input(fx.dir.path());
+    i.services[0].image = "iac/demo-web:fedcba987654".into();
+    let (events, tails) = Events::discard().with_log_tails();
+    tf.apply(&plan(&i), gate(), &events).await.unwrap();
+    assert_eq!(
+        seen(&tails),
+        [
+            row("web", "demo-web", "app", "replaced"),
+            row("web", "demo-web-envoy", "sidecar", "replaced"),
+        ]
+    );
+    // api leaves the stack: removed (its sidecar's log cannot be read: a warning).
+    i.services.retain(|s| s.name.as_str() == "web");
+    let (events, mut rx) = Events::channel();
+    let (events, tails) = events.with_log_tails();
+    let shrunk = tf.apply(&plan(&i), gate(), &events).await.unwrap();
+    assert_eq!(shrunk.removed, [ServiceName::new("api").unwrap()]);
+    assert_eq!(seen(&tails), [row("api", "demo-api", "app", "removed")]);
+    drop(events);
+    assert!(
+        drain(&mut rx).iter().any(|e| e
+            .message
+            .contains("could not save the last log lines of demo-api-envoy")),
+        "the unreadable log is a warning"
+    );
+    // destroy: every pair left.
+    let (events, tails) = Events::discard().with_log_tails();
+    tf.destroy(&project, &events).await.unwrap();
+    assert_eq!(
+        seen(&tails),
+        [
+            row("web", "demo-web", "app", "destroyed"),
+            row("web", "demo-web-envoy", "sidecar", "destroyed"),
+        ]
+    );
+}

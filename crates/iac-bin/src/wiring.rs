@@ -136,7 +136,12 @@ impl App {
                         })
                     }
                     ProvisionerKind::Terraform => {
-                        Arc::new(TerraformProvisioner::new(cfg.terraform.clone()))
+                        // The same engine reads the log tails of containers Terraform is about
+                        // to destroy (the provider's `docker_host` is normally this one).
+                        Arc::new(
+                            TerraformProvisioner::new(cfg.terraform.clone())
+                                .with_engine(Arc::new(BollardEngine::new(&engine))),
+                        )
                     }
                     // The same engine connection: the swarm manager that builds the images.
                     ProvisionerKind::Swarm => {

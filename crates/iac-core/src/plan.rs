@@ -30,6 +30,10 @@ use crate::mesh::{CertPaths, IssuedCerts, MeshPorts};
 use crate::name::{ProjectName, ServiceName};
 use crate::stack::*;
 
+/// Where the app's agent keeps its restart record (`iac-agent --restart-state`): a root-only
+/// directory of the container's own writable layer.
+pub const AGENT_RESTART_STATE: &str = "/var/lib/iac-agent/restarts.json";
+
 /// Where the sidecar's config is mounted inside the Envoy container.
 pub const ENVOY_CONFIG_IN_CONTAINER: &str = "/etc/envoy/envoy.yaml";
 /// Default port handed to apps in `PORT` when they declare none (the one constant, defined with
@@ -429,6 +433,9 @@ pub fn plan(input: &PlanInput) -> Stack {
             // The app joins the sidecar's namespace: when the sidecar container is restarted into
             // a new one, the agent ends the app's container so the engine restarts it there.
             env.insert("IAC_FOLLOW_POD_NETWORK".into(), "1".into());
+            // Restart counts outlive a restart of the container (its own layer keeps the
+            // file; a new pod starts without it).
+            env.insert("IAC_RESTART_STATE".into(), AGENT_RESTART_STATE.into());
             env.insert("IAC_PROJECT".into(), project.to_string());
             env.insert("IAC_SERVICE".into(), s.name.to_string());
             if let Some(sb) = &input.sandbox {

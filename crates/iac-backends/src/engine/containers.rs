@@ -36,8 +36,20 @@ use iac_core::labels::{managed_filter, mark_managed};
 pub struct ImageTag {
     /// `repo:tag`.
     pub tag: String,
-    /// When its image was created, seconds since the Unix epoch.
+    /// When its image was created, seconds since the Unix epoch. An image rebuilt from the
+    /// build cache keeps its first creation time.
     pub created: i64,
+    /// When the engine last tagged its image (a build, or [`Engine::tag_again`] when a deploy
+    /// uses it), seconds since the Unix epoch; `None` when the engine does not say.
+    pub last_tagged: Option<i64>,
+}
+
+impl ImageTag {
+    /// The latest sign of use: the last tag, else the creation.
+    pub fn last_used(&self) -> i64 {
+        self.last_tagged
+            .map_or(self.created, |t| t.max(self.created))
+    }
 }
 
 /// One container of the project as the engine reports it.
@@ -119,7 +131,7 @@ pub struct NetworkInfo {
 
 /// The engine operations the provisioner needs, nothing more. Implementations must treat
 /// "already stopped" / "already gone" as success in `stop_container` and `remove_container`.
-#[cfg_attr(test, mockall::automock)]
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
 #[async_trait]
 pub trait Engine: Send + Sync {
     /// Every container (any state) labelled `iac.managed-by=iac` and `iac.project=<project>`.
@@ -190,8 +202,11 @@ pub trait Engine: Send + Sync {
     /// Builds image `tag` from `context` (a tar holding a `Dockerfile` and what it copies),
     /// without network: every stage starts from `scratch` or a local image.
     async fn build_image(&self, tag: &str, context: Vec<u8>) -> Result<(), EngineError>;
-    /// Every tag `repo:*` on the engine, with its image's creation time.
+    /// Every tag `repo:*` on the engine, with its image's creation and last tag times.
     async fn image_tags(&self, repo: &str) -> Result<Vec<ImageTag>, EngineError>;
+    /// Tags image `tag` as `tag` again: nothing changes but the engine's record of when the
+    /// image was last tagged (`Metadata.LastTagTime`), which says "in use now" to a collector.
+    async fn tag_again(&self, tag: &str) -> Result<(), EngineError>;
     /// The names of every container (any project, any state, managed or not) created from
     /// image `image` (a tag or an id).
     async fn image_users(&self, image: &str) -> Result<Vec<String>, EngineError>;
@@ -202,6 +217,29 @@ pub trait Engine: Send + Sync {
 
 /// Lines of a followed container's output shown as events (the rest is only counted).
 const OUTPUT_EVENT_LINES: usize = 200;
+
+/// The last `max_bytes` of a log stream (a container's or a Swarm service's), as text: the
+/// newest lines matter, so older bytes are dropped as the stream goes.
+pub(crate) async fn last_bytes(
+    mut stream: impl futures::Stream<
+        Item = Result<bollard::container::LogOutput, bollard::errors::Error>,
+    > + Unpin,
+    max_bytes: usize,
+    op: &str,
+) -> Result<String, EngineError> {
+    let mut out: Vec<u8> = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| EngineError::from_bollard(op.to_string(), e))?;
+        out.extend_from_slice(&chunk.into_bytes());
+        if out.len() > 2 * max_bytes {
+            out.drain(..out.len() - max_bytes);
+        }
+    }
+    if out.len() > max_bytes {
+        out.drain(..out.len() - max_bytes);
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
 
 /// [`Engine`] over bollard.
 #[derive(Debug, Clone)]
@@ -684,27 +722,18 @@ impl Engine for BollardEngine {
         lines: usize,
         max_bytes: usize,
     ) -> Result<String, EngineError> {
-        let op = || format!("reading the log of container {id}");
         let opts = LogsOptionsBuilder::new()
             .follow(false)
             .stdout(true)
             .stderr(true)
             .tail(&lines.to_string())
             .build();
-        let mut stream = self.docker.logs(id, Some(opts));
-        let mut out: Vec<u8> = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| EngineError::from_bollard(op(), e))?;
-            out.extend_from_slice(&chunk.into_bytes());
-            // The newest lines matter: keep the last `max_bytes`.
-            if out.len() > 2 * max_bytes {
-                out.drain(..out.len() - max_bytes);
-            }
-        }
-        if out.len() > max_bytes {
-            out.drain(..out.len() - max_bytes);
-        }
-        Ok(String::from_utf8_lossy(&out).into_owned())
+        last_bytes(
+            self.docker.logs(id, Some(opts)),
+            max_bytes,
+            &format!("reading the log of container {id}"),
+        )
+        .await
     }
 
     async fn published_port(
@@ -759,16 +788,59 @@ impl Engine for BollardEngine {
             .await
             .map_err(|e| EngineError::from_bollard(format!("list images {repo}"), e))?;
         let prefix = format!("{repo}:");
-        Ok(list
-            .into_iter()
-            .flat_map(|i| {
-                let created = i.created;
-                i.repo_tags
-                    .into_iter()
-                    .filter(|t| t.starts_with(&prefix))
-                    .map(move |tag| ImageTag { tag, created })
-            })
-            .collect())
+        let mut out = Vec::new();
+        for i in list {
+            let tags: Vec<String> = i
+                .repo_tags
+                .into_iter()
+                .filter(|t| t.starts_with(&prefix))
+                .collect();
+            if tags.is_empty() {
+                continue;
+            }
+            let last_tagged = match self.docker.inspect_image(&i.id).await {
+                Ok(v) => v
+                    .metadata
+                    .and_then(|m| m.last_tag_time)
+                    .and_then(|t| humantime::parse_rfc3339_weak(&t).ok())
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| d.as_secs() as i64),
+                // Removed meanwhile: nothing to list.
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => continue,
+                Err(e) => {
+                    return Err(EngineError::from_bollard(
+                        format!("inspect image {}", i.id),
+                        e,
+                    ));
+                }
+            };
+            out.extend(tags.into_iter().map(|tag| ImageTag {
+                tag,
+                created: i.created,
+                last_tagged,
+            }));
+        }
+        Ok(out)
+    }
+
+    async fn tag_again(&self, tag: &str) -> Result<(), EngineError> {
+        let (repo, name) = tag.rsplit_once(':').ok_or_else(|| {
+            EngineError::new(format!("tag image {tag}"), None, "expected REPO:TAG")
+        })?;
+        self.docker
+            .tag_image(
+                tag,
+                Some(
+                    bollard::query_parameters::TagImageOptionsBuilder::new()
+                        .repo(repo)
+                        .tag(name)
+                        .build(),
+                ),
+            )
+            .await
+            .map_err(|e| EngineError::from_bollard(format!("tag image {tag}"), e))
     }
 
     async fn image_users(&self, image: &str) -> Result<Vec<String>, EngineError> {

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use bollard::Docker;
 
-#[cfg(test)]
+#[cfg(any(test, feature = "mocks"))]
 pub use containers::MockEngine;
 pub use containers::{
     BollardEngine, Engine, ExecOutput, ExitState, ImageTag, LogWait, NetworkInfo, Observed,

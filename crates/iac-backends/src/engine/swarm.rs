@@ -19,7 +19,7 @@ use bollard::query_parameters::{
     BuildImageOptionsBuilder, InspectNetworkOptions, InspectServiceOptions,
     ListConfigsOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptionsBuilder,
     ListNodesOptions, ListSecretsOptionsBuilder, ListServicesOptionsBuilder,
-    ListTasksOptionsBuilder, UpdateServiceOptionsBuilder,
+    ListTasksOptionsBuilder, LogsOptionsBuilder, UpdateServiceOptionsBuilder,
 };
 use futures::StreamExt;
 
@@ -141,6 +141,14 @@ pub trait SwarmEngine: Send + Sync {
         version: u64,
         auth: Option<RegistryAuth>,
     ) -> Result<(), EngineError>;
+    /// The last `lines` lines (at most `max_bytes`) of every task of service `id`, stdout and
+    /// stderr (a task is one container: the agent tees the app's output and Envoy's).
+    async fn service_log_tail(
+        &self,
+        id: &str,
+        lines: usize,
+        max_bytes: usize,
+    ) -> Result<String, EngineError>;
     /// Removes a service (a 404 is an error with [`EngineError::is_not_found`]).
     async fn remove_service(&self, id: &str) -> Result<(), EngineError>;
     /// How many containers of service `id`'s tasks are on this engine (in any state).
@@ -331,6 +339,27 @@ impl SwarmEngine for BollardSwarm {
             .await
             .map_err(err(format!("update service {id}")))?;
         Ok(())
+    }
+
+    async fn service_log_tail(
+        &self,
+        id: &str,
+        lines: usize,
+        max_bytes: usize,
+    ) -> Result<String, EngineError> {
+        let opts = LogsOptionsBuilder::new()
+            .follow(false)
+            .stdout(true)
+            .stderr(true)
+            .tail(&lines.to_string())
+            .build();
+        let stream = Box::pin(self.docker.service_logs(id, Some(opts)));
+        super::containers::last_bytes(
+            stream,
+            max_bytes,
+            &format!("reading the log of service {id}"),
+        )
+        .await
     }
 
     async fn remove_service(&self, id: &str) -> Result<(), EngineError> {

@@ -77,6 +77,17 @@ pub(crate) fn check_id(id: &str) -> Result<(), HistoryError> {
     Ok(())
 }
 
+/// A session's key is a SHA-256 in lowercase hex (64 digits); anything else is refused before
+/// it reaches SQL.
+pub(crate) fn check_session_hash(h: &str) -> Result<(), HistoryError> {
+    if h.len() != 64 || !h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err(HistoryError::Backend(format!(
+            "session key {h:?}: expected a SHA-256 as 64 lowercase hex digits"
+        )));
+    }
+    Ok(())
+}
+
 /// The page size and position of a query: the limit clamped to 1..=[`MAX_PAGE`], the cursor
 /// parsed (it is the `seq` of the last record of the previous page).
 pub(crate) fn page_bounds(q: &HistoryQuery) -> Result<(i64, Option<i64>), HistoryError> {

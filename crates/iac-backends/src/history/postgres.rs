@@ -14,8 +14,8 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use iac_core::history::{
     HistoryEntry, HistoryError, HistoryFinish, HistoryPage, HistoryQuery, HistoryStart,
-    HistoryStatus, HistoryStore, LogTail, Retention, RunningRecord, redact_url, rfc3339_millis,
-    system_millis,
+    HistoryStatus, HistoryStore, LogTail, Retention, RunningRecord, SessionStore, StoredSession,
+    redact_url, rfc3339_millis, system_millis,
 };
 use iac_core::{DeployEvent, ProjectName};
 use tokio::sync::Mutex;
@@ -23,8 +23,8 @@ use tokio_postgres::{Client, GenericClient, NoTls, Row};
 
 use super::jsonl::EventLog;
 use super::{
-    SUMMARY_COLUMNS, SummaryRow, check_id, check_version, from_json, from_json_opt, into_page,
-    page_bounds, running_record, to_json,
+    SUMMARY_COLUMNS, SummaryRow, check_id, check_session_hash, check_version, from_json,
+    from_json_opt, into_page, page_bounds, running_record, to_json,
 };
 
 /// The schema, one entry per version (index 0 = version 1). Never edit a released entry: add one.
@@ -72,6 +72,14 @@ pub const MIGRATIONS: &[&str] = &[
     // 3: who runs a record (host, boot id, pid, start time), to tell a killed run.
     "ALTER TABLE iac_deployments ADD COLUMN owner TEXT;
     CREATE INDEX iac_deployments_running ON iac_deployments (status) WHERE status = 'running';",
+    // 4: the console's sessions (a hash of the id, the principal, the expiry, a sealed token).
+    "CREATE TABLE iac_sessions (
+        id_hash TEXT PRIMARY KEY,
+        principal TEXT NOT NULL,
+        expires_ms BIGINT NOT NULL,
+        sealed TEXT NOT NULL
+    );
+    CREATE INDEX iac_sessions_by_expiry ON iac_sessions (expires_ms);",
 ];
 
 /// The advisory lock key that serializes migrations across control planes ("iachist").
@@ -259,6 +267,70 @@ fn summary_row(r: &Row) -> SummaryRow {
         started_at: r.get(7),
         finished_at: r.get(8),
         services: r.get(9),
+    }
+}
+
+#[async_trait]
+impl SessionStore for PostgresHistory {
+    async fn put_session(&self, s: &StoredSession) -> Result<(), HistoryError> {
+        check_session_hash(&s.id_hash)?;
+        let g = self.conn().await?;
+        g.client
+            .execute(
+                "INSERT INTO iac_sessions (id_hash, principal, expires_ms, sealed) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (id_hash) DO UPDATE SET principal = excluded.principal,
+                     expires_ms = excluded.expires_ms, sealed = excluded.sealed",
+                &[&s.id_hash, &s.principal, &s.expires_ms, &s.sealed],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    async fn session(
+        &self,
+        id_hash: &str,
+        now_ms: i64,
+    ) -> Result<Option<StoredSession>, HistoryError> {
+        check_session_hash(id_hash)?;
+        let g = self.conn().await?;
+        let row = g
+            .client
+            .query_opt(
+                "SELECT id_hash, principal, expires_ms, sealed FROM iac_sessions
+                 WHERE id_hash = $1 AND expires_ms > $2",
+                &[&id_hash, &now_ms],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(row.map(|r| StoredSession {
+            id_hash: r.get(0),
+            principal: r.get(1),
+            expires_ms: r.get(2),
+            sealed: r.get(3),
+        }))
+    }
+
+    async fn delete_session(&self, id_hash: &str) -> Result<bool, HistoryError> {
+        check_session_hash(id_hash)?;
+        let g = self.conn().await?;
+        let n = g
+            .client
+            .execute("DELETE FROM iac_sessions WHERE id_hash = $1", &[&id_hash])
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(n > 0)
+    }
+
+    async fn prune_sessions(&self, now_ms: i64) -> Result<u64, HistoryError> {
+        let g = self.conn().await?;
+        g.client
+            .execute(
+                "DELETE FROM iac_sessions WHERE expires_ms <= $1",
+                &[&now_ms],
+            )
+            .await
+            .map_err(|e| self.err(e))
     }
 }
 

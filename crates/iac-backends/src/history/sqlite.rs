@@ -15,15 +15,16 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use iac_core::history::{
     HistoryEntry, HistoryError, HistoryFinish, HistoryPage, HistoryQuery, HistoryStart,
-    HistoryStatus, HistoryStore, LogTail, Retention, RunningRecord, rfc3339_millis, system_millis,
+    HistoryStatus, HistoryStore, LogTail, Retention, RunningRecord, SessionStore, StoredSession,
+    rfc3339_millis, system_millis,
 };
 use iac_core::{DeployEvent, ProjectName};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::jsonl::{EventLog, private_dir};
 use super::{
-    SUMMARY_COLUMNS, SummaryRow, check_id, check_version, from_json, from_json_opt, into_page,
-    page_bounds, running_record, to_json,
+    SUMMARY_COLUMNS, SummaryRow, check_id, check_session_hash, check_version, from_json,
+    from_json_opt, into_page, page_bounds, running_record, to_json,
 };
 
 /// The schema, one entry per version (index 0 = version 1). Never edit a released entry: add one.
@@ -71,6 +72,14 @@ pub const MIGRATIONS: &[&str] = &[
     // 3: who runs a record (host, boot id, pid, start time), to tell a killed run.
     "ALTER TABLE deployments ADD COLUMN owner TEXT;
     CREATE INDEX deployments_running ON deployments (status) WHERE status = 'running';",
+    // 4: the console's sessions (a hash of the id, the principal, the expiry, a sealed token).
+    "CREATE TABLE sessions (
+        id_hash TEXT PRIMARY KEY,
+        principal TEXT NOT NULL,
+        expires_ms INTEGER NOT NULL,
+        sealed TEXT NOT NULL
+    );
+    CREATE INDEX sessions_by_expiry ON sessions (expires_ms);",
 ];
 
 /// How long a writer waits for another process's write (a CLI deploy beside `iac serve`).
@@ -266,6 +275,77 @@ fn summary_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SummaryRow> {
         finished_at: r.get(8)?,
         services: r.get(9)?,
     })
+}
+
+#[async_trait]
+impl SessionStore for SqliteHistory {
+    async fn put_session(&self, s: &StoredSession) -> Result<(), HistoryError> {
+        check_session_hash(&s.id_hash)?;
+        let s = s.clone();
+        self.with(move |c, path, _| {
+            c.execute(
+                "INSERT INTO sessions (id_hash, principal, expires_ms, sealed) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (id_hash) DO UPDATE SET principal = excluded.principal,
+                     expires_ms = excluded.expires_ms, sealed = excluded.sealed",
+                params![s.id_hash, s.principal, s.expires_ms, s.sealed],
+            )
+            .map_err(|e| db_err(path, e))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn session(
+        &self,
+        id_hash: &str,
+        now_ms: i64,
+    ) -> Result<Option<StoredSession>, HistoryError> {
+        check_session_hash(id_hash)?;
+        let id_hash = id_hash.to_string();
+        self.with(move |c, path, _| {
+            c.query_row(
+                "SELECT id_hash, principal, expires_ms, sealed FROM sessions
+                 WHERE id_hash = ?1 AND expires_ms > ?2",
+                params![id_hash, now_ms],
+                |r| {
+                    Ok(StoredSession {
+                        id_hash: r.get(0)?,
+                        principal: r.get(1)?,
+                        expires_ms: r.get(2)?,
+                        sealed: r.get(3)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(|e| db_err(path, e))
+        })
+        .await
+    }
+
+    async fn delete_session(&self, id_hash: &str) -> Result<bool, HistoryError> {
+        check_session_hash(id_hash)?;
+        let id_hash = id_hash.to_string();
+        self.with(move |c, path, _| {
+            let n = c
+                .execute("DELETE FROM sessions WHERE id_hash = ?1", params![id_hash])
+                .map_err(|e| db_err(path, e))?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn prune_sessions(&self, now_ms: i64) -> Result<u64, HistoryError> {
+        self.with(move |c, path, _| {
+            let n = c
+                .execute(
+                    "DELETE FROM sessions WHERE expires_ms <= ?1",
+                    params![now_ms],
+                )
+                .map_err(|e| db_err(path, e))?;
+            Ok(n as u64)
+        })
+        .await
+    }
 }
 
 #[async_trait]

@@ -13,6 +13,7 @@
 pub mod docker;
 pub mod reconcile;
 pub mod swarm;
+pub mod tails;
 pub mod terraform;
 
 use serde::{Deserialize, Serialize};

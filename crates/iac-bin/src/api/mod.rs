@@ -200,8 +200,12 @@ impl Server {
                 .map_err(|e| anyhow::anyhow!("[serve] {e}"))?;
         }
         let console = Arc::new(
-            crate::api::console::Console::new(&cfg.console_auth, cfg.public_origin.as_deref())
-                .map_err(|e| anyhow::anyhow!("console sign-in ([supabase] anon_key): {e}"))?,
+            crate::api::console::Console::new(
+                &cfg.console_auth,
+                cfg.public_origin.as_deref(),
+                Some(history.store.clone()),
+            )
+            .map_err(|e| anyhow::anyhow!("console sign-in ([supabase] anon_key): {e}"))?,
         );
         let cfg = Arc::new(cfg);
         let tcp = if cfg.http_enabled {
@@ -236,6 +240,7 @@ impl Server {
             Ok(n) => tracing::info!("deployment history: retention removed {n} record(s)"),
             Err(e) => tracing::warn!("deployment history: retention failed: {e}"),
         }
+        console.sessions.prune().await;
         let deployments =
             deployments::Deployments::new(deployments::Limits::from_config(&cfg), history)
                 .with_projects_dir(cfg.projects_dir.clone());

@@ -7,6 +7,11 @@
 //! [`HistoryStore::append_events`] and [`HistoryStore::attach_log_tail`] →
 //! [`HistoryStore::finish`]. [`HistoryStore::list`] pages newest first, [`HistoryStore::get`]
 //! returns everything, [`HistoryStore::prune`] applies the retention.
+//!
+//! The same store keeps the web console's sessions ([`StoredSession`]) so that a restart of
+//! `iac serve` does not sign anyone out: only a hash of the session id, the principal, the
+//! expiry and a sealed credential the store cannot open (the console seals it with a key derived
+//! from the session id, which only the browser's cookie holds).
 
 use std::time::{Duration, SystemTime};
 
@@ -350,7 +355,7 @@ pub fn system_millis(t: SystemTime) -> i64 {
 
 /// A store of deployment history; see the module docs. Implementations are shared across tasks.
 #[async_trait]
-pub trait HistoryStore: Send + Sync {
+pub trait HistoryStore: SessionStore + Send + Sync {
     /// Records the start of a deploy or destroy (status `running`). An id already recorded is
     /// an error.
     async fn start(&self, start: &HistoryStart) -> Result<(), HistoryError>;
@@ -387,6 +392,46 @@ pub trait HistoryStore: Send + Sync {
         id: &str,
         finish: &HistoryFinish,
     ) -> Result<bool, HistoryError>;
+}
+
+/// A console session as the store keeps it. The store cannot act as the session: `id_hash` is
+/// a one-way hash of the cookie's secret id, and `sealed` is encrypted with a key derived from
+/// that id (see `iac-bin`'s `console/sealed.rs`); without the cookie neither leads anywhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSession {
+    /// SHA-256 of the session id, 64 lowercase hex digits: the row's key.
+    pub id_hash: String,
+    /// Who signed in (subject, and email when known), for audit; the credential is verified
+    /// again on use.
+    pub principal: String,
+    /// When the session ends unless used again (milliseconds since the epoch).
+    pub expires_ms: i64,
+    /// The credential (refresh token, or a pasted access token), sealed; opaque to the store.
+    pub sealed: String,
+}
+
+/// Where the console's sessions are kept: the deployment history's database (one file or one
+/// PostgreSQL database holds both; every [`HistoryStore`] is one), so sessions survive a
+/// restart of `iac serve`.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait SessionStore: Send + Sync {
+    /// Inserts the session, or replaces the one with the same `id_hash` (a refresh rotates the
+    /// sealed token; use slides the expiry).
+    async fn put_session(&self, session: &StoredSession) -> Result<(), HistoryError>;
+
+    /// The session with `id_hash` unless it expired by `now_ms`; `None` when unknown.
+    async fn session(
+        &self,
+        id_hash: &str,
+        now_ms: i64,
+    ) -> Result<Option<StoredSession>, HistoryError>;
+
+    /// Deletes the session (sign-out, a refused refresh); returns whether there was one.
+    async fn delete_session(&self, id_hash: &str) -> Result<bool, HistoryError>;
+
+    /// Deletes every session expired by `now_ms`; returns how many.
+    async fn prune_sessions(&self, now_ms: i64) -> Result<u64, HistoryError>;
 }
 
 /// Where a store is (for messages and `iac config show`): a URL with its password replaced by

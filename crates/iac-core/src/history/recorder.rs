@@ -163,6 +163,26 @@ mod tests {
     }
 
     #[async_trait::async_trait]
+    impl crate::history::SessionStore for Memory {
+        async fn put_session(&self, _: &crate::history::StoredSession) -> Result<(), HistoryError> {
+            unreachable!()
+        }
+        async fn session(
+            &self,
+            _: &str,
+            _: i64,
+        ) -> Result<Option<crate::history::StoredSession>, HistoryError> {
+            unreachable!()
+        }
+        async fn delete_session(&self, _: &str) -> Result<bool, HistoryError> {
+            unreachable!()
+        }
+        async fn prune_sessions(&self, _: i64) -> Result<u64, HistoryError> {
+            unreachable!()
+        }
+    }
+
+    #[async_trait::async_trait]
     impl HistoryStore for Memory {
         async fn start(&self, s: &HistoryStart) -> Result<(), HistoryError> {
             if s.id == "refuse" {

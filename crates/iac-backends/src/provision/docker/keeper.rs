@@ -16,12 +16,17 @@
 //! golden tests; `DockerProvisioner::ensure_keeper` acts through the [`crate::engine::Engine`] trait.
 //!
 //! Keeper images are garbage-collected on every deploy and destroy that runs a keeper: a tag
-//! `iac/keeper:*` other than the current agent's, whose image is older than
-//! [`KEEPER_IMAGE_GRACE`] and that no container at all (any project, any state) was created
-//! from, is removed — never forced, so an image a container uses is refused by the engine even
-//! if one appeared meanwhile. The grace keeps an image another deploy has just built for its
-//! keeper (built, its keeper not created yet). The current agent's image stays for the next
-//! deploy (one image of about 5 MB). [`collectable`] is the pure choice.
+//! `iac/keeper:*` other than the current agent's, not used for [`KEEPER_IMAGE_GRACE`] and that
+//! no container at all (any project, any state) was created from, is removed — never forced,
+//! so an image a container uses is refused by the engine even if one appeared meanwhile.
+//! "Used" is the engine's last tag time of the image, not its creation time: a deploy that finds
+//! its keeper image already there tags it again ([`crate::engine::Engine::tag_again`]) before
+//! creating its keeper, so an old image (or one rebuilt from the build cache, which keeps its
+//! first creation time) that another project's deploy is about to use is young again for every
+//! collector. The grace keeps an image another deploy has just built or touched for a keeper it
+//! has not created yet; should a collector still win that race, the keeper's create finds no
+//! image and the deploy builds it again and retries once. The current agent's image stays for
+//! the next deploy (one image of about 5 MB). [`collectable`] is the pure choice.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -38,19 +43,20 @@ use iac_core::{
 use super::{DockerProvisioner, EngineError, short_id};
 use crate::engine::ImageTag;
 
-/// Keeper images younger than this are never collected (another deploy may have just built one
-/// for a keeper it has not created yet).
+/// Keeper images built or tagged again more recently than this are never collected (another
+/// deploy may have just built or touched one for a keeper it has not created yet).
 pub const KEEPER_IMAGE_GRACE: Duration = Duration::from_secs(600);
 
 /// The keeper tags worth asking about (pure): every `tags` entry but `keep`, whose image was
-/// created at least `grace` before `now` (seconds since the Unix epoch). Whether a container
-/// uses it is asked of the engine afterwards, tag by tag.
+/// last used (tagged, else created: [`ImageTag::last_used`]) at least `grace` before `now`
+/// (seconds since the Unix epoch). Whether a container uses it is asked of the engine
+/// afterwards, tag by tag.
 pub fn collectable(tags: &[ImageTag], keep: &str, now: i64, grace: Duration) -> Vec<String> {
     let cutoff = now.saturating_sub(grace.as_secs().min(i64::MAX as u64) as i64);
     let mut out: Vec<String> = tags
         .iter()
         .filter(|t| t.tag != keep && t.tag.starts_with(&format!("{KEEPER_IMAGE_REPO}:")))
-        .filter(|t| t.created <= cutoff)
+        .filter(|t| t.last_used() <= cutoff)
         .map(|t| t.tag.clone())
         .collect();
     out.sort();
@@ -273,11 +279,21 @@ impl DockerProvisioner {
             )
         })?;
         let tag = keeper_tag(&agent);
-        if !self.engine.image_present(&tag).await? {
+        let build = || async {
             events.info(Stage::Provision, format!("building keeper image {tag}"));
             let body = context(&keeper_dockerfile(&setup.image_labels), &agent)
                 .map_err(|e| EngineError::new(op(), None, format!("packing its image: {e}")))?;
-            self.engine.build_image(&tag, body).await?;
+            self.engine.build_image(&tag, body).await
+        };
+        if !self.engine.image_present(&tag).await? {
+            build().await?;
+        } else if let Err(e) = self.engine.tag_again(&tag).await {
+            // Its use is then not recorded: the grace from its last tag still protects it,
+            // and a create that finds it gone builds it again (below).
+            events.debug(
+                Stage::Provision,
+                format!("keeper image {tag} not touched: {e}"),
+            );
         }
         let want = keeper_spec(project, &tag, &setup.socket);
         let hash = want.labels.get(LABEL_SPEC_HASH).cloned();
@@ -310,11 +326,19 @@ impl DockerProvisioner {
                 Ok(tag)
             }
             None => {
-                let id = self
-                    .engine
-                    .create_container(&want)
-                    .await
-                    .map_err(|e| super::name_taken(e, &want.name, project.as_str()))?;
+                let id = match self.engine.create_container(&want).await {
+                    // Collected by another project's deploy between the check and now.
+                    Err(e) if e.is_not_found() => {
+                        events.info(
+                            Stage::Provision,
+                            format!("keeper image {tag} was removed meanwhile ({e})"),
+                        );
+                        build().await?;
+                        self.engine.create_container(&want).await
+                    }
+                    other => other,
+                }
+                .map_err(|e| super::name_taken(e, &want.name, project.as_str()))?;
                 if let Err(e) = self.engine.start_container(&id).await {
                     let _ = self.engine.remove_container(&id).await;
                     return Err(e);

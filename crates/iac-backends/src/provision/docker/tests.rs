@@ -1411,27 +1411,20 @@ async fn destroy_collects_keeper_images_no_container_uses() {
     let mut e = MockEngine::new();
     e.expect_list_containers().returning(|_| Ok(vec![]));
     e.expect_list_networks().returning(|_| Ok(vec![]));
+    let tag = |tag: &str, created: i64, last_tagged: Option<i64>| crate::engine::ImageTag {
+        tag: tag.into(),
+        created,
+        last_tagged,
+    };
     let tags = vec![
-        crate::engine::ImageTag {
-            tag: current.clone(),
-            created: old,
-        },
-        crate::engine::ImageTag {
-            tag: "iac/keeper:aaaaaaaaaaaa".into(),
-            created: old,
-        },
-        crate::engine::ImageTag {
-            tag: "iac/keeper:bbbbbbbbbbbb".into(),
-            created: old,
-        },
-        crate::engine::ImageTag {
-            tag: "iac/keeper:cccccccccccc".into(),
-            created: now - 5,
-        },
-        crate::engine::ImageTag {
-            tag: "iac/keeper:dddddddddddd".into(),
-            created: old,
-        },
+        tag(&current, old, None),
+        tag("iac/keeper:aaaaaaaaaaaa", old, Some(old)),
+        tag("iac/keeper:bbbbbbbbbbbb", old, None),
+        tag("iac/keeper:cccccccccccc", now - 5, None),
+        tag("iac/keeper:dddddddddddd", old, None),
+        // Created long ago (or rebuilt from the cache), tagged again by a deploy just now:
+        // about to be used, so not even asked about.
+        tag("iac/keeper:eeeeeeeeeeee", old, Some(now - 5)),
     ];
     e.expect_image_tags()
         .withf(|r| r == "iac/keeper")
@@ -1488,21 +1481,97 @@ async fn destroy_collects_keeper_images_no_container_uses() {
 #[test]
 fn keeper_images_to_collect_are_old_other_tags_only() {
     use super::keeper::{KEEPER_IMAGE_GRACE, collectable};
-    let t = |tag: &str, created: i64| crate::engine::ImageTag {
+    let t = |tag: &str, created: i64, last_tagged: Option<i64>| crate::engine::ImageTag {
         tag: tag.into(),
         created,
+        last_tagged,
     };
     let now = 10_000;
     let tags = [
-        t("iac/keeper:cur", 0),
-        t("iac/keeper:old", now - 600),
-        t("iac/keeper:young", now - 599),
-        t("iac/keeperx:odd", 0),
-        t("iac/keeper:old", now - 600),
+        t("iac/keeper:cur", 0, None),
+        t("iac/keeper:old", now - 600, None),
+        t("iac/keeper:young", now - 599, None),
+        t("iac/keeperx:odd", 0, None),
+        t("iac/keeper:old", now - 600, Some(now - 700)),
+        // Old, but tagged again by a deploy that is about to use it: its use counts.
+        t("iac/keeper:touched", 0, Some(now - 10)),
+        t("iac/keeper:touched-long-ago", 0, Some(now - 601)),
     ];
     assert_eq!(
         collectable(&tags, "iac/keeper:cur", now, KEEPER_IMAGE_GRACE),
-        ["iac/keeper:old"]
+        ["iac/keeper:old", "iac/keeper:touched-long-ago"]
+    );
+}
+
+/// A deploy that finds its keeper image there tags it again (its use, for every collector)
+/// before creating the keeper; if another project's collector removed it meanwhile anyway, the
+/// create's 404 builds the image again and the create is retried once.
+#[tokio::test]
+async fn a_deploy_touches_its_keeper_image_and_rebuilds_it_if_collected_meanwhile() {
+    use super::keeper::{KeeperSetup, keeper_tag};
+    let dir = tempfile::tempdir().unwrap();
+    let agent = dir.path().join("iac-agent");
+    std::fs::write(&agent, b"the static agent").unwrap();
+    let current = keeper_tag(b"the static agent");
+    let mut e = MockEngine::new();
+    let mut seq = Sequence::new();
+    let cur = current.clone();
+    e.expect_image_present()
+        .withf(move |t| t == cur)
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_| Ok(true));
+    let cur = current.clone();
+    e.expect_tag_again()
+        .withf(move |t| t == cur)
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_| Ok(()));
+    e.expect_list_containers()
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_| Ok(vec![]));
+    e.expect_create_container()
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|spec| {
+            Err(EngineError::new(
+                format!("create container {}", spec.name),
+                Some(404),
+                format!("No such image: {}", spec.image),
+            ))
+        });
+    let cur = current.clone();
+    e.expect_build_image()
+        .withf(move |t, _| t == cur)
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_, _| Ok(()));
+    e.expect_create_container()
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_| Ok("keeper-id".into()));
+    e.expect_start_container()
+        .withf(|id| id == "keeper-id")
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_| Ok(()));
+    e.expect_image_tags().returning(|_| Ok(vec![]));
+    let p = provisioner(e).with_keeper(KeeperSetup {
+        agent_binary: agent,
+        socket: "/var/run/docker.sock".into(),
+        image_labels: BTreeMap::new(),
+    });
+    let (events, mut rx) = Events::channel();
+    p.ensure_keeper(&project(), &events).await.unwrap();
+    drop(events);
+    let mut said = Vec::new();
+    while let Some(ev) = rx.recv().await {
+        said.push(ev.message);
+    }
+    assert!(
+        said.iter().any(|m| m.contains("was removed meanwhile")),
+        "{said:?}"
     );
 }
 

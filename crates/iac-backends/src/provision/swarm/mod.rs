@@ -34,6 +34,7 @@ pub mod decide;
 pub mod image;
 pub mod objects;
 pub mod spec;
+pub mod tails;
 pub mod tasks;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -490,6 +491,8 @@ impl SwarmProvisioner {
                 })
             }
             Some(c) => {
+                self.save_log_tail(&c.id, &name, &svc.service, "replaced", ev)
+                    .await;
                 self.engine
                     .update_service(&c.id, spec, c.version, node_auth)
                     .await
@@ -678,6 +681,8 @@ impl Provisioner for SwarmProvisioner {
                 }
                 Step::Remove { service, id } => {
                     let svc_name = service_name(project, service);
+                    self.save_log_tail(id, &svc_name, service, "removed", events)
+                        .await;
                     let error = self
                         .remove_service(id, &svc_name)
                         .await
@@ -719,6 +724,10 @@ impl Provisioner for SwarmProvisioner {
                 .as_ref()
                 .and_then(|s| s.name.clone())
                 .unwrap_or(id.clone());
+            if let Some((service, _)) = existing(&s) {
+                self.save_log_tail(&id, &name, &service, "destroyed", events)
+                    .await;
+            }
             self.remove_service(&id, &name).await?;
             events.info(Stage::Destroy, format!("removed service {name}"));
             removed.push(format!("service {name}"));
@@ -1120,5 +1129,120 @@ mod tests {
                 "network iacnet-p"
             ]
         );
+    }
+
+    /// Destroy: each service's log tail (every task's newest lines, one more than kept) is
+    /// read before the service is removed and saved as the pod's (app and sidecar in one).
+    #[tokio::test]
+    async fn destroy_saves_each_services_log_tail_before_removing_it() {
+        let mut engine = MockSwarmEngine::new();
+        let mut seq = mockall::Sequence::new();
+        engine
+            .expect_services()
+            .returning(|_| Ok(vec![service("a", "h")]));
+        engine
+            .expect_service_log_tail()
+            .withf(|id, lines, bytes| {
+                id == "id-a"
+                    && *lines == iac_core::history::LOG_TAIL_LINES + 1
+                    && *bytes == iac_core::history::LOG_TAIL_BYTES + 1
+            })
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _, _| Ok("app says bye\n[envoy] draining\n".into()));
+        engine
+            .expect_remove_service()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_| Ok(()));
+        engine.expect_task_containers().returning(|_| Ok(0));
+        engine.expect_objects().returning(|_| Ok(vec![]));
+        engine.expect_networks().returning(|_| Ok(vec![]));
+        let (events, tails) = Events::discard().with_log_tails();
+        provisioner(engine)
+            .destroy(&ProjectName::new("p").unwrap(), &events)
+            .await
+            .unwrap();
+        let (got, _) = tails.take();
+        assert_eq!(got.len(), 1, "{got:?}");
+        let t = &got[0];
+        assert_eq!(
+            (
+                t.service.as_str(),
+                t.container.as_str(),
+                t.role.as_str(),
+                t.reason.as_str()
+            ),
+            ("a", "p-a", tails::POD_ROLE, "destroyed")
+        );
+        assert_eq!(t.lines, ["app says bye", "[envoy] draining"]);
+        assert!(!t.truncated);
+    }
+
+    /// A service that left the repos file: its tail is saved as `removed`; a log the engine
+    /// cannot read is a warning and the removal goes on. Without a sink that collects tails,
+    /// no log is read at all.
+    #[tokio::test]
+    async fn a_removed_service_saves_its_tail_and_an_unreadable_log_does_not_stop_it() {
+        for (collect, readable) in [(true, true), (true, false), (false, true)] {
+            let mut engine = MockSwarmEngine::new();
+            manager(&mut engine);
+            our_network(&mut engine);
+            engine
+                .expect_services()
+                .returning(|_| Ok(vec![service("gone", "y")]));
+            engine.expect_objects().returning(|_| Ok(vec![]));
+            engine
+                .expect_service_log_tail()
+                .times(usize::from(collect))
+                .returning(move |_, _, _| {
+                    if readable {
+                        Ok((0..250).map(|i| format!("line {i}\n")).collect())
+                    } else {
+                        Err(EngineError::new(
+                            "reading the log",
+                            Some(501),
+                            "log driver none",
+                        ))
+                    }
+                });
+            engine
+                .expect_remove_service()
+                .withf(|id| id == "id-gone")
+                .times(1)
+                .returning(|_| Ok(()));
+            engine.expect_task_containers().returning(|_| Ok(0));
+            let (events, mut rx) = Events::channel();
+            let (events, tails) = if collect {
+                let (e, t) = events.with_log_tails();
+                (e, Some(t))
+            } else {
+                (events, None)
+            };
+            let applied = provisioner(engine)
+                .apply(&stack(&[], &[]), Arc::new(MockHealthProber::new()), &events)
+                .await
+                .unwrap();
+            assert_eq!(applied.removed, [ServiceName::new("gone").unwrap()]);
+            drop(events);
+            let mut warned = false;
+            while let Some(ev) = rx.recv().await {
+                warned |= ev
+                    .message
+                    .contains("could not save the last log lines of service p-gone");
+            }
+            let got = tails.map(|t| t.take().0).unwrap_or_default();
+            match (collect, readable) {
+                (true, true) => {
+                    assert_eq!(got.len(), 1);
+                    assert_eq!(got[0].reason, "removed");
+                    assert_eq!(got[0].lines.last().unwrap(), "line 249");
+                    assert!(got[0].truncated);
+                    assert!(!warned);
+                }
+                (true, false) => assert!(got.is_empty() && warned),
+                _ => assert!(got.is_empty() && !warned),
+            }
+        }
     }
 }

@@ -1,6 +1,8 @@
 //! The driver: [`TerraformProvisioner`] writes the module and tfvars into the project's work
 //! directory and runs `init`/`plan`/`show`/`apply`/`output`/`destroy`, streaming every line as an
-//! event; implements [`Provisioner`].
+//! event; implements [`Provisioner`]. With an engine connection ([`TerraformProvisioner::with_engine`])
+//! it saves the last log lines of the containers a run is about to destroy (replaced, removed,
+//! destroyed: the names come from the previous run's outputs) for the deployment history.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -20,9 +22,20 @@ use iac_core::{
 use super::*;
 
 /// Applies stacks with Terraform/OpenTofu. See the module docs.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TerraformProvisioner {
     cfg: TerraformConfig,
+    /// Where the log tails of containers about to be destroyed are read; `None`: not saved.
+    engine: Option<Arc<dyn crate::engine::Engine>>,
+}
+
+impl std::fmt::Debug for TerraformProvisioner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TerraformProvisioner")
+            .field("cfg", &self.cfg)
+            .field("engine", &self.engine.is_some())
+            .finish()
+    }
 }
 
 /// Where and for whom a Terraform run happens.
@@ -42,7 +55,49 @@ struct RunOutput {
 impl TerraformProvisioner {
     /// A provisioner with the given `[terraform]` settings; nothing runs yet.
     pub fn new(cfg: TerraformConfig) -> Self {
-        TerraformProvisioner { cfg }
+        TerraformProvisioner { cfg, engine: None }
+    }
+
+    /// Reads, through `engine` (the engine the provider's containers run on), the last log
+    /// lines of every container a run destroys, and saves them with the deployment.
+    pub fn with_engine(mut self, engine: Arc<dyn crate::engine::Engine>) -> Self {
+        self.engine = Some(engine);
+        self
+    }
+
+    /// Saves the log tails of the app and sidecar containers `outputs` names for `services`
+    /// (all of them when `None`), giving `reason`. Without an engine, or a sink that collects
+    /// tails, nothing.
+    async fn save_log_tails(
+        &self,
+        outputs: &Outputs,
+        services: Option<&[&ServiceName]>,
+        reason: &str,
+        events: &Events,
+    ) {
+        let Some(engine) = &self.engine else { return };
+        if !events.wants_log_tails() {
+            return;
+        }
+        for (svc, out) in &outputs.services {
+            if services.is_some_and(|only| !only.iter().any(|s| s.as_str() == svc)) {
+                continue;
+            }
+            for (name, role) in [
+                (&out.app_container_name, "app"),
+                (&out.envoy_container_name, "sidecar"),
+            ] {
+                let Some(name) = name else { continue };
+                let of = crate::provision::tails::TailOf {
+                    id: name,
+                    name,
+                    service: svc,
+                    role,
+                };
+                crate::provision::tails::save_container_tail(engine.as_ref(), &of, reason, events)
+                    .await;
+            }
+        }
     }
 
     /// The `[terraform]` settings it was made with.
@@ -458,6 +513,28 @@ impl Provisioner for TerraformProvisioner {
             services: &names,
         };
         let changes = self.plan_changes(&cx, stack, PLAN_FILE, None).await?;
+        // What this apply destroys (a replaced pair goes before its new one is created): its
+        // logs first, by the names the previous apply's outputs give.
+        for (action, reason) in [(Action::Replace, "replaced"), (Action::Remove, "removed")] {
+            let doomed: Vec<&ServiceName> = changes
+                .iter()
+                .filter(|c| c.action == action)
+                .map(|c| &c.service)
+                .collect();
+            if doomed.is_empty() || self.engine.is_none() || !events.wants_log_tails() {
+                continue;
+            }
+            match self.outputs(&cx).await {
+                Ok(before) => {
+                    self.save_log_tails(&before, Some(&doomed), reason, events)
+                        .await
+                }
+                Err(e) => events.warn(
+                    Stage::Provision,
+                    format!("could not save the last log lines of the {reason} containers: {e}"),
+                ),
+            }
+        }
         let apply = [
             "apply",
             "-input=false",
@@ -554,6 +631,8 @@ impl Provisioner for TerraformProvisioner {
             self.run(&cx, "init", &self.init_args(), false).await?;
         }
         let before = self.outputs(&cx).await?;
+        self.save_log_tails(&before, None, "destroyed", events)
+            .await;
         let args = ["destroy", "-input=false", "-no-color", "-auto-approve"].map(String::from);
         self.run(&cx, "destroy", &args, false).await?;
         let mut removed = Vec::new();

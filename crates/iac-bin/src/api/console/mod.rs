@@ -14,8 +14,10 @@
 pub mod assets;
 pub mod gotrue;
 pub mod pages;
+pub mod sealed;
 pub mod session;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::HeaderMap;
@@ -54,8 +56,13 @@ pub struct Console {
 }
 
 impl Console {
-    /// The console for `auth` and `public_origin` (checked by [`crate::api::Server::bind`]).
-    pub fn new(auth: &ConsoleAuth, public_origin: Option<&str>) -> Result<Console, String> {
+    /// The console for `auth` and `public_origin` (checked by [`crate::api::Server::bind`]),
+    /// its sessions kept in `rows` too (the history database) so they outlive the process.
+    pub fn new(
+        auth: &ConsoleAuth,
+        public_origin: Option<&str>,
+        rows: Option<Arc<dyn iac_core::history::SessionStore>>,
+    ) -> Result<Console, String> {
         let gotrue = match (&auth.supabase_url, &auth.anon_key) {
             (Some(url), Some(key)) if !key.is_empty() => Some(GoTrue::new(
                 url,
@@ -70,7 +77,7 @@ impl Console {
         };
         let public_origin = public_origin.map(|o| o.trim_end_matches('/').to_string());
         Ok(Console {
-            sessions: SessionStore::default(),
+            sessions: SessionStore::new(rows),
             gotrue,
             templates: pages::templates(),
             secure: public_origin
@@ -93,20 +100,23 @@ impl Console {
         st: &AppState,
         id: &str,
     ) -> Result<Caller, AuthError> {
-        let Some(tokens) = self.sessions.get(id) else {
+        let Some(session) = self.sessions.get(id).await else {
             return Err(AuthError::Invalid(
-                "the console session has ended (signed out, expired, or iac serve restarted); sign in again".into(),
+                "the console session has ended (signed out or expired); sign in again".into(),
             ));
         };
-        let mut t = tokens.lock().await;
+        let mut t = session.tokens.lock().await;
         if t.expiring(now_secs())
             && let (Some(refresh), Some(gt)) = (t.refresh.clone(), &self.gotrue)
         {
             match gt.refresh(&refresh).await {
-                Ok(fresh) => *t = fresh,
+                Ok(fresh) => {
+                    *t = fresh;
+                    self.sessions.refreshed(id, &session, &t).await;
+                }
                 Err(GrantError::Refused(m)) => {
                     drop(t);
-                    self.sessions.remove(id);
+                    self.sessions.remove(id).await;
                     return Err(AuthError::Invalid(format!(
                         "the console session could not be refreshed ({m}); sign in again"
                     )));
@@ -119,11 +129,40 @@ impl Console {
         }
         let access = t.access.clone();
         drop(t);
+        if access.is_empty() {
+            // Brought back from the store without an access token: Supabase Auth did not
+            // answer the refresh (try again later), or password sign-in is no longer configured.
+            if self.gotrue.is_none() {
+                self.sessions.remove(id).await;
+                return Err(AuthError::Invalid(
+                    "the console session cannot be renewed: password sign-in is not configured on this server any more; sign in again".into(),
+                ));
+            }
+            return Err(AuthError::Unavailable(
+                "the console session could not be renewed: Supabase Auth did not answer; try again"
+                    .into(),
+            ));
+        }
         match st.auth.verify(&access).await {
-            Ok(p) => Ok(Caller::Token(p)),
+            Ok(p) => {
+                let caller = Caller::Token(p);
+                let who = crate::api::deployments::who(&caller);
+                if who != session.principal {
+                    tracing::warn!(
+                        "console session of {:?} renewed as {who:?}; the session is ended",
+                        session.principal
+                    );
+                    self.sessions.remove(id).await;
+                    return Err(AuthError::Invalid(
+                        "the console session's renewed token names someone else; sign in again"
+                            .into(),
+                    ));
+                }
+                Ok(caller)
+            }
             Err(e @ AuthError::Unavailable(_)) => Err(e),
             Err(e) => {
-                self.sessions.remove(id);
+                self.sessions.remove(id).await;
                 Err(e)
             }
         }
@@ -173,7 +212,8 @@ impl Console {
         if tokens.expires_at.is_none() {
             tokens.expires_at = p.claims.get("exp").and_then(|v| v.as_u64());
         }
-        Ok(self.sessions.create(tokens))
+        let who = crate::api::deployments::who(&Caller::Token(p));
+        Ok(self.sessions.create(tokens, who).await)
     }
 
     /// Checks the `Origin` of a state-changing request made with the session cookie.

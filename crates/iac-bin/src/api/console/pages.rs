@@ -419,7 +419,7 @@ async fn signout(
         return *r;
     }
     if let Some(id) = session::cookie_id(&headers, st.console.secure) {
-        st.console.sessions.remove(&id);
+        st.console.sessions.remove(&id).await;
     }
     let mut r = Redirect::to("/signin").into_response();
     r.headers_mut()

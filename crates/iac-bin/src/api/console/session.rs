@@ -3,16 +3,22 @@
 //! check of state-changing requests.
 //!
 //! The cookie holds only an opaque, random session id (244 bits from the OS generator); the
-//! Supabase access and refresh tokens stay in this process's memory and never reach the browser,
-//! a log line or a URL. A stolen cookie is therefore worth one session, which sign-out, expiry
-//! of the refresh token or a restart of `iac serve` ends. Sessions are in memory only: after a
-//! restart people sign in again.
+//! Supabase tokens never reach the browser, a log line or a URL. Sessions in use are kept in
+//! this process's memory and, so that a restart of `iac serve` signs nobody out, in the
+//! deployment history's database ([`iac_core::history::SessionStore`]: SQLite under the state
+//! dir, or PostgreSQL): a hash of the id, the principal, the expiry and the refresh token (or a
+//! pasted access token) sealed with a key derived from the id ([`super::sealed`]). A session
+//! unknown to memory is looked up there and comes back with a fresh access token. Sign-out
+//! deletes the row; expired rows are pruned when a session starts and when `iac serve` starts.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::http::{HeaderMap, HeaderValue, Method, header};
+use iac_core::history::{SessionStore as Rows, StoredSession};
+
+use super::sealed::{self, Credential};
 
 /// The cookie's name over plain HTTP.
 pub const COOKIE: &str = "iac_session";
@@ -25,16 +31,19 @@ pub const SECURE_COOKIE: &str = "__Host-iac_session";
 pub fn cookie_name(secure: bool) -> &'static str {
     if secure { SECURE_COOKIE } else { COOKIE }
 }
-/// Sessions kept at most; the least recently used goes first.
+/// Sessions kept in memory at most; the least recently used goes first (it stays in the store).
 const MAX_SESSIONS: usize = 10_000;
-/// A session unused this long is forgotten.
+/// A session unused this long is forgotten (in memory, and its stored row expires).
 const IDLE: Duration = Duration::from_secs(12 * 3600);
+/// A session in use has its stored expiry slid forward at most this often.
+const TOUCH: Duration = Duration::from_secs(10 * 60);
 /// Refresh the access token when it expires within this.
 pub const REFRESH_BEFORE: Duration = Duration::from_secs(60);
 
 /// The tokens of one signed-in browser. Never logged (`Debug` is not derived).
 pub struct Tokens {
-    /// The access token (a Supabase JWT), verified on every request.
+    /// The access token (a Supabase JWT), verified on every request. Empty for a session
+    /// brought back from the store until its refresh token gives it a new one.
     pub access: String,
     /// Absent for a pasted access token: the session ends with the token.
     pub refresh: Option<String>,
@@ -48,63 +57,225 @@ impl Tokens {
         self.expires_at
             .is_some_and(|e| e <= now + REFRESH_BEFORE.as_secs())
     }
+
+    /// What the store keeps to bring the session back: the refresh token, else the access token.
+    fn credential(&self) -> Credential {
+        match &self.refresh {
+            Some(r) => Credential::Refresh(r.clone()),
+            None => Credential::Access(self.access.clone()),
+        }
+    }
+
+    /// The tokens of a session brought back from the store: a refresh token gives an access
+    /// token on first use (marked expired so it is refreshed before anything is verified).
+    fn restored(c: Credential) -> Tokens {
+        match c {
+            Credential::Refresh(r) => Tokens {
+                access: String::new(),
+                refresh: Some(r),
+                expires_at: Some(0),
+            },
+            Credential::Access(a) => Tokens {
+                access: a,
+                refresh: None,
+                expires_at: None,
+            },
+        }
+    }
+}
+
+/// One signed-in browser.
+pub struct Session {
+    /// Its tokens; locked while a refresh is under way.
+    pub tokens: tokio::sync::Mutex<Tokens>,
+    /// Who signed in (as [`crate::api::deployments::who`] names a caller): a session whose
+    /// refreshed token names someone else is ended.
+    pub principal: String,
 }
 
 struct Entry {
-    tokens: Arc<tokio::sync::Mutex<Tokens>>,
+    session: Arc<Session>,
     last_used: Instant,
+    /// When the stored row was last written; `None`: due.
+    persisted: Option<Instant>,
 }
 
-/// The sessions of this process.
+/// The sessions of this process, backed by the store when there is one.
 #[derive(Clone, Default)]
 pub struct SessionStore {
     inner: Arc<Mutex<HashMap<String, Entry>>>,
+    rows: Option<Arc<dyn Rows>>,
+}
+
+/// Milliseconds since the epoch.
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 impl SessionStore {
-    /// Stores `tokens` under a new random id and returns the id (the cookie value).
-    pub fn create(&self, tokens: Tokens) -> String {
-        let id = new_id();
-        let mut map = self.inner.lock().expect("session store poisoned");
-        let now = Instant::now();
-        map.retain(|_, e| now.duration_since(e.last_used) < IDLE);
-        if map.len() >= MAX_SESSIONS
-            && let Some(oldest) = map
-                .iter()
-                .min_by_key(|(_, e)| e.last_used)
-                .map(|(k, _)| k.clone())
-        {
-            map.remove(&oldest);
+    /// Sessions kept in memory and in `rows` (the history database).
+    pub fn new(rows: Option<Arc<dyn Rows>>) -> SessionStore {
+        SessionStore {
+            inner: Arc::default(),
+            rows,
         }
-        map.insert(
-            id.clone(),
-            Entry {
-                tokens: Arc::new(tokio::sync::Mutex::new(tokens)),
-                last_used: now,
-            },
-        );
+    }
+
+    /// Stores `tokens` of `principal` under a new random id and returns the id (the cookie
+    /// value). A store that cannot be written is logged: the session then lasts as long as
+    /// this process.
+    pub async fn create(&self, tokens: Tokens, principal: String) -> String {
+        let id = new_id();
+        let credential = tokens.credential();
+        self.prune().await;
+        {
+            let mut map = self.inner.lock().expect("session store poisoned");
+            let now = Instant::now();
+            map.retain(|_, e| now.duration_since(e.last_used) < IDLE);
+            if map.len() >= MAX_SESSIONS
+                && let Some(oldest) = map
+                    .iter()
+                    .min_by_key(|(_, e)| e.last_used)
+                    .map(|(k, _)| k.clone())
+            {
+                map.remove(&oldest);
+            }
+            map.insert(
+                id.clone(),
+                Entry {
+                    session: Arc::new(Session {
+                        tokens: tokio::sync::Mutex::new(tokens),
+                        principal: principal.clone(),
+                    }),
+                    last_used: now,
+                    persisted: None,
+                },
+            );
+        }
+        self.write(&id, &principal, &credential).await;
         id
     }
 
-    /// The tokens of session `id`, if it exists and is not idle-expired.
-    pub fn get(&self, id: &str) -> Option<Arc<tokio::sync::Mutex<Tokens>>> {
-        let mut map = self.inner.lock().expect("session store poisoned");
-        let now = Instant::now();
-        let e = map.get_mut(id)?;
-        if now.duration_since(e.last_used) >= IDLE {
-            map.remove(id);
-            return None;
+    /// Session `id`, if it exists and is not expired: from memory, else from the store.
+    pub async fn get(&self, id: &str) -> Option<Arc<Session>> {
+        let hit = {
+            let mut map = self.inner.lock().expect("session store poisoned");
+            let now = Instant::now();
+            match map.get_mut(id) {
+                Some(e) if now.duration_since(e.last_used) >= IDLE => {
+                    map.remove(id);
+                    None
+                }
+                Some(e) => {
+                    e.last_used = now;
+                    let due = e.persisted.is_none_or(|p| now.duration_since(p) >= TOUCH);
+                    Some((e.session.clone(), due))
+                }
+                None => None,
+            }
+        };
+        if let Some((session, due)) = hit {
+            if due {
+                let credential = session.tokens.lock().await.credential();
+                self.write(id, &session.principal, &credential).await;
+            }
+            return Some(session);
         }
-        e.last_used = now;
-        Some(e.tokens.clone())
+        let rows = self.rows.as_ref()?;
+        let row = match rows.session(&sealed::id_hash(id), now_ms()).await {
+            Ok(row) => row?,
+            Err(e) => {
+                tracing::warn!("console sessions: lookup failed: {e}");
+                return None;
+            }
+        };
+        let credential = match sealed::open(id, &row.sealed) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("console sessions: {e}; the session is ended");
+                self.remove(id).await;
+                return None;
+            }
+        };
+        let session = Arc::new(Session {
+            tokens: tokio::sync::Mutex::new(Tokens::restored(credential)),
+            principal: row.principal,
+        });
+        self.inner.lock().expect("session store poisoned").insert(
+            id.to_string(),
+            Entry {
+                session: session.clone(),
+                last_used: Instant::now(),
+                persisted: None,
+            },
+        );
+        Some(session)
     }
 
-    /// Forgets session `id`.
-    pub fn remove(&self, id: &str) {
+    /// Writes session `id`'s new tokens to the store (after a refresh: GoTrue rotates the
+    /// refresh token, so the stored one would no longer work).
+    pub async fn refreshed(&self, id: &str, session: &Session, tokens: &Tokens) {
+        self.write(id, &session.principal, &tokens.credential())
+            .await;
+    }
+
+    /// Forgets session `id`, in memory and in the store.
+    pub async fn remove(&self, id: &str) {
         self.inner
             .lock()
             .expect("session store poisoned")
             .remove(id);
+        if let Some(rows) = &self.rows
+            && let Err(e) = rows.delete_session(&sealed::id_hash(id)).await
+        {
+            tracing::warn!("console sessions: sign-out not stored: {e}");
+        }
+    }
+
+    /// Deletes the store's expired sessions.
+    pub async fn prune(&self) {
+        if let Some(rows) = &self.rows {
+            match rows.prune_sessions(now_ms()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!("console sessions: {n} expired session(s) pruned"),
+                Err(e) => tracing::warn!("console sessions: pruning failed: {e}"),
+            }
+        }
+    }
+
+    /// Seals and writes session `id`'s row, expiring `IDLE` from now; logged on failure.
+    async fn write(&self, id: &str, principal: &str, credential: &Credential) {
+        let Some(rows) = &self.rows else { return };
+        let row = match sealed::seal(id, credential) {
+            Ok(s) => StoredSession {
+                id_hash: sealed::id_hash(id),
+                principal: principal.to_string(),
+                expires_ms: now_ms() + IDLE.as_millis() as i64,
+                sealed: s,
+            },
+            Err(e) => {
+                tracing::warn!("console sessions: {e}");
+                return;
+            }
+        };
+        match rows.put_session(&row).await {
+            Ok(()) => {
+                if let Some(e) = self
+                    .inner
+                    .lock()
+                    .expect("session store poisoned")
+                    .get_mut(id)
+                {
+                    e.persisted = Some(Instant::now());
+                }
+            }
+            Err(e) => tracing::warn!(
+                "console sessions: not stored, so this session ends if iac serve restarts: {e}"
+            ),
+        }
     }
 }
 
@@ -413,24 +584,123 @@ mod tests {
         }
     }
 
-    #[test]
-    fn sessions_are_created_found_and_removed() {
+    #[tokio::test]
+    async fn sessions_are_created_found_and_removed() {
         let s = SessionStore::default();
-        let id = s.create(Tokens {
-            access: "a".into(),
-            refresh: None,
-            expires_at: Some(100),
-        });
+        let id = s
+            .create(
+                Tokens {
+                    access: "a".into(),
+                    refresh: None,
+                    expires_at: Some(100),
+                },
+                "alice".into(),
+            )
+            .await;
         assert_eq!(id.len(), 64);
-        assert!(s.get(&id).is_some());
-        assert!(s.get(&"f".repeat(64)).is_none());
-        s.remove(&id);
-        assert!(s.get(&id).is_none());
+        assert!(s.get(&id).await.is_some());
+        assert!(s.get(&"f".repeat(64)).await.is_none());
+        s.remove(&id).await;
+        assert!(s.get(&id).await.is_none());
         let t = Tokens {
             access: String::new(),
             refresh: None,
             expires_at: Some(1000),
         };
         assert!(t.expiring(950) && !t.expiring(900));
+    }
+
+    /// A second process on the same database (a restart of `iac serve`) finds the session by
+    /// its cookie, with the refresh token and the principal; the database holds neither the id
+    /// nor the token in the clear; sign-out deletes the row for every process.
+    #[tokio::test]
+    async fn a_session_outlives_its_process_in_the_store_and_sign_out_ends_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("history");
+        let db = iac_backends::history::SqliteHistory::open(&dir)
+            .await
+            .unwrap();
+        let rows: Arc<dyn Rows> = Arc::new(db.clone());
+        let first = SessionStore::new(Some(rows.clone()));
+        let id = first
+            .create(
+                Tokens {
+                    access: "access-jwt".into(),
+                    refresh: Some("refresh-secret-1".into()),
+                    expires_at: Some(now_secs() + 3600),
+                },
+                "alice (a@example.com)".into(),
+            )
+            .await;
+        let pasted = first
+            .create(
+                Tokens {
+                    access: "pasted-jwt".into(),
+                    refresh: None,
+                    expires_at: Some(now_secs() + 3600),
+                },
+                "bob".into(),
+            )
+            .await;
+        let bytes = std::fs::read(db.path()).unwrap_or_default();
+        let wal = std::fs::read(dir.join("history.db-wal")).unwrap_or_default();
+        for secret in [id.as_bytes(), b"refresh-secret-1", b"pasted-jwt"] {
+            for file in [&bytes, &wal] {
+                assert!(
+                    !file.windows(secret.len()).any(|w| w == secret),
+                    "a secret in the clear"
+                );
+            }
+        }
+        // The restart.
+        let second = SessionStore::new(Some(rows.clone()));
+        let s = second.get(&id).await.expect("the session came back");
+        assert_eq!(s.principal, "alice (a@example.com)");
+        {
+            let t = s.tokens.lock().await;
+            assert_eq!(t.refresh.as_deref(), Some("refresh-secret-1"));
+            assert!(t.expiring(now_secs()), "refreshed before first use");
+            // A refresh rotates the token; the store follows.
+            let rotated = Tokens {
+                access: "access-2".into(),
+                refresh: Some("refresh-secret-2".into()),
+                expires_at: Some(now_secs() + 3600),
+            };
+            second.refreshed(&id, &s, &rotated).await;
+        }
+        let third = SessionStore::new(Some(rows.clone()));
+        let t = third.get(&id).await.unwrap();
+        assert_eq!(
+            t.tokens.lock().await.refresh.as_deref(),
+            Some("refresh-secret-2")
+        );
+        let p = third.get(&pasted).await.unwrap();
+        let pt = p.tokens.lock().await;
+        assert_eq!(
+            (pt.access.as_str(), pt.refresh.is_none()),
+            ("pasted-jwt", true)
+        );
+        drop(pt);
+        // Sign-out in one process ends it for a process that starts after.
+        third.remove(&id).await;
+        assert!(
+            SessionStore::new(Some(rows.clone()))
+                .get(&id)
+                .await
+                .is_none()
+        );
+        assert!(
+            rows.session(&sealed::id_hash(&id), 0)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        // A cookie that is not the session's does not open another row.
+        assert!(
+            SessionStore::new(Some(rows))
+                .get(&"0".repeat(64))
+                .await
+                .is_none()
+        );
     }
 }
