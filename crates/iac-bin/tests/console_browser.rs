@@ -10,7 +10,7 @@
 //! * `console_deploy_watch_logs_destroy_history` (real Docker engine): sign in, load the
 //!   fixture repo's branches, preview the plan (`create`), deploy and watch every service reach
 //!   SERVING, see the app's log line on the logs page, destroy with confirmation, restart
-//!   `iac serve` on the same state directory, sign in again and find the deployment in the
+//!   `iac serve` on the same state directory, still be signed in, and find the deployment in the
 //!   history with its outcome and the log lines saved at the destroy. Access tokens live 70 s,
 //!   so the session is refreshed (refresh grant) on the way.
 //!
@@ -327,11 +327,16 @@ async fn console_deploy_watch_logs_destroy_history() {
         "the 70 s access token was refreshed during the run"
     );
 
-    // Restart `iac serve` on the same state directory: the session is gone, the history stays.
+    // Restart `iac serve` on the same state directory: the session (kept in the history
+    // database) and the history both stay; the browser is still signed in.
     srv.stop();
     let srv = Serve::start(p.workdir.path(), &p.name, &env).await;
-    sign_in(&s, &srv.base, PASSWORD).await;
+    s.goto(&srv.base).await;
     s.wait_text("#projects", &p.name, 10 * SECOND).await;
+    assert!(
+        s.find("#signin-form").await.is_none(),
+        "signed out by a restart of iac serve"
+    );
     s.goto(&format!("{}/history?project={}", srv.base, p.name))
         .await;
     let list = s.wait_text("#history", "destroy", 10 * SECOND).await;
