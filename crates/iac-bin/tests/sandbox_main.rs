@@ -9,11 +9,13 @@
 //!
 //! 1. the baseline deploys; a's edge answers `a>b>c-base`;
 //! 2. `iac deploy --sandbox feat` with only c's `feature` branch (answering `c-feat`): every
-//!    baseline container keeps its id (the other sidecars are reloaded, not replaced);
+//!    baseline container keeps its id (the other sidecars are reloaded, not replaced: the deploy
+//!    says each was validated and came back);
 //! 3. through a's edge: `x-iac-sandbox: feat` reaches the copy through a → b → c (the edge turns
 //!    the header into baggage, the apps propagate it, c's route in b's sidecar matches it);
 //!    `baggage: iac-sandbox=feat` (also among other members) too; no header, another sandbox's
-//!    name or a header that is not a sandbox name reach the baseline;
+//!    name or a header that is not a sandbox name reach the baseline; a config Envoy refuses,
+//!    reloaded in b's real sidecar, leaves its running Envoy and routes alone;
 //! 4. `iac health --sandbox feat --json` lists the copy `c--sb-feat`, SERVING, and only it;
 //! 5. `iac destroy --sandbox feat` removes the copy's two containers, leaves every baseline
 //!    container id unchanged, and the header reaches the baseline again.
@@ -272,6 +274,17 @@ fn a_sandbox_copy_of_the_last_hop_is_reached_through_the_chain_by_header_and_bag
         baseline,
         "no baseline container replaced"
     );
+    // The baseline's sidecars were reloaded with the copy's routes: validated, restarted, and
+    // answering again before the deploy returned.
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    for svc in ["a", "b", "c"] {
+        assert!(
+            said.lines()
+                .any(|l| l.contains(&format!("\"service\":\"{svc}\""))
+                    && l.contains("sidecar reloaded with the new sandbox routes")),
+            "{svc}'s sidecar reloaded: {said}"
+        );
+    }
 
     // 3. routing through a → b → c, with a and b propagating only what OpenTelemetry does.
     answers(&url, &["x-iac-sandbox: feat"], "a>b>c-feat");
@@ -291,6 +304,37 @@ fn a_sandbox_copy_of_the_last_hop_is_reached_through_the_chain_by_header_and_bag
     answers_now(&url, &["x-iac-sandbox: other"], "a>b>c-base");
     // A header that is not a sandbox name is never copied into baggage.
     answers_now(&url, &["x-iac-sandbox: feat,iac-sandbox=x"], "a>b>c-base");
+
+    // Reload safety in a real sidecar: a config Envoy's `--mode validate` refuses leaves the
+    // running Envoy (and b's routes to the copy) alone, and the reload says why.
+    let config = project
+        .workdir
+        .path()
+        .join(".iac/projects")
+        .join(&project.name)
+        .join("services/b/envoy.yaml");
+    let good = std::fs::read(&config).unwrap();
+    std::fs::write(
+        &config,
+        "static_resources:\n  listeners:\n  - name: broken\n",
+    )
+    .unwrap();
+    let said = docker(&[
+        "exec",
+        &format!("{}-b-envoy", project.name),
+        "/bin/sh",
+        "-c",
+        &iac_core::plan::sidecar_reload_script(),
+        "iac-reload",
+        "1",
+        "http://127.0.0.1:9901/stats/prometheus",
+    ]);
+    assert!(
+        said.trim().starts_with(iac_core::plan::RELOAD_REFUSED),
+        "a broken config is refused: {said}"
+    );
+    answers_now(&url, &["x-iac-sandbox: feat"], "a>b>c-feat");
+    std::fs::write(&config, good).unwrap();
 
     // 4. health of the sandbox: its copy only.
     let out = project.iac(&["health", "--sandbox", "feat", "--json"]);
