@@ -13,8 +13,11 @@ use serde::{Deserialize, Serialize};
 /// `scripts/images/otel-requirements.txt` fills): the SDK with its OTLP exporter and
 /// auto-instrumentation, and the instrumentations that carry W3C `baggage` from a request the app
 /// serves to the calls it makes — the clients urllib, urllib3, requests, httpx, aiohttp and grpc
-/// inject it, the servers Flask, Django, FastAPI and grpc extract it. Sandbox routing
-/// (`baggage: iac-sandbox=<name>`) relies on them across a chain of services.
+/// inject it, the servers Flask, FastAPI and grpc extract it. Sandbox routing
+/// (`baggage: iac-sandbox=<name>`) relies on them across a chain of services. Not Django's: loaded
+/// at interpreter start without `DJANGO_SETTINGS_MODULE` in the environment, its instrumentor
+/// configures Django's settings with the defaults, and the app then fails every request (no
+/// `ROOT_URLCONF`; seen with `tests/public_apps.rs`'s Django app).
 pub const OTEL_PACKAGES: &[&str] = &[
     "opentelemetry-distro",
     "opentelemetry-exporter-otlp",
@@ -25,7 +28,6 @@ pub const OTEL_PACKAGES: &[&str] = &[
     "opentelemetry-instrumentation-aiohttp-client",
     "opentelemetry-instrumentation-grpc",
     "opentelemetry-instrumentation-flask",
-    "opentelemetry-instrumentation-django",
     "opentelemetry-instrumentation-fastapi",
 ];
 
