@@ -255,6 +255,7 @@ fn the_image_env_holds_only_iac_settings_never_the_services_env() {
         "PORT",
         "OTEL_SERVICE_NAME",
         "OTEL_RESOURCE_ATTRIBUTES",
+        "OTEL_PROPAGATORS",
         "OTEL_TRACES_EXPORTER",
         "OTEL_METRICS_EXPORTER",
         "OTEL_LOGS_EXPORTER",

@@ -174,6 +174,62 @@ fn vhost_routes(cfg: &Yaml, vhost: &str) -> Vec<(String, String, String, String)
     routes_of(get(vh, "routes"))
 }
 
+/// The three routes to the app that end a route list (edge or inbound): a valid
+/// `x-iac-sandbox` and no `baggage` → `baggage` set to the member; with a `baggage` → the member
+/// appended; anything else → as it came.
+fn app_routes_copy_the_header_into_baggage(routes: &[Yaml]) {
+    assert!(routes.len() >= 3, "{routes:?}");
+    let app = &routes[routes.len() - 3..];
+    let mut added = Vec::new();
+    for (i, r) in app.iter().enumerate() {
+        assert_eq!(s(get(r, "match.prefix")), "/");
+        assert_eq!(s(get(r, "route.cluster")), "app");
+        let headers = r.get("match").and_then(|m| m.get("headers"));
+        if i == 2 {
+            assert!(
+                headers.is_none(),
+                "the last app route takes anything: {r:?}"
+            );
+        } else {
+            let h = headers.unwrap().as_sequence().unwrap();
+            assert_eq!(s(get(&h[0], "name")), "x-iac-sandbox");
+            assert_eq!(
+                s(get(&h[0], "string_match.safe_regex.regex")),
+                iac_core::sandbox::sandbox_name_regex()
+            );
+            assert_eq!(s(get(&h[1], "name")), "baggage");
+            assert_eq!(get(&h[1], "present_match").as_bool(), Some(true));
+            assert_eq!(
+                h[1].get("invert_match")
+                    .and_then(Yaml::as_bool)
+                    .unwrap_or(false),
+                i == 0,
+                "the first needs no baggage, the second one: {r:?}"
+            );
+        }
+        added.push(
+            r.get("request_headers_to_add")
+                .and_then(Yaml::as_sequence)
+                .and_then(|adds| {
+                    adds.iter()
+                        .find(|a| s(get(a, "header.key")) == "baggage")
+                        .map(|a| {
+                            assert_eq!(s(get(a, "append_action")), "OVERWRITE_IF_EXISTS_OR_ADD");
+                            s(get(a, "header.value")).to_string()
+                        })
+                }),
+        );
+    }
+    assert_eq!(
+        added,
+        [
+            Some("iac-sandbox=%REQ(x-iac-sandbox)%".to_string()),
+            Some("%REQ(baggage)%,iac-sandbox=%REQ(x-iac-sandbox)%".to_string()),
+            None
+        ]
+    );
+}
+
 fn routes_of(routes: &Yaml) -> Vec<(String, String, String, String)> {
     routes
         .as_sequence()
@@ -260,7 +316,7 @@ fn sandbox_copies_get_header_and_baggage_routes_before_the_baseline() {
             .unwrap()[0],
         "routes",
     ));
-    assert_eq!(edge.len(), 4, "{edge:?}");
+    assert_eq!(edge.len(), 6, "{edge:?}");
     assert_eq!(
         edge[1],
         t("x-iac-sandbox", "exact", "feat", "peer_web--sb-feat")
@@ -269,7 +325,17 @@ fn sandbox_copies_get_header_and_baggage_routes_before_the_baseline() {
         edge[2],
         t("baggage", "safe_regex", &feat, "peer_web--sb-feat")
     );
-    assert_eq!(edge[3].3, "app");
+    // Then the app, with a valid x-iac-sandbox copied into baggage (for the copies of peers).
+    app_routes_copy_the_header_into_baggage(
+        get(
+            &get(hcm(listener(&cfg, "edge")), "route_config.virtual_hosts")
+                .as_sequence()
+                .unwrap()[0],
+            "routes",
+        )
+        .as_sequence()
+        .unwrap(),
+    );
     // A copy routes to its peers' copies too, but never to itself; it has no edge copies.
     let cfg: Yaml = yaml_serde::from_str(&r.render(&mesh, &svc("api--sb-feat")).unwrap()).unwrap();
     assert!(cluster(&cfg, "peer_api--sb-feat").is_none());
@@ -571,14 +637,13 @@ fn structure_of_the_render() {
     let routes = get(hcm(inbound), "route_config.virtual_hosts.0.routes")
         .as_sequence()
         .unwrap();
-    assert_eq!(routes.len(), 2);
+    assert_eq!(routes.len(), 4);
     assert_eq!(
         s(get(&routes[0], "match.prefix")),
         "/iac.controlplane.v1.ControlPlane/"
     );
     assert_eq!(s(get(&routes[0], "route.cluster")), "agent");
-    assert_eq!(s(get(&routes[1], "match.prefix")), "/");
-    assert_eq!(s(get(&routes[1], "route.cluster")), "app");
+    app_routes_copy_the_header_into_baggage(routes);
 
     // Inbound RBAC: the ControlPlane route admits only the control plane, the app route only
     // services of this project, and anything that matches no route nobody.
@@ -590,10 +655,12 @@ fn structure_of_the_render() {
             "spiffe://iac/control-plane"
         )]
     );
-    assert_eq!(
-        route_rbac(&routes[1]),
-        [("same-project".to_string(), "prefix", "spiffe://iac/shop/")]
-    );
+    for r in &routes[1..] {
+        assert_eq!(
+            route_rbac(r),
+            [("same-project".to_string(), "prefix", "spiffe://iac/shop/")]
+        );
+    }
     let filters = get(hcm(inbound), "http_filters").as_sequence().unwrap();
     let names: Vec<&str> = filters.iter().map(|f| s(get(f, "name"))).collect();
     assert_eq!(
@@ -813,7 +880,7 @@ fn edge_listener_reaches_only_the_app_without_a_certificate() {
     let routes = get(h, "route_config.virtual_hosts.0.routes")
         .as_sequence()
         .unwrap();
-    assert_eq!(routes.len(), 2, "{routes:?}");
+    assert_eq!(routes.len(), 4, "{routes:?}");
     assert_eq!(
         s(get(&routes[0], "match.prefix")),
         "/iac.controlplane.v1.ControlPlane/"
@@ -823,16 +890,17 @@ fn edge_listener_reaches_only_the_app_without_a_certificate() {
         Some(404)
     );
     assert!(routes[0].get("route").is_none());
-    assert_eq!(s(get(&routes[1], "match.prefix")), "/");
-    assert_eq!(s(get(&routes[1], "route.cluster")), "app");
-    assert_eq!(
-        s(get(&routes[1], "request_headers_to_add.0.header.key")),
-        "x-forwarded-client-cert"
-    );
-    assert_eq!(
-        s(get(&routes[1], "request_headers_to_add.0.header.value")),
-        "URI=spiffe://iac/ingress"
-    );
+    app_routes_copy_the_header_into_baggage(routes);
+    for r in &routes[1..] {
+        assert_eq!(
+            s(get(r, "request_headers_to_add.0.header.key")),
+            "x-forwarded-client-cert"
+        );
+        assert_eq!(
+            s(get(r, "request_headers_to_add.0.header.value")),
+            "URI=spiffe://iac/ingress"
+        );
+    }
     // No route of the edge names the agent, anywhere.
     let text = yaml_serde::to_string(edge).unwrap();
     assert!(!text.contains("agent"), "{text}");

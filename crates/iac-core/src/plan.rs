@@ -178,16 +178,28 @@ pub const ENVOY_RESTART_MAX_SECS: u32 = 30;
 pub const ENVOY_RESTART_PREFIX: &str = "iac-sidecar: envoy exited with status ";
 
 /// What the sidecar writes to its stderr when it restarts Envoy on SIGHUP (a reload: the
-/// config file changed, e.g. new sandbox routes).
+/// config file changed, e.g. new sandbox routes, and `envoy --mode validate` accepted it).
 pub const ENVOY_RELOAD_LINE: &str =
     "iac-sidecar: reloading envoy (SIGHUP): restarting it with its config file as it is now";
+
+/// What the sidecar writes to its stderr when `envoy --mode validate` refused the config file a
+/// SIGHUP asked it to load (followed by Envoy's last lines); the running Envoy is left alone.
+pub const ENVOY_RELOAD_REFUSED_LINE: &str = "iac-sidecar: reload refused: envoy --mode validate failed on the config file; the running envoy keeps its config";
+
+/// Where the sidecar's supervisor writes the outcome of the last SIGHUP (`restarted`, or
+/// `refused: <Envoy's last lines>`), for [`sidecar_reload_script`] to read: inside the sidecar
+/// container, written temp + rename.
+pub const RELOAD_STATUS_FILE: &str = "/tmp/iac-sidecar-reload";
 
 /// The second stage of the sidecar's command: runs as the sidecar container's PID 1 for its whole
 /// life, holding the pod's network namespace, and supervises Envoy (`"$@"`, already wrapped in
 /// `setpriv` with no capabilities): SIGTERM/SIGINT are forwarded and end it; an Envoy that dies
-/// by itself is started again after 1 s, doubling to 30 s, back to 1 s after a minute of running;
-/// SIGHUP stops Envoy and starts it again at once, reading its config file anew (a reload; the
-/// pod's network namespace and the app are not touched).
+/// by itself is started again after 1 s, doubling to 30 s, back to 1 s after a minute of running.
+/// SIGHUP is a reload: the config file as it is now is first checked by the same command with
+/// `--mode validate` (same user, same files); accepted, Envoy is stopped and started again at
+/// once with it (the pod's network namespace and the app are not touched); refused, the running
+/// Envoy is left alone and [`ENVOY_RELOAD_REFUSED_LINE`] is logged. Either way the outcome goes
+/// to [`RELOAD_STATUS_FILE`].
 /// Builtins only between starts (no process per restart besides Envoy's and the sleep).
 pub fn envoy_supervisor_script() -> String {
     format!(
@@ -195,21 +207,38 @@ pub fn envoy_supervisor_script() -> String {
 stop=
 reload=
 trap 'stop=1; [ -z \"$pid\" ] || kill -TERM \"$pid\" 2>/dev/null || :' TERM INT
-trap 'reload=1; [ -z \"$pid\" ] || kill -TERM \"$pid\" 2>/dev/null || :' HUP
+trap 'reload=1' HUP
+status() {{ printf '%s\\n' \"$1\" > {status}.tmp && mv -f {status}.tmp {status} || :; }}
 delay={first}
 while :; do
   read -r up rest < /proc/uptime
   started=${{up%.*}}
+  reload=
+  restart=
   \"$@\" &
   pid=$!
-  code=0
-  wait \"$pid\" || code=$?
-  while kill -0 \"$pid\" 2>/dev/null; do code=0; wait \"$pid\" || code=$?; done
+  while :; do
+    code=0
+    wait \"$pid\" || code=$?
+    if [ -n \"$reload\" ] && [ -z \"$stop\" ] && [ -z \"$restart\" ]; then
+      reload=
+      if out=$(\"$@\" --mode validate 2>&1); then
+        restart=1
+        kill -TERM \"$pid\" 2>/dev/null || :
+      else
+        echo \"{refused_line}\" >&2
+        printf '%s\\n' \"$out\" | tail -n 5 >&2
+        status \"{refused}$(printf '%s\\n' \"$out\" | tail -n 3 | tr '\\n' ' ')\"
+      fi
+      continue
+    fi
+    kill -0 \"$pid\" 2>/dev/null || break
+  done
   pid=
   [ -z \"$stop\" ] || exit 0
-  if [ -n \"$reload\" ]; then
-    reload=
+  if [ -n \"$restart\" ]; then
     echo \"{reload_line}\" >&2
+    status restarted
     continue
   fi
   read -r up rest < /proc/uptime
@@ -228,6 +257,54 @@ done
         max = ENVOY_RESTART_MAX_SECS,
         prefix = ENVOY_RESTART_PREFIX,
         reload_line = ENVOY_RELOAD_LINE,
+        refused_line = ENVOY_RELOAD_REFUSED_LINE,
+        refused = RELOAD_REFUSED,
+        status = RELOAD_STATUS_FILE,
+    )
+}
+
+/// What [`sidecar_reload_script`] prints last when the reload worked.
+pub const RELOAD_OK: &str = "ok";
+/// The prefix of what [`sidecar_reload_script`] prints when Envoy refused the new config (the
+/// running Envoy kept the old one).
+pub const RELOAD_REFUSED: &str = "refused: ";
+/// The prefix of what [`sidecar_reload_script`] prints when the reload left the sidecar without
+/// a working Envoy (or its supervisor never answered).
+pub const RELOAD_UNHEALTHY: &str = "unhealthy: ";
+
+/// The script a provisioner runs inside a running sidecar (`sh -c SCRIPT iac-reload PID URL`,
+/// PID 1 on Docker, `URL` the stats listener's `/stats/prometheus`) to reload its Envoy and learn
+/// how it went: it sends SIGHUP to the supervisor ([`envoy_supervisor_script`]), waits (at most
+/// 30 s) for the outcome in [`RELOAD_STATUS_FILE`], then for the restarted Envoy to answer on its
+/// stats listener (at most 15 s). It prints one line: [`RELOAD_OK`], [`RELOAD_REFUSED`]`…` or
+/// [`RELOAD_UNHEALTHY`]`…`, and exits 0 in every case.
+pub fn sidecar_reload_script() -> String {
+    format!(
+        "f={status}
+rm -f \"$f\"
+kill -HUP \"$1\" || {{ echo \"{unhealthy}cannot signal the sidecar's supervisor (pid $1)\"; exit 0; }}
+i=0
+while [ ! -s \"$f\" ]; do
+  i=$((i + 1))
+  [ \"$i\" -le 300 ] || {{ echo \"{unhealthy}the sidecar's supervisor did not answer the reload within 30 s (a sidecar created by an older iac: the next deploy replaces it)\"; exit 0; }}
+  sleep 0.1
+done
+s=$(cat \"$f\")
+case \"$s\" in
+  restarted) ;;
+  *) echo \"$s\"; exit 0 ;;
+esac
+i=0
+until curl -sf -o /dev/null --max-time 1 \"$2\"; do
+  i=$((i + 1))
+  [ \"$i\" -le 150 ] || {{ echo \"{unhealthy}envoy restarted with the new config but did not answer on its stats listener within 15 s\"; exit 0; }}
+  sleep 0.1
+done
+echo {ok}
+",
+        status = RELOAD_STATUS_FILE,
+        unhealthy = RELOAD_UNHEALTHY,
+        ok = RELOAD_OK,
     )
 }
 
@@ -995,6 +1072,93 @@ mod tests {
                 .unwrap()
                 .ends_with("up\nterm\n")
         );
+    }
+
+    /// SIGHUP through the reload script: a config `--mode validate` accepts restarts Envoy with
+    /// it ("ok" once the stats listener answers); one it refuses leaves the running Envoy alone
+    /// and says why.
+    #[test]
+    fn a_reload_is_validated_first_and_says_how_it_went() {
+        let tmp = tempfile::tempdir().unwrap();
+        let runs = tmp.path().join("runs");
+        let config = tmp.path().join("envoy.yaml");
+        let status = tmp.path().join("reload-status");
+        let status = status.to_str().unwrap();
+        std::fs::write(&config, "good v1").unwrap();
+        // A stand-in Envoy: `--mode validate` accepts a config holding "good"; otherwise it
+        // records the config it runs with and runs until SIGTERM.
+        let standin = format!(
+            "if [ \"${{1:-}}\" = validate ]; then grep -q good {c} || {{ echo \"bad config: $(cat {c})\" >&2; exit 1; }}; exit 0; fi
+echo \"up $(cat {c})\" >> {r}
+trap 'exit 0' TERM
+while :; do sleep 0.05; done",
+            c = config.display(),
+            r = runs.display()
+        );
+        let mut child = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(envoy_supervisor_script().replace(RELOAD_STATUS_FILE, status))
+            .args(["iac-sidecar", "/bin/sh", "-c", &standin])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let lines = || {
+            std::fs::read_to_string(&runs)
+                .unwrap_or_default()
+                .lines()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        let t0 = std::time::Instant::now();
+        while lines().is_empty() {
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(10),
+                "envoy started"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // The stats listener of the "restarted Envoy".
+        let stats = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/stats/prometheus", stats.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for conn in stats.incoming() {
+                use std::io::{Read, Write};
+                let mut conn = conn.unwrap();
+                let mut buf = [0u8; 1024];
+                let _ = conn.read(&mut buf);
+                let _ = conn.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n");
+            }
+        });
+        let reload = || {
+            let out = std::process::Command::new("/bin/sh")
+                .arg("-c")
+                .arg(sidecar_reload_script().replace(RELOAD_STATUS_FILE, status))
+                .args(["iac-reload", &child.id().to_string(), &url])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        std::fs::write(&config, "good v2").unwrap();
+        assert_eq!(reload(), RELOAD_OK);
+        assert_eq!(lines(), ["up good v1", "up good v2"]);
+        std::fs::write(&config, "broken v3").unwrap();
+        let said = reload();
+        assert!(
+            said.starts_with(RELOAD_REFUSED) && said.contains("bad config: broken v3"),
+            "{said}"
+        );
+        assert_eq!(
+            lines(),
+            ["up good v1", "up good v2"],
+            "the running envoy stays"
+        );
+        std::fs::write(&config, "good v4").unwrap();
+        assert_eq!(reload(), RELOAD_OK);
+        assert_eq!(lines(), ["up good v1", "up good v2", "up good v4"]);
+        // SAFETY: kill(2) on our own child.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+        assert!(child.wait().unwrap().success());
     }
 
     #[test]

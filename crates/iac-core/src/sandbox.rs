@@ -148,9 +148,22 @@ pub fn check_baseline_name(name: &ServiceName) -> Result<(), NameError> {
 /// `baggage` header holding the list-member `iac-sandbox=<sandbox>`, with or without properties
 /// (`;…`) and optional whitespace, anywhere in the list. Envoy joins repeated `baggage` headers
 /// with `,`, which is the list separator, so a member in any of them matches. A sandbox name is
-/// a DNS label: it has no character special to a regex.
+/// a DNS label: it has no character special to a regex. OpenTelemetry's Python SDK keeps no
+/// member properties: it re-sends `iac-sandbox=feat;p=1` as `iac-sandbox=feat%3Bp%3D1`, so a
+/// percent-encoded `;` (`%3B`) after the name ends it too.
 pub fn baggage_regex(sandbox: &SandboxName) -> String {
-    format!(r"(.*,)?[ \t]*{BAGGAGE_KEY}[ \t]*=[ \t]*{sandbox}[ \t]*([;,].*)?")
+    format!(r"(.*,)?[ \t]*{BAGGAGE_KEY}[ \t]*=[ \t]*{sandbox}[ \t]*([;,].*|%3[Bb].*)?")
+}
+
+/// An RE2 regex (Envoy's `safe_regex`, full match) that matches the shape of a sandbox name
+/// ([`SandboxName::new`]: a DNS label): the sidecars turn an `x-iac-sandbox` header holding one
+/// into the baggage member `iac-sandbox=<name>` on the way into the app, so an app that only
+/// propagates `baggage` (OpenTelemetry) carries the choice to the services it calls. Anything
+/// else in the header (a `,`, `;`, `=`, space…) is never copied into `baggage`. The length is
+/// not bounded: Envoy refuses a bounded repetition as too big an RE2 program, and a name longer
+/// than any sandbox's names no copy, so it routes to the baseline like any unknown name.
+pub fn sandbox_name_regex() -> String {
+    "[a-z0-9]([a-z0-9-]*[a-z0-9])?".to_string()
 }
 
 #[cfg(test)]
@@ -209,6 +222,8 @@ mod tests {
             "iac-sandbox=feat;ttl=10,other=1",
             "a=1,b=2,iac-sandbox=feat;prop",
             "iac-sandbox=other,iac-sandbox=feat",
+            "userId=alice,iac-sandbox=feat%3Bp%3D1",
+            "iac-sandbox=feat%3bp",
         ] {
             assert!(re.is_match(yes), "{yes:?} should pick sandbox feat");
         }
@@ -223,8 +238,41 @@ mod tests {
             "a=iac-sandbox=feat",
             "iac-sandbox=feat-2,a=1",
             "other=1;iac-sandbox=feat",
+            "iac-sandbox=feat%3",
+            "iac-sandbox=feat%2Cx",
         ] {
             assert!(!re.is_match(no), "{no:?} must not pick sandbox feat");
         }
+    }
+
+    #[test]
+    fn the_name_regex_accepts_the_shape_of_sandbox_names_only() {
+        let re = regex::Regex::new(&format!("^(?:{})$", sandbox_name_regex())).unwrap();
+        let longest = "x".repeat(MAX_SANDBOX_NAME);
+        for s in [
+            "feat",
+            "a",
+            "f1",
+            "feat-2",
+            "0",
+            &longest,
+            "",
+            "-feat",
+            "feat-",
+            "Feat",
+            "feat,x=1",
+            "feat;p",
+            "feat x",
+            "iac-sandbox=feat",
+            "feat\tx",
+        ] {
+            assert_eq!(
+                re.is_match(s),
+                SandboxName::new(s).is_ok(),
+                "{s:?}: the regex and SandboxName::new disagree"
+            );
+        }
+        // Only the length is not checked (see the function): such a name matches no copy.
+        assert!(re.is_match(&"x".repeat(MAX_SANDBOX_NAME + 1)));
     }
 }

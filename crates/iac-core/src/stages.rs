@@ -87,6 +87,28 @@ pub trait SidecarRenderer: Send + Sync {
     fn render(&self, mesh: &Mesh, service: &ServiceName) -> Result<String, SidecarError>;
 }
 
+/// How the reload of one sidecar went ([`Provisioner::reload_sidecars`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// Its Envoy runs with the new config file and answers.
+    Reloaded,
+    /// The sidecar is not running: it reads the file when it starts.
+    NotRunning,
+    /// Envoy refused the new config (`--mode validate`): the running Envoy keeps the old one.
+    Refused(String),
+    /// The reload left the sidecar without a working Envoy (or it did not say how it went).
+    Unhealthy(String),
+}
+
+/// The reload of one service's sidecar.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SidecarReload {
+    /// The service.
+    pub service: ServiceName,
+    /// How it went.
+    pub outcome: ReloadOutcome,
+}
+
 /// Makes the engine match a [`Stack`].
 #[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
 #[async_trait]
@@ -143,14 +165,15 @@ pub trait Provisioner: Send + Sync {
         )))
     }
     /// Makes the sidecars of `services` load their rewritten config files (new sandbox
-    /// routes) without touching their app containers. Returns the services reloaded. Backends
-    /// that cannot reload refuse, and the sidecars keep their routes until replaced.
+    /// routes) without touching their app containers: each new config is validated by Envoy
+    /// first, and the outcome of each is returned ([`SidecarReload`]). Backends that cannot
+    /// reload refuse, and the sidecars keep their routes until replaced.
     async fn reload_sidecars(
         &self,
         project: &ProjectName,
         services: &[ServiceName],
         events: &Events,
-    ) -> Result<Vec<ServiceName>, ProvisionError> {
+    ) -> Result<Vec<SidecarReload>, ProvisionError> {
         let _ = (project, services, events);
         Err(ProvisionError::Invalid(format!(
             "the {} provisioner cannot reload sidecars in place",

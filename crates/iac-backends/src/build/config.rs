@@ -9,6 +9,28 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+/// The OpenTelemetry packages every Python image gets from the wheelhouse (which
+/// `scripts/images/otel-requirements.txt` fills): the SDK with its OTLP exporter and
+/// auto-instrumentation, and the instrumentations that carry W3C `baggage` from a request the app
+/// serves to the calls it makes — the clients urllib, urllib3, requests, httpx, aiohttp and grpc
+/// inject it, the servers Flask, FastAPI and grpc extract it. Sandbox routing
+/// (`baggage: iac-sandbox=<name>`) relies on them across a chain of services. Not Django's: loaded
+/// at interpreter start without `DJANGO_SETTINGS_MODULE` in the environment, its instrumentor
+/// configures Django's settings with the defaults, and the app then fails every request (no
+/// `ROOT_URLCONF`; seen with `tests/public_apps.rs`'s Django app).
+pub const OTEL_PACKAGES: &[&str] = &[
+    "opentelemetry-distro",
+    "opentelemetry-exporter-otlp",
+    "opentelemetry-instrumentation-urllib",
+    "opentelemetry-instrumentation-urllib3",
+    "opentelemetry-instrumentation-requests",
+    "opentelemetry-instrumentation-httpx",
+    "opentelemetry-instrumentation-aiohttp-client",
+    "opentelemetry-instrumentation-grpc",
+    "opentelemetry-instrumentation-flask",
+    "opentelemetry-instrumentation-fastapi",
+];
+
 /// Configuration of [`super::DockerImageBuilder`].
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -37,7 +59,7 @@ pub struct ImageConfig {
     pub tag_prefix: String,
     /// Bake the OpenTelemetry SDK into Python images.
     pub otel: bool,
-    /// What is installed from the wheelhouse when `otel` is on.
+    /// What is installed from the wheelhouse when `otel` is on (default [`OTEL_PACKAGES`]).
     pub otel_packages: Vec<String>,
     /// Load OpenTelemetry's auto-instrumentation into Python entries, as `opentelemetry-instrument`
     /// would (the agent's `--otel-auto-instrument`; SDK configured from `OTEL_*`).
@@ -284,10 +306,7 @@ impl Default for ImageConfig {
             template_dir: None,
             tag_prefix: "iac".into(),
             otel: true,
-            otel_packages: vec![
-                "opentelemetry-distro".into(),
-                "opentelemetry-exporter-otlp".into(),
-            ],
+            otel_packages: OTEL_PACKAGES.iter().map(|p| (*p).to_string()).collect(),
             otel_instrument: true,
             pip: vec!["python3".into(), "-m".into(), "pip".into()],
             pip_args: Vec::new(),
@@ -510,6 +529,26 @@ pub(crate) mod redacted_opt {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_default_otel_package_is_in_the_wheelhouse_requirements() {
+        // The image installs OTEL_PACKAGES with --no-index from the wheelhouse bootstrap fills
+        // from this file: a package missing there would fail every Python build offline.
+        let reqs = include_str!("../../../../scripts/images/otel-requirements.txt");
+        let listed: Vec<&str> = reqs
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(|l| l.split(['=', '<', '>', '~', '!', ' ']).next().unwrap_or(l))
+            .collect();
+        for p in OTEL_PACKAGES {
+            assert!(
+                listed.contains(p),
+                "{p} is installed by default but not in otel-requirements.txt: {listed:?}"
+            );
+        }
+        assert_eq!(ImageConfig::default().otel_packages, OTEL_PACKAGES);
+    }
 
     #[test]
     fn credentials_in_pip_args_are_redacted_when_printed() {

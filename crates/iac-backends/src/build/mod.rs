@@ -43,6 +43,6 @@ pub mod tree;
 pub mod wheels;
 
 pub use base::BaseImageMaker;
-pub use config::{ImageConfig, PythonChoice, PythonImages};
+pub use config::{ImageConfig, OTEL_PACKAGES, PythonChoice, PythonImages};
 pub use docker::{DockerImageBuilder, LABEL_BASE_IMAGE, LABEL_BUILD_KEY};
 pub use dockerfile::{DockerfileInputs, render_dockerfile};

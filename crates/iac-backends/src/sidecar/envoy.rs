@@ -283,6 +283,11 @@ impl EnvoyRenderer {
                 "sandbox_header",
                 Value::from(iac_core::sandbox::SANDBOX_HEADER),
             ),
+            ("baggage_key", Value::from(iac_core::sandbox::BAGGAGE_KEY)),
+            (
+                "sandbox_name_regex",
+                Value::from(iac_core::sandbox::sandbox_name_regex()),
+            ),
             (
                 "egress_port",
                 if me.egress.is_controlled() {

@@ -256,12 +256,22 @@ impl Deployer {
         let (input, rendered, render_failed, context) = self.mesh_and_plan_input(prepared, events);
         failed.extend(render_failed);
         let mut ok_services = Vec::new();
+        // The configs this deploy rewrites, with what they held: a pod that keeps running its
+        // old version (rolled back, or never applied) gets its old config file back.
+        let mut rewritten = Vec::new();
         for (p, config) in rendered {
             let path = self.envoy_config_path(&p.spec.name);
             let svc_events = events.for_service(&p.spec.name);
+            let before = std::fs::read(&path).ok();
             // Unchanged configs are not rewritten: no fsync per service on a no-op redeploy.
             match write_atomic_if_changed(&path, config.as_bytes(), Some(0o644)) {
                 Ok(wrote) => {
+                    if wrote && let Some(before) = before {
+                        rewritten.push(sandbox::Rewritten {
+                            service: p.spec.name.clone(),
+                            before: Some(before),
+                        });
+                    }
                     let what = if wrote { "wrote" } else { "unchanged:" };
                     svc_events.debug(Stage::Render, format!("{what} {}", path.display()));
                     ok_services.push(p);
@@ -296,10 +306,12 @@ impl Deployer {
             .await
         {
             Ok((reports, removed)) => {
+                self.restore_kept_configs(&rewritten, &reports, events);
                 failed.extend(reports);
                 self.finish(failed, removed, started, None)
             }
             Err((why, reports)) => {
+                self.restore_kept_configs(&rewritten, &reports, events);
                 failed.extend(reports);
                 self.finish(
                     failed,

@@ -9,8 +9,11 @@
 //!   the baseline plus every recorded sandbox, so a baseline deploy keeps the sandboxes' routes.
 //! * After a deploy (baseline or sandbox) or a sandbox's removal, the sidecars of members this
 //!   deploy did not prepare are rendered again; the configs that changed are written and those
-//!   sidecars reloaded ([`crate::Provisioner::reload_sidecars`]): their Envoy restarts with the
-//!   new routes, their app container is not touched.
+//!   sidecars reloaded ([`crate::Provisioner::reload_sidecars`]): their Envoy checks the new
+//!   config and restarts with it, their app container is not touched. A config Envoy refuses,
+//!   or a reload that leaves the sidecar unhealthy, gets the previous file back (reloaded again
+//!   in the second case). After any apply, a pod that keeps running its old version (rolled
+//!   back, or never applied) gets its old config file back (`restore_kept_configs`).
 //! * Expired sandboxes are removed by the next deploy of the project (under its lock) and by
 //!   [`Deployer::gc`].
 
@@ -60,6 +63,13 @@ impl SandboxRecord {
     pub fn expired(&self, now_unix: u64) -> bool {
         self.expires_unix.is_some_and(|t| t <= now_unix)
     }
+}
+
+/// A sidecar config a deploy rewrote, with what the file held before (`None`: no file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Rewritten {
+    pub(super) service: ServiceName,
+    pub(super) before: Option<Vec<u8>>,
 }
 
 /// Seconds since the Unix epoch, now.
@@ -255,14 +265,15 @@ impl Deployer {
     }
 
     /// Renders the sidecar of every member in `members` (those this deploy did not prepare)
-    /// against `mesh`, writes the configs that changed, and returns those members' names.
-    /// A member that fails to render keeps its old config, with a warning.
+    /// against `mesh`, writes the configs that changed, and returns those members with the
+    /// config each had before (`None`: it had none). A member that fails to render keeps its
+    /// old config, with a warning.
     pub(super) fn rerender(
         &self,
         mesh: &Mesh,
         members: &[ServiceName],
         events: &Events,
-    ) -> Vec<ServiceName> {
+    ) -> Vec<Rewritten> {
         let mut changed = Vec::new();
         for name in members {
             let config = match self.stages.sidecar.render(mesh, name) {
@@ -276,8 +287,12 @@ impl Deployer {
                 }
             };
             let path = self.envoy_config_path(name);
+            let before = std::fs::read(&path).ok();
             match write_atomic_if_changed(&path, config.as_bytes(), Some(0o644)) {
-                Ok(true) => changed.push(name.clone()),
+                Ok(true) => changed.push(Rewritten {
+                    service: name.clone(),
+                    before,
+                }),
                 Ok(false) => {}
                 Err(e) => events.for_service(name).warn(
                     Stage::Render,
@@ -288,28 +303,143 @@ impl Deployer {
         changed
     }
 
-    /// Reloads the sidecars whose configs `rerender` changed, saying what happened.
-    pub(super) async fn reload(&self, changed: &[ServiceName], events: &Events) {
+    /// Puts back the config `service` had before this deploy rewrote it (temp + rename); says
+    /// so when that fails too.
+    pub(super) fn restore_config(&self, service: &ServiceName, before: &[u8], events: &Events) {
+        let path = self.envoy_config_path(service);
+        if let Err(e) = crate::fsutil::write_atomic(&path, before, Some(0o644)) {
+            events.for_service(service).error(
+                Stage::Render,
+                format!(
+                    "restoring its previous sidecar config failed: {}: {e}; the file holds the new one",
+                    path.display()
+                ),
+            );
+        }
+    }
+
+    /// After an apply: a service whose new pods did not take over (rolled back, or not
+    /// applied at all: a failed release, a failed apply) runs its old pods, if any, and gets
+    /// its old sidecar config file back, so its Envoy loads the old one at its next restart or
+    /// reload, not the version that did not make it.
+    pub(super) fn restore_kept_configs(
+        &self,
+        rewritten: &[Rewritten],
+        reports: &[crate::report::ServiceReport],
+        events: &Events,
+    ) {
+        for r in rewritten {
+            let Some(before) = &r.before else { continue };
+            let kept = reports
+                .iter()
+                .find(|rep| rep.service == r.service)
+                .is_none_or(|rep| matches!(rep.action, None | Some(Action::RolledBack)));
+            if kept {
+                self.restore_config(&r.service, before, events);
+                events.for_service(&r.service).info(
+                    Stage::Render,
+                    "its previous sidecar config is restored (its new pods did not take over)",
+                );
+            }
+        }
+    }
+
+    /// Reloads the sidecars whose configs `rerender` changed, saying what happened. A config
+    /// Envoy refuses is replaced by the previous one again (the running Envoy never left it); a
+    /// reload that leaves a sidecar unhealthy gets the previous config back and is reloaded once
+    /// more with it. Both are warnings: the deploy's own services stand.
+    pub(super) async fn reload(&self, changed: &[Rewritten], events: &Events) {
         if changed.is_empty() {
+            return;
+        }
+        let names: Vec<ServiceName> = changed.iter().map(|c| c.service.clone()).collect();
+        let outcomes = match self
+            .stages
+            .provisioner
+            .reload_sidecars(&self.opts.project, &names, events)
+            .await
+        {
+            Ok(o) => o,
+            Err(e) => {
+                events.warn(
+                    Stage::Provision,
+                    format!("sidecars keep their old routes until reloaded: {e}"),
+                );
+                return;
+            }
+        };
+        let mut again = Vec::new();
+        for r in outcomes {
+            let svc_events = events.for_service(&r.service);
+            let before = changed
+                .iter()
+                .find(|c| c.service == r.service)
+                .and_then(|c| c.before.as_deref());
+            match r.outcome {
+                crate::ReloadOutcome::Reloaded => svc_events.info(
+                    Stage::Provision,
+                    "sidecar reloaded with the new sandbox routes",
+                ),
+                crate::ReloadOutcome::NotRunning => svc_events.debug(
+                    Stage::Provision,
+                    "sidecar not running: it loads the new routes when it starts",
+                ),
+                crate::ReloadOutcome::Refused(why) => {
+                    if let Some(before) = before {
+                        self.restore_config(&r.service, before, events);
+                    }
+                    svc_events.warn(
+                        Stage::Provision,
+                        format!(
+                            "its sidecar refused the new routes (envoy --mode validate: {why}); \
+                             it runs on with its previous config, which is restored"
+                        ),
+                    );
+                }
+                crate::ReloadOutcome::Unhealthy(why) => {
+                    if let Some(before) = before {
+                        self.restore_config(&r.service, before, events);
+                        again.push(r.service.clone());
+                    }
+                    svc_events.warn(
+                        Stage::Provision,
+                        format!(
+                            "its sidecar did not come back healthy with the new routes ({why}); \
+                             its previous config is restored and reloaded"
+                        ),
+                    );
+                }
+            }
+        }
+        if again.is_empty() {
             return;
         }
         match self
             .stages
             .provisioner
-            .reload_sidecars(&self.opts.project, changed, events)
+            .reload_sidecars(&self.opts.project, &again, events)
             .await
         {
-            Ok(done) => {
-                for s in done {
-                    events.for_service(&s).info(
-                        Stage::Provision,
-                        "sidecar reloaded with the new sandbox routes",
-                    );
+            Ok(outcomes) => {
+                for r in outcomes {
+                    let e = events.for_service(&r.service);
+                    match r.outcome {
+                        crate::ReloadOutcome::Reloaded | crate::ReloadOutcome::NotRunning => {
+                            e.info(Stage::Provision, "sidecar back on its previous config")
+                        }
+                        crate::ReloadOutcome::Refused(why)
+                        | crate::ReloadOutcome::Unhealthy(why) => e.error(
+                            Stage::Provision,
+                            format!(
+                                "its sidecar is not healthy on its previous config either: {why}"
+                            ),
+                        ),
+                    }
                 }
             }
-            Err(e) => events.warn(
+            Err(e) => events.error(
                 Stage::Provision,
-                format!("sidecars keep their old routes until reloaded: {e}"),
+                format!("reloading the previous sidecar configs: {e}"),
             ),
         }
     }

@@ -1481,7 +1481,7 @@ async fn a_failed_or_rolled_back_replace_stays_in_the_baseline_record() {
     f.provisioner.expect_runs_sandboxes().return_const(true);
     f.provisioner
         .expect_reload_sidecars()
-        .returning(|_, names, _| Ok(names.to_vec()));
+        .returning(|_, names, _| Ok(reloaded(names)));
     let round = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let r = round.clone();
     f.provisioner.expect_apply().returning(move |stack, _, _| {
@@ -1554,7 +1554,7 @@ async fn a_sandbox_copy_runs_no_release() {
     f.provisioner.expect_runs_sandboxes().return_const(true);
     f.provisioner
         .expect_reload_sidecars()
-        .returning(|_, names, _| Ok(names.to_vec()));
+        .returning(|_, names, _| Ok(reloaded(names)));
     let mut d = f.deployer(dir.path(), 2);
     let (events, _rx) = Events::channel();
     let report = d.deploy(&[spec("api"), spec("web")], &events).await;
@@ -1850,7 +1850,7 @@ async fn a_sandbox_deploys_copies_beside_a_baseline_it_never_changes() {
         .expect_reload_sidecars()
         .returning(move |_, names, _| {
             r.lock().unwrap().push(names.to_vec());
-            Ok(names.to_vec())
+            Ok(reloaded(names))
         });
     f.provisioner.expect_destroy().returning(|_, _| Ok(vec![]));
     let d_ = destroyed.clone();
@@ -1980,4 +1980,160 @@ async fn a_sandbox_deploys_copies_beside_a_baseline_it_never_changes() {
     d.set_sandbox(Some(feat.clone()));
     let e = d.deploy(&[spec("api")], &events).await.error.unwrap();
     assert!(e.contains("no baseline deploy"), "{e}");
+}
+
+/// Every sidecar of `names` reloaded (what a provisioner answers when all went well).
+fn reloaded(names: &[ServiceName]) -> Vec<crate::SidecarReload> {
+    names
+        .iter()
+        .map(|n| crate::SidecarReload {
+            service: n.clone(),
+            outcome: crate::ReloadOutcome::Reloaded,
+        })
+        .collect()
+}
+
+/// Reload safety: a re-rendered sidecar config Envoy refuses goes back to the previous one (the
+/// running Envoy never left it); one whose reload leaves the sidecar unhealthy goes back too and
+/// is reloaded once more with it; both are warnings, the sandbox deploy itself stands.
+#[tokio::test]
+async fn a_refused_or_unhealthy_reload_restores_the_previous_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().to_path_buf();
+    let config = move |svc: &str| {
+        std::fs::read_to_string(state.join("services").join(svc).join("envoy.yaml")).unwrap()
+    };
+    // Per reload call: each sidecar's name and what its config file held then.
+    type Calls = Vec<Vec<(String, String)>>;
+    let calls: Arc<std::sync::Mutex<Calls>> = Arc::default();
+    let mut f = Fakes::happy();
+    f.provisioner.expect_runs_sandboxes().return_const(true);
+    let seen = calls.clone();
+    let read = config.clone();
+    f.provisioner
+        .expect_reload_sidecars()
+        .returning(move |_, names, _| {
+            let mut seen = seen.lock().unwrap();
+            // What each sidecar's file holds when the provisioner reloads it.
+            seen.push(
+                names
+                    .iter()
+                    .map(|n| (n.to_string(), read(n.as_str())))
+                    .collect(),
+            );
+            let first = seen.len() == 1;
+            Ok(names
+                .iter()
+                .map(|n| crate::SidecarReload {
+                    service: n.clone(),
+                    outcome: match (first, n.as_str()) {
+                        (true, "web") => crate::ReloadOutcome::Refused("bad route".into()),
+                        (true, "db") => crate::ReloadOutcome::Unhealthy("no answer".into()),
+                        _ => crate::ReloadOutcome::Reloaded,
+                    },
+                })
+                .collect())
+        });
+    let mut d = f.deployer(dir.path(), 2);
+    let (events, _rx) = Events::channel();
+    assert!(
+        d.deploy(&[spec("web"), spec("api"), spec("db")], &events)
+            .await
+            .ok
+    );
+    assert_eq!(config("web"), "config for web with 3 members");
+    d.set_sandbox(Some(SandboxTarget {
+        name: crate::SandboxName::new("feat").unwrap(),
+        ttl: None,
+    }));
+    let (events, rx) = Events::channel();
+    let report = d.deploy(&[spec("api")], &events).await;
+    assert!(report.ok, "{report:#?}");
+    drop(events);
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert_eq!(
+        calls[0],
+        [
+            (
+                "api".to_string(),
+                "config for api with 4 members".to_string()
+            ),
+            ("db".to_string(), "config for db with 4 members".to_string()),
+            (
+                "web".to_string(),
+                "config for web with 4 members".to_string()
+            ),
+        ]
+    );
+    assert_eq!(
+        calls[1],
+        [("db".to_string(), "config for db with 3 members".to_string())],
+        "the unhealthy one is reloaded again, on its previous config"
+    );
+    assert_eq!(config("web"), "config for web with 3 members");
+    assert_eq!(config("db"), "config for db with 3 members");
+    assert_eq!(config("api"), "config for api with 4 members");
+    let said = drain(rx);
+    let warned = |svc: &str, needle: &str| {
+        said.iter().any(|e| {
+            e.level == crate::EventLevel::Warn
+                && e.service.as_ref().is_some_and(|s| s.as_str() == svc)
+                && e.message.contains(needle)
+        })
+    };
+    assert!(warned("web", "bad route"), "{said:#?}");
+    assert!(warned("db", "no answer"), "{said:#?}");
+}
+
+/// A pod whose replacement was rolled back runs its old version: its sidecar config file goes
+/// back to the old one (its Envoy reads that at its next restart), while a replaced pod keeps
+/// the new one.
+#[tokio::test]
+async fn a_rolled_back_pod_keeps_its_previous_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = Fakes::happy();
+    f.provisioner = MockProvisioner::new();
+    f.provisioner.expect_runs_sandboxes().return_const(true);
+    let round = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let r = round.clone();
+    f.provisioner.expect_apply().returning(move |stack, _, _| {
+        let n = r.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(Applied {
+            services: stack
+                .services
+                .iter()
+                .map(|s| AppliedService {
+                    service: s.service.clone(),
+                    action: match (n, s.service.as_str()) {
+                        (1, "web") => Action::RolledBack,
+                        (1, "api") => Action::Replace,
+                        _ => Action::Create,
+                    },
+                    endpoint: Some("127.0.0.1:40000".parse().unwrap()),
+                    edge: None,
+                    health: None,
+                    error: None,
+                })
+                .collect(),
+            removed: vec![],
+        })
+    });
+    let d = f.deployer(dir.path(), 2);
+    let (events, _rx) = Events::channel();
+    let state = dir.path().to_path_buf();
+    let config = |svc: &str| {
+        std::fs::read_to_string(state.join("services").join(svc).join("envoy.yaml")).unwrap()
+    };
+    d.deploy(&[spec("web"), spec("api")], &events).await;
+    assert_eq!(config("web"), "config for web with 2 members");
+    d.deploy(&[spec("web"), spec("api"), spec("db")], &events)
+        .await;
+    assert_eq!(
+        config("web"),
+        "config for web with 2 members",
+        "rolled back"
+    );
+    assert_eq!(config("api"), "config for api with 3 members", "replaced");
+    assert_eq!(config("db"), "config for db with 3 members", "created");
 }

@@ -60,8 +60,8 @@ use iac_core::plan::{app_container_name, envoy_container_name};
 use iac_core::{
     Action, Applied, AppliedService, Change, ContainerSpec, Events, HealthProber, MeshPorts,
     NetworkMode, NetworkSpec, PodFilter, PortPublish, ProjectName, ProvisionError, Provisioner,
-    ReleaseError, ReleaseJob, ReleaseOutcome, Role, RunningService, ServiceName, ServiceStack,
-    Stack, Stage,
+    ReleaseError, ReleaseJob, ReleaseOutcome, ReloadOutcome, Role, RunningService, ServiceName,
+    ServiceStack, SidecarReload, Stack, Stage,
 };
 
 use super::reconcile::{Observed, ServicePlan, reconcile};
@@ -1013,44 +1013,47 @@ impl Provisioner for DockerProvisioner {
         project: &ProjectName,
         services: &[ServiceName],
         events: &Events,
-    ) -> Result<Vec<ServiceName>, ProvisionError> {
+    ) -> Result<Vec<SidecarReload>, ProvisionError> {
         let observed = self.observe(project).await?;
-        let mut done = Vec::new();
-        let mut errors = Vec::new();
+        let stats = format!(
+            "http://127.0.0.1:{}/stats/prometheus",
+            MeshPorts::default().stats
+        );
+        let mut out = Vec::new();
         for svc in services {
             let name = envoy_container_name(project, svc);
-            let Some(sidecar) = observed
+            let outcome = match observed
                 .iter()
                 .find(|c| c.name == name && c.role == Some(Role::Envoy) && c.is_running())
-            else {
+            {
                 // Not running: it reads the new file when it starts.
-                continue;
-            };
-            // The supervisor (PID 1) restarts Envoy on SIGHUP; `kill` is the shell's builtin.
-            let argv = ["/bin/sh", "-c", "kill -HUP 1"].map(String::from).to_vec();
-            match self.engine.exec(&sidecar.id, argv).await {
-                Ok(out) if out.exit_code == Some(0) => {
-                    events
-                        .for_service(svc)
-                        .debug(Stage::Provision, format!("sent SIGHUP to {name}"));
-                    done.push(svc.clone());
+                None => ReloadOutcome::NotRunning,
+                Some(sidecar) => {
+                    // The supervisor (PID 1) validates the file, restarts Envoy on SIGHUP and
+                    // says how it went; the script waits for that and for the new Envoy.
+                    let argv = vec![
+                        "/bin/sh".to_string(),
+                        "-c".into(),
+                        iac_core::plan::sidecar_reload_script(),
+                        "iac-reload".into(),
+                        "1".into(),
+                        stats.clone(),
+                    ];
+                    match self.engine.exec(&sidecar.id, argv).await {
+                        Ok(run) => reload_outcome(run.exit_code, &run.output),
+                        Err(e) => ReloadOutcome::Unhealthy(format!("{name}: {e}")),
+                    }
                 }
-                Ok(out) => errors.push(format!(
-                    "{name}: kill -HUP 1 exited {:?}: {}",
-                    out.exit_code,
-                    out.output.trim()
-                )),
-                Err(e) => errors.push(format!("{name}: {e}")),
-            }
+            };
+            events
+                .for_service(svc)
+                .debug(Stage::Provision, format!("reload of {name}: {outcome:?}"));
+            out.push(SidecarReload {
+                service: svc.clone(),
+                outcome,
+            });
         }
-        if errors.is_empty() {
-            Ok(done)
-        } else {
-            Err(ProvisionError::Engine(format!(
-                "reloading sidecars of project {project}: {}",
-                errors.join("; ")
-            )))
-        }
+        Ok(out)
     }
 
     fn runs_releases(&self) -> bool {
@@ -1101,6 +1104,29 @@ impl Provisioner for DockerProvisioner {
             .collect();
         out.sort_by(|a, b| a.service.cmp(&b.service));
         Ok(out)
+    }
+}
+
+/// What the reload script ([`iac_core::plan::sidecar_reload_script`]) said, as an outcome.
+fn reload_outcome(exit_code: Option<i64>, output: &str) -> ReloadOutcome {
+    let last = output.trim().lines().last().unwrap_or("").trim();
+    if exit_code != Some(0) {
+        return ReloadOutcome::Unhealthy(format!(
+            "the reload script exited {exit_code:?}: {}",
+            output.trim()
+        ));
+    }
+    if last == iac_core::plan::RELOAD_OK {
+        ReloadOutcome::Reloaded
+    } else if let Some(why) = last.strip_prefix(iac_core::plan::RELOAD_REFUSED) {
+        ReloadOutcome::Refused(why.trim().to_string())
+    } else if let Some(why) = last.strip_prefix(iac_core::plan::RELOAD_UNHEALTHY) {
+        ReloadOutcome::Unhealthy(why.trim().to_string())
+    } else {
+        ReloadOutcome::Unhealthy(format!(
+            "the reload script said {:?}; expected ok, refused: or unhealthy:",
+            output.trim()
+        ))
     }
 }
 

@@ -1658,27 +1658,84 @@ async fn destroying_a_sandbox_removes_only_its_containers_apps_first() {
 }
 
 #[tokio::test]
-async fn reloading_sends_sighup_to_running_sidecars_only() {
+async fn reloading_runs_the_reload_script_in_running_sidecars_only_and_reports_each() {
     let mut e = MockEngine::new();
     let mut all = running_pair("web", "h1", 1);
     let mut api = running_pair("api", "h1", 2);
     api[1].state = "exited".into();
     all.extend(api);
+    all.extend(running_pair("cart", "h1", 3));
     lists(&mut e, all);
+    let script = iac_core::plan::sidecar_reload_script();
     e.expect_exec()
-        .withf(|id, argv| id == "id-demo-web-envoy" && argv.join(" ") == "/bin/sh -c kill -HUP 1")
+        .withf(move |id, argv| {
+            id == "id-demo-web-envoy"
+                && argv[..3] == ["/bin/sh".to_string(), "-c".into(), script.clone()]
+                && argv[3..] == ["iac-reload", "1", "http://127.0.0.1:9901/stats/prometheus"]
+        })
         .times(1)
         .returning(|_, _| {
             Ok(ExecOutput {
                 exit_code: Some(0),
-                output: String::new(),
+                output: "ok\n".into(),
+            })
+        });
+    e.expect_exec()
+        .withf(|id, _| id == "id-demo-cart-envoy")
+        .times(1)
+        .returning(|_, _| {
+            Ok(ExecOutput {
+                exit_code: Some(0),
+                output: "refused: error initializing configuration: bad route\n".into(),
             })
         });
     let done = provisioner(e)
-        .reload_sidecars(&project(), &[svc("web"), svc("api")], &Events::discard())
+        .reload_sidecars(
+            &project(),
+            &[svc("web"), svc("api"), svc("cart")],
+            &Events::discard(),
+        )
         .await
         .unwrap();
-    assert_eq!(done, [svc("web")]);
+    let outcomes: Vec<(String, ReloadOutcome)> = done
+        .into_iter()
+        .map(|r| (r.service.to_string(), r.outcome))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("web".to_string(), ReloadOutcome::Reloaded),
+            ("api".to_string(), ReloadOutcome::NotRunning),
+            (
+                "cart".to_string(),
+                ReloadOutcome::Refused("error initializing configuration: bad route".into())
+            ),
+        ]
+    );
+}
+
+#[test]
+fn what_the_reload_script_says_becomes_an_outcome() {
+    let unhealthy = |o: ReloadOutcome| match o {
+        ReloadOutcome::Unhealthy(why) => why,
+        other => panic!("expected unhealthy, got {other:?}"),
+    };
+    assert_eq!(reload_outcome(Some(0), "ok\n"), ReloadOutcome::Reloaded);
+    let why = unhealthy(reload_outcome(
+        Some(0),
+        "unhealthy: envoy restarted with the new config but did not answer\n",
+    ));
+    assert!(why.starts_with("envoy restarted"), "{why}");
+    let why = unhealthy(reload_outcome(Some(126), "sh: permission denied"));
+    assert!(
+        why.contains("Some(126)") && why.contains("permission denied"),
+        "{why}"
+    );
+    let why = unhealthy(reload_outcome(Some(0), "what?"));
+    assert!(
+        why.contains("\"what?\"") && why.contains("expected ok"),
+        "{why}"
+    );
 }
 
 #[test]
