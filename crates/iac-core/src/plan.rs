@@ -200,6 +200,8 @@ pub const RELOAD_STATUS_FILE: &str = "/tmp/iac-sidecar-reload";
 /// once with it (the pod's network namespace and the app are not touched); refused, the running
 /// Envoy is left alone and [`ENVOY_RELOAD_REFUSED_LINE`] is logged. Either way the outcome goes
 /// to [`RELOAD_STATUS_FILE`].
+/// A SIGTERM that lands between a child's start and `pid=$!` (the trap sees no pid yet) is
+/// acted on right after: the child is stopped at once, never waited on for good.
 /// Builtins only between starts (no process per restart besides Envoy's and the sleep).
 pub fn envoy_supervisor_script() -> String {
     format!(
@@ -217,6 +219,7 @@ while :; do
   restart=
   \"$@\" &
   pid=$!
+  [ -z \"$stop\" ] || kill -TERM \"$pid\" 2>/dev/null || :
   while :; do
     code=0
     wait \"$pid\" || code=$?
@@ -246,6 +249,7 @@ while :; do
   echo \"{prefix}$code; restarting it in ${{delay}}s\" >&2
   sleep \"$delay\" &
   pid=$!
+  [ -z \"$stop\" ] || kill -TERM \"$pid\" 2>/dev/null || :
   wait \"$pid\" || :
   pid=
   [ -z \"$stop\" ] || exit 0
