@@ -201,13 +201,18 @@ pub const RELOAD_STATUS_FILE: &str = "/tmp/iac-sidecar-reload";
 /// Envoy is left alone and [`ENVOY_RELOAD_REFUSED_LINE`] is logged. Either way the outcome goes
 /// to [`RELOAD_STATUS_FILE`].
 /// A SIGTERM that lands between a child's start and `pid=$!` (the trap sees no pid yet) is
-/// acted on right after: the child is stopped at once, never waited on for good.
+/// acted on right after: the child is stopped at once, never waited on for good. A SIGHUP that
+/// lands while Envoy is down (the back-off sleep) ends the sleep: Envoy starts at once with the
+/// config as it is now and `restarted` is written; one that lands during a validation is acted
+/// on before the next wait, never lost.
 /// Builtins only between starts (no process per restart besides Envoy's and the sleep).
 pub fn envoy_supervisor_script() -> String {
     format!(
-        "pid=
+        "# {marker}
+pid=
 stop=
 reload=
+pending=
 trap 'stop=1; [ -z \"$pid\" ] || kill -TERM \"$pid\" 2>/dev/null || :' TERM INT
 trap 'reload=1' HUP
 status() {{ printf '%s\\n' \"$1\" > {status}.tmp && mv -f {status}.tmp {status} || :; }}
@@ -215,14 +220,16 @@ delay={first}
 while :; do
   read -r up rest < /proc/uptime
   started=${{up%.*}}
-  reload=
   restart=
   \"$@\" &
   pid=$!
   [ -z \"$stop\" ] || kill -TERM \"$pid\" 2>/dev/null || :
+  if [ -n \"$pending\" ]; then
+    pending=
+    echo \"{reload_line}\" >&2
+    status restarted
+  fi
   while :; do
-    code=0
-    wait \"$pid\" || code=$?
     if [ -n \"$reload\" ] && [ -z \"$stop\" ] && [ -z \"$restart\" ]; then
       reload=
       if out=$(\"$@\" --mode validate 2>&1); then
@@ -233,8 +240,9 @@ while :; do
         printf '%s\\n' \"$out\" | tail -n 5 >&2
         status \"{refused}$(printf '%s\\n' \"$out\" | tail -n 3 | tr '\\n' ' ')\"
       fi
-      continue
     fi
+    code=0
+    wait \"$pid\" || code=$?
     kill -0 \"$pid\" 2>/dev/null || break
   done
   pid=
@@ -250,13 +258,20 @@ while :; do
   sleep \"$delay\" &
   pid=$!
   [ -z \"$stop\" ] || kill -TERM \"$pid\" 2>/dev/null || :
-  wait \"$pid\" || :
+  [ -n \"$reload\" ] || wait \"$pid\" || :
+  kill -TERM \"$pid\" 2>/dev/null || :
   pid=
   [ -z \"$stop\" ] || exit 0
+  if [ -n \"$reload\" ]; then
+    reload=
+    pending=1
+    continue
+  fi
   delay=$(( delay * 2 ))
   [ \"$delay\" -le {max} ] || delay={max}
 done
 ",
+        marker = SUPERVISOR_MARKER,
         first = ENVOY_RESTART_FIRST_SECS,
         max = ENVOY_RESTART_MAX_SECS,
         prefix = ENVOY_RESTART_PREFIX,
@@ -266,6 +281,11 @@ done
         status = RELOAD_STATUS_FILE,
     )
 }
+
+/// The first line of [`envoy_supervisor_script`] (a comment): [`sidecar_reload_script`] looks
+/// for it in the supervisor's command line to tell a supervisor that validates and answers a
+/// reload from one made by an older iac, which restarts Envoy on SIGHUP without either.
+pub const SUPERVISOR_MARKER: &str = "iac-sidecar-supervisor: validates reloads, answers in the status file";
 
 /// What [`sidecar_reload_script`] prints last when the reload worked.
 pub const RELOAD_OK: &str = "ok";
@@ -280,17 +300,25 @@ pub const RELOAD_UNHEALTHY: &str = "unhealthy: ";
 /// PID 1 on Docker, `URL` the stats listener's `/stats/prometheus`) to reload its Envoy and learn
 /// how it went: it sends SIGHUP to the supervisor ([`envoy_supervisor_script`]), waits (at most
 /// 30 s) for the outcome in [`RELOAD_STATUS_FILE`], then for the restarted Envoy to answer on its
-/// stats listener (at most 15 s). It prints one line: [`RELOAD_OK`], [`RELOAD_REFUSED`]`…` or
+/// stats listener (at most 15 s). A supervisor made by an older iac (no [`SUPERVISOR_MARKER`] in
+/// its command line) restarts Envoy on SIGHUP without validating or answering: the script then
+/// gives it a second and goes by the stats listener alone (a config Envoy refuses shows as
+/// unhealthy there). A sidecar image without `curl` is reported unhealthy, naming it. It prints one line: [`RELOAD_OK`], [`RELOAD_REFUSED`]`…` or
 /// [`RELOAD_UNHEALTHY`]`…`, and exits 0 in every case.
 pub fn sidecar_reload_script() -> String {
     format!(
         "f={status}
+command -v curl >/dev/null 2>&1 || {{ echo \"{unhealthy}the sidecar image has no curl to check the reloaded envoy's stats listener\"; exit 0; }}
 rm -f \"$f\"
+if ! tr '\\0' ' ' < /proc/\"$1\"/cmdline | grep -qF '{marker}'; then
+  kill -HUP \"$1\" || {{ echo \"{unhealthy}cannot signal the sidecar's supervisor (pid $1)\"; exit 0; }}
+  sleep 1
+else
 kill -HUP \"$1\" || {{ echo \"{unhealthy}cannot signal the sidecar's supervisor (pid $1)\"; exit 0; }}
 i=0
 while [ ! -s \"$f\" ]; do
   i=$((i + 1))
-  [ \"$i\" -le 300 ] || {{ echo \"{unhealthy}the sidecar's supervisor did not answer the reload within 30 s (a sidecar created by an older iac: the next deploy replaces it)\"; exit 0; }}
+  [ \"$i\" -le 300 ] || {{ echo \"{unhealthy}the sidecar's supervisor did not answer the reload within 30 s\"; exit 0; }}
   sleep 0.1
 done
 s=$(cat \"$f\")
@@ -298,6 +326,7 @@ case \"$s\" in
   restarted) ;;
   *) echo \"$s\"; exit 0 ;;
 esac
+fi
 i=0
 until curl -sf -o /dev/null --max-time 1 \"$2\"; do
   i=$((i + 1))
@@ -309,6 +338,7 @@ echo {ok}
         status = RELOAD_STATUS_FILE,
         unhealthy = RELOAD_UNHEALTHY,
         ok = RELOAD_OK,
+        marker = SUPERVISOR_MARKER,
     )
 }
 
@@ -543,7 +573,11 @@ pub fn plan(input: &PlanInput) -> Stack {
                     }
                 }
                 None => {
-                    env.insert("OTEL_TRACES_EXPORTER".into(), "console".into());
+                    // No collector: nothing is exported. (Printing spans to stdout would swamp
+                    // the app's own log lines in `iac logs` and the saved tails once the
+                    // instrumentations trace every request; baggage propagates without an
+                    // exporter. `env: {OTEL_TRACES_EXPORTER: console}` brings it back.)
+                    env.insert("OTEL_TRACES_EXPORTER".into(), "none".into());
                     env.insert("OTEL_METRICS_EXPORTER".into(), "none".into());
                     env.insert("OTEL_LOGS_EXPORTER".into(), "none".into());
                 }
@@ -1093,6 +1127,7 @@ mod tests {
         // records the config it runs with and runs until SIGTERM.
         let standin = format!(
             "if [ \"${{1:-}}\" = validate ]; then grep -q good {c} || {{ echo \"bad config: $(cat {c})\" >&2; exit 1; }}; exit 0; fi
+grep -q crash {c} && exit 3
 echo \"up $(cat {c})\" >> {r}
 trap 'exit 0' TERM
 while :; do sleep 0.05; done",
@@ -1160,9 +1195,51 @@ while :; do sleep 0.05; done",
         std::fs::write(&config, "good v4").unwrap();
         assert_eq!(reload(), RELOAD_OK);
         assert_eq!(lines(), ["up good v1", "up good v2", "up good v4"]);
+        // A config Envoy validates but dies on: the supervisor is in its back-off (1 s, 2 s,
+        // 4 s …). A reload then starts Envoy at once and answers; it is not lost in the sleep.
+        std::fs::write(&config, "good crash v5").unwrap();
+        assert_eq!(reload(), RELOAD_OK, "restarted; the stand-in stats answer");
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        std::fs::write(&config, "good v6").unwrap();
+        assert_eq!(reload(), RELOAD_OK);
+        assert_eq!(
+            lines(),
+            ["up good v1", "up good v2", "up good v4", "up good v6"]
+        );
         // SAFETY: kill(2) on our own child.
         assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
         assert!(child.wait().unwrap().success());
+
+        // A supervisor made by an older iac restarts Envoy on SIGHUP and writes no status: the
+        // reload goes by the stats listener, not by a status that never comes.
+        std::fs::write(&config, "good v7").unwrap();
+        let legacy = "pid=\ntrap '[ -z \"$pid\" ] || kill -TERM \"$pid\"' HUP\ntrap 'kill -TERM \"$pid\"; exit 0' TERM\nwhile :; do \"$@\" & pid=$!; wait \"$pid\"; while kill -0 \"$pid\" 2>/dev/null; do wait \"$pid\"; done; done";
+        let mut child = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(legacy)
+            .args(["iac-sidecar", "/bin/sh", "-c", &standin])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        while lines().len() < 5 {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        std::fs::write(&config, "good v8").unwrap();
+        // (Had it waited for a status, it would say "unhealthy: … did not answer".)
+        let out = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(sidecar_reload_script().replace(RELOAD_STATUS_FILE, status))
+            .args(["iac-reload", &child.id().to_string(), &url])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), RELOAD_OK);
+        while lines().len() < 6 {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_eq!(lines()[4..], ["up good v7", "up good v8"]);
+        // SAFETY: kill(2) on our own child.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+        child.wait().unwrap();
     }
 
     #[test]
