@@ -2108,4 +2108,14 @@ async fn a_fork_bomb_in_a_build_step_stops_at_the_pids_limit() {
         !Path::new(cgroup).exists(),
         "the build cgroup {cgroup} is left"
     );
+    // On cgroup v1 the runtime made the parent in every controller hierarchy: none is left in
+    // any of them (on v2 there is one hierarchy and this finds nothing more).
+    let name = Path::new(cgroup).file_name().unwrap();
+    let left: Vec<_> = std::fs::read_dir("/sys/fs/cgroup")
+        .unwrap()
+        .flatten()
+        .map(|h| h.path().join(name))
+        .filter(|d| d.exists())
+        .collect();
+    assert!(left.is_empty(), "the build cgroup is left in {left:?}");
 }

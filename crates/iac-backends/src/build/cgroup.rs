@@ -11,7 +11,10 @@
 //! shows whether the engine really placed the steps there.
 //!
 //! Names are `iac-build-<pid>-<n>`: a directory left by a killed iac (its pid gone) is swept by
-//! the next [`BuildCgroup::create`]; one of a live process is never touched. The engine asks
+//! the next [`BuildCgroup::create`]; one of a live process is never touched. On cgroup v1 the
+//! runtime creates the parent in every controller hierarchy (`blkio`, `cpu`, `memory`,
+//! `systemd`, `unified`, …), not only in `pids`: removal and the sweep cover every
+//! hierarchy under `/sys/fs/cgroup` ([`Layout::hierarchies`]). The engine asks
 //! for `cgroupparent` through a request modifier on a clone of the bollard client
 //! ([`with_cgroup_parent`]), since bollard's build options have no such field.
 
@@ -28,6 +31,11 @@ pub const PREFIX: &str = "iac-build-";
 /// Where the pids controller of each cgroup version is mounted on a standard host.
 const V1_PIDS_ROOT: &str = "/sys/fs/cgroup/pids";
 const V2_ROOT: &str = "/sys/fs/cgroup";
+/// Where the v1 hierarchies (one directory each) are mounted.
+const V1_HIERARCHIES: &str = "/sys/fs/cgroup";
+/// How long the other v1 hierarchies' copies of a build cgroup are waited for once its pids
+/// cgroup is gone (the runtime removes a step's cgroups in every hierarchy together).
+const SIBLING_PATIENCE: Duration = Duration::from_secs(5);
 
 /// Numbers builds of this process apart.
 static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -75,6 +83,15 @@ impl Layout {
             Layout::V2 => V2_ROOT,
         })
     }
+
+    /// On v1, the directory holding every controller hierarchy (the runtime makes a build's
+    /// parent cgroup in each); `None` on v2 (one hierarchy, [`Layout::root`]).
+    pub fn hierarchies(self) -> Option<PathBuf> {
+        match self {
+            Layout::V1 => Some(PathBuf::from(V1_HIERARCHIES)),
+            Layout::V2 => None,
+        }
+    }
 }
 
 /// One build's cgroup: created with its `pids.max`, removed by [`BuildCgroup::remove`] (or,
@@ -83,13 +100,20 @@ impl Layout {
 pub struct BuildCgroup {
     dir: PathBuf,
     name: String,
+    /// v1: the directory of every hierarchy, where the runtime makes copies of this cgroup.
+    hierarchies: Option<PathBuf>,
     removed: bool,
 }
 
 impl BuildCgroup {
     /// Creates `<root>/iac-build-<pid>-<n>` holding `pids.max = max` (after sweeping the
-    /// directories of dead iac processes). The error says why, naming the path.
-    pub fn create(root: &Path, max: u32) -> Result<BuildCgroup, String> {
+    /// directories of dead iac processes, in `root` and, on v1, in every hierarchy under
+    /// `hierarchies`). The error says why, naming the path.
+    pub fn create(
+        root: &Path,
+        hierarchies: Option<&Path>,
+        max: u32,
+    ) -> Result<BuildCgroup, String> {
         if !root.is_dir() {
             return Err(format!(
                 "{} does not exist; expected the pids cgroup hierarchy there",
@@ -97,6 +121,9 @@ impl BuildCgroup {
             ));
         }
         sweep(root);
+        for h in hierarchies.map(hierarchy_dirs).unwrap_or_default() {
+            sweep(&h);
+        }
         let name = format!(
             "{PREFIX}{}-{}",
             std::process::id(),
@@ -108,6 +135,7 @@ impl BuildCgroup {
         let cgroup = BuildCgroup {
             dir,
             name,
+            hierarchies: hierarchies.map(Path::to_path_buf),
             removed: false,
         };
         let limit = cgroup.dir.join("pids.max");
@@ -137,13 +165,29 @@ impl BuildCgroup {
     }
 
     /// Removes the cgroup once the engine has removed the build's step containers under it
-    /// (it is busy until then; tried for up to 30 s).
+    /// (it is busy until then; tried for up to 30 s), and on v1 its copies in the other
+    /// hierarchies.
     pub async fn remove(mut self) -> Result<(), String> {
         self.removed = true;
-        let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || remove_when_empty(&dir, Duration::from_secs(30)))
-            .await
-            .map_err(|e| format!("removing the build cgroup: {e}"))?
+        let (dir, copies) = (self.dir.clone(), self.copies());
+        tokio::task::spawn_blocking(move || {
+            remove_everywhere(&dir, &copies, Duration::from_secs(30))
+        })
+        .await
+        .map_err(|e| format!("removing the build cgroup: {e}"))?
+    }
+
+    /// On v1, where the runtime may have made copies of this cgroup: `<hierarchy>/<name>` for
+    /// every hierarchy but the one holding [`BuildCgroup::dir`].
+    fn copies(&self) -> Vec<PathBuf> {
+        let Some(h) = &self.hierarchies else {
+            return Vec::new();
+        };
+        hierarchy_dirs(h)
+            .into_iter()
+            .map(|d| d.join(&self.name))
+            .filter(|d| d != &self.dir)
+            .collect()
     }
 }
 
@@ -154,18 +198,43 @@ impl Drop for BuildCgroup {
         if self.removed {
             return;
         }
-        let dir = self.dir.clone();
-        if std::fs::remove_dir(&dir).is_ok() {
-            return;
-        }
+        let (dir, copies) = (self.dir.clone(), self.copies());
         let _ = std::thread::Builder::new()
             .name("iac-build-cgroup".into())
             .spawn(move || {
-                if let Err(e) = remove_when_empty(&dir, Duration::from_secs(120)) {
+                if let Err(e) = remove_everywhere(&dir, &copies, Duration::from_secs(120)) {
                     tracing::warn!("{e}");
                 }
             });
     }
+}
+
+/// Removes `dir` (waiting up to `patience` for it to empty), then each of its `copies` in the
+/// other v1 hierarchies (a few seconds each: the runtime empties them with `dir`). A copy that
+/// stays busy is logged and left to the next build's sweep; only `dir` fails the call.
+fn remove_everywhere(dir: &Path, copies: &[PathBuf], patience: Duration) -> Result<(), String> {
+    let result = remove_when_empty(dir, patience);
+    for c in copies {
+        if let Err(e) = remove_when_empty(c, SIBLING_PATIENCE) {
+            tracing::warn!("{e}");
+        }
+    }
+    result
+}
+
+/// The directories under `root` (v1: one per controller hierarchy; `cpu` and `cpuacct` may be
+/// links to one `cpu,cpuacct`, which is then listed more than once and harmless).
+fn hierarchy_dirs(root: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    let mut dirs: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    dirs
 }
 
 /// `rmdir` of a cgroup, retried while it still holds processes or child cgroups.
@@ -276,6 +345,11 @@ mod tests {
         assert!(e.contains("systemd") && e.contains("cgroupfs"), "{e}");
         assert!(Layout::of(None, Some(V::_1)).is_err());
         assert_eq!(Layout::V1.root(), PathBuf::from("/sys/fs/cgroup/pids"));
+        assert_eq!(
+            Layout::V1.hierarchies(),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
+        assert_eq!(Layout::V2.hierarchies(), None);
     }
 
     /// In a plain directory (not a cgroup): the limit file is written, the name carries the
@@ -283,7 +357,7 @@ mod tests {
     #[tokio::test]
     async fn a_build_cgroup_is_created_with_its_limit_and_removed() {
         let root = tempfile::tempdir().unwrap();
-        let cg = BuildCgroup::create(root.path(), 64).unwrap();
+        let cg = BuildCgroup::create(root.path(), None, 64).unwrap();
         assert_eq!(
             std::fs::read_to_string(cg.dir().join("pids.max")).unwrap(),
             "64"
@@ -300,7 +374,7 @@ mod tests {
         let dir = cg.dir().to_path_buf();
         cg.remove().await.unwrap();
         assert!(!dir.exists());
-        let e = BuildCgroup::create(&root.path().join("absent"), 64).unwrap_err();
+        let e = BuildCgroup::create(&root.path().join("absent"), None, 64).unwrap_err();
         assert!(e.contains("absent") && e.contains("pids cgroup"), "{e}");
     }
 
@@ -318,6 +392,68 @@ mod tests {
         }
         sweep(root.path());
         assert!(!dead.exists() && live.exists() && other.exists());
+    }
+
+    /// A fake v1 tree: `<root>/{pids,cpu,memory,unified}`. The runtime's copies of the build
+    /// cgroup in the other hierarchies (made here by hand) are removed with it, and a copy that
+    /// holds something is left alone without failing the removal.
+    #[tokio::test]
+    async fn on_v1_the_copies_in_every_hierarchy_are_removed() {
+        let root = tempfile::tempdir().unwrap();
+        let hier = ["pids", "cpu", "memory", "unified"].map(|h| root.path().join(h));
+        for h in &hier {
+            std::fs::create_dir(h).unwrap();
+        }
+        let cg = BuildCgroup::create(&hier[0], Some(root.path()), 64).unwrap();
+        let name = cg.parent()[1..].to_string();
+        for h in &hier[1..] {
+            std::fs::create_dir(h.join(&name)).unwrap();
+        }
+        std::fs::remove_file(cg.dir().join("pids.max")).unwrap();
+        cg.remove().await.unwrap();
+        for h in &hier {
+            assert!(!h.join(&name).exists(), "{} left", h.join(&name).display());
+        }
+        // A copy still in use (here: not empty) is logged and left; the removal succeeds.
+        let cg = BuildCgroup::create(&hier[0], Some(root.path()), 64).unwrap();
+        let name = cg.parent()[1..].to_string();
+        let busy = hier[2].join(&name);
+        std::fs::create_dir_all(busy.join("step")).unwrap();
+        std::fs::create_dir(hier[1].join(&name)).unwrap();
+        std::fs::remove_file(cg.dir().join("pids.max")).unwrap();
+        cg.remove().await.unwrap();
+        assert!(busy.exists() && !hier[1].join(&name).exists());
+        assert!(!hier[0].join(&name).exists());
+    }
+
+    /// On v1 the sweep before a build covers every hierarchy: a dead process's leftovers go
+    /// everywhere, a live one's stay.
+    #[test]
+    fn on_v1_a_dead_processes_cgroups_are_swept_in_every_hierarchy() {
+        let root = tempfile::tempdir().unwrap();
+        let hier = ["pids", "blkio", "systemd"].map(|h| root.path().join(h));
+        let dead = format!("{PREFIX}99999999-3");
+        let live = format!("{PREFIX}{}-78", std::process::id());
+        for h in &hier {
+            std::fs::create_dir_all(h.join(&dead)).unwrap();
+            std::fs::create_dir_all(h.join(&live)).unwrap();
+        }
+        let cg = BuildCgroup::create(&hier[0], Some(root.path()), 64).unwrap();
+        for h in &hier {
+            assert!(!h.join(&dead).exists(), "{} left", h.join(&dead).display());
+            assert!(h.join(&live).exists());
+        }
+        std::fs::remove_file(cg.dir().join("pids.max")).unwrap();
+        let dir = cg.dir().to_path_buf();
+        drop(cg);
+        // Dropped unremoved: removed from a thread.
+        for _ in 0..100 {
+            if !dir.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!dir.exists());
     }
 
     #[test]

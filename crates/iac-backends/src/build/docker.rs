@@ -706,9 +706,11 @@ impl DockerImageBuilder {
             .map_err(|e| e.to_string())?;
         let layout = cgroup::Layout::of(driver, version)?;
         let pids = self.config.build_pids;
-        tokio::task::spawn_blocking(move || BuildCgroup::create(&layout.root(), pids))
-            .await
-            .map_err(|e| format!("creating the build cgroup: {e}"))?
+        tokio::task::spawn_blocking(move || {
+            BuildCgroup::create(&layout.root(), layout.hierarchies().as_deref(), pids)
+        })
+        .await
+        .map_err(|e| format!("creating the build cgroup: {e}"))?
     }
 
     /// Removes a build's cgroup (explicitly, once the build's stream is over) and warns when a

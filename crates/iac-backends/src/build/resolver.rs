@@ -65,6 +65,20 @@ pub const PROXY_ENV: &[&str] = &[
 /// `[images.resolver] network` value: no network, the index through [`IndexProxy`].
 pub const PROXY_NETWORK: &str = "proxy";
 
+/// The first of iac's proxy variables ([`PROXY_ENV`], read through `var`) that names a proxy,
+/// as an error saying why the `proxy` network cannot be used: the index proxy connects to the
+/// index directly and cannot go through an HTTP proxy. `no_proxy`/`NO_PROXY` only say what
+/// goes direct, and an empty value is no proxy: neither counts.
+pub fn proxy_env_conflict(var: impl Fn(&str) -> Option<String>) -> Option<String> {
+    let name = PROXY_ENV
+        .iter()
+        .filter(|n| !n.eq_ignore_ascii_case("no_proxy"))
+        .find(|n| var(n).is_some_and(|v| !v.trim().is_empty()))?;
+    Some(format!(
+        "{name} is set, so this host reaches the package index through an HTTP proxy; the resolver's index proxy ([images.resolver] network = \"proxy\", the default) connects to the index directly and cannot use it. Set [images.resolver] network = \"host\" (pip then uses {name}; the resolver shares the host's network) or unset {name} if the index is reachable without it"
+    ))
+}
+
 /// Where things are inside the resolver container.
 const IN_DIR: &str = "/iac/in";
 const OUT_DIR: &str = "/iac/out";
@@ -298,7 +312,7 @@ impl Resolver {
         }
         let proxy = if self.network() == PROXY_NETWORK && !steps.is_empty() {
             Some(
-                self.start_proxy(docker, work.path(), events)
+                self.start_proxy(docker, work.path(), steps.len(), events)
                     .await
                     .map_err(&fail)?,
             )
@@ -415,8 +429,12 @@ impl Resolver {
         &self,
         docker: &Docker,
         work: &Path,
+        steps: usize,
         events: &Events,
     ) -> Result<IndexProxy, String> {
+        if let Some(e) = proxy_env_conflict(|n| std::env::var(n).ok()) {
+            return Err(e);
+        }
         let allow = resolver_proxy::allowlist(
             self.index_url.as_deref(),
             &self.extra_index_urls,
@@ -441,6 +459,12 @@ impl Resolver {
                 allow: &allow,
                 user: &self.config.user,
                 labels: self.labels.clone().into_iter().collect(),
+                // Each step has its deadline; the proxy outlives them all by a margin.
+                lifetime: self
+                    .config
+                    .timeout
+                    .saturating_mul(u32::try_from(steps).unwrap_or(u32::MAX))
+                    .saturating_add(Duration::from_secs(300)),
             },
         )
         .await
@@ -515,8 +539,10 @@ impl Resolver {
                 env.push(format!("{v}={CA_PATH}"));
             }
         }
-        // Behind the index proxy, pip's only proxy is the relay; iac's own proxy settings are
-        // the proxy container's business (it runs on the host's network).
+        // Behind the index proxy, pip's only proxy is the relay. The proxy container connects to
+        // the index directly (Envoy's forward proxy has no upstream proxy), so a host that needs
+        // an HTTP proxy cannot use this network: `start_proxy` refuses it
+        // (`proxy_env_conflict`) before a resolver runs.
         let inherited: &[&str] = if proxied.is_some() { &[] } else { PROXY_ENV };
         for name in inherited
             .iter()
@@ -1167,6 +1193,34 @@ mod tests {
         );
         let cmd = c.cmd.unwrap();
         assert_eq!(&cmd[..4], ["python3", "-m", "pip", "wheel"]);
+    }
+
+    /// A host proxy variable makes the `proxy` network an error naming it and the setting to
+    /// use; `no_proxy` alone or an empty value does not.
+    #[test]
+    fn a_host_http_proxy_is_refused_with_the_proxy_network() {
+        fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+            let pairs: Vec<(String, String)> = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            move |n| pairs.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone())
+        }
+        assert_eq!(proxy_env_conflict(env(&[])), None);
+        assert_eq!(
+            proxy_env_conflict(env(&[("no_proxy", "localhost"), ("NO_PROXY", "x")])),
+            None
+        );
+        assert_eq!(proxy_env_conflict(env(&[("HTTPS_PROXY", " ")])), None);
+        for name in ["https_proxy", "HTTPS_PROXY", "http_proxy", "ALL_PROXY"] {
+            let e = proxy_env_conflict(env(&[(name, "http://proxy.corp:3128")])).expect(name);
+            assert!(
+                e.starts_with(&format!("{name} is set"))
+                    && e.contains("network = \"host\"")
+                    && e.contains("[images.resolver]"),
+                "{e}"
+            );
+        }
     }
 
     /// Behind the index proxy: no network but a loopback, the socket mounted read-only, pip's

@@ -17,7 +17,12 @@
 //! network would otherwise share Envoy's abstract hot-restart socket). Its config is rendered
 //! here, pure ([`render`]). One owner: [`IndexProxy::start`] creates it and waits for the socket,
 //! [`IndexProxy::stop`] reads what it refused and removes it, and dropping an unstopped one
-//! removes it too (a failed or cancelled resolve).
+//! removes it too (a failed or cancelled resolve). An iac killed outright (SIGKILL) runs
+//! neither: every proxy is labelled with its owner ([`LABEL_OWNER`]: host, boot, pid and the
+//! pid's start time, [`iac_core::history::RunOwner`]), the next [`IndexProxy::start`] removes
+//! the proxies whose owner is provably dead ([`orphans`]), and each proxy's command is wrapped in
+//! coreutils `timeout` ([`ProxySpec::lifetime`]) so it ends by itself even when no iac runs
+//! again (the proxy image needs `timeout`, as Envoy's Debian/Ubuntu-based images have).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -31,6 +36,8 @@ use bollard::query_parameters::{
 use futures::StreamExt;
 use serde_json::json;
 
+use iac_core::history::{LocalProcesses, ProcessView, RunOwner, Verdict, judge};
+
 /// Where the relay listens inside the resolver container.
 pub const RELAY_PORT: u16 = 3128;
 /// Where the proxy's socket directory is mounted, in the resolver and in the proxy.
@@ -43,6 +50,8 @@ const CONFIG_DIR: &str = "/iac/proxy-config";
 pub const REFUSED: &str = "iac-resolver-proxy refused";
 /// `iac.role` of the proxy container.
 pub const PROXY_ROLE: &str = "resolver-proxy";
+/// Label holding the proxy's owner (JSON [`RunOwner`]).
+pub const LABEL_OWNER: &str = "iac.owner";
 
 /// The relay run as the resolver's command: `python3 -I -c RELAY PORT SOCKET ARGV…` listens on
 /// 127.0.0.1:PORT, carries every connection to the Unix socket, runs ARGV and exits with its
@@ -294,11 +303,83 @@ pub struct ProxySpec<'a> {
     pub user: &'a str,
     /// Labels (the builder's, e.g. a test's `iac.test`).
     pub labels: HashMap<String, String>,
+    /// The longest the proxy may run (the resolver's deadlines and a margin): its command runs
+    /// under `timeout`, so a proxy whose iac was killed ends by itself.
+    pub lifetime: Duration,
+}
+
+/// The proxy containers among `containers` (id and labels) whose owner `view` finds provably
+/// dead, each with the reason. One without an owner label (or an unreadable one) is left
+/// alone: nothing proves it dead.
+pub fn orphans(
+    containers: &[(String, HashMap<String, String>)],
+    view: &dyn ProcessView,
+) -> Vec<(String, String)> {
+    let Some(here) = view.identity() else {
+        return Vec::new();
+    };
+    containers
+        .iter()
+        .filter(|(_, l)| {
+            l.get(super::resolver::LABEL_RESOLVER).map(String::as_str) == Some(PROXY_ROLE)
+        })
+        .filter_map(|(id, l)| {
+            let owner: RunOwner = serde_json::from_str(l.get(LABEL_OWNER)?).ok()?;
+            match judge(Some(&owner), &here, |pid| view.process(pid)) {
+                Verdict::Dead(why) => Some((id.clone(), why)),
+                Verdict::Alive | Verdict::Unknown => None,
+            }
+        })
+        .collect()
+}
+
+/// Removes the index proxies left by iac processes that died without removing them (see
+/// [`orphans`]); failures are logged, never fatal.
+async fn remove_orphans(docker: &Docker) {
+    let filters = HashMap::from([(
+        "label".to_string(),
+        vec![format!("{}={PROXY_ROLE}", super::resolver::LABEL_RESOLVER)],
+    )]);
+    let opts = bollard::query_parameters::ListContainersOptionsBuilder::default()
+        .all(true)
+        .filters(&filters)
+        .build();
+    let Ok(list) = docker.list_containers(Some(opts)).await else {
+        return;
+    };
+    let containers: Vec<(String, HashMap<String, String>)> = list
+        .into_iter()
+        .filter_map(|c| Some((c.id?, c.labels.unwrap_or_default())))
+        .collect();
+    for (id, why) in orphans(&containers, &LocalProcesses) {
+        let opts = RemoveContainerOptionsBuilder::default().force(true).build();
+        match docker.remove_container(&id, Some(opts)).await {
+            Ok(()) => {
+                tracing::info!(container = %id, "removed a resolver index proxy whose iac died: {why}")
+            }
+            Err(e) => {
+                tracing::warn!(container = %id, "removing a resolver index proxy whose iac died ({why}): {e}")
+            }
+        }
+    }
+}
+
+/// The proxy's entrypoint: Envoy under `timeout` (SIGTERM at `lifetime`, SIGKILL 10 s later;
+/// `timeout` passes a `docker stop`'s SIGTERM on to Envoy).
+fn entrypoint(lifetime: Duration) -> Vec<String> {
+    vec![
+        "timeout".into(),
+        "--kill-after=10".into(),
+        format!("{}", lifetime.as_secs().max(1)),
+        "envoy".into(),
+    ]
 }
 
 impl IndexProxy {
-    /// Writes the config, starts the proxy and waits (up to 60 s) for its socket.
+    /// Removes dead owners' proxies ([`orphans`]), writes the config, starts the proxy and waits
+    /// (up to 60 s) for its socket.
     pub async fn start(docker: &Docker, spec: ProxySpec<'_>) -> Result<IndexProxy, String> {
+        remove_orphans(docker).await;
         let io = |what: &Path, e: std::io::Error| format!("{}: {e}", what.display());
         let config_dir = spec.dir.join("proxy-config");
         let socket_dir = spec.dir.join("proxy");
@@ -338,10 +419,16 @@ impl IndexProxy {
             super::resolver::LABEL_RESOLVER.to_string(),
             PROXY_ROLE.to_string(),
         );
+        if let Some(owner) = RunOwner::current(&LocalProcesses) {
+            labels.insert(
+                LABEL_OWNER.to_string(),
+                serde_json::to_string(&owner).expect("an owner serializes"),
+            );
+        }
         let memory = 256 * 1024 * 1024;
         let body = ContainerCreateBody {
             image: Some(spec.image.to_string()),
-            entrypoint: Some(vec!["envoy".into()]),
+            entrypoint: Some(entrypoint(spec.lifetime)),
             cmd: Some(vec![
                 "-c".into(),
                 format!("{CONFIG_DIR}/envoy.yaml"),
@@ -391,7 +478,12 @@ impl IndexProxy {
         docker
             .start_container(&created.id, None)
             .await
-            .map_err(|e| format!("starting the resolver's index proxy: {e}"))?;
+            .map_err(|e| {
+                format!(
+                    "starting the resolver's index proxy from {} (its image needs Envoy and coreutils `timeout`): {e}",
+                    spec.image
+                )
+            })?;
         let socket = socket_dir.join(SOCKET_NAME);
         let started = Instant::now();
         while !socket.exists() {
@@ -485,6 +577,76 @@ mod tests {
 
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|x| x.to_string()).collect()
+    }
+
+    /// A fake `/proc`: this host, and pid 10 alive since tick 500.
+    struct View;
+    impl ProcessView for View {
+        fn identity(&self) -> Option<iac_core::history::HostIdentity> {
+            Some(iac_core::history::HostIdentity {
+                host: "h".into(),
+                machine_id: Some("m".into()),
+                boot_id: "b".into(),
+                pid_ns: Some("ns".into()),
+            })
+        }
+        fn process(&self, pid: u32) -> iac_core::history::ProcessState {
+            match pid {
+                10 => iac_core::history::ProcessState::Alive { start_ticks: 500 },
+                _ => iac_core::history::ProcessState::Gone,
+            }
+        }
+    }
+
+    /// Only proxies whose owner is provably dead (pid gone, pid reused) are orphans; a live
+    /// owner's, another host's, an unlabelled one and a non-proxy container are kept.
+    #[test]
+    fn only_proxies_of_dead_owners_are_orphans() {
+        let owner = |host: &str, pid: u32, ticks: u64| {
+            serde_json::to_string(&RunOwner {
+                host: host.into(),
+                machine_id: Some("m".into()),
+                boot_id: "b".into(),
+                pid_ns: Some("ns".into()),
+                pid,
+                start_ticks: ticks,
+            })
+            .unwrap()
+        };
+        let c = |id: &str, role: &str, o: Option<String>| {
+            let mut l = HashMap::from([(
+                super::super::resolver::LABEL_RESOLVER.to_string(),
+                role.to_string(),
+            )]);
+            if let Some(o) = o {
+                l.insert(LABEL_OWNER.to_string(), o);
+            }
+            (id.to_string(), l)
+        };
+        let list = [
+            c("live", PROXY_ROLE, Some(owner("h", 10, 500))),
+            c("gone", PROXY_ROLE, Some(owner("h", 11, 500))),
+            c("reused", PROXY_ROLE, Some(owner("h", 10, 400))),
+            c("elsewhere", PROXY_ROLE, Some(owner("other", 11, 500))),
+            c("unlabelled", PROXY_ROLE, None),
+            c("garbled", PROXY_ROLE, Some("{".into())),
+            c("resolver", "resolver", Some(owner("h", 11, 500))),
+        ];
+        let got: Vec<String> = orphans(&list, &View)
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(got, ["gone", "reused"]);
+        assert!(orphans(&list, &View)[0].1.contains("pid 11"));
+    }
+
+    #[test]
+    fn the_proxy_runs_under_a_timeout() {
+        assert_eq!(
+            entrypoint(Duration::from_secs(1200)),
+            ["timeout", "--kill-after=10", "1200", "envoy"]
+        );
+        assert_eq!(entrypoint(Duration::ZERO)[2], "1", "never 0 (no limit)");
     }
 
     #[test]
