@@ -537,8 +537,8 @@ fn session(n: u8, expires_ms: i64) -> StoredSession {
 
 async fn keeps_sessions_until_expiry_and_sign_out(s: Subject) {
     let st = &s.store;
-    st.put_session(&session(1, 10_000)).await.unwrap();
-    st.put_session(&session(2, 20_000)).await.unwrap();
+    st.insert_session(&session(1, 10_000)).await.unwrap();
+    st.insert_session(&session(2, 20_000)).await.unwrap();
     let key1 = session(1, 0).id_hash;
     let key2 = session(2, 0).id_hash;
     assert_eq!(
@@ -552,10 +552,12 @@ async fn keeps_sessions_until_expiry_and_sign_out(s: Subject) {
     );
     // Expired: not returned even before it is pruned.
     assert_eq!(st.session(&key1, 10_000).await.unwrap(), None);
+    // A second sign-in never lands on an existing row.
+    assert!(st.insert_session(&session(2, 40_000)).await.is_err());
     // A refresh rotates the sealed token and slides the expiry: one row, the new values.
     let mut rotated = session(2, 30_000);
     rotated.sealed = "v1.rotated".into();
-    st.put_session(&rotated).await.unwrap();
+    assert!(st.update_session(&rotated).await.unwrap());
     assert_eq!(
         st.session(&key2, 25_000).await.unwrap(),
         Some(rotated.clone())
@@ -567,6 +569,11 @@ async fn keeps_sessions_until_expiry_and_sign_out(s: Subject) {
     // Sign-out deletes the row.
     assert!(st.delete_session(&key2).await.unwrap());
     assert!(!st.delete_session(&key2).await.unwrap());
+    assert_eq!(st.session(&key2, 0).await.unwrap(), None);
+    // A refresh or an expiry slide that lands after the sign-out does not bring the row back.
+    let mut late = session(2, 90_000);
+    late.sealed = "v1.late".into();
+    assert!(!st.update_session(&late).await.unwrap(), "no row to update");
     assert_eq!(st.session(&key2, 0).await.unwrap(), None);
     // A key that is not a SHA-256 in hex never reaches SQL.
     for bad in [
@@ -581,7 +588,8 @@ async fn keeps_sessions_until_expiry_and_sign_out(s: Subject) {
     }
     let mut bad = session(3, 1);
     bad.id_hash = "short".into();
-    assert!(st.put_session(&bad).await.is_err());
+    assert!(st.insert_session(&bad).await.is_err());
+    assert!(st.update_session(&bad).await.is_err());
 }
 
 // ---- runners -----------------------------------------------------------------------------
@@ -791,7 +799,7 @@ async fn sqlite_database_of_version_3_gains_sessions() {
         store.get(&id(1)).await.unwrap().unwrap().summary.who,
         "cli:old"
     );
-    store.put_session(&session(1, 5_000)).await.unwrap();
+    store.insert_session(&session(1, 5_000)).await.unwrap();
     assert_eq!(
         store.session(&session(1, 0).id_hash, 1_000).await.unwrap(),
         Some(session(1, 5_000))
@@ -867,7 +875,7 @@ async fn postgres_migrations(pg: &PgServer) {
         .unwrap();
     assert_eq!(marked, vec![id(2)]);
     // Version 4's sessions.
-    store.put_session(&session(1, 5_000)).await.unwrap();
+    store.insert_session(&session(1, 5_000)).await.unwrap();
     assert_eq!(
         store.session(&session(1, 0).id_hash, 1_000).await.unwrap(),
         Some(session(1, 5_000))

@@ -6,8 +6,9 @@
 //! Signed in, then `iac serve` is restarted on the same state directory: the same cookie is
 //! still signed in (the stored refresh token gets a new access token: one refresh grant), on
 //! the API and on the console's pages; a second restart still knows it (the rotated refresh
-//! token was stored). Sign-out ends it, and it stays ended after another restart. The history
-//! database holds neither the cookie's id nor the Supabase tokens in the clear.
+//! token was stored). Sign-out ends it, and it stays ended after another restart. No file under
+//! the state directory holds the cookie's id or any access or refresh token the stand-in issued
+//! in the clear.
 
 mod browser;
 
@@ -135,13 +136,26 @@ async fn a_console_session_survives_a_restart_of_iac_serve_until_sign_out() {
     assert_eq!(api_status(&srv, &cookie).await, StatusCode::OK);
     assert_eq!(sb.refreshes(), 2);
 
-    // Nothing on disk gives the session away.
+    // Nothing on disk gives the session away: neither the cookie's id nor any access or
+    // refresh token the stand-in issued (the sign-in's and both refreshes').
     let state = work.path().join(".iac");
-    for (file, bytes) in all_bytes(&state) {
-        assert!(
-            !bytes.windows(id.len()).any(|w| w == id.as_bytes()),
-            "the cookie's id is in {file}"
-        );
+    let issued = sb.issued_tokens();
+    assert_eq!(issued.len(), 6, "three grants, two tokens each");
+    let files = all_bytes(&state);
+    assert!(
+        files.iter().any(|(f, _)| f.contains("history")),
+        "the history database is under the state dir: {:?}",
+        files.iter().map(|(f, _)| f).collect::<Vec<_>>()
+    );
+    for (file, bytes) in &files {
+        for (what, secret) in std::iter::once(("the cookie's id", id.as_str()))
+            .chain(issued.iter().map(|t| ("a Supabase token", t.as_str())))
+        {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{what} is in {file}"
+            );
+        }
     }
 
     // Sign-out ends the session, here and after a restart.

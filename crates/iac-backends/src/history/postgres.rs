@@ -272,19 +272,31 @@ fn summary_row(r: &Row) -> SummaryRow {
 
 #[async_trait]
 impl SessionStore for PostgresHistory {
-    async fn put_session(&self, s: &StoredSession) -> Result<(), HistoryError> {
+    async fn insert_session(&self, s: &StoredSession) -> Result<(), HistoryError> {
         check_session_hash(&s.id_hash)?;
         let g = self.conn().await?;
         g.client
             .execute(
-                "INSERT INTO iac_sessions (id_hash, principal, expires_ms, sealed) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (id_hash) DO UPDATE SET principal = excluded.principal,
-                     expires_ms = excluded.expires_ms, sealed = excluded.sealed",
+                "INSERT INTO iac_sessions (id_hash, principal, expires_ms, sealed) VALUES ($1, $2, $3, $4)",
                 &[&s.id_hash, &s.principal, &s.expires_ms, &s.sealed],
             )
             .await
             .map_err(|e| self.err(e))?;
         Ok(())
+    }
+
+    async fn update_session(&self, s: &StoredSession) -> Result<bool, HistoryError> {
+        check_session_hash(&s.id_hash)?;
+        let g = self.conn().await?;
+        let n = g
+            .client
+            .execute(
+                "UPDATE iac_sessions SET expires_ms = $2, sealed = $3 WHERE id_hash = $1",
+                &[&s.id_hash, &s.expires_ms, &s.sealed],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(n > 0)
     }
 
     async fn session(

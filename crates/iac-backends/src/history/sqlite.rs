@@ -279,18 +279,31 @@ fn summary_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SummaryRow> {
 
 #[async_trait]
 impl SessionStore for SqliteHistory {
-    async fn put_session(&self, s: &StoredSession) -> Result<(), HistoryError> {
+    async fn insert_session(&self, s: &StoredSession) -> Result<(), HistoryError> {
         check_session_hash(&s.id_hash)?;
         let s = s.clone();
         self.with(move |c, path, _| {
             c.execute(
-                "INSERT INTO sessions (id_hash, principal, expires_ms, sealed) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (id_hash) DO UPDATE SET principal = excluded.principal,
-                     expires_ms = excluded.expires_ms, sealed = excluded.sealed",
+                "INSERT INTO sessions (id_hash, principal, expires_ms, sealed) VALUES (?1, ?2, ?3, ?4)",
                 params![s.id_hash, s.principal, s.expires_ms, s.sealed],
             )
             .map_err(|e| db_err(path, e))?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn update_session(&self, s: &StoredSession) -> Result<bool, HistoryError> {
+        check_session_hash(&s.id_hash)?;
+        let s = s.clone();
+        self.with(move |c, path, _| {
+            let n = c
+                .execute(
+                    "UPDATE sessions SET expires_ms = ?2, sealed = ?3 WHERE id_hash = ?1",
+                    params![s.id_hash, s.expires_ms, s.sealed],
+                )
+                .map_err(|e| db_err(path, e))?;
+            Ok(n > 0)
         })
         .await
     }

@@ -28,6 +28,8 @@ struct Inner {
     ttl: i64,
     refresh_tokens: HashSet<String>,
     access_tokens: HashSet<String>,
+    /// Every access and refresh token issued, in order (spent ones too).
+    issued: Vec<String>,
     /// How many refresh grants succeeded.
     refreshes: usize,
     /// How many password grants failed.
@@ -54,6 +56,7 @@ impl StandIn {
             ttl,
             refresh_tokens: HashSet::new(),
             access_tokens: HashSet::new(),
+            issued: Vec::new(),
             refreshes: 0,
             failed_sign_ins: 0,
         }));
@@ -74,6 +77,11 @@ impl StandIn {
 
     pub fn refreshes(&self) -> usize {
         self.inner.lock().unwrap().refreshes
+    }
+
+    /// Every access and refresh token issued so far, spent or not.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.inner.lock().unwrap().issued.clone()
     }
 
     pub fn failed_sign_ins(&self) -> usize {
@@ -110,6 +118,8 @@ fn issue(s: &mut Inner) -> Value {
     let refresh = uuid::Uuid::new_v4().simple().to_string();
     s.access_tokens.insert(access.clone());
     s.refresh_tokens.insert(refresh.clone());
+    s.issued.push(access.clone());
+    s.issued.push(refresh.clone());
     json!({
         "access_token": access,
         "token_type": "bearer",

@@ -416,9 +416,14 @@ pub struct StoredSession {
 #[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
 #[async_trait]
 pub trait SessionStore: Send + Sync {
-    /// Inserts the session, or replaces the one with the same `id_hash` (a refresh rotates the
-    /// sealed token; use slides the expiry).
-    async fn put_session(&self, session: &StoredSession) -> Result<(), HistoryError>;
+    /// Inserts a new session (sign-in); an error when a row with its `id_hash` exists.
+    async fn insert_session(&self, session: &StoredSession) -> Result<(), HistoryError>;
+
+    /// Overwrites the expiry and the sealed credential of the session with `session.id_hash`
+    /// (use slides the expiry, a refresh rotates the sealed token) and returns whether there was
+    /// one. Never inserts: once signed out (the row deleted) the session stays ended, even when
+    /// a refresh or another control plane's expiry slide lands after the sign-out.
+    async fn update_session(&self, session: &StoredSession) -> Result<bool, HistoryError>;
 
     /// The session with `id_hash` unless it expired by `now_ms`; `None` when unknown.
     async fn session(

@@ -164,7 +164,16 @@ mod tests {
 
     #[async_trait::async_trait]
     impl crate::history::SessionStore for Memory {
-        async fn put_session(&self, _: &crate::history::StoredSession) -> Result<(), HistoryError> {
+        async fn insert_session(
+            &self,
+            _: &crate::history::StoredSession,
+        ) -> Result<(), HistoryError> {
+            unreachable!()
+        }
+        async fn update_session(
+            &self,
+            _: &crate::history::StoredSession,
+        ) -> Result<bool, HistoryError> {
             unreachable!()
         }
         async fn session(

@@ -112,7 +112,11 @@ impl Console {
             match gt.refresh(&refresh).await {
                 Ok(fresh) => {
                     *t = fresh;
-                    self.sessions.refreshed(id, &session, &t).await;
+                    if !self.sessions.refreshed(id, &session, &t).await {
+                        return Err(AuthError::Invalid(
+                            "the console session has ended (signed out); sign in again".into(),
+                        ));
+                    }
                 }
                 Err(GrantError::Refused(m)) => {
                     drop(t);

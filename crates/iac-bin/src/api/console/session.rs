@@ -8,8 +8,11 @@
 //! deployment history's database ([`iac_core::history::SessionStore`]: SQLite under the state
 //! dir, or PostgreSQL): a hash of the id, the principal, the expiry and the refresh token (or a
 //! pasted access token) sealed with a key derived from the id ([`super::sealed`]). A session
-//! unknown to memory is looked up there and comes back with a fresh access token. Sign-out
-//! deletes the row; expired rows are pruned when a session starts and when `iac serve` starts.
+//! unknown to memory is looked up there and comes back with a fresh access token. Only sign-in
+//! inserts a row; a refresh and the expiry slide of a session in use update it, and only while
+//! it is there, so sign-out (which deletes the row) cannot be undone by a refresh in flight or
+//! by another control plane: the session is then dropped from memory too. Expired rows are
+//! pruned when a session starts and when `iac serve` starts.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -98,6 +101,9 @@ struct Entry {
     last_used: Instant,
     /// When the stored row was last written; `None`: due.
     persisted: Option<Instant>,
+    /// Whether the session has a stored row: not when the store could not be written at
+    /// sign-in (the session then lasts as long as this process, and nothing is written later).
+    stored: bool,
 }
 
 /// The sessions of this process, backed by the store when there is one.
@@ -131,6 +137,10 @@ impl SessionStore {
         let id = new_id();
         let credential = tokens.credential();
         self.prune().await;
+        let session = Arc::new(Session {
+            tokens: tokio::sync::Mutex::new(tokens),
+            principal: principal.clone(),
+        });
         {
             let mut map = self.inner.lock().expect("session store poisoned");
             let now = Instant::now();
@@ -146,20 +156,41 @@ impl SessionStore {
             map.insert(
                 id.clone(),
                 Entry {
-                    session: Arc::new(Session {
-                        tokens: tokio::sync::Mutex::new(tokens),
-                        principal: principal.clone(),
-                    }),
+                    session,
                     last_used: now,
                     persisted: None,
+                    stored: true,
                 },
             );
         }
-        self.write(&id, &principal, &credential).await;
+        let Some(rows) = &self.rows else { return id };
+        let inserted = match self.row(&id, &principal, &credential) {
+            Some(row) => match rows.insert_session(&row).await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(
+                        "console sessions: not stored, so this session ends if iac serve restarts: {e}"
+                    );
+                    false
+                }
+            },
+            None => false,
+        };
+        if let Some(e) = self
+            .inner
+            .lock()
+            .expect("session store poisoned")
+            .get_mut(&id)
+        {
+            e.stored = inserted;
+            e.persisted = inserted.then(Instant::now);
+        }
         id
     }
 
-    /// Session `id`, if it exists and is not expired: from memory, else from the store.
+    /// Session `id`, if it exists and is not expired: from memory, else from the store. A
+    /// session whose stored row is gone when its expiry is slid (signed out on another control
+    /// plane) is dropped and not returned.
     pub async fn get(&self, id: &str) -> Option<Arc<Session>> {
         let hit = {
             let mut map = self.inner.lock().expect("session store poisoned");
@@ -179,8 +210,12 @@ impl SessionStore {
         };
         if let Some((session, due)) = hit {
             if due {
-                let credential = session.tokens.lock().await.credential();
-                self.write(id, &session.principal, &credential).await;
+                // The token lock is held across the write, so a refresh cannot store its new
+                // refresh token in between and be overwritten with the old one.
+                let tokens = session.tokens.lock().await;
+                if !self.write(id, &session, &tokens.credential()).await {
+                    return None;
+                }
             }
             return Some(session);
         }
@@ -200,26 +235,35 @@ impl SessionStore {
                 return None;
             }
         };
-        let session = Arc::new(Session {
-            tokens: tokio::sync::Mutex::new(Tokens::restored(credential)),
-            principal: row.principal,
-        });
-        self.inner.lock().expect("session store poisoned").insert(
-            id.to_string(),
-            Entry {
-                session: session.clone(),
+        // Parallel first requests with the same cookie (after a restart) share one session,
+        // so its token lock orders their refreshes: the second sees the first's new token
+        // instead of spending the same refresh token again (which GoTrue refuses).
+        let session = self
+            .inner
+            .lock()
+            .expect("session store poisoned")
+            .entry(id.to_string())
+            .or_insert_with(|| Entry {
+                session: Arc::new(Session {
+                    tokens: tokio::sync::Mutex::new(Tokens::restored(credential)),
+                    principal: row.principal,
+                }),
                 last_used: Instant::now(),
                 persisted: None,
-            },
-        );
+                stored: true,
+            })
+            .session
+            .clone();
         Some(session)
     }
 
     /// Writes session `id`'s new tokens to the store (after a refresh: GoTrue rotates the
-    /// refresh token, so the stored one would no longer work).
-    pub async fn refreshed(&self, id: &str, session: &Session, tokens: &Tokens) {
-        self.write(id, &session.principal, &tokens.credential())
-            .await;
+    /// refresh token, so the stored one would no longer work); call it with `session`'s token
+    /// lock held. Returns `false` when the session ended meanwhile (signed out here or on
+    /// another control plane): nothing was written, it is forgotten, and the caller must not
+    /// use it.
+    pub async fn refreshed(&self, id: &str, session: &Arc<Session>, tokens: &Tokens) -> bool {
+        self.write(id, session, &tokens.credential()).await
     }
 
     /// Forgets session `id`, in memory and in the store.
@@ -246,23 +290,46 @@ impl SessionStore {
         }
     }
 
-    /// Seals and writes session `id`'s row, expiring `IDLE` from now; logged on failure.
-    async fn write(&self, id: &str, principal: &str, credential: &Credential) {
-        let Some(rows) = &self.rows else { return };
-        let row = match sealed::seal(id, credential) {
-            Ok(s) => StoredSession {
+    /// The row of session `id`, expiring `IDLE` from now; `None` (logged) when it cannot be
+    /// sealed.
+    fn row(&self, id: &str, principal: &str, credential: &Credential) -> Option<StoredSession> {
+        match sealed::seal(id, credential) {
+            Ok(s) => Some(StoredSession {
                 id_hash: sealed::id_hash(id),
                 principal: principal.to_string(),
                 expires_ms: now_ms() + IDLE.as_millis() as i64,
                 sealed: s,
-            },
+            }),
             Err(e) => {
                 tracing::warn!("console sessions: {e}");
-                return;
+                None
             }
+        }
+    }
+
+    /// Updates session `id`'s stored row (never inserts it), expiring `IDLE` from now. Returns
+    /// whether the session lives on: `false` when it is no longer this process's session `id`
+    /// (signed out: nothing is written) or its row is gone (signed out on another control
+    /// plane, or while this write was on its way: it is forgotten here too). A store that
+    /// cannot be written is logged and the session lives on.
+    async fn write(&self, id: &str, session: &Arc<Session>, credential: &Credential) -> bool {
+        let Some(rows) = &self.rows else { return true };
+        {
+            let map = self.inner.lock().expect("session store poisoned");
+            match map.get(id) {
+                Some(e) if Arc::ptr_eq(&e.session, session) => {
+                    if !e.stored {
+                        return true;
+                    }
+                }
+                _ => return false,
+            }
+        }
+        let Some(row) = self.row(id, &session.principal, credential) else {
+            return true;
         };
-        match rows.put_session(&row).await {
-            Ok(()) => {
+        match rows.update_session(&row).await {
+            Ok(true) => {
                 if let Some(e) = self
                     .inner
                     .lock()
@@ -271,10 +338,25 @@ impl SessionStore {
                 {
                     e.persisted = Some(Instant::now());
                 }
+                true
             }
-            Err(e) => tracing::warn!(
-                "console sessions: not stored, so this session ends if iac serve restarts: {e}"
-            ),
+            Ok(false) => {
+                let mut map = self.inner.lock().expect("session store poisoned");
+                if map
+                    .get(id)
+                    .is_some_and(|e| Arc::ptr_eq(&e.session, session))
+                {
+                    map.remove(id);
+                }
+                tracing::info!("console sessions: a session signed out elsewhere is ended");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "console sessions: the stored session was not updated, so a restart of iac serve may end it: {e}"
+                );
+                true
+            }
         }
     }
 }
@@ -702,5 +784,223 @@ mod tests {
                 .await
                 .is_none()
         );
+    }
+
+    /// Tokens with refresh token `refresh`, valid for an hour.
+    fn tokens(refresh: &str) -> Tokens {
+        Tokens {
+            access: format!("access-for-{refresh}"),
+            refresh: Some(refresh.into()),
+            expires_at: Some(now_secs() + 3600),
+        }
+    }
+
+    /// The refresh token stored for session `id` (`None`: no row).
+    async fn stored_refresh(rows: &dyn Rows, id: &str) -> Option<String> {
+        let row = rows.session(&sealed::id_hash(id), 0).await.unwrap()?;
+        match sealed::open(id, &row.sealed).unwrap() {
+            Credential::Refresh(r) => Some(r),
+            Credential::Access(_) => panic!("a refresh token was stored"),
+        }
+    }
+
+    async fn sqlite_rows(tmp: &tempfile::TempDir) -> Arc<dyn Rows> {
+        Arc::new(
+            iac_backends::history::SqliteHistory::open(&tmp.path().join("history"))
+                .await
+                .unwrap(),
+        )
+    }
+
+    /// Sign-out while a refresh is under way (GoTrue answering): the refresh's write comes
+    /// after the row is deleted and must not bring it back, here or on another control plane
+    /// whose refresh or expiry slide lands after the sign-out; that one forgets the session.
+    #[tokio::test]
+    async fn a_refresh_or_expiry_slide_after_sign_out_does_not_bring_the_session_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rows = sqlite_rows(&tmp).await;
+        let here = SessionStore::new(Some(rows.clone()));
+        let id = here.create(tokens("r1"), "alice".into()).await;
+        let s = here.get(&id).await.unwrap();
+        // The refresh starts (it holds the token lock while GoTrue answers)…
+        let mut t = s.tokens.lock().await;
+        // …the user signs out meanwhile…
+        here.remove(&id).await;
+        // …and the refresh's new tokens arrive.
+        *t = tokens("r2");
+        assert!(!here.refreshed(&id, &s, &t).await, "the session ended");
+        drop(t);
+        assert_eq!(
+            stored_refresh(&*rows, &id).await,
+            None,
+            "the row stays gone"
+        );
+        assert!(here.get(&id).await.is_none());
+        assert!(
+            SessionStore::new(Some(rows.clone()))
+                .get(&id)
+                .await
+                .is_none(),
+            "not after a restart either"
+        );
+
+        // Another control plane that brought the session back before the sign-out: its
+        // refresh lands after it.
+        let id = here.create(tokens("r1"), "alice".into()).await;
+        let other = SessionStore::new(Some(rows.clone()));
+        let s = other.get(&id).await.unwrap();
+        let mut t = s.tokens.lock().await;
+        here.remove(&id).await;
+        *t = tokens("r2");
+        assert!(!other.refreshed(&id, &s, &t).await, "signed out elsewhere");
+        drop(t);
+        assert_eq!(stored_refresh(&*rows, &id).await, None);
+        assert!(other.get(&id).await.is_none(), "forgotten there too");
+        assert_eq!(stored_refresh(&*rows, &id).await, None);
+
+        // Its expiry slide (due on the first use after it was brought back) lands after it.
+        let id = here.create(tokens("r1"), "alice".into()).await;
+        let other = SessionStore::new(Some(rows.clone()));
+        assert!(other.get(&id).await.is_some());
+        here.remove(&id).await;
+        assert!(other.get(&id).await.is_none(), "the slide finds no row");
+        assert_eq!(stored_refresh(&*rows, &id).await, None);
+        assert!(other.get(&id).await.is_none(), "and it is forgotten");
+
+        // A session in use still slides and rotates its row.
+        let id = here.create(tokens("r1"), "alice".into()).await;
+        let other = SessionStore::new(Some(rows.clone()));
+        let s = other.get(&id).await.unwrap();
+        assert!(other.get(&id).await.is_some(), "slid");
+        let t = tokens("r2");
+        assert!(other.refreshed(&id, &s, &t).await);
+        assert_eq!(stored_refresh(&*rows, &id).await.as_deref(), Some("r2"));
+    }
+
+    /// Sessions in a map. `session` lookups wait for `lookups` callers together (so parallel
+    /// requests are both past the memory check); the first `update_session` tells `entered`
+    /// and waits for `release`.
+    struct Gated {
+        rows: Mutex<HashMap<String, StoredSession>>,
+        lookups: tokio::sync::Barrier,
+        hold_first_update: std::sync::atomic::AtomicBool,
+        entered: tokio::sync::Notify,
+        release: tokio::sync::Notify,
+    }
+
+    impl Gated {
+        fn new(lookups: usize, hold_first_update: bool) -> Gated {
+            Gated {
+                rows: Mutex::default(),
+                lookups: tokio::sync::Barrier::new(lookups),
+                hold_first_update: hold_first_update.into(),
+                entered: tokio::sync::Notify::new(),
+                release: tokio::sync::Notify::new(),
+            }
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Rows for Gated {
+        async fn insert_session(
+            &self,
+            s: &StoredSession,
+        ) -> Result<(), iac_core::history::HistoryError> {
+            self.rows
+                .lock()
+                .unwrap()
+                .insert(s.id_hash.clone(), s.clone());
+            Ok(())
+        }
+        async fn update_session(
+            &self,
+            s: &StoredSession,
+        ) -> Result<bool, iac_core::history::HistoryError> {
+            if self
+                .hold_first_update
+                .swap(false, std::sync::atomic::Ordering::SeqCst)
+            {
+                self.entered.notify_one();
+                self.release.notified().await;
+            }
+            let mut rows = self.rows.lock().unwrap();
+            Ok(match rows.get_mut(&s.id_hash) {
+                Some(r) => {
+                    r.expires_ms = s.expires_ms;
+                    r.sealed = s.sealed.clone();
+                    true
+                }
+                None => false,
+            })
+        }
+        async fn session(
+            &self,
+            id_hash: &str,
+            _: i64,
+        ) -> Result<Option<StoredSession>, iac_core::history::HistoryError> {
+            self.lookups.wait().await;
+            Ok(self.rows.lock().unwrap().get(id_hash).cloned())
+        }
+        async fn delete_session(
+            &self,
+            id_hash: &str,
+        ) -> Result<bool, iac_core::history::HistoryError> {
+            Ok(self.rows.lock().unwrap().remove(id_hash).is_some())
+        }
+        async fn prune_sessions(&self, _: i64) -> Result<u64, iac_core::history::HistoryError> {
+            Ok(0)
+        }
+    }
+
+    /// After a restart, two first requests with the same cookie at once share one session (and
+    /// so its token lock: the second waits for the first's refresh and uses its new token
+    /// instead of spending the same refresh token, which GoTrue refuses).
+    #[tokio::test]
+    async fn parallel_first_requests_after_a_restart_share_one_session() {
+        let rows = Arc::new(Gated::new(2, false));
+        let before = SessionStore::new(Some(rows.clone()));
+        let id = before.create(tokens("r1"), "alice".into()).await;
+        let after = SessionStore::new(Some(rows.clone()));
+        let (a, b) = tokio::join!(after.get(&id), after.get(&id));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert!(Arc::ptr_eq(&a, &b), "one session, one token lock");
+        *a.tokens.lock().await = tokens("r2");
+        assert_eq!(b.tokens.lock().await.refresh.as_deref(), Some("r2"));
+    }
+
+    /// An expiry slide that read the old refresh token cannot store it over the one a refresh
+    /// stored meanwhile (the stored one would be spent, and the next restart would sign the
+    /// user out): the slide holds the token lock until its write is done.
+    #[tokio::test]
+    async fn an_expiry_slide_does_not_overwrite_a_newer_refresh_token() {
+        let rows = Arc::new(Gated::new(1, false));
+        let before = SessionStore::new(Some(rows.clone()));
+        let id = before.create(tokens("r1"), "alice".into()).await;
+        let store = SessionStore::new(Some(rows.clone()));
+        let s = store.get(&id).await.unwrap();
+        rows.hold_first_update
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        // A request whose slide (due: brought back, never written) stalls in the store…
+        let slide = tokio::spawn({
+            let (store, id) = (store.clone(), id.clone());
+            async move { store.get(&id).await.is_some() }
+        });
+        rows.entered.notified().await;
+        // …while another request refreshes the token.
+        let refresh = tokio::spawn({
+            let (store, id, s) = (store.clone(), id.clone(), s.clone());
+            async move {
+                let mut t = s.tokens.lock().await;
+                *t = tokens("r2");
+                store.refreshed(&id, &s, &t).await
+            }
+        });
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        rows.release.notify_one();
+        assert!(slide.await.unwrap());
+        assert!(refresh.await.unwrap());
+        assert_eq!(stored_refresh(&*rows, &id).await.as_deref(), Some("r2"));
     }
 }
