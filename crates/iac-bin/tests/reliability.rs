@@ -166,7 +166,7 @@ fn faults_heal_without_a_person() {
     // the entry's start, and on a loaded CI machine (tests side by side under nextest) the
     // instrumented interpreter can take longer than 3 s to reach crashy's `sys.exit(1)`, which a
     // shorter window reports as SERVING (seen once in CI).
-    let out = p.iac_env(
+    let out = p.p.iac_env(
         &["deploy", "--file", file, "--json"],
         &[("IAC_HEALTH_SETTLE", "10s")],
     );
