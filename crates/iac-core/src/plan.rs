@@ -285,7 +285,8 @@ done
 /// The first line of [`envoy_supervisor_script`] (a comment): [`sidecar_reload_script`] looks
 /// for it in the supervisor's command line to tell a supervisor that validates and answers a
 /// reload from one made by an older iac, which restarts Envoy on SIGHUP without either.
-pub const SUPERVISOR_MARKER: &str = "iac-sidecar-supervisor: validates reloads, answers in the status file";
+pub const SUPERVISOR_MARKER: &str =
+    "iac-sidecar-supervisor: validates reloads, answers in the status file";
 
 /// What [`sidecar_reload_script`] prints last when the reload worked.
 pub const RELOAD_OK: &str = "ok";
