@@ -920,15 +920,15 @@ fn created_wheel(line: &str) -> Option<&str> {
     is_wheel_file_name(file).then_some(file)
 }
 
-/// Removes the resolver container: explicitly when a step ends, or on drop (a panic, a
-/// cancelled deploy) from a spawned task.
-struct ContainerGuard {
-    docker: Docker,
-    id: Option<String>,
+/// Removes a container of a resolve (the resolver's, the index proxy's): explicitly when its
+/// step ends, or on drop (a panic, a cancelled deploy) from a spawned task.
+pub(super) struct ContainerGuard {
+    pub(super) docker: Docker,
+    pub(super) id: Option<String>,
 }
 
 impl ContainerGuard {
-    async fn remove(mut self) {
+    pub(super) async fn remove(mut self) {
         if let Some(id) = self.id.take() {
             let opts = RemoveContainerOptionsBuilder::default().force(true).build();
             let _ = self.docker.remove_container(&id, Some(opts)).await;

@@ -38,6 +38,8 @@ use serde_json::json;
 
 use iac_core::history::{LocalProcesses, ProcessView, RunOwner, Verdict, judge};
 
+use super::resolver::ContainerGuard;
+
 /// Where the relay listens inside the resolver container.
 pub const RELAY_PORT: u16 = 3128;
 /// Where the proxy's socket directory is mounted, in the resolver and in the proxy.
@@ -286,8 +288,8 @@ pub fn render(allow: &[String], socket: &str) -> String {
 /// The proxy of one resolver run. Create with [`IndexProxy::start`]; end with
 /// [`IndexProxy::stop`] (dropping it removes the container as well).
 pub struct IndexProxy {
-    docker: Docker,
-    id: Option<String>,
+    /// The proxy container: removed by [`IndexProxy::stop`], or when dropped.
+    container: ContainerGuard,
     socket_dir: PathBuf,
 }
 
@@ -471,8 +473,10 @@ impl IndexProxy {
                 )
             })?;
         let proxy = IndexProxy {
-            docker: docker.clone(),
-            id: Some(created.id.clone()),
+            container: ContainerGuard {
+                docker: docker.clone(),
+                id: Some(created.id.clone()),
+            },
             socket_dir: socket_dir.clone(),
         };
         docker
@@ -517,7 +521,7 @@ impl IndexProxy {
 
     /// The proxy's log so far (bounded: the last 2000 lines).
     async fn log(&self) -> String {
-        let Some(id) = &self.id else {
+        let Some(id) = &self.container.id else {
             return String::new();
         };
         let opts = LogsOptionsBuilder::new()
@@ -526,7 +530,7 @@ impl IndexProxy {
             .tail("2000")
             .build();
         let mut out = crate::output_tail::OutputTail::new(256 * 1024, 0);
-        let mut logs = self.docker.logs(id, Some(opts));
+        let mut logs = self.container.docker.logs(id, Some(opts));
         while let Some(Ok(chunk)) = logs.next().await {
             out.push(&chunk.into_bytes(), |_, _| {});
         }
@@ -535,11 +539,11 @@ impl IndexProxy {
 
     /// Removes the proxy; returns its log (the last 2000 lines, each request it admitted or
     /// refused) and the requests it refused (`destination=… method=…`).
-    pub async fn stop(mut self) -> (Vec<String>, Vec<String>) {
+    pub async fn stop(self) -> (Vec<String>, Vec<String>) {
         // Envoy writes its access log in batches: stopped first (SIGTERM), it flushes them.
-        if let Some(id) = &self.id {
+        if let Some(id) = &self.container.id {
             let opts = StopContainerOptionsBuilder::default().t(10).build();
-            let _ = self.docker.stop_container(id, Some(opts)).await;
+            let _ = self.container.docker.stop_container(id, Some(opts)).await;
         }
         let log: Vec<String> = self.log().await.lines().map(str::to_string).collect();
         let refused = log
@@ -549,25 +553,8 @@ impl IndexProxy {
                     .map(|(_, rest)| rest.trim().to_string())
             })
             .collect();
-        if let Some(id) = self.id.take() {
-            let opts = RemoveContainerOptionsBuilder::default().force(true).build();
-            let _ = self.docker.remove_container(&id, Some(opts)).await;
-        }
+        self.container.remove().await;
         (log, refused)
-    }
-}
-
-impl Drop for IndexProxy {
-    fn drop(&mut self) {
-        if let Some(id) = self.id.take()
-            && let Ok(rt) = tokio::runtime::Handle::try_current()
-        {
-            let docker = self.docker.clone();
-            rt.spawn(async move {
-                let opts = RemoveContainerOptionsBuilder::default().force(true).build();
-                let _ = docker.remove_container(&id, Some(opts)).await;
-            });
-        }
     }
 }
 
