@@ -316,18 +316,18 @@ fn add_to_build<B>(mut req: http::Request<B>, query: &str) -> http::Request<B> {
     req
 }
 
+/// What [`urlencode`] leaves as it is: unreserved characters and `/`.
+const KEEP: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'/');
+
 /// Percent-encodes everything but unreserved characters and `/` (names here are
 /// `/iac-build-<pid>-<n>`; anything else is encoded).
 fn urlencode(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(s, KEEP).to_string()
 }
 
 #[cfg(test)]
